@@ -1,0 +1,23 @@
+//! liger-core: Llama-family models as gated linear recurrent models (the Liger method).
+//!
+//! Everything that is math or file format lives here, with no GPU and no JavaScript, so
+//! it builds both natively and for wasm32: model formats (GGUF, safetensors checkpoints),
+//! the tokenizer and chat template, the base model on the CPU, and sampling.
+
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod hf;
+pub mod linalg;
+pub mod model;
+pub mod quant;
+pub mod sampling;
+pub mod tensor;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Architecture, ModelConfig};
+pub use error::{Error, ErrorCode, Result};
+pub use tensor::{GgmlType, QTensor};

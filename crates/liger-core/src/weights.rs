@@ -1,0 +1,118 @@
+//! The base model's weights, in the layout of Hugging Face Llama checkpoints:
+//! matrices are `[out, in]`, q/k rows in Hugging Face order (RoPE rotates the two halves
+//! of each head, "rotate_half"). The GGUF loader undoes llama.cpp's q/k row permutation.
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::tensor::QTensor;
+
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub wq: QTensor,
+    pub wk: QTensor,
+    pub wv: QTensor,
+    pub wo: QTensor,
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: QTensor,
+    pub w_up: QTensor,
+    pub w_down: QTensor,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelWeights {
+    /// `[vocab, hidden]`.
+    pub embed: QTensor,
+    pub layers: Vec<LayerWeights>,
+    pub final_norm: Vec<f32>,
+    /// `[vocab, hidden]`; `None` when tied to `embed`.
+    pub lm_head: Option<QTensor>,
+}
+
+impl ModelWeights {
+    pub fn lm_head(&self) -> &QTensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Number of parameters (tied embeddings counted once).
+    pub fn num_params(&self) -> usize {
+        let mut n = self.embed.numel() + self.final_norm.len() + self.lm_head.as_ref().map_or(0, |t| t.numel());
+        for l in &self.layers {
+            n += l.attn_norm.len() + l.ffn_norm.len();
+            n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|t| t.numel()).sum::<usize>();
+            n += [&l.bq, &l.bk, &l.bv, &l.q_norm, &l.k_norm].iter().map(|b| b.as_ref().map_or(0, |v| v.len())).sum::<usize>();
+        }
+        n
+    }
+
+    /// Bytes the weights occupy as stored.
+    pub fn num_bytes(&self) -> usize {
+        let t = |t: &QTensor| t.data.len();
+        let v = |v: &Vec<f32>| v.len() * 4;
+        let o = |v: &Option<Vec<f32>>| v.as_ref().map_or(0, |v| v.len() * 4);
+        let mut n = t(&self.embed) + v(&self.final_norm) + self.lm_head.as_ref().map_or(0, t);
+        for l in &self.layers {
+            n += v(&l.attn_norm) + v(&l.ffn_norm);
+            n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|x| t(x)).sum::<usize>();
+            n += o(&l.bq) + o(&l.bk) + o(&l.bv) + o(&l.q_norm) + o(&l.k_norm);
+        }
+        n
+    }
+
+    /// Checks every shape against the config; loaders call this so that a mismatched file
+    /// fails at load time with the tensor's name, not later inside a matrix product.
+    pub fn validate(&self, c: &ModelConfig) -> Result<()> {
+        fn mat(name: &str, t: &QTensor, rows: usize, cols: usize) -> Result<()> {
+            if t.rows != rows || t.cols != cols {
+                return Err(Error::shape(format!("{name}: expected [{rows}, {cols}], found [{}, {}]", t.rows, t.cols)));
+            }
+            Ok(())
+        }
+        fn vec(name: &str, v: &[f32], n: usize) -> Result<()> {
+            if v.len() != n {
+                return Err(Error::shape(format!("{name}: expected {n} values, found {}", v.len())));
+            }
+            Ok(())
+        }
+        fn opt(name: &str, v: &Option<Vec<f32>>, n: usize, required: bool) -> Result<()> {
+            match (v, required) {
+                (Some(v), true) => vec(name, v, n),
+                (None, true) => Err(Error::shape(format!("{name}: missing"))),
+                (Some(_), false) => Err(Error::shape(format!("{name}: present but the config does not use it"))),
+                (None, false) => Ok(()),
+            }
+        }
+        if self.layers.len() != c.num_layers {
+            return Err(Error::shape(format!("expected {} layers, found {}", c.num_layers, self.layers.len())));
+        }
+        mat("embed", &self.embed, c.vocab_size, c.hidden_size)?;
+        vec("final_norm", &self.final_norm, c.hidden_size)?;
+        if let Some(h) = &self.lm_head {
+            mat("lm_head", h, c.vocab_size, c.hidden_size)?;
+        }
+        let (h, q, kv, f, hd) = (c.hidden_size, c.q_size(), c.kv_size(), c.intermediate_size, c.head_dim);
+        for (i, l) in self.layers.iter().enumerate() {
+            let n = |s: &str| format!("layer {i} {s}");
+            vec(&n("attn_norm"), &l.attn_norm, h)?;
+            vec(&n("ffn_norm"), &l.ffn_norm, h)?;
+            mat(&n("q_proj"), &l.wq, q, h)?;
+            mat(&n("k_proj"), &l.wk, kv, h)?;
+            mat(&n("v_proj"), &l.wv, kv, h)?;
+            mat(&n("o_proj"), &l.wo, h, q)?;
+            mat(&n("gate_proj"), &l.w_gate, f, h)?;
+            mat(&n("up_proj"), &l.w_up, f, h)?;
+            mat(&n("down_proj"), &l.w_down, h, f)?;
+            opt(&n("q_proj.bias"), &l.bq, q, c.attention_bias)?;
+            opt(&n("k_proj.bias"), &l.bk, kv, c.attention_bias)?;
+            opt(&n("v_proj.bias"), &l.bv, kv, c.attention_bias)?;
+            opt(&n("q_norm"), &l.q_norm, hd, c.qk_norm)?;
+            opt(&n("k_norm"), &l.k_norm, hd, c.qk_norm)?;
+        }
+        Ok(())
+    }
+}
