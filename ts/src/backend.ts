@@ -1,0 +1,94 @@
+/**
+ * The seam between the TypeScript API and the engines that run models. The native addon is
+ * one backend; a WebAssembly build of the same core can be another, picked at load time.
+ * Backends speak in plain values (typed arrays, plain objects) and throw LigerError.
+ */
+
+/** Facts about a loaded model, as reported by the core. */
+export interface ModelInfo {
+  name: string;
+  architecture: string;
+  /** "gguf" or "hf" (a Hugging Face directory). */
+  format: string;
+  numParams: number;
+  weightBytes: number;
+  numLayers: number;
+  hiddenSize: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  contextLength: number;
+  /** How many tensors of each storage type the file holds, e.g. `{ Q4_1: 210, F32: 61 }`. */
+  tensorTypes: Record<string, number>;
+  hasChatTemplate: boolean;
+  kvCacheBytesPerToken: number;
+}
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant" | (string & {});
+  content: string;
+}
+
+export type FinishReason = "length" | "eos" | "stop" | "aborted";
+
+export interface GenerateResult {
+  /** The generated token ids (the prompt excluded). */
+  tokens: number[];
+  /** The generated text, with any matched stop string cut off. */
+  text: string;
+  finishReason: FinishReason;
+  promptTokens: number;
+  prefillMs: number;
+  decodeMs: number;
+}
+
+/** Fully resolved generation options, as a backend receives them. */
+export interface BackendGenerateOptions {
+  maxTokens: number;
+  /** 0 means greedy decoding. */
+  temperature: number;
+  /** 0 disables top-k. */
+  topK: number;
+  /** 1 disables top-p. */
+  topP: number;
+  seed: number;
+  stop: string[];
+  ignoreEos: boolean;
+}
+
+/** Receives a generation's events, in order: tokens, then exactly one of done / error. */
+export interface GenerationSink {
+  token(id: number, text: string): void;
+  done(result: GenerateResult): void;
+  error(err: Error): void;
+}
+
+/** A running generation: abort() asks the backend's loop to stop after the current token. */
+export interface GenerationHandle {
+  abort(): void;
+}
+
+export interface ProgressEvent {
+  /** What is happening, e.g. "download", "extract", "load", "tokenizer". */
+  stage: string;
+  /** Progress of this stage, 0..1. */
+  fraction: number;
+}
+
+export type ProgressCallback = (event: ProgressEvent) => void;
+
+export interface BackendModel {
+  readonly info: ModelInfo;
+  encode(text: string, addBos: boolean | undefined, parseSpecial: boolean): Uint32Array;
+  decode(ids: Uint32Array, skipSpecial: boolean): string;
+  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt: boolean): string;
+  /** Logits for the token that would follow `tokens`. */
+  lastLogits(tokens: Uint32Array): Promise<Float32Array>;
+  generate(prompt: Uint32Array, options: BackendGenerateOptions, sink: GenerationSink): GenerationHandle;
+}
+
+export interface Backend {
+  readonly name: string;
+  loadModel(path: string, onProgress?: ProgressCallback): Promise<BackendModel>;
+}

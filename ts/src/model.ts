@@ -1,0 +1,113 @@
+/** The public model object: tokenizer, chat template, logits and streaming generation. */
+import type { Backend, BackendModel, ChatMessage, ModelInfo, ProgressCallback } from "./backend.js";
+import { invalidArgument } from "./errors.js";
+import { fetchDefaultModel } from "./fetch.js";
+import { Generation } from "./generation.js";
+import { nativeBackend } from "./native.js";
+import { checkMessages, checkTokens, resolveGenerateOptions, type GenerateOptions } from "./options.js";
+
+export interface LoadModelOptions {
+  /** Called with the stage ("download", "extract", "load", ...) and its progress in 0..1. */
+  onProgress?: ProgressCallback;
+  /** The engine to run the model on (default: the native addon). */
+  backend?: Backend;
+}
+
+export interface TokenizeOptions {
+  /** Prepend the BOS token; default: what the model's metadata asks for. */
+  addBos?: boolean;
+  /** Parse special-token text such as `<|im_start|>` into its token (default false). */
+  special?: boolean;
+}
+
+export interface DetokenizeOptions {
+  /** Leave special tokens (BOS, EOS, chat markers) out of the text (default false). */
+  skipSpecial?: boolean;
+}
+
+/**
+ * Load a model: a .gguf file or a Hugging Face model directory. With no path, the default
+ * model (SmolLM2-135M-Instruct, Q4_1 GGUF) is used, downloaded into the cache if needed.
+ */
+export async function loadModel(path?: string, options: LoadModelOptions = {}): Promise<LigerModel> {
+  if (path !== undefined && (typeof path !== "string" || path.length === 0)) {
+    throw invalidArgument(`model path must be a non-empty string, got ${JSON.stringify(path)}`);
+  }
+  const { onProgress, backend = nativeBackend } = options;
+  const modelPath = path ?? (await fetchDefaultModel({ onProgress }));
+  return new LigerModel(await backend.loadModel(modelPath, onProgress), modelPath);
+}
+
+export class LigerModel {
+  /** @internal Use loadModel(). */
+  constructor(
+    private readonly backend: BackendModel,
+    /** The file or directory the model was loaded from. */
+    readonly path: string,
+  ) {}
+
+  get info(): ModelInfo {
+    return this.backend.info;
+  }
+
+  tokenize(text: string, options: TokenizeOptions = {}): number[] {
+    if (typeof text !== "string") throw invalidArgument(`text must be a string, got ${typeof text}`);
+    if (options.addBos !== undefined && typeof options.addBos !== "boolean") {
+      throw invalidArgument("addBos must be a boolean");
+    }
+    return Array.from(this.backend.encode(text, options.addBos, options.special ?? false));
+  }
+
+  detokenize(ids: readonly number[] | Uint32Array, options: DetokenizeOptions = {}): string {
+    return this.backend.decode(checkTokens(ids, this.info.vocabSize, "ids"), options.skipSpecial ?? false);
+  }
+
+  /** Render a conversation with the model's chat template, ending with the assistant's turn. */
+  applyChatTemplate(messages: ChatMessage[], options: { addGenerationPrompt?: boolean } = {}): string {
+    return this.backend.applyChatTemplate(checkMessages(messages), options.addGenerationPrompt ?? true);
+  }
+
+  /** The logits of the token that would follow `tokens` (length: vocabSize). */
+  async logits(tokens: readonly number[] | Uint32Array): Promise<Float32Array> {
+    const ids = checkTokens(tokens, this.info.vocabSize);
+    if (ids.length === 0) throw invalidArgument("logits needs at least one token");
+    return this.backend.lastLogits(ids);
+  }
+
+  /**
+   * Generate text. The returned object is an async iterator of `{ id, text }` as tokens are
+   * produced, and its `result` is a promise of the final text, finish reason and timings.
+   * A string prompt is used as is, unless `chat: true`; a message array always goes through
+   * the chat template.
+   */
+  generate(prompt: string | ChatMessage[], options: GenerateOptions = {}): Generation {
+    const resolved = resolveGenerateOptions(options);
+    const promptTokens = this.promptTokens(prompt, options.chat ?? false);
+    if (promptTokens.length === 0) throw invalidArgument("the prompt is empty: give at least one token");
+
+    const generation = new Generation();
+    const { signal } = options;
+    const onAbort = () => generation.abort();
+    if (signal?.aborted) generation.abort();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const detach = () => signal?.removeEventListener("abort", onAbort);
+    generation.result.then(detach, detach);
+
+    generation.attach(this.backend.generate(promptTokens, resolved, generation.sink()));
+    return generation;
+  }
+
+  private promptTokens(prompt: string | ChatMessage[], chat: boolean): Uint32Array {
+    if (typeof prompt === "string") {
+      if (!chat) return this.backend.encode(prompt, undefined, false);
+      return this.templated([{ role: "user", content: prompt }]);
+    }
+    if (Array.isArray(prompt)) return this.templated(checkMessages(prompt));
+    throw invalidArgument("prompt must be a string or an array of chat messages");
+  }
+
+  private templated(messages: ChatMessage[]): Uint32Array {
+    // The template writes the chat markers as text; parse them back into special tokens.
+    return this.backend.encode(this.backend.applyChatTemplate(messages, true), undefined, true);
+  }
+}

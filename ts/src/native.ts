@@ -1,0 +1,162 @@
+/**
+ * The native backend: finds and loads the napi-rs addon (`liger.<platform>.node`) and adapts
+ * it to the Backend interface. The addon is deliberately thin; this file only converts
+ * values and errors.
+ */
+import { createRequire } from "node:module";
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+import type {
+  Backend,
+  BackendGenerateOptions,
+  BackendModel,
+  ChatMessage,
+  GenerateResult,
+  GenerationHandle,
+  GenerationSink,
+  ModelInfo,
+  ProgressCallback,
+} from "./backend.js";
+import { LigerError, toLigerError } from "./errors.js";
+
+/** What the addon exports (see crates/liger-node/src/lib.rs). */
+interface RawAddon {
+  loadModel(path: string, onProgress: ((stage: string, fraction: number) => void) | null): Promise<RawModel>;
+}
+
+interface RawModel {
+  info(): ModelInfo;
+  encode(text: string, addBos: boolean | null, parseSpecial: boolean): Uint32Array;
+  decode(ids: Uint32Array, skipSpecial: boolean): string;
+  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt: boolean): string;
+  lastLogits(tokens: Uint32Array): Promise<Float32Array>;
+  generate(prompt: Uint32Array, options: BackendGenerateOptions, onEvent: (event: RawEvent) => void): RawGeneration;
+}
+
+interface RawGeneration {
+  abort(): void;
+}
+
+type RawEvent =
+  | { kind: "token"; id: number; text: string }
+  | { kind: "done"; result: GenerateResult }
+  | { kind: "error"; message: string };
+
+/** The napi-rs platform suffix for this process, e.g. "linux-x64-gnu". */
+export function platformTriple(): string {
+  const { platform, arch } = process;
+  if (platform !== "linux") return `${platform}-${arch}`;
+  // glibc builds say so in the process report; anything else on Linux is musl.
+  const header = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header;
+  return `linux-${arch}-${header?.glibcVersionRuntime ? "gnu" : "musl"}`;
+}
+
+let cachedAddon: RawAddon | undefined;
+
+/**
+ * Load the addon. Looked for, in order: `$LIGER_NATIVE_ADDON` (an explicit file), the
+ * repository's `npm/<triple>/` folder (a development checkout), then the installed
+ * platform package `@liger/<triple>`.
+ */
+export function loadAddon(): RawAddon {
+  if (cachedAddon) return cachedAddon;
+  const require = createRequire(import.meta.url);
+  const triple = platformTriple();
+  const fileName = `liger.${triple}.node`;
+  const here = dirname(fileURLToPath(import.meta.url)); // ts/dist or ts/src
+  const candidates: string[] = [];
+  if (process.env.LIGER_NATIVE_ADDON) candidates.push(process.env.LIGER_NATIVE_ADDON);
+  candidates.push(join(here, "..", "..", "npm", triple, fileName));
+  candidates.push(`@liger/${triple}`);
+
+  const failures: string[] = [];
+  for (const candidate of candidates) {
+    const isFile = candidate.startsWith("/") || candidate.startsWith(".");
+    if (isFile && !existsSync(candidate)) {
+      failures.push(`${candidate}: not found`);
+      continue;
+    }
+    try {
+      cachedAddon = require(candidate) as RawAddon;
+      return cachedAddon;
+    } catch (err) {
+      failures.push(`${candidate}: ${err instanceof Error ? err.message.split("\n")[0] : String(err)}`);
+    }
+  }
+  throw new LigerError(
+    "NATIVE_ADDON_MISSING",
+    `no native addon for ${triple} could be loaded. Tried:\n  ${failures.join("\n  ")}\n` +
+      `In a clone of the repository run \`npm run build:addon\`; otherwise install the package ` +
+      `@liger/${triple} (or set LIGER_NATIVE_ADDON to the .node file).`,
+  );
+}
+
+class NativeModel implements BackendModel {
+  readonly info: ModelInfo;
+
+  constructor(private readonly raw: RawModel) {
+    this.info = guard(() => raw.info());
+  }
+
+  encode(text: string, addBos: boolean | undefined, parseSpecial: boolean): Uint32Array {
+    return guard(() => this.raw.encode(text, addBos ?? null, parseSpecial));
+  }
+
+  decode(ids: Uint32Array, skipSpecial: boolean): string {
+    return guard(() => this.raw.decode(ids, skipSpecial));
+  }
+
+  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt: boolean): string {
+    return guard(() => this.raw.applyChatTemplate(messages, addGenerationPrompt));
+  }
+
+  async lastLogits(tokens: Uint32Array): Promise<Float32Array> {
+    try {
+      return await this.raw.lastLogits(tokens);
+    } catch (err) {
+      throw toLigerError(err);
+    }
+  }
+
+  generate(prompt: Uint32Array, options: BackendGenerateOptions, sink: GenerationSink): GenerationHandle {
+    const onEvent = (event: RawEvent): void => {
+      switch (event.kind) {
+        case "token":
+          sink.token(event.id, event.text);
+          break;
+        case "done":
+          sink.done(event.result);
+          break;
+        case "error":
+          sink.error(toLigerError(new Error(event.message)));
+          break;
+      }
+    };
+    const running = guard(() => this.raw.generate(prompt, options, onEvent));
+    return { abort: () => running.abort() };
+  }
+}
+
+/** Run a synchronous addon call, turning whatever it throws into a LigerError. */
+function guard<T>(call: () => T): T {
+  try {
+    return call();
+  } catch (err) {
+    throw toLigerError(err);
+  }
+}
+
+export const nativeBackend: Backend = {
+  name: "native",
+  async loadModel(path: string, onProgress?: ProgressCallback): Promise<BackendModel> {
+    const addon = loadAddon();
+    const progress = onProgress ? (stage: string, fraction: number) => onProgress({ stage, fraction }) : null;
+    try {
+      return new NativeModel(await addon.loadModel(path, progress));
+    } catch (err) {
+      throw toLigerError(err);
+    }
+  },
+};
