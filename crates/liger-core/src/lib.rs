@@ -15,6 +15,7 @@ pub mod model;
 pub mod quant;
 pub mod sampling;
 pub mod tensor;
+pub mod testing;
 pub mod tokenizer;
 pub mod weights;
 
