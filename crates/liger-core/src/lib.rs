@@ -14,6 +14,7 @@ pub mod linalg;
 pub mod model;
 pub mod quant;
 pub mod sampling;
+pub mod stop;
 pub mod tensor;
 pub mod testing;
 pub mod tokenizer;
