@@ -14,7 +14,9 @@ pub mod linalg;
 pub mod model;
 pub mod quant;
 pub mod sampling;
+pub mod stop;
 pub mod tensor;
+pub mod testing;
 pub mod tokenizer;
 pub mod weights;
 

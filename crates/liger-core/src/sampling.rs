@@ -1,1 +1,172 @@
-//! (in progress)
+//! Choosing the next token from logits: greedy, temperature, top-k, top-p, seeded.
+
+use crate::error::{Error, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingOptions {
+    /// 0 picks the most likely token (greedy); higher values flatten the distribution.
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens (0 = all).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches `top_p` (1 = all).
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingOptions {
+    fn default() -> Self {
+        SamplingOptions { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+    }
+}
+
+impl SamplingOptions {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::invalid_argument(format!("temperature must be a number >= 0, got {}", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::invalid_argument(format!("top_p must be in (0, 1], got {}", self.top_p)));
+        }
+        Ok(())
+    }
+}
+
+pub struct Sampler {
+    options: SamplingOptions,
+    rng: StdRng,
+    /// (token, probability) scratch space, reused between calls.
+    candidates: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    pub fn new(options: SamplingOptions) -> Result<Self> {
+        options.validate()?;
+        let rng = StdRng::seed_from_u64(options.seed);
+        Ok(Sampler { options, rng, candidates: Vec::new() })
+    }
+
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.options.temperature == 0.0 {
+            return argmax(logits);
+        }
+        let c = &mut self.candidates;
+        c.clear();
+        c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l / self.options.temperature)));
+        // Most likely first; ties broken by token id so the order is deterministic.
+        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let k = if self.options.top_k == 0 { c.len() } else { self.options.top_k.min(c.len()) };
+        if k < c.len() {
+            c.select_nth_unstable_by(k - 1, by_logit);
+            c.truncate(k);
+        }
+        c.sort_unstable_by(by_logit);
+        let max = c[0].1;
+        let mut sum = 0.0f32;
+        for e in c.iter_mut() {
+            e.1 = (e.1 - max).exp();
+            sum += e.1;
+        }
+        for e in c.iter_mut() {
+            e.1 /= sum;
+        }
+        if self.options.top_p < 1.0 {
+            let mut acc = 0.0;
+            let keep = c.iter().position(|e| {
+                acc += e.1;
+                acc >= self.options.top_p
+            });
+            c.truncate(keep.map_or(c.len(), |i| i + 1));
+        }
+        let total: f32 = c.iter().map(|e| e.1).sum();
+        let mut r = self.rng.random::<f32>() * total;
+        for e in c.iter() {
+            r -= e.1;
+            if r <= 0.0 {
+                return e.0;
+            }
+        }
+        c[c.len() - 1].0
+    }
+}
+
+/// Index of the largest value (the first one on ties).
+pub fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random_logits(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random::<f32>() * 8.0 - 4.0).collect()
+    }
+
+    #[test]
+    fn greedy_picks_the_maximum() {
+        let logits = random_logits(1000, rand::random());
+        let best = logits.iter().cloned().fold(f32::MIN, f32::max);
+        let mut s = Sampler::new(SamplingOptions::default()).unwrap();
+        assert_eq!(logits[s.sample(&logits) as usize], best);
+    }
+
+    #[test]
+    fn same_seed_same_tokens() {
+        let logits = random_logits(500, rand::random());
+        let opts = SamplingOptions { temperature: 0.9, top_k: 40, top_p: 0.95, seed: 1234 };
+        let mut a = Sampler::new(opts.clone()).unwrap();
+        let mut b = Sampler::new(opts).unwrap();
+        let xa: Vec<u32> = (0..50).map(|_| a.sample(&logits)).collect();
+        let xb: Vec<u32> = (0..50).map(|_| b.sample(&logits)).collect();
+        assert_eq!(xa, xb);
+        assert!(xa.iter().collect::<std::collections::HashSet<_>>().len() > 1, "temperature sampling should vary");
+    }
+
+    #[test]
+    fn top_k_restricts_to_the_k_best() {
+        let logits = random_logits(300, rand::random());
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let allowed: std::collections::HashSet<u32> = order[..5].iter().map(|&i| i as u32).collect();
+        let mut s = Sampler::new(SamplingOptions { temperature: 5.0, top_k: 5, top_p: 1.0, seed: rand::random() }).unwrap();
+        for _ in 0..500 {
+            assert!(allowed.contains(&s.sample(&logits)));
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_nucleus_and_frequencies_match() {
+        // Three tokens with probabilities 0.5, 0.3, 0.2 (temperature 1): top_p 0.75 keeps two.
+        let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
+        let mut s = Sampler::new(SamplingOptions { temperature: 1.0, top_k: 0, top_p: 0.75, seed: rand::random() }).unwrap();
+        let n = 20000;
+        let mut counts = [0usize; 3];
+        for _ in 0..n {
+            counts[s.sample(&logits) as usize] += 1;
+        }
+        assert_eq!(counts[2], 0, "token outside the nucleus was sampled");
+        let p0 = counts[0] as f64 / n as f64;
+        assert!((p0 - 0.625).abs() < 0.02, "renormalised probability 0.5/0.8 expected, got {p0}");
+    }
+
+    #[test]
+    fn bad_options_are_rejected() {
+        for o in [
+            SamplingOptions { temperature: -1.0, ..Default::default() },
+            SamplingOptions { temperature: f32::NAN, ..Default::default() },
+            SamplingOptions { top_p: 0.0, ..Default::default() },
+            SamplingOptions { top_p: 1.5, ..Default::default() },
+        ] {
+            assert_eq!(Sampler::new(o).err().unwrap().code, crate::ErrorCode::InvalidArgument);
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The CPU decoder against a plain float64 re-implementation, and cached decoding against
+//! one full forward.
+
+use super::forward::{forward, KvCache, Logits};
+use crate::config::{Architecture, Llama3RopeScaling, ModelConfig};
+use crate::testing::{max_rel_error, random_tokens, random_weights, tiny_config};
+use crate::weights::ModelWeights;
+use crate::ErrorCode;
+
+/// The decoder in float64, written as directly as possible from the definitions.
+fn reference_logits(cfg: &ModelConfig, w: &ModelWeights, tokens: &[u32]) -> Vec<f64> {
+    let f64s = |t: &crate::QTensor| t.to_f32().iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    let vf = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    // y[r] = sum_c W[r, c] x[c]
+    let mv = |wm: &[f64], rows: usize, x: &[f64]| -> Vec<f64> {
+        let cols = x.len();
+        (0..rows).map(|r| (0..cols).map(|c| wm[r * cols + c] * x[c]).sum()).collect()
+    };
+    let norm = |x: &[f64], g: &[f64]| -> Vec<f64> {
+        let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+        let inv = 1.0 / (ms + cfg.rms_norm_eps as f64).sqrt();
+        x.iter().zip(g).map(|(a, b)| a * inv * b).collect()
+    };
+    let inv_freq: Vec<f64> = cfg.rope_inv_freq().iter().map(|&f| f as f64).collect();
+    let hd = cfg.head_dim;
+    let rope = |x: &mut [f64], pos: usize| {
+        for head in x.chunks_mut(hd) {
+            let orig = head.to_vec();
+            for j in 0..hd / 2 {
+                let a = pos as f64 * inv_freq[j];
+                head[j] = orig[j] * a.cos() - orig[j + hd / 2] * a.sin();
+                head[j + hd / 2] = orig[j + hd / 2] * a.cos() + orig[j] * a.sin();
+            }
+        }
+    };
+    let embed = f64s(&w.embed);
+    let mut xs: Vec<Vec<f64>> = tokens.iter().map(|&t| embed[t as usize * cfg.hidden_size..][..cfg.hidden_size].to_vec()).collect();
+    for l in &w.layers {
+        let (wq, wk, wv, wo) = (f64s(&l.wq), f64s(&l.wk), f64s(&l.wv), f64s(&l.wo));
+        let (mut qs, mut ks, mut vs) = (vec![], vec![], vec![]);
+        for (pos, x) in xs.iter().enumerate() {
+            let h = norm(x, &vf(&l.attn_norm));
+            let mut q = mv(&wq, cfg.q_size(), &h);
+            let mut k = mv(&wk, cfg.kv_size(), &h);
+            let mut v = mv(&wv, cfg.kv_size(), &h);
+            if let (Some(bq), Some(bk), Some(bv)) = (&l.bq, &l.bk, &l.bv) {
+                q.iter_mut().zip(bq).for_each(|(a, b)| *a += *b as f64);
+                k.iter_mut().zip(bk).for_each(|(a, b)| *a += *b as f64);
+                v.iter_mut().zip(bv).for_each(|(a, b)| *a += *b as f64);
+            }
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                q = q.chunks(hd).flat_map(|c| norm(c, &vf(qn))).collect();
+                k = k.chunks(hd).flat_map(|c| norm(c, &vf(kn))).collect();
+            }
+            rope(&mut q, pos);
+            rope(&mut k, pos);
+            qs.push(q);
+            ks.push(k);
+            vs.push(v);
+        }
+        let group = cfg.num_heads / cfg.num_kv_heads;
+        for (i, x) in xs.iter_mut().enumerate() {
+            let mut o = vec![0.0; cfg.q_size()];
+            for head in 0..cfg.num_heads {
+                let kvh = head / group;
+                let q = &qs[i][head * hd..(head + 1) * hd];
+                let scores: Vec<f64> = (0..=i)
+                    .map(|j| q.iter().zip(&ks[j][kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt())
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for j in 0..=i {
+                    for d in 0..hd {
+                        o[head * hd + d] += e[j] / z * vs[j][kvh * hd + d];
+                    }
+                }
+            }
+            let y = mv(&wo, cfg.hidden_size, &o);
+            x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
+        }
+        let (wg, wu, wd) = (f64s(&l.w_gate), f64s(&l.w_up), f64s(&l.w_down));
+        for x in xs.iter_mut() {
+            let h = norm(x, &vf(&l.ffn_norm));
+            let g = mv(&wg, cfg.intermediate_size, &h);
+            let u = mv(&wu, cfg.intermediate_size, &h);
+            let a: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let y = mv(&wd, cfg.hidden_size, &a);
+            x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
+        }
+    }
+    let head = f64s(w.lm_head());
+    xs.iter().flat_map(|x| mv(&head, cfg.vocab_size, &norm(x, &vf(&w.final_norm)))).collect()
+}
+
+fn check_against_reference(cfg: &ModelConfig) {
+    let seed: u64 = rand::random();
+    let w = random_weights(cfg, seed);
+    w.validate(cfg).unwrap();
+    let tokens = random_tokens(37, cfg.vocab_size, seed ^ 1);
+    let mut cache = KvCache::new(cfg.num_layers);
+    let ours = forward(cfg, &w, &cfg.rope_inv_freq(), &mut cache, &tokens, Logits::All).unwrap();
+    let want = reference_logits(cfg, &w, &tokens);
+    let err = max_rel_error(&ours, &want);
+    println!("{:?}: max rel error {err:.2e} (seed {seed})", cfg.architecture);
+    assert!(err < 1e-4, "{:?}: max rel error {err} (seed {seed})", cfg.architecture);
+}
+
+#[test]
+fn forward_matches_float64_reference_for_each_architecture() {
+    for arch in [Architecture::Llama, Architecture::Mistral, Architecture::Qwen2, Architecture::Qwen3] {
+        check_against_reference(&tiny_config(arch));
+    }
+}
+
+#[test]
+fn forward_matches_float64_reference_with_llama3_rope_scaling() {
+    let mut cfg = tiny_config(Architecture::Llama);
+    cfg.rope_theta = 500000.0;
+    cfg.rope_scaling =
+        Some(Llama3RopeScaling { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 16 });
+    check_against_reference(&cfg);
+}
+
+#[test]
+fn cached_decoding_equals_one_full_forward() {
+    let cfg = tiny_config(Architecture::Llama);
+    let seed: u64 = rand::random();
+    let w = random_weights(&cfg, seed);
+    let inv = cfg.rope_inv_freq();
+    let tokens = random_tokens(50, cfg.vocab_size, seed ^ 2);
+    let mut full_cache = KvCache::new(cfg.num_layers);
+    let full = forward(&cfg, &w, &inv, &mut full_cache, &tokens, Logits::All).unwrap();
+    // Prefill 20 tokens, then a chunk of 7, then single steps.
+    let mut cache = KvCache::new(cfg.num_layers);
+    let v = cfg.vocab_size;
+    let mut got = forward(&cfg, &w, &inv, &mut cache, &tokens[..20], Logits::All).unwrap();
+    got.extend(forward(&cfg, &w, &inv, &mut cache, &tokens[20..27], Logits::All).unwrap());
+    for i in 27..tokens.len() {
+        got.extend(forward(&cfg, &w, &inv, &mut cache, &tokens[i..i + 1], Logits::Last).unwrap());
+    }
+    assert_eq!(cache.len(), tokens.len());
+    let full64: Vec<f64> = full.iter().map(|&x| x as f64).collect();
+    let err = max_rel_error(&got, &full64);
+    assert!(err < 1e-5, "cached vs full: max rel error {err}");
+    // Last-only logits equal the last row of all logits.
+    let mut c2 = KvCache::new(cfg.num_layers);
+    let last = forward(&cfg, &w, &inv, &mut c2, &tokens, Logits::Last).unwrap();
+    let err = max_rel_error(&last, &full64[(tokens.len() - 1) * v..]);
+    assert!(err < 1e-6, "last logits: {err}");
+}
+
+#[test]
+fn context_overflow_and_bad_tokens_are_typed_errors() {
+    let cfg = tiny_config(Architecture::Llama);
+    let w = random_weights(&cfg, 7);
+    let inv = cfg.rope_inv_freq();
+    let mut cache = KvCache::new(cfg.num_layers);
+    let too_long = random_tokens(cfg.max_position_embeddings + 1, cfg.vocab_size, 3);
+    let err = forward(&cfg, &w, &inv, &mut cache, &too_long, Logits::Last).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ContextOverflow);
+    assert!(err.message.contains("context"), "{}", err.message);
+    let err = forward(&cfg, &w, &inv, &mut cache, &[cfg.vocab_size as u32], Logits::Last).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    let err = forward(&cfg, &w, &inv, &mut cache, &[], Logits::Last).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: set-up (installs, builds, model), Rust tests,
+# then the vitest suites against the built addon and TypeScript.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
+cache="${LIGER_CACHE_DIR:-$HOME/.cache/liger}"
+export PYTHONPATH="$cache/python${PYTHONPATH:+:$PYTHONPATH}"
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+
+printf '\n== fixtures\n' >&2
+python3 scripts/make-quant-fixtures.py
+
+printf '\n== cargo test\n' >&2
+cargo test --workspace --quiet
+
+printf '\n== vitest\n' >&2
+npx vitest run
