@@ -56,7 +56,7 @@ export function platformTriple(): string {
 let cachedAddon: RawAddon | undefined;
 
 /**
- * Load the addon. Looked for, in order: `$LIGER_NATIVE_ADDON` (an explicit file), the
+ * Load the addon: `$LIGER_NATIVE_ADDON` (an explicit file) when set; otherwise the
  * repository's `npm/<triple>/` folder (a development checkout), then the installed
  * platform package `@liger/<triple>`.
  */
@@ -66,10 +66,10 @@ export function loadAddon(): RawAddon {
   const triple = platformTriple();
   const fileName = `liger.${triple}.node`;
   const here = dirname(fileURLToPath(import.meta.url)); // ts/dist or ts/src
-  const candidates: string[] = [];
-  if (process.env.LIGER_NATIVE_ADDON) candidates.push(process.env.LIGER_NATIVE_ADDON);
-  candidates.push(join(here, "..", "..", "npm", triple, fileName));
-  candidates.push(`@liger/${triple}`);
+  // An explicit choice is the only candidate: silently loading another build would hide mistakes.
+  const candidates = process.env.LIGER_NATIVE_ADDON
+    ? [process.env.LIGER_NATIVE_ADDON]
+    : [join(here, "..", "..", "npm", triple, fileName), `@liger/${triple}`];
 
   const failures: string[] = [];
   for (const candidate of candidates) {

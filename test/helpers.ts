@@ -1,0 +1,50 @@
+/** Shared by the test files: where the model is, the compiled library, the CLI. */
+import { existsSync } from "node:fs";
+import { homedir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+import { loadModel, type LigerModel } from "../ts/dist/index.js";
+
+export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..");
+export const cliPath = join(repoRoot, "ts", "bin", "liger.js");
+
+/**
+ * The default model: `$LIGER_MODEL_GGUF`, else the cache's copy. Missing is a failure with
+ * instructions, never a silent skip.
+ */
+export function modelPath(): string {
+  const cache = process.env.LIGER_CACHE_DIR || join(homedir(), ".cache", "liger");
+  const path = process.env.LIGER_MODEL_GGUF || join(cache, "SmolLM2-135M-Instruct.Q4_1.gguf");
+  if (!existsSync(path)) {
+    throw new Error(`the default model is missing at ${path}: run \`npm run fetch-model\` (or set LIGER_MODEL_GGUF)`);
+  }
+  return path;
+}
+
+let shared: Promise<LigerModel> | undefined;
+
+/** The default model, loaded once per test file. */
+export function sharedModel(): Promise<LigerModel> {
+  shared ??= loadModel(modelPath());
+  return shared;
+}
+
+/** Log-softmax in float64. */
+export function logSoftmax(logits: ArrayLike<number>): Float64Array {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) max = Math.max(max, logits[i]);
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
+  const logZ = max + Math.log(sum);
+  const out = new Float64Array(logits.length);
+  for (let i = 0; i < logits.length; i++) out[i] = logits[i] - logZ;
+  return out;
+}
+
+/** Indices of the k largest values, largest first. */
+export function topK(values: ArrayLike<number>, k: number): number[] {
+  return Array.from({ length: values.length }, (_, i) => i)
+    .sort((a, b) => values[b] - values[a])
+    .slice(0, k);
+}
