@@ -23,7 +23,7 @@ import { LigerError, toLigerError } from "./errors.js";
 
 /** What the addon exports (see crates/liger-node/src/lib.rs). */
 interface RawAddon {
-  loadModel(path: string, onProgress: ((stage: string, fraction: number) => void) | null): Promise<RawModel>;
+  loadModel(path: string, onProgress: ProgressCallback | null): Promise<RawModel>;
 }
 
 interface RawModel {
@@ -152,9 +152,8 @@ export const nativeBackend: Backend = {
   name: "native",
   async loadModel(path: string, onProgress?: ProgressCallback): Promise<BackendModel> {
     const addon = loadAddon();
-    const progress = onProgress ? (stage: string, fraction: number) => onProgress({ stage, fraction }) : null;
     try {
-      return new NativeModel(await addon.loadModel(path, progress));
+      return new NativeModel(await addon.loadModel(path, onProgress ?? null));
     } catch (err) {
       throw toLigerError(err);
     }

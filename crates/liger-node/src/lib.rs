@@ -57,8 +57,15 @@ fn run<T>(work: impl FnOnce() -> liger_core::Result<T>) -> Result<T> {
 
 // ---- loading ----------------------------------------------------------------------------
 
-/// `(stage, fraction)` progress callback, called from the loading thread.
-type ProgressFn = ThreadsafeFunction<(String, f64), (), (String, f64), Status, false>;
+/// Progress of loading: a stage name and how far along it is (0..1).
+#[napi(object)]
+pub struct LoadProgress {
+    pub stage: String,
+    pub fraction: f64,
+}
+
+/// Progress callback, called from the loading thread.
+type ProgressFn = ThreadsafeFunction<LoadProgress, (), LoadProgress, Status, false>;
 
 pub struct LoadTask {
     path: PathBuf,
@@ -73,7 +80,7 @@ impl Task for LoadTask {
         let on_progress = self.on_progress.as_ref();
         let mut report = |stage: &str, fraction: f64| {
             if let Some(callback) = on_progress {
-                callback.call((stage.to_string(), fraction), ThreadsafeFunctionCallMode::NonBlocking);
+                report_progress(callback, stage, fraction);
             }
         };
         run(|| liger_core::model::load_model(&self.path, &mut report))
@@ -81,6 +88,22 @@ impl Task for LoadTask {
 
     fn resolve(&mut self, _env: Env, model: BaseModel) -> Result<NativeModel> {
         Ok(NativeModel { model: Arc::new(model) })
+    }
+}
+
+/// Hand one progress event to JavaScript and wait until its callback has run: otherwise
+/// queued events could arrive after the load's promise has already resolved.
+fn report_progress(callback: &ProgressFn, stage: &str, fraction: f64) {
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let event = LoadProgress { stage: stage.to_string(), fraction };
+    let status = callback.call_with_return_value(event, ThreadsafeFunctionCallMode::Blocking, move |_, _| {
+        let _ = seen_tx.send(());
+        Ok(())
+    });
+    // If the call was refused, or its closure is dropped unrun (Node shutting down), the
+    // channel closes and recv returns at once.
+    if status == Status::Ok {
+        let _ = seen_rx.recv();
     }
 }
 
