@@ -1,0 +1,9 @@
+//! Training on the CPU: LoRA adapters, backward passes, loss, optimiser.
+
+pub mod backward;
+pub mod lora;
+pub mod loss;
+pub mod optim;
+
+#[cfg(test)]
+mod tests;
