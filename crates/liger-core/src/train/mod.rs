@@ -1,6 +1,7 @@
 //! Training on the CPU: LoRA adapters, backward passes, loss, optimiser.
 
 pub mod backward;
+pub mod data;
 pub mod lora;
 pub mod loss;
 pub mod optim;
