@@ -12,11 +12,11 @@
 //! truncated or corrupt file gives an `InvalidFile` error instead of a panic or a huge
 //! allocation.
 
-// mod model;
+mod model;
 mod reader;
 mod writer;
 
-// pub use model::{load_gguf_model, permute_qk_rows_from_gguf, permute_qk_rows_to_gguf};
+pub use model::{load_gguf_model, permute_qk_rows_from_gguf, permute_qk_rows_to_gguf};
 pub use writer::GgufWriter;
 
 use crate::error::{Error, ErrorCode, Result};
