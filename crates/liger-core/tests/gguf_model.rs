@@ -236,7 +236,7 @@ fn llama3_rope_scaling_from_rope_freqs_tensor() {
             }
         })
         .collect();
-    assert!(divisors.iter().any(|&d| d == 8.0) && divisors.iter().any(|&d| d == 1.0), "{divisors:?}");
+    assert!(divisors.contains(&8.0) && divisors.contains(&1.0), "{divisors:?}");
     t.writer.add_f32("rope_freqs.weight", &[(HD / 2) as u64], &divisors).unwrap();
     let (c, _) = load(&t.writer).unwrap();
     assert_eq!(c.rope_scaling, Some(expected));

@@ -84,8 +84,6 @@ fn dot_on_long_rows() {
     for (seed, ty) in ALL_TYPES.into_iter().enumerate() {
         let n = 4096;
         let bytes = ty.bytes_for(n).unwrap();
-        // Random bytes, with every f16 replaced by a sane value via re-quantizing where we can;
-        // otherwise keep only blocks whose values are finite and modest.
         let row = random_row(ty, n, seed as u64);
         assert_eq!(row.len(), bytes);
         let x = random_values(1000 + seed as u64, n, 1.0);

@@ -220,7 +220,7 @@ fn gguf_row_of_hf_row(r: usize, head_dim: usize) -> usize {
 
 /// Reorders whole rows: row `r` of the result is row `source(r)` of `t`.
 fn reorder_rows(t: &QTensor, head_dim: usize, source: impl Fn(usize) -> usize) -> Result<QTensor> {
-    if head_dim == 0 || head_dim % 2 != 0 || t.rows % head_dim != 0 {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) || !t.rows.is_multiple_of(head_dim) {
         return Err(Error::shape(format!(
             "cannot reorder the q/k rows of a [{}, {}] matrix in heads of {head_dim}: the rows must be a whole number of heads of even size",
             t.rows, t.cols

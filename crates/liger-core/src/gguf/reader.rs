@@ -220,7 +220,7 @@ fn check_tensor_extent(t: &GgufTensorInfo, alignment: usize, data_len: usize) ->
     let row_bytes = t.ty.bytes_for(cols).map_err(|e| {
         Error::new(ErrorCode::InvalidFile, format!("tensor `{name}`: {}", e.message))
     })?;
-    let rows = if cols == 0 { 0 } else { numel / cols };
+    let rows = numel.checked_div(cols).unwrap_or(0);
     let size = row_bytes.checked_mul(rows).ok_or_else(too_large)?;
     let offset = usize::try_from(t.offset).map_err(|_| too_large())?;
     if offset % alignment != 0 {

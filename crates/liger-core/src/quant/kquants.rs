@@ -186,12 +186,55 @@ pub(super) fn dot_q2_k(row: &[u8], x: &[f32]) -> f32 {
 pub(super) fn dot_q3_k(row: &[u8], x: &[f32]) -> f32 {
     dot_groups(row, 110, x, q3_k_group, false)
 }
+/// Q4_K is on the decode hot path: a chunk of 64 values is 32 bytes whose low nibbles are
+/// one group and high nibbles the next, so both groups are done in one pass over the bytes.
 pub(super) fn dot_q4_k(row: &[u8], x: &[f32]) -> f32 {
-    dot_groups(row, 144, x, q4_k_group, true)
+    let mut acc = [0.0f32; 32];
+    for (b, xb) in row.chunks_exact(144).zip(x.chunks_exact(256)) {
+        for c in 0..4 {
+            let (lo, hi) = (k4_group(b, 2 * c), k4_group(b, 2 * c + 1));
+            let qs = &b[16 + c * 32..][..32];
+            let xs = &xb[c * 64..][..64];
+            for l in 0..32 {
+                let (x0, x1) = (xs[l], xs[l + 32]);
+                let (q0, q1) = ((qs[l] & 0x0f) as f32, (qs[l] >> 4) as f32);
+                acc[l] += lo.scale * (q0 * x0) - lo.min * x0 + (hi.scale * (q1 * x1) - hi.min * x1);
+            }
+        }
+    }
+    sum_lanes(&acc)
 }
 pub(super) fn dot_q5_k(row: &[u8], x: &[f32]) -> f32 {
     dot_groups(row, 176, x, q5_k_group, true)
 }
+/// Q6_K is on the decode hot path: per half of 128 values, byte `l` of ql/qh feeds four
+/// values (`l`, `l + 32`, `l + 64`, `l + 96`), so all four quarters are done in one pass.
 pub(super) fn dot_q6_k(row: &[u8], x: &[f32]) -> f32 {
-    dot_groups(row, 210, x, q6_k_group, false)
+    let mut acc = [0.0f32; 16];
+    for (b, xb) in row.chunks_exact(210).zip(x.chunks_exact(256)) {
+        let d = f16_at(b, 208);
+        for half in 0..2 {
+            let ql = &b[half * 64..][..64];
+            let qh = &b[128 + half * 32..][..32];
+            let xs = &xb[half * 128..][..128];
+            for part in 0..2 {
+                // Scales of quarters 0..4 for values l0..l0+16 of each quarter.
+                let s = |k: usize| d * (b[192 + half * 8 + 2 * k + part] as i8) as f32;
+                let (s0, s1, s2, s3) = (s(0), s(1), s(2), s(3));
+                let l0 = part * 16;
+                for (l, lane) in acc.iter_mut().enumerate() {
+                    let i = l0 + l;
+                    let (a, c, h) = (ql[i], ql[i + 32], qh[i]);
+                    let q0 = ((a & 0x0f) | ((h & 3) << 4)) as i32 - 32;
+                    let q1 = ((c & 0x0f) | (((h >> 2) & 3) << 4)) as i32 - 32;
+                    let q2 = ((a >> 4) | (((h >> 4) & 3) << 4)) as i32 - 32;
+                    let q3 = ((c >> 4) | ((h >> 6) << 4)) as i32 - 32;
+                    *lane += s0 * (q0 as f32 * xs[i])
+                        + s1 * (q1 as f32 * xs[i + 32])
+                        + (s2 * (q2 as f32 * xs[i + 64]) + s3 * (q3 as f32 * xs[i + 96]));
+                }
+            }
+        }
+    }
+    sum_lanes(&acc)
 }
