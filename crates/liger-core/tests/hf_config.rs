@@ -260,6 +260,7 @@ fn bad_configs_give_clear_errors() {
 
 /// transformers' `_compute_llama3_parameters`, re-derived in float64 in its own form:
 /// masks over the whole frequency vector rather than a branch per frequency.
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // kept as `~(w < high) & ~(w > low)`, as written there
 fn llama3_inv_freq_f64(theta: f64, dim: usize, s: &Llama3RopeScaling) -> Vec<f64> {
     let (factor, low, high, old) =
         (s.factor as f64, s.low_freq_factor as f64, s.high_freq_factor as f64, s.original_max_position_embeddings as f64);

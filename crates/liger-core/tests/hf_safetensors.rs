@@ -1,7 +1,7 @@
 //! safetensors files: writing and reading back, agreement with the `safetensors` crate, and
 //! truncated or corrupt files (an error naming the file, never a panic).
 
-use liger_core::hf::{read_safetensors_f32, write_safetensors, SafetensorsFile, SaveDtype};
+use liger_core::hf::{read_safetensors_f32, safetensors_to_bytes, write_safetensors, SafetensorsFile, SaveDtype};
 use liger_core::ErrorCode;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -102,6 +102,23 @@ fn reads_files_written_by_the_crate() {
     assert_eq!(m.to_f32().to_vec(), expected);
     // Views, not copies: the same bytes each time.
     assert_eq!(st.matrix("w").unwrap().data.as_slice().as_ptr(), m.data.as_slice().as_ptr());
+}
+
+#[test]
+fn in_memory_writer_matches_the_file_writer() {
+    let mut rng = rng();
+    let dir = TempDir::new("mem");
+    let w = random_values(&mut rng, 8 * 4);
+    let n = random_values(&mut rng, 8);
+    let tensors = [("w".to_string(), vec![8, 4], SaveDtype::BF16, &w[..]), ("n".to_string(), vec![8], SaveDtype::F32, &n[..])];
+    let bytes = safetensors_to_bytes(&tensors, None).unwrap();
+    let path = dir.path("same.safetensors");
+    write_safetensors(&path, &tensors, None).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    let st = SafetensorsFile::from_bytes(bytes, "mem").unwrap();
+    assert_eq!(st.vector_f32("n").unwrap(), n);
+    assert_eq!(st.matrix("w").unwrap().ty, liger_core::GgmlType::BF16);
+    assert_eq!(st.metadata()["format"], "pt");
 }
 
 /// Relative error of round-to-nearest in a float type with `mantissa_bits` stored bits,

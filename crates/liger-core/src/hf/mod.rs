@@ -15,7 +15,7 @@ mod checkpoint;
 mod fsutil;
 
 pub use config::{config_from_value, config_to_json, parse_config, SUPPORTED_ARCHITECTURES};
-pub use safetensors_io::{SafetensorsFile, SaveDtype};
+pub use safetensors_io::{safetensors_to_bytes, SafetensorsFile, SaveDtype};
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use checkpoint::{

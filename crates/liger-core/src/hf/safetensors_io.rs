@@ -216,6 +216,8 @@ fn check_offsets_fit(buf: &[u8], name: &str) -> Result<()> {
 /// Values to write for one tensor: borrowed f32, or a stored matrix converted on the fly.
 pub(crate) enum TensorValues<'a> {
     F32(&'a [f32]),
+    // Written only by the checkpoint saver, which needs a file system.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     Matrix(&'a QTensor),
 }
 
@@ -330,6 +332,31 @@ pub(crate) fn with_format(metadata: Option<HashMap<String, String>>) -> HashMap<
     m
 }
 
+/// Tensors given as (name, shape, dtype, f32 values), as the public writers take them.
+fn out_tensors<'a>(tensors: &'a [(String, Vec<usize>, SaveDtype, &'a [f32])]) -> Vec<OutTensor<'a>> {
+    tensors
+        .iter()
+        .map(|(name, shape, dtype, values)| OutTensor {
+            name: name.clone(),
+            shape: shape.clone(),
+            dtype: *dtype,
+            values: TensorValues::F32(values),
+        })
+        .collect()
+}
+
+/// A safetensors file in memory (for targets without a file system, or to send elsewhere).
+pub fn safetensors_to_bytes(
+    tensors: &[(String, Vec<usize>, SaveDtype, &[f32])],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let out = out_tensors(tensors);
+    let refs: Vec<&OutTensor> = out.iter().collect();
+    let mut bytes = Vec::new();
+    write_tensors(&mut bytes, &refs, &with_format(metadata), "safetensors buffer")?;
+    Ok(bytes)
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 mod files {
     use super::*;
@@ -343,15 +370,7 @@ mod files {
         tensors: &[(String, Vec<usize>, SaveDtype, &[f32])],
         metadata: Option<HashMap<String, String>>,
     ) -> Result<()> {
-        let out: Vec<OutTensor> = tensors
-            .iter()
-            .map(|(name, shape, dtype, values)| OutTensor {
-                name: name.clone(),
-                shape: shape.clone(),
-                dtype: *dtype,
-                values: TensorValues::F32(values),
-            })
-            .collect();
+        let out = out_tensors(tensors);
         let metadata = with_format(metadata);
         let shown = path.display().to_string();
         let refs: Vec<&OutTensor> = out.iter().collect();
@@ -360,6 +379,7 @@ mod files {
 
     /// Every tensor of a safetensors file (F32, F16 or BF16) as its name, shape and f32
     /// values, in the order of their data in the file.
+    #[allow(clippy::type_complexity)] // a plain list of (name, shape, values) is the point
     pub fn read_safetensors_f32(path: &Path) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
         let file = SafetensorsFile::open(path)?;
         file.names()
