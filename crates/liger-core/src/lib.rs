@@ -18,6 +18,7 @@ pub mod stop;
 pub mod tensor;
 pub mod testing;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
