@@ -133,6 +133,12 @@ impl Tokenizer {
         Ok(Self::assemble(built.tokenizer, v.tokens.clone(), added, special, decoding, v.bos_id, v.eos_id, v.add_bos))
     }
 
+    /// Reads the tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`).
+    pub fn from_gguf(file: &crate::gguf::GgufFile) -> Result<Self> {
+        let v = vocab::read_gguf_vocab(file)?;
+        Self::from_bpe_vocab(&v).map_err(|e| e.context(file.name()))
+    }
+
     /// Parses a Hugging Face `tokenizer.json`; `source` names it in error messages.
     pub fn from_json(json: &[u8], source: &str) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| {

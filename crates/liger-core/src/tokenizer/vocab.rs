@@ -273,3 +273,97 @@ pub(crate) fn build(v: &BpeVocab) -> Result<BuiltVocab> {
     }
     Ok(BuiltVocab { tokenizer, token_types })
 }
+
+/// Reads the `tokenizer.ggml.*` keys of a GGUF file.
+pub(crate) fn read_gguf_vocab(file: &crate::gguf::GgufFile) -> Result<BpeVocab> {
+    use crate::gguf::GgufValue;
+    let missing = |what: &str| {
+        Error::new(
+            ErrorCode::MissingTokenizer,
+            format!("{}: the file has no tokenizer ({what} is missing); load a tokenizer.json instead", file.name()),
+        )
+    };
+    if file.get("tokenizer.ggml.tokens").is_none() {
+        return Err(missing("tokenizer.ggml.tokens"));
+    }
+    let model = match file.get("tokenizer.ggml.model") {
+        Some(_) => file.get_str("tokenizer.ggml.model")?.to_string(),
+        None => return Err(missing("tokenizer.ggml.model")),
+    };
+    if model == "none" || model == "no_vocab" {
+        return Err(missing("the vocabulary"));
+    }
+    let opt_id = |key: &str| -> Result<Option<u32>> {
+        if file.get(key).is_none() {
+            return Ok(None);
+        }
+        let id = file.get_u64(key)?;
+        u32::try_from(id)
+            .map(Some)
+            .map_err(|_| Error::invalid_file(file.name(), format!("metadata key `{key}` = {id} is not a token id")))
+    };
+    let opt_bool = |key: &str, default: bool| -> Result<bool> {
+        if file.get(key).is_none() {
+            Ok(default)
+        } else {
+            file.get_bool(key)
+        }
+    };
+    let tokens: Vec<String> = file.get_str_array("tokenizer.ggml.tokens")?.into_iter().map(String::from).collect();
+    let token_types = match file.get("tokenizer.ggml.token_type") {
+        None => Vec::new(),
+        Some(_) => file
+            .get_i64_array("tokenizer.ggml.token_type")?
+            .into_iter()
+            .map(|t| {
+                i32::try_from(t).map_err(|_| Error::invalid_file(file.name(), format!("token type {t} is out of range")))
+            })
+            .collect::<Result<_>>()?,
+    };
+    let merges = match file.get("tokenizer.ggml.merges") {
+        None => Vec::new(),
+        Some(_) => file.get_str_array("tokenizer.ggml.merges")?.into_iter().map(String::from).collect(),
+    };
+    let scores = match file.get("tokenizer.ggml.scores") {
+        None => Vec::new(),
+        Some(GgufValue::Array(values)) => values
+            .iter()
+            .map(|v| match v {
+                GgufValue::F32(s) => Ok(*s),
+                GgufValue::F64(s) => Ok(*s as f32),
+                other => Err(Error::invalid_file(
+                    file.name(),
+                    format!("metadata key `tokenizer.ggml.scores` should hold floats, found {}", other.type_name()),
+                )),
+            })
+            .collect::<Result<_>>()?,
+        Some(other) => {
+            return Err(Error::invalid_file(
+                file.name(),
+                format!("metadata key `tokenizer.ggml.scores` should be an array, found {}", other.type_name()),
+            ))
+        }
+    };
+    let pre = match file.get("tokenizer.ggml.pre") {
+        None => None,
+        Some(_) => Some(file.get_str("tokenizer.ggml.pre")?.to_string()),
+    };
+    // llama.cpp's defaults when the file does not say: SentencePiece and Llama 3 start with BOS.
+    let bos_by_default = model == "llama" || matches!(pre.as_deref(), Some("llama-bpe" | "llama3" | "llama-v3"));
+    let bos_id = opt_id("tokenizer.ggml.bos_token_id")?;
+    let v = BpeVocab {
+        pre,
+        tokens,
+        token_types,
+        merges,
+        scores,
+        bos_id,
+        eos_id: opt_id("tokenizer.ggml.eos_token_id")?,
+        unk_id: opt_id("tokenizer.ggml.unknown_token_id")?,
+        pad_id: opt_id("tokenizer.ggml.padding_token_id")?,
+        add_bos: opt_bool("tokenizer.ggml.add_bos_token", bos_by_default && bos_id.is_some())?,
+        add_eos: opt_bool("tokenizer.ggml.add_eos_token", false)?,
+        model,
+    };
+    Ok(v)
+}
