@@ -262,3 +262,30 @@ fn gguf_tokenizer_metadata_errors() {
     .unwrap();
     assert_eq!(tok.encode("abba", false, false).unwrap(), vec![2, 1, 0]);
 }
+
+#[test]
+fn default_model_chat_template() {
+    use liger_core::chat::{gguf_chat_template, render_chat, ChatMessage, CHATML_TEMPLATE};
+    let file = GgufFile::open(&model_path()).unwrap();
+    let template = gguf_chat_template(&file).unwrap();
+    let user = ChatMessage::new("user", "Hi");
+    let text = render_chat(&template, std::slice::from_ref(&user), true, "<|im_start|>", "<|im_end|>").unwrap();
+    assert_eq!(
+        text,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    // With its own system message the template adds no default one.
+    let messages = [ChatMessage::new("system", "Be brief."), user, ChatMessage::new("assistant", "Hello!")];
+    let text = render_chat(&template, &messages, false, "", "").unwrap();
+    assert_eq!(
+        text,
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+    );
+    // The markers become single special tokens when the prompt is encoded.
+    let ids = tokenizer().encode(&text, false, true).unwrap();
+    assert_eq!(ids.iter().filter(|&&id| id == 1).count(), 3);
+    assert_eq!(ids.iter().filter(|&&id| id == 2).count(), 3);
+    // A file without a template falls back to ChatML.
+    assert_eq!(gguf_chat_template(&gguf_with(vec![])).unwrap(), CHATML_TEMPLATE);
+}
