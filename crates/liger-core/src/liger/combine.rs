@@ -40,8 +40,12 @@ impl LigerAttentionConfig {
         if !self.alpha.is_finite() || !self.beta.is_finite() {
             return Err(Error::invalid_argument(format!("alpha and beta must be finite, got {} and {}", self.alpha, self.beta)));
         }
-        if shape.d % 2 != 0 || inv_freq.len() != shape.d / 2 {
-            return Err(Error::shape(format!("RoPE needs an even head size and head_size/2 inverse frequencies; got head size {} and {}", shape.d, inv_freq.len())));
+        if !shape.d.is_multiple_of(2) || inv_freq.len() != shape.d / 2 {
+            return Err(Error::shape(format!(
+                "RoPE needs an even head size and head_size/2 inverse frequencies; got head size {} and {}",
+                shape.d,
+                inv_freq.len()
+            )));
         }
         Ok(())
     }
@@ -138,7 +142,15 @@ pub fn liger_attention_forward(
 
 /// Gradients of `sum(d_o * liger_attention_forward(q, k, v))` from a fresh state, w.r.t. the
 /// raw q, k, v (the SWA branch's gradients are rotated back through RoPE).
-pub fn liger_attention_backward(cfg: &LigerAttentionConfig, shape: HeadShape, q: &[f32], k: &[f32], v: &[f32], inv_freq: &[f32], d_o: &[f32]) -> Result<QkvGrads> {
+pub fn liger_attention_backward(
+    cfg: &LigerAttentionConfig,
+    shape: HeadShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    inv_freq: &[f32],
+    d_o: &[f32],
+) -> Result<QkvGrads> {
     cfg.validate(shape, inv_freq)?;
     let d_grm: Vec<f32> = d_o.iter().map(|x| x * cfg.alpha).collect();
     let mut grads = mixer::chunk_backward(&cfg.mixer, shape, q, k, v, &d_grm, DEFAULT_CHUNK_SIZE)?;

@@ -81,12 +81,9 @@ impl MixerConfig {
     /// Checks the settings against a head size.
     pub fn validate(&self, head_dim: usize) -> Result<()> {
         if !(self.gate_normalizer.is_finite() && self.gate_normalizer > 0.0) {
-            return Err(Error::invalid_argument(format!(
-                "mixer gate_normalizer must be a positive number, got {}",
-                self.gate_normalizer
-            )));
+            return Err(Error::invalid_argument(format!("mixer gate_normalizer must be a positive number, got {}", self.gate_normalizer)));
         }
-        if self.kind == MixerKind::Gsa && (self.gsa_slots == 0 || head_dim % self.gsa_slots != 0) {
+        if self.kind == MixerKind::Gsa && (self.gsa_slots == 0 || !head_dim.is_multiple_of(self.gsa_slots)) {
             return Err(Error::invalid_argument(format!(
                 "gsa_slots must divide the head size {head_dim} (the gate pools the key over equal groups), got {}",
                 self.gsa_slots
@@ -110,7 +107,7 @@ impl HeadShape {
         if hq == 0 || hkv == 0 || d == 0 {
             return Err(Error::invalid_argument(format!("head counts and head size must be positive, got hq={hq} hkv={hkv} d={d}")));
         }
-        if hq % hkv != 0 {
+        if !hq.is_multiple_of(hkv) {
             return Err(Error::invalid_argument(format!("{hq} query heads are not a multiple of {hkv} key-value heads")));
         }
         Ok(HeadShape { hq, hkv, d })
@@ -122,7 +119,7 @@ impl HeadShape {
     /// Checks `q`, `k`, `v` (and optionally more `[T, hq, d]` slices) and returns T.
     pub fn tokens(&self, q: usize, k: usize, v: usize) -> Result<usize> {
         let (qs, kvs) = (self.hq * self.d, self.hkv * self.d);
-        if q % qs != 0 {
+        if !q.is_multiple_of(qs) {
             return Err(Error::shape(format!("q has {q} values, not a multiple of hq*d = {qs}")));
         }
         let t = q / qs;

@@ -1,7 +1,9 @@
 //! Gated linear attention with a per-key-dimension decay, on one key-value head: the kernel
 //! behind every mixer except GSA (a scalar decay is a vector of equal values; no decay is 0).
 //!
-//!     S_t = diag(exp(g_t)) S_{t-1} + kf_t^T v_t        o_t = qf_t S_t
+//! ```text
+//! S_t = diag(exp(g_t)) S_{t-1} + kf_t^T v_t        o_t = qf_t S_t
+//! ```
 //!
 //! Inputs are head-major: `qf` is `[G, T, K]` for the G query heads that share this head's
 //! state, `kf` and the log-gates `g` (all <= 0) are `[T, K]`, `v` is `[T, V]`, the state
@@ -49,9 +51,16 @@ pub(crate) struct GatedGrads {
     pub dv: Vec<f32>,
 }
 
-/// Inclusive cumulative sum over the rows of `g[r0..r0+len, K]`.
-pub(crate) fn chunk_cumsum(g: &[f32], r0: usize, len: usize, k: usize) -> Vec<f32> {
-    let mut out = g[r0 * k..(r0 + len) * k].to_vec();
+/// `exp(x)` for an exponent computed in f64 (see [`chunk_cumsum`]).
+pub(crate) fn decay(x: f64) -> f32 {
+    (x as f32).exp()
+}
+
+/// Inclusive cumulative sum over the rows of `g[r0..r0+len, K]`, in f64: the kernels take
+/// differences of these sums, and with strong gates (rwkv6: -exp(k)) the sums reach the
+/// thousands, where f32 would leave only ~1e-4 of absolute precision in the differences.
+pub(crate) fn chunk_cumsum(g: &[f32], r0: usize, len: usize, k: usize) -> Vec<f64> {
+    let mut out: Vec<f64> = g[r0 * k..(r0 + len) * k].iter().map(|&x| x as f64).collect();
     for r in 1..len {
         for d in 0..k {
             out[r * k + d] += out[(r - 1) * k + d];
@@ -62,11 +71,11 @@ pub(crate) fn chunk_cumsum(g: &[f32], r0: usize, len: usize, k: usize) -> Vec<f3
 
 /// `x * exp(sign * (gc - base))` for the rows `rows` of `x` and `gc` (`[_, K]`), where `base`
 /// is one row of K values. Callers pick rows, base and sign so that the exponent is <= 0.
-pub(crate) fn scale_rows(x: &[f32], gc: &[f32], base: &[f32], rows: std::ops::Range<usize>, k: usize, sign: f32) -> Vec<f32> {
+pub(crate) fn scale_rows(x: &[f32], gc: &[f64], base: &[f64], rows: std::ops::Range<usize>, k: usize, sign: f64) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows.len() * k);
     for r in rows {
         for d in 0..k {
-            out.push(x[r * k + d] * (sign * (gc[r * k + d] - base[d])).exp());
+            out.push(x[r * k + d] * decay(sign * (gc[r * k + d] - base[d])));
         }
     }
     out
@@ -74,7 +83,7 @@ pub(crate) fn scale_rows(x: &[f32], gc: &[f32], base: &[f32], rows: std::ops::Ra
 
 /// `A_tj = sum_d x_t[d] y_j[d] exp(gc_t[d] - gc_j[d])` for j <= t, zero above the diagonal.
 /// `x`, `y`, `gc` are `[L, K]`; returns `[L, L]`.
-pub(crate) fn gated_scores(x: &[f32], y: &[f32], gc: &[f32], l: usize, k: usize) -> Vec<f32> {
+pub(crate) fn gated_scores(x: &[f32], y: &[f32], gc: &[f64], l: usize, k: usize) -> Vec<f32> {
     let mut a = vec![0.0f32; l * l];
     for i0 in (0..l).step_by(SUB) {
         let i1 = (i0 + SUB).min(l);
@@ -82,7 +91,7 @@ pub(crate) fn gated_scores(x: &[f32], y: &[f32], gc: &[f32], l: usize, k: usize)
             for j in i0..=t {
                 let mut s = 0.0;
                 for d in 0..k {
-                    s += x[t * k + d] * y[j * k + d] * (gc[t * k + d] - gc[j * k + d]).exp();
+                    s += x[t * k + d] * y[j * k + d] * decay(gc[t * k + d] - gc[j * k + d]);
                 }
                 a[t * l + j] = s;
             }
@@ -102,14 +111,14 @@ pub(crate) fn gated_scores(x: &[f32], y: &[f32], gc: &[f32], l: usize, k: usize)
 }
 
 /// `R_t += sum_{j<=t} W_tj y_j * exp(gc_t - gc_j)`; `w` is `[L, L]` (only j <= t is read).
-pub(crate) fn gated_rows_acc(w: &[f32], y: &[f32], gc: &[f32], l: usize, k: usize, r: &mut [f32]) {
+pub(crate) fn gated_rows_acc(w: &[f32], y: &[f32], gc: &[f64], l: usize, k: usize, r: &mut [f32]) {
     for i0 in (0..l).step_by(SUB) {
         let i1 = (i0 + SUB).min(l);
         for t in i0..i1 {
             for j in i0..=t {
                 let wtj = w[t * l + j];
                 for d in 0..k {
-                    r[t * k + d] += wtj * y[j * k + d] * (gc[t * k + d] - gc[j * k + d]).exp();
+                    r[t * k + d] += wtj * y[j * k + d] * decay(gc[t * k + d] - gc[j * k + d]);
                 }
             }
         }
@@ -121,7 +130,7 @@ pub(crate) fn gated_rows_acc(w: &[f32], y: &[f32], gc: &[f32], l: usize, k: usiz
             matmul(wb, MatRef::new(&ys, i0, k), &mut block, false);
             for t in i0..i1 {
                 for d in 0..k {
-                    r[t * k + d] += block[(t - i0) * k + d] * (gc[t * k + d] - p[d]).exp();
+                    r[t * k + d] += block[(t - i0) * k + d] * decay(gc[t * k + d] - p[d]);
                 }
             }
         }
@@ -129,14 +138,14 @@ pub(crate) fn gated_rows_acc(w: &[f32], y: &[f32], gc: &[f32], l: usize, k: usiz
 }
 
 /// `C_j += sum_{t>=j} W_tj x_t * exp(gc_t - gc_j)`; `w` is `[L, L]` (only j <= t is read).
-pub(crate) fn gated_cols_acc(w: &[f32], x: &[f32], gc: &[f32], l: usize, k: usize, c: &mut [f32]) {
+pub(crate) fn gated_cols_acc(w: &[f32], x: &[f32], gc: &[f64], l: usize, k: usize, c: &mut [f32]) {
     for j0 in (0..l).step_by(SUB) {
         let j1 = (j0 + SUB).min(l);
         for j in j0..j1 {
             for t in j..j1 {
                 let wtj = w[t * l + j];
                 for d in 0..k {
-                    c[j * k + d] += wtj * x[t * k + d] * (gc[t * k + d] - gc[j * k + d]).exp();
+                    c[j * k + d] += wtj * x[t * k + d] * decay(gc[t * k + d] - gc[j * k + d]);
                 }
             }
         }
@@ -149,7 +158,7 @@ pub(crate) fn gated_cols_acc(w: &[f32], x: &[f32], gc: &[f32], l: usize, k: usiz
             matmul(wb.t(), MatRef::new(&xs, l - j1, k), &mut block, false);
             for j in j0..j1 {
                 for d in 0..k {
-                    c[j * k + d] += block[(j - j0) * k + d] * (p[d] - gc[j * k + d]).exp();
+                    c[j * k + d] += block[(j - j0) * k + d] * decay(p[d] - gc[j * k + d]);
                 }
             }
         }
@@ -157,10 +166,10 @@ pub(crate) fn gated_cols_acc(w: &[f32], x: &[f32], gc: &[f32], l: usize, k: usiz
 }
 
 /// `S = diag(exp(last)) S + (kf * exp(last - gc))^T v` for one chunk of L rows.
-pub(crate) fn advance_state(state: &mut [f32], kc: &[f32], vc: &[f32], gc: &[f32], l: usize, k: usize, v: usize) {
+pub(crate) fn advance_state(state: &mut [f32], kc: &[f32], vc: &[f32], gc: &[f64], l: usize, k: usize, v: usize) {
     let last = &gc[(l - 1) * k..l * k];
     for d in 0..k {
-        let decay = last[d].exp();
+        let decay = decay(last[d]);
         state[d * v..(d + 1) * v].iter_mut().for_each(|s| *s *= decay);
     }
     let khat = scale_rows(kc, gc, last, 0..l, k, -1.0);
@@ -181,7 +190,7 @@ pub(crate) fn chunk_forward(x: &GatedInputs, dims: GatedDims, chunk: usize, stat
             let qh = &x.qf[(h * t + c0) * k..(h * t + c0 + l) * k];
             let oh = &mut o[(h * t + c0) * v..(h * t + c0 + l) * v];
             // Contribution of the state entering the chunk.
-            let qdec: Vec<f32> = qh.iter().zip(&gc).map(|(q, g)| q * g.exp()).collect();
+            let qdec: Vec<f32> = qh.iter().zip(&gc).map(|(q, &g)| q * decay(g)).collect();
             matmul(MatRef::new(&qdec, l, k), MatRef::new(state, k, v), oh, false);
             // Contribution of the chunk's own tokens.
             let a = gated_scores(qh, kc, &gc, l, k);
@@ -194,6 +203,7 @@ pub(crate) fn chunk_forward(x: &GatedInputs, dims: GatedDims, chunk: usize, stat
 
 /// One decoding step of one key-value head: `qf` is `[G, K]`, `kf` and `g` `[K]`, `v` `[V]`;
 /// writes `o` `[G, V]`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn recurrent_step(state: &mut [f32], qf: &[f32], kf: &[f32], g: &[f32], v: &[f32], o: &mut [f32], k: usize, vd: usize) {
     for d in 0..k {
         let decay = g[d].exp();
@@ -253,13 +263,13 @@ pub(crate) fn chunk_backward(x: &GatedInputs, d_o: &[f32], dims: GatedDims, chun
         matmul(MatRef::new(vc, l, v), MatRef::new(&ds, k, v).t(), &mut vds, false);
         for j in 0..l {
             for d in 0..k {
-                dkc[j * k + d] += vds[j * k + d] * (last[d] - gc[j * k + d]).exp();
+                dkc[j * k + d] += vds[j * k + d] * decay(last[d] - gc[j * k + d]);
             }
         }
         let khat = scale_rows(kc, &gc, &last, 0..l, k, -1.0);
         matmul(MatRef::new(&khat, l, k), MatRef::new(&ds, k, v), dvc, true);
         for d in 0..k {
-            let decay = last[d].exp();
+            let decay = decay(last[d]);
             ds[d * v..(d + 1) * v].iter_mut().for_each(|s| *s *= decay);
         }
 
@@ -272,14 +282,14 @@ pub(crate) fn chunk_backward(x: &GatedInputs, d_o: &[f32], dims: GatedDims, chun
             matmul(MatRef::new(doh, l, v), MatRef::new(vc, l, v).t(), &mut da, false);
             // dqf: through the entering state, then through the chunk's own keys.
             matmul(MatRef::new(doh, l, v), MatRef::new(s0, k, v).t(), dqh, false);
-            dqh.iter_mut().zip(&gc).for_each(|(dq, g)| *dq *= g.exp());
+            dqh.iter_mut().zip(&gc).for_each(|(dq, &g)| *dq *= decay(g));
             gated_rows_acc(&da, kc, &gc, l, k, dqh);
             // dkf and dv through the chunk's own queries.
             gated_cols_acc(&da, qh, &gc, l, k, dkc);
             let a = gated_scores(qh, kc, &gc, l, k);
             matmul(MatRef::new(&a, l, l).t(), MatRef::new(doh, l, v), dvc, true);
             // The entering state's gradient collects this chunk's queries.
-            let qdec: Vec<f32> = qh.iter().zip(&gc).map(|(q, g)| q * g.exp()).collect();
+            let qdec: Vec<f32> = qh.iter().zip(&gc).map(|(q, &g)| q * decay(g)).collect();
             matmul(MatRef::new(&qdec, l, k).t(), MatRef::new(doh, l, v), &mut ds, true);
         }
     }

@@ -1,8 +1,10 @@
 //! Gated slot attention (GSA) with M slots per key-value head, as two gated passes:
 //!
-//!     log a_t = logsigmoid(pool_M(k_t)) / normalizer      w_t = 1 - a_t       (M values)
-//!     Kslots_t = diag(a_t) Kslots_{t-1} + w_t^T k_t      Vslots_t = diag(a_t) Vslots_{t-1} + w_t^T v_t
-//!     p_t = softmax(Kslots_t q_t / sqrt(D))              o_t = p_t Vslots_t
+//! ```text
+//! log a_t = logsigmoid(pool_M(k_t)) / normalizer      w_t = 1 - a_t       (M values)
+//! Kslots_t = diag(a_t) Kslots_{t-1} + w_t^T k_t      Vslots_t = diag(a_t) Vslots_{t-1} + w_t^T v_t
+//! p_t = softmax(Kslots_t q_t / sqrt(D))              o_t = p_t Vslots_t
+//! ```
 //!
 //! `pool_M` is the mean over M equal groups of consecutive key dims (so M must divide D).
 //! The queries and keys enter raw (no feature map); the slot read-out is scaled by
@@ -14,7 +16,7 @@
 
 use super::config::{HeadShape, MixerConfig};
 use super::feature::{log_sigmoid, sigmoid, softmax, softmax_backward_acc};
-use super::gated::{self, advance_state, chunk_cumsum, gated_cols_acc, gated_rows_acc, gated_scores, scale_rows, GatedDims, GatedInputs};
+use super::gated::{self, advance_state, chunk_cumsum, decay, gated_cols_acc, gated_rows_acc, gated_scores, scale_rows, GatedDims, GatedInputs};
 use super::mixer::{gather_heads, scatter_heads, QkvGrads};
 use crate::linalg::{matmul, MatRef};
 use rayon::prelude::*;
@@ -75,7 +77,7 @@ fn slot_scores_forward(x: &SlotInputs, dims: SlotDims, chunk: usize, kslots: &mu
             let sh = &mut s[(h * t + c0) * m..(h * t + c0 + l) * m];
             // Entering memory, decayed to each row; then the chunk's own writes.
             matmul(MatRef::new(qh, l, d), MatRef::new(kslots, m, d).t(), sh, false);
-            sh.iter_mut().zip(&gc).for_each(|(x, g)| *x *= g.exp());
+            sh.iter_mut().zip(&gc).for_each(|(x, &g)| *x *= decay(g));
             let mut b = vec![0.0f32; l * l];
             matmul(MatRef::new(qh, l, d), MatRef::new(kc, l, d).t(), &mut b, false);
             gated_rows_acc(&b, wc, &gc, l, m, sh);
@@ -112,20 +114,20 @@ fn slot_scores_backward(x: &SlotInputs, s: &[f32], ds: &[f32], dims: SlotDims, c
         matmul(MatRef::new(kc, l, d), MatRef::new(&dmem, m, d).t(), &mut kdm, false);
         for j in 0..l {
             for i in 0..m {
-                dwc[j * m + i] += kdm[j * m + i] * (last[i] - gc[j * m + i]).exp();
+                dwc[j * m + i] += kdm[j * m + i] * decay(last[i] - gc[j * m + i]);
             }
         }
         let what = scale_rows(wc, &gc, &last, 0..l, m, -1.0);
         matmul(MatRef::new(&what, l, m), MatRef::new(&dmem, m, d), dkc, true);
         for i in 0..m {
-            let decay = last[i].exp();
+            let decay = decay(last[i]);
             dmem[i * d..(i + 1) * d].iter_mut().for_each(|x| *x *= decay);
         }
         for h in 0..group {
             let qh = &x.qs[(h * t + c0) * d..(h * t + c0 + l) * d];
             let dsh = &ds[(h * t + c0) * m..(h * t + c0 + l) * m];
             let dqh = &mut dqs[(h * t + c0) * d..(h * t + c0 + l) * d];
-            let dsdec: Vec<f32> = dsh.iter().zip(&gc).map(|(a, g)| a * g.exp()).collect();
+            let dsdec: Vec<f32> = dsh.iter().zip(&gc).map(|(a, &g)| a * decay(g)).collect();
             matmul(MatRef::new(&dsdec, l, m), MatRef::new(&states[ci], m, d), dqh, false);
             matmul(MatRef::new(&dsdec, l, m).t(), MatRef::new(qh, l, d), &mut dmem, true);
             // Inside the chunk: s_t = sum_{j<=t} B_tj w_j exp(G_t - G_j), B = q k^T.
@@ -160,7 +162,16 @@ fn softmax_rows(s: &[f32], m: usize) -> Vec<f32> {
 
 /// Chunked forward; `state` holds `[Kslots | Vslots]` per key-value head.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn chunk_forward(cfg: &MixerConfig, shape: HeadShape, t: usize, q: &[f32], k: &[f32], v: &[f32], state: &mut [f32], chunk: usize) -> Vec<f32> {
+pub(crate) fn chunk_forward(
+    cfg: &MixerConfig,
+    shape: HeadShape,
+    t: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    state: &mut [f32],
+    chunk: usize,
+) -> Vec<f32> {
     let (d, group, m) = (shape.d, shape.group(), cfg.gsa_slots);
     let dims = SlotDims { group, t, d, m };
     let outs: Vec<Vec<f32>> = state

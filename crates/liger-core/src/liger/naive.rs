@@ -112,9 +112,7 @@ pub fn attention_forward(shape: HeadShape, window_keys: usize, q: &[f64], k: &[f
         for h in 0..shape.hq {
             let kvh = h / group;
             let qi = &q[(i * shape.hq + h) * d..(i * shape.hq + h + 1) * d];
-            let scores: Vec<f64> = (first..=i)
-                .map(|j| scale * (0..d).map(|x| qi[x] * k[(j * shape.hkv + kvh) * d + x]).sum::<f64>())
-                .collect();
+            let scores: Vec<f64> = (first..=i).map(|j| scale * (0..d).map(|x| qi[x] * k[(j * shape.hkv + kvh) * d + x]).sum::<f64>()).collect();
             let p = softmax(&scores);
             for (n, j) in (first..=i).enumerate() {
                 for x in 0..d {

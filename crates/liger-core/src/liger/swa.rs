@@ -37,6 +37,7 @@ fn first_visible(pos: usize, window_keys: usize) -> usize {
 
 /// Softmax probabilities of one block of queries against keys `lo..hi` (global positions),
 /// `[rows, hi - lo]`, masked to each query's window. `q` rows are at positions `pos0..`.
+#[allow(clippy::too_many_arguments)]
 fn block_probs(qb: &[f32], keys: &[f32], rows: usize, pos0: usize, lo: usize, hi: usize, d: usize, window_keys: usize) -> Vec<f32> {
     let n = hi - lo;
     let mut s = vec![0.0f32; rows * n];
@@ -56,26 +57,13 @@ fn block_probs(qb: &[f32], keys: &[f32], rows: usize, pos0: usize, lo: usize, hi
 /// Attention of T new tokens, after `prefix` (keys and values `[P, hkv, D]` of the P tokens
 /// before them, e.g. from an earlier prefill; only the last `window_keys - 1` matter).
 /// Returns `[T, hq, D]`.
-pub fn swa_forward(
-    shape: HeadShape,
-    window_keys: usize,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    prefix: Option<(&[f32], &[f32])>,
-) -> Result<Vec<f32>> {
+pub fn swa_forward(shape: HeadShape, window_keys: usize, q: &[f32], k: &[f32], v: &[f32], prefix: Option<(&[f32], &[f32])>) -> Result<Vec<f32>> {
     check_window(window_keys)?;
     let t = shape.tokens(q.len(), k.len(), v.len())?;
     let (d, group, kv_row) = (shape.d, shape.group(), shape.hkv * shape.d);
     let (pk, pv) = prefix.unwrap_or((&[], &[]));
-    if pk.len() != pv.len() || pk.len() % kv_row != 0 {
-        return Err(Error::shape(format!(
-            "prefix keys and values must both be [P, {}, {}]; got {} and {} values",
-            shape.hkv,
-            d,
-            pk.len(),
-            pv.len()
-        )));
+    if pk.len() != pv.len() || !pk.len().is_multiple_of(kv_row) {
+        return Err(Error::shape(format!("prefix keys and values must both be [P, {}, {}]; got {} and {} values", shape.hkv, d, pk.len(), pv.len())));
     }
     // Keep only the prefix tokens some new query can see.
     let p_all = pk.len() / kv_row;
@@ -217,8 +205,14 @@ impl SwaCache {
     /// Appends tokens' keys and values `[n, hkv, D]` (after a prefill of them).
     pub fn extend(&mut self, k: &[f32], v: &[f32]) -> Result<()> {
         let row = self.shape.hkv * self.shape.d;
-        if k.len() != v.len() || k.len() % row != 0 {
-            return Err(Error::shape(format!("keys and values must both be [n, {}, {}]; got {} and {} values", self.shape.hkv, self.shape.d, k.len(), v.len())));
+        if k.len() != v.len() || !k.len().is_multiple_of(row) {
+            return Err(Error::shape(format!(
+                "keys and values must both be [n, {}, {}]; got {} and {} values",
+                self.shape.hkv,
+                self.shape.d,
+                k.len(),
+                v.len()
+            )));
         }
         let n = k.len() / row;
         // Only the last window_keys tokens can ever be seen again.

@@ -3,17 +3,15 @@
 
 use super::combine::{inv_freq, liger_f64};
 use super::{dot, numeric_grad, rel_err, rng, to_f64, uniform};
-use crate::liger::{chunk_backward, liger_attention_backward, naive, swa_backward, HeadShape, LigerAttentionConfig, MixerConfig, MixerKind, QkvGrads, FULL_ATTENTION};
+use crate::liger::{
+    chunk_backward, liger_attention_backward, naive, swa_backward, HeadShape, LigerAttentionConfig, MixerConfig, MixerKind, QkvGrads, FULL_ATTENTION,
+};
 
 const H: f64 = 1e-6;
 
 /// Numeric gradients of `sum(d_o * f(q, k, v))` w.r.t. q, k and v.
 fn numeric_qkv(q: &[f64], k: &[f64], v: &[f64], d_o: &[f64], f: impl Fn(&[f64], &[f64], &[f64]) -> Vec<f64>) -> [Vec<f64>; 3] {
-    [
-        numeric_grad(q, H, |x| dot(&f(x, k, v), d_o)),
-        numeric_grad(k, H, |x| dot(&f(q, x, v), d_o)),
-        numeric_grad(v, H, |x| dot(&f(q, k, x), d_o)),
-    ]
+    [numeric_grad(q, H, |x| dot(&f(x, k, v), d_o)), numeric_grad(k, H, |x| dot(&f(q, x, v), d_o)), numeric_grad(v, H, |x| dot(&f(q, k, x), d_o))]
 }
 
 fn worst_err(g: &QkvGrads, want: &[Vec<f64>; 3]) -> [f64; 3] {
@@ -32,11 +30,16 @@ fn mixer_backward_matches_numeric_gradients() {
             let k = uniform(&mut rng, t * hkv * d, -2.0, 2.0);
             let v = uniform(&mut rng, t * hkv * d, -1.0, 1.0);
             let d_o = uniform(&mut rng, t * hq * d, -1.0, 1.0);
-            let want = numeric_qkv(&to_f64(&q), &to_f64(&k), &to_f64(&v), &to_f64(&d_o), |q, k, v| naive::mixer_forward(&cfg, shape, q, k, v, None).0);
+            let want =
+                numeric_qkv(&to_f64(&q), &to_f64(&k), &to_f64(&v), &to_f64(&d_o), |q, k, v| naive::mixer_forward(&cfg, shape, q, k, v, None).0);
             for chunk in [64, 16, 5] {
                 let g = chunk_backward(&cfg, shape, &q, &k, &v, &d_o, chunk).unwrap();
                 let [eq, ek, ev] = worst_err(&g, &want);
-                assert!(eq < 1e-3 && ek < 1e-3 && ev < 1e-3, "{} {hq}:{hkv} d={d} T={t} chunk={chunk}: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}", kind.name());
+                assert!(
+                    eq < 1e-3 && ek < 1e-3 && ev < 1e-3,
+                    "{} {hq}:{hkv} d={d} T={t} chunk={chunk}: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}",
+                    kind.name()
+                );
                 worst = worst.max(eq).max(ek).max(ev);
             }
         }
@@ -80,7 +83,12 @@ fn liger_attention_backward_matches_numeric_gradients() {
     let freqs = inv_freq(8);
     let t = 40;
     for (kind, use_swa) in [(MixerKind::Gla, true), (MixerKind::Gsa, true), (MixerKind::Hgrn2, false)] {
-        let cfg = LigerAttentionConfig { mixer: MixerConfig { kind, gsa_slots: 2, ..MixerConfig::default() }, window_keys: 6, use_swa, ..Default::default() };
+        let cfg = LigerAttentionConfig {
+            mixer: MixerConfig { kind, gsa_slots: 2, ..MixerConfig::default() },
+            window_keys: 6,
+            use_swa,
+            ..Default::default()
+        };
         let q = uniform(&mut rng, t * 24, -2.0, 2.0);
         let k = uniform(&mut rng, t * 8, -2.0, 2.0);
         let v = uniform(&mut rng, t * 8, -1.0, 1.0);

@@ -59,7 +59,12 @@ fn liger_attention_matches_f64_and_decoding_matches_prefill() {
     let freqs = inv_freq(16);
     let (row_q, row_kv) = (shape.hq * shape.d, shape.hkv * shape.d);
     for (kind, window, use_swa) in [(MixerKind::Gla, 65, true), (MixerKind::Gla, 4, true), (MixerKind::Gsa, 8, true), (MixerKind::Rwkv6, 65, false)] {
-        let cfg = LigerAttentionConfig { mixer: MixerConfig { kind, gsa_slots: 4, ..MixerConfig::default() }, window_keys: window, use_swa, ..Default::default() };
+        let cfg = LigerAttentionConfig {
+            mixer: MixerConfig { kind, gsa_slots: 4, ..MixerConfig::default() },
+            window_keys: window,
+            use_swa,
+            ..Default::default()
+        };
         for (t, n) in [(1, 10), (50, 30), (70, 5), (130, 3)] {
             let total = t + n;
             let q = uniform(&mut rng, total * row_q, -2.0, 2.0);
@@ -74,11 +79,17 @@ fn liger_attention_matches_f64_and_decoding_matches_prefill() {
             let mut got = liger_attention_forward(&cfg, shape, &q[..t * row_q], &k[..t * row_kv], &v[..t * row_kv], &freqs, &mut state).unwrap();
             let mut o = vec![0.0; row_q];
             for r in t..total {
-                state.step(&cfg, &q[r * row_q..(r + 1) * row_q], &k[r * row_kv..(r + 1) * row_kv], &v[r * row_kv..(r + 1) * row_kv], &freqs, &mut o).unwrap();
+                state
+                    .step(&cfg, &q[r * row_q..(r + 1) * row_q], &k[r * row_kv..(r + 1) * row_kv], &v[r * row_kv..(r + 1) * row_kv], &freqs, &mut o)
+                    .unwrap();
                 got.extend_from_slice(&o);
             }
             let ed = rel_err(&got, &want);
-            println!("{} window {window} swa {use_swa} T={t} N={n}: forward err {e:.2e}, prefill+decode err {ed:.2e}, state {} bytes", kind.name(), state.bytes());
+            println!(
+                "{} window {window} swa {use_swa} T={t} N={n}: forward err {e:.2e}, prefill+decode err {ed:.2e}, state {} bytes",
+                kind.name(),
+                state.bytes()
+            );
             assert!(e < 1e-4 && ed < 1e-4);
             assert_eq!(state.position, total);
             assert!(state.bytes() <= LigerLayerState::max_bytes(&cfg, shape));

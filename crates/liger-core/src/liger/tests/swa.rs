@@ -89,6 +89,7 @@ fn attention_bad_inputs_give_typed_errors() {
     assert_eq!(swa_forward(shape, 0, &q, &kv, &kv, None).unwrap_err().code, ErrorCode::InvalidArgument);
     assert_eq!(swa_forward(shape, 4, &q, &kv[..8], &kv, None).unwrap_err().code, ErrorCode::ShapeMismatch);
     assert_eq!(swa_forward(shape, 4, &q, &kv, &kv, Some((&kv[..5], &kv[..5]))).unwrap_err().code, ErrorCode::ShapeMismatch);
+    assert_eq!(crate::liger::swa_backward(shape, 4, &q, &kv, &kv, &q[..8]).unwrap_err().code, ErrorCode::ShapeMismatch);
     assert_eq!(SwaCache::new(shape, 0).unwrap_err().code, ErrorCode::InvalidArgument);
     let mut cache = SwaCache::new(shape, 4).unwrap();
     let mut o = vec![0.0; 16];
