@@ -123,3 +123,110 @@ pub fn attention_forward(shape: HeadShape, window_keys: usize, q: &[f64], k: &[f
     }
     o
 }
+
+/// Gradients of `sum(d_o * mixer_forward(q, k, v))` from a zero state, by backpropagation
+/// through the token-by-token recurrence (all states kept). Every mixer but GSA (whose
+/// reference gradient is taken by finite differences). Returns `[dq, dk, dv]`.
+pub fn mixer_backward(cfg: &MixerConfig, shape: HeadShape, q: &[f64], k: &[f64], v: &[f64], d_o: &[f64]) -> [Vec<f64>; 3] {
+    assert!(cfg.kind != MixerKind::Gsa, "the gsa reference has no analytic backward");
+    let (d, group, hkv) = (shape.d, shape.group(), shape.hkv);
+    let t = q.len() / (shape.hq * d);
+    let kv = |r: usize, h: usize| (r * hkv + h) * d..(r * hkv + h + 1) * d;
+    let qh = |r: usize, h: usize| (r * shape.hq + h) * d..(r * shape.hq + h + 1) * d;
+    // Forward, keeping the state after every token: states[r] is S after token r - 1.
+    let mut states = vec![vec![0.0; hkv * d * d]];
+    for r in 0..t {
+        let mut s = states[r].clone();
+        for h in 0..hkv {
+            let (kf, a) = key_features_and_decay(cfg, &k[kv(r, h)]);
+            let vt = &v[kv(r, h)];
+            for i in 0..d {
+                for j in 0..d {
+                    let x = &mut s[(h * d + i) * d + j];
+                    *x = a[i] * *x + kf[i] * vt[j];
+                }
+            }
+        }
+        states.push(s);
+    }
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    let mut ds = vec![0.0; hkv * d * d]; // gradient w.r.t. the state after token r
+    for r in (0..t).rev() {
+        for h in 0..hkv {
+            let s_after = &states[r + 1][h * d * d..(h + 1) * d * d];
+            let s_before = &states[r][h * d * d..(h + 1) * d * d];
+            let dsh = &mut ds[h * d * d..(h + 1) * d * d];
+            // o = softmax(q) S for each query head of the group.
+            for qhead in h * group..(h + 1) * group {
+                let qf = softmax(&q[qh(r, qhead)]);
+                let dot_o = &d_o[qh(r, qhead)];
+                let dqf: Vec<f64> = (0..d).map(|i| (0..d).map(|j| s_after[i * d + j] * dot_o[j]).sum()).collect();
+                let inner: f64 = qf.iter().zip(&dqf).map(|(a, b)| a * b).sum();
+                for i in 0..d {
+                    dq[qh(r, qhead).start + i] = qf[i] * (dqf[i] - inner);
+                    for j in 0..d {
+                        dsh[i * d + j] += qf[i] * dot_o[j];
+                    }
+                }
+            }
+            // S_after = diag(a) S_before + kf^T v.
+            let kt = &k[kv(r, h)];
+            let vt = &v[kv(r, h)];
+            let (kf, a) = key_features_and_decay(cfg, kt);
+            let mut dkf = vec![0.0; d];
+            let mut da = vec![0.0; d];
+            for i in 0..d {
+                for j in 0..d {
+                    dkf[i] += dsh[i * d + j] * vt[j];
+                    dv[kv(r, h).start + j] += kf[i] * dsh[i * d + j];
+                    da[i] += dsh[i * d + j] * s_before[i * d + j];
+                    dsh[i * d + j] *= a[i];
+                }
+            }
+            let dkh = &mut dk[kv(r, h)];
+            key_features_backward(cfg, kt, &kf, &a, &dkf, &da, dkh);
+        }
+    }
+    [dq, dk, dv]
+}
+
+/// Sets `dk` from the gradients of the key features and of the decay `a` (not its log).
+fn key_features_backward(cfg: &MixerConfig, k: &[f64], kf: &[f64], a: &[f64], dkf: &[f64], da: &[f64], dk: &mut [f64]) {
+    let n = k.len() as f64;
+    let mean = k.iter().sum::<f64>() / n;
+    let softmax_part = |dk: &mut [f64]| {
+        let inner: f64 = kf.iter().zip(dkf).map(|(x, y)| x * y).sum();
+        dk.iter_mut().zip(kf.iter().zip(dkf)).for_each(|(g, (y, dy))| *g = y * (dy - inner));
+    };
+    match cfg.kind {
+        MixerKind::Gla => {
+            softmax_part(dk);
+            // a = sigmoid(k)^(1/n): da/dk = a (1 - sigmoid(k)) / n
+            for i in 0..k.len() {
+                dk[i] += da[i] * a[i] * (1.0 - sigmoid(k[i])) / cfg.gate_normalizer as f64;
+            }
+        }
+        MixerKind::Hgrn2 => {
+            for i in 0..k.len() {
+                let s = sigmoid(k[i]);
+                dk[i] = (da[i] - dkf[i]) * s * (1.0 - s);
+            }
+        }
+        MixerKind::Retention | MixerKind::Mamba2 => {
+            softmax_part(dk);
+            let s = sigmoid(mean);
+            // retention: a = sigmoid(mean); mamba2: a = 1 / (1 + exp(mean)) = sigmoid(-mean).
+            let slope = if cfg.kind == MixerKind::Retention { s * (1.0 - s) } else { -s * (1.0 - s) };
+            let per_dim = da.iter().sum::<f64>() * slope / n;
+            dk.iter_mut().for_each(|g| *g += per_dim);
+        }
+        MixerKind::Rwkv6 => {
+            softmax_part(dk);
+            for i in 0..k.len() {
+                dk[i] -= da[i] * k[i].exp() * a[i];
+            }
+        }
+        MixerKind::Linear => softmax_part(dk),
+        MixerKind::Gsa => unreachable!("checked by the caller"),
+    }
+}

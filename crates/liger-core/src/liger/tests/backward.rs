@@ -14,6 +14,12 @@ fn numeric_qkv(q: &[f64], k: &[f64], v: &[f64], d_o: &[f64], f: impl Fn(&[f64], 
     [numeric_grad(q, H, |x| dot(&f(x, k, v), d_o)), numeric_grad(k, H, |x| dot(&f(q, x, v), d_o)), numeric_grad(v, H, |x| dot(&f(q, k, x), d_o))]
 }
 
+/// `max |got - want| / max |want|` in f64.
+fn rel_err_f64(got: &[f64], want: &[f64]) -> f64 {
+    let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    got.iter().zip(want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale
+}
+
 fn worst_err(g: &QkvGrads, want: &[Vec<f64>; 3]) -> [f64; 3] {
     [rel_err(&g.dq, &want[0]), rel_err(&g.dk, &want[1]), rel_err(&g.dv, &want[2])]
 }
@@ -22,7 +28,7 @@ fn worst_err(g: &QkvGrads, want: &[Vec<f64>; 3]) -> [f64; 3] {
 fn mixer_backward_matches_numeric_gradients() {
     let mut rng = rng();
     for kind in MixerKind::ALL {
-        let mut worst = 0.0f64;
+        let (mut worst, mut worst_f64) = (0.0f64, 0.0f64);
         for (hq, hkv, d, t) in [(3, 1, 8, 37), (2, 2, 4, 20)] {
             let shape = HeadShape::new(hq, hkv, d).unwrap();
             let cfg = MixerConfig { kind, gsa_slots: 2, ..MixerConfig::default() };
@@ -30,8 +36,19 @@ fn mixer_backward_matches_numeric_gradients() {
             let k = uniform(&mut rng, t * hkv * d, -2.0, 2.0);
             let v = uniform(&mut rng, t * hkv * d, -1.0, 1.0);
             let d_o = uniform(&mut rng, t * hq * d, -1.0, 1.0);
-            let want =
-                numeric_qkv(&to_f64(&q), &to_f64(&k), &to_f64(&v), &to_f64(&d_o), |q, k, v| naive::mixer_forward(&cfg, shape, q, k, v, None).0);
+            let (q64, k64, v64, do64) = (to_f64(&q), to_f64(&k), to_f64(&v), to_f64(&d_o));
+            let numeric = numeric_qkv(&q64, &k64, &v64, &do64, |q, k, v| naive::mixer_forward(&cfg, shape, q, k, v, None).0);
+            // The f64 reference backward against the numeric gradient, then the f32
+            // chunked backward against the f64 one (GSA: against the numeric gradient).
+            let want = if kind == MixerKind::Gsa {
+                numeric
+            } else {
+                let exact = naive::mixer_backward(&cfg, shape, &q64, &k64, &v64, &do64);
+                let e = (0..3).map(|i| rel_err_f64(&exact[i], &numeric[i])).fold(0.0, f64::max);
+                assert!(e < 1e-5, "{} f64 backward vs finite differences: rel err {e:.2e}", kind.name());
+                worst_f64 = worst_f64.max(e);
+                exact
+            };
             for chunk in [64, 16, 5] {
                 let g = chunk_backward(&cfg, shape, &q, &k, &v, &d_o, chunk).unwrap();
                 let [eq, ek, ev] = worst_err(&g, &want);
@@ -43,7 +60,8 @@ fn mixer_backward_matches_numeric_gradients() {
                 worst = worst.max(eq).max(ek).max(ev);
             }
         }
-        println!("{:<9} backward max rel err {worst:.2e}", kind.name());
+        let f64_check = if kind == MixerKind::Gsa { "n/a (reference is the numeric gradient)".to_string() } else { format!("{worst_f64:.2e}") };
+        println!("{:<9} backward max rel err: f32 chunked {worst:.2e}, f64 reference vs finite differences {f64_check}", kind.name());
     }
 }
 
