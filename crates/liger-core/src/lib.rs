@@ -10,6 +10,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod hf;
+pub mod liger;
 pub mod linalg;
 pub mod model;
 pub mod quant;

@@ -245,11 +245,13 @@ fn tokenizer_files_chat_template_and_extra_config() {
     let files = HfExtraFiles {
         tokenizer_json: Some(tokenizer_json_text()),
         chat_template: Some(template.into()),
+        add_bos_token: Some(true),
         extra_config: Some(json!({ "liger": { "mixer": "gla", "window": 64 } })),
     };
     save_hf_dir(&out, &c, &w, &files, SaveDtype::BF16).unwrap();
     let ck = load_hf_dir(&out).unwrap();
     assert_eq!(ck.chat_template.as_deref(), Some(template));
+    assert_eq!(ck.add_bos_token, Some(true));
     assert_eq!(ck.tokenizer_json.as_deref(), Some(out.join("tokenizer.json").as_path()));
     assert_eq!(std::fs::read_to_string(out.join("tokenizer.json")).unwrap(), tokenizer_json_text());
     assert_eq!(ck.raw_config["liger"]["window"], 64);

@@ -20,6 +20,8 @@ pub struct HfCheckpoint {
     /// `tokenizer.json`, when the directory has one.
     pub tokenizer_json: Option<PathBuf>,
     pub chat_template: Option<String>,
+    /// `add_bos_token` of `tokenizer_config.json`, when it says.
+    pub add_bos_token: Option<bool>,
     /// `config.json` as read, for keys this library does not interpret.
     pub raw_config: Value,
 }
@@ -30,6 +32,8 @@ pub struct HfExtraFiles {
     /// The text of `tokenizer.json`.
     pub tokenizer_json: Option<String>,
     pub chat_template: Option<String>,
+    /// Whether the tokenizer prepends BOS (`add_bos_token` in `tokenizer_config.json`).
+    pub add_bos_token: Option<bool>,
     /// A JSON object whose entries are added to `config.json`.
     pub extra_config: Option<Value>,
 }
@@ -63,7 +67,8 @@ pub fn load_hf_dir(dir: &Path) -> Result<HfCheckpoint> {
 
     let tokenizer_json = Some(dir.join("tokenizer.json")).filter(|p| p.is_file());
     let chat_template = read_chat_template(dir)?;
-    Ok(HfCheckpoint { config, weights, tokenizer_json, chat_template, raw_config })
+    let add_bos_token = read_add_bos_token(dir)?;
+    Ok(HfCheckpoint { config, weights, tokenizer_json, chat_template, add_bos_token, raw_config })
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -94,6 +99,15 @@ fn merge_generation_eos(dir: &Path, config: &mut ModelConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `add_bos_token` from `tokenizer_config.json`, if the file exists and says.
+fn read_add_bos_token(dir: &Path) -> Result<Option<bool>> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    Ok(read_json(&path)?.get("add_bos_token").and_then(Value::as_bool))
 }
 
 /// `chat_template.jinja` (where recent transformers saves it), else the `chat_template` of
@@ -346,7 +360,10 @@ pub fn save_hf_dir_with_shard_size(
             write_file(&tmp.join("tokenizer.json"), tok.as_bytes())?;
         }
         if files.tokenizer_json.is_some() || files.chat_template.is_some() {
-            let tok_cfg = tokenizer_config(config, files.tokenizer_json.as_deref(), files.chat_template.as_deref())?;
+            let mut tok_cfg = tokenizer_config(config, files.tokenizer_json.as_deref(), files.chat_template.as_deref())?;
+            if let Some(add) = files.add_bos_token {
+                tok_cfg["add_bos_token"] = json!(add);
+            }
             write_json(&tmp.join("tokenizer_config.json"), &tok_cfg)?;
         }
         Ok(())

@@ -1,0 +1,162 @@
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::error::ErrorCode;
+
+/// Meta's Llama 3 Instruct template.
+const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+fn conversation() -> Vec<ChatMessage> {
+    vec![
+        ChatMessage::new("system", "You are terse."),
+        ChatMessage::new("user", "  Hi there \n"),
+    ]
+}
+
+#[test]
+fn llama3_template() {
+    let text = render_chat(
+        LLAMA3_TEMPLATE,
+        &conversation(),
+        true,
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+    )
+    .unwrap();
+    assert_eq!(
+        text,
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>\
+         <|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>\
+         <|start_header_id|>assistant<|end_header_id|>\n\n"
+    );
+    let text = render_chat(LLAMA3_TEMPLATE, &conversation()[1..], false, "<B>", "<E>").unwrap();
+    assert_eq!(
+        text,
+        "<B><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
+    );
+}
+
+#[test]
+fn chatml_fallback() {
+    let messages = [
+        ChatMessage::new("user", "2+2?"),
+        ChatMessage::new("assistant", "4"),
+    ];
+    let text = render_chat(CHATML_TEMPLATE, &messages, true, "", "").unwrap();
+    assert_eq!(text, "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n<|im_start|>assistant\n");
+    assert_eq!(
+        render_chat(CHATML_TEMPLATE, &[], false, "", "").unwrap(),
+        ""
+    );
+}
+
+#[test]
+fn blocks_are_trimmed_and_python_methods_work() {
+    let template = "{% for m in messages %}\n    {% if m.role.startswith('us') %}\nU: {{ m.content.strip() }}|{{ m.content.split(',') | length }}\n    {% else %}\n{{ m['role'].upper() }}: {{ m.content }}\n    {% endif %}\n{% endfor %}\n{{ eos_token }}";
+    let messages = [
+        ChatMessage::new("user", "  a,b,c "),
+        ChatMessage::new("assistant", "ok"),
+    ];
+    let text = render_chat(template, &messages, false, "", "</s>").unwrap();
+    assert_eq!(text, "U: a,b,c|3\nASSISTANT: ok\n</s>");
+}
+
+#[test]
+fn template_errors_are_invalid_arguments() {
+    let raising = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversations must start with a user message') }}{% endif %}ok";
+    let e = render_chat(raising, &conversation(), false, "", "").unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    assert!(
+        e.message.contains("rejected") && e.message.contains("must start with a user message"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        render_chat(raising, &conversation()[1..], false, "", "").unwrap(),
+        "ok"
+    );
+
+    let e = render_chat(
+        "{% for m in messages %}{{ m.content }",
+        &conversation(),
+        false,
+        "",
+        "",
+    )
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    assert!(e.message.contains("does not parse"), "{}", e.message);
+
+    let e = render_chat(
+        "{{ messages[0].content.no_such_method() }}",
+        &conversation(),
+        false,
+        "",
+        "",
+    )
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    assert!(e.message.contains("failed to render"), "{}", e.message);
+}
+
+/// Date of a day count, by walking one day at a time from 1970-01-01: slow but plainly right.
+fn date_by_walking(days: i64) -> (i64, u32, u32) {
+    let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_len = |y: i64, m: u32| match m {
+        2 if leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    let (mut y, mut m, mut d) = (1970i64, 1u32, 1u32);
+    for _ in 0..days.abs() {
+        if days > 0 {
+            d += 1;
+            if d > month_len(y, m) {
+                d = 1;
+                m += 1;
+                if m > 12 {
+                    m = 1;
+                    y += 1;
+                }
+            }
+        } else if d > 1 {
+            d -= 1;
+        } else {
+            m = if m == 1 { 12 } else { m - 1 };
+            if m == 12 {
+                y -= 1;
+            }
+            d = month_len(y, m);
+        }
+    }
+    (y, m, d)
+}
+
+#[test]
+fn calendar_conversion_matches_day_by_day_walk() {
+    let mut rng = SmallRng::seed_from_u64(rand::random());
+    for _ in 0..200 {
+        let days = rng.random_range(-40_000..60_000);
+        let date = civil_from_days(days);
+        assert_eq!(date, date_by_walking(days), "day {days}");
+        assert_eq!(days_from_civil(date.0, date.1, date.2), days);
+    }
+}
+
+#[test]
+fn strftime_formats_like_python() {
+    // 2024-07-26 01:01:01 UTC, a Friday, day 208 of the year.
+    let t = 1_721_952_000 + 3661;
+    assert_eq!(
+        strftime("%Y-%m-%d %H:%M:%S %a %A %b %B %j %y %% %Q", t),
+        "2024-07-26 01:01:01 Fri Friday Jul July 208 24 % %Q"
+    );
+    assert_eq!(strftime("%d %b %Y", 0), "01 Jan 1970");
+    let year: i64 = render_chat("{{ strftime_now('%Y') }}", &[], false, "", "")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(year >= 2024, "year {year}");
+}

@@ -1,0 +1,23 @@
+//! The Liger token mixers on the CPU: the gated recurrent branch (GRM) in every gate
+//! variant, sliding-window and full softmax attention, and their combination, each in a
+//! chunked/blocked form (training, prefill), a single-step form (decoding), a backward,
+//! and a float64 reference ([`naive`]) for tests.
+
+pub mod combine;
+pub mod config;
+mod feature;
+mod gated;
+pub mod gsa;
+pub mod mixer;
+pub mod naive;
+pub mod rope;
+pub mod swa;
+
+#[cfg(test)]
+mod tests;
+
+pub use combine::{liger_attention_backward, liger_attention_forward, LigerAttentionConfig, LigerLayerState};
+pub use config::{HeadShape, MixerConfig, MixerKind, DEFAULT_GATE_NORMALIZER, DEFAULT_GSA_SLOTS};
+pub use mixer::{chunk_backward, chunk_forward, recurrent_step, MixerState, QkvGrads, DEFAULT_CHUNK_SIZE};
+pub use rope::apply_rope;
+pub use swa::{causal_attention_backward, causal_attention_forward, swa_backward, swa_forward, SwaCache, DEFAULT_WINDOW_KEYS, FULL_ATTENTION};

@@ -1,0 +1,113 @@
+//! Liger attention (GRM + SWA) against a float64 composition, and prefill + decoding
+//! against one forward.
+
+use super::{rel_err, rng, to_f64, uniform};
+use crate::error::ErrorCode;
+use crate::liger::{apply_rope, liger_attention_forward, naive, HeadShape, LigerAttentionConfig, LigerLayerState, MixerConfig, MixerKind};
+
+pub(super) fn inv_freq(d: usize) -> Vec<f32> {
+    (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect()
+}
+
+/// RoPE in f64 from the definition (rotate_half pairs i, i + D/2).
+pub(super) fn rope_f64(x: &[f64], heads: usize, d: usize, inv_freq: &[f32]) -> Vec<f64> {
+    let mut out = x.to_vec();
+    for (r, token) in out.chunks_exact_mut(heads * d).enumerate() {
+        for head in token.chunks_exact_mut(d) {
+            for i in 0..d / 2 {
+                let angle = r as f64 * inv_freq[i] as f64;
+                let (a, b) = (head[i], head[i + d / 2]);
+                head[i] = a * angle.cos() - b * angle.sin();
+                head[i + d / 2] = b * angle.cos() + a * angle.sin();
+            }
+        }
+    }
+    out
+}
+
+/// `alpha * GRM + beta * SWA(rope)` in f64.
+pub(super) fn liger_f64(cfg: &LigerAttentionConfig, shape: HeadShape, q: &[f64], k: &[f64], v: &[f64], inv_freq: &[f32]) -> Vec<f64> {
+    let (grm, _) = naive::mixer_forward(&cfg.mixer, shape, q, k, v, None);
+    let mut o: Vec<f64> = grm.iter().map(|x| x * cfg.alpha as f64).collect();
+    if cfg.use_swa {
+        let (qr, kr) = (rope_f64(q, shape.hq, shape.d, inv_freq), rope_f64(k, shape.hkv, shape.d, inv_freq));
+        let swa = naive::attention_forward(shape, cfg.window_keys, &qr, &kr, v);
+        o.iter_mut().zip(&swa).for_each(|(a, b)| *a += cfg.beta as f64 * b);
+    }
+    o
+}
+
+#[test]
+fn rope_matches_f64_and_inverts() {
+    let mut rng = rng();
+    let (heads, d, t) = (3, 16, 300);
+    let freqs = inv_freq(d);
+    let x = uniform(&mut rng, t * heads * d, -1.0, 1.0);
+    let mut y = x.clone();
+    apply_rope(&mut y, heads, d, &freqs, 0, false);
+    let e = rel_err(&y, &rope_f64(&to_f64(&x), heads, d, &freqs));
+    apply_rope(&mut y, heads, d, &freqs, 0, true);
+    let back = rel_err(&y, &to_f64(&x));
+    println!("rope max rel err {e:.2e}, inverse round trip {back:.2e}");
+    assert!(e < 1e-5 && back < 1e-5);
+}
+
+#[test]
+fn liger_attention_matches_f64_and_decoding_matches_prefill() {
+    let mut rng = rng();
+    let shape = HeadShape::new(3, 1, 16).unwrap();
+    let freqs = inv_freq(16);
+    let (row_q, row_kv) = (shape.hq * shape.d, shape.hkv * shape.d);
+    for (kind, window, use_swa) in [(MixerKind::Gla, 65, true), (MixerKind::Gla, 4, true), (MixerKind::Gsa, 8, true), (MixerKind::Rwkv6, 65, false)] {
+        let cfg = LigerAttentionConfig {
+            mixer: MixerConfig { kind, gsa_slots: 4, ..MixerConfig::default() },
+            window_keys: window,
+            use_swa,
+            ..Default::default()
+        };
+        for (t, n) in [(1, 10), (50, 30), (70, 5), (130, 3)] {
+            let total = t + n;
+            let q = uniform(&mut rng, total * row_q, -2.0, 2.0);
+            let k = uniform(&mut rng, total * row_kv, -2.0, 2.0);
+            let v = uniform(&mut rng, total * row_kv, -1.0, 1.0);
+            let want = liger_f64(&cfg, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), &freqs);
+            let mut fresh = LigerLayerState::new(&cfg, shape).unwrap();
+            let whole = liger_attention_forward(&cfg, shape, &q, &k, &v, &freqs, &mut fresh).unwrap();
+            let e = rel_err(&whole, &want);
+            // Prefill T tokens, then N single steps.
+            let mut state = LigerLayerState::new(&cfg, shape).unwrap();
+            let mut got = liger_attention_forward(&cfg, shape, &q[..t * row_q], &k[..t * row_kv], &v[..t * row_kv], &freqs, &mut state).unwrap();
+            let mut o = vec![0.0; row_q];
+            for r in t..total {
+                state
+                    .step(&cfg, &q[r * row_q..(r + 1) * row_q], &k[r * row_kv..(r + 1) * row_kv], &v[r * row_kv..(r + 1) * row_kv], &freqs, &mut o)
+                    .unwrap();
+                got.extend_from_slice(&o);
+            }
+            let ed = rel_err(&got, &want);
+            println!(
+                "{} window {window} swa {use_swa} T={t} N={n}: forward err {e:.2e}, prefill+decode err {ed:.2e}, state {} bytes",
+                kind.name(),
+                state.bytes()
+            );
+            assert!(e < 1e-4 && ed < 1e-4);
+            assert_eq!(state.position, total);
+            assert!(state.bytes() <= LigerLayerState::max_bytes(&cfg, shape));
+        }
+    }
+}
+
+#[test]
+fn liger_bad_inputs_give_typed_errors() {
+    let shape = HeadShape::new(2, 1, 8).unwrap();
+    let cfg = LigerAttentionConfig::default();
+    let mut state = LigerLayerState::new(&cfg, shape).unwrap();
+    let (q, kv) = (vec![0.1; 16], vec![0.2; 8]);
+    let err = liger_attention_forward(&cfg, shape, &q, &kv, &kv, &inv_freq(6), &mut state).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
+    let grm_only = LigerAttentionConfig { use_swa: false, ..cfg };
+    let err = liger_attention_forward(&grm_only, shape, &q, &kv, &kv, &inv_freq(8), &mut state).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
+    let bad = LigerAttentionConfig { window_keys: 0, ..cfg };
+    assert_eq!(LigerLayerState::new(&bad, shape).unwrap_err().code, ErrorCode::InvalidArgument);
+}
