@@ -29,6 +29,9 @@ describe("loadModel and info", () => {
     expect(info.headDim).toBe(64);
     expect(info.vocabSize).toBe(49152);
     expect(info.contextLength).toBe(8192);
+    expect(info.intermediateSize).toBe(1536);
+    expect(info.tieWordEmbeddings).toBe(true);
+    expect(info.ropeTheta).toBe(100000);
     expect(info.hasChatTemplate).toBe(true);
   });
 
@@ -44,7 +47,8 @@ describe("loadModel and info", () => {
       expect(type, `tensor ${t.name} has type ${t.ggmlType}`).toBeDefined();
       params += elems;
       bytes += (elems / type.blockElems) * type.blockBytes;
-      types[type.name] = (types[type.name] ?? 0) + 1;
+      // tensorTypes counts the weight matrices (norm vectors are always f32).
+      if (t.dimensions.length >= 2) types[type.name] = (types[type.name] ?? 0) + 1;
     }
     expect(model.info.numParams).toBe(params);
     expect(model.info.weightBytes).toBe(bytes);

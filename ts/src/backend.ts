@@ -8,20 +8,25 @@
 export interface ModelInfo {
   name: string;
   architecture: string;
-  /** "gguf" or "hf" (a Hugging Face directory). */
-  format: string;
+  /** "gguf" (a .gguf file) or "checkpoint" (a Hugging Face style directory). */
+  format: "gguf" | "checkpoint";
   numParams: number;
+  /** Bytes the weights occupy as stored (quantized blocks included). */
   weightBytes: number;
   numLayers: number;
   hiddenSize: number;
+  intermediateSize: number;
   numHeads: number;
   numKvHeads: number;
   headDim: number;
   vocabSize: number;
   contextLength: number;
-  /** How many tensors of each storage type the file holds, e.g. `{ Q4_1: 210, F32: 61 }`. */
+  ropeTheta: number;
+  tieWordEmbeddings: boolean;
+  /** How many weight matrices of each storage type the model holds, e.g. `{ Q4_1: 210, Q8_0: 1 }`. */
   tensorTypes: Record<string, number>;
   hasChatTemplate: boolean;
+  /** Bytes the key/value cache grows by per token (f32 keys and values of every layer). */
   kvCacheBytesPerToken: number;
 }
 
