@@ -7,6 +7,7 @@
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod gguf;
 pub mod hf;
