@@ -152,7 +152,7 @@ pub fn hellaswag_preprocess(text: &str) -> String {
     while let Some(open) = rest.find('[') {
         out.push_str(&rest[..open]);
         let after = &rest[open..];
-        match after.find(|c| c == ']' || c == '\n') {
+        match after.find([']', '\n']) {
             Some(close) if after.as_bytes()[close] == b']' => rest = &after[close + 1..],
             _ => {
                 out.push('[');
@@ -204,7 +204,7 @@ pub fn hellaswag_text(path: &Path) -> Result<Vec<McDoc>> {
     let text = read_text(path)?;
     let lines: Vec<&str> = text.lines().collect();
     let n_lines = lines.iter().rposition(|l| !l.trim().is_empty()).map_or(0, |p| p + 1);
-    if n_lines == 0 || n_lines % 6 != 0 {
+    if n_lines == 0 || !n_lines.is_multiple_of(6) {
         return Err(Error::invalid_file(path.display(), format!("{n_lines} lines; expected 6 lines per item")));
     }
     lines[..n_lines]

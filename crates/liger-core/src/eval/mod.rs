@@ -5,6 +5,12 @@
 //! Every model is scored through [`ScoreModel`]: the logits after every token of one
 //! sequence. Everything else (tokenizing context/continuation pairs, truncation, sharing
 //! forwards between requests, metrics) is built on top of it.
+//!
+//! Batching: requests whose model input is the same token sequence share one forward (all
+//! single-token answers of a question, e.g. MMLU's " A".." D"); every other request is its own
+//! forward, and distinct forwards run in parallel. Sharing only the context prefix of
+//! multi-token answers would need a model state that can be copied, which `ScoreModel` does
+//! not ask for, so that is left to a later extension of the trait.
 
 pub mod loglik;
 pub mod passkey;
