@@ -8,6 +8,7 @@ pub mod chat;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod gguf;
 pub mod hf;

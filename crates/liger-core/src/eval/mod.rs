@@ -1,0 +1,96 @@
+//! Evaluation: zero-shot tasks scored the way lm-evaluation-harness scores them, perplexity on
+//! raw text, long-context passkey retrieval, and reports comparing a base model with its
+//! linearized version.
+//!
+//! Every model is scored through [`ScoreModel`]: the logits after every token of one
+//! sequence. Everything else (tokenizing context/continuation pairs, truncation, sharing
+//! forwards between requests, metrics) is built on top of it.
+//!
+//! Batching: requests whose model input is the same token sequence share one forward (all
+//! single-token answers of a question, e.g. MMLU's " A".." D"); every other request is its own
+//! forward, and distinct forwards run in parallel. Sharing only the context prefix of
+//! multi-token answers would need a model state that can be copied, which `ScoreModel` does
+//! not ask for, so that is left to a later extension of the trait.
+
+pub mod loglik;
+pub mod passkey;
+pub mod perplexity;
+pub mod report;
+pub mod tasks;
+
+mod formats;
+mod wikitext;
+
+#[cfg(test)]
+mod tests;
+
+use crate::error::Result;
+use crate::model::BaseModel;
+use crate::tokenizer::Tokenizer;
+use serde::{Deserialize, Serialize};
+
+pub use loglik::{encode_pair, loglikelihood, LoglikRequest, LoglikResult, ScoreStats};
+pub use passkey::{passkey_by_generation, passkey_by_loglikelihood, PasskeyOptions, PasskeyReport};
+pub use perplexity::{rolling_windows, PerplexityResult};
+pub use report::{compare, render_html, write_json, Comparison, EvalReport, TaskResult};
+pub use tasks::{run_task, Task, TASK_NAMES};
+
+/// A model that can be scored: logits after every token of a sequence.
+pub trait ScoreModel: Sync {
+    /// Logits after every token (`T x vocab`) of one sequence, from an empty state.
+    fn all_logits(&self, tokens: &[u32]) -> Result<Vec<f32>>;
+    fn tokenizer(&self) -> &Tokenizer;
+    fn vocab_size(&self) -> usize;
+    /// Longest sequence scored at once (the base model's context; a Liger model may say None).
+    fn max_length(&self) -> Option<usize>;
+}
+
+impl ScoreModel for BaseModel {
+    fn all_logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        BaseModel::all_logits(self, tokens)
+    }
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+    fn max_length(&self) -> Option<usize> {
+        Some(self.config.max_position_embeddings)
+    }
+}
+
+/// Settings shared by every task.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EvalOptions {
+    /// Longest input scored at once; longer inputs are cut from the left. `None`: the model's
+    /// own `max_length()`, and no limit if it has none.
+    pub max_length: Option<usize>,
+    /// Score a fixed subset of this many items per task (per subject for MMLU), drawn with `seed`.
+    pub limit: Option<usize>,
+    pub seed: u64,
+    /// Put the model's BOS token before every context (lm-eval's `add_bos_token`, off by default).
+    pub add_bos: bool,
+    /// Window length of rolling perplexity; `None`: the effective `max_length`.
+    pub perplexity_window: Option<usize>,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions { max_length: None, limit: None, seed: 1234, add_bos: false, perplexity_window: None }
+    }
+}
+
+impl EvalOptions {
+    /// The length limit in force for `model`: the option if set, else the model's own.
+    pub fn effective_max_length(&self, model: &dyn ScoreModel) -> Option<usize> {
+        match (self.max_length, model.max_length()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Reports `(done, total)` while a task runs; called from worker threads.
+pub type Progress<'a> = &'a (dyn Fn(usize, usize) + Sync);
