@@ -60,6 +60,22 @@ impl ScoreModel for BaseModel {
     }
 }
 
+impl ScoreModel for crate::convert::LigerModel {
+    fn all_logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        crate::convert::LigerModel::all_logits(self, tokens)
+    }
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.base.tokenizer
+    }
+    fn vocab_size(&self) -> usize {
+        self.base.config.vocab_size
+    }
+    /// A Liger model with softmax layers keeps the base model's context; without, none.
+    fn max_length(&self) -> Option<usize> {
+        crate::generate::CausalLm::max_tokens(self)
+    }
+}
+
 /// Settings shared by every task.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
