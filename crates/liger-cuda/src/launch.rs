@@ -42,7 +42,7 @@ pub fn as_int(name: &str, value: usize) -> Result<i32> {
 
 /// Splits `len` values into rows of `cols`, or says why it cannot.
 pub fn rows_of(what: &str, len: usize, cols: usize) -> Result<usize> {
-    if cols == 0 || len % cols != 0 {
+    if cols == 0 || !len.is_multiple_of(cols) {
         return Err(Error::shape(format!("{what}: {len} values are not a whole number of rows of {cols}")));
     }
     Ok(len / cols)

@@ -29,7 +29,7 @@ fn rope_launch(
     pos0: usize,
     inv_freq: &GpuBuffer<f32>,
 ) -> Result<()> {
-    if head_dim == 0 || head_dim % 2 != 0 {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
         return Err(Error::invalid_argument(format!("RoPE needs an even head_dim, got {head_dim}")));
     }
     expect_len("rope inv_freq", inv_freq.len(), head_dim / 2)?;
