@@ -86,6 +86,8 @@ where
     let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
     let blas = ctx.blas()?;
     let stream = ctx.stream();
+    // cuBLAS works in the calling thread's current context.
+    stream.context().bind_to_thread().map_err(|e| crate::error::driver_error(e, "binding the CUDA context"))?;
     let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
     let (a_ptr, _a_guard) = a.device_ptr(stream);
     let (b_ptr, _b_guard) = b.device_ptr(stream);
