@@ -37,6 +37,13 @@ if ! PYTHONPATH="$pydir" python3 -c "import gguf, numpy" 2>/dev/null; then
   python3 -m pip install -q --disable-pip-version-check --target "$pydir" "gguf==0.17.1" "numpy<3"
 fi
 
+# NVRTC (CUDA 13) from its PyPI wheel: the liger-cuda tests compile every CUDA kernel with it,
+# with no GPU or CUDA toolkit present. scripts/test.sh points LIGER_NVRTC_LIB at it.
+if [ ! -f "$pydir/nvidia/cu13/lib/libnvrtc.so.13" ]; then
+  step "pip: nvidia-cuda-nvrtc -> $pydir"
+  python3 -m pip install -q --disable-pip-version-check --no-deps --target "$pydir" "nvidia-cuda-nvrtc==13.0.88"
+fi
+
 step "default model"
 node scripts/fetch-model.mjs
 

@@ -7,6 +7,8 @@ bash scripts/setup.sh
 [ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
 cache="${LIGER_CACHE_DIR:-$HOME/.cache/liger}"
 export PYTHONPATH="$cache/python${PYTHONPATH:+:$PYTHONPATH}"
+# NVRTC installed by setup.sh, for the test that compiles every CUDA kernel.
+export LIGER_NVRTC_LIB="${LIGER_NVRTC_LIB:-$cache/python/nvidia/cu13/lib/libnvrtc.so.13}"
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 
 printf '\n== fixtures\n' >&2

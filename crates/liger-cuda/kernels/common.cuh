@@ -1,0 +1,65 @@
+// Shared helpers, prepended to every kernel file before it is compiled.
+// Storage may be float or bf16; arithmetic is always float.
+// The kernels include no headers: NVRTC alone (no CUDA toolkit headers) compiles them.
+
+typedef unsigned int u32;
+
+// +infinity (math.h is not available without the toolkit's headers).
+#define POS_INFINITY __int_as_float(0x7f800000)
+
+// bfloat16 as its raw bits (the upper half of a float), the layout of Rust's half::bf16.
+struct bf16 {
+    unsigned short bits;
+};
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float((u32)x.bits << 16); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+// Round to nearest, ties to even; NaN stays a (quiet) NaN.
+template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) {
+    u32 bits = __float_as_uint(x);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return bf16{(unsigned short)((bits >> 16) | 0x40u)};
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return bf16{(unsigned short)(bits >> 16)};
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// Sum over the whole block; every thread gets the result.
+// blockDim.x must be a multiple of 32 (at most 1024); every thread of the block must call it.
+__device__ float block_sum(float v) {
+    __shared__ float partial[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // an earlier call may still be reading `partial`
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    v = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+// Maximum over the whole block; same rules as block_sum.
+__device__ float block_max(float v) {
+    __shared__ float partial[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    v = lane < (int)(blockDim.x >> 5) ? partial[lane] : -POS_INFINITY;
+    return warp_max(v);
+}
+
+// Index of this thread in a 1-D grid, and the grid's stride, as 64-bit values.
+__device__ __forceinline__ size_t global_index() { return (size_t)blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ size_t grid_stride() { return (size_t)gridDim.x * blockDim.x; }

@@ -1,0 +1,29 @@
+// SwiGLU of the MLP: a = silu(g) * u, elementwise, and its backward.
+
+__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+template <typename T>
+__device__ void swiglu_forward(const T* gate, const T* up, T* out, size_t n) {
+    for (size_t i = global_index(); i < n; i += grid_stride()) {
+        const float g = to_f32(gate[i]);
+        out[i] = from_f32<T>(g * sigmoidf(g) * to_f32(up[i]));
+    }
+}
+
+extern "C" __global__ void swiglu_forward_f32(const float* gate, const float* up, float* out, unsigned long long n) {
+    swiglu_forward(gate, up, out, n);
+}
+
+extern "C" __global__ void swiglu_forward_bf16(const bf16* gate, const bf16* up, bf16* out, unsigned long long n) {
+    swiglu_forward(gate, up, out, n);
+}
+
+// dg = da * u * s * (1 + g * (1 - s)) with s = sigmoid(g); du = da * silu(g).
+extern "C" __global__ void swiglu_backward_f32(const float* gate, const float* up, const float* da, float* dgate, float* dup,
+                                               unsigned long long n) {
+    for (size_t i = global_index(); i < n; i += grid_stride()) {
+        const float g = gate[i], s = sigmoidf(g);
+        dup[i] = da[i] * g * s;
+        dgate[i] = da[i] * up[i] * s * (1.0f + g * (1.0f - s));
+    }
+}

@@ -1,0 +1,164 @@
+//! The GPU context: one device, one stream, the kernels compiled for it and a cuBLAS handle.
+
+use crate::error::{check_driver_version, cublas_error, driver_error, no_driver_error};
+use crate::kernels::KernelFile;
+use crate::nvrtc::{kernel_cache_dir, load_or_compile};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, DriverError};
+use cudarc::nvrtc::Ptx;
+use liger_core::{Error, Result};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Environment variable: when set to 1, every launch is followed by a stream synchronisation,
+/// so that a faulting kernel is reported by name instead of at a later call.
+pub const SYNC_ENV: &str = "LIGER_CUDA_SYNC";
+
+/// What the device is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub index: usize,
+    pub name: String,
+    /// (major, minor): (9, 0) for an H100.
+    pub compute_capability: (i32, i32),
+    pub total_memory: usize,
+    pub free_memory: usize,
+    /// As the driver reports it: 13000 for CUDA 13.0.
+    pub driver_version: i32,
+}
+
+pub struct GpuContext {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    info: DeviceInfo,
+    kernel_dir: PathBuf,
+    sync_after_launch: bool,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    blas: Mutex<Option<Arc<CudaBlas>>>,
+}
+
+/// Loads the driver, checks its version and initialises it.
+fn init_driver() -> Result<i32> {
+    // SAFETY: loading the driver library runs only its initialisers.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(no_driver_error());
+    }
+    let mut version = 0;
+    // SAFETY: the driver writes one int.
+    let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+    status.result().map_err(|e| driver_error(e, "reading the driver version"))?;
+    check_driver_version(version)?;
+    cudarc::driver::result::init().map_err(|e| driver_error(e, "initialising the CUDA driver"))?;
+    Ok(version)
+}
+
+impl GpuContext {
+    /// Number of GPUs the driver sees.
+    pub fn device_count() -> Result<usize> {
+        init_driver()?;
+        let count = CudaContext::device_count().map_err(|e| driver_error(e, "counting GPUs"))?;
+        Ok(count.max(0) as usize)
+    }
+
+    /// Opens GPU `index` (0 for the first) with one stream.
+    pub fn new(index: usize) -> Result<Self> {
+        let driver_version = init_driver()?;
+        let count = CudaContext::device_count().map_err(|e| driver_error(e, "counting GPUs"))?.max(0) as usize;
+        if index >= count {
+            return Err(Error::invalid_argument(format!(
+                "GPU {index} does not exist: this machine has {count} (pick 0..{count}), or use the CPU backend"
+            )));
+        }
+        let opening = format!("opening GPU {index}");
+        let ctx = CudaContext::new(index).map_err(|e| driver_error(e, &opening))?;
+        // One stream for all work, so ordering is implicit and per-buffer events are not needed.
+        // SAFETY: nothing else uses this context's buffers from another stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| driver_error(e, &opening))?;
+        let (free_memory, total_memory) = ctx.mem_get_info().map_err(|e| driver_error(e, &opening))?;
+        let info = DeviceInfo {
+            index,
+            name: ctx.name().map_err(|e| driver_error(e, &opening))?,
+            compute_capability: ctx.compute_capability().map_err(|e| driver_error(e, &opening))?,
+            total_memory,
+            free_memory,
+            driver_version,
+        };
+        Ok(GpuContext {
+            ctx,
+            stream,
+            info,
+            kernel_dir: kernel_cache_dir(),
+            sync_after_launch: std::env::var(SYNC_ENV).is_ok_and(|v| v == "1"),
+            functions: Mutex::new(HashMap::new()),
+            blas: Mutex::new(None),
+        })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Synchronise after every launch (slower; errors point at the kernel that caused them).
+    pub fn set_sync_after_launch(&mut self, on: bool) {
+        self.sync_after_launch = on;
+    }
+
+    /// Waits for all queued work; reports any error it raised.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| driver_error(e, "waiting for the GPU"))?;
+        self.ctx.check_err().map_err(|e| driver_error(e, "checking the CUDA context"))
+    }
+
+    /// The kernel `entry` of `file`, compiling and loading the file at first use.
+    pub(crate) fn function(&self, file: &KernelFile, entry: &'static str) -> Result<CudaFunction> {
+        let mut functions = self.functions.lock().map_err(|_| Error::internal("the kernel table lock is poisoned"))?;
+        if let Some(f) = functions.get(entry) {
+            return Ok(f.clone());
+        }
+        let ptx = load_or_compile(&self.kernel_dir, file, self.info.compute_capability)?;
+        let loading = format!("loading kernels {}.cu", file.name);
+        let module = self.ctx.load_module(Ptx::from_src(ptx)).map_err(|e| driver_error(e, &loading))?;
+        for &name in file.entry_points {
+            let f = module.load_function(name).map_err(|e| driver_error(e, &format!("{loading}: {name}")))?;
+            functions.insert(name, f);
+        }
+        functions
+            .get(entry)
+            .cloned()
+            .ok_or_else(|| Error::internal(format!("kernel {entry} is not an entry point of {}.cu", file.name)))
+    }
+
+    /// Checks a launch's status, and with sync-after-launch on, the kernel's completion.
+    pub(crate) fn check_launch<T>(&self, launched: std::result::Result<T, DriverError>, kernel: &str) -> Result<()> {
+        let what = format!("launching {kernel}");
+        launched.map_err(|e| driver_error(e, &what))?;
+        self.ctx.check_err().map_err(|e| driver_error(e, &what))?;
+        if self.sync_after_launch {
+            self.stream.synchronize().map_err(|e| driver_error(e, &format!("running {kernel}")))?;
+        }
+        Ok(())
+    }
+
+    /// The cuBLAS handle on this context's stream, created at first use.
+    pub(crate) fn blas(&self) -> Result<Arc<CudaBlas>> {
+        let mut blas = self.blas.lock().map_err(|_| Error::internal("the cuBLAS handle lock is poisoned"))?;
+        if let Some(handle) = blas.as_ref() {
+            return Ok(handle.clone());
+        }
+        // SAFETY: loading cuBLAS runs only its initialisers.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::invalid_argument(
+                "cuBLAS (libcublas.so.13) could not be loaded: install the CUDA 13 libraries, or use the CPU backend",
+            ));
+        }
+        let handle = Arc::new(CudaBlas::new(self.stream.clone()).map_err(|e| cublas_error(e, "creating the cuBLAS handle"))?);
+        *blas = Some(handle.clone());
+        Ok(handle)
+    }
+}

@@ -1,0 +1,44 @@
+//! The kernel sources: one `.cu` file per op family, embedded in the binary, each with the
+//! `extern "C"` entry points it must define.
+
+/// Helpers prepended to every kernel file before compilation.
+pub const COMMON_HEADER: &str = include_str!("../kernels/common.cuh");
+
+/// One kernel source file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KernelFile {
+    /// File name without extension; also the name of its cached PTX.
+    pub name: &'static str,
+    pub source: &'static str,
+    pub entry_points: &'static [&'static str],
+}
+
+impl KernelFile {
+    /// The full source NVRTC compiles: the shared header, then the file.
+    pub fn full_source(&self) -> String {
+        format!("#line 1 \"common.cuh\"\n{COMMON_HEADER}\n#line 1 \"{}.cu\"\n{}", self.name, self.source)
+    }
+}
+
+macro_rules! kernel_file {
+    ($name:literal, [$($entry:literal),* $(,)?]) => {
+        KernelFile { name: $name, source: include_str!(concat!("../kernels/", $name, ".cu")), entry_points: &[$($entry),*] }
+    };
+}
+
+pub const EMBEDDING: KernelFile = kernel_file!("embedding", ["embedding_gather_f32", "embedding_gather_bf16"]);
+pub const RMS_NORM: KernelFile = kernel_file!(
+    "rms_norm",
+    ["rms_norm_forward_f32", "rms_norm_forward_bf16", "rms_norm_backward_f32", "rms_norm_backward_weight_f32"]
+);
+pub const ROPE: KernelFile = kernel_file!("rope", ["rope_forward_f32", "rope_backward_f32"]);
+pub const SWIGLU: KernelFile = kernel_file!("swiglu", ["swiglu_forward_f32", "swiglu_forward_bf16", "swiglu_backward_f32"]);
+pub const CROSS_ENTROPY: KernelFile = kernel_file!("cross_entropy", ["cross_entropy_rows_f32"]);
+pub const ADAMW: KernelFile = kernel_file!("adamw", ["adamw_step_f32", "sum_squares_f32", "scale_f32"]);
+pub const LIGER_FEATURE: KernelFile = kernel_file!(
+    "liger_feature",
+    ["softmax_rows_f32", "softmax_rows_backward_f32", "gla_key_features_f32", "gla_key_features_backward_f32"]
+);
+
+/// Every kernel file of the crate.
+pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE];

@@ -1,0 +1,75 @@
+//! Next-token cross-entropy through the LM head, a chunk of rows at a time
+//! (`kernels/cross_entropy.cu` + two GEMMs); CPU twin: `liger_core::train::loss::cross_entropy`.
+
+use crate::buffer::GpuBuffer;
+use crate::context::GpuContext;
+use crate::gemm::{gemm, GemmDims};
+use crate::kernels::CROSS_ENTROPY;
+use crate::launch::{as_int, block_per_row, expect_len};
+use cudarc::driver::PushKernelArg;
+use liger_core::train::loss::{LossOutput, IGNORE};
+use liger_core::{Error, Result};
+
+/// Rows of logits held at once by default: 256 x 49152 f32 is 50 MB.
+pub const DEFAULT_ROWS_PER_CHUNK: usize = 256;
+
+/// Cross-entropy of `h` (`T x hidden`, after the final norm) through `head` (`vocab x hidden`)
+/// against `labels` (`T`, [`IGNORE`] for positions that do not count). When `dh` is given,
+/// writes `d(loss_sum * grad_scale)/dh` into it. At most `rows_per_chunk x vocab` logits exist at once.
+#[allow(clippy::too_many_arguments)]
+pub fn cross_entropy(
+    ctx: &GpuContext,
+    h: &GpuBuffer<f32>,
+    head: &GpuBuffer<f32>,
+    hidden: usize,
+    vocab: usize,
+    labels: &[u32],
+    grad_scale: f32,
+    mut dh: Option<&mut GpuBuffer<f32>>,
+    rows_per_chunk: usize,
+) -> Result<LossOutput> {
+    let t = labels.len();
+    expect_len("cross_entropy h", h.len(), t * hidden)?;
+    expect_len("cross_entropy head", head.len(), vocab * hidden)?;
+    if let Some(dh) = dh.as_deref() {
+        expect_len("cross_entropy dh", dh.len(), t * hidden)?;
+    }
+    if rows_per_chunk == 0 {
+        return Err(Error::invalid_argument("cross_entropy: rows_per_chunk must be at least 1"));
+    }
+    if let Some(&bad) = labels.iter().find(|&&l| l != IGNORE && l as usize >= vocab) {
+        return Err(Error::invalid_argument(format!("label {bad} is outside the vocabulary of {vocab}")));
+    }
+    let count = labels.iter().filter(|&&l| l != IGNORE).count();
+    if t == 0 {
+        return Ok(LossOutput { loss_sum: 0.0, count });
+    }
+    let chunk = rows_per_chunk.min(t);
+    let labels_gpu = GpuBuffer::from_host(ctx, labels)?;
+    let mut loss = GpuBuffer::<f32>::zeros(ctx, t)?;
+    let mut logits = GpuBuffer::<f32>::zeros(ctx, chunk * vocab)?;
+    let name = "cross_entropy_rows_f32";
+    let f = ctx.function(&CROSS_ENTROPY, name)?;
+    let vocab_arg = as_int("vocab", vocab)?;
+    for r0 in (0..t).step_by(chunk) {
+        let rows = chunk.min(t - r0);
+        let h_rows = h.view(r0 * hidden..(r0 + rows) * hidden);
+        let dims = GemmDims { m: rows, n: vocab, k: hidden, a_transposed: false, b_transposed: true };
+        gemm(ctx, dims, &h_rows, head.slice(), &mut logits.view_mut(0..rows * vocab), false)?;
+        {
+            let mut z = logits.view_mut(0..rows * vocab);
+            let label_rows = labels_gpu.view(r0..r0 + rows);
+            let mut loss_rows = loss.view_mut(r0..r0 + rows);
+            let mut launch = ctx.stream().launch_builder(&f);
+            launch.arg(&mut z).arg(&label_rows).arg(&mut loss_rows).arg(&vocab_arg).arg(&grad_scale);
+            // SAFETY: z holds rows x vocab values, labels and loss hold rows; labels were checked.
+            ctx.check_launch(unsafe { launch.launch(block_per_row(rows, vocab)?) }, name)?;
+        }
+        if let Some(dh) = dh.as_deref_mut() {
+            let dims = GemmDims { m: rows, n: hidden, k: vocab, a_transposed: false, b_transposed: false };
+            gemm(ctx, dims, &logits.view(0..rows * vocab), head.slice(), &mut dh.view_mut(r0 * hidden..(r0 + rows) * hidden), false)?;
+        }
+    }
+    let per_row = loss.to_host()?;
+    Ok(LossOutput { loss_sum: per_row.iter().map(|&l| l as f64).sum(), count })
+}

@@ -1,0 +1,51 @@
+//! SwiGLU forward and backward (`kernels/swiglu.cu`); CPU twins:
+//! `liger_core::model::ops::swiglu_inplace` and `liger_core::train::backward::swiglu_backward`.
+
+use crate::buffer::{GpuBuffer, GpuElement};
+use crate::context::GpuContext;
+use crate::kernels::SWIGLU;
+use crate::launch::{elementwise, expect_len};
+use cudarc::driver::PushKernelArg;
+use liger_core::Result;
+
+/// `out = silu(gate) * up`, elementwise.
+pub fn swiglu_forward<T: GpuElement>(ctx: &GpuContext, gate: &GpuBuffer<T>, up: &GpuBuffer<T>, out: &mut GpuBuffer<T>) -> Result<()> {
+    let n = gate.len();
+    expect_len("swiglu up", up.len(), n)?;
+    expect_len("swiglu output", out.len(), n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let name = super::variant::<T>("swiglu_forward_f32", "swiglu_forward_bf16");
+    let f = ctx.function(&SWIGLU, name)?;
+    let n_arg = n as u64;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(gate.slice()).arg(up.slice()).arg(out.slice_mut()).arg(&n_arg);
+    // SAFETY: all three buffers hold n values.
+    ctx.check_launch(unsafe { launch.launch(elementwise(n)) }, name)
+}
+
+/// Writes `dgate` and `dup` given `da`, the gradient of `silu(gate) * up`.
+pub fn swiglu_backward(
+    ctx: &GpuContext,
+    gate: &GpuBuffer<f32>,
+    up: &GpuBuffer<f32>,
+    da: &GpuBuffer<f32>,
+    dgate: &mut GpuBuffer<f32>,
+    dup: &mut GpuBuffer<f32>,
+) -> Result<()> {
+    let n = gate.len();
+    for (what, len) in [("swiglu up", up.len()), ("swiglu da", da.len()), ("swiglu dgate", dgate.len()), ("swiglu dup", dup.len())] {
+        expect_len(what, len, n)?;
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let name = "swiglu_backward_f32";
+    let f = ctx.function(&SWIGLU, name)?;
+    let n_arg = n as u64;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(gate.slice()).arg(up.slice()).arg(da.slice()).arg(dgate.slice_mut()).arg(dup.slice_mut()).arg(&n_arg);
+    // SAFETY: all five buffers hold n values.
+    ctx.check_launch(unsafe { launch.launch(elementwise(n)) }, name)
+}

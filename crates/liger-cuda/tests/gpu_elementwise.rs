@@ -1,0 +1,210 @@
+//! Per-token kernels against their CPU twins in liger-core (or a float64 reference where the
+//! twin is private), on fresh random inputs, outputs poisoned before each launch.
+
+mod common;
+
+use common::*;
+use half::bf16;
+use liger_core::model::ops::{rms_norm, rope, swiglu_inplace};
+use liger_core::train::backward::{rms_norm_backward, rope_backward, swiglu_backward};
+use liger_core::ErrorCode;
+use liger_cuda::ops::{embedding, liger_feature, rms_norm as gpu_norm, rope as gpu_rope, swiglu as gpu_swiglu};
+use liger_cuda::GpuBuffer;
+
+const FP32_TOL: f64 = 1e-4;
+const BF16_TOL: f64 = 2e-2;
+
+fn to_bf16(x: &[f32]) -> Vec<bf16> {
+    x.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+fn from_bf16(x: &[bf16]) -> Vec<f32> {
+    x.iter().map(|v| v.to_f32()).collect()
+}
+
+#[test]
+fn embedding_gather_f32_and_bf16() {
+    let ctx = gpu();
+    let mut rng = rng("embedding");
+    let (vocab, hidden, tokens) = (1000, 576, 37);
+    let table = random(&mut rng, vocab * hidden, 1.0);
+    let ids = liger_core::testing::random_tokens(tokens, vocab, rand::random());
+    let expected: Vec<f64> = ids.iter().flat_map(|&id| table[id as usize * hidden..(id as usize + 1) * hidden].iter().map(|&v| v as f64)).collect();
+    let mut out = poisoned(&ctx, tokens * hidden);
+    embedding::embedding_gather(&ctx, &upload(&ctx, &table), hidden, &ids, &mut out).unwrap();
+    check("embedding f32", &out, &expected, 1e-7);
+
+    let table_bf16 = to_bf16(&table);
+    let expected_bf16: Vec<f64> = ids.iter().flat_map(|&id| table_bf16[id as usize * hidden..(id as usize + 1) * hidden].iter().map(|v| v.to_f64())).collect();
+    let mut out = poisoned(&ctx, tokens * hidden);
+    embedding::embedding_gather(&ctx, &GpuBuffer::from_host(&ctx, &table_bf16).unwrap(), hidden, &ids, &mut out).unwrap();
+    check("embedding bf16", &out, &expected_bf16, 1e-7);
+
+    let err = embedding::embedding_gather(&ctx, &upload(&ctx, &table), hidden, &[3, vocab as u32], &mut poisoned(&ctx, 2 * hidden)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert!(err.message.contains("outside the vocabulary"), "{}", err.message);
+}
+
+#[test]
+fn rms_norm_forward_backward_and_weight_gradient() {
+    let ctx = gpu();
+    let mut rng = rng("rms_norm");
+    let (rows, cols, eps) = (29, 576, 1e-5f32);
+    let x = random(&mut rng, rows * cols, 2.0);
+    let w: Vec<f32> = random(&mut rng, cols, 0.3).iter().map(|v| 1.0 + v).collect();
+    let dy = random(&mut rng, rows * cols, 1.0);
+    let mut y_cpu = vec![0.0; rows * cols];
+    rms_norm(&x, &w, eps, &mut y_cpu);
+    let (xg, wg, dyg) = (upload(&ctx, &x), upload(&ctx, &w), upload(&ctx, &dy));
+
+    let (mut y, mut rstd) = (poisoned(&ctx, rows * cols), poisoned(&ctx, rows));
+    gpu_norm::rms_norm_forward(&ctx, &xg, &wg, eps, &mut y, &mut rstd).unwrap();
+    check("rms_norm forward f32", &y, &to_f64(&y_cpu), FP32_TOL);
+    let rstd_ref: Vec<f64> = x.chunks(cols).map(|r| 1.0 / (r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64 + eps as f64).sqrt()).collect();
+    check("rms_norm rstd", &rstd, &rstd_ref, FP32_TOL);
+
+    let (mut dx_cpu, mut dw_cpu) = (vec![0.0; rows * cols], vec![0.0; cols]);
+    rms_norm_backward(&x, &w, eps, &dy, &mut dx_cpu, Some(&mut dw_cpu));
+    let (mut dx, mut rstd) = (poisoned(&ctx, rows * cols), poisoned(&ctx, rows));
+    gpu_norm::rms_norm_backward(&ctx, &xg, &wg, eps, &dyg, &mut dx, &mut rstd).unwrap();
+    check("rms_norm backward dx", &dx, &to_f64(&dx_cpu), FP32_TOL);
+    let mut dw = poisoned(&ctx, cols);
+    gpu_norm::rms_norm_backward_weight(&ctx, &xg, &dyg, &rstd, &mut dw).unwrap();
+    check("rms_norm backward dw", &dw, &to_f64(&dw_cpu), FP32_TOL);
+
+    // bf16 storage: the reference normalises the bf16-rounded input.
+    let x16 = to_bf16(&x);
+    let mut y_ref = vec![0.0; rows * cols];
+    rms_norm(&from_bf16(&x16), &w, eps, &mut y_ref);
+    let mut y16 = GpuBuffer::filled(&ctx, rows * cols, bf16::NAN).unwrap();
+    let mut rstd = poisoned(&ctx, rows);
+    gpu_norm::rms_norm_forward(&ctx, &GpuBuffer::from_host(&ctx, &x16).unwrap(), &wg, eps, &mut y16, &mut rstd).unwrap();
+    check_host("rms_norm forward bf16", &from_bf16(&y16.to_host().unwrap()), &to_f64(&y_ref), BF16_TOL);
+
+    let err = gpu_norm::rms_norm_forward(&ctx, &upload(&ctx, &x[..cols + 1]), &wg, eps, &mut poisoned(&ctx, cols + 1), &mut poisoned(&ctx, 1)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch);
+}
+
+#[test]
+fn rope_forward_and_backward() {
+    let ctx = gpu();
+    let mut rng = rng("rope");
+    let (tokens, heads, head_dim, pos0) = (41, 9, 64, 1000);
+    let freqs = inv_freq(head_dim, 10000.0);
+    let x = random(&mut rng, tokens * heads * head_dim, 1.0);
+    let fg = upload(&ctx, &freqs);
+    let mut y_cpu = x.clone();
+    rope(&mut y_cpu, heads, head_dim, pos0, &freqs);
+    let mut y = poisoned(&ctx, x.len());
+    gpu_rope::rope_forward(&ctx, &upload(&ctx, &x), &mut y, heads, head_dim, pos0, &fg).unwrap();
+    check("rope forward", &y, &to_f64(&y_cpu), FP32_TOL);
+
+    let mut dx_cpu = x.clone();
+    rope_backward(&mut dx_cpu, heads, head_dim, pos0, &freqs);
+    let mut dx = poisoned(&ctx, x.len());
+    gpu_rope::rope_backward(&ctx, &upload(&ctx, &x), &mut dx, heads, head_dim, pos0, &fg).unwrap();
+    check("rope backward", &dx, &to_f64(&dx_cpu), FP32_TOL);
+
+    let err = gpu_rope::rope_forward(&ctx, &upload(&ctx, &x), &mut poisoned(&ctx, x.len()), heads, head_dim, pos0, &upload(&ctx, &freqs[1..])).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch);
+}
+
+#[test]
+fn swiglu_forward_and_backward() {
+    let ctx = gpu();
+    let mut rng = rng("swiglu");
+    let n = 13 * 1536 + 7;
+    let (g, u, da) = (random(&mut rng, n, 6.0), random(&mut rng, n, 2.0), random(&mut rng, n, 1.0));
+    let mut a_cpu = g.clone();
+    swiglu_inplace(&mut a_cpu, &u);
+    let mut a = poisoned(&ctx, n);
+    gpu_swiglu::swiglu_forward(&ctx, &upload(&ctx, &g), &upload(&ctx, &u), &mut a).unwrap();
+    check("swiglu forward f32", &a, &to_f64(&a_cpu), FP32_TOL);
+
+    let (mut dg_cpu, mut du_cpu) = (vec![0.0; n], vec![0.0; n]);
+    swiglu_backward(&g, &u, &da, &mut dg_cpu, &mut du_cpu);
+    let (mut dg, mut du) = (poisoned(&ctx, n), poisoned(&ctx, n));
+    gpu_swiglu::swiglu_backward(&ctx, &upload(&ctx, &g), &upload(&ctx, &u), &upload(&ctx, &da), &mut dg, &mut du).unwrap();
+    check("swiglu backward dgate", &dg, &to_f64(&dg_cpu), FP32_TOL);
+    check("swiglu backward dup", &du, &to_f64(&du_cpu), FP32_TOL);
+
+    let (g16, u16) = (to_bf16(&g), to_bf16(&u));
+    let mut a_ref = from_bf16(&g16);
+    swiglu_inplace(&mut a_ref, &from_bf16(&u16));
+    let mut a16 = GpuBuffer::filled(&ctx, n, bf16::NAN).unwrap();
+    gpu_swiglu::swiglu_forward(&ctx, &GpuBuffer::from_host(&ctx, &g16).unwrap(), &GpuBuffer::from_host(&ctx, &u16).unwrap(), &mut a16).unwrap();
+    check_host("swiglu forward bf16", &from_bf16(&a16.to_host().unwrap()), &to_f64(&a_ref), BF16_TOL);
+}
+
+fn softmax_f64(x: &[f32]) -> Vec<f64> {
+    let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+fn log_sigmoid_f64(x: f64) -> f64 {
+    -((-x).exp().ln_1p())
+}
+
+#[test]
+fn gla_feature_maps_and_gate_forward_and_backward() {
+    let ctx = gpu();
+    let mut rng = rng("gla_features");
+    let (rows, d, norm) = (3 * 37, 64, 16.0f32);
+    let k = random(&mut rng, rows * d, 8.0);
+    let (dkf, dg) = (random(&mut rng, rows * d, 1.0), random(&mut rng, rows * d, 1.0));
+    let kg = upload(&ctx, &k);
+
+    let kf_ref: Vec<f64> = k.chunks(d).flat_map(softmax_f64).collect();
+    let g_ref: Vec<f64> = k.iter().map(|&v| log_sigmoid_f64(v as f64) / norm as f64).collect();
+    let (mut kf, mut g) = (poisoned(&ctx, k.len()), poisoned(&ctx, k.len()));
+    liger_feature::gla_key_features(&ctx, &kg, &mut kf, &mut g, d, norm).unwrap();
+    check("gla key features", &kf, &kf_ref, FP32_TOL);
+    check("gla log-gates", &g, &g_ref, FP32_TOL);
+
+    let mut q = poisoned(&ctx, k.len());
+    liger_feature::softmax_rows(&ctx, &kg, &mut q, d).unwrap();
+    check("softmax rows", &q, &kf_ref, FP32_TOL);
+
+    // Backward in f64 from the f64 forward.
+    let mut dk_ref = vec![0.0f64; k.len()];
+    let mut dsoft_ref = vec![0.0f64; k.len()];
+    for r in 0..rows {
+        let s = r * d..(r + 1) * d;
+        let dot: f64 = kf_ref[s.clone()].iter().zip(&dkf[s.clone()]).map(|(y, g)| y * *g as f64).sum();
+        for i in s {
+            dsoft_ref[i] = kf_ref[i] * (dkf[i] as f64 - dot);
+            let sig_neg = 1.0 / (1.0 + (k[i] as f64).exp());
+            dk_ref[i] = dsoft_ref[i] + dg[i] as f64 * sig_neg / norm as f64;
+        }
+    }
+    let mut dx = poisoned(&ctx, k.len());
+    liger_feature::softmax_rows_backward(&ctx, &kf, &upload(&ctx, &dkf), &mut dx, d).unwrap();
+    check("softmax rows backward", &dx, &dsoft_ref, FP32_TOL);
+    let mut dk = poisoned(&ctx, k.len());
+    liger_feature::gla_key_features_backward(&ctx, &kg, &kf, &upload(&ctx, &dkf), &upload(&ctx, &dg), &mut dk, d, norm).unwrap();
+    check("gla key features backward", &dk, &dk_ref, FP32_TOL);
+
+    let err = liger_feature::gla_key_features(&ctx, &kg, &mut poisoned(&ctx, k.len()), &mut poisoned(&ctx, k.len()), d, 0.0).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+}
+
+#[test]
+fn device_info_is_read() {
+    let ctx = gpu();
+    let info = ctx.info();
+    println!("{info:?}");
+    assert!(!info.name.is_empty());
+    assert!(info.compute_capability.0 >= 7);
+    assert!(info.total_memory > 0 && info.free_memory <= info.total_memory);
+    assert!(info.driver_version >= 13000);
+    let count = liger_cuda::GpuContext::device_count().unwrap();
+    let err = liger_cuda::GpuContext::new(count).err().expect("an index past the last GPU is an error");
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert!(err.message.contains("does not exist"), "{}", err.message);
+    // A request far beyond any GPU's memory is a typed out-of-memory error with advice.
+    let err = GpuBuffer::<f32>::zeros(&ctx, 1 << 48).err().expect("a 1 PB allocation fails");
+    assert_eq!(err.code, ErrorCode::OutOfMemory);
+    assert!(err.message.contains("lower the batch size"), "{}", err.message);
+}
