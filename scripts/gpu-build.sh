@@ -20,7 +20,7 @@ for line in sys.stdin:
     if msg.get("reason") != "compiler-artifact" or not msg.get("executable"):
         continue
     name = msg["target"]["name"]
-    if "test" in msg["target"]["kind"] and (name.startswith("gpu_") or name == "nvrtc_compile"):
+    if "test" in msg["target"]["kind"] and name.startswith("gpu_"):
         print(name, msg["executable"])
 ' | while read -r name exe; do
   cp "$exe" "$out/$name"
