@@ -12,7 +12,7 @@ mod safetensors_io;
 #[cfg(not(target_arch = "wasm32"))]
 mod checkpoint;
 #[cfg(not(target_arch = "wasm32"))]
-mod fsutil;
+pub(crate) mod fsutil;
 
 pub use config::{config_from_value, config_to_json, parse_config, SUPPORTED_ARCHITECTURES};
 pub use safetensors_io::{safetensors_to_bytes, SafetensorsFile, SaveDtype};

@@ -9,6 +9,8 @@ pub mod optim;
 pub mod trainer;
 
 #[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod trainer_tests;

@@ -5,6 +5,7 @@
 //! (the Liger model's LoRA adapters, or a small model in tests) trains the same way.
 
 use super::data::Sequence;
+use crate::convert::{LigerModel, LoraGrads};
 use super::loss::{LossOutput, IGNORE};
 use super::optim::{clip_grad_norm, AdamWConfig, AdamWState, LrSchedule};
 use crate::error::{Error, ErrorCode, Result};
@@ -343,7 +344,11 @@ impl Trainer {
         let (mut loss_sum, mut tokens) = (0.0f64, 0usize);
         for &i in picked {
             let s = &data[i];
-            loss_sum += model.forward_backward(&s.inputs, &s.labels, scale, grads)?.loss_sum;
+            let out = model.forward_backward(&s.inputs, &s.labels, scale, grads).map_err(|e| match e.code {
+                ErrorCode::NonFiniteLoss => non_finite(step, "the loss"),
+                _ => e,
+            })?;
+            loss_sum += out.loss_sum;
             tokens += s.inputs.len();
         }
         let loss = loss_sum / count as f64;
@@ -421,4 +426,36 @@ fn non_finite(step: u64, what: &str) -> Error {
             "step {step}: {what} is not finite (NaN or infinity); the update was not applied and the last saved checkpoint is kept. Lower the learning rate, keep gradient clipping on, or check the data"
         ),
     )
+}
+
+impl GradBuffers for LoraGrads {
+    fn as_slices(&self) -> Vec<&[f32]> {
+        LoraGrads::as_slices(self)
+    }
+    fn as_mut_slices(&mut self) -> Vec<&mut [f32]> {
+        LoraGrads::as_mut_slices(self)
+    }
+    fn zero(&mut self) {
+        LoraGrads::zero(self)
+    }
+}
+
+/// The Liger model trains its LoRA adapters; the base weights stay frozen.
+impl Trainable for LigerModel {
+    type Grads = LoraGrads;
+    fn new_grads(&self) -> LoraGrads {
+        self.new_lora_grads()
+    }
+    fn forward_backward(&self, inputs: &[u32], labels: &[u32], grad_scale: f32, grads: &mut LoraGrads) -> Result<LossOutput> {
+        LigerModel::forward_backward(self, inputs, labels, grad_scale, grads)
+    }
+    fn loss(&self, inputs: &[u32], labels: &[u32]) -> Result<LossOutput> {
+        LigerModel::loss(self, inputs, labels)
+    }
+    fn params(&self) -> Vec<(String, &[f32])> {
+        self.lora_params()
+    }
+    fn params_mut(&mut self) -> Vec<&mut [f32]> {
+        self.lora_params_mut()
+    }
 }
