@@ -6,10 +6,14 @@ pub mod lora;
 pub mod loss;
 pub mod optim;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod job;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod trainer;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
+#[cfg(test)]
+mod job_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
