@@ -117,3 +117,26 @@ fn backward_through_quantized_weights_matches_f64() {
         assert!(e < 1e-5);
     }
 }
+
+#[test]
+fn gradients_accumulate_until_zeroed() {
+    let mut rng = rng();
+    let model = tiny_model(&mut rng, attention(MixerKind::Rwkv6, 4), vec![0], Architecture::Llama);
+    let vocab = model.config().vocab_size;
+    let (inputs, labels) = (random_tokens(12, vocab, rng.random()), random_tokens(12, vocab, rng.random()));
+    let mut once = model.new_lora_grads();
+    model.forward_backward(&inputs, &labels, 1.0, &mut once).unwrap();
+    let mut twice = model.new_lora_grads();
+    model.forward_backward(&inputs, &labels, 0.5, &mut twice).unwrap();
+    model.forward_backward(&inputs, &labels, 1.5, &mut twice).unwrap();
+    let names = model.lora_params();
+    assert_eq!(names.len(), once.as_slices().len());
+    assert_eq!(names[0].0, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+    for ((name, p), (a, b)) in names.iter().zip(once.as_slices().iter().zip(twice.as_slices())) {
+        assert_eq!(p.len(), a.len(), "{name}");
+        let want: Vec<f64> = a.iter().map(|&x| 2.0 * x as f64).collect();
+        assert!(rel_err(b, &want) < 1e-5, "{name}");
+    }
+    twice.zero();
+    assert!(twice.as_slices().iter().all(|s| s.iter().all(|&x| x == 0.0)));
+}
