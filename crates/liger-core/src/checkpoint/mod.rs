@@ -51,20 +51,43 @@ pub struct SaveOptions {
 
 impl Default for SaveOptions {
     fn default() -> Self {
-        SaveOptions { dtype: SaveDtype::F32, merged: false }
+        SaveOptions {
+            dtype: SaveDtype::F32,
+            merged: false,
+        }
     }
 }
 
 /// The adapters' rank, alpha and targets, read back from the adapters themselves.
 fn lora_options_of(model: &LigerModel) -> LoraOptions {
-    let first = model.lora.layers.iter().flat_map(|l| LoraTarget::ALL.map(|t| l.get(t))).flatten().next();
+    let first = model
+        .lora
+        .layers
+        .iter()
+        .flat_map(|l| LoraTarget::ALL.map(|t| l.get(t)))
+        .flatten()
+        .next();
     let targets = LoraTarget::ALL
         .into_iter()
-        .filter(|&t| model.lora.layers.first().is_some_and(|l| l.get(t).is_some()))
+        .filter(|&t| {
+            model
+                .lora
+                .layers
+                .first()
+                .is_some_and(|l| l.get(t).is_some())
+        })
         .collect();
     match first {
-        Some(a) => LoraOptions { rank: a.rank, alpha: a.scale * a.rank as f32, targets, seed: 0 },
-        None => LoraOptions { targets: Vec::new(), ..LoraOptions::default() },
+        Some(a) => LoraOptions {
+            rank: a.rank,
+            alpha: a.scale * a.rank as f32,
+            targets,
+            seed: 0,
+        },
+        None => LoraOptions {
+            targets: Vec::new(),
+            ..LoraOptions::default()
+        },
     }
 }
 
@@ -72,7 +95,12 @@ fn lora_options_of(model: &LigerModel) -> LoraOptions {
 fn merged_weights(model: &LigerModel) -> crate::weights::ModelWeights {
     let mut w = model.base.weights.clone();
     for (lw, lora) in w.layers.iter_mut().zip(&model.lora.layers) {
-        for (target, t) in [(LoraTarget::Q, &mut lw.wq), (LoraTarget::K, &mut lw.wk), (LoraTarget::V, &mut lw.wv), (LoraTarget::O, &mut lw.wo)] {
+        for (target, t) in [
+            (LoraTarget::Q, &mut lw.wq),
+            (LoraTarget::K, &mut lw.wk),
+            (LoraTarget::V, &mut lw.wv),
+            (LoraTarget::O, &mut lw.wo),
+        ] {
             if let Some(a) = lora.get(target) {
                 *t = QTensor::from_f32(t.rows, t.cols, a.merged(&t.to_f32()));
             }
@@ -104,7 +132,12 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
 
 /// Saves `model` as a checkpoint directory at `dir` (replacing what is there, atomically).
 /// `training` adds what a resumed run needs; it cannot go with `merged`.
-pub fn save_liger_checkpoint(dir: &Path, model: &LigerModel, opts: &SaveOptions, training: Option<TrainingSnapshot>) -> Result<()> {
+pub fn save_liger_checkpoint(
+    dir: &Path,
+    model: &LigerModel,
+    opts: &SaveOptions,
+    training: Option<TrainingSnapshot>,
+) -> Result<()> {
     if opts.merged && training.is_some() {
         return Err(Error::invalid_argument(
             "a merged checkpoint cannot carry training state (its adapters are folded away); save unmerged to resume training",
@@ -112,7 +145,12 @@ pub fn save_liger_checkpoint(dir: &Path, model: &LigerModel, opts: &SaveOptions,
     }
     let base = &model.base;
     let lora = lora_options_of(model);
-    let section = LigerSection { version: LIGER_FORMAT_VERSION, options: model.options.clone(), lora: lora.clone(), merged: opts.merged };
+    let section = LigerSection {
+        version: LIGER_FORMAT_VERSION,
+        options: model.options.clone(),
+        lora: lora.clone(),
+        merged: opts.merged,
+    };
     let files = HfExtraFiles {
         tokenizer_json: Some(base.tokenizer.to_json()?),
         chat_template: base.chat_template.clone(),
@@ -128,10 +166,16 @@ pub fn save_liger_checkpoint(dir: &Path, model: &LigerModel, opts: &SaveOptions,
         std::fs::remove_dir(tmp).map_err(|e| Error::io(tmp.display(), e))?;
         save_hf_dir(tmp, &base.config, weights, &files, opts.dtype)?;
         if !opts.merged && !params.is_empty() {
-            let tensors: Vec<(String, Vec<usize>, SaveDtype, &[f32])> =
-                adapter_shapes(model).into_iter().zip(&params).map(|(shape, (name, v))| (name.clone(), shape, SaveDtype::F32, *v)).collect();
+            let tensors: Vec<(String, Vec<usize>, SaveDtype, &[f32])> = adapter_shapes(model)
+                .into_iter()
+                .zip(&params)
+                .map(|(shape, (name, v))| (name.clone(), shape, SaveDtype::F32, *v))
+                .collect();
             write_safetensors(&tmp.join(ADAPTER_WEIGHTS), &tensors, None)?;
-            write_json(&tmp.join(ADAPTER_CONFIG), &adapter_config(&lora, &base.name))?;
+            write_json(
+                &tmp.join(ADAPTER_CONFIG),
+                &adapter_config(&lora, &base.name),
+            )?;
         }
         if let Some(t) = &training {
             training::write(tmp, model, t)?;
@@ -158,8 +202,11 @@ fn adapter_shapes(model: &LigerModel) -> Vec<Vec<usize>> {
 pub fn read_liger_section(dir: &Path) -> Result<Option<LigerSection>> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(path.display(), e))?;
-    let config: Value = serde_json::from_str(&text).map_err(|e| Error::invalid_file(path.display(), format!("not valid JSON: {e}")))?;
-    let Some(section) = config.get("liger") else { return Ok(None) };
+    let config: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::invalid_file(path.display(), format!("not valid JSON: {e}")))?;
+    let Some(section) = config.get("liger") else {
+        return Ok(None);
+    };
     let version = section.get("version").and_then(Value::as_u64);
     match version {
         Some(v) if v >= 1 && v <= LIGER_FORMAT_VERSION as u64 => {}
@@ -173,14 +220,25 @@ pub fn read_liger_section(dir: &Path) -> Result<Option<LigerSection>> {
     }
     serde_json::from_value(section.clone())
         .map(Some)
-        .map_err(|e| Error::invalid_file(path.display(), format!("the \"liger\" section is not valid: {e}")))
+        .map_err(|e| {
+            Error::invalid_file(
+                path.display(),
+                format!("the \"liger\" section is not valid: {e}"),
+            )
+        })
 }
 
 /// Loads a checkpoint written by [`save_liger_checkpoint`]: the same model, giving the same
 /// logits (bit for bit when saved as F32 from f32 weights).
 pub fn load_liger_checkpoint(dir: &Path) -> Result<LigerModel> {
     if !dir.is_dir() {
-        return Err(Error::new(ErrorCode::Io, format!("{}: not a directory (a Liger checkpoint is a directory)", dir.display())));
+        return Err(Error::new(
+            ErrorCode::Io,
+            format!(
+                "{}: not a directory (a Liger checkpoint is a directory)",
+                dir.display()
+            ),
+        ));
     }
     let Some(section) = read_liger_section(dir)? else {
         return Err(Error::invalid_file(
@@ -204,7 +262,10 @@ pub fn load_liger_checkpoint(dir: &Path) -> Result<LigerModel> {
 fn read_adapters(dir: &Path, model: &mut LigerModel) -> Result<()> {
     let path = dir.join(ADAPTER_WEIGHTS);
     if !path.is_file() {
-        return Err(Error::invalid_file(dir.display(), "the config names LoRA adapters but adapter_model.safetensors is missing"));
+        return Err(Error::invalid_file(
+            dir.display(),
+            "the config names LoRA adapters but adapter_model.safetensors is missing",
+        ));
     }
     let file = SafetensorsFile::open(&path)?;
     let names: Vec<String> = model.lora_params().into_iter().map(|(n, _)| n).collect();
@@ -212,16 +273,26 @@ fn read_adapters(dir: &Path, model: &mut LigerModel) -> Result<()> {
     if file.names().len() != names.len() {
         return Err(Error::invalid_file(
             path.display(),
-            format!("holds {} tensors but the config's adapters need {}", file.names().len(), names.len()),
+            format!(
+                "holds {} tensors but the config's adapters need {}",
+                file.names().len(),
+                names.len()
+            ),
         ));
     }
     for ((name, shape), dst) in names.iter().zip(&shapes).zip(model.lora_params_mut()) {
         if !file.contains(name) {
-            return Err(Error::invalid_file(path.display(), format!("tensor \"{name}\" is missing")));
+            return Err(Error::invalid_file(
+                path.display(),
+                format!("tensor \"{name}\" is missing"),
+            ));
         }
         let (got_shape, values) = file.tensor_f32(name)?;
         if &got_shape != shape {
-            return Err(Error::invalid_file(path.display(), format!("tensor \"{name}\" has shape {got_shape:?}, expected {shape:?}")));
+            return Err(Error::invalid_file(
+                path.display(),
+                format!("tensor \"{name}\" has shape {got_shape:?}, expected {shape:?}"),
+            ));
         }
         dst.copy_from_slice(&values);
     }

@@ -32,32 +32,59 @@ struct StateFile {
 
 pub(super) fn write(dir: &Path, model: &LigerModel, t: &TrainingSnapshot) -> Result<()> {
     let params = model.lora_params();
-    if t.optimizer.m.len() != params.len() || t.optimizer.m.iter().zip(&params).any(|(m, p)| m.len() != p.1.len()) {
-        return Err(Error::shape("the optimizer state does not match the model's adapters"));
+    if t.optimizer.m.len() != params.len()
+        || t.optimizer
+            .m
+            .iter()
+            .zip(&params)
+            .any(|(m, p)| m.len() != p.1.len())
+    {
+        return Err(Error::shape(
+            "the optimizer state does not match the model's adapters",
+        ));
     }
     let shapes = adapter_shapes(model);
     let mut tensors: Vec<(String, Vec<usize>, SaveDtype, &[f32])> = Vec::new();
     for (kind, moments) in [("m", &t.optimizer.m), ("v", &t.optimizer.v)] {
         for (((name, _), shape), values) in params.iter().zip(&shapes).zip(moments) {
-            tensors.push((format!("{kind}.{name}"), shape.clone(), SaveDtype::F32, values));
+            tensors.push((
+                format!("{kind}.{name}"),
+                shape.clone(),
+                SaveDtype::F32,
+                values,
+            ));
         }
     }
     write_safetensors(&dir.join(OPTIMIZER_FILE), &tensors, None)?;
-    let file = StateFile { version: LIGER_FORMAT_VERSION, optimizer_step: t.optimizer.step, state: t.state.clone() };
+    let file = StateFile {
+        version: LIGER_FORMAT_VERSION,
+        optimizer_step: t.optimizer.step,
+        state: t.state.clone(),
+    };
     write_json(&dir.join(STATE_FILE), &file)
 }
 
 /// The training state saved in `dir` for `model`, or `None` when the checkpoint has none.
-pub fn load_training_state(dir: &Path, model: &LigerModel) -> Result<Option<(TrainerState, AdamWState)>> {
+pub fn load_training_state(
+    dir: &Path,
+    model: &LigerModel,
+) -> Result<Option<(TrainerState, AdamWState)>> {
     let state_path = dir.join(STATE_FILE);
     if !state_path.is_file() {
         return Ok(None);
     }
     let shown = state_path.display().to_string();
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&shown, e))?;
-    let file: StateFile = serde_json::from_str(&text).map_err(|e| Error::invalid_file(&shown, format!("not a valid trainer state: {e}")))?;
+    let file: StateFile = serde_json::from_str(&text)
+        .map_err(|e| Error::invalid_file(&shown, format!("not a valid trainer state: {e}")))?;
     if file.version > LIGER_FORMAT_VERSION {
-        return Err(Error::invalid_file(&shown, format!("made by a newer liger (format {}); upgrade liger to resume this run", file.version)));
+        return Err(Error::invalid_file(
+            &shown,
+            format!(
+                "made by a newer liger (format {}); upgrade liger to resume this run",
+                file.version
+            ),
+        ));
     }
     let opt_path = dir.join(OPTIMIZER_FILE);
     if !opt_path.is_file() {
@@ -75,12 +102,23 @@ pub fn load_training_state(dir: &Path, model: &LigerModel) -> Result<Option<(Tra
             }
             let (_, m) = opt.tensor_f32(&key)?;
             if m.len() != values.len() {
-                return Err(Error::invalid_file(opt_path.display(), format!("tensor \"{key}\" has {} values, the adapter {}", m.len(), values.len())));
+                return Err(Error::invalid_file(
+                    opt_path.display(),
+                    format!(
+                        "tensor \"{key}\" has {} values, the adapter {}",
+                        m.len(),
+                        values.len()
+                    ),
+                ));
             }
             list.push(m);
         }
         moments.insert(kind, list);
     }
-    let optimizer = AdamWState { step: file.optimizer_step, m: moments.remove("m").unwrap_or_default(), v: moments.remove("v").unwrap_or_default() };
+    let optimizer = AdamWState {
+        step: file.optimizer_step,
+        m: moments.remove("m").unwrap_or_default(),
+        v: moments.remove("v").unwrap_or_default(),
+    };
     Ok(Some((file.state, optimizer)))
 }

@@ -14,7 +14,9 @@ pub const BYTE_VOCAB: usize = 258;
 
 /// The printable character GPT-2's byte-level BPE writes for each byte.
 fn byte_char(b: u8) -> char {
-    let printable = |c: u32| (0x21..=0x7e).contains(&c) || (0xa1..=0xac).contains(&c) || (0xae..=0xff).contains(&c);
+    let printable = |c: u32| {
+        (0x21..=0x7e).contains(&c) || (0xa1..=0xac).contains(&c) || (0xae..=0xff).contains(&c)
+    };
     if printable(b as u32) {
         return char::from(b);
     }
@@ -30,9 +32,7 @@ pub fn byte_tokenizer_json() -> String {
     for b in 0..=255u8 {
         vocab.insert(byte_char(b).to_string(), json!(b as u32 + 2));
     }
-    let special = |id: u32, content: &str| {
-        json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true})
-    };
+    let special = |id: u32, content: &str| json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
     let tok: Value = json!({
         "version": "1.0", "truncation": null, "padding": null,
@@ -51,12 +51,25 @@ pub fn byte_tokenizer() -> Tokenizer {
 }
 
 pub fn byte_config() -> ModelConfig {
-    ModelConfig { vocab_size: BYTE_VOCAB, bos_token_id: Some(BOS), eos_token_ids: vec![EOS], max_position_embeddings: 512, ..tiny_config(Architecture::Llama) }
+    ModelConfig {
+        vocab_size: BYTE_VOCAB,
+        bos_token_id: Some(BOS),
+        eos_token_ids: vec![EOS],
+        max_position_embeddings: 512,
+        ..tiny_config(Architecture::Llama)
+    }
 }
 
 /// A tiny random Llama over the byte tokenizer, f32 weights.
 pub fn tiny_byte_model(seed: u64) -> BaseModel {
     let cfg = byte_config();
     let weights = random_weights(&cfg, seed);
-    BaseModel::new(cfg, weights, byte_tokenizer(), None, "tiny-bytes".into(), ModelFormat::Checkpoint)
+    BaseModel::new(
+        cfg,
+        weights,
+        byte_tokenizer(),
+        None,
+        "tiny-bytes".into(),
+        ModelFormat::Checkpoint,
+    )
 }

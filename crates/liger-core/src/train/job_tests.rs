@@ -34,7 +34,11 @@ impl Drop for TempDir {
 fn write_data(dir: &Path, bad_row: bool) -> PathBuf {
     let mut lines: Vec<String> = (0..24)
         .map(|i| {
-            let (q, a) = [("Say hello.", "hello hello"), ("Count to three.", "one two three"), ("Name a colour.", "blue")][i % 3];
+            let (q, a) = [
+                ("Say hello.", "hello hello"),
+                ("Count to three.", "one two three"),
+                ("Name a colour.", "blue"),
+            ][i % 3];
             serde_json::json!({"instruction": q, "input": "", "output": a}).to_string()
         })
         .collect();
@@ -49,16 +53,29 @@ fn write_data(dir: &Path, bad_row: bool) -> PathBuf {
 /// A job on a tiny model saved as a checkpoint directory in `tmp`.
 fn tiny_job(tmp: &Path, steps: u64) -> LinearizeJob {
     let model_dir = tmp.join("base");
-    tiny_byte_model(17).save_checkpoint(&model_dir, SaveDtype::F32).unwrap();
+    tiny_byte_model(17)
+        .save_checkpoint(&model_dir, SaveDtype::F32)
+        .unwrap();
     let mut job = LinearizeJob::new(model_dir, Some(write_data(tmp, false)), tmp.join("out"));
-    job.options = LigerOptions { softmax_layers: vec![1], ..LigerOptions::default() };
-    job.lora = LoraOptions { rank: 4, alpha: 8.0, targets: LoraTarget::ALL.to_vec(), seed: 1 };
+    job.options = LigerOptions {
+        softmax_layers: vec![1],
+        ..LigerOptions::default()
+    };
+    job.lora = LoraOptions {
+        rank: 4,
+        alpha: 8.0,
+        targets: LoraTarget::ALL.to_vec(),
+        seed: 1,
+    };
     job.train = TrainConfig {
         steps: Some(steps),
         seq_len: 64,
         micro_batch: 1,
         grad_accum: 2,
-        optimizer: AdamWConfig { lr: 2e-2, ..AdamWConfig::default() },
+        optimizer: AdamWConfig {
+            lr: 2e-2,
+            ..AdamWConfig::default()
+        },
         eval_every: 10,
         ..TrainConfig::default()
     };
@@ -74,24 +91,64 @@ fn the_job_trains_saves_and_samples() {
     let job = tiny_job(&tmp.0, 30);
     let mut events = Vec::new();
     let report = run_linearize(&job, &AtomicBool::new(false), &mut |e| events.push(e)).unwrap();
-    let (base, untrained, trained) = (report.base_eval.unwrap(), report.untrained_eval.unwrap(), report.trained_eval.unwrap());
+    let (base, untrained, trained) = (
+        report.base_eval.unwrap(),
+        report.untrained_eval.unwrap(),
+        report.trained_eval.unwrap(),
+    );
     let l = &report.losses;
-    let (first, last) = (l[..5].iter().sum::<f64>() / 5.0, l[l.len() - 5..].iter().sum::<f64>() / 5.0);
+    let (first, last) = (
+        l[..5].iter().sum::<f64>() / 5.0,
+        l[l.len() - 5..].iter().sum::<f64>() / 5.0,
+    );
     println!(
         "val ppl base {:.1}, liger untrained {:.1}, trained {:.1}; train loss first 5 steps {first:.3}, last 5 {last:.3}; {} train / {} val sequences; {:.0} tokens/s",
         base.ppl, untrained.ppl, trained.ppl, report.train_sequences, report.val_sequences, report.tokens_per_s
     );
-    assert_eq!((report.steps_done, report.total_steps, report.cancelled), (30, 30, false));
-    assert!(last < first - 0.3, "training did not lower the loss: {first} -> {last}");
-    assert!(trained.loss < untrained.loss - 0.3, "validation loss {} -> {}", untrained.loss, trained.loss);
+    assert_eq!(
+        (report.steps_done, report.total_steps, report.cancelled),
+        (30, 30, false)
+    );
+    assert!(
+        last < first - 0.3,
+        "training did not lower the loss: {first} -> {last}"
+    );
+    assert!(
+        trained.loss < untrained.loss - 0.3,
+        "validation loss {} -> {}",
+        untrained.loss,
+        trained.loss
+    );
     assert!(report.train_records > 0 && report.val_records > 0 && report.val_sequences > 0);
     assert!(report.sample.is_some());
 
     // Events: stages, one progress per step, evaluations, the save, the sample.
-    let progress = events.iter().filter(|e| matches!(e, JobEvent::Progress(_))).count();
+    let progress = events
+        .iter()
+        .filter(|e| matches!(e, JobEvent::Progress(_)))
+        .count();
     assert_eq!(progress, 30);
-    let evals: Vec<&str> = events.iter().filter_map(|e| if let JobEvent::Eval { name, .. } = e { Some(name.as_str()) } else { None }).collect();
-    assert_eq!(evals, vec!["base", "liger (untrained)", "step 10", "step 20", "step 30", "liger (trained)"]);
+    let evals: Vec<&str> = events
+        .iter()
+        .filter_map(|e| {
+            if let JobEvent::Eval { name, .. } = e {
+                Some(name.as_str())
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        evals,
+        vec![
+            "base",
+            "liger (untrained)",
+            "step 10",
+            "step 20",
+            "step 30",
+            "liger (trained)"
+        ]
+    );
     assert!(events.contains(&JobEvent::Saved(job.out_dir.clone())));
     assert!(matches!(events.last(), Some(JobEvent::Sample(_))));
 
@@ -105,7 +162,15 @@ fn the_job_trains_saves_and_samples() {
     assert!(reloaded.is_finite());
 
     // Resuming a finished run trains no further and keeps the numbers.
-    let resumed = run_linearize(&LinearizeJob { resume: true, ..job.clone() }, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let resumed = run_linearize(
+        &LinearizeJob {
+            resume: true,
+            ..job.clone()
+        },
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(resumed.steps_done, 0);
     assert_eq!(resumed.losses, report.losses);
 }
@@ -114,7 +179,12 @@ fn the_job_trains_saves_and_samples() {
 fn the_base_model_loss_matches_its_logits_in_float64() {
     let base = tiny_byte_model(5);
     let tokens = random_tokens(300, base.config.vocab_size, 9);
-    let labels: Vec<u32> = tokens[1..].iter().enumerate().map(|(i, &t)| if i % 7 == 0 { IGNORE } else { t }).chain([IGNORE]).collect();
+    let labels: Vec<u32> = tokens[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| if i % 7 == 0 { IGNORE } else { t })
+        .chain([IGNORE])
+        .collect();
     let logits = base.all_logits(&tokens).unwrap();
     let vocab = base.config.vocab_size;
     let (mut want, mut count) = (0.0f64, 0);
@@ -130,7 +200,12 @@ fn the_base_model_loss_matches_its_logits_in_float64() {
     println!("chunked base loss vs whole-sequence logits: rel error {err:.2e}");
     assert_eq!(got.count, count);
     assert!(err < 1e-5, "{} vs {want}", got.loss_sum);
-    assert_eq!(base_model_loss(&base, &tokens, &labels[1..]).unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(
+        base_model_loss(&base, &tokens, &labels[1..])
+            .unwrap_err()
+            .code,
+        ErrorCode::InvalidArgument
+    );
 }
 
 #[test]
@@ -173,7 +248,14 @@ fn cancelling_stops_cleanly_and_writes_nothing_unless_asked() {
     .unwrap();
     assert!(report.cancelled);
     let saved = load_liger_checkpoint(&job.out_dir).unwrap();
-    assert_eq!(load_training_state(&job.out_dir, &saved).unwrap().unwrap().0.step, 2);
+    assert_eq!(
+        load_training_state(&job.out_dir, &saved)
+            .unwrap()
+            .unwrap()
+            .0
+            .step,
+        2
+    );
 }
 
 #[test]
@@ -181,11 +263,25 @@ fn bad_job_settings_are_refused() {
     let tmp = TempDir::new("bad");
     let mut job = tiny_job(&tmp.0, 2);
     job.val_fraction = 1.0;
-    assert_eq!(run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(
+        run_linearize(&job, &AtomicBool::new(false), &mut |_| {})
+            .unwrap_err()
+            .code,
+        ErrorCode::InvalidArgument
+    );
     job.val_fraction = 0.1;
     job.train.seq_len = 100_000;
     let err = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
-    assert!(err.code == ErrorCode::InvalidArgument && err.message.contains("lower seq_len"), "{}", err.message);
+    assert!(
+        err.code == ErrorCode::InvalidArgument && err.message.contains("lower seq_len"),
+        "{}",
+        err.message
+    );
     job.model_path = tmp.0.join("missing.gguf");
-    assert_eq!(run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err().code, ErrorCode::Io);
+    assert_eq!(
+        run_linearize(&job, &AtomicBool::new(false), &mut |_| {})
+            .unwrap_err()
+            .code,
+        ErrorCode::Io
+    );
 }

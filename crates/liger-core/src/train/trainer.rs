@@ -5,9 +5,9 @@
 //! (the Liger model's LoRA adapters, or a small model in tests) trains the same way.
 
 use super::data::Sequence;
-use crate::convert::{LigerModel, LoraGrads};
 use super::loss::{LossOutput, IGNORE};
 use super::optim::{clip_grad_norm, AdamWConfig, AdamWState, LrSchedule};
+use crate::convert::{LigerModel, LoraGrads};
 use crate::error::{Error, ErrorCode, Result};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -29,7 +29,13 @@ pub trait Trainable {
     /// Zeroed gradient buffers for every trainable tensor.
     fn new_grads(&self) -> Self::Grads;
     /// Loss of one sequence, and `d(loss_sum · grad_scale)/d params` **added** into `grads`.
-    fn forward_backward(&self, inputs: &[u32], labels: &[u32], grad_scale: f32, grads: &mut Self::Grads) -> Result<LossOutput>;
+    fn forward_backward(
+        &self,
+        inputs: &[u32],
+        labels: &[u32],
+        grad_scale: f32,
+        grads: &mut Self::Grads,
+    ) -> Result<LossOutput>;
     /// Loss of one sequence, without gradients.
     fn loss(&self, inputs: &[u32], labels: &[u32]) -> Result<LossOutput>;
     /// The trainable tensors with their names.
@@ -44,7 +50,10 @@ pub trait Trainable {
 pub enum Schedule {
     Constant,
     /// Linear warmup over `warmup_steps`, then cosine decay to `min_ratio · lr` at the last step.
-    WarmupCosine { warmup_steps: u64, min_ratio: f32 },
+    WarmupCosine {
+        warmup_steps: u64,
+        min_ratio: f32,
+    },
 }
 
 /// What one training run does.
@@ -102,30 +111,48 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::invalid_argument(msg));
         if self.micro_batch == 0 || self.grad_accum == 0 {
-            return bad(format!("micro_batch and grad_accum must be at least 1, got {} and {}", self.micro_batch, self.grad_accum));
+            return bad(format!(
+                "micro_batch and grad_accum must be at least 1, got {} and {}",
+                self.micro_batch, self.grad_accum
+            ));
         }
         if self.seq_len < 2 {
-            return bad(format!("seq_len must be at least 2 tokens, got {}", self.seq_len));
+            return bad(format!(
+                "seq_len must be at least 2 tokens, got {}",
+                self.seq_len
+            ));
         }
         if self.steps == Some(0) {
             return bad("steps must be at least 1 (or leave it out to train for `epochs`)".into());
         }
         if self.steps.is_none() && !(self.epochs.is_finite() && self.epochs > 0.0) {
-            return bad(format!("epochs must be a positive number, got {}", self.epochs));
+            return bad(format!(
+                "epochs must be a positive number, got {}",
+                self.epochs
+            ));
         }
         let o = &self.optimizer;
         if !(o.lr.is_finite() && o.lr > 0.0) {
             return bad(format!("the learning rate must be positive, got {}", o.lr));
         }
-        if !((0.0..1.0).contains(&o.beta1) && (0.0..1.0).contains(&o.beta2)) || !(o.eps > 0.0) || !(o.weight_decay >= 0.0) {
+        let betas_ok = (0.0..1.0).contains(&o.beta1) && (0.0..1.0).contains(&o.beta2);
+        // Written so that NaN fails too.
+        let eps_ok = o.eps.is_finite() && o.eps > 0.0;
+        let decay_ok = o.weight_decay.is_finite() && o.weight_decay >= 0.0;
+        if !(betas_ok && eps_ok && decay_ok) {
             return bad("AdamW needs 0 <= beta1, beta2 < 1, eps > 0 and weight_decay >= 0".into());
         }
         if !(self.clip_grad_norm.is_finite() && self.clip_grad_norm >= 0.0) {
-            return bad(format!("clip_grad_norm must be >= 0 (0 turns clipping off), got {}", self.clip_grad_norm));
+            return bad(format!(
+                "clip_grad_norm must be >= 0 (0 turns clipping off), got {}",
+                self.clip_grad_norm
+            ));
         }
         if let Schedule::WarmupCosine { min_ratio, .. } = self.schedule {
             if !(0.0..=1.0).contains(&min_ratio) {
-                return bad(format!("the schedule's min_ratio must be in [0, 1], got {min_ratio}"));
+                return bad(format!(
+                    "the schedule's min_ratio must be in [0, 1], got {min_ratio}"
+                ));
             }
         }
         Ok(())
@@ -140,14 +167,23 @@ impl TrainConfig {
         }
         Ok(match self.steps {
             Some(s) => s,
-            None => ((self.epochs * num_sequences as f64) / self.sequences_per_step() as f64).floor().max(1.0) as u64,
+            None => ((self.epochs * num_sequences as f64) / self.sequences_per_step() as f64)
+                .floor()
+                .max(1.0) as u64,
         })
     }
 
     fn lr_schedule(&self, total_steps: u64) -> LrSchedule {
         match self.schedule {
             Schedule::Constant => LrSchedule::Constant,
-            Schedule::WarmupCosine { warmup_steps, min_ratio } => LrSchedule::Cosine { warmup_steps, total_steps, min_ratio },
+            Schedule::WarmupCosine {
+                warmup_steps,
+                min_ratio,
+            } => LrSchedule::Cosine {
+                warmup_steps,
+                total_steps,
+                min_ratio,
+            },
         }
     }
 }
@@ -224,8 +260,11 @@ pub struct StepStats {
     pub tokens: usize,
 }
 
+/// The loss of one sequence (inputs, labels), as a model computes it.
+pub type SequenceLoss<'a> = dyn FnMut(&[u32], &[u32]) -> Result<LossOutput> + 'a;
+
 /// Validation: mean loss over every counted token of `sequences`, through `loss`.
-pub fn evaluate(sequences: &[Sequence], loss: &mut dyn FnMut(&[u32], &[u32]) -> Result<LossOutput>) -> Result<EvalResult> {
+pub fn evaluate(sequences: &[Sequence], loss: &mut SequenceLoss) -> Result<EvalResult> {
     let (mut sum, mut count) = (0.0f64, 0usize);
     for s in sequences {
         let out = loss(&s.inputs, &s.labels)?;
@@ -236,7 +275,11 @@ pub fn evaluate(sequences: &[Sequence], loss: &mut dyn FnMut(&[u32], &[u32]) -> 
         return Err(Error::invalid_argument("no validation tokens: the validation split is empty; raise the validation fraction or add data"));
     }
     let mean = sum / count as f64;
-    Ok(EvalResult { loss: mean, ppl: mean.exp(), tokens: count })
+    Ok(EvalResult {
+        loss: mean,
+        ppl: mean.exp(),
+        tokens: count,
+    })
 }
 
 /// The optimizer state and the position in the data of one training run.
@@ -265,12 +308,22 @@ impl Trainer {
             losses: Vec::new(),
             config,
         };
-        Ok(Trainer { state, optimizer: AdamWState::new(param_sizes), order: Vec::new(), order_epoch: None })
+        Ok(Trainer {
+            state,
+            optimizer: AdamWState::new(param_sizes),
+            order: Vec::new(),
+            order_epoch: None,
+        })
     }
 
     /// Continues a saved run. The data must be the same (same number of sequences) and the
     /// optimizer moments must match the model's trainable tensors.
-    pub fn resume(state: TrainerState, optimizer: AdamWState, num_sequences: usize, param_sizes: &[usize]) -> Result<Self> {
+    pub fn resume(
+        state: TrainerState,
+        optimizer: AdamWState,
+        num_sequences: usize,
+        param_sizes: &[usize],
+    ) -> Result<Self> {
         state.config.validate()?;
         if state.num_sequences != num_sequences {
             return Err(Error::invalid_argument(format!(
@@ -279,10 +332,21 @@ impl Trainer {
             )));
         }
         let sizes: Vec<usize> = optimizer.m.iter().map(Vec::len).collect();
-        if sizes != param_sizes || optimizer.v.iter().map(Vec::len).ne(param_sizes.iter().copied()) {
+        if sizes != param_sizes
+            || optimizer
+                .v
+                .iter()
+                .map(Vec::len)
+                .ne(param_sizes.iter().copied())
+        {
             return Err(Error::shape("the saved optimizer state does not match the model's trainable tensors (a different LoRA rank or targets?)"));
         }
-        Ok(Trainer { state, optimizer, order: Vec::new(), order_epoch: None })
+        Ok(Trainer {
+            state,
+            optimizer,
+            order: Vec::new(),
+            order_epoch: None,
+        })
     }
 
     pub fn is_done(&self) -> bool {
@@ -298,7 +362,12 @@ impl Trainer {
         }
         if self.order_epoch != Some(self.state.epoch) {
             self.order = (0..n).collect();
-            let seed = self.state.seed ^ self.state.epoch.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let seed = self.state.seed
+                ^ self
+                    .state
+                    .epoch
+                    .wrapping_add(1)
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15);
             self.order.shuffle(&mut StdRng::seed_from_u64(seed));
             self.order_epoch = Some(self.state.epoch);
         }
@@ -310,13 +379,19 @@ impl Trainer {
     /// Learning rate of the next step.
     pub fn current_lr(&self) -> f32 {
         let c = &self.state.config;
-        c.lr_schedule(self.state.total_steps).lr_at(c.optimizer.lr, self.state.step)
+        c.lr_schedule(self.state.total_steps)
+            .lr_at(c.optimizer.lr, self.state.step)
     }
 
     /// One optimizer step over the next `micro_batch · grad_accum` sequences of `data`. The
     /// loss is the mean over the counted tokens of the whole step. A non-finite loss or
     /// gradient leaves the model and this trainer untouched and returns `NonFiniteLoss`.
-    pub fn step<M: Trainable>(&mut self, model: &mut M, grads: &mut M::Grads, data: &[Sequence]) -> Result<StepStats> {
+    pub fn step<M: Trainable>(
+        &mut self,
+        model: &mut M,
+        grads: &mut M::Grads,
+        data: &[Sequence],
+    ) -> Result<StepStats> {
         if data.len() != self.state.num_sequences {
             return Err(Error::invalid_argument(format!(
                 "the trainer was set up for {} sequences but got {}",
@@ -325,7 +400,9 @@ impl Trainer {
             )));
         }
         let saved_position = (self.state.epoch, self.state.position_in_epoch);
-        let picked: Vec<usize> = (0..self.state.config.sequences_per_step()).map(|_| self.next_sequence()).collect();
+        let picked: Vec<usize> = (0..self.state.config.sequences_per_step())
+            .map(|_| self.next_sequence())
+            .collect();
         let result = self.step_on(model, grads, data, &picked);
         if result.is_err() {
             (self.state.epoch, self.state.position_in_epoch) = saved_position;
@@ -333,21 +410,34 @@ impl Trainer {
         result
     }
 
-    fn step_on<M: Trainable>(&mut self, model: &mut M, grads: &mut M::Grads, data: &[Sequence], picked: &[usize]) -> Result<StepStats> {
+    fn step_on<M: Trainable>(
+        &mut self,
+        model: &mut M,
+        grads: &mut M::Grads,
+        data: &[Sequence],
+        picked: &[usize],
+    ) -> Result<StepStats> {
         let step = self.state.step + 1;
-        let count: usize = picked.iter().map(|&i| data[i].labels.iter().filter(|&&l| l != IGNORE).count()).sum();
+        let count: usize = picked
+            .iter()
+            .map(|&i| data[i].labels.iter().filter(|&&l| l != IGNORE).count())
+            .sum();
         if count == 0 {
-            return Err(Error::invalid_argument(format!("step {step}: its sequences have no counted labels")));
+            return Err(Error::invalid_argument(format!(
+                "step {step}: its sequences have no counted labels"
+            )));
         }
         grads.zero();
         let scale = 1.0 / count as f32;
         let (mut loss_sum, mut tokens) = (0.0f64, 0usize);
         for &i in picked {
             let s = &data[i];
-            let out = model.forward_backward(&s.inputs, &s.labels, scale, grads).map_err(|e| match e.code {
-                ErrorCode::NonFiniteLoss => non_finite(step, "the loss"),
-                _ => e,
-            })?;
+            let out = model
+                .forward_backward(&s.inputs, &s.labels, scale, grads)
+                .map_err(|e| match e.code {
+                    ErrorCode::NonFiniteLoss => non_finite(step, "the loss"),
+                    _ => e,
+                })?;
             loss_sum += out.loss_sum;
             tokens += s.inputs.len();
         }
@@ -355,14 +445,26 @@ impl Trainer {
         if !loss.is_finite() {
             return Err(non_finite(step, "the loss"));
         }
-        let grad_norm = clip_grad_norm(&mut grads.as_mut_slices(), self.state.config.clip_grad_norm).map_err(|_| non_finite(step, "the gradient"))?;
+        let grad_norm =
+            clip_grad_norm(&mut grads.as_mut_slices(), self.state.config.clip_grad_norm)
+                .map_err(|_| non_finite(step, "the gradient"))?;
         let lr = self.current_lr();
         let grad_slices = grads.as_slices();
-        self.optimizer.update(&self.state.config.optimizer, lr, &mut model.params_mut(), &grad_slices);
+        self.optimizer.update(
+            &self.state.config.optimizer,
+            lr,
+            &mut model.params_mut(),
+            &grad_slices,
+        );
         self.state.step = step;
         self.state.tokens_seen += tokens as u64;
         self.state.losses.push(loss);
-        Ok(StepStats { loss, grad_norm, lr, tokens })
+        Ok(StepStats {
+            loss,
+            grad_norm,
+            lr,
+            tokens,
+        })
     }
 
     /// Trains until the last step or until `cancel` is set (checked between steps). Reports
@@ -378,13 +480,23 @@ impl Trainer {
         let start = Instant::now();
         let first_step = self.state.step;
         let mut grads = model.new_grads();
-        let mut outcome = TrainOutcome { steps_done: 0, cancelled: false, last_loss: None };
+        let mut outcome = TrainOutcome {
+            steps_done: 0,
+            cancelled: false,
+            last_loss: None,
+        };
         let mut tokens = 0usize;
         while !self.is_done() {
             if cancel.load(Ordering::Relaxed) {
                 outcome.cancelled = true;
                 if self.state.config.save_on_cancel && self.state.step > first_step {
-                    on_event(TrainEvent::Save { step: self.state.step }, model, self)?;
+                    on_event(
+                        TrainEvent::Save {
+                            step: self.state.step,
+                        },
+                        model,
+                        self,
+                    )?;
                 }
                 return Ok(outcome);
             }
@@ -406,7 +518,7 @@ impl Trainer {
                 eta_s: per_step * (self.state.total_steps - step) as f64,
             };
             on_event(TrainEvent::Progress(progress), model, self)?;
-            let every = |n: u64| n > 0 && step % n == 0;
+            let every = |n: u64| n > 0 && step.is_multiple_of(n);
             if every(self.state.config.eval_every) && !val.is_empty() {
                 let result = evaluate(val, &mut |i, l| model.loss(i, l))?;
                 on_event(TrainEvent::Eval { step, result }, model, self)?;
@@ -446,7 +558,13 @@ impl Trainable for LigerModel {
     fn new_grads(&self) -> LoraGrads {
         self.new_lora_grads()
     }
-    fn forward_backward(&self, inputs: &[u32], labels: &[u32], grad_scale: f32, grads: &mut LoraGrads) -> Result<LossOutput> {
+    fn forward_backward(
+        &self,
+        inputs: &[u32],
+        labels: &[u32],
+        grad_scale: f32,
+        grads: &mut LoraGrads,
+    ) -> Result<LossOutput> {
         LigerModel::forward_backward(self, inputs, labels, grad_scale, grads)
     }
     fn loss(&self, inputs: &[u32], labels: &[u32]) -> Result<LossOutput> {
