@@ -135,8 +135,30 @@ fn gradients_accumulate_until_zeroed() {
     for ((name, p), (a, b)) in names.iter().zip(once.as_slices().iter().zip(twice.as_slices())) {
         assert_eq!(p.len(), a.len(), "{name}");
         let want: Vec<f64> = a.iter().map(|&x| 2.0 * x as f64).collect();
-        assert!(rel_err(b, &want) < 1e-5, "{name}");
+        // grad_scale enters at the loss, so the two runs round differently all the way back;
+        // with rwkv6's steep gates, cancellation lifts that to ~2e-5 of the largest entry.
+        let e = rel_err(b, &want);
+        assert!(e < 1e-4, "{name}: {e:e}");
     }
     twice.zero();
     assert!(twice.as_slices().iter().all(|s| s.iter().all(|&x| x == 0.0)));
+}
+
+#[test]
+fn forward_backward_is_deterministic() {
+    // Bit-exact resumption of training relies on this.
+    let mut rng = rng();
+    for kind in [MixerKind::Gla, MixerKind::Rwkv6] {
+        let model = tiny_model(&mut rng, attention(kind, 4), vec![0], Architecture::Llama);
+        let vocab = model.config().vocab_size;
+        let (inputs, labels) = (random_tokens(70, vocab, rng.random()), random_tokens(70, vocab, rng.random()));
+        let mut a = model.new_lora_grads();
+        let mut b = model.new_lora_grads();
+        let la = model.forward_backward(&inputs, &labels, 1.0, &mut a).unwrap();
+        let lb = model.forward_backward(&inputs, &labels, 1.0, &mut b).unwrap();
+        assert_eq!(la.loss_sum.to_bits(), lb.loss_sum.to_bits(), "{kind:?}: loss differs between runs");
+        for (x, y) in a.as_slices().iter().zip(b.as_slices()) {
+            assert!(x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits()), "{kind:?}: gradients differ between runs");
+        }
+    }
 }
