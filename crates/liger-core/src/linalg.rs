@@ -75,16 +75,44 @@ pub fn matmul(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool) {
     }
 }
 
+/// Values one rayon task should at least cover in `matvec`: below this, scheduling costs
+/// about as much as the work (a row of the default model is 576 values).
+const MATVEC_MIN_VALUES_PER_TASK: usize = 1 << 15;
+/// Tasks per thread in `matvec` when the matrix is large: a few, so a thread slowed by
+/// other work on the machine can hand rows to the others.
+const MATVEC_TASKS_PER_THREAD: usize = 4;
+
 /// `y = W x` for one vector: `x` has `w.cols` values, `y` has `w.rows`.
 pub fn matvec(w: &QTensor, x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), w.cols, "matvec: input has {} values, weight takes {}", x.len(), w.cols);
     assert_eq!(y.len(), w.rows, "matvec: output has {} values, weight gives {}", y.len(), w.rows);
-    const ROWS_PER_TASK: usize = 16;
-    y.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(chunk, ys)| {
-        for (r, out) in ys.iter_mut().enumerate() {
-            *out = crate::quant::dot(w.ty, w.row(chunk * ROWS_PER_TASK + r), x);
+    if w.rows == 0 {
+        return;
+    }
+    // The fastest dot product is looked up once per matrix; the rows are then split into
+    // tasks of whole rows, large enough to amortise scheduling.
+    let dot = crate::quant::dot_fn(w.ty);
+    let row_bytes = w.row_bytes();
+    let data = w.data.as_slice();
+    let rows_per_task = matvec_rows_per_task(w.rows, w.cols, rayon::current_num_threads());
+    let run = |first_row: usize, ys: &mut [f32]| {
+        let rows = &data[first_row * row_bytes..(first_row + ys.len()) * row_bytes];
+        for (out, row) in ys.iter_mut().zip(rows.chunks_exact(row_bytes)) {
+            *out = dot(row, x);
         }
-    });
+    };
+    if rows_per_task >= w.rows {
+        run(0, y);
+    } else {
+        y.par_chunks_mut(rows_per_task).enumerate().for_each(|(task, ys)| run(task * rows_per_task, ys));
+    }
+}
+
+/// Rows per rayon task for a `rows x cols` matrix-vector product on `threads` threads.
+fn matvec_rows_per_task(rows: usize, cols: usize, threads: usize) -> usize {
+    let min_rows = MATVEC_MIN_VALUES_PER_TASK.div_ceil(cols.max(1));
+    let even_split = rows.div_ceil(threads.max(1) * MATVEC_TASKS_PER_THREAD);
+    min_rows.max(even_split).clamp(1, rows.max(1))
 }
 
 /// `Y = X Wᵀ` for `n` row vectors: `x` is `n x w.cols`, `y` is `n x w.rows`, both row-major.

@@ -111,3 +111,42 @@ pub fn max_rel_error(a: &[f32], reference: &[f64]) -> f64 {
     let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
     a.iter().zip(reference).map(|(x, r)| (*x as f64 - r).abs()).fold(0.0, f64::max) / scale
 }
+
+/// Byte offsets of the f16 scale (and minimum) fields inside one block of `ty`.
+fn scale_offsets(ty: crate::tensor::GgmlType) -> &'static [usize] {
+    use crate::tensor::GgmlType as T;
+    match ty {
+        T::F32 | T::F16 | T::BF16 => &[],
+        T::Q4_0 | T::Q5_0 | T::Q8_0 => &[0],
+        T::Q4_1 | T::Q5_1 | T::Q4K | T::Q5K => &[0, 2],
+        T::Q2K => &[80, 82],
+        T::Q3K => &[108],
+        T::Q6K => &[208],
+    }
+}
+
+/// `n` values of `ty` (a multiple of its block size) as random stored bytes, from `seed`:
+/// every code and packed sub-scale random, the f16 scales random in ±[0.001, 0.02), float
+/// values uniform in [-1, 1). Covers every bit pattern the dot products must decode.
+pub fn random_quantized_row(ty: crate::tensor::GgmlType, n: usize, seed: u64) -> Vec<u8> {
+    use crate::tensor::GgmlType as T;
+    use half::{bf16, f16};
+    let mut rng = StdRng::seed_from_u64(seed);
+    match ty {
+        T::F32 => (0..n).flat_map(|_| rng.random_range(-1.0f32..1.0).to_le_bytes()).collect(),
+        T::F16 => (0..n).flat_map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)).to_le_bytes()).collect(),
+        T::BF16 => (0..n).flat_map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_le_bytes()).collect(),
+        _ => {
+            let bytes = ty.bytes_for(n).expect("n must be a multiple of the block size");
+            let mut out: Vec<u8> = (0..bytes).map(|_| rng.random()).collect();
+            for block in out.chunks_exact_mut(ty.block_bytes()) {
+                for &at in scale_offsets(ty) {
+                    let magnitude = rng.random_range(0.001f32..0.02);
+                    let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+                    block[at..at + 2].copy_from_slice(&f16::from_f32(sign * magnitude).to_le_bytes());
+                }
+            }
+            out
+        }
+    }
+}

@@ -64,7 +64,7 @@ fn q3_k_group(b: &[u8], g: usize, codes: &mut [f32; 16]) -> Group {
 // ---- Q4_K and Q5_K: 8 groups of 32; 6-bit scales and minimums packed into 12 bytes.
 
 /// The 6-bit scale and minimum of group `g` (0..8).
-fn k4_scale_min(scales: &[u8], g: usize) -> (u8, u8) {
+pub(super) fn k4_scale_min(scales: &[u8], g: usize) -> (u8, u8) {
     if g < 4 {
         (scales[g] & 63, scales[g + 4] & 63)
     } else {

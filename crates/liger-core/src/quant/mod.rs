@@ -8,6 +8,10 @@
 
 mod kquants;
 mod legacy;
+#[cfg(target_arch = "x86_64")]
+mod simd_x86;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd_wasm;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::tensor::GgmlType;
@@ -75,26 +79,103 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Dot product of one stored row with `x` (the row's length in values).
+/// A dot product of one stored row with an f32 vector: `(row bytes, x) -> sum(w_i * x_i)`.
+/// It reads `min(row values, x.len())` values (whole blocks), never out of bounds.
+pub type DotFn = fn(&[u8], &[f32]) -> f32;
+
+/// An implementation of the dot products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DotKernel {
+    /// Plain Rust, written so the compiler can vectorize it; runs everywhere.
+    Portable,
+    /// x86-64 AVX2 + FMA + F16C, chosen at run time when the CPU has them.
+    Avx2,
+    /// wasm32 SIMD128, compiled in when the build enables `simd128`.
+    Simd128,
+}
+
+impl DotKernel {
+    /// The fastest kernel this machine runs (detected once, then cached).
+    pub fn best() -> DotKernel {
+        static BEST: std::sync::OnceLock<DotKernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            [DotKernel::Avx2, DotKernel::Simd128].into_iter().find(|k| k.is_available()).unwrap_or(DotKernel::Portable)
+        })
+    }
+
+    /// Whether this machine (and this build) can run the kernel.
+    pub fn is_available(self) -> bool {
+        match self {
+            DotKernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Avx2 => simd_x86::available(),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            DotKernel::Simd128 => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The kernel's dot product for `ty`, or `None` when the kernel cannot run here. Types a
+    /// SIMD kernel has no code of its own for (Q2_K, Q3_K, Q5_K) get the portable function.
+    pub fn dot_fn(self, ty: GgmlType) -> Option<DotFn> {
+        if !self.is_available() {
+            return None;
+        }
+        let simd: Option<DotFn> = match self {
+            DotKernel::Portable => None,
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Avx2 => simd_x86::kernel(ty),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            DotKernel::Simd128 => simd_wasm::kernel(ty),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        };
+        Some(simd.unwrap_or_else(|| portable_dot_fn(ty)))
+    }
+}
+
+/// The fastest dot product for `ty` on this machine. Fetch it once per matrix, not per row.
+pub fn dot_fn(ty: GgmlType) -> DotFn {
+    DotKernel::best().dot_fn(ty).unwrap_or_else(|| portable_dot_fn(ty))
+}
+
+/// Dot product of one stored row with `x` (the row's length in values), with the fastest
+/// kernel this machine runs.
 ///
 /// Panics if `row` does not hold exactly `x.len()` values of `ty` (a caller bug).
 pub fn dot(ty: GgmlType, row: &[u8], x: &[f32]) -> f32 {
     check_lengths("dot", ty, row.len(), x.len());
+    dot_fn(ty)(row, x)
+}
+
+/// The plain-Rust dot product for `ty`.
+fn portable_dot_fn(ty: GgmlType) -> DotFn {
     match ty {
-        GgmlType::F32 => dot_elementwise(row, x, 4, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        GgmlType::F16 => dot_elementwise(row, x, 2, |c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
-        GgmlType::BF16 => dot_elementwise(row, x, 2, |c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-        GgmlType::Q4_0 => legacy::dot_q4_0(row, x),
-        GgmlType::Q4_1 => legacy::dot_q4_1(row, x),
-        GgmlType::Q5_0 => legacy::dot_q5_0(row, x),
-        GgmlType::Q5_1 => legacy::dot_q5_1(row, x),
-        GgmlType::Q8_0 => legacy::dot_q8_0(row, x),
-        GgmlType::Q2K => kquants::dot_q2_k(row, x),
-        GgmlType::Q3K => kquants::dot_q3_k(row, x),
-        GgmlType::Q4K => kquants::dot_q4_k(row, x),
-        GgmlType::Q5K => kquants::dot_q5_k(row, x),
-        GgmlType::Q6K => kquants::dot_q6_k(row, x),
+        GgmlType::F32 => dot_f32,
+        GgmlType::F16 => dot_f16,
+        GgmlType::BF16 => dot_bf16,
+        GgmlType::Q4_0 => legacy::dot_q4_0,
+        GgmlType::Q4_1 => legacy::dot_q4_1,
+        GgmlType::Q5_0 => legacy::dot_q5_0,
+        GgmlType::Q5_1 => legacy::dot_q5_1,
+        GgmlType::Q8_0 => legacy::dot_q8_0,
+        GgmlType::Q2K => kquants::dot_q2_k,
+        GgmlType::Q3K => kquants::dot_q3_k,
+        GgmlType::Q4K => kquants::dot_q4_k,
+        GgmlType::Q5K => kquants::dot_q5_k,
+        GgmlType::Q6K => kquants::dot_q6_k,
     }
+}
+
+fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+    dot_elementwise(row, x, 4, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+    dot_elementwise(row, x, 2, |c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+}
+fn dot_bf16(row: &[u8], x: &[f32]) -> f32 {
+    dot_elementwise(row, x, 2, |c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
 }
 
 /// Sums a lane array pairwise (keeps rounding error low and the order fixed).
@@ -124,9 +205,10 @@ fn dot_elementwise(row: &[u8], x: &[f32], width: usize, read: impl Fn(&[u8]) -> 
             lanes[l] += read(&bytes[l * width..(l + 1) * width]) * xs[l];
         }
     }
-    let done = x.len() / 8 * 8;
+    let n = x.len().min(row.len() / width);
+    let done = n / 8 * 8;
     let mut tail = 0.0f32;
-    for (i, &xv) in x.iter().enumerate().skip(done) {
+    for (i, &xv) in x[..n].iter().enumerate().skip(done) {
         tail += read(&row[i * width..(i + 1) * width]) * xv;
     }
     sum_lanes(&lanes) + tail
