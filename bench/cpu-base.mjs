@@ -15,7 +15,7 @@
  * - decode: `--decode` greedy tokens past the end-of-sequence token. Both engines run the
  *   same loop: sample, feed the token back as a single-token evaluation; the last token is
  *   not fed back. Decode tokens/s counts those single-token evaluations: (decode - 1) / time.
- *   (The CLI's figure, tokens / decodeMs, is 1/64 higher for 64 tokens.)
+ *   (The CLI divides all generated tokens by decodeMs: 64/63 of this figure for 64 tokens.)
  * Each engine gets one warm-up run per prompt length, then `--runs` timed runs; the runs of
  * the two engines alternate, so that a change in machine load hits both. Medians are reported.
  *
