@@ -5,6 +5,8 @@
 //! the tokenizer and chat template, the base model on the CPU, and sampling.
 
 pub mod chat;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod checkpoint;
 pub mod config;
 pub mod convert;
 pub mod error;

@@ -10,6 +10,7 @@ pub const IGNORE: u32 = u32::MAX;
 /// Rows of logits computed at once.
 const ROWS_PER_CHUNK: usize = 16;
 
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LossOutput {
     /// Sum of -log p(label) over counted positions.
     pub loss_sum: f64,

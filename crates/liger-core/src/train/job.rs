@@ -1,0 +1,402 @@
+//! The linearize job, what the CLI's main command runs: load a base model, read and pack the
+//! data, measure the base model, convert it to Liger attention, train the LoRA adapters,
+//! measure again, save the checkpoint and show a sample.
+
+use super::data::{
+    alpaca_prompt, pack, read_dataset, split_validation, tokenize_record, BadRows, Example,
+    PromptFormat, Record,
+};
+use super::loss::{LossOutput, IGNORE};
+use super::trainer::{evaluate, EvalResult, TrainConfig, TrainEvent, Trainer};
+use crate::chat::ChatMessage;
+use crate::checkpoint::{
+    load_liger_checkpoint, load_training_state, read_liger_section, save_liger_checkpoint,
+    SaveOptions, TrainingSnapshot,
+};
+use crate::convert::{linearize, LigerOptions, LoraOptions};
+use crate::error::{Error, ErrorCode, Result};
+use crate::generate::{generate, GenerateOptions};
+use crate::model::forward::{forward, KvCache, Logits};
+use crate::model::{load_model, BaseModel};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+/// What to convert, on which data, and where to put the result.
+#[derive(Clone, Debug)]
+pub struct LinearizeJob {
+    /// A `.gguf` file or a checkpoint directory.
+    pub model_path: PathBuf,
+    /// Alpaca-style `.json`/`.jsonl` (or a directory of them). `None`: convert only, no
+    /// training and no validation.
+    pub data_path: Option<PathBuf>,
+    pub options: LigerOptions,
+    pub lora: LoraOptions,
+    pub train: TrainConfig,
+    pub prompt_format: PromptFormat,
+    /// Malformed data rows: fail (with the row number) or skip.
+    pub bad_rows: BadRows,
+    pub out_dir: PathBuf,
+    /// Fraction of the records held out for validation.
+    pub val_fraction: f64,
+    /// At most this many validation sequences are evaluated (each evaluation costs forwards).
+    pub max_val_sequences: usize,
+    /// An instruction to answer greedily with the trained model at the end.
+    pub sample_prompt: Option<String>,
+    pub sample_max_tokens: usize,
+    pub save: SaveOptions,
+    /// Continue the run saved in `out_dir` when it holds training state.
+    pub resume: bool,
+}
+
+impl LinearizeJob {
+    /// A job with the paper's settings for `model_path`, `data_path` and `out_dir`.
+    pub fn new(model_path: PathBuf, data_path: Option<PathBuf>, out_dir: PathBuf) -> Self {
+        LinearizeJob {
+            model_path,
+            data_path,
+            options: LigerOptions::default(),
+            lora: LoraOptions::default(),
+            train: TrainConfig::default(),
+            prompt_format: PromptFormat::Alpaca,
+            bad_rows: BadRows::Fail,
+            out_dir,
+            val_fraction: 0.02,
+            max_val_sequences: 16,
+            sample_prompt: None,
+            sample_max_tokens: 64,
+            save: SaveOptions::default(),
+            resume: false,
+        }
+    }
+}
+
+/// What the job reports as it goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobEvent {
+    Stage(String),
+    Progress(super::trainer::TrainProgress),
+    Eval { name: String, loss: f64, ppl: f64 },
+    Saved(PathBuf),
+    Sample(String),
+}
+
+/// Every number of a finished (or cancelled) job (camelCase for JavaScript).
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinearizeReport {
+    pub model_name: String,
+    pub train_records: usize,
+    pub val_records: usize,
+    pub skipped_rows: usize,
+    pub train_sequences: usize,
+    pub val_sequences: usize,
+    /// The softmax base model on the validation sequences.
+    pub base_eval: Option<EvalResult>,
+    /// The converted model before and after training, on the same sequences.
+    pub untrained_eval: Option<EvalResult>,
+    pub trained_eval: Option<EvalResult>,
+    pub steps_done: u64,
+    pub total_steps: u64,
+    /// Mean training loss of every step of the run (including resumed steps).
+    pub losses: Vec<f64>,
+    pub train_seconds: f64,
+    pub tokens_per_s: f64,
+    pub cancelled: bool,
+    pub out_dir: String,
+    pub sample: Option<String>,
+    /// Decoding memory of one sequence of the converted model, in bytes.
+    pub state_bytes: usize,
+}
+
+/// Summed cross-entropy of the base (softmax) model on one sequence, computed over chunks of
+/// the sequence with a KV cache so that only `chunk x vocab` logits exist at a time.
+pub fn base_model_loss(base: &BaseModel, inputs: &[u32], labels: &[u32]) -> Result<LossOutput> {
+    const CHUNK: usize = 128;
+    if inputs.is_empty() || inputs.len() != labels.len() {
+        return Err(Error::invalid_argument(
+            "inputs and labels must be equally long and not empty",
+        ));
+    }
+    let (cfg, vocab) = (&base.config, base.config.vocab_size);
+    let inv_freq = cfg.rope_inv_freq();
+    let mut cache = KvCache::new(cfg.num_layers);
+    let mut out = LossOutput {
+        loss_sum: 0.0,
+        count: 0,
+    };
+    for (tokens, labels) in inputs.chunks(CHUNK).zip(labels.chunks(CHUNK)) {
+        let logits = forward(
+            cfg,
+            &base.weights,
+            &inv_freq,
+            &mut cache,
+            tokens,
+            Logits::All,
+        )?;
+        for (row, &label) in logits.chunks_exact(vocab).zip(labels) {
+            if label == IGNORE {
+                continue;
+            }
+            if label as usize >= vocab {
+                return Err(Error::invalid_argument(format!(
+                    "label {label} is outside the vocabulary of {vocab}"
+                )));
+            }
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max as f64
+                + row
+                    .iter()
+                    .map(|&v| ((v - max) as f64).exp())
+                    .sum::<f64>()
+                    .ln();
+            out.loss_sum += lse - row[label as usize] as f64;
+            out.count += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Renders and tokenizes records (prompt masked, EOS appended) for `base`.
+fn tokenize_all(
+    base: &BaseModel,
+    records: &[Record],
+    format: PromptFormat,
+) -> Result<Vec<Example>> {
+    let eos = base
+        .tokenizer
+        .eos_id()
+        .or_else(|| base.config.eos_token_ids.first().copied())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::MissingTokenizer,
+                "the model names no end-of-sequence token; training needs one to end each example",
+            )
+        })?;
+    let render = |instruction: &str, input: &str| -> Result<String> {
+        match format {
+            PromptFormat::Alpaca => Ok(alpaca_prompt(instruction, input)),
+            PromptFormat::Chat => {
+                let content = if input.trim().is_empty() {
+                    instruction.to_string()
+                } else {
+                    format!("{instruction}\n\n{input}")
+                };
+                base.apply_chat_template(
+                    &[ChatMessage {
+                        role: "user".into(),
+                        content,
+                    }],
+                    true,
+                )
+            }
+        }
+    };
+    // Chat templates write their own BOS into the text.
+    let add_bos = base.tokenizer.add_bos_default() && format == PromptFormat::Alpaca;
+    let encode = |text: &str, at_start: bool| {
+        base.encode(
+            text,
+            Some(at_start && add_bos),
+            format == PromptFormat::Chat && at_start,
+        )
+    };
+    records
+        .iter()
+        .map(|r| tokenize_record(r, &render, &encode, eos))
+        .collect()
+}
+
+type LossResult = Result<LossOutput>;
+
+fn eval_event(name: &str, r: &EvalResult) -> JobEvent {
+    JobEvent::Eval {
+        name: name.into(),
+        loss: r.loss,
+        ppl: r.ppl,
+    }
+}
+
+/// Runs the whole job. Cancellation (checked between training steps) returns a report with
+/// `cancelled: true`; a checkpoint is written then only when `train.save_on_cancel` asks.
+pub fn run_linearize(
+    job: &LinearizeJob,
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(JobEvent),
+) -> Result<LinearizeReport> {
+    job.train.validate()?;
+    if !(0.0..1.0).contains(&job.val_fraction) {
+        return Err(Error::invalid_argument(format!(
+            "val_fraction must be in [0, 1), got {}",
+            job.val_fraction
+        )));
+    }
+    on_event(JobEvent::Stage("loading model".into()));
+    let base = load_model(&job.model_path, &mut |_, _| {})?;
+    let mut report = LinearizeReport {
+        model_name: base.name.clone(),
+        out_dir: job.out_dir.display().to_string(),
+        ..Default::default()
+    };
+
+    let (train_seqs, val_seqs) = match &job.data_path {
+        Some(path) => {
+            on_event(JobEvent::Stage("reading data".into()));
+            let data = read_dataset(path, job.bad_rows)?;
+            report.skipped_rows = data.skipped;
+            let (train, val) = split_validation(data.records, job.val_fraction, job.train.seed)?;
+            (report.train_records, report.val_records) = (train.len(), val.len());
+            on_event(JobEvent::Stage("tokenizing".into()));
+            let train = pack(
+                &tokenize_all(&base, &train, job.prompt_format)?,
+                job.train.seq_len,
+            );
+            let mut val = pack(
+                &tokenize_all(&base, &val, job.prompt_format)?,
+                job.train.seq_len,
+            );
+            val.truncate(job.max_val_sequences);
+            (train, val)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    (report.train_sequences, report.val_sequences) = (train_seqs.len(), val_seqs.len());
+    let validate = |model: &dyn Fn(&[u32], &[u32]) -> LossResult| -> Result<Option<EvalResult>> {
+        if val_seqs.is_empty() {
+            return Ok(None);
+        }
+        evaluate(&val_seqs, &mut |i, l| model(i, l)).map(Some)
+    };
+
+    if !val_seqs.is_empty() {
+        on_event(JobEvent::Stage("validating the base model".into()));
+        report.base_eval = validate(&|i, l| base_model_loss(&base, i, l))?;
+        report
+            .base_eval
+            .iter()
+            .for_each(|r| on_event(eval_event("base", r)));
+    }
+    let saved_state =
+        if job.resume && job.out_dir.is_dir() && read_liger_section(&job.out_dir)?.is_some() {
+            on_event(JobEvent::Stage(format!(
+                "resuming from {}",
+                job.out_dir.display()
+            )));
+            let model = load_liger_checkpoint(&job.out_dir)?;
+            let state = load_training_state(&job.out_dir, &model)?;
+            Some((model, state))
+        } else {
+            None
+        };
+    let (mut model, resume_state) = match saved_state {
+        Some((model, state)) => (model, state),
+        None => {
+            on_event(JobEvent::Stage("converting to Liger attention".into()));
+            (
+                linearize(base, job.options.clone(), job.lora.clone())?,
+                None,
+            )
+        }
+    };
+    report.state_bytes = model.state_bytes();
+    report.untrained_eval = validate(&|i, l| model.loss(i, l))?;
+    report
+        .untrained_eval
+        .iter()
+        .for_each(|r| on_event(eval_event("liger (untrained)", r)));
+
+    let mut trainer = None;
+    if job.data_path.is_some() {
+        on_event(JobEvent::Stage("training".into()));
+        let sizes: Vec<usize> = model.lora_params().iter().map(|p| p.1.len()).collect();
+        let mut t = match resume_state {
+            Some((state, optimizer)) => {
+                Trainer::resume(state, optimizer, train_seqs.len(), &sizes)?
+            }
+            None => Trainer::new(job.train.clone(), train_seqs.len(), &sizes)?,
+        };
+        report.total_steps = t.state.total_steps;
+        let start = Instant::now();
+        let out_dir = &job.out_dir;
+        let save = job.save;
+        let outcome = t.run(
+            &mut model,
+            &train_seqs,
+            &val_seqs,
+            cancel,
+            &mut |event, m, tr| {
+                match event {
+                    TrainEvent::Progress(p) => on_event(JobEvent::Progress(p)),
+                    TrainEvent::Eval { step, result } => {
+                        on_event(eval_event(&format!("step {step}"), &result))
+                    }
+                    // The final checkpoint is written after training.
+                    TrainEvent::Save { step } if step == tr.state.total_steps => {}
+                    TrainEvent::Save { .. } => {
+                        let snapshot = (!save.merged).then_some(TrainingSnapshot {
+                            state: &tr.state,
+                            optimizer: &tr.optimizer,
+                        });
+                        save_liger_checkpoint(out_dir, m, &save, snapshot)?;
+                        on_event(JobEvent::Saved(out_dir.clone()));
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        report.train_seconds = start.elapsed().as_secs_f64();
+        report.steps_done = outcome.steps_done;
+        report.cancelled = outcome.cancelled;
+        report.losses = t.state.losses.clone();
+        report.tokens_per_s = (outcome.steps_done as f64
+            * job.train.sequences_per_step() as f64
+            * job.train.seq_len as f64)
+            / report.train_seconds.max(1e-9);
+        trainer = Some(t);
+    }
+    if report.cancelled {
+        return Ok(report);
+    }
+
+    report.trained_eval = validate(&|i, l| model.loss(i, l))?;
+    report
+        .trained_eval
+        .iter()
+        .for_each(|r| on_event(eval_event("liger (trained)", r)));
+    on_event(JobEvent::Stage("saving".into()));
+    let snapshot = trainer
+        .as_ref()
+        .filter(|_| !job.save.merged)
+        .map(|t| TrainingSnapshot {
+            state: &t.state,
+            optimizer: &t.optimizer,
+        });
+    save_liger_checkpoint(&job.out_dir, &model, &job.save, snapshot)?;
+    on_event(JobEvent::Saved(job.out_dir.clone()));
+
+    if let Some(prompt) = &job.sample_prompt {
+        on_event(JobEvent::Stage("sampling".into()));
+        let text = match job.prompt_format {
+            PromptFormat::Alpaca => alpaca_prompt(prompt, ""),
+            PromptFormat::Chat => model.base.apply_chat_template(
+                &[ChatMessage {
+                    role: "user".into(),
+                    content: prompt.clone(),
+                }],
+                true,
+            )?,
+        };
+        let ids = model
+            .base
+            .encode(&text, None, job.prompt_format == PromptFormat::Chat)?;
+        let opts = GenerateOptions {
+            max_tokens: job.sample_max_tokens,
+            ..GenerateOptions::default()
+        };
+        let result = generate(&model, &ids, &opts, cancel, &mut |_, _| {})?;
+        on_event(JobEvent::Sample(result.text.clone()));
+        report.sample = Some(result.text);
+    }
+    Ok(report)
+}

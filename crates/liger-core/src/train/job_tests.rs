@@ -1,0 +1,287 @@
+//! The linearize job end to end on a tiny random model over a byte-level tokenizer.
+
+use super::data::{BadRows, PromptFormat};
+use super::fixtures::tiny_byte_model;
+use super::job::{base_model_loss, run_linearize, JobEvent, LinearizeJob};
+use super::loss::IGNORE;
+use super::optim::AdamWConfig;
+use super::trainer::TrainConfig;
+use crate::checkpoint::{load_liger_checkpoint, load_training_state};
+use crate::convert::{LigerOptions, LoraOptions, LoraTarget};
+use crate::error::ErrorCode;
+use crate::hf::SaveDtype;
+use crate::testing::random_tokens;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("liger-job-{tag}-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A small repeated Alpaca data set (so that a few steps can fit it), as JSON lines.
+fn write_data(dir: &Path, bad_row: bool) -> PathBuf {
+    let mut lines: Vec<String> = (0..24)
+        .map(|i| {
+            let (q, a) = [
+                ("Say hello.", "hello hello"),
+                ("Count to three.", "one two three"),
+                ("Name a colour.", "blue"),
+            ][i % 3];
+            serde_json::json!({"instruction": q, "input": "", "output": a}).to_string()
+        })
+        .collect();
+    if bad_row {
+        lines.insert(5, r#"{"instruction": 7}"#.into());
+    }
+    let path = dir.join("data.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+/// A job on a tiny model saved as a checkpoint directory in `tmp`.
+fn tiny_job(tmp: &Path, steps: u64) -> LinearizeJob {
+    let model_dir = tmp.join("base");
+    tiny_byte_model(17)
+        .save_checkpoint(&model_dir, SaveDtype::F32)
+        .unwrap();
+    let mut job = LinearizeJob::new(model_dir, Some(write_data(tmp, false)), tmp.join("out"));
+    job.options = LigerOptions {
+        softmax_layers: vec![1],
+        ..LigerOptions::default()
+    };
+    job.lora = LoraOptions {
+        rank: 4,
+        alpha: 8.0,
+        targets: LoraTarget::ALL.to_vec(),
+        seed: 1,
+    };
+    job.train = TrainConfig {
+        steps: Some(steps),
+        seq_len: 64,
+        micro_batch: 1,
+        grad_accum: 2,
+        optimizer: AdamWConfig {
+            lr: 2e-2,
+            ..AdamWConfig::default()
+        },
+        eval_every: 10,
+        ..TrainConfig::default()
+    };
+    job.val_fraction = 0.15;
+    job.sample_prompt = Some("Say hello.".into());
+    job.sample_max_tokens = 8;
+    job
+}
+
+#[test]
+fn the_job_trains_saves_and_samples() {
+    let tmp = TempDir::new("e2e");
+    let job = tiny_job(&tmp.0, 30);
+    let mut events = Vec::new();
+    let report = run_linearize(&job, &AtomicBool::new(false), &mut |e| events.push(e)).unwrap();
+    let (base, untrained, trained) = (
+        report.base_eval.unwrap(),
+        report.untrained_eval.unwrap(),
+        report.trained_eval.unwrap(),
+    );
+    let l = &report.losses;
+    let (first, last) = (
+        l[..5].iter().sum::<f64>() / 5.0,
+        l[l.len() - 5..].iter().sum::<f64>() / 5.0,
+    );
+    println!(
+        "val ppl base {:.1}, liger untrained {:.1}, trained {:.1}; train loss first 5 steps {first:.3}, last 5 {last:.3}; {} train / {} val sequences; {:.0} tokens/s",
+        base.ppl, untrained.ppl, trained.ppl, report.train_sequences, report.val_sequences, report.tokens_per_s
+    );
+    assert_eq!(
+        (report.steps_done, report.total_steps, report.cancelled),
+        (30, 30, false)
+    );
+    assert!(
+        last < first - 0.3,
+        "training did not lower the loss: {first} -> {last}"
+    );
+    assert!(
+        trained.loss < untrained.loss - 0.3,
+        "validation loss {} -> {}",
+        untrained.loss,
+        trained.loss
+    );
+    assert!(report.train_records > 0 && report.val_records > 0 && report.val_sequences > 0);
+    assert!(report.sample.is_some());
+
+    // Events: stages, one progress per step, evaluations, the save, the sample.
+    let progress = events
+        .iter()
+        .filter(|e| matches!(e, JobEvent::Progress(_)))
+        .count();
+    assert_eq!(progress, 30);
+    let evals: Vec<&str> = events
+        .iter()
+        .filter_map(|e| {
+            if let JobEvent::Eval { name, .. } = e {
+                Some(name.as_str())
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        evals,
+        vec![
+            "base",
+            "liger (untrained)",
+            "step 10",
+            "step 20",
+            "step 30",
+            "liger (trained)"
+        ]
+    );
+    assert!(events.contains(&JobEvent::Saved(job.out_dir.clone())));
+    assert!(matches!(events.last(), Some(JobEvent::Sample(_))));
+
+    // The saved model is the trained one, with its training state.
+    let saved = load_liger_checkpoint(&job.out_dir).unwrap();
+    let (state, _) = load_training_state(&job.out_dir, &saved).unwrap().unwrap();
+    assert_eq!(state.step, 30);
+    let tokens = random_tokens(20, saved.base.config.vocab_size, 3);
+    let labels: Vec<u32> = tokens[1..].iter().copied().chain([IGNORE]).collect();
+    let reloaded = saved.loss(&tokens, &labels).unwrap().loss_sum;
+    assert!(reloaded.is_finite());
+
+    // Resuming a finished run trains no further and keeps the numbers.
+    let resumed = run_linearize(
+        &LinearizeJob {
+            resume: true,
+            ..job.clone()
+        },
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(resumed.steps_done, 0);
+    assert_eq!(resumed.losses, report.losses);
+}
+
+#[test]
+fn the_base_model_loss_matches_its_logits_in_float64() {
+    let base = tiny_byte_model(5);
+    let tokens = random_tokens(300, base.config.vocab_size, 9);
+    let labels: Vec<u32> = tokens[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| if i % 7 == 0 { IGNORE } else { t })
+        .chain([IGNORE])
+        .collect();
+    let logits = base.all_logits(&tokens).unwrap();
+    let vocab = base.config.vocab_size;
+    let (mut want, mut count) = (0.0f64, 0);
+    for (row, &l) in logits.chunks(vocab).zip(&labels) {
+        if l != IGNORE {
+            let lse = row.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+            want += lse - row[l as usize] as f64;
+            count += 1;
+        }
+    }
+    let got = base_model_loss(&base, &tokens, &labels).unwrap();
+    let err = (got.loss_sum - want).abs() / want.abs();
+    println!("chunked base loss vs whole-sequence logits: rel error {err:.2e}");
+    assert_eq!(got.count, count);
+    assert!(err < 1e-5, "{} vs {want}", got.loss_sum);
+    assert_eq!(
+        base_model_loss(&base, &tokens, &labels[1..])
+            .unwrap_err()
+            .code,
+        ErrorCode::InvalidArgument
+    );
+}
+
+#[test]
+fn malformed_rows_fail_with_their_row_number_or_are_skipped() {
+    let tmp = TempDir::new("rows");
+    let mut job = tiny_job(&tmp.0, 2);
+    job.data_path = Some(write_data(&tmp.0, true));
+    job.sample_prompt = None;
+    let err = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidFile);
+    assert!(err.message.contains("row 6"), "{}", err.message);
+    assert!(!job.out_dir.exists());
+    job.bad_rows = BadRows::Skip;
+    let report = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!((report.skipped_rows, report.steps_done), (1, 2));
+}
+
+#[test]
+fn cancelling_stops_cleanly_and_writes_nothing_unless_asked() {
+    let tmp = TempDir::new("cancel");
+    let mut job = tiny_job(&tmp.0, 50);
+    job.prompt_format = PromptFormat::Chat;
+    let cancel = AtomicBool::new(false);
+    let report = run_linearize(&job, &cancel, &mut |e| {
+        if matches!(e, JobEvent::Progress(ref p) if p.step == 3) {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    assert_eq!((report.cancelled, report.steps_done), (true, 3));
+    assert!(report.trained_eval.is_none() && !job.out_dir.exists());
+
+    job.train.save_on_cancel = true;
+    cancel.store(false, Ordering::Relaxed);
+    let report = run_linearize(&job, &cancel, &mut |e| {
+        if matches!(e, JobEvent::Progress(ref p) if p.step == 2) {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    assert!(report.cancelled);
+    let saved = load_liger_checkpoint(&job.out_dir).unwrap();
+    assert_eq!(
+        load_training_state(&job.out_dir, &saved)
+            .unwrap()
+            .unwrap()
+            .0
+            .step,
+        2
+    );
+}
+
+#[test]
+fn bad_job_settings_are_refused() {
+    let tmp = TempDir::new("bad");
+    let mut job = tiny_job(&tmp.0, 2);
+    job.val_fraction = 1.0;
+    assert_eq!(
+        run_linearize(&job, &AtomicBool::new(false), &mut |_| {})
+            .unwrap_err()
+            .code,
+        ErrorCode::InvalidArgument
+    );
+    job.val_fraction = 0.1;
+    job.train.seq_len = 100_000;
+    let err = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    assert!(
+        err.code == ErrorCode::InvalidArgument && err.message.contains("lower seq_len"),
+        "{}",
+        err.message
+    );
+    job.model_path = tmp.0.join("missing.gguf");
+    assert_eq!(
+        run_linearize(&job, &AtomicBool::new(false), &mut |_| {})
+            .unwrap_err()
+            .code,
+        ErrorCode::Io
+    );
+}
