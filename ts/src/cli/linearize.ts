@@ -112,15 +112,18 @@ export function registerLinearize(program: Command): void {
         resume: options.resume,
         saveEvery: options.saveEvery,
         device: options.device as LinearizeOptions["device"],
-        onProgress: progress.update,
+        onProgress: (event) => {
+          // Said once the options have passed their checks, when the job has started.
+          if (event.kind === "stage" && event.stage === "training" && options.steps === undefined && options.seqLen === undefined) {
+            process.stderr.write(
+              "A short CPU run: 30 steps of 256 tokens. It shows the method end to end; recovering the base model's quality " +
+                "takes far more (the paper: 1024-token sequences, about 20k Alpaca examples). Go further with --steps and --seq-len.\n",
+            );
+          }
+          progress.update(event);
+        },
         signal: controller.signal,
       };
-      if (options.steps === undefined && options.seqLen === undefined && !options.json) {
-        process.stderr.write(
-          "A short CPU run: 30 steps of 256 tokens. It shows the method end to end; recovering the base model's quality " +
-            "takes far more (the paper: 1024-token sequences, about 20k Alpaca examples). Go further with --steps and --seq-len.\n",
-        );
-      }
       process.on("SIGINT", onSigint);
       let report: LinearizeReport;
       try {
