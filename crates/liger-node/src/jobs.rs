@@ -42,7 +42,9 @@ impl CancelToken {
     #[napi(constructor)]
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
-        CancelToken { flag: Arc::new(AtomicBool::new(false)) }
+        CancelToken {
+            flag: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     #[napi]
@@ -59,10 +61,14 @@ type EventFn = ThreadsafeFunction<Value, (), Value, Status, false>;
 fn emit(callback: Option<&EventFn>, event: Value) {
     let Some(callback) = callback else { return };
     let (seen_tx, seen_rx) = std::sync::mpsc::channel();
-    let status = callback.call_with_return_value(event, ThreadsafeFunctionCallMode::Blocking, move |_, _| {
-        let _ = seen_tx.send(());
-        Ok(())
-    });
+    let status = callback.call_with_return_value(
+        event,
+        ThreadsafeFunctionCallMode::Blocking,
+        move |_, _| {
+            let _ = seen_tx.send(());
+            Ok(())
+        },
+    );
     if status == Status::Ok {
         let _ = seen_rx.recv();
     }
@@ -70,12 +76,18 @@ fn emit(callback: Option<&EventFn>, event: Value) {
 
 /// Reports `(done, total)` of a task at most once per percent (it is called per request,
 /// from several threads).
-fn throttled_progress<'a>(callback: Option<&'a EventFn>, task: &'a str) -> impl Fn(usize, usize) + Sync + 'a {
+fn throttled_progress<'a>(
+    callback: Option<&'a EventFn>,
+    task: &'a str,
+) -> impl Fn(usize, usize) + Sync + 'a {
     let last_percent = AtomicUsize::new(usize::MAX);
     move |done, total| {
-        let percent = if total == 0 { 100 } else { done * 100 / total };
+        let percent = (done * 100).checked_div(total).unwrap_or(100);
         if last_percent.swap(percent, Ordering::Relaxed) != percent {
-            emit(callback, json!({ "kind": "progress", "task": task, "done": done, "total": total }));
+            emit(
+                callback,
+                json!({ "kind": "progress", "task": task, "done": done, "total": total }),
+            );
         }
     }
 }
@@ -110,10 +122,13 @@ fn to_json<T: serde::Serialize>(value: &T) -> liger_core::Result<Value> {
 
 /// A JavaScript number that must be a non-negative integer (seeds, counts).
 fn whole_number(name: &str, value: f64) -> liger_core::Result<u64> {
-    if value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value < 9_007_199_254_740_992.0 {
+    if value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value < 9_007_199_254_740_992.0
+    {
         Ok(value as u64)
     } else {
-        Err(Error::invalid_argument(format!("{name} must be an integer in [0, 2^53), got {value}")))
+        Err(Error::invalid_argument(format!(
+            "{name} must be an integer in [0, 2^53), got {value}"
+        )))
     }
 }
 
@@ -150,12 +165,19 @@ impl EvalTask {
     fn task_paths(&self) -> liger_core::Result<Vec<(EvalTaskName, PathBuf)>> {
         let o = &self.options;
         if o.tasks.is_empty() && o.passkey.is_none() {
-            return Err(Error::invalid_argument(format!("no tasks given; known tasks: {}", liger_core::eval::TASK_NAMES.join(", "))));
+            return Err(Error::invalid_argument(format!(
+                "no tasks given; known tasks: {}",
+                liger_core::eval::TASK_NAMES.join(", ")
+            )));
         }
         let mut out = Vec::new();
         for name in &o.tasks {
             let task = EvalTaskName::from_name(name)?;
-            let explicit = o.task_files.iter().find(|pair| pair.first() == Some(name)).and_then(|pair| pair.get(1));
+            let explicit = o
+                .task_files
+                .iter()
+                .find(|pair| pair.first() == Some(name))
+                .and_then(|pair| pair.get(1));
             let path = match (explicit, &o.data_dir) {
                 (Some(file), _) => PathBuf::from(file),
                 (None, Some(dir)) => task.default_path(Path::new(dir)),
@@ -180,19 +202,36 @@ impl EvalTask {
             perplexity_window: o.window.map(|v| v as usize),
         };
         let tasks = self.task_paths()?;
-        let scorer = Cancellable { model: self.model.scorer(), cancel: &self.cancel };
+        let scorer = Cancellable {
+            model: self.model.scorer(),
+            cancel: &self.cancel,
+        };
         let on_event = self.on_event.as_ref();
         let mut report = EvalReport::new(o.label.clone(), options.clone());
         for (index, (task, path)) in tasks.iter().enumerate() {
-            emit(on_event, json!({ "kind": "task", "task": task.name(), "index": index, "count": tasks.len() }));
+            emit(
+                on_event,
+                json!({ "kind": "task", "task": task.name(), "index": index, "count": tasks.len() }),
+            );
             let progress = throttled_progress(on_event, task.name());
             let result = run_task(&scorer, *task, path, &options, Some(&progress))?;
-            emit(on_event, json!({ "kind": "taskDone", "task": task.name(), "result": to_json(&result)? }));
+            emit(
+                on_event,
+                json!({ "kind": "taskDone", "task": task.name(), "result": to_json(&result)? }),
+            );
             report.push(result);
         }
         if let Some(lengths) = &o.passkey {
-            emit(on_event, json!({ "kind": "task", "task": "passkey", "index": tasks.len(), "count": tasks.len() + 1 }));
-            let passkey = PasskeyOptions { lengths: lengths.iter().map(|&l| l as usize).collect(), trials: 1, seed: options.seed, ..Default::default() };
+            emit(
+                on_event,
+                json!({ "kind": "task", "task": "passkey", "index": tasks.len(), "count": tasks.len() + 1 }),
+            );
+            let passkey = PasskeyOptions {
+                lengths: lengths.iter().map(|&l| l as usize).collect(),
+                trials: 1,
+                seed: options.seed,
+                ..Default::default()
+            };
             report.passkey = Some(passkey_by_loglikelihood(&scorer, &passkey, &options)?);
         }
         to_json(&report)
@@ -230,7 +269,11 @@ impl PerplexityTask {
         let text = match (&self.source.text, &self.source.file) {
             (Some(text), None) => text.clone(),
             (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?,
-            _ => return Err(Error::invalid_argument("give either a text or a file to score, not both")),
+            _ => {
+                return Err(Error::invalid_argument(
+                    "give either a text or a file to score, not both",
+                ))
+            }
         };
         // The same windows for a base model and its Liger version, so their numbers compare:
         // the base model's context unless the caller says otherwise.
@@ -238,9 +281,17 @@ impl PerplexityTask {
             Some(w) => w as usize,
             None => self.model.base().config.max_position_embeddings,
         };
-        let scorer = Cancellable { model: self.model.scorer(), cancel: &self.cancel };
+        let scorer = Cancellable {
+            model: self.model.scorer(),
+            cancel: &self.cancel,
+        };
         let progress = throttled_progress(self.on_event.as_ref(), "perplexity");
-        to_json(&rolling_perplexity(&scorer, &[ScoredText::plain(text)], window, Some(&progress))?)
+        to_json(&rolling_perplexity(
+            &scorer,
+            &[ScoredText::plain(text)],
+            window,
+            Some(&progress),
+        )?)
     }
 }
 
@@ -259,14 +310,36 @@ impl Task for PerplexityTask {
 impl NativeModel {
     /// Score the model on tasks; resolves to an `EvalReport` object.
     #[napi]
-    pub fn evaluate(&self, options: JsEvalOptions, cancel: &CancelToken, on_event: Option<EventFn>) -> AsyncTask<EvalTask> {
-        AsyncTask::new(EvalTask { model: self.model.clone(), options, cancel: cancel.flag.clone(), on_event })
+    pub fn evaluate(
+        &self,
+        options: JsEvalOptions,
+        cancel: &CancelToken,
+        on_event: Option<EventFn>,
+    ) -> AsyncTask<EvalTask> {
+        AsyncTask::new(EvalTask {
+            model: self.model.clone(),
+            options,
+            cancel: cancel.flag.clone(),
+            on_event,
+        })
     }
 
     /// Rolling perplexity of a text or a text file; resolves to a `PerplexityResult` object.
     #[napi]
-    pub fn perplexity(&self, source: JsTextSource, window: Option<u32>, cancel: &CancelToken, on_event: Option<EventFn>) -> AsyncTask<PerplexityTask> {
-        AsyncTask::new(PerplexityTask { model: self.model.clone(), source, window, cancel: cancel.flag.clone(), on_event })
+    pub fn perplexity(
+        &self,
+        source: JsTextSource,
+        window: Option<u32>,
+        cancel: &CancelToken,
+        on_event: Option<EventFn>,
+    ) -> AsyncTask<PerplexityTask> {
+        AsyncTask::new(PerplexityTask {
+            model: self.model.clone(),
+            source,
+            window,
+            cancel: cancel.flag.clone(),
+            on_event,
+        })
     }
 }
 
@@ -275,9 +348,14 @@ impl NativeModel {
 pub fn compare_reports(base: Value, linearized: Value) -> Result<Value> {
     run(|| {
         let parse = |v: Value, what: &str| {
-            serde_json::from_value::<EvalReport>(v).map_err(|e| Error::invalid_argument(format!("{what} is not an evaluation report: {e}")))
+            serde_json::from_value::<EvalReport>(v).map_err(|e| {
+                Error::invalid_argument(format!("{what} is not an evaluation report: {e}"))
+            })
         };
-        to_json(&compare(&parse(base, "the base report")?, &parse(linearized, "the linearized report")?)?)
+        to_json(&compare(
+            &parse(base, "the base report")?,
+            &parse(linearized, "the linearized report")?,
+        )?)
     })
 }
 
@@ -287,12 +365,21 @@ pub fn render_eval_html(reports: Vec<Value>, comparison: Option<Value>) -> Resul
     run(|| {
         let reports = reports
             .into_iter()
-            .map(|r| serde_json::from_value::<EvalReport>(r).map_err(|e| Error::invalid_argument(format!("not an evaluation report: {e}"))))
+            .map(|r| {
+                serde_json::from_value::<EvalReport>(r)
+                    .map_err(|e| Error::invalid_argument(format!("not an evaluation report: {e}")))
+            })
             .collect::<liger_core::Result<Vec<_>>>()?;
         let comparison = comparison
-            .map(|c| serde_json::from_value(c).map_err(|e| Error::invalid_argument(format!("not a comparison: {e}"))))
+            .map(|c| {
+                serde_json::from_value(c)
+                    .map_err(|e| Error::invalid_argument(format!("not a comparison: {e}")))
+            })
             .transpose()?;
-        Ok(render_html(&reports.iter().collect::<Vec<_>>(), comparison.as_ref()))
+        Ok(render_html(
+            &reports.iter().collect::<Vec<_>>(),
+            comparison.as_ref(),
+        ))
     })
 }
 
@@ -340,7 +427,11 @@ pub struct JsLinearizeOptions {
     pub save_every: u32,
 }
 
-fn parse_name<T: serde::de::DeserializeOwned>(what: &str, name: &str, known: &str) -> liger_core::Result<T> {
+fn parse_name<T: serde::de::DeserializeOwned>(
+    what: &str,
+    name: &str,
+    known: &str,
+) -> liger_core::Result<T> {
     serde_json::from_value(Value::String(name.to_string()))
         .map_err(|_| Error::invalid_argument(format!("unknown {what} {name:?}; known: {known}")))
 }
@@ -354,7 +445,10 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
     let base = load_model(Path::new(&o.model_path), &mut |_, _| {})?;
     let mut options = match o.softmax_every {
         Some(n) => LigerOptions::with_softmax_every(n as usize, base.config.num_layers)?,
-        None => LigerOptions { softmax_layers: o.softmax_layers.iter().map(|&l| l as usize).collect(), ..Default::default() },
+        None => LigerOptions {
+            softmax_layers: o.softmax_layers.iter().map(|&l| l as usize).collect(),
+            ..Default::default()
+        },
     };
     let attention = &mut options.attention;
     attention.mixer.kind = kind;
@@ -368,10 +462,19 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
         .iter()
         .map(|t| parse_name::<LoraTarget>("LoRA target", t, "q, k, v, o"))
         .collect::<liger_core::Result<Vec<_>>>()?;
-    let lora = LoraOptions { rank: o.lora_rank as usize, alpha: o.lora_alpha as f32, targets, seed };
+    let lora = LoraOptions {
+        rank: o.lora_rank as usize,
+        alpha: o.lora_alpha as f32,
+        targets,
+        seed,
+    };
     lora.validate()?;
 
-    let mut job = LinearizeJob::new(PathBuf::from(&o.model_path), o.data_path.as_ref().map(PathBuf::from), PathBuf::from(&o.out_dir));
+    let mut job = LinearizeJob::new(
+        PathBuf::from(&o.model_path),
+        o.data_path.as_ref().map(PathBuf::from),
+        PathBuf::from(&o.out_dir),
+    );
     job.options = options;
     job.lora = lora;
     let train = &mut job.train;
@@ -383,8 +486,15 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
     train.optimizer.lr = o.lr as f32;
     train.schedule = match o.schedule.as_str() {
         "constant" => Schedule::Constant,
-        "cosine" => Schedule::WarmupCosine { warmup_steps: o.warmup_steps.into(), min_ratio: 0.1 },
-        other => return Err(Error::invalid_argument(format!("unknown schedule {other:?}; known: constant, cosine"))),
+        "cosine" => Schedule::WarmupCosine {
+            warmup_steps: o.warmup_steps.into(),
+            min_ratio: 0.1,
+        },
+        other => {
+            return Err(Error::invalid_argument(format!(
+                "unknown schedule {other:?}; known: constant, cosine"
+            )))
+        }
     };
     train.seed = seed;
     train.eval_every = o.eval_every.into();
@@ -393,9 +503,17 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
     job.prompt_format = match o.prompt_format.as_str() {
         "alpaca" => PromptFormat::Alpaca,
         "chat" => PromptFormat::Chat,
-        other => return Err(Error::invalid_argument(format!("unknown prompt format {other:?}; known: alpaca, chat"))),
+        other => {
+            return Err(Error::invalid_argument(format!(
+                "unknown prompt format {other:?}; known: alpaca, chat"
+            )))
+        }
     };
-    job.bad_rows = if o.skip_bad_rows { BadRows::Skip } else { BadRows::Fail };
+    job.bad_rows = if o.skip_bad_rows {
+        BadRows::Skip
+    } else {
+        BadRows::Fail
+    };
     job.val_fraction = o.val_fraction;
     job.max_val_sequences = o.max_val_sequences as usize;
     job.sample_prompt = o.sample_prompt.clone();
@@ -404,9 +522,16 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
         "f32" => SaveDtype::F32,
         "f16" => SaveDtype::F16,
         "bf16" => SaveDtype::BF16,
-        other => return Err(Error::invalid_argument(format!("unknown dtype {other:?}; known: f32, f16, bf16"))),
+        other => {
+            return Err(Error::invalid_argument(format!(
+                "unknown dtype {other:?}; known: f32, f16, bf16"
+            )))
+        }
     };
-    job.save = SaveOptions { dtype, merged: o.merged };
+    job.save = SaveOptions {
+        dtype,
+        merged: o.merged,
+    };
     job.resume = o.resume;
     Ok(job)
 }
@@ -425,7 +550,9 @@ fn event_json(event: JobEvent) -> Value {
             "elapsedSeconds": p.elapsed_s,
             "etaSeconds": p.eta_s,
         }),
-        JobEvent::Eval { name, loss, ppl } => json!({ "kind": "eval", "name": name, "loss": loss, "ppl": ppl }),
+        JobEvent::Eval { name, loss, ppl } => {
+            json!({ "kind": "eval", "name": name, "loss": loss, "ppl": ppl })
+        }
         JobEvent::Saved(path) => json!({ "kind": "saved", "path": path.display().to_string() }),
         JobEvent::Sample(text) => json!({ "kind": "sample", "text": text }),
     }
@@ -441,7 +568,9 @@ impl LinearizeTask {
     fn linearize(&self) -> liger_core::Result<Value> {
         let job = build_job(&self.options)?;
         let on_event = self.on_event.as_ref();
-        let report = run_linearize(&job, &self.cancel, &mut |event| emit(on_event, event_json(event)))?;
+        let report = run_linearize(&job, &self.cancel, &mut |event| {
+            emit(on_event, event_json(event))
+        })?;
         if report.cancelled {
             return Err(Error::new(
                 ErrorCode::Aborted,
@@ -465,6 +594,14 @@ impl Task for LinearizeTask {
 
 /// Convert a model to Liger attention and train its LoRA adapters; resolves to the report.
 #[napi(js_name = "linearize")]
-pub fn linearize_js(options: JsLinearizeOptions, cancel: &CancelToken, on_event: Option<EventFn>) -> AsyncTask<LinearizeTask> {
-    AsyncTask::new(LinearizeTask { options, cancel: cancel.flag.clone(), on_event })
+pub fn linearize_js(
+    options: JsLinearizeOptions,
+    cancel: &CancelToken,
+    on_event: Option<EventFn>,
+) -> AsyncTask<LinearizeTask> {
+    AsyncTask::new(LinearizeTask {
+        options,
+        cancel: cancel.flag.clone(),
+        on_event,
+    })
 }

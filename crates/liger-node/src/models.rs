@@ -69,7 +69,8 @@ impl AnyModel {
     /// The base model's facts plus a `liger` entry: null for a base model; for a Liger model
     /// its mixer, window, softmax layers, adapters and decoding memory per sequence.
     pub fn info(&self) -> Result<Value> {
-        let mut info = serde_json::to_value(self.base().info()).map_err(|e| Error::internal(format!("model info: {e}")))?;
+        let mut info = serde_json::to_value(self.base().info())
+            .map_err(|e| Error::internal(format!("model info: {e}")))?;
         let liger = match self {
             AnyModel::Base(_) => Value::Null,
             AnyModel::Liger(m) => {
