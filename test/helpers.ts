@@ -48,3 +48,13 @@ export function topK(values: ArrayLike<number>, k: number): number[] {
     .sort((a, b) => values[b] - values[a])
     .slice(0, k);
 }
+
+/**
+ * The task and training data: `$LIGER_DATA_DIR`, else `../shared/data` next to the
+ * repository. Missing is a failure with instructions.
+ */
+export function dataDir(): string {
+  const dir = process.env.LIGER_DATA_DIR || join(repoRoot, "..", "shared", "data");
+  if (!existsSync(dir)) throw new Error(`the data folder is missing at ${dir}: set LIGER_DATA_DIR`);
+  return dir;
+}

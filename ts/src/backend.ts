@@ -4,6 +4,25 @@
  * Backends speak in plain values (typed arrays, plain objects) and throw LigerError.
  */
 
+import type { EvalReport, PerplexityResult, ResolvedEvalOptions } from "./eval.js";
+
+/** The conversion of a Liger model (see `linearize`). */
+export interface LigerInfo {
+  /** The gated recurrent mixer of the converted layers, e.g. "gla". */
+  mixer: string;
+  /** Keys each query of the sliding-window branch sees. */
+  windowKeys: number;
+  useSwa: boolean;
+  alpha: number;
+  beta: number;
+  /** Layers that kept softmax attention (0-based). */
+  softmaxLayers: number[];
+  /** Trainable LoRA values. */
+  loraParams: number;
+  /** Decoding memory of one sequence, at its largest (constant without softmax layers). */
+  stateBytesPerSequence: number;
+}
+
 /** Facts about a loaded model, as reported by the core. */
 export interface ModelInfo {
   name: string;
@@ -28,6 +47,8 @@ export interface ModelInfo {
   hasChatTemplate: boolean;
   /** Bytes the key/value cache grows by per token (f32 keys and values of every layer). */
   kvCacheBytesPerToken: number;
+  /** null for a base model; the conversion of a Liger model loaded from its checkpoint. */
+  liger: LigerInfo | null;
 }
 
 export interface ChatMessage {
@@ -91,6 +112,15 @@ export interface BackendModel {
   /** Logits for the token that would follow `tokens`. */
   lastLogits(tokens: Uint32Array): Promise<Float32Array>;
   generate(prompt: Uint32Array, options: BackendGenerateOptions, sink: GenerationSink): GenerationHandle;
+  /** Evaluation; a backend without it cannot evaluate. */
+  evaluate?(options: ResolvedEvalOptions, control: BackendJobControl): Promise<EvalReport>;
+  perplexity?(source: { text?: string; file?: string }, window: number | undefined, control: BackendJobControl): Promise<PerplexityResult>;
+}
+
+/** Events and cancellation of a backend's job. */
+export interface BackendJobControl {
+  onEvent?: (event: unknown) => void;
+  signal?: AbortSignal;
 }
 
 export interface Backend {

@@ -15,9 +15,26 @@ export type {
   GenerateResult,
   GenerationHandle,
   GenerationSink,
+  LigerInfo,
   ModelInfo,
   ProgressCallback,
   ProgressEvent,
 } from "./backend.js";
 export { nativeBackend } from "./native.js";
 export { fetchDefaultModel, defaultModelPath, cacheDir, DEFAULT_MODEL_FILE, DEFAULT_MODEL_SHA256 } from "./fetch.js";
+export { compareReports, renderEvalHtml, defaultDataDir, TASK_NAMES, DEFAULT_TASKS } from "./eval.js";
+export type {
+  Comparison,
+  ComparisonRow,
+  EvalEvent,
+  EvalReport,
+  EvaluateOptions,
+  PasskeyReport,
+  PerplexityOptions,
+  PerplexityResult,
+  ScoreStats,
+  TaskName,
+  TaskResult,
+} from "./eval.js";
+export { linearize, MIXERS, LORA_TARGETS, DEFAULT_SAMPLE_PROMPT } from "./linearize.js";
+export type { LinearizeEvent, LinearizeOptions, LinearizeReport, MixerName, ValidationResult } from "./linearize.js";

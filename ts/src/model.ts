@@ -1,6 +1,7 @@
 /** The public model object: tokenizer, chat template, logits and streaming generation. */
 import type { Backend, BackendModel, ChatMessage, ModelInfo, ProgressCallback } from "./backend.js";
-import { invalidArgument } from "./errors.js";
+import { invalidArgument, LigerError } from "./errors.js";
+import { checkOptional, isPositiveInt, resolveEvalOptions, type EvalEvent, type EvalReport, type EvaluateOptions, type PerplexityOptions, type PerplexityResult } from "./eval.js";
 import { fetchDefaultModel } from "./fetch.js";
 import { Generation } from "./generation.js";
 import { nativeBackend } from "./native.js";
@@ -26,8 +27,10 @@ export interface DetokenizeOptions {
 }
 
 /**
- * Load a model: a .gguf file or a Hugging Face model directory. With no path, the default
- * model (SmolLM2-135M-Instruct, Q4_1 GGUF) is used, downloaded into the cache if needed.
+ * Load a model: a .gguf file, a Hugging Face model directory, or a Liger checkpoint
+ * directory written by `linearize` (then `info.liger` describes the conversion). With no
+ * path, the default model (SmolLM2-135M-Instruct, Q4_1 GGUF) is used, downloaded into the
+ * cache if needed.
  */
 export async function loadModel(path?: string, options: LoadModelOptions = {}): Promise<LigerModel> {
   if (path !== undefined && (typeof path !== "string" || path.length === 0)) {
@@ -95,6 +98,48 @@ export class LigerModel {
 
     generation.attach(this.backend.generate(promptTokens, resolved, generation.sink()));
     return generation;
+  }
+
+  /**
+   * Score the model on zero-shot tasks (lm-evaluation-harness style) and, if asked, passkey
+   * retrieval. Resolves to a report with every task's metrics; abort with `signal`.
+   */
+  async evaluate(options: EvaluateOptions = {}): Promise<EvalReport> {
+    const label = this.info.liger ? `${this.info.name} (liger ${this.info.liger.mixer})` : this.info.name;
+    const resolved = resolveEvalOptions(options, label);
+    const onProgress = options.onProgress;
+    return this.job("evaluate").evaluate!(resolved, {
+      signal: options.signal,
+      onEvent: onProgress && ((event) => onProgress(event as EvalEvent)),
+    });
+  }
+
+  /**
+   * Rolling perplexity (lm-eval's method: every token predicted once, in windows of `window`
+   * tokens) of a text, or of a file given as `{ file }`.
+   */
+  async perplexity(source: string | { file: string }, options: PerplexityOptions = {}): Promise<PerplexityResult> {
+    const input =
+      typeof source === "string"
+        ? { text: source }
+        : source !== null && typeof source === "object" && typeof source.file === "string"
+          ? { file: source.file }
+          : undefined;
+    if (input === undefined) throw invalidArgument("perplexity needs a text, or { file: path }");
+    checkOptional("window", options.window, isPositiveInt, "an integer >= 1");
+    checkOptional("signal", options.signal, (v) => v instanceof AbortSignal, "an AbortSignal");
+    const onProgress = options.onProgress;
+    return this.job("perplexity").perplexity!(input, options.window, {
+      signal: options.signal,
+      onEvent: onProgress && ((event) => onProgress(event as { kind: "progress"; done: number; total: number })),
+    });
+  }
+
+  private job(name: "evaluate" | "perplexity"): BackendModel {
+    if (typeof this.backend[name] !== "function") {
+      throw new LigerError("INVALID_ARGUMENT", `this model's backend cannot run ${name}; load the model with the native backend`);
+    }
+    return this.backend;
   }
 
   private promptTokens(prompt: string | ChatMessage[], chat: boolean): Uint32Array {

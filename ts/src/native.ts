@@ -20,10 +20,26 @@ import type {
   ProgressCallback,
 } from "./backend.js";
 import { LigerError, toLigerError } from "./errors.js";
+import type { Comparison, EvalReport, PerplexityResult, ResolvedEvalOptions } from "./eval.js";
+import type { LinearizeEvent, LinearizeReport, ResolvedLinearizeOptions } from "./linearize.js";
 
-/** What the addon exports (see crates/liger-node/src/lib.rs). */
+/** What the addon exports (see crates/liger-node/src/lib.rs and jobs.rs). */
 interface RawAddon {
   loadModel(path: string, onProgress: ProgressCallback | null): Promise<RawModel>;
+  CancelToken: new () => RawCancelToken;
+  compareReports(base: EvalReport, linearized: EvalReport): Comparison;
+  renderEvalHtml(reports: EvalReport[], comparison: Comparison | undefined): string;
+  linearize(options: ResolvedLinearizeOptions, cancel: RawCancelToken, onEvent: ((event: LinearizeEvent) => void) | null): Promise<string>;
+}
+
+interface RawCancelToken {
+  cancel(): void;
+}
+
+/** What the caller of a job hands over: events, and a signal to stop it. */
+export interface JobControl<E> {
+  onEvent?: (event: E) => void;
+  signal?: AbortSignal;
 }
 
 interface RawModel {
@@ -33,6 +49,13 @@ interface RawModel {
   applyChatTemplate(messages: ChatMessage[], addGenerationPrompt: boolean): string;
   lastLogits(tokens: Uint32Array): Promise<Float32Array>;
   generate(prompt: Uint32Array, options: BackendGenerateOptions, onEvent: (event: RawEvent) => void): RawGeneration;
+  evaluate(options: ResolvedEvalOptions, cancel: RawCancelToken, onEvent: ((event: unknown) => void) | null): Promise<string>;
+  perplexity(
+    source: { text?: string; file?: string },
+    window: number | undefined,
+    cancel: RawCancelToken,
+    onEvent: ((event: unknown) => void) | null,
+  ): Promise<string>;
 }
 
 interface RawGeneration {
@@ -137,6 +160,50 @@ class NativeModel implements BackendModel {
     const running = guard(() => this.raw.generate(prompt, options, onEvent));
     return { abort: () => running.abort() };
   }
+
+  evaluate(options: ResolvedEvalOptions, control: JobControl<unknown>): Promise<EvalReport> {
+    return runJob((token, onEvent) => this.raw.evaluate(options, token, onEvent), control);
+  }
+
+  perplexity(source: { text?: string; file?: string }, window: number | undefined, control: JobControl<unknown>): Promise<PerplexityResult> {
+    return runJob((token, onEvent) => this.raw.perplexity(source, window, token, onEvent), control);
+  }
+}
+
+/**
+ * Run a job of the addon: a CancelToken follows the signal, events go to the caller (an
+ * exception thrown there must not reach the addon's thread), the JSON result is parsed.
+ */
+async function runJob<T, E>(start: (token: RawCancelToken, onEvent: ((e: E) => void) | null) => Promise<string>, control: JobControl<E>): Promise<T> {
+  const { signal, onEvent } = control;
+  if (signal?.aborted) throw new LigerError("ABORTED", "the job was aborted before it started");
+  const token = new (loadAddon().CancelToken)();
+  const onAbort = () => token.cancel();
+  signal?.addEventListener("abort", onAbort, { once: true });
+  let callbackError: unknown;
+  const deliver = onEvent
+    ? (event: E) => {
+        try {
+          onEvent(event);
+        } catch (err) {
+          callbackError ??= err;
+        }
+      }
+    : null;
+  try {
+    const result = JSON.parse(await start(token, deliver)) as T;
+    if (callbackError !== undefined) throw callbackError;
+    return result;
+  } catch (err) {
+    throw toLigerError(err);
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
+  }
+}
+
+/** Convert a model to Liger attention and train it (see linearize.ts). */
+export function nativeLinearize(options: ResolvedLinearizeOptions, control: JobControl<LinearizeEvent>): Promise<LinearizeReport> {
+  return runJob((token, onEvent) => loadAddon().linearize(options, token, onEvent), control);
 }
 
 /** Run a synchronous addon call, turning whatever it throws into a LigerError. */

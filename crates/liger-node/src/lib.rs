@@ -13,20 +13,24 @@ use std::sync::Arc;
 
 use liger_core::chat::ChatMessage;
 use liger_core::generate::{GenerateOptions, GenerateResult};
-use liger_core::model::BaseModel;
 use liger_core::sampling::SamplingOptions;
 use liger_core::Error;
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
+mod jobs;
+mod models;
+
+use models::AnyModel;
+
 // ---- errors and panics ------------------------------------------------------------------
 
-fn tagged_message(err: &Error) -> String {
+pub(crate) fn tagged_message(err: &Error) -> String {
     format!("[liger:{}] {}", err.code.as_str(), err.message)
 }
 
-fn to_js_error(err: Error) -> napi::Error {
+pub(crate) fn to_js_error(err: Error) -> napi::Error {
     napi::Error::from_reason(tagged_message(&err))
 }
 
@@ -41,7 +45,7 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 /// Run core work; a panic becomes an INTERNAL error instead of unwinding into Node.
-fn guarded<T>(work: impl FnOnce() -> liger_core::Result<T>) -> liger_core::Result<T> {
+pub(crate) fn guarded<T>(work: impl FnOnce() -> liger_core::Result<T>) -> liger_core::Result<T> {
     catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|payload| {
         Err(Error::internal(format!(
             "liger panicked ({}); this is a bug, please report it",
@@ -51,7 +55,7 @@ fn guarded<T>(work: impl FnOnce() -> liger_core::Result<T>) -> liger_core::Resul
 }
 
 /// `guarded`, with the error converted for JavaScript.
-fn run<T>(work: impl FnOnce() -> liger_core::Result<T>) -> Result<T> {
+pub(crate) fn run<T>(work: impl FnOnce() -> liger_core::Result<T>) -> Result<T> {
     guarded(work).map_err(to_js_error)
 }
 
@@ -73,20 +77,20 @@ pub struct LoadTask {
 }
 
 impl Task for LoadTask {
-    type Output = BaseModel;
+    type Output = AnyModel;
     type JsValue = NativeModel;
 
-    fn compute(&mut self) -> Result<BaseModel> {
+    fn compute(&mut self) -> Result<AnyModel> {
         let on_progress = self.on_progress.as_ref();
         let mut report = |stage: &str, fraction: f64| {
             if let Some(callback) = on_progress {
                 report_progress(callback, stage, fraction);
             }
         };
-        run(|| liger_core::model::load_model(&self.path, &mut report))
+        run(|| AnyModel::load(&self.path, &mut report))
     }
 
-    fn resolve(&mut self, _env: Env, model: BaseModel) -> Result<NativeModel> {
+    fn resolve(&mut self, _env: Env, model: AnyModel) -> Result<NativeModel> {
         Ok(NativeModel { model: Arc::new(model) })
     }
 }
@@ -107,7 +111,8 @@ fn report_progress(callback: &ProgressFn, stage: &str, fraction: f64) {
     }
 }
 
-/// Load a `.gguf` file or a Hugging Face model directory on a worker thread.
+/// Load a `.gguf` file, a Hugging Face model directory or a Liger checkpoint directory on a
+/// worker thread.
 #[napi(js_name = "loadModel")]
 pub fn load_model_js(path: String, on_progress: Option<ProgressFn>) -> AsyncTask<LoadTask> {
     AsyncTask::new(LoadTask { path: PathBuf::from(path), on_progress })
@@ -117,7 +122,7 @@ pub fn load_model_js(path: String, on_progress: Option<ProgressFn>) -> AsyncTask
 
 #[napi]
 pub struct NativeModel {
-    model: Arc<BaseModel>,
+    pub(crate) model: Arc<AnyModel>,
 }
 
 #[napi(object)]
@@ -193,27 +198,27 @@ fn core_generate_options(o: JsGenerateOptions) -> liger_core::Result<GenerateOpt
 
 #[napi]
 impl NativeModel {
-    /// Facts about the model (name, sizes, tensor types, ...), as a plain object.
+    /// Facts about the model (name, sizes, tensor types, Liger settings), as a plain object.
     #[napi]
     pub fn info(&self) -> Result<serde_json::Value> {
-        run(|| serde_json::to_value(self.model.info()).map_err(|e| Error::internal(format!("model info: {e}"))))
+        run(|| self.model.info())
     }
 
     #[napi]
     pub fn encode(&self, text: String, add_bos: Option<bool>, parse_special: bool) -> Result<Uint32Array> {
-        run(|| self.model.encode(&text, add_bos, parse_special)).map(Uint32Array::new)
+        run(|| self.model.base().encode(&text, add_bos, parse_special)).map(Uint32Array::new)
     }
 
     #[napi]
     pub fn decode(&self, ids: Uint32Array, skip_special: bool) -> Result<String> {
-        run(|| self.model.decode(&ids, skip_special))
+        run(|| self.model.base().decode(&ids, skip_special))
     }
 
     #[napi]
     pub fn apply_chat_template(&self, messages: Vec<JsChatMessage>, add_generation_prompt: bool) -> Result<String> {
         let messages: Vec<ChatMessage> =
             messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect();
-        run(|| self.model.apply_chat_template(&messages, add_generation_prompt))
+        run(|| self.model.base().apply_chat_template(&messages, add_generation_prompt))
     }
 
     /// Logits of the token after `tokens`, computed on a worker thread.
@@ -236,14 +241,14 @@ impl NativeModel {
     }
 }
 
-fn run_generation(model: &BaseModel, prompt: &[u32], options: &GenerateOptions, cancel: &AtomicBool, on_event: &EventFn) {
+fn run_generation(model: &AnyModel, prompt: &[u32], options: &GenerateOptions, cancel: &AtomicBool, on_event: &EventFn) {
     let send = |event: GenerateEvent| {
         on_event.call(event, ThreadsafeFunctionCallMode::NonBlocking);
     };
     let mut on_token = |id: u32, text: &str| {
         send(GenerateEvent { kind: "token".into(), id: Some(id), text: Some(text.to_string()), result: None, message: None });
     };
-    let outcome = guarded(|| liger_core::generate::generate(model, prompt, options, cancel, &mut on_token));
+    let outcome = guarded(|| model.generate(prompt, options, cancel, &mut on_token));
     send(match outcome {
         Ok(result) => GenerateEvent { kind: "done".into(), id: None, text: None, result: Some(result.into()), message: None },
         Err(err) => {
@@ -253,7 +258,7 @@ fn run_generation(model: &BaseModel, prompt: &[u32], options: &GenerateOptions, 
 }
 
 pub struct LogitsTask {
-    model: Arc<BaseModel>,
+    model: Arc<AnyModel>,
     tokens: Vec<u32>,
 }
 

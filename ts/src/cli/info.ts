@@ -41,5 +41,14 @@ function formatInfo(info: ModelInfo & { path: string }): string {
     ["tensor types", types],
     ["chat template", info.hasChatTemplate ? "yes" : "no"],
   ];
+  if (info.liger) {
+    const l = info.liger;
+    const softmax = l.softmaxLayers.length > 0 ? `softmax attention in layers ${l.softmaxLayers.join(", ")}` : "no softmax layers";
+    rows.push(
+      ["liger", `${l.mixer} mixer${l.useSwa ? ` + ${l.windowKeys}-key sliding window` : ""}, ${softmax}`],
+      ["state", `${(l.stateBytesPerSequence / 2 ** 20).toFixed(2)} MiB per sequence`],
+      ["LoRA", `${(l.loraParams / 1e3).toFixed(1)} K values`],
+    );
+  }
   return rows.map(([key, value]) => `${key.padEnd(14)} ${value}\n`).join("");
 }

@@ -3,9 +3,11 @@ import { Command, CommanderError } from "commander";
 import { createRequire } from "node:module";
 
 import { reportError } from "./common.js";
+import { registerEval } from "./eval.js";
 import { registerFetchModel } from "./fetch-model.js";
 import { registerGenerate } from "./generate.js";
 import { registerInfo } from "./info.js";
+import { registerLinearize } from "./linearize.js";
 
 const { version } = createRequire(import.meta.url)("../../package.json") as { version: string };
 
@@ -17,6 +19,8 @@ export function buildProgram(): Command {
     .exitOverride();
   registerInfo(program);
   registerGenerate(program);
+  registerEval(program);
+  registerLinearize(program);
   registerFetchModel(program);
   return program;
 }

@@ -1,0 +1,95 @@
+//! The two kinds of model JavaScript can hold: a base (softmax attention) model, or a Liger
+//! model loaded from a checkpoint directory. Everything the addon asks of a model goes
+//! through here, so the rest of the addon does not care which one it has.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use liger_core::checkpoint::{load_liger_checkpoint, read_liger_section};
+use liger_core::convert::LigerModel;
+use liger_core::eval::ScoreModel;
+use liger_core::generate::{generate, GenerateOptions, GenerateResult};
+use liger_core::model::{load_model, BaseModel};
+use liger_core::{Error, Result};
+use serde_json::{json, Value};
+
+pub enum AnyModel {
+    Base(BaseModel),
+    Liger(LigerModel),
+}
+
+impl AnyModel {
+    /// A directory whose config.json has a "liger" section is a Liger checkpoint; anything
+    /// else (a .gguf file, a plain Hugging Face directory) is a base model.
+    pub fn load(path: &Path, progress: &mut dyn FnMut(&str, f64)) -> Result<AnyModel> {
+        if path.is_dir() && read_liger_section(path)?.is_some() {
+            progress("loading Liger checkpoint", 0.0);
+            let model = load_liger_checkpoint(path)?;
+            progress("ready", 1.0);
+            return Ok(AnyModel::Liger(model));
+        }
+        load_model(path, progress).map(AnyModel::Base)
+    }
+
+    /// The base model: its tokenizer, chat template and (for a Liger model) unchanged weights.
+    pub fn base(&self) -> &BaseModel {
+        match self {
+            AnyModel::Base(m) => m,
+            AnyModel::Liger(m) => &m.base,
+        }
+    }
+
+    pub fn scorer(&self) -> &dyn ScoreModel {
+        match self {
+            AnyModel::Base(m) => m,
+            AnyModel::Liger(m) => m,
+        }
+    }
+
+    pub fn last_logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        match self {
+            AnyModel::Base(m) => m.last_logits(tokens),
+            AnyModel::Liger(m) => m.last_logits(tokens),
+        }
+    }
+
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        cancel: &AtomicBool,
+        on_token: &mut dyn FnMut(u32, &str),
+    ) -> Result<GenerateResult> {
+        match self {
+            AnyModel::Base(m) => generate(m, prompt, options, cancel, on_token),
+            AnyModel::Liger(m) => generate(m, prompt, options, cancel, on_token),
+        }
+    }
+
+    /// The base model's facts plus a `liger` entry: null for a base model; for a Liger model
+    /// its mixer, window, softmax layers, adapters and decoding memory per sequence.
+    pub fn info(&self) -> Result<Value> {
+        let mut info = serde_json::to_value(self.base().info())
+            .map_err(|e| Error::internal(format!("model info: {e}")))?;
+        let liger = match self {
+            AnyModel::Base(_) => Value::Null,
+            AnyModel::Liger(m) => {
+                let attention = &m.options.attention;
+                json!({
+                    "mixer": attention.mixer.kind.name(),
+                    "windowKeys": attention.window_keys,
+                    "useSwa": attention.use_swa,
+                    "alpha": attention.alpha,
+                    "beta": attention.beta,
+                    "softmaxLayers": m.options.softmax_layers,
+                    "loraParams": m.lora_params().iter().map(|(_, p)| p.len()).sum::<usize>(),
+                    "stateBytesPerSequence": m.state_bytes(),
+                })
+            }
+        };
+        if let Value::Object(map) = &mut info {
+            map.insert("liger".into(), liger);
+        }
+        Ok(info)
+    }
+}

@@ -1,0 +1,91 @@
+/** `liger eval` and `liger linearize`, run as separate processes. */
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+
+import { cliPath, dataDir, modelPath } from "./helpers.js";
+
+const work = mkdtempSync(join(tmpdir(), "liger-cli-jobs-"));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+function liger(args: string[], env: NodeJS.ProcessEnv = {}) {
+  const run = spawnSync(process.execPath, [cliPath, ...args], {
+    encoding: "utf8",
+    env: { ...process.env, LIGER_DATA_DIR: dataDir(), ...env },
+    timeout: 170_000,
+  });
+  return { code: run.status, stdout: run.stdout, stderr: run.stderr };
+}
+
+describe("liger eval", () => {
+  it("prints a table per model, the recovery, and writes JSON and HTML", () => {
+    const json = join(work, "eval.json");
+    const html = join(work, "eval.html");
+    const text = join(work, "text.txt");
+    writeFileSync(text, "A short text to score, written twice. A short text to score, written twice.");
+    const run = liger([
+      "eval", "--model", modelPath(), "--compare", modelPath(), "--tasks", "arc_easy,lambada_openai",
+      "--limit", "3", "--ppl", text, "--window", "64", "--json", json, "--html", html,
+    ]);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout).toMatch(/arc_easy\s+3\s+acc/);
+    expect(run.stdout).toMatch(/lambada_openai\s+3\s+acc/);
+    expect(run.stdout).toMatch(/perplexity of .*text\.txt: token/);
+    // The same model twice: everything is recovered exactly.
+    expect(run.stdout).toMatch(/ratio of averages: 1\.0000\s+mean of ratios: 1\.0000/);
+    expect(run.stdout).toMatch(/mean of ratios: mean of the per-task recoveries/);
+    const written = JSON.parse(readFileSync(json, "utf8"));
+    expect(written.reports).toHaveLength(2);
+    expect(written.comparison.rows).toHaveLength(2);
+    expect(written.perplexities[0].perplexity.tokenPerplexity).toBeGreaterThan(1);
+    expect(readFileSync(html, "utf8")).toMatch(/^<!DOCTYPE html>.*<svg/s);
+  });
+
+  it("says how to point at the data when there is none", () => {
+    const run = liger(["eval", "--model", modelPath(), "--tasks", "arc_easy"], { LIGER_DATA_DIR: "" });
+    // In a checkout with ../shared/data next to it the default folder exists; otherwise the error says --data.
+    if (run.code !== 0) expect(run.stderr).toMatch(/INVALID_ARGUMENT: no task data folder: set dataDir \(the CLI's --data\)/);
+    const unknown = liger(["eval", "--model", modelPath(), "--tasks", "arc_medium"]);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/^liger: INVALID_ARGUMENT: unknown task "arc_medium"/);
+  });
+});
+
+describe("liger linearize", () => {
+  it("trains a few steps, prints the perplexity table and a sample, and the checkpoint is usable", () => {
+    const records = JSON.parse(readFileSync(join(dataDir(), "alpaca_cleaned", "alpaca_data_cleaned_1.json"), "utf8"));
+    const data = join(work, "alpaca.json");
+    writeFileSync(data, JSON.stringify(records.slice(0, 80)));
+    const out = join(work, "ckpt");
+    const run = liger([
+      "linearize", "--model", modelPath(), "--data", data, "--out", out, "--steps", "2", "--seq-len", "64",
+      "--dtype", "bf16", "--sample", "Name a color.",
+    ]);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toMatch(/step 2\/2\s+loss \d/);
+    expect(run.stdout).toMatch(/base \(softmax attention\)\s+\d+\.\d+\s+\d+\.\d+/);
+    expect(run.stdout).toMatch(/liger, converted, untrained\s+\d+\.\d+\s+\d+\.\d+/);
+    expect(run.stdout).toMatch(/liger, trained\s+\d+\.\d+\s+\d+\.\d+/);
+    expect(run.stdout).toMatch(/sample:/);
+    expect(existsSync(join(out, "config.json"))).toBe(true);
+    const info = liger(["info", "--model", out]);
+    expect(info.code, info.stderr).toBe(0);
+    expect(info.stdout).toMatch(/liger\s+gla mixer \+ 65-key sliding window/);
+    expect(info.stdout).toMatch(/state\s+\d+\.\d+ MiB per sequence/);
+  });
+
+  it("--device cuda and bad flags fail with typed errors", () => {
+    const cuda = liger(["linearize", "--device", "cuda", "--out", join(work, "never")]);
+    expect(cuda.code).toBe(1);
+    expect(cuda.stderr).toMatch(/^liger: DEVICE_UNAVAILABLE: the GPU training engine is not available in this build yet/m);
+    const mixer = liger(["linearize", "--mixer", "transformer", "--out", join(work, "never")]);
+    expect(mixer.code).toBe(1);
+    expect(mixer.stderr).toMatch(/INVALID_ARGUMENT: mixer must be one of gla/);
+    const steps = liger(["linearize", "--steps", "many", "--out", join(work, "never")]);
+    expect(steps.code).toBe(1);
+    expect(steps.stderr).toMatch(/INVALID_ARGUMENT: --steps expects a number/);
+    expect(existsSync(join(work, "never"))).toBe(false);
+  });
+});

@@ -1,0 +1,210 @@
+/** Evaluation, perplexity and linearize through the library API. */
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { compareReports, linearize, loadModel, LigerError, type LinearizeEvent, type LinearizeReport } from "../ts/dist/index.js";
+import { dataDir, logSoftmax, modelPath, sharedModel } from "./helpers.js";
+
+const work = mkdtempSync(join(tmpdir(), "liger-jobs-"));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+/** A small slice of Alpaca records in a file of its own. */
+function alpacaSlice(count: number): string {
+  const records = JSON.parse(readFileSync(join(dataDir(), "alpaca_cleaned", "alpaca_data_cleaned_0.json"), "utf8"));
+  const file = join(work, `alpaca-${count}.json`);
+  writeFileSync(file, JSON.stringify(records.slice(0, count)));
+  return file;
+}
+
+async function expectCode(promise: Promise<unknown>, code: string, message?: RegExp) {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(LigerError);
+  expect((err as LigerError).code, (err as Error).message).toBe(code);
+  if (message) expect((err as Error).message).toMatch(message);
+}
+
+describe("evaluate", () => {
+  it("scores a 5-item subset of arc_easy and lambada", async () => {
+    const model = await sharedModel();
+    const events: string[] = [];
+    const report = await model.evaluate({
+      tasks: ["arc_easy", "lambada_openai"],
+      limit: 5,
+      dataDir: dataDir(),
+      onProgress: (e) => events.push(e.kind),
+    });
+    expect(report.tasks.map((t) => t.task)).toEqual(["arc_easy", "lambada_openai"]);
+    for (const t of report.tasks) {
+      expect(t.n).toBe(5);
+      expect(t.metrics.acc).toBeGreaterThanOrEqual(0);
+      expect(t.metrics.acc).toBeLessThanOrEqual(1);
+      expect(t.primaryMetric).toBe("acc");
+      expect(t.stats.tokensProcessed).toBeGreaterThan(0);
+    }
+    expect(report.tasks[0].metrics.acc_norm).toBeGreaterThanOrEqual(0);
+    expect(report.tasks[0].metrics.acc_norm).toBeLessThanOrEqual(1);
+    expect(report.tasks[1].metrics.perplexity).toBeGreaterThan(1);
+    expect(report.options.limit).toBe(5);
+    expect(events.filter((k) => k === "task")).toHaveLength(2);
+    expect(events.filter((k) => k === "taskDone")).toHaveLength(2);
+    expect(events).toContain("progress");
+  });
+
+  it("compares two reports: per-task recovery, ratio of averages, mean of ratios", async () => {
+    const model = await sharedModel();
+    const real = await model.evaluate({ tasks: ["arc_easy", "lambada_openai"], limit: 5, seed: 1, dataDir: dataDir() });
+    // Real reports with accuracies set to fresh random values in (0.05, 1), so that no
+    // ratio divides by zero.
+    const withAcc = (values: number[]) => ({
+      ...real,
+      tasks: real.tasks.map((t, i) => ({ ...t, metrics: { ...t.metrics, acc: values[i] } })),
+    });
+    const draw = () => real.tasks.map(() => 0.05 + 0.95 * Math.random());
+    const [accA, accB] = [draw(), draw()];
+    const c = compareReports(withAcc(accA), withAcc(accB));
+    expect(c.rows.map((r) => r.task)).toEqual(["arc_easy", "lambada_openai"]);
+    const ratios = accA.map((a, i) => accB[i] / a);
+    for (const [i, row] of c.rows.entries()) {
+      expect(row).toMatchObject({ metric: "acc", higherIsBetter: true, base: accA[i], linearized: accB[i] });
+      expect(Math.abs(row.recovery - ratios[i]) / ratios[i]).toBeLessThan(1e-12);
+    }
+    const mean = (v: number[]) => v.reduce((s, x) => s + x, 0) / v.length;
+    expect(Math.abs(c.ratioOfAverages! - mean(accB) / mean(accA))).toBeLessThan(1e-12);
+    expect(Math.abs(c.meanOfRatios! - mean(ratios))).toBeLessThan(1e-12);
+    expect(Object.keys(c.definitions)).toEqual(expect.arrayContaining(["recovery", "ratioOfAverages", "meanOfRatios"]));
+    expect(() => compareReports(real, { ...real, tasks: [] })).toThrow(/share no task/);
+  });
+
+  it("bad tasks and missing data are typed errors", async () => {
+    const model = await sharedModel();
+    await expectCode(model.evaluate({ tasks: ["arc_medium"], dataDir: dataDir() }), "INVALID_ARGUMENT", /unknown task/);
+    await expectCode(model.evaluate({ tasks: ["arc_easy"], limit: 0, dataDir: dataDir() }), "INVALID_ARGUMENT", /limit/);
+    await expectCode(model.evaluate({ tasks: ["arc_easy"], dataDir: join(work, "nothing-here") }), "IO_ERROR", /ARC-Easy-Test/);
+  });
+
+  it("stops with ABORTED when its signal fires", async () => {
+    const model = await sharedModel();
+    const controller = new AbortController();
+    const job = model.evaluate({
+      tasks: ["arc_easy"],
+      limit: 200,
+      dataDir: dataDir(),
+      signal: controller.signal,
+      onProgress: (e) => e.kind === "progress" && e.done > 0 && controller.abort(),
+    });
+    await expectCode(job, "ABORTED");
+  });
+});
+
+describe("perplexity", () => {
+  it("matches a float64 computation from per-position logits", async () => {
+    const model = await sharedModel();
+    const text = "The cat sat on the mat. It was a sunny day, and the birds were singing.";
+    const result = await model.perplexity(text, { window: 64 });
+    const ids = model.tokenize(text, { addBos: false });
+    const prefix = model.tokenize("", { addBos: true });
+    expect(prefix).toHaveLength(1);
+    expect(ids.length).toBeLessThan(64);
+    let nll = 0;
+    for (let i = 0; i < ids.length; i++) {
+      const logp = logSoftmax(await model.logits([...prefix, ...ids.slice(0, i)]));
+      nll -= logp[ids[i]];
+    }
+    const expected = Math.exp(nll / ids.length);
+    const relError = Math.abs(result.tokenPerplexity - expected) / expected;
+    console.log(`perplexity ${result.tokenPerplexity.toFixed(6)} vs float64 reference ${expected.toFixed(6)}: rel error ${relError.toExponential(2)}`);
+    expect(relError).toBeLessThan(1e-4);
+    expect(result.tokens).toBe(ids.length);
+    expect(result.windows).toBe(1);
+  });
+
+  it("reads a file, and rejects a bad window or a missing file", async () => {
+    const model = await sharedModel();
+    const file = join(work, "text.txt");
+    writeFileSync(file, "One two three four five six seven eight nine ten. ".repeat(8));
+    const result = await model.perplexity({ file }, { window: 32 });
+    expect(result.windows).toBeGreaterThan(1);
+    expect(result.tokenPerplexity).toBeGreaterThan(1);
+    await expectCode(model.perplexity("x", { window: 0 }), "INVALID_ARGUMENT", /window/);
+    await expectCode(model.perplexity({ file: join(work, "missing.txt") }), "IO_ERROR");
+  });
+});
+
+describe("linearize", () => {
+  const out = join(work, "checkpoint");
+  const events: LinearizeEvent[] = [];
+  let report: LinearizeReport;
+
+  beforeAll(async () => {
+    report = await linearize(modelPath(), {
+      out,
+      data: alpacaSlice(120),
+      steps: 3,
+      seqLen: 64,
+      valFraction: 0.05,
+      maxValSequences: 3,
+      sampleMaxTokens: 6,
+      dtype: "bf16",
+      onProgress: (e) => events.push(e),
+    });
+  });
+
+  it("reports progress, three perplexities and the sample", () => {
+    const steps = events.filter((e) => e.kind === "step");
+    expect(steps.map((e) => e.step)).toEqual([1, 2, 3]);
+    for (const s of steps) {
+      expect(Number.isFinite(s.loss)).toBe(true);
+      expect(s.tokensPerSecond).toBeGreaterThan(0);
+    }
+    expect(events.filter((e) => e.kind === "eval").map((e) => e.name)).toEqual(["base", "liger (untrained)", "liger (trained)"]);
+    for (const e of [report.baseEval, report.untrainedEval, report.trainedEval]) {
+      expect(e).not.toBeNull();
+      expect(e!.ppl).toBeCloseTo(Math.exp(e!.loss), 8);
+      expect(e!.tokens).toBeGreaterThan(0);
+    }
+    expect(report.stepsDone).toBe(3);
+    expect(report.losses).toHaveLength(3);
+    expect(report.stateBytes).toBeGreaterThan(0);
+    expect(typeof report.sample).toBe("string");
+  });
+
+  it("writes a checkpoint that loads back as a Liger model and generates", async () => {
+    expect(existsSync(join(out, "config.json"))).toBe(true);
+    const model = await loadModel(out);
+    expect(model.info.liger).toMatchObject({ mixer: "gla", windowKeys: 65, softmaxLayers: [], stateBytesPerSequence: report.stateBytes });
+    const result = await model.generate("Hello", { maxTokens: 5, temperature: 0, ignoreEos: true }).result;
+    expect(result.tokens).toHaveLength(5);
+    const evaluated = await model.evaluate({ tasks: ["lambada_openai"], limit: 3, dataDir: dataDir() });
+    expect(evaluated.model).toMatch(/liger gla/);
+  });
+
+  it("aborting mid-training rejects with ABORTED", async () => {
+    const controller = new AbortController();
+    const job = linearize(modelPath(), {
+      out: join(work, "aborted"),
+      data: alpacaSlice(60),
+      steps: 50,
+      seqLen: 64,
+      valFraction: 0,
+      sample: false,
+      signal: controller.signal,
+      onProgress: (e) => e.kind === "step" && controller.abort(),
+    });
+    await expectCode(job, "ABORTED", /aborted after 1 of 50/);
+  });
+
+  it("bad options are INVALID_ARGUMENT; the GPU engine is DEVICE_UNAVAILABLE", async () => {
+    const base = { out: join(work, "never"), data: alpacaSlice(20) };
+    await expectCode(linearize(modelPath(), { ...base, window: 0 }), "INVALID_ARGUMENT", /window/);
+    await expectCode(linearize(modelPath(), { ...base, mixer: "transformer" as never }), "INVALID_ARGUMENT", /mixer/);
+    await expectCode(linearize(modelPath(), { ...base, softmaxLayers: [99] }), "INVALID_ARGUMENT", /layer 99 does not exist/);
+    await expectCode(linearize(modelPath(), { ...base, lora: { rank: 0 } }), "INVALID_ARGUMENT", /lora.rank/);
+    await expectCode(linearize(modelPath(), { ...base, device: "cuda" }), "DEVICE_UNAVAILABLE", /GPU training engine/);
+    expect(existsSync(base.out)).toBe(false);
+  });
+});

@@ -1,0 +1,244 @@
+/**
+ * Evaluation: zero-shot tasks, rolling perplexity, passkey retrieval, and the recovery of a
+ * linearized model against its base. The scoring itself runs in the core; this file checks
+ * options, finds the data, and writes reports.
+ */
+import { existsSync, renameSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+import { invalidArgument, LigerError, toLigerError } from "./errors.js";
+import { loadAddon } from "./native.js";
+
+/** Task names as lm-evaluation-harness spells them. */
+export const TASK_NAMES = [
+  "arc_easy",
+  "arc_challenge",
+  "piqa",
+  "hellaswag",
+  "winogrande",
+  "mmlu",
+  "lambada_openai",
+  "wikitext",
+] as const;
+export type TaskName = (typeof TASK_NAMES)[number];
+
+/** How the core counts its work. */
+export interface ScoreStats {
+  requests: number;
+  forwards: number;
+  truncated: number;
+  tokensProcessed: number;
+  seconds: number;
+}
+
+export interface TaskResult {
+  task: string;
+  /** The file (or folder) the items came from. */
+  source: string;
+  /** Items scored. */
+  n: number;
+  /** e.g. `acc`, `acc_stderr`, `acc_norm`, `perplexity`, `word_perplexity`. */
+  metrics: Record<string, number>;
+  /** The metric the task is quoted by. */
+  primaryMetric: string;
+  higherIsBetter: boolean;
+  warnings: string[];
+  stats: ScoreStats;
+  tokensPerSecond: number;
+}
+
+export interface PasskeyCell {
+  length: number;
+  depth: number;
+  trials: number;
+  correct: number;
+  accuracy: number;
+}
+
+export interface PasskeyReport {
+  method: string;
+  accuracy: number;
+  cells: PasskeyCell[];
+}
+
+export interface EvalReport {
+  model: string;
+  options: { maxLength: number | null; limit: number | null; seed: number; addBos: boolean; perplexityWindow: number | null };
+  tasks: TaskResult[];
+  passkey: PasskeyReport | null;
+  seconds: number;
+  tokensProcessed: number;
+  tokensPerSecond: number;
+}
+
+export interface ComparisonRow {
+  task: string;
+  metric: string;
+  higherIsBetter: boolean;
+  base: number;
+  linearized: number;
+  /** linearized / base for accuracies, base / linearized for perplexities. */
+  recovery: number;
+}
+
+export interface Comparison {
+  baseModel: string;
+  linearizedModel: string;
+  rows: ComparisonRow[];
+  /** mean(linearized) / mean(base) over the accuracy tasks; null without one. */
+  ratioOfAverages: number | null;
+  /** mean of the per-task recoveries over the accuracy tasks; null without one. */
+  meanOfRatios: number | null;
+  /** What each number means. */
+  definitions: Record<string, string>;
+}
+
+export interface PerplexityResult {
+  documents: number;
+  windows: number;
+  window: number;
+  tokens: number;
+  words: number;
+  bytes: number;
+  /** Total negative log-likelihood in nats. */
+  nll: number;
+  tokenPerplexity: number;
+  wordPerplexity: number;
+  bytePerplexity: number;
+  bitsPerByte: number;
+  stats: ScoreStats;
+}
+
+/** Events of an evaluation, in order: per task a `task`, `progress`es and a `taskDone`. */
+export type EvalEvent =
+  | { kind: "task"; task: string; index: number; count: number }
+  | { kind: "progress"; task: string; done: number; total: number }
+  | { kind: "taskDone"; task: string; result: TaskResult };
+
+export interface EvaluateOptions {
+  /** Tasks to run (default: arc_easy and lambada_openai). */
+  tasks?: readonly string[];
+  /** Score a fixed random subset of this many items per task (drawn with `seed`). */
+  limit?: number;
+  seed?: number;
+  /** Folder of the task data, laid out like the project's (`arc_easy/ARC-Easy-Test.jsonl`, ...). */
+  dataDir?: string;
+  /** Explicit files per task; they win over `dataDir`. */
+  taskFiles?: Partial<Record<string, string>>;
+  /** Longest input scored at once (longer ones are cut from the left). */
+  maxLength?: number;
+  /** Window of rolling perplexity (wikitext). */
+  window?: number;
+  /** Put BOS before every context (lm-eval's add_bos_token; default false). */
+  addBos?: boolean;
+  /** Passkey retrieval at these prompt lengths (tokens). */
+  passkey?: readonly number[];
+  /** The model's name in the report (default: its name, marked "(liger)" for a Liger model). */
+  label?: string;
+  onProgress?: (event: EvalEvent) => void;
+  signal?: AbortSignal;
+}
+
+export interface PerplexityOptions {
+  /** Tokens predicted per window (default: the base model's context length). */
+  window?: number;
+  onProgress?: (event: { kind: "progress"; done: number; total: number }) => void;
+  signal?: AbortSignal;
+}
+
+export const DEFAULT_TASKS: readonly TaskName[] = ["arc_easy", "lambada_openai"];
+
+/** The repository's root when running from a checkout (ts/dist/eval.js -> ../..). */
+function repoRoot(): string {
+  return join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+}
+
+/**
+ * Where task and training data are found when not given: `$LIGER_DATA_DIR`, else
+ * `shared/data` next to the repository when it exists; undefined otherwise.
+ */
+export function defaultDataDir(): string | undefined {
+  if (process.env.LIGER_DATA_DIR) return process.env.LIGER_DATA_DIR;
+  const nextToRepo = join(repoRoot(), "..", "shared", "data");
+  return existsSync(nextToRepo) ? nextToRepo : undefined;
+}
+
+export function isPositiveInt(v: unknown): v is number {
+  return typeof v === "number" && Number.isSafeInteger(v) && v >= 1;
+}
+
+export function checkOptional(name: string, value: unknown, rule: (v: unknown) => boolean, expected: string): void {
+  if (value !== undefined && !rule(value)) {
+    throw invalidArgument(`${name} must be ${expected}, got ${JSON.stringify(value)}`);
+  }
+}
+
+/** The options as the addon takes them, checked (absent values are undefined: napi rejects null). */
+export function resolveEvalOptions(options: EvaluateOptions, defaultLabel: string) {
+  if (options === null || typeof options !== "object") throw invalidArgument("evaluate options must be an object");
+  const tasks = [...(options.tasks ?? (options.passkey ? [] : DEFAULT_TASKS))];
+  for (const task of tasks) {
+    if (!(TASK_NAMES as readonly string[]).includes(task)) {
+      throw invalidArgument(`unknown task ${JSON.stringify(task)}; known tasks: ${TASK_NAMES.join(", ")}`);
+    }
+  }
+  if (tasks.length === 0 && !options.passkey) throw invalidArgument("give at least one task (or passkey lengths)");
+  checkOptional("limit", options.limit, isPositiveInt, "an integer >= 1");
+  checkOptional("maxLength", options.maxLength, isPositiveInt, "an integer >= 1");
+  checkOptional("window", options.window, isPositiveInt, "an integer >= 1");
+  checkOptional("seed", options.seed, (v) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0, "an integer >= 0");
+  checkOptional("passkey", options.passkey, (v) => Array.isArray(v) && v.length > 0 && v.every(isPositiveInt), "a non-empty list of lengths");
+  checkOptional("signal", options.signal, (v) => v instanceof AbortSignal, "an AbortSignal");
+  const taskFiles = Object.entries(options.taskFiles ?? {}).filter((e): e is [string, string] => typeof e[1] === "string");
+  const dataDir = options.dataDir ?? defaultDataDir();
+  const needsData = tasks.filter((t) => !taskFiles.some(([name]) => name === t));
+  if (needsData.length > 0 && dataDir === undefined) {
+    throw invalidArgument(
+      `no task data folder: set dataDir (the CLI's --data) or LIGER_DATA_DIR to a folder holding ${needsData.join(", ")}`,
+    );
+  }
+  return {
+    tasks,
+    dataDir,
+    taskFiles: taskFiles.map(([task, file]) => [task, file]),
+    limit: options.limit,
+    seed: options.seed ?? 1234,
+    maxLength: options.maxLength,
+    window: options.window,
+    addBos: options.addBos ?? false,
+    passkey: options.passkey ? [...options.passkey] : undefined,
+    label: options.label ?? defaultLabel,
+  };
+}
+
+export type ResolvedEvalOptions = ReturnType<typeof resolveEvalOptions>;
+
+/** Recovery of a linearized model's report against its base model's. */
+export function compareReports(base: EvalReport, linearized: EvalReport): Comparison {
+  return callAddon(() => loadAddon().compareReports(base, linearized));
+}
+
+/** A self-contained HTML page of reports (bar chart, tables, optional comparison). */
+export function renderEvalHtml(reports: EvalReport[], comparison?: Comparison): string {
+  return callAddon(() => loadAddon().renderEvalHtml(reports, comparison));
+}
+
+/** Write a file whole or not at all: a temporary name first, then a rename. */
+export function writeFileAtomically(path: string, text: string): void {
+  const temporary = `${path}.tmp-${process.pid}`;
+  try {
+    writeFileSync(temporary, text);
+    renameSync(temporary, path);
+  } catch (err) {
+    throw new LigerError("IO_ERROR", `${path}: could not be written (${(err as Error).message})`, { cause: err });
+  }
+}
+
+function callAddon<T>(call: () => T): T {
+  try {
+    return call();
+  } catch (err) {
+    throw toLigerError(err);
+  }
+}

@@ -1,0 +1,237 @@
+/**
+ * `linearize`: convert a Llama-family model to Liger attention (gated recurrent mixer plus
+ * sliding-window attention), train its LoRA adapters on instruction data, measure
+ * perplexity before and after, and save a checkpoint that `loadModel` reads back.
+ * The work runs in the core; this file fills in defaults and checks options.
+ */
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+
+import { invalidArgument, LigerError } from "./errors.js";
+import { checkOptional, defaultDataDir, isPositiveInt } from "./eval.js";
+import { fetchDefaultModel } from "./fetch.js";
+import { nativeLinearize } from "./native.js";
+
+export const MIXERS = ["gla", "hgrn2", "gsa", "retention", "mamba2", "rwkv6", "linear"] as const;
+export type MixerName = (typeof MIXERS)[number];
+export const LORA_TARGETS = ["q", "k", "v", "o"] as const;
+export type LoraTargetName = (typeof LORA_TARGETS)[number];
+
+export interface LinearizeOptions {
+  /** Where the checkpoint directory goes (required). */
+  out: string;
+  /** Alpaca-style .json/.jsonl file or folder; default `<data>/alpaca_cleaned`; null: convert only. */
+  data?: string | null;
+  /** The gated recurrent mixer (default "gla"). */
+  mixer?: MixerName;
+  /** Keys each query of the sliding-window branch sees (default 65). */
+  window?: number;
+  /** Weights of the recurrent and sliding-window branches (default 0.5 each). */
+  alpha?: number;
+  beta?: number;
+  /** Use the sliding-window branch (default true). */
+  useSwa?: boolean;
+  /** Layers (0-based) that keep softmax attention. */
+  softmaxLayers?: number[];
+  /** Keep softmax attention in one layer of every n (8: the paper's hybrid). */
+  softmaxEvery?: number;
+  /** LoRA adapters (default rank 8, alpha 8, on q, k, v). */
+  lora?: { rank?: number; alpha?: number; targets?: LoraTargetName[] };
+  /** Optimizer steps (default 30: a short CPU run). */
+  steps?: number;
+  /** Tokens per training sequence (default 256 on a CPU; the paper uses 1024). */
+  seqLen?: number;
+  /** Sequences per forward/backward and micro-batches per optimizer step (default 1 each). */
+  batch?: number;
+  gradAccum?: number;
+  /** AdamW learning rate (default 1e-3). */
+  lr?: number;
+  /** "constant" (default) or "cosine" (warmup over warmupSteps, then cosine decay). */
+  schedule?: "constant" | "cosine";
+  warmupSteps?: number;
+  seed?: number;
+  /** Fraction of the records held out for validation (default 0.02), and most sequences scored. */
+  valFraction?: number;
+  maxValSequences?: number;
+  /** How records become text: the Alpaca template (default) or the model's chat template. */
+  promptFormat?: "alpaca" | "chat";
+  /** Skip malformed data rows instead of failing. */
+  skipBadRows?: boolean;
+  /** An instruction answered greedily by the trained model at the end; false: none. */
+  sample?: string | false;
+  sampleMaxTokens?: number;
+  /** Storage type of the checkpoint's weights (default "f32", exact reload). */
+  dtype?: "f32" | "f16" | "bf16";
+  /** Fold the adapters into the weights. */
+  merged?: boolean;
+  /** Continue the run saved in `out`. */
+  resume?: boolean;
+  /** Validate / save every this many steps (0: only at the end). */
+  evalEvery?: number;
+  saveEvery?: number;
+  /** Where training runs; only "cpu" in this build. */
+  device?: "cpu" | "cuda";
+  onProgress?: (event: LinearizeEvent) => void;
+  signal?: AbortSignal;
+}
+
+/** Events of a run, in order: stages, evaluations, training steps, saves, the sample. */
+export type LinearizeEvent =
+  | { kind: "stage"; stage: string }
+  | {
+      kind: "step";
+      step: number;
+      totalSteps: number;
+      loss: number;
+      lr: number;
+      gradNorm: number;
+      tokensPerSecond: number;
+      elapsedSeconds: number;
+      etaSeconds: number;
+    }
+  | { kind: "eval"; name: string; loss: number; ppl: number }
+  | { kind: "saved"; path: string }
+  | { kind: "sample"; text: string };
+
+/** Mean loss over the counted tokens of the validation sequences, and its perplexity. */
+export interface ValidationResult {
+  loss: number;
+  ppl: number;
+  tokens: number;
+}
+
+export interface LinearizeReport {
+  modelName: string;
+  trainRecords: number;
+  valRecords: number;
+  skippedRows: number;
+  trainSequences: number;
+  valSequences: number;
+  /** The base (softmax) model, the converted model before training, and after. */
+  baseEval: ValidationResult | null;
+  untrainedEval: ValidationResult | null;
+  trainedEval: ValidationResult | null;
+  stepsDone: number;
+  totalSteps: number;
+  losses: number[];
+  trainSeconds: number;
+  tokensPerS: number;
+  cancelled: boolean;
+  outDir: string;
+  sample: string | null;
+  /** Decoding memory of one sequence of the converted model, in bytes. */
+  stateBytes: number;
+}
+
+export const DEFAULT_SAMPLE_PROMPT = "Give three tips for staying healthy.";
+
+/** The default training data: `alpaca_cleaned` in the data folder, when it is there. */
+export function defaultTrainingData(): string | undefined {
+  const dir = defaultDataDir();
+  const alpaca = dir && join(dir, "alpaca_cleaned");
+  return alpaca && existsSync(alpaca) ? alpaca : undefined;
+}
+
+const isNonNegativeInt = (v: unknown) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+const isFiniteNumber = (v: unknown) => typeof v === "number" && Number.isFinite(v);
+const oneOf = (values: readonly string[]) => (v: unknown) => typeof v === "string" && values.includes(v);
+
+/** Defaults filled in and every option checked; the shape the addon takes. */
+export function resolveLinearizeOptions(modelPath: string, options: LinearizeOptions) {
+  if (options === null || typeof options !== "object") throw invalidArgument("linearize options must be an object");
+  const o = options;
+  if (typeof o.out !== "string" || o.out.length === 0) throw invalidArgument("out must name the checkpoint directory to write");
+  checkOptional("device", o.device, oneOf(["cpu", "cuda"]), `"cpu" or "cuda"`);
+  if (o.device === "cuda") {
+    throw new LigerError(
+      "DEVICE_UNAVAILABLE",
+      "the GPU training engine is not available in this build yet; train on the CPU (device: \"cpu\", CLI --device cpu)",
+    );
+  }
+  checkOptional("mixer", o.mixer, oneOf(MIXERS), `one of ${MIXERS.join(", ")}`);
+  checkOptional("window", o.window, isPositiveInt, "an integer >= 1 (65 is the reference's window)");
+  checkOptional("alpha", o.alpha, isFiniteNumber, "a finite number");
+  checkOptional("beta", o.beta, isFiniteNumber, "a finite number");
+  checkOptional("useSwa", o.useSwa, (v) => typeof v === "boolean", "a boolean");
+  checkOptional("softmaxLayers", o.softmaxLayers, (v) => Array.isArray(v) && v.every(isNonNegativeInt), "a list of layer indices");
+  checkOptional("softmaxEvery", o.softmaxEvery, isPositiveInt, "an integer >= 1");
+  if (o.softmaxLayers !== undefined && o.softmaxEvery !== undefined) {
+    throw invalidArgument("give softmaxLayers or softmaxEvery, not both");
+  }
+  const lora = o.lora ?? {};
+  checkOptional("lora.rank", lora.rank, isPositiveInt, "an integer >= 1");
+  checkOptional("lora.alpha", lora.alpha, isFiniteNumber, "a finite number");
+  checkOptional("lora.targets", lora.targets, (v) => Array.isArray(v) && v.every(oneOf(LORA_TARGETS)), `a list of ${LORA_TARGETS.join(", ")}`);
+  for (const name of ["steps", "seqLen", "batch", "gradAccum", "sampleMaxTokens", "maxValSequences"] as const) {
+    checkOptional(name, o[name], isPositiveInt, "an integer >= 1");
+  }
+  for (const name of ["seed", "warmupSteps", "evalEvery", "saveEvery"] as const) {
+    checkOptional(name, o[name], isNonNegativeInt, "an integer >= 0");
+  }
+  checkOptional("lr", o.lr, (v) => isFiniteNumber(v) && (v as number) > 0, "a positive number");
+  checkOptional("valFraction", o.valFraction, (v) => isFiniteNumber(v) && (v as number) >= 0 && (v as number) < 1, "in [0, 1)");
+  checkOptional("schedule", o.schedule, oneOf(["constant", "cosine"]), `"constant" or "cosine"`);
+  checkOptional("promptFormat", o.promptFormat, oneOf(["alpaca", "chat"]), `"alpaca" or "chat"`);
+  checkOptional("dtype", o.dtype, oneOf(["f32", "f16", "bf16"]), `"f32", "f16" or "bf16"`);
+  checkOptional("sample", o.sample, (v) => v === false || (typeof v === "string" && v.length > 0), "a non-empty instruction or false");
+  checkOptional("signal", o.signal, (v) => v instanceof AbortSignal, "an AbortSignal");
+  const data = o.data === undefined ? defaultTrainingData() : o.data;
+  if (o.data === undefined && data === undefined) {
+    throw invalidArgument(
+      "no training data: pass data (the CLI's --data) with Alpaca-style records, set LIGER_DATA_DIR to a folder holding alpaca_cleaned, or data: null to convert without training",
+    );
+  }
+  checkOptional("data", data ?? undefined, (v) => typeof v === "string" && v.length > 0, "a file or folder path, or null");
+  return {
+    modelPath,
+    dataPath: data ?? undefined,
+    outDir: o.out,
+    mixer: o.mixer ?? "gla",
+    window: o.window ?? 65,
+    alpha: o.alpha ?? 0.5,
+    beta: o.beta ?? 0.5,
+    useSwa: o.useSwa ?? true,
+    softmaxLayers: o.softmaxLayers ?? [],
+    softmaxEvery: o.softmaxEvery,
+    loraRank: lora.rank ?? 8,
+    loraAlpha: lora.alpha ?? 8,
+    loraTargets: lora.targets ?? ["q", "k", "v"],
+    steps: o.steps ?? 30,
+    epochs: 1,
+    seqLen: o.seqLen ?? 256,
+    batch: o.batch ?? 1,
+    gradAccum: o.gradAccum ?? 1,
+    lr: o.lr ?? 1e-3,
+    schedule: o.schedule ?? "constant",
+    warmupSteps: o.warmupSteps ?? 0,
+    seed: o.seed ?? 0,
+    valFraction: o.valFraction ?? 0.02,
+    maxValSequences: o.maxValSequences ?? 16,
+    promptFormat: o.promptFormat ?? "alpaca",
+    skipBadRows: o.skipBadRows ?? false,
+    samplePrompt: o.sample === false ? undefined : (o.sample ?? DEFAULT_SAMPLE_PROMPT),
+    sampleMaxTokens: o.sampleMaxTokens ?? 48,
+    dtype: o.dtype ?? "f32",
+    merged: o.merged ?? false,
+    resume: o.resume ?? false,
+    evalEvery: o.evalEvery ?? 0,
+    saveEvery: o.saveEvery ?? 0,
+  };
+}
+
+export type ResolvedLinearizeOptions = ReturnType<typeof resolveLinearizeOptions>;
+
+/**
+ * Convert `modelPath` (a .gguf file or a checkpoint directory; default: the default model)
+ * to a Liger model, train it, and save it to `options.out`. Resolves to the report (three
+ * validation perplexities: base, converted untrained, trained); aborting with `signal`
+ * rejects with an ABORTED LigerError.
+ */
+export async function linearize(modelPath: string | undefined, options: LinearizeOptions): Promise<LinearizeReport> {
+  if (modelPath !== undefined && (typeof modelPath !== "string" || modelPath.length === 0)) {
+    throw invalidArgument(`model path must be a non-empty string, got ${JSON.stringify(modelPath)}`);
+  }
+  const resolved = resolveLinearizeOptions(modelPath ?? "", options);
+  resolved.modelPath = modelPath ?? (await fetchDefaultModel());
+  return nativeLinearize(resolved, { onEvent: options.onProgress, signal: options.signal });
+}
