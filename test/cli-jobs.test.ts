@@ -44,7 +44,7 @@ describe("liger eval", () => {
   });
 
   it("says how to point at the data when there is none", () => {
-    const run = liger(["eval", "--model", modelPath(), "--tasks", "arc_easy"], { LIGER_DATA_DIR: "" });
+    const run = liger(["eval", "--model", modelPath(), "--tasks", "arc_easy", "--limit", "1"], { LIGER_DATA_DIR: "" });
     // In a checkout with ../shared/data next to it the default folder exists; otherwise the error says --data.
     if (run.code !== 0) expect(run.stderr).toMatch(/INVALID_ARGUMENT: no task data folder: set dataDir \(the CLI's --data\)/);
     const unknown = liger(["eval", "--model", modelPath(), "--tasks", "arc_medium"]);
