@@ -69,10 +69,10 @@ impl ModelConfig {
         if c.num_heads == 0 || c.num_kv_heads == 0 || c.head_dim == 0 {
             return bad("head counts and head_dim must be positive".into());
         }
-        if c.num_heads % c.num_kv_heads != 0 {
+        if !c.num_heads.is_multiple_of(c.num_kv_heads) {
             return bad(format!("{} query heads are not a multiple of {} key-value heads", c.num_heads, c.num_kv_heads));
         }
-        if c.head_dim % 2 != 0 {
+        if !c.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} must be even for RoPE", c.head_dim));
         }
         if !(c.rope_theta.is_finite() && c.rope_theta > 0.0) || !(c.rms_norm_eps.is_finite() && c.rms_norm_eps > 0.0) {

@@ -180,7 +180,7 @@ impl GgmlType {
     /// Bytes needed for `n` values, or an error when `n` is not a whole number of blocks
     /// or the size overflows.
     pub fn bytes_for(self, n: usize) -> Result<usize> {
-        if n % self.block_size() != 0 {
+        if !n.is_multiple_of(self.block_size()) {
             return Err(Error::shape(format!(
                 "{} values cannot be stored as {}: rows must be a multiple of {}",
                 n,
@@ -241,7 +241,7 @@ impl QTensor {
     pub fn to_f32(&self) -> Cow<'_, [f32]> {
         if self.ty == GgmlType::F32 {
             let bytes = self.data.as_slice();
-            if (bytes.as_ptr() as usize) % 4 == 0 {
+            if (bytes.as_ptr() as usize).is_multiple_of(4) {
                 // SAFETY: aligned, length is a multiple of 4, any bit pattern is a valid f32.
                 return Cow::Borrowed(unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4) });
             }
