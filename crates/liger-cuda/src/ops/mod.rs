@@ -6,6 +6,7 @@ pub mod adamw;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod liger_feature;
+pub mod mixer;
 pub mod rms_norm;
 pub mod rope;
 pub mod swiglu;
