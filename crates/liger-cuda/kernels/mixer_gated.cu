@@ -6,7 +6,8 @@
 //    fp32 state slice in registers for the whole sequence:
 //        X_t = decay_t (.) X_{t-1} + sum_u x_u^T y_u        out_h = w_h X_t
 //    The forward is rows = key dims, columns = value dims, decay along rows (exp of the
-//    log-gate, always <= 1, so nothing overflows), x = kf, y = v, w = qf of each query head
+//    log-gate, always <= 1, so nothing overflows; tiles of tokens are copied in asynchronously,
+//    the next while the current one is computed), x = kf, y = v, w = qf of each query head
 //    of the group. The backward runs the same loop three more times: dqf forward with the
 //    state transposed (decay along columns), and the state gradient backward in time in both
 //    orientations for dv and dkf (see mixer.rs).
@@ -78,9 +79,9 @@ template <typename T> __device__ __forceinline__ void store_row(T* y, int d, con
 }
 
 // Rows [0, q_rows) are query heads: qf = softmax(q). Rows [q_rows, q_rows + kv_rows) are key
-// and value heads: kf and g per `kind`, vf = v.
+// and value heads: kf and the decay exp(log-gate) per `kind`, vf = v.
 template <typename T>
-__device__ void mixer_features(const T* q, const T* k, const T* v, float* qf, float* kf, float* g, float* vf, long long q_rows,
+__device__ void mixer_features(const T* q, const T* k, const T* v, float* qf, float* kf, float* decay, float* vf, long long q_rows,
                                long long kv_rows, int d, int kind, float gate_scale) {
     long long row = mixer_warp_row(q_rows + kv_rows);
     if (row < 0) return;
@@ -118,17 +119,19 @@ __device__ void mixer_features(const T* q, const T* k, const T* v, float* qf, fl
         softmax_row(r);
     }
     store_row(kf + row * d, d, r);
-    store_row(g + row * d, d, gate);
+#pragma unroll
+    for (int i = 0; i < ROW_SLOTS; ++i) gate[i] = expf(gate[i]);  // <= 1: the decay
+    store_row(decay + row * d, d, gate);
 }
 
 // One CTA's share of a scan; see the notes at the top and mixer.rs for the four uses.
 // Tensors are [B, T, heads, d] with `n` heads per key-value head (1 or the group size G).
 struct ScanParams {
-    const float* x;   // update rows, x_n heads per kv head
-    const float* y;   // update columns, y heads paired with x
-    const float* w;   // read-out rows, w_n heads per kv head
-    const float* g;   // log-gates [B, T, hkv, d]
-    void* out;        // [B, T, w_n * hkv, d]
+    const float* x;      // update rows, x_n heads per kv head
+    const float* y;      // update columns, y heads paired with x
+    const float* w;      // read-out rows, w_n heads per kv head
+    const float* decay;  // exp(log-gate) [B, T, hkv, d]
+    void* out;           // [B, T, w_n * hkv, d]
     const float* initial;  // [B, hkv, d, d] or null (zeros)
     float* final_state;    // [B, hkv, d, d] or null
     int batch, tokens, hkv, d;
@@ -136,8 +139,97 @@ struct ScanParams {
     int tile;  // tokens per shared-memory tile
 };
 
-// Shared memory of one tile (floats, rows padded to SCAN_WARPS * RPT): x, y, w, decays and
-// the warps' partial read-outs; the host sizes it the same way (mixer.rs, scan_tile_floats).
+// Asynchronous global -> shared copies (sm_80+; plain copies before that). Waiting for all
+// but the most recent group lets the next tile load while the current one is computed.
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (unsigned)a;
+}
+__device__ __forceinline__ void copy_async4(float* dst, const float* src) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(shared_address(dst)), "l"(src));
+#else
+    *dst = *src;
+#endif
+}
+__device__ __forceinline__ void copy_async16(float* dst, const float* src) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(dst)), "l"(src));
+#else
+    *(float4*)dst = *(const float4*)src;
+#endif
+}
+__device__ __forceinline__ void copy_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits for every copy group but the newest `pending` (0 or 1).
+__device__ __forceinline__ void copy_wait(int pending) {
+#if __CUDA_ARCH__ >= 800
+    if (pending) asm volatile("cp.async.wait_group 1;\n" ::);
+    else asm volatile("cp.async.wait_group 0;\n" ::);
+#endif
+}
+
+// Copies `count` consecutive floats (count <= d, from a row start) into shared memory in
+// pieces of 4 when rows are 16-byte aligned (d % 4 == 0), else one by one.
+__device__ __forceinline__ void copy_row_part(float* dst, const float* src, int count, bool aligned, int tid, int threads) {
+    if (aligned) {
+        for (int e = 4 * tid; e < count; e += 4 * threads) copy_async16(dst + e, src + e);
+    } else {
+        for (int e = tid; e < count; e += threads) copy_async4(dst + e, src + e);
+    }
+}
+
+// Shared memory of one tile buffer, in floats (rows padded to SCAN_WARPS * RPT); the CTA
+// has two (double buffering) and one partial read-out area. The host sizes it the same way
+// (mixer.rs, scan_floats_per_token).
+__device__ __forceinline__ int tile_buffer_floats(const ScanParams& p, int rows, bool decay_cols) {
+    return p.tile * (p.x_n * rows + p.x_n * 32 + p.w_n * rows + (decay_cols ? 32 : rows));
+}
+
+template <int RPT, bool DECAY_COLS> struct TileBuffer {
+    float *x, *y, *w, *dec;
+    __device__ TileBuffer(float* base, const ScanParams& p) {
+        const int rows = SCAN_WARPS * RPT;
+        x = base;
+        y = x + p.tile * p.x_n * rows;
+        w = y + p.tile * p.x_n * 32;
+        dec = w + p.tile * p.w_n * rows;
+    }
+};
+
+template <int RPT, bool DECAY_COLS, bool REVERSE>
+__device__ void load_tile(const ScanParams& p, TileBuffer<RPT, DECAY_COLS> buf, int b, int kvh, int col0, int t0, int len) {
+    const int rows = SCAN_WARPS * RPT, d = p.d, T = p.tokens;
+    const bool aligned = (d & 3) == 0;
+    const int cols = min(32, d - col0);
+    // Warps take (token, head) rows in turn; the lanes copy a row's values.
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    auto at = [&](int t, int n, int h) -> size_t { return (((size_t)b * T + t) * (p.hkv * n) + (size_t)kvh * n + h) * d; };
+    for (int i = warp; i < len * p.x_n; i += SCAN_WARPS) {
+        const int j = i / p.x_n, h = i % p.x_n;
+        copy_row_part(buf.x + i * rows, p.x + at(t0 + j, p.x_n, h), d, aligned, lane, 32);
+        copy_row_part(buf.y + i * 32, p.y + at(t0 + j, p.x_n, h) + col0, cols, aligned, lane, 32);
+    }
+    for (int i = warp; i < len * p.w_n; i += SCAN_WARPS) {
+        const int j = i / p.w_n, h = i % p.w_n;
+        copy_row_part(buf.w + i * rows, p.w + at(t0 + j, p.w_n, h), d, aligned, lane, 32);
+    }
+    const int dec_n = DECAY_COLS ? 32 : rows;
+    for (int j = warp; j < len; j += SCAN_WARPS) {
+        // Backward in time the state gradient decays with the gate of the step after.
+        const int t = REVERSE ? t0 + j + 1 : t0 + j;
+        if (t < T) {
+            copy_row_part(buf.dec + j * dec_n, p.decay + at(t, 1, 0) + (DECAY_COLS ? col0 : 0), DECAY_COLS ? cols : d, aligned, lane, 32);
+        } else {
+            for (int e = lane; e < dec_n; e += 32) buf.dec[j * dec_n + e] = 1.0f;  // the state gradient is still zero
+        }
+    }
+}
+
 template <typename OutT, int RPT, bool DECAY_COLS, bool REVERSE> __device__ void gated_scan(const ScanParams p) {
     extern __shared__ float4 smem4[];
     float* smem = (float*)smem4;
@@ -146,11 +238,13 @@ template <typename OutT, int RPT, bool DECAY_COLS, bool REVERSE> __device__ void
     const int col0 = blockIdx.x * 32, kvh = blockIdx.y, b = blockIdx.z;
     const int col = col0 + lane, row0 = warp * RPT;
     const int d = p.d, L = p.tile, T = p.tokens;
-    float* s_x = smem;
-    float* s_y = s_x + L * p.x_n * rows;
-    float* s_w = s_y + L * p.x_n * 32;
-    float* s_dec = s_w + L * p.w_n * rows;
-    float* s_part = s_dec + L * (DECAY_COLS ? 32 : rows);
+    const int buf_floats = tile_buffer_floats(p, rows, DECAY_COLS);
+    TileBuffer<RPT, DECAY_COLS> bufs[2] = {TileBuffer<RPT, DECAY_COLS>(smem, p), TileBuffer<RPT, DECAY_COLS>(smem + buf_floats, p)};
+    float* s_part = smem + 2 * buf_floats;
+
+    // Padding (rows and columns past d) is never copied: zeros keep the padded state at zero.
+    for (int i = threadIdx.x; i < 2 * buf_floats; i += blockDim.x) smem[i] = 0.0f;
+    __syncthreads();
 
     const size_t state_base = ((size_t)b * p.hkv + kvh) * d * d;
     float s[RPT];
@@ -159,44 +253,34 @@ template <typename OutT, int RPT, bool DECAY_COLS, bool REVERSE> __device__ void
         const int r = row0 + i;
         s[i] = (p.initial && r < d && col < d) ? p.initial[state_base + (size_t)r * d + col] : 0.0f;
     }
-    // Offset of (token t, head `first + h`) in a [B, T, heads, d] tensor.
     auto at = [&](int t, int n, int h) -> size_t { return (((size_t)b * T + t) * (p.hkv * n) + (size_t)kvh * n + h) * d; };
 
     const int tiles = (T + L - 1) / L;
+    auto tile_start = [&](int ti) { return (REVERSE ? tiles - 1 - ti : ti) * L; };
+    if (tiles > 0) {
+        load_tile<RPT, DECAY_COLS, REVERSE>(p, bufs[0], b, kvh, col0, tile_start(0), min(L, T - tile_start(0)));
+        copy_commit();
+    }
     for (int ti = 0; ti < tiles; ++ti) {
-        const int tile = REVERSE ? tiles - 1 - ti : ti;
-        const int t0 = tile * L, len = min(L, T - t0);
-        // Load the tile: rows and read-outs padded with zeros, decays for each step.
-        for (int i = threadIdx.x; i < L * p.x_n * rows; i += blockDim.x) {
-            const int r = i % rows, h = (i / rows) % p.x_n, j = i / (rows * p.x_n);
-            s_x[i] = (j < len && r < d) ? p.x[at(t0 + j, p.x_n, h) + r] : 0.0f;
+        const int t0 = tile_start(ti), len = min(L, T - t0);
+        const bool more = ti + 1 < tiles;
+        if (more) {
+            const int n0 = tile_start(ti + 1);
+            load_tile<RPT, DECAY_COLS, REVERSE>(p, bufs[(ti + 1) & 1], b, kvh, col0, n0, min(L, T - n0));
+            copy_commit();
         }
-        for (int i = threadIdx.x; i < L * p.x_n * 32; i += blockDim.x) {
-            const int c = col0 + i % 32, h = (i / 32) % p.x_n, j = i / (32 * p.x_n);
-            s_y[i] = (j < len && c < d) ? p.y[at(t0 + j, p.x_n, h) + c] : 0.0f;
-        }
-        for (int i = threadIdx.x; i < L * p.w_n * rows; i += blockDim.x) {
-            const int r = i % rows, h = (i / rows) % p.w_n, j = i / (rows * p.w_n);
-            s_w[i] = (j < len && r < d) ? p.w[at(t0 + j, p.w_n, h) + r] : 0.0f;
-        }
-        const int dec_n = DECAY_COLS ? 32 : rows;
-        for (int i = threadIdx.x; i < L * dec_n; i += blockDim.x) {
-            const int e = i % dec_n, j = i / dec_n;
-            const int dim = DECAY_COLS ? col0 + e : e;
-            // Backward in time the state gradient decays with the gate of the step after.
-            const int t = REVERSE ? t0 + j + 1 : t0 + j;
-            s_dec[i] = (j < len && t < T && dim < d) ? expf(p.g[at(t, 1, 0) + dim]) : 1.0f;
-        }
+        copy_wait(more ? 1 : 0);
         __syncthreads();
+        const TileBuffer<RPT, DECAY_COLS> buf = bufs[ti & 1];
 
         for (int jj = 0; jj < len; ++jj) {
             const int j = REVERSE ? len - 1 - jj : jj;
             if (DECAY_COLS) {
-                const float a = s_dec[j * 32 + lane];
+                const float a = buf.dec[j * 32 + lane];
 #pragma unroll
                 for (int i = 0; i < RPT; ++i) s[i] *= a;
             } else {
-                const float4* a4 = (const float4*)(s_dec + j * rows + row0);
+                const float4* a4 = (const float4*)(buf.dec + j * rows + row0);
 #pragma unroll
                 for (int i = 0; i < RPT / 4; ++i) {
                     const float4 a = a4[i];
@@ -204,8 +288,8 @@ template <typename OutT, int RPT, bool DECAY_COLS, bool REVERSE> __device__ void
                 }
             }
             for (int h = 0; h < p.x_n; ++h) {
-                const float yv = s_y[(j * p.x_n + h) * 32 + lane];
-                const float4* x4 = (const float4*)(s_x + (j * p.x_n + h) * rows + row0);
+                const float yv = buf.y[(j * p.x_n + h) * 32 + lane];
+                const float4* x4 = (const float4*)(buf.x + (j * p.x_n + h) * rows + row0);
 #pragma unroll
                 for (int i = 0; i < RPT / 4; ++i) {
                     const float4 x = x4[i];
@@ -216,31 +300,32 @@ template <typename OutT, int RPT, bool DECAY_COLS, bool REVERSE> __device__ void
                 }
             }
             for (int h = 0; h < p.w_n; ++h) {
-                const float4* w4 = (const float4*)(s_w + (j * p.w_n + h) * rows + row0);
-                float acc = 0.0f;
+                const float4* w4 = (const float4*)(buf.w + (j * p.w_n + h) * rows + row0);
+                // Four independent sums: a shorter dependency chain.
+                float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
 #pragma unroll
                 for (int i = 0; i < RPT / 4; ++i) {
                     const float4 w = w4[i];
-                    acc = fmaf(w.x, s[4 * i], acc);
-                    acc = fmaf(w.y, s[4 * i + 1], acc);
-                    acc = fmaf(w.z, s[4 * i + 2], acc);
-                    acc = fmaf(w.w, s[4 * i + 3], acc);
+                    a0 = fmaf(w.x, s[4 * i], a0);
+                    a1 = fmaf(w.y, s[4 * i + 1], a1);
+                    a2 = fmaf(w.z, s[4 * i + 2], a2);
+                    a3 = fmaf(w.w, s[4 * i + 3], a3);
                 }
-                s_part[((warp * L + j) * p.w_n + h) * 32 + lane] = acc;
+                s_part[((warp * L + j) * p.w_n + h) * 32 + lane] = (a0 + a1) + (a2 + a3);
             }
         }
         __syncthreads();
-        // Sum the warps' partial read-outs and write the tile's outputs.
+        // Sum the warps' partial read-outs and write the tile's outputs. The next tile's
+        // copies go to the other buffer; its steps start after the next barrier.
         OutT* out = (OutT*)p.out;
         for (int i = threadIdx.x; i < len * p.w_n * 32; i += blockDim.x) {
-            const int c = col0 + i % 32, h = (i / 32) % p.w_n, j = i / (32 * p.w_n);
+            const int c = col0 + (i & 31), h = (i >> 5) % p.w_n, j = (i >> 5) / p.w_n;
             if (c >= d) continue;
             float acc = 0.0f;
 #pragma unroll
-            for (int w = 0; w < SCAN_WARPS; ++w) acc += s_part[((w * L + j) * p.w_n + h) * 32 + c - col0];
+            for (int w = 0; w < SCAN_WARPS; ++w) acc += s_part[((w * L + j) * p.w_n + h) * 32 + (i & 31)];
             out[at(t0 + j, p.w_n, h) + c] = from_f32<OutT>(acc);
         }
-        // The next tile's loads do not touch s_part; its steps start after the next barrier.
     }
     if (p.final_state) {
 #pragma unroll
@@ -252,22 +337,36 @@ template <typename OutT, int RPT, bool DECAY_COLS, bool REVERSE> __device__ void
 }
 
 // Log-gate gradient, one thread per (sequence, kv head, key dim), backward over time:
-// dg_t = sum_{s >= t} (sum_h qf_{h,s} dqf_{h,s} - kf_s dkf_s).
+// dg_t = sum_{s >= t} (sum_h qf_{h,s} dqf_{h,s} - kf_s dkf_s). Eight tokens at a time, so
+// their loads are in flight together.
+#define GATE_GRAD_UNROLL 8
 extern "C" __global__ void mixer_gate_grad_f32(const float* qf, const float* dqf, const float* kf, const float* dkf, float* dg, int batch,
                                                int tokens, int hkv, int group, int d) {
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long long)batch * hkv * d) return;
     const int dim = idx % d, kvh = (idx / d) % hkv, b = idx / ((long long)d * hkv);
     float acc = 0.0f;
-    for (int t = tokens - 1; t >= 0; --t) {
-        const size_t kv = (((size_t)b * tokens + t) * hkv + kvh) * d + dim;
-        float dG = -kf[kv] * dkf[kv];
-        for (int h = 0; h < group; ++h) {
-            const size_t qi = (((size_t)b * tokens + t) * hkv * group + (size_t)kvh * group + h) * d + dim;
-            dG += qf[qi] * dqf[qi];
+    for (int t1 = tokens; t1 > 0; t1 -= GATE_GRAD_UNROLL) {
+        float dG[GATE_GRAD_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GATE_GRAD_UNROLL; ++u) {
+            const int t = t1 - 1 - u;
+            dG[u] = 0.0f;
+            if (t < 0) continue;
+            const size_t kv = (((size_t)b * tokens + t) * hkv + kvh) * d + dim;
+            dG[u] = -kf[kv] * dkf[kv];
+            for (int h = 0; h < group; ++h) {
+                const size_t qi = (((size_t)b * tokens + t) * hkv * group + (size_t)kvh * group + h) * d + dim;
+                dG[u] += qf[qi] * dqf[qi];
+            }
         }
-        acc += dG;
-        dg[kv] = acc;
+#pragma unroll
+        for (int u = 0; u < GATE_GRAD_UNROLL; ++u) {
+            const int t = t1 - 1 - u;
+            if (t < 0) continue;
+            acc += dG[u];
+            dg[(((size_t)b * tokens + t) * hkv + kvh) * d + dim] = acc;
+        }
     }
 }
 
@@ -317,9 +416,9 @@ __device__ void mixer_features_backward(const T* k, const float* qf, const float
 }
 
 #define MIXER_ROW_KERNELS(T, SUFFIX)                                                                                                         \
-    extern "C" __global__ void mixer_features_##SUFFIX(const T* q, const T* k, const T* v, float* qf, float* kf, float* g, float* vf,      \
+    extern "C" __global__ void mixer_features_##SUFFIX(const T* q, const T* k, const T* v, float* qf, float* kf, float* decay, float* vf,  \
                                                        long long q_rows, long long kv_rows, int d, int kind, float gate_scale) {            \
-        mixer_features<T>(q, k, v, qf, kf, g, vf, q_rows, kv_rows, d, kind, gate_scale);                                                   \
+        mixer_features<T>(q, k, v, qf, kf, decay, vf, q_rows, kv_rows, d, kind, gate_scale);                                                   \
     }                                                                                                                                        \
     extern "C" __global__ void mixer_features_backward_##SUFFIX(const T* k, const float* qf, const float* dqf, const float* kf,             \
                                                                 const float* dkf, const float* dg, const float* dvf, T* dq, T* dk, T* dv, \

@@ -16,6 +16,7 @@
 
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
+use crate::error::driver_error;
 use crate::kernels::MIXER_GATED;
 use crate::launch::{elementwise, expect_len, warp_per_row, BLOCK};
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -28,8 +29,15 @@ pub const MAX_HEAD_DIM: usize = 128;
 const SCAN_WARPS: usize = 4;
 /// State columns per scan CTA (one per lane).
 const SCAN_COLS: usize = 32;
-/// Shared memory a scan may use without opting in to more.
-const SCAN_SHARED_BYTES: usize = 48 * 1024;
+/// Shared memory a scan CTA may use: 96 KB on compute capability 8.0 and newer (two CTAs fit
+/// an SM), else the 48 KB every GPU gives without opting in.
+fn scan_shared_bytes(compute_capability: (i32, i32)) -> usize {
+    if compute_capability.0 >= 8 {
+        96 * 1024
+    } else {
+        48 * 1024
+    }
+}
 /// Most tokens per shared-memory tile of a scan.
 const MAX_TILE: usize = 16;
 
@@ -131,15 +139,17 @@ impl Scan {
     }
 }
 
-/// Floats of shared memory per token of a scan tile (kernel: the layout in `gated_scan`).
+/// Floats of shared memory per token of a scan tile (kernel: `tile_buffer_floats` and the
+/// layout in `gated_scan`): two buffers of x, y, w and decays, and the warps' partial read-outs.
 fn scan_floats_per_token(x_n: usize, w_n: usize, rows: usize, decay_cols: bool) -> usize {
-    x_n * rows + x_n * SCAN_COLS + w_n * rows + if decay_cols { SCAN_COLS } else { rows } + SCAN_WARPS * w_n * SCAN_COLS
+    let buffer = x_n * rows + x_n * SCAN_COLS + w_n * rows + if decay_cols { SCAN_COLS } else { rows };
+    2 * buffer + SCAN_WARPS * w_n * SCAN_COLS
 }
 
-/// Tokens per tile that fit the shared memory, or an error when not even one does.
-fn scan_tile(x_n: usize, w_n: usize, rows: usize, decay_cols: bool) -> Result<usize> {
+/// Tokens per tile that fit `shared_bytes`, or an error when not even one does.
+fn scan_tile(x_n: usize, w_n: usize, rows: usize, decay_cols: bool, shared_bytes: usize) -> Result<usize> {
     let per_token = scan_floats_per_token(x_n, w_n, rows, decay_cols) * 4;
-    let tile = (SCAN_SHARED_BYTES / per_token).min(MAX_TILE);
+    let tile = (shared_bytes / per_token).min(MAX_TILE);
     if tile == 0 {
         return Err(Error::invalid_argument(format!(
             "{} query heads per key-value head are more than the GPU mixer kernels take: use the CPU backend",
@@ -156,7 +166,7 @@ struct ScanParams {
     x: u64,
     y: u64,
     w: u64,
-    g: u64,
+    decay: u64,
     out: u64,
     initial: u64,
     final_state: u64,
@@ -189,7 +199,7 @@ struct ScanOperands {
     x: u64,
     y: u64,
     w: u64,
-    g: u64,
+    decay: u64,
     out: u64,
     initial: u64,
     final_state: u64,
@@ -201,12 +211,12 @@ fn launch_scan(ctx: &GpuContext, scan: Scan, bf16_out: bool, dims: MixerDims, op
     let d = dims.shape.d;
     let rpt = rows_per_thread(d);
     let rows = rpt * SCAN_WARPS;
-    let tile = scan_tile(x_n, w_n, rows, scan.decays_columns())?;
+    let tile = scan_tile(x_n, w_n, rows, scan.decays_columns(), scan_shared_bytes(ctx.info().compute_capability))?;
     let params = ScanParams {
         x: ops.x,
         y: ops.y,
         w: ops.w,
-        g: ops.g,
+        decay: ops.decay,
         out: ops.out,
         initial: ops.initial,
         final_state: ops.final_state,
@@ -233,6 +243,10 @@ fn launch_scan(ctx: &GpuContext, scan: Scan, bf16_out: bool, dims: MixerDims, op
     };
     let name = scan.entry(bf16_out, rpt);
     let f = ctx.function(&MIXER_GATED, name)?;
+    if shared > 48 * 1024 {
+        let attribute = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        f.set_attribute(attribute, shared as i32).map_err(|e| driver_error(e, &format!("allowing {name} {shared} bytes of shared memory")))?;
+    }
     let mut launch = ctx.stream().launch_builder(&f);
     launch.arg(&params);
     // SAFETY: the pointers hold the tensors of `dims` (checked by the callers), the grid
@@ -244,7 +258,7 @@ fn launch_scan(ctx: &GpuContext, scan: Scan, bf16_out: bool, dims: MixerDims, op
 struct Features {
     qf: GpuBuffer<f32>,
     kf: GpuBuffer<f32>,
-    g: GpuBuffer<f32>,
+    decay: GpuBuffer<f32>,
     vf: GpuBuffer<f32>,
 }
 
@@ -253,7 +267,7 @@ fn features<T: GpuElement>(ctx: &GpuContext, dims: MixerDims, kind: i32, scale: 
     let mut f = Features {
         qf: GpuBuffer::zeros(ctx, dims.q_len())?,
         kf: GpuBuffer::zeros(ctx, dims.kv_len())?,
-        g: GpuBuffer::zeros(ctx, dims.kv_len())?,
+        decay: GpuBuffer::zeros(ctx, dims.kv_len())?,
         vf: GpuBuffer::zeros(ctx, dims.kv_len())?,
     };
     let q_rows = (dims.q_len() / dims.shape.d) as i64;
@@ -263,7 +277,7 @@ fn features<T: GpuElement>(ctx: &GpuContext, dims: MixerDims, kind: i32, scale: 
     let d = int("d", dims.shape.d)?;
     let mut launch = ctx.stream().launch_builder(&func);
     launch.arg(q.slice()).arg(k.slice()).arg(v.slice());
-    launch.arg(f.qf.slice_mut()).arg(f.kf.slice_mut()).arg(f.g.slice_mut()).arg(f.vf.slice_mut());
+    launch.arg(f.qf.slice_mut()).arg(f.kf.slice_mut()).arg(f.decay.slice_mut()).arg(f.vf.slice_mut());
     launch.arg(&q_rows).arg(&kv_rows).arg(&d).arg(&kind).arg(&scale);
     // SAFETY: q and qf hold q_rows rows of d, the others kv_rows rows; one warp per row.
     ctx.check_launch(unsafe { launch.launch(warp_per_row((q_rows + kv_rows) as usize)) }, name)?;
@@ -309,7 +323,7 @@ pub fn mixer_chunk_forward<T: GpuElement>(
         x: ptr(ctx, &f.kf),
         y: ptr(ctx, &f.vf),
         w: ptr(ctx, &f.qf),
-        g: ptr(ctx, &f.g),
+        decay: ptr(ctx, &f.decay),
         out: ptr_mut(ctx, o),
         initial: initial.map_or(0, |s| ptr(ctx, s)),
         final_state: final_state.map_or(0, |s| ptr_mut(ctx, s)),
@@ -345,7 +359,7 @@ pub fn mixer_recurrent_step<T: GpuElement>(
         x: ptr(ctx, &f.kf),
         y: ptr(ctx, &f.vf),
         w: ptr(ctx, &f.qf),
-        g: ptr(ctx, &f.g),
+        decay: ptr(ctx, &f.decay),
         out: ptr_mut(ctx, o_t),
         initial: s,
         final_state: s,
@@ -383,7 +397,7 @@ pub fn mixer_chunk_backward<T: GpuElement>(
     let mut dqf = GpuBuffer::<f32>::zeros(ctx, dims.q_len())?;
     let mut dkf = GpuBuffer::<f32>::zeros(ctx, dims.kv_len())?;
     let mut dvf = GpuBuffer::<f32>::zeros(ctx, dims.kv_len())?;
-    let (qf, kf, vf, g) = (ptr(ctx, &f.qf), ptr(ctx, &f.kf), ptr(ctx, &f.vf), ptr(ctx, &f.g));
+    let (qf, kf, vf, decay) = (ptr(ctx, &f.qf), ptr(ctx, &f.kf), ptr(ctx, &f.vf), ptr(ctx, &f.decay));
     let scans = [
         // dqf_t = do_t S_t^T: the state transposed (rows = value dims), read out by do.
         (Scan::ColsForward, vf, kf, do_ptr, ptr_mut(ctx, &mut dqf), 1, group),
@@ -393,7 +407,7 @@ pub fn mixer_chunk_backward<T: GpuElement>(
         (Scan::ColsReverse, do_ptr, qf, vf, ptr_mut(ctx, &mut dkf), group, 1),
     ];
     for (scan, x, y, w, out, x_n, w_n) in scans {
-        let ops = ScanOperands { x, y, w, g, out, initial: 0, final_state: 0 };
+        let ops = ScanOperands { x, y, w, decay, out, initial: 0, final_state: 0 };
         launch_scan(ctx, scan, false, dims, ops, x_n, w_n)?;
     }
 
@@ -479,13 +493,16 @@ mod tests {
         for (x_n, w_n) in [(1, 1), (1, 4), (4, 1), (1, 8), (8, 1), (1, 16)] {
             for rows in [64, 128] {
                 for cols in [false, true] {
-                    let tile = scan_tile(x_n, w_n, rows, cols).unwrap();
-                    assert!((1..=MAX_TILE).contains(&tile));
-                    assert!(tile * scan_floats_per_token(x_n, w_n, rows, cols) * 4 <= SCAN_SHARED_BYTES);
+                    for cc in [(7, 5), (9, 0)] {
+                        let bytes = scan_shared_bytes(cc);
+                        let tile = scan_tile(x_n, w_n, rows, cols, bytes).unwrap();
+                        assert!((1..=MAX_TILE).contains(&tile));
+                        assert!(tile * scan_floats_per_token(x_n, w_n, rows, cols) * 4 <= bytes);
+                    }
                 }
             }
         }
-        assert_eq!(scan_tile(1, 64, 128, false).unwrap_err().code, ErrorCode::InvalidArgument);
+        assert_eq!(scan_tile(1, 64, 128, false, scan_shared_bytes((9, 0))).unwrap_err().code, ErrorCode::InvalidArgument);
         assert_eq!(rows_per_thread(64), 16);
         assert_eq!(rows_per_thread(80), 32);
         assert_eq!(rows_per_thread(128), 32);
