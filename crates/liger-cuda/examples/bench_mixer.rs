@@ -42,7 +42,25 @@ fn values<T: GpuElement>(n: usize, seed: u64) -> Vec<T> {
         .collect()
 }
 
-fn bench<T: GpuElement>(ctx: &GpuContext, name: &str, kind: MixerKind, batch: usize, tokens: usize, hq: usize, hkv: usize, d: usize) -> Result<()> {
+/// Keeps freed device memory in the driver's default pool instead of returning it at each
+/// synchronisation, so that the operations' scratch buffers are not mapped afresh every call.
+fn keep_pool_memory() -> Result<()> {
+    use cudarc::driver::sys;
+    let fail = |what: &str| liger_core::Error::internal(format!("{what} failed"));
+    let (mut dev, mut pool) = (0, std::ptr::null_mut());
+    let mut threshold = u64::MAX;
+    // SAFETY: plain driver calls on device 0 with out-pointers to locals.
+    unsafe {
+        sys::cuDeviceGet(&mut dev, 0).result().map_err(|_| fail("cuDeviceGet"))?;
+        sys::cuDeviceGetDefaultMemPool(&mut pool, dev).result().map_err(|_| fail("cuDeviceGetDefaultMemPool"))?;
+        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+        sys::cuMemPoolSetAttribute(pool, attr, &mut threshold as *mut u64 as *mut std::ffi::c_void).result().map_err(|_| fail("cuMemPoolSetAttribute"))?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench<T: GpuElement>(ctx: &GpuContext, pool: &str, name: &str, kind: MixerKind, batch: usize, tokens: usize, hq: usize, hkv: usize, d: usize) -> Result<()> {
     let shape = HeadShape::new(hq, hkv, d)?;
     let cfg = MixerConfig::new(kind);
     let dims = MixerDims { batch, tokens, shape };
@@ -60,7 +78,7 @@ fn bench<T: GpuElement>(ctx: &GpuContext, name: &str, kind: MixerKind, batch: us
     let mut ot = GpuBuffer::<T>::zeros(ctx, batch * hq * d)?;
     let step = time_ms(ctx, || mixer_recurrent_step(ctx, &cfg, batch, shape, &mut state, &qt, &kt, &vt, &mut ot))?;
     println!(
-        "{{\"bench\":\"mixer\",\"shape\":\"{name}\",\"kind\":\"{}\",\"dtype\":\"{}\",\"B\":{batch},\"T\":{tokens},\"hq\":{hq},\"hkv\":{hkv},\"d\":{d},\"fwd_ms\":{fwd:.3},\"bwd_ms\":{bwd:.3},\"fwd_bwd_ms\":{:.3},\"step_ms\":{step:.4}}}",
+        "{{\"bench\":\"mixer\",\"pool\":\"{pool}\",\"shape\":\"{name}\",\"kind\":\"{}\",\"dtype\":\"{}\",\"B\":{batch},\"T\":{tokens},\"hq\":{hq},\"hkv\":{hkv},\"d\":{d},\"fwd_ms\":{fwd:.3},\"bwd_ms\":{bwd:.3},\"fwd_bwd_ms\":{:.3},\"step_ms\":{step:.4}}}",
         kind.name(),
         T::KERNEL_SUFFIX,
         fwd + bwd
@@ -71,11 +89,16 @@ fn bench<T: GpuElement>(ctx: &GpuContext, name: &str, kind: MixerKind, batch: us
 fn main() -> Result<()> {
     let ctx = GpuContext::new(0)?;
     println!("{{\"device\":\"{}\"}}", ctx.info().name);
-    bench::<bf16>(&ctx, "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
-    bench::<f32>(&ctx, "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
-    bench::<bf16>(&ctx, "1b", MixerKind::Gla, 8, 2048, 32, 8, 64)?;
-    bench::<bf16>(&ctx, "135m", MixerKind::Gla, 8, 2048, 9, 3, 64)?;
-    bench::<f32>(&ctx, "135m", MixerKind::Gla, 8, 2048, 9, 3, 64)?;
-    bench::<bf16>(&ctx, "135m-rwkv6", MixerKind::Rwkv6, 8, 2048, 9, 3, 64)?;
+    // First as the library runs by default (the pool returns memory at synchronisation), then
+    // with the pool keeping it, which leaves the kernels' own time.
+    bench::<bf16>(&ctx, "default", "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
+    bench::<bf16>(&ctx, "default", "135m", MixerKind::Gla, 8, 2048, 9, 3, 64)?;
+    keep_pool_memory()?;
+    bench::<bf16>(&ctx, "kept", "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
+    bench::<f32>(&ctx, "kept", "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
+    bench::<bf16>(&ctx, "kept", "1b", MixerKind::Gla, 8, 2048, 32, 8, 64)?;
+    bench::<bf16>(&ctx, "kept", "135m", MixerKind::Gla, 8, 2048, 9, 3, 64)?;
+    bench::<f32>(&ctx, "kept", "135m", MixerKind::Gla, 8, 2048, 9, 3, 64)?;
+    bench::<bf16>(&ctx, "kept", "135m-rwkv6", MixerKind::Rwkv6, 8, 2048, 9, 3, 64)?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 // The gated recurrent mixers (every Liger mixer but GSA) on the GPU, in three kinds of kernel:
 //
 // 1. Feature maps, one warp per row (a token's head, d <= 128): queries -> softmax, keys ->
-//    key features and log-gates per mixer kind, values and output gradients -> f32.
+//    key features and decays exp(log-gate) per mixer kind, values and output gradients -> f32.
 // 2. The gated scan, one CTA per (sequence, key-value head, block of 32 state columns), the
 //    fp32 state slice in registers for the whole sequence:
 //        X_t = decay_t (.) X_{t-1} + sum_u x_u^T y_u        out_h = w_h X_t
@@ -11,8 +11,8 @@
 //    of the group. The backward runs the same loop three more times: dqf forward with the
 //    state transposed (decay along columns), and the state gradient backward in time in both
 //    orientations for dv and dkf (see mixer.rs).
-// 3. Backward finishing, one warp per row: the log-gate gradient (a reverse cumulative sum
-//    over time), then the feature-map backward of queries and keys.
+// 3. Backward finishing: the log-gate gradient (a reverse cumulative sum over time, one thread
+//    per key dim), then the feature-map backward of queries and keys (one warp per row).
 //
 // Mixer kinds (MixerKind on the host): 0 gla, 1 hgrn2, 2 retention, 3 mamba2, 4 rwkv6, 5 linear.
 
@@ -183,17 +183,17 @@ __device__ __forceinline__ void copy_row_part(float* dst, const float* src, int 
     }
 }
 
-// Shared memory of one tile buffer, in floats (rows padded to SCAN_WARPS * RPT); the CTA
+// Shared memory of one tile buffer, in floats (rows padded to ROWS, 64 or 128); the CTA
 // has two (double buffering) and one partial read-out area. The host sizes it the same way
 // (mixer.rs, scan_floats_per_token).
 __device__ __forceinline__ int tile_buffer_floats(const ScanParams& p, int rows, bool decay_cols) {
     return p.tile * (p.x_n * rows + p.x_n * 32 + p.w_n * rows + (decay_cols ? 32 : rows));
 }
 
-template <int RPT, bool DECAY_COLS> struct TileBuffer {
+template <int ROWS, bool DECAY_COLS> struct TileBuffer {
     float *x, *y, *w, *dec;
     __device__ TileBuffer(float* base, const ScanParams& p) {
-        const int rows = SCAN_WARPS * RPT;
+        const int rows = ROWS;
         x = base;
         y = x + p.tile * p.x_n * rows;
         w = y + p.tile * p.x_n * 32;
@@ -201,9 +201,9 @@ template <int RPT, bool DECAY_COLS> struct TileBuffer {
     }
 };
 
-template <int RPT, bool DECAY_COLS, bool REVERSE>
-__device__ void load_tile(const ScanParams& p, TileBuffer<RPT, DECAY_COLS> buf, int b, int kvh, int col0, int t0, int len) {
-    const int rows = SCAN_WARPS * RPT, d = p.d, T = p.tokens;
+template <int ROWS, bool DECAY_COLS, bool REVERSE>
+__device__ void load_tile(const ScanParams& p, TileBuffer<ROWS, DECAY_COLS> buf, int b, int kvh, int col0, int t0, int len) {
+    const int rows = ROWS, d = p.d, T = p.tokens;
     const bool aligned = (d & 3) == 0;
     const int cols = min(32, d - col0);
     // Warps take (token, head) rows in turn; the lanes copy a row's values.
@@ -230,16 +230,24 @@ __device__ void load_tile(const ScanParams& p, TileBuffer<RPT, DECAY_COLS> buf, 
     }
 }
 
-template <typename OutT, int RPT, bool DECAY_COLS, bool REVERSE> __device__ void gated_scan(const ScanParams p) {
+// Thread layout of a scan CTA: warp w holds state rows [w * ROWS/4, (w+1) * ROWS/4); in it,
+// lane = cg + 8 rg holds the ROWS/16 rows of row group rg and the 4 columns of column group
+// cg. Every value a thread reads from shared memory then feeds 4 (or more) FMAs.
+#define ROW_GROUPS 4
+#define COLS_PER_THREAD 4
+
+template <typename OutT, int ROWS, bool DECAY_COLS, bool REVERSE> __device__ void gated_scan(const ScanParams p) {
+    constexpr int RPT = ROWS / (SCAN_WARPS * ROW_GROUPS);  // rows per thread, a multiple of 4
+    constexpr int CPT = COLS_PER_THREAD;
     extern __shared__ float4 smem4[];
     float* smem = (float*)smem4;
-    const int rows = SCAN_WARPS * RPT;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int cg = lane & 7, rg = lane >> 3;
     const int col0 = blockIdx.x * 32, kvh = blockIdx.y, b = blockIdx.z;
-    const int col = col0 + lane, row0 = warp * RPT;
+    const int row0 = warp * (ROWS / SCAN_WARPS) + rg * RPT, colt = col0 + cg * CPT;
     const int d = p.d, L = p.tile, T = p.tokens;
-    const int buf_floats = tile_buffer_floats(p, rows, DECAY_COLS);
-    TileBuffer<RPT, DECAY_COLS> bufs[2] = {TileBuffer<RPT, DECAY_COLS>(smem, p), TileBuffer<RPT, DECAY_COLS>(smem + buf_floats, p)};
+    const int buf_floats = tile_buffer_floats(p, ROWS, DECAY_COLS);
+    const TileBuffer<ROWS, DECAY_COLS> buf0(smem, p), buf1(smem + buf_floats, p);
     float* s_part = smem + 2 * buf_floats;
 
     // Padding (rows and columns past d) is never copied: zeros keep the padded state at zero.
@@ -247,18 +255,20 @@ template <typename OutT, int RPT, bool DECAY_COLS, bool REVERSE> __device__ void
     __syncthreads();
 
     const size_t state_base = ((size_t)b * p.hkv + kvh) * d * d;
-    float s[RPT];
+    float s[RPT][CPT];
 #pragma unroll
-    for (int i = 0; i < RPT; ++i) {
-        const int r = row0 + i;
-        s[i] = (p.initial && r < d && col < d) ? p.initial[state_base + (size_t)r * d + col] : 0.0f;
-    }
+    for (int i = 0; i < RPT; ++i)
+#pragma unroll
+        for (int c = 0; c < CPT; ++c) {
+            const int r = row0 + i, col = colt + c;
+            s[i][c] = (p.initial && r < d && col < d) ? p.initial[state_base + (size_t)r * d + col] : 0.0f;
+        }
     auto at = [&](int t, int n, int h) -> size_t { return (((size_t)b * T + t) * (p.hkv * n) + (size_t)kvh * n + h) * d; };
 
     const int tiles = (T + L - 1) / L;
     auto tile_start = [&](int ti) { return (REVERSE ? tiles - 1 - ti : ti) * L; };
     if (tiles > 0) {
-        load_tile<RPT, DECAY_COLS, REVERSE>(p, bufs[0], b, kvh, col0, tile_start(0), min(L, T - tile_start(0)));
+        load_tile<ROWS, DECAY_COLS, REVERSE>(p, buf0, b, kvh, col0, tile_start(0), min(L, T - tile_start(0)));
         copy_commit();
     }
     for (int ti = 0; ti < tiles; ++ti) {
@@ -266,52 +276,64 @@ template <typename OutT, int RPT, bool DECAY_COLS, bool REVERSE> __device__ void
         const bool more = ti + 1 < tiles;
         if (more) {
             const int n0 = tile_start(ti + 1);
-            load_tile<RPT, DECAY_COLS, REVERSE>(p, bufs[(ti + 1) & 1], b, kvh, col0, n0, min(L, T - n0));
+            load_tile<ROWS, DECAY_COLS, REVERSE>(p, (ti & 1) ? buf0 : buf1, b, kvh, col0, n0, min(L, T - n0));
             copy_commit();
         }
         copy_wait(more ? 1 : 0);
         __syncthreads();
-        const TileBuffer<RPT, DECAY_COLS> buf = bufs[ti & 1];
+        const TileBuffer<ROWS, DECAY_COLS> buf = (ti & 1) ? buf1 : buf0;
 
         for (int jj = 0; jj < len; ++jj) {
             const int j = REVERSE ? len - 1 - jj : jj;
             if (DECAY_COLS) {
-                const float a = buf.dec[j * 32 + lane];
+                const float4 a4 = *(const float4*)(buf.dec + j * 32 + cg * CPT);
+                const float a[CPT] = {a4.x, a4.y, a4.z, a4.w};
 #pragma unroll
-                for (int i = 0; i < RPT; ++i) s[i] *= a;
+                for (int i = 0; i < RPT; ++i)
+#pragma unroll
+                    for (int c = 0; c < CPT; ++c) s[i][c] *= a[c];
             } else {
-                const float4* a4 = (const float4*)(buf.dec + j * rows + row0);
 #pragma unroll
-                for (int i = 0; i < RPT / 4; ++i) {
-                    const float4 a = a4[i];
-                    s[4 * i] *= a.x, s[4 * i + 1] *= a.y, s[4 * i + 2] *= a.z, s[4 * i + 3] *= a.w;
+                for (int i4 = 0; i4 < RPT / 4; ++i4) {
+                    const float4 a4 = *(const float4*)(buf.dec + j * ROWS + row0 + 4 * i4);
+                    const float a[4] = {a4.x, a4.y, a4.z, a4.w};
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+#pragma unroll
+                        for (int c = 0; c < CPT; ++c) s[4 * i4 + e][c] *= a[e];
                 }
             }
             for (int h = 0; h < p.x_n; ++h) {
-                const float yv = buf.y[(j * p.x_n + h) * 32 + lane];
-                const float4* x4 = (const float4*)(buf.x + (j * p.x_n + h) * rows + row0);
+                const float4 y4 = *(const float4*)(buf.y + (j * p.x_n + h) * 32 + cg * CPT);
+                const float y[CPT] = {y4.x, y4.y, y4.z, y4.w};
 #pragma unroll
-                for (int i = 0; i < RPT / 4; ++i) {
-                    const float4 x = x4[i];
-                    s[4 * i] = fmaf(x.x, yv, s[4 * i]);
-                    s[4 * i + 1] = fmaf(x.y, yv, s[4 * i + 1]);
-                    s[4 * i + 2] = fmaf(x.z, yv, s[4 * i + 2]);
-                    s[4 * i + 3] = fmaf(x.w, yv, s[4 * i + 3]);
+                for (int i4 = 0; i4 < RPT / 4; ++i4) {
+                    const float4 x4 = *(const float4*)(buf.x + (j * p.x_n + h) * ROWS + row0 + 4 * i4);
+                    const float x[4] = {x4.x, x4.y, x4.z, x4.w};
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+#pragma unroll
+                        for (int c = 0; c < CPT; ++c) s[4 * i4 + e][c] = fmaf(x[e], y[c], s[4 * i4 + e][c]);
                 }
             }
             for (int h = 0; h < p.w_n; ++h) {
-                const float4* w4 = (const float4*)(buf.w + (j * p.w_n + h) * rows + row0);
-                // Four independent sums: a shorter dependency chain.
-                float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+                float acc[CPT] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-                for (int i = 0; i < RPT / 4; ++i) {
-                    const float4 w = w4[i];
-                    a0 = fmaf(w.x, s[4 * i], a0);
-                    a1 = fmaf(w.y, s[4 * i + 1], a1);
-                    a2 = fmaf(w.z, s[4 * i + 2], a2);
-                    a3 = fmaf(w.w, s[4 * i + 3], a3);
+                for (int i4 = 0; i4 < RPT / 4; ++i4) {
+                    const float4 w4 = *(const float4*)(buf.w + (j * p.w_n + h) * ROWS + row0 + 4 * i4);
+                    const float w[4] = {w4.x, w4.y, w4.z, w4.w};
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+#pragma unroll
+                        for (int c = 0; c < CPT; ++c) acc[c] = fmaf(w[e], s[4 * i4 + e][c], acc[c]);
                 }
-                s_part[((warp * L + j) * p.w_n + h) * 32 + lane] = (a0 + a1) + (a2 + a3);
+                // Sum over the warp's row groups, then one partial per warp.
+#pragma unroll
+                for (int c = 0; c < CPT; ++c) {
+                    acc[c] += __shfl_xor_sync(0xffffffffu, acc[c], 8);
+                    acc[c] += __shfl_xor_sync(0xffffffffu, acc[c], 16);
+                }
+                if (rg == 0) *(float4*)(s_part + ((warp * L + j) * p.w_n + h) * 32 + cg * CPT) = make_float4(acc[0], acc[1], acc[2], acc[3]);
             }
         }
         __syncthreads();
@@ -329,10 +351,12 @@ template <typename OutT, int RPT, bool DECAY_COLS, bool REVERSE> __device__ void
     }
     if (p.final_state) {
 #pragma unroll
-        for (int i = 0; i < RPT; ++i) {
-            const int r = row0 + i;
-            if (r < d && col < d) p.final_state[state_base + (size_t)r * d + col] = s[i];
-        }
+        for (int i = 0; i < RPT; ++i)
+#pragma unroll
+            for (int c = 0; c < CPT; ++c) {
+                const int r = row0 + i, col = colt + c;
+                if (r < d && col < d) p.final_state[state_base + (size_t)r * d + col] = s[i][c];
+            }
     }
 }
 
@@ -433,17 +457,17 @@ MIXER_ROW_KERNELS(float, f32)
 MIXER_ROW_KERNELS(bf16, bf16)
 
 // Scan entry points: forward (rows, forward in time) writes the output type; the three
-// backward uses write f32. RPT 16 serves d <= 64, RPT 32 d <= 128.
-#define MIXER_SCAN(NAME, OutT, RPT, COLS, REV) \
-    extern "C" __global__ void __launch_bounds__(SCAN_WARPS * 32) NAME(const ScanParams p) { gated_scan<OutT, RPT, COLS, REV>(p); }
+// backward uses write f32. _d64 serves head sizes up to 64, _d128 up to 128.
+#define MIXER_SCAN(NAME, OutT, ROWS, COLS, REV) \
+    extern "C" __global__ void __launch_bounds__(SCAN_WARPS * 32) NAME(const ScanParams p) { gated_scan<OutT, ROWS, COLS, REV>(p); }
 
-MIXER_SCAN(mixer_scan_forward_f32_r16, float, 16, false, false)
-MIXER_SCAN(mixer_scan_forward_f32_r32, float, 32, false, false)
-MIXER_SCAN(mixer_scan_forward_bf16_r16, bf16, 16, false, false)
-MIXER_SCAN(mixer_scan_forward_bf16_r32, bf16, 32, false, false)
-MIXER_SCAN(mixer_scan_cols_forward_r16, float, 16, true, false)
-MIXER_SCAN(mixer_scan_cols_forward_r32, float, 32, true, false)
-MIXER_SCAN(mixer_scan_rows_reverse_r16, float, 16, false, true)
-MIXER_SCAN(mixer_scan_rows_reverse_r32, float, 32, false, true)
-MIXER_SCAN(mixer_scan_cols_reverse_r16, float, 16, true, true)
-MIXER_SCAN(mixer_scan_cols_reverse_r32, float, 32, true, true)
+MIXER_SCAN(mixer_scan_forward_f32_d64, float, 64, false, false)
+MIXER_SCAN(mixer_scan_forward_f32_d128, float, 128, false, false)
+MIXER_SCAN(mixer_scan_forward_bf16_d64, bf16, 64, false, false)
+MIXER_SCAN(mixer_scan_forward_bf16_d128, bf16, 128, false, false)
+MIXER_SCAN(mixer_scan_cols_forward_d64, float, 64, true, false)
+MIXER_SCAN(mixer_scan_cols_forward_d128, float, 128, true, false)
+MIXER_SCAN(mixer_scan_rows_reverse_d64, float, 64, false, true)
+MIXER_SCAN(mixer_scan_rows_reverse_d128, float, 128, false, true)
+MIXER_SCAN(mixer_scan_cols_reverse_d64, float, 64, true, true)
+MIXER_SCAN(mixer_scan_cols_reverse_d128, float, 128, true, true)

@@ -25,7 +25,7 @@ use liger_core::{Error, Result};
 
 /// Largest head size the kernels take (a warp holds a row in 4 values per lane).
 pub const MAX_HEAD_DIM: usize = 128;
-/// Warps of a scan CTA (kernel constant SCAN_WARPS).
+/// Warps of a scan CTA (kernel constant SCAN_WARPS); each holds a band of the state rows.
 const SCAN_WARPS: usize = 4;
 /// State columns per scan CTA (one per lane).
 const SCAN_COLS: usize = 32;
@@ -101,12 +101,12 @@ fn check_config(cfg: &MixerConfig, shape: HeadShape) -> Result<(i32, f32)> {
     Ok((code, scale))
 }
 
-/// Rows of state each thread of a scan holds, and the entry-point suffix for it.
-fn rows_per_thread(d: usize) -> usize {
-    if d <= 16 * SCAN_WARPS {
-        16
+/// State rows of a scan CTA, padded: the kernel variant for head sizes up to 64 or up to 128.
+fn padded_rows(d: usize) -> usize {
+    if d <= 64 {
+        64
     } else {
-        32
+        128
     }
 }
 
@@ -120,18 +120,18 @@ enum Scan {
 }
 
 impl Scan {
-    fn entry(self, bf16_out: bool, rpt: usize) -> &'static str {
-        match (self, bf16_out, rpt) {
-            (Scan::Forward, false, 16) => "mixer_scan_forward_f32_r16",
-            (Scan::Forward, false, _) => "mixer_scan_forward_f32_r32",
-            (Scan::Forward, true, 16) => "mixer_scan_forward_bf16_r16",
-            (Scan::Forward, true, _) => "mixer_scan_forward_bf16_r32",
-            (Scan::ColsForward, _, 16) => "mixer_scan_cols_forward_r16",
-            (Scan::ColsForward, _, _) => "mixer_scan_cols_forward_r32",
-            (Scan::RowsReverse, _, 16) => "mixer_scan_rows_reverse_r16",
-            (Scan::RowsReverse, _, _) => "mixer_scan_rows_reverse_r32",
-            (Scan::ColsReverse, _, 16) => "mixer_scan_cols_reverse_r16",
-            (Scan::ColsReverse, _, _) => "mixer_scan_cols_reverse_r32",
+    fn entry(self, bf16_out: bool, rows: usize) -> &'static str {
+        match (self, bf16_out, rows) {
+            (Scan::Forward, false, 64) => "mixer_scan_forward_f32_d64",
+            (Scan::Forward, false, _) => "mixer_scan_forward_f32_d128",
+            (Scan::Forward, true, 64) => "mixer_scan_forward_bf16_d64",
+            (Scan::Forward, true, _) => "mixer_scan_forward_bf16_d128",
+            (Scan::ColsForward, _, 64) => "mixer_scan_cols_forward_d64",
+            (Scan::ColsForward, _, _) => "mixer_scan_cols_forward_d128",
+            (Scan::RowsReverse, _, 64) => "mixer_scan_rows_reverse_d64",
+            (Scan::RowsReverse, _, _) => "mixer_scan_rows_reverse_d128",
+            (Scan::ColsReverse, _, 64) => "mixer_scan_cols_reverse_d64",
+            (Scan::ColsReverse, _, _) => "mixer_scan_cols_reverse_d128",
         }
     }
     fn decays_columns(self) -> bool {
@@ -209,8 +209,7 @@ struct ScanOperands {
 /// (`x_n` heads per kv head for x and y, `w_n` for w and out); the callers check the lengths.
 fn launch_scan(ctx: &GpuContext, scan: Scan, bf16_out: bool, dims: MixerDims, ops: ScanOperands, x_n: usize, w_n: usize) -> Result<()> {
     let d = dims.shape.d;
-    let rpt = rows_per_thread(d);
-    let rows = rpt * SCAN_WARPS;
+    let rows = padded_rows(d);
     let tile = scan_tile(x_n, w_n, rows, scan.decays_columns(), scan_shared_bytes(ctx.info().compute_capability))?;
     let params = ScanParams {
         x: ops.x,
@@ -241,7 +240,7 @@ fn launch_scan(ctx: &GpuContext, scan: Scan, bf16_out: bool, dims: MixerDims, op
         block_dim: ((SCAN_WARPS * 32) as u32, 1, 1),
         shared_mem_bytes: shared as u32,
     };
-    let name = scan.entry(bf16_out, rpt);
+    let name = scan.entry(bf16_out, rows);
     let f = ctx.function(&MIXER_GATED, name)?;
     if shared > 48 * 1024 {
         let attribute = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
@@ -503,9 +502,9 @@ mod tests {
             }
         }
         assert_eq!(scan_tile(1, 64, 128, false, scan_shared_bytes((9, 0))).unwrap_err().code, ErrorCode::InvalidArgument);
-        assert_eq!(rows_per_thread(64), 16);
-        assert_eq!(rows_per_thread(80), 32);
-        assert_eq!(rows_per_thread(128), 32);
+        assert_eq!(padded_rows(64), 64);
+        assert_eq!(padded_rows(80), 128);
+        assert_eq!(padded_rows(128), 128);
     }
 
     #[test]
