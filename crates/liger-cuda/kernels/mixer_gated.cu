@@ -11,8 +11,9 @@
 //    of the group. The backward runs the same loop three more times: dqf forward with the
 //    state transposed (decay along columns), and the state gradient backward in time in both
 //    orientations for dv and dkf (see mixer.rs).
-// 3. Backward finishing: the log-gate gradient (a reverse cumulative sum over time, one thread
-//    per key dim), then the feature-map backward of queries and keys (one warp per row).
+// 3. Backward finishing: the log-gate gradient (a reverse cumulative sum over time, in pieces
+//    of 64 tokens, then a carry across pieces), then the feature-map backward of queries and
+//    keys (one warp per row). Decoding steps apply the feature maps inside the scan CTA.
 //
 // Mixer kinds (MixerKind on the host): 0 gla, 1 hgrn2, 2 retention, 3 mamba2, 4 rwkv6, 5 linear.
 
@@ -78,25 +79,18 @@ template <typename T> __device__ __forceinline__ void store_row(T* y, int d, con
     }
 }
 
-// Rows [0, q_rows) are query heads: qf = softmax(q). Rows [q_rows, q_rows + kv_rows) are key
-// and value heads: kf and the decay exp(log-gate) per `kind`, vf = v.
-template <typename T>
-__device__ void mixer_features(const T* q, const T* k, const T* v, float* qf, float* kf, float* decay, float* vf, long long q_rows,
-                               long long kv_rows, int d, int kind, float gate_scale) {
-    long long row = mixer_warp_row(q_rows + kv_rows);
-    if (row < 0) return;
+// qf = softmax(q) of one query row, into `qf` (global or shared memory). Whole warp.
+template <typename T> __device__ __forceinline__ void query_features_row(const T* q, float* qf, int d) {
     float r[ROW_SLOTS];
-    if (row < q_rows) {
-        load_row(q + row * d, d, -POS_INFINITY, r);
-        softmax_row(r);
-        store_row(qf + row * d, d, r);
-        return;
-    }
-    row -= q_rows;
-    load_row(v + row * d, d, 0.0f, r);
-    store_row(vf + row * d, d, r);
-    float x[ROW_SLOTS], gate[ROW_SLOTS];
-    load_row(k + row * d, d, 0.0f, x);
+    load_row(q, d, -POS_INFINITY, r);
+    softmax_row(r);
+    store_row(qf, d, r);
+}
+
+// The key features and the decay exp(log-gate) of one key row per `kind`. Whole warp.
+template <typename T> __device__ __forceinline__ void key_features_row(const T* k, float* kf, float* decay, int d, int kind, float gate_scale) {
+    float x[ROW_SLOTS], gate[ROW_SLOTS], r[ROW_SLOTS];
+    load_row(k, d, 0.0f, x);
     const float mean = warp_sum(x[0] + x[1] + x[2] + x[3]) / (float)d;
     const int lane = threadIdx.x & 31;
 #pragma unroll
@@ -118,14 +112,34 @@ __device__ void mixer_features(const T* q, const T* k, const T* v, float* qf, fl
     } else {
         softmax_row(r);
     }
-    store_row(kf + row * d, d, r);
+    store_row(kf, d, r);
 #pragma unroll
     for (int i = 0; i < ROW_SLOTS; ++i) gate[i] = expf(gate[i]);  // <= 1: the decay
-    store_row(decay + row * d, d, gate);
+    store_row(decay, d, gate);
+}
+
+// Rows [0, q_rows) are query heads: qf = softmax(q). Rows [q_rows, q_rows + kv_rows) are key
+// and value heads: kf and the decay exp(log-gate) per `kind`, vf = v.
+template <typename T>
+__device__ void mixer_features(const T* q, const T* k, const T* v, float* qf, float* kf, float* decay, float* vf, long long q_rows,
+                               long long kv_rows, int d, int kind, float gate_scale) {
+    long long row = mixer_warp_row(q_rows + kv_rows);
+    if (row < 0) return;
+    if (row < q_rows) {
+        query_features_row(q + row * d, qf + row * d, d);
+        return;
+    }
+    row -= q_rows;
+    float r[ROW_SLOTS];
+    load_row(v + row * d, d, 0.0f, r);
+    store_row(vf + row * d, d, r);
+    key_features_row(k + row * d, kf + row * d, decay + row * d, d, kind, gate_scale);
 }
 
 // One CTA's share of a scan; see the notes at the top and mixer.rs for the four uses.
 // Tensors are [B, T, heads, d] with `n` heads per key-value head (1 or the group size G).
+// A decoding step (T = 1) passes the RAW k, v and q of the output type as x, y and w instead,
+// and the CTA applies the feature maps itself (no scratch buffers).
 struct ScanParams {
     const float* x;      // update rows, x_n heads per kv head
     const float* y;      // update columns, y heads paired with x
@@ -137,6 +151,8 @@ struct ScanParams {
     int batch, tokens, hkv, d;
     int x_n, w_n;
     int tile;  // tokens per shared-memory tile
+    int kind;  // KIND_*, for a decoding step's feature maps
+    float gate_scale;
 };
 
 // Asynchronous global -> shared copies (sm_80+; plain copies before that). Waiting for all
@@ -230,13 +246,26 @@ __device__ void load_tile(const ScanParams& p, TileBuffer<ROWS, DECAY_COLS> buf,
     }
 }
 
+// A decoding step's only token: the feature maps of the raw q, k, v (type T) into the tile.
+// Warps take the query heads and the key row in turn; the first warp copies the values.
+template <typename T, int ROWS> __device__ void load_step(const ScanParams& p, TileBuffer<ROWS, false> buf, int b, int kvh, int col0) {
+    const int d = p.d, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const T* q = (const T*)p.w + ((size_t)b * p.hkv * p.w_n + (size_t)kvh * p.w_n) * d;
+    const size_t kv = ((size_t)b * p.hkv + kvh) * d;
+    for (int i = warp; i <= p.w_n; i += SCAN_WARPS) {
+        if (i < p.w_n) query_features_row(q + (size_t)i * d, buf.w + i * ROWS, d);
+        else key_features_row((const T*)p.x + kv, buf.x, buf.dec, d, p.kind, p.gate_scale);
+    }
+    if (warp == 0 && col0 + lane < d) buf.y[lane] = to_f32(((const T*)p.y)[kv + col0 + lane]);
+}
+
 // Thread layout of a scan CTA: warp w holds state rows [w * ROWS/4, (w+1) * ROWS/4); in it,
 // lane = cg + 8 rg holds the ROWS/16 rows of row group rg and the 4 columns of column group
 // cg. Every value a thread reads from shared memory then feeds 4 (or more) FMAs.
 #define ROW_GROUPS 4
 #define COLS_PER_THREAD 4
 
-template <typename OutT, int ROWS, bool DECAY_COLS, bool REVERSE> __device__ void gated_scan(const ScanParams p) {
+template <typename OutT, int ROWS, bool DECAY_COLS, bool REVERSE, bool STEP> __device__ void gated_scan(const ScanParams p) {
     constexpr int RPT = ROWS / (SCAN_WARPS * ROW_GROUPS);  // rows per thread, a multiple of 4
     constexpr int CPT = COLS_PER_THREAD;
     extern __shared__ float4 smem4[];
@@ -267,13 +296,15 @@ template <typename OutT, int ROWS, bool DECAY_COLS, bool REVERSE> __device__ voi
 
     const int tiles = (T + L - 1) / L;
     auto tile_start = [&](int ti) { return (REVERSE ? tiles - 1 - ti : ti) * L; };
-    if (tiles > 0) {
+    if constexpr (STEP) {
+        load_step<OutT, ROWS>(p, buf0, b, kvh, col0);
+    } else if (tiles > 0) {
         load_tile<ROWS, DECAY_COLS, REVERSE>(p, buf0, b, kvh, col0, tile_start(0), min(L, T - tile_start(0)));
         copy_commit();
     }
     for (int ti = 0; ti < tiles; ++ti) {
         const int t0 = tile_start(ti), len = min(L, T - t0);
-        const bool more = ti + 1 < tiles;
+        const bool more = !STEP && ti + 1 < tiles;
         if (more) {
             const int n0 = tile_start(ti + 1);
             load_tile<ROWS, DECAY_COLS, REVERSE>(p, (ti & 1) ? buf0 : buf1, b, kvh, col0, n0, min(L, T - n0));
@@ -360,23 +391,31 @@ template <typename OutT, int ROWS, bool DECAY_COLS, bool REVERSE> __device__ voi
     }
 }
 
-// Log-gate gradient, one thread per (sequence, kv head, key dim), backward over time:
-// dg_t = sum_{s >= t} (sum_h qf_{h,s} dqf_{h,s} - kf_s dkf_s). Eight tokens at a time, so
-// their loads are in flight together.
+// Log-gate gradient dg_t = sum_{s >= t} dG_s, dG_s = sum_h qf_{h,s} dqf_{h,s} - kf_s dkf_s, per
+// (sequence, kv head, key dim), in two steps so that every token is read in parallel:
+// 1. one thread per (sequence, piece of GATE_PIECE tokens, kv head, key dim) writes the sums
+//    over the rest of its piece into dg, and the piece's total into `piece_sums`
+//    [B, pieces, hkv, d]; eight tokens at a time, so their loads are in flight together;
+// 2. one thread per (sequence, kv head, key dim) turns the totals into the carry of each
+//    piece: the sum over the pieces after it. The feature-map backward adds it to dg.
+#define GATE_PIECE 64
 #define GATE_GRAD_UNROLL 8
-extern "C" __global__ void mixer_gate_grad_f32(const float* qf, const float* dqf, const float* kf, const float* dkf, float* dg, int batch,
-                                               int tokens, int hkv, int group, int d) {
+extern "C" __global__ void mixer_gate_grad_pieces_f32(const float* qf, const float* dqf, const float* kf, const float* dkf, float* dg,
+                                                      float* piece_sums, int batch, int tokens, int hkv, int group, int d) {
+    const int pieces = (tokens + GATE_PIECE - 1) / GATE_PIECE;
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long long)batch * hkv * d) return;
-    const int dim = idx % d, kvh = (idx / d) % hkv, b = idx / ((long long)d * hkv);
+    if (idx >= (long long)batch * pieces * hkv * d) return;
+    const int dim = idx % d, kvh = (idx / d) % hkv, piece = (idx / ((long long)d * hkv)) % pieces;
+    const int b = idx / ((long long)d * hkv * pieces);
+    const int first = piece * GATE_PIECE, end = min(tokens, first + GATE_PIECE);
     float acc = 0.0f;
-    for (int t1 = tokens; t1 > 0; t1 -= GATE_GRAD_UNROLL) {
+    for (int t1 = end; t1 > first; t1 -= GATE_GRAD_UNROLL) {
         float dG[GATE_GRAD_UNROLL];
 #pragma unroll
         for (int u = 0; u < GATE_GRAD_UNROLL; ++u) {
             const int t = t1 - 1 - u;
             dG[u] = 0.0f;
-            if (t < 0) continue;
+            if (t < first) continue;
             const size_t kv = (((size_t)b * tokens + t) * hkv + kvh) * d + dim;
             dG[u] = -kf[kv] * dkf[kv];
             for (int h = 0; h < group; ++h) {
@@ -387,10 +426,25 @@ extern "C" __global__ void mixer_gate_grad_f32(const float* qf, const float* dqf
 #pragma unroll
         for (int u = 0; u < GATE_GRAD_UNROLL; ++u) {
             const int t = t1 - 1 - u;
-            if (t < 0) continue;
+            if (t < first) continue;
             acc += dG[u];
             dg[(((size_t)b * tokens + t) * hkv + kvh) * d + dim] = acc;
         }
+    }
+    piece_sums[idx] = acc;
+}
+
+extern "C" __global__ void mixer_gate_grad_carry_f32(float* piece_sums, int batch, int tokens, int hkv, int d) {
+    const int pieces = (tokens + GATE_PIECE - 1) / GATE_PIECE;
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long per_piece = (long long)hkv * d;
+    if (idx >= (long long)batch * per_piece) return;
+    float* s = piece_sums + (idx / per_piece) * pieces * per_piece + idx % per_piece;
+    float carry = 0.0f;
+    for (int piece = pieces - 1; piece >= 0; --piece) {
+        const float total = s[piece * per_piece];
+        s[piece * per_piece] = carry;
+        carry += total;
     }
 }
 
@@ -398,8 +452,8 @@ extern "C" __global__ void mixer_gate_grad_f32(const float* qf, const float* dqf
 // dk through the key features and gate of `kind`, and dv = dvf.
 template <typename T>
 __device__ void mixer_features_backward(const T* k, const float* qf, const float* dqf, const float* kf, const float* dkf, const float* dg,
-                                        const float* dvf, T* dq, T* dk, T* dv, long long q_rows, long long kv_rows, int d, int kind,
-                                        float gate_scale) {
+                                        const float* carry, const float* dvf, T* dq, T* dk, T* dv, long long q_rows, long long kv_rows,
+                                        int tokens, int hkv, int d, int kind, float gate_scale) {
     long long row = mixer_warp_row(q_rows + kv_rows);
     if (row < 0) return;
     float y[ROW_SLOTS], dy[ROW_SLOTS];
@@ -420,6 +474,14 @@ __device__ void mixer_features_backward(const T* k, const float* qf, const float
     load_row(kf + row * d, d, 0.0f, y);
     load_row(dkf + row * d, d, 0.0f, dy);
     load_row(dg + row * d, d, 0.0f, gg);
+    {
+        // The sums over the later pieces (kv rows are [B, T, hkv]).
+        const long long t = (row / hkv) % tokens, b = row / ((long long)hkv * tokens), pieces = (tokens + GATE_PIECE - 1) / GATE_PIECE;
+        float c[ROW_SLOTS];
+        load_row(carry + ((b * pieces + t / GATE_PIECE) * hkv + row % hkv) * d, d, 0.0f, c);
+#pragma unroll
+        for (int i = 0; i < ROW_SLOTS; ++i) gg[i] += c[i];
+    }
     const float mean = warp_sum(x[0] + x[1] + x[2] + x[3]) / (float)d;
     const float dot = warp_sum(y[0] * dy[0] + y[1] * dy[1] + y[2] * dy[2] + y[3] * dy[3]);
     const float dg_sum = warp_sum(gg[0] + gg[1] + gg[2] + gg[3]);
@@ -445,9 +507,10 @@ __device__ void mixer_features_backward(const T* k, const float* qf, const float
         mixer_features<T>(q, k, v, qf, kf, decay, vf, q_rows, kv_rows, d, kind, gate_scale);                                                   \
     }                                                                                                                                        \
     extern "C" __global__ void mixer_features_backward_##SUFFIX(const T* k, const float* qf, const float* dqf, const float* kf,             \
-                                                                const float* dkf, const float* dg, const float* dvf, T* dq, T* dk, T* dv, \
-                                                                long long q_rows, long long kv_rows, int d, int kind, float gate_scale) {   \
-        mixer_features_backward<T>(k, qf, dqf, kf, dkf, dg, dvf, dq, dk, dv, q_rows, kv_rows, d, kind, gate_scale);                        \
+                                                                const float* dkf, const float* dg, const float* carry, const float* dvf,   \
+                                                                T* dq, T* dk, T* dv, long long q_rows, long long kv_rows, int tokens,      \
+                                                                int hkv, int d, int kind, float gate_scale) {                              \
+        mixer_features_backward<T>(k, qf, dqf, kf, dkf, dg, carry, dvf, dq, dk, dv, q_rows, kv_rows, tokens, hkv, d, kind, gate_scale);    \
     }                                                                                                                                        \
     extern "C" __global__ void mixer_to_f32_##SUFFIX(const T* x, float* y, long long n) {                                                  \
         for (size_t i = global_index(); i < (size_t)n; i += grid_stride()) y[i] = to_f32(x[i]);                                           \
@@ -458,16 +521,21 @@ MIXER_ROW_KERNELS(bf16, bf16)
 
 // Scan entry points: forward (rows, forward in time) writes the output type; the three
 // backward uses write f32. _d64 serves head sizes up to 64, _d128 up to 128.
-#define MIXER_SCAN(NAME, OutT, ROWS, COLS, REV) \
-    extern "C" __global__ void __launch_bounds__(SCAN_WARPS * 32) NAME(const ScanParams p) { gated_scan<OutT, ROWS, COLS, REV>(p); }
+#define MIXER_SCAN(NAME, OutT, ROWS, COLS, REV, STEP) \
+    extern "C" __global__ void __launch_bounds__(SCAN_WARPS * 32) NAME(const ScanParams p) { gated_scan<OutT, ROWS, COLS, REV, STEP>(p); }
 
-MIXER_SCAN(mixer_scan_forward_f32_d64, float, 64, false, false)
-MIXER_SCAN(mixer_scan_forward_f32_d128, float, 128, false, false)
-MIXER_SCAN(mixer_scan_forward_bf16_d64, bf16, 64, false, false)
-MIXER_SCAN(mixer_scan_forward_bf16_d128, bf16, 128, false, false)
-MIXER_SCAN(mixer_scan_cols_forward_d64, float, 64, true, false)
-MIXER_SCAN(mixer_scan_cols_forward_d128, float, 128, true, false)
-MIXER_SCAN(mixer_scan_rows_reverse_d64, float, 64, false, true)
-MIXER_SCAN(mixer_scan_rows_reverse_d128, float, 128, false, true)
-MIXER_SCAN(mixer_scan_cols_reverse_d64, float, 64, true, true)
-MIXER_SCAN(mixer_scan_cols_reverse_d128, float, 128, true, true)
+MIXER_SCAN(mixer_scan_forward_f32_d64, float, 64, false, false, false)
+MIXER_SCAN(mixer_scan_forward_f32_d128, float, 128, false, false, false)
+MIXER_SCAN(mixer_scan_forward_bf16_d64, bf16, 64, false, false, false)
+MIXER_SCAN(mixer_scan_forward_bf16_d128, bf16, 128, false, false, false)
+MIXER_SCAN(mixer_scan_cols_forward_d64, float, 64, true, false, false)
+MIXER_SCAN(mixer_scan_cols_forward_d128, float, 128, true, false, false)
+MIXER_SCAN(mixer_scan_rows_reverse_d64, float, 64, false, true, false)
+MIXER_SCAN(mixer_scan_rows_reverse_d128, float, 128, false, true, false)
+MIXER_SCAN(mixer_scan_cols_reverse_d64, float, 64, true, true, false)
+MIXER_SCAN(mixer_scan_cols_reverse_d128, float, 128, true, true, false)
+// Decoding steps (T = 1) from the raw q, k, v of the output type.
+MIXER_SCAN(mixer_step_f32_d64, float, 64, false, false, true)
+MIXER_SCAN(mixer_step_f32_d128, float, 128, false, false, true)
+MIXER_SCAN(mixer_step_bf16_d64, bf16, 64, false, false, true)
+MIXER_SCAN(mixer_step_bf16_d128, bf16, 128, false, false, true)

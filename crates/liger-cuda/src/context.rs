@@ -4,7 +4,7 @@ use crate::error::{check_driver_version, cublas_error, driver_error, no_driver_e
 use crate::kernels::KernelFile;
 use crate::nvrtc::{kernel_cache_dir, load_or_compile};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, DriverError};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError};
 use cudarc::nvrtc::Ptx;
 use liger_core::{Error, Result};
 use std::collections::HashMap;
@@ -36,6 +36,8 @@ pub struct GpuContext {
     sync_after_launch: bool,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
     blas: Mutex<Option<Arc<CudaBlas>>>,
+    /// f32 working memory of the operations (see `with_scratch`), grown on demand, never shrunk.
+    scratch: Mutex<Option<CudaSlice<f32>>>,
 }
 
 /// Loads the driver, checks its version and initialises it.
@@ -93,6 +95,7 @@ impl GpuContext {
             sync_after_launch: std::env::var(SYNC_ENV).is_ok_and(|v| v == "1"),
             functions: Mutex::new(HashMap::new()),
             blas: Mutex::new(None),
+            scratch: Mutex::new(None),
         })
     }
 
@@ -143,6 +146,26 @@ impl GpuContext {
             self.stream.synchronize().map_err(|e| driver_error(e, &format!("running {kernel}")))?;
         }
         Ok(())
+    }
+
+    /// Runs `f` with the device address of at least `len` f32 of working memory, 256-byte
+    /// aligned, its contents left from earlier uses. The memory is allocated at the first use and
+    /// when a call needs more than any before, then kept with the context, so that an operation
+    /// run again allocates nothing. Every user queues its work on the one stream, so a call's
+    /// kernels are done with the memory before the next call's start. `f` must not call it again.
+    pub(crate) fn with_scratch<R>(&self, len: usize, f: impl FnOnce(u64) -> Result<R>) -> Result<R> {
+        let mut scratch = self.scratch.lock().map_err(|_| Error::internal("the scratch memory lock is poisoned"))?;
+        if scratch.as_ref().is_none_or(|s| s.len() < len) {
+            *scratch = None; // free the old block first (stream-ordered)
+            // SAFETY: the memory is only written and read by kernels queued on this stream,
+            // which write each value before they read it.
+            let block = unsafe { self.stream.alloc::<f32>(len.max(1)) }
+                .map_err(|e| driver_error(e, &format!("allocating {} MB of GPU working memory", len * 4 / (1 << 20))))?;
+            *scratch = Some(block);
+        }
+        let block = scratch.as_ref().ok_or_else(|| Error::internal("the scratch memory is missing"))?;
+        let (address, _sync) = block.device_ptr(&self.stream);
+        f(address)
     }
 
     /// The cuBLAS handle on this context's stream, created at first use.

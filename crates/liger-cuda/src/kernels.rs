@@ -49,7 +49,8 @@ pub const MIXER_GATED: KernelFile = kernel_file!(
         "mixer_features_backward_bf16",
         "mixer_to_f32_f32",
         "mixer_to_f32_bf16",
-        "mixer_gate_grad_f32",
+        "mixer_gate_grad_pieces_f32",
+        "mixer_gate_grad_carry_f32",
         "mixer_scan_forward_f32_d64",
         "mixer_scan_forward_f32_d128",
         "mixer_scan_forward_bf16_d64",
@@ -60,6 +61,10 @@ pub const MIXER_GATED: KernelFile = kernel_file!(
         "mixer_scan_rows_reverse_d128",
         "mixer_scan_cols_reverse_d64",
         "mixer_scan_cols_reverse_d128",
+        "mixer_step_f32_d64",
+        "mixer_step_f32_d128",
+        "mixer_step_bf16_d64",
+        "mixer_step_bf16_d128",
     ]
 );
 

@@ -12,7 +12,11 @@
 //! - the state gradient `dS_t = a_{t+1} dS_{t+1} + sum_h qf_{h,t}^T do_{h,t}`, backward in time,
 //!   read out as `dv_t = kf_t dS_t` (rows = key dims) and as `dkf_t = v_t dS_t^T` (transposed);
 //! - then the log-gate gradient `dg_t = sum_{s>=t} (qf_s . dqf_s - kf_s . dkf_s)` per key dim
-//!   and the feature-map backward of q and k.
+//!   (in pieces of 64 tokens, parallel over time) and the feature-map backward of q and k.
+//!
+//! The f32 intermediates (feature maps, backward scan outputs) live in the context's scratch
+//! memory, kept between calls, so a repeated call allocates nothing. A decoding step applies the
+//! feature maps inside the scan CTA and uses no scratch at all (it can be graph-captured).
 
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
@@ -40,6 +44,8 @@ fn scan_shared_bytes(compute_capability: (i32, i32)) -> usize {
 }
 /// Most tokens per shared-memory tile of a scan.
 const MAX_TILE: usize = 16;
+/// Tokens per piece of the log-gate gradient's reverse cumulative sum (kernel GATE_PIECE).
+const GATE_PIECE: usize = 64;
 
 /// Batch of sequences, each `tokens` long, heads per `shape` (one state per KV head under GQA).
 #[derive(Clone, Copy, Debug)]
@@ -110,10 +116,12 @@ fn padded_rows(d: usize) -> usize {
     }
 }
 
-/// The four uses of the scan kernel (see the module notes).
+/// The uses of the scan kernel (see the module notes); `Step` is a decoding step that applies
+/// the feature maps itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scan {
     Forward,
+    Step,
     ColsForward,
     RowsReverse,
     ColsReverse,
@@ -126,6 +134,10 @@ impl Scan {
             (Scan::Forward, false, _) => "mixer_scan_forward_f32_d128",
             (Scan::Forward, true, 64) => "mixer_scan_forward_bf16_d64",
             (Scan::Forward, true, _) => "mixer_scan_forward_bf16_d128",
+            (Scan::Step, false, 64) => "mixer_step_f32_d64",
+            (Scan::Step, false, _) => "mixer_step_f32_d128",
+            (Scan::Step, true, 64) => "mixer_step_bf16_d64",
+            (Scan::Step, true, _) => "mixer_step_bf16_d128",
             (Scan::ColsForward, _, 64) => "mixer_scan_cols_forward_d64",
             (Scan::ColsForward, _, _) => "mixer_scan_cols_forward_d128",
             (Scan::RowsReverse, _, 64) => "mixer_scan_rows_reverse_d64",
@@ -177,6 +189,8 @@ struct ScanParams {
     x_n: i32,
     w_n: i32,
     tile: i32,
+    kind: i32,
+    gate_scale: f32,
 }
 
 // SAFETY: plain old data with the C layout of the kernel's struct.
@@ -194,7 +208,8 @@ fn int(name: &str, value: usize) -> Result<i32> {
     crate::launch::as_int(name, value)
 }
 
-/// Device pointers of one scan's operands.
+/// Device pointers of one scan's operands (a decoding step: raw k, v, q as x, y, w, and the
+/// mixer kind and gate scale for their feature maps).
 struct ScanOperands {
     x: u64,
     y: u64,
@@ -203,6 +218,8 @@ struct ScanOperands {
     out: u64,
     initial: u64,
     final_state: u64,
+    kind: i32,
+    gate_scale: f32,
 }
 
 /// Queues one scan. Every pointer must hold the `[B, T, heads, d]` tensor its role needs
@@ -210,7 +227,8 @@ struct ScanOperands {
 fn launch_scan(ctx: &GpuContext, scan: Scan, bf16_out: bool, dims: MixerDims, ops: ScanOperands, x_n: usize, w_n: usize) -> Result<()> {
     let d = dims.shape.d;
     let rows = padded_rows(d);
-    let tile = scan_tile(x_n, w_n, rows, scan.decays_columns(), scan_shared_bytes(ctx.info().compute_capability))?;
+    // No longer than the sequence: a short one (a decoding step) then clears less shared memory.
+    let tile = scan_tile(x_n, w_n, rows, scan.decays_columns(), scan_shared_bytes(ctx.info().compute_capability))?.min(dims.tokens.max(1));
     let params = ScanParams {
         x: ops.x,
         y: ops.y,
@@ -226,6 +244,8 @@ fn launch_scan(ctx: &GpuContext, scan: Scan, bf16_out: bool, dims: MixerDims, op
         x_n: int("group", x_n)?,
         w_n: int("group", w_n)?,
         tile: tile as i32,
+        kind: ops.kind,
+        gate_scale: ops.gate_scale,
     };
     // Offsets inside the kernel are 64-bit; the grid's y and z are at most 65535.
     if dims.batch > 65535 || dims.shape.hkv > 65535 {
@@ -253,22 +273,53 @@ fn launch_scan(ctx: &GpuContext, scan: Scan, bf16_out: bool, dims: MixerDims, op
     ctx.check_launch(unsafe { launch.launch(cfg) }, name)
 }
 
-/// Feature maps of a batch: qf, kf, g, vf in f32 (fresh buffers).
-struct Features {
-    qf: GpuBuffer<f32>,
-    kf: GpuBuffer<f32>,
-    decay: GpuBuffer<f32>,
-    vf: GpuBuffer<f32>,
+/// Offsets of f32 regions in the context's scratch memory (`GpuContext::with_scratch`), each
+/// region 256-byte aligned so that the kernels' 16-byte copies stay aligned.
+#[derive(Default)]
+struct ScratchPlan {
+    floats: usize,
 }
 
+impl ScratchPlan {
+    /// Reserves `len` floats; returns their offset.
+    fn take(&mut self, len: usize) -> usize {
+        let at = self.floats;
+        self.floats += len.next_multiple_of(64);
+        at
+    }
+}
+
+/// Address of the f32 region at `offset` of the scratch memory at `base`.
+fn region(base: u64, offset: usize) -> u64 {
+    base + 4 * offset as u64
+}
+
+/// Feature maps of a batch in f32: device addresses of qf, kf, the decay and vf.
+struct Features {
+    qf: u64,
+    kf: u64,
+    decay: u64,
+    vf: u64,
+}
+
+/// Where the feature maps go in the scratch memory.
+struct FeatureRegions {
+    qf: usize,
+    kf: usize,
+    decay: usize,
+    vf: usize,
+}
+
+impl FeatureRegions {
+    fn plan(plan: &mut ScratchPlan, dims: MixerDims) -> Self {
+        FeatureRegions { qf: plan.take(dims.q_len()), kf: plan.take(dims.kv_len()), decay: plan.take(dims.kv_len()), vf: plan.take(dims.kv_len()) }
+    }
+}
+
+/// Writes the feature maps into their scratch regions (every value).
 #[allow(clippy::too_many_arguments)]
-fn features<T: GpuElement>(ctx: &GpuContext, dims: MixerDims, kind: i32, scale: f32, q: &GpuBuffer<T>, k: &GpuBuffer<T>, v: &GpuBuffer<T>) -> Result<Features> {
-    let mut f = Features {
-        qf: GpuBuffer::zeros(ctx, dims.q_len())?,
-        kf: GpuBuffer::zeros(ctx, dims.kv_len())?,
-        decay: GpuBuffer::zeros(ctx, dims.kv_len())?,
-        vf: GpuBuffer::zeros(ctx, dims.kv_len())?,
-    };
+fn features<T: GpuElement>(ctx: &GpuContext, dims: MixerDims, kind: i32, scale: f32, q: &GpuBuffer<T>, k: &GpuBuffer<T>, v: &GpuBuffer<T>, base: u64, at: &FeatureRegions) -> Result<Features> {
+    let f = Features { qf: region(base, at.qf), kf: region(base, at.kf), decay: region(base, at.decay), vf: region(base, at.vf) };
     let q_rows = (dims.q_len() / dims.shape.d) as i64;
     let kv_rows = (dims.kv_len() / dims.shape.d) as i64;
     let name = if T::KERNEL_SUFFIX == "bf16" { "mixer_features_bf16" } else { "mixer_features_f32" };
@@ -276,7 +327,7 @@ fn features<T: GpuElement>(ctx: &GpuContext, dims: MixerDims, kind: i32, scale: 
     let d = int("d", dims.shape.d)?;
     let mut launch = ctx.stream().launch_builder(&func);
     launch.arg(q.slice()).arg(k.slice()).arg(v.slice());
-    launch.arg(f.qf.slice_mut()).arg(f.kf.slice_mut()).arg(f.decay.slice_mut()).arg(f.vf.slice_mut());
+    launch.arg(&f.qf).arg(&f.kf).arg(&f.decay).arg(&f.vf);
     launch.arg(&q_rows).arg(&kv_rows).arg(&d).arg(&kind).arg(&scale);
     // SAFETY: q and qf hold q_rows rows of d, the others kv_rows rows; one warp per row.
     ctx.check_launch(unsafe { launch.launch(warp_per_row((q_rows + kv_rows) as usize)) }, name)?;
@@ -317,17 +368,16 @@ pub fn mixer_chunk_forward<T: GpuElement>(
     if dims.batch == 0 {
         return Ok(());
     }
-    let f = features(ctx, dims, kind, scale, q, k, v)?;
-    let ops = ScanOperands {
-        x: ptr(ctx, &f.kf),
-        y: ptr(ctx, &f.vf),
-        w: ptr(ctx, &f.qf),
-        decay: ptr(ctx, &f.decay),
-        out: ptr_mut(ctx, o),
-        initial: initial.map_or(0, |s| ptr(ctx, s)),
-        final_state: final_state.map_or(0, |s| ptr_mut(ctx, s)),
-    };
-    launch_scan(ctx, Scan::Forward, T::KERNEL_SUFFIX == "bf16", dims, ops, 1, dims.shape.group())
+    let mut plan = ScratchPlan::default();
+    let regions = FeatureRegions::plan(&mut plan, dims);
+    let out = ptr_mut(ctx, o);
+    let initial = initial.map_or(0, |s| ptr(ctx, s));
+    let final_state = final_state.map_or(0, |s| ptr_mut(ctx, s));
+    ctx.with_scratch(plan.floats, |base| {
+        let f = features(ctx, dims, kind, scale, q, k, v, base, &regions)?;
+        let ops = ScanOperands { x: f.kf, y: f.vf, w: f.qf, decay: f.decay, out, initial, final_state, kind, gate_scale: scale };
+        launch_scan(ctx, Scan::Forward, T::KERNEL_SUFFIX == "bf16", dims, ops, 1, dims.shape.group())
+    })
 }
 
 /// One decoding step for B sequences: q_t `[B, hq, d]`, k_t/v_t `[B, hkv, d]`, state `[B, hkv, state_len]` advanced in place.
@@ -351,19 +401,22 @@ pub fn mixer_recurrent_step<T: GpuElement>(
     if batch == 0 {
         return Ok(());
     }
-    let f = features(ctx, dims, kind, scale, q_t, k_t, v_t)?;
-    // In place: each thread reads its state values first and writes the same ones last.
+    // The feature maps are applied inside the scan CTA: nothing is allocated, so the step can
+    // be captured in a CUDA graph. In place: each thread reads its state values first and
+    // writes the same ones last.
     let s = ptr_mut(ctx, state);
     let ops = ScanOperands {
-        x: ptr(ctx, &f.kf),
-        y: ptr(ctx, &f.vf),
-        w: ptr(ctx, &f.qf),
-        decay: ptr(ctx, &f.decay),
+        x: ptr(ctx, k_t),
+        y: ptr(ctx, v_t),
+        w: ptr(ctx, q_t),
+        decay: 0,
         out: ptr_mut(ctx, o_t),
         initial: s,
         final_state: s,
+        kind,
+        gate_scale: scale,
     };
-    launch_scan(ctx, Scan::Forward, T::KERNEL_SUFFIX == "bf16", dims, ops, 1, shape.group())
+    launch_scan(ctx, Scan::Step, T::KERNEL_SUFFIX == "bf16", dims, ops, 1, shape.group())
 }
 
 /// Gradients of sum(d_o * o) w.r.t. the raw q, k, v (gate and feature-map paths included), zero initial state.
@@ -390,65 +443,78 @@ pub fn mixer_chunk_backward<T: GpuElement>(
         return Ok(());
     }
     let group = dims.shape.group();
-    let f = features(ctx, dims, kind, scale, q, k, v)?;
-    let dof = to_f32(ctx, d_o)?;
-    let do_ptr = dof.as_ref().map_or_else(|| ptr(ctx, d_o), |b| ptr(ctx, b));
-    let mut dqf = GpuBuffer::<f32>::zeros(ctx, dims.q_len())?;
-    let mut dkf = GpuBuffer::<f32>::zeros(ctx, dims.kv_len())?;
-    let mut dvf = GpuBuffer::<f32>::zeros(ctx, dims.kv_len())?;
-    let (qf, kf, vf, decay) = (ptr(ctx, &f.qf), ptr(ctx, &f.kf), ptr(ctx, &f.vf), ptr(ctx, &f.decay));
-    let scans = [
-        // dqf_t = do_t S_t^T: the state transposed (rows = value dims), read out by do.
-        (Scan::ColsForward, vf, kf, do_ptr, ptr_mut(ctx, &mut dqf), 1, group),
-        // dv_t = kf_t dS_t, dS built backward from qf^T do.
-        (Scan::RowsReverse, qf, do_ptr, kf, ptr_mut(ctx, &mut dvf), group, 1),
-        // dkf_t = v_t dS_t^T, the same state gradient transposed.
-        (Scan::ColsReverse, do_ptr, qf, vf, ptr_mut(ctx, &mut dkf), group, 1),
-    ];
-    for (scan, x, y, w, out, x_n, w_n) in scans {
-        let ops = ScanOperands { x, y, w, decay, out, initial: 0, final_state: 0 };
-        launch_scan(ctx, scan, false, dims, ops, x_n, w_n)?;
-    }
+    let bf16 = T::KERNEL_SUFFIX == "bf16";
+    let pieces = dims.tokens.div_ceil(GATE_PIECE);
+    let mut plan = ScratchPlan::default();
+    let regions = FeatureRegions::plan(&mut plan, dims);
+    let dof_at = bf16.then(|| plan.take(dims.q_len()));
+    let (dqf_at, dkf_at, dvf_at, dg_at) = (plan.take(dims.q_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()));
+    let carry_at = plan.take(dims.batch * pieces * dims.shape.hkv * dims.shape.d);
+    let (dq, dk, dv) = (ptr_mut(ctx, dq), ptr_mut(ctx, dk), ptr_mut(ctx, dv));
+    ctx.with_scratch(plan.floats, |base| {
+        let f = features(ctx, dims, kind, scale, q, k, v, base, &regions)?;
+        let do_ptr = match dof_at {
+            Some(at) => to_f32(ctx, d_o, region(base, at))?,
+            None => ptr(ctx, d_o),
+        };
+        let (dqf, dkf, dvf, dg, carry) = (region(base, dqf_at), region(base, dkf_at), region(base, dvf_at), region(base, dg_at), region(base, carry_at));
+        let scans = [
+            // dqf_t = do_t S_t^T: the state transposed (rows = value dims), read out by do.
+            (Scan::ColsForward, f.vf, f.kf, do_ptr, dqf, 1, group),
+            // dv_t = kf_t dS_t, dS built backward from qf^T do.
+            (Scan::RowsReverse, f.qf, do_ptr, f.kf, dvf, group, 1),
+            // dkf_t = v_t dS_t^T, the same state gradient transposed.
+            (Scan::ColsReverse, do_ptr, f.qf, f.vf, dkf, group, 1),
+        ];
+        for (scan, x, y, w, out, x_n, w_n) in scans {
+            let ops = ScanOperands { x, y, w, decay: f.decay, out, initial: 0, final_state: 0, kind, gate_scale: scale };
+            launch_scan(ctx, scan, false, dims, ops, x_n, w_n)?;
+        }
 
-    let mut dg = GpuBuffer::<f32>::zeros(ctx, dims.kv_len())?;
-    let columns = dims.batch * dims.shape.hkv * dims.shape.d;
-    let (batch, tokens, hkv, group_arg, d) =
-        (int("batch", dims.batch)?, int("tokens", dims.tokens)?, int("hkv", dims.shape.hkv)?, int("group", group)?, int("d", dims.shape.d)?);
-    let name = "mixer_gate_grad_f32";
-    let func = ctx.function(&MIXER_GATED, name)?;
-    let mut launch = ctx.stream().launch_builder(&func);
-    launch.arg(f.qf.slice()).arg(dqf.slice()).arg(f.kf.slice()).arg(dkf.slice()).arg(dg.slice_mut());
-    launch.arg(&batch).arg(&tokens).arg(&hkv).arg(&group_arg).arg(&d);
-    let cfg_grid = LaunchConfig { grid_dim: (columns.div_ceil(BLOCK as usize) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: one thread per (sequence, kv head, key dim); the buffers hold the batch's tensors.
-    ctx.check_launch(unsafe { launch.launch(cfg_grid) }, name)?;
+        let (batch, tokens, hkv, group_arg, d) =
+            (int("batch", dims.batch)?, int("tokens", dims.tokens)?, int("hkv", dims.shape.hkv)?, int("group", group)?, int("d", dims.shape.d)?);
+        let name = "mixer_gate_grad_pieces_f32";
+        let func = ctx.function(&MIXER_GATED, name)?;
+        let mut launch = ctx.stream().launch_builder(&func);
+        launch.arg(&f.qf).arg(&dqf).arg(&f.kf).arg(&dkf).arg(&dg).arg(&carry);
+        launch.arg(&batch).arg(&tokens).arg(&hkv).arg(&group_arg).arg(&d);
+        // SAFETY: one thread per (sequence, piece, kv head, key dim); the regions hold the batch's tensors.
+        ctx.check_launch(unsafe { launch.launch(threads(dims.batch * pieces * dims.shape.hkv * dims.shape.d)) }, name)?;
+        let name = "mixer_gate_grad_carry_f32";
+        let func = ctx.function(&MIXER_GATED, name)?;
+        let mut launch = ctx.stream().launch_builder(&func);
+        launch.arg(&carry).arg(&batch).arg(&tokens).arg(&hkv).arg(&d);
+        // SAFETY: one thread per (sequence, kv head, key dim), walking the pieces.
+        ctx.check_launch(unsafe { launch.launch(threads(dims.batch * dims.shape.hkv * dims.shape.d)) }, name)?;
 
-    let q_rows = (dims.q_len() / dims.shape.d) as i64;
-    let kv_rows = (dims.kv_len() / dims.shape.d) as i64;
-    let name = if T::KERNEL_SUFFIX == "bf16" { "mixer_features_backward_bf16" } else { "mixer_features_backward_f32" };
-    let func = ctx.function(&MIXER_GATED, name)?;
-    let mut launch = ctx.stream().launch_builder(&func);
-    launch.arg(k.slice()).arg(f.qf.slice()).arg(dqf.slice()).arg(f.kf.slice()).arg(dkf.slice()).arg(dg.slice()).arg(dvf.slice());
-    launch.arg(dq.slice_mut()).arg(dk.slice_mut()).arg(dv.slice_mut());
-    launch.arg(&q_rows).arg(&kv_rows).arg(&d).arg(&kind).arg(&scale);
-    // SAFETY: q-shaped buffers hold q_rows rows of d, the others kv_rows; one warp per row.
-    ctx.check_launch(unsafe { launch.launch(warp_per_row((q_rows + kv_rows) as usize)) }, name)
+        let q_rows = (dims.q_len() / dims.shape.d) as i64;
+        let kv_rows = (dims.kv_len() / dims.shape.d) as i64;
+        let name = if bf16 { "mixer_features_backward_bf16" } else { "mixer_features_backward_f32" };
+        let func = ctx.function(&MIXER_GATED, name)?;
+        let mut launch = ctx.stream().launch_builder(&func);
+        launch.arg(k.slice()).arg(&f.qf).arg(&dqf).arg(&f.kf).arg(&dkf).arg(&dg).arg(&carry).arg(&dvf);
+        launch.arg(&dq).arg(&dk).arg(&dv);
+        launch.arg(&q_rows).arg(&kv_rows).arg(&tokens).arg(&hkv).arg(&d).arg(&kind).arg(&scale);
+        // SAFETY: q-shaped buffers hold q_rows rows of d, the others kv_rows; one warp per row.
+        ctx.check_launch(unsafe { launch.launch(warp_per_row((q_rows + kv_rows) as usize)) }, name)
+    })
 }
 
-/// `x` as f32 in a new buffer, or None when it already is f32 (use it as it is).
-fn to_f32<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>) -> Result<Option<GpuBuffer<f32>>> {
-    if T::KERNEL_SUFFIX == "f32" {
-        return Ok(None);
-    }
-    let mut y = GpuBuffer::<f32>::zeros(ctx, x.len())?;
+/// One thread per item, in blocks of BLOCK.
+fn threads(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n.div_ceil(BLOCK as usize).max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Writes `x` (bf16) as f32 to `out`; returns `out`.
+fn to_f32<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, out: u64) -> Result<u64> {
     let n = x.len() as i64;
     let name = "mixer_to_f32_bf16";
     let func = ctx.function(&MIXER_GATED, name)?;
     let mut launch = ctx.stream().launch_builder(&func);
-    launch.arg(x.slice()).arg(y.slice_mut()).arg(&n);
-    // SAFETY: x and y hold n values; grid-stride loop.
+    launch.arg(x.slice()).arg(&out).arg(&n);
+    // SAFETY: x and out hold n values; grid-stride loop.
     ctx.check_launch(unsafe { launch.launch(elementwise(x.len())) }, name)?;
-    Ok(Some(y))
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -509,7 +575,7 @@ mod tests {
 
     #[test]
     fn scan_params_have_the_kernel_layout() {
-        // Seven 8-byte pointers, then seven ints, padded to 8 bytes.
-        assert_eq!(std::mem::size_of::<ScanParams>(), 7 * 8 + 8 * 4);
+        // Seven 8-byte pointers, then eight ints and a float, padded to 8 bytes.
+        assert_eq!(std::mem::size_of::<ScanParams>(), 7 * 8 + 10 * 4);
     }
 }
