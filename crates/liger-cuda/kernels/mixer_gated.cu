@@ -26,8 +26,9 @@
 
 // Most values per lane of a warp-per-row kernel: rows of at most 128.
 #define ROW_SLOTS 4
-// Warps of a scan CTA; each holds a band of state rows, each lane one column.
-#define SCAN_WARPS 4
+// Warps of a scan CTA: one per 16 state rows (4 for head sizes up to 64, 8 up to 128), so
+// that an SM holds more warps to hide the latency of shared memory and shuffles.
+#define SCAN_WARPS(ROWS) ((ROWS) / 16)
 
 __device__ __forceinline__ float softplus_f(float x) { return x > 0.0f ? x + log1pf(expf(-x)) : log1pf(expf(x)); }
 __device__ __forceinline__ float log_sigmoid_f(float x) { return -softplus_f(-x); }
@@ -225,17 +226,17 @@ __device__ void load_tile(const ScanParams& p, TileBuffer<ROWS, DECAY_COLS> buf,
     // Warps take (token, head) rows in turn; the lanes copy a row's values.
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     auto at = [&](int t, int n, int h) -> size_t { return (((size_t)b * T + t) * (p.hkv * n) + (size_t)kvh * n + h) * d; };
-    for (int i = warp; i < len * p.x_n; i += SCAN_WARPS) {
+    for (int i = warp; i < len * p.x_n; i += SCAN_WARPS(ROWS)) {
         const int j = i / p.x_n, h = i % p.x_n;
         copy_row_part(buf.x + i * rows, p.x + at(t0 + j, p.x_n, h), d, aligned, lane, 32);
         copy_row_part(buf.y + i * 32, p.y + at(t0 + j, p.x_n, h) + col0, cols, aligned, lane, 32);
     }
-    for (int i = warp; i < len * p.w_n; i += SCAN_WARPS) {
+    for (int i = warp; i < len * p.w_n; i += SCAN_WARPS(ROWS)) {
         const int j = i / p.w_n, h = i % p.w_n;
         copy_row_part(buf.w + i * rows, p.w + at(t0 + j, p.w_n, h), d, aligned, lane, 32);
     }
     const int dec_n = DECAY_COLS ? 32 : rows;
-    for (int j = warp; j < len; j += SCAN_WARPS) {
+    for (int j = warp; j < len; j += SCAN_WARPS(ROWS)) {
         // Backward in time the state gradient decays with the gate of the step after.
         const int t = REVERSE ? t0 + j + 1 : t0 + j;
         if (t < T) {
@@ -252,28 +253,28 @@ template <typename T, int ROWS> __device__ void load_step(const ScanParams& p, T
     const int d = p.d, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const T* q = (const T*)p.w + ((size_t)b * p.hkv * p.w_n + (size_t)kvh * p.w_n) * d;
     const size_t kv = ((size_t)b * p.hkv + kvh) * d;
-    for (int i = warp; i <= p.w_n; i += SCAN_WARPS) {
+    for (int i = warp; i <= p.w_n; i += SCAN_WARPS(ROWS)) {
         if (i < p.w_n) query_features_row(q + (size_t)i * d, buf.w + i * ROWS, d);
         else key_features_row((const T*)p.x + kv, buf.x, buf.dec, d, p.kind, p.gate_scale);
     }
     if (warp == 0 && col0 + lane < d) buf.y[lane] = to_f32(((const T*)p.y)[kv + col0 + lane]);
 }
 
-// Thread layout of a scan CTA: warp w holds state rows [w * ROWS/4, (w+1) * ROWS/4); in it,
-// lane = cg + 8 rg holds the ROWS/16 rows of row group rg and the 4 columns of column group
-// cg. Every value a thread reads from shared memory then feeds 4 (or more) FMAs.
+// Thread layout of a scan CTA: warp w holds state rows [16 w, 16 w + 16); in it, lane
+// = cg + 8 rg holds the 4 rows of row group rg and the 4 columns of column group cg. Every
+// value a thread reads from shared memory then feeds 4 FMAs.
 #define ROW_GROUPS 4
 #define COLS_PER_THREAD 4
 
 template <typename OutT, int ROWS, bool DECAY_COLS, bool REVERSE, bool STEP> __device__ void gated_scan(const ScanParams p) {
-    constexpr int RPT = ROWS / (SCAN_WARPS * ROW_GROUPS);  // rows per thread, a multiple of 4
+    constexpr int RPT = ROWS / (SCAN_WARPS(ROWS) * ROW_GROUPS);  // rows per thread: 4
     constexpr int CPT = COLS_PER_THREAD;
     extern __shared__ float4 smem4[];
     float* smem = (float*)smem4;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int cg = lane & 7, rg = lane >> 3;
     const int col0 = blockIdx.x * 32, kvh = blockIdx.y, b = blockIdx.z;
-    const int row0 = warp * (ROWS / SCAN_WARPS) + rg * RPT, colt = col0 + cg * CPT;
+    const int row0 = warp * (ROWS / SCAN_WARPS(ROWS)) + rg * RPT, colt = col0 + cg * CPT;
     const int d = p.d, L = p.tile, T = p.tokens;
     const int buf_floats = tile_buffer_floats(p, ROWS, DECAY_COLS);
     const TileBuffer<ROWS, DECAY_COLS> buf0(smem, p), buf1(smem + buf_floats, p);
@@ -376,7 +377,7 @@ template <typename OutT, int ROWS, bool DECAY_COLS, bool REVERSE, bool STEP> __d
             if (c >= d) continue;
             float acc = 0.0f;
 #pragma unroll
-            for (int w = 0; w < SCAN_WARPS; ++w) acc += s_part[((w * L + j) * p.w_n + h) * 32 + (i & 31)];
+            for (int w = 0; w < SCAN_WARPS(ROWS); ++w) acc += s_part[((w * L + j) * p.w_n + h) * 32 + (i & 31)];
             out[at(t0 + j, p.w_n, h) + c] = from_f32<OutT>(acc);
         }
     }
@@ -522,7 +523,7 @@ MIXER_ROW_KERNELS(bf16, bf16)
 // Scan entry points: forward (rows, forward in time) writes the output type; the three
 // backward uses write f32. _d64 serves head sizes up to 64, _d128 up to 128.
 #define MIXER_SCAN(NAME, OutT, ROWS, COLS, REV, STEP) \
-    extern "C" __global__ void __launch_bounds__(SCAN_WARPS * 32) NAME(const ScanParams p) { gated_scan<OutT, ROWS, COLS, REV, STEP>(p); }
+    extern "C" __global__ void __launch_bounds__(SCAN_WARPS(ROWS) * 32) NAME(const ScanParams p) { gated_scan<OutT, ROWS, COLS, REV, STEP>(p); }
 
 MIXER_SCAN(mixer_scan_forward_f32_d64, float, 64, false, false, false)
 MIXER_SCAN(mixer_scan_forward_f32_d128, float, 128, false, false, false)

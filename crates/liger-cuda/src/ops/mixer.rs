@@ -29,8 +29,10 @@ use liger_core::{Error, Result};
 
 /// Largest head size the kernels take (a warp holds a row in 4 values per lane).
 pub const MAX_HEAD_DIM: usize = 128;
-/// Warps of a scan CTA (kernel constant SCAN_WARPS); each holds a band of the state rows.
-const SCAN_WARPS: usize = 4;
+/// Warps of a scan CTA (kernel macro SCAN_WARPS): one per 16 of its (padded) state rows.
+fn scan_warps(rows: usize) -> usize {
+    rows / 16
+}
 /// State columns per scan CTA (one per lane).
 const SCAN_COLS: usize = 32;
 /// Shared memory a scan CTA may use: 96 KB on compute capability 8.0 and newer (two CTAs fit
@@ -155,7 +157,7 @@ impl Scan {
 /// layout in `gated_scan`): two buffers of x, y, w and decays, and the warps' partial read-outs.
 fn scan_floats_per_token(x_n: usize, w_n: usize, rows: usize, decay_cols: bool) -> usize {
     let buffer = x_n * rows + x_n * SCAN_COLS + w_n * rows + if decay_cols { SCAN_COLS } else { rows };
-    2 * buffer + SCAN_WARPS * w_n * SCAN_COLS
+    2 * buffer + scan_warps(rows) * w_n * SCAN_COLS
 }
 
 /// Tokens per tile that fit `shared_bytes`, or an error when not even one does.
@@ -257,7 +259,7 @@ fn launch_scan(ctx: &GpuContext, scan: Scan, bf16_out: bool, dims: MixerDims, op
     let shared = tile * scan_floats_per_token(x_n, w_n, rows, scan.decays_columns()) * 4;
     let cfg = LaunchConfig {
         grid_dim: (d.div_ceil(SCAN_COLS) as u32, dims.shape.hkv as u32, dims.batch as u32),
-        block_dim: ((SCAN_WARPS * 32) as u32, 1, 1),
+        block_dim: ((scan_warps(rows) * 32) as u32, 1, 1),
         shared_mem_bytes: shared as u32,
     };
     let name = scan.entry(bf16_out, rows);
