@@ -266,14 +266,15 @@ template <typename T, int ROWS> __device__ void load_step(const ScanParams& p, T
 #define ROW_GROUPS 4
 #define COLS_PER_THREAD 4
 
-template <typename OutT, int ROWS, bool DECAY_COLS, bool REVERSE, bool STEP> __device__ void gated_scan(const ScanParams p) {
+// `col_block`: which 32 state columns this CTA holds.
+template <typename OutT, int ROWS, bool DECAY_COLS, bool REVERSE, bool STEP> __device__ void gated_scan(const ScanParams& p, int col_block) {
     constexpr int RPT = ROWS / (SCAN_WARPS(ROWS) * ROW_GROUPS);  // rows per thread: 4
     constexpr int CPT = COLS_PER_THREAD;
     extern __shared__ float4 smem4[];
     float* smem = (float*)smem4;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int cg = lane & 7, rg = lane >> 3;
-    const int col0 = blockIdx.x * 32, kvh = blockIdx.y, b = blockIdx.z;
+    const int col0 = col_block * 32, kvh = blockIdx.y, b = blockIdx.z;
     const int row0 = warp * (ROWS / SCAN_WARPS(ROWS)) + rg * RPT, colt = col0 + cg * CPT;
     const int d = p.d, L = p.tile, T = p.tokens;
     const int buf_floats = tile_buffer_floats(p, ROWS, DECAY_COLS);
@@ -520,23 +521,46 @@ __device__ void mixer_features_backward(const T* k, const float* qf, const float
 MIXER_ROW_KERNELS(float, f32)
 MIXER_ROW_KERNELS(bf16, bf16)
 
-// Scan entry points: forward (rows, forward in time) writes the output type; the three
-// backward uses write f32. _d64 serves head sizes up to 64, _d128 up to 128.
-#define MIXER_SCAN(NAME, OutT, ROWS, COLS, REV, STEP) \
-    extern "C" __global__ void __launch_bounds__(SCAN_WARPS(ROWS) * 32) NAME(const ScanParams p) { gated_scan<OutT, ROWS, COLS, REV, STEP>(p); }
+// Scan entry points: forward (rows, forward in time) writes the output type; _d64 serves head
+// sizes up to 64, _d128 up to 128.
+#define MIXER_SCAN(NAME, OutT, ROWS, STEP)                                                                      \
+    extern "C" __global__ void __launch_bounds__(SCAN_WARPS(ROWS) * 32) NAME(const ScanParams p) {              \
+        gated_scan<OutT, ROWS, false, false, STEP>(p, blockIdx.x);                                              \
+    }
 
-MIXER_SCAN(mixer_scan_forward_f32_d64, float, 64, false, false, false)
-MIXER_SCAN(mixer_scan_forward_f32_d128, float, 128, false, false, false)
-MIXER_SCAN(mixer_scan_forward_bf16_d64, bf16, 64, false, false, false)
-MIXER_SCAN(mixer_scan_forward_bf16_d128, bf16, 128, false, false, false)
-MIXER_SCAN(mixer_scan_cols_forward_d64, float, 64, true, false, false)
-MIXER_SCAN(mixer_scan_cols_forward_d128, float, 128, true, false, false)
-MIXER_SCAN(mixer_scan_rows_reverse_d64, float, 64, false, true, false)
-MIXER_SCAN(mixer_scan_rows_reverse_d128, float, 128, false, true, false)
-MIXER_SCAN(mixer_scan_cols_reverse_d64, float, 64, true, true, false)
-MIXER_SCAN(mixer_scan_cols_reverse_d128, float, 128, true, true, false)
+MIXER_SCAN(mixer_scan_forward_f32_d64, float, 64, false)
+MIXER_SCAN(mixer_scan_forward_f32_d128, float, 128, false)
+MIXER_SCAN(mixer_scan_forward_bf16_d64, bf16, 64, false)
+MIXER_SCAN(mixer_scan_forward_bf16_d128, bf16, 128, false)
 // Decoding steps (T = 1) from the raw q, k, v of the output type.
-MIXER_SCAN(mixer_step_f32_d64, float, 64, false, false, true)
-MIXER_SCAN(mixer_step_f32_d128, float, 128, false, false, true)
-MIXER_SCAN(mixer_step_bf16_d64, bf16, 64, false, false, true)
-MIXER_SCAN(mixer_step_bf16_d128, bf16, 128, false, false, true)
+MIXER_SCAN(mixer_step_f32_d64, float, 64, true)
+MIXER_SCAN(mixer_step_f32_d128, float, 128, true)
+MIXER_SCAN(mixer_step_bf16_d64, bf16, 64, true)
+MIXER_SCAN(mixer_step_bf16_d128, bf16, 128, true)
+
+// The backward's three scans, f32 out: dqf (columns decay, forward), dvf (rows, reverse) and
+// dkf (columns, reverse). One at a time for large grids; for few heads and sequences all three
+// in one launch, so that they run side by side (grid.x is three runs of column blocks).
+#define MIXER_SCAN_ONE(NAME, ROWS, COLS, REV)                                                    \
+    extern "C" __global__ void __launch_bounds__(SCAN_WARPS(ROWS) * 32) NAME(const ScanParams p) { \
+        gated_scan<float, ROWS, COLS, REV, false>(p, blockIdx.x);                                  \
+    }
+
+MIXER_SCAN_ONE(mixer_scan_cols_forward_d64, 64, true, false)
+MIXER_SCAN_ONE(mixer_scan_cols_forward_d128, 128, true, false)
+MIXER_SCAN_ONE(mixer_scan_rows_reverse_d64, 64, false, true)
+MIXER_SCAN_ONE(mixer_scan_rows_reverse_d128, 128, false, true)
+MIXER_SCAN_ONE(mixer_scan_cols_reverse_d64, 64, true, true)
+MIXER_SCAN_ONE(mixer_scan_cols_reverse_d128, 128, true, true)
+
+#define MIXER_SCAN_BACKWARD(NAME, ROWS)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(SCAN_WARPS(ROWS) * 32)                                                    \
+        NAME(const ScanParams dqf, const ScanParams dvf, const ScanParams dkf) {                                          \
+        const int blocks = (dqf.d + 31) / 32, role = blockIdx.x / blocks, col_block = blockIdx.x % blocks;               \
+        if (role == 0) gated_scan<float, ROWS, true, false, false>(dqf, col_block);                                       \
+        else if (role == 1) gated_scan<float, ROWS, false, true, false>(dvf, col_block);                                  \
+        else gated_scan<float, ROWS, true, true, false>(dkf, col_block);                                                  \
+    }
+
+MIXER_SCAN_BACKWARD(mixer_scan_backward_d64, 64)
+MIXER_SCAN_BACKWARD(mixer_scan_backward_d128, 128)

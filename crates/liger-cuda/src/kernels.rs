@@ -61,6 +61,8 @@ pub const MIXER_GATED: KernelFile = kernel_file!(
         "mixer_scan_rows_reverse_d128",
         "mixer_scan_cols_reverse_d64",
         "mixer_scan_cols_reverse_d128",
+        "mixer_scan_backward_d64",
+        "mixer_scan_backward_d128",
         "mixer_step_f32_d64",
         "mixer_step_f32_d128",
         "mixer_step_bf16_d64",

@@ -235,3 +235,31 @@ fn bad_inputs_are_typed_errors() {
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
     assert!(err.message.contains("d_o"), "{}", err.message);
 }
+
+#[test]
+fn backward_with_a_grid_that_fills_the_gpu_matches_cpu() {
+    // 32 sequences x 2 kv heads x 4 column blocks = 256 CTAs per scan: the backward launches
+    // its three scans one by one (the other tests' small grids run them side by side).
+    let ctx = gpu();
+    let mut rng = rng("full grid");
+    let (batch, tokens, d) = (32, 24, 128);
+    let shape = HeadShape::new(4, 2, d).unwrap();
+    let cfg = MixerConfig::default();
+    let dims = MixerDims { batch, tokens, shape };
+    let (nq, nkv) = (batch * tokens * 4 * d, batch * tokens * 2 * d);
+    let (q, k, v, d_o) = (random(&mut rng, nq, 2.0), random(&mut rng, nkv, 2.0), random(&mut rng, nkv, 1.0), random(&mut rng, nq, 1.0));
+    let (mut dq_ref, mut dk_ref, mut dv_ref) = (Vec::new(), Vec::new(), Vec::new());
+    let (qs, kvs) = (nq / batch, nkv / batch);
+    for b in 0..batch {
+        let seq = |x: &[f32], per: usize| x[b * per..(b + 1) * per].to_vec();
+        let g = chunk_backward(&cfg, shape, &seq(&q, qs), &seq(&k, kvs), &seq(&v, kvs), &seq(&d_o, qs), DEFAULT_CHUNK_SIZE).unwrap();
+        dq_ref.extend(to_f64(&g.dq));
+        dk_ref.extend(to_f64(&g.dk));
+        dv_ref.extend(to_f64(&g.dv));
+    }
+    let (mut dq, mut dk, mut dv) = (poisoned(&ctx, nq), poisoned(&ctx, nkv), poisoned(&ctx, nkv));
+    mixer_chunk_backward(&ctx, &cfg, dims, &upload(&ctx, &q), &upload(&ctx, &k), &upload(&ctx, &v), &upload(&ctx, &d_o), &mut dq, &mut dk, &mut dv).unwrap();
+    check("gla full grid dq", &dq, &dq_ref, FP32_TOL);
+    check("gla full grid dk", &dk, &dk_ref, FP32_TOL);
+    check("gla full grid dv", &dv, &dv_ref, FP32_TOL);
+}
