@@ -40,5 +40,13 @@ pub const LIGER_FEATURE: KernelFile = kernel_file!(
     ["softmax_rows_f32", "softmax_rows_backward_f32", "gla_key_features_f32", "gla_key_features_backward_f32"]
 );
 
+pub const ATTENTION: KernelFile = kernel_file!(
+    "attention",
+    [
+        "attention_forward_f32", "attention_delta_f32", "attention_dq_f32", "attention_dkv_f32", "attention_decode_f32", "cache_write_f32",
+        "attention_forward_bf16", "attention_delta_bf16", "attention_dq_bf16", "attention_dkv_bf16", "attention_decode_bf16", "cache_write_bf16",
+    ]
+);
+
 /// Every kernel file of the crate.
-pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE];
+pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE, ATTENTION];
