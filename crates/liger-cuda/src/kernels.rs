@@ -48,5 +48,7 @@ pub const ATTENTION: KernelFile = kernel_file!(
     ]
 );
 
+pub const SAMPLING: KernelFile = kernel_file!("sampling", ["argmax_rows_f32", "sample_rows_f32"]);
+
 /// Every kernel file of the crate.
-pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE, ATTENTION];
+pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE, ATTENTION, SAMPLING];

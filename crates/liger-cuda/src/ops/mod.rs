@@ -9,6 +9,7 @@ pub mod embedding;
 pub mod liger_feature;
 pub mod rms_norm;
 pub mod rope;
+pub mod sampling;
 pub mod swiglu;
 
 use crate::buffer::GpuElement;
