@@ -210,6 +210,166 @@ __device__ void cache_write(int batch, int tokens, int hkv, int d, int capacity,
     }
 }
 
+// ---- bf16 forward on tensor cores -------------------------------------------------------------
+// Flash-style: a block of 4 warps owns 64 queries of one (sequence, head); each warp 16 of them.
+// Key tiles of 64 go through shared memory (K as is, V transposed), skipping tiles outside
+// every query's window; scores and P.V use mma.sync m16n8k16 (bf16 in, fp32 accumulate), the
+// softmax is online in fp32. Fragment layouts (g = lane / 4, t = lane % 4): A holds rows g and
+// g + 8, columns 2t, 2t + 1 (+ 8); B holds column g, rows 2t, 2t + 1 (+ 8); C rows g, g + 8,
+// columns 2t, 2t + 1.
+
+#define MMA_ROWS 64
+#define MMA_KEYS 64
+
+__device__ __forceinline__ void mma_bf16(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats as bf16x2, `lo` in the lower half (the lower column).
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+template <int D>
+__device__ void attention_forward_mma(AttnDims p, const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse) {
+    __shared__ __align__(16) unsigned short ks[MMA_KEYS][D + 8];   // padded rows: no bank conflicts
+    __shared__ __align__(16) unsigned short vt[D][MMA_KEYS + 8];
+    const int i0 = blockIdx.x * MMA_ROWS, h = blockIdx.y, b = blockIdx.z, kvh = h / (p.hq / p.hkv);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const float scale_log2 = rsqrtf((float)D) * 1.4426950408889634f;
+    const long long q_stride = (long long)p.hq * D, kv_stride = (long long)p.hkv * D;
+
+    // This warp's 16 query rows as A fragments, one per 16 columns of d.
+    u32 qa[D / 16][4];
+    const int row_a = i0 + warp * 16 + g, row_b = row_a + 8;
+    const unsigned short* q_base = (const unsigned short*)q + ((long long)b * p.tokens) * q_stride + (long long)h * D;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        const int c = kk * 16 + 2 * t;
+        qa[kk][0] = row_a < p.tokens ? *(const u32*)(q_base + row_a * q_stride + c) : 0u;
+        qa[kk][1] = row_b < p.tokens ? *(const u32*)(q_base + row_b * q_stride + c) : 0u;
+        qa[kk][2] = row_a < p.tokens ? *(const u32*)(q_base + row_a * q_stride + c + 8) : 0u;
+        qa[kk][3] = row_b < p.tokens ? *(const u32*)(q_base + row_b * q_stride + c + 8) : 0u;
+    }
+    float acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    float m[2] = {-POS_INFINITY, -POS_INFINITY}, l[2] = {0.0f, 0.0f};
+
+    const int last_row = min(p.tokens - 1, i0 + MMA_ROWS - 1);
+    const int first_key = first_visible(i0, p.window) / MMA_KEYS * MMA_KEYS;
+    const unsigned short* k_base = (const unsigned short*)k + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+    const unsigned short* v_base = (const unsigned short*)v + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+    for (int j0 = first_key; j0 <= last_row; j0 += MMA_KEYS) {
+        __syncthreads();  // the previous tile is no longer read
+        for (int chunk = threadIdx.x; chunk < MMA_KEYS * D / 8; chunk += blockDim.x) {
+            const int j = chunk / (D / 8), c = (chunk % (D / 8)) * 8;
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+            if (j0 + j < p.tokens) {
+                kv = *(const uint4*)(k_base + (j0 + j) * kv_stride + c);
+                vv = *(const uint4*)(v_base + (j0 + j) * kv_stride + c);
+            }
+            *(uint4*)&ks[j][c] = kv;
+            const unsigned short* vs = (const unsigned short*)&vv;
+#pragma unroll
+            for (int e = 0; e < 8; e++) vt[c + e][j] = vs[e];
+        }
+        __syncthreads();
+
+        float s[MMA_KEYS / 8][4];
+#pragma unroll
+        for (int n = 0; n < MMA_KEYS / 8; n++) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                const u32 b0 = *(const u32*)&ks[n * 8 + g][kk * 16 + 2 * t];
+                const u32 b1 = *(const u32*)&ks[n * 8 + g][kk * 16 + 2 * t + 8];
+                mma_bf16(s[n], qa[kk], b0, b1);
+            }
+        }
+        // Scale, mask to each query's window, and the online softmax update (base 2).
+        float tile_max[2] = {-POS_INFINITY, -POS_INFINITY};
+#pragma unroll
+        for (int n = 0; n < MMA_KEYS / 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int i = e < 2 ? row_a : row_b, j = j0 + n * 8 + 2 * t + (e & 1);
+                const bool visible = j <= i && j > i - p.window;
+                s[n][e] = visible ? s[n][e] * scale_log2 : -POS_INFINITY;
+                tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[n][e]);
+            }
+        }
+        float correction[2], reference[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+            const float m_new = fmaxf(m[r], tile_max[r]);
+            reference[r] = m_new == -POS_INFINITY ? 0.0f : m_new;  // a row with nothing visible yet
+            correction[r] = exp2f(m[r] - reference[r]);
+            m[r] = m_new;
+            l[r] *= correction[r];
+        }
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            acc[n][0] *= correction[0], acc[n][1] *= correction[0];
+            acc[n][2] *= correction[1], acc[n][3] *= correction[1];
+        }
+        u32 pa[MMA_KEYS / 16][4];
+#pragma unroll
+        for (int n = 0; n < MMA_KEYS / 8; n++) {
+            const float p0 = exp2f(s[n][0] - reference[0]), p1 = exp2f(s[n][1] - reference[0]);
+            const float p2 = exp2f(s[n][2] - reference[1]), p3 = exp2f(s[n][3] - reference[1]);
+            l[0] += p0 + p1;
+            l[1] += p2 + p3;
+            pa[n / 2][(n & 1) * 2] = pack_bf16(p0, p1);
+            pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(p2, p3);
+        }
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+#pragma unroll
+            for (int kk = 0; kk < MMA_KEYS / 16; kk++) {
+                const u32 b0 = *(const u32*)&vt[n * 8 + g][kk * 16 + 2 * t];
+                const u32 b1 = *(const u32*)&vt[n * 8 + g][kk * 16 + 2 * t + 8];
+                mma_bf16(acc[n], pa[kk], b0, b1);
+            }
+        }
+    }
+    // Finish the row sums across the 4 threads of each row; write O and the log-sum-exp.
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+    unsigned short* o_base = (unsigned short*)o + ((long long)b * p.tokens) * q_stride + (long long)h * D;
+    const float inv_a = 1.0f / l[0], inv_b = 1.0f / l[1];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+        const int c = n * 8 + 2 * t;
+        if (row_a < p.tokens) *(u32*)(o_base + row_a * q_stride + c) = pack_bf16(acc[n][0] * inv_a, acc[n][1] * inv_a);
+        if (row_b < p.tokens) *(u32*)(o_base + row_b * q_stride + c) = pack_bf16(acc[n][2] * inv_b, acc[n][3] * inv_b);
+    }
+    if (t == 0) {
+        float* lse_row = lse + ((long long)b * p.hq + h) * p.tokens;
+        if (row_a < p.tokens) lse_row[row_a] = (m[0] + __log2f(l[0])) * 0.6931471805599453f;
+        if (row_b < p.tokens) lse_row[row_b] = (m[1] + __log2f(l[1])) * 0.6931471805599453f;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_forward_mma_d64(AttnDims p, const bf16* q, const bf16* k,
+                                                                            const bf16* v, bf16* o, float* lse) {
+    attention_forward_mma<64>(p, q, k, v, o, lse);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_forward_mma_d128(AttnDims p, const bf16* q, const bf16* k,
+                                                                             const bf16* v, bf16* o, float* lse) {
+    attention_forward_mma<128>(p, q, k, v, o, lse);
+}
+
 #define ATTENTION_ENTRY_POINTS(T, SUFFIX)                                                                                  \
     extern "C" __global__ void attention_forward_##SUFFIX(AttnDims p, const T* q, const T* k, const T* v, T* o,         \
                                                           float* lse) {                                                 \

@@ -88,6 +88,18 @@ impl AttentionDims {
     }
 }
 
+/// Queries per block of the tensor-core kernels.
+const MMA_ROWS: usize = 64;
+
+/// The tensor-core forward for this element type and head size, if there is one (bf16, d = 64 or 128).
+fn tensor_core_forward<T: GpuElement>(d: usize) -> Option<&'static str> {
+    match (T::KERNEL_SUFFIX, d) {
+        ("bf16", 64) => Some("attention_forward_mma_d64"),
+        ("bf16", 128) => Some("attention_forward_mma_d128"),
+        _ => None,
+    }
+}
+
 /// One warp per row: `BLOCK / 32` rows per block.
 fn warp_rows(rows: usize) -> LaunchConfig {
     crate::launch::warp_per_row(rows)
@@ -115,6 +127,19 @@ pub fn attention_forward<T: GpuElement>(
     expect_len("attention lse", lse.len(), dims.lse_len())?;
     if dims.q_len() == 0 {
         return Ok(());
+    }
+    if let Some(name) = tensor_core_forward::<T>(dims.shape.d) {
+        // bf16 with a head size of 64 or 128: tiles of 64 queries per block on tensor cores.
+        let grid = (dims.tokens.div_ceil(MMA_ROWS), dims.shape.hq, dims.batch);
+        if grid.1 > 65535 || grid.2 > 65535 {
+            return Err(Error::invalid_argument(format!("{} heads x {} sequences are more than one launch takes (65535 each)", grid.1, grid.2)));
+        }
+        let cfg = LaunchConfig { grid_dim: (grid.0 as u32, grid.1 as u32, grid.2 as u32), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let f = ctx.function(&ATTENTION, name)?;
+        let mut launch = ctx.stream().launch_builder(&f);
+        launch.arg(&p).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(o.slice_mut()).arg(lse.slice_mut());
+        // SAFETY: sizes checked above; the kernel guards rows and keys past `tokens`.
+        return ctx.check_launch(unsafe { launch.launch(cfg) }, name);
     }
     let name = super::variant::<T>("attention_forward_f32", "attention_forward_bf16");
     let f = ctx.function(&ATTENTION, name)?;
