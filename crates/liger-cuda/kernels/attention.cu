@@ -157,37 +157,72 @@ __device__ void attention_dkv_rows(AttnDims p, const T* q, const T* k, const T* 
     store_row(dv + row * p.d, p.d, dv_acc);
 }
 
-// Decoding: one warp per (b, h); the first lengths[b] slots of the sequence's cache
-// [B, hkv, capacity, d] are its keys, in any order. An empty cache gives zeros.
+// Decoding: one block of DECODE_WARPS warps per (b, h); the first lengths[b] slots of the
+// sequence's cache [B, hkv, capacity, d] are its keys, in any order. Each warp takes chunks of
+// 32 keys (a key per lane for the scores, then the lanes split d for P.V) with its own online
+// softmax; the warps' partial results are merged at the end. An empty cache gives zeros.
+#define DECODE_WARPS 4
+
 template <typename T>
 __device__ void attention_decode_rows(int batch, int hq, int hkv, int d, int capacity, const T* q_t, const T* k_cache,
                                       const T* v_cache, const u32* lengths, T* o_t) {
-    const long long row = warp_row((long long)batch * hq);
-    if (row < 0) return;
-    const int h = (int)(row % hq), b = (int)(row / hq), kvh = h / (hq / hkv);
+    __shared__ float q_s[32 * MAX_PER_LANE];
+    __shared__ float partial[DECODE_WARPS][32 * MAX_PER_LANE];
+    __shared__ float warp_m[DECODE_WARPS], warp_l[DECODE_WARPS];
+    const int h = blockIdx.x % hq, b = blockIdx.x / hq, kvh = h / (hq / hkv);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int n = (int)min(lengths[b], (u32)capacity);
     const float scale = rsqrtf((float)d);
-    float qr[MAX_PER_LANE], acc[MAX_PER_LANE];
-    load_row(q_t + row * d, d, qr);
+    const long long row = (long long)b * hq + h;
+    for (int e = threadIdx.x; e < d; e += blockDim.x) q_s[e] = to_f32(q_t[row * d + e]);
+    __syncthreads();
+    const T* keys = k_cache + ((long long)b * hkv + kvh) * capacity * d;
+    const T* values = v_cache + ((long long)b * hkv + kvh) * capacity * d;
+    float acc[MAX_PER_LANE];
 #pragma unroll
     for (int c = 0; c < MAX_PER_LANE; c++) acc[c] = 0.0f;
-    const long long base = ((long long)b * hkv + kvh) * capacity * d;
     float m = -POS_INFINITY, l = 0.0f;
-    const int lane = threadIdx.x & 31;
-    for (int j = 0; j < n; j++) {
-        const float s = dot_row(qr, k_cache + base + (long long)j * d, d) * scale;
-        const float m_new = fmaxf(m, s);
-        const float correction = __expf(m - m_new), e = __expf(s - m_new);
-        l = l * correction + e;
-#pragma unroll
-        for (int c = 0; c < MAX_PER_LANE; c++)
-            if (c * 32 < d) acc[c] = acc[c] * correction + e * to_f32(v_cache[base + (long long)j * d + c * 32 + lane]);
+    for (int j0 = warp * 32; j0 < n; j0 += DECODE_WARPS * 32) {
+        const int j = j0 + lane;
+        float s = -POS_INFINITY;
+        if (j < n) {
+            float dot = 0.0f;
+            for (int e = 0; e < d; e++) dot += q_s[e] * to_f32(keys[(long long)j * d + e]);
+            s = dot * scale;
+        }
+        const float m_new = fmaxf(m, warp_max(s));  // finite: lane 0's key is always valid
+        const float correction = __expf(m - m_new), prob = j < n ? __expf(s - m_new) : 0.0f;
+        l = l * correction + warp_sum(prob);
         m = m_new;
-    }
-    const float inv = n > 0 ? 1.0f / l : 0.0f;
 #pragma unroll
-    for (int c = 0; c < MAX_PER_LANE; c++) acc[c] *= inv;
-    store_row(o_t + row * d, d, acc);
+        for (int c = 0; c < MAX_PER_LANE; c++) acc[c] *= correction;
+        const int count = min(32, n - j0);
+        for (int jj = 0; jj < count; jj++) {
+            const float pj = __shfl_sync(0xffffffffu, prob, jj);
+            const T* value = values + (long long)(j0 + jj) * d;
+#pragma unroll
+            for (int c = 0; c < MAX_PER_LANE; c++)
+                if (c * 32 < d) acc[c] += pj * to_f32(value[c * 32 + lane]);
+        }
+    }
+#pragma unroll
+    for (int c = 0; c < MAX_PER_LANE; c++)
+        if (c * 32 < d) partial[warp][c * 32 + lane] = acc[c];
+    if (lane == 0) warp_m[warp] = m, warp_l[warp] = l;
+    __syncthreads();
+    float m_all = -POS_INFINITY;
+    for (int w = 0; w < DECODE_WARPS; w++) m_all = fmaxf(m_all, warp_m[w]);
+    float weights[DECODE_WARPS], l_all = 0.0f;
+    for (int w = 0; w < DECODE_WARPS; w++) {
+        weights[w] = warp_l[w] > 0.0f ? __expf(warp_m[w] - m_all) : 0.0f;  // a warp without keys adds nothing
+        l_all += warp_l[w] * weights[w];
+    }
+    const float inv = n > 0 ? 1.0f / l_all : 0.0f;
+    for (int e = threadIdx.x; e < d; e += blockDim.x) {
+        float out = 0.0f;
+        for (int w = 0; w < DECODE_WARPS; w++) out += partial[w][e] * weights[w];
+        o_t[row * d + e] = from_f32<T>(n > 0 ? out * inv : 0.0f);
+    }
 }
 
 // Writes token t of sequence b (k_new/v_new [B, tokens, hkv, d], at position positions[b] + t)
@@ -212,11 +247,11 @@ __device__ void cache_write(int batch, int tokens, int hkv, int d, int capacity,
 
 // ---- bf16 forward on tensor cores -------------------------------------------------------------
 // Flash-style: a block of 4 warps owns 64 queries of one (sequence, head); each warp 16 of them.
-// Key tiles of 64 go through shared memory (K as is, V transposed), skipping tiles outside
+// Key tiles of 64 go through shared memory, skipping tiles outside
 // every query's window; scores and P.V use mma.sync m16n8k16 (bf16 in, fp32 accumulate), the
 // softmax is online in fp32. Fragment layouts (g = lane / 4, t = lane % 4): A holds rows g and
 // g + 8, columns 2t, 2t + 1 (+ 8); B holds column g, rows 2t, 2t + 1 (+ 8); C rows g, g + 8,
-// columns 2t, 2t + 1.
+// columns 2t, 2t + 1. B fragments of row-major [k][n] tiles come from ldmatrix.trans.
 
 #define MMA_ROWS 64
 #define MMA_KEYS 64
@@ -234,11 +269,43 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
     return r;
 }
 
+__device__ __forceinline__ u32 shared_address(const void* ptr) {
+    u32 addr;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }\n" : "=r"(addr) : "l"(ptr));
+    return addr;
+}
+
+// The B fragment of rows k0..k0+15, columns n0..n0+7 of a row-major [k][n] tile in shared memory.
+template <int STRIDE>
+__device__ __forceinline__ void b_fragment_trans(const unsigned short (*tile)[STRIDE], int k0, int n0, u32& b0, u32& b1) {
+    const u32 addr = shared_address(&tile[k0 + (threadIdx.x & 15)][n0]);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(addr));
+}
+
+// The A fragment of rows (row_a, row_a + 8), columns c..c+15 of a global [rows][stride] matrix.
+__device__ __forceinline__ void a_fragment_global(const unsigned short* base, long long stride, int row_a, int rows, int c, u32* a) {
+    const int t2 = 2 * (threadIdx.x & 3), row_b = row_a + 8;
+    a[0] = row_a < rows ? *(const u32*)(base + row_a * stride + c + t2) : 0u;
+    a[1] = row_b < rows ? *(const u32*)(base + row_b * stride + c + t2) : 0u;
+    a[2] = row_a < rows ? *(const u32*)(base + row_a * stride + c + t2 + 8) : 0u;
+    a[3] = row_b < rows ? *(const u32*)(base + row_b * stride + c + t2 + 8) : 0u;
+}
+
+// Copies rows r0..r0+63 of a global [rows][stride] matrix (D columns) into a shared tile; zeros past `rows`.
+template <int D>
+__device__ __forceinline__ void load_tile(unsigned short (*tile)[D + 8], const unsigned short* base, long long stride, int r0, int rows) {
+    for (int chunk = threadIdx.x; chunk < MMA_KEYS * D / 8; chunk += blockDim.x) {
+        const int r = chunk / (D / 8), c = (chunk % (D / 8)) * 8;
+        *(uint4*)&tile[r][c] = r0 + r < rows ? *(const uint4*)(base + (r0 + r) * stride + c) : make_uint4(0, 0, 0, 0);
+    }
+}
+
 template <int D>
 __device__ void attention_forward_mma(AttnDims p, const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse) {
     __shared__ __align__(16) unsigned short ks[MMA_KEYS][D + 8];   // padded rows: no bank conflicts
-    __shared__ __align__(16) unsigned short vt[D][MMA_KEYS + 8];
-    const int i0 = blockIdx.x * MMA_ROWS, h = blockIdx.y, b = blockIdx.z, kvh = h / (p.hq / p.hkv);
+    __shared__ __align__(16) unsigned short vs[MMA_KEYS][D + 8];
+    // The last query tiles see the most keys: start them first.
+    const int i0 = (gridDim.x - 1 - blockIdx.x) * MMA_ROWS, h = blockIdx.y, b = blockIdx.z, kvh = h / (p.hq / p.hkv);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const float scale_log2 = rsqrtf((float)D) * 1.4426950408889634f;
     const long long q_stride = (long long)p.hq * D, kv_stride = (long long)p.hkv * D;
@@ -266,18 +333,8 @@ __device__ void attention_forward_mma(AttnDims p, const bf16* q, const bf16* k, 
     const unsigned short* v_base = (const unsigned short*)v + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
     for (int j0 = first_key; j0 <= last_row; j0 += MMA_KEYS) {
         __syncthreads();  // the previous tile is no longer read
-        for (int chunk = threadIdx.x; chunk < MMA_KEYS * D / 8; chunk += blockDim.x) {
-            const int j = chunk / (D / 8), c = (chunk % (D / 8)) * 8;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-            if (j0 + j < p.tokens) {
-                kv = *(const uint4*)(k_base + (j0 + j) * kv_stride + c);
-                vv = *(const uint4*)(v_base + (j0 + j) * kv_stride + c);
-            }
-            *(uint4*)&ks[j][c] = kv;
-            const unsigned short* vs = (const unsigned short*)&vv;
-#pragma unroll
-            for (int e = 0; e < 8; e++) vt[c + e][j] = vs[e];
-        }
+        load_tile<D>(ks, k_base, kv_stride, j0, p.tokens);
+        load_tile<D>(vs, v_base, kv_stride, j0, p.tokens);
         __syncthreads();
 
         float s[MMA_KEYS / 8][4];
@@ -333,8 +390,8 @@ __device__ void attention_forward_mma(AttnDims p, const bf16* q, const bf16* k, 
         for (int n = 0; n < D / 8; n++) {
 #pragma unroll
             for (int kk = 0; kk < MMA_KEYS / 16; kk++) {
-                const u32 b0 = *(const u32*)&vt[n * 8 + g][kk * 16 + 2 * t];
-                const u32 b1 = *(const u32*)&vt[n * 8 + g][kk * 16 + 2 * t + 8];
+                u32 b0, b1;
+                b_fragment_trans<D + 8>(vs, kk * 16, n * 8, b0, b1);
                 mma_bf16(acc[n], pa[kk], b0, b1);
             }
         }
@@ -369,6 +426,205 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_mma_d128(Att
                                                                              const bf16* v, bf16* o, float* lse) {
     attention_forward_mma<128>(p, q, k, v, o, lse);
 }
+
+// ---- bf16 backward on tensor cores ------------------------------------------------------------
+// dK, dV: a block owns 64 keys of one (sequence, kv head), 16 per warp, and walks the query
+// tiles (of every head of its group) that see them; dQ: a block owns 64 queries, like the
+// forward. Probabilities come back from the forward's log-sum-exp; delta = rowsum(dO * O)
+// is the attention_delta kernel's.
+
+template <int D>
+__device__ void attention_dkv_mma(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const float* lse,
+                                  const float* delta, const bf16* d_o, bf16* dk, bf16* dv) {
+    __shared__ __align__(16) unsigned short qs[MMA_ROWS][D + 8];
+    __shared__ __align__(16) unsigned short dos[MMA_ROWS][D + 8];
+    __shared__ float lse2[MMA_ROWS], row_delta[MMA_ROWS];
+    const int j0 = blockIdx.x * MMA_KEYS, kvh = blockIdx.y, b = blockIdx.z, group = p.hq / p.hkv;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const float scale = rsqrtf((float)D), scale_log2 = scale * 1.4426950408889634f;
+    const long long q_stride = (long long)p.hq * D, kv_stride = (long long)p.hkv * D;
+    const int key_a = j0 + warp * 16 + g, key_b = key_a + 8;
+    const unsigned short* k_base = (const unsigned short*)k + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+    const unsigned short* v_base = (const unsigned short*)v + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+    float dk_acc[D / 8][4], dv_acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk_acc[n][e] = dv_acc[n][e] = 0.0f;
+    const int last_query = min(p.tokens - 1, j0 + MMA_KEYS - 1 + p.window - 1);
+    for (int gh = 0; gh < group; gh++) {
+        const int h = kvh * group + gh;
+        const unsigned short* q_base = (const unsigned short*)q + (long long)b * p.tokens * q_stride + (long long)h * D;
+        const unsigned short* do_base = (const unsigned short*)d_o + (long long)b * p.tokens * q_stride + (long long)h * D;
+        const long long stat0 = ((long long)b * p.hq + h) * p.tokens;
+        for (int i0 = j0; i0 <= last_query; i0 += MMA_ROWS) {
+            __syncthreads();
+            load_tile<D>(qs, q_base, q_stride, i0, p.tokens);
+            load_tile<D>(dos, do_base, q_stride, i0, p.tokens);
+            for (int r = threadIdx.x; r < MMA_ROWS; r += blockDim.x) {
+                const bool live = i0 + r < p.tokens;
+                lse2[r] = live ? lse[stat0 + i0 + r] * 1.4426950408889634f : POS_INFINITY;
+                row_delta[r] = live ? delta[stat0 + i0 + r] : 0.0f;
+            }
+            __syncthreads();
+            // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x 64 queries.
+            float s[MMA_ROWS / 8][4], dp[MMA_ROWS / 8][4];
+#pragma unroll
+            for (int n = 0; n < MMA_ROWS / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                u32 ka[4], va[4];
+                a_fragment_global(k_base, kv_stride, key_a, p.tokens, kk * 16, ka);
+                a_fragment_global(v_base, kv_stride, key_a, p.tokens, kk * 16, va);
+#pragma unroll
+                for (int n = 0; n < MMA_ROWS / 8; n++) {
+                    mma_bf16(s[n], ka, *(const u32*)&qs[n * 8 + g][kk * 16 + 2 * t], *(const u32*)&qs[n * 8 + g][kk * 16 + 2 * t + 8]);
+                    mma_bf16(dp[n], va, *(const u32*)&dos[n * 8 + g][kk * 16 + 2 * t], *(const u32*)&dos[n * 8 + g][kk * 16 + 2 * t + 8]);
+                }
+            }
+            u32 pa[MMA_ROWS / 16][4], dsa[MMA_ROWS / 16][4];
+#pragma unroll
+            for (int n = 0; n < MMA_ROWS / 8; n++) {
+                float pr[4], ds[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int key = e < 2 ? key_a : key_b, r = n * 8 + 2 * t + (e & 1), i = i0 + r;
+                    const bool visible = key <= i && key > i - p.window && i < p.tokens;
+                    pr[e] = visible ? exp2f(s[n][e] * scale_log2 - lse2[r]) : 0.0f;
+                    ds[e] = pr[e] * (dp[n][e] - row_delta[r]) * scale;
+                }
+                pa[n / 2][(n & 1) * 2] = pack_bf16(pr[0], pr[1]);
+                pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(pr[2], pr[3]);
+                dsa[n / 2][(n & 1) * 2] = pack_bf16(ds[0], ds[1]);
+                dsa[n / 2][(n & 1) * 2 + 1] = pack_bf16(ds[2], ds[3]);
+            }
+            // dV += P^T dO, dK += dS^T Q.
+#pragma unroll
+            for (int n = 0; n < D / 8; n++) {
+#pragma unroll
+                for (int kk = 0; kk < MMA_ROWS / 16; kk++) {
+                    u32 b0, b1;
+                    b_fragment_trans<D + 8>(dos, kk * 16, n * 8, b0, b1);
+                    mma_bf16(dv_acc[n], pa[kk], b0, b1);
+                    b_fragment_trans<D + 8>(qs, kk * 16, n * 8, b0, b1);
+                    mma_bf16(dk_acc[n], dsa[kk], b0, b1);
+                }
+            }
+        }
+    }
+    unsigned short* dk_base = (unsigned short*)dk + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+    unsigned short* dv_base = (unsigned short*)dv + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+        const int c = n * 8 + 2 * t;
+        if (key_a < p.tokens) {
+            *(u32*)(dk_base + key_a * kv_stride + c) = pack_bf16(dk_acc[n][0], dk_acc[n][1]);
+            *(u32*)(dv_base + key_a * kv_stride + c) = pack_bf16(dv_acc[n][0], dv_acc[n][1]);
+        }
+        if (key_b < p.tokens) {
+            *(u32*)(dk_base + key_b * kv_stride + c) = pack_bf16(dk_acc[n][2], dk_acc[n][3]);
+            *(u32*)(dv_base + key_b * kv_stride + c) = pack_bf16(dv_acc[n][2], dv_acc[n][3]);
+        }
+    }
+}
+
+template <int D>
+__device__ void attention_dq_mma(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* delta,
+                                 const bf16* d_o, bf16* dq) {
+    __shared__ __align__(16) unsigned short ks[MMA_KEYS][D + 8];
+    __shared__ __align__(16) unsigned short vs[MMA_KEYS][D + 8];
+    // The last query tiles see the most keys: start them first.
+    const int i0 = (gridDim.x - 1 - blockIdx.x) * MMA_ROWS, h = blockIdx.y, b = blockIdx.z, kvh = h / (p.hq / p.hkv);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const float scale = rsqrtf((float)D), scale_log2 = scale * 1.4426950408889634f;
+    const long long q_stride = (long long)p.hq * D, kv_stride = (long long)p.hkv * D;
+    const int row_a = i0 + warp * 16 + g, row_b = row_a + 8;
+    const unsigned short* q_base = (const unsigned short*)q + (long long)b * p.tokens * q_stride + (long long)h * D;
+    const unsigned short* do_base = (const unsigned short*)d_o + (long long)b * p.tokens * q_stride + (long long)h * D;
+    u32 qa[D / 16][4], doa[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        a_fragment_global(q_base, q_stride, row_a, p.tokens, kk * 16, qa[kk]);
+        a_fragment_global(do_base, q_stride, row_a, p.tokens, kk * 16, doa[kk]);
+    }
+    const long long stat0 = ((long long)b * p.hq + h) * p.tokens;
+    const float lse_a = row_a < p.tokens ? lse[stat0 + row_a] * 1.4426950408889634f : 0.0f;
+    const float lse_b = row_b < p.tokens ? lse[stat0 + row_b] * 1.4426950408889634f : 0.0f;
+    const float delta_a = row_a < p.tokens ? delta[stat0 + row_a] : 0.0f;
+    const float delta_b = row_b < p.tokens ? delta[stat0 + row_b] : 0.0f;
+    float acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    const int last_row = min(p.tokens - 1, i0 + MMA_ROWS - 1);
+    const int first_key = first_visible(i0, p.window) / MMA_KEYS * MMA_KEYS;
+    const unsigned short* k_base = (const unsigned short*)k + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+    const unsigned short* v_base = (const unsigned short*)v + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+    for (int j0 = first_key; j0 <= last_row; j0 += MMA_KEYS) {
+        __syncthreads();
+        load_tile<D>(ks, k_base, kv_stride, j0, p.tokens);
+        load_tile<D>(vs, v_base, kv_stride, j0, p.tokens);
+        __syncthreads();
+        float s[MMA_KEYS / 8][4], dp[MMA_KEYS / 8][4];
+#pragma unroll
+        for (int n = 0; n < MMA_KEYS / 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                mma_bf16(s[n], qa[kk], *(const u32*)&ks[n * 8 + g][kk * 16 + 2 * t], *(const u32*)&ks[n * 8 + g][kk * 16 + 2 * t + 8]);
+                mma_bf16(dp[n], doa[kk], *(const u32*)&vs[n * 8 + g][kk * 16 + 2 * t], *(const u32*)&vs[n * 8 + g][kk * 16 + 2 * t + 8]);
+            }
+        }
+        u32 dsa[MMA_KEYS / 16][4];
+#pragma unroll
+        for (int n = 0; n < MMA_KEYS / 8; n++) {
+            float ds[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int i = e < 2 ? row_a : row_b, j = j0 + n * 8 + 2 * t + (e & 1);
+                const bool visible = j <= i && j > i - p.window;
+                const float pr = visible ? exp2f(s[n][e] * scale_log2 - (e < 2 ? lse_a : lse_b)) : 0.0f;
+                ds[e] = pr * (dp[n][e] - (e < 2 ? delta_a : delta_b)) * scale;
+            }
+            dsa[n / 2][(n & 1) * 2] = pack_bf16(ds[0], ds[1]);
+            dsa[n / 2][(n & 1) * 2 + 1] = pack_bf16(ds[2], ds[3]);
+        }
+        // dQ += dS K.
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+#pragma unroll
+            for (int kk = 0; kk < MMA_KEYS / 16; kk++) {
+                u32 b0, b1;
+                b_fragment_trans<D + 8>(ks, kk * 16, n * 8, b0, b1);
+                mma_bf16(acc[n], dsa[kk], b0, b1);
+            }
+        }
+    }
+    unsigned short* dq_base = (unsigned short*)dq + (long long)b * p.tokens * q_stride + (long long)h * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+        const int c = n * 8 + 2 * t;
+        if (row_a < p.tokens) *(u32*)(dq_base + row_a * q_stride + c) = pack_bf16(acc[n][0], acc[n][1]);
+        if (row_b < p.tokens) *(u32*)(dq_base + row_b * q_stride + c) = pack_bf16(acc[n][2], acc[n][3]);
+    }
+}
+
+#define MMA_BACKWARD_ENTRY_POINTS(D)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(128)                                                                   \
+        attention_dkv_mma_d##D(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const float* lse,              \
+                               const float* delta, const bf16* d_o, bf16* dk, bf16* dv) {                               \
+        attention_dkv_mma<D>(p, q, k, v, lse, delta, d_o, dk, dv);                                                      \
+    }                                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128)                                                                   \
+        attention_dq_mma_d##D(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const float* lse,               \
+                              const float* delta, const bf16* d_o, bf16* dq) {                                          \
+        attention_dq_mma<D>(p, q, k, v, lse, delta, d_o, dq);                                                           \
+    }
+
+MMA_BACKWARD_ENTRY_POINTS(64)
+MMA_BACKWARD_ENTRY_POINTS(128)
 
 #define ATTENTION_ENTRY_POINTS(T, SUFFIX)                                                                                  \
     extern "C" __global__ void attention_forward_##SUFFIX(AttnDims p, const T* q, const T* k, const T* v, T* o,         \

@@ -46,6 +46,7 @@ pub const ATTENTION: KernelFile = kernel_file!(
         "attention_forward_f32", "attention_delta_f32", "attention_dq_f32", "attention_dkv_f32", "attention_decode_f32", "cache_write_f32",
         "attention_forward_bf16", "attention_delta_bf16", "attention_dq_bf16", "attention_dkv_bf16", "attention_decode_bf16", "cache_write_bf16",
         "attention_forward_mma_d64", "attention_forward_mma_d128",
+        "attention_dkv_mma_d64", "attention_dq_mma_d64", "attention_dkv_mma_d128", "attention_dq_mma_d128",
     ]
 );
 

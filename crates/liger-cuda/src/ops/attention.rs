@@ -100,6 +100,14 @@ fn tensor_core_forward<T: GpuElement>(d: usize) -> Option<&'static str> {
     }
 }
 
+/// The launch of a tensor-core kernel: a block of 4 warps per 64 tokens, per head, per sequence.
+fn tile_grid(dims: AttentionDims, heads: usize, kernel: &str) -> Result<LaunchConfig> {
+    if heads > 65535 || dims.batch > 65535 {
+        return Err(Error::invalid_argument(format!("{kernel}: {heads} heads x {} sequences are more than one launch takes (65535 each)", dims.batch)));
+    }
+    Ok(LaunchConfig { grid_dim: (dims.tokens.div_ceil(MMA_ROWS) as u32, heads as u32, dims.batch as u32), block_dim: (128, 1, 1), shared_mem_bytes: 0 })
+}
+
 /// One warp per row: `BLOCK / 32` rows per block.
 fn warp_rows(rows: usize) -> LaunchConfig {
     crate::launch::warp_per_row(rows)
@@ -130,11 +138,7 @@ pub fn attention_forward<T: GpuElement>(
     }
     if let Some(name) = tensor_core_forward::<T>(dims.shape.d) {
         // bf16 with a head size of 64 or 128: tiles of 64 queries per block on tensor cores.
-        let grid = (dims.tokens.div_ceil(MMA_ROWS), dims.shape.hq, dims.batch);
-        if grid.1 > 65535 || grid.2 > 65535 {
-            return Err(Error::invalid_argument(format!("{} heads x {} sequences are more than one launch takes (65535 each)", grid.1, grid.2)));
-        }
-        let cfg = LaunchConfig { grid_dim: (grid.0 as u32, grid.1 as u32, grid.2 as u32), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let cfg = tile_grid(dims, dims.shape.hq, name)?;
         let f = ctx.function(&ATTENTION, name)?;
         let mut launch = ctx.stream().launch_builder(&f);
         launch.arg(&p).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(o.slice_mut()).arg(lse.slice_mut());
@@ -186,6 +190,21 @@ pub fn attention_backward<T: GpuElement>(
     // SAFETY: sizes checked above; one warp per query row.
     ctx.check_launch(unsafe { launch.launch(warp_rows(q_rows)) }, name)?;
 
+    if tensor_core_forward::<T>(dims.shape.d).is_some() {
+        // bf16 with a head size of 64 or 128: dQ per 64 queries, dK and dV per 64 keys.
+        let d = dims.shape.d;
+        let (dq_name, dkv_name) = if d == 64 { ("attention_dq_mma_d64", "attention_dkv_mma_d64") } else { ("attention_dq_mma_d128", "attention_dkv_mma_d128") };
+        let f = ctx.function(&ATTENTION, dq_name)?;
+        let mut launch = ctx.stream().launch_builder(&f);
+        launch.arg(&p).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(lse.slice()).arg(delta.slice()).arg(d_o.slice()).arg(dq.slice_mut());
+        // SAFETY: sizes checked above; the kernel guards rows and keys past `tokens`.
+        ctx.check_launch(unsafe { launch.launch(tile_grid(dims, dims.shape.hq, dq_name)?) }, dq_name)?;
+        let f = ctx.function(&ATTENTION, dkv_name)?;
+        let mut launch = ctx.stream().launch_builder(&f);
+        launch.arg(&p).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(lse.slice()).arg(delta.slice()).arg(d_o.slice()).arg(dk.slice_mut()).arg(dv.slice_mut());
+        // SAFETY: as above.
+        return ctx.check_launch(unsafe { launch.launch(tile_grid(dims, dims.shape.hkv, dkv_name)?) }, dkv_name);
+    }
     let name = super::variant::<T>("attention_dq_f32", "attention_dq_bf16");
     let f = ctx.function(&ATTENTION, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
@@ -246,9 +265,14 @@ pub fn attention_decode<T: GpuElement>(
         launch.arg(a);
     }
     launch.arg(q_t.slice()).arg(k_cache.slice()).arg(v_cache.slice()).arg(lengths.slice()).arg(o_t.slice_mut());
-    // SAFETY: sizes checked above; lengths are clipped to capacity in the kernel.
-    ctx.check_launch(unsafe { launch.launch(warp_rows(batch * shape.hq)) }, name)
+    // SAFETY: sizes checked above; lengths are clipped to capacity in the kernel; a block per (sequence, head).
+    let blocks = as_int("sequences x query heads", batch * shape.hq)? as u32;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (DECODE_THREADS, 1, 1), shared_mem_bytes: 0 };
+    ctx.check_launch(unsafe { launch.launch(cfg) }, name)
 }
+
+/// Threads per (sequence, head) of the decoding kernel: DECODE_WARPS warps in attention.cu.
+const DECODE_THREADS: u32 = 128;
 
 fn check_capacity(capacity: usize) -> Result<()> {
     if capacity == 0 {
