@@ -222,15 +222,15 @@ fn cache_append_wraps_around_the_ring() {
         let (k, v) = (random(&mut rng, batch * kv_row, 1.0), random(&mut rng, batch * kv_row, 1.0));
         let pos = GpuBuffer::from_host(&ctx, &positions).unwrap();
         cache_append(&ctx, batch, shape, capacity, &upload(&ctx, &k), &upload(&ctx, &v), &pos, &mut k_cache, &mut v_cache).unwrap();
-        for b in 0..batch {
-            let slot = positions[b] as usize % capacity;
+        for (b, position) in positions.iter_mut().enumerate() {
+            let slot = *position as usize % capacity;
             for h in 0..shape.hkv {
                 let src = (b * shape.hkv + h) * shape.d;
                 let dst = ((b * shape.hkv + h) * capacity + slot) * shape.d;
                 k_ref[dst..dst + shape.d].copy_from_slice(&k[src..src + shape.d]);
                 v_ref[dst..dst + shape.d].copy_from_slice(&v[src..src + shape.d]);
             }
-            positions[b] += 1;
+            *position += 1;
         }
     }
     assert_eq!(k_cache.to_host().unwrap(), k_ref);
@@ -244,9 +244,9 @@ fn cache_append_wraps_around_the_ring() {
     let pos = GpuBuffer::from_host(&ctx, &starts).unwrap();
     cache_prefill(&ctx, batch, tokens, shape, capacity, &upload(&ctx, &k), &upload(&ctx, &v), &pos, &mut k_cache, &mut v_cache).unwrap();
     let (k_got, v_got) = (k_cache.to_host().unwrap(), v_cache.to_host().unwrap());
-    for b in 0..batch {
+    for (b, &start) in starts.iter().enumerate() {
         for t in tokens - capacity..tokens {
-            let slot = (starts[b] as usize + t) % capacity;
+            let slot = (start as usize + t) % capacity;
             for h in 0..shape.hkv {
                 let src = ((b * tokens + t) * shape.hkv + h) * shape.d;
                 let dst = ((b * shape.hkv + h) * capacity + slot) * shape.d;

@@ -54,7 +54,7 @@ fn sampled_tokens_equal_the_cpu_samplers_tokens() {
                 for top_p in [1.0f32, 0.9, 0.3, 1e-6] {
                     let options = SamplingOptions { temperature, top_k, top_p, seed: 0 };
                     let u = draws(&mut rng);
-                    let mut tokens = GpuBuffer::from_host(&ctx, &vec![u32::MAX; ROWS]).unwrap();
+                    let mut tokens = GpuBuffer::from_host(&ctx, &[u32::MAX; ROWS]).unwrap();
                     sample_tokens(&ctx, &logits_gpu, vocab, &options, &upload(&ctx, &u), &mut tokens).unwrap();
                     let got = tokens.to_host().unwrap();
                     let mut scratch = Vec::new();
@@ -95,8 +95,8 @@ fn greedy_is_the_first_maximum() {
     let mut rng = rng("greedy");
     for vocab in [1usize, 31, 1000, 49152, 128256] {
         let logits = logit_rows(&mut rng, vocab);
-        let mut tokens = GpuBuffer::from_host(&ctx, &vec![u32::MAX; ROWS]).unwrap();
-        let unused = upload(&ctx, &vec![0.5; ROWS]);
+        let mut tokens = GpuBuffer::from_host(&ctx, &[u32::MAX; ROWS]).unwrap();
+        let unused = upload(&ctx, &[0.5; ROWS]);
         sample_tokens(&ctx, &upload(&ctx, &logits), vocab, &SamplingOptions::default(), &unused, &mut tokens).unwrap();
         let got = tokens.to_host().unwrap();
         for r in 0..ROWS {
