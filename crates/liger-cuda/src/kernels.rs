@@ -40,6 +40,29 @@ pub const LIGER_FEATURE: KernelFile = kernel_file!(
     ["softmax_rows_f32", "softmax_rows_backward_f32", "gla_key_features_f32", "gla_key_features_backward_f32"]
 );
 
+pub const MIXER_GATED: KernelFile = kernel_file!(
+    "mixer_gated",
+    [
+        "mixer_features_f32",
+        "mixer_features_bf16",
+        "mixer_features_backward_f32",
+        "mixer_features_backward_bf16",
+        "mixer_to_f32_f32",
+        "mixer_to_f32_bf16",
+        "mixer_gate_grad_f32",
+        "mixer_scan_forward_f32_d64",
+        "mixer_scan_forward_f32_d128",
+        "mixer_scan_forward_bf16_d64",
+        "mixer_scan_forward_bf16_d128",
+        "mixer_scan_cols_forward_d64",
+        "mixer_scan_cols_forward_d128",
+        "mixer_scan_rows_reverse_d64",
+        "mixer_scan_rows_reverse_d128",
+        "mixer_scan_cols_reverse_d64",
+        "mixer_scan_cols_reverse_d128",
+    ]
+);
+
 pub const ATTENTION: KernelFile = kernel_file!(
     "attention",
     [
@@ -53,4 +76,4 @@ pub const ATTENTION: KernelFile = kernel_file!(
 pub const SAMPLING: KernelFile = kernel_file!("sampling", ["argmax_rows_f32", "sample_rows_f32"]);
 
 /// Every kernel file of the crate.
-pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE, ATTENTION, SAMPLING];
+pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE, MIXER_GATED, ATTENTION, SAMPLING];

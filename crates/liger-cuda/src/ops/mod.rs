@@ -7,6 +7,7 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod liger_feature;
+pub mod mixer;
 pub mod rms_norm;
 pub mod rope;
 pub mod sampling;
