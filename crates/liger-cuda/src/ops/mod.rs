@@ -3,12 +3,14 @@
 //! Outputs are caller-provided buffers, written in full.
 
 pub mod adamw;
+pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod liger_feature;
 pub mod mixer;
 pub mod rms_norm;
 pub mod rope;
+pub mod sampling;
 pub mod swiglu;
 
 use crate::buffer::GpuElement;

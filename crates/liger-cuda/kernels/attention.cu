@@ -1,0 +1,657 @@
+// Causal softmax attention with an optional sliding window, grouped-query heads, scale 1/sqrt(d).
+// Layouts: q, o, dq [B, T, hq, d]; k, v, dk, dv [B, T, hkv, d]; lse [B, hq, T] (fp32).
+// Query i sees keys lo(i)..=i with lo(i) = max(0, i + 1 - window) (window = T for full attention).
+//
+// These are the warp-per-row forms: one warp owns one query (or one key) row, each lane holds
+// d / 32 of its values, and a warp sum gives each dot product. They serve every head size that
+// is a multiple of 32 up to 256.
+
+#define MAX_PER_LANE 8  // head_dim <= 256
+
+struct AttnDims {
+    int batch, tokens, hq, hkv, d, window;
+};
+
+__device__ __forceinline__ int first_visible(int i, int window) { return max(0, i + 1 - window); }
+
+// Loads the d values of one row into per-lane registers: lane l holds elements l, l + 32, ...
+template <typename T> __device__ __forceinline__ void load_row(const T* row, int d, float* r) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int c = 0; c < MAX_PER_LANE; c++) r[c] = (c * 32 < d) ? to_f32(row[c * 32 + lane]) : 0.0f;
+}
+
+template <typename T> __device__ __forceinline__ void store_row(T* row, int d, const float* r) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int c = 0; c < MAX_PER_LANE; c++)
+        if (c * 32 < d) row[c * 32 + lane] = from_f32<T>(r[c]);
+}
+
+template <typename T> __device__ __forceinline__ float dot_row(const float* r, const T* row, int d) {
+    const int lane = threadIdx.x & 31;
+    float s = 0.0f;
+#pragma unroll
+    for (int c = 0; c < MAX_PER_LANE; c++)
+        if (c * 32 < d) s += r[c] * to_f32(row[c * 32 + lane]);
+    return warp_sum(s);
+}
+
+// Global warp index over `rows` rows, or -1 for a spare warp.
+__device__ __forceinline__ long long warp_row(long long rows) {
+    const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    return w < rows ? w : -1;
+}
+
+// Forward: one warp per (b, i, h), online softmax over the visible keys.
+template <typename T>
+__device__ void attention_forward_rows(AttnDims p, const T* q, const T* k, const T* v, T* o, float* lse) {
+    const long long row = warp_row((long long)p.batch * p.tokens * p.hq);
+    if (row < 0) return;
+    const int h = (int)(row % p.hq), i = (int)((row / p.hq) % p.tokens), b = (int)(row / ((long long)p.hq * p.tokens));
+    const int kvh = h / (p.hq / p.hkv);
+    const float scale = rsqrtf((float)p.d);
+    float qr[MAX_PER_LANE], acc[MAX_PER_LANE];
+    load_row(q + row * p.d, p.d, qr);
+#pragma unroll
+    for (int c = 0; c < MAX_PER_LANE; c++) acc[c] = 0.0f;
+    float m = -POS_INFINITY, l = 0.0f;
+    const long long kv_stride = (long long)p.hkv * p.d;
+    const T* kb = k + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
+    const T* vb = v + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
+    for (int j = first_visible(i, p.window); j <= i; j++) {
+        const float s = dot_row(qr, kb + j * kv_stride, p.d) * scale;
+        const float m_new = fmaxf(m, s);
+        const float correction = __expf(m - m_new), e = __expf(s - m_new);
+        l = l * correction + e;
+        const int lane = threadIdx.x & 31;
+#pragma unroll
+        for (int c = 0; c < MAX_PER_LANE; c++)
+            if (c * 32 < p.d) acc[c] = acc[c] * correction + e * to_f32(vb[j * kv_stride + c * 32 + lane]);
+        m = m_new;
+    }
+    const float inv = 1.0f / l;
+#pragma unroll
+    for (int c = 0; c < MAX_PER_LANE; c++) acc[c] *= inv;
+    store_row(o + row * p.d, p.d, acc);
+    if ((threadIdx.x & 31) == 0) lse[((long long)b * p.hq + h) * p.tokens + i] = m + __logf(l);
+}
+
+// Backward, first pass: delta[b, h, i] = sum over d of dO * O (the softmax backward's row term).
+template <typename T> __device__ void attention_delta_rows(AttnDims p, const T* o, const T* d_o, float* delta) {
+    const long long row = warp_row((long long)p.batch * p.tokens * p.hq);
+    if (row < 0) return;
+    const int h = (int)(row % p.hq), i = (int)((row / p.hq) % p.tokens), b = (int)(row / ((long long)p.hq * p.tokens));
+    float r[MAX_PER_LANE];
+    load_row(o + row * p.d, p.d, r);
+    const float s = dot_row(r, d_o + row * p.d, p.d);
+    if ((threadIdx.x & 31) == 0) delta[((long long)b * p.hq + h) * p.tokens + i] = s;
+}
+
+// Backward for dq: one warp per query row, over the keys it sees.
+template <typename T>
+__device__ void attention_dq_rows(AttnDims p, const T* q, const T* k, const T* v, const float* lse, const float* delta,
+                                  const T* d_o, T* dq) {
+    const long long row = warp_row((long long)p.batch * p.tokens * p.hq);
+    if (row < 0) return;
+    const int h = (int)(row % p.hq), i = (int)((row / p.hq) % p.tokens), b = (int)(row / ((long long)p.hq * p.tokens));
+    const int kvh = h / (p.hq / p.hkv);
+    const float scale = rsqrtf((float)p.d);
+    const long long stat = ((long long)b * p.hq + h) * p.tokens + i;
+    const float row_lse = lse[stat], row_delta = delta[stat];
+    float qr[MAX_PER_LANE], dor[MAX_PER_LANE], acc[MAX_PER_LANE];
+    load_row(q + row * p.d, p.d, qr);
+    load_row(d_o + row * p.d, p.d, dor);
+#pragma unroll
+    for (int c = 0; c < MAX_PER_LANE; c++) acc[c] = 0.0f;
+    const long long kv_stride = (long long)p.hkv * p.d;
+    const T* kb = k + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
+    const T* vb = v + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
+    const int lane = threadIdx.x & 31;
+    for (int j = first_visible(i, p.window); j <= i; j++) {
+        const float prob = __expf(dot_row(qr, kb + j * kv_stride, p.d) * scale - row_lse);
+        const float ds = prob * (dot_row(dor, vb + j * kv_stride, p.d) - row_delta) * scale;
+#pragma unroll
+        for (int c = 0; c < MAX_PER_LANE; c++)
+            if (c * 32 < p.d) acc[c] += ds * to_f32(kb[j * kv_stride + c * 32 + lane]);
+    }
+    store_row(dq + row * p.d, p.d, acc);
+}
+
+// Backward for dk and dv: one warp per key row (b, j, kv head), over the queries of its group
+// that see it (i in j ..= j + window - 1).
+template <typename T>
+__device__ void attention_dkv_rows(AttnDims p, const T* q, const T* k, const T* v, const float* lse, const float* delta,
+                                   const T* d_o, T* dk, T* dv) {
+    const long long row = warp_row((long long)p.batch * p.tokens * p.hkv);
+    if (row < 0) return;
+    const int kvh = (int)(row % p.hkv), j = (int)((row / p.hkv) % p.tokens), b = (int)(row / ((long long)p.hkv * p.tokens));
+    const int group = p.hq / p.hkv;
+    const float scale = rsqrtf((float)p.d);
+    float kr[MAX_PER_LANE], vr[MAX_PER_LANE], dk_acc[MAX_PER_LANE], dv_acc[MAX_PER_LANE];
+    load_row(k + row * p.d, p.d, kr);
+    load_row(v + row * p.d, p.d, vr);
+#pragma unroll
+    for (int c = 0; c < MAX_PER_LANE; c++) dk_acc[c] = dv_acc[c] = 0.0f;
+    const long long q_stride = (long long)p.hq * p.d;
+    const int last = min(p.tokens - 1, j + p.window - 1);  // window <= tokens, so no overflow
+    const int lane = threadIdx.x & 31;
+    for (int g = 0; g < group; g++) {
+        const int h = kvh * group + g;
+        const T* qb = q + (long long)b * p.tokens * q_stride + (long long)h * p.d;
+        const T* dob = d_o + (long long)b * p.tokens * q_stride + (long long)h * p.d;
+        const long long stat0 = ((long long)b * p.hq + h) * p.tokens;
+        for (int i = j; i <= last; i++) {
+            const float prob = __expf(dot_row(kr, qb + i * q_stride, p.d) * scale - lse[stat0 + i]);
+            const float ds = prob * (dot_row(vr, dob + i * q_stride, p.d) - delta[stat0 + i]) * scale;
+#pragma unroll
+            for (int c = 0; c < MAX_PER_LANE; c++) {
+                if (c * 32 < p.d) {
+                    dv_acc[c] += prob * to_f32(dob[i * q_stride + c * 32 + lane]);
+                    dk_acc[c] += ds * to_f32(qb[i * q_stride + c * 32 + lane]);
+                }
+            }
+        }
+    }
+    store_row(dk + row * p.d, p.d, dk_acc);
+    store_row(dv + row * p.d, p.d, dv_acc);
+}
+
+// Decoding: one block of DECODE_WARPS warps per (b, h); the first lengths[b] slots of the
+// sequence's cache [B, hkv, capacity, d] are its keys, in any order. Each warp takes chunks of
+// 32 keys (a key per lane for the scores, then the lanes split d for P.V) with its own online
+// softmax; the warps' partial results are merged at the end. An empty cache gives zeros.
+#define DECODE_WARPS 4
+
+template <typename T>
+__device__ void attention_decode_rows(int batch, int hq, int hkv, int d, int capacity, const T* q_t, const T* k_cache,
+                                      const T* v_cache, const u32* lengths, T* o_t) {
+    __shared__ float q_s[32 * MAX_PER_LANE];
+    __shared__ float partial[DECODE_WARPS][32 * MAX_PER_LANE];
+    __shared__ float warp_m[DECODE_WARPS], warp_l[DECODE_WARPS];
+    const int h = blockIdx.x % hq, b = blockIdx.x / hq, kvh = h / (hq / hkv);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n = (int)min(lengths[b], (u32)capacity);
+    const float scale = rsqrtf((float)d);
+    const long long row = (long long)b * hq + h;
+    for (int e = threadIdx.x; e < d; e += blockDim.x) q_s[e] = to_f32(q_t[row * d + e]);
+    __syncthreads();
+    const T* keys = k_cache + ((long long)b * hkv + kvh) * capacity * d;
+    const T* values = v_cache + ((long long)b * hkv + kvh) * capacity * d;
+    float acc[MAX_PER_LANE];
+#pragma unroll
+    for (int c = 0; c < MAX_PER_LANE; c++) acc[c] = 0.0f;
+    float m = -POS_INFINITY, l = 0.0f;
+    for (int j0 = warp * 32; j0 < n; j0 += DECODE_WARPS * 32) {
+        const int j = j0 + lane;
+        float s = -POS_INFINITY;
+        if (j < n) {
+            float dot = 0.0f;
+            for (int e = 0; e < d; e++) dot += q_s[e] * to_f32(keys[(long long)j * d + e]);
+            s = dot * scale;
+        }
+        const float m_new = fmaxf(m, warp_max(s));  // finite: lane 0's key is always valid
+        const float correction = __expf(m - m_new), prob = j < n ? __expf(s - m_new) : 0.0f;
+        l = l * correction + warp_sum(prob);
+        m = m_new;
+#pragma unroll
+        for (int c = 0; c < MAX_PER_LANE; c++) acc[c] *= correction;
+        const int count = min(32, n - j0);
+        for (int jj = 0; jj < count; jj++) {
+            const float pj = __shfl_sync(0xffffffffu, prob, jj);
+            const T* value = values + (long long)(j0 + jj) * d;
+#pragma unroll
+            for (int c = 0; c < MAX_PER_LANE; c++)
+                if (c * 32 < d) acc[c] += pj * to_f32(value[c * 32 + lane]);
+        }
+    }
+#pragma unroll
+    for (int c = 0; c < MAX_PER_LANE; c++)
+        if (c * 32 < d) partial[warp][c * 32 + lane] = acc[c];
+    if (lane == 0) warp_m[warp] = m, warp_l[warp] = l;
+    __syncthreads();
+    float m_all = -POS_INFINITY;
+    for (int w = 0; w < DECODE_WARPS; w++) m_all = fmaxf(m_all, warp_m[w]);
+    float weights[DECODE_WARPS], l_all = 0.0f;
+    for (int w = 0; w < DECODE_WARPS; w++) {
+        weights[w] = warp_l[w] > 0.0f ? __expf(warp_m[w] - m_all) : 0.0f;  // a warp without keys adds nothing
+        l_all += warp_l[w] * weights[w];
+    }
+    const float inv = n > 0 ? 1.0f / l_all : 0.0f;
+    for (int e = threadIdx.x; e < d; e += blockDim.x) {
+        float out = 0.0f;
+        for (int w = 0; w < DECODE_WARPS; w++) out += partial[w][e] * weights[w];
+        o_t[row * d + e] = from_f32<T>(n > 0 ? out * inv : 0.0f);
+    }
+}
+
+// Writes token t of sequence b (k_new/v_new [B, tokens, hkv, d], at position positions[b] + t)
+// into slot position % capacity of the caches; only the last `capacity` tokens are written, so
+// that no slot is written twice. tokens = 1 is the per-step append.
+template <typename T>
+__device__ void cache_write(int batch, int tokens, int hkv, int d, int capacity, const T* k_new, const T* v_new,
+                            const u32* positions, T* k_cache, T* v_cache) {
+    const int first = max(0, tokens - capacity);
+    const size_t row = (size_t)hkv * d, n = (size_t)batch * (tokens - first) * row;
+    for (size_t idx = global_index(); idx < n; idx += grid_stride()) {
+        const int e = (int)(idx % d), kvh = (int)((idx / d) % hkv);
+        const size_t bt = idx / row;
+        const int t = first + (int)(bt % (tokens - first)), b = (int)(bt / (tokens - first));
+        const u32 slot = (positions[b] + (u32)t) % (u32)capacity;
+        const size_t src = ((size_t)b * tokens + t) * row + (size_t)kvh * d + e;
+        const size_t dst = (((size_t)b * hkv + kvh) * capacity + slot) * d + e;
+        k_cache[dst] = k_new[src];
+        v_cache[dst] = v_new[src];
+    }
+}
+
+// ---- bf16 forward on tensor cores -------------------------------------------------------------
+// Flash-style: a block of 4 warps owns 64 queries of one (sequence, head); each warp 16 of them.
+// Key tiles of 64 go through shared memory, skipping tiles outside
+// every query's window; scores and P.V use mma.sync m16n8k16 (bf16 in, fp32 accumulate), the
+// softmax is online in fp32. Fragment layouts (g = lane / 4, t = lane % 4): A holds rows g and
+// g + 8, columns 2t, 2t + 1 (+ 8); B holds column g, rows 2t, 2t + 1 (+ 8); C rows g, g + 8,
+// columns 2t, 2t + 1. B fragments of row-major [k][n] tiles come from ldmatrix.trans.
+
+#define MMA_ROWS 64
+#define MMA_KEYS 64
+
+__device__ __forceinline__ void mma_bf16(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats as bf16x2, `lo` in the lower half (the lower column).
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ u32 shared_address(const void* ptr) {
+    u32 addr;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }\n" : "=r"(addr) : "l"(ptr));
+    return addr;
+}
+
+// The B fragment of rows k0..k0+15, columns n0..n0+7 of a row-major [k][n] tile in shared memory.
+template <int STRIDE>
+__device__ __forceinline__ void b_fragment_trans(const unsigned short (*tile)[STRIDE], int k0, int n0, u32& b0, u32& b1) {
+    const u32 addr = shared_address(&tile[k0 + (threadIdx.x & 15)][n0]);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(addr));
+}
+
+// The A fragment of rows (row_a, row_a + 8), columns c..c+15 of a global [rows][stride] matrix.
+__device__ __forceinline__ void a_fragment_global(const unsigned short* base, long long stride, int row_a, int rows, int c, u32* a) {
+    const int t2 = 2 * (threadIdx.x & 3), row_b = row_a + 8;
+    a[0] = row_a < rows ? *(const u32*)(base + row_a * stride + c + t2) : 0u;
+    a[1] = row_b < rows ? *(const u32*)(base + row_b * stride + c + t2) : 0u;
+    a[2] = row_a < rows ? *(const u32*)(base + row_a * stride + c + t2 + 8) : 0u;
+    a[3] = row_b < rows ? *(const u32*)(base + row_b * stride + c + t2 + 8) : 0u;
+}
+
+// Copies rows r0..r0+63 of a global [rows][stride] matrix (D columns) into a shared tile; zeros past `rows`.
+template <int D>
+__device__ __forceinline__ void load_tile(unsigned short (*tile)[D + 8], const unsigned short* base, long long stride, int r0, int rows) {
+    for (int chunk = threadIdx.x; chunk < MMA_KEYS * D / 8; chunk += blockDim.x) {
+        const int r = chunk / (D / 8), c = (chunk % (D / 8)) * 8;
+        *(uint4*)&tile[r][c] = r0 + r < rows ? *(const uint4*)(base + (r0 + r) * stride + c) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+template <int D>
+__device__ void attention_forward_mma(AttnDims p, const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse) {
+    __shared__ __align__(16) unsigned short ks[MMA_KEYS][D + 8];   // padded rows: no bank conflicts
+    __shared__ __align__(16) unsigned short vs[MMA_KEYS][D + 8];
+    // The last query tiles see the most keys: start them first.
+    const int i0 = (gridDim.x - 1 - blockIdx.x) * MMA_ROWS, h = blockIdx.y, b = blockIdx.z, kvh = h / (p.hq / p.hkv);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const float scale_log2 = rsqrtf((float)D) * 1.4426950408889634f;
+    const long long q_stride = (long long)p.hq * D, kv_stride = (long long)p.hkv * D;
+
+    // This warp's 16 query rows as A fragments, one per 16 columns of d.
+    u32 qa[D / 16][4];
+    const int row_a = i0 + warp * 16 + g, row_b = row_a + 8;
+    const unsigned short* q_base = (const unsigned short*)q + ((long long)b * p.tokens) * q_stride + (long long)h * D;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        const int c = kk * 16 + 2 * t;
+        qa[kk][0] = row_a < p.tokens ? *(const u32*)(q_base + row_a * q_stride + c) : 0u;
+        qa[kk][1] = row_b < p.tokens ? *(const u32*)(q_base + row_b * q_stride + c) : 0u;
+        qa[kk][2] = row_a < p.tokens ? *(const u32*)(q_base + row_a * q_stride + c + 8) : 0u;
+        qa[kk][3] = row_b < p.tokens ? *(const u32*)(q_base + row_b * q_stride + c + 8) : 0u;
+    }
+    float acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    float m[2] = {-POS_INFINITY, -POS_INFINITY}, l[2] = {0.0f, 0.0f};
+
+    const int last_row = min(p.tokens - 1, i0 + MMA_ROWS - 1);
+    const int first_key = first_visible(i0, p.window) / MMA_KEYS * MMA_KEYS;
+    const unsigned short* k_base = (const unsigned short*)k + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+    const unsigned short* v_base = (const unsigned short*)v + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+    for (int j0 = first_key; j0 <= last_row; j0 += MMA_KEYS) {
+        __syncthreads();  // the previous tile is no longer read
+        load_tile<D>(ks, k_base, kv_stride, j0, p.tokens);
+        load_tile<D>(vs, v_base, kv_stride, j0, p.tokens);
+        __syncthreads();
+
+        float s[MMA_KEYS / 8][4];
+#pragma unroll
+        for (int n = 0; n < MMA_KEYS / 8; n++) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                const u32 b0 = *(const u32*)&ks[n * 8 + g][kk * 16 + 2 * t];
+                const u32 b1 = *(const u32*)&ks[n * 8 + g][kk * 16 + 2 * t + 8];
+                mma_bf16(s[n], qa[kk], b0, b1);
+            }
+        }
+        // Scale, mask to each query's window, and the online softmax update (base 2).
+        float tile_max[2] = {-POS_INFINITY, -POS_INFINITY};
+#pragma unroll
+        for (int n = 0; n < MMA_KEYS / 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int i = e < 2 ? row_a : row_b, j = j0 + n * 8 + 2 * t + (e & 1);
+                const bool visible = j <= i && j > i - p.window;
+                s[n][e] = visible ? s[n][e] * scale_log2 : -POS_INFINITY;
+                tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[n][e]);
+            }
+        }
+        float correction[2], reference[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+            const float m_new = fmaxf(m[r], tile_max[r]);
+            reference[r] = m_new == -POS_INFINITY ? 0.0f : m_new;  // a row with nothing visible yet
+            correction[r] = exp2f(m[r] - reference[r]);
+            m[r] = m_new;
+            l[r] *= correction[r];
+        }
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            acc[n][0] *= correction[0], acc[n][1] *= correction[0];
+            acc[n][2] *= correction[1], acc[n][3] *= correction[1];
+        }
+        u32 pa[MMA_KEYS / 16][4];
+#pragma unroll
+        for (int n = 0; n < MMA_KEYS / 8; n++) {
+            const float p0 = exp2f(s[n][0] - reference[0]), p1 = exp2f(s[n][1] - reference[0]);
+            const float p2 = exp2f(s[n][2] - reference[1]), p3 = exp2f(s[n][3] - reference[1]);
+            l[0] += p0 + p1;
+            l[1] += p2 + p3;
+            pa[n / 2][(n & 1) * 2] = pack_bf16(p0, p1);
+            pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(p2, p3);
+        }
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+#pragma unroll
+            for (int kk = 0; kk < MMA_KEYS / 16; kk++) {
+                u32 b0, b1;
+                b_fragment_trans<D + 8>(vs, kk * 16, n * 8, b0, b1);
+                mma_bf16(acc[n], pa[kk], b0, b1);
+            }
+        }
+    }
+    // Finish the row sums across the 4 threads of each row; write O and the log-sum-exp.
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+    unsigned short* o_base = (unsigned short*)o + ((long long)b * p.tokens) * q_stride + (long long)h * D;
+    const float inv_a = 1.0f / l[0], inv_b = 1.0f / l[1];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+        const int c = n * 8 + 2 * t;
+        if (row_a < p.tokens) *(u32*)(o_base + row_a * q_stride + c) = pack_bf16(acc[n][0] * inv_a, acc[n][1] * inv_a);
+        if (row_b < p.tokens) *(u32*)(o_base + row_b * q_stride + c) = pack_bf16(acc[n][2] * inv_b, acc[n][3] * inv_b);
+    }
+    if (t == 0) {
+        float* lse_row = lse + ((long long)b * p.hq + h) * p.tokens;
+        if (row_a < p.tokens) lse_row[row_a] = (m[0] + __log2f(l[0])) * 0.6931471805599453f;
+        if (row_b < p.tokens) lse_row[row_b] = (m[1] + __log2f(l[1])) * 0.6931471805599453f;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_forward_mma_d64(AttnDims p, const bf16* q, const bf16* k,
+                                                                            const bf16* v, bf16* o, float* lse) {
+    attention_forward_mma<64>(p, q, k, v, o, lse);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_forward_mma_d128(AttnDims p, const bf16* q, const bf16* k,
+                                                                             const bf16* v, bf16* o, float* lse) {
+    attention_forward_mma<128>(p, q, k, v, o, lse);
+}
+
+// ---- bf16 backward on tensor cores ------------------------------------------------------------
+// dK, dV: a block owns 64 keys of one (sequence, kv head), 16 per warp, and walks the query
+// tiles (of every head of its group) that see them; dQ: a block owns 64 queries, like the
+// forward. Probabilities come back from the forward's log-sum-exp; delta = rowsum(dO * O)
+// is the attention_delta kernel's.
+
+template <int D>
+__device__ void attention_dkv_mma(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const float* lse,
+                                  const float* delta, const bf16* d_o, bf16* dk, bf16* dv) {
+    __shared__ __align__(16) unsigned short qs[MMA_ROWS][D + 8];
+    __shared__ __align__(16) unsigned short dos[MMA_ROWS][D + 8];
+    __shared__ float lse2[MMA_ROWS], row_delta[MMA_ROWS];
+    const int j0 = blockIdx.x * MMA_KEYS, kvh = blockIdx.y, b = blockIdx.z, group = p.hq / p.hkv;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const float scale = rsqrtf((float)D), scale_log2 = scale * 1.4426950408889634f;
+    const long long q_stride = (long long)p.hq * D, kv_stride = (long long)p.hkv * D;
+    const int key_a = j0 + warp * 16 + g, key_b = key_a + 8;
+    const unsigned short* k_base = (const unsigned short*)k + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+    const unsigned short* v_base = (const unsigned short*)v + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+    float dk_acc[D / 8][4], dv_acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk_acc[n][e] = dv_acc[n][e] = 0.0f;
+    const int last_query = min(p.tokens - 1, j0 + MMA_KEYS - 1 + p.window - 1);
+    for (int gh = 0; gh < group; gh++) {
+        const int h = kvh * group + gh;
+        const unsigned short* q_base = (const unsigned short*)q + (long long)b * p.tokens * q_stride + (long long)h * D;
+        const unsigned short* do_base = (const unsigned short*)d_o + (long long)b * p.tokens * q_stride + (long long)h * D;
+        const long long stat0 = ((long long)b * p.hq + h) * p.tokens;
+        for (int i0 = j0; i0 <= last_query; i0 += MMA_ROWS) {
+            __syncthreads();
+            load_tile<D>(qs, q_base, q_stride, i0, p.tokens);
+            load_tile<D>(dos, do_base, q_stride, i0, p.tokens);
+            for (int r = threadIdx.x; r < MMA_ROWS; r += blockDim.x) {
+                const bool live = i0 + r < p.tokens;
+                lse2[r] = live ? lse[stat0 + i0 + r] * 1.4426950408889634f : POS_INFINITY;
+                row_delta[r] = live ? delta[stat0 + i0 + r] : 0.0f;
+            }
+            __syncthreads();
+            // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x 64 queries.
+            float s[MMA_ROWS / 8][4], dp[MMA_ROWS / 8][4];
+#pragma unroll
+            for (int n = 0; n < MMA_ROWS / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                u32 ka[4], va[4];
+                a_fragment_global(k_base, kv_stride, key_a, p.tokens, kk * 16, ka);
+                a_fragment_global(v_base, kv_stride, key_a, p.tokens, kk * 16, va);
+#pragma unroll
+                for (int n = 0; n < MMA_ROWS / 8; n++) {
+                    mma_bf16(s[n], ka, *(const u32*)&qs[n * 8 + g][kk * 16 + 2 * t], *(const u32*)&qs[n * 8 + g][kk * 16 + 2 * t + 8]);
+                    mma_bf16(dp[n], va, *(const u32*)&dos[n * 8 + g][kk * 16 + 2 * t], *(const u32*)&dos[n * 8 + g][kk * 16 + 2 * t + 8]);
+                }
+            }
+            u32 pa[MMA_ROWS / 16][4], dsa[MMA_ROWS / 16][4];
+#pragma unroll
+            for (int n = 0; n < MMA_ROWS / 8; n++) {
+                float pr[4], ds[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int key = e < 2 ? key_a : key_b, r = n * 8 + 2 * t + (e & 1), i = i0 + r;
+                    const bool visible = key <= i && key > i - p.window && i < p.tokens;
+                    pr[e] = visible ? exp2f(s[n][e] * scale_log2 - lse2[r]) : 0.0f;
+                    ds[e] = pr[e] * (dp[n][e] - row_delta[r]) * scale;
+                }
+                pa[n / 2][(n & 1) * 2] = pack_bf16(pr[0], pr[1]);
+                pa[n / 2][(n & 1) * 2 + 1] = pack_bf16(pr[2], pr[3]);
+                dsa[n / 2][(n & 1) * 2] = pack_bf16(ds[0], ds[1]);
+                dsa[n / 2][(n & 1) * 2 + 1] = pack_bf16(ds[2], ds[3]);
+            }
+            // dV += P^T dO, dK += dS^T Q.
+#pragma unroll
+            for (int n = 0; n < D / 8; n++) {
+#pragma unroll
+                for (int kk = 0; kk < MMA_ROWS / 16; kk++) {
+                    u32 b0, b1;
+                    b_fragment_trans<D + 8>(dos, kk * 16, n * 8, b0, b1);
+                    mma_bf16(dv_acc[n], pa[kk], b0, b1);
+                    b_fragment_trans<D + 8>(qs, kk * 16, n * 8, b0, b1);
+                    mma_bf16(dk_acc[n], dsa[kk], b0, b1);
+                }
+            }
+        }
+    }
+    unsigned short* dk_base = (unsigned short*)dk + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+    unsigned short* dv_base = (unsigned short*)dv + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+        const int c = n * 8 + 2 * t;
+        if (key_a < p.tokens) {
+            *(u32*)(dk_base + key_a * kv_stride + c) = pack_bf16(dk_acc[n][0], dk_acc[n][1]);
+            *(u32*)(dv_base + key_a * kv_stride + c) = pack_bf16(dv_acc[n][0], dv_acc[n][1]);
+        }
+        if (key_b < p.tokens) {
+            *(u32*)(dk_base + key_b * kv_stride + c) = pack_bf16(dk_acc[n][2], dk_acc[n][3]);
+            *(u32*)(dv_base + key_b * kv_stride + c) = pack_bf16(dv_acc[n][2], dv_acc[n][3]);
+        }
+    }
+}
+
+template <int D>
+__device__ void attention_dq_mma(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* delta,
+                                 const bf16* d_o, bf16* dq) {
+    __shared__ __align__(16) unsigned short ks[MMA_KEYS][D + 8];
+    __shared__ __align__(16) unsigned short vs[MMA_KEYS][D + 8];
+    // The last query tiles see the most keys: start them first.
+    const int i0 = (gridDim.x - 1 - blockIdx.x) * MMA_ROWS, h = blockIdx.y, b = blockIdx.z, kvh = h / (p.hq / p.hkv);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const float scale = rsqrtf((float)D), scale_log2 = scale * 1.4426950408889634f;
+    const long long q_stride = (long long)p.hq * D, kv_stride = (long long)p.hkv * D;
+    const int row_a = i0 + warp * 16 + g, row_b = row_a + 8;
+    const unsigned short* q_base = (const unsigned short*)q + (long long)b * p.tokens * q_stride + (long long)h * D;
+    const unsigned short* do_base = (const unsigned short*)d_o + (long long)b * p.tokens * q_stride + (long long)h * D;
+    u32 qa[D / 16][4], doa[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        a_fragment_global(q_base, q_stride, row_a, p.tokens, kk * 16, qa[kk]);
+        a_fragment_global(do_base, q_stride, row_a, p.tokens, kk * 16, doa[kk]);
+    }
+    const long long stat0 = ((long long)b * p.hq + h) * p.tokens;
+    const float lse_a = row_a < p.tokens ? lse[stat0 + row_a] * 1.4426950408889634f : 0.0f;
+    const float lse_b = row_b < p.tokens ? lse[stat0 + row_b] * 1.4426950408889634f : 0.0f;
+    const float delta_a = row_a < p.tokens ? delta[stat0 + row_a] : 0.0f;
+    const float delta_b = row_b < p.tokens ? delta[stat0 + row_b] : 0.0f;
+    float acc[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    const int last_row = min(p.tokens - 1, i0 + MMA_ROWS - 1);
+    const int first_key = first_visible(i0, p.window) / MMA_KEYS * MMA_KEYS;
+    const unsigned short* k_base = (const unsigned short*)k + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+    const unsigned short* v_base = (const unsigned short*)v + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
+    for (int j0 = first_key; j0 <= last_row; j0 += MMA_KEYS) {
+        __syncthreads();
+        load_tile<D>(ks, k_base, kv_stride, j0, p.tokens);
+        load_tile<D>(vs, v_base, kv_stride, j0, p.tokens);
+        __syncthreads();
+        float s[MMA_KEYS / 8][4], dp[MMA_KEYS / 8][4];
+#pragma unroll
+        for (int n = 0; n < MMA_KEYS / 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                mma_bf16(s[n], qa[kk], *(const u32*)&ks[n * 8 + g][kk * 16 + 2 * t], *(const u32*)&ks[n * 8 + g][kk * 16 + 2 * t + 8]);
+                mma_bf16(dp[n], doa[kk], *(const u32*)&vs[n * 8 + g][kk * 16 + 2 * t], *(const u32*)&vs[n * 8 + g][kk * 16 + 2 * t + 8]);
+            }
+        }
+        u32 dsa[MMA_KEYS / 16][4];
+#pragma unroll
+        for (int n = 0; n < MMA_KEYS / 8; n++) {
+            float ds[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int i = e < 2 ? row_a : row_b, j = j0 + n * 8 + 2 * t + (e & 1);
+                const bool visible = j <= i && j > i - p.window;
+                const float pr = visible ? exp2f(s[n][e] * scale_log2 - (e < 2 ? lse_a : lse_b)) : 0.0f;
+                ds[e] = pr * (dp[n][e] - (e < 2 ? delta_a : delta_b)) * scale;
+            }
+            dsa[n / 2][(n & 1) * 2] = pack_bf16(ds[0], ds[1]);
+            dsa[n / 2][(n & 1) * 2 + 1] = pack_bf16(ds[2], ds[3]);
+        }
+        // dQ += dS K.
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+#pragma unroll
+            for (int kk = 0; kk < MMA_KEYS / 16; kk++) {
+                u32 b0, b1;
+                b_fragment_trans<D + 8>(ks, kk * 16, n * 8, b0, b1);
+                mma_bf16(acc[n], dsa[kk], b0, b1);
+            }
+        }
+    }
+    unsigned short* dq_base = (unsigned short*)dq + (long long)b * p.tokens * q_stride + (long long)h * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+        const int c = n * 8 + 2 * t;
+        if (row_a < p.tokens) *(u32*)(dq_base + row_a * q_stride + c) = pack_bf16(acc[n][0], acc[n][1]);
+        if (row_b < p.tokens) *(u32*)(dq_base + row_b * q_stride + c) = pack_bf16(acc[n][2], acc[n][3]);
+    }
+}
+
+#define MMA_BACKWARD_ENTRY_POINTS(D)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(128)                                                                   \
+        attention_dkv_mma_d##D(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const float* lse,              \
+                               const float* delta, const bf16* d_o, bf16* dk, bf16* dv) {                               \
+        attention_dkv_mma<D>(p, q, k, v, lse, delta, d_o, dk, dv);                                                      \
+    }                                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128)                                                                   \
+        attention_dq_mma_d##D(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const float* lse,               \
+                              const float* delta, const bf16* d_o, bf16* dq) {                                          \
+        attention_dq_mma<D>(p, q, k, v, lse, delta, d_o, dq);                                                           \
+    }
+
+MMA_BACKWARD_ENTRY_POINTS(64)
+MMA_BACKWARD_ENTRY_POINTS(128)
+
+#define ATTENTION_ENTRY_POINTS(T, SUFFIX)                                                                                  \
+    extern "C" __global__ void attention_forward_##SUFFIX(AttnDims p, const T* q, const T* k, const T* v, T* o,         \
+                                                          float* lse) {                                                 \
+        attention_forward_rows<T>(p, q, k, v, o, lse);                                                                  \
+    }                                                                                                                   \
+    extern "C" __global__ void attention_delta_##SUFFIX(AttnDims p, const T* o, const T* d_o, float* delta) {           \
+        attention_delta_rows<T>(p, o, d_o, delta);                                                                      \
+    }                                                                                                                   \
+    extern "C" __global__ void attention_dq_##SUFFIX(AttnDims p, const T* q, const T* k, const T* v, const float* lse,  \
+                                                     const float* delta, const T* d_o, T* dq) {                         \
+        attention_dq_rows<T>(p, q, k, v, lse, delta, d_o, dq);                                                          \
+    }                                                                                                                   \
+    extern "C" __global__ void attention_dkv_##SUFFIX(AttnDims p, const T* q, const T* k, const T* v, const float* lse, \
+                                                      const float* delta, const T* d_o, T* dk, T* dv) {                 \
+        attention_dkv_rows<T>(p, q, k, v, lse, delta, d_o, dk, dv);                                                     \
+    }                                                                                                                   \
+    extern "C" __global__ void attention_decode_##SUFFIX(int batch, int hq, int hkv, int d, int capacity, const T* q_t, \
+                                                         const T* k_cache, const T* v_cache, const u32* lengths,        \
+                                                         T* o_t) {                                                      \
+        attention_decode_rows<T>(batch, hq, hkv, d, capacity, q_t, k_cache, v_cache, lengths, o_t);                     \
+    }                                                                                                                   \
+    extern "C" __global__ void cache_write_##SUFFIX(int batch, int tokens, int hkv, int d, int capacity,                \
+                                                    const T* k_new, const T* v_new, const u32* positions, T* k_cache,   \
+                                                    T* v_cache) {                                                       \
+        cache_write<T>(batch, tokens, hkv, d, capacity, k_new, v_new, positions, k_cache, v_cache);                     \
+    }
+
+ATTENTION_ENTRY_POINTS(float, f32)
+ATTENTION_ENTRY_POINTS(bf16, bf16)
