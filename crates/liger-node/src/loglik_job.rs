@@ -12,7 +12,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use serde_json::{json, Value};
 
-use crate::jobs::{throttled_progress, Cancellable, CancelToken, EventFn};
+use crate::jobs::{throttled_progress, CancelToken, Cancellable, EventFn};
 use crate::models::AnyModel;
 use crate::{run, NativeModel};
 
@@ -41,20 +41,28 @@ pub struct LoglikTask {
 impl LoglikTask {
     fn score(&self) -> liger_core::Result<Value> {
         if self.requests.is_empty() {
-            return Err(Error::invalid_argument("loglikelihood needs at least one request"));
+            return Err(Error::invalid_argument(
+                "loglikelihood needs at least one request",
+            ));
         }
         let options = EvalOptions {
             max_length: self.options.max_length.map(|v| v as usize),
             add_bos: self.options.add_bos,
             ..Default::default()
         };
-        let scorer = Cancellable { model: self.model.scorer(), cancel: &self.cancel };
+        let scorer = Cancellable {
+            model: self.model.scorer(),
+            cancel: &self.cancel,
+        };
         let tok = scorer.tokenizer();
         let encoded = self
             .requests
             .iter()
             .enumerate()
-            .map(|(i, r)| encode_pair(tok, &r.context, &r.continuation, options.add_bos).map_err(|e| e.context(format!("request {i}"))))
+            .map(|(i, r)| {
+                encode_pair(tok, &r.context, &r.continuation, options.add_bos)
+                    .map_err(|e| e.context(format!("request {i}")))
+            })
             .collect::<liger_core::Result<Vec<TokenRequest>>>()?;
         let max_length = options.effective_max_length(&scorer);
         let progress = throttled_progress(self.on_event.as_ref(), "loglikelihood");
@@ -99,6 +107,12 @@ impl NativeModel {
         cancel: &CancelToken,
         on_event: Option<EventFn>,
     ) -> AsyncTask<LoglikTask> {
-        AsyncTask::new(LoglikTask { model: self.model.clone(), requests, options, cancel: cancel.flag.clone(), on_event })
+        AsyncTask::new(LoglikTask {
+            model: self.model.clone(),
+            requests,
+            options,
+            cancel: cancel.flag.clone(),
+            on_event,
+        })
     }
 }
