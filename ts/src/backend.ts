@@ -4,7 +4,7 @@
  * Backends speak in plain values (typed arrays, plain objects) and throw LigerError.
  */
 
-import type { EvalReport, PerplexityResult, ResolvedEvalOptions } from "./eval.js";
+import type { EvalReport, LoglikelihoodResult, PerplexityResult, ResolvedEvalOptions, ResolvedLoglikelihood } from "./eval.js";
 
 /** The conversion of a Liger model (see `linearize`). */
 export interface LigerInfo {
@@ -115,6 +115,7 @@ export interface BackendModel {
   /** Evaluation; a backend without it cannot evaluate. */
   evaluate?(options: ResolvedEvalOptions, control: BackendJobControl): Promise<EvalReport>;
   perplexity?(source: { text?: string; file?: string }, window: number | undefined, control: BackendJobControl): Promise<PerplexityResult>;
+  loglikelihood?(input: ResolvedLoglikelihood, control: BackendJobControl): Promise<LoglikelihoodResult>;
 }
 
 /** Events and cancellation of a backend's job. */

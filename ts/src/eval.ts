@@ -147,6 +147,63 @@ export interface PerplexityOptions {
   signal?: AbortSignal;
 }
 
+/** A continuation to score after a context (plain text). */
+export interface LoglikelihoodRequest {
+  context: string;
+  continuation: string;
+}
+
+export interface LoglikelihoodOptions {
+  /** Longest input scored at once; longer ones are cut from the left (default: the model's context). */
+  maxLength?: number;
+  /** Put BOS before every non-empty context (lm-eval's add_bos_token; default false). */
+  addBos?: boolean;
+  onProgress?: (event: { kind: "progress"; done: number; total: number }) => void;
+  signal?: AbortSignal;
+}
+
+/** One request's score, with the tokens it was split into. */
+export interface LoglikelihoodScore {
+  /** Sum of the natural-log probabilities of the continuation's tokens. */
+  logprob: number;
+  /** Whether greedy decoding reproduces every continuation token. */
+  isGreedy: boolean;
+  /** The context's tokens (a lone BOS/EOS for an empty context). */
+  contextTokens: number[];
+  /** The continuation's tokens (a token merging across the boundary belongs here). */
+  continuationTokens: number[];
+  /** Whether the input was longer than maxLength and cut from the left. */
+  truncated: boolean;
+}
+
+export interface LoglikelihoodResult {
+  results: LoglikelihoodScore[];
+  stats: ScoreStats;
+}
+
+/** The loglikelihood options as the addon takes them, checked. */
+export function resolveLoglikelihood(requests: readonly LoglikelihoodRequest[], options: LoglikelihoodOptions) {
+  if (!Array.isArray(requests) || requests.length === 0) {
+    throw invalidArgument("loglikelihood needs a non-empty array of { context, continuation } requests");
+  }
+  requests.forEach((r, i) => {
+    if (r === null || typeof r !== "object" || typeof r.context !== "string" || typeof r.continuation !== "string") {
+      throw invalidArgument(`request ${i} must be { context: string, continuation: string }, got ${JSON.stringify(r)}`);
+    }
+    if (r.continuation.length === 0) throw invalidArgument(`request ${i} has an empty continuation; give the text to score`);
+  });
+  if (options === null || typeof options !== "object") throw invalidArgument("loglikelihood options must be an object");
+  checkOptional("maxLength", options.maxLength, isPositiveInt, "an integer >= 1");
+  checkOptional("addBos", options.addBos, (v) => typeof v === "boolean", "a boolean");
+  checkOptional("signal", options.signal, (v) => v instanceof AbortSignal, "an AbortSignal");
+  return {
+    requests: requests.map((r) => ({ context: r.context, continuation: r.continuation })),
+    options: { maxLength: options.maxLength, addBos: options.addBos ?? false },
+  };
+}
+
+export type ResolvedLoglikelihood = ReturnType<typeof resolveLoglikelihood>;
+
 export const DEFAULT_TASKS: readonly TaskName[] = ["arc_easy", "lambada_openai"];
 
 /** The repository's root when running from a checkout (ts/dist/eval.js -> ../..). */

@@ -1,7 +1,20 @@
 /** The public model object: tokenizer, chat template, logits and streaming generation. */
 import type { Backend, BackendModel, ChatMessage, ModelInfo, ProgressCallback } from "./backend.js";
 import { invalidArgument, LigerError } from "./errors.js";
-import { checkOptional, isPositiveInt, resolveEvalOptions, type EvalEvent, type EvalReport, type EvaluateOptions, type PerplexityOptions, type PerplexityResult } from "./eval.js";
+import {
+  checkOptional,
+  isPositiveInt,
+  resolveEvalOptions,
+  resolveLoglikelihood,
+  type EvalEvent,
+  type EvalReport,
+  type EvaluateOptions,
+  type LoglikelihoodOptions,
+  type LoglikelihoodRequest,
+  type LoglikelihoodResult,
+  type PerplexityOptions,
+  type PerplexityResult,
+} from "./eval.js";
 import { fetchDefaultModel } from "./fetch.js";
 import { Generation } from "./generation.js";
 import { nativeBackend } from "./native.js";
@@ -135,7 +148,22 @@ export class LigerModel {
     });
   }
 
-  private job(name: "evaluate" | "perplexity"): BackendModel {
+  /**
+   * Log-likelihood of each continuation after its context, as the evaluation tasks score it
+   * (lm-evaluation-harness's tokenization: trailing spaces of the context move to the
+   * continuation; inputs longer than `maxLength` are cut from the left). Each score comes with
+   * the tokens the pair was split into.
+   */
+  async loglikelihood(requests: readonly LoglikelihoodRequest[], options: LoglikelihoodOptions = {}): Promise<LoglikelihoodResult> {
+    const input = resolveLoglikelihood(requests, options);
+    const onProgress = options.onProgress;
+    return this.job("loglikelihood").loglikelihood!(input, {
+      signal: options.signal,
+      onEvent: onProgress && ((event) => onProgress(event as { kind: "progress"; done: number; total: number })),
+    });
+  }
+
+  private job(name: "evaluate" | "perplexity" | "loglikelihood"): BackendModel {
     if (typeof this.backend[name] !== "function") {
       throw new LigerError("INVALID_ARGUMENT", `this model's backend cannot run ${name}; load the model with the native backend`);
     }

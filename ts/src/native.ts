@@ -20,7 +20,7 @@ import type {
   ProgressCallback,
 } from "./backend.js";
 import { LigerError, toLigerError } from "./errors.js";
-import type { Comparison, EvalReport, PerplexityResult, ResolvedEvalOptions } from "./eval.js";
+import type { Comparison, EvalReport, LoglikelihoodResult, PerplexityResult, ResolvedEvalOptions, ResolvedLoglikelihood } from "./eval.js";
 import type { LinearizeEvent, LinearizeReport, ResolvedLinearizeOptions } from "./linearize.js";
 
 /** What the addon exports (see crates/liger-node/src/lib.rs and jobs.rs). */
@@ -53,6 +53,12 @@ interface RawModel {
   perplexity(
     source: { text?: string; file?: string },
     window: number | undefined,
+    cancel: RawCancelToken,
+    onEvent: ((event: unknown) => void) | null,
+  ): Promise<string>;
+  loglikelihood(
+    requests: ResolvedLoglikelihood["requests"],
+    options: ResolvedLoglikelihood["options"],
     cancel: RawCancelToken,
     onEvent: ((event: unknown) => void) | null,
   ): Promise<string>;
@@ -167,6 +173,10 @@ class NativeModel implements BackendModel {
 
   perplexity(source: { text?: string; file?: string }, window: number | undefined, control: JobControl<unknown>): Promise<PerplexityResult> {
     return runJob((token, onEvent) => this.raw.perplexity(source, window, token, onEvent), control);
+  }
+
+  loglikelihood(input: ResolvedLoglikelihood, control: JobControl<unknown>): Promise<LoglikelihoodResult> {
+    return runJob((token, onEvent) => this.raw.loglikelihood(input.requests, input.options, token, onEvent), control);
   }
 }
 

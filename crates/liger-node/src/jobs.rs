@@ -34,7 +34,7 @@ use crate::{run, NativeModel};
 /// A flag JavaScript sets to stop a running job (checked between forwards / training steps).
 #[napi]
 pub struct CancelToken {
-    flag: Arc<AtomicBool>,
+    pub(crate) flag: Arc<AtomicBool>,
 }
 
 #[napi]
@@ -54,7 +54,7 @@ impl CancelToken {
 }
 
 /// Events of a job, as plain objects with a `kind`.
-type EventFn = ThreadsafeFunction<Value, (), Value, Status, false>;
+pub(crate) type EventFn = ThreadsafeFunction<Value, (), Value, Status, false>;
 
 /// Hand one event to JavaScript and wait until its callback ran, so that no event arrives
 /// after the job's promise has settled.
@@ -76,7 +76,7 @@ fn emit(callback: Option<&EventFn>, event: Value) {
 
 /// Reports `(done, total)` of a task at most once per percent (it is called per request,
 /// from several threads).
-fn throttled_progress<'a>(
+pub(crate) fn throttled_progress<'a>(
     callback: Option<&'a EventFn>,
     task: &'a str,
 ) -> impl Fn(usize, usize) + Sync + 'a {
@@ -93,9 +93,9 @@ fn throttled_progress<'a>(
 }
 
 /// A model that stops scoring once the job is cancelled: every forward checks the flag.
-struct Cancellable<'a> {
-    model: &'a dyn ScoreModel,
-    cancel: &'a AtomicBool,
+pub(crate) struct Cancellable<'a> {
+    pub(crate) model: &'a dyn ScoreModel,
+    pub(crate) cancel: &'a AtomicBool,
 }
 
 impl ScoreModel for Cancellable<'_> {
@@ -116,7 +116,7 @@ impl ScoreModel for Cancellable<'_> {
     }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> liger_core::Result<Value> {
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> liger_core::Result<Value> {
     serde_json::to_value(value).map_err(|e| Error::internal(format!("serializing a result: {e}")))
 }
 

@@ -20,6 +20,7 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
 mod jobs;
+mod loglik_job;
 mod models;
 
 use models::AnyModel;

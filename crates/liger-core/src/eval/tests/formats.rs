@@ -222,3 +222,49 @@ fn wikitext_documents_and_detokenizer() {
     let shared = formats::read_text(&Task::Wikitext.default_path(&data_dir())).unwrap();
     assert_eq!(wikitext::documents(&shared).len(), 62);
 }
+
+#[test]
+fn hellaswag_rows_of_the_shared_file_hand_checked() {
+    let docs = formats::hellaswag_text(&Task::Hellaswag.default_path(&data_dir())).unwrap();
+    let (first, second, tagged) = (&docs[0], &docs[1], &docs[3505]);
+    assert_eq!(first.requests[0].context, "Roof shingle removal: A man is sitting on a roof. he");
+    assert_eq!(
+        first.requests.iter().map(|r| r.continuation.as_str()).collect::<Vec<_>>(),
+        [" is using wrap to wrap a pair of skis.", " is ripping level tiles off.", " is holding a rubik's cube.", " starts pulling up roofing on a roof."]
+    );
+    assert_eq!((first.gold, first.choice_lengths.clone()), (3, vec![37, 27, 26, 36]));
+    assert_eq!(second.requests[3], LoglikRequest::new("Clean and jerk: A lady walks to a barbell. She bends down and grabs the pole. the lady", " stands and lifts the weight over her head."));
+    assert_eq!(second.gold, 3);
+    // A wikiHow item: the [link] tag is dropped and the double space it leaves closes up.
+    assert!(tagged.requests[0].context.contains("Visit a site like to find loads of creative activities"), "{}", tagged.requests[0].context);
+    assert!(tagged.requests[0].context.starts_with("Family Life: How to entertain a toddler. Ask the toddler"));
+    assert_eq!(tagged.requests[1].continuation, " Try some arts and crafts like washable paints, little foamies, crayons, and paper.. Watch the toddler's favorite movie, even if it's barney, and even if he or she has seen it 20 times before.");
+    assert_eq!(tagged.gold, 1);
+}
+
+#[test]
+fn arc_challenge_and_lambada_rows_of_the_shared_files_hand_checked() {
+    let arc_c = formats::arc(&Task::ArcChallenge.default_path(&data_dir())).unwrap();
+    let context = "Question: An astronomer observes that a planet rotates faster after a meteorite impact. Which is the most likely effect of this increase in rotation?\nAnswer:";
+    assert_eq!(
+        pairs(&arc_c[0].requests),
+        [
+            (context, " Planetary density will decrease."),
+            (context, " Planetary years will become longer."),
+            (context, " Planetary days will become shorter."),
+            (context, " Planetary gravity will become stronger.")
+        ]
+    );
+    assert_eq!((arc_c[0].gold, arc_c[0].choice_lengths.clone()), (2, vec![32, 35, 35, 39]));
+    let arc_e = formats::arc(&Task::ArcEasy.default_path(&data_dir())).unwrap();
+    assert_eq!(
+        arc_e[1].requests[1],
+        LoglikRequest::new("Question: Which piece of safety equipment is used to keep mold spores from entering the respiratory system?\nAnswer:", " breathing mask")
+    );
+    assert_eq!(arc_e[1].gold, 1);
+    let lambada = formats::lambada(&Task::LambadaOpenai.default_path(&data_dir())).unwrap();
+    assert_eq!(lambada[2].continuation, " insurance");
+    assert!(lambada[2].context.ends_with("she wailed. \"What do you mean you don't have any"), "{:?}", lambada[2].context);
+    assert!(lambada[2].context.starts_with("\"Only one source I know of"));
+    assert!(lambada[2].context.contains("dryly.\n\n\"What can I say?\""));
+}

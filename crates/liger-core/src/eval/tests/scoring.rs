@@ -276,3 +276,19 @@ fn passkey_prompts_fit_their_length_and_are_scored() {
     assert_eq!(ll.method, "loglikelihood");
     assert!(ll.cells.iter().all(|c| c.trials == 2 && c.correct <= 2));
 }
+
+#[test]
+fn inputs_over_max_length_are_cut_and_counted_in_a_warning() {
+    let dir = temp_dir("cut");
+    let path = dir.join("lambada.jsonl");
+    let long = "the heron stood in the water and the tern flew over the sea on the wind";
+    std::fs::write(&path, format!("{{\"text\": \"{long}\"}}\n{{\"text\": \"a tern\"}}\n")).unwrap();
+    let model = tiny_base_model(rand::random());
+    let opts = EvalOptions { max_length: Some(8), ..Default::default() };
+    let result = run_task(&model, Task::LambadaOpenai, &path, &opts, None).unwrap();
+    assert_eq!(result.stats.truncated, 1);
+    assert_eq!(result.warnings, ["1 of 2 requests were longer than max_length and were cut from the left"]);
+    // Without a limit below the inputs' length nothing is cut and nothing is said.
+    let result = run_task(&model, Task::LambadaOpenai, &path, &EvalOptions::default(), None).unwrap();
+    assert_eq!((result.stats.truncated, result.warnings.len()), (0, 0));
+}
