@@ -63,5 +63,13 @@ pub const MIXER_GATED: KernelFile = kernel_file!(
     ]
 );
 
+pub const ATTENTION: KernelFile = kernel_file!(
+    "attention",
+    [
+        "attention_forward_f32", "attention_delta_f32", "attention_dq_f32", "attention_dkv_f32", "attention_decode_f32", "cache_write_f32",
+        "attention_forward_bf16", "attention_delta_bf16", "attention_dq_bf16", "attention_dkv_bf16", "attention_decode_bf16", "cache_write_bf16",
+    ]
+);
+
 /// Every kernel file of the crate.
-pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE, MIXER_GATED];
+pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE, MIXER_GATED, ATTENTION];

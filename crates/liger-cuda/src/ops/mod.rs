@@ -3,6 +3,7 @@
 //! Outputs are caller-provided buffers, written in full.
 
 pub mod adamw;
+pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod liger_feature;

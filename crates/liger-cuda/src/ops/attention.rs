@@ -1,0 +1,328 @@
+//! Causal softmax attention with an optional sliding window, and its decoding cache
+//! (`kernels/attention.cu`). CPU twins: `liger_core::liger::swa::{swa_forward, swa_backward,
+//! causal_attention_forward, causal_attention_backward, SwaCache}`.
+//!
+//! Queries and keys arrive already roped. Scale 1/sqrt(d), grouped-query heads. Query i sees
+//! keys `i + 1 - window_keys ..= i` (clipped at 0), or every key up to i without a window.
+
+use crate::buffer::{GpuBuffer, GpuElement};
+use crate::context::GpuContext;
+use crate::kernels::ATTENTION;
+use crate::launch::{as_int, elementwise, expect_len};
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use liger_core::liger::HeadShape;
+use liger_core::{Error, Result};
+
+/// Largest head size the kernels take (each of a warp's 32 lanes holds up to 8 values).
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// Sizes of one attention call: `batch` sequences of `tokens` tokens each.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionDims {
+    pub batch: usize,
+    pub tokens: usize,
+    pub shape: HeadShape,
+}
+
+/// The kernels' view of the sizes (`AttnDims` in attention.cu); `window` is clipped to `tokens`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct KernelDims {
+    batch: i32,
+    tokens: i32,
+    hq: i32,
+    hkv: i32,
+    d: i32,
+    window: i32,
+}
+
+// SAFETY: a plain C struct of ints, laid out as the kernels' `AttnDims`.
+unsafe impl DeviceRepr for KernelDims {}
+
+fn check_shape(shape: HeadShape) -> Result<()> {
+    if shape.hkv == 0 || shape.hq == 0 || !shape.hq.is_multiple_of(shape.hkv) {
+        return Err(Error::invalid_argument(format!("{} query heads are not a positive multiple of {} key-value heads", shape.hq, shape.hkv)));
+    }
+    if shape.d == 0 || !shape.d.is_multiple_of(32) || shape.d > MAX_HEAD_DIM {
+        return Err(Error::invalid_argument(format!(
+            "the GPU attention kernels take a head size that is a multiple of 32 up to {MAX_HEAD_DIM}, got {}",
+            shape.d
+        )));
+    }
+    Ok(())
+}
+
+impl AttentionDims {
+    /// Checks the sizes and the window, and converts them for the kernels.
+    fn kernel_dims(&self, window_keys: Option<usize>) -> Result<KernelDims> {
+        check_shape(self.shape)?;
+        let window = match window_keys {
+            Some(0) => {
+                return Err(Error::invalid_argument(
+                    "window_keys must be at least 1 (a query always sees its own key); use None for full causal attention",
+                ))
+            }
+            Some(w) => w.min(self.tokens),
+            None => self.tokens,
+        };
+        let HeadShape { hq, hkv, d } = self.shape;
+        as_int("batch x tokens x query heads x head size", self.batch * self.tokens * hq * d)?;
+        Ok(KernelDims {
+            batch: as_int("batch", self.batch)?,
+            tokens: as_int("tokens", self.tokens)?,
+            hq: as_int("query heads", hq)?,
+            hkv: as_int("key-value heads", hkv)?,
+            d: as_int("head size", d)?,
+            window: as_int("window", window.max(1))?,
+        })
+    }
+
+    fn q_len(&self) -> usize {
+        self.batch * self.tokens * self.shape.hq * self.shape.d
+    }
+    fn kv_len(&self) -> usize {
+        self.batch * self.tokens * self.shape.hkv * self.shape.d
+    }
+    fn lse_len(&self) -> usize {
+        self.batch * self.shape.hq * self.tokens
+    }
+}
+
+/// One warp per row: `BLOCK / 32` rows per block.
+fn warp_rows(rows: usize) -> LaunchConfig {
+    crate::launch::warp_per_row(rows)
+}
+
+/// Causal softmax attention, scale 1/sqrt(d), GQA. q `[B,T,hq,d]`, k/v `[B,T,hkv,d]`, o `[B,T,hq,d]`.
+/// `window_keys`: Some(w) = query i sees keys i-w+1..=i (the sliding window), None = full causal.
+/// `lse` `[B, hq, T]` fp32: the log-sum-exp per query, kept for the backward.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward<T: GpuElement>(
+    ctx: &GpuContext,
+    dims: AttentionDims,
+    window_keys: Option<usize>,
+    q: &GpuBuffer<T>,
+    k: &GpuBuffer<T>,
+    v: &GpuBuffer<T>,
+    o: &mut GpuBuffer<T>,
+    lse: &mut GpuBuffer<f32>,
+) -> Result<()> {
+    let p = dims.kernel_dims(window_keys)?;
+    expect_len("attention q", q.len(), dims.q_len())?;
+    expect_len("attention k", k.len(), dims.kv_len())?;
+    expect_len("attention v", v.len(), dims.kv_len())?;
+    expect_len("attention output", o.len(), dims.q_len())?;
+    expect_len("attention lse", lse.len(), dims.lse_len())?;
+    if dims.q_len() == 0 {
+        return Ok(());
+    }
+    let name = super::variant::<T>("attention_forward_f32", "attention_forward_bf16");
+    let f = ctx.function(&ATTENTION, name)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(&p).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(o.slice_mut()).arg(lse.slice_mut());
+    // SAFETY: sizes checked above; one warp per (sequence, query, head) row.
+    ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hq)) }, name)
+}
+
+/// Gradients of `sum(d_o * o)` w.r.t. q, k and v, given the forward's `o` and `lse`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward<T: GpuElement>(
+    ctx: &GpuContext,
+    dims: AttentionDims,
+    window_keys: Option<usize>,
+    q: &GpuBuffer<T>,
+    k: &GpuBuffer<T>,
+    v: &GpuBuffer<T>,
+    o: &GpuBuffer<T>,
+    lse: &GpuBuffer<f32>,
+    d_o: &GpuBuffer<T>,
+    dq: &mut GpuBuffer<T>,
+    dk: &mut GpuBuffer<T>,
+    dv: &mut GpuBuffer<T>,
+) -> Result<()> {
+    let p = dims.kernel_dims(window_keys)?;
+    for (what, len) in [("attention q", q.len()), ("attention o", o.len()), ("attention d_o", d_o.len()), ("attention dq", dq.len())] {
+        expect_len(what, len, dims.q_len())?;
+    }
+    for (what, len) in [("attention k", k.len()), ("attention v", v.len()), ("attention dk", dk.len()), ("attention dv", dv.len())] {
+        expect_len(what, len, dims.kv_len())?;
+    }
+    expect_len("attention lse", lse.len(), dims.lse_len())?;
+    if dims.q_len() == 0 {
+        return Ok(());
+    }
+    let q_rows = dims.batch * dims.tokens * dims.shape.hq;
+    let mut delta = GpuBuffer::<f32>::zeros(ctx, dims.lse_len())?;
+
+    let name = super::variant::<T>("attention_delta_f32", "attention_delta_bf16");
+    let f = ctx.function(&ATTENTION, name)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(&p).arg(o.slice()).arg(d_o.slice()).arg(delta.slice_mut());
+    // SAFETY: sizes checked above; one warp per query row.
+    ctx.check_launch(unsafe { launch.launch(warp_rows(q_rows)) }, name)?;
+
+    let name = super::variant::<T>("attention_dq_f32", "attention_dq_bf16");
+    let f = ctx.function(&ATTENTION, name)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(&p).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(lse.slice()).arg(delta.slice()).arg(d_o.slice()).arg(dq.slice_mut());
+    // SAFETY: as above.
+    ctx.check_launch(unsafe { launch.launch(warp_rows(q_rows)) }, name)?;
+
+    let name = super::variant::<T>("attention_dkv_f32", "attention_dkv_bf16");
+    let f = ctx.function(&ATTENTION, name)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch
+        .arg(&p)
+        .arg(q.slice())
+        .arg(k.slice())
+        .arg(v.slice())
+        .arg(lse.slice())
+        .arg(delta.slice())
+        .arg(d_o.slice())
+        .arg(dk.slice_mut())
+        .arg(dv.slice_mut());
+    // SAFETY: as above; one warp per (sequence, key, kv head) row.
+    ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hkv)) }, name)
+}
+
+/// Decoding: one query per sequence against a cache. q_t `[B,hq,d]`; k_cache/v_cache `[B, hkv, capacity, d]`
+/// (already roped keys); `lengths[b]` valid entries of sequence b (for a ring buffer of the window, the
+/// slots in use: order does not matter to softmax once keys are roped). Writes o_t `[B,hq,d]`.
+/// A length above `capacity` counts as `capacity`; a sequence with length 0 gets zeros.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode<T: GpuElement>(
+    ctx: &GpuContext,
+    batch: usize,
+    shape: HeadShape,
+    capacity: usize,
+    q_t: &GpuBuffer<T>,
+    k_cache: &GpuBuffer<T>,
+    v_cache: &GpuBuffer<T>,
+    lengths: &GpuBuffer<u32>,
+    o_t: &mut GpuBuffer<T>,
+) -> Result<()> {
+    check_shape(shape)?;
+    check_capacity(capacity)?;
+    let cache_len = batch * shape.hkv * capacity * shape.d;
+    expect_len("decode q_t", q_t.len(), batch * shape.hq * shape.d)?;
+    expect_len("decode o_t", o_t.len(), batch * shape.hq * shape.d)?;
+    expect_len("key cache", k_cache.len(), cache_len)?;
+    expect_len("value cache", v_cache.len(), cache_len)?;
+    expect_len("decode lengths", lengths.len(), batch)?;
+    if batch == 0 {
+        return Ok(());
+    }
+    let args = [as_int("batch", batch)?, as_int("query heads", shape.hq)?, as_int("key-value heads", shape.hkv)?, as_int("head size", shape.d)?, as_int("capacity", capacity)?];
+    as_int("cache size", cache_len)?;
+    let name = super::variant::<T>("attention_decode_f32", "attention_decode_bf16");
+    let f = ctx.function(&ATTENTION, name)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    for a in &args {
+        launch.arg(a);
+    }
+    launch.arg(q_t.slice()).arg(k_cache.slice()).arg(v_cache.slice()).arg(lengths.slice()).arg(o_t.slice_mut());
+    // SAFETY: sizes checked above; lengths are clipped to capacity in the kernel.
+    ctx.check_launch(unsafe { launch.launch(warp_rows(batch * shape.hq)) }, name)
+}
+
+fn check_capacity(capacity: usize) -> Result<()> {
+    if capacity == 0 {
+        return Err(Error::invalid_argument("a key-value cache needs a capacity of at least 1 token"));
+    }
+    Ok(())
+}
+
+/// Writes k_t/v_t `[B,hkv,d]` into slot `positions[b] % capacity` of each sequence's cache.
+#[allow(clippy::too_many_arguments)]
+pub fn cache_append<T: GpuElement>(
+    ctx: &GpuContext,
+    batch: usize,
+    shape: HeadShape,
+    capacity: usize,
+    k_t: &GpuBuffer<T>,
+    v_t: &GpuBuffer<T>,
+    positions: &GpuBuffer<u32>,
+    k_cache: &mut GpuBuffer<T>,
+    v_cache: &mut GpuBuffer<T>,
+) -> Result<()> {
+    cache_prefill(ctx, batch, 1, shape, capacity, k_t, v_t, positions, k_cache, v_cache)
+}
+
+/// After a prefill of `tokens` tokens per sequence: writes token t of k_new/v_new
+/// `[B, tokens, hkv, d]` (at position `positions[b] + t`) into slot `(positions[b] + t) % capacity`.
+/// Only the last `capacity` tokens are kept, as a ring buffer of the window would.
+#[allow(clippy::too_many_arguments)]
+pub fn cache_prefill<T: GpuElement>(
+    ctx: &GpuContext,
+    batch: usize,
+    tokens: usize,
+    shape: HeadShape,
+    capacity: usize,
+    k_new: &GpuBuffer<T>,
+    v_new: &GpuBuffer<T>,
+    positions: &GpuBuffer<u32>,
+    k_cache: &mut GpuBuffer<T>,
+    v_cache: &mut GpuBuffer<T>,
+) -> Result<()> {
+    check_shape(shape)?;
+    check_capacity(capacity)?;
+    let cache_len = batch * shape.hkv * capacity * shape.d;
+    expect_len("new keys", k_new.len(), batch * tokens * shape.hkv * shape.d)?;
+    expect_len("new values", v_new.len(), batch * tokens * shape.hkv * shape.d)?;
+    expect_len("key cache", k_cache.len(), cache_len)?;
+    expect_len("value cache", v_cache.len(), cache_len)?;
+    expect_len("cache positions", positions.len(), batch)?;
+    if batch == 0 || tokens == 0 {
+        return Ok(());
+    }
+    as_int("cache size", cache_len)?;
+    let args = [as_int("batch", batch)?, as_int("tokens", tokens)?, as_int("key-value heads", shape.hkv)?, as_int("head size", shape.d)?, as_int("capacity", capacity)?];
+    let name = super::variant::<T>("cache_write_f32", "cache_write_bf16");
+    let f = ctx.function(&ATTENTION, name)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    for a in &args {
+        launch.arg(a);
+    }
+    launch.arg(k_new.slice()).arg(v_new.slice()).arg(positions.slice()).arg(k_cache.slice_mut()).arg(v_cache.slice_mut());
+    let written = batch * tokens.min(capacity) * shape.hkv * shape.d;
+    // SAFETY: sizes checked above; slots are taken modulo capacity.
+    ctx.check_launch(unsafe { launch.launch(elementwise(written)) }, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use liger_core::ErrorCode;
+
+    fn dims(d: usize) -> AttentionDims {
+        AttentionDims { batch: 2, tokens: 10, shape: HeadShape { hq: 4, hkv: 2, d } }
+    }
+
+    #[test]
+    fn windows_are_clipped_and_checked() {
+        assert_eq!(dims(64).kernel_dims(None).unwrap().window, 10);
+        assert_eq!(dims(64).kernel_dims(Some(65)).unwrap().window, 10);
+        assert_eq!(dims(64).kernel_dims(Some(3)).unwrap().window, 3);
+        let err = dims(64).kernel_dims(Some(0)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert!(err.message.contains("window_keys"), "{}", err.message);
+    }
+
+    #[test]
+    fn head_sizes_outside_the_kernels_are_rejected() {
+        for d in [0, 48, 288] {
+            let err = dims(d).kernel_dims(None).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidArgument);
+            assert!(err.message.contains("head size"), "{}", err.message);
+        }
+        let bad_group = AttentionDims { batch: 1, tokens: 4, shape: HeadShape { hq: 3, hkv: 2, d: 64 } };
+        assert_eq!(bad_group.kernel_dims(None).unwrap_err().code, ErrorCode::InvalidArgument);
+        assert_eq!(check_capacity(0).unwrap_err().code, ErrorCode::InvalidArgument);
+    }
+
+    #[test]
+    fn buffer_sizes_follow_the_layouts() {
+        let d = dims(64);
+        assert_eq!((d.q_len(), d.kv_len(), d.lse_len()), (2 * 10 * 4 * 64, 2 * 10 * 2 * 64, 2 * 4 * 10));
+    }
+}
