@@ -17,7 +17,7 @@ mod weights;
 
 pub use decode::GpuLigerState;
 pub use layer::Rows;
-pub use weights::{GpuLayer, GpuLora, GpuWeights};
+pub use weights::{shape_only_host, GpuLayer, GpuLora, GpuWeights};
 
 use crate::context::GpuContext;
 use crate::gemm::GemmInput;

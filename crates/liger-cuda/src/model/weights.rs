@@ -173,3 +173,16 @@ pub fn refresh_lora(gpu: &mut GpuLoraSet, lora: &LoraSet) -> Result<()> {
     }
     Ok(())
 }
+
+/// A host model of `cfg`'s shapes without host weights (empty placeholders) and with a
+/// one-token tokenizer: the configuration, options and adapters of a GPU model whose weights
+/// are made on the GPU ([`GpuWeights::random`]), so that large shapes need no host copy.
+pub fn shape_only_host(cfg: &liger_core::config::ModelConfig, options: liger_core::convert::LigerOptions, lora: liger_core::convert::LoraOptions) -> Result<liger_core::convert::LigerModel> {
+    use liger_core::model::{BaseModel, ModelFormat};
+    use liger_core::tokenizer::Tokenizer;
+    let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"<unk>":0},"unk_token":"<unk>"}}"#;
+    let tokenizer = Tokenizer::from_json(json.as_bytes(), "placeholder tokenizer")?;
+    let weights = ModelWeights { embed: QTensor::from_f32(0, 0, Vec::new()), layers: Vec::new(), final_norm: Vec::new(), lm_head: None };
+    let base = BaseModel::new(cfg.clone(), weights, tokenizer, None, "random weights on the GPU".into(), ModelFormat::Checkpoint);
+    liger_core::convert::linearize(base, options, lora)
+}
