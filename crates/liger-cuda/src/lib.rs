@@ -18,4 +18,4 @@ pub mod ops;
 pub use buffer::{GpuBuffer, GpuElement};
 pub use context::{DeviceInfo, GpuContext};
 pub use gemm::{gemm, GemmDims, GemmInput};
-pub use model::{GpuLigerModel, GpuLigerState, GpuWeights};
+pub use model::{open_gpu, run_linearize_on_gpu, GpuLigerModel, GpuLigerState, GpuWeights};

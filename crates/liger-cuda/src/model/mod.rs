@@ -172,3 +172,35 @@ impl<T: GemmInput> Trainable for GpuLigerModel<T> {
         self.host.lora_params_mut()
     }
 }
+
+/// The linearize job evaluates, trains and samples on the GPU; checkpoints read the host model.
+impl<T: GemmInput> liger_core::train::job::EngineModel for GpuLigerModel<T> {
+    fn host_model(&self) -> &LigerModel {
+        &self.host
+    }
+}
+
+/// Opens GPU `index` for the CLI and the bindings: a machine without a usable GPU (no driver,
+/// no GPU, a driver too old, no such index) is a `DeviceUnavailable` error that says to use
+/// the CPU backend.
+pub fn open_gpu(index: usize) -> Result<GpuContext> {
+    GpuContext::new(index).map_err(|e| match e.code {
+        liger_core::ErrorCode::InvalidArgument => Error::new(liger_core::ErrorCode::DeviceUnavailable, e.message),
+        _ => e,
+    })
+}
+
+/// The linearize job of `liger_core` on GPU `index`: the converted model is uploaded with
+/// frozen weights in bf16 and trained there.
+pub fn run_linearize_on_gpu(
+    job: &liger_core::train::job::LinearizeJob,
+    index: usize,
+    cancel: &std::sync::atomic::AtomicBool,
+    on_event: &mut dyn FnMut(liger_core::train::job::JobEvent),
+) -> Result<liger_core::train::job::LinearizeReport> {
+    let mut ctx = Some(open_gpu(index)?);
+    liger_core::train::job::run_linearize_on(job, cancel, on_event, &mut |model| {
+        let ctx = ctx.take().ok_or_else(|| Error::internal("the GPU was already handed to a model"))?;
+        GpuLigerModel::<half::bf16>::new(ctx, model)
+    })
+}
