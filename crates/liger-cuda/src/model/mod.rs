@@ -12,6 +12,7 @@
 mod decode;
 pub mod glue;
 mod layer;
+pub mod memory;
 mod train;
 mod weights;
 
@@ -198,7 +199,9 @@ pub fn run_linearize_on_gpu(
     cancel: &std::sync::atomic::AtomicBool,
     on_event: &mut dyn FnMut(liger_core::train::job::JobEvent),
 ) -> Result<liger_core::train::job::LinearizeReport> {
-    let mut ctx = Some(open_gpu(index)?);
+    let gpu = open_gpu(index)?;
+    memory::keep_freed_memory_pooled(&gpu)?;
+    let mut ctx = Some(gpu);
     liger_core::train::job::run_linearize_on(job, cancel, on_event, &mut |model| {
         let ctx = ctx.take().ok_or_else(|| Error::internal("the GPU was already handed to a model"))?;
         GpuLigerModel::<half::bf16>::new(ctx, model)

@@ -1,0 +1,175 @@
+//! Speed of the GPU Liger model: training-step tokens/s (LoRA r=8 on q, k, v, bf16 frozen
+//! weights, random weights made on the GPU) and decoding time per step at batch 1 and more,
+//! for the shapes `135m`, `1b` and `8b`. Prints one JSON line per measurement.
+//!
+//!     cargo run -p liger-cuda --release --example bench_gpu -- \
+//!         --shapes 135m,1b --train 8x1024,1x1024 --decode-batches 1,16 --contexts 1024,32768
+//!
+//! A training step is forward + backward on the GPU, the gradients back on the host and the
+//! AdamW update there (as `Trainer` does); steps end with a synchronisation, so wall-clock
+//! time is the step time. Median of several steps after warm-up.
+
+use half::bf16;
+use liger_core::config::{Architecture, ModelConfig};
+use liger_core::convert::{LigerOptions, LoraOptions, LoraTarget};
+use liger_core::train::optim::{AdamWConfig, AdamWState};
+use liger_core::train::trainer::Trainable;
+use liger_core::Result;
+use liger_cuda::model::memory::{keep_freed_memory_pooled, peak_memory, reset_peak_memory};
+use liger_cuda::model::shape_only_host;
+use liger_cuda::{GpuContext, GpuLigerModel, GpuWeights};
+use std::time::Instant;
+
+/// (name, layers, hidden, heads, kv heads, head size, intermediate, vocab)
+const SHAPES: [(&str, usize, usize, usize, usize, usize, usize, usize); 3] = [
+    ("135m", 30, 576, 9, 3, 64, 1536, 49152),
+    ("1b", 16, 2048, 32, 8, 64, 8192, 128256),
+    ("8b", 32, 4096, 32, 8, 128, 14336, 128256),
+];
+
+fn config(name: &str) -> Option<ModelConfig> {
+    let &(_, layers, hidden, heads, kv, d, inter, vocab) = SHAPES.iter().find(|s| s.0 == name)?;
+    Some(ModelConfig {
+        architecture: Architecture::Llama,
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: inter,
+        num_layers: layers,
+        num_heads: heads,
+        num_kv_heads: kv,
+        head_dim: d,
+        rope_theta: 500000.0,
+        rope_scaling: None,
+        rms_norm_eps: 1e-5,
+        max_position_embeddings: 131072,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        qk_norm: false,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+    })
+}
+
+/// Median of `values`.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+/// Tokens from a simple generator (speed does not depend on them).
+fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+fn model(name: &str) -> Result<GpuLigerModel<bf16>> {
+    let cfg = config(name).ok_or_else(|| liger_core::Error::invalid_argument(format!("unknown shape {name}; known: 135m, 1b, 8b")))?;
+    let ctx = GpuContext::new(0)?;
+    keep_freed_memory_pooled(&ctx)?;
+    let lora = LoraOptions { rank: 8, alpha: 8.0, targets: vec![LoraTarget::Q, LoraTarget::K, LoraTarget::V], seed: 0 };
+    let host = shape_only_host(&cfg, LigerOptions::default(), lora)?;
+    let weights = GpuWeights::<bf16>::random(&ctx, &cfg, 7)?;
+    GpuLigerModel::with_weights(ctx, host, weights)
+}
+
+fn train(name: &str, batch: usize, seq: usize, steps: usize) -> Result<String> {
+    let mut m = model(name)?;
+    let vocab = m.config().vocab_size;
+    let seqs: Vec<Vec<u32>> = (0..2 * batch).map(|i| tokens(seq, vocab, i as u64)).collect();
+    let mut grads = m.new_grads();
+    let sizes: Vec<usize> = m.params().iter().map(|p| p.1.len()).collect();
+    let mut adam = AdamWState::new(&sizes);
+    let cfg = AdamWConfig::default();
+    reset_peak_memory(m.context())?;
+    let mut times = Vec::new();
+    for step in 0..steps + 2 {
+        let picked = &seqs[(step % 2) * batch..(step % 2 + 1) * batch];
+        let inputs: Vec<&[u32]> = picked.iter().map(|s| s.as_slice()).collect();
+        let start = Instant::now();
+        grads.zero();
+        let out = m.forward_backward_batch(&inputs, &inputs, 1.0 / (batch * seq) as f32, &mut grads)?;
+        adam.update(&cfg, 1e-3, &mut m.params_mut(), &grads.as_slices());
+        if step >= 2 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+        if !out.loss_sum.is_finite() {
+            return Err(liger_core::Error::internal("the benchmark loss is not finite"));
+        }
+    }
+    let step_s = median(times);
+    let peak = peak_memory(m.context())? as f64 / (1u64 << 30) as f64;
+    Ok(format!(
+        r#"{{"bench":"train_step","shape":"{name}","dtype":"bf16","lora":"r8 q,k,v","batch":{batch},"seq":{seq},"step_ms":{:.2},"tokens_per_s":{:.0},"peak_pool_gib":{peak:.2},"device":"{}"}}"#,
+        step_s * 1e3,
+        (batch * seq) as f64 / step_s,
+        m.context().info().name
+    ))
+}
+
+fn decode(name: &str, batch: usize, context: usize, steps: usize) -> Result<String> {
+    let m = model(name)?;
+    let vocab = m.config().vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..batch).map(|i| tokens(context, vocab, 100 + i as u64)).collect();
+    let mut state = m.new_batch_state(batch);
+    reset_peak_memory(m.context())?;
+    let start = Instant::now();
+    m.forward_last_batch(&mut state, &prompts.iter().map(|p| p.as_slice()).collect::<Vec<_>>())?;
+    let prefill_s = start.elapsed().as_secs_f64();
+    let mut times = Vec::new();
+    for step in 0..steps + 3 {
+        let next: Vec<Vec<u32>> = (0..batch).map(|b| tokens(1, vocab, (step * batch + b) as u64)).collect();
+        let start = Instant::now();
+        m.forward_last_batch(&mut state, &next.iter().map(|p| p.as_slice()).collect::<Vec<_>>())?;
+        if step >= 3 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let step_ms = median(times) * 1e3;
+    let peak = peak_memory(m.context())? as f64 / (1u64 << 30) as f64;
+    Ok(format!(
+        r#"{{"bench":"decode","shape":"{name}","dtype":"bf16","batch":{batch},"context":{context},"prefill_s":{prefill_s:.3},"step_ms":{step_ms:.3},"ms_per_token":{:.4},"tokens_per_s":{:.0},"peak_pool_gib":{peak:.2}}}"#,
+        step_ms / batch as f64,
+        batch as f64 * 1e3 / step_ms
+    ))
+}
+
+fn list(args: &[String], flag: &str, default: &str) -> Vec<String> {
+    let value = args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map_or(default, |s| s.as_str());
+    value.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let shapes = list(&args, "--shapes", "135m");
+    let trains = list(&args, "--train", "8x1024");
+    let batches = list(&args, "--decode-batches", "1,16");
+    let contexts = list(&args, "--contexts", "1024");
+    let steps: usize = list(&args, "--steps", "5")[0].parse().unwrap_or(5);
+    let report = |what: String, r: Result<String>| match r {
+        Ok(line) => println!("{line}"),
+        Err(e) => println!(r#"{{"bench":"{what}","error":"{}: {}"}}"#, e.code, e.message.replace('"', "'")),
+    };
+    for shape in &shapes {
+        for bt in &trains {
+            let Some((b, t)) = bt.split_once('x').and_then(|(b, t)| Some((b.parse().ok()?, t.parse().ok()?))) else {
+                eprintln!("--train takes BxT pairs such as 8x1024, got {bt}");
+                std::process::exit(2);
+            };
+            report(format!("train_step {shape} {bt}"), train(shape, b, t, steps));
+        }
+        for b in &batches {
+            for ctx_len in &contexts {
+                let (Ok(b), Ok(c)) = (b.parse(), ctx_len.parse()) else {
+                    eprintln!("--decode-batches and --contexts take numbers");
+                    std::process::exit(2);
+                };
+                report(format!("decode {shape} b{b} c{c}"), decode(shape, b, c, 20));
+            }
+        }
+    }
+}
