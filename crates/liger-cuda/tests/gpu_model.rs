@@ -26,8 +26,15 @@ fn config(arch: Architecture) -> ModelConfig {
     ModelConfig { hidden_size: 64, num_heads: 4, num_kv_heads: 2, head_dim: 32, intermediate_size: 96, ..tiny_config(arch) }
 }
 
+/// A word-level tokenizer over the tiny config's 97 ids: <unk>, BOS 1, EOS 2, then words
+/// `w3`..`w96`; text splits at whitespace and unknown words map to <unk>.
 fn tokenizer() -> Tokenizer {
-    let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"<unk>":0},"unk_token":"<unk>"}}"#;
+    let mut vocab = vec![r#""<unk>":0"#.to_string(), r#""<s>":1"#.into(), r#""</s>":2"#.into()];
+    vocab.extend((3..97).map(|i| format!(r#""w{i}":{i}"#)));
+    let json = format!(
+        r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,"decoder":null,"model":{{"type":"WordLevel","vocab":{{{}}},"unk_token":"<unk>"}}}}"#,
+        vocab.join(",")
+    );
     Tokenizer::from_json(json.as_bytes(), "test tokenizer").unwrap()
 }
 
@@ -233,4 +240,47 @@ fn out_of_memory_and_missing_gpus_are_typed_errors() {
     let err = GpuContext::new(count + 3).err().expect("no such GPU");
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("CPU backend"), "{}", err.message);
+}
+
+/// The linearize job on a tiny checkpoint: on the CPU engine, on the GPU in f32 (the same
+/// loss per step) and through `run_linearize_on_gpu` (bf16, close).
+#[test]
+fn the_linearize_job_trains_on_the_gpu_like_on_the_cpu() {
+    use liger_core::hf::SaveDtype;
+    use liger_core::train::job::{run_linearize, run_linearize_on, LinearizeJob};
+    use std::sync::atomic::AtomicBool;
+    let mut rng = rng("the_linearize_job_trains_on_the_gpu_like_on_the_cpu");
+    let tmp = std::env::temp_dir().join(format!("liger-gpu-job-{}", rng.random::<u64>()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let cfg = config(Architecture::Llama);
+    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, rng.random()), tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint);
+    base.save_checkpoint(&tmp.join("base"), SaveDtype::F32).unwrap();
+    let lines: Vec<String> = (0..40).map(|i| format!(r#"{{"instruction": "w{} w5", "input": "", "output": "w7 w8 w{}"}}"#, 3 + i % 5, 10 + i)).collect();
+    std::fs::write(tmp.join("data.jsonl"), lines.join("\n")).unwrap();
+    let job_to = |out: &str| {
+        let mut job = LinearizeJob::new(tmp.join("base"), Some(tmp.join("data.jsonl")), tmp.join(out));
+        job.options = LigerOptions { softmax_layers: vec![1], ..Default::default() };
+        job.train = TrainConfig { steps: Some(12), seq_len: 8, micro_batch: 2, grad_accum: 2, eval_every: 4, ..Default::default() };
+        job.val_fraction = 0.2;
+        job.sample_prompt = Some("w4 w5".into());
+        job.sample_max_tokens = 4;
+        job
+    };
+    let cancel = AtomicBool::new(false);
+    let cpu = run_linearize(&job_to("cpu"), &cancel, &mut |_| {}).unwrap();
+    let gpu_f32 = run_linearize_on(&job_to("gpu"), &cancel, &mut |_| {}, &mut |m| GpuLigerModel::<f32>::new(gpu(), m)).unwrap();
+    let gpu_bf16 = liger_cuda::run_linearize_on_gpu(&job_to("gpu-bf16"), 0, &cancel, &mut |_| {}).unwrap();
+    let worst = |other: &[f64], tol: f64, what: &str| {
+        assert_eq!(other.len(), cpu.losses.len(), "{what}: steps");
+        let w = cpu.losses.iter().zip(other).map(|(a, b)| ((a - b) / a).abs()).fold(0.0, f64::max);
+        println!("linearize job, {what} vs CPU: {} steps, worst per-step loss relative difference {w:.2e}", other.len());
+        assert!(w < tol, "{what}: {w:.2e}");
+    };
+    worst(&gpu_f32.losses, 1e-4, "GPU f32");
+    worst(&gpu_bf16.losses, 2e-2, "GPU bf16");
+    let (a, b) = (cpu.trained_eval.unwrap().loss, gpu_f32.trained_eval.unwrap().loss);
+    assert!(((a - b) / a).abs() < 1e-4, "trained validation loss CPU {a} vs GPU {b}");
+    assert_eq!(cpu.sample, gpu_f32.sample, "greedy samples differ");
+    assert!(tmp.join("gpu").join("config.json").is_file() && tmp.join("gpu-bf16").join("config.json").is_file());
+    std::fs::remove_dir_all(&tmp).unwrap();
 }
