@@ -1,9 +1,9 @@
 //! Inference on the GPU: a prefill over whole prompts with the chunked mixer and windowed
 //! attention kernels, then decoding steps with the recurrent mixer step and the window's ring
 //! buffer (and a growing key/value cache in the hybrid's softmax layers), for a batch of
-//! sequences that advance together. CPU twin: `CausalLm for LigerModel` with `LigerState`.
+//! sequences that advance together. States and caches are f32. CPU twin: `CausalLm for LigerModel` with `LigerState`.
 
-use super::glue::{rope_forward_to, scaled, widen, RopeLayout};
+use super::glue::{rope_forward_to, widen, RopeLayout};
 use super::layer::Rows;
 use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
@@ -17,23 +17,23 @@ use liger_core::tokenizer::Tokenizer;
 use liger_core::{Error, ErrorCode, Result};
 
 /// What one layer keeps between calls for every sequence of the batch.
-enum LayerCache<T> {
+enum LayerCache {
     /// The recurrent state `[B, hkv, state]` (f32) and, with SWA, the window's roped keys and
     /// values `[B, hkv, window, d]` as a ring buffer.
-    Liger { state: GpuBuffer<f32>, window: Option<(GpuBuffer<T>, GpuBuffer<T>)> },
+    Liger { state: GpuBuffer<f32>, window: Option<(GpuBuffer<f32>, GpuBuffer<f32>)> },
     /// Roped keys and values `[B, hkv, capacity, d]` of a softmax layer.
-    Softmax { keys: GpuBuffer<T>, values: GpuBuffer<T> },
+    Softmax { keys: GpuBuffer<f32>, values: GpuBuffer<f32> },
 }
 
 /// The decoding state of a batch of sequences on the GPU. Its memory is allocated at the
 /// first forward call; it is constant in the sequence length for a model without softmax layers.
-pub struct GpuLigerState<T> {
+pub struct GpuLigerState {
     batch: usize,
     position: usize,
-    layers: Vec<LayerCache<T>>,
+    layers: Vec<LayerCache>,
 }
 
-impl<T> GpuLigerState<T> {
+impl GpuLigerState {
     /// Tokens consumed so far by each sequence.
     pub fn len(&self) -> usize {
         self.position
@@ -48,11 +48,11 @@ impl<T> GpuLigerState<T> {
 
 impl<T: GemmInput> GpuLigerModel<T> {
     /// An empty state for `batch` sequences.
-    pub fn new_batch_state(&self, batch: usize) -> GpuLigerState<T> {
+    pub fn new_batch_state(&self, batch: usize) -> GpuLigerState {
         GpuLigerState { batch, position: 0, layers: Vec::new() }
     }
 
-    fn allocate_caches(&self, state: &mut GpuLigerState<T>) -> Result<()> {
+    fn allocate_caches(&self, state: &mut GpuLigerState) -> Result<()> {
         let c = self.config();
         let (b, shape) = (state.batch, self.shape);
         let att = &self.host.options.attention;
@@ -76,7 +76,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// Appends `tokens[b]` to sequence b of `state` (every sequence the same number of
     /// tokens) and returns the logits after the last one of each (`B x vocab`).
-    pub fn forward_last_batch(&self, state: &mut GpuLigerState<T>, tokens: &[&[u32]]) -> Result<Vec<f32>> {
+    pub fn forward_last_batch(&self, state: &mut GpuLigerState, tokens: &[&[u32]]) -> Result<Vec<f32>> {
         let t = tokens.first().map_or(0, |s| s.len());
         if tokens.len() != state.batch || t == 0 || tokens.iter().any(|s| s.len() != t) {
             return Err(Error::invalid_argument(format!(
@@ -122,7 +122,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// Whole prompts into a fresh state: the chunked forms, then the caches filled.
-    fn prefill(&self, state: &mut GpuLigerState<T>, tokens: &[&[u32]]) -> Result<Vec<f32>> {
+    fn prefill(&self, state: &mut GpuLigerState, tokens: &[&[u32]]) -> Result<Vec<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let rows = Rows { batch: state.batch, tokens: tokens[0].len() };
@@ -134,31 +134,31 @@ impl<T: GemmInput> GpuLigerModel<T> {
             let (h, h_t) = self.norm(&x, &self.weights.layers[layer].attn_norm)?;
             let qkv = self.project_qkv(layer, &h, &h_t, n)?;
             drop((h, h_t));
-            let (q, k, v) = (scaled::<T>(ctx, &qkv.q, 1.0)?, scaled::<T>(ctx, &qkv.k, 1.0)?, scaled::<T>(ctx, &qkv.v, 1.0)?);
+            let (q, k, v) = (&qkv.q, &qkv.k, &qkv.v);
             let mut o = GpuBuffer::<f32>::zeros(ctx, n * c.q_size())?;
             let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start: &start, tokens: rows.tokens, heads, head_dim: shape.d };
-            let (mut q_roped, mut k_roped) = (GpuBuffer::<T>::zeros(ctx, q.len())?, GpuBuffer::<T>::zeros(ctx, k.len())?);
+            let (mut q_roped, mut k_roped) = (GpuBuffer::<f32>::zeros(ctx, q.len())?, GpuBuffer::<f32>::zeros(ctx, k.len())?);
             rope_forward_to(ctx, &rope(shape.hq), &qkv.q, &mut q_roped)?;
             rope_forward_to(ctx, &rope(shape.hkv), &qkv.k, &mut k_roped)?;
-            let mut o_att = GpuBuffer::<T>::zeros(ctx, q.len())?;
+            let mut o_att = GpuBuffer::<f32>::zeros(ctx, q.len())?;
             let mut lse = GpuBuffer::<f32>::zeros(ctx, rows.batch * shape.hq * rows.tokens)?;
             let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
             match cache {
                 LayerCache::Liger { state: mixer_state, window } => {
-                    let mut o_grm = GpuBuffer::<T>::zeros(ctx, q.len())?;
+                    let mut o_grm = GpuBuffer::<f32>::zeros(ctx, q.len())?;
                     let mdims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
-                    mixer_chunk_forward(ctx, &att.mixer, mdims, &q, &k, &v, &mut o_grm, None, Some(mixer_state))?;
+                    mixer_chunk_forward(ctx, &att.mixer, mdims, q, k, v, &mut o_grm, None, Some(mixer_state))?;
                     widen(ctx, &o_grm, &mut o, att.alpha, false)?;
                     if let Some((wk, wv)) = window {
-                        attention_forward(ctx, dims, Some(att.window_keys), &q_roped, &k_roped, &v, &mut o_att, &mut lse)?;
+                        attention_forward(ctx, dims, Some(att.window_keys), &q_roped, &k_roped, v, &mut o_att, &mut lse)?;
                         widen(ctx, &o_att, &mut o, att.beta, true)?;
-                        cache_prefill(ctx, rows.batch, rows.tokens, shape, att.window_keys, &k_roped, &v, &start, wk, wv)?;
+                        cache_prefill(ctx, rows.batch, rows.tokens, shape, att.window_keys, &k_roped, v, &start, wk, wv)?;
                     }
                 }
                 LayerCache::Softmax { keys, values } => {
-                    attention_forward(ctx, dims, None, &q_roped, &k_roped, &v, &mut o_att, &mut lse)?;
+                    attention_forward(ctx, dims, None, &q_roped, &k_roped, v, &mut o_att, &mut lse)?;
                     widen(ctx, &o_att, &mut o, 1.0, false)?;
-                    cache_prefill(ctx, rows.batch, rows.tokens, shape, c.max_position_embeddings, &k_roped, &v, &start, keys, values)?;
+                    cache_prefill(ctx, rows.batch, rows.tokens, shape, c.max_position_embeddings, &k_roped, v, &start, keys, values)?;
                 }
             }
             self.o_proj(layer, &o, n, &mut x)?;
@@ -169,7 +169,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// One token for every sequence of the batch, through the recurrent forms.
-    fn step(&self, state: &mut GpuLigerState<T>, tokens: &[&[u32]]) -> Result<Vec<f32>> {
+    fn step(&self, state: &mut GpuLigerState, tokens: &[&[u32]]) -> Result<Vec<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let (b, shape) = (state.batch, self.shape);
@@ -183,27 +183,27 @@ impl<T: GemmInput> GpuLigerModel<T> {
             let (h, h_t) = self.norm(&x, &self.weights.layers[layer].attn_norm)?;
             let qkv = self.project_qkv(layer, &h, &h_t, b)?;
             drop((h, h_t));
-            let (q, k, v) = (scaled::<T>(ctx, &qkv.q, 1.0)?, scaled::<T>(ctx, &qkv.k, 1.0)?, scaled::<T>(ctx, &qkv.v, 1.0)?);
+            let (q, k, v) = (&qkv.q, &qkv.k, &qkv.v);
             let mut o = GpuBuffer::<f32>::zeros(ctx, b * c.q_size())?;
             let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start: &positions, tokens: 1, heads, head_dim: shape.d };
-            let (mut q_roped, mut k_roped) = (GpuBuffer::<T>::zeros(ctx, q.len())?, GpuBuffer::<T>::zeros(ctx, k.len())?);
+            let (mut q_roped, mut k_roped) = (GpuBuffer::<f32>::zeros(ctx, q.len())?, GpuBuffer::<f32>::zeros(ctx, k.len())?);
             rope_forward_to(ctx, &rope(shape.hq), &qkv.q, &mut q_roped)?;
             rope_forward_to(ctx, &rope(shape.hkv), &qkv.k, &mut k_roped)?;
-            let mut o_att = GpuBuffer::<T>::zeros(ctx, q.len())?;
+            let mut o_att = GpuBuffer::<f32>::zeros(ctx, q.len())?;
             match cache {
                 LayerCache::Liger { state: mixer_state, window } => {
-                    let mut o_grm = GpuBuffer::<T>::zeros(ctx, q.len())?;
-                    mixer_recurrent_step(ctx, &att.mixer, b, shape, mixer_state, &q, &k, &v, &mut o_grm)?;
+                    let mut o_grm = GpuBuffer::<f32>::zeros(ctx, q.len())?;
+                    mixer_recurrent_step(ctx, &att.mixer, b, shape, mixer_state, q, k, v, &mut o_grm)?;
                     widen(ctx, &o_grm, &mut o, att.alpha, false)?;
                     if let Some((wk, wv)) = window {
-                        cache_append(ctx, b, shape, att.window_keys, &k_roped, &v, &positions, wk, wv)?;
+                        cache_append(ctx, b, shape, att.window_keys, &k_roped, v, &positions, wk, wv)?;
                         attention_decode(ctx, b, shape, att.window_keys, &q_roped, wk, wv, &window_len, &mut o_att)?;
                         widen(ctx, &o_att, &mut o, att.beta, true)?;
                     }
                 }
                 LayerCache::Softmax { keys, values } => {
                     let cap = c.max_position_embeddings;
-                    cache_append(ctx, b, shape, cap, &k_roped, &v, &positions, keys, values)?;
+                    cache_append(ctx, b, shape, cap, &k_roped, v, &positions, keys, values)?;
                     attention_decode(ctx, b, shape, cap, &q_roped, keys, values, &full_len, &mut o_att)?;
                     widen(ctx, &o_att, &mut o, 1.0, false)?;
                 }
@@ -235,11 +235,11 @@ impl<T: GemmInput> GpuLigerModel<T> {
 }
 
 impl<T: GemmInput> CausalLm for GpuLigerModel<T> {
-    type State = GpuLigerState<T>;
-    fn new_state(&self) -> GpuLigerState<T> {
+    type State = GpuLigerState;
+    fn new_state(&self) -> GpuLigerState {
         self.new_batch_state(1)
     }
-    fn forward_last(&self, state: &mut GpuLigerState<T>, tokens: &[u32]) -> Result<Vec<f32>> {
+    fn forward_last(&self, state: &mut GpuLigerState, tokens: &[u32]) -> Result<Vec<f32>> {
         self.forward_last_batch(state, &[tokens])
     }
     fn tokenizer(&self) -> &Tokenizer {

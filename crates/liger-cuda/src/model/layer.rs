@@ -1,7 +1,9 @@
 //! One decoder layer on the GPU, over a batch of sequences of equal length: projections with
 //! LoRA, Liger attention (or softmax attention in the hybrid's softmax layers), o_proj and the
 //! SwiGLU MLP. Activations are f32 work buffers; they are cast to the storage type `T` where a
-//! product with a frozen weight or a mixer/attention kernel reads them.
+//! product with a frozen weight reads them. The mixer and attention kernels run on the f32
+//! activations in either case: they are a small part of the time, and bf16 inputs there cost
+//! more accuracy (on the LoRA gradients) than they save.
 //! CPU twin: `LigerModel::layer_forward` (liger-core `convert/model.rs`).
 
 use super::glue::{add_bias_rows, add_into, rope_forward_to, scale_in_place, scaled, widen, RopeLayout};
@@ -67,27 +69,21 @@ pub(super) struct Qkv {
     pub saved: [Option<GpuBuffer<f32>>; 3],
 }
 
-/// What the attention backward reads: the mixer's inputs, and the softmax branch's roped
-/// q and k, its output and log-sum-exp.
-pub(super) struct AttentionTape<T> {
-    pub q: GpuBuffer<T>,
-    pub k: GpuBuffer<T>,
-    pub v: GpuBuffer<T>,
-    pub softmax: Option<SoftmaxTape<T>>,
-}
-
-pub(super) struct SoftmaxTape<T> {
-    pub q_roped: GpuBuffer<T>,
-    pub k_roped: GpuBuffer<T>,
-    pub o: GpuBuffer<T>,
+/// What the backward of the softmax branch reads besides q, k, v: its roped q and k, its
+/// output and log-sum-exp.
+pub(super) struct SoftmaxTape {
+    pub q_roped: GpuBuffer<f32>,
+    pub k_roped: GpuBuffer<f32>,
+    pub o: GpuBuffer<f32>,
     pub lse: GpuBuffer<f32>,
 }
 
 /// Everything one layer's backward pass reads.
-pub(super) struct LayerTape<T> {
+pub(super) struct LayerTape {
     pub h: GpuBuffer<f32>,
+    /// q, k, v: also the mixer's inputs.
     pub qkv: Qkv,
-    pub attention: AttentionTape<T>,
+    pub softmax: Option<SoftmaxTape>,
     /// The attention's output, input of o_proj.
     pub o: GpuBuffer<f32>,
     pub saved_o: Option<GpuBuffer<f32>>,
@@ -155,37 +151,37 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// Attention of `layer` over whole sequences from position 0 (training and first
     /// prefill): returns its output (f32, `[n, q_size]`) and what the backward pass reads.
-    pub(super) fn attention_fresh(&self, layer: usize, qkv: &Qkv, rows: Rows, start: &GpuBuffer<u32>) -> Result<(GpuBuffer<f32>, AttentionTape<T>)> {
+    pub(super) fn attention_fresh(&self, layer: usize, qkv: &Qkv, rows: Rows, start: &GpuBuffer<u32>) -> Result<(GpuBuffer<f32>, Option<SoftmaxTape>)> {
         let ctx = &self.ctx;
         let c = self.config();
         let shape = self.shape;
         let n = rows.n();
-        let (q, k, v) = (scaled::<T>(ctx, &qkv.q, 1.0)?, scaled::<T>(ctx, &qkv.k, 1.0)?, scaled::<T>(ctx, &qkv.v, 1.0)?);
+        let (q, k, v) = (&qkv.q, &qkv.k, &qkv.v);
         let att = &self.host.options.attention;
         let softmax_layer = self.host.options.is_softmax_layer(layer);
         let mut o = GpuBuffer::<f32>::zeros(ctx, n * c.q_size())?;
         if !softmax_layer {
-            let mut o_grm = GpuBuffer::<T>::zeros(ctx, n * c.q_size())?;
+            let mut o_grm = GpuBuffer::<f32>::zeros(ctx, n * c.q_size())?;
             let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
-            mixer_chunk_forward(ctx, &att.mixer, dims, &q, &k, &v, &mut o_grm, None, None)?;
+            mixer_chunk_forward(ctx, &att.mixer, dims, q, k, v, &mut o_grm, None, None)?;
             widen(ctx, &o_grm, &mut o, att.alpha, false)?;
         }
         let mut softmax = None;
         if softmax_layer || att.use_swa {
             let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
             let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start, tokens: rows.tokens, heads, head_dim: shape.d };
-            let mut q_roped = GpuBuffer::<T>::zeros(ctx, q.len())?;
-            let mut k_roped = GpuBuffer::<T>::zeros(ctx, k.len())?;
+            let mut q_roped = GpuBuffer::<f32>::zeros(ctx, q.len())?;
+            let mut k_roped = GpuBuffer::<f32>::zeros(ctx, k.len())?;
             rope_forward_to(ctx, &rope(shape.hq), &qkv.q, &mut q_roped)?;
             rope_forward_to(ctx, &rope(shape.hkv), &qkv.k, &mut k_roped)?;
-            let mut o_att = GpuBuffer::<T>::zeros(ctx, q.len())?;
+            let mut o_att = GpuBuffer::<f32>::zeros(ctx, q.len())?;
             let mut lse = GpuBuffer::<f32>::zeros(ctx, rows.batch * shape.hq * rows.tokens)?;
             let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
-            attention_forward(ctx, dims, window, &q_roped, &k_roped, &v, &mut o_att, &mut lse)?;
+            attention_forward(ctx, dims, window, &q_roped, &k_roped, v, &mut o_att, &mut lse)?;
             widen(ctx, &o_att, &mut o, weight, !softmax_layer)?;
             softmax = Some(SoftmaxTape { q_roped, k_roped, o: o_att, lse });
         }
-        Ok((o, AttentionTape { q, k, v, softmax }))
+        Ok((o, softmax))
     }
 
     /// `x += o_proj(o)`; returns the o adapter's saved product.
@@ -218,16 +214,16 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// Runs `layer` on `x` (`[n, hidden]`, updated in place) over whole sequences from
     /// position 0; with `keep`, returns what the backward pass needs.
-    pub(super) fn layer_forward_fresh(&self, layer: usize, x: &mut GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, keep: bool) -> Result<Option<LayerTape<T>>> {
+    pub(super) fn layer_forward_fresh(&self, layer: usize, x: &mut GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, keep: bool) -> Result<Option<LayerTape>> {
         let n = rows.n();
         let (h, h_t) = self.norm(x, &self.layer_weights(layer).attn_norm)?;
         let qkv = self.project_qkv(layer, &h, &h_t, n)?;
         drop(h_t);
-        let (o, attention) = self.attention_fresh(layer, &qkv, rows, start)?;
+        let (o, softmax) = self.attention_fresh(layer, &qkv, rows, start)?;
         let saved_o = self.o_proj(layer, &o, n, x)?;
         let x_mid = if keep { Some(copy(&self.ctx, x)?) } else { None };
         let (gate, up) = self.mlp(layer, x, n)?;
-        Ok(x_mid.map(|x_mid| LayerTape { h, qkv, attention, o, saved_o, x_mid, gate, up }))
+        Ok(x_mid.map(|x_mid| LayerTape { h, qkv, softmax, o, saved_o, x_mid, gate, up }))
     }
 }
 

@@ -183,7 +183,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// Back through one layer: from the gradient w.r.t. its output to the one w.r.t. its
     /// input, accumulating the adapters' gradients.
     #[allow(clippy::too_many_arguments)]
-    fn layer_backward(&self, layer: usize, tape: &LayerTape<T>, x_in: &GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, dx_out: &GpuBuffer<f32>, grads: &mut [Option<GpuLoraGrad>; 4]) -> Result<GpuBuffer<f32>> {
+    fn layer_backward(&self, layer: usize, tape: &LayerTape, x_in: &GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, dx_out: &GpuBuffer<f32>, grads: &mut [Option<GpuLoraGrad>; 4]) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let lw = &self.weights.layers[layer];
@@ -240,31 +240,27 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// Gradients (f32) w.r.t. the raw q, k, v of the layer's attention given `d_o`.
-    fn attention_backward(&self, layer: usize, tape: &LayerTape<T>, rows: Rows, start: &GpuBuffer<u32>, d_o: &GpuBuffer<f32>) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>, GpuBuffer<f32>)> {
+    fn attention_backward(&self, layer: usize, tape: &LayerTape, rows: Rows, start: &GpuBuffer<u32>, d_o: &GpuBuffer<f32>) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>, GpuBuffer<f32>)> {
         let ctx = &self.ctx;
         let shape = self.shape;
         let att = &self.host.options.attention;
         let softmax_layer = self.host.options.is_softmax_layer(layer);
-        let a = &tape.attention;
-        let (q_len, kv_len) = (a.q.len(), a.k.len());
+        let (q, k, v) = (&tape.qkv.q, &tape.qkv.k, &tape.qkv.v);
+        let (q_len, kv_len) = (q.len(), k.len());
         let mut dq = GpuBuffer::<f32>::zeros(ctx, q_len)?;
         let mut dk = GpuBuffer::<f32>::zeros(ctx, kv_len)?;
         let mut dv = GpuBuffer::<f32>::zeros(ctx, kv_len)?;
         if !softmax_layer {
-            let d_grm = scaled::<T>(ctx, d_o, att.alpha)?;
-            let (mut gq, mut gk, mut gv) = (GpuBuffer::<T>::zeros(ctx, q_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?);
+            let d_grm = scaled::<f32>(ctx, d_o, att.alpha)?;
             let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
-            mixer_chunk_backward(ctx, &att.mixer, dims, &a.q, &a.k, &a.v, &d_grm, &mut gq, &mut gk, &mut gv)?;
-            widen(ctx, &gq, &mut dq, 1.0, false)?;
-            widen(ctx, &gk, &mut dk, 1.0, false)?;
-            widen(ctx, &gv, &mut dv, 1.0, false)?;
+            mixer_chunk_backward(ctx, &att.mixer, dims, q, k, v, &d_grm, &mut dq, &mut dk, &mut dv)?;
         }
-        if let Some(s) = &a.softmax {
+        if let Some(s) = &tape.softmax {
             let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
-            let d_att = scaled::<T>(ctx, d_o, weight)?;
-            let (mut gq, mut gk, mut gv) = (GpuBuffer::<T>::zeros(ctx, q_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?);
+            let d_att = scaled::<f32>(ctx, d_o, weight)?;
+            let (mut gq, mut gk, mut gv) = (GpuBuffer::<f32>::zeros(ctx, q_len)?, GpuBuffer::<f32>::zeros(ctx, kv_len)?, GpuBuffer::<f32>::zeros(ctx, kv_len)?);
             let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
-            attention_backward(ctx, dims, window, &s.q_roped, &s.k_roped, &a.v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv)?;
+            attention_backward(ctx, dims, window, &s.q_roped, &s.k_roped, v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv)?;
             let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start, tokens: rows.tokens, heads, head_dim: shape.d };
             rope_backward_add(ctx, &rope(shape.hq), &gq, &mut dq, 1.0)?;
             rope_backward_add(ctx, &rope(shape.hkv), &gk, &mut dk, 1.0)?;
