@@ -79,20 +79,27 @@ fn compare_forward_backward<T: GemmInput>(ctx: GpuContext, cpu: LigerModel, data
         cpu_loss += cpu.forward_backward(&s.inputs, &s.labels, 0.37, &mut cpu_grads).unwrap().loss_sum;
     }
     let gpu = GpuLigerModel::<T>::new(ctx, cpu).unwrap();
+    // Both backward strategies: activations kept from the forward, and recomputed per layer.
+    let kept = run_gpu(&gpu, data);
+    gpu.set_recompute(true);
+    let recomputed = run_gpu(&gpu, data);
+    let same = max_rel_error(&recomputed.1, &kept.1.iter().map(|&g| g as f64).collect::<Vec<_>>());
+    assert!(((kept.0 - recomputed.0) / kept.0).abs() < 1e-6 && same < 1e-5, "kept and recomputed activations differ: {same:.2e}");
+    let (loss, got) = kept;
+    let expected: Vec<f64> = cpu_grads.as_slices().concat().iter().map(|&g| g as f64).collect();
+    assert!(got.iter().all(|g| g.is_finite()), "non-finite GPU gradients");
+    ((loss - cpu_loss).abs() / cpu_loss, max_rel_error(&got, &expected))
+}
+
+/// The GPU loss and gradients of a batch (gradients added to a non-zero start, then taken off).
+fn run_gpu<T: GemmInput>(gpu: &GpuLigerModel<T>, data: &[Sequence]) -> (f64, Vec<f32>) {
     let mut gpu_grads = gpu.new_grads();
     let inputs: Vec<&[u32]> = data.iter().map(|s| s.inputs.as_slice()).collect();
     let labels: Vec<&[u32]> = data.iter().map(|s| s.labels.as_slice()).collect();
     // Poison the gradients' starting values: they must be added to, not overwritten.
     gpu_grads.as_mut_slices().into_iter().for_each(|g| g.fill(0.25));
     let out = gpu.forward_backward_batch(&inputs, &labels, 0.37, &mut gpu_grads).unwrap();
-    let expected: Vec<f64> = cpu_grads.as_slices().concat().iter().map(|&g| g as f64 + 0.25).collect();
-    let got = gpu_grads.as_slices().concat();
-    assert!(got.iter().all(|g| g.is_finite()), "non-finite GPU gradients");
-    let loss_err = ((out.loss_sum - cpu_loss) / cpu_loss).abs();
-    // Relative to the gradients' own scale, not the 0.25 offset.
-    let centred: Vec<f32> = got.iter().map(|g| g - 0.25).collect();
-    let grad_err = max_rel_error(&centred, &expected.iter().map(|g| g - 0.25).collect::<Vec<_>>());
-    (loss_err, grad_err)
+    (out.loss_sum, gpu_grads.as_slices().concat().iter().map(|g| g - 0.25).collect())
 }
 
 const CASES: [(Architecture, MixerKind, &[usize]); 5] = [

@@ -40,6 +40,8 @@ pub struct GpuLigerModel<T: GemmInput> {
     lora: Mutex<GpuLoraSet>,
     /// Set when the host adapters may have changed since the last upload.
     lora_stale: AtomicBool,
+    /// Always recompute activations in the backward pass (else only when memory is short).
+    recompute: AtomicBool,
     shape: HeadShape,
 }
 
@@ -60,7 +62,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             return Err(Error::shape(format!("the GPU weights have {} layers; the model has {}", weights.layers.len(), c.num_layers)));
         }
         let lora = upload_lora(&ctx, &model.lora)?;
-        Ok(GpuLigerModel { ctx, host: model, weights, lora: Mutex::new(lora), lora_stale: AtomicBool::new(false), shape })
+        Ok(GpuLigerModel { ctx, host: model, weights, lora: Mutex::new(lora), lora_stale: AtomicBool::new(false), recompute: AtomicBool::new(false), shape })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -80,6 +82,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
     pub fn host_mut(&mut self) -> &mut LigerModel {
         self.lora_stale.store(true, Ordering::Release);
         &mut self.host
+    }
+
+    /// With `true`, the backward pass always runs each layer's forward again instead of keeping
+    /// its activations from the forward pass (less memory, one more forward); with `false`
+    /// (the default) it does so only when keeping them would take more than half the free memory.
+    pub fn set_recompute(&self, always: bool) {
+        self.recompute.store(always, Ordering::Relaxed);
     }
 
     /// The host model with the trained adapters, e.g. to save a checkpoint.

@@ -80,8 +80,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// The residual stream after the last layer for a batch from position 0; keeps each
-    /// layer's input when `layer_inputs` is given.
-    fn forward_rows(&self, inputs: &[&[u32]], rows: Rows, start: &GpuBuffer<u32>, mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>) -> Result<GpuBuffer<f32>> {
+    /// layer's input and, with `tapes`, its activations for the backward pass.
+    fn forward_rows(&self, inputs: &[&[u32]], rows: Rows, start: &GpuBuffer<u32>, mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>, mut tapes: Option<&mut Vec<LayerTape>>) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.iter().copied()).collect();
@@ -91,7 +91,10 @@ impl<T: GemmInput> GpuLigerModel<T> {
             if let Some(kept) = layer_inputs.as_deref_mut() {
                 kept.push(copy(ctx, &x)?);
             }
-            self.layer_forward_fresh(layer, &mut x, rows, start, false)?;
+            let tape = self.layer_forward_fresh(layer, &mut x, rows, start, tapes.is_some())?;
+            if let (Some(tapes), Some(tape)) = (tapes.as_deref_mut(), tape) {
+                tapes.push(tape);
+            }
         }
         Ok(x)
     }
@@ -119,7 +122,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let rows = self.check_batch(inputs, labels)?;
         self.sync_lora()?;
         let start = GpuBuffer::<u32>::zeros(&self.ctx, rows.batch)?;
-        let x = self.forward_rows(inputs, rows, &start, None)?;
+        let x = self.forward_rows(inputs, rows, &start, None, None)?;
         let flat: Vec<u32> = labels.iter().flat_map(|s| s.iter().copied()).collect();
         self.loss_of(&x, &flat, 0.0, None)
     }
@@ -135,7 +138,10 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let c = self.config();
         let start = GpuBuffer::<u32>::zeros(ctx, rows.batch)?;
         let mut layer_inputs = Vec::with_capacity(c.num_layers);
-        let x = self.forward_rows(inputs, rows, &start, Some(&mut layer_inputs))?;
+        // Keep every layer's activations when they fit comfortably; else run each layer's
+        // forward again during the backward pass.
+        let mut tapes = (!self.needs_recompute(rows)).then(|| Vec::with_capacity(c.num_layers));
+        let x = self.forward_rows(inputs, rows, &start, Some(&mut layer_inputs), tapes.as_mut())?;
         let flat: Vec<u32> = labels.iter().flat_map(|s| s.iter().copied()).collect();
         let mut dx = GpuBuffer::<f32>::zeros(ctx, x.len())?;
         let out = self.loss_of(&x, &flat, grad_scale, Some(&mut dx))?;
@@ -146,11 +152,14 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let mut device_grads = self.zero_device_grads()?;
         for layer in (0..c.num_layers).rev() {
             let x_in = layer_inputs.pop().ok_or_else(|| Error::internal("a layer input is missing"))?;
-            let mut x_out = copy(ctx, &x_in)?;
-            let tape = self
-                .layer_forward_fresh(layer, &mut x_out, rows, &start, true)?
-                .ok_or_else(|| Error::internal("the layer kept no activations"))?;
-            drop(x_out);
+            let tape = match tapes.as_mut().and_then(|t| t.pop()) {
+                Some(tape) => tape,
+                None => {
+                    let mut x_out = copy(ctx, &x_in)?;
+                    self.layer_forward_fresh(layer, &mut x_out, rows, &start, true)?
+                        .ok_or_else(|| Error::internal("the layer kept no activations"))?
+                }
+            };
             dx = self.layer_backward(layer, &tape, &x_in, rows, &start, &dx, &mut device_grads[layer])?;
         }
         // Back to the host, added into the caller's gradients.
@@ -163,6 +172,24 @@ impl<T: GemmInput> GpuLigerModel<T> {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the backward pass must recompute each layer's activations: always when asked
+    /// to ([`GpuLigerModel::set_recompute`]), else when keeping them all would take more than
+    /// half the free device memory.
+    fn needs_recompute(&self, rows: Rows) -> bool {
+        if self.recompute.load(std::sync::atomic::Ordering::Relaxed) {
+            return true;
+        }
+        let c = self.config();
+        let (qs, kvs, hs, f) = (c.q_size(), c.kv_size(), c.hidden_size, c.intermediate_size);
+        // h, x_mid, q, k, v, o, gate, up, the softmax branch's roped q, k and output, LoRA products.
+        let per_row = 2 * hs + 3 * qs + 3 * kvs + 2 * f + 2 * qs + kvs + 64;
+        let bytes = (rows.n() * per_row * 4 * c.num_layers) as u64;
+        match self.ctx.stream().context().mem_get_info() {
+            Ok((free, _)) => bytes > free as u64 / 2,
+            Err(_) => true,
+        }
     }
 
     fn zero_device_grads(&self) -> Result<Vec<[Option<GpuLoraGrad>; 4]>> {
