@@ -20,24 +20,35 @@ use liger_cuda::model::shape_only_host;
 use liger_cuda::{GpuContext, GpuLigerModel, GpuWeights};
 use std::time::Instant;
 
-/// (name, layers, hidden, heads, kv heads, head size, intermediate, vocab)
-const SHAPES: [(&str, usize, usize, usize, usize, usize, usize, usize); 3] = [
-    ("135m", 30, 576, 9, 3, 64, 1536, 49152),
-    ("1b", 16, 2048, 32, 8, 64, 8192, 128256),
-    ("8b", 32, 4096, 32, 8, 128, 14336, 128256),
+/// A benchmark shape: the sizes of a Llama-family model.
+struct Shape {
+    name: &'static str,
+    layers: usize,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    intermediate: usize,
+    vocab: usize,
+}
+
+const SHAPES: [Shape; 3] = [
+    Shape { name: "135m", layers: 30, hidden: 576, heads: 9, kv_heads: 3, head_dim: 64, intermediate: 1536, vocab: 49152 },
+    Shape { name: "1b", layers: 16, hidden: 2048, heads: 32, kv_heads: 8, head_dim: 64, intermediate: 8192, vocab: 128256 },
+    Shape { name: "8b", layers: 32, hidden: 4096, heads: 32, kv_heads: 8, head_dim: 128, intermediate: 14336, vocab: 128256 },
 ];
 
 fn config(name: &str) -> Option<ModelConfig> {
-    let &(_, layers, hidden, heads, kv, d, inter, vocab) = SHAPES.iter().find(|s| s.0 == name)?;
+    let s = SHAPES.iter().find(|s| s.name == name)?;
     Some(ModelConfig {
         architecture: Architecture::Llama,
-        vocab_size: vocab,
-        hidden_size: hidden,
-        intermediate_size: inter,
-        num_layers: layers,
-        num_heads: heads,
-        num_kv_heads: kv,
-        head_dim: d,
+        vocab_size: s.vocab,
+        hidden_size: s.hidden,
+        intermediate_size: s.intermediate,
+        num_layers: s.layers,
+        num_heads: s.heads,
+        num_kv_heads: s.kv_heads,
+        head_dim: s.head_dim,
         rope_theta: 500000.0,
         rope_scaling: None,
         rms_norm_eps: 1e-5,
