@@ -114,12 +114,61 @@ fn train(name: &str, batch: usize, seq: usize, steps: usize) -> Result<String> {
     }
     let step_s = median(times);
     let peak = peak_memory(m.context())? as f64 / (1u64 << 30) as f64;
+    let (mixer_ms, attention_ms) = kernel_share(&m, batch, seq)?;
     Ok(format!(
-        r#"{{"bench":"train_step","shape":"{name}","dtype":"bf16","lora":"r8 q,k,v","batch":{batch},"seq":{seq},"step_ms":{:.2},"tokens_per_s":{:.0},"peak_pool_gib":{peak:.2},"device":"{}"}}"#,
+        r#"{{"bench":"train_step","shape":"{name}","dtype":"bf16","lora":"r8 q,k,v","batch":{batch},"seq":{seq},"step_ms":{:.2},"tokens_per_s":{:.0},"peak_pool_gib":{peak:.2},"mixer_fwd_bwd_ms_all_layers":{mixer_ms:.1},"swa_fwd_bwd_ms_all_layers":{attention_ms:.1},"device":"{}"}}"#,
         step_s * 1e3,
         (batch * seq) as f64 / step_s,
         m.context().info().name
     ))
+}
+
+/// Milliseconds a training step spends in the mixer and in the windowed attention (one
+/// forward and one backward per layer, f32 activations as the model runs them), measured on
+/// their own at the step's sizes: where the step's time goes.
+fn kernel_share(m: &GpuLigerModel<bf16>, batch: usize, seq: usize) -> Result<(f64, f64)> {
+    use liger_cuda::ops::attention::{attention_backward, attention_forward, AttentionDims};
+    use liger_cuda::ops::mixer::{mixer_chunk_backward, mixer_chunk_forward, MixerDims};
+    use liger_cuda::GpuBuffer;
+    let ctx = m.context();
+    let c = m.config();
+    let shape = liger_core::liger::HeadShape::new(c.num_heads, c.num_kv_heads, c.head_dim)?;
+    let n = batch * seq;
+    let filled = |len: usize, seed: u64| -> Result<GpuBuffer<f32>> {
+        let mut b = GpuBuffer::zeros(ctx, len)?;
+        liger_cuda::model::glue::fill_uniform(ctx, &mut b, seed, 0.0, 1.0)?;
+        Ok(b)
+    };
+    let (q, k, v, d_o) = (filled(n * c.q_size(), 1)?, filled(n * c.kv_size(), 2)?, filled(n * c.kv_size(), 3)?, filled(n * c.q_size(), 4)?);
+    let (mut o, mut dq) = (GpuBuffer::zeros(ctx, q.len())?, GpuBuffer::zeros(ctx, q.len())?);
+    let (mut dk, mut dv) = (GpuBuffer::zeros(ctx, k.len())?, GpuBuffer::zeros(ctx, k.len())?);
+    let mut lse = GpuBuffer::zeros(ctx, batch * shape.hq * seq)?;
+    let att = m.host().options.attention;
+    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        f()?;
+        ctx.synchronize()?;
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            f()?;
+            ctx.synchronize()?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(median(times))
+    };
+    let mdims = MixerDims { batch, tokens: seq, shape };
+    let mixer = time(&mut || {
+        mixer_chunk_forward(ctx, &att.mixer, mdims, &q, &k, &v, &mut o, None, None)?;
+        mixer_chunk_backward(ctx, &att.mixer, mdims, &q, &k, &v, &d_o, &mut dq, &mut dk, &mut dv)
+    })?;
+    let adims = AttentionDims { batch, tokens: seq, shape };
+    let window = Some(att.window_keys);
+    let mut o2 = GpuBuffer::zeros(ctx, q.len())?;
+    let attention = time(&mut || {
+        attention_forward(ctx, adims, window, &q, &k, &v, &mut o2, &mut lse)?;
+        attention_backward(ctx, adims, window, &q, &k, &v, &o2, &lse, &d_o, &mut dq, &mut dk, &mut dv)
+    })?;
+    Ok((mixer * c.num_layers as f64, attention * c.num_layers as f64))
 }
 
 fn decode(name: &str, batch: usize, context: usize, steps: usize) -> Result<String> {
