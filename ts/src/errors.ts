@@ -16,11 +16,12 @@ export const CORE_ERROR_CODES = [
   "ABORTED",
   "OUT_OF_MEMORY",
   "NON_FINITE_LOSS",
+  "DEVICE_UNAVAILABLE",
   "INTERNAL",
 ] as const;
 
 /** Codes raised only by the TypeScript layer. */
-export const TS_ERROR_CODES = ["MODEL_FETCH_FAILED", "NATIVE_ADDON_MISSING", "DEVICE_UNAVAILABLE"] as const;
+export const TS_ERROR_CODES = ["MODEL_FETCH_FAILED", "NATIVE_ADDON_MISSING"] as const;
 
 export type LigerErrorCode = (typeof CORE_ERROR_CODES)[number] | (typeof TS_ERROR_CODES)[number];
 

@@ -7,7 +7,7 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 
-import { invalidArgument, LigerError } from "./errors.js";
+import { invalidArgument } from "./errors.js";
 import { checkOptional, defaultDataDir, isPositiveInt } from "./eval.js";
 import { fetchDefaultModel } from "./fetch.js";
 import { nativeLinearize } from "./native.js";
@@ -69,7 +69,7 @@ export interface LinearizeOptions {
   /** Validate / save every this many steps (0: only at the end). */
   evalEvery?: number;
   saveEvery?: number;
-  /** Where training runs; only "cpu" in this build. */
+  /** Where training runs: "cpu" (default) or "cuda" (the first NVIDIA GPU; DEVICE_UNAVAILABLE without one). */
   device?: "cpu" | "cuda";
   onProgress?: (event: LinearizeEvent) => void;
   signal?: AbortSignal;
@@ -142,12 +142,6 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
   const o = options;
   if (typeof o.out !== "string" || o.out.length === 0) throw invalidArgument("out must name the checkpoint directory to write");
   checkOptional("device", o.device, oneOf(["cpu", "cuda"]), `"cpu" or "cuda"`);
-  if (o.device === "cuda") {
-    throw new LigerError(
-      "DEVICE_UNAVAILABLE",
-      "the GPU training engine is not available in this build yet; train on the CPU (device: \"cpu\", CLI --device cpu)",
-    );
-  }
   checkOptional("mixer", o.mixer, oneOf(MIXERS), `one of ${MIXERS.join(", ")}`);
   checkOptional("window", o.window, isPositiveInt, "an integer >= 1 (65 is the reference's window)");
   checkOptional("alpha", o.alpha, isFiniteNumber, "a finite number");
@@ -216,6 +210,7 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     resume: o.resume ?? false,
     evalEvery: o.evalEvery ?? 0,
     saveEvery: o.saveEvery ?? 0,
+    device: o.device ?? "cpu",
   };
 }
 

@@ -28,6 +28,8 @@ pub enum ErrorCode {
     OutOfMemory,
     /// Training produced a NaN or infinite loss.
     NonFiniteLoss,
+    /// The requested device (a GPU) cannot be used here: no driver, no GPU, or a driver too old.
+    DeviceUnavailable,
     /// A bug: something that should never happen.
     Internal,
 }
@@ -46,6 +48,7 @@ impl ErrorCode {
             ErrorCode::Aborted => "ABORTED",
             ErrorCode::OutOfMemory => "OUT_OF_MEMORY",
             ErrorCode::NonFiniteLoss => "NON_FINITE_LOSS",
+            ErrorCode::DeviceUnavailable => "DEVICE_UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
         }
     }

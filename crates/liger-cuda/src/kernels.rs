@@ -80,7 +80,16 @@ pub const ATTENTION: KernelFile = kernel_file!(
     ]
 );
 
+pub const MODEL: KernelFile = kernel_file!(
+    "model",
+    [
+        "scale_to_f32", "scale_to_bf16", "widen_f32", "widen_bf16", "scale_in_place_f32", "add_bias_rows_f32",
+        "rope_forward_to_f32", "rope_forward_to_bf16", "rope_backward_add_f32", "rope_backward_add_bf16",
+        "fill_uniform_f32", "fill_uniform_bf16",
+    ]
+);
+
 pub const SAMPLING: KernelFile = kernel_file!("sampling", ["argmax_rows_f32", "sample_rows_f32"]);
 
 /// Every kernel file of the crate.
-pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE, MIXER_GATED, ATTENTION, SAMPLING];
+pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE, MIXER_GATED, ATTENTION, SAMPLING, MODEL];

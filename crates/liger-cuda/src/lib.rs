@@ -11,9 +11,11 @@ pub mod error;
 pub mod gemm;
 pub mod kernels;
 pub mod launch;
+pub mod model;
 pub mod nvrtc;
 pub mod ops;
 
 pub use buffer::{GpuBuffer, GpuElement};
 pub use context::{DeviceInfo, GpuContext};
-pub use gemm::{gemm, GemmDims};
+pub use gemm::{gemm, GemmDims, GemmInput};
+pub use model::{open_gpu, run_linearize_on_gpu, GpuLigerModel, GpuLigerState, GpuWeights};

@@ -425,6 +425,8 @@ pub struct JsLinearizeOptions {
     pub resume: bool,
     pub eval_every: u32,
     pub save_every: u32,
+    /// Where training runs: "cpu" or "cuda" (the first GPU).
+    pub device: String,
 }
 
 fn parse_name<T: serde::de::DeserializeOwned>(
@@ -568,9 +570,16 @@ impl LinearizeTask {
     fn linearize(&self) -> liger_core::Result<Value> {
         let job = build_job(&self.options)?;
         let on_event = self.on_event.as_ref();
-        let report = run_linearize(&job, &self.cancel, &mut |event| {
-            emit(on_event, event_json(event))
-        })?;
+        let mut emit_event = |event| emit(on_event, event_json(event));
+        let report = match self.options.device.as_str() {
+            "cpu" => run_linearize(&job, &self.cancel, &mut emit_event)?,
+            "cuda" => liger_cuda::run_linearize_on_gpu(&job, 0, &self.cancel, &mut emit_event)?,
+            other => {
+                return Err(Error::invalid_argument(format!(
+                    "unknown device {other:?}; known: cpu, cuda"
+                )))
+            }
+        };
         if report.cancelled {
             return Err(Error::new(
                 ErrorCode::Aborted,

@@ -75,7 +75,7 @@ export function registerLinearize(program: Command): void {
     .option("--merged", "fold the adapters into the weights")
     .option("--resume", "continue the run saved in --out")
     .option("--save-every <n>", "also save every n steps", parseNumber("save-every"))
-    .option("--device <device>", "cpu, or cuda (not available in this build yet)", "cpu")
+    .option("--device <device>", "cpu, or cuda (the first NVIDIA GPU)", "cpu")
     .option("--json", "print the report as JSON instead of tables")
     .action(async (options: LinearizeCliOptions) => {
       const controller = new AbortController();

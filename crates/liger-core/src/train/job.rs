@@ -7,15 +7,15 @@ use super::data::{
     PromptFormat, Record,
 };
 use super::loss::{LossOutput, IGNORE};
-use super::trainer::{evaluate, EvalResult, TrainConfig, TrainEvent, Trainer};
+use super::trainer::{evaluate, EvalResult, TrainConfig, TrainEvent, Trainable, Trainer};
 use crate::chat::ChatMessage;
 use crate::checkpoint::{
     load_liger_checkpoint, load_training_state, read_liger_section, save_liger_checkpoint,
     SaveOptions, TrainingSnapshot,
 };
-use crate::convert::{linearize, LigerOptions, LoraOptions};
+use crate::convert::{linearize, LigerModel, LigerOptions, LoraOptions};
 use crate::error::{Error, ErrorCode, Result};
-use crate::generate::{generate, GenerateOptions};
+use crate::generate::{generate, CausalLm, GenerateOptions};
 use crate::model::forward::{forward, KvCache, Logits};
 use crate::model::{load_model, BaseModel};
 use serde::Serialize;
@@ -210,6 +210,20 @@ fn tokenize_all(
 
 type LossResult = Result<LossOutput>;
 
+/// The converted model on the engine that trains, evaluates and samples it: the CPU engine
+/// ([`LigerModel`] itself) or a GPU copy that keeps the adapters on the host, where the
+/// trainer updates them and checkpoints read them.
+pub trait EngineModel: Trainable + CausalLm {
+    /// The host model, with the current adapters.
+    fn host_model(&self) -> &LigerModel;
+}
+
+impl EngineModel for LigerModel {
+    fn host_model(&self) -> &LigerModel {
+        self
+    }
+}
+
 fn eval_event(name: &str, r: &EvalResult) -> JobEvent {
     JobEvent::Eval {
         name: name.into(),
@@ -218,12 +232,24 @@ fn eval_event(name: &str, r: &EvalResult) -> JobEvent {
     }
 }
 
-/// Runs the whole job. Cancellation (checked between training steps) returns a report with
-/// `cancelled: true`; a checkpoint is written then only when `train.save_on_cancel` asks.
+/// Runs the whole job on the CPU engine. Cancellation (checked between training steps)
+/// returns a report with `cancelled: true`; a checkpoint is written then only when
+/// `train.save_on_cancel` asks.
 pub fn run_linearize(
     job: &LinearizeJob,
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(JobEvent),
+) -> Result<LinearizeReport> {
+    run_linearize_on(job, cancel, on_event, &mut |model| Ok(model))
+}
+
+/// Runs the whole job, evaluating, training and sampling the converted model on the engine
+/// `to_engine` moves it to (the CPU: `Ok(model)`; a GPU: the bindings pass its upload).
+pub fn run_linearize_on<M: EngineModel>(
+    job: &LinearizeJob,
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(JobEvent),
+    to_engine: &mut dyn FnMut(LigerModel) -> Result<M>,
 ) -> Result<LinearizeReport> {
     job.train.validate()?;
     if !(0.0..1.0).contains(&job.val_fraction) {
@@ -289,7 +315,7 @@ pub fn run_linearize(
         } else {
             None
         };
-    let (mut model, resume_state) = match saved_state {
+    let (host_model, resume_state) = match saved_state {
         Some((model, state)) => (model, state),
         None => {
             on_event(JobEvent::Stage("converting to Liger attention".into()));
@@ -299,7 +325,8 @@ pub fn run_linearize(
             )
         }
     };
-    report.state_bytes = model.state_bytes();
+    report.state_bytes = host_model.state_bytes();
+    let mut model = to_engine(host_model)?;
     report.untrained_eval = validate(&|i, l| model.loss(i, l))?;
     report
         .untrained_eval
@@ -309,7 +336,7 @@ pub fn run_linearize(
     let mut trainer = None;
     if job.data_path.is_some() {
         on_event(JobEvent::Stage("training".into()));
-        let sizes: Vec<usize> = model.lora_params().iter().map(|p| p.1.len()).collect();
+        let sizes: Vec<usize> = model.params().iter().map(|p| p.1.len()).collect();
         let mut t = match resume_state {
             Some((state, optimizer)) => {
                 Trainer::resume(state, optimizer, train_seqs.len(), &sizes)?
@@ -338,7 +365,7 @@ pub fn run_linearize(
                             state: &tr.state,
                             optimizer: &tr.optimizer,
                         });
-                        save_liger_checkpoint(out_dir, m, &save, snapshot)?;
+                        save_liger_checkpoint(out_dir, m.host_model(), &save, snapshot)?;
                         on_event(JobEvent::Saved(out_dir.clone()));
                     }
                 }
@@ -372,14 +399,14 @@ pub fn run_linearize(
             state: &t.state,
             optimizer: &t.optimizer,
         });
-    save_liger_checkpoint(&job.out_dir, &model, &job.save, snapshot)?;
+    save_liger_checkpoint(&job.out_dir, model.host_model(), &job.save, snapshot)?;
     on_event(JobEvent::Saved(job.out_dir.clone()));
 
     if let Some(prompt) = &job.sample_prompt {
         on_event(JobEvent::Stage("sampling".into()));
         let text = match job.prompt_format {
             PromptFormat::Alpaca => alpaca_prompt(prompt, ""),
-            PromptFormat::Chat => model.base.apply_chat_template(
+            PromptFormat::Chat => model.host_model().base.apply_chat_template(
                 &[ChatMessage {
                     role: "user".into(),
                     content: prompt.clone(),
@@ -388,6 +415,7 @@ pub fn run_linearize(
             )?,
         };
         let ids = model
+            .host_model()
             .base
             .encode(&text, None, job.prompt_format == PromptFormat::Chat)?;
         let opts = GenerateOptions {

@@ -36,6 +36,27 @@ pub trait Trainable {
         grad_scale: f32,
         grads: &mut Self::Grads,
     ) -> Result<LossOutput>;
+    /// Summed loss of a micro-batch of sequences, and its gradients added into `grads`, as
+    /// [`Trainable::forward_backward`] on each sequence. Engines that run a micro-batch as one
+    /// batch (the GPU model) override this.
+    fn forward_backward_batch(
+        &self,
+        inputs: &[&[u32]],
+        labels: &[&[u32]],
+        grad_scale: f32,
+        grads: &mut Self::Grads,
+    ) -> Result<LossOutput> {
+        let mut total = LossOutput {
+            loss_sum: 0.0,
+            count: 0,
+        };
+        for (i, l) in inputs.iter().zip(labels) {
+            let out = self.forward_backward(i, l, grad_scale, grads)?;
+            total.loss_sum += out.loss_sum;
+            total.count += out.count;
+        }
+        Ok(total)
+    }
     /// Loss of one sequence, without gradients.
     fn loss(&self, inputs: &[u32], labels: &[u32]) -> Result<LossOutput>;
     /// The trainable tensors with their names.
@@ -430,16 +451,18 @@ impl Trainer {
         grads.zero();
         let scale = 1.0 / count as f32;
         let (mut loss_sum, mut tokens) = (0.0f64, 0usize);
-        for &i in picked {
-            let s = &data[i];
+        // One micro-batch at a time, so an engine can run it as one batch.
+        for micro in picked.chunks(self.state.config.micro_batch.max(1)) {
+            let inputs: Vec<&[u32]> = micro.iter().map(|&i| data[i].inputs.as_slice()).collect();
+            let labels: Vec<&[u32]> = micro.iter().map(|&i| data[i].labels.as_slice()).collect();
             let out = model
-                .forward_backward(&s.inputs, &s.labels, scale, grads)
+                .forward_backward_batch(&inputs, &labels, scale, grads)
                 .map_err(|e| match e.code {
                     ErrorCode::NonFiniteLoss => non_finite(step, "the loss"),
                     _ => e,
                 })?;
             loss_sum += out.loss_sum;
-            tokens += s.inputs.len();
+            tokens += inputs.iter().map(|s| s.len()).sum::<usize>();
         }
         let loss = loss_sum / count as f64;
         if !loss.is_finite() {

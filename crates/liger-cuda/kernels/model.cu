@@ -1,0 +1,125 @@
+// The glue of the whole-model forward and backward: conversions between the float work
+// buffers and the storage type, residual adds, biases, batched RoPE and random fills.
+// CPU twins: the elementwise steps of `liger_core::convert` (model.rs, backward.rs).
+
+// y = s * x, stored as T (a cast when s = 1). x and y may not overlap.
+template <typename T>
+__device__ void scale_to(const float* x, T* y, size_t n, float s) {
+    for (size_t i = global_index(); i < n; i += grid_stride()) y[i] = from_f32<T>(s * x[i]);
+}
+
+extern "C" __global__ void scale_to_f32(const float* x, float* y, unsigned long long n, float s) { scale_to(x, y, n, s); }
+extern "C" __global__ void scale_to_bf16(const float* x, bf16* y, unsigned long long n, float s) { scale_to(x, y, n, s); }
+
+// y = s * x (accumulate = 0) or y += s * x (accumulate = 1), x stored as T, y float.
+template <typename T>
+__device__ void widen(const T* x, float* y, size_t n, float s, int accumulate) {
+    for (size_t i = global_index(); i < n; i += grid_stride()) {
+        const float v = s * to_f32(x[i]);
+        y[i] = accumulate ? y[i] + v : v;
+    }
+}
+
+extern "C" __global__ void widen_f32(const float* x, float* y, unsigned long long n, float s, int accumulate) {
+    widen(x, y, n, s, accumulate);
+}
+extern "C" __global__ void widen_bf16(const bf16* x, float* y, unsigned long long n, float s, int accumulate) {
+    widen(x, y, n, s, accumulate);
+}
+
+// x *= s, in place.
+extern "C" __global__ void scale_in_place_f32(float* x, unsigned long long n, float s) {
+    for (size_t i = global_index(); i < n; i += grid_stride()) x[i] *= s;
+}
+
+// y[r, c] += bias[c] for rows of `cols` values.
+extern "C" __global__ void add_bias_rows_f32(float* y, const float* bias, unsigned long long n, int cols) {
+    for (size_t i = global_index(); i < n; i += grid_stride()) y[i] += bias[i % cols];
+}
+
+// RoPE ("rotate_half": element j pairs with j + d/2) over a batch: rows are (sequence b,
+// token t) with `tokens` tokens per sequence, each `heads` heads of d values; token t of
+// sequence b sits at position start[b] + t. The angle is computed in double precision, as
+// the CPU does, so long positions lose nothing.
+__device__ __forceinline__ void rope_angle(const float* inv_freq, const u32* start, int tokens, size_t row, int j, float* c,
+                                           float* s) {
+    const size_t b = row / tokens, t = row % tokens;
+    const double angle = (double)(start[b] + t) * (double)inv_freq[j];
+    *c = (float)cos(angle);
+    *s = (float)sin(angle);
+}
+
+// Forward: y (stored as T) = rotate(x).
+template <typename T>
+__device__ void rope_forward_to(const float* x, T* y, const float* inv_freq, const u32* start, int rows, int tokens, int heads,
+                                int d) {
+    const int half = d / 2;
+    const size_t pairs = (size_t)rows * heads * half;
+    for (size_t idx = global_index(); idx < pairs; idx += grid_stride()) {
+        const int j = (int)(idx % half);
+        const size_t row_head = idx / half, row = row_head / heads, base = row_head * d;
+        float c, s;
+        rope_angle(inv_freq, start, tokens, row, j, &c, &s);
+        const float a = x[base + j], b = x[base + j + half];
+        y[base + j] = from_f32<T>(a * c - b * s);
+        y[base + j + half] = from_f32<T>(b * c + a * s);
+    }
+}
+
+extern "C" __global__ void rope_forward_to_f32(const float* x, float* y, const float* inv_freq, const u32* start, int rows,
+                                               int tokens, int heads, int d) {
+    rope_forward_to(x, y, inv_freq, start, rows, tokens, heads, d);
+}
+extern "C" __global__ void rope_forward_to_bf16(const float* x, bf16* y, const float* inv_freq, const u32* start, int rows,
+                                                int tokens, int heads, int d) {
+    rope_forward_to(x, y, inv_freq, start, rows, tokens, heads, d);
+}
+
+// Backward: dx (float) += s * rotate_back(dy), dy stored as T.
+template <typename T>
+__device__ void rope_backward_add(const T* dy, float* dx, const float* inv_freq, const u32* start, int rows, int tokens,
+                                  int heads, int d, float scale) {
+    const int half = d / 2;
+    const size_t pairs = (size_t)rows * heads * half;
+    for (size_t idx = global_index(); idx < pairs; idx += grid_stride()) {
+        const int j = (int)(idx % half);
+        const size_t row_head = idx / half, row = row_head / heads, base = row_head * d;
+        float c, s;
+        rope_angle(inv_freq, start, tokens, row, j, &c, &s);
+        const float a = to_f32(dy[base + j]), b = to_f32(dy[base + j + half]);
+        dx[base + j] += scale * (a * c + b * s);
+        dx[base + j + half] += scale * (b * c - a * s);
+    }
+}
+
+extern "C" __global__ void rope_backward_add_f32(const float* dy, float* dx, const float* inv_freq, const u32* start, int rows,
+                                                 int tokens, int heads, int d, float scale) {
+    rope_backward_add(dy, dx, inv_freq, start, rows, tokens, heads, d, scale);
+}
+extern "C" __global__ void rope_backward_add_bf16(const bf16* dy, float* dx, const float* inv_freq, const u32* start, int rows,
+                                                  int tokens, int heads, int d, float scale) {
+    rope_backward_add(dy, dx, inv_freq, start, rows, tokens, heads, d, scale);
+}
+
+// Uniform values in [center - spread, center + spread) from a counter-based hash of (seed, i):
+// random weights of any size made on the GPU, for benchmarks.
+__device__ __forceinline__ float hash_uniform(unsigned long long seed, size_t i) {
+    unsigned long long z = seed + 0x9e3779b97f4a7c15ull * (i + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f);  // 24 bits: [0, 1)
+}
+
+template <typename T>
+__device__ void fill_uniform(T* y, size_t n, unsigned long long seed, float center, float spread) {
+    for (size_t i = global_index(); i < n; i += grid_stride())
+        y[i] = from_f32<T>(center + spread * (2.0f * hash_uniform(seed, i) - 1.0f));
+}
+
+extern "C" __global__ void fill_uniform_f32(float* y, unsigned long long n, unsigned long long seed, float center, float spread) {
+    fill_uniform(y, n, seed, center, spread);
+}
+extern "C" __global__ void fill_uniform_bf16(bf16* y, unsigned long long n, unsigned long long seed, float center, float spread) {
+    fill_uniform(y, n, seed, center, spread);
+}

@@ -1,0 +1,233 @@
+//! One decoder layer on the GPU, over a batch of sequences of equal length: projections with
+//! LoRA, Liger attention (or softmax attention in the hybrid's softmax layers), o_proj and the
+//! SwiGLU MLP. Activations are f32 work buffers; they are cast to the storage type `T` where a
+//! product with a frozen weight reads them. The mixer and attention kernels run on the f32
+//! activations in either case: they are a small part of the time, and bf16 inputs there cost
+//! more accuracy (on the LoRA gradients) than they save.
+//! CPU twin: `LigerModel::layer_forward` (liger-core `convert/model.rs`).
+
+use super::glue::{add_bias_rows, add_into, rope_forward_to, scale_in_place, scaled, widen, RopeLayout};
+use super::weights::{GpuLayer, GpuLora};
+use super::GpuLigerModel;
+use crate::buffer::GpuBuffer;
+use crate::context::GpuContext;
+use crate::gemm::{gemm, GemmDims, GemmInput};
+use crate::ops::attention::{attention_forward, AttentionDims};
+use crate::ops::mixer::{mixer_chunk_forward, MixerDims};
+use crate::ops::rms_norm::rms_norm_forward;
+use crate::ops::swiglu::swiglu_forward;
+use liger_core::convert::LoraTarget;
+use liger_core::Result;
+
+/// A batch of `batch` sequences of `tokens` tokens each, laid out row after row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows {
+    pub batch: usize,
+    pub tokens: usize,
+}
+
+impl Rows {
+    pub fn n(&self) -> usize {
+        self.batch * self.tokens
+    }
+}
+
+/// `y = x Wᵀ` (or `y +=` when `accumulate`): x `[n, inp]`, W `[out, inp]`, y `[n, out]`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn linear<T: GemmInput>(ctx: &GpuContext, x: &GpuBuffer<T>, w: &GpuBuffer<T>, n: usize, inp: usize, out: usize, y: &mut GpuBuffer<f32>, accumulate: bool) -> Result<()> {
+    let dims = GemmDims { m: n, n: out, k: inp, a_transposed: false, b_transposed: true };
+    gemm(ctx, dims, x.slice(), w.slice(), y.slice_mut(), accumulate)
+}
+
+/// `dx += dy W` (or `dx =` without `accumulate`): the input gradient of [`linear`]; dy `[n, out]`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn linear_input_grad<T: GemmInput>(ctx: &GpuContext, dy: &GpuBuffer<T>, w: &GpuBuffer<T>, n: usize, inp: usize, out: usize, dx: &mut GpuBuffer<f32>, accumulate: bool) -> Result<()> {
+    let dims = GemmDims { m: n, n: inp, k: out, a_transposed: false, b_transposed: false };
+    gemm(ctx, dims, dy.slice(), w.slice(), dx.slice_mut(), accumulate)
+}
+
+/// `y += scale · (x Aᵀ) Bᵀ`; returns `scale · x Aᵀ` (`n x rank`) for the backward pass.
+pub(super) fn lora_forward(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, n: usize, y: &mut GpuBuffer<f32>) -> Result<GpuBuffer<f32>> {
+    let mut us = GpuBuffer::zeros(ctx, n * a.rank)?;
+    let down = GemmDims { m: n, n: a.rank, k: a.in_features, a_transposed: false, b_transposed: true };
+    gemm(ctx, down, x.slice(), a.a.slice(), us.slice_mut(), false)?;
+    scale_in_place(ctx, &mut us, a.scale)?;
+    let up = GemmDims { m: n, n: a.out_features, k: a.rank, a_transposed: false, b_transposed: true };
+    gemm(ctx, up, us.slice(), a.b.slice(), y.slice_mut(), true)?;
+    Ok(us)
+}
+
+/// q, k, v of a layer (f32; raw: no RoPE), with what the backward pass needs.
+pub(super) struct Qkv {
+    pub q: GpuBuffer<f32>,
+    pub k: GpuBuffer<f32>,
+    pub v: GpuBuffer<f32>,
+    /// q and k before the per-head norms (models with q/k norms only).
+    pub q_pre: Option<GpuBuffer<f32>>,
+    pub k_pre: Option<GpuBuffer<f32>>,
+    /// `scale · h Aᵀ` of the q, k, v adapters.
+    pub saved: [Option<GpuBuffer<f32>>; 3],
+}
+
+/// What the backward of the softmax branch reads besides q, k, v: its roped q and k, its
+/// output and log-sum-exp.
+pub(super) struct SoftmaxTape {
+    pub q_roped: GpuBuffer<f32>,
+    pub k_roped: GpuBuffer<f32>,
+    pub o: GpuBuffer<f32>,
+    pub lse: GpuBuffer<f32>,
+}
+
+/// Everything one layer's backward pass reads.
+pub(super) struct LayerTape {
+    pub h: GpuBuffer<f32>,
+    /// q, k, v: also the mixer's inputs.
+    pub qkv: Qkv,
+    pub softmax: Option<SoftmaxTape>,
+    /// The attention's output, input of o_proj.
+    pub o: GpuBuffer<f32>,
+    pub saved_o: Option<GpuBuffer<f32>>,
+    pub x_mid: GpuBuffer<f32>,
+    pub gate: GpuBuffer<f32>,
+    pub up: GpuBuffer<f32>,
+}
+
+impl<T: GemmInput> GpuLigerModel<T> {
+    fn layer_weights(&self, layer: usize) -> &GpuLayer<T> {
+        &self.weights.layers[layer]
+    }
+
+    /// `x` normalised by `weight` (f32), and its copy in `T` for products with frozen weights.
+    pub(super) fn norm(&self, x: &GpuBuffer<f32>, weight: &GpuBuffer<f32>) -> Result<(GpuBuffer<f32>, GpuBuffer<T>)> {
+        let ctx = &self.ctx;
+        let rows = x.len() / weight.len().max(1);
+        let mut h = GpuBuffer::zeros(ctx, x.len())?;
+        let mut rstd = GpuBuffer::zeros(ctx, rows)?;
+        rms_norm_forward(ctx, x, weight, self.config().rms_norm_eps, &mut h, &mut rstd)?;
+        let h_t = scaled(ctx, &h, 1.0)?;
+        Ok((h, h_t))
+    }
+
+    /// `h Wᵀ` (+ LoRA) (+ bias) for one of q, k, v, o.
+    #[allow(clippy::too_many_arguments)]
+    fn project(&self, layer: usize, target: LoraTarget, w: &GpuBuffer<T>, bias: Option<&GpuBuffer<f32>>, h: &GpuBuffer<f32>, h_t: &GpuBuffer<T>, n: usize, inp: usize, out: usize) -> Result<(GpuBuffer<f32>, Option<GpuBuffer<f32>>)> {
+        let ctx = &self.ctx;
+        let mut y = GpuBuffer::zeros(ctx, n * out)?;
+        linear(ctx, h_t, w, n, inp, out, &mut y, false)?;
+        let lora = self.lora_guard()?;
+        let saved = match &lora[layer][target as usize] {
+            Some(a) => Some(lora_forward(ctx, a, h, n, &mut y)?),
+            None => None,
+        };
+        if let Some(b) = bias {
+            add_bias_rows(ctx, &mut y, b)?;
+        }
+        Ok((y, saved))
+    }
+
+    /// q, k, v of `layer` from the normalised input `h` (and its copy `h_t`).
+    pub(super) fn project_qkv(&self, layer: usize, h: &GpuBuffer<f32>, h_t: &GpuBuffer<T>, n: usize) -> Result<Qkv> {
+        let c = self.config();
+        let lw = self.layer_weights(layer);
+        let (hs, qs, kvs) = (c.hidden_size, c.q_size(), c.kv_size());
+        let (mut q, sq) = self.project(layer, LoraTarget::Q, &lw.wq, lw.bq.as_ref(), h, h_t, n, hs, qs)?;
+        let (mut k, sk) = self.project(layer, LoraTarget::K, &lw.wk, lw.bk.as_ref(), h, h_t, n, hs, kvs)?;
+        let (v, sv) = self.project(layer, LoraTarget::V, &lw.wv, lw.bv.as_ref(), h, h_t, n, hs, kvs)?;
+        let (mut q_pre, mut k_pre) = (None, None);
+        if let (true, Some(qn), Some(kn)) = (c.qk_norm, &lw.q_norm, &lw.k_norm) {
+            let ctx = &self.ctx;
+            let head_norm = |x: &GpuBuffer<f32>, w: &GpuBuffer<f32>| -> Result<GpuBuffer<f32>> {
+                let mut y = GpuBuffer::zeros(ctx, x.len())?;
+                let mut rstd = GpuBuffer::zeros(ctx, x.len() / c.head_dim)?;
+                rms_norm_forward(ctx, x, w, c.rms_norm_eps, &mut y, &mut rstd)?;
+                Ok(y)
+            };
+            let (qn_out, kn_out) = (head_norm(&q, qn)?, head_norm(&k, kn)?);
+            q_pre = Some(std::mem::replace(&mut q, qn_out));
+            k_pre = Some(std::mem::replace(&mut k, kn_out));
+        }
+        Ok(Qkv { q, k, v, q_pre, k_pre, saved: [sq, sk, sv] })
+    }
+
+    /// Attention of `layer` over whole sequences from position 0 (training and first
+    /// prefill): returns its output (f32, `[n, q_size]`) and what the backward pass reads.
+    pub(super) fn attention_fresh(&self, layer: usize, qkv: &Qkv, rows: Rows, start: &GpuBuffer<u32>) -> Result<(GpuBuffer<f32>, Option<SoftmaxTape>)> {
+        let ctx = &self.ctx;
+        let c = self.config();
+        let shape = self.shape;
+        let n = rows.n();
+        let (q, k, v) = (&qkv.q, &qkv.k, &qkv.v);
+        let att = &self.host.options.attention;
+        let softmax_layer = self.host.options.is_softmax_layer(layer);
+        let mut o = GpuBuffer::<f32>::zeros(ctx, n * c.q_size())?;
+        if !softmax_layer {
+            let mut o_grm = GpuBuffer::<f32>::zeros(ctx, n * c.q_size())?;
+            let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
+            mixer_chunk_forward(ctx, &att.mixer, dims, q, k, v, &mut o_grm, None, None)?;
+            widen(ctx, &o_grm, &mut o, att.alpha, false)?;
+        }
+        let mut softmax = None;
+        if softmax_layer || att.use_swa {
+            let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
+            let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start, tokens: rows.tokens, heads, head_dim: shape.d };
+            let mut q_roped = GpuBuffer::<f32>::zeros(ctx, q.len())?;
+            let mut k_roped = GpuBuffer::<f32>::zeros(ctx, k.len())?;
+            rope_forward_to(ctx, &rope(shape.hq), &qkv.q, &mut q_roped)?;
+            rope_forward_to(ctx, &rope(shape.hkv), &qkv.k, &mut k_roped)?;
+            let mut o_att = GpuBuffer::<f32>::zeros(ctx, q.len())?;
+            let mut lse = GpuBuffer::<f32>::zeros(ctx, rows.batch * shape.hq * rows.tokens)?;
+            let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
+            attention_forward(ctx, dims, window, &q_roped, &k_roped, v, &mut o_att, &mut lse)?;
+            widen(ctx, &o_att, &mut o, weight, !softmax_layer)?;
+            softmax = Some(SoftmaxTape { q_roped, k_roped, o: o_att, lse });
+        }
+        Ok((o, softmax))
+    }
+
+    /// `x += o_proj(o)`; returns the o adapter's saved product.
+    pub(super) fn o_proj(&self, layer: usize, o: &GpuBuffer<f32>, n: usize, x: &mut GpuBuffer<f32>) -> Result<Option<GpuBuffer<f32>>> {
+        let c = self.config();
+        let o_t = scaled::<T>(&self.ctx, o, 1.0)?;
+        let (y, saved) = self.project(layer, LoraTarget::O, &self.layer_weights(layer).wo, None, o, &o_t, n, c.q_size(), c.hidden_size)?;
+        add_into(&self.ctx, &y, x)?;
+        Ok(saved)
+    }
+
+    /// `x += down(silu(gate(h2)) * up(h2))` with `h2 = norm(x)`; returns gate and up.
+    pub(super) fn mlp(&self, layer: usize, x: &mut GpuBuffer<f32>, n: usize) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>)> {
+        let ctx = &self.ctx;
+        let c = self.config();
+        let lw = self.layer_weights(layer);
+        let (hs, f) = (c.hidden_size, c.intermediate_size);
+        let (_, h2_t) = self.norm(x, &lw.ffn_norm)?;
+        let mut gate = GpuBuffer::zeros(ctx, n * f)?;
+        let mut up = GpuBuffer::zeros(ctx, n * f)?;
+        linear(ctx, &h2_t, &lw.w_gate, n, hs, f, &mut gate, false)?;
+        linear(ctx, &h2_t, &lw.w_up, n, hs, f, &mut up, false)?;
+        let mut act = GpuBuffer::<f32>::zeros(ctx, n * f)?;
+        swiglu_forward(ctx, &gate, &up, &mut act)?;
+        let act_t = scaled::<T>(ctx, &act, 1.0)?;
+        drop(act);
+        linear(ctx, &act_t, &lw.w_down, n, f, hs, x, true)?;
+        Ok((gate, up))
+    }
+
+    /// Runs `layer` on `x` (`[n, hidden]`, updated in place) over whole sequences from
+    /// position 0; with `keep`, returns what the backward pass needs.
+    pub(super) fn layer_forward_fresh(&self, layer: usize, x: &mut GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, keep: bool) -> Result<Option<LayerTape>> {
+        let n = rows.n();
+        let (h, h_t) = self.norm(x, &self.layer_weights(layer).attn_norm)?;
+        let qkv = self.project_qkv(layer, &h, &h_t, n)?;
+        drop(h_t);
+        let (o, softmax) = self.attention_fresh(layer, &qkv, rows, start)?;
+        let saved_o = self.o_proj(layer, &o, n, x)?;
+        let x_mid = if keep { Some(copy(&self.ctx, x)?) } else { None };
+        let (gate, up) = self.mlp(layer, x, n)?;
+        Ok(x_mid.map(|x_mid| LayerTape { h, qkv, softmax, o, saved_o, x_mid, gate, up }))
+    }
+}
+
+/// A copy of `x` on the GPU.
+pub(super) fn copy(ctx: &GpuContext, x: &GpuBuffer<f32>) -> Result<GpuBuffer<f32>> {
+    scaled::<f32>(ctx, x, 1.0)
+}

@@ -1,0 +1,218 @@
+//! The Liger model on the GPU: training (loss and LoRA gradients of a batch) and inference
+//! (prefill and decoding steps), with the CPU engine (`liger_core::convert::LigerModel`) as
+//! its oracle.
+//!
+//! [`GpuLigerModel`] owns a host [`LigerModel`] (configuration, options, tokenizer and the
+//! LoRA parameters, which the trainer and AdamW update on the host exactly as on the CPU) and
+//! the device copies of its weights: frozen matrices in the storage type `T` (f32 for exact
+//! comparisons with the CPU, bf16 for speed), norms, the LM head and the adapters in f32.
+//! The adapters are uploaded again before the next GPU call whenever the host copies may
+//! have changed.
+
+mod decode;
+pub mod glue;
+mod layer;
+pub mod memory;
+mod train;
+mod weights;
+
+pub use decode::GpuLigerState;
+pub use layer::Rows;
+pub use weights::{shape_only_host, GpuLayer, GpuLora, GpuWeights};
+
+use crate::context::GpuContext;
+use crate::gemm::GemmInput;
+use liger_core::config::ModelConfig;
+use liger_core::convert::{LigerModel, LoraGrads, LoraTarget};
+use liger_core::liger::{HeadShape, MixerKind};
+use liger_core::train::loss::LossOutput;
+use liger_core::train::trainer::Trainable;
+use liger_core::{Error, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use weights::{refresh_lora, upload_lora, GpuLoraSet};
+
+/// A Liger model whose forward, backward and decoding run on one GPU.
+pub struct GpuLigerModel<T: GemmInput> {
+    ctx: GpuContext,
+    host: LigerModel,
+    weights: GpuWeights<T>,
+    lora: Mutex<GpuLoraSet>,
+    /// Set when the host adapters may have changed since the last upload.
+    lora_stale: AtomicBool,
+    /// Always recompute activations in the backward pass (else only when memory is short).
+    recompute: AtomicBool,
+    shape: HeadShape,
+}
+
+impl<T: GemmInput> GpuLigerModel<T> {
+    /// Uploads `model` to the GPU of `ctx` (frozen weights dequantised to `T`).
+    pub fn new(ctx: GpuContext, model: LigerModel) -> Result<Self> {
+        let weights = GpuWeights::upload(&ctx, model.config(), &model.base.weights)?;
+        Self::with_weights(ctx, model, weights)
+    }
+
+    /// A model with device weights made elsewhere (e.g. [`GpuWeights::random`] for
+    /// benchmarks); `model` supplies the configuration, options and adapters.
+    pub fn with_weights(ctx: GpuContext, model: LigerModel, weights: GpuWeights<T>) -> Result<Self> {
+        let c = model.config();
+        check_supported(c, &model)?;
+        let shape = HeadShape::new(c.num_heads, c.num_kv_heads, c.head_dim)?;
+        if weights.layers.len() != c.num_layers {
+            return Err(Error::shape(format!("the GPU weights have {} layers; the model has {}", weights.layers.len(), c.num_layers)));
+        }
+        let lora = upload_lora(&ctx, &model.lora)?;
+        Ok(GpuLigerModel { ctx, host: model, weights, lora: Mutex::new(lora), lora_stale: AtomicBool::new(false), recompute: AtomicBool::new(false), shape })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        self.host.config()
+    }
+
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+
+    /// The host model: configuration, options, tokenizer and the current adapters.
+    pub fn host(&self) -> &LigerModel {
+        &self.host
+    }
+
+    /// The host model, to change its adapters (they are uploaded again before the next GPU call).
+    pub fn host_mut(&mut self) -> &mut LigerModel {
+        self.lora_stale.store(true, Ordering::Release);
+        &mut self.host
+    }
+
+    /// With `true`, the backward pass always runs each layer's forward again instead of keeping
+    /// its activations from the forward pass (less memory, one more forward); with `false`
+    /// (the default) it does so only when keeping them would take more than half the free memory.
+    pub fn set_recompute(&self, always: bool) {
+        self.recompute.store(always, Ordering::Relaxed);
+    }
+
+    /// The host model with the trained adapters, e.g. to save a checkpoint.
+    pub fn into_host(self) -> LigerModel {
+        self.host
+    }
+
+    /// Uploads the adapters when the host copies may have changed.
+    fn sync_lora(&self) -> Result<()> {
+        if self.lora_stale.swap(false, Ordering::AcqRel) {
+            let mut lora = self.lora_guard()?;
+            if let Err(e) = refresh_lora(&mut lora, &self.host.lora) {
+                self.lora_stale.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn lora_guard(&self) -> Result<MutexGuard<'_, GpuLoraSet>> {
+        self.lora.lock().map_err(|_| Error::internal("the GPU adapter lock is poisoned"))
+    }
+
+    /// Checks that `grads` fit the adapters (made by `new_lora_grads`).
+    fn check_grads(&self, grads: &LoraGrads) -> Result<()> {
+        let fits = grads.layers.len() == self.host.lora.layers.len()
+            && grads.layers.iter().zip(&self.host.lora.layers).all(|(g, l)| {
+                LoraTarget::ALL.iter().all(|&t| match (&g[t as usize], l.get(t)) {
+                    (Some(g), Some(a)) => g.a.len() == a.a.len() && g.b.len() == a.b.len(),
+                    (None, None) => true,
+                    _ => false,
+                })
+            });
+        if !fits {
+            return Err(Error::shape("the gradients do not fit this model's adapters; make them with new_lora_grads()"));
+        }
+        Ok(())
+    }
+}
+
+/// What the GPU kernels cannot run, as a typed error saying to use the CPU backend.
+fn check_supported(c: &ModelConfig, model: &LigerModel) -> Result<()> {
+    let cpu = "use the CPU backend for this model";
+    let mixer = model.options.attention.mixer.kind;
+    let has_liger_layers = (0..c.num_layers).any(|l| !model.options.is_softmax_layer(l));
+    if has_liger_layers && mixer == MixerKind::Gsa {
+        return Err(Error::invalid_argument(format!("the GPU engine has no kernels for the gsa mixer yet; pick another mixer or {cpu}")));
+    }
+    if !c.head_dim.is_multiple_of(32) || c.head_dim > crate::ops::mixer::MAX_HEAD_DIM {
+        return Err(Error::invalid_argument(format!(
+            "the GPU kernels take head sizes that are multiples of 32 up to {}, this model's is {}: {cpu}",
+            crate::ops::mixer::MAX_HEAD_DIM,
+            c.head_dim
+        )));
+    }
+    Ok(())
+}
+
+/// The trainer updates the adapters on the host (AdamW, clipping, schedules and checkpoints
+/// are the CPU engine's); each step's gradients come back from the GPU.
+impl<T: GemmInput> Trainable for GpuLigerModel<T> {
+    type Grads = LoraGrads;
+    fn new_grads(&self) -> LoraGrads {
+        self.host.new_lora_grads()
+    }
+    fn forward_backward(&self, inputs: &[u32], labels: &[u32], grad_scale: f32, grads: &mut LoraGrads) -> Result<LossOutput> {
+        self.forward_backward_batch(&[inputs], &[labels], grad_scale, grads)
+    }
+    fn forward_backward_batch(&self, inputs: &[&[u32]], labels: &[&[u32]], grad_scale: f32, grads: &mut LoraGrads) -> Result<LossOutput> {
+        // Sequences of one length run as one GPU batch; others one at a time.
+        let same = inputs.iter().chain(labels).all(|s| s.len() == inputs.first().map_or(0, |f| f.len()));
+        if same {
+            return GpuLigerModel::forward_backward_batch(self, inputs, labels, grad_scale, grads);
+        }
+        let mut total = LossOutput { loss_sum: 0.0, count: 0 };
+        for (i, l) in inputs.iter().zip(labels) {
+            let out = GpuLigerModel::forward_backward_batch(self, &[i], &[l], grad_scale, grads)?;
+            total.loss_sum += out.loss_sum;
+            total.count += out.count;
+        }
+        Ok(total)
+    }
+    fn loss(&self, inputs: &[u32], labels: &[u32]) -> Result<LossOutput> {
+        self.loss_batch(&[inputs], &[labels])
+    }
+    fn params(&self) -> Vec<(String, &[f32])> {
+        self.host.lora_params()
+    }
+    fn params_mut(&mut self) -> Vec<&mut [f32]> {
+        self.lora_stale.store(true, Ordering::Release);
+        self.host.lora_params_mut()
+    }
+}
+
+/// The linearize job evaluates, trains and samples on the GPU; checkpoints read the host model.
+impl<T: GemmInput> liger_core::train::job::EngineModel for GpuLigerModel<T> {
+    fn host_model(&self) -> &LigerModel {
+        &self.host
+    }
+}
+
+/// Opens GPU `index` for the CLI and the bindings: a machine without a usable GPU (no driver,
+/// no GPU, a driver too old, no such index) is a `DeviceUnavailable` error that says to use
+/// the CPU backend.
+pub fn open_gpu(index: usize) -> Result<GpuContext> {
+    GpuContext::new(index).map_err(|e| match e.code {
+        liger_core::ErrorCode::InvalidArgument => Error::new(liger_core::ErrorCode::DeviceUnavailable, e.message),
+        _ => e,
+    })
+}
+
+/// The linearize job of `liger_core` on GPU `index`: the converted model is uploaded with
+/// frozen weights in bf16 and trained there.
+pub fn run_linearize_on_gpu(
+    job: &liger_core::train::job::LinearizeJob,
+    index: usize,
+    cancel: &std::sync::atomic::AtomicBool,
+    on_event: &mut dyn FnMut(liger_core::train::job::JobEvent),
+) -> Result<liger_core::train::job::LinearizeReport> {
+    let gpu = open_gpu(index)?;
+    memory::keep_freed_memory_pooled(&gpu)?;
+    let mut ctx = Some(gpu);
+    liger_core::train::job::run_linearize_on(job, cancel, on_event, &mut |model| {
+        let ctx = ctx.take().ok_or_else(|| Error::internal("the GPU was already handed to a model"))?;
+        GpuLigerModel::<half::bf16>::new(ctx, model)
+    })
+}

@@ -1,0 +1,298 @@
+//! Loss and LoRA gradients of a batch on the GPU. As on the CPU, the forward keeps only each
+//! layer's input and the backward runs each layer's forward again just before going back
+//! through it (activation checkpointing). CPU twin: `LigerModel::forward_backward`
+//! (liger-core `convert/backward.rs`).
+
+use super::glue::{add_into, rope_backward_add, scale_in_place, scaled, widen, RopeLayout};
+use super::layer::{copy, linear_input_grad, LayerTape, Rows};
+use super::weights::GpuLora;
+use super::GpuLigerModel;
+use crate::buffer::GpuBuffer;
+use crate::context::GpuContext;
+use crate::gemm::{gemm, GemmDims, GemmInput};
+use crate::ops::attention::{attention_backward, AttentionDims};
+use crate::ops::cross_entropy::{cross_entropy, DEFAULT_ROWS_PER_CHUNK};
+use crate::ops::embedding::embedding_gather;
+use crate::ops::mixer::{mixer_chunk_backward, MixerDims};
+use crate::ops::rms_norm::{rms_norm_backward, rms_norm_forward};
+use crate::ops::swiglu::swiglu_backward;
+use liger_core::convert::{LoraGrads, LoraTarget};
+use liger_core::train::loss::LossOutput;
+use liger_core::{Error, ErrorCode, Result};
+
+/// Gradients of one adapter on the GPU.
+struct GpuLoraGrad {
+    a: GpuBuffer<f32>,
+    b: GpuBuffer<f32>,
+}
+
+/// Given `dy` (`n x out`) and the forward's `us = scale · x Aᵀ`: accumulates dA and dB, and
+/// adds the adapter's part of the input gradient into `dx`.
+#[allow(clippy::too_many_arguments)]
+fn lora_backward(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, us: &GpuBuffer<f32>, dy: &GpuBuffer<f32>, n: usize, grad: &mut GpuLoraGrad, dx: &mut GpuBuffer<f32>) -> Result<()> {
+    let (r, i, o) = (a.rank, a.in_features, a.out_features);
+    // dB += dyᵀ us
+    gemm(ctx, GemmDims { m: o, n: r, k: n, a_transposed: true, b_transposed: false }, dy.slice(), us.slice(), grad.b.slice_mut(), true)?;
+    // du = scale · dy B
+    let mut du = GpuBuffer::<f32>::zeros(ctx, n * r)?;
+    gemm(ctx, GemmDims { m: n, n: r, k: o, a_transposed: false, b_transposed: false }, dy.slice(), a.b.slice(), du.slice_mut(), false)?;
+    scale_in_place(ctx, &mut du, a.scale)?;
+    // dA += duᵀ x ; dx += du A
+    gemm(ctx, GemmDims { m: r, n: i, k: n, a_transposed: true, b_transposed: false }, du.slice(), x.slice(), grad.a.slice_mut(), true)?;
+    gemm(ctx, GemmDims { m: n, n: i, k: r, a_transposed: false, b_transposed: false }, du.slice(), a.a.slice(), dx.slice_mut(), true)
+}
+
+/// `dx = dx_residual + d(rms_norm)/dx · dy`: the backward of `x -> norm(x)` plus the residual path.
+fn norm_backward_add(ctx: &GpuContext, x: &GpuBuffer<f32>, weight: &GpuBuffer<f32>, eps: f32, dy: &GpuBuffer<f32>, dx: &mut GpuBuffer<f32>) -> Result<()> {
+    let mut d_norm = GpuBuffer::zeros(ctx, x.len())?;
+    let mut rstd = GpuBuffer::zeros(ctx, x.len() / weight.len().max(1))?;
+    rms_norm_backward(ctx, x, weight, eps, dy, &mut d_norm, &mut rstd)?;
+    add_into(ctx, &d_norm, dx)
+}
+
+impl<T: GemmInput> GpuLigerModel<T> {
+    /// Checks a batch: `inputs` and `labels` hold `batch` sequences of equal length.
+    fn check_batch(&self, inputs: &[&[u32]], labels: &[&[u32]]) -> Result<Rows> {
+        let tokens = inputs.first().map_or(0, |s| s.len());
+        if inputs.is_empty() || tokens == 0 || inputs.len() != labels.len() {
+            return Err(Error::invalid_argument(format!(
+                "a GPU batch needs at least one non-empty sequence and one label sequence per input; got {} inputs and {} label sequences",
+                inputs.len(),
+                labels.len()
+            )));
+        }
+        if let Some((i, bad)) = inputs.iter().zip(labels).enumerate().find(|(_, (x, l))| x.len() != tokens || l.len() != tokens) {
+            return Err(Error::invalid_argument(format!(
+                "sequence {i} of the batch has {} inputs and {} labels; every sequence of a GPU batch must have {tokens} of each (pack the data to one length)",
+                bad.0.len(),
+                bad.1.len()
+            )));
+        }
+        if let Some(limit) = liger_core::generate::CausalLm::max_tokens(&self.host) {
+            if tokens > limit {
+                return Err(Error::new(
+                    ErrorCode::ContextOverflow,
+                    format!("sequences of {tokens} tokens exceed the context of {limit} of the hybrid model's softmax layers; shorten them"),
+                ));
+            }
+        }
+        Ok(Rows { batch: inputs.len(), tokens })
+    }
+
+    /// The residual stream after the last layer for a batch from position 0; keeps each
+    /// layer's input and, with `tapes`, its activations for the backward pass.
+    fn forward_rows(&self, inputs: &[&[u32]], rows: Rows, start: &GpuBuffer<u32>, mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>, mut tapes: Option<&mut Vec<LayerTape>>) -> Result<GpuBuffer<f32>> {
+        let ctx = &self.ctx;
+        let c = self.config();
+        let ids: Vec<u32> = inputs.iter().flat_map(|s| s.iter().copied()).collect();
+        let mut x = GpuBuffer::<f32>::zeros(ctx, rows.n() * c.hidden_size)?;
+        embedding_gather(ctx, &self.weights.embed, c.hidden_size, &ids, &mut x)?;
+        for layer in 0..c.num_layers {
+            if let Some(kept) = layer_inputs.as_deref_mut() {
+                kept.push(copy(ctx, &x)?);
+            }
+            let tape = self.layer_forward_fresh(layer, &mut x, rows, start, tapes.is_some())?;
+            if let (Some(tapes), Some(tape)) = (tapes.as_deref_mut(), tape) {
+                tapes.push(tape);
+            }
+        }
+        Ok(x)
+    }
+
+    /// The final norm of `x` and the cross-entropy through the LM head (`dx` receives the
+    /// gradient w.r.t. `x` of `grad_scale · loss_sum` when given).
+    fn loss_of(&self, x: &GpuBuffer<f32>, labels: &[u32], grad_scale: f32, dx: Option<&mut GpuBuffer<f32>>) -> Result<LossOutput> {
+        let ctx = &self.ctx;
+        let c = self.config();
+        let mut hf = GpuBuffer::zeros(ctx, x.len())?;
+        let mut rstd = GpuBuffer::zeros(ctx, labels.len())?;
+        rms_norm_forward(ctx, x, &self.weights.final_norm, c.rms_norm_eps, &mut hf, &mut rstd)?;
+        let Some(dx) = dx else {
+            return cross_entropy(ctx, &hf, &self.weights.head, c.hidden_size, c.vocab_size, labels, 0.0, None, DEFAULT_ROWS_PER_CHUNK);
+        };
+        let mut dh = GpuBuffer::zeros(ctx, x.len())?;
+        let out = cross_entropy(ctx, &hf, &self.weights.head, c.hidden_size, c.vocab_size, labels, grad_scale, Some(&mut dh), DEFAULT_ROWS_PER_CHUNK)?;
+        drop(hf);
+        rms_norm_backward(ctx, x, &self.weights.final_norm, c.rms_norm_eps, &dh, dx, &mut rstd)?;
+        Ok(out)
+    }
+
+    /// Summed cross-entropy of a batch of equally long sequences, without gradients.
+    pub fn loss_batch(&self, inputs: &[&[u32]], labels: &[&[u32]]) -> Result<LossOutput> {
+        let rows = self.check_batch(inputs, labels)?;
+        self.sync_lora()?;
+        let start = GpuBuffer::<u32>::zeros(&self.ctx, rows.batch)?;
+        let x = self.forward_rows(inputs, rows, &start, None, None)?;
+        let flat: Vec<u32> = labels.iter().flat_map(|s| s.iter().copied()).collect();
+        self.loss_of(&x, &flat, 0.0, None)
+    }
+
+    /// The loss of a batch of equally long sequences (summed over the batch), and
+    /// `grads += grad_scale · d(loss_sum)/d(LoRA)`. A non-finite loss is an error and leaves
+    /// `grads` untouched.
+    pub fn forward_backward_batch(&self, inputs: &[&[u32]], labels: &[&[u32]], grad_scale: f32, grads: &mut LoraGrads) -> Result<LossOutput> {
+        let rows = self.check_batch(inputs, labels)?;
+        self.check_grads(grads)?;
+        self.sync_lora()?;
+        let ctx = &self.ctx;
+        let c = self.config();
+        let start = GpuBuffer::<u32>::zeros(ctx, rows.batch)?;
+        let mut layer_inputs = Vec::with_capacity(c.num_layers);
+        // Keep every layer's activations when they fit comfortably; else run each layer's
+        // forward again during the backward pass.
+        let mut tapes = (!self.needs_recompute(rows)).then(|| Vec::with_capacity(c.num_layers));
+        let x = self.forward_rows(inputs, rows, &start, Some(&mut layer_inputs), tapes.as_mut())?;
+        let flat: Vec<u32> = labels.iter().flat_map(|s| s.iter().copied()).collect();
+        let mut dx = GpuBuffer::<f32>::zeros(ctx, x.len())?;
+        let out = self.loss_of(&x, &flat, grad_scale, Some(&mut dx))?;
+        drop(x);
+        if !out.loss_sum.is_finite() {
+            return Err(Error::new(ErrorCode::NonFiniteLoss, "the loss is not finite; lower the learning rate or check the data"));
+        }
+        let mut device_grads = self.zero_device_grads()?;
+        for layer in (0..c.num_layers).rev() {
+            let x_in = layer_inputs.pop().ok_or_else(|| Error::internal("a layer input is missing"))?;
+            let tape = match tapes.as_mut().and_then(|t| t.pop()) {
+                Some(tape) => tape,
+                None => {
+                    let mut x_out = copy(ctx, &x_in)?;
+                    self.layer_forward_fresh(layer, &mut x_out, rows, &start, true)?
+                        .ok_or_else(|| Error::internal("the layer kept no activations"))?
+                }
+            };
+            dx = self.layer_backward(layer, &tape, &x_in, rows, &start, &dx, &mut device_grads[layer])?;
+        }
+        // Back to the host, added into the caller's gradients.
+        for (layer, per_target) in device_grads.iter().enumerate() {
+            for (t, g) in per_target.iter().enumerate() {
+                if let (Some(g), Some(host)) = (g, &mut grads.layers[layer][t]) {
+                    host.a.iter_mut().zip(g.a.to_host()?).for_each(|(h, d)| *h += d);
+                    host.b.iter_mut().zip(g.b.to_host()?).for_each(|(h, d)| *h += d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the backward pass must recompute each layer's activations: always when asked
+    /// to ([`GpuLigerModel::set_recompute`]), else when keeping them all would take more than
+    /// half the free device memory.
+    fn needs_recompute(&self, rows: Rows) -> bool {
+        if self.recompute.load(std::sync::atomic::Ordering::Relaxed) {
+            return true;
+        }
+        let c = self.config();
+        let (qs, kvs, hs, f) = (c.q_size(), c.kv_size(), c.hidden_size, c.intermediate_size);
+        // h, x_mid, q, k, v, o, gate, up, the softmax branch's roped q, k and output, LoRA products.
+        let per_row = 2 * hs + 3 * qs + 3 * kvs + 2 * f + 2 * qs + kvs + 64;
+        let bytes = (rows.n() * per_row * 4 * c.num_layers) as u64;
+        match self.ctx.stream().context().mem_get_info() {
+            Ok((free, _)) => bytes > free as u64 / 2,
+            Err(_) => true,
+        }
+    }
+
+    fn zero_device_grads(&self) -> Result<Vec<[Option<GpuLoraGrad>; 4]>> {
+        let lora = self.lora_guard()?;
+        lora.iter()
+            .map(|l| {
+                let mut out: [Option<GpuLoraGrad>; 4] = Default::default();
+                for (slot, a) in out.iter_mut().zip(l.iter()) {
+                    if let Some(a) = a {
+                        *slot = Some(GpuLoraGrad { a: GpuBuffer::zeros(&self.ctx, a.a.len())?, b: GpuBuffer::zeros(&self.ctx, a.b.len())? });
+                    }
+                }
+                Ok(out)
+            })
+            .collect()
+    }
+
+    /// Back through one layer: from the gradient w.r.t. its output to the one w.r.t. its
+    /// input, accumulating the adapters' gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_backward(&self, layer: usize, tape: &LayerTape, x_in: &GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, dx_out: &GpuBuffer<f32>, grads: &mut [Option<GpuLoraGrad>; 4]) -> Result<GpuBuffer<f32>> {
+        let ctx = &self.ctx;
+        let c = self.config();
+        let lw = &self.weights.layers[layer];
+        let (n, hs, f, qs, kvs, eps) = (rows.n(), c.hidden_size, c.intermediate_size, c.q_size(), c.kv_size(), c.rms_norm_eps);
+
+        // MLP: x_out = x_mid + down(silu(gate) * up), gate and up of h2 = norm(x_mid).
+        let dx_out_t = scaled::<T>(ctx, dx_out, 1.0)?;
+        let mut d_act = GpuBuffer::<f32>::zeros(ctx, n * f)?;
+        linear_input_grad(ctx, &dx_out_t, &lw.w_down, n, f, hs, &mut d_act, false)?;
+        drop(dx_out_t);
+        let mut d_gate = GpuBuffer::<f32>::zeros(ctx, n * f)?;
+        let mut d_up = GpuBuffer::<f32>::zeros(ctx, n * f)?;
+        swiglu_backward(ctx, &tape.gate, &tape.up, &d_act, &mut d_gate, &mut d_up)?;
+        drop(d_act);
+        let mut dh2 = GpuBuffer::<f32>::zeros(ctx, n * hs)?;
+        linear_input_grad(ctx, &scaled::<T>(ctx, &d_gate, 1.0)?, &lw.w_gate, n, hs, f, &mut dh2, false)?;
+        linear_input_grad(ctx, &scaled::<T>(ctx, &d_up, 1.0)?, &lw.w_up, n, hs, f, &mut dh2, true)?;
+        drop((d_gate, d_up));
+        let mut dx_mid = copy(ctx, dx_out)?;
+        norm_backward_add(ctx, &tape.x_mid, &lw.ffn_norm, eps, &dh2, &mut dx_mid)?;
+
+        // Attention: x_mid = x_in + o_proj(o).
+        let lora = self.lora_guard()?;
+        let mut d_o = GpuBuffer::<f32>::zeros(ctx, n * qs)?;
+        linear_input_grad(ctx, &scaled::<T>(ctx, &dx_mid, 1.0)?, &lw.wo, n, qs, hs, &mut d_o, false)?;
+        if let (Some(a), Some(g), Some(us)) = (&lora[layer][LoraTarget::O as usize], &mut grads[LoraTarget::O as usize], &tape.saved_o) {
+            lora_backward(ctx, a, &tape.o, us, &dx_mid, n, g, &mut d_o)?;
+        }
+        let (mut dq, mut dk, dv) = self.attention_backward(layer, tape, rows, start, &d_o)?;
+        drop(d_o);
+        if let (Some(q_pre), Some(k_pre), Some(qn), Some(kn)) = (&tape.qkv.q_pre, &tape.qkv.k_pre, &lw.q_norm, &lw.k_norm) {
+            let head_norm_backward = |x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, dy: &GpuBuffer<f32>| -> Result<GpuBuffer<f32>> {
+                let mut dx = GpuBuffer::zeros(ctx, x.len())?;
+                let mut rstd = GpuBuffer::zeros(ctx, x.len() / c.head_dim)?;
+                rms_norm_backward(ctx, x, w, eps, dy, &mut dx, &mut rstd)?;
+                Ok(dx)
+            };
+            dq = head_norm_backward(q_pre, qn, &dq)?;
+            dk = head_norm_backward(k_pre, kn, &dk)?;
+        }
+        let mut dh = GpuBuffer::<f32>::zeros(ctx, n * hs)?;
+        let parts = [(LoraTarget::Q, &lw.wq, &dq, qs), (LoraTarget::K, &lw.wk, &dk, kvs), (LoraTarget::V, &lw.wv, &dv, kvs)];
+        for (target, w, dy, out) in parts {
+            linear_input_grad(ctx, &scaled::<T>(ctx, dy, 1.0)?, w, n, hs, out, &mut dh, true)?;
+            let i = target as usize;
+            if let (Some(a), Some(g), Some(us)) = (&lora[layer][i], &mut grads[i], &tape.qkv.saved[i]) {
+                lora_backward(ctx, a, &tape.h, us, dy, n, g, &mut dh)?;
+            }
+        }
+        drop(lora);
+        let mut dx_in = dx_mid;
+        norm_backward_add(ctx, x_in, &lw.attn_norm, eps, &dh, &mut dx_in)?;
+        Ok(dx_in)
+    }
+
+    /// Gradients (f32) w.r.t. the raw q, k, v of the layer's attention given `d_o`.
+    fn attention_backward(&self, layer: usize, tape: &LayerTape, rows: Rows, start: &GpuBuffer<u32>, d_o: &GpuBuffer<f32>) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>, GpuBuffer<f32>)> {
+        let ctx = &self.ctx;
+        let shape = self.shape;
+        let att = &self.host.options.attention;
+        let softmax_layer = self.host.options.is_softmax_layer(layer);
+        let (q, k, v) = (&tape.qkv.q, &tape.qkv.k, &tape.qkv.v);
+        let (q_len, kv_len) = (q.len(), k.len());
+        let mut dq = GpuBuffer::<f32>::zeros(ctx, q_len)?;
+        let mut dk = GpuBuffer::<f32>::zeros(ctx, kv_len)?;
+        let mut dv = GpuBuffer::<f32>::zeros(ctx, kv_len)?;
+        if !softmax_layer {
+            let d_grm = scaled::<f32>(ctx, d_o, att.alpha)?;
+            let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
+            mixer_chunk_backward(ctx, &att.mixer, dims, q, k, v, &d_grm, &mut dq, &mut dk, &mut dv)?;
+        }
+        if let Some(s) = &tape.softmax {
+            let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
+            let d_att = scaled::<f32>(ctx, d_o, weight)?;
+            let (mut gq, mut gk, mut gv) = (GpuBuffer::<f32>::zeros(ctx, q_len)?, GpuBuffer::<f32>::zeros(ctx, kv_len)?, GpuBuffer::<f32>::zeros(ctx, kv_len)?);
+            let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
+            attention_backward(ctx, dims, window, &s.q_roped, &s.k_roped, v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv)?;
+            let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start, tokens: rows.tokens, heads, head_dim: shape.d };
+            rope_backward_add(ctx, &rope(shape.hq), &gq, &mut dq, 1.0)?;
+            rope_backward_add(ctx, &rope(shape.hkv), &gk, &mut dk, 1.0)?;
+            widen(ctx, &gv, &mut dv, 1.0, true)?;
+        }
+        Ok((dq, dk, dv))
+    }
+}
