@@ -28,6 +28,8 @@ pub enum ModelFormat {
     Gguf,
     /// A Hugging Face style directory (config.json + safetensors + tokenizer.json).
     Checkpoint,
+    /// A self-contained edge bundle (see `crate::bundle`).
+    Bundle,
 }
 
 /// A pretrained Llama-family model with its tokenizer.
