@@ -122,7 +122,11 @@ describe("the default model's Liger conversion, int8, in wasm", () => {
     const e = await engine(256 * MIB);
     const m = e.loadBundle(bundle);
     const afterLoad = e.memoryBytes();
-    const gen = m.startGeneration(m.encode("Once upon a time"), { maxTokens: 256, ignoreEos: true, temperature: 0.8, seed: 3 });
+    // A prompt longer than the sliding window (65 keys), so the window's ring buffer is full
+    // from the start and the state is at its (constant) size.
+    const prompt = m.encode("Once upon a time, in a small village at the edge of a great forest, there lived an old clockmaker. ".repeat(4));
+    expect(prompt.length).toBeGreaterThan(65);
+    const gen = m.startGeneration(prompt, { maxTokens: 256, ignoreEos: true, temperature: 0.8, seed: 3 });
     const at: Record<number, { memory: number; state: number }> = {};
     let n = 0;
     while (gen.step() !== null) {
@@ -133,6 +137,7 @@ describe("the default model's Liger conversion, int8, in wasm", () => {
     expect(n).toBe(256);
     expect(at[256].memory).toBe(at[32].memory);
     expect(at[256].state).toBe(at[32].state);
+    expect(at[32].state).toBe((m.info as any).liger.stateBytesPerSequence);
     expect(at[256].memory).toBeLessThanOrEqual(256 * MIB);
   });
 });
