@@ -114,6 +114,13 @@ pub struct Generator<'m, M: CausalLm> {
 impl<'m, M: CausalLm> Generator<'m, M> {
     /// Checks the request and runs the prompt through the model (the prefill).
     pub fn new(model: &'m M, prompt: &[u32], opts: &GenerateOptions) -> Result<Self> {
+        Self::with_prefill_chunk(model, prompt, opts, usize::MAX)
+    }
+
+    /// As [`Generator::new`], feeding the prompt `chunk` tokens at a time: the activations of
+    /// the prefill then take memory for `chunk` tokens, not the whole prompt (the decoding
+    /// state carries over between chunks, so the result is the same).
+    pub fn with_prefill_chunk(model: &'m M, prompt: &[u32], opts: &GenerateOptions, chunk: usize) -> Result<Self> {
         if prompt.is_empty() {
             return Err(Error::invalid_argument("the prompt is empty: give at least one token"));
         }
@@ -129,7 +136,10 @@ impl<'m, M: CausalLm> Generator<'m, M> {
         let eos = if opts.ignore_eos { Vec::new() } else { model.eos_ids() };
         let max_new = model.max_tokens().map_or(opts.max_tokens, |limit| opts.max_tokens.min(limit - prompt.len()));
         let mut state = model.new_state();
-        let logits = model.forward_last(&mut state, prompt)?;
+        let mut logits = Vec::new();
+        for part in prompt.chunks(chunk.max(1)) {
+            logits = model.forward_last(&mut state, part)?;
+        }
         Ok(Generator {
             model,
             state,

@@ -11,6 +11,10 @@ use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+/// Prompt tokens per forward call of the prefill: bounds its activations (a few MiB) so a
+/// long prompt fits in the wasm memory.
+const PREFILL_CHUNK: usize = 256;
+
 struct Running {
     model: i32,
     generator: Generator<'static, LigerModel>,
@@ -56,7 +60,7 @@ pub unsafe extern "C" fn liger_generate_start(model: i32, ids: *const u8, n: usi
         if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::invalid_argument(format!("token id {bad} is outside the vocabulary of {vocab}")));
         }
-        let generator = with_model(model, |m| Generator::new(m, &prompt, &options))?;
+        let generator = with_model(model, |m| Generator::with_prefill_chunk(m, &prompt, &options, PREFILL_CHUNK))?;
         let handle = next_handle();
         MODELS.with(|m| m.borrow_mut().get_mut(&model).map(|l| l.generations += 1));
         GENERATIONS.with(|g| g.borrow_mut().insert(handle, Running { model, generator }));

@@ -172,3 +172,20 @@ fn bundle_file_is_written_atomically() {
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "a temporary file was left behind");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn chunked_prefill_generates_the_same_tokens() {
+    use crate::generate::{GenerateOptions, Generator};
+    let model = load(bundle_bytes(&tiny_liger(9), EdgeQuant::Int8).unwrap()).unwrap();
+    let prompt = random_tokens(10, 150);
+    let opts = GenerateOptions { max_tokens: 12, ignore_eos: true, ..GenerateOptions::default() };
+    let run = |chunk: usize| {
+        let mut g = Generator::with_prefill_chunk(&model, &prompt, &opts, chunk).unwrap();
+        while g.step().unwrap().is_some() {}
+        g.into_result().tokens
+    };
+    let whole = run(usize::MAX);
+    assert_eq!(whole.len(), 12);
+    assert_eq!(run(16), whole);
+    assert_eq!(run(1), whole);
+}
