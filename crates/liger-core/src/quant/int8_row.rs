@@ -18,7 +18,7 @@ pub(crate) fn row_scale(row: &[u8]) -> f32 {
 /// length: `rows * (cols + 4) == bytes` and `rows * cols == values`.
 pub(crate) fn rows_in(bytes: usize, values: usize) -> Option<usize> {
     let rows = bytes.checked_sub(values)? / ROW_HEADER;
-    let whole = rows > 0 && (bytes - values) % ROW_HEADER == 0 && values % rows == 0;
+    let whole = rows > 0 && (bytes - values).is_multiple_of(ROW_HEADER) && values.is_multiple_of(rows);
     whole.then_some(rows)
 }
 
