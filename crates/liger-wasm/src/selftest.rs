@@ -3,8 +3,8 @@
 //! rows. Tests call it to cover the wasm-only code paths.
 
 use crate::abi::{set_result, status};
-use liger_core::quant::{dequantize, DotKernel};
 use liger_core::linalg::matmul_wt;
+use liger_core::quant::{dequantize, DotKernel};
 use liger_core::tensor::{ByteView, GgmlType, QTensor};
 use liger_core::testing::random_quantized_row;
 
@@ -40,16 +40,26 @@ pub extern "C" fn liger_self_test(seed: u32) -> i32 {
             for r in 0..16u64 {
                 let s = seed as u64 * 1000 + t as u64 * 100 + r;
                 let row = random_quantized_row(ty, n, s);
-                let x: Vec<f32> = random_quantized_row(GgmlType::F32, n, s + 50).chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                let x: Vec<f32> = random_quantized_row(GgmlType::F32, n, s + 50)
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
                 let mut w = vec![0.0f32; n];
                 dequantize(ty, &row, &mut w);
                 let want: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
-                let magnitude: f64 = w.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                let magnitude: f64 = w
+                    .iter()
+                    .zip(&x)
+                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                    .sum();
                 worst = worst.max((dot(&row, &x) as f64 - want).abs() / magnitude.max(1e-30));
             }
             errors.insert(ty.name().to_string(), serde_json::json!(worst));
         }
-        errors.insert("matmul_wt".into(), serde_json::json!(matmul_error(seed as u64)));
+        errors.insert(
+            "matmul_wt".into(),
+            serde_json::json!(matmul_error(seed as u64)),
+        );
         let result = serde_json::json!({ "kernel": format!("{kernel:?}"), "errors": errors });
         set_result(result.to_string().into_bytes());
         Ok(0)
@@ -61,22 +71,42 @@ pub extern "C" fn liger_self_test(seed: u32) -> i32 {
 fn matmul_error(seed: u64) -> f64 {
     let (rows, cols, n) = (48, 512, 5);
     let mut worst = 0.0f64;
-    for (i, ty) in [GgmlType::I8Row, GgmlType::Q4_0, GgmlType::F32].into_iter().enumerate() {
-        let bytes: Vec<u8> = (0..rows).flat_map(|r| random_quantized_row(ty, cols, seed * 7919 + (i * rows + r) as u64)).collect();
+    for (i, ty) in [GgmlType::I8Row, GgmlType::Q4_0, GgmlType::F32]
+        .into_iter()
+        .enumerate()
+    {
+        let bytes: Vec<u8> = (0..rows)
+            .flat_map(|r| random_quantized_row(ty, cols, seed * 7919 + (i * rows + r) as u64))
+            .collect();
         let w = QTensor::new(ty, rows, cols, ByteView::from_vec(bytes)).expect("valid shape");
-        let x: Vec<f32> = random_quantized_row(GgmlType::F32, n * cols, seed + 17).chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let x: Vec<f32> = random_quantized_row(GgmlType::F32, n * cols, seed + 17)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         let mut y = vec![f32::NAN; n * rows];
         matmul_wt(&w, &x, n, &mut y);
         let wf = w.to_f32();
         let want: Vec<f64> = (0..n * rows)
             .map(|k| {
                 let (t, r) = (k / rows, k % rows);
-                (0..cols).map(|j| wf[r * cols + j] as f64 * x[t * cols + j] as f64).sum()
+                (0..cols)
+                    .map(|j| wf[r * cols + j] as f64 * x[t * cols + j] as f64)
+                    .sum()
             })
             .collect();
         let scale = want.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
         // A NaN left in y (an output never written) counts as an infinite error.
-        let err = y.iter().zip(&want).map(|(&a, &b)| if a.is_nan() { f64::INFINITY } else { (a as f64 - b).abs() }).fold(0.0, f64::max);
+        let err = y
+            .iter()
+            .zip(&want)
+            .map(|(&a, &b)| {
+                if a.is_nan() {
+                    f64::INFINITY
+                } else {
+                    (a as f64 - b).abs()
+                }
+            })
+            .fold(0.0, f64::max);
         worst = worst.max(err / scale);
     }
     worst

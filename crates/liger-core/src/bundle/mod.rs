@@ -34,7 +34,9 @@ use crate::weights::ModelWeights;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tensors::{assemble_weights, edge_type, named_tensors, quantize_matrix, vector_bytes, Named, TensorSource};
+use tensors::{
+    assemble_weights, edge_type, named_tensors, quantize_matrix, vector_bytes, Named, TensorSource,
+};
 
 pub const BUNDLE_MAGIC: &[u8; 8] = b"LIGERBDL";
 /// The format version this library writes and reads.
@@ -144,10 +146,15 @@ fn dtype_of(name: &str) -> Result<GgmlType> {
 /// version: the first check on any buffer, before the rest is read.
 pub fn read_preamble(bytes: &[u8]) -> Result<usize> {
     if bytes.len() < PREAMBLE_BYTES {
-        return Err(invalid(format!("{} bytes is too short to be a bundle (truncated?)", bytes.len())));
+        return Err(invalid(format!(
+            "{} bytes is too short to be a bundle (truncated?)",
+            bytes.len()
+        )));
     }
     if &bytes[..8] != BUNDLE_MAGIC {
-        return Err(invalid("not a liger bundle (wrong magic bytes); make one with `liger bundle`"));
+        return Err(invalid(
+            "not a liger bundle (wrong magic bytes); make one with `liger bundle`",
+        ));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != BUNDLE_VERSION {
@@ -155,7 +162,9 @@ pub fn read_preamble(bytes: &[u8]) -> Result<usize> {
     }
     let h = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
     if h == 0 || h > MAX_HEADER_BYTES {
-        return Err(invalid(format!("header length {h} is not plausible; the file is corrupt")));
+        return Err(invalid(format!(
+            "header length {h} is not plausible; the file is corrupt"
+        )));
     }
     Ok(h as usize)
 }
@@ -166,12 +175,25 @@ pub fn read_header(prefix: &[u8], total_len: u64) -> Result<BundleHeader> {
     let h = read_preamble(prefix)?;
     let json = prefix
         .get(PREAMBLE_BYTES..PREAMBLE_BYTES + h)
-        .ok_or_else(|| invalid(format!("the header needs {} bytes, only {} given (truncated?)", PREAMBLE_BYTES + h, prefix.len())))?;
-    let header: BundleHeader = serde_json::from_slice(json).map_err(|e| invalid(format!("the header is not valid: {e}")))?;
+        .ok_or_else(|| {
+            invalid(format!(
+                "the header needs {} bytes, only {} given (truncated?)",
+                PREAMBLE_BYTES + h,
+                prefix.len()
+            ))
+        })?;
+    let header: BundleHeader = serde_json::from_slice(json)
+        .map_err(|e| invalid(format!("the header is not valid: {e}")))?;
     let expected = header.file_bytes(h);
     if total_len != expected {
-        let what = if total_len < expected { "truncated" } else { "longer than its header states" };
-        return Err(invalid(format!("{what}: {total_len} bytes, the header states {expected}; fetch or copy it again")));
+        let what = if total_len < expected {
+            "truncated"
+        } else {
+            "longer than its header states"
+        };
+        return Err(invalid(format!(
+            "{what}: {total_len} bytes, the header states {expected}; fetch or copy it again"
+        )));
     }
     Ok(header)
 }
@@ -190,7 +212,13 @@ pub fn bundle_bytes(model: &LigerModel, quant: EdgeQuant) -> Result<Vec<u8>> {
             Named::Vector(v) => (GgmlType::F32, 1, v.len(), vector_bytes(v)),
         };
         data.resize(data.len().next_multiple_of(ALIGN), 0);
-        entries.push(TensorEntry { name, dtype: ty.name().to_string(), rows, cols, offset: data.len() as u64 });
+        entries.push(TensorEntry {
+            name,
+            dtype: ty.name().to_string(),
+            rows,
+            cols,
+            offset: data.len() as u64,
+        });
         data.extend_from_slice(&bytes);
     }
     let base = &model.base;
@@ -207,7 +235,8 @@ pub fn bundle_bytes(model: &LigerModel, quant: EdgeQuant) -> Result<Vec<u8>> {
         tensors: entries,
         data_bytes: data.len() as u64,
     };
-    let json = serde_json::to_vec(&header).map_err(|e| Error::internal(format!("serializing the bundle header: {e}")))?;
+    let json = serde_json::to_vec(&header)
+        .map_err(|e| Error::internal(format!("serializing the bundle header: {e}")))?;
     let mut out = Vec::with_capacity(data_start(json.len()) + data.len());
     out.extend_from_slice(BUNDLE_MAGIC);
     out.extend_from_slice(&BUNDLE_VERSION.to_le_bytes());
@@ -232,7 +261,8 @@ pub fn load_bundle(buffer: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<LigerMo
     let bytes = (*buffer).as_ref();
     let header = read_header(bytes, bytes.len() as u64)?;
     let start = data_start(read_preamble(bytes)?);
-    let config = config_from_value(&header.config, "bundle config").map_err(|e| e.context("bundle"))?;
+    let config =
+        config_from_value(&header.config, "bundle config").map_err(|e| e.context("bundle"))?;
     let mut index = HashMap::new();
     for (i, e) in header.tensors.iter().enumerate() {
         if index.insert(e.name.as_str(), i).is_some() {
@@ -240,27 +270,50 @@ pub fn load_bundle(buffer: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<LigerMo
         }
     }
     let get = |name: &str| -> Result<Option<QTensor>> {
-        let Some(&i) = index.get(name) else { return Ok(None) };
+        let Some(&i) = index.get(name) else {
+            return Ok(None);
+        };
         let e = &header.tensors[i];
         let ty = dtype_of(&e.dtype)?;
-        let len = e.rows.checked_mul(ty.bytes_for(e.cols)?).ok_or_else(|| invalid(format!("tensor \"{name}\" is too large")))?;
-        let offset = usize::try_from(e.offset).map_err(|_| invalid(format!("tensor \"{name}\" lies outside the file")))?;
-        let in_data = offset.checked_add(len).is_some_and(|end| end as u64 <= header.data_bytes);
+        let len = e
+            .rows
+            .checked_mul(ty.bytes_for(e.cols)?)
+            .ok_or_else(|| invalid(format!("tensor \"{name}\" is too large")))?;
+        let offset = usize::try_from(e.offset)
+            .map_err(|_| invalid(format!("tensor \"{name}\" lies outside the file")))?;
+        let in_data = offset
+            .checked_add(len)
+            .is_some_and(|end| end as u64 <= header.data_bytes);
         if !in_data {
-            return Err(invalid(format!("tensor \"{name}\" lies outside the data section; the file is corrupt")));
+            return Err(invalid(format!(
+                "tensor \"{name}\" lies outside the data section; the file is corrupt"
+            )));
         }
         let view = ByteView::new(buffer.clone(), start + offset, len)?;
-        QTensor::new(ty, e.rows, e.cols, view).map(Some).map_err(|err| err.context(format!("bundle tensor \"{name}\"")))
+        QTensor::new(ty, e.rows, e.cols, view)
+            .map(Some)
+            .map_err(|err| err.context(format!("bundle tensor \"{name}\"")))
     };
     let weights = assemble_weights(&TensorSource { get: &get }, config.num_layers)?;
     weights.validate(&config).map_err(|e| e.context("bundle"))?;
-    let tokenizer = Tokenizer::from_json(header.tokenizer.as_bytes(), "bundle tokenizer")?.with_special_ids(
-        header.bos_token_id,
-        header.eos_token_id,
-        header.add_bos && header.bos_token_id.is_some(),
-    )?;
-    let base = BaseModel::new(config, weights, tokenizer, header.chat_template.clone(), header.name.clone(), ModelFormat::Bundle);
-    let no_adapters = LoraOptions { targets: Vec::new(), ..LoraOptions::default() };
+    let tokenizer = Tokenizer::from_json(header.tokenizer.as_bytes(), "bundle tokenizer")?
+        .with_special_ids(
+            header.bos_token_id,
+            header.eos_token_id,
+            header.add_bos && header.bos_token_id.is_some(),
+        )?;
+    let base = BaseModel::new(
+        config,
+        weights,
+        tokenizer,
+        header.chat_template.clone(),
+        header.name.clone(),
+        ModelFormat::Bundle,
+    );
+    let no_adapters = LoraOptions {
+        targets: Vec::new(),
+        ..LoraOptions::default()
+    };
     linearize(base, header.liger, no_adapters)
 }
 
@@ -268,7 +321,12 @@ pub fn load_bundle(buffer: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<LigerMo
 fn merged_weights(model: &LigerModel) -> ModelWeights {
     let mut w = model.base.weights.clone();
     for (lw, lora) in w.layers.iter_mut().zip(&model.lora.layers) {
-        for (target, t) in [(LoraTarget::Q, &mut lw.wq), (LoraTarget::K, &mut lw.wk), (LoraTarget::V, &mut lw.wv), (LoraTarget::O, &mut lw.wo)] {
+        for (target, t) in [
+            (LoraTarget::Q, &mut lw.wq),
+            (LoraTarget::K, &mut lw.wk),
+            (LoraTarget::V, &mut lw.wv),
+            (LoraTarget::O, &mut lw.wo),
+        ] {
             if let Some(a) = lora.get(target) {
                 *t = QTensor::from_f32(t.rows, t.cols, a.merged(&t.to_f32()));
             }

@@ -22,12 +22,26 @@ pub(super) fn named_tensors(w: &ModelWeights) -> Vec<(String, Named<'_>)> {
     out.push(("final_norm".into(), Named::Vector(&w.final_norm)));
     for (i, l) in w.layers.iter().enumerate() {
         let n = |s: &str| format!("layers.{i}.{s}");
-        for (name, t) in [("wq", &l.wq), ("wk", &l.wk), ("wv", &l.wv), ("wo", &l.wo), ("w_gate", &l.w_gate), ("w_up", &l.w_up), ("w_down", &l.w_down)] {
+        for (name, t) in [
+            ("wq", &l.wq),
+            ("wk", &l.wk),
+            ("wv", &l.wv),
+            ("wo", &l.wo),
+            ("w_gate", &l.w_gate),
+            ("w_up", &l.w_up),
+            ("w_down", &l.w_down),
+        ] {
             out.push((n(name), Named::Matrix(t)));
         }
         out.push((n("attn_norm"), Named::Vector(&l.attn_norm)));
         out.push((n("ffn_norm"), Named::Vector(&l.ffn_norm)));
-        for (name, v) in [("bq", &l.bq), ("bk", &l.bk), ("bv", &l.bv), ("q_norm", &l.q_norm), ("k_norm", &l.k_norm)] {
+        for (name, v) in [
+            ("bq", &l.bq),
+            ("bk", &l.bk),
+            ("bv", &l.bv),
+            ("q_norm", &l.q_norm),
+            ("k_norm", &l.k_norm),
+        ] {
             if let Some(v) = v {
                 out.push((n(name), Named::Vector(v)));
             }
@@ -113,4 +127,3 @@ pub(super) fn assemble_weights(src: &TensorSource, num_layers: usize) -> Result<
 pub(super) fn vector_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
-
