@@ -16,6 +16,8 @@ command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ] || need_apt+
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+# Headless Chromium for the browser test of the wasm engine (driven by playwright-core).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "apt: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -49,3 +51,9 @@ node scripts/fetch-model.mjs
 
 step "build"
 npm run build --silent
+
+# The wasm engine (npm/wasm/liger.wasm; sets up the wasm32 toolchain) and the int8 edge
+# bundle of the default model that its tests load.
+step "wasm"
+bash scripts/build-wasm.sh
+bash scripts/make-bundle.sh int8

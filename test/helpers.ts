@@ -58,3 +58,14 @@ export function dataDir(): string {
   if (!existsSync(dir)) throw new Error(`the data folder is missing at ${dir}: set LIGER_DATA_DIR`);
   return dir;
 }
+
+/**
+ * An edge bundle of the default model's Liger conversion (`int8`, `q4` or `f32`), made by
+ * `scripts/make-bundle.sh` (setup makes the int8 one). Missing is a failure with instructions.
+ */
+export function bundlePath(quant: "int8" | "q4" | "f32" = "int8"): string {
+  const cache = process.env.LIGER_CACHE_DIR || join(homedir(), ".cache", "liger");
+  const path = join(cache, `SmolLM2-135M-Instruct.liger.${quant}.bundle`);
+  if (!existsSync(path)) throw new Error(`the ${quant} bundle is missing at ${path}: run \`bash scripts/make-bundle.sh ${quant}\``);
+  return path;
+}

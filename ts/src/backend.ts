@@ -27,8 +27,8 @@ export interface LigerInfo {
 export interface ModelInfo {
   name: string;
   architecture: string;
-  /** "gguf" (a .gguf file) or "checkpoint" (a Hugging Face style directory). */
-  format: "gguf" | "checkpoint";
+  /** "gguf" (a .gguf file), "checkpoint" (a Hugging Face style directory) or "bundle" (an edge bundle, wasm backend). */
+  format: "gguf" | "checkpoint" | "bundle";
   numParams: number;
   /** Bytes the weights occupy as stored (quantized blocks included). */
   weightBytes: number;

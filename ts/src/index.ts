@@ -1,5 +1,5 @@
 /** liger: Llama-family models as gated linear recurrent models, from Node. */
-export { loadModel, LigerModel } from "./model.js";
+export { loadModel, LigerModel, resolveBackend } from "./model.js";
 export type { LoadModelOptions, TokenizeOptions, DetokenizeOptions } from "./model.js";
 export { Generation } from "./generation.js";
 export type { GeneratedToken } from "./generation.js";
@@ -21,6 +21,8 @@ export type {
   ProgressEvent,
 } from "./backend.js";
 export { nativeBackend } from "./native.js";
+export { wasmBackend, defaultWasmBackend } from "./wasm.js";
+export type { WasmBackendOptions } from "./wasm.js";
 export { fetchDefaultModel, defaultModelPath, cacheDir, DEFAULT_MODEL_FILE, DEFAULT_MODEL_SHA256 } from "./fetch.js";
 export { compareReports, renderEvalHtml, defaultDataDir, TASK_NAMES, DEFAULT_TASKS } from "./eval.js";
 export type {

@@ -17,14 +17,44 @@ import {
 } from "./eval.js";
 import { fetchDefaultModel } from "./fetch.js";
 import { Generation } from "./generation.js";
-import { nativeBackend } from "./native.js";
+import { loadAddon, nativeBackend } from "./native.js";
+import { defaultWasmBackend } from "./wasm.js";
 import { checkMessages, checkTokens, resolveGenerateOptions, type GenerateOptions } from "./options.js";
 
 export interface LoadModelOptions {
   /** Called with the stage ("download", "extract", "load", ...) and its progress in 0..1. */
   onProgress?: ProgressCallback;
-  /** The engine to run the model on (default: the native addon). */
-  backend?: Backend;
+  /**
+   * The engine to run the model on: "native" (the addon), "wasm" (the WebAssembly build; loads
+   * bundle files or URLs), a Backend object, or "auto" (the default): the native addon when it
+   * can be loaded, the wasm engine otherwise.
+   */
+  backend?: Backend | "native" | "wasm" | "auto";
+}
+
+/** The backend `choice` names ("auto": native when its addon loads, else wasm). */
+export function resolveBackend(choice: LoadModelOptions["backend"] = "auto"): Backend {
+  if (typeof choice === "object" && choice !== null && typeof choice.loadModel === "function") return choice;
+  switch (choice) {
+    case "native":
+      return nativeBackend;
+    case "wasm":
+      return defaultWasmBackend;
+    case "auto":
+      return nativeAddonAvailable() ? nativeBackend : defaultWasmBackend;
+    default:
+      throw invalidArgument(`backend must be "native", "wasm", "auto" or a Backend object, got ${JSON.stringify(choice)}`);
+  }
+}
+
+function nativeAddonAvailable(): boolean {
+  try {
+    loadAddon();
+    return true;
+  } catch (err) {
+    if (err instanceof LigerError && err.code === "NATIVE_ADDON_MISSING") return false;
+    throw err;
+  }
 }
 
 export interface TokenizeOptions {
@@ -49,7 +79,8 @@ export async function loadModel(path?: string, options: LoadModelOptions = {}): 
   if (path !== undefined && (typeof path !== "string" || path.length === 0)) {
     throw invalidArgument(`model path must be a non-empty string, got ${JSON.stringify(path)}`);
   }
-  const { onProgress, backend = nativeBackend } = options;
+  const { onProgress } = options;
+  const backend = resolveBackend(options.backend);
   const modelPath = path ?? (await fetchDefaultModel({ onProgress }));
   return new LigerModel(await backend.loadModel(modelPath, onProgress), modelPath);
 }

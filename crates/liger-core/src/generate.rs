@@ -75,81 +75,163 @@ pub fn generate<M: CausalLm>(
     cancel: &AtomicBool,
     on_token: &mut dyn FnMut(u32, &str),
 ) -> Result<GenerateResult> {
-    if prompt.is_empty() {
-        return Err(Error::invalid_argument("the prompt is empty: give at least one token"));
-    }
-    if let Some(limit) = model.max_tokens() {
-        if prompt.len() >= limit {
-            return Err(Error::new(
-                crate::ErrorCode::ContextOverflow,
-                format!("the prompt has {} tokens but the model's context holds {limit}; shorten the prompt", prompt.len()),
-            ));
-        }
-    }
-    let mut sampler = Sampler::new(opts.sampling.clone())?;
-    let eos = if opts.ignore_eos { Vec::new() } else { model.eos_ids() };
-    let max_new = model.max_tokens().map_or(opts.max_tokens, |limit| opts.max_tokens.min(limit - prompt.len()));
-    let mut stream = TextStream::new(model.tokenizer());
-    let mut stops = StopMatcher::new(&opts.stop);
-    let mut result = GenerateResult {
-        tokens: Vec::new(),
-        text: String::new(),
-        finish_reason: FinishReason::Length,
-        prompt_tokens: prompt.len(),
-        prefill_ms: 0.0,
-        decode_ms: 0.0,
-    };
-
     let start = Instant::now();
-    let mut state = model.new_state();
-    let mut logits = model.forward_last(&mut state, prompt)?;
-    result.prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut generator = Generator::new(model, prompt, opts)?;
+    let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
     let decode_start = Instant::now();
-    while result.tokens.len() < max_new {
+    loop {
         if cancel.load(Ordering::Relaxed) {
-            result.finish_reason = FinishReason::Aborted;
-            break;
+            generator.abort();
         }
-        let id = sampler.sample(&logits);
-        if eos.contains(&id) {
-            result.finish_reason = FinishReason::Eos;
-            break;
-        }
-        result.tokens.push(id);
-        let piece = stream.push(id)?;
-        match stops.push(&piece) {
-            StopStatus::Continue(text) => {
-                result.text.push_str(&text);
-                on_token(id, &text);
-            }
-            StopStatus::Stopped(text) => {
-                result.text.push_str(&text);
-                on_token(id, &text);
-                result.finish_reason = FinishReason::Stop;
-                break;
-            }
-        }
-        if result.tokens.len() < max_new {
-            logits = model.forward_last(&mut state, &[id])?;
+        match generator.step()? {
+            Some((id, text)) => on_token(id, &text),
+            None => break,
         }
     }
-    if result.finish_reason != FinishReason::Stop {
-        // Release what was held back (an unfinished UTF-8 sequence, a partial stop string).
-        let tail = stream.finish();
-        let tail = match stops.push(&tail) {
-            StopStatus::Continue(t) => t + &stops.finish(),
+    let mut result = generator.into_result();
+    result.prefill_ms = prefill_ms;
+    result.decode_ms = decode_start.elapsed().as_secs_f64() * 1e3;
+    Ok(result)
+}
+
+/// The generation loop one token at a time, for callers that cannot block until the end
+/// (a WebAssembly page hands control back to the browser between tokens). It keeps no clock:
+/// `prefill_ms` and `decode_ms` of its result are left at zero for the caller to fill in.
+pub struct Generator<'m, M: CausalLm> {
+    model: &'m M,
+    state: M::State,
+    logits: Vec<f32>,
+    sampler: Sampler,
+    eos: Vec<u32>,
+    max_new: usize,
+    stream: TextStream<'m>,
+    stops: StopMatcher,
+    result: GenerateResult,
+    aborted: bool,
+    finished: bool,
+}
+
+impl<'m, M: CausalLm> Generator<'m, M> {
+    /// Checks the request and runs the prompt through the model (the prefill).
+    pub fn new(model: &'m M, prompt: &[u32], opts: &GenerateOptions) -> Result<Self> {
+        Self::with_prefill_chunk(model, prompt, opts, usize::MAX)
+    }
+
+    /// As [`Generator::new`], feeding the prompt `chunk` tokens at a time: the activations of
+    /// the prefill then take memory for `chunk` tokens, not the whole prompt (the decoding
+    /// state carries over between chunks, so the result is the same).
+    pub fn with_prefill_chunk(model: &'m M, prompt: &[u32], opts: &GenerateOptions, chunk: usize) -> Result<Self> {
+        if prompt.is_empty() {
+            return Err(Error::invalid_argument("the prompt is empty: give at least one token"));
+        }
+        if let Some(limit) = model.max_tokens() {
+            if prompt.len() >= limit {
+                return Err(Error::new(
+                    crate::ErrorCode::ContextOverflow,
+                    format!("the prompt has {} tokens but the model's context holds {limit}; shorten the prompt", prompt.len()),
+                ));
+            }
+        }
+        let sampler = Sampler::new(opts.sampling.clone())?;
+        let eos = if opts.ignore_eos { Vec::new() } else { model.eos_ids() };
+        let max_new = model.max_tokens().map_or(opts.max_tokens, |limit| opts.max_tokens.min(limit - prompt.len()));
+        let mut state = model.new_state();
+        let mut logits = Vec::new();
+        for part in prompt.chunks(chunk.max(1)) {
+            logits = model.forward_last(&mut state, part)?;
+        }
+        Ok(Generator {
+            model,
+            state,
+            logits,
+            sampler,
+            eos,
+            max_new,
+            stream: TextStream::new(model.tokenizer()),
+            stops: StopMatcher::new(&opts.stop),
+            result: GenerateResult {
+                tokens: Vec::new(),
+                text: String::new(),
+                finish_reason: FinishReason::Length,
+                prompt_tokens: prompt.len(),
+                prefill_ms: 0.0,
+                decode_ms: 0.0,
+            },
+            aborted: false,
+            finished: false,
+        })
+    }
+
+    /// Makes the next step end the generation with reason `aborted`.
+    pub fn abort(&mut self) {
+        self.aborted = true;
+    }
+
+    /// The model's decoding state (its memory stays constant for a Liger model).
+    pub fn state(&self) -> &M::State {
+        &self.state
+    }
+
+    /// The next token and the text it releases; at the end, possibly one more event with the
+    /// last token and the text held back until then; then `None`.
+    pub fn step(&mut self) -> Result<Option<(u32, String)>> {
+        if self.finished {
+            return Ok(None);
+        }
+        if self.result.tokens.len() >= self.max_new || self.aborted {
+            if self.aborted {
+                self.result.finish_reason = FinishReason::Aborted;
+            }
+            return Ok(self.finish());
+        }
+        let id = self.sampler.sample(&self.logits);
+        if self.eos.contains(&id) {
+            self.result.finish_reason = FinishReason::Eos;
+            return Ok(self.finish());
+        }
+        self.result.tokens.push(id);
+        let piece = self.stream.push(id)?;
+        let text = match self.stops.push(&piece) {
+            StopStatus::Continue(text) => text,
+            StopStatus::Stopped(text) => {
+                self.result.finish_reason = FinishReason::Stop;
+                self.finished = true;
+                text
+            }
+        };
+        self.result.text.push_str(&text);
+        if !self.finished && self.result.tokens.len() < self.max_new {
+            self.logits = self.model.forward_last(&mut self.state, &[id])?;
+        }
+        Ok(Some((id, text)))
+    }
+
+    /// Ends the generation: releases what was held back (an unfinished UTF-8 sequence, a
+    /// partial stop string) as one last event, if there is any.
+    fn finish(&mut self) -> Option<(u32, String)> {
+        self.finished = true;
+        let tail = self.stream.finish();
+        let tail = match self.stops.push(&tail) {
+            StopStatus::Continue(t) => t + &self.stops.finish(),
             StopStatus::Stopped(t) => {
-                result.finish_reason = FinishReason::Stop;
+                self.result.finish_reason = FinishReason::Stop;
                 t
             }
         };
-        if !tail.is_empty() {
-            result.text.push_str(&tail);
-            if let Some(&last) = result.tokens.last() {
-                on_token(last, &tail);
-            }
+        if tail.is_empty() {
+            return None;
         }
+        self.result.text.push_str(&tail);
+        self.result.tokens.last().map(|&last| (last, tail))
     }
-    result.decode_ms = decode_start.elapsed().as_secs_f64() * 1e3;
-    Ok(result)
+
+    /// The result so far (complete once `step` has returned `None`).
+    pub fn result(&self) -> &GenerateResult {
+        &self.result
+    }
+
+    /// The result, taking the generator.
+    pub fn into_result(self) -> GenerateResult {
+        self.result
+    }
 }

@@ -4,6 +4,7 @@
 //! it builds both natively and for wasm32: model formats (GGUF, safetensors checkpoints),
 //! the tokenizer and chat template, the base model on the CPU, and sampling.
 
+pub mod bundle;
 pub mod chat;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod checkpoint;

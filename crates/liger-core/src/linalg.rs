@@ -122,6 +122,13 @@ pub fn matmul_wt(w: &QTensor, x: &[f32], n: usize, y: &mut [f32]) {
     if n == 1 {
         return matvec(w, x, y);
     }
+    #[cfg(target_arch = "wasm32")]
+    {
+        // wasm has no threads and the gemm crate no SIMD128 kernels: the SIMD dot products,
+        // each stored row read once for all n inputs while it is in cache, are faster.
+        return matmul_wt_by_rows(w, x, n, y);
+    }
+    #[allow(unreachable_code)]
     if w.ty == GgmlType::F32 {
         let wf = w.to_f32();
         return matmul(MatRef::new(x, n, w.cols), MatRef::new(&wf, w.rows, w.cols).t(), y, false);
@@ -162,4 +169,16 @@ pub fn matmul_wt(w: &QTensor, x: &[f32], n: usize, y: &mut [f32]) {
             );
         }
     });
+}
+
+/// `Y = X Wᵀ` with one dot product per (row, input) pair, walking the rows of W once.
+#[cfg(target_arch = "wasm32")]
+fn matmul_wt_by_rows(w: &QTensor, x: &[f32], n: usize, y: &mut [f32]) {
+    let dot = crate::quant::dot_fn(w.ty);
+    let row_bytes = w.row_bytes();
+    for (r, row) in w.data.as_slice().chunks_exact(row_bytes).enumerate() {
+        for (t, xt) in x.chunks_exact(w.cols).enumerate().take(n) {
+            y[t * w.rows + r] = dot(row, xt);
+        }
+    }
 }

@@ -89,6 +89,9 @@ pub enum GgmlType {
     Q4K,
     Q5K,
     Q6K,
+    /// int8 with one f32 scale per row (this library's own edge format, not a GGML type;
+    /// see `quant::int8_row`). A row of `n` values takes `n + 4` bytes.
+    I8Row,
 }
 
 impl GgmlType {
@@ -133,6 +136,8 @@ impl GgmlType {
             GgmlType::Q5K => 13,
             GgmlType::Q6K => 14,
             GgmlType::BF16 => 30,
+            // Outside GGML's numbering: GGUF readers (this one included) reject it.
+            GgmlType::I8Row => 1000,
         }
     }
     pub fn name(self) -> &'static str {
@@ -150,12 +155,13 @@ impl GgmlType {
             GgmlType::Q4K => "Q4_K",
             GgmlType::Q5K => "Q5_K",
             GgmlType::Q6K => "Q6_K",
+            GgmlType::I8Row => "I8_ROW",
         }
     }
     /// Number of values in one block.
     pub fn block_size(self) -> usize {
         match self {
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::I8Row => 1,
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => 32,
             GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
         }
@@ -165,6 +171,8 @@ impl GgmlType {
         match self {
             GgmlType::F32 => 4,
             GgmlType::F16 | GgmlType::BF16 => 2,
+            // Per value; each row adds its 4-byte scale (see `bytes_for`).
+            GgmlType::I8Row => 1,
             GgmlType::Q4_0 => 18,
             GgmlType::Q4_1 => 20,
             GgmlType::Q5_0 => 22,
@@ -177,9 +185,12 @@ impl GgmlType {
             GgmlType::Q6K => 210,
         }
     }
-    /// Bytes needed for `n` values, or an error when `n` is not a whole number of blocks
-    /// or the size overflows.
+    /// Bytes needed for `n` values (for `I8Row`: one row of `n`), or an error when `n` is not
+    /// a whole number of blocks or the size overflows.
     pub fn bytes_for(self, n: usize) -> Result<usize> {
+        if self == GgmlType::I8Row {
+            return n.checked_add(4).ok_or_else(|| Error::new(ErrorCode::InvalidFile, format!("tensor of {n} values is too large")));
+        }
         if !n.is_multiple_of(self.block_size()) {
             return Err(Error::shape(format!(
                 "{} values cannot be stored as {}: rows must be a multiple of {}",
@@ -227,7 +238,10 @@ impl QTensor {
         self.rows * self.cols
     }
     pub fn row_bytes(&self) -> usize {
-        self.cols / self.ty.block_size() * self.ty.block_bytes()
+        match self.ty {
+            GgmlType::I8Row => self.cols + 4,
+            ty => self.cols / ty.block_size() * ty.block_bytes(),
+        }
     }
     pub fn row(&self, i: usize) -> &[u8] {
         let rb = self.row_bytes();

@@ -116,7 +116,7 @@ pub fn max_rel_error(a: &[f32], reference: &[f64]) -> f64 {
 fn scale_offsets(ty: crate::tensor::GgmlType) -> &'static [usize] {
     use crate::tensor::GgmlType as T;
     match ty {
-        T::F32 | T::F16 | T::BF16 => &[],
+        T::F32 | T::F16 | T::BF16 | T::I8Row => &[],
         T::Q4_0 | T::Q5_0 | T::Q8_0 => &[0],
         T::Q4_1 | T::Q5_1 | T::Q4K | T::Q5K => &[0, 2],
         T::Q2K => &[80, 82],
@@ -136,6 +136,8 @@ pub fn random_quantized_row(ty: crate::tensor::GgmlType, n: usize, seed: u64) ->
         T::F32 => (0..n).flat_map(|_| rng.random_range(-1.0f32..1.0).to_le_bytes()).collect(),
         T::F16 => (0..n).flat_map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)).to_le_bytes()).collect(),
         T::BF16 => (0..n).flat_map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_le_bytes()).collect(),
+        // One f32 row scale, then random signed byte codes.
+        T::I8Row => rng.random_range(0.001f32..0.02).to_le_bytes().into_iter().chain((0..n).map(|_| rng.random::<u8>())).collect(),
         _ => {
             let bytes = ty.bytes_for(n).expect("n must be a multiple of the block size");
             let mut out: Vec<u8> = (0..bytes).map(|_| rng.random()).collect();

@@ -103,7 +103,7 @@ fn random_row(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut row: Vec<u8> = (0..ty.bytes_for(n).unwrap()).map(|_| rng.random()).collect();
     let f16_fields: &[usize] = match ty {
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::I8Row => {
             let values = random_values(seed, n, 2.0);
             return quantize(ty, &values).unwrap();
         }

@@ -143,6 +143,7 @@ pub fn compare(base: &EvalReport, linearized: &EvalReport) -> Result<Comparison>
 }
 
 /// Writes `value` as pretty JSON, atomically (temporary file, then rename).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::internal(format!("serializing the report: {e}")))?;
     crate::hf::fsutil::write_atomically(path, |w| std::io::Write::write_all(w, text.as_bytes()).map_err(|e| Error::io(path.display(), e)))
@@ -260,6 +261,7 @@ pub fn render_html(reports: &[&EvalReport], comparison: Option<&Comparison>) -> 
 }
 
 /// Writes the HTML page atomically.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn write_html(path: &Path, reports: &[&EvalReport], comparison: Option<&Comparison>) -> Result<()> {
     let html = render_html(reports, comparison);
     crate::hf::fsutil::write_atomically(path, |w| std::io::Write::write_all(w, html.as_bytes()).map_err(|e| Error::io(path.display(), e)))

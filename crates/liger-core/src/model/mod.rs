@@ -9,13 +9,16 @@ mod tests;
 
 use crate::chat::{render_chat, ChatMessage};
 use crate::config::ModelConfig;
-use crate::error::{Error, ErrorCode, Result};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::error::{Error, ErrorCode};
+use crate::error::Result;
 use crate::generate::CausalLm;
 use crate::tokenizer::Tokenizer;
 use crate::weights::ModelWeights;
 use forward::{forward, KvCache, Logits};
 use serde::Serialize;
 use std::collections::BTreeMap;
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 /// Where a model was loaded from.
@@ -25,6 +28,8 @@ pub enum ModelFormat {
     Gguf,
     /// A Hugging Face style directory (config.json + safetensors + tokenizer.json).
     Checkpoint,
+    /// A self-contained edge bundle (see `crate::bundle`).
+    Bundle,
 }
 
 /// A pretrained Llama-family model with its tokenizer.
@@ -65,6 +70,8 @@ pub struct ModelInfo {
 }
 
 /// Loads a `.gguf` file or a checkpoint directory. `progress(stage, fraction)` reports along the way.
+/// Native only (memory maps and the file system); wasm loads from bytes.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn load_model(path: &Path, progress: &mut dyn FnMut(&str, f64)) -> Result<BaseModel> {
     if !path.exists() {
         return Err(Error::new(ErrorCode::Io, format!("{}: no such file or directory", path.display())));
@@ -184,6 +191,7 @@ impl BaseModel {
         forward(&self.config, &self.weights, &self.inv_freq, &mut cache, tokens, Logits::Last)
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     /// Writes the model as a checkpoint directory (config.json, model.safetensors,
     /// tokenizer files). Quantized weights are dequantized to `dtype`.
     pub fn save_checkpoint(&self, dir: &Path, dtype: crate::hf::SaveDtype) -> Result<()> {

@@ -6,6 +6,7 @@
 //! block with one f16 scale (and for `_1` types an f16 minimum); the K types hold 256 values
 //! per super-block with small per-sub-block scales that are themselves quantized.
 
+mod int8_row;
 mod kquants;
 mod legacy;
 #[cfg(target_arch = "x86_64")]
@@ -27,8 +28,13 @@ pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
 
 fn check_lengths(what: &str, ty: GgmlType, bytes: usize, values: usize) {
     // Callers get their lengths from a validated `QTensor`; a mismatch is a bug, not bad input.
+    let fits = match ty {
+        // Whole rows, each with its scale: the row count follows from the two lengths.
+        GgmlType::I8Row => int8_row::rows_in(bytes, values).is_some(),
+        _ => ty.bytes_for(values).ok() == Some(bytes),
+    };
     assert!(
-        ty.bytes_for(values).ok() == Some(bytes),
+        fits,
         "{what}: {bytes} bytes of {} do not hold {values} values",
         ty.name()
     );
@@ -58,6 +64,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
                 *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
             }
         }
+        GgmlType::I8Row => int8_row::dequantize(bytes, out),
         _ => {
             let block_fn: fn(&[u8], &mut [f32]) = match ty {
                 GgmlType::Q4_0 => legacy::dequantize_q4_0,
@@ -70,7 +77,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
                 GgmlType::Q4K => kquants::dequantize_q4_k,
                 GgmlType::Q5K => kquants::dequantize_q5_k,
                 GgmlType::Q6K => kquants::dequantize_q6_k,
-                GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => unreachable!("handled above"),
+                GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::I8Row => unreachable!("handled above"),
             };
             for (o, b) in out.chunks_exact_mut(bs).zip(bytes.chunks_exact(bb)) {
                 block_fn(b, o);
@@ -165,6 +172,7 @@ fn portable_dot_fn(ty: GgmlType) -> DotFn {
         GgmlType::Q4K => kquants::dot_q4_k,
         GgmlType::Q5K => kquants::dot_q5_k,
         GgmlType::Q6K => kquants::dot_q6_k,
+        GgmlType::I8Row => int8_row::dot,
     }
 }
 
@@ -214,9 +222,9 @@ fn dot_elementwise(row: &[u8], x: &[f32], width: usize, read: impl Fn(&[u8]) -> 
     sum_lanes(&lanes) + tail
 }
 
-/// Stores `values` as `ty`. Supported: F32, F16, BF16 (round to nearest even) and the
-/// reference quantizers for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0. `values.len()` must be a multiple
-/// of the block size, and the values must be finite.
+/// Stores `values` as `ty`. Supported: F32, F16, BF16 (round to nearest even), the
+/// reference quantizers for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, and I8_ROW (the values form one
+/// row). `values.len()` must be a multiple of the block size, and the values must be finite.
 pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>> {
     ty.bytes_for(values.len())?;
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
@@ -235,6 +243,7 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>> {
         GgmlType::Q5_0 => quantize_q5_0(values),
         GgmlType::Q5_1 => quantize_q5_1(values),
         GgmlType::Q8_0 => quantize_q8_0(values),
+        GgmlType::I8Row => int8_row::quantize_row(values),
         GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
             return Err(Error::new(
                 ErrorCode::UnsupportedTensorType,

@@ -24,6 +24,7 @@ pub(super) fn kernel(ty: GgmlType) -> Option<DotFn> {
         GgmlType::Q5_1 => dot_q5_1,
         GgmlType::Q4K => dot_q4_k,
         GgmlType::Q6K => dot_q6_k,
+        GgmlType::I8Row => dot_i8_row,
         GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q5K => return None,
     })
 }
@@ -279,4 +280,18 @@ fn dot_q6_k(row: &[u8], x: &[f32]) -> f32 {
         }
     }
     hsum(acc)
+}
+
+/// `I8_ROW`: the row's f32 scale, then one signed byte per value.
+fn dot_i8_row(row: &[u8], x: &[f32]) -> f32 {
+    let codes = &row[super::int8_row::ROW_HEADER..];
+    let n = codes.len().min(x.len());
+    let mut acc = f32x4_splat(0.0);
+    let (mut cs, mut xs) = (codes[..n].chunks_exact(16), x[..n].chunks_exact(16));
+    for (c, xv) in (&mut cs).zip(&mut xs) {
+        // SAFETY: `c` has 16 codes and `xv` 16 values.
+        acc = f32x4_add(acc, unsafe { dot16_i8(load16(c, 0), xv.as_ptr()) });
+    }
+    let tail: f32 = cs.remainder().iter().zip(xs.remainder()).map(|(&c, &xv)| (c as i8) as f32 * xv).sum();
+    super::int8_row::row_scale(row) * (hsum(acc) + tail)
 }

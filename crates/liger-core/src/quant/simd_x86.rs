@@ -43,7 +43,7 @@ pub(super) fn kernel(ty: GgmlType) -> Option<DotFn> {
         GgmlType::Q5_1 => wrap!(dot_q5_1),
         GgmlType::Q4K => wrap!(dot_q4_k),
         GgmlType::Q6K => wrap!(dot_q6_k),
-        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q5K => None,
+        GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q5K | GgmlType::I8Row => None,
     }
 }
 

@@ -1,0 +1,67 @@
+/** Wasm memory maximum by default: 256 MiB (the engine enforces it). */
+export declare const DEFAULT_MAX_MEMORY_BYTES: number;
+
+/** An error from the engine: `code` is one of liger's error codes (e.g. "INVALID_FILE"). */
+export declare class LigerWasmError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown });
+}
+
+export interface EngineOptions {
+  /** The module: a URL to fetch, its bytes, or a compiled module (default: ./liger.wasm beside this file). */
+  source?: URL | string | ArrayBuffer | ArrayBufferView | WebAssembly.Module;
+  /** The wasm memory maximum in bytes (default 256 MiB). */
+  maxMemoryBytes?: number;
+}
+
+export interface WasmGenerateOptions {
+  maxTokens?: number;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  seed?: number;
+  stop?: string[];
+  ignoreEos?: boolean;
+}
+
+export interface WasmGenerateResult {
+  tokens: number[];
+  text: string;
+  finishReason: "length" | "eos" | "stop" | "aborted";
+  promptTokens: number;
+}
+
+export declare class WasmGeneration {
+  /** Set once `step()` has returned null. */
+  result: WasmGenerateResult | null;
+  /** The next token and the text it releases, or null at the end. */
+  step(): { id: number; text: string } | null;
+  abort(): void;
+  /** Bytes of the decoding state now (constant for a Liger model). */
+  stateBytes(): number;
+  free(): void;
+}
+
+export declare class WasmModel {
+  /** The model's facts (the `ModelInfo` of liger's TypeScript API, plus `quantization`). */
+  readonly info: Record<string, unknown> & { vocabSize: number; quantization: string };
+  readonly summary: { name: string; quantization: string; fileBytes: number; needBytes: number };
+  encode(text: string, addBos?: boolean, parseSpecial?: boolean): Uint32Array;
+  decode(ids: ArrayLike<number>, skipSpecial?: boolean): string;
+  applyChatTemplate(messages: { role: string; content: string }[], addGenerationPrompt?: boolean): string;
+  lastLogits(ids: ArrayLike<number>): Float32Array;
+  startGeneration(ids: ArrayLike<number>, options?: WasmGenerateOptions): WasmGeneration;
+  free(): void;
+}
+
+export declare class Engine {
+  readonly maxMemoryBytes: number;
+  /** Bytes of wasm memory now. */
+  memoryBytes(): number;
+  /** Loads a whole bundle file (checked up front: format, length, memory). */
+  loadBundle(data: ArrayBuffer | Uint8Array): WasmModel;
+}
+
+export declare function createEngine(options?: EngineOptions): Promise<Engine>;
+/** Fetches a bundle into an ArrayBuffer, reporting progress (0..1) while it arrives. */
+export declare function fetchBundle(url: string | URL, onProgress?: (fraction: number) => void): Promise<ArrayBuffer>;

@@ -1,0 +1,145 @@
+/**
+ * The WebAssembly backend: the same core built for wasm32 (package `@liger/wasm`), running a
+ * Liger model bundle on the CPU with constant memory per sequence. Picked by loadModel when
+ * the native addon is absent, or when asked with `backend: "wasm"`. The engine itself uses
+ * only web APIs; this Node-side adapter reads local files and the module from disk.
+ */
+import { readFile } from "node:fs/promises";
+import { createRequire } from "node:module";
+
+import { createEngine, DEFAULT_MAX_MEMORY_BYTES, fetchBundle, LigerWasmError, type WasmGeneration, type WasmModel } from "@liger/wasm";
+
+import type { Backend, BackendGenerateOptions, BackendModel, ChatMessage, GenerationHandle, GenerationSink, ModelInfo, ProgressCallback } from "./backend.js";
+import { isLigerErrorCode, LigerError } from "./errors.js";
+
+export interface WasmBackendOptions {
+  /** The wasm memory maximum in bytes (default 256 MiB); the engine enforces it. */
+  maxMemoryBytes?: number;
+}
+
+/** A LigerError for anything the engine throws. */
+function toLigerError(err: unknown): LigerError {
+  if (err instanceof LigerError) return err;
+  if (err instanceof LigerWasmError && isLigerErrorCode(err.code)) return new LigerError(err.code, err.message, { cause: err });
+  const message = err instanceof Error ? err.message : String(err);
+  return new LigerError("INTERNAL", `unexpected error in the wasm backend: ${message}`, { cause: err });
+}
+
+function guard<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (err) {
+    throw toLigerError(err);
+  }
+}
+
+let moduleBytes: Promise<Uint8Array> | undefined;
+
+/** The compiled engine's bytes, read once from the installed package. */
+function wasmModuleBytes(): Promise<Uint8Array> {
+  moduleBytes ??= (async () => {
+    const path = createRequire(import.meta.url).resolve("@liger/wasm/liger.wasm");
+    try {
+      return await readFile(path);
+    } catch (err) {
+      throw new LigerError("NATIVE_ADDON_MISSING", `the wasm engine ${path} cannot be read (${(err as Error).message}); run scripts/build-wasm.sh`);
+    }
+  })();
+  moduleBytes.catch(() => (moduleBytes = undefined));
+  return moduleBytes;
+}
+
+/** A bundle's bytes: fetched when `location` is an http(s) URL, read from disk otherwise. */
+async function readBundle(location: string, onProgress?: ProgressCallback): Promise<ArrayBuffer | Uint8Array> {
+  if (/^https?:\/\//.test(location)) {
+    return fetchBundle(location, (fraction) => onProgress?.({ stage: "download", fraction }));
+  }
+  try {
+    return await readFile(location);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const hint = e.code === "EISDIR" ? "; the wasm backend loads a bundle file: make one from the checkpoint with scripts/make-bundle.sh" : "";
+    throw new LigerError("IO_ERROR", `${location}: ${e.message}${hint}`);
+  }
+}
+
+/** The wasm backend with the given memory maximum. */
+export function wasmBackend(options: WasmBackendOptions = {}): Backend {
+  const maxMemoryBytes = options.maxMemoryBytes ?? DEFAULT_MAX_MEMORY_BYTES;
+  return {
+    name: "wasm",
+    async loadModel(path: string, onProgress?: ProgressCallback): Promise<BackendModel> {
+      const data = await readBundle(path, onProgress);
+      onProgress?.({ stage: "load", fraction: 0 });
+      try {
+        const engine = await createEngine({ source: await wasmModuleBytes(), maxMemoryBytes });
+        const model = new WasmBackendModel(engine.loadBundle(data), () => engine.memoryBytes());
+        onProgress?.({ stage: "load", fraction: 1 });
+        return model;
+      } catch (err) {
+        throw toLigerError(err);
+      }
+    },
+  };
+}
+
+/** The wasm backend with the default 256 MiB memory maximum. */
+export const defaultWasmBackend: Backend = wasmBackend();
+
+/** Lets other work run between tokens (streams, timers, a page's rendering). */
+const yieldToEventLoop = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+
+export class WasmBackendModel implements BackendModel {
+  readonly info: ModelInfo;
+
+  constructor(
+    private readonly model: WasmModel,
+    /** Bytes of wasm memory the engine holds now. */
+    readonly memoryBytes: () => number,
+  ) {
+    this.info = { ...(model.info as unknown as ModelInfo), format: "bundle" };
+  }
+
+  encode(text: string, addBos: boolean | undefined, parseSpecial: boolean): Uint32Array {
+    return guard(() => this.model.encode(text, addBos, parseSpecial));
+  }
+
+  decode(ids: Uint32Array, skipSpecial: boolean): string {
+    return guard(() => this.model.decode(ids, skipSpecial));
+  }
+
+  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt: boolean): string {
+    return guard(() => this.model.applyChatTemplate(messages, addGenerationPrompt));
+  }
+
+  async lastLogits(tokens: Uint32Array): Promise<Float32Array> {
+    return guard(() => this.model.lastLogits(tokens));
+  }
+
+  /** Runs the generation a token at a time, handing control back between tokens. */
+  generate(prompt: Uint32Array, options: BackendGenerateOptions, sink: GenerationSink): GenerationHandle {
+    let aborted = false;
+    let generation: WasmGeneration | undefined;
+    const run = async () => {
+      await yieldToEventLoop();
+      const start = performance.now();
+      generation = this.model.startGeneration(prompt, options);
+      const prefillMs = performance.now() - start;
+      const decodeStart = performance.now();
+      for (;;) {
+        if (aborted) generation.abort();
+        const next = generation.step();
+        if (next === null) break;
+        sink.token(next.id, next.text);
+        await yieldToEventLoop();
+      }
+      const result = generation.result!;
+      sink.done({ ...result, prefillMs, decodeMs: performance.now() - decodeStart });
+    };
+    run().catch((err) => {
+      generation?.free();
+      sink.error(toLigerError(err));
+    });
+    return { abort: () => (aborted = true) };
+  }
+}
