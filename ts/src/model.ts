@@ -80,9 +80,35 @@ export async function loadModel(path?: string, options: LoadModelOptions = {}): 
     throw invalidArgument(`model path must be a non-empty string, got ${JSON.stringify(path)}`);
   }
   const { onProgress } = options;
-  const backend = resolveBackend(options.backend);
+  const choice = options.backend ?? "auto";
+  const backend = resolveBackend(choice);
   const modelPath = path ?? (await fetchDefaultModel({ onProgress }));
-  return new LigerModel(await backend.loadModel(modelPath, onProgress), modelPath);
+  try {
+    return new LigerModel(await backend.loadModel(modelPath, onProgress), modelPath);
+  } catch (err) {
+    // "auto" fell back to wasm, which reads only edge bundles: a GGUF file or a directory
+    // needs the native addon, so say that rather than "not a bundle".
+    if (choice === "auto" && backend !== nativeBackend && err instanceof LigerError && err.code === "INVALID_FILE") {
+      throw nativeMissingFor(modelPath, err);
+    }
+    throw err;
+  }
+}
+
+function nativeMissingFor(modelPath: string, bundleError: LigerError): LigerError {
+  try {
+    loadAddon();
+  } catch (missing) {
+    if (missing instanceof LigerError) {
+      return new LigerError(
+        missing.code,
+        `${missing.message}\nWithout it only edge bundles load (through the wasm backend), and ${modelPath} is not one ` +
+          `(${bundleError.message}).`,
+        { cause: bundleError },
+      );
+    }
+  }
+  return bundleError;
 }
 
 export class LigerModel {
