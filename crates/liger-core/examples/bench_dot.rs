@@ -11,21 +11,7 @@ use liger_core::GgmlType;
 use std::hint::black_box;
 use std::time::Instant;
 
-const TYPES: [GgmlType; 13] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-];
+const TYPES: [GgmlType; 13] = GgmlType::GGML_TYPES;
 
 /// Values per second of one sweep of `dot` over all rows, taken `sweeps` times.
 fn sweep(ty: GgmlType, data: &[u8], x: &[f32], sweeps: usize) -> f64 {

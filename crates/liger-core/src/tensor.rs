@@ -95,6 +95,34 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
+    /// Every GGML/GGUF storage type the library reads, in the enum's order.
+    pub const GGML_TYPES: [GgmlType; 13] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ];
+
+    /// The GGML types and the library's own edge type.
+    pub const ALL: [GgmlType; 14] = {
+        let mut all = [GgmlType::I8Row; 14];
+        let mut i = 0;
+        while i < 13 {
+            all[i] = Self::GGML_TYPES[i];
+            i += 1;
+        }
+        all
+    };
+
     /// The GGUF type id, or an `UnsupportedTensorType` error naming the id.
     pub fn from_id(id: u32) -> Result<Self> {
         Ok(match id {

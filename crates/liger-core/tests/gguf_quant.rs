@@ -6,21 +6,7 @@ use gguf_common::{open_fixture, random_values};
 use liger_core::quant::{dequantize, dot, quantize};
 use liger_core::{ErrorCode, GgmlType};
 
-const ALL_TYPES: [GgmlType; 13] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-];
+const ALL_TYPES: [GgmlType; 13] = GgmlType::GGML_TYPES;
 
 /// Exact equality: gguf-py computes each value with the same single-rounding f32 operations
 /// in the same order as we do (`d * q + m`, `(d * sc) * q - dmin * m`, ...), and neither side

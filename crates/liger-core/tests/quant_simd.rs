@@ -7,21 +7,7 @@ use liger_core::GgmlType;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const ALL_TYPES: [GgmlType; 13] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-];
+const ALL_TYPES: [GgmlType; 13] = GgmlType::GGML_TYPES;
 
 const KERNELS: [DotKernel; 3] = [DotKernel::Portable, DotKernel::Avx2, DotKernel::Simd128];
 

@@ -8,22 +8,7 @@ use liger_core::quant::{dequantize, DotKernel};
 use liger_core::tensor::{ByteView, GgmlType, QTensor};
 use liger_core::testing::random_quantized_row;
 
-const TYPES: [GgmlType; 14] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q8_0,
-    GgmlType::Q2K,
-    GgmlType::Q3K,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-    GgmlType::I8Row,
-];
+const TYPES: [GgmlType; 14] = GgmlType::ALL;
 
 /// Result: `{"kernel": name, "errors": {type: max relative error}}` over 16 rows of 512
 /// values each, seeded by `seed`.
