@@ -5,6 +5,9 @@
 //!     cargo run -p liger-cuda --release --example bench_gpu -- \
 //!         --shapes 135m,1b --train 8x1024,1x1024 --decode-batches 1,16 --contexts 1024,32768
 //!
+//! With `--profile`, one more training step runs with the time profile on
+//! (`GpuContext::set_profiling`) and its table goes to stderr: where the step's time goes.
+//!
 //! A training step is forward + backward on the GPU, the gradients back on the host and the
 //! AdamW update there (as `Trainer` does); steps end with a synchronisation, so wall-clock
 //! time is the step time. Median of several steps after warm-up.
@@ -88,7 +91,7 @@ fn model(name: &str) -> Result<GpuLigerModel<bf16>> {
     GpuLigerModel::with_weights(ctx, host, weights)
 }
 
-fn train(name: &str, batch: usize, seq: usize, steps: usize) -> Result<String> {
+fn train(name: &str, batch: usize, seq: usize, steps: usize, profile: bool) -> Result<String> {
     let mut m = model(name)?;
     let vocab = m.config().vocab_size;
     let seqs: Vec<Vec<u32>> = (0..2 * batch).map(|i| tokens(seq, vocab, i as u64)).collect();
@@ -113,6 +116,15 @@ fn train(name: &str, batch: usize, seq: usize, steps: usize) -> Result<String> {
         }
     }
     let step_s = median(times);
+    if profile {
+        let inputs: Vec<&[u32]> = seqs[..batch].iter().map(|s| s.as_slice()).collect();
+        m.context().set_profiling(true)?;
+        grads.zero();
+        m.forward_backward_batch(&inputs, &inputs, 1.0 / (batch * seq) as f32, &mut grads)?;
+        let entries = m.context().profile()?;
+        m.context().set_profiling(false)?;
+        eprintln!("profile of one training step, {name} {batch}x{seq}:\n{}", liger_cuda::profile::format_profile(&entries[..entries.len().min(40)]));
+    }
     let peak = peak_memory(m.context())? as f64 / (1u64 << 30) as f64;
     let (mixer_ms, attention_ms) = kernel_share(&m, batch, seq)?;
     Ok(format!(
@@ -210,6 +222,7 @@ fn main() {
     let batches = list(&args, "--decode-batches", "1,16");
     let contexts = list(&args, "--contexts", "1024");
     let steps: usize = list(&args, "--steps", "5")[0].parse().unwrap_or(5);
+    let profile = args.iter().any(|a| a == "--profile");
     let report = |what: String, r: Result<String>| match r {
         Ok(line) => println!("{line}"),
         Err(e) => println!(r#"{{"bench":"{what}","error":"{}: {}"}}"#, e.code, e.message.replace('"', "'")),
@@ -220,7 +233,7 @@ fn main() {
                 eprintln!("--train takes BxT pairs such as 8x1024, got {bt}");
                 std::process::exit(2);
             };
-            report(format!("train_step {shape} {bt}"), train(shape, b, t, steps));
+            report(format!("train_step {shape} {bt}"), train(shape, b, t, steps, profile));
         }
         for b in &batches {
             for ctx_len in &contexts {

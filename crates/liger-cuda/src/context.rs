@@ -3,6 +3,7 @@
 use crate::error::{check_driver_version, cublas_error, driver_error, no_driver_error};
 use crate::kernels::KernelFile;
 use crate::nvrtc::{kernel_cache_dir, load_or_compile};
+use crate::profile::{Profile, ProfileEntry};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError};
 use cudarc::nvrtc::Ptx;
@@ -14,6 +15,10 @@ use std::sync::{Arc, Mutex};
 /// Environment variable: when set to 1, every launch is followed by a stream synchronisation,
 /// so that a faulting kernel is reported by name instead of at a later call.
 pub const SYNC_ENV: &str = "LIGER_CUDA_SYNC";
+
+/// Environment variable: when set to 1, the context starts with profiling on
+/// ([`GpuContext::set_profiling`]).
+pub const PROFILE_ENV: &str = "LIGER_CUDA_PROFILE";
 
 /// What the device is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +43,8 @@ pub struct GpuContext {
     blas: Mutex<Option<Arc<CudaBlas>>>,
     /// f32 working memory of the operations (see `with_scratch`), grown on demand, never shrunk.
     scratch: Mutex<Option<CudaSlice<f32>>>,
+    /// Time per operation while profiling is on (see `profile.rs`).
+    profile: Mutex<Option<Profile>>,
 }
 
 /// Loads the driver, checks its version and initialises it.
@@ -96,6 +103,7 @@ impl GpuContext {
             functions: Mutex::new(HashMap::new()),
             blas: Mutex::new(None),
             scratch: Mutex::new(None),
+            profile: Mutex::new(std::env::var(PROFILE_ENV).is_ok_and(|v| v == "1").then(Profile::new)),
         })
     }
 
@@ -144,6 +152,47 @@ impl GpuContext {
         self.ctx.check_err().map_err(|e| driver_error(e, &what))?;
         if self.sync_after_launch {
             self.stream.synchronize().map_err(|e| driver_error(e, &format!("running {kernel}")))?;
+        }
+        self.profile_mark(kernel)
+    }
+
+    /// Turns the time profile on (from an empty one) or off. While on, every operation waits
+    /// for the GPU, so steps get slower; see `profile.rs`.
+    pub fn set_profiling(&self, on: bool) -> Result<()> {
+        let mut profile = self.profile.lock().map_err(|_| Error::internal("the profile lock is poisoned"))?;
+        *profile = on.then(Profile::new);
+        Ok(())
+    }
+
+    /// The time profile so far, most time first (empty when profiling is off).
+    pub fn profile(&self) -> Result<Vec<ProfileEntry>> {
+        let profile = self.profile.lock().map_err(|_| Error::internal("the profile lock is poisoned"))?;
+        Ok(profile.as_ref().map(Profile::entries).unwrap_or_default())
+    }
+
+    /// With profiling on: waits for the GPU and charges the time since the last mark to `name`.
+    pub(crate) fn profile_mark(&self, name: &str) -> Result<()> {
+        self.profile_mark_with(|| name.to_string())
+    }
+
+    /// [`Self::profile_mark`] with a name made only when profiling is on.
+    pub(crate) fn profile_mark_with(&self, name: impl FnOnce() -> String) -> Result<()> {
+        let mut profile = self.profile.lock().map_err(|_| Error::internal("the profile lock is poisoned"))?;
+        if let Some(p) = profile.as_mut() {
+            let name = name();
+            self.stream.synchronize().map_err(|e| driver_error(e, &format!("running {name}")))?;
+            p.mark(&name);
+        }
+        Ok(())
+    }
+
+    /// With profiling on: restarts the profile's clock (host work before a measured region is
+    /// charged to nobody).
+    pub fn profile_restart(&self) -> Result<()> {
+        let mut profile = self.profile.lock().map_err(|_| Error::internal("the profile lock is poisoned"))?;
+        if let Some(p) = profile.as_mut() {
+            self.stream.synchronize().map_err(|e| driver_error(e, "waiting for the GPU"))?;
+            p.restart();
         }
         Ok(())
     }

@@ -117,7 +117,8 @@ where
             cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     };
-    status.map_err(|e| cublas_error(e, &format!("multiplying {}x{} by {}x{}", dims.m, dims.k, dims.k, dims.n)))
+    status.map_err(|e| cublas_error(e, &format!("multiplying {}x{} by {}x{}", dims.m, dims.k, dims.k, dims.n)))?;
+    ctx.profile_mark_with(|| format!("gemm {} {}x{}x{}", T::KERNEL_SUFFIX, dims.m, dims.n, dims.k))
 }
 
 #[cfg(test)]

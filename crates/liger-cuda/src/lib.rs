@@ -14,6 +14,7 @@ pub mod launch;
 pub mod model;
 pub mod nvrtc;
 pub mod ops;
+pub mod profile;
 
 pub use buffer::{GpuBuffer, GpuElement};
 pub use context::{DeviceInfo, GpuContext};
