@@ -12,6 +12,7 @@
 mod decode;
 pub mod glue;
 mod layer;
+mod score;
 pub mod memory;
 mod train;
 mod weights;
