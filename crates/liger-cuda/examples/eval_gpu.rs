@@ -6,7 +6,7 @@
 //!         --data ../shared/data --tasks arc_easy,hellaswag --limit 200 --seed 1234 \
 //!         --window 2048 --passkey 1024,2048,4096,8192 --depths 0.1,0.3,0.5,0.7,0.9 --trials 1
 //!
-//! The base model runs with every layer softmax and no adapters (`GpuLigerModel::from_base`);
+//! The base model runs with every layer softmax and no adapters (`all_softmax`);
 //! "liger" is `linearize` with the default options (GLA, every layer converted, LoRA B = 0),
 //! the starting point that fine-tuning improves. WikiText-2 is the raw test split scored as
 //! `liger_core::eval::perplexity` does (every article, rolling windows of `--window` tokens,
@@ -18,8 +18,8 @@ use liger_core::convert::{linearize, LigerOptions, LoraOptions};
 use liger_core::eval::passkey::{passkey_by_loglikelihood, PasskeyOptions};
 use liger_core::eval::{run_task, EvalOptions, ScoreModel, Task};
 use liger_core::model::load_model;
-use liger_cuda::model::memory::keep_freed_memory_pooled;
-use liger_cuda::{open_gpu, GpuLigerModel};
+use liger_cuda::model::{all_softmax, upload_for_scoring};
+use liger_cuda::GpuLigerModel;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -90,14 +90,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for label in ["base", "liger"] {
         let started = Instant::now();
         let base = load_model(&args.model, &mut |_, _| {})?;
-        let ctx = open_gpu(0)?;
-        keep_freed_memory_pooled(&ctx)?;
-        let info = ctx.info().clone();
-        let model = if label == "base" {
-            GpuLigerModel::<bf16>::from_base(ctx, base)?
-        } else {
-            GpuLigerModel::<bf16>::new(ctx, linearize(base, LigerOptions::default(), LoraOptions::default())?)?
-        };
+        // The upload `liger eval --device cuda` makes.
+        let host = if label == "base" { all_softmax(base)? } else { linearize(base, LigerOptions::default(), LoraOptions::default())? };
+        let model = upload_for_scoring(0, host)?;
+        let info = model.context().info().clone();
         // Kernels compile (or load from the cache) at first use: keep that out of the timings.
         model.all_logits(&[1, 2, 3, 4])?;
         println!("{}", json!({ "model": label, "event": "loaded", "gpu": info.name, "weights": "bf16", "seconds": started.elapsed().as_secs_f64() }));

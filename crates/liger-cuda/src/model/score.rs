@@ -13,7 +13,7 @@ use crate::context::GpuContext;
 use crate::error::driver_error;
 use crate::gemm::{gemm, GemmDims, GemmInput};
 use crate::ops::rms_norm::rms_norm_forward;
-use liger_core::convert::{linearize, LigerOptions, LoraOptions};
+use liger_core::convert::{linearize, LigerModel, LigerOptions, LoraOptions};
 use liger_core::eval::ScoreModel;
 use liger_core::generate::CausalLm;
 use liger_core::model::BaseModel;
@@ -23,14 +23,29 @@ use liger_core::{Error, ErrorCode, Result};
 /// Logits kept on the device at once: about this many bytes per chunk of rows.
 const LOGIT_CHUNK_BYTES: usize = 64 << 20;
 
+/// `base` as a "converted" model whose every layer keeps softmax attention, without adapters:
+/// the same function as the base model, in the form the GPU engine runs.
+pub fn all_softmax(base: BaseModel) -> Result<LigerModel> {
+    let layers = base.config.num_layers;
+    let options = LigerOptions { softmax_layers: (0..layers).collect(), ..Default::default() };
+    let lora = LoraOptions { targets: Vec::new(), ..Default::default() };
+    linearize(base, options, lora)
+}
+
+/// Opens GPU `index` for evaluation and uploads `model` with its frozen weights in bf16 (pass
+/// [`all_softmax`] of a base model to score the base model). No usable GPU is a
+/// `DeviceUnavailable` error that says to use the CPU backend.
+pub fn upload_for_scoring(index: usize, model: LigerModel) -> Result<GpuLigerModel<half::bf16>> {
+    let ctx = super::open_gpu(index)?;
+    super::memory::keep_freed_memory_pooled(&ctx)?;
+    GpuLigerModel::new(ctx, model)
+}
+
 impl<T: GemmInput> GpuLigerModel<T> {
     /// Uploads a base model to score it on the GPU: every layer keeps softmax attention and
     /// there are no adapters, so its logits are the base model's.
     pub fn from_base(ctx: GpuContext, base: BaseModel) -> Result<Self> {
-        let layers = base.config.num_layers;
-        let options = LigerOptions { softmax_layers: (0..layers).collect(), ..Default::default() };
-        let lora = LoraOptions { targets: Vec::new(), ..Default::default() };
-        Self::new(ctx, linearize(base, options, lora)?)
+        Self::new(ctx, all_softmax(base)?)
     }
 
     /// Logits after every token (`T x vocab`) of one sequence, from an empty state.
