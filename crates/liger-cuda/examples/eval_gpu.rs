@@ -41,7 +41,7 @@ fn parse_list<T: std::str::FromStr>(value: &str) -> Result<Vec<T>, String> {
 fn parse_args() -> Result<Args, Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut a = Args {
-        model: liger_core::testing::default_model_path(),
+        model: PathBuf::new(),
         data: PathBuf::from("../shared/data"),
         tasks: vec!["arc_easy".into(), "hellaswag".into()],
         opts: EvalOptions { limit: Some(200), ..Default::default() },
@@ -68,6 +68,10 @@ fn parse_args() -> Result<Args, Box<dyn std::error::Error>> {
             "--passkey-liger" => a.passkey_liger = true,
             other => return Err(format!("unknown flag {other}").into()),
         }
+    }
+    if a.model.as_os_str().is_empty() {
+        // Only now: the default model's path asserts that the file exists.
+        a.model = liger_core::testing::default_model_path();
     }
     // Depths and trials may come after --passkey.
     if let Some(p) = &mut a.passkey {

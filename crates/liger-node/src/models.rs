@@ -43,12 +43,24 @@ impl AnyModel {
     /// runs with every layer softmax). No usable GPU is DEVICE_UNAVAILABLE.
     pub fn upload_for_scoring(&self, index: usize) -> Result<Box<dyn ScoreModel + Send>> {
         let b = self.base();
-        let base = BaseModel::new(b.config.clone(), b.weights.clone(), b.tokenizer.clone(), b.chat_template.clone(), b.name.clone(), b.format);
+        let base = BaseModel::new(
+            b.config.clone(),
+            b.weights.clone(),
+            b.tokenizer.clone(),
+            b.chat_template.clone(),
+            b.name.clone(),
+            b.format,
+        );
         let host = match self {
             AnyModel::Base(_) => liger_cuda::model::all_softmax(base)?,
-            AnyModel::Liger(m) => LigerModel { base, options: m.options.clone(), lora: m.lora.clone() },
+            AnyModel::Liger(m) => LigerModel {
+                base,
+                options: m.options.clone(),
+                lora: m.lora.clone(),
+            },
         };
-        Ok(Box::new(liger_cuda::model::upload_for_scoring(index, host)?))
+        let gpu = liger_cuda::model::upload_for_scoring(index, host)?;
+        Ok(Box::new(gpu))
     }
 
     pub fn scorer(&self) -> &dyn ScoreModel {
