@@ -11,10 +11,10 @@ use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
 use crate::gemm::{gemm, GemmDims, GemmInput};
 use crate::ops::attention::{attention_backward, AttentionDims};
-use crate::ops::cross_entropy::{cross_entropy, DEFAULT_ROWS_PER_CHUNK};
+use crate::ops::cross_entropy::{cross_entropy, rows_per_chunk};
 use crate::ops::embedding::embedding_gather;
 use crate::ops::mixer::{mixer_chunk_backward, MixerDims};
-use crate::ops::rms_norm::{rms_norm_backward, rms_norm_forward};
+use crate::ops::rms_norm::rms_norm_backward;
 use crate::ops::swiglu::swiglu_backward;
 use liger_core::convert::{LoraGrads, LoraTarget};
 use liger_core::train::loss::LossOutput;
@@ -81,7 +81,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// The residual stream after the last layer for a batch from position 0; keeps each
     /// layer's input and, with `tapes`, its activations for the backward pass.
-    fn forward_rows(&self, inputs: &[&[u32]], rows: Rows, start: &GpuBuffer<u32>, mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>, mut tapes: Option<&mut Vec<LayerTape>>) -> Result<GpuBuffer<f32>> {
+    fn forward_rows(&self, inputs: &[&[u32]], rows: Rows, start: &GpuBuffer<u32>, mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>, mut tapes: Option<&mut Vec<LayerTape<T>>>) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.iter().copied()).collect();
@@ -104,15 +104,15 @@ impl<T: GemmInput> GpuLigerModel<T> {
     fn loss_of(&self, x: &GpuBuffer<f32>, labels: &[u32], grad_scale: f32, dx: Option<&mut GpuBuffer<f32>>) -> Result<LossOutput> {
         let ctx = &self.ctx;
         let c = self.config();
-        let mut hf = GpuBuffer::zeros(ctx, x.len())?;
-        let mut rstd = GpuBuffer::zeros(ctx, labels.len())?;
-        rms_norm_forward(ctx, x, &self.weights.final_norm, c.rms_norm_eps, &mut hf, &mut rstd)?;
+        let (_, hf) = self.norm(x, &self.weights.final_norm)?;
+        let (head, chunk) = (self.weights.head(), rows_per_chunk::<T>(c.vocab_size));
         let Some(dx) = dx else {
-            return cross_entropy(ctx, &hf, &self.weights.head, c.hidden_size, c.vocab_size, labels, 0.0, None, DEFAULT_ROWS_PER_CHUNK);
+            return cross_entropy(ctx, &hf, head, c.hidden_size, c.vocab_size, labels, 0.0, None, chunk);
         };
         let mut dh = GpuBuffer::zeros(ctx, x.len())?;
-        let out = cross_entropy(ctx, &hf, &self.weights.head, c.hidden_size, c.vocab_size, labels, grad_scale, Some(&mut dh), DEFAULT_ROWS_PER_CHUNK)?;
+        let out = cross_entropy(ctx, &hf, head, c.hidden_size, c.vocab_size, labels, grad_scale, Some(&mut dh), chunk)?;
         drop(hf);
+        let mut rstd = GpuBuffer::zeros(ctx, labels.len())?;
         rms_norm_backward(ctx, x, &self.weights.final_norm, c.rms_norm_eps, &dh, dx, &mut rstd)?;
         Ok(out)
     }
@@ -183,9 +183,10 @@ impl<T: GemmInput> GpuLigerModel<T> {
         }
         let c = self.config();
         let (qs, kvs, hs, f) = (c.q_size(), c.kv_size(), c.hidden_size, c.intermediate_size);
-        // h, x_mid, q, k, v, o, gate, up, the softmax branch's roped q, k and output, LoRA products.
-        let per_row = 2 * hs + 3 * qs + 3 * kvs + 2 * f + 2 * qs + kvs + 64;
-        let bytes = (rows.n() * per_row * 4 * c.num_layers) as u64;
+        // f32: h, x_mid, q, k, v, o, gate, up, LoRA products; in T: the softmax branch's
+        // roped q and k, v and its output.
+        let per_row = (2 * hs + 3 * qs + 3 * kvs + 2 * f + 64) * 4 + (2 * qs + 2 * kvs) * std::mem::size_of::<T>();
+        let bytes = (rows.n() * per_row * c.num_layers) as u64;
         match self.ctx.stream().context().mem_get_info() {
             Ok((free, _)) => bytes > free as u64 / 2,
             Err(_) => true,
@@ -210,7 +211,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// Back through one layer: from the gradient w.r.t. its output to the one w.r.t. its
     /// input, accumulating the adapters' gradients.
     #[allow(clippy::too_many_arguments)]
-    fn layer_backward(&self, layer: usize, tape: &LayerTape, x_in: &GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, dx_out: &GpuBuffer<f32>, grads: &mut [Option<GpuLoraGrad>; 4]) -> Result<GpuBuffer<f32>> {
+    fn layer_backward(&self, layer: usize, tape: &LayerTape<T>, x_in: &GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, dx_out: &GpuBuffer<f32>, grads: &mut [Option<GpuLoraGrad>; 4]) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let lw = &self.weights.layers[layer];
@@ -267,7 +268,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// Gradients (f32) w.r.t. the raw q, k, v of the layer's attention given `d_o`.
-    fn attention_backward(&self, layer: usize, tape: &LayerTape, rows: Rows, start: &GpuBuffer<u32>, d_o: &GpuBuffer<f32>) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>, GpuBuffer<f32>)> {
+    fn attention_backward(&self, layer: usize, tape: &LayerTape<T>, rows: Rows, start: &GpuBuffer<u32>, d_o: &GpuBuffer<f32>) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>, GpuBuffer<f32>)> {
         let ctx = &self.ctx;
         let shape = self.shape;
         let att = &self.host.options.attention;
@@ -284,10 +285,10 @@ impl<T: GemmInput> GpuLigerModel<T> {
         }
         if let Some(s) = &tape.softmax {
             let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
-            let d_att = scaled::<f32>(ctx, d_o, weight)?;
-            let (mut gq, mut gk, mut gv) = (GpuBuffer::<f32>::zeros(ctx, q_len)?, GpuBuffer::<f32>::zeros(ctx, kv_len)?, GpuBuffer::<f32>::zeros(ctx, kv_len)?);
+            let d_att = scaled::<T>(ctx, d_o, weight)?;
+            let (mut gq, mut gk, mut gv) = (GpuBuffer::<T>::zeros(ctx, q_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?);
             let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
-            attention_backward(ctx, dims, window, &s.q_roped, &s.k_roped, v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv)?;
+            attention_backward(ctx, dims, window, &s.q_roped, &s.k_roped, &s.v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv)?;
             let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start, tokens: rows.tokens, heads, head_dim: shape.d };
             rope_backward_add(ctx, &rope(shape.hq), &gq, &mut dq, 1.0)?;
             rope_backward_add(ctx, &rope(shape.hkv), &gk, &mut dk, 1.0)?;
