@@ -7,7 +7,7 @@
 //! LoRA gradients) than they save.
 //! CPU twin: `LigerModel::layer_forward` (liger-core `convert/model.rs`).
 
-use super::glue::{add_bias_rows, add_into, rope_forward_to, scale_in_place, scaled, widen, RopeLayout};
+use super::glue::{add_bias_rows, rope_forward_to, scale_in_place, scaled, widen, RopeLayout};
 use super::weights::{GpuLayer, GpuLora};
 use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
@@ -15,8 +15,8 @@ use crate::context::GpuContext;
 use crate::gemm::{gemm, GemmDims, GemmInput};
 use crate::ops::attention::{attention_forward, AttentionDims};
 use crate::ops::mixer::{mixer_chunk_forward, MixerDims};
-use crate::ops::rms_norm::rms_norm_forward;
-use crate::ops::swiglu::swiglu_forward;
+use crate::ops::rms_norm::{rms_norm_forward, rms_norm_forward_pair};
+use crate::ops::swiglu::swiglu_forward_to;
 use liger_core::convert::LoraTarget;
 use liger_core::Result;
 
@@ -104,9 +104,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let ctx = &self.ctx;
         let rows = x.len() / weight.len().max(1);
         let mut h = GpuBuffer::zeros(ctx, x.len())?;
+        let mut h_t = GpuBuffer::zeros(ctx, x.len())?;
         let mut rstd = GpuBuffer::zeros(ctx, rows)?;
-        rms_norm_forward(ctx, x, weight, self.config().rms_norm_eps, &mut h, &mut rstd)?;
-        let h_t = scaled(ctx, &h, 1.0)?;
+        rms_norm_forward_pair(ctx, x, weight, self.config().rms_norm_eps, &mut h, &mut h_t, &mut rstd)?;
         Ok((h, h_t))
     }
 
@@ -187,13 +187,15 @@ impl<T: GemmInput> GpuLigerModel<T> {
         Ok((o, softmax))
     }
 
-    /// `x += o_proj(o)`; returns the o adapter's saved product.
+    /// `x += o_proj(o)` (the products accumulate straight into `x`); returns the o adapter's
+    /// saved product.
     pub(super) fn o_proj(&self, layer: usize, o: &GpuBuffer<f32>, n: usize, x: &mut GpuBuffer<f32>) -> Result<Option<GpuBuffer<f32>>> {
         let c = self.config();
         let o_t = scaled::<T>(&self.ctx, o, 1.0)?;
-        let (y, saved) = self.project(layer, LoraTarget::O, &self.layer_weights(layer).wo, None, o, &o_t, n, c.q_size(), c.hidden_size)?;
-        add_into(&self.ctx, &y, x)?;
-        Ok(saved)
+        linear(&self.ctx, &o_t, &self.layer_weights(layer).wo, n, c.q_size(), c.hidden_size, x, true)?;
+        drop(o_t);
+        let lora = self.lora_guard()?;
+        lora[layer][LoraTarget::O as usize].as_ref().map(|a| lora_forward(&self.ctx, a, o, n, x)).transpose()
     }
 
     /// `x += down(silu(gate(h2)) * up(h2))` with `h2 = norm(x)`; returns gate and up.
@@ -207,10 +209,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let mut up = GpuBuffer::zeros(ctx, n * f)?;
         linear(ctx, &h2_t, &lw.w_gate, n, hs, f, &mut gate, false)?;
         linear(ctx, &h2_t, &lw.w_up, n, hs, f, &mut up, false)?;
-        let mut act = GpuBuffer::<f32>::zeros(ctx, n * f)?;
-        swiglu_forward(ctx, &gate, &up, &mut act)?;
-        let act_t = scaled::<T>(ctx, &act, 1.0)?;
-        drop(act);
+        let mut act_t = GpuBuffer::<T>::zeros(ctx, n * f)?;
+        swiglu_forward_to(ctx, &gate, &up, &mut act_t)?;
         linear(ctx, &act_t, &lw.w_down, n, f, hs, x, true)?;
         Ok((gate, up))
     }

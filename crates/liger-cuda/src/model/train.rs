@@ -3,7 +3,7 @@
 //! through it (activation checkpointing). CPU twin: `LigerModel::forward_backward`
 //! (liger-core `convert/backward.rs`).
 
-use super::glue::{add_into, rope_backward_add, scale_in_place, scaled, widen, RopeLayout};
+use super::glue::{rope_backward_add, scale_in_place, scaled, widen, RopeLayout};
 use super::layer::{copy, linear_input_grad, LayerTape, Rows};
 use super::weights::GpuLora;
 use super::GpuLigerModel;
@@ -14,7 +14,7 @@ use crate::ops::attention::{attention_backward, AttentionDims};
 use crate::ops::cross_entropy::{cross_entropy, rows_per_chunk};
 use crate::ops::embedding::embedding_gather;
 use crate::ops::mixer::{mixer_chunk_backward, MixerDims};
-use crate::ops::rms_norm::rms_norm_backward;
+use crate::ops::rms_norm::{rms_norm_backward, rms_norm_backward_add};
 use crate::ops::swiglu::swiglu_backward;
 use liger_core::convert::{LoraGrads, LoraTarget};
 use liger_core::train::loss::LossOutput;
@@ -42,12 +42,10 @@ fn lora_backward(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, us: &GpuBuff
     gemm(ctx, GemmDims { m: n, n: i, k: r, a_transposed: false, b_transposed: false }, du.slice(), a.a.slice(), dx.slice_mut(), true)
 }
 
-/// `dx = dx_residual + d(rms_norm)/dx · dy`: the backward of `x -> norm(x)` plus the residual path.
+/// `dx += d(rms_norm)/dx · dy`: the backward of `x -> norm(x)` added to the residual path's gradient.
 fn norm_backward_add(ctx: &GpuContext, x: &GpuBuffer<f32>, weight: &GpuBuffer<f32>, eps: f32, dy: &GpuBuffer<f32>, dx: &mut GpuBuffer<f32>) -> Result<()> {
-    let mut d_norm = GpuBuffer::zeros(ctx, x.len())?;
     let mut rstd = GpuBuffer::zeros(ctx, x.len() / weight.len().max(1))?;
-    rms_norm_backward(ctx, x, weight, eps, dy, &mut d_norm, &mut rstd)?;
-    add_into(ctx, &d_norm, dx)
+    rms_norm_backward_add(ctx, x, weight, eps, dy, dx, &mut rstd)
 }
 
 impl<T: GemmInput> GpuLigerModel<T> {
@@ -160,7 +158,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                         .ok_or_else(|| Error::internal("the layer kept no activations"))?
                 }
             };
-            dx = self.layer_backward(layer, &tape, &x_in, rows, &start, &dx, &mut device_grads[layer])?;
+            dx = self.layer_backward(layer, &tape, &x_in, rows, &start, dx, &mut device_grads[layer])?;
         }
         // Back to the host, added into the caller's gradients.
         for (layer, per_target) in device_grads.iter().enumerate() {
@@ -208,29 +206,29 @@ impl<T: GemmInput> GpuLigerModel<T> {
             .collect()
     }
 
-    /// Back through one layer: from the gradient w.r.t. its output to the one w.r.t. its
-    /// input, accumulating the adapters' gradients.
+    /// Back through one layer: from the gradient w.r.t. its output (taken over and reused)
+    /// to the one w.r.t. its input, accumulating the adapters' gradients.
     #[allow(clippy::too_many_arguments)]
-    fn layer_backward(&self, layer: usize, tape: &LayerTape<T>, x_in: &GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, dx_out: &GpuBuffer<f32>, grads: &mut [Option<GpuLoraGrad>; 4]) -> Result<GpuBuffer<f32>> {
+    fn layer_backward(&self, layer: usize, tape: &LayerTape<T>, x_in: &GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, dx_out: GpuBuffer<f32>, grads: &mut [Option<GpuLoraGrad>; 4]) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let lw = &self.weights.layers[layer];
         let (n, hs, f, qs, kvs, eps) = (rows.n(), c.hidden_size, c.intermediate_size, c.q_size(), c.kv_size(), c.rms_norm_eps);
 
         // MLP: x_out = x_mid + down(silu(gate) * up), gate and up of h2 = norm(x_mid).
-        let dx_out_t = scaled::<T>(ctx, dx_out, 1.0)?;
+        let dx_out_t = scaled::<T>(ctx, &dx_out, 1.0)?;
         let mut d_act = GpuBuffer::<f32>::zeros(ctx, n * f)?;
         linear_input_grad(ctx, &dx_out_t, &lw.w_down, n, f, hs, &mut d_act, false)?;
         drop(dx_out_t);
-        let mut d_gate = GpuBuffer::<f32>::zeros(ctx, n * f)?;
-        let mut d_up = GpuBuffer::<f32>::zeros(ctx, n * f)?;
+        let mut d_gate = GpuBuffer::<T>::zeros(ctx, n * f)?;
+        let mut d_up = GpuBuffer::<T>::zeros(ctx, n * f)?;
         swiglu_backward(ctx, &tape.gate, &tape.up, &d_act, &mut d_gate, &mut d_up)?;
         drop(d_act);
         let mut dh2 = GpuBuffer::<f32>::zeros(ctx, n * hs)?;
-        linear_input_grad(ctx, &scaled::<T>(ctx, &d_gate, 1.0)?, &lw.w_gate, n, hs, f, &mut dh2, false)?;
-        linear_input_grad(ctx, &scaled::<T>(ctx, &d_up, 1.0)?, &lw.w_up, n, hs, f, &mut dh2, true)?;
+        linear_input_grad(ctx, &d_gate, &lw.w_gate, n, hs, f, &mut dh2, false)?;
+        linear_input_grad(ctx, &d_up, &lw.w_up, n, hs, f, &mut dh2, true)?;
         drop((d_gate, d_up));
-        let mut dx_mid = copy(ctx, dx_out)?;
+        let mut dx_mid = dx_out;
         norm_backward_add(ctx, &tape.x_mid, &lw.ffn_norm, eps, &dh2, &mut dx_mid)?;
 
         // Attention: x_mid = x_in + o_proj(o).
