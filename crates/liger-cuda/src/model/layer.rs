@@ -51,10 +51,10 @@ pub(super) fn linear_input_grad<T: GemmInput>(ctx: &GpuContext, dy: &GpuBuffer<T
 pub(super) fn lora_forward(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, n: usize, y: &mut GpuBuffer<f32>) -> Result<GpuBuffer<f32>> {
     let mut us = GpuBuffer::zeros(ctx, n * a.rank)?;
     let down = GemmDims { m: n, n: a.rank, k: a.in_features, a_transposed: false, b_transposed: true };
-    gemm(ctx, down, x.slice(), a.a.slice(), us.slice_mut(), false)?;
+    a.gemm(ctx, down, x.slice(), a.a.slice(), us.slice_mut(), false)?;
     scale_in_place(ctx, &mut us, a.scale)?;
     let up = GemmDims { m: n, n: a.out_features, k: a.rank, a_transposed: false, b_transposed: true };
-    gemm(ctx, up, us.slice(), a.b.slice(), y.slice_mut(), true)?;
+    a.gemm(ctx, up, us.slice(), a.b.slice(), y.slice_mut(), true)?;
     Ok(us)
 }
 

@@ -61,7 +61,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
         if weights.layers.len() != c.num_layers {
             return Err(Error::shape(format!("the GPU weights have {} layers; the model has {}", weights.layers.len(), c.num_layers)));
         }
-        let lora = upload_lora(&ctx, &model.lora)?;
+        // A bf16 model's adapter products run in TF32: the bf16 products around them set its precision.
+        let lora = upload_lora(&ctx, &model.lora, T::KERNEL_SUFFIX == "bf16")?;
         Ok(GpuLigerModel { ctx, host: model, weights, lora: Mutex::new(lora), lora_stale: AtomicBool::new(false), recompute: AtomicBool::new(false), shape })
     }
 

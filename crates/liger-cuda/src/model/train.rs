@@ -9,7 +9,7 @@ use super::weights::GpuLora;
 use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
-use crate::gemm::{gemm, GemmDims, GemmInput};
+use crate::gemm::{GemmDims, GemmInput};
 use crate::ops::attention::{attention_backward, AttentionDims};
 use crate::ops::cross_entropy::{cross_entropy, rows_per_chunk};
 use crate::ops::embedding::embedding_gather;
@@ -32,14 +32,14 @@ struct GpuLoraGrad {
 fn lora_backward(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, us: &GpuBuffer<f32>, dy: &GpuBuffer<f32>, n: usize, grad: &mut GpuLoraGrad, dx: &mut GpuBuffer<f32>) -> Result<()> {
     let (r, i, o) = (a.rank, a.in_features, a.out_features);
     // dB += dyᵀ us
-    gemm(ctx, GemmDims { m: o, n: r, k: n, a_transposed: true, b_transposed: false }, dy.slice(), us.slice(), grad.b.slice_mut(), true)?;
+    a.gemm(ctx, GemmDims { m: o, n: r, k: n, a_transposed: true, b_transposed: false }, dy.slice(), us.slice(), grad.b.slice_mut(), true)?;
     // du = scale · dy B
     let mut du = GpuBuffer::<f32>::zeros(ctx, n * r)?;
-    gemm(ctx, GemmDims { m: n, n: r, k: o, a_transposed: false, b_transposed: false }, dy.slice(), a.b.slice(), du.slice_mut(), false)?;
+    a.gemm(ctx, GemmDims { m: n, n: r, k: o, a_transposed: false, b_transposed: false }, dy.slice(), a.b.slice(), du.slice_mut(), false)?;
     scale_in_place(ctx, &mut du, a.scale)?;
     // dA += duᵀ x ; dx += du A
-    gemm(ctx, GemmDims { m: r, n: i, k: n, a_transposed: true, b_transposed: false }, du.slice(), x.slice(), grad.a.slice_mut(), true)?;
-    gemm(ctx, GemmDims { m: n, n: i, k: r, a_transposed: false, b_transposed: false }, du.slice(), a.a.slice(), dx.slice_mut(), true)
+    a.gemm(ctx, GemmDims { m: r, n: i, k: n, a_transposed: true, b_transposed: false }, du.slice(), x.slice(), grad.a.slice_mut(), true)?;
+    a.gemm(ctx, GemmDims { m: n, n: i, k: r, a_transposed: false, b_transposed: false }, du.slice(), a.a.slice(), dx.slice_mut(), true)
 }
 
 /// `dx += d(rms_norm)/dx · dy`: the backward of `x -> norm(x)` added to the residual path's gradient.

@@ -4,6 +4,8 @@
 use super::glue::fill_uniform;
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
+use crate::gemm::{gemm, gemm_tf32, GemmDims};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 use liger_core::config::ModelConfig;
 use liger_core::convert::{LoraSet, LoraTarget};
 use liger_core::weights::ModelWeights;
@@ -142,13 +144,26 @@ pub struct GpuLora {
     pub in_features: usize,
     pub out_features: usize,
     pub scale: f32,
+    /// Multiply in TF32 (the adapters of a bf16 model, whose other products are bf16).
+    pub tf32: bool,
+}
+
+impl GpuLora {
+    /// One product of the adapter's forward or backward: f32, or TF32 when [`GpuLora::tf32`].
+    pub fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(&self, ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, accumulate: bool) -> Result<()> {
+        if self.tf32 {
+            gemm_tf32(ctx, dims, a, b, c, accumulate)
+        } else {
+            gemm(ctx, dims, a, b, c, accumulate)
+        }
+    }
 }
 
 /// Every layer's adapters, indexed by `LoraTarget` (q, k, v, o).
 pub type GpuLoraSet = Vec<[Option<GpuLora>; 4]>;
 
-/// Uploads every adapter of `lora`.
-pub fn upload_lora(ctx: &GpuContext, lora: &LoraSet) -> Result<GpuLoraSet> {
+/// Uploads every adapter of `lora`; `tf32`: their products run in TF32 (see [`GpuLora::tf32`]).
+pub fn upload_lora(ctx: &GpuContext, lora: &LoraSet, tf32: bool) -> Result<GpuLoraSet> {
     lora.layers
         .iter()
         .map(|l| {
@@ -162,6 +177,7 @@ pub fn upload_lora(ctx: &GpuContext, lora: &LoraSet) -> Result<GpuLoraSet> {
                         in_features: a.in_features,
                         out_features: a.out_features,
                         scale: a.scale,
+                        tf32,
                     });
                 }
             }
