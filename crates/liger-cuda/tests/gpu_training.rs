@@ -46,9 +46,9 @@ fn cross_entropy_loss_and_gradient_match_the_cpu_in_chunks() {
 
     let mut bad = labels.clone();
     bad[5] = vocab as u32;
-    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab, &bad, 1.0, None, 16).err().expect("a label past the vocabulary is an error");
+    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab, &bad, 1.0, None, 16).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
-    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden + 1, vocab, &labels, 1.0, None, 16).err().expect("a wrong hidden size is an error");
+    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden + 1, vocab, &labels, 1.0, None, 16).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }
 
@@ -86,7 +86,7 @@ fn bf16_cross_entropy_matches_the_cpu_on_rounded_inputs() {
         // The gradient chunk is stored as bf16 before dh = grad x head.
         check(&format!("bf16 cross_entropy dh (chunk {rows_per_chunk})"), &dh, &to_f64(&dh_cpu), BF16_TOL);
     }
-    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab + 1, &labels, 1.0, None, 16).err().expect("a wrong vocabulary size is an error");
+    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab + 1, &labels, 1.0, None, 16).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }
 
