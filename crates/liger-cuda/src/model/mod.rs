@@ -4,8 +4,8 @@
 //!
 //! [`GpuLigerModel`] owns a host [`LigerModel`] (configuration, options, tokenizer and the
 //! LoRA parameters, which the trainer and AdamW update on the host exactly as on the CPU) and
-//! the device copies of its weights: frozen matrices in the storage type `T` (f32 for exact
-//! comparisons with the CPU, bf16 for speed), norms, the LM head and the adapters in f32.
+//! the device copies of its weights: frozen matrices and the LM head in the storage type `T`
+//! (f32 for exact comparisons with the CPU, bf16 for speed), norms and the adapters in f32.
 //! The adapters are uploaded again before the next GPU call whenever the host copies may
 //! have changed.
 
