@@ -11,7 +11,7 @@ use half::bf16;
 use liger_core::liger::{chunk_backward, chunk_forward, HeadShape, MixerConfig, MixerKind, MixerState, DEFAULT_CHUNK_SIZE};
 use liger_core::testing::max_rel_error;
 use liger_core::ErrorCode;
-use liger_cuda::ops::mixer::{mixer_chunk_backward_in_segments, mixer_chunk_forward_in_segments, mixer_state_len, MixerDims, TimeSegments};
+use liger_cuda::ops::mixer::{mixer_chunk_backward_in_segments, mixer_chunk_forward_in_segments, mixer_segment_plan, mixer_state_len, MixerDims, TimeSegments};
 use liger_cuda::{GpuBuffer, GpuContext, GpuElement};
 use rand::rngs::StdRng;
 
@@ -204,6 +204,9 @@ fn the_automatic_plan_matches_cpu_and_the_sequential_scan() {
     let ctx = gpu();
     let mut rng = rng("segments auto");
     let p = Problem::new::<f32>(&mut rng, MixerKind::Gla, 1, 300, HeadShape::new(3, 1, 64).unwrap());
+    let plan = mixer_segment_plan::<f32>(&ctx, &p.cfg, p.dims).unwrap();
+    println!("automatic plan for B=1 T=300 3/1 d=64: {plan:?}");
+    assert!(plan.forward_segments > 1 && plan.backward_segments > 1, "{plan:?}");
     let auto = check_against_cpu::<f32>(&ctx, &p, TimeSegments::Auto, FP32_TOL);
     check_agreement("gla auto", &auto, &p.gpu::<f32>(&ctx, TimeSegments::Fixed(1)));
     let p = Problem::new::<bf16>(&mut rng, MixerKind::Hgrn2, 2, 257, HeadShape::new(2, 1, 128).unwrap());

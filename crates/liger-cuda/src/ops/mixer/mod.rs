@@ -215,9 +215,7 @@ pub fn mixer_chunk_forward_in_segments<T: GpuElement>(
         return Ok(());
     }
     let (bf16, group) = (T::KERNEL_SUFFIX == "bf16", dims.shape.group());
-    // The plan depends on the shapes alone: made with null operands, before the scratch is sized.
-    let probe = ScanJob::new(ctx, Scan::Forward, bf16, dims, ScanOperands::default(), 1, group)?;
-    let schedule = segments::schedule(ctx, dims, &[probe], None, segments)?;
+    let schedule = forward_schedule(ctx, dims, bf16, segments)?;
     let mut plan = ScratchPlan::default();
     let regions = FeatureRegions::plan(&mut plan, dims);
     let segment_regions = SegmentRegions::plan(&mut plan, dims, &schedule, 1);
@@ -289,6 +287,46 @@ pub fn mixer_chunk_backward<T: GpuElement>(
     mixer_chunk_backward_in_segments(ctx, cfg, dims, q, k, v, d_o, dq, dk, dv, TimeSegments::Auto)
 }
 
+/// The forward scan's plan. Plans depend on the shapes alone: they are made with null
+/// operands, before the scratch memory is sized.
+fn forward_schedule(ctx: &GpuContext, dims: MixerDims, bf16: bool, segments: TimeSegments) -> Result<segments::Schedule> {
+    let probe = ScanJob::new(ctx, Scan::Forward, bf16, dims, ScanOperands::default(), 1, dims.shape.group())?;
+    segments::schedule(ctx, dims, &[probe], None, segments)
+}
+
+/// The kernel that runs the backward's three scans side by side.
+fn backward_side_by_side(dims: MixerDims) -> &'static str {
+    if padded_rows(dims.shape.d) == 64 {
+        "mixer_scan_backward_d64"
+    } else {
+        "mixer_scan_backward_d128"
+    }
+}
+
+fn backward_schedule(ctx: &GpuContext, dims: MixerDims, kind: i32, scale: f32, segments: TimeSegments) -> Result<segments::Schedule> {
+    let probes = backward_jobs(ctx, dims, &Features { qf: 0, kf: 0, decay: 0, vf: 0 }, 0, [0; 3], kind, scale)?;
+    segments::schedule(ctx, dims, &probes, Some(backward_side_by_side(dims)), segments)
+}
+
+/// How the automatic plan runs a batch's scans (for benchmarks and tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentPlanSummary {
+    /// Time segments per sequence of the forward scan.
+    pub forward_segments: usize,
+    /// Time segments per sequence of the backward's scans.
+    pub backward_segments: usize,
+    /// Whether the backward's three scans run side by side in one launch.
+    pub backward_side_by_side: bool,
+}
+
+/// The plan [`TimeSegments::Auto`] makes for `dims` with elements `T`.
+pub fn mixer_segment_plan<T: GpuElement>(ctx: &GpuContext, cfg: &MixerConfig, dims: MixerDims) -> Result<SegmentPlanSummary> {
+    let (kind, scale) = check_config(cfg, dims.shape)?;
+    let forward = forward_schedule(ctx, dims, T::KERNEL_SUFFIX == "bf16", TimeSegments::Auto)?;
+    let backward = backward_schedule(ctx, dims, kind, scale, TimeSegments::Auto)?;
+    Ok(SegmentPlanSummary { forward_segments: forward.plan.count, backward_segments: backward.plan.count, backward_side_by_side: backward.side_by_side })
+}
+
 /// The backward's three scans: dqf forward in time, dvf and dkf backward (see the module notes).
 /// `feat` holds the feature maps, `d_o` the output gradient in f32, `outs` dqf, dvf and dkf.
 fn backward_jobs(ctx: &GpuContext, dims: MixerDims, feat: &Features, d_o: u64, outs: [u64; 3], kind: i32, scale: f32) -> Result<[ScanJob; 3]> {
@@ -335,9 +373,8 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
     let group = dims.shape.group();
     let bf16 = T::KERNEL_SUFFIX == "bf16";
     let pieces = dims.tokens.div_ceil(GATE_PIECE);
-    let side_by_side = if padded_rows(dims.shape.d) == 64 { "mixer_scan_backward_d64" } else { "mixer_scan_backward_d128" };
-    let probes = backward_jobs(ctx, dims, &Features { qf: 0, kf: 0, decay: 0, vf: 0 }, 0, [0; 3], kind, scale)?;
-    let schedule = segments::schedule(ctx, dims, &probes, Some(side_by_side), segments)?;
+    let side_by_side = backward_side_by_side(dims);
+    let schedule = backward_schedule(ctx, dims, kind, scale, segments)?;
     let mut plan = ScratchPlan::default();
     let regions = FeatureRegions::plan(&mut plan, dims);
     let dof_at = bf16.then(|| plan.take(dims.q_len()));

@@ -16,7 +16,10 @@
 //! results equal the sequential scan's up to float rounding.
 //!
 //! How many segments: a model of the run time, in waves of resident CTAs (occupancy x SMs),
-//! picks the count (and for the backward whether its three scans run side by side).
+//! picks the count (and for the backward whether its three scans run side by side). Measured
+//! on an H100 against fixed counts 1..16, its choice was within 9% of the best at every shape
+//! timed (B=8 with 3 or 8 kv heads, d=64, T=1024; the 8-kv-head d=128 anchor stays at one
+//! segment, where any cut was slower).
 
 use super::scan::{launch_scans, scan_function, scan_threads, Scan, ScanJob, SCAN_COLS};
 use super::{int, threads, MixerDims, ScratchPlan};
