@@ -78,6 +78,7 @@ pub const MIXER_GATED: KernelFile = kernel_file!(
         "mixer_step_f32_d128",
         "mixer_step_bf16_d64",
         "mixer_step_bf16_d128",
+        "mixer_segment_carry",
     ]
 );
 
