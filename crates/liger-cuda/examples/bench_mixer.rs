@@ -1,12 +1,15 @@
 //! Times the GPU mixer kernels (forward, backward, decoding step) with CUDA events after
-//! warm-up, median of several runs; prints one JSON line per measurement.
+//! warm-up, median of several runs; prints one JSON line per measurement. Each shape is timed
+//! twice: with the scans cut into time segments as the library plans them ("segments":"auto")
+//! and as one sequential scan per sequence ("segments":"1"). With `--sweep`, the training
+//! shapes are timed at fixed segment counts instead, to check the plan's choice.
 //! Run on a machine with an NVIDIA GPU: `cargo run -p liger-cuda --release --example bench_mixer`.
 
 use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 use liger_core::liger::{HeadShape, MixerConfig, MixerKind};
 use liger_core::Result;
-use liger_cuda::ops::mixer::{mixer_chunk_backward, mixer_chunk_forward, mixer_recurrent_step, mixer_state_len, MixerDims};
+use liger_cuda::ops::mixer::{mixer_chunk_backward_in_segments, mixer_chunk_forward_in_segments, mixer_recurrent_step, mixer_segment_plan, mixer_state_len, MixerDims, TimeSegments};
 use liger_cuda::{GpuBuffer, GpuContext, GpuElement};
 
 const WARMUP: usize = 3;
@@ -59,8 +62,23 @@ fn keep_pool_memory() -> Result<()> {
     Ok(())
 }
 
+/// The plans a shape is timed with: sequential and automatic.
+const PLANS: &[(&str, TimeSegments)] = &[("1", TimeSegments::Fixed(1)), ("auto", TimeSegments::Auto)];
+/// The plans of `--sweep`.
+const SWEEP: &[(&str, TimeSegments)] = &[
+    ("1", TimeSegments::Fixed(1)),
+    ("2", TimeSegments::Fixed(2)),
+    ("3", TimeSegments::Fixed(3)),
+    ("4", TimeSegments::Fixed(4)),
+    ("6", TimeSegments::Fixed(6)),
+    ("8", TimeSegments::Fixed(8)),
+    ("11", TimeSegments::Fixed(11)),
+    ("16", TimeSegments::Fixed(16)),
+    ("auto", TimeSegments::Auto),
+];
+
 #[allow(clippy::too_many_arguments)]
-fn bench<T: GpuElement>(ctx: &GpuContext, pool: &str, name: &str, kind: MixerKind, batch: usize, tokens: usize, hq: usize, hkv: usize, d: usize) -> Result<()> {
+fn bench<T: GpuElement>(ctx: &GpuContext, plans: &[(&str, TimeSegments)], pool: &str, name: &str, kind: MixerKind, batch: usize, tokens: usize, hq: usize, hkv: usize, d: usize) -> Result<()> {
     let shape = HeadShape::new(hq, hkv, d)?;
     let cfg = MixerConfig::new(kind);
     let dims = MixerDims { batch, tokens, shape };
@@ -71,34 +89,58 @@ fn bench<T: GpuElement>(ctx: &GpuContext, pool: &str, name: &str, kind: MixerKin
     let d_o = GpuBuffer::from_host(ctx, &values::<T>(nq, 4))?;
     let mut o = GpuBuffer::<T>::zeros(ctx, nq)?;
     let (mut dq, mut dk, mut dv) = (GpuBuffer::<T>::zeros(ctx, nq)?, GpuBuffer::<T>::zeros(ctx, nkv)?, GpuBuffer::<T>::zeros(ctx, nkv)?);
-    let fwd = time_ms(ctx, || mixer_chunk_forward(ctx, &cfg, dims, &q, &k, &v, &mut o, None, None))?;
-    let bwd = time_ms(ctx, || mixer_chunk_backward(ctx, &cfg, dims, &q, &k, &v, &d_o, &mut dq, &mut dk, &mut dv))?;
+    let plan = mixer_segment_plan::<T>(ctx, &cfg, dims)?;
+    println!(
+        "{{\"bench\":\"mixer_plan\",\"shape\":\"{name}\",\"dtype\":\"{}\",\"forward_segments\":{},\"backward_segments\":{},\"backward_side_by_side\":{}}}",
+        T::KERNEL_SUFFIX,
+        plan.forward_segments,
+        plan.backward_segments,
+        plan.backward_side_by_side
+    );
+    let mut times = Vec::new();
+    for &(label, segments) in plans {
+        let fwd = time_ms(ctx, || mixer_chunk_forward_in_segments(ctx, &cfg, dims, &q, &k, &v, &mut o, None, None, segments))?;
+        let bwd = time_ms(ctx, || mixer_chunk_backward_in_segments(ctx, &cfg, dims, &q, &k, &v, &d_o, &mut dq, &mut dk, &mut dv, segments))?;
+        times.push((label, fwd, bwd));
+    }
     let mut state = GpuBuffer::<f32>::zeros(ctx, batch * mixer_state_len(&cfg, shape))?;
     let (qt, kt, vt) = (GpuBuffer::from_host(ctx, &values::<T>(batch * hq * d, 5))?, GpuBuffer::from_host(ctx, &values::<T>(batch * hkv * d, 6))?, GpuBuffer::from_host(ctx, &values::<T>(batch * hkv * d, 7))?);
     let mut ot = GpuBuffer::<T>::zeros(ctx, batch * hq * d)?;
     let step = time_ms(ctx, || mixer_recurrent_step(ctx, &cfg, batch, shape, &mut state, &qt, &kt, &vt, &mut ot))?;
-    println!(
-        "{{\"bench\":\"mixer\",\"pool\":\"{pool}\",\"shape\":\"{name}\",\"kind\":\"{}\",\"dtype\":\"{}\",\"B\":{batch},\"T\":{tokens},\"hq\":{hq},\"hkv\":{hkv},\"d\":{d},\"fwd_ms\":{fwd:.3},\"bwd_ms\":{bwd:.3},\"fwd_bwd_ms\":{:.3},\"step_ms\":{step:.4}}}",
-        kind.name(),
-        T::KERNEL_SUFFIX,
-        fwd + bwd
-    );
+    for (segments, fwd, bwd) in times {
+        println!(
+            "{{\"bench\":\"mixer\",\"pool\":\"{pool}\",\"shape\":\"{name}\",\"segments\":\"{segments}\",\"kind\":\"{}\",\"dtype\":\"{}\",\"B\":{batch},\"T\":{tokens},\"hq\":{hq},\"hkv\":{hkv},\"d\":{d},\"fwd_ms\":{fwd:.3},\"bwd_ms\":{bwd:.3},\"fwd_bwd_ms\":{:.3},\"step_ms\":{step:.4}}}",
+            kind.name(),
+            T::KERNEL_SUFFIX,
+            fwd + bwd
+        );
+    }
     Ok(())
 }
 
 fn main() -> Result<()> {
     let ctx = GpuContext::new(0)?;
     println!("{{\"device\":\"{}\"}}", ctx.info().name);
+    if std::env::args().any(|a| a == "--sweep") {
+        keep_pool_memory()?;
+        bench::<bf16>(&ctx, SWEEP, "kept", "135m-train", MixerKind::Gla, 8, 1024, 9, 3, 64)?;
+        bench::<bf16>(&ctx, SWEEP, "kept", "1b-train", MixerKind::Gla, 8, 1024, 32, 8, 64)?;
+        bench::<bf16>(&ctx, SWEEP, "kept", "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
+        return Ok(());
+    }
     // First as the library runs by default (the pool returns memory at synchronisation), then
     // with the pool keeping it, which leaves the kernels' own time.
-    bench::<bf16>(&ctx, "default", "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
-    bench::<bf16>(&ctx, "default", "135m", MixerKind::Gla, 8, 2048, 9, 3, 64)?;
+    bench::<bf16>(&ctx, PLANS, "default", "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
+    bench::<bf16>(&ctx, PLANS, "default", "135m", MixerKind::Gla, 8, 2048, 9, 3, 64)?;
     keep_pool_memory()?;
-    bench::<bf16>(&ctx, "kept", "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
-    bench::<f32>(&ctx, "kept", "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
-    bench::<bf16>(&ctx, "kept", "1b", MixerKind::Gla, 8, 2048, 32, 8, 64)?;
-    bench::<bf16>(&ctx, "kept", "135m", MixerKind::Gla, 8, 2048, 9, 3, 64)?;
-    bench::<f32>(&ctx, "kept", "135m", MixerKind::Gla, 8, 2048, 9, 3, 64)?;
-    bench::<bf16>(&ctx, "kept", "135m-rwkv6", MixerKind::Rwkv6, 8, 2048, 9, 3, 64)?;
+    bench::<bf16>(&ctx, PLANS, "kept", "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
+    bench::<f32>(&ctx, PLANS, "kept", "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
+    // The training shapes: SmolLM2-135M and a 1B Llama at batch 8, sequences of 1024.
+    bench::<bf16>(&ctx, PLANS, "kept", "135m-train", MixerKind::Gla, 8, 1024, 9, 3, 64)?;
+    bench::<bf16>(&ctx, PLANS, "kept", "1b-train", MixerKind::Gla, 8, 1024, 32, 8, 64)?;
+    bench::<bf16>(&ctx, PLANS, "kept", "1b", MixerKind::Gla, 8, 2048, 32, 8, 64)?;
+    bench::<bf16>(&ctx, PLANS, "kept", "135m", MixerKind::Gla, 8, 2048, 9, 3, 64)?;
+    bench::<f32>(&ctx, PLANS, "kept", "135m", MixerKind::Gla, 8, 2048, 9, 3, 64)?;
+    bench::<bf16>(&ctx, PLANS, "kept", "135m-rwkv6", MixerKind::Rwkv6, 8, 2048, 9, 3, 64)?;
     Ok(())
 }

@@ -147,13 +147,18 @@ struct ScanParams {
     const float* w;      // read-out rows, w_n heads per kv head
     const float* decay;  // exp(log-gate) [B, T, hkv, d]
     void* out;           // [B, T, w_n * hkv, d]
-    const float* initial;  // [B, hkv, d, d] or null (zeros)
-    float* final_state;    // [B, hkv, d, d] or null
+    const float* initial;  // [B * segments, hkv, d, d] or null (zeros)
+    float* final_state;    // [B * segments, hkv, d, d] or null
+    float* decay_product;  // [B * segments, hkv, d] or null: the product of the decays applied
     int batch, tokens, hkv, d;
     int x_n, w_n;
     int tile;  // tokens per shared-memory tile
     int kind;  // KIND_*, for a decoding step's feature maps
     float gate_scale;
+    // Each sequence is cut into `segments` runs of `segment_len` tokens (the last may be
+    // shorter); grid.z is (sequence, segment) and each CTA scans its segment alone, from its
+    // own initial state. One segment of T tokens is the whole sequence.
+    int segments, segment_len;
 };
 
 // Asynchronous global -> shared copies (sm_80+; plain copies before that). Waiting for all
@@ -274,9 +279,10 @@ template <typename OutT, int ROWS, bool DECAY_COLS, bool REVERSE, bool STEP> __d
     float* smem = (float*)smem4;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int cg = lane & 7, rg = lane >> 3;
-    const int col0 = col_block * 32, kvh = blockIdx.y, b = blockIdx.z;
+    const int col0 = col_block * 32, kvh = blockIdx.y, b = blockIdx.z / p.segments;
     const int row0 = warp * (ROWS / SCAN_WARPS(ROWS)) + rg * RPT, colt = col0 + cg * CPT;
     const int d = p.d, L = p.tile, T = p.tokens;
+    const int t_begin = (blockIdx.z % p.segments) * p.segment_len, t_end = min(T, t_begin + p.segment_len);
     const int buf_floats = tile_buffer_floats(p, ROWS, DECAY_COLS);
     const TileBuffer<ROWS, DECAY_COLS> buf0(smem, p), buf1(smem + buf_floats, p);
     float* s_part = smem + 2 * buf_floats;
@@ -285,8 +291,11 @@ template <typename OutT, int ROWS, bool DECAY_COLS, bool REVERSE, bool STEP> __d
     for (int i = threadIdx.x; i < 2 * buf_floats; i += blockDim.x) smem[i] = 0.0f;
     __syncthreads();
 
-    const size_t state_base = ((size_t)b * p.hkv + kvh) * d * d;
+    // States are per (sequence, segment): grid.z.
+    const size_t state_base = ((size_t)blockIdx.z * p.hkv + kvh) * d * d;
     float s[RPT][CPT];
+    // Product of the decays this thread applied, per its rows (or columns when DECAY_COLS).
+    float decayed[4] = {1.0f, 1.0f, 1.0f, 1.0f};
 #pragma unroll
     for (int i = 0; i < RPT; ++i)
 #pragma unroll
@@ -296,20 +305,20 @@ template <typename OutT, int ROWS, bool DECAY_COLS, bool REVERSE, bool STEP> __d
         }
     auto at = [&](int t, int n, int h) -> size_t { return (((size_t)b * T + t) * (p.hkv * n) + (size_t)kvh * n + h) * d; };
 
-    const int tiles = (T + L - 1) / L;
-    auto tile_start = [&](int ti) { return (REVERSE ? tiles - 1 - ti : ti) * L; };
+    const int tiles = t_end > t_begin ? (t_end - t_begin + L - 1) / L : 0;
+    auto tile_start = [&](int ti) { return t_begin + (REVERSE ? tiles - 1 - ti : ti) * L; };
     if constexpr (STEP) {
         load_step<OutT, ROWS>(p, buf0, b, kvh, col0);
     } else if (tiles > 0) {
-        load_tile<ROWS, DECAY_COLS, REVERSE>(p, buf0, b, kvh, col0, tile_start(0), min(L, T - tile_start(0)));
+        load_tile<ROWS, DECAY_COLS, REVERSE>(p, buf0, b, kvh, col0, tile_start(0), min(L, t_end - tile_start(0)));
         copy_commit();
     }
     for (int ti = 0; ti < tiles; ++ti) {
-        const int t0 = tile_start(ti), len = min(L, T - t0);
+        const int t0 = tile_start(ti), len = min(L, t_end - t0);
         const bool more = !STEP && ti + 1 < tiles;
         if (more) {
             const int n0 = tile_start(ti + 1);
-            load_tile<ROWS, DECAY_COLS, REVERSE>(p, (ti & 1) ? buf0 : buf1, b, kvh, col0, n0, min(L, T - n0));
+            load_tile<ROWS, DECAY_COLS, REVERSE>(p, (ti & 1) ? buf0 : buf1, b, kvh, col0, n0, min(L, t_end - n0));
             copy_commit();
         }
         copy_wait(more ? 1 : 0);
@@ -322,6 +331,8 @@ template <typename OutT, int ROWS, bool DECAY_COLS, bool REVERSE, bool STEP> __d
                 const float4 a4 = *(const float4*)(buf.dec + j * 32 + cg * CPT);
                 const float a[CPT] = {a4.x, a4.y, a4.z, a4.w};
 #pragma unroll
+                for (int c = 0; c < CPT; ++c) decayed[c] *= a[c];
+#pragma unroll
                 for (int i = 0; i < RPT; ++i)
 #pragma unroll
                     for (int c = 0; c < CPT; ++c) s[i][c] *= a[c];
@@ -331,9 +342,11 @@ template <typename OutT, int ROWS, bool DECAY_COLS, bool REVERSE, bool STEP> __d
                     const float4 a4 = *(const float4*)(buf.dec + j * ROWS + row0 + 4 * i4);
                     const float a[4] = {a4.x, a4.y, a4.z, a4.w};
 #pragma unroll
-                    for (int e = 0; e < 4; ++e)
+                    for (int e = 0; e < 4; ++e) {
+                        decayed[4 * i4 + e] *= a[e];
 #pragma unroll
                         for (int c = 0; c < CPT; ++c) s[4 * i4 + e][c] *= a[e];
+                    }
                 }
             }
             for (int h = 0; h < p.x_n; ++h) {
@@ -391,6 +404,47 @@ template <typename OutT, int ROWS, bool DECAY_COLS, bool REVERSE, bool STEP> __d
                 if (r < d && col < d) p.final_state[state_base + (size_t)r * d + col] = s[i][c];
             }
     }
+    if (p.decay_product) {
+        // One writer per value: the first column block's first column group for rows, the
+        // first warp's first row group for columns.
+        float* out = p.decay_product + ((size_t)blockIdx.z * p.hkv + kvh) * d;
+        if (DECAY_COLS && warp == 0 && rg == 0) {
+#pragma unroll
+            for (int c = 0; c < CPT; ++c)
+                if (colt + c < d) out[colt + c] = decayed[c];
+        } else if (!DECAY_COLS && col_block == 0 && cg == 0) {
+#pragma unroll
+            for (int i = 0; i < RPT; ++i)
+                if (row0 + i < d) out[row0 + i] = decayed[i];
+        }
+    }
+}
+
+// The carry across segments of a scan cut over time (mixer/segments.rs). On entry `states`
+// [B, segments, hkv, d, d] holds each segment's final state from a zero start and
+// `decay_product` [B, segments, hkv, d] the product of its decays (along rows, or along
+// columns when `decay_cols`); on exit `states` holds each segment's true initial state:
+//     start(next) = decay_product (.) start(this) + local(this)
+// walking the segments in scan order (last to first when `reverse`). The first segment
+// starts from `initial` (or zeros); the state after the last goes to `final_state` (if set).
+// One thread per (sequence, kv head, state value).
+extern "C" __global__ void mixer_segment_carry(float* states, const float* decay_product, const float* initial, float* final_state,
+                                               int batch, int segments, int hkv, int d, int decay_cols, int reverse) {
+    const long long per_seq = (long long)hkv * d * d;
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)batch * per_seq) return;
+    const long long b = idx / per_seq, within = idx % per_seq;
+    const int kvh = within / ((long long)d * d), r = (within / d) % d, c = within % d;
+    const int dim = decay_cols ? c : r;
+    float s = initial ? initial[idx] : 0.0f;
+    for (int i = 0; i < segments; ++i) {
+        const long long seg = b * segments + (reverse ? segments - 1 - i : i);
+        float* at = states + seg * per_seq + within;
+        const float local = *at;
+        *at = s;
+        s = fmaf(decay_product[(seg * hkv + kvh) * d + dim], s, local);
+    }
+    if (final_state) final_state[idx] = s;
 }
 
 // Log-gate gradient dg_t = sum_{s >= t} dG_s, dG_s = sum_h qf_{h,s} dqf_{h,s} - kf_s dkf_s, per

@@ -74,6 +74,27 @@ where
     B: DevicePtr<T>,
     C: DevicePtrMut<f32>,
 {
+    gemm_with(ctx, dims, a, b, c, accumulate, cublasComputeType_t::CUBLAS_COMPUTE_32F)
+}
+
+/// As [`gemm`] on f32 inputs, multiplied on tensor cores in TF32 (10-bit mantissas, fp32
+/// accumulation): for products next to bf16 ones, where full f32 precision buys nothing.
+pub fn gemm_tf32<A, B, C>(ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, accumulate: bool) -> Result<()>
+where
+    A: DevicePtr<f32>,
+    B: DevicePtr<f32>,
+    C: DevicePtrMut<f32>,
+{
+    gemm_with(ctx, dims, a, b, c, accumulate, cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32)
+}
+
+fn gemm_with<T, A, B, C>(ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, accumulate: bool, compute: cublasComputeType_t) -> Result<()>
+where
+    T: GemmInput,
+    A: DevicePtr<T>,
+    B: DevicePtr<T>,
+    C: DevicePtrMut<f32>,
+{
     expect_len("gemm: A", a.len(), dims.m * dims.k)?;
     expect_len("gemm: B", b.len(), dims.k * dims.n)?;
     expect_len("gemm: C", c.len(), dims.m * dims.n)?;
@@ -113,12 +134,13 @@ where
             c_ptr as *mut _,
             cudaDataType_t::CUDA_R_32F,
             ldc,
-            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            compute,
             cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     };
     status.map_err(|e| cublas_error(e, &format!("multiplying {}x{} by {}x{}", dims.m, dims.k, dims.k, dims.n)))?;
-    ctx.profile_mark_with(|| format!("gemm {} {}x{}x{}", T::KERNEL_SUFFIX, dims.m, dims.n, dims.k))
+    let kind = if compute == cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32 { "tf32" } else { T::KERNEL_SUFFIX };
+    ctx.profile_mark_with(|| format!("gemm {kind} {}x{}x{}", dims.m, dims.n, dims.k))
 }
 
 #[cfg(test)]

@@ -29,11 +29,22 @@ macro_rules! kernel_file {
 pub const EMBEDDING: KernelFile = kernel_file!("embedding", ["embedding_gather_f32", "embedding_gather_bf16"]);
 pub const RMS_NORM: KernelFile = kernel_file!(
     "rms_norm",
-    ["rms_norm_forward_f32", "rms_norm_forward_bf16", "rms_norm_backward_f32", "rms_norm_backward_weight_f32"]
+    [
+        "rms_norm_forward_f32",
+        "rms_norm_forward_bf16",
+        "rms_norm_forward_pair_f32",
+        "rms_norm_forward_pair_bf16",
+        "rms_norm_backward_f32",
+        "rms_norm_backward_add_f32",
+        "rms_norm_backward_weight_f32"
+    ]
 );
 pub const ROPE: KernelFile = kernel_file!("rope", ["rope_forward_f32", "rope_backward_f32"]);
-pub const SWIGLU: KernelFile = kernel_file!("swiglu", ["swiglu_forward_f32", "swiglu_forward_bf16", "swiglu_backward_f32"]);
-pub const CROSS_ENTROPY: KernelFile = kernel_file!("cross_entropy", ["cross_entropy_rows_f32"]);
+pub const SWIGLU: KernelFile = kernel_file!(
+    "swiglu",
+    ["swiglu_forward_f32", "swiglu_forward_bf16", "swiglu_forward_to_bf16", "swiglu_backward_f32", "swiglu_backward_to_bf16"]
+);
+pub const CROSS_ENTROPY: KernelFile = kernel_file!("cross_entropy", ["cross_entropy_rows_f32", "cross_entropy_rows_bf16"]);
 pub const ADAMW: KernelFile = kernel_file!("adamw", ["adamw_step_f32", "sum_squares_f32", "scale_f32"]);
 pub const LIGER_FEATURE: KernelFile = kernel_file!(
     "liger_feature",
@@ -67,6 +78,7 @@ pub const MIXER_GATED: KernelFile = kernel_file!(
         "mixer_step_f32_d128",
         "mixer_step_bf16_d64",
         "mixer_step_bf16_d128",
+        "mixer_segment_carry",
     ]
 );
 

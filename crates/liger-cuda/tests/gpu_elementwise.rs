@@ -136,6 +136,68 @@ fn swiglu_forward_and_backward() {
     check_host("swiglu forward bf16", &from_bf16(&a16.to_host().unwrap()), &to_f64(&a_ref), BF16_TOL);
 }
 
+/// A bf16 buffer of `n` NaNs, so that unwritten elements show.
+fn poisoned_bf16(ctx: &liger_cuda::GpuContext, n: usize) -> GpuBuffer<bf16> {
+    GpuBuffer::filled(ctx, n, bf16::NAN).unwrap()
+}
+
+/// The training forms with two outputs or mixed types: the norm writing f32 and its bf16
+/// copy at once, the norm backward added to a residual gradient, SwiGLU from f32 to bf16.
+#[test]
+fn fused_norm_and_swiglu_forms_match_the_cpu() {
+    let ctx = gpu();
+    let mut rng = rng("fused_norm_and_swiglu");
+    let (rows, cols, eps) = (37, 576, 1e-5f32);
+    let x = random(&mut rng, rows * cols, 2.0);
+    let w: Vec<f32> = random(&mut rng, cols, 0.3).iter().map(|v| 1.0 + v).collect();
+    let (xg, wg) = (upload(&ctx, &x), upload(&ctx, &w));
+    let mut y_cpu = vec![0.0; rows * cols];
+    rms_norm(&x, &w, eps, &mut y_cpu);
+    let y_ref = to_f64(&y_cpu);
+    let (mut y, mut y_t, mut rstd) = (poisoned(&ctx, rows * cols), poisoned(&ctx, rows * cols), poisoned(&ctx, rows));
+    gpu_norm::rms_norm_forward_pair(&ctx, &xg, &wg, eps, &mut y, &mut y_t, &mut rstd).unwrap();
+    check("rms_norm pair f32: y", &y, &y_ref, FP32_TOL);
+    check("rms_norm pair f32: copy", &y_t, &y_ref, FP32_TOL);
+    let (mut y, mut y16, mut rstd) = (poisoned(&ctx, rows * cols), poisoned_bf16(&ctx, rows * cols), poisoned(&ctx, rows));
+    gpu_norm::rms_norm_forward_pair(&ctx, &xg, &wg, eps, &mut y, &mut y16, &mut rstd).unwrap();
+    check("rms_norm pair bf16: y", &y, &y_ref, FP32_TOL);
+    check_host("rms_norm pair bf16: copy", &from_bf16(&y16.to_host().unwrap()), &y_ref, BF16_TOL);
+    let err = gpu_norm::rms_norm_forward_pair(&ctx, &xg, &wg, eps, &mut y, &mut poisoned_bf16(&ctx, cols), &mut rstd).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch);
+
+    // Backward added to a residual gradient r: dx = r + d(norm)/dx.
+    let (dy, r) = (random(&mut rng, rows * cols, 1.0), random(&mut rng, rows * cols, 1.0));
+    let mut dx_cpu = vec![0.0; rows * cols];
+    rms_norm_backward(&x, &w, eps, &dy, &mut dx_cpu, None);
+    let expected: Vec<f64> = dx_cpu.iter().zip(&r).map(|(&d, &r)| d as f64 + r as f64).collect();
+    let (mut dx, mut rstd) = (upload(&ctx, &r), poisoned(&ctx, rows));
+    gpu_norm::rms_norm_backward_add(&ctx, &xg, &wg, eps, &upload(&ctx, &dy), &mut dx, &mut rstd).unwrap();
+    check("rms_norm backward added to a residual", &dx, &expected, FP32_TOL);
+    let rstd_ref: Vec<f64> = x.chunks(cols).map(|r| 1.0 / (r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64 + eps as f64).sqrt()).collect();
+    check("rms_norm backward add: rstd", &rstd, &rstd_ref, FP32_TOL);
+
+    // SwiGLU: f32 inputs, bf16 outputs.
+    let n = 11 * 1536 + 5;
+    let (g, u, da) = (random(&mut rng, n, 6.0), random(&mut rng, n, 2.0), random(&mut rng, n, 1.0));
+    let (gg, ug) = (upload(&ctx, &g), upload(&ctx, &u));
+    let mut a_cpu = g.clone();
+    swiglu_inplace(&mut a_cpu, &u);
+    let mut a16 = poisoned_bf16(&ctx, n);
+    gpu_swiglu::swiglu_forward_to(&ctx, &gg, &ug, &mut a16).unwrap();
+    check_host("swiglu forward f32 -> bf16", &from_bf16(&a16.to_host().unwrap()), &to_f64(&a_cpu), BF16_TOL);
+    let mut a = poisoned(&ctx, n);
+    gpu_swiglu::swiglu_forward_to(&ctx, &gg, &ug, &mut a).unwrap();
+    check("swiglu forward f32 -> f32", &a, &to_f64(&a_cpu), FP32_TOL);
+    let (mut dg_cpu, mut du_cpu) = (vec![0.0; n], vec![0.0; n]);
+    swiglu_backward(&g, &u, &da, &mut dg_cpu, &mut du_cpu);
+    let (mut dg, mut du) = (poisoned_bf16(&ctx, n), poisoned_bf16(&ctx, n));
+    gpu_swiglu::swiglu_backward(&ctx, &gg, &ug, &upload(&ctx, &da), &mut dg, &mut du).unwrap();
+    check_host("swiglu backward dgate bf16", &from_bf16(&dg.to_host().unwrap()), &to_f64(&dg_cpu), BF16_TOL);
+    check_host("swiglu backward dup bf16", &from_bf16(&du.to_host().unwrap()), &to_f64(&du_cpu), BF16_TOL);
+    let err = gpu_swiglu::swiglu_forward_to(&ctx, &gg, &ug, &mut poisoned_bf16(&ctx, n - 1)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch);
+}
+
 fn softmax_f64(x: &[f32]) -> Vec<f64> {
     let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
     let e: Vec<f64> = x.iter().map(|&v| (v as f64 - max).exp()).collect();

@@ -54,3 +54,26 @@ fn bf16_products_accumulate_in_fp32() {
     gemm(&ctx, d, ag.slice(), bg.slice(), c.slice_mut(), false).unwrap();
     check("gemm bf16 -> f32", &c, &reference(&a, &b, d, None), 1e-3);
 }
+
+#[test]
+fn tf32_products_of_lora_shapes_are_close_to_f32() {
+    let ctx = gpu();
+    let mut rng = rng("gemm_tf32");
+    // The adapters' shapes: a rank-8 down projection, its weight gradient (a long reduction
+    // over tokens), and the up projection accumulated into an output.
+    let shapes = [(1000, 8, 576, false, true), (8, 576, 1000, true, false), (1000, 576, 8, false, false)];
+    for (m, n, k, a_t, b_t) in shapes {
+        let d = GemmDims { m, n, k, a_transposed: a_t, b_transposed: b_t };
+        let (a, b, c0) = (random(&mut rng, m * k, 1.0), random(&mut rng, k * n, 1.0), random(&mut rng, m * n, 5.0));
+        let mut c = poisoned(&ctx, m * n);
+        liger_cuda::gemm::gemm_tf32(&ctx, d, upload(&ctx, &a).slice(), upload(&ctx, &b).slice(), c.slice_mut(), false).unwrap();
+        // TF32 keeps 10 mantissa bits of each input (relative rounding up to 2^-11).
+        check(&format!("gemm tf32 {m}x{n}x{k}"), &c, &reference(&a, &b, d, None), 5e-3);
+        let mut c = upload(&ctx, &c0);
+        liger_cuda::gemm::gemm_tf32(&ctx, d, upload(&ctx, &a).slice(), upload(&ctx, &b).slice(), c.slice_mut(), true).unwrap();
+        check(&format!("gemm tf32 {m}x{n}x{k} accumulate"), &c, &reference(&a, &b, d, Some(&c0)), 5e-3);
+    }
+    let d = GemmDims { m: 4, n: 4, k: 4, a_transposed: false, b_transposed: false };
+    let err = liger_cuda::gemm::gemm_tf32(&ctx, d, upload(&ctx, &[1.0; 15]).slice(), upload(&ctx, &[1.0; 16]).slice(), poisoned(&ctx, 16).slice_mut(), false).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch);
+}

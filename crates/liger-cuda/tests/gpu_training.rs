@@ -9,10 +9,12 @@ use liger_core::train::optim::{clip_grad_norm, AdamWConfig, AdamWState};
 use liger_core::ErrorCode;
 use liger_cuda::ops::adamw::{self, GpuAdamW};
 use liger_cuda::ops::cross_entropy as gpu_ce;
+use half::bf16;
 use liger_cuda::GpuBuffer;
 use rand::Rng;
 
 const FP32_TOL: f64 = 1e-4;
+const BF16_TOL: f64 = 2e-2;
 
 #[test]
 fn cross_entropy_loss_and_gradient_match_the_cpu_in_chunks() {
@@ -30,7 +32,7 @@ fn cross_entropy_loss_and_gradient_match_the_cpu_in_chunks() {
     let cpu = cross_entropy(&h, &head, hidden, vocab, &labels, grad_scale, Some(&mut dh_cpu));
     let (hg, headg) = (upload(&ctx, &h), upload(&ctx, &head));
     // Chunks of 16 rows, so the last chunk is partial and one chunk holds ignored rows.
-    for rows_per_chunk in [16, gpu_ce::DEFAULT_ROWS_PER_CHUNK] {
+    for rows_per_chunk in [16, gpu_ce::rows_per_chunk::<f32>(vocab)] {
         let mut dh = poisoned(&ctx, t * hidden);
         let out = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab, &labels, grad_scale, Some(&mut dh), rows_per_chunk).unwrap();
         assert_eq!(out.count, cpu.count);
@@ -44,9 +46,47 @@ fn cross_entropy_loss_and_gradient_match_the_cpu_in_chunks() {
 
     let mut bad = labels.clone();
     bad[5] = vocab as u32;
-    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab, &bad, 1.0, None, 16).err().expect("a label past the vocabulary is an error");
+    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab, &bad, 1.0, None, 16).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
-    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden + 1, vocab, &labels, 1.0, None, 16).err().expect("a wrong hidden size is an error");
+    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden + 1, vocab, &labels, 1.0, None, 16).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch);
+}
+
+/// `x` rounded to bf16, as f32 values (the CPU twin's inputs) and as bf16 (the GPU's).
+fn round_bf16(x: &[f32]) -> (Vec<f32>, Vec<bf16>) {
+    let stored: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+    (stored.iter().map(|v| v.to_f32()).collect(), stored)
+}
+
+#[test]
+fn bf16_cross_entropy_matches_the_cpu_on_rounded_inputs() {
+    let ctx = gpu();
+    let mut rng = rng("cross_entropy_bf16");
+    let (t, hidden, vocab) = (150, 64, 5003);
+    let (h, h_stored) = round_bf16(&random(&mut rng, t * hidden, 1.0));
+    let (head, head_stored) = round_bf16(&random(&mut rng, vocab * hidden, 0.5));
+    let mut labels: Vec<u32> = (0..t).map(|_| rng.random_range(0..vocab as u32)).collect();
+    for i in [0, 3, 64, 149] {
+        labels[i] = IGNORE;
+    }
+    let grad_scale = 1.0 / 146.0;
+    let mut dh_cpu = vec![0.0; t * hidden];
+    let cpu = cross_entropy(&h, &head, hidden, vocab, &labels, grad_scale, Some(&mut dh_cpu));
+    let hg = GpuBuffer::from_host(&ctx, &h_stored).unwrap();
+    let headg = GpuBuffer::from_host(&ctx, &head_stored).unwrap();
+    // 64 rows per chunk: a partial last chunk; and the default chunk (all rows at once).
+    for rows_per_chunk in [64, gpu_ce::rows_per_chunk::<bf16>(vocab)] {
+        let mut dh = poisoned(&ctx, t * hidden);
+        let out = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab, &labels, grad_scale, Some(&mut dh), rows_per_chunk).unwrap();
+        assert_eq!(out.count, cpu.count);
+        let loss_err = (out.loss_sum - cpu.loss_sum).abs() / cpu.loss_sum.abs();
+        println!("bf16 cross_entropy chunk {rows_per_chunk}: loss {} vs cpu {} (relative error {loss_err:.3e})", out.loss_sum, cpu.loss_sum);
+        // The logits are f32 products of the rounded inputs: the loss is f32-exact.
+        assert!(loss_err < FP32_TOL);
+        // The gradient chunk is stored as bf16 before dh = grad x head.
+        check(&format!("bf16 cross_entropy dh (chunk {rows_per_chunk})"), &dh, &to_f64(&dh_cpu), BF16_TOL);
+    }
+    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab + 1, &labels, 1.0, None, 16).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }
 

@@ -3,7 +3,7 @@
 //! buffer (and a growing key/value cache in the hybrid's softmax layers), for a batch of
 //! sequences that advance together. States and caches are f32. CPU twin: `CausalLm for LigerModel` with `LigerState`.
 
-use super::glue::{rope_forward_to, widen, RopeLayout};
+use super::glue::{rope_forward_to, scaled, widen, RopeLayout};
 use super::layer::Rows;
 use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
@@ -224,11 +224,12 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let mut hf = GpuBuffer::<f32>::zeros(ctx, x.len())?;
         let mut rstd = GpuBuffer::<f32>::zeros(ctx, rows.n())?;
         rms_norm_forward(ctx, x, &self.weights.final_norm, c.rms_norm_eps, &mut hf, &mut rstd)?;
+        let hf_t = scaled::<T>(ctx, &hf, 1.0)?;
         let mut logits = GpuBuffer::<f32>::zeros(ctx, rows.batch * vocab)?;
         let dims = GemmDims { m: 1, n: vocab, k: hs, a_transposed: false, b_transposed: true };
         for b in 0..rows.batch {
             let last = b * rows.tokens + rows.tokens - 1;
-            gemm(ctx, dims, &hf.view(last * hs..(last + 1) * hs), self.weights.head.slice(), &mut logits.view_mut(b * vocab..(b + 1) * vocab), false)?;
+            gemm(ctx, dims, &hf_t.view(last * hs..(last + 1) * hs), self.weights.head().slice(), &mut logits.view_mut(b * vocab..(b + 1) * vocab), false)?;
         }
         logits.to_host()
     }

@@ -1,12 +1,13 @@
 //! One decoder layer on the GPU, over a batch of sequences of equal length: projections with
 //! LoRA, Liger attention (or softmax attention in the hybrid's softmax layers), o_proj and the
 //! SwiGLU MLP. Activations are f32 work buffers; they are cast to the storage type `T` where a
-//! product with a frozen weight reads them. The mixer and attention kernels run on the f32
-//! activations in either case: they are a small part of the time, and bf16 inputs there cost
-//! more accuracy (on the LoRA gradients) than they save.
+//! product with a frozen weight reads them. The softmax attention (sliding window or full)
+//! runs in `T` too: in bf16 its kernels use tensor cores, and its tape is half the size. The
+//! mixer kernels run on the f32 activations: bf16 inputs there cost more accuracy (on the
+//! LoRA gradients) than they save.
 //! CPU twin: `LigerModel::layer_forward` (liger-core `convert/model.rs`).
 
-use super::glue::{add_bias_rows, add_into, rope_forward_to, scale_in_place, scaled, widen, RopeLayout};
+use super::glue::{add_bias_rows, rope_forward_to, scale_in_place, scaled, widen, RopeLayout};
 use super::weights::{GpuLayer, GpuLora};
 use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
@@ -14,8 +15,8 @@ use crate::context::GpuContext;
 use crate::gemm::{gemm, GemmDims, GemmInput};
 use crate::ops::attention::{attention_forward, AttentionDims};
 use crate::ops::mixer::{mixer_chunk_forward, MixerDims};
-use crate::ops::rms_norm::rms_norm_forward;
-use crate::ops::swiglu::swiglu_forward;
+use crate::ops::rms_norm::{rms_norm_forward, rms_norm_forward_pair};
+use crate::ops::swiglu::swiglu_forward_to;
 use liger_core::convert::LoraTarget;
 use liger_core::Result;
 
@@ -50,10 +51,10 @@ pub(super) fn linear_input_grad<T: GemmInput>(ctx: &GpuContext, dy: &GpuBuffer<T
 pub(super) fn lora_forward(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, n: usize, y: &mut GpuBuffer<f32>) -> Result<GpuBuffer<f32>> {
     let mut us = GpuBuffer::zeros(ctx, n * a.rank)?;
     let down = GemmDims { m: n, n: a.rank, k: a.in_features, a_transposed: false, b_transposed: true };
-    gemm(ctx, down, x.slice(), a.a.slice(), us.slice_mut(), false)?;
+    a.gemm(ctx, down, x.slice(), a.a.slice(), us.slice_mut(), false)?;
     scale_in_place(ctx, &mut us, a.scale)?;
     let up = GemmDims { m: n, n: a.out_features, k: a.rank, a_transposed: false, b_transposed: true };
-    gemm(ctx, up, us.slice(), a.b.slice(), y.slice_mut(), true)?;
+    a.gemm(ctx, up, us.slice(), a.b.slice(), y.slice_mut(), true)?;
     Ok(us)
 }
 
@@ -69,21 +70,22 @@ pub(super) struct Qkv {
     pub saved: [Option<GpuBuffer<f32>>; 3],
 }
 
-/// What the backward of the softmax branch reads besides q, k, v: its roped q and k, its
-/// output and log-sum-exp.
-pub(super) struct SoftmaxTape {
-    pub q_roped: GpuBuffer<f32>,
-    pub k_roped: GpuBuffer<f32>,
-    pub o: GpuBuffer<f32>,
+/// What the backward of the softmax branch reads, in the storage type `T`: its roped q and
+/// k, v, its output, and the log-sum-exp (f32).
+pub(super) struct SoftmaxTape<T> {
+    pub q_roped: GpuBuffer<T>,
+    pub k_roped: GpuBuffer<T>,
+    pub v: GpuBuffer<T>,
+    pub o: GpuBuffer<T>,
     pub lse: GpuBuffer<f32>,
 }
 
 /// Everything one layer's backward pass reads.
-pub(super) struct LayerTape {
+pub(super) struct LayerTape<T> {
     pub h: GpuBuffer<f32>,
     /// q, k, v: also the mixer's inputs.
     pub qkv: Qkv,
-    pub softmax: Option<SoftmaxTape>,
+    pub softmax: Option<SoftmaxTape<T>>,
     /// The attention's output, input of o_proj.
     pub o: GpuBuffer<f32>,
     pub saved_o: Option<GpuBuffer<f32>>,
@@ -102,9 +104,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let ctx = &self.ctx;
         let rows = x.len() / weight.len().max(1);
         let mut h = GpuBuffer::zeros(ctx, x.len())?;
+        let mut h_t = GpuBuffer::zeros(ctx, x.len())?;
         let mut rstd = GpuBuffer::zeros(ctx, rows)?;
-        rms_norm_forward(ctx, x, weight, self.config().rms_norm_eps, &mut h, &mut rstd)?;
-        let h_t = scaled(ctx, &h, 1.0)?;
+        rms_norm_forward_pair(ctx, x, weight, self.config().rms_norm_eps, &mut h, &mut h_t, &mut rstd)?;
         Ok((h, h_t))
     }
 
@@ -151,7 +153,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// Attention of `layer` over whole sequences from position 0 (training and first
     /// prefill): returns its output (f32, `[n, q_size]`) and what the backward pass reads.
-    pub(super) fn attention_fresh(&self, layer: usize, qkv: &Qkv, rows: Rows, start: &GpuBuffer<u32>) -> Result<(GpuBuffer<f32>, Option<SoftmaxTape>)> {
+    pub(super) fn attention_fresh(&self, layer: usize, qkv: &Qkv, rows: Rows, start: &GpuBuffer<u32>) -> Result<(GpuBuffer<f32>, Option<SoftmaxTape<T>>)> {
         let ctx = &self.ctx;
         let c = self.config();
         let shape = self.shape;
@@ -170,27 +172,30 @@ impl<T: GemmInput> GpuLigerModel<T> {
         if softmax_layer || att.use_swa {
             let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
             let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start, tokens: rows.tokens, heads, head_dim: shape.d };
-            let mut q_roped = GpuBuffer::<f32>::zeros(ctx, q.len())?;
-            let mut k_roped = GpuBuffer::<f32>::zeros(ctx, k.len())?;
+            let mut q_roped = GpuBuffer::<T>::zeros(ctx, q.len())?;
+            let mut k_roped = GpuBuffer::<T>::zeros(ctx, k.len())?;
             rope_forward_to(ctx, &rope(shape.hq), &qkv.q, &mut q_roped)?;
             rope_forward_to(ctx, &rope(shape.hkv), &qkv.k, &mut k_roped)?;
-            let mut o_att = GpuBuffer::<f32>::zeros(ctx, q.len())?;
+            let v_t = scaled::<T>(ctx, v, 1.0)?;
+            let mut o_att = GpuBuffer::<T>::zeros(ctx, q.len())?;
             let mut lse = GpuBuffer::<f32>::zeros(ctx, rows.batch * shape.hq * rows.tokens)?;
             let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
-            attention_forward(ctx, dims, window, &q_roped, &k_roped, v, &mut o_att, &mut lse)?;
+            attention_forward(ctx, dims, window, &q_roped, &k_roped, &v_t, &mut o_att, &mut lse)?;
             widen(ctx, &o_att, &mut o, weight, !softmax_layer)?;
-            softmax = Some(SoftmaxTape { q_roped, k_roped, o: o_att, lse });
+            softmax = Some(SoftmaxTape { q_roped, k_roped, v: v_t, o: o_att, lse });
         }
         Ok((o, softmax))
     }
 
-    /// `x += o_proj(o)`; returns the o adapter's saved product.
+    /// `x += o_proj(o)` (the products accumulate straight into `x`); returns the o adapter's
+    /// saved product.
     pub(super) fn o_proj(&self, layer: usize, o: &GpuBuffer<f32>, n: usize, x: &mut GpuBuffer<f32>) -> Result<Option<GpuBuffer<f32>>> {
         let c = self.config();
         let o_t = scaled::<T>(&self.ctx, o, 1.0)?;
-        let (y, saved) = self.project(layer, LoraTarget::O, &self.layer_weights(layer).wo, None, o, &o_t, n, c.q_size(), c.hidden_size)?;
-        add_into(&self.ctx, &y, x)?;
-        Ok(saved)
+        linear(&self.ctx, &o_t, &self.layer_weights(layer).wo, n, c.q_size(), c.hidden_size, x, true)?;
+        drop(o_t);
+        let lora = self.lora_guard()?;
+        lora[layer][LoraTarget::O as usize].as_ref().map(|a| lora_forward(&self.ctx, a, o, n, x)).transpose()
     }
 
     /// `x += down(silu(gate(h2)) * up(h2))` with `h2 = norm(x)`; returns gate and up.
@@ -204,17 +209,15 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let mut up = GpuBuffer::zeros(ctx, n * f)?;
         linear(ctx, &h2_t, &lw.w_gate, n, hs, f, &mut gate, false)?;
         linear(ctx, &h2_t, &lw.w_up, n, hs, f, &mut up, false)?;
-        let mut act = GpuBuffer::<f32>::zeros(ctx, n * f)?;
-        swiglu_forward(ctx, &gate, &up, &mut act)?;
-        let act_t = scaled::<T>(ctx, &act, 1.0)?;
-        drop(act);
+        let mut act_t = GpuBuffer::<T>::zeros(ctx, n * f)?;
+        swiglu_forward_to(ctx, &gate, &up, &mut act_t)?;
         linear(ctx, &act_t, &lw.w_down, n, f, hs, x, true)?;
         Ok((gate, up))
     }
 
     /// Runs `layer` on `x` (`[n, hidden]`, updated in place) over whole sequences from
     /// position 0; with `keep`, returns what the backward pass needs.
-    pub(super) fn layer_forward_fresh(&self, layer: usize, x: &mut GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, keep: bool) -> Result<Option<LayerTape>> {
+    pub(super) fn layer_forward_fresh(&self, layer: usize, x: &mut GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, keep: bool) -> Result<Option<LayerTape<T>>> {
         let n = rows.n();
         let (h, h_t) = self.norm(x, &self.layer_weights(layer).attn_norm)?;
         let qkv = self.project_qkv(layer, &h, &h_t, n)?;

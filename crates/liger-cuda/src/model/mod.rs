@@ -4,8 +4,8 @@
 //!
 //! [`GpuLigerModel`] owns a host [`LigerModel`] (configuration, options, tokenizer and the
 //! LoRA parameters, which the trainer and AdamW update on the host exactly as on the CPU) and
-//! the device copies of its weights: frozen matrices in the storage type `T` (f32 for exact
-//! comparisons with the CPU, bf16 for speed), norms, the LM head and the adapters in f32.
+//! the device copies of its weights: frozen matrices and the LM head in the storage type `T`
+//! (f32 for exact comparisons with the CPU, bf16 for speed), norms and the adapters in f32.
 //! The adapters are uploaded again before the next GPU call whenever the host copies may
 //! have changed.
 
@@ -63,7 +63,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
         if weights.layers.len() != c.num_layers {
             return Err(Error::shape(format!("the GPU weights have {} layers; the model has {}", weights.layers.len(), c.num_layers)));
         }
-        let lora = upload_lora(&ctx, &model.lora)?;
+        // A bf16 model's adapter products run in TF32: the bf16 products around them set its precision.
+        let lora = upload_lora(&ctx, &model.lora, T::KERNEL_SUFFIX == "bf16")?;
         Ok(GpuLigerModel { ctx, host: model, weights, lora: Mutex::new(lora), lora_stale: AtomicBool::new(false), recompute: AtomicBool::new(false), shape })
     }
 

@@ -12,7 +12,6 @@ use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
 use crate::error::driver_error;
 use crate::gemm::{gemm, GemmDims, GemmInput};
-use crate::ops::rms_norm::rms_norm_forward;
 use liger_core::convert::{linearize, LigerModel, LigerOptions, LoraOptions};
 use liger_core::eval::ScoreModel;
 use liger_core::generate::CausalLm;
@@ -102,11 +101,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
     fn logits_to_host(&self, x: &GpuBuffer<f32>, n: usize, chunk_rows: usize) -> Result<Vec<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
-        let (hs, vocab) = (c.hidden_size, c.vocab_size);
-        let mut hf = GpuBuffer::<f32>::zeros(ctx, n * hs)?;
-        let mut rstd = GpuBuffer::<f32>::zeros(ctx, n)?;
-        rms_norm_forward(ctx, x, &self.weights.final_norm, c.rms_norm_eps, &mut hf, &mut rstd)?;
-        drop(rstd);
+        let vocab = c.vocab_size;
+        // The normalised stream in the head's storage type, as the GEMM takes it.
+        let (_, hf) = self.norm(x, &self.weights.final_norm)?;
         let chunk_rows = chunk_rows.min(n);
         let mut chunk = GpuBuffer::<f32>::zeros(ctx, chunk_rows * vocab)?;
         let mut out = vec![0.0f32; n * vocab];
@@ -123,11 +120,11 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// `out[..rows x vocab] = hf[first..first + rows] · headᵀ`: the one place that reads the LM head.
-    fn head_rows(&self, hf: &GpuBuffer<f32>, first: usize, rows: usize, out: &mut GpuBuffer<f32>) -> Result<()> {
+    fn head_rows(&self, hf: &GpuBuffer<T>, first: usize, rows: usize, out: &mut GpuBuffer<f32>) -> Result<()> {
         let c = self.config();
         let (hs, vocab) = (c.hidden_size, c.vocab_size);
         let dims = GemmDims { m: rows, n: vocab, k: hs, a_transposed: false, b_transposed: true };
-        gemm(&self.ctx, dims, &hf.view(first * hs..(first + rows) * hs), self.weights.head.slice(), &mut out.view_mut(0..rows * vocab), false)
+        gemm(&self.ctx, dims, &hf.view(first * hs..(first + rows) * hs), self.weights.head().slice(), &mut out.view_mut(0..rows * vocab), false)
     }
 }
 

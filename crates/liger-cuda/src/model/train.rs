@@ -3,18 +3,18 @@
 //! through it (activation checkpointing). CPU twin: `LigerModel::forward_backward`
 //! (liger-core `convert/backward.rs`).
 
-use super::glue::{add_into, rope_backward_add, scale_in_place, scaled, widen, RopeLayout};
+use super::glue::{rope_backward_add, scale_in_place, scaled, widen, RopeLayout};
 use super::layer::{copy, linear_input_grad, LayerTape, Rows};
 use super::weights::GpuLora;
 use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
-use crate::gemm::{gemm, GemmDims, GemmInput};
+use crate::gemm::{GemmDims, GemmInput};
 use crate::ops::attention::{attention_backward, AttentionDims};
-use crate::ops::cross_entropy::{cross_entropy, DEFAULT_ROWS_PER_CHUNK};
+use crate::ops::cross_entropy::{cross_entropy, rows_per_chunk};
 use crate::ops::embedding::embedding_gather;
 use crate::ops::mixer::{mixer_chunk_backward, MixerDims};
-use crate::ops::rms_norm::{rms_norm_backward, rms_norm_forward};
+use crate::ops::rms_norm::{rms_norm_backward, rms_norm_backward_add};
 use crate::ops::swiglu::swiglu_backward;
 use liger_core::convert::{LoraGrads, LoraTarget};
 use liger_core::train::loss::LossOutput;
@@ -32,22 +32,20 @@ struct GpuLoraGrad {
 fn lora_backward(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, us: &GpuBuffer<f32>, dy: &GpuBuffer<f32>, n: usize, grad: &mut GpuLoraGrad, dx: &mut GpuBuffer<f32>) -> Result<()> {
     let (r, i, o) = (a.rank, a.in_features, a.out_features);
     // dB += dyᵀ us
-    gemm(ctx, GemmDims { m: o, n: r, k: n, a_transposed: true, b_transposed: false }, dy.slice(), us.slice(), grad.b.slice_mut(), true)?;
+    a.gemm(ctx, GemmDims { m: o, n: r, k: n, a_transposed: true, b_transposed: false }, dy.slice(), us.slice(), grad.b.slice_mut(), true)?;
     // du = scale · dy B
     let mut du = GpuBuffer::<f32>::zeros(ctx, n * r)?;
-    gemm(ctx, GemmDims { m: n, n: r, k: o, a_transposed: false, b_transposed: false }, dy.slice(), a.b.slice(), du.slice_mut(), false)?;
+    a.gemm(ctx, GemmDims { m: n, n: r, k: o, a_transposed: false, b_transposed: false }, dy.slice(), a.b.slice(), du.slice_mut(), false)?;
     scale_in_place(ctx, &mut du, a.scale)?;
     // dA += duᵀ x ; dx += du A
-    gemm(ctx, GemmDims { m: r, n: i, k: n, a_transposed: true, b_transposed: false }, du.slice(), x.slice(), grad.a.slice_mut(), true)?;
-    gemm(ctx, GemmDims { m: n, n: i, k: r, a_transposed: false, b_transposed: false }, du.slice(), a.a.slice(), dx.slice_mut(), true)
+    a.gemm(ctx, GemmDims { m: r, n: i, k: n, a_transposed: true, b_transposed: false }, du.slice(), x.slice(), grad.a.slice_mut(), true)?;
+    a.gemm(ctx, GemmDims { m: n, n: i, k: r, a_transposed: false, b_transposed: false }, du.slice(), a.a.slice(), dx.slice_mut(), true)
 }
 
-/// `dx = dx_residual + d(rms_norm)/dx · dy`: the backward of `x -> norm(x)` plus the residual path.
+/// `dx += d(rms_norm)/dx · dy`: the backward of `x -> norm(x)` added to the residual path's gradient.
 fn norm_backward_add(ctx: &GpuContext, x: &GpuBuffer<f32>, weight: &GpuBuffer<f32>, eps: f32, dy: &GpuBuffer<f32>, dx: &mut GpuBuffer<f32>) -> Result<()> {
-    let mut d_norm = GpuBuffer::zeros(ctx, x.len())?;
     let mut rstd = GpuBuffer::zeros(ctx, x.len() / weight.len().max(1))?;
-    rms_norm_backward(ctx, x, weight, eps, dy, &mut d_norm, &mut rstd)?;
-    add_into(ctx, &d_norm, dx)
+    rms_norm_backward_add(ctx, x, weight, eps, dy, dx, &mut rstd)
 }
 
 impl<T: GemmInput> GpuLigerModel<T> {
@@ -81,7 +79,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// The residual stream after the last layer for a batch from position 0; keeps each
     /// layer's input and, with `tapes`, its activations for the backward pass.
-    pub(super) fn forward_rows(&self, inputs: &[&[u32]], rows: Rows, start: &GpuBuffer<u32>, mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>, mut tapes: Option<&mut Vec<LayerTape>>) -> Result<GpuBuffer<f32>> {
+    pub(super) fn forward_rows(&self, inputs: &[&[u32]], rows: Rows, start: &GpuBuffer<u32>, mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>, mut tapes: Option<&mut Vec<LayerTape<T>>>) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.iter().copied()).collect();
@@ -104,15 +102,15 @@ impl<T: GemmInput> GpuLigerModel<T> {
     fn loss_of(&self, x: &GpuBuffer<f32>, labels: &[u32], grad_scale: f32, dx: Option<&mut GpuBuffer<f32>>) -> Result<LossOutput> {
         let ctx = &self.ctx;
         let c = self.config();
-        let mut hf = GpuBuffer::zeros(ctx, x.len())?;
-        let mut rstd = GpuBuffer::zeros(ctx, labels.len())?;
-        rms_norm_forward(ctx, x, &self.weights.final_norm, c.rms_norm_eps, &mut hf, &mut rstd)?;
+        let (_, hf) = self.norm(x, &self.weights.final_norm)?;
+        let (head, chunk) = (self.weights.head(), rows_per_chunk::<T>(c.vocab_size));
         let Some(dx) = dx else {
-            return cross_entropy(ctx, &hf, &self.weights.head, c.hidden_size, c.vocab_size, labels, 0.0, None, DEFAULT_ROWS_PER_CHUNK);
+            return cross_entropy(ctx, &hf, head, c.hidden_size, c.vocab_size, labels, 0.0, None, chunk);
         };
         let mut dh = GpuBuffer::zeros(ctx, x.len())?;
-        let out = cross_entropy(ctx, &hf, &self.weights.head, c.hidden_size, c.vocab_size, labels, grad_scale, Some(&mut dh), DEFAULT_ROWS_PER_CHUNK)?;
+        let out = cross_entropy(ctx, &hf, head, c.hidden_size, c.vocab_size, labels, grad_scale, Some(&mut dh), chunk)?;
         drop(hf);
+        let mut rstd = GpuBuffer::zeros(ctx, labels.len())?;
         rms_norm_backward(ctx, x, &self.weights.final_norm, c.rms_norm_eps, &dh, dx, &mut rstd)?;
         Ok(out)
     }
@@ -160,7 +158,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                         .ok_or_else(|| Error::internal("the layer kept no activations"))?
                 }
             };
-            dx = self.layer_backward(layer, &tape, &x_in, rows, &start, &dx, &mut device_grads[layer])?;
+            dx = self.layer_backward(layer, &tape, &x_in, rows, &start, dx, &mut device_grads[layer])?;
         }
         // Back to the host, added into the caller's gradients.
         for (layer, per_target) in device_grads.iter().enumerate() {
@@ -183,9 +181,10 @@ impl<T: GemmInput> GpuLigerModel<T> {
         }
         let c = self.config();
         let (qs, kvs, hs, f) = (c.q_size(), c.kv_size(), c.hidden_size, c.intermediate_size);
-        // h, x_mid, q, k, v, o, gate, up, the softmax branch's roped q, k and output, LoRA products.
-        let per_row = 2 * hs + 3 * qs + 3 * kvs + 2 * f + 2 * qs + kvs + 64;
-        let bytes = (rows.n() * per_row * 4 * c.num_layers) as u64;
+        // f32: h, x_mid, q, k, v, o, gate, up, LoRA products; in T: the softmax branch's
+        // roped q and k, v and its output.
+        let per_row = (2 * hs + 3 * qs + 3 * kvs + 2 * f + 64) * 4 + (2 * qs + 2 * kvs) * std::mem::size_of::<T>();
+        let bytes = (rows.n() * per_row * c.num_layers) as u64;
         match self.ctx.stream().context().mem_get_info() {
             Ok((free, _)) => bytes > free as u64 / 2,
             Err(_) => true,
@@ -207,29 +206,29 @@ impl<T: GemmInput> GpuLigerModel<T> {
             .collect()
     }
 
-    /// Back through one layer: from the gradient w.r.t. its output to the one w.r.t. its
-    /// input, accumulating the adapters' gradients.
+    /// Back through one layer: from the gradient w.r.t. its output (taken over and reused)
+    /// to the one w.r.t. its input, accumulating the adapters' gradients.
     #[allow(clippy::too_many_arguments)]
-    fn layer_backward(&self, layer: usize, tape: &LayerTape, x_in: &GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, dx_out: &GpuBuffer<f32>, grads: &mut [Option<GpuLoraGrad>; 4]) -> Result<GpuBuffer<f32>> {
+    fn layer_backward(&self, layer: usize, tape: &LayerTape<T>, x_in: &GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, dx_out: GpuBuffer<f32>, grads: &mut [Option<GpuLoraGrad>; 4]) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let lw = &self.weights.layers[layer];
         let (n, hs, f, qs, kvs, eps) = (rows.n(), c.hidden_size, c.intermediate_size, c.q_size(), c.kv_size(), c.rms_norm_eps);
 
         // MLP: x_out = x_mid + down(silu(gate) * up), gate and up of h2 = norm(x_mid).
-        let dx_out_t = scaled::<T>(ctx, dx_out, 1.0)?;
+        let dx_out_t = scaled::<T>(ctx, &dx_out, 1.0)?;
         let mut d_act = GpuBuffer::<f32>::zeros(ctx, n * f)?;
         linear_input_grad(ctx, &dx_out_t, &lw.w_down, n, f, hs, &mut d_act, false)?;
         drop(dx_out_t);
-        let mut d_gate = GpuBuffer::<f32>::zeros(ctx, n * f)?;
-        let mut d_up = GpuBuffer::<f32>::zeros(ctx, n * f)?;
+        let mut d_gate = GpuBuffer::<T>::zeros(ctx, n * f)?;
+        let mut d_up = GpuBuffer::<T>::zeros(ctx, n * f)?;
         swiglu_backward(ctx, &tape.gate, &tape.up, &d_act, &mut d_gate, &mut d_up)?;
         drop(d_act);
         let mut dh2 = GpuBuffer::<f32>::zeros(ctx, n * hs)?;
-        linear_input_grad(ctx, &scaled::<T>(ctx, &d_gate, 1.0)?, &lw.w_gate, n, hs, f, &mut dh2, false)?;
-        linear_input_grad(ctx, &scaled::<T>(ctx, &d_up, 1.0)?, &lw.w_up, n, hs, f, &mut dh2, true)?;
+        linear_input_grad(ctx, &d_gate, &lw.w_gate, n, hs, f, &mut dh2, false)?;
+        linear_input_grad(ctx, &d_up, &lw.w_up, n, hs, f, &mut dh2, true)?;
         drop((d_gate, d_up));
-        let mut dx_mid = copy(ctx, dx_out)?;
+        let mut dx_mid = dx_out;
         norm_backward_add(ctx, &tape.x_mid, &lw.ffn_norm, eps, &dh2, &mut dx_mid)?;
 
         // Attention: x_mid = x_in + o_proj(o).
@@ -267,7 +266,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// Gradients (f32) w.r.t. the raw q, k, v of the layer's attention given `d_o`.
-    fn attention_backward(&self, layer: usize, tape: &LayerTape, rows: Rows, start: &GpuBuffer<u32>, d_o: &GpuBuffer<f32>) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>, GpuBuffer<f32>)> {
+    fn attention_backward(&self, layer: usize, tape: &LayerTape<T>, rows: Rows, start: &GpuBuffer<u32>, d_o: &GpuBuffer<f32>) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>, GpuBuffer<f32>)> {
         let ctx = &self.ctx;
         let shape = self.shape;
         let att = &self.host.options.attention;
@@ -284,10 +283,10 @@ impl<T: GemmInput> GpuLigerModel<T> {
         }
         if let Some(s) = &tape.softmax {
             let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
-            let d_att = scaled::<f32>(ctx, d_o, weight)?;
-            let (mut gq, mut gk, mut gv) = (GpuBuffer::<f32>::zeros(ctx, q_len)?, GpuBuffer::<f32>::zeros(ctx, kv_len)?, GpuBuffer::<f32>::zeros(ctx, kv_len)?);
+            let d_att = scaled::<T>(ctx, d_o, weight)?;
+            let (mut gq, mut gk, mut gv) = (GpuBuffer::<T>::zeros(ctx, q_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?);
             let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
-            attention_backward(ctx, dims, window, &s.q_roped, &s.k_roped, v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv)?;
+            attention_backward(ctx, dims, window, &s.q_roped, &s.k_roped, &s.v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv)?;
             let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start, tokens: rows.tokens, heads, head_dim: shape.d };
             rope_backward_add(ctx, &rope(shape.hq), &gq, &mut dq, 1.0)?;
             rope_backward_add(ctx, &rope(shape.hkv), &gk, &mut dk, 1.0)?;

@@ -1,9 +1,11 @@
 //! The model's weights on the GPU: frozen base weights in the storage type `T` (dequantised
-//! once at upload), norms, biases and the LM head in f32, LoRA adapters in f32.
+//! once at upload) and the LM head in `T` too, norms and biases in f32, LoRA adapters in f32.
 
 use super::glue::fill_uniform;
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
+use crate::gemm::{gemm, gemm_tf32, GemmDims};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 use liger_core::config::ModelConfig;
 use liger_core::convert::{LoraSet, LoraTarget};
 use liger_core::weights::ModelWeights;
@@ -30,9 +32,9 @@ pub struct GpuLayer<T> {
 /// Every frozen weight, plus RoPE's inverse frequencies.
 pub struct GpuWeights<T> {
     pub embed: GpuBuffer<T>,
-    /// The LM head in f32 (the chunked cross-entropy multiplies in f32); the embedding's copy
-    /// when the model ties them.
-    pub head: GpuBuffer<f32>,
+    /// The LM head (`vocab x hidden`); `None` when the model ties it to the embedding, which
+    /// then serves as the head (one copy on the device): see [`GpuWeights::head`].
+    pub head: Option<GpuBuffer<T>>,
     pub final_norm: GpuBuffer<f32>,
     pub layers: Vec<GpuLayer<T>>,
     pub inv_freq: GpuBuffer<f32>,
@@ -48,6 +50,11 @@ fn upload_opt(ctx: &GpuContext, v: &Option<Vec<f32>>) -> Result<Option<GpuBuffer
 }
 
 impl<T: GpuElement> GpuWeights<T> {
+    /// The LM head: its own matrix, or the embedding when the model ties them.
+    pub fn head(&self) -> &GpuBuffer<T> {
+        self.head.as_ref().unwrap_or(&self.embed)
+    }
+
     /// Uploads `weights`, dequantising every matrix to `T`.
     pub fn upload(ctx: &GpuContext, cfg: &ModelConfig, weights: &ModelWeights) -> Result<Self> {
         let layers = weights
@@ -74,7 +81,7 @@ impl<T: GpuElement> GpuWeights<T> {
             .collect::<Result<Vec<_>>>()?;
         Ok(GpuWeights {
             embed: upload_matrix(ctx, &weights.embed)?,
-            head: GpuBuffer::from_host(ctx, &weights.lm_head().to_f32())?,
+            head: weights.lm_head.as_ref().map(|w| upload_matrix(ctx, w)).transpose()?,
             final_norm: GpuBuffer::from_host(ctx, &weights.final_norm)?,
             layers,
             inv_freq: GpuBuffer::from_host(ctx, &cfg.rope_inv_freq())?,
@@ -112,8 +119,13 @@ impl<T: GpuElement> GpuWeights<T> {
             });
         }
         let embed = matrix(vocab, h)?;
-        let mut head = GpuBuffer::<f32>::zeros(ctx, vocab * h)?;
-        fill_uniform(ctx, &mut head, seed ^ 0x5eed, 0.0, 1.7 / (h as f32).sqrt())?;
+        let head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            let mut head = GpuBuffer::<T>::zeros(ctx, vocab * h)?;
+            fill_uniform(ctx, &mut head, seed ^ 0x5eed, 0.0, 1.7 / (h as f32).sqrt())?;
+            Some(head)
+        };
         Ok(GpuWeights {
             embed,
             head,
@@ -132,13 +144,26 @@ pub struct GpuLora {
     pub in_features: usize,
     pub out_features: usize,
     pub scale: f32,
+    /// Multiply in TF32 (the adapters of a bf16 model, whose other products are bf16).
+    pub tf32: bool,
+}
+
+impl GpuLora {
+    /// One product of the adapter's forward or backward: f32, or TF32 when [`GpuLora::tf32`].
+    pub fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(&self, ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, accumulate: bool) -> Result<()> {
+        if self.tf32 {
+            gemm_tf32(ctx, dims, a, b, c, accumulate)
+        } else {
+            gemm(ctx, dims, a, b, c, accumulate)
+        }
+    }
 }
 
 /// Every layer's adapters, indexed by `LoraTarget` (q, k, v, o).
 pub type GpuLoraSet = Vec<[Option<GpuLora>; 4]>;
 
-/// Uploads every adapter of `lora`.
-pub fn upload_lora(ctx: &GpuContext, lora: &LoraSet) -> Result<GpuLoraSet> {
+/// Uploads every adapter of `lora`; `tf32`: their products run in TF32 (see [`GpuLora::tf32`]).
+pub fn upload_lora(ctx: &GpuContext, lora: &LoraSet, tf32: bool) -> Result<GpuLoraSet> {
     lora.layers
         .iter()
         .map(|l| {
@@ -152,6 +177,7 @@ pub fn upload_lora(ctx: &GpuContext, lora: &LoraSet) -> Result<GpuLoraSet> {
                         in_features: a.in_features,
                         out_features: a.out_features,
                         scale: a.scale,
+                        tf32,
                     });
                 }
             }

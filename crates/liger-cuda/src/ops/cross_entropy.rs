@@ -1,26 +1,35 @@
 //! Next-token cross-entropy through the LM head, a chunk of rows at a time
 //! (`kernels/cross_entropy.cu` + two GEMMs); CPU twin: `liger_core::train::loss::cross_entropy`.
+//! The final hidden states, the head and the gradient chunk are stored as `T` (bf16 GEMMs run
+//! on tensor cores); logits, losses and `dh` are f32.
 
 use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
-use crate::gemm::{gemm, GemmDims};
+use crate::gemm::{gemm, GemmDims, GemmInput};
 use crate::kernels::CROSS_ENTROPY;
 use crate::launch::{as_int, block_per_row, expect_len};
 use cudarc::driver::PushKernelArg;
 use liger_core::train::loss::{LossOutput, IGNORE};
 use liger_core::{Error, Result};
 
-/// Rows of logits held at once by default: 256 x 49152 f32 is 50 MB.
-pub const DEFAULT_ROWS_PER_CHUNK: usize = 256;
+/// Bytes of logits (f32) and their gradient (`T`) held at once by [`rows_per_chunk`].
+const CHUNK_BYTES: usize = 768 << 20;
+
+/// Rows of logits per chunk for a vocabulary of `vocab`: as many as fit in [`CHUNK_BYTES`]
+/// (whole multiples of 64 rows, at least 64), so the GEMMs are large and memory stays bounded.
+pub fn rows_per_chunk<T: GemmInput>(vocab: usize) -> usize {
+    let per_row = vocab.max(1) * (4 + std::mem::size_of::<T>());
+    (CHUNK_BYTES / per_row / 64 * 64).max(64)
+}
 
 /// Cross-entropy of `h` (`T x hidden`, after the final norm) through `head` (`vocab x hidden`)
 /// against `labels` (`T`, [`IGNORE`] for positions that do not count). When `dh` is given,
 /// writes `d(loss_sum * grad_scale)/dh` into it. At most `rows_per_chunk x vocab` logits exist at once.
 #[allow(clippy::too_many_arguments)]
-pub fn cross_entropy(
+pub fn cross_entropy<T: GemmInput>(
     ctx: &GpuContext,
-    h: &GpuBuffer<f32>,
-    head: &GpuBuffer<f32>,
+    h: &GpuBuffer<T>,
+    head: &GpuBuffer<T>,
     hidden: usize,
     vocab: usize,
     labels: &[u32],
@@ -48,7 +57,8 @@ pub fn cross_entropy(
     let labels_gpu = GpuBuffer::from_host(ctx, labels)?;
     let mut loss = GpuBuffer::<f32>::zeros(ctx, t)?;
     let mut logits = GpuBuffer::<f32>::zeros(ctx, chunk * vocab)?;
-    let name = "cross_entropy_rows_f32";
+    let mut grad = GpuBuffer::<T>::zeros(ctx, chunk * vocab)?;
+    let name = super::variant::<T>("cross_entropy_rows_f32", "cross_entropy_rows_bf16");
     let f = ctx.function(&CROSS_ENTROPY, name)?;
     let vocab_arg = as_int("vocab", vocab)?;
     for r0 in (0..t).step_by(chunk) {
@@ -57,17 +67,18 @@ pub fn cross_entropy(
         let dims = GemmDims { m: rows, n: vocab, k: hidden, a_transposed: false, b_transposed: true };
         gemm(ctx, dims, &h_rows, head.slice(), &mut logits.view_mut(0..rows * vocab), false)?;
         {
-            let mut z = logits.view_mut(0..rows * vocab);
+            let z = logits.view(0..rows * vocab);
+            let mut g = grad.view_mut(0..rows * vocab);
             let label_rows = labels_gpu.view(r0..r0 + rows);
             let mut loss_rows = loss.view_mut(r0..r0 + rows);
             let mut launch = ctx.stream().launch_builder(&f);
-            launch.arg(&mut z).arg(&label_rows).arg(&mut loss_rows).arg(&vocab_arg).arg(&grad_scale);
-            // SAFETY: z holds rows x vocab values, labels and loss hold rows; labels were checked.
+            launch.arg(&z).arg(&label_rows).arg(&mut loss_rows).arg(&mut g).arg(&vocab_arg).arg(&grad_scale);
+            // SAFETY: z and g hold rows x vocab values, labels and loss hold rows; labels were checked.
             ctx.check_launch(unsafe { launch.launch(block_per_row(rows, vocab)?) }, name)?;
         }
         if let Some(dh) = dh.as_deref_mut() {
             let dims = GemmDims { m: rows, n: hidden, k: vocab, a_transposed: false, b_transposed: false };
-            gemm(ctx, dims, &logits.view(0..rows * vocab), head.slice(), &mut dh.view_mut(r0 * hidden..(r0 + rows) * hidden), false)?;
+            gemm(ctx, dims, &grad.view(0..rows * vocab), head.slice(), &mut dh.view_mut(r0 * hidden..(r0 + rows) * hidden), false)?;
         }
     }
     let per_row = loss.to_host()?;

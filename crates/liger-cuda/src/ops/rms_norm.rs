@@ -33,10 +33,66 @@ pub fn rms_norm_forward<T: GpuElement>(
     ctx.check_launch(unsafe { launch.launch(block_per_row(rows, cols)?) }, name)
 }
 
+/// As [`rms_norm_forward`] on an f32 `x`, writing `y` (f32) and its copy `y_t` in `T` in one pass.
+pub fn rms_norm_forward_pair<T: GpuElement>(
+    ctx: &GpuContext,
+    x: &GpuBuffer<f32>,
+    weight: &GpuBuffer<f32>,
+    eps: f32,
+    y: &mut GpuBuffer<f32>,
+    y_t: &mut GpuBuffer<T>,
+    rstd: &mut GpuBuffer<f32>,
+) -> Result<()> {
+    let cols = weight.len();
+    let rows = rows_of("rms_norm input", x.len(), cols)?;
+    expect_len("rms_norm output", y.len(), x.len())?;
+    expect_len("rms_norm output copy", y_t.len(), x.len())?;
+    expect_len("rms_norm rstd", rstd.len(), rows)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let name = super::variant::<T>("rms_norm_forward_pair_f32", "rms_norm_forward_pair_bf16");
+    let f = ctx.function(&RMS_NORM, name)?;
+    let cols_arg = as_int("cols", cols)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(x.slice()).arg(weight.slice()).arg(y.slice_mut()).arg(y_t.slice_mut()).arg(rstd.slice_mut()).arg(&cols_arg).arg(&eps);
+    // SAFETY: x, y and y_t hold rows x cols values, rstd holds rows; one block per row.
+    ctx.check_launch(unsafe { launch.launch(block_per_row(rows, cols)?) }, name)
+}
+
 /// Writes `dx`, the gradient of the input given `dy`, and each row's 1/rms into `rstd`
 /// (for [`rms_norm_backward_weight`]).
 pub fn rms_norm_backward(
     ctx: &GpuContext,
+    x: &GpuBuffer<f32>,
+    weight: &GpuBuffer<f32>,
+    eps: f32,
+    dy: &GpuBuffer<f32>,
+    dx: &mut GpuBuffer<f32>,
+    rstd: &mut GpuBuffer<f32>,
+) -> Result<()> {
+    backward(ctx, "rms_norm_backward_f32", x, weight, eps, dy, dx, rstd)
+}
+
+/// As [`rms_norm_backward`], but adds the input gradient to `dx` (a residual path's gradient
+/// already there) instead of overwriting it.
+pub fn rms_norm_backward_add(
+    ctx: &GpuContext,
+    x: &GpuBuffer<f32>,
+    weight: &GpuBuffer<f32>,
+    eps: f32,
+    dy: &GpuBuffer<f32>,
+    dx: &mut GpuBuffer<f32>,
+    rstd: &mut GpuBuffer<f32>,
+) -> Result<()> {
+    backward(ctx, "rms_norm_backward_add_f32", x, weight, eps, dy, dx, rstd)
+}
+
+/// Checks the sizes and launches backward kernel `name` (written or accumulated).
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    ctx: &GpuContext,
+    name: &'static str,
     x: &GpuBuffer<f32>,
     weight: &GpuBuffer<f32>,
     eps: f32,
@@ -52,12 +108,11 @@ pub fn rms_norm_backward(
     if rows == 0 {
         return Ok(());
     }
-    let name = "rms_norm_backward_f32";
     let f = ctx.function(&RMS_NORM, name)?;
     let cols_arg = as_int("cols", cols)?;
     let mut launch = ctx.stream().launch_builder(&f);
     launch.arg(x.slice()).arg(weight.slice()).arg(dy.slice()).arg(dx.slice_mut()).arg(rstd.slice_mut()).arg(&cols_arg).arg(&eps);
-    // SAFETY: as in the forward.
+    // SAFETY: x, dy and dx hold rows x cols values, rstd holds rows; one block per row.
     ctx.check_launch(unsafe { launch.launch(block_per_row(rows, cols)?) }, name)
 }
 

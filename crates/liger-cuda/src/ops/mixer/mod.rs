@@ -6,6 +6,9 @@
 //! recurrence runs as a scan: one CTA per (sequence, key-value head, 32 state columns) keeps its
 //! fp32 slice of the state in registers from the first token to the last, reading tokens in
 //! tiles through shared memory. The query heads of a GQA group share the CTA and its state.
+//! When sequences and heads are too few to fill the GPU, each sequence is also cut into time
+//! segments scanned in parallel and joined by a carry of their states (`segments.rs`);
+//! `scan.rs` holds the scan kernel's launches.
 //!
 //! The backward needs three more scans (from a zero initial state):
 //! - `dqf_t = do_t S_t^T`: forward in time, state transposed (decay along its columns);
@@ -18,38 +21,23 @@
 //! memory, kept between calls, so a repeated call allocates nothing. A decoding step applies the
 //! feature maps inside the scan CTA and uses no scratch at all (it can be graph-captured).
 
+mod scan;
+mod segments;
+
+pub use segments::TimeSegments;
+
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
-use crate::error::driver_error;
 use crate::kernels::MIXER_GATED;
 use crate::launch::{elementwise, expect_len, warp_per_row, BLOCK};
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 use liger_core::liger::{HeadShape, MixerConfig, MixerKind};
 use liger_core::{Error, Result};
+use scan::{int, launch_scans, padded_rows, ptr, ptr_mut, Scan, ScanJob, ScanOperands};
+use segments::SegmentRegions;
 
 /// Largest head size the kernels take (a warp holds a row in 4 values per lane).
 pub const MAX_HEAD_DIM: usize = 128;
-/// Warps of a scan CTA (kernel macro SCAN_WARPS): one per 16 of its (padded) state rows.
-fn scan_warps(rows: usize) -> usize {
-    rows / 16
-}
-/// State columns per scan CTA (one per lane).
-const SCAN_COLS: usize = 32;
-/// Shared memory a scan CTA may use: 96 KB on compute capability 8.0 and newer (two CTAs fit
-/// an SM), else the 48 KB every GPU gives without opting in.
-fn scan_shared_bytes(compute_capability: (i32, i32)) -> usize {
-    if compute_capability.0 >= 8 {
-        96 * 1024
-    } else {
-        48 * 1024
-    }
-}
-/// The backward runs its three scans in one launch when one scan has fewer CTAs than this (it
-/// would leave SMs idle: an H100 holds 132 x 2 scan CTAs); measured on an H100, one launch
-/// each is faster for grids that already fill the GPU.
-const SIDE_BY_SIDE_BELOW_CTAS: usize = 256;
-/// Most tokens per shared-memory tile of a scan.
-const MAX_TILE: usize = 16;
 /// Tokens per piece of the log-gate gradient's reverse cumulative sum (kernel GATE_PIECE).
 const GATE_PIECE: usize = 64;
 
@@ -111,187 +99,6 @@ fn check_config(cfg: &MixerConfig, shape: HeadShape) -> Result<(i32, f32)> {
     }
     let scale = if cfg.kind == MixerKind::Gla { 1.0 / cfg.gate_normalizer } else { 1.0 };
     Ok((code, scale))
-}
-
-/// State rows of a scan CTA, padded: the kernel variant for head sizes up to 64 or up to 128.
-fn padded_rows(d: usize) -> usize {
-    if d <= 64 {
-        64
-    } else {
-        128
-    }
-}
-
-/// The uses of the scan kernel (see the module notes); `Step` is a decoding step that applies
-/// the feature maps itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Scan {
-    Forward,
-    Step,
-    ColsForward,
-    RowsReverse,
-    ColsReverse,
-}
-
-impl Scan {
-    /// The kernel entry point of this scan alone.
-    fn entry(self, bf16_out: bool, rows: usize) -> &'static str {
-        match (self, bf16_out, rows) {
-            (Scan::Forward, false, 64) => "mixer_scan_forward_f32_d64",
-            (Scan::Forward, false, _) => "mixer_scan_forward_f32_d128",
-            (Scan::Forward, true, 64) => "mixer_scan_forward_bf16_d64",
-            (Scan::Forward, true, _) => "mixer_scan_forward_bf16_d128",
-            (Scan::Step, false, 64) => "mixer_step_f32_d64",
-            (Scan::Step, false, _) => "mixer_step_f32_d128",
-            (Scan::Step, true, 64) => "mixer_step_bf16_d64",
-            (Scan::Step, true, _) => "mixer_step_bf16_d128",
-            (Scan::ColsForward, _, 64) => "mixer_scan_cols_forward_d64",
-            (Scan::ColsForward, _, _) => "mixer_scan_cols_forward_d128",
-            (Scan::RowsReverse, _, 64) => "mixer_scan_rows_reverse_d64",
-            (Scan::RowsReverse, _, _) => "mixer_scan_rows_reverse_d128",
-            (Scan::ColsReverse, _, 64) => "mixer_scan_cols_reverse_d64",
-            (Scan::ColsReverse, _, _) => "mixer_scan_cols_reverse_d128",
-        }
-    }
-    fn decays_columns(self) -> bool {
-        matches!(self, Scan::ColsForward | Scan::ColsReverse)
-    }
-}
-
-/// Floats of shared memory per token of a scan tile (kernel: `tile_buffer_floats` and the
-/// layout in `gated_scan`): two buffers of x, y, w and decays, and the warps' partial read-outs.
-fn scan_floats_per_token(x_n: usize, w_n: usize, rows: usize, decay_cols: bool) -> usize {
-    let buffer = x_n * rows + x_n * SCAN_COLS + w_n * rows + if decay_cols { SCAN_COLS } else { rows };
-    2 * buffer + scan_warps(rows) * w_n * SCAN_COLS
-}
-
-/// Tokens per tile that fit `shared_bytes`, or an error when not even one does.
-fn scan_tile(x_n: usize, w_n: usize, rows: usize, decay_cols: bool, shared_bytes: usize) -> Result<usize> {
-    let per_token = scan_floats_per_token(x_n, w_n, rows, decay_cols) * 4;
-    let tile = (shared_bytes / per_token).min(MAX_TILE);
-    if tile == 0 {
-        return Err(Error::invalid_argument(format!(
-            "{} query heads per key-value head are more than the GPU mixer kernels take: use the CPU backend",
-            x_n.max(w_n)
-        )));
-    }
-    Ok(tile)
-}
-
-/// The kernel's `ScanParams`: device pointers (0 for none) and sizes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct ScanParams {
-    x: u64,
-    y: u64,
-    w: u64,
-    decay: u64,
-    out: u64,
-    initial: u64,
-    final_state: u64,
-    batch: i32,
-    tokens: i32,
-    hkv: i32,
-    d: i32,
-    x_n: i32,
-    w_n: i32,
-    tile: i32,
-    kind: i32,
-    gate_scale: f32,
-}
-
-// SAFETY: plain old data with the C layout of the kernel's struct.
-unsafe impl DeviceRepr for ScanParams {}
-
-fn ptr<T: DeviceRepr>(ctx: &GpuContext, buf: &GpuBuffer<T>) -> u64 {
-    buf.slice().device_ptr(ctx.stream()).0
-}
-
-fn ptr_mut<T: DeviceRepr>(ctx: &GpuContext, buf: &mut GpuBuffer<T>) -> u64 {
-    buf.slice_mut().device_ptr_mut(ctx.stream()).0
-}
-
-fn int(name: &str, value: usize) -> Result<i32> {
-    crate::launch::as_int(name, value)
-}
-
-/// Device pointers of one scan's operands (a decoding step: raw k, v, q as x, y, w, and the
-/// mixer kind and gate scale for their feature maps).
-struct ScanOperands {
-    x: u64,
-    y: u64,
-    w: u64,
-    decay: u64,
-    out: u64,
-    initial: u64,
-    final_state: u64,
-    kind: i32,
-    gate_scale: f32,
-}
-
-/// A scan's kernel parameters and shared memory bytes. Every pointer must hold the
-/// `[B, T, heads, d]` tensor its role needs (`x_n` heads per kv head for x and y, `w_n` for w
-/// and out); the callers check the lengths.
-fn scan_params(ctx: &GpuContext, scan: Scan, dims: MixerDims, ops: ScanOperands, x_n: usize, w_n: usize) -> Result<(ScanParams, usize)> {
-    let d = dims.shape.d;
-    let rows = padded_rows(d);
-    // No longer than the sequence: a short one (a decoding step) then clears less shared memory.
-    let tile = scan_tile(x_n, w_n, rows, scan.decays_columns(), scan_shared_bytes(ctx.info().compute_capability))?.min(dims.tokens.max(1));
-    let params = ScanParams {
-        x: ops.x,
-        y: ops.y,
-        w: ops.w,
-        decay: ops.decay,
-        out: ops.out,
-        initial: ops.initial,
-        final_state: ops.final_state,
-        batch: int("batch", dims.batch)?,
-        tokens: int("tokens", dims.tokens)?,
-        hkv: int("hkv", dims.shape.hkv)?,
-        d: int("d", d)?,
-        x_n: int("group", x_n)?,
-        w_n: int("group", w_n)?,
-        tile: tile as i32,
-        kind: ops.kind,
-        gate_scale: ops.gate_scale,
-    };
-    Ok((params, tile * scan_floats_per_token(x_n, w_n, rows, scan.decays_columns()) * 4))
-}
-
-/// Queues one launch of scan kernel `name` with one CTA per (column block, kv head, sequence)
-/// for each of `params` (the backward's three scans run side by side in one launch).
-fn launch_scans(ctx: &GpuContext, name: &'static str, dims: MixerDims, params: &[ScanParams], shared: usize) -> Result<()> {
-    let d = dims.shape.d;
-    // Offsets inside the kernel are 64-bit; the grid's y and z are at most 65535.
-    if dims.batch > 65535 || dims.shape.hkv > 65535 {
-        return Err(Error::invalid_argument(format!(
-            "batch {} x {} key-value heads is more than one GPU launch takes (65535 each): split the batch",
-            dims.batch, dims.shape.hkv
-        )));
-    }
-    let cfg = LaunchConfig {
-        grid_dim: ((params.len() * d.div_ceil(SCAN_COLS)) as u32, dims.shape.hkv as u32, dims.batch as u32),
-        block_dim: ((scan_warps(padded_rows(d)) * 32) as u32, 1, 1),
-        shared_mem_bytes: shared as u32,
-    };
-    let f = ctx.function(&MIXER_GATED, name)?;
-    if shared > 48 * 1024 {
-        let attribute = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-        f.set_attribute(attribute, shared as i32).map_err(|e| driver_error(e, &format!("allowing {name} {shared} bytes of shared memory")))?;
-    }
-    let mut launch = ctx.stream().launch_builder(&f);
-    for p in params {
-        launch.arg(p);
-    }
-    // SAFETY: the pointers hold the tensors of `dims` (checked by the callers), the grid
-    // covers (column block, kv head, sequence) per scan and the shared memory fits every tile.
-    ctx.check_launch(unsafe { launch.launch(cfg) }, name)
-}
-
-/// Queues one forward scan or decoding step.
-fn launch_scan(ctx: &GpuContext, scan: Scan, bf16_out: bool, dims: MixerDims, ops: ScanOperands, x_n: usize, w_n: usize) -> Result<()> {
-    let (params, shared) = scan_params(ctx, scan, dims, ops, x_n, w_n)?;
-    launch_scans(ctx, scan.entry(bf16_out, padded_rows(dims.shape.d)), dims, &[params], shared)
 }
 
 /// Offsets of f32 regions in the context's scratch memory (`GpuContext::with_scratch`), each
@@ -376,6 +183,24 @@ pub fn mixer_chunk_forward<T: GpuElement>(
     initial: Option<&GpuBuffer<f32>>,
     final_state: Option<&mut GpuBuffer<f32>>,
 ) -> Result<()> {
+    mixer_chunk_forward_in_segments(ctx, cfg, dims, q, k, v, o, initial, final_state, TimeSegments::Auto)
+}
+
+/// [`mixer_chunk_forward`] with the sequences cut into `segments` over time (see
+/// [`TimeSegments`]); every choice gives the same results up to float rounding.
+#[allow(clippy::too_many_arguments)]
+pub fn mixer_chunk_forward_in_segments<T: GpuElement>(
+    ctx: &GpuContext,
+    cfg: &MixerConfig,
+    dims: MixerDims,
+    q: &GpuBuffer<T>,
+    k: &GpuBuffer<T>,
+    v: &GpuBuffer<T>,
+    o: &mut GpuBuffer<T>,
+    initial: Option<&GpuBuffer<f32>>,
+    final_state: Option<&mut GpuBuffer<f32>>,
+    segments: TimeSegments,
+) -> Result<()> {
     let (kind, scale) = check_config(cfg, dims.shape)?;
     check_inputs(dims, q, k, v)?;
     expect_len("o", o.len(), dims.q_len())?;
@@ -389,15 +214,19 @@ pub fn mixer_chunk_forward<T: GpuElement>(
     if dims.batch == 0 {
         return Ok(());
     }
+    let (bf16, group) = (T::KERNEL_SUFFIX == "bf16", dims.shape.group());
+    let schedule = forward_schedule(ctx, dims, bf16, segments)?;
     let mut plan = ScratchPlan::default();
     let regions = FeatureRegions::plan(&mut plan, dims);
+    let segment_regions = SegmentRegions::plan(&mut plan, dims, &schedule, 1);
     let out = ptr_mut(ctx, o);
     let initial = initial.map_or(0, |s| ptr(ctx, s));
     let final_state = final_state.map_or(0, |s| ptr_mut(ctx, s));
     ctx.with_scratch(plan.floats, |base| {
         let f = features(ctx, dims, kind, scale, q, k, v, base, &regions)?;
         let ops = ScanOperands { x: f.kf, y: f.vf, w: f.qf, decay: f.decay, out, initial, final_state, kind, gate_scale: scale };
-        launch_scan(ctx, Scan::Forward, T::KERNEL_SUFFIX == "bf16", dims, ops, 1, dims.shape.group())
+        let job = ScanJob::new(ctx, Scan::Forward, bf16, dims, ops, 1, group)?;
+        segments::run(ctx, dims, &[job], job.entry(), &schedule, &segment_regions, base)
     })
 }
 
@@ -437,7 +266,8 @@ pub fn mixer_recurrent_step<T: GpuElement>(
         kind,
         gate_scale: scale,
     };
-    launch_scan(ctx, Scan::Step, T::KERNEL_SUFFIX == "bf16", dims, ops, 1, shape.group())
+    let job = ScanJob::new(ctx, Scan::Step, T::KERNEL_SUFFIX == "bf16", dims, ops, 1, shape.group())?;
+    launch_scans(ctx, job.entry(), dims, &[job])
 }
 
 /// Gradients of sum(d_o * o) w.r.t. the raw q, k, v (gate and feature-map paths included), zero initial state.
@@ -454,6 +284,83 @@ pub fn mixer_chunk_backward<T: GpuElement>(
     dk: &mut GpuBuffer<T>,
     dv: &mut GpuBuffer<T>,
 ) -> Result<()> {
+    mixer_chunk_backward_in_segments(ctx, cfg, dims, q, k, v, d_o, dq, dk, dv, TimeSegments::Auto)
+}
+
+/// The forward scan's plan. Plans depend on the shapes alone: they are made with null
+/// operands, before the scratch memory is sized.
+fn forward_schedule(ctx: &GpuContext, dims: MixerDims, bf16: bool, segments: TimeSegments) -> Result<segments::Schedule> {
+    let probe = ScanJob::new(ctx, Scan::Forward, bf16, dims, ScanOperands::default(), 1, dims.shape.group())?;
+    segments::schedule(ctx, dims, &[probe], None, segments)
+}
+
+/// The kernel that runs the backward's three scans side by side.
+fn backward_side_by_side(dims: MixerDims) -> &'static str {
+    if padded_rows(dims.shape.d) == 64 {
+        "mixer_scan_backward_d64"
+    } else {
+        "mixer_scan_backward_d128"
+    }
+}
+
+fn backward_schedule(ctx: &GpuContext, dims: MixerDims, kind: i32, scale: f32, segments: TimeSegments) -> Result<segments::Schedule> {
+    let probes = backward_jobs(ctx, dims, &Features { qf: 0, kf: 0, decay: 0, vf: 0 }, 0, [0; 3], kind, scale)?;
+    segments::schedule(ctx, dims, &probes, Some(backward_side_by_side(dims)), segments)
+}
+
+/// How the automatic plan runs a batch's scans (for benchmarks and tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentPlanSummary {
+    /// Time segments per sequence of the forward scan.
+    pub forward_segments: usize,
+    /// Time segments per sequence of the backward's scans.
+    pub backward_segments: usize,
+    /// Whether the backward's three scans run side by side in one launch.
+    pub backward_side_by_side: bool,
+}
+
+/// The plan [`TimeSegments::Auto`] makes for `dims` with elements `T`.
+pub fn mixer_segment_plan<T: GpuElement>(ctx: &GpuContext, cfg: &MixerConfig, dims: MixerDims) -> Result<SegmentPlanSummary> {
+    let (kind, scale) = check_config(cfg, dims.shape)?;
+    let forward = forward_schedule(ctx, dims, T::KERNEL_SUFFIX == "bf16", TimeSegments::Auto)?;
+    let backward = backward_schedule(ctx, dims, kind, scale, TimeSegments::Auto)?;
+    Ok(SegmentPlanSummary { forward_segments: forward.plan.count, backward_segments: backward.plan.count, backward_side_by_side: backward.side_by_side })
+}
+
+/// The backward's three scans: dqf forward in time, dvf and dkf backward (see the module notes).
+/// `feat` holds the feature maps, `d_o` the output gradient in f32, `outs` dqf, dvf and dkf.
+fn backward_jobs(ctx: &GpuContext, dims: MixerDims, feat: &Features, d_o: u64, outs: [u64; 3], kind: i32, scale: f32) -> Result<[ScanJob; 3]> {
+    let group = dims.shape.group();
+    let job = |scan, x, y, w, out, x_n, w_n| {
+        let ops = ScanOperands { x, y, w, decay: feat.decay, out, initial: 0, final_state: 0, kind, gate_scale: scale };
+        ScanJob::new(ctx, scan, false, dims, ops, x_n, w_n)
+    };
+    Ok([
+        // dqf_t = do_t S_t^T: the state transposed (rows = value dims), read out by do.
+        job(Scan::ColsForward, feat.vf, feat.kf, d_o, outs[0], 1, group)?,
+        // dv_t = kf_t dS_t, dS built backward from qf^T do.
+        job(Scan::RowsReverse, feat.qf, d_o, feat.kf, outs[1], group, 1)?,
+        // dkf_t = v_t dS_t^T, the same state gradient transposed.
+        job(Scan::ColsReverse, d_o, feat.qf, feat.vf, outs[2], group, 1)?,
+    ])
+}
+
+/// [`mixer_chunk_backward`] with the sequences cut into `segments` over time (see
+/// [`TimeSegments`]); every choice gives the same results up to float rounding.
+#[allow(clippy::too_many_arguments)]
+pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
+    ctx: &GpuContext,
+    cfg: &MixerConfig,
+    dims: MixerDims,
+    q: &GpuBuffer<T>,
+    k: &GpuBuffer<T>,
+    v: &GpuBuffer<T>,
+    d_o: &GpuBuffer<T>,
+    dq: &mut GpuBuffer<T>,
+    dk: &mut GpuBuffer<T>,
+    dv: &mut GpuBuffer<T>,
+    segments: TimeSegments,
+) -> Result<()> {
     let (kind, scale) = check_config(cfg, dims.shape)?;
     check_inputs(dims, q, k, v)?;
     expect_len("d_o", d_o.len(), dims.q_len())?;
@@ -466,11 +373,14 @@ pub fn mixer_chunk_backward<T: GpuElement>(
     let group = dims.shape.group();
     let bf16 = T::KERNEL_SUFFIX == "bf16";
     let pieces = dims.tokens.div_ceil(GATE_PIECE);
+    let side_by_side = backward_side_by_side(dims);
+    let schedule = backward_schedule(ctx, dims, kind, scale, segments)?;
     let mut plan = ScratchPlan::default();
     let regions = FeatureRegions::plan(&mut plan, dims);
     let dof_at = bf16.then(|| plan.take(dims.q_len()));
     let (dqf_at, dkf_at, dvf_at, dg_at) = (plan.take(dims.q_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()));
     let carry_at = plan.take(dims.batch * pieces * dims.shape.hkv * dims.shape.d);
+    let segment_regions = SegmentRegions::plan(&mut plan, dims, &schedule, 3);
     let (dq, dk, dv) = (ptr_mut(ctx, dq), ptr_mut(ctx, dk), ptr_mut(ctx, dv));
     ctx.with_scratch(plan.floats, |base| {
         let f = features(ctx, dims, kind, scale, q, k, v, base, &regions)?;
@@ -479,31 +389,8 @@ pub fn mixer_chunk_backward<T: GpuElement>(
             None => ptr(ctx, d_o),
         };
         let (dqf, dkf, dvf, dg, carry) = (region(base, dqf_at), region(base, dkf_at), region(base, dvf_at), region(base, dg_at), region(base, carry_at));
-        let scans = [
-            // dqf_t = do_t S_t^T: the state transposed (rows = value dims), read out by do.
-            (Scan::ColsForward, f.vf, f.kf, do_ptr, dqf, 1, group),
-            // dv_t = kf_t dS_t, dS built backward from qf^T do.
-            (Scan::RowsReverse, f.qf, do_ptr, f.kf, dvf, group, 1),
-            // dkf_t = v_t dS_t^T, the same state gradient transposed.
-            (Scan::ColsReverse, do_ptr, f.qf, f.vf, dkf, group, 1),
-        ];
-        let rows = padded_rows(dims.shape.d);
-        let side_by_side = dims.shape.d.div_ceil(SCAN_COLS) * dims.shape.hkv * dims.batch < SIDE_BY_SIDE_BELOW_CTAS;
-        let (mut params, mut shared) = (Vec::with_capacity(3), 0);
-        for (scan, x, y, w, out, x_n, w_n) in scans {
-            let ops = ScanOperands { x, y, w, decay: f.decay, out, initial: 0, final_state: 0, kind, gate_scale: scale };
-            let (p, bytes) = scan_params(ctx, scan, dims, ops, x_n, w_n)?;
-            if side_by_side {
-                params.push(p);
-                shared = shared.max(bytes);
-            } else {
-                launch_scans(ctx, scan.entry(false, rows), dims, &[p], bytes)?;
-            }
-        }
-        if side_by_side {
-            let name = if rows == 64 { "mixer_scan_backward_d64" } else { "mixer_scan_backward_d128" };
-            launch_scans(ctx, name, dims, &params, shared)?;
-        }
+        let jobs = backward_jobs(ctx, dims, &f, do_ptr, [dqf, dvf, dkf], kind, scale)?;
+        segments::run(ctx, dims, &jobs, side_by_side, &schedule, &segment_regions, base)?;
 
         let (batch, tokens, hkv, group_arg, d) =
             (int("batch", dims.batch)?, int("tokens", dims.tokens)?, int("hkv", dims.shape.hkv)?, int("group", group)?, int("d", dims.shape.d)?);
@@ -585,31 +472,5 @@ mod tests {
         assert_eq!(check_config(&MixerConfig::default(), odd).unwrap_err().code, ErrorCode::InvalidArgument);
         let (_, scale) = check_config(&MixerConfig::default(), shape(4, 2, 64)).unwrap();
         assert_eq!(scale, 1.0 / liger_core::liger::DEFAULT_GATE_NORMALIZER);
-    }
-
-    #[test]
-    fn scan_tiles_fit_shared_memory() {
-        for (x_n, w_n) in [(1, 1), (1, 4), (4, 1), (1, 8), (8, 1), (1, 16)] {
-            for rows in [64, 128] {
-                for cols in [false, true] {
-                    for cc in [(7, 5), (9, 0)] {
-                        let bytes = scan_shared_bytes(cc);
-                        let tile = scan_tile(x_n, w_n, rows, cols, bytes).unwrap();
-                        assert!((1..=MAX_TILE).contains(&tile));
-                        assert!(tile * scan_floats_per_token(x_n, w_n, rows, cols) * 4 <= bytes);
-                    }
-                }
-            }
-        }
-        assert_eq!(scan_tile(1, 64, 128, false, scan_shared_bytes((9, 0))).unwrap_err().code, ErrorCode::InvalidArgument);
-        assert_eq!(padded_rows(64), 64);
-        assert_eq!(padded_rows(80), 128);
-        assert_eq!(padded_rows(128), 128);
-    }
-
-    #[test]
-    fn scan_params_have_the_kernel_layout() {
-        // Seven 8-byte pointers, then eight ints and a float, padded to 8 bytes.
-        assert_eq!(std::mem::size_of::<ScanParams>(), 7 * 8 + 10 * 4);
     }
 }
