@@ -81,6 +81,9 @@ describe("liger linearize", () => {
     expect(cuda.code).toBe(1);
     // This machine has no NVIDIA GPU: the GPU engine says so and points at the CPU backend.
     expect(cuda.stderr).toMatch(/^liger: DEVICE_UNAVAILABLE: .*NVIDIA.*use the CPU backend/m);
+    const evalCuda = liger(["eval", "--device", "cuda", "--tasks", "arc_easy", "--limit", "2"]);
+    expect(evalCuda.code).toBe(1);
+    expect(evalCuda.stderr).toMatch(/^liger: DEVICE_UNAVAILABLE: .*NVIDIA.*use the CPU backend/m);
     const mixer = liger(["linearize", "--mixer", "transformer", "--out", join(work, "never")]);
     expect(mixer.code).toBe(1);
     expect(mixer.stderr).toMatch(/INVALID_ARGUMENT: mixer must be one of gla/);

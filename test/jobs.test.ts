@@ -55,6 +55,16 @@ describe("evaluate", () => {
     expect(events).toContain("progress");
   });
 
+  it("device cuda without a GPU is DEVICE_UNAVAILABLE; an unknown device is INVALID_ARGUMENT", async () => {
+    const model = await sharedModel();
+    const options = { tasks: ["arc_easy"], limit: 2, dataDir: dataDir() };
+    // No NVIDIA GPU on the test machine: a typed error that points at the CPU backend.
+    await expectCode(model.evaluate({ ...options, device: "cuda" }), "DEVICE_UNAVAILABLE", /NVIDIA.*use the CPU backend/);
+    await expectCode(model.evaluate({ ...options, device: "tpu" as never }), "INVALID_ARGUMENT", /device must be "cpu" or "cuda"/);
+    const onCpu = await model.evaluate({ ...options, device: "cpu" });
+    expect(onCpu.tasks[0].n).toBe(2);
+  });
+
   it("compares two reports: per-task recovery, ratio of averages, mean of ratios", async () => {
     const model = await sharedModel();
     const real = await model.evaluate({ tasks: ["arc_easy", "lambada_openai"], limit: 5, seed: 1, dataDir: dataDir() });

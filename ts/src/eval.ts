@@ -136,6 +136,8 @@ export interface EvaluateOptions {
   passkey?: readonly number[];
   /** The model's name in the report (default: its name, marked "(liger)" for a Liger model). */
   label?: string;
+  /** Where scoring runs: "cpu" (default) or "cuda" (a bf16 copy on the first NVIDIA GPU; DEVICE_UNAVAILABLE without one). */
+  device?: "cpu" | "cuda";
   onProgress?: (event: EvalEvent) => void;
   signal?: AbortSignal;
 }
@@ -247,6 +249,7 @@ export function resolveEvalOptions(options: EvaluateOptions, defaultLabel: strin
   checkOptional("seed", options.seed, (v) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0, "an integer >= 0");
   checkOptional("passkey", options.passkey, (v) => Array.isArray(v) && v.length > 0 && v.every(isPositiveInt), "a non-empty list of lengths");
   checkOptional("signal", options.signal, (v) => v instanceof AbortSignal, "an AbortSignal");
+  checkOptional("device", options.device, (v) => v === "cpu" || v === "cuda", `"cpu" or "cuda"`);
   const taskFiles = Object.entries(options.taskFiles ?? {}).filter((e): e is [string, string] => typeof e[1] === "string");
   const dataDir = options.dataDir ?? defaultDataDir();
   const needsData = tasks.filter((t) => !taskFiles.some(([name]) => name === t));
@@ -266,6 +269,7 @@ export function resolveEvalOptions(options: EvaluateOptions, defaultLabel: strin
     addBos: options.addBos ?? false,
     passkey: options.passkey ? [...options.passkey] : undefined,
     label: options.label ?? defaultLabel,
+    device: options.device ?? "cpu",
   };
 }
 

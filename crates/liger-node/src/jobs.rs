@@ -151,6 +151,8 @@ pub struct JsEvalOptions {
     pub passkey: Option<Vec<u32>>,
     /// The model's name in the report.
     pub label: String,
+    /// Where scoring runs: "cpu" (default) or "cuda" (a bf16 copy on the first GPU).
+    pub device: Option<String>,
 }
 
 pub struct EvalTask {
@@ -202,8 +204,17 @@ impl EvalTask {
             perplexity_window: o.window.map(|v| v as usize),
         };
         let tasks = self.task_paths()?;
+        let gpu = match o.device.as_deref().unwrap_or("cpu") {
+            "cpu" => None,
+            "cuda" => Some(self.model.upload_for_scoring(0)?),
+            other => {
+                return Err(Error::invalid_argument(format!(
+                    "unknown device {other:?}; known: cpu, cuda"
+                )))
+            }
+        };
         let scorer = Cancellable {
-            model: self.model.scorer(),
+            model: gpu.as_deref().map_or(self.model.scorer(), |g| g as &dyn ScoreModel),
             cancel: &self.cancel,
         };
         let on_event = self.on_event.as_ref();

@@ -39,6 +39,30 @@ impl AnyModel {
         }
     }
 
+    /// A copy of this model on GPU `index` to score with (frozen weights in bf16; a base model
+    /// runs with every layer softmax). No usable GPU is DEVICE_UNAVAILABLE.
+    pub fn upload_for_scoring(&self, index: usize) -> Result<Box<dyn ScoreModel + Send>> {
+        let b = self.base();
+        let base = BaseModel::new(
+            b.config.clone(),
+            b.weights.clone(),
+            b.tokenizer.clone(),
+            b.chat_template.clone(),
+            b.name.clone(),
+            b.format,
+        );
+        let host = match self {
+            AnyModel::Base(_) => liger_cuda::model::all_softmax(base)?,
+            AnyModel::Liger(m) => LigerModel {
+                base,
+                options: m.options.clone(),
+                lora: m.lora.clone(),
+            },
+        };
+        let gpu = liger_cuda::model::upload_for_scoring(index, host)?;
+        Ok(Box::new(gpu))
+    }
+
     pub fn scorer(&self) -> &dyn ScoreModel {
         match self {
             AnyModel::Base(m) => m,

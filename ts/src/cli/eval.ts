@@ -4,7 +4,15 @@
  */
 import type { Command } from "commander";
 
-import { compareReports, renderEvalHtml, writeFileAtomically, type Comparison, type EvalReport, type PerplexityResult } from "../eval.js";
+import {
+  compareReports,
+  renderEvalHtml,
+  writeFileAtomically,
+  type Comparison,
+  type EvalReport,
+  type EvaluateOptions,
+  type PerplexityResult,
+} from "../eval.js";
 import { LigerError } from "../errors.js";
 import type { LigerModel } from "../model.js";
 import { loadModelWithProgress, parseNumber } from "./common.js";
@@ -23,6 +31,7 @@ interface EvalCliOptions {
   passkey?: string;
   json?: string;
   html?: string;
+  device?: string;
 }
 
 export function registerEval(program: Command): void {
@@ -39,6 +48,7 @@ export function registerEval(program: Command): void {
     .option("--window <n>", "perplexity window in tokens (default: the model's context)", parseNumber("window"))
     .option("--ppl <file>", "also report the rolling perplexity of this text file")
     .option("--passkey <lengths>", "passkey retrieval at these comma-separated prompt lengths, e.g. 1024,2048")
+    .option("--device <device>", "where the tasks and passkey are scored: cpu, or cuda (the first NVIDIA GPU)", "cpu")
     .option("--json <file>", "write the reports (and comparison) as JSON")
     .option("--html <file>", "write a self-contained HTML page of the results")
     .action(async (options: EvalCliOptions) => {
@@ -64,6 +74,7 @@ export function registerEval(program: Command): void {
                     maxLength: options.maxLength,
                     window: options.window,
                     passkey,
+                    device: options.device as EvaluateOptions["device"],
                     onProgress: progress.update,
                     signal: controller.signal,
                   })

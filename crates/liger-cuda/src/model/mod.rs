@@ -12,12 +12,14 @@
 mod decode;
 pub mod glue;
 mod layer;
+mod score;
 pub mod memory;
 mod train;
 mod weights;
 
 pub use decode::GpuLigerState;
 pub use layer::Rows;
+pub use score::{all_softmax, upload_for_scoring};
 pub use weights::{shape_only_host, GpuLayer, GpuLora, GpuWeights};
 
 use crate::context::GpuContext;

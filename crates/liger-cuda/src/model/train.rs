@@ -79,7 +79,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// The residual stream after the last layer for a batch from position 0; keeps each
     /// layer's input and, with `tapes`, its activations for the backward pass.
-    fn forward_rows(&self, inputs: &[&[u32]], rows: Rows, start: &GpuBuffer<u32>, mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>, mut tapes: Option<&mut Vec<LayerTape<T>>>) -> Result<GpuBuffer<f32>> {
+    pub(super) fn forward_rows(&self, inputs: &[&[u32]], rows: Rows, start: &GpuBuffer<u32>, mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>, mut tapes: Option<&mut Vec<LayerTape<T>>>) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.iter().copied()).collect();
