@@ -74,6 +74,17 @@ where
     B: DevicePtr<T>,
     C: DevicePtrMut<f32>,
 {
+    gemm_scaled(ctx, dims, a, b, c, 1.0, accumulate)
+}
+
+/// `c = alpha · op(a) · op(b)`, or `c += alpha · op(a) · op(b)` when `accumulate`.
+pub fn gemm_scaled<T, A, B, C>(ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, alpha: f32, accumulate: bool) -> Result<()>
+where
+    T: GemmInput,
+    A: DevicePtr<T>,
+    B: DevicePtr<T>,
+    C: DevicePtrMut<f32>,
+{
     expect_len("gemm: A", a.len(), dims.m * dims.k)?;
     expect_len("gemm: B", b.len(), dims.k * dims.n)?;
     expect_len("gemm: C", c.len(), dims.m * dims.n)?;
@@ -88,7 +99,7 @@ where
     let stream = ctx.stream();
     // cuBLAS works in the calling thread's current context.
     stream.context().bind_to_thread().map_err(|e| crate::error::driver_error(e, "binding the CUDA context"))?;
-    let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
+    let beta = if accumulate { 1.0f32 } else { 0.0 };
     let (a_ptr, _a_guard) = a.device_ptr(stream);
     let (b_ptr, _b_guard) = b.device_ptr(stream);
     let (c_ptr, _c_guard) = c.device_ptr_mut(stream);
