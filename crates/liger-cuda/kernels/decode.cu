@@ -95,3 +95,102 @@ __device__ void decode_swiglu(const float* gate, const float* up, T* out, size_t
 
 DECODE_ENTRY_POINTS(float, f32)
 DECODE_ENTRY_POINTS(bf16, bf16)
+
+// ---- products of a few rows with a frozen weight (batch <= NB sequences) --------------------
+// y[b, r] (+)= sum_k x[b, k] * w[r, k]: one warp per weight row, read once with 16-byte loads
+// and dotted with every row of x (NB accumulators per lane), then summed across the warp. At
+// batch 1 a step reads each weight once at close to the memory's bandwidth, in one launch.
+// k must be a multiple of 8 (bf16) or 4 (float) and the buffers 16-byte aligned.
+
+// 16 bytes of T as floats: 8 bf16 or 4 float.
+__device__ __forceinline__ void load16(const bf16* p, float* out) {
+    const uint4 raw = *(const uint4*)p;
+    const u32 words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        out[2 * i] = __uint_as_float(words[i] << 16);
+        out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+}
+__device__ __forceinline__ void load16(const float* p, float* out) {
+    const float4 raw = *(const float4*)p;
+    out[0] = raw.x, out[1] = raw.y, out[2] = raw.z, out[3] = raw.w;
+}
+
+// acc[b] = this lane's part of x[b] . w_row, for b < batch.
+template <typename T, int NB>
+__device__ __forceinline__ void row_dots(const T* x, const T* w_row, int batch, int k, float* acc) {
+    const int VEC = 16 / sizeof(T), lane = threadIdx.x & 31;
+#pragma unroll
+    for (int b = 0; b < NB; b++) acc[b] = 0.0f;
+    for (int k0 = lane * VEC; k0 < k; k0 += 32 * VEC) {
+        float wv[VEC], xv[VEC];
+        load16(w_row + k0, wv);
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            if (b < batch) {
+                load16(x + (size_t)b * k + k0, xv);
+#pragma unroll
+                for (int i = 0; i < VEC; i++) acc[b] += wv[i] * xv[i];
+            }
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < NB; b++) acc[b] = warp_sum(acc[b]);
+}
+
+// Up to three products of the same x (q, k and v): rows [0, n0) of w0 into y0, then n1 rows of
+// w1 into y1, n2 rows of w2 into y2.
+template <typename T, int NB>
+__device__ void decode_gemv(const T* x, const T* w0, float* y0, int n0, const T* w1, float* y1, int n1, const T* w2, float* y2,
+                            int n2, int batch, int k, int accumulate) {
+    int r = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5);
+    const T* w = w0;
+    float* y = y0;
+    int n = n0;
+    if (r >= n0) {
+        r -= n0, w = w1, y = y1, n = n1;
+        if (r >= n1) {
+            r -= n1, w = w2, y = y2, n = n2;
+            if (r >= n2) return;  // past the last row: whole warps leave together
+        }
+    }
+    float acc[NB];
+    row_dots<T, NB>(x, w + (size_t)r * k, batch, k, acc);
+    if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+        for (int b = 0; b < NB; b++)
+            if (b < batch) y[(size_t)b * n + r] = accumulate ? y[(size_t)b * n + r] + acc[b] : acc[b];
+    }
+}
+
+// The MLP's first half: act[b, r] = silu(x . gate_r) * (x . up_r), stored as T.
+template <typename T, int NB>
+__device__ void decode_gemv_swiglu(const T* x, const T* w_gate, const T* w_up, T* act, int n, int batch, int k) {
+    const int r = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5);
+    if (r >= n) return;
+    float g[NB], u[NB];
+    row_dots<T, NB>(x, w_gate + (size_t)r * k, batch, k, g);
+    row_dots<T, NB>(x, w_up + (size_t)r * k, batch, k, u);
+    if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+        for (int b = 0; b < NB; b++)
+            if (b < batch) act[(size_t)b * n + r] = from_f32<T>(g[b] * (1.0f / (1.0f + expf(-g[b]))) * u[b]);
+    }
+}
+
+#define GEMV_ENTRY_POINTS(T, SUFFIX, NB)                                                                                  \
+    extern "C" __global__ void decode_gemv_##SUFFIX##_b##NB(const T* x, const T* w0, float* y0, int n0, const T* w1,     \
+                                                            float* y1, int n1, const T* w2, float* y2, int n2, int batch, \
+                                                            int k, int accumulate) {                                      \
+        decode_gemv<T, NB>(x, w0, y0, n0, w1, y1, n1, w2, y2, n2, batch, k, accumulate);                                  \
+    }                                                                                                                     \
+    extern "C" __global__ void decode_gemv_swiglu_##SUFFIX##_b##NB(const T* x, const T* w_gate, const T* w_up, T* act,   \
+                                                                   int n, int batch, int k) {                             \
+        decode_gemv_swiglu<T, NB>(x, w_gate, w_up, act, n, batch, k);                                                     \
+    }
+
+GEMV_ENTRY_POINTS(float, f32, 1)
+GEMV_ENTRY_POINTS(float, f32, 4)
+GEMV_ENTRY_POINTS(bf16, bf16, 1)
+GEMV_ENTRY_POINTS(bf16, bf16, 4)

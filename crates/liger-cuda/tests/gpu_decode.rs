@@ -13,7 +13,8 @@ use liger_core::model::{BaseModel, ModelFormat};
 use liger_core::testing::{random_tokens, random_weights, tiny_config};
 use liger_core::tokenizer::Tokenizer;
 use liger_core::ErrorCode;
-use liger_cuda::ops::decode::{decode_mix, decode_rms_norm, decode_rope_append, decode_swiglu, DecodeRope};
+use liger_cuda::ops::decode::{decode_gemv, decode_gemv_swiglu, decode_mix, decode_rms_norm, decode_rope_append, decode_swiglu, DecodeRope};
+use liger_core::generate::CausalLm;
 use liger_cuda::{GpuBuffer, GpuContext, GpuElement, GpuLigerModel};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -122,6 +123,83 @@ fn mix_and_swiglu_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
     let mut out = poisoned_t::<T>(ctx, n);
     decode_swiglu(ctx, &a_gpu, &upload(ctx, &b), &mut out).unwrap();
     check_host(&format!("decode_swiglu ({})", T::KERNEL_SUFFIX), &host_f32(&out), &reference, tol::<T>());
+}
+
+/// `x W_iᵀ` of up to three weights in one launch, plain and accumulated, and gate/up + SwiGLU.
+fn gemv_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, batch: usize) {
+    let (k, rows) = (200, [70usize, 33, 5]);
+    let stored = |v: Vec<f32>| -> Vec<T> { v.into_iter().map(T::from_f32).collect() };
+    let x = stored(random(rng, batch * k, 1.0));
+    let ws: Vec<Vec<T>> = rows.iter().map(|&n| stored(random(rng, n * k, 0.2))).collect();
+    let product = |w: &[T], b: usize, r: usize| -> f64 { (0..k).map(|i| x[b * k + i].to_f32() as f64 * w[r * k + i].to_f32() as f64).sum() };
+    let x_gpu = GpuBuffer::from_host(ctx, &x).unwrap();
+    let w_gpu: Vec<GpuBuffer<T>> = ws.iter().map(|w| GpuBuffer::from_host(ctx, w).unwrap()).collect();
+    let starts: Vec<Vec<f32>> = rows.iter().map(|&n| random(rng, batch * n, 1.0)).collect();
+    for accumulate in [false, true] {
+        let mut ys: Vec<GpuBuffer<f32>> = rows.iter().zip(&starts).map(|(&n, s)| if accumulate { upload(ctx, s) } else { poisoned(ctx, batch * n) }).collect();
+        let [y0, y1, y2] = &mut ys[..] else { unreachable!() };
+        decode_gemv(ctx, &x_gpu, batch, k, &mut [(&w_gpu[0], y0), (&w_gpu[1], y1), (&w_gpu[2], y2)], accumulate).unwrap();
+        for (i, &n) in rows.iter().enumerate() {
+            let reference: Vec<f64> = (0..batch * n).map(|j| product(&ws[i], j / n, j % n) + if accumulate { starts[i][j] as f64 } else { 0.0 }).collect();
+            check_host(&format!("decode_gemv {} batch {batch} weight {i} accumulate {accumulate}", T::KERNEL_SUFFIX), &ys[i].to_host().unwrap(), &reference, 1e-5);
+        }
+    }
+    let n = rows[0];
+    let mut act = poisoned_t::<T>(ctx, batch * n);
+    let up = GpuBuffer::from_host(ctx, &stored(random(rng, n * k, 0.2))).unwrap();
+    let up_host: Vec<T> = up.to_host().unwrap();
+    decode_gemv_swiglu(ctx, &x_gpu, batch, k, &w_gpu[0], &up, &mut act).unwrap();
+    let reference: Vec<f64> = (0..batch * n)
+        .map(|j| {
+            let (g, u) = (product(&ws[0], j / n, j % n), product(&up_host, j / n, j % n));
+            g / (1.0 + (-g).exp()) * u
+        })
+        .collect();
+    check_host(&format!("decode_gemv_swiglu {} batch {batch}", T::KERNEL_SUFFIX), &host_f32(&act), &reference, tol::<T>());
+}
+
+#[test]
+fn decode_products_match_float64_references() {
+    let ctx = gpu();
+    let mut rng = rng("decode_products_match_float64_references");
+    for batch in [1, 3] {
+        gemv_case::<f32>(&ctx, &mut rng, batch);
+        gemv_case::<bf16>(&ctx, &mut rng, batch);
+    }
+    let f = |n: usize| GpuBuffer::<f32>::zeros(&ctx, n).unwrap();
+    let (w, x5) = (f(8 * 16), f(5 * 16));
+    let err = decode_gemv(&ctx, &x5, 5, 16, &mut [(&w, &mut f(40))], false).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.message);
+    let err = decode_gemv(&ctx, &f(6), 1, 6, &mut [(&f(12), &mut f(2))], false).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.message);
+    let err = decode_gemv(&ctx, &f(16), 1, 16, &mut [(&w, &mut f(9))], false).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
+    let err = decode_gemv_swiglu(&ctx, &f(16), 1, 16, &w, &f(16), &mut f(8)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
+}
+
+#[test]
+fn a_batch_past_the_small_products_decodes_like_the_cpu() {
+    let mut rng = rng("a_batch_past_the_small_products_decodes_like_the_cpu");
+    let cpu = tiny_model(&mut rng);
+    let vocab = cpu.config().vocab_size;
+    let (batch, prompt, steps) = (6, 5, 6);
+    let seqs: Vec<Vec<u32>> = (0..batch).map(|_| random_tokens(prompt + steps, vocab, rng.random())).collect();
+    let full: Vec<Vec<f32>> = seqs.iter().map(|s| cpu.all_logits(s).unwrap()).collect();
+    let gpu_model = GpuLigerModel::<f32>::new(gpu(), cpu).unwrap();
+    let mut state = gpu_model.new_batch_state(batch);
+    let mut worst: f64 = 0.0;
+    for end in prompt..=prompt + steps {
+        let from = if end == prompt { 0 } else { end - 1 };
+        let tokens: Vec<&[u32]> = seqs.iter().map(|s| &s[from..end]).collect();
+        let logits = gpu_model.forward_last_batch(&mut state, &tokens).unwrap();
+        for (b, full) in full.iter().enumerate() {
+            worst = worst.max(liger_core::testing::max_rel_error(&logits[b * vocab..(b + 1) * vocab], &to_f64(&full[(end - 1) * vocab..end * vocab])));
+        }
+    }
+    println!("batch {batch}: prefill {prompt} + {steps} steps vs the CPU's full forward, max rel error {worst:.2e}");
+    assert!(worst < 1e-4, "{worst:.2e}");
+    assert_eq!(gpu_model.max_tokens(), None);
 }
 
 #[test]

@@ -20,7 +20,7 @@ use crate::gemm::{gemm, gemm_scaled, GemmDims, GemmInput};
 use crate::kernels::EMBEDDING;
 use crate::launch::{as_int, block_per_row};
 use crate::ops::attention::attention_decode;
-use crate::ops::decode::{decode_mix, decode_rms_norm, decode_rope_append, decode_swiglu, DecodeRope};
+use crate::ops::decode::{decode_gemv, decode_gemv_swiglu, decode_mix, decode_rms_norm, decode_rope_append, decode_swiglu, gemv_fits, DecodeRope, GEMV_MAX_BATCH};
 use crate::ops::mixer::mixer_recurrent_step;
 use crate::ops::rms_norm::rms_norm_forward;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -215,14 +215,21 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let (b, shape, eps) = (p.batch, self.shape, c.rms_norm_eps);
         let (hs, qs, kvs, f) = (c.hidden_size, c.q_size(), c.kv_size(), c.intermediate_size);
         let lora = self.lora_guard()?;
+        // A few sequences: warp-per-row products that read each weight once, in fewer launches.
+        let small = b <= GEMV_MAX_BATCH && [hs, qs, f].iter().all(|&k| gemv_fits::<T>(k));
         let StepBuffers { ids, positions, window_len, full_len, x, h, h_t, q, k, v, q_normed, k_normed, q_rstd, k_rstd, lora_u, q_roped, o_mixer, o_attention, o, o_t, gate, up, act_t, logits, .. } = p;
         embed_ids(ctx, &self.weights.embed, hs, ids, x)?;
         for (layer, cache) in layers.iter_mut().enumerate() {
             let lw = &self.weights.layers[layer];
             let adapters = &lora[layer];
             decode_rms_norm(ctx, x, &lw.attn_norm, eps, h, h_t)?;
+            if small {
+                decode_gemv(ctx, h_t, b, hs, &mut [(&lw.wq, &mut *q), (&lw.wk, &mut *k), (&lw.wv, &mut *v)], false)?;
+            }
             for (target, w, bias, y, out) in [(LoraTarget::Q, &lw.wq, &lw.bq, &mut *q, qs), (LoraTarget::K, &lw.wk, &lw.bk, &mut *k, kvs), (LoraTarget::V, &lw.wv, &lw.bv, &mut *v, kvs)] {
-                gemm(ctx, GemmDims { m: b, n: out, k: hs, a_transposed: false, b_transposed: true }, h_t.slice(), w.slice(), y.slice_mut(), false)?;
+                if !small {
+                    gemm(ctx, GemmDims { m: b, n: out, k: hs, a_transposed: false, b_transposed: true }, h_t.slice(), w.slice(), y.slice_mut(), false)?;
+                }
                 if let Some(a) = &adapters[target as usize] {
                     lora_add(ctx, a, h, b, lora_u, y)?;
                 }
@@ -258,17 +265,26 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 }
             }
             // x += o_proj(o), the adapter included.
-            gemm(ctx, GemmDims { m: b, n: hs, k: qs, a_transposed: false, b_transposed: true }, o_t.slice(), lw.wo.slice(), x.slice_mut(), true)?;
+            if small {
+                decode_gemv(ctx, o_t, b, qs, &mut [(&lw.wo, &mut *x)], true)?;
+            } else {
+                gemm(ctx, GemmDims { m: b, n: hs, k: qs, a_transposed: false, b_transposed: true }, o_t.slice(), lw.wo.slice(), x.slice_mut(), true)?;
+            }
             if let Some(a) = &adapters[LoraTarget::O as usize] {
                 lora_add(ctx, a, o, b, lora_u, x)?;
             }
             // x += down(silu(gate(h2)) * up(h2)), h2 = norm(x).
             decode_rms_norm(ctx, x, &lw.ffn_norm, eps, h, h_t)?;
-            let to_f = GemmDims { m: b, n: f, k: hs, a_transposed: false, b_transposed: true };
-            gemm(ctx, to_f, h_t.slice(), lw.w_gate.slice(), gate.slice_mut(), false)?;
-            gemm(ctx, to_f, h_t.slice(), lw.w_up.slice(), up.slice_mut(), false)?;
-            decode_swiglu(ctx, gate, up, act_t)?;
-            gemm(ctx, GemmDims { m: b, n: hs, k: f, a_transposed: false, b_transposed: true }, act_t.slice(), lw.w_down.slice(), x.slice_mut(), true)?;
+            if small {
+                decode_gemv_swiglu(ctx, h_t, b, hs, &lw.w_gate, &lw.w_up, act_t)?;
+                decode_gemv(ctx, act_t, b, f, &mut [(&lw.w_down, &mut *x)], true)?;
+            } else {
+                let to_f = GemmDims { m: b, n: f, k: hs, a_transposed: false, b_transposed: true };
+                gemm(ctx, to_f, h_t.slice(), lw.w_gate.slice(), gate.slice_mut(), false)?;
+                gemm(ctx, to_f, h_t.slice(), lw.w_up.slice(), up.slice_mut(), false)?;
+                decode_swiglu(ctx, gate, up, act_t)?;
+                gemm(ctx, GemmDims { m: b, n: hs, k: f, a_transposed: false, b_transposed: true }, act_t.slice(), lw.w_down.slice(), x.slice_mut(), true)?;
+            }
         }
         decode_rms_norm(ctx, x, &self.weights.final_norm, eps, h, h_t)?;
         self.head_logits(h, h_t, b, logits)
@@ -278,6 +294,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// and in the storage type (`hf_t`, for a head stored as `T`).
     fn head_logits(&self, hf: &GpuBuffer<f32>, _hf_t: &GpuBuffer<T>, batch: usize, logits: &mut GpuBuffer<f32>) -> Result<()> {
         let c = self.config();
+        if batch <= GEMV_MAX_BATCH && gemv_fits::<f32>(c.hidden_size) {
+            return decode_gemv(&self.ctx, hf, batch, c.hidden_size, &mut [(&self.weights.head, logits)], false);
+        }
         let dims = GemmDims { m: batch, n: c.vocab_size, k: c.hidden_size, a_transposed: false, b_transposed: true };
         gemm(&self.ctx, dims, hf.slice(), self.weights.head.slice(), logits.slice_mut(), false)
     }

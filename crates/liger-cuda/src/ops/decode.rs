@@ -133,3 +133,80 @@ pub fn decode_swiglu<T: GpuElement>(ctx: &GpuContext, gate: &GpuBuffer<f32>, up:
     // SAFETY: all three buffers hold n values.
     ctx.check_launch(unsafe { launch.launch(elementwise(n)) }, name)
 }
+
+/// Most sequences the warp-per-row products ([`decode_gemv`]) take; a larger batch goes
+/// through cuBLAS, which reads each weight once for all of them on tensor cores.
+pub const GEMV_MAX_BATCH: usize = 4;
+
+/// Whether [`decode_gemv`] takes rows of `k` values of `T` (whole 16-byte loads).
+pub fn gemv_fits<T: GpuElement>(k: usize) -> bool {
+    k > 0 && (k * std::mem::size_of::<T>()).is_multiple_of(16)
+}
+
+fn gemv_checks<T: GpuElement>(x: &GpuBuffer<T>, batch: usize, k: usize) -> Result<()> {
+    if batch == 0 || batch > GEMV_MAX_BATCH {
+        return Err(Error::invalid_argument(format!("the decoding products take 1 to {GEMV_MAX_BATCH} sequences, got {batch}; use gemm")));
+    }
+    if !gemv_fits::<T>(k) {
+        return Err(Error::invalid_argument(format!("the decoding products take rows of whole 16-byte pieces; {k} values of {} are not", T::KERNEL_SUFFIX)));
+    }
+    expect_len("decode product input", x.len(), batch * k)
+}
+
+/// The kernel variant for `T` and the batch: `<base>_<suffix>_b1` or `_b4`.
+fn gemv_entry<T: GpuElement>(batch: usize, names: [&'static str; 4]) -> &'static str {
+    let i = if T::KERNEL_SUFFIX == "bf16" { 2 } else { 0 };
+    names[i + usize::from(batch > 1)]
+}
+
+/// The launch of one warp per weight row.
+fn warps_for(rows: usize) -> Result<cudarc::driver::LaunchConfig> {
+    let blocks = (as_int("weight rows", rows)? as usize * 32).div_ceil(crate::launch::BLOCK as usize);
+    Ok(cudarc::driver::LaunchConfig { grid_dim: (as_int("blocks", blocks)? as u32, 1, 1), block_dim: (crate::launch::BLOCK, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// `y_i = x W_iᵀ` (or `y_i +=` when `accumulate`) for one to three weights `[n_i, k]` of one
+/// input x `[batch, k]` (batch at most [`GEMV_MAX_BATCH`]), each `y_i` `[batch, n_i]`, in one launch.
+pub fn decode_gemv<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, batch: usize, k: usize, outputs: &mut [(&GpuBuffer<T>, &mut GpuBuffer<f32>)], accumulate: bool) -> Result<()> {
+    gemv_checks(x, batch, k)?;
+    if outputs.is_empty() || outputs.len() > 3 {
+        return Err(Error::invalid_argument(format!("one decoding product takes 1 to 3 weights, got {}", outputs.len())));
+    }
+    let mut rows = [0i32; 3];
+    for (i, (w, y)) in outputs.iter().enumerate() {
+        let n = rows_of("decode product weight", w.len(), k)?;
+        expect_len("decode product output", y.len(), batch * n)?;
+        rows[i] = as_int("weight rows", n)?;
+    }
+    let name = gemv_entry::<T>(batch, ["decode_gemv_f32_b1", "decode_gemv_f32_b4", "decode_gemv_bf16_b1", "decode_gemv_bf16_b4"]);
+    let f = ctx.function(&DECODE, name)?;
+    let (null, batch_arg, k_arg, acc) = (0u64, batch as i32, as_int("k", k)?, i32::from(accumulate));
+    let total: usize = rows.iter().map(|&n| n as usize).sum();
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(x.slice());
+    let given = outputs.len();
+    for ((w, y), n) in outputs.iter_mut().zip(&rows) {
+        launch.arg(w.slice()).arg(y.slice_mut()).arg(n);
+    }
+    for n in &rows[given..] {
+        launch.arg(&null).arg(&null).arg(n);
+    }
+    launch.arg(&batch_arg).arg(&k_arg).arg(&acc);
+    // SAFETY: sizes checked above; a warp per row of the weights together, past the last returns.
+    ctx.check_launch(unsafe { launch.launch(warps_for(total)?) }, name)
+}
+
+/// `act = silu(x W_gateᵀ) * (x W_upᵀ)`, stored as `T`; x `[batch, k]`, weights `[n, k]`, act `[batch, n]`.
+pub fn decode_gemv_swiglu<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, batch: usize, k: usize, w_gate: &GpuBuffer<T>, w_up: &GpuBuffer<T>, act: &mut GpuBuffer<T>) -> Result<()> {
+    gemv_checks(x, batch, k)?;
+    let n = rows_of("gate weight", w_gate.len(), k)?;
+    expect_len("up weight", w_up.len(), n * k)?;
+    expect_len("swiglu output", act.len(), batch * n)?;
+    let name = gemv_entry::<T>(batch, ["decode_gemv_swiglu_f32_b1", "decode_gemv_swiglu_f32_b4", "decode_gemv_swiglu_bf16_b1", "decode_gemv_swiglu_bf16_b4"]);
+    let f = ctx.function(&DECODE, name)?;
+    let (n_arg, batch_arg, k_arg) = (as_int("rows", n)?, batch as i32, as_int("k", k)?);
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(x.slice()).arg(w_gate.slice()).arg(w_up.slice()).arg(act.slice_mut()).arg(&n_arg).arg(&batch_arg).arg(&k_arg);
+    // SAFETY: sizes checked above; a warp per row, past the last returns.
+    ctx.check_launch(unsafe { launch.launch(warps_for(n)?) }, name)
+}
