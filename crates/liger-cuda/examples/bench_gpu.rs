@@ -183,7 +183,7 @@ fn kernel_share(m: &GpuLigerModel<bf16>, batch: usize, seq: usize) -> Result<(f6
     Ok((mixer * c.num_layers as f64, attention * c.num_layers as f64))
 }
 
-fn decode(name: &str, batch: usize, context: usize, steps: usize) -> Result<String> {
+fn decode(name: &str, batch: usize, context: usize, steps: usize, profile: bool) -> Result<String> {
     let m = model(name)?;
     let vocab = m.config().vocab_size;
     let prompts: Vec<Vec<u32>> = (0..batch).map(|i| tokens(context, vocab, 100 + i as u64)).collect();
@@ -192,19 +192,37 @@ fn decode(name: &str, batch: usize, context: usize, steps: usize) -> Result<Stri
     let start = Instant::now();
     m.forward_last_batch(&mut state, &prompts.iter().map(|p| p.as_slice()).collect::<Vec<_>>())?;
     let prefill_s = start.elapsed().as_secs_f64();
-    let mut times = Vec::new();
-    for step in 0..steps + 3 {
-        let next: Vec<Vec<u32>> = (0..batch).map(|b| tokens(1, vocab, (step * batch + b) as u64)).collect();
-        let start = Instant::now();
-        m.forward_last_batch(&mut state, &next.iter().map(|p| p.as_slice()).collect::<Vec<_>>())?;
-        if step >= 3 {
-            times.push(start.elapsed().as_secs_f64());
+    // Median wall time of a step (logits copied back included), after 3 warm-up steps.
+    let timed_steps = |state: &mut liger_cuda::GpuLigerState<bf16>| -> Result<f64> {
+        let mut times = Vec::new();
+        for step in 0..steps + 3 {
+            let next: Vec<Vec<u32>> = (0..batch).map(|b| tokens(1, vocab, (step * batch + b) as u64)).collect();
+            let start = Instant::now();
+            m.forward_last_batch(state, &next.iter().map(|p| p.as_slice()).collect::<Vec<_>>())?;
+            if step >= 3 {
+                times.push(start.elapsed().as_secs_f64());
+            }
         }
+        Ok(median(times) * 1e3)
+    };
+    let step_ms = timed_steps(&mut state)?;
+    let graph = state.uses_graph();
+    m.set_decode_graphs(false);
+    let plain_step_ms = timed_steps(&mut state)?;
+    m.set_decode_graphs(true);
+    if profile {
+        m.context().set_profiling(true)?;
+        let next: Vec<Vec<u32>> = (0..batch).map(|b| tokens(1, vocab, b as u64)).collect();
+        m.context().profile_restart()?;
+        m.forward_last_batch(&mut state, &next.iter().map(|p| p.as_slice()).collect::<Vec<_>>())?;
+        let entries = m.context().profile()?;
+        m.context().set_profiling(false)?;
+        eprintln!("profile of one decoding step (plain launches), {name} b{batch}:\n{}", liger_cuda::profile::format_profile(&entries));
     }
-    let step_ms = median(times) * 1e3;
     let peak = peak_memory(m.context())? as f64 / (1u64 << 30) as f64;
     Ok(format!(
-        r#"{{"bench":"decode","shape":"{name}","dtype":"bf16","batch":{batch},"context":{context},"prefill_s":{prefill_s:.3},"step_ms":{step_ms:.3},"ms_per_token":{:.4},"tokens_per_s":{:.0},"peak_pool_gib":{peak:.2}}}"#,
+        r#"{{"bench":"decode","shape":"{name}","dtype":"bf16","batch":{batch},"context":{context},"prefill_s":{prefill_s:.3},"step_ms":{step_ms:.3},"graph":{graph},"plain_step_ms":{plain_step_ms:.3},"state_bytes_per_seq":{},"ms_per_token":{:.4},"tokens_per_s":{:.0},"peak_pool_gib":{peak:.2}}}"#,
+        state.bytes_per_sequence(),
         step_ms / batch as f64,
         batch as f64 * 1e3 / step_ms
     ))
@@ -241,7 +259,7 @@ fn main() {
                     eprintln!("--decode-batches and --contexts take numbers");
                     std::process::exit(2);
                 };
-                report(format!("decode {shape} b{b} c{c}"), decode(shape, b, c, 20));
+                report(format!("decode {shape} b{b} c{c}"), decode(shape, b, c, 20, profile));
             }
         }
     }

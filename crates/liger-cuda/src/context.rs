@@ -156,6 +156,12 @@ impl GpuContext {
         self.profile_mark(kernel)
     }
 
+    /// Whether the stream's work may be captured into a CUDA graph: not while every launch
+    /// waits for the GPU (LIGER_CUDA_SYNC) or the profiler times each operation.
+    pub(crate) fn capture_allowed(&self) -> bool {
+        !self.sync_after_launch && self.profile.lock().is_ok_and(|p| p.is_none())
+    }
+
     /// Turns the time profile on (from an empty one) or off. While on, every operation waits
     /// for the GPU, so steps get slower; see `profile.rs`.
     pub fn set_profiling(&self, on: bool) -> Result<()> {

@@ -74,7 +74,18 @@ where
     B: DevicePtr<T>,
     C: DevicePtrMut<f32>,
 {
-    gemm_with(ctx, dims, a, b, c, accumulate, cublasComputeType_t::CUBLAS_COMPUTE_32F)
+    gemm_with(ctx, dims, a, b, c, 1.0, accumulate, cublasComputeType_t::CUBLAS_COMPUTE_32F)
+}
+
+/// `c = alpha · op(a) · op(b)`, or `c += alpha · op(a) · op(b)` when `accumulate`.
+pub fn gemm_scaled<T, A, B, C>(ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, alpha: f32, accumulate: bool) -> Result<()>
+where
+    T: GemmInput,
+    A: DevicePtr<T>,
+    B: DevicePtr<T>,
+    C: DevicePtrMut<f32>,
+{
+    gemm_with(ctx, dims, a, b, c, alpha, accumulate, cublasComputeType_t::CUBLAS_COMPUTE_32F)
 }
 
 /// As [`gemm`] on f32 inputs, multiplied on tensor cores in TF32 (10-bit mantissas, fp32
@@ -85,10 +96,11 @@ where
     B: DevicePtr<f32>,
     C: DevicePtrMut<f32>,
 {
-    gemm_with(ctx, dims, a, b, c, accumulate, cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32)
+    gemm_with(ctx, dims, a, b, c, 1.0, accumulate, cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32)
 }
 
-fn gemm_with<T, A, B, C>(ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, accumulate: bool, compute: cublasComputeType_t) -> Result<()>
+#[allow(clippy::too_many_arguments)]
+fn gemm_with<T, A, B, C>(ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, alpha: f32, accumulate: bool, compute: cublasComputeType_t) -> Result<()>
 where
     T: GemmInput,
     A: DevicePtr<T>,
@@ -109,7 +121,7 @@ where
     let stream = ctx.stream();
     // cuBLAS works in the calling thread's current context.
     stream.context().bind_to_thread().map_err(|e| crate::error::driver_error(e, "binding the CUDA context"))?;
-    let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
+    let beta = if accumulate { 1.0f32 } else { 0.0 };
     let (a_ptr, _a_guard) = a.device_ptr(stream);
     let (b_ptr, _b_guard) = b.device_ptr(stream);
     let (c_ptr, _c_guard) = c.device_ptr_mut(stream);

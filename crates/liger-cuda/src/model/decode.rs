@@ -1,39 +1,50 @@
 //! Inference on the GPU: a prefill over whole prompts with the chunked mixer and windowed
 //! attention kernels, then decoding steps with the recurrent mixer step and the window's ring
 //! buffer (and a growing key/value cache in the hybrid's softmax layers), for a batch of
-//! sequences that advance together. States and caches are f32. CPU twin: `CausalLm for LigerModel` with `LigerState`.
+//! sequences that advance together. Mixer states are f32; the window's keys and values (and
+//! the softmax layers' caches) are kept in the storage type `T`. A step runs from work buffers
+//! allocated once per state, replayed from a CUDA graph (`decode_step.rs`).
+//! CPU twin: `CausalLm for LigerModel` with `LigerState`.
+//!
+//! Decode state per sequence (bytes), per Liger layer with SWA:
+//! `4 * hkv * d * d` (the f32 mixer state of each key-value head) + `2 * window * hkv * d * size_of::<T>()`
+//! (the window's keys and values); the reference keeps `4 * hq * d * d + 2 * window * hkv * d * 4`.
 
+use super::decode_step::DecodePlan;
 use super::glue::{rope_forward_to, scaled, widen, RopeLayout};
 use super::layer::Rows;
 use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
 use crate::gemm::{gemm, GemmDims, GemmInput};
-use crate::ops::attention::{attention_decode, attention_forward, cache_append, cache_prefill, AttentionDims};
+use crate::ops::attention::{attention_forward, cache_prefill, AttentionDims};
 use crate::ops::embedding::embedding_gather;
-use crate::ops::mixer::{mixer_chunk_forward, mixer_recurrent_step, mixer_state_len, MixerDims};
+use crate::ops::mixer::{mixer_chunk_forward, mixer_state_len, MixerDims};
 use crate::ops::rms_norm::rms_norm_forward;
 use liger_core::generate::CausalLm;
 use liger_core::tokenizer::Tokenizer;
 use liger_core::{Error, ErrorCode, Result};
 
 /// What one layer keeps between calls for every sequence of the batch.
-enum LayerCache {
+pub(super) enum LayerCache<T> {
     /// The recurrent state `[B, hkv, state]` (f32) and, with SWA, the window's roped keys and
-    /// values `[B, hkv, window, d]` as a ring buffer.
-    Liger { state: GpuBuffer<f32>, window: Option<(GpuBuffer<f32>, GpuBuffer<f32>)> },
-    /// Roped keys and values `[B, hkv, capacity, d]` of a softmax layer.
-    Softmax { keys: GpuBuffer<f32>, values: GpuBuffer<f32> },
+    /// values `[B, hkv, window, d]` (as `T`) as a ring buffer.
+    Liger { state: GpuBuffer<f32>, window: Option<(GpuBuffer<T>, GpuBuffer<T>)> },
+    /// Roped keys and values `[B, hkv, capacity, d]` (as `T`) of a softmax layer.
+    Softmax { keys: GpuBuffer<T>, values: GpuBuffer<T> },
 }
 
-/// The decoding state of a batch of sequences on the GPU. Its memory is allocated at the
-/// first forward call; it is constant in the sequence length for a model without softmax layers.
-pub struct GpuLigerState {
+/// The decoding state of a batch of sequences on the GPU, for a model storing its weights as
+/// `T`. Its memory is allocated at the first forward call; it is constant in the sequence
+/// length for a model without softmax layers.
+pub struct GpuLigerState<T = f32> {
     batch: usize,
     position: usize,
-    layers: Vec<LayerCache>,
+    layers: Vec<LayerCache<T>>,
+    /// The decoding steps' work buffers and graph, made at the first step.
+    plan: Option<DecodePlan<T>>,
 }
 
-impl GpuLigerState {
+impl<T> GpuLigerState<T> {
     /// Tokens consumed so far by each sequence.
     pub fn len(&self) -> usize {
         self.position
@@ -44,15 +55,51 @@ impl GpuLigerState {
     pub fn batch(&self) -> usize {
         self.batch
     }
+
+    /// Starts the sequences again from nothing, keeping the memory (the next call is a prefill).
+    pub fn reset(&mut self) {
+        self.position = 0;
+        if let Some(plan) = &mut self.plan {
+            plan.drop_graph();
+        }
+    }
+
+    /// Whether the next decoding step replays a captured CUDA graph.
+    pub fn uses_graph(&self) -> bool {
+        self.plan.as_ref().is_some_and(|p| p.has_graph())
+    }
+
+    /// How many times the decoding step was captured into a CUDA graph (again after the
+    /// adapters changed).
+    pub fn graph_captures(&self) -> usize {
+        self.plan.as_ref().map_or(0, |p| p.captures)
+    }
+
+    /// Bytes of GPU memory the state keeps per sequence (the work buffers of a step aside).
+    pub fn bytes_per_sequence(&self) -> usize
+    where
+        T: crate::buffer::GpuElement,
+    {
+        let t = std::mem::size_of::<T>();
+        let total: usize = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                LayerCache::Liger { state, window } => 4 * state.len() + window.as_ref().map_or(0, |(k, v)| t * (k.len() + v.len())),
+                LayerCache::Softmax { keys, values } => t * (keys.len() + values.len()),
+            })
+            .sum();
+        total / self.batch.max(1)
+    }
 }
 
 impl<T: GemmInput> GpuLigerModel<T> {
     /// An empty state for `batch` sequences.
-    pub fn new_batch_state(&self, batch: usize) -> GpuLigerState {
-        GpuLigerState { batch, position: 0, layers: Vec::new() }
+    pub fn new_batch_state(&self, batch: usize) -> GpuLigerState<T> {
+        GpuLigerState { batch, position: 0, layers: Vec::new(), plan: None }
     }
 
-    fn allocate_caches(&self, state: &mut GpuLigerState) -> Result<()> {
+    fn allocate_caches(&self, state: &mut GpuLigerState<T>) -> Result<()> {
         let c = self.config();
         let (b, shape) = (state.batch, self.shape);
         let att = &self.host.options.attention;
@@ -76,7 +123,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// Appends `tokens[b]` to sequence b of `state` (every sequence the same number of
     /// tokens) and returns the logits after the last one of each (`B x vocab`).
-    pub fn forward_last_batch(&self, state: &mut GpuLigerState, tokens: &[&[u32]]) -> Result<Vec<f32>> {
+    pub fn forward_last_batch(&self, state: &mut GpuLigerState<T>, tokens: &[&[u32]]) -> Result<Vec<f32>> {
         let t = tokens.first().map_or(0, |s| s.len());
         if tokens.len() != state.batch || t == 0 || tokens.iter().any(|s| s.len() != t) {
             return Err(Error::invalid_argument(format!(
@@ -104,10 +151,15 @@ impl<T: GemmInput> GpuLigerModel<T> {
         if state.position == 0 {
             return self.prefill(state, tokens);
         }
+        if state.plan.is_none() {
+            state.plan = Some(self.new_decode_plan(state.batch)?);
+        }
+        let plan = state.plan.as_mut().ok_or_else(|| liger_core::Error::internal("the decoding plan is missing"))?;
         let mut logits = Vec::new();
         for i in 0..t {
-            let column: Vec<&[u32]> = tokens.iter().map(|s| &s[i..i + 1]).collect();
-            logits = self.step(state, &column)?;
+            let column: Vec<u32> = tokens.iter().map(|s| s[i]).collect();
+            logits = self.decode_step(&mut state.layers, plan, &column, state.position)?;
+            state.position += 1;
         }
         Ok(logits)
     }
@@ -122,7 +174,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// Whole prompts into a fresh state: the chunked forms, then the caches filled.
-    fn prefill(&self, state: &mut GpuLigerState, tokens: &[&[u32]]) -> Result<Vec<f32>> {
+    fn prefill(&self, state: &mut GpuLigerState<T>, tokens: &[&[u32]]) -> Result<Vec<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let rows = Rows { batch: state.batch, tokens: tokens[0].len() };
@@ -152,13 +204,15 @@ impl<T: GemmInput> GpuLigerModel<T> {
                     if let Some((wk, wv)) = window {
                         attention_forward(ctx, dims, Some(att.window_keys), &q_roped, &k_roped, v, &mut o_att, &mut lse)?;
                         widen(ctx, &o_att, &mut o, att.beta, true)?;
-                        cache_prefill(ctx, rows.batch, rows.tokens, shape, att.window_keys, &k_roped, v, &start, wk, wv)?;
+                        let (k_t, v_t) = (scaled::<T>(ctx, &k_roped, 1.0)?, scaled::<T>(ctx, v, 1.0)?);
+                        cache_prefill(ctx, rows.batch, rows.tokens, shape, att.window_keys, &k_t, &v_t, &start, wk, wv)?;
                     }
                 }
                 LayerCache::Softmax { keys, values } => {
                     attention_forward(ctx, dims, None, &q_roped, &k_roped, v, &mut o_att, &mut lse)?;
                     widen(ctx, &o_att, &mut o, 1.0, false)?;
-                    cache_prefill(ctx, rows.batch, rows.tokens, shape, c.max_position_embeddings, &k_roped, v, &start, keys, values)?;
+                    let (k_t, v_t) = (scaled::<T>(ctx, &k_roped, 1.0)?, scaled::<T>(ctx, v, 1.0)?);
+                    cache_prefill(ctx, rows.batch, rows.tokens, shape, c.max_position_embeddings, &k_t, &v_t, &start, keys, values)?;
                 }
             }
             self.o_proj(layer, &o, n, &mut x)?;
@@ -166,53 +220,6 @@ impl<T: GemmInput> GpuLigerModel<T> {
         }
         state.position += rows.tokens;
         self.last_logits(&x, rows)
-    }
-
-    /// One token for every sequence of the batch, through the recurrent forms.
-    fn step(&self, state: &mut GpuLigerState, tokens: &[&[u32]]) -> Result<Vec<f32>> {
-        let ctx = &self.ctx;
-        let c = self.config();
-        let (b, shape) = (state.batch, self.shape);
-        let att = &self.host.options.attention;
-        let pos = state.position;
-        let positions = GpuBuffer::<u32>::from_host(ctx, &vec![pos as u32; b])?;
-        let window_len = GpuBuffer::<u32>::from_host(ctx, &vec![(pos + 1).min(att.window_keys) as u32; b])?;
-        let full_len = GpuBuffer::<u32>::from_host(ctx, &vec![(pos + 1) as u32; b])?;
-        let mut x = self.embed_rows(tokens)?;
-        for (layer, cache) in state.layers.iter_mut().enumerate() {
-            let (h, h_t) = self.norm(&x, &self.weights.layers[layer].attn_norm)?;
-            let qkv = self.project_qkv(layer, &h, &h_t, b)?;
-            drop((h, h_t));
-            let (q, k, v) = (&qkv.q, &qkv.k, &qkv.v);
-            let mut o = GpuBuffer::<f32>::zeros(ctx, b * c.q_size())?;
-            let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start: &positions, tokens: 1, heads, head_dim: shape.d };
-            let (mut q_roped, mut k_roped) = (GpuBuffer::<f32>::zeros(ctx, q.len())?, GpuBuffer::<f32>::zeros(ctx, k.len())?);
-            rope_forward_to(ctx, &rope(shape.hq), &qkv.q, &mut q_roped)?;
-            rope_forward_to(ctx, &rope(shape.hkv), &qkv.k, &mut k_roped)?;
-            let mut o_att = GpuBuffer::<f32>::zeros(ctx, q.len())?;
-            match cache {
-                LayerCache::Liger { state: mixer_state, window } => {
-                    let mut o_grm = GpuBuffer::<f32>::zeros(ctx, q.len())?;
-                    mixer_recurrent_step(ctx, &att.mixer, b, shape, mixer_state, q, k, v, &mut o_grm)?;
-                    widen(ctx, &o_grm, &mut o, att.alpha, false)?;
-                    if let Some((wk, wv)) = window {
-                        cache_append(ctx, b, shape, att.window_keys, &k_roped, v, &positions, wk, wv)?;
-                        attention_decode(ctx, b, shape, att.window_keys, &q_roped, wk, wv, &window_len, &mut o_att)?;
-                        widen(ctx, &o_att, &mut o, att.beta, true)?;
-                    }
-                }
-                LayerCache::Softmax { keys, values } => {
-                    let cap = c.max_position_embeddings;
-                    cache_append(ctx, b, shape, cap, &k_roped, v, &positions, keys, values)?;
-                    attention_decode(ctx, b, shape, cap, &q_roped, keys, values, &full_len, &mut o_att)?;
-                    widen(ctx, &o_att, &mut o, 1.0, false)?;
-                }
-            }
-            self.o_proj(layer, &o, b, &mut x)?;
-            self.mlp(layer, &mut x, b)?;
-        }
-        state.position += 1;
-        self.last_logits(&x, Rows { batch: b, tokens: 1 })
     }
 
     /// The logits after the last token of each sequence (`B x vocab`), through the final norm
@@ -236,11 +243,11 @@ impl<T: GemmInput> GpuLigerModel<T> {
 }
 
 impl<T: GemmInput> CausalLm for GpuLigerModel<T> {
-    type State = GpuLigerState;
-    fn new_state(&self) -> GpuLigerState {
+    type State = GpuLigerState<T>;
+    fn new_state(&self) -> GpuLigerState<T> {
         self.new_batch_state(1)
     }
-    fn forward_last(&self, state: &mut GpuLigerState, tokens: &[u32]) -> Result<Vec<f32>> {
+    fn forward_last(&self, state: &mut GpuLigerState<T>, tokens: &[u32]) -> Result<Vec<f32>> {
         self.forward_last_batch(state, &[tokens])
     }
     fn tokenizer(&self) -> &Tokenizer {

@@ -10,6 +10,7 @@
 //! have changed.
 
 mod decode;
+mod decode_step;
 pub mod glue;
 mod layer;
 mod score;
@@ -30,7 +31,7 @@ use liger_core::liger::{HeadShape, MixerKind};
 use liger_core::train::loss::LossOutput;
 use liger_core::train::trainer::Trainable;
 use liger_core::{Error, Result};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use weights::{refresh_lora, upload_lora, GpuLoraSet};
 
@@ -42,6 +43,10 @@ pub struct GpuLigerModel<T: GemmInput> {
     lora: Mutex<GpuLoraSet>,
     /// Set when the host adapters may have changed since the last upload.
     lora_stale: AtomicBool,
+    /// Counts the adapter uploads (a captured decoding step reads the adapters of one upload).
+    lora_version: AtomicU64,
+    /// Replay decoding steps from CUDA graphs (on by default).
+    decode_graphs: AtomicBool,
     /// Always recompute activations in the backward pass (else only when memory is short).
     recompute: AtomicBool,
     shape: HeadShape,
@@ -65,7 +70,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         }
         // A bf16 model's adapter products run in TF32: the bf16 products around them set its precision.
         let lora = upload_lora(&ctx, &model.lora, T::KERNEL_SUFFIX == "bf16")?;
-        Ok(GpuLigerModel { ctx, host: model, weights, lora: Mutex::new(lora), lora_stale: AtomicBool::new(false), recompute: AtomicBool::new(false), shape })
+        Ok(GpuLigerModel { ctx, host: model, weights, lora: Mutex::new(lora), lora_stale: AtomicBool::new(false), lora_version: AtomicU64::new(0), decode_graphs: AtomicBool::new(true), recompute: AtomicBool::new(false), shape })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -94,6 +99,21 @@ impl<T: GemmInput> GpuLigerModel<T> {
         self.recompute.store(always, Ordering::Relaxed);
     }
 
+    /// With `false`, decoding steps run their launches one by one instead of replaying a
+    /// captured CUDA graph (the same results; for comparisons and debugging).
+    pub fn set_decode_graphs(&self, on: bool) {
+        self.decode_graphs.store(on, Ordering::Relaxed);
+    }
+
+    fn decode_graphs_enabled(&self) -> bool {
+        self.decode_graphs.load(Ordering::Relaxed)
+    }
+
+    /// How many times the adapters were uploaded again.
+    fn lora_version(&self) -> u64 {
+        self.lora_version.load(Ordering::Acquire)
+    }
+
     /// The host model with the trained adapters, e.g. to save a checkpoint.
     pub fn into_host(self) -> LigerModel {
         self.host
@@ -107,6 +127,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 self.lora_stale.store(true, Ordering::Release);
                 return Err(e);
             }
+            self.lora_version.fetch_add(1, Ordering::AcqRel);
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
+pub mod decode;
 pub mod embedding;
 pub mod liger_feature;
 pub mod mixer;

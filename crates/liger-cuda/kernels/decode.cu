@@ -1,0 +1,196 @@
+// Fused glue of a decoding step (one token per sequence): each kernel does in one launch what
+// the whole-sequence path does in two or three (an op, then a cast to the storage type T).
+// CPU twins: the elementwise steps of `liger_core::convert` (model.rs) and `liger::swa`.
+
+// RMSNorm of rows of `cols` values, written both as float (`y_f`, read by LoRA adapters) and as
+// T (`y_t`, read by products with frozen weights). One block per row.
+template <typename T>
+__device__ void decode_rms_norm(const float* x, const float* w, float* y_f, T* y_t, int cols, float eps) {
+    const size_t row = blockIdx.x;
+    const float* xr = x + row * cols;
+    float sum_sq = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) sum_sq += xr[i] * xr[i];
+    sum_sq = block_sum(sum_sq);
+    const float rstd = 1.0f / sqrtf(sum_sq / cols + eps);
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        const float y = xr[i] * rstd * w[i];
+        y_f[row * cols + i] = y;
+        y_t[row * cols + i] = from_f32<T>(y);
+    }
+}
+
+// RoPE ("rotate_half") of one token per sequence at position positions[b], for q (`hq` heads)
+// and k (`hkv` heads): q goes to `q_roped`; the roped k and the unchanged v go into slot
+// `positions[b] % capacity` of each sequence's cache `[B, hkv, capacity, d]`. One thread per
+// rotated pair (of q or k); the k threads also copy the two matching values of v.
+template <typename T>
+__device__ void decode_rope_append(const float* q, const float* k, const float* v, const float* inv_freq, const u32* positions,
+                                   T* q_roped, T* k_cache, T* v_cache, int batch, int hq, int hkv, int d, int capacity) {
+    const int half = d / 2, heads = hq + hkv;
+    const size_t pairs = (size_t)batch * heads * half;
+    for (size_t idx = global_index(); idx < pairs; idx += grid_stride()) {
+        const int j = (int)(idx % half), head = (int)((idx / half) % heads), b = (int)(idx / ((size_t)half * heads));
+        // In double precision, as the CPU and the whole-sequence kernel compute the angle.
+        const double angle = (double)positions[b] * (double)inv_freq[j];
+        const float c = (float)cos(angle), s = (float)sin(angle);
+        if (head < hq) {
+            const size_t base = ((size_t)b * hq + head) * d;
+            const float x0 = q[base + j], x1 = q[base + j + half];
+            q_roped[base + j] = from_f32<T>(x0 * c - x1 * s);
+            q_roped[base + j + half] = from_f32<T>(x1 * c + x0 * s);
+        } else {
+            const int kvh = head - hq;
+            const size_t src = ((size_t)b * hkv + kvh) * d;
+            const size_t dst = (((size_t)b * hkv + kvh) * capacity + positions[b] % (u32)capacity) * d;
+            const float x0 = k[src + j], x1 = k[src + j + half];
+            k_cache[dst + j] = from_f32<T>(x0 * c - x1 * s);
+            k_cache[dst + j + half] = from_f32<T>(x1 * c + x0 * s);
+            v_cache[dst + j] = from_f32<T>(v[src + j]);
+            v_cache[dst + j + half] = from_f32<T>(v[src + j + half]);
+        }
+    }
+}
+
+// The attention output of a layer: o = alpha * a + beta * b (a term is left out when its flag
+// is 0: no mixer in a softmax layer, no window without SWA), as float (`o_f`, for the o
+// adapter) and as T (`o_t`, for o_proj).
+template <typename T>
+__device__ void decode_mix(const float* a, float alpha, int use_a, const T* b, float beta, int use_b, float* o_f, T* o_t, size_t n) {
+    for (size_t i = global_index(); i < n; i += grid_stride()) {
+        float o = 0.0f;
+        if (use_a) o += alpha * a[i];
+        if (use_b) o += beta * to_f32(b[i]);
+        o_f[i] = o;
+        o_t[i] = from_f32<T>(o);
+    }
+}
+
+// SwiGLU on the float products, stored as T for the down projection: out = silu(g) * u.
+template <typename T>
+__device__ void decode_swiglu(const float* gate, const float* up, T* out, size_t n) {
+    for (size_t i = global_index(); i < n; i += grid_stride()) {
+        const float g = gate[i];
+        out[i] = from_f32<T>(g * (1.0f / (1.0f + expf(-g))) * up[i]);  // as swiglu.cu
+    }
+}
+
+#define DECODE_ENTRY_POINTS(T, SUFFIX)                                                                                    \
+    extern "C" __global__ void decode_rms_norm_##SUFFIX(const float* x, const float* w, float* y_f, T* y_t, int cols,     \
+                                                        float eps) {                                                      \
+        decode_rms_norm<T>(x, w, y_f, y_t, cols, eps);                                                                    \
+    }                                                                                                                     \
+    extern "C" __global__ void decode_rope_append_##SUFFIX(const float* q, const float* k, const float* v,                \
+                                                           const float* inv_freq, const u32* positions, T* q_roped,       \
+                                                           T* k_cache, T* v_cache, int batch, int hq, int hkv, int d,     \
+                                                           int capacity) {                                                \
+        decode_rope_append<T>(q, k, v, inv_freq, positions, q_roped, k_cache, v_cache, batch, hq, hkv, d, capacity);      \
+    }                                                                                                                     \
+    extern "C" __global__ void decode_mix_##SUFFIX(const float* a, float alpha, int use_a, const T* b, float beta,        \
+                                                   int use_b, float* o_f, T* o_t, unsigned long long n) {                 \
+        decode_mix<T>(a, alpha, use_a, b, beta, use_b, o_f, o_t, n);                                                      \
+    }                                                                                                                     \
+    extern "C" __global__ void decode_swiglu_##SUFFIX(const float* gate, const float* up, T* out, unsigned long long n) { \
+        decode_swiglu<T>(gate, up, out, n);                                                                               \
+    }
+
+DECODE_ENTRY_POINTS(float, f32)
+DECODE_ENTRY_POINTS(bf16, bf16)
+
+// ---- products of a few rows with a frozen weight (batch <= NB sequences) --------------------
+// y[b, r] (+)= sum_k x[b, k] * w[r, k]: one warp per weight row, read once with 16-byte loads
+// and dotted with every row of x (NB accumulators per lane), then summed across the warp. At
+// batch 1 a step reads each weight once at close to the memory's bandwidth, in one launch.
+// k must be a multiple of 8 (bf16) or 4 (float) and the buffers 16-byte aligned.
+
+// 16 bytes of T as floats: 8 bf16 or 4 float.
+__device__ __forceinline__ void load16(const bf16* p, float* out) {
+    const uint4 raw = *(const uint4*)p;
+    const u32 words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        out[2 * i] = __uint_as_float(words[i] << 16);
+        out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+}
+__device__ __forceinline__ void load16(const float* p, float* out) {
+    const float4 raw = *(const float4*)p;
+    out[0] = raw.x, out[1] = raw.y, out[2] = raw.z, out[3] = raw.w;
+}
+
+// acc[b] = this lane's part of x[b] . w_row, for b < batch.
+template <typename T, int NB>
+__device__ __forceinline__ void row_dots(const T* x, const T* w_row, int batch, int k, float* acc) {
+    const int VEC = 16 / sizeof(T), lane = threadIdx.x & 31;
+#pragma unroll
+    for (int b = 0; b < NB; b++) acc[b] = 0.0f;
+    for (int k0 = lane * VEC; k0 < k; k0 += 32 * VEC) {
+        float wv[VEC], xv[VEC];
+        load16(w_row + k0, wv);
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            if (b < batch) {
+                load16(x + (size_t)b * k + k0, xv);
+#pragma unroll
+                for (int i = 0; i < VEC; i++) acc[b] += wv[i] * xv[i];
+            }
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < NB; b++) acc[b] = warp_sum(acc[b]);
+}
+
+// Up to three products of the same x (q, k and v): rows [0, n0) of w0 into y0, then n1 rows of
+// w1 into y1, n2 rows of w2 into y2.
+template <typename T, int NB>
+__device__ void decode_gemv(const T* x, const T* w0, float* y0, int n0, const T* w1, float* y1, int n1, const T* w2, float* y2,
+                            int n2, int batch, int k, int accumulate) {
+    int r = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5);
+    const T* w = w0;
+    float* y = y0;
+    int n = n0;
+    if (r >= n0) {
+        r -= n0, w = w1, y = y1, n = n1;
+        if (r >= n1) {
+            r -= n1, w = w2, y = y2, n = n2;
+            if (r >= n2) return;  // past the last row: whole warps leave together
+        }
+    }
+    float acc[NB];
+    row_dots<T, NB>(x, w + (size_t)r * k, batch, k, acc);
+    if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+        for (int b = 0; b < NB; b++)
+            if (b < batch) y[(size_t)b * n + r] = accumulate ? y[(size_t)b * n + r] + acc[b] : acc[b];
+    }
+}
+
+// The MLP's first half: act[b, r] = silu(x . gate_r) * (x . up_r), stored as T.
+template <typename T, int NB>
+__device__ void decode_gemv_swiglu(const T* x, const T* w_gate, const T* w_up, T* act, int n, int batch, int k) {
+    const int r = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5);
+    if (r >= n) return;
+    float g[NB], u[NB];
+    row_dots<T, NB>(x, w_gate + (size_t)r * k, batch, k, g);
+    row_dots<T, NB>(x, w_up + (size_t)r * k, batch, k, u);
+    if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+        for (int b = 0; b < NB; b++)
+            if (b < batch) act[(size_t)b * n + r] = from_f32<T>(g[b] * (1.0f / (1.0f + expf(-g[b]))) * u[b]);
+    }
+}
+
+#define GEMV_ENTRY_POINTS(T, SUFFIX, NB)                                                                                  \
+    extern "C" __global__ void decode_gemv_##SUFFIX##_b##NB(const T* x, const T* w0, float* y0, int n0, const T* w1,     \
+                                                            float* y1, int n1, const T* w2, float* y2, int n2, int batch, \
+                                                            int k, int accumulate) {                                      \
+        decode_gemv<T, NB>(x, w0, y0, n0, w1, y1, n1, w2, y2, n2, batch, k, accumulate);                                  \
+    }                                                                                                                     \
+    extern "C" __global__ void decode_gemv_swiglu_##SUFFIX##_b##NB(const T* x, const T* w_gate, const T* w_up, T* act,   \
+                                                                   int n, int batch, int k) {                             \
+        decode_gemv_swiglu<T, NB>(x, w_gate, w_up, act, n, batch, k);                                                     \
+    }
+
+GEMV_ENTRY_POINTS(float, f32, 1)
+GEMV_ENTRY_POINTS(float, f32, 4)
+GEMV_ENTRY_POINTS(bf16, bf16, 1)
+GEMV_ENTRY_POINTS(bf16, bf16, 4)

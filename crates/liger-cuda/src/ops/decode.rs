@@ -1,0 +1,212 @@
+//! The fused glue of a decoding step (`kernels/decode.cu`): each writes its result straight in
+//! the storage type `T` the next product reads, so a step needs no separate casts. CPU twins:
+//! `liger_core::model::ops::rms_norm`, RoPE and the window cache of `liger_core::liger::swa`,
+//! the Liger mix `alpha * GRM + beta * SWA` of `liger::combine`, and SwiGLU.
+
+use crate::buffer::{GpuBuffer, GpuElement};
+use crate::context::GpuContext;
+use crate::kernels::DECODE;
+use crate::launch::{as_int, block_per_row, elementwise, expect_len, rows_of};
+use cudarc::driver::PushKernelArg;
+use liger_core::liger::HeadShape;
+use liger_core::{Error, Result};
+
+/// `y = x / rms(x) * weight` per row of `weight.len()` values, written as f32 (`y_f`) and as `T` (`y_t`).
+pub fn decode_rms_norm<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<f32>, weight: &GpuBuffer<f32>, eps: f32, y_f: &mut GpuBuffer<f32>, y_t: &mut GpuBuffer<T>) -> Result<()> {
+    let cols = weight.len();
+    let rows = rows_of("rms_norm input", x.len(), cols)?;
+    expect_len("rms_norm f32 output", y_f.len(), x.len())?;
+    expect_len("rms_norm output", y_t.len(), x.len())?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let name = super::variant::<T>("decode_rms_norm_f32", "decode_rms_norm_bf16");
+    let f = ctx.function(&DECODE, name)?;
+    let cols_arg = as_int("cols", cols)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(x.slice()).arg(weight.slice()).arg(y_f.slice_mut()).arg(y_t.slice_mut()).arg(&cols_arg).arg(&eps);
+    // SAFETY: x, y_f and y_t hold rows x cols values; one block per row.
+    ctx.check_launch(unsafe { launch.launch(block_per_row(rows, cols)?) }, name)
+}
+
+/// Where a decoding step's RoPE and cache write go: `batch` sequences, one token each, sequence
+/// b at position `positions[b]`, written to slot `positions[b] % capacity` of the caches.
+pub struct DecodeRope<'a> {
+    pub inv_freq: &'a GpuBuffer<f32>,
+    pub positions: &'a GpuBuffer<u32>,
+    pub batch: usize,
+    pub shape: HeadShape,
+    pub capacity: usize,
+}
+
+/// RoPE of q `[B, hq, d]` into `q_roped`, and of k `[B, hkv, d]` into the key cache, v unchanged
+/// into the value cache (caches `[B, hkv, capacity, d]`), all stored as `T`.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_rope_append<T: GpuElement>(
+    ctx: &GpuContext,
+    at: &DecodeRope,
+    q: &GpuBuffer<f32>,
+    k: &GpuBuffer<f32>,
+    v: &GpuBuffer<f32>,
+    q_roped: &mut GpuBuffer<T>,
+    k_cache: &mut GpuBuffer<T>,
+    v_cache: &mut GpuBuffer<T>,
+) -> Result<()> {
+    let HeadShape { hq, hkv, d } = at.shape;
+    if d == 0 || !d.is_multiple_of(2) || at.inv_freq.len() != d / 2 {
+        return Err(Error::shape(format!("RoPE needs an even head size and head_size/2 frequencies; got {d} and {}", at.inv_freq.len())));
+    }
+    if at.capacity == 0 {
+        return Err(Error::invalid_argument("a key-value cache needs a capacity of at least 1 token"));
+    }
+    let b = at.batch;
+    expect_len("decode q", q.len(), b * hq * d)?;
+    expect_len("decode roped q", q_roped.len(), b * hq * d)?;
+    expect_len("decode k", k.len(), b * hkv * d)?;
+    expect_len("decode v", v.len(), b * hkv * d)?;
+    expect_len("key cache", k_cache.len(), b * hkv * at.capacity * d)?;
+    expect_len("value cache", v_cache.len(), b * hkv * at.capacity * d)?;
+    expect_len("decode positions", at.positions.len(), b)?;
+    if b == 0 {
+        return Ok(());
+    }
+    as_int("cache size", k_cache.len())?;
+    let args = [as_int("batch", b)?, as_int("query heads", hq)?, as_int("key-value heads", hkv)?, as_int("head size", d)?, as_int("capacity", at.capacity)?];
+    let name = super::variant::<T>("decode_rope_append_f32", "decode_rope_append_bf16");
+    let f = ctx.function(&DECODE, name)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(at.inv_freq.slice()).arg(at.positions.slice());
+    launch.arg(q_roped.slice_mut()).arg(k_cache.slice_mut()).arg(v_cache.slice_mut());
+    for a in &args {
+        launch.arg(a);
+    }
+    // SAFETY: sizes checked above; slots are taken modulo capacity; one thread per rotated pair.
+    ctx.check_launch(unsafe { launch.launch(elementwise(b * (hq + hkv) * d / 2)) }, name)
+}
+
+/// `o = alpha * a + beta * b` (a term left out when it is None), written as f32 (`o_f`) and as `T` (`o_t`).
+pub fn decode_mix<T: GpuElement>(ctx: &GpuContext, a: Option<(&GpuBuffer<f32>, f32)>, b: Option<(&GpuBuffer<T>, f32)>, o_f: &mut GpuBuffer<f32>, o_t: &mut GpuBuffer<T>) -> Result<()> {
+    let n = o_t.len();
+    expect_len("mix f32 output", o_f.len(), n)?;
+    if let Some((a, _)) = a {
+        expect_len("mix input a", a.len(), n)?;
+    }
+    if let Some((b, _)) = b {
+        expect_len("mix input b", b.len(), n)?;
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let name = super::variant::<T>("decode_mix_f32", "decode_mix_bf16");
+    let f = ctx.function(&DECODE, name)?;
+    let (alpha, use_a) = a.map_or((0.0f32, 0i32), |(_, s)| (s, 1));
+    let (beta, use_b) = b.map_or((0.0f32, 0i32), |(_, s)| (s, 1));
+    let (null, n_arg) = (0u64, n as u64);
+    let mut launch = ctx.stream().launch_builder(&f);
+    match a {
+        Some((a, _)) => launch.arg(a.slice()),
+        None => launch.arg(&null),
+    };
+    launch.arg(&alpha).arg(&use_a);
+    match b {
+        Some((b, _)) => launch.arg(b.slice()),
+        None => launch.arg(&null),
+    };
+    launch.arg(&beta).arg(&use_b).arg(o_f.slice_mut()).arg(o_t.slice_mut()).arg(&n_arg);
+    // SAFETY: every buffer given holds n values; a left-out input (null) is never read.
+    ctx.check_launch(unsafe { launch.launch(elementwise(n)) }, name)
+}
+
+/// `out = silu(gate) * up`, stored as `T`.
+pub fn decode_swiglu<T: GpuElement>(ctx: &GpuContext, gate: &GpuBuffer<f32>, up: &GpuBuffer<f32>, out: &mut GpuBuffer<T>) -> Result<()> {
+    let n = gate.len();
+    expect_len("swiglu up", up.len(), n)?;
+    expect_len("swiglu output", out.len(), n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let name = super::variant::<T>("decode_swiglu_f32", "decode_swiglu_bf16");
+    let f = ctx.function(&DECODE, name)?;
+    let n_arg = n as u64;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(gate.slice()).arg(up.slice()).arg(out.slice_mut()).arg(&n_arg);
+    // SAFETY: all three buffers hold n values.
+    ctx.check_launch(unsafe { launch.launch(elementwise(n)) }, name)
+}
+
+/// Most sequences the warp-per-row products ([`decode_gemv`]) take; a larger batch goes
+/// through cuBLAS, which reads each weight once for all of them on tensor cores.
+pub const GEMV_MAX_BATCH: usize = 4;
+
+/// Whether [`decode_gemv`] takes rows of `k` values of `T` (whole 16-byte loads).
+pub fn gemv_fits<T: GpuElement>(k: usize) -> bool {
+    k > 0 && (k * std::mem::size_of::<T>()).is_multiple_of(16)
+}
+
+fn gemv_checks<T: GpuElement>(x: &GpuBuffer<T>, batch: usize, k: usize) -> Result<()> {
+    if batch == 0 || batch > GEMV_MAX_BATCH {
+        return Err(Error::invalid_argument(format!("the decoding products take 1 to {GEMV_MAX_BATCH} sequences, got {batch}; use gemm")));
+    }
+    if !gemv_fits::<T>(k) {
+        return Err(Error::invalid_argument(format!("the decoding products take rows of whole 16-byte pieces; {k} values of {} are not", T::KERNEL_SUFFIX)));
+    }
+    expect_len("decode product input", x.len(), batch * k)
+}
+
+/// The kernel variant for `T` and the batch: `<base>_<suffix>_b1` or `_b4`.
+fn gemv_entry<T: GpuElement>(batch: usize, names: [&'static str; 4]) -> &'static str {
+    let i = if T::KERNEL_SUFFIX == "bf16" { 2 } else { 0 };
+    names[i + usize::from(batch > 1)]
+}
+
+/// The launch of one warp per weight row.
+fn warps_for(rows: usize) -> Result<cudarc::driver::LaunchConfig> {
+    let blocks = (as_int("weight rows", rows)? as usize * 32).div_ceil(crate::launch::BLOCK as usize);
+    Ok(cudarc::driver::LaunchConfig { grid_dim: (as_int("blocks", blocks)? as u32, 1, 1), block_dim: (crate::launch::BLOCK, 1, 1), shared_mem_bytes: 0 })
+}
+
+/// `y_i = x W_iᵀ` (or `y_i +=` when `accumulate`) for one to three weights `[n_i, k]` of one
+/// input x `[batch, k]` (batch at most [`GEMV_MAX_BATCH`]), each `y_i` `[batch, n_i]`, in one launch.
+pub fn decode_gemv<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, batch: usize, k: usize, outputs: &mut [(&GpuBuffer<T>, &mut GpuBuffer<f32>)], accumulate: bool) -> Result<()> {
+    gemv_checks(x, batch, k)?;
+    if outputs.is_empty() || outputs.len() > 3 {
+        return Err(Error::invalid_argument(format!("one decoding product takes 1 to 3 weights, got {}", outputs.len())));
+    }
+    let mut rows = [0i32; 3];
+    for (i, (w, y)) in outputs.iter().enumerate() {
+        let n = rows_of("decode product weight", w.len(), k)?;
+        expect_len("decode product output", y.len(), batch * n)?;
+        rows[i] = as_int("weight rows", n)?;
+    }
+    let name = gemv_entry::<T>(batch, ["decode_gemv_f32_b1", "decode_gemv_f32_b4", "decode_gemv_bf16_b1", "decode_gemv_bf16_b4"]);
+    let f = ctx.function(&DECODE, name)?;
+    let (null, batch_arg, k_arg, acc) = (0u64, batch as i32, as_int("k", k)?, i32::from(accumulate));
+    let total: usize = rows.iter().map(|&n| n as usize).sum();
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(x.slice());
+    let given = outputs.len();
+    for ((w, y), n) in outputs.iter_mut().zip(&rows) {
+        launch.arg(w.slice()).arg(y.slice_mut()).arg(n);
+    }
+    for n in &rows[given..] {
+        launch.arg(&null).arg(&null).arg(n);
+    }
+    launch.arg(&batch_arg).arg(&k_arg).arg(&acc);
+    // SAFETY: sizes checked above; a warp per row of the weights together, past the last returns.
+    ctx.check_launch(unsafe { launch.launch(warps_for(total)?) }, name)
+}
+
+/// `act = silu(x W_gateᵀ) * (x W_upᵀ)`, stored as `T`; x `[batch, k]`, weights `[n, k]`, act `[batch, n]`.
+pub fn decode_gemv_swiglu<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, batch: usize, k: usize, w_gate: &GpuBuffer<T>, w_up: &GpuBuffer<T>, act: &mut GpuBuffer<T>) -> Result<()> {
+    gemv_checks(x, batch, k)?;
+    let n = rows_of("gate weight", w_gate.len(), k)?;
+    expect_len("up weight", w_up.len(), n * k)?;
+    expect_len("swiglu output", act.len(), batch * n)?;
+    let name = gemv_entry::<T>(batch, ["decode_gemv_swiglu_f32_b1", "decode_gemv_swiglu_f32_b4", "decode_gemv_swiglu_bf16_b1", "decode_gemv_swiglu_bf16_b4"]);
+    let f = ctx.function(&DECODE, name)?;
+    let (n_arg, batch_arg, k_arg) = (as_int("rows", n)?, batch as i32, as_int("k", k)?);
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(x.slice()).arg(w_gate.slice()).arg(w_up.slice()).arg(act.slice_mut()).arg(&n_arg).arg(&batch_arg).arg(&k_arg);
+    // SAFETY: sizes checked above; a warp per row, past the last returns.
+    ctx.check_launch(unsafe { launch.launch(warps_for(n)?) }, name)
+}
