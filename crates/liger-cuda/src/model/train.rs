@@ -3,7 +3,7 @@
 //! through it (activation checkpointing). CPU twin: `LigerModel::forward_backward`
 //! (liger-core `convert/backward.rs`).
 
-use super::glue::{rope_backward_add, scale_in_place, scaled, widen, RopeLayout};
+use super::glue::{rope_backward_add, scale_pair, scaled, widen, RopeLayout};
 use super::layer::{copy, linear_input_grad, LayerTape, Rows};
 use super::weights::GpuLora;
 use super::GpuLigerModel;
@@ -35,8 +35,7 @@ fn lora_backward(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, us: &GpuBuff
     a.gemm(ctx, GemmDims { m: o, n: r, k: n, a_transposed: true, b_transposed: false }, dy.slice(), us.slice(), grad.b.slice_mut(), true)?;
     // du = scale · dy B
     let mut du = GpuBuffer::<f32>::zeros(ctx, n * r)?;
-    a.gemm(ctx, GemmDims { m: n, n: r, k: o, a_transposed: false, b_transposed: false }, dy.slice(), a.b.slice(), du.slice_mut(), false)?;
-    scale_in_place(ctx, &mut du, a.scale)?;
+    a.gemm_scaled(ctx, GemmDims { m: n, n: r, k: o, a_transposed: false, b_transposed: false }, dy.slice(), a.b.slice(), du.slice_mut(), a.scale, false)?;
     // dA += duᵀ x ; dx += du A
     a.gemm(ctx, GemmDims { m: r, n: i, k: n, a_transposed: true, b_transposed: false }, du.slice(), x.slice(), grad.a.slice_mut(), true)?;
     a.gemm(ctx, GemmDims { m: n, n: i, k: r, a_transposed: false, b_transposed: false }, du.slice(), a.a.slice(), dx.slice_mut(), true)
@@ -276,14 +275,26 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let mut dq = GpuBuffer::<f32>::zeros(ctx, q_len)?;
         let mut dk = GpuBuffer::<f32>::zeros(ctx, kv_len)?;
         let mut dv = GpuBuffer::<f32>::zeros(ctx, kv_len)?;
+        let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
+        // The window branch's share of d_o, in T; made with the mixer's share where both run.
+        let mut d_att = None;
         if !softmax_layer {
-            let d_grm = scaled::<f32>(ctx, d_o, att.alpha)?;
+            let d_grm = if tape.softmax.is_some() {
+                let (mut d_grm, mut d_t) = (GpuBuffer::<f32>::zeros(ctx, d_o.len())?, GpuBuffer::<T>::zeros(ctx, d_o.len())?);
+                scale_pair(ctx, d_o, att.alpha, weight, &mut d_grm, &mut d_t)?;
+                d_att = Some(d_t);
+                d_grm
+            } else {
+                scaled::<f32>(ctx, d_o, att.alpha)?
+            };
             let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
             mixer_chunk_backward(ctx, &att.mixer, dims, q, k, v, &d_grm, &mut dq, &mut dk, &mut dv)?;
         }
         if let Some(s) = &tape.softmax {
-            let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
-            let d_att = scaled::<T>(ctx, d_o, weight)?;
+            let d_att = match d_att {
+                Some(d) => d,
+                None => scaled::<T>(ctx, d_o, weight)?,
+            };
             let (mut gq, mut gk, mut gv) = (GpuBuffer::<T>::zeros(ctx, q_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?);
             let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
             attention_backward(ctx, dims, window, &s.q_roped, &s.k_roped, &s.v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv)?;
