@@ -79,6 +79,10 @@ pub(super) struct SoftmaxTape<T> {
     pub lse: GpuBuffer<f32>,
 }
 
+/// The attention's output (f32), its copy in `T` when made on the way, and the softmax
+/// branch's tape.
+pub(super) type AttentionOutput<T> = (GpuBuffer<f32>, Option<GpuBuffer<T>>, Option<SoftmaxTape<T>>);
+
 /// Everything one layer's backward pass reads.
 pub(super) struct LayerTape<T> {
     pub h: GpuBuffer<f32>,
@@ -153,7 +157,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// Attention of `layer` over whole sequences from position 0 (training and first
     /// prefill): returns its output (f32, `[n, q_size]`), the output's copy in `T` where the
     /// mix of the two branches made it on the way, and what the backward pass reads.
-    pub(super) fn attention_fresh(&self, layer: usize, qkv: &Qkv, rows: Rows, start: &GpuBuffer<u32>) -> Result<(GpuBuffer<f32>, Option<GpuBuffer<T>>, Option<SoftmaxTape<T>>)> {
+    pub(super) fn attention_fresh(&self, layer: usize, qkv: &Qkv, rows: Rows, start: &GpuBuffer<u32>) -> Result<AttentionOutput<T>> {
         let ctx = &self.ctx;
         let c = self.config();
         let shape = self.shape;

@@ -77,8 +77,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// The residual stream after the last layer for a batch from position 0; keeps each
-    /// layer's input and, with `tapes`, its activations for the backward pass.
-    pub(super) fn forward_rows(&self, inputs: &[&[u32]], rows: Rows, start: &GpuBuffer<u32>, mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>, mut tapes: Option<&mut Vec<LayerTape<T>>>) -> Result<GpuBuffer<f32>> {
+    /// layer's input and, with `tapes`, the activations of the last `tapes.1` layers for the
+    /// backward pass.
+    pub(super) fn forward_rows(&self, inputs: &[&[u32]], rows: Rows, start: &GpuBuffer<u32>, mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>, mut tapes: Option<(&mut Vec<LayerTape<T>>, usize)>) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.iter().copied()).collect();
@@ -88,8 +89,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
             if let Some(kept) = layer_inputs.as_deref_mut() {
                 kept.push(copy(ctx, &x)?);
             }
-            let tape = self.layer_forward_fresh(layer, &mut x, rows, start, tapes.is_some())?;
-            if let (Some(tapes), Some(tape)) = (tapes.as_deref_mut(), tape) {
+            let keep = tapes.as_ref().is_some_and(|(_, kept)| layer + kept >= c.num_layers);
+            let tape = self.layer_forward_fresh(layer, &mut x, rows, start, keep)?;
+            if let (Some((tapes, _)), Some(tape)) = (tapes.as_mut(), tape) {
                 tapes.push(tape);
             }
         }
@@ -135,10 +137,11 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let c = self.config();
         let start = GpuBuffer::<u32>::zeros(ctx, rows.batch)?;
         let mut layer_inputs = Vec::with_capacity(c.num_layers);
-        // Keep every layer's activations when they fit comfortably; else run each layer's
-        // forward again during the backward pass.
-        let mut tapes = (!self.needs_recompute(rows)).then(|| Vec::with_capacity(c.num_layers));
-        let x = self.forward_rows(inputs, rows, &start, Some(&mut layer_inputs), tapes.as_mut())?;
+        // Keep the activations of as many layers as fit comfortably (the last ones); the
+        // backward pass runs the others' forward again just before going back through them.
+        let kept = self.layers_to_keep(rows);
+        let mut tapes = Vec::with_capacity(kept);
+        let x = self.forward_rows(inputs, rows, &start, Some(&mut layer_inputs), Some((&mut tapes, kept)))?;
         let flat: Vec<u32> = labels.iter().flat_map(|s| s.iter().copied()).collect();
         let mut dx = GpuBuffer::<f32>::zeros(ctx, x.len())?;
         let out = self.loss_of(&x, &flat, grad_scale, Some(&mut dx))?;
@@ -149,7 +152,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let mut device_grads = self.zero_device_grads()?;
         for layer in (0..c.num_layers).rev() {
             let x_in = layer_inputs.pop().ok_or_else(|| Error::internal("a layer input is missing"))?;
-            let tape = match tapes.as_mut().and_then(|t| t.pop()) {
+            let tape = match (layer + kept >= c.num_layers).then(|| tapes.pop()).flatten() {
                 Some(tape) => tape,
                 None => {
                     let mut x_out = copy(ctx, &x_in)?;
@@ -171,23 +174,27 @@ impl<T: GemmInput> GpuLigerModel<T> {
         Ok(out)
     }
 
-    /// Whether the backward pass must recompute each layer's activations: always when asked
-    /// to ([`GpuLigerModel::set_recompute`]), else when keeping them all would take more than
-    /// half the free device memory.
-    fn needs_recompute(&self, rows: Rows) -> bool {
-        if self.recompute.load(std::sync::atomic::Ordering::Relaxed) {
-            return true;
+    /// How many layers keep their activations from the forward pass (the last ones; the
+    /// backward recomputes the others): none when asked to recompute all
+    /// ([`GpuLigerModel::set_recompute`]), at most [`GpuLigerModel::set_kept_layers`]'s limit,
+    /// and no more than fit in half the free device memory.
+    fn layers_to_keep(&self, rows: Rows) -> usize {
+        use std::sync::atomic::Ordering;
+        if self.recompute.load(Ordering::Relaxed) {
+            return 0;
         }
+        let limit = self.kept_layers_limit.load(Ordering::Relaxed);
         let c = self.config();
         let (qs, kvs, hs, f) = (c.q_size(), c.kv_size(), c.hidden_size, c.intermediate_size);
         // f32: h, x_mid, q, k, v, o, gate, up, LoRA products; in T: the softmax branch's
         // roped q and k, v and its output.
         let per_row = (2 * hs + 3 * qs + 3 * kvs + 2 * f + 64) * 4 + (2 * qs + 2 * kvs) * std::mem::size_of::<T>();
-        let bytes = (rows.n() * per_row * c.num_layers) as u64;
-        match self.ctx.stream().context().mem_get_info() {
-            Ok((free, _)) => bytes > free as u64 / 2,
-            Err(_) => true,
-        }
+        let per_layer = (rows.n() * per_row).max(1) as u64;
+        let fit = match self.ctx.stream().context().mem_get_info() {
+            Ok((free, _)) => (free as u64 / 2 / per_layer).min(c.num_layers as u64) as usize,
+            Err(_) => 0,
+        };
+        fit.min(limit)
     }
 
     fn zero_device_grads(&self) -> Result<Vec<[Option<GpuLoraGrad>; 4]>> {
