@@ -63,3 +63,21 @@ __device__ float block_max(float v) {
 // Index of this thread in a 1-D grid, and the grid's stride, as 64-bit values.
 __device__ __forceinline__ size_t global_index() { return (size_t)blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ size_t grid_stride() { return (size_t)gridDim.x * blockDim.x; }
+
+// Four consecutive values at x[i..i+4] (i a multiple of 4, x aligned as `quad_aligned` checks):
+// one 16-byte (f32) or 8-byte (bf16) memory access instead of four, for the bandwidth-bound
+// elementwise kernels.
+__device__ __forceinline__ float4 load_quad(const float* x, size_t i) { return *(const float4*)(x + i); }
+__device__ __forceinline__ float4 load_quad(const bf16* x, size_t i) {
+    const uint2 p = *(const uint2*)(x + i);
+    return make_float4(__uint_as_float(p.x << 16), __uint_as_float(p.x & 0xffff0000u), __uint_as_float(p.y << 16),
+                       __uint_as_float(p.y & 0xffff0000u));
+}
+__device__ __forceinline__ void store_quad(float* y, size_t i, float4 v) { *(float4*)(y + i) = v; }
+__device__ __forceinline__ void store_quad(bf16* y, size_t i, float4 v) {
+    const u32 lo = (u32)from_f32<bf16>(v.x).bits | ((u32)from_f32<bf16>(v.y).bits << 16);
+    const u32 hi = (u32)from_f32<bf16>(v.z).bits | ((u32)from_f32<bf16>(v.w).bits << 16);
+    *(uint2*)(y + i) = make_uint2(lo, hi);
+}
+// Whether `p` may be read or written four values at a time.
+template <typename T> __device__ __forceinline__ bool quad_aligned(const T* p) { return ((size_t)p % (4 * sizeof(T))) == 0; }

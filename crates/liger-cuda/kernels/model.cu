@@ -2,10 +2,18 @@
 // buffers and the storage type, residual adds, biases, batched RoPE and random fills.
 // CPU twins: the elementwise steps of `liger_core::convert` (model.rs, backward.rs).
 
+// The elementwise kernels below read and write four values per thread and access where the
+// buffers allow (they are launched over n / 4 threads), then the tail one by one.
+
 // y = s * x, stored as T (a cast when s = 1). x and y may not overlap.
 template <typename T>
 __device__ void scale_to(const float* x, T* y, size_t n, float s) {
-    for (size_t i = global_index(); i < n; i += grid_stride()) y[i] = from_f32<T>(s * x[i]);
+    const size_t quads = quad_aligned(x) && quad_aligned(y) ? n / 4 : 0;
+    for (size_t q = global_index(); q < quads; q += grid_stride()) {
+        const float4 v = load_quad(x, 4 * q);
+        store_quad(y, 4 * q, make_float4(s * v.x, s * v.y, s * v.z, s * v.w));
+    }
+    for (size_t i = 4 * quads + global_index(); i < n; i += grid_stride()) y[i] = from_f32<T>(s * x[i]);
 }
 
 extern "C" __global__ void scale_to_f32(const float* x, float* y, unsigned long long n, float s) { scale_to(x, y, n, s); }
@@ -25,6 +33,56 @@ extern "C" __global__ void widen_f32(const float* x, float* y, unsigned long lon
 }
 extern "C" __global__ void widen_bf16(const bf16* x, float* y, unsigned long long n, float s, int accumulate) {
     widen(x, y, n, s, accumulate);
+}
+
+// The two branches of a Liger layer mixed: o = alpha * g + beta * a (g the gated mixer's output,
+// a the window attention's, stored as T), and o's copy in T for the o projection, in one pass.
+template <typename T>
+__device__ void liger_mix_to(const float* g, const T* a, float* o, T* o_t, size_t n, float alpha, float beta) {
+    const size_t quads = quad_aligned(g) && quad_aligned(a) && quad_aligned(o) && quad_aligned(o_t) ? n / 4 : 0;
+    for (size_t q = global_index(); q < quads; q += grid_stride()) {
+        const float4 gv = load_quad(g, 4 * q), av = load_quad(a, 4 * q);
+        const float4 v = make_float4(alpha * gv.x + beta * av.x, alpha * gv.y + beta * av.y, alpha * gv.z + beta * av.z, alpha * gv.w + beta * av.w);
+        store_quad(o, 4 * q, v);
+        store_quad(o_t, 4 * q, v);
+    }
+    for (size_t i = 4 * quads + global_index(); i < n; i += grid_stride()) {
+        const float v = alpha * g[i] + beta * to_f32(a[i]);
+        o[i] = v;
+        o_t[i] = from_f32<T>(v);
+    }
+}
+
+extern "C" __global__ void liger_mix_to_f32(const float* g, const float* a, float* o, float* o_t, unsigned long long n, float alpha,
+                                            float beta) {
+    liger_mix_to(g, a, o, o_t, n, alpha, beta);
+}
+extern "C" __global__ void liger_mix_to_bf16(const float* g, const bf16* a, float* o, bf16* o_t, unsigned long long n, float alpha,
+                                             float beta) {
+    liger_mix_to(g, a, o, o_t, n, alpha, beta);
+}
+
+// y = s * x (f32) and z = t * x (stored as T) in one pass: the gradient of a mixed output
+// split between the two branches.
+template <typename T>
+__device__ void scale_pair(const float* x, float* y, T* z, size_t n, float s, float t) {
+    const size_t quads = quad_aligned(x) && quad_aligned(y) && quad_aligned(z) ? n / 4 : 0;
+    for (size_t q = global_index(); q < quads; q += grid_stride()) {
+        const float4 v = load_quad(x, 4 * q);
+        store_quad(y, 4 * q, make_float4(s * v.x, s * v.y, s * v.z, s * v.w));
+        store_quad(z, 4 * q, make_float4(t * v.x, t * v.y, t * v.z, t * v.w));
+    }
+    for (size_t i = 4 * quads + global_index(); i < n; i += grid_stride()) {
+        y[i] = s * x[i];
+        z[i] = from_f32<T>(t * x[i]);
+    }
+}
+
+extern "C" __global__ void scale_pair_f32(const float* x, float* y, float* z, unsigned long long n, float s, float t) {
+    scale_pair(x, y, z, n, s, t);
+}
+extern "C" __global__ void scale_pair_bf16(const float* x, float* y, bf16* z, unsigned long long n, float s, float t) {
+    scale_pair(x, y, z, n, s, t);
 }
 
 // x *= s, in place.

@@ -96,7 +96,17 @@ where
     B: DevicePtr<f32>,
     C: DevicePtrMut<f32>,
 {
-    gemm_with(ctx, dims, a, b, c, 1.0, accumulate, cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32)
+    gemm_tf32_scaled(ctx, dims, a, b, c, 1.0, accumulate)
+}
+
+/// As [`gemm_tf32`], the product multiplied by `alpha`.
+pub fn gemm_tf32_scaled<A, B, C>(ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, alpha: f32, accumulate: bool) -> Result<()>
+where
+    A: DevicePtr<f32>,
+    B: DevicePtr<f32>,
+    C: DevicePtrMut<f32>,
+{
+    gemm_with(ctx, dims, a, b, c, alpha, accumulate, cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -270,3 +270,55 @@ fn device_info_is_read() {
     assert_eq!(err.code, ErrorCode::OutOfMemory);
     assert!(err.message.contains("lower the batch size"), "{}", err.message);
 }
+
+/// The training glue, four values per thread with a tail: the cast to T, the two Liger
+/// branches mixed (f32 and its T copy at once), the gradient split between the branches;
+/// against float64, on lengths that are not a multiple of four.
+#[test]
+fn glue_casts_mix_and_gradient_split_match_float64() {
+    use liger_cuda::model::glue::{liger_mix_to, scale_pair, scale_to};
+    let ctx = gpu();
+    let mut rng = rng("glue_mix_and_split");
+    for n in [1usize, 7, 4 * 1024 + 3, 3 * 65536 + 2] {
+        let x = random(&mut rng, n, 3.0);
+        let xg = upload(&ctx, &x);
+        let (s, t) = (0.37f32, -1.25f32);
+        let scaled_ref = |k: f32| -> Vec<f64> { x.iter().map(|&v| k as f64 * v as f64).collect() };
+
+        let mut y16 = poisoned_bf16(&ctx, n);
+        scale_to(&ctx, &xg, &mut y16, s).unwrap();
+        check_host(&format!("scale_to bf16 n={n}"), &from_bf16(&y16.to_host().unwrap()), &scaled_ref(s), BF16_TOL);
+        let mut y = poisoned(&ctx, n);
+        scale_to(&ctx, &xg, &mut y, s).unwrap();
+        check(&format!("scale_to f32 n={n}"), &y, &scaled_ref(s), FP32_TOL);
+
+        // The mix: g f32, a stored as T (its rounded values are the reference's input).
+        let g = random(&mut rng, n, 2.0);
+        let a16 = to_bf16(&random(&mut rng, n, 2.0));
+        let (alpha, beta) = (0.5f32, 0.75f32);
+        let mix_ref: Vec<f64> = g.iter().zip(&a16).map(|(&g, a)| alpha as f64 * g as f64 + beta as f64 * a.to_f32() as f64).collect();
+        let (mut o, mut o16) = (poisoned(&ctx, n), poisoned_bf16(&ctx, n));
+        liger_mix_to(&ctx, &upload(&ctx, &g), &GpuBuffer::from_host(&ctx, &a16).unwrap(), alpha, beta, &mut o, &mut o16).unwrap();
+        check(&format!("liger_mix_to f32 n={n}"), &o, &mix_ref, FP32_TOL);
+        check_host(&format!("liger_mix_to bf16 copy n={n}"), &from_bf16(&o16.to_host().unwrap()), &mix_ref, BF16_TOL);
+        let a32 = from_bf16(&a16);
+        let (mut o, mut o_copy) = (poisoned(&ctx, n), poisoned(&ctx, n));
+        liger_mix_to(&ctx, &upload(&ctx, &g), &upload(&ctx, &a32), alpha, beta, &mut o, &mut o_copy).unwrap();
+        check(&format!("liger_mix_to f32/f32 n={n}"), &o, &mix_ref, FP32_TOL);
+        check(&format!("liger_mix_to f32 copy n={n}"), &o_copy, &mix_ref, FP32_TOL);
+
+        // The split of a gradient.
+        let (mut y, mut z16) = (poisoned(&ctx, n), poisoned_bf16(&ctx, n));
+        scale_pair(&ctx, &xg, s, t, &mut y, &mut z16).unwrap();
+        check(&format!("scale_pair f32 n={n}"), &y, &scaled_ref(s), FP32_TOL);
+        check_host(&format!("scale_pair bf16 n={n}"), &from_bf16(&z16.to_host().unwrap()), &scaled_ref(t), BF16_TOL);
+        let (mut y, mut z) = (poisoned(&ctx, n), poisoned(&ctx, n));
+        scale_pair(&ctx, &xg, s, t, &mut y, &mut z).unwrap();
+        check(&format!("scale_pair f32/f32 n={n}"), &z, &scaled_ref(t), FP32_TOL);
+    }
+    // Sizes that disagree are typed errors.
+    let err = liger_mix_to(&ctx, &poisoned(&ctx, 8), &poisoned_bf16(&ctx, 7), 1.0, 1.0, &mut poisoned(&ctx, 8), &mut poisoned_bf16(&ctx, 8)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch);
+    let err = scale_pair(&ctx, &poisoned(&ctx, 8), 1.0, 1.0, &mut poisoned(&ctx, 8), &mut poisoned_bf16(&ctx, 9)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch);
+}

@@ -85,6 +85,13 @@ fn compare_forward_backward<T: GemmInput>(ctx: GpuContext, cpu: LigerModel, data
     let recomputed = run_gpu(&gpu, data);
     let same = max_rel_error(&recomputed.1, &kept.1.iter().map(|&g| g as f64).collect::<Vec<_>>());
     assert!(((kept.0 - recomputed.0) / kept.0).abs() < 1e-6 && same < 1e-5, "kept and recomputed activations differ: {same:.2e}");
+    // And the middle ground: the last layer's activations kept, the others' recomputed.
+    gpu.set_recompute(false);
+    gpu.set_kept_layers(Some(1));
+    let partly = run_gpu(&gpu, data);
+    gpu.set_kept_layers(None);
+    let same = max_rel_error(&partly.1, &kept.1.iter().map(|&g| g as f64).collect::<Vec<_>>());
+    assert!(((kept.0 - partly.0) / kept.0).abs() < 1e-6 && same < 1e-5, "kept and partly recomputed activations differ: {same:.2e}");
     let (loss, got) = kept;
     let expected: Vec<f64> = cpu_grads.as_slices().concat().iter().map(|&g| g as f64).collect();
     assert!(got.iter().all(|g| g.is_finite()), "non-finite GPU gradients");

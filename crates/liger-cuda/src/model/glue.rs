@@ -28,8 +28,8 @@ pub fn scale_to<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<f32>, y: &mut Gpu
     let n = x.len() as u64;
     let mut launch = ctx.stream().launch_builder(&f);
     launch.arg(x.slice()).arg(y.slice_mut()).arg(&n).arg(&s);
-    // SAFETY: x and y hold n values.
-    ctx.check_launch(unsafe { launch.launch(elementwise(x.len())) }, name)
+    // SAFETY: x and y hold n values; the kernel takes four per thread.
+    ctx.check_launch(unsafe { launch.launch(elementwise(x.len().div_ceil(4))) }, name)
 }
 
 /// A new buffer holding `s * x` as `T`.
@@ -52,6 +52,42 @@ pub fn widen<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, y: &mut GpuBuffe
     launch.arg(x.slice()).arg(y.slice_mut()).arg(&n).arg(&s).arg(&acc);
     // SAFETY: x and y hold n values.
     ctx.check_launch(unsafe { launch.launch(elementwise(x.len())) }, name)
+}
+
+/// The two branches of a Liger layer mixed in one pass: `o = alpha · g + beta · a` (`g` the
+/// gated mixer's output, `a` the window attention's, stored as `T`), and `o_t`, o's copy in `T`
+/// for the o projection.
+pub fn liger_mix_to<T: GpuElement>(ctx: &GpuContext, g: &GpuBuffer<f32>, a: &GpuBuffer<T>, alpha: f32, beta: f32, o: &mut GpuBuffer<f32>, o_t: &mut GpuBuffer<T>) -> Result<()> {
+    expect_len("window attention output", a.len(), g.len())?;
+    expect_len("mixed output", o.len(), g.len())?;
+    expect_len("mixed output copy", o_t.len(), g.len())?;
+    if g.is_empty() {
+        return Ok(());
+    }
+    let name = pick::<T>("liger_mix_to_f32", "liger_mix_to_bf16");
+    let f = ctx.function(&MODEL, name)?;
+    let n = g.len() as u64;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(g.slice()).arg(a.slice()).arg(o.slice_mut()).arg(o_t.slice_mut()).arg(&n).arg(&alpha).arg(&beta);
+    // SAFETY: the four buffers hold n values; the kernel takes four per thread.
+    ctx.check_launch(unsafe { launch.launch(elementwise(g.len().div_ceil(4))) }, name)
+}
+
+/// `y = s · x` (f32) and `z = t · x` (stored as `T`) in one pass: a gradient split between
+/// the two branches of a Liger layer.
+pub fn scale_pair<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<f32>, s: f32, t: f32, y: &mut GpuBuffer<f32>, z: &mut GpuBuffer<T>) -> Result<()> {
+    expect_len("scaled output", y.len(), x.len())?;
+    expect_len("scaled output copy", z.len(), x.len())?;
+    if x.is_empty() {
+        return Ok(());
+    }
+    let name = pick::<T>("scale_pair_f32", "scale_pair_bf16");
+    let f = ctx.function(&MODEL, name)?;
+    let n = x.len() as u64;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(x.slice()).arg(y.slice_mut()).arg(z.slice_mut()).arg(&n).arg(&s).arg(&t);
+    // SAFETY: the three buffers hold n values; the kernel takes four per thread.
+    ctx.check_launch(unsafe { launch.launch(elementwise(x.len().div_ceil(4))) }, name)
 }
 
 /// `y += x`.

@@ -7,7 +7,7 @@
 //! LoRA gradients) than they save.
 //! CPU twin: `LigerModel::layer_forward` (liger-core `convert/model.rs`).
 
-use super::glue::{add_bias_rows, rope_forward_to, scale_in_place, scaled, widen, RopeLayout};
+use super::glue::{add_bias_rows, liger_mix_to, rope_forward_to, scaled, widen, RopeLayout};
 use super::weights::{GpuLayer, GpuLora};
 use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
@@ -51,8 +51,7 @@ pub(super) fn linear_input_grad<T: GemmInput>(ctx: &GpuContext, dy: &GpuBuffer<T
 pub(super) fn lora_forward(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, n: usize, y: &mut GpuBuffer<f32>) -> Result<GpuBuffer<f32>> {
     let mut us = GpuBuffer::zeros(ctx, n * a.rank)?;
     let down = GemmDims { m: n, n: a.rank, k: a.in_features, a_transposed: false, b_transposed: true };
-    a.gemm(ctx, down, x.slice(), a.a.slice(), us.slice_mut(), false)?;
-    scale_in_place(ctx, &mut us, a.scale)?;
+    a.gemm_scaled(ctx, down, x.slice(), a.a.slice(), us.slice_mut(), a.scale, false)?;
     let up = GemmDims { m: n, n: a.out_features, k: a.rank, a_transposed: false, b_transposed: true };
     a.gemm(ctx, up, us.slice(), a.b.slice(), y.slice_mut(), true)?;
     Ok(us)
@@ -79,6 +78,10 @@ pub(super) struct SoftmaxTape<T> {
     pub o: GpuBuffer<T>,
     pub lse: GpuBuffer<f32>,
 }
+
+/// The attention's output (f32), its copy in `T` when made on the way, and the softmax
+/// branch's tape.
+pub(super) type AttentionOutput<T> = (GpuBuffer<f32>, Option<GpuBuffer<T>>, Option<SoftmaxTape<T>>);
 
 /// Everything one layer's backward pass reads.
 pub(super) struct LayerTape<T> {
@@ -152,8 +155,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// Attention of `layer` over whole sequences from position 0 (training and first
-    /// prefill): returns its output (f32, `[n, q_size]`) and what the backward pass reads.
-    pub(super) fn attention_fresh(&self, layer: usize, qkv: &Qkv, rows: Rows, start: &GpuBuffer<u32>) -> Result<(GpuBuffer<f32>, Option<SoftmaxTape<T>>)> {
+    /// prefill): returns its output (f32, `[n, q_size]`), the output's copy in `T` where the
+    /// mix of the two branches made it on the way, and what the backward pass reads.
+    pub(super) fn attention_fresh(&self, layer: usize, qkv: &Qkv, rows: Rows, start: &GpuBuffer<u32>) -> Result<AttentionOutput<T>> {
         let ctx = &self.ctx;
         let c = self.config();
         let shape = self.shape;
@@ -162,13 +166,19 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let att = &self.host.options.attention;
         let softmax_layer = self.host.options.is_softmax_layer(layer);
         let mut o = GpuBuffer::<f32>::zeros(ctx, n * c.q_size())?;
+        let mut o_grm = None;
         if !softmax_layer {
-            let mut o_grm = GpuBuffer::<f32>::zeros(ctx, n * c.q_size())?;
+            let mut g = GpuBuffer::<f32>::zeros(ctx, n * c.q_size())?;
             let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
-            mixer_chunk_forward(ctx, &att.mixer, dims, q, k, v, &mut o_grm, None, None)?;
-            widen(ctx, &o_grm, &mut o, att.alpha, false)?;
+            mixer_chunk_forward(ctx, &att.mixer, dims, q, k, v, &mut g, None, None)?;
+            if att.use_swa {
+                // Mixed with the window attention's output below, in one pass.
+                o_grm = Some(g);
+            } else {
+                widen(ctx, &g, &mut o, att.alpha, false)?;
+            }
         }
-        let mut softmax = None;
+        let (mut o_t, mut softmax) = (None, None);
         if softmax_layer || att.use_swa {
             let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
             let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start, tokens: rows.tokens, heads, head_dim: shape.d };
@@ -181,17 +191,32 @@ impl<T: GemmInput> GpuLigerModel<T> {
             let mut lse = GpuBuffer::<f32>::zeros(ctx, rows.batch * shape.hq * rows.tokens)?;
             let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
             attention_forward(ctx, dims, window, &q_roped, &k_roped, &v_t, &mut o_att, &mut lse)?;
-            widen(ctx, &o_att, &mut o, weight, !softmax_layer)?;
+            match &o_grm {
+                Some(g) => {
+                    let mut mixed_t = GpuBuffer::<T>::zeros(ctx, o.len())?;
+                    liger_mix_to(ctx, g, &o_att, att.alpha, weight, &mut o, &mut mixed_t)?;
+                    o_t = Some(mixed_t);
+                }
+                None => widen(ctx, &o_att, &mut o, weight, false)?,
+            }
             softmax = Some(SoftmaxTape { q_roped, k_roped, v: v_t, o: o_att, lse });
         }
-        Ok((o, softmax))
+        Ok((o, o_t, softmax))
     }
 
     /// `x += o_proj(o)` (the products accumulate straight into `x`); returns the o adapter's
     /// saved product.
     pub(super) fn o_proj(&self, layer: usize, o: &GpuBuffer<f32>, n: usize, x: &mut GpuBuffer<f32>) -> Result<Option<GpuBuffer<f32>>> {
+        self.o_proj_from(layer, o, None, n, x)
+    }
+
+    /// [`Self::o_proj`] given, where it was made on the way, o's copy `o_t` in `T`.
+    pub(super) fn o_proj_from(&self, layer: usize, o: &GpuBuffer<f32>, o_t: Option<GpuBuffer<T>>, n: usize, x: &mut GpuBuffer<f32>) -> Result<Option<GpuBuffer<f32>>> {
         let c = self.config();
-        let o_t = scaled::<T>(&self.ctx, o, 1.0)?;
+        let o_t = match o_t {
+            Some(o_t) => o_t,
+            None => scaled::<T>(&self.ctx, o, 1.0)?,
+        };
         linear(&self.ctx, &o_t, &self.layer_weights(layer).wo, n, c.q_size(), c.hidden_size, x, true)?;
         drop(o_t);
         let lora = self.lora_guard()?;
@@ -222,8 +247,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let (h, h_t) = self.norm(x, &self.layer_weights(layer).attn_norm)?;
         let qkv = self.project_qkv(layer, &h, &h_t, n)?;
         drop(h_t);
-        let (o, softmax) = self.attention_fresh(layer, &qkv, rows, start)?;
-        let saved_o = self.o_proj(layer, &o, n, x)?;
+        let (o, o_t, softmax) = self.attention_fresh(layer, &qkv, rows, start)?;
+        let saved_o = self.o_proj_from(layer, &o, o_t, n, x)?;
         let x_mid = if keep { Some(copy(&self.ctx, x)?) } else { None };
         let (gate, up) = self.mlp(layer, x, n)?;
         Ok(x_mid.map(|x_mid| LayerTape { h, qkv, softmax, o, saved_o, x_mid, gate, up }))

@@ -31,7 +31,7 @@ use liger_core::liger::{HeadShape, MixerKind};
 use liger_core::train::loss::LossOutput;
 use liger_core::train::trainer::Trainable;
 use liger_core::{Error, Result};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use weights::{refresh_lora, upload_lora, GpuLoraSet};
 
@@ -49,6 +49,8 @@ pub struct GpuLigerModel<T: GemmInput> {
     decode_graphs: AtomicBool,
     /// Always recompute activations in the backward pass (else only when memory is short).
     recompute: AtomicBool,
+    /// Most layers whose activations the forward keeps for the backward pass.
+    kept_layers_limit: AtomicUsize,
     shape: HeadShape,
 }
 
@@ -70,7 +72,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         }
         // A bf16 model's adapter products run in TF32: the bf16 products around them set its precision.
         let lora = upload_lora(&ctx, &model.lora, T::KERNEL_SUFFIX == "bf16")?;
-        Ok(GpuLigerModel { ctx, host: model, weights, lora: Mutex::new(lora), lora_stale: AtomicBool::new(false), lora_version: AtomicU64::new(0), decode_graphs: AtomicBool::new(true), recompute: AtomicBool::new(false), shape })
+        Ok(GpuLigerModel { ctx, host: model, weights, lora: Mutex::new(lora), lora_stale: AtomicBool::new(false), lora_version: AtomicU64::new(0), decode_graphs: AtomicBool::new(true), recompute: AtomicBool::new(false), kept_layers_limit: AtomicUsize::new(usize::MAX), shape })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -97,6 +99,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// (the default) it does so only when keeping them would take more than half the free memory.
     pub fn set_recompute(&self, always: bool) {
         self.recompute.store(always, Ordering::Relaxed);
+    }
+
+    /// Keep the activations of at most `limit` layers (the last ones) from the forward pass;
+    /// the backward recomputes the others' (`None`: as many as fit in half the free memory,
+    /// the default). A middle ground between memory and the time of one more forward.
+    pub fn set_kept_layers(&self, limit: Option<usize>) {
+        self.kept_layers_limit.store(limit.unwrap_or(usize::MAX), Ordering::Relaxed);
     }
 
     /// With `false`, decoding steps run their launches one by one instead of replaying a

@@ -3,7 +3,7 @@
 //! through it (activation checkpointing). CPU twin: `LigerModel::forward_backward`
 //! (liger-core `convert/backward.rs`).
 
-use super::glue::{rope_backward_add, scale_in_place, scaled, widen, RopeLayout};
+use super::glue::{rope_backward_add, scale_pair, scaled, widen, RopeLayout};
 use super::layer::{copy, linear_input_grad, LayerTape, Rows};
 use super::weights::GpuLora;
 use super::GpuLigerModel;
@@ -35,8 +35,7 @@ fn lora_backward(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, us: &GpuBuff
     a.gemm(ctx, GemmDims { m: o, n: r, k: n, a_transposed: true, b_transposed: false }, dy.slice(), us.slice(), grad.b.slice_mut(), true)?;
     // du = scale · dy B
     let mut du = GpuBuffer::<f32>::zeros(ctx, n * r)?;
-    a.gemm(ctx, GemmDims { m: n, n: r, k: o, a_transposed: false, b_transposed: false }, dy.slice(), a.b.slice(), du.slice_mut(), false)?;
-    scale_in_place(ctx, &mut du, a.scale)?;
+    a.gemm_scaled(ctx, GemmDims { m: n, n: r, k: o, a_transposed: false, b_transposed: false }, dy.slice(), a.b.slice(), du.slice_mut(), a.scale, false)?;
     // dA += duᵀ x ; dx += du A
     a.gemm(ctx, GemmDims { m: r, n: i, k: n, a_transposed: true, b_transposed: false }, du.slice(), x.slice(), grad.a.slice_mut(), true)?;
     a.gemm(ctx, GemmDims { m: n, n: i, k: r, a_transposed: false, b_transposed: false }, du.slice(), a.a.slice(), dx.slice_mut(), true)
@@ -78,8 +77,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// The residual stream after the last layer for a batch from position 0; keeps each
-    /// layer's input and, with `tapes`, its activations for the backward pass.
-    pub(super) fn forward_rows(&self, inputs: &[&[u32]], rows: Rows, start: &GpuBuffer<u32>, mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>, mut tapes: Option<&mut Vec<LayerTape<T>>>) -> Result<GpuBuffer<f32>> {
+    /// layer's input and, with `tapes`, the activations of the last `tapes.1` layers for the
+    /// backward pass.
+    pub(super) fn forward_rows(&self, inputs: &[&[u32]], rows: Rows, start: &GpuBuffer<u32>, mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>, mut tapes: Option<(&mut Vec<LayerTape<T>>, usize)>) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.iter().copied()).collect();
@@ -89,8 +89,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
             if let Some(kept) = layer_inputs.as_deref_mut() {
                 kept.push(copy(ctx, &x)?);
             }
-            let tape = self.layer_forward_fresh(layer, &mut x, rows, start, tapes.is_some())?;
-            if let (Some(tapes), Some(tape)) = (tapes.as_deref_mut(), tape) {
+            let keep = tapes.as_ref().is_some_and(|(_, kept)| layer + kept >= c.num_layers);
+            let tape = self.layer_forward_fresh(layer, &mut x, rows, start, keep)?;
+            if let (Some((tapes, _)), Some(tape)) = (tapes.as_mut(), tape) {
                 tapes.push(tape);
             }
         }
@@ -136,10 +137,11 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let c = self.config();
         let start = GpuBuffer::<u32>::zeros(ctx, rows.batch)?;
         let mut layer_inputs = Vec::with_capacity(c.num_layers);
-        // Keep every layer's activations when they fit comfortably; else run each layer's
-        // forward again during the backward pass.
-        let mut tapes = (!self.needs_recompute(rows)).then(|| Vec::with_capacity(c.num_layers));
-        let x = self.forward_rows(inputs, rows, &start, Some(&mut layer_inputs), tapes.as_mut())?;
+        // Keep the activations of as many layers as fit comfortably (the last ones); the
+        // backward pass runs the others' forward again just before going back through them.
+        let kept = self.layers_to_keep(rows);
+        let mut tapes = Vec::with_capacity(kept);
+        let x = self.forward_rows(inputs, rows, &start, Some(&mut layer_inputs), Some((&mut tapes, kept)))?;
         let flat: Vec<u32> = labels.iter().flat_map(|s| s.iter().copied()).collect();
         let mut dx = GpuBuffer::<f32>::zeros(ctx, x.len())?;
         let out = self.loss_of(&x, &flat, grad_scale, Some(&mut dx))?;
@@ -150,7 +152,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let mut device_grads = self.zero_device_grads()?;
         for layer in (0..c.num_layers).rev() {
             let x_in = layer_inputs.pop().ok_or_else(|| Error::internal("a layer input is missing"))?;
-            let tape = match tapes.as_mut().and_then(|t| t.pop()) {
+            let tape = match (layer + kept >= c.num_layers).then(|| tapes.pop()).flatten() {
                 Some(tape) => tape,
                 None => {
                     let mut x_out = copy(ctx, &x_in)?;
@@ -172,23 +174,27 @@ impl<T: GemmInput> GpuLigerModel<T> {
         Ok(out)
     }
 
-    /// Whether the backward pass must recompute each layer's activations: always when asked
-    /// to ([`GpuLigerModel::set_recompute`]), else when keeping them all would take more than
-    /// half the free device memory.
-    fn needs_recompute(&self, rows: Rows) -> bool {
-        if self.recompute.load(std::sync::atomic::Ordering::Relaxed) {
-            return true;
+    /// How many layers keep their activations from the forward pass (the last ones; the
+    /// backward recomputes the others): none when asked to recompute all
+    /// ([`GpuLigerModel::set_recompute`]), at most [`GpuLigerModel::set_kept_layers`]'s limit,
+    /// and no more than fit in half the free device memory.
+    fn layers_to_keep(&self, rows: Rows) -> usize {
+        use std::sync::atomic::Ordering;
+        if self.recompute.load(Ordering::Relaxed) {
+            return 0;
         }
+        let limit = self.kept_layers_limit.load(Ordering::Relaxed);
         let c = self.config();
         let (qs, kvs, hs, f) = (c.q_size(), c.kv_size(), c.hidden_size, c.intermediate_size);
         // f32: h, x_mid, q, k, v, o, gate, up, LoRA products; in T: the softmax branch's
         // roped q and k, v and its output.
         let per_row = (2 * hs + 3 * qs + 3 * kvs + 2 * f + 64) * 4 + (2 * qs + 2 * kvs) * std::mem::size_of::<T>();
-        let bytes = (rows.n() * per_row * c.num_layers) as u64;
-        match self.ctx.stream().context().mem_get_info() {
-            Ok((free, _)) => bytes > free as u64 / 2,
-            Err(_) => true,
-        }
+        let per_layer = (rows.n() * per_row).max(1) as u64;
+        let fit = match self.ctx.stream().context().mem_get_info() {
+            Ok((free, _)) => (free as u64 / 2 / per_layer).min(c.num_layers as u64) as usize,
+            Err(_) => 0,
+        };
+        fit.min(limit)
     }
 
     fn zero_device_grads(&self) -> Result<Vec<[Option<GpuLoraGrad>; 4]>> {
@@ -276,14 +282,26 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let mut dq = GpuBuffer::<f32>::zeros(ctx, q_len)?;
         let mut dk = GpuBuffer::<f32>::zeros(ctx, kv_len)?;
         let mut dv = GpuBuffer::<f32>::zeros(ctx, kv_len)?;
+        let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
+        // The window branch's share of d_o, in T; made with the mixer's share where both run.
+        let mut d_att = None;
         if !softmax_layer {
-            let d_grm = scaled::<f32>(ctx, d_o, att.alpha)?;
+            let d_grm = if tape.softmax.is_some() {
+                let (mut d_grm, mut d_t) = (GpuBuffer::<f32>::zeros(ctx, d_o.len())?, GpuBuffer::<T>::zeros(ctx, d_o.len())?);
+                scale_pair(ctx, d_o, att.alpha, weight, &mut d_grm, &mut d_t)?;
+                d_att = Some(d_t);
+                d_grm
+            } else {
+                scaled::<f32>(ctx, d_o, att.alpha)?
+            };
             let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
             mixer_chunk_backward(ctx, &att.mixer, dims, q, k, v, &d_grm, &mut dq, &mut dk, &mut dv)?;
         }
         if let Some(s) = &tape.softmax {
-            let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
-            let d_att = scaled::<T>(ctx, d_o, weight)?;
+            let d_att = match d_att {
+                Some(d) => d,
+                None => scaled::<T>(ctx, d_o, weight)?,
+            };
             let (mut gq, mut gk, mut gv) = (GpuBuffer::<T>::zeros(ctx, q_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?);
             let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
             attention_backward(ctx, dims, window, &s.q_roped, &s.k_roped, &s.v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv)?;

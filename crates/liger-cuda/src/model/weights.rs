@@ -4,7 +4,7 @@
 use super::glue::fill_uniform;
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
-use crate::gemm::{gemm, gemm_tf32, GemmDims};
+use crate::gemm::{gemm_scaled, gemm_tf32_scaled, GemmDims};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use liger_core::config::ModelConfig;
 use liger_core::convert::{LoraSet, LoraTarget};
@@ -151,10 +151,17 @@ pub struct GpuLora {
 impl GpuLora {
     /// One product of the adapter's forward or backward: f32, or TF32 when [`GpuLora::tf32`].
     pub fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(&self, ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, accumulate: bool) -> Result<()> {
+        self.gemm_scaled(ctx, dims, a, b, c, 1.0, accumulate)
+    }
+
+    /// As [`GpuLora::gemm`], the product multiplied by `alpha` (the adapter's scale, folded
+    /// into the product instead of a pass of its own).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_scaled<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(&self, ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, alpha: f32, accumulate: bool) -> Result<()> {
         if self.tf32 {
-            gemm_tf32(ctx, dims, a, b, c, accumulate)
+            gemm_tf32_scaled(ctx, dims, a, b, c, alpha, accumulate)
         } else {
-            gemm(ctx, dims, a, b, c, accumulate)
+            gemm_scaled(ctx, dims, a, b, c, alpha, accumulate)
         }
     }
 }

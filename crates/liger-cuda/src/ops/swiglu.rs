@@ -37,10 +37,12 @@ pub fn swiglu_forward_to<T: GpuElement>(ctx: &GpuContext, gate: &GpuBuffer<f32>,
     let name = super::variant::<T>("swiglu_forward_f32", "swiglu_forward_to_bf16");
     let f = ctx.function(&SWIGLU, name)?;
     let n_arg = n as u64;
+    // The bf16 kernel takes four values per thread.
+    let threads = if name == "swiglu_forward_to_bf16" { n.div_ceil(4) } else { n };
     let mut launch = ctx.stream().launch_builder(&f);
     launch.arg(gate.slice()).arg(up.slice()).arg(out.slice_mut()).arg(&n_arg);
     // SAFETY: all three buffers hold n values.
-    ctx.check_launch(unsafe { launch.launch(elementwise(n)) }, name)
+    ctx.check_launch(unsafe { launch.launch(elementwise(threads)) }, name)
 }
 
 /// Writes `dgate` and `dup` (stored as `T`, the type the next GEMM reads) given `da`, the
@@ -65,6 +67,6 @@ pub fn swiglu_backward<T: GpuElement>(
     let n_arg = n as u64;
     let mut launch = ctx.stream().launch_builder(&f);
     launch.arg(gate.slice()).arg(up.slice()).arg(da.slice()).arg(dgate.slice_mut()).arg(dup.slice_mut()).arg(&n_arg);
-    // SAFETY: all five buffers hold n values.
-    ctx.check_launch(unsafe { launch.launch(elementwise(n)) }, name)
+    // SAFETY: all five buffers hold n values; the kernel takes four per thread.
+    ctx.check_launch(unsafe { launch.launch(elementwise(n.div_ceil(4))) }, name)
 }
