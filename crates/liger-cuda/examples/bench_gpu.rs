@@ -136,8 +136,9 @@ fn train(name: &str, batch: usize, seq: usize, steps: usize, profile: bool) -> R
 }
 
 /// Milliseconds a training step spends in the mixer and in the windowed attention (one
-/// forward and one backward per layer, f32 activations as the model runs them), measured on
-/// their own at the step's sizes: where the step's time goes.
+/// forward and one backward per layer, in the types the bf16 model runs them: the mixer on
+/// f32 activations, the attention in bf16 on tensor cores), measured on their own at the
+/// step's sizes: where the step's time goes.
 fn kernel_share(m: &GpuLigerModel<bf16>, batch: usize, seq: usize) -> Result<(f64, f64)> {
     use liger_cuda::ops::attention::{attention_backward, attention_forward, AttentionDims};
     use liger_cuda::ops::mixer::{mixer_chunk_backward, mixer_chunk_forward, MixerDims};
@@ -175,10 +176,13 @@ fn kernel_share(m: &GpuLigerModel<bf16>, batch: usize, seq: usize) -> Result<(f6
     })?;
     let adims = AttentionDims { batch, tokens: seq, shape };
     let window = Some(att.window_keys);
-    let mut o2 = GpuBuffer::zeros(ctx, q.len())?;
+    let half = |x: &GpuBuffer<f32>| liger_cuda::model::glue::scaled::<bf16>(ctx, x, 1.0);
+    let (qh, kh, vh, doh) = (half(&q)?, half(&k)?, half(&v)?, half(&d_o)?);
+    let (mut oh, mut dqh) = (GpuBuffer::<bf16>::zeros(ctx, q.len())?, GpuBuffer::<bf16>::zeros(ctx, q.len())?);
+    let (mut dkh, mut dvh) = (GpuBuffer::<bf16>::zeros(ctx, k.len())?, GpuBuffer::<bf16>::zeros(ctx, k.len())?);
     let attention = time(&mut || {
-        attention_forward(ctx, adims, window, &q, &k, &v, &mut o2, &mut lse)?;
-        attention_backward(ctx, adims, window, &q, &k, &v, &o2, &lse, &d_o, &mut dq, &mut dk, &mut dv)
+        attention_forward(ctx, adims, window, &qh, &kh, &vh, &mut oh, &mut lse)?;
+        attention_backward(ctx, adims, window, &qh, &kh, &vh, &oh, &lse, &doh, &mut dqh, &mut dkh, &mut dvh)
     })?;
     Ok((mixer * c.num_layers as f64, attention * c.num_layers as f64))
 }
