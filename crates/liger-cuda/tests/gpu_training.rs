@@ -139,3 +139,24 @@ fn gradient_clipping_matches_the_cpu() {
     let err = adamw::clip_grad_norm(&ctx, &mut bad.iter_mut().collect::<Vec<_>>(), 1.0).unwrap_err();
     assert_eq!(err.code, ErrorCode::NonFiniteLoss);
 }
+
+/// With freed memory kept in the pool, the memory a training step may plan with counts what the
+/// pool holds unused, not only what the driver reports free (else a model that follows a large
+/// job would recompute every layer for no reason).
+#[test]
+fn pooled_unused_memory_counts_as_available() {
+    use liger_cuda::model::memory::{available_memory, keep_freed_memory_pooled};
+    let ctx = gpu();
+    keep_freed_memory_pooled(&ctx).unwrap();
+    let bytes = 1usize << 30;
+    let block = GpuBuffer::<f32>::zeros(&ctx, bytes / 4).unwrap();
+    ctx.synchronize().unwrap();
+    let while_held = available_memory(&ctx).unwrap();
+    drop(block);
+    ctx.synchronize().unwrap();
+    let (driver_free, _) = ctx.stream().context().mem_get_info().unwrap();
+    let after = available_memory(&ctx).unwrap();
+    println!("available while held {while_held}, after the free {after}, driver free {driver_free}");
+    assert!(after >= driver_free as u64 + bytes as u64 * 99 / 100, "the freed GiB kept in the pool is not counted: {after} vs driver {driver_free}");
+    assert!(after >= while_held + bytes as u64 * 99 / 100, "freeing a GiB did not make a GiB available: {while_held} -> {after}");
+}

@@ -38,13 +38,27 @@ pub fn reset_peak_memory(ctx: &GpuContext) -> Result<()> {
     set_attribute(ctx, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0)
 }
 
-/// The most bytes the pool had in use since the last [`reset_peak_memory`].
-pub fn peak_memory(ctx: &GpuContext) -> Result<u64> {
+fn get_attribute(ctx: &GpuContext, attr: sys::CUmemPool_attribute) -> Result<u64> {
     let pool = default_pool(ctx)?;
     let mut value = 0u64;
     // SAFETY: the attribute is a u64 written to a local.
-    unsafe { sys::cuMemPoolGetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, &mut value as *mut u64 as *mut c_void) }
+    unsafe { sys::cuMemPoolGetAttribute(pool, attr, &mut value as *mut u64 as *mut c_void) }
         .result()
         .map_err(|_| Error::internal("cuMemPoolGetAttribute failed"))?;
     Ok(value)
+}
+
+/// The most bytes the pool had in use since the last [`reset_peak_memory`].
+pub fn peak_memory(ctx: &GpuContext) -> Result<u64> {
+    get_attribute(ctx, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)
+}
+
+/// Bytes a new allocation can still get: what the driver has free plus what the pool holds
+/// from earlier frees without using it (with freed memory kept pooled, the driver's free
+/// figure alone misses that part).
+pub fn available_memory(ctx: &GpuContext) -> Result<u64> {
+    let (free, _) = ctx.stream().context().mem_get_info().map_err(|e| crate::error::driver_error(e, "reading the free GPU memory"))?;
+    let reserved = get_attribute(ctx, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?;
+    let used = get_attribute(ctx, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
+    Ok(free as u64 + reserved.saturating_sub(used))
 }

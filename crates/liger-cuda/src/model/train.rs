@@ -177,7 +177,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// How many layers keep their activations from the forward pass (the last ones; the
     /// backward recomputes the others): none when asked to recompute all
     /// ([`GpuLigerModel::set_recompute`]), at most [`GpuLigerModel::set_kept_layers`]'s limit,
-    /// and no more than fit in half the free device memory.
+    /// and no more than fit in half the available device memory (free, plus pooled but unused).
     fn layers_to_keep(&self, rows: Rows) -> usize {
         use std::sync::atomic::Ordering;
         if self.recompute.load(Ordering::Relaxed) {
@@ -190,8 +190,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
         // roped q and k, v and its output.
         let per_row = (2 * hs + 3 * qs + 3 * kvs + 2 * f + 64) * 4 + (2 * qs + 2 * kvs) * std::mem::size_of::<T>();
         let per_layer = (rows.n() * per_row).max(1) as u64;
-        let fit = match self.ctx.stream().context().mem_get_info() {
-            Ok((free, _)) => (free as u64 / 2 / per_layer).min(c.num_layers as u64) as usize,
+        let fit = match super::memory::available_memory(&self.ctx) {
+            Ok(free) => (free / 2 / per_layer).min(c.num_layers as u64) as usize,
             Err(_) => 0,
         };
         fit.min(limit)
