@@ -9,9 +9,7 @@ use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 use liger_core::liger::HeadShape;
 use liger_core::Result;
-use liger_cuda::ops::attention::{
-    attention_backward, attention_decode, attention_forward, AttentionDims,
-};
+use liger_cuda::ops::attention::{attention_backward, attention_decode, attention_forward, AttentionDims};
 use liger_cuda::{GpuBuffer, GpuContext, GpuElement};
 
 /// Median of the CUDA-event times of `run`, after warm-up calls; at most ~2 s of timed calls.
@@ -20,25 +18,15 @@ fn time_ms(ctx: &GpuContext, mut run: impl FnMut() -> Result<()>) -> Result<f64>
         run()?;
     }
     ctx.synchronize()?;
-    let event = |_| {
-        ctx.stream()
-            .context()
-            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(|e| liger_core::Error::internal(format!("{e:?}")))
-    };
+    let event = |_| ctx.stream().context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| liger_core::Error::internal(format!("{e:?}")));
     let (start, end) = (event(())?, event(())?);
     let mut times = Vec::new();
     let mut spent = 0.0;
     while times.len() < 30 && (times.len() < 5 || spent < 2000.0) {
-        start
-            .record(ctx.stream())
-            .map_err(|e| liger_core::Error::internal(format!("{e:?}")))?;
+        start.record(ctx.stream()).map_err(|e| liger_core::Error::internal(format!("{e:?}")))?;
         run()?;
-        end.record(ctx.stream())
-            .map_err(|e| liger_core::Error::internal(format!("{e:?}")))?;
-        let ms = start
-            .elapsed_ms(&end)
-            .map_err(|e| liger_core::Error::internal(format!("{e:?}")))? as f64;
+        end.record(ctx.stream()).map_err(|e| liger_core::Error::internal(format!("{e:?}")))?;
+        let ms = start.elapsed_ms(&end).map_err(|e| liger_core::Error::internal(format!("{e:?}")))? as f64;
         spent += ms;
         times.push(ms);
     }
@@ -62,32 +50,16 @@ fn random<T: GpuElement>(ctx: &GpuContext, n: usize, seed: u64) -> Result<GpuBuf
 
 fn bench<T: GpuElement>(ctx: &GpuContext, dims: AttentionDims, label: &str) -> Result<()> {
     let HeadShape { hq, hkv, d } = dims.shape;
-    let (qn, kn) = (
-        dims.batch * dims.tokens * hq * d,
-        dims.batch * dims.tokens * hkv * d,
-    );
-    let (q, k, v, d_o) = (
-        random::<T>(ctx, qn, 1)?,
-        random::<T>(ctx, kn, 2)?,
-        random::<T>(ctx, kn, 3)?,
-        random::<T>(ctx, qn, 4)?,
-    );
+    let (qn, kn) = (dims.batch * dims.tokens * hq * d, dims.batch * dims.tokens * hkv * d);
+    let (q, k, v, d_o) = (random::<T>(ctx, qn, 1)?, random::<T>(ctx, kn, 2)?, random::<T>(ctx, kn, 3)?, random::<T>(ctx, qn, 4)?);
     let mut o = GpuBuffer::<T>::zeros(ctx, qn)?;
     let mut lse = GpuBuffer::<f32>::zeros(ctx, dims.batch * hq * dims.tokens)?;
-    let (mut dq, mut dk, mut dv) = (
-        GpuBuffer::<T>::zeros(ctx, qn)?,
-        GpuBuffer::<T>::zeros(ctx, kn)?,
-        GpuBuffer::<T>::zeros(ctx, kn)?,
-    );
+    let (mut dq, mut dk, mut dv) = (GpuBuffer::<T>::zeros(ctx, qn)?, GpuBuffer::<T>::zeros(ctx, kn)?, GpuBuffer::<T>::zeros(ctx, kn)?);
     for (window, name) in [(Some(65), "window65"), (None, "causal")] {
-        let fwd = time_ms(ctx, || {
-            attention_forward(ctx, dims, window, &q, &k, &v, &mut o, &mut lse)
-        })?;
+        let fwd = time_ms(ctx, || attention_forward(ctx, dims, window, &q, &k, &v, &mut o, &mut lse))?;
         let fwd_bwd = time_ms(ctx, || {
             attention_forward(ctx, dims, window, &q, &k, &v, &mut o, &mut lse)?;
-            attention_backward(
-                ctx, dims, window, &q, &k, &v, &o, &lse, &d_o, &mut dq, &mut dk, &mut dv,
-            )
+            attention_backward(ctx, dims, window, &q, &k, &v, &o, &lse, &d_o, &mut dq, &mut dk, &mut dv)
         })?;
         println!(
             "{{\"bench\":\"attention\",\"dtype\":\"{label}\",\"mask\":\"{name}\",\"B\":{},\"T\":{},\"hq\":{hq},\"hkv\":{hkv},\"d\":{d},\"fwd_ms\":{fwd:.4},\"fwd_bwd_ms\":{fwd_bwd:.4}}}",
@@ -101,21 +73,14 @@ fn bench<T: GpuElement>(ctx: &GpuContext, dims: AttentionDims, label: &str) -> R
         let q_t = random::<T>(ctx, dims.batch * hq * d, 7)?;
         let lengths = GpuBuffer::from_host(ctx, &vec![capacity as u32; dims.batch])?;
         let mut o_t = GpuBuffer::<T>::zeros(ctx, dims.batch * hq * d)?;
-        let ms = time_ms(ctx, || {
-            attention_decode(
-                ctx, dims.batch, dims.shape, capacity, &q_t, &kc, &vc, &lengths, &mut o_t,
-            )
-        })?;
+        let ms = time_ms(ctx, || attention_decode(ctx, dims.batch, dims.shape, capacity, &q_t, &kc, &vc, &lengths, &mut o_t))?;
         println!("{{\"bench\":\"attention_decode\",\"dtype\":\"{label}\",\"B\":{},\"keys\":{capacity},\"hq\":{hq},\"hkv\":{hkv},\"d\":{d},\"ms\":{ms:.4}}}", dims.batch);
     }
     Ok(())
 }
 
 fn main() -> Result<()> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("sizes are whole numbers: B T hq hkv d"))
-        .collect();
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("sizes are whole numbers: B T hq hkv d")).collect();
     let [batch, tokens, hq, hkv, d] = match args.as_slice() {
         [] => [8, 2048, 32, 8, 128],
         &[b, t, hq, hkv, d] => [b, t, hq, hkv, d],
@@ -123,11 +88,7 @@ fn main() -> Result<()> {
     };
     let ctx = GpuContext::new(0)?;
     println!("{{\"device\":\"{}\"}}", ctx.info().name);
-    let dims = AttentionDims {
-        batch,
-        tokens,
-        shape: HeadShape::new(hq, hkv, d)?,
-    };
+    let dims = AttentionDims { batch, tokens, shape: HeadShape::new(hq, hkv, d)? };
     bench::<bf16>(&ctx, dims, "bf16")?;
     bench::<f32>(&ctx, dims, "f32")?;
     Ok(())

@@ -36,36 +36,9 @@ struct Shape {
 }
 
 const SHAPES: [Shape; 3] = [
-    Shape {
-        name: "135m",
-        layers: 30,
-        hidden: 576,
-        heads: 9,
-        kv_heads: 3,
-        head_dim: 64,
-        intermediate: 1536,
-        vocab: 49152,
-    },
-    Shape {
-        name: "1b",
-        layers: 16,
-        hidden: 2048,
-        heads: 32,
-        kv_heads: 8,
-        head_dim: 64,
-        intermediate: 8192,
-        vocab: 128256,
-    },
-    Shape {
-        name: "8b",
-        layers: 32,
-        hidden: 4096,
-        heads: 32,
-        kv_heads: 8,
-        head_dim: 128,
-        intermediate: 14336,
-        vocab: 128256,
-    },
+    Shape { name: "135m", layers: 30, hidden: 576, heads: 9, kv_heads: 3, head_dim: 64, intermediate: 1536, vocab: 49152 },
+    Shape { name: "1b", layers: 16, hidden: 2048, heads: 32, kv_heads: 8, head_dim: 64, intermediate: 8192, vocab: 128256 },
+    Shape { name: "8b", layers: 32, hidden: 4096, heads: 32, kv_heads: 8, head_dim: 128, intermediate: 14336, vocab: 128256 },
 ];
 
 fn config(name: &str) -> Option<ModelConfig> {
@@ -102,26 +75,17 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut x = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
     (0..n)
         .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((x >> 33) % vocab as u64) as u32
         })
         .collect()
 }
 
 fn model(name: &str) -> Result<GpuLigerModel<bf16>> {
-    let cfg = config(name).ok_or_else(|| {
-        liger_core::Error::invalid_argument(format!("unknown shape {name}; known: 135m, 1b, 8b"))
-    })?;
+    let cfg = config(name).ok_or_else(|| liger_core::Error::invalid_argument(format!("unknown shape {name}; known: 135m, 1b, 8b")))?;
     let ctx = GpuContext::new(0)?;
     keep_freed_memory_pooled(&ctx)?;
-    let lora = LoraOptions {
-        rank: 8,
-        alpha: 8.0,
-        targets: vec![LoraTarget::Q, LoraTarget::K, LoraTarget::V],
-        seed: 0,
-    };
+    let lora = LoraOptions { rank: 8, alpha: 8.0, targets: vec![LoraTarget::Q, LoraTarget::K, LoraTarget::V], seed: 0 };
     let host = shape_only_host(&cfg, LigerOptions::default(), lora)?;
     let weights = GpuWeights::<bf16>::random(&ctx, &cfg, 7)?;
     GpuLigerModel::with_weights(ctx, host, weights)
@@ -130,9 +94,7 @@ fn model(name: &str) -> Result<GpuLigerModel<bf16>> {
 fn train(name: &str, batch: usize, seq: usize, steps: usize, profile: bool) -> Result<String> {
     let mut m = model(name)?;
     let vocab = m.config().vocab_size;
-    let seqs: Vec<Vec<u32>> = (0..2 * batch)
-        .map(|i| tokens(seq, vocab, i as u64))
-        .collect();
+    let seqs: Vec<Vec<u32>> = (0..2 * batch).map(|i| tokens(seq, vocab, i as u64)).collect();
     let mut grads = m.new_grads();
     let sizes: Vec<usize> = m.params().iter().map(|p| p.1.len()).collect();
     let mut adam = AdamWState::new(&sizes);
@@ -144,16 +106,13 @@ fn train(name: &str, batch: usize, seq: usize, steps: usize, profile: bool) -> R
         let inputs: Vec<&[u32]> = picked.iter().map(|s| s.as_slice()).collect();
         let start = Instant::now();
         grads.zero();
-        let out =
-            m.forward_backward_batch(&inputs, &inputs, 1.0 / (batch * seq) as f32, &mut grads)?;
+        let out = m.forward_backward_batch(&inputs, &inputs, 1.0 / (batch * seq) as f32, &mut grads)?;
         adam.update(&cfg, 1e-3, &mut m.params_mut(), &grads.as_slices());
         if step >= 2 {
             times.push(start.elapsed().as_secs_f64());
         }
         if !out.loss_sum.is_finite() {
-            return Err(liger_core::Error::internal(
-                "the benchmark loss is not finite",
-            ));
+            return Err(liger_core::Error::internal("the benchmark loss is not finite"));
         }
     }
     let step_s = median(times);
@@ -164,10 +123,7 @@ fn train(name: &str, batch: usize, seq: usize, steps: usize, profile: bool) -> R
         m.forward_backward_batch(&inputs, &inputs, 1.0 / (batch * seq) as f32, &mut grads)?;
         let entries = m.context().profile()?;
         m.context().set_profiling(false)?;
-        eprintln!(
-            "profile of one training step, {name} {batch}x{seq}:\n{}",
-            liger_cuda::profile::format_profile(&entries[..entries.len().min(40)])
-        );
+        eprintln!("profile of one training step, {name} {batch}x{seq}:\n{}", liger_cuda::profile::format_profile(&entries[..entries.len().min(40)]));
     }
     let peak = peak_memory(m.context())? as f64 / (1u64 << 30) as f64;
     let (mixer_ms, attention_ms) = kernel_share(&m, batch, seq)?;
@@ -196,20 +152,9 @@ fn kernel_share(m: &GpuLigerModel<bf16>, batch: usize, seq: usize) -> Result<(f6
         liger_cuda::model::glue::fill_uniform(ctx, &mut b, seed, 0.0, 1.0)?;
         Ok(b)
     };
-    let (q, k, v, d_o) = (
-        filled(n * c.q_size(), 1)?,
-        filled(n * c.kv_size(), 2)?,
-        filled(n * c.kv_size(), 3)?,
-        filled(n * c.q_size(), 4)?,
-    );
-    let (mut o, mut dq) = (
-        GpuBuffer::zeros(ctx, q.len())?,
-        GpuBuffer::zeros(ctx, q.len())?,
-    );
-    let (mut dk, mut dv) = (
-        GpuBuffer::zeros(ctx, k.len())?,
-        GpuBuffer::zeros(ctx, k.len())?,
-    );
+    let (q, k, v, d_o) = (filled(n * c.q_size(), 1)?, filled(n * c.kv_size(), 2)?, filled(n * c.kv_size(), 3)?, filled(n * c.q_size(), 4)?);
+    let (mut o, mut dq) = (GpuBuffer::zeros(ctx, q.len())?, GpuBuffer::zeros(ctx, q.len())?);
+    let (mut dk, mut dv) = (GpuBuffer::zeros(ctx, k.len())?, GpuBuffer::zeros(ctx, k.len())?);
     let mut lse = GpuBuffer::zeros(ctx, batch * shape.hq * seq)?;
     let att = m.host().options.attention;
     let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
@@ -224,38 +169,20 @@ fn kernel_share(m: &GpuLigerModel<bf16>, batch: usize, seq: usize) -> Result<(f6
         }
         Ok(median(times))
     };
-    let mdims = MixerDims {
-        batch,
-        tokens: seq,
-        shape,
-    };
+    let mdims = MixerDims { batch, tokens: seq, shape };
     let mixer = time(&mut || {
         mixer_chunk_forward(ctx, &att.mixer, mdims, &q, &k, &v, &mut o, None, None)?;
-        mixer_chunk_backward(
-            ctx, &att.mixer, mdims, &q, &k, &v, &d_o, &mut dq, &mut dk, &mut dv,
-        )
+        mixer_chunk_backward(ctx, &att.mixer, mdims, &q, &k, &v, &d_o, &mut dq, &mut dk, &mut dv)
     })?;
-    let adims = AttentionDims {
-        batch,
-        tokens: seq,
-        shape,
-    };
+    let adims = AttentionDims { batch, tokens: seq, shape };
     let window = Some(att.window_keys);
     let half = |x: &GpuBuffer<f32>| liger_cuda::model::glue::scaled::<bf16>(ctx, x, 1.0);
     let (qh, kh, vh, doh) = (half(&q)?, half(&k)?, half(&v)?, half(&d_o)?);
-    let (mut oh, mut dqh) = (
-        GpuBuffer::<bf16>::zeros(ctx, q.len())?,
-        GpuBuffer::<bf16>::zeros(ctx, q.len())?,
-    );
-    let (mut dkh, mut dvh) = (
-        GpuBuffer::<bf16>::zeros(ctx, k.len())?,
-        GpuBuffer::<bf16>::zeros(ctx, k.len())?,
-    );
+    let (mut oh, mut dqh) = (GpuBuffer::<bf16>::zeros(ctx, q.len())?, GpuBuffer::<bf16>::zeros(ctx, q.len())?);
+    let (mut dkh, mut dvh) = (GpuBuffer::<bf16>::zeros(ctx, k.len())?, GpuBuffer::<bf16>::zeros(ctx, k.len())?);
     let attention = time(&mut || {
         attention_forward(ctx, adims, window, &qh, &kh, &vh, &mut oh, &mut lse)?;
-        attention_backward(
-            ctx, adims, window, &qh, &kh, &vh, &oh, &lse, &doh, &mut dqh, &mut dkh, &mut dvh,
-        )
+        attention_backward(ctx, adims, window, &qh, &kh, &vh, &oh, &lse, &doh, &mut dqh, &mut dkh, &mut dvh)
     })?;
     Ok((mixer * c.num_layers as f64, attention * c.num_layers as f64))
 }
@@ -263,29 +190,19 @@ fn kernel_share(m: &GpuLigerModel<bf16>, batch: usize, seq: usize) -> Result<(f6
 fn decode(name: &str, batch: usize, context: usize, steps: usize, profile: bool) -> Result<String> {
     let m = model(name)?;
     let vocab = m.config().vocab_size;
-    let prompts: Vec<Vec<u32>> = (0..batch)
-        .map(|i| tokens(context, vocab, 100 + i as u64))
-        .collect();
+    let prompts: Vec<Vec<u32>> = (0..batch).map(|i| tokens(context, vocab, 100 + i as u64)).collect();
     let mut state = m.new_batch_state(batch);
     reset_peak_memory(m.context())?;
     let start = Instant::now();
-    m.forward_last_batch(
-        &mut state,
-        &prompts.iter().map(|p| p.as_slice()).collect::<Vec<_>>(),
-    )?;
+    m.forward_last_batch(&mut state, &prompts.iter().map(|p| p.as_slice()).collect::<Vec<_>>())?;
     let prefill_s = start.elapsed().as_secs_f64();
     // Median wall time of a step (logits copied back included), after 3 warm-up steps.
     let timed_steps = |state: &mut liger_cuda::GpuLigerState<bf16>| -> Result<f64> {
         let mut times = Vec::new();
         for step in 0..steps + 3 {
-            let next: Vec<Vec<u32>> = (0..batch)
-                .map(|b| tokens(1, vocab, (step * batch + b) as u64))
-                .collect();
+            let next: Vec<Vec<u32>> = (0..batch).map(|b| tokens(1, vocab, (step * batch + b) as u64)).collect();
             let start = Instant::now();
-            m.forward_last_batch(
-                state,
-                &next.iter().map(|p| p.as_slice()).collect::<Vec<_>>(),
-            )?;
+            m.forward_last_batch(state, &next.iter().map(|p| p.as_slice()).collect::<Vec<_>>())?;
             if step >= 3 {
                 times.push(start.elapsed().as_secs_f64());
             }
@@ -301,16 +218,10 @@ fn decode(name: &str, batch: usize, context: usize, steps: usize, profile: bool)
         m.context().set_profiling(true)?;
         let next: Vec<Vec<u32>> = (0..batch).map(|b| tokens(1, vocab, b as u64)).collect();
         m.context().profile_restart()?;
-        m.forward_last_batch(
-            &mut state,
-            &next.iter().map(|p| p.as_slice()).collect::<Vec<_>>(),
-        )?;
+        m.forward_last_batch(&mut state, &next.iter().map(|p| p.as_slice()).collect::<Vec<_>>())?;
         let entries = m.context().profile()?;
         m.context().set_profiling(false)?;
-        eprintln!(
-            "profile of one decoding step (plain launches), {name} b{batch}:\n{}",
-            liger_cuda::profile::format_profile(&entries)
-        );
+        eprintln!("profile of one decoding step (plain launches), {name} b{batch}:\n{}", liger_cuda::profile::format_profile(&entries));
     }
     let peak = peak_memory(m.context())? as f64 / (1u64 << 30) as f64;
     Ok(format!(
@@ -322,16 +233,8 @@ fn decode(name: &str, batch: usize, context: usize, steps: usize, profile: bool)
 }
 
 fn list(args: &[String], flag: &str, default: &str) -> Vec<String> {
-    let value = args
-        .iter()
-        .position(|a| a == flag)
-        .and_then(|i| args.get(i + 1))
-        .map_or(default, |s| s.as_str());
-    value
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
+    let value = args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map_or(default, |s| s.as_str());
+    value.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
 fn main() {
@@ -344,25 +247,15 @@ fn main() {
     let profile = args.iter().any(|a| a == "--profile");
     let report = |what: String, r: Result<String>| match r {
         Ok(line) => println!("{line}"),
-        Err(e) => println!(
-            r#"{{"bench":"{what}","error":"{}: {}"}}"#,
-            e.code,
-            e.message.replace('"', "'")
-        ),
+        Err(e) => println!(r#"{{"bench":"{what}","error":"{}: {}"}}"#, e.code, e.message.replace('"', "'")),
     };
     for shape in &shapes {
         for bt in &trains {
-            let Some((b, t)) = bt
-                .split_once('x')
-                .and_then(|(b, t)| Some((b.parse().ok()?, t.parse().ok()?)))
-            else {
+            let Some((b, t)) = bt.split_once('x').and_then(|(b, t)| Some((b.parse().ok()?, t.parse().ok()?))) else {
                 eprintln!("--train takes BxT pairs such as 8x1024, got {bt}");
                 std::process::exit(2);
             };
-            report(
-                format!("train_step {shape} {bt}"),
-                train(shape, b, t, steps, profile),
-            );
+            report(format!("train_step {shape} {bt}"), train(shape, b, t, steps, profile));
         }
         for b in &batches {
             for ctx_len in &contexts {
@@ -370,10 +263,7 @@ fn main() {
                     eprintln!("--decode-batches and --contexts take numbers");
                     std::process::exit(2);
                 };
-                report(
-                    format!("decode {shape} b{b} c{c}"),
-                    decode(shape, b, c, 20, profile),
-                );
+                report(format!("decode {shape} b{b} c{c}"), decode(shape, b, c, 20, profile));
             }
         }
     }

@@ -9,10 +9,7 @@ use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 use liger_core::liger::{HeadShape, MixerConfig, MixerKind};
 use liger_core::Result;
-use liger_cuda::ops::mixer::{
-    mixer_chunk_backward_in_segments, mixer_chunk_forward_in_segments, mixer_recurrent_step,
-    mixer_segment_plan, mixer_state_len, MixerDims, TimeSegments,
-};
+use liger_cuda::ops::mixer::{mixer_chunk_backward_in_segments, mixer_chunk_forward_in_segments, mixer_recurrent_step, mixer_segment_plan, mixer_state_len, MixerDims, TimeSegments};
 use liger_cuda::{GpuBuffer, GpuContext, GpuElement};
 
 const WARMUP: usize = 3;
@@ -21,8 +18,7 @@ const RUNS: usize = 15;
 /// Median milliseconds of `f` over RUNS runs, timed with CUDA events on the context's stream.
 fn time_ms(ctx: &GpuContext, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
-    let fail =
-        |e: cudarc::driver::DriverError| liger_core::Error::internal(format!("CUDA event: {e:?}"));
+    let fail = |e: cudarc::driver::DriverError| liger_core::Error::internal(format!("CUDA event: {e:?}"));
     for _ in 0..WARMUP {
         f()?;
     }
@@ -40,14 +36,10 @@ fn time_ms(ctx: &GpuContext, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 
 /// Values in [-1, 1) from a simple generator (timings do not depend on the values).
 fn values<T: GpuElement>(n: usize, seed: u64) -> Vec<T> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             T::from_f32(((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
         })
         .collect()
@@ -62,27 +54,16 @@ fn keep_pool_memory() -> Result<()> {
     let mut threshold = u64::MAX;
     // SAFETY: plain driver calls on device 0 with out-pointers to locals.
     unsafe {
-        sys::cuDeviceGet(&mut dev, 0)
-            .result()
-            .map_err(|_| fail("cuDeviceGet"))?;
-        sys::cuDeviceGetDefaultMemPool(&mut pool, dev)
-            .result()
-            .map_err(|_| fail("cuDeviceGetDefaultMemPool"))?;
+        sys::cuDeviceGet(&mut dev, 0).result().map_err(|_| fail("cuDeviceGet"))?;
+        sys::cuDeviceGetDefaultMemPool(&mut pool, dev).result().map_err(|_| fail("cuDeviceGetDefaultMemPool"))?;
         let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
-        sys::cuMemPoolSetAttribute(
-            pool,
-            attr,
-            &mut threshold as *mut u64 as *mut std::ffi::c_void,
-        )
-        .result()
-        .map_err(|_| fail("cuMemPoolSetAttribute"))?;
+        sys::cuMemPoolSetAttribute(pool, attr, &mut threshold as *mut u64 as *mut std::ffi::c_void).result().map_err(|_| fail("cuMemPoolSetAttribute"))?;
     }
     Ok(())
 }
 
 /// The plans a shape is timed with: sequential and automatic.
-const PLANS: &[(&str, TimeSegments)] =
-    &[("1", TimeSegments::Fixed(1)), ("auto", TimeSegments::Auto)];
+const PLANS: &[(&str, TimeSegments)] = &[("1", TimeSegments::Fixed(1)), ("auto", TimeSegments::Auto)];
 /// The plans of `--sweep`.
 const SWEEP: &[(&str, TimeSegments)] = &[
     ("1", TimeSegments::Fixed(1)),
@@ -97,36 +78,17 @@ const SWEEP: &[(&str, TimeSegments)] = &[
 ];
 
 #[allow(clippy::too_many_arguments)]
-fn bench<T: GpuElement>(
-    ctx: &GpuContext,
-    plans: &[(&str, TimeSegments)],
-    pool: &str,
-    name: &str,
-    kind: MixerKind,
-    batch: usize,
-    tokens: usize,
-    hq: usize,
-    hkv: usize,
-    d: usize,
-) -> Result<()> {
+fn bench<T: GpuElement>(ctx: &GpuContext, plans: &[(&str, TimeSegments)], pool: &str, name: &str, kind: MixerKind, batch: usize, tokens: usize, hq: usize, hkv: usize, d: usize) -> Result<()> {
     let shape = HeadShape::new(hq, hkv, d)?;
     let cfg = MixerConfig::new(kind);
-    let dims = MixerDims {
-        batch,
-        tokens,
-        shape,
-    };
+    let dims = MixerDims { batch, tokens, shape };
     let (nq, nkv) = (batch * tokens * hq * d, batch * tokens * hkv * d);
     let q = GpuBuffer::from_host(ctx, &values::<T>(nq, 1))?;
     let k = GpuBuffer::from_host(ctx, &values::<T>(nkv, 2))?;
     let v = GpuBuffer::from_host(ctx, &values::<T>(nkv, 3))?;
     let d_o = GpuBuffer::from_host(ctx, &values::<T>(nq, 4))?;
     let mut o = GpuBuffer::<T>::zeros(ctx, nq)?;
-    let (mut dq, mut dk, mut dv) = (
-        GpuBuffer::<T>::zeros(ctx, nq)?,
-        GpuBuffer::<T>::zeros(ctx, nkv)?,
-        GpuBuffer::<T>::zeros(ctx, nkv)?,
-    );
+    let (mut dq, mut dk, mut dv) = (GpuBuffer::<T>::zeros(ctx, nq)?, GpuBuffer::<T>::zeros(ctx, nkv)?, GpuBuffer::<T>::zeros(ctx, nkv)?);
     let plan = mixer_segment_plan::<T>(ctx, &cfg, dims)?;
     println!(
         "{{\"bench\":\"mixer_plan\",\"shape\":\"{name}\",\"dtype\":\"{}\",\"forward_segments\":{},\"backward_segments\":{},\"backward_side_by_side\":{}}}",
@@ -137,28 +99,14 @@ fn bench<T: GpuElement>(
     );
     let mut times = Vec::new();
     for &(label, segments) in plans {
-        let fwd = time_ms(ctx, || {
-            mixer_chunk_forward_in_segments(
-                ctx, &cfg, dims, &q, &k, &v, &mut o, None, None, segments,
-            )
-        })?;
-        let bwd = time_ms(ctx, || {
-            mixer_chunk_backward_in_segments(
-                ctx, &cfg, dims, &q, &k, &v, &d_o, &mut dq, &mut dk, &mut dv, segments,
-            )
-        })?;
+        let fwd = time_ms(ctx, || mixer_chunk_forward_in_segments(ctx, &cfg, dims, &q, &k, &v, &mut o, None, None, segments))?;
+        let bwd = time_ms(ctx, || mixer_chunk_backward_in_segments(ctx, &cfg, dims, &q, &k, &v, &d_o, &mut dq, &mut dk, &mut dv, segments))?;
         times.push((label, fwd, bwd));
     }
     let mut state = GpuBuffer::<f32>::zeros(ctx, batch * mixer_state_len(&cfg, shape))?;
-    let (qt, kt, vt) = (
-        GpuBuffer::from_host(ctx, &values::<T>(batch * hq * d, 5))?,
-        GpuBuffer::from_host(ctx, &values::<T>(batch * hkv * d, 6))?,
-        GpuBuffer::from_host(ctx, &values::<T>(batch * hkv * d, 7))?,
-    );
+    let (qt, kt, vt) = (GpuBuffer::from_host(ctx, &values::<T>(batch * hq * d, 5))?, GpuBuffer::from_host(ctx, &values::<T>(batch * hkv * d, 6))?, GpuBuffer::from_host(ctx, &values::<T>(batch * hkv * d, 7))?);
     let mut ot = GpuBuffer::<T>::zeros(ctx, batch * hq * d)?;
-    let step = time_ms(ctx, || {
-        mixer_recurrent_step(ctx, &cfg, batch, shape, &mut state, &qt, &kt, &vt, &mut ot)
-    })?;
+    let step = time_ms(ctx, || mixer_recurrent_step(ctx, &cfg, batch, shape, &mut state, &qt, &kt, &vt, &mut ot))?;
     for (segments, fwd, bwd) in times {
         println!(
             "{{\"bench\":\"mixer\",\"pool\":\"{pool}\",\"shape\":\"{name}\",\"segments\":\"{segments}\",\"kind\":\"{}\",\"dtype\":\"{}\",\"B\":{batch},\"T\":{tokens},\"hq\":{hq},\"hkv\":{hkv},\"d\":{d},\"fwd_ms\":{fwd:.3},\"bwd_ms\":{bwd:.3},\"fwd_bwd_ms\":{:.3},\"step_ms\":{step:.4}}}",
@@ -175,167 +123,24 @@ fn main() -> Result<()> {
     println!("{{\"device\":\"{}\"}}", ctx.info().name);
     if std::env::args().any(|a| a == "--sweep") {
         keep_pool_memory()?;
-        bench::<bf16>(
-            &ctx,
-            SWEEP,
-            "kept",
-            "135m-train",
-            MixerKind::Gla,
-            8,
-            1024,
-            9,
-            3,
-            64,
-        )?;
-        bench::<bf16>(
-            &ctx,
-            SWEEP,
-            "kept",
-            "1b-train",
-            MixerKind::Gla,
-            8,
-            1024,
-            32,
-            8,
-            64,
-        )?;
-        bench::<bf16>(
-            &ctx,
-            SWEEP,
-            "kept",
-            "anchor-8b",
-            MixerKind::Gla,
-            8,
-            2048,
-            32,
-            8,
-            128,
-        )?;
+        bench::<bf16>(&ctx, SWEEP, "kept", "135m-train", MixerKind::Gla, 8, 1024, 9, 3, 64)?;
+        bench::<bf16>(&ctx, SWEEP, "kept", "1b-train", MixerKind::Gla, 8, 1024, 32, 8, 64)?;
+        bench::<bf16>(&ctx, SWEEP, "kept", "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
         return Ok(());
     }
     // First as the library runs by default (the pool returns memory at synchronisation), then
     // with the pool keeping it, which leaves the kernels' own time.
-    bench::<bf16>(
-        &ctx,
-        PLANS,
-        "default",
-        "anchor-8b",
-        MixerKind::Gla,
-        8,
-        2048,
-        32,
-        8,
-        128,
-    )?;
-    bench::<bf16>(
-        &ctx,
-        PLANS,
-        "default",
-        "135m",
-        MixerKind::Gla,
-        8,
-        2048,
-        9,
-        3,
-        64,
-    )?;
+    bench::<bf16>(&ctx, PLANS, "default", "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
+    bench::<bf16>(&ctx, PLANS, "default", "135m", MixerKind::Gla, 8, 2048, 9, 3, 64)?;
     keep_pool_memory()?;
-    bench::<bf16>(
-        &ctx,
-        PLANS,
-        "kept",
-        "anchor-8b",
-        MixerKind::Gla,
-        8,
-        2048,
-        32,
-        8,
-        128,
-    )?;
-    bench::<f32>(
-        &ctx,
-        PLANS,
-        "kept",
-        "anchor-8b",
-        MixerKind::Gla,
-        8,
-        2048,
-        32,
-        8,
-        128,
-    )?;
+    bench::<bf16>(&ctx, PLANS, "kept", "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
+    bench::<f32>(&ctx, PLANS, "kept", "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
     // The training shapes: SmolLM2-135M and a 1B Llama at batch 8, sequences of 1024.
-    bench::<bf16>(
-        &ctx,
-        PLANS,
-        "kept",
-        "135m-train",
-        MixerKind::Gla,
-        8,
-        1024,
-        9,
-        3,
-        64,
-    )?;
-    bench::<bf16>(
-        &ctx,
-        PLANS,
-        "kept",
-        "1b-train",
-        MixerKind::Gla,
-        8,
-        1024,
-        32,
-        8,
-        64,
-    )?;
-    bench::<bf16>(
-        &ctx,
-        PLANS,
-        "kept",
-        "1b",
-        MixerKind::Gla,
-        8,
-        2048,
-        32,
-        8,
-        64,
-    )?;
-    bench::<bf16>(
-        &ctx,
-        PLANS,
-        "kept",
-        "135m",
-        MixerKind::Gla,
-        8,
-        2048,
-        9,
-        3,
-        64,
-    )?;
-    bench::<f32>(
-        &ctx,
-        PLANS,
-        "kept",
-        "135m",
-        MixerKind::Gla,
-        8,
-        2048,
-        9,
-        3,
-        64,
-    )?;
-    bench::<bf16>(
-        &ctx,
-        PLANS,
-        "kept",
-        "135m-rwkv6",
-        MixerKind::Rwkv6,
-        8,
-        2048,
-        9,
-        3,
-        64,
-    )?;
+    bench::<bf16>(&ctx, PLANS, "kept", "135m-train", MixerKind::Gla, 8, 1024, 9, 3, 64)?;
+    bench::<bf16>(&ctx, PLANS, "kept", "1b-train", MixerKind::Gla, 8, 1024, 32, 8, 64)?;
+    bench::<bf16>(&ctx, PLANS, "kept", "1b", MixerKind::Gla, 8, 2048, 32, 8, 64)?;
+    bench::<bf16>(&ctx, PLANS, "kept", "135m", MixerKind::Gla, 8, 2048, 9, 3, 64)?;
+    bench::<f32>(&ctx, PLANS, "kept", "135m", MixerKind::Gla, 8, 2048, 9, 3, 64)?;
+    bench::<bf16>(&ctx, PLANS, "kept", "135m-rwkv6", MixerKind::Rwkv6, 8, 2048, 9, 3, 64)?;
     Ok(())
 }

@@ -35,14 +35,7 @@ struct Args {
 }
 
 fn parse_list<T: std::str::FromStr>(value: &str) -> Result<Vec<T>, String> {
-    value
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .parse::<T>()
-                .map_err(|_| format!("cannot parse {s:?} in {value:?}"))
-        })
-        .collect()
+    value.split(',').map(|s| s.trim().parse::<T>().map_err(|_| format!("cannot parse {s:?} in {value:?}"))).collect()
 }
 
 fn parse_args() -> Result<Args, Box<dyn std::error::Error>> {
@@ -51,30 +44,18 @@ fn parse_args() -> Result<Args, Box<dyn std::error::Error>> {
         model: PathBuf::new(),
         data: PathBuf::from("../shared/data"),
         tasks: vec!["arc_easy".into(), "hellaswag".into()],
-        opts: EvalOptions {
-            limit: Some(200),
-            ..Default::default()
-        },
+        opts: EvalOptions { limit: Some(200), ..Default::default() },
         window: 2048,
         passkey: None,
         passkey_liger: false,
     };
-    let mut passkey = PasskeyOptions {
-        trials: 1,
-        ..Default::default()
-    };
+    let mut passkey = PasskeyOptions { trials: 1, ..Default::default() };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--model" => a.model = PathBuf::from(value()?),
             "--data" => a.data = PathBuf::from(value()?),
-            "--tasks" => {
-                a.tasks = value()?
-                    .split(',')
-                    .filter(|s| *s != "none")
-                    .map(str::to_string)
-                    .collect()
-            }
+            "--tasks" => a.tasks = value()?.split(',').filter(|s| *s != "none").map(str::to_string).collect(),
             "--limit" => a.opts.limit = Some(value()?.parse()?),
             "--seed" => a.opts.seed = value()?.parse()?,
             "--window" => a.window = value()?.parse()?,
@@ -114,38 +95,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let base = load_model(&args.model, &mut |_, _| {})?;
         // The upload `liger eval --device cuda` makes.
-        let host = if label == "base" {
-            all_softmax(base)?
-        } else {
-            linearize(base, LigerOptions::default(), LoraOptions::default())?
-        };
+        let host = if label == "base" { all_softmax(base)? } else { linearize(base, LigerOptions::default(), LoraOptions::default())? };
         let model = upload_for_scoring(0, host)?;
         let info = model.context().info().clone();
         // Kernels compile (or load from the cache) at first use: keep that out of the timings.
         model.all_logits(&[1, 2, 3, 4])?;
-        println!(
-            "{}",
-            json!({ "model": label, "event": "loaded", "gpu": info.name, "weights": "bf16", "seconds": started.elapsed().as_secs_f64() })
-        );
+        println!("{}", json!({ "model": label, "event": "loaded", "gpu": info.name, "weights": "bf16", "seconds": started.elapsed().as_secs_f64() }));
         evaluate(label, &model, &args)?;
     }
     Ok(())
 }
 
-fn evaluate(
-    label: &str,
-    model: &GpuLigerModel<bf16>,
-    args: &Args,
-) -> Result<(), Box<dyn std::error::Error>> {
+fn evaluate(label: &str, model: &GpuLigerModel<bf16>, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     for name in &args.tasks {
         let task = Task::from_name(name)?;
-        let r = run_task(
-            model,
-            task,
-            &task.default_path(&args.data),
-            &args.opts,
-            None,
-        )?;
+        let r = run_task(model, task, &task.default_path(&args.data), &args.opts, None)?;
         println!(
             "{}",
             json!({ "model": label, "task": r.task, "n": r.n, "metrics": r.metrics, "tokens": r.stats.tokens_processed,
@@ -154,11 +118,7 @@ fn evaluate(
         );
     }
     if args.window > 0 {
-        let opts = EvalOptions {
-            limit: None,
-            perplexity_window: Some(args.window),
-            ..args.opts.clone()
-        };
+        let opts = EvalOptions { limit: None, perplexity_window: Some(args.window), ..args.opts.clone() };
         let path = Task::Wikitext.default_path(&args.data);
         let r = run_task(model, Task::Wikitext, &path, &opts, None)?;
         println!(
@@ -168,18 +128,11 @@ fn evaluate(
                     "seconds": r.stats.seconds, "tokens_per_s": r.tokens_per_second })
         );
     }
-    if let Some(passkey) = args
-        .passkey
-        .as_ref()
-        .filter(|_| label == "base" || args.passkey_liger)
-    {
+    if let Some(passkey) = args.passkey.as_ref().filter(|_| label == "base" || args.passkey_liger) {
         let started = Instant::now();
         let r = passkey_by_loglikelihood(model, passkey, &args.opts)?;
         for c in &r.cells {
-            println!(
-                "{}",
-                json!({ "model": label, "passkey_length": c.length, "depth": c.depth, "correct": c.correct, "trials": c.trials })
-            );
+            println!("{}", json!({ "model": label, "passkey_length": c.length, "depth": c.depth, "correct": c.correct, "trials": c.trials }));
         }
         println!(
             "{}",

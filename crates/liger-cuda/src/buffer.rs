@@ -43,10 +43,7 @@ pub struct GpuBuffer<T> {
 impl<T: DeviceRepr + ValidAsZeroBits> GpuBuffer<T> {
     /// A buffer of `len` zeros.
     pub fn zeros(ctx: &GpuContext, len: usize) -> Result<Self> {
-        let data = ctx
-            .stream()
-            .alloc_zeros(len)
-            .map_err(|e| driver_error(e, &alloc_what::<T>(len)))?;
+        let data = ctx.stream().alloc_zeros(len).map_err(|e| driver_error(e, &alloc_what::<T>(len)))?;
         Ok(GpuBuffer { data })
     }
 }
@@ -54,10 +51,7 @@ impl<T: DeviceRepr + ValidAsZeroBits> GpuBuffer<T> {
 impl<T: DeviceRepr> GpuBuffer<T> {
     /// A copy of `host` on the GPU.
     pub fn from_host(ctx: &GpuContext, host: &[T]) -> Result<Self> {
-        let data = ctx
-            .stream()
-            .clone_htod(host)
-            .map_err(|e| driver_error(e, &alloc_what::<T>(host.len())))?;
+        let data = ctx.stream().clone_htod(host).map_err(|e| driver_error(e, &alloc_what::<T>(host.len())))?;
         Ok(GpuBuffer { data })
     }
 
@@ -73,21 +67,15 @@ impl<T: DeviceRepr> GpuBuffer<T> {
     pub fn copy_from_host(&mut self, host: &[T]) -> Result<()> {
         crate::launch::expect_len("host data", host.len(), self.len())?;
         let stream = self.data.stream().clone();
-        stream
-            .memcpy_htod(host, &mut self.data)
-            .map_err(|e| driver_error(e, "copying to the GPU"))
+        stream.memcpy_htod(host, &mut self.data).map_err(|e| driver_error(e, "copying to the GPU"))
     }
 
     /// The contents, copied back after all work queued on the stream has finished; a kernel
     /// fault from earlier work surfaces here.
     pub fn to_host(&self) -> Result<Vec<T>> {
         let stream = self.data.stream();
-        let host = stream
-            .clone_dtoh(&self.data)
-            .map_err(|e| driver_error(e, "copying from the GPU"))?;
-        stream
-            .synchronize()
-            .map_err(|e| driver_error(e, "waiting for the GPU"))?;
+        let host = stream.clone_dtoh(&self.data).map_err(|e| driver_error(e, "copying from the GPU"))?;
+        stream.synchronize().map_err(|e| driver_error(e, "waiting for the GPU"))?;
         Ok(host)
     }
 

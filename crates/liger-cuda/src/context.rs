@@ -56,9 +56,7 @@ fn init_driver() -> Result<i32> {
     let mut version = 0;
     // SAFETY: the driver writes one int.
     let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
-    status
-        .result()
-        .map_err(|e| driver_error(e, "reading the driver version"))?;
+    status.result().map_err(|e| driver_error(e, "reading the driver version"))?;
     check_driver_version(version)?;
     cudarc::driver::result::init().map_err(|e| driver_error(e, "initialising the CUDA driver"))?;
     Ok(version)
@@ -75,9 +73,7 @@ impl GpuContext {
     /// Opens GPU `index` (0 for the first) with one stream.
     pub fn new(index: usize) -> Result<Self> {
         let driver_version = init_driver()?;
-        let count = CudaContext::device_count()
-            .map_err(|e| driver_error(e, "counting GPUs"))?
-            .max(0) as usize;
+        let count = CudaContext::device_count().map_err(|e| driver_error(e, "counting GPUs"))?.max(0) as usize;
         if index >= count {
             return Err(Error::invalid_argument(format!(
                 "GPU {index} does not exist: this machine has {count} (pick 0..{count}), or use the CPU backend"
@@ -89,14 +85,11 @@ impl GpuContext {
         // SAFETY: nothing else uses this context's buffers from another stream.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(|e| driver_error(e, &opening))?;
-        let (free_memory, total_memory) =
-            ctx.mem_get_info().map_err(|e| driver_error(e, &opening))?;
+        let (free_memory, total_memory) = ctx.mem_get_info().map_err(|e| driver_error(e, &opening))?;
         let info = DeviceInfo {
             index,
             name: ctx.name().map_err(|e| driver_error(e, &opening))?,
-            compute_capability: ctx
-                .compute_capability()
-                .map_err(|e| driver_error(e, &opening))?,
+            compute_capability: ctx.compute_capability().map_err(|e| driver_error(e, &opening))?,
             total_memory,
             free_memory,
             driver_version,
@@ -110,11 +103,7 @@ impl GpuContext {
             functions: Mutex::new(HashMap::new()),
             blas: Mutex::new(None),
             scratch: Mutex::new(None),
-            profile: Mutex::new(
-                std::env::var(PROFILE_ENV)
-                    .is_ok_and(|v| v == "1")
-                    .then(Profile::new),
-            ),
+            profile: Mutex::new(std::env::var(PROFILE_ENV).is_ok_and(|v| v == "1").then(Profile::new)),
         })
     }
 
@@ -133,56 +122,36 @@ impl GpuContext {
 
     /// Waits for all queued work; reports any error it raised.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(|e| driver_error(e, "waiting for the GPU"))?;
-        self.ctx
-            .check_err()
-            .map_err(|e| driver_error(e, "checking the CUDA context"))
+        self.stream.synchronize().map_err(|e| driver_error(e, "waiting for the GPU"))?;
+        self.ctx.check_err().map_err(|e| driver_error(e, "checking the CUDA context"))
     }
 
     /// The kernel `entry` of `file`, compiling and loading the file at first use.
     pub(crate) fn function(&self, file: &KernelFile, entry: &'static str) -> Result<CudaFunction> {
-        let mut functions = self
-            .functions
-            .lock()
-            .map_err(|_| Error::internal("the kernel table lock is poisoned"))?;
+        let mut functions = self.functions.lock().map_err(|_| Error::internal("the kernel table lock is poisoned"))?;
         if let Some(f) = functions.get(entry) {
             return Ok(f.clone());
         }
         let ptx = load_or_compile(&self.kernel_dir, file, self.info.compute_capability)?;
         let loading = format!("loading kernels {}.cu", file.name);
-        let module = self
-            .ctx
-            .load_module(Ptx::from_src(ptx))
-            .map_err(|e| driver_error(e, &loading))?;
+        let module = self.ctx.load_module(Ptx::from_src(ptx)).map_err(|e| driver_error(e, &loading))?;
         for &name in file.entry_points {
-            let f = module
-                .load_function(name)
-                .map_err(|e| driver_error(e, &format!("{loading}: {name}")))?;
+            let f = module.load_function(name).map_err(|e| driver_error(e, &format!("{loading}: {name}")))?;
             functions.insert(name, f);
         }
-        functions.get(entry).cloned().ok_or_else(|| {
-            Error::internal(format!(
-                "kernel {entry} is not an entry point of {}.cu",
-                file.name
-            ))
-        })
+        functions
+            .get(entry)
+            .cloned()
+            .ok_or_else(|| Error::internal(format!("kernel {entry} is not an entry point of {}.cu", file.name)))
     }
 
     /// Checks a launch's status, and with sync-after-launch on, the kernel's completion.
-    pub(crate) fn check_launch<T>(
-        &self,
-        launched: std::result::Result<T, DriverError>,
-        kernel: &str,
-    ) -> Result<()> {
+    pub(crate) fn check_launch<T>(&self, launched: std::result::Result<T, DriverError>, kernel: &str) -> Result<()> {
         let what = format!("launching {kernel}");
         launched.map_err(|e| driver_error(e, &what))?;
         self.ctx.check_err().map_err(|e| driver_error(e, &what))?;
         if self.sync_after_launch {
-            self.stream
-                .synchronize()
-                .map_err(|e| driver_error(e, &format!("running {kernel}")))?;
+            self.stream.synchronize().map_err(|e| driver_error(e, &format!("running {kernel}")))?;
         }
         self.profile_mark(kernel)
     }
@@ -196,20 +165,14 @@ impl GpuContext {
     /// Turns the time profile on (from an empty one) or off. While on, every operation waits
     /// for the GPU, so steps get slower; see `profile.rs`.
     pub fn set_profiling(&self, on: bool) -> Result<()> {
-        let mut profile = self
-            .profile
-            .lock()
-            .map_err(|_| Error::internal("the profile lock is poisoned"))?;
+        let mut profile = self.profile.lock().map_err(|_| Error::internal("the profile lock is poisoned"))?;
         *profile = on.then(Profile::new);
         Ok(())
     }
 
     /// The time profile so far, most time first (empty when profiling is off).
     pub fn profile(&self) -> Result<Vec<ProfileEntry>> {
-        let profile = self
-            .profile
-            .lock()
-            .map_err(|_| Error::internal("the profile lock is poisoned"))?;
+        let profile = self.profile.lock().map_err(|_| Error::internal("the profile lock is poisoned"))?;
         Ok(profile.as_ref().map(Profile::entries).unwrap_or_default())
     }
 
@@ -220,15 +183,10 @@ impl GpuContext {
 
     /// [`Self::profile_mark`] with a name made only when profiling is on.
     pub(crate) fn profile_mark_with(&self, name: impl FnOnce() -> String) -> Result<()> {
-        let mut profile = self
-            .profile
-            .lock()
-            .map_err(|_| Error::internal("the profile lock is poisoned"))?;
+        let mut profile = self.profile.lock().map_err(|_| Error::internal("the profile lock is poisoned"))?;
         if let Some(p) = profile.as_mut() {
             let name = name();
-            self.stream
-                .synchronize()
-                .map_err(|e| driver_error(e, &format!("running {name}")))?;
+            self.stream.synchronize().map_err(|e| driver_error(e, &format!("running {name}")))?;
             p.mark(&name);
         }
         Ok(())
@@ -237,14 +195,9 @@ impl GpuContext {
     /// With profiling on: restarts the profile's clock (host work before a measured region is
     /// charged to nobody).
     pub fn profile_restart(&self) -> Result<()> {
-        let mut profile = self
-            .profile
-            .lock()
-            .map_err(|_| Error::internal("the profile lock is poisoned"))?;
+        let mut profile = self.profile.lock().map_err(|_| Error::internal("the profile lock is poisoned"))?;
         if let Some(p) = profile.as_mut() {
-            self.stream
-                .synchronize()
-                .map_err(|e| driver_error(e, "waiting for the GPU"))?;
+            self.stream.synchronize().map_err(|e| driver_error(e, "waiting for the GPU"))?;
             p.restart();
         }
         Ok(())
@@ -255,43 +208,24 @@ impl GpuContext {
     /// when a call needs more than any before, then kept with the context, so that an operation
     /// run again allocates nothing. Every user queues its work on the one stream, so a call's
     /// kernels are done with the memory before the next call's start. `f` must not call it again.
-    pub(crate) fn with_scratch<R>(
-        &self,
-        len: usize,
-        f: impl FnOnce(u64) -> Result<R>,
-    ) -> Result<R> {
-        let mut scratch = self
-            .scratch
-            .lock()
-            .map_err(|_| Error::internal("the scratch memory lock is poisoned"))?;
+    pub(crate) fn with_scratch<R>(&self, len: usize, f: impl FnOnce(u64) -> Result<R>) -> Result<R> {
+        let mut scratch = self.scratch.lock().map_err(|_| Error::internal("the scratch memory lock is poisoned"))?;
         if scratch.as_ref().is_none_or(|s| s.len() < len) {
             *scratch = None; // free the old block first (stream-ordered)
-                             // SAFETY: the memory is only written and read by kernels queued on this stream,
-                             // which write each value before they read it.
-            let block = unsafe { self.stream.alloc::<f32>(len.max(1)) }.map_err(|e| {
-                driver_error(
-                    e,
-                    &format!(
-                        "allocating {} MB of GPU working memory",
-                        len * 4 / (1 << 20)
-                    ),
-                )
-            })?;
+            // SAFETY: the memory is only written and read by kernels queued on this stream,
+            // which write each value before they read it.
+            let block = unsafe { self.stream.alloc::<f32>(len.max(1)) }
+                .map_err(|e| driver_error(e, &format!("allocating {} MB of GPU working memory", len * 4 / (1 << 20))))?;
             *scratch = Some(block);
         }
-        let block = scratch
-            .as_ref()
-            .ok_or_else(|| Error::internal("the scratch memory is missing"))?;
+        let block = scratch.as_ref().ok_or_else(|| Error::internal("the scratch memory is missing"))?;
         let (address, _sync) = block.device_ptr(&self.stream);
         f(address)
     }
 
     /// The cuBLAS handle on this context's stream, created at first use.
     pub(crate) fn blas(&self) -> Result<Arc<CudaBlas>> {
-        let mut blas = self
-            .blas
-            .lock()
-            .map_err(|_| Error::internal("the cuBLAS handle lock is poisoned"))?;
+        let mut blas = self.blas.lock().map_err(|_| Error::internal("the cuBLAS handle lock is poisoned"))?;
         if let Some(handle) = blas.as_ref() {
             return Ok(handle.clone());
         }
@@ -301,10 +235,7 @@ impl GpuContext {
                 "cuBLAS (libcublas.so.13) could not be loaded: install the CUDA 13 libraries, or use the CPU backend",
             ));
         }
-        let handle = Arc::new(
-            CudaBlas::new(self.stream.clone())
-                .map_err(|e| cublas_error(e, "creating the cuBLAS handle"))?,
-        );
+        let handle = Arc::new(CudaBlas::new(self.stream.clone()).map_err(|e| cublas_error(e, "creating the cuBLAS handle"))?);
         *blas = Some(handle.clone());
         Ok(handle)
     }

@@ -36,10 +36,7 @@ pub fn classify_driver_status(code: u32) -> DriverFailure {
 /// The error for a failed driver call; `what` names the operation ("allocating 3 MB", "launching rms_norm_forward_f32").
 pub fn driver_error(err: DriverError, what: &str) -> Error {
     let code = err.0 as u32;
-    let name = err
-        .error_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| format!("CUDA error {code}"));
+    let name = err.error_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("CUDA error {code}"));
     status_error(code, &name, what)
 }
 
@@ -69,11 +66,7 @@ fn driver_too_old(detail: &str) -> Error {
 /// Checks a driver version as `cuDriverGetVersion` reports it.
 pub fn check_driver_version(version: i32) -> Result<(), Error> {
     if version < REQUIRED_DRIVER_VERSION {
-        return Err(driver_too_old(&format!(
-            "it supports CUDA {}.{}",
-            version / 1000,
-            (version % 1000) / 10
-        )));
+        return Err(driver_too_old(&format!("it supports CUDA {}.{}", version / 1000, (version % 1000) / 10)));
     }
     Ok(())
 }
@@ -106,11 +99,7 @@ mod tests {
     fn driver_statuses_map_to_codes_with_advice() {
         let oom = status_error(2, "CUDA_ERROR_OUT_OF_MEMORY", "allocating 4 GB");
         assert_eq!(oom.code, ErrorCode::OutOfMemory);
-        assert!(
-            oom.message.contains("lower the batch size"),
-            "{}",
-            oom.message
-        );
+        assert!(oom.message.contains("lower the batch size"), "{}", oom.message);
         assert!(oom.message.contains("allocating 4 GB"), "{}", oom.message);
 
         let none = status_error(100, "CUDA_ERROR_NO_DEVICE", "opening device 0");
@@ -123,11 +112,7 @@ mod tests {
 
         let other = status_error(700, "CUDA_ERROR_ILLEGAL_ADDRESS", "launching k");
         assert_eq!(other.code, ErrorCode::Internal);
-        assert!(
-            other.message.contains("CUDA_ERROR_ILLEGAL_ADDRESS"),
-            "{}",
-            other.message
-        );
+        assert!(other.message.contains("CUDA_ERROR_ILLEGAL_ADDRESS"), "{}", other.message);
     }
 
     #[test]

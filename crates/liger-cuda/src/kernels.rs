@@ -16,10 +16,7 @@ pub struct KernelFile {
 impl KernelFile {
     /// The full source NVRTC compiles: the shared header, then the file.
     pub fn full_source(&self) -> String {
-        format!(
-            "#line 1 \"common.cuh\"\n{COMMON_HEADER}\n#line 1 \"{}.cu\"\n{}",
-            self.name, self.source
-        )
+        format!("#line 1 \"common.cuh\"\n{COMMON_HEADER}\n#line 1 \"{}.cu\"\n{}", self.name, self.source)
     }
 }
 
@@ -29,10 +26,7 @@ macro_rules! kernel_file {
     };
 }
 
-pub const EMBEDDING: KernelFile = kernel_file!(
-    "embedding",
-    ["embedding_gather_f32", "embedding_gather_bf16"]
-);
+pub const EMBEDDING: KernelFile = kernel_file!("embedding", ["embedding_gather_f32", "embedding_gather_bf16"]);
 pub const RMS_NORM: KernelFile = kernel_file!(
     "rms_norm",
     [
@@ -48,28 +42,13 @@ pub const RMS_NORM: KernelFile = kernel_file!(
 pub const ROPE: KernelFile = kernel_file!("rope", ["rope_forward_f32", "rope_backward_f32"]);
 pub const SWIGLU: KernelFile = kernel_file!(
     "swiglu",
-    [
-        "swiglu_forward_f32",
-        "swiglu_forward_bf16",
-        "swiglu_forward_to_bf16",
-        "swiglu_backward_f32",
-        "swiglu_backward_to_bf16"
-    ]
+    ["swiglu_forward_f32", "swiglu_forward_bf16", "swiglu_forward_to_bf16", "swiglu_backward_f32", "swiglu_backward_to_bf16"]
 );
-pub const CROSS_ENTROPY: KernelFile = kernel_file!(
-    "cross_entropy",
-    ["cross_entropy_rows_f32", "cross_entropy_rows_bf16"]
-);
-pub const ADAMW: KernelFile =
-    kernel_file!("adamw", ["adamw_step_f32", "sum_squares_f32", "scale_f32"]);
+pub const CROSS_ENTROPY: KernelFile = kernel_file!("cross_entropy", ["cross_entropy_rows_f32", "cross_entropy_rows_bf16"]);
+pub const ADAMW: KernelFile = kernel_file!("adamw", ["adamw_step_f32", "sum_squares_f32", "scale_f32"]);
 pub const LIGER_FEATURE: KernelFile = kernel_file!(
     "liger_feature",
-    [
-        "softmax_rows_f32",
-        "softmax_rows_backward_f32",
-        "gla_key_features_f32",
-        "gla_key_features_backward_f32"
-    ]
+    ["softmax_rows_f32", "softmax_rows_backward_f32", "gla_key_features_f32", "gla_key_features_backward_f32"]
 );
 
 pub const MIXER_GATED: KernelFile = kernel_file!(
@@ -106,92 +85,36 @@ pub const MIXER_GATED: KernelFile = kernel_file!(
 pub const ATTENTION: KernelFile = kernel_file!(
     "attention",
     [
-        "attention_forward_f32",
-        "attention_delta_f32",
-        "attention_dq_f32",
-        "attention_dkv_f32",
-        "attention_decode_f32",
-        "cache_write_f32",
-        "attention_forward_bf16",
-        "attention_delta_bf16",
-        "attention_dq_bf16",
-        "attention_dkv_bf16",
-        "attention_decode_bf16",
-        "cache_write_bf16",
-        "attention_forward_mma_d64",
-        "attention_forward_mma_d128",
-        "attention_dkv_mma_d64",
-        "attention_dq_mma_d64",
-        "attention_dkv_mma_d128",
-        "attention_dq_mma_d128",
+        "attention_forward_f32", "attention_delta_f32", "attention_dq_f32", "attention_dkv_f32", "attention_decode_f32", "cache_write_f32",
+        "attention_forward_bf16", "attention_delta_bf16", "attention_dq_bf16", "attention_dkv_bf16", "attention_decode_bf16", "cache_write_bf16",
+        "attention_forward_mma_d64", "attention_forward_mma_d128",
+        "attention_dkv_mma_d64", "attention_dq_mma_d64", "attention_dkv_mma_d128", "attention_dq_mma_d128",
     ]
 );
 
 pub const MODEL: KernelFile = kernel_file!(
     "model",
     [
-        "scale_to_f32",
-        "scale_to_bf16",
-        "widen_f32",
-        "widen_bf16",
-        "liger_mix_to_f32",
-        "liger_mix_to_bf16",
-        "scale_pair_f32",
-        "scale_pair_bf16",
-        "scale_in_place_f32",
-        "add_bias_rows_f32",
-        "rope_forward_to_f32",
-        "rope_forward_to_bf16",
-        "rope_backward_add_f32",
-        "rope_backward_add_bf16",
-        "fill_uniform_f32",
-        "fill_uniform_bf16",
+        "scale_to_f32", "scale_to_bf16", "widen_f32", "widen_bf16", "liger_mix_to_f32", "liger_mix_to_bf16", "scale_pair_f32",
+        "scale_pair_bf16", "scale_in_place_f32", "add_bias_rows_f32",
+        "rope_forward_to_f32", "rope_forward_to_bf16", "rope_backward_add_f32", "rope_backward_add_bf16",
+        "fill_uniform_f32", "fill_uniform_bf16",
     ]
 );
 
 pub const DECODE: KernelFile = kernel_file!(
     "decode",
     [
-        "decode_rms_norm_f32",
-        "decode_rms_norm_bf16",
-        "decode_rope_append_f32",
-        "decode_rope_append_bf16",
-        "decode_mix_f32",
-        "decode_mix_bf16",
-        "decode_swiglu_f32",
-        "decode_swiglu_bf16",
-        "decode_gemv_f32_b1",
-        "decode_gemv_f32_b4",
-        "decode_gemv_bf16_b1",
-        "decode_gemv_bf16_b4",
-        "decode_gemv_swiglu_f32_b1",
-        "decode_gemv_swiglu_f32_b4",
-        "decode_gemv_swiglu_bf16_b1",
-        "decode_gemv_swiglu_bf16_b4",
-        "decode_lora_down_b1",
-        "decode_lora_down_b4",
-        "decode_lora_down_b16",
-        "decode_lora_up_f32",
-        "decode_window_attention_f32",
-        "decode_window_attention_bf16",
-        "decode_round_bf16",
+        "decode_rms_norm_f32", "decode_rms_norm_bf16", "decode_rope_append_f32", "decode_rope_append_bf16",
+        "decode_mix_f32", "decode_mix_bf16", "decode_swiglu_f32", "decode_swiglu_bf16",
+        "decode_gemv_f32_b1", "decode_gemv_f32_b4", "decode_gemv_bf16_b1", "decode_gemv_bf16_b4",
+        "decode_gemv_swiglu_f32_b1", "decode_gemv_swiglu_f32_b4", "decode_gemv_swiglu_bf16_b1", "decode_gemv_swiglu_bf16_b4",
+        "decode_lora_down_b1", "decode_lora_down_b4", "decode_lora_down_b16", "decode_lora_up_f32",
+        "decode_window_attention_f32", "decode_window_attention_bf16", "decode_round_bf16",
     ]
 );
 
 pub const SAMPLING: KernelFile = kernel_file!("sampling", ["argmax_rows_f32", "sample_rows_f32"]);
 
 /// Every kernel file of the crate.
-pub const ALL: &[KernelFile] = &[
-    EMBEDDING,
-    RMS_NORM,
-    ROPE,
-    SWIGLU,
-    CROSS_ENTROPY,
-    ADAMW,
-    LIGER_FEATURE,
-    MIXER_GATED,
-    ATTENTION,
-    SAMPLING,
-    MODEL,
-    DECODE,
-];
+pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE, MIXER_GATED, ATTENTION, SAMPLING, MODEL, DECODE];

@@ -15,58 +15,35 @@ const MAX_GRID_X: usize = i32::MAX as usize;
 
 /// A grid-stride launch over `n` elements.
 pub fn elementwise(n: usize) -> LaunchConfig {
-    let blocks = n
-        .div_ceil(BLOCK as usize)
-        .clamp(1, MAX_ELEMENTWISE_BLOCKS as usize) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_ELEMENTWISE_BLOCKS as usize) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// One block per row of `cols` values: up to 1024 threads, a whole number of warps.
 pub fn block_per_row(rows: usize, cols: usize) -> Result<LaunchConfig> {
     if rows > MAX_GRID_X {
-        return Err(Error::invalid_argument(format!(
-            "{rows} rows are more than one launch takes ({MAX_GRID_X}); split the work"
-        )));
+        return Err(Error::invalid_argument(format!("{rows} rows are more than one launch takes ({MAX_GRID_X}); split the work")));
     }
     let threads = cols.next_multiple_of(32).clamp(32, 1024) as u32;
-    Ok(LaunchConfig {
-        grid_dim: (rows.max(1) as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    })
+    Ok(LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
 }
 
 /// One warp per row: `BLOCK / 32` rows per block.
 pub fn warp_per_row(rows: usize) -> LaunchConfig {
     let rows_per_block = (BLOCK / 32) as usize;
     let blocks = rows.div_ceil(rows_per_block).max(1) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// `value` as a kernel's `int` argument, or an error naming it.
 pub fn as_int(name: &str, value: usize) -> Result<i32> {
-    i32::try_from(value).map_err(|_| {
-        Error::invalid_argument(format!(
-            "{name} = {value} is too large for one GPU launch (at most {})",
-            i32::MAX
-        ))
-    })
+    i32::try_from(value).map_err(|_| Error::invalid_argument(format!("{name} = {value} is too large for one GPU launch (at most {})", i32::MAX)))
 }
 
 /// Splits `len` values into rows of `cols`, or says why it cannot.
 pub fn rows_of(what: &str, len: usize, cols: usize) -> Result<usize> {
     if cols == 0 || !len.is_multiple_of(cols) {
-        return Err(Error::shape(format!(
-            "{what}: {len} values are not a whole number of rows of {cols}"
-        )));
+        return Err(Error::shape(format!("{what}: {len} values are not a whole number of rows of {cols}")));
     }
     Ok(len / cols)
 }
@@ -74,9 +51,7 @@ pub fn rows_of(what: &str, len: usize, cols: usize) -> Result<usize> {
 /// Checks that a buffer has the expected number of values.
 pub fn expect_len(what: &str, len: usize, expected: usize) -> Result<()> {
     if len != expected {
-        return Err(Error::shape(format!(
-            "{what} has {len} values, expected {expected}"
-        )));
+        return Err(Error::shape(format!("{what} has {len} values, expected {expected}")));
     }
     Ok(())
 }
@@ -95,10 +70,7 @@ mod tests {
             // A grid-stride loop covers n as long as there is at least one thread.
             let threads = cfg.grid_dim.0 as usize * BLOCK as usize;
             if n <= MAX_ELEMENTWISE_BLOCKS as usize * BLOCK as usize {
-                assert!(
-                    threads >= n && threads < n + BLOCK as usize || n == 0,
-                    "n={n} threads={threads}"
-                );
+                assert!(threads >= n && threads < n + BLOCK as usize || n == 0, "n={n} threads={threads}");
             } else {
                 assert_eq!(cfg.grid_dim.0, MAX_ELEMENTWISE_BLOCKS);
             }
@@ -112,10 +84,7 @@ mod tests {
         assert_eq!(block_per_row(3, 5).unwrap().block_dim.0, 32);
         assert_eq!(block_per_row(3, 49152).unwrap().block_dim.0, 1024);
         assert_eq!(block_per_row(3, 100).unwrap().block_dim.0, 128);
-        assert_eq!(
-            block_per_row(1 << 32, 8).unwrap_err().code,
-            ErrorCode::InvalidArgument
-        );
+        assert_eq!(block_per_row(1 << 32, 8).unwrap_err().code, ErrorCode::InvalidArgument);
     }
 
     #[test]
@@ -134,18 +103,9 @@ mod tests {
         assert_eq!(err.code, ErrorCode::InvalidArgument);
         assert!(err.message.contains("vocab"));
         assert_eq!(rows_of("x", 12, 4).unwrap(), 3);
-        assert_eq!(
-            rows_of("x", 13, 4).unwrap_err().code,
-            ErrorCode::ShapeMismatch
-        );
-        assert_eq!(
-            rows_of("x", 0, 0).unwrap_err().code,
-            ErrorCode::ShapeMismatch
-        );
+        assert_eq!(rows_of("x", 13, 4).unwrap_err().code, ErrorCode::ShapeMismatch);
+        assert_eq!(rows_of("x", 0, 0).unwrap_err().code, ErrorCode::ShapeMismatch);
         assert!(expect_len("w", 4, 4).is_ok());
-        assert_eq!(
-            expect_len("w", 3, 4).unwrap_err().code,
-            ErrorCode::ShapeMismatch
-        );
+        assert_eq!(expect_len("w", 3, 4).unwrap_err().code, ErrorCode::ShapeMismatch);
     }
 }

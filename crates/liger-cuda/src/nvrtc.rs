@@ -25,9 +25,7 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("LIGER_CACHE_DIR") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("liger")
 }
 
@@ -57,10 +55,7 @@ fn find_nvrtc() -> Result<()> {
     if in_cache.is_file() {
         return preload(&in_cache);
     }
-    Err(nvrtc_missing(&format!(
-        "not on the loader path, not at {}",
-        in_cache.display()
-    )))
+    Err(nvrtc_missing(&format!("not on the loader path, not at {}", in_cache.display())))
 }
 
 fn preload(path: &Path) -> Result<()> {
@@ -72,18 +67,14 @@ fn preload(path: &Path) -> Result<()> {
             continue;
         }
         // SAFETY: as above; the library stays loaded for the life of the process.
-        let lib = unsafe { libloading::Library::new(lib_path) }
-            .map_err(|e| nvrtc_missing(&format!("{}: {e}", lib_path.display())))?;
+        let lib = unsafe { libloading::Library::new(lib_path) }.map_err(|e| nvrtc_missing(&format!("{}: {e}", lib_path.display())))?;
         std::mem::forget(lib);
     }
     // NVRTC is then opened by its name (libnvrtc.so.13), which matches the loaded copy.
     if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         Ok(())
     } else {
-        Err(nvrtc_missing(&format!(
-            "{} loaded but is not libnvrtc.so.13",
-            path.display()
-        )))
+        Err(nvrtc_missing(&format!("{} loaded but is not libnvrtc.so.13", path.display())))
     }
 }
 
@@ -100,19 +91,14 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
     let (mut major, mut minor) = (0, 0);
     // SAFETY: NVRTC writes two ints.
     let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
-    status
-        .result()
-        .map_err(|e| Error::internal(format!("nvrtcVersion failed: {e:?}")))?;
+    status.result().map_err(|e| Error::internal(format!("nvrtcVersion failed: {e:?}")))?;
     Ok((major, minor))
 }
 
 /// The compiler options for a GPU of compute capability `arch` (e.g. (9, 0)). No fast math:
 /// the kernels must agree with their CPU twins to fp32 precision.
 pub fn compile_options(arch: (i32, i32)) -> Vec<String> {
-    vec![
-        format!("--gpu-architecture=sm_{}{}", arch.0, arch.1),
-        "-std=c++17".to_string(),
-    ]
+    vec![format!("--gpu-architecture=sm_{}{}", arch.0, arch.1), "-std=c++17".to_string()]
 }
 
 /// The cache key of a kernel file compiled for `arch` by NVRTC `nvrtc`: 16 hex digits.
@@ -124,32 +110,18 @@ pub fn cache_key(file: &KernelFile, arch: (i32, i32), nvrtc: (i32, i32)) -> Stri
         hash.update(option.as_bytes());
     }
     hash.update(format!("\0nvrtc {}.{}", nvrtc.0, nvrtc.1).as_bytes());
-    hash.finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hash.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The cached PTX file of `file` for `arch`.
 pub fn cache_path(dir: &Path, file: &KernelFile, arch: (i32, i32), nvrtc: (i32, i32)) -> PathBuf {
-    dir.join(format!(
-        "{}-sm_{}{}-{}.ptx",
-        file.name,
-        arch.0,
-        arch.1,
-        cache_key(file, arch, nvrtc)
-    ))
+    dir.join(format!("{}-sm_{}{}-{}.ptx", file.name, arch.0, arch.1, cache_key(file, arch, nvrtc)))
 }
 
 /// Compiles one kernel file to PTX for `arch`.
 pub fn compile_ptx(file: &KernelFile, arch: (i32, i32)) -> Result<String> {
     ensure_nvrtc()?;
-    let opts = CompileOptions {
-        options: compile_options(arch),
-        name: Some(format!("{}.cu", file.name)),
-        ..Default::default()
-    };
+    let opts = CompileOptions { options: compile_options(arch), name: Some(format!("{}.cu", file.name)), ..Default::default() };
     match compile_ptx_with_opts(file.full_source(), opts) {
         Ok(ptx) => Ok(ptx.to_src()),
         Err(CompileError::CompileError { log, .. }) => Err(Error::internal(format!(
@@ -159,10 +131,7 @@ pub fn compile_ptx(file: &KernelFile, arch: (i32, i32)) -> Result<String> {
             arch.1,
             log.to_string_lossy()
         ))),
-        Err(e) => Err(Error::internal(format!(
-            "NVRTC failed on {}.cu: {e:?}",
-            file.name
-        ))),
+        Err(e) => Err(Error::internal(format!("NVRTC failed on {}.cu: {e:?}", file.name))),
     }
 }
 
@@ -176,43 +145,28 @@ pub fn load_or_compile(dir: &Path, file: &KernelFile, arch: (i32, i32)) -> Resul
         }
     }
     let ptx = compile_ptx(file, arch)?;
-    let _ = fs::create_dir_all(dir)
-        .map_err(|e| Error::io(dir.display(), e))
-        .and_then(|_| write_atomically(&path, ptx.as_bytes()));
+    let _ = fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e)).and_then(|_| write_atomically(&path, ptx.as_bytes()));
     Ok(ptx)
 }
 
 /// Whether `ptx` defines every entry point of `file` (a cached file that does not is recompiled).
 pub fn is_complete_ptx(ptx: &str, file: &KernelFile) -> bool {
-    file.entry_points
-        .iter()
-        .all(|name| ptx_defines_entry(ptx, name))
+    file.entry_points.iter().all(|name| ptx_defines_entry(ptx, name))
 }
 
 /// Whether `ptx` defines the kernel `name` (`.visible .entry name(`).
 pub fn ptx_defines_entry(ptx: &str, name: &str) -> bool {
     ptx.lines().any(|line| {
         let line = line.trim_start();
-        line.starts_with(".visible .entry")
-            && line
-                .split_whitespace()
-                .nth(2)
-                .is_some_and(|word| word.trim_end_matches('(') == name)
+        line.starts_with(".visible .entry") && line.split_whitespace().nth(2).is_some_and(|word| word.trim_end_matches('(') == name)
     })
 }
 
 /// Writes `bytes` to a temporary sibling of `path`, then renames it into place.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = path.with_file_name(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
     let result = fs::write(&temp, bytes).and_then(|_| fs::rename(&temp, path));
     if result.is_err() {
         let _ = fs::remove_file(&temp);
@@ -229,18 +183,11 @@ mod tests {
     fn cache_key_depends_on_source_arch_and_compiler() {
         let base = cache_key(&kernels::RMS_NORM, (9, 0), (13, 0));
         assert_eq!(base.len(), 16);
-        assert_eq!(
-            base,
-            cache_key(&kernels::RMS_NORM, (9, 0), (13, 0)),
-            "the key is deterministic"
-        );
+        assert_eq!(base, cache_key(&kernels::RMS_NORM, (9, 0), (13, 0)), "the key is deterministic");
         assert_ne!(base, cache_key(&kernels::RMS_NORM, (8, 0), (13, 0)));
         assert_ne!(base, cache_key(&kernels::RMS_NORM, (9, 0), (13, 1)));
         assert_ne!(base, cache_key(&kernels::ROPE, (9, 0), (13, 0)));
-        let edited = KernelFile {
-            source: "// edited\n",
-            ..kernels::RMS_NORM
-        };
+        let edited = KernelFile { source: "// edited\n", ..kernels::RMS_NORM };
         assert_ne!(base, cache_key(&edited, (9, 0), (13, 0)));
         let path = cache_path(Path::new("/c"), &kernels::RMS_NORM, (9, 0), (13, 0));
         assert_eq!(path, PathBuf::from(format!("/c/rms_norm-sm_90-{base}.ptx")));
@@ -248,10 +195,7 @@ mod tests {
 
     #[test]
     fn options_target_the_device_architecture() {
-        assert_eq!(
-            compile_options((9, 0)),
-            ["--gpu-architecture=sm_90", "-std=c++17"]
-        );
+        assert_eq!(compile_options((9, 0)), ["--gpu-architecture=sm_90", "-std=c++17"]);
         assert_eq!(compile_options((8, 6))[0], "--gpu-architecture=sm_86");
     }
 
@@ -262,10 +206,7 @@ mod tests {
         assert!(ptx_defines_entry(ptx, "rope_backward_f32"));
         assert!(!ptx_defines_entry(ptx, "rope_forward"));
         assert!(is_complete_ptx(ptx, &kernels::ROPE));
-        assert!(!is_complete_ptx(
-            ".visible .entry rope_forward_f32(\n",
-            &kernels::ROPE
-        ));
+        assert!(!is_complete_ptx(".visible .entry rope_forward_f32(\n", &kernels::ROPE));
     }
 
     #[test]
@@ -276,10 +217,7 @@ mod tests {
         write_atomically(&path, b"first").unwrap();
         write_atomically(&path, b"second").unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "second");
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, [std::ffi::OsString::from("k.ptx")]);
         let err = write_atomically(&dir.join("missing").join("k.ptx"), b"x").unwrap_err();
         assert_eq!(err.code, ErrorCode::Io);

@@ -24,10 +24,7 @@ pub(crate) struct Profile {
 
 impl Profile {
     pub(crate) fn new() -> Self {
-        Profile {
-            last: Instant::now(),
-            totals: HashMap::new(),
-        }
+        Profile { last: Instant::now(), totals: HashMap::new() }
     }
 
     /// Charges the time since the previous mark to `name`.
@@ -47,15 +44,7 @@ impl Profile {
 
     /// The entries, most time first.
     pub(crate) fn entries(&self) -> Vec<ProfileEntry> {
-        let mut out: Vec<ProfileEntry> = self
-            .totals
-            .iter()
-            .map(|(name, &(calls, seconds))| ProfileEntry {
-                name: name.clone(),
-                calls,
-                seconds,
-            })
-            .collect();
+        let mut out: Vec<ProfileEntry> = self.totals.iter().map(|(name, &(calls, seconds))| ProfileEntry { name: name.clone(), calls, seconds }).collect();
         out.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
         out
     }
@@ -64,30 +53,12 @@ impl Profile {
 /// The entries as a table: name, calls, milliseconds and share of the total.
 pub fn format_profile(entries: &[ProfileEntry]) -> String {
     let total: f64 = entries.iter().map(|e| e.seconds).sum();
-    let mut out = format!(
-        "{:<48} {:>7} {:>10} {:>6}\n",
-        "operation", "calls", "ms", "share"
-    );
+    let mut out = format!("{:<48} {:>7} {:>10} {:>6}\n", "operation", "calls", "ms", "share");
     for e in entries {
-        let share = if total > 0.0 {
-            100.0 * e.seconds / total
-        } else {
-            0.0
-        };
-        out += &format!(
-            "{:<48} {:>7} {:>10.2} {:>5.1}%\n",
-            e.name,
-            e.calls,
-            e.seconds * 1e3,
-            share
-        );
+        let share = if total > 0.0 { 100.0 * e.seconds / total } else { 0.0 };
+        out += &format!("{:<48} {:>7} {:>10.2} {:>5.1}%\n", e.name, e.calls, e.seconds * 1e3, share);
     }
-    out + &format!(
-        "{:<48} {:>7} {:>10.2}\n",
-        "total (synchronised)",
-        "",
-        total * 1e3
-    )
+    out + &format!("{:<48} {:>7} {:>10.2}\n", "total (synchronised)", "", total * 1e3)
 }
 
 #[cfg(test)]

@@ -7,10 +7,7 @@ use common::*;
 use half::bf16;
 use liger_core::liger::{swa_backward, swa_forward, HeadShape, SwaCache, FULL_ATTENTION};
 use liger_core::ErrorCode;
-use liger_cuda::ops::attention::{
-    attention_backward, attention_decode, attention_forward, cache_append, cache_prefill,
-    AttentionDims,
-};
+use liger_cuda::ops::attention::{attention_backward, attention_decode, attention_forward, cache_append, cache_prefill, AttentionDims};
 use liger_cuda::{GpuBuffer, GpuContext, GpuElement};
 use rand::rngs::StdRng;
 
@@ -18,24 +15,12 @@ const FP32_TOL: f64 = 1e-4;
 const BF16_TOL: f64 = 2e-2;
 
 /// The CPU twins, one sequence at a time: (o, dq, dk, dv) for the whole batch.
-fn cpu_attention(
-    dims: AttentionDims,
-    window: Option<usize>,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    d_o: &[f32],
-) -> [Vec<f64>; 4] {
+fn cpu_attention(dims: AttentionDims, window: Option<usize>, q: &[f32], k: &[f32], v: &[f32], d_o: &[f32]) -> [Vec<f64>; 4] {
     let (qn, kn) = (q.len() / dims.batch, k.len() / dims.batch);
     let w = window.unwrap_or(FULL_ATTENTION);
     let mut out: [Vec<f64>; 4] = Default::default();
     for b in 0..dims.batch {
-        let (qb, kb, vb, dob) = (
-            &q[b * qn..(b + 1) * qn],
-            &k[b * kn..(b + 1) * kn],
-            &v[b * kn..(b + 1) * kn],
-            &d_o[b * qn..(b + 1) * qn],
-        );
+        let (qb, kb, vb, dob) = (&q[b * qn..(b + 1) * qn], &k[b * kn..(b + 1) * kn], &v[b * kn..(b + 1) * kn], &d_o[b * qn..(b + 1) * qn]);
         let o = swa_forward(dims.shape, w, qb, kb, vb, None).unwrap();
         let g = swa_backward(dims.shape, w, qb, kb, vb, dob).unwrap();
         for (dst, src) in out.iter_mut().zip([&o, &g.dq, &g.dk, &g.dv]) {
@@ -57,13 +42,7 @@ fn lse_reference(dims: AttentionDims, window: Option<usize>, q: &[f32], k: &[f32
             for i in 0..t {
                 let qi = &q[((b * t + i) * hq + h) * d..][..d];
                 let scores: Vec<f64> = ((i + 1).saturating_sub(w)..=i)
-                    .map(|j| {
-                        scale
-                            * qi.iter()
-                                .zip(&k[((b * t + j) * hkv + kvh) * d..][..d])
-                                .map(|(&a, &c)| a as f64 * c as f64)
-                                .sum::<f64>()
-                    })
+                    .map(|j| scale * qi.iter().zip(&k[((b * t + j) * hkv + kvh) * d..][..d]).map(|(&a, &c)| a as f64 * c as f64).sum::<f64>())
                     .collect();
                 let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 lse.push(m + scores.iter().map(|s| (s - m).exp()).sum::<f64>().ln());
@@ -82,11 +61,7 @@ fn poisoned_t<T: GpuElement>(ctx: &GpuContext, n: usize) -> GpuBuffer<T> {
 }
 
 fn host_f32<T: GpuElement>(buf: &GpuBuffer<T>) -> Vec<f32> {
-    buf.to_host()
-        .unwrap()
-        .into_iter()
-        .map(|x| x.to_f32())
-        .collect()
+    buf.to_host().unwrap().into_iter().map(|x| x.to_f32()).collect()
 }
 
 struct Inputs {
@@ -97,47 +72,20 @@ struct Inputs {
 }
 
 fn inputs(rng: &mut StdRng, dims: AttentionDims) -> Inputs {
-    let (qn, kn) = (
-        dims.batch * dims.tokens * dims.shape.hq * dims.shape.d,
-        dims.batch * dims.tokens * dims.shape.hkv * dims.shape.d,
-    );
+    let (qn, kn) = (dims.batch * dims.tokens * dims.shape.hq * dims.shape.d, dims.batch * dims.tokens * dims.shape.hkv * dims.shape.d);
     // Scores of a few units: softmax is neither flat nor one-hot.
-    Inputs {
-        q: random(rng, qn, 1.5),
-        k: random(rng, kn, 1.5),
-        v: random(rng, kn, 1.0),
-        d_o: random(rng, qn, 1.0),
-    }
+    Inputs { q: random(rng, qn, 1.5), k: random(rng, kn, 1.5), v: random(rng, kn, 1.0), d_o: random(rng, qn, 1.0) }
 }
 
 /// Runs forward and backward with storage `T` on `x` (already representable in `T`) and checks
 /// every output against the CPU twins.
-fn check_attention<T: GpuElement>(
-    ctx: &GpuContext,
-    dims: AttentionDims,
-    window: Option<usize>,
-    x: &Inputs,
-    tol: f64,
-    label: &str,
-) -> [f64; 5] {
-    let up = |h: &[f32]| {
-        GpuBuffer::from_host(ctx, &h.iter().map(|&v| T::from_f32(v)).collect::<Vec<T>>()).unwrap()
-    };
+fn check_attention<T: GpuElement>(ctx: &GpuContext, dims: AttentionDims, window: Option<usize>, x: &Inputs, tol: f64, label: &str) -> [f64; 5] {
+    let up = |h: &[f32]| GpuBuffer::from_host(ctx, &h.iter().map(|&v| T::from_f32(v)).collect::<Vec<T>>()).unwrap();
     let (q, k, v, d_o) = (up(&x.q), up(&x.k), up(&x.v), up(&x.d_o));
-    let (mut o, mut lse) = (
-        poisoned_t::<T>(ctx, x.q.len()),
-        poisoned(ctx, dims.batch * dims.shape.hq * dims.tokens),
-    );
+    let (mut o, mut lse) = (poisoned_t::<T>(ctx, x.q.len()), poisoned(ctx, dims.batch * dims.shape.hq * dims.tokens));
     attention_forward(ctx, dims, window, &q, &k, &v, &mut o, &mut lse).unwrap();
-    let (mut dq, mut dk, mut dv) = (
-        poisoned_t::<T>(ctx, x.q.len()),
-        poisoned_t::<T>(ctx, x.k.len()),
-        poisoned_t::<T>(ctx, x.k.len()),
-    );
-    attention_backward(
-        ctx, dims, window, &q, &k, &v, &o, &lse, &d_o, &mut dq, &mut dk, &mut dv,
-    )
-    .unwrap();
+    let (mut dq, mut dk, mut dv) = (poisoned_t::<T>(ctx, x.q.len()), poisoned_t::<T>(ctx, x.k.len()), poisoned_t::<T>(ctx, x.k.len()));
+    attention_backward(ctx, dims, window, &q, &k, &v, &o, &lse, &d_o, &mut dq, &mut dk, &mut dv).unwrap();
 
     let [o_ref, dq_ref, dk_ref, dv_ref] = cpu_attention(dims, window, &x.q, &x.k, &x.v, &x.d_o);
     let lse_ref = lse_reference(dims, window, &x.q, &x.k);
@@ -158,21 +106,10 @@ fn check_gradient(name: &str, got: &[f32], reference: &[f64], tol: f64) -> f64 {
         return check_host(name, got, reference, tol);
     }
     let unwritten = got.iter().filter(|v| v.is_nan()).count();
-    assert_eq!(
-        unwritten,
-        0,
-        "{name}: {unwritten} of {} elements were not written",
-        got.len()
-    );
+    assert_eq!(unwritten, 0, "{name}: {unwritten} of {} elements were not written", got.len());
     let worst = got.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs()));
-    println!(
-        "{name}: exact gradient is zero; max absolute value {worst:.3e} over {} values",
-        got.len()
-    );
-    assert!(
-        worst < tol,
-        "{name}: max absolute value {worst:.3e} is above {tol:.0e}"
-    );
+    println!("{name}: exact gradient is zero; max absolute value {worst:.3e} over {} values", got.len());
+    assert!(worst < tol, "{name}: max absolute value {worst:.3e} is above {tol:.0e}");
     worst
 }
 
@@ -183,21 +120,10 @@ fn forward_and_backward_f32_match_the_cpu_twins() {
     let mut worst = [0.0f64; 5];
     for d in [64, 128] {
         for tokens in [100, 300] {
-            let dims = AttentionDims {
-                batch: 2,
-                tokens,
-                shape: HeadShape::new(4, 2, d).unwrap(),
-            };
+            let dims = AttentionDims { batch: 2, tokens, shape: HeadShape::new(4, 2, d).unwrap() };
             let x = inputs(&mut rng, dims);
             for window in [Some(65), Some(1), Some(16), None] {
-                let errs = check_attention::<f32>(
-                    &ctx,
-                    dims,
-                    window,
-                    &x,
-                    FP32_TOL,
-                    &format!("f32 d={d} T={tokens} window={window:?}"),
-                );
+                let errs = check_attention::<f32>(&ctx, dims, window, &x, FP32_TOL, &format!("f32 d={d} T={tokens} window={window:?}"));
                 worst.iter_mut().zip(errs).for_each(|(w, e)| *w = w.max(e));
             }
         }
@@ -210,34 +136,11 @@ fn forward_and_backward_bf16_match_the_cpu_twins_on_rounded_inputs() {
     let ctx = gpu();
     let mut rng = rng("attention bf16");
     let mut worst = [0.0f64; 5];
-    for (d, tokens, window) in [
-        (64, 300, Some(65)),
-        (128, 100, None),
-        (128, 300, Some(16)),
-        (64, 100, Some(1)),
-        (64, 300, None),
-        (96, 100, Some(65)),
-    ] {
-        let dims = AttentionDims {
-            batch: 2,
-            tokens,
-            shape: HeadShape::new(4, 2, d).unwrap(),
-        };
+    for (d, tokens, window) in [(64, 300, Some(65)), (128, 100, None), (128, 300, Some(16)), (64, 100, Some(1)), (64, 300, None), (96, 100, Some(65))] {
+        let dims = AttentionDims { batch: 2, tokens, shape: HeadShape::new(4, 2, d).unwrap() };
         let raw = inputs(&mut rng, dims);
-        let x = Inputs {
-            q: round_bf16(&raw.q),
-            k: round_bf16(&raw.k),
-            v: round_bf16(&raw.v),
-            d_o: round_bf16(&raw.d_o),
-        };
-        let errs = check_attention::<bf16>(
-            &ctx,
-            dims,
-            window,
-            &x,
-            BF16_TOL,
-            &format!("bf16 d={d} T={tokens} window={window:?}"),
-        );
+        let x = Inputs { q: round_bf16(&raw.q), k: round_bf16(&raw.k), v: round_bf16(&raw.v), d_o: round_bf16(&raw.d_o) };
+        let errs = check_attention::<bf16>(&ctx, dims, window, &x, BF16_TOL, &format!("bf16 d={d} T={tokens} window={window:?}"));
         worst.iter_mut().zip(errs).for_each(|(w, e)| *w = w.max(e));
     }
     println!("{{\"test\":\"attention_bf16\",\"max_rel_err\":{{\"o\":{:.3e},\"lse\":{:.3e},\"dq\":{:.3e},\"dk\":{:.3e},\"dv\":{:.3e}}}}}", worst[0], worst[1], worst[2], worst[3], worst[4]);
@@ -247,47 +150,18 @@ fn forward_and_backward_bf16_match_the_cpu_twins_on_rounded_inputs() {
 /// through `cache_append` + `attention_decode`, comparing each step with `SwaCache::step`.
 /// `capacity` is the window (a ring buffer) or, for full attention, the total token count.
 #[allow(clippy::too_many_arguments)]
-fn check_decode<T: GpuElement>(
-    ctx: &GpuContext,
-    rng: &mut StdRng,
-    shape: HeadShape,
-    window: usize,
-    capacity: usize,
-    prefill: usize,
-    steps: usize,
-    tol: f64,
-    label: &str,
-) -> f64 {
+fn check_decode<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, shape: HeadShape, window: usize, capacity: usize, prefill: usize, steps: usize, tol: f64, label: &str) -> f64 {
     let batch = 2;
     let (q_row, kv_row) = (shape.hq * shape.d, shape.hkv * shape.d);
     let cache_len = batch * shape.hkv * capacity * shape.d;
-    let up = |h: &[f32]| {
-        GpuBuffer::from_host(ctx, &h.iter().map(|&v| T::from_f32(v)).collect::<Vec<T>>()).unwrap()
-    };
-    let (mut k_cache, mut v_cache) = (
-        poisoned_t::<T>(ctx, cache_len),
-        poisoned_t::<T>(ctx, cache_len),
-    );
-    let mut cpu: Vec<SwaCache> = (0..batch)
-        .map(|_| SwaCache::new(shape, window).unwrap())
-        .collect();
+    let up = |h: &[f32]| GpuBuffer::from_host(ctx, &h.iter().map(|&v| T::from_f32(v)).collect::<Vec<T>>()).unwrap();
+    let (mut k_cache, mut v_cache) = (poisoned_t::<T>(ctx, cache_len), poisoned_t::<T>(ctx, cache_len));
+    let mut cpu: Vec<SwaCache> = (0..batch).map(|_| SwaCache::new(shape, window).unwrap()).collect();
 
     let k = round_bf16(&random(rng, batch * prefill * kv_row, 1.5));
     let v = round_bf16(&random(rng, batch * prefill * kv_row, 1.0));
     let zeros = GpuBuffer::from_host(ctx, &vec![0u32; batch]).unwrap();
-    cache_prefill(
-        ctx,
-        batch,
-        prefill,
-        shape,
-        capacity,
-        &up(&k),
-        &up(&v),
-        &zeros,
-        &mut k_cache,
-        &mut v_cache,
-    )
-    .unwrap();
+    cache_prefill(ctx, batch, prefill, shape, capacity, &up(&k), &up(&v), &zeros, &mut k_cache, &mut v_cache).unwrap();
     for (b, cache) in cpu.iter_mut().enumerate() {
         let part = b * prefill * kv_row..(b + 1) * prefill * kv_row;
         cache.extend(&k[part.clone()], &v[part]).unwrap();
@@ -301,50 +175,16 @@ fn check_decode<T: GpuElement>(
         let pos = (prefill + step) as u32;
         let positions = GpuBuffer::from_host(ctx, &[pos; 2]).unwrap();
         let lengths = GpuBuffer::from_host(ctx, &[(pos + 1).min(capacity as u32); 2]).unwrap();
-        cache_append(
-            ctx,
-            batch,
-            shape,
-            capacity,
-            &up(&k),
-            &up(&v),
-            &positions,
-            &mut k_cache,
-            &mut v_cache,
-        )
-        .unwrap();
+        cache_append(ctx, batch, shape, capacity, &up(&k), &up(&v), &positions, &mut k_cache, &mut v_cache).unwrap();
         let mut o = poisoned_t::<T>(ctx, batch * q_row);
-        attention_decode(
-            ctx,
-            batch,
-            shape,
-            capacity,
-            &up(&q),
-            &k_cache,
-            &v_cache,
-            &lengths,
-            &mut o,
-        )
-        .unwrap();
+        attention_decode(ctx, batch, shape, capacity, &up(&q), &k_cache, &v_cache, &lengths, &mut o).unwrap();
         let mut expected = Vec::with_capacity(batch * q_row);
         for (b, cache) in cpu.iter_mut().enumerate() {
             let mut o_b = vec![0.0f32; q_row];
-            cache
-                .step(
-                    &q[b * q_row..(b + 1) * q_row],
-                    &k[b * kv_row..(b + 1) * kv_row],
-                    &v[b * kv_row..(b + 1) * kv_row],
-                    &mut o_b,
-                )
-                .unwrap();
+            cache.step(&q[b * q_row..(b + 1) * q_row], &k[b * kv_row..(b + 1) * kv_row], &v[b * kv_row..(b + 1) * kv_row], &mut o_b).unwrap();
             expected.extend(o_b.iter().map(|&x| x as f64));
         }
-        worst = worst.max(check_host(
-            &format!("{label} step {step}"),
-            &host_f32(&o),
-            &expected,
-            tol,
-        ));
+        worst = worst.max(check_host(&format!("{label} step {step}"), &host_f32(&o), &expected, tol));
     }
     worst
 }
@@ -357,56 +197,13 @@ fn decode_matches_swa_cache_steps_and_full_causal_decoding() {
     for d in [64, 128] {
         let shape = HeadShape::new(4, 2, d).unwrap();
         // The window's ring buffer, prefilled past its capacity and wrapping while decoding.
-        worst.0 = worst.0.max(check_decode::<f32>(
-            &ctx,
-            &mut rng,
-            shape,
-            16,
-            16,
-            37,
-            40,
-            FP32_TOL,
-            &format!("decode f32 ring d={d}"),
-        ));
-        worst.0 = worst.0.max(check_decode::<f32>(
-            &ctx,
-            &mut rng,
-            shape,
-            65,
-            65,
-            3,
-            70,
-            FP32_TOL,
-            &format!("decode f32 window 65 d={d}"),
-        ));
+        worst.0 = worst.0.max(check_decode::<f32>(&ctx, &mut rng, shape, 16, 16, 37, 40, FP32_TOL, &format!("decode f32 ring d={d}")));
+        worst.0 = worst.0.max(check_decode::<f32>(&ctx, &mut rng, shape, 65, 65, 3, 70, FP32_TOL, &format!("decode f32 window 65 d={d}")));
         // Full causal: the cache holds every token.
-        worst.0 = worst.0.max(check_decode::<f32>(
-            &ctx,
-            &mut rng,
-            shape,
-            FULL_ATTENTION,
-            60,
-            20,
-            40,
-            FP32_TOL,
-            &format!("decode f32 causal d={d}"),
-        ));
-        worst.1 = worst.1.max(check_decode::<bf16>(
-            &ctx,
-            &mut rng,
-            shape,
-            16,
-            16,
-            37,
-            20,
-            BF16_TOL,
-            &format!("decode bf16 ring d={d}"),
-        ));
+        worst.0 = worst.0.max(check_decode::<f32>(&ctx, &mut rng, shape, FULL_ATTENTION, 60, 20, 40, FP32_TOL, &format!("decode f32 causal d={d}")));
+        worst.1 = worst.1.max(check_decode::<bf16>(&ctx, &mut rng, shape, 16, 16, 37, 20, BF16_TOL, &format!("decode bf16 ring d={d}")));
     }
-    println!(
-        "{{\"test\":\"attention_decode\",\"max_rel_err\":{{\"f32\":{:.3e},\"bf16\":{:.3e}}}}}",
-        worst.0, worst.1
-    );
+    println!("{{\"test\":\"attention_decode\",\"max_rel_err\":{{\"f32\":{:.3e},\"bf16\":{:.3e}}}}}", worst.0, worst.1);
 }
 
 #[test]
@@ -422,23 +219,9 @@ fn cache_append_wraps_around_the_ring() {
     // Sequences at different positions, each passing the end of the ring more than once.
     let mut positions = [0u32, 3, 11];
     for _ in 0..13 {
-        let (k, v) = (
-            random(&mut rng, batch * kv_row, 1.0),
-            random(&mut rng, batch * kv_row, 1.0),
-        );
+        let (k, v) = (random(&mut rng, batch * kv_row, 1.0), random(&mut rng, batch * kv_row, 1.0));
         let pos = GpuBuffer::from_host(&ctx, &positions).unwrap();
-        cache_append(
-            &ctx,
-            batch,
-            shape,
-            capacity,
-            &upload(&ctx, &k),
-            &upload(&ctx, &v),
-            &pos,
-            &mut k_cache,
-            &mut v_cache,
-        )
-        .unwrap();
+        cache_append(&ctx, batch, shape, capacity, &upload(&ctx, &k), &upload(&ctx, &v), &pos, &mut k_cache, &mut v_cache).unwrap();
         for (b, position) in positions.iter_mut().enumerate() {
             let slot = *position as usize % capacity;
             for h in 0..shape.hkv {
@@ -455,26 +238,11 @@ fn cache_append_wraps_around_the_ring() {
 
     // A prefill longer than the ring keeps its last `capacity` tokens, each in its slot.
     let tokens = 12;
-    let (k, v) = (
-        random(&mut rng, batch * tokens * kv_row, 1.0),
-        random(&mut rng, batch * tokens * kv_row, 1.0),
-    );
+    let (k, v) = (random(&mut rng, batch * tokens * kv_row, 1.0), random(&mut rng, batch * tokens * kv_row, 1.0));
     let starts = [0u32, 7, 100];
     let (mut k_cache, mut v_cache) = (poisoned(&ctx, cache_len), poisoned(&ctx, cache_len));
     let pos = GpuBuffer::from_host(&ctx, &starts).unwrap();
-    cache_prefill(
-        &ctx,
-        batch,
-        tokens,
-        shape,
-        capacity,
-        &upload(&ctx, &k),
-        &upload(&ctx, &v),
-        &pos,
-        &mut k_cache,
-        &mut v_cache,
-    )
-    .unwrap();
+    cache_prefill(&ctx, batch, tokens, shape, capacity, &upload(&ctx, &k), &upload(&ctx, &v), &pos, &mut k_cache, &mut v_cache).unwrap();
     let (k_got, v_got) = (k_cache.to_host().unwrap(), v_cache.to_host().unwrap());
     for (b, &start) in starts.iter().enumerate() {
         for t in tokens - capacity..tokens {
@@ -482,16 +250,8 @@ fn cache_append_wraps_around_the_ring() {
             for h in 0..shape.hkv {
                 let src = ((b * tokens + t) * shape.hkv + h) * shape.d;
                 let dst = ((b * shape.hkv + h) * capacity + slot) * shape.d;
-                assert_eq!(
-                    k_got[dst..dst + shape.d],
-                    k[src..src + shape.d],
-                    "key b={b} t={t}"
-                );
-                assert_eq!(
-                    v_got[dst..dst + shape.d],
-                    v[src..src + shape.d],
-                    "value b={b} t={t}"
-                );
+                assert_eq!(k_got[dst..dst + shape.d], k[src..src + shape.d], "key b={b} t={t}");
+                assert_eq!(v_got[dst..dst + shape.d], v[src..src + shape.d], "value b={b} t={t}");
             }
         }
     }
@@ -502,11 +262,7 @@ fn cache_append_wraps_around_the_ring() {
 fn bad_sizes_are_typed_errors() {
     let ctx = gpu();
     let shape = HeadShape::new(4, 2, 64).unwrap();
-    let dims = AttentionDims {
-        batch: 2,
-        tokens: 8,
-        shape,
-    };
+    let dims = AttentionDims { batch: 2, tokens: 8, shape };
     let (qn, kn) = (2 * 8 * 4 * 64, 2 * 8 * 2 * 64);
     let (q, k, v) = (poisoned(&ctx, qn), poisoned(&ctx, kn), poisoned(&ctx, kn));
     let (mut o, mut lse) = (poisoned(&ctx, qn), poisoned(&ctx, 2 * 4 * 8));
@@ -519,38 +275,19 @@ fn bad_sizes_are_typed_errors() {
     let mut short_lse = poisoned(&ctx, 8);
     let err = attention_forward(&ctx, dims, None, &q, &k, &v, &mut o, &mut short_lse).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
-    let odd = AttentionDims {
-        batch: 2,
-        tokens: 8,
-        shape: HeadShape::new(4, 2, 40).unwrap(),
-    };
+    let odd = AttentionDims { batch: 2, tokens: 8, shape: HeadShape::new(4, 2, 40).unwrap() };
     let err = attention_forward(&ctx, odd, None, &q, &k, &v, &mut o, &mut lse).unwrap_err();
     assert!(err.message.contains("head size"), "{}", err.message);
 
-    let (mut kc, mut vc) = (
-        poisoned(&ctx, 2 * 2 * 16 * 64),
-        poisoned(&ctx, 2 * 2 * 16 * 64),
-    );
+    let (mut kc, mut vc) = (poisoned(&ctx, 2 * 2 * 16 * 64), poisoned(&ctx, 2 * 2 * 16 * 64));
     let lengths = GpuBuffer::from_host(&ctx, &[1u32]).unwrap();
     let mut o_t = poisoned(&ctx, 2 * 4 * 64);
-    let err = attention_decode(
-        &ctx,
-        2,
-        shape,
-        16,
-        &poisoned(&ctx, 2 * 4 * 64),
-        &kc,
-        &vc,
-        &lengths,
-        &mut o_t,
-    )
-    .unwrap_err();
+    let err = attention_decode(&ctx, 2, shape, 16, &poisoned(&ctx, 2 * 4 * 64), &kc, &vc, &lengths, &mut o_t).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
     assert!(err.message.contains("lengths"), "{}", err.message);
     let positions = GpuBuffer::from_host(&ctx, &[0u32, 1]).unwrap();
     let k_t = poisoned(&ctx, 2 * 2 * 64);
-    let err =
-        cache_append(&ctx, 2, shape, 0, &k_t, &k_t, &positions, &mut kc, &mut vc).unwrap_err();
+    let err = cache_append(&ctx, 2, shape, 0, &k_t, &k_t, &positions, &mut kc, &mut vc).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("capacity"), "{}", err.message);
 }

@@ -8,16 +8,13 @@ use common::{check_host, gpu, inv_freq, poisoned, random, rng, to_f64, upload};
 use half::bf16;
 use liger_core::config::{Architecture, ModelConfig};
 use liger_core::convert::{linearize, LigerModel, LigerOptions, LoraOptions, LoraTarget};
-use liger_core::generate::CausalLm;
 use liger_core::liger::{HeadShape, MixerConfig, MixerKind};
 use liger_core::model::{BaseModel, ModelFormat};
 use liger_core::testing::{random_tokens, random_weights, tiny_config};
 use liger_core::tokenizer::Tokenizer;
 use liger_core::ErrorCode;
-use liger_cuda::ops::decode::{
-    decode_gemv, decode_gemv_swiglu, decode_mix, decode_rms_norm, decode_rope_append,
-    decode_swiglu, DecodeRope,
-};
+use liger_cuda::ops::decode::{decode_gemv, decode_gemv_swiglu, decode_mix, decode_rms_norm, decode_rope_append, decode_swiglu, DecodeRope};
+use liger_core::generate::CausalLm;
 use liger_cuda::{GpuBuffer, GpuContext, GpuElement, GpuLigerModel};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -47,68 +44,30 @@ fn rms_norm_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
     let mut reference = vec![0.0f64; rows * cols];
     for r in 0..rows {
         let row = &x[r * cols..(r + 1) * cols];
-        let rstd = 1.0
-            / (row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / cols as f64 + eps as f64)
-                .sqrt();
+        let rstd = 1.0 / (row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / cols as f64 + eps as f64).sqrt();
         for i in 0..cols {
             reference[r * cols + i] = row[i] as f64 * rstd * w[i] as f64;
         }
     }
-    let (mut y_f, mut y_t) = (
-        poisoned(ctx, rows * cols),
-        poisoned_t::<T>(ctx, rows * cols),
-    );
-    decode_rms_norm(
-        ctx,
-        &upload(ctx, &x),
-        &upload(ctx, &w),
-        eps,
-        &mut y_f,
-        &mut y_t,
-    )
-    .unwrap();
-    check_host(
-        &format!("decode_rms_norm f32 (T = {})", T::KERNEL_SUFFIX),
-        &y_f.to_host().unwrap(),
-        &reference,
-        1e-5,
-    );
-    check_host(
-        &format!("decode_rms_norm {}", T::KERNEL_SUFFIX),
-        &host_f32(&y_t),
-        &reference,
-        tol::<T>(),
-    );
+    let (mut y_f, mut y_t) = (poisoned(ctx, rows * cols), poisoned_t::<T>(ctx, rows * cols));
+    decode_rms_norm(ctx, &upload(ctx, &x), &upload(ctx, &w), eps, &mut y_f, &mut y_t).unwrap();
+    check_host(&format!("decode_rms_norm f32 (T = {})", T::KERNEL_SUFFIX), &y_f.to_host().unwrap(), &reference, 1e-5);
+    check_host(&format!("decode_rms_norm {}", T::KERNEL_SUFFIX), &host_f32(&y_t), &reference, tol::<T>());
 }
 
 fn rope_append_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
-    let (batch, shape, capacity) = (
-        2,
-        HeadShape {
-            hq: 4,
-            hkv: 2,
-            d: 32,
-        },
-        5,
-    );
+    let (batch, shape, capacity) = (2, HeadShape { hq: 4, hkv: 2, d: 32 }, 5);
     let HeadShape { hq, hkv, d } = shape;
     let freqs = inv_freq(d, 10000.0);
     let positions: Vec<u32> = vec![rng.random_range(0..100_000), rng.random_range(0..100_000)];
-    let (q, k, v) = (
-        random(rng, batch * hq * d, 1.0),
-        random(rng, batch * hkv * d, 1.0),
-        random(rng, batch * hkv * d, 1.0),
-    );
+    let (q, k, v) = (random(rng, batch * hq * d, 1.0), random(rng, batch * hkv * d, 1.0), random(rng, batch * hkv * d, 1.0));
     let rope = |x: &[f32], b: usize, heads: usize| -> Vec<f64> {
         let mut out = vec![0.0f64; heads * d];
         for h in 0..heads {
             for j in 0..d / 2 {
                 let angle = positions[b] as f64 * freqs[j] as f64;
                 let (c, s) = (angle.cos(), angle.sin());
-                let (x0, x1) = (
-                    x[(b * heads + h) * d + j] as f64,
-                    x[(b * heads + h) * d + j + d / 2] as f64,
-                );
+                let (x0, x1) = (x[(b * heads + h) * d + j] as f64, x[(b * heads + h) * d + j + d / 2] as f64);
                 out[h * d + j] = x0 * c - x1 * s;
                 out[h * d + j + d / 2] = x1 * c + x0 * s;
             }
@@ -116,46 +75,15 @@ fn rope_append_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
         out
     };
     let q_ref: Vec<f64> = (0..batch).flat_map(|b| rope(&q, b, hq)).collect();
-    let (mut q_roped, cache_len) = (
-        poisoned_t::<T>(ctx, batch * hq * d),
-        batch * hkv * capacity * d,
-    );
-    let (mut k_cache, mut v_cache) = (
-        poisoned_t::<T>(ctx, cache_len),
-        poisoned_t::<T>(ctx, cache_len),
-    );
-    let (freqs_gpu, positions_gpu) = (
-        upload(ctx, &freqs),
-        GpuBuffer::from_host(ctx, &positions).unwrap(),
-    );
-    let at = DecodeRope {
-        inv_freq: &freqs_gpu,
-        positions: &positions_gpu,
-        batch,
-        shape,
-        capacity,
-    };
-    decode_rope_append(
-        ctx,
-        &at,
-        &upload(ctx, &q),
-        &upload(ctx, &k),
-        &upload(ctx, &v),
-        &mut q_roped,
-        &mut k_cache,
-        &mut v_cache,
-    )
-    .unwrap();
-    check_host(
-        &format!("decode rope of q ({})", T::KERNEL_SUFFIX),
-        &host_f32(&q_roped),
-        &q_ref,
-        tol::<T>(),
-    );
+    let (mut q_roped, cache_len) = (poisoned_t::<T>(ctx, batch * hq * d), batch * hkv * capacity * d);
+    let (mut k_cache, mut v_cache) = (poisoned_t::<T>(ctx, cache_len), poisoned_t::<T>(ctx, cache_len));
+    let (freqs_gpu, positions_gpu) = (upload(ctx, &freqs), GpuBuffer::from_host(ctx, &positions).unwrap());
+    let at = DecodeRope { inv_freq: &freqs_gpu, positions: &positions_gpu, batch, shape, capacity };
+    decode_rope_append(ctx, &at, &upload(ctx, &q), &upload(ctx, &k), &upload(ctx, &v), &mut q_roped, &mut k_cache, &mut v_cache).unwrap();
+    check_host(&format!("decode rope of q ({})", T::KERNEL_SUFFIX), &host_f32(&q_roped), &q_ref, tol::<T>());
     // The written slot of each (sequence, kv head), and nothing else.
     let (k_host, v_host) = (host_f32(&k_cache), host_f32(&v_cache));
-    let (mut k_got, mut v_got, mut k_ref, mut v_ref) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut k_got, mut v_got, mut k_ref, mut v_ref) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for b in 0..batch {
         let k_roped = rope(&k, b, hkv);
         for h in 0..hkv {
@@ -167,29 +95,13 @@ fn rope_append_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
                     k_ref.extend_from_slice(&k_roped[h * d..(h + 1) * d]);
                     v_ref.extend(to_f64(&v[(b * hkv + h) * d..(b * hkv + h + 1) * d]));
                 } else {
-                    assert!(
-                        k_host[at..at + d]
-                            .iter()
-                            .chain(&v_host[at..at + d])
-                            .all(|x| x.is_nan()),
-                        "slot {slot} of ({b}, {h}) was written"
-                    );
+                    assert!(k_host[at..at + d].iter().chain(&v_host[at..at + d]).all(|x| x.is_nan()), "slot {slot} of ({b}, {h}) was written");
                 }
             }
         }
     }
-    check_host(
-        &format!("decode rope of k into the cache ({})", T::KERNEL_SUFFIX),
-        &k_got,
-        &k_ref,
-        tol::<T>(),
-    );
-    check_host(
-        &format!("decode v into the cache ({})", T::KERNEL_SUFFIX),
-        &v_got,
-        &v_ref,
-        tol::<T>(),
-    );
+    check_host(&format!("decode rope of k into the cache ({})", T::KERNEL_SUFFIX), &k_got, &k_ref, tol::<T>());
+    check_host(&format!("decode v into the cache ({})", T::KERNEL_SUFFIX), &v_got, &v_ref, tol::<T>());
 }
 
 fn mix_and_swiglu_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
@@ -202,34 +114,15 @@ fn mix_and_swiglu_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
     for (use_a, use_b) in [(true, true), (true, false), (false, true)] {
         let reference: Vec<f64> = (0..n).map(|i| if use_a { alpha as f64 * a[i] as f64 } else { 0.0 } + if use_b { beta as f64 * b_stored[i] } else { 0.0 }).collect();
         let (mut o_f, mut o_t) = (poisoned(ctx, n), poisoned_t::<T>(ctx, n));
-        decode_mix(
-            ctx,
-            use_a.then_some((&a_gpu, alpha)),
-            use_b.then_some((&b_gpu, beta)),
-            &mut o_f,
-            &mut o_t,
-        )
-        .unwrap();
+        decode_mix(ctx, use_a.then_some((&a_gpu, alpha)), use_b.then_some((&b_gpu, beta)), &mut o_f, &mut o_t).unwrap();
         let name = format!("decode_mix a={use_a} b={use_b} ({})", T::KERNEL_SUFFIX);
-        check_host(
-            &format!("{name} f32"),
-            &o_f.to_host().unwrap(),
-            &reference,
-            1e-5,
-        );
+        check_host(&format!("{name} f32"), &o_f.to_host().unwrap(), &reference, 1e-5);
         check_host(&name, &host_f32(&o_t), &reference, tol::<T>());
     }
-    let reference: Vec<f64> = (0..n)
-        .map(|i| a[i] as f64 / (1.0 + (-a[i] as f64).exp()) * b[i] as f64)
-        .collect();
+    let reference: Vec<f64> = (0..n).map(|i| a[i] as f64 / (1.0 + (-a[i] as f64).exp()) * b[i] as f64).collect();
     let mut out = poisoned_t::<T>(ctx, n);
     decode_swiglu(ctx, &a_gpu, &upload(ctx, &b), &mut out).unwrap();
-    check_host(
-        &format!("decode_swiglu ({})", T::KERNEL_SUFFIX),
-        &host_f32(&out),
-        &reference,
-        tol::<T>(),
-    );
+    check_host(&format!("decode_swiglu ({})", T::KERNEL_SUFFIX), &host_f32(&out), &reference, tol::<T>());
 }
 
 /// `x W_iᵀ` of up to three weights in one launch, plain and accumulated, and gate/up + SwiGLU.
@@ -237,61 +130,18 @@ fn gemv_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, batch: usize) {
     let (k, rows) = (200, [70usize, 33, 5]);
     let stored = |v: Vec<f32>| -> Vec<T> { v.into_iter().map(T::from_f32).collect() };
     let x = stored(random(rng, batch * k, 1.0));
-    let ws: Vec<Vec<T>> = rows
-        .iter()
-        .map(|&n| stored(random(rng, n * k, 0.2)))
-        .collect();
-    let product = |w: &[T], b: usize, r: usize| -> f64 {
-        (0..k)
-            .map(|i| x[b * k + i].to_f32() as f64 * w[r * k + i].to_f32() as f64)
-            .sum()
-    };
+    let ws: Vec<Vec<T>> = rows.iter().map(|&n| stored(random(rng, n * k, 0.2))).collect();
+    let product = |w: &[T], b: usize, r: usize| -> f64 { (0..k).map(|i| x[b * k + i].to_f32() as f64 * w[r * k + i].to_f32() as f64).sum() };
     let x_gpu = GpuBuffer::from_host(ctx, &x).unwrap();
-    let w_gpu: Vec<GpuBuffer<T>> = ws
-        .iter()
-        .map(|w| GpuBuffer::from_host(ctx, w).unwrap())
-        .collect();
+    let w_gpu: Vec<GpuBuffer<T>> = ws.iter().map(|w| GpuBuffer::from_host(ctx, w).unwrap()).collect();
     let starts: Vec<Vec<f32>> = rows.iter().map(|&n| random(rng, batch * n, 1.0)).collect();
     for accumulate in [false, true] {
-        let mut ys: Vec<GpuBuffer<f32>> = rows
-            .iter()
-            .zip(&starts)
-            .map(|(&n, s)| {
-                if accumulate {
-                    upload(ctx, s)
-                } else {
-                    poisoned(ctx, batch * n)
-                }
-            })
-            .collect();
-        let [y0, y1, y2] = &mut ys[..] else {
-            unreachable!()
-        };
-        decode_gemv(
-            ctx,
-            &x_gpu,
-            batch,
-            k,
-            &mut [(&w_gpu[0], y0), (&w_gpu[1], y1), (&w_gpu[2], y2)],
-            accumulate,
-        )
-        .unwrap();
+        let mut ys: Vec<GpuBuffer<f32>> = rows.iter().zip(&starts).map(|(&n, s)| if accumulate { upload(ctx, s) } else { poisoned(ctx, batch * n) }).collect();
+        let [y0, y1, y2] = &mut ys[..] else { unreachable!() };
+        decode_gemv(ctx, &x_gpu, batch, k, &mut [(&w_gpu[0], y0), (&w_gpu[1], y1), (&w_gpu[2], y2)], accumulate).unwrap();
         for (i, &n) in rows.iter().enumerate() {
-            let reference: Vec<f64> = (0..batch * n)
-                .map(|j| {
-                    product(&ws[i], j / n, j % n)
-                        + if accumulate { starts[i][j] as f64 } else { 0.0 }
-                })
-                .collect();
-            check_host(
-                &format!(
-                    "decode_gemv {} batch {batch} weight {i} accumulate {accumulate}",
-                    T::KERNEL_SUFFIX
-                ),
-                &ys[i].to_host().unwrap(),
-                &reference,
-                1e-5,
-            );
+            let reference: Vec<f64> = (0..batch * n).map(|j| product(&ws[i], j / n, j % n) + if accumulate { starts[i][j] as f64 } else { 0.0 }).collect();
+            check_host(&format!("decode_gemv {} batch {batch} weight {i} accumulate {accumulate}", T::KERNEL_SUFFIX), &ys[i].to_host().unwrap(), &reference, 1e-5);
         }
     }
     let n = rows[0];
@@ -301,19 +151,11 @@ fn gemv_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, batch: usize) {
     decode_gemv_swiglu(ctx, &x_gpu, batch, k, &w_gpu[0], &up, &mut act).unwrap();
     let reference: Vec<f64> = (0..batch * n)
         .map(|j| {
-            let (g, u) = (
-                product(&ws[0], j / n, j % n),
-                product(&up_host, j / n, j % n),
-            );
+            let (g, u) = (product(&ws[0], j / n, j % n), product(&up_host, j / n, j % n));
             g / (1.0 + (-g).exp()) * u
         })
         .collect();
-    check_host(
-        &format!("decode_gemv_swiglu {} batch {batch}", T::KERNEL_SUFFIX),
-        &host_f32(&act),
-        &reference,
-        tol::<T>(),
-    );
+    check_host(&format!("decode_gemv_swiglu {} batch {batch}", T::KERNEL_SUFFIX), &host_f32(&act), &reference, tol::<T>());
 }
 
 #[test]
@@ -342,9 +184,7 @@ fn a_batch_past_the_small_products_decodes_like_the_cpu() {
     let cpu = tiny_model(&mut rng);
     let vocab = cpu.config().vocab_size;
     let (batch, prompt, steps) = (6, 5, 6);
-    let seqs: Vec<Vec<u32>> = (0..batch)
-        .map(|_| random_tokens(prompt + steps, vocab, rng.random()))
-        .collect();
+    let seqs: Vec<Vec<u32>> = (0..batch).map(|_| random_tokens(prompt + steps, vocab, rng.random())).collect();
     let full: Vec<Vec<f32>> = seqs.iter().map(|s| cpu.all_logits(s).unwrap()).collect();
     let gpu_model = GpuLigerModel::<f32>::new(gpu(), cpu).unwrap();
     let mut state = gpu_model.new_batch_state(batch);
@@ -354,10 +194,7 @@ fn a_batch_past_the_small_products_decodes_like_the_cpu() {
         let tokens: Vec<&[u32]> = seqs.iter().map(|s| &s[from..end]).collect();
         let logits = gpu_model.forward_last_batch(&mut state, &tokens).unwrap();
         for (b, full) in full.iter().enumerate() {
-            worst = worst.max(liger_core::testing::max_rel_error(
-                &logits[b * vocab..(b + 1) * vocab],
-                &to_f64(&full[(end - 1) * vocab..end * vocab]),
-            ));
+            worst = worst.max(liger_core::testing::max_rel_error(&logits[b * vocab..(b + 1) * vocab], &to_f64(&full[(end - 1) * vocab..end * vocab])));
         }
     }
     println!("batch {batch}: prefill {prompt} + {steps} steps vs the CPU's full forward, max rel error {worst:.2e}");
@@ -386,51 +223,14 @@ fn fused_decode_kernels_reject_bad_sizes() {
     let err = decode_rms_norm(&ctx, &f(8), &f(4), 1e-5, &mut f(8), &mut f(9)).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
     let (freqs, positions) = (f(16), GpuBuffer::<u32>::zeros(&ctx, 1).unwrap());
-    let shape = HeadShape {
-        hq: 2,
-        hkv: 1,
-        d: 32,
-    };
-    let at = DecodeRope {
-        inv_freq: &freqs,
-        positions: &positions,
-        batch: 1,
-        shape,
-        capacity: 0,
-    };
-    let err = decode_rope_append(
-        &ctx,
-        &at,
-        &f(64),
-        &f(32),
-        &f(32),
-        &mut f(64),
-        &mut f(0),
-        &mut f(0),
-    )
-    .unwrap_err();
+    let shape = HeadShape { hq: 2, hkv: 1, d: 32 };
+    let at = DecodeRope { inv_freq: &freqs, positions: &positions, batch: 1, shape, capacity: 0 };
+    let err = decode_rope_append(&ctx, &at, &f(64), &f(32), &f(32), &mut f(64), &mut f(0), &mut f(0)).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.message);
     let at = DecodeRope { capacity: 4, ..at };
-    let err = decode_rope_append(
-        &ctx,
-        &at,
-        &f(64),
-        &f(32),
-        &f(32),
-        &mut f(64),
-        &mut f(100),
-        &mut f(128),
-    )
-    .unwrap_err();
+    let err = decode_rope_append(&ctx, &at, &f(64), &f(32), &f(32), &mut f(64), &mut f(100), &mut f(128)).unwrap_err();
     assert!(err.message.contains("key cache"), "{}", err.message);
-    let err = decode_mix(
-        &ctx,
-        Some((&f(5), 1.0)),
-        None::<(&GpuBuffer<f32>, f32)>,
-        &mut f(6),
-        &mut f(6),
-    )
-    .unwrap_err();
+    let err = decode_mix(&ctx, Some((&f(5), 1.0)), None::<(&GpuBuffer<f32>, f32)>, &mut f(6), &mut f(6)).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
     let err = decode_swiglu(&ctx, &f(6), &f(5), &mut f(6)).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
@@ -438,33 +238,14 @@ fn fused_decode_kernels_reject_bad_sizes() {
 
 /// A tiny converted GLA model with a 5-key window and adapters on q, k, v and o (random B).
 fn tiny_model(rng: &mut StdRng) -> LigerModel {
-    let cfg = ModelConfig {
-        hidden_size: 64,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 32,
-        intermediate_size: 96,
-        ..tiny_config(Architecture::Llama)
-    };
+    let cfg = ModelConfig { hidden_size: 64, num_heads: 4, num_kv_heads: 2, head_dim: 32, intermediate_size: 96, ..tiny_config(Architecture::Llama) };
     let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"<unk>":0},"unk_token":"<unk>"}}"#;
     let tokenizer = Tokenizer::from_json(json.as_bytes(), "test tokenizer").unwrap();
-    let base = BaseModel::new(
-        cfg.clone(),
-        random_weights(&cfg, rng.random()),
-        tokenizer,
-        None,
-        "tiny".into(),
-        ModelFormat::Checkpoint,
-    );
+    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, rng.random()), tokenizer, None, "tiny".into(), ModelFormat::Checkpoint);
     let mut options = LigerOptions::default();
     options.attention.mixer = MixerConfig::new(MixerKind::Gla);
     options.attention.window_keys = 5;
-    let lora = LoraOptions {
-        rank: 4,
-        alpha: 8.0,
-        targets: LoraTarget::ALL.to_vec(),
-        seed: rng.random(),
-    };
+    let lora = LoraOptions { rank: 4, alpha: 8.0, targets: LoraTarget::ALL.to_vec(), seed: rng.random() };
     let mut m = linearize(base, options, lora).unwrap();
     randomize_lora_b(&mut m, rng);
     m
@@ -474,8 +255,7 @@ fn randomize_lora_b(m: &mut LigerModel, rng: &mut StdRng) {
     for layer in &mut m.lora.layers {
         for t in LoraTarget::ALL {
             if let Some(a) = layer.get_mut(t) {
-                a.b.iter_mut()
-                    .for_each(|b| *b = rng.random_range(-0.2..0.2));
+                a.b.iter_mut().for_each(|b| *b = rng.random_range(-0.2..0.2));
             }
         }
     }
@@ -498,14 +278,8 @@ fn graph_replay_gives_the_logits_of_plain_launches() {
     let mut model = GpuLigerModel::<bf16>::new(ctx, host).unwrap();
     let batch = 3;
     let (mut graphed, mut plain) = (model.new_batch_state(batch), model.new_batch_state(batch));
-    let prompts: Vec<Vec<u32>> = (0..batch)
-        .map(|_| random_tokens(7, vocab, rng.random()))
-        .collect();
-    let run = |model: &GpuLigerModel<bf16>,
-               graphed: &mut liger_cuda::GpuLigerState<bf16>,
-               plain: &mut liger_cuda::GpuLigerState<bf16>,
-               tokens: &[Vec<u32>]|
-     -> f64 {
+    let prompts: Vec<Vec<u32>> = (0..batch).map(|_| random_tokens(7, vocab, rng.random())).collect();
+    let run = |model: &GpuLigerModel<bf16>, graphed: &mut liger_cuda::GpuLigerState<bf16>, plain: &mut liger_cuda::GpuLigerState<bf16>, tokens: &[Vec<u32>]| -> f64 {
         let tokens: Vec<&[u32]> = tokens.iter().map(|t| t.as_slice()).collect();
         model.set_decode_graphs(true);
         let a = model.forward_last_batch(graphed, &tokens).unwrap();
@@ -515,72 +289,37 @@ fn graph_replay_gives_the_logits_of_plain_launches() {
         difference(&a, &b)
     };
     let mut worst = run(&model, &mut graphed, &mut plain, &prompts);
-    let step_tokens = |rng: &mut StdRng| -> Vec<Vec<u32>> {
-        (0..batch)
-            .map(|_| random_tokens(1, vocab, rng.random()))
-            .collect()
-    };
+    let step_tokens = |rng: &mut StdRng| -> Vec<Vec<u32>> { (0..batch).map(|_| random_tokens(1, vocab, rng.random())).collect() };
     for _ in 0..60 {
         let next = step_tokens(&mut rng);
         worst = worst.max(run(&model, &mut graphed, &mut plain, &next));
     }
-    println!(
-        "60 steps of batch {batch}: graph replay vs plain launches, max rel difference {worst:.2e}"
-    );
-    assert!(
-        graphed.uses_graph() && graphed.graph_captures() == 1,
-        "the steps were not replayed from one graph ({} captures)",
-        graphed.graph_captures()
-    );
+    println!("60 steps of batch {batch}: graph replay vs plain launches, max rel difference {worst:.2e}");
+    assert!(graphed.uses_graph() && graphed.graph_captures() == 1, "the steps were not replayed from one graph ({} captures)", graphed.graph_captures());
     assert!(!plain.uses_graph());
-    assert!(
-        worst < 1e-6,
-        "graph replay differs from plain launches: {worst:.2e}"
-    );
+    assert!(worst < 1e-6, "graph replay differs from plain launches: {worst:.2e}");
 
     // New adapters: the graph is captured again and reads them.
     let before = run(&model, &mut graphed, &mut plain, &step_tokens(&mut rng));
     randomize_lora_b(model.host_mut(), &mut rng);
     let mut after = 0.0f64;
     for _ in 0..5 {
-        after = after.max(run(
-            &model,
-            &mut graphed,
-            &mut plain,
-            &step_tokens(&mut rng),
-        ));
+        after = after.max(run(&model, &mut graphed, &mut plain, &step_tokens(&mut rng)));
     }
-    println!(
-        "after new adapters: max rel difference {after:.2e} ({} captures)",
-        graphed.graph_captures()
-    );
-    assert_eq!(
-        graphed.graph_captures(),
-        2,
-        "new adapters must lead to a new capture"
-    );
+    println!("after new adapters: max rel difference {after:.2e} ({} captures)", graphed.graph_captures());
+    assert_eq!(graphed.graph_captures(), 2, "new adapters must lead to a new capture");
     assert!(before < 1e-6 && after < 1e-6, "{before:.2e} {after:.2e}");
 
     // A reset state starts again from a prefill, and its steps are replayed correctly.
     graphed.reset();
     plain.reset();
     assert!(graphed.is_empty() && !graphed.uses_graph());
-    let prompts: Vec<Vec<u32>> = (0..batch)
-        .map(|_| random_tokens(4, vocab, rng.random()))
-        .collect();
+    let prompts: Vec<Vec<u32>> = (0..batch).map(|_| random_tokens(4, vocab, rng.random())).collect();
     let mut reset = run(&model, &mut graphed, &mut plain, &prompts);
     for _ in 0..10 {
-        reset = reset.max(run(
-            &model,
-            &mut graphed,
-            &mut plain,
-            &step_tokens(&mut rng),
-        ));
+        reset = reset.max(run(&model, &mut graphed, &mut plain, &step_tokens(&mut rng)));
     }
-    println!(
-        "after a reset: max rel difference {reset:.2e} ({} captures)",
-        graphed.graph_captures()
-    );
+    println!("after a reset: max rel difference {reset:.2e} ({} captures)", graphed.graph_captures());
     assert!(graphed.uses_graph() && reset < 1e-6, "{reset:.2e}");
     assert_eq!(graphed.len(), 4 + 10);
 }
@@ -594,20 +333,13 @@ fn the_decode_state_keeps_the_window_in_the_storage_type() {
     let model = GpuLigerModel::<bf16>::new(gpu(), host).unwrap();
     let mut state = model.new_batch_state(2);
     let prompt = random_tokens(3, c.vocab_size, rng.random());
-    model
-        .forward_last_batch(&mut state, &[&prompt, &prompt])
-        .unwrap();
+    model.forward_last_batch(&mut state, &[&prompt, &prompt]).unwrap();
     let (hkv, d) = (c.num_kv_heads, c.head_dim);
     // Per layer: the f32 state of each kv head, and the window's keys and values in bf16.
     let expected = c.num_layers * (4 * hkv * d * d + 2 * window * hkv * d * 2);
-    println!(
-        "decode state per sequence: {} bytes (expected {expected})",
-        state.bytes_per_sequence()
-    );
+    println!("decode state per sequence: {} bytes (expected {expected})", state.bytes_per_sequence());
     assert_eq!(state.bytes_per_sequence(), expected);
-    let err = model
-        .forward_last_batch(&mut state, &[&[c.vocab_size as u32], &[0]])
-        .unwrap_err();
+    let err = model.forward_last_batch(&mut state, &[&[c.vocab_size as u32], &[0]]).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.message);
     assert_eq!(state.len(), 3, "a refused step must not advance the state");
 }

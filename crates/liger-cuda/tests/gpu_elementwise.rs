@@ -8,9 +8,7 @@ use half::bf16;
 use liger_core::model::ops::{rms_norm, rope, swiglu_inplace};
 use liger_core::train::backward::{rms_norm_backward, rope_backward, swiglu_backward};
 use liger_core::ErrorCode;
-use liger_cuda::ops::{
-    embedding, liger_feature, rms_norm as gpu_norm, rope as gpu_rope, swiglu as gpu_swiglu,
-};
+use liger_cuda::ops::{embedding, liger_feature, rms_norm as gpu_norm, rope as gpu_rope, swiglu as gpu_swiglu};
 use liger_cuda::GpuBuffer;
 
 const FP32_TOL: f64 = 1e-4;
@@ -31,52 +29,20 @@ fn embedding_gather_f32_and_bf16() {
     let (vocab, hidden, tokens) = (1000, 576, 37);
     let table = random(&mut rng, vocab * hidden, 1.0);
     let ids = liger_core::testing::random_tokens(tokens, vocab, rand::random());
-    let expected: Vec<f64> = ids
-        .iter()
-        .flat_map(|&id| {
-            table[id as usize * hidden..(id as usize + 1) * hidden]
-                .iter()
-                .map(|&v| v as f64)
-        })
-        .collect();
+    let expected: Vec<f64> = ids.iter().flat_map(|&id| table[id as usize * hidden..(id as usize + 1) * hidden].iter().map(|&v| v as f64)).collect();
     let mut out = poisoned(&ctx, tokens * hidden);
     embedding::embedding_gather(&ctx, &upload(&ctx, &table), hidden, &ids, &mut out).unwrap();
     check("embedding f32", &out, &expected, 1e-7);
 
     let table_bf16 = to_bf16(&table);
-    let expected_bf16: Vec<f64> = ids
-        .iter()
-        .flat_map(|&id| {
-            table_bf16[id as usize * hidden..(id as usize + 1) * hidden]
-                .iter()
-                .map(|v| v.to_f64())
-        })
-        .collect();
+    let expected_bf16: Vec<f64> = ids.iter().flat_map(|&id| table_bf16[id as usize * hidden..(id as usize + 1) * hidden].iter().map(|v| v.to_f64())).collect();
     let mut out = poisoned(&ctx, tokens * hidden);
-    embedding::embedding_gather(
-        &ctx,
-        &GpuBuffer::from_host(&ctx, &table_bf16).unwrap(),
-        hidden,
-        &ids,
-        &mut out,
-    )
-    .unwrap();
+    embedding::embedding_gather(&ctx, &GpuBuffer::from_host(&ctx, &table_bf16).unwrap(), hidden, &ids, &mut out).unwrap();
     check("embedding bf16", &out, &expected_bf16, 1e-7);
 
-    let err = embedding::embedding_gather(
-        &ctx,
-        &upload(&ctx, &table),
-        hidden,
-        &[3, vocab as u32],
-        &mut poisoned(&ctx, 2 * hidden),
-    )
-    .unwrap_err();
+    let err = embedding::embedding_gather(&ctx, &upload(&ctx, &table), hidden, &[3, vocab as u32], &mut poisoned(&ctx, 2 * hidden)).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
-    assert!(
-        err.message.contains("outside the vocabulary"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains("outside the vocabulary"), "{}", err.message);
 }
 
 #[test]
@@ -85,10 +51,7 @@ fn rms_norm_forward_backward_and_weight_gradient() {
     let mut rng = rng("rms_norm");
     let (rows, cols, eps) = (29, 576, 1e-5f32);
     let x = random(&mut rng, rows * cols, 2.0);
-    let w: Vec<f32> = random(&mut rng, cols, 0.3)
-        .iter()
-        .map(|v| 1.0 + v)
-        .collect();
+    let w: Vec<f32> = random(&mut rng, cols, 0.3).iter().map(|v| 1.0 + v).collect();
     let dy = random(&mut rng, rows * cols, 1.0);
     let mut y_cpu = vec![0.0; rows * cols];
     rms_norm(&x, &w, eps, &mut y_cpu);
@@ -97,13 +60,7 @@ fn rms_norm_forward_backward_and_weight_gradient() {
     let (mut y, mut rstd) = (poisoned(&ctx, rows * cols), poisoned(&ctx, rows));
     gpu_norm::rms_norm_forward(&ctx, &xg, &wg, eps, &mut y, &mut rstd).unwrap();
     check("rms_norm forward f32", &y, &to_f64(&y_cpu), FP32_TOL);
-    let rstd_ref: Vec<f64> = x
-        .chunks(cols)
-        .map(|r| {
-            1.0 / (r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64 + eps as f64)
-                .sqrt()
-        })
-        .collect();
+    let rstd_ref: Vec<f64> = x.chunks(cols).map(|r| 1.0 / (r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64 + eps as f64).sqrt()).collect();
     check("rms_norm rstd", &rstd, &rstd_ref, FP32_TOL);
 
     let (mut dx_cpu, mut dw_cpu) = (vec![0.0; rows * cols], vec![0.0; cols]);
@@ -121,31 +78,10 @@ fn rms_norm_forward_backward_and_weight_gradient() {
     rms_norm(&from_bf16(&x16), &w, eps, &mut y_ref);
     let mut y16 = GpuBuffer::filled(&ctx, rows * cols, bf16::NAN).unwrap();
     let mut rstd = poisoned(&ctx, rows);
-    gpu_norm::rms_norm_forward(
-        &ctx,
-        &GpuBuffer::from_host(&ctx, &x16).unwrap(),
-        &wg,
-        eps,
-        &mut y16,
-        &mut rstd,
-    )
-    .unwrap();
-    check_host(
-        "rms_norm forward bf16",
-        &from_bf16(&y16.to_host().unwrap()),
-        &to_f64(&y_ref),
-        BF16_TOL,
-    );
+    gpu_norm::rms_norm_forward(&ctx, &GpuBuffer::from_host(&ctx, &x16).unwrap(), &wg, eps, &mut y16, &mut rstd).unwrap();
+    check_host("rms_norm forward bf16", &from_bf16(&y16.to_host().unwrap()), &to_f64(&y_ref), BF16_TOL);
 
-    let err = gpu_norm::rms_norm_forward(
-        &ctx,
-        &upload(&ctx, &x[..cols + 1]),
-        &wg,
-        eps,
-        &mut poisoned(&ctx, cols + 1),
-        &mut poisoned(&ctx, 1),
-    )
-    .unwrap_err();
+    let err = gpu_norm::rms_norm_forward(&ctx, &upload(&ctx, &x[..cols + 1]), &wg, eps, &mut poisoned(&ctx, cols + 1), &mut poisoned(&ctx, 1)).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }
 
@@ -169,16 +105,7 @@ fn rope_forward_and_backward() {
     gpu_rope::rope_backward(&ctx, &upload(&ctx, &x), &mut dx, heads, head_dim, pos0, &fg).unwrap();
     check("rope backward", &dx, &to_f64(&dx_cpu), FP32_TOL);
 
-    let err = gpu_rope::rope_forward(
-        &ctx,
-        &upload(&ctx, &x),
-        &mut poisoned(&ctx, x.len()),
-        heads,
-        head_dim,
-        pos0,
-        &upload(&ctx, &freqs[1..]),
-    )
-    .unwrap_err();
+    let err = gpu_rope::rope_forward(&ctx, &upload(&ctx, &x), &mut poisoned(&ctx, x.len()), heads, head_dim, pos0, &upload(&ctx, &freqs[1..])).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }
 
@@ -187,11 +114,7 @@ fn swiglu_forward_and_backward() {
     let ctx = gpu();
     let mut rng = rng("swiglu");
     let n = 13 * 1536 + 7;
-    let (g, u, da) = (
-        random(&mut rng, n, 6.0),
-        random(&mut rng, n, 2.0),
-        random(&mut rng, n, 1.0),
-    );
+    let (g, u, da) = (random(&mut rng, n, 6.0), random(&mut rng, n, 2.0), random(&mut rng, n, 1.0));
     let mut a_cpu = g.clone();
     swiglu_inplace(&mut a_cpu, &u);
     let mut a = poisoned(&ctx, n);
@@ -201,15 +124,7 @@ fn swiglu_forward_and_backward() {
     let (mut dg_cpu, mut du_cpu) = (vec![0.0; n], vec![0.0; n]);
     swiglu_backward(&g, &u, &da, &mut dg_cpu, &mut du_cpu);
     let (mut dg, mut du) = (poisoned(&ctx, n), poisoned(&ctx, n));
-    gpu_swiglu::swiglu_backward(
-        &ctx,
-        &upload(&ctx, &g),
-        &upload(&ctx, &u),
-        &upload(&ctx, &da),
-        &mut dg,
-        &mut du,
-    )
-    .unwrap();
+    gpu_swiglu::swiglu_backward(&ctx, &upload(&ctx, &g), &upload(&ctx, &u), &upload(&ctx, &da), &mut dg, &mut du).unwrap();
     check("swiglu backward dgate", &dg, &to_f64(&dg_cpu), FP32_TOL);
     check("swiglu backward dup", &du, &to_f64(&du_cpu), FP32_TOL);
 
@@ -217,19 +132,8 @@ fn swiglu_forward_and_backward() {
     let mut a_ref = from_bf16(&g16);
     swiglu_inplace(&mut a_ref, &from_bf16(&u16));
     let mut a16 = GpuBuffer::filled(&ctx, n, bf16::NAN).unwrap();
-    gpu_swiglu::swiglu_forward(
-        &ctx,
-        &GpuBuffer::from_host(&ctx, &g16).unwrap(),
-        &GpuBuffer::from_host(&ctx, &u16).unwrap(),
-        &mut a16,
-    )
-    .unwrap();
-    check_host(
-        "swiglu forward bf16",
-        &from_bf16(&a16.to_host().unwrap()),
-        &to_f64(&a_ref),
-        BF16_TOL,
-    );
+    gpu_swiglu::swiglu_forward(&ctx, &GpuBuffer::from_host(&ctx, &g16).unwrap(), &GpuBuffer::from_host(&ctx, &u16).unwrap(), &mut a16).unwrap();
+    check_host("swiglu forward bf16", &from_bf16(&a16.to_host().unwrap()), &to_f64(&a_ref), BF16_TOL);
 }
 
 /// A bf16 buffer of `n` NaNs, so that unwritten elements show.
@@ -245,95 +149,42 @@ fn fused_norm_and_swiglu_forms_match_the_cpu() {
     let mut rng = rng("fused_norm_and_swiglu");
     let (rows, cols, eps) = (37, 576, 1e-5f32);
     let x = random(&mut rng, rows * cols, 2.0);
-    let w: Vec<f32> = random(&mut rng, cols, 0.3)
-        .iter()
-        .map(|v| 1.0 + v)
-        .collect();
+    let w: Vec<f32> = random(&mut rng, cols, 0.3).iter().map(|v| 1.0 + v).collect();
     let (xg, wg) = (upload(&ctx, &x), upload(&ctx, &w));
     let mut y_cpu = vec![0.0; rows * cols];
     rms_norm(&x, &w, eps, &mut y_cpu);
     let y_ref = to_f64(&y_cpu);
-    let (mut y, mut y_t, mut rstd) = (
-        poisoned(&ctx, rows * cols),
-        poisoned(&ctx, rows * cols),
-        poisoned(&ctx, rows),
-    );
+    let (mut y, mut y_t, mut rstd) = (poisoned(&ctx, rows * cols), poisoned(&ctx, rows * cols), poisoned(&ctx, rows));
     gpu_norm::rms_norm_forward_pair(&ctx, &xg, &wg, eps, &mut y, &mut y_t, &mut rstd).unwrap();
     check("rms_norm pair f32: y", &y, &y_ref, FP32_TOL);
     check("rms_norm pair f32: copy", &y_t, &y_ref, FP32_TOL);
-    let (mut y, mut y16, mut rstd) = (
-        poisoned(&ctx, rows * cols),
-        poisoned_bf16(&ctx, rows * cols),
-        poisoned(&ctx, rows),
-    );
+    let (mut y, mut y16, mut rstd) = (poisoned(&ctx, rows * cols), poisoned_bf16(&ctx, rows * cols), poisoned(&ctx, rows));
     gpu_norm::rms_norm_forward_pair(&ctx, &xg, &wg, eps, &mut y, &mut y16, &mut rstd).unwrap();
     check("rms_norm pair bf16: y", &y, &y_ref, FP32_TOL);
-    check_host(
-        "rms_norm pair bf16: copy",
-        &from_bf16(&y16.to_host().unwrap()),
-        &y_ref,
-        BF16_TOL,
-    );
-    let err = gpu_norm::rms_norm_forward_pair(
-        &ctx,
-        &xg,
-        &wg,
-        eps,
-        &mut y,
-        &mut poisoned_bf16(&ctx, cols),
-        &mut rstd,
-    )
-    .unwrap_err();
+    check_host("rms_norm pair bf16: copy", &from_bf16(&y16.to_host().unwrap()), &y_ref, BF16_TOL);
+    let err = gpu_norm::rms_norm_forward_pair(&ctx, &xg, &wg, eps, &mut y, &mut poisoned_bf16(&ctx, cols), &mut rstd).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 
     // Backward added to a residual gradient r: dx = r + d(norm)/dx.
-    let (dy, r) = (
-        random(&mut rng, rows * cols, 1.0),
-        random(&mut rng, rows * cols, 1.0),
-    );
+    let (dy, r) = (random(&mut rng, rows * cols, 1.0), random(&mut rng, rows * cols, 1.0));
     let mut dx_cpu = vec![0.0; rows * cols];
     rms_norm_backward(&x, &w, eps, &dy, &mut dx_cpu, None);
-    let expected: Vec<f64> = dx_cpu
-        .iter()
-        .zip(&r)
-        .map(|(&d, &r)| d as f64 + r as f64)
-        .collect();
+    let expected: Vec<f64> = dx_cpu.iter().zip(&r).map(|(&d, &r)| d as f64 + r as f64).collect();
     let (mut dx, mut rstd) = (upload(&ctx, &r), poisoned(&ctx, rows));
-    gpu_norm::rms_norm_backward_add(&ctx, &xg, &wg, eps, &upload(&ctx, &dy), &mut dx, &mut rstd)
-        .unwrap();
-    check(
-        "rms_norm backward added to a residual",
-        &dx,
-        &expected,
-        FP32_TOL,
-    );
-    let rstd_ref: Vec<f64> = x
-        .chunks(cols)
-        .map(|r| {
-            1.0 / (r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64 + eps as f64)
-                .sqrt()
-        })
-        .collect();
+    gpu_norm::rms_norm_backward_add(&ctx, &xg, &wg, eps, &upload(&ctx, &dy), &mut dx, &mut rstd).unwrap();
+    check("rms_norm backward added to a residual", &dx, &expected, FP32_TOL);
+    let rstd_ref: Vec<f64> = x.chunks(cols).map(|r| 1.0 / (r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64 + eps as f64).sqrt()).collect();
     check("rms_norm backward add: rstd", &rstd, &rstd_ref, FP32_TOL);
 
     // SwiGLU: f32 inputs, bf16 outputs.
     let n = 11 * 1536 + 5;
-    let (g, u, da) = (
-        random(&mut rng, n, 6.0),
-        random(&mut rng, n, 2.0),
-        random(&mut rng, n, 1.0),
-    );
+    let (g, u, da) = (random(&mut rng, n, 6.0), random(&mut rng, n, 2.0), random(&mut rng, n, 1.0));
     let (gg, ug) = (upload(&ctx, &g), upload(&ctx, &u));
     let mut a_cpu = g.clone();
     swiglu_inplace(&mut a_cpu, &u);
     let mut a16 = poisoned_bf16(&ctx, n);
     gpu_swiglu::swiglu_forward_to(&ctx, &gg, &ug, &mut a16).unwrap();
-    check_host(
-        "swiglu forward f32 -> bf16",
-        &from_bf16(&a16.to_host().unwrap()),
-        &to_f64(&a_cpu),
-        BF16_TOL,
-    );
+    check_host("swiglu forward f32 -> bf16", &from_bf16(&a16.to_host().unwrap()), &to_f64(&a_cpu), BF16_TOL);
     let mut a = poisoned(&ctx, n);
     gpu_swiglu::swiglu_forward_to(&ctx, &gg, &ug, &mut a).unwrap();
     check("swiglu forward f32 -> f32", &a, &to_f64(&a_cpu), FP32_TOL);
@@ -341,20 +192,9 @@ fn fused_norm_and_swiglu_forms_match_the_cpu() {
     swiglu_backward(&g, &u, &da, &mut dg_cpu, &mut du_cpu);
     let (mut dg, mut du) = (poisoned_bf16(&ctx, n), poisoned_bf16(&ctx, n));
     gpu_swiglu::swiglu_backward(&ctx, &gg, &ug, &upload(&ctx, &da), &mut dg, &mut du).unwrap();
-    check_host(
-        "swiglu backward dgate bf16",
-        &from_bf16(&dg.to_host().unwrap()),
-        &to_f64(&dg_cpu),
-        BF16_TOL,
-    );
-    check_host(
-        "swiglu backward dup bf16",
-        &from_bf16(&du.to_host().unwrap()),
-        &to_f64(&du_cpu),
-        BF16_TOL,
-    );
-    let err =
-        gpu_swiglu::swiglu_forward_to(&ctx, &gg, &ug, &mut poisoned_bf16(&ctx, n - 1)).unwrap_err();
+    check_host("swiglu backward dgate bf16", &from_bf16(&dg.to_host().unwrap()), &to_f64(&dg_cpu), BF16_TOL);
+    check_host("swiglu backward dup bf16", &from_bf16(&du.to_host().unwrap()), &to_f64(&du_cpu), BF16_TOL);
+    let err = gpu_swiglu::swiglu_forward_to(&ctx, &gg, &ug, &mut poisoned_bf16(&ctx, n - 1)).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }
 
@@ -375,17 +215,11 @@ fn gla_feature_maps_and_gate_forward_and_backward() {
     let mut rng = rng("gla_features");
     let (rows, d, norm) = (3 * 37, 64, 16.0f32);
     let k = random(&mut rng, rows * d, 8.0);
-    let (dkf, dg) = (
-        random(&mut rng, rows * d, 1.0),
-        random(&mut rng, rows * d, 1.0),
-    );
+    let (dkf, dg) = (random(&mut rng, rows * d, 1.0), random(&mut rng, rows * d, 1.0));
     let kg = upload(&ctx, &k);
 
     let kf_ref: Vec<f64> = k.chunks(d).flat_map(softmax_f64).collect();
-    let g_ref: Vec<f64> = k
-        .iter()
-        .map(|&v| log_sigmoid_f64(v as f64) / norm as f64)
-        .collect();
+    let g_ref: Vec<f64> = k.iter().map(|&v| log_sigmoid_f64(v as f64) / norm as f64).collect();
     let (mut kf, mut g) = (poisoned(&ctx, k.len()), poisoned(&ctx, k.len()));
     liger_feature::gla_key_features(&ctx, &kg, &mut kf, &mut g, d, norm).unwrap();
     check("gla key features", &kf, &kf_ref, FP32_TOL);
@@ -400,11 +234,7 @@ fn gla_feature_maps_and_gate_forward_and_backward() {
     let mut dsoft_ref = vec![0.0f64; k.len()];
     for r in 0..rows {
         let s = r * d..(r + 1) * d;
-        let dot: f64 = kf_ref[s.clone()]
-            .iter()
-            .zip(&dkf[s.clone()])
-            .map(|(y, g)| y * *g as f64)
-            .sum();
+        let dot: f64 = kf_ref[s.clone()].iter().zip(&dkf[s.clone()]).map(|(y, g)| y * *g as f64).sum();
         for i in s {
             dsoft_ref[i] = kf_ref[i] * (dkf[i] as f64 - dot);
             let sig_neg = 1.0 / (1.0 + (k[i] as f64).exp());
@@ -415,28 +245,10 @@ fn gla_feature_maps_and_gate_forward_and_backward() {
     liger_feature::softmax_rows_backward(&ctx, &kf, &upload(&ctx, &dkf), &mut dx, d).unwrap();
     check("softmax rows backward", &dx, &dsoft_ref, FP32_TOL);
     let mut dk = poisoned(&ctx, k.len());
-    liger_feature::gla_key_features_backward(
-        &ctx,
-        &kg,
-        &kf,
-        &upload(&ctx, &dkf),
-        &upload(&ctx, &dg),
-        &mut dk,
-        d,
-        norm,
-    )
-    .unwrap();
+    liger_feature::gla_key_features_backward(&ctx, &kg, &kf, &upload(&ctx, &dkf), &upload(&ctx, &dg), &mut dk, d, norm).unwrap();
     check("gla key features backward", &dk, &dk_ref, FP32_TOL);
 
-    let err = liger_feature::gla_key_features(
-        &ctx,
-        &kg,
-        &mut poisoned(&ctx, k.len()),
-        &mut poisoned(&ctx, k.len()),
-        d,
-        0.0,
-    )
-    .unwrap_err();
+    let err = liger_feature::gla_key_features(&ctx, &kg, &mut poisoned(&ctx, k.len()), &mut poisoned(&ctx, k.len()), d, 0.0).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
 }
 
@@ -450,21 +262,13 @@ fn device_info_is_read() {
     assert!(info.total_memory > 0 && info.free_memory <= info.total_memory);
     assert!(info.driver_version >= 13000);
     let count = liger_cuda::GpuContext::device_count().unwrap();
-    let err = liger_cuda::GpuContext::new(count)
-        .err()
-        .expect("an index past the last GPU is an error");
+    let err = liger_cuda::GpuContext::new(count).err().expect("an index past the last GPU is an error");
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("does not exist"), "{}", err.message);
     // A request far beyond any GPU's memory is a typed out-of-memory error with advice.
-    let err = GpuBuffer::<f32>::zeros(&ctx, 1 << 48)
-        .err()
-        .expect("a 1 PB allocation fails");
+    let err = GpuBuffer::<f32>::zeros(&ctx, 1 << 48).err().expect("a 1 PB allocation fails");
     assert_eq!(err.code, ErrorCode::OutOfMemory);
-    assert!(
-        err.message.contains("lower the batch size"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains("lower the batch size"), "{}", err.message);
 }
 
 /// The training glue, four values per thread with a tail: the cast to T, the two Liger
@@ -483,12 +287,7 @@ fn glue_casts_mix_and_gradient_split_match_float64() {
 
         let mut y16 = poisoned_bf16(&ctx, n);
         scale_to(&ctx, &xg, &mut y16, s).unwrap();
-        check_host(
-            &format!("scale_to bf16 n={n}"),
-            &from_bf16(&y16.to_host().unwrap()),
-            &scaled_ref(s),
-            BF16_TOL,
-        );
+        check_host(&format!("scale_to bf16 n={n}"), &from_bf16(&y16.to_host().unwrap()), &scaled_ref(s), BF16_TOL);
         let mut y = poisoned(&ctx, n);
         scale_to(&ctx, &xg, &mut y, s).unwrap();
         check(&format!("scale_to f32 n={n}"), &y, &scaled_ref(s), FP32_TOL);
@@ -497,98 +296,29 @@ fn glue_casts_mix_and_gradient_split_match_float64() {
         let g = random(&mut rng, n, 2.0);
         let a16 = to_bf16(&random(&mut rng, n, 2.0));
         let (alpha, beta) = (0.5f32, 0.75f32);
-        let mix_ref: Vec<f64> = g
-            .iter()
-            .zip(&a16)
-            .map(|(&g, a)| alpha as f64 * g as f64 + beta as f64 * a.to_f32() as f64)
-            .collect();
+        let mix_ref: Vec<f64> = g.iter().zip(&a16).map(|(&g, a)| alpha as f64 * g as f64 + beta as f64 * a.to_f32() as f64).collect();
         let (mut o, mut o16) = (poisoned(&ctx, n), poisoned_bf16(&ctx, n));
-        liger_mix_to(
-            &ctx,
-            &upload(&ctx, &g),
-            &GpuBuffer::from_host(&ctx, &a16).unwrap(),
-            alpha,
-            beta,
-            &mut o,
-            &mut o16,
-        )
-        .unwrap();
+        liger_mix_to(&ctx, &upload(&ctx, &g), &GpuBuffer::from_host(&ctx, &a16).unwrap(), alpha, beta, &mut o, &mut o16).unwrap();
         check(&format!("liger_mix_to f32 n={n}"), &o, &mix_ref, FP32_TOL);
-        check_host(
-            &format!("liger_mix_to bf16 copy n={n}"),
-            &from_bf16(&o16.to_host().unwrap()),
-            &mix_ref,
-            BF16_TOL,
-        );
+        check_host(&format!("liger_mix_to bf16 copy n={n}"), &from_bf16(&o16.to_host().unwrap()), &mix_ref, BF16_TOL);
         let a32 = from_bf16(&a16);
         let (mut o, mut o_copy) = (poisoned(&ctx, n), poisoned(&ctx, n));
-        liger_mix_to(
-            &ctx,
-            &upload(&ctx, &g),
-            &upload(&ctx, &a32),
-            alpha,
-            beta,
-            &mut o,
-            &mut o_copy,
-        )
-        .unwrap();
-        check(
-            &format!("liger_mix_to f32/f32 n={n}"),
-            &o,
-            &mix_ref,
-            FP32_TOL,
-        );
-        check(
-            &format!("liger_mix_to f32 copy n={n}"),
-            &o_copy,
-            &mix_ref,
-            FP32_TOL,
-        );
+        liger_mix_to(&ctx, &upload(&ctx, &g), &upload(&ctx, &a32), alpha, beta, &mut o, &mut o_copy).unwrap();
+        check(&format!("liger_mix_to f32/f32 n={n}"), &o, &mix_ref, FP32_TOL);
+        check(&format!("liger_mix_to f32 copy n={n}"), &o_copy, &mix_ref, FP32_TOL);
 
         // The split of a gradient.
         let (mut y, mut z16) = (poisoned(&ctx, n), poisoned_bf16(&ctx, n));
         scale_pair(&ctx, &xg, s, t, &mut y, &mut z16).unwrap();
-        check(
-            &format!("scale_pair f32 n={n}"),
-            &y,
-            &scaled_ref(s),
-            FP32_TOL,
-        );
-        check_host(
-            &format!("scale_pair bf16 n={n}"),
-            &from_bf16(&z16.to_host().unwrap()),
-            &scaled_ref(t),
-            BF16_TOL,
-        );
+        check(&format!("scale_pair f32 n={n}"), &y, &scaled_ref(s), FP32_TOL);
+        check_host(&format!("scale_pair bf16 n={n}"), &from_bf16(&z16.to_host().unwrap()), &scaled_ref(t), BF16_TOL);
         let (mut y, mut z) = (poisoned(&ctx, n), poisoned(&ctx, n));
         scale_pair(&ctx, &xg, s, t, &mut y, &mut z).unwrap();
-        check(
-            &format!("scale_pair f32/f32 n={n}"),
-            &z,
-            &scaled_ref(t),
-            FP32_TOL,
-        );
+        check(&format!("scale_pair f32/f32 n={n}"), &z, &scaled_ref(t), FP32_TOL);
     }
     // Sizes that disagree are typed errors.
-    let err = liger_mix_to(
-        &ctx,
-        &poisoned(&ctx, 8),
-        &poisoned_bf16(&ctx, 7),
-        1.0,
-        1.0,
-        &mut poisoned(&ctx, 8),
-        &mut poisoned_bf16(&ctx, 8),
-    )
-    .unwrap_err();
+    let err = liger_mix_to(&ctx, &poisoned(&ctx, 8), &poisoned_bf16(&ctx, 7), 1.0, 1.0, &mut poisoned(&ctx, 8), &mut poisoned_bf16(&ctx, 8)).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
-    let err = scale_pair(
-        &ctx,
-        &poisoned(&ctx, 8),
-        1.0,
-        1.0,
-        &mut poisoned(&ctx, 8),
-        &mut poisoned_bf16(&ctx, 9),
-    )
-    .unwrap_err();
+    let err = scale_pair(&ctx, &poisoned(&ctx, 8), 1.0, 1.0, &mut poisoned(&ctx, 8), &mut poisoned_bf16(&ctx, 9)).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }

@@ -15,7 +15,7 @@ use liger_core::testing::{max_rel_error, random_tokens, random_weights, tiny_con
 use liger_core::tokenizer::Tokenizer;
 use liger_core::train::data::Sequence;
 use liger_core::train::loss::IGNORE;
-use liger_core::train::trainer::{TrainConfig, Trainable, Trainer};
+use liger_core::train::trainer::{Trainable, TrainConfig, Trainer};
 use liger_core::ErrorCode;
 use liger_cuda::{GemmInput, GpuBuffer, GpuContext, GpuLigerModel, GpuWeights};
 use rand::rngs::StdRng;
@@ -23,24 +23,13 @@ use rand::Rng;
 
 /// A tiny config whose heads the GPU kernels take (head size 32).
 fn config(arch: Architecture) -> ModelConfig {
-    ModelConfig {
-        hidden_size: 64,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 32,
-        intermediate_size: 96,
-        ..tiny_config(arch)
-    }
+    ModelConfig { hidden_size: 64, num_heads: 4, num_kv_heads: 2, head_dim: 32, intermediate_size: 96, ..tiny_config(arch) }
 }
 
 /// A word-level tokenizer over the tiny config's 97 ids: <unk>, BOS 1, EOS 2, then words
 /// `w3`..`w96`; text splits at whitespace and unknown words map to <unk>.
 fn tokenizer() -> Tokenizer {
-    let mut vocab = vec![
-        r#""<unk>":0"#.to_string(),
-        r#""<s>":1"#.into(),
-        r#""</s>":2"#.into(),
-    ];
+    let mut vocab = vec![r#""<unk>":0"#.to_string(), r#""<s>":1"#.into(), r#""</s>":2"#.into()];
     vocab.extend((3..97).map(|i| format!(r#""w{i}":{i}"#)));
     let json = format!(
         r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,"decoder":null,"model":{{"type":"WordLevel","vocab":{{{}}},"unk_token":"<unk>"}}}}"#,
@@ -51,42 +40,18 @@ fn tokenizer() -> Tokenizer {
 
 /// A converted tiny model with adapters on q, k, v and o, their B matrices random (fresh ones
 /// are zero, which would hide the A gradients).
-fn model(
-    arch: Architecture,
-    mixer: MixerKind,
-    softmax_layers: Vec<usize>,
-    rng: &mut StdRng,
-) -> LigerModel {
+fn model(arch: Architecture, mixer: MixerKind, softmax_layers: Vec<usize>, rng: &mut StdRng) -> LigerModel {
     let cfg = config(arch);
-    let base = BaseModel::new(
-        cfg.clone(),
-        random_weights(&cfg, rng.random()),
-        tokenizer(),
-        None,
-        "tiny".into(),
-        ModelFormat::Checkpoint,
-    );
-    let mut options = LigerOptions {
-        softmax_layers,
-        ..Default::default()
-    };
-    options.attention.mixer = MixerConfig {
-        gsa_slots: 16,
-        ..MixerConfig::new(mixer)
-    };
+    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, rng.random()), tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint);
+    let mut options = LigerOptions { softmax_layers, ..Default::default() };
+    options.attention.mixer = MixerConfig { gsa_slots: 16, ..MixerConfig::new(mixer) };
     options.attention.window_keys = 5;
-    let lora = LoraOptions {
-        rank: 4,
-        alpha: 8.0,
-        targets: LoraTarget::ALL.to_vec(),
-        seed: rng.random(),
-    };
+    let lora = LoraOptions { rank: 4, alpha: 8.0, targets: LoraTarget::ALL.to_vec(), seed: rng.random() };
     let mut m = linearize(base, options, lora).unwrap();
     for layer in &mut m.lora.layers {
         for t in LoraTarget::ALL {
             if let Some(a) = layer.get_mut(t) {
-                a.b.iter_mut()
-                    .for_each(|b| *b = rng.random_range(-0.2..0.2));
+                a.b.iter_mut().for_each(|b| *b = rng.random_range(-0.2..0.2));
             }
         }
     }
@@ -107,60 +72,30 @@ fn batch(vocab: usize, tokens: usize, rng: &mut StdRng) -> Vec<Sequence> {
 }
 
 /// The GPU loss and LoRA gradients of a batch against the CPU's; returns (loss error, grad error).
-fn compare_forward_backward<T: GemmInput>(
-    ctx: GpuContext,
-    cpu: LigerModel,
-    data: &[Sequence],
-) -> (f64, f64) {
+fn compare_forward_backward<T: GemmInput>(ctx: GpuContext, cpu: LigerModel, data: &[Sequence]) -> (f64, f64) {
     let mut cpu_grads = cpu.new_lora_grads();
     let mut cpu_loss = 0.0;
     for s in data {
-        cpu_loss += cpu
-            .forward_backward(&s.inputs, &s.labels, 0.37, &mut cpu_grads)
-            .unwrap()
-            .loss_sum;
+        cpu_loss += cpu.forward_backward(&s.inputs, &s.labels, 0.37, &mut cpu_grads).unwrap().loss_sum;
     }
     let gpu = GpuLigerModel::<T>::new(ctx, cpu).unwrap();
     // Both backward strategies: activations kept from the forward, and recomputed per layer.
     let kept = run_gpu(&gpu, data);
     gpu.set_recompute(true);
     let recomputed = run_gpu(&gpu, data);
-    let same = max_rel_error(
-        &recomputed.1,
-        &kept.1.iter().map(|&g| g as f64).collect::<Vec<_>>(),
-    );
-    assert!(
-        ((kept.0 - recomputed.0) / kept.0).abs() < 1e-6 && same < 1e-5,
-        "kept and recomputed activations differ: {same:.2e}"
-    );
+    let same = max_rel_error(&recomputed.1, &kept.1.iter().map(|&g| g as f64).collect::<Vec<_>>());
+    assert!(((kept.0 - recomputed.0) / kept.0).abs() < 1e-6 && same < 1e-5, "kept and recomputed activations differ: {same:.2e}");
     // And the middle ground: the last layer's activations kept, the others' recomputed.
     gpu.set_recompute(false);
     gpu.set_kept_layers(Some(1));
     let partly = run_gpu(&gpu, data);
     gpu.set_kept_layers(None);
-    let same = max_rel_error(
-        &partly.1,
-        &kept.1.iter().map(|&g| g as f64).collect::<Vec<_>>(),
-    );
-    assert!(
-        ((kept.0 - partly.0) / kept.0).abs() < 1e-6 && same < 1e-5,
-        "kept and partly recomputed activations differ: {same:.2e}"
-    );
+    let same = max_rel_error(&partly.1, &kept.1.iter().map(|&g| g as f64).collect::<Vec<_>>());
+    assert!(((kept.0 - partly.0) / kept.0).abs() < 1e-6 && same < 1e-5, "kept and partly recomputed activations differ: {same:.2e}");
     let (loss, got) = kept;
-    let expected: Vec<f64> = cpu_grads
-        .as_slices()
-        .concat()
-        .iter()
-        .map(|&g| g as f64)
-        .collect();
-    assert!(
-        got.iter().all(|g| g.is_finite()),
-        "non-finite GPU gradients"
-    );
-    (
-        (loss - cpu_loss).abs() / cpu_loss,
-        max_rel_error(&got, &expected),
-    )
+    let expected: Vec<f64> = cpu_grads.as_slices().concat().iter().map(|&g| g as f64).collect();
+    assert!(got.iter().all(|g| g.is_finite()), "non-finite GPU gradients");
+    ((loss - cpu_loss).abs() / cpu_loss, max_rel_error(&got, &expected))
 }
 
 /// The GPU loss and gradients of a batch (gradients added to a non-zero start, then taken off).
@@ -169,22 +104,9 @@ fn run_gpu<T: GemmInput>(gpu: &GpuLigerModel<T>, data: &[Sequence]) -> (f64, Vec
     let inputs: Vec<&[u32]> = data.iter().map(|s| s.inputs.as_slice()).collect();
     let labels: Vec<&[u32]> = data.iter().map(|s| s.labels.as_slice()).collect();
     // Poison the gradients' starting values: they must be added to, not overwritten.
-    gpu_grads
-        .as_mut_slices()
-        .into_iter()
-        .for_each(|g| g.fill(0.25));
-    let out = gpu
-        .forward_backward_batch(&inputs, &labels, 0.37, &mut gpu_grads)
-        .unwrap();
-    (
-        out.loss_sum,
-        gpu_grads
-            .as_slices()
-            .concat()
-            .iter()
-            .map(|g| g - 0.25)
-            .collect(),
-    )
+    gpu_grads.as_mut_slices().into_iter().for_each(|g| g.fill(0.25));
+    let out = gpu.forward_backward_batch(&inputs, &labels, 0.37, &mut gpu_grads).unwrap();
+    (out.loss_sum, gpu_grads.as_slices().concat().iter().map(|g| g - 0.25).collect())
 }
 
 const CASES: [(Architecture, MixerKind, &[usize]); 5] = [
@@ -203,10 +125,7 @@ fn f32_loss_and_lora_gradients_match_the_cpu_engine() {
         let data = batch(cpu.config().vocab_size, 37, &mut rng);
         let (loss_err, grad_err) = compare_forward_backward::<f32>(gpu(), cpu, &data);
         println!("f32 {arch:?} {mixer:?} softmax layers {softmax:?}: loss rel error {loss_err:.2e}, LoRA grad max rel error {grad_err:.2e}");
-        assert!(
-            loss_err < 1e-4 && grad_err < 1e-4,
-            "{arch:?} {mixer:?}: loss {loss_err:.2e}, grads {grad_err:.2e}"
-        );
+        assert!(loss_err < 1e-4 && grad_err < 1e-4, "{arch:?} {mixer:?}: loss {loss_err:.2e}, grads {grad_err:.2e}");
     }
 }
 
@@ -222,10 +141,7 @@ fn bf16_loss_and_lora_gradients_are_close_to_the_cpu_engine() {
         // bf16) against the f32 CPU engine: the per-op bf16 errors (each below 2e-2 in its own
         // test) compound over the layers. Measured over 40 runs with fresh inputs: LoRA gradient
         // errors 1.0e-2 to 2.0e-2, loss errors far smaller.
-        assert!(
-            loss_err < 2e-2 && grad_err < 3e-2,
-            "{arch:?} {mixer:?}: loss {loss_err:.2e}, grads {grad_err:.2e}"
-        );
+        assert!(loss_err < 2e-2 && grad_err < 3e-2, "{arch:?} {mixer:?}: loss {loss_err:.2e}, grads {grad_err:.2e}");
     }
 }
 
@@ -244,32 +160,16 @@ fn training_on_the_gpu_follows_the_cpu_loss_curve() {
             Sequence { inputs, labels }
         })
         .collect();
-    let config = TrainConfig {
-        steps: Some(200),
-        seq_len: 24,
-        micro_batch: 4,
-        grad_accum: 2,
-        seed,
-        ..Default::default()
-    };
+    let config = TrainConfig { steps: Some(200), seq_len: 24, micro_batch: 4, grad_accum: 2, seed, ..Default::default() };
     let sizes: Vec<usize> = cpu.lora_params().iter().map(|p| p.1.len()).collect();
     let mut gpu = GpuLigerModel::<f32>::new(gpu(), gpu_host).unwrap();
-    let (mut cpu_trainer, mut gpu_trainer) = (
-        Trainer::new(config.clone(), data.len(), &sizes).unwrap(),
-        Trainer::new(config, data.len(), &sizes).unwrap(),
-    );
+    let (mut cpu_trainer, mut gpu_trainer) = (Trainer::new(config.clone(), data.len(), &sizes).unwrap(), Trainer::new(config, data.len(), &sizes).unwrap());
     let (mut cpu_grads, mut gpu_grads) = (cpu.new_grads(), gpu.new_grads());
     let mut worst: f64 = 0.0;
     let (mut first, mut last) = (0.0, 0.0);
     for step in 0..200 {
-        let a = cpu_trainer
-            .step(&mut cpu, &mut cpu_grads, &data)
-            .unwrap()
-            .loss;
-        let b = gpu_trainer
-            .step(&mut gpu, &mut gpu_grads, &data)
-            .unwrap()
-            .loss;
+        let a = cpu_trainer.step(&mut cpu, &mut cpu_grads, &data).unwrap().loss;
+        let b = gpu_trainer.step(&mut gpu, &mut gpu_grads, &data).unwrap().loss;
         worst = worst.max(((a - b) / a).abs());
         if step == 0 {
             first = a;
@@ -277,22 +177,13 @@ fn training_on_the_gpu_follows_the_cpu_loss_curve() {
         last = a;
     }
     println!("200 steps: CPU loss {first:.4} -> {last:.4}; worst per-step relative difference GPU vs CPU {worst:.2e}");
-    assert!(
-        last < first * 0.9,
-        "the loss did not go down: {first} -> {last}"
-    );
-    assert!(
-        worst < 1e-3,
-        "the GPU loss curve left the CPU's: {worst:.2e}"
-    );
+    assert!(last < first * 0.9, "the loss did not go down: {first} -> {last}");
+    assert!(worst < 1e-3, "the GPU loss curve left the CPU's: {worst:.2e}");
 }
 
 /// Logits row `i` of `all` (`T x vocab`).
 fn row(all: &[f32], i: usize, vocab: usize) -> Vec<f64> {
-    all[i * vocab..(i + 1) * vocab]
-        .iter()
-        .map(|&v| v as f64)
-        .collect()
+    all[i * vocab..(i + 1) * vocab].iter().map(|&v| v as f64).collect()
 }
 
 #[test]
@@ -302,9 +193,7 @@ fn prefill_then_decoding_steps_equal_the_full_forward() {
         let cpu = model(arch, mixer, softmax.to_vec(), &mut rng);
         let vocab = cpu.config().vocab_size;
         let (prompt_len, steps) = (11, 9);
-        let seqs: Vec<Vec<u32>> = (0..2)
-            .map(|_| random_tokens(prompt_len + steps, vocab, rng.random()))
-            .collect();
+        let seqs: Vec<Vec<u32>> = (0..2).map(|_| random_tokens(prompt_len + steps, vocab, rng.random())).collect();
         let full: Vec<Vec<f32>> = seqs.iter().map(|s| cpu.all_logits(s).unwrap()).collect();
         let gpu = GpuLigerModel::<f32>::new(gpu(), cpu).unwrap();
         // One sequence through CausalLm, both together as a batch.
@@ -312,20 +201,10 @@ fn prefill_then_decoding_steps_equal_the_full_forward() {
         let mut pair = gpu.new_batch_state(2);
         let mut worst: f64 = 0.0;
         for i in prompt_len..=prompt_len + steps - 1 {
-            let (from, to) = if i == prompt_len {
-                (0, prompt_len)
-            } else {
-                (i - 1, i)
-            };
+            let (from, to) = if i == prompt_len { (0, prompt_len) } else { (i - 1, i) };
             let a = gpu.forward_last(&mut single, &seqs[0][from..to]).unwrap();
-            let b = gpu
-                .forward_last_batch(&mut pair, &[&seqs[0][from..to], &seqs[1][from..to]])
-                .unwrap();
-            for (got, expected) in [
-                (&a[..], row(&full[0], to - 1, vocab)),
-                (&b[..vocab], row(&full[0], to - 1, vocab)),
-                (&b[vocab..], row(&full[1], to - 1, vocab)),
-            ] {
+            let b = gpu.forward_last_batch(&mut pair, &[&seqs[0][from..to], &seqs[1][from..to]]).unwrap();
+            for (got, expected) in [(&a[..], row(&full[0], to - 1, vocab)), (&b[..vocab], row(&full[0], to - 1, vocab)), (&b[vocab..], row(&full[1], to - 1, vocab))] {
                 assert!(got.iter().all(|v| v.is_finite()));
                 worst = worst.max(max_rel_error(got, &expected));
             }
@@ -340,84 +219,40 @@ fn prefill_then_decoding_steps_equal_the_full_forward() {
 fn unsupported_models_and_bad_batches_are_typed_errors() {
     let mut rng = rng("unsupported_models_and_bad_batches_are_typed_errors");
     let gsa = model(Architecture::Llama, MixerKind::Gsa, vec![], &mut rng);
-    let err = GpuLigerModel::<f32>::new(gpu(), gsa)
-        .err()
-        .expect("gsa has no GPU kernels");
+    let err = GpuLigerModel::<f32>::new(gpu(), gsa).err().expect("gsa has no GPU kernels");
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("CPU backend"), "{}", err.message);
 
     let cfg = tiny_config(Architecture::Llama); // head size 8
-    let base = BaseModel::new(
-        cfg.clone(),
-        random_weights(&cfg, 1),
-        tokenizer(),
-        None,
-        "tiny".into(),
-        ModelFormat::Checkpoint,
-    );
+    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, 1), tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint);
     let small_heads = linearize(base, LigerOptions::default(), LoraOptions::default()).unwrap();
-    let err = GpuLigerModel::<f32>::new(gpu(), small_heads)
-        .err()
-        .expect("head size 8 is not supported");
+    let err = GpuLigerModel::<f32>::new(gpu(), small_heads).err().expect("head size 8 is not supported");
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("head size"), "{}", err.message);
 
-    let gpu_model = GpuLigerModel::<f32>::new(
-        gpu(),
-        model(Architecture::Llama, MixerKind::Gla, vec![1], &mut rng),
-    )
-    .unwrap();
+    let gpu_model = GpuLigerModel::<f32>::new(gpu(), model(Architecture::Llama, MixerKind::Gla, vec![1], &mut rng)).unwrap();
     let mut grads = gpu_model.new_grads();
     let (a, b) = (vec![1u32; 8], vec![2u32; 9]);
-    let err = gpu_model
-        .forward_backward_batch(&[&a, &b], &[&a, &b], 1.0, &mut grads)
-        .unwrap_err();
+    let err = gpu_model.forward_backward_batch(&[&a, &b], &[&a, &b], 1.0, &mut grads).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("pack the data"), "{}", err.message);
     let bad_label = vec![10_000u32; 8];
-    assert_eq!(
-        gpu_model
-            .forward_backward_batch(&[&a], &[&bad_label], 1.0, &mut grads)
-            .unwrap_err()
-            .code,
-        ErrorCode::InvalidArgument
-    );
+    assert_eq!(gpu_model.forward_backward_batch(&[&a], &[&bad_label], 1.0, &mut grads).unwrap_err().code, ErrorCode::InvalidArgument);
     let long = vec![1u32; 300]; // the hybrid's context is 256
-    assert_eq!(
-        gpu_model.loss(&long, &long).unwrap_err().code,
-        ErrorCode::ContextOverflow
-    );
+    assert_eq!(gpu_model.loss(&long, &long).unwrap_err().code, ErrorCode::ContextOverflow);
     let mut state = gpu_model.new_batch_state(2);
-    assert_eq!(
-        gpu_model
-            .forward_last_batch(&mut state, &[&a])
-            .unwrap_err()
-            .code,
-        ErrorCode::InvalidArgument
-    );
+    assert_eq!(gpu_model.forward_last_batch(&mut state, &[&a]).unwrap_err().code, ErrorCode::InvalidArgument);
 }
 
 #[test]
 fn out_of_memory_and_missing_gpus_are_typed_errors() {
     let ctx = gpu();
     // 300k x 300k bf16 embedding: 180 GB, more than any single GPU holds.
-    let huge = ModelConfig {
-        vocab_size: 300_000,
-        hidden_size: 300_000,
-        ..config(Architecture::Llama)
-    };
-    let err = GpuWeights::<bf16>::random(&ctx, &huge, 1)
-        .err()
-        .expect("the allocation cannot fit");
+    let huge = ModelConfig { vocab_size: 300_000, hidden_size: 300_000, ..config(Architecture::Llama) };
+    let err = GpuWeights::<bf16>::random(&ctx, &huge, 1).err().expect("the allocation cannot fit");
     assert_eq!(err.code, ErrorCode::OutOfMemory);
-    assert!(
-        err.message.contains("lower the batch size") && err.message.contains("CPU backend"),
-        "{}",
-        err.message
-    );
-    let err = GpuBuffer::<f32>::zeros(&ctx, 1 << 40)
-        .err()
-        .expect("4 TB cannot be allocated");
+    assert!(err.message.contains("lower the batch size") && err.message.contains("CPU backend"), "{}", err.message);
+    let err = GpuBuffer::<f32>::zeros(&ctx, 1 << 40).err().expect("4 TB cannot be allocated");
     assert_eq!(err.code, ErrorCode::OutOfMemory);
     let count = GpuContext::device_count().unwrap();
     let err = GpuContext::new(count + 3).err().expect("no such GPU");
@@ -436,44 +271,14 @@ fn the_linearize_job_trains_on_the_gpu_like_on_the_cpu() {
     let tmp = std::env::temp_dir().join(format!("liger-gpu-job-{}", rng.random::<u64>()));
     std::fs::create_dir_all(&tmp).unwrap();
     let cfg = config(Architecture::Llama);
-    let base = BaseModel::new(
-        cfg.clone(),
-        random_weights(&cfg, rng.random()),
-        tokenizer(),
-        None,
-        "tiny".into(),
-        ModelFormat::Checkpoint,
-    );
-    base.save_checkpoint(&tmp.join("base"), SaveDtype::F32)
-        .unwrap();
-    let lines: Vec<String> = (0..40)
-        .map(|i| {
-            format!(
-                r#"{{"instruction": "w{} w5", "input": "", "output": "w7 w8 w{}"}}"#,
-                3 + i % 5,
-                10 + i
-            )
-        })
-        .collect();
+    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, rng.random()), tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint);
+    base.save_checkpoint(&tmp.join("base"), SaveDtype::F32).unwrap();
+    let lines: Vec<String> = (0..40).map(|i| format!(r#"{{"instruction": "w{} w5", "input": "", "output": "w7 w8 w{}"}}"#, 3 + i % 5, 10 + i)).collect();
     std::fs::write(tmp.join("data.jsonl"), lines.join("\n")).unwrap();
     let job_to = |out: &str| {
-        let mut job = LinearizeJob::new(
-            tmp.join("base"),
-            Some(tmp.join("data.jsonl")),
-            tmp.join(out),
-        );
-        job.options = LigerOptions {
-            softmax_layers: vec![1],
-            ..Default::default()
-        };
-        job.train = TrainConfig {
-            steps: Some(12),
-            seq_len: 8,
-            micro_batch: 2,
-            grad_accum: 2,
-            eval_every: 4,
-            ..Default::default()
-        };
+        let mut job = LinearizeJob::new(tmp.join("base"), Some(tmp.join("data.jsonl")), tmp.join(out));
+        job.options = LigerOptions { softmax_layers: vec![1], ..Default::default() };
+        job.train = TrainConfig { steps: Some(12), seq_len: 8, micro_batch: 2, grad_accum: 2, eval_every: 4, ..Default::default() };
         job.val_fraction = 0.2;
         job.sample_prompt = Some("w4 w5".into());
         job.sample_max_tokens = 4;
@@ -481,37 +286,19 @@ fn the_linearize_job_trains_on_the_gpu_like_on_the_cpu() {
     };
     let cancel = AtomicBool::new(false);
     let cpu = run_linearize(&job_to("cpu"), &cancel, &mut |_| {}).unwrap();
-    let gpu_f32 = run_linearize_on(&job_to("gpu"), &cancel, &mut |_| {}, &mut |m| {
-        GpuLigerModel::<f32>::new(gpu(), m)
-    })
-    .unwrap();
-    let gpu_bf16 =
-        liger_cuda::run_linearize_on_gpu(&job_to("gpu-bf16"), 0, &cancel, &mut |_| {}).unwrap();
+    let gpu_f32 = run_linearize_on(&job_to("gpu"), &cancel, &mut |_| {}, &mut |m| GpuLigerModel::<f32>::new(gpu(), m)).unwrap();
+    let gpu_bf16 = liger_cuda::run_linearize_on_gpu(&job_to("gpu-bf16"), 0, &cancel, &mut |_| {}).unwrap();
     let worst = |other: &[f64], tol: f64, what: &str| {
         assert_eq!(other.len(), cpu.losses.len(), "{what}: steps");
-        let w = cpu
-            .losses
-            .iter()
-            .zip(other)
-            .map(|(a, b)| ((a - b) / a).abs())
-            .fold(0.0, f64::max);
+        let w = cpu.losses.iter().zip(other).map(|(a, b)| ((a - b) / a).abs()).fold(0.0, f64::max);
         println!("linearize job, {what} vs CPU: {} steps, worst per-step loss relative difference {w:.2e}", other.len());
         assert!(w < tol, "{what}: {w:.2e}");
     };
     worst(&gpu_f32.losses, 1e-4, "GPU f32");
     worst(&gpu_bf16.losses, 2e-2, "GPU bf16");
-    let (a, b) = (
-        cpu.trained_eval.unwrap().loss,
-        gpu_f32.trained_eval.unwrap().loss,
-    );
-    assert!(
-        ((a - b) / a).abs() < 1e-4,
-        "trained validation loss CPU {a} vs GPU {b}"
-    );
+    let (a, b) = (cpu.trained_eval.unwrap().loss, gpu_f32.trained_eval.unwrap().loss);
+    assert!(((a - b) / a).abs() < 1e-4, "trained validation loss CPU {a} vs GPU {b}");
     assert_eq!(cpu.sample, gpu_f32.sample, "greedy samples differ");
-    assert!(
-        tmp.join("gpu").join("config.json").is_file()
-            && tmp.join("gpu-bf16").join("config.json").is_file()
-    );
+    assert!(tmp.join("gpu").join("config.json").is_file() && tmp.join("gpu-bf16").join("config.json").is_file());
     std::fs::remove_dir_all(&tmp).unwrap();
 }

@@ -23,23 +23,12 @@ use rand::Rng;
 
 /// A tiny config whose heads the GPU kernels take (head size 32).
 fn config(arch: Architecture) -> ModelConfig {
-    ModelConfig {
-        hidden_size: 64,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 32,
-        intermediate_size: 96,
-        ..tiny_config(arch)
-    }
+    ModelConfig { hidden_size: 64, num_heads: 4, num_kv_heads: 2, head_dim: 32, intermediate_size: 96, ..tiny_config(arch) }
 }
 
 /// A word-level tokenizer over the tiny config's 97 ids: <unk>, BOS 1, EOS 2, then `w3`..`w96`.
 fn tokenizer() -> Tokenizer {
-    let mut vocab = vec![
-        r#""<unk>":0"#.to_string(),
-        r#""<s>":1"#.into(),
-        r#""</s>":2"#.into(),
-    ];
+    let mut vocab = vec![r#""<unk>":0"#.to_string(), r#""<s>":1"#.into(), r#""</s>":2"#.into()];
     vocab.extend((3..97).map(|i| format!(r#""w{i}":{i}"#)));
     let json = format!(
         r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,"decoder":null,"model":{{"type":"WordLevel","vocab":{{{}}},"unk_token":"<unk>"}}}}"#,
@@ -50,45 +39,21 @@ fn tokenizer() -> Tokenizer {
 
 fn base(arch: Architecture, rng: &mut StdRng) -> BaseModel {
     let cfg = config(arch);
-    BaseModel::new(
-        cfg.clone(),
-        random_weights(&cfg, rng.random()),
-        tokenizer(),
-        None,
-        "tiny".into(),
-        ModelFormat::Checkpoint,
-    )
+    BaseModel::new(cfg.clone(), random_weights(&cfg, rng.random()), tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint)
 }
 
 /// A converted tiny model with adapters on q, k, v and o, their B matrices random (fresh ones
 /// are zero and would not show whether the GPU applies them).
-fn liger(
-    arch: Architecture,
-    mixer: MixerKind,
-    softmax_layers: Vec<usize>,
-    rng: &mut StdRng,
-) -> LigerModel {
-    let mut options = LigerOptions {
-        softmax_layers,
-        ..Default::default()
-    };
-    options.attention.mixer = MixerConfig {
-        gsa_slots: 16,
-        ..MixerConfig::new(mixer)
-    };
+fn liger(arch: Architecture, mixer: MixerKind, softmax_layers: Vec<usize>, rng: &mut StdRng) -> LigerModel {
+    let mut options = LigerOptions { softmax_layers, ..Default::default() };
+    options.attention.mixer = MixerConfig { gsa_slots: 16, ..MixerConfig::new(mixer) };
     options.attention.window_keys = 5;
-    let lora = LoraOptions {
-        rank: 4,
-        alpha: 8.0,
-        targets: LoraTarget::ALL.to_vec(),
-        seed: rng.random(),
-    };
+    let lora = LoraOptions { rank: 4, alpha: 8.0, targets: LoraTarget::ALL.to_vec(), seed: rng.random() };
     let mut m = linearize(base(arch, rng), options, lora).unwrap();
     for layer in &mut m.lora.layers {
         for t in LoraTarget::ALL {
             if let Some(a) = layer.get_mut(t) {
-                a.b.iter_mut()
-                    .for_each(|b| *b = rng.random_range(-0.2..0.2));
+                a.b.iter_mut().for_each(|b| *b = rng.random_range(-0.2..0.2));
             }
         }
     }
@@ -105,37 +70,18 @@ fn compare(name: &str, got: &[f32], expected: &[f32], tol: f64) -> f64 {
     let bad = got.iter().filter(|v| !v.is_finite()).count();
     assert_eq!(bad, 0, "{name}: {bad} logits are not finite");
     let err = max_rel_error(got, &to_f64(expected));
-    println!(
-        "{name}: max relative error {err:.3e} over {} logits",
-        got.len()
-    );
-    assert!(
-        err < tol,
-        "{name}: max relative error {err:.3e} is above {tol:.0e}"
-    );
+    println!("{name}: max relative error {err:.3e} over {} logits", got.len());
+    assert!(err < tol, "{name}: max relative error {err:.3e} is above {tol:.0e}");
     err
 }
 
 /// GPU `all_logits` (one sequence, a batch of two, small chunks) against the CPU's.
-fn check_all_logits<T: GemmInput>(
-    name: &str,
-    gpu_model: &GpuLigerModel<T>,
-    cpu: &dyn Fn(&[u32]) -> Vec<f32>,
-    tol: f64,
-    rng: &mut StdRng,
-) {
+fn check_all_logits<T: GemmInput>(name: &str, gpu_model: &GpuLigerModel<T>, cpu: &dyn Fn(&[u32]) -> Vec<f32>, tol: f64, rng: &mut StdRng) {
     let vocab = gpu_model.config().vocab_size;
     let tokens = 37;
-    let seqs: Vec<Vec<u32>> = (0..2)
-        .map(|_| random_tokens(tokens, vocab, rng.random()))
-        .collect();
+    let seqs: Vec<Vec<u32>> = (0..2).map(|_| random_tokens(tokens, vocab, rng.random())).collect();
     let expected: Vec<Vec<f32>> = seqs.iter().map(|s| cpu(s)).collect();
-    compare(
-        &format!("{name} one sequence"),
-        &gpu_model.all_logits(&seqs[0]).unwrap(),
-        &expected[0],
-        tol,
-    );
+    compare(&format!("{name} one sequence"), &gpu_model.all_logits(&seqs[0]).unwrap(), &expected[0], tol);
     let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
     let batch = gpu_model.all_logits_batch(&refs).unwrap();
     assert_eq!(batch.len(), 2);
@@ -145,12 +91,7 @@ fn check_all_logits<T: GemmInput>(
     // 74 rows in chunks of 8: the last chunk is partial.
     let chunked = gpu_model.all_logits_in_chunks(&refs, 8).unwrap();
     for (i, (got, want)) in chunked.iter().zip(&expected).enumerate() {
-        compare(
-            &format!("{name} chunks of 8 rows, sequence {i}"),
-            got,
-            want,
-            tol,
-        );
+        compare(&format!("{name} chunks of 8 rows, sequence {i}"), got, want, tol);
     }
 }
 
@@ -166,47 +107,20 @@ fn liger_logits_match_the_cpu_engine() {
     let mut rng = rng("liger_logits_match_the_cpu_engine");
     for (arch, mixer, softmax) in CASES {
         let cpu = liger(arch, mixer, softmax.to_vec(), &mut rng);
-        let copy = LigerModel {
-            base: base_copy(&cpu.base),
-            options: cpu.options.clone(),
-            lora: cpu.lora.clone(),
-        };
+        let copy = LigerModel { base: base_copy(&cpu.base), options: cpu.options.clone(), lora: cpu.lora.clone() };
         let reference = |t: &[u32]| cpu.all_logits(t).unwrap();
         let name = format!("{arch:?} {mixer:?} softmax layers {softmax:?}");
         let f32_model = GpuLigerModel::<f32>::new(gpu(), copy).unwrap();
-        check_all_logits(
-            &format!("f32 {name}"),
-            &f32_model,
-            &reference,
-            1e-4,
-            &mut rng,
-        );
-        let copy = LigerModel {
-            base: base_copy(&cpu.base),
-            options: cpu.options.clone(),
-            lora: cpu.lora.clone(),
-        };
+        check_all_logits(&format!("f32 {name}"), &f32_model, &reference, 1e-4, &mut rng);
+        let copy = LigerModel { base: base_copy(&cpu.base), options: cpu.options.clone(), lora: cpu.lora.clone() };
         let bf16_model = GpuLigerModel::<bf16>::new(gpu(), copy).unwrap();
-        check_all_logits(
-            &format!("bf16 {name}"),
-            &bf16_model,
-            &reference,
-            2e-2,
-            &mut rng,
-        );
+        check_all_logits(&format!("bf16 {name}"), &bf16_model, &reference, 2e-2, &mut rng);
     }
 }
 
 /// The same weights, configuration and tokenizer in a second `BaseModel`.
 fn base_copy(b: &BaseModel) -> BaseModel {
-    BaseModel::new(
-        b.config.clone(),
-        b.weights.clone(),
-        tokenizer(),
-        None,
-        b.name.clone(),
-        ModelFormat::Checkpoint,
-    )
+    BaseModel::new(b.config.clone(), b.weights.clone(), tokenizer(), None, b.name.clone(), ModelFormat::Checkpoint)
 }
 
 #[test]
@@ -216,25 +130,10 @@ fn the_base_model_scores_on_the_gpu_with_every_layer_softmax() {
         let cpu = base(arch, &mut rng);
         let reference = |t: &[u32]| cpu.all_logits(t).unwrap();
         let f32_model = GpuLigerModel::<f32>::from_base(gpu(), base_copy(&cpu)).unwrap();
-        assert_eq!(
-            ScoreModel::max_length(&f32_model),
-            Some(cpu.config.max_position_embeddings)
-        );
-        check_all_logits(
-            &format!("f32 base {arch:?}"),
-            &f32_model,
-            &reference,
-            1e-4,
-            &mut rng,
-        );
+        assert_eq!(ScoreModel::max_length(&f32_model), Some(cpu.config.max_position_embeddings));
+        check_all_logits(&format!("f32 base {arch:?}"), &f32_model, &reference, 1e-4, &mut rng);
         let bf16_model = GpuLigerModel::<bf16>::from_base(gpu(), base_copy(&cpu)).unwrap();
-        check_all_logits(
-            &format!("bf16 base {arch:?}"),
-            &bf16_model,
-            &reference,
-            2e-2,
-            &mut rng,
-        );
+        check_all_logits(&format!("bf16 base {arch:?}"), &bf16_model, &reference, 2e-2, &mut rng);
     }
 }
 
@@ -244,15 +143,7 @@ fn the_base_model_scores_on_the_gpu_with_every_layer_softmax() {
 fn evaluation_through_score_model_matches_the_cpu() {
     let mut rng = rng("evaluation_through_score_model_matches_the_cpu");
     let cpu = liger(Architecture::Llama, MixerKind::Gla, vec![1], &mut rng);
-    let gpu_model = GpuLigerModel::<f32>::new(
-        gpu(),
-        LigerModel {
-            base: base_copy(&cpu.base),
-            options: cpu.options.clone(),
-            lora: cpu.lora.clone(),
-        },
-    )
-    .unwrap();
+    let gpu_model = GpuLigerModel::<f32>::new(gpu(), LigerModel { base: base_copy(&cpu.base), options: cpu.options.clone(), lora: cpu.lora.clone() }).unwrap();
     assert_eq!(ScoreModel::vocab_size(&gpu_model), 97);
     let requests: Vec<_> = (0..24)
         .map(|i| liger_core::eval::loglik::TokenRequest {
@@ -271,21 +162,12 @@ fn evaluation_through_score_model_matches_the_cpu() {
     println!("24 log-likelihoods: max relative error {worst:.3e}");
     assert!(worst < 1e-4, "log-likelihoods differ: {worst:.3e}");
 
-    let words: Vec<String> = random_tokens(300, 94, rng.random())
-        .iter()
-        .map(|t| format!("w{}", t + 3))
-        .collect();
-    let docs = [
-        ScoredText::plain(words[..170].join(" ")),
-        ScoredText::plain(words[170..].join(" ")),
-    ];
+    let words: Vec<String> = random_tokens(300, 94, rng.random()).iter().map(|t| format!("w{}", t + 3)).collect();
+    let docs = [ScoredText::plain(words[..170].join(" ")), ScoredText::plain(words[170..].join(" "))];
     let want = rolling_perplexity(&cpu, &docs, 64, None).unwrap();
     let got = rolling_perplexity(&gpu_model, &docs, 64, None).unwrap();
     let err = (got.token_perplexity - want.token_perplexity).abs() / want.token_perplexity;
-    println!(
-        "rolling perplexity (windows of 64): GPU {:.6} CPU {:.6}, relative error {err:.3e}",
-        got.token_perplexity, want.token_perplexity
-    );
+    println!("rolling perplexity (windows of 64): GPU {:.6} CPU {:.6}, relative error {err:.3e}", got.token_perplexity, want.token_perplexity);
     assert_eq!(got.windows, want.windows);
     assert!(err < 1e-4, "perplexity differs: {err:.3e}");
 }
@@ -293,11 +175,7 @@ fn evaluation_through_score_model_matches_the_cpu() {
 #[test]
 fn bad_scoring_inputs_are_typed_errors() {
     let mut rng = rng("bad_scoring_inputs_are_typed_errors");
-    let hybrid = GpuLigerModel::<f32>::new(
-        gpu(),
-        liger(Architecture::Llama, MixerKind::Gla, vec![1], &mut rng),
-    )
-    .unwrap();
+    let hybrid = GpuLigerModel::<f32>::new(gpu(), liger(Architecture::Llama, MixerKind::Gla, vec![1], &mut rng)).unwrap();
     let err = hybrid.all_logits(&[]).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("non-empty"), "{}", err.message);
@@ -305,29 +183,17 @@ fn bad_scoring_inputs_are_typed_errors() {
     let err = hybrid.all_logits_batch(&[&a, &b]).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("one length"), "{}", err.message);
-    assert_eq!(
-        hybrid.all_logits(&[5, 10_000]).unwrap_err().code,
-        ErrorCode::InvalidArgument
-    );
-    assert_eq!(
-        hybrid.all_logits_in_chunks(&[&a], 0).unwrap_err().code,
-        ErrorCode::InvalidArgument
-    );
+    assert_eq!(hybrid.all_logits(&[5, 10_000]).unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(hybrid.all_logits_in_chunks(&[&a], 0).unwrap_err().code, ErrorCode::InvalidArgument);
     // The hybrid's softmax layers keep the base context of 256.
     let err = hybrid.all_logits(&vec![3u32; 300]).unwrap_err();
     assert_eq!(err.code, ErrorCode::ContextOverflow);
     assert!(err.message.contains("shorter windows"), "{}", err.message);
-    let base =
-        GpuLigerModel::<bf16>::from_base(gpu(), base(Architecture::Llama, &mut rng)).unwrap();
-    assert_eq!(
-        base.all_logits(&vec![3u32; 257]).unwrap_err().code,
-        ErrorCode::ContextOverflow
-    );
+    let base = GpuLigerModel::<bf16>::from_base(gpu(), base(Architecture::Llama, &mut rng)).unwrap();
+    assert_eq!(base.all_logits(&vec![3u32; 257]).unwrap_err().code, ErrorCode::ContextOverflow);
     // A model the kernels cannot run says so when it is uploaded, before any scoring.
     let gsa = liger(Architecture::Llama, MixerKind::Gsa, vec![], &mut rng);
-    let err = GpuLigerModel::<f32>::new(gpu(), gsa)
-        .err()
-        .expect("gsa has no GPU kernels");
+    let err = GpuLigerModel::<f32>::new(gpu(), gsa).err().expect("gsa has no GPU kernels");
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("CPU backend"), "{}", err.message);
 }

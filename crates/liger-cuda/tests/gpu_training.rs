@@ -4,12 +4,12 @@
 mod common;
 
 use common::*;
-use half::bf16;
 use liger_core::train::loss::{cross_entropy, IGNORE};
 use liger_core::train::optim::{clip_grad_norm, AdamWConfig, AdamWState};
 use liger_core::ErrorCode;
 use liger_cuda::ops::adamw::{self, GpuAdamW};
 use liger_cuda::ops::cross_entropy as gpu_ce;
+use half::bf16;
 use liger_cuda::GpuBuffer;
 use rand::Rng;
 
@@ -29,55 +29,26 @@ fn cross_entropy_loss_and_gradient_match_the_cpu_in_chunks() {
     }
     let grad_scale = 1.0 / 40.0;
     let mut dh_cpu = vec![0.0; t * hidden];
-    let cpu = cross_entropy(
-        &h,
-        &head,
-        hidden,
-        vocab,
-        &labels,
-        grad_scale,
-        Some(&mut dh_cpu),
-    );
+    let cpu = cross_entropy(&h, &head, hidden, vocab, &labels, grad_scale, Some(&mut dh_cpu));
     let (hg, headg) = (upload(&ctx, &h), upload(&ctx, &head));
     // Chunks of 16 rows, so the last chunk is partial and one chunk holds ignored rows.
     for rows_per_chunk in [16, gpu_ce::rows_per_chunk::<f32>(vocab)] {
         let mut dh = poisoned(&ctx, t * hidden);
-        let out = gpu_ce::cross_entropy(
-            &ctx,
-            &hg,
-            &headg,
-            hidden,
-            vocab,
-            &labels,
-            grad_scale,
-            Some(&mut dh),
-            rows_per_chunk,
-        )
-        .unwrap();
+        let out = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab, &labels, grad_scale, Some(&mut dh), rows_per_chunk).unwrap();
         assert_eq!(out.count, cpu.count);
         let loss_err = (out.loss_sum - cpu.loss_sum).abs() / cpu.loss_sum.abs();
         println!("cross_entropy chunk {rows_per_chunk}: loss {} vs cpu {} (relative error {loss_err:.3e})", out.loss_sum, cpu.loss_sum);
         assert!(loss_err < FP32_TOL);
-        check(
-            &format!("cross_entropy dh (chunk {rows_per_chunk})"),
-            &dh,
-            &to_f64(&dh_cpu),
-            FP32_TOL,
-        );
+        check(&format!("cross_entropy dh (chunk {rows_per_chunk})"), &dh, &to_f64(&dh_cpu), FP32_TOL);
     }
-    let out = gpu_ce::cross_entropy(
-        &ctx, &hg, &headg, hidden, vocab, &labels, grad_scale, None, 8,
-    )
-    .unwrap();
+    let out = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab, &labels, grad_scale, None, 8).unwrap();
     assert!((out.loss_sum - cpu.loss_sum).abs() / cpu.loss_sum.abs() < FP32_TOL);
 
     let mut bad = labels.clone();
     bad[5] = vocab as u32;
-    let err =
-        gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab, &bad, 1.0, None, 16).unwrap_err();
+    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab, &bad, 1.0, None, 16).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
-    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden + 1, vocab, &labels, 1.0, None, 16)
-        .unwrap_err();
+    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden + 1, vocab, &labels, 1.0, None, 16).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }
 
@@ -100,47 +71,22 @@ fn bf16_cross_entropy_matches_the_cpu_on_rounded_inputs() {
     }
     let grad_scale = 1.0 / 146.0;
     let mut dh_cpu = vec![0.0; t * hidden];
-    let cpu = cross_entropy(
-        &h,
-        &head,
-        hidden,
-        vocab,
-        &labels,
-        grad_scale,
-        Some(&mut dh_cpu),
-    );
+    let cpu = cross_entropy(&h, &head, hidden, vocab, &labels, grad_scale, Some(&mut dh_cpu));
     let hg = GpuBuffer::from_host(&ctx, &h_stored).unwrap();
     let headg = GpuBuffer::from_host(&ctx, &head_stored).unwrap();
     // 64 rows per chunk: a partial last chunk; and the default chunk (all rows at once).
     for rows_per_chunk in [64, gpu_ce::rows_per_chunk::<bf16>(vocab)] {
         let mut dh = poisoned(&ctx, t * hidden);
-        let out = gpu_ce::cross_entropy(
-            &ctx,
-            &hg,
-            &headg,
-            hidden,
-            vocab,
-            &labels,
-            grad_scale,
-            Some(&mut dh),
-            rows_per_chunk,
-        )
-        .unwrap();
+        let out = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab, &labels, grad_scale, Some(&mut dh), rows_per_chunk).unwrap();
         assert_eq!(out.count, cpu.count);
         let loss_err = (out.loss_sum - cpu.loss_sum).abs() / cpu.loss_sum.abs();
         println!("bf16 cross_entropy chunk {rows_per_chunk}: loss {} vs cpu {} (relative error {loss_err:.3e})", out.loss_sum, cpu.loss_sum);
         // The logits are f32 products of the rounded inputs: the loss is f32-exact.
         assert!(loss_err < FP32_TOL);
         // The gradient chunk is stored as bf16 before dh = grad x head.
-        check(
-            &format!("bf16 cross_entropy dh (chunk {rows_per_chunk})"),
-            &dh,
-            &to_f64(&dh_cpu),
-            BF16_TOL,
-        );
+        check(&format!("bf16 cross_entropy dh (chunk {rows_per_chunk})"), &dh, &to_f64(&dh_cpu), BF16_TOL);
     }
-    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab + 1, &labels, 1.0, None, 16)
-        .unwrap_err();
+    let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab + 1, &labels, 1.0, None, 16).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }
 
@@ -149,13 +95,7 @@ fn adamw_steps_match_the_cpu_optimizer() {
     let ctx = gpu();
     let mut rng = rng("adamw");
     let sizes = [1000usize, 8 * 576, 3];
-    let cfg = AdamWConfig {
-        lr: 1e-3,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-    };
+    let cfg = AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
     let mut params_cpu: Vec<Vec<f32>> = sizes.iter().map(|&n| random(&mut rng, n, 1.0)).collect();
     let mut params_gpu: Vec<GpuBuffer<f32>> = params_cpu.iter().map(|p| upload(&ctx, p)).collect();
     let mut state_cpu = AdamWState::new(&sizes);
@@ -165,44 +105,19 @@ fn adamw_steps_match_the_cpu_optimizer() {
         let grads_gpu: Vec<GpuBuffer<f32>> = grads.iter().map(|g| upload(&ctx, g)).collect();
         let lr = cfg.lr * (1.0 - 0.1 * step as f32);
         let mut p_refs: Vec<&mut [f32]> = params_cpu.iter_mut().map(|p| p.as_mut_slice()).collect();
-        state_cpu.update(
-            &cfg,
-            lr,
-            &mut p_refs,
-            &grads.iter().map(|g| g.as_slice()).collect::<Vec<_>>(),
-        );
+        state_cpu.update(&cfg, lr, &mut p_refs, &grads.iter().map(|g| g.as_slice()).collect::<Vec<_>>());
         let mut p_gpu: Vec<&mut GpuBuffer<f32>> = params_gpu.iter_mut().collect();
-        state_gpu
-            .update(
-                &ctx,
-                &cfg,
-                lr,
-                &mut p_gpu,
-                &grads_gpu.iter().collect::<Vec<_>>(),
-            )
-            .unwrap();
+        state_gpu.update(&ctx, &cfg, lr, &mut p_gpu, &grads_gpu.iter().collect::<Vec<_>>()).unwrap();
     }
     assert_eq!(state_gpu.step, state_cpu.step);
     for (i, (p_gpu, p_cpu)) in params_gpu.iter().zip(&params_cpu).enumerate() {
         check(&format!("adamw param {i}"), p_gpu, &to_f64(p_cpu), FP32_TOL);
         let (m, v) = state_gpu.moments(i).unwrap();
-        check(
-            &format!("adamw m {i}"),
-            m,
-            &to_f64(&state_cpu.m[i]),
-            FP32_TOL,
-        );
-        check(
-            &format!("adamw v {i}"),
-            v,
-            &to_f64(&state_cpu.v[i]),
-            FP32_TOL,
-        );
+        check(&format!("adamw m {i}"), m, &to_f64(&state_cpu.m[i]), FP32_TOL);
+        check(&format!("adamw v {i}"), v, &to_f64(&state_cpu.v[i]), FP32_TOL);
     }
     let mut wrong = vec![&mut params_gpu[0]];
-    let err = state_gpu
-        .update(&ctx, &cfg, 1e-3, &mut wrong, &[])
-        .unwrap_err();
+    let err = state_gpu.update(&ctx, &cfg, 1e-3, &mut wrong, &[]).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }
 
@@ -210,21 +125,10 @@ fn adamw_steps_match_the_cpu_optimizer() {
 fn gradient_clipping_matches_the_cpu() {
     let ctx = gpu();
     let mut rng = rng("clip");
-    let mut grads: Vec<Vec<f32>> = [70_000usize, 333]
-        .iter()
-        .map(|&n| random(&mut rng, n, 1.0))
-        .collect();
+    let mut grads: Vec<Vec<f32>> = [70_000usize, 333].iter().map(|&n| random(&mut rng, n, 1.0)).collect();
     let mut gpu_grads: Vec<GpuBuffer<f32>> = grads.iter().map(|g| upload(&ctx, g)).collect();
-    let norm_cpu = clip_grad_norm(
-        &mut grads
-            .iter_mut()
-            .map(|g| g.as_mut_slice())
-            .collect::<Vec<_>>(),
-        1.0,
-    )
-    .unwrap();
-    let norm_gpu =
-        adamw::clip_grad_norm(&ctx, &mut gpu_grads.iter_mut().collect::<Vec<_>>(), 1.0).unwrap();
+    let norm_cpu = clip_grad_norm(&mut grads.iter_mut().map(|g| g.as_mut_slice()).collect::<Vec<_>>(), 1.0).unwrap();
+    let norm_gpu = adamw::clip_grad_norm(&ctx, &mut gpu_grads.iter_mut().collect::<Vec<_>>(), 1.0).unwrap();
     let err = ((norm_gpu - norm_cpu) / norm_cpu).abs() as f64;
     println!("grad norm {norm_gpu} vs cpu {norm_cpu} (relative error {err:.3e})");
     assert!(err < FP32_TOL);
@@ -232,7 +136,6 @@ fn gradient_clipping_matches_the_cpu() {
         check("clipped gradient", g_gpu, &to_f64(g_cpu), FP32_TOL);
     }
     let mut bad = [upload(&ctx, &[1.0, f32::INFINITY])];
-    let err =
-        adamw::clip_grad_norm(&ctx, &mut bad.iter_mut().collect::<Vec<_>>(), 1.0).unwrap_err();
+    let err = adamw::clip_grad_norm(&ctx, &mut bad.iter_mut().collect::<Vec<_>>(), 1.0).unwrap_err();
     assert_eq!(err.code, ErrorCode::NonFiniteLoss);
 }

@@ -4,9 +4,7 @@
 
 use liger_core::ErrorCode;
 use liger_cuda::kernels::{self, KernelFile};
-use liger_cuda::nvrtc::{
-    cache_path, compile_ptx, ensure_nvrtc, load_or_compile, nvrtc_version, ptx_defines_entry,
-};
+use liger_cuda::nvrtc::{cache_path, compile_ptx, ensure_nvrtc, load_or_compile, nvrtc_version, ptx_defines_entry};
 use std::collections::HashSet;
 use std::fs;
 
@@ -22,40 +20,16 @@ fn require_nvrtc() {
 fn every_kernel_compiles_for_sm90_with_its_entry_points() {
     require_nvrtc();
     let (major, minor) = nvrtc_version().unwrap();
-    assert!(
-        major >= 13,
-        "NVRTC {major}.{minor} is older than the CUDA 13 this crate targets"
-    );
+    assert!(major >= 13, "NVRTC {major}.{minor} is older than the CUDA 13 this crate targets");
     for file in kernels::ALL {
         let ptx = compile_ptx(file, H100).unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            ptx.contains(".target sm_90"),
-            "{}.cu: PTX is not for sm_90",
-            file.name
-        );
+        assert!(ptx.contains(".target sm_90"), "{}.cu: PTX is not for sm_90", file.name);
         for entry in file.entry_points {
-            assert!(
-                ptx_defines_entry(&ptx, entry),
-                "{}.cu: no entry point {entry} in the PTX",
-                file.name
-            );
+            assert!(ptx_defines_entry(&ptx, entry), "{}.cu: no entry point {entry} in the PTX", file.name);
         }
-        let entries = ptx
-            .lines()
-            .filter(|l| l.trim_start().starts_with(".visible .entry"))
-            .count();
-        assert_eq!(
-            entries,
-            file.entry_points.len(),
-            "{}.cu defines kernels that are not listed",
-            file.name
-        );
-        println!(
-            "{}.cu: {} entry points, {} bytes of PTX",
-            file.name,
-            entries,
-            ptx.len()
-        );
+        let entries = ptx.lines().filter(|l| l.trim_start().starts_with(".visible .entry")).count();
+        assert_eq!(entries, file.entry_points.len(), "{}.cu defines kernels that are not listed", file.name);
+        println!("{}.cu: {} entry points, {} bytes of PTX", file.name, entries, ptx.len());
     }
 }
 
@@ -80,11 +54,7 @@ fn every_kernel_file_is_listed_and_entry_names_are_unique() {
 #[test]
 fn a_compile_error_names_the_file_and_carries_the_log() {
     require_nvrtc();
-    let broken = KernelFile {
-        name: "broken",
-        source: "extern \"C\" __global__ void k(float* x) { x[0] = undefined_value; }\n",
-        entry_points: &["k"],
-    };
+    let broken = KernelFile { name: "broken", source: "extern \"C\" __global__ void k(float* x) { x[0] = undefined_value; }\n", entry_points: &["k"] };
     let err = compile_ptx(&broken, H100).unwrap_err();
     assert_eq!(err.code, ErrorCode::Internal);
     assert!(err.message.contains("broken.cu"), "{}", err.message);
@@ -105,10 +75,7 @@ fn compiled_ptx_is_cached_by_key_and_bad_cache_files_are_replaced() {
     fs::write(&path, "// truncated\n").unwrap();
     assert_eq!(load_or_compile(&dir, file, H100).unwrap(), first);
     assert_eq!(fs::read_to_string(&path).unwrap(), first);
-    let names: Vec<_> = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 1, "no temporary files are left: {names:?}");
     fs::remove_dir_all(&dir).unwrap();
 }

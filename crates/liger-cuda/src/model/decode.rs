@@ -28,15 +28,9 @@ use liger_core::{Error, ErrorCode, Result};
 pub(super) enum LayerCache<T> {
     /// The recurrent state `[B, hkv, state]` (f32) and, with SWA, the window's roped keys and
     /// values `[B, hkv, window, d]` (as `T`) as a ring buffer.
-    Liger {
-        state: GpuBuffer<f32>,
-        window: Option<(GpuBuffer<T>, GpuBuffer<T>)>,
-    },
+    Liger { state: GpuBuffer<f32>, window: Option<(GpuBuffer<T>, GpuBuffer<T>)> },
     /// Roped keys and values `[B, hkv, capacity, d]` (as `T`) of a softmax layer.
-    Softmax {
-        keys: GpuBuffer<T>,
-        values: GpuBuffer<T>,
-    },
+    Softmax { keys: GpuBuffer<T>, values: GpuBuffer<T> },
 }
 
 /// The decoding state of a batch of sequences on the GPU, for a model storing its weights as
@@ -91,9 +85,7 @@ impl<T> GpuLigerState<T> {
             .layers
             .iter()
             .map(|l| match l {
-                LayerCache::Liger { state, window } => {
-                    4 * state.len() + window.as_ref().map_or(0, |(k, v)| t * (k.len() + v.len()))
-                }
+                LayerCache::Liger { state, window } => 4 * state.len() + window.as_ref().map_or(0, |(k, v)| t * (k.len() + v.len())),
                 LayerCache::Softmax { keys, values } => t * (keys.len() + values.len()),
             })
             .sum();
@@ -104,12 +96,7 @@ impl<T> GpuLigerState<T> {
 impl<T: GemmInput> GpuLigerModel<T> {
     /// An empty state for `batch` sequences.
     pub fn new_batch_state(&self, batch: usize) -> GpuLigerState<T> {
-        GpuLigerState {
-            batch,
-            position: 0,
-            layers: Vec::new(),
-            plan: None,
-        }
+        GpuLigerState { batch, position: 0, layers: Vec::new(), plan: None }
     }
 
     fn allocate_caches(&self, state: &mut GpuLigerState<T>) -> Result<()> {
@@ -119,24 +106,15 @@ impl<T: GemmInput> GpuLigerModel<T> {
         for layer in 0..c.num_layers {
             let cache = if self.host.options.is_softmax_layer(layer) {
                 let len = b * shape.hkv * c.max_position_embeddings * shape.d;
-                LayerCache::Softmax {
-                    keys: GpuBuffer::zeros(&self.ctx, len)?,
-                    values: GpuBuffer::zeros(&self.ctx, len)?,
-                }
+                LayerCache::Softmax { keys: GpuBuffer::zeros(&self.ctx, len)?, values: GpuBuffer::zeros(&self.ctx, len)? }
             } else {
                 let window = if att.use_swa {
                     let len = b * shape.hkv * att.window_keys * shape.d;
-                    Some((
-                        GpuBuffer::zeros(&self.ctx, len)?,
-                        GpuBuffer::zeros(&self.ctx, len)?,
-                    ))
+                    Some((GpuBuffer::zeros(&self.ctx, len)?, GpuBuffer::zeros(&self.ctx, len)?))
                 } else {
                     None
                 };
-                LayerCache::Liger {
-                    state: GpuBuffer::zeros(&self.ctx, b * mixer_state_len(&att.mixer, shape))?,
-                    window,
-                }
+                LayerCache::Liger { state: GpuBuffer::zeros(&self.ctx, b * mixer_state_len(&att.mixer, shape))?, window }
             };
             state.layers.push(cache);
         }
@@ -145,11 +123,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// Appends `tokens[b]` to sequence b of `state` (every sequence the same number of
     /// tokens) and returns the logits after the last one of each (`B x vocab`).
-    pub fn forward_last_batch(
-        &self,
-        state: &mut GpuLigerState<T>,
-        tokens: &[&[u32]],
-    ) -> Result<Vec<f32>> {
+    pub fn forward_last_batch(&self, state: &mut GpuLigerState<T>, tokens: &[&[u32]]) -> Result<Vec<f32>> {
         let t = tokens.first().map_or(0, |s| s.len());
         if tokens.len() != state.batch || t == 0 || tokens.iter().any(|s| s.len() != t) {
             return Err(Error::invalid_argument(format!(
@@ -180,10 +154,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         if state.plan.is_none() {
             state.plan = Some(self.new_decode_plan(state.batch)?);
         }
-        let plan = state
-            .plan
-            .as_mut()
-            .ok_or_else(|| liger_core::Error::internal("the decoding plan is missing"))?;
+        let plan = state.plan.as_mut().ok_or_else(|| liger_core::Error::internal("the decoding plan is missing"))?;
         let mut logits = Vec::new();
         for i in 0..t {
             let column: Vec<u32> = tokens.iter().map(|s| s[i]).collect();
@@ -206,10 +177,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     fn prefill(&self, state: &mut GpuLigerState<T>, tokens: &[&[u32]]) -> Result<Vec<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
-        let rows = Rows {
-            batch: state.batch,
-            tokens: tokens[0].len(),
-        };
+        let rows = Rows { batch: state.batch, tokens: tokens[0].len() };
         let (n, shape) = (rows.n(), self.shape);
         let att = &self.host.options.attention;
         let start = GpuBuffer::<u32>::zeros(ctx, rows.batch)?;
@@ -220,95 +188,31 @@ impl<T: GemmInput> GpuLigerModel<T> {
             drop((h, h_t));
             let (q, k, v) = (&qkv.q, &qkv.k, &qkv.v);
             let mut o = GpuBuffer::<f32>::zeros(ctx, n * c.q_size())?;
-            let rope = |heads: usize| RopeLayout {
-                inv_freq: &self.weights.inv_freq,
-                start: &start,
-                tokens: rows.tokens,
-                heads,
-                head_dim: shape.d,
-            };
-            let (mut q_roped, mut k_roped) = (
-                GpuBuffer::<f32>::zeros(ctx, q.len())?,
-                GpuBuffer::<f32>::zeros(ctx, k.len())?,
-            );
+            let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start: &start, tokens: rows.tokens, heads, head_dim: shape.d };
+            let (mut q_roped, mut k_roped) = (GpuBuffer::<f32>::zeros(ctx, q.len())?, GpuBuffer::<f32>::zeros(ctx, k.len())?);
             rope_forward_to(ctx, &rope(shape.hq), &qkv.q, &mut q_roped)?;
             rope_forward_to(ctx, &rope(shape.hkv), &qkv.k, &mut k_roped)?;
             let mut o_att = GpuBuffer::<f32>::zeros(ctx, q.len())?;
             let mut lse = GpuBuffer::<f32>::zeros(ctx, rows.batch * shape.hq * rows.tokens)?;
-            let dims = AttentionDims {
-                batch: rows.batch,
-                tokens: rows.tokens,
-                shape,
-            };
+            let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
             match cache {
-                LayerCache::Liger {
-                    state: mixer_state,
-                    window,
-                } => {
+                LayerCache::Liger { state: mixer_state, window } => {
                     let mut o_grm = GpuBuffer::<f32>::zeros(ctx, q.len())?;
-                    let mdims = MixerDims {
-                        batch: rows.batch,
-                        tokens: rows.tokens,
-                        shape,
-                    };
-                    mixer_chunk_forward(
-                        ctx,
-                        &att.mixer,
-                        mdims,
-                        q,
-                        k,
-                        v,
-                        &mut o_grm,
-                        None,
-                        Some(mixer_state),
-                    )?;
+                    let mdims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
+                    mixer_chunk_forward(ctx, &att.mixer, mdims, q, k, v, &mut o_grm, None, Some(mixer_state))?;
                     widen(ctx, &o_grm, &mut o, att.alpha, false)?;
                     if let Some((wk, wv)) = window {
-                        attention_forward(
-                            ctx,
-                            dims,
-                            Some(att.window_keys),
-                            &q_roped,
-                            &k_roped,
-                            v,
-                            &mut o_att,
-                            &mut lse,
-                        )?;
+                        attention_forward(ctx, dims, Some(att.window_keys), &q_roped, &k_roped, v, &mut o_att, &mut lse)?;
                         widen(ctx, &o_att, &mut o, att.beta, true)?;
-                        let (k_t, v_t) =
-                            (scaled::<T>(ctx, &k_roped, 1.0)?, scaled::<T>(ctx, v, 1.0)?);
-                        cache_prefill(
-                            ctx,
-                            rows.batch,
-                            rows.tokens,
-                            shape,
-                            att.window_keys,
-                            &k_t,
-                            &v_t,
-                            &start,
-                            wk,
-                            wv,
-                        )?;
+                        let (k_t, v_t) = (scaled::<T>(ctx, &k_roped, 1.0)?, scaled::<T>(ctx, v, 1.0)?);
+                        cache_prefill(ctx, rows.batch, rows.tokens, shape, att.window_keys, &k_t, &v_t, &start, wk, wv)?;
                     }
                 }
                 LayerCache::Softmax { keys, values } => {
-                    attention_forward(
-                        ctx, dims, None, &q_roped, &k_roped, v, &mut o_att, &mut lse,
-                    )?;
+                    attention_forward(ctx, dims, None, &q_roped, &k_roped, v, &mut o_att, &mut lse)?;
                     widen(ctx, &o_att, &mut o, 1.0, false)?;
                     let (k_t, v_t) = (scaled::<T>(ctx, &k_roped, 1.0)?, scaled::<T>(ctx, v, 1.0)?);
-                    cache_prefill(
-                        ctx,
-                        rows.batch,
-                        rows.tokens,
-                        shape,
-                        c.max_position_embeddings,
-                        &k_t,
-                        &v_t,
-                        &start,
-                        keys,
-                        values,
-                    )?;
+                    cache_prefill(ctx, rows.batch, rows.tokens, shape, c.max_position_embeddings, &k_t, &v_t, &start, keys, values)?;
                 }
             }
             self.o_proj(layer, &o, n, &mut x)?;
@@ -326,33 +230,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let (hs, vocab) = (c.hidden_size, c.vocab_size);
         let mut hf = GpuBuffer::<f32>::zeros(ctx, x.len())?;
         let mut rstd = GpuBuffer::<f32>::zeros(ctx, rows.n())?;
-        rms_norm_forward(
-            ctx,
-            x,
-            &self.weights.final_norm,
-            c.rms_norm_eps,
-            &mut hf,
-            &mut rstd,
-        )?;
+        rms_norm_forward(ctx, x, &self.weights.final_norm, c.rms_norm_eps, &mut hf, &mut rstd)?;
         let hf_t = scaled::<T>(ctx, &hf, 1.0)?;
         let mut logits = GpuBuffer::<f32>::zeros(ctx, rows.batch * vocab)?;
-        let dims = GemmDims {
-            m: 1,
-            n: vocab,
-            k: hs,
-            a_transposed: false,
-            b_transposed: true,
-        };
+        let dims = GemmDims { m: 1, n: vocab, k: hs, a_transposed: false, b_transposed: true };
         for b in 0..rows.batch {
             let last = b * rows.tokens + rows.tokens - 1;
-            gemm(
-                ctx,
-                dims,
-                &hf_t.view(last * hs..(last + 1) * hs),
-                self.weights.head().slice(),
-                &mut logits.view_mut(b * vocab..(b + 1) * vocab),
-                false,
-            )?;
+            gemm(ctx, dims, &hf_t.view(last * hs..(last + 1) * hs), self.weights.head().slice(), &mut logits.view_mut(b * vocab..(b + 1) * vocab), false)?;
         }
         logits.to_host()
     }

@@ -20,13 +20,8 @@ use crate::gemm::{gemm, gemm_scaled, GemmDims, GemmInput};
 use crate::kernels::EMBEDDING;
 use crate::launch::{as_int, block_per_row};
 use crate::ops::attention::attention_decode;
-use crate::ops::decode::{
-    decode_gemv, decode_gemv_lora, decode_gemv_swiglu, decode_mix, decode_rms_norm,
-    decode_rope_append, decode_swiglu, gemv_fits, DecodeRope, GEMV_MAX_BATCH,
-};
-use crate::ops::decode_lora::{
-    decode_lora_down, decode_lora_up, LoraDown, LoraUp, LORA_DOWN_MAX_BATCH,
-};
+use crate::ops::decode::{decode_gemv, decode_gemv_lora, decode_gemv_swiglu, decode_mix, decode_rms_norm, decode_rope_append, decode_swiglu, gemv_fits, DecodeRope, GEMV_MAX_BATCH};
+use crate::ops::decode_lora::{decode_lora_down, decode_lora_up, LoraDown, LoraUp, LORA_DOWN_MAX_BATCH};
 use crate::ops::decode_window::{decode_window_attention, window_attention_fits, WindowCaches};
 use crate::ops::mixer::mixer_recurrent_step;
 use crate::ops::rms_norm::rms_norm_forward;
@@ -109,22 +104,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
     pub(super) fn new_decode_plan(&self, batch: usize) -> Result<DecodePlan<T>> {
         let ctx = &self.ctx;
         let c = self.config();
-        let (hs, qs, kvs, f, vocab) = (
-            c.hidden_size,
-            c.q_size(),
-            c.kv_size(),
-            c.intermediate_size,
-            c.vocab_size,
-        );
+        let (hs, qs, kvs, f, vocab) = (c.hidden_size, c.q_size(), c.kv_size(), c.intermediate_size, c.vocab_size);
         let lora = self.lora_guard()?;
-        let rank = lora
-            .iter()
-            .flatten()
-            .flatten()
-            .map(|a| a.rank)
-            .max()
-            .unwrap_or(1)
-            .max(1);
+        let rank = lora.iter().flatten().flatten().map(|a| a.rank).max().unwrap_or(1).max(1);
         drop(lora);
         let f32s = |n: usize| GpuBuffer::<f32>::zeros(ctx, batch * n);
         let ts = |n: usize| GpuBuffer::<T>::zeros(ctx, batch * n);
@@ -157,66 +139,37 @@ impl<T: GemmInput> GpuLigerModel<T> {
             act_t: ts(f)?,
             logits: f32s(vocab)?,
         };
-        Ok(DecodePlan {
-            buffers,
-            graph: None,
-            graph_lora_version: 0,
-            plain_steps: 0,
-            captures: 0,
-            capture_failed: false,
-        })
+        Ok(DecodePlan { buffers, graph: None, graph_lora_version: 0, plain_steps: 0, captures: 0, capture_failed: false })
     }
 
     /// One token per sequence (`ids`, every sequence at position `position`) through the
     /// layers, advancing `layers`; returns the logits (`B x vocab`).
-    pub(super) fn decode_step(
-        &self,
-        layers: &mut [LayerCache<T>],
-        plan: &mut DecodePlan<T>,
-        ids: &[u32],
-        position: usize,
-    ) -> Result<Vec<f32>> {
+    pub(super) fn decode_step(&self, layers: &mut [LayerCache<T>], plan: &mut DecodePlan<T>, ids: &[u32], position: usize) -> Result<Vec<f32>> {
         let c = self.config();
         let vocab = self.weights.embed.len() / c.hidden_size.max(1);
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::invalid_argument(format!(
-                "token id {bad} is outside the vocabulary of {vocab}"
-            )));
+            return Err(Error::invalid_argument(format!("token id {bad} is outside the vocabulary of {vocab}")));
         }
         let p = &mut plan.buffers;
         if ids.len() != p.batch {
-            return Err(Error::internal(format!(
-                "a step of {} tokens for a plan of {} sequences",
-                ids.len(),
-                p.batch
-            )));
+            return Err(Error::internal(format!("a step of {} tokens for a plan of {} sequences", ids.len(), p.batch)));
         }
         let b = p.batch;
-        let pos = u32::try_from(position).map_err(|_| {
-            Error::invalid_argument(format!(
-                "position {position} is beyond what the GPU kernels index (2^32)"
-            ))
-        })?;
+        let pos = u32::try_from(position).map_err(|_| Error::invalid_argument(format!("position {position} is beyond what the GPU kernels index (2^32)")))?;
         p.ids.copy_from_host(ids)?;
         p.positions.copy_from_host(&vec![pos; b])?;
         let att = &self.host.options.attention;
         if att.use_swa {
-            p.window_len
-                .copy_from_host(&vec![(pos + 1).min(att.window_keys as u32); b])?;
+            p.window_len.copy_from_host(&vec![(pos + 1).min(att.window_keys as u32); b])?;
         }
         if !self.host.options.softmax_layers.is_empty() {
             p.full_len.copy_from_host(&vec![pos + 1; b])?;
         }
         let version = self.lora_version();
-        if plan.graph.is_some()
-            && (plan.graph_lora_version != version || !self.decode_graphs_enabled())
-        {
+        if plan.graph.is_some() && (plan.graph_lora_version != version || !self.decode_graphs_enabled()) {
             plan.graph = None;
         }
-        let want_graph = self.decode_graphs_enabled()
-            && self.ctx.capture_allowed()
-            && plan.plain_steps > 0
-            && !plan.capture_failed;
+        let want_graph = self.decode_graphs_enabled() && self.ctx.capture_allowed() && plan.plain_steps > 0 && !plan.capture_failed;
         if plan.graph.is_none() && want_graph {
             match self.capture_step(layers, &mut plan.buffers) {
                 Ok(graph) => {
@@ -233,10 +186,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             }
         }
         match &plan.graph {
-            Some(graph) => graph
-                .0
-                .launch()
-                .map_err(|e| crate::error::driver_error(e, "replaying the decoding step"))?,
+            Some(graph) => graph.0.launch().map_err(|e| crate::error::driver_error(e, "replaying the decoding step"))?,
             None => {
                 self.record_step(layers, &mut plan.buffers)?;
                 plan.plain_steps += 1;
@@ -246,15 +196,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// Captures the step's launches into a graph (nothing runs).
-    fn capture_step(
-        &self,
-        layers: &mut [LayerCache<T>],
-        p: &mut StepBuffers<T>,
-    ) -> std::result::Result<CudaGraph, String> {
+    fn capture_step(&self, layers: &mut [LayerCache<T>], p: &mut StepBuffers<T>) -> std::result::Result<CudaGraph, String> {
         let stream = self.ctx.stream();
-        stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(|e| e.to_string())?;
+        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| e.to_string())?;
         let recorded = self.record_step(layers, p);
         let ended = stream.end_capture(CUgraphInstantiate_flags(0));
         match (recorded, ended) {
@@ -280,31 +224,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let fused_lora = b <= LORA_DOWN_MAX_BATCH && gemv_fits::<f32>(hs) && gemv_fits::<f32>(qs);
         let window_kernel = window_attention_fits(shape);
         let StepBuffers {
-            ids,
-            positions,
-            window_len,
-            full_len,
-            x,
-            h,
-            h_t,
-            q,
-            k,
-            v,
-            q_normed,
-            k_normed,
-            q_rstd,
-            k_rstd,
-            lora_u,
-            q_roped,
-            o_mixer,
-            o_attention,
-            o,
-            o_t,
-            gate,
-            up,
-            act_t,
-            logits,
-            ..
+            ids, positions, window_len, full_len, x, h, h_t, q, k, v, q_normed, k_normed, q_rstd, k_rstd, lora_u, q_roped, o_mixer, o_attention, o, o_t, gate, up, act_t, logits, ..
         } = p;
         let [u_q, u_k, u_v, u_o] = lora_u;
         embed_ids(ctx, &self.weights.embed, hs, ids, x)?;
@@ -315,103 +235,29 @@ impl<T: GemmInput> GpuLigerModel<T> {
             decode_rms_norm(ctx, x, &lw.attn_norm, eps, h, h_t)?;
             let qkv = [LoraTarget::Q, LoraTarget::K, LoraTarget::V];
             if fused_lora {
-                let mut downs: Vec<LoraDown> = qkv
-                    .into_iter()
-                    .zip([&mut *u_q, &mut *u_k, &mut *u_v])
-                    .filter_map(|(t, u)| {
-                        adapter(t).map(|a| LoraDown {
-                            a: &a.a,
-                            scale: a.scale,
-                            u,
-                        })
-                    })
-                    .collect();
+                let mut downs: Vec<LoraDown> = qkv.into_iter().zip([&mut *u_q, &mut *u_k, &mut *u_v]).filter_map(|(t, u)| adapter(t).map(|a| LoraDown { a: &a.a, scale: a.scale, u })).collect();
                 if !downs.is_empty() {
                     decode_lora_down(ctx, h, b, hs, &mut downs)?;
                 }
-                let ups: [Option<LoraUp>; 3] = [
-                    (LoraTarget::Q, &*u_q),
-                    (LoraTarget::K, &*u_k),
-                    (LoraTarget::V, &*u_v),
-                ]
-                .map(|(t, u)| {
-                    adapter(t).map(|a| LoraUp {
-                        b: &a.b,
-                        u,
-                        rank: a.rank,
-                    })
-                });
+                let ups: [Option<LoraUp>; 3] = [(LoraTarget::Q, &*u_q), (LoraTarget::K, &*u_k), (LoraTarget::V, &*u_v)].map(|(t, u)| adapter(t).map(|a| LoraUp { b: &a.b, u, rank: a.rank }));
                 if small {
-                    decode_gemv_lora(
-                        ctx,
-                        h_t,
-                        b,
-                        hs,
-                        &mut [(&lw.wq, &mut *q), (&lw.wk, &mut *k), (&lw.wv, &mut *v)],
-                        &ups,
-                        false,
-                    )?;
+                    decode_gemv_lora(ctx, h_t, b, hs, &mut [(&lw.wq, &mut *q), (&lw.wk, &mut *k), (&lw.wv, &mut *v)], &ups, false)?;
                 } else {
-                    for (w, y, out) in [
-                        (&lw.wq, &mut *q, qs),
-                        (&lw.wk, &mut *k, kvs),
-                        (&lw.wv, &mut *v, kvs),
-                    ] {
-                        gemm(
-                            ctx,
-                            GemmDims {
-                                m: b,
-                                n: out,
-                                k: hs,
-                                a_transposed: false,
-                                b_transposed: true,
-                            },
-                            h_t.slice(),
-                            w.slice(),
-                            y.slice_mut(),
-                            false,
-                        )?;
+                    for (w, y, out) in [(&lw.wq, &mut *q, qs), (&lw.wk, &mut *k, kvs), (&lw.wv, &mut *v, kvs)] {
+                        gemm(ctx, GemmDims { m: b, n: out, k: hs, a_transposed: false, b_transposed: true }, h_t.slice(), w.slice(), y.slice_mut(), false)?;
                     }
-                    let mut outs: Vec<(LoraUp, &mut GpuBuffer<f32>)> = ups
-                        .into_iter()
-                        .zip([&mut *q, &mut *k, &mut *v])
-                        .filter_map(|(up, y)| up.map(|up| (up, y)))
-                        .collect();
+                    let mut outs: Vec<(LoraUp, &mut GpuBuffer<f32>)> = ups.into_iter().zip([&mut *q, &mut *k, &mut *v]).filter_map(|(up, y)| up.map(|up| (up, y))).collect();
                     if !outs.is_empty() {
                         decode_lora_up(ctx, b, &mut outs)?;
                     }
                 }
             } else {
                 if small {
-                    decode_gemv(
-                        ctx,
-                        h_t,
-                        b,
-                        hs,
-                        &mut [(&lw.wq, &mut *q), (&lw.wk, &mut *k), (&lw.wv, &mut *v)],
-                        false,
-                    )?;
+                    decode_gemv(ctx, h_t, b, hs, &mut [(&lw.wq, &mut *q), (&lw.wk, &mut *k), (&lw.wv, &mut *v)], false)?;
                 }
-                for (target, w, y, out) in [
-                    (LoraTarget::Q, &lw.wq, &mut *q, qs),
-                    (LoraTarget::K, &lw.wk, &mut *k, kvs),
-                    (LoraTarget::V, &lw.wv, &mut *v, kvs),
-                ] {
+                for (target, w, y, out) in [(LoraTarget::Q, &lw.wq, &mut *q, qs), (LoraTarget::K, &lw.wk, &mut *k, kvs), (LoraTarget::V, &lw.wv, &mut *v, kvs)] {
                     if !small {
-                        gemm(
-                            ctx,
-                            GemmDims {
-                                m: b,
-                                n: out,
-                                k: hs,
-                                a_transposed: false,
-                                b_transposed: true,
-                            },
-                            h_t.slice(),
-                            w.slice(),
-                            y.slice_mut(),
-                            false,
-                        )?;
+                        gemm(ctx, GemmDims { m: b, n: out, k: hs, a_transposed: false, b_transposed: true }, h_t.slice(), w.slice(), y.slice_mut(), false)?;
                     }
                     if let Some(a) = adapter(target) {
                         lora_add(ctx, a, h, b, u_o, y)?;
@@ -423,67 +269,26 @@ impl<T: GemmInput> GpuLigerModel<T> {
                     super::glue::add_bias_rows(ctx, y, bias)?;
                 }
             }
-            let (q_in, k_in): (&GpuBuffer<f32>, &GpuBuffer<f32>) =
-                match (c.qk_norm, &lw.q_norm, &lw.k_norm) {
-                    (true, Some(qn), Some(kn)) => {
-                        rms_norm_forward(ctx, q, qn, eps, q_normed, q_rstd)?;
-                        rms_norm_forward(ctx, k, kn, eps, k_normed, k_rstd)?;
-                        (q_normed, k_normed)
-                    }
-                    _ => (q, k),
-                };
-            let rope = |capacity: usize| DecodeRope {
-                inv_freq: &self.weights.inv_freq,
-                positions,
-                batch: b,
-                shape,
-                capacity,
+            let (q_in, k_in): (&GpuBuffer<f32>, &GpuBuffer<f32>) = match (c.qk_norm, &lw.q_norm, &lw.k_norm) {
+                (true, Some(qn), Some(kn)) => {
+                    rms_norm_forward(ctx, q, qn, eps, q_normed, q_rstd)?;
+                    rms_norm_forward(ctx, k, kn, eps, k_normed, k_rstd)?;
+                    (q_normed, k_normed)
+                }
+                _ => (q, k),
             };
+            let rope = |capacity: usize| DecodeRope { inv_freq: &self.weights.inv_freq, positions, batch: b, shape, capacity };
             match cache {
                 LayerCache::Liger { state, window } => {
                     mixer_recurrent_step(ctx, &att.mixer, b, shape, state, q_in, k_in, v, o_mixer)?;
                     if let Some((wk, wv)) = window {
-                        decode_rope_append(
-                            ctx,
-                            &rope(att.window_keys),
-                            q_in,
-                            k_in,
-                            v,
-                            q_roped,
-                            wk,
-                            wv,
-                        )?;
+                        decode_rope_append(ctx, &rope(att.window_keys), q_in, k_in, v, q_roped, wk, wv)?;
                         if window_kernel {
-                            let caches = WindowCaches {
-                                batch: b,
-                                shape,
-                                capacity: att.window_keys,
-                                keys: wk,
-                                values: wv,
-                                lengths: window_len,
-                            };
-                            decode_window_attention(
-                                ctx, &caches, q_roped, o_mixer, att.alpha, att.beta, o, o_t,
-                            )?;
+                            let caches = WindowCaches { batch: b, shape, capacity: att.window_keys, keys: wk, values: wv, lengths: window_len };
+                            decode_window_attention(ctx, &caches, q_roped, o_mixer, att.alpha, att.beta, o, o_t)?;
                         } else {
-                            attention_decode(
-                                ctx,
-                                b,
-                                shape,
-                                att.window_keys,
-                                q_roped,
-                                wk,
-                                wv,
-                                window_len,
-                                o_attention,
-                            )?;
-                            decode_mix(
-                                ctx,
-                                Some((&*o_mixer, att.alpha)),
-                                Some((&*o_attention, att.beta)),
-                                o,
-                                o_t,
-                            )?;
+                            attention_decode(ctx, b, shape, att.window_keys, q_roped, wk, wv, window_len, o_attention)?;
+                            decode_mix(ctx, Some((&*o_mixer, att.alpha)), Some((&*o_attention, att.beta)), o, o_t)?;
                         }
                     } else {
                         decode_mix::<T>(ctx, Some((&*o_mixer, att.alpha)), None, o, o_t)?;
@@ -492,65 +297,20 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 LayerCache::Softmax { keys, values } => {
                     let capacity = c.max_position_embeddings;
                     decode_rope_append(ctx, &rope(capacity), q_in, k_in, v, q_roped, keys, values)?;
-                    attention_decode(
-                        ctx,
-                        b,
-                        shape,
-                        capacity,
-                        q_roped,
-                        keys,
-                        values,
-                        full_len,
-                        o_attention,
-                    )?;
+                    attention_decode(ctx, b, shape, capacity, q_roped, keys, values, full_len, o_attention)?;
                     decode_mix(ctx, None, Some((&*o_attention, 1.0)), o, o_t)?;
                 }
             }
             // x += o_proj(o), the adapter included.
             let o_adapter = adapter(LoraTarget::O);
             if let (true, Some(a)) = (fused_lora, o_adapter) {
-                decode_lora_down(
-                    ctx,
-                    o,
-                    b,
-                    qs,
-                    &mut [LoraDown {
-                        a: &a.a,
-                        scale: a.scale,
-                        u: &mut *u_o,
-                    }],
-                )?;
+                decode_lora_down(ctx, o, b, qs, &mut [LoraDown { a: &a.a, scale: a.scale, u: &mut *u_o }])?;
             }
-            let o_up = o_adapter.filter(|_| fused_lora).map(|a| LoraUp {
-                b: &a.b,
-                u: &*u_o,
-                rank: a.rank,
-            });
+            let o_up = o_adapter.filter(|_| fused_lora).map(|a| LoraUp { b: &a.b, u: &*u_o, rank: a.rank });
             if small {
-                decode_gemv_lora(
-                    ctx,
-                    o_t,
-                    b,
-                    qs,
-                    &mut [(&lw.wo, &mut *x)],
-                    &[o_up, None, None],
-                    true,
-                )?;
+                decode_gemv_lora(ctx, o_t, b, qs, &mut [(&lw.wo, &mut *x)], &[o_up, None, None], true)?;
             } else {
-                gemm(
-                    ctx,
-                    GemmDims {
-                        m: b,
-                        n: hs,
-                        k: qs,
-                        a_transposed: false,
-                        b_transposed: true,
-                    },
-                    o_t.slice(),
-                    lw.wo.slice(),
-                    x.slice_mut(),
-                    true,
-                )?;
+                gemm(ctx, GemmDims { m: b, n: hs, k: qs, a_transposed: false, b_transposed: true }, o_t.slice(), lw.wo.slice(), x.slice_mut(), true)?;
                 if let Some(up) = o_up {
                     decode_lora_up(ctx, b, &mut [(up, &mut *x)])?;
                 }
@@ -564,44 +324,11 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 decode_gemv_swiglu(ctx, h_t, b, hs, &lw.w_gate, &lw.w_up, act_t)?;
                 decode_gemv(ctx, act_t, b, f, &mut [(&lw.w_down, &mut *x)], true)?;
             } else {
-                let to_f = GemmDims {
-                    m: b,
-                    n: f,
-                    k: hs,
-                    a_transposed: false,
-                    b_transposed: true,
-                };
-                gemm(
-                    ctx,
-                    to_f,
-                    h_t.slice(),
-                    lw.w_gate.slice(),
-                    gate.slice_mut(),
-                    false,
-                )?;
-                gemm(
-                    ctx,
-                    to_f,
-                    h_t.slice(),
-                    lw.w_up.slice(),
-                    up.slice_mut(),
-                    false,
-                )?;
+                let to_f = GemmDims { m: b, n: f, k: hs, a_transposed: false, b_transposed: true };
+                gemm(ctx, to_f, h_t.slice(), lw.w_gate.slice(), gate.slice_mut(), false)?;
+                gemm(ctx, to_f, h_t.slice(), lw.w_up.slice(), up.slice_mut(), false)?;
                 decode_swiglu(ctx, gate, up, act_t)?;
-                gemm(
-                    ctx,
-                    GemmDims {
-                        m: b,
-                        n: hs,
-                        k: f,
-                        a_transposed: false,
-                        b_transposed: true,
-                    },
-                    act_t.slice(),
-                    lw.w_down.slice(),
-                    x.slice_mut(),
-                    true,
-                )?;
+                gemm(ctx, GemmDims { m: b, n: hs, k: f, a_transposed: false, b_transposed: true }, act_t.slice(), lw.w_down.slice(), x.slice_mut(), true)?;
             }
         }
         decode_rms_norm(ctx, x, &self.weights.final_norm, eps, h, h_t)?;
@@ -610,112 +337,35 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// The LM head: `logits [B, vocab] = hf Wᵀ`, from the final normalised rows in f32 (`hf`)
     /// and in the storage type (`hf_t`, for a head stored as `T`).
-    fn head_logits(
-        &self,
-        _hf: &GpuBuffer<f32>,
-        hf_t: &GpuBuffer<T>,
-        batch: usize,
-        logits: &mut GpuBuffer<f32>,
-    ) -> Result<()> {
+    fn head_logits(&self, _hf: &GpuBuffer<f32>, hf_t: &GpuBuffer<T>, batch: usize, logits: &mut GpuBuffer<f32>) -> Result<()> {
         let c = self.config();
         let head = self.weights.head();
         if batch <= GEMV_MAX_BATCH && gemv_fits::<T>(c.hidden_size) {
-            return decode_gemv(
-                &self.ctx,
-                hf_t,
-                batch,
-                c.hidden_size,
-                &mut [(head, logits)],
-                false,
-            );
+            return decode_gemv(&self.ctx, hf_t, batch, c.hidden_size, &mut [(head, logits)], false);
         }
-        let dims = GemmDims {
-            m: batch,
-            n: c.vocab_size,
-            k: c.hidden_size,
-            a_transposed: false,
-            b_transposed: true,
-        };
-        gemm(
-            &self.ctx,
-            dims,
-            hf_t.slice(),
-            head.slice(),
-            logits.slice_mut(),
-            false,
-        )
+        let dims = GemmDims { m: batch, n: c.vocab_size, k: c.hidden_size, a_transposed: false, b_transposed: true };
+        gemm(&self.ctx, dims, hf_t.slice(), head.slice(), logits.slice_mut(), false)
     }
 }
 
 /// `y += scale · (x Aᵀ) Bᵀ` for `n` rows, `x Aᵀ` kept in `u`.
-fn lora_add(
-    ctx: &GpuContext,
-    a: &GpuLora,
-    x: &GpuBuffer<f32>,
-    n: usize,
-    u: &mut GpuBuffer<f32>,
-    y: &mut GpuBuffer<f32>,
-) -> Result<()> {
+fn lora_add(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, n: usize, u: &mut GpuBuffer<f32>, y: &mut GpuBuffer<f32>) -> Result<()> {
     let len = n * a.rank;
-    let down = GemmDims {
-        m: n,
-        n: a.rank,
-        k: a.in_features,
-        a_transposed: false,
-        b_transposed: true,
-    };
-    gemm(
-        ctx,
-        down,
-        x.slice(),
-        a.a.slice(),
-        &mut u.view_mut(0..len),
-        false,
-    )?;
-    let up = GemmDims {
-        m: n,
-        n: a.out_features,
-        k: a.rank,
-        a_transposed: false,
-        b_transposed: true,
-    };
-    gemm_scaled(
-        ctx,
-        up,
-        &u.view(0..len),
-        a.b.slice(),
-        y.slice_mut(),
-        a.scale,
-        true,
-    )
+    let down = GemmDims { m: n, n: a.rank, k: a.in_features, a_transposed: false, b_transposed: true };
+    gemm(ctx, down, x.slice(), a.a.slice(), &mut u.view_mut(0..len), false)?;
+    let up = GemmDims { m: n, n: a.out_features, k: a.rank, a_transposed: false, b_transposed: true };
+    gemm_scaled(ctx, up, &u.view(0..len), a.b.slice(), y.slice_mut(), a.scale, true)
 }
 
 /// `out[t] = table[ids[t]]` as f32, the ids already on the GPU (the caller checked them
 /// against the vocabulary before uploading them).
-fn embed_ids<T: GpuElement>(
-    ctx: &GpuContext,
-    table: &GpuBuffer<T>,
-    hidden: usize,
-    ids: &GpuBuffer<u32>,
-    out: &mut GpuBuffer<f32>,
-) -> Result<()> {
+fn embed_ids<T: GpuElement>(ctx: &GpuContext, table: &GpuBuffer<T>, hidden: usize, ids: &GpuBuffer<u32>, out: &mut GpuBuffer<f32>) -> Result<()> {
     crate::launch::expect_len("embedding output", out.len(), ids.len() * hidden)?;
-    let name = if T::KERNEL_SUFFIX == "bf16" {
-        "embedding_gather_bf16"
-    } else {
-        "embedding_gather_f32"
-    };
+    let name = if T::KERNEL_SUFFIX == "bf16" { "embedding_gather_bf16" } else { "embedding_gather_f32" };
     let f = ctx.function(&EMBEDDING, name)?;
     let hidden_arg = as_int("hidden", hidden)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(table.slice())
-        .arg(ids.slice())
-        .arg(out.slice_mut())
-        .arg(&hidden_arg);
+    launch.arg(table.slice()).arg(ids.slice()).arg(out.slice_mut()).arg(&hidden_arg);
     // SAFETY: the ids are below the table's rows (checked before upload); out holds ids.len() rows.
-    ctx.check_launch(
-        unsafe { launch.launch(block_per_row(ids.len(), hidden)?) },
-        name,
-    )
+    ctx.check_launch(unsafe { launch.launch(block_per_row(ids.len(), hidden)?) }, name)
 }

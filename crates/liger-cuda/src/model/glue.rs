@@ -18,12 +18,7 @@ fn pick<T: GpuElement>(f32_name: &'static str, bf16_name: &'static str) -> &'sta
 }
 
 /// `y = s * x`, stored as `T` (a cast when `s` is 1).
-pub fn scale_to<T: GpuElement>(
-    ctx: &GpuContext,
-    x: &GpuBuffer<f32>,
-    y: &mut GpuBuffer<T>,
-    s: f32,
-) -> Result<()> {
+pub fn scale_to<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<f32>, y: &mut GpuBuffer<T>, s: f32) -> Result<()> {
     expect_len("scaled copy output", y.len(), x.len())?;
     if x.is_empty() {
         return Ok(());
@@ -34,10 +29,7 @@ pub fn scale_to<T: GpuElement>(
     let mut launch = ctx.stream().launch_builder(&f);
     launch.arg(x.slice()).arg(y.slice_mut()).arg(&n).arg(&s);
     // SAFETY: x and y hold n values; the kernel takes four per thread.
-    ctx.check_launch(
-        unsafe { launch.launch(elementwise(x.len().div_ceil(4))) },
-        name,
-    )
+    ctx.check_launch(unsafe { launch.launch(elementwise(x.len().div_ceil(4))) }, name)
 }
 
 /// A new buffer holding `s * x` as `T`.
@@ -48,13 +40,7 @@ pub fn scaled<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<f32>, s: f32) -> Re
 }
 
 /// `y = s * x` (or `y += s * x` when `accumulate`), `x` stored as `T`, `y` f32.
-pub fn widen<T: GpuElement>(
-    ctx: &GpuContext,
-    x: &GpuBuffer<T>,
-    y: &mut GpuBuffer<f32>,
-    s: f32,
-    accumulate: bool,
-) -> Result<()> {
+pub fn widen<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, y: &mut GpuBuffer<f32>, s: f32, accumulate: bool) -> Result<()> {
     expect_len("widened output", y.len(), x.len())?;
     if x.is_empty() {
         return Ok(());
@@ -63,12 +49,7 @@ pub fn widen<T: GpuElement>(
     let f = ctx.function(&MODEL, name)?;
     let (n, acc) = (x.len() as u64, accumulate as i32);
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(x.slice())
-        .arg(y.slice_mut())
-        .arg(&n)
-        .arg(&s)
-        .arg(&acc);
+    launch.arg(x.slice()).arg(y.slice_mut()).arg(&n).arg(&s).arg(&acc);
     // SAFETY: x and y hold n values.
     ctx.check_launch(unsafe { launch.launch(elementwise(x.len())) }, name)
 }
@@ -76,15 +57,7 @@ pub fn widen<T: GpuElement>(
 /// The two branches of a Liger layer mixed in one pass: `o = alpha · g + beta · a` (`g` the
 /// gated mixer's output, `a` the window attention's, stored as `T`), and `o_t`, o's copy in `T`
 /// for the o projection.
-pub fn liger_mix_to<T: GpuElement>(
-    ctx: &GpuContext,
-    g: &GpuBuffer<f32>,
-    a: &GpuBuffer<T>,
-    alpha: f32,
-    beta: f32,
-    o: &mut GpuBuffer<f32>,
-    o_t: &mut GpuBuffer<T>,
-) -> Result<()> {
+pub fn liger_mix_to<T: GpuElement>(ctx: &GpuContext, g: &GpuBuffer<f32>, a: &GpuBuffer<T>, alpha: f32, beta: f32, o: &mut GpuBuffer<f32>, o_t: &mut GpuBuffer<T>) -> Result<()> {
     expect_len("window attention output", a.len(), g.len())?;
     expect_len("mixed output", o.len(), g.len())?;
     expect_len("mixed output copy", o_t.len(), g.len())?;
@@ -95,31 +68,14 @@ pub fn liger_mix_to<T: GpuElement>(
     let f = ctx.function(&MODEL, name)?;
     let n = g.len() as u64;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(g.slice())
-        .arg(a.slice())
-        .arg(o.slice_mut())
-        .arg(o_t.slice_mut())
-        .arg(&n)
-        .arg(&alpha)
-        .arg(&beta);
+    launch.arg(g.slice()).arg(a.slice()).arg(o.slice_mut()).arg(o_t.slice_mut()).arg(&n).arg(&alpha).arg(&beta);
     // SAFETY: the four buffers hold n values; the kernel takes four per thread.
-    ctx.check_launch(
-        unsafe { launch.launch(elementwise(g.len().div_ceil(4))) },
-        name,
-    )
+    ctx.check_launch(unsafe { launch.launch(elementwise(g.len().div_ceil(4))) }, name)
 }
 
 /// `y = s · x` (f32) and `z = t · x` (stored as `T`) in one pass: a gradient split between
 /// the two branches of a Liger layer.
-pub fn scale_pair<T: GpuElement>(
-    ctx: &GpuContext,
-    x: &GpuBuffer<f32>,
-    s: f32,
-    t: f32,
-    y: &mut GpuBuffer<f32>,
-    z: &mut GpuBuffer<T>,
-) -> Result<()> {
+pub fn scale_pair<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<f32>, s: f32, t: f32, y: &mut GpuBuffer<f32>, z: &mut GpuBuffer<T>) -> Result<()> {
     expect_len("scaled output", y.len(), x.len())?;
     expect_len("scaled output copy", z.len(), x.len())?;
     if x.is_empty() {
@@ -129,18 +85,9 @@ pub fn scale_pair<T: GpuElement>(
     let f = ctx.function(&MODEL, name)?;
     let n = x.len() as u64;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(x.slice())
-        .arg(y.slice_mut())
-        .arg(z.slice_mut())
-        .arg(&n)
-        .arg(&s)
-        .arg(&t);
+    launch.arg(x.slice()).arg(y.slice_mut()).arg(z.slice_mut()).arg(&n).arg(&s).arg(&t);
     // SAFETY: the three buffers hold n values; the kernel takes four per thread.
-    ctx.check_launch(
-        unsafe { launch.launch(elementwise(x.len().div_ceil(4))) },
-        name,
-    )
+    ctx.check_launch(unsafe { launch.launch(elementwise(x.len().div_ceil(4))) }, name)
 }
 
 /// `y += x`.
@@ -163,28 +110,16 @@ pub fn scale_in_place(ctx: &GpuContext, x: &mut GpuBuffer<f32>, s: f32) -> Resul
 }
 
 /// Adds `bias` to every row of `y`.
-pub fn add_bias_rows(
-    ctx: &GpuContext,
-    y: &mut GpuBuffer<f32>,
-    bias: &GpuBuffer<f32>,
-) -> Result<()> {
+pub fn add_bias_rows(ctx: &GpuContext, y: &mut GpuBuffer<f32>, bias: &GpuBuffer<f32>) -> Result<()> {
     rows_of("biased rows", y.len(), bias.len())?;
     if y.is_empty() {
         return Ok(());
     }
     let name = "add_bias_rows_f32";
     let f = ctx.function(&MODEL, name)?;
-    let (n, cols, cfg) = (
-        y.len() as u64,
-        as_int("bias length", bias.len())?,
-        elementwise(y.len()),
-    );
+    let (n, cols, cfg) = (y.len() as u64, as_int("bias length", bias.len())?, elementwise(y.len()));
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(y.slice_mut())
-        .arg(bias.slice())
-        .arg(&n)
-        .arg(&cols);
+    launch.arg(y.slice_mut()).arg(bias.slice()).arg(&n).arg(&cols);
     // SAFETY: y holds a whole number of rows of bias.len() values.
     ctx.check_launch(unsafe { launch.launch(cfg) }, name)
 }
@@ -204,30 +139,17 @@ impl RopeLayout<'_> {
     fn args(&self, len: usize) -> Result<[i32; 4]> {
         let d = self.head_dim;
         if d == 0 || !d.is_multiple_of(2) || self.inv_freq.len() != d / 2 {
-            return Err(Error::shape(format!(
-                "RoPE needs an even head size and head_size/2 frequencies; got {d} and {}",
-                self.inv_freq.len()
-            )));
+            return Err(Error::shape(format!("RoPE needs an even head size and head_size/2 frequencies; got {d} and {}", self.inv_freq.len())));
         }
         let rows = rows_of("rope input", len, self.heads * d)?;
         let seqs = rows_of("rope rows", rows, self.tokens.max(1))?;
         expect_len("rope start positions", self.start.len(), seqs)?;
-        Ok([
-            as_int("rows", rows)?,
-            as_int("tokens", self.tokens)?,
-            as_int("heads", self.heads)?,
-            as_int("head_dim", d)?,
-        ])
+        Ok([as_int("rows", rows)?, as_int("tokens", self.tokens)?, as_int("heads", self.heads)?, as_int("head_dim", d)?])
     }
 }
 
 /// `y` (stored as `T`) = `x` rotated.
-pub fn rope_forward_to<T: GpuElement>(
-    ctx: &GpuContext,
-    layout: &RopeLayout,
-    x: &GpuBuffer<f32>,
-    y: &mut GpuBuffer<T>,
-) -> Result<()> {
+pub fn rope_forward_to<T: GpuElement>(ctx: &GpuContext, layout: &RopeLayout, x: &GpuBuffer<f32>, y: &mut GpuBuffer<T>) -> Result<()> {
     let args = layout.args(x.len())?;
     expect_len("rope output", y.len(), x.len())?;
     if x.is_empty() {
@@ -236,11 +158,7 @@ pub fn rope_forward_to<T: GpuElement>(
     let name = pick::<T>("rope_forward_to_f32", "rope_forward_to_bf16");
     let f = ctx.function(&MODEL, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(x.slice())
-        .arg(y.slice_mut())
-        .arg(layout.inv_freq.slice())
-        .arg(layout.start.slice());
+    launch.arg(x.slice()).arg(y.slice_mut()).arg(layout.inv_freq.slice()).arg(layout.start.slice());
     for a in &args {
         launch.arg(a);
     }
@@ -249,13 +167,7 @@ pub fn rope_forward_to<T: GpuElement>(
 }
 
 /// `dx += scale * rotate_back(dy)`, `dy` stored as `T`: the backward of [`rope_forward_to`].
-pub fn rope_backward_add<T: GpuElement>(
-    ctx: &GpuContext,
-    layout: &RopeLayout,
-    dy: &GpuBuffer<T>,
-    dx: &mut GpuBuffer<f32>,
-    scale: f32,
-) -> Result<()> {
+pub fn rope_backward_add<T: GpuElement>(ctx: &GpuContext, layout: &RopeLayout, dy: &GpuBuffer<T>, dx: &mut GpuBuffer<f32>, scale: f32) -> Result<()> {
     let args = layout.args(dy.len())?;
     expect_len("rope gradient", dx.len(), dy.len())?;
     if dy.is_empty() {
@@ -264,11 +176,7 @@ pub fn rope_backward_add<T: GpuElement>(
     let name = pick::<T>("rope_backward_add_f32", "rope_backward_add_bf16");
     let f = ctx.function(&MODEL, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(dy.slice())
-        .arg(dx.slice_mut())
-        .arg(layout.inv_freq.slice())
-        .arg(layout.start.slice());
+    launch.arg(dy.slice()).arg(dx.slice_mut()).arg(layout.inv_freq.slice()).arg(layout.start.slice());
     for a in &args {
         launch.arg(a);
     }
@@ -278,13 +186,7 @@ pub fn rope_backward_add<T: GpuElement>(
 }
 
 /// Fills `y` with values uniform in `[center - spread, center + spread)`, from `seed`.
-pub fn fill_uniform<T: GpuElement>(
-    ctx: &GpuContext,
-    y: &mut GpuBuffer<T>,
-    seed: u64,
-    center: f32,
-    spread: f32,
-) -> Result<()> {
+pub fn fill_uniform<T: GpuElement>(ctx: &GpuContext, y: &mut GpuBuffer<T>, seed: u64, center: f32, spread: f32) -> Result<()> {
     if y.is_empty() {
         return Ok(());
     }
@@ -292,12 +194,7 @@ pub fn fill_uniform<T: GpuElement>(
     let f = ctx.function(&MODEL, name)?;
     let (n, cfg) = (y.len() as u64, elementwise(y.len()));
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(y.slice_mut())
-        .arg(&n)
-        .arg(&seed)
-        .arg(&center)
-        .arg(&spread);
+    launch.arg(y.slice_mut()).arg(&n).arg(&seed).arg(&center).arg(&spread);
     // SAFETY: y holds n values.
     ctx.check_launch(unsafe { launch.launch(cfg) }, name)
 }

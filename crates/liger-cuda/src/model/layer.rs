@@ -35,80 +35,24 @@ impl Rows {
 
 /// `y = x Wᵀ` (or `y +=` when `accumulate`): x `[n, inp]`, W `[out, inp]`, y `[n, out]`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn linear<T: GemmInput>(
-    ctx: &GpuContext,
-    x: &GpuBuffer<T>,
-    w: &GpuBuffer<T>,
-    n: usize,
-    inp: usize,
-    out: usize,
-    y: &mut GpuBuffer<f32>,
-    accumulate: bool,
-) -> Result<()> {
-    let dims = GemmDims {
-        m: n,
-        n: out,
-        k: inp,
-        a_transposed: false,
-        b_transposed: true,
-    };
+pub(super) fn linear<T: GemmInput>(ctx: &GpuContext, x: &GpuBuffer<T>, w: &GpuBuffer<T>, n: usize, inp: usize, out: usize, y: &mut GpuBuffer<f32>, accumulate: bool) -> Result<()> {
+    let dims = GemmDims { m: n, n: out, k: inp, a_transposed: false, b_transposed: true };
     gemm(ctx, dims, x.slice(), w.slice(), y.slice_mut(), accumulate)
 }
 
 /// `dx += dy W` (or `dx =` without `accumulate`): the input gradient of [`linear`]; dy `[n, out]`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn linear_input_grad<T: GemmInput>(
-    ctx: &GpuContext,
-    dy: &GpuBuffer<T>,
-    w: &GpuBuffer<T>,
-    n: usize,
-    inp: usize,
-    out: usize,
-    dx: &mut GpuBuffer<f32>,
-    accumulate: bool,
-) -> Result<()> {
-    let dims = GemmDims {
-        m: n,
-        n: inp,
-        k: out,
-        a_transposed: false,
-        b_transposed: false,
-    };
+pub(super) fn linear_input_grad<T: GemmInput>(ctx: &GpuContext, dy: &GpuBuffer<T>, w: &GpuBuffer<T>, n: usize, inp: usize, out: usize, dx: &mut GpuBuffer<f32>, accumulate: bool) -> Result<()> {
+    let dims = GemmDims { m: n, n: inp, k: out, a_transposed: false, b_transposed: false };
     gemm(ctx, dims, dy.slice(), w.slice(), dx.slice_mut(), accumulate)
 }
 
 /// `y += scale · (x Aᵀ) Bᵀ`; returns `scale · x Aᵀ` (`n x rank`) for the backward pass.
-pub(super) fn lora_forward(
-    ctx: &GpuContext,
-    a: &GpuLora,
-    x: &GpuBuffer<f32>,
-    n: usize,
-    y: &mut GpuBuffer<f32>,
-) -> Result<GpuBuffer<f32>> {
+pub(super) fn lora_forward(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, n: usize, y: &mut GpuBuffer<f32>) -> Result<GpuBuffer<f32>> {
     let mut us = GpuBuffer::zeros(ctx, n * a.rank)?;
-    let down = GemmDims {
-        m: n,
-        n: a.rank,
-        k: a.in_features,
-        a_transposed: false,
-        b_transposed: true,
-    };
-    a.gemm_scaled(
-        ctx,
-        down,
-        x.slice(),
-        a.a.slice(),
-        us.slice_mut(),
-        a.scale,
-        false,
-    )?;
-    let up = GemmDims {
-        m: n,
-        n: a.out_features,
-        k: a.rank,
-        a_transposed: false,
-        b_transposed: true,
-    };
+    let down = GemmDims { m: n, n: a.rank, k: a.in_features, a_transposed: false, b_transposed: true };
+    a.gemm_scaled(ctx, down, x.slice(), a.a.slice(), us.slice_mut(), a.scale, false)?;
+    let up = GemmDims { m: n, n: a.out_features, k: a.rank, a_transposed: false, b_transposed: true };
     a.gemm(ctx, up, us.slice(), a.b.slice(), y.slice_mut(), true)?;
     Ok(us)
 }
@@ -159,42 +103,19 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// `x` normalised by `weight` (f32), and its copy in `T` for products with frozen weights.
-    pub(super) fn norm(
-        &self,
-        x: &GpuBuffer<f32>,
-        weight: &GpuBuffer<f32>,
-    ) -> Result<(GpuBuffer<f32>, GpuBuffer<T>)> {
+    pub(super) fn norm(&self, x: &GpuBuffer<f32>, weight: &GpuBuffer<f32>) -> Result<(GpuBuffer<f32>, GpuBuffer<T>)> {
         let ctx = &self.ctx;
         let rows = x.len() / weight.len().max(1);
         let mut h = GpuBuffer::zeros(ctx, x.len())?;
         let mut h_t = GpuBuffer::zeros(ctx, x.len())?;
         let mut rstd = GpuBuffer::zeros(ctx, rows)?;
-        rms_norm_forward_pair(
-            ctx,
-            x,
-            weight,
-            self.config().rms_norm_eps,
-            &mut h,
-            &mut h_t,
-            &mut rstd,
-        )?;
+        rms_norm_forward_pair(ctx, x, weight, self.config().rms_norm_eps, &mut h, &mut h_t, &mut rstd)?;
         Ok((h, h_t))
     }
 
     /// `h Wᵀ` (+ LoRA) (+ bias) for one of q, k, v, o.
     #[allow(clippy::too_many_arguments)]
-    fn project(
-        &self,
-        layer: usize,
-        target: LoraTarget,
-        w: &GpuBuffer<T>,
-        bias: Option<&GpuBuffer<f32>>,
-        h: &GpuBuffer<f32>,
-        h_t: &GpuBuffer<T>,
-        n: usize,
-        inp: usize,
-        out: usize,
-    ) -> Result<(GpuBuffer<f32>, Option<GpuBuffer<f32>>)> {
+    fn project(&self, layer: usize, target: LoraTarget, w: &GpuBuffer<T>, bias: Option<&GpuBuffer<f32>>, h: &GpuBuffer<f32>, h_t: &GpuBuffer<T>, n: usize, inp: usize, out: usize) -> Result<(GpuBuffer<f32>, Option<GpuBuffer<f32>>)> {
         let ctx = &self.ctx;
         let mut y = GpuBuffer::zeros(ctx, n * out)?;
         linear(ctx, h_t, w, n, inp, out, &mut y, false)?;
@@ -210,49 +131,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// q, k, v of `layer` from the normalised input `h` (and its copy `h_t`).
-    pub(super) fn project_qkv(
-        &self,
-        layer: usize,
-        h: &GpuBuffer<f32>,
-        h_t: &GpuBuffer<T>,
-        n: usize,
-    ) -> Result<Qkv> {
+    pub(super) fn project_qkv(&self, layer: usize, h: &GpuBuffer<f32>, h_t: &GpuBuffer<T>, n: usize) -> Result<Qkv> {
         let c = self.config();
         let lw = self.layer_weights(layer);
         let (hs, qs, kvs) = (c.hidden_size, c.q_size(), c.kv_size());
-        let (mut q, sq) = self.project(
-            layer,
-            LoraTarget::Q,
-            &lw.wq,
-            lw.bq.as_ref(),
-            h,
-            h_t,
-            n,
-            hs,
-            qs,
-        )?;
-        let (mut k, sk) = self.project(
-            layer,
-            LoraTarget::K,
-            &lw.wk,
-            lw.bk.as_ref(),
-            h,
-            h_t,
-            n,
-            hs,
-            kvs,
-        )?;
-        let (v, sv) = self.project(
-            layer,
-            LoraTarget::V,
-            &lw.wv,
-            lw.bv.as_ref(),
-            h,
-            h_t,
-            n,
-            hs,
-            kvs,
-        )?;
+        let (mut q, sq) = self.project(layer, LoraTarget::Q, &lw.wq, lw.bq.as_ref(), h, h_t, n, hs, qs)?;
+        let (mut k, sk) = self.project(layer, LoraTarget::K, &lw.wk, lw.bk.as_ref(), h, h_t, n, hs, kvs)?;
+        let (v, sv) = self.project(layer, LoraTarget::V, &lw.wv, lw.bv.as_ref(), h, h_t, n, hs, kvs)?;
         let (mut q_pre, mut k_pre) = (None, None);
         if let (true, Some(qn), Some(kn)) = (c.qk_norm, &lw.q_norm, &lw.k_norm) {
             let ctx = &self.ctx;
@@ -266,26 +151,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
             q_pre = Some(std::mem::replace(&mut q, qn_out));
             k_pre = Some(std::mem::replace(&mut k, kn_out));
         }
-        Ok(Qkv {
-            q,
-            k,
-            v,
-            q_pre,
-            k_pre,
-            saved: [sq, sk, sv],
-        })
+        Ok(Qkv { q, k, v, q_pre, k_pre, saved: [sq, sk, sv] })
     }
 
     /// Attention of `layer` over whole sequences from position 0 (training and first
     /// prefill): returns its output (f32, `[n, q_size]`), the output's copy in `T` where the
     /// mix of the two branches made it on the way, and what the backward pass reads.
-    pub(super) fn attention_fresh(
-        &self,
-        layer: usize,
-        qkv: &Qkv,
-        rows: Rows,
-        start: &GpuBuffer<u32>,
-    ) -> Result<AttentionOutput<T>> {
+    pub(super) fn attention_fresh(&self, layer: usize, qkv: &Qkv, rows: Rows, start: &GpuBuffer<u32>) -> Result<AttentionOutput<T>> {
         let ctx = &self.ctx;
         let c = self.config();
         let shape = self.shape;
@@ -297,11 +169,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let mut o_grm = None;
         if !softmax_layer {
             let mut g = GpuBuffer::<f32>::zeros(ctx, n * c.q_size())?;
-            let dims = MixerDims {
-                batch: rows.batch,
-                tokens: rows.tokens,
-                shape,
-            };
+            let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
             mixer_chunk_forward(ctx, &att.mixer, dims, q, k, v, &mut g, None, None)?;
             if att.use_swa {
                 // Mixed with the window attention's output below, in one pass.
@@ -312,18 +180,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
         }
         let (mut o_t, mut softmax) = (None, None);
         if softmax_layer || att.use_swa {
-            let (window, weight) = if softmax_layer {
-                (None, 1.0)
-            } else {
-                (Some(att.window_keys), att.beta)
-            };
-            let rope = |heads: usize| RopeLayout {
-                inv_freq: &self.weights.inv_freq,
-                start,
-                tokens: rows.tokens,
-                heads,
-                head_dim: shape.d,
-            };
+            let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
+            let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start, tokens: rows.tokens, heads, head_dim: shape.d };
             let mut q_roped = GpuBuffer::<T>::zeros(ctx, q.len())?;
             let mut k_roped = GpuBuffer::<T>::zeros(ctx, k.len())?;
             rope_forward_to(ctx, &rope(shape.hq), &qkv.q, &mut q_roped)?;
@@ -331,14 +189,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
             let v_t = scaled::<T>(ctx, v, 1.0)?;
             let mut o_att = GpuBuffer::<T>::zeros(ctx, q.len())?;
             let mut lse = GpuBuffer::<f32>::zeros(ctx, rows.batch * shape.hq * rows.tokens)?;
-            let dims = AttentionDims {
-                batch: rows.batch,
-                tokens: rows.tokens,
-                shape,
-            };
-            attention_forward(
-                ctx, dims, window, &q_roped, &k_roped, &v_t, &mut o_att, &mut lse,
-            )?;
+            let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
+            attention_forward(ctx, dims, window, &q_roped, &k_roped, &v_t, &mut o_att, &mut lse)?;
             match &o_grm {
                 Some(g) => {
                     let mut mixed_t = GpuBuffer::<T>::zeros(ctx, o.len())?;
@@ -347,68 +199,32 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 }
                 None => widen(ctx, &o_att, &mut o, weight, false)?,
             }
-            softmax = Some(SoftmaxTape {
-                q_roped,
-                k_roped,
-                v: v_t,
-                o: o_att,
-                lse,
-            });
+            softmax = Some(SoftmaxTape { q_roped, k_roped, v: v_t, o: o_att, lse });
         }
         Ok((o, o_t, softmax))
     }
 
     /// `x += o_proj(o)` (the products accumulate straight into `x`); returns the o adapter's
     /// saved product.
-    pub(super) fn o_proj(
-        &self,
-        layer: usize,
-        o: &GpuBuffer<f32>,
-        n: usize,
-        x: &mut GpuBuffer<f32>,
-    ) -> Result<Option<GpuBuffer<f32>>> {
+    pub(super) fn o_proj(&self, layer: usize, o: &GpuBuffer<f32>, n: usize, x: &mut GpuBuffer<f32>) -> Result<Option<GpuBuffer<f32>>> {
         self.o_proj_from(layer, o, None, n, x)
     }
 
     /// [`Self::o_proj`] given, where it was made on the way, o's copy `o_t` in `T`.
-    pub(super) fn o_proj_from(
-        &self,
-        layer: usize,
-        o: &GpuBuffer<f32>,
-        o_t: Option<GpuBuffer<T>>,
-        n: usize,
-        x: &mut GpuBuffer<f32>,
-    ) -> Result<Option<GpuBuffer<f32>>> {
+    pub(super) fn o_proj_from(&self, layer: usize, o: &GpuBuffer<f32>, o_t: Option<GpuBuffer<T>>, n: usize, x: &mut GpuBuffer<f32>) -> Result<Option<GpuBuffer<f32>>> {
         let c = self.config();
         let o_t = match o_t {
             Some(o_t) => o_t,
             None => scaled::<T>(&self.ctx, o, 1.0)?,
         };
-        linear(
-            &self.ctx,
-            &o_t,
-            &self.layer_weights(layer).wo,
-            n,
-            c.q_size(),
-            c.hidden_size,
-            x,
-            true,
-        )?;
+        linear(&self.ctx, &o_t, &self.layer_weights(layer).wo, n, c.q_size(), c.hidden_size, x, true)?;
         drop(o_t);
         let lora = self.lora_guard()?;
-        lora[layer][LoraTarget::O as usize]
-            .as_ref()
-            .map(|a| lora_forward(&self.ctx, a, o, n, x))
-            .transpose()
+        lora[layer][LoraTarget::O as usize].as_ref().map(|a| lora_forward(&self.ctx, a, o, n, x)).transpose()
     }
 
     /// `x += down(silu(gate(h2)) * up(h2))` with `h2 = norm(x)`; returns gate and up.
-    pub(super) fn mlp(
-        &self,
-        layer: usize,
-        x: &mut GpuBuffer<f32>,
-        n: usize,
-    ) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>)> {
+    pub(super) fn mlp(&self, layer: usize, x: &mut GpuBuffer<f32>, n: usize) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>)> {
         let ctx = &self.ctx;
         let c = self.config();
         let lw = self.layer_weights(layer);
@@ -426,36 +242,16 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// Runs `layer` on `x` (`[n, hidden]`, updated in place) over whole sequences from
     /// position 0; with `keep`, returns what the backward pass needs.
-    pub(super) fn layer_forward_fresh(
-        &self,
-        layer: usize,
-        x: &mut GpuBuffer<f32>,
-        rows: Rows,
-        start: &GpuBuffer<u32>,
-        keep: bool,
-    ) -> Result<Option<LayerTape<T>>> {
+    pub(super) fn layer_forward_fresh(&self, layer: usize, x: &mut GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, keep: bool) -> Result<Option<LayerTape<T>>> {
         let n = rows.n();
         let (h, h_t) = self.norm(x, &self.layer_weights(layer).attn_norm)?;
         let qkv = self.project_qkv(layer, &h, &h_t, n)?;
         drop(h_t);
         let (o, o_t, softmax) = self.attention_fresh(layer, &qkv, rows, start)?;
         let saved_o = self.o_proj_from(layer, &o, o_t, n, x)?;
-        let x_mid = if keep {
-            Some(copy(&self.ctx, x)?)
-        } else {
-            None
-        };
+        let x_mid = if keep { Some(copy(&self.ctx, x)?) } else { None };
         let (gate, up) = self.mlp(layer, x, n)?;
-        Ok(x_mid.map(|x_mid| LayerTape {
-            h,
-            qkv,
-            softmax,
-            o,
-            saved_o,
-            x_mid,
-            gate,
-            up,
-        }))
+        Ok(x_mid.map(|x_mid| LayerTape { h, qkv, softmax, o, saved_o, x_mid, gate, up }))
     }
 }
 

@@ -13,8 +13,8 @@ mod decode;
 mod decode_step;
 pub mod glue;
 mod layer;
-pub mod memory;
 mod score;
+pub mod memory;
 mod train;
 mod weights;
 
@@ -63,35 +63,16 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// A model with device weights made elsewhere (e.g. [`GpuWeights::random`] for
     /// benchmarks); `model` supplies the configuration, options and adapters.
-    pub fn with_weights(
-        ctx: GpuContext,
-        model: LigerModel,
-        weights: GpuWeights<T>,
-    ) -> Result<Self> {
+    pub fn with_weights(ctx: GpuContext, model: LigerModel, weights: GpuWeights<T>) -> Result<Self> {
         let c = model.config();
         check_supported(c, &model)?;
         let shape = HeadShape::new(c.num_heads, c.num_kv_heads, c.head_dim)?;
         if weights.layers.len() != c.num_layers {
-            return Err(Error::shape(format!(
-                "the GPU weights have {} layers; the model has {}",
-                weights.layers.len(),
-                c.num_layers
-            )));
+            return Err(Error::shape(format!("the GPU weights have {} layers; the model has {}", weights.layers.len(), c.num_layers)));
         }
         // A bf16 model's adapter products run in TF32: the bf16 products around them set its precision.
         let lora = upload_lora(&ctx, &model.lora, T::KERNEL_SUFFIX == "bf16")?;
-        Ok(GpuLigerModel {
-            ctx,
-            host: model,
-            weights,
-            lora: Mutex::new(lora),
-            lora_stale: AtomicBool::new(false),
-            lora_version: AtomicU64::new(0),
-            decode_graphs: AtomicBool::new(true),
-            recompute: AtomicBool::new(false),
-            kept_layers_limit: AtomicUsize::new(usize::MAX),
-            shape,
-        })
+        Ok(GpuLigerModel { ctx, host: model, weights, lora: Mutex::new(lora), lora_stale: AtomicBool::new(false), lora_version: AtomicU64::new(0), decode_graphs: AtomicBool::new(true), recompute: AtomicBool::new(false), kept_layers_limit: AtomicUsize::new(usize::MAX), shape })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -124,8 +105,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// the backward recomputes the others' (`None`: as many as fit in half the free memory,
     /// the default). A middle ground between memory and the time of one more forward.
     pub fn set_kept_layers(&self, limit: Option<usize>) {
-        self.kept_layers_limit
-            .store(limit.unwrap_or(usize::MAX), Ordering::Relaxed);
+        self.kept_layers_limit.store(limit.unwrap_or(usize::MAX), Ordering::Relaxed);
     }
 
     /// With `false`, decoding steps run their launches one by one instead of replaying a
@@ -162,31 +142,21 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     fn lora_guard(&self) -> Result<MutexGuard<'_, GpuLoraSet>> {
-        self.lora
-            .lock()
-            .map_err(|_| Error::internal("the GPU adapter lock is poisoned"))
+        self.lora.lock().map_err(|_| Error::internal("the GPU adapter lock is poisoned"))
     }
 
     /// Checks that `grads` fit the adapters (made by `new_lora_grads`).
     fn check_grads(&self, grads: &LoraGrads) -> Result<()> {
         let fits = grads.layers.len() == self.host.lora.layers.len()
-            && grads
-                .layers
-                .iter()
-                .zip(&self.host.lora.layers)
-                .all(|(g, l)| {
-                    LoraTarget::ALL
-                        .iter()
-                        .all(|&t| match (&g[t as usize], l.get(t)) {
-                            (Some(g), Some(a)) => g.a.len() == a.a.len() && g.b.len() == a.b.len(),
-                            (None, None) => true,
-                            _ => false,
-                        })
-                });
+            && grads.layers.iter().zip(&self.host.lora.layers).all(|(g, l)| {
+                LoraTarget::ALL.iter().all(|&t| match (&g[t as usize], l.get(t)) {
+                    (Some(g), Some(a)) => g.a.len() == a.a.len() && g.b.len() == a.b.len(),
+                    (None, None) => true,
+                    _ => false,
+                })
+            });
         if !fits {
-            return Err(Error::shape(
-                "the gradients do not fit this model's adapters; make them with new_lora_grads()",
-            ));
+            return Err(Error::shape("the gradients do not fit this model's adapters; make them with new_lora_grads()"));
         }
         Ok(())
     }
@@ -198,9 +168,7 @@ fn check_supported(c: &ModelConfig, model: &LigerModel) -> Result<()> {
     let mixer = model.options.attention.mixer.kind;
     let has_liger_layers = (0..c.num_layers).any(|l| !model.options.is_softmax_layer(l));
     if has_liger_layers && mixer == MixerKind::Gsa {
-        return Err(Error::invalid_argument(format!(
-            "the GPU engine has no kernels for the gsa mixer yet; pick another mixer or {cpu}"
-        )));
+        return Err(Error::invalid_argument(format!("the GPU engine has no kernels for the gsa mixer yet; pick another mixer or {cpu}")));
     }
     if !c.head_dim.is_multiple_of(32) || c.head_dim > crate::ops::mixer::MAX_HEAD_DIM {
         return Err(Error::invalid_argument(format!(
@@ -219,34 +187,16 @@ impl<T: GemmInput> Trainable for GpuLigerModel<T> {
     fn new_grads(&self) -> LoraGrads {
         self.host.new_lora_grads()
     }
-    fn forward_backward(
-        &self,
-        inputs: &[u32],
-        labels: &[u32],
-        grad_scale: f32,
-        grads: &mut LoraGrads,
-    ) -> Result<LossOutput> {
+    fn forward_backward(&self, inputs: &[u32], labels: &[u32], grad_scale: f32, grads: &mut LoraGrads) -> Result<LossOutput> {
         self.forward_backward_batch(&[inputs], &[labels], grad_scale, grads)
     }
-    fn forward_backward_batch(
-        &self,
-        inputs: &[&[u32]],
-        labels: &[&[u32]],
-        grad_scale: f32,
-        grads: &mut LoraGrads,
-    ) -> Result<LossOutput> {
+    fn forward_backward_batch(&self, inputs: &[&[u32]], labels: &[&[u32]], grad_scale: f32, grads: &mut LoraGrads) -> Result<LossOutput> {
         // Sequences of one length run as one GPU batch; others one at a time.
-        let same = inputs
-            .iter()
-            .chain(labels)
-            .all(|s| s.len() == inputs.first().map_or(0, |f| f.len()));
+        let same = inputs.iter().chain(labels).all(|s| s.len() == inputs.first().map_or(0, |f| f.len()));
         if same {
             return GpuLigerModel::forward_backward_batch(self, inputs, labels, grad_scale, grads);
         }
-        let mut total = LossOutput {
-            loss_sum: 0.0,
-            count: 0,
-        };
+        let mut total = LossOutput { loss_sum: 0.0, count: 0 };
         for (i, l) in inputs.iter().zip(labels) {
             let out = GpuLigerModel::forward_backward_batch(self, &[i], &[l], grad_scale, grads)?;
             total.loss_sum += out.loss_sum;
@@ -278,9 +228,7 @@ impl<T: GemmInput> liger_core::train::job::EngineModel for GpuLigerModel<T> {
 /// the CPU backend.
 pub fn open_gpu(index: usize) -> Result<GpuContext> {
     GpuContext::new(index).map_err(|e| match e.code {
-        liger_core::ErrorCode::InvalidArgument => {
-            Error::new(liger_core::ErrorCode::DeviceUnavailable, e.message)
-        }
+        liger_core::ErrorCode::InvalidArgument => Error::new(liger_core::ErrorCode::DeviceUnavailable, e.message),
         _ => e,
     })
 }
@@ -297,9 +245,7 @@ pub fn run_linearize_on_gpu(
     memory::keep_freed_memory_pooled(&gpu)?;
     let mut ctx = Some(gpu);
     liger_core::train::job::run_linearize_on(job, cancel, on_event, &mut |model| {
-        let ctx = ctx
-            .take()
-            .ok_or_else(|| Error::internal("the GPU was already handed to a model"))?;
+        let ctx = ctx.take().ok_or_else(|| Error::internal("the GPU was already handed to a model"))?;
         GpuLigerModel::<half::bf16>::new(ctx, model)
     })
 }

@@ -26,14 +26,8 @@ const LOGIT_CHUNK_BYTES: usize = 64 << 20;
 /// the same function as the base model, in the form the GPU engine runs.
 pub fn all_softmax(base: BaseModel) -> Result<LigerModel> {
     let layers = base.config.num_layers;
-    let options = LigerOptions {
-        softmax_layers: (0..layers).collect(),
-        ..Default::default()
-    };
-    let lora = LoraOptions {
-        targets: Vec::new(),
-        ..Default::default()
-    };
+    let options = LigerOptions { softmax_layers: (0..layers).collect(), ..Default::default() };
+    let lora = LoraOptions { targets: Vec::new(), ..Default::default() };
     linearize(base, options, lora)
 }
 
@@ -67,15 +61,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// [`GpuLigerModel::all_logits_batch`] with at most `chunk_rows` rows of logits on the
     /// device at once.
-    pub fn all_logits_in_chunks(
-        &self,
-        sequences: &[&[u32]],
-        chunk_rows: usize,
-    ) -> Result<Vec<Vec<f32>>> {
+    pub fn all_logits_in_chunks(&self, sequences: &[&[u32]], chunk_rows: usize) -> Result<Vec<Vec<f32>>> {
         if chunk_rows == 0 {
-            return Err(Error::invalid_argument(
-                "logits are copied back at least one row at a time; give chunk_rows >= 1",
-            ));
+            return Err(Error::invalid_argument("logits are copied back at least one row at a time; give chunk_rows >= 1"));
         }
         let rows = self.check_score_batch(sequences)?;
         self.sync_lora()?;
@@ -89,15 +77,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
     fn check_score_batch(&self, sequences: &[&[u32]]) -> Result<Rows> {
         let tokens = sequences.first().map_or(0, |s| s.len());
         if tokens == 0 {
-            return Err(Error::invalid_argument(
-                "scoring needs at least one non-empty token sequence",
-            ));
+            return Err(Error::invalid_argument("scoring needs at least one non-empty token sequence"));
         }
-        if let Some((i, s)) = sequences
-            .iter()
-            .enumerate()
-            .find(|(_, s)| s.len() != tokens)
-        {
+        if let Some((i, s)) = sequences.iter().enumerate().find(|(_, s)| s.len() != tokens) {
             return Err(Error::invalid_argument(format!(
                 "sequence {i} has {} tokens, the first {tokens}: score sequences of one length together, or one at a time",
                 s.len()
@@ -111,10 +93,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 ));
             }
         }
-        Ok(Rows {
-            batch: sequences.len(),
-            tokens,
-        })
+        Ok(Rows { batch: sequences.len(), tokens })
     }
 
     /// The final norm of the residual stream `x` (`n` rows), then the LM head a chunk of
@@ -133,43 +112,19 @@ impl<T: GemmInput> GpuLigerModel<T> {
             self.head_rows(&hf, first, rows, &mut chunk)?;
             let stream = ctx.stream();
             stream
-                .memcpy_dtoh(
-                    &chunk.view(0..rows * vocab),
-                    &mut out[first * vocab..(first + rows) * vocab],
-                )
+                .memcpy_dtoh(&chunk.view(0..rows * vocab), &mut out[first * vocab..(first + rows) * vocab])
                 .map_err(|e| driver_error(e, "copying logits from the GPU"))?;
         }
-        ctx.stream()
-            .synchronize()
-            .map_err(|e| driver_error(e, "waiting for the GPU"))?;
+        ctx.stream().synchronize().map_err(|e| driver_error(e, "waiting for the GPU"))?;
         Ok(out)
     }
 
     /// `out[..rows x vocab] = hf[first..first + rows] · headᵀ`: the one place that reads the LM head.
-    fn head_rows(
-        &self,
-        hf: &GpuBuffer<T>,
-        first: usize,
-        rows: usize,
-        out: &mut GpuBuffer<f32>,
-    ) -> Result<()> {
+    fn head_rows(&self, hf: &GpuBuffer<T>, first: usize, rows: usize, out: &mut GpuBuffer<f32>) -> Result<()> {
         let c = self.config();
         let (hs, vocab) = (c.hidden_size, c.vocab_size);
-        let dims = GemmDims {
-            m: rows,
-            n: vocab,
-            k: hs,
-            a_transposed: false,
-            b_transposed: true,
-        };
-        gemm(
-            &self.ctx,
-            dims,
-            &hf.view(first * hs..(first + rows) * hs),
-            self.weights.head().slice(),
-            &mut out.view_mut(0..rows * vocab),
-            false,
-        )
+        let dims = GemmDims { m: rows, n: vocab, k: hs, a_transposed: false, b_transposed: true };
+        gemm(&self.ctx, dims, &hf.view(first * hs..(first + rows) * hs), self.weights.head().slice(), &mut out.view_mut(0..rows * vocab), false)
     }
 }
 

@@ -29,89 +29,20 @@ struct GpuLoraGrad {
 /// Given `dy` (`n x out`) and the forward's `us = scale · x Aᵀ`: accumulates dA and dB, and
 /// adds the adapter's part of the input gradient into `dx`.
 #[allow(clippy::too_many_arguments)]
-fn lora_backward(
-    ctx: &GpuContext,
-    a: &GpuLora,
-    x: &GpuBuffer<f32>,
-    us: &GpuBuffer<f32>,
-    dy: &GpuBuffer<f32>,
-    n: usize,
-    grad: &mut GpuLoraGrad,
-    dx: &mut GpuBuffer<f32>,
-) -> Result<()> {
+fn lora_backward(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, us: &GpuBuffer<f32>, dy: &GpuBuffer<f32>, n: usize, grad: &mut GpuLoraGrad, dx: &mut GpuBuffer<f32>) -> Result<()> {
     let (r, i, o) = (a.rank, a.in_features, a.out_features);
     // dB += dyᵀ us
-    a.gemm(
-        ctx,
-        GemmDims {
-            m: o,
-            n: r,
-            k: n,
-            a_transposed: true,
-            b_transposed: false,
-        },
-        dy.slice(),
-        us.slice(),
-        grad.b.slice_mut(),
-        true,
-    )?;
+    a.gemm(ctx, GemmDims { m: o, n: r, k: n, a_transposed: true, b_transposed: false }, dy.slice(), us.slice(), grad.b.slice_mut(), true)?;
     // du = scale · dy B
     let mut du = GpuBuffer::<f32>::zeros(ctx, n * r)?;
-    a.gemm_scaled(
-        ctx,
-        GemmDims {
-            m: n,
-            n: r,
-            k: o,
-            a_transposed: false,
-            b_transposed: false,
-        },
-        dy.slice(),
-        a.b.slice(),
-        du.slice_mut(),
-        a.scale,
-        false,
-    )?;
+    a.gemm_scaled(ctx, GemmDims { m: n, n: r, k: o, a_transposed: false, b_transposed: false }, dy.slice(), a.b.slice(), du.slice_mut(), a.scale, false)?;
     // dA += duᵀ x ; dx += du A
-    a.gemm(
-        ctx,
-        GemmDims {
-            m: r,
-            n: i,
-            k: n,
-            a_transposed: true,
-            b_transposed: false,
-        },
-        du.slice(),
-        x.slice(),
-        grad.a.slice_mut(),
-        true,
-    )?;
-    a.gemm(
-        ctx,
-        GemmDims {
-            m: n,
-            n: i,
-            k: r,
-            a_transposed: false,
-            b_transposed: false,
-        },
-        du.slice(),
-        a.a.slice(),
-        dx.slice_mut(),
-        true,
-    )
+    a.gemm(ctx, GemmDims { m: r, n: i, k: n, a_transposed: true, b_transposed: false }, du.slice(), x.slice(), grad.a.slice_mut(), true)?;
+    a.gemm(ctx, GemmDims { m: n, n: i, k: r, a_transposed: false, b_transposed: false }, du.slice(), a.a.slice(), dx.slice_mut(), true)
 }
 
 /// `dx += d(rms_norm)/dx · dy`: the backward of `x -> norm(x)` added to the residual path's gradient.
-fn norm_backward_add(
-    ctx: &GpuContext,
-    x: &GpuBuffer<f32>,
-    weight: &GpuBuffer<f32>,
-    eps: f32,
-    dy: &GpuBuffer<f32>,
-    dx: &mut GpuBuffer<f32>,
-) -> Result<()> {
+fn norm_backward_add(ctx: &GpuContext, x: &GpuBuffer<f32>, weight: &GpuBuffer<f32>, eps: f32, dy: &GpuBuffer<f32>, dx: &mut GpuBuffer<f32>) -> Result<()> {
     let mut rstd = GpuBuffer::zeros(ctx, x.len() / weight.len().max(1))?;
     rms_norm_backward_add(ctx, x, weight, eps, dy, dx, &mut rstd)
 }
@@ -127,12 +58,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 labels.len()
             )));
         }
-        if let Some((i, bad)) = inputs
-            .iter()
-            .zip(labels)
-            .enumerate()
-            .find(|(_, (x, l))| x.len() != tokens || l.len() != tokens)
-        {
+        if let Some((i, bad)) = inputs.iter().zip(labels).enumerate().find(|(_, (x, l))| x.len() != tokens || l.len() != tokens) {
             return Err(Error::invalid_argument(format!(
                 "sequence {i} of the batch has {} inputs and {} labels; every sequence of a GPU batch must have {tokens} of each (pack the data to one length)",
                 bad.0.len(),
@@ -147,23 +73,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 ));
             }
         }
-        Ok(Rows {
-            batch: inputs.len(),
-            tokens,
-        })
+        Ok(Rows { batch: inputs.len(), tokens })
     }
 
     /// The residual stream after the last layer for a batch from position 0; keeps each
     /// layer's input and, with `tapes`, the activations of the last `tapes.1` layers for the
     /// backward pass.
-    pub(super) fn forward_rows(
-        &self,
-        inputs: &[&[u32]],
-        rows: Rows,
-        start: &GpuBuffer<u32>,
-        mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>,
-        mut tapes: Option<(&mut Vec<LayerTape<T>>, usize)>,
-    ) -> Result<GpuBuffer<f32>> {
+    pub(super) fn forward_rows(&self, inputs: &[&[u32]], rows: Rows, start: &GpuBuffer<u32>, mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>, mut tapes: Option<(&mut Vec<LayerTape<T>>, usize)>) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.iter().copied()).collect();
@@ -173,9 +89,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             if let Some(kept) = layer_inputs.as_deref_mut() {
                 kept.push(copy(ctx, &x)?);
             }
-            let keep = tapes
-                .as_ref()
-                .is_some_and(|(_, kept)| layer + kept >= c.num_layers);
+            let keep = tapes.as_ref().is_some_and(|(_, kept)| layer + kept >= c.num_layers);
             let tape = self.layer_forward_fresh(layer, &mut x, rows, start, keep)?;
             if let (Some((tapes, _)), Some(tape)) = (tapes.as_mut(), tape) {
                 tapes.push(tape);
@@ -186,53 +100,19 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// The final norm of `x` and the cross-entropy through the LM head (`dx` receives the
     /// gradient w.r.t. `x` of `grad_scale · loss_sum` when given).
-    fn loss_of(
-        &self,
-        x: &GpuBuffer<f32>,
-        labels: &[u32],
-        grad_scale: f32,
-        dx: Option<&mut GpuBuffer<f32>>,
-    ) -> Result<LossOutput> {
+    fn loss_of(&self, x: &GpuBuffer<f32>, labels: &[u32], grad_scale: f32, dx: Option<&mut GpuBuffer<f32>>) -> Result<LossOutput> {
         let ctx = &self.ctx;
         let c = self.config();
         let (_, hf) = self.norm(x, &self.weights.final_norm)?;
         let (head, chunk) = (self.weights.head(), rows_per_chunk::<T>(c.vocab_size));
         let Some(dx) = dx else {
-            return cross_entropy(
-                ctx,
-                &hf,
-                head,
-                c.hidden_size,
-                c.vocab_size,
-                labels,
-                0.0,
-                None,
-                chunk,
-            );
+            return cross_entropy(ctx, &hf, head, c.hidden_size, c.vocab_size, labels, 0.0, None, chunk);
         };
         let mut dh = GpuBuffer::zeros(ctx, x.len())?;
-        let out = cross_entropy(
-            ctx,
-            &hf,
-            head,
-            c.hidden_size,
-            c.vocab_size,
-            labels,
-            grad_scale,
-            Some(&mut dh),
-            chunk,
-        )?;
+        let out = cross_entropy(ctx, &hf, head, c.hidden_size, c.vocab_size, labels, grad_scale, Some(&mut dh), chunk)?;
         drop(hf);
         let mut rstd = GpuBuffer::zeros(ctx, labels.len())?;
-        rms_norm_backward(
-            ctx,
-            x,
-            &self.weights.final_norm,
-            c.rms_norm_eps,
-            &dh,
-            dx,
-            &mut rstd,
-        )?;
+        rms_norm_backward(ctx, x, &self.weights.final_norm, c.rms_norm_eps, &dh, dx, &mut rstd)?;
         Ok(out)
     }
 
@@ -249,13 +129,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// The loss of a batch of equally long sequences (summed over the batch), and
     /// `grads += grad_scale · d(loss_sum)/d(LoRA)`. A non-finite loss is an error and leaves
     /// `grads` untouched.
-    pub fn forward_backward_batch(
-        &self,
-        inputs: &[&[u32]],
-        labels: &[&[u32]],
-        grad_scale: f32,
-        grads: &mut LoraGrads,
-    ) -> Result<LossOutput> {
+    pub fn forward_backward_batch(&self, inputs: &[&[u32]], labels: &[&[u32]], grad_scale: f32, grads: &mut LoraGrads) -> Result<LossOutput> {
         let rows = self.check_batch(inputs, labels)?;
         self.check_grads(grads)?;
         self.sync_lora()?;
@@ -267,32 +141,18 @@ impl<T: GemmInput> GpuLigerModel<T> {
         // backward pass runs the others' forward again just before going back through them.
         let kept = self.layers_to_keep(rows);
         let mut tapes = Vec::with_capacity(kept);
-        let x = self.forward_rows(
-            inputs,
-            rows,
-            &start,
-            Some(&mut layer_inputs),
-            Some((&mut tapes, kept)),
-        )?;
+        let x = self.forward_rows(inputs, rows, &start, Some(&mut layer_inputs), Some((&mut tapes, kept)))?;
         let flat: Vec<u32> = labels.iter().flat_map(|s| s.iter().copied()).collect();
         let mut dx = GpuBuffer::<f32>::zeros(ctx, x.len())?;
         let out = self.loss_of(&x, &flat, grad_scale, Some(&mut dx))?;
         drop(x);
         if !out.loss_sum.is_finite() {
-            return Err(Error::new(
-                ErrorCode::NonFiniteLoss,
-                "the loss is not finite; lower the learning rate or check the data",
-            ));
+            return Err(Error::new(ErrorCode::NonFiniteLoss, "the loss is not finite; lower the learning rate or check the data"));
         }
         let mut device_grads = self.zero_device_grads()?;
         for layer in (0..c.num_layers).rev() {
-            let x_in = layer_inputs
-                .pop()
-                .ok_or_else(|| Error::internal("a layer input is missing"))?;
-            let tape = match (layer + kept >= c.num_layers)
-                .then(|| tapes.pop())
-                .flatten()
-            {
+            let x_in = layer_inputs.pop().ok_or_else(|| Error::internal("a layer input is missing"))?;
+            let tape = match (layer + kept >= c.num_layers).then(|| tapes.pop()).flatten() {
                 Some(tape) => tape,
                 None => {
                     let mut x_out = copy(ctx, &x_in)?;
@@ -300,28 +160,14 @@ impl<T: GemmInput> GpuLigerModel<T> {
                         .ok_or_else(|| Error::internal("the layer kept no activations"))?
                 }
             };
-            dx = self.layer_backward(
-                layer,
-                &tape,
-                &x_in,
-                rows,
-                &start,
-                dx,
-                &mut device_grads[layer],
-            )?;
+            dx = self.layer_backward(layer, &tape, &x_in, rows, &start, dx, &mut device_grads[layer])?;
         }
         // Back to the host, added into the caller's gradients.
         for (layer, per_target) in device_grads.iter().enumerate() {
             for (t, g) in per_target.iter().enumerate() {
                 if let (Some(g), Some(host)) = (g, &mut grads.layers[layer][t]) {
-                    host.a
-                        .iter_mut()
-                        .zip(g.a.to_host()?)
-                        .for_each(|(h, d)| *h += d);
-                    host.b
-                        .iter_mut()
-                        .zip(g.b.to_host()?)
-                        .for_each(|(h, d)| *h += d);
+                    host.a.iter_mut().zip(g.a.to_host()?).for_each(|(h, d)| *h += d);
+                    host.b.iter_mut().zip(g.b.to_host()?).for_each(|(h, d)| *h += d);
                 }
             }
         }
@@ -342,8 +188,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let (qs, kvs, hs, f) = (c.q_size(), c.kv_size(), c.hidden_size, c.intermediate_size);
         // f32: h, x_mid, q, k, v, o, gate, up, LoRA products; in T: the softmax branch's
         // roped q and k, v and its output.
-        let per_row = (2 * hs + 3 * qs + 3 * kvs + 2 * f + 64) * 4
-            + (2 * qs + 2 * kvs) * std::mem::size_of::<T>();
+        let per_row = (2 * hs + 3 * qs + 3 * kvs + 2 * f + 64) * 4 + (2 * qs + 2 * kvs) * std::mem::size_of::<T>();
         let per_layer = (rows.n() * per_row).max(1) as u64;
         let fit = match self.ctx.stream().context().mem_get_info() {
             Ok((free, _)) => (free as u64 / 2 / per_layer).min(c.num_layers as u64) as usize,
@@ -359,10 +204,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 let mut out: [Option<GpuLoraGrad>; 4] = Default::default();
                 for (slot, a) in out.iter_mut().zip(l.iter()) {
                     if let Some(a) = a {
-                        *slot = Some(GpuLoraGrad {
-                            a: GpuBuffer::zeros(&self.ctx, a.a.len())?,
-                            b: GpuBuffer::zeros(&self.ctx, a.b.len())?,
-                        });
+                        *slot = Some(GpuLoraGrad { a: GpuBuffer::zeros(&self.ctx, a.a.len())?, b: GpuBuffer::zeros(&self.ctx, a.b.len())? });
                     }
                 }
                 Ok(out)
@@ -373,27 +215,11 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// Back through one layer: from the gradient w.r.t. its output (taken over and reused)
     /// to the one w.r.t. its input, accumulating the adapters' gradients.
     #[allow(clippy::too_many_arguments)]
-    fn layer_backward(
-        &self,
-        layer: usize,
-        tape: &LayerTape<T>,
-        x_in: &GpuBuffer<f32>,
-        rows: Rows,
-        start: &GpuBuffer<u32>,
-        dx_out: GpuBuffer<f32>,
-        grads: &mut [Option<GpuLoraGrad>; 4],
-    ) -> Result<GpuBuffer<f32>> {
+    fn layer_backward(&self, layer: usize, tape: &LayerTape<T>, x_in: &GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, dx_out: GpuBuffer<f32>, grads: &mut [Option<GpuLoraGrad>; 4]) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let lw = &self.weights.layers[layer];
-        let (n, hs, f, qs, kvs, eps) = (
-            rows.n(),
-            c.hidden_size,
-            c.intermediate_size,
-            c.q_size(),
-            c.kv_size(),
-            c.rms_norm_eps,
-        );
+        let (n, hs, f, qs, kvs, eps) = (rows.n(), c.hidden_size, c.intermediate_size, c.q_size(), c.kv_size(), c.rms_norm_eps);
 
         // MLP: x_out = x_mid + down(silu(gate) * up), gate and up of h2 = norm(x_mid).
         let dx_out_t = scaled::<T>(ctx, &dx_out, 1.0)?;
@@ -414,32 +240,14 @@ impl<T: GemmInput> GpuLigerModel<T> {
         // Attention: x_mid = x_in + o_proj(o).
         let lora = self.lora_guard()?;
         let mut d_o = GpuBuffer::<f32>::zeros(ctx, n * qs)?;
-        linear_input_grad(
-            ctx,
-            &scaled::<T>(ctx, &dx_mid, 1.0)?,
-            &lw.wo,
-            n,
-            qs,
-            hs,
-            &mut d_o,
-            false,
-        )?;
-        if let (Some(a), Some(g), Some(us)) = (
-            &lora[layer][LoraTarget::O as usize],
-            &mut grads[LoraTarget::O as usize],
-            &tape.saved_o,
-        ) {
+        linear_input_grad(ctx, &scaled::<T>(ctx, &dx_mid, 1.0)?, &lw.wo, n, qs, hs, &mut d_o, false)?;
+        if let (Some(a), Some(g), Some(us)) = (&lora[layer][LoraTarget::O as usize], &mut grads[LoraTarget::O as usize], &tape.saved_o) {
             lora_backward(ctx, a, &tape.o, us, &dx_mid, n, g, &mut d_o)?;
         }
         let (mut dq, mut dk, dv) = self.attention_backward(layer, tape, rows, start, &d_o)?;
         drop(d_o);
-        if let (Some(q_pre), Some(k_pre), Some(qn), Some(kn)) =
-            (&tape.qkv.q_pre, &tape.qkv.k_pre, &lw.q_norm, &lw.k_norm)
-        {
-            let head_norm_backward = |x: &GpuBuffer<f32>,
-                                      w: &GpuBuffer<f32>,
-                                      dy: &GpuBuffer<f32>|
-             -> Result<GpuBuffer<f32>> {
+        if let (Some(q_pre), Some(k_pre), Some(qn), Some(kn)) = (&tape.qkv.q_pre, &tape.qkv.k_pre, &lw.q_norm, &lw.k_norm) {
+            let head_norm_backward = |x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, dy: &GpuBuffer<f32>| -> Result<GpuBuffer<f32>> {
                 let mut dx = GpuBuffer::zeros(ctx, x.len())?;
                 let mut rstd = GpuBuffer::zeros(ctx, x.len() / c.head_dim)?;
                 rms_norm_backward(ctx, x, w, eps, dy, &mut dx, &mut rstd)?;
@@ -449,26 +257,11 @@ impl<T: GemmInput> GpuLigerModel<T> {
             dk = head_norm_backward(k_pre, kn, &dk)?;
         }
         let mut dh = GpuBuffer::<f32>::zeros(ctx, n * hs)?;
-        let parts = [
-            (LoraTarget::Q, &lw.wq, &dq, qs),
-            (LoraTarget::K, &lw.wk, &dk, kvs),
-            (LoraTarget::V, &lw.wv, &dv, kvs),
-        ];
+        let parts = [(LoraTarget::Q, &lw.wq, &dq, qs), (LoraTarget::K, &lw.wk, &dk, kvs), (LoraTarget::V, &lw.wv, &dv, kvs)];
         for (target, w, dy, out) in parts {
-            linear_input_grad(
-                ctx,
-                &scaled::<T>(ctx, dy, 1.0)?,
-                w,
-                n,
-                hs,
-                out,
-                &mut dh,
-                true,
-            )?;
+            linear_input_grad(ctx, &scaled::<T>(ctx, dy, 1.0)?, w, n, hs, out, &mut dh, true)?;
             let i = target as usize;
-            if let (Some(a), Some(g), Some(us)) =
-                (&lora[layer][i], &mut grads[i], &tape.qkv.saved[i])
-            {
+            if let (Some(a), Some(g), Some(us)) = (&lora[layer][i], &mut grads[i], &tape.qkv.saved[i]) {
                 lora_backward(ctx, a, &tape.h, us, dy, n, g, &mut dh)?;
             }
         }
@@ -479,14 +272,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// Gradients (f32) w.r.t. the raw q, k, v of the layer's attention given `d_o`.
-    fn attention_backward(
-        &self,
-        layer: usize,
-        tape: &LayerTape<T>,
-        rows: Rows,
-        start: &GpuBuffer<u32>,
-        d_o: &GpuBuffer<f32>,
-    ) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>, GpuBuffer<f32>)> {
+    fn attention_backward(&self, layer: usize, tape: &LayerTape<T>, rows: Rows, start: &GpuBuffer<u32>, d_o: &GpuBuffer<f32>) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>, GpuBuffer<f32>)> {
         let ctx = &self.ctx;
         let shape = self.shape;
         let att = &self.host.options.attention;
@@ -496,60 +282,30 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let mut dq = GpuBuffer::<f32>::zeros(ctx, q_len)?;
         let mut dk = GpuBuffer::<f32>::zeros(ctx, kv_len)?;
         let mut dv = GpuBuffer::<f32>::zeros(ctx, kv_len)?;
-        let (window, weight) = if softmax_layer {
-            (None, 1.0)
-        } else {
-            (Some(att.window_keys), att.beta)
-        };
+        let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
         // The window branch's share of d_o, in T; made with the mixer's share where both run.
         let mut d_att = None;
         if !softmax_layer {
             let d_grm = if tape.softmax.is_some() {
-                let (mut d_grm, mut d_t) = (
-                    GpuBuffer::<f32>::zeros(ctx, d_o.len())?,
-                    GpuBuffer::<T>::zeros(ctx, d_o.len())?,
-                );
+                let (mut d_grm, mut d_t) = (GpuBuffer::<f32>::zeros(ctx, d_o.len())?, GpuBuffer::<T>::zeros(ctx, d_o.len())?);
                 scale_pair(ctx, d_o, att.alpha, weight, &mut d_grm, &mut d_t)?;
                 d_att = Some(d_t);
                 d_grm
             } else {
                 scaled::<f32>(ctx, d_o, att.alpha)?
             };
-            let dims = MixerDims {
-                batch: rows.batch,
-                tokens: rows.tokens,
-                shape,
-            };
-            mixer_chunk_backward(
-                ctx, &att.mixer, dims, q, k, v, &d_grm, &mut dq, &mut dk, &mut dv,
-            )?;
+            let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
+            mixer_chunk_backward(ctx, &att.mixer, dims, q, k, v, &d_grm, &mut dq, &mut dk, &mut dv)?;
         }
         if let Some(s) = &tape.softmax {
             let d_att = match d_att {
                 Some(d) => d,
                 None => scaled::<T>(ctx, d_o, weight)?,
             };
-            let (mut gq, mut gk, mut gv) = (
-                GpuBuffer::<T>::zeros(ctx, q_len)?,
-                GpuBuffer::<T>::zeros(ctx, kv_len)?,
-                GpuBuffer::<T>::zeros(ctx, kv_len)?,
-            );
-            let dims = AttentionDims {
-                batch: rows.batch,
-                tokens: rows.tokens,
-                shape,
-            };
-            attention_backward(
-                ctx, dims, window, &s.q_roped, &s.k_roped, &s.v, &s.o, &s.lse, &d_att, &mut gq,
-                &mut gk, &mut gv,
-            )?;
-            let rope = |heads: usize| RopeLayout {
-                inv_freq: &self.weights.inv_freq,
-                start,
-                tokens: rows.tokens,
-                heads,
-                head_dim: shape.d,
-            };
+            let (mut gq, mut gk, mut gv) = (GpuBuffer::<T>::zeros(ctx, q_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?);
+            let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
+            attention_backward(ctx, dims, window, &s.q_roped, &s.k_roped, &s.v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv)?;
+            let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start, tokens: rows.tokens, heads, head_dim: shape.d };
             rope_backward_add(ctx, &rope(shape.hq), &gq, &mut dq, 1.0)?;
             rope_backward_add(ctx, &rope(shape.hkv), &gk, &mut dk, 1.0)?;
             widen(ctx, &gv, &mut dv, 1.0, true)?;

@@ -20,11 +20,7 @@ impl GpuAdamW {
     /// Zero moments for tensors of `sizes` values.
     pub fn new(ctx: &GpuContext, sizes: &[usize]) -> Result<Self> {
         let zeros = |n: &usize| GpuBuffer::zeros(ctx, *n);
-        Ok(GpuAdamW {
-            step: 0,
-            m: sizes.iter().map(zeros).collect::<Result<_>>()?,
-            v: sizes.iter().map(zeros).collect::<Result<_>>()?,
-        })
+        Ok(GpuAdamW { step: 0, m: sizes.iter().map(zeros).collect::<Result<_>>()?, v: sizes.iter().map(zeros).collect::<Result<_>>()? })
     }
 
     /// The first and second moments of tensor `i`, e.g. to save them with a checkpoint.
@@ -33,14 +29,7 @@ impl GpuAdamW {
     }
 
     /// One update of every parameter tensor with its gradient at learning rate `lr`.
-    pub fn update(
-        &mut self,
-        ctx: &GpuContext,
-        cfg: &AdamWConfig,
-        lr: f32,
-        params: &mut [&mut GpuBuffer<f32>],
-        grads: &[&GpuBuffer<f32>],
-    ) -> Result<()> {
+    pub fn update(&mut self, ctx: &GpuContext, cfg: &AdamWConfig, lr: f32, params: &mut [&mut GpuBuffer<f32>], grads: &[&GpuBuffer<f32>]) -> Result<()> {
         if params.len() != self.m.len() || grads.len() != self.m.len() {
             return Err(Error::shape(format!(
                 "AdamW holds {} tensors but got {} parameters and {} gradients",
@@ -61,31 +50,14 @@ impl GpuAdamW {
         let bc2_sqrt = bc2.sqrt() as f32;
         let name = "adamw_step_f32";
         let f = ctx.function(&ADAMW, name)?;
-        for ((p, g), (m, v)) in params
-            .iter_mut()
-            .zip(grads)
-            .zip(self.m.iter_mut().zip(self.v.iter_mut()))
-        {
+        for ((p, g), (m, v)) in params.iter_mut().zip(grads).zip(self.m.iter_mut().zip(self.v.iter_mut())) {
             if p.is_empty() {
                 continue;
             }
             let (n, cfg_launch) = (p.len() as u64, elementwise(p.len()));
             let mut launch = ctx.stream().launch_builder(&f);
-            launch
-                .arg(p.slice_mut())
-                .arg(g.slice())
-                .arg(m.slice_mut())
-                .arg(v.slice_mut())
-                .arg(&n);
-            for x in [
-                &lr,
-                &cfg.beta1,
-                &cfg.beta2,
-                &cfg.eps,
-                &cfg.weight_decay,
-                &step_size,
-                &bc2_sqrt,
-            ] {
+            launch.arg(p.slice_mut()).arg(g.slice()).arg(m.slice_mut()).arg(v.slice_mut()).arg(&n);
+            for x in [&lr, &cfg.beta1, &cfg.beta2, &cfg.eps, &cfg.weight_decay, &step_size, &bc2_sqrt] {
                 launch.arg(x);
             }
             // SAFETY: the four buffers hold n values each (checked above).
@@ -115,17 +87,10 @@ pub fn grad_norm(ctx: &GpuContext, grads: &[&GpuBuffer<f32>]) -> Result<f32> {
 
 /// Scales gradients so their global norm is at most `max_norm`; returns the norm before
 /// clipping. A non-finite norm is an error, as on the CPU.
-pub fn clip_grad_norm(
-    ctx: &GpuContext,
-    grads: &mut [&mut GpuBuffer<f32>],
-    max_norm: f32,
-) -> Result<f32> {
+pub fn clip_grad_norm(ctx: &GpuContext, grads: &mut [&mut GpuBuffer<f32>], max_norm: f32) -> Result<f32> {
     let norm = grad_norm(ctx, &grads.iter().map(|g| &**g).collect::<Vec<_>>())?;
     if !norm.is_finite() {
-        return Err(Error::new(
-            ErrorCode::NonFiniteLoss,
-            "the gradient norm is not finite; lower the learning rate or check the data",
-        ));
+        return Err(Error::new(ErrorCode::NonFiniteLoss, "the gradient norm is not finite; lower the learning rate or check the data"));
     }
     if max_norm > 0.0 && norm > max_norm {
         let scale = max_norm / (norm + 1e-6);

@@ -41,10 +41,7 @@ unsafe impl DeviceRepr for KernelDims {}
 
 fn check_shape(shape: HeadShape) -> Result<()> {
     if shape.hkv == 0 || shape.hq == 0 || !shape.hq.is_multiple_of(shape.hkv) {
-        return Err(Error::invalid_argument(format!(
-            "{} query heads are not a positive multiple of {} key-value heads",
-            shape.hq, shape.hkv
-        )));
+        return Err(Error::invalid_argument(format!("{} query heads are not a positive multiple of {} key-value heads", shape.hq, shape.hkv)));
     }
     if shape.d == 0 || !shape.d.is_multiple_of(32) || shape.d > MAX_HEAD_DIM {
         return Err(Error::invalid_argument(format!(
@@ -69,10 +66,7 @@ impl AttentionDims {
             None => self.tokens,
         };
         let HeadShape { hq, hkv, d } = self.shape;
-        as_int(
-            "batch x tokens x query heads x head size",
-            self.batch * self.tokens * hq * d,
-        )?;
+        as_int("batch x tokens x query heads x head size", self.batch * self.tokens * hq * d)?;
         Ok(KernelDims {
             batch: as_int("batch", self.batch)?,
             tokens: as_int("tokens", self.tokens)?,
@@ -109,20 +103,9 @@ fn tensor_core_forward<T: GpuElement>(d: usize) -> Option<&'static str> {
 /// The launch of a tensor-core kernel: a block of 4 warps per 64 tokens, per head, per sequence.
 fn tile_grid(dims: AttentionDims, heads: usize, kernel: &str) -> Result<LaunchConfig> {
     if heads > 65535 || dims.batch > 65535 {
-        return Err(Error::invalid_argument(format!(
-            "{kernel}: {heads} heads x {} sequences are more than one launch takes (65535 each)",
-            dims.batch
-        )));
+        return Err(Error::invalid_argument(format!("{kernel}: {heads} heads x {} sequences are more than one launch takes (65535 each)", dims.batch)));
     }
-    Ok(LaunchConfig {
-        grid_dim: (
-            dims.tokens.div_ceil(MMA_ROWS) as u32,
-            heads as u32,
-            dims.batch as u32,
-        ),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: 0,
-    })
+    Ok(LaunchConfig { grid_dim: (dims.tokens.div_ceil(MMA_ROWS) as u32, heads as u32, dims.batch as u32), block_dim: (128, 1, 1), shared_mem_bytes: 0 })
 }
 
 /// One warp per row: `BLOCK / 32` rows per block.
@@ -158,31 +141,16 @@ pub fn attention_forward<T: GpuElement>(
         let cfg = tile_grid(dims, dims.shape.hq, name)?;
         let f = ctx.function(&ATTENTION, name)?;
         let mut launch = ctx.stream().launch_builder(&f);
-        launch
-            .arg(&p)
-            .arg(q.slice())
-            .arg(k.slice())
-            .arg(v.slice())
-            .arg(o.slice_mut())
-            .arg(lse.slice_mut());
+        launch.arg(&p).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(o.slice_mut()).arg(lse.slice_mut());
         // SAFETY: sizes checked above; the kernel guards rows and keys past `tokens`.
         return ctx.check_launch(unsafe { launch.launch(cfg) }, name);
     }
     let name = super::variant::<T>("attention_forward_f32", "attention_forward_bf16");
     let f = ctx.function(&ATTENTION, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(&p)
-        .arg(q.slice())
-        .arg(k.slice())
-        .arg(v.slice())
-        .arg(o.slice_mut())
-        .arg(lse.slice_mut());
+    launch.arg(&p).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(o.slice_mut()).arg(lse.slice_mut());
     // SAFETY: sizes checked above; one warp per (sequence, query, head) row.
-    ctx.check_launch(
-        unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hq)) },
-        name,
-    )
+    ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hq)) }, name)
 }
 
 /// Gradients of `sum(d_o * o)` w.r.t. q, k and v, given the forward's `o` and `lse`.
@@ -202,20 +170,10 @@ pub fn attention_backward<T: GpuElement>(
     dv: &mut GpuBuffer<T>,
 ) -> Result<()> {
     let p = dims.kernel_dims(window_keys)?;
-    for (what, len) in [
-        ("attention q", q.len()),
-        ("attention o", o.len()),
-        ("attention d_o", d_o.len()),
-        ("attention dq", dq.len()),
-    ] {
+    for (what, len) in [("attention q", q.len()), ("attention o", o.len()), ("attention d_o", d_o.len()), ("attention dq", dq.len())] {
         expect_len(what, len, dims.q_len())?;
     }
-    for (what, len) in [
-        ("attention k", k.len()),
-        ("attention v", v.len()),
-        ("attention dk", dk.len()),
-        ("attention dv", dv.len()),
-    ] {
+    for (what, len) in [("attention k", k.len()), ("attention v", v.len()), ("attention dk", dk.len()), ("attention dv", dv.len())] {
         expect_len(what, len, dims.kv_len())?;
     }
     expect_len("attention lse", lse.len(), dims.lse_len())?;
@@ -228,68 +186,29 @@ pub fn attention_backward<T: GpuElement>(
     let name = super::variant::<T>("attention_delta_f32", "attention_delta_bf16");
     let f = ctx.function(&ATTENTION, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(&p)
-        .arg(o.slice())
-        .arg(d_o.slice())
-        .arg(delta.slice_mut());
+    launch.arg(&p).arg(o.slice()).arg(d_o.slice()).arg(delta.slice_mut());
     // SAFETY: sizes checked above; one warp per query row.
     ctx.check_launch(unsafe { launch.launch(warp_rows(q_rows)) }, name)?;
 
     if tensor_core_forward::<T>(dims.shape.d).is_some() {
         // bf16 with a head size of 64 or 128: dQ per 64 queries, dK and dV per 64 keys.
         let d = dims.shape.d;
-        let (dq_name, dkv_name) = if d == 64 {
-            ("attention_dq_mma_d64", "attention_dkv_mma_d64")
-        } else {
-            ("attention_dq_mma_d128", "attention_dkv_mma_d128")
-        };
+        let (dq_name, dkv_name) = if d == 64 { ("attention_dq_mma_d64", "attention_dkv_mma_d64") } else { ("attention_dq_mma_d128", "attention_dkv_mma_d128") };
         let f = ctx.function(&ATTENTION, dq_name)?;
         let mut launch = ctx.stream().launch_builder(&f);
-        launch
-            .arg(&p)
-            .arg(q.slice())
-            .arg(k.slice())
-            .arg(v.slice())
-            .arg(lse.slice())
-            .arg(delta.slice())
-            .arg(d_o.slice())
-            .arg(dq.slice_mut());
+        launch.arg(&p).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(lse.slice()).arg(delta.slice()).arg(d_o.slice()).arg(dq.slice_mut());
         // SAFETY: sizes checked above; the kernel guards rows and keys past `tokens`.
-        ctx.check_launch(
-            unsafe { launch.launch(tile_grid(dims, dims.shape.hq, dq_name)?) },
-            dq_name,
-        )?;
+        ctx.check_launch(unsafe { launch.launch(tile_grid(dims, dims.shape.hq, dq_name)?) }, dq_name)?;
         let f = ctx.function(&ATTENTION, dkv_name)?;
         let mut launch = ctx.stream().launch_builder(&f);
-        launch
-            .arg(&p)
-            .arg(q.slice())
-            .arg(k.slice())
-            .arg(v.slice())
-            .arg(lse.slice())
-            .arg(delta.slice())
-            .arg(d_o.slice())
-            .arg(dk.slice_mut())
-            .arg(dv.slice_mut());
+        launch.arg(&p).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(lse.slice()).arg(delta.slice()).arg(d_o.slice()).arg(dk.slice_mut()).arg(dv.slice_mut());
         // SAFETY: as above.
-        return ctx.check_launch(
-            unsafe { launch.launch(tile_grid(dims, dims.shape.hkv, dkv_name)?) },
-            dkv_name,
-        );
+        return ctx.check_launch(unsafe { launch.launch(tile_grid(dims, dims.shape.hkv, dkv_name)?) }, dkv_name);
     }
     let name = super::variant::<T>("attention_dq_f32", "attention_dq_bf16");
     let f = ctx.function(&ATTENTION, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(&p)
-        .arg(q.slice())
-        .arg(k.slice())
-        .arg(v.slice())
-        .arg(lse.slice())
-        .arg(delta.slice())
-        .arg(d_o.slice())
-        .arg(dq.slice_mut());
+    launch.arg(&p).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(lse.slice()).arg(delta.slice()).arg(d_o.slice()).arg(dq.slice_mut());
     // SAFETY: as above.
     ctx.check_launch(unsafe { launch.launch(warp_rows(q_rows)) }, name)?;
 
@@ -307,10 +226,7 @@ pub fn attention_backward<T: GpuElement>(
         .arg(dk.slice_mut())
         .arg(dv.slice_mut());
     // SAFETY: as above; one warp per (sequence, key, kv head) row.
-    ctx.check_launch(
-        unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hkv)) },
-        name,
-    )
+    ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hkv)) }, name)
 }
 
 /// Decoding: one query per sequence against a cache. q_t `[B,hq,d]`; k_cache/v_cache `[B, hkv, capacity, d]`
@@ -340,13 +256,7 @@ pub fn attention_decode<T: GpuElement>(
     if batch == 0 {
         return Ok(());
     }
-    let args = [
-        as_int("batch", batch)?,
-        as_int("query heads", shape.hq)?,
-        as_int("key-value heads", shape.hkv)?,
-        as_int("head size", shape.d)?,
-        as_int("capacity", capacity)?,
-    ];
+    let args = [as_int("batch", batch)?, as_int("query heads", shape.hq)?, as_int("key-value heads", shape.hkv)?, as_int("head size", shape.d)?, as_int("capacity", capacity)?];
     as_int("cache size", cache_len)?;
     let name = super::variant::<T>("attention_decode_f32", "attention_decode_bf16");
     let f = ctx.function(&ATTENTION, name)?;
@@ -354,19 +264,10 @@ pub fn attention_decode<T: GpuElement>(
     for a in &args {
         launch.arg(a);
     }
-    launch
-        .arg(q_t.slice())
-        .arg(k_cache.slice())
-        .arg(v_cache.slice())
-        .arg(lengths.slice())
-        .arg(o_t.slice_mut());
+    launch.arg(q_t.slice()).arg(k_cache.slice()).arg(v_cache.slice()).arg(lengths.slice()).arg(o_t.slice_mut());
     // SAFETY: sizes checked above; lengths are clipped to capacity in the kernel; a block per (sequence, head).
     let blocks = as_int("sequences x query heads", batch * shape.hq)? as u32;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (DECODE_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (DECODE_THREADS, 1, 1), shared_mem_bytes: 0 };
     ctx.check_launch(unsafe { launch.launch(cfg) }, name)
 }
 
@@ -375,9 +276,7 @@ const DECODE_THREADS: u32 = 128;
 
 fn check_capacity(capacity: usize) -> Result<()> {
     if capacity == 0 {
-        return Err(Error::invalid_argument(
-            "a key-value cache needs a capacity of at least 1 token",
-        ));
+        return Err(Error::invalid_argument("a key-value cache needs a capacity of at least 1 token"));
     }
     Ok(())
 }
@@ -395,9 +294,7 @@ pub fn cache_append<T: GpuElement>(
     k_cache: &mut GpuBuffer<T>,
     v_cache: &mut GpuBuffer<T>,
 ) -> Result<()> {
-    cache_prefill(
-        ctx, batch, 1, shape, capacity, k_t, v_t, positions, k_cache, v_cache,
-    )
+    cache_prefill(ctx, batch, 1, shape, capacity, k_t, v_t, positions, k_cache, v_cache)
 }
 
 /// After a prefill of `tokens` tokens per sequence: writes token t of k_new/v_new
@@ -419,16 +316,8 @@ pub fn cache_prefill<T: GpuElement>(
     check_shape(shape)?;
     check_capacity(capacity)?;
     let cache_len = batch * shape.hkv * capacity * shape.d;
-    expect_len(
-        "new keys",
-        k_new.len(),
-        batch * tokens * shape.hkv * shape.d,
-    )?;
-    expect_len(
-        "new values",
-        v_new.len(),
-        batch * tokens * shape.hkv * shape.d,
-    )?;
+    expect_len("new keys", k_new.len(), batch * tokens * shape.hkv * shape.d)?;
+    expect_len("new values", v_new.len(), batch * tokens * shape.hkv * shape.d)?;
     expect_len("key cache", k_cache.len(), cache_len)?;
     expect_len("value cache", v_cache.len(), cache_len)?;
     expect_len("cache positions", positions.len(), batch)?;
@@ -436,25 +325,14 @@ pub fn cache_prefill<T: GpuElement>(
         return Ok(());
     }
     as_int("cache size", cache_len)?;
-    let args = [
-        as_int("batch", batch)?,
-        as_int("tokens", tokens)?,
-        as_int("key-value heads", shape.hkv)?,
-        as_int("head size", shape.d)?,
-        as_int("capacity", capacity)?,
-    ];
+    let args = [as_int("batch", batch)?, as_int("tokens", tokens)?, as_int("key-value heads", shape.hkv)?, as_int("head size", shape.d)?, as_int("capacity", capacity)?];
     let name = super::variant::<T>("cache_write_f32", "cache_write_bf16");
     let f = ctx.function(&ATTENTION, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
     for a in &args {
         launch.arg(a);
     }
-    launch
-        .arg(k_new.slice())
-        .arg(v_new.slice())
-        .arg(positions.slice())
-        .arg(k_cache.slice_mut())
-        .arg(v_cache.slice_mut());
+    launch.arg(k_new.slice()).arg(v_new.slice()).arg(positions.slice()).arg(k_cache.slice_mut()).arg(v_cache.slice_mut());
     let written = batch * tokens.min(capacity) * shape.hkv * shape.d;
     // SAFETY: sizes checked above; slots are taken modulo capacity.
     ctx.check_launch(unsafe { launch.launch(elementwise(written)) }, name)
@@ -466,11 +344,7 @@ mod tests {
     use liger_core::ErrorCode;
 
     fn dims(d: usize) -> AttentionDims {
-        AttentionDims {
-            batch: 2,
-            tokens: 10,
-            shape: HeadShape { hq: 4, hkv: 2, d },
-        }
+        AttentionDims { batch: 2, tokens: 10, shape: HeadShape { hq: 4, hkv: 2, d } }
     }
 
     #[test]
@@ -490,31 +364,14 @@ mod tests {
             assert_eq!(err.code, ErrorCode::InvalidArgument);
             assert!(err.message.contains("head size"), "{}", err.message);
         }
-        let bad_group = AttentionDims {
-            batch: 1,
-            tokens: 4,
-            shape: HeadShape {
-                hq: 3,
-                hkv: 2,
-                d: 64,
-            },
-        };
-        assert_eq!(
-            bad_group.kernel_dims(None).unwrap_err().code,
-            ErrorCode::InvalidArgument
-        );
-        assert_eq!(
-            check_capacity(0).unwrap_err().code,
-            ErrorCode::InvalidArgument
-        );
+        let bad_group = AttentionDims { batch: 1, tokens: 4, shape: HeadShape { hq: 3, hkv: 2, d: 64 } };
+        assert_eq!(bad_group.kernel_dims(None).unwrap_err().code, ErrorCode::InvalidArgument);
+        assert_eq!(check_capacity(0).unwrap_err().code, ErrorCode::InvalidArgument);
     }
 
     #[test]
     fn buffer_sizes_follow_the_layouts() {
         let d = dims(64);
-        assert_eq!(
-            (d.q_len(), d.kv_len(), d.lse_len()),
-            (2 * 10 * 4 * 64, 2 * 10 * 2 * 64, 2 * 4 * 10)
-        );
+        assert_eq!((d.q_len(), d.kv_len(), d.lse_len()), (2 * 10 * 4 * 64, 2 * 10 * 2 * 64, 2 * 4 * 10));
     }
 }

@@ -44,21 +44,14 @@ pub fn cross_entropy<T: GemmInput>(
         expect_len("cross_entropy dh", dh.len(), t * hidden)?;
     }
     if rows_per_chunk == 0 {
-        return Err(Error::invalid_argument(
-            "cross_entropy: rows_per_chunk must be at least 1",
-        ));
+        return Err(Error::invalid_argument("cross_entropy: rows_per_chunk must be at least 1"));
     }
     if let Some(&bad) = labels.iter().find(|&&l| l != IGNORE && l as usize >= vocab) {
-        return Err(Error::invalid_argument(format!(
-            "label {bad} is outside the vocabulary of {vocab}"
-        )));
+        return Err(Error::invalid_argument(format!("label {bad} is outside the vocabulary of {vocab}")));
     }
     let count = labels.iter().filter(|&&l| l != IGNORE).count();
     if t == 0 {
-        return Ok(LossOutput {
-            loss_sum: 0.0,
-            count,
-        });
+        return Ok(LossOutput { loss_sum: 0.0, count });
     }
     let chunk = rows_per_chunk.min(t);
     let labels_gpu = GpuBuffer::from_host(ctx, labels)?;
@@ -71,58 +64,23 @@ pub fn cross_entropy<T: GemmInput>(
     for r0 in (0..t).step_by(chunk) {
         let rows = chunk.min(t - r0);
         let h_rows = h.view(r0 * hidden..(r0 + rows) * hidden);
-        let dims = GemmDims {
-            m: rows,
-            n: vocab,
-            k: hidden,
-            a_transposed: false,
-            b_transposed: true,
-        };
-        gemm(
-            ctx,
-            dims,
-            &h_rows,
-            head.slice(),
-            &mut logits.view_mut(0..rows * vocab),
-            false,
-        )?;
+        let dims = GemmDims { m: rows, n: vocab, k: hidden, a_transposed: false, b_transposed: true };
+        gemm(ctx, dims, &h_rows, head.slice(), &mut logits.view_mut(0..rows * vocab), false)?;
         {
             let z = logits.view(0..rows * vocab);
             let mut g = grad.view_mut(0..rows * vocab);
             let label_rows = labels_gpu.view(r0..r0 + rows);
             let mut loss_rows = loss.view_mut(r0..r0 + rows);
             let mut launch = ctx.stream().launch_builder(&f);
-            launch
-                .arg(&z)
-                .arg(&label_rows)
-                .arg(&mut loss_rows)
-                .arg(&mut g)
-                .arg(&vocab_arg)
-                .arg(&grad_scale);
+            launch.arg(&z).arg(&label_rows).arg(&mut loss_rows).arg(&mut g).arg(&vocab_arg).arg(&grad_scale);
             // SAFETY: z and g hold rows x vocab values, labels and loss hold rows; labels were checked.
             ctx.check_launch(unsafe { launch.launch(block_per_row(rows, vocab)?) }, name)?;
         }
         if let Some(dh) = dh.as_deref_mut() {
-            let dims = GemmDims {
-                m: rows,
-                n: hidden,
-                k: vocab,
-                a_transposed: false,
-                b_transposed: false,
-            };
-            gemm(
-                ctx,
-                dims,
-                &grad.view(0..rows * vocab),
-                head.slice(),
-                &mut dh.view_mut(r0 * hidden..(r0 + rows) * hidden),
-                false,
-            )?;
+            let dims = GemmDims { m: rows, n: hidden, k: vocab, a_transposed: false, b_transposed: false };
+            gemm(ctx, dims, &grad.view(0..rows * vocab), head.slice(), &mut dh.view_mut(r0 * hidden..(r0 + rows) * hidden), false)?;
         }
     }
     let per_row = loss.to_host()?;
-    Ok(LossOutput {
-        loss_sum: per_row.iter().map(|&l| l as f64).sum(),
-        count,
-    })
+    Ok(LossOutput { loss_sum: per_row.iter().map(|&l| l as f64).sum(), count })
 }

@@ -13,14 +13,7 @@ use liger_core::liger::HeadShape;
 use liger_core::{Error, Result};
 
 /// `y = x / rms(x) * weight` per row of `weight.len()` values, written as f32 (`y_f`) and as `T` (`y_t`).
-pub fn decode_rms_norm<T: GpuElement>(
-    ctx: &GpuContext,
-    x: &GpuBuffer<f32>,
-    weight: &GpuBuffer<f32>,
-    eps: f32,
-    y_f: &mut GpuBuffer<f32>,
-    y_t: &mut GpuBuffer<T>,
-) -> Result<()> {
+pub fn decode_rms_norm<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<f32>, weight: &GpuBuffer<f32>, eps: f32, y_f: &mut GpuBuffer<f32>, y_t: &mut GpuBuffer<T>) -> Result<()> {
     let cols = weight.len();
     let rows = rows_of("rms_norm input", x.len(), cols)?;
     expect_len("rms_norm f32 output", y_f.len(), x.len())?;
@@ -32,13 +25,7 @@ pub fn decode_rms_norm<T: GpuElement>(
     let f = ctx.function(&DECODE, name)?;
     let cols_arg = as_int("cols", cols)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(x.slice())
-        .arg(weight.slice())
-        .arg(y_f.slice_mut())
-        .arg(y_t.slice_mut())
-        .arg(&cols_arg)
-        .arg(&eps);
+    launch.arg(x.slice()).arg(weight.slice()).arg(y_f.slice_mut()).arg(y_t.slice_mut()).arg(&cols_arg).arg(&eps);
     // SAFETY: x, y_f and y_t hold rows x cols values; one block per row.
     ctx.check_launch(unsafe { launch.launch(block_per_row(rows, cols)?) }, name)
 }
@@ -68,15 +55,10 @@ pub fn decode_rope_append<T: GpuElement>(
 ) -> Result<()> {
     let HeadShape { hq, hkv, d } = at.shape;
     if d == 0 || !d.is_multiple_of(2) || at.inv_freq.len() != d / 2 {
-        return Err(Error::shape(format!(
-            "RoPE needs an even head size and head_size/2 frequencies; got {d} and {}",
-            at.inv_freq.len()
-        )));
+        return Err(Error::shape(format!("RoPE needs an even head size and head_size/2 frequencies; got {d} and {}", at.inv_freq.len())));
     }
     if at.capacity == 0 {
-        return Err(Error::invalid_argument(
-            "a key-value cache needs a capacity of at least 1 token",
-        ));
+        return Err(Error::invalid_argument("a key-value cache needs a capacity of at least 1 token"));
     }
     let b = at.batch;
     expect_len("decode q", q.len(), b * hq * d)?;
@@ -90,44 +72,21 @@ pub fn decode_rope_append<T: GpuElement>(
         return Ok(());
     }
     as_int("cache size", k_cache.len())?;
-    let args = [
-        as_int("batch", b)?,
-        as_int("query heads", hq)?,
-        as_int("key-value heads", hkv)?,
-        as_int("head size", d)?,
-        as_int("capacity", at.capacity)?,
-    ];
+    let args = [as_int("batch", b)?, as_int("query heads", hq)?, as_int("key-value heads", hkv)?, as_int("head size", d)?, as_int("capacity", at.capacity)?];
     let name = super::variant::<T>("decode_rope_append_f32", "decode_rope_append_bf16");
     let f = ctx.function(&DECODE, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(q.slice())
-        .arg(k.slice())
-        .arg(v.slice())
-        .arg(at.inv_freq.slice())
-        .arg(at.positions.slice());
-    launch
-        .arg(q_roped.slice_mut())
-        .arg(k_cache.slice_mut())
-        .arg(v_cache.slice_mut());
+    launch.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(at.inv_freq.slice()).arg(at.positions.slice());
+    launch.arg(q_roped.slice_mut()).arg(k_cache.slice_mut()).arg(v_cache.slice_mut());
     for a in &args {
         launch.arg(a);
     }
     // SAFETY: sizes checked above; slots are taken modulo capacity; one thread per rotated pair.
-    ctx.check_launch(
-        unsafe { launch.launch(elementwise(b * (hq + hkv) * d / 2)) },
-        name,
-    )
+    ctx.check_launch(unsafe { launch.launch(elementwise(b * (hq + hkv) * d / 2)) }, name)
 }
 
 /// `o = alpha * a + beta * b` (a term left out when it is None), written as f32 (`o_f`) and as `T` (`o_t`).
-pub fn decode_mix<T: GpuElement>(
-    ctx: &GpuContext,
-    a: Option<(&GpuBuffer<f32>, f32)>,
-    b: Option<(&GpuBuffer<T>, f32)>,
-    o_f: &mut GpuBuffer<f32>,
-    o_t: &mut GpuBuffer<T>,
-) -> Result<()> {
+pub fn decode_mix<T: GpuElement>(ctx: &GpuContext, a: Option<(&GpuBuffer<f32>, f32)>, b: Option<(&GpuBuffer<T>, f32)>, o_f: &mut GpuBuffer<f32>, o_t: &mut GpuBuffer<T>) -> Result<()> {
     let n = o_t.len();
     expect_len("mix f32 output", o_f.len(), n)?;
     if let Some((a, _)) = a {
@@ -154,23 +113,13 @@ pub fn decode_mix<T: GpuElement>(
         Some((b, _)) => launch.arg(b.slice()),
         None => launch.arg(&null),
     };
-    launch
-        .arg(&beta)
-        .arg(&use_b)
-        .arg(o_f.slice_mut())
-        .arg(o_t.slice_mut())
-        .arg(&n_arg);
+    launch.arg(&beta).arg(&use_b).arg(o_f.slice_mut()).arg(o_t.slice_mut()).arg(&n_arg);
     // SAFETY: every buffer given holds n values; a left-out input (null) is never read.
     ctx.check_launch(unsafe { launch.launch(elementwise(n)) }, name)
 }
 
 /// `out = silu(gate) * up`, stored as `T`.
-pub fn decode_swiglu<T: GpuElement>(
-    ctx: &GpuContext,
-    gate: &GpuBuffer<f32>,
-    up: &GpuBuffer<f32>,
-    out: &mut GpuBuffer<T>,
-) -> Result<()> {
+pub fn decode_swiglu<T: GpuElement>(ctx: &GpuContext, gate: &GpuBuffer<f32>, up: &GpuBuffer<f32>, out: &mut GpuBuffer<T>) -> Result<()> {
     let n = gate.len();
     expect_len("swiglu up", up.len(), n)?;
     expect_len("swiglu output", out.len(), n)?;
@@ -181,11 +130,7 @@ pub fn decode_swiglu<T: GpuElement>(
     let f = ctx.function(&DECODE, name)?;
     let n_arg = n as u64;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(gate.slice())
-        .arg(up.slice())
-        .arg(out.slice_mut())
-        .arg(&n_arg);
+    launch.arg(gate.slice()).arg(up.slice()).arg(out.slice_mut()).arg(&n_arg);
     // SAFETY: all three buffers hold n values.
     ctx.check_launch(unsafe { launch.launch(elementwise(n)) }, name)
 }
@@ -201,15 +146,10 @@ pub fn gemv_fits<T: GpuElement>(k: usize) -> bool {
 
 fn gemv_checks<T: GpuElement>(x: &GpuBuffer<T>, batch: usize, k: usize) -> Result<()> {
     if batch == 0 || batch > GEMV_MAX_BATCH {
-        return Err(Error::invalid_argument(format!(
-            "the decoding products take 1 to {GEMV_MAX_BATCH} sequences, got {batch}; use gemm"
-        )));
+        return Err(Error::invalid_argument(format!("the decoding products take 1 to {GEMV_MAX_BATCH} sequences, got {batch}; use gemm")));
     }
     if !gemv_fits::<T>(k) {
-        return Err(Error::invalid_argument(format!(
-            "the decoding products take rows of whole 16-byte pieces; {k} values of {} are not",
-            T::KERNEL_SUFFIX
-        )));
+        return Err(Error::invalid_argument(format!("the decoding products take rows of whole 16-byte pieces; {k} values of {} are not", T::KERNEL_SUFFIX)));
     }
     expect_len("decode product input", x.len(), batch * k)
 }
@@ -222,25 +162,13 @@ fn gemv_entry<T: GpuElement>(batch: usize, names: [&'static str; 4]) -> &'static
 
 /// The launch of one warp per weight row.
 pub(super) fn warps_for(rows: usize) -> Result<cudarc::driver::LaunchConfig> {
-    let blocks =
-        (as_int("weight rows", rows)? as usize * 32).div_ceil(crate::launch::BLOCK as usize);
-    Ok(cudarc::driver::LaunchConfig {
-        grid_dim: (as_int("blocks", blocks)? as u32, 1, 1),
-        block_dim: (crate::launch::BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    })
+    let blocks = (as_int("weight rows", rows)? as usize * 32).div_ceil(crate::launch::BLOCK as usize);
+    Ok(cudarc::driver::LaunchConfig { grid_dim: (as_int("blocks", blocks)? as u32, 1, 1), block_dim: (crate::launch::BLOCK, 1, 1), shared_mem_bytes: 0 })
 }
 
 /// `y_i = x W_iᵀ` (or `y_i +=` when `accumulate`) for one to three weights `[n_i, k]` of one
 /// input x `[batch, k]` (batch at most [`GEMV_MAX_BATCH`]), each `y_i` `[batch, n_i]`, in one launch.
-pub fn decode_gemv<T: GpuElement>(
-    ctx: &GpuContext,
-    x: &GpuBuffer<T>,
-    batch: usize,
-    k: usize,
-    outputs: &mut [(&GpuBuffer<T>, &mut GpuBuffer<f32>)],
-    accumulate: bool,
-) -> Result<()> {
+pub fn decode_gemv<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, batch: usize, k: usize, outputs: &mut [(&GpuBuffer<T>, &mut GpuBuffer<f32>)], accumulate: bool) -> Result<()> {
     decode_gemv_lora(ctx, x, batch, k, outputs, &[None, None, None], accumulate)
 }
 
@@ -257,10 +185,7 @@ pub fn decode_gemv_lora<T: GpuElement>(
 ) -> Result<()> {
     gemv_checks(x, batch, k)?;
     if outputs.is_empty() || outputs.len() > 3 {
-        return Err(Error::invalid_argument(format!(
-            "one decoding product takes 1 to 3 weights, got {}",
-            outputs.len()
-        )));
+        return Err(Error::invalid_argument(format!("one decoding product takes 1 to 3 weights, got {}", outputs.len())));
     }
     let mut rows = [0i32; 3];
     let mut ranks = [0i32; 3];
@@ -273,22 +198,11 @@ pub fn decode_gemv_lora<T: GpuElement>(
         }
     }
     if adapters[outputs.len()..].iter().any(Option::is_some) {
-        return Err(Error::invalid_argument(
-            "an adapter was given for a product without a weight",
-        ));
+        return Err(Error::invalid_argument("an adapter was given for a product without a weight"));
     }
-    let name = gemv_entry::<T>(
-        batch,
-        [
-            "decode_gemv_f32_b1",
-            "decode_gemv_f32_b4",
-            "decode_gemv_bf16_b1",
-            "decode_gemv_bf16_b4",
-        ],
-    );
+    let name = gemv_entry::<T>(batch, ["decode_gemv_f32_b1", "decode_gemv_f32_b4", "decode_gemv_bf16_b1", "decode_gemv_bf16_b4"]);
     let f = ctx.function(&DECODE, name)?;
-    let (null, batch_arg, k_arg, acc) =
-        (0u64, batch as i32, as_int("k", k)?, i32::from(accumulate));
+    let (null, batch_arg, k_arg, acc) = (0u64, batch as i32, as_int("k", k)?, i32::from(accumulate));
     let total: usize = rows.iter().map(|&n| n as usize).sum();
     let mut launch = ctx.stream().launch_builder(&f);
     launch.arg(x.slice());
@@ -312,39 +226,16 @@ pub fn decode_gemv_lora<T: GpuElement>(
 }
 
 /// `act = silu(x W_gateᵀ) * (x W_upᵀ)`, stored as `T`; x `[batch, k]`, weights `[n, k]`, act `[batch, n]`.
-pub fn decode_gemv_swiglu<T: GpuElement>(
-    ctx: &GpuContext,
-    x: &GpuBuffer<T>,
-    batch: usize,
-    k: usize,
-    w_gate: &GpuBuffer<T>,
-    w_up: &GpuBuffer<T>,
-    act: &mut GpuBuffer<T>,
-) -> Result<()> {
+pub fn decode_gemv_swiglu<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, batch: usize, k: usize, w_gate: &GpuBuffer<T>, w_up: &GpuBuffer<T>, act: &mut GpuBuffer<T>) -> Result<()> {
     gemv_checks(x, batch, k)?;
     let n = rows_of("gate weight", w_gate.len(), k)?;
     expect_len("up weight", w_up.len(), n * k)?;
     expect_len("swiglu output", act.len(), batch * n)?;
-    let name = gemv_entry::<T>(
-        batch,
-        [
-            "decode_gemv_swiglu_f32_b1",
-            "decode_gemv_swiglu_f32_b4",
-            "decode_gemv_swiglu_bf16_b1",
-            "decode_gemv_swiglu_bf16_b4",
-        ],
-    );
+    let name = gemv_entry::<T>(batch, ["decode_gemv_swiglu_f32_b1", "decode_gemv_swiglu_f32_b4", "decode_gemv_swiglu_bf16_b1", "decode_gemv_swiglu_bf16_b4"]);
     let f = ctx.function(&DECODE, name)?;
     let (n_arg, batch_arg, k_arg) = (as_int("rows", n)?, batch as i32, as_int("k", k)?);
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(x.slice())
-        .arg(w_gate.slice())
-        .arg(w_up.slice())
-        .arg(act.slice_mut())
-        .arg(&n_arg)
-        .arg(&batch_arg)
-        .arg(&k_arg);
+    launch.arg(x.slice()).arg(w_gate.slice()).arg(w_up.slice()).arg(act.slice_mut()).arg(&n_arg).arg(&batch_arg).arg(&k_arg);
     // SAFETY: sizes checked above; a warp per row, past the last returns.
     ctx.check_launch(unsafe { launch.launch(warps_for(n)?) }, name)
 }

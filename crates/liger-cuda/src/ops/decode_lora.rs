@@ -36,9 +36,7 @@ impl LoraUp<'_> {
     /// Checks the sizes against `batch` sequences and `n` output rows; returns the rank.
     pub(super) fn check(&self, batch: usize, n: usize) -> Result<usize> {
         if self.rank == 0 {
-            return Err(Error::invalid_argument(
-                "an adapter needs a rank of at least 1",
-            ));
+            return Err(Error::invalid_argument("an adapter needs a rank of at least 1"));
         }
         expect_len("adapter B", self.b.len(), n * self.rank)?;
         if self.u.len() < batch * self.rank {
@@ -50,35 +48,22 @@ impl LoraUp<'_> {
 
 /// `u_i = scale_i · x A_iᵀ` for one to three adapters of the input x `[batch, k]` (batch at
 /// most [`LORA_DOWN_MAX_BATCH`], k a multiple of 4), in one launch.
-pub fn decode_lora_down(
-    ctx: &GpuContext,
-    x: &GpuBuffer<f32>,
-    batch: usize,
-    k: usize,
-    adapters: &mut [LoraDown],
-) -> Result<()> {
+pub fn decode_lora_down(ctx: &GpuContext, x: &GpuBuffer<f32>, batch: usize, k: usize, adapters: &mut [LoraDown]) -> Result<()> {
     if batch == 0 || batch > LORA_DOWN_MAX_BATCH {
         return Err(Error::invalid_argument(format!("the decoding adapters take 1 to {LORA_DOWN_MAX_BATCH} sequences, got {batch}; use gemm")));
     }
     if !gemv_fits::<f32>(k) {
-        return Err(Error::invalid_argument(format!(
-            "the decoding adapters take rows of a multiple of 4 values, got {k}"
-        )));
+        return Err(Error::invalid_argument(format!("the decoding adapters take rows of a multiple of 4 values, got {k}")));
     }
     if adapters.is_empty() || adapters.len() > 3 {
-        return Err(Error::invalid_argument(format!(
-            "one down projection takes 1 to 3 adapters, got {}",
-            adapters.len()
-        )));
+        return Err(Error::invalid_argument(format!("one down projection takes 1 to 3 adapters, got {}", adapters.len())));
     }
     expect_len("adapter input", x.len(), batch * k)?;
     let mut ranks = [0i32; 3];
     for (i, a) in adapters.iter().enumerate() {
         let rank = rows_of("adapter A", a.a.len(), k)?;
         if rank == 0 {
-            return Err(Error::invalid_argument(
-                "an adapter needs a rank of at least 1",
-            ));
+            return Err(Error::invalid_argument("an adapter needs a rank of at least 1"));
         }
         if a.u.len() < batch * rank {
             return Err(Error::shape(format!("the down projection's output holds {} values, fewer than {batch} sequences x rank {rank}", a.u.len())));
@@ -96,11 +81,7 @@ pub fn decode_lora_down(
     launch.arg(x.slice()).arg(&batch_arg).arg(&k_arg);
     let given = adapters.len();
     for (a, rank) in adapters.iter_mut().zip(&ranks) {
-        launch
-            .arg(a.a.slice())
-            .arg(&a.scale)
-            .arg(a.u.slice_mut())
-            .arg(rank);
+        launch.arg(a.a.slice()).arg(&a.scale).arg(a.u.slice_mut()).arg(rank);
     }
     for rank in &ranks[given..] {
         launch.arg(&null).arg(&zero).arg(&null).arg(rank);
@@ -111,16 +92,9 @@ pub fn decode_lora_down(
 }
 
 /// `y_i [batch, n_i] += u_i B_iᵀ` for one to three adapters, any batch, in one launch.
-pub fn decode_lora_up(
-    ctx: &GpuContext,
-    batch: usize,
-    outputs: &mut [(LoraUp, &mut GpuBuffer<f32>)],
-) -> Result<()> {
+pub fn decode_lora_up(ctx: &GpuContext, batch: usize, outputs: &mut [(LoraUp, &mut GpuBuffer<f32>)]) -> Result<()> {
     if outputs.is_empty() || outputs.len() > 3 {
-        return Err(Error::invalid_argument(format!(
-            "one up projection takes 1 to 3 adapters, got {}",
-            outputs.len()
-        )));
+        return Err(Error::invalid_argument(format!("one up projection takes 1 to 3 adapters, got {}", outputs.len())));
     }
     if batch == 0 {
         return Ok(());
@@ -138,12 +112,7 @@ pub fn decode_lora_up(
     launch.arg(&batch_arg);
     let given = outputs.len();
     for (((up, y), rank), n) in outputs.iter_mut().zip(&ranks).zip(&rows) {
-        launch
-            .arg(up.b.slice())
-            .arg(up.u.slice())
-            .arg(rank)
-            .arg(y.slice_mut())
-            .arg(n);
+        launch.arg(up.b.slice()).arg(up.u.slice()).arg(rank).arg(y.slice_mut()).arg(n);
     }
     for (rank, n) in ranks[given..].iter().zip(&rows[given..]) {
         launch.arg(&null).arg(&null).arg(rank).arg(&null).arg(n);

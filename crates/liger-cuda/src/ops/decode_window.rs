@@ -31,12 +31,7 @@ pub struct WindowCaches<'a, T> {
 
 /// Whether [`decode_window_attention`] takes heads of this shape.
 pub fn window_attention_fits(shape: HeadShape) -> bool {
-    shape.hkv > 0
-        && shape.hq.is_multiple_of(shape.hkv)
-        && shape.hq >= shape.hkv
-        && shape.d > 0
-        && shape.d.is_multiple_of(32)
-        && shape.d <= MAX_HEAD_DIM
+    shape.hkv > 0 && shape.hq.is_multiple_of(shape.hkv) && shape.hq >= shape.hkv && shape.d > 0 && shape.d.is_multiple_of(32) && shape.d <= MAX_HEAD_DIM
 }
 
 /// `o = alpha · mixer_o + beta · softmax(q Kᵀ / √d) V` over each sequence's window, per query
@@ -59,60 +54,31 @@ pub fn decode_window_attention<T: GpuElement>(
         )));
     }
     if at.capacity == 0 {
-        return Err(Error::invalid_argument(
-            "a window needs a capacity of at least 1 key",
-        ));
+        return Err(Error::invalid_argument("a window needs a capacity of at least 1 key"));
     }
     let b = at.batch;
     let cache_len = b * hkv * at.capacity * d;
     expect_len("window keys", at.keys.len(), cache_len)?;
     expect_len("window values", at.values.len(), cache_len)?;
     expect_len("window lengths", at.lengths.len(), b)?;
-    for (what, len) in [
-        ("window q", q_t.len()),
-        ("mixer output", mixer_o.len()),
-        ("mixed f32 output", o_f.len()),
-        ("mixed output", o_t.len()),
-    ] {
+    for (what, len) in [("window q", q_t.len()), ("mixer output", mixer_o.len()), ("mixed f32 output", o_f.len()), ("mixed output", o_t.len())] {
         expect_len(what, len, b * hq * d)?;
     }
     if b == 0 {
         return Ok(());
     }
     as_int("cache size", cache_len)?;
-    let args = [
-        as_int("batch", b)?,
-        as_int("query heads", hq)?,
-        as_int("key-value heads", hkv)?,
-        as_int("head size", d)?,
-        as_int("capacity", at.capacity)?,
-    ];
-    let name = super::variant::<T>(
-        "decode_window_attention_f32",
-        "decode_window_attention_bf16",
-    );
+    let args = [as_int("batch", b)?, as_int("query heads", hq)?, as_int("key-value heads", hkv)?, as_int("head size", d)?, as_int("capacity", at.capacity)?];
+    let name = super::variant::<T>("decode_window_attention_f32", "decode_window_attention_bf16");
     let f = ctx.function(&DECODE, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
     for a in &args {
         launch.arg(a);
     }
-    launch
-        .arg(q_t.slice())
-        .arg(at.keys.slice())
-        .arg(at.values.slice())
-        .arg(at.lengths.slice());
-    launch
-        .arg(mixer_o.slice())
-        .arg(&alpha)
-        .arg(&beta)
-        .arg(o_f.slice_mut())
-        .arg(o_t.slice_mut());
+    launch.arg(q_t.slice()).arg(at.keys.slice()).arg(at.values.slice()).arg(at.lengths.slice());
+    launch.arg(mixer_o.slice()).arg(&alpha).arg(&beta).arg(o_f.slice_mut()).arg(o_t.slice_mut());
     let warps = (hq / hkv).min(MAX_WARPS) as u32;
-    let cfg = LaunchConfig {
-        grid_dim: (as_int("sequences x key-value heads", b * hkv)? as u32, 1, 1),
-        block_dim: (32 * warps, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = LaunchConfig { grid_dim: (as_int("sequences x key-value heads", b * hkv)? as u32, 1, 1), block_dim: (32 * warps, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: sizes checked above; lengths are clipped to the capacity in the kernel; a block
     // per (sequence, key-value head), each of its warps a query head of the group at a time.
     ctx.check_launch(unsafe { launch.launch(cfg) }, name)

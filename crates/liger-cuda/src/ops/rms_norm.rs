@@ -28,13 +28,7 @@ pub fn rms_norm_forward<T: GpuElement>(
     let f = ctx.function(&RMS_NORM, name)?;
     let cols_arg = as_int("cols", cols)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(x.slice())
-        .arg(weight.slice())
-        .arg(y.slice_mut())
-        .arg(rstd.slice_mut())
-        .arg(&cols_arg)
-        .arg(&eps);
+    launch.arg(x.slice()).arg(weight.slice()).arg(y.slice_mut()).arg(rstd.slice_mut()).arg(&cols_arg).arg(&eps);
     // SAFETY: x and y hold rows x cols values, rstd holds rows; one block per row.
     ctx.check_launch(unsafe { launch.launch(block_per_row(rows, cols)?) }, name)
 }
@@ -61,14 +55,7 @@ pub fn rms_norm_forward_pair<T: GpuElement>(
     let f = ctx.function(&RMS_NORM, name)?;
     let cols_arg = as_int("cols", cols)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(x.slice())
-        .arg(weight.slice())
-        .arg(y.slice_mut())
-        .arg(y_t.slice_mut())
-        .arg(rstd.slice_mut())
-        .arg(&cols_arg)
-        .arg(&eps);
+    launch.arg(x.slice()).arg(weight.slice()).arg(y.slice_mut()).arg(y_t.slice_mut()).arg(rstd.slice_mut()).arg(&cols_arg).arg(&eps);
     // SAFETY: x, y and y_t hold rows x cols values, rstd holds rows; one block per row.
     ctx.check_launch(unsafe { launch.launch(block_per_row(rows, cols)?) }, name)
 }
@@ -98,16 +85,7 @@ pub fn rms_norm_backward_add(
     dx: &mut GpuBuffer<f32>,
     rstd: &mut GpuBuffer<f32>,
 ) -> Result<()> {
-    backward(
-        ctx,
-        "rms_norm_backward_add_f32",
-        x,
-        weight,
-        eps,
-        dy,
-        dx,
-        rstd,
-    )
+    backward(ctx, "rms_norm_backward_add_f32", x, weight, eps, dy, dx, rstd)
 }
 
 /// Checks the sizes and launches backward kernel `name` (written or accumulated).
@@ -133,14 +111,7 @@ fn backward(
     let f = ctx.function(&RMS_NORM, name)?;
     let cols_arg = as_int("cols", cols)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(x.slice())
-        .arg(weight.slice())
-        .arg(dy.slice())
-        .arg(dx.slice_mut())
-        .arg(rstd.slice_mut())
-        .arg(&cols_arg)
-        .arg(&eps);
+    launch.arg(x.slice()).arg(weight.slice()).arg(dy.slice()).arg(dx.slice_mut()).arg(rstd.slice_mut()).arg(&cols_arg).arg(&eps);
     // SAFETY: x, dy and dx hold rows x cols values, rstd holds rows; one block per row.
     ctx.check_launch(unsafe { launch.launch(block_per_row(rows, cols)?) }, name)
 }
@@ -165,13 +136,7 @@ pub fn rms_norm_backward_weight(
     let f = ctx.function(&RMS_NORM, name)?;
     let (rows_arg, cols_arg) = (as_int("rows", rows)?, as_int("cols", cols)?);
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(x.slice())
-        .arg(dy.slice())
-        .arg(rstd.slice())
-        .arg(dweight.slice_mut())
-        .arg(&rows_arg)
-        .arg(&cols_arg);
+    launch.arg(x.slice()).arg(dy.slice()).arg(rstd.slice()).arg(dweight.slice_mut()).arg(&rows_arg).arg(&cols_arg);
     // SAFETY: the shapes were checked above; one thread per column.
     ctx.check_launch(unsafe { launch.launch(elementwise(cols)) }, name)
 }

@@ -18,14 +18,7 @@ const THREADS: u32 = 1024;
 /// when `options.temperature` is 0, else the token `sample_with_draw` picks with `draws[b]`
 /// (`[B]`, uniform in `[0, 1)`; unused when greedy). `options.seed` is not used here: the
 /// draws carry the randomness.
-pub fn sample_tokens(
-    ctx: &GpuContext,
-    logits: &GpuBuffer<f32>,
-    vocab: usize,
-    options: &SamplingOptions,
-    draws: &GpuBuffer<f32>,
-    tokens: &mut GpuBuffer<u32>,
-) -> Result<()> {
+pub fn sample_tokens(ctx: &GpuContext, logits: &GpuBuffer<f32>, vocab: usize, options: &SamplingOptions, draws: &GpuBuffer<f32>, tokens: &mut GpuBuffer<u32>) -> Result<()> {
     options.validate()?;
     let rows = rows_of("logits", logits.len(), vocab)?;
     expect_len("sampled tokens", tokens.len(), rows)?;
@@ -35,19 +28,12 @@ pub fn sample_tokens(
     }
     let vocab_arg = as_int("vocab", vocab)?;
     as_int("sequences", rows)?;
-    let cfg = LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
     if options.temperature == 0.0 {
         let name = "argmax_rows_f32";
         let f = ctx.function(&SAMPLING, name)?;
         let mut launch = ctx.stream().launch_builder(&f);
-        launch
-            .arg(logits.slice())
-            .arg(&vocab_arg)
-            .arg(tokens.slice_mut());
+        launch.arg(logits.slice()).arg(&vocab_arg).arg(tokens.slice_mut());
         // SAFETY: logits hold rows x vocab values, tokens rows; one block per row.
         return ctx.check_launch(unsafe { launch.launch(cfg) }, name);
     }

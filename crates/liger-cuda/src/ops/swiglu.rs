@@ -9,12 +9,7 @@ use cudarc::driver::PushKernelArg;
 use liger_core::Result;
 
 /// `out = silu(gate) * up`, elementwise.
-pub fn swiglu_forward<T: GpuElement>(
-    ctx: &GpuContext,
-    gate: &GpuBuffer<T>,
-    up: &GpuBuffer<T>,
-    out: &mut GpuBuffer<T>,
-) -> Result<()> {
+pub fn swiglu_forward<T: GpuElement>(ctx: &GpuContext, gate: &GpuBuffer<T>, up: &GpuBuffer<T>, out: &mut GpuBuffer<T>) -> Result<()> {
     let n = gate.len();
     expect_len("swiglu up", up.len(), n)?;
     expect_len("swiglu output", out.len(), n)?;
@@ -25,23 +20,14 @@ pub fn swiglu_forward<T: GpuElement>(
     let f = ctx.function(&SWIGLU, name)?;
     let n_arg = n as u64;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(gate.slice())
-        .arg(up.slice())
-        .arg(out.slice_mut())
-        .arg(&n_arg);
+    launch.arg(gate.slice()).arg(up.slice()).arg(out.slice_mut()).arg(&n_arg);
     // SAFETY: all three buffers hold n values.
     ctx.check_launch(unsafe { launch.launch(elementwise(n)) }, name)
 }
 
 /// `out = silu(gate) * up` from f32 `gate` and `up`, stored as `T` (the training forward,
 /// whose product feeds the down projection).
-pub fn swiglu_forward_to<T: GpuElement>(
-    ctx: &GpuContext,
-    gate: &GpuBuffer<f32>,
-    up: &GpuBuffer<f32>,
-    out: &mut GpuBuffer<T>,
-) -> Result<()> {
+pub fn swiglu_forward_to<T: GpuElement>(ctx: &GpuContext, gate: &GpuBuffer<f32>, up: &GpuBuffer<f32>, out: &mut GpuBuffer<T>) -> Result<()> {
     let n = gate.len();
     expect_len("swiglu up", up.len(), n)?;
     expect_len("swiglu output", out.len(), n)?;
@@ -52,17 +38,9 @@ pub fn swiglu_forward_to<T: GpuElement>(
     let f = ctx.function(&SWIGLU, name)?;
     let n_arg = n as u64;
     // The bf16 kernel takes four values per thread.
-    let threads = if name == "swiglu_forward_to_bf16" {
-        n.div_ceil(4)
-    } else {
-        n
-    };
+    let threads = if name == "swiglu_forward_to_bf16" { n.div_ceil(4) } else { n };
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(gate.slice())
-        .arg(up.slice())
-        .arg(out.slice_mut())
-        .arg(&n_arg);
+    launch.arg(gate.slice()).arg(up.slice()).arg(out.slice_mut()).arg(&n_arg);
     // SAFETY: all three buffers hold n values.
     ctx.check_launch(unsafe { launch.launch(elementwise(threads)) }, name)
 }
@@ -78,12 +56,7 @@ pub fn swiglu_backward<T: GpuElement>(
     dup: &mut GpuBuffer<T>,
 ) -> Result<()> {
     let n = gate.len();
-    for (what, len) in [
-        ("swiglu up", up.len()),
-        ("swiglu da", da.len()),
-        ("swiglu dgate", dgate.len()),
-        ("swiglu dup", dup.len()),
-    ] {
+    for (what, len) in [("swiglu up", up.len()), ("swiglu da", da.len()), ("swiglu dgate", dgate.len()), ("swiglu dup", dup.len())] {
         expect_len(what, len, n)?;
     }
     if n == 0 {
@@ -93,13 +66,7 @@ pub fn swiglu_backward<T: GpuElement>(
     let f = ctx.function(&SWIGLU, name)?;
     let n_arg = n as u64;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch
-        .arg(gate.slice())
-        .arg(up.slice())
-        .arg(da.slice())
-        .arg(dgate.slice_mut())
-        .arg(dup.slice_mut())
-        .arg(&n_arg);
+    launch.arg(gate.slice()).arg(up.slice()).arg(da.slice()).arg(dgate.slice_mut()).arg(dup.slice_mut()).arg(&n_arg);
     // SAFETY: all five buffers hold n values; the kernel takes four per thread.
     ctx.check_launch(unsafe { launch.launch(elementwise(n.div_ceil(4))) }, name)
 }

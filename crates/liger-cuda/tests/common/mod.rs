@@ -8,8 +8,7 @@ use rand::{Rng, SeedableRng};
 /// GPU 0, synchronising after every launch so a fault names its kernel. Fails (never skips)
 /// without a GPU.
 pub fn gpu() -> GpuContext {
-    let mut ctx =
-        GpuContext::new(0).unwrap_or_else(|e| panic!("the GPU tests need an NVIDIA GPU: {e}"));
+    let mut ctx = GpuContext::new(0).unwrap_or_else(|e| panic!("the GPU tests need an NVIDIA GPU: {e}"));
     ctx.set_sync_after_launch(true);
     ctx
 }
@@ -45,21 +44,10 @@ pub fn check(name: &str, got: &GpuBuffer<f32>, reference: &[f64], tol: f64) -> f
 pub fn check_host(name: &str, host: &[f32], reference: &[f64], tol: f64) -> f64 {
     assert_eq!(host.len(), reference.len(), "{name}: length");
     let unwritten = host.iter().filter(|v| v.is_nan()).count();
-    assert_eq!(
-        unwritten,
-        0,
-        "{name}: {unwritten} of {} elements were not written",
-        host.len()
-    );
+    assert_eq!(unwritten, 0, "{name}: {unwritten} of {} elements were not written", host.len());
     let err = liger_core::testing::max_rel_error(host, reference);
-    println!(
-        "{name}: max relative error {err:.3e} over {} values",
-        host.len()
-    );
-    assert!(
-        err < tol,
-        "{name}: max relative error {err:.3e} is above {tol:.0e}"
-    );
+    println!("{name}: max relative error {err:.3e} over {} values", host.len());
+    assert!(err < tol, "{name}: max relative error {err:.3e} is above {tol:.0e}");
     err
 }
 
@@ -69,7 +57,5 @@ pub fn to_f64(x: &[f32]) -> Vec<f64> {
 
 /// RoPE's inverse frequencies for a head of `head_dim`, as the model computes them.
 pub fn inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
-    (0..head_dim / 2)
-        .map(|j| 1.0 / theta.powf(2.0 * j as f32 / head_dim as f32))
-        .collect()
+    (0..head_dim / 2).map(|j| 1.0 / theta.powf(2.0 * j as f32 / head_dim as f32)).collect()
 }

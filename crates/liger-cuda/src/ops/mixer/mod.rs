@@ -97,11 +97,7 @@ fn check_config(cfg: &MixerConfig, shape: HeadShape) -> Result<(i32, f32)> {
             shape.d
         )));
     }
-    let scale = if cfg.kind == MixerKind::Gla {
-        1.0 / cfg.gate_normalizer
-    } else {
-        1.0
-    };
+    let scale = if cfg.kind == MixerKind::Gla { 1.0 / cfg.gate_normalizer } else { 1.0 };
     Ok((code, scale))
 }
 
@@ -144,66 +140,29 @@ struct FeatureRegions {
 
 impl FeatureRegions {
     fn plan(plan: &mut ScratchPlan, dims: MixerDims) -> Self {
-        FeatureRegions {
-            qf: plan.take(dims.q_len()),
-            kf: plan.take(dims.kv_len()),
-            decay: plan.take(dims.kv_len()),
-            vf: plan.take(dims.kv_len()),
-        }
+        FeatureRegions { qf: plan.take(dims.q_len()), kf: plan.take(dims.kv_len()), decay: plan.take(dims.kv_len()), vf: plan.take(dims.kv_len()) }
     }
 }
 
 /// Writes the feature maps into their scratch regions (every value).
 #[allow(clippy::too_many_arguments)]
-fn features<T: GpuElement>(
-    ctx: &GpuContext,
-    dims: MixerDims,
-    kind: i32,
-    scale: f32,
-    q: &GpuBuffer<T>,
-    k: &GpuBuffer<T>,
-    v: &GpuBuffer<T>,
-    base: u64,
-    at: &FeatureRegions,
-) -> Result<Features> {
-    let f = Features {
-        qf: region(base, at.qf),
-        kf: region(base, at.kf),
-        decay: region(base, at.decay),
-        vf: region(base, at.vf),
-    };
+fn features<T: GpuElement>(ctx: &GpuContext, dims: MixerDims, kind: i32, scale: f32, q: &GpuBuffer<T>, k: &GpuBuffer<T>, v: &GpuBuffer<T>, base: u64, at: &FeatureRegions) -> Result<Features> {
+    let f = Features { qf: region(base, at.qf), kf: region(base, at.kf), decay: region(base, at.decay), vf: region(base, at.vf) };
     let q_rows = (dims.q_len() / dims.shape.d) as i64;
     let kv_rows = (dims.kv_len() / dims.shape.d) as i64;
-    let name = if T::KERNEL_SUFFIX == "bf16" {
-        "mixer_features_bf16"
-    } else {
-        "mixer_features_f32"
-    };
+    let name = if T::KERNEL_SUFFIX == "bf16" { "mixer_features_bf16" } else { "mixer_features_f32" };
     let func = ctx.function(&MIXER_GATED, name)?;
     let d = int("d", dims.shape.d)?;
     let mut launch = ctx.stream().launch_builder(&func);
     launch.arg(q.slice()).arg(k.slice()).arg(v.slice());
     launch.arg(&f.qf).arg(&f.kf).arg(&f.decay).arg(&f.vf);
-    launch
-        .arg(&q_rows)
-        .arg(&kv_rows)
-        .arg(&d)
-        .arg(&kind)
-        .arg(&scale);
+    launch.arg(&q_rows).arg(&kv_rows).arg(&d).arg(&kind).arg(&scale);
     // SAFETY: q and qf hold q_rows rows of d, the others kv_rows rows; one warp per row.
-    ctx.check_launch(
-        unsafe { launch.launch(warp_per_row((q_rows + kv_rows) as usize)) },
-        name,
-    )?;
+    ctx.check_launch(unsafe { launch.launch(warp_per_row((q_rows + kv_rows) as usize)) }, name)?;
     Ok(f)
 }
 
-fn check_inputs<T: GpuElement>(
-    dims: MixerDims,
-    q: &GpuBuffer<T>,
-    k: &GpuBuffer<T>,
-    v: &GpuBuffer<T>,
-) -> Result<()> {
+fn check_inputs<T: GpuElement>(dims: MixerDims, q: &GpuBuffer<T>, k: &GpuBuffer<T>, v: &GpuBuffer<T>) -> Result<()> {
     expect_len("q", q.len(), dims.q_len())?;
     expect_len("k", k.len(), dims.kv_len())?;
     expect_len("v", v.len(), dims.kv_len())
@@ -224,18 +183,7 @@ pub fn mixer_chunk_forward<T: GpuElement>(
     initial: Option<&GpuBuffer<f32>>,
     final_state: Option<&mut GpuBuffer<f32>>,
 ) -> Result<()> {
-    mixer_chunk_forward_in_segments(
-        ctx,
-        cfg,
-        dims,
-        q,
-        k,
-        v,
-        o,
-        initial,
-        final_state,
-        TimeSegments::Auto,
-    )
+    mixer_chunk_forward_in_segments(ctx, cfg, dims, q, k, v, o, initial, final_state, TimeSegments::Auto)
 }
 
 /// [`mixer_chunk_forward`] with the sequences cut into `segments` over time (see
@@ -276,27 +224,9 @@ pub fn mixer_chunk_forward_in_segments<T: GpuElement>(
     let final_state = final_state.map_or(0, |s| ptr_mut(ctx, s));
     ctx.with_scratch(plan.floats, |base| {
         let f = features(ctx, dims, kind, scale, q, k, v, base, &regions)?;
-        let ops = ScanOperands {
-            x: f.kf,
-            y: f.vf,
-            w: f.qf,
-            decay: f.decay,
-            out,
-            initial,
-            final_state,
-            kind,
-            gate_scale: scale,
-        };
+        let ops = ScanOperands { x: f.kf, y: f.vf, w: f.qf, decay: f.decay, out, initial, final_state, kind, gate_scale: scale };
         let job = ScanJob::new(ctx, Scan::Forward, bf16, dims, ops, 1, group)?;
-        segments::run(
-            ctx,
-            dims,
-            &[job],
-            job.entry(),
-            &schedule,
-            &segment_regions,
-            base,
-        )
+        segments::run(ctx, dims, &[job], job.entry(), &schedule, &segment_regions, base)
     })
 }
 
@@ -313,11 +243,7 @@ pub fn mixer_recurrent_step<T: GpuElement>(
     v_t: &GpuBuffer<T>,
     o_t: &mut GpuBuffer<T>,
 ) -> Result<()> {
-    let dims = MixerDims {
-        batch,
-        tokens: 1,
-        shape,
-    };
+    let dims = MixerDims { batch, tokens: 1, shape };
     let (kind, scale) = check_config(cfg, shape)?;
     check_inputs(dims, q_t, k_t, v_t)?;
     expect_len("o_t", o_t.len(), dims.q_len())?;
@@ -340,15 +266,7 @@ pub fn mixer_recurrent_step<T: GpuElement>(
         kind,
         gate_scale: scale,
     };
-    let job = ScanJob::new(
-        ctx,
-        Scan::Step,
-        T::KERNEL_SUFFIX == "bf16",
-        dims,
-        ops,
-        1,
-        shape.group(),
-    )?;
+    let job = ScanJob::new(ctx, Scan::Step, T::KERNEL_SUFFIX == "bf16", dims, ops, 1, shape.group())?;
     launch_scans(ctx, job.entry(), dims, &[job])
 }
 
@@ -371,21 +289,8 @@ pub fn mixer_chunk_backward<T: GpuElement>(
 
 /// The forward scan's plan. Plans depend on the shapes alone: they are made with null
 /// operands, before the scratch memory is sized.
-fn forward_schedule(
-    ctx: &GpuContext,
-    dims: MixerDims,
-    bf16: bool,
-    segments: TimeSegments,
-) -> Result<segments::Schedule> {
-    let probe = ScanJob::new(
-        ctx,
-        Scan::Forward,
-        bf16,
-        dims,
-        ScanOperands::default(),
-        1,
-        dims.shape.group(),
-    )?;
+fn forward_schedule(ctx: &GpuContext, dims: MixerDims, bf16: bool, segments: TimeSegments) -> Result<segments::Schedule> {
+    let probe = ScanJob::new(ctx, Scan::Forward, bf16, dims, ScanOperands::default(), 1, dims.shape.group())?;
     segments::schedule(ctx, dims, &[probe], None, segments)
 }
 
@@ -398,34 +303,9 @@ fn backward_side_by_side(dims: MixerDims) -> &'static str {
     }
 }
 
-fn backward_schedule(
-    ctx: &GpuContext,
-    dims: MixerDims,
-    kind: i32,
-    scale: f32,
-    segments: TimeSegments,
-) -> Result<segments::Schedule> {
-    let probes = backward_jobs(
-        ctx,
-        dims,
-        &Features {
-            qf: 0,
-            kf: 0,
-            decay: 0,
-            vf: 0,
-        },
-        0,
-        [0; 3],
-        kind,
-        scale,
-    )?;
-    segments::schedule(
-        ctx,
-        dims,
-        &probes,
-        Some(backward_side_by_side(dims)),
-        segments,
-    )
+fn backward_schedule(ctx: &GpuContext, dims: MixerDims, kind: i32, scale: f32, segments: TimeSegments) -> Result<segments::Schedule> {
+    let probes = backward_jobs(ctx, dims, &Features { qf: 0, kf: 0, decay: 0, vf: 0 }, 0, [0; 3], kind, scale)?;
+    segments::schedule(ctx, dims, &probes, Some(backward_side_by_side(dims)), segments)
 }
 
 /// How the automatic plan runs a batch's scans (for benchmarks and tests).
@@ -440,45 +320,19 @@ pub struct SegmentPlanSummary {
 }
 
 /// The plan [`TimeSegments::Auto`] makes for `dims` with elements `T`.
-pub fn mixer_segment_plan<T: GpuElement>(
-    ctx: &GpuContext,
-    cfg: &MixerConfig,
-    dims: MixerDims,
-) -> Result<SegmentPlanSummary> {
+pub fn mixer_segment_plan<T: GpuElement>(ctx: &GpuContext, cfg: &MixerConfig, dims: MixerDims) -> Result<SegmentPlanSummary> {
     let (kind, scale) = check_config(cfg, dims.shape)?;
     let forward = forward_schedule(ctx, dims, T::KERNEL_SUFFIX == "bf16", TimeSegments::Auto)?;
     let backward = backward_schedule(ctx, dims, kind, scale, TimeSegments::Auto)?;
-    Ok(SegmentPlanSummary {
-        forward_segments: forward.plan.count,
-        backward_segments: backward.plan.count,
-        backward_side_by_side: backward.side_by_side,
-    })
+    Ok(SegmentPlanSummary { forward_segments: forward.plan.count, backward_segments: backward.plan.count, backward_side_by_side: backward.side_by_side })
 }
 
 /// The backward's three scans: dqf forward in time, dvf and dkf backward (see the module notes).
 /// `feat` holds the feature maps, `d_o` the output gradient in f32, `outs` dqf, dvf and dkf.
-fn backward_jobs(
-    ctx: &GpuContext,
-    dims: MixerDims,
-    feat: &Features,
-    d_o: u64,
-    outs: [u64; 3],
-    kind: i32,
-    scale: f32,
-) -> Result<[ScanJob; 3]> {
+fn backward_jobs(ctx: &GpuContext, dims: MixerDims, feat: &Features, d_o: u64, outs: [u64; 3], kind: i32, scale: f32) -> Result<[ScanJob; 3]> {
     let group = dims.shape.group();
     let job = |scan, x, y, w, out, x_n, w_n| {
-        let ops = ScanOperands {
-            x,
-            y,
-            w,
-            decay: feat.decay,
-            out,
-            initial: 0,
-            final_state: 0,
-            kind,
-            gate_scale: scale,
-        };
+        let ops = ScanOperands { x, y, w, decay: feat.decay, out, initial: 0, final_state: 0, kind, gate_scale: scale };
         ScanJob::new(ctx, scan, false, dims, ops, x_n, w_n)
     };
     Ok([
@@ -524,12 +378,7 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
     let mut plan = ScratchPlan::default();
     let regions = FeatureRegions::plan(&mut plan, dims);
     let dof_at = bf16.then(|| plan.take(dims.q_len()));
-    let (dqf_at, dkf_at, dvf_at, dg_at) = (
-        plan.take(dims.q_len()),
-        plan.take(dims.kv_len()),
-        plan.take(dims.kv_len()),
-        plan.take(dims.kv_len()),
-    );
+    let (dqf_at, dkf_at, dvf_at, dg_at) = (plan.take(dims.q_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()));
     let carry_at = plan.take(dims.batch * pieces * dims.shape.hkv * dims.shape.d);
     let segment_regions = SegmentRegions::plan(&mut plan, dims, &schedule, 3);
     let (dq, dk, dv) = (ptr_mut(ctx, dq), ptr_mut(ctx, dk), ptr_mut(ctx, dv));
@@ -539,109 +388,42 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
             Some(at) => to_f32(ctx, d_o, region(base, at))?,
             None => ptr(ctx, d_o),
         };
-        let (dqf, dkf, dvf, dg, carry) = (
-            region(base, dqf_at),
-            region(base, dkf_at),
-            region(base, dvf_at),
-            region(base, dg_at),
-            region(base, carry_at),
-        );
+        let (dqf, dkf, dvf, dg, carry) = (region(base, dqf_at), region(base, dkf_at), region(base, dvf_at), region(base, dg_at), region(base, carry_at));
         let jobs = backward_jobs(ctx, dims, &f, do_ptr, [dqf, dvf, dkf], kind, scale)?;
-        segments::run(
-            ctx,
-            dims,
-            &jobs,
-            side_by_side,
-            &schedule,
-            &segment_regions,
-            base,
-        )?;
+        segments::run(ctx, dims, &jobs, side_by_side, &schedule, &segment_regions, base)?;
 
-        let (batch, tokens, hkv, group_arg, d) = (
-            int("batch", dims.batch)?,
-            int("tokens", dims.tokens)?,
-            int("hkv", dims.shape.hkv)?,
-            int("group", group)?,
-            int("d", dims.shape.d)?,
-        );
+        let (batch, tokens, hkv, group_arg, d) =
+            (int("batch", dims.batch)?, int("tokens", dims.tokens)?, int("hkv", dims.shape.hkv)?, int("group", group)?, int("d", dims.shape.d)?);
         let name = "mixer_gate_grad_pieces_f32";
         let func = ctx.function(&MIXER_GATED, name)?;
         let mut launch = ctx.stream().launch_builder(&func);
-        launch
-            .arg(&f.qf)
-            .arg(&dqf)
-            .arg(&f.kf)
-            .arg(&dkf)
-            .arg(&dg)
-            .arg(&carry);
-        launch
-            .arg(&batch)
-            .arg(&tokens)
-            .arg(&hkv)
-            .arg(&group_arg)
-            .arg(&d);
+        launch.arg(&f.qf).arg(&dqf).arg(&f.kf).arg(&dkf).arg(&dg).arg(&carry);
+        launch.arg(&batch).arg(&tokens).arg(&hkv).arg(&group_arg).arg(&d);
         // SAFETY: one thread per (sequence, piece, kv head, key dim); the regions hold the batch's tensors.
-        ctx.check_launch(
-            unsafe { launch.launch(threads(dims.batch * pieces * dims.shape.hkv * dims.shape.d)) },
-            name,
-        )?;
+        ctx.check_launch(unsafe { launch.launch(threads(dims.batch * pieces * dims.shape.hkv * dims.shape.d)) }, name)?;
         let name = "mixer_gate_grad_carry_f32";
         let func = ctx.function(&MIXER_GATED, name)?;
         let mut launch = ctx.stream().launch_builder(&func);
-        launch
-            .arg(&carry)
-            .arg(&batch)
-            .arg(&tokens)
-            .arg(&hkv)
-            .arg(&d);
+        launch.arg(&carry).arg(&batch).arg(&tokens).arg(&hkv).arg(&d);
         // SAFETY: one thread per (sequence, kv head, key dim), walking the pieces.
-        ctx.check_launch(
-            unsafe { launch.launch(threads(dims.batch * dims.shape.hkv * dims.shape.d)) },
-            name,
-        )?;
+        ctx.check_launch(unsafe { launch.launch(threads(dims.batch * dims.shape.hkv * dims.shape.d)) }, name)?;
 
         let q_rows = (dims.q_len() / dims.shape.d) as i64;
         let kv_rows = (dims.kv_len() / dims.shape.d) as i64;
-        let name = if bf16 {
-            "mixer_features_backward_bf16"
-        } else {
-            "mixer_features_backward_f32"
-        };
+        let name = if bf16 { "mixer_features_backward_bf16" } else { "mixer_features_backward_f32" };
         let func = ctx.function(&MIXER_GATED, name)?;
         let mut launch = ctx.stream().launch_builder(&func);
-        launch
-            .arg(k.slice())
-            .arg(&f.qf)
-            .arg(&dqf)
-            .arg(&f.kf)
-            .arg(&dkf)
-            .arg(&dg)
-            .arg(&carry)
-            .arg(&dvf);
+        launch.arg(k.slice()).arg(&f.qf).arg(&dqf).arg(&f.kf).arg(&dkf).arg(&dg).arg(&carry).arg(&dvf);
         launch.arg(&dq).arg(&dk).arg(&dv);
-        launch
-            .arg(&q_rows)
-            .arg(&kv_rows)
-            .arg(&tokens)
-            .arg(&hkv)
-            .arg(&d)
-            .arg(&kind)
-            .arg(&scale);
+        launch.arg(&q_rows).arg(&kv_rows).arg(&tokens).arg(&hkv).arg(&d).arg(&kind).arg(&scale);
         // SAFETY: q-shaped buffers hold q_rows rows of d, the others kv_rows; one warp per row.
-        ctx.check_launch(
-            unsafe { launch.launch(warp_per_row((q_rows + kv_rows) as usize)) },
-            name,
-        )
+        ctx.check_launch(unsafe { launch.launch(warp_per_row((q_rows + kv_rows) as usize)) }, name)
     })
 }
 
 /// One thread per item, in blocks of BLOCK.
 fn threads(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(BLOCK as usize).max(1) as u32, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (n.div_ceil(BLOCK as usize).max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// Writes `x` (bf16) as f32 to `out`; returns `out`.
@@ -683,24 +465,11 @@ mod tests {
         let err = check_config(&MixerConfig::default(), shape(2, 1, 256)).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument);
         assert!(err.message.contains("up to 128"), "{}", err.message);
-        let bad = MixerConfig {
-            gate_normalizer: 0.0,
-            ..Default::default()
-        };
-        assert_eq!(
-            check_config(&bad, shape(2, 1, 64)).unwrap_err().code,
-            ErrorCode::InvalidArgument
-        );
+        let bad = MixerConfig { gate_normalizer: 0.0, ..Default::default() };
+        assert_eq!(check_config(&bad, shape(2, 1, 64)).unwrap_err().code, ErrorCode::InvalidArgument);
         // A head shape built by hand that skips HeadShape::new's checks.
-        let odd = HeadShape {
-            hq: 3,
-            hkv: 2,
-            d: 64,
-        };
-        assert_eq!(
-            check_config(&MixerConfig::default(), odd).unwrap_err().code,
-            ErrorCode::InvalidArgument
-        );
+        let odd = HeadShape { hq: 3, hkv: 2, d: 64 };
+        assert_eq!(check_config(&MixerConfig::default(), odd).unwrap_err().code, ErrorCode::InvalidArgument);
         let (_, scale) = check_config(&MixerConfig::default(), shape(4, 2, 64)).unwrap();
         assert_eq!(scale, 1.0 / liger_core::liger::DEFAULT_GATE_NORMALIZER);
     }

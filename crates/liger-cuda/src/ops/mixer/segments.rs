@@ -59,14 +59,8 @@ pub(super) struct SegmentPlan {
 impl SegmentPlan {
     /// About `want` segments, their length a multiple of `multiple`; never an empty one.
     fn split(tokens: usize, want: usize, multiple: usize) -> Self {
-        let len = tokens
-            .div_ceil(want.max(1))
-            .next_multiple_of(multiple.max(1))
-            .max(1);
-        SegmentPlan {
-            count: tokens.div_ceil(len).max(1),
-            len,
-        }
+        let len = tokens.div_ceil(want.max(1)).next_multiple_of(multiple.max(1)).max(1);
+        SegmentPlan { count: tokens.div_ceil(len).max(1), len }
     }
 }
 
@@ -86,12 +80,7 @@ fn cost(launches: usize, ctas: usize, count: usize, slots: usize) -> f64 {
 }
 
 /// The segment count in `counts` of least cost (the smallest among equals) and its cost.
-fn best_count(
-    launches: usize,
-    ctas: usize,
-    slots: usize,
-    counts: std::ops::RangeInclusive<usize>,
-) -> (usize, f64) {
+fn best_count(launches: usize, ctas: usize, slots: usize, counts: std::ops::RangeInclusive<usize>) -> (usize, f64) {
     let mut best = (*counts.start(), f64::INFINITY);
     for count in counts {
         let c = cost(launches, ctas, count, slots);
@@ -108,42 +97,26 @@ fn multiprocessors(ctx: &GpuContext) -> Result<usize> {
     let reading = "reading the GPU's multiprocessor count";
     let dev = device::get(ctx.info().index as i32).map_err(|e| driver_error(e, reading))?;
     // SAFETY: `dev` came from cuDeviceGet.
-    let count = unsafe {
-        device::get_attribute(
-            dev,
-            CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-        )
-    }
-    .map_err(|e| driver_error(e, reading))?;
+    let count = unsafe { device::get_attribute(dev, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT) }.map_err(|e| driver_error(e, reading))?;
     Ok(count.max(1) as usize)
 }
 
 /// CTAs of kernel `name` with `shared` bytes that the whole GPU holds at once.
 fn resident_ctas(ctx: &GpuContext, name: &'static str, d: usize, shared: usize) -> Result<usize> {
     let f = scan_function(ctx, name, shared)?;
-    let per_sm = f
-        .occupancy_max_active_blocks_per_multiprocessor(scan_threads(d) as u32, shared, None)
-        .map_err(|e| driver_error(e, &format!("occupancy of {name}")))?;
+    let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(scan_threads(d) as u32, shared, None).map_err(|e| driver_error(e, &format!("occupancy of {name}")))?;
     Ok(multiprocessors(ctx)? * (per_sm.max(1) as usize))
 }
 
 /// Chooses how `jobs` (one scan, or the backward's three) run: `side_by_side`, the kernel that
 /// runs them all in one launch, if any.
-pub(super) fn schedule(
-    ctx: &GpuContext,
-    dims: MixerDims,
-    jobs: &[ScanJob],
-    side_by_side: Option<&'static str>,
-    segments: TimeSegments,
-) -> Result<Schedule> {
+pub(super) fn schedule(ctx: &GpuContext, dims: MixerDims, jobs: &[ScanJob], side_by_side: Option<&'static str>, segments: TimeSegments) -> Result<Schedule> {
     let (tokens, d) = (dims.tokens, dims.shape.d);
     // grid.z (sequences x segments) is at most 65535.
     let most = (65535 / dims.batch.max(1)).max(1);
     let counts = match segments {
         TimeSegments::Auto => 1..=(tokens / MIN_SEGMENT).clamp(1, MAX_SEGMENTS).min(most),
-        TimeSegments::Fixed(0) => return Err(Error::invalid_argument(
-            "a scan needs at least one time segment per sequence: use Fixed(1) or more, or Auto",
-        )),
+        TimeSegments::Fixed(0) => return Err(Error::invalid_argument("a scan needs at least one time segment per sequence: use Fixed(1) or more, or Auto")),
         TimeSegments::Fixed(n) => {
             let n = n.min(tokens.max(1)).min(most);
             n..=n
@@ -158,12 +131,7 @@ pub(super) fn schedule(
     let mut together = false;
     if let (Some(name), true) = (side_by_side, jobs.len() > 1) {
         let shared = jobs.iter().map(|j| j.shared).max().unwrap_or(0);
-        let (c, t) = best_count(
-            1,
-            ctas * jobs.len(),
-            resident_ctas(ctx, name, d, shared)?,
-            counts,
-        );
+        let (c, t) = best_count(1, ctas * jobs.len(), resident_ctas(ctx, name, d, shared)?, counts);
         // Equal costs: one launch each (measured faster for grids that fill the GPU).
         if t < best {
             (count, together) = (c, true);
@@ -174,10 +142,7 @@ pub(super) fn schedule(
         TimeSegments::Auto => jobs.iter().map(ScanJob::tile).max().unwrap_or(1),
         TimeSegments::Fixed(_) => 1,
     };
-    Ok(Schedule {
-        side_by_side: together,
-        plan: SegmentPlan::split(tokens, count, multiple),
-    })
+    Ok(Schedule { side_by_side: together, plan: SegmentPlan::split(tokens, count, multiple) })
 }
 
 /// Scratch regions of a segmented scan: per job, its segments' states and decay products.
@@ -187,48 +152,25 @@ pub(super) struct SegmentRegions {
 
 impl SegmentRegions {
     /// Reserves the regions of `jobs` scans under `schedule` (none for one segment).
-    pub(super) fn plan(
-        plan: &mut ScratchPlan,
-        dims: MixerDims,
-        schedule: &Schedule,
-        jobs: usize,
-    ) -> Self {
+    pub(super) fn plan(plan: &mut ScratchPlan, dims: MixerDims, schedule: &Schedule, jobs: usize) -> Self {
         let count = schedule.plan.count;
         if count == 1 {
-            return SegmentRegions {
-                per_job: Vec::new(),
-            };
+            return SegmentRegions { per_job: Vec::new() };
         }
         let (sequences, hkv, d) = (dims.batch * count, dims.shape.hkv, dims.shape.d);
-        let per_job = (0..jobs)
-            .map(|_| {
-                (
-                    plan.take(sequences * hkv * d * d),
-                    plan.take(sequences * hkv * d),
-                )
-            })
-            .collect();
+        let per_job = (0..jobs).map(|_| (plan.take(sequences * hkv * d * d), plan.take(sequences * hkv * d))).collect();
         SegmentRegions { per_job }
     }
 }
 
 /// Queues the scans of `jobs` (built over whole sequences, with their initial and final states)
 /// as `schedule` says; `base` is the scratch memory's address.
-pub(super) fn run(
-    ctx: &GpuContext,
-    dims: MixerDims,
-    jobs: &[ScanJob],
-    side_by_side: &'static str,
-    schedule: &Schedule,
-    regions: &SegmentRegions,
-    base: u64,
-) -> Result<()> {
+pub(super) fn run(ctx: &GpuContext, dims: MixerDims, jobs: &[ScanJob], side_by_side: &'static str, schedule: &Schedule, regions: &SegmentRegions, base: u64) -> Result<()> {
     let launch = |jobs: &[ScanJob]| -> Result<()> {
         if schedule.side_by_side {
             launch_scans(ctx, side_by_side, dims, jobs)
         } else {
-            jobs.iter()
-                .try_for_each(|job| launch_scans(ctx, job.entry(), dims, std::slice::from_ref(job)))
+            jobs.iter().try_for_each(|job| launch_scans(ctx, job.entry(), dims, std::slice::from_ref(job)))
         }
     };
     let SegmentPlan { count, len } = schedule.plan;
@@ -244,55 +186,26 @@ pub(super) fn run(
     for (job, &(states, products)) in jobs.iter().zip(&regions.per_job) {
         carry(ctx, dims, job, count, at(states), at(products))?;
     }
-    let full: Vec<ScanJob> = jobs
-        .iter()
-        .zip(&regions.per_job)
-        .map(|(job, &(states, _))| job.full_pass(count, len, at(states)))
-        .collect();
+    let full: Vec<ScanJob> = jobs.iter().zip(&regions.per_job).map(|(job, &(states, _))| job.full_pass(count, len, at(states))).collect();
     launch(&full)
 }
 
 /// Turns the segments' local states at `states` into their initial states (and writes the
 /// job's final state, if it has one); see `mixer_segment_carry`.
-fn carry(
-    ctx: &GpuContext,
-    dims: MixerDims,
-    job: &ScanJob,
-    count: usize,
-    states: u64,
-    products: u64,
-) -> Result<()> {
+fn carry(ctx: &GpuContext, dims: MixerDims, job: &ScanJob, count: usize, states: u64, products: u64) -> Result<()> {
     let (d, hkv) = (dims.shape.d, dims.shape.hkv);
     let name = "mixer_segment_carry";
     let func = ctx.function(&MIXER_GATED, name)?;
     let (initial, final_state) = job.states();
-    let (batch, segments, hkv_arg, d_arg) = (
-        int("batch", dims.batch)?,
-        int("segments", count)?,
-        int("hkv", hkv)?,
-        int("d", d)?,
-    );
+    let (batch, segments, hkv_arg, d_arg) = (int("batch", dims.batch)?, int("segments", count)?, int("hkv", hkv)?, int("d", d)?);
     let decay_cols = i32::from(job.scan.decays_columns());
     let reverse = i32::from(matches!(job.scan, Scan::RowsReverse | Scan::ColsReverse));
     let mut launch = ctx.stream().launch_builder(&func);
-    launch
-        .arg(&states)
-        .arg(&products)
-        .arg(&initial)
-        .arg(&final_state);
-    launch
-        .arg(&batch)
-        .arg(&segments)
-        .arg(&hkv_arg)
-        .arg(&d_arg)
-        .arg(&decay_cols)
-        .arg(&reverse);
+    launch.arg(&states).arg(&products).arg(&initial).arg(&final_state);
+    launch.arg(&batch).arg(&segments).arg(&hkv_arg).arg(&d_arg).arg(&decay_cols).arg(&reverse);
     // SAFETY: states [B, count, hkv, d, d] and products [B, count, hkv, d] were reserved for
     // this plan; the initial and final states (if any) hold [B, hkv, d, d]; one thread per value.
-    ctx.check_launch(
-        unsafe { launch.launch(threads(dims.batch * hkv * d * d)) },
-        name,
-    )
+    ctx.check_launch(unsafe { launch.launch(threads(dims.batch * hkv * d * d)) }, name)
 }
 
 #[cfg(test)]
@@ -305,24 +218,15 @@ mod tests {
             for want in [1, 2, 3, 7, 16, 64, 5000] {
                 for multiple in [1, 12, 16] {
                     let p = SegmentPlan::split(tokens, want, multiple);
-                    assert!(
-                        p.count >= 1 && p.count <= want.max(1),
-                        "{tokens} {want} {multiple}: {p:?}"
-                    );
-                    assert!(
-                        (p.count - 1) * p.len < tokens && p.count * p.len >= tokens,
-                        "{tokens} {want} {multiple}: {p:?}"
-                    );
+                    assert!(p.count >= 1 && p.count <= want.max(1), "{tokens} {want} {multiple}: {p:?}");
+                    assert!((p.count - 1) * p.len < tokens && p.count * p.len >= tokens, "{tokens} {want} {multiple}: {p:?}");
                     if p.count > 1 {
                         assert_eq!(p.len % multiple, 0);
                     }
                 }
             }
         }
-        assert_eq!(
-            SegmentPlan::split(100, 7, 1),
-            SegmentPlan { count: 7, len: 15 }
-        );
+        assert_eq!(SegmentPlan::split(100, 7, 1), SegmentPlan { count: 7, len: 15 });
     }
 
     #[test]
