@@ -157,8 +157,8 @@ fn decode_adapters_reject_bad_sizes() {
 fn window_reference(batch: usize, shape: HeadShape, capacity: usize, q: &[f32], keys: &[f32], values: &[f32], lengths: &[u32], mixer: &[f32], alpha: f64, beta: f64) -> Vec<f64> {
     let HeadShape { hq, hkv, d } = shape;
     let mut out = vec![0.0f64; batch * hq * d];
-    for b in 0..batch {
-        let n = (lengths[b] as usize).min(capacity);
+    for (b, &length) in lengths.iter().enumerate().take(batch) {
+        let n = (length as usize).min(capacity);
         for h in 0..hq {
             let kvh = h / (hq / hkv);
             let row = (b * hq + h) * d;
