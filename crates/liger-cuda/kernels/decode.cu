@@ -324,6 +324,9 @@ __device__ void decode_window_attention(int batch, int hq, int hkv, int d, int c
             float s = -POS_INFINITY;
             if (j < n) {
                 float dot = 0.0f, kv[16 / sizeof(T)];
+                // Unrolled so that several loads are in flight at once (d / VEC is a multiple
+                // of 4); the sum keeps its order.
+#pragma unroll 4
                 for (int e = 0; e < d; e += VEC) {
                     load16(keys + (size_t)j * d + e, kv);
 #pragma unroll
@@ -338,6 +341,8 @@ __device__ void decode_window_attention(int batch, int hq, int hkv, int d, int c
 #pragma unroll
             for (int c = 0; c < MAX_DIM_PER_LANE; c++) acc[c] *= correction;
             const int count = min(32, n - j0);
+            // Unrolled for the same reason: the value loads do not wait on the sums.
+#pragma unroll 8
             for (int jj = 0; jj < count; jj++) {
                 const float pj = __shfl_sync(0xffffffffu, p, jj);
                 const T* value = values + (size_t)(j0 + jj) * d;
