@@ -164,18 +164,6 @@ impl<T: GemmInput> GpuLigerModel<T> {
         Ok(logits)
     }
 
-    /// Rounds every mixer state of `state` to bf16 in place (kept as f32): what a state stored
-    /// in bf16 would hold now. Called after each step, it measures how far such a state drifts
-    /// from the f32 one (`examples/decode_drift.rs`).
-    pub fn round_mixer_states_to_bf16(&self, state: &mut GpuLigerState<T>) -> Result<()> {
-        for cache in &mut state.layers {
-            if let LayerCache::Liger { state, .. } = cache {
-                crate::ops::decode_window::decode_round_bf16(&self.ctx, state)?;
-            }
-        }
-        Ok(())
-    }
-
     /// The embeddings of `tokens` (`[B*T, hidden]`).
     fn embed_rows(&self, tokens: &[&[u32]]) -> Result<GpuBuffer<f32>> {
         let hs = self.config().hidden_size;

@@ -20,9 +20,7 @@ use crate::gemm::{gemm, gemm_scaled, GemmDims, GemmInput};
 use crate::kernels::EMBEDDING;
 use crate::launch::{as_int, block_per_row};
 use crate::ops::attention::attention_decode;
-use crate::ops::decode::{decode_gemv, decode_gemv_lora, decode_gemv_swiglu, decode_mix, decode_rms_norm, decode_rope_append, decode_swiglu, gemv_fits, DecodeRope, GEMV_MAX_BATCH};
-use crate::ops::decode_lora::{decode_lora_down, decode_lora_up, LoraDown, LoraUp, LORA_DOWN_MAX_BATCH};
-use crate::ops::decode_window::{decode_window_attention, window_attention_fits, WindowCaches};
+use crate::ops::decode::{decode_gemv, decode_gemv_swiglu, decode_mix, decode_rms_norm, decode_rope_append, decode_swiglu, gemv_fits, DecodeRope, GEMV_MAX_BATCH};
 use crate::ops::mixer::mixer_recurrent_step;
 use crate::ops::rms_norm::rms_norm_forward;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -51,8 +49,8 @@ pub(super) struct StepBuffers<T> {
     k_normed: GpuBuffer<f32>,
     q_rstd: GpuBuffer<f32>,
     k_rstd: GpuBuffer<f32>,
-    /// `scale · x Aᵀ` of the q, k, v and o adapters (by `LoraTarget`): `[B, largest rank]` each.
-    lora_u: [GpuBuffer<f32>; 4],
+    /// `x Aᵀ` of an adapter: `[B, largest rank]`.
+    lora_u: GpuBuffer<f32>,
     q_roped: GpuBuffer<T>,
     o_mixer: GpuBuffer<f32>,
     o_attention: GpuBuffer<T>,
@@ -128,7 +126,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             k_normed: f32s(if head_norms { kvs } else { 0 })?,
             q_rstd: f32s(if head_norms { c.num_heads } else { 0 })?,
             k_rstd: f32s(if head_norms { c.num_kv_heads } else { 0 })?,
-            lora_u: [f32s(rank)?, f32s(rank)?, f32s(rank)?, f32s(rank)?],
+            lora_u: f32s(rank)?,
             q_roped: ts(qs)?,
             o_mixer: f32s(qs)?,
             o_attention: ts(qs)?,
@@ -219,52 +217,22 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let lora = self.lora_guard()?;
         // A few sequences: warp-per-row products that read each weight once, in fewer launches.
         let small = b <= GEMV_MAX_BATCH && [hs, qs, f].iter().all(|&k| gemv_fits::<T>(k));
-        // Adapters in one down-projection launch (q, k, v together; o) and their up projections
-        // inside the products; else two GEMMs per adapter.
-        let fused_lora = b <= LORA_DOWN_MAX_BATCH && gemv_fits::<f32>(hs) && gemv_fits::<f32>(qs);
-        let window_kernel = window_attention_fits(shape);
-        let StepBuffers {
-            ids, positions, window_len, full_len, x, h, h_t, q, k, v, q_normed, k_normed, q_rstd, k_rstd, lora_u, q_roped, o_mixer, o_attention, o, o_t, gate, up, act_t, logits, ..
-        } = p;
-        let [u_q, u_k, u_v, u_o] = lora_u;
+        let StepBuffers { ids, positions, window_len, full_len, x, h, h_t, q, k, v, q_normed, k_normed, q_rstd, k_rstd, lora_u, q_roped, o_mixer, o_attention, o, o_t, gate, up, act_t, logits, .. } = p;
         embed_ids(ctx, &self.weights.embed, hs, ids, x)?;
         for (layer, cache) in layers.iter_mut().enumerate() {
             let lw = &self.weights.layers[layer];
             let adapters = &lora[layer];
-            let adapter = |t: LoraTarget| adapters[t as usize].as_ref();
             decode_rms_norm(ctx, x, &lw.attn_norm, eps, h, h_t)?;
-            let qkv = [LoraTarget::Q, LoraTarget::K, LoraTarget::V];
-            if fused_lora {
-                let mut downs: Vec<LoraDown> = qkv.into_iter().zip([&mut *u_q, &mut *u_k, &mut *u_v]).filter_map(|(t, u)| adapter(t).map(|a| LoraDown { a: &a.a, scale: a.scale, u })).collect();
-                if !downs.is_empty() {
-                    decode_lora_down(ctx, h, b, hs, &mut downs)?;
-                }
-                let ups: [Option<LoraUp>; 3] = [(LoraTarget::Q, &*u_q), (LoraTarget::K, &*u_k), (LoraTarget::V, &*u_v)].map(|(t, u)| adapter(t).map(|a| LoraUp { b: &a.b, u, rank: a.rank }));
-                if small {
-                    decode_gemv_lora(ctx, h_t, b, hs, &mut [(&lw.wq, &mut *q), (&lw.wk, &mut *k), (&lw.wv, &mut *v)], &ups, false)?;
-                } else {
-                    for (w, y, out) in [(&lw.wq, &mut *q, qs), (&lw.wk, &mut *k, kvs), (&lw.wv, &mut *v, kvs)] {
-                        gemm(ctx, GemmDims { m: b, n: out, k: hs, a_transposed: false, b_transposed: true }, h_t.slice(), w.slice(), y.slice_mut(), false)?;
-                    }
-                    let mut outs: Vec<(LoraUp, &mut GpuBuffer<f32>)> = ups.into_iter().zip([&mut *q, &mut *k, &mut *v]).filter_map(|(up, y)| up.map(|up| (up, y))).collect();
-                    if !outs.is_empty() {
-                        decode_lora_up(ctx, b, &mut outs)?;
-                    }
-                }
-            } else {
-                if small {
-                    decode_gemv(ctx, h_t, b, hs, &mut [(&lw.wq, &mut *q), (&lw.wk, &mut *k), (&lw.wv, &mut *v)], false)?;
-                }
-                for (target, w, y, out) in [(LoraTarget::Q, &lw.wq, &mut *q, qs), (LoraTarget::K, &lw.wk, &mut *k, kvs), (LoraTarget::V, &lw.wv, &mut *v, kvs)] {
-                    if !small {
-                        gemm(ctx, GemmDims { m: b, n: out, k: hs, a_transposed: false, b_transposed: true }, h_t.slice(), w.slice(), y.slice_mut(), false)?;
-                    }
-                    if let Some(a) = adapter(target) {
-                        lora_add(ctx, a, h, b, u_o, y)?;
-                    }
-                }
+            if small {
+                decode_gemv(ctx, h_t, b, hs, &mut [(&lw.wq, &mut *q), (&lw.wk, &mut *k), (&lw.wv, &mut *v)], false)?;
             }
-            for (bias, y) in [(&lw.bq, &mut *q), (&lw.bk, &mut *k), (&lw.bv, &mut *v)] {
+            for (target, w, bias, y, out) in [(LoraTarget::Q, &lw.wq, &lw.bq, &mut *q, qs), (LoraTarget::K, &lw.wk, &lw.bk, &mut *k, kvs), (LoraTarget::V, &lw.wv, &lw.bv, &mut *v, kvs)] {
+                if !small {
+                    gemm(ctx, GemmDims { m: b, n: out, k: hs, a_transposed: false, b_transposed: true }, h_t.slice(), w.slice(), y.slice_mut(), false)?;
+                }
+                if let Some(a) = &adapters[target as usize] {
+                    lora_add(ctx, a, h, b, lora_u, y)?;
+                }
                 if let Some(bias) = bias {
                     super::glue::add_bias_rows(ctx, y, bias)?;
                 }
@@ -283,13 +251,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
                     mixer_recurrent_step(ctx, &att.mixer, b, shape, state, q_in, k_in, v, o_mixer)?;
                     if let Some((wk, wv)) = window {
                         decode_rope_append(ctx, &rope(att.window_keys), q_in, k_in, v, q_roped, wk, wv)?;
-                        if window_kernel {
-                            let caches = WindowCaches { batch: b, shape, capacity: att.window_keys, keys: wk, values: wv, lengths: window_len };
-                            decode_window_attention(ctx, &caches, q_roped, o_mixer, att.alpha, att.beta, o, o_t)?;
-                        } else {
-                            attention_decode(ctx, b, shape, att.window_keys, q_roped, wk, wv, window_len, o_attention)?;
-                            decode_mix(ctx, Some((&*o_mixer, att.alpha)), Some((&*o_attention, att.beta)), o, o_t)?;
-                        }
+                        attention_decode(ctx, b, shape, att.window_keys, q_roped, wk, wv, window_len, o_attention)?;
+                        decode_mix(ctx, Some((&*o_mixer, att.alpha)), Some((&*o_attention, att.beta)), o, o_t)?;
                     } else {
                         decode_mix::<T>(ctx, Some((&*o_mixer, att.alpha)), None, o, o_t)?;
                     }
@@ -302,21 +265,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 }
             }
             // x += o_proj(o), the adapter included.
-            let o_adapter = adapter(LoraTarget::O);
-            if let (true, Some(a)) = (fused_lora, o_adapter) {
-                decode_lora_down(ctx, o, b, qs, &mut [LoraDown { a: &a.a, scale: a.scale, u: &mut *u_o }])?;
-            }
-            let o_up = o_adapter.filter(|_| fused_lora).map(|a| LoraUp { b: &a.b, u: &*u_o, rank: a.rank });
             if small {
-                decode_gemv_lora(ctx, o_t, b, qs, &mut [(&lw.wo, &mut *x)], &[o_up, None, None], true)?;
+                decode_gemv(ctx, o_t, b, qs, &mut [(&lw.wo, &mut *x)], true)?;
             } else {
                 gemm(ctx, GemmDims { m: b, n: hs, k: qs, a_transposed: false, b_transposed: true }, o_t.slice(), lw.wo.slice(), x.slice_mut(), true)?;
-                if let Some(up) = o_up {
-                    decode_lora_up(ctx, b, &mut [(up, &mut *x)])?;
-                }
             }
-            if let (false, Some(a)) = (fused_lora, o_adapter) {
-                lora_add(ctx, a, o, b, u_o, x)?;
+            if let Some(a) = &adapters[LoraTarget::O as usize] {
+                lora_add(ctx, a, o, b, lora_u, x)?;
             }
             // x += down(silu(gate(h2)) * up(h2)), h2 = norm(x).
             decode_rms_norm(ctx, x, &lw.ffn_norm, eps, h, h_t)?;

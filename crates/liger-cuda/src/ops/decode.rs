@@ -3,7 +3,6 @@
 //! `liger_core::model::ops::rms_norm`, RoPE and the window cache of `liger_core::liger::swa`,
 //! the Liger mix `alpha * GRM + beta * SWA` of `liger::combine`, and SwiGLU.
 
-use super::decode_lora::LoraUp;
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
 use crate::kernels::DECODE;
@@ -161,7 +160,7 @@ fn gemv_entry<T: GpuElement>(batch: usize, names: [&'static str; 4]) -> &'static
 }
 
 /// The launch of one warp per weight row.
-pub(super) fn warps_for(rows: usize) -> Result<cudarc::driver::LaunchConfig> {
+fn warps_for(rows: usize) -> Result<cudarc::driver::LaunchConfig> {
     let blocks = (as_int("weight rows", rows)? as usize * 32).div_ceil(crate::launch::BLOCK as usize);
     Ok(cudarc::driver::LaunchConfig { grid_dim: (as_int("blocks", blocks)? as u32, 1, 1), block_dim: (crate::launch::BLOCK, 1, 1), shared_mem_bytes: 0 })
 }
@@ -169,36 +168,15 @@ pub(super) fn warps_for(rows: usize) -> Result<cudarc::driver::LaunchConfig> {
 /// `y_i = x W_iᵀ` (or `y_i +=` when `accumulate`) for one to three weights `[n_i, k]` of one
 /// input x `[batch, k]` (batch at most [`GEMV_MAX_BATCH`]), each `y_i` `[batch, n_i]`, in one launch.
 pub fn decode_gemv<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, batch: usize, k: usize, outputs: &mut [(&GpuBuffer<T>, &mut GpuBuffer<f32>)], accumulate: bool) -> Result<()> {
-    decode_gemv_lora(ctx, x, batch, k, outputs, &[None, None, None], accumulate)
-}
-
-/// [`decode_gemv`] with the up projection of an adapter added to output i where `adapters[i]`
-/// is given: `y_i (+)= x W_iᵀ + u_i B_iᵀ` (u_i from [`super::decode_lora::decode_lora_down`]).
-pub fn decode_gemv_lora<T: GpuElement>(
-    ctx: &GpuContext,
-    x: &GpuBuffer<T>,
-    batch: usize,
-    k: usize,
-    outputs: &mut [(&GpuBuffer<T>, &mut GpuBuffer<f32>)],
-    adapters: &[Option<LoraUp>; 3],
-    accumulate: bool,
-) -> Result<()> {
     gemv_checks(x, batch, k)?;
     if outputs.is_empty() || outputs.len() > 3 {
         return Err(Error::invalid_argument(format!("one decoding product takes 1 to 3 weights, got {}", outputs.len())));
     }
     let mut rows = [0i32; 3];
-    let mut ranks = [0i32; 3];
     for (i, (w, y)) in outputs.iter().enumerate() {
         let n = rows_of("decode product weight", w.len(), k)?;
         expect_len("decode product output", y.len(), batch * n)?;
         rows[i] = as_int("weight rows", n)?;
-        if let Some(up) = &adapters[i] {
-            ranks[i] = as_int("adapter rank", up.check(batch, n)?)?;
-        }
-    }
-    if adapters[outputs.len()..].iter().any(Option::is_some) {
-        return Err(Error::invalid_argument("an adapter was given for a product without a weight"));
     }
     let name = gemv_entry::<T>(batch, ["decode_gemv_f32_b1", "decode_gemv_f32_b4", "decode_gemv_bf16_b1", "decode_gemv_bf16_b4"]);
     let f = ctx.function(&DECODE, name)?;
@@ -214,14 +192,7 @@ pub fn decode_gemv_lora<T: GpuElement>(
         launch.arg(&null).arg(&null).arg(n);
     }
     launch.arg(&batch_arg).arg(&k_arg).arg(&acc);
-    for (up, rank) in adapters.iter().zip(&ranks) {
-        match up {
-            Some(up) => launch.arg(up.b.slice()).arg(up.u.slice()).arg(rank),
-            None => launch.arg(&null).arg(&null).arg(rank),
-        };
-    }
-    // SAFETY: sizes checked above; a warp per row of the weights together, past the last
-    // returns; a null adapter is never read.
+    // SAFETY: sizes checked above; a warp per row of the weights together, past the last returns.
     ctx.check_launch(unsafe { launch.launch(warps_for(total)?) }, name)
 }
 

@@ -6,8 +6,6 @@ pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod decode;
-pub mod decode_lora;
-pub mod decode_window;
 pub mod embedding;
 pub mod liger_feature;
 pub mod mixer;
