@@ -1,23 +1,7 @@
 // Fused glue of a decoding step (one token per sequence): each kernel does in one launch what
-// the whole-sequence path does in two or three (an op, then a cast to the storage type T).
+// the whole-sequence path does in two or three (an op, then a cast to the storage type T); the
+// norms and SwiGLU of a step use the shared kernels of rms_norm.cu and swiglu.cu.
 // CPU twins: the elementwise steps of `liger_core::convert` (model.rs) and `liger::swa`.
-
-// RMSNorm of rows of `cols` values, written both as float (`y_f`, read by LoRA adapters) and as
-// T (`y_t`, read by products with frozen weights). One block per row.
-template <typename T>
-__device__ void decode_rms_norm(const float* x, const float* w, float* y_f, T* y_t, int cols, float eps) {
-    const size_t row = blockIdx.x;
-    const float* xr = x + row * cols;
-    float sum_sq = 0.0f;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) sum_sq += xr[i] * xr[i];
-    sum_sq = block_sum(sum_sq);
-    const float rstd = 1.0f / sqrtf(sum_sq / cols + eps);
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
-        const float y = xr[i] * rstd * w[i];
-        y_f[row * cols + i] = y;
-        y_t[row * cols + i] = from_f32<T>(y);
-    }
-}
 
 // RoPE ("rotate_half") of one token per sequence at position positions[b], for q (`hq` heads)
 // and k (`hkv` heads): q goes to `q_roped`; the roped k and the unchanged v go into slot
@@ -65,20 +49,7 @@ __device__ void decode_mix(const float* a, float alpha, int use_a, const T* b, f
     }
 }
 
-// SwiGLU on the float products, stored as T for the down projection: out = silu(g) * u.
-template <typename T>
-__device__ void decode_swiglu(const float* gate, const float* up, T* out, size_t n) {
-    for (size_t i = global_index(); i < n; i += grid_stride()) {
-        const float g = gate[i];
-        out[i] = from_f32<T>(g * (1.0f / (1.0f + expf(-g))) * up[i]);  // as swiglu.cu
-    }
-}
-
 #define DECODE_ENTRY_POINTS(T, SUFFIX)                                                                                    \
-    extern "C" __global__ void decode_rms_norm_##SUFFIX(const float* x, const float* w, float* y_f, T* y_t, int cols,     \
-                                                        float eps) {                                                      \
-        decode_rms_norm<T>(x, w, y_f, y_t, cols, eps);                                                                    \
-    }                                                                                                                     \
     extern "C" __global__ void decode_rope_append_##SUFFIX(const float* q, const float* k, const float* v,                \
                                                            const float* inv_freq, const u32* positions, T* q_roped,       \
                                                            T* k_cache, T* v_cache, int batch, int hq, int hkv, int d,     \
@@ -88,9 +59,6 @@ __device__ void decode_swiglu(const float* gate, const float* up, T* out, size_t
     extern "C" __global__ void decode_mix_##SUFFIX(const float* a, float alpha, int use_a, const T* b, float beta,        \
                                                    int use_b, float* o_f, T* o_t, unsigned long long n) {                 \
         decode_mix<T>(a, alpha, use_a, b, beta, use_b, o_f, o_t, n);                                                      \
-    }                                                                                                                     \
-    extern "C" __global__ void decode_swiglu_##SUFFIX(const float* gate, const float* up, T* out, unsigned long long n) { \
-        decode_swiglu<T>(gate, up, out, n);                                                                               \
     }
 
 DECODE_ENTRY_POINTS(float, f32)

@@ -105,8 +105,8 @@ pub const MODEL: KernelFile = kernel_file!(
 pub const DECODE: KernelFile = kernel_file!(
     "decode",
     [
-        "decode_rms_norm_f32", "decode_rms_norm_bf16", "decode_rope_append_f32", "decode_rope_append_bf16",
-        "decode_mix_f32", "decode_mix_bf16", "decode_swiglu_f32", "decode_swiglu_bf16",
+        "decode_rope_append_f32", "decode_rope_append_bf16",
+        "decode_mix_f32", "decode_mix_bf16",
         "decode_gemv_f32_b1", "decode_gemv_f32_b4", "decode_gemv_bf16_b1", "decode_gemv_bf16_b4",
         "decode_gemv_swiglu_f32_b1", "decode_gemv_swiglu_f32_b4", "decode_gemv_swiglu_bf16_b1", "decode_gemv_swiglu_bf16_b4",
     ]

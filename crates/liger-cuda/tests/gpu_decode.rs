@@ -13,7 +13,9 @@ use liger_core::model::{BaseModel, ModelFormat};
 use liger_core::testing::{random_tokens, random_weights, tiny_config};
 use liger_core::tokenizer::Tokenizer;
 use liger_core::ErrorCode;
-use liger_cuda::ops::decode::{decode_gemv, decode_gemv_swiglu, decode_mix, decode_rms_norm, decode_rope_append, decode_swiglu, DecodeRope};
+use liger_cuda::ops::decode::{decode_gemv, decode_gemv_swiglu, decode_mix, decode_rope_append, DecodeRope};
+use liger_cuda::ops::rms_norm::rms_norm_forward_pair;
+use liger_cuda::ops::swiglu::swiglu_forward_to;
 use liger_core::generate::CausalLm;
 use liger_cuda::{GpuBuffer, GpuContext, GpuElement, GpuLigerModel};
 use rand::rngs::StdRng;
@@ -49,10 +51,11 @@ fn rms_norm_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
             reference[r * cols + i] = row[i] as f64 * rstd * w[i] as f64;
         }
     }
-    let (mut y_f, mut y_t) = (poisoned(ctx, rows * cols), poisoned_t::<T>(ctx, rows * cols));
-    decode_rms_norm(ctx, &upload(ctx, &x), &upload(ctx, &w), eps, &mut y_f, &mut y_t).unwrap();
-    check_host(&format!("decode_rms_norm f32 (T = {})", T::KERNEL_SUFFIX), &y_f.to_host().unwrap(), &reference, 1e-5);
-    check_host(&format!("decode_rms_norm {}", T::KERNEL_SUFFIX), &host_f32(&y_t), &reference, tol::<T>());
+    // The step's norm: the shared one that writes f32 and T in one pass.
+    let (mut y_f, mut y_t, mut rstd) = (poisoned(ctx, rows * cols), poisoned_t::<T>(ctx, rows * cols), poisoned(ctx, rows));
+    rms_norm_forward_pair(ctx, &upload(ctx, &x), &upload(ctx, &w), eps, &mut y_f, &mut y_t, &mut rstd).unwrap();
+    check_host(&format!("rms_norm_forward_pair f32 (T = {})", T::KERNEL_SUFFIX), &y_f.to_host().unwrap(), &reference, 1e-5);
+    check_host(&format!("rms_norm_forward_pair {}", T::KERNEL_SUFFIX), &host_f32(&y_t), &reference, tol::<T>());
 }
 
 fn rope_append_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
@@ -121,8 +124,8 @@ fn mix_and_swiglu_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
     }
     let reference: Vec<f64> = (0..n).map(|i| a[i] as f64 / (1.0 + (-a[i] as f64).exp()) * b[i] as f64).collect();
     let mut out = poisoned_t::<T>(ctx, n);
-    decode_swiglu(ctx, &a_gpu, &upload(ctx, &b), &mut out).unwrap();
-    check_host(&format!("decode_swiglu ({})", T::KERNEL_SUFFIX), &host_f32(&out), &reference, tol::<T>());
+    swiglu_forward_to(ctx, &a_gpu, &upload(ctx, &b), &mut out).unwrap();
+    check_host(&format!("swiglu_forward_to ({})", T::KERNEL_SUFFIX), &host_f32(&out), &reference, tol::<T>());
 }
 
 /// `x W_iᵀ` of up to three weights in one launch, plain and accumulated, and gate/up + SwiGLU.
@@ -218,9 +221,9 @@ fn fused_decode_kernels_match_float64_references() {
 fn fused_decode_kernels_reject_bad_sizes() {
     let ctx = gpu();
     let f = |n: usize| GpuBuffer::<f32>::zeros(&ctx, n).unwrap();
-    let err = decode_rms_norm(&ctx, &f(10), &f(4), 1e-5, &mut f(10), &mut f(10)).unwrap_err();
+    let err = rms_norm_forward_pair(&ctx, &f(10), &f(4), 1e-5, &mut f(10), &mut f(10), &mut f(2)).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
-    let err = decode_rms_norm(&ctx, &f(8), &f(4), 1e-5, &mut f(8), &mut f(9)).unwrap_err();
+    let err = rms_norm_forward_pair(&ctx, &f(8), &f(4), 1e-5, &mut f(8), &mut f(9), &mut f(2)).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
     let (freqs, positions) = (f(16), GpuBuffer::<u32>::zeros(&ctx, 1).unwrap());
     let shape = HeadShape { hq: 2, hkv: 1, d: 32 };
@@ -232,7 +235,7 @@ fn fused_decode_kernels_reject_bad_sizes() {
     assert!(err.message.contains("key cache"), "{}", err.message);
     let err = decode_mix(&ctx, Some((&f(5), 1.0)), None::<(&GpuBuffer<f32>, f32)>, &mut f(6), &mut f(6)).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
-    let err = decode_swiglu(&ctx, &f(6), &f(5), &mut f(6)).unwrap_err();
+    let err = swiglu_forward_to(&ctx, &f(6), &f(5), &mut f(6)).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
 }
 

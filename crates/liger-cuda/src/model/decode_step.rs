@@ -20,9 +20,10 @@ use crate::gemm::{gemm, gemm_scaled, GemmDims, GemmInput};
 use crate::kernels::EMBEDDING;
 use crate::launch::{as_int, block_per_row};
 use crate::ops::attention::attention_decode;
-use crate::ops::decode::{decode_gemv, decode_gemv_swiglu, decode_mix, decode_rms_norm, decode_rope_append, decode_swiglu, gemv_fits, DecodeRope, GEMV_MAX_BATCH};
+use crate::ops::decode::{decode_gemv, decode_gemv_swiglu, decode_mix, decode_rope_append, gemv_fits, DecodeRope, GEMV_MAX_BATCH};
 use crate::ops::mixer::mixer_recurrent_step;
-use crate::ops::rms_norm::rms_norm_forward;
+use crate::ops::rms_norm::{rms_norm_forward, rms_norm_forward_pair};
+use crate::ops::swiglu::swiglu_forward_to;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, PushKernelArg};
 use liger_core::convert::LoraTarget;
@@ -41,6 +42,8 @@ pub(super) struct StepBuffers<T> {
     /// A normalised x, in f32 (LoRA reads it) and in T (the frozen weights' products read it).
     h: GpuBuffer<f32>,
     h_t: GpuBuffer<T>,
+    /// 1/rms of each row of x (written by the norm, read by nobody in a step).
+    h_rstd: GpuBuffer<f32>,
     q: GpuBuffer<f32>,
     k: GpuBuffer<f32>,
     v: GpuBuffer<f32>,
@@ -119,6 +122,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             x: f32s(hs)?,
             h: f32s(hs)?,
             h_t: ts(hs)?,
+            h_rstd: f32s(1)?,
             q: f32s(qs)?,
             k: f32s(kvs)?,
             v: f32s(kvs)?,
@@ -217,12 +221,12 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let lora = self.lora_guard()?;
         // A few sequences: warp-per-row products that read each weight once, in fewer launches.
         let small = b <= GEMV_MAX_BATCH && [hs, qs, f].iter().all(|&k| gemv_fits::<T>(k));
-        let StepBuffers { ids, positions, window_len, full_len, x, h, h_t, q, k, v, q_normed, k_normed, q_rstd, k_rstd, lora_u, q_roped, o_mixer, o_attention, o, o_t, gate, up, act_t, logits, .. } = p;
+        let StepBuffers { ids, positions, window_len, full_len, x, h, h_t, h_rstd, q, k, v, q_normed, k_normed, q_rstd, k_rstd, lora_u, q_roped, o_mixer, o_attention, o, o_t, gate, up, act_t, logits, .. } = p;
         embed_ids(ctx, &self.weights.embed, hs, ids, x)?;
         for (layer, cache) in layers.iter_mut().enumerate() {
             let lw = &self.weights.layers[layer];
             let adapters = &lora[layer];
-            decode_rms_norm(ctx, x, &lw.attn_norm, eps, h, h_t)?;
+            rms_norm_forward_pair(ctx, x, &lw.attn_norm, eps, h, h_t, h_rstd)?;
             if small {
                 decode_gemv(ctx, h_t, b, hs, &mut [(&lw.wq, &mut *q), (&lw.wk, &mut *k), (&lw.wv, &mut *v)], false)?;
             }
@@ -274,7 +278,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 lora_add(ctx, a, o, b, lora_u, x)?;
             }
             // x += down(silu(gate(h2)) * up(h2)), h2 = norm(x).
-            decode_rms_norm(ctx, x, &lw.ffn_norm, eps, h, h_t)?;
+            rms_norm_forward_pair(ctx, x, &lw.ffn_norm, eps, h, h_t, h_rstd)?;
             if small {
                 decode_gemv_swiglu(ctx, h_t, b, hs, &lw.w_gate, &lw.w_up, act_t)?;
                 decode_gemv(ctx, act_t, b, f, &mut [(&lw.w_down, &mut *x)], true)?;
@@ -282,11 +286,11 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 let to_f = GemmDims { m: b, n: f, k: hs, a_transposed: false, b_transposed: true };
                 gemm(ctx, to_f, h_t.slice(), lw.w_gate.slice(), gate.slice_mut(), false)?;
                 gemm(ctx, to_f, h_t.slice(), lw.w_up.slice(), up.slice_mut(), false)?;
-                decode_swiglu(ctx, gate, up, act_t)?;
+                swiglu_forward_to(ctx, gate, up, act_t)?;
                 gemm(ctx, GemmDims { m: b, n: hs, k: f, a_transposed: false, b_transposed: true }, act_t.slice(), lw.w_down.slice(), x.slice_mut(), true)?;
             }
         }
-        decode_rms_norm(ctx, x, &self.weights.final_norm, eps, h, h_t)?;
+        rms_norm_forward_pair(ctx, x, &self.weights.final_norm, eps, h, h_t, h_rstd)?;
         self.head_logits(h, h_t, b, logits)
     }
 

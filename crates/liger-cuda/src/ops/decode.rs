@@ -1,33 +1,16 @@
 //! The fused glue of a decoding step (`kernels/decode.cu`): each writes its result straight in
-//! the storage type `T` the next product reads, so a step needs no separate casts. CPU twins:
-//! `liger_core::model::ops::rms_norm`, RoPE and the window cache of `liger_core::liger::swa`,
-//! the Liger mix `alpha * GRM + beta * SWA` of `liger::combine`, and SwiGLU.
+//! the storage type `T` the next product reads, so a step needs no separate casts (the norms and
+//! SwiGLU use the shared `rms_norm_forward_pair` and `swiglu_forward_to`). CPU twins: RoPE and
+//! the window cache of `liger_core::liger::swa`, the Liger mix `alpha * GRM + beta * SWA` of
+//! `liger::combine`, and the products.
 
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
 use crate::kernels::DECODE;
-use crate::launch::{as_int, block_per_row, elementwise, expect_len, rows_of};
+use crate::launch::{as_int, elementwise, expect_len, rows_of};
 use cudarc::driver::PushKernelArg;
 use liger_core::liger::HeadShape;
 use liger_core::{Error, Result};
-
-/// `y = x / rms(x) * weight` per row of `weight.len()` values, written as f32 (`y_f`) and as `T` (`y_t`).
-pub fn decode_rms_norm<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<f32>, weight: &GpuBuffer<f32>, eps: f32, y_f: &mut GpuBuffer<f32>, y_t: &mut GpuBuffer<T>) -> Result<()> {
-    let cols = weight.len();
-    let rows = rows_of("rms_norm input", x.len(), cols)?;
-    expect_len("rms_norm f32 output", y_f.len(), x.len())?;
-    expect_len("rms_norm output", y_t.len(), x.len())?;
-    if rows == 0 {
-        return Ok(());
-    }
-    let name = super::variant::<T>("decode_rms_norm_f32", "decode_rms_norm_bf16");
-    let f = ctx.function(&DECODE, name)?;
-    let cols_arg = as_int("cols", cols)?;
-    let mut launch = ctx.stream().launch_builder(&f);
-    launch.arg(x.slice()).arg(weight.slice()).arg(y_f.slice_mut()).arg(y_t.slice_mut()).arg(&cols_arg).arg(&eps);
-    // SAFETY: x, y_f and y_t hold rows x cols values; one block per row.
-    ctx.check_launch(unsafe { launch.launch(block_per_row(rows, cols)?) }, name)
-}
 
 /// Where a decoding step's RoPE and cache write go: `batch` sequences, one token each, sequence
 /// b at position `positions[b]`, written to slot `positions[b] % capacity` of the caches.
@@ -114,23 +97,6 @@ pub fn decode_mix<T: GpuElement>(ctx: &GpuContext, a: Option<(&GpuBuffer<f32>, f
     };
     launch.arg(&beta).arg(&use_b).arg(o_f.slice_mut()).arg(o_t.slice_mut()).arg(&n_arg);
     // SAFETY: every buffer given holds n values; a left-out input (null) is never read.
-    ctx.check_launch(unsafe { launch.launch(elementwise(n)) }, name)
-}
-
-/// `out = silu(gate) * up`, stored as `T`.
-pub fn decode_swiglu<T: GpuElement>(ctx: &GpuContext, gate: &GpuBuffer<f32>, up: &GpuBuffer<f32>, out: &mut GpuBuffer<T>) -> Result<()> {
-    let n = gate.len();
-    expect_len("swiglu up", up.len(), n)?;
-    expect_len("swiglu output", out.len(), n)?;
-    if n == 0 {
-        return Ok(());
-    }
-    let name = super::variant::<T>("decode_swiglu_f32", "decode_swiglu_bf16");
-    let f = ctx.function(&DECODE, name)?;
-    let n_arg = n as u64;
-    let mut launch = ctx.stream().launch_builder(&f);
-    launch.arg(gate.slice()).arg(up.slice()).arg(out.slice_mut()).arg(&n_arg);
-    // SAFETY: all three buffers hold n values.
     ctx.check_launch(unsafe { launch.launch(elementwise(n)) }, name)
 }
 
