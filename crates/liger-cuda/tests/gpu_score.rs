@@ -60,6 +60,12 @@ fn liger(arch: Architecture, mixer: MixerKind, softmax_layers: Vec<usize>, rng: 
     m
 }
 
+/// A whole bf16 model (every frozen product, the attention and the LM head in bf16) against the
+/// f32 CPU engine: per-op bf16 errors (each below 2e-2 in its own test) compound over the
+/// layers. Measured on the H100 over 6 runs with fresh inputs: 0.97e-2 to 2.23e-2 (base
+/// models); the same bound as the whole-model gradients in gpu_model.rs.
+const WHOLE_MODEL_BF16_TOL: f64 = 3e-2;
+
 fn to_f64(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
 }
@@ -114,7 +120,7 @@ fn liger_logits_match_the_cpu_engine() {
         check_all_logits(&format!("f32 {name}"), &f32_model, &reference, 1e-4, &mut rng);
         let copy = LigerModel { base: base_copy(&cpu.base), options: cpu.options.clone(), lora: cpu.lora.clone() };
         let bf16_model = GpuLigerModel::<bf16>::new(gpu(), copy).unwrap();
-        check_all_logits(&format!("bf16 {name}"), &bf16_model, &reference, 2e-2, &mut rng);
+        check_all_logits(&format!("bf16 {name}"), &bf16_model, &reference, WHOLE_MODEL_BF16_TOL, &mut rng);
     }
 }
 
@@ -133,7 +139,7 @@ fn the_base_model_scores_on_the_gpu_with_every_layer_softmax() {
         assert_eq!(ScoreModel::max_length(&f32_model), Some(cpu.config.max_position_embeddings));
         check_all_logits(&format!("f32 base {arch:?}"), &f32_model, &reference, 1e-4, &mut rng);
         let bf16_model = GpuLigerModel::<bf16>::from_base(gpu(), base_copy(&cpu)).unwrap();
-        check_all_logits(&format!("bf16 base {arch:?}"), &bf16_model, &reference, 2e-2, &mut rng);
+        check_all_logits(&format!("bf16 base {arch:?}"), &bf16_model, &reference, WHOLE_MODEL_BF16_TOL, &mut rng);
     }
 }
 
