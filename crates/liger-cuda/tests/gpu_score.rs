@@ -62,9 +62,10 @@ fn liger(arch: Architecture, mixer: MixerKind, softmax_layers: Vec<usize>, rng: 
 
 /// A whole bf16 model (every frozen product, the attention and the LM head in bf16) against the
 /// f32 CPU engine: per-op bf16 errors (each below 2e-2 in its own test) compound over the
-/// layers. Measured on the H100 over 6 runs with fresh inputs: 0.97e-2 to 2.23e-2 (base
-/// models); the same bound as the whole-model gradients in gpu_model.rs.
-const WHOLE_MODEL_BF16_TOL: f64 = 3e-2;
+/// layers. Measured on the H100 over ~45 runs with fresh inputs: 0.97e-2 to 2.2e-2 for the base
+/// models, up to 3.1e-2 once for the Liger models (Qwen3 with mamba2). The exact check is the f32
+/// comparison (1e-4); this one catches a wrong bf16 path, whose errors are of order 1.
+const WHOLE_MODEL_BF16_TOL: f64 = 5e-2;
 
 fn to_f64(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
