@@ -56,14 +56,6 @@ fn round_bf16(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
 }
 
-fn poisoned_t<T: GpuElement>(ctx: &GpuContext, n: usize) -> GpuBuffer<T> {
-    GpuBuffer::filled(ctx, n, T::from_f32(f32::NAN)).unwrap()
-}
-
-fn host_f32<T: GpuElement>(buf: &GpuBuffer<T>) -> Vec<f32> {
-    buf.to_host().unwrap().into_iter().map(|x| x.to_f32()).collect()
-}
-
 struct Inputs {
     q: Vec<f32>,
     k: Vec<f32>,
@@ -82,19 +74,19 @@ fn inputs(rng: &mut StdRng, dims: AttentionDims) -> Inputs {
 fn check_attention<T: GpuElement>(ctx: &GpuContext, dims: AttentionDims, window: Option<usize>, x: &Inputs, tol: f64, label: &str) -> [f64; 5] {
     let up = |h: &[f32]| GpuBuffer::from_host(ctx, &h.iter().map(|&v| T::from_f32(v)).collect::<Vec<T>>()).unwrap();
     let (q, k, v, d_o) = (up(&x.q), up(&x.k), up(&x.v), up(&x.d_o));
-    let (mut o, mut lse) = (poisoned_t::<T>(ctx, x.q.len()), poisoned(ctx, dims.batch * dims.shape.hq * dims.tokens));
+    let (mut o, mut lse) = (poison::<T>(ctx, x.q.len()), poisoned(ctx, dims.batch * dims.shape.hq * dims.tokens));
     attention_forward(ctx, dims, window, &q, &k, &v, &mut o, &mut lse).unwrap();
-    let (mut dq, mut dk, mut dv) = (poisoned_t::<T>(ctx, x.q.len()), poisoned_t::<T>(ctx, x.k.len()), poisoned_t::<T>(ctx, x.k.len()));
+    let (mut dq, mut dk, mut dv) = (poison::<T>(ctx, x.q.len()), poison::<T>(ctx, x.k.len()), poison::<T>(ctx, x.k.len()));
     attention_backward(ctx, dims, window, &q, &k, &v, &o, &lse, &d_o, &mut dq, &mut dk, &mut dv).unwrap();
 
     let [o_ref, dq_ref, dk_ref, dv_ref] = cpu_attention(dims, window, &x.q, &x.k, &x.v, &x.d_o);
     let lse_ref = lse_reference(dims, window, &x.q, &x.k);
     [
-        check_host(&format!("{label} o"), &host_f32(&o), &o_ref, tol),
+        check_host(&format!("{label} o"), &host(&o), &o_ref, tol),
         check(&format!("{label} lse"), &lse, &lse_ref, tol.min(FP32_TOL)),
-        check_gradient(&format!("{label} dq"), &host_f32(&dq), &dq_ref, tol),
-        check_gradient(&format!("{label} dk"), &host_f32(&dk), &dk_ref, tol),
-        check_host(&format!("{label} dv"), &host_f32(&dv), &dv_ref, tol),
+        check_gradient(&format!("{label} dq"), &host(&dq), &dq_ref, tol),
+        check_gradient(&format!("{label} dk"), &host(&dk), &dk_ref, tol),
+        check_host(&format!("{label} dv"), &host(&dv), &dv_ref, tol),
     ]
 }
 
@@ -155,7 +147,7 @@ fn check_decode<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, shape: HeadSh
     let (q_row, kv_row) = (shape.hq * shape.d, shape.hkv * shape.d);
     let cache_len = batch * shape.hkv * capacity * shape.d;
     let up = |h: &[f32]| GpuBuffer::from_host(ctx, &h.iter().map(|&v| T::from_f32(v)).collect::<Vec<T>>()).unwrap();
-    let (mut k_cache, mut v_cache) = (poisoned_t::<T>(ctx, cache_len), poisoned_t::<T>(ctx, cache_len));
+    let (mut k_cache, mut v_cache) = (poison::<T>(ctx, cache_len), poison::<T>(ctx, cache_len));
     let mut cpu: Vec<SwaCache> = (0..batch).map(|_| SwaCache::new(shape, window).unwrap()).collect();
 
     let k = round_bf16(&random(rng, batch * prefill * kv_row, 1.5));
@@ -176,7 +168,7 @@ fn check_decode<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, shape: HeadSh
         let positions = GpuBuffer::from_host(ctx, &[pos; 2]).unwrap();
         let lengths = GpuBuffer::from_host(ctx, &[(pos + 1).min(capacity as u32); 2]).unwrap();
         cache_append(ctx, batch, shape, capacity, &up(&k), &up(&v), &positions, &mut k_cache, &mut v_cache).unwrap();
-        let mut o = poisoned_t::<T>(ctx, batch * q_row);
+        let mut o = poison::<T>(ctx, batch * q_row);
         attention_decode(ctx, batch, shape, capacity, &up(&q), &k_cache, &v_cache, &lengths, &mut o).unwrap();
         let mut expected = Vec::with_capacity(batch * q_row);
         for (b, cache) in cpu.iter_mut().enumerate() {
@@ -184,7 +176,7 @@ fn check_decode<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, shape: HeadSh
             cache.step(&q[b * q_row..(b + 1) * q_row], &k[b * kv_row..(b + 1) * kv_row], &v[b * kv_row..(b + 1) * kv_row], &mut o_b).unwrap();
             expected.extend(o_b.iter().map(|&x| x as f64));
         }
-        worst = worst.max(check_host(&format!("{label} step {step}"), &host_f32(&o), &expected, tol));
+        worst = worst.max(check_host(&format!("{label} step {step}"), &host(&o), &expected, tol));
     }
     worst
 }

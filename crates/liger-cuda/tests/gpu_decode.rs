@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{check_host, gpu, inv_freq, poisoned, random, rng, to_f64, upload};
+use common::{check_host, gpu, host, inv_freq, poison, poisoned, random, rng, to_f64, upload};
 use half::bf16;
 use liger_core::config::{Architecture, ModelConfig};
 use liger_core::convert::{linearize, LigerModel, LigerOptions, LoraOptions, LoraTarget};
@@ -20,15 +20,6 @@ use liger_core::generate::CausalLm;
 use liger_cuda::{GpuBuffer, GpuContext, GpuElement, GpuLigerModel};
 use rand::rngs::StdRng;
 use rand::Rng;
-
-/// A buffer of `n` NaNs stored as `T`.
-fn poisoned_t<T: GpuElement>(ctx: &GpuContext, n: usize) -> GpuBuffer<T> {
-    GpuBuffer::filled(ctx, n, T::from_f32(f32::NAN)).unwrap()
-}
-
-fn host_f32<T: GpuElement>(b: &GpuBuffer<T>) -> Vec<f32> {
-    b.to_host().unwrap().into_iter().map(T::to_f32).collect()
-}
 
 /// Tolerance for an output stored as `T`.
 fn tol<T: GpuElement>() -> f64 {
@@ -52,10 +43,10 @@ fn rms_norm_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
         }
     }
     // The step's norm: the shared one that writes f32 and T in one pass.
-    let (mut y_f, mut y_t, mut rstd) = (poisoned(ctx, rows * cols), poisoned_t::<T>(ctx, rows * cols), poisoned(ctx, rows));
+    let (mut y_f, mut y_t, mut rstd) = (poisoned(ctx, rows * cols), poison::<T>(ctx, rows * cols), poisoned(ctx, rows));
     rms_norm_forward_pair(ctx, &upload(ctx, &x), &upload(ctx, &w), eps, &mut y_f, &mut y_t, &mut rstd).unwrap();
     check_host(&format!("rms_norm_forward_pair f32 (T = {})", T::KERNEL_SUFFIX), &y_f.to_host().unwrap(), &reference, 1e-5);
-    check_host(&format!("rms_norm_forward_pair {}", T::KERNEL_SUFFIX), &host_f32(&y_t), &reference, tol::<T>());
+    check_host(&format!("rms_norm_forward_pair {}", T::KERNEL_SUFFIX), &host(&y_t), &reference, tol::<T>());
 }
 
 fn rope_append_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
@@ -78,14 +69,14 @@ fn rope_append_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
         out
     };
     let q_ref: Vec<f64> = (0..batch).flat_map(|b| rope(&q, b, hq)).collect();
-    let (mut q_roped, cache_len) = (poisoned_t::<T>(ctx, batch * hq * d), batch * hkv * capacity * d);
-    let (mut k_cache, mut v_cache) = (poisoned_t::<T>(ctx, cache_len), poisoned_t::<T>(ctx, cache_len));
+    let (mut q_roped, cache_len) = (poison::<T>(ctx, batch * hq * d), batch * hkv * capacity * d);
+    let (mut k_cache, mut v_cache) = (poison::<T>(ctx, cache_len), poison::<T>(ctx, cache_len));
     let (freqs_gpu, positions_gpu) = (upload(ctx, &freqs), GpuBuffer::from_host(ctx, &positions).unwrap());
     let at = DecodeRope { inv_freq: &freqs_gpu, positions: &positions_gpu, batch, shape, capacity };
     decode_rope_append(ctx, &at, &upload(ctx, &q), &upload(ctx, &k), &upload(ctx, &v), &mut q_roped, &mut k_cache, &mut v_cache).unwrap();
-    check_host(&format!("decode rope of q ({})", T::KERNEL_SUFFIX), &host_f32(&q_roped), &q_ref, tol::<T>());
+    check_host(&format!("decode rope of q ({})", T::KERNEL_SUFFIX), &host(&q_roped), &q_ref, tol::<T>());
     // The written slot of each (sequence, kv head), and nothing else.
-    let (k_host, v_host) = (host_f32(&k_cache), host_f32(&v_cache));
+    let (k_host, v_host) = (host(&k_cache), host(&v_cache));
     let (mut k_got, mut v_got, mut k_ref, mut v_ref) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for b in 0..batch {
         let k_roped = rope(&k, b, hkv);
@@ -116,16 +107,16 @@ fn mix_and_swiglu_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
     let (alpha, beta) = (0.3f32, 0.7f32);
     for (use_a, use_b) in [(true, true), (true, false), (false, true)] {
         let reference: Vec<f64> = (0..n).map(|i| if use_a { alpha as f64 * a[i] as f64 } else { 0.0 } + if use_b { beta as f64 * b_stored[i] } else { 0.0 }).collect();
-        let (mut o_f, mut o_t) = (poisoned(ctx, n), poisoned_t::<T>(ctx, n));
+        let (mut o_f, mut o_t) = (poisoned(ctx, n), poison::<T>(ctx, n));
         decode_mix(ctx, use_a.then_some((&a_gpu, alpha)), use_b.then_some((&b_gpu, beta)), &mut o_f, &mut o_t).unwrap();
         let name = format!("decode_mix a={use_a} b={use_b} ({})", T::KERNEL_SUFFIX);
         check_host(&format!("{name} f32"), &o_f.to_host().unwrap(), &reference, 1e-5);
-        check_host(&name, &host_f32(&o_t), &reference, tol::<T>());
+        check_host(&name, &host(&o_t), &reference, tol::<T>());
     }
     let reference: Vec<f64> = (0..n).map(|i| a[i] as f64 / (1.0 + (-a[i] as f64).exp()) * b[i] as f64).collect();
-    let mut out = poisoned_t::<T>(ctx, n);
+    let mut out = poison::<T>(ctx, n);
     swiglu_forward_to(ctx, &a_gpu, &upload(ctx, &b), &mut out).unwrap();
-    check_host(&format!("swiglu_forward_to ({})", T::KERNEL_SUFFIX), &host_f32(&out), &reference, tol::<T>());
+    check_host(&format!("swiglu_forward_to ({})", T::KERNEL_SUFFIX), &host(&out), &reference, tol::<T>());
 }
 
 /// `x W_iᵀ` of up to three weights in one launch, plain and accumulated, and gate/up + SwiGLU.
@@ -148,7 +139,7 @@ fn gemv_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, batch: usize) {
         }
     }
     let n = rows[0];
-    let mut act = poisoned_t::<T>(ctx, batch * n);
+    let mut act = poison::<T>(ctx, batch * n);
     let up = GpuBuffer::from_host(ctx, &stored(random(rng, n * k, 0.2))).unwrap();
     let up_host: Vec<T> = up.to_host().unwrap();
     decode_gemv_swiglu(ctx, &x_gpu, batch, k, &w_gpu[0], &up, &mut act).unwrap();
@@ -158,7 +149,7 @@ fn gemv_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, batch: usize) {
             g / (1.0 + (-g).exp()) * u
         })
         .collect();
-    check_host(&format!("decode_gemv_swiglu {} batch {batch}", T::KERNEL_SUFFIX), &host_f32(&act), &reference, tol::<T>());
+    check_host(&format!("decode_gemv_swiglu {} batch {batch}", T::KERNEL_SUFFIX), &host(&act), &reference, tol::<T>());
 }
 
 #[test]

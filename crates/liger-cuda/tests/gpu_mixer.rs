@@ -10,7 +10,7 @@ use half::bf16;
 use liger_core::liger::{chunk_backward, chunk_forward, HeadShape, MixerConfig, MixerKind, MixerState, DEFAULT_CHUNK_SIZE};
 use liger_core::ErrorCode;
 use liger_cuda::ops::mixer::{mixer_chunk_backward, mixer_chunk_forward, mixer_recurrent_step, mixer_state_len, MixerDims};
-use liger_cuda::{GpuBuffer, GpuContext, GpuElement};
+use liger_cuda::{GpuContext, GpuElement};
 use rand::rngs::StdRng;
 
 const FP32_TOL: f64 = 1e-4;
@@ -73,18 +73,6 @@ impl Problem {
         }
         (o, fin)
     }
-}
-
-fn up<T: GpuElement>(ctx: &GpuContext, x: &[f32]) -> GpuBuffer<T> {
-    GpuBuffer::from_host(ctx, &x.iter().map(|&v| T::from_f32(v)).collect::<Vec<_>>()).unwrap()
-}
-
-fn poison<T: GpuElement>(ctx: &GpuContext, n: usize) -> GpuBuffer<T> {
-    GpuBuffer::filled(ctx, n, T::from_f32(f32::NAN)).unwrap()
-}
-
-fn host<T: GpuElement>(x: &GpuBuffer<T>) -> Vec<f32> {
-    x.to_host().unwrap().into_iter().map(|v| v.to_f32()).collect()
 }
 
 /// Forward with initial and final state, backward, and prefill + decoding steps.

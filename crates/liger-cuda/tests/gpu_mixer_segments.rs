@@ -12,7 +12,7 @@ use liger_core::liger::{chunk_backward, chunk_forward, HeadShape, MixerConfig, M
 use liger_core::testing::max_rel_error;
 use liger_core::ErrorCode;
 use liger_cuda::ops::mixer::{mixer_chunk_backward_in_segments, mixer_chunk_forward_in_segments, mixer_segment_plan, mixer_state_len, MixerDims, TimeSegments};
-use liger_cuda::{GpuBuffer, GpuContext, GpuElement};
+use liger_cuda::{GpuContext, GpuElement};
 use rand::rngs::StdRng;
 
 const FP32_TOL: f64 = 1e-4;
@@ -42,18 +42,6 @@ struct Outputs {
 
 fn round<T: GpuElement>(x: Vec<f32>) -> Vec<f32> {
     x.into_iter().map(|v| T::from_f32(v).to_f32()).collect()
-}
-
-fn up<T: GpuElement>(ctx: &GpuContext, x: &[f32]) -> GpuBuffer<T> {
-    GpuBuffer::from_host(ctx, &x.iter().map(|&v| T::from_f32(v)).collect::<Vec<_>>()).unwrap()
-}
-
-fn poison<T: GpuElement>(ctx: &GpuContext, n: usize) -> GpuBuffer<T> {
-    GpuBuffer::filled(ctx, n, T::from_f32(f32::NAN)).unwrap()
-}
-
-fn host<T: GpuElement>(x: &GpuBuffer<T>) -> Vec<f32> {
-    x.to_host().unwrap().into_iter().map(|v| v.to_f32()).collect()
 }
 
 impl Problem {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{gpu, rng};
+use common::{gpu, rng, tiny_gpu_config, word_tokenizer};
 use half::bf16;
 use liger_core::config::{Architecture, ModelConfig};
 use liger_core::convert::{linearize, LigerModel, LigerOptions, LoraOptions, LoraTarget};
@@ -12,7 +12,6 @@ use liger_core::generate::CausalLm;
 use liger_core::liger::{MixerConfig, MixerKind};
 use liger_core::model::{BaseModel, ModelFormat};
 use liger_core::testing::{max_rel_error, random_tokens, random_weights, tiny_config};
-use liger_core::tokenizer::Tokenizer;
 use liger_core::train::data::Sequence;
 use liger_core::train::loss::IGNORE;
 use liger_core::train::trainer::{Trainable, TrainConfig, Trainer};
@@ -21,28 +20,11 @@ use liger_cuda::{GemmInput, GpuBuffer, GpuContext, GpuLigerModel, GpuWeights};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-/// A tiny config whose heads the GPU kernels take (head size 32).
-fn config(arch: Architecture) -> ModelConfig {
-    ModelConfig { hidden_size: 64, num_heads: 4, num_kv_heads: 2, head_dim: 32, intermediate_size: 96, ..tiny_config(arch) }
-}
-
-/// A word-level tokenizer over the tiny config's 97 ids: <unk>, BOS 1, EOS 2, then words
-/// `w3`..`w96`; text splits at whitespace and unknown words map to <unk>.
-fn tokenizer() -> Tokenizer {
-    let mut vocab = vec![r#""<unk>":0"#.to_string(), r#""<s>":1"#.into(), r#""</s>":2"#.into()];
-    vocab.extend((3..97).map(|i| format!(r#""w{i}":{i}"#)));
-    let json = format!(
-        r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,"decoder":null,"model":{{"type":"WordLevel","vocab":{{{}}},"unk_token":"<unk>"}}}}"#,
-        vocab.join(",")
-    );
-    Tokenizer::from_json(json.as_bytes(), "test tokenizer").unwrap()
-}
-
 /// A converted tiny model with adapters on q, k, v and o, their B matrices random (fresh ones
 /// are zero, which would hide the A gradients).
 fn model(arch: Architecture, mixer: MixerKind, softmax_layers: Vec<usize>, rng: &mut StdRng) -> LigerModel {
-    let cfg = config(arch);
-    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, rng.random()), tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint);
+    let cfg = tiny_gpu_config(arch);
+    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, rng.random()), word_tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint);
     let mut options = LigerOptions { softmax_layers, ..Default::default() };
     options.attention.mixer = MixerConfig { gsa_slots: 16, ..MixerConfig::new(mixer) };
     options.attention.window_keys = 5;
@@ -224,7 +206,7 @@ fn unsupported_models_and_bad_batches_are_typed_errors() {
     assert!(err.message.contains("CPU backend"), "{}", err.message);
 
     let cfg = tiny_config(Architecture::Llama); // head size 8
-    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, 1), tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint);
+    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, 1), word_tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint);
     let small_heads = linearize(base, LigerOptions::default(), LoraOptions::default()).unwrap();
     let err = GpuLigerModel::<f32>::new(gpu(), small_heads).err().expect("head size 8 is not supported");
     assert_eq!(err.code, ErrorCode::InvalidArgument);
@@ -248,7 +230,7 @@ fn unsupported_models_and_bad_batches_are_typed_errors() {
 fn out_of_memory_and_missing_gpus_are_typed_errors() {
     let ctx = gpu();
     // 300k x 300k bf16 embedding: 180 GB, more than any single GPU holds.
-    let huge = ModelConfig { vocab_size: 300_000, hidden_size: 300_000, ..config(Architecture::Llama) };
+    let huge = ModelConfig { vocab_size: 300_000, hidden_size: 300_000, ..tiny_gpu_config(Architecture::Llama) };
     let err = GpuWeights::<bf16>::random(&ctx, &huge, 1).err().expect("the allocation cannot fit");
     assert_eq!(err.code, ErrorCode::OutOfMemory);
     assert!(err.message.contains("lower the batch size") && err.message.contains("CPU backend"), "{}", err.message);
@@ -270,8 +252,8 @@ fn the_linearize_job_trains_on_the_gpu_like_on_the_cpu() {
     let mut rng = rng("the_linearize_job_trains_on_the_gpu_like_on_the_cpu");
     let tmp = std::env::temp_dir().join(format!("liger-gpu-job-{}", rng.random::<u64>()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let cfg = config(Architecture::Llama);
-    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, rng.random()), tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint);
+    let cfg = tiny_gpu_config(Architecture::Llama);
+    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, rng.random()), word_tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint);
     base.save_checkpoint(&tmp.join("base"), SaveDtype::F32).unwrap();
     let lines: Vec<String> = (0..40).map(|i| format!(r#"{{"instruction": "w{} w5", "input": "", "output": "w7 w8 w{}"}}"#, 3 + i % 5, 10 + i)).collect();
     std::fs::write(tmp.join("data.jsonl"), lines.join("\n")).unwrap();

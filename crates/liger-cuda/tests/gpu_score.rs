@@ -5,41 +5,24 @@
 
 mod common;
 
-use common::{gpu, rng};
+use common::{gpu, rng, tiny_gpu_config, word_tokenizer};
 use half::bf16;
-use liger_core::config::{Architecture, ModelConfig};
+use liger_core::config::Architecture;
 use liger_core::convert::{linearize, LigerModel, LigerOptions, LoraOptions, LoraTarget};
 use liger_core::eval::loglik::score_tokens;
 use liger_core::eval::perplexity::{rolling_perplexity, ScoredText};
 use liger_core::eval::ScoreModel;
 use liger_core::liger::{MixerConfig, MixerKind};
 use liger_core::model::{BaseModel, ModelFormat};
-use liger_core::testing::{max_rel_error, random_tokens, random_weights, tiny_config};
-use liger_core::tokenizer::Tokenizer;
+use liger_core::testing::{max_rel_error, random_tokens, random_weights};
 use liger_core::ErrorCode;
 use liger_cuda::{GemmInput, GpuLigerModel};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-/// A tiny config whose heads the GPU kernels take (head size 32).
-fn config(arch: Architecture) -> ModelConfig {
-    ModelConfig { hidden_size: 64, num_heads: 4, num_kv_heads: 2, head_dim: 32, intermediate_size: 96, ..tiny_config(arch) }
-}
-
-/// A word-level tokenizer over the tiny config's 97 ids: <unk>, BOS 1, EOS 2, then `w3`..`w96`.
-fn tokenizer() -> Tokenizer {
-    let mut vocab = vec![r#""<unk>":0"#.to_string(), r#""<s>":1"#.into(), r#""</s>":2"#.into()];
-    vocab.extend((3..97).map(|i| format!(r#""w{i}":{i}"#)));
-    let json = format!(
-        r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,"decoder":null,"model":{{"type":"WordLevel","vocab":{{{}}},"unk_token":"<unk>"}}}}"#,
-        vocab.join(",")
-    );
-    Tokenizer::from_json(json.as_bytes(), "test tokenizer").unwrap()
-}
-
 fn base(arch: Architecture, rng: &mut StdRng) -> BaseModel {
-    let cfg = config(arch);
-    BaseModel::new(cfg.clone(), random_weights(&cfg, rng.random()), tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint)
+    let cfg = tiny_gpu_config(arch);
+    BaseModel::new(cfg.clone(), random_weights(&cfg, rng.random()), word_tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint)
 }
 
 /// A converted tiny model with adapters on q, k, v and o, their B matrices random (fresh ones
@@ -127,7 +110,7 @@ fn liger_logits_match_the_cpu_engine() {
 
 /// The same weights, configuration and tokenizer in a second `BaseModel`.
 fn base_copy(b: &BaseModel) -> BaseModel {
-    BaseModel::new(b.config.clone(), b.weights.clone(), tokenizer(), None, b.name.clone(), ModelFormat::Checkpoint)
+    BaseModel::new(b.config.clone(), b.weights.clone(), word_tokenizer(), None, b.name.clone(), ModelFormat::Checkpoint)
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! Helpers of the GPU tests: the device, fresh random inputs, poisoned outputs, error checks.
 #![allow(dead_code)]
 
-use liger_cuda::{GpuBuffer, GpuContext};
+use liger_core::config::{Architecture, ModelConfig};
+use liger_core::testing::tiny_config;
+use liger_core::tokenizer::Tokenizer;
+use liger_cuda::{GpuBuffer, GpuContext, GpuElement};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -58,4 +61,36 @@ pub fn to_f64(x: &[f32]) -> Vec<f64> {
 /// RoPE's inverse frequencies for a head of `head_dim`, as the model computes them.
 pub fn inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
     (0..head_dim / 2).map(|j| 1.0 / theta.powf(2.0 * j as f32 / head_dim as f32)).collect()
+}
+
+/// A buffer of `T` holding `x` rounded to `T`.
+pub fn up<T: GpuElement>(ctx: &GpuContext, x: &[f32]) -> GpuBuffer<T> {
+    GpuBuffer::from_host(ctx, &x.iter().map(|&v| T::from_f32(v)).collect::<Vec<_>>()).unwrap()
+}
+
+/// An output buffer of `T` filled with NaN (see [`poisoned`]).
+pub fn poison<T: GpuElement>(ctx: &GpuContext, n: usize) -> GpuBuffer<T> {
+    GpuBuffer::filled(ctx, n, T::from_f32(f32::NAN)).unwrap()
+}
+
+/// A buffer of `T` copied back as f32.
+pub fn host<T: GpuElement>(x: &GpuBuffer<T>) -> Vec<f32> {
+    x.to_host().unwrap().into_iter().map(|v| v.to_f32()).collect()
+}
+
+/// A tiny model config whose heads the GPU kernels take (head size 32).
+pub fn tiny_gpu_config(arch: Architecture) -> ModelConfig {
+    ModelConfig { hidden_size: 64, num_heads: 4, num_kv_heads: 2, head_dim: 32, intermediate_size: 96, ..tiny_config(arch) }
+}
+
+/// A word-level tokenizer over the tiny config's 97 ids: <unk>, BOS 1, EOS 2, then words
+/// `w3`..`w96`; text splits at whitespace and unknown words map to <unk>.
+pub fn word_tokenizer() -> Tokenizer {
+    let mut vocab = vec![r#""<unk>":0"#.to_string(), r#""<s>":1"#.into(), r#""</s>":2"#.into()];
+    vocab.extend((3..97).map(|i| format!(r#""w{i}":{i}"#)));
+    let json = format!(
+        r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,"decoder":null,"model":{{"type":"WordLevel","vocab":{{{}}},"unk_token":"<unk>"}}}}"#,
+        vocab.join(",")
+    );
+    Tokenizer::from_json(json.as_bytes(), "test tokenizer").unwrap()
 }
