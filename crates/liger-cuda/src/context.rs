@@ -10,6 +10,7 @@ use cudarc::nvrtc::Ptx;
 use liger_core::{Error, Result};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Environment variable: when set to 1, every launch is followed by a stream synchronisation,
@@ -45,6 +46,8 @@ pub struct GpuContext {
     scratch: Mutex<Option<CudaSlice<f32>>>,
     /// Time per operation while profiling is on (see `profile.rs`).
     profile: Mutex<Option<Profile>>,
+    /// Whether `profile` is on: read at every launch without taking the lock.
+    profiling: AtomicBool,
 }
 
 /// Loads the driver, checks its version and initialises it.
@@ -94,6 +97,7 @@ impl GpuContext {
             free_memory,
             driver_version,
         };
+        let profile_at_start = std::env::var(PROFILE_ENV).is_ok_and(|v| v == "1");
         Ok(GpuContext {
             ctx,
             stream,
@@ -103,7 +107,8 @@ impl GpuContext {
             functions: Mutex::new(HashMap::new()),
             blas: Mutex::new(None),
             scratch: Mutex::new(None),
-            profile: Mutex::new(std::env::var(PROFILE_ENV).is_ok_and(|v| v == "1").then(Profile::new)),
+            profile: Mutex::new(profile_at_start.then(Profile::new)),
+            profiling: AtomicBool::new(profile_at_start),
         })
     }
 
@@ -159,7 +164,7 @@ impl GpuContext {
     /// Whether the stream's work may be captured into a CUDA graph: not while every launch
     /// waits for the GPU (LIGER_CUDA_SYNC) or the profiler times each operation.
     pub(crate) fn capture_allowed(&self) -> bool {
-        !self.sync_after_launch && self.profile.lock().is_ok_and(|p| p.is_none())
+        !self.sync_after_launch && !self.profiling.load(Ordering::Relaxed)
     }
 
     /// Turns the time profile on (from an empty one) or off. While on, every operation waits
@@ -167,6 +172,7 @@ impl GpuContext {
     pub fn set_profiling(&self, on: bool) -> Result<()> {
         let mut profile = self.profile.lock().map_err(|_| Error::internal("the profile lock is poisoned"))?;
         *profile = on.then(Profile::new);
+        self.profiling.store(on, Ordering::Relaxed);
         Ok(())
     }
 
@@ -183,6 +189,9 @@ impl GpuContext {
 
     /// [`Self::profile_mark`] with a name made only when profiling is on.
     pub(crate) fn profile_mark_with(&self, name: impl FnOnce() -> String) -> Result<()> {
+        if !self.profiling.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let mut profile = self.profile.lock().map_err(|_| Error::internal("the profile lock is poisoned"))?;
         if let Some(p) = profile.as_mut() {
             let name = name();
