@@ -82,6 +82,15 @@ pub const MIXER_GATED: KernelFile = kernel_file!(
     ]
 );
 
+pub const MIXER_GSA: KernelFile = kernel_file!(
+    "mixer_gsa",
+    [
+        "gsa_inputs_f32", "gsa_inputs_bf16", "gsa_slot_softmax", "gsa_slot_softmax_backward",
+        "gsa_backward_finish_f32", "gsa_backward_finish_bf16", "gsa_state_split", "gsa_state_join",
+        "gsa_step_f32", "gsa_step_bf16",
+    ]
+);
+
 pub const ATTENTION: KernelFile = kernel_file!(
     "attention",
     [
@@ -115,4 +124,4 @@ pub const DECODE: KernelFile = kernel_file!(
 pub const SAMPLING: KernelFile = kernel_file!("sampling", ["argmax_rows_f32", "sample_rows_f32"]);
 
 /// Every kernel file of the crate.
-pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE, MIXER_GATED, ATTENTION, SAMPLING, MODEL, DECODE];
+pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE, MIXER_GATED, MIXER_GSA, ATTENTION, SAMPLING, MODEL, DECODE];

@@ -1,7 +1,8 @@
 //! The gated recurrent mixers on the GPU against their CPU twins (`liger_core::liger`), per
 //! sequence, on fresh random inputs: forward with a random initial state, final state,
 //! backward, and decoding steps after a prefill against the forward of the whole sequence.
-//! B=2, T=100 (not a multiple of the chunk), GQA 4/2 heads, d=64 and d=128; f32 and bf16.
+//! B=2, T=100 (not a multiple of the chunk), GQA 4/2 heads, d=64 and d=128; f32 and bf16; every
+//! mixer kind, gsa with 64 and 16 slots.
 
 mod common;
 
@@ -34,11 +35,10 @@ fn round<T: GpuElement>(x: Vec<f32>) -> Vec<f32> {
 }
 
 impl Problem {
-    fn new<T: GpuElement>(rng: &mut StdRng, kind: MixerKind, d: usize) -> Self {
+    fn new<T: GpuElement>(rng: &mut StdRng, cfg: MixerConfig, d: usize) -> Self {
         let shape = HeadShape::new(4, 2, d).unwrap();
         let dims = MixerDims { batch: BATCH, tokens: TOKENS, shape };
         let (nq, nkv) = (BATCH * TOKENS * shape.hq * d, BATCH * TOKENS * shape.hkv * d);
-        let cfg = MixerConfig::new(kind);
         Problem {
             cfg,
             dims,
@@ -76,9 +76,9 @@ impl Problem {
 }
 
 /// Forward with initial and final state, backward, and prefill + decoding steps.
-fn check_mixer<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, kind: MixerKind, d: usize, tol: f64) {
-    let p = Problem::new::<T>(rng, kind, d);
-    let label = format!("{} d={d} {}", kind.name(), T::KERNEL_SUFFIX);
+fn check_mixer<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, cfg: MixerConfig, d: usize, tol: f64) {
+    let p = Problem::new::<T>(rng, cfg, d);
+    let label = format!("{} d={d} {}", cfg.kind.name(), T::KERNEL_SUFFIX);
     let (q, k, v) = (up::<T>(ctx, &p.q), up::<T>(ctx, &p.k), up::<T>(ctx, &p.v));
 
     // Forward from a random initial state.
@@ -138,8 +138,8 @@ fn check_kind(kind: MixerKind) {
     let ctx = gpu();
     let mut rng = rng(kind.name());
     for d in [64, 128] {
-        check_mixer::<f32>(&ctx, &mut rng, kind, d, FP32_TOL);
-        check_mixer::<bf16>(&ctx, &mut rng, kind, d, BF16_TOL);
+        check_mixer::<f32>(&ctx, &mut rng, MixerConfig::new(kind), d, FP32_TOL);
+        check_mixer::<bf16>(&ctx, &mut rng, MixerConfig::new(kind), d, BF16_TOL);
     }
 }
 
@@ -171,6 +171,18 @@ fn rwkv6_matches_cpu() {
 #[test]
 fn linear_matches_cpu() {
     check_kind(MixerKind::Linear);
+}
+
+#[test]
+fn gsa_matches_cpu() {
+    // 64 slots: no padding at d = 64, half the slot dims padded at d = 128.
+    check_kind(MixerKind::Gsa);
+    // 16 slots of 4 key dims each (most of the slot dims padded).
+    let ctx = gpu();
+    let mut rng = rng("gsa 16 slots");
+    let cfg = MixerConfig { gsa_slots: 16, ..MixerConfig::new(MixerKind::Gsa) };
+    check_mixer::<f32>(&ctx, &mut rng, cfg, 64, FP32_TOL);
+    check_mixer::<bf16>(&ctx, &mut rng, cfg, 64, BF16_TOL);
 }
 
 #[test]
@@ -212,9 +224,12 @@ fn bad_inputs_are_typed_errors() {
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
     assert!(err.message.contains("initial state"), "{}", err.message);
     let gsa = MixerConfig::new(MixerKind::Gsa);
-    let err = mixer_chunk_forward(&ctx, &gsa, dims, &q, &k, &v, &mut o, None, None).unwrap_err();
+    let err = mixer_chunk_forward(&ctx, &gsa, dims, &q, &k, &v, &mut o, Some(&poisoned(&ctx, 2 * 2 * 64 * 64)), None).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch, "a gsa state is two slot memories per kv head");
+    let bad_slots = MixerConfig { gsa_slots: 48, ..gsa };
+    let err = mixer_chunk_forward(&ctx, &bad_slots, dims, &q, &k, &v, &mut o, None, None).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
-    assert!(err.message.contains("CPU backend"), "{}", err.message);
+    assert!(err.message.contains("gsa_slots"), "{}", err.message);
     let mut state = poisoned(&ctx, 7);
     let err = mixer_recurrent_step(&ctx, &cfg, 2, shape, &mut state, &poisoned(&ctx, 512), &poisoned(&ctx, 256), &poisoned(&ctx, 256), &mut poisoned(&ctx, 512)).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);

@@ -1,6 +1,6 @@
 //! The GPU mixer with its scans cut into time segments (`TimeSegments`) against the CPU twins,
 //! on fresh random inputs: forward from a random initial state with its final state, and
-//! backward, for every mixer kind, uneven segment lengths, tiny sequences, side-by-side and
+//! backward, for every mixer kind (gsa included), uneven segment lengths, tiny sequences, side-by-side and
 //! one-launch-each backward scans, and the automatic plan; and the segmented and sequential
 //! (one segment) forms against each other.
 
@@ -156,6 +156,12 @@ fn rwkv6_in_segments_matches_cpu() {
 #[test]
 fn linear_in_segments_matches_cpu() {
     check_kind(MixerKind::Linear);
+}
+
+#[test]
+fn gsa_in_segments_matches_cpu() {
+    // Both slot passes, and the backward's six scans, cut over time.
+    check_kind(MixerKind::Gsa);
 }
 
 #[test]

@@ -27,7 +27,7 @@ use crate::context::GpuContext;
 use crate::gemm::GemmInput;
 use liger_core::config::ModelConfig;
 use liger_core::convert::{LigerModel, LoraGrads, LoraTarget};
-use liger_core::liger::{HeadShape, MixerKind};
+use liger_core::liger::HeadShape;
 use liger_core::train::loss::LossOutput;
 use liger_core::train::trainer::Trainable;
 use liger_core::{Error, Result};
@@ -65,7 +65,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// benchmarks); `model` supplies the configuration, options and adapters.
     pub fn with_weights(ctx: GpuContext, model: LigerModel, weights: GpuWeights<T>) -> Result<Self> {
         let c = model.config();
-        check_supported(c, &model)?;
+        check_supported(c)?;
         let shape = HeadShape::new(c.num_heads, c.num_kv_heads, c.head_dim)?;
         if weights.layers.len() != c.num_layers {
             return Err(Error::shape(format!("the GPU weights have {} layers; the model has {}", weights.layers.len(), c.num_layers)));
@@ -163,13 +163,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
 }
 
 /// What the GPU kernels cannot run, as a typed error saying to use the CPU backend.
-fn check_supported(c: &ModelConfig, model: &LigerModel) -> Result<()> {
+fn check_supported(c: &ModelConfig) -> Result<()> {
     let cpu = "use the CPU backend for this model";
-    let mixer = model.options.attention.mixer.kind;
-    let has_liger_layers = (0..c.num_layers).any(|l| !model.options.is_softmax_layer(l));
-    if has_liger_layers && mixer == MixerKind::Gsa {
-        return Err(Error::invalid_argument(format!("the GPU engine has no kernels for the gsa mixer yet; pick another mixer or {cpu}")));
-    }
     if !c.head_dim.is_multiple_of(32) || c.head_dim > crate::ops::mixer::MAX_HEAD_DIM {
         return Err(Error::invalid_argument(format!(
             "the GPU kernels take head sizes that are multiples of 32 up to {}, this model's is {}: {cpu}",

@@ -1,5 +1,6 @@
-//! The gated recurrent mixers on the GPU (`kernels/mixer_gated.cu`): every Liger mixer but GSA,
-//! forward over whole sequences (training, prefill), single decoding steps, and backward.
+//! The gated recurrent mixers on the GPU (`kernels/mixer_gated.cu`): forward over whole sequences
+//! (training, prefill), single decoding steps, and backward. Gated slot attention runs its two
+//! slot memories on the same scans (`gsa.rs`, `kernels/mixer_gsa.cu`).
 //! CPU twins: `liger_core::liger::{chunk_forward, recurrent_step, chunk_backward}`.
 //!
 //! The raw projections go in; feature maps and gates are applied inside (per `cfg.kind`). The
@@ -21,6 +22,7 @@
 //! memory, kept between calls, so a repeated call allocates nothing. A decoding step applies the
 //! feature maps inside the scan CTA and uses no scratch at all (it can be graph-captured).
 
+mod gsa;
 mod scan;
 mod segments;
 
@@ -70,26 +72,23 @@ pub fn mixer_state_len(cfg: &MixerConfig, shape: HeadShape) -> usize {
 }
 
 /// The kernels' code for a mixer kind (`KIND_*` in the kernel file).
-fn kind_code(kind: MixerKind) -> Result<i32> {
-    Ok(match kind {
+fn kind_code(kind: MixerKind) -> i32 {
+    match kind {
         MixerKind::Gla => 0,
         MixerKind::Hgrn2 => 1,
         MixerKind::Retention => 2,
         MixerKind::Mamba2 => 3,
         MixerKind::Rwkv6 => 4,
         MixerKind::Linear => 5,
-        MixerKind::Gsa => {
-            return Err(Error::invalid_argument(
-                "the gsa mixer has no GPU kernels yet: run it on the CPU backend, or pick another mixer (gla is the default)",
-            ))
-        }
-    })
+        // Not a code of the gated kernels: gsa runs on its own (gsa.rs).
+        MixerKind::Gsa => 6,
+    }
 }
 
 /// Checks the settings and head size; returns the kind code and the gate scale.
 fn check_config(cfg: &MixerConfig, shape: HeadShape) -> Result<(i32, f32)> {
     cfg.validate(shape.d)?;
-    let code = kind_code(cfg.kind)?;
+    let code = kind_code(cfg.kind);
     HeadShape::new(shape.hq, shape.hkv, shape.d)?;
     if shape.d > MAX_HEAD_DIM {
         return Err(Error::invalid_argument(format!(
@@ -214,6 +213,9 @@ pub fn mixer_chunk_forward_in_segments<T: GpuElement>(
     if dims.batch == 0 {
         return Ok(());
     }
+    if cfg.kind == MixerKind::Gsa {
+        return gsa::forward(ctx, cfg, dims, [q, k, v], o, initial, final_state, segments);
+    }
     let (bf16, group) = (T::KERNEL_SUFFIX == "bf16", dims.shape.group());
     let schedule = forward_schedule(ctx, dims, bf16, segments)?;
     let mut plan = ScratchPlan::default();
@@ -250,6 +252,9 @@ pub fn mixer_recurrent_step<T: GpuElement>(
     expect_len("state", state.len(), batch * mixer_state_len(cfg, shape))?;
     if batch == 0 {
         return Ok(());
+    }
+    if cfg.kind == MixerKind::Gsa {
+        return gsa::step(ctx, cfg, batch, shape, state, [q_t, k_t, v_t], o_t);
     }
     // The feature maps are applied inside the scan CTA: nothing is allocated, so the step can
     // be captured in a CUDA graph. In place: each thread reads its state values first and
@@ -370,7 +375,9 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
     if dims.batch == 0 || dims.tokens == 0 {
         return Ok(());
     }
-    let group = dims.shape.group();
+    if cfg.kind == MixerKind::Gsa {
+        return gsa::backward(ctx, cfg, dims, [q, k, v, d_o], [dq, dk, dv], segments);
+    }
     let bf16 = T::KERNEL_SUFFIX == "bf16";
     let pieces = dims.tokens.div_ceil(GATE_PIECE);
     let side_by_side = backward_side_by_side(dims);
@@ -392,21 +399,8 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
         let jobs = backward_jobs(ctx, dims, &f, do_ptr, [dqf, dvf, dkf], kind, scale)?;
         segments::run(ctx, dims, &jobs, side_by_side, &schedule, &segment_regions, base)?;
 
-        let (batch, tokens, hkv, group_arg, d) =
-            (int("batch", dims.batch)?, int("tokens", dims.tokens)?, int("hkv", dims.shape.hkv)?, int("group", group)?, int("d", dims.shape.d)?);
-        let name = "mixer_gate_grad_pieces_f32";
-        let func = ctx.function(&MIXER_GATED, name)?;
-        let mut launch = ctx.stream().launch_builder(&func);
-        launch.arg(&f.qf).arg(&dqf).arg(&f.kf).arg(&dkf).arg(&dg).arg(&carry);
-        launch.arg(&batch).arg(&tokens).arg(&hkv).arg(&group_arg).arg(&d);
-        // SAFETY: one thread per (sequence, piece, kv head, key dim); the regions hold the batch's tensors.
-        ctx.check_launch(unsafe { launch.launch(threads(dims.batch * pieces * dims.shape.hkv * dims.shape.d)) }, name)?;
-        let name = "mixer_gate_grad_carry_f32";
-        let func = ctx.function(&MIXER_GATED, name)?;
-        let mut launch = ctx.stream().launch_builder(&func);
-        launch.arg(&carry).arg(&batch).arg(&tokens).arg(&hkv).arg(&d);
-        // SAFETY: one thread per (sequence, kv head, key dim), walking the pieces.
-        ctx.check_launch(unsafe { launch.launch(threads(dims.batch * dims.shape.hkv * dims.shape.d)) }, name)?;
+        gate_gradient(ctx, dims, [f.qf, dqf, f.kf, dkf], dg, carry)?;
+        let (tokens, hkv, d) = (int("tokens", dims.tokens)?, int("hkv", dims.shape.hkv)?, int("d", dims.shape.d)?);
 
         let q_rows = (dims.q_len() / dims.shape.d) as i64;
         let kv_rows = (dims.kv_len() / dims.shape.d) as i64;
@@ -419,6 +413,29 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
         // SAFETY: q-shaped buffers hold q_rows rows of d, the others kv_rows; one warp per row.
         ctx.check_launch(unsafe { launch.launch(warp_per_row((q_rows + kv_rows) as usize)) }, name)
     })
+}
+
+/// The log-gate gradient `dg_t = sum_{s >= t} (sum_h qf_s . dqf_s - kf_s . dkf_s)` per key dim,
+/// `operands` = [qf, dqf, kf, dkf]: within each piece of GATE_PIECE tokens into `dg`, and the
+/// sum over the later pieces into `carry` (`[B, pieces, hkv, d]`), to be added by the caller.
+fn gate_gradient(ctx: &GpuContext, dims: MixerDims, operands: [u64; 4], dg: u64, carry: u64) -> Result<()> {
+    let pieces = dims.tokens.div_ceil(GATE_PIECE);
+    let (batch, tokens, hkv, group, d) =
+        (int("batch", dims.batch)?, int("tokens", dims.tokens)?, int("hkv", dims.shape.hkv)?, int("group", dims.shape.group())?, int("d", dims.shape.d)?);
+    let [qf, dqf, kf, dkf] = operands;
+    let name = "mixer_gate_grad_pieces_f32";
+    let func = ctx.function(&MIXER_GATED, name)?;
+    let mut launch = ctx.stream().launch_builder(&func);
+    launch.arg(&qf).arg(&dqf).arg(&kf).arg(&dkf).arg(&dg).arg(&carry);
+    launch.arg(&batch).arg(&tokens).arg(&hkv).arg(&group).arg(&d);
+    // SAFETY: one thread per (sequence, piece, kv head, key dim); the regions hold the batch's tensors.
+    ctx.check_launch(unsafe { launch.launch(threads(dims.batch * pieces * dims.shape.hkv * dims.shape.d)) }, name)?;
+    let name = "mixer_gate_grad_carry_f32";
+    let func = ctx.function(&MIXER_GATED, name)?;
+    let mut launch = ctx.stream().launch_builder(&func);
+    launch.arg(&carry).arg(&batch).arg(&tokens).arg(&hkv).arg(&d);
+    // SAFETY: one thread per (sequence, kv head, key dim), walking the pieces.
+    ctx.check_launch(unsafe { launch.launch(threads(dims.batch * dims.shape.hkv * dims.shape.d)) }, name)
 }
 
 /// One thread per item, in blocks of BLOCK.
@@ -459,9 +476,7 @@ mod tests {
 
     #[test]
     fn unsupported_settings_are_typed_errors() {
-        let err = check_config(&MixerConfig::new(MixerKind::Gsa), shape(4, 2, 64)).unwrap_err();
-        assert_eq!(err.code, ErrorCode::InvalidArgument);
-        assert!(err.message.contains("CPU backend"), "{}", err.message);
+        assert!(check_config(&MixerConfig::new(MixerKind::Gsa), shape(4, 2, 64)).is_ok());
         let err = check_config(&MixerConfig::default(), shape(2, 1, 256)).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument);
         assert!(err.message.contains("up to 128"), "{}", err.message);
