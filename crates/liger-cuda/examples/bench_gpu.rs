@@ -5,6 +5,8 @@
 //!     cargo run -p liger-cuda --release --example bench_gpu -- \
 //!         --shapes 135m,1b --train 8x1024,1x1024 --decode-batches 1,16 --contexts 1024,32768
 //!
+//! `--mixer NAME` picks the Liger mixer (default gla).
+//!
 //! With `--profile`, one more training step runs with the time profile on
 //! (`GpuContext::set_profiling`) and its table goes to stderr: where the step's time goes.
 //!
@@ -15,6 +17,7 @@
 use half::bf16;
 use liger_core::config::{Architecture, ModelConfig};
 use liger_core::convert::{LigerOptions, LoraOptions, LoraTarget};
+use liger_core::liger::{MixerConfig, MixerKind};
 use liger_core::train::optim::{AdamWConfig, AdamWState};
 use liger_core::train::trainer::Trainable;
 use liger_core::Result;
@@ -81,18 +84,20 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-fn model(name: &str) -> Result<GpuLigerModel<bf16>> {
+fn model(name: &str, mixer: MixerKind) -> Result<GpuLigerModel<bf16>> {
     let cfg = config(name).ok_or_else(|| liger_core::Error::invalid_argument(format!("unknown shape {name}; known: 135m, 1b, 8b")))?;
     let ctx = GpuContext::new(0)?;
     keep_freed_memory_pooled(&ctx)?;
     let lora = LoraOptions { rank: 8, alpha: 8.0, targets: vec![LoraTarget::Q, LoraTarget::K, LoraTarget::V], seed: 0 };
-    let host = shape_only_host(&cfg, LigerOptions::default(), lora)?;
+    let mut options = LigerOptions::default();
+    options.attention.mixer = MixerConfig::new(mixer);
+    let host = shape_only_host(&cfg, options, lora)?;
     let weights = GpuWeights::<bf16>::random(&ctx, &cfg, 7)?;
     GpuLigerModel::with_weights(ctx, host, weights)
 }
 
-fn train(name: &str, batch: usize, seq: usize, steps: usize, profile: bool) -> Result<String> {
-    let mut m = model(name)?;
+fn train(name: &str, mixer: MixerKind, batch: usize, seq: usize, steps: usize, profile: bool) -> Result<String> {
+    let mut m = model(name, mixer)?;
     let vocab = m.config().vocab_size;
     let seqs: Vec<Vec<u32>> = (0..2 * batch).map(|i| tokens(seq, vocab, i as u64)).collect();
     let mut grads = m.new_grads();
@@ -128,7 +133,8 @@ fn train(name: &str, batch: usize, seq: usize, steps: usize, profile: bool) -> R
     let peak = peak_memory(m.context())? as f64 / (1u64 << 30) as f64;
     let (mixer_ms, attention_ms) = kernel_share(&m, batch, seq)?;
     Ok(format!(
-        r#"{{"bench":"train_step","shape":"{name}","dtype":"bf16","lora":"r8 q,k,v","batch":{batch},"seq":{seq},"step_ms":{:.2},"tokens_per_s":{:.0},"peak_pool_gib":{peak:.2},"mixer_fwd_bwd_ms_all_layers":{mixer_ms:.1},"swa_fwd_bwd_ms_all_layers":{attention_ms:.1},"device":"{}"}}"#,
+        r#"{{"bench":"train_step","shape":"{name}","mixer":"{}","dtype":"bf16","lora":"r8 q,k,v","batch":{batch},"seq":{seq},"step_ms":{:.2},"tokens_per_s":{:.0},"peak_pool_gib":{peak:.2},"mixer_fwd_bwd_ms_all_layers":{mixer_ms:.1},"swa_fwd_bwd_ms_all_layers":{attention_ms:.1},"device":"{}"}}"#,
+        mixer.name(),
         step_s * 1e3,
         (batch * seq) as f64 / step_s,
         m.context().info().name
@@ -187,8 +193,8 @@ fn kernel_share(m: &GpuLigerModel<bf16>, batch: usize, seq: usize) -> Result<(f6
     Ok((mixer * c.num_layers as f64, attention * c.num_layers as f64))
 }
 
-fn decode(name: &str, batch: usize, context: usize, steps: usize, profile: bool) -> Result<String> {
-    let m = model(name)?;
+fn decode(name: &str, mixer: MixerKind, batch: usize, context: usize, steps: usize, profile: bool) -> Result<String> {
+    let m = model(name, mixer)?;
     let vocab = m.config().vocab_size;
     let prompts: Vec<Vec<u32>> = (0..batch).map(|i| tokens(context, vocab, 100 + i as u64)).collect();
     let mut state = m.new_batch_state(batch);
@@ -225,7 +231,8 @@ fn decode(name: &str, batch: usize, context: usize, steps: usize, profile: bool)
     }
     let peak = peak_memory(m.context())? as f64 / (1u64 << 30) as f64;
     Ok(format!(
-        r#"{{"bench":"decode","shape":"{name}","dtype":"bf16","batch":{batch},"context":{context},"prefill_s":{prefill_s:.3},"step_ms":{step_ms:.3},"graph":{graph},"plain_step_ms":{plain_step_ms:.3},"state_bytes_per_seq":{},"ms_per_token":{:.4},"tokens_per_s":{:.0},"peak_pool_gib":{peak:.2}}}"#,
+        r#"{{"bench":"decode","shape":"{name}","mixer":"{}","dtype":"bf16","batch":{batch},"context":{context},"prefill_s":{prefill_s:.3},"step_ms":{step_ms:.3},"graph":{graph},"plain_step_ms":{plain_step_ms:.3},"state_bytes_per_seq":{},"ms_per_token":{:.4},"tokens_per_s":{:.0},"peak_pool_gib":{peak:.2}}}"#,
+        mixer.name(),
         state.bytes_per_sequence(),
         step_ms / batch as f64,
         batch as f64 * 1e3 / step_ms
@@ -245,6 +252,11 @@ fn main() {
     let contexts = list(&args, "--contexts", "1024");
     let steps: usize = list(&args, "--steps", "5")[0].parse().unwrap_or(5);
     let profile = args.iter().any(|a| a == "--profile");
+    let mixer_name = list(&args, "--mixer", "gla")[0].clone();
+    let Some(mixer) = MixerKind::ALL.into_iter().find(|k| k.name() == mixer_name) else {
+        eprintln!("--mixer takes one of gla, hgrn2, gsa, retention, mamba2, rwkv6, linear; got {mixer_name}");
+        std::process::exit(2);
+    };
     let report = |what: String, r: Result<String>| match r {
         Ok(line) => println!("{line}"),
         Err(e) => println!(r#"{{"bench":"{what}","error":"{}: {}"}}"#, e.code, e.message.replace('"', "'")),
@@ -255,7 +267,7 @@ fn main() {
                 eprintln!("--train takes BxT pairs such as 8x1024, got {bt}");
                 std::process::exit(2);
             };
-            report(format!("train_step {shape} {bt}"), train(shape, b, t, steps, profile));
+            report(format!("train_step {shape} {bt}"), train(shape, mixer, b, t, steps, profile));
         }
         for b in &batches {
             for ctx_len in &contexts {
@@ -263,7 +275,7 @@ fn main() {
                     eprintln!("--decode-batches and --contexts take numbers");
                     std::process::exit(2);
                 };
-                report(format!("decode {shape} b{b} c{c}"), decode(shape, b, c, 20, profile));
+                report(format!("decode {shape} b{b} c{c}"), decode(shape, mixer, b, c, 20, profile));
             }
         }
     }
