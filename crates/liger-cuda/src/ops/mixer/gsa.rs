@@ -28,7 +28,7 @@ use liger_core::liger::{HeadShape, MixerConfig};
 use liger_core::{Error, Result};
 
 /// Threads of a decoding-step CTA.
-const STEP_THREADS: u32 = 128;
+const STEP_THREADS: u32 = 512;
 /// Shared memory a decoding-step CTA may use without opting in.
 const STEP_SHARED_BYTES: usize = 48 * 1024;
 
@@ -317,7 +317,7 @@ pub(super) fn step<T: GpuElement>(
     o_t: &mut GpuBuffer<T>,
 ) -> Result<()> {
     let (d, group, slots) = (shape.d, shape.group(), cfg.gsa_slots);
-    let shared = 4 * (2 * d + 2 * slots + 2 * group * d + group * slots);
+    let shared = 4 * (2 * d + 2 * slots + group * d + STEP_THREADS as usize + group * slots);
     if shared > STEP_SHARED_BYTES {
         return Err(Error::invalid_argument(format!(
             "{group} query heads per key-value head with {slots} gsa slots are more than the GPU decoding step takes: use the CPU backend"
