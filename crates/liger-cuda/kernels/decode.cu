@@ -162,3 +162,34 @@ GEMV_ENTRY_POINTS(float, f32, 1)
 GEMV_ENTRY_POINTS(float, f32, 4)
 GEMV_ENTRY_POINTS(bf16, bf16, 1)
 GEMV_ENTRY_POINTS(bf16, bf16, 4)
+
+// The adapters' up projections of a decoding step, after their down projections (a
+// decode_gemv of the f32 input with the A matrices): y_a[b, o] += scale_a * sum_j u_a[b, j]
+// B_a[o, j] for up to three adapters (q, k, v) in one launch, a thread per (adapter, sequence,
+// output), grid-stride. Unused adapters have out = 0.
+struct DecodeLoraUp {
+    const float* u;  // [batch, rank]
+    const float* b;  // [out, rank]
+    float* y;        // [batch, out]
+    int rank, out;
+    float scale;
+};
+
+extern "C" __global__ void decode_lora_up(const DecodeLoraUp a0, const DecodeLoraUp a1, const DecodeLoraUp a2, int batch) {
+    const long long n0 = (long long)batch * a0.out, n1 = (long long)batch * a1.out, n2 = (long long)batch * a2.out;
+    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < n0 + n1 + n2; idx += (long long)gridDim.x * blockDim.x) {
+        long long i = idx;
+        const DecodeLoraUp* a = &a0;
+        if (i >= n0) {
+            i -= n0, a = &a1;
+            if (i >= n1) i -= n1, a = &a2;
+        }
+        const long long s = i / a->out;
+        const int o = i % a->out;
+        const float* u = a->u + s * a->rank;
+        const float* w = a->b + (long long)o * a->rank;
+        float acc = 0.0f;
+        for (int j = 0; j < a->rank; ++j) acc = fmaf(u[j], w[j], acc);
+        a->y[i] = fmaf(a->scale, acc, a->y[i]);
+    }
+}

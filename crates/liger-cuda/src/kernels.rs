@@ -118,6 +118,7 @@ pub const DECODE: KernelFile = kernel_file!(
         "decode_mix_f32", "decode_mix_bf16",
         "decode_gemv_f32_b1", "decode_gemv_f32_b4", "decode_gemv_bf16_b1", "decode_gemv_bf16_b4",
         "decode_gemv_swiglu_f32_b1", "decode_gemv_swiglu_f32_b4", "decode_gemv_swiglu_bf16_b1", "decode_gemv_swiglu_bf16_b4",
+        "decode_lora_up",
     ]
 );
 

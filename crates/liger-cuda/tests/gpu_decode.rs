@@ -13,7 +13,7 @@ use liger_core::model::{BaseModel, ModelFormat};
 use liger_core::testing::{random_tokens, random_weights, tiny_config};
 use liger_core::tokenizer::Tokenizer;
 use liger_core::ErrorCode;
-use liger_cuda::ops::decode::{decode_gemv, decode_gemv_swiglu, decode_mix, decode_rope_append, DecodeRope};
+use liger_cuda::ops::decode::{decode_gemv, decode_gemv_swiglu, decode_lora_up, decode_mix, decode_rope_append, DecodeRope, LoraUp};
 use liger_cuda::ops::rms_norm::rms_norm_forward_pair;
 use liger_cuda::ops::swiglu::swiglu_forward_to;
 use liger_core::generate::CausalLm;
@@ -170,6 +170,36 @@ fn decode_products_match_float64_references() {
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
     let err = decode_gemv_swiglu(&ctx, &f(16), 1, 16, &w, &f(16), &mut f(8)).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
+}
+
+#[test]
+fn lora_up_projections_match_float64_references() {
+    // Three adapters (q 96 outputs rank 8, k and v 32 outputs, ranks 8 and 3), 3 sequences,
+    // each added to what its output held, with its own scale.
+    let ctx = gpu();
+    let mut rng = rng("lora_up_projections_match_float64_references");
+    let batch = 3;
+    let shapes = [(96, 8, 2.0f32), (32, 8, 0.5), (32, 3, 1.0)];
+    let host_parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> =
+        shapes.iter().map(|&(out, rank, _)| (random(&mut rng, batch * rank, 1.0), random(&mut rng, out * rank, 1.0), random(&mut rng, batch * out, 1.0))).collect();
+    let uploaded: Vec<(GpuBuffer<f32>, GpuBuffer<f32>)> = host_parts.iter().map(|(u, b, _)| (upload(&ctx, u), upload(&ctx, b))).collect();
+    let mut ys: Vec<GpuBuffer<f32>> = host_parts.iter().map(|(_, _, y)| upload(&ctx, y)).collect();
+    let mut parts: Vec<LoraUp> = shapes.iter().zip(&uploaded).zip(ys.iter_mut()).map(|((&(_, rank, scale), (u, b)), y)| LoraUp { u, b, rank, scale, y }).collect();
+    decode_lora_up(&ctx, batch, &mut parts).unwrap();
+    for (i, (&(out, rank, scale), (u, b, y0))) in shapes.iter().zip(&host_parts).enumerate() {
+        let reference: Vec<f64> = (0..batch * out)
+            .map(|e| {
+                let (s, o) = (e / out, e % out);
+                y0[e] as f64 + scale as f64 * (0..rank).map(|j| u[s * rank + j] as f64 * b[o * rank + j] as f64).sum::<f64>()
+            })
+            .collect();
+        check_host(&format!("decode_lora_up adapter {i}"), &host(&ys[i]), &reference, 1e-5);
+    }
+    let f = |n: usize| GpuBuffer::<f32>::zeros(&ctx, n).unwrap();
+    let (u, b) = (f(3 * 8), f(96 * 8));
+    let err = decode_lora_up(&ctx, 3, &mut [LoraUp { u: &u, b: &b, rank: 8, scale: 1.0, y: &mut f(95 * 3) }]).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
+    assert_eq!(decode_lora_up(&ctx, 3, &mut []).unwrap_err().code, ErrorCode::InvalidArgument);
 }
 
 #[test]

@@ -20,7 +20,7 @@ use crate::gemm::{gemm, gemm_scaled, GemmDims, GemmInput};
 use crate::kernels::EMBEDDING;
 use crate::launch::{as_int, block_per_row};
 use crate::ops::attention::attention_decode;
-use crate::ops::decode::{decode_gemv, decode_gemv_swiglu, decode_mix, decode_rope_append, gemv_fits, DecodeRope, GEMV_MAX_BATCH};
+use crate::ops::decode::{decode_gemv, decode_gemv_swiglu, decode_lora_up, decode_mix, decode_rope_append, gemv_fits, DecodeRope, LoraUp, GEMV_MAX_BATCH};
 use crate::ops::mixer::mixer_recurrent_step;
 use crate::ops::rms_norm::{rms_norm_forward, rms_norm_forward_pair};
 use crate::ops::swiglu::swiglu_forward_to;
@@ -53,7 +53,8 @@ pub(super) struct StepBuffers<T> {
     q_rstd: GpuBuffer<f32>,
     k_rstd: GpuBuffer<f32>,
     /// `x Aᵀ` of an adapter: `[B, largest rank]`.
-    lora_u: GpuBuffer<f32>,
+    /// `x Aᵀ` of the q, k, v (or o) adapters.
+    lora_u: [GpuBuffer<f32>; 3],
     q_roped: GpuBuffer<T>,
     o_mixer: GpuBuffer<f32>,
     o_attention: GpuBuffer<T>,
@@ -130,7 +131,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             k_normed: f32s(if head_norms { kvs } else { 0 })?,
             q_rstd: f32s(if head_norms { c.num_heads } else { 0 })?,
             k_rstd: f32s(if head_norms { c.num_kv_heads } else { 0 })?,
-            lora_u: f32s(rank)?,
+            lora_u: [f32s(rank)?, f32s(rank)?, f32s(rank)?],
             q_roped: ts(qs)?,
             o_mixer: f32s(qs)?,
             o_attention: ts(qs)?,
@@ -230,13 +231,14 @@ impl<T: GemmInput> GpuLigerModel<T> {
             if small {
                 decode_gemv(ctx, h_t, b, hs, &mut [(&lw.wq, &mut *q), (&lw.wk, &mut *k), (&lw.wv, &mut *v)], false)?;
             }
-            for (target, w, bias, y, out) in [(LoraTarget::Q, &lw.wq, &lw.bq, &mut *q, qs), (LoraTarget::K, &lw.wk, &lw.bk, &mut *k, kvs), (LoraTarget::V, &lw.wv, &lw.bv, &mut *v, kvs)] {
-                if !small {
+            if !small {
+                for (w, y, out) in [(&lw.wq, &mut *q, qs), (&lw.wk, &mut *k, kvs), (&lw.wv, &mut *v, kvs)] {
                     gemm(ctx, GemmDims { m: b, n: out, k: hs, a_transposed: false, b_transposed: true }, h_t.slice(), w.slice(), y.slice_mut(), false)?;
                 }
-                if let Some(a) = &adapters[target as usize] {
-                    lora_add(ctx, a, h, b, lora_u, y)?;
-                }
+            }
+            let qkv_adapters = [LoraTarget::Q, LoraTarget::K, LoraTarget::V].map(|t| adapters[t as usize].as_ref());
+            lora_add(ctx, &qkv_adapters, h, b, lora_u, &mut [&mut *q, &mut *k, &mut *v])?;
+            for (bias, y) in [(&lw.bq, &mut *q), (&lw.bk, &mut *k), (&lw.bv, &mut *v)] {
                 if let Some(bias) = bias {
                     super::glue::add_bias_rows(ctx, y, bias)?;
                 }
@@ -274,9 +276,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             } else {
                 gemm(ctx, GemmDims { m: b, n: hs, k: qs, a_transposed: false, b_transposed: true }, o_t.slice(), lw.wo.slice(), x.slice_mut(), true)?;
             }
-            if let Some(a) = &adapters[LoraTarget::O as usize] {
-                lora_add(ctx, a, o, b, lora_u, x)?;
-            }
+            lora_add(ctx, &[adapters[LoraTarget::O as usize].as_ref()], o, b, lora_u, &mut [&mut *x])?;
             // x += down(silu(gate(h2)) * up(h2)), h2 = norm(x).
             rms_norm_forward_pair(ctx, x, &lw.ffn_norm, eps, h, h_t, h_rstd)?;
             if small {
@@ -307,13 +307,32 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 }
 
-/// `y += scale · (x Aᵀ) Bᵀ` for `n` rows, `x Aᵀ` kept in `u`.
-fn lora_add(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, n: usize, u: &mut GpuBuffer<f32>, y: &mut GpuBuffer<f32>) -> Result<()> {
-    let len = n * a.rank;
-    let down = GemmDims { m: n, n: a.rank, k: a.in_features, a_transposed: false, b_transposed: true };
-    gemm(ctx, down, x.slice(), a.a.slice(), &mut u.view_mut(0..len), false)?;
-    let up = GemmDims { m: n, n: a.out_features, k: a.rank, a_transposed: false, b_transposed: true };
-    gemm_scaled(ctx, up, &u.view(0..len), a.b.slice(), y.slice_mut(), a.scale, true)
+/// `y_a += scale_a · (x A_aᵀ) B_aᵀ` for the adapters present (up to three, all reading `x`,
+/// `[n, in]`), `x A_aᵀ` kept in `us[a]`. For a few sequences the down projections are one
+/// warp-per-row product and the up projections one launch (two graph nodes in all); else
+/// two cuBLAS products per adapter.
+fn lora_add(ctx: &GpuContext, adapters: &[Option<&GpuLora>], x: &GpuBuffer<f32>, n: usize, us: &mut [GpuBuffer<f32>; 3], ys: &mut [&mut GpuBuffer<f32>]) -> Result<()> {
+    let mut present: Vec<(&GpuLora, &mut GpuBuffer<f32>, &mut GpuBuffer<f32>)> =
+        adapters.iter().zip(us.iter_mut()).zip(ys.iter_mut()).filter_map(|((a, u), y)| a.map(|a| (a, u, &mut **y))).collect();
+    let Some(in_features) = present.first().map(|p| p.0.in_features) else {
+        return Ok(());
+    };
+    let fused = n <= GEMV_MAX_BATCH && gemv_fits::<f32>(in_features) && present.iter().all(|(a, u, _)| u.len() == n * a.rank);
+    if fused {
+        let mut downs: Vec<(&GpuBuffer<f32>, &mut GpuBuffer<f32>)> = present.iter_mut().map(|(a, u, _)| (&a.a, &mut **u)).collect();
+        decode_gemv::<f32>(ctx, x, n, in_features, &mut downs, false)?;
+        drop(downs);
+        let mut ups: Vec<LoraUp> = present.iter_mut().map(|(a, u, y)| LoraUp { u, b: &a.b, rank: a.rank, scale: a.scale, y }).collect();
+        return decode_lora_up(ctx, n, &mut ups);
+    }
+    for (a, u, y) in present {
+        let len = n * a.rank;
+        let down = GemmDims { m: n, n: a.rank, k: a.in_features, a_transposed: false, b_transposed: true };
+        gemm(ctx, down, x.slice(), a.a.slice(), &mut u.view_mut(0..len), false)?;
+        let up = GemmDims { m: n, n: a.out_features, k: a.rank, a_transposed: false, b_transposed: true };
+        gemm_scaled(ctx, up, &u.view(0..len), a.b.slice(), y.slice_mut(), a.scale, true)?;
+    }
+    Ok(())
 }
 
 /// `out[t] = table[ids[t]]` as f32, the ids already on the GPU (the caller checked them

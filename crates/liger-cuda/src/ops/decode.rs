@@ -176,3 +176,60 @@ pub fn decode_gemv_swiglu<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, bat
     // SAFETY: sizes checked above; a warp per row, past the last returns.
     ctx.check_launch(unsafe { launch.launch(warps_for(n)?) }, name)
 }
+
+/// One adapter's up projection in [`decode_lora_up`]: `y += scale · u Bᵀ`, u `[batch, rank]`,
+/// B `[out, rank]`, y `[batch, out]`.
+pub struct LoraUp<'a> {
+    pub u: &'a GpuBuffer<f32>,
+    pub b: &'a GpuBuffer<f32>,
+    pub rank: usize,
+    pub scale: f32,
+    pub y: &'a mut GpuBuffer<f32>,
+}
+
+/// The kernel's `DecodeLoraUp` (null pointers and `out = 0` for an unused slot).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct LoraUpParams {
+    u: u64,
+    b: u64,
+    y: u64,
+    rank: i32,
+    out: i32,
+    scale: f32,
+}
+
+// SAFETY: plain old data with the C layout of the kernel's struct.
+unsafe impl cudarc::driver::DeviceRepr for LoraUpParams {}
+
+/// The up projections of up to three adapters of a decoding step in one launch (their down
+/// projections are a [`decode_gemv`] of the f32 input with the A matrices).
+pub fn decode_lora_up(ctx: &GpuContext, batch: usize, parts: &mut [LoraUp<'_>]) -> Result<()> {
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    if parts.is_empty() || parts.len() > 3 {
+        return Err(Error::invalid_argument(format!("one decoding LoRA launch takes 1 to 3 adapters, got {}", parts.len())));
+    }
+    let mut params = [LoraUpParams::default(); 3];
+    let mut total = 0;
+    for (p, part) in params.iter_mut().zip(parts.iter_mut()) {
+        let out = rows_of("LoRA B", part.b.len(), part.rank)?;
+        expect_len("LoRA down product", part.u.len(), batch * part.rank)?;
+        expect_len("LoRA output", part.y.len(), batch * out)?;
+        total += batch * out;
+        *p = LoraUpParams {
+            u: part.u.slice().device_ptr(ctx.stream()).0,
+            b: part.b.slice().device_ptr(ctx.stream()).0,
+            y: part.y.slice_mut().device_ptr_mut(ctx.stream()).0,
+            rank: as_int("rank", part.rank)?,
+            out: as_int("LoRA outputs", out)?,
+            scale: part.scale,
+        };
+    }
+    let name = "decode_lora_up";
+    let f = ctx.function(&DECODE, name)?;
+    let batch_arg = as_int("batch", batch)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(&params[0]).arg(&params[1]).arg(&params[2]).arg(&batch_arg);
+    // SAFETY: every used slot's buffers hold the sizes checked above; unused slots have out = 0.
+    ctx.check_launch(unsafe { launch.launch(elementwise(total)) }, name)
+}
