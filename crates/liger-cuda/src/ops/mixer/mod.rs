@@ -22,10 +22,12 @@
 //! memory, kept between calls, so a repeated call allocates nothing. A decoding step applies the
 //! feature maps inside the scan CTA and uses no scratch at all (it can be graph-captured).
 
+mod chunked;
 mod gsa;
 mod scan;
 mod segments;
 
+pub use chunked::mixer_uses_chunked;
 pub use segments::TimeSegments;
 
 use crate::buffer::{GpuBuffer, GpuElement};
@@ -215,6 +217,10 @@ pub fn mixer_chunk_forward_in_segments<T: GpuElement>(
     }
     if cfg.kind == MixerKind::Gsa {
         return gsa::forward(ctx, cfg, dims, [q, k, v], o, initial, final_state, segments);
+    }
+    if dims.tokens > 0 && mixer_uses_chunked::<T>(dims.shape.d, segments) {
+        let (initial, final_state) = (initial.map_or(0, |s| ptr(ctx, s)), final_state.map_or(0, |s| ptr_mut(ctx, s)));
+        return chunked::forward(ctx, dims, kind, scale, q, k, v, o, initial, final_state);
     }
     let (bf16, group) = (T::KERNEL_SUFFIX == "bf16", dims.shape.group());
     let schedule = forward_schedule(ctx, dims, bf16, segments)?;
