@@ -93,7 +93,11 @@ pub const MIXER_GSA: KernelFile = kernel_file!(
 
 pub const MIXER_CHUNKED: KernelFile = kernel_file!(
     "mixer_chunked",
-    ["mixer_chunk_states_d64", "mixer_chunk_states_d128", "mixer_chunk_output_d64", "mixer_chunk_output_d128"]
+    [
+        "mixer_chunk_states_d64", "mixer_chunk_states_d128", "mixer_chunk_output_d64", "mixer_chunk_output_d128",
+        "mixer_chunk_states_reverse_d64", "mixer_chunk_states_reverse_d128", "mixer_chunk_dq_d64", "mixer_chunk_dq_d128",
+        "mixer_chunk_dkv_d64", "mixer_chunk_dkv_d128",
+    ]
 );
 
 pub const ATTENTION: KernelFile = kernel_file!(

@@ -1,8 +1,7 @@
 //! The chunked tensor-core mixer (`TimeSegments::Chunked`, bf16, head sizes 64 and 128)
 //! against the CPU twins on fresh random inputs: every mixer kind, GQA groups 1, 3 and 4,
 //! sequences shorter than a chunk, one chunk, and ragged last chunks, forward from a random
-//! initial state with its final state (the backward, still the scan's, is checked alongside);
-//! strong decays stay finite; other head sizes and f32 fall back to the scan, and are right
+//! initial state with its final state, and backward; strong decays stay finite; other head sizes and f32 fall back to the scan, and are right
 //! there too.
 
 mod common;

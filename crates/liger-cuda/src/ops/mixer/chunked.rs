@@ -1,14 +1,19 @@
 //! The chunked form of the mixer's recurrence on tensor cores (`kernels/mixer_chunked.cu`): a
-//! drop-in for the forward scan with bf16 inputs and head sizes 64 or 128 (`TimeSegments::Chunked`). It reads the same
-//! f32 feature maps and writes the same output, in three steps over chunks of 64 tokens:
+//! drop-in for the scans with bf16 inputs and head sizes 64 or 128 (`TimeSegments::Chunked`).
+//! It reads the same f32 feature maps and writes the same outputs (o; dqf, dkf, dvf). The
+//! forward runs in three steps over chunks of 64 tokens:
 //! each chunk's end state from zero (in parallel), the carry across chunks
 //! (`mixer_segment_carry`, the chunks being segments of 64 tokens), then each chunk's output
 //! from its start state plus the chunk's own part (in parallel). The matrix products run in
-//! bf16 with fp32 accumulation, every decay factor applied in f32 first; the scan (`scan.rs`)
+//! bf16 with fp32 accumulation, every decay factor applied in f32 first. The backward
+//! recomputes the chunks' start states the same way, carries the state gradient's chunk
+//! states from the last chunk back, then computes dqf per query head and dkf, dvf per kv head
+//! in parallel over chunks; the gate gradient and feature-map backward that follow are the
+//! scan path's. The scan (`scan.rs`)
 //! stays for f32 inputs, other head sizes, and when asked for (`TimeSegments::Fixed`).
 
 use super::scan::{int, ptr_mut};
-use super::{features, region, threads, FeatureRegions, MixerDims, ScratchPlan, TimeSegments};
+use super::{features, region, threads, FeatureRegions, Features, MixerDims, ScratchPlan, TimeSegments};
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
 use crate::error::driver_error;
@@ -38,9 +43,14 @@ struct ChunkParams {
     kf: u64,
     decay: u64,
     vf: u64,
+    d_o: u64,
     states: u64,
+    rstates: u64,
     products: u64,
     o: u64,
+    dqf: u64,
+    dkf: u64,
+    dvf: u64,
     batch: i32,
     tokens: i32,
     hkv: i32,
@@ -66,6 +76,20 @@ fn states_shared(d: usize) -> usize {
 fn output_shared(d: usize) -> usize {
     let (ld, lc) = (d + 8, CHUNK + 8);
     CHUNK * d * 4 + (4 * CHUNK + d.max(STAGE_ROWS)) * ld * 2 + CHUNK * lc * 2
+}
+
+/// Shared memory bytes of the dqf kernel (kernel `chunk_dq`): G, the chunk's do, v and kf,
+/// the decayed keys, S_0, B in bf16 and its diagonal blocks in f32.
+fn dq_shared(d: usize) -> usize {
+    let (ld, lc) = (d + 8, CHUNK + 8);
+    CHUNK * d * 4 + (3 * CHUNK + 6 * 16 + d) * ld * 2 + CHUNK * lc * 2 + CHUNK * 16 * 4
+}
+
+/// Shared memory bytes of the dkf/dvf kernel (kernel `chunk_dkv`): G, six tiles of the chunk,
+/// H, the decayed queries, A^T and B^T in bf16 and B^T's diagonal blocks in f32.
+fn dkv_shared(d: usize) -> usize {
+    let (ld, lc) = (d + 8, CHUNK + 8);
+    CHUNK * d * 4 + (6 * CHUNK + d + 6 * 16) * ld * 2 + 2 * CHUNK * lc * 2 + CHUNK * 16 * 4
 }
 
 /// Kernel `name` of MIXER_CHUNKED, allowed `shared` bytes of dynamic shared memory.
@@ -111,16 +135,18 @@ fn carry(ctx: &GpuContext, dims: MixerDims, states: u64, products: u64, initial:
     ctx.check_launch(unsafe { launch.launch(threads(dims.batch * hkv * d * d)) }, name)
 }
 
-/// Scratch regions of the chunk states: per chunk, the state and the decay product.
-struct StateRegions {
+/// Scratch regions of the chunk states: per chunk, the state (and the state gradient's, for
+/// the backward) and the decay product.
+pub(super) struct StateRegions {
     states: usize,
+    rstates: Option<usize>,
     products: usize,
 }
 
 impl StateRegions {
-    fn plan(plan: &mut ScratchPlan, dims: MixerDims) -> Self {
+    pub(super) fn plan(plan: &mut ScratchPlan, dims: MixerDims, backward: bool) -> Self {
         let per_chunk = dims.batch * chunks(dims) * dims.shape.hkv * dims.shape.d;
-        StateRegions { states: plan.take(per_chunk * dims.shape.d), products: plan.take(per_chunk) }
+        StateRegions { states: plan.take(per_chunk * dims.shape.d), rstates: backward.then(|| plan.take(per_chunk * dims.shape.d)), products: plan.take(per_chunk) }
     }
 }
 
@@ -154,7 +180,7 @@ pub(super) fn forward<T: GpuElement>(
     let d = dims.shape.d;
     let mut plan = ScratchPlan::default();
     let regions = FeatureRegions::plan(&mut plan, dims);
-    let state_regions = StateRegions::plan(&mut plan, dims);
+    let state_regions = StateRegions::plan(&mut plan, dims, false);
     let out = ptr_mut(ctx, o);
     let (states_name, output_name) = if d == 64 { ("mixer_chunk_states_d64", "mixer_chunk_output_d64") } else { ("mixer_chunk_states_d128", "mixer_chunk_output_d128") };
     ctx.with_scratch(plan.floats, |base| {
@@ -167,20 +193,44 @@ pub(super) fn forward<T: GpuElement>(
     })
 }
 
+/// The backward's dqf, dkf and dvf (f32, at `outs`) in chunked form from the feature maps `f`
+/// and the output gradient `d_o` (f32), zero initial state; `at` was planned for the backward.
+pub(super) fn backward(ctx: &GpuContext, dims: MixerDims, f: &Features, d_o: u64, outs: [u64; 3], base: u64, at: &StateRegions) -> Result<()> {
+    let d = dims.shape.d;
+    let rstates = at.rstates.ok_or_else(|| Error::internal("the chunked backward needs the state gradient's scratch region"))?;
+    let (states, rstates, products) = (region(base, at.states), region(base, rstates), region(base, at.products));
+    let [dqf, dkf, dvf] = outs;
+    let p = ChunkParams { qf: f.qf, kf: f.kf, decay: f.decay, vf: f.vf, d_o, states, rstates, products, dqf, dkf, dvf, ..sizes(dims)? };
+    let names: [&'static str; 4] = if d == 64 {
+        ["mixer_chunk_states_d64", "mixer_chunk_states_reverse_d64", "mixer_chunk_dq_d64", "mixer_chunk_dkv_d64"]
+    } else {
+        ["mixer_chunk_states_d128", "mixer_chunk_states_reverse_d128", "mixer_chunk_dq_d128", "mixer_chunk_dkv_d128"]
+    };
+    let hkv = dims.shape.hkv;
+    launch(ctx, names[0], dims, hkv, 256, states_shared(d), &p)?;
+    launch(ctx, names[1], dims, hkv, 256, states_shared(d), &p)?;
+    carry(ctx, dims, states, products, 0, 0, false)?;
+    carry(ctx, dims, rstates, products, 0, 0, true)?;
+    launch(ctx, names[2], dims, dims.shape.hq, 256, dq_shared(d), &p)?;
+    launch(ctx, names[3], dims, hkv, 256, dkv_shared(d), &p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn chunk_params_have_the_kernel_layout() {
-        // Seven 8-byte pointers, then five ints, padded to 8 bytes.
-        assert_eq!(std::mem::size_of::<ChunkParams>(), 7 * 8 + 6 * 4);
+        // Twelve 8-byte pointers, then five ints, padded to 8 bytes.
+        assert_eq!(std::mem::size_of::<ChunkParams>(), 12 * 8 + 6 * 4);
     }
 
     #[test]
     fn shared_memory_fits_an_sm() {
         for d in [64, 128] {
-            assert!(states_shared(d) <= 227 * 1024 && output_shared(d) <= 227 * 1024, "d = {d}");
+            for bytes in [states_shared(d), output_shared(d), dq_shared(d), dkv_shared(d)] {
+                assert!(bytes <= 227 * 1024, "d = {d}: {bytes} bytes");
+            }
         }
     }
 }

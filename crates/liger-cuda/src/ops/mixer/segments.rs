@@ -42,9 +42,8 @@ pub enum TimeSegments {
     Fixed(usize),
     /// The scan with the automatic plan of segments, even where `Auto` would pick the chunked form.
     Scan,
-    /// The chunked form on tensor cores (`chunked.rs`) for the forward where it applies (bf16,
-    /// head size 64 or 128), even where `Auto` would pick the scan; elsewhere, and for the
-    /// backward, the scan as under `Scan`.
+    /// The chunked form on tensor cores (`chunked.rs`) where it applies (bf16, head size 64
+    /// or 128), even where `Auto` would pick the scan; elsewhere the scan as under `Scan`.
     Chunked,
 }
 
