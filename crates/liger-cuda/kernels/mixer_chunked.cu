@@ -360,8 +360,7 @@ template <int D> __device__ void chunk_dq(const ChunkParams& p) {
     float(*G)[D] = (float(*)[D])smem4;
     u16(*dr)[LD] = (u16(*)[LD])(G + CHUNK);  // [CHUNK][LD]: do
     u16(*vr)[LD] = dr + CHUNK;               // v
-    u16(*kr)[LD] = vr + CHUNK;               // kf
-    u16(*ks)[LD] = kr + CHUNK;               // [6 SUB][LD]: keys decayed to each row block's reference (key_stage_offset)
+    u16(*ks)[LD] = vr + CHUNK;               // [6 SUB][LD]: keys decayed to each row block's reference (key_stage_offset)
     u16(*s0)[LD] = ks + 6 * SUB;             // [D][LD]: S_0 (key dims, value dims)
     u16(*bm)[LC] = (u16(*)[LC])(s0 + D);     // [CHUNK][LC]: B between sub-chunks
     float(*bd)[SUB] = (float(*)[SUB])(bm + CHUNK);  // [CHUNK][SUB]: B's diagonal blocks, f32, zero above
@@ -384,7 +383,6 @@ template <int D> __device__ void chunk_dq(const ChunkParams& p) {
             const float4 key = kq[u], gt = *(const float4*)&G[t][k];
             store_bf16x4(&dr[t][k], oq[u].x, oq[u].y, oq[u].z, oq[u].w);
             store_bf16x4(&vr[t][k], vq[u].x, vq[u].y, vq[u].z, vq[u].w);
-            store_bf16x4(&kr[t][k], key.x, key.y, key.z, key.w);
             for (int rb = tb + 1; rb < CHUNK / SUB; ++rb) {
                 const float4 gr = *(const float4*)&G[rb * SUB - 1][k];
                 store_bf16x4(&ks[key_stage_offset(rb) + t][k], key.x * exp2f(gr.x - gt.x), key.y * exp2f(gr.y - gt.y), key.z * exp2f(gr.z - gt.z),
@@ -440,7 +438,9 @@ template <int D> __device__ void chunk_dq(const ChunkParams& p) {
                 const int k = n0 + acc_col(n, i + e);
                 const float gt = G[t][k];
                 float v = acc[n][i + e] * exp2f(gt - (I > 0 ? G[I * SUB - 1][k] : 0.0f));
-                for (int j = I * SUB; j <= t; ++j) v += bd[t][j - I * SUB] * __uint_as_float((u32)kr[j][k] << 16) * exp2f(gt - G[j][k]);
+                // kf in f32 here: the gate gradient needs qf . dqf and kf . dkf to cancel
+                // exactly where they should (a token's own term first of all).
+                for (int j = I * SUB; j <= min(t, len - 1); ++j) v += bd[t][j - I * SUB] * p.kf[chunk_row<D>(p, b, t0, j, p.hkv, kvh) + k] * exp2f(gt - G[j][k]);
                 out[e] = v;
             }
             if (t < len) *(float2*)(p.dqf + chunk_row<D>(p, b, t0, t, hq, h) + n0 + acc_col(n, i)) = make_float2(out[0], out[1]);
@@ -586,7 +586,8 @@ template <int D> __device__ void chunk_dkv(const ChunkParams& p) {
                 const int t = J * SUB + acc_row(i), k = n0 + acc_col(n, i);
                 const float gt = G[t][k];
                 float v = 0.0f;
-                for (int s2 = t; s2 < (J + 1) * SUB; ++s2) v += bd[t][s2 - J * SUB] * __uint_as_float((u32)qr[s2][k] << 16) * exp2f(G[s2][k] - gt);
+                // qf in f32, as kf in chunk_dq.
+                for (int s2 = t; s2 < min((J + 1) * SUB, len); ++s2) v += bd[t][s2 - J * SUB] * p.qf[chunk_row<D>(p, b, t0, s2, hq, qh) + k] * exp2f(G[s2][k] - gt);
                 acc_d[n][i] += v;
             }
     }

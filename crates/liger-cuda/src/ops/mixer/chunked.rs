@@ -27,10 +27,11 @@ pub const CHUNK: usize = 64;
 const STAGE_ROWS: usize = 9 * 16;
 
 /// Whether a mixer call with elements `T`, head size `d` and `segments` runs in chunked form:
-/// bf16 inputs, head size 64 or 128, and `Chunked` asked for. `Auto` keeps the scan: on an
-/// H100 the chunked forward is still slower than the segmented scan at the shapes timed
-/// (bench_mixer --chunked: B8 T1024 9/3 d64 0.36 vs 0.22 ms, B8 T1024 32/8 d64 1.25 vs 0.81,
-/// B8 T2048 32/8 d128 6.95 vs 2.69).
+/// bf16 inputs, head size 64 or 128, and `Chunked` asked for. `Auto` keeps the scan for now.
+/// On an H100 (bench_mixer --chunked, fwd / bwd ms, chunked vs segmented scan) the chunked
+/// form is faster at the training shapes with d = 64 (B8 T1024 9/3: 0.152 / 0.704 vs 0.222 /
+/// 0.880; 32/8: 0.529 / 1.893 vs 0.808 / 2.307) and slower at d = 128 (B8 T2048 32/8: 3.31 /
+/// 10.4 vs 2.68 / 7.05); `Auto` can take it at d = 64 once gpu_mixer_chunked passes in full.
 pub fn mixer_uses_chunked<T: GpuElement>(d: usize, segments: TimeSegments) -> bool {
     T::KERNEL_SUFFIX == "bf16" && matches!(d, 64 | 128) && segments == TimeSegments::Chunked
 }
@@ -78,11 +79,11 @@ fn output_shared(d: usize) -> usize {
     CHUNK * d * 4 + (4 * CHUNK + d.max(STAGE_ROWS)) * ld * 2 + CHUNK * lc * 2
 }
 
-/// Shared memory bytes of the dqf kernel (kernel `chunk_dq`): G, the chunk's do, v and kf,
-/// the decayed keys, S_0, B in bf16 and its diagonal blocks in f32.
+/// Shared memory bytes of the dqf kernel (kernel `chunk_dq`): G, the chunk's do and v, the
+/// decayed keys, S_0, B in bf16 and its diagonal blocks in f32.
 fn dq_shared(d: usize) -> usize {
     let (ld, lc) = (d + 8, CHUNK + 8);
-    CHUNK * d * 4 + (3 * CHUNK + 6 * 16 + d) * ld * 2 + CHUNK * lc * 2 + CHUNK * 16 * 4
+    CHUNK * d * 4 + (2 * CHUNK + 6 * 16 + d) * ld * 2 + CHUNK * lc * 2 + CHUNK * 16 * 4
 }
 
 /// Shared memory bytes of the dkf/dvf kernel (kernel `chunk_dkv`): G, six tiles of the chunk,
