@@ -10,6 +10,8 @@
 //! When sequences and heads are too few to fill the GPU, each sequence is also cut into time
 //! segments scanned in parallel and joined by a carry of their states (`segments.rs`);
 //! `scan.rs` holds the scan kernel's launches.
+//! `TimeSegments::Chunked` runs bf16 inputs with head sizes 64 and 128 in chunked form on
+//! tensor cores instead (`chunked.rs`), from the same feature maps to the same outputs.
 //!
 //! The backward needs three more scans (from a zero initial state):
 //! - `dqf_t = do_t S_t^T`: forward in time, state transposed (decay along its columns);
