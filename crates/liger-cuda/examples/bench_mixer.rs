@@ -1,7 +1,8 @@
 //! Times the GPU mixer kernels (forward, backward, decoding step) with CUDA events after
 //! warm-up, median of several runs; prints one JSON line per measurement. Each shape is timed
-//! twice: with the scans cut into time segments as the library plans them ("segments":"auto")
-//! and as one sequential scan per sequence ("segments":"1"). With `--sweep`, the training
+//! four ways: one sequential scan per sequence ("segments":"1"), the scans cut into time
+//! segments as the library plans them ("scan"), the chunked tensor-core form ("chunked"), and
+//! the library's default choice ("auto"). With `--chunked`, only the anchor and the training shapes. With `--sweep`, the training
 //! shapes are timed at fixed segment counts instead, to check the plan's choice.
 //! Run on a machine with an NVIDIA GPU: `cargo run -p liger-cuda --release --example bench_mixer`.
 
@@ -63,7 +64,7 @@ fn keep_pool_memory() -> Result<()> {
 }
 
 /// The plans a shape is timed with: sequential and automatic.
-const PLANS: &[(&str, TimeSegments)] = &[("1", TimeSegments::Fixed(1)), ("auto", TimeSegments::Auto)];
+const PLANS: &[(&str, TimeSegments)] = &[("1", TimeSegments::Fixed(1)), ("scan", TimeSegments::Scan), ("chunked", TimeSegments::Chunked), ("auto", TimeSegments::Auto)];
 /// The plans of `--sweep`.
 const SWEEP: &[(&str, TimeSegments)] = &[
     ("1", TimeSegments::Fixed(1)),
@@ -121,6 +122,14 @@ fn bench<T: GpuElement>(ctx: &GpuContext, plans: &[(&str, TimeSegments)], pool: 
 fn main() -> Result<()> {
     let ctx = GpuContext::new(0)?;
     println!("{{\"device\":\"{}\"}}", ctx.info().name);
+    if std::env::args().any(|a| a == "--chunked") {
+        // The chunked form against the scan at the anchor and the two training shapes.
+        keep_pool_memory()?;
+        bench::<bf16>(&ctx, PLANS, "kept", "anchor-8b", MixerKind::Gla, 8, 2048, 32, 8, 128)?;
+        bench::<bf16>(&ctx, PLANS, "kept", "135m-train", MixerKind::Gla, 8, 1024, 9, 3, 64)?;
+        bench::<bf16>(&ctx, PLANS, "kept", "1b-train", MixerKind::Gla, 8, 1024, 32, 8, 64)?;
+        return Ok(());
+    }
     if std::env::args().any(|a| a == "--sweep") {
         keep_pool_memory()?;
         bench::<bf16>(&ctx, SWEEP, "kept", "135m-train", MixerKind::Gla, 8, 1024, 9, 3, 64)?;

@@ -81,3 +81,19 @@ __device__ __forceinline__ void store_quad(bf16* y, size_t i, float4 v) {
 }
 // Whether `p` may be read or written four values at a time.
 template <typename T> __device__ __forceinline__ bool quad_aligned(const T* p) { return ((size_t)p % (4 * sizeof(T))) == 0; }
+
+// Tensor cores (sm_80+): c (16x8 f32) += a (16x16 bf16, row major) * b (16x8 bf16, column major),
+// mma.sync m16n8k16. Fragments (g = lane / 4, t = lane % 4): a holds rows g and g + 8, columns
+// 2t, 2t + 1 (+ 8); b holds column g, rows 2t, 2t + 1 (+ 8); c rows g, g + 8, columns 2t, 2t + 1.
+__device__ __forceinline__ void mma_bf16(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats as bf16x2, `lo` in the lower half (the lower column).
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}

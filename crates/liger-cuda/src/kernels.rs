@@ -91,6 +91,15 @@ pub const MIXER_GSA: KernelFile = kernel_file!(
     ]
 );
 
+pub const MIXER_CHUNKED: KernelFile = kernel_file!(
+    "mixer_chunked",
+    [
+        "mixer_chunk_states_d64", "mixer_chunk_states_d128", "mixer_chunk_output_d64", "mixer_chunk_output_d128",
+        "mixer_chunk_states_reverse_d64", "mixer_chunk_states_reverse_d128", "mixer_chunk_dq_d64", "mixer_chunk_dq_d128",
+        "mixer_chunk_dkv_d64", "mixer_chunk_dkv_d128",
+    ]
+);
+
 pub const ATTENTION: KernelFile = kernel_file!(
     "attention",
     [
@@ -125,4 +134,4 @@ pub const DECODE: KernelFile = kernel_file!(
 pub const SAMPLING: KernelFile = kernel_file!("sampling", ["argmax_rows_f32", "sample_rows_f32"]);
 
 /// Every kernel file of the crate.
-pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE, MIXER_GATED, MIXER_GSA, ATTENTION, SAMPLING, MODEL, DECODE];
+pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE, MIXER_GATED, MIXER_GSA, MIXER_CHUNKED, ATTENTION, SAMPLING, MODEL, DECODE];

@@ -10,6 +10,8 @@
 //! When sequences and heads are too few to fill the GPU, each sequence is also cut into time
 //! segments scanned in parallel and joined by a carry of their states (`segments.rs`);
 //! `scan.rs` holds the scan kernel's launches.
+//! `TimeSegments::Chunked` runs bf16 inputs with head sizes 64 and 128 in chunked form on
+//! tensor cores instead (`chunked.rs`), from the same feature maps to the same outputs.
 //!
 //! The backward needs three more scans (from a zero initial state):
 //! - `dqf_t = do_t S_t^T`: forward in time, state transposed (decay along its columns);
@@ -22,10 +24,12 @@
 //! memory, kept between calls, so a repeated call allocates nothing. A decoding step applies the
 //! feature maps inside the scan CTA and uses no scratch at all (it can be graph-captured).
 
+mod chunked;
 mod gsa;
 mod scan;
 mod segments;
 
+pub use chunked::mixer_uses_chunked;
 pub use segments::TimeSegments;
 
 use crate::buffer::{GpuBuffer, GpuElement};
@@ -216,6 +220,10 @@ pub fn mixer_chunk_forward_in_segments<T: GpuElement>(
     if cfg.kind == MixerKind::Gsa {
         return gsa::forward(ctx, cfg, dims, [q, k, v], o, initial, final_state, segments);
     }
+    if dims.tokens > 0 && mixer_uses_chunked::<T>(dims.shape.d, segments) {
+        let (initial, final_state) = (initial.map_or(0, |s| ptr(ctx, s)), final_state.map_or(0, |s| ptr_mut(ctx, s)));
+        return chunked::forward(ctx, dims, kind, scale, q, k, v, o, initial, final_state);
+    }
     let (bf16, group) = (T::KERNEL_SUFFIX == "bf16", dims.shape.group());
     let schedule = forward_schedule(ctx, dims, bf16, segments)?;
     let mut plan = ScratchPlan::default();
@@ -381,13 +389,15 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
     let bf16 = T::KERNEL_SUFFIX == "bf16";
     let pieces = dims.tokens.div_ceil(GATE_PIECE);
     let side_by_side = backward_side_by_side(dims);
-    let schedule = backward_schedule(ctx, dims, kind, scale, segments)?;
+    let chunked_path = mixer_uses_chunked::<T>(dims.shape.d, segments);
+    let schedule = if chunked_path { None } else { Some(backward_schedule(ctx, dims, kind, scale, segments)?) };
     let mut plan = ScratchPlan::default();
     let regions = FeatureRegions::plan(&mut plan, dims);
     let dof_at = bf16.then(|| plan.take(dims.q_len()));
     let (dqf_at, dkf_at, dvf_at, dg_at) = (plan.take(dims.q_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()));
     let carry_at = plan.take(dims.batch * pieces * dims.shape.hkv * dims.shape.d);
-    let segment_regions = SegmentRegions::plan(&mut plan, dims, &schedule, 3);
+    let segment_regions = schedule.as_ref().map(|s| SegmentRegions::plan(&mut plan, dims, s, 3));
+    let chunk_regions = chunked_path.then(|| chunked::StateRegions::plan(&mut plan, dims, true));
     let (dq, dk, dv) = (ptr_mut(ctx, dq), ptr_mut(ctx, dk), ptr_mut(ctx, dv));
     ctx.with_scratch(plan.floats, |base| {
         let f = features(ctx, dims, kind, scale, q, k, v, base, &regions)?;
@@ -396,8 +406,14 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
             None => ptr(ctx, d_o),
         };
         let (dqf, dkf, dvf, dg, carry) = (region(base, dqf_at), region(base, dkf_at), region(base, dvf_at), region(base, dg_at), region(base, carry_at));
-        let jobs = backward_jobs(ctx, dims, &f, do_ptr, [dqf, dvf, dkf], kind, scale)?;
-        segments::run(ctx, dims, &jobs, side_by_side, &schedule, &segment_regions, base)?;
+        match (&schedule, &segment_regions, &chunk_regions) {
+            (Some(schedule), Some(segment_regions), _) => {
+                let jobs = backward_jobs(ctx, dims, &f, do_ptr, [dqf, dvf, dkf], kind, scale)?;
+                segments::run(ctx, dims, &jobs, side_by_side, schedule, segment_regions, base)?;
+            }
+            (_, _, Some(chunk_regions)) => chunked::backward(ctx, dims, &f, do_ptr, [dqf, dkf, dvf], base, chunk_regions)?,
+            _ => return Err(Error::internal("the mixer backward has neither a scan plan nor chunk regions")),
+        }
 
         gate_gradient(ctx, dims, [f.qf, dqf, f.kf, dkf], dg, carry)?;
         let (tokens, hkv, d) = (int("tokens", dims.tokens)?, int("hkv", dims.shape.hkv)?, int("d", dims.shape.d)?);

@@ -32,12 +32,19 @@ use liger_core::{Error, Result};
 /// How a mixer's scans split each sequence over time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TimeSegments {
-    /// As many segments as fill the GPU best (one when the grid already fills it).
+    /// The scan with as many segments as fill the GPU best (one when the grid already fills
+    /// it); the chunked form (`chunked.rs`) where it applies and is faster, which it is not yet
+    /// at any shape timed.
     #[default]
     Auto,
     /// This many segments of equal length (the last may be shorter; at most one per token).
     /// `Fixed(1)` is the sequential scan.
     Fixed(usize),
+    /// The scan with the automatic plan of segments, even where `Auto` would pick the chunked form.
+    Scan,
+    /// The chunked form on tensor cores (`chunked.rs`) where it applies (bf16, head size 64
+    /// or 128), even where `Auto` would pick the scan; elsewhere the scan as under `Scan`.
+    Chunked,
 }
 
 /// Fewest tokens per segment of the automatic plan: shorter ones cost more in the extra
@@ -115,7 +122,7 @@ pub(super) fn schedule(ctx: &GpuContext, dims: MixerDims, jobs: &[ScanJob], side
     // grid.z (sequences x segments) is at most 65535.
     let most = (65535 / dims.batch.max(1)).max(1);
     let counts = match segments {
-        TimeSegments::Auto => 1..=(tokens / MIN_SEGMENT).clamp(1, MAX_SEGMENTS).min(most),
+        TimeSegments::Auto | TimeSegments::Scan | TimeSegments::Chunked => 1..=(tokens / MIN_SEGMENT).clamp(1, MAX_SEGMENTS).min(most),
         TimeSegments::Fixed(0) => return Err(Error::invalid_argument("a scan needs at least one time segment per sequence: use Fixed(1) or more, or Auto")),
         TimeSegments::Fixed(n) => {
             let n = n.min(tokens.max(1)).min(most);
@@ -139,7 +146,7 @@ pub(super) fn schedule(ctx: &GpuContext, dims: MixerDims, jobs: &[ScanJob], side
     }
     // Automatic segments end on tile boundaries; fixed ones are as even as they can be.
     let multiple = match segments {
-        TimeSegments::Auto => jobs.iter().map(ScanJob::tile).max().unwrap_or(1),
+        TimeSegments::Auto | TimeSegments::Scan | TimeSegments::Chunked => jobs.iter().map(ScanJob::tile).max().unwrap_or(1),
         TimeSegments::Fixed(_) => 1,
     };
     Ok(Schedule { side_by_side: together, plan: SegmentPlan::split(tokens, count, multiple) })

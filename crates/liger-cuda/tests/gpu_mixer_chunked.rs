@@ -1,0 +1,183 @@
+//! The chunked tensor-core mixer (`TimeSegments::Chunked`, bf16, head sizes 64 and 128)
+//! against the CPU twins on fresh random inputs: every mixer kind, GQA groups 1, 3 and 4,
+//! sequences shorter than a chunk, one chunk, and ragged last chunks, forward from a random
+//! initial state with its final state, and backward; strong decays stay finite; other head sizes and f32 fall back to the scan, and are right
+//! there too.
+
+mod common;
+
+use common::*;
+use half::bf16;
+use liger_core::liger::{chunk_backward, chunk_forward, HeadShape, MixerConfig, MixerKind, MixerState, DEFAULT_CHUNK_SIZE};
+use liger_cuda::ops::mixer::{mixer_chunk_backward_in_segments, mixer_chunk_forward_in_segments, mixer_state_len, mixer_uses_chunked, MixerDims, TimeSegments};
+use liger_cuda::{GpuContext, GpuElement};
+use rand::rngs::StdRng;
+
+/// bf16 outputs, relative to the output's scale (as the other bf16 mixer tests).
+const BF16_TOL: f64 = 2e-2;
+/// The final state: f32 out, but built from bf16 products.
+const STATE_TOL: f64 = 1e-2;
+const FP32_TOL: f64 = 1e-4;
+
+struct Problem {
+    cfg: MixerConfig,
+    dims: MixerDims,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    d_o: Vec<f32>,
+    initial: Vec<f32>,
+}
+
+fn round<T: GpuElement>(x: Vec<f32>) -> Vec<f32> {
+    x.into_iter().map(|v| T::from_f32(v).to_f32()).collect()
+}
+
+impl Problem {
+    /// Raw inputs rounded to `T`; `k_scale` sets how strong the gates are.
+    fn new<T: GpuElement>(rng: &mut StdRng, kind: MixerKind, batch: usize, tokens: usize, shape: HeadShape, k_scale: f32) -> Self {
+        let cfg = MixerConfig::new(kind);
+        let (nq, nkv) = (batch * tokens * shape.hq * shape.d, batch * tokens * shape.hkv * shape.d);
+        Problem {
+            cfg,
+            dims: MixerDims { batch, tokens, shape },
+            q: round::<T>(random(rng, nq, 2.0)),
+            k: round::<T>(random(rng, nkv, k_scale)),
+            v: round::<T>(random(rng, nkv, 1.0)),
+            d_o: round::<T>(random(rng, nq, 1.0)),
+            initial: random(rng, batch * mixer_state_len(&cfg, shape), 0.5),
+        }
+    }
+
+    fn seq<'a>(&self, x: &'a [f32], b: usize) -> &'a [f32] {
+        let per = x.len() / self.dims.batch;
+        &x[b * per..(b + 1) * per]
+    }
+
+    /// CPU forward from the initial state and backward from a zero state: (o, final, dq, dk, dv).
+    fn cpu(&self) -> [Vec<f64>; 5] {
+        let mut r: [Vec<f64>; 5] = Default::default();
+        let shape = self.dims.shape;
+        for b in 0..self.dims.batch {
+            let mut init = MixerState::zeros(&self.cfg, shape);
+            init.data.copy_from_slice(self.seq(&self.initial, b));
+            let (q, k, v) = (self.seq(&self.q, b), self.seq(&self.k, b), self.seq(&self.v, b));
+            let (o, fin) = chunk_forward(&self.cfg, shape, q, k, v, Some(&init), DEFAULT_CHUNK_SIZE).unwrap();
+            let g = chunk_backward(&self.cfg, shape, q, k, v, self.seq(&self.d_o, b), DEFAULT_CHUNK_SIZE).unwrap();
+            for (out, x) in r.iter_mut().zip([&o, &fin.data, &g.dq, &g.dk, &g.dv]) {
+                out.extend(to_f64(x));
+            }
+        }
+        r
+    }
+
+    /// The GPU's o, final state, dq, dk, dv under `segments`, every output poisoned first.
+    fn gpu<T: GpuElement>(&self, ctx: &GpuContext, segments: TimeSegments) -> [Vec<f32>; 5] {
+        let (q, k, v) = (up::<T>(ctx, &self.q), up::<T>(ctx, &self.k), up::<T>(ctx, &self.v));
+        let mut o = poison::<T>(ctx, self.q.len());
+        let mut fin = poisoned(ctx, self.initial.len());
+        mixer_chunk_forward_in_segments(ctx, &self.cfg, self.dims, &q, &k, &v, &mut o, Some(&upload(ctx, &self.initial)), Some(&mut fin), segments).unwrap();
+        let (mut dq, mut dk, mut dv) = (poison::<T>(ctx, self.q.len()), poison::<T>(ctx, self.k.len()), poison::<T>(ctx, self.v.len()));
+        mixer_chunk_backward_in_segments(ctx, &self.cfg, self.dims, &q, &k, &v, &up::<T>(ctx, &self.d_o), &mut dq, &mut dk, &mut dv, segments).unwrap();
+        [host(&o), fin.to_host().unwrap(), host(&dq), host(&dk), host(&dv)]
+    }
+
+    fn label<T: GpuElement>(&self) -> String {
+        let s = self.dims.shape;
+        format!("{} B={} T={} {}/{} d={} {}", self.cfg.kind.name(), self.dims.batch, self.dims.tokens, s.hq, s.hkv, s.d, T::KERNEL_SUFFIX)
+    }
+}
+
+/// Checks the GPU under `segments` against the CPU twin; returns the largest error.
+fn check_against_cpu<T: GpuElement>(ctx: &GpuContext, p: &Problem, segments: TimeSegments, tol: f64, state_tol: f64) -> f64 {
+    let label = p.label::<T>();
+    let got = p.gpu::<T>(ctx, segments);
+    let want = p.cpu();
+    let mut worst = 0.0f64;
+    for (i, name) in ["o", "final state", "dq", "dk", "dv"].iter().enumerate() {
+        let bound = if i == 1 { state_tol } else { tol };
+        worst = worst.max(check_host(&format!("{label} {segments:?} {name}"), &got[i], &want[i], bound));
+    }
+    worst
+}
+
+/// Every head size, GQA group and sequence length of the brief for `kind`.
+fn check_kind(kind: MixerKind) {
+    let ctx = gpu();
+    let mut rng = rng(&format!("chunked {}", kind.name()));
+    let mut worst = 0.0f64;
+    for d in [64, 128] {
+        assert!(mixer_uses_chunked::<bf16>(d, TimeSegments::Chunked));
+        for (hq, hkv) in [(2, 2), (3, 1), (8, 2)] {
+            for tokens in [1, 37, 64, 100, 300] {
+                let batch = if tokens == 300 { 1 } else { 2 };
+                let p = Problem::new::<bf16>(&mut rng, kind, batch, tokens, HeadShape::new(hq, hkv, d).unwrap(), 2.0);
+                worst = worst.max(check_against_cpu::<bf16>(&ctx, &p, TimeSegments::Chunked, BF16_TOL, STATE_TOL));
+            }
+        }
+    }
+    println!("chunked {}: largest relative error {worst:.3e}", kind.name());
+}
+
+#[test]
+fn chunked_gla_matches_cpu() {
+    check_kind(MixerKind::Gla);
+}
+
+#[test]
+fn chunked_hgrn2_matches_cpu() {
+    check_kind(MixerKind::Hgrn2);
+}
+
+#[test]
+fn chunked_retention_matches_cpu() {
+    check_kind(MixerKind::Retention);
+}
+
+#[test]
+fn chunked_mamba2_matches_cpu() {
+    check_kind(MixerKind::Mamba2);
+}
+
+#[test]
+fn chunked_rwkv6_matches_cpu() {
+    check_kind(MixerKind::Rwkv6);
+}
+
+#[test]
+fn chunked_linear_matches_cpu() {
+    check_kind(MixerKind::Linear);
+}
+
+#[test]
+fn strong_decays_stay_finite() {
+    // rwkv6's log-gate is -exp(k): with k up to 6 a step's decay is as small as exp(-403),
+    // which underflows to 0 in f32.
+    let ctx = gpu();
+    let mut rng = rng("chunked strong decays");
+    for d in [64, 128] {
+        let p = Problem::new::<bf16>(&mut rng, MixerKind::Rwkv6, 2, 150, HeadShape::new(4, 1, d).unwrap(), 6.0);
+        let got = p.gpu::<bf16>(&ctx, TimeSegments::Chunked);
+        for (name, x) in ["o", "final state", "dq", "dk", "dv"].iter().zip(&got) {
+            assert!(x.iter().all(|v| v.is_finite()), "{name}: not finite under strong decays (d = {d})");
+        }
+        check_against_cpu::<bf16>(&ctx, &p, TimeSegments::Chunked, BF16_TOL, STATE_TOL);
+    }
+}
+
+#[test]
+fn other_head_sizes_and_f32_take_the_scan_and_are_right() {
+    let ctx = gpu();
+    let mut rng = rng("chunked fallback");
+    for d in [32, 80] {
+        assert!(!mixer_uses_chunked::<bf16>(d, TimeSegments::Chunked), "d = {d} has no chunked kernels");
+        let p = Problem::new::<bf16>(&mut rng, MixerKind::Gla, 2, 100, HeadShape::new(4, 2, d).unwrap(), 2.0);
+        check_against_cpu::<bf16>(&ctx, &p, TimeSegments::Chunked, BF16_TOL, BF16_TOL / 10.0);
+    }
+    // f32 keeps the exact scan, at the f32 bound.
+    assert!(!mixer_uses_chunked::<f32>(64, TimeSegments::Chunked));
+    let p = Problem::new::<f32>(&mut rng, MixerKind::Mamba2, 2, 100, HeadShape::new(3, 1, 64).unwrap(), 2.0);
+    check_against_cpu::<f32>(&ctx, &p, TimeSegments::Chunked, FP32_TOL, FP32_TOL);
+    // Fixed segments and Scan ask for the scan.
+    assert!(!mixer_uses_chunked::<bf16>(64, TimeSegments::Fixed(1)) && !mixer_uses_chunked::<bf16>(128, TimeSegments::Scan));
+}
