@@ -1,8 +1,8 @@
 //! The chunked tensor-core mixer (`TimeSegments::Chunked`, bf16, head sizes 64 and 128)
 //! against the CPU twins on fresh random inputs: every mixer kind, GQA groups 1, 3 and 4,
 //! sequences shorter than a chunk, one chunk, and ragged last chunks, forward from a random
-//! initial state with its final state, and backward; strong decays stay finite; other head sizes and f32 fall back to the scan, and are right
-//! there too.
+//! initial state with its final state, and backward; strong decays stay finite; rwkv6, other
+//! head sizes and f32 fall back to the scan, and are right there too.
 
 mod common;
 
@@ -107,7 +107,8 @@ fn check_kind(kind: MixerKind) {
     let mut rng = rng(&format!("chunked {}", kind.name()));
     let mut worst = 0.0f64;
     for d in [64, 128] {
-        assert!(mixer_uses_chunked::<bf16>(d, TimeSegments::Chunked));
+        assert!(mixer_uses_chunked::<bf16>(kind, d, TimeSegments::Chunked));
+        assert_eq!(mixer_uses_chunked::<bf16>(kind, d, TimeSegments::Auto), d == 64, "Auto takes the chunked form at d = 64 only");
         for (hq, hkv) in [(2, 2), (3, 1), (8, 2)] {
             for tokens in [1, 37, 64, 100, 300] {
                 let batch = if tokens == 300 { 1 } else { 2 };
@@ -140,8 +141,14 @@ fn chunked_mamba2_matches_cpu() {
 }
 
 #[test]
-fn chunked_rwkv6_matches_cpu() {
-    check_kind(MixerKind::Rwkv6);
+fn rwkv6_keeps_the_scan_under_chunked_and_matches_cpu() {
+    let ctx = gpu();
+    let mut rng = rng("chunked rwkv6");
+    for d in [64, 128] {
+        assert!(!mixer_uses_chunked::<bf16>(MixerKind::Rwkv6, d, TimeSegments::Chunked));
+        let p = Problem::new::<bf16>(&mut rng, MixerKind::Rwkv6, 2, 100, HeadShape::new(8, 2, d).unwrap(), 2.0);
+        check_against_cpu::<bf16>(&ctx, &p, TimeSegments::Chunked, BF16_TOL, STATE_TOL);
+    }
 }
 
 #[test]
@@ -152,11 +159,19 @@ fn chunked_linear_matches_cpu() {
 #[test]
 fn strong_decays_stay_finite() {
     // rwkv6's log-gate is -exp(k): with k up to 6 a step's decay is as small as exp(-403),
-    // which underflows to 0 in f32.
+    // which underflows to 0 in f32. rwkv6 itself keeps the scan (see the test above); mamba2's
+    // scalar gate -softplus(mean k) makes strong decays the chunked form does run.
     let ctx = gpu();
     let mut rng = rng("chunked strong decays");
     for d in [64, 128] {
         let p = Problem::new::<bf16>(&mut rng, MixerKind::Rwkv6, 2, 150, HeadShape::new(4, 1, d).unwrap(), 6.0);
+        let got = p.gpu::<bf16>(&ctx, TimeSegments::Chunked);
+        for (name, x) in ["o", "final state", "dq", "dk", "dv"].iter().zip(&got) {
+            assert!(x.iter().all(|v| v.is_finite()), "rwkv6 {name}: not finite under strong decays (d = {d})");
+        }
+        check_against_cpu::<bf16>(&ctx, &p, TimeSegments::Chunked, BF16_TOL, STATE_TOL);
+        assert!(mixer_uses_chunked::<bf16>(MixerKind::Mamba2, d, TimeSegments::Chunked));
+        let p = Problem::new::<bf16>(&mut rng, MixerKind::Mamba2, 2, 150, HeadShape::new(4, 1, d).unwrap(), 6.0);
         let got = p.gpu::<bf16>(&ctx, TimeSegments::Chunked);
         for (name, x) in ["o", "final state", "dq", "dk", "dv"].iter().zip(&got) {
             assert!(x.iter().all(|v| v.is_finite()), "{name}: not finite under strong decays (d = {d})");
@@ -170,14 +185,14 @@ fn other_head_sizes_and_f32_take_the_scan_and_are_right() {
     let ctx = gpu();
     let mut rng = rng("chunked fallback");
     for d in [32, 80] {
-        assert!(!mixer_uses_chunked::<bf16>(d, TimeSegments::Chunked), "d = {d} has no chunked kernels");
+        assert!(!mixer_uses_chunked::<bf16>(MixerKind::Gla, d, TimeSegments::Chunked), "d = {d} has no chunked kernels");
         let p = Problem::new::<bf16>(&mut rng, MixerKind::Gla, 2, 100, HeadShape::new(4, 2, d).unwrap(), 2.0);
         check_against_cpu::<bf16>(&ctx, &p, TimeSegments::Chunked, BF16_TOL, BF16_TOL / 10.0);
     }
     // f32 keeps the exact scan, at the f32 bound.
-    assert!(!mixer_uses_chunked::<f32>(64, TimeSegments::Chunked));
+    assert!(!mixer_uses_chunked::<f32>(MixerKind::Gla, 64, TimeSegments::Chunked));
     let p = Problem::new::<f32>(&mut rng, MixerKind::Mamba2, 2, 100, HeadShape::new(3, 1, 64).unwrap(), 2.0);
     check_against_cpu::<f32>(&ctx, &p, TimeSegments::Chunked, FP32_TOL, FP32_TOL);
     // Fixed segments and Scan ask for the scan.
-    assert!(!mixer_uses_chunked::<bf16>(64, TimeSegments::Fixed(1)) && !mixer_uses_chunked::<bf16>(128, TimeSegments::Scan));
+    assert!(!mixer_uses_chunked::<bf16>(MixerKind::Gla, 64, TimeSegments::Fixed(1)) && !mixer_uses_chunked::<bf16>(MixerKind::Gla, 128, TimeSegments::Scan));
 }

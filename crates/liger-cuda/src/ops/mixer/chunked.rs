@@ -19,6 +19,7 @@ use crate::context::GpuContext;
 use crate::error::driver_error;
 use crate::kernels::{MIXER_CHUNKED, MIXER_GATED};
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use liger_core::liger::MixerKind;
 use liger_core::{Error, Result};
 
 /// Tokens per chunk (kernel CHUNK).
@@ -26,14 +27,23 @@ pub const CHUNK: usize = 64;
 /// Rows of the forward kernel's staging tiles (kernel STAGE_ROWS).
 const STAGE_ROWS: usize = 9 * 16;
 
-/// Whether a mixer call with elements `T`, head size `d` and `segments` runs in chunked form:
-/// bf16 inputs, head size 64 or 128, and `Chunked` asked for. `Auto` keeps the scan for now.
-/// On an H100 (bench_mixer --chunked, fwd / bwd ms, chunked vs segmented scan) the chunked
-/// form is faster at the training shapes with d = 64 (B8 T1024 9/3: 0.152 / 0.704 vs 0.222 /
-/// 0.880; 32/8: 0.529 / 1.893 vs 0.808 / 2.307) and slower at d = 128 (B8 T2048 32/8: 3.31 /
-/// 10.4 vs 2.68 / 7.05); `Auto` can take it at d = 64 once gpu_mixer_chunked passes in full.
-pub fn mixer_uses_chunked<T: GpuElement>(d: usize, segments: TimeSegments) -> bool {
-    T::KERNEL_SUFFIX == "bf16" && matches!(d, 64 | 128) && segments == TimeSegments::Chunked
+/// Whether a mixer call of `kind` with elements `T`, head size `d` and `segments` runs in
+/// chunked form: bf16 inputs, head size 64 or 128, not rwkv6, and `Chunked` asked for, or
+/// `Auto` at head size 64. On an H100 (bench_mixer --chunked, fwd / bwd ms, chunked vs
+/// segmented scan) the chunked form is faster at the training shapes with d = 64 (B8 T1024
+/// 9/3: 0.152 / 0.704 vs 0.222 / 0.880; 32/8: 0.529 / 1.893 vs 0.808 / 2.307) and slower at
+/// d = 128 (B8 T2048 32/8: 3.31 / 10.4 vs 2.68 / 7.05: its output kernel's shared memory
+/// leaves one CTA per SM). rwkv6 keeps the scan: its decays, exp(-exp(k)), are strong enough
+/// that the bf16 chunk products' rounding, magnified by its gate derivative, put dk past the
+/// bf16 bound (measured 2.4e-2 and worse under strong decays).
+pub fn mixer_uses_chunked<T: GpuElement>(kind: MixerKind, d: usize, segments: TimeSegments) -> bool {
+    let applies = T::KERNEL_SUFFIX == "bf16" && matches!(d, 64 | 128) && !matches!(kind, MixerKind::Rwkv6 | MixerKind::Gsa);
+    applies
+        && match segments {
+            TimeSegments::Chunked => true,
+            TimeSegments::Auto => d == 64,
+            TimeSegments::Scan | TimeSegments::Fixed(_) => false,
+        }
 }
 
 /// The kernels' `ChunkParams`: device pointers (0 for none) and sizes.

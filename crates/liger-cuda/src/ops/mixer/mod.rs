@@ -220,7 +220,7 @@ pub fn mixer_chunk_forward_in_segments<T: GpuElement>(
     if cfg.kind == MixerKind::Gsa {
         return gsa::forward(ctx, cfg, dims, [q, k, v], o, initial, final_state, segments);
     }
-    if dims.tokens > 0 && mixer_uses_chunked::<T>(dims.shape.d, segments) {
+    if dims.tokens > 0 && mixer_uses_chunked::<T>(cfg.kind, dims.shape.d, segments) {
         let (initial, final_state) = (initial.map_or(0, |s| ptr(ctx, s)), final_state.map_or(0, |s| ptr_mut(ctx, s)));
         return chunked::forward(ctx, dims, kind, scale, q, k, v, o, initial, final_state);
     }
@@ -389,7 +389,7 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
     let bf16 = T::KERNEL_SUFFIX == "bf16";
     let pieces = dims.tokens.div_ceil(GATE_PIECE);
     let side_by_side = backward_side_by_side(dims);
-    let chunked_path = mixer_uses_chunked::<T>(dims.shape.d, segments);
+    let chunked_path = mixer_uses_chunked::<T>(cfg.kind, dims.shape.d, segments);
     let schedule = if chunked_path { None } else { Some(backward_schedule(ctx, dims, kind, scale, segments)?) };
     let mut plan = ScratchPlan::default();
     let regions = FeatureRegions::plan(&mut plan, dims);
