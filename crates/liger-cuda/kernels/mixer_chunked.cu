@@ -36,7 +36,7 @@ struct ChunkParams {
     float* states;       // [B, chunks, hkv, d, d]: chunk end states from zero, then start states
     float* rstates;      // the same for the state gradient (backward; start = arriving from later)
     float* products;     // [B, chunks, hkv, d]: exp(G_last)
-    bf16* o;             // [B, T, hkv * group, d] (forward)
+    void* o;             // [B, T, hkv * group, d] (forward), bf16 or f32 (the kernel's OutT)
     float* dqf;          // [B, T, hkv * group, d] (backward)
     float* dkf;          // [B, T, hkv, d]
     float* dvf;          // [B, T, hkv, d]
@@ -232,7 +232,7 @@ __device__ __forceinline__ int key_stage_offset(int I) { return SUB * ((I - 1) *
 // - the diagonal 16 x 16 blocks in fp32 (warps 4-7), one lane per (t, j <= t) pair;
 // - o = (qf exp(G)) S_0 + A v as one product over d + CHUNK, warps 4-7 taking the second
 //   half of the value dims.
-template <int D> __device__ void chunk_output(const ChunkParams& p) {
+template <int D, typename OutT> __device__ void chunk_output(const ChunkParams& p) {
     constexpr int LD = D + 8, LC = CHUNK + 8, ST = D > STAGE_ROWS ? D : STAGE_ROWS;
     extern __shared__ float4 smem4[];
     float(*G)[D] = (float(*)[D])smem4;
@@ -330,7 +330,11 @@ template <int D> __device__ void chunk_output(const ChunkParams& p) {
 #pragma unroll
         for (int i = 0; i < 4; i += 2) {
             const int t = I * SUB + acc_row(i);
-            if (t < len) *(u32*)(p.o + chunk_row<D>(p, b, t0, t, hq, h) + n0 + acc_col(n, i)) = pack_bf16(acc[n][i], acc[n][i + 1]);
+            if (t < len) {
+                const size_t at = chunk_row<D>(p, b, t0, t, hq, h) + n0 + acc_col(n, i);
+                if constexpr (sizeof(OutT) == 2) *(u32*)((bf16*)p.o + at) = pack_bf16(acc[n][i], acc[n][i + 1]);
+                else *(float2*)((float*)p.o + at) = make_float2(acc[n][i], acc[n][i + 1]);
+            }
         }
 }
 
@@ -611,7 +615,8 @@ template <int D> __device__ void chunk_dkv(const ChunkParams& p) {
 
 #define MIXER_CHUNK_KERNELS(D)                                                                                        \
     extern "C" __global__ void __launch_bounds__(CHUNK_THREADS) mixer_chunk_states_d##D(const ChunkParams p) { chunk_states<D, false>(p); } \
-    extern "C" __global__ void __launch_bounds__(CHUNK_THREADS) mixer_chunk_output_d##D(const ChunkParams p) { chunk_output<D>(p); } \
+    extern "C" __global__ void __launch_bounds__(CHUNK_THREADS) mixer_chunk_output_d##D(const ChunkParams p) { chunk_output<D, bf16>(p); } \
+    extern "C" __global__ void __launch_bounds__(CHUNK_THREADS) mixer_chunk_output_f32_d##D(const ChunkParams p) { chunk_output<D, float>(p); } \
     extern "C" __global__ void __launch_bounds__(CHUNK_THREADS) mixer_chunk_states_reverse_d##D(const ChunkParams p) { chunk_states<D, true>(p); } \
     extern "C" __global__ void __launch_bounds__(CHUNK_THREADS) mixer_chunk_dq_d##D(const ChunkParams p) { chunk_dq<D>(p); } \
     extern "C" __global__ void __launch_bounds__(CHUNK_THREADS) mixer_chunk_dkv_d##D(const ChunkParams p) { chunk_dkv<D>(p); }

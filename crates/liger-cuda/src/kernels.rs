@@ -96,7 +96,7 @@ pub const MIXER_CHUNKED: KernelFile = kernel_file!(
     [
         "mixer_chunk_states_d64", "mixer_chunk_states_d128", "mixer_chunk_output_d64", "mixer_chunk_output_d128",
         "mixer_chunk_states_reverse_d64", "mixer_chunk_states_reverse_d128", "mixer_chunk_dq_d64", "mixer_chunk_dq_d128",
-        "mixer_chunk_dkv_d64", "mixer_chunk_dkv_d128",
+        "mixer_chunk_dkv_d64", "mixer_chunk_dkv_d128", "mixer_chunk_output_f32_d64", "mixer_chunk_output_f32_d128",
     ]
 );
 

@@ -181,6 +181,22 @@ fn strong_decays_stay_finite() {
 }
 
 #[test]
+fn f32_inputs_take_bf16_chunk_products_only_when_asked() {
+    // A bf16 model's mixer runs on f32 activations with AutoBf16Products: chunked at d = 64,
+    // f32 in and out, within the bf16 bound; plain Auto keeps f32 inputs on the exact scan.
+    let ctx = gpu();
+    let mut rng = rng("chunked f32 inputs");
+    assert!(!mixer_uses_chunked::<f32>(MixerKind::Gla, 64, TimeSegments::Auto));
+    assert!(mixer_uses_chunked::<f32>(MixerKind::Gla, 64, TimeSegments::AutoBf16Products));
+    assert!(!mixer_uses_chunked::<f32>(MixerKind::Gla, 128, TimeSegments::AutoBf16Products), "d = 128 was measured slower");
+    for (kind, d, segments) in [(MixerKind::Gla, 64, TimeSegments::AutoBf16Products), (MixerKind::Hgrn2, 128, TimeSegments::Chunked)] {
+        assert!(mixer_uses_chunked::<f32>(kind, d, segments));
+        let p = Problem::new::<f32>(&mut rng, kind, 2, 100, HeadShape::new(6, 2, d).unwrap(), 2.0);
+        check_against_cpu::<f32>(&ctx, &p, segments, BF16_TOL, STATE_TOL);
+    }
+}
+
+#[test]
 fn other_head_sizes_and_f32_take_the_scan_and_are_right() {
     let ctx = gpu();
     let mut rng = rng("chunked fallback");
@@ -189,10 +205,10 @@ fn other_head_sizes_and_f32_take_the_scan_and_are_right() {
         let p = Problem::new::<bf16>(&mut rng, MixerKind::Gla, 2, 100, HeadShape::new(4, 2, d).unwrap(), 2.0);
         check_against_cpu::<bf16>(&ctx, &p, TimeSegments::Chunked, BF16_TOL, BF16_TOL / 10.0);
     }
-    // f32 keeps the exact scan, at the f32 bound.
-    assert!(!mixer_uses_chunked::<f32>(MixerKind::Gla, 64, TimeSegments::Chunked));
+    // f32 under Auto keeps the exact scan, at the f32 bound.
+    assert!(!mixer_uses_chunked::<f32>(MixerKind::Mamba2, 64, TimeSegments::Auto));
     let p = Problem::new::<f32>(&mut rng, MixerKind::Mamba2, 2, 100, HeadShape::new(3, 1, 64).unwrap(), 2.0);
-    check_against_cpu::<f32>(&ctx, &p, TimeSegments::Chunked, FP32_TOL, FP32_TOL);
+    check_against_cpu::<f32>(&ctx, &p, TimeSegments::Auto, FP32_TOL, FP32_TOL);
     // Fixed segments and Scan ask for the scan.
     assert!(!mixer_uses_chunked::<bf16>(MixerKind::Gla, 64, TimeSegments::Fixed(1)) && !mixer_uses_chunked::<bf16>(MixerKind::Gla, 128, TimeSegments::Scan));
 }

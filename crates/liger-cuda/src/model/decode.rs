@@ -18,7 +18,7 @@ use crate::buffer::GpuBuffer;
 use crate::gemm::{gemm, GemmDims, GemmInput};
 use crate::ops::attention::{attention_forward, cache_prefill, AttentionDims};
 use crate::ops::embedding::embedding_gather;
-use crate::ops::mixer::{mixer_chunk_forward, mixer_state_len, MixerDims};
+use crate::ops::mixer::{mixer_chunk_forward_in_segments, mixer_state_len, MixerDims};
 use crate::ops::rms_norm::rms_norm_forward;
 use liger_core::generate::CausalLm;
 use liger_core::tokenizer::Tokenizer;
@@ -199,7 +199,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 LayerCache::Liger { state: mixer_state, window } => {
                     let mut o_grm = GpuBuffer::<f32>::zeros(ctx, q.len())?;
                     let mdims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
-                    mixer_chunk_forward(ctx, &att.mixer, mdims, q, k, v, &mut o_grm, None, Some(mixer_state))?;
+                    mixer_chunk_forward_in_segments(ctx, &att.mixer, mdims, q, k, v, &mut o_grm, None, Some(mixer_state), self.mixer_segments())?;
                     widen(ctx, &o_grm, &mut o, att.alpha, false)?;
                     if let Some((wk, wv)) = window {
                         attention_forward(ctx, dims, Some(att.window_keys), &q_roped, &k_roped, v, &mut o_att, &mut lse)?;

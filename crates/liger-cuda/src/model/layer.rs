@@ -4,7 +4,8 @@
 //! product with a frozen weight reads them. The softmax attention (sliding window or full)
 //! runs in `T` too: in bf16 its kernels use tensor cores, and its tape is half the size. The
 //! mixer kernels run on the f32 activations: bf16 inputs there cost more accuracy (on the
-//! LoRA gradients) than they save.
+//! LoRA gradients) than they save; a bf16 model lets the mixer take bf16 chunk products
+//! (`mixer_segments`), which keep f32 inputs and accumulation.
 //! CPU twin: `LigerModel::layer_forward` (liger-core `convert/model.rs`).
 
 use super::glue::{add_bias_rows, liger_mix_to, rope_forward_to, scaled, widen, RopeLayout};
@@ -14,7 +15,7 @@ use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
 use crate::gemm::{gemm, GemmDims, GemmInput};
 use crate::ops::attention::{attention_forward, AttentionDims};
-use crate::ops::mixer::{mixer_chunk_forward, MixerDims};
+use crate::ops::mixer::{mixer_chunk_forward_in_segments, MixerDims, TimeSegments};
 use crate::ops::rms_norm::{rms_norm_forward, rms_norm_forward_pair};
 use crate::ops::swiglu::swiglu_forward_to;
 use liger_core::convert::LoraTarget;
@@ -102,6 +103,16 @@ impl<T: GemmInput> GpuLigerModel<T> {
         &self.weights.layers[layer]
     }
 
+    /// How the mixer runs over whole sequences: a bf16 model accepts the chunked form's bf16
+    /// products on its f32 activations; an f32 model keeps f32 products.
+    pub(super) fn mixer_segments(&self) -> TimeSegments {
+        if T::KERNEL_SUFFIX == "bf16" {
+            TimeSegments::AutoBf16Products
+        } else {
+            TimeSegments::Auto
+        }
+    }
+
     /// `x` normalised by `weight` (f32), and its copy in `T` for products with frozen weights.
     pub(super) fn norm(&self, x: &GpuBuffer<f32>, weight: &GpuBuffer<f32>) -> Result<(GpuBuffer<f32>, GpuBuffer<T>)> {
         let ctx = &self.ctx;
@@ -170,7 +181,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         if !softmax_layer {
             let mut g = GpuBuffer::<f32>::zeros(ctx, n * c.q_size())?;
             let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
-            mixer_chunk_forward(ctx, &att.mixer, dims, q, k, v, &mut g, None, None)?;
+            mixer_chunk_forward_in_segments(ctx, &att.mixer, dims, q, k, v, &mut g, None, None, self.mixer_segments())?;
             if att.use_swa {
                 // Mixed with the window attention's output below, in one pass.
                 o_grm = Some(g);

@@ -13,7 +13,7 @@ use crate::gemm::{GemmDims, GemmInput};
 use crate::ops::attention::{attention_backward, AttentionDims};
 use crate::ops::cross_entropy::{cross_entropy, rows_per_chunk};
 use crate::ops::embedding::embedding_gather;
-use crate::ops::mixer::{mixer_chunk_backward, MixerDims};
+use crate::ops::mixer::{mixer_chunk_backward_in_segments, MixerDims};
 use crate::ops::rms_norm::{rms_norm_backward, rms_norm_backward_add};
 use crate::ops::swiglu::swiglu_backward;
 use liger_core::convert::{LoraGrads, LoraTarget};
@@ -295,7 +295,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 scaled::<f32>(ctx, d_o, att.alpha)?
             };
             let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
-            mixer_chunk_backward(ctx, &att.mixer, dims, q, k, v, &d_grm, &mut dq, &mut dk, &mut dv)?;
+            mixer_chunk_backward_in_segments(ctx, &att.mixer, dims, q, k, v, &d_grm, &mut dq, &mut dk, &mut dv, self.mixer_segments())?;
         }
         if let Some(s) = &tape.softmax {
             let d_att = match d_att {

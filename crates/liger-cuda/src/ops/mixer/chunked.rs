@@ -28,20 +28,25 @@ pub const CHUNK: usize = 64;
 const STAGE_ROWS: usize = 9 * 16;
 
 /// Whether a mixer call of `kind` with elements `T`, head size `d` and `segments` runs in
-/// chunked form: bf16 inputs, head size 64 or 128, not rwkv6, and `Chunked` asked for, or
-/// `Auto` at head size 64. On an H100 (bench_mixer --chunked, fwd / bwd ms, chunked vs
-/// segmented scan) the chunked form is faster at the training shapes with d = 64 (B8 T1024
-/// 9/3: 0.152 / 0.704 vs 0.222 / 0.880; 32/8: 0.529 / 1.893 vs 0.808 / 2.307) and slower at
-/// d = 128 (B8 T2048 32/8: 3.31 / 10.4 vs 2.68 / 7.05: its output kernel's shared memory
-/// leaves one CTA per SM). rwkv6 keeps the scan: its decays, exp(-exp(k)), are strong enough
-/// that the bf16 chunk products' rounding, magnified by its gate derivative, put dk past the
-/// bf16 bound (measured 2.4e-2 and worse under strong decays).
+/// chunked form. The form applies at head sizes 64 and 128 to every kind but rwkv6; its chunk
+/// products are bf16 (fp32 accumulation). It runs where asked (`Chunked`), and where measured
+/// faster at a precision the caller accepts: `Auto` with bf16 inputs, `AutoBf16Products` with
+/// any inputs (a bf16 model's f32 activations), both at head size 64 only.
+///
+/// On an H100 (bench_mixer --chunked, fwd / bwd ms, chunked vs segmented scan) the chunked
+/// form is faster at the training shapes with d = 64 (B8 T1024 9/3: 0.152 / 0.704 vs 0.222 /
+/// 0.880; 32/8: 0.529 / 1.893 vs 0.808 / 2.307) and slower at d = 128 (B8 T2048 32/8: 3.31 /
+/// 10.4 vs 2.68 / 7.05: its output kernel's shared memory leaves one CTA per SM). rwkv6 keeps
+/// the scan: its decays, exp(-exp(k)), are strong enough that the bf16 chunk products'
+/// rounding, magnified by its gate derivative, put dk past the bf16 bound (measured 2.4e-2,
+/// and worse under strong decays).
 pub fn mixer_uses_chunked<T: GpuElement>(kind: MixerKind, d: usize, segments: TimeSegments) -> bool {
-    let applies = T::KERNEL_SUFFIX == "bf16" && matches!(d, 64 | 128) && !matches!(kind, MixerKind::Rwkv6 | MixerKind::Gsa);
+    let applies = matches!(d, 64 | 128) && !matches!(kind, MixerKind::Rwkv6 | MixerKind::Gsa);
     applies
         && match segments {
             TimeSegments::Chunked => true,
-            TimeSegments::Auto => d == 64,
+            TimeSegments::Auto => T::KERNEL_SUFFIX == "bf16" && d == 64,
+            TimeSegments::AutoBf16Products => d == 64,
             TimeSegments::Scan | TimeSegments::Fixed(_) => false,
         }
 }
@@ -193,7 +198,14 @@ pub(super) fn forward<T: GpuElement>(
     let regions = FeatureRegions::plan(&mut plan, dims);
     let state_regions = StateRegions::plan(&mut plan, dims, false);
     let out = ptr_mut(ctx, o);
-    let (states_name, output_name) = if d == 64 { ("mixer_chunk_states_d64", "mixer_chunk_output_d64") } else { ("mixer_chunk_states_d128", "mixer_chunk_output_d128") };
+    let bf16 = T::KERNEL_SUFFIX == "bf16";
+    let states_name = if d == 64 { "mixer_chunk_states_d64" } else { "mixer_chunk_states_d128" };
+    let output_name = match (d, bf16) {
+        (64, true) => "mixer_chunk_output_d64",
+        (64, false) => "mixer_chunk_output_f32_d64",
+        (_, true) => "mixer_chunk_output_d128",
+        (_, false) => "mixer_chunk_output_f32_d128",
+    };
     ctx.with_scratch(plan.floats, |base| {
         let f = features(ctx, dims, kind, scale, q, k, v, base, &regions)?;
         let (states, products) = (region(base, state_regions.states), region(base, state_regions.products));

@@ -40,10 +40,13 @@ pub enum TimeSegments {
     /// This many segments of equal length (the last may be shorter; at most one per token).
     /// `Fixed(1)` is the sequential scan.
     Fixed(usize),
+    /// As `Auto`, with bf16 chunk products accepted for f32 inputs too (the mixer of a bf16
+    /// model, which runs on f32 activations).
+    AutoBf16Products,
     /// The scan with the automatic plan of segments, even where `Auto` would pick the chunked form.
     Scan,
-    /// The chunked form on tensor cores (`chunked.rs`) where it applies (bf16, head size 64
-    /// or 128), even where `Auto` would pick the scan; elsewhere the scan as under `Scan`.
+    /// The chunked form on tensor cores (`chunked.rs`) where it applies (head size 64 or 128,
+    /// not rwkv6), even where `Auto` would pick the scan; elsewhere the scan as under `Scan`.
     Chunked,
 }
 
@@ -122,7 +125,7 @@ pub(super) fn schedule(ctx: &GpuContext, dims: MixerDims, jobs: &[ScanJob], side
     // grid.z (sequences x segments) is at most 65535.
     let most = (65535 / dims.batch.max(1)).max(1);
     let counts = match segments {
-        TimeSegments::Auto | TimeSegments::Scan | TimeSegments::Chunked => 1..=(tokens / MIN_SEGMENT).clamp(1, MAX_SEGMENTS).min(most),
+        TimeSegments::Auto | TimeSegments::AutoBf16Products | TimeSegments::Scan | TimeSegments::Chunked => 1..=(tokens / MIN_SEGMENT).clamp(1, MAX_SEGMENTS).min(most),
         TimeSegments::Fixed(0) => return Err(Error::invalid_argument("a scan needs at least one time segment per sequence: use Fixed(1) or more, or Auto")),
         TimeSegments::Fixed(n) => {
             let n = n.min(tokens.max(1)).min(most);
@@ -146,7 +149,7 @@ pub(super) fn schedule(ctx: &GpuContext, dims: MixerDims, jobs: &[ScanJob], side
     }
     // Automatic segments end on tile boundaries; fixed ones are as even as they can be.
     let multiple = match segments {
-        TimeSegments::Auto | TimeSegments::Scan | TimeSegments::Chunked => jobs.iter().map(ScanJob::tile).max().unwrap_or(1),
+        TimeSegments::Auto | TimeSegments::AutoBf16Products | TimeSegments::Scan | TimeSegments::Chunked => jobs.iter().map(ScanJob::tile).max().unwrap_or(1),
         TimeSegments::Fixed(_) => 1,
     };
     Ok(Schedule { side_by_side: together, plan: SegmentPlan::split(tokens, count, multiple) })
