@@ -6,12 +6,12 @@
 
 mod common;
 
+use common::mixer::{MixerProblem, OUTPUTS};
 use common::*;
 use half::bf16;
-use liger_core::liger::{chunk_backward, chunk_forward, HeadShape, MixerConfig, MixerKind, MixerState, DEFAULT_CHUNK_SIZE};
-use liger_cuda::ops::mixer::{mixer_chunk_backward_in_segments, mixer_chunk_forward_in_segments, mixer_state_len, mixer_uses_chunked, MixerDims, TimeSegments};
+use liger_core::liger::{HeadShape, MixerKind};
+use liger_cuda::ops::mixer::{mixer_uses_chunked, TimeSegments};
 use liger_cuda::{GpuContext, GpuElement};
-use rand::rngs::StdRng;
 
 /// bf16 outputs, relative to the output's scale (as the other bf16 mixer tests).
 const BF16_TOL: f64 = 2e-2;
@@ -19,82 +19,13 @@ const BF16_TOL: f64 = 2e-2;
 const STATE_TOL: f64 = 1e-2;
 const FP32_TOL: f64 = 1e-4;
 
-struct Problem {
-    cfg: MixerConfig,
-    dims: MixerDims,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    d_o: Vec<f32>,
-    initial: Vec<f32>,
-}
-
-fn round<T: GpuElement>(x: Vec<f32>) -> Vec<f32> {
-    x.into_iter().map(|v| T::from_f32(v).to_f32()).collect()
-}
-
-impl Problem {
-    /// Raw inputs rounded to `T`; `k_scale` sets how strong the gates are.
-    fn new<T: GpuElement>(rng: &mut StdRng, kind: MixerKind, batch: usize, tokens: usize, shape: HeadShape, k_scale: f32) -> Self {
-        let cfg = MixerConfig::new(kind);
-        let (nq, nkv) = (batch * tokens * shape.hq * shape.d, batch * tokens * shape.hkv * shape.d);
-        Problem {
-            cfg,
-            dims: MixerDims { batch, tokens, shape },
-            q: round::<T>(random(rng, nq, 2.0)),
-            k: round::<T>(random(rng, nkv, k_scale)),
-            v: round::<T>(random(rng, nkv, 1.0)),
-            d_o: round::<T>(random(rng, nq, 1.0)),
-            initial: random(rng, batch * mixer_state_len(&cfg, shape), 0.5),
-        }
-    }
-
-    fn seq<'a>(&self, x: &'a [f32], b: usize) -> &'a [f32] {
-        let per = x.len() / self.dims.batch;
-        &x[b * per..(b + 1) * per]
-    }
-
-    /// CPU forward from the initial state and backward from a zero state: (o, final, dq, dk, dv).
-    fn cpu(&self) -> [Vec<f64>; 5] {
-        let mut r: [Vec<f64>; 5] = Default::default();
-        let shape = self.dims.shape;
-        for b in 0..self.dims.batch {
-            let mut init = MixerState::zeros(&self.cfg, shape);
-            init.data.copy_from_slice(self.seq(&self.initial, b));
-            let (q, k, v) = (self.seq(&self.q, b), self.seq(&self.k, b), self.seq(&self.v, b));
-            let (o, fin) = chunk_forward(&self.cfg, shape, q, k, v, Some(&init), DEFAULT_CHUNK_SIZE).unwrap();
-            let g = chunk_backward(&self.cfg, shape, q, k, v, self.seq(&self.d_o, b), DEFAULT_CHUNK_SIZE).unwrap();
-            for (out, x) in r.iter_mut().zip([&o, &fin.data, &g.dq, &g.dk, &g.dv]) {
-                out.extend(to_f64(x));
-            }
-        }
-        r
-    }
-
-    /// The GPU's o, final state, dq, dk, dv under `segments`, every output poisoned first.
-    fn gpu<T: GpuElement>(&self, ctx: &GpuContext, segments: TimeSegments) -> [Vec<f32>; 5] {
-        let (q, k, v) = (up::<T>(ctx, &self.q), up::<T>(ctx, &self.k), up::<T>(ctx, &self.v));
-        let mut o = poison::<T>(ctx, self.q.len());
-        let mut fin = poisoned(ctx, self.initial.len());
-        mixer_chunk_forward_in_segments(ctx, &self.cfg, self.dims, &q, &k, &v, &mut o, Some(&upload(ctx, &self.initial)), Some(&mut fin), segments).unwrap();
-        let (mut dq, mut dk, mut dv) = (poison::<T>(ctx, self.q.len()), poison::<T>(ctx, self.k.len()), poison::<T>(ctx, self.v.len()));
-        mixer_chunk_backward_in_segments(ctx, &self.cfg, self.dims, &q, &k, &v, &up::<T>(ctx, &self.d_o), &mut dq, &mut dk, &mut dv, segments).unwrap();
-        [host(&o), fin.to_host().unwrap(), host(&dq), host(&dk), host(&dv)]
-    }
-
-    fn label<T: GpuElement>(&self) -> String {
-        let s = self.dims.shape;
-        format!("{} B={} T={} {}/{} d={} {}", self.cfg.kind.name(), self.dims.batch, self.dims.tokens, s.hq, s.hkv, s.d, T::KERNEL_SUFFIX)
-    }
-}
-
 /// Checks the GPU under `segments` against the CPU twin; returns the largest error.
-fn check_against_cpu<T: GpuElement>(ctx: &GpuContext, p: &Problem, segments: TimeSegments, tol: f64, state_tol: f64) -> f64 {
+fn check_against_cpu<T: GpuElement>(ctx: &GpuContext, p: &MixerProblem, segments: TimeSegments, tol: f64, state_tol: f64) -> f64 {
     let label = p.label::<T>();
     let got = p.gpu::<T>(ctx, segments);
     let want = p.cpu();
     let mut worst = 0.0f64;
-    for (i, name) in ["o", "final state", "dq", "dk", "dv"].iter().enumerate() {
+    for (i, name) in OUTPUTS.iter().enumerate() {
         let bound = if i == 1 { state_tol } else { tol };
         worst = worst.max(check_host(&format!("{label} {segments:?} {name}"), &got[i], &want[i], bound));
     }
@@ -112,7 +43,7 @@ fn check_kind(kind: MixerKind) {
         for (hq, hkv) in [(2, 2), (3, 1), (8, 2)] {
             for tokens in [1, 37, 64, 100, 300] {
                 let batch = if tokens == 300 { 1 } else { 2 };
-                let p = Problem::new::<bf16>(&mut rng, kind, batch, tokens, HeadShape::new(hq, hkv, d).unwrap(), 2.0);
+                let p = MixerProblem::new::<bf16>(&mut rng, kind, batch, tokens, HeadShape::new(hq, hkv, d).unwrap(), 2.0);
                 worst = worst.max(check_against_cpu::<bf16>(&ctx, &p, TimeSegments::Chunked, BF16_TOL, STATE_TOL));
             }
         }
@@ -146,7 +77,7 @@ fn rwkv6_keeps_the_scan_under_chunked_and_matches_cpu() {
     let mut rng = rng("chunked rwkv6");
     for d in [64, 128] {
         assert!(!mixer_uses_chunked::<bf16>(MixerKind::Rwkv6, d, TimeSegments::Chunked));
-        let p = Problem::new::<bf16>(&mut rng, MixerKind::Rwkv6, 2, 100, HeadShape::new(8, 2, d).unwrap(), 2.0);
+        let p = MixerProblem::new::<bf16>(&mut rng, MixerKind::Rwkv6, 2, 100, HeadShape::new(8, 2, d).unwrap(), 2.0);
         check_against_cpu::<bf16>(&ctx, &p, TimeSegments::Chunked, BF16_TOL, STATE_TOL);
     }
 }
@@ -164,16 +95,16 @@ fn strong_decays_stay_finite() {
     let ctx = gpu();
     let mut rng = rng("chunked strong decays");
     for d in [64, 128] {
-        let p = Problem::new::<bf16>(&mut rng, MixerKind::Rwkv6, 2, 150, HeadShape::new(4, 1, d).unwrap(), 6.0);
+        let p = MixerProblem::new::<bf16>(&mut rng, MixerKind::Rwkv6, 2, 150, HeadShape::new(4, 1, d).unwrap(), 6.0);
         let got = p.gpu::<bf16>(&ctx, TimeSegments::Chunked);
-        for (name, x) in ["o", "final state", "dq", "dk", "dv"].iter().zip(&got) {
+        for (name, x) in OUTPUTS.iter().zip(&got) {
             assert!(x.iter().all(|v| v.is_finite()), "rwkv6 {name}: not finite under strong decays (d = {d})");
         }
         check_against_cpu::<bf16>(&ctx, &p, TimeSegments::Chunked, BF16_TOL, STATE_TOL);
         assert!(mixer_uses_chunked::<bf16>(MixerKind::Mamba2, d, TimeSegments::Chunked));
-        let p = Problem::new::<bf16>(&mut rng, MixerKind::Mamba2, 2, 150, HeadShape::new(4, 1, d).unwrap(), 6.0);
+        let p = MixerProblem::new::<bf16>(&mut rng, MixerKind::Mamba2, 2, 150, HeadShape::new(4, 1, d).unwrap(), 6.0);
         let got = p.gpu::<bf16>(&ctx, TimeSegments::Chunked);
-        for (name, x) in ["o", "final state", "dq", "dk", "dv"].iter().zip(&got) {
+        for (name, x) in OUTPUTS.iter().zip(&got) {
             assert!(x.iter().all(|v| v.is_finite()), "{name}: not finite under strong decays (d = {d})");
         }
         check_against_cpu::<bf16>(&ctx, &p, TimeSegments::Chunked, BF16_TOL, STATE_TOL);
@@ -191,7 +122,7 @@ fn f32_inputs_take_bf16_chunk_products_only_when_asked() {
     assert!(!mixer_uses_chunked::<f32>(MixerKind::Gla, 128, TimeSegments::AutoBf16Products), "d = 128 was measured slower");
     for (kind, d, segments) in [(MixerKind::Gla, 64, TimeSegments::AutoBf16Products), (MixerKind::Hgrn2, 128, TimeSegments::Chunked)] {
         assert!(mixer_uses_chunked::<f32>(kind, d, segments));
-        let p = Problem::new::<f32>(&mut rng, kind, 2, 100, HeadShape::new(6, 2, d).unwrap(), 2.0);
+        let p = MixerProblem::new::<f32>(&mut rng, kind, 2, 100, HeadShape::new(6, 2, d).unwrap(), 2.0);
         check_against_cpu::<f32>(&ctx, &p, segments, BF16_TOL, STATE_TOL);
     }
 }
@@ -202,12 +133,12 @@ fn other_head_sizes_and_f32_take_the_scan_and_are_right() {
     let mut rng = rng("chunked fallback");
     for d in [32, 80] {
         assert!(!mixer_uses_chunked::<bf16>(MixerKind::Gla, d, TimeSegments::Chunked), "d = {d} has no chunked kernels");
-        let p = Problem::new::<bf16>(&mut rng, MixerKind::Gla, 2, 100, HeadShape::new(4, 2, d).unwrap(), 2.0);
+        let p = MixerProblem::new::<bf16>(&mut rng, MixerKind::Gla, 2, 100, HeadShape::new(4, 2, d).unwrap(), 2.0);
         check_against_cpu::<bf16>(&ctx, &p, TimeSegments::Chunked, BF16_TOL, BF16_TOL / 10.0);
     }
     // f32 under Auto keeps the exact scan, at the f32 bound.
     assert!(!mixer_uses_chunked::<f32>(MixerKind::Mamba2, 64, TimeSegments::Auto));
-    let p = Problem::new::<f32>(&mut rng, MixerKind::Mamba2, 2, 100, HeadShape::new(3, 1, 64).unwrap(), 2.0);
+    let p = MixerProblem::new::<f32>(&mut rng, MixerKind::Mamba2, 2, 100, HeadShape::new(3, 1, 64).unwrap(), 2.0);
     check_against_cpu::<f32>(&ctx, &p, TimeSegments::Auto, FP32_TOL, FP32_TOL);
     // Fixed segments and Scan ask for the scan.
     assert!(!mixer_uses_chunked::<bf16>(MixerKind::Gla, 64, TimeSegments::Fixed(1)) && !mixer_uses_chunked::<bf16>(MixerKind::Gla, 128, TimeSegments::Scan));

@@ -1,6 +1,8 @@
 //! Helpers of the GPU tests: the device, fresh random inputs, poisoned outputs, error checks.
 #![allow(dead_code)]
 
+pub mod mixer;
+
 use liger_core::config::{Architecture, ModelConfig};
 use liger_core::testing::tiny_config;
 use liger_core::tokenizer::Tokenizer;
