@@ -37,11 +37,6 @@ template <typename T> __device__ __forceinline__ float dot_row(const float* r, c
     return warp_sum(s);
 }
 
-// Global warp index over `rows` rows, or -1 for a spare warp.
-__device__ __forceinline__ long long warp_row(long long rows) {
-    const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    return w < rows ? w : -1;
-}
 
 // Forward: one warp per (b, i, h), online softmax over the visible keys.
 template <typename T>

@@ -35,6 +35,33 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// Global warp index over `rows` rows, or -1 for a spare warp (blockDim.x a multiple of 32).
+__device__ __forceinline__ long long warp_row(long long rows) {
+    const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    return w < rows ? w : -1;
+}
+
+// y = softmax(x) over one row of d values, max-subtracted. Called by a whole warp.
+__device__ __forceinline__ void warp_softmax(const float* x, float* y, int d) {
+    const int lane = threadIdx.x & 31;
+    float max = -POS_INFINITY;
+    for (int i = lane; i < d; i += 32) max = fmaxf(max, x[i]);
+    max = warp_max(max);
+    float sum = 0.0f;
+    for (int i = lane; i < d; i += 32) sum += expf(x[i] - max);
+    const float inv = 1.0f / warp_sum(sum);
+    for (int i = lane; i < d; i += 32) y[i] = expf(x[i] - max) * inv;
+}
+
+// The gates' functions, without overflow for large |x|.
+__device__ __forceinline__ float softplus_f(float x) { return x > 0.0f ? x + log1pf(expf(-x)) : log1pf(expf(x)); }
+__device__ __forceinline__ float log_sigmoid_f(float x) { return -softplus_f(-x); }
+__device__ __forceinline__ float sigmoid_f(float x) {
+    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
+    const float e = expf(x);
+    return e / (1.0f + e);
+}
+
 // Sum over the whole block; every thread gets the result.
 // blockDim.x must be a multiple of 32 (at most 1024); every thread of the block must call it.
 __device__ float block_sum(float v) {

@@ -74,6 +74,20 @@ __device__ __forceinline__ float quad_at(const float4& v, int e) { return e == 0
 // Four floats as bf16 into 8 bytes of shared memory.
 __device__ __forceinline__ void store_bf16x4(u16* at, float a, float b, float c, float d) { *(uint2*)at = make_uint2(pack_bf16(a, b), pack_bf16(c, d)); }
 
+// Copies a D x D f32 state from global memory into the bf16 tile `tile` (rows of LD), each
+// thread its quads, every load issued before the first store.
+template <int D, int LD> __device__ __forceinline__ void stage_state(const float* state, u16 (*tile)[LD]) {
+    constexpr int STATE_QUADS = D * D / 4 / CHUNK_THREADS;
+    float4 sq[STATE_QUADS];
+#pragma unroll
+    for (int u = 0; u < STATE_QUADS; ++u) sq[u] = *(const float4*)(state + 4 * (threadIdx.x + u * CHUNK_THREADS));
+#pragma unroll
+    for (int u = 0; u < STATE_QUADS; ++u) {
+        const int i = 4 * (threadIdx.x + u * CHUNK_THREADS);
+        store_bf16x4(&tile[i / D][i % D], sq[u].x, sq[u].y, sq[u].z, sq[u].w);
+    }
+}
+
 // G[t][k] in log2 units: the cumulative log2 decay of the chunk up to t (tokens past `len` add
 // nothing). Every thread of the CTA, with its decay quads; ends synchronised.
 template <int D> __device__ void chunk_log_decays(const float4 (&dec)[QUADS(D)], int len, float (*G)[D]) {
@@ -308,16 +322,7 @@ template <int D, typename OutT> __device__ void chunk_output(const ChunkParams& 
             if (q % SUB > q / SUB) am[I * SUB + q / SUB][I * SUB + q % SUB] = 0;
     }
     __syncthreads();  // the staging tiles are done: S_0 goes over them
-    const float* s0 = p.states + (((size_t)b * p.chunks + c) * p.hkv + kvh) * D * D;
-    constexpr int S0_QUADS = D * D / 4 / CHUNK_THREADS;
-    float4 sq[S0_QUADS];
-#pragma unroll
-    for (int u = 0; u < S0_QUADS; ++u) sq[u] = *(const float4*)(s0 + 4 * (threadIdx.x + u * CHUNK_THREADS));
-#pragma unroll
-    for (int u = 0; u < S0_QUADS; ++u) {
-        const int i = 4 * (threadIdx.x + u * CHUNK_THREADS);
-        store_bf16x4(&st[i / D][i % D], sq[u].x, sq[u].y, sq[u].z, sq[u].w);
-    }
+    stage_state<D, LD>(p.states + (((size_t)b * p.chunks + c) * p.hkv + kvh) * D * D, st);
     __syncthreads();
     constexpr int NT = D / 16;
     const int n0 = (warp >> 2) * (D / 2);
@@ -394,18 +399,7 @@ template <int D> __device__ void chunk_dq(const ChunkParams& p) {
             }
         }
     }
-    {
-        const float* s0g = p.states + (((size_t)b * p.chunks + c) * p.hkv + kvh) * D * D;
-        constexpr int S0_QUADS = D * D / 4 / CHUNK_THREADS;
-        float4 sq[S0_QUADS];
-#pragma unroll
-        for (int u = 0; u < S0_QUADS; ++u) sq[u] = *(const float4*)(s0g + 4 * (threadIdx.x + u * CHUNK_THREADS));
-#pragma unroll
-        for (int u = 0; u < S0_QUADS; ++u) {
-            const int i = 4 * (threadIdx.x + u * CHUNK_THREADS);
-            store_bf16x4(&s0[i / D][i % D], sq[u].x, sq[u].y, sq[u].z, sq[u].w);
-        }
-    }
+    stage_state<D, LD>(p.states + (((size_t)b * p.chunks + c) * p.hkv + kvh) * D * D, s0);
     __syncthreads();
     if (warp < 4) {
         // B for row block I against blocks 0..I (bf16 before the diagonal, f32 on it).
@@ -493,16 +487,7 @@ template <int D> __device__ void chunk_dkv(const ChunkParams& p) {
             store_bf16x4(&kd[t][k], key.x * exp2f(gl.x - gt.x), key.y * exp2f(gl.y - gt.y), key.z * exp2f(gl.z - gt.z), key.w * exp2f(gl.w - gt.w));
             store_bf16x4(&xs[t][k], key.x * exp2f(ge.x - gt.x), key.y * exp2f(ge.y - gt.y), key.z * exp2f(ge.z - gt.z), key.w * exp2f(ge.w - gt.w));
         }
-        const float* hg = p.rstates + (((size_t)b * p.chunks + c) * p.hkv + kvh) * D * D;
-        constexpr int H_QUADS = D * D / 4 / CHUNK_THREADS;
-        float4 sq[H_QUADS];
-#pragma unroll
-        for (int u = 0; u < H_QUADS; ++u) sq[u] = *(const float4*)(hg + 4 * (threadIdx.x + u * CHUNK_THREADS));
-#pragma unroll
-        for (int u = 0; u < H_QUADS; ++u) {
-            const int i = 4 * (threadIdx.x + u * CHUNK_THREADS);
-            store_bf16x4(&hm[i / D][i % D], sq[u].x, sq[u].y, sq[u].z, sq[u].w);
-        }
+        stage_state<D, LD>(p.rstates + (((size_t)b * p.chunks + c) * p.hkv + kvh) * D * D, hm);
     }
     __syncthreads();
     // The parts from H; dk's is kept decayed to the end of block J until the end.

@@ -30,20 +30,6 @@
 // that an SM holds more warps to hide the latency of shared memory and shuffles.
 #define SCAN_WARPS(ROWS) ((ROWS) / 16)
 
-__device__ __forceinline__ float softplus_f(float x) { return x > 0.0f ? x + log1pf(expf(-x)) : log1pf(expf(x)); }
-__device__ __forceinline__ float log_sigmoid_f(float x) { return -softplus_f(-x); }
-__device__ __forceinline__ float sigmoid_f(float x) {
-    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
-    const float e = expf(x);
-    return e / (1.0f + e);
-}
-
-// Row of this warp, or -1 past the end.
-__device__ __forceinline__ long long mixer_warp_row(long long rows) {
-    const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    return row < rows ? row : -1;
-}
-
 // Loads one row of d values (lane i holds elements lane + 32 i), missing ones as `fill`.
 template <typename T> __device__ __forceinline__ void load_row(const T* x, int d, float fill, float (&r)[ROW_SLOTS]) {
     const int lane = threadIdx.x & 31;
@@ -124,7 +110,7 @@ template <typename T> __device__ __forceinline__ void key_features_row(const T* 
 template <typename T>
 __device__ void mixer_features(const T* q, const T* k, const T* v, float* qf, float* kf, float* decay, float* vf, long long q_rows,
                                long long kv_rows, int d, int kind, float gate_scale) {
-    long long row = mixer_warp_row(q_rows + kv_rows);
+    long long row = warp_row(q_rows + kv_rows);
     if (row < 0) return;
     if (row < q_rows) {
         query_features_row(q + row * d, qf + row * d, d);
@@ -510,7 +496,7 @@ template <typename T>
 __device__ void mixer_features_backward(const T* k, const float* qf, const float* dqf, const float* kf, const float* dkf, const float* dg,
                                         const float* carry, const float* dvf, T* dq, T* dk, T* dv, long long q_rows, long long kv_rows,
                                         int tokens, int hkv, int d, int kind, float gate_scale) {
-    long long row = mixer_warp_row(q_rows + kv_rows);
+    long long row = warp_row(q_rows + kv_rows);
     if (row < 0) return;
     float y[ROW_SLOTS], dy[ROW_SLOTS];
     if (row < q_rows) {

@@ -9,13 +9,6 @@
 // here: the scans' f32 inputs, the slot softmax and its backward, the backward's finishing
 // pass (gate path into dk), the state layout conversions, and a decoding step.
 
-__device__ __forceinline__ float gsa_sigmoid(float x) {
-    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
-    const float e = expf(x);
-    return e / (1.0f + e);
-}
-__device__ __forceinline__ float gsa_log_sigmoid(float x) { return x < 0.0f ? x - log1pf(expf(x)) : -log1pf(expf(-x)); }
-
 // Mean of the keys pooled into `slot` (d / slots consecutive dims).
 template <typename T> __device__ __forceinline__ float gsa_pool(const T* k, int slot, int per_slot) {
     float sum = 0.0f;
@@ -28,9 +21,9 @@ template <typename T> __device__ __forceinline__ float gsa_pool(const T* k, int 
 template <typename T>
 __device__ void gsa_inputs(const T* q, const T* k, const T* v, float* qs, float* kf, float* vf, float* write, float* decay, long long q_rows,
                            long long kv_rows, int d, int slots, float scale, float inv_normalizer) {
-    const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const long long row = warp_row(q_rows + kv_rows);
     const int lane = threadIdx.x & 31;
-    if (row >= q_rows + kv_rows) return;
+    if (row < 0) return;
     if (row < q_rows) {
         for (int c = lane; c < d; c += 32) qs[row * d + c] = to_f32(q[row * d + c]) * scale;
         return;
@@ -42,7 +35,7 @@ __device__ void gsa_inputs(const T* q, const T* k, const T* v, float* qs, float*
         vf[r * d + c] = to_f32(v[r * d + c]);
         float a = 1.0f, w = 0.0f;
         if (c < slots) {
-            const float log_a = gsa_log_sigmoid(gsa_pool(kr, c, d / slots)) * inv_normalizer;
+            const float log_a = log_sigmoid_f(gsa_pool(kr, c, d / slots)) * inv_normalizer;
             a = expf(log_a);
             w = -expm1f(log_a);
         }
@@ -53,24 +46,17 @@ __device__ void gsa_inputs(const T* q, const T* k, const T* v, float* qs, float*
 
 // Warp per row of d values: p = softmax over the first `slots`, zeros past them.
 extern "C" __global__ void gsa_slot_softmax(const float* s, float* p, long long rows, int d, int slots) {
-    const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const int lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    const float* sr = s + row * d;
-    float m = -POS_INFINITY;
-    for (int c = lane; c < slots; c += 32) m = fmaxf(m, sr[c]);
-    m = warp_max(m);
-    float sum = 0.0f;
-    for (int c = lane; c < slots; c += 32) sum += expf(sr[c] - m);
-    const float inv = 1.0f / warp_sum(sum);
-    for (int c = lane; c < d; c += 32) p[row * d + c] = c < slots ? expf(sr[c] - m) * inv : 0.0f;
+    const long long row = warp_row(rows);
+    if (row < 0) return;
+    warp_softmax(s + row * d, p + row * d, slots);
+    for (int c = slots + (threadIdx.x & 31); c < d; c += 32) p[row * d + c] = 0.0f;
 }
 
 // Warp per row: ds = p (dp - p . dp) (zero where p is, past the slots).
 extern "C" __global__ void gsa_slot_softmax_backward(const float* p, const float* dp, float* ds, long long rows, int d) {
-    const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const long long row = warp_row(rows);
     const int lane = threadIdx.x & 31;
-    if (row >= rows) return;
+    if (row < 0) return;
     float dot = 0.0f;
     for (int c = lane; c < d; c += 32) dot += p[row * d + c] * dp[row * d + c];
     dot = warp_sum(dot);
@@ -91,9 +77,9 @@ struct GsaGrads {
 };
 
 template <typename T> __device__ void gsa_backward_finish(const GsaGrads g, const T* k, T* dq, T* dk, T* dv) {
-    const long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const long long row = warp_row(g.q_rows + g.kv_rows);
     const int lane = threadIdx.x & 31, d = g.d;
-    if (row >= g.q_rows + g.kv_rows) return;
+    if (row < 0) return;
     if (row < g.q_rows) {
         for (int c = lane; c < d; c += 32) dq[row * d + c] = from_f32<T>(g.dqs[row * d + c] * g.scale);
         return;
@@ -110,7 +96,7 @@ template <typename T> __device__ void gsa_backward_finish(const GsaGrads g, cons
         const long long at = r * d + i;
         const float dw = g.dw_keys[at] + g.dw_values[at];
         const float dla = g.dg_keys[at] + g.carry_keys[carry_row + i] + g.dg_values[at] + g.carry_values[carry_row + i] - dw * g.decay[at];
-        const float dpool = dla * gsa_sigmoid(-gsa_pool(kr, i, per_slot)) * g.inv_normalizer;
+        const float dpool = dla * sigmoid_f(-gsa_pool(kr, i, per_slot)) * g.inv_normalizer;
         dk[r * d + c] = from_f32<T>(g.dk_keys[r * d + c] + dpool / (float)per_slot);
     }
 }
@@ -162,7 +148,7 @@ __device__ void gsa_step(float* state, const T* q_t, const T* k_t, const T* v_t,
     }
     for (int e = tid; e < group * d; e += blockDim.x) qq[e] = to_f32(q_t[q_row + e]) * scale;
     for (int i = tid; i < slots; i += blockDim.x) {
-        const float log_a = gsa_log_sigmoid(gsa_pool(k_t + kv_row, i, d / slots)) * inv_normalizer;
+        const float log_a = log_sigmoid_f(gsa_pool(k_t + kv_row, i, d / slots)) * inv_normalizer;
         a[i] = expf(log_a);
         w[i] = -expm1f(log_a);
     }

@@ -269,6 +269,8 @@ pub(super) fn backward<T: GpuElement>(
         gate_gradient(ctx, dims, [p, dp, x.write, dw_values], dg_values, carry_values)?;
         slot_rows(ctx, "gsa_slot_softmax_backward", dims, &[p, dp, ds], None)?;
         let jobs = key_backward_jobs(ctx, dims, &x, ds, [dqs, dk_keys, dw_keys])?;
+        // No kernel runs these three side by side (their first is not the gated backward's), so
+        // the schedule never asks for one; the name passed for it is unused.
         segments::run(ctx, dims, &jobs, jobs[0].entry(), &key_schedule_back, &key_regions_back, base)?;
         gate_gradient(ctx, dims, [s, ds, x.write, dw_keys], dg_keys, carry_keys)?;
 

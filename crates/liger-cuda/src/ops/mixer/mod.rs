@@ -389,15 +389,20 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
     let bf16 = T::KERNEL_SUFFIX == "bf16";
     let pieces = dims.tokens.div_ceil(GATE_PIECE);
     let side_by_side = backward_side_by_side(dims);
-    let chunked_path = mixer_uses_chunked::<T>(cfg.kind, dims.shape.d, segments);
-    let schedule = if chunked_path { None } else { Some(backward_schedule(ctx, dims, kind, scale, segments)?) };
+    // Plans depend on the shapes alone, so the scan's is made before the scratch is sized.
+    let schedule = if mixer_uses_chunked::<T>(cfg.kind, dims.shape.d, segments) { None } else { Some(backward_schedule(ctx, dims, kind, scale, segments)?) };
     let mut plan = ScratchPlan::default();
     let regions = FeatureRegions::plan(&mut plan, dims);
     let dof_at = bf16.then(|| plan.take(dims.q_len()));
     let (dqf_at, dkf_at, dvf_at, dg_at) = (plan.take(dims.q_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()));
     let carry_at = plan.take(dims.batch * pieces * dims.shape.hkv * dims.shape.d);
-    let segment_regions = schedule.as_ref().map(|s| SegmentRegions::plan(&mut plan, dims, s, 3));
-    let chunk_regions = chunked_path.then(|| chunked::StateRegions::plan(&mut plan, dims, true));
+    let path = match schedule {
+        Some(schedule) => {
+            let regions = SegmentRegions::plan(&mut plan, dims, &schedule, 3);
+            BackwardPath::Scans(schedule, regions)
+        }
+        None => BackwardPath::Chunked(chunked::StateRegions::plan(&mut plan, dims, true)),
+    };
     let (dq, dk, dv) = (ptr_mut(ctx, dq), ptr_mut(ctx, dk), ptr_mut(ctx, dv));
     ctx.with_scratch(plan.floats, |base| {
         let f = features(ctx, dims, kind, scale, q, k, v, base, &regions)?;
@@ -406,13 +411,12 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
             None => ptr(ctx, d_o),
         };
         let (dqf, dkf, dvf, dg, carry) = (region(base, dqf_at), region(base, dkf_at), region(base, dvf_at), region(base, dg_at), region(base, carry_at));
-        match (&schedule, &segment_regions, &chunk_regions) {
-            (Some(schedule), Some(segment_regions), _) => {
+        match &path {
+            BackwardPath::Scans(schedule, regions) => {
                 let jobs = backward_jobs(ctx, dims, &f, do_ptr, [dqf, dvf, dkf], kind, scale)?;
-                segments::run(ctx, dims, &jobs, side_by_side, schedule, segment_regions, base)?;
+                segments::run(ctx, dims, &jobs, side_by_side, schedule, regions, base)?;
             }
-            (_, _, Some(chunk_regions)) => chunked::backward(ctx, dims, &f, do_ptr, [dqf, dkf, dvf], base, chunk_regions)?,
-            _ => return Err(Error::internal("the mixer backward has neither a scan plan nor chunk regions")),
+            BackwardPath::Chunked(regions) => chunked::backward(ctx, dims, &f, do_ptr, [dqf, dkf, dvf], base, regions)?,
         }
 
         gate_gradient(ctx, dims, [f.qf, dqf, f.kf, dkf], dg, carry)?;
@@ -429,6 +433,13 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
         // SAFETY: q-shaped buffers hold q_rows rows of d, the others kv_rows; one warp per row.
         ctx.check_launch(unsafe { launch.launch(warp_per_row((q_rows + kv_rows) as usize)) }, name)
     })
+}
+
+/// How the backward computes dqf, dkf and dvf: the three scans under a segment plan (with
+/// their scratch regions), or the chunked kernels (with theirs).
+enum BackwardPath {
+    Scans(segments::Schedule, SegmentRegions),
+    Chunked(chunked::StateRegions),
 }
 
 /// The log-gate gradient `dg_t = sum_{s >= t} (sum_h qf_s . dqf_s - kf_s . dkf_s)` per key dim,
