@@ -99,3 +99,22 @@ describe("liger generate", () => {
     expect(stdout.length).toBeGreaterThan(20);
   });
 });
+
+describe("liger eval output", () => {
+  it("a comparison whose base scored 0 prints n/a instead of crashing", async () => {
+    const { formatComparison } = await import("../ts/dist/cli/eval.js");
+    const text = formatComparison({
+      baseModel: "base",
+      linearizedModel: "liger",
+      rows: [
+        { task: "passkey", metric: "acc", higherIsBetter: true, base: 0, linearized: 0.4, recovery: null },
+        { task: "arc_easy", metric: "acc", higherIsBetter: true, base: 0.5, linearized: 0.25, recovery: 0.5 },
+      ],
+      ratioOfAverages: null,
+      meanOfRatios: 0.5,
+      definitions: {},
+    });
+    expect(text).toMatch(/passkey\s+acc\s+0\.0000\s+0\.4000\s+n\/a/);
+    expect(text).toMatch(/arc_easy\s+acc\s+0\.5000\s+0\.2500\s+0\.5000/);
+  });
+});

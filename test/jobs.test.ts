@@ -1,5 +1,5 @@
 /** Evaluation, perplexity and linearize through the library API. */
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -206,6 +206,20 @@ describe("linearize", () => {
       onProgress: (e) => e.kind === "step" && controller.abort(),
     });
     await expectCode(job, "ABORTED", /aborted after 1 of 50/);
+  });
+
+  it("never deletes a folder of the user's: --out with files of its own is refused before any work", async () => {
+    const mine = join(work, "users-folder");
+    mkdirSync(mine, { recursive: true });
+    writeFileSync(join(mine, "a.txt"), "keep");
+    const events: LinearizeEvent[] = [];
+    const job = linearize(modelPath(), {
+      out: mine, data: alpacaSlice(20), steps: 1, seqLen: 32, valFraction: 0, sample: false, onProgress: (e) => events.push(e),
+    });
+    await expectCode(job, "INVALID_ARGUMENT", /a\.txt.*nothing was changed/);
+    expect(readFileSync(join(mine, "a.txt"), "utf8")).toBe("keep");
+    expect(readdirSync(mine)).toEqual(["a.txt"]);
+    expect(events.filter((e) => e.kind === "step")).toHaveLength(0);
   });
 
   it("bad options are INVALID_ARGUMENT; the GPU engine without a GPU is DEVICE_UNAVAILABLE", async () => {

@@ -78,8 +78,9 @@ export interface ComparisonRow {
   higherIsBetter: boolean;
   base: number;
   linearized: number;
-  /** linearized / base for accuracies, base / linearized for perplexities. */
-  recovery: number;
+  /** linearized / base for accuracies, base / linearized for perplexities; null where the
+   * divisor is 0 (no ratio exists). */
+  recovery: number | null;
 }
 
 export interface Comparison {
@@ -134,6 +135,9 @@ export interface EvaluateOptions {
   addBos?: boolean;
   /** Passkey retrieval at these prompt lengths (tokens). */
   passkey?: readonly number[];
+  /** Prompts per length and depth (default 1), and the depths as fractions of the filler (default 0.1, 0.3, 0.5, 0.7, 0.9). */
+  passkeyTrials?: number;
+  passkeyDepths?: readonly number[];
   /** The model's name in the report (default: its name, marked "(liger)" for a Liger model). */
   label?: string;
   /** Where scoring runs: "cpu" (default) or "cuda" (a bf16 copy on the first NVIDIA GPU; DEVICE_UNAVAILABLE without one). */
@@ -248,6 +252,13 @@ export function resolveEvalOptions(options: EvaluateOptions, defaultLabel: strin
   checkOptional("window", options.window, isPositiveInt, "an integer >= 1");
   checkOptional("seed", options.seed, (v) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0, "an integer >= 0");
   checkOptional("passkey", options.passkey, (v) => Array.isArray(v) && v.length > 0 && v.every(isPositiveInt), "a non-empty list of lengths");
+  checkOptional("passkeyTrials", options.passkeyTrials, isPositiveInt, "an integer >= 1");
+  checkOptional(
+    "passkeyDepths",
+    options.passkeyDepths,
+    (v) => Array.isArray(v) && v.length > 0 && v.every((d) => typeof d === "number" && d >= 0 && d <= 1),
+    "a non-empty list of fractions in [0, 1]",
+  );
   checkOptional("signal", options.signal, (v) => v instanceof AbortSignal, "an AbortSignal");
   checkOptional("device", options.device, (v) => v === "cpu" || v === "cuda", `"cpu" or "cuda"`);
   const taskFiles = Object.entries(options.taskFiles ?? {}).filter((e): e is [string, string] => typeof e[1] === "string");
@@ -268,6 +279,8 @@ export function resolveEvalOptions(options: EvaluateOptions, defaultLabel: strin
     window: options.window,
     addBos: options.addBos ?? false,
     passkey: options.passkey ? [...options.passkey] : undefined,
+    passkeyTrials: options.passkeyTrials,
+    passkeyDepths: options.passkeyDepths ? [...options.passkeyDepths] : undefined,
     label: options.label ?? defaultLabel,
     device: options.device ?? "cpu",
   };

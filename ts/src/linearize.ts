@@ -35,6 +35,21 @@ export interface LinearizeOptions {
   softmaxLayers?: number[];
   /** Keep softmax attention in one layer of every n (8: the paper's hybrid). */
   softmaxEvery?: number;
+  /**
+   * Also keep softmax attention in this many layers chosen by measurement: before training,
+   * each layer is converted alone (untrained) and the layers whose conversion costs the most
+   * loss on `selectData` keep softmax attention.
+   */
+  softmaxAuto?: number;
+  /** Text the automatic choice measures on (.txt/.raw/.json/.jsonl; default: the validation split). */
+  selectData?: string;
+  /**
+   * A preset of the training settings; options given beside it win. "paper": the Liger
+   * paper's recipe (1024-token sequences, batch 8, 2 epochs, AdamW lr 1e-3 constant).
+   */
+  recipe?: "paper";
+  /** Passes over the training data; the steps follow from it after packing (when `steps` is not given). */
+  epochs?: number;
   /** LoRA adapters (default rank 8, alpha 8, on q, k, v). */
   lora?: { rank?: number; alpha?: number; targets?: LoraTargetName[] };
   /** Optimizer steps (default 30: a short CPU run). */
@@ -119,9 +134,18 @@ export interface LinearizeReport {
   cancelled: boolean;
   outDir: string;
   sample: string | null;
-  /** Decoding memory of one sequence of the converted model, in bytes. */
+  /** Decoding memory of one sequence of the converted model on the engine that trained it, in bytes. */
   stateBytes: number;
+  /** The layers that kept softmax attention. */
+  softmaxLayers: number[];
+  /** With `softmaxAuto`: per layer, the loss increase (nats/token) of converting it alone, untrained. */
+  layerCosts: number[] | null;
 }
+
+/** The training settings of each recipe preset. */
+export const RECIPES = {
+  paper: { seqLen: 1024, batch: 8, gradAccum: 1, epochs: 2, lr: 1e-3, schedule: "constant" },
+} as const;
 
 export const DEFAULT_SAMPLE_PROMPT = "Give three tips for staying healthy.";
 
@@ -152,6 +176,14 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
   if (o.softmaxLayers !== undefined && o.softmaxEvery !== undefined) {
     throw invalidArgument("give softmaxLayers or softmaxEvery, not both");
   }
+  checkOptional("softmaxAuto", o.softmaxAuto, isNonNegativeInt, "an integer >= 0");
+  checkOptional("selectData", o.selectData, (v) => typeof v === "string" && v.length > 0, "a file or folder path");
+  checkOptional("recipe", o.recipe, oneOf(Object.keys(RECIPES)), `one of ${Object.keys(RECIPES).join(", ")}`);
+  checkOptional("epochs", o.epochs, (v) => isFiniteNumber(v) && (v as number) > 0, "a positive number");
+  if (o.steps !== undefined && o.epochs !== undefined) throw invalidArgument("give steps or epochs, not both");
+  const recipe: Partial<(typeof RECIPES)["paper"]> = o.recipe ? RECIPES[o.recipe] : {};
+  // Steps: given, else from epochs (given or the recipe's), else the short CPU run's 30.
+  const epochs = o.epochs ?? (o.steps === undefined ? recipe.epochs : undefined);
   const lora = o.lora ?? {};
   checkOptional("lora.rank", lora.rank, isPositiveInt, "an integer >= 1");
   checkOptional("lora.alpha", lora.alpha, isFiniteNumber, "a finite number");
@@ -187,16 +219,18 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     useSwa: o.useSwa ?? true,
     softmaxLayers: o.softmaxLayers ?? [],
     softmaxEvery: o.softmaxEvery,
+    softmaxAuto: o.softmaxAuto || undefined,
+    selectData: o.selectData,
     loraRank: lora.rank ?? 8,
     loraAlpha: lora.alpha ?? 8,
     loraTargets: lora.targets ?? ["q", "k", "v"],
-    steps: o.steps ?? 30,
-    epochs: 1,
-    seqLen: o.seqLen ?? 256,
-    batch: o.batch ?? 1,
-    gradAccum: o.gradAccum ?? 1,
-    lr: o.lr ?? 1e-3,
-    schedule: o.schedule ?? "constant",
+    steps: epochs === undefined ? (o.steps ?? 30) : undefined,
+    epochs: epochs ?? 1,
+    seqLen: o.seqLen ?? recipe.seqLen ?? 256,
+    batch: o.batch ?? recipe.batch ?? 1,
+    gradAccum: o.gradAccum ?? recipe.gradAccum ?? 1,
+    lr: o.lr ?? recipe.lr ?? 1e-3,
+    schedule: o.schedule ?? recipe.schedule ?? "constant",
     warmupSteps: o.warmupSteps ?? 0,
     seed: o.seed ?? 0,
     valFraction: o.valFraction ?? 0.02,

@@ -41,3 +41,49 @@ extern "C" __global__ void cross_entropy_rows_bf16(const float* logits, const u3
                                                    float grad_scale) {
     cross_entropy_rows(logits, labels, loss, grad, vocab, grad_scale);
 }
+
+// Scoring (evaluation): for each row, the log-probability of its target under softmax(z) and
+// whether the target is the argmax (the first largest logit on ties, as the CPU scorer). Only
+// these two numbers per row go back to the host instead of the vocabulary's logits. One block
+// per row; a non-finite maximum is reported as NaN so the host can name it.
+extern "C" __global__ void score_rows_f32(const float* logits, const u32* targets, float* logprob, u32* greedy, int vocab) {
+    __shared__ float best_value[32];
+    __shared__ int best_index[32];
+    const size_t r = blockIdx.x;
+    const float* z = logits + r * vocab;
+    float value = -POS_INFINITY;
+    int index = vocab;  // loses every tie
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        if (z[i] > value || index == vocab) value = z[i], index = i;
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float v = __shfl_xor_sync(0xffffffffu, value, offset);
+        const int j = __shfl_xor_sync(0xffffffffu, index, offset);
+        if (v > value || (v == value && j < index)) value = v, index = j;
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) best_value[warp] = value, best_index[warp] = index;
+    __syncthreads();
+    if (warp == 0) {
+        const bool live = lane < (int)(blockDim.x >> 5);
+        value = live ? best_value[lane] : -POS_INFINITY;
+        index = live ? best_index[lane] : vocab;
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            const float v = __shfl_xor_sync(0xffffffffu, value, offset);
+            const int j = __shfl_xor_sync(0xffffffffu, index, offset);
+            if (v > value || (v == value && j < index)) value = v, index = j;
+        }
+        if (lane == 0) best_value[0] = value, best_index[0] = index;
+    }
+    __syncthreads();
+    const float max = best_value[0];
+    const int argmax = best_index[0];
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) sum += expf(z[i] - max);
+    sum = block_sum(sum);
+    if (threadIdx.x == 0) {
+        const u32 t = targets[r];
+        logprob[r] = isfinite(max) ? z[t] - max - logf(sum) : NAN;
+        greedy[r] = (u32)argmax == t ? 1u : 0u;
+    }
+}

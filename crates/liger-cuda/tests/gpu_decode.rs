@@ -363,6 +363,7 @@ fn the_decode_state_keeps_the_window_in_the_storage_type() {
     let expected = c.num_layers * (4 * hkv * d * d + 2 * window * hkv * d * 2);
     println!("decode state per sequence: {} bytes (expected {expected})", state.bytes_per_sequence());
     assert_eq!(state.bytes_per_sequence(), expected);
+    assert_eq!(model.state_bytes_per_sequence(), expected, "the size known before allocation");
     let err = model.forward_last_batch(&mut state, &[&[c.vocab_size as u32], &[0]]).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.message);
     assert_eq!(state.len(), 3, "a refused step must not advance the state");

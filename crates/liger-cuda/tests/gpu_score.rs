@@ -163,6 +163,52 @@ fn evaluation_through_score_model_matches_the_cpu() {
     assert!(err < 1e-4, "perplexity differs: {err:.3e}");
 }
 
+/// Target log-probabilities and argmax flags computed on the device equal the CPU's computed
+/// from the whole logits: rows queried in any order, twice, with targets that are and are not
+/// the row's argmax; more queries than one logit chunk holds.
+#[test]
+fn device_scores_of_queried_rows_match_the_cpu() {
+    let mut rng = rng("device_scores_of_queried_rows_match_the_cpu");
+    let cpu = liger(Architecture::Llama, MixerKind::Gla, vec![1], &mut rng);
+    let vocab = cpu.base.config.vocab_size;
+    let tokens = random_tokens(41, vocab, rng.random());
+    let logits = cpu.all_logits(&tokens).unwrap();
+    let argmax = |row: usize| {
+        let r = &logits[row * vocab..(row + 1) * vocab];
+        (0..vocab).fold(0, |best, i| if r[i] > r[best] { i } else { best }) as u32
+    };
+    let mut queries: Vec<(usize, u32)> = (0..60)
+        .map(|i| {
+            let row = rng.random_range(0..tokens.len());
+            (row, if i % 2 == 0 { argmax(row) } else { rng.random_range(0..vocab as u32) })
+        })
+        .collect();
+    queries.push(queries[3]);
+    let want = ScoreModel::score_targets(&cpu, &tokens, &queries).unwrap();
+    assert!(want.iter().filter(|w| w.1).count() >= 30, "half the targets are the argmax");
+    for (name, got, tol) in [
+        ("f32", GpuLigerModel::<f32>::new(gpu(), LigerModel { base: base_copy(&cpu.base), options: cpu.options.clone(), lora: cpu.lora.clone() }).unwrap().score_targets(&tokens, &queries).unwrap(), 1e-4),
+        ("bf16", GpuLigerModel::<bf16>::new(gpu(), LigerModel { base: base_copy(&cpu.base), options: cpu.options.clone(), lora: cpu.lora.clone() }).unwrap().score_targets(&tokens, &queries).unwrap(), WHOLE_MODEL_BF16_TOL),
+    ] {
+        assert_eq!(got.len(), queries.len());
+        let mut worst: f64 = 0.0;
+        let mut flips = 0;
+        for (g, w) in got.iter().zip(&want) {
+            worst = worst.max((g.0 - w.0).abs() / w.0.abs().max(1e-3));
+            flips += (g.1 != w.1) as usize;
+        }
+        println!("{name}: {} queried rows, max relative error of log-probabilities {worst:.3e}, {flips} argmax flags differ", queries.len());
+        assert!(worst < tol, "{name}: {worst:.3e}");
+        if name == "f32" {
+            assert_eq!(flips, 0, "f32 argmax flags equal the CPU's");
+        }
+    }
+    let gpu_model = GpuLigerModel::<f32>::new(gpu(), LigerModel { base: base_copy(&cpu.base), options: cpu.options.clone(), lora: cpu.lora.clone() }).unwrap();
+    assert_eq!(gpu_model.score_targets(&tokens, &[(41, 0)]).unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(gpu_model.score_targets(&tokens, &[(0, vocab as u32)]).unwrap_err().code, ErrorCode::InvalidArgument);
+    assert!(gpu_model.score_targets(&tokens, &[]).unwrap().is_empty());
+}
+
 #[test]
 fn bad_scoring_inputs_are_typed_errors() {
     let mut rng = rng("bad_scoring_inputs_are_typed_errors");

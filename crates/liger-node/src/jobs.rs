@@ -149,6 +149,9 @@ pub struct JsEvalOptions {
     pub add_bos: bool,
     /// Passkey lengths in tokens (none: no passkey test).
     pub passkey: Option<Vec<u32>>,
+    /// Passkey prompts per length and depth (default 1) and the depths (default 5 of them).
+    pub passkey_trials: Option<u32>,
+    pub passkey_depths: Option<Vec<f64>>,
     /// The model's name in the report.
     pub label: String,
     /// Where scoring runs: "cpu" (default) or "cuda" (a bf16 copy on the first GPU).
@@ -237,11 +240,13 @@ impl EvalTask {
                 on_event,
                 json!({ "kind": "task", "task": "passkey", "index": tasks.len(), "count": tasks.len() + 1 }),
             );
+            let defaults = PasskeyOptions::default();
             let passkey = PasskeyOptions {
                 lengths: lengths.iter().map(|&l| l as usize).collect(),
-                trials: 1,
+                trials: o.passkey_trials.map_or(1, |t| t as usize),
+                depths: o.passkey_depths.clone().unwrap_or(defaults.depths),
                 seed: options.seed,
-                ..Default::default()
+                corpus: None,
             };
             report.passkey = Some(passkey_by_loglikelihood(&scorer, &passkey, &options)?);
         }
@@ -410,6 +415,10 @@ pub struct JsLinearizeOptions {
     pub softmax_layers: Vec<u32>,
     /// Keep softmax attention in one layer of every n (wins over `softmax_layers` when set).
     pub softmax_every: Option<u32>,
+    /// Also keep softmax attention in this many layers chosen by measurement.
+    pub softmax_auto: Option<u32>,
+    /// Text the automatic choice measures the layers on (default: the validation split).
+    pub select_data: Option<String>,
     pub lora_rank: u32,
     pub lora_alpha: f64,
     pub lora_targets: Vec<String>,
@@ -546,6 +555,17 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
         merged: o.merged,
     };
     job.resume = o.resume;
+    if let Some(n) = o.softmax_auto {
+        let free = base.config.num_layers - job.options.softmax_layers.len();
+        if n as usize > free {
+            return Err(Error::invalid_argument(format!(
+                "softmax_auto: {n} layers asked, but only {free} of the model's {} layers are converted",
+                base.config.num_layers
+            )));
+        }
+        job.auto_softmax_layers = Some(n as usize);
+    }
+    job.select_data = o.select_data.as_ref().map(PathBuf::from);
     Ok(job)
 }
 

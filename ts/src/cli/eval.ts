@@ -29,6 +29,8 @@ interface EvalCliOptions {
   window?: number;
   ppl?: string;
   passkey?: string;
+  passkeyTrials?: number;
+  passkeyDepths?: string;
   json?: string;
   html?: string;
   device?: string;
@@ -48,6 +50,8 @@ export function registerEval(program: Command): void {
     .option("--window <n>", "perplexity window in tokens (default: the model's context)", parseNumber("window"))
     .option("--ppl <file>", "also report the rolling perplexity of this text file")
     .option("--passkey <lengths>", "passkey retrieval at these comma-separated prompt lengths, e.g. 1024,2048")
+    .option("--passkey-trials <n>", "passkey prompts per length and depth (default 1)", parseNumber("passkey-trials"))
+    .option("--passkey-depths <list>", "comma-separated depths of the key in the filler, as fractions (default 0.1,0.3,0.5,0.7,0.9)")
     .option("--device <device>", "where the tasks and passkey are scored: cpu, or cuda (the first NVIDIA GPU)", "cpu")
     .option("--json <file>", "write the reports (and comparison) as JSON")
     .option("--html <file>", "write a self-contained HTML page of the results")
@@ -74,6 +78,8 @@ export function registerEval(program: Command): void {
                     maxLength: options.maxLength,
                     window: options.window,
                     passkey,
+                    passkeyTrials: options.passkeyTrials,
+                    passkeyDepths: options.passkeyDepths === undefined ? undefined : parseList(options.passkeyDepths, "passkey-depths").map(parseNumber("passkey-depths")),
                     device: options.device as EvaluateOptions["device"],
                     onProgress: progress.update,
                     signal: controller.signal,
@@ -90,22 +96,10 @@ export function registerEval(program: Command): void {
       } finally {
         process.off("SIGINT", onSigint);
       }
-      for (const { report, perplexity, model } of results) {
-        process.stdout.write(`\n${model.info.name}${model.info.liger ? ` (liger ${model.info.liger.mixer})` : ""}  [${model.path}]\n`);
-        if (report) process.stdout.write(formatReport(report));
-        if (perplexity) process.stdout.write(formatPerplexity(options.ppl!, perplexity));
-      }
       const [a, b] = results;
-      let comparison: Comparison | undefined;
-      if (a?.report && b?.report && a.report.tasks.length > 0) {
-        comparison = compareReports(a.report, b.report);
-        process.stdout.write(formatComparison(comparison));
-      }
-      if (a?.perplexity && b?.perplexity) {
-        const ratio = a.perplexity.tokenPerplexity / b.perplexity.tokenPerplexity;
-        process.stdout.write(`perplexity recovery (A / B token perplexity): ${ratio.toFixed(4)}\n`);
-      }
+      const comparison = a?.report && b?.report && a.report.tasks.length > 0 ? compareReports(a.report, b.report) : undefined;
       const reports = results.flatMap((r) => (r.report ? [r.report] : []));
+      // The files first: a scored run is never lost to a problem in printing it.
       if (options.json) {
         const perplexities = results.map((r) => ({ model: r.model.path, perplexity: r.perplexity ?? null }));
         writeFileAtomically(options.json, `${JSON.stringify({ reports, comparison: comparison ?? null, perplexities }, null, 2)}\n`);
@@ -114,6 +108,16 @@ export function registerEval(program: Command): void {
       if (options.html) {
         writeFileAtomically(options.html, renderEvalHtml(reports, comparison));
         process.stderr.write(`wrote ${options.html}\n`);
+      }
+      for (const { report, perplexity, model } of results) {
+        process.stdout.write(`\n${model.info.name}${model.info.liger ? ` (liger ${model.info.liger.mixer})` : ""}  [${model.path}]\n`);
+        if (report) process.stdout.write(formatReport(report));
+        if (perplexity) process.stdout.write(formatPerplexity(options.ppl!, perplexity));
+      }
+      if (comparison) process.stdout.write(formatComparison(comparison));
+      if (a?.perplexity && b?.perplexity) {
+        const ratio = a.perplexity.tokenPerplexity / b.perplexity.tokenPerplexity;
+        process.stdout.write(`perplexity recovery (A / B token perplexity): ${fmt(ratio)}\n`);
       }
     });
 }
@@ -125,7 +129,9 @@ function parseList(value: string, name: string): string[] {
   return items;
 }
 
-const fmt = (v: number | undefined) => (v === undefined || Number.isNaN(v) ? "n/a" : Math.abs(v) >= 100 ? v.toFixed(2) : v.toFixed(4));
+/** A score for a table; "n/a" where there is none (JSON turns a ratio over a zero score into null). */
+export const fmt = (v: number | null | undefined) =>
+  v === undefined || v === null || !Number.isFinite(v) ? "n/a" : Math.abs(v) >= 100 ? v.toFixed(2) : v.toFixed(4);
 
 function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));

@@ -20,6 +20,9 @@ interface LinearizeCliOptions {
   swa: boolean;
   softmaxLayers?: string;
   softmaxEvery?: number;
+  selectData?: string;
+  recipe?: string;
+  epochs?: number;
   loraRank?: number;
   loraAlpha?: number;
   loraTargets?: string;
@@ -56,7 +59,13 @@ export function registerLinearize(program: Command): void {
     .option("--alpha <a>", "weight of the recurrent branch (default 0.5)", parseNumber("alpha"))
     .option("--beta <b>", "weight of the sliding-window branch (default 0.5)", parseNumber("beta"))
     .option("--no-swa", "the recurrent branch only")
-    .option("--softmax-layers <list>", "comma-separated layers (0-based) that keep softmax attention")
+    .option(
+      "--softmax-layers <list>",
+      "comma-separated layers (0-based) that keep softmax attention, or auto:N for N layers chosen by measuring what converting each costs",
+    )
+    .option("--select-data <path>", "text the auto:N choice measures on (.txt/.raw/.json/.jsonl; default: the validation split)")
+    .option("--recipe <name>", "training preset: paper (1024-token sequences, batch 8, 2 epochs, lr 1e-3 constant); options given win")
+    .option("--epochs <n>", "passes over the training data (the steps follow after packing; instead of --steps)", parseNumber("epochs"))
     .option("--softmax-every <n>", "keep softmax attention in one layer of every n (8: the paper's hybrid)", parseNumber("softmax-every"))
     .option("--lora-rank <n>", "LoRA rank (default 8)", parseNumber("lora-rank"))
     .option("--lora-alpha <a>", "LoRA alpha (default 8)", parseNumber("lora-alpha"))
@@ -90,8 +99,11 @@ export function registerLinearize(program: Command): void {
         alpha: options.alpha,
         beta: options.beta,
         useSwa: options.swa,
-        softmaxLayers: list(options.softmaxLayers)?.map(parseNumber("softmax-layers")),
+        ...parseSoftmaxLayers(options.softmaxLayers),
         softmaxEvery: options.softmaxEvery,
+        selectData: options.selectData,
+        recipe: options.recipe as LinearizeOptions["recipe"],
+        epochs: options.epochs,
         lora: {
           rank: options.loraRank,
           alpha: options.loraAlpha,
@@ -114,7 +126,10 @@ export function registerLinearize(program: Command): void {
         device: options.device as LinearizeOptions["device"],
         onProgress: (event) => {
           // Said once the options have passed their checks, when the job has started.
-          if (event.kind === "stage" && event.stage === "training" && options.steps === undefined && options.seqLen === undefined) {
+          if (
+            event.kind === "stage" && event.stage === "training" &&
+            options.steps === undefined && options.seqLen === undefined && options.recipe === undefined && options.epochs === undefined
+          ) {
             process.stderr.write(
               "A short CPU run: 30 steps of 256 tokens. It shows the method end to end; recovering the base model's quality " +
                 "takes far more (the paper: 1024-token sequences, about 20k Alpaca examples). Go further with --steps and --seq-len.\n",
@@ -139,6 +154,15 @@ export function registerLinearize(program: Command): void {
     });
 }
 
+/** `--softmax-layers`: a list of layers, or `auto:N`. */
+function parseSoftmaxLayers(value: string | undefined): Pick<LinearizeOptions, "softmaxLayers" | "softmaxAuto"> {
+  if (value === undefined) return {};
+  const auto = /^auto:(\d+)$/.exec(value.trim());
+  if (auto) return { softmaxAuto: Number(auto[1]) };
+  const layers = value.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
+  return { softmaxLayers: layers.map(parseNumber("softmax-layers")) };
+}
+
 export function formatLinearizeReport(r: LinearizeReport): string {
   const rows: [string, LinearizeReport["baseEval"]][] = [
     ["base (softmax attention)", r.baseEval],
@@ -154,6 +178,7 @@ export function formatLinearizeReport(r: LinearizeReport): string {
       out += `${name.padEnd(28)}  ${e ? e.loss.toFixed(4).padStart(7) : "n/a".padStart(7)}  ${e ? e.ppl.toFixed(2).padStart(10) : "n/a".padStart(10)}\n`;
     }
   }
+  if (r.softmaxLayers.length > 0) out += `softmax attention kept in layers ${r.softmaxLayers.join(", ")}\n`;
   out += `decoding memory per sequence: ${(r.stateBytes / 2 ** 20).toFixed(2)} MiB\n`;
   out += `checkpoint: ${r.outDir}  (load it with --model ${r.outDir})\n`;
   if (r.sample !== null) out += `\nsample:\n${r.sample.trim()}\n`;

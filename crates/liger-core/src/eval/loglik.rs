@@ -164,7 +164,7 @@ fn model_input(r: &TokenRequest, max_length: Option<usize>) -> Result<(Vec<u32>,
 }
 
 /// Natural-log probability of `target` under `row`'s softmax, and whether it is the argmax.
-fn score_row(row: &[f32], target: u32) -> Result<(f64, bool)> {
+pub(crate) fn score_row(row: &[f32], target: u32) -> Result<(f64, bool)> {
     let target = target as usize;
     if target >= row.len() {
         return Err(Error::invalid_argument(format!("token id {target} is outside the model's vocabulary of {}", row.len())));
@@ -212,28 +212,31 @@ pub fn score_tokens(
 
     let mut order: Vec<usize> = (0..inputs.len()).collect();
     order.sort_by_key(|&u| std::cmp::Reverse(inputs[u].len()));
-    let vocab = model.vocab_size();
     let done = AtomicUsize::new(0);
     let scored: Vec<Vec<(usize, LoglikResult)>> = order
         .par_iter()
         .map(|&u| {
             let input = &inputs[u];
-            let logits = model.all_logits(input)?;
-            if logits.len() != input.len() * vocab {
-                return Err(Error::internal(format!(
-                    "the model returned {} logits for {} tokens x {vocab} vocabulary",
-                    logits.len(),
-                    input.len()
-                )));
-            }
-            let mut out = Vec::with_capacity(members[u].len());
+            // Every (row, target) that a member of this forward reads, in member order.
+            let mut queries = Vec::new();
             for &i in &members[u] {
                 let cont = &requests[i].continuation;
                 let first_row = input.len() - cont.len();
-                let mut result = LoglikResult { logprob: 0.0, is_greedy: true, num_tokens: cont.len() };
-                for (j, &t) in cont.iter().enumerate() {
-                    let row = &logits[(first_row + j) * vocab..(first_row + j + 1) * vocab];
-                    let (lp, greedy) = score_row(row, t)?;
+                queries.extend(cont.iter().enumerate().map(|(j, &t)| (first_row + j, t)));
+            }
+            let scores = model.score_targets(input, &queries)?;
+            if scores.len() != queries.len() {
+                return Err(Error::internal(format!("the model scored {} of {} positions", scores.len(), queries.len())));
+            }
+            let mut out = Vec::with_capacity(members[u].len());
+            let mut next = scores.iter();
+            for &i in &members[u] {
+                let n = requests[i].continuation.len();
+                let mut result = LoglikResult { logprob: 0.0, is_greedy: true, num_tokens: n };
+                for &(lp, greedy) in next.by_ref().take(n) {
+                    if !lp.is_finite() {
+                        return Err(Error::new(ErrorCode::Internal, "the model produced non-finite logits"));
+                    }
                     result.logprob += lp;
                     result.is_greedy &= greedy;
                 }

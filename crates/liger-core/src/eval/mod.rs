@@ -41,6 +41,28 @@ pub use tasks::{run_task, Task, TASK_NAMES};
 pub trait ScoreModel: Sync {
     /// Logits after every token (`T x vocab`) of one sequence, from an empty state.
     fn all_logits(&self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// For each `(row, target)` of `queries`: the natural-log probability of `target` after
+    /// token `row` of `tokens`, and whether `target` is that row's argmax (the first largest
+    /// logit on ties). What every metric reads; an engine that can compute it without
+    /// returning the vocabulary's logits (the GPU) overrides this.
+    fn score_targets(&self, tokens: &[u32], queries: &[(usize, u32)]) -> Result<Vec<(f64, bool)>> {
+        let logits = self.all_logits(tokens)?;
+        let vocab = self.vocab_size();
+        if logits.len() != tokens.len() * vocab {
+            return Err(crate::error::Error::internal(format!(
+                "the model returned {} logits for {} tokens x {vocab} vocabulary",
+                logits.len(),
+                tokens.len()
+            )));
+        }
+        queries
+            .iter()
+            .map(|&(row, target)| match logits.get(row * vocab..(row + 1) * vocab) {
+                Some(r) => loglik::score_row(r, target),
+                None => Err(crate::error::Error::invalid_argument(format!("row {row} is past the {} scored tokens", tokens.len()))),
+            })
+            .collect()
+    }
     fn tokenizer(&self) -> &Tokenizer;
     fn vocab_size(&self) -> usize;
     /// Longest sequence scored at once (the base model's context; a Liger model may say None).

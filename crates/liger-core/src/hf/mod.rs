@@ -13,6 +13,8 @@ mod safetensors_io;
 mod checkpoint;
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) mod fsutil;
+#[cfg(not(target_arch = "wasm32"))]
+pub use fsutil::{check_output_dir, check_replaceable_dir};
 
 pub use config::{config_from_value, config_to_json, parse_config, SUPPORTED_ARCHITECTURES};
 pub use safetensors_io::{safetensors_to_bytes, SafetensorsFile, SaveDtype};

@@ -40,21 +40,22 @@ pub struct Dataset {
     pub skipped: usize,
 }
 
-/// Reads `.json` (an array of records), `.jsonl` (one record per line) files, or every such
-/// file in a directory (in natural order of their names, so `x_2` comes before `x_10`).
+/// Reads `.json` (an array of records), `.jsonl` (one record per line) and plain-text
+/// (`.txt`, `.raw`: the whole file is one text record) files, or every such file in a
+/// directory (in natural order of their names, so `x_2` comes before `x_10`).
 pub fn read_dataset(path: &Path, bad_rows: BadRows) -> Result<Dataset> {
     let mut files = Vec::new();
     if path.is_dir() {
         let entries = std::fs::read_dir(path).map_err(|e| Error::io(path.display(), e))?;
         for e in entries {
             let p = e.map_err(|e| Error::io(path.display(), e))?.path();
-            if matches!(p.extension().and_then(|x| x.to_str()), Some("json") | Some("jsonl")) {
+            if matches!(p.extension().and_then(|x| x.to_str()), Some("json") | Some("jsonl")) || is_plain_text(&p) {
                 files.push(p);
             }
         }
         files.sort_by_key(|p| natural_key(p));
         if files.is_empty() {
-            return Err(Error::invalid_argument(format!("{}: no .json or .jsonl files in this directory", path.display())));
+            return Err(Error::invalid_argument(format!("{}: no .json, .jsonl, .txt or .raw files in this directory", path.display())));
         }
     } else {
         files.push(path.to_path_buf());
@@ -62,12 +63,23 @@ pub fn read_dataset(path: &Path, bad_rows: BadRows) -> Result<Dataset> {
     let mut out = Dataset::default();
     for f in &files {
         let text = std::fs::read_to_string(f).map_err(|e| Error::io(f.display(), e))?;
-        parse_records(&text, f, bad_rows, &mut out)?;
+        if is_plain_text(f) {
+            // A plain-text corpus (e.g. WikiText's .raw files): the whole file is one text.
+            if !text.trim().is_empty() {
+                out.records.push(Record::Text(text));
+            }
+        } else {
+            parse_records(&text, f, bad_rows, &mut out)?;
+        }
     }
     if out.records.is_empty() {
         return Err(Error::invalid_argument(format!("{}: no usable records", path.display())));
     }
     Ok(out)
+}
+
+fn is_plain_text(p: &Path) -> bool {
+    matches!(p.extension().and_then(|x| x.to_str()), Some("txt") | Some("raw"))
 }
 
 fn natural_key(p: &Path) -> (String, u64) {
@@ -313,5 +325,22 @@ mod tests {
         assert_eq!(t1, t2);
         assert!(v1.iter().all(|r| !t1.contains(r)));
         assert_eq!(split_validation(recs, 1.5, 0).unwrap_err().code, ErrorCode::InvalidArgument);
+    }
+
+    #[test]
+    fn plain_text_files_are_one_text_record_each_beside_json_records() {
+        let dir = std::env::temp_dir().join(format!("liger-data-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.raw"), " = Title = \n\n words and more words\n").unwrap();
+        std::fs::write(dir.join("b.jsonl"), "{\"text\": \"one\"}\n{\"instruction\": \"i\", \"output\": \"o\"}\n").unwrap();
+        std::fs::write(dir.join("c.txt"), "  \n").unwrap();
+        std::fs::write(dir.join("ignored.md"), "not data").unwrap();
+        let data = read_dataset(&dir, BadRows::Fail).unwrap();
+        assert_eq!(data.records.len(), 3, "{:?}", data.records);
+        assert_eq!(data.records[0], Record::Text(" = Title = \n\n words and more words\n".into()));
+        assert_eq!(data.records[1], Record::Text("one".into()));
+        let single = read_dataset(&dir.join("a.raw"), BadRows::Fail).unwrap();
+        assert_eq!(single.records, vec![data.records[0].clone()]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

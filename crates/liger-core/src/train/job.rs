@@ -4,7 +4,7 @@
 
 use super::data::{
     alpaca_prompt, pack, read_dataset, split_validation, tokenize_record, BadRows, Example,
-    PromptFormat, Record,
+    PromptFormat, Record, Sequence,
 };
 use super::loss::{LossOutput, IGNORE};
 use super::trainer::{evaluate, EvalResult, TrainConfig, TrainEvent, Trainable, Trainer};
@@ -48,6 +48,12 @@ pub struct LinearizeJob {
     pub save: SaveOptions,
     /// Continue the run saved in `out_dir` when it holds training state.
     pub resume: bool,
+    /// Choose this many softmax layers by measurement (adding to `options.softmax_layers`):
+    /// the layers whose conversion alone costs the most loss on the selection text.
+    pub auto_softmax_layers: Option<usize>,
+    /// Text the layers are measured on (`.txt`/`.raw`/`.json`/`.jsonl`, packed like the
+    /// training data); `None`: the validation sequences, else the first training sequences.
+    pub select_data: Option<PathBuf>,
 }
 
 impl LinearizeJob {
@@ -68,6 +74,8 @@ impl LinearizeJob {
             sample_max_tokens: 64,
             save: SaveOptions::default(),
             resume: false,
+            auto_softmax_layers: None,
+            select_data: None,
         }
     }
 }
@@ -108,6 +116,11 @@ pub struct LinearizeReport {
     pub sample: Option<String>,
     /// Decoding memory of one sequence of the converted model, in bytes.
     pub state_bytes: usize,
+    /// The layers that kept softmax attention.
+    pub softmax_layers: Vec<usize>,
+    /// With automatic selection: per layer, the loss increase (nats per token) of converting
+    /// that layer alone, untrained, over the base model on the selection text.
+    pub layer_costs: Option<Vec<f64>>,
 }
 
 /// Summed cross-entropy of the base (softmax) model on one sequence, computed over chunks of
@@ -216,6 +229,10 @@ type LossResult = Result<LossOutput>;
 pub trait EngineModel: Trainable + CausalLm {
     /// The host model, with the current adapters.
     fn host_model(&self) -> &LigerModel;
+    /// Decoding memory of one sequence on this engine, in bytes, at its largest.
+    fn state_bytes(&self) -> usize {
+        self.host_model().state_bytes()
+    }
 }
 
 impl EngineModel for LigerModel {
@@ -230,6 +247,48 @@ fn eval_event(name: &str, r: &EvalResult) -> JobEvent {
         loss: r.loss,
         ppl: r.ppl,
     }
+}
+
+/// The loss increase (nats per token) of converting each layer alone, untrained and without
+/// adapters, over the base model, on `seqs`, each model evaluated on the job's engine. The
+/// base weights are read again for each layer (a converted model owns its weights).
+fn layer_conversion_costs<M: EngineModel>(
+    job: &LinearizeJob,
+    base: &BaseModel,
+    seqs: &[Sequence],
+    on_event: &mut dyn FnMut(JobEvent),
+    to_engine: &mut dyn FnMut(LigerModel) -> Result<M>,
+) -> Result<Vec<f64>> {
+    if seqs.is_empty() {
+        return Err(Error::invalid_argument("choosing softmax layers needs text to measure on: give training data or selection data"));
+    }
+    let layers = base.config.num_layers;
+    let no_adapters = LoraOptions { targets: Vec::new(), ..job.lora.clone() };
+    // The base model as the engine runs it (every layer softmax), so that each difference
+    // compares like with like (the GPU engine computes in bf16).
+    let all_softmax = LigerOptions { softmax_layers: (0..layers).collect(), ..job.options.clone() };
+    let reference = to_engine(linearize(load_model(&job.model_path, &mut |_, _| {})?, all_softmax, no_adapters.clone())?)?;
+    let base_loss = evaluate(seqs, &mut |i, l| reference.loss(i, l))?.loss;
+    drop(reference);
+    let mut costs = Vec::with_capacity(layers);
+    for layer in 0..layers {
+        on_event(JobEvent::Stage(format!("measuring the conversion of layer {} of {layers}", layer + 1)));
+        let options = LigerOptions { softmax_layers: (0..layers).filter(|&l| l != layer).collect(), ..job.options.clone() };
+        let fresh = load_model(&job.model_path, &mut |_, _| {})?;
+        let model = to_engine(linearize(fresh, options, no_adapters.clone())?)?;
+        let loss = evaluate(seqs, &mut |i, l| model.loss(i, l))?.loss;
+        costs.push(loss - base_loss);
+    }
+    Ok(costs)
+}
+
+/// `fixed` plus the `n` other layers of largest cost, in layer order.
+pub fn choose_softmax_layers(costs: &[f64], fixed: &[usize], n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..costs.len()).filter(|l| !fixed.contains(l)).collect();
+    order.sort_by(|&a, &b| costs[b].total_cmp(&costs[a]));
+    let mut chosen: Vec<usize> = fixed.iter().copied().chain(order.into_iter().take(n)).collect();
+    chosen.sort_unstable();
+    chosen
 }
 
 /// Runs the whole job on the CPU engine. Cancellation (checked between training steps)
@@ -257,6 +316,11 @@ pub fn run_linearize_on<M: EngineModel>(
             "val_fraction must be in [0, 1), got {}",
             job.val_fraction
         )));
+    }
+    // Found now rather than after training: an output folder that cannot be written, or one
+    // that holds the user's own files (never replaced). Resuming reads the folder first.
+    if !(job.resume && job.out_dir.is_dir()) {
+        crate::hf::check_output_dir(&job.out_dir)?;
     }
     on_event(JobEvent::Stage("loading model".into()));
     let base = load_model(&job.model_path, &mut |_, _| {})?;
@@ -303,6 +367,23 @@ pub fn run_linearize_on<M: EngineModel>(
             .iter()
             .for_each(|r| on_event(eval_event("base", r)));
     }
+    let mut options = job.options.clone();
+    if let Some(n) = job.auto_softmax_layers.filter(|_| !job.resume) {
+        let select = match &job.select_data {
+            Some(path) => {
+                let data = read_dataset(path, job.bad_rows)?;
+                let mut seqs = pack(&tokenize_all(&base, &data.records, job.prompt_format)?, job.train.seq_len);
+                seqs.truncate(job.max_val_sequences);
+                seqs
+            }
+            None if !val_seqs.is_empty() => val_seqs.clone(),
+            None => train_seqs.iter().take(job.max_val_sequences).cloned().collect(),
+        };
+        let costs = layer_conversion_costs(job, &base, &select, on_event, to_engine)?;
+        options.softmax_layers = choose_softmax_layers(&costs, &options.softmax_layers, n);
+        on_event(JobEvent::Stage(format!("softmax attention kept in layers {:?}", options.softmax_layers)));
+        report.layer_costs = Some(costs);
+    }
     let saved_state =
         if job.resume && job.out_dir.is_dir() && read_liger_section(&job.out_dir)?.is_some() {
             on_event(JobEvent::Stage(format!(
@@ -320,13 +401,14 @@ pub fn run_linearize_on<M: EngineModel>(
         None => {
             on_event(JobEvent::Stage("converting to Liger attention".into()));
             (
-                linearize(base, job.options.clone(), job.lora.clone())?,
+                linearize(base, options, job.lora.clone())?,
                 None,
             )
         }
     };
-    report.state_bytes = host_model.state_bytes();
+    report.softmax_layers = host_model.options.softmax_layers.clone();
     let mut model = to_engine(host_model)?;
+    report.state_bytes = model.state_bytes();
     report.untrained_eval = validate(&|i, l| model.loss(i, l))?;
     report
         .untrained_eval
@@ -344,6 +426,13 @@ pub fn run_linearize_on<M: EngineModel>(
             None => Trainer::new(job.train.clone(), train_seqs.len(), &sizes)?,
         };
         report.total_steps = t.state.total_steps;
+        on_event(JobEvent::Stage(format!(
+            "training: {} steps of {} sequences of {} tokens, over {} packed sequences",
+            t.state.total_steps,
+            job.train.sequences_per_step(),
+            job.train.seq_len,
+            train_seqs.len()
+        )));
         let start = Instant::now();
         let out_dir = &job.out_dir;
         let save = job.save;

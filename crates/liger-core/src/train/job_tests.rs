@@ -285,3 +285,76 @@ fn bad_job_settings_are_refused() {
         ErrorCode::Io
     );
 }
+
+#[test]
+fn softmax_layers_are_chosen_by_what_converting_each_costs() {
+    let tmp = TempDir::new("auto");
+    let mut job = tiny_job(&tmp.0, 2);
+    job.options.softmax_layers = Vec::new();
+    let layers = tiny_byte_model(17).config.num_layers;
+    assert!(layers >= 2, "the tiny model needs layers to choose from");
+    std::fs::write(tmp.0.join("select.txt"), "Say hello. hello hello. Count to three. one two three. Name a colour: blue. ".repeat(8)).unwrap();
+    job.select_data = Some(tmp.0.join("select.txt"));
+    job.auto_softmax_layers = Some(1);
+    job.sample_prompt = None;
+    let mut stages = Vec::new();
+    let report = run_linearize(&job, &AtomicBool::new(false), &mut |e| {
+        if let JobEvent::Stage(s) = e {
+            stages.push(s)
+        }
+    })
+    .unwrap();
+    let costs = report.layer_costs.clone().expect("costs are reported");
+    println!("conversion cost per layer: {costs:?}; softmax layers {:?}", report.softmax_layers);
+    assert_eq!(costs.len(), layers);
+    assert!(costs.iter().all(|c| c.is_finite()));
+    // The one layer chosen is the costliest.
+    let best = (0..layers).max_by(|&a, &b| costs[a].total_cmp(&costs[b])).unwrap();
+    let expected = vec![best];
+    assert_eq!(report.softmax_layers, expected);
+    assert!(stages.iter().any(|s| s.contains("measuring the conversion of layer 1 of")), "{stages:?}");
+    let saved = load_liger_checkpoint(&job.out_dir).unwrap();
+    assert_eq!(saved.options.softmax_layers, expected);
+
+    // A conversion that computes softmax attention exactly (the window spans the whole text
+    // and carries all the weight) costs nothing in any layer.
+    let exact = tmp.0.join("exact");
+    std::fs::create_dir(&exact).unwrap();
+    job.out_dir = exact.join("out");
+    job.options.attention.window_keys = 4096;
+    (job.options.attention.alpha, job.options.attention.beta) = (0.0, 1.0);
+    job.train.steps = Some(1);
+    let report = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let costs = report.layer_costs.unwrap();
+    assert!(costs.iter().all(|c| c.abs() < 1e-5), "{costs:?}");
+}
+
+#[test]
+fn choosing_keeps_the_given_layers_and_adds_the_costliest() {
+    use super::job::choose_softmax_layers;
+    let costs = [0.5, 2.0, -0.1, 3.0, 1.0];
+    assert_eq!(choose_softmax_layers(&costs, &[], 2), vec![1, 3]);
+    assert_eq!(choose_softmax_layers(&costs, &[3], 2), vec![1, 3, 4]);
+    assert_eq!(choose_softmax_layers(&costs, &[0], 0), vec![0]);
+    assert_eq!(choose_softmax_layers(&costs, &[], 9), vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn an_output_folder_with_the_users_files_is_refused_before_any_work() {
+    let tmp = TempDir::new("refuse");
+    let mut job = tiny_job(&tmp.0, 2);
+    std::fs::create_dir_all(&job.out_dir).unwrap();
+    std::fs::write(job.out_dir.join("a.txt"), "keep").unwrap();
+    let mut events = Vec::new();
+    let err = run_linearize(&job, &AtomicBool::new(false), &mut |e| events.push(e)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert!(err.message.contains("a.txt"), "{}", err.message);
+    assert!(events.is_empty(), "refused before loading anything: {events:?}");
+    assert_eq!(std::fs::read_to_string(job.out_dir.join("a.txt")).unwrap(), "keep");
+    // A folder this library saved is replaced by the next run.
+    job.out_dir = tmp.0.join("run");
+    job.sample_prompt = None;
+    run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert!(load_liger_checkpoint(&job.out_dir).is_ok());
+}

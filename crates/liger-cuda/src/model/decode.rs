@@ -99,6 +99,24 @@ impl<T: GemmInput> GpuLigerModel<T> {
         GpuLigerState { batch, position: 0, layers: Vec::new(), plan: None }
     }
 
+    /// Bytes of GPU memory a decoding state keeps per sequence, at its largest (softmax layers
+    /// at the context limit): what [`GpuLigerState::bytes_per_sequence`] reports once allocated.
+    pub fn state_bytes_per_sequence(&self) -> usize {
+        let (c, shape) = (self.config(), self.shape);
+        let att = &self.host.options.attention;
+        let t = std::mem::size_of::<T>();
+        (0..c.num_layers)
+            .map(|layer| {
+                if self.host.options.is_softmax_layer(layer) {
+                    2 * t * shape.hkv * c.max_position_embeddings * shape.d
+                } else {
+                    let window = if att.use_swa { 2 * t * shape.hkv * att.window_keys * shape.d } else { 0 };
+                    4 * mixer_state_len(&att.mixer, shape) + window
+                }
+            })
+            .sum()
+    }
+
     fn allocate_caches(&self, state: &mut GpuLigerState<T>) -> Result<()> {
         let c = self.config();
         let (b, shape) = (state.batch, self.shape);

@@ -216,6 +216,9 @@ impl<T: GemmInput> liger_core::train::job::EngineModel for GpuLigerModel<T> {
     fn host_model(&self) -> &LigerModel {
         &self.host
     }
+    fn state_bytes(&self) -> usize {
+        self.state_bytes_per_sequence()
+    }
 }
 
 /// Opens GPU `index` for the CLI and the bindings: a machine without a usable GPU (no driver,
@@ -240,7 +243,16 @@ pub fn run_linearize_on_gpu(
     memory::keep_freed_memory_pooled(&gpu)?;
     let mut ctx = Some(gpu);
     liger_core::train::job::run_linearize_on(job, cancel, on_event, &mut |model| {
-        let ctx = ctx.take().ok_or_else(|| Error::internal("the GPU was already handed to a model"))?;
+        // The job uploads one model to train; choosing softmax layers by measurement uploads
+        // one per layer before it, each with a context of its own.
+        let ctx = match ctx.take() {
+            Some(ctx) => ctx,
+            None => {
+                let gpu = open_gpu(index)?;
+                memory::keep_freed_memory_pooled(&gpu)?;
+                gpu
+            }
+        };
         GpuLigerModel::<half::bf16>::new(ctx, model)
     })
 }

@@ -4,7 +4,9 @@
 //!
 //! The residual stream of the whole sequence is one forward (`forward_rows`); the logits go
 //! through the LM head a chunk of rows at a time into the host vector, so the device never
-//! holds more than one chunk of `rows x vocab` logits.
+//! holds more than one chunk of `rows x vocab` logits. Evaluation reads only what its metrics
+//! need ([`GpuLigerModel::score_targets`]): the queried rows' target log-probabilities and
+//! argmax flags, computed on the device.
 
 use super::layer::Rows;
 use super::GpuLigerModel;
@@ -12,6 +14,8 @@ use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
 use crate::error::driver_error;
 use crate::gemm::{gemm, GemmDims, GemmInput};
+use crate::ops::cross_entropy::score_rows;
+use crate::ops::embedding::embedding_gather;
 use liger_core::convert::{linearize, LigerModel, LigerOptions, LoraOptions};
 use liger_core::eval::ScoreModel;
 use liger_core::generate::CausalLm;
@@ -119,6 +123,40 @@ impl<T: GemmInput> GpuLigerModel<T> {
         Ok(out)
     }
 
+    /// For each `(row, target)`: the log-probability of `target` after token `row` of
+    /// `tokens` and whether it is that row's argmax. Only the queried rows go through the LM
+    /// head, and only two numbers per query come back to the host.
+    pub fn score_targets(&self, tokens: &[u32], queries: &[(usize, u32)]) -> Result<Vec<(f64, bool)>> {
+        let rows = self.check_score_batch(&[tokens])?;
+        if let Some(&(row, _)) = queries.iter().find(|q| q.0 >= tokens.len()) {
+            return Err(Error::invalid_argument(format!("row {row} is past the {} scored tokens", tokens.len())));
+        }
+        if queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.sync_lora()?;
+        let ctx = &self.ctx;
+        let c = self.config();
+        let (hs, vocab) = (c.hidden_size, c.vocab_size);
+        let start = GpuBuffer::<u32>::zeros(ctx, rows.batch)?;
+        let x = self.forward_rows(&[tokens], rows, &start, None, None)?;
+        // The queried rows of the residual stream, side by side (the norm works per row).
+        let picked: Vec<u32> = queries.iter().map(|&(row, _)| row as u32).collect();
+        let mut xq = GpuBuffer::<f32>::zeros(ctx, picked.len() * hs)?;
+        embedding_gather(ctx, &x, hs, &picked, &mut xq)?;
+        let (_, hf) = self.norm(&xq, &self.weights.final_norm)?;
+        let chunk_rows = (LOGIT_CHUNK_BYTES / (vocab * 4)).max(1).min(picked.len());
+        let mut chunk = GpuBuffer::<f32>::zeros(ctx, chunk_rows * vocab)?;
+        let mut out = Vec::with_capacity(queries.len());
+        for first in (0..queries.len()).step_by(chunk_rows) {
+            let n = chunk_rows.min(queries.len() - first);
+            self.head_rows(&hf, first, n, &mut chunk)?;
+            let targets: Vec<u32> = queries[first..first + n].iter().map(|q| q.1).collect();
+            out.extend(score_rows(ctx, &chunk, vocab, &targets)?.into_iter().map(|(lp, g)| (lp as f64, g)));
+        }
+        Ok(out)
+    }
+
     /// `out[..rows x vocab] = hf[first..first + rows] · headᵀ`: the one place that reads the LM head.
     fn head_rows(&self, hf: &GpuBuffer<T>, first: usize, rows: usize, out: &mut GpuBuffer<f32>) -> Result<()> {
         let c = self.config();
@@ -134,6 +172,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
 impl<T: GemmInput> ScoreModel for GpuLigerModel<T> {
     fn all_logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         GpuLigerModel::all_logits(self, tokens)
+    }
+    fn score_targets(&self, tokens: &[u32], queries: &[(usize, u32)]) -> Result<Vec<(f64, bool)>> {
+        GpuLigerModel::score_targets(self, tokens, queries)
     }
     fn tokenizer(&self) -> &Tokenizer {
         &self.host.base.tokenizer

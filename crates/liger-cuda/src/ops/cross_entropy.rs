@@ -84,3 +84,34 @@ pub fn cross_entropy<T: GemmInput>(
     let per_row = loss.to_host()?;
     Ok(LossOutput { loss_sum: per_row.iter().map(|&l| l as f64).sum(), count })
 }
+
+/// For each of the first `targets.len()` rows of `logits` (`rows x vocab`, f32): the natural-log
+/// probability of `targets[r]` under the row's softmax, and whether it is the row's argmax
+/// (the first largest logit on ties). CPU twin: `liger_core::eval::loglik::score_row`.
+pub fn score_rows(ctx: &GpuContext, logits: &GpuBuffer<f32>, vocab: usize, targets: &[u32]) -> Result<Vec<(f32, bool)>> {
+    let rows = targets.len();
+    if logits.len() < rows * vocab {
+        return Err(Error::invalid_argument(format!("score_rows: {} logits hold fewer than {rows} rows of {vocab}", logits.len())));
+    }
+    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::invalid_argument(format!("token id {bad} is outside the model's vocabulary of {vocab}")));
+    }
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    let targets_gpu = GpuBuffer::from_host(ctx, targets)?;
+    let mut logprob = GpuBuffer::<f32>::zeros(ctx, rows)?;
+    let mut greedy = GpuBuffer::<u32>::zeros(ctx, rows)?;
+    let name = "score_rows_f32";
+    let f = ctx.function(&CROSS_ENTROPY, name)?;
+    let vocab_arg = as_int("vocab", vocab)?;
+    {
+        let z = logits.view(0..rows * vocab);
+        let mut launch = ctx.stream().launch_builder(&f);
+        launch.arg(&z).arg(targets_gpu.slice()).arg(logprob.slice_mut()).arg(greedy.slice_mut()).arg(&vocab_arg);
+        // SAFETY: z holds rows x vocab values, the other buffers rows; targets were checked.
+        ctx.check_launch(unsafe { launch.launch(block_per_row(rows, vocab)?) }, name)?;
+    }
+    let (lp, g) = (logprob.to_host()?, greedy.to_host()?);
+    Ok(lp.into_iter().zip(g).map(|(l, g)| (l, g != 0)).collect())
+}

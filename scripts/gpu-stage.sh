@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Stages the whole CLI for a GPU machine that has no Node, no network and takes at most 64 MiB
+# per transfer: three parts in .device/stage{1,2,3} (git-ignored), to be carried in three
+# consecutive runs there. Each part unpacks into /tmp/liger-gpu with `bash .device/stage-unpack.sh N`;
+# after part 3 the machine has /tmp/liger-gpu/bin/node, the default model at
+# /tmp/liger-gpu/model.gguf, the data at /tmp/liger-gpu/data and the runtime node_modules in
+# the work tree, so that `bench/recovery.sh` runs there.
+#   part 1: Node (xz) and the first third of the model
+#   part 2: the second third, the data (xz), the GPU test executables of scripts/gpu-build.sh
+#           when built
+#   part 3: the last third, the addon and the runtime packages the CLI imports
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cache="${LIGER_CACHE_DIR:-$HOME/.cache/liger}"
+model="${LIGER_MODEL:-$cache/SmolLM2-135M-Instruct.Q4_1.gguf}"
+data="${LIGER_DATA_DIR:-../shared/data}"
+[ -f "$model" ] || { echo "no model at $model (run npm run fetch-model)" >&2; exit 1; }
+[ -f npm/linux-x64-gnu/liger.linux-x64-gnu.node ] && [ -f ts/dist/index.js ] || { echo "build first: npm run build" >&2; exit 1; }
+rm -rf .device/stage1 .device/stage2 .device/stage3
+mkdir -p .device/stage1 .device/stage2 .device/stage3
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+split -b 36M -d "$model" "$tmp/model."
+mv "$tmp/model.00" .device/stage1/
+mv "$tmp/model.01" .device/stage2/
+mv "$tmp/model.02" .device/stage3/
+sha256sum "$model" | cut -d' ' -f1 > .device/stage3/model.sha256
+xz -T2 -6 -c "$(command -v node)" > .device/stage1/node.xz
+
+(cd "$data" && tar -cf - alpaca_cleaned hellaswag_klosax_derived lambada_openai wikitext2_raw \
+  arc_easy/ARC-Easy-Test.jsonl arc_challenge/ARC-Challenge-Test.jsonl) | xz -T2 -6 > .device/stage2/data.tar.xz
+[ -d .device/gpu-tests ] && cp -r .device/gpu-tests .device/stage2/
+[ -f .device/gpu-tests.tar.xz ] && cp .device/gpu-tests.tar.xz .device/stage2/
+
+# The runtime packages the CLI imports (ts/package.json's dependencies and theirs), links resolved.
+node -e '
+const fs = require("fs"), path = require("path");
+const seen = new Set();
+// Node resolution by folders: <dir>/node_modules/<name>, then each parent folder in turn.
+const find = (name, from) => {
+  for (let dir = from; ; dir = path.dirname(dir)) {
+    const candidate = path.join(dir, "node_modules", name);
+    if (fs.existsSync(path.join(candidate, "package.json"))) return fs.realpathSync(candidate);
+    if (path.dirname(dir) === dir) return undefined;
+  }
+};
+const visit = (name, from) => {
+  const dir = find(name, from);
+  if (!dir || seen.has(dir)) return;
+  seen.add(dir);
+  const pkg = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8"));
+  for (const dep of Object.keys(pkg.dependencies ?? {})) visit(dep, dir);
+};
+const ts = JSON.parse(fs.readFileSync("ts/package.json", "utf8"));
+for (const dep of Object.keys(ts.dependencies)) if (!dep.startsWith("@liger/")) visit(dep, path.resolve("ts"));
+console.log([...seen].map((d) => path.relative(process.cwd(), d)).join("\n"));
+' > "$tmp/packages"
+tar -chf - -T "$tmp/packages" npm/linux-x64-gnu/liger.linux-x64-gnu.node | xz -T2 -6 > .device/stage3/runtime.tar.xz
+
+cat > .device/stage-unpack.sh <<'UNPACK'
+#!/usr/bin/env bash
+# Unpacks staged part N (1, 2 or 3) into /tmp/liger-gpu and the work tree.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+part="${1:?part 1, 2 or 3}"
+dest=/tmp/liger-gpu
+mkdir -p "$dest/bin"
+src=".device/stage$part"
+for p in "$src"/model.0*; do cp "$p" "$dest/"; done
+[ -f "$src/node.xz" ] && xz -dc "$src/node.xz" > "$dest/bin/node" && chmod +x "$dest/bin/node"
+[ -f "$src/data.tar.xz" ] && mkdir -p "$dest/data" && tar -C "$dest/data" -xJf "$src/data.tar.xz"
+[ -d "$src/gpu-tests" ] && rm -rf .device/gpu-tests && cp -r "$src/gpu-tests" .device/
+[ -f "$src/gpu-tests.tar.xz" ] && tar -C .device -xJf "$src/gpu-tests.tar.xz"
+if [ -f "$src/runtime.tar.xz" ]; then
+  tar -xJf "$src/runtime.tar.xz"
+  cat "$dest"/model.0* > "$dest/model.gguf"
+  echo "$(cat "$src/model.sha256")  $dest/model.gguf" | sha256sum -c -
+fi
+ls -la "$dest"
+UNPACK
+chmod +x .device/stage-unpack.sh
+du -sh .device/stage1 .device/stage2 .device/stage3
