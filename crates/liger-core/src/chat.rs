@@ -49,23 +49,41 @@ pub fn render_chat(
     bos: &str,
     eos: &str,
 ) -> Result<String> {
-    let env = template_environment();
+    let mut env = template_environment();
+    // Templates come from downloaded model files: untrusted. A budget of steps ends one that
+    // loops for ever, and a bound on the text ends one that writes without end.
+    let fuel = TEMPLATE_FUEL_BASE + TEMPLATE_FUEL_PER_MESSAGE * messages.len() as u64;
+    env.set_fuel(Some(fuel));
     let compiled = env.template_from_str(template).map_err(|e| {
         Error::invalid_argument(format!(
             "the chat template does not parse: {}",
             describe(&e)
         ))
     })?;
+    let limit = MAX_RENDERED_BYTES + messages.iter().map(|m| m.content.len()).sum::<usize>();
+    let mut out = BoundedText { text: Vec::new(), limit };
     compiled
-        .render(context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => bos,
-            eos_token => eos,
-        })
+        .render_to_write(
+            context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => bos,
+                eos_token => eos,
+            },
+            &mut out,
+        )
         .map_err(|e| {
             let raised = e.detail().and_then(|d| d.strip_prefix(RAISED));
-            if let (ErrorKind::InvalidOperation, Some(message)) = (e.kind(), raised) {
+            if e.kind() == ErrorKind::OutOfFuel {
+                Error::invalid_argument(format!(
+                    "the chat template did not finish within its budget of {fuel} steps (a loop without end?); \
+                     use a template without it (e.g. the model's original one)"
+                ))
+            } else if e.kind() == ErrorKind::WriteFailure {
+                Error::invalid_argument(format!(
+                    "the chat template wrote more than {limit} bytes for these messages; use a template that does not repeat text without end"
+                ))
+            } else if let (ErrorKind::InvalidOperation, Some(message)) = (e.kind(), raised) {
                 Error::invalid_argument(format!(
                     "the chat template rejected the messages: {message}"
                 ))
@@ -75,7 +93,34 @@ pub fn render_chat(
                     describe(&e)
                 ))
             }
-        })
+        })?;
+    String::from_utf8(out.text).map_err(|_| Error::invalid_argument("the chat template wrote text that is not UTF-8"))
+}
+
+/// Steps (minijinja instructions) a rendering may take: a base for the template's own work
+/// plus a share per message. Real templates take a few hundred per message.
+const TEMPLATE_FUEL_BASE: u64 = 1_000_000;
+const TEMPLATE_FUEL_PER_MESSAGE: u64 = 20_000;
+/// Text a template may write beyond the messages' own.
+const MAX_RENDERED_BYTES: usize = 1 << 20;
+
+/// The rendered text, refusing to grow past `limit` bytes.
+struct BoundedText {
+    text: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for BoundedText {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > self.limit {
+            return Err(std::io::Error::other("the rendered text is too long"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Prefix by which errors from the template's own `raise_exception` are recognised.

@@ -160,3 +160,26 @@ fn strftime_formats_like_python() {
         .unwrap();
     assert!(year >= 2024, "year {year}");
 }
+
+#[test]
+fn a_template_that_loops_without_end_runs_out_of_its_budget() {
+    // Nested loops of 10^12 steps in all: without a budget this never returns.
+    let endless = "{% for a in range(10000) %}{% for b in range(10000) %}{% for c in range(10000) %}{% endfor %}{% endfor %}{% endfor %}";
+    let start = std::time::Instant::now();
+    let err = render_chat(endless, &conversation(), true, "", "").unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert!(err.message.contains("budget"), "{}", err.message);
+    println!("stopped after {:?}", start.elapsed());
+}
+
+#[test]
+fn a_template_that_writes_without_end_is_stopped_at_its_text_bound() {
+    let flood = "{% for a in range(100000) %}{{ 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' }}{% endfor %}";
+    let err = render_chat(flood, &conversation(), true, "", "").unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert!(err.message.contains("bytes"), "{}", err.message);
+    // A long conversation still renders: the budget grows with the messages.
+    let long: Vec<ChatMessage> = (0..2000).map(|i| ChatMessage::new("user", &"word ".repeat(i % 50))).collect();
+    let text = render_chat(CHATML_TEMPLATE, &long, true, "", "").unwrap();
+    assert!(text.len() > 200_000);
+}
