@@ -58,6 +58,28 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
+/// Largest sizes a model config may state: far beyond any released Llama-family model, low
+/// enough that nothing sized from them alone can exhaust memory.
+pub struct ConfigLimits {
+    pub layers: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub context: usize,
+}
+
+pub const LIMITS: ConfigLimits = ConfigLimits {
+    layers: 1024,
+    hidden: 1 << 17,
+    intermediate: 1 << 20,
+    heads: 1024,
+    head_dim: 1024,
+    vocab: 1 << 23,
+    context: 1 << 24,
+};
+
 impl ModelConfig {
     /// Checks that the sizes are consistent; loaders call this before building weights.
     pub fn validate(&self) -> Result<()> {
@@ -77,6 +99,21 @@ impl ModelConfig {
         }
         if !(c.rope_theta.is_finite() && c.rope_theta > 0.0) || !(c.rms_norm_eps.is_finite() && c.rms_norm_eps > 0.0) {
             return bad("rope_theta and rms_norm_eps must be positive numbers".into());
+        }
+        // Sizes read from a file decide allocations before any weight is read: bound them.
+        for (name, value, limit) in [
+            ("layers", c.num_layers, LIMITS.layers),
+            ("hidden size", c.hidden_size, LIMITS.hidden),
+            ("intermediate size", c.intermediate_size, LIMITS.intermediate),
+            ("query heads", c.num_heads, LIMITS.heads),
+            ("key-value heads", c.num_kv_heads, LIMITS.heads),
+            ("head_dim", c.head_dim, LIMITS.head_dim),
+            ("vocabulary", c.vocab_size, LIMITS.vocab),
+            ("context length (max_position_embeddings)", c.max_position_embeddings, LIMITS.context),
+        ] {
+            if value > limit {
+                return bad(format!("{name} is {value}, above the {limit} this library accepts (the file's metadata is likely corrupt)"));
+            }
         }
         Ok(())
     }

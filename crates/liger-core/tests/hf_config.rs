@@ -256,6 +256,10 @@ fn bad_configs_give_clear_errors() {
     expect_error(&with("mlp_bias", json!(true)), UnsupportedArchitecture, &["mlp_bias"]);
     expect_error(&with("attention_bias", json!(true)), UnsupportedArchitecture, &["attention_bias"]);
     expect_error(&with("use_sliding_window", json!(true)), UnsupportedArchitecture, &["sliding"]);
+    // Sizes that would size allocations beyond any memory: refused before anything is allocated.
+    expect_error(&with("num_hidden_layers", json!(4_000_000_000u64)), InvalidFile, &["layers", "4000000000", "corrupt"]);
+    expect_error(&with("vocab_size", json!(1u64 << 40)), InvalidFile, &["vocabulary"]);
+    expect_error(&with("max_position_embeddings", json!(1u64 << 40)), InvalidFile, &["context length"]);
 }
 
 /// transformers' `_compute_llama3_parameters`, re-derived in float64 in its own form:

@@ -67,6 +67,15 @@ pub fn linearize(base: BaseModel, options: LigerOptions, lora: LoraOptions) -> R
     lora.validate()?;
     let c = &base.config;
     let (hidden, qs, kvs) = (c.hidden_size, c.q_size(), c.kv_size());
+    // A rank above the smaller side of a projection adds nothing a full update would not,
+    // and sizes the adapters from an option alone.
+    let widest_useful = hidden.min(kvs);
+    if lora.rank > widest_useful {
+        return Err(Error::invalid_argument(format!(
+            "lora rank {} is above {widest_useful}, the smaller side of this model's k/v projections; use a smaller rank (8 is the paper's)",
+            lora.rank
+        )));
+    }
     let layers = (0..c.num_layers)
         .map(|layer| {
             let make = |target: LoraTarget, inp: usize, out: usize| {

@@ -277,6 +277,13 @@ fn bad_job_settings_are_refused() {
         "{}",
         err.message
     );
+    job.train.seq_len = 64;
+    for (micro_batch, grad_accum, seq_len, needle) in [(1_000_000, 1, 64, "micro_batch"), (1, 1 << 20, 64, "grad_accum"), (1, 1, 1 << 21, "seq_len")] {
+        (job.train.micro_batch, job.train.grad_accum, job.train.seq_len) = (micro_batch, grad_accum, seq_len);
+        let err = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
+        assert!(err.code == ErrorCode::InvalidArgument && err.message.contains(needle) && err.message.contains("limit"), "{}", err.message);
+    }
+    (job.train.micro_batch, job.train.grad_accum, job.train.seq_len) = (1, 2, 64);
     job.model_path = tmp.0.join("missing.gguf");
     assert_eq!(
         run_linearize(&job, &AtomicBool::new(false), &mut |_| {})

@@ -104,6 +104,11 @@ pub struct TrainConfig {
     pub save_on_cancel: bool,
 }
 
+/// Largest settings [`TrainConfig::validate`] accepts.
+pub const MAX_MICRO_BATCH: usize = 1024;
+pub const MAX_GRAD_ACCUM: usize = 1 << 16;
+pub const MAX_SEQ_LEN: usize = 1 << 20;
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -142,6 +147,17 @@ impl TrainConfig {
                 "seq_len must be at least 2 tokens, got {}",
                 self.seq_len
             ));
+        }
+        // Upper bounds far past any useful run, so that a typo fails at once instead of
+        // allocating or computing for minutes.
+        for (name, value, limit, advice) in [
+            ("micro_batch", self.micro_batch, MAX_MICRO_BATCH, "use grad_accum for larger batches"),
+            ("grad_accum", self.grad_accum, MAX_GRAD_ACCUM, "8 gives the paper's batch of 8"),
+            ("seq_len", self.seq_len, MAX_SEQ_LEN, "the paper trains on 1024"),
+        ] {
+            if value > limit {
+                return bad(format!("{name} is {value}, above the limit of {limit}; {advice}"));
+            }
         }
         if self.steps == Some(0) {
             return bad("steps must be at least 1 (or leave it out to train for `epochs`)".into());

@@ -46,7 +46,10 @@ fn invalid_options_are_rejected_by_name() {
     expect(LoraOptions { targets: vec![LoraTarget::Q, LoraTarget::O, LoraTarget::Q], ..lora.clone() }.validate(), ErrorCode::InvalidArgument, "q_proj is listed twice");
     // linearize checks both.
     expect(linearize(tiny_base(&cfg, 1), LigerOptions { softmax_layers: vec![5], ..ok }, lora.clone()), ErrorCode::InvalidArgument, "softmax_layers");
-    expect(linearize(tiny_base(&cfg, 1), LigerOptions::default(), LoraOptions { rank: 0, ..lora }), ErrorCode::InvalidArgument, "rank");
+    expect(linearize(tiny_base(&cfg, 1), LigerOptions::default(), LoraOptions { rank: 0, ..lora.clone() }), ErrorCode::InvalidArgument, "rank");
+    // A rank that would size adapters from the option alone (100000 x hidden) is refused first.
+    expect(linearize(tiny_base(&cfg, 1), LigerOptions::default(), LoraOptions { rank: 100_000, ..lora.clone() }), ErrorCode::InvalidArgument, "smaller rank");
+    assert!(linearize(tiny_base(&cfg, 1), LigerOptions::default(), LoraOptions { rank: cfg.hidden_size.min(cfg.kv_size()), ..lora }).is_ok());
 }
 
 #[test]
