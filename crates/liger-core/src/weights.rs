@@ -64,6 +64,48 @@ impl ModelWeights {
         n
     }
 
+    /// Checks that every weight is a finite number (as llama.cpp's `--check-tensors`): a NaN
+    /// or infinity in a file would otherwise give garbage output without any error. Every
+    /// tensor is decoded once, rows in parallel.
+    pub fn check_finite(&self) -> Result<()> {
+        use rayon::prelude::*;
+        let bad = |name: &str, row: Option<usize>| {
+            let at = row.map_or(String::new(), |r| format!(" (row {r})"));
+            Err(Error::invalid_file(name, format!("holds NaN or infinite values{at}: the model file is corrupt; download it again")))
+        };
+        let matrix = |name: &str, t: &QTensor| -> Result<()> {
+            let row = (0..t.rows).into_par_iter().find_any(|&r| {
+                let mut buf = vec![0.0f32; t.cols];
+                t.dequantize_row(r, &mut buf);
+                buf.iter().any(|v| !v.is_finite())
+            });
+            match row {
+                Some(r) => bad(name, Some(r)),
+                None => Ok(()),
+            }
+        };
+        let vector = |name: &str, v: &[f32]| if v.iter().all(|x| x.is_finite()) { Ok(()) } else { bad(name, None) };
+        matrix("embed", &self.embed)?;
+        vector("final_norm", &self.final_norm)?;
+        if let Some(h) = &self.lm_head {
+            matrix("lm_head", h)?;
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let n = |s: &str| format!("layer {i} {s}");
+            vector(&n("attn_norm"), &l.attn_norm)?;
+            vector(&n("ffn_norm"), &l.ffn_norm)?;
+            for (name, t) in [("q_proj", &l.wq), ("k_proj", &l.wk), ("v_proj", &l.wv), ("o_proj", &l.wo), ("gate_proj", &l.w_gate), ("up_proj", &l.w_up), ("down_proj", &l.w_down)] {
+                matrix(&n(name), t)?;
+            }
+            for (name, v) in [("q_proj.bias", &l.bq), ("k_proj.bias", &l.bk), ("v_proj.bias", &l.bv), ("q_norm", &l.q_norm), ("k_norm", &l.k_norm)] {
+                if let Some(v) = v {
+                    vector(&n(name), v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every shape against the config; loaders call this so that a mismatched file
     /// fails at load time with the tensor's name, not later inside a matrix product.
     pub fn validate(&self, c: &ModelConfig) -> Result<()> {

@@ -79,6 +79,8 @@ pub fn load_model(path: &Path, progress: &mut dyn FnMut(&str, f64)) -> Result<Ba
     if path.is_dir() {
         progress("reading checkpoint", 0.0);
         let ckpt = crate::hf::load_hf_dir(path)?;
+        progress("checking weights", 0.6);
+        ckpt.weights.check_finite().map_err(|e| e.context(path.display()))?;
         progress("loading tokenizer", 0.8);
         let tokenizer = match &ckpt.tokenizer_json {
             // tokenizer.json does not name BOS/EOS: the config does.
@@ -102,6 +104,8 @@ pub fn load_model(path: &Path, progress: &mut dyn FnMut(&str, f64)) -> Result<Ba
     let file = crate::gguf::GgufFile::open(path)?;
     progress("loading weights", 0.3);
     let (config, weights) = crate::gguf::load_gguf_model(&file).map_err(|e| e.context(path.display()))?;
+    progress("checking weights", 0.6);
+    weights.check_finite().map_err(|e| e.context(path.display()))?;
     progress("loading tokenizer", 0.8);
     let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| e.context(path.display()))?;
     let chat_template = file.get_str("tokenizer.chat_template").ok().map(str::to_string);

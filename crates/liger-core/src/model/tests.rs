@@ -165,3 +165,34 @@ fn context_overflow_and_bad_tokens_are_typed_errors() {
     let err = forward(&cfg, &w, &inv, &mut cache, &[], Logits::Last).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
 }
+
+/// A model file whose weights hold a NaN or an infinity fails to load, naming the tensor,
+/// instead of generating garbage.
+#[test]
+fn weights_that_are_not_finite_are_refused_at_load() {
+    use crate::hf::SaveDtype;
+    use crate::tensor::QTensor;
+    let dir = std::env::temp_dir().join(format!("liger-nan-{:016x}", rand::random::<u64>()));
+    let clean = crate::train::fixtures::tiny_byte_model(3);
+    for (what, value) in [("q_proj", f32::NAN), ("ffn_norm", f32::INFINITY)] {
+        let mut w = clean.weights.clone();
+        if what == "q_proj" {
+            let t = &w.layers[1].wq;
+            let mut values = t.to_f32().into_owned();
+            values[t.cols * 2 + 5] = value;
+            w.layers[1].wq = QTensor::from_f32(t.rows, t.cols, values);
+        } else {
+            w.layers[1].ffn_norm[3] = value;
+        }
+        let model = super::BaseModel::new(clean.config.clone(), w, clean.tokenizer.clone(), None, "bad".into(), super::ModelFormat::Checkpoint);
+        let _ = std::fs::remove_dir_all(&dir);
+        model.save_checkpoint(&dir, SaveDtype::F32).unwrap();
+        let err = super::load_model(&dir, &mut |_, _| {}).err().expect("refused");
+        assert_eq!(err.code, ErrorCode::InvalidFile, "{}", err.message);
+        assert!(err.message.contains(&format!("layer 1 {what}")) && err.message.contains("NaN or infinite"), "{}", err.message);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    clean.save_checkpoint(&dir, SaveDtype::F32).unwrap();
+    assert!(super::load_model(&dir, &mut |_, _| {}).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
