@@ -255,25 +255,13 @@ pub fn write_bundle(path: &std::path::Path, model: &LigerModel, quant: EdgeQuant
     crate::hf::fsutil::write_file(path, &bytes)
 }
 
-/// Loads the model from a bundle held in `buffer` (the whole file). Matrices are views into
-/// the buffer, not copies, so a loaded model takes little more memory than the file.
-pub fn load_bundle(buffer: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<LigerModel> {
-    let bytes = (*buffer).as_ref();
-    let header = read_header(bytes, bytes.len() as u64)?;
-    let start = data_start(read_preamble(bytes)?);
-    let config =
-        config_from_value(&header.config, "bundle config").map_err(|e| e.context("bundle"))?;
-    let mut index = HashMap::new();
-    for (i, e) in header.tensors.iter().enumerate() {
-        if index.insert(e.name.as_str(), i).is_some() {
-            return Err(invalid(format!("tensor \"{}\" appears twice", e.name)));
-        }
-    }
-    let get = |name: &str| -> Result<Option<QTensor>> {
-        let Some(&i) = index.get(name) else {
-            return Ok(None);
-        };
-        let e = &header.tensors[i];
+/// Each tensor's `(offset, length)` in the data section, checked the way safetensors checks
+/// its files: inside the section, at the format's alignment, and no two overlapping (a file
+/// whose tensors share bytes is corrupt or crafted).
+fn tensor_spans(header: &BundleHeader) -> Result<Vec<(usize, usize)>> {
+    let mut spans = Vec::with_capacity(header.tensors.len());
+    for e in &header.tensors {
+        let name = &e.name;
         let ty = dtype_of(&e.dtype)?;
         let len = e
             .rows
@@ -289,6 +277,49 @@ pub fn load_bundle(buffer: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<LigerMo
                 "tensor \"{name}\" lies outside the data section; the file is corrupt"
             )));
         }
+        if offset % ALIGN != 0 {
+            return Err(invalid(format!(
+                "tensor \"{name}\" starts at offset {offset}, not a multiple of {ALIGN}; the file is corrupt"
+            )));
+        }
+        spans.push((offset, len));
+    }
+    let mut order: Vec<usize> = (0..spans.len()).collect();
+    order.sort_by_key(|&i| spans[i].0);
+    for pair in order.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if spans[a].0 + spans[a].1 > spans[b].0 {
+            return Err(invalid(format!(
+                "tensors \"{}\" and \"{}\" overlap in the data section; the file is corrupt",
+                header.tensors[a].name, header.tensors[b].name
+            )));
+        }
+    }
+    Ok(spans)
+}
+
+/// Loads the model from a bundle held in `buffer` (the whole file). Matrices are views into
+/// the buffer, not copies, so a loaded model takes little more memory than the file.
+pub fn load_bundle(buffer: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<LigerModel> {
+    let bytes = (*buffer).as_ref();
+    let header = read_header(bytes, bytes.len() as u64)?;
+    let start = data_start(read_preamble(bytes)?);
+    let config =
+        config_from_value(&header.config, "bundle config").map_err(|e| e.context("bundle"))?;
+    let mut index = HashMap::new();
+    for (i, e) in header.tensors.iter().enumerate() {
+        if index.insert(e.name.as_str(), i).is_some() {
+            return Err(invalid(format!("tensor \"{}\" appears twice", e.name)));
+        }
+    }
+    let spans = tensor_spans(&header)?;
+    let get = |name: &str| -> Result<Option<QTensor>> {
+        let Some(&i) = index.get(name) else {
+            return Ok(None);
+        };
+        let e = &header.tensors[i];
+        let ty = dtype_of(&e.dtype)?;
+        let (offset, len) = spans[i];
         let view = ByteView::new(buffer.clone(), start + offset, len)?;
         QTensor::new(ty, e.rows, e.cols, view)
             .map(Some)

@@ -211,6 +211,13 @@ fn unknown_types_and_bad_tables_are_refused() {
         h.tensors.push(first);
     });
     assert_eq!(load(twice).err().unwrap().code, ErrorCode::InvalidFile);
+    // Two tensors sharing bytes, and a tensor off the 64-byte grid, as safetensors refuses them.
+    let overlap = edit_header(&bytes, |h| h.tensors[2].offset = h.tensors[1].offset);
+    let err = load(overlap).err().unwrap();
+    assert!(err.code == ErrorCode::InvalidFile && err.message.contains("overlap"), "{err}");
+    let unaligned = edit_header(&bytes, |h| h.tensors[1].offset += 4);
+    let err = load(unaligned).err().unwrap();
+    assert!(err.code == ErrorCode::InvalidFile && (err.message.contains("multiple of 64") || err.message.contains("overlap")), "{err}");
     let err = EdgeQuant::parse("int3").unwrap_err();
     assert_eq!(err.code, ErrorCode::UnsupportedTensorType);
     for name in EdgeQuant::NAMES {
