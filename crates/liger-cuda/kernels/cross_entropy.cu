@@ -83,7 +83,7 @@ extern "C" __global__ void score_rows_f32(const float* logits, const u32* target
     sum = block_sum(sum);
     if (threadIdx.x == 0) {
         const u32 t = targets[r];
-        logprob[r] = isfinite(max) ? z[t] - max - logf(sum) : NAN;
+        logprob[r] = isfinite(max) ? z[t] - max - logf(sum) : __int_as_float(0x7fc00000);  // NaN
         greedy[r] = (u32)argmax == t ? 1u : 0u;
     }
 }

@@ -44,7 +44,7 @@ pub const SWIGLU: KernelFile = kernel_file!(
     "swiglu",
     ["swiglu_forward_f32", "swiglu_forward_bf16", "swiglu_forward_to_bf16", "swiglu_backward_f32", "swiglu_backward_to_bf16"]
 );
-pub const CROSS_ENTROPY: KernelFile = kernel_file!("cross_entropy", ["cross_entropy_rows_f32", "cross_entropy_rows_bf16"]);
+pub const CROSS_ENTROPY: KernelFile = kernel_file!("cross_entropy", ["cross_entropy_rows_f32", "cross_entropy_rows_bf16", "score_rows_f32"]);
 pub const ADAMW: KernelFile = kernel_file!("adamw", ["adamw_step_f32", "sum_squares_f32", "scale_f32"]);
 pub const LIGER_FEATURE: KernelFile = kernel_file!(
     "liger_feature",
