@@ -2,7 +2,7 @@
 // Gathers the JSON files of bench/recovery.sh (one folder) into the rows of bench/recovery.json
 // and a Markdown table for bench/RESULTS.md:
 //
-//   node bench/recovery-summary.mjs OUT_DIR [--json bench/recovery.json] [--device "NVIDIA H100"]
+//   node bench/recovery-summary.mjs OUT_DIR [--json bench/recovery.json] [--device "NVIDIA H100"] [--level quick|full]
 //
 // The base model's results are the files named base.*; every other name is a recipe.
 import { readFileSync, readdirSync, writeFileSync } from "node:fs";
@@ -10,7 +10,7 @@ import { join } from "node:path";
 
 const [dir, ...rest] = process.argv.slice(2);
 if (!dir) {
-  console.error("usage: node bench/recovery-summary.mjs OUT_DIR [--json FILE] [--device NAME]");
+  console.error("usage: node bench/recovery-summary.mjs OUT_DIR [--json FILE] [--device NAME] [--level quick|full]");
   process.exit(2);
 }
 const flag = (name) => {
@@ -72,7 +72,8 @@ const rows = names.map((name) => {
   const run = read(`${name}.run.json`);
   return {
     recipe: name,
-    command: `bench/recovery.sh ${name} <level> ${run?.args ?? ""}`.trim(),
+    command: `bench/recovery.sh ${name} ${flag("--level") ?? "quick"} ${run?.args ?? ""}`.trim(),
+    evaluation: flag("--level") ?? "quick",
     softmaxLayers: train?.softmaxLayers ?? [],
     layerCosts: train?.layerCosts ?? null,
     tokens: train ? Math.round(train.tokensPerS * train.trainSeconds) : null,

@@ -1,4 +1,5 @@
 /** The TypeScript API on the default model: info, tokenizer, chat template, generation. */
+import { basename } from "node:path";
 import { readGgufFileInfo } from "node-llama-cpp";
 import { beforeAll, describe, expect, it } from "vitest";
 
@@ -21,6 +22,8 @@ describe("loadModel and info", () => {
   it("reports the architecture of SmolLM2-135M", () => {
     const info = model.info;
     expect(info.architecture).toBe("llama");
+    // The file's name, not the converter's run label in general.name.
+    expect(info.name).toBe(basename(modelPath(), ".gguf"));
     expect(info.format).toBe("gguf");
     expect(info.numLayers).toBe(30);
     expect(info.hiddenSize).toBe(576);

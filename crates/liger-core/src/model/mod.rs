@@ -109,10 +109,14 @@ pub fn load_model(path: &Path, progress: &mut dyn FnMut(&str, f64)) -> Result<Ba
     progress("loading tokenizer", 0.8);
     let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| e.context(path.display()))?;
     let chat_template = file.get_str("tokenizer.chat_template").ok().map(str::to_string);
-    let name = file
-        .get_str("general.name")
-        .map(str::to_string)
-        .unwrap_or_else(|_| path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    // The file's own name (what the user downloaded and typed, e.g. "SmolLM2-135M-Instruct.Q4_1")
+    // rather than `general.name`, which converters fill with training-run labels.
+    let name = path
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .or_else(|| file.get_str("general.name").ok().map(str::to_string))
+        .unwrap_or_default();
     progress("ready", 1.0);
     Ok(BaseModel::new(config, weights, tokenizer, chat_template, name, ModelFormat::Gguf))
 }
