@@ -282,6 +282,52 @@ fn layer_conversion_costs<M: EngineModel>(
     Ok(costs)
 }
 
+/// A resumed run continues with the settings it was saved with. Asking for different ones
+/// (a new learning rate, mixer, rank, ...) is refused, naming each difference, rather than
+/// silently ignored. How often to validate and save may change.
+fn check_resumed_settings(job: &LinearizeJob, options: &LigerOptions, lora: &LoraOptions, saved: &TrainConfig) -> Result<()> {
+    let mut asked = job.train.clone();
+    (asked.eval_every, asked.save_every, asked.save_on_cancel) = (saved.eval_every, saved.save_every, saved.save_on_cancel);
+    let mut differences = Vec::new();
+    diff_json("", &json_of(saved)?, &json_of(&asked)?, &mut differences);
+    // Softmax layers chosen by measurement are whatever the first run chose.
+    let asked_options = if job.auto_softmax_layers.is_some() {
+        LigerOptions { softmax_layers: options.softmax_layers.clone(), ..job.options.clone() }
+    } else {
+        job.options.clone()
+    };
+    diff_json("", &json_of(options)?, &json_of(&asked_options)?, &mut differences);
+    // The adapters' seed only matters for a fresh start.
+    let asked_lora = LoraOptions { seed: lora.seed, ..job.lora.clone() };
+    diff_json("lora.", &json_of(lora)?, &json_of(&asked_lora)?, &mut differences);
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(Error::invalid_argument(format!(
+        "{} was saved with other settings than this run asks for ({}); resume with the saved settings, or train a new run into another folder",
+        job.out_dir.display(),
+        differences.join("; ")
+    )))
+}
+
+fn json_of<T: Serialize>(value: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| Error::internal(e.to_string()))
+}
+
+/// Every leaf where `saved` and `asked` differ, as "path: saved X, asked Y".
+fn diff_json(path: &str, saved: &serde_json::Value, asked: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (saved, asked) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                diff_json(&format!("{path}{key}."), value, b.get(key).unwrap_or(&Value::Null), out);
+            }
+        }
+        _ if saved != asked => out.push(format!("{}: saved {saved}, asked {asked}", path.trim_end_matches('.'))),
+        _ => {}
+    }
+}
+
 /// `fixed` plus the `n` other layers of largest cost, in layer order.
 pub fn choose_softmax_layers(costs: &[f64], fixed: &[usize], n: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..costs.len()).filter(|l| !fixed.contains(l)).collect();
@@ -390,8 +436,12 @@ pub fn run_linearize_on<M: EngineModel>(
                 "resuming from {}",
                 job.out_dir.display()
             )));
+            let section = read_liger_section(&job.out_dir)?.ok_or_else(|| Error::internal("the liger section vanished"))?;
             let model = load_liger_checkpoint(&job.out_dir)?;
             let state = load_training_state(&job.out_dir, &model)?;
+            if let Some((saved, _)) = &state {
+                check_resumed_settings(job, &section.options, &section.lora, &saved.config)?;
+            }
             Some((model, state))
         } else {
             None

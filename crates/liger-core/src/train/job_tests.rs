@@ -365,3 +365,25 @@ fn an_output_folder_with_the_users_files_is_refused_before_any_work() {
     run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert!(load_liger_checkpoint(&job.out_dir).is_ok());
 }
+
+#[test]
+fn resuming_with_other_settings_is_refused_naming_each_difference() {
+    let tmp = TempDir::new("resume-settings");
+    let mut job = tiny_job(&tmp.0, 3);
+    job.sample_prompt = None;
+    run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    job.resume = true;
+    let mut changed = job.clone();
+    changed.train.optimizer.lr = 5e-3;
+    changed.lora.rank = 2;
+    changed.options.attention.window_keys = 9;
+    let err = run_linearize(&changed, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    for needle in ["optimizer.lr", "lora.rank: saved 4, asked 2", "attention.window_keys", "another folder"] {
+        assert!(err.message.contains(needle), "{needle}: {}", err.message);
+    }
+    // How often to validate and save may change; the same settings resume.
+    job.train.eval_every = 1;
+    let report = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!((report.steps_done, report.total_steps, report.losses.len()), (0, 3, 3), "nothing left to train");
+}
