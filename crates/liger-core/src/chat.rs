@@ -63,7 +63,7 @@ pub fn render_chat(
     let limit = MAX_RENDERED_BYTES + messages.iter().map(|m| m.content.len()).sum::<usize>();
     let mut out = BoundedText { text: Vec::new(), limit };
     compiled
-        .render_to_write(
+        .render_captured_to(
             context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
