@@ -17,5 +17,10 @@ python3 scripts/make-quant-fixtures.py
 printf '\n== cargo test\n' >&2
 cargo test --workspace --quiet
 
+# A bounded run of every fuzz target from the committed seed corpus (about 10 s each); the
+# long runs are recorded in bench/RESULTS.md.
+printf '\n== fuzz (bounded)\n' >&2
+cargo run --quiet --release -p liger-fuzz -- all --seconds "${LIGER_FUZZ_SECONDS:-10}" --corpus crates/liger-fuzz/corpus
+
 printf '\n== vitest\n' >&2
 npx vitest run

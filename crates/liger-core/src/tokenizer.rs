@@ -169,12 +169,12 @@ impl Tokenizer {
 
     /// Parses a Hugging Face `tokenizer.json`; `source` names it in error messages.
     pub fn from_json(json: &[u8], source: &str) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| {
-            Error::invalid_file(
-                source,
-                format!("not a tokenizer.json this library can read: {e}"),
-            )
-        })?;
+        let unreadable = |e: &dyn std::fmt::Display| Error::invalid_file(source, format!("not a tokenizer.json this library can read: {e}"));
+        // Parsed to a JSON value first: the tokenizers crate panics (instead of returning an
+        // error) when its streaming parser hits the nesting limit inside some sections; from
+        // an already parsed value it has no such limit and reports every malformed section.
+        let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| unreadable(&e))?;
+        let inner: tokenizers::Tokenizer = serde_json::from_value(value).map_err(|e| unreadable(&e))?;
         let vocab = inner.get_vocab(true);
         let size = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
         if size == 0 {

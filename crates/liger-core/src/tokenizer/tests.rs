@@ -440,3 +440,25 @@ fn sentencepiece_merges_by_score_with_byte_fallback() {
         ErrorCode::InvalidFile
     );
 }
+
+/// Found by fuzzing: a decoder (or normalizer) section nested past the JSON parser's depth
+/// limit made the tokenizers crate panic inside its own parser. It is a typed error now.
+#[test]
+fn a_deeply_nested_section_is_an_error_not_a_panic() {
+    let vocab = byte_level_vocab("smollm");
+    let json = Tokenizer::from_bpe_vocab(&vocab).unwrap().to_json().unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for section in ["decoder", "normalizer", "pre_tokenizer"] {
+        let mut nested = serde_json::json!(1);
+        for _ in 0..200 {
+            nested = serde_json::json!([nested]);
+        }
+        let mut bad = value.clone();
+        bad[section] = nested;
+        let text = serde_json::to_string(&bad).unwrap();
+        let err = Tokenizer::from_json(text.as_bytes(), "nested.json").err().expect("refused");
+        assert_eq!(err.code, crate::ErrorCode::InvalidFile, "{section}: {}", err.message);
+    }
+    value["decoder"] = serde_json::json!(null);
+    assert!(Tokenizer::from_json(serde_json::to_string(&value).unwrap().as_bytes(), "ok.json").is_ok());
+}
