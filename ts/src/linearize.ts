@@ -44,6 +44,13 @@ export interface LinearizeOptions {
   /** Text the automatic choice measures on (.txt/.raw/.json/.jsonl; default: the validation split). */
   selectData?: string;
   /**
+   * Validation text of its own (.txt/.raw/.json/.jsonl, e.g. WikiText-2 valid) instead of a
+   * held-out split of the training records; scored before, during (`evalEvery`) and after training.
+   */
+  valData?: string;
+  /** AdamW's decoupled weight decay on the adapters (default 0). */
+  weightDecay?: number;
+  /**
    * A preset of the training settings; options given beside it win. "paper": the Liger
    * paper's recipe (1024-token sequences, batch 8, 2 epochs, AdamW lr 1e-3 constant).
    */
@@ -178,6 +185,8 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
   }
   checkOptional("softmaxAuto", o.softmaxAuto, isNonNegativeInt, "an integer >= 0");
   checkOptional("selectData", o.selectData, (v) => typeof v === "string" && v.length > 0, "a file or folder path");
+  checkOptional("valData", o.valData, (v) => typeof v === "string" && v.length > 0, "a file or folder path");
+  checkOptional("weightDecay", o.weightDecay, (v) => isFiniteNumber(v) && (v as number) >= 0, "a number >= 0");
   checkOptional("recipe", o.recipe, oneOf(Object.keys(RECIPES)), `one of ${Object.keys(RECIPES).join(", ")}`);
   checkOptional("epochs", o.epochs, (v) => isFiniteNumber(v) && (v as number) > 0, "a positive number");
   if (o.steps !== undefined && o.epochs !== undefined) throw invalidArgument("give steps or epochs, not both");
@@ -221,6 +230,8 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     softmaxEvery: o.softmaxEvery,
     softmaxAuto: o.softmaxAuto || undefined,
     selectData: o.selectData,
+    valData: o.valData,
+    weightDecay: o.weightDecay ?? 0,
     loraRank: lora.rank ?? 8,
     loraAlpha: lora.alpha ?? 8,
     loraTargets: lora.targets ?? ["q", "k", "v"],

@@ -419,6 +419,10 @@ pub struct JsLinearizeOptions {
     pub softmax_auto: Option<u32>,
     /// Text the automatic choice measures the layers on (default: the validation split).
     pub select_data: Option<String>,
+    /// Validation text of its own instead of a split of the training data.
+    pub val_data: Option<String>,
+    /// AdamW's decoupled weight decay on the adapters (default 0).
+    pub weight_decay: f64,
     pub lora_rank: u32,
     pub lora_alpha: f64,
     pub lora_targets: Vec<String>,
@@ -506,6 +510,7 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
     train.micro_batch = o.batch as usize;
     train.grad_accum = o.grad_accum as usize;
     train.optimizer.lr = o.lr as f32;
+    train.optimizer.weight_decay = o.weight_decay as f32;
     train.schedule = match o.schedule.as_str() {
         "constant" => Schedule::Constant,
         "cosine" => Schedule::WarmupCosine {
@@ -566,6 +571,7 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
         job.auto_softmax_layers = Some(n as usize);
     }
     job.select_data = o.select_data.as_ref().map(PathBuf::from);
+    job.val_data = o.val_data.as_ref().map(PathBuf::from);
     Ok(job)
 }
 

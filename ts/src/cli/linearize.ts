@@ -21,6 +21,9 @@ interface LinearizeCliOptions {
   softmaxLayers?: string;
   softmaxEvery?: number;
   selectData?: string;
+  valData?: string;
+  weightDecay?: number;
+  evalEvery?: number;
   recipe?: string;
   epochs?: number;
   loraRank?: number;
@@ -64,6 +67,9 @@ export function registerLinearize(program: Command): void {
       "comma-separated layers (0-based) that keep softmax attention, or auto:N for N layers chosen by measuring what converting each costs",
     )
     .option("--select-data <path>", "text the auto:N choice measures on (.txt/.raw/.json/.jsonl; default: the validation split)")
+    .option("--val-data <path>", "validation text of its own (e.g. wiki.valid.raw) instead of a split of the training data")
+    .option("--eval-every <n>", "validate every n steps (default: before and after training only)", parseNumber("eval-every"))
+    .option("--weight-decay <w>", "AdamW weight decay on the adapters (default 0)", parseNumber("weight-decay"))
     .option("--recipe <name>", "training preset: paper (1024-token sequences, batch 8, 2 epochs, lr 1e-3 constant); options given win")
     .option("--epochs <n>", "passes over the training data (the steps follow after packing; instead of --steps)", parseNumber("epochs"))
     .option("--softmax-every <n>", "keep softmax attention in one layer of every n (8: the paper's hybrid)", parseNumber("softmax-every"))
@@ -102,6 +108,9 @@ export function registerLinearize(program: Command): void {
         ...parseSoftmaxLayers(options.softmaxLayers),
         softmaxEvery: options.softmaxEvery,
         selectData: options.selectData,
+        valData: options.valData,
+        weightDecay: options.weightDecay,
+        evalEvery: options.evalEvery,
         recipe: options.recipe as LinearizeOptions["recipe"],
         epochs: options.epochs,
         lora: {

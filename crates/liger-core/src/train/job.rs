@@ -51,6 +51,9 @@ pub struct LinearizeJob {
     /// Choose this many softmax layers by measurement (adding to `options.softmax_layers`):
     /// the layers whose conversion alone costs the most loss on the selection text.
     pub auto_softmax_layers: Option<usize>,
+    /// Validation text of its own (`.txt`/`.raw`/`.json`/`.jsonl`); `None`: a held-out
+    /// `val_fraction` of the training records.
+    pub val_data: Option<PathBuf>,
     /// Text the layers are measured on (`.txt`/`.raw`/`.json`/`.jsonl`, packed like the
     /// training data); `None`: the validation sequences, else the first training sequences.
     pub select_data: Option<PathBuf>,
@@ -76,6 +79,7 @@ impl LinearizeJob {
             resume: false,
             auto_softmax_layers: None,
             select_data: None,
+            val_data: None,
         }
     }
 }
@@ -381,7 +385,11 @@ pub fn run_linearize_on<M: EngineModel>(
             on_event(JobEvent::Stage("reading data".into()));
             let data = read_dataset(path, job.bad_rows)?;
             report.skipped_rows = data.skipped;
-            let (train, val) = split_validation(data.records, job.val_fraction, job.train.seed)?;
+            // Held-out text of its own (e.g. WikiText-2 valid) instead of a split of the data.
+            let (train, val) = match &job.val_data {
+                Some(val_path) => (data.records, read_dataset(val_path, job.bad_rows)?.records),
+                None => split_validation(data.records, job.val_fraction, job.train.seed)?,
+            };
             (report.train_records, report.val_records) = (train.len(), val.len());
             on_event(JobEvent::Stage("tokenizing".into()));
             let train = pack(

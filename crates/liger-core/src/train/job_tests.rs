@@ -387,3 +387,15 @@ fn resuming_with_other_settings_is_refused_naming_each_difference() {
     let report = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert_eq!((report.steps_done, report.total_steps, report.losses.len()), (0, 3, 3), "nothing left to train");
 }
+
+#[test]
+fn validation_reads_its_own_text_when_given() {
+    let tmp = TempDir::new("val-data");
+    let mut job = tiny_job(&tmp.0, 2);
+    job.sample_prompt = None;
+    std::fs::write(tmp.0.join("valid.raw"), " = Heading = \n Count to three. one two three. ".repeat(10)).unwrap();
+    job.val_data = Some(tmp.0.join("valid.raw"));
+    let report = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!((report.train_records, report.val_records), (24, 1), "every record trains; the text validates");
+    assert!(report.val_sequences > 0 && report.trained_eval.is_some());
+}
