@@ -399,3 +399,25 @@ fn validation_reads_its_own_text_when_given() {
     assert_eq!((report.train_records, report.val_records), (24, 1), "every record trains; the text validates");
     assert!(report.val_sequences > 0 && report.trained_eval.is_some());
 }
+
+#[test]
+fn a_run_that_diverges_stops_with_a_typed_error_and_keeps_its_last_good_checkpoint() {
+    let tmp = TempDir::new("diverge");
+    let mut job = tiny_job(&tmp.0, 6);
+    job.sample_prompt = None;
+    job.train.save_every = 1;
+    job.train.eval_every = 0;
+    // An absurd learning rate: the first update makes the adapters overflow, so a later
+    // step's loss is not finite.
+    job.train.optimizer.lr = 1e30;
+    job.train.clip_grad_norm = 0.0;
+    let mut saved = 0;
+    let err = run_linearize(&job, &AtomicBool::new(false), &mut |e| saved += matches!(e, JobEvent::Saved(_)) as usize).unwrap_err();
+    assert_eq!(err.code, ErrorCode::NonFiniteLoss, "{}", err.message);
+    assert!(saved >= 1, "a checkpoint was saved before the loss went bad");
+    let model = load_liger_checkpoint(&job.out_dir).unwrap();
+    let (state, _) = load_training_state(&job.out_dir, &model).unwrap().unwrap();
+    assert!(state.losses.iter().all(|l| l.is_finite()), "the kept checkpoint is from before the failure: {:?}", state.losses);
+    assert_eq!(state.step as usize, saved);
+    assert!(model.lora_params().iter().all(|(_, v)| v.iter().all(|x| x.is_finite())), "the kept adapters are finite");
+}
