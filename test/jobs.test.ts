@@ -228,6 +228,11 @@ describe("linearize", () => {
     await expectCode(linearize(modelPath(), { ...base, mixer: "transformer" as never }), "INVALID_ARGUMENT", /mixer/);
     await expectCode(linearize(modelPath(), { ...base, softmaxLayers: [99] }), "INVALID_ARGUMENT", /layer 99 does not exist/);
     await expectCode(linearize(modelPath(), { ...base, lora: { rank: 0 } }), "INVALID_ARGUMENT", /lora.rank/);
+    await expectCode(linearize(modelPath(), { ...base, lora: { rank: 100_000 } }), "INVALID_ARGUMENT", /smaller rank/);
+    await expectCode(linearize(modelPath(), { ...base, recipe: "bogus" as never }), "INVALID_ARGUMENT", /recipe/);
+    await expectCode(linearize(modelPath(), { ...base, steps: 3, epochs: 1 }), "INVALID_ARGUMENT", /steps or epochs/);
+    await expectCode(linearize(modelPath(), { ...base, softmaxAuto: 31 }), "INVALID_ARGUMENT", /softmax_auto/);
+    await expectCode(linearize(modelPath(), { ...base, batch: 1_000_000 }), "INVALID_ARGUMENT", /micro_batch.*limit/);
     // No NVIDIA GPU on the test machine: a typed error that points at the CPU backend.
     await expectCode(linearize(modelPath(), { ...base, device: "cuda" }), "DEVICE_UNAVAILABLE", /NVIDIA.*use the CPU backend/);
     expect(existsSync(base.out)).toBe(false);
