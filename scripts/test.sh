@@ -17,10 +17,11 @@ python3 scripts/make-quant-fixtures.py
 printf '\n== cargo test\n' >&2
 cargo test --workspace --quiet
 
-# A bounded run of every fuzz target from the committed seed corpus (about 10 s each); the
-# long runs are recorded in bench/RESULTS.md.
+# A bounded run of every fuzz target from the committed seed corpus (about 10 s each), with a
+# fixed seed so that every run tries the same inputs; the long runs (other seeds) are recorded
+# in bench/RESULTS.md.
 printf '\n== fuzz (bounded)\n' >&2
-cargo run --quiet --release -p liger-fuzz -- all --seconds "${LIGER_FUZZ_SECONDS:-10}" --corpus crates/liger-fuzz/corpus
+cargo run --quiet --release -p liger-fuzz -- all --seconds "${LIGER_FUZZ_SECONDS:-10}" --seed "${LIGER_FUZZ_SEED:-1}" --corpus crates/liger-fuzz/corpus
 
 printf '\n== vitest\n' >&2
 npx vitest run
