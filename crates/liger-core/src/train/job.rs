@@ -258,7 +258,7 @@ fn eval_event(name: &str, r: &EvalResult) -> JobEvent {
 /// base weights are read again for each layer (a converted model owns its weights).
 fn layer_conversion_costs<M: EngineModel>(
     job: &LinearizeJob,
-    base: &BaseModel,
+    layers: usize,
     seqs: &[Sequence],
     on_event: &mut dyn FnMut(JobEvent),
     to_engine: &mut dyn FnMut(LigerModel) -> Result<M>,
@@ -266,7 +266,6 @@ fn layer_conversion_costs<M: EngineModel>(
     if seqs.is_empty() {
         return Err(Error::invalid_argument("choosing softmax layers needs text to measure on: give training data or selection data"));
     }
-    let layers = base.config.num_layers;
     let no_adapters = LoraOptions { targets: Vec::new(), ..job.lora.clone() };
     // The base model as the engine runs it (every layer softmax), so that each difference
     // compares like with like (the GPU engine computes in bf16).
@@ -433,7 +432,7 @@ pub fn run_linearize_on<M: EngineModel>(
             None if !val_seqs.is_empty() => val_seqs.clone(),
             None => train_seqs.iter().take(job.max_val_sequences).cloned().collect(),
         };
-        let costs = layer_conversion_costs(job, &base, &select, on_event, to_engine)?;
+        let costs = layer_conversion_costs(job, base.config.num_layers, &select, on_event, to_engine)?;
         options.softmax_layers = choose_softmax_layers(&costs, &options.softmax_layers, n);
         on_event(JobEvent::Stage(format!("softmax attention kept in layers {:?}", options.softmax_layers)));
         report.layer_costs = Some(costs);
