@@ -12,6 +12,10 @@ export interface LigerInfo {
   mixer: string;
   /** Keys each query of the sliding-window branch sees. */
   windowKeys: number;
+  /** First tokens the window branch also sees (attention sinks). */
+  sinkKeys: number;
+  /** Whether the recurrent branch is normalised. */
+  grmNorm: boolean;
   useSwa: boolean;
   alpha: number;
   beta: number;

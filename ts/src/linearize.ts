@@ -26,6 +26,18 @@ export interface LinearizeOptions {
   mixer?: MixerName;
   /** Keys each query of the sliding-window branch sees (default 65). */
   window?: number;
+  /**
+   * The first tokens of a sequence, which every query of the sliding-window branch also sees
+   * (attention sinks, as in StreamingLLM and Lizard; default 0, the paper's window). Decoding
+   * keeps their keys and values beside the window: `2 * sinks * kvHeads * headDim` values per layer.
+   */
+  sinks?: number;
+  /**
+   * Normalise the recurrent branch like attention: divide it by the same recurrence over values
+   * of one (default false, the paper's unnormalised GRM, whose output grows with the context).
+   * Decoding keeps a second recurrent state of the same size.
+   */
+  grmNorm?: boolean;
   /** Weights of the recurrent and sliding-window branches (default 0.5 each). */
   alpha?: number;
   beta?: number;
@@ -175,6 +187,8 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
   checkOptional("device", o.device, oneOf(["cpu", "cuda"]), `"cpu" or "cuda"`);
   checkOptional("mixer", o.mixer, oneOf(MIXERS), `one of ${MIXERS.join(", ")}`);
   checkOptional("window", o.window, isPositiveInt, "an integer >= 1 (65 is the reference's window)");
+  checkOptional("sinks", o.sinks, (v) => isNonNegativeInt(v) && (v as number) <= 1024, "an integer from 0 to 1024 (StreamingLLM uses 4)");
+  checkOptional("grmNorm", o.grmNorm, (v) => typeof v === "boolean", "a boolean");
   checkOptional("alpha", o.alpha, isFiniteNumber, "a finite number");
   checkOptional("beta", o.beta, isFiniteNumber, "a finite number");
   checkOptional("useSwa", o.useSwa, (v) => typeof v === "boolean", "a boolean");
@@ -223,6 +237,8 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     outDir: o.out,
     mixer: o.mixer ?? "gla",
     window: o.window ?? 65,
+    sinks: o.sinks ?? 0,
+    grmNorm: o.grmNorm ?? false,
     alpha: o.alpha ?? 0.5,
     beta: o.beta ?? 0.5,
     useSwa: o.useSwa ?? true,

@@ -1,6 +1,7 @@
 // Causal softmax attention with an optional sliding window, grouped-query heads, scale 1/sqrt(d).
 // Layouts: q, o, dq [B, T, hq, d]; k, v, dk, dv [B, T, hkv, d]; lse [B, hq, T] (fp32).
-// Query i sees keys lo(i)..=i with lo(i) = max(0, i + 1 - window) (window = T for full attention).
+// Query i sees keys lo(i)..=i with lo(i) = max(0, i + 1 - window) (window = T for full attention),
+// and the first `sinks` keys (attention sinks; CPU twin: liger::Window::sees).
 //
 // These are the warp-per-row forms: one warp owns one query (or one key) row, each lane holds
 // d / 32 of its values, and a warp sum gives each dot product. They serve every head size that
@@ -9,10 +10,33 @@
 #define MAX_PER_LANE 8  // head_dim <= 256
 
 struct AttnDims {
-    int batch, tokens, hq, hkv, d, window;
+    int batch, tokens, hq, hkv, d, window, sinks;
 };
 
 __device__ __forceinline__ int first_visible(int i, int window) { return max(0, i + 1 - window); }
+__device__ __forceinline__ bool sees(const AttnDims& p, int i, int j) { return j <= i && (j > i - p.window || j < p.sinks); }
+// The keys query i sees, in order: the first of them, and the one after key j.
+__device__ __forceinline__ int first_key(const AttnDims& p, int i) {
+    const int lo = first_visible(i, p.window);
+    return p.sinks > 0 && p.sinks < lo ? 0 : lo;
+}
+__device__ __forceinline__ int next_key(const AttnDims& p, int i, int j) {
+    const int lo = first_visible(i, p.window);
+    return j + 1 == p.sinks && j + 1 < lo ? lo : j + 1;
+}
+// The same for tiles of MMA_KEYS keys seen by some query of i0..: the sink tiles, then the window's.
+#define MMA_KEYS 64
+__device__ __forceinline__ int first_key_tile(const AttnDims& p, int i0) {
+    return p.sinks > 0 ? 0 : first_visible(i0, p.window) / MMA_KEYS * MMA_KEYS;
+}
+__device__ __forceinline__ int next_key_tile(const AttnDims& p, int i0, int j0) {
+    const int lo = first_visible(i0, p.window) / MMA_KEYS * MMA_KEYS;
+    return j0 + MMA_KEYS >= p.sinks && j0 + MMA_KEYS < lo ? lo : j0 + MMA_KEYS;
+}
+// The last query that sees some key of j0..j0+count-1.
+__device__ __forceinline__ int last_query_of(const AttnDims& p, int j0, int count) {
+    return j0 < p.sinks ? p.tokens - 1 : min(p.tokens - 1, j0 + count - 1 + p.window - 1);
+}
 
 // Loads the d values of one row into per-lane registers: lane l holds elements l, l + 32, ...
 template <typename T> __device__ __forceinline__ void load_row(const T* row, int d, float* r) {
@@ -54,7 +78,7 @@ __device__ void attention_forward_rows(AttnDims p, const T* q, const T* k, const
     const long long kv_stride = (long long)p.hkv * p.d;
     const T* kb = k + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
     const T* vb = v + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
-    for (int j = first_visible(i, p.window); j <= i; j++) {
+    for (int j = first_key(p, i); j <= i; j = next_key(p, i, j)) {
         const float s = dot_row(qr, kb + j * kv_stride, p.d) * scale;
         const float m_new = fmaxf(m, s);
         const float correction = __expf(m - m_new), e = __expf(s - m_new);
@@ -103,7 +127,7 @@ __device__ void attention_dq_rows(AttnDims p, const T* q, const T* k, const T* v
     const T* kb = k + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
     const T* vb = v + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
     const int lane = threadIdx.x & 31;
-    for (int j = first_visible(i, p.window); j <= i; j++) {
+    for (int j = first_key(p, i); j <= i; j = next_key(p, i, j)) {
         const float prob = __expf(dot_row(qr, kb + j * kv_stride, p.d) * scale - row_lse);
         const float ds = prob * (dot_row(dor, vb + j * kv_stride, p.d) - row_delta) * scale;
 #pragma unroll
@@ -114,7 +138,7 @@ __device__ void attention_dq_rows(AttnDims p, const T* q, const T* k, const T* v
 }
 
 // Backward for dk and dv: one warp per key row (b, j, kv head), over the queries of its group
-// that see it (i in j ..= j + window - 1).
+// that see it (i in j ..= j + window - 1, or to the end for a sink).
 template <typename T>
 __device__ void attention_dkv_rows(AttnDims p, const T* q, const T* k, const T* v, const float* lse, const float* delta,
                                    const T* d_o, T* dk, T* dv) {
@@ -129,7 +153,7 @@ __device__ void attention_dkv_rows(AttnDims p, const T* q, const T* k, const T* 
 #pragma unroll
     for (int c = 0; c < MAX_PER_LANE; c++) dk_acc[c] = dv_acc[c] = 0.0f;
     const long long q_stride = (long long)p.hq * p.d;
-    const int last = min(p.tokens - 1, j + p.window - 1);  // window <= tokens, so no overflow
+    const int last = last_query_of(p, j, 1);  // window <= tokens, so no overflow
     const int lane = threadIdx.x & 31;
     for (int g = 0; g < group; g++) {
         const int h = kvh * group + g;
@@ -137,6 +161,7 @@ __device__ void attention_dkv_rows(AttnDims p, const T* q, const T* k, const T* 
         const T* dob = d_o + (long long)b * p.tokens * q_stride + (long long)h * p.d;
         const long long stat0 = ((long long)b * p.hq + h) * p.tokens;
         for (int i = j; i <= last; i++) {
+            if (!sees(p, i, j)) continue;  // past the window of a key that is no sink
             const float prob = __expf(dot_row(kr, qb + i * q_stride, p.d) * scale - lse[stat0 + i]);
             const float ds = prob * (dot_row(vr, dob + i * q_stride, p.d) - delta[stat0 + i]) * scale;
 #pragma unroll
@@ -221,20 +246,22 @@ __device__ void attention_decode_rows(int batch, int hq, int hkv, int d, int cap
 }
 
 // Writes token t of sequence b (k_new/v_new [B, tokens, hkv, d], at position positions[b] + t)
-// into slot position % capacity of the caches; only the last `capacity` tokens are written, so
-// that no slot is written twice. tokens = 1 is the per-step append.
+// into its slot of the caches (cache_slot: the first `sinks` tokens for good, the others in a
+// ring); a token that a later one of the same call would overwrite is skipped, so that no slot
+// is written twice. tokens = 1 is the per-step append.
 template <typename T>
-__device__ void cache_write(int batch, int tokens, int hkv, int d, int capacity, const T* k_new, const T* v_new,
+__device__ void cache_write(int batch, int tokens, int hkv, int d, int capacity, int sinks, const T* k_new, const T* v_new,
                             const u32* positions, T* k_cache, T* v_cache) {
-    const int first = max(0, tokens - capacity);
-    const size_t row = (size_t)hkv * d, n = (size_t)batch * (tokens - first) * row;
+    const int ring = capacity - sinks;
+    const size_t row = (size_t)hkv * d, n = (size_t)batch * tokens * row;
     for (size_t idx = global_index(); idx < n; idx += grid_stride()) {
         const int e = (int)(idx % d), kvh = (int)((idx / d) % hkv);
         const size_t bt = idx / row;
-        const int t = first + (int)(bt % (tokens - first)), b = (int)(bt / (tokens - first));
-        const u32 slot = (positions[b] + (u32)t) % (u32)capacity;
+        const int t = (int)(bt % tokens), b = (int)(bt / tokens);
+        const u32 pos = positions[b] + (u32)t;
+        if (pos >= (u32)sinks && t < tokens - ring) continue;
         const size_t src = ((size_t)b * tokens + t) * row + (size_t)kvh * d + e;
-        const size_t dst = (((size_t)b * hkv + kvh) * capacity + slot) * d + e;
+        const size_t dst = (((size_t)b * hkv + kvh) * capacity + cache_slot(pos, sinks, capacity)) * d + e;
         k_cache[dst] = k_new[src];
         v_cache[dst] = v_new[src];
     }
@@ -249,7 +276,6 @@ __device__ void cache_write(int batch, int tokens, int hkv, int d, int capacity,
 // columns 2t, 2t + 1. B fragments of row-major [k][n] tiles come from ldmatrix.trans.
 
 #define MMA_ROWS 64
-#define MMA_KEYS 64
 
 __device__ __forceinline__ u32 shared_address(const void* ptr) {
     u32 addr;
@@ -310,10 +336,9 @@ __device__ void attention_forward_mma(AttnDims p, const bf16* q, const bf16* k, 
     float m[2] = {-POS_INFINITY, -POS_INFINITY}, l[2] = {0.0f, 0.0f};
 
     const int last_row = min(p.tokens - 1, i0 + MMA_ROWS - 1);
-    const int first_key = first_visible(i0, p.window) / MMA_KEYS * MMA_KEYS;
     const unsigned short* k_base = (const unsigned short*)k + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
     const unsigned short* v_base = (const unsigned short*)v + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
-    for (int j0 = first_key; j0 <= last_row; j0 += MMA_KEYS) {
+    for (int j0 = first_key_tile(p, i0); j0 <= last_row; j0 = next_key_tile(p, i0, j0)) {
         __syncthreads();  // the previous tile is no longer read
         load_tile<D>(ks, k_base, kv_stride, j0, p.tokens);
         load_tile<D>(vs, v_base, kv_stride, j0, p.tokens);
@@ -337,8 +362,7 @@ __device__ void attention_forward_mma(AttnDims p, const bf16* q, const bf16* k, 
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int i = e < 2 ? row_a : row_b, j = j0 + n * 8 + 2 * t + (e & 1);
-                const bool visible = j <= i && j > i - p.window;
-                s[n][e] = visible ? s[n][e] * scale_log2 : -POS_INFINITY;
+                s[n][e] = sees(p, i, j) ? s[n][e] * scale_log2 : -POS_INFINITY;
                 tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[n][e]);
             }
         }
@@ -433,7 +457,7 @@ __device__ void attention_dkv_mma(AttnDims p, const bf16* q, const bf16* k, cons
     for (int n = 0; n < D / 8; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dk_acc[n][e] = dv_acc[n][e] = 0.0f;
-    const int last_query = min(p.tokens - 1, j0 + MMA_KEYS - 1 + p.window - 1);
+    const int last_query = last_query_of(p, j0, MMA_KEYS);
     for (int gh = 0; gh < group; gh++) {
         const int h = kvh * group + gh;
         const unsigned short* q_base = (const unsigned short*)q + (long long)b * p.tokens * q_stride + (long long)h * D;
@@ -473,7 +497,7 @@ __device__ void attention_dkv_mma(AttnDims p, const bf16* q, const bf16* k, cons
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int key = e < 2 ? key_a : key_b, r = n * 8 + 2 * t + (e & 1), i = i0 + r;
-                    const bool visible = key <= i && key > i - p.window && i < p.tokens;
+                    const bool visible = sees(p, i, key) && i < p.tokens;
                     pr[e] = visible ? exp2f(s[n][e] * scale_log2 - lse2[r]) : 0.0f;
                     ds[e] = pr[e] * (dp[n][e] - row_delta[r]) * scale;
                 }
@@ -540,10 +564,9 @@ __device__ void attention_dq_mma(AttnDims p, const bf16* q, const bf16* k, const
 #pragma unroll
     for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     const int last_row = min(p.tokens - 1, i0 + MMA_ROWS - 1);
-    const int first_key = first_visible(i0, p.window) / MMA_KEYS * MMA_KEYS;
     const unsigned short* k_base = (const unsigned short*)k + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
     const unsigned short* v_base = (const unsigned short*)v + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
-    for (int j0 = first_key; j0 <= last_row; j0 += MMA_KEYS) {
+    for (int j0 = first_key_tile(p, i0); j0 <= last_row; j0 = next_key_tile(p, i0, j0)) {
         __syncthreads();
         load_tile<D>(ks, k_base, kv_stride, j0, p.tokens);
         load_tile<D>(vs, v_base, kv_stride, j0, p.tokens);
@@ -566,8 +589,7 @@ __device__ void attention_dq_mma(AttnDims p, const bf16* q, const bf16* k, const
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int i = e < 2 ? row_a : row_b, j = j0 + n * 8 + 2 * t + (e & 1);
-                const bool visible = j <= i && j > i - p.window;
-                const float pr = visible ? exp2f(s[n][e] * scale_log2 - (e < 2 ? lse_a : lse_b)) : 0.0f;
+                const float pr = sees(p, i, j) ? exp2f(s[n][e] * scale_log2 - (e < 2 ? lse_a : lse_b)) : 0.0f;
                 ds[e] = pr * (dp[n][e] - (e < 2 ? delta_a : delta_b)) * scale;
             }
             dsa[n / 2][(n & 1) * 2] = pack_bf16(ds[0], ds[1]);
@@ -629,10 +651,10 @@ MMA_BACKWARD_ENTRY_POINTS(128)
                                                          T* o_t) {                                                      \
         attention_decode_rows<T>(batch, hq, hkv, d, capacity, q_t, k_cache, v_cache, lengths, o_t);                     \
     }                                                                                                                   \
-    extern "C" __global__ void cache_write_##SUFFIX(int batch, int tokens, int hkv, int d, int capacity,                \
+    extern "C" __global__ void cache_write_##SUFFIX(int batch, int tokens, int hkv, int d, int capacity, int sinks,     \
                                                     const T* k_new, const T* v_new, const u32* positions, T* k_cache,   \
                                                     T* v_cache) {                                                       \
-        cache_write<T>(batch, tokens, hkv, d, capacity, k_new, v_new, positions, k_cache, v_cache);                     \
+        cache_write<T>(batch, tokens, hkv, d, capacity, sinks, k_new, v_new, positions, k_cache, v_cache);              \
     }
 
 ATTENTION_ENTRY_POINTS(float, f32)

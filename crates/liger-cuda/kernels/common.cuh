@@ -91,6 +91,12 @@ __device__ float block_max(float v) {
 __device__ __forceinline__ size_t global_index() { return (size_t)blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ size_t grid_stride() { return (size_t)gridDim.x * blockDim.x; }
 
+// The slot of a decoding cache of `capacity` slots that keeps the token at `pos`: the first
+// `sinks` tokens for good, the others in a ring after them (CPU twin: liger::Window::slot).
+__device__ __forceinline__ u32 cache_slot(u32 pos, int sinks, int capacity) {
+    return pos < (u32)sinks ? pos : (u32)sinks + (pos - (u32)sinks) % (u32)(capacity - sinks);
+}
+
 // Four consecutive values at x[i..i+4] (i a multiple of 4, x aligned as `quad_aligned` checks):
 // one 16-byte (f32) or 8-byte (bf16) memory access instead of four, for the bandwidth-bound
 // elementwise kernels.

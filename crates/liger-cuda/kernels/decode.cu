@@ -5,11 +5,12 @@
 
 // RoPE ("rotate_half") of one token per sequence at position positions[b], for q (`hq` heads)
 // and k (`hkv` heads): q goes to `q_roped`; the roped k and the unchanged v go into slot
-// `positions[b] % capacity` of each sequence's cache `[B, hkv, capacity, d]`. One thread per
+// `cache_slot(positions[b], sinks, capacity)` of each sequence's cache `[B, hkv, capacity, d]`. One thread per
 // rotated pair (of q or k); the k threads also copy the two matching values of v.
 template <typename T>
 __device__ void decode_rope_append(const float* q, const float* k, const float* v, const float* inv_freq, const u32* positions,
-                                   T* q_roped, T* k_cache, T* v_cache, int batch, int hq, int hkv, int d, int capacity) {
+                                   T* q_roped, T* k_cache, T* v_cache, int batch, int hq, int hkv, int d, int capacity,
+                                   int sinks) {
     const int half = d / 2, heads = hq + hkv;
     const size_t pairs = (size_t)batch * heads * half;
     for (size_t idx = global_index(); idx < pairs; idx += grid_stride()) {
@@ -25,7 +26,7 @@ __device__ void decode_rope_append(const float* q, const float* k, const float* 
         } else {
             const int kvh = head - hq;
             const size_t src = ((size_t)b * hkv + kvh) * d;
-            const size_t dst = (((size_t)b * hkv + kvh) * capacity + positions[b] % (u32)capacity) * d;
+            const size_t dst = (((size_t)b * hkv + kvh) * capacity + cache_slot(positions[b], sinks, capacity)) * d;
             const float x0 = k[src + j], x1 = k[src + j + half];
             k_cache[dst + j] = from_f32<T>(x0 * c - x1 * s);
             k_cache[dst + j + half] = from_f32<T>(x1 * c + x0 * s);
@@ -53,8 +54,8 @@ __device__ void decode_mix(const float* a, float alpha, int use_a, const T* b, f
     extern "C" __global__ void decode_rope_append_##SUFFIX(const float* q, const float* k, const float* v,                \
                                                            const float* inv_freq, const u32* positions, T* q_roped,       \
                                                            T* k_cache, T* v_cache, int batch, int hq, int hkv, int d,     \
-                                                           int capacity) {                                                \
-        decode_rope_append<T>(q, k, v, inv_freq, positions, q_roped, k_cache, v_cache, batch, hq, hkv, d, capacity);      \
+                                                           int capacity, int sinks) {                                     \
+        decode_rope_append<T>(q, k, v, inv_freq, positions, q_roped, k_cache, v_cache, batch, hq, hkv, d, capacity, sinks); \
     }                                                                                                                     \
     extern "C" __global__ void decode_mix_##SUFFIX(const float* a, float alpha, int use_a, const T* b, float beta,        \
                                                    int use_b, float* o_f, T* o_t, unsigned long long n) {                 \

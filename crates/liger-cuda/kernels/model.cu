@@ -90,6 +90,26 @@ extern "C" __global__ void scale_in_place_f32(float* x, unsigned long long n, fl
     for (size_t i = global_index(); i < n; i += grid_stride()) x[i] *= s;
 }
 
+// x = value everywhere.
+extern "C" __global__ void fill_f32(float* x, unsigned long long n, float value) {
+    for (size_t i = global_index(); i < n; i += grid_stride()) x[i] = value;
+}
+
+// The normalised recurrent branch (CPU twins: liger::combine::grm_normalize and its backward):
+// o = n / (den + eps) in place on n; and from d_o, den and the normalised o,
+// d_n = d_o / (den + eps), d_den = -d_n * o.
+extern "C" __global__ void grm_normalize_f32(float* n, const float* den, unsigned long long count, float eps) {
+    for (size_t i = global_index(); i < count; i += grid_stride()) n[i] /= den[i] + eps;
+}
+extern "C" __global__ void grm_normalize_backward_f32(const float* d_o, const float* den, const float* o, float* d_n, float* d_den,
+                                                      unsigned long long count, float eps) {
+    for (size_t i = global_index(); i < count; i += grid_stride()) {
+        const float g = d_o[i] / (den[i] + eps);
+        d_n[i] = g;
+        d_den[i] = -g * o[i];
+    }
+}
+
 // y[r, c] += bias[c] for rows of `cols` values.
 extern "C" __global__ void add_bias_rows_f32(float* y, const float* bias, unsigned long long n, int cols) {
     for (size_t i = global_index(); i < n; i += grid_stride()) y[i] += bias[i % cols];

@@ -114,7 +114,7 @@ pub const MODEL: KernelFile = kernel_file!(
     "model",
     [
         "scale_to_f32", "scale_to_bf16", "widen_f32", "widen_bf16", "liger_mix_to_f32", "liger_mix_to_bf16", "scale_pair_f32",
-        "scale_pair_bf16", "scale_in_place_f32", "add_bias_rows_f32",
+        "scale_pair_bf16", "scale_in_place_f32", "add_bias_rows_f32", "fill_f32", "grm_normalize_f32", "grm_normalize_backward_f32",
         "rope_forward_to_f32", "rope_forward_to_bf16", "rope_backward_add_f32", "rope_backward_add_bf16",
         "fill_uniform_f32", "fill_uniform_bf16",
     ]

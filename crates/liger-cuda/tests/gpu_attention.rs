@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use half::bf16;
-use liger_core::liger::{swa_backward, swa_forward, HeadShape, SwaCache, FULL_ATTENTION};
+use liger_core::liger::{swa_backward, swa_forward, HeadShape, SwaCache, Window};
 use liger_core::ErrorCode;
 use liger_cuda::ops::attention::{attention_backward, attention_decode, attention_forward, cache_append, cache_prefill, AttentionDims};
 use liger_cuda::{GpuBuffer, GpuContext, GpuElement};
@@ -15,9 +15,9 @@ const FP32_TOL: f64 = 1e-4;
 const BF16_TOL: f64 = 2e-2;
 
 /// The CPU twins, one sequence at a time: (o, dq, dk, dv) for the whole batch.
-fn cpu_attention(dims: AttentionDims, window: Option<usize>, q: &[f32], k: &[f32], v: &[f32], d_o: &[f32]) -> [Vec<f64>; 4] {
+fn cpu_attention(dims: AttentionDims, window: Option<Window>, q: &[f32], k: &[f32], v: &[f32], d_o: &[f32]) -> [Vec<f64>; 4] {
     let (qn, kn) = (q.len() / dims.batch, k.len() / dims.batch);
-    let w = window.unwrap_or(FULL_ATTENTION);
+    let w = window.unwrap_or(Window::FULL);
     let mut out: [Vec<f64>; 4] = Default::default();
     for b in 0..dims.batch {
         let (qb, kb, vb, dob) = (&q[b * qn..(b + 1) * qn], &k[b * kn..(b + 1) * kn], &v[b * kn..(b + 1) * kn], &d_o[b * qn..(b + 1) * qn]);
@@ -31,9 +31,9 @@ fn cpu_attention(dims: AttentionDims, window: Option<usize>, q: &[f32], k: &[f32
 }
 
 /// The log-sum-exp of each query's scaled scores over its window, `[B, hq, T]`, in float64.
-fn lse_reference(dims: AttentionDims, window: Option<usize>, q: &[f32], k: &[f32]) -> Vec<f64> {
+fn lse_reference(dims: AttentionDims, window: Option<Window>, q: &[f32], k: &[f32]) -> Vec<f64> {
     let (t, HeadShape { hq, hkv, d }) = (dims.tokens, dims.shape);
-    let w = window.unwrap_or(t).min(t);
+    let w = window.unwrap_or(Window::FULL);
     let scale = 1.0 / (d as f64).sqrt();
     let mut lse = Vec::with_capacity(dims.batch * hq * t);
     for b in 0..dims.batch {
@@ -41,7 +41,8 @@ fn lse_reference(dims: AttentionDims, window: Option<usize>, q: &[f32], k: &[f32
             let kvh = h / (hq / hkv);
             for i in 0..t {
                 let qi = &q[((b * t + i) * hq + h) * d..][..d];
-                let scores: Vec<f64> = ((i + 1).saturating_sub(w)..=i)
+                let scores: Vec<f64> = (0..=i)
+                    .filter(|&j| w.sees(i, j))
                     .map(|j| scale * qi.iter().zip(&k[((b * t + j) * hkv + kvh) * d..][..d]).map(|(&a, &c)| a as f64 * c as f64).sum::<f64>())
                     .collect();
                 let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -71,7 +72,7 @@ fn inputs(rng: &mut StdRng, dims: AttentionDims) -> Inputs {
 
 /// Runs forward and backward with storage `T` on `x` (already representable in `T`) and checks
 /// every output against the CPU twins.
-fn check_attention<T: GpuElement>(ctx: &GpuContext, dims: AttentionDims, window: Option<usize>, x: &Inputs, tol: f64, label: &str) -> [f64; 5] {
+fn check_attention<T: GpuElement>(ctx: &GpuContext, dims: AttentionDims, window: Option<Window>, x: &Inputs, tol: f64, label: &str) -> [f64; 5] {
     let up = |h: &[f32]| GpuBuffer::from_host(ctx, &h.iter().map(|&v| T::from_f32(v)).collect::<Vec<T>>()).unwrap();
     let (q, k, v, d_o) = (up(&x.q), up(&x.k), up(&x.v), up(&x.d_o));
     let (mut o, mut lse) = (poison::<T>(ctx, x.q.len()), poisoned(ctx, dims.batch * dims.shape.hq * dims.tokens));
@@ -114,7 +115,8 @@ fn forward_and_backward_f32_match_the_cpu_twins() {
         for tokens in [100, 300] {
             let dims = AttentionDims { batch: 2, tokens, shape: HeadShape::new(4, 2, d).unwrap() };
             let x = inputs(&mut rng, dims);
-            for window in [Some(65), Some(1), Some(16), None] {
+            let sinks = |keys, sinks| Some(Window { keys, sinks });
+            for window in [Some(65.into()), Some(1.into()), Some(16.into()), None, sinks(16, 4), sinks(65, 70), sinks(1, 1)] {
                 let errs = check_attention::<f32>(&ctx, dims, window, &x, FP32_TOL, &format!("f32 d={d} T={tokens} window={window:?}"));
                 worst.iter_mut().zip(errs).for_each(|(w, e)| *w = w.max(e));
             }
@@ -128,7 +130,10 @@ fn forward_and_backward_bf16_match_the_cpu_twins_on_rounded_inputs() {
     let ctx = gpu();
     let mut rng = rng("attention bf16");
     let mut worst = [0.0f64; 5];
-    for (d, tokens, window) in [(64, 300, Some(65)), (128, 100, None), (128, 300, Some(16)), (64, 100, Some(1)), (64, 300, None), (96, 100, Some(65))] {
+    let w = |keys, sinks| Some(Window { keys, sinks });
+    for (d, tokens, window) in
+        [(64, 300, w(65, 0)), (128, 100, None), (128, 300, w(16, 0)), (64, 100, w(1, 0)), (64, 300, None), (96, 100, w(65, 0)), (64, 300, w(65, 4)), (128, 300, w(16, 70)), (96, 200, w(16, 4))]
+    {
         let dims = AttentionDims { batch: 2, tokens, shape: HeadShape::new(4, 2, d).unwrap() };
         let raw = inputs(&mut rng, dims);
         let x = Inputs { q: round_bf16(&raw.q), k: round_bf16(&raw.k), v: round_bf16(&raw.v), d_o: round_bf16(&raw.d_o) };
@@ -140,10 +145,13 @@ fn forward_and_backward_bf16_match_the_cpu_twins_on_rounded_inputs() {
 
 /// Prefills `prefill` tokens (`cache_prefill`), then decodes `steps` tokens for two sequences
 /// through `cache_append` + `attention_decode`, comparing each step with `SwaCache::step`.
-/// `capacity` is the window (a ring buffer) or, for full attention, the total token count.
+/// The caches hold `window.capacity()` slots (sinks and a ring buffer) or, for full attention,
+/// `capacity` (the total token count).
 #[allow(clippy::too_many_arguments)]
-fn check_decode<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, shape: HeadShape, window: usize, capacity: usize, prefill: usize, steps: usize, tol: f64, label: &str) -> f64 {
+fn check_decode<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, shape: HeadShape, window: Window, prefill: usize, steps: usize, tol: f64, label: &str) -> f64 {
     let batch = 2;
+    let cache_window = if window == Window::FULL { Window::from(prefill + steps) } else { window };
+    let capacity = cache_window.capacity();
     let (q_row, kv_row) = (shape.hq * shape.d, shape.hkv * shape.d);
     let cache_len = batch * shape.hkv * capacity * shape.d;
     let up = |h: &[f32]| GpuBuffer::from_host(ctx, &h.iter().map(|&v| T::from_f32(v)).collect::<Vec<T>>()).unwrap();
@@ -153,7 +161,7 @@ fn check_decode<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, shape: HeadSh
     let k = round_bf16(&random(rng, batch * prefill * kv_row, 1.5));
     let v = round_bf16(&random(rng, batch * prefill * kv_row, 1.0));
     let zeros = GpuBuffer::from_host(ctx, &vec![0u32; batch]).unwrap();
-    cache_prefill(ctx, batch, prefill, shape, capacity, &up(&k), &up(&v), &zeros, &mut k_cache, &mut v_cache).unwrap();
+    cache_prefill(ctx, batch, prefill, shape, cache_window, &up(&k), &up(&v), &zeros, &mut k_cache, &mut v_cache).unwrap();
     for (b, cache) in cpu.iter_mut().enumerate() {
         let part = b * prefill * kv_row..(b + 1) * prefill * kv_row;
         cache.extend(&k[part.clone()], &v[part]).unwrap();
@@ -167,7 +175,7 @@ fn check_decode<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, shape: HeadSh
         let pos = (prefill + step) as u32;
         let positions = GpuBuffer::from_host(ctx, &[pos; 2]).unwrap();
         let lengths = GpuBuffer::from_host(ctx, &[(pos + 1).min(capacity as u32); 2]).unwrap();
-        cache_append(ctx, batch, shape, capacity, &up(&k), &up(&v), &positions, &mut k_cache, &mut v_cache).unwrap();
+        cache_append(ctx, batch, shape, cache_window, &up(&k), &up(&v), &positions, &mut k_cache, &mut v_cache).unwrap();
         let mut o = poison::<T>(ctx, batch * q_row);
         attention_decode(ctx, batch, shape, capacity, &up(&q), &k_cache, &v_cache, &lengths, &mut o).unwrap();
         let mut expected = Vec::with_capacity(batch * q_row);
@@ -189,11 +197,16 @@ fn decode_matches_swa_cache_steps_and_full_causal_decoding() {
     for d in [64, 128] {
         let shape = HeadShape::new(4, 2, d).unwrap();
         // The window's ring buffer, prefilled past its capacity and wrapping while decoding.
-        worst.0 = worst.0.max(check_decode::<f32>(&ctx, &mut rng, shape, 16, 16, 37, 40, FP32_TOL, &format!("decode f32 ring d={d}")));
-        worst.0 = worst.0.max(check_decode::<f32>(&ctx, &mut rng, shape, 65, 65, 3, 70, FP32_TOL, &format!("decode f32 window 65 d={d}")));
+        worst.0 = worst.0.max(check_decode::<f32>(&ctx, &mut rng, shape, 16.into(), 37, 40, FP32_TOL, &format!("decode f32 ring d={d}")));
+        worst.0 = worst.0.max(check_decode::<f32>(&ctx, &mut rng, shape, 65.into(), 3, 70, FP32_TOL, &format!("decode f32 window 65 d={d}")));
+        // Sinks beside the ring: prefilled past both, and filling both while decoding.
+        let sinks = |keys, sinks| Window { keys, sinks };
+        worst.0 = worst.0.max(check_decode::<f32>(&ctx, &mut rng, shape, sinks(16, 4), 37, 40, FP32_TOL, &format!("decode f32 ring + 4 sinks d={d}")));
+        worst.0 = worst.0.max(check_decode::<f32>(&ctx, &mut rng, shape, sinks(8, 5), 2, 30, FP32_TOL, &format!("decode f32 ring + 5 sinks from 2 d={d}")));
         // Full causal: the cache holds every token.
-        worst.0 = worst.0.max(check_decode::<f32>(&ctx, &mut rng, shape, FULL_ATTENTION, 60, 20, 40, FP32_TOL, &format!("decode f32 causal d={d}")));
-        worst.1 = worst.1.max(check_decode::<bf16>(&ctx, &mut rng, shape, 16, 16, 37, 20, BF16_TOL, &format!("decode bf16 ring d={d}")));
+        worst.0 = worst.0.max(check_decode::<f32>(&ctx, &mut rng, shape, Window::FULL, 20, 40, FP32_TOL, &format!("decode f32 causal d={d}")));
+        worst.1 = worst.1.max(check_decode::<bf16>(&ctx, &mut rng, shape, 16.into(), 37, 20, BF16_TOL, &format!("decode bf16 ring d={d}")));
+        worst.1 = worst.1.max(check_decode::<bf16>(&ctx, &mut rng, shape, sinks(16, 4), 37, 20, BF16_TOL, &format!("decode bf16 ring + sinks d={d}")));
     }
     println!("{{\"test\":\"attention_decode\",\"max_rel_err\":{{\"f32\":{:.3e},\"bf16\":{:.3e}}}}}", worst.0, worst.1);
 }
@@ -213,7 +226,7 @@ fn cache_append_wraps_around_the_ring() {
     for _ in 0..13 {
         let (k, v) = (random(&mut rng, batch * kv_row, 1.0), random(&mut rng, batch * kv_row, 1.0));
         let pos = GpuBuffer::from_host(&ctx, &positions).unwrap();
-        cache_append(&ctx, batch, shape, capacity, &upload(&ctx, &k), &upload(&ctx, &v), &pos, &mut k_cache, &mut v_cache).unwrap();
+        cache_append(&ctx, batch, shape, capacity.into(), &upload(&ctx, &k), &upload(&ctx, &v), &pos, &mut k_cache, &mut v_cache).unwrap();
         for (b, position) in positions.iter_mut().enumerate() {
             let slot = *position as usize % capacity;
             for h in 0..shape.hkv {
@@ -234,7 +247,7 @@ fn cache_append_wraps_around_the_ring() {
     let starts = [0u32, 7, 100];
     let (mut k_cache, mut v_cache) = (poisoned(&ctx, cache_len), poisoned(&ctx, cache_len));
     let pos = GpuBuffer::from_host(&ctx, &starts).unwrap();
-    cache_prefill(&ctx, batch, tokens, shape, capacity, &upload(&ctx, &k), &upload(&ctx, &v), &pos, &mut k_cache, &mut v_cache).unwrap();
+    cache_prefill(&ctx, batch, tokens, shape, capacity.into(), &upload(&ctx, &k), &upload(&ctx, &v), &pos, &mut k_cache, &mut v_cache).unwrap();
     let (k_got, v_got) = (k_cache.to_host().unwrap(), v_cache.to_host().unwrap());
     for (b, &start) in starts.iter().enumerate() {
         for t in tokens - capacity..tokens {
@@ -247,7 +260,23 @@ fn cache_append_wraps_around_the_ring() {
             }
         }
     }
-    println!("cache_append: 13 steps over a ring of {capacity} and a prefill of {tokens} checked exactly");
+    // With sinks: the first tokens keep their slots, the others share the ring after them.
+    let window = Window { keys: 3, sinks: 2 };
+    let (mut k_cache, mut v_cache) = (poisoned(&ctx, cache_len), poisoned(&ctx, cache_len));
+    let zeros = GpuBuffer::from_host(&ctx, &[0u32; 3]).unwrap();
+    cache_prefill(&ctx, batch, tokens, shape, window, &upload(&ctx, &k), &upload(&ctx, &v), &zeros, &mut k_cache, &mut v_cache).unwrap();
+    let k_got = k_cache.to_host().unwrap();
+    for b in 0..batch {
+        for t in [0, 1, 9, 10, 11] {
+            let slot = window.slot(t);
+            for h in 0..shape.hkv {
+                let src = ((b * tokens + t) * shape.hkv + h) * shape.d;
+                let dst = ((b * shape.hkv + h) * capacity + slot) * shape.d;
+                assert_eq!(k_got[dst..dst + shape.d], k[src..src + shape.d], "sink cache: key b={b} t={t} slot {slot}");
+            }
+        }
+    }
+    println!("cache_append: 13 steps over a ring of {capacity} and a prefill of {tokens} checked exactly, with and without sinks");
 }
 
 #[test]
@@ -258,7 +287,7 @@ fn bad_sizes_are_typed_errors() {
     let (qn, kn) = (2 * 8 * 4 * 64, 2 * 8 * 2 * 64);
     let (q, k, v) = (poisoned(&ctx, qn), poisoned(&ctx, kn), poisoned(&ctx, kn));
     let (mut o, mut lse) = (poisoned(&ctx, qn), poisoned(&ctx, 2 * 4 * 8));
-    let err = attention_forward(&ctx, dims, Some(0), &q, &k, &v, &mut o, &mut lse).unwrap_err();
+    let err = attention_forward(&ctx, dims, Some(0.into()), &q, &k, &v, &mut o, &mut lse).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("window_keys"), "{}", err.message);
     let err = attention_forward(&ctx, dims, None, &q, &q, &v, &mut o, &mut lse).unwrap_err();
@@ -279,7 +308,7 @@ fn bad_sizes_are_typed_errors() {
     assert!(err.message.contains("lengths"), "{}", err.message);
     let positions = GpuBuffer::from_host(&ctx, &[0u32, 1]).unwrap();
     let k_t = poisoned(&ctx, 2 * 2 * 64);
-    let err = cache_append(&ctx, 2, shape, 0, &k_t, &k_t, &positions, &mut kc, &mut vc).unwrap_err();
+    let err = cache_append(&ctx, 2, shape, 0.into(), &k_t, &k_t, &positions, &mut kc, &mut vc).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("capacity"), "{}", err.message);
 }

@@ -8,7 +8,7 @@ use common::{check_host, gpu, host, inv_freq, poison, poisoned, random, rng, to_
 use half::bf16;
 use liger_core::config::{Architecture, ModelConfig};
 use liger_core::convert::{linearize, LigerModel, LigerOptions, LoraOptions, LoraTarget};
-use liger_core::liger::{HeadShape, MixerConfig, MixerKind};
+use liger_core::liger::{HeadShape, MixerConfig, MixerKind, Window};
 use liger_core::model::{BaseModel, ModelFormat};
 use liger_core::testing::{random_tokens, random_weights, tiny_config};
 use liger_core::tokenizer::Tokenizer;
@@ -50,10 +50,12 @@ fn rms_norm_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
 }
 
 fn rope_append_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
-    let (batch, shape, capacity) = (2, HeadShape { hq: 4, hkv: 2, d: 32 }, 5);
+    // Two sinks and a ring of three: one sequence past the sinks, one writing a sink slot.
+    let (batch, shape, window) = (2, HeadShape { hq: 4, hkv: 2, d: 32 }, Window { keys: 3, sinks: 2 });
+    let capacity = window.capacity();
     let HeadShape { hq, hkv, d } = shape;
     let freqs = inv_freq(d, 10000.0);
-    let positions: Vec<u32> = vec![rng.random_range(0..100_000), rng.random_range(0..100_000)];
+    let positions: Vec<u32> = vec![rng.random_range(2..100_000), rng.random_range(0..2)];
     let (q, k, v) = (random(rng, batch * hq * d, 1.0), random(rng, batch * hkv * d, 1.0), random(rng, batch * hkv * d, 1.0));
     let rope = |x: &[f32], b: usize, heads: usize| -> Vec<f64> {
         let mut out = vec![0.0f64; heads * d];
@@ -72,7 +74,7 @@ fn rope_append_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
     let (mut q_roped, cache_len) = (poison::<T>(ctx, batch * hq * d), batch * hkv * capacity * d);
     let (mut k_cache, mut v_cache) = (poison::<T>(ctx, cache_len), poison::<T>(ctx, cache_len));
     let (freqs_gpu, positions_gpu) = (upload(ctx, &freqs), GpuBuffer::from_host(ctx, &positions).unwrap());
-    let at = DecodeRope { inv_freq: &freqs_gpu, positions: &positions_gpu, batch, shape, capacity };
+    let at = DecodeRope { inv_freq: &freqs_gpu, positions: &positions_gpu, batch, shape, window };
     decode_rope_append(ctx, &at, &upload(ctx, &q), &upload(ctx, &k), &upload(ctx, &v), &mut q_roped, &mut k_cache, &mut v_cache).unwrap();
     check_host(&format!("decode rope of q ({})", T::KERNEL_SUFFIX), &host(&q_roped), &q_ref, tol::<T>());
     // The written slot of each (sequence, kv head), and nothing else.
@@ -83,7 +85,7 @@ fn rope_append_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
         for h in 0..hkv {
             for slot in 0..capacity {
                 let at = ((b * hkv + h) * capacity + slot) * d;
-                if slot == positions[b] as usize % capacity {
+                if slot == window.slot(positions[b] as usize) {
                     k_got.extend_from_slice(&k_host[at..at + d]);
                     v_got.extend_from_slice(&v_host[at..at + d]);
                     k_ref.extend_from_slice(&k_roped[h * d..(h + 1) * d]);
@@ -248,10 +250,10 @@ fn fused_decode_kernels_reject_bad_sizes() {
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
     let (freqs, positions) = (f(16), GpuBuffer::<u32>::zeros(&ctx, 1).unwrap());
     let shape = HeadShape { hq: 2, hkv: 1, d: 32 };
-    let at = DecodeRope { inv_freq: &freqs, positions: &positions, batch: 1, shape, capacity: 0 };
+    let at = DecodeRope { inv_freq: &freqs, positions: &positions, batch: 1, shape, window: 0.into() };
     let err = decode_rope_append(&ctx, &at, &f(64), &f(32), &f(32), &mut f(64), &mut f(0), &mut f(0)).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.message);
-    let at = DecodeRope { capacity: 4, ..at };
+    let at = DecodeRope { window: 4.into(), ..at };
     let err = decode_rope_append(&ctx, &at, &f(64), &f(32), &f(32), &mut f(64), &mut f(100), &mut f(128)).unwrap_err();
     assert!(err.message.contains("key cache"), "{}", err.message);
     let err = decode_mix(&ctx, Some((&f(5), 1.0)), None::<(&GpuBuffer<f32>, f32)>, &mut f(6), &mut f(6)).unwrap_err();

@@ -28,6 +28,11 @@ fn model(arch: Architecture, mixer: MixerKind, softmax_layers: Vec<usize>, rng: 
     let mut options = LigerOptions { softmax_layers, ..Default::default() };
     options.attention.mixer = MixerConfig { gsa_slots: 16, ..MixerConfig::new(mixer) };
     options.attention.window_keys = 5;
+    // The all-Liger GLA case runs with two attention sinks beside the window and the normalised
+    // recurrent branch, the retention case with the normaliser only, the others as the paper.
+    let plain = options.softmax_layers.is_empty();
+    options.attention.sink_keys = if mixer == MixerKind::Gla && plain { 2 } else { 0 };
+    options.attention.grm_norm = matches!(mixer, MixerKind::Gla | MixerKind::Retention) && plain;
     let lora = LoraOptions { rank: 4, alpha: 8.0, targets: LoraTarget::ALL.to_vec(), seed: rng.random() };
     let mut m = linearize(base, options, lora).unwrap();
     for layer in &mut m.lora.layers {

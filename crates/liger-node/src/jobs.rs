@@ -409,6 +409,10 @@ pub struct JsLinearizeOptions {
     pub out_dir: String,
     pub mixer: String,
     pub window: u32,
+    /// First tokens every query of the window branch also sees (attention sinks; 0 = none).
+    pub sinks: u32,
+    /// Normalise the recurrent branch by the same recurrence over values of one.
+    pub grm_norm: bool,
     pub alpha: f64,
     pub beta: f64,
     pub use_swa: bool,
@@ -479,6 +483,8 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
     let attention = &mut options.attention;
     attention.mixer.kind = kind;
     attention.window_keys = o.window as usize;
+    attention.sink_keys = o.sinks as usize;
+    attention.grm_norm = o.grm_norm;
     attention.use_swa = o.use_swa;
     (attention.alpha, attention.beta) = (o.alpha as f32, o.beta as f32);
     options.validate(&base.config)?;

@@ -102,6 +102,8 @@ impl AnyModel {
                 json!({
                     "mixer": attention.mixer.kind.name(),
                     "windowKeys": attention.window_keys,
+                    "sinkKeys": attention.sink_keys,
+                    "grmNorm": attention.grm_norm,
                     "useSwa": attention.use_swa,
                     "alpha": attention.alpha,
                     "beta": attention.beta,

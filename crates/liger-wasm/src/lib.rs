@@ -166,6 +166,8 @@ pub extern "C" fn liger_model_info(handle: i32) -> i32 {
             let liger = json!({
                 "mixer": attention.mixer.kind.name(),
                 "windowKeys": attention.window_keys,
+                "sinkKeys": attention.sink_keys,
+                "grmNorm": attention.grm_norm,
                 "useSwa": attention.use_swa,
                 "alpha": attention.alpha,
                 "beta": attention.beta,

@@ -15,6 +15,8 @@ interface LinearizeCliOptions {
   out: string;
   mixer?: string;
   window?: number;
+  sinks?: number;
+  grmNorm?: boolean;
   alpha?: number;
   beta?: number;
   swa: boolean;
@@ -59,6 +61,8 @@ export function registerLinearize(program: Command): void {
     .option("-o, --out <dir>", "checkpoint directory to write", "liger-checkpoint")
     .option("--mixer <name>", "gla, hgrn2, gsa, retention, mamba2, rwkv6 or linear (default gla)")
     .option("--window <n>", "keys of the sliding-window branch (default 65)", parseNumber("window"))
+    .option("--sinks <n>", "first tokens the sliding-window branch also sees (attention sinks; default 0)", parseNumber("sinks"))
+    .option("--grm-norm", "normalise the recurrent branch like attention (the paper's is unnormalised)")
     .option("--alpha <a>", "weight of the recurrent branch (default 0.5)", parseNumber("alpha"))
     .option("--beta <b>", "weight of the sliding-window branch (default 0.5)", parseNumber("beta"))
     .option("--no-swa", "the recurrent branch only")
@@ -102,6 +106,8 @@ export function registerLinearize(program: Command): void {
         data: options.data,
         mixer: options.mixer as MixerName | undefined,
         window: options.window,
+        sinks: options.sinks,
+        grmNorm: options.grmNorm,
         alpha: options.alpha,
         beta: options.beta,
         useSwa: options.swa,

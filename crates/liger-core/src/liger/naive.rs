@@ -3,6 +3,7 @@
 //! slow on purpose. Layouts and state layout as in [`super::mixer`]; shapes are trusted.
 
 use super::config::{HeadShape, MixerConfig, MixerKind};
+use super::swa::Window;
 
 fn softmax(x: &[f64]) -> Vec<f64> {
     let max = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -100,21 +101,23 @@ fn gsa_token(cfg: &MixerConfig, s: &mut [f64], q: &[f64], k: &[f64], v: &[f64], 
     }
 }
 
-/// Causal softmax attention where query i sees keys `max(0, i + 1 - window_keys)..=i`
-/// (`usize::MAX`: full causal attention). Scale 1/sqrt(D).
-pub fn attention_forward(shape: HeadShape, window_keys: usize, q: &[f64], k: &[f64], v: &[f64]) -> Vec<f64> {
+/// Causal softmax attention where query i sees key j when `window.sees(i, j)`: the last
+/// `window.keys` keys and the first `window.sinks` (`usize::MAX` keys: full causal attention).
+/// Scale 1/sqrt(D).
+pub fn attention_forward(shape: HeadShape, window: impl Into<Window>, q: &[f64], k: &[f64], v: &[f64]) -> Vec<f64> {
+    let window = window.into();
     let (d, group) = (shape.d, shape.group());
     let t = q.len() / (shape.hq * d);
     let scale = 1.0 / (d as f64).sqrt();
     let mut o = vec![0.0; q.len()];
     for i in 0..t {
-        let first = (i + 1).saturating_sub(window_keys);
+        let seen: Vec<usize> = (0..=i).filter(|&j| window.sees(i, j)).collect();
         for h in 0..shape.hq {
             let kvh = h / group;
             let qi = &q[(i * shape.hq + h) * d..(i * shape.hq + h + 1) * d];
-            let scores: Vec<f64> = (first..=i).map(|j| scale * (0..d).map(|x| qi[x] * k[(j * shape.hkv + kvh) * d + x]).sum::<f64>()).collect();
+            let scores: Vec<f64> = seen.iter().map(|&j| scale * (0..d).map(|x| qi[x] * k[(j * shape.hkv + kvh) * d + x]).sum::<f64>()).collect();
             let p = softmax(&scores);
-            for (n, j) in (first..=i).enumerate() {
+            for (n, &j) in seen.iter().enumerate() {
                 for x in 0..d {
                     o[(i * shape.hq + h) * d + x] += p[n] * v[(j * shape.hkv + kvh) * d + x];
                 }

@@ -11,7 +11,7 @@
 //! (the window's keys and values); the reference keeps `4 * hq * d * d + 2 * window * hkv * d * 4`.
 
 use super::decode_step::DecodePlan;
-use super::glue::{rope_forward_to, scaled, widen, RopeLayout};
+use super::glue::{grm_normalize, rope_forward_to, scaled, widen, RopeLayout};
 use super::layer::Rows;
 use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
@@ -26,9 +26,10 @@ use liger_core::{Error, ErrorCode, Result};
 
 /// What one layer keeps between calls for every sequence of the batch.
 pub(super) enum LayerCache<T> {
-    /// The recurrent state `[B, hkv, state]` (f32) and, with SWA, the window's roped keys and
-    /// values `[B, hkv, window, d]` (as `T`) as a ring buffer.
-    Liger { state: GpuBuffer<f32>, window: Option<(GpuBuffer<T>, GpuBuffer<T>)> },
+    /// The recurrent state `[B, hkv, state]` (f32), with `grm_norm` the normaliser's as well,
+    /// and, with SWA, the window's roped keys and values `[B, hkv, sinks + window, d]` (as `T`):
+    /// the sinks, then a ring buffer.
+    Liger { state: GpuBuffer<f32>, norm_state: Option<GpuBuffer<f32>>, window: Option<(GpuBuffer<T>, GpuBuffer<T>)> },
     /// Roped keys and values `[B, hkv, capacity, d]` (as `T`) of a softmax layer.
     Softmax { keys: GpuBuffer<T>, values: GpuBuffer<T> },
 }
@@ -85,7 +86,9 @@ impl<T> GpuLigerState<T> {
             .layers
             .iter()
             .map(|l| match l {
-                LayerCache::Liger { state, window } => 4 * state.len() + window.as_ref().map_or(0, |(k, v)| t * (k.len() + v.len())),
+                LayerCache::Liger { state, norm_state, window } => {
+                    4 * (state.len() + norm_state.as_ref().map_or(0, |s| s.len())) + window.as_ref().map_or(0, |(k, v)| t * (k.len() + v.len()))
+                }
                 LayerCache::Softmax { keys, values } => t * (keys.len() + values.len()),
             })
             .sum();
@@ -110,8 +113,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 if self.host.options.is_softmax_layer(layer) {
                     2 * t * shape.hkv * c.max_position_embeddings * shape.d
                 } else {
-                    let window = if att.use_swa { 2 * t * shape.hkv * att.window_keys * shape.d } else { 0 };
-                    4 * mixer_state_len(&att.mixer, shape) + window
+                    let window = if att.use_swa { 2 * t * shape.hkv * att.window().capacity() * shape.d } else { 0 };
+                    4 * mixer_state_len(&att.mixer, shape) * if att.grm_norm { 2 } else { 1 } + window
                 }
             })
             .sum()
@@ -127,12 +130,14 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 LayerCache::Softmax { keys: GpuBuffer::zeros(&self.ctx, len)?, values: GpuBuffer::zeros(&self.ctx, len)? }
             } else {
                 let window = if att.use_swa {
-                    let len = b * shape.hkv * att.window_keys * shape.d;
+                    let len = b * shape.hkv * att.window().capacity() * shape.d;
                     Some((GpuBuffer::zeros(&self.ctx, len)?, GpuBuffer::zeros(&self.ctx, len)?))
                 } else {
                     None
                 };
-                LayerCache::Liger { state: GpuBuffer::zeros(&self.ctx, b * mixer_state_len(&att.mixer, shape))?, window }
+                let state_len = b * mixer_state_len(&att.mixer, shape);
+                let norm_state = if att.grm_norm { Some(GpuBuffer::zeros(&self.ctx, state_len)?) } else { None };
+                LayerCache::Liger { state: GpuBuffer::zeros(&self.ctx, state_len)?, norm_state, window }
             };
             state.layers.push(cache);
         }
@@ -214,23 +219,28 @@ impl<T: GemmInput> GpuLigerModel<T> {
             let mut lse = GpuBuffer::<f32>::zeros(ctx, rows.batch * shape.hq * rows.tokens)?;
             let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
             match cache {
-                LayerCache::Liger { state: mixer_state, window } => {
+                LayerCache::Liger { state: mixer_state, norm_state, window } => {
                     let mut o_grm = GpuBuffer::<f32>::zeros(ctx, q.len())?;
                     let mdims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
                     mixer_chunk_forward_in_segments(ctx, &att.mixer, mdims, q, k, v, &mut o_grm, None, Some(mixer_state), self.mixer_segments())?;
+                    if let Some(norm_state) = norm_state {
+                        let (ones, mut den) = (self.ones(v.len())?, GpuBuffer::<f32>::zeros(ctx, q.len())?);
+                        mixer_chunk_forward_in_segments(ctx, &att.mixer, mdims, q, k, &ones, &mut den, None, Some(norm_state), self.mixer_segments())?;
+                        grm_normalize(ctx, &mut o_grm, &den)?;
+                    }
                     widen(ctx, &o_grm, &mut o, att.alpha, false)?;
                     if let Some((wk, wv)) = window {
-                        attention_forward(ctx, dims, Some(att.window_keys), &q_roped, &k_roped, v, &mut o_att, &mut lse)?;
+                        attention_forward(ctx, dims, Some(att.window()), &q_roped, &k_roped, v, &mut o_att, &mut lse)?;
                         widen(ctx, &o_att, &mut o, att.beta, true)?;
                         let (k_t, v_t) = (scaled::<T>(ctx, &k_roped, 1.0)?, scaled::<T>(ctx, v, 1.0)?);
-                        cache_prefill(ctx, rows.batch, rows.tokens, shape, att.window_keys, &k_t, &v_t, &start, wk, wv)?;
+                        cache_prefill(ctx, rows.batch, rows.tokens, shape, att.window(), &k_t, &v_t, &start, wk, wv)?;
                     }
                 }
                 LayerCache::Softmax { keys, values } => {
                     attention_forward(ctx, dims, None, &q_roped, &k_roped, v, &mut o_att, &mut lse)?;
                     widen(ctx, &o_att, &mut o, 1.0, false)?;
                     let (k_t, v_t) = (scaled::<T>(ctx, &k_roped, 1.0)?, scaled::<T>(ctx, v, 1.0)?);
-                    cache_prefill(ctx, rows.batch, rows.tokens, shape, c.max_position_embeddings, &k_t, &v_t, &start, keys, values)?;
+                    cache_prefill(ctx, rows.batch, rows.tokens, shape, c.max_position_embeddings.into(), &k_t, &v_t, &start, keys, values)?;
                 }
             }
             self.o_proj(layer, &o, n, &mut x)?;

@@ -11,6 +11,7 @@
 //! (LIGER_CUDA_SYNC) or the profiler is on; when it fails, the step runs its plain launches and
 //! the reason is printed once.
 
+use super::glue::grm_normalize;
 use super::decode::LayerCache;
 use super::weights::GpuLora;
 use super::GpuLigerModel;
@@ -27,6 +28,7 @@ use crate::ops::swiglu::swiglu_forward_to;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, PushKernelArg};
 use liger_core::convert::LoraTarget;
+use liger_core::liger::Window;
 use liger_core::{Error, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -57,6 +59,9 @@ pub(super) struct StepBuffers<T> {
     lora_u: [GpuBuffer<f32>; 3],
     q_roped: GpuBuffer<T>,
     o_mixer: GpuBuffer<f32>,
+    /// With `grm_norm`: values of one (the normaliser's recurrence reads them) and its output.
+    ones: GpuBuffer<f32>,
+    o_norm: GpuBuffer<f32>,
     o_attention: GpuBuffer<T>,
     o: GpuBuffer<f32>,
     o_t: GpuBuffer<T>,
@@ -114,6 +119,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let ts = |n: usize| GpuBuffer::<T>::zeros(ctx, batch * n);
         let u32s = || GpuBuffer::<u32>::zeros(ctx, batch);
         let head_norms = c.qk_norm;
+        let normalised = self.host.options.attention.grm_norm;
         let buffers = StepBuffers {
             batch,
             ids: u32s()?,
@@ -134,6 +140,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
             lora_u: [f32s(rank)?, f32s(rank)?, f32s(rank)?],
             q_roped: ts(qs)?,
             o_mixer: f32s(qs)?,
+            ones: self.ones(if normalised { batch * kvs } else { 0 })?,
+            o_norm: f32s(if normalised { qs } else { 0 })?,
             o_attention: ts(qs)?,
             o: f32s(qs)?,
             o_t: ts(qs)?,
@@ -163,7 +171,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         p.positions.copy_from_host(&vec![pos; b])?;
         let att = &self.host.options.attention;
         if att.use_swa {
-            p.window_len.copy_from_host(&vec![(pos + 1).min(att.window_keys as u32); b])?;
+            p.window_len.copy_from_host(&vec![(position + 1).min(att.window().capacity()) as u32; b])?;
         }
         if !self.host.options.softmax_layers.is_empty() {
             p.full_len.copy_from_host(&vec![pos + 1; b])?;
@@ -222,7 +230,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let lora = self.lora_guard()?;
         // A few sequences: warp-per-row products that read each weight once, in fewer launches.
         let small = b <= GEMV_MAX_BATCH && [hs, qs, f].iter().all(|&k| gemv_fits::<T>(k));
-        let StepBuffers { ids, positions, window_len, full_len, x, h, h_t, h_rstd, q, k, v, q_normed, k_normed, q_rstd, k_rstd, lora_u, q_roped, o_mixer, o_attention, o, o_t, gate, up, act_t, logits, .. } = p;
+        let StepBuffers { ids, positions, window_len, full_len, x, h, h_t, h_rstd, q, k, v, q_normed, k_normed, q_rstd, k_rstd, lora_u, q_roped, o_mixer, ones, o_norm, o_attention, o, o_t, gate, up, act_t, logits, .. } = p;
         embed_ids(ctx, &self.weights.embed, hs, ids, x)?;
         for (layer, cache) in layers.iter_mut().enumerate() {
             let lw = &self.weights.layers[layer];
@@ -251,13 +259,17 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 }
                 _ => (q, k),
             };
-            let rope = |capacity: usize| DecodeRope { inv_freq: &self.weights.inv_freq, positions, batch: b, shape, capacity };
+            let rope = |window: Window| DecodeRope { inv_freq: &self.weights.inv_freq, positions, batch: b, shape, window };
             match cache {
-                LayerCache::Liger { state, window } => {
+                LayerCache::Liger { state, norm_state, window } => {
                     mixer_recurrent_step(ctx, &att.mixer, b, shape, state, q_in, k_in, v, o_mixer)?;
+                    if let Some(norm_state) = norm_state {
+                        mixer_recurrent_step(ctx, &att.mixer, b, shape, norm_state, q_in, k_in, ones, o_norm)?;
+                        grm_normalize(ctx, o_mixer, o_norm)?;
+                    }
                     if let Some((wk, wv)) = window {
-                        decode_rope_append(ctx, &rope(att.window_keys), q_in, k_in, v, q_roped, wk, wv)?;
-                        attention_decode(ctx, b, shape, att.window_keys, q_roped, wk, wv, window_len, o_attention)?;
+                        decode_rope_append(ctx, &rope(att.window()), q_in, k_in, v, q_roped, wk, wv)?;
+                        attention_decode(ctx, b, shape, att.window().capacity(), q_roped, wk, wv, window_len, o_attention)?;
                         decode_mix(ctx, Some((&*o_mixer, att.alpha)), Some((&*o_attention, att.beta)), o, o_t)?;
                     } else {
                         decode_mix::<T>(ctx, Some((&*o_mixer, att.alpha)), None, o, o_t)?;
@@ -265,7 +277,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 }
                 LayerCache::Softmax { keys, values } => {
                     let capacity = c.max_position_embeddings;
-                    decode_rope_append(ctx, &rope(capacity), q_in, k_in, v, q_roped, keys, values)?;
+                    decode_rope_append(ctx, &rope(capacity.into()), q_in, k_in, v, q_roped, keys, values)?;
                     attention_decode(ctx, b, shape, capacity, q_roped, keys, values, full_len, o_attention)?;
                     decode_mix(ctx, None, Some((&*o_attention, 1.0)), o, o_t)?;
                 }

@@ -6,6 +6,7 @@ use crate::context::GpuContext;
 use crate::kernels::MODEL;
 use crate::launch::{as_int, elementwise, expect_len, rows_of};
 use cudarc::driver::PushKernelArg;
+use liger_core::liger::combine::GRM_NORM_EPS;
 use liger_core::{Error, Result};
 
 /// The kernel variant for storage type `T`.
@@ -107,6 +108,55 @@ pub fn scale_in_place(ctx: &GpuContext, x: &mut GpuBuffer<f32>, s: f32) -> Resul
     launch.arg(x.slice_mut()).arg(&n).arg(&s);
     // SAFETY: x holds n values.
     ctx.check_launch(unsafe { launch.launch(cfg) }, name)
+}
+
+/// `x = value` everywhere.
+pub fn fill(ctx: &GpuContext, x: &mut GpuBuffer<f32>, value: f32) -> Result<()> {
+    if x.is_empty() {
+        return Ok(());
+    }
+    let name = "fill_f32";
+    let f = ctx.function(&MODEL, name)?;
+    let (n, cfg) = (x.len() as u64, elementwise(x.len()));
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(x.slice_mut()).arg(&n).arg(&value);
+    // SAFETY: x holds n values.
+    ctx.check_launch(unsafe { launch.launch(cfg) }, name)
+}
+
+/// The normalised recurrent branch: `n = n / (den + eps)`, in place (CPU twin:
+/// `liger_core::liger::combine::grm_normalize`).
+pub fn grm_normalize(ctx: &GpuContext, n: &mut GpuBuffer<f32>, den: &GpuBuffer<f32>) -> Result<()> {
+    expect_len("normaliser", den.len(), n.len())?;
+    if n.is_empty() {
+        return Ok(());
+    }
+    let name = "grm_normalize_f32";
+    let f = ctx.function(&MODEL, name)?;
+    let (count, eps, cfg) = (n.len() as u64, GRM_NORM_EPS, elementwise(n.len()));
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(n.slice_mut()).arg(den.slice()).arg(&count).arg(&eps);
+    // SAFETY: both buffers hold count values.
+    ctx.check_launch(unsafe { launch.launch(cfg) }, name)
+}
+
+/// Gradients through [`grm_normalize`], given the normalised output `o`: returns
+/// `(d_n, d_den)` (CPU twin: `liger_core::liger::combine::grm_normalize_backward`).
+pub fn grm_normalize_backward(ctx: &GpuContext, d_o: &GpuBuffer<f32>, den: &GpuBuffer<f32>, o: &GpuBuffer<f32>) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>)> {
+    expect_len("normaliser", den.len(), d_o.len())?;
+    expect_len("normalised output", o.len(), d_o.len())?;
+    let (mut d_n, mut d_den) = (GpuBuffer::zeros(ctx, d_o.len())?, GpuBuffer::zeros(ctx, d_o.len())?);
+    if d_o.is_empty() {
+        return Ok((d_n, d_den));
+    }
+    let name = "grm_normalize_backward_f32";
+    let f = ctx.function(&MODEL, name)?;
+    let (count, eps) = (d_o.len() as u64, GRM_NORM_EPS);
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(d_o.slice()).arg(den.slice()).arg(o.slice()).arg(d_n.slice_mut()).arg(d_den.slice_mut()).arg(&count).arg(&eps);
+    // SAFETY: the five buffers hold count values.
+    ctx.check_launch(unsafe { launch.launch(elementwise(d_o.len())) }, name)?;
+    Ok((d_n, d_den))
 }
 
 /// Adds `bias` to every row of `y`.

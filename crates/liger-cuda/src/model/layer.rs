@@ -8,7 +8,7 @@
 //! (`mixer_segments`), which keep f32 inputs and accumulation.
 //! CPU twin: `LigerModel::layer_forward` (liger-core `convert/model.rs`).
 
-use super::glue::{add_bias_rows, liger_mix_to, rope_forward_to, scaled, widen, RopeLayout};
+use super::glue::{add_bias_rows, fill, grm_normalize, liger_mix_to, rope_forward_to, scaled, widen, RopeLayout};
 use super::weights::{GpuLayer, GpuLora};
 use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
@@ -179,9 +179,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let mut o = GpuBuffer::<f32>::zeros(ctx, n * c.q_size())?;
         let mut o_grm = None;
         if !softmax_layer {
-            let mut g = GpuBuffer::<f32>::zeros(ctx, n * c.q_size())?;
-            let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
-            mixer_chunk_forward_in_segments(ctx, &att.mixer, dims, q, k, v, &mut g, None, None, self.mixer_segments())?;
+            let (g, _) = self.grm_fresh(qkv, rows)?;
             if att.use_swa {
                 // Mixed with the window attention's output below, in one pass.
                 o_grm = Some(g);
@@ -191,7 +189,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         }
         let (mut o_t, mut softmax) = (None, None);
         if softmax_layer || att.use_swa {
-            let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
+            let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window()), att.beta) };
             let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start, tokens: rows.tokens, heads, head_dim: shape.d };
             let mut q_roped = GpuBuffer::<T>::zeros(ctx, q.len())?;
             let mut k_roped = GpuBuffer::<T>::zeros(ctx, k.len())?;
@@ -217,6 +215,31 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// `x += o_proj(o)` (the products accumulate straight into `x`); returns the o adapter's
     /// saved product.
+    /// The recurrent branch over whole sequences from a fresh state: `mixer(q, k, v)`, and with
+    /// `grm_norm` that divided by `mixer(q, k, 1) + eps`, whose value is returned beside it.
+    pub(super) fn grm_fresh(&self, qkv: &Qkv, rows: Rows) -> Result<(GpuBuffer<f32>, Option<GpuBuffer<f32>>)> {
+        let ctx = &self.ctx;
+        let att = &self.host.options.attention;
+        let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape: self.shape };
+        let mut g = GpuBuffer::<f32>::zeros(ctx, qkv.q.len())?;
+        mixer_chunk_forward_in_segments(ctx, &att.mixer, dims, &qkv.q, &qkv.k, &qkv.v, &mut g, None, None, self.mixer_segments())?;
+        if !att.grm_norm {
+            return Ok((g, None));
+        }
+        let ones = self.ones(qkv.v.len())?;
+        let mut den = GpuBuffer::<f32>::zeros(ctx, qkv.q.len())?;
+        mixer_chunk_forward_in_segments(ctx, &att.mixer, dims, &qkv.q, &qkv.k, &ones, &mut den, None, None, self.mixer_segments())?;
+        grm_normalize(ctx, &mut g, &den)?;
+        Ok((g, Some(den)))
+    }
+
+    /// A buffer of `len` ones: the values of the normaliser's recurrence.
+    pub(super) fn ones(&self, len: usize) -> Result<GpuBuffer<f32>> {
+        let mut x = GpuBuffer::<f32>::zeros(&self.ctx, len)?;
+        fill(&self.ctx, &mut x, 1.0)?;
+        Ok(x)
+    }
+
     pub(super) fn o_proj(&self, layer: usize, o: &GpuBuffer<f32>, n: usize, x: &mut GpuBuffer<f32>) -> Result<Option<GpuBuffer<f32>>> {
         self.o_proj_from(layer, o, None, n, x)
     }

@@ -3,7 +3,7 @@
 //! through it (activation checkpointing). CPU twin: `LigerModel::forward_backward`
 //! (liger-core `convert/backward.rs`).
 
-use super::glue::{rope_backward_add, scale_pair, scaled, widen, RopeLayout};
+use super::glue::{add_into, grm_normalize_backward, rope_backward_add, scale_pair, scaled, widen, RopeLayout};
 use super::layer::{copy, linear_input_grad, LayerTape, Rows};
 use super::weights::GpuLora;
 use super::GpuLigerModel;
@@ -282,7 +282,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let mut dq = GpuBuffer::<f32>::zeros(ctx, q_len)?;
         let mut dk = GpuBuffer::<f32>::zeros(ctx, kv_len)?;
         let mut dv = GpuBuffer::<f32>::zeros(ctx, kv_len)?;
-        let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window_keys), att.beta) };
+        let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window()), att.beta) };
         // The window branch's share of d_o, in T; made with the mixer's share where both run.
         let mut d_att = None;
         if !softmax_layer {
@@ -295,7 +295,23 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 scaled::<f32>(ctx, d_o, att.alpha)?
             };
             let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
-            mixer_chunk_backward_in_segments(ctx, &att.mixer, dims, q, k, v, &d_grm, &mut dq, &mut dk, &mut dv, self.mixer_segments())?;
+            let segments = self.mixer_segments();
+            if att.grm_norm {
+                // o = n / (den + eps), recomputed: n's gradient, then den's (through the same
+                // recurrence over values of one, which adds to dq and dk only).
+                let (o_grm, den) = self.grm_fresh(&tape.qkv, rows)?;
+                let den = den.ok_or_else(|| Error::internal("a normalised layer came back without its normaliser"))?;
+                let (d_n, d_den) = grm_normalize_backward(ctx, &d_grm, &den, &o_grm)?;
+                drop((o_grm, den, d_grm));
+                mixer_chunk_backward_in_segments(ctx, &att.mixer, dims, q, k, v, &d_n, &mut dq, &mut dk, &mut dv, segments)?;
+                let (mut dq_den, mut dk_den, mut dv_den) = (GpuBuffer::<f32>::zeros(ctx, q_len)?, GpuBuffer::<f32>::zeros(ctx, kv_len)?, GpuBuffer::<f32>::zeros(ctx, kv_len)?);
+                let ones = self.ones(kv_len)?;
+                mixer_chunk_backward_in_segments(ctx, &att.mixer, dims, q, k, &ones, &d_den, &mut dq_den, &mut dk_den, &mut dv_den, segments)?;
+                add_into(ctx, &dq_den, &mut dq)?;
+                add_into(ctx, &dk_den, &mut dk)?;
+            } else {
+                mixer_chunk_backward_in_segments(ctx, &att.mixer, dims, q, k, v, &d_grm, &mut dq, &mut dk, &mut dv, segments)?;
+            }
         }
         if let Some(s) = &tape.softmax {
             let d_att = match d_att {

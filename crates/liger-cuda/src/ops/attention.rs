@@ -3,14 +3,15 @@
 //! causal_attention_forward, causal_attention_backward, SwaCache}`.
 //!
 //! Queries and keys arrive already roped. Scale 1/sqrt(d), grouped-query heads. Query i sees
-//! keys `i + 1 - window_keys ..= i` (clipped at 0), or every key up to i without a window.
+//! keys `i + 1 - window.keys ..= i` (clipped at 0) and the first `window.sinks` keys, or every
+//! key up to i without a window.
 
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
 use crate::kernels::ATTENTION;
 use crate::launch::{as_int, elementwise, expect_len};
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
-use liger_core::liger::HeadShape;
+use liger_core::liger::{HeadShape, Window};
 use liger_core::{Error, Result};
 
 /// Largest head size the kernels take (each of a warp's 32 lanes holds up to 8 values).
@@ -34,6 +35,7 @@ struct KernelDims {
     hkv: i32,
     d: i32,
     window: i32,
+    sinks: i32,
 }
 
 // SAFETY: a plain C struct of ints, laid out as the kernels' `AttnDims`.
@@ -54,16 +56,16 @@ fn check_shape(shape: HeadShape) -> Result<()> {
 
 impl AttentionDims {
     /// Checks the sizes and the window, and converts them for the kernels.
-    fn kernel_dims(&self, window_keys: Option<usize>) -> Result<KernelDims> {
+    fn kernel_dims(&self, window: Option<Window>) -> Result<KernelDims> {
         check_shape(self.shape)?;
-        let window = match window_keys {
-            Some(0) => {
+        let (window, sinks) = match window {
+            Some(Window { keys: 0, .. }) => {
                 return Err(Error::invalid_argument(
                     "window_keys must be at least 1 (a query always sees its own key); use None for full causal attention",
                 ))
             }
-            Some(w) => w.min(self.tokens),
-            None => self.tokens,
+            Some(w) => (w.keys.min(self.tokens), w.sinks.min(self.tokens)),
+            None => (self.tokens, 0),
         };
         let HeadShape { hq, hkv, d } = self.shape;
         as_int("batch x tokens x query heads x head size", self.batch * self.tokens * hq * d)?;
@@ -74,6 +76,7 @@ impl AttentionDims {
             hkv: as_int("key-value heads", hkv)?,
             d: as_int("head size", d)?,
             window: as_int("window", window.max(1))?,
+            sinks: as_int("sinks", sinks)?,
         })
     }
 
@@ -114,20 +117,21 @@ fn warp_rows(rows: usize) -> LaunchConfig {
 }
 
 /// Causal softmax attention, scale 1/sqrt(d), GQA. q `[B,T,hq,d]`, k/v `[B,T,hkv,d]`, o `[B,T,hq,d]`.
-/// `window_keys`: Some(w) = query i sees keys i-w+1..=i (the sliding window), None = full causal.
+/// `window`: Some(w) = query i sees keys i-w.keys+1..=i (the sliding window) and the first
+/// w.sinks keys, None = full causal.
 /// `lse` `[B, hq, T]` fp32: the log-sum-exp per query, kept for the backward.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward<T: GpuElement>(
     ctx: &GpuContext,
     dims: AttentionDims,
-    window_keys: Option<usize>,
+    window: Option<Window>,
     q: &GpuBuffer<T>,
     k: &GpuBuffer<T>,
     v: &GpuBuffer<T>,
     o: &mut GpuBuffer<T>,
     lse: &mut GpuBuffer<f32>,
 ) -> Result<()> {
-    let p = dims.kernel_dims(window_keys)?;
+    let p = dims.kernel_dims(window)?;
     expect_len("attention q", q.len(), dims.q_len())?;
     expect_len("attention k", k.len(), dims.kv_len())?;
     expect_len("attention v", v.len(), dims.kv_len())?;
@@ -158,7 +162,7 @@ pub fn attention_forward<T: GpuElement>(
 pub fn attention_backward<T: GpuElement>(
     ctx: &GpuContext,
     dims: AttentionDims,
-    window_keys: Option<usize>,
+    window: Option<Window>,
     q: &GpuBuffer<T>,
     k: &GpuBuffer<T>,
     v: &GpuBuffer<T>,
@@ -169,7 +173,7 @@ pub fn attention_backward<T: GpuElement>(
     dk: &mut GpuBuffer<T>,
     dv: &mut GpuBuffer<T>,
 ) -> Result<()> {
-    let p = dims.kernel_dims(window_keys)?;
+    let p = dims.kernel_dims(window)?;
     for (what, len) in [("attention q", q.len()), ("attention o", o.len()), ("attention d_o", d_o.len()), ("attention dq", dq.len())] {
         expect_len(what, len, dims.q_len())?;
     }
@@ -281,32 +285,34 @@ fn check_capacity(capacity: usize) -> Result<()> {
     Ok(())
 }
 
-/// Writes k_t/v_t `[B,hkv,d]` into slot `positions[b] % capacity` of each sequence's cache.
+/// Writes k_t/v_t `[B,hkv,d]` into slot `window.slot(positions[b])` of each sequence's cache of
+/// `window.capacity()` slots.
 #[allow(clippy::too_many_arguments)]
 pub fn cache_append<T: GpuElement>(
     ctx: &GpuContext,
     batch: usize,
     shape: HeadShape,
-    capacity: usize,
+    window: Window,
     k_t: &GpuBuffer<T>,
     v_t: &GpuBuffer<T>,
     positions: &GpuBuffer<u32>,
     k_cache: &mut GpuBuffer<T>,
     v_cache: &mut GpuBuffer<T>,
 ) -> Result<()> {
-    cache_prefill(ctx, batch, 1, shape, capacity, k_t, v_t, positions, k_cache, v_cache)
+    cache_prefill(ctx, batch, 1, shape, window, k_t, v_t, positions, k_cache, v_cache)
 }
 
 /// After a prefill of `tokens` tokens per sequence: writes token t of k_new/v_new
-/// `[B, tokens, hkv, d]` (at position `positions[b] + t`) into slot `(positions[b] + t) % capacity`.
-/// Only the last `capacity` tokens are kept, as a ring buffer of the window would.
+/// `[B, tokens, hkv, d]` (at position `positions[b] + t`) into slot `window.slot(positions[b] + t)`
+/// of caches of `window.capacity()` slots: the sinks for good, the last `window.keys` tokens in a
+/// ring (a softmax layer's cache is a window of its capacity without sinks).
 #[allow(clippy::too_many_arguments)]
 pub fn cache_prefill<T: GpuElement>(
     ctx: &GpuContext,
     batch: usize,
     tokens: usize,
     shape: HeadShape,
-    capacity: usize,
+    window: Window,
     k_new: &GpuBuffer<T>,
     v_new: &GpuBuffer<T>,
     positions: &GpuBuffer<u32>,
@@ -314,7 +320,8 @@ pub fn cache_prefill<T: GpuElement>(
     v_cache: &mut GpuBuffer<T>,
 ) -> Result<()> {
     check_shape(shape)?;
-    check_capacity(capacity)?;
+    let capacity = window.capacity();
+    check_capacity(window.keys)?;
     let cache_len = batch * shape.hkv * capacity * shape.d;
     expect_len("new keys", k_new.len(), batch * tokens * shape.hkv * shape.d)?;
     expect_len("new values", v_new.len(), batch * tokens * shape.hkv * shape.d)?;
@@ -325,7 +332,14 @@ pub fn cache_prefill<T: GpuElement>(
         return Ok(());
     }
     as_int("cache size", cache_len)?;
-    let args = [as_int("batch", batch)?, as_int("tokens", tokens)?, as_int("key-value heads", shape.hkv)?, as_int("head size", shape.d)?, as_int("capacity", capacity)?];
+    let args = [
+        as_int("batch", batch)?,
+        as_int("tokens", tokens)?,
+        as_int("key-value heads", shape.hkv)?,
+        as_int("head size", shape.d)?,
+        as_int("capacity", capacity)?,
+        as_int("sinks", window.sinks)?,
+    ];
     let name = super::variant::<T>("cache_write_f32", "cache_write_bf16");
     let f = ctx.function(&ATTENTION, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
@@ -333,9 +347,8 @@ pub fn cache_prefill<T: GpuElement>(
         launch.arg(a);
     }
     launch.arg(k_new.slice()).arg(v_new.slice()).arg(positions.slice()).arg(k_cache.slice_mut()).arg(v_cache.slice_mut());
-    let written = batch * tokens.min(capacity) * shape.hkv * shape.d;
-    // SAFETY: sizes checked above; slots are taken modulo capacity.
-    ctx.check_launch(unsafe { launch.launch(elementwise(written)) }, name)
+    // SAFETY: sizes checked above; slots are the sinks' or taken modulo the ring's size.
+    ctx.check_launch(unsafe { launch.launch(elementwise(batch * tokens * shape.hkv * shape.d)) }, name)
 }
 
 #[cfg(test)]
@@ -350,9 +363,11 @@ mod tests {
     #[test]
     fn windows_are_clipped_and_checked() {
         assert_eq!(dims(64).kernel_dims(None).unwrap().window, 10);
-        assert_eq!(dims(64).kernel_dims(Some(65)).unwrap().window, 10);
-        assert_eq!(dims(64).kernel_dims(Some(3)).unwrap().window, 3);
-        let err = dims(64).kernel_dims(Some(0)).unwrap_err();
+        assert_eq!(dims(64).kernel_dims(Some(65.into())).unwrap().window, 10);
+        assert_eq!(dims(64).kernel_dims(Some(3.into())).unwrap().window, 3);
+        let sinks = dims(64).kernel_dims(Some(Window { keys: 3, sinks: 40 })).unwrap();
+        assert_eq!((sinks.window, sinks.sinks), (3, 10));
+        let err = dims(64).kernel_dims(Some(0.into())).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument);
         assert!(err.message.contains("window_keys"), "{}", err.message);
     }

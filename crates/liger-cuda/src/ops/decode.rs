@@ -9,17 +9,18 @@ use crate::context::GpuContext;
 use crate::kernels::DECODE;
 use crate::launch::{as_int, elementwise, expect_len, rows_of};
 use cudarc::driver::PushKernelArg;
-use liger_core::liger::HeadShape;
+use liger_core::liger::{HeadShape, Window};
 use liger_core::{Error, Result};
 
 /// Where a decoding step's RoPE and cache write go: `batch` sequences, one token each, sequence
-/// b at position `positions[b]`, written to slot `positions[b] % capacity` of the caches.
+/// b at position `positions[b]`, written to slot `window.slot(positions[b])` of the caches of
+/// `window.capacity()` slots.
 pub struct DecodeRope<'a> {
     pub inv_freq: &'a GpuBuffer<f32>,
     pub positions: &'a GpuBuffer<u32>,
     pub batch: usize,
     pub shape: HeadShape,
-    pub capacity: usize,
+    pub window: Window,
 }
 
 /// RoPE of q `[B, hq, d]` into `q_roped`, and of k `[B, hkv, d]` into the key cache, v unchanged
@@ -39,22 +40,30 @@ pub fn decode_rope_append<T: GpuElement>(
     if d == 0 || !d.is_multiple_of(2) || at.inv_freq.len() != d / 2 {
         return Err(Error::shape(format!("RoPE needs an even head size and head_size/2 frequencies; got {d} and {}", at.inv_freq.len())));
     }
-    if at.capacity == 0 {
+    if at.window.keys == 0 {
         return Err(Error::invalid_argument("a key-value cache needs a capacity of at least 1 token"));
     }
+    let capacity = at.window.capacity();
     let b = at.batch;
     expect_len("decode q", q.len(), b * hq * d)?;
     expect_len("decode roped q", q_roped.len(), b * hq * d)?;
     expect_len("decode k", k.len(), b * hkv * d)?;
     expect_len("decode v", v.len(), b * hkv * d)?;
-    expect_len("key cache", k_cache.len(), b * hkv * at.capacity * d)?;
-    expect_len("value cache", v_cache.len(), b * hkv * at.capacity * d)?;
+    expect_len("key cache", k_cache.len(), b * hkv * capacity * d)?;
+    expect_len("value cache", v_cache.len(), b * hkv * capacity * d)?;
     expect_len("decode positions", at.positions.len(), b)?;
     if b == 0 {
         return Ok(());
     }
     as_int("cache size", k_cache.len())?;
-    let args = [as_int("batch", b)?, as_int("query heads", hq)?, as_int("key-value heads", hkv)?, as_int("head size", d)?, as_int("capacity", at.capacity)?];
+    let args = [
+        as_int("batch", b)?,
+        as_int("query heads", hq)?,
+        as_int("key-value heads", hkv)?,
+        as_int("head size", d)?,
+        as_int("capacity", capacity)?,
+        as_int("sinks", at.window.sinks)?,
+    ];
     let name = super::variant::<T>("decode_rope_append_f32", "decode_rope_append_bf16");
     let f = ctx.function(&DECODE, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
@@ -63,7 +72,7 @@ pub fn decode_rope_append<T: GpuElement>(
     for a in &args {
         launch.arg(a);
     }
-    // SAFETY: sizes checked above; slots are taken modulo capacity; one thread per rotated pair.
+    // SAFETY: sizes checked above; slots are the sinks' or taken modulo the ring's size; one thread per rotated pair.
     ctx.check_launch(unsafe { launch.launch(elementwise(b * (hq + hkv) * d / 2)) }, name)
 }
 

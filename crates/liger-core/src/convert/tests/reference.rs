@@ -166,7 +166,7 @@ impl<'a> RefModel<'a> {
                 let (grm, _) = naive::mixer_forward(&att.mixer, shape, &q, &k, &v, None);
                 let mut o: Vec<f64> = grm.iter().map(|x| x * att.alpha as f64).collect();
                 if att.use_swa {
-                    let swa = naive::attention_forward(shape, att.window_keys, &qr, &kr, &v);
+                    let swa = naive::attention_forward(shape, att.window(), &qr, &kr, &v);
                     o.iter_mut().zip(&swa).for_each(|(a, b)| *a += att.beta as f64 * b);
                 }
                 o

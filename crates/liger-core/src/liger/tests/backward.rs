@@ -4,7 +4,8 @@
 use super::combine::{inv_freq, liger_f64};
 use super::{dot, numeric_grad, rel_err, rng, to_f64, uniform};
 use crate::liger::{
-    chunk_backward, liger_attention_backward, naive, swa_backward, HeadShape, LigerAttentionConfig, MixerConfig, MixerKind, QkvGrads, FULL_ATTENTION,
+    chunk_backward, liger_attention_backward, naive, swa_backward, HeadShape, LigerAttentionConfig, MixerConfig, MixerKind, QkvGrads, Window,
+    FULL_ATTENTION,
 };
 
 const H: f64 = 1e-6;
@@ -71,7 +72,8 @@ fn attention_backward_matches_numeric_gradients() {
     let mut worst = 0.0f64;
     for (hq, hkv, d, t) in [(3, 1, 8, 70), (2, 2, 4, 9)] {
         let shape = HeadShape::new(hq, hkv, d).unwrap();
-        for window in [1, 4, 65, FULL_ATTENTION] {
+        let sinks = |keys, sinks| Window { keys, sinks };
+        for window in [Window::from(1), 4.into(), 65.into(), FULL_ATTENTION.into(), sinks(4, 2), sinks(1, 3), sinks(5, 66)] {
             let q = uniform(&mut rng, t * hq * d, -2.0, 2.0);
             let k = uniform(&mut rng, t * hkv * d, -2.0, 2.0);
             let v = uniform(&mut rng, t * hkv * d, -1.0, 1.0);
@@ -79,7 +81,7 @@ fn attention_backward_matches_numeric_gradients() {
             let want = numeric_qkv(&to_f64(&q), &to_f64(&k), &to_f64(&v), &to_f64(&d_o), |q, k, v| naive::attention_forward(shape, window, q, k, v));
             let g = swa_backward(shape, window, &q, &k, &v, &d_o).unwrap();
             let ev = rel_err(&g.dv, &want[2]);
-            let (eq, ek) = if window == 1 {
+            let (eq, ek) = if window == Window::from(1) {
                 // A query that sees only its own key gets weight 1 whatever q and k are:
                 // dq and dk are exactly zero.
                 let max_abs = |x: &[f32]| x.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
@@ -87,7 +89,7 @@ fn attention_backward_matches_numeric_gradients() {
             } else {
                 (rel_err(&g.dq, &want[0]), rel_err(&g.dk, &want[1]))
             };
-            assert!(eq < 1e-3 && ek < 1e-3 && ev < 1e-3, "window {window} T={t}: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}");
+            assert!(eq < 1e-3 && ek < 1e-3 && ev < 1e-3, "{window:?} T={t}: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}");
             worst = worst.max(eq).max(ek).max(ev);
         }
     }
@@ -100,10 +102,14 @@ fn liger_attention_backward_matches_numeric_gradients() {
     let shape = HeadShape::new(3, 1, 8).unwrap();
     let freqs = inv_freq(8);
     let t = 40;
-    for (kind, use_swa) in [(MixerKind::Gla, true), (MixerKind::Gsa, true), (MixerKind::Hgrn2, false)] {
+    for (kind, use_swa, sink_keys, grm_norm) in
+        [(MixerKind::Gla, true, 0, false), (MixerKind::Gla, true, 3, false), (MixerKind::Gla, true, 3, true), (MixerKind::Gsa, true, 0, false), (MixerKind::Hgrn2, false, 0, true)]
+    {
         let cfg = LigerAttentionConfig {
             mixer: MixerConfig { kind, gsa_slots: 2, ..MixerConfig::default() },
             window_keys: 6,
+            sink_keys,
+            grm_norm,
             use_swa,
             ..Default::default()
         };
@@ -114,7 +120,7 @@ fn liger_attention_backward_matches_numeric_gradients() {
         let want = numeric_qkv(&to_f64(&q), &to_f64(&k), &to_f64(&v), &to_f64(&d_o), |q, k, v| liger_f64(&cfg, shape, q, k, v, &freqs));
         let g = liger_attention_backward(&cfg, shape, &q, &k, &v, &freqs, &d_o).unwrap();
         let [eq, ek, ev] = worst_err(&g, &want);
-        println!("liger {} swa {use_swa} backward rel err: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}", kind.name());
+        println!("liger {} swa {use_swa} sinks {sink_keys} grm_norm {grm_norm} backward rel err: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}", kind.name());
         assert!(eq < 1e-3 && ek < 1e-3 && ev < 1e-3);
     }
 }

@@ -3,6 +3,7 @@
 
 use super::{rel_err, rng, to_f64, uniform};
 use crate::error::ErrorCode;
+use crate::liger::combine::GRM_NORM_EPS;
 use crate::liger::{apply_rope, liger_attention_forward, naive, HeadShape, LigerAttentionConfig, LigerLayerState, MixerConfig, MixerKind};
 
 pub(super) fn inv_freq(d: usize) -> Vec<f32> {
@@ -27,11 +28,15 @@ pub(super) fn rope_f64(x: &[f64], heads: usize, d: usize, inv_freq: &[f32]) -> V
 
 /// `alpha * GRM + beta * SWA(rope)` in f64.
 pub(super) fn liger_f64(cfg: &LigerAttentionConfig, shape: HeadShape, q: &[f64], k: &[f64], v: &[f64], inv_freq: &[f32]) -> Vec<f64> {
-    let (grm, _) = naive::mixer_forward(&cfg.mixer, shape, q, k, v, None);
+    let (mut grm, _) = naive::mixer_forward(&cfg.mixer, shape, q, k, v, None);
+    if cfg.grm_norm {
+        let (den, _) = naive::mixer_forward(&cfg.mixer, shape, q, k, &vec![1.0; v.len()], None);
+        grm.iter_mut().zip(&den).for_each(|(x, d)| *x /= d + GRM_NORM_EPS as f64);
+    }
     let mut o: Vec<f64> = grm.iter().map(|x| x * cfg.alpha as f64).collect();
     if cfg.use_swa {
         let (qr, kr) = (rope_f64(q, shape.hq, shape.d, inv_freq), rope_f64(k, shape.hkv, shape.d, inv_freq));
-        let swa = naive::attention_forward(shape, cfg.window_keys, &qr, &kr, v);
+        let swa = naive::attention_forward(shape, cfg.window(), &qr, &kr, v);
         o.iter_mut().zip(&swa).for_each(|(a, b)| *a += cfg.beta as f64 * b);
     }
     o
@@ -58,10 +63,20 @@ fn liger_attention_matches_f64_and_decoding_matches_prefill() {
     let shape = HeadShape::new(3, 1, 16).unwrap();
     let freqs = inv_freq(16);
     let (row_q, row_kv) = (shape.hq * shape.d, shape.hkv * shape.d);
-    for (kind, window, use_swa) in [(MixerKind::Gla, 65, true), (MixerKind::Gla, 4, true), (MixerKind::Gsa, 8, true), (MixerKind::Rwkv6, 65, false)] {
+    for (kind, window, sink_keys, use_swa, grm_norm) in [
+        (MixerKind::Gla, 65, 0, true, false),
+        (MixerKind::Gla, 4, 0, true, false),
+        (MixerKind::Gla, 5, 3, true, false),
+        (MixerKind::Gla, 5, 3, true, true),
+        (MixerKind::Gsa, 8, 2, true, false),
+        (MixerKind::Rwkv6, 65, 0, false, false),
+        (MixerKind::Hgrn2, 65, 0, false, true),
+    ] {
         let cfg = LigerAttentionConfig {
             mixer: MixerConfig { kind, gsa_slots: 4, ..MixerConfig::default() },
             window_keys: window,
+            sink_keys,
+            grm_norm,
             use_swa,
             ..Default::default()
         };
@@ -86,7 +101,7 @@ fn liger_attention_matches_f64_and_decoding_matches_prefill() {
             }
             let ed = rel_err(&got, &want);
             println!(
-                "{} window {window} swa {use_swa} T={t} N={n}: forward err {e:.2e}, prefill+decode err {ed:.2e}, state {} bytes",
+                "{} window {window}+{sink_keys} swa {use_swa} norm {grm_norm} T={t} N={n}: forward err {e:.2e}, prefill+decode err {ed:.2e}, state {} bytes",
                 kind.name(),
                 state.bytes()
             );
@@ -110,4 +125,12 @@ fn liger_bad_inputs_give_typed_errors() {
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
     let bad = LigerAttentionConfig { window_keys: 0, ..cfg };
     assert_eq!(LigerLayerState::new(&bad, shape).unwrap_err().code, ErrorCode::InvalidArgument);
+    // A state made without the normaliser's recurrence does not run a normalised layer.
+    let normalised = LigerAttentionConfig { grm_norm: true, ..cfg };
+    let err = liger_attention_forward(&normalised, shape, &q, &kv, &kv, &inv_freq(8), &mut state).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
+    let gsa = LigerAttentionConfig { grm_norm: true, mixer: MixerConfig { kind: MixerKind::Gsa, gsa_slots: 4, ..MixerConfig::default() }, ..cfg };
+    assert!(gsa.validate(shape, &inv_freq(8)).unwrap_err().message.contains("gsa"));
+    let sinks = LigerAttentionConfig { sink_keys: 100_000, ..cfg };
+    assert_eq!(sinks.validate(shape, &inv_freq(8)).unwrap_err().code, ErrorCode::InvalidArgument);
 }
