@@ -7,7 +7,7 @@
 
 use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
-use liger_core::liger::HeadShape;
+use liger_core::liger::{HeadShape, Window};
 use liger_core::Result;
 use liger_cuda::ops::attention::{attention_backward, attention_decode, attention_forward, AttentionDims};
 use liger_cuda::{GpuBuffer, GpuContext, GpuElement};
@@ -55,7 +55,7 @@ fn bench<T: GpuElement>(ctx: &GpuContext, dims: AttentionDims, label: &str) -> R
     let mut o = GpuBuffer::<T>::zeros(ctx, qn)?;
     let mut lse = GpuBuffer::<f32>::zeros(ctx, dims.batch * hq * dims.tokens)?;
     let (mut dq, mut dk, mut dv) = (GpuBuffer::<T>::zeros(ctx, qn)?, GpuBuffer::<T>::zeros(ctx, kn)?, GpuBuffer::<T>::zeros(ctx, kn)?);
-    for (window, name) in [(Some(65), "window65"), (None, "causal")] {
+    for (window, name) in [(Some(65.into()), "window65"), (Some(Window { keys: 65, sinks: 4 }), "window65+4sinks"), (None, "causal")] {
         let fwd = time_ms(ctx, || attention_forward(ctx, dims, window, &q, &k, &v, &mut o, &mut lse))?;
         let fwd_bwd = time_ms(ctx, || {
             attention_forward(ctx, dims, window, &q, &k, &v, &mut o, &mut lse)?;

@@ -181,7 +181,7 @@ fn kernel_share(m: &GpuLigerModel<bf16>, batch: usize, seq: usize) -> Result<(f6
         mixer_chunk_backward(ctx, &att.mixer, mdims, &q, &k, &v, &d_o, &mut dq, &mut dk, &mut dv)
     })?;
     let adims = AttentionDims { batch, tokens: seq, shape };
-    let window = Some(att.window_keys);
+    let window = Some(att.window());
     let half = |x: &GpuBuffer<f32>| liger_cuda::model::glue::scaled::<bf16>(ctx, x, 1.0);
     let (qh, kh, vh, doh) = (half(&q)?, half(&k)?, half(&v)?, half(&d_o)?);
     let (mut oh, mut dqh) = (GpuBuffer::<bf16>::zeros(ctx, q.len())?, GpuBuffer::<bf16>::zeros(ctx, q.len())?);
