@@ -193,6 +193,21 @@ describe("linearize", () => {
     expect(evaluated.model).toMatch(/liger gla/);
   });
 
+  it("sinks and the normalised recurrent branch convert, load back, report their state and generate", async () => {
+    const dir = join(work, "sinks-norm");
+    const converted = await linearize(modelPath(), { out: dir, data: null, sinks: 4, grmNorm: true, sample: false });
+    const model = await loadModel(dir);
+    expect(model.info.liger).toMatchObject({ mixer: "gla", windowKeys: 65, sinkKeys: 4, grmNorm: true, stateBytesPerSequence: converted.stateBytes });
+    // The normaliser's recurrence doubles the recurrent state; the sinks add 4 keys and values per layer.
+    const plain = (await loadModel(out)).info.liger!.stateBytesPerSequence;
+    const c = model.info;
+    const sinkBytes = c.numLayers * 2 * 4 * c.numKvHeads * c.headDim * 4;
+    const grmBytes = c.numLayers * c.numKvHeads * c.headDim * c.headDim * 4;
+    expect(converted.stateBytes).toBe(plain + grmBytes + sinkBytes);
+    const result = await model.generate("Hello", { maxTokens: 5, temperature: 0, ignoreEos: true }).result;
+    expect(result.tokens).toHaveLength(5);
+  });
+
   it("aborting mid-training rejects with ABORTED", async () => {
     const controller = new AbortController();
     const job = linearize(modelPath(), {
@@ -233,6 +248,10 @@ describe("linearize", () => {
     await expectCode(linearize(modelPath(), { ...base, steps: 3, epochs: 1 }), "INVALID_ARGUMENT", /steps or epochs/);
     await expectCode(linearize(modelPath(), { ...base, softmaxAuto: 31 }), "INVALID_ARGUMENT", /softmax_auto/);
     await expectCode(linearize(modelPath(), { ...base, batch: 1_000_000 }), "INVALID_ARGUMENT", /micro_batch.*limit/);
+    await expectCode(linearize(modelPath(), { ...base, sinks: -1 }), "INVALID_ARGUMENT", /sinks/);
+    await expectCode(linearize(modelPath(), { ...base, sinks: 5000 }), "INVALID_ARGUMENT", /sinks/);
+    await expectCode(linearize(modelPath(), { ...base, grmNorm: "yes" as never }), "INVALID_ARGUMENT", /grmNorm/);
+    await expectCode(linearize(modelPath(), { ...base, mixer: "gsa", grmNorm: true }), "INVALID_ARGUMENT", /grm_norm.*gsa/);
     // No NVIDIA GPU on the test machine: a typed error that points at the CPU backend.
     await expectCode(linearize(modelPath(), { ...base, device: "cuda" }), "DEVICE_UNAVAILABLE", /NVIDIA.*use the CPU backend/);
     expect(existsSync(base.out)).toBe(false);

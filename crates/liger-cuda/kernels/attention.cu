@@ -16,10 +16,7 @@ struct AttnDims {
 __device__ __forceinline__ int first_visible(int i, int window) { return max(0, i + 1 - window); }
 __device__ __forceinline__ bool sees(const AttnDims& p, int i, int j) { return j <= i && (j > i - p.window || j < p.sinks); }
 // The keys query i sees, in order: the first of them, and the one after key j.
-__device__ __forceinline__ int first_key(const AttnDims& p, int i) {
-    const int lo = first_visible(i, p.window);
-    return p.sinks > 0 && p.sinks < lo ? 0 : lo;
-}
+__device__ __forceinline__ int first_key(const AttnDims& p, int i) { return p.sinks > 0 ? 0 : first_visible(i, p.window); }
 __device__ __forceinline__ int next_key(const AttnDims& p, int i, int j) {
     const int lo = first_visible(i, p.window);
     return j + 1 == p.sinks && j + 1 < lo ? lo : j + 1;

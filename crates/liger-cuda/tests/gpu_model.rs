@@ -28,11 +28,11 @@ fn model(arch: Architecture, mixer: MixerKind, softmax_layers: Vec<usize>, rng: 
     let mut options = LigerOptions { softmax_layers, ..Default::default() };
     options.attention.mixer = MixerConfig { gsa_slots: 16, ..MixerConfig::new(mixer) };
     options.attention.window_keys = 5;
-    // The all-Liger GLA case runs with two attention sinks beside the window and the normalised
-    // recurrent branch, the retention case with the normaliser only, the others as the paper.
+    // The all-Liger GLA case runs with two attention sinks beside the window, the retention and
+    // mamba2 cases with the normalised recurrent branch, the others as the paper.
     let plain = options.softmax_layers.is_empty();
     options.attention.sink_keys = if mixer == MixerKind::Gla && plain { 2 } else { 0 };
-    options.attention.grm_norm = matches!(mixer, MixerKind::Gla | MixerKind::Retention) && plain;
+    options.attention.grm_norm = matches!(mixer, MixerKind::Retention | MixerKind::Mamba2);
     let lora = LoraOptions { rank: 4, alpha: 8.0, targets: LoraTarget::ALL.to_vec(), seed: rng.random() };
     let mut m = linearize(base, options, lora).unwrap();
     for layer in &mut m.lora.layers {
@@ -108,13 +108,17 @@ const CASES: [(Architecture, MixerKind, &[usize]); 6] = [
 #[test]
 fn f32_loss_and_lora_gradients_match_the_cpu_engine() {
     let mut rng = rng("f32_loss_and_lora_gradients_match_the_cpu_engine");
+    let mut failures = Vec::new();
     for (arch, mixer, softmax) in CASES {
         let cpu = model(arch, mixer, softmax.to_vec(), &mut rng);
         let data = batch(cpu.config().vocab_size, 37, &mut rng);
         let (loss_err, grad_err) = compare_forward_backward::<f32>(gpu(), cpu, &data);
         println!("f32 {arch:?} {mixer:?} softmax layers {softmax:?}: loss rel error {loss_err:.2e}, LoRA grad max rel error {grad_err:.2e}");
-        assert!(loss_err < 1e-4 && grad_err < 1e-4, "{arch:?} {mixer:?}: loss {loss_err:.2e}, grads {grad_err:.2e}");
+        if !(loss_err < 1e-4 && grad_err < 1e-4) {
+            failures.push(format!("{arch:?} {mixer:?}: loss {loss_err:.2e}, grads {grad_err:.2e}"));
+        }
     }
+    assert!(failures.is_empty(), "{failures:?}");
 }
 
 #[test]
@@ -177,6 +181,7 @@ fn row(all: &[f32], i: usize, vocab: usize) -> Vec<f64> {
 #[test]
 fn prefill_then_decoding_steps_equal_the_full_forward() {
     let mut rng = rng("prefill_then_decoding_steps_equal_the_full_forward");
+    let mut failures = Vec::new();
     for (arch, mixer, softmax) in CASES {
         let cpu = model(arch, mixer, softmax.to_vec(), &mut rng);
         let vocab = cpu.config().vocab_size;
@@ -198,9 +203,12 @@ fn prefill_then_decoding_steps_equal_the_full_forward() {
             }
         }
         println!("decode {arch:?} {mixer:?} softmax layers {softmax:?}: prefill {prompt_len} + {} steps vs full forward, max rel error {worst:.2e}", steps - 1);
-        assert!(worst < 1e-4, "{arch:?} {mixer:?}: {worst:.2e}");
+        if worst >= 1e-4 {
+            failures.push(format!("{arch:?} {mixer:?}: {worst:.2e}"));
+        }
         assert_eq!(single.len(), prompt_len + steps - 1);
     }
+    assert!(failures.is_empty(), "{failures:?}");
 }
 
 #[test]
