@@ -106,6 +106,40 @@ impl ModelWeights {
         Ok(())
     }
 
+    /// Whether both hold the same values, bit for bit, whatever their storage types (a
+    /// quantized matrix and its exact f32 decoding are the same). Rows decode in parallel.
+    pub fn same_values(&self, other: &ModelWeights) -> bool {
+        use rayon::prelude::*;
+        let matrix = |a: &QTensor, b: &QTensor| {
+            (a.rows, a.cols) == (b.rows, b.cols)
+                && (0..a.rows).into_par_iter().all(|r| {
+                    let (mut x, mut y) = (vec![0.0f32; a.cols], vec![0.0f32; a.cols]);
+                    a.dequantize_row(r, &mut x);
+                    b.dequantize_row(r, &mut y);
+                    x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits())
+                })
+        };
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let vector = |a: &[f32], b: &[f32]| bits(a) == bits(b);
+        let optional = |a: &Option<Vec<f32>>, b: &Option<Vec<f32>>| match (a, b) {
+            (Some(a), Some(b)) => vector(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        self.layers.len() == other.layers.len()
+            && matrix(&self.embed, &other.embed)
+            && matrix(self.lm_head(), other.lm_head())
+            && vector(&self.final_norm, &other.final_norm)
+            && self.layers.iter().zip(&other.layers).all(|(a, b)| {
+                vector(&a.attn_norm, &b.attn_norm)
+                    && vector(&a.ffn_norm, &b.ffn_norm)
+                    && [(&a.wq, &b.wq), (&a.wk, &b.wk), (&a.wv, &b.wv), (&a.wo, &b.wo), (&a.w_gate, &b.w_gate), (&a.w_up, &b.w_up), (&a.w_down, &b.w_down)]
+                        .into_iter()
+                        .all(|(x, y)| matrix(x, y))
+                    && [(&a.bq, &b.bq), (&a.bk, &b.bk), (&a.bv, &b.bv), (&a.q_norm, &b.q_norm), (&a.k_norm, &b.k_norm)].into_iter().all(|(x, y)| optional(x, y))
+            })
+    }
+
     /// Checks every shape against the config; loaders call this so that a mismatched file
     /// fails at load time with the tensor's name, not later inside a matrix product.
     pub fn validate(&self, c: &ModelConfig) -> Result<()> {

@@ -17,7 +17,7 @@ use crate::convert::{linearize, LigerModel, LigerOptions, LoraOptions, LoraTarge
 use crate::error::{Error, ErrorCode, Result};
 use crate::hf::fsutil::build_dir_atomically;
 use crate::hf::{save_hf_dir, write_safetensors, HfExtraFiles, SafetensorsFile, SaveDtype};
-use crate::model::load_model;
+use crate::model::{load_model, BaseModel};
 use crate::tensor::QTensor;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -259,6 +259,22 @@ pub fn load_liger_checkpoint(dir: &Path) -> Result<LigerModel> {
 }
 
 /// Fills the model's adapters from `adapter_model.safetensors`, checking every name and shape.
+/// The checkpoint in `dir` for resuming its training, on `base`'s own weights when they are the
+/// checkpoint's: its f32 copy of a quantized model's weights holds the same values, but products
+/// over the quantized blocks round differently, so a resumed run would leave the losses of one
+/// that ran straight through. Returns the model and whether it runs on `base`'s weights (it
+/// runs on the checkpoint's when `base` is another model, or the adapters were merged).
+pub fn load_liger_checkpoint_on(dir: &Path, base: BaseModel) -> Result<(LigerModel, bool)> {
+    let saved = load_liger_checkpoint(dir)?;
+    let section = read_liger_section(dir)?.ok_or_else(|| Error::internal("the liger section vanished"))?;
+    if section.merged || base.config != saved.base.config || !base.weights.same_values(&saved.base.weights) {
+        return Ok((saved, false));
+    }
+    let mut model = linearize(base, saved.options.clone(), section.lora)?;
+    model.lora = saved.lora;
+    Ok((model, true))
+}
+
 fn read_adapters(dir: &Path, model: &mut LigerModel) -> Result<()> {
     let path = dir.join(ADAPTER_WEIGHTS);
     if !path.is_file() {

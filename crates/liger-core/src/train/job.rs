@@ -10,7 +10,7 @@ use super::loss::{LossOutput, IGNORE};
 use super::trainer::{evaluate, EvalResult, TrainConfig, TrainEvent, Trainable, Trainer};
 use crate::chat::ChatMessage;
 use crate::checkpoint::{
-    load_liger_checkpoint, load_training_state, read_liger_section, save_liger_checkpoint,
+    load_liger_checkpoint_on, load_training_state, read_liger_section, save_liger_checkpoint,
     SaveOptions, TrainingSnapshot,
 };
 use crate::convert::{linearize, LigerModel, LigerOptions, LoraOptions};
@@ -437,31 +437,24 @@ pub fn run_linearize_on<M: EngineModel>(
         on_event(JobEvent::Stage(format!("softmax attention kept in layers {:?}", options.softmax_layers)));
         report.layer_costs = Some(costs);
     }
-    let saved_state =
-        if job.resume && job.out_dir.is_dir() && read_liger_section(&job.out_dir)?.is_some() {
-            on_event(JobEvent::Stage(format!(
-                "resuming from {}",
-                job.out_dir.display()
-            )));
-            let section = read_liger_section(&job.out_dir)?.ok_or_else(|| Error::internal("the liger section vanished"))?;
-            let model = load_liger_checkpoint(&job.out_dir)?;
-            let state = load_training_state(&job.out_dir, &model)?;
-            if let Some((saved, _)) = &state {
-                check_resumed_settings(job, &section.options, &section.lora, &saved.config)?;
-            }
-            Some((model, state))
+    let resuming = job.resume && job.out_dir.is_dir() && read_liger_section(&job.out_dir)?.is_some();
+    let (host_model, resume_state) = if resuming {
+        on_event(JobEvent::Stage(format!("resuming from {}", job.out_dir.display())));
+        let section = read_liger_section(&job.out_dir)?.ok_or_else(|| Error::internal("the liger section vanished"))?;
+        let (model, on_base) = load_liger_checkpoint_on(&job.out_dir, base)?;
+        on_event(JobEvent::Stage(if on_base {
+            "resuming on the base model's own weights (the checkpoint's are the same values)".into()
         } else {
-            None
-        };
-    let (host_model, resume_state) = match saved_state {
-        Some((model, state)) => (model, state),
-        None => {
-            on_event(JobEvent::Stage("converting to Liger attention".into()));
-            (
-                linearize(base, options, job.lora.clone())?,
-                None,
-            )
+            format!("resuming on the checkpoint's weights: {} holds other weights than the checkpoint", job.model_path.display())
+        }));
+        let state = load_training_state(&job.out_dir, &model)?;
+        if let Some((saved, _)) = &state {
+            check_resumed_settings(job, &section.options, &section.lora, &saved.config)?;
         }
+        (model, state)
+    } else {
+        on_event(JobEvent::Stage("converting to Liger attention".into()));
+        (linearize(base, options, job.lora.clone())?, None)
     };
     report.softmax_layers = host_model.options.softmax_layers.clone();
     let mut model = to_engine(host_model)?;

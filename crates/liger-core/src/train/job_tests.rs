@@ -421,3 +421,35 @@ fn a_run_that_diverges_stops_with_a_typed_error_and_keeps_its_last_good_checkpoi
     assert_eq!(state.step as usize, saved);
     assert!(model.lora_params().iter().all(|(_, v)| v.iter().all(|x| x.is_finite())), "the kept adapters are finite");
 }
+
+/// A run stopped halfway and resumed computes the same losses, bit for bit, as one that ran
+/// straight through, also when the base model's weights are not f32 (here bf16, as a GGUF's
+/// quantized types): the resumed run must train on the base's own tensors, not on the
+/// checkpoint's f32 copy of them, whose products round differently.
+#[test]
+fn resuming_on_a_non_f32_base_is_bit_exact() {
+    let tmp = TempDir::new("resume-bf16");
+    let mut job = tiny_job(&tmp.0, 6);
+    let model_dir = tmp.0.join("base-bf16");
+    tiny_byte_model(17).save_checkpoint(&model_dir, SaveDtype::BF16).unwrap();
+    job.model_path = model_dir;
+    (job.sample_prompt, job.train.eval_every) = (None, 0);
+    let straight = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
+
+    job.out_dir = tmp.0.join("halves");
+    job.train.save_on_cancel = true;
+    let cancel = AtomicBool::new(false);
+    let first = run_linearize(&job, &cancel, &mut |e| {
+        if matches!(e, JobEvent::Progress(ref p) if p.step == 3) {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    assert_eq!((first.cancelled, first.steps_done), (true, 3));
+    job.resume = true;
+    let resumed = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!(resumed.steps_done, 3);
+    let bits = |l: &[f64]| l.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    println!("straight {:?}\nresumed  {:?}", straight.losses, resumed.losses);
+    assert_eq!(bits(&resumed.losses), bits(&straight.losses));
+}
