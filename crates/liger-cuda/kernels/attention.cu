@@ -150,7 +150,7 @@ __device__ void attention_dkv_rows(AttnDims p, const T* q, const T* k, const T* 
 #pragma unroll
     for (int c = 0; c < MAX_PER_LANE; c++) dk_acc[c] = dv_acc[c] = 0.0f;
     const long long q_stride = (long long)p.hq * p.d;
-    const int last = last_query_of(p, j, 1);  // window <= tokens, so no overflow
+    const int last = last_query_of(p, j, 1);  // every query j..last sees key j; window <= tokens, so no overflow
     const int lane = threadIdx.x & 31;
     for (int g = 0; g < group; g++) {
         const int h = kvh * group + g;
@@ -158,7 +158,6 @@ __device__ void attention_dkv_rows(AttnDims p, const T* q, const T* k, const T* 
         const T* dob = d_o + (long long)b * p.tokens * q_stride + (long long)h * p.d;
         const long long stat0 = ((long long)b * p.hq + h) * p.tokens;
         for (int i = j; i <= last; i++) {
-            if (!sees(p, i, j)) continue;  // past the window of a key that is no sink
             const float prob = __expf(dot_row(kr, qb + i * q_stride, p.d) * scale - lse[stat0 + i]);
             const float ds = prob * (dot_row(vr, dob + i * q_stride, p.d) - delta[stat0 + i]) * scale;
 #pragma unroll

@@ -437,10 +437,9 @@ pub fn run_linearize_on<M: EngineModel>(
         on_event(JobEvent::Stage(format!("softmax attention kept in layers {:?}", options.softmax_layers)));
         report.layer_costs = Some(costs);
     }
-    let resuming = job.resume && job.out_dir.is_dir() && read_liger_section(&job.out_dir)?.is_some();
-    let (host_model, resume_state) = if resuming {
+    let saved_section = if job.resume && job.out_dir.is_dir() { read_liger_section(&job.out_dir)? } else { None };
+    let (host_model, resume_state) = if let Some(section) = saved_section {
         on_event(JobEvent::Stage(format!("resuming from {}", job.out_dir.display())));
-        let section = read_liger_section(&job.out_dir)?.ok_or_else(|| Error::internal("the liger section vanished"))?;
         let (model, on_base) = load_liger_checkpoint_on(&job.out_dir, base)?;
         on_event(JobEvent::Stage(if on_base {
             "resuming on the base model's own weights (the checkpoint's are the same values)".into()
