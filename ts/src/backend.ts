@@ -16,6 +16,8 @@ export interface LigerInfo {
   sinkKeys: number;
   /** Whether the recurrent branch is normalised. */
   grmNorm: boolean;
+  /** Tokens per key-value head kept beyond the window by surprise (0: none). */
+  surpriseKeys: number;
   useSwa: boolean;
   alpha: number;
   beta: number;

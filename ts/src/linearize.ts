@@ -38,6 +38,15 @@ export interface LinearizeOptions {
    * Decoding keeps a second recurrent state of the same size.
    */
   grmNorm?: boolean;
+  /**
+   * Tokens per key-value head that left the window and stay visible to the sliding-window
+   * branch: the ones the recurrent state recalls worst, by how far its read-out with the token's
+   * key lands from the token's value (the sparse cache of LoLA; default 0). The choice has no
+   * gradient, so the run trains without the cache and saves the model with it. Decoding keeps
+   * `surpriseKeys` more keys and values per key-value head and layer (the CPU and WebAssembly
+   * engines decode it; the GPU scores with it).
+   */
+  surpriseKeys?: number;
   /** Weights of the recurrent and sliding-window branches (default 0.5 each). */
   alpha?: number;
   beta?: number;
@@ -189,6 +198,7 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
   checkOptional("window", o.window, isPositiveInt, "an integer >= 1 (65 is the reference's window)");
   checkOptional("sinks", o.sinks, (v) => isNonNegativeInt(v) && (v as number) <= 1024, "an integer from 0 to 1024 (StreamingLLM uses 4)");
   checkOptional("grmNorm", o.grmNorm, (v) => typeof v === "boolean", "a boolean");
+  checkOptional("surpriseKeys", o.surpriseKeys, (v) => isNonNegativeInt(v) && (v as number) <= 4096, "an integer from 0 to 4096 (LoLA uses 64 to 256)");
   checkOptional("alpha", o.alpha, isFiniteNumber, "a finite number");
   checkOptional("beta", o.beta, isFiniteNumber, "a finite number");
   checkOptional("useSwa", o.useSwa, (v) => typeof v === "boolean", "a boolean");
@@ -239,6 +249,7 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     window: o.window ?? 65,
     sinks: o.sinks ?? 0,
     grmNorm: o.grmNorm ?? false,
+    surpriseKeys: o.surpriseKeys ?? 0,
     alpha: o.alpha ?? 0.5,
     beta: o.beta ?? 0.5,
     useSwa: o.useSwa ?? true,

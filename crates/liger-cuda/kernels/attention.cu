@@ -626,6 +626,127 @@ __device__ void attention_dq_mma(AttnDims p, const bf16* q, const bf16* k, const
 MMA_BACKWARD_ENTRY_POINTS(64)
 MMA_BACKWARD_ENTRY_POINTS(128)
 
+// ---- The surprise cache (CPU twin: liger::surprise) -------------------------------------------
+// k [rows, hkv, d] repeated over each key-value head's query heads: kq [rows, hq, d], so that the
+// recurrent branch reads its state out with the keys as queries.
+extern "C" __global__ void keys_as_queries_f32(const float* k, float* kq, long long rows, int hq, int hkv, int d) {
+    const int group = hq / hkv;
+    for (size_t idx = global_index(); idx < (size_t)rows * hq * d; idx += grid_stride()) {
+        const int e = (int)(idx % d), h = (int)((idx / d) % hq);
+        const size_t r = idx / ((size_t)hq * d);
+        kq[idx] = k[(r * hkv + h / group) * d + e];
+    }
+}
+
+// Surprise of each token: the mean over a key-value head's query heads of |v - n / (den + eps)|^2,
+// where n and den are the recurrent branch read out with the token's key as the query (over the
+// values and over values of one). n, den [rows, hq, d]; v [rows, hkv, d]; scores [rows, hkv].
+extern "C" __global__ void surprise_scores_f32(const float* n, const float* den, const float* v, float* scores,
+                                               long long rows, int hq, int hkv, int d, float eps) {
+    const int group = hq / hkv;
+    for (size_t idx = global_index(); idx < (size_t)rows * hkv; idx += grid_stride()) {
+        const size_t r = idx / hkv;
+        const int kvh = (int)(idx % hkv);
+        const float* vr = v + idx * d;
+        float total = 0.0f;
+        for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+            const size_t q = (r * hq + h) * d;
+            float err = 0.0f;
+            for (int e = 0; e < d; e++) {
+                const float miss = vr[e] - n[q + e] / (den[q + e] + eps);
+                err += miss * miss;
+            }
+            total += err / group;
+        }
+        scores[idx] = total;
+    }
+}
+
+// The cache's contents before each query, by running its rule token by token: one warp per
+// (sequence, key-value head). Token j leaves the window at query j + window; if it is no sink it
+// takes a free slot, or else replaces the first slot of lowest score when its own is higher.
+// kept [B, T, hkv, slots]: the token in each slot while query t attends (-1: empty).
+// slot_token, slot_score [B, hkv, slots]: scratch.
+extern "C" __global__ void surprise_select(const float* scores, int batch, int tokens, int hkv, int window, int sinks,
+                                           int slots, int* slot_token, float* slot_score, int* kept) {
+    const long long w = warp_row((long long)batch * hkv);
+    if (w < 0) return;
+    const int lane = threadIdx.x & 31, b = (int)(w / hkv), kvh = (int)(w % hkv);
+    int* tok = slot_token + w * slots;
+    float* sc = slot_score + w * slots;
+    int used = 0;
+    for (int i = 0; i < tokens; i++) {
+        const int j = i - window;
+        if (j >= sinks) {
+            const float s = scores[((long long)b * tokens + j) * hkv + kvh];
+            if (used < slots) {
+                if (lane == 0) {
+                    tok[used] = j;
+                    sc[used] = s;
+                }
+                used++;
+            } else {
+                // The first slot of lowest score: min over (score, slot) pairs.
+                float best = POS_INFINITY;
+                int at = slots;
+                for (int c = lane; c < slots; c += 32)
+                    if (sc[c] < best) best = sc[c], at = c;
+                for (int off = 16; off > 0; off >>= 1) {
+                    const float ob = __shfl_xor_sync(0xffffffffu, best, off);
+                    const int oa = __shfl_xor_sync(0xffffffffu, at, off);
+                    if (ob < best || (ob == best && oa < at)) best = ob, at = oa;
+                }
+                if (lane == 0 && s > best) {
+                    tok[at] = j;
+                    sc[at] = s;
+                }
+            }
+            __syncwarp();
+        }
+        int* out = kept + (((long long)b * tokens + i) * hkv + kvh) * slots;
+        for (int c = lane; c < slots; c += 32) out[c] = c < used ? tok[c] : -1;
+        __syncwarp();
+    }
+}
+
+// Attention of query i over the sinks, its cache (kept) and its window, in that order (as the
+// CPU twin); one warp per (b, i, h), online softmax. No lse: the cache serves inference only.
+template <typename T>
+__device__ void surprise_attention_rows(AttnDims p, int slots, const T* q, const T* k, const T* v, const int* kept, T* o) {
+    const long long row = warp_row((long long)p.batch * p.tokens * p.hq);
+    if (row < 0) return;
+    const int h = (int)(row % p.hq), i = (int)((row / p.hq) % p.tokens), b = (int)(row / ((long long)p.hq * p.tokens));
+    const int kvh = h / (p.hq / p.hkv), lane = threadIdx.x & 31;
+    const float scale = rsqrtf((float)p.d);
+    float qr[MAX_PER_LANE], acc[MAX_PER_LANE];
+    load_row(q + row * p.d, p.d, qr);
+#pragma unroll
+    for (int c = 0; c < MAX_PER_LANE; c++) acc[c] = 0.0f;
+    float m = -POS_INFINITY, l = 0.0f;
+    const long long kv_stride = (long long)p.hkv * p.d;
+    const T* kb = k + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
+    const T* vb = v + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
+    const int* cached = kept + (((long long)b * p.tokens + i) * p.hkv + kvh) * slots;
+    const int n_sinks = min(p.sinks, i + 1), recent = max(p.sinks, first_visible(i, p.window));
+    const int count = n_sinks + slots + (i + 1 - recent);
+    for (int n = 0; n < count; n++) {
+        const int j = n < n_sinks ? n : n < n_sinks + slots ? cached[n - n_sinks] : recent + (n - n_sinks - slots);
+        if (j < 0) continue;
+        const float s = dot_row(qr, kb + j * kv_stride, p.d) * scale;
+        const float m_new = fmaxf(m, s);
+        const float correction = __expf(m - m_new), e = __expf(s - m_new);
+        l = l * correction + e;
+#pragma unroll
+        for (int c = 0; c < MAX_PER_LANE; c++)
+            if (c * 32 < p.d) acc[c] = acc[c] * correction + e * to_f32(vb[j * kv_stride + c * 32 + lane]);
+        m = m_new;
+    }
+    const float inv = 1.0f / l;
+#pragma unroll
+    for (int c = 0; c < MAX_PER_LANE; c++) acc[c] *= inv;
+    store_row(o + row * p.d, p.d, acc);
+}
+
 #define ATTENTION_ENTRY_POINTS(T, SUFFIX)                                                                                  \
     extern "C" __global__ void attention_forward_##SUFFIX(AttnDims p, const T* q, const T* k, const T* v, T* o,         \
                                                           float* lse) {                                                 \
@@ -651,6 +772,10 @@ MMA_BACKWARD_ENTRY_POINTS(128)
                                                     const T* k_new, const T* v_new, const u32* positions, T* k_cache,   \
                                                     T* v_cache) {                                                       \
         cache_write<T>(batch, tokens, hkv, d, capacity, sinks, k_new, v_new, positions, k_cache, v_cache);              \
+    }                                                                                                                   \
+    extern "C" __global__ void surprise_attention_##SUFFIX(AttnDims p, int slots, const T* q, const T* k, const T* v,   \
+                                                           const int* kept, T* o) {                                     \
+        surprise_attention_rows<T>(p, slots, q, k, v, kept, o);                                                         \
     }
 
 ATTENTION_ENTRY_POINTS(float, f32)

@@ -413,6 +413,9 @@ pub struct JsLinearizeOptions {
     pub sinks: u32,
     /// Normalise the recurrent branch by the same recurrence over values of one.
     pub grm_norm: bool,
+    /// Tokens per key-value head that left the window and stay visible to it, chosen by
+    /// surprise (0 = none); the run trains without them and saves the model with them.
+    pub surprise_keys: u32,
     pub alpha: f64,
     pub beta: f64,
     pub use_swa: bool,
@@ -485,6 +488,7 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
     attention.window_keys = o.window as usize;
     attention.sink_keys = o.sinks as usize;
     attention.grm_norm = o.grm_norm;
+    attention.surprise_keys = o.surprise_keys as usize;
     attention.use_swa = o.use_swa;
     (attention.alpha, attention.beta) = (o.alpha as f32, o.beta as f32);
     options.validate(&base.config)?;
@@ -564,6 +568,7 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
     job.save = SaveOptions {
         dtype,
         merged: o.merged,
+        surprise_keys: None,
     };
     job.resume = o.resume;
     if let Some(n) = o.softmax_auto {

@@ -104,6 +104,7 @@ impl AnyModel {
                     "windowKeys": attention.window_keys,
                     "sinkKeys": attention.sink_keys,
                     "grmNorm": attention.grm_norm,
+                    "surpriseKeys": attention.surprise_keys,
                     "useSwa": attention.use_swa,
                     "alpha": attention.alpha,
                     "beta": attention.beta,

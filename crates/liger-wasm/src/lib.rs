@@ -168,6 +168,7 @@ pub extern "C" fn liger_model_info(handle: i32) -> i32 {
                 "windowKeys": attention.window_keys,
                 "sinkKeys": attention.sink_keys,
                 "grmNorm": attention.grm_norm,
+                "surpriseKeys": attention.surprise_keys,
                 "useSwa": attention.use_swa,
                 "alpha": attention.alpha,
                 "beta": attention.beta,

@@ -17,6 +17,7 @@ interface LinearizeCliOptions {
   window?: number;
   sinks?: number;
   grmNorm?: boolean;
+  surpriseKeys?: number;
   alpha?: number;
   beta?: number;
   swa: boolean;
@@ -62,6 +63,11 @@ export function registerLinearize(program: Command): void {
     .option("--mixer <name>", "gla, hgrn2, gsa, retention, mamba2, rwkv6 or linear (default gla)")
     .option("--window <n>", "keys of the sliding-window branch (default 65)", parseNumber("window"))
     .option("--sinks <n>", "first tokens the sliding-window branch also sees (attention sinks; default 0)", parseNumber("sinks"))
+    .option(
+      "--surprise-keys <n>",
+      "tokens per head that left the window and stay visible to it, those the recurrent state recalls worst (default 0; trained without, saved with)",
+      parseNumber("surprise-keys"),
+    )
     .option("--grm-norm", "normalise the recurrent branch like attention (the paper's is unnormalised)")
     .option("--alpha <a>", "weight of the recurrent branch (default 0.5)", parseNumber("alpha"))
     .option("--beta <b>", "weight of the sliding-window branch (default 0.5)", parseNumber("beta"))
@@ -108,6 +114,7 @@ export function registerLinearize(program: Command): void {
         window: options.window,
         sinks: options.sinks,
         grmNorm: options.grmNorm,
+        surpriseKeys: options.surpriseKeys,
         alpha: options.alpha,
         beta: options.beta,
         useSwa: options.swa,

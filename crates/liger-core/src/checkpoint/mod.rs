@@ -47,6 +47,9 @@ pub struct SaveOptions {
     pub dtype: SaveDtype,
     /// Fold the adapters into the q/k/v/o weights and write no adapter files.
     pub merged: bool,
+    /// The surprise cache the saved model runs with, when it differs from the model's own
+    /// (a model trained without the cache and saved with it; see `liger::surprise`).
+    pub surprise_keys: Option<usize>,
 }
 
 impl Default for SaveOptions {
@@ -54,6 +57,7 @@ impl Default for SaveOptions {
         SaveOptions {
             dtype: SaveDtype::F32,
             merged: false,
+            surprise_keys: None,
         }
     }
 }
@@ -145,9 +149,13 @@ pub fn save_liger_checkpoint(
     }
     let base = &model.base;
     let lora = lora_options_of(model);
+    let mut options = model.options.clone();
+    if let Some(n) = opts.surprise_keys {
+        options.attention.surprise_keys = n;
+    }
     let section = LigerSection {
         version: LIGER_FORMAT_VERSION,
-        options: model.options.clone(),
+        options,
         lora: lora.clone(),
         merged: opts.merged,
     };

@@ -281,11 +281,17 @@ impl LigerModel {
     /// Decoding memory of one sequence in bytes, at its largest: constant for a model with
     /// Liger layers only; with softmax layers, what their caches hold at the context limit.
     pub fn state_bytes(&self) -> usize {
+        self.state_bytes_with(&self.options)
+    }
+
+    /// [`LigerModel::state_bytes`] of this model run with other options (e.g. the surprise
+    /// cache it was trained without).
+    pub fn state_bytes_with(&self, options: &LigerOptions) -> usize {
         let c = &self.base.config;
         let Ok(shape) = self.head_shape() else { return 0 };
-        let liger = LigerLayerState::max_bytes(&self.options.attention, shape);
+        let liger = LigerLayerState::max_bytes(&options.attention, shape);
         let softmax = 2 * c.kv_size() * 4 * c.max_position_embeddings;
-        (0..c.num_layers).map(|l| if self.options.is_softmax_layer(l) { softmax } else { liger }).sum()
+        (0..c.num_layers).map(|l| if options.is_softmax_layer(l) { softmax } else { liger }).sum()
     }
 }
 

@@ -17,6 +17,7 @@
 use super::config::{HeadShape, MixerConfig, MixerKind};
 use super::mixer::{self, MixerState, QkvGrads, DEFAULT_CHUNK_SIZE};
 use super::rope::apply_rope;
+use super::surprise::{surprise_score_step, surprise_scores, SurpriseMemory, MAX_SURPRISE_KEYS};
 use super::swa::{self, SwaCache, Window, DEFAULT_WINDOW_KEYS};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -38,17 +39,26 @@ pub struct LigerAttentionConfig {
     pub use_swa: bool,
     /// Normalise the recurrent branch (see the module's doc; `false` = the paper's GRM).
     pub grm_norm: bool,
+    /// Tokens per key-value head that left the window and stay visible to the SWA branch,
+    /// chosen by surprise (see [`super::surprise`]; 0 = the paper's window). Inference only.
+    pub surprise_keys: usize,
     pub alpha: f32,
     pub beta: f32,
 }
 
 impl Default for LigerAttentionConfig {
     fn default() -> Self {
-        LigerAttentionConfig { mixer: MixerConfig::default(), window_keys: DEFAULT_WINDOW_KEYS, sink_keys: 0, use_swa: true, grm_norm: false, alpha: 0.5, beta: 0.5 }
+        LigerAttentionConfig { mixer: MixerConfig::default(), window_keys: DEFAULT_WINDOW_KEYS, sink_keys: 0, use_swa: true, grm_norm: false, surprise_keys: 0, alpha: 0.5, beta: 0.5 }
     }
 }
 
 impl LigerAttentionConfig {
+    /// Whether a layer state keeps the recurrence over values of one (the normaliser of
+    /// `grm_norm`, which the surprise score reads too).
+    pub fn keeps_ones_state(&self) -> bool {
+        self.grm_norm || (self.use_swa && self.surprise_keys > 0)
+    }
+
     /// The keys a query of the SWA branch sees.
     pub fn window(&self) -> Window {
         Window { keys: self.window_keys, sinks: self.sink_keys }
@@ -61,6 +71,15 @@ impl LigerAttentionConfig {
         }
         if self.grm_norm && self.mixer.kind == MixerKind::Gsa {
             return Err(Error::invalid_argument("grm_norm does not apply to gsa: its slot read-out is already a softmax"));
+        }
+        if self.surprise_keys > 0 && self.mixer.kind == MixerKind::Gsa {
+            return Err(Error::invalid_argument("surprise_keys does not apply to gsa: its slot read-out cannot score how well a key's value is recalled"));
+        }
+        if self.surprise_keys > 0 && !self.use_swa {
+            return Err(Error::invalid_argument("surprise_keys needs the sliding-window branch (use_swa): the cached tokens are attended there"));
+        }
+        if self.surprise_keys > MAX_SURPRISE_KEYS {
+            return Err(Error::invalid_argument(format!("surprise_keys must be at most {MAX_SURPRISE_KEYS}, got {}", self.surprise_keys)));
         }
         if self.sink_keys > MAX_SINK_KEYS {
             return Err(Error::invalid_argument(format!("sink_keys must be at most {MAX_SINK_KEYS} (a few first tokens), got {}", self.sink_keys)));
@@ -80,13 +99,16 @@ impl LigerAttentionConfig {
 }
 
 /// What one sequence keeps for one Liger layer while decoding: one recurrent state per
-/// key-value head and, with SWA, the ring buffer of the window's rotated keys and values.
+/// key-value head and, with SWA, the ring buffer of the window's rotated keys and values (with
+/// a surprise cache: the window, the sinks and the cache, as a [`SurpriseMemory`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LigerLayerState {
     pub grm: MixerState,
-    /// With `grm_norm`: the state of the same recurrence over values of one (the normaliser).
+    /// With `grm_norm` or a surprise cache: the state of the same recurrence over values of one
+    /// (the normaliser, and the surprise score's).
     pub grm_norm: Option<MixerState>,
     pub swa: Option<SwaCache>,
+    pub surprise: Option<SurpriseMemory>,
     /// Tokens consumed so far (the next token's RoPE position).
     pub position: usize,
 }
@@ -94,34 +116,48 @@ pub struct LigerLayerState {
 impl LigerLayerState {
     /// The state before the first token.
     pub fn new(cfg: &LigerAttentionConfig, shape: HeadShape) -> Result<Self> {
-        let swa = if cfg.use_swa { Some(SwaCache::new(shape, cfg.window())?) } else { None };
-        let grm_norm = cfg.grm_norm.then(|| MixerState::zeros(&cfg.mixer, shape));
-        Ok(LigerLayerState { grm: MixerState::zeros(&cfg.mixer, shape), grm_norm, swa, position: 0 })
+        let surprise = if cfg.use_swa && cfg.surprise_keys > 0 { Some(SurpriseMemory::new(shape, cfg.window(), cfg.surprise_keys)?) } else { None };
+        let swa = if cfg.use_swa && surprise.is_none() { Some(SwaCache::new(shape, cfg.window())?) } else { None };
+        let grm_norm = cfg.keeps_ones_state().then(|| MixerState::zeros(&cfg.mixer, shape));
+        Ok(LigerLayerState { grm: MixerState::zeros(&cfg.mixer, shape), grm_norm, swa, surprise, position: 0 })
     }
 
     /// Memory held now, in bytes.
     pub fn bytes(&self) -> usize {
-        self.grm.bytes() + self.grm_norm.as_ref().map_or(0, |s| s.bytes()) + self.swa.as_ref().map_or(0, |c| c.bytes())
+        self.grm.bytes()
+            + self.grm_norm.as_ref().map_or(0, |s| s.bytes())
+            + self.swa.as_ref().map_or(0, |c| c.bytes())
+            + self.surprise.as_ref().map_or(0, |m| m.bytes())
     }
 
     /// Memory held once the window is full: constant in the sequence length.
     pub fn max_bytes(cfg: &LigerAttentionConfig, shape: HeadShape) -> usize {
-        let grm = MixerState::zeros(&cfg.mixer, shape).bytes() * if cfg.grm_norm { 2 } else { 1 };
-        let window = if cfg.use_swa { 2 * cfg.window().capacity() * shape.hkv * shape.d * 4 } else { 0 };
+        let grm = MixerState::zeros(&cfg.mixer, shape).bytes() * if cfg.keeps_ones_state() { 2 } else { 1 };
+        let window = match (cfg.use_swa, cfg.surprise_keys) {
+            (false, _) => 0,
+            (true, 0) => 2 * cfg.window().capacity() * shape.hkv * shape.d * 4,
+            (true, slots) => SurpriseMemory::max_bytes(shape, cfg.window(), slots),
+        };
         grm + window
     }
 
     fn check(&self, cfg: &LigerAttentionConfig, shape: HeadShape) -> Result<()> {
         self.grm.check(&cfg.mixer, shape)?;
         match &self.grm_norm {
-            Some(s) if cfg.grm_norm => s.check(&cfg.mixer, shape)?,
-            None if !cfg.grm_norm => {}
-            _ => return Err(Error::shape("the layer state was made for another grm_norm setting; make it with LigerLayerState::new")),
+            Some(s) if cfg.keeps_ones_state() => s.check(&cfg.mixer, shape)?,
+            None if !cfg.keeps_ones_state() => {}
+            _ => return Err(Error::shape("the layer state was made for another grm_norm or surprise_keys setting; make it with LigerLayerState::new")),
         }
-        match &self.swa {
-            Some(c) if cfg.use_swa && c.shape == shape && c.window == cfg.window() => Ok(()),
-            None if !cfg.use_swa => Ok(()),
-            _ => Err(Error::shape("the layer state was made for another window setting or head shape; make it with LigerLayerState::new")),
+        let window_ok = match (&self.swa, &self.surprise) {
+            (Some(c), None) => cfg.use_swa && cfg.surprise_keys == 0 && c.shape == shape && c.window == cfg.window(),
+            (None, Some(m)) => cfg.use_swa && m.slots == cfg.surprise_keys && m.shape == shape && m.window == cfg.window(),
+            (None, None) => !cfg.use_swa,
+            (Some(_), Some(_)) => false,
+        };
+        if window_ok {
+            Ok(())
+        } else {
+            Err(Error::shape("the layer state was made for another window setting or head shape; make it with LigerLayerState::new"))
         }
     }
 
@@ -130,19 +166,32 @@ impl LigerLayerState {
         let shape = self.grm.shape;
         cfg.validate(shape, inv_freq)?;
         self.check(cfg, shape)?;
+        let scores = match (&self.surprise, &self.grm_norm) {
+            (Some(_), Some(ones)) => Some(surprise_score_step(&cfg.mixer, shape, k_t, v_t, &self.grm, ones)?),
+            _ => None,
+        };
         mixer::recurrent_step(&cfg.mixer, &mut self.grm, q_t, k_t, v_t, o_t)?;
         if let Some(norm_state) = &mut self.grm_norm {
             let mut den = vec![0.0; o_t.len()];
             mixer::recurrent_step(&cfg.mixer, norm_state, q_t, k_t, &vec![1.0; v_t.len()], &mut den)?;
-            grm_normalize(o_t, &den);
+            if cfg.grm_norm {
+                grm_normalize(o_t, &den);
+            }
         }
         o_t.iter_mut().for_each(|o| *o *= cfg.alpha);
-        if let Some(cache) = &mut self.swa {
+        if cfg.use_swa {
             let (mut qr, mut kr) = (q_t.to_vec(), k_t.to_vec());
             apply_rope(&mut qr, shape.hq, shape.d, inv_freq, self.position, false);
             apply_rope(&mut kr, shape.hkv, shape.d, inv_freq, self.position, false);
-            let mut o_swa = vec![0.0; o_t.len()];
-            cache.step(&qr, &kr, v_t, &mut o_swa)?;
+            let o_swa = match (&mut self.swa, &mut self.surprise, &scores) {
+                (Some(cache), _, _) => {
+                    let mut o_swa = vec![0.0; o_t.len()];
+                    cache.step(&qr, &kr, v_t, &mut o_swa)?;
+                    o_swa
+                }
+                (None, Some(memory), Some(scores)) => memory.attend(&qr, &kr, v_t, scores)?,
+                _ => unreachable!("check() holds a window memory for every SWA layer"),
+            };
             o_t.iter_mut().zip(&o_swa).for_each(|(o, s)| *o += cfg.beta * s);
         }
         self.position += 1;
@@ -165,18 +214,28 @@ pub fn liger_attention_forward(
     cfg.validate(shape, inv_freq)?;
     state.check(cfg, shape)?;
     let t = shape.tokens(q.len(), k.len(), v.len())?;
+    let scores = match (&state.surprise, &state.grm_norm) {
+        (Some(_), Some(ones)) => Some(surprise_scores(&cfg.mixer, shape, k, v, &state.grm, ones)?),
+        _ => None,
+    };
     let (mut o, grm) = mixer::chunk_forward(&cfg.mixer, shape, q, k, v, Some(&state.grm), DEFAULT_CHUNK_SIZE)?;
     if let Some(norm_state) = &mut state.grm_norm {
         let (den, next) = mixer::chunk_forward(&cfg.mixer, shape, q, k, &vec![1.0; v.len()], Some(norm_state), DEFAULT_CHUNK_SIZE)?;
-        grm_normalize(&mut o, &den);
+        if cfg.grm_norm {
+            grm_normalize(&mut o, &den);
+        }
         *norm_state = next;
     }
     o.iter_mut().for_each(|x| *x *= cfg.alpha);
-    if let Some(cache) = &mut state.swa {
+    if cfg.use_swa {
         let (mut qr, mut kr) = (q.to_vec(), k.to_vec());
         apply_rope(&mut qr, shape.hq, shape.d, inv_freq, state.position, false);
         apply_rope(&mut kr, shape.hkv, shape.d, inv_freq, state.position, false);
-        let o_swa = cache.attend(&qr, &kr, v)?;
+        let o_swa = match (&mut state.swa, &mut state.surprise, &scores) {
+            (Some(cache), _, _) => cache.attend(&qr, &kr, v)?,
+            (None, Some(memory), Some(scores)) => memory.attend(&qr, &kr, v, scores)?,
+            _ => unreachable!("check() holds a window memory for every SWA layer"),
+        };
         o.iter_mut().zip(&o_swa).for_each(|(x, s)| *x += cfg.beta * s);
     }
     state.grm = grm;
@@ -196,6 +255,11 @@ pub fn liger_attention_backward(
     d_o: &[f32],
 ) -> Result<QkvGrads> {
     cfg.validate(shape, inv_freq)?;
+    if cfg.surprise_keys > 0 {
+        return Err(Error::invalid_argument(
+            "the surprise cache has no gradient and is not trained: train with surprise_keys 0 and set it on the trained model",
+        ));
+    }
     let d_grm: Vec<f32> = d_o.iter().map(|x| x * cfg.alpha).collect();
     let mut grads = if cfg.grm_norm {
         // o = n / (den + eps): the two recurrences' gradients, from the recomputed forward.

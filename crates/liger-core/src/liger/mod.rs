@@ -11,6 +11,7 @@ pub mod gsa;
 pub mod mixer;
 pub mod naive;
 pub mod rope;
+pub mod surprise;
 pub mod swa;
 
 #[cfg(test)]
@@ -20,4 +21,5 @@ pub use combine::{liger_attention_backward, liger_attention_forward, LigerAttent
 pub use config::{HeadShape, MixerConfig, MixerKind, DEFAULT_GATE_NORMALIZER, DEFAULT_GSA_SLOTS};
 pub use mixer::{chunk_backward, chunk_forward, recurrent_step, MixerState, QkvGrads, DEFAULT_CHUNK_SIZE};
 pub use rope::apply_rope;
+pub use surprise::{SurpriseMemory, MAX_SURPRISE_KEYS};
 pub use swa::{causal_attention_backward, causal_attention_forward, swa_backward, swa_forward, SwaCache, Window, DEFAULT_WINDOW_KEYS, FULL_ATTENTION};

@@ -299,6 +299,8 @@ fn check_resumed_settings(job: &LinearizeJob, options: &LigerOptions, lora: &Lor
     } else {
         job.options.clone()
     };
+    let mut asked_options = asked_options;
+    asked_options.attention.surprise_keys = job.save.surprise_keys.unwrap_or(asked_options.attention.surprise_keys);
     diff_json("", &json_of(options)?, &json_of(&asked_options)?, &mut differences);
     // The adapters' seed only matters for a fresh start.
     let asked_lora = LoraOptions { seed: lora.seed, ..job.lora.clone() };
@@ -359,6 +361,15 @@ pub fn run_linearize_on<M: EngineModel>(
     on_event: &mut dyn FnMut(JobEvent),
     to_engine: &mut dyn FnMut(LigerModel) -> Result<M>,
 ) -> Result<LinearizeReport> {
+    // The surprise cache has no gradient: the run converts, trains and validates without it,
+    // and every checkpoint it writes runs with it.
+    let surprise_keys = job.options.attention.surprise_keys;
+    let mut without_cache = job.clone();
+    if surprise_keys > 0 {
+        without_cache.options.attention.surprise_keys = 0;
+        without_cache.save.surprise_keys = Some(surprise_keys);
+    }
+    let job = &without_cache;
     job.train.validate()?;
     if !(0.0..1.0).contains(&job.val_fraction) {
         return Err(Error::invalid_argument(format!(
@@ -440,7 +451,8 @@ pub fn run_linearize_on<M: EngineModel>(
     let saved_section = if job.resume && job.out_dir.is_dir() { read_liger_section(&job.out_dir)? } else { None };
     let (host_model, resume_state) = if let Some(section) = saved_section {
         on_event(JobEvent::Stage(format!("resuming from {}", job.out_dir.display())));
-        let (model, on_base) = load_liger_checkpoint_on(&job.out_dir, base)?;
+        let (mut model, on_base) = load_liger_checkpoint_on(&job.out_dir, base)?;
+        model.options.attention.surprise_keys = 0;
         on_event(JobEvent::Stage(if on_base {
             "resuming on the base model's own weights (the checkpoint's are the same values)".into()
         } else {
@@ -458,6 +470,12 @@ pub fn run_linearize_on<M: EngineModel>(
     report.softmax_layers = host_model.options.softmax_layers.clone();
     let mut model = to_engine(host_model)?;
     report.state_bytes = model.state_bytes();
+    if surprise_keys > 0 {
+        // What the saved model keeps: it decodes with the cache (on the CPU engines).
+        let mut saved = model.host_model().options.clone();
+        saved.attention.surprise_keys = surprise_keys;
+        report.state_bytes = model.host_model().state_bytes_with(&saved);
+    }
     report.untrained_eval = validate(&|i, l| model.loss(i, l))?;
     report
         .untrained_eval

@@ -124,6 +124,11 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let c = self.config();
         let (b, shape) = (state.batch, self.shape);
         let att = &self.host.options.attention;
+        if att.surprise_keys > 0 {
+            return Err(Error::invalid_argument(
+                "GPU decoding does not keep a surprise cache yet: generate with this model on the CPU (device cpu), or score it on the GPU",
+            ));
+        }
         for layer in 0..c.num_layers {
             let cache = if self.host.options.is_softmax_layer(layer) {
                 let len = b * shape.hkv * c.max_position_embeddings * shape.d;

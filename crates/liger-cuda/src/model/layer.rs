@@ -14,11 +14,12 @@ use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
 use crate::gemm::{gemm, GemmDims, GemmInput};
-use crate::ops::attention::{attention_forward, AttentionDims};
+use crate::ops::attention::{attention_forward, keys_as_queries, surprise_attention_forward, surprise_scores, surprise_select, AttentionDims};
 use crate::ops::mixer::{mixer_chunk_forward_in_segments, MixerDims, TimeSegments};
 use crate::ops::rms_norm::{rms_norm_forward, rms_norm_forward_pair};
 use crate::ops::swiglu::swiglu_forward_to;
 use liger_core::convert::LoraTarget;
+use liger_core::liger::Window;
 use liger_core::Result;
 
 /// A batch of `batch` sequences of `tokens` tokens each, laid out row after row.
@@ -199,7 +200,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
             let mut o_att = GpuBuffer::<T>::zeros(ctx, q.len())?;
             let mut lse = GpuBuffer::<f32>::zeros(ctx, rows.batch * shape.hq * rows.tokens)?;
             let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
-            attention_forward(ctx, dims, window, &q_roped, &k_roped, &v_t, &mut o_att, &mut lse)?;
+            match window {
+                Some(window) if att.surprise_keys > 0 => {
+                    let kept = self.surprise_cache(qkv, rows, window)?;
+                    surprise_attention_forward(ctx, dims, window, att.surprise_keys, &q_roped, &k_roped, &v_t, &kept, &mut o_att)?;
+                }
+                _ => attention_forward(ctx, dims, window, &q_roped, &k_roped, &v_t, &mut o_att, &mut lse)?,
+            }
             match &o_grm {
                 Some(g) => {
                     let mut mixed_t = GpuBuffer::<T>::zeros(ctx, o.len())?;
@@ -231,6 +238,22 @@ impl<T: GemmInput> GpuLigerModel<T> {
         mixer_chunk_forward_in_segments(ctx, &att.mixer, dims, &qkv.q, &qkv.k, &ones, &mut den, None, None, self.mixer_segments())?;
         grm_normalize(ctx, &mut g, &den)?;
         Ok((g, Some(den)))
+    }
+
+    /// The surprise cache's contents before each query (see `ops::attention::surprise_select`):
+    /// every token scored by the recurrent branch read out with its own key.
+    fn surprise_cache(&self, qkv: &Qkv, rows: Rows, window: Window) -> Result<GpuBuffer<i32>> {
+        let ctx = &self.ctx;
+        let att = &self.host.options.attention;
+        let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape: self.shape };
+        let kq = keys_as_queries(ctx, self.shape, &qkv.k)?;
+        let (mut n, mut den) = (GpuBuffer::<f32>::zeros(ctx, kq.len())?, GpuBuffer::<f32>::zeros(ctx, kq.len())?);
+        mixer_chunk_forward_in_segments(ctx, &att.mixer, dims, &kq, &qkv.k, &qkv.v, &mut n, None, None, self.mixer_segments())?;
+        let ones = self.ones(qkv.v.len())?;
+        mixer_chunk_forward_in_segments(ctx, &att.mixer, dims, &kq, &qkv.k, &ones, &mut den, None, None, self.mixer_segments())?;
+        let scores = surprise_scores(ctx, self.shape, &n, &den, &qkv.v)?;
+        let attention_dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape: self.shape };
+        surprise_select(ctx, attention_dims, window, att.surprise_keys, &scores)
     }
 
     /// A buffer of `len` ones: the values of the normaliser's recurrence.

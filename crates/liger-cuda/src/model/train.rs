@@ -132,6 +132,11 @@ impl<T: GemmInput> GpuLigerModel<T> {
     pub fn forward_backward_batch(&self, inputs: &[&[u32]], labels: &[&[u32]], grad_scale: f32, grads: &mut LoraGrads) -> Result<LossOutput> {
         let rows = self.check_batch(inputs, labels)?;
         self.check_grads(grads)?;
+        if self.host.options.attention.surprise_keys > 0 {
+            return Err(Error::invalid_argument(
+                "the surprise cache has no gradient and is not trained: train with surprise_keys 0 and set it on the trained model",
+            ));
+        }
         self.sync_lora()?;
         let ctx = &self.ctx;
         let c = self.config();

@@ -390,3 +390,110 @@ mod tests {
         assert_eq!((d.q_len(), d.kv_len(), d.lse_len()), (2 * 10 * 4 * 64, 2 * 10 * 2 * 64, 2 * 4 * 10));
     }
 }
+
+/// Keys `[rows, hkv, d]` repeated over each key-value head's query heads: `[rows, hq, d]`.
+pub fn keys_as_queries(ctx: &GpuContext, shape: HeadShape, k: &GpuBuffer<f32>) -> Result<GpuBuffer<f32>> {
+    check_shape(shape)?;
+    let rows = k.len() / (shape.hkv * shape.d);
+    expect_len("keys", k.len(), rows * shape.hkv * shape.d)?;
+    let mut kq = GpuBuffer::<f32>::zeros(ctx, rows * shape.hq * shape.d)?;
+    if rows == 0 {
+        return Ok(kq);
+    }
+    let name = "keys_as_queries_f32";
+    let f = ctx.function(&ATTENTION, name)?;
+    let (rows_arg, hq, hkv, d) = (rows as i64, as_int("query heads", shape.hq)?, as_int("key-value heads", shape.hkv)?, as_int("head size", shape.d)?);
+    let cfg = elementwise(kq.len());
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(k.slice()).arg(kq.slice_mut()).arg(&rows_arg).arg(&hq).arg(&hkv).arg(&d);
+    // SAFETY: sizes checked above; a grid-stride loop over kq.
+    ctx.check_launch(unsafe { launch.launch(cfg) }, name)?;
+    Ok(kq)
+}
+
+/// The surprise of each token, `[B*T, hkv]`, from the recurrent branch read out with the keys as
+/// queries over the values (`n`) and over values of one (`den`), both `[B*T, hq, d]`, and the
+/// values `v` `[B*T, hkv, d]` (CPU twin: `liger_core::liger::surprise::surprise_scores`).
+pub fn surprise_scores(ctx: &GpuContext, shape: HeadShape, n: &GpuBuffer<f32>, den: &GpuBuffer<f32>, v: &GpuBuffer<f32>) -> Result<GpuBuffer<f32>> {
+    check_shape(shape)?;
+    let rows = v.len() / (shape.hkv * shape.d);
+    expect_len("surprise values", v.len(), rows * shape.hkv * shape.d)?;
+    expect_len("surprise read-out", n.len(), rows * shape.hq * shape.d)?;
+    expect_len("surprise normaliser", den.len(), n.len())?;
+    let mut scores = GpuBuffer::<f32>::zeros(ctx, rows * shape.hkv)?;
+    if rows == 0 {
+        return Ok(scores);
+    }
+    let name = "surprise_scores_f32";
+    let f = ctx.function(&ATTENTION, name)?;
+    let (rows_arg, hq, hkv, d, eps) = (rows as i64, as_int("query heads", shape.hq)?, as_int("key-value heads", shape.hkv)?, as_int("head size", shape.d)?, liger_core::liger::surprise::SCORE_EPS);
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(n.slice()).arg(den.slice()).arg(v.slice()).arg(scores.slice_mut()).arg(&rows_arg).arg(&hq).arg(&hkv).arg(&d).arg(&eps);
+    // SAFETY: sizes checked above; a grid-stride loop over rows x hkv.
+    ctx.check_launch(unsafe { launch.launch(elementwise(rows * shape.hkv)) }, name)?;
+    Ok(scores)
+}
+
+/// The surprise cache's contents before each query, `[B, T, hkv, slots]` token indices (-1 for
+/// an empty slot), from the scores `[B*T, hkv]` (CPU twin: `SurpriseMemory`'s rule).
+pub fn surprise_select(ctx: &GpuContext, dims: AttentionDims, window: Window, slots: usize, scores: &GpuBuffer<f32>) -> Result<GpuBuffer<i32>> {
+    let p = dims.kernel_dims(Some(window))?;
+    expect_len("surprise scores", scores.len(), dims.batch * dims.tokens * dims.shape.hkv)?;
+    let slots_arg = as_int("surprise slots", slots.max(1))?;
+    as_int("tokens x key-value heads x surprise slots", dims.batch * dims.tokens * dims.shape.hkv * slots)?;
+    let mut kept = GpuBuffer::<i32>::zeros(ctx, dims.batch * dims.tokens * dims.shape.hkv * slots)?;
+    if kept.is_empty() {
+        return Ok(kept);
+    }
+    let scratch = dims.batch * dims.shape.hkv * slots;
+    let (mut slot_token, mut slot_score) = (GpuBuffer::<i32>::zeros(ctx, scratch)?, GpuBuffer::<f32>::zeros(ctx, scratch)?);
+    let name = "surprise_select";
+    let f = ctx.function(&ATTENTION, name)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch
+        .arg(scores.slice())
+        .arg(&p.batch)
+        .arg(&p.tokens)
+        .arg(&p.hkv)
+        .arg(&p.window)
+        .arg(&p.sinks)
+        .arg(&slots_arg)
+        .arg(slot_token.slice_mut())
+        .arg(slot_score.slice_mut())
+        .arg(kept.slice_mut());
+    // SAFETY: sizes checked above; one warp per (sequence, key-value head).
+    ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.shape.hkv)) }, name)?;
+    Ok(kept)
+}
+
+/// Attention of each query over the sinks, its surprise cache (`kept`, from [`surprise_select`])
+/// and its window. q `[B,T,hq,d]` and k/v `[B,T,hkv,d]` roped as for [`attention_forward`].
+#[allow(clippy::too_many_arguments)]
+pub fn surprise_attention_forward<T: GpuElement>(
+    ctx: &GpuContext,
+    dims: AttentionDims,
+    window: Window,
+    slots: usize,
+    q: &GpuBuffer<T>,
+    k: &GpuBuffer<T>,
+    v: &GpuBuffer<T>,
+    kept: &GpuBuffer<i32>,
+    o: &mut GpuBuffer<T>,
+) -> Result<()> {
+    let p = dims.kernel_dims(Some(window))?;
+    expect_len("attention q", q.len(), dims.q_len())?;
+    expect_len("attention k", k.len(), dims.kv_len())?;
+    expect_len("attention v", v.len(), dims.kv_len())?;
+    expect_len("attention output", o.len(), dims.q_len())?;
+    expect_len("surprise cache", kept.len(), dims.batch * dims.tokens * dims.shape.hkv * slots)?;
+    if dims.q_len() == 0 {
+        return Ok(());
+    }
+    let slots_arg = as_int("surprise slots", slots)?;
+    let name = super::variant::<T>("surprise_attention_f32", "surprise_attention_bf16");
+    let f = ctx.function(&ATTENTION, name)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(&p).arg(&slots_arg).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(kept.slice()).arg(o.slice_mut());
+    // SAFETY: sizes checked above; one warp per (sequence, query, head) row.
+    ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hq)) }, name)
+}

@@ -4,6 +4,7 @@
 mod backward;
 mod combine;
 mod mixers;
+mod surprise;
 mod swa;
 
 use rand::rngs::SmallRng;

@@ -3,7 +3,7 @@
 
 use super::{rel_err, rng, to_f64, uniform};
 use crate::error::ErrorCode;
-use crate::liger::{naive, swa_forward, HeadShape, SwaCache, Window, FULL_ATTENTION};
+use crate::liger::{naive, swa_forward, HeadShape, SwaCache, Window};
 
 /// Windows with and without attention sinks, small enough to be crossed by the test lengths.
 fn windows() -> Vec<Window> {

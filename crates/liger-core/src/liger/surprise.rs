@@ -1,0 +1,230 @@
+//! The surprise cache (`surprise_keys` = C): the window branch also sees, per key-value head,
+//! the C tokens that left the window and that the recurrent state recalls worst (the sparse
+//! cache of LoLA, arXiv 2505.23666).
+//!
+//! A token's surprise is how far the recurrent branch, read out with the token's own key as the
+//! query, lands from the token's value: the mean over the head's query heads of
+//! `|v_j - GRM(k_j, k, v)_j / (GRM(k_j, k, 1)_j + eps)|^2`, from the state just after the token
+//! (the normalised read-out, whatever `grm_norm` says of the branch's output). Filler the state
+//! already holds scores low; a number, a name or a passkey scores high. When token j leaves the
+//! window (at position j + keys) it takes a free slot of the cache, or else the slot of lowest
+//! score (the first such slot) if its own score is higher. Sinks never enter the cache.
+//!
+//! The same rule runs token by token in every form (a forward over many tokens, a prefill after
+//! earlier ones, single decoding steps), so prefill + steps equals one forward. The choice has no
+//! gradient: the cache is an inference memory (LoLA adds it to a trained model the same way);
+//! training runs with the window and sinks alone. Memory: C more keys and values per key-value
+//! head and layer, constant in the sequence length.
+
+use super::config::{HeadShape, MixerConfig};
+use super::feature::softmax;
+use super::mixer::{self, MixerState, DEFAULT_CHUNK_SIZE};
+use super::swa::Window;
+use crate::error::{Error, Result};
+use std::collections::VecDeque;
+
+/// Most surprise-cache slots per key-value head.
+pub const MAX_SURPRISE_KEYS: usize = 4096;
+
+/// Keeps the read-out's normaliser away from zero (as `GRM_NORM_EPS`).
+pub const SCORE_EPS: f32 = 1e-6;
+
+/// `k` `[T, hkv, D]` repeated over each key-value head's query heads: `[T, hq, D]`, so that the
+/// mixer reads its state out with the keys as queries.
+fn keys_as_queries(shape: HeadShape, k: &[f32]) -> Vec<f32> {
+    let (hq, hkv, d, group) = (shape.hq, shape.hkv, shape.d, shape.group());
+    let t = k.len() / (hkv * d);
+    let mut kq = vec![0.0; t * hq * d];
+    for i in 0..t {
+        for h in 0..hq {
+            let src = (i * hkv + h / group) * d;
+            kq[(i * hq + h) * d..(i * hq + h + 1) * d].copy_from_slice(&k[src..src + d]);
+        }
+    }
+    kq
+}
+
+/// Surprise `[T, hkv]` from the read-outs `n`, `den` `[T, hq, D]` and the values `[T, hkv, D]`.
+fn scores_from_readouts(shape: HeadShape, v: &[f32], n: &[f32], den: &[f32]) -> Vec<f32> {
+    let (hq, hkv, d, group) = (shape.hq, shape.hkv, shape.d, shape.group());
+    let t = v.len() / (hkv * d);
+    let mut scores = vec![0.0f32; t * hkv];
+    for i in 0..t {
+        for h in 0..hq {
+            let kvh = h / group;
+            let (row, vrow) = ((i * hq + h) * d, (i * hkv + kvh) * d);
+            let err: f32 = (0..d)
+                .map(|x| {
+                    let miss = v[vrow + x] - n[row + x] / (den[row + x] + SCORE_EPS);
+                    miss * miss
+                })
+                .sum();
+            scores[i * hkv + kvh] += err / group as f32;
+        }
+    }
+    scores
+}
+
+/// The surprise `[T, hkv]` of T tokens (raw keys and values) that follow the states `grm` and
+/// `ones` (the recurrence over the values and over values of one).
+pub fn surprise_scores(mixer: &MixerConfig, shape: HeadShape, k: &[f32], v: &[f32], grm: &MixerState, ones: &MixerState) -> Result<Vec<f32>> {
+    let kq = keys_as_queries(shape, k);
+    let (n, _) = mixer::chunk_forward(mixer, shape, &kq, k, v, Some(grm), DEFAULT_CHUNK_SIZE)?;
+    let (den, _) = mixer::chunk_forward(mixer, shape, &kq, k, &vec![1.0; v.len()], Some(ones), DEFAULT_CHUNK_SIZE)?;
+    Ok(scores_from_readouts(shape, v, &n, &den))
+}
+
+/// The surprise `[hkv]` of one token, from the states before it (left unchanged).
+pub fn surprise_score_step(mixer: &MixerConfig, shape: HeadShape, k_t: &[f32], v_t: &[f32], grm: &MixerState, ones: &MixerState) -> Result<Vec<f32>> {
+    let kq = keys_as_queries(shape, k_t);
+    let (mut n, mut den) = (vec![0.0; kq.len()], vec![0.0; kq.len()]);
+    mixer::recurrent_step(mixer, &mut grm.clone(), &kq, k_t, v_t, &mut n)?;
+    mixer::recurrent_step(mixer, &mut ones.clone(), &kq, k_t, &vec![1.0; v_t.len()], &mut den)?;
+    Ok(scores_from_readouts(shape, v_t, &n, &den))
+}
+
+/// A token of the recent part: rotated key and value `[hkv, D]`, surprise `[hkv]`.
+#[derive(Debug, Clone, PartialEq)]
+struct Recent {
+    key: Vec<f32>,
+    value: Vec<f32>,
+    score: Vec<f32>,
+}
+
+/// A cached token of one key-value head: its surprise, rotated key and value `[D]`.
+#[derive(Debug, Clone, PartialEq)]
+struct Kept {
+    score: f32,
+    key: Vec<f32>,
+    value: Vec<f32>,
+}
+
+/// What the window branch keeps while decoding with a surprise cache: the sinks, the last
+/// `window.keys` tokens, and per key-value head at most `slots` cached tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SurpriseMemory {
+    pub shape: HeadShape,
+    pub window: Window,
+    pub slots: usize,
+    /// Tokens seen so far.
+    pub tokens: usize,
+    sink_keys: Vec<f32>,
+    sink_values: Vec<f32>,
+    recent: VecDeque<Recent>,
+    kept: Vec<Vec<Kept>>,
+}
+
+impl SurpriseMemory {
+    pub fn new(shape: HeadShape, window: Window, slots: usize) -> Result<Self> {
+        Window::new(window.keys, window.sinks)?;
+        if slots == 0 || slots > MAX_SURPRISE_KEYS {
+            return Err(Error::invalid_argument(format!("surprise_keys must be between 1 and {MAX_SURPRISE_KEYS}, got {slots}")));
+        }
+        Ok(SurpriseMemory {
+            shape,
+            window,
+            slots,
+            tokens: 0,
+            sink_keys: Vec::new(),
+            sink_values: Vec::new(),
+            recent: VecDeque::new(),
+            kept: vec![Vec::new(); shape.hkv],
+        })
+    }
+
+    /// Memory held now, in bytes (keys, values and scores).
+    pub fn bytes(&self) -> usize {
+        let d = self.shape.d;
+        let sinks = self.sink_keys.len() + self.sink_values.len();
+        let recent = self.recent.len() * self.shape.hkv * (2 * d + 1);
+        let kept: usize = self.kept.iter().map(|h| h.len() * (2 * d + 1)).sum();
+        (sinks + recent + kept) * std::mem::size_of::<f32>()
+    }
+
+    /// Memory held once the window and the cache are full.
+    pub fn max_bytes(shape: HeadShape, window: Window, slots: usize) -> usize {
+        let per_token = shape.hkv * (2 * shape.d + 1) * std::mem::size_of::<f32>();
+        let sinks = window.sinks * shape.hkv * 2 * shape.d * std::mem::size_of::<f32>();
+        sinks + window.keys.saturating_add(slots).saturating_mul(per_token)
+    }
+
+    /// Keeps one token (rotated key and value `[hkv, D]`, surprise `[hkv]`); a token leaving
+    /// the window is offered to the cache.
+    fn push(&mut self, key: &[f32], value: &[f32], score: &[f32]) {
+        if self.tokens < self.window.sinks {
+            self.sink_keys.extend_from_slice(key);
+            self.sink_values.extend_from_slice(value);
+        } else {
+            self.recent.push_back(Recent { key: key.to_vec(), value: value.to_vec(), score: score.to_vec() });
+            if self.recent.len() > self.window.keys {
+                let leaving = self.recent.pop_front().expect("the recent part is not empty");
+                self.offer(&leaving);
+            }
+        }
+        self.tokens += 1;
+    }
+
+    fn offer(&mut self, token: &Recent) {
+        let d = self.shape.d;
+        for (kvh, kept) in self.kept.iter_mut().enumerate() {
+            let entry = Kept { score: token.score[kvh], key: token.key[kvh * d..(kvh + 1) * d].to_vec(), value: token.value[kvh * d..(kvh + 1) * d].to_vec() };
+            if kept.len() < self.slots {
+                kept.push(entry);
+                continue;
+            }
+            let mut lowest = 0;
+            for (slot, k) in kept.iter().enumerate() {
+                if k.score < kept[lowest].score {
+                    lowest = slot;
+                }
+            }
+            if entry.score > kept[lowest].score {
+                kept[lowest] = entry;
+            }
+        }
+    }
+
+    /// Attention of the newest token's rotated query `[hq, D]` over everything held (sinks,
+    /// cache, recent part); writes `o` `[hq, D]`.
+    fn attend_newest(&self, q: &[f32], o: &mut [f32]) {
+        let (d, group, row) = (self.shape.d, self.shape.group(), self.shape.hkv * self.shape.d);
+        let scale = 1.0 / (d as f32).sqrt();
+        let sinks = self.sink_keys.len() / row;
+        for h in 0..self.shape.hq {
+            let kvh = h / group;
+            let qh = &q[h * d..(h + 1) * d];
+            let at = |j: usize| j * row + kvh * d..j * row + (kvh + 1) * d;
+            let mut keys: Vec<&[f32]> = (0..sinks).map(|j| &self.sink_keys[at(j)]).collect();
+            let mut values: Vec<&[f32]> = (0..sinks).map(|j| &self.sink_values[at(j)]).collect();
+            keys.extend(self.kept[kvh].iter().map(|k| k.key.as_slice()));
+            values.extend(self.kept[kvh].iter().map(|k| k.value.as_slice()));
+            keys.extend(self.recent.iter().map(|r| &r.key[kvh * d..(kvh + 1) * d]));
+            values.extend(self.recent.iter().map(|r| &r.value[kvh * d..(kvh + 1) * d]));
+            let logits: Vec<f32> = keys.iter().map(|k| scale * k.iter().zip(qh).map(|(a, b)| a * b).sum::<f32>()).collect();
+            let mut probs = vec![0.0; logits.len()];
+            softmax(&logits, &mut probs);
+            let oh = &mut o[h * d..(h + 1) * d];
+            oh.fill(0.0);
+            for (p, val) in probs.iter().zip(&values) {
+                oh.iter_mut().zip(val.iter()).for_each(|(o, &x)| *o += p * x);
+            }
+        }
+    }
+
+    /// Attention of T new tokens (rotated `q` `[T, hq, D]`, rotated `k` and `v` `[T, hkv, D]`,
+    /// surprise `[T, hkv]`) after the held ones, token by token; keeps them. Returns `[T, hq, D]`.
+    pub fn attend(&mut self, q: &[f32], k: &[f32], v: &[f32], scores: &[f32]) -> Result<Vec<f32>> {
+        let shape = self.shape;
+        let t = shape.tokens(q.len(), k.len(), v.len())?;
+        if scores.len() != t * shape.hkv {
+            return Err(Error::shape(format!("surprise scores must be [{t}, {}], got {} values", shape.hkv, scores.len())));
+        }
+        let (row_q, row_kv) = (shape.hq * shape.d, shape.hkv * shape.d);
+        let mut o = vec![0.0; q.len()];
+        for i in 0..t {
+            self.push(&k[i * row_kv..(i + 1) * row_kv], &v[i * row_kv..(i + 1) * row_kv], &scores[i * shape.hkv..(i + 1) * shape.hkv]);
+            self.attend_newest(&q[i * row_q..(i + 1) * row_q], &mut o[i * row_q..(i + 1) * row_q]);
+        }
+        Ok(o)
+    }
+}

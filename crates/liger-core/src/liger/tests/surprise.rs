@@ -1,0 +1,168 @@
+//! The surprise cache against a float64 composition written from its definition, prefill +
+//! decoding against one forward, and what it keeps.
+
+use super::combine::{inv_freq, rope_f64};
+use super::{rel_err, rng, to_f64, uniform};
+use crate::error::ErrorCode;
+use crate::liger::combine::GRM_NORM_EPS;
+use crate::liger::{liger_attention_backward, liger_attention_forward, naive, HeadShape, LigerAttentionConfig, LigerLayerState, MixerConfig, MixerKind, FULL_ATTENTION};
+
+/// Liger attention with a surprise cache in f64: scores from the f64 mixer read out with the
+/// keys as queries, the cache simulated token by token, then softmax over sinks + cache + window.
+fn liger_surprise_f64(cfg: &LigerAttentionConfig, shape: HeadShape, q: &[f64], k: &[f64], v: &[f64], freqs: &[f32]) -> Vec<f64> {
+    let (hq, hkv, d, group) = (shape.hq, shape.hkv, shape.d, shape.group());
+    let t = q.len() / (hq * d);
+    let ones = vec![1.0; v.len()];
+    let (mut grm, _) = naive::mixer_forward(&cfg.mixer, shape, q, k, v, None);
+    if cfg.grm_norm {
+        let (den, _) = naive::mixer_forward(&cfg.mixer, shape, q, k, &ones, None);
+        grm.iter_mut().zip(&den).for_each(|(x, d)| *x /= d + GRM_NORM_EPS as f64);
+    }
+    // Surprise [T, hkv].
+    let kq: Vec<f64> = (0..t * hq).flat_map(|r| { let (i, h) = (r / hq, r % hq); k[(i * hkv + h / group) * d..(i * hkv + h / group + 1) * d].to_vec() }).collect();
+    let (n, _) = naive::mixer_forward(&cfg.mixer, shape, &kq, k, v, None);
+    let (den, _) = naive::mixer_forward(&cfg.mixer, shape, &kq, k, &ones, None);
+    let mut score = vec![0.0f64; t * hkv];
+    for i in 0..t {
+        for h in 0..hq {
+            let kvh = h / group;
+            let e: f64 = (0..d).map(|x| (v[(i * hkv + kvh) * d + x] - n[(i * hq + h) * d + x] / (den[(i * hq + h) * d + x] + 1e-6)).powi(2)).sum();
+            score[i * hkv + kvh] += e / group as f64;
+        }
+    }
+    let (qr, kr) = (rope_f64(q, hq, d, freqs), rope_f64(k, hkv, d, freqs));
+    let (keys, sinks, slots) = (cfg.window_keys, cfg.sink_keys, cfg.surprise_keys);
+    let mut o: Vec<f64> = grm.iter().map(|x| x * cfg.alpha as f64).collect();
+    for kvh in 0..hkv {
+        let mut cache: Vec<usize> = Vec::new();
+        for i in 0..t {
+            if i >= keys + sinks {
+                let j = i - keys;
+                if cache.len() < slots {
+                    cache.push(j);
+                } else {
+                    let lowest = (0..slots).fold(0, |m, s| if score[cache[s] * hkv + kvh] < score[cache[m] * hkv + kvh] { s } else { m });
+                    if score[j * hkv + kvh] > score[cache[lowest] * hkv + kvh] {
+                        cache[lowest] = j;
+                    }
+                }
+            }
+            let seen: Vec<usize> = (0..sinks.min(i + 1)).chain(cache.iter().copied()).chain((i + 1).saturating_sub(keys).max(sinks)..=i).collect();
+            for h in kvh * group..(kvh + 1) * group {
+                let qh = &qr[(i * hq + h) * d..(i * hq + h + 1) * d];
+                let logits: Vec<f64> = seen.iter().map(|&j| (0..d).map(|x| qh[x] * kr[(j * hkv + kvh) * d + x]).sum::<f64>() / (d as f64).sqrt()).collect();
+                let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
+                let z: f64 = w.iter().sum();
+                for (&j, wj) in seen.iter().zip(&w) {
+                    for x in 0..d {
+                        o[(i * hq + h) * d + x] += cfg.beta as f64 * wj / z * v[(j * hkv + kvh) * d + x];
+                    }
+                }
+            }
+        }
+    }
+    o
+}
+
+#[test]
+fn surprise_cache_matches_f64_and_decoding_matches_prefill() {
+    let mut rng = rng();
+    let shape = HeadShape::new(4, 2, 16).unwrap();
+    let freqs = inv_freq(16);
+    let (row_q, row_kv) = (shape.hq * shape.d, shape.hkv * shape.d);
+    for (kind, window, sinks, slots, grm_norm) in [
+        (MixerKind::Gla, 8, 0, 4, false),
+        (MixerKind::Gla, 6, 3, 5, true),
+        (MixerKind::Retention, 10, 2, 1, false),
+        (MixerKind::Mamba2, 5, 1, 7, true),
+        (MixerKind::Linear, 65, 4, 16, false),
+    ] {
+        let cfg = LigerAttentionConfig { mixer: MixerConfig { kind, ..MixerConfig::default() }, window_keys: window, sink_keys: sinks, surprise_keys: slots, grm_norm, ..Default::default() };
+        for (t, n) in [(1, 12), (40, 30), (90, 5)] {
+            let total = t + n;
+            let q = uniform(&mut rng, total * row_q, -2.0, 2.0);
+            let k = uniform(&mut rng, total * row_kv, -2.0, 2.0);
+            let v = uniform(&mut rng, total * row_kv, -1.0, 1.0);
+            let want = liger_surprise_f64(&cfg, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), &freqs);
+            let whole = liger_attention_forward(&cfg, shape, &q, &k, &v, &freqs, &mut LigerLayerState::new(&cfg, shape).unwrap()).unwrap();
+            let e = rel_err(&whole, &want);
+            let mut state = LigerLayerState::new(&cfg, shape).unwrap();
+            let mut got = liger_attention_forward(&cfg, shape, &q[..t * row_q], &k[..t * row_kv], &v[..t * row_kv], &freqs, &mut state).unwrap();
+            let mut o = vec![0.0; row_q];
+            for r in t..total {
+                state.step(&cfg, &q[r * row_q..(r + 1) * row_q], &k[r * row_kv..(r + 1) * row_kv], &v[r * row_kv..(r + 1) * row_kv], &freqs, &mut o).unwrap();
+                got.extend_from_slice(&o);
+            }
+            let ed = rel_err(&got, &want);
+            println!("{} window {window}+{sinks} cache {slots} norm {grm_norm} T={t} N={n}: forward {e:.2e}, prefill+decode {ed:.2e}, state {} bytes", kind.name(), state.bytes());
+            assert!(e < 1e-4 && ed < 1e-4);
+            assert!(state.bytes() <= LigerLayerState::max_bytes(&cfg, shape));
+        }
+    }
+}
+
+#[test]
+fn a_cache_as_large_as_the_sequence_is_full_attention() {
+    let mut rng = rng();
+    let shape = HeadShape::new(2, 1, 8).unwrap();
+    let freqs = inv_freq(8);
+    let t = 60;
+    let q = uniform(&mut rng, t * 16, -2.0, 2.0);
+    let k = uniform(&mut rng, t * 8, -2.0, 2.0);
+    let v = uniform(&mut rng, t * 8, -1.0, 1.0);
+    let cached = LigerAttentionConfig { window_keys: 5, sink_keys: 2, surprise_keys: t, ..Default::default() };
+    let full = LigerAttentionConfig { window_keys: FULL_ATTENTION, ..Default::default() };
+    let got = liger_attention_forward(&cached, shape, &q, &k, &v, &freqs, &mut LigerLayerState::new(&cached, shape).unwrap()).unwrap();
+    let want = super::combine::liger_f64(&full, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), &freqs);
+    let e = rel_err(&got, &want);
+    println!("cache of {t} vs full attention: {e:.2e}");
+    assert!(e < 1e-5);
+}
+
+#[test]
+fn the_cache_keeps_the_token_the_state_recalls_worst() {
+    // One distinct token among copies of one key/value pair: the state recalls the copies well
+    // and the odd one badly, so a one-slot cache holds it long after it left the window, and a
+    // query that matches its key reads its value back.
+    let shape = HeadShape::new(1, 1, 8).unwrap();
+    let freqs = vec![0.0; 4]; // no rotation: the match is by content alone
+    let (t, odd) = (200, 20);
+    let mut k = Vec::new();
+    let mut v = Vec::new();
+    for i in 0..t {
+        let (key, val) = if i == odd { ([0.0, 0.0, 0.0, 6.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]) } else { ([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]) };
+        k.extend_from_slice(&key);
+        v.extend_from_slice(&val);
+    }
+    let mut q = k.clone();
+    q[(t - 1) * 8..].copy_from_slice(&[0.0, 0.0, 0.0, 8.0, 0.0, 0.0, 0.0, 0.0]);
+    let mixer = MixerConfig { kind: MixerKind::Linear, ..MixerConfig::default() };
+    for (slots, recalled) in [(0, false), (1, true)] {
+        let cfg = LigerAttentionConfig { mixer, window_keys: 8, surprise_keys: slots, alpha: 0.0, beta: 1.0, ..Default::default() };
+        let o = liger_attention_forward(&cfg, shape, &q, &k, &v, &freqs, &mut LigerLayerState::new(&cfg, shape).unwrap()).unwrap();
+        let last = &o[(t - 1) * 8..];
+        println!("cache {slots}: last output {last:?}");
+        assert_eq!(last[7] > 0.9, recalled);
+    }
+}
+
+#[test]
+fn surprise_cache_bad_settings_give_typed_errors() {
+    let shape = HeadShape::new(2, 1, 8).unwrap();
+    let freqs = inv_freq(8);
+    let cfg = LigerAttentionConfig { surprise_keys: 4, ..Default::default() };
+    let gsa = LigerAttentionConfig { mixer: MixerConfig { kind: MixerKind::Gsa, gsa_slots: 4, ..MixerConfig::default() }, ..cfg };
+    assert!(gsa.validate(shape, &freqs).unwrap_err().message.contains("gsa"));
+    let no_window = LigerAttentionConfig { use_swa: false, ..cfg };
+    assert_eq!(no_window.validate(shape, &freqs).unwrap_err().code, ErrorCode::InvalidArgument);
+    let huge = LigerAttentionConfig { surprise_keys: 1 << 20, ..cfg };
+    assert_eq!(huge.validate(shape, &freqs).unwrap_err().code, ErrorCode::InvalidArgument);
+    let (q, kv) = (vec![0.1; 32], vec![0.2; 16]);
+    let err = liger_attention_backward(&cfg, shape, &q, &kv, &kv, &freqs, &q).unwrap_err();
+    assert!(err.message.contains("surprise_keys 0"), "{err}");
+    // A state made for the plain window does not run a layer with a cache.
+    let plain = LigerAttentionConfig::default();
+    let err = liger_attention_forward(&cfg, shape, &q, &kv, &kv, &freqs, &mut LigerLayerState::new(&plain, shape).unwrap()).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
+}
