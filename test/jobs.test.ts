@@ -208,6 +208,26 @@ describe("linearize", () => {
     expect(result.tokens).toHaveLength(5);
   });
 
+  it("a surprise cache is saved with the model, reports its state, generates and scores on the CPU", async () => {
+    const dir = join(work, "surprise");
+    const converted = await linearize(modelPath(), { out: dir, data: null, surpriseKeys: 16, sample: false });
+    const model = await loadModel(dir);
+    expect(model.info.liger).toMatchObject({ windowKeys: 65, sinkKeys: 0, surpriseKeys: 16, stateBytesPerSequence: converted.stateBytes });
+    // Per layer: the recurrence over values of one (the score reads it), and beside the 65-key
+    // window 16 cached tokens per key-value head, each token with its score per head.
+    const plain = (await loadModel(out)).info.liger!.stateBytesPerSequence;
+    const c = model.info;
+    const ones = c.numKvHeads * c.headDim * c.headDim * 4;
+    const window = 2 * 65 * c.numKvHeads * c.headDim * 4;
+    const withCache = (65 + 16) * c.numKvHeads * (2 * c.headDim + 1) * 4;
+    expect(converted.stateBytes).toBe(plain + c.numLayers * (ones + withCache - window));
+    const result = await model.generate("Hello", { maxTokens: 5, temperature: 0, ignoreEos: true }).result;
+    expect(result.tokens).toHaveLength(5);
+    const evaluated = await model.evaluate({ tasks: ["lambada_openai"], limit: 2, dataDir: dataDir() });
+    expect(Number.isFinite(evaluated.tasks[0].metrics.perplexity)).toBe(true);
+    expect(evaluated.tasks[0].metrics.perplexity).toBeGreaterThan(1);
+  });
+
   it("aborting mid-training rejects with ABORTED", async () => {
     const controller = new AbortController();
     const job = linearize(modelPath(), {
@@ -252,6 +272,10 @@ describe("linearize", () => {
     await expectCode(linearize(modelPath(), { ...base, sinks: 5000 }), "INVALID_ARGUMENT", /sinks/);
     await expectCode(linearize(modelPath(), { ...base, grmNorm: "yes" as never }), "INVALID_ARGUMENT", /grmNorm/);
     await expectCode(linearize(modelPath(), { ...base, mixer: "gsa", grmNorm: true }), "INVALID_ARGUMENT", /grm_norm.*gsa/);
+    await expectCode(linearize(modelPath(), { ...base, surpriseKeys: -1 }), "INVALID_ARGUMENT", /surpriseKeys/);
+    await expectCode(linearize(modelPath(), { ...base, surpriseKeys: 5000 }), "INVALID_ARGUMENT", /surpriseKeys/);
+    await expectCode(linearize(modelPath(), { ...base, mixer: "gsa", surpriseKeys: 8 }), "INVALID_ARGUMENT", /surprise_keys.*gsa/);
+    await expectCode(linearize(modelPath(), { ...base, useSwa: false, surpriseKeys: 8 }), "INVALID_ARGUMENT", /surprise_keys/);
     // No NVIDIA GPU on the test machine: a typed error that points at the CPU backend.
     await expectCode(linearize(modelPath(), { ...base, device: "cuda" }), "DEVICE_UNAVAILABLE", /NVIDIA.*use the CPU backend/);
     expect(existsSync(base.out)).toBe(false);
