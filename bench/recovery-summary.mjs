@@ -2,7 +2,7 @@
 // Gathers the JSON files of bench/recovery.sh (one folder) into the rows of bench/recovery.json
 // and a Markdown table for bench/RESULTS.md:
 //
-//   node bench/recovery-summary.mjs OUT_DIR [--json bench/recovery.json] [--device "NVIDIA H100"] [--level quick|full]
+//   node bench/recovery-summary.mjs OUT_DIR [--json bench/recovery.json] [--device "NVIDIA H100"] [--level quick|full|memory]
 //
 // The base model's results are the files named base.*; every other name is a recipe.
 import { readFileSync, readdirSync, writeFileSync } from "node:fs";
@@ -10,7 +10,7 @@ import { join } from "node:path";
 
 const [dir, ...rest] = process.argv.slice(2);
 if (!dir) {
-  console.error("usage: node bench/recovery-summary.mjs OUT_DIR [--json FILE] [--device NAME] [--level quick|full]");
+  console.error("usage: node bench/recovery-summary.mjs OUT_DIR [--json FILE] [--device NAME] [--level quick|full|memory]");
   process.exit(2);
 }
 const flag = (name) => {

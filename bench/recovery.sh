@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One recipe, trained and evaluated in one command, on the first NVIDIA GPU:
 #
-#   bench/recovery.sh NAME quick|full [linearize options...]
+#   bench/recovery.sh NAME quick|full|memory [linearize options...]
 #
 # NAME "base" evaluates the base model itself (no training). Otherwise `liger linearize
 # --device cuda` trains NAME with the given options (e.g. --recipe paper --softmax-layers auto:3)
@@ -9,7 +9,8 @@
 #   quick: HellaSwag (500), LAMBADA (1000), WikiText-2 at a 2048 window, passkey 1K/2K/4K
 #          (5 depths, 1 trial): a fixed screen of a minute or two;
 #   full:  HellaSwag (2000), ARC-e, ARC-c, LAMBADA (all), WikiText-2 at 1024/2048/4096,
-#          passkey 1K/2K/4K/8K (5 depths x 3 trials).
+#          passkey 1K/2K/4K/8K (5 depths x 3 trials);
+#   memory: only the long-context measures of full (WikiText-2 at 1024/2048/4096, passkey).
 # Every result is a JSON file in $RECOVERY_OUT (default bench/out/NAME.*.json);
 # bench/recovery-summary.mjs turns them into the rows of bench/recovery.json.
 #
@@ -17,8 +18,8 @@
 # (a folder laid out like the project's data: alpaca_cleaned, hellaswag_klosax_derived, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-name="${1:?usage: bench/recovery.sh NAME quick|full [linearize options...]}"
-level="${2:?usage: bench/recovery.sh NAME quick|full [linearize options...]}"
+name="${1:?usage: bench/recovery.sh NAME quick|full|memory [linearize options...]}"
+level="${2:?usage: bench/recovery.sh NAME quick|full|memory [linearize options...]}"
 shift 2
 model="${LIGER_MODEL:?set LIGER_MODEL to the base model (.gguf)}"
 data="${LIGER_DATA_DIR:?set LIGER_DATA_DIR to the data folder}"
@@ -52,6 +53,11 @@ case "$level" in
       ev --tasks wikitext --window "$w" --json "$out/$name.wikitext$w.json" > /dev/null
     done
     ev --tasks none --passkey 1024,2048,4096,8192 --passkey-trials 3 --json "$out/$name.passkey.json" > /dev/null ;;
-  *) echo "level must be quick or full, got $level" >&2; exit 2 ;;
+  memory)
+    for w in 1024 2048 4096; do
+      ev --tasks wikitext --window "$w" --json "$out/$name.wikitext$w.json" > /dev/null
+    done
+    ev --tasks none --passkey 1024,2048,4096,8192 --passkey-trials 3 --json "$out/$name.passkey.json" > /dev/null ;;
+  *) echo "level must be quick, full or memory, got $level" >&2; exit 2 ;;
 esac
 echo "$name ($level): results in $out/$name.*.json"
