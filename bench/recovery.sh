@@ -54,10 +54,10 @@ case "$level" in
     done
     ev --tasks none --passkey 1024,2048,4096,8192 --passkey-trials 3 --json "$out/$name.passkey.json" > /dev/null ;;
   memory)
-    for w in 1024 2048 4096; do
+    ev --tasks none --passkey 1024,2048,4096,8192 --passkey-trials 3 --json "$out/$name.passkey.json" > /dev/null
+    for w in 4096 1024 2048; do
       ev --tasks wikitext --window "$w" --json "$out/$name.wikitext$w.json" > /dev/null
-    done
-    ev --tasks none --passkey 1024,2048,4096,8192 --passkey-trials 3 --json "$out/$name.passkey.json" > /dev/null ;;
+    done ;;
   *) echo "level must be quick, full or memory, got $level" >&2; exit 2 ;;
 esac
 echo "$name ($level): results in $out/$name.*.json"
