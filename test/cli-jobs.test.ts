@@ -76,6 +76,18 @@ describe("liger linearize", () => {
     expect(info.stdout).toMatch(/state\s+\d+\.\d+ MiB per sequence/);
   });
 
+  it("--no-train converts and saves with a surprise cache; it refuses training flags", () => {
+    const out = join(work, "untrained-surprise");
+    const run = liger(["linearize", "--model", modelPath(), "--out", out, "--no-train", "--sinks", "2", "--surprise-keys", "8", "--alpha", "0", "--beta", "1"]);
+    expect(run.code, run.stderr).toBe(0);
+    const info = liger(["info", "--model", out]);
+    expect(info.code, info.stderr).toBe(0);
+    expect(info.stdout).toMatch(/liger\s+gla mixer \+ 65-key sliding window and 2 sink tokens, 8 surprise keys/);
+    const both = liger(["linearize", "--model", modelPath(), "--out", join(work, "never"), "--no-train", "--steps", "3"]);
+    expect(both.code).toBe(1);
+    expect(both.stderr).toMatch(/INVALID_ARGUMENT: --no-train converts without training/);
+  });
+
   it("--device cuda and bad flags fail with typed errors", () => {
     const cuda = liger(["linearize", "--device", "cuda", "--out", join(work, "never")]);
     expect(cuda.code).toBe(1);

@@ -18,6 +18,7 @@ interface LinearizeCliOptions {
   sinks?: number;
   grmNorm?: boolean;
   surpriseKeys?: number;
+  train?: boolean;
   alpha?: number;
   beta?: number;
   swa: boolean;
@@ -87,6 +88,7 @@ export function registerLinearize(program: Command): void {
     .option("--lora-alpha <a>", "LoRA alpha (default 8)", parseNumber("lora-alpha"))
     .option("--lora-targets <list>", "projections with adapters, from q,k,v,o (default q,k,v)")
     .option("--steps <n>", "optimizer steps (default 30)", parseNumber("steps"))
+    .option("--no-train", "convert and save without training (e.g. the window, sinks and surprise cache alone)")
     .option("--seq-len <n>", "tokens per training sequence (default 256; the paper uses 1024)", parseNumber("seq-len"))
     .option("--batch <n>", "sequences per forward/backward (default 1)", parseNumber("batch"))
     .option("--grad-accum <n>", "micro-batches per optimizer step (default 1)", parseNumber("grad-accum"))
@@ -107,9 +109,12 @@ export function registerLinearize(program: Command): void {
       const onSigint = () => (controller.signal.aborted ? process.exit(130) : controller.abort());
       const progress = new TrainProgress();
       const list = (value: string | undefined) => value?.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
+      if (options.train === false && (options.data !== undefined || options.steps !== undefined || options.epochs !== undefined)) {
+        throw new LigerError("INVALID_ARGUMENT", "--no-train converts without training: drop --data, --steps and --epochs");
+      }
       const jobOptions: LinearizeOptions = {
         out: options.out,
-        data: options.data,
+        data: options.train === false ? null : options.data,
         mixer: options.mixer as MixerName | undefined,
         window: options.window,
         sinks: options.sinks,
