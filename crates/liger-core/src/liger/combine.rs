@@ -166,16 +166,22 @@ impl LigerLayerState {
         let shape = self.grm.shape;
         cfg.validate(shape, inv_freq)?;
         self.check(cfg, shape)?;
-        let scores = match (&self.surprise, &self.grm_norm) {
-            (Some(_), Some(ones)) => Some(surprise_score_step(&cfg.mixer, shape, k_t, v_t, &self.grm, ones)?),
-            _ => None,
+        let (scores, next_ones) = match (&self.surprise, &self.grm_norm) {
+            (Some(_), Some(ones)) => {
+                let (scores, next) = surprise_score_step(&cfg.mixer, shape, k_t, v_t, &self.grm, ones)?;
+                (Some(scores), Some(next))
+            }
+            _ => (None, None),
         };
         mixer::recurrent_step(&cfg.mixer, &mut self.grm, q_t, k_t, v_t, o_t)?;
         if let Some(norm_state) = &mut self.grm_norm {
-            let mut den = vec![0.0; o_t.len()];
-            mixer::recurrent_step(&cfg.mixer, norm_state, q_t, k_t, &vec![1.0; v_t.len()], &mut den)?;
             if cfg.grm_norm {
+                let mut den = vec![0.0; o_t.len()];
+                mixer::recurrent_step(&cfg.mixer, norm_state, q_t, k_t, &vec![1.0; v_t.len()], &mut den)?;
                 grm_normalize(o_t, &den);
+            } else if let Some(next) = next_ones {
+                // Kept only for the surprise score, which advanced it already.
+                *norm_state = next;
             }
         }
         o_t.iter_mut().for_each(|o| *o *= cfg.alpha);
@@ -214,17 +220,23 @@ pub fn liger_attention_forward(
     cfg.validate(shape, inv_freq)?;
     state.check(cfg, shape)?;
     let t = shape.tokens(q.len(), k.len(), v.len())?;
-    let scores = match (&state.surprise, &state.grm_norm) {
-        (Some(_), Some(ones)) => Some(surprise_scores(&cfg.mixer, shape, k, v, &state.grm, ones)?),
-        _ => None,
+    let (scores, next_ones) = match (&state.surprise, &state.grm_norm) {
+        (Some(_), Some(ones)) => {
+            let (scores, next) = surprise_scores(&cfg.mixer, shape, k, v, &state.grm, ones)?;
+            (Some(scores), Some(next))
+        }
+        _ => (None, None),
     };
     let (mut o, grm) = mixer::chunk_forward(&cfg.mixer, shape, q, k, v, Some(&state.grm), DEFAULT_CHUNK_SIZE)?;
     if let Some(norm_state) = &mut state.grm_norm {
-        let (den, next) = mixer::chunk_forward(&cfg.mixer, shape, q, k, &vec![1.0; v.len()], Some(norm_state), DEFAULT_CHUNK_SIZE)?;
         if cfg.grm_norm {
+            let (den, next) = mixer::chunk_forward(&cfg.mixer, shape, q, k, &vec![1.0; v.len()], Some(norm_state), DEFAULT_CHUNK_SIZE)?;
             grm_normalize(&mut o, &den);
+            *norm_state = next;
+        } else if let Some(next) = next_ones {
+            // Kept only for the surprise score, which advanced it already.
+            *norm_state = next;
         }
-        *norm_state = next;
     }
     o.iter_mut().for_each(|x| *x *= cfg.alpha);
     if cfg.use_swa {

@@ -66,21 +66,24 @@ fn scores_from_readouts(shape: HeadShape, v: &[f32], n: &[f32], den: &[f32]) -> 
 }
 
 /// The surprise `[T, hkv]` of T tokens (raw keys and values) that follow the states `grm` and
-/// `ones` (the recurrence over the values and over values of one).
-pub fn surprise_scores(mixer: &MixerConfig, shape: HeadShape, k: &[f32], v: &[f32], grm: &MixerState, ones: &MixerState) -> Result<Vec<f32>> {
+/// `ones` (the recurrence over the values and over values of one), and the `ones` state after
+/// them (the state does not depend on the queries).
+pub fn surprise_scores(mixer: &MixerConfig, shape: HeadShape, k: &[f32], v: &[f32], grm: &MixerState, ones: &MixerState) -> Result<(Vec<f32>, MixerState)> {
     let kq = keys_as_queries(shape, k);
     let (n, _) = mixer::chunk_forward(mixer, shape, &kq, k, v, Some(grm), DEFAULT_CHUNK_SIZE)?;
-    let (den, _) = mixer::chunk_forward(mixer, shape, &kq, k, &vec![1.0; v.len()], Some(ones), DEFAULT_CHUNK_SIZE)?;
-    Ok(scores_from_readouts(shape, v, &n, &den))
+    let (den, next_ones) = mixer::chunk_forward(mixer, shape, &kq, k, &vec![1.0; v.len()], Some(ones), DEFAULT_CHUNK_SIZE)?;
+    Ok((scores_from_readouts(shape, v, &n, &den), next_ones))
 }
 
-/// The surprise `[hkv]` of one token, from the states before it (left unchanged).
-pub fn surprise_score_step(mixer: &MixerConfig, shape: HeadShape, k_t: &[f32], v_t: &[f32], grm: &MixerState, ones: &MixerState) -> Result<Vec<f32>> {
+/// The surprise `[hkv]` of one token, from the states before it (`grm` left unchanged), and the
+/// `ones` state after it.
+pub fn surprise_score_step(mixer: &MixerConfig, shape: HeadShape, k_t: &[f32], v_t: &[f32], grm: &MixerState, ones: &MixerState) -> Result<(Vec<f32>, MixerState)> {
     let kq = keys_as_queries(shape, k_t);
     let (mut n, mut den) = (vec![0.0; kq.len()], vec![0.0; kq.len()]);
+    let mut next_ones = ones.clone();
     mixer::recurrent_step(mixer, &mut grm.clone(), &kq, k_t, v_t, &mut n)?;
-    mixer::recurrent_step(mixer, &mut ones.clone(), &kq, k_t, &vec![1.0; v_t.len()], &mut den)?;
-    Ok(scores_from_readouts(shape, v_t, &n, &den))
+    mixer::recurrent_step(mixer, &mut next_ones, &kq, k_t, &vec![1.0; v_t.len()], &mut den)?;
+    Ok((scores_from_readouts(shape, v_t, &n, &den), next_ones))
 }
 
 /// A token of the recent part: rotated key and value `[hkv, D]`, surprise `[hkv]`.
