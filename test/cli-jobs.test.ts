@@ -86,6 +86,9 @@ describe("liger linearize", () => {
     const both = liger(["linearize", "--model", modelPath(), "--out", join(work, "never"), "--no-train", "--steps", "3"]);
     expect(both.code).toBe(1);
     expect(both.stderr).toMatch(/INVALID_ARGUMENT: --no-train converts without training/);
+    const after = liger(["linearize", "--model", modelPath(), "--out", join(work, "never"), "--no-train", "--surprise-after-training"]);
+    expect(after.code).toBe(1);
+    expect(after.stderr).toMatch(/INVALID_ARGUMENT: surpriseAfterTraining .*set surpriseKeys/);
   });
 
   it("--device cuda and bad flags fail with typed errors", () => {

@@ -276,6 +276,8 @@ describe("linearize", () => {
     await expectCode(linearize(modelPath(), { ...base, surpriseKeys: 5000 }), "INVALID_ARGUMENT", /surpriseKeys/);
     await expectCode(linearize(modelPath(), { ...base, mixer: "gsa", surpriseKeys: 8 }), "INVALID_ARGUMENT", /surprise_keys.*gsa/);
     await expectCode(linearize(modelPath(), { ...base, useSwa: false, surpriseKeys: 8 }), "INVALID_ARGUMENT", /surprise_keys/);
+    await expectCode(linearize(modelPath(), { ...base, surpriseAfterTraining: true }), "INVALID_ARGUMENT", /surpriseAfterTraining.*surpriseKeys/);
+    await expectCode(linearize(modelPath(), { ...base, surpriseKeys: 8, surpriseAfterTraining: 1 as never }), "INVALID_ARGUMENT", /surpriseAfterTraining/);
     // No NVIDIA GPU on the test machine: a typed error that points at the CPU backend.
     await expectCode(linearize(modelPath(), { ...base, device: "cuda" }), "DEVICE_UNAVAILABLE", /NVIDIA.*use the CPU backend/);
     expect(existsSync(base.out)).toBe(false);

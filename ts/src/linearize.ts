@@ -41,12 +41,17 @@ export interface LinearizeOptions {
   /**
    * Tokens per key-value head that left the window and stay visible to the sliding-window
    * branch: the ones the recurrent state recalls worst, by how far its read-out with the token's
-   * key lands from the token's value (the sparse cache of LoLA; default 0). The choice has no
-   * gradient, so the run trains without the cache and saves the model with it. Decoding keeps
-   * `surpriseKeys` more keys and values per key-value head and layer (the CPU and WebAssembly
-   * engines decode it; the GPU scores with it).
+   * key lands from the token's value (the sparse cache of LoLA; default 0). Training runs with
+   * the cache, its choice held fixed, so the adapters learn to read what it keeps. Decoding
+   * keeps `surpriseKeys` more keys and values per key-value head and layer (the CPU and
+   * WebAssembly engines decode it; the GPU trains and scores with it).
    */
   surpriseKeys?: number;
+  /**
+   * Train with the window alone and add the surprise cache to the saved model, as LoLA adds it
+   * to a trained model (default false). Needs `surpriseKeys`.
+   */
+  surpriseAfterTraining?: boolean;
   /** Weights of the recurrent and sliding-window branches (default 0.5 each). */
   alpha?: number;
   beta?: number;
@@ -199,6 +204,8 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
   checkOptional("sinks", o.sinks, (v) => isNonNegativeInt(v) && (v as number) <= 1024, "an integer from 0 to 1024 (StreamingLLM uses 4)");
   checkOptional("grmNorm", o.grmNorm, (v) => typeof v === "boolean", "a boolean");
   checkOptional("surpriseKeys", o.surpriseKeys, (v) => isNonNegativeInt(v) && (v as number) <= 4096, "an integer from 0 to 4096 (LoLA uses 64 to 256)");
+  checkOptional("surpriseAfterTraining", o.surpriseAfterTraining, (v) => typeof v === "boolean", "a boolean");
+  if (o.surpriseAfterTraining && !o.surpriseKeys) throw invalidArgument("surpriseAfterTraining adds a surprise cache after training: set surpriseKeys too");
   checkOptional("alpha", o.alpha, isFiniteNumber, "a finite number");
   checkOptional("beta", o.beta, isFiniteNumber, "a finite number");
   checkOptional("useSwa", o.useSwa, (v) => typeof v === "boolean", "a boolean");
@@ -250,6 +257,7 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     sinks: o.sinks ?? 0,
     grmNorm: o.grmNorm ?? false,
     surpriseKeys: o.surpriseKeys ?? 0,
+    surpriseAfterTraining: o.surpriseAfterTraining ?? false,
     alpha: o.alpha ?? 0.5,
     beta: o.beta ?? 0.5,
     useSwa: o.useSwa ?? true,

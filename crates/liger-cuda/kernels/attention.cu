@@ -34,6 +34,24 @@ __device__ __forceinline__ int next_key_tile(const AttnDims& p, int i0, int j0) 
 __device__ __forceinline__ int last_query_of(const AttnDims& p, int j0, int count) {
     return j0 < p.sinks ? p.tokens - 1 : min(p.tokens - 1, j0 + count - 1 + p.window - 1);
 }
+// Calls f(j) for each key query i sees, in order. Without a surprise cache (cached = nullptr):
+// the sinks, then the window. With one: the sinks, the query's cached tokens (its `slots`
+// entries of kept [B, T, hkv, slots], -1 for an empty slot), then the window's recent part.
+template <typename F> __device__ __forceinline__ void visit_keys(const AttnDims& p, int i, const int* cached, int slots, F&& f) {
+    if (cached == nullptr) {
+        for (int j = first_key(p, i); j <= i; j = next_key(p, i, j)) f(j);
+        return;
+    }
+    const int n_sinks = min(p.sinks, i + 1), recent = max(p.sinks, first_visible(i, p.window));
+    for (int j = 0; j < n_sinks; j++) f(j);
+    for (int s = 0; s < slots; s++)
+        if (cached[s] >= 0) f(cached[s]);
+    for (int j = recent; j <= i; j++) f(j);
+}
+// A query row's cached tokens in kept (nullptr without a cache).
+__device__ __forceinline__ const int* cached_of(const AttnDims& p, const int* kept, int slots, int b, int i, int kvh) {
+    return kept == nullptr ? nullptr : kept + (((long long)b * p.tokens + i) * p.hkv + kvh) * slots;
+}
 
 // Loads the d values of one row into per-lane registers: lane l holds elements l, l + 32, ...
 template <typename T> __device__ __forceinline__ void load_row(const T* row, int d, float* r) {
@@ -59,9 +77,10 @@ template <typename T> __device__ __forceinline__ float dot_row(const float* r, c
 }
 
 
-// Forward: one warp per (b, i, h), online softmax over the visible keys.
+// Forward: one warp per (b, i, h), online softmax over the visible keys (with a surprise cache
+// `kept`, see visit_keys).
 template <typename T>
-__device__ void attention_forward_rows(AttnDims p, const T* q, const T* k, const T* v, T* o, float* lse) {
+__device__ void attention_forward_rows(AttnDims p, const T* q, const T* k, const T* v, const int* kept, int slots, T* o, float* lse) {
     const long long row = warp_row((long long)p.batch * p.tokens * p.hq);
     if (row < 0) return;
     const int h = (int)(row % p.hq), i = (int)((row / p.hq) % p.tokens), b = (int)(row / ((long long)p.hq * p.tokens));
@@ -75,17 +94,17 @@ __device__ void attention_forward_rows(AttnDims p, const T* q, const T* k, const
     const long long kv_stride = (long long)p.hkv * p.d;
     const T* kb = k + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
     const T* vb = v + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
-    for (int j = first_key(p, i); j <= i; j = next_key(p, i, j)) {
+    const int lane = threadIdx.x & 31;
+    visit_keys(p, i, cached_of(p, kept, slots, b, i, kvh), slots, [&](int j) {
         const float s = dot_row(qr, kb + j * kv_stride, p.d) * scale;
         const float m_new = fmaxf(m, s);
         const float correction = __expf(m - m_new), e = __expf(s - m_new);
         l = l * correction + e;
-        const int lane = threadIdx.x & 31;
 #pragma unroll
         for (int c = 0; c < MAX_PER_LANE; c++)
             if (c * 32 < p.d) acc[c] = acc[c] * correction + e * to_f32(vb[j * kv_stride + c * 32 + lane]);
         m = m_new;
-    }
+    });
     const float inv = 1.0f / l;
 #pragma unroll
     for (int c = 0; c < MAX_PER_LANE; c++) acc[c] *= inv;
@@ -104,10 +123,10 @@ template <typename T> __device__ void attention_delta_rows(AttnDims p, const T* 
     if ((threadIdx.x & 31) == 0) delta[((long long)b * p.hq + h) * p.tokens + i] = s;
 }
 
-// Backward for dq: one warp per query row, over the keys it sees.
+// Backward for dq: one warp per query row, over the keys it sees (with a surprise cache `kept`).
 template <typename T>
-__device__ void attention_dq_rows(AttnDims p, const T* q, const T* k, const T* v, const float* lse, const float* delta,
-                                  const T* d_o, T* dq) {
+__device__ void attention_dq_rows(AttnDims p, const T* q, const T* k, const T* v, const int* kept, int slots, const float* lse,
+                                  const float* delta, const T* d_o, T* dq) {
     const long long row = warp_row((long long)p.batch * p.tokens * p.hq);
     if (row < 0) return;
     const int h = (int)(row % p.hq), i = (int)((row / p.hq) % p.tokens), b = (int)(row / ((long long)p.hq * p.tokens));
@@ -124,21 +143,23 @@ __device__ void attention_dq_rows(AttnDims p, const T* q, const T* k, const T* v
     const T* kb = k + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
     const T* vb = v + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
     const int lane = threadIdx.x & 31;
-    for (int j = first_key(p, i); j <= i; j = next_key(p, i, j)) {
+    visit_keys(p, i, cached_of(p, kept, slots, b, i, kvh), slots, [&](int j) {
         const float prob = __expf(dot_row(qr, kb + j * kv_stride, p.d) * scale - row_lse);
         const float ds = prob * (dot_row(dor, vb + j * kv_stride, p.d) - row_delta) * scale;
 #pragma unroll
         for (int c = 0; c < MAX_PER_LANE; c++)
             if (c * 32 < p.d) acc[c] += ds * to_f32(kb[j * kv_stride + c * 32 + lane]);
-    }
+    });
     store_row(dq + row * p.d, p.d, acc);
 }
 
 // Backward for dk and dv: one warp per key row (b, j, kv head), over the queries of its group
-// that see it (i in j ..= j + window - 1, or to the end for a sink).
+// that see it: i in j ..= j + window - 1, or to the end for a sink; with a surprise cache,
+// j ..= until[b, j, kv head] - 1 (the window, then the cache: a token stays in its slot until
+// it is replaced, so the queries that see it are one run).
 template <typename T>
-__device__ void attention_dkv_rows(AttnDims p, const T* q, const T* k, const T* v, const float* lse, const float* delta,
-                                   const T* d_o, T* dk, T* dv) {
+__device__ void attention_dkv_rows(AttnDims p, const T* q, const T* k, const T* v, const int* until, const float* lse,
+                                   const float* delta, const T* d_o, T* dk, T* dv) {
     const long long row = warp_row((long long)p.batch * p.tokens * p.hkv);
     if (row < 0) return;
     const int kvh = (int)(row % p.hkv), j = (int)((row / p.hkv) % p.tokens), b = (int)(row / ((long long)p.hkv * p.tokens));
@@ -150,7 +171,8 @@ __device__ void attention_dkv_rows(AttnDims p, const T* q, const T* k, const T* 
 #pragma unroll
     for (int c = 0; c < MAX_PER_LANE; c++) dk_acc[c] = dv_acc[c] = 0.0f;
     const long long q_stride = (long long)p.hq * p.d;
-    const int last = last_query_of(p, j, 1);  // every query j..last sees key j; window <= tokens, so no overflow
+    // Every query j..last sees key j; window <= tokens, so no overflow.
+    const int last = until == nullptr ? last_query_of(p, j, 1) : until[row] - 1;
     const int lane = threadIdx.x & 31;
     for (int g = 0; g < group; g++) {
         const int h = kvh * group + g;
@@ -666,14 +688,18 @@ extern "C" __global__ void surprise_scores_f32(const float* n, const float* den,
 // (sequence, key-value head). Token j leaves the window at query j + window; if it is no sink it
 // takes a free slot, or else replaces the first slot of lowest score when its own is higher.
 // kept [B, T, hkv, slots]: the token in each slot while query t attends (-1: empty).
-// slot_token, slot_score [B, hkv, slots]: scratch.
+// until [B, T, hkv]: the first query that no longer sees the token (through the window, the
+// sinks or the cache). slot_token, slot_score [B, hkv, slots]: scratch.
 extern "C" __global__ void surprise_select(const float* scores, int batch, int tokens, int hkv, int window, int sinks,
-                                           int slots, int* slot_token, float* slot_score, int* kept) {
+                                           int slots, int* slot_token, float* slot_score, int* kept, int* until) {
     const long long w = warp_row((long long)batch * hkv);
     if (w < 0) return;
     const int lane = threadIdx.x & 31, b = (int)(w / hkv), kvh = (int)(w % hkv);
     int* tok = slot_token + w * slots;
     float* sc = slot_score + w * slots;
+    int* gone = until + (long long)b * tokens * hkv + kvh;  // token j's entry: gone[j * hkv]
+    for (int j = lane; j < tokens; j += 32) gone[(long long)j * hkv] = j < sinks ? tokens : min(tokens, j + window);
+    __syncwarp();
     int used = 0;
     for (int i = 0; i < tokens; i++) {
         const int j = i - window;
@@ -683,6 +709,7 @@ extern "C" __global__ void surprise_select(const float* scores, int batch, int t
                 if (lane == 0) {
                     tok[used] = j;
                     sc[used] = s;
+                    gone[(long long)j * hkv] = tokens;
                 }
                 used++;
             } else {
@@ -697,6 +724,8 @@ extern "C" __global__ void surprise_select(const float* scores, int batch, int t
                     if (ob < best || (ob == best && oa < at)) best = ob, at = oa;
                 }
                 if (lane == 0 && s > best) {
+                    gone[(long long)tok[at] * hkv] = i;
+                    gone[(long long)j * hkv] = tokens;
                     tok[at] = j;
                     sc[at] = s;
                 }
@@ -709,59 +738,21 @@ extern "C" __global__ void surprise_select(const float* scores, int batch, int t
     }
 }
 
-// Attention of query i over the sinks, its cache (kept) and its window, in that order (as the
-// CPU twin); one warp per (b, i, h), online softmax. No lse: the cache serves inference only.
-template <typename T>
-__device__ void surprise_attention_rows(AttnDims p, int slots, const T* q, const T* k, const T* v, const int* kept, T* o) {
-    const long long row = warp_row((long long)p.batch * p.tokens * p.hq);
-    if (row < 0) return;
-    const int h = (int)(row % p.hq), i = (int)((row / p.hq) % p.tokens), b = (int)(row / ((long long)p.hq * p.tokens));
-    const int kvh = h / (p.hq / p.hkv), lane = threadIdx.x & 31;
-    const float scale = rsqrtf((float)p.d);
-    float qr[MAX_PER_LANE], acc[MAX_PER_LANE];
-    load_row(q + row * p.d, p.d, qr);
-#pragma unroll
-    for (int c = 0; c < MAX_PER_LANE; c++) acc[c] = 0.0f;
-    float m = -POS_INFINITY, l = 0.0f;
-    const long long kv_stride = (long long)p.hkv * p.d;
-    const T* kb = k + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
-    const T* vb = v + (long long)b * p.tokens * kv_stride + (long long)kvh * p.d;
-    const int* cached = kept + (((long long)b * p.tokens + i) * p.hkv + kvh) * slots;
-    const int n_sinks = min(p.sinks, i + 1), recent = max(p.sinks, first_visible(i, p.window));
-    const int count = n_sinks + slots + (i + 1 - recent);
-    for (int n = 0; n < count; n++) {
-        const int j = n < n_sinks ? n : n < n_sinks + slots ? cached[n - n_sinks] : recent + (n - n_sinks - slots);
-        if (j < 0) continue;
-        const float s = dot_row(qr, kb + j * kv_stride, p.d) * scale;
-        const float m_new = fmaxf(m, s);
-        const float correction = __expf(m - m_new), e = __expf(s - m_new);
-        l = l * correction + e;
-#pragma unroll
-        for (int c = 0; c < MAX_PER_LANE; c++)
-            if (c * 32 < p.d) acc[c] = acc[c] * correction + e * to_f32(vb[j * kv_stride + c * 32 + lane]);
-        m = m_new;
-    }
-    const float inv = 1.0f / l;
-#pragma unroll
-    for (int c = 0; c < MAX_PER_LANE; c++) acc[c] *= inv;
-    store_row(o + row * p.d, p.d, acc);
-}
-
 #define ATTENTION_ENTRY_POINTS(T, SUFFIX)                                                                                  \
     extern "C" __global__ void attention_forward_##SUFFIX(AttnDims p, const T* q, const T* k, const T* v, T* o,         \
                                                           float* lse) {                                                 \
-        attention_forward_rows<T>(p, q, k, v, o, lse);                                                                  \
+        attention_forward_rows<T>(p, q, k, v, nullptr, 0, o, lse);                                                                  \
     }                                                                                                                   \
     extern "C" __global__ void attention_delta_##SUFFIX(AttnDims p, const T* o, const T* d_o, float* delta) {           \
         attention_delta_rows<T>(p, o, d_o, delta);                                                                      \
     }                                                                                                                   \
     extern "C" __global__ void attention_dq_##SUFFIX(AttnDims p, const T* q, const T* k, const T* v, const float* lse,  \
                                                      const float* delta, const T* d_o, T* dq) {                         \
-        attention_dq_rows<T>(p, q, k, v, lse, delta, d_o, dq);                                                          \
+        attention_dq_rows<T>(p, q, k, v, nullptr, 0, lse, delta, d_o, dq);                                                          \
     }                                                                                                                   \
     extern "C" __global__ void attention_dkv_##SUFFIX(AttnDims p, const T* q, const T* k, const T* v, const float* lse, \
                                                       const float* delta, const T* d_o, T* dk, T* dv) {                 \
-        attention_dkv_rows<T>(p, q, k, v, lse, delta, d_o, dk, dv);                                                     \
+        attention_dkv_rows<T>(p, q, k, v, nullptr, lse, delta, d_o, dk, dv);                                                     \
     }                                                                                                                   \
     extern "C" __global__ void attention_decode_##SUFFIX(int batch, int hq, int hkv, int d, int capacity, const T* q_t, \
                                                          const T* k_cache, const T* v_cache, const u32* lengths,        \
@@ -774,8 +765,18 @@ __device__ void surprise_attention_rows(AttnDims p, int slots, const T* q, const
         cache_write<T>(batch, tokens, hkv, d, capacity, sinks, k_new, v_new, positions, k_cache, v_cache);              \
     }                                                                                                                   \
     extern "C" __global__ void surprise_attention_##SUFFIX(AttnDims p, int slots, const T* q, const T* k, const T* v,   \
-                                                           const int* kept, T* o) {                                     \
-        surprise_attention_rows<T>(p, slots, q, k, v, kept, o);                                                         \
+                                                           const int* kept, T* o, float* lse) {                         \
+        attention_forward_rows<T>(p, q, k, v, kept, slots, o, lse);                                                     \
+    }                                                                                                                   \
+    extern "C" __global__ void surprise_dq_##SUFFIX(AttnDims p, int slots, const T* q, const T* k, const T* v,          \
+                                                    const int* kept, const float* lse, const float* delta,              \
+                                                    const T* d_o, T* dq) {                                              \
+        attention_dq_rows<T>(p, q, k, v, kept, slots, lse, delta, d_o, dq);                                             \
+    }                                                                                                                   \
+    extern "C" __global__ void surprise_dkv_##SUFFIX(AttnDims p, const T* q, const T* k, const T* v, const int* until,  \
+                                                     const float* lse, const float* delta, const T* d_o, T* dk,         \
+                                                     T* dv) {                                                           \
+        attention_dkv_rows<T>(p, q, k, v, until, lse, delta, d_o, dk, dv);                                              \
     }
 
 ATTENTION_ENTRY_POINTS(float, f32)

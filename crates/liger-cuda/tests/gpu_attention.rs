@@ -1,13 +1,18 @@
 //! Attention kernels against their CPU twins in liger-core (`swa_forward`, `swa_backward`,
-//! `SwaCache`), on fresh random inputs, outputs poisoned before each launch.
+//! `SwaCache`; for the surprise cache `surprise_kept`, `SurpriseMemory` and
+//! `surprise_attention_backward`), on fresh random inputs, outputs poisoned before each launch.
 
 mod common;
 
 use common::*;
 use half::bf16;
-use liger_core::liger::{swa_backward, swa_forward, HeadShape, SwaCache, Window};
+use liger_core::liger::surprise::{surprise_attention_backward as cpu_surprise_backward, surprise_kept};
+use liger_core::liger::{swa_backward, swa_forward, HeadShape, SurpriseMemory, SwaCache, Window};
 use liger_core::ErrorCode;
-use liger_cuda::ops::attention::{attention_backward, attention_decode, attention_forward, cache_append, cache_prefill, AttentionDims};
+use liger_cuda::ops::attention::{
+    attention_backward, attention_decode, attention_forward, cache_append, cache_prefill, surprise_attention_backward, surprise_attention_forward, surprise_select,
+    AttentionDims,
+};
 use liger_cuda::{GpuBuffer, GpuContext, GpuElement};
 use rand::rngs::StdRng;
 
@@ -141,6 +146,72 @@ fn forward_and_backward_bf16_match_the_cpu_twins_on_rounded_inputs() {
         worst.iter_mut().zip(errs).for_each(|(w, e)| *w = w.max(e));
     }
     println!("{{\"test\":\"attention_bf16\",\"max_rel_err\":{{\"o\":{:.3e},\"lse\":{:.3e},\"dq\":{:.3e},\"dk\":{:.3e},\"dv\":{:.3e}}}}}", worst[0], worst[1], worst[2], worst[3], worst[4]);
+}
+
+/// The first query that no longer sees each token `[T, hkv]`, from the CPU's cache contents:
+/// a sink is seen to the end; another token through its window, then for as long as it is kept.
+fn runs_from_kept(tokens: usize, hkv: usize, window: Window, slots: usize, kept: &[i32]) -> Vec<i32> {
+    let mut until: Vec<i32> = (0..tokens * hkv).map(|r| if r / hkv < window.sinks { tokens } else { (r / hkv + window.keys).min(tokens) } as i32).collect();
+    for i in 0..tokens {
+        for kvh in 0..hkv {
+            for &j in kept[(i * hkv + kvh) * slots..(i * hkv + kvh + 1) * slots].iter().filter(|&&j| j >= 0) {
+                until[j as usize * hkv + kvh] = until[j as usize * hkv + kvh].max(i as i32 + 1);
+            }
+        }
+    }
+    until
+}
+
+/// The surprise cache with storage `T`: its choice (exact), the forward against the CPU decoding
+/// memory, and the backward (choice held fixed) against its CPU twin. Returns (o, dq, dk, dv) errors.
+fn check_surprise<T: GpuElement>(ctx: &GpuContext, dims: AttentionDims, window: Window, slots: usize, x: &Inputs, scores: &[f32], tol: f64, label: &str) -> [f64; 4] {
+    let up = |h: &[f32]| GpuBuffer::from_host(ctx, &h.iter().map(|&v| T::from_f32(v)).collect::<Vec<T>>()).unwrap();
+    let (q, k, v, d_o) = (up(&x.q), up(&x.k), up(&x.v), up(&x.d_o));
+    let cache = surprise_select(ctx, dims, window, slots, &upload(ctx, scores)).unwrap();
+    let (mut o, mut lse) = (poison::<T>(ctx, x.q.len()), poisoned(ctx, dims.batch * dims.shape.hq * dims.tokens));
+    surprise_attention_forward(ctx, dims, window, &cache, &q, &k, &v, &mut o, &mut lse).unwrap();
+    let (mut dq, mut dk, mut dv) = (poison::<T>(ctx, x.q.len()), poison::<T>(ctx, x.k.len()), poison::<T>(ctx, x.k.len()));
+    surprise_attention_backward(ctx, dims, window, &cache, &q, &k, &v, &o, &lse, &d_o, &mut dq, &mut dk, &mut dv).unwrap();
+
+    let (t, shape) = (dims.tokens, dims.shape);
+    let (qn, kn, sn) = (t * shape.hq * shape.d, t * shape.hkv * shape.d, t * shape.hkv);
+    let (kept_gpu, until_gpu) = (cache.kept.to_host().unwrap(), cache.until.to_host().unwrap());
+    let mut refs: [Vec<f64>; 4] = Default::default();
+    for b in 0..dims.batch {
+        let (qb, kb, vb, dob, sb) = (&x.q[b * qn..][..qn], &x.k[b * kn..][..kn], &x.v[b * kn..][..kn], &x.d_o[b * qn..][..qn], &scores[b * sn..][..sn]);
+        let kept = surprise_kept(shape.hkv, window, slots, sb);
+        assert_eq!(&kept_gpu[b * sn * slots..][..sn * slots], &kept[..], "{label}: cache contents of sequence {b}");
+        assert_eq!(&until_gpu[b * sn..][..sn], &runs_from_kept(t, shape.hkv, window, slots, &kept)[..], "{label}: runs of sequence {b}");
+        let o = SurpriseMemory::new(shape, window, slots).unwrap().attend(qb, kb, vb, sb).unwrap();
+        let g = cpu_surprise_backward(shape, window, slots, qb, kb, vb, &kept, dob).unwrap();
+        for (dst, src) in refs.iter_mut().zip([&o, &g.dq, &g.dk, &g.dv]) {
+            dst.extend(src.iter().map(|&x| x as f64));
+        }
+    }
+    [
+        check_host(&format!("{label} o"), &host(&o), &refs[0], tol),
+        check_host(&format!("{label} dq"), &host(&dq), &refs[1], tol),
+        check_host(&format!("{label} dk"), &host(&dk), &refs[2], tol),
+        check_host(&format!("{label} dv"), &host(&dv), &refs[3], tol),
+    ]
+}
+
+#[test]
+fn surprise_cache_choice_forward_and_backward_match_the_cpu_twins() {
+    let ctx = gpu();
+    let mut rng = rng("surprise attention");
+    let w = |keys, sinks| Window { keys, sinks };
+    for (d, tokens, window, slots) in [(64, 300, w(16, 2), 5), (64, 300, w(65, 4), 64), (128, 200, w(16, 0), 40), (96, 150, w(8, 1), 1)] {
+        let dims = AttentionDims { batch: 2, tokens, shape: HeadShape::new(4, 2, d).unwrap() };
+        let raw = inputs(&mut rng, dims);
+        // Distinct positive scores: the choice has no ties.
+        let scores: Vec<f32> = random(&mut rng, 2 * tokens * 2, 1.0).iter().map(|s| s + 2.0).collect();
+        let label = format!("d={d} T={tokens} {window:?} slots={slots}");
+        let f32_errs = check_surprise::<f32>(&ctx, dims, window, slots, &raw, &scores, FP32_TOL, &format!("f32 {label}"));
+        let x = Inputs { q: round_bf16(&raw.q), k: round_bf16(&raw.k), v: round_bf16(&raw.v), d_o: round_bf16(&raw.d_o) };
+        let bf16_errs = check_surprise::<bf16>(&ctx, dims, window, slots, &x, &scores, BF16_TOL, &format!("bf16 {label}"));
+        println!("{{\"test\":\"surprise_attention\",\"case\":\"{label}\",\"f32\":{f32_errs:?},\"bf16\":{bf16_errs:?}}}");
+    }
 }
 
 /// Prefills `prefill` tokens (`cache_prefill`), then decodes `steps` tokens for two sequences

@@ -18,7 +18,7 @@ use liger_core::train::trainer::{Trainable, TrainConfig, Trainer};
 use liger_core::ErrorCode;
 use liger_cuda::{GemmInput, GpuBuffer, GpuContext, GpuLigerModel, GpuWeights};
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
 /// A converted tiny model with adapters on q, k, v and o, their B matrices random (fresh ones
 /// are zero, which would hide the A gradients).
@@ -294,33 +294,39 @@ fn the_linearize_job_trains_on_the_gpu_like_on_the_cpu() {
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 
-/// Scoring with a surprise cache: the GPU's logits against the CPU engine's (f32), on sequences
-/// long enough for many tokens to leave the 5-key window and compete for the slots. Training and
-/// decoding with the cache are refused with typed errors.
+/// A surprise cache: the GPU's logits against the CPU engine's (f32), on sequences longer than
+/// window + sinks + slots so that the cache fills and evicts; the loss and LoRA gradients
+/// (the cache's choice held fixed on both) against the CPU engine's; decoding refuses it.
 #[test]
-fn scoring_with_a_surprise_cache_matches_the_cpu_engine() {
-    let mut rng = rng("scoring_with_a_surprise_cache_matches_the_cpu_engine");
+fn a_surprise_cache_scores_and_trains_like_the_cpu_engine() {
+    let mut rng = rng("a_surprise_cache_scores_and_trains_like_the_cpu_engine");
     let mut failures = Vec::new();
     for (mixer, sinks, slots, grm_norm) in [(MixerKind::Gla, 2, 3, false), (MixerKind::Retention, 0, 8, true), (MixerKind::Linear, 1, 1, false)] {
-        let mut cpu = model(Architecture::Llama, mixer, vec![], &mut rng);
-        let attention = &mut cpu.options.attention;
-        (attention.sink_keys, attention.surprise_keys, attention.grm_norm) = (sinks, slots, grm_norm);
+        // The same model twice: one to score on the GPU, one to train beside the CPU.
+        let seed: u64 = rng.random();
+        let make = || {
+            let mut m = model(Architecture::Llama, mixer, vec![], &mut StdRng::seed_from_u64(seed));
+            let attention = &mut m.options.attention;
+            (attention.sink_keys, attention.surprise_keys, attention.grm_norm) = (sinks, slots, grm_norm);
+            m
+        };
+        let cpu = make();
         let vocab = cpu.config().vocab_size;
         let seqs: Vec<Vec<u32>> = (0..2).map(|_| random_tokens(70, vocab, rng.random())).collect();
         let want: Vec<Vec<f32>> = seqs.iter().map(|s| cpu.all_logits(s).unwrap()).collect();
-        let gpu = GpuLigerModel::<f32>::new(gpu(), cpu).unwrap();
-        let got = gpu.all_logits_batch(&[&seqs[0], &seqs[1]]).unwrap();
+        let gpu_model = GpuLigerModel::<f32>::new(gpu(), make()).unwrap();
+        let got = gpu_model.all_logits_batch(&[&seqs[0], &seqs[1]]).unwrap();
         let worst = (0..2).map(|b| max_rel_error(&got[b], &want[b].iter().map(|&v| v as f64).collect::<Vec<_>>())).fold(0.0, f64::max);
-        println!("surprise cache {mixer:?} sinks {sinks} slots {slots} norm {grm_norm}: GPU vs CPU logits, max rel error {worst:.2e}");
-        if worst >= 1e-4 {
-            failures.push(format!("{mixer:?}: {worst:.2e}"));
-        }
-        let mut grads = gpu.new_grads();
-        let err = gpu.forward_backward_batch(&[&seqs[0]], &[&seqs[1]], 1.0, &mut grads).unwrap_err();
-        assert!(err.message.contains("surprise_keys 0"), "{}", err.message);
-        let err = gpu.forward_last(&mut gpu.new_state(), &seqs[0][..4]).unwrap_err();
+        let err = gpu_model.forward_last(&mut gpu_model.new_state(), &seqs[0][..4]).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument);
         assert!(err.message.contains("GPU decoding"), "{}", err.message);
+        drop(gpu_model);
+        let data = batch(vocab, 70, &mut rng);
+        let (loss_err, grad_err) = compare_forward_backward::<f32>(gpu(), cpu, &data);
+        println!("surprise cache {mixer:?} sinks {sinks} slots {slots} norm {grm_norm}: logits max rel error {worst:.2e}, loss {loss_err:.2e}, LoRA grads {grad_err:.2e}");
+        if !(worst < 1e-4 && loss_err < 1e-4 && grad_err < 1e-4) {
+            failures.push(format!("{mixer:?}: logits {worst:.2e}, loss {loss_err:.2e}, grads {grad_err:.2e}"));
+        }
     }
     assert!(failures.is_empty(), "{failures:?}");
 }

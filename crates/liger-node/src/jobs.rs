@@ -414,8 +414,10 @@ pub struct JsLinearizeOptions {
     /// Normalise the recurrent branch by the same recurrence over values of one.
     pub grm_norm: bool,
     /// Tokens per key-value head that left the window and stay visible to it, chosen by
-    /// surprise (0 = none); the run trains without them and saves the model with them.
+    /// surprise (0 = none); trained with, unless `surprise_after_training`.
     pub surprise_keys: u32,
+    /// Train with the window alone and add the surprise cache to the saved model.
+    pub surprise_after_training: bool,
     pub alpha: f64,
     pub beta: f64,
     pub use_swa: bool,
@@ -583,6 +585,7 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
     }
     job.select_data = o.select_data.as_ref().map(PathBuf::from);
     job.val_data = o.val_data.as_ref().map(PathBuf::from);
+    job.surprise_after_training = o.surprise_after_training;
     Ok(job)
 }
 

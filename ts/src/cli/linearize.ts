@@ -18,6 +18,7 @@ interface LinearizeCliOptions {
   sinks?: number;
   grmNorm?: boolean;
   surpriseKeys?: number;
+  surpriseAfterTraining?: boolean;
   train?: boolean;
   alpha?: number;
   beta?: number;
@@ -66,9 +67,10 @@ export function registerLinearize(program: Command): void {
     .option("--sinks <n>", "first tokens the sliding-window branch also sees (attention sinks; default 0)", parseNumber("sinks"))
     .option(
       "--surprise-keys <n>",
-      "tokens per head that left the window and stay visible to it, those the recurrent state recalls worst (default 0; trained without, saved with)",
+      "tokens per head that left the window and stay visible to it, those the recurrent state recalls worst (default 0)",
       parseNumber("surprise-keys"),
     )
+    .option("--surprise-after-training", "train with the window alone and add the surprise cache to the saved model (as LoLA)")
     .option("--grm-norm", "normalise the recurrent branch like attention (the paper's is unnormalised)")
     .option("--alpha <a>", "weight of the recurrent branch (default 0.5)", parseNumber("alpha"))
     .option("--beta <b>", "weight of the sliding-window branch (default 0.5)", parseNumber("beta"))
@@ -120,6 +122,7 @@ export function registerLinearize(program: Command): void {
         sinks: options.sinks,
         grmNorm: options.grmNorm,
         surpriseKeys: options.surpriseKeys,
+        surpriseAfterTraining: options.surpriseAfterTraining,
         alpha: options.alpha,
         beta: options.beta,
         useSwa: options.swa,

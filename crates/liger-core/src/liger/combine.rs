@@ -17,7 +17,7 @@
 use super::config::{HeadShape, MixerConfig, MixerKind};
 use super::mixer::{self, MixerState, QkvGrads, DEFAULT_CHUNK_SIZE};
 use super::rope::apply_rope;
-use super::surprise::{surprise_score_step, surprise_scores, SurpriseMemory, MAX_SURPRISE_KEYS};
+use super::surprise::{surprise_attention_backward, surprise_kept, surprise_score_step, surprise_scores, SurpriseMemory, MAX_SURPRISE_KEYS};
 use super::swa::{self, SwaCache, Window, DEFAULT_WINDOW_KEYS};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -40,7 +40,7 @@ pub struct LigerAttentionConfig {
     /// Normalise the recurrent branch (see the module's doc; `false` = the paper's GRM).
     pub grm_norm: bool,
     /// Tokens per key-value head that left the window and stay visible to the SWA branch,
-    /// chosen by surprise (see [`super::surprise`]; 0 = the paper's window). Inference only.
+    /// chosen by surprise (see [`super::surprise`]; 0 = the paper's window).
     pub surprise_keys: usize,
     pub alpha: f32,
     pub beta: f32,
@@ -267,11 +267,6 @@ pub fn liger_attention_backward(
     d_o: &[f32],
 ) -> Result<QkvGrads> {
     cfg.validate(shape, inv_freq)?;
-    if cfg.surprise_keys > 0 {
-        return Err(Error::invalid_argument(
-            "the surprise cache has no gradient and is not trained: train with surprise_keys 0 and set it on the trained model",
-        ));
-    }
     let d_grm: Vec<f32> = d_o.iter().map(|x| x * cfg.alpha).collect();
     let mut grads = if cfg.grm_norm {
         // o = n / (den + eps): the two recurrences' gradients, from the recomputed forward.
@@ -293,7 +288,15 @@ pub fn liger_attention_backward(
         apply_rope(&mut qr, shape.hq, shape.d, inv_freq, 0, false);
         apply_rope(&mut kr, shape.hkv, shape.d, inv_freq, 0, false);
         let d_swa: Vec<f32> = d_o.iter().map(|x| x * cfg.beta).collect();
-        let mut g = swa::swa_backward(shape, cfg.window(), &qr, &kr, v, &d_swa)?;
+        let mut g = if cfg.surprise_keys > 0 {
+            // The cache's choice is held fixed: the attention over what it kept is differentiated.
+            let fresh = MixerState::zeros(&cfg.mixer, shape);
+            let (scores, _) = surprise_scores(&cfg.mixer, shape, k, v, &fresh, &fresh)?;
+            let kept = surprise_kept(shape.hkv, cfg.window(), cfg.surprise_keys, &scores);
+            surprise_attention_backward(shape, cfg.window(), cfg.surprise_keys, &qr, &kr, v, &kept, &d_swa)?
+        } else {
+            swa::swa_backward(shape, cfg.window(), &qr, &kr, v, &d_swa)?
+        };
         apply_rope(&mut g.dq, shape.hq, shape.d, inv_freq, 0, true);
         apply_rope(&mut g.dk, shape.hkv, shape.d, inv_freq, 0, true);
         grads.dq.iter_mut().zip(&g.dq).for_each(|(a, b)| *a += b);

@@ -11,16 +11,17 @@
 //! score (the first such slot) if its own score is higher. Sinks never enter the cache.
 //!
 //! The same rule runs token by token in every form (a forward over many tokens, a prefill after
-//! earlier ones, single decoding steps), so prefill + steps equals one forward. The choice has no
-//! gradient: the cache is an inference memory (LoLA adds it to a trained model the same way);
-//! training runs with the window and sinks alone. Memory: C more keys and values per key-value
-//! head and layer, constant in the sequence length.
+//! earlier ones, single decoding steps), so prefill + steps equals one forward. The choice itself
+//! has no gradient; training holds it fixed ([`surprise_kept`]) and differentiates the attention
+//! over what it kept ([`surprise_attention_backward`]), so the adapters learn to read the cache.
+//! Memory: C more keys and values per key-value head and layer, constant in the sequence length.
 
 use super::config::{HeadShape, MixerConfig};
 use super::feature::softmax;
-use super::mixer::{self, MixerState, DEFAULT_CHUNK_SIZE};
+use super::mixer::{self, gather_heads, scatter_heads, MixerState, QkvGrads, DEFAULT_CHUNK_SIZE};
 use super::swa::Window;
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 use std::collections::VecDeque;
 
 /// Most surprise-cache slots per key-value head.
@@ -230,4 +231,100 @@ impl SurpriseMemory {
         }
         Ok(o)
     }
+}
+
+/// The cache's contents while each of T tokens (from the first) attends, by running the rule on
+/// their surprise `[T, hkv]`: `[T, hkv, slots]` token indices, -1 for an empty slot (GPU twin:
+/// `surprise_select`). A token stays in its slot until it is replaced.
+pub fn surprise_kept(hkv: usize, window: Window, slots: usize, scores: &[f32]) -> Vec<i32> {
+    let t = scores.len() / hkv.max(1);
+    let mut kept = vec![-1i32; t * hkv * slots];
+    for kvh in 0..hkv {
+        let mut cache: Vec<usize> = Vec::with_capacity(slots);
+        for i in 0..t {
+            if let Some(j) = i.checked_sub(window.keys).filter(|&j| j >= window.sinks) {
+                let score = |token: usize| scores[token * hkv + kvh];
+                if cache.len() < slots {
+                    cache.push(j);
+                } else {
+                    let lowest = (0..slots).fold(0, |m, s| if score(cache[s]) < score(cache[m]) { s } else { m });
+                    if score(j) > score(cache[lowest]) {
+                        cache[lowest] = j;
+                    }
+                }
+            }
+            let out = &mut kept[(i * hkv + kvh) * slots..(i * hkv + kvh + 1) * slots];
+            out.iter_mut().zip(&cache).for_each(|(o, &j)| *o = j as i32);
+        }
+    }
+    kept
+}
+
+/// The keys query `i` sees, in attention order: the sinks, its cache (`cached`, one query's
+/// `[slots]` of [`surprise_kept`] for its head), then the recent part of the window.
+fn seen_keys(window: Window, i: usize, cached: &[i32]) -> Vec<usize> {
+    let sinks = window.sinks.min(i + 1);
+    let recent = window.first_recent(i).max(window.sinks);
+    (0..sinks).chain(cached.iter().filter(|&&j| j >= 0).map(|&j| j as usize)).chain(recent..=i).collect()
+}
+
+/// Gradients of `sum(d_o * o)` for the attention of T tokens from the first (rotated q
+/// `[T, hq, D]`, rotated k and v `[T, hkv, D]`) over the sinks, the cache `kept` (from
+/// [`surprise_kept`], held fixed) and the window, w.r.t. the rotated q, k and v (GPU twin:
+/// `surprise_attention_backward`).
+#[allow(clippy::too_many_arguments)]
+pub fn surprise_attention_backward(shape: HeadShape, window: Window, slots: usize, q: &[f32], k: &[f32], v: &[f32], kept: &[i32], d_o: &[f32]) -> Result<QkvGrads> {
+    let t = shape.tokens(q.len(), k.len(), v.len())?;
+    if d_o.len() != q.len() || kept.len() != t * shape.hkv * slots {
+        return Err(Error::shape(format!(
+            "d_o must be [{t}, {}, {}] and the cache [{t}, {}, {slots}]; got {} and {} values",
+            shape.hq,
+            shape.d,
+            shape.hkv,
+            d_o.len(),
+            kept.len()
+        )));
+    }
+    let (d, group) = (shape.d, shape.group());
+    let scale = 1.0 / (d as f32).sqrt();
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let per_head: Vec<[Vec<f32>; 3]> = (0..shape.hkv)
+        .into_par_iter()
+        .map(|kvh| {
+            let (keys, vals) = (gather_heads(k, t, shape.hkv, d, kvh, 1), gather_heads(v, t, shape.hkv, d, kvh, 1));
+            let qh = gather_heads(q, t, shape.hq, d, kvh * group, group);
+            let doh = gather_heads(d_o, t, shape.hq, d, kvh * group, group);
+            let (mut dq, mut dk, mut dv) = (vec![0.0f32; group * t * d], vec![0.0f32; t * d], vec![0.0f32; t * d]);
+            let row = |m: &[f32], j: usize| m[j * d..(j + 1) * d].to_vec();
+            for i in 0..t {
+                let seen = seen_keys(window, i, &kept[(i * shape.hkv + kvh) * slots..(i * shape.hkv + kvh + 1) * slots]);
+                for h in 0..group {
+                    let r = h * t + i;
+                    let (qi, doi) = (row(&qh, r), row(&doh, r));
+                    let logits: Vec<f32> = seen.iter().map(|&j| scale * dot(&qi, &keys[j * d..(j + 1) * d])).collect();
+                    let mut probs = vec![0.0; seen.len()];
+                    softmax(&logits, &mut probs);
+                    // dP = dO V^T; dS = P * (dP - sum(P * dP)).
+                    let dp: Vec<f32> = seen.iter().map(|&j| dot(&doi, &vals[j * d..(j + 1) * d])).collect();
+                    let delta: f32 = probs.iter().zip(&dp).map(|(p, g)| p * g).sum();
+                    for ((&j, &p), &g) in seen.iter().zip(&probs).zip(&dp) {
+                        let ds = p * (g - delta) * scale;
+                        for x in 0..d {
+                            dq[r * d + x] += ds * keys[j * d + x];
+                            dk[j * d + x] += ds * qi[x];
+                            dv[j * d + x] += p * doi[x];
+                        }
+                    }
+                }
+            }
+            [dq, dk, dv]
+        })
+        .collect();
+    let mut grads = QkvGrads { dq: vec![0.0; q.len()], dk: vec![0.0; k.len()], dv: vec![0.0; v.len()] };
+    for (kvh, [dq, dk, dv]) in per_head.iter().enumerate() {
+        scatter_heads(dq, t, shape.hq, d, kvh * group, &mut grads.dq);
+        scatter_heads(dk, t, shape.hkv, d, kvh, &mut grads.dk);
+        scatter_heads(dv, t, shape.hkv, d, kvh, &mut grads.dv);
+    }
+    Ok(grads)
 }

@@ -57,6 +57,10 @@ pub struct LinearizeJob {
     /// Text the layers are measured on (`.txt`/`.raw`/`.json`/`.jsonl`, packed like the
     /// training data); `None`: the validation sequences, else the first training sequences.
     pub select_data: Option<PathBuf>,
+    /// With a surprise cache (`options.attention.surprise_keys`): train with the window alone and
+    /// add the cache to the saved model, as LoLA adds it to a trained model (the default trains
+    /// with the cache, so the adapters learn to read what it keeps).
+    pub surprise_after_training: bool,
 }
 
 impl LinearizeJob {
@@ -80,6 +84,7 @@ impl LinearizeJob {
             auto_softmax_layers: None,
             select_data: None,
             val_data: None,
+            surprise_after_training: false,
         }
     }
 }
@@ -361,15 +366,18 @@ pub fn run_linearize_on<M: EngineModel>(
     on_event: &mut dyn FnMut(JobEvent),
     to_engine: &mut dyn FnMut(LigerModel) -> Result<M>,
 ) -> Result<LinearizeReport> {
-    // The surprise cache has no gradient: the run converts, trains and validates without it,
-    // and every checkpoint it writes runs with it.
+    // A cache added after training: the run converts, trains and validates without it, and
+    // every checkpoint it writes runs with it.
     let surprise_keys = job.options.attention.surprise_keys;
-    let mut without_cache = job.clone();
-    if surprise_keys > 0 {
-        without_cache.options.attention.surprise_keys = 0;
-        without_cache.save.surprise_keys = Some(surprise_keys);
+    if job.surprise_after_training && surprise_keys == 0 {
+        return Err(Error::invalid_argument("surprise_after_training adds a surprise cache after training: set surprise_keys too"));
     }
-    let job = &without_cache;
+    let mut as_run = job.clone();
+    if surprise_keys > 0 && job.surprise_after_training {
+        as_run.options.attention.surprise_keys = 0;
+        as_run.save.surprise_keys = Some(surprise_keys);
+    }
+    let job = &as_run;
     job.train.validate()?;
     if !(0.0..1.0).contains(&job.val_fraction) {
         return Err(Error::invalid_argument(format!(
@@ -452,7 +460,7 @@ pub fn run_linearize_on<M: EngineModel>(
     let (host_model, resume_state) = if let Some(section) = saved_section {
         on_event(JobEvent::Stage(format!("resuming from {}", job.out_dir.display())));
         let (mut model, on_base) = load_liger_checkpoint_on(&job.out_dir, base)?;
-        model.options.attention.surprise_keys = 0;
+        model.options.attention.surprise_keys = job.options.attention.surprise_keys;
         on_event(JobEvent::Stage(if on_base {
             "resuming on the base model's own weights (the checkpoint's are the same values)".into()
         } else {

@@ -453,3 +453,29 @@ fn resuming_on_a_non_f32_base_is_bit_exact() {
     println!("straight {:?}\nresumed  {:?}", straight.losses, resumed.losses);
     assert_eq!(bits(&resumed.losses), bits(&straight.losses));
 }
+
+#[test]
+fn a_surprise_cache_is_trained_with_or_added_after_training() {
+    let tmp = TempDir::new("surprise");
+    let mut job = tiny_job(&tmp.0, 6);
+    (job.options.attention.window_keys, job.options.attention.sink_keys, job.options.attention.surprise_keys) = (8, 1, 4);
+    job.sample_prompt = None;
+    let with_cache = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!(load_liger_checkpoint(&job.out_dir).unwrap().options.attention.surprise_keys, 4);
+    // Resuming the finished run accepts its own settings.
+    let resumed = run_linearize(&LinearizeJob { resume: true, ..job.clone() }, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!(resumed.steps_done, 0);
+
+    let after = LinearizeJob { surprise_after_training: true, out_dir: tmp.0.join("after"), ..job.clone() };
+    let added = run_linearize(&after, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!(load_liger_checkpoint(&after.out_dir).unwrap().options.attention.surprise_keys, 4);
+    // Both save the same decoding state; only the first trained through the cache.
+    assert_eq!(with_cache.state_bytes, added.state_bytes);
+    let (a, b) = (&with_cache.losses, &added.losses);
+    println!("train losses with the cache {a:?}, cache added after training {b:?}");
+    assert!(a.iter().all(|x| x.is_finite()) && a != b);
+
+    let no_keys = LinearizeJob { surprise_after_training: true, out_dir: tmp.0.join("none"), ..tiny_job(&tmp.0, 2) };
+    let err = run_linearize(&no_keys, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    assert!(err.code == ErrorCode::InvalidArgument && err.message.contains("surprise_keys"), "{}", err.message);
+}

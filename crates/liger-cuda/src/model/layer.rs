@@ -14,7 +14,7 @@ use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
 use crate::gemm::{gemm, GemmDims, GemmInput};
-use crate::ops::attention::{attention_forward, keys_as_queries, surprise_attention_forward, surprise_scores, surprise_select, AttentionDims};
+use crate::ops::attention::{attention_forward, keys_as_queries, surprise_attention_forward, surprise_scores, surprise_select, AttentionDims, SurpriseCache};
 use crate::ops::mixer::{mixer_chunk_forward_in_segments, MixerDims, TimeSegments};
 use crate::ops::rms_norm::{rms_norm_forward, rms_norm_forward_pair};
 use crate::ops::swiglu::swiglu_forward_to;
@@ -72,13 +72,14 @@ pub(super) struct Qkv {
 }
 
 /// What the backward of the softmax branch reads, in the storage type `T`: its roped q and
-/// k, v, its output, and the log-sum-exp (f32).
+/// k, v, its output, the log-sum-exp (f32), and the surprise cache's choice when it has one.
 pub(super) struct SoftmaxTape<T> {
     pub q_roped: GpuBuffer<T>,
     pub k_roped: GpuBuffer<T>,
     pub v: GpuBuffer<T>,
     pub o: GpuBuffer<T>,
     pub lse: GpuBuffer<f32>,
+    pub surprise: Option<SurpriseCache>,
 }
 
 /// The attention's output (f32), its copy in `T` when made on the way, and the softmax
@@ -200,10 +201,12 @@ impl<T: GemmInput> GpuLigerModel<T> {
             let mut o_att = GpuBuffer::<T>::zeros(ctx, q.len())?;
             let mut lse = GpuBuffer::<f32>::zeros(ctx, rows.batch * shape.hq * rows.tokens)?;
             let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
+            let mut surprise = None;
             match window {
                 Some(window) if att.surprise_keys > 0 => {
-                    let kept = self.surprise_cache(qkv, rows, window)?;
-                    surprise_attention_forward(ctx, dims, window, att.surprise_keys, &q_roped, &k_roped, &v_t, &kept, &mut o_att)?;
+                    let cache = self.surprise_cache(qkv, rows, window)?;
+                    surprise_attention_forward(ctx, dims, window, &cache, &q_roped, &k_roped, &v_t, &mut o_att, &mut lse)?;
+                    surprise = Some(cache);
                 }
                 _ => attention_forward(ctx, dims, window, &q_roped, &k_roped, &v_t, &mut o_att, &mut lse)?,
             }
@@ -215,7 +218,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 }
                 None => widen(ctx, &o_att, &mut o, weight, false)?,
             }
-            softmax = Some(SoftmaxTape { q_roped, k_roped, v: v_t, o: o_att, lse });
+            softmax = Some(SoftmaxTape { q_roped, k_roped, v: v_t, o: o_att, lse, surprise });
         }
         Ok((o, o_t, softmax))
     }
@@ -242,7 +245,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// The surprise cache's contents before each query (see `ops::attention::surprise_select`):
     /// every token scored by the recurrent branch read out with its own key.
-    fn surprise_cache(&self, qkv: &Qkv, rows: Rows, window: Window) -> Result<GpuBuffer<i32>> {
+    fn surprise_cache(&self, qkv: &Qkv, rows: Rows, window: Window) -> Result<SurpriseCache> {
         let ctx = &self.ctx;
         let att = &self.host.options.attention;
         let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape: self.shape };

@@ -10,7 +10,7 @@ use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
 use crate::gemm::{GemmDims, GemmInput};
-use crate::ops::attention::{attention_backward, AttentionDims};
+use crate::ops::attention::{attention_backward, surprise_attention_backward, AttentionDims};
 use crate::ops::cross_entropy::{cross_entropy, rows_per_chunk};
 use crate::ops::embedding::embedding_gather;
 use crate::ops::mixer::{mixer_chunk_backward_in_segments, MixerDims};
@@ -132,11 +132,6 @@ impl<T: GemmInput> GpuLigerModel<T> {
     pub fn forward_backward_batch(&self, inputs: &[&[u32]], labels: &[&[u32]], grad_scale: f32, grads: &mut LoraGrads) -> Result<LossOutput> {
         let rows = self.check_batch(inputs, labels)?;
         self.check_grads(grads)?;
-        if self.host.options.attention.surprise_keys > 0 {
-            return Err(Error::invalid_argument(
-                "the surprise cache has no gradient and is not trained: train with surprise_keys 0 and set it on the trained model",
-            ));
-        }
         self.sync_lora()?;
         let ctx = &self.ctx;
         let c = self.config();
@@ -192,8 +187,10 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let c = self.config();
         let (qs, kvs, hs, f) = (c.q_size(), c.kv_size(), c.hidden_size, c.intermediate_size);
         // f32: h, x_mid, q, k, v, o, gate, up, LoRA products; in T: the softmax branch's
-        // roped q and k, v and its output.
-        let per_row = (2 * hs + 3 * qs + 3 * kvs + 2 * f + 64) * 4 + (2 * qs + 2 * kvs) * std::mem::size_of::<T>();
+        // roped q and k, v and its output; i32: the surprise cache's choice.
+        let surprise = self.host.options.attention.surprise_keys;
+        let cache = if surprise > 0 { kvs / c.head_dim * (surprise + 1) * 4 } else { 0 };
+        let per_row = (2 * hs + 3 * qs + 3 * kvs + 2 * f + 64) * 4 + (2 * qs + 2 * kvs) * std::mem::size_of::<T>() + cache;
         let per_layer = (rows.n() * per_row).max(1) as u64;
         let fit = match super::memory::available_memory(&self.ctx) {
             Ok(free) => (free / 2 / per_layer).min(c.num_layers as u64) as usize,
@@ -325,7 +322,12 @@ impl<T: GemmInput> GpuLigerModel<T> {
             };
             let (mut gq, mut gk, mut gv) = (GpuBuffer::<T>::zeros(ctx, q_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?);
             let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
-            attention_backward(ctx, dims, window, &s.q_roped, &s.k_roped, &s.v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv)?;
+            match (&s.surprise, window) {
+                (Some(cache), Some(window)) => {
+                    surprise_attention_backward(ctx, dims, window, cache, &s.q_roped, &s.k_roped, &s.v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv)?
+                }
+                _ => attention_backward(ctx, dims, window, &s.q_roped, &s.k_roped, &s.v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv)?,
+            }
             let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start, tokens: rows.tokens, heads, head_dim: shape.d };
             rope_backward_add(ctx, &rope(shape.hq), &gq, &mut dq, 1.0)?;
             rope_backward_add(ctx, &rope(shape.hkv), &gk, &mut dk, 1.0)?;

@@ -157,6 +157,19 @@ pub fn attention_forward<T: GpuElement>(
     ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hq)) }, name)
 }
 
+/// The softmax backward's row term `delta[b, h, i] = sum over d of d_o * o`, `[B, hq, T]`
+/// (sizes checked by the caller).
+fn attention_delta<T: GpuElement>(ctx: &GpuContext, p: KernelDims, dims: AttentionDims, o: &GpuBuffer<T>, d_o: &GpuBuffer<T>) -> Result<GpuBuffer<f32>> {
+    let mut delta = GpuBuffer::<f32>::zeros(ctx, dims.lse_len())?;
+    let name = super::variant::<T>("attention_delta_f32", "attention_delta_bf16");
+    let f = ctx.function(&ATTENTION, name)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(&p).arg(o.slice()).arg(d_o.slice()).arg(delta.slice_mut());
+    // SAFETY: sizes checked by the caller; one warp per query row.
+    ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hq)) }, name)?;
+    Ok(delta)
+}
+
 /// Gradients of `sum(d_o * o)` w.r.t. q, k and v, given the forward's `o` and `lse`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<T: GpuElement>(
@@ -185,14 +198,7 @@ pub fn attention_backward<T: GpuElement>(
         return Ok(());
     }
     let q_rows = dims.batch * dims.tokens * dims.shape.hq;
-    let mut delta = GpuBuffer::<f32>::zeros(ctx, dims.lse_len())?;
-
-    let name = super::variant::<T>("attention_delta_f32", "attention_delta_bf16");
-    let f = ctx.function(&ATTENTION, name)?;
-    let mut launch = ctx.stream().launch_builder(&f);
-    launch.arg(&p).arg(o.slice()).arg(d_o.slice()).arg(delta.slice_mut());
-    // SAFETY: sizes checked above; one warp per query row.
-    ctx.check_launch(unsafe { launch.launch(warp_rows(q_rows)) }, name)?;
+    let delta = attention_delta(ctx, p, dims, o, d_o)?;
 
     if tensor_core_forward::<T>(dims.shape.d).is_some() {
         // bf16 with a head size of 64 or 128: dQ per 64 queries, dK and dV per 64 keys.
@@ -434,16 +440,31 @@ pub fn surprise_scores(ctx: &GpuContext, shape: HeadShape, n: &GpuBuffer<f32>, d
     Ok(scores)
 }
 
-/// The surprise cache's contents before each query, `[B, T, hkv, slots]` token indices (-1 for
-/// an empty slot), from the scores `[B*T, hkv]` (CPU twin: `SurpriseMemory`'s rule).
-pub fn surprise_select(ctx: &GpuContext, dims: AttentionDims, window: Window, slots: usize, scores: &GpuBuffer<f32>) -> Result<GpuBuffer<i32>> {
+/// The surprise cache's choice over whole sequences (from [`surprise_select`]): what attention
+/// sees beyond the window, held fixed by the backward.
+pub struct SurpriseCache {
+    pub slots: usize,
+    /// `[B, T, hkv, slots]`: the token in each slot while query t attends (-1: empty).
+    pub kept: GpuBuffer<i32>,
+    /// `[B, T, hkv]`: the first query that no longer sees the token; the queries that see it
+    /// are the run from the token to there (its window, then its time in the cache).
+    pub until: GpuBuffer<i32>,
+}
+
+/// The surprise cache's contents before each query, from the scores `[B*T, hkv]` (CPU twin:
+/// `liger_core::liger::surprise::surprise_kept`).
+pub fn surprise_select(ctx: &GpuContext, dims: AttentionDims, window: Window, slots: usize, scores: &GpuBuffer<f32>) -> Result<SurpriseCache> {
     let p = dims.kernel_dims(Some(window))?;
     expect_len("surprise scores", scores.len(), dims.batch * dims.tokens * dims.shape.hkv)?;
-    let slots_arg = as_int("surprise slots", slots.max(1))?;
+    if slots == 0 {
+        return Err(Error::invalid_argument("a surprise cache needs at least one slot"));
+    }
+    let slots_arg = as_int("surprise slots", slots)?;
     as_int("tokens x key-value heads x surprise slots", dims.batch * dims.tokens * dims.shape.hkv * slots)?;
     let mut kept = GpuBuffer::<i32>::zeros(ctx, dims.batch * dims.tokens * dims.shape.hkv * slots)?;
+    let mut until = GpuBuffer::<i32>::zeros(ctx, dims.batch * dims.tokens * dims.shape.hkv)?;
     if kept.is_empty() {
-        return Ok(kept);
+        return Ok(SurpriseCache { slots, kept, until });
     }
     let scratch = dims.batch * dims.shape.hkv * slots;
     let (mut slot_token, mut slot_score) = (GpuBuffer::<i32>::zeros(ctx, scratch)?, GpuBuffer::<f32>::zeros(ctx, scratch)?);
@@ -460,40 +481,113 @@ pub fn surprise_select(ctx: &GpuContext, dims: AttentionDims, window: Window, sl
         .arg(&slots_arg)
         .arg(slot_token.slice_mut())
         .arg(slot_score.slice_mut())
-        .arg(kept.slice_mut());
+        .arg(kept.slice_mut())
+        .arg(until.slice_mut());
     // SAFETY: sizes checked above; one warp per (sequence, key-value head).
     ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.shape.hkv)) }, name)?;
-    Ok(kept)
+    Ok(SurpriseCache { slots, kept, until })
 }
 
-/// Attention of each query over the sinks, its surprise cache (`kept`, from [`surprise_select`])
-/// and its window. q `[B,T,hq,d]` and k/v `[B,T,hkv,d]` roped as for [`attention_forward`].
+/// Checks a surprise cache against the sizes of one attention call.
+fn check_cache(dims: AttentionDims, cache: &SurpriseCache) -> Result<i32> {
+    expect_len("surprise cache", cache.kept.len(), dims.batch * dims.tokens * dims.shape.hkv * cache.slots)?;
+    expect_len("surprise cache runs", cache.until.len(), dims.batch * dims.tokens * dims.shape.hkv)?;
+    as_int("surprise slots", cache.slots)
+}
+
+/// Attention of each query over the sinks, its surprise cache and its window, in that order.
+/// q `[B,T,hq,d]` and k/v `[B,T,hkv,d]` roped as for [`attention_forward`]; `lse` as there.
 #[allow(clippy::too_many_arguments)]
 pub fn surprise_attention_forward<T: GpuElement>(
     ctx: &GpuContext,
     dims: AttentionDims,
     window: Window,
-    slots: usize,
+    cache: &SurpriseCache,
     q: &GpuBuffer<T>,
     k: &GpuBuffer<T>,
     v: &GpuBuffer<T>,
-    kept: &GpuBuffer<i32>,
     o: &mut GpuBuffer<T>,
+    lse: &mut GpuBuffer<f32>,
 ) -> Result<()> {
     let p = dims.kernel_dims(Some(window))?;
     expect_len("attention q", q.len(), dims.q_len())?;
     expect_len("attention k", k.len(), dims.kv_len())?;
     expect_len("attention v", v.len(), dims.kv_len())?;
     expect_len("attention output", o.len(), dims.q_len())?;
-    expect_len("surprise cache", kept.len(), dims.batch * dims.tokens * dims.shape.hkv * slots)?;
+    expect_len("attention lse", lse.len(), dims.lse_len())?;
+    let slots = check_cache(dims, cache)?;
     if dims.q_len() == 0 {
         return Ok(());
     }
-    let slots_arg = as_int("surprise slots", slots)?;
     let name = super::variant::<T>("surprise_attention_f32", "surprise_attention_bf16");
     let f = ctx.function(&ATTENTION, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch.arg(&p).arg(&slots_arg).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(kept.slice()).arg(o.slice_mut());
+    launch.arg(&p).arg(&slots).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(cache.kept.slice()).arg(o.slice_mut()).arg(lse.slice_mut());
     // SAFETY: sizes checked above; one warp per (sequence, query, head) row.
     ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hq)) }, name)
+}
+
+/// Gradients of `sum(d_o * o)` for [`surprise_attention_forward`] w.r.t. q, k and v, the cache's
+/// choice held fixed (CPU twin: `liger_core::liger::surprise::surprise_attention_backward`).
+#[allow(clippy::too_many_arguments)]
+pub fn surprise_attention_backward<T: GpuElement>(
+    ctx: &GpuContext,
+    dims: AttentionDims,
+    window: Window,
+    cache: &SurpriseCache,
+    q: &GpuBuffer<T>,
+    k: &GpuBuffer<T>,
+    v: &GpuBuffer<T>,
+    o: &GpuBuffer<T>,
+    lse: &GpuBuffer<f32>,
+    d_o: &GpuBuffer<T>,
+    dq: &mut GpuBuffer<T>,
+    dk: &mut GpuBuffer<T>,
+    dv: &mut GpuBuffer<T>,
+) -> Result<()> {
+    let p = dims.kernel_dims(Some(window))?;
+    for (what, len) in [("attention q", q.len()), ("attention o", o.len()), ("attention d_o", d_o.len()), ("attention dq", dq.len())] {
+        expect_len(what, len, dims.q_len())?;
+    }
+    for (what, len) in [("attention k", k.len()), ("attention v", v.len()), ("attention dk", dk.len()), ("attention dv", dv.len())] {
+        expect_len(what, len, dims.kv_len())?;
+    }
+    expect_len("attention lse", lse.len(), dims.lse_len())?;
+    let slots = check_cache(dims, cache)?;
+    if dims.q_len() == 0 {
+        return Ok(());
+    }
+    let delta = attention_delta(ctx, p, dims, o, d_o)?;
+    let name = super::variant::<T>("surprise_dq_f32", "surprise_dq_bf16");
+    let f = ctx.function(&ATTENTION, name)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch
+        .arg(&p)
+        .arg(&slots)
+        .arg(q.slice())
+        .arg(k.slice())
+        .arg(v.slice())
+        .arg(cache.kept.slice())
+        .arg(lse.slice())
+        .arg(delta.slice())
+        .arg(d_o.slice())
+        .arg(dq.slice_mut());
+    // SAFETY: sizes checked above; one warp per query row.
+    ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hq)) }, name)?;
+    let name = super::variant::<T>("surprise_dkv_f32", "surprise_dkv_bf16");
+    let f = ctx.function(&ATTENTION, name)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch
+        .arg(&p)
+        .arg(q.slice())
+        .arg(k.slice())
+        .arg(v.slice())
+        .arg(cache.until.slice())
+        .arg(lse.slice())
+        .arg(delta.slice())
+        .arg(d_o.slice())
+        .arg(dk.slice_mut())
+        .arg(dv.slice_mut());
+    // SAFETY: as above; one warp per (sequence, key, kv head) row.
+    ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hkv)) }, name)
 }

@@ -5,6 +5,7 @@ use super::combine::{inv_freq, rope_f64};
 use super::{rel_err, rng, to_f64, uniform};
 use crate::error::ErrorCode;
 use crate::liger::combine::GRM_NORM_EPS;
+use crate::liger::surprise::surprise_attention_backward;
 use crate::liger::{liger_attention_backward, liger_attention_forward, naive, HeadShape, LigerAttentionConfig, LigerLayerState, MixerConfig, MixerKind, FULL_ATTENTION};
 
 /// Liger attention with a surprise cache in f64: scores from the f64 mixer read out with the
@@ -159,10 +160,38 @@ fn surprise_cache_bad_settings_give_typed_errors() {
     let huge = LigerAttentionConfig { surprise_keys: 1 << 20, ..cfg };
     assert_eq!(huge.validate(shape, &freqs).unwrap_err().code, ErrorCode::InvalidArgument);
     let (q, kv) = (vec![0.1; 32], vec![0.2; 16]);
-    let err = liger_attention_backward(&cfg, shape, &q, &kv, &kv, &freqs, &q).unwrap_err();
-    assert!(err.message.contains("surprise_keys 0"), "{err}");
+    let err = surprise_attention_backward(shape, cfg.window(), 4, &q, &kv, &kv, &[-1; 7], &q).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
     // A state made for the plain window does not run a layer with a cache.
     let plain = LigerAttentionConfig::default();
     let err = liger_attention_forward(&cfg, shape, &q, &kv, &kv, &freqs, &mut LigerLayerState::new(&plain, shape).unwrap()).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
+}
+
+#[test]
+fn surprise_cache_backward_matches_numeric_gradients() {
+    // The cache's choice is piecewise constant in q, k, v: central differences of the f64
+    // composition see the gradient of the attention over what it kept, as the backward does.
+    let mut rng = rng();
+    let shape = HeadShape::new(3, 1, 8).unwrap();
+    let freqs = inv_freq(8);
+    let t = 40;
+    for (kind, sink_keys, grm_norm, slots) in [(MixerKind::Gla, 0, false, 3), (MixerKind::Gla, 2, true, 4), (MixerKind::Hgrn2, 1, false, 1)] {
+        let cfg = LigerAttentionConfig { mixer: MixerConfig { kind, ..MixerConfig::default() }, window_keys: 6, sink_keys, grm_norm, surprise_keys: slots, ..Default::default() };
+        let q = uniform(&mut rng, t * 24, -2.0, 2.0);
+        let k = uniform(&mut rng, t * 8, -2.0, 2.0);
+        let v = uniform(&mut rng, t * 8, -1.0, 1.0);
+        let d_o = uniform(&mut rng, t * 24, -1.0, 1.0);
+        let (q64, k64, v64, do64) = (to_f64(&q), to_f64(&k), to_f64(&v), to_f64(&d_o));
+        let loss = |q: &[f64], k: &[f64], v: &[f64]| liger_surprise_f64(&cfg, shape, q, k, v, &freqs).iter().zip(&do64).map(|(a, b)| a * b).sum::<f64>();
+        let want = [
+            super::numeric_grad(&q64, 1e-6, |x| loss(x, &k64, &v64)),
+            super::numeric_grad(&k64, 1e-6, |x| loss(&q64, x, &v64)),
+            super::numeric_grad(&v64, 1e-6, |x| loss(&q64, &k64, x)),
+        ];
+        let g = liger_attention_backward(&cfg, shape, &q, &k, &v, &freqs, &d_o).unwrap();
+        let (eq, ek, ev) = (rel_err(&g.dq, &want[0]), rel_err(&g.dk, &want[1]), rel_err(&g.dv, &want[2]));
+        println!("surprise {} sinks {sink_keys} grm_norm {grm_norm} slots {slots} backward rel err: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}", kind.name());
+        assert!(eq < 1e-3 && ek < 1e-3 && ev < 1e-3);
+    }
 }
