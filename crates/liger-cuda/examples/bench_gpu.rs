@@ -5,7 +5,9 @@
 //!     cargo run -p liger-cuda --release --example bench_gpu -- \
 //!         --shapes 135m,1b --train 8x1024,1x1024 --decode-batches 1,16 --contexts 1024,32768
 //!
-//! `--mixer NAME` picks the Liger mixer (default gla).
+//! `--mixer NAME` picks the Liger mixer (default gla); `--surprise-keys N` trains with a
+//! surprise cache of N keys beside the window and 4 sinks (GPU decoding does not keep one yet,
+//! so the decoding measurements are skipped).
 //!
 //! With `--profile`, one more training step runs with the time profile on
 //! (`GpuContext::set_profiling`) and its table goes to stderr: where the step's time goes.
@@ -84,20 +86,23 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-fn model(name: &str, mixer: MixerKind) -> Result<GpuLigerModel<bf16>> {
+fn model(name: &str, mixer: MixerKind, surprise_keys: usize) -> Result<GpuLigerModel<bf16>> {
     let cfg = config(name).ok_or_else(|| liger_core::Error::invalid_argument(format!("unknown shape {name}; known: 135m, 1b, 8b")))?;
     let ctx = GpuContext::new(0)?;
     keep_freed_memory_pooled(&ctx)?;
     let lora = LoraOptions { rank: 8, alpha: 8.0, targets: vec![LoraTarget::Q, LoraTarget::K, LoraTarget::V], seed: 0 };
     let mut options = LigerOptions::default();
     options.attention.mixer = MixerConfig::new(mixer);
+    if surprise_keys > 0 {
+        (options.attention.sink_keys, options.attention.surprise_keys) = (4, surprise_keys);
+    }
     let host = shape_only_host(&cfg, options, lora)?;
     let weights = GpuWeights::<bf16>::random(&ctx, &cfg, 7)?;
     GpuLigerModel::with_weights(ctx, host, weights)
 }
 
-fn train(name: &str, mixer: MixerKind, batch: usize, seq: usize, steps: usize, profile: bool) -> Result<String> {
-    let mut m = model(name, mixer)?;
+fn train(name: &str, mixer: MixerKind, surprise_keys: usize, batch: usize, seq: usize, steps: usize, profile: bool) -> Result<String> {
+    let mut m = model(name, mixer, surprise_keys)?;
     let vocab = m.config().vocab_size;
     let seqs: Vec<Vec<u32>> = (0..2 * batch).map(|i| tokens(seq, vocab, i as u64)).collect();
     let mut grads = m.new_grads();
@@ -194,7 +199,7 @@ fn kernel_share(m: &GpuLigerModel<bf16>, batch: usize, seq: usize) -> Result<(f6
 }
 
 fn decode(name: &str, mixer: MixerKind, batch: usize, context: usize, steps: usize, profile: bool) -> Result<String> {
-    let m = model(name, mixer)?;
+    let m = model(name, mixer, 0)?;
     let vocab = m.config().vocab_size;
     let prompts: Vec<Vec<u32>> = (0..batch).map(|i| tokens(context, vocab, 100 + i as u64)).collect();
     let mut state = m.new_batch_state(batch);
@@ -253,6 +258,10 @@ fn main() {
     let steps: usize = list(&args, "--steps", "5")[0].parse().unwrap_or(5);
     let profile = args.iter().any(|a| a == "--profile");
     let mixer_name = list(&args, "--mixer", "gla")[0].clone();
+    let Ok(surprise_keys) = list(&args, "--surprise-keys", "0")[0].parse::<usize>() else {
+        eprintln!("--surprise-keys takes a number");
+        std::process::exit(2);
+    };
     let Some(mixer) = MixerKind::ALL.into_iter().find(|k| k.name() == mixer_name) else {
         eprintln!("--mixer takes one of gla, hgrn2, gsa, retention, mamba2, rwkv6, linear; got {mixer_name}");
         std::process::exit(2);
@@ -267,9 +276,9 @@ fn main() {
                 eprintln!("--train takes BxT pairs such as 8x1024, got {bt}");
                 std::process::exit(2);
             };
-            report(format!("train_step {shape} {bt}"), train(shape, mixer, b, t, steps, profile));
+            report(format!("train_step {shape} {bt}"), train(shape, mixer, surprise_keys, b, t, steps, profile));
         }
-        for b in &batches {
+        for b in batches.iter().filter(|_| surprise_keys == 0) {
             for ctx_len in &contexts {
                 let (Ok(b), Ok(c)) = (b.parse(), ctx_len.parse()) else {
                     eprintln!("--decode-batches and --contexts take numbers");

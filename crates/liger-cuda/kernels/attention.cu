@@ -153,33 +153,21 @@ __device__ void attention_dq_rows(AttnDims p, const T* q, const T* k, const T* v
     store_row(dq + row * p.d, p.d, acc);
 }
 
-// Backward for dk and dv: one warp per key row (b, j, kv head), over the queries of its group
-// that see it: i in j ..= j + window - 1, or to the end for a sink; with a surprise cache,
-// j ..= until[b, j, kv head] - 1 (the window, then the cache: a token stays in its slot until
-// it is replaced, so the queries that see it are one run).
+// dK and dV of key row (b, j, kv head) (values kr, vr in the lanes' registers) over the queries
+// first..last of its group, added to the lanes' dk_acc, dv_acc; every one of them sees the key.
 template <typename T>
-__device__ void attention_dkv_rows(AttnDims p, const T* q, const T* k, const T* v, const int* until, const float* lse,
-                                   const float* delta, const T* d_o, T* dk, T* dv) {
-    const long long row = warp_row((long long)p.batch * p.tokens * p.hkv);
-    if (row < 0) return;
-    const int kvh = (int)(row % p.hkv), j = (int)((row / p.hkv) % p.tokens), b = (int)(row / ((long long)p.hkv * p.tokens));
-    const int group = p.hq / p.hkv;
+__device__ __forceinline__ void dkv_over_queries(const AttnDims& p, const T* q, const float* lse, const float* delta,
+                                                 const T* d_o, int b, int kvh, int first, int last, const float* kr,
+                                                 const float* vr, float* dk_acc, float* dv_acc) {
+    const int group = p.hq / p.hkv, lane = threadIdx.x & 31;
     const float scale = rsqrtf((float)p.d);
-    float kr[MAX_PER_LANE], vr[MAX_PER_LANE], dk_acc[MAX_PER_LANE], dv_acc[MAX_PER_LANE];
-    load_row(k + row * p.d, p.d, kr);
-    load_row(v + row * p.d, p.d, vr);
-#pragma unroll
-    for (int c = 0; c < MAX_PER_LANE; c++) dk_acc[c] = dv_acc[c] = 0.0f;
     const long long q_stride = (long long)p.hq * p.d;
-    // Every query j..last sees key j; window <= tokens, so no overflow.
-    const int last = until == nullptr ? last_query_of(p, j, 1) : until[row] - 1;
-    const int lane = threadIdx.x & 31;
     for (int g = 0; g < group; g++) {
         const int h = kvh * group + g;
         const T* qb = q + (long long)b * p.tokens * q_stride + (long long)h * p.d;
         const T* dob = d_o + (long long)b * p.tokens * q_stride + (long long)h * p.d;
         const long long stat0 = ((long long)b * p.hq + h) * p.tokens;
-        for (int i = j; i <= last; i++) {
+        for (int i = first; i <= last; i++) {
             const float prob = __expf(dot_row(kr, qb + i * q_stride, p.d) * scale - lse[stat0 + i]);
             const float ds = prob * (dot_row(vr, dob + i * q_stride, p.d) - delta[stat0 + i]) * scale;
 #pragma unroll
@@ -191,8 +179,64 @@ __device__ void attention_dkv_rows(AttnDims p, const T* q, const T* k, const T* 
             }
         }
     }
+}
+
+// Backward for dk and dv: one warp per key row (b, j, kv head), over the queries of its group
+// that see it (i in j ..= j + window - 1, or to the end for a sink).
+template <typename T>
+__device__ void attention_dkv_rows(AttnDims p, const T* q, const T* k, const T* v, const float* lse, const float* delta,
+                                   const T* d_o, T* dk, T* dv) {
+    const long long row = warp_row((long long)p.batch * p.tokens * p.hkv);
+    if (row < 0) return;
+    const int kvh = (int)(row % p.hkv), j = (int)((row / p.hkv) % p.tokens), b = (int)(row / ((long long)p.hkv * p.tokens));
+    float kr[MAX_PER_LANE], vr[MAX_PER_LANE], dk_acc[MAX_PER_LANE], dv_acc[MAX_PER_LANE];
+    load_row(k + row * p.d, p.d, kr);
+    load_row(v + row * p.d, p.d, vr);
+#pragma unroll
+    for (int c = 0; c < MAX_PER_LANE; c++) dk_acc[c] = dv_acc[c] = 0.0f;
+    // Every query j..last sees key j; window <= tokens, so no overflow.
+    dkv_over_queries(p, q, lse, delta, d_o, b, kvh, j, last_query_of(p, j, 1), kr, vr, dk_acc, dv_acc);
     store_row(dk + row * p.d, p.d, dk_acc);
     store_row(dv + row * p.d, p.d, dv_acc);
+}
+
+// The same with a surprise cache: the queries that see token j are j ..= until[b, j, kv head] - 1
+// (the window, then the cache: a token stays in its slot until it is replaced). A sink's or a
+// long-kept token's run spans the sequence, so warps take RUN_CHUNK queries of a run each and
+// add their sums into f32 accumulators dk_acc, dv_acc [B, T, hkv, d] (zeroed by the caller).
+#define RUN_CHUNK 64
+template <typename T>
+__device__ void surprise_dkv_rows(AttnDims p, const T* q, const T* k, const T* v, const int* until, const float* lse,
+                                  const float* delta, const T* d_o, float* dk_sum, float* dv_sum) {
+    const int chunks = (p.tokens + RUN_CHUNK - 1) / RUN_CHUNK;
+    const long long w = warp_row((long long)p.batch * p.tokens * p.hkv * chunks);
+    if (w < 0) return;
+    const long long row = w / chunks;
+    const int kvh = (int)(row % p.hkv), j = (int)((row / p.hkv) % p.tokens), b = (int)(row / ((long long)p.hkv * p.tokens));
+    const int first = j + (int)(w % chunks) * RUN_CHUNK, last = min(until[row], first + RUN_CHUNK) - 1;
+    if (first > last) return;
+    float kr[MAX_PER_LANE], vr[MAX_PER_LANE], dk_acc[MAX_PER_LANE], dv_acc[MAX_PER_LANE];
+    load_row(k + row * p.d, p.d, kr);
+    load_row(v + row * p.d, p.d, vr);
+#pragma unroll
+    for (int c = 0; c < MAX_PER_LANE; c++) dk_acc[c] = dv_acc[c] = 0.0f;
+    dkv_over_queries(p, q, lse, delta, d_o, b, kvh, first, last, kr, vr, dk_acc, dv_acc);
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int c = 0; c < MAX_PER_LANE; c++) {
+        if (c * 32 < p.d) {
+            atomicAdd(dk_sum + row * p.d + c * 32 + lane, dk_acc[c]);
+            atomicAdd(dv_sum + row * p.d + c * 32 + lane, dv_acc[c]);
+        }
+    }
+}
+
+// dk, dv (T) from the f32 sums of surprise_dkv.
+template <typename T> __device__ void store_sums(const float* dk_sum, const float* dv_sum, T* dk, T* dv, long long n) {
+    for (size_t idx = global_index(); idx < (size_t)n; idx += grid_stride()) {
+        dk[idx] = from_f32<T>(dk_sum[idx]);
+        dv[idx] = from_f32<T>(dv_sum[idx]);
+    }
 }
 
 // Decoding: one block of DECODE_WARPS warps per (b, h); the first lengths[b] slots of the
@@ -752,7 +796,7 @@ extern "C" __global__ void surprise_select(const float* scores, int batch, int t
     }                                                                                                                   \
     extern "C" __global__ void attention_dkv_##SUFFIX(AttnDims p, const T* q, const T* k, const T* v, const float* lse, \
                                                       const float* delta, const T* d_o, T* dk, T* dv) {                 \
-        attention_dkv_rows<T>(p, q, k, v, nullptr, lse, delta, d_o, dk, dv);                                                     \
+        attention_dkv_rows<T>(p, q, k, v, lse, delta, d_o, dk, dv);                                                     \
     }                                                                                                                   \
     extern "C" __global__ void attention_decode_##SUFFIX(int batch, int hq, int hkv, int d, int capacity, const T* q_t, \
                                                          const T* k_cache, const T* v_cache, const u32* lengths,        \
@@ -774,9 +818,13 @@ extern "C" __global__ void surprise_select(const float* scores, int batch, int t
         attention_dq_rows<T>(p, q, k, v, kept, slots, lse, delta, d_o, dq);                                             \
     }                                                                                                                   \
     extern "C" __global__ void surprise_dkv_##SUFFIX(AttnDims p, const T* q, const T* k, const T* v, const int* until,  \
-                                                     const float* lse, const float* delta, const T* d_o, T* dk,         \
-                                                     T* dv) {                                                           \
-        attention_dkv_rows<T>(p, q, k, v, until, lse, delta, d_o, dk, dv);                                              \
+                                                     const float* lse, const float* delta, const T* d_o, float* dk_sum, \
+                                                     float* dv_sum) {                                                   \
+        surprise_dkv_rows<T>(p, q, k, v, until, lse, delta, d_o, dk_sum, dv_sum);                                       \
+    }                                                                                                                   \
+    extern "C" __global__ void surprise_dkv_store_##SUFFIX(const float* dk_sum, const float* dv_sum, T* dk, T* dv,      \
+                                                           long long n) {                                               \
+        store_sums<T>(dk_sum, dv_sum, dk, dv, n);                                                                       \
     }
 
 ATTENTION_ENTRY_POINTS(float, f32)

@@ -108,7 +108,7 @@ pub const ATTENTION: KernelFile = kernel_file!(
         "attention_forward_mma_d64", "attention_forward_mma_d128",
         "attention_dkv_mma_d64", "attention_dq_mma_d64", "attention_dkv_mma_d128", "attention_dq_mma_d128",
         "keys_as_queries_f32", "surprise_scores_f32", "surprise_select", "surprise_attention_f32", "surprise_attention_bf16",
-        "surprise_dq_f32", "surprise_dq_bf16", "surprise_dkv_f32", "surprise_dkv_bf16",
+        "surprise_dq_f32", "surprise_dq_bf16", "surprise_dkv_f32", "surprise_dkv_bf16", "surprise_dkv_store_f32", "surprise_dkv_store_bf16",
     ]
 );
 

@@ -242,6 +242,10 @@ pub trait EngineModel: Trainable + CausalLm {
     fn state_bytes(&self) -> usize {
         self.host_model().state_bytes()
     }
+    /// Whether this engine decodes the model (else the sample is drawn on the CPU).
+    fn decodes(&self) -> bool {
+        true
+    }
 }
 
 impl EngineModel for LigerModel {
@@ -586,7 +590,12 @@ pub fn run_linearize_on<M: EngineModel>(
             max_tokens: job.sample_max_tokens,
             ..GenerateOptions::default()
         };
-        let result = generate(&model, &ids, &opts, cancel, &mut |_, _| {})?;
+        let result = if model.decodes() {
+            generate(&model, &ids, &opts, cancel, &mut |_, _| {})?
+        } else {
+            on_event(JobEvent::Stage("sampling on the CPU (this engine does not decode the model)".into()));
+            generate(model.host_model(), &ids, &opts, cancel, &mut |_, _| {})?
+        };
         on_event(JobEvent::Sample(result.text.clone()));
         report.sample = Some(result.text);
     }

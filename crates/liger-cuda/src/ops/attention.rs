@@ -440,6 +440,9 @@ pub fn surprise_scores(ctx: &GpuContext, shape: HeadShape, n: &GpuBuffer<f32>, d
     Ok(scores)
 }
 
+/// Queries of a token's run per warp of the surprise dK/dV kernel (RUN_CHUNK in attention.cu).
+const RUN_CHUNK: usize = 64;
+
 /// The surprise cache's choice over whole sequences (from [`surprise_select`]): what attention
 /// sees beyond the window, held fixed by the backward.
 pub struct SurpriseCache {
@@ -574,6 +577,8 @@ pub fn surprise_attention_backward<T: GpuElement>(
         .arg(dq.slice_mut());
     // SAFETY: sizes checked above; one warp per query row.
     ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hq)) }, name)?;
+    // dK, dV: warps over chunks of each token's run of queries, summed in f32, then stored.
+    let (mut dk_sum, mut dv_sum) = (GpuBuffer::<f32>::zeros(ctx, dims.kv_len())?, GpuBuffer::<f32>::zeros(ctx, dims.kv_len())?);
     let name = super::variant::<T>("surprise_dkv_f32", "surprise_dkv_bf16");
     let f = ctx.function(&ATTENTION, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
@@ -586,8 +591,16 @@ pub fn surprise_attention_backward<T: GpuElement>(
         .arg(lse.slice())
         .arg(delta.slice())
         .arg(d_o.slice())
-        .arg(dk.slice_mut())
-        .arg(dv.slice_mut());
-    // SAFETY: as above; one warp per (sequence, key, kv head) row.
-    ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hkv)) }, name)
+        .arg(dk_sum.slice_mut())
+        .arg(dv_sum.slice_mut());
+    let chunks = dims.tokens.div_ceil(RUN_CHUNK);
+    // SAFETY: as above; one warp per (sequence, key, kv head, chunk of its run).
+    ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hkv * chunks)) }, name)?;
+    let name = super::variant::<T>("surprise_dkv_store_f32", "surprise_dkv_store_bf16");
+    let f = ctx.function(&ATTENTION, name)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    let n = dims.kv_len() as i64;
+    launch.arg(dk_sum.slice()).arg(dv_sum.slice()).arg(dk.slice_mut()).arg(dv.slice_mut()).arg(&n);
+    // SAFETY: sizes checked above; grid-stride over the n values.
+    ctx.check_launch(unsafe { launch.launch(elementwise(dims.kv_len())) }, name)
 }
