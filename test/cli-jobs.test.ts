@@ -69,7 +69,8 @@ describe("liger linearize", () => {
     expect(run.stdout).toMatch(/liger, converted, untrained\s+\d+\.\d+\s+\d+\.\d+/);
     expect(run.stdout).toMatch(/liger, trained\s+\d+\.\d+\s+\d+\.\d+/);
     expect(run.stdout).toMatch(/sample:/);
-    expect(existsSync(join(out, "config.json"))).toBe(true);
+    // A run folder: the final model in model/, loaded by naming the folder.
+    expect(existsSync(join(out, "liger-run.json")) && existsSync(join(out, "model", "config.json"))).toBe(true);
     const info = liger(["info", "--model", out]);
     expect(info.code, info.stderr).toBe(0);
     expect(info.stdout).toMatch(/liger\s+gla mixer \+ 65-key sliding window/);

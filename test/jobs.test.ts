@@ -184,7 +184,7 @@ describe("linearize", () => {
   });
 
   it("writes a checkpoint that loads back as a Liger model and generates", async () => {
-    expect(existsSync(join(out, "config.json"))).toBe(true);
+    expect(existsSync(join(out, "model", "config.json"))).toBe(true);
     const model = await loadModel(out);
     expect(model.info.liger).toMatchObject({ mixer: "gla", windowKeys: 65, softmaxLayers: [], stateBytesPerSequence: report.stateBytes });
     const result = await model.generate("Hello", { maxTokens: 5, temperature: 0, ignoreEos: true }).result;
@@ -255,6 +255,14 @@ describe("linearize", () => {
     expect(readFileSync(join(mine, "a.txt"), "utf8")).toBe("keep");
     expect(readdirSync(mine)).toEqual(["a.txt"]);
     expect(events.filter((e) => e.kind === "step")).toHaveLength(0);
+    // With overwrite the run goes beside the user's file, as a run folder that loads.
+    const opts = { out: mine, data: alpacaSlice(20), steps: 1, seqLen: 32, valFraction: 0, sample: false as const };
+    await linearize(modelPath(), { ...opts, overwrite: true });
+    expect(readdirSync(mine).sort()).toEqual(["a.txt", "liger-run.json", "model"]);
+    expect(readFileSync(join(mine, "a.txt"), "utf8")).toBe("keep");
+    expect((await loadModel(mine)).info.liger).toBeTruthy();
+    // A run folder is not started again by accident.
+    await expectCode(linearize(modelPath(), opts), "INVALID_ARGUMENT", /holds a liger run.*--overwrite/);
   });
 
   it("bad options are INVALID_ARGUMENT; the GPU engine without a GPU is DEVICE_UNAVAILABLE", async () => {
@@ -276,6 +284,8 @@ describe("linearize", () => {
     await expectCode(linearize(modelPath(), { ...base, surpriseKeys: 5000 }), "INVALID_ARGUMENT", /surpriseKeys/);
     await expectCode(linearize(modelPath(), { ...base, mixer: "gsa", surpriseKeys: 8 }), "INVALID_ARGUMENT", /surprise_keys.*gsa/);
     await expectCode(linearize(modelPath(), { ...base, useSwa: false, surpriseKeys: 8 }), "INVALID_ARGUMENT", /surprise_keys/);
+    await expectCode(linearize(modelPath(), { ...base, keepCheckpoints: 0 }), "INVALID_ARGUMENT", /keepCheckpoints/);
+    await expectCode(linearize(modelPath(), { ...base, overwrite: "yes" as never }), "INVALID_ARGUMENT", /overwrite/);
     await expectCode(linearize(modelPath(), { ...base, surpriseAfterTraining: true }), "INVALID_ARGUMENT", /surpriseAfterTraining.*surpriseKeys/);
     await expectCode(linearize(modelPath(), { ...base, surpriseKeys: 8, surpriseAfterTraining: 1 as never }), "INVALID_ARGUMENT", /surpriseAfterTraining/);
     // No NVIDIA GPU on the test machine: a typed error that points at the CPU backend.

@@ -112,8 +112,20 @@ export interface LinearizeOptions {
   dtype?: "f32" | "f16" | "bf16";
   /** Fold the adapters into the weights. */
   merged?: boolean;
-  /** Continue the run saved in `out`. */
+  /**
+   * Continue the run in `out` from its latest checkpoint. `out` is a run folder laid out as the
+   * Hugging Face Trainer's: `checkpoint-<step>/` for each save, `model/` for the final model
+   * (loading the folder loads its final model, or its latest checkpoint).
+   */
   resume?: boolean;
+  /**
+   * Let `out` hold other files (the run is written beside them; they are never deleted), or a
+   * run to start again (its checkpoints and model are replaced). Default false: such a folder is
+   * refused before any work.
+   */
+  overwrite?: boolean;
+  /** Keep only the newest this many `checkpoint-<step>` folders (default: all). */
+  keepCheckpoints?: number;
   /** Validate / save every this many steps (0: only at the end). */
   evalEvery?: number;
   saveEvery?: number;
@@ -231,6 +243,8 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
   for (const name of ["steps", "seqLen", "batch", "gradAccum", "sampleMaxTokens", "maxValSequences"] as const) {
     checkOptional(name, o[name], isPositiveInt, "an integer >= 1");
   }
+  checkOptional("overwrite", o.overwrite, (v) => typeof v === "boolean", "a boolean");
+  checkOptional("keepCheckpoints", o.keepCheckpoints, isPositiveInt, "an integer >= 1 (the final model is kept beside them)");
   for (const name of ["seed", "warmupSteps", "evalEvery", "saveEvery"] as const) {
     checkOptional(name, o[name], isNonNegativeInt, "an integer >= 0");
   }
@@ -288,6 +302,8 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     dtype: o.dtype ?? "f32",
     merged: o.merged ?? false,
     resume: o.resume ?? false,
+    overwrite: o.overwrite ?? false,
+    keepCheckpoints: o.keepCheckpoints,
     evalEvery: o.evalEvery ?? 0,
     saveEvery: o.saveEvery ?? 0,
     device: o.device ?? "cpu",

@@ -456,6 +456,10 @@ pub struct JsLinearizeOptions {
     pub dtype: String,
     pub merged: bool,
     pub resume: bool,
+    /// `out_dir` may hold other files (written beside, never deleted) or a run to start again.
+    pub overwrite: bool,
+    /// Keep only the newest this many `checkpoint-<step>` folders.
+    pub keep_checkpoints: Option<u32>,
     pub eval_every: u32,
     pub save_every: u32,
     /// Where training runs: "cpu" or "cuda" (the first GPU).
@@ -573,6 +577,8 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
         surprise_keys: None,
     };
     job.resume = o.resume;
+    job.overwrite = o.overwrite;
+    job.keep_checkpoints = o.keep_checkpoints.map(|n| n as usize);
     if let Some(n) = o.softmax_auto {
         let free = base.config.num_layers - job.options.softmax_layers.len();
         if n as usize > free {

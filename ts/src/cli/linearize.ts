@@ -47,6 +47,8 @@ interface LinearizeCliOptions {
   dtype?: string;
   merged?: boolean;
   resume?: boolean;
+  overwrite?: boolean;
+  keep?: number;
   saveEvery?: number;
   device?: string;
   json?: boolean;
@@ -61,7 +63,7 @@ export function registerLinearize(program: Command): void {
     )
     .option("-m, --model <path>", "a .gguf file or checkpoint directory (default: SmolLM2-135M-Instruct)")
     .option("--data <path>", "Alpaca-style .json/.jsonl file or folder (default: alpaca_cleaned in the data folder)")
-    .option("-o, --out <dir>", "checkpoint directory to write", "liger-checkpoint")
+    .option("-o, --out <dir>", "run folder to write: the final model in model/, each save in checkpoint-<step>/", "liger-checkpoint")
     .option("--mixer <name>", "gla, hgrn2, gsa, retention, mamba2, rwkv6 or linear (default gla)")
     .option("--window <n>", "keys of the sliding-window branch (default 65)", parseNumber("window"))
     .option("--sinks <n>", "first tokens the sliding-window branch also sees (attention sinks; default 0)", parseNumber("sinks"))
@@ -102,8 +104,10 @@ export function registerLinearize(program: Command): void {
     .option("--sample <instruction>", "the instruction answered at the end")
     .option("--dtype <type>", "storage of the checkpoint's weights: f32 (exact), f16 or bf16 (default f32)")
     .option("--merged", "fold the adapters into the weights")
-    .option("--resume", "continue the run saved in --out")
-    .option("--save-every <n>", "also save every n steps", parseNumber("save-every"))
+    .option("--resume", "continue the run in --out from its latest checkpoint")
+    .option("--overwrite", "let --out hold other files (never deleted) or a run to start again (its checkpoints and model are replaced)")
+    .option("--save-every <n>", "also save a checkpoint-<step> folder every n steps", parseNumber("save-every"))
+    .option("--keep <n>", "keep only the newest n checkpoint folders (default all)", parseNumber("keep"))
     .option("--device <device>", "cpu, or cuda (the first NVIDIA GPU)", "cpu")
     .option("--json", "print the report as JSON instead of tables")
     .action(async (options: LinearizeCliOptions) => {
@@ -152,6 +156,8 @@ export function registerLinearize(program: Command): void {
         dtype: options.dtype as LinearizeOptions["dtype"],
         merged: options.merged,
         resume: options.resume,
+        overwrite: options.overwrite,
+        keepCheckpoints: options.keep,
         saveEvery: options.saveEvery,
         device: options.device as LinearizeOptions["device"],
         onProgress: (event) => {

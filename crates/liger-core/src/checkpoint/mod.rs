@@ -6,6 +6,7 @@
 //! The whole directory is written in one atomic step: it appears complete or not at all, and
 //! an existing checkpoint is replaced only once the new one is complete.
 
+pub mod run;
 mod training;
 
 #[cfg(test)]
@@ -208,7 +209,7 @@ fn adapter_shapes(model: &LigerModel) -> Vec<Vec<usize>> {
 /// The `"liger"` section of `dir/config.json`: `None` for a plain Hugging Face checkpoint.
 /// A section from a newer format is an error.
 pub fn read_liger_section(dir: &Path) -> Result<Option<LigerSection>> {
-    let path = dir.join("config.json");
+    let path = run::resolve_checkpoint(dir)?.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(path.display(), e))?;
     let config: Value = serde_json::from_str(&text)
         .map_err(|e| Error::invalid_file(path.display(), format!("not valid JSON: {e}")))?;
@@ -239,6 +240,7 @@ pub fn read_liger_section(dir: &Path) -> Result<Option<LigerSection>> {
 /// Loads a checkpoint written by [`save_liger_checkpoint`]: the same model, giving the same
 /// logits (bit for bit when saved as F32 from f32 weights).
 pub fn load_liger_checkpoint(dir: &Path) -> Result<LigerModel> {
+    let dir = &run::resolve_checkpoint(dir)?;
     if !dir.is_dir() {
         return Err(Error::new(
             ErrorCode::Io,
@@ -273,6 +275,7 @@ pub fn load_liger_checkpoint(dir: &Path) -> Result<LigerModel> {
 /// that ran straight through. Returns the model and whether it runs on `base`'s weights (it
 /// runs on the checkpoint's when `base` is another model, or the adapters were merged).
 pub fn load_liger_checkpoint_on(dir: &Path, base: BaseModel) -> Result<(LigerModel, bool)> {
+    let dir = &run::resolve_checkpoint(dir)?;
     let saved = load_liger_checkpoint(dir)?;
     let section = read_liger_section(dir)?.ok_or_else(|| Error::internal("the liger section vanished"))?;
     if section.merged || base.config != saved.base.config || !base.weights.same_values(&saved.base.weights) {

@@ -69,6 +69,7 @@ pub fn load_training_state(
     dir: &Path,
     model: &LigerModel,
 ) -> Result<Option<(TrainerState, AdamWState)>> {
+    let dir = &super::run::resolve_checkpoint(dir)?;
     let state_path = dir.join(STATE_FILE);
     if !state_path.is_file() {
         return Ok(None);

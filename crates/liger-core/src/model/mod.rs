@@ -78,6 +78,9 @@ pub fn load_model(path: &Path, progress: &mut dyn FnMut(&str, f64)) -> Result<Ba
     }
     if path.is_dir() {
         progress("reading checkpoint", 0.0);
+        // A run folder is named after the run, whichever of its checkpoints loads.
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let path = &crate::checkpoint::run::resolve_checkpoint(path)?;
         let ckpt = crate::hf::load_hf_dir(path)?;
         progress("checking weights", 0.6);
         ckpt.weights.check_finite().map_err(|e| e.context(path.display()))?;
@@ -96,7 +99,6 @@ pub fn load_model(path: &Path, progress: &mut dyn FnMut(&str, f64)) -> Result<Ba
                 ))
             }
         };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         progress("ready", 1.0);
         return Ok(BaseModel::new(ckpt.config, ckpt.weights, tokenizer, ckpt.chat_template, name, ModelFormat::Checkpoint));
     }

@@ -9,6 +9,7 @@ use super::data::{
 use super::loss::{LossOutput, IGNORE};
 use super::trainer::{evaluate, EvalResult, TrainConfig, TrainEvent, Trainable, Trainer};
 use crate::chat::ChatMessage;
+use crate::checkpoint::run::{check_run_folder, checkpoint_dir, latest_checkpoint, open_run_folder, prune_checkpoints, FINAL_MODEL};
 use crate::checkpoint::{
     load_liger_checkpoint_on, load_training_state, read_liger_section, save_liger_checkpoint,
     SaveOptions, TrainingSnapshot,
@@ -19,7 +20,7 @@ use crate::generate::{generate, CausalLm, GenerateOptions};
 use crate::model::forward::{forward, KvCache, Logits};
 use crate::model::{load_model, BaseModel};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -61,6 +62,11 @@ pub struct LinearizeJob {
     /// add the cache to the saved model, as LoLA adds it to a trained model (the default trains
     /// with the cache, so the adapters learn to read what it keeps).
     pub surprise_after_training: bool,
+    /// `out_dir` may hold other files (the run is written beside them, never deleting them),
+    /// or a run to start again (its checkpoints and model are replaced).
+    pub overwrite: bool,
+    /// Keep only the newest this many `checkpoint-<step>` folders (`None`: all).
+    pub keep_checkpoints: Option<usize>,
 }
 
 impl LinearizeJob {
@@ -85,6 +91,8 @@ impl LinearizeJob {
             select_data: None,
             val_data: None,
             surprise_after_training: false,
+            overwrite: false,
+            keep_checkpoints: None,
         }
     }
 }
@@ -254,6 +262,17 @@ impl EngineModel for LigerModel {
     }
 }
 
+/// Saves one checkpoint folder of the run (`checkpoint-<step>` or the final model), making
+/// `out_dir` a run folder at the first save, then keeps the newest `keep_checkpoints`.
+fn save_in_run(job: &LinearizeJob, fresh: &mut bool, folder: &Path, model: &LigerModel, snapshot: Option<TrainingSnapshot>) -> Result<()> {
+    open_run_folder(&job.out_dir, std::mem::take(fresh))?;
+    save_liger_checkpoint(folder, model, &job.save, snapshot)?;
+    if let Some(keep) = job.keep_checkpoints {
+        prune_checkpoints(&job.out_dir, keep)?;
+    }
+    Ok(())
+}
+
 fn eval_event(name: &str, r: &EvalResult) -> JobEvent {
     JobEvent::Eval {
         name: name.into(),
@@ -390,10 +409,14 @@ pub fn run_linearize_on<M: EngineModel>(
         )));
     }
     // Found now rather than after training: an output folder that cannot be written, or one
-    // that holds the user's own files (never replaced). Resuming reads the folder first.
-    if !(job.resume && job.out_dir.is_dir()) {
-        crate::hf::check_output_dir(&job.out_dir)?;
+    // that holds the user's own files or another run (see checkpoint::run).
+    check_run_folder(&job.out_dir, job.overwrite, job.resume)?;
+    if job.keep_checkpoints == Some(0) {
+        return Err(Error::invalid_argument("keep_checkpoints must be at least 1 (the final model is kept beside them)"));
     }
+    let resume_from = if job.resume { latest_checkpoint(&job.out_dir)? } else { None };
+    // A run that starts over clears the checkpoints of the run before at its first save.
+    let mut fresh_run = resume_from.is_none();
     on_event(JobEvent::Stage("loading model".into()));
     let base = load_model(&job.model_path, &mut |_, _| {})?;
     let mut report = LinearizeReport {
@@ -460,17 +483,20 @@ pub fn run_linearize_on<M: EngineModel>(
         on_event(JobEvent::Stage(format!("softmax attention kept in layers {:?}", options.softmax_layers)));
         report.layer_costs = Some(costs);
     }
-    let saved_section = if job.resume && job.out_dir.is_dir() { read_liger_section(&job.out_dir)? } else { None };
-    let (host_model, resume_state) = if let Some(section) = saved_section {
-        on_event(JobEvent::Stage(format!("resuming from {}", job.out_dir.display())));
-        let (mut model, on_base) = load_liger_checkpoint_on(&job.out_dir, base)?;
+    let saved_section = match &resume_from {
+        Some(dir) => read_liger_section(dir)?.map(|s| (dir.clone(), s)),
+        None => None,
+    };
+    let (host_model, resume_state) = if let Some((from, section)) = saved_section {
+        on_event(JobEvent::Stage(format!("resuming from {}", from.display())));
+        let (mut model, on_base) = load_liger_checkpoint_on(&from, base)?;
         model.options.attention.surprise_keys = job.options.attention.surprise_keys;
         on_event(JobEvent::Stage(if on_base {
             "resuming on the base model's own weights (the checkpoint's are the same values)".into()
         } else {
             format!("resuming on the checkpoint's weights: {} holds other weights than the checkpoint", job.model_path.display())
         }));
-        let state = load_training_state(&job.out_dir, &model)?;
+        let state = load_training_state(&from, &model)?;
         if let Some((saved, _)) = &state {
             check_resumed_settings(job, &section.options, &section.lora, &saved.config)?;
         }
@@ -513,7 +539,6 @@ pub fn run_linearize_on<M: EngineModel>(
             train_seqs.len()
         )));
         let start = Instant::now();
-        let out_dir = &job.out_dir;
         let save = job.save;
         let outcome = t.run(
             &mut model,
@@ -528,13 +553,14 @@ pub fn run_linearize_on<M: EngineModel>(
                     }
                     // The final checkpoint is written after training.
                     TrainEvent::Save { step } if step == tr.state.total_steps => {}
-                    TrainEvent::Save { .. } => {
+                    TrainEvent::Save { step } => {
                         let snapshot = (!save.merged).then_some(TrainingSnapshot {
                             state: &tr.state,
                             optimizer: &tr.optimizer,
                         });
-                        save_liger_checkpoint(out_dir, m.host_model(), &save, snapshot)?;
-                        on_event(JobEvent::Saved(out_dir.clone()));
+                        let folder = checkpoint_dir(&job.out_dir, step);
+                        save_in_run(job, &mut fresh_run, &folder, m.host_model(), snapshot)?;
+                        on_event(JobEvent::Saved(folder));
                     }
                 }
                 Ok(())
@@ -567,8 +593,9 @@ pub fn run_linearize_on<M: EngineModel>(
             state: &t.state,
             optimizer: &t.optimizer,
         });
-    save_liger_checkpoint(&job.out_dir, model.host_model(), &job.save, snapshot)?;
-    on_event(JobEvent::Saved(job.out_dir.clone()));
+    let folder = job.out_dir.join(FINAL_MODEL);
+    save_in_run(job, &mut fresh_run, &folder, model.host_model(), snapshot)?;
+    on_event(JobEvent::Saved(folder));
 
     if let Some(prompt) = &job.sample_prompt {
         on_event(JobEvent::Stage("sampling".into()));

@@ -149,7 +149,9 @@ fn the_job_trains_saves_and_samples() {
             "liger (trained)"
         ]
     );
-    assert!(events.contains(&JobEvent::Saved(job.out_dir.clone())));
+    // The final model in the run folder (checkpoint::run): a run folder, with the model inside.
+    assert!(events.contains(&JobEvent::Saved(job.out_dir.join("model"))));
+    assert!(job.out_dir.join("liger-run.json").is_file());
     assert!(matches!(events.last(), Some(JobEvent::Sample(_))));
 
     // The saved model is the trained one, with its training state.
@@ -358,12 +360,64 @@ fn an_output_folder_with_the_users_files_is_refused_before_any_work() {
     assert!(err.message.contains("a.txt"), "{}", err.message);
     assert!(events.is_empty(), "refused before loading anything: {events:?}");
     assert_eq!(std::fs::read_to_string(job.out_dir.join("a.txt")).unwrap(), "keep");
-    // A folder this library saved is replaced by the next run.
-    job.out_dir = tmp.0.join("run");
+    // With overwrite the run is written beside the user's files, which stay.
     job.sample_prompt = None;
+    job.overwrite = true;
     run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!(std::fs::read_to_string(job.out_dir.join("a.txt")).unwrap(), "keep");
+    assert!(load_liger_checkpoint(&job.out_dir).is_ok());
+
+    // A run folder is not started again by accident: it takes --resume or --overwrite.
+    job.out_dir = tmp.0.join("run");
+    job.overwrite = false;
+    run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let err = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    assert!(err.code == ErrorCode::InvalidArgument && err.message.contains("holds a liger run") && err.message.contains("--overwrite"), "{}", err.message);
+    job.overwrite = true;
     run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert!(load_liger_checkpoint(&job.out_dir).is_ok());
+}
+
+#[test]
+fn checkpoints_go_to_numbered_folders_the_newest_kept_and_resume_takes_the_latest() {
+    let tmp = TempDir::new("layout");
+    let mut job = tiny_job(&tmp.0, 7);
+    (job.sample_prompt, job.train.eval_every, job.train.save_every, job.keep_checkpoints) = (None, 0, 2, Some(2));
+    let cancel = AtomicBool::new(false);
+    let report = run_linearize(&job, &cancel, &mut |e| {
+        if matches!(e, JobEvent::Progress(ref p) if p.step == 6) {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    assert_eq!((report.cancelled, report.steps_done), (true, 6));
+    let names = |dir: &std::path::Path| {
+        let mut n: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        n.sort();
+        n
+    };
+    // Saves at steps 2, 4 and 6; only the newest two are kept; no final model yet.
+    assert_eq!(names(&job.out_dir), ["checkpoint-4", "checkpoint-6", "liger-run.json"]);
+    let latest = load_liger_checkpoint(&job.out_dir).unwrap();
+    assert_eq!(load_training_state(&job.out_dir, &latest).unwrap().unwrap().0.step, 6);
+
+    // Resume continues from checkpoint-6 and finishes with the final model beside the checkpoints.
+    job.resume = true;
+    let resumed = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!((resumed.steps_done, resumed.total_steps), (1, 7));
+    assert_eq!(names(&job.out_dir), ["checkpoint-4", "checkpoint-6", "liger-run.json", "model"]);
+    let last = load_liger_checkpoint(&job.out_dir).unwrap();
+    assert_eq!(load_training_state(&job.out_dir, &last).unwrap().unwrap().0.step, 7);
+
+    // Starting the run again replaces its own checkpoints and model, and only those.
+    std::fs::write(job.out_dir.join("notes.txt"), "mine").unwrap();
+    (job.resume, job.overwrite, job.train.save_every) = (false, true, 0);
+    run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!(names(&job.out_dir), ["liger-run.json", "model", "notes.txt"]);
+    // A run folder that cannot be started again keeps its files: keep 0 is refused first.
+    job.keep_checkpoints = Some(0);
+    assert_eq!(run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(names(&job.out_dir), ["liger-run.json", "model", "notes.txt"]);
 }
 
 #[test]
