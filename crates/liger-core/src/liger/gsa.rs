@@ -257,11 +257,5 @@ pub(crate) fn chunk_backward(cfg: &MixerConfig, shape: HeadShape, t: usize, q: &
             [dq, dk, value_pass.dv]
         })
         .collect();
-    let mut grads = QkvGrads { dq: vec![0.0; q.len()], dk: vec![0.0; k.len()], dv: vec![0.0; v.len()] };
-    for (kvh, [dq, dk, dv]) in per_head.iter().enumerate() {
-        scatter_heads(dq, t, shape.hq, d, kvh * group, &mut grads.dq);
-        scatter_heads(dk, t, shape.hkv, d, kvh, &mut grads.dk);
-        scatter_heads(dv, t, shape.hkv, d, kvh, &mut grads.dv);
-    }
-    grads
+    QkvGrads::from_kv_heads(shape, t, &per_head)
 }

@@ -66,6 +66,21 @@ pub struct QkvGrads {
     pub dv: Vec<f32>,
 }
 
+impl QkvGrads {
+    /// The gradients of T tokens from per-key-value-head parts: `[dq, dk, dv]` of head kvh,
+    /// head-major (`[group, T, D]` for dq of its query heads, `[T, D]` for dk and dv).
+    pub(crate) fn from_kv_heads(shape: HeadShape, t: usize, per_head: &[[Vec<f32>; 3]]) -> QkvGrads {
+        let (d, group) = (shape.d, shape.group());
+        let mut grads = QkvGrads { dq: vec![0.0; t * shape.hq * d], dk: vec![0.0; t * shape.hkv * d], dv: vec![0.0; t * shape.hkv * d] };
+        for (kvh, [dq, dk, dv]) in per_head.iter().enumerate() {
+            scatter_heads(dq, t, shape.hq, d, kvh * group, &mut grads.dq);
+            scatter_heads(dk, t, shape.hkv, d, kvh, &mut grads.dk);
+            scatter_heads(dv, t, shape.hkv, d, kvh, &mut grads.dv);
+        }
+        grads
+    }
+}
+
 /// Copies heads `first..first+count` of a `[T, H, D]` tensor into head-major `[count, T, D]`.
 pub(crate) fn gather_heads(x: &[f32], t: usize, h: usize, d: usize, first: usize, count: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(count * t * d);

@@ -18,7 +18,7 @@
 
 use super::config::{HeadShape, MixerConfig};
 use super::feature::softmax;
-use super::mixer::{self, gather_heads, scatter_heads, MixerState, QkvGrads, DEFAULT_CHUNK_SIZE};
+use super::mixer::{self, gather_heads, MixerState, QkvGrads, DEFAULT_CHUNK_SIZE};
 use super::swa::Window;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -320,11 +320,5 @@ pub fn surprise_attention_backward(shape: HeadShape, window: Window, slots: usiz
             [dq, dk, dv]
         })
         .collect();
-    let mut grads = QkvGrads { dq: vec![0.0; q.len()], dk: vec![0.0; k.len()], dv: vec![0.0; v.len()] };
-    for (kvh, [dq, dk, dv]) in per_head.iter().enumerate() {
-        scatter_heads(dq, t, shape.hq, d, kvh * group, &mut grads.dq);
-        scatter_heads(dk, t, shape.hkv, d, kvh, &mut grads.dk);
-        scatter_heads(dv, t, shape.hkv, d, kvh, &mut grads.dv);
-    }
-    Ok(grads)
+    Ok(QkvGrads::from_kv_heads(shape, t, &per_head))
 }

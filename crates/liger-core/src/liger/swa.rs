@@ -224,13 +224,7 @@ pub fn swa_backward(shape: HeadShape, window: impl Into<Window>, q: &[f32], k: &
             [dq, dk, dv]
         })
         .collect();
-    let mut grads = QkvGrads { dq: vec![0.0; q.len()], dk: vec![0.0; k.len()], dv: vec![0.0; v.len()] };
-    for (kvh, [dq, dk, dv]) in per_head.iter().enumerate() {
-        scatter_heads(dq, t, shape.hq, d, kvh * group, &mut grads.dq);
-        scatter_heads(dk, t, shape.hkv, d, kvh, &mut grads.dk);
-        scatter_heads(dv, t, shape.hkv, d, kvh, &mut grads.dv);
-    }
-    Ok(grads)
+    Ok(QkvGrads::from_kv_heads(shape, t, &per_head))
 }
 
 /// Backward of full causal attention.

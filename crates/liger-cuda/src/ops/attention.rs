@@ -157,6 +157,18 @@ pub fn attention_forward<T: GpuElement>(
     ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hq)) }, name)
 }
 
+/// Checks the sizes of a backward call: q, o, d_o, dq `[B,T,hq,d]`; k, v, dk, dv `[B,T,hkv,d]`;
+/// lse `[B,hq,T]`.
+fn check_backward_sizes<T: GpuElement>(dims: AttentionDims, q_like: [&GpuBuffer<T>; 4], kv_like: [&GpuBuffer<T>; 4], lse: &GpuBuffer<f32>) -> Result<()> {
+    for (what, x) in ["attention q", "attention o", "attention d_o", "attention dq"].into_iter().zip(q_like) {
+        expect_len(what, x.len(), dims.q_len())?;
+    }
+    for (what, x) in ["attention k", "attention v", "attention dk", "attention dv"].into_iter().zip(kv_like) {
+        expect_len(what, x.len(), dims.kv_len())?;
+    }
+    expect_len("attention lse", lse.len(), dims.lse_len())
+}
+
 /// The softmax backward's row term `delta[b, h, i] = sum over d of d_o * o`, `[B, hq, T]`
 /// (sizes checked by the caller).
 fn attention_delta<T: GpuElement>(ctx: &GpuContext, p: KernelDims, dims: AttentionDims, o: &GpuBuffer<T>, d_o: &GpuBuffer<T>) -> Result<GpuBuffer<f32>> {
@@ -187,13 +199,7 @@ pub fn attention_backward<T: GpuElement>(
     dv: &mut GpuBuffer<T>,
 ) -> Result<()> {
     let p = dims.kernel_dims(window)?;
-    for (what, len) in [("attention q", q.len()), ("attention o", o.len()), ("attention d_o", d_o.len()), ("attention dq", dq.len())] {
-        expect_len(what, len, dims.q_len())?;
-    }
-    for (what, len) in [("attention k", k.len()), ("attention v", v.len()), ("attention dk", dk.len()), ("attention dv", dv.len())] {
-        expect_len(what, len, dims.kv_len())?;
-    }
-    expect_len("attention lse", lse.len(), dims.lse_len())?;
+    check_backward_sizes(dims, [q, o, d_o, dq], [k, v, dk, dv], lse)?;
     if dims.q_len() == 0 {
         return Ok(());
     }
@@ -549,13 +555,7 @@ pub fn surprise_attention_backward<T: GpuElement>(
     dv: &mut GpuBuffer<T>,
 ) -> Result<()> {
     let p = dims.kernel_dims(Some(window))?;
-    for (what, len) in [("attention q", q.len()), ("attention o", o.len()), ("attention d_o", d_o.len()), ("attention dq", dq.len())] {
-        expect_len(what, len, dims.q_len())?;
-    }
-    for (what, len) in [("attention k", k.len()), ("attention v", v.len()), ("attention dk", dk.len()), ("attention dv", dv.len())] {
-        expect_len(what, len, dims.kv_len())?;
-    }
-    expect_len("attention lse", lse.len(), dims.lse_len())?;
+    check_backward_sizes(dims, [q, o, d_o, dq], [k, v, dk, dv], lse)?;
     let slots = check_cache(dims, cache)?;
     if dims.q_len() == 0 {
         return Ok(());
