@@ -251,6 +251,40 @@ fn out_of_memory_and_missing_gpus_are_typed_errors() {
     assert!(err.message.contains("CPU backend"), "{}", err.message);
 }
 
+/// Running out of GPU memory in the middle of work (scoring, training, decoding) is a typed
+/// error with advice, and the process stays usable: the model then scores as before and a
+/// second model loads. All but a few MB of the GPU is taken first, so that the work itself
+/// hits the limit.
+#[test]
+fn running_out_of_gpu_memory_mid_work_is_a_typed_error_and_the_process_stays_usable() {
+    let mut rng = rng("running_out_of_gpu_memory_mid_work");
+    let cpu = model(Architecture::Llama, MixerKind::Gla, vec![], &mut rng);
+    let vocab = cpu.config().vocab_size;
+    let gpu_model = GpuLigerModel::<f32>::new(gpu(), cpu).unwrap();
+    let seqs: Vec<Vec<u32>> = (0..16).map(|_| random_tokens(4096, vocab, rng.random())).collect();
+    let all: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+    let before = gpu_model.all_logits_batch(&all[..1]).unwrap();
+
+    let hog_ctx = gpu();
+    let free = liger_cuda::model::memory::available_memory(&hog_ctx).unwrap() as usize;
+    let hog = GpuBuffer::<f32>::zeros(&hog_ctx, (free - (8 << 20)) / 4).unwrap();
+    let is_oom = |what: &str, err: liger_core::Error| {
+        assert_eq!(err.code, ErrorCode::OutOfMemory, "{what}: {}", err.message);
+        assert!(err.message.contains("batch") || err.message.contains("shorter"), "{what}: no advice in {}", err.message);
+    };
+    is_oom("scoring", gpu_model.all_logits_batch(&all).unwrap_err());
+    let mut grads = gpu_model.new_grads();
+    is_oom("training", gpu_model.forward_backward_batch(&all, &all, 1.0, &mut grads).unwrap_err());
+    let mut state = gpu_model.new_batch_state(all.len());
+    is_oom("decoding", gpu_model.forward_last_batch(&mut state, &all).unwrap_err());
+    drop(hog);
+
+    let after = gpu_model.all_logits_batch(&all[..1]).unwrap();
+    assert_eq!(after, before, "the model scores as before once memory is back");
+    let second = GpuLigerModel::<f32>::new(gpu(), model(Architecture::Llama, MixerKind::Gla, vec![], &mut rng)).unwrap();
+    assert!(second.all_logits_batch(&all[..1]).unwrap()[0].iter().all(|x| x.is_finite()));
+}
+
 /// The linearize job on a tiny checkpoint: on the CPU engine, on the GPU in f32 (the same
 /// loss per step) and through `run_linearize_on_gpu` (bf16, close).
 #[test]
