@@ -258,7 +258,7 @@ describe("linearize", () => {
     // With overwrite the run goes beside the user's file, as a run folder that loads.
     const opts = { out: mine, data: alpacaSlice(20), steps: 1, seqLen: 32, valFraction: 0, sample: false as const };
     await linearize(modelPath(), { ...opts, overwrite: true });
-    expect(readdirSync(mine).sort()).toEqual(["a.txt", "liger-run.json", "model"]);
+    expect(readdirSync(mine).sort()).toEqual(["a.txt", "liger-run.json", "model", "report.html", "report.json"]);
     expect(readFileSync(join(mine, "a.txt"), "utf8")).toBe("keep");
     expect((await loadModel(mine)).info.liger).toBeTruthy();
     // A run folder is not started again by accident.

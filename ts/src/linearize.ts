@@ -185,6 +185,17 @@ export interface LinearizeReport {
   softmaxLayers: number[];
   /** With `softmaxAuto`: per layer, the loss increase (nats/token) of converting it alone, untrained. */
   layerCosts: number[] | null;
+  /** The steps and validations of this run (not of a run it resumed), as they were reported. */
+  history: {
+    steps: { step: number; loss: number; lr: number; gradNorm: number; tokensPerS: number }[];
+    evals: { step: number; loss: number; ppl: number }[];
+  };
+  /**
+   * Decoding memory of one sequence of n tokens, `constant + n * perToken` bytes (f32, as the CPU
+   * engine keeps it): the base model's KV cache against the converted model's state (and the
+   * KV caches of its softmax layers). The run folder's `report.html` charts it.
+   */
+  memory: { baseBytesPerToken: number; ligerConstantBytes: number; ligerBytesPerToken: number };
 }
 
 /** The training settings of each recipe preset. */

@@ -149,11 +149,11 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     crate::hf::fsutil::write_atomically(path, |w| std::io::Write::write_all(w, text.as_bytes()).map_err(|e| Error::io(path.display(), e)))
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-fn fmt_value(v: f64) -> String {
+pub(crate) fn fmt_value(v: f64) -> String {
     if v.is_nan() {
         "n/a".into()
     } else if v.abs() >= 100.0 {
@@ -163,7 +163,7 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
-const COLORS: [&str; 6] = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948"];
+pub(crate) const COLORS: [&str; 6] = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948"];
 
 /// Grouped bars of each accuracy task's primary metric (0..1), one color per model.
 fn bar_chart(reports: &[&EvalReport]) -> String {

@@ -7,6 +7,7 @@ use super::data::{
     PromptFormat, Record, Sequence,
 };
 use super::loss::{LossOutput, IGNORE};
+use super::report::{write_run_report, StepEval, StepRecord, TrainingHistory};
 use super::trainer::{evaluate, EvalResult, TrainConfig, TrainEvent, Trainable, Trainer};
 use crate::chat::ChatMessage;
 use crate::checkpoint::run::{check_run_folder, checkpoint_dir, latest_checkpoint, open_run_folder, prune_checkpoints, FINAL_MODEL};
@@ -138,6 +139,22 @@ pub struct LinearizeReport {
     /// With automatic selection: per layer, the loss increase (nats per token) of converting
     /// that layer alone, untrained, over the base model on the selection text.
     pub layer_costs: Option<Vec<f64>>,
+    /// The steps and validations of this run, as they were reported.
+    pub history: TrainingHistory,
+    /// Decoding memory of one sequence against its length (f32, as the CPU engine keeps it).
+    pub memory: DecodeMemory,
+}
+
+/// Decoding memory of one sequence of n tokens: `constant + n * per_token` bytes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DecodeMemory {
+    /// The base model: its KV cache, every layer.
+    pub base_bytes_per_token: usize,
+    /// The converted model: the states of its Liger layers (constant), and the KV caches of
+    /// the layers that kept softmax attention.
+    pub liger_constant_bytes: usize,
+    pub liger_bytes_per_token: usize,
 }
 
 /// Summed cross-entropy of the base (softmax) model on one sequence, computed over chunks of
@@ -514,6 +531,7 @@ pub fn run_linearize_on<M: EngineModel>(
         saved.attention.surprise_keys = surprise_keys;
         report.state_bytes = model.host_model().state_bytes_with(&saved);
     }
+    report.memory = decode_memory(model.host_model(), surprise_keys);
     report.untrained_eval = validate(&|i, l| model.loss(i, l))?;
     report
         .untrained_eval
@@ -540,6 +558,7 @@ pub fn run_linearize_on<M: EngineModel>(
         )));
         let start = Instant::now();
         let save = job.save;
+        let mut history = TrainingHistory::default();
         let outcome = t.run(
             &mut model,
             &train_seqs,
@@ -547,8 +566,12 @@ pub fn run_linearize_on<M: EngineModel>(
             cancel,
             &mut |event, m, tr| {
                 match event {
-                    TrainEvent::Progress(p) => on_event(JobEvent::Progress(p)),
+                    TrainEvent::Progress(p) => {
+                        history.steps.push(StepRecord { step: p.step, loss: p.loss, lr: p.lr, grad_norm: p.grad_norm, tokens_per_s: p.tokens_per_s });
+                        on_event(JobEvent::Progress(p))
+                    }
                     TrainEvent::Eval { step, result } => {
+                        history.evals.push(StepEval { step, loss: result.loss, ppl: result.ppl });
                         on_event(eval_event(&format!("step {step}"), &result))
                     }
                     // The final checkpoint is written after training.
@@ -566,6 +589,7 @@ pub fn run_linearize_on<M: EngineModel>(
                 Ok(())
             },
         )?;
+        report.history = history;
         report.train_seconds = start.elapsed().as_secs_f64();
         report.steps_done = outcome.steps_done;
         report.cancelled = outcome.cancelled;
@@ -626,5 +650,21 @@ pub fn run_linearize_on<M: EngineModel>(
         on_event(JobEvent::Sample(result.text.clone()));
         report.sample = Some(result.text);
     }
+    write_run_report(&job.out_dir, &report)?;
     Ok(report)
+}
+
+/// Decoding memory of the saved model (its surprise cache included) against the base's.
+fn decode_memory(host: &LigerModel, surprise_keys: usize) -> DecodeMemory {
+    let c = &host.base.config;
+    let per_layer = 2 * c.kv_size() * std::mem::size_of::<f32>();
+    let mut options = host.options.clone();
+    options.attention.surprise_keys = surprise_keys;
+    let softmax = (0..c.num_layers).filter(|&l| options.is_softmax_layer(l)).count();
+    let all = host.state_bytes_with(&options);
+    DecodeMemory {
+        base_bytes_per_token: per_layer * c.num_layers,
+        liger_constant_bytes: all.saturating_sub(softmax * per_layer * c.max_position_embeddings),
+        liger_bytes_per_token: softmax * per_layer,
+    }
 }

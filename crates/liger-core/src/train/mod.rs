@@ -8,6 +8,8 @@ pub mod optim;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod job;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod report;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod trainer;
 
 #[cfg(test)]
