@@ -171,19 +171,14 @@ impl SurpriseMemory {
     fn offer(&mut self, token: &Recent) {
         let d = self.shape.d;
         for (kvh, kept) in self.kept.iter_mut().enumerate() {
-            let entry = Kept { score: token.score[kvh], key: token.key[kvh * d..(kvh + 1) * d].to_vec(), value: token.value[kvh * d..(kvh + 1) * d].to_vec() };
-            if kept.len() < self.slots {
-                kept.push(entry);
-                continue;
-            }
-            let mut lowest = 0;
-            for (slot, k) in kept.iter().enumerate() {
-                if k.score < kept[lowest].score {
-                    lowest = slot;
+            let held: Vec<f32> = kept.iter().map(|k| k.score).collect();
+            if let Some(slot) = slot_for(&held, self.slots, token.score[kvh]) {
+                let entry = Kept { score: token.score[kvh], key: token.key[kvh * d..(kvh + 1) * d].to_vec(), value: token.value[kvh * d..(kvh + 1) * d].to_vec() };
+                if slot == kept.len() {
+                    kept.push(entry);
+                } else {
+                    kept[slot] = entry;
                 }
-            }
-            if entry.score > kept[lowest].score {
-                kept[lowest] = entry;
             }
         }
     }
@@ -233,6 +228,20 @@ impl SurpriseMemory {
     }
 }
 
+/// The cache's rule for a token leaving the window with surprise `score`, given the scores the
+/// cache holds: a free slot (`held.len()`), else the first slot of lowest score if the token's
+/// is higher, else none.
+fn slot_for(held: &[f32], slots: usize, score: f32) -> Option<usize> {
+    if held.len() < slots {
+        return Some(held.len());
+    }
+    if held.is_empty() {
+        return None;
+    }
+    let lowest = (0..held.len()).fold(0, |m, s| if held[s] < held[m] { s } else { m });
+    (score > held[lowest]).then_some(lowest)
+}
+
 /// The cache's contents while each of T tokens (from the first) attends, by running the rule on
 /// their surprise `[T, hkv]`: `[T, hkv, slots]` token indices, -1 for an empty slot (GPU twin:
 /// `surprise_select`). A token stays in its slot until it is replaced.
@@ -243,14 +252,11 @@ pub fn surprise_kept(hkv: usize, window: Window, slots: usize, scores: &[f32]) -
         let mut cache: Vec<usize> = Vec::with_capacity(slots);
         for i in 0..t {
             if let Some(j) = i.checked_sub(window.keys).filter(|&j| j >= window.sinks) {
-                let score = |token: usize| scores[token * hkv + kvh];
-                if cache.len() < slots {
-                    cache.push(j);
-                } else {
-                    let lowest = (0..slots).fold(0, |m, s| if score(cache[s]) < score(cache[m]) { s } else { m });
-                    if score(j) > score(cache[lowest]) {
-                        cache[lowest] = j;
-                    }
+                let held: Vec<f32> = cache.iter().map(|&c| scores[c * hkv + kvh]).collect();
+                match slot_for(&held, slots, scores[j * hkv + kvh]) {
+                    Some(slot) if slot == cache.len() => cache.push(j),
+                    Some(slot) => cache[slot] = j,
+                    None => {}
                 }
             }
             let out = &mut kept[(i * hkv + kvh) * slots..(i * hkv + kvh + 1) * slots];
