@@ -49,10 +49,14 @@ pub fn render_chat(
     bos: &str,
     eos: &str,
 ) -> Result<String> {
-    let mut env = template_environment();
-    // Templates come from downloaded model files: untrusted. A budget of steps ends one that
-    // loops for ever, and a bound on the text ends one that writes without end.
-    let fuel = TEMPLATE_FUEL_BASE + TEMPLATE_FUEL_PER_MESSAGE * messages.len() as u64;
+    let mut env = template_environment()?;
+    // Templates come from downloaded model files: untrusted. A budget of work (steps, and every
+    // byte a string or list operation builds) ends one that loops for ever or doubles a string
+    // until memory runs out; a bound on the text ends one that writes without end.
+    let content_bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+    let fuel = TEMPLATE_FUEL_BASE
+        + TEMPLATE_FUEL_PER_MESSAGE * messages.len() as u64
+        + TEMPLATE_FUEL_PER_CONTENT_BYTE * content_bytes as u64;
     env.set_fuel(Some(fuel));
     let compiled = env.template_from_str(template).map_err(|e| {
         Error::invalid_argument(format!(
@@ -60,12 +64,12 @@ pub fn render_chat(
             describe(&e)
         ))
     })?;
-    let limit = MAX_RENDERED_BYTES + messages.iter().map(|m| m.content.len()).sum::<usize>();
+    let limit = MAX_RENDERED_BYTES + content_bytes;
     let mut out = BoundedText { text: Vec::new(), limit };
     compiled
         .render_captured_to(
             context! {
-                messages => messages,
+                messages => minijinja::value::Serde(messages),
                 add_generation_prompt => add_generation_prompt,
                 bos_token => bos,
                 eos_token => eos,
@@ -76,8 +80,8 @@ pub fn render_chat(
             let raised = e.detail().and_then(|d| d.strip_prefix(RAISED));
             if e.kind() == ErrorKind::OutOfFuel {
                 Error::invalid_argument(format!(
-                    "the chat template did not finish within its budget of {fuel} steps (a loop without end?); \
-                     use a template without it (e.g. the model's original one)"
+                    "the chat template did not finish within its budget of {fuel} steps (a loop without end, or text \
+                     that doubles?); use a template without it (e.g. the model's original one)"
                 ))
             } else if e.kind() == ErrorKind::WriteFailure {
                 Error::invalid_argument(format!(
@@ -97,10 +101,13 @@ pub fn render_chat(
     String::from_utf8(out.text).map_err(|_| Error::invalid_argument("the chat template wrote text that is not UTF-8"))
 }
 
-/// Steps (minijinja instructions) a rendering may take: a base for the template's own work
-/// plus a share per message. Real templates take a few hundred per message.
+/// Work a rendering may do, in minijinja's fuel: one per instruction, and one per 64 bytes of
+/// strings and lists that operators and filters build. A base for the template's own work (at
+/// most 64 MB built), plus a share per message and per byte of the messages' text, which a
+/// template may copy a few times over. Real templates take a few hundred per message.
 const TEMPLATE_FUEL_BASE: u64 = 1_000_000;
 const TEMPLATE_FUEL_PER_MESSAGE: u64 = 20_000;
+const TEMPLATE_FUEL_PER_CONTENT_BYTE: u64 = 1;
 /// Text a template may write beyond the messages' own.
 const MAX_RENDERED_BYTES: usize = 1 << 20;
 
@@ -139,10 +146,10 @@ fn describe(e: &minijinja::Error) -> String {
     text
 }
 
-fn template_environment() -> Environment<'static> {
+fn template_environment() -> Result<Environment<'static>> {
     let mut env = Environment::new();
-    env.set_trim_blocks(true);
-    env.set_lstrip_blocks(true);
+    let syntax = minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build();
+    env.set_syntax(syntax.map_err(|e| Error::internal(format!("chat template syntax: {e}")))?);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function(
         "raise_exception",
@@ -156,7 +163,7 @@ fn template_environment() -> Environment<'static> {
     env.add_function("strftime_now", |format: String| {
         strftime(&format, now_unix_seconds())
     });
-    env
+    Ok(env)
 }
 
 /// The current time as seconds since 1970 (UTC).

@@ -183,3 +183,34 @@ fn a_template_that_writes_without_end_is_stopped_at_its_text_bound() {
     let text = render_chat(CHATML_TEMPLATE, &long, true, "", "").unwrap();
     assert!(text.len() > 200_000);
 }
+
+#[test]
+fn a_template_that_doubles_text_runs_out_of_its_budget_before_memory() {
+    // 40 doublings would build a terabyte: each form must stop within the budget, quickly.
+    // A `set` inside a loop is local to its turn (Jinja's scoping), so a namespace carries the
+    // text from one turn to the next.
+    let doubling = [
+        "ns.s ~ ns.s",
+        "ns.s + ns.s",
+        "[ns.s, ns.s]|join",
+        "ns.s * 2",
+        "'%s%s'|format(ns.s, ns.s)",
+        "ns.s|replace('a', ns.s)",
+        "ns.s ~ ns.s|upper",
+    ]
+    .map(|grow| format!("{{% set ns = namespace(s='ab') %}}{{% for i in range(40) %}}{{% set ns.s = {grow} %}}{{% endfor %}}{{{{ ns.s|length }}}}"));
+    // Not covered: doubling a list (`ns.s + ns.s` on lists). minijinja keeps list sums lazy and
+    // builds the sum of a long chain without charging it to the budget; that needs a limit in
+    // minijinja itself.
+    for template in &doubling {
+        let start = std::time::Instant::now();
+        let err = render_chat(template, &conversation(), true, "", "").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument, "{template}");
+        assert!(err.message.contains("budget"), "{template}: {}", err.message);
+        assert!(start.elapsed().as_secs() < 10, "{template}: {:?}", start.elapsed());
+    }
+    // A conversation of several megabytes still renders with a template that copies it.
+    let big: Vec<ChatMessage> = (0..4).map(|_| ChatMessage::new("user", "word ".repeat(1_000_000))).collect();
+    let text = render_chat(LLAMA3_TEMPLATE, &big, true, "", "").unwrap();
+    assert!(text.len() > 20_000_000);
+}
