@@ -193,6 +193,33 @@ describe("linearize", () => {
     expect(evaluated.model).toMatch(/liger gla/);
   });
 
+  it("a hostile chat template stops at its budget, renders off the JavaScript thread and can be aborted", async () => {
+    const dir = join(work, "hostile-template");
+    await linearize(modelPath(), { out: dir, data: null, sample: false });
+    const templates = [
+      "{% for a in range(10000) %}{% for b in range(10000) %}{% for c in range(10000) %}{% endfor %}{% endfor %}{% endfor %}",
+      "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    ];
+    const messages = [{ role: "user", content: "hi" }];
+    for (const template of templates) {
+      writeFileSync(join(dir, "model", "chat_template.jinja"), template);
+      const model = await loadModel(dir);
+      expect(() => model.applyChatTemplate(messages)).toThrow(/budget/);
+      // Off the thread: timers keep firing while the template runs.
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 1);
+      await expectCode(model.applyChatTemplateAsync(messages), "INVALID_ARGUMENT", /budget/);
+      clearInterval(timer);
+      expect(ticks).toBeGreaterThan(0);
+      const controller = new AbortController();
+      const pending = model.applyChatTemplateAsync(messages, { signal: controller.signal });
+      controller.abort();
+      await expectCode(pending, "ABORTED");
+      // A chat prompt renders the same way; the error arrives through the result.
+      await expectCode(model.generate(messages, { maxTokens: 2 }).result, "INVALID_ARGUMENT", /budget/);
+    }
+  });
+
   it("sinks and the normalised recurrent branch convert, load back, report their state and generate", async () => {
     const dir = join(work, "sinks-norm");
     const converted = await linearize(modelPath(), { out: dir, data: null, sinks: 4, grmNorm: true, sample: false });

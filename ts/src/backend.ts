@@ -115,6 +115,8 @@ export interface BackendModel {
   encode(text: string, addBos: boolean | undefined, parseSpecial: boolean): Uint32Array;
   decode(ids: Uint32Array, skipSpecial: boolean): string;
   applyChatTemplate(messages: ChatMessage[], addGenerationPrompt: boolean): string;
+  /** The same, off the JavaScript thread where the backend has threads. */
+  renderChat(messages: ChatMessage[], addGenerationPrompt: boolean): Promise<string>;
   /** Logits for the token that would follow `tokens`. */
   lastLogits(tokens: Uint32Array): Promise<Float32Array>;
   generate(prompt: Uint32Array, options: BackendGenerateOptions, sink: GenerationSink): GenerationHandle;

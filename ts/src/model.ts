@@ -135,9 +135,26 @@ export class LigerModel {
     return this.backend.decode(checkTokens(ids, this.info.vocabSize, "ids"), options.skipSpecial ?? false);
   }
 
-  /** Render a conversation with the model's chat template, ending with the assistant's turn. */
+  /**
+   * Render a conversation with the model's chat template, ending with the assistant's turn.
+   * Runs on the calling thread; a template that loops or grows text without end stops at its
+   * budget with an INVALID_ARGUMENT error. `applyChatTemplateAsync` renders off this thread.
+   */
   applyChatTemplate(messages: ChatMessage[], options: { addGenerationPrompt?: boolean } = {}): string {
     return this.backend.applyChatTemplate(checkMessages(messages), options.addGenerationPrompt ?? true);
+  }
+
+  /**
+   * `applyChatTemplate` on a worker thread (native backend; the WebAssembly backend renders
+   * between turns of the event loop). Templates come from model files, so they are untrusted:
+   * abort with `signal` and the promise rejects at once with an ABORTED error.
+   */
+  applyChatTemplateAsync(
+    messages: ChatMessage[],
+    options: { addGenerationPrompt?: boolean; signal?: AbortSignal } = {},
+  ): Promise<string> {
+    const rendering = this.backend.renderChat(checkMessages(messages), options.addGenerationPrompt ?? true);
+    return untilAborted(rendering, options.signal, "the chat template's rendering was aborted");
   }
 
   /** The logits of the token that would follow `tokens` (length: vocabSize). */
@@ -155,8 +172,9 @@ export class LigerModel {
    */
   generate(prompt: string | ChatMessage[], options: GenerateOptions = {}): Generation {
     const resolved = resolveGenerateOptions(options);
-    const promptTokens = this.promptTokens(prompt, options.chat ?? false);
-    if (promptTokens.length === 0) throw invalidArgument("the prompt is empty: give at least one token");
+    const messages = this.chatMessages(prompt, options.chat ?? false);
+    // A plain prompt is checked here; a chat prompt after its template has run (off this thread).
+    const plainTokens = messages ? undefined : this.nonEmpty(this.backend.encode(prompt as string, undefined, false));
 
     const generation = new Generation();
     const { signal } = options;
@@ -166,7 +184,14 @@ export class LigerModel {
     const detach = () => signal?.removeEventListener("abort", onAbort);
     generation.result.then(detach, detach);
 
-    generation.attach(this.backend.generate(promptTokens, resolved, generation.sink()));
+    const start = (tokens: Uint32Array) => generation.attach(this.backend.generate(tokens, resolved, generation.sink()));
+    if (plainTokens) {
+      start(plainTokens);
+    } else {
+      this.backend.renderChat(messages!, true).then(
+        (text) => start(this.nonEmpty(this.backend.encode(text, undefined, true))),
+      ).catch((err) => generation.sink().error(err));
+    }
     return generation;
   }
 
@@ -227,17 +252,29 @@ export class LigerModel {
     return this.backend;
   }
 
-  private promptTokens(prompt: string | ChatMessage[], chat: boolean): Uint32Array {
-    if (typeof prompt === "string") {
-      if (!chat) return this.backend.encode(prompt, undefined, false);
-      return this.templated([{ role: "user", content: prompt }]);
-    }
-    if (Array.isArray(prompt)) return this.templated(checkMessages(prompt));
+  /** The messages of a chat prompt, or undefined for a plain one. */
+  private chatMessages(prompt: string | ChatMessage[], chat: boolean): ChatMessage[] | undefined {
+    if (typeof prompt === "string") return chat ? [{ role: "user", content: prompt }] : undefined;
+    if (Array.isArray(prompt)) return checkMessages(prompt);
     throw invalidArgument("prompt must be a string or an array of chat messages");
   }
 
-  private templated(messages: ChatMessage[]): Uint32Array {
-    // The template writes the chat markers as text; parse them back into special tokens.
-    return this.backend.encode(this.backend.applyChatTemplate(messages, true), undefined, true);
+  private nonEmpty(tokens: Uint32Array): Uint32Array {
+    if (tokens.length === 0) throw invalidArgument("the prompt is empty: give at least one token");
+    return tokens;
   }
+}
+
+/** `work`, or an ABORTED error as soon as `signal` fires (the work itself is left to finish). */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined, message: string): Promise<T> {
+  if (!signal) return work;
+  if (signal.aborted) {
+    work.catch(() => {});
+    return Promise.reject(new LigerError("ABORTED", message));
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new LigerError("ABORTED", message));
+    signal.addEventListener("abort", onAbort, { once: true });
+    work.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }

@@ -47,6 +47,7 @@ interface RawModel {
   encode(text: string, addBos: boolean | null, parseSpecial: boolean): Uint32Array;
   decode(ids: Uint32Array, skipSpecial: boolean): string;
   applyChatTemplate(messages: ChatMessage[], addGenerationPrompt: boolean): string;
+  renderChat(messages: ChatMessage[], addGenerationPrompt: boolean): Promise<string>;
   lastLogits(tokens: Uint32Array): Promise<Float32Array>;
   generate(prompt: Uint32Array, options: BackendGenerateOptions, onEvent: (event: RawEvent) => void): RawGeneration;
   evaluate(options: ResolvedEvalOptions, cancel: RawCancelToken, onEvent: ((event: unknown) => void) | null): Promise<string>;
@@ -139,6 +140,14 @@ class NativeModel implements BackendModel {
 
   applyChatTemplate(messages: ChatMessage[], addGenerationPrompt: boolean): string {
     return guard(() => this.raw.applyChatTemplate(messages, addGenerationPrompt));
+  }
+
+  async renderChat(messages: ChatMessage[], addGenerationPrompt: boolean): Promise<string> {
+    try {
+      return await this.raw.renderChat(messages, addGenerationPrompt);
+    } catch (err) {
+      throw toLigerError(err);
+    }
   }
 
   async lastLogits(tokens: Uint32Array): Promise<Float32Array> {

@@ -112,6 +112,12 @@ export class WasmBackendModel implements BackendModel {
     return guard(() => this.model.applyChatTemplate(messages, addGenerationPrompt));
   }
 
+  /** WebAssembly has no thread here: the template runs on this one, bounded by its budget. */
+  async renderChat(messages: ChatMessage[], addGenerationPrompt: boolean): Promise<string> {
+    await yieldToEventLoop();
+    return this.applyChatTemplate(messages, addGenerationPrompt);
+  }
+
   async lastLogits(tokens: Uint32Array): Promise<Float32Array> {
     return guard(() => this.model.lastLogits(tokens));
   }

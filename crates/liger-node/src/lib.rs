@@ -217,9 +217,14 @@ impl NativeModel {
 
     #[napi]
     pub fn apply_chat_template(&self, messages: Vec<JsChatMessage>, add_generation_prompt: bool) -> Result<String> {
-        let messages: Vec<ChatMessage> =
-            messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect();
-        run(|| self.model.base().apply_chat_template(&messages, add_generation_prompt))
+        run(|| self.model.base().apply_chat_template(&chat_messages(messages), add_generation_prompt))
+    }
+
+    /// `apply_chat_template` on a worker thread: a template is untrusted input, and its budget
+    /// may take a moment to run out.
+    #[napi]
+    pub fn render_chat(&self, messages: Vec<JsChatMessage>, add_generation_prompt: bool) -> AsyncTask<ChatTemplateTask> {
+        AsyncTask::new(ChatTemplateTask { model: self.model.clone(), messages: chat_messages(messages), add_generation_prompt })
     }
 
     /// Logits of the token after `tokens`, computed on a worker thread.
@@ -273,6 +278,29 @@ impl Task for LogitsTask {
 
     fn resolve(&mut self, _env: Env, logits: Vec<f32>) -> Result<Float32Array> {
         Ok(Float32Array::new(logits))
+    }
+}
+
+fn chat_messages(messages: Vec<JsChatMessage>) -> Vec<ChatMessage> {
+    messages.into_iter().map(|m| ChatMessage { role: m.role, content: m.content }).collect()
+}
+
+pub struct ChatTemplateTask {
+    model: Arc<AnyModel>,
+    messages: Vec<ChatMessage>,
+    add_generation_prompt: bool,
+}
+
+impl Task for ChatTemplateTask {
+    type Output = String;
+    type JsValue = String;
+
+    fn compute(&mut self) -> Result<String> {
+        run(|| self.model.base().apply_chat_template(&self.messages, self.add_generation_prompt))
+    }
+
+    fn resolve(&mut self, _env: Env, text: String) -> Result<String> {
+        Ok(text)
     }
 }
 
