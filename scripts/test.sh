@@ -11,6 +11,9 @@ export PYTHONPATH="$cache/python${PYTHONPATH:+:$PYTHONPATH}"
 export LIGER_NVRTC_LIB="${LIGER_NVRTC_LIB:-$cache/python/nvidia/cu13/lib/libnvrtc.so.13}"
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 
+printf '\n== format and lint\n' >&2
+bash scripts/lint.sh
+
 printf '\n== fixtures\n' >&2
 python3 scripts/make-quant-fixtures.py
 

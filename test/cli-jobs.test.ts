@@ -26,8 +26,23 @@ describe("liger eval", () => {
     const text = join(work, "text.txt");
     writeFileSync(text, "A short text to score, written twice. A short text to score, written twice.");
     const run = liger([
-      "eval", "--model", modelPath(), "--compare", modelPath(), "--tasks", "arc_easy,lambada_openai",
-      "--limit", "3", "--ppl", text, "--window", "64", "--json", json, "--html", html,
+      "eval",
+      "--model",
+      modelPath(),
+      "--compare",
+      modelPath(),
+      "--tasks",
+      "arc_easy,lambada_openai",
+      "--limit",
+      "3",
+      "--ppl",
+      text,
+      "--window",
+      "64",
+      "--json",
+      json,
+      "--html",
+      html,
     ]);
     expect(run.code, run.stderr).toBe(0);
     expect(run.stdout).toMatch(/arc_easy\s+3\s+acc/);
@@ -46,7 +61,8 @@ describe("liger eval", () => {
   it("says how to point at the data when there is none", () => {
     const run = liger(["eval", "--model", modelPath(), "--tasks", "arc_easy", "--limit", "1"], { LIGER_DATA_DIR: "" });
     // In a checkout with ../shared/data next to it the default folder exists; otherwise the error says --data.
-    if (run.code !== 0) expect(run.stderr).toMatch(/INVALID_ARGUMENT: no task data folder: set dataDir \(the CLI's --data\)/);
+    if (run.code !== 0)
+      expect(run.stderr).toMatch(/INVALID_ARGUMENT: no task data folder: set dataDir \(the CLI's --data\)/);
     const unknown = liger(["eval", "--model", modelPath(), "--tasks", "arc_medium"]);
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toMatch(/^liger: INVALID_ARGUMENT: unknown task "arc_medium"/);
@@ -60,8 +76,21 @@ describe("liger linearize", () => {
     writeFileSync(data, JSON.stringify(records.slice(0, 80)));
     const out = join(work, "ckpt");
     const run = liger([
-      "linearize", "--model", modelPath(), "--data", data, "--out", out, "--steps", "2", "--seq-len", "64",
-      "--dtype", "bf16", "--sample", "Name a color.",
+      "linearize",
+      "--model",
+      modelPath(),
+      "--data",
+      data,
+      "--out",
+      out,
+      "--steps",
+      "2",
+      "--seq-len",
+      "64",
+      "--dtype",
+      "bf16",
+      "--sample",
+      "Name a color.",
     ]);
     expect(run.code, run.stderr).toBe(0);
     expect(run.stderr).toMatch(/step 2\/2\s+loss \d/);
@@ -79,15 +108,47 @@ describe("liger linearize", () => {
 
   it("--no-train converts and saves with a surprise cache; it refuses training flags", () => {
     const out = join(work, "untrained-surprise");
-    const run = liger(["linearize", "--model", modelPath(), "--out", out, "--no-train", "--sinks", "2", "--surprise-keys", "8", "--alpha", "0", "--beta", "1"]);
+    const run = liger([
+      "linearize",
+      "--model",
+      modelPath(),
+      "--out",
+      out,
+      "--no-train",
+      "--sinks",
+      "2",
+      "--surprise-keys",
+      "8",
+      "--alpha",
+      "0",
+      "--beta",
+      "1",
+    ]);
     expect(run.code, run.stderr).toBe(0);
     const info = liger(["info", "--model", out]);
     expect(info.code, info.stderr).toBe(0);
     expect(info.stdout).toMatch(/liger\s+gla mixer \+ 65-key sliding window and 2 sink tokens, 8 surprise keys/);
-    const both = liger(["linearize", "--model", modelPath(), "--out", join(work, "never"), "--no-train", "--steps", "3"]);
+    const both = liger([
+      "linearize",
+      "--model",
+      modelPath(),
+      "--out",
+      join(work, "never"),
+      "--no-train",
+      "--steps",
+      "3",
+    ]);
     expect(both.code).toBe(1);
     expect(both.stderr).toMatch(/INVALID_ARGUMENT: --no-train converts without training/);
-    const after = liger(["linearize", "--model", modelPath(), "--out", join(work, "never"), "--no-train", "--surprise-after-training"]);
+    const after = liger([
+      "linearize",
+      "--model",
+      modelPath(),
+      "--out",
+      join(work, "never"),
+      "--no-train",
+      "--surprise-after-training",
+    ]);
     expect(after.code).toBe(1);
     expect(after.stderr).toMatch(/INVALID_ARGUMENT: surpriseAfterTraining .*set surpriseKeys/);
   });

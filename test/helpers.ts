@@ -66,6 +66,7 @@ export function dataDir(): string {
 export function bundlePath(quant: "int8" | "q4" | "f32" = "int8"): string {
   const cache = process.env.LIGER_CACHE_DIR || join(homedir(), ".cache", "liger");
   const path = join(cache, `SmolLM2-135M-Instruct.liger.${quant}.bundle`);
-  if (!existsSync(path)) throw new Error(`the ${quant} bundle is missing at ${path}: run \`bash scripts/make-bundle.sh ${quant}\``);
+  if (!existsSync(path))
+    throw new Error(`the ${quant} bundle is missing at ${path}: run \`bash scripts/make-bundle.sh ${quant}\``);
   return path;
 }

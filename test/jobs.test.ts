@@ -4,7 +4,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { compareReports, linearize, loadModel, LigerError, type LinearizeEvent, type LinearizeReport } from "../ts/dist/index.js";
+import {
+  compareReports,
+  linearize,
+  loadModel,
+  LigerError,
+  type LinearizeEvent,
+  type LinearizeReport,
+} from "../ts/dist/index.js";
 import { dataDir, logSoftmax, modelPath, sharedModel } from "./helpers.js";
 
 const work = mkdtempSync(join(tmpdir(), "liger-jobs-"));
@@ -59,8 +66,16 @@ describe("evaluate", () => {
     const model = await sharedModel();
     const options = { tasks: ["arc_easy"], limit: 2, dataDir: dataDir() };
     // No NVIDIA GPU on the test machine: a typed error that points at the CPU backend.
-    await expectCode(model.evaluate({ ...options, device: "cuda" }), "DEVICE_UNAVAILABLE", /NVIDIA.*use the CPU backend/);
-    await expectCode(model.evaluate({ ...options, device: "tpu" as never }), "INVALID_ARGUMENT", /device must be "cpu" or "cuda"/);
+    await expectCode(
+      model.evaluate({ ...options, device: "cuda" }),
+      "DEVICE_UNAVAILABLE",
+      /NVIDIA.*use the CPU backend/,
+    );
+    await expectCode(
+      model.evaluate({ ...options, device: "tpu" as never }),
+      "INVALID_ARGUMENT",
+      /device must be "cpu" or "cuda"/,
+    );
     const onCpu = await model.evaluate({ ...options, device: "cpu" });
     expect(onCpu.tasks[0].n).toBe(2);
   });
@@ -81,7 +96,7 @@ describe("evaluate", () => {
     const ratios = accA.map((a, i) => accB[i] / a);
     for (const [i, row] of c.rows.entries()) {
       expect(row).toMatchObject({ metric: "acc", higherIsBetter: true, base: accA[i], linearized: accB[i] });
-      expect(Math.abs(row.recovery - ratios[i]) / ratios[i]).toBeLessThan(1e-12);
+      expect(Math.abs(row.recovery! - ratios[i]) / ratios[i]).toBeLessThan(1e-12);
     }
     const mean = (v: number[]) => v.reduce((s, x) => s + x, 0) / v.length;
     expect(Math.abs(c.ratioOfAverages! - mean(accB) / mean(accA))).toBeLessThan(1e-12);
@@ -93,8 +108,16 @@ describe("evaluate", () => {
   it("bad tasks and missing data are typed errors", async () => {
     const model = await sharedModel();
     await expectCode(model.evaluate({ tasks: ["arc_medium"], dataDir: dataDir() }), "INVALID_ARGUMENT", /unknown task/);
-    await expectCode(model.evaluate({ tasks: ["arc_easy"], limit: 0, dataDir: dataDir() }), "INVALID_ARGUMENT", /limit/);
-    await expectCode(model.evaluate({ tasks: ["arc_easy"], dataDir: join(work, "nothing-here") }), "IO_ERROR", /ARC-Easy-Test/);
+    await expectCode(
+      model.evaluate({ tasks: ["arc_easy"], limit: 0, dataDir: dataDir() }),
+      "INVALID_ARGUMENT",
+      /limit/,
+    );
+    await expectCode(
+      model.evaluate({ tasks: ["arc_easy"], dataDir: join(work, "nothing-here") }),
+      "IO_ERROR",
+      /ARC-Easy-Test/,
+    );
   });
 
   it("stops with ABORTED when its signal fires", async () => {
@@ -127,7 +150,9 @@ describe("perplexity", () => {
     }
     const expected = Math.exp(nll / ids.length);
     const relError = Math.abs(result.tokenPerplexity - expected) / expected;
-    console.log(`perplexity ${result.tokenPerplexity.toFixed(6)} vs float64 reference ${expected.toFixed(6)}: rel error ${relError.toExponential(2)}`);
+    console.log(
+      `perplexity ${result.tokenPerplexity.toFixed(6)} vs float64 reference ${expected.toFixed(6)}: rel error ${relError.toExponential(2)}`,
+    );
     expect(relError).toBeLessThan(1e-4);
     expect(result.tokens).toBe(ids.length);
     expect(result.windows).toBe(1);
@@ -171,7 +196,11 @@ describe("linearize", () => {
       expect(Number.isFinite(s.loss)).toBe(true);
       expect(s.tokensPerSecond).toBeGreaterThan(0);
     }
-    expect(events.filter((e) => e.kind === "eval").map((e) => e.name)).toEqual(["base", "liger (untrained)", "liger (trained)"]);
+    expect(events.filter((e) => e.kind === "eval").map((e) => e.name)).toEqual([
+      "base",
+      "liger (untrained)",
+      "liger (trained)",
+    ]);
     for (const e of [report.baseEval, report.untrainedEval, report.trainedEval]) {
       expect(e).not.toBeNull();
       expect(e!.ppl).toBeCloseTo(Math.exp(e!.loss), 8);
@@ -186,7 +215,12 @@ describe("linearize", () => {
   it("writes a checkpoint that loads back as a Liger model and generates", async () => {
     expect(existsSync(join(out, "model", "config.json"))).toBe(true);
     const model = await loadModel(out);
-    expect(model.info.liger).toMatchObject({ mixer: "gla", windowKeys: 65, softmaxLayers: [], stateBytesPerSequence: report.stateBytes });
+    expect(model.info.liger).toMatchObject({
+      mixer: "gla",
+      windowKeys: 65,
+      softmaxLayers: [],
+      stateBytesPerSequence: report.stateBytes,
+    });
     const result = await model.generate("Hello", { maxTokens: 5, temperature: 0, ignoreEos: true }).result;
     expect(result.tokens).toHaveLength(5);
     const evaluated = await model.evaluate({ tasks: ["lambada_openai"], limit: 3, dataDir: dataDir() });
@@ -224,7 +258,13 @@ describe("linearize", () => {
     const dir = join(work, "sinks-norm");
     const converted = await linearize(modelPath(), { out: dir, data: null, sinks: 4, grmNorm: true, sample: false });
     const model = await loadModel(dir);
-    expect(model.info.liger).toMatchObject({ mixer: "gla", windowKeys: 65, sinkKeys: 4, grmNorm: true, stateBytesPerSequence: converted.stateBytes });
+    expect(model.info.liger).toMatchObject({
+      mixer: "gla",
+      windowKeys: 65,
+      sinkKeys: 4,
+      grmNorm: true,
+      stateBytesPerSequence: converted.stateBytes,
+    });
     // The normaliser's recurrence doubles the recurrent state; the sinks add 4 keys and values per layer.
     const plain = (await loadModel(out)).info.liger!.stateBytesPerSequence;
     const c = model.info;
@@ -239,7 +279,12 @@ describe("linearize", () => {
     const dir = join(work, "surprise");
     const converted = await linearize(modelPath(), { out: dir, data: null, surpriseKeys: 16, sample: false });
     const model = await loadModel(dir);
-    expect(model.info.liger).toMatchObject({ windowKeys: 65, sinkKeys: 0, surpriseKeys: 16, stateBytesPerSequence: converted.stateBytes });
+    expect(model.info.liger).toMatchObject({
+      windowKeys: 65,
+      sinkKeys: 0,
+      surpriseKeys: 16,
+      stateBytesPerSequence: converted.stateBytes,
+    });
     // Per layer: the recurrence over values of one (the score reads it), and beside the 65-key
     // window 16 cached tokens per key-value head, each token with its score per head.
     const plain = (await loadModel(out)).info.liger!.stateBytesPerSequence;
@@ -276,7 +321,13 @@ describe("linearize", () => {
     writeFileSync(join(mine, "a.txt"), "keep");
     const events: LinearizeEvent[] = [];
     const job = linearize(modelPath(), {
-      out: mine, data: alpacaSlice(20), steps: 1, seqLen: 32, valFraction: 0, sample: false, onProgress: (e) => events.push(e),
+      out: mine,
+      data: alpacaSlice(20),
+      steps: 1,
+      seqLen: 32,
+      valFraction: 0,
+      sample: false,
+      onProgress: (e) => events.push(e),
     });
     await expectCode(job, "INVALID_ARGUMENT", /a\.txt.*nothing was changed/);
     expect(readFileSync(join(mine, "a.txt"), "utf8")).toBe("keep");
@@ -296,7 +347,11 @@ describe("linearize", () => {
     const base = { out: join(work, "never"), data: alpacaSlice(20) };
     await expectCode(linearize(modelPath(), { ...base, window: 0 }), "INVALID_ARGUMENT", /window/);
     await expectCode(linearize(modelPath(), { ...base, mixer: "transformer" as never }), "INVALID_ARGUMENT", /mixer/);
-    await expectCode(linearize(modelPath(), { ...base, softmaxLayers: [99] }), "INVALID_ARGUMENT", /layer 99 does not exist/);
+    await expectCode(
+      linearize(modelPath(), { ...base, softmaxLayers: [99] }),
+      "INVALID_ARGUMENT",
+      /layer 99 does not exist/,
+    );
     await expectCode(linearize(modelPath(), { ...base, lora: { rank: 0 } }), "INVALID_ARGUMENT", /lora.rank/);
     await expectCode(linearize(modelPath(), { ...base, lora: { rank: 100_000 } }), "INVALID_ARGUMENT", /smaller rank/);
     await expectCode(linearize(modelPath(), { ...base, recipe: "bogus" as never }), "INVALID_ARGUMENT", /recipe/);
@@ -306,17 +361,41 @@ describe("linearize", () => {
     await expectCode(linearize(modelPath(), { ...base, sinks: -1 }), "INVALID_ARGUMENT", /sinks/);
     await expectCode(linearize(modelPath(), { ...base, sinks: 5000 }), "INVALID_ARGUMENT", /sinks/);
     await expectCode(linearize(modelPath(), { ...base, grmNorm: "yes" as never }), "INVALID_ARGUMENT", /grmNorm/);
-    await expectCode(linearize(modelPath(), { ...base, mixer: "gsa", grmNorm: true }), "INVALID_ARGUMENT", /grm_norm.*gsa/);
+    await expectCode(
+      linearize(modelPath(), { ...base, mixer: "gsa", grmNorm: true }),
+      "INVALID_ARGUMENT",
+      /grm_norm.*gsa/,
+    );
     await expectCode(linearize(modelPath(), { ...base, surpriseKeys: -1 }), "INVALID_ARGUMENT", /surpriseKeys/);
     await expectCode(linearize(modelPath(), { ...base, surpriseKeys: 5000 }), "INVALID_ARGUMENT", /surpriseKeys/);
-    await expectCode(linearize(modelPath(), { ...base, mixer: "gsa", surpriseKeys: 8 }), "INVALID_ARGUMENT", /surprise_keys.*gsa/);
-    await expectCode(linearize(modelPath(), { ...base, useSwa: false, surpriseKeys: 8 }), "INVALID_ARGUMENT", /surprise_keys/);
+    await expectCode(
+      linearize(modelPath(), { ...base, mixer: "gsa", surpriseKeys: 8 }),
+      "INVALID_ARGUMENT",
+      /surprise_keys.*gsa/,
+    );
+    await expectCode(
+      linearize(modelPath(), { ...base, useSwa: false, surpriseKeys: 8 }),
+      "INVALID_ARGUMENT",
+      /surprise_keys/,
+    );
     await expectCode(linearize(modelPath(), { ...base, keepCheckpoints: 0 }), "INVALID_ARGUMENT", /keepCheckpoints/);
     await expectCode(linearize(modelPath(), { ...base, overwrite: "yes" as never }), "INVALID_ARGUMENT", /overwrite/);
-    await expectCode(linearize(modelPath(), { ...base, surpriseAfterTraining: true }), "INVALID_ARGUMENT", /surpriseAfterTraining.*surpriseKeys/);
-    await expectCode(linearize(modelPath(), { ...base, surpriseKeys: 8, surpriseAfterTraining: 1 as never }), "INVALID_ARGUMENT", /surpriseAfterTraining/);
+    await expectCode(
+      linearize(modelPath(), { ...base, surpriseAfterTraining: true }),
+      "INVALID_ARGUMENT",
+      /surpriseAfterTraining.*surpriseKeys/,
+    );
+    await expectCode(
+      linearize(modelPath(), { ...base, surpriseKeys: 8, surpriseAfterTraining: 1 as never }),
+      "INVALID_ARGUMENT",
+      /surpriseAfterTraining/,
+    );
     // No NVIDIA GPU on the test machine: a typed error that points at the CPU backend.
-    await expectCode(linearize(modelPath(), { ...base, device: "cuda" }), "DEVICE_UNAVAILABLE", /NVIDIA.*use the CPU backend/);
+    await expectCode(
+      linearize(modelPath(), { ...base, device: "cuda" }),
+      "DEVICE_UNAVAILABLE",
+      /NVIDIA.*use the CPU backend/,
+    );
     expect(existsSync(base.out)).toBe(false);
   });
 });

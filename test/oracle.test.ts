@@ -2,7 +2,7 @@
  * The base model against llama.cpp (through node-llama-cpp, CPU build) on the same GGUF:
  * for several prompts, the next-token distribution after the prompt must agree.
  */
-import { getLlama, type Llama, type LlamaContext, type LlamaModel } from "node-llama-cpp";
+import { getLlama, LlamaLogLevel, type Llama, type LlamaContext, type LlamaModel } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import type { LigerModel } from "../ts/dist/index.js";
@@ -45,7 +45,7 @@ let contexts: { f32: LlamaContext; f16: LlamaContext };
 
 beforeAll(async () => {
   ours = await sharedModel();
-  llama = await getLlama({ gpu: false, logLevel: "error" });
+  llama = await getLlama({ gpu: false, logLevel: LlamaLogLevel.error });
   theirs = await llama.loadModel({ modelPath: modelPath() });
   // The reference: f32 K/V cache and no flash attention, llama.cpp's most precise setting.
   // The f16 one only shows how much llama.cpp's own rounding moves the numbers.
@@ -71,7 +71,9 @@ afterAll(async () => {
 async function llamaLogProbs(context: LlamaContext, tokens: number[]): Promise<Float64Array> {
   const sequence = context.getSequence();
   try {
-    const input = tokens.map((t, i) => (i === tokens.length - 1 ? ([t, { generateNext: { logits: true } }] as const) : t));
+    const input = tokens.map((t, i) =>
+      i === tokens.length - 1 ? ([t, { generateNext: { logits: true } }] as const) : t,
+    );
     const output = await sequence.controlledEvaluate(input as never);
     const logits = output[tokens.length - 1]?.next.logits;
     if (!logits) throw new Error("node-llama-cpp returned no logits");

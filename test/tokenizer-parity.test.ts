@@ -1,5 +1,5 @@
 /** Our tokenizer against llama.cpp's (node-llama-cpp) on the same GGUF vocabulary. */
-import { getLlama, type Llama, type LlamaModel } from "node-llama-cpp";
+import { getLlama, LlamaLogLevel, type Llama, type LlamaModel } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import type { LigerModel } from "../ts/dist/index.js";
@@ -12,7 +12,7 @@ let theirs: LlamaModel;
 
 beforeAll(async () => {
   ours = await sharedModel();
-  llama = await getLlama({ gpu: false, logLevel: "error" });
+  llama = await getLlama({ gpu: false, logLevel: LlamaLogLevel.error });
   theirs = await llama.loadModel({ modelPath: modelPath() });
 });
 
@@ -33,10 +33,14 @@ describe.each([false, true])("tokenize(special: %s) matches llama.cpp", (special
       const expected = theirs.tokenize(text, special).map(Number);
       const actual = ours.tokenize(text, { addBos: false, special });
       if (actual.length !== expected.length || actual.some((t, i) => t !== expected[i])) {
-        mismatches.push(`${JSON.stringify(text)}\n    ours  ${JSON.stringify(actual)}\n    llama ${JSON.stringify(expected)}`);
+        mismatches.push(
+          `${JSON.stringify(text)}\n    ours  ${JSON.stringify(actual)}\n    llama ${JSON.stringify(expected)}`,
+        );
       }
     }
-    expect(mismatches.length, `${mismatches.length} mismatches, e.g.\n  ${mismatches.slice(0, 5).join("\n  ")}`).toBe(0);
+    expect(mismatches.length, `${mismatches.length} mismatches, e.g.\n  ${mismatches.slice(0, 5).join("\n  ")}`).toBe(
+      0,
+    );
   });
 
   it("decodes every text of the corpus back to itself", () => {

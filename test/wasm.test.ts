@@ -9,7 +9,14 @@ import { join } from "node:path";
 import { createEngine, type Engine } from "@liger/wasm";
 import { beforeAll, describe, expect, it } from "vitest";
 
-import { LigerError, loadModel, resolveBackend, wasmBackend, nativeBackend, type LigerModel } from "../ts/dist/index.js";
+import {
+  LigerError,
+  loadModel,
+  resolveBackend,
+  wasmBackend,
+  nativeBackend,
+  type LigerModel,
+} from "../ts/dist/index.js";
 import { bundlePath, repoRoot } from "./helpers.js";
 
 const MIB = 1024 * 1024;
@@ -105,7 +112,9 @@ describe("the default model's Liger conversion, int8, in wasm", () => {
       text += t.text;
     }
     const result = await gen.result;
-    console.log(`wasm int8 greedy: ${JSON.stringify(result.text)} (prefill ${result.prefillMs.toFixed(0)} ms, ${(result.tokens.length / (result.decodeMs / 1000)).toFixed(1)} tok/s)`);
+    console.log(
+      `wasm int8 greedy: ${JSON.stringify(result.text)} (prefill ${result.prefillMs.toFixed(0)} ms, ${(result.tokens.length / (result.decodeMs / 1000)).toFixed(1)} tok/s)`,
+    );
     expect(result.tokens).toEqual(streamed);
     expect(result.text).toBe(text);
     expect(result.tokens.length).toBeGreaterThan(0);
@@ -124,7 +133,9 @@ describe("the default model's Liger conversion, int8, in wasm", () => {
     const afterLoad = e.memoryBytes();
     // A prompt longer than the sliding window (65 keys), so the window's ring buffer is full
     // from the start and the state is at its (constant) size.
-    const prompt = m.encode("Once upon a time, in a small village at the edge of a great forest, there lived an old clockmaker. ".repeat(4));
+    const prompt = m.encode(
+      "Once upon a time, in a small village at the edge of a great forest, there lived an old clockmaker. ".repeat(4),
+    );
     expect(prompt.length).toBeGreaterThan(65);
     const gen = m.startGeneration(prompt, { maxTokens: 256, ignoreEos: true, temperature: 0.8, seed: 3 });
     const at: Record<number, { memory: number; state: number }> = {};
@@ -133,7 +144,9 @@ describe("the default model's Liger conversion, int8, in wasm", () => {
       n += 1;
       if (n === 32 || n === 256) at[n] = { memory: e.memoryBytes(), state: gen.stateBytes() };
     }
-    console.log(`wasm memory: ${afterLoad / MIB} MiB after load, ${at[32].memory / MIB} MiB after 32 tokens, ${at[256].memory / MIB} MiB after 256; state ${at[32].state} / ${at[256].state} bytes`);
+    console.log(
+      `wasm memory: ${afterLoad / MIB} MiB after load, ${at[32].memory / MIB} MiB after 32 tokens, ${at[256].memory / MIB} MiB after 256; state ${at[32].state} / ${at[256].state} bytes`,
+    );
     expect(n).toBe(256);
     expect(at[256].memory).toBe(at[32].memory);
     expect(at[256].state).toBe(at[32].state);
@@ -148,10 +161,7 @@ describe("bad input gives a LigerError with a code", () => {
     for (const cut of [10, 1000, bundle.length - 1]) {
       expect(() => e.loadBundle(bundle.subarray(0, cut))).toThrow(expect.objectContaining({ code: "INVALID_FILE" }));
     }
-    const err = await expectLigerError(
-      wasmBackend().loadModel("/dev/null"),
-      "INVALID_FILE",
-    );
+    const err = await expectLigerError(wasmBackend().loadModel("/dev/null"), "INVALID_FILE");
     expect(err.message).toMatch(/too short/);
   });
 
@@ -159,24 +169,34 @@ describe("bad input gives a LigerError with a code", () => {
     const e = await engine();
     const gguf = new Uint8Array(4096);
     gguf.set(new TextEncoder().encode("GGUF"));
-    expect(() => e.loadBundle(gguf)).toThrow(expect.objectContaining({ code: "INVALID_FILE", message: expect.stringMatching(/not a liger bundle/) }));
+    expect(() => e.loadBundle(gguf)).toThrow(
+      expect.objectContaining({ code: "INVALID_FILE", message: expect.stringMatching(/not a liger bundle/) }),
+    );
     const noise = crypto.getRandomValues(new Uint8Array(65536));
     expect(() => e.loadBundle(noise)).toThrow(expect.objectContaining({ code: "INVALID_FILE" }));
   });
 
   it("a model too big for the wasm memory", async () => {
-    const err = await expectLigerError(loadModel(bundlePath("int8"), { backend: wasmBackend({ maxMemoryBytes: 96 * MIB }) }), "OUT_OF_MEMORY");
+    const err = await expectLigerError(
+      loadModel(bundlePath("int8"), { backend: wasmBackend({ maxMemoryBytes: 96 * MIB }) }),
+      "OUT_OF_MEMORY",
+    );
     expect(err.message).toMatch(/MiB/);
   });
 
   it("a quantisation this build does not know", async () => {
     const e = await engine();
     const edited = editHeader(bundle, (h) => (h.tensors[0].dtype = "Q3_HYPER"));
-    expect(() => e.loadBundle(edited)).toThrow(expect.objectContaining({ code: "UNSUPPORTED_TENSOR_TYPE", message: expect.stringMatching(/Q3_HYPER/) }));
+    expect(() => e.loadBundle(edited)).toThrow(
+      expect.objectContaining({ code: "UNSUPPORTED_TENSOR_TYPE", message: expect.stringMatching(/Q3_HYPER/) }),
+    );
   });
 
   it("token ids outside the vocabulary, an unknown backend", async () => {
-    await expectLigerError(() => model.generate([{ role: "user", content: "x" }], { maxTokens: -1 }), "INVALID_ARGUMENT");
+    await expectLigerError(
+      () => model.generate([{ role: "user", content: "x" }], { maxTokens: -1 }),
+      "INVALID_ARGUMENT",
+    );
     await expectLigerError(model.logits([1, 2, 999999]), "INVALID_ARGUMENT");
     await expectLigerError(() => resolveBackend("gpu" as any), "INVALID_ARGUMENT");
     expect(resolveBackend("wasm").name).toBe("wasm");
@@ -188,7 +208,11 @@ describe("backend selection", () => {
   it("loadModel picks the wasm engine when the native addon cannot be loaded", async () => {
     const { execFileSync } = await import("node:child_process");
     const script = `import("./ts/dist/index.js").then(async (m) => { const model = await m.loadModel(${JSON.stringify(bundlePath("int8"))}); console.log(model.info.format); })`;
-    const out = execFileSync(process.execPath, ["-e", script], { cwd: repoRoot, env: { ...process.env, LIGER_NATIVE_ADDON: "/nonexistent/liger.node" }, encoding: "utf8" });
+    const out = execFileSync(process.execPath, ["-e", script], {
+      cwd: repoRoot,
+      env: { ...process.env, LIGER_NATIVE_ADDON: "/nonexistent/liger.node" },
+      encoding: "utf8",
+    });
     expect(out.trim()).toBe("bundle");
   });
 });

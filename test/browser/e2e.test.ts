@@ -13,7 +13,12 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { bundlePath, repoRoot } from "../helpers.js";
 
-const TYPES: Record<string, string> = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".bundle": "application/octet-stream" };
+const TYPES: Record<string, string> = {
+  ".html": "text/html",
+  ".js": "text/javascript",
+  ".wasm": "application/wasm",
+  ".bundle": "application/octet-stream",
+};
 
 /** Serves the page, the wasm package and the bundle (nothing else) on a free port. */
 function serve(): Promise<Server> {
@@ -41,7 +46,10 @@ const chromiumPath = process.env.LIGER_CHROMIUM || "/usr/bin/chromium";
 let server: Server;
 let browser: Browser;
 beforeAll(async () => {
-  if (!existsSync(chromiumPath)) throw new Error(`Chromium is missing at ${chromiumPath}: run scripts/setup.sh (apt install chromium) or set LIGER_CHROMIUM`);
+  if (!existsSync(chromiumPath))
+    throw new Error(
+      `Chromium is missing at ${chromiumPath}: run scripts/setup.sh (apt install chromium) or set LIGER_CHROMIUM`,
+    );
   server = await serve();
   browser = await chromium.launch({ executablePath: chromiumPath, args: ["--no-sandbox", "--disable-gpu"] });
 });
@@ -57,11 +65,15 @@ describe("the wasm engine in headless Chromium", () => {
     const pageErrors: string[] = [];
     page.on("pageerror", (err) => pageErrors.push(err.message));
     const { port } = server.address() as AddressInfo;
-    await page.goto(`http://127.0.0.1:${port}/?bundle=/model.bundle&tokens=16&prompt=${encodeURIComponent("The capital of France is")}`);
+    await page.goto(
+      `http://127.0.0.1:${port}/?bundle=/model.bundle&tokens=16&prompt=${encodeURIComponent("The capital of France is")}`,
+    );
     await page.waitForFunction(() => (window as any).ligerRun?.done === true, undefined, { timeout: 240_000 });
     const run = await page.evaluate(() => (window as any).ligerRun);
     const shown = await page.textContent("#output");
-    console.log(`browser: ${run.updates.length} tokens streamed, text ${JSON.stringify(run.result?.text)}, wasm memory ${(run.memoryBytes / 2 ** 20).toFixed(1)} MiB`);
+    console.log(
+      `browser: ${run.updates.length} tokens streamed, text ${JSON.stringify(run.result?.text)}, wasm memory ${(run.memoryBytes / 2 ** 20).toFixed(1)} MiB`,
+    );
     expect(run.error).toBeNull();
     expect(pageErrors).toEqual([]);
     expect(run.info.quantization).toBe("int8");

@@ -4,7 +4,13 @@
  * Backends speak in plain values (typed arrays, plain objects) and throw LigerError.
  */
 
-import type { EvalReport, LoglikelihoodResult, PerplexityResult, ResolvedEvalOptions, ResolvedLoglikelihood } from "./eval.js";
+import type {
+  EvalReport,
+  LoglikelihoodResult,
+  PerplexityResult,
+  ResolvedEvalOptions,
+  ResolvedLoglikelihood,
+} from "./eval.js";
 
 /** The conversion of a Liger model (see `linearize`). */
 export interface LigerInfo {
@@ -122,7 +128,11 @@ export interface BackendModel {
   generate(prompt: Uint32Array, options: BackendGenerateOptions, sink: GenerationSink): GenerationHandle;
   /** Evaluation; a backend without it cannot evaluate. */
   evaluate?(options: ResolvedEvalOptions, control: BackendJobControl): Promise<EvalReport>;
-  perplexity?(source: { text?: string; file?: string }, window: number | undefined, control: BackendJobControl): Promise<PerplexityResult>;
+  perplexity?(
+    source: { text?: string; file?: string },
+    window: number | undefined,
+    control: BackendJobControl,
+  ): Promise<PerplexityResult>;
   loglikelihood?(input: ResolvedLoglikelihood, control: BackendJobControl): Promise<LoglikelihoodResult>;
 }
 

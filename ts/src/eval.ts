@@ -64,7 +64,13 @@ export interface PasskeyReport {
 
 export interface EvalReport {
   model: string;
-  options: { maxLength: number | null; limit: number | null; seed: number; addBos: boolean; perplexityWindow: number | null };
+  options: {
+    maxLength: number | null;
+    limit: number | null;
+    seed: number;
+    addBos: boolean;
+    perplexityWindow: number | null;
+  };
   tasks: TaskResult[];
   passkey: PasskeyReport | null;
   seconds: number;
@@ -196,7 +202,8 @@ export function resolveLoglikelihood(requests: readonly LoglikelihoodRequest[], 
     if (r === null || typeof r !== "object" || typeof r.context !== "string" || typeof r.continuation !== "string") {
       throw invalidArgument(`request ${i} must be { context: string, continuation: string }, got ${JSON.stringify(r)}`);
     }
-    if (r.continuation.length === 0) throw invalidArgument(`request ${i} has an empty continuation; give the text to score`);
+    if (r.continuation.length === 0)
+      throw invalidArgument(`request ${i} has an empty continuation; give the text to score`);
   });
   if (options === null || typeof options !== "object") throw invalidArgument("loglikelihood options must be an object");
   checkOptional("maxLength", options.maxLength, isPositiveInt, "an integer >= 1");
@@ -250,8 +257,18 @@ export function resolveEvalOptions(options: EvaluateOptions, defaultLabel: strin
   checkOptional("limit", options.limit, isPositiveInt, "an integer >= 1");
   checkOptional("maxLength", options.maxLength, isPositiveInt, "an integer >= 1");
   checkOptional("window", options.window, isPositiveInt, "an integer >= 1");
-  checkOptional("seed", options.seed, (v) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0, "an integer >= 0");
-  checkOptional("passkey", options.passkey, (v) => Array.isArray(v) && v.length > 0 && v.every(isPositiveInt), "a non-empty list of lengths");
+  checkOptional(
+    "seed",
+    options.seed,
+    (v) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0,
+    "an integer >= 0",
+  );
+  checkOptional(
+    "passkey",
+    options.passkey,
+    (v) => Array.isArray(v) && v.length > 0 && v.every(isPositiveInt),
+    "a non-empty list of lengths",
+  );
   checkOptional("passkeyTrials", options.passkeyTrials, isPositiveInt, "an integer >= 1");
   checkOptional(
     "passkeyDepths",
@@ -261,7 +278,9 @@ export function resolveEvalOptions(options: EvaluateOptions, defaultLabel: strin
   );
   checkOptional("signal", options.signal, (v) => v instanceof AbortSignal, "an AbortSignal");
   checkOptional("device", options.device, (v) => v === "cpu" || v === "cuda", `"cpu" or "cuda"`);
-  const taskFiles = Object.entries(options.taskFiles ?? {}).filter((e): e is [string, string] => typeof e[1] === "string");
+  const taskFiles = Object.entries(options.taskFiles ?? {}).filter(
+    (e): e is [string, string] => typeof e[1] === "string",
+  );
   const dataDir = options.dataDir ?? defaultDataDir();
   const needsData = tasks.filter((t) => !taskFiles.some(([name]) => name === t));
   if (needsData.length > 0 && dataDir === undefined) {

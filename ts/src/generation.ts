@@ -72,7 +72,9 @@ export class Generation implements AsyncIterable<GeneratedToken> {
     const token = this.queue.shift();
     if (token) return Promise.resolve({ done: false, value: token });
     if (this.finished) {
-      return this.failure === undefined ? Promise.resolve({ done: true, value: undefined }) : Promise.reject(this.failure);
+      return this.failure === undefined
+        ? Promise.resolve({ done: true, value: undefined })
+        : Promise.reject(this.failure);
     }
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
   }

@@ -220,19 +220,36 @@ const oneOf = (values: readonly string[]) => (v: unknown) => typeof v === "strin
 export function resolveLinearizeOptions(modelPath: string, options: LinearizeOptions) {
   if (options === null || typeof options !== "object") throw invalidArgument("linearize options must be an object");
   const o = options;
-  if (typeof o.out !== "string" || o.out.length === 0) throw invalidArgument("out must name the checkpoint directory to write");
+  if (typeof o.out !== "string" || o.out.length === 0)
+    throw invalidArgument("out must name the checkpoint directory to write");
   checkOptional("device", o.device, oneOf(["cpu", "cuda"]), `"cpu" or "cuda"`);
   checkOptional("mixer", o.mixer, oneOf(MIXERS), `one of ${MIXERS.join(", ")}`);
   checkOptional("window", o.window, isPositiveInt, "an integer >= 1 (65 is the reference's window)");
-  checkOptional("sinks", o.sinks, (v) => isNonNegativeInt(v) && (v as number) <= 1024, "an integer from 0 to 1024 (StreamingLLM uses 4)");
+  checkOptional(
+    "sinks",
+    o.sinks,
+    (v) => isNonNegativeInt(v) && (v as number) <= 1024,
+    "an integer from 0 to 1024 (StreamingLLM uses 4)",
+  );
   checkOptional("grmNorm", o.grmNorm, (v) => typeof v === "boolean", "a boolean");
-  checkOptional("surpriseKeys", o.surpriseKeys, (v) => isNonNegativeInt(v) && (v as number) <= 4096, "an integer from 0 to 4096 (LoLA uses 64 to 256)");
+  checkOptional(
+    "surpriseKeys",
+    o.surpriseKeys,
+    (v) => isNonNegativeInt(v) && (v as number) <= 4096,
+    "an integer from 0 to 4096 (LoLA uses 64 to 256)",
+  );
   checkOptional("surpriseAfterTraining", o.surpriseAfterTraining, (v) => typeof v === "boolean", "a boolean");
-  if (o.surpriseAfterTraining && !o.surpriseKeys) throw invalidArgument("surpriseAfterTraining adds a surprise cache after training: set surpriseKeys too");
+  if (o.surpriseAfterTraining && !o.surpriseKeys)
+    throw invalidArgument("surpriseAfterTraining adds a surprise cache after training: set surpriseKeys too");
   checkOptional("alpha", o.alpha, isFiniteNumber, "a finite number");
   checkOptional("beta", o.beta, isFiniteNumber, "a finite number");
   checkOptional("useSwa", o.useSwa, (v) => typeof v === "boolean", "a boolean");
-  checkOptional("softmaxLayers", o.softmaxLayers, (v) => Array.isArray(v) && v.every(isNonNegativeInt), "a list of layer indices");
+  checkOptional(
+    "softmaxLayers",
+    o.softmaxLayers,
+    (v) => Array.isArray(v) && v.every(isNonNegativeInt),
+    "a list of layer indices",
+  );
   checkOptional("softmaxEvery", o.softmaxEvery, isPositiveInt, "an integer >= 1");
   if (o.softmaxLayers !== undefined && o.softmaxEvery !== undefined) {
     throw invalidArgument("give softmaxLayers or softmaxEvery, not both");
@@ -250,21 +267,41 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
   const lora = o.lora ?? {};
   checkOptional("lora.rank", lora.rank, isPositiveInt, "an integer >= 1");
   checkOptional("lora.alpha", lora.alpha, isFiniteNumber, "a finite number");
-  checkOptional("lora.targets", lora.targets, (v) => Array.isArray(v) && v.every(oneOf(LORA_TARGETS)), `a list of ${LORA_TARGETS.join(", ")}`);
+  checkOptional(
+    "lora.targets",
+    lora.targets,
+    (v) => Array.isArray(v) && v.every(oneOf(LORA_TARGETS)),
+    `a list of ${LORA_TARGETS.join(", ")}`,
+  );
   for (const name of ["steps", "seqLen", "batch", "gradAccum", "sampleMaxTokens", "maxValSequences"] as const) {
     checkOptional(name, o[name], isPositiveInt, "an integer >= 1");
   }
   checkOptional("overwrite", o.overwrite, (v) => typeof v === "boolean", "a boolean");
-  checkOptional("keepCheckpoints", o.keepCheckpoints, isPositiveInt, "an integer >= 1 (the final model is kept beside them)");
+  checkOptional(
+    "keepCheckpoints",
+    o.keepCheckpoints,
+    isPositiveInt,
+    "an integer >= 1 (the final model is kept beside them)",
+  );
   for (const name of ["seed", "warmupSteps", "evalEvery", "saveEvery"] as const) {
     checkOptional(name, o[name], isNonNegativeInt, "an integer >= 0");
   }
   checkOptional("lr", o.lr, (v) => isFiniteNumber(v) && (v as number) > 0, "a positive number");
-  checkOptional("valFraction", o.valFraction, (v) => isFiniteNumber(v) && (v as number) >= 0 && (v as number) < 1, "in [0, 1)");
+  checkOptional(
+    "valFraction",
+    o.valFraction,
+    (v) => isFiniteNumber(v) && (v as number) >= 0 && (v as number) < 1,
+    "in [0, 1)",
+  );
   checkOptional("schedule", o.schedule, oneOf(["constant", "cosine"]), `"constant" or "cosine"`);
   checkOptional("promptFormat", o.promptFormat, oneOf(["alpaca", "chat"]), `"alpaca" or "chat"`);
   checkOptional("dtype", o.dtype, oneOf(["f32", "f16", "bf16"]), `"f32", "f16" or "bf16"`);
-  checkOptional("sample", o.sample, (v) => v === false || (typeof v === "string" && v.length > 0), "a non-empty instruction or false");
+  checkOptional(
+    "sample",
+    o.sample,
+    (v) => v === false || (typeof v === "string" && v.length > 0),
+    "a non-empty instruction or false",
+  );
   checkOptional("signal", o.signal, (v) => v instanceof AbortSignal, "an AbortSignal");
   const data = o.data === undefined ? defaultTrainingData() : o.data;
   if (o.data === undefined && data === undefined) {
@@ -272,7 +309,12 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
       "no training data: pass data (the CLI's --data) with Alpaca-style records, set LIGER_DATA_DIR to a folder holding alpaca_cleaned, or data: null to convert without training",
     );
   }
-  checkOptional("data", data ?? undefined, (v) => typeof v === "string" && v.length > 0, "a file or folder path, or null");
+  checkOptional(
+    "data",
+    data ?? undefined,
+    (v) => typeof v === "string" && v.length > 0,
+    "a file or folder path, or null",
+  );
   return {
     modelPath,
     dataPath: data ?? undefined,

@@ -43,7 +43,9 @@ export function resolveBackend(choice: LoadModelOptions["backend"] = "auto"): Ba
     case "auto":
       return nativeAddonAvailable() ? nativeBackend : defaultWasmBackend;
     default:
-      throw invalidArgument(`backend must be "native", "wasm", "auto" or a Backend object, got ${JSON.stringify(choice)}`);
+      throw invalidArgument(
+        `backend must be "native", "wasm", "auto" or a Backend object, got ${JSON.stringify(choice)}`,
+      );
   }
 }
 
@@ -184,13 +186,15 @@ export class LigerModel {
     const detach = () => signal?.removeEventListener("abort", onAbort);
     generation.result.then(detach, detach);
 
-    const start = (tokens: Uint32Array) => generation.attach(this.backend.generate(tokens, resolved, generation.sink()));
+    const start = (tokens: Uint32Array) =>
+      generation.attach(this.backend.generate(tokens, resolved, generation.sink()));
     if (plainTokens) {
       start(plainTokens);
     } else {
-      this.backend.renderChat(messages!, true).then(
-        (text) => start(this.nonEmpty(this.backend.encode(text, undefined, true))),
-      ).catch((err) => generation.sink().error(err));
+      this.backend
+        .renderChat(messages!, true)
+        .then((text) => start(this.nonEmpty(this.backend.encode(text, undefined, true))))
+        .catch((err) => generation.sink().error(err));
     }
     return generation;
   }
@@ -236,7 +240,10 @@ export class LigerModel {
    * continuation; inputs longer than `maxLength` are cut from the left). Each score comes with
    * the tokens the pair was split into.
    */
-  async loglikelihood(requests: readonly LoglikelihoodRequest[], options: LoglikelihoodOptions = {}): Promise<LoglikelihoodResult> {
+  async loglikelihood(
+    requests: readonly LoglikelihoodRequest[],
+    options: LoglikelihoodOptions = {},
+  ): Promise<LoglikelihoodResult> {
     const input = resolveLoglikelihood(requests, options);
     const onProgress = options.onProgress;
     return this.job("loglikelihood").loglikelihood!(input, {
@@ -247,7 +254,10 @@ export class LigerModel {
 
   private job(name: "evaluate" | "perplexity" | "loglikelihood"): BackendModel {
     if (typeof this.backend[name] !== "function") {
-      throw new LigerError("INVALID_ARGUMENT", `this model's backend cannot run ${name}; load the model with the native backend`);
+      throw new LigerError(
+        "INVALID_ARGUMENT",
+        `this model's backend cannot run ${name}; load the model with the native backend`,
+      );
     }
     return this.backend;
   }

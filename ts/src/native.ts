@@ -20,7 +20,14 @@ import type {
   ProgressCallback,
 } from "./backend.js";
 import { LigerError, toLigerError } from "./errors.js";
-import type { Comparison, EvalReport, LoglikelihoodResult, PerplexityResult, ResolvedEvalOptions, ResolvedLoglikelihood } from "./eval.js";
+import type {
+  Comparison,
+  EvalReport,
+  LoglikelihoodResult,
+  PerplexityResult,
+  ResolvedEvalOptions,
+  ResolvedLoglikelihood,
+} from "./eval.js";
 import type { LinearizeEvent, LinearizeReport, ResolvedLinearizeOptions } from "./linearize.js";
 
 /** What the addon exports (see crates/liger-node/src/lib.rs and jobs.rs). */
@@ -29,7 +36,11 @@ interface RawAddon {
   CancelToken: new () => RawCancelToken;
   compareReports(base: EvalReport, linearized: EvalReport): Comparison;
   renderEvalHtml(reports: EvalReport[], comparison: Comparison | undefined): string;
-  linearize(options: ResolvedLinearizeOptions, cancel: RawCancelToken, onEvent: ((event: LinearizeEvent) => void) | null): Promise<string>;
+  linearize(
+    options: ResolvedLinearizeOptions,
+    cancel: RawCancelToken,
+    onEvent: ((event: LinearizeEvent) => void) | null,
+  ): Promise<string>;
 }
 
 interface RawCancelToken {
@@ -50,7 +61,11 @@ interface RawModel {
   renderChat(messages: ChatMessage[], addGenerationPrompt: boolean): Promise<string>;
   lastLogits(tokens: Uint32Array): Promise<Float32Array>;
   generate(prompt: Uint32Array, options: BackendGenerateOptions, onEvent: (event: RawEvent) => void): RawGeneration;
-  evaluate(options: ResolvedEvalOptions, cancel: RawCancelToken, onEvent: ((event: unknown) => void) | null): Promise<string>;
+  evaluate(
+    options: ResolvedEvalOptions,
+    cancel: RawCancelToken,
+    onEvent: ((event: unknown) => void) | null,
+  ): Promise<string>;
   perplexity(
     source: { text?: string; file?: string },
     window: number | undefined,
@@ -180,7 +195,11 @@ class NativeModel implements BackendModel {
     return runJob((token, onEvent) => this.raw.evaluate(options, token, onEvent), control);
   }
 
-  perplexity(source: { text?: string; file?: string }, window: number | undefined, control: JobControl<unknown>): Promise<PerplexityResult> {
+  perplexity(
+    source: { text?: string; file?: string },
+    window: number | undefined,
+    control: JobControl<unknown>,
+  ): Promise<PerplexityResult> {
     return runJob((token, onEvent) => this.raw.perplexity(source, window, token, onEvent), control);
   }
 
@@ -193,7 +212,10 @@ class NativeModel implements BackendModel {
  * Run a job of the addon: a CancelToken follows the signal, events go to the caller (an
  * exception thrown there must not reach the addon's thread), the JSON result is parsed.
  */
-async function runJob<T, E>(start: (token: RawCancelToken, onEvent: ((e: E) => void) | null) => Promise<string>, control: JobControl<E>): Promise<T> {
+async function runJob<T, E>(
+  start: (token: RawCancelToken, onEvent: ((e: E) => void) | null) => Promise<string>,
+  control: JobControl<E>,
+): Promise<T> {
   const { signal, onEvent } = control;
   if (signal?.aborted) throw new LigerError("ABORTED", "the job was aborted before it started");
   const token = new (loadAddon().CancelToken)();
@@ -221,7 +243,10 @@ async function runJob<T, E>(start: (token: RawCancelToken, onEvent: ((e: E) => v
 }
 
 /** Convert a model to Liger attention and train it (see linearize.ts). */
-export function nativeLinearize(options: ResolvedLinearizeOptions, control: JobControl<LinearizeEvent>): Promise<LinearizeReport> {
+export function nativeLinearize(
+  options: ResolvedLinearizeOptions,
+  control: JobControl<LinearizeEvent>,
+): Promise<LinearizeReport> {
   return runJob((token, onEvent) => loadAddon().linearize(options, token, onEvent), control);
 }
 

@@ -7,9 +7,25 @@
 import { readFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 
-import { createEngine, DEFAULT_MAX_MEMORY_BYTES, fetchBundle, LigerWasmError, type WasmGeneration, type WasmModel } from "@liger/wasm";
+import {
+  createEngine,
+  DEFAULT_MAX_MEMORY_BYTES,
+  fetchBundle,
+  LigerWasmError,
+  type WasmGeneration,
+  type WasmModel,
+} from "@liger/wasm";
 
-import type { Backend, BackendGenerateOptions, BackendModel, ChatMessage, GenerationHandle, GenerationSink, ModelInfo, ProgressCallback } from "./backend.js";
+import type {
+  Backend,
+  BackendGenerateOptions,
+  BackendModel,
+  ChatMessage,
+  GenerationHandle,
+  GenerationSink,
+  ModelInfo,
+  ProgressCallback,
+} from "./backend.js";
 import { isLigerErrorCode, LigerError } from "./errors.js";
 
 export interface WasmBackendOptions {
@@ -20,7 +36,8 @@ export interface WasmBackendOptions {
 /** A LigerError for anything the engine throws. */
 function toLigerError(err: unknown): LigerError {
   if (err instanceof LigerError) return err;
-  if (err instanceof LigerWasmError && isLigerErrorCode(err.code)) return new LigerError(err.code, err.message, { cause: err });
+  if (err instanceof LigerWasmError && isLigerErrorCode(err.code))
+    return new LigerError(err.code, err.message, { cause: err });
   const message = err instanceof Error ? err.message : String(err);
   return new LigerError("INTERNAL", `unexpected error in the wasm backend: ${message}`, { cause: err });
 }
@@ -42,7 +59,10 @@ function wasmModuleBytes(): Promise<Uint8Array> {
     try {
       return await readFile(path);
     } catch (err) {
-      throw new LigerError("NATIVE_ADDON_MISSING", `the wasm engine ${path} cannot be read (${(err as Error).message}); run scripts/build-wasm.sh`);
+      throw new LigerError(
+        "NATIVE_ADDON_MISSING",
+        `the wasm engine ${path} cannot be read (${(err as Error).message}); run scripts/build-wasm.sh`,
+      );
     }
   })();
   moduleBytes.catch(() => (moduleBytes = undefined));
@@ -58,7 +78,10 @@ async function readBundle(location: string, onProgress?: ProgressCallback): Prom
     return await readFile(location);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    const hint = e.code === "EISDIR" ? "; the wasm backend loads a bundle file: make one from the checkpoint with scripts/make-bundle.sh" : "";
+    const hint =
+      e.code === "EISDIR"
+        ? "; the wasm backend loads a bundle file: make one from the checkpoint with scripts/make-bundle.sh"
+        : "";
     throw new LigerError("IO_ERROR", `${location}: ${e.message}${hint}`);
   }
 }

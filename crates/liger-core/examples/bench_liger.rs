@@ -22,9 +22,18 @@ fn decode_tok_s<M: CausalLm>(model: &M, prompt: &[u32], steps: usize) -> liger_c
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let path = args.get(1).filter(|s| !s.is_empty()).map(std::path::PathBuf::from).unwrap_or_else(liger_core::testing::default_model_path);
+    let path = args
+        .get(1)
+        .filter(|s| !s.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(liger_core::testing::default_model_path);
     let seq_len: usize = args.get(2).map_or(Ok(256), |s| s.parse())?;
-    let contexts: Vec<usize> = args.get(3).map_or("512,4096".to_string(), |s| s.clone()).split(',').map(|s| s.parse()).collect::<Result<_, _>>()?;
+    let contexts: Vec<usize> = args
+        .get(3)
+        .map_or("512,4096".to_string(), |s| s.clone())
+        .split(',')
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
     let threads = rayon::current_num_threads();
     let base = load_model(&path, &mut |_, _| {})?;
     let vocab = base.config.vocab_size;
@@ -52,6 +61,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         liger.forward_backward(&inputs, &labels, 1.0, &mut grads)?;
     }
     let tok_s = (steps * seq_len) as f64 / t.elapsed().as_secs_f64();
-    println!("{{\"model\":\"liger-gla\",\"threads\":{threads},\"train_seq_len\":{seq_len},\"train_tok_s\":{tok_s:.1}}}");
+    println!(
+        "{{\"model\":\"liger-gla\",\"threads\":{threads},\"train_seq_len\":{seq_len},\"train_tok_s\":{tok_s:.1}}}"
+    );
     Ok(())
 }

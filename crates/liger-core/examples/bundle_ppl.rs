@@ -18,12 +18,7 @@ fn perplexity(model: &LigerModel, tokens: &[u32], window: usize) -> liger_core::
         for (t, &next) in w.iter().enumerate().skip(1) {
             let row = &logits[(t - 1) * vocab..t * vocab];
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&v| (v as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
+            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
             nll += lse - row[next as usize] as f64;
             count += 1;
         }
@@ -41,9 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = args.get(1).map_or(Ok(1024), |s| s.parse())?;
     let window: usize = args.get(2).map_or(Ok(512), |s| s.parse())?;
     let data = args.get(3).cloned().unwrap_or_else(|| {
-        let dir = std::env::var("LIGER_DATA_DIR").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data").into()
-        });
+        let dir = std::env::var("LIGER_DATA_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data").into());
         format!("{dir}/wikitext2_raw/wiki.test.raw")
     });
     let text = std::fs::read_to_string(&data)?;
@@ -51,10 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut tokens = base.encode(&text[..text.len().min(40 * n)], Some(false), false)?;
     tokens.truncate(n);
     let layers = base.config.num_layers;
-    let no_adapters = LoraOptions {
-        targets: Vec::new(),
-        ..LoraOptions::default()
-    };
+    let no_adapters = LoraOptions { targets: Vec::new(), ..LoraOptions::default() };
     let mut model = linearize(base, LigerOptions::default(), no_adapters)?;
     for attention in ["liger", "softmax"] {
         if attention == "softmax" {

@@ -24,14 +24,7 @@ fn main() {
 }
 
 fn parse_list<T: std::str::FromStr>(value: &str) -> Result<Vec<T>, String> {
-    value
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .parse::<T>()
-                .map_err(|_| format!("cannot parse {s:?} in {value:?}"))
-        })
-        .collect()
+    value.split(',').map(|s| s.trim().parse::<T>().map_err(|_| format!("cannot parse {s:?} in {value:?}"))).collect()
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,23 +33,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut data = PathBuf::from("../shared/data");
     let mut tasks = vec!["arc_easy".to_string()];
     let mut opts = EvalOptions::default();
-    let mut passkey = PasskeyOptions {
-        trials: 1,
-        ..Default::default()
-    };
+    let mut passkey = PasskeyOptions { trials: 1, ..Default::default() };
     let (mut out, mut html, mut run_passkey, mut liger) = (None, None, false, false);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--model" => model = PathBuf::from(value()?),
             "--data" => data = PathBuf::from(value()?),
-            "--tasks" => {
-                tasks = value()?
-                    .split(',')
-                    .filter(|s| *s != "none")
-                    .map(str::to_string)
-                    .collect()
-            }
+            "--tasks" => tasks = value()?.split(',').filter(|s| *s != "none").map(str::to_string).collect(),
             "--limit" => opts.limit = Some(value()?.parse()?),
             "--seed" => opts.seed = value()?.parse()?,
             "--max-length" => opts.max_length = Some(value()?.parse()?),
@@ -75,17 +59,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     passkey.seed = opts.seed;
     let base = load_model(&model, &mut |_, _| {})?;
-    let label = if liger {
-        format!("{} (liger gla, untrained)", base.name)
-    } else {
-        base.name.clone()
-    };
+    let label = if liger { format!("{} (liger gla, untrained)", base.name) } else { base.name.clone() };
     let scorer: Box<dyn ScoreModel> = if liger {
-        Box::new(linearize(
-            base,
-            LigerOptions::default(),
-            LoraOptions::default(),
-        )?)
+        Box::new(linearize(base, LigerOptions::default(), LoraOptions::default())?)
     } else {
         Box::new(base)
     };
@@ -116,13 +92,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let started = std::time::Instant::now();
         let r = passkey_by_loglikelihood(scorer, &passkey, &opts)?;
         for c in &r.cells {
-            eprintln!(
-                "passkey length {:>5} depth {:>3.0}%: {}/{}",
-                c.length,
-                c.depth * 100.0,
-                c.correct,
-                c.trials
-            );
+            eprintln!("passkey length {:>5} depth {:>3.0}%: {}/{}", c.length, c.depth * 100.0, c.correct, c.trials);
         }
         eprintln!(
             "passkey accuracy {:.3} over {} cells ({:.0} s)",

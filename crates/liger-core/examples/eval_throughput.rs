@@ -25,10 +25,7 @@ fn main() {
 /// `tokens`: the last 8 tokens of each are the continuation.
 fn requests(tokens: &[u32], length: usize, count: usize) -> Result<Vec<TokenRequest>, String> {
     if tokens.len() < (length + 1) * count {
-        return Err(format!(
-            "the text holds {} tokens; {count} requests of {length} need more",
-            tokens.len()
-        ));
+        return Err(format!("the text holds {} tokens; {count} requests of {length} need more", tokens.len()));
     }
     Ok(tokens
         .chunks_exact(length + 1)
@@ -73,12 +70,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         match flag.as_str() {
             "--model" => model = PathBuf::from(value()?),
             "--data" => data = PathBuf::from(value()?),
-            "--lengths" => {
-                lengths = value()?
-                    .split(',')
-                    .map(|s| s.trim().parse())
-                    .collect::<Result<_, _>>()?
-            }
+            "--lengths" => lengths = value()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?,
             "--requests" => count = value()?.parse()?,
             other => return Err(format!("unknown flag {other}").into()),
         }
@@ -87,15 +79,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Err("lengths must exceed 8 tokens and --requests must be at least 1".into());
     }
     let text_path = data.join("wikitext2_raw/wiki.valid.raw");
-    let text =
-        std::fs::read_to_string(&text_path).map_err(|e| format!("{}: {e}", text_path.display()))?;
+    let text = std::fs::read_to_string(&text_path).map_err(|e| format!("{}: {e}", text_path.display()))?;
     let base = load_model(&model, &mut |_, _| {})?;
     let tokens = base.tokenizer.encode(&text, false, false)?;
-    println!(
-        "threads {}, model {}",
-        rayon::current_num_threads(),
-        model.display()
-    );
+    println!("threads {}, model {}", rayon::current_num_threads(), model.display());
     measure("base (softmax)", &base, &tokens, &lengths, count)?;
     let liger = linearize(base, LigerOptions::default(), LoraOptions::default())?;
     measure("liger gla", &liger, &tokens, &lengths, count)?;

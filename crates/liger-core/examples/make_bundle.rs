@@ -11,9 +11,7 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(input), Some(out)) = (args.first(), args.get(1)) else {
-        return Err(
-            "usage: make_bundle <model.gguf|checkpoint-dir> <out.bundle> [f32|int8|q4]".into(),
-        );
+        return Err("usage: make_bundle <model.gguf|checkpoint-dir> <out.bundle> [f32|int8|q4]".into());
     };
     let quant = EdgeQuant::parse(args.get(2).map_or("int8", String::as_str))?;
     let input = PathBuf::from(input);
@@ -23,17 +21,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         linearize(
             load_model(&input, &mut |_, _| {})?,
             LigerOptions::default(),
-            LoraOptions {
-                targets: Vec::new(),
-                ..LoraOptions::default()
-            },
+            LoraOptions { targets: Vec::new(), ..LoraOptions::default() },
         )?
     };
     write_bundle(&PathBuf::from(out), &model, quant)?;
     let bytes = std::fs::metadata(out)?.len();
-    println!(
-        "{{\"out\":{out:?},\"quantization\":\"{}\",\"bytes\":{bytes}}}",
-        quant.name()
-    );
+    println!("{{\"out\":{out:?},\"quantization\":\"{}\",\"bytes\":{bytes}}}", quant.name());
     Ok(())
 }

@@ -11,9 +11,7 @@ use liger_core::gguf::GgufFile;
 use liger_core::tokenizer::Tokenizer;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args()
-        .nth(1)
-        .ok_or("usage: tokenize MODEL.gguf|tokenizer.json < texts.json")?;
+    let path = std::env::args().nth(1).ok_or("usage: tokenize MODEL.gguf|tokenizer.json < texts.json")?;
     let tokenizer = if path.ends_with(".json") {
         Tokenizer::from_file(Path::new(&path))?
     } else {
@@ -23,10 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::io::stdin().read_to_string(&mut input)?;
     let texts: Vec<String> = serde_json::from_str(&input)?;
     let encode_all = |parse_special| -> Result<Vec<Vec<u32>>, liger_core::Error> {
-        texts
-            .iter()
-            .map(|t| tokenizer.encode(t, false, parse_special))
-            .collect()
+        texts.iter().map(|t| tokenizer.encode(t, false, parse_special)).collect()
     };
     let out = serde_json::json!({ "plain": encode_all(false)?, "special": encode_all(true)? });
     println!("{out}");

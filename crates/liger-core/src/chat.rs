@@ -20,10 +20,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage { role: role.into(), content: content.into() }
     }
 }
 
@@ -58,12 +55,9 @@ pub fn render_chat(
         + TEMPLATE_FUEL_PER_MESSAGE * messages.len() as u64
         + TEMPLATE_FUEL_PER_CONTENT_BYTE * content_bytes as u64;
     env.set_fuel(Some(fuel));
-    let compiled = env.template_from_str(template).map_err(|e| {
-        Error::invalid_argument(format!(
-            "the chat template does not parse: {}",
-            describe(&e)
-        ))
-    })?;
+    let compiled = env
+        .template_from_str(template)
+        .map_err(|e| Error::invalid_argument(format!("the chat template does not parse: {}", describe(&e))))?;
     let limit = MAX_RENDERED_BYTES + content_bytes;
     let mut out = BoundedText { text: Vec::new(), limit };
     compiled
@@ -151,18 +145,10 @@ fn template_environment() -> Result<Environment<'static>> {
     let syntax = minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build();
     env.set_syntax(syntax.map_err(|e| Error::internal(format!("chat template syntax: {e}")))?);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function(
-        "raise_exception",
-        |message: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(
-                ErrorKind::InvalidOperation,
-                format!("{RAISED}{message}"),
-            ))
-        },
-    );
-    env.add_function("strftime_now", |format: String| {
-        strftime(&format, now_unix_seconds())
+    env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("{RAISED}{message}")))
     });
+    env.add_function("strftime_now", |format: String| strftime(&format, now_unix_seconds()));
     Ok(env)
 }
 
@@ -170,10 +156,7 @@ fn template_environment() -> Result<Environment<'static>> {
 #[cfg(not(target_arch = "wasm32"))]
 fn now_unix_seconds() -> i64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// wasm32 has no clock without a host binding: templates get 26 Jul 2024, the date
@@ -189,16 +172,11 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    } as u32;
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -217,15 +195,7 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const WEEKDAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
+const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 /// Python's `strftime` for the common directives (%Y %y %m %d %H %M %S %b %B %a %A %j %%),
 /// in UTC; other directives are kept as written.

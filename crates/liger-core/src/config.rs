@@ -92,12 +92,15 @@ impl ModelConfig {
             return bad("head counts and head_dim must be positive".into());
         }
         if !c.num_heads.is_multiple_of(c.num_kv_heads) {
-            return bad(format!("{} query heads are not a multiple of {} key-value heads", c.num_heads, c.num_kv_heads));
+            return bad(format!(
+                "{} query heads are not a multiple of {} key-value heads",
+                c.num_heads, c.num_kv_heads
+            ));
         }
         if !c.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} must be even for RoPE", c.head_dim));
         }
-        if !(c.rope_theta.is_finite() && c.rope_theta > 0.0) || !(c.rms_norm_eps.is_finite() && c.rms_norm_eps > 0.0) {
+        if !(c.rope_theta.is_finite() && c.rope_theta > 0.0 && c.rms_norm_eps.is_finite() && c.rms_norm_eps > 0.0) {
             return bad("rope_theta and rms_norm_eps must be positive numbers".into());
         }
         // Sizes read from a file decide allocations before any weight is read: bound them.
@@ -112,7 +115,9 @@ impl ModelConfig {
             ("context length (max_position_embeddings)", c.max_position_embeddings, LIMITS.context),
         ] {
             if value > limit {
-                return bad(format!("{name} is {value}, above the {limit} this library accepts (the file's metadata is likely corrupt)"));
+                return bad(format!(
+                    "{name} is {value}, above the {limit} this library accepts (the file's metadata is likely corrupt)"
+                ));
             }
         }
         Ok(())

@@ -128,7 +128,10 @@ impl<'m, M: CausalLm> Generator<'m, M> {
             if prompt.len() >= limit {
                 return Err(Error::new(
                     crate::ErrorCode::ContextOverflow,
-                    format!("the prompt has {} tokens but the model's context holds {limit}; shorten the prompt", prompt.len()),
+                    format!(
+                        "the prompt has {} tokens but the model's context holds {limit}; shorten the prompt",
+                        prompt.len()
+                    ),
                 ));
             }
         }

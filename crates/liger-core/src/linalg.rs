@@ -21,12 +21,24 @@ impl<'a> MatRef<'a> {
     }
     /// The transpose, without copying.
     pub fn t(self) -> Self {
-        MatRef { data: self.data, rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride }
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
     }
     fn check(&self) {
         if self.rows > 0 && self.cols > 0 {
             let last = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;
-            assert!(last < self.data.len(), "MatRef {}x{} does not fit in {} values", self.rows, self.cols, self.data.len());
+            assert!(
+                last < self.data.len(),
+                "MatRef {}x{} does not fit in {} values",
+                self.rows,
+                self.cols,
+                self.data.len()
+            );
         }
     }
 }
@@ -48,7 +60,8 @@ pub fn matmul(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool) {
         return;
     }
     let threads = rayon::current_num_threads();
-    let parallelism = if m * n * k >= 1 << 18 && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let parallelism =
+        if m * n * k >= 1 << 18 && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the shapes and strides were checked against the slices above.
     unsafe {
         gemm::gemm(

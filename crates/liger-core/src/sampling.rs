@@ -24,7 +24,10 @@ impl Default for SamplingOptions {
 impl SamplingOptions {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(Error::invalid_argument(format!("temperature must be a number >= 0, got {}", self.temperature)));
+            return Err(Error::invalid_argument(format!(
+                "temperature must be a number >= 0, got {}",
+                self.temperature
+            )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::invalid_argument(format!("top_p must be in (0, 1], got {}", self.top_p)));
@@ -183,7 +186,8 @@ mod tests {
         let mut order: Vec<usize> = (0..logits.len()).collect();
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
         let allowed: std::collections::HashSet<u32> = order[..5].iter().map(|&i| i as u32).collect();
-        let mut s = Sampler::new(SamplingOptions { temperature: 5.0, top_k: 5, top_p: 1.0, seed: rand::random() }).unwrap();
+        let mut s =
+            Sampler::new(SamplingOptions { temperature: 5.0, top_k: 5, top_p: 1.0, seed: rand::random() }).unwrap();
         for _ in 0..500 {
             assert!(allowed.contains(&s.sample(&logits)));
         }
@@ -193,7 +197,8 @@ mod tests {
     fn top_p_keeps_the_nucleus_and_frequencies_match() {
         // Three tokens with probabilities 0.5, 0.3, 0.2 (temperature 1): top_p 0.75 keeps two.
         let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
-        let mut s = Sampler::new(SamplingOptions { temperature: 1.0, top_k: 0, top_p: 0.75, seed: rand::random() }).unwrap();
+        let mut s =
+            Sampler::new(SamplingOptions { temperature: 1.0, top_k: 0, top_p: 0.75, seed: rand::random() }).unwrap();
         let n = 20000;
         let mut counts = [0usize; 3];
         for _ in 0..n {

@@ -217,7 +217,9 @@ impl GgmlType {
     /// a whole number of blocks or the size overflows.
     pub fn bytes_for(self, n: usize) -> Result<usize> {
         if self == GgmlType::I8Row {
-            return n.checked_add(4).ok_or_else(|| Error::new(ErrorCode::InvalidFile, format!("tensor of {n} values is too large")));
+            return n
+                .checked_add(4)
+                .ok_or_else(|| Error::new(ErrorCode::InvalidFile, format!("tensor of {n} values is too large")));
         }
         if !n.is_multiple_of(self.block_size()) {
             return Err(Error::shape(format!(
@@ -285,7 +287,9 @@ impl QTensor {
             let bytes = self.data.as_slice();
             if (bytes.as_ptr() as usize).is_multiple_of(4) {
                 // SAFETY: aligned, length is a multiple of 4, any bit pattern is a valid f32.
-                return Cow::Borrowed(unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4) });
+                return Cow::Borrowed(unsafe {
+                    std::slice::from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4)
+                });
             }
         }
         let mut out = vec![0.0f32; self.numel()];

@@ -23,7 +23,8 @@ pub fn cache_dir() -> PathBuf {
 /// Path of the default model for tests: `$LIGER_MODEL_GGUF`, else the cache folder's copy.
 /// Panics with instructions when it is missing, so that a test never passes silently without it.
 pub fn default_model_path() -> PathBuf {
-    let path = std::env::var_os("LIGER_MODEL_GGUF").map(PathBuf::from).unwrap_or_else(|| cache_dir().join(DEFAULT_MODEL_FILE));
+    let path =
+        std::env::var_os("LIGER_MODEL_GGUF").map(PathBuf::from).unwrap_or_else(|| cache_dir().join(DEFAULT_MODEL_FILE));
     assert!(path.is_file(), "the default model is missing at {}: run `npm run fetch-model` first", path.display());
     path
 }
@@ -81,7 +82,9 @@ pub fn random_weights(cfg: &ModelConfig, seed: u64) -> ModelWeights {
         });
     }
     let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
-    let mut vec = |n: usize, center: f32, spread: f32| -> Vec<f32> { (0..n).map(|_| center + rng.random_range(-spread..spread)).collect() };
+    let mut vec = |n: usize, center: f32, spread: f32| -> Vec<f32> {
+        (0..n).map(|_| center + rng.random_range(-spread..spread)).collect()
+    };
     for l in &mut layers {
         l.attn_norm = vec(h, 1.0, 0.3);
         l.ffn_norm = vec(h, 1.0, 0.3);
@@ -137,7 +140,12 @@ pub fn random_quantized_row(ty: crate::tensor::GgmlType, n: usize, seed: u64) ->
         T::F16 => (0..n).flat_map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0)).to_le_bytes()).collect(),
         T::BF16 => (0..n).flat_map(|_| bf16::from_f32(rng.random_range(-1.0f32..1.0)).to_le_bytes()).collect(),
         // One f32 row scale, then random signed byte codes.
-        T::I8Row => rng.random_range(0.001f32..0.02).to_le_bytes().into_iter().chain((0..n).map(|_| rng.random::<u8>())).collect(),
+        T::I8Row => rng
+            .random_range(0.001f32..0.02)
+            .to_le_bytes()
+            .into_iter()
+            .chain((0..n).map(|_| rng.random::<u8>()))
+            .collect(),
         _ => {
             let bytes = ty.bytes_for(n).expect("n must be a multiple of the block size");
             let mut out: Vec<u8> = (0..bytes).map(|_| rng.random()).collect();

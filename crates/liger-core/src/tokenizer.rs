@@ -14,8 +14,8 @@ use tokenizers::processors::PostProcessorWrapper;
 
 use crate::error::{Error, ErrorCode, Result};
 pub use vocab::{
-    BpeVocab, TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNKNOWN,
-    TOKEN_TYPE_UNUSED, TOKEN_TYPE_USER_DEFINED,
+    BpeVocab, TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_UNUSED,
+    TOKEN_TYPE_USER_DEFINED,
 };
 
 /// How token strings map back to bytes.
@@ -70,8 +70,7 @@ fn tokenizers_error(what: &str, e: tokenizers::Error) -> Error {
 fn byte_level_chars() -> &'static [char; 256] {
     static TABLE: OnceLock<[char; 256]> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let printable =
-            |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+        let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
         let mut table = ['\0'; 256];
         let mut next_moved = 256u32;
         for b in 0..=255u8 {
@@ -93,10 +92,7 @@ fn byte_level_byte(c: char) -> Option<u8> {
     if code < 256 && byte_level_chars()[code as usize] == c {
         return Some(code as u8);
     }
-    byte_level_chars()
-        .iter()
-        .position(|&t| t == c)
-        .map(|b| b as u8)
+    byte_level_chars().iter().position(|&t| t == c).map(|b| b as u8)
 }
 
 /// `<0xAB>` -> 0xAB (SentencePiece byte-fallback tokens).
@@ -113,18 +109,11 @@ fn decoding_of(decoder: Option<&DecoderWrapper>) -> Decoding {
         Some(DecoderWrapper::ByteLevel(_)) => Decoding::ByteLevel,
         Some(DecoderWrapper::Sequence(seq)) => {
             let parts = seq.get_decoders();
-            let has_byte_fallback = parts
-                .iter()
-                .any(|d| matches!(d, DecoderWrapper::ByteFallback(_)));
-            let has_replace = parts
-                .iter()
-                .any(|d| matches!(d, DecoderWrapper::Replace(_)));
+            let has_byte_fallback = parts.iter().any(|d| matches!(d, DecoderWrapper::ByteFallback(_)));
+            let has_replace = parts.iter().any(|d| matches!(d, DecoderWrapper::Replace(_)));
             if has_byte_fallback && has_replace {
                 Decoding::SentencePiece
-            } else if parts
-                .iter()
-                .any(|d| matches!(d, DecoderWrapper::ByteLevel(_)))
-            {
+            } else if parts.iter().any(|d| matches!(d, DecoderWrapper::ByteLevel(_))) {
                 Decoding::ByteLevel
             } else {
                 Decoding::Other
@@ -139,26 +128,10 @@ impl Tokenizer {
     pub fn from_bpe_vocab(v: &BpeVocab) -> Result<Self> {
         let built = vocab::build(v)?;
         let decoding = decoding_of(built.tokenizer.get_decoder());
-        let added = built
-            .token_types
-            .iter()
-            .map(|&t| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
-            .collect();
-        let special = built
-            .token_types
-            .iter()
-            .map(|&t| t == TOKEN_TYPE_CONTROL)
-            .collect();
-        Ok(Self::assemble(
-            built.tokenizer,
-            v.tokens.clone(),
-            added,
-            special,
-            decoding,
-            v.bos_id,
-            v.eos_id,
-            v.add_bos,
-        ))
+        let added =
+            built.token_types.iter().map(|&t| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED).collect();
+        let special = built.token_types.iter().map(|&t| t == TOKEN_TYPE_CONTROL).collect();
+        Ok(Self::assemble(built.tokenizer, v.tokens.clone(), added, special, decoding, v.bos_id, v.eos_id, v.add_bos))
     }
 
     /// Reads the tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`).
@@ -169,7 +142,9 @@ impl Tokenizer {
 
     /// Parses a Hugging Face `tokenizer.json`; `source` names it in error messages.
     pub fn from_json(json: &[u8], source: &str) -> Result<Self> {
-        let unreadable = |e: &dyn std::fmt::Display| Error::invalid_file(source, format!("not a tokenizer.json this library can read: {e}"));
+        let unreadable = |e: &dyn std::fmt::Display| {
+            Error::invalid_file(source, format!("not a tokenizer.json this library can read: {e}"))
+        };
         // Parsed to a JSON value first: the tokenizers crate panics (instead of returning an
         // error) when its streaming parser hits the nesting limit inside some sections; from
         // an already parsed value it has no such limit and reports every malformed section.
@@ -195,21 +170,9 @@ impl Tokenizer {
         }
         let decoding = decoding_of(inner.get_decoder());
         let (bos_id, add_bos) = bos_from_post_processor(&inner);
-        let bos_id = bos_id
-            .or_else(|| first_known(&inner, &["<|begin_of_text|>", "<s>", "<|startoftext|>"]));
-        let eos_id = first_known(
-            &inner,
-            &[
-                "<|end_of_text|>",
-                "</s>",
-                "<|endoftext|>",
-                "<|im_end|>",
-                "<|eot_id|>",
-            ],
-        );
-        Ok(Self::assemble(
-            inner, tokens, added, special, decoding, bos_id, eos_id, add_bos,
-        ))
+        let bos_id = bos_id.or_else(|| first_known(&inner, &["<|begin_of_text|>", "<s>", "<|startoftext|>"]));
+        let eos_id = first_known(&inner, &["<|end_of_text|>", "</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>"]);
+        Ok(Self::assemble(inner, tokens, added, special, decoding, bos_id, eos_id, add_bos))
     }
 
     /// Reads a `tokenizer.json` file.
@@ -231,26 +194,11 @@ impl Tokenizer {
     ) -> Self {
         let mut plain = parsing_special.clone();
         plain.set_encode_special_tokens(true);
-        Tokenizer {
-            parsing_special,
-            plain,
-            tokens,
-            added,
-            special,
-            decoding,
-            bos_id,
-            eos_id,
-            add_bos,
-        }
+        Tokenizer { parsing_special, plain, tokens, added, special, decoding, bos_id, eos_id, add_bos }
     }
 
     /// Replaces the BOS/EOS ids (a model's config may name them when tokenizer.json does not).
-    pub fn with_special_ids(
-        mut self,
-        bos_id: Option<u32>,
-        eos_id: Option<u32>,
-        add_bos: bool,
-    ) -> Result<Self> {
+    pub fn with_special_ids(mut self, bos_id: Option<u32>, eos_id: Option<u32>, add_bos: bool) -> Result<Self> {
         for (id, what) in [(bos_id, "BOS"), (eos_id, "EOS")] {
             if let Some(id) = id {
                 self.check_id(id).map_err(|e| e.context(what))?;
@@ -267,9 +215,7 @@ impl Tokenizer {
 
     /// A `tokenizer.json` that Hugging Face `tokenizers`/`transformers` can load.
     pub fn to_json(&self) -> Result<String> {
-        self.parsing_special
-            .to_string(false)
-            .map_err(|e| tokenizers_error("writing tokenizer.json", e))
+        self.parsing_special.to_string(false).map_err(|e| tokenizers_error("writing tokenizer.json", e))
     }
 
     /// Text -> token ids. `add_bos` puts the BOS token first; `parse_special` lets special
@@ -280,23 +226,15 @@ impl Tokenizer {
             match self.bos_id {
                 Some(bos) => ids.push(bos),
                 None => {
-                    return Err(Error::invalid_argument(
-                        "this tokenizer has no BOS token; encode with add_bos = false",
-                    ))
+                    return Err(Error::invalid_argument("this tokenizer has no BOS token; encode with add_bos = false"))
                 }
             }
         }
         if text.is_empty() {
             return Ok(ids);
         }
-        let inner = if parse_special {
-            &self.parsing_special
-        } else {
-            &self.plain
-        };
-        let encoding = inner
-            .encode_fast(text, false)
-            .map_err(|e| tokenizers_error("encoding text", e))?;
+        let inner = if parse_special { &self.parsing_special } else { &self.plain };
+        let encoding = inner.encode_fast(text, false).map_err(|e| tokenizers_error("encoding text", e))?;
         ids.extend_from_slice(encoding.get_ids());
         Ok(ids)
     }
@@ -307,10 +245,7 @@ impl Tokenizer {
             for &id in ids {
                 self.check_id(id)?;
             }
-            return self
-                .parsing_special
-                .decode(ids, skip_special)
-                .map_err(|e| tokenizers_error("decoding", e));
+            return self.parsing_special.decode(ids, skip_special).map_err(|e| tokenizers_error("decoding", e));
         }
         let mut bytes = Vec::new();
         for &id in ids {
@@ -355,11 +290,9 @@ impl Tokenizer {
                 Some(b) => vec![b],
                 None => token.replace('\u{2581}', " ").into_bytes(),
             },
-            Decoding::Other => self
-                .parsing_special
-                .decode(&[id], false)
-                .map_err(|e| tokenizers_error("decoding", e))?
-                .into_bytes(),
+            Decoding::Other => {
+                self.parsing_special.decode(&[id], false).map_err(|e| tokenizers_error("decoding", e))?.into_bytes()
+            }
         })
     }
 
@@ -394,10 +327,7 @@ impl Tokenizer {
 
 /// The BOS id a `TemplateProcessing` post-processor puts first, if any.
 fn bos_from_post_processor(inner: &tokenizers::Tokenizer) -> (Option<u32>, bool) {
-    if !matches!(
-        inner.get_post_processor(),
-        Some(PostProcessorWrapper::Template(_))
-    ) {
+    if !matches!(inner.get_post_processor(), Some(PostProcessorWrapper::Template(_))) {
         return (None, false);
     }
     // Encode a one-letter text with the post-processor on and see what comes first.
@@ -427,11 +357,7 @@ pub struct TextStream<'a> {
 
 impl<'a> TextStream<'a> {
     pub fn new(tok: &'a Tokenizer) -> Self {
-        TextStream {
-            tok,
-            pending: Vec::new(),
-            at_start: true,
-        }
+        TextStream { tok, pending: Vec::new(), at_start: true }
     }
 
     /// Adds one token; returns the text that is complete so far (maybe empty).
@@ -440,10 +366,7 @@ impl<'a> TextStream<'a> {
             return Ok(String::new());
         }
         let mut bytes = self.tok.token_bytes(id)?;
-        if self.at_start
-            && self.tok.decoding == Decoding::SentencePiece
-            && bytes.first() == Some(&b' ')
-        {
+        if self.at_start && self.tok.decoding == Decoding::SentencePiece && bytes.first() == Some(&b' ') {
             bytes.remove(0);
         }
         if !bytes.is_empty() {
@@ -474,9 +397,7 @@ impl<'a> TextStream<'a> {
                 }
                 Err(e) => {
                     let valid = start + e.valid_up_to();
-                    out.push_str(
-                        std::str::from_utf8(&self.pending[start..valid]).expect("checked valid"),
-                    );
+                    out.push_str(std::str::from_utf8(&self.pending[start..valid]).expect("checked valid"));
                     match e.error_len() {
                         Some(bad) => {
                             out.push('\u{FFFD}');

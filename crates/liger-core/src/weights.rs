@@ -45,7 +45,10 @@ impl ModelWeights {
         for l in &self.layers {
             n += l.attn_norm.len() + l.ffn_norm.len();
             n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|t| t.numel()).sum::<usize>();
-            n += [&l.bq, &l.bk, &l.bv, &l.q_norm, &l.k_norm].iter().map(|b| b.as_ref().map_or(0, |v| v.len())).sum::<usize>();
+            n += [&l.bq, &l.bk, &l.bv, &l.q_norm, &l.k_norm]
+                .iter()
+                .map(|b| b.as_ref().map_or(0, |v| v.len()))
+                .sum::<usize>();
         }
         n
     }
@@ -71,7 +74,10 @@ impl ModelWeights {
         use rayon::prelude::*;
         let bad = |name: &str, row: Option<usize>| {
             let at = row.map_or(String::new(), |r| format!(" (row {r})"));
-            Err(Error::invalid_file(name, format!("holds NaN or infinite values{at}: the model file is corrupt; download it again")))
+            Err(Error::invalid_file(
+                name,
+                format!("holds NaN or infinite values{at}: the model file is corrupt; download it again"),
+            ))
         };
         let matrix = |name: &str, t: &QTensor| -> Result<()> {
             let row = (0..t.rows).into_par_iter().find_any(|&r| {
@@ -94,10 +100,24 @@ impl ModelWeights {
             let n = |s: &str| format!("layer {i} {s}");
             vector(&n("attn_norm"), &l.attn_norm)?;
             vector(&n("ffn_norm"), &l.ffn_norm)?;
-            for (name, t) in [("q_proj", &l.wq), ("k_proj", &l.wk), ("v_proj", &l.wv), ("o_proj", &l.wo), ("gate_proj", &l.w_gate), ("up_proj", &l.w_up), ("down_proj", &l.w_down)] {
+            for (name, t) in [
+                ("q_proj", &l.wq),
+                ("k_proj", &l.wk),
+                ("v_proj", &l.wv),
+                ("o_proj", &l.wo),
+                ("gate_proj", &l.w_gate),
+                ("up_proj", &l.w_up),
+                ("down_proj", &l.w_down),
+            ] {
                 matrix(&n(name), t)?;
             }
-            for (name, v) in [("q_proj.bias", &l.bq), ("k_proj.bias", &l.bk), ("v_proj.bias", &l.bv), ("q_norm", &l.q_norm), ("k_norm", &l.k_norm)] {
+            for (name, v) in [
+                ("q_proj.bias", &l.bq),
+                ("k_proj.bias", &l.bk),
+                ("v_proj.bias", &l.bv),
+                ("q_norm", &l.q_norm),
+                ("k_norm", &l.k_norm),
+            ] {
                 if let Some(v) = v {
                     vector(&n(name), v)?;
                 }
@@ -133,10 +153,20 @@ impl ModelWeights {
             && self.layers.iter().zip(&other.layers).all(|(a, b)| {
                 vector(&a.attn_norm, &b.attn_norm)
                     && vector(&a.ffn_norm, &b.ffn_norm)
-                    && [(&a.wq, &b.wq), (&a.wk, &b.wk), (&a.wv, &b.wv), (&a.wo, &b.wo), (&a.w_gate, &b.w_gate), (&a.w_up, &b.w_up), (&a.w_down, &b.w_down)]
+                    && [
+                        (&a.wq, &b.wq),
+                        (&a.wk, &b.wk),
+                        (&a.wv, &b.wv),
+                        (&a.wo, &b.wo),
+                        (&a.w_gate, &b.w_gate),
+                        (&a.w_up, &b.w_up),
+                        (&a.w_down, &b.w_down),
+                    ]
+                    .into_iter()
+                    .all(|(x, y)| matrix(x, y))
+                    && [(&a.bq, &b.bq), (&a.bk, &b.bk), (&a.bv, &b.bv), (&a.q_norm, &b.q_norm), (&a.k_norm, &b.k_norm)]
                         .into_iter()
-                        .all(|(x, y)| matrix(x, y))
-                    && [(&a.bq, &b.bq), (&a.bk, &b.bk), (&a.bv, &b.bv), (&a.q_norm, &b.q_norm), (&a.k_norm, &b.k_norm)].into_iter().all(|(x, y)| optional(x, y))
+                        .all(|(x, y)| optional(x, y))
             })
     }
 

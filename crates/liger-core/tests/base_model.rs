@@ -26,7 +26,10 @@ fn greedy(m: &BaseModel, prompt: &str, n: usize) -> (String, FinishReason) {
 fn info_describes_the_default_model() {
     let info = model().info();
     assert_eq!(info.architecture, "llama");
-    assert_eq!((info.num_layers, info.hidden_size, info.num_heads, info.num_kv_heads, info.head_dim), (30, 576, 9, 3, 64));
+    assert_eq!(
+        (info.num_layers, info.hidden_size, info.num_heads, info.num_kv_heads, info.head_dim),
+        (30, 576, 9, 3, 64)
+    );
     assert_eq!(info.vocab_size, 49152);
     assert!(info.tie_word_embeddings);
     // 134.5M parameters in SmolLM2-135M (tied embeddings counted once).

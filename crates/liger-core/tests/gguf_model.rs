@@ -2,9 +2,12 @@
 
 mod gguf_common;
 
-use gguf_common::{default_model_path, open_fixture, random_values};
-use liger_core::gguf::{load_gguf_model, permute_qk_rows_from_gguf, permute_qk_rows_to_gguf, GgufFile, GgufValue, GgufWriter};
+use gguf_common::{open_fixture, random_values};
+use liger_core::gguf::{
+    load_gguf_model, permute_qk_rows_from_gguf, permute_qk_rows_to_gguf, GgufFile, GgufValue, GgufWriter,
+};
 use liger_core::quant::quantize;
+use liger_core::testing::default_model_path;
 use liger_core::{ErrorCode, GgmlType, QTensor};
 
 /// llama.cpp's converter, written as an index map: GGUF row `h*hd + 2j + s` = HF row `h*hd + s*hd/2 + j`.
@@ -31,7 +34,13 @@ fn qk_permutation_round_trips() {
     let back = permute_qk_rows_from_gguf(&gguf_t, hd).unwrap();
     assert_eq!(back.to_f32().as_ref(), hf.as_slice());
     // Quantized rows move as whole blocks.
-    let q = QTensor::new(GgmlType::Q8_0, 16, 64, liger_core::tensor::ByteView::from_vec(quantize(GgmlType::Q8_0, &random_values(2, 16 * 64, 1.0)).unwrap())).unwrap();
+    let q = QTensor::new(
+        GgmlType::Q8_0,
+        16,
+        64,
+        liger_core::tensor::ByteView::from_vec(quantize(GgmlType::Q8_0, &random_values(2, 16 * 64, 1.0)).unwrap()),
+    )
+    .unwrap();
     let there_and_back = permute_qk_rows_from_gguf(&permute_qk_rows_to_gguf(&q, 8).unwrap(), 8).unwrap();
     assert_eq!(there_and_back.data.as_slice(), q.data.as_slice());
     // Rows that are not whole heads are a shape error.
@@ -46,9 +55,11 @@ fn interleaved_rope_on_gguf_rows_equals_rotate_half_on_hf_rows() {
     let (heads, hd, cols) = (3, 16, 7);
     let rows = heads * hd;
     let w_hf = random_values(3, rows * cols, 1.0);
-    let w_gguf = permute_qk_rows_to_gguf(&QTensor::from_f32(rows, cols, w_hf.clone()), hd).unwrap().to_f32().into_owned();
+    let w_gguf =
+        permute_qk_rows_to_gguf(&QTensor::from_f32(rows, cols, w_hf.clone()), hd).unwrap().to_f32().into_owned();
     let x: Vec<f64> = random_values(4, cols, 1.0).iter().map(|&v| v as f64).collect();
-    let project = |w: &[f32]| -> Vec<f64> { (0..rows).map(|r| (0..cols).map(|c| w[r * cols + c] as f64 * x[c]).sum()).collect() };
+    let project =
+        |w: &[f32]| -> Vec<f64> { (0..rows).map(|r| (0..cols).map(|c| w[r * cols + c] as f64 * x[c]).sum()).collect() };
     let (q_hf, q_gguf) = (project(&w_hf), project(&w_gguf));
     let inv_freq: Vec<f64> = (0..hd / 2).map(|j| 1.0 / 10000f64.powf(2.0 * j as f64 / hd as f64)).collect();
     let mut worst = 0.0f64;
@@ -69,7 +80,9 @@ fn interleaved_rope_on_gguf_rows_equals_rotate_half_on_hf_rows() {
             }
         }
         // Bring the GGUF result into HF order and compare.
-        let back = permute_qk_rows_from_gguf(&QTensor::from_f32(rows, 1, rot_gguf.iter().map(|&v| v as f32).collect()), hd).unwrap();
+        let back =
+            permute_qk_rows_from_gguf(&QTensor::from_f32(rows, 1, rot_gguf.iter().map(|&v| v as f32).collect()), hd)
+                .unwrap();
         let back_f64: Vec<f64> = {
             // Reorder the f64 values with the same index map (the f32 copy above only checks the API).
             let perm: Vec<usize> = (0..rows)
@@ -141,8 +154,14 @@ fn tiny_model(tied: bool) -> Tiny {
         if i == 0 {
             wq_hf = q.clone();
         }
-        w.add_f32(&n("attn_q.weight"), &[H as u64, (HEADS * HD) as u64], &converter_permute(&q, HEADS * HD, H, HD)).unwrap();
-        w.add_f32(&n("attn_k.weight"), &[H as u64, (KV_HEADS * HD) as u64], &converter_permute(&k, KV_HEADS * HD, H, HD)).unwrap();
+        w.add_f32(&n("attn_q.weight"), &[H as u64, (HEADS * HD) as u64], &converter_permute(&q, HEADS * HD, H, HD))
+            .unwrap();
+        w.add_f32(
+            &n("attn_k.weight"),
+            &[H as u64, (KV_HEADS * HD) as u64],
+            &converter_permute(&k, KV_HEADS * HD, H, HD),
+        )
+        .unwrap();
         mat(&mut w, &n("attn_v.weight"), KV_HEADS * HD, H, GgmlType::Q4_1);
         mat(&mut w, &n("attn_output.weight"), H, HEADS * HD, GgmlType::Q4_0);
         mat(&mut w, &n("ffn_gate.weight"), FFN, H, GgmlType::Q5_0);
@@ -220,7 +239,12 @@ fn llama3_rope_scaling_from_rope_freqs_tensor() {
     t.writer.add_metadata("llama.rope.freq_base", GgufValue::F32(theta));
     t.writer.add_metadata("llama.rope.scaling.original_context_length", GgufValue::U32(64));
     // Divisors as the converter computes them for factor 8, low 1, high 4.
-    let expected = liger_core::config::Llama3RopeScaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64 };
+    let expected = liger_core::config::Llama3RopeScaling {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 64,
+    };
     let divisors: Vec<f32> = (0..HD / 2)
         .map(|i| {
             let freq = 1.0 / (theta as f64).powf(2.0 * i as f64 / HD as f64);

@@ -134,19 +134,32 @@ fn quantizers_round_trip_within_bounds() {
             let mut sum_sq_err = 0.0f64;
             for (b, block) in bytes.chunks_exact(ty.block_bytes()).enumerate() {
                 let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32().abs();
-                let m = if m_at > 0 { half::f16::from_le_bytes([block[m_at], block[m_at + 1]]).to_f32().abs() } else { 0.0 };
+                let m = if m_at > 0 {
+                    half::f16::from_le_bytes([block[m_at], block[m_at + 1]]).to_f32().abs()
+                } else {
+                    0.0
+                };
                 let f16_err = |v: f32| (v * 2f32.powi(-11)).max(2f32.powi(-25));
                 let bound = d * steps + max_code * f16_err(d) + f16_err(m);
                 for i in b * 32..(b + 1) * 32 {
                     let err = (values[i] - back[i]).abs();
                     sum_sq_err += (err as f64).powi(2);
                     worst_ratio = worst_ratio.max(err / bound);
-                    assert!(err <= bound, "{} scale {scale}: value {i} = {} came back as {} (bound {bound})", ty.name(), values[i], back[i]);
+                    assert!(
+                        err <= bound,
+                        "{} scale {scale}: value {i} = {} came back as {} (bound {bound})",
+                        ty.name(),
+                        values[i],
+                        back[i]
+                    );
                 }
             }
             let rms_signal = (values.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / values.len() as f64).sqrt();
             let rel_rms = (sum_sq_err / values.len() as f64).sqrt() / rms_signal;
-            eprintln!("{:>5} scale {scale:>6}: worst error / bound {worst_ratio:.3}, relative RMS error {rel_rms:.2e}", ty.name());
+            eprintln!(
+                "{:>5} scale {scale:>6}: worst error / bound {worst_ratio:.3}, relative RMS error {rel_rms:.2e}",
+                ty.name()
+            );
         }
     }
 }

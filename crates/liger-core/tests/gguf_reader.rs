@@ -104,7 +104,10 @@ fn round_trip_metadata_and_tensors() {
     assert!(f.get_bool("a.bool").unwrap());
     assert_eq!(f.get_str_array("a.strings").unwrap(), vec!["hello", "", "wörld"]);
     assert_eq!(f.get_i64_array("a.ints").unwrap(), vec![-1, 2, 3]);
-    assert_eq!(f.get("a.nested"), Some(&GgufValue::Array(vec![GgufValue::Array(vec![GgufValue::U8(1)]), GgufValue::Array(vec![])])));
+    assert_eq!(
+        f.get("a.nested"),
+        Some(&GgufValue::Array(vec![GgufValue::Array(vec![GgufValue::U8(1)]), GgufValue::Array(vec![])]))
+    );
 
     assert_eq!(f.tensor_f32("norm.weight").unwrap(), vec![1.0, -2.0, 3.5, 0.125, 9.0]);
     let norm = f.tensor("norm.weight").unwrap();
@@ -126,8 +129,8 @@ fn accessor_errors_name_the_key() {
     assert_eq!(e.code, ErrorCode::InvalidFile);
     assert!(e.message.contains("`llama.block_count` is missing"), "{e}");
     for e in [
-        f.get_u64("a.i8").unwrap_err(),          // negative
-        f.get_u64("a.f32").unwrap_err(),         // not an integer
+        f.get_u64("a.i8").unwrap_err(),  // negative
+        f.get_u64("a.f32").unwrap_err(), // not an integer
         f.get_str("a.u8").unwrap_err(),
         f.get_f32("a.u32").unwrap_err(),
         f.get_bool("a.u8").unwrap_err(),

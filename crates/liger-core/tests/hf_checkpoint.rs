@@ -3,7 +3,8 @@
 
 use liger_core::config::{Architecture, ModelConfig};
 use liger_core::hf::{
-    load_hf_dir, read_safetensors_f32, save_hf_dir, save_hf_dir_with_shard_size, write_safetensors, HfExtraFiles, SaveDtype,
+    load_hf_dir, read_safetensors_f32, save_hf_dir, save_hf_dir_with_shard_size, write_safetensors, HfExtraFiles,
+    SaveDtype,
 };
 use liger_core::tensor::ByteView;
 use liger_core::weights::{LayerWeights, ModelWeights};
@@ -108,10 +109,26 @@ fn flatten(w: &ModelWeights) -> Vec<(String, Vec<f32>)> {
         out.push(m("lm_head", h));
     }
     for (i, l) in w.layers.iter().enumerate() {
-        for (n, t) in [("wq", &l.wq), ("wk", &l.wk), ("wv", &l.wv), ("wo", &l.wo), ("gate", &l.w_gate), ("up", &l.w_up), ("down", &l.w_down)] {
+        for (n, t) in [
+            ("wq", &l.wq),
+            ("wk", &l.wk),
+            ("wv", &l.wv),
+            ("wo", &l.wo),
+            ("gate", &l.w_gate),
+            ("up", &l.w_up),
+            ("down", &l.w_down),
+        ] {
             out.push(m(&format!("{i}.{n}"), t));
         }
-        for (n, v) in [("attn_norm", Some(&l.attn_norm)), ("ffn_norm", Some(&l.ffn_norm)), ("bq", l.bq.as_ref()), ("bk", l.bk.as_ref()), ("bv", l.bv.as_ref()), ("q_norm", l.q_norm.as_ref()), ("k_norm", l.k_norm.as_ref())] {
+        for (n, v) in [
+            ("attn_norm", Some(&l.attn_norm)),
+            ("ffn_norm", Some(&l.ffn_norm)),
+            ("bq", l.bq.as_ref()),
+            ("bk", l.bk.as_ref()),
+            ("bv", l.bv.as_ref()),
+            ("q_norm", l.q_norm.as_ref()),
+            ("k_norm", l.k_norm.as_ref()),
+        ] {
             if let Some(v) = v {
                 out.push((format!("{i}.{n}"), v.clone()));
             }
@@ -133,7 +150,12 @@ fn assert_bit_identical(a: &ModelWeights, b: &ModelWeights) {
 #[test]
 fn f32_round_trip_is_bit_identical_for_each_architecture() {
     let mut rng = rng();
-    for (arch, tied) in [(Architecture::Llama, false), (Architecture::Qwen2, true), (Architecture::Qwen3, false), (Architecture::Mistral, true)] {
+    for (arch, tied) in [
+        (Architecture::Llama, false),
+        (Architecture::Qwen2, true),
+        (Architecture::Qwen3, false),
+        (Architecture::Mistral, true),
+    ] {
         let dir = TempDir::new("rt");
         let out = dir.path("model");
         let c = tiny_config(arch, tied);
@@ -148,7 +170,8 @@ fn f32_round_trip_is_bit_identical_for_each_architecture() {
         assert_eq!(ck.tokenizer_json, None);
         assert_eq!(ck.chat_template, None);
         // Names as transformers expects them.
-        let names: Vec<String> = read_safetensors_f32(&out.join("model.safetensors")).unwrap().into_iter().map(|t| t.0).collect();
+        let names: Vec<String> =
+            read_safetensors_f32(&out.join("model.safetensors")).unwrap().into_iter().map(|t| t.0).collect();
         assert!(names.contains(&"model.layers.1.mlp.down_proj.weight".to_string()));
         assert_eq!(names.contains(&"lm_head.weight".to_string()), !tied);
         assert_eq!(names.contains(&"model.layers.0.self_attn.q_proj.bias".to_string()), arch == Architecture::Qwen2);
@@ -210,7 +233,8 @@ fn sharded_checkpoint_loads() {
     let out = dir.path("m");
     save_hf_dir_with_shard_size(&out, &c, &w, &HfExtraFiles::default(), SaveDtype::F32, 40_000).unwrap();
     assert!(!out.join("model.safetensors").exists());
-    let index: Value = serde_json::from_str(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap()).unwrap();
     let map = index["weight_map"].as_object().unwrap();
     let shards: std::collections::BTreeSet<&str> = map.values().map(|v| v.as_str().unwrap()).collect();
     assert!(shards.len() >= 3, "{shards:?}");
@@ -255,17 +279,20 @@ fn tokenizer_files_chat_template_and_extra_config() {
     assert_eq!(ck.tokenizer_json.as_deref(), Some(out.join("tokenizer.json").as_path()));
     assert_eq!(std::fs::read_to_string(out.join("tokenizer.json")).unwrap(), tokenizer_json_text());
     assert_eq!(ck.raw_config["liger"]["window"], 64);
-    let tok_cfg: Value = serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap()).unwrap();
+    let tok_cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap()).unwrap();
     assert_eq!(tok_cfg["bos_token"], "<|im_start|>");
     assert_eq!(tok_cfg["eos_token"], "<|im_end|>");
     assert_eq!(tok_cfg["tokenizer_class"], "PreTrainedTokenizerFast");
-    let gen: Value = serde_json::from_str(&std::fs::read_to_string(out.join("generation_config.json")).unwrap()).unwrap();
+    let gen: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("generation_config.json")).unwrap()).unwrap();
     assert_eq!((gen["bos_token_id"].clone(), gen["eos_token_id"].clone()), (json!(1), json!(2)));
 
     // A list of named templates: "default" is used. chat_template.jinja wins when present.
     std::fs::write(
         out.join("tokenizer_config.json"),
-        json!({ "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}] }).to_string(),
+        json!({ "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}] })
+            .to_string(),
     )
     .unwrap();
     assert_eq!(load_hf_dir(&out).unwrap().chat_template.as_deref(), Some("D"));
@@ -317,15 +344,27 @@ fn save_refuses_inconsistent_input() {
     let c = tiny_config(Architecture::Llama, true);
     let mut w = tiny_weights(&c, &mut rng);
     let files = HfExtraFiles { extra_config: Some(json!([1, 2])), ..Default::default() };
-    assert_eq!(save_hf_dir(&dir.path("a"), &c, &w, &files, SaveDtype::F32).unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(
+        save_hf_dir(&dir.path("a"), &c, &w, &files, SaveDtype::F32).unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
     w.lm_head = Some(w.embed.clone());
-    assert_eq!(save_hf_dir(&dir.path("b"), &c, &w, &HfExtraFiles::default(), SaveDtype::F32).unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(
+        save_hf_dir(&dir.path("b"), &c, &w, &HfExtraFiles::default(), SaveDtype::F32).unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
     w.lm_head = None;
     w.final_norm.pop();
-    assert_eq!(save_hf_dir(&dir.path("c"), &c, &w, &HfExtraFiles::default(), SaveDtype::F32).unwrap_err().code, ErrorCode::ShapeMismatch);
+    assert_eq!(
+        save_hf_dir(&dir.path("c"), &c, &w, &HfExtraFiles::default(), SaveDtype::F32).unwrap_err().code,
+        ErrorCode::ShapeMismatch
+    );
     std::fs::write(dir.path("file"), "x").unwrap();
     w.final_norm.push(1.0);
-    assert_eq!(save_hf_dir(&dir.path("file"), &c, &w, &HfExtraFiles::default(), SaveDtype::F32).unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(
+        save_hf_dir(&dir.path("file"), &c, &w, &HfExtraFiles::default(), SaveDtype::F32).unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
     assert!(!dir.path("a").exists() && !dir.path("b").exists() && !dir.path("c").exists());
 }
 
@@ -367,7 +406,8 @@ fn broken_checkpoints_give_clear_errors() {
     let (_d, out) = edited_checkpoint(|t| t.retain(|x| x.0 != "lm_head.weight"));
     expect_load_error(&out, InvalidFile, &["lm_head.weight"]);
 
-    let (_d, out) = edited_checkpoint(|t| t.push(("model.layers.0.self_attn.o_proj.bias".into(), vec![64], vec![0.5; 64])));
+    let (_d, out) =
+        edited_checkpoint(|t| t.push(("model.layers.0.self_attn.o_proj.bias".into(), vec![64], vec![0.5; 64])));
     expect_load_error(&out, InvalidFile, &["o_proj.bias", "do not match"]);
 
     let (_d, out) = edited_checkpoint(|t| {
@@ -388,7 +428,10 @@ fn broken_checkpoints_give_clear_errors() {
     tensors.retain(|t| t.0 != "model.embed_tokens.weight");
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
-    header.insert("model.embed_tokens.weight".into(), json!({"dtype": "I32", "shape": [100, 64], "data_offsets": [0, 25600]}));
+    header.insert(
+        "model.embed_tokens.weight".into(),
+        json!({"dtype": "I32", "shape": [100, 64], "data_offsets": [0, 25600]}),
+    );
     data.resize(25600, 1u8);
     for (n, s, v) in &tensors {
         let start = data.len();

@@ -78,7 +78,12 @@ fn llama_3_2_1b() {
     assert_eq!((c.rope_theta, c.rms_norm_eps, c.max_position_embeddings), (500000.0, 1e-5, 131072));
     assert_eq!(
         c.rope_scaling,
-        Some(Llama3RopeScaling { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 })
+        Some(Llama3RopeScaling {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192
+        })
     );
     assert!(c.tie_word_embeddings && !c.attention_bias && !c.qk_norm);
     assert_eq!((c.bos_token_id, c.eos_token_ids.clone()), (Some(128000), vec![128001]));
@@ -230,7 +235,11 @@ fn bad_configs_give_clear_errors() {
     use ErrorCode::*;
     expect_error("{\"architectures\": [", InvalidFile, &["not valid JSON"]);
     expect_error("[1, 2]", InvalidFile, &["JSON object"]);
-    expect_error(&with("architectures", json!(["GPT2LMHeadModel"])), UnsupportedArchitecture, &["GPT2LMHeadModel", "LlamaForCausalLM", "Qwen3ForCausalLM"]);
+    expect_error(
+        &with("architectures", json!(["GPT2LMHeadModel"])),
+        UnsupportedArchitecture,
+        &["GPT2LMHeadModel", "LlamaForCausalLM", "Qwen3ForCausalLM"],
+    );
     expect_error(&with("architectures", json!("LlamaForCausalLM")), InvalidFile, &["architectures"]);
     expect_error(&without("architectures"), InvalidFile, &["architecture"]);
     expect_error(&without("hidden_size"), InvalidFile, &["hidden_size", "missing"]);
@@ -243,11 +252,22 @@ fn bad_configs_give_clear_errors() {
     expect_error(&with("num_key_value_heads", json!(3)), InvalidFile, &["multiple"]);
     expect_error(&with("num_attention_heads", json!(0)), InvalidFile, &["positive"]);
     expect_error(&with("rope_theta", json!(0)), InvalidFile, &["rope_theta"]);
-    expect_error(&with("rope_scaling", json!({"rope_type": "yarn", "factor": 4.0})), UnsupportedArchitecture, &["yarn", "llama3"]);
-    expect_error(&with("rope_scaling", json!({"type": "linear", "factor": 2.0})), UnsupportedArchitecture, &["linear"]);
-    expect_error(&with("rope_scaling", json!({"rope_type": "llama3", "factor": 8.0})), InvalidFile, &["low_freq_factor", "missing"]);
     expect_error(
-        &with("rope_scaling", json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0, "original_max_position_embeddings": 8192})),
+        &with("rope_scaling", json!({"rope_type": "yarn", "factor": 4.0})),
+        UnsupportedArchitecture,
+        &["yarn", "llama3"],
+    );
+    expect_error(&with("rope_scaling", json!({"type": "linear", "factor": 2.0})), UnsupportedArchitecture, &["linear"]);
+    expect_error(
+        &with("rope_scaling", json!({"rope_type": "llama3", "factor": 8.0})),
+        InvalidFile,
+        &["low_freq_factor", "missing"],
+    );
+    expect_error(
+        &with(
+            "rope_scaling",
+            json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0, "original_max_position_embeddings": 8192}),
+        ),
         InvalidFile,
         &["low_freq_factor < high_freq_factor"],
     );
@@ -257,7 +277,11 @@ fn bad_configs_give_clear_errors() {
     expect_error(&with("attention_bias", json!(true)), UnsupportedArchitecture, &["attention_bias"]);
     expect_error(&with("use_sliding_window", json!(true)), UnsupportedArchitecture, &["sliding"]);
     // Sizes that would size allocations beyond any memory: refused before anything is allocated.
-    expect_error(&with("num_hidden_layers", json!(4_000_000_000u64)), InvalidFile, &["layers", "4000000000", "corrupt"]);
+    expect_error(
+        &with("num_hidden_layers", json!(4_000_000_000u64)),
+        InvalidFile,
+        &["layers", "4000000000", "corrupt"],
+    );
     expect_error(&with("vocab_size", json!(1u64 << 40)), InvalidFile, &["vocabulary"]);
     expect_error(&with("max_position_embeddings", json!(1u64 << 40)), InvalidFile, &["context length"]);
 }
@@ -266,14 +290,19 @@ fn bad_configs_give_clear_errors() {
 /// masks over the whole frequency vector rather than a branch per frequency.
 #[allow(clippy::neg_cmp_op_on_partial_ord)] // kept as `~(w < high) & ~(w > low)`, as written there
 fn llama3_inv_freq_f64(theta: f64, dim: usize, s: &Llama3RopeScaling) -> Vec<f64> {
-    let (factor, low, high, old) =
-        (s.factor as f64, s.low_freq_factor as f64, s.high_freq_factor as f64, s.original_max_position_embeddings as f64);
+    let (factor, low, high, old) = (
+        s.factor as f64,
+        s.low_freq_factor as f64,
+        s.high_freq_factor as f64,
+        s.original_max_position_embeddings as f64,
+    );
     let inv_freq: Vec<f64> = (0..dim).step_by(2).map(|i| 1.0 / theta.powf(i as f64 / dim as f64)).collect();
     let low_freq_wavelen = old / low;
     let high_freq_wavelen = old / high;
     let wavelen: Vec<f64> = inv_freq.iter().map(|f| 2.0 * std::f64::consts::PI / f).collect();
     // Step 1: long wavelengths are divided by the factor.
-    let scaled: Vec<f64> = inv_freq.iter().zip(&wavelen).map(|(f, w)| if *w > low_freq_wavelen { f / factor } else { *f }).collect();
+    let scaled: Vec<f64> =
+        inv_freq.iter().zip(&wavelen).map(|(f, w)| if *w > low_freq_wavelen { f / factor } else { *f }).collect();
     // Step 2: the medium band is interpolated between scaled and unscaled.
     let smooth: Vec<f64> = wavelen.iter().map(|w| (old / w - low) / (high - low)).collect();
     let smoothed: Vec<f64> = scaled.iter().zip(&smooth).map(|(f, s)| (1.0 - s) * f / factor + s * f).collect();

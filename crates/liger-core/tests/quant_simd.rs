@@ -86,7 +86,8 @@ fn best_kernel_is_the_detected_one() {
     assert!(best.is_available());
     #[cfg(target_arch = "x86_64")]
     {
-        let has_avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+        let has_avx2 =
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
         assert_eq!(best == DotKernel::Avx2, has_avx2, "AVX2 present: {has_avx2}, chosen: {best:?}");
         assert!(!DotKernel::Simd128.is_available());
         assert!(DotKernel::Simd128.dot_fn(GgmlType::Q4_1).is_none());
@@ -111,9 +112,17 @@ fn kernels_stay_within_short_inputs() {
             let row_half = &row[..ty.bytes_for(half).unwrap()];
             let (exact, scale) = reference(ty, row_half, &x[..half]);
             let got = f(&row, &x[..half]) as f64;
-            assert!((got - exact).abs() / scale < 1e-5, "{kernel:?} {}: short x gave {got}, expected {exact}", ty.name());
+            assert!(
+                (got - exact).abs() / scale < 1e-5,
+                "{kernel:?} {}: short x gave {got}, expected {exact}",
+                ty.name()
+            );
             let got = f(row_half, &x) as f64;
-            assert!((got - exact).abs() / scale < 1e-5, "{kernel:?} {}: short row gave {got}, expected {exact}", ty.name());
+            assert!(
+                (got - exact).abs() / scale < 1e-5,
+                "{kernel:?} {}: short row gave {got}, expected {exact}",
+                ty.name()
+            );
         }
     }
 }

@@ -134,22 +134,13 @@ fn check_reference_pairs(tok: &Tokenizer) {
         let ours_plain = tok.encode(text, false, false).unwrap();
         let ours_special = tok.encode(text, false, true).unwrap();
         if ours_plain != plain {
-            mismatches.push(format!(
-                "{text:?} plain: ours {ours_plain:?}, llama.cpp {plain:?}"
-            ));
+            mismatches.push(format!("{text:?} plain: ours {ours_plain:?}, llama.cpp {plain:?}"));
         }
         if ours_special != special.unwrap_or(plain) {
-            mismatches.push(format!(
-                "{text:?} special: ours {ours_special:?}, llama.cpp {special:?}"
-            ));
+            mismatches.push(format!("{text:?} special: ours {ours_special:?}, llama.cpp {special:?}"));
         }
     }
-    assert!(
-        mismatches.is_empty(),
-        "{} mismatches:\n{}",
-        mismatches.len(),
-        mismatches.join("\n")
-    );
+    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
 }
 
 #[test]
@@ -168,10 +159,7 @@ fn default_model_tokenizer_metadata() {
     assert!((0..17).all(|id| tok.is_special(id)));
     assert!(!tok.is_special(17));
     assert_eq!(tok.encode("Hi", true, false).unwrap()[0], 1);
-    assert_eq!(
-        tok.decode(&[1, 19556, 2], false).unwrap(),
-        "<|im_start|>Hello<|im_end|>"
-    );
+    assert_eq!(tok.decode(&[1, 19556, 2], false).unwrap(), "<|im_start|>Hello<|im_end|>");
     assert_eq!(tok.decode(&[1, 19556, 2], true).unwrap(), "Hello");
     let e = tok.decode(&[49152], false).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidArgument);
@@ -225,13 +213,7 @@ fn tokenizer_json_written_from_gguf_tokenizes_the_same() {
     assert_eq!(back.eos_id(), back.token_id("<|endoftext|>"));
     let back = back.with_special_ids(Some(1), Some(2), false).unwrap();
     assert_eq!((back.bos_id(), back.eos_id()), (Some(1), Some(2)));
-    assert_eq!(
-        back.clone()
-            .with_special_ids(Some(49152), None, false)
-            .unwrap_err()
-            .code,
-        ErrorCode::InvalidArgument
-    );
+    assert_eq!(back.clone().with_special_ids(Some(49152), None, false).unwrap_err().code, ErrorCode::InvalidArgument);
     check_reference_pairs(&back);
 }
 
@@ -245,23 +227,14 @@ fn gguf_with(metadata: Vec<(&str, GgufValue)>) -> GgufFile {
 }
 
 fn strings(items: &[&str]) -> GgufValue {
-    GgufValue::Array(
-        items
-            .iter()
-            .map(|s| GgufValue::String(s.to_string()))
-            .collect(),
-    )
+    GgufValue::Array(items.iter().map(|s| GgufValue::String(s.to_string())).collect())
 }
 
 #[test]
 fn gguf_tokenizer_metadata_errors() {
     let e = Tokenizer::from_gguf(&gguf_with(vec![])).unwrap_err();
     assert_eq!(e.code, ErrorCode::MissingTokenizer);
-    assert!(
-        e.message.contains("tokenizer.ggml.tokens") && e.message.contains("test.gguf"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("tokenizer.ggml.tokens") && e.message.contains("test.gguf"), "{}", e.message);
 
     let tokens = strings(&["a", "b", "ab"]);
     let e = Tokenizer::from_gguf(&gguf_with(vec![
@@ -275,10 +248,7 @@ fn gguf_tokenizer_metadata_errors() {
 
     let e = Tokenizer::from_gguf(&gguf_with(vec![
         ("tokenizer.ggml.model", GgufValue::String("gpt2".into())),
-        (
-            "tokenizer.ggml.tokens",
-            GgufValue::Array(vec![GgufValue::U32(1)]),
-        ),
+        ("tokenizer.ggml.tokens", GgufValue::Array(vec![GgufValue::U32(1)])),
     ]))
     .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidFile);
@@ -290,11 +260,7 @@ fn gguf_tokenizer_metadata_errors() {
     ]))
     .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidFile);
-    assert!(
-        e.message.contains("BOS") && e.message.contains("test.gguf"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("BOS") && e.message.contains("test.gguf"), "{}", e.message);
 
     // A tiny valid vocabulary works, merges included.
     let tok = Tokenizer::from_gguf(&gguf_with(vec![
@@ -312,25 +278,14 @@ fn default_model_chat_template() {
     let file = GgufFile::open(&model_path()).unwrap();
     let template = gguf_chat_template(&file).unwrap();
     let user = ChatMessage::new("user", "Hi");
-    let text = render_chat(
-        &template,
-        std::slice::from_ref(&user),
-        true,
-        "<|im_start|>",
-        "<|im_end|>",
-    )
-    .unwrap();
+    let text = render_chat(&template, std::slice::from_ref(&user), true, "<|im_start|>", "<|im_end|>").unwrap();
     assert_eq!(
         text,
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
          <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     );
     // With its own system message the template adds no default one.
-    let messages = [
-        ChatMessage::new("system", "Be brief."),
-        user,
-        ChatMessage::new("assistant", "Hello!"),
-    ];
+    let messages = [ChatMessage::new("system", "Be brief."), user, ChatMessage::new("assistant", "Hello!")];
     let text = render_chat(&template, &messages, false, "", "").unwrap();
     assert_eq!(
         text,
@@ -341,8 +296,5 @@ fn default_model_chat_template() {
     assert_eq!(ids.iter().filter(|&&id| id == 1).count(), 3);
     assert_eq!(ids.iter().filter(|&&id| id == 2).count(), 3);
     // A file without a template falls back to ChatML.
-    assert_eq!(
-        gguf_chat_template(&gguf_with(vec![])).unwrap(),
-        CHATML_TEMPLATE
-    );
+    assert_eq!(gguf_chat_template(&gguf_with(vec![])).unwrap(), CHATML_TEMPLATE);
 }

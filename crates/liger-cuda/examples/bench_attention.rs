@@ -18,7 +18,12 @@ fn time_ms(ctx: &GpuContext, mut run: impl FnMut() -> Result<()>) -> Result<f64>
         run()?;
     }
     ctx.synchronize()?;
-    let event = |_| ctx.stream().context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| liger_core::Error::internal(format!("{e:?}")));
+    let event = |_| {
+        ctx.stream()
+            .context()
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| liger_core::Error::internal(format!("{e:?}")))
+    };
     let (start, end) = (event(())?, event(())?);
     let mut times = Vec::new();
     let mut spent = 0.0;
@@ -51,11 +56,15 @@ fn random<T: GpuElement>(ctx: &GpuContext, n: usize, seed: u64) -> Result<GpuBuf
 fn bench<T: GpuElement>(ctx: &GpuContext, dims: AttentionDims, label: &str) -> Result<()> {
     let HeadShape { hq, hkv, d } = dims.shape;
     let (qn, kn) = (dims.batch * dims.tokens * hq * d, dims.batch * dims.tokens * hkv * d);
-    let (q, k, v, d_o) = (random::<T>(ctx, qn, 1)?, random::<T>(ctx, kn, 2)?, random::<T>(ctx, kn, 3)?, random::<T>(ctx, qn, 4)?);
+    let (q, k, v, d_o) =
+        (random::<T>(ctx, qn, 1)?, random::<T>(ctx, kn, 2)?, random::<T>(ctx, kn, 3)?, random::<T>(ctx, qn, 4)?);
     let mut o = GpuBuffer::<T>::zeros(ctx, qn)?;
     let mut lse = GpuBuffer::<f32>::zeros(ctx, dims.batch * hq * dims.tokens)?;
-    let (mut dq, mut dk, mut dv) = (GpuBuffer::<T>::zeros(ctx, qn)?, GpuBuffer::<T>::zeros(ctx, kn)?, GpuBuffer::<T>::zeros(ctx, kn)?);
-    for (window, name) in [(Some(65.into()), "window65"), (Some(Window { keys: 65, sinks: 4 }), "window65+4sinks"), (None, "causal")] {
+    let (mut dq, mut dk, mut dv) =
+        (GpuBuffer::<T>::zeros(ctx, qn)?, GpuBuffer::<T>::zeros(ctx, kn)?, GpuBuffer::<T>::zeros(ctx, kn)?);
+    for (window, name) in
+        [(Some(65.into()), "window65"), (Some(Window { keys: 65, sinks: 4 }), "window65+4sinks"), (None, "causal")]
+    {
         let fwd = time_ms(ctx, || attention_forward(ctx, dims, window, &q, &k, &v, &mut o, &mut lse))?;
         let fwd_bwd = time_ms(ctx, || {
             attention_forward(ctx, dims, window, &q, &k, &v, &mut o, &mut lse)?;
@@ -73,14 +82,17 @@ fn bench<T: GpuElement>(ctx: &GpuContext, dims: AttentionDims, label: &str) -> R
         let q_t = random::<T>(ctx, dims.batch * hq * d, 7)?;
         let lengths = GpuBuffer::from_host(ctx, &vec![capacity as u32; dims.batch])?;
         let mut o_t = GpuBuffer::<T>::zeros(ctx, dims.batch * hq * d)?;
-        let ms = time_ms(ctx, || attention_decode(ctx, dims.batch, dims.shape, capacity, &q_t, &kc, &vc, &lengths, &mut o_t))?;
+        let ms = time_ms(ctx, || {
+            attention_decode(ctx, dims.batch, dims.shape, capacity, &q_t, &kc, &vc, &lengths, &mut o_t)
+        })?;
         println!("{{\"bench\":\"attention_decode\",\"dtype\":\"{label}\",\"B\":{},\"keys\":{capacity},\"hq\":{hq},\"hkv\":{hkv},\"d\":{d},\"ms\":{ms:.4}}}", dims.batch);
     }
     Ok(())
 }
 
 fn main() -> Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("sizes are whole numbers: B T hq hkv d")).collect();
+    let args: Vec<usize> =
+        std::env::args().skip(1).map(|a| a.parse().expect("sizes are whole numbers: B T hq hkv d")).collect();
     let [batch, tokens, hq, hkv, d] = match args.as_slice() {
         [] => [8, 2048, 32, 8, 128],
         &[b, t, hq, hkv, d] => [b, t, hq, hkv, d],

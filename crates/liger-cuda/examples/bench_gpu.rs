@@ -41,9 +41,36 @@ struct Shape {
 }
 
 const SHAPES: [Shape; 3] = [
-    Shape { name: "135m", layers: 30, hidden: 576, heads: 9, kv_heads: 3, head_dim: 64, intermediate: 1536, vocab: 49152 },
-    Shape { name: "1b", layers: 16, hidden: 2048, heads: 32, kv_heads: 8, head_dim: 64, intermediate: 8192, vocab: 128256 },
-    Shape { name: "8b", layers: 32, hidden: 4096, heads: 32, kv_heads: 8, head_dim: 128, intermediate: 14336, vocab: 128256 },
+    Shape {
+        name: "135m",
+        layers: 30,
+        hidden: 576,
+        heads: 9,
+        kv_heads: 3,
+        head_dim: 64,
+        intermediate: 1536,
+        vocab: 49152,
+    },
+    Shape {
+        name: "1b",
+        layers: 16,
+        hidden: 2048,
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 64,
+        intermediate: 8192,
+        vocab: 128256,
+    },
+    Shape {
+        name: "8b",
+        layers: 32,
+        hidden: 4096,
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        intermediate: 14336,
+        vocab: 128256,
+    },
 ];
 
 fn config(name: &str) -> Option<ModelConfig> {
@@ -87,7 +114,8 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 }
 
 fn model(name: &str, mixer: MixerKind, surprise_keys: usize) -> Result<GpuLigerModel<bf16>> {
-    let cfg = config(name).ok_or_else(|| liger_core::Error::invalid_argument(format!("unknown shape {name}; known: 135m, 1b, 8b")))?;
+    let cfg = config(name)
+        .ok_or_else(|| liger_core::Error::invalid_argument(format!("unknown shape {name}; known: 135m, 1b, 8b")))?;
     let ctx = GpuContext::new(0)?;
     keep_freed_memory_pooled(&ctx)?;
     let lora = LoraOptions { rank: 8, alpha: 8.0, targets: vec![LoraTarget::Q, LoraTarget::K, LoraTarget::V], seed: 0 };
@@ -101,7 +129,15 @@ fn model(name: &str, mixer: MixerKind, surprise_keys: usize) -> Result<GpuLigerM
     GpuLigerModel::with_weights(ctx, host, weights)
 }
 
-fn train(name: &str, mixer: MixerKind, surprise_keys: usize, batch: usize, seq: usize, steps: usize, profile: bool) -> Result<String> {
+fn train(
+    name: &str,
+    mixer: MixerKind,
+    surprise_keys: usize,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    profile: bool,
+) -> Result<String> {
     let mut m = model(name, mixer, surprise_keys)?;
     let vocab = m.config().vocab_size;
     let seqs: Vec<Vec<u32>> = (0..2 * batch).map(|i| tokens(seq, vocab, i as u64)).collect();
@@ -133,7 +169,10 @@ fn train(name: &str, mixer: MixerKind, surprise_keys: usize, batch: usize, seq: 
         m.forward_backward_batch(&inputs, &inputs, 1.0 / (batch * seq) as f32, &mut grads)?;
         let entries = m.context().profile()?;
         m.context().set_profiling(false)?;
-        eprintln!("profile of one training step, {name} {batch}x{seq}:\n{}", liger_cuda::profile::format_profile(&entries[..entries.len().min(40)]));
+        eprintln!(
+            "profile of one training step, {name} {batch}x{seq}:\n{}",
+            liger_cuda::profile::format_profile(&entries[..entries.len().min(40)])
+        );
     }
     let peak = peak_memory(m.context())? as f64 / (1u64 << 30) as f64;
     let (mixer_ms, attention_ms) = kernel_share(&m, batch, seq)?;
@@ -163,7 +202,12 @@ fn kernel_share(m: &GpuLigerModel<bf16>, batch: usize, seq: usize) -> Result<(f6
         liger_cuda::model::glue::fill_uniform(ctx, &mut b, seed, 0.0, 1.0)?;
         Ok(b)
     };
-    let (q, k, v, d_o) = (filled(n * c.q_size(), 1)?, filled(n * c.kv_size(), 2)?, filled(n * c.kv_size(), 3)?, filled(n * c.q_size(), 4)?);
+    let (q, k, v, d_o) = (
+        filled(n * c.q_size(), 1)?,
+        filled(n * c.kv_size(), 2)?,
+        filled(n * c.kv_size(), 3)?,
+        filled(n * c.q_size(), 4)?,
+    );
     let (mut o, mut dq) = (GpuBuffer::zeros(ctx, q.len())?, GpuBuffer::zeros(ctx, q.len())?);
     let (mut dk, mut dv) = (GpuBuffer::zeros(ctx, k.len())?, GpuBuffer::zeros(ctx, k.len())?);
     let mut lse = GpuBuffer::zeros(ctx, batch * shape.hq * seq)?;
@@ -232,7 +276,10 @@ fn decode(name: &str, mixer: MixerKind, batch: usize, context: usize, steps: usi
         m.forward_last_batch(&mut state, &next.iter().map(|p| p.as_slice()).collect::<Vec<_>>())?;
         let entries = m.context().profile()?;
         m.context().set_profiling(false)?;
-        eprintln!("profile of one decoding step (plain launches), {name} b{batch}:\n{}", liger_cuda::profile::format_profile(&entries));
+        eprintln!(
+            "profile of one decoding step (plain launches), {name} b{batch}:\n{}",
+            liger_cuda::profile::format_profile(&entries)
+        );
     }
     let peak = peak_memory(m.context())? as f64 / (1u64 << 30) as f64;
     Ok(format!(

@@ -10,7 +10,10 @@ use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 use liger_core::liger::{HeadShape, MixerConfig, MixerKind};
 use liger_core::Result;
-use liger_cuda::ops::mixer::{mixer_chunk_backward_in_segments, mixer_chunk_forward_in_segments, mixer_recurrent_step, mixer_segment_plan, mixer_state_len, MixerDims, TimeSegments};
+use liger_cuda::ops::mixer::{
+    mixer_chunk_backward_in_segments, mixer_chunk_forward_in_segments, mixer_recurrent_step, mixer_segment_plan,
+    mixer_state_len, MixerDims, TimeSegments,
+};
 use liger_cuda::{GpuBuffer, GpuContext, GpuElement};
 
 const WARMUP: usize = 3;
@@ -58,13 +61,20 @@ fn keep_pool_memory() -> Result<()> {
         sys::cuDeviceGet(&mut dev, 0).result().map_err(|_| fail("cuDeviceGet"))?;
         sys::cuDeviceGetDefaultMemPool(&mut pool, dev).result().map_err(|_| fail("cuDeviceGetDefaultMemPool"))?;
         let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
-        sys::cuMemPoolSetAttribute(pool, attr, &mut threshold as *mut u64 as *mut std::ffi::c_void).result().map_err(|_| fail("cuMemPoolSetAttribute"))?;
+        sys::cuMemPoolSetAttribute(pool, attr, &mut threshold as *mut u64 as *mut std::ffi::c_void)
+            .result()
+            .map_err(|_| fail("cuMemPoolSetAttribute"))?;
     }
     Ok(())
 }
 
 /// The plans a shape is timed with: sequential and automatic.
-const PLANS: &[(&str, TimeSegments)] = &[("1", TimeSegments::Fixed(1)), ("scan", TimeSegments::Scan), ("chunked", TimeSegments::Chunked), ("auto", TimeSegments::Auto)];
+const PLANS: &[(&str, TimeSegments)] = &[
+    ("1", TimeSegments::Fixed(1)),
+    ("scan", TimeSegments::Scan),
+    ("chunked", TimeSegments::Chunked),
+    ("auto", TimeSegments::Auto),
+];
 /// The plans of `--sweep`.
 const SWEEP: &[(&str, TimeSegments)] = &[
     ("1", TimeSegments::Fixed(1)),
@@ -79,7 +89,18 @@ const SWEEP: &[(&str, TimeSegments)] = &[
 ];
 
 #[allow(clippy::too_many_arguments)]
-fn bench<T: GpuElement>(ctx: &GpuContext, plans: &[(&str, TimeSegments)], pool: &str, name: &str, kind: MixerKind, batch: usize, tokens: usize, hq: usize, hkv: usize, d: usize) -> Result<()> {
+fn bench<T: GpuElement>(
+    ctx: &GpuContext,
+    plans: &[(&str, TimeSegments)],
+    pool: &str,
+    name: &str,
+    kind: MixerKind,
+    batch: usize,
+    tokens: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+) -> Result<()> {
     let shape = HeadShape::new(hq, hkv, d)?;
     let cfg = MixerConfig::new(kind);
     let dims = MixerDims { batch, tokens, shape };
@@ -89,7 +110,8 @@ fn bench<T: GpuElement>(ctx: &GpuContext, plans: &[(&str, TimeSegments)], pool: 
     let v = GpuBuffer::from_host(ctx, &values::<T>(nkv, 3))?;
     let d_o = GpuBuffer::from_host(ctx, &values::<T>(nq, 4))?;
     let mut o = GpuBuffer::<T>::zeros(ctx, nq)?;
-    let (mut dq, mut dk, mut dv) = (GpuBuffer::<T>::zeros(ctx, nq)?, GpuBuffer::<T>::zeros(ctx, nkv)?, GpuBuffer::<T>::zeros(ctx, nkv)?);
+    let (mut dq, mut dk, mut dv) =
+        (GpuBuffer::<T>::zeros(ctx, nq)?, GpuBuffer::<T>::zeros(ctx, nkv)?, GpuBuffer::<T>::zeros(ctx, nkv)?);
     let plan = mixer_segment_plan::<T>(ctx, &cfg, dims)?;
     println!(
         "{{\"bench\":\"mixer_plan\",\"shape\":\"{name}\",\"dtype\":\"{}\",\"forward_segments\":{},\"backward_segments\":{},\"backward_side_by_side\":{}}}",
@@ -100,12 +122,20 @@ fn bench<T: GpuElement>(ctx: &GpuContext, plans: &[(&str, TimeSegments)], pool: 
     );
     let mut times = Vec::new();
     for &(label, segments) in plans {
-        let fwd = time_ms(ctx, || mixer_chunk_forward_in_segments(ctx, &cfg, dims, &q, &k, &v, &mut o, None, None, segments))?;
-        let bwd = time_ms(ctx, || mixer_chunk_backward_in_segments(ctx, &cfg, dims, &q, &k, &v, &d_o, &mut dq, &mut dk, &mut dv, segments))?;
+        let fwd = time_ms(ctx, || {
+            mixer_chunk_forward_in_segments(ctx, &cfg, dims, &q, &k, &v, &mut o, None, None, segments)
+        })?;
+        let bwd = time_ms(ctx, || {
+            mixer_chunk_backward_in_segments(ctx, &cfg, dims, &q, &k, &v, &d_o, &mut dq, &mut dk, &mut dv, segments)
+        })?;
         times.push((label, fwd, bwd));
     }
     let mut state = GpuBuffer::<f32>::zeros(ctx, batch * mixer_state_len(&cfg, shape))?;
-    let (qt, kt, vt) = (GpuBuffer::from_host(ctx, &values::<T>(batch * hq * d, 5))?, GpuBuffer::from_host(ctx, &values::<T>(batch * hkv * d, 6))?, GpuBuffer::from_host(ctx, &values::<T>(batch * hkv * d, 7))?);
+    let (qt, kt, vt) = (
+        GpuBuffer::from_host(ctx, &values::<T>(batch * hq * d, 5))?,
+        GpuBuffer::from_host(ctx, &values::<T>(batch * hkv * d, 6))?,
+        GpuBuffer::from_host(ctx, &values::<T>(batch * hkv * d, 7))?,
+    );
     let mut ot = GpuBuffer::<T>::zeros(ctx, batch * hq * d)?;
     let step = time_ms(ctx, || mixer_recurrent_step(ctx, &cfg, batch, shape, &mut state, &qt, &kt, &vt, &mut ot))?;
     for (segments, fwd, bwd) in times {

@@ -95,12 +95,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let base = load_model(&args.model, &mut |_, _| {})?;
         // The upload `liger eval --device cuda` makes.
-        let host = if label == "base" { all_softmax(base)? } else { linearize(base, LigerOptions::default(), LoraOptions::default())? };
+        let host = if label == "base" {
+            all_softmax(base)?
+        } else {
+            linearize(base, LigerOptions::default(), LoraOptions::default())?
+        };
         let model = upload_for_scoring(0, host)?;
         let info = model.context().info().clone();
         // Kernels compile (or load from the cache) at first use: keep that out of the timings.
         model.all_logits(&[1, 2, 3, 4])?;
-        println!("{}", json!({ "model": label, "event": "loaded", "gpu": info.name, "weights": "bf16", "seconds": started.elapsed().as_secs_f64() }));
+        println!(
+            "{}",
+            json!({ "model": label, "event": "loaded", "gpu": info.name, "weights": "bf16", "seconds": started.elapsed().as_secs_f64() })
+        );
         evaluate(label, &model, &args)?;
     }
     Ok(())
@@ -132,7 +139,10 @@ fn evaluate(label: &str, model: &GpuLigerModel<bf16>, args: &Args) -> Result<(),
         let started = Instant::now();
         let r = passkey_by_loglikelihood(model, passkey, &args.opts)?;
         for c in &r.cells {
-            println!("{}", json!({ "model": label, "passkey_length": c.length, "depth": c.depth, "correct": c.correct, "trials": c.trials }));
+            println!(
+                "{}",
+                json!({ "model": label, "passkey_length": c.length, "depth": c.depth, "correct": c.correct, "trials": c.trials })
+            );
         }
         println!(
             "{}",

@@ -221,10 +221,11 @@ impl GpuContext {
         let mut scratch = self.scratch.lock().map_err(|_| Error::internal("the scratch memory lock is poisoned"))?;
         if scratch.as_ref().is_none_or(|s| s.len() < len) {
             *scratch = None; // free the old block first (stream-ordered)
-            // SAFETY: the memory is only written and read by kernels queued on this stream,
-            // which write each value before they read it.
-            let block = unsafe { self.stream.alloc::<f32>(len.max(1)) }
-                .map_err(|e| driver_error(e, &format!("allocating {} MB of GPU working memory", len * 4 / (1 << 20))))?;
+                             // SAFETY: the memory is only written and read by kernels queued on this stream,
+                             // which write each value before they read it.
+            let block = unsafe { self.stream.alloc::<f32>(len.max(1)) }.map_err(|e| {
+                driver_error(e, &format!("allocating {} MB of GPU working memory", len * 4 / (1 << 20)))
+            })?;
             *scratch = Some(block);
         }
         let block = scratch.as_ref().ok_or_else(|| Error::internal("the scratch memory is missing"))?;
@@ -244,7 +245,8 @@ impl GpuContext {
                 "cuBLAS (libcublas.so.13) could not be loaded: install the CUDA 13 libraries, or use the CPU backend",
             ));
         }
-        let handle = Arc::new(CudaBlas::new(self.stream.clone()).map_err(|e| cublas_error(e, "creating the cuBLAS handle"))?);
+        let handle =
+            Arc::new(CudaBlas::new(self.stream.clone()).map_err(|e| cublas_error(e, "creating the cuBLAS handle"))?);
         *blas = Some(handle.clone());
         Ok(handle)
     }

@@ -36,7 +36,8 @@ pub fn classify_driver_status(code: u32) -> DriverFailure {
 /// The error for a failed driver call; `what` names the operation ("allocating 3 MB", "launching rms_norm_forward_f32").
 pub fn driver_error(err: DriverError, what: &str) -> Error {
     let code = err.0 as u32;
-    let name = err.error_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("CUDA error {code}"));
+    let name =
+        err.error_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("CUDA error {code}"));
     status_error(code, &name, what)
 }
 

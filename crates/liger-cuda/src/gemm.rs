@@ -78,7 +78,15 @@ where
 }
 
 /// `c = alpha · op(a) · op(b)`, or `c += alpha · op(a) · op(b)` when `accumulate`.
-pub fn gemm_scaled<T, A, B, C>(ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, alpha: f32, accumulate: bool) -> Result<()>
+pub fn gemm_scaled<T, A, B, C>(
+    ctx: &GpuContext,
+    dims: GemmDims,
+    a: &A,
+    b: &B,
+    c: &mut C,
+    alpha: f32,
+    accumulate: bool,
+) -> Result<()>
 where
     T: GemmInput,
     A: DevicePtr<T>,
@@ -100,7 +108,15 @@ where
 }
 
 /// As [`gemm_tf32`], the product multiplied by `alpha`.
-pub fn gemm_tf32_scaled<A, B, C>(ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, alpha: f32, accumulate: bool) -> Result<()>
+pub fn gemm_tf32_scaled<A, B, C>(
+    ctx: &GpuContext,
+    dims: GemmDims,
+    a: &A,
+    b: &B,
+    c: &mut C,
+    alpha: f32,
+    accumulate: bool,
+) -> Result<()>
 where
     A: DevicePtr<f32>,
     B: DevicePtr<f32>,
@@ -110,7 +126,16 @@ where
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_with<T, A, B, C>(ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, alpha: f32, accumulate: bool, compute: cublasComputeType_t) -> Result<()>
+fn gemm_with<T, A, B, C>(
+    ctx: &GpuContext,
+    dims: GemmDims,
+    a: &A,
+    b: &B,
+    c: &mut C,
+    alpha: f32,
+    accumulate: bool,
+    compute: cublasComputeType_t,
+) -> Result<()>
 where
     T: GemmInput,
     A: DevicePtr<T>,
@@ -125,7 +150,8 @@ where
     }
     let cm = column_major(dims);
     let (m, n, k) = (as_int("gemm m", cm.m)?, as_int("gemm n", cm.n)?, as_int("gemm k", cm.k)?);
-    let (lda, ldb, ldc) = (as_int("gemm lda", cm.lda.max(1))?, as_int("gemm ldb", cm.ldb.max(1))?, as_int("gemm ldc", cm.ldc)?);
+    let (lda, ldb, ldc) =
+        (as_int("gemm lda", cm.lda.max(1))?, as_int("gemm ldb", cm.ldb.max(1))?, as_int("gemm ldc", cm.ldc)?);
     let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
     let blas = ctx.blas()?;
     let stream = ctx.stream();

@@ -42,9 +42,16 @@ pub const RMS_NORM: KernelFile = kernel_file!(
 pub const ROPE: KernelFile = kernel_file!("rope", ["rope_forward_f32", "rope_backward_f32"]);
 pub const SWIGLU: KernelFile = kernel_file!(
     "swiglu",
-    ["swiglu_forward_f32", "swiglu_forward_bf16", "swiglu_forward_to_bf16", "swiglu_backward_f32", "swiglu_backward_to_bf16"]
+    [
+        "swiglu_forward_f32",
+        "swiglu_forward_bf16",
+        "swiglu_forward_to_bf16",
+        "swiglu_backward_f32",
+        "swiglu_backward_to_bf16"
+    ]
 );
-pub const CROSS_ENTROPY: KernelFile = kernel_file!("cross_entropy", ["cross_entropy_rows_f32", "cross_entropy_rows_bf16", "score_rows_f32"]);
+pub const CROSS_ENTROPY: KernelFile =
+    kernel_file!("cross_entropy", ["cross_entropy_rows_f32", "cross_entropy_rows_bf16", "score_rows_f32"]);
 pub const ADAMW: KernelFile = kernel_file!("adamw", ["adamw_step_f32", "sum_squares_f32", "scale_f32"]);
 pub const LIGER_FEATURE: KernelFile = kernel_file!(
     "liger_feature",
@@ -85,50 +92,112 @@ pub const MIXER_GATED: KernelFile = kernel_file!(
 pub const MIXER_GSA: KernelFile = kernel_file!(
     "mixer_gsa",
     [
-        "gsa_inputs_f32", "gsa_inputs_bf16", "gsa_slot_softmax", "gsa_slot_softmax_backward",
-        "gsa_backward_finish_f32", "gsa_backward_finish_bf16", "gsa_state_split", "gsa_state_join",
-        "gsa_step_f32", "gsa_step_bf16",
+        "gsa_inputs_f32",
+        "gsa_inputs_bf16",
+        "gsa_slot_softmax",
+        "gsa_slot_softmax_backward",
+        "gsa_backward_finish_f32",
+        "gsa_backward_finish_bf16",
+        "gsa_state_split",
+        "gsa_state_join",
+        "gsa_step_f32",
+        "gsa_step_bf16",
     ]
 );
 
 pub const MIXER_CHUNKED: KernelFile = kernel_file!(
     "mixer_chunked",
     [
-        "mixer_chunk_states_d64", "mixer_chunk_states_d128", "mixer_chunk_output_d64", "mixer_chunk_output_d128",
-        "mixer_chunk_states_reverse_d64", "mixer_chunk_states_reverse_d128", "mixer_chunk_dq_d64", "mixer_chunk_dq_d128",
-        "mixer_chunk_dkv_d64", "mixer_chunk_dkv_d128", "mixer_chunk_output_f32_d64", "mixer_chunk_output_f32_d128",
+        "mixer_chunk_states_d64",
+        "mixer_chunk_states_d128",
+        "mixer_chunk_output_d64",
+        "mixer_chunk_output_d128",
+        "mixer_chunk_states_reverse_d64",
+        "mixer_chunk_states_reverse_d128",
+        "mixer_chunk_dq_d64",
+        "mixer_chunk_dq_d128",
+        "mixer_chunk_dkv_d64",
+        "mixer_chunk_dkv_d128",
+        "mixer_chunk_output_f32_d64",
+        "mixer_chunk_output_f32_d128",
     ]
 );
 
 pub const ATTENTION: KernelFile = kernel_file!(
     "attention",
     [
-        "attention_forward_f32", "attention_delta_f32", "attention_dq_f32", "attention_dkv_f32", "attention_decode_f32", "cache_write_f32",
-        "attention_forward_bf16", "attention_delta_bf16", "attention_dq_bf16", "attention_dkv_bf16", "attention_decode_bf16", "cache_write_bf16",
-        "attention_forward_mma_d64", "attention_forward_mma_d128",
-        "attention_dkv_mma_d64", "attention_dq_mma_d64", "attention_dkv_mma_d128", "attention_dq_mma_d128",
-        "keys_as_queries_f32", "surprise_scores_f32", "surprise_select", "surprise_attention_f32", "surprise_attention_bf16",
-        "surprise_dq_f32", "surprise_dq_bf16", "surprise_dkv_f32", "surprise_dkv_bf16", "surprise_dkv_store_f32", "surprise_dkv_store_bf16",
+        "attention_forward_f32",
+        "attention_delta_f32",
+        "attention_dq_f32",
+        "attention_dkv_f32",
+        "attention_decode_f32",
+        "cache_write_f32",
+        "attention_forward_bf16",
+        "attention_delta_bf16",
+        "attention_dq_bf16",
+        "attention_dkv_bf16",
+        "attention_decode_bf16",
+        "cache_write_bf16",
+        "attention_forward_mma_d64",
+        "attention_forward_mma_d128",
+        "attention_dkv_mma_d64",
+        "attention_dq_mma_d64",
+        "attention_dkv_mma_d128",
+        "attention_dq_mma_d128",
+        "keys_as_queries_f32",
+        "surprise_scores_f32",
+        "surprise_select",
+        "surprise_attention_f32",
+        "surprise_attention_bf16",
+        "surprise_dq_f32",
+        "surprise_dq_bf16",
+        "surprise_dkv_f32",
+        "surprise_dkv_bf16",
+        "surprise_dkv_store_f32",
+        "surprise_dkv_store_bf16",
     ]
 );
 
 pub const MODEL: KernelFile = kernel_file!(
     "model",
     [
-        "scale_to_f32", "scale_to_bf16", "widen_f32", "widen_bf16", "liger_mix_to_f32", "liger_mix_to_bf16", "scale_pair_f32",
-        "scale_pair_bf16", "scale_in_place_f32", "add_bias_rows_f32", "fill_f32", "grm_normalize_f32", "grm_normalize_backward_f32",
-        "rope_forward_to_f32", "rope_forward_to_bf16", "rope_backward_add_f32", "rope_backward_add_bf16",
-        "fill_uniform_f32", "fill_uniform_bf16",
+        "scale_to_f32",
+        "scale_to_bf16",
+        "widen_f32",
+        "widen_bf16",
+        "liger_mix_to_f32",
+        "liger_mix_to_bf16",
+        "scale_pair_f32",
+        "scale_pair_bf16",
+        "scale_in_place_f32",
+        "add_bias_rows_f32",
+        "fill_f32",
+        "grm_normalize_f32",
+        "grm_normalize_backward_f32",
+        "rope_forward_to_f32",
+        "rope_forward_to_bf16",
+        "rope_backward_add_f32",
+        "rope_backward_add_bf16",
+        "fill_uniform_f32",
+        "fill_uniform_bf16",
     ]
 );
 
 pub const DECODE: KernelFile = kernel_file!(
     "decode",
     [
-        "decode_rope_append_f32", "decode_rope_append_bf16",
-        "decode_mix_f32", "decode_mix_bf16",
-        "decode_gemv_f32_b1", "decode_gemv_f32_b4", "decode_gemv_bf16_b1", "decode_gemv_bf16_b4",
-        "decode_gemv_swiglu_f32_b1", "decode_gemv_swiglu_f32_b4", "decode_gemv_swiglu_bf16_b1", "decode_gemv_swiglu_bf16_b4",
+        "decode_rope_append_f32",
+        "decode_rope_append_bf16",
+        "decode_mix_f32",
+        "decode_mix_bf16",
+        "decode_gemv_f32_b1",
+        "decode_gemv_f32_b4",
+        "decode_gemv_bf16_b1",
+        "decode_gemv_bf16_b4",
+        "decode_gemv_swiglu_f32_b1",
+        "decode_gemv_swiglu_f32_b4",
+        "decode_gemv_swiglu_bf16_b1",
+        "decode_gemv_swiglu_bf16_b4",
         "decode_lora_up",
     ]
 );
@@ -136,4 +205,19 @@ pub const DECODE: KernelFile = kernel_file!(
 pub const SAMPLING: KernelFile = kernel_file!("sampling", ["argmax_rows_f32", "sample_rows_f32"]);
 
 /// Every kernel file of the crate.
-pub const ALL: &[KernelFile] = &[EMBEDDING, RMS_NORM, ROPE, SWIGLU, CROSS_ENTROPY, ADAMW, LIGER_FEATURE, MIXER_GATED, MIXER_GSA, MIXER_CHUNKED, ATTENTION, SAMPLING, MODEL, DECODE];
+pub const ALL: &[KernelFile] = &[
+    EMBEDDING,
+    RMS_NORM,
+    ROPE,
+    SWIGLU,
+    CROSS_ENTROPY,
+    ADAMW,
+    LIGER_FEATURE,
+    MIXER_GATED,
+    MIXER_GSA,
+    MIXER_CHUNKED,
+    ATTENTION,
+    SAMPLING,
+    MODEL,
+    DECODE,
+];

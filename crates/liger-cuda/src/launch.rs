@@ -22,7 +22,9 @@ pub fn elementwise(n: usize) -> LaunchConfig {
 /// One block per row of `cols` values: up to 1024 threads, a whole number of warps.
 pub fn block_per_row(rows: usize, cols: usize) -> Result<LaunchConfig> {
     if rows > MAX_GRID_X {
-        return Err(Error::invalid_argument(format!("{rows} rows are more than one launch takes ({MAX_GRID_X}); split the work")));
+        return Err(Error::invalid_argument(format!(
+            "{rows} rows are more than one launch takes ({MAX_GRID_X}); split the work"
+        )));
     }
     let threads = cols.next_multiple_of(32).clamp(32, 1024) as u32;
     Ok(LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
@@ -37,7 +39,9 @@ pub fn warp_per_row(rows: usize) -> LaunchConfig {
 
 /// `value` as a kernel's `int` argument, or an error naming it.
 pub fn as_int(name: &str, value: usize) -> Result<i32> {
-    i32::try_from(value).map_err(|_| Error::invalid_argument(format!("{name} = {value} is too large for one GPU launch (at most {})", i32::MAX)))
+    i32::try_from(value).map_err(|_| {
+        Error::invalid_argument(format!("{name} = {value} is too large for one GPU launch (at most {})", i32::MAX))
+    })
 }
 
 /// Splits `len` values into rows of `cols`, or says why it cannot.

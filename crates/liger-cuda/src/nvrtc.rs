@@ -67,7 +67,8 @@ fn preload(path: &Path) -> Result<()> {
             continue;
         }
         // SAFETY: as above; the library stays loaded for the life of the process.
-        let lib = unsafe { libloading::Library::new(lib_path) }.map_err(|e| nvrtc_missing(&format!("{}: {e}", lib_path.display())))?;
+        let lib = unsafe { libloading::Library::new(lib_path) }
+            .map_err(|e| nvrtc_missing(&format!("{}: {e}", lib_path.display())))?;
         std::mem::forget(lib);
     }
     // NVRTC is then opened by its name (libnvrtc.so.13), which matches the loaded copy.
@@ -121,7 +122,11 @@ pub fn cache_path(dir: &Path, file: &KernelFile, arch: (i32, i32), nvrtc: (i32, 
 /// Compiles one kernel file to PTX for `arch`.
 pub fn compile_ptx(file: &KernelFile, arch: (i32, i32)) -> Result<String> {
     ensure_nvrtc()?;
-    let opts = CompileOptions { options: compile_options(arch), name: Some(format!("{}.cu", file.name)), ..Default::default() };
+    let opts = CompileOptions {
+        options: compile_options(arch),
+        name: Some(format!("{}.cu", file.name)),
+        ..Default::default()
+    };
     match compile_ptx_with_opts(file.full_source(), opts) {
         Ok(ptx) => Ok(ptx.to_src()),
         Err(CompileError::CompileError { log, .. }) => Err(Error::internal(format!(
@@ -145,7 +150,9 @@ pub fn load_or_compile(dir: &Path, file: &KernelFile, arch: (i32, i32)) -> Resul
         }
     }
     let ptx = compile_ptx(file, arch)?;
-    let _ = fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e)).and_then(|_| write_atomically(&path, ptx.as_bytes()));
+    let _ = fs::create_dir_all(dir)
+        .map_err(|e| Error::io(dir.display(), e))
+        .and_then(|_| write_atomically(&path, ptx.as_bytes()));
     Ok(ptx)
 }
 
@@ -158,7 +165,8 @@ pub fn is_complete_ptx(ptx: &str, file: &KernelFile) -> bool {
 pub fn ptx_defines_entry(ptx: &str, name: &str) -> bool {
     ptx.lines().any(|line| {
         let line = line.trim_start();
-        line.starts_with(".visible .entry") && line.split_whitespace().nth(2).is_some_and(|word| word.trim_end_matches('(') == name)
+        line.starts_with(".visible .entry")
+            && line.split_whitespace().nth(2).is_some_and(|word| word.trim_end_matches('(') == name)
     })
 }
 
@@ -166,7 +174,8 @@ pub fn ptx_defines_entry(ptx: &str, name: &str) -> bool {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let temp =
+        path.with_file_name(format!(".{name}.tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
     let result = fs::write(&temp, bytes).and_then(|_| fs::rename(&temp, path));
     if result.is_err() {
         let _ = fs::remove_file(&temp);

@@ -44,7 +44,11 @@ impl Profile {
 
     /// The entries, most time first.
     pub(crate) fn entries(&self) -> Vec<ProfileEntry> {
-        let mut out: Vec<ProfileEntry> = self.totals.iter().map(|(name, &(calls, seconds))| ProfileEntry { name: name.clone(), calls, seconds }).collect();
+        let mut out: Vec<ProfileEntry> = self
+            .totals
+            .iter()
+            .map(|(name, &(calls, seconds))| ProfileEntry { name: name.clone(), calls, seconds })
+            .collect();
         out.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
         out
     }

@@ -8,15 +8,17 @@ use common::{check_host, gpu, host, inv_freq, poison, poisoned, random, rng, to_
 use half::bf16;
 use liger_core::config::{Architecture, ModelConfig};
 use liger_core::convert::{linearize, LigerModel, LigerOptions, LoraOptions, LoraTarget};
+use liger_core::generate::CausalLm;
 use liger_core::liger::{HeadShape, MixerConfig, MixerKind, Window};
 use liger_core::model::{BaseModel, ModelFormat};
 use liger_core::testing::{random_tokens, random_weights, tiny_config};
 use liger_core::tokenizer::Tokenizer;
 use liger_core::ErrorCode;
-use liger_cuda::ops::decode::{decode_gemv, decode_gemv_swiglu, decode_lora_up, decode_mix, decode_rope_append, DecodeRope, LoraUp};
+use liger_cuda::ops::decode::{
+    decode_gemv, decode_gemv_swiglu, decode_lora_up, decode_mix, decode_rope_append, DecodeRope, LoraUp,
+};
 use liger_cuda::ops::rms_norm::rms_norm_forward_pair;
 use liger_cuda::ops::swiglu::swiglu_forward_to;
-use liger_core::generate::CausalLm;
 use liger_cuda::{GpuBuffer, GpuContext, GpuElement, GpuLigerModel};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -45,7 +47,12 @@ fn rms_norm_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
     // The step's norm: the shared one that writes f32 and T in one pass.
     let (mut y_f, mut y_t, mut rstd) = (poisoned(ctx, rows * cols), poison::<T>(ctx, rows * cols), poisoned(ctx, rows));
     rms_norm_forward_pair(ctx, &upload(ctx, &x), &upload(ctx, &w), eps, &mut y_f, &mut y_t, &mut rstd).unwrap();
-    check_host(&format!("rms_norm_forward_pair f32 (T = {})", T::KERNEL_SUFFIX), &y_f.to_host().unwrap(), &reference, 1e-5);
+    check_host(
+        &format!("rms_norm_forward_pair f32 (T = {})", T::KERNEL_SUFFIX),
+        &y_f.to_host().unwrap(),
+        &reference,
+        1e-5,
+    );
     check_host(&format!("rms_norm_forward_pair {}", T::KERNEL_SUFFIX), &host(&y_t), &reference, tol::<T>());
 }
 
@@ -56,7 +63,8 @@ fn rope_append_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
     let HeadShape { hq, hkv, d } = shape;
     let freqs = inv_freq(d, 10000.0);
     let positions: Vec<u32> = vec![rng.random_range(2..100_000), rng.random_range(0..2)];
-    let (q, k, v) = (random(rng, batch * hq * d, 1.0), random(rng, batch * hkv * d, 1.0), random(rng, batch * hkv * d, 1.0));
+    let (q, k, v) =
+        (random(rng, batch * hq * d, 1.0), random(rng, batch * hkv * d, 1.0), random(rng, batch * hkv * d, 1.0));
     let rope = |x: &[f32], b: usize, heads: usize| -> Vec<f64> {
         let mut out = vec![0.0f64; heads * d];
         for h in 0..heads {
@@ -75,7 +83,17 @@ fn rope_append_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
     let (mut k_cache, mut v_cache) = (poison::<T>(ctx, cache_len), poison::<T>(ctx, cache_len));
     let (freqs_gpu, positions_gpu) = (upload(ctx, &freqs), GpuBuffer::from_host(ctx, &positions).unwrap());
     let at = DecodeRope { inv_freq: &freqs_gpu, positions: &positions_gpu, batch, shape, window };
-    decode_rope_append(ctx, &at, &upload(ctx, &q), &upload(ctx, &k), &upload(ctx, &v), &mut q_roped, &mut k_cache, &mut v_cache).unwrap();
+    decode_rope_append(
+        ctx,
+        &at,
+        &upload(ctx, &q),
+        &upload(ctx, &k),
+        &upload(ctx, &v),
+        &mut q_roped,
+        &mut k_cache,
+        &mut v_cache,
+    )
+    .unwrap();
     check_host(&format!("decode rope of q ({})", T::KERNEL_SUFFIX), &host(&q_roped), &q_ref, tol::<T>());
     // The written slot of each (sequence, kv head), and nothing else.
     let (k_host, v_host) = (host(&k_cache), host(&v_cache));
@@ -91,7 +109,10 @@ fn rope_append_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
                     k_ref.extend_from_slice(&k_roped[h * d..(h + 1) * d]);
                     v_ref.extend(to_f64(&v[(b * hkv + h) * d..(b * hkv + h + 1) * d]));
                 } else {
-                    assert!(k_host[at..at + d].iter().chain(&v_host[at..at + d]).all(|x| x.is_nan()), "slot {slot} of ({b}, {h}) was written");
+                    assert!(
+                        k_host[at..at + d].iter().chain(&v_host[at..at + d]).all(|x| x.is_nan()),
+                        "slot {slot} of ({b}, {h}) was written"
+                    );
                 }
             }
         }
@@ -127,17 +148,31 @@ fn gemv_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, batch: usize) {
     let stored = |v: Vec<f32>| -> Vec<T> { v.into_iter().map(T::from_f32).collect() };
     let x = stored(random(rng, batch * k, 1.0));
     let ws: Vec<Vec<T>> = rows.iter().map(|&n| stored(random(rng, n * k, 0.2))).collect();
-    let product = |w: &[T], b: usize, r: usize| -> f64 { (0..k).map(|i| x[b * k + i].to_f32() as f64 * w[r * k + i].to_f32() as f64).sum() };
+    let product = |w: &[T], b: usize, r: usize| -> f64 {
+        (0..k).map(|i| x[b * k + i].to_f32() as f64 * w[r * k + i].to_f32() as f64).sum()
+    };
     let x_gpu = GpuBuffer::from_host(ctx, &x).unwrap();
     let w_gpu: Vec<GpuBuffer<T>> = ws.iter().map(|w| GpuBuffer::from_host(ctx, w).unwrap()).collect();
     let starts: Vec<Vec<f32>> = rows.iter().map(|&n| random(rng, batch * n, 1.0)).collect();
     for accumulate in [false, true] {
-        let mut ys: Vec<GpuBuffer<f32>> = rows.iter().zip(&starts).map(|(&n, s)| if accumulate { upload(ctx, s) } else { poisoned(ctx, batch * n) }).collect();
+        let mut ys: Vec<GpuBuffer<f32>> = rows
+            .iter()
+            .zip(&starts)
+            .map(|(&n, s)| if accumulate { upload(ctx, s) } else { poisoned(ctx, batch * n) })
+            .collect();
         let [y0, y1, y2] = &mut ys[..] else { unreachable!() };
-        decode_gemv(ctx, &x_gpu, batch, k, &mut [(&w_gpu[0], y0), (&w_gpu[1], y1), (&w_gpu[2], y2)], accumulate).unwrap();
+        decode_gemv(ctx, &x_gpu, batch, k, &mut [(&w_gpu[0], y0), (&w_gpu[1], y1), (&w_gpu[2], y2)], accumulate)
+            .unwrap();
         for (i, &n) in rows.iter().enumerate() {
-            let reference: Vec<f64> = (0..batch * n).map(|j| product(&ws[i], j / n, j % n) + if accumulate { starts[i][j] as f64 } else { 0.0 }).collect();
-            check_host(&format!("decode_gemv {} batch {batch} weight {i} accumulate {accumulate}", T::KERNEL_SUFFIX), &ys[i].to_host().unwrap(), &reference, 1e-5);
+            let reference: Vec<f64> = (0..batch * n)
+                .map(|j| product(&ws[i], j / n, j % n) + if accumulate { starts[i][j] as f64 } else { 0.0 })
+                .collect();
+            check_host(
+                &format!("decode_gemv {} batch {batch} weight {i} accumulate {accumulate}", T::KERNEL_SUFFIX),
+                &ys[i].to_host().unwrap(),
+                &reference,
+                1e-5,
+            );
         }
     }
     let n = rows[0];
@@ -182,24 +217,36 @@ fn lora_up_projections_match_float64_references() {
     let mut rng = rng("lora_up_projections_match_float64_references");
     let batch = 3;
     let shapes = [(96, 8, 2.0f32), (32, 8, 0.5), (32, 3, 1.0)];
-    let host_parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> =
-        shapes.iter().map(|&(out, rank, _)| (random(&mut rng, batch * rank, 1.0), random(&mut rng, out * rank, 1.0), random(&mut rng, batch * out, 1.0))).collect();
-    let uploaded: Vec<(GpuBuffer<f32>, GpuBuffer<f32>)> = host_parts.iter().map(|(u, b, _)| (upload(&ctx, u), upload(&ctx, b))).collect();
+    let host_parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = shapes
+        .iter()
+        .map(|&(out, rank, _)| {
+            (random(&mut rng, batch * rank, 1.0), random(&mut rng, out * rank, 1.0), random(&mut rng, batch * out, 1.0))
+        })
+        .collect();
+    let uploaded: Vec<(GpuBuffer<f32>, GpuBuffer<f32>)> =
+        host_parts.iter().map(|(u, b, _)| (upload(&ctx, u), upload(&ctx, b))).collect();
     let mut ys: Vec<GpuBuffer<f32>> = host_parts.iter().map(|(_, _, y)| upload(&ctx, y)).collect();
-    let mut parts: Vec<LoraUp> = shapes.iter().zip(&uploaded).zip(ys.iter_mut()).map(|((&(_, rank, scale), (u, b)), y)| LoraUp { u, b, rank, scale, y }).collect();
+    let mut parts: Vec<LoraUp> = shapes
+        .iter()
+        .zip(&uploaded)
+        .zip(ys.iter_mut())
+        .map(|((&(_, rank, scale), (u, b)), y)| LoraUp { u, b, rank, scale, y })
+        .collect();
     decode_lora_up(&ctx, batch, &mut parts).unwrap();
     for (i, (&(out, rank, scale), (u, b, y0))) in shapes.iter().zip(&host_parts).enumerate() {
         let reference: Vec<f64> = (0..batch * out)
             .map(|e| {
                 let (s, o) = (e / out, e % out);
-                y0[e] as f64 + scale as f64 * (0..rank).map(|j| u[s * rank + j] as f64 * b[o * rank + j] as f64).sum::<f64>()
+                y0[e] as f64
+                    + scale as f64 * (0..rank).map(|j| u[s * rank + j] as f64 * b[o * rank + j] as f64).sum::<f64>()
             })
             .collect();
         check_host(&format!("decode_lora_up adapter {i}"), &host(&ys[i]), &reference, 1e-5);
     }
     let f = |n: usize| GpuBuffer::<f32>::zeros(&ctx, n).unwrap();
     let (u, b) = (f(3 * 8), f(96 * 8));
-    let err = decode_lora_up(&ctx, 3, &mut [LoraUp { u: &u, b: &b, rank: 8, scale: 1.0, y: &mut f(95 * 3) }]).unwrap_err();
+    let err =
+        decode_lora_up(&ctx, 3, &mut [LoraUp { u: &u, b: &b, rank: 8, scale: 1.0, y: &mut f(95 * 3) }]).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
     assert_eq!(decode_lora_up(&ctx, 3, &mut []).unwrap_err().code, ErrorCode::InvalidArgument);
 }
@@ -220,7 +267,10 @@ fn a_batch_past_the_small_products_decodes_like_the_cpu() {
         let tokens: Vec<&[u32]> = seqs.iter().map(|s| &s[from..end]).collect();
         let logits = gpu_model.forward_last_batch(&mut state, &tokens).unwrap();
         for (b, full) in full.iter().enumerate() {
-            worst = worst.max(liger_core::testing::max_rel_error(&logits[b * vocab..(b + 1) * vocab], &to_f64(&full[(end - 1) * vocab..end * vocab])));
+            worst = worst.max(liger_core::testing::max_rel_error(
+                &logits[b * vocab..(b + 1) * vocab],
+                &to_f64(&full[(end - 1) * vocab..end * vocab]),
+            ));
         }
     }
     println!("batch {batch}: prefill {prompt} + {steps} steps vs the CPU's full forward, max rel error {worst:.2e}");
@@ -264,10 +314,24 @@ fn fused_decode_kernels_reject_bad_sizes() {
 
 /// A tiny converted GLA model with a 5-key window and adapters on q, k, v and o (random B).
 fn tiny_model(rng: &mut StdRng) -> LigerModel {
-    let cfg = ModelConfig { hidden_size: 64, num_heads: 4, num_kv_heads: 2, head_dim: 32, intermediate_size: 96, ..tiny_config(Architecture::Llama) };
+    let cfg = ModelConfig {
+        hidden_size: 64,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 32,
+        intermediate_size: 96,
+        ..tiny_config(Architecture::Llama)
+    };
     let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"<unk>":0},"unk_token":"<unk>"}}"#;
     let tokenizer = Tokenizer::from_json(json.as_bytes(), "test tokenizer").unwrap();
-    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, rng.random()), tokenizer, None, "tiny".into(), ModelFormat::Checkpoint);
+    let base = BaseModel::new(
+        cfg.clone(),
+        random_weights(&cfg, rng.random()),
+        tokenizer,
+        None,
+        "tiny".into(),
+        ModelFormat::Checkpoint,
+    );
     let mut options = LigerOptions::default();
     options.attention.mixer = MixerConfig::new(MixerKind::Gla);
     options.attention.window_keys = 5;
@@ -305,7 +369,11 @@ fn graph_replay_gives_the_logits_of_plain_launches() {
     let batch = 3;
     let (mut graphed, mut plain) = (model.new_batch_state(batch), model.new_batch_state(batch));
     let prompts: Vec<Vec<u32>> = (0..batch).map(|_| random_tokens(7, vocab, rng.random())).collect();
-    let run = |model: &GpuLigerModel<bf16>, graphed: &mut liger_cuda::GpuLigerState<bf16>, plain: &mut liger_cuda::GpuLigerState<bf16>, tokens: &[Vec<u32>]| -> f64 {
+    let run = |model: &GpuLigerModel<bf16>,
+               graphed: &mut liger_cuda::GpuLigerState<bf16>,
+               plain: &mut liger_cuda::GpuLigerState<bf16>,
+               tokens: &[Vec<u32>]|
+     -> f64 {
         let tokens: Vec<&[u32]> = tokens.iter().map(|t| t.as_slice()).collect();
         model.set_decode_graphs(true);
         let a = model.forward_last_batch(graphed, &tokens).unwrap();
@@ -315,13 +383,18 @@ fn graph_replay_gives_the_logits_of_plain_launches() {
         difference(&a, &b)
     };
     let mut worst = run(&model, &mut graphed, &mut plain, &prompts);
-    let step_tokens = |rng: &mut StdRng| -> Vec<Vec<u32>> { (0..batch).map(|_| random_tokens(1, vocab, rng.random())).collect() };
+    let step_tokens =
+        |rng: &mut StdRng| -> Vec<Vec<u32>> { (0..batch).map(|_| random_tokens(1, vocab, rng.random())).collect() };
     for _ in 0..60 {
         let next = step_tokens(&mut rng);
         worst = worst.max(run(&model, &mut graphed, &mut plain, &next));
     }
     println!("60 steps of batch {batch}: graph replay vs plain launches, max rel difference {worst:.2e}");
-    assert!(graphed.uses_graph() && graphed.graph_captures() == 1, "the steps were not replayed from one graph ({} captures)", graphed.graph_captures());
+    assert!(
+        graphed.uses_graph() && graphed.graph_captures() == 1,
+        "the steps were not replayed from one graph ({} captures)",
+        graphed.graph_captures()
+    );
     assert!(!plain.uses_graph());
     assert!(worst < 1e-6, "graph replay differs from plain launches: {worst:.2e}");
 

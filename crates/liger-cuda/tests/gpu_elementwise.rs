@@ -29,18 +29,32 @@ fn embedding_gather_f32_and_bf16() {
     let (vocab, hidden, tokens) = (1000, 576, 37);
     let table = random(&mut rng, vocab * hidden, 1.0);
     let ids = liger_core::testing::random_tokens(tokens, vocab, rand::random());
-    let expected: Vec<f64> = ids.iter().flat_map(|&id| table[id as usize * hidden..(id as usize + 1) * hidden].iter().map(|&v| v as f64)).collect();
+    let expected: Vec<f64> = ids
+        .iter()
+        .flat_map(|&id| table[id as usize * hidden..(id as usize + 1) * hidden].iter().map(|&v| v as f64))
+        .collect();
     let mut out = poisoned(&ctx, tokens * hidden);
     embedding::embedding_gather(&ctx, &upload(&ctx, &table), hidden, &ids, &mut out).unwrap();
     check("embedding f32", &out, &expected, 1e-7);
 
     let table_bf16 = to_bf16(&table);
-    let expected_bf16: Vec<f64> = ids.iter().flat_map(|&id| table_bf16[id as usize * hidden..(id as usize + 1) * hidden].iter().map(|v| v.to_f64())).collect();
+    let expected_bf16: Vec<f64> = ids
+        .iter()
+        .flat_map(|&id| table_bf16[id as usize * hidden..(id as usize + 1) * hidden].iter().map(|v| v.to_f64()))
+        .collect();
     let mut out = poisoned(&ctx, tokens * hidden);
-    embedding::embedding_gather(&ctx, &GpuBuffer::from_host(&ctx, &table_bf16).unwrap(), hidden, &ids, &mut out).unwrap();
+    embedding::embedding_gather(&ctx, &GpuBuffer::from_host(&ctx, &table_bf16).unwrap(), hidden, &ids, &mut out)
+        .unwrap();
     check("embedding bf16", &out, &expected_bf16, 1e-7);
 
-    let err = embedding::embedding_gather(&ctx, &upload(&ctx, &table), hidden, &[3, vocab as u32], &mut poisoned(&ctx, 2 * hidden)).unwrap_err();
+    let err = embedding::embedding_gather(
+        &ctx,
+        &upload(&ctx, &table),
+        hidden,
+        &[3, vocab as u32],
+        &mut poisoned(&ctx, 2 * hidden),
+    )
+    .unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("outside the vocabulary"), "{}", err.message);
 }
@@ -60,7 +74,10 @@ fn rms_norm_forward_backward_and_weight_gradient() {
     let (mut y, mut rstd) = (poisoned(&ctx, rows * cols), poisoned(&ctx, rows));
     gpu_norm::rms_norm_forward(&ctx, &xg, &wg, eps, &mut y, &mut rstd).unwrap();
     check("rms_norm forward f32", &y, &to_f64(&y_cpu), FP32_TOL);
-    let rstd_ref: Vec<f64> = x.chunks(cols).map(|r| 1.0 / (r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64 + eps as f64).sqrt()).collect();
+    let rstd_ref: Vec<f64> = x
+        .chunks(cols)
+        .map(|r| 1.0 / (r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64 + eps as f64).sqrt())
+        .collect();
     check("rms_norm rstd", &rstd, &rstd_ref, FP32_TOL);
 
     let (mut dx_cpu, mut dw_cpu) = (vec![0.0; rows * cols], vec![0.0; cols]);
@@ -78,10 +95,19 @@ fn rms_norm_forward_backward_and_weight_gradient() {
     rms_norm(&from_bf16(&x16), &w, eps, &mut y_ref);
     let mut y16 = GpuBuffer::filled(&ctx, rows * cols, bf16::NAN).unwrap();
     let mut rstd = poisoned(&ctx, rows);
-    gpu_norm::rms_norm_forward(&ctx, &GpuBuffer::from_host(&ctx, &x16).unwrap(), &wg, eps, &mut y16, &mut rstd).unwrap();
+    gpu_norm::rms_norm_forward(&ctx, &GpuBuffer::from_host(&ctx, &x16).unwrap(), &wg, eps, &mut y16, &mut rstd)
+        .unwrap();
     check_host("rms_norm forward bf16", &from_bf16(&y16.to_host().unwrap()), &to_f64(&y_ref), BF16_TOL);
 
-    let err = gpu_norm::rms_norm_forward(&ctx, &upload(&ctx, &x[..cols + 1]), &wg, eps, &mut poisoned(&ctx, cols + 1), &mut poisoned(&ctx, 1)).unwrap_err();
+    let err = gpu_norm::rms_norm_forward(
+        &ctx,
+        &upload(&ctx, &x[..cols + 1]),
+        &wg,
+        eps,
+        &mut poisoned(&ctx, cols + 1),
+        &mut poisoned(&ctx, 1),
+    )
+    .unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }
 
@@ -105,7 +131,16 @@ fn rope_forward_and_backward() {
     gpu_rope::rope_backward(&ctx, &upload(&ctx, &x), &mut dx, heads, head_dim, pos0, &fg).unwrap();
     check("rope backward", &dx, &to_f64(&dx_cpu), FP32_TOL);
 
-    let err = gpu_rope::rope_forward(&ctx, &upload(&ctx, &x), &mut poisoned(&ctx, x.len()), heads, head_dim, pos0, &upload(&ctx, &freqs[1..])).unwrap_err();
+    let err = gpu_rope::rope_forward(
+        &ctx,
+        &upload(&ctx, &x),
+        &mut poisoned(&ctx, x.len()),
+        heads,
+        head_dim,
+        pos0,
+        &upload(&ctx, &freqs[1..]),
+    )
+    .unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }
 
@@ -124,7 +159,8 @@ fn swiglu_forward_and_backward() {
     let (mut dg_cpu, mut du_cpu) = (vec![0.0; n], vec![0.0; n]);
     swiglu_backward(&g, &u, &da, &mut dg_cpu, &mut du_cpu);
     let (mut dg, mut du) = (poisoned(&ctx, n), poisoned(&ctx, n));
-    gpu_swiglu::swiglu_backward(&ctx, &upload(&ctx, &g), &upload(&ctx, &u), &upload(&ctx, &da), &mut dg, &mut du).unwrap();
+    gpu_swiglu::swiglu_backward(&ctx, &upload(&ctx, &g), &upload(&ctx, &u), &upload(&ctx, &da), &mut dg, &mut du)
+        .unwrap();
     check("swiglu backward dgate", &dg, &to_f64(&dg_cpu), FP32_TOL);
     check("swiglu backward dup", &du, &to_f64(&du_cpu), FP32_TOL);
 
@@ -132,7 +168,13 @@ fn swiglu_forward_and_backward() {
     let mut a_ref = from_bf16(&g16);
     swiglu_inplace(&mut a_ref, &from_bf16(&u16));
     let mut a16 = GpuBuffer::filled(&ctx, n, bf16::NAN).unwrap();
-    gpu_swiglu::swiglu_forward(&ctx, &GpuBuffer::from_host(&ctx, &g16).unwrap(), &GpuBuffer::from_host(&ctx, &u16).unwrap(), &mut a16).unwrap();
+    gpu_swiglu::swiglu_forward(
+        &ctx,
+        &GpuBuffer::from_host(&ctx, &g16).unwrap(),
+        &GpuBuffer::from_host(&ctx, &u16).unwrap(),
+        &mut a16,
+    )
+    .unwrap();
     check_host("swiglu forward bf16", &from_bf16(&a16.to_host().unwrap()), &to_f64(&a_ref), BF16_TOL);
 }
 
@@ -158,11 +200,13 @@ fn fused_norm_and_swiglu_forms_match_the_cpu() {
     gpu_norm::rms_norm_forward_pair(&ctx, &xg, &wg, eps, &mut y, &mut y_t, &mut rstd).unwrap();
     check("rms_norm pair f32: y", &y, &y_ref, FP32_TOL);
     check("rms_norm pair f32: copy", &y_t, &y_ref, FP32_TOL);
-    let (mut y, mut y16, mut rstd) = (poisoned(&ctx, rows * cols), poisoned_bf16(&ctx, rows * cols), poisoned(&ctx, rows));
+    let (mut y, mut y16, mut rstd) =
+        (poisoned(&ctx, rows * cols), poisoned_bf16(&ctx, rows * cols), poisoned(&ctx, rows));
     gpu_norm::rms_norm_forward_pair(&ctx, &xg, &wg, eps, &mut y, &mut y16, &mut rstd).unwrap();
     check("rms_norm pair bf16: y", &y, &y_ref, FP32_TOL);
     check_host("rms_norm pair bf16: copy", &from_bf16(&y16.to_host().unwrap()), &y_ref, BF16_TOL);
-    let err = gpu_norm::rms_norm_forward_pair(&ctx, &xg, &wg, eps, &mut y, &mut poisoned_bf16(&ctx, cols), &mut rstd).unwrap_err();
+    let err = gpu_norm::rms_norm_forward_pair(&ctx, &xg, &wg, eps, &mut y, &mut poisoned_bf16(&ctx, cols), &mut rstd)
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 
     // Backward added to a residual gradient r: dx = r + d(norm)/dx.
@@ -173,7 +217,10 @@ fn fused_norm_and_swiglu_forms_match_the_cpu() {
     let (mut dx, mut rstd) = (upload(&ctx, &r), poisoned(&ctx, rows));
     gpu_norm::rms_norm_backward_add(&ctx, &xg, &wg, eps, &upload(&ctx, &dy), &mut dx, &mut rstd).unwrap();
     check("rms_norm backward added to a residual", &dx, &expected, FP32_TOL);
-    let rstd_ref: Vec<f64> = x.chunks(cols).map(|r| 1.0 / (r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64 + eps as f64).sqrt()).collect();
+    let rstd_ref: Vec<f64> = x
+        .chunks(cols)
+        .map(|r| 1.0 / (r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / cols as f64 + eps as f64).sqrt())
+        .collect();
     check("rms_norm backward add: rstd", &rstd, &rstd_ref, FP32_TOL);
 
     // SwiGLU: f32 inputs, bf16 outputs.
@@ -245,10 +292,13 @@ fn gla_feature_maps_and_gate_forward_and_backward() {
     liger_feature::softmax_rows_backward(&ctx, &kf, &upload(&ctx, &dkf), &mut dx, d).unwrap();
     check("softmax rows backward", &dx, &dsoft_ref, FP32_TOL);
     let mut dk = poisoned(&ctx, k.len());
-    liger_feature::gla_key_features_backward(&ctx, &kg, &kf, &upload(&ctx, &dkf), &upload(&ctx, &dg), &mut dk, d, norm).unwrap();
+    liger_feature::gla_key_features_backward(&ctx, &kg, &kf, &upload(&ctx, &dkf), &upload(&ctx, &dg), &mut dk, d, norm)
+        .unwrap();
     check("gla key features backward", &dk, &dk_ref, FP32_TOL);
 
-    let err = liger_feature::gla_key_features(&ctx, &kg, &mut poisoned(&ctx, k.len()), &mut poisoned(&ctx, k.len()), d, 0.0).unwrap_err();
+    let err =
+        liger_feature::gla_key_features(&ctx, &kg, &mut poisoned(&ctx, k.len()), &mut poisoned(&ctx, k.len()), d, 0.0)
+            .unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
 }
 
@@ -296,9 +346,19 @@ fn glue_casts_mix_and_gradient_split_match_float64() {
         let g = random(&mut rng, n, 2.0);
         let a16 = to_bf16(&random(&mut rng, n, 2.0));
         let (alpha, beta) = (0.5f32, 0.75f32);
-        let mix_ref: Vec<f64> = g.iter().zip(&a16).map(|(&g, a)| alpha as f64 * g as f64 + beta as f64 * a.to_f32() as f64).collect();
+        let mix_ref: Vec<f64> =
+            g.iter().zip(&a16).map(|(&g, a)| alpha as f64 * g as f64 + beta as f64 * a.to_f32() as f64).collect();
         let (mut o, mut o16) = (poisoned(&ctx, n), poisoned_bf16(&ctx, n));
-        liger_mix_to(&ctx, &upload(&ctx, &g), &GpuBuffer::from_host(&ctx, &a16).unwrap(), alpha, beta, &mut o, &mut o16).unwrap();
+        liger_mix_to(
+            &ctx,
+            &upload(&ctx, &g),
+            &GpuBuffer::from_host(&ctx, &a16).unwrap(),
+            alpha,
+            beta,
+            &mut o,
+            &mut o16,
+        )
+        .unwrap();
         check(&format!("liger_mix_to f32 n={n}"), &o, &mix_ref, FP32_TOL);
         check_host(&format!("liger_mix_to bf16 copy n={n}"), &from_bf16(&o16.to_host().unwrap()), &mix_ref, BF16_TOL);
         let a32 = from_bf16(&a16);
@@ -317,8 +377,18 @@ fn glue_casts_mix_and_gradient_split_match_float64() {
         check(&format!("scale_pair f32/f32 n={n}"), &z, &scaled_ref(t), FP32_TOL);
     }
     // Sizes that disagree are typed errors.
-    let err = liger_mix_to(&ctx, &poisoned(&ctx, 8), &poisoned_bf16(&ctx, 7), 1.0, 1.0, &mut poisoned(&ctx, 8), &mut poisoned_bf16(&ctx, 8)).unwrap_err();
+    let err = liger_mix_to(
+        &ctx,
+        &poisoned(&ctx, 8),
+        &poisoned_bf16(&ctx, 7),
+        1.0,
+        1.0,
+        &mut poisoned(&ctx, 8),
+        &mut poisoned_bf16(&ctx, 8),
+    )
+    .unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
-    let err = scale_pair(&ctx, &poisoned(&ctx, 8), 1.0, 1.0, &mut poisoned(&ctx, 8), &mut poisoned_bf16(&ctx, 9)).unwrap_err();
+    let err = scale_pair(&ctx, &poisoned(&ctx, 8), 1.0, 1.0, &mut poisoned(&ctx, 8), &mut poisoned_bf16(&ctx, 9))
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }

@@ -48,7 +48,8 @@ fn bf16_products_accumulate_in_fp32() {
     let a16: Vec<bf16> = random(&mut rng, m * k, 1.0).iter().map(|&v| bf16::from_f32(v)).collect();
     let b16: Vec<bf16> = random(&mut rng, k * n, 1.0).iter().map(|&v| bf16::from_f32(v)).collect();
     // The reference multiplies the same (bf16-rounded) values in f32.
-    let (a, b): (Vec<f32>, Vec<f32>) = (a16.iter().map(|v| v.to_f32()).collect(), b16.iter().map(|v| v.to_f32()).collect());
+    let (a, b): (Vec<f32>, Vec<f32>) =
+        (a16.iter().map(|v| v.to_f32()).collect(), b16.iter().map(|v| v.to_f32()).collect());
     let mut c = poisoned(&ctx, m * n);
     let (ag, bg) = (GpuBuffer::from_host(&ctx, &a16).unwrap(), GpuBuffer::from_host(&ctx, &b16).unwrap());
     gemm(&ctx, d, ag.slice(), bg.slice(), c.slice_mut(), false).unwrap();
@@ -66,14 +67,24 @@ fn tf32_products_of_lora_shapes_are_close_to_f32() {
         let d = GemmDims { m, n, k, a_transposed: a_t, b_transposed: b_t };
         let (a, b, c0) = (random(&mut rng, m * k, 1.0), random(&mut rng, k * n, 1.0), random(&mut rng, m * n, 5.0));
         let mut c = poisoned(&ctx, m * n);
-        liger_cuda::gemm::gemm_tf32(&ctx, d, upload(&ctx, &a).slice(), upload(&ctx, &b).slice(), c.slice_mut(), false).unwrap();
+        liger_cuda::gemm::gemm_tf32(&ctx, d, upload(&ctx, &a).slice(), upload(&ctx, &b).slice(), c.slice_mut(), false)
+            .unwrap();
         // TF32 keeps 10 mantissa bits of each input (relative rounding up to 2^-11).
         check(&format!("gemm tf32 {m}x{n}x{k}"), &c, &reference(&a, &b, d, None), 5e-3);
         let mut c = upload(&ctx, &c0);
-        liger_cuda::gemm::gemm_tf32(&ctx, d, upload(&ctx, &a).slice(), upload(&ctx, &b).slice(), c.slice_mut(), true).unwrap();
+        liger_cuda::gemm::gemm_tf32(&ctx, d, upload(&ctx, &a).slice(), upload(&ctx, &b).slice(), c.slice_mut(), true)
+            .unwrap();
         check(&format!("gemm tf32 {m}x{n}x{k} accumulate"), &c, &reference(&a, &b, d, Some(&c0)), 5e-3);
     }
     let d = GemmDims { m: 4, n: 4, k: 4, a_transposed: false, b_transposed: false };
-    let err = liger_cuda::gemm::gemm_tf32(&ctx, d, upload(&ctx, &[1.0; 15]).slice(), upload(&ctx, &[1.0; 16]).slice(), poisoned(&ctx, 16).slice_mut(), false).unwrap_err();
+    let err = liger_cuda::gemm::gemm_tf32(
+        &ctx,
+        d,
+        upload(&ctx, &[1.0; 15]).slice(),
+        upload(&ctx, &[1.0; 16]).slice(),
+        poisoned(&ctx, 16).slice_mut(),
+        false,
+    )
+    .unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }

@@ -8,9 +8,13 @@ mod common;
 
 use common::*;
 use half::bf16;
-use liger_core::liger::{chunk_backward, chunk_forward, HeadShape, MixerConfig, MixerKind, MixerState, DEFAULT_CHUNK_SIZE};
+use liger_core::liger::{
+    chunk_backward, chunk_forward, HeadShape, MixerConfig, MixerKind, MixerState, DEFAULT_CHUNK_SIZE,
+};
 use liger_core::ErrorCode;
-use liger_cuda::ops::mixer::{mixer_chunk_backward, mixer_chunk_forward, mixer_recurrent_step, mixer_state_len, MixerDims};
+use liger_cuda::ops::mixer::{
+    mixer_chunk_backward, mixer_chunk_forward, mixer_recurrent_step, mixer_state_len, MixerDims,
+};
 use liger_cuda::{GpuContext, GpuElement};
 use rand::rngs::StdRng;
 
@@ -67,7 +71,16 @@ impl Problem {
         let (mut o, mut fin) = (Vec::new(), Vec::new());
         for b in 0..BATCH {
             let init = with_initial.then(|| self.state(b));
-            let (ob, sb) = chunk_forward(&self.cfg, self.shape(), self.seq(&self.q, b), self.seq(&self.k, b), self.seq(&self.v, b), init.as_ref(), DEFAULT_CHUNK_SIZE).unwrap();
+            let (ob, sb) = chunk_forward(
+                &self.cfg,
+                self.shape(),
+                self.seq(&self.q, b),
+                self.seq(&self.k, b),
+                self.seq(&self.v, b),
+                init.as_ref(),
+                DEFAULT_CHUNK_SIZE,
+            )
+            .unwrap();
             o.extend(to_f64(&ob));
             fin.extend(to_f64(&sb.data));
         }
@@ -85,19 +98,30 @@ fn check_mixer<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, cfg: MixerConf
     let (o_ref, fin_ref) = p.cpu_forward(true);
     let mut o = poison::<T>(ctx, p.q.len());
     let mut fin = poisoned(ctx, p.initial.len());
-    mixer_chunk_forward(ctx, &p.cfg, p.dims, &q, &k, &v, &mut o, Some(&upload(ctx, &p.initial)), Some(&mut fin)).unwrap();
+    mixer_chunk_forward(ctx, &p.cfg, p.dims, &q, &k, &v, &mut o, Some(&upload(ctx, &p.initial)), Some(&mut fin))
+        .unwrap();
     check_host(&format!("{label} forward o"), &host(&o), &o_ref, tol);
     check(&format!("{label} final state"), &fin, &fin_ref, FP32_TOL.max(tol / 10.0));
 
     // Backward from a zero initial state.
     let (mut dq_ref, mut dk_ref, mut dv_ref) = (Vec::new(), Vec::new(), Vec::new());
     for b in 0..BATCH {
-        let g = chunk_backward(&p.cfg, p.shape(), p.seq(&p.q, b), p.seq(&p.k, b), p.seq(&p.v, b), p.seq(&p.d_o, b), DEFAULT_CHUNK_SIZE).unwrap();
+        let g = chunk_backward(
+            &p.cfg,
+            p.shape(),
+            p.seq(&p.q, b),
+            p.seq(&p.k, b),
+            p.seq(&p.v, b),
+            p.seq(&p.d_o, b),
+            DEFAULT_CHUNK_SIZE,
+        )
+        .unwrap();
         dq_ref.extend(to_f64(&g.dq));
         dk_ref.extend(to_f64(&g.dk));
         dv_ref.extend(to_f64(&g.dv));
     }
-    let (mut dq, mut dk, mut dv) = (poison::<T>(ctx, p.q.len()), poison::<T>(ctx, p.k.len()), poison::<T>(ctx, p.v.len()));
+    let (mut dq, mut dk, mut dv) =
+        (poison::<T>(ctx, p.q.len()), poison::<T>(ctx, p.k.len()), poison::<T>(ctx, p.v.len()));
     mixer_chunk_backward(ctx, &p.cfg, p.dims, &q, &k, &v, &up::<T>(ctx, &p.d_o), &mut dq, &mut dk, &mut dv).unwrap();
     check_host(&format!("{label} backward dq"), &host(&dq), &dq_ref, tol);
     check_host(&format!("{label} backward dk"), &host(&dk), &dk_ref, tol);
@@ -115,16 +139,39 @@ fn check_mixer<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, cfg: MixerConf
     let mut state = poisoned(ctx, p.initial.len());
     let mut o_pre = poison::<T>(ctx, BATCH * prefill * qs);
     let (qp, kp, vp) = (take(&p.q, qs, 0..prefill), take(&p.k, kvs, 0..prefill), take(&p.v, kvs, 0..prefill));
-    mixer_chunk_forward(ctx, &p.cfg, pre_dims, &up::<T>(ctx, &qp), &up::<T>(ctx, &kp), &up::<T>(ctx, &vp), &mut o_pre, None, Some(&mut state)).unwrap();
+    mixer_chunk_forward(
+        ctx,
+        &p.cfg,
+        pre_dims,
+        &up::<T>(ctx, &qp),
+        &up::<T>(ctx, &kp),
+        &up::<T>(ctx, &vp),
+        &mut o_pre,
+        None,
+        Some(&mut state),
+    )
+    .unwrap();
     let mut o_all = vec![f32::NAN; BATCH * TOKENS * qs];
     let pre_host = host(&o_pre);
     for b in 0..BATCH {
-        o_all[b * TOKENS * qs..(b * TOKENS + prefill) * qs].copy_from_slice(&pre_host[b * prefill * qs..(b + 1) * prefill * qs]);
+        o_all[b * TOKENS * qs..(b * TOKENS + prefill) * qs]
+            .copy_from_slice(&pre_host[b * prefill * qs..(b + 1) * prefill * qs]);
     }
     for t in prefill..TOKENS {
         let (qt, kt, vt) = (take(&p.q, qs, t..t + 1), take(&p.k, kvs, t..t + 1), take(&p.v, kvs, t..t + 1));
         let mut ot = poison::<T>(ctx, BATCH * qs);
-        mixer_recurrent_step(ctx, &p.cfg, BATCH, shape, &mut state, &up::<T>(ctx, &qt), &up::<T>(ctx, &kt), &up::<T>(ctx, &vt), &mut ot).unwrap();
+        mixer_recurrent_step(
+            ctx,
+            &p.cfg,
+            BATCH,
+            shape,
+            &mut state,
+            &up::<T>(ctx, &qt),
+            &up::<T>(ctx, &kt),
+            &up::<T>(ctx, &vt),
+            &mut ot,
+        )
+        .unwrap();
         let ot = host(&ot);
         for b in 0..BATCH {
             o_all[(b * TOKENS + t) * qs..(b * TOKENS + t + 1) * qs].copy_from_slice(&ot[b * qs..(b + 1) * qs]);
@@ -196,12 +243,25 @@ fn odd_head_size_and_wide_group_match_cpu() {
     let (q, k, v) = (random(&mut rng, 5 * 8 * 80, 2.0), random(&mut rng, 5 * 80, 2.0), random(&mut rng, 5 * 80, 1.0));
     let (o_ref, _) = chunk_forward(&cfg, shape, &q, &k, &v, None, DEFAULT_CHUNK_SIZE).unwrap();
     let mut o = poisoned(&ctx, q.len());
-    mixer_chunk_forward(&ctx, &cfg, dims, &upload(&ctx, &q), &upload(&ctx, &k), &upload(&ctx, &v), &mut o, None, None).unwrap();
+    mixer_chunk_forward(&ctx, &cfg, dims, &upload(&ctx, &q), &upload(&ctx, &k), &upload(&ctx, &v), &mut o, None, None)
+        .unwrap();
     check("gla d=80 group 8 forward", &o, &to_f64(&o_ref), FP32_TOL);
     let d_o = random(&mut rng, q.len(), 1.0);
     let g = chunk_backward(&cfg, shape, &q, &k, &v, &d_o, DEFAULT_CHUNK_SIZE).unwrap();
     let (mut dq, mut dk, mut dv) = (poisoned(&ctx, q.len()), poisoned(&ctx, k.len()), poisoned(&ctx, v.len()));
-    mixer_chunk_backward(&ctx, &cfg, dims, &upload(&ctx, &q), &upload(&ctx, &k), &upload(&ctx, &v), &upload(&ctx, &d_o), &mut dq, &mut dk, &mut dv).unwrap();
+    mixer_chunk_backward(
+        &ctx,
+        &cfg,
+        dims,
+        &upload(&ctx, &q),
+        &upload(&ctx, &k),
+        &upload(&ctx, &v),
+        &upload(&ctx, &d_o),
+        &mut dq,
+        &mut dk,
+        &mut dv,
+    )
+    .unwrap();
     check("gla d=80 group 8 dq", &dq, &to_f64(&g.dq), FP32_TOL);
     check("gla d=80 group 8 dk", &dk, &to_f64(&g.dk), FP32_TOL);
     check("gla d=80 group 8 dv", &dv, &to_f64(&g.dv), FP32_TOL);
@@ -224,17 +284,30 @@ fn bad_inputs_are_typed_errors() {
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
     assert!(err.message.contains("initial state"), "{}", err.message);
     let gsa = MixerConfig::new(MixerKind::Gsa);
-    let err = mixer_chunk_forward(&ctx, &gsa, dims, &q, &k, &v, &mut o, Some(&poisoned(&ctx, 2 * 2 * 64 * 64)), None).unwrap_err();
+    let err = mixer_chunk_forward(&ctx, &gsa, dims, &q, &k, &v, &mut o, Some(&poisoned(&ctx, 2 * 2 * 64 * 64)), None)
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "a gsa state is two slot memories per kv head");
     let bad_slots = MixerConfig { gsa_slots: 48, ..gsa };
     let err = mixer_chunk_forward(&ctx, &bad_slots, dims, &q, &k, &v, &mut o, None, None).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("gsa_slots"), "{}", err.message);
     let mut state = poisoned(&ctx, 7);
-    let err = mixer_recurrent_step(&ctx, &cfg, 2, shape, &mut state, &poisoned(&ctx, 512), &poisoned(&ctx, 256), &poisoned(&ctx, 256), &mut poisoned(&ctx, 512)).unwrap_err();
+    let err = mixer_recurrent_step(
+        &ctx,
+        &cfg,
+        2,
+        shape,
+        &mut state,
+        &poisoned(&ctx, 512),
+        &poisoned(&ctx, 256),
+        &poisoned(&ctx, 256),
+        &mut poisoned(&ctx, 512),
+    )
+    .unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
     let (mut dq, mut dk, mut dv) = (poisoned(&ctx, nq), poisoned(&ctx, nkv), poisoned(&ctx, nkv));
-    let err = mixer_chunk_backward(&ctx, &cfg, dims, &q, &k, &v, &poisoned(&ctx, 3), &mut dq, &mut dk, &mut dv).unwrap_err();
+    let err =
+        mixer_chunk_backward(&ctx, &cfg, dims, &q, &k, &v, &poisoned(&ctx, 3), &mut dq, &mut dk, &mut dv).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
     assert!(err.message.contains("d_o"), "{}", err.message);
 }
@@ -250,18 +323,33 @@ fn backward_with_a_grid_that_fills_the_gpu_matches_cpu() {
     let cfg = MixerConfig::default();
     let dims = MixerDims { batch, tokens, shape };
     let (nq, nkv) = (batch * tokens * 4 * d, batch * tokens * 2 * d);
-    let (q, k, v, d_o) = (random(&mut rng, nq, 2.0), random(&mut rng, nkv, 2.0), random(&mut rng, nkv, 1.0), random(&mut rng, nq, 1.0));
+    let (q, k, v, d_o) =
+        (random(&mut rng, nq, 2.0), random(&mut rng, nkv, 2.0), random(&mut rng, nkv, 1.0), random(&mut rng, nq, 1.0));
     let (mut dq_ref, mut dk_ref, mut dv_ref) = (Vec::new(), Vec::new(), Vec::new());
     let (qs, kvs) = (nq / batch, nkv / batch);
     for b in 0..batch {
         let seq = |x: &[f32], per: usize| x[b * per..(b + 1) * per].to_vec();
-        let g = chunk_backward(&cfg, shape, &seq(&q, qs), &seq(&k, kvs), &seq(&v, kvs), &seq(&d_o, qs), DEFAULT_CHUNK_SIZE).unwrap();
+        let g =
+            chunk_backward(&cfg, shape, &seq(&q, qs), &seq(&k, kvs), &seq(&v, kvs), &seq(&d_o, qs), DEFAULT_CHUNK_SIZE)
+                .unwrap();
         dq_ref.extend(to_f64(&g.dq));
         dk_ref.extend(to_f64(&g.dk));
         dv_ref.extend(to_f64(&g.dv));
     }
     let (mut dq, mut dk, mut dv) = (poisoned(&ctx, nq), poisoned(&ctx, nkv), poisoned(&ctx, nkv));
-    mixer_chunk_backward(&ctx, &cfg, dims, &upload(&ctx, &q), &upload(&ctx, &k), &upload(&ctx, &v), &upload(&ctx, &d_o), &mut dq, &mut dk, &mut dv).unwrap();
+    mixer_chunk_backward(
+        &ctx,
+        &cfg,
+        dims,
+        &upload(&ctx, &q),
+        &upload(&ctx, &k),
+        &upload(&ctx, &v),
+        &upload(&ctx, &d_o),
+        &mut dq,
+        &mut dk,
+        &mut dv,
+    )
+    .unwrap();
     check("gla full grid dq", &dq, &dq_ref, FP32_TOL);
     check("gla full grid dk", &dk, &dk_ref, FP32_TOL);
     check("gla full grid dv", &dv, &dv_ref, FP32_TOL);

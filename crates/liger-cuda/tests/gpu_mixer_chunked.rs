@@ -20,7 +20,13 @@ const STATE_TOL: f64 = 1e-2;
 const FP32_TOL: f64 = 1e-4;
 
 /// Checks the GPU under `segments` against the CPU twin; returns the largest error.
-fn check_against_cpu<T: GpuElement>(ctx: &GpuContext, p: &MixerProblem, segments: TimeSegments, tol: f64, state_tol: f64) -> f64 {
+fn check_against_cpu<T: GpuElement>(
+    ctx: &GpuContext,
+    p: &MixerProblem,
+    segments: TimeSegments,
+    tol: f64,
+    state_tol: f64,
+) -> f64 {
     let label = p.label::<T>();
     let got = p.gpu::<T>(ctx, segments);
     let want = p.cpu();
@@ -39,11 +45,16 @@ fn check_kind(kind: MixerKind) {
     let mut worst = 0.0f64;
     for d in [64, 128] {
         assert!(mixer_uses_chunked::<bf16>(kind, d, TimeSegments::Chunked));
-        assert_eq!(mixer_uses_chunked::<bf16>(kind, d, TimeSegments::Auto), d == 64, "Auto takes the chunked form at d = 64 only");
+        assert_eq!(
+            mixer_uses_chunked::<bf16>(kind, d, TimeSegments::Auto),
+            d == 64,
+            "Auto takes the chunked form at d = 64 only"
+        );
         for (hq, hkv) in [(2, 2), (3, 1), (8, 2)] {
             for tokens in [1, 37, 64, 100, 300] {
                 let batch = if tokens == 300 { 1 } else { 2 };
-                let p = MixerProblem::new::<bf16>(&mut rng, kind, batch, tokens, HeadShape::new(hq, hkv, d).unwrap(), 2.0);
+                let p =
+                    MixerProblem::new::<bf16>(&mut rng, kind, batch, tokens, HeadShape::new(hq, hkv, d).unwrap(), 2.0);
                 worst = worst.max(check_against_cpu::<bf16>(&ctx, &p, TimeSegments::Chunked, BF16_TOL, STATE_TOL));
             }
         }
@@ -119,8 +130,13 @@ fn f32_inputs_take_bf16_chunk_products_only_when_asked() {
     let mut rng = rng("chunked f32 inputs");
     assert!(!mixer_uses_chunked::<f32>(MixerKind::Gla, 64, TimeSegments::Auto));
     assert!(mixer_uses_chunked::<f32>(MixerKind::Gla, 64, TimeSegments::AutoBf16Products));
-    assert!(!mixer_uses_chunked::<f32>(MixerKind::Gla, 128, TimeSegments::AutoBf16Products), "d = 128 was measured slower");
-    for (kind, d, segments) in [(MixerKind::Gla, 64, TimeSegments::AutoBf16Products), (MixerKind::Hgrn2, 128, TimeSegments::Chunked)] {
+    assert!(
+        !mixer_uses_chunked::<f32>(MixerKind::Gla, 128, TimeSegments::AutoBf16Products),
+        "d = 128 was measured slower"
+    );
+    for (kind, d, segments) in
+        [(MixerKind::Gla, 64, TimeSegments::AutoBf16Products), (MixerKind::Hgrn2, 128, TimeSegments::Chunked)]
+    {
         assert!(mixer_uses_chunked::<f32>(kind, d, segments));
         let p = MixerProblem::new::<f32>(&mut rng, kind, 2, 100, HeadShape::new(6, 2, d).unwrap(), 2.0);
         check_against_cpu::<f32>(&ctx, &p, segments, BF16_TOL, STATE_TOL);
@@ -132,7 +148,10 @@ fn other_head_sizes_and_f32_take_the_scan_and_are_right() {
     let ctx = gpu();
     let mut rng = rng("chunked fallback");
     for d in [32, 80] {
-        assert!(!mixer_uses_chunked::<bf16>(MixerKind::Gla, d, TimeSegments::Chunked), "d = {d} has no chunked kernels");
+        assert!(
+            !mixer_uses_chunked::<bf16>(MixerKind::Gla, d, TimeSegments::Chunked),
+            "d = {d} has no chunked kernels"
+        );
         let p = MixerProblem::new::<bf16>(&mut rng, MixerKind::Gla, 2, 100, HeadShape::new(4, 2, d).unwrap(), 2.0);
         check_against_cpu::<bf16>(&ctx, &p, TimeSegments::Chunked, BF16_TOL, BF16_TOL / 10.0);
     }
@@ -141,5 +160,8 @@ fn other_head_sizes_and_f32_take_the_scan_and_are_right() {
     let p = MixerProblem::new::<f32>(&mut rng, MixerKind::Mamba2, 2, 100, HeadShape::new(3, 1, 64).unwrap(), 2.0);
     check_against_cpu::<f32>(&ctx, &p, TimeSegments::Auto, FP32_TOL, FP32_TOL);
     // Fixed segments and Scan ask for the scan.
-    assert!(!mixer_uses_chunked::<bf16>(MixerKind::Gla, 64, TimeSegments::Fixed(1)) && !mixer_uses_chunked::<bf16>(MixerKind::Gla, 128, TimeSegments::Scan));
+    assert!(
+        !mixer_uses_chunked::<bf16>(MixerKind::Gla, 64, TimeSegments::Fixed(1))
+            && !mixer_uses_chunked::<bf16>(MixerKind::Gla, 128, TimeSegments::Scan)
+    );
 }

@@ -12,7 +12,9 @@ use half::bf16;
 use liger_core::liger::{HeadShape, MixerKind};
 use liger_core::testing::max_rel_error;
 use liger_core::ErrorCode;
-use liger_cuda::ops::mixer::{mixer_chunk_backward_in_segments, mixer_chunk_forward_in_segments, mixer_segment_plan, TimeSegments};
+use liger_cuda::ops::mixer::{
+    mixer_chunk_backward_in_segments, mixer_chunk_forward_in_segments, mixer_segment_plan, TimeSegments,
+};
 use liger_cuda::{GpuContext, GpuElement};
 
 const FP32_TOL: f64 = 1e-4;
@@ -21,7 +23,12 @@ const BF16_TOL: f64 = 2e-2;
 const AGREE_TOL: f64 = 1e-5;
 
 /// Checks the GPU's results under `segments` against the CPU twin; returns them.
-fn check_against_cpu<T: GpuElement>(ctx: &GpuContext, p: &MixerProblem, segments: TimeSegments, tol: f64) -> [Vec<f32>; 5] {
+fn check_against_cpu<T: GpuElement>(
+    ctx: &GpuContext,
+    p: &MixerProblem,
+    segments: TimeSegments,
+    tol: f64,
+) -> [Vec<f32>; 5] {
     let label = format!("{} {segments:?}", p.label::<T>());
     let got = p.gpu::<T>(ctx, segments);
     for (i, (name, want)) in OUTPUTS.iter().zip(p.cpu()).enumerate() {
@@ -140,10 +147,25 @@ fn zero_segments_is_a_typed_error() {
     let p = MixerProblem::new::<f32>(&mut rng, MixerKind::Gla, 1, 8, HeadShape::new(2, 1, 64).unwrap(), 2.0);
     let (q, k, v) = (upload(&ctx, &p.q), upload(&ctx, &p.k), upload(&ctx, &p.v));
     let mut o = poisoned(&ctx, p.q.len());
-    let err = mixer_chunk_forward_in_segments(&ctx, &p.cfg, p.dims, &q, &k, &v, &mut o, None, None, TimeSegments::Fixed(0)).unwrap_err();
+    let err =
+        mixer_chunk_forward_in_segments(&ctx, &p.cfg, p.dims, &q, &k, &v, &mut o, None, None, TimeSegments::Fixed(0))
+            .unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("at least one time segment"), "{}", err.message);
     let (mut dq, mut dk, mut dv) = (poisoned(&ctx, p.q.len()), poisoned(&ctx, p.k.len()), poisoned(&ctx, p.v.len()));
-    let err = mixer_chunk_backward_in_segments(&ctx, &p.cfg, p.dims, &q, &k, &v, &upload(&ctx, &p.d_o), &mut dq, &mut dk, &mut dv, TimeSegments::Fixed(0)).unwrap_err();
+    let err = mixer_chunk_backward_in_segments(
+        &ctx,
+        &p.cfg,
+        p.dims,
+        &q,
+        &k,
+        &v,
+        &upload(&ctx, &p.d_o),
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        TimeSegments::Fixed(0),
+    )
+    .unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
 }

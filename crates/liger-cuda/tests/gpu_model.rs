@@ -14,7 +14,7 @@ use liger_core::model::{BaseModel, ModelFormat};
 use liger_core::testing::{max_rel_error, random_tokens, random_weights, tiny_config};
 use liger_core::train::data::Sequence;
 use liger_core::train::loss::IGNORE;
-use liger_core::train::trainer::{Trainable, TrainConfig, Trainer};
+use liger_core::train::trainer::{TrainConfig, Trainable, Trainer};
 use liger_core::ErrorCode;
 use liger_cuda::{GemmInput, GpuBuffer, GpuContext, GpuLigerModel, GpuWeights};
 use rand::rngs::StdRng;
@@ -24,7 +24,14 @@ use rand::{Rng, SeedableRng};
 /// are zero, which would hide the A gradients).
 fn model(arch: Architecture, mixer: MixerKind, softmax_layers: Vec<usize>, rng: &mut StdRng) -> LigerModel {
     let cfg = tiny_gpu_config(arch);
-    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, rng.random()), word_tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint);
+    let base = BaseModel::new(
+        cfg.clone(),
+        random_weights(&cfg, rng.random()),
+        word_tokenizer(),
+        None,
+        "tiny".into(),
+        ModelFormat::Checkpoint,
+    );
     let mut options = LigerOptions { softmax_layers, ..Default::default() };
     options.attention.mixer = MixerConfig { gsa_slots: 16, ..MixerConfig::new(mixer) };
     options.attention.window_keys = 5;
@@ -71,14 +78,20 @@ fn compare_forward_backward<T: GemmInput>(ctx: GpuContext, cpu: LigerModel, data
     gpu.set_recompute(true);
     let recomputed = run_gpu(&gpu, data);
     let same = max_rel_error(&recomputed.1, &kept.1.iter().map(|&g| g as f64).collect::<Vec<_>>());
-    assert!(((kept.0 - recomputed.0) / kept.0).abs() < 1e-6 && same < 1e-5, "kept and recomputed activations differ: {same:.2e}");
+    assert!(
+        ((kept.0 - recomputed.0) / kept.0).abs() < 1e-6 && same < 1e-5,
+        "kept and recomputed activations differ: {same:.2e}"
+    );
     // And the middle ground: the last layer's activations kept, the others' recomputed.
     gpu.set_recompute(false);
     gpu.set_kept_layers(Some(1));
     let partly = run_gpu(&gpu, data);
     gpu.set_kept_layers(None);
     let same = max_rel_error(&partly.1, &kept.1.iter().map(|&g| g as f64).collect::<Vec<_>>());
-    assert!(((kept.0 - partly.0) / kept.0).abs() < 1e-6 && same < 1e-5, "kept and partly recomputed activations differ: {same:.2e}");
+    assert!(
+        ((kept.0 - partly.0) / kept.0).abs() < 1e-6 && same < 1e-5,
+        "kept and partly recomputed activations differ: {same:.2e}"
+    );
     let (loss, got) = kept;
     let expected: Vec<f64> = cpu_grads.as_slices().concat().iter().map(|&g| g as f64).collect();
     assert!(got.iter().all(|g| g.is_finite()), "non-finite GPU gradients");
@@ -152,10 +165,12 @@ fn training_on_the_gpu_follows_the_cpu_loss_curve() {
             Sequence { inputs, labels }
         })
         .collect();
-    let config = TrainConfig { steps: Some(200), seq_len: 24, micro_batch: 4, grad_accum: 2, seed, ..Default::default() };
+    let config =
+        TrainConfig { steps: Some(200), seq_len: 24, micro_batch: 4, grad_accum: 2, seed, ..Default::default() };
     let sizes: Vec<usize> = cpu.lora_params().iter().map(|p| p.1.len()).collect();
     let mut gpu = GpuLigerModel::<f32>::new(gpu(), gpu_host).unwrap();
-    let (mut cpu_trainer, mut gpu_trainer) = (Trainer::new(config.clone(), data.len(), &sizes).unwrap(), Trainer::new(config, data.len(), &sizes).unwrap());
+    let (mut cpu_trainer, mut gpu_trainer) =
+        (Trainer::new(config.clone(), data.len(), &sizes).unwrap(), Trainer::new(config, data.len(), &sizes).unwrap());
     let (mut cpu_grads, mut gpu_grads) = (cpu.new_grads(), gpu.new_grads());
     let mut worst: f64 = 0.0;
     let (mut first, mut last) = (0.0, 0.0);
@@ -197,7 +212,11 @@ fn prefill_then_decoding_steps_equal_the_full_forward() {
             let (from, to) = if i == prompt_len { (0, prompt_len) } else { (i - 1, i) };
             let a = gpu.forward_last(&mut single, &seqs[0][from..to]).unwrap();
             let b = gpu.forward_last_batch(&mut pair, &[&seqs[0][from..to], &seqs[1][from..to]]).unwrap();
-            for (got, expected) in [(&a[..], row(&full[0], to - 1, vocab)), (&b[..vocab], row(&full[0], to - 1, vocab)), (&b[vocab..], row(&full[1], to - 1, vocab))] {
+            for (got, expected) in [
+                (&a[..], row(&full[0], to - 1, vocab)),
+                (&b[..vocab], row(&full[0], to - 1, vocab)),
+                (&b[vocab..], row(&full[1], to - 1, vocab)),
+            ] {
                 assert!(got.iter().all(|v| v.is_finite()));
                 worst = worst.max(max_rel_error(got, &expected));
             }
@@ -215,20 +234,31 @@ fn prefill_then_decoding_steps_equal_the_full_forward() {
 fn unsupported_models_and_bad_batches_are_typed_errors() {
     let mut rng = rng("unsupported_models_and_bad_batches_are_typed_errors");
     let cfg = tiny_config(Architecture::Llama); // head size 8
-    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, 1), word_tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint);
+    let base = BaseModel::new(
+        cfg.clone(),
+        random_weights(&cfg, 1),
+        word_tokenizer(),
+        None,
+        "tiny".into(),
+        ModelFormat::Checkpoint,
+    );
     let small_heads = linearize(base, LigerOptions::default(), LoraOptions::default()).unwrap();
     let err = GpuLigerModel::<f32>::new(gpu(), small_heads).err().expect("head size 8 is not supported");
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("head size"), "{}", err.message);
 
-    let gpu_model = GpuLigerModel::<f32>::new(gpu(), model(Architecture::Llama, MixerKind::Gla, vec![1], &mut rng)).unwrap();
+    let gpu_model =
+        GpuLigerModel::<f32>::new(gpu(), model(Architecture::Llama, MixerKind::Gla, vec![1], &mut rng)).unwrap();
     let mut grads = gpu_model.new_grads();
     let (a, b) = (vec![1u32; 8], vec![2u32; 9]);
     let err = gpu_model.forward_backward_batch(&[&a, &b], &[&a, &b], 1.0, &mut grads).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("pack the data"), "{}", err.message);
     let bad_label = vec![10_000u32; 8];
-    assert_eq!(gpu_model.forward_backward_batch(&[&a], &[&bad_label], 1.0, &mut grads).unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(
+        gpu_model.forward_backward_batch(&[&a], &[&bad_label], 1.0, &mut grads).unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
     let long = vec![1u32; 300]; // the hybrid's context is 256
     assert_eq!(gpu_model.loss(&long, &long).unwrap_err().code, ErrorCode::ContextOverflow);
     let mut state = gpu_model.new_batch_state(2);
@@ -270,7 +300,11 @@ fn running_out_of_gpu_memory_mid_work_is_a_typed_error_and_the_process_stays_usa
     let hog = GpuBuffer::<f32>::zeros(&hog_ctx, (free - (8 << 20)) / 4).unwrap();
     let is_oom = |what: &str, err: liger_core::Error| {
         assert_eq!(err.code, ErrorCode::OutOfMemory, "{what}: {}", err.message);
-        assert!(err.message.contains("batch") || err.message.contains("shorter"), "{what}: no advice in {}", err.message);
+        assert!(
+            err.message.contains("batch") || err.message.contains("shorter"),
+            "{what}: no advice in {}",
+            err.message
+        );
     };
     is_oom("scoring", gpu_model.all_logits_batch(&all).unwrap_err());
     let mut grads = gpu_model.new_grads();
@@ -281,7 +315,8 @@ fn running_out_of_gpu_memory_mid_work_is_a_typed_error_and_the_process_stays_usa
 
     let after = gpu_model.all_logits_batch(&all[..1]).unwrap();
     assert_eq!(after, before, "the model scores as before once memory is back");
-    let second = GpuLigerModel::<f32>::new(gpu(), model(Architecture::Llama, MixerKind::Gla, vec![], &mut rng)).unwrap();
+    let second =
+        GpuLigerModel::<f32>::new(gpu(), model(Architecture::Llama, MixerKind::Gla, vec![], &mut rng)).unwrap();
     assert!(second.all_logits_batch(&all[..1]).unwrap()[0].iter().all(|x| x.is_finite()));
 }
 
@@ -296,14 +331,30 @@ fn the_linearize_job_trains_on_the_gpu_like_on_the_cpu() {
     let tmp = std::env::temp_dir().join(format!("liger-gpu-job-{}", rng.random::<u64>()));
     std::fs::create_dir_all(&tmp).unwrap();
     let cfg = tiny_gpu_config(Architecture::Llama);
-    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, rng.random()), word_tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint);
+    let base = BaseModel::new(
+        cfg.clone(),
+        random_weights(&cfg, rng.random()),
+        word_tokenizer(),
+        None,
+        "tiny".into(),
+        ModelFormat::Checkpoint,
+    );
     base.save_checkpoint(&tmp.join("base"), SaveDtype::F32).unwrap();
-    let lines: Vec<String> = (0..40).map(|i| format!(r#"{{"instruction": "w{} w5", "input": "", "output": "w7 w8 w{}"}}"#, 3 + i % 5, 10 + i)).collect();
+    let lines: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"instruction": "w{} w5", "input": "", "output": "w7 w8 w{}"}}"#, 3 + i % 5, 10 + i))
+        .collect();
     std::fs::write(tmp.join("data.jsonl"), lines.join("\n")).unwrap();
     let job_to = |out: &str| {
         let mut job = LinearizeJob::new(tmp.join("base"), Some(tmp.join("data.jsonl")), tmp.join(out));
         job.options = LigerOptions { softmax_layers: vec![1], ..Default::default() };
-        job.train = TrainConfig { steps: Some(12), seq_len: 8, micro_batch: 2, grad_accum: 2, eval_every: 4, ..Default::default() };
+        job.train = TrainConfig {
+            steps: Some(12),
+            seq_len: 8,
+            micro_batch: 2,
+            grad_accum: 2,
+            eval_every: 4,
+            ..Default::default()
+        };
         job.val_fraction = 0.2;
         job.sample_prompt = Some("w4 w5".into());
         job.sample_max_tokens = 4;
@@ -311,12 +362,16 @@ fn the_linearize_job_trains_on_the_gpu_like_on_the_cpu() {
     };
     let cancel = AtomicBool::new(false);
     let cpu = run_linearize(&job_to("cpu"), &cancel, &mut |_| {}).unwrap();
-    let gpu_f32 = run_linearize_on(&job_to("gpu"), &cancel, &mut |_| {}, &mut |m| GpuLigerModel::<f32>::new(gpu(), m)).unwrap();
+    let gpu_f32 =
+        run_linearize_on(&job_to("gpu"), &cancel, &mut |_| {}, &mut |m| GpuLigerModel::<f32>::new(gpu(), m)).unwrap();
     let gpu_bf16 = liger_cuda::run_linearize_on_gpu(&job_to("gpu-bf16"), 0, &cancel, &mut |_| {}).unwrap();
     let worst = |other: &[f64], tol: f64, what: &str| {
         assert_eq!(other.len(), cpu.losses.len(), "{what}: steps");
         let w = cpu.losses.iter().zip(other).map(|(a, b)| ((a - b) / a).abs()).fold(0.0, f64::max);
-        println!("linearize job, {what} vs CPU: {} steps, worst per-step loss relative difference {w:.2e}", other.len());
+        println!(
+            "linearize job, {what} vs CPU: {} steps, worst per-step loss relative difference {w:.2e}",
+            other.len()
+        );
         assert!(w < tol, "{what}: {w:.2e}");
     };
     worst(&gpu_f32.losses, 1e-4, "GPU f32");
@@ -335,7 +390,9 @@ fn the_linearize_job_trains_on_the_gpu_like_on_the_cpu() {
 fn a_surprise_cache_scores_and_trains_like_the_cpu_engine() {
     let mut rng = rng("a_surprise_cache_scores_and_trains_like_the_cpu_engine");
     let mut failures = Vec::new();
-    for (mixer, sinks, slots, grm_norm) in [(MixerKind::Gla, 2, 3, false), (MixerKind::Retention, 0, 8, true), (MixerKind::Linear, 1, 1, false)] {
+    for (mixer, sinks, slots, grm_norm) in
+        [(MixerKind::Gla, 2, 3, false), (MixerKind::Retention, 0, 8, true), (MixerKind::Linear, 1, 1, false)]
+    {
         // The same model twice: one to score on the GPU, one to train beside the CPU.
         let seed: u64 = rng.random();
         let make = || {
@@ -350,7 +407,9 @@ fn a_surprise_cache_scores_and_trains_like_the_cpu_engine() {
         let want: Vec<Vec<f32>> = seqs.iter().map(|s| cpu.all_logits(s).unwrap()).collect();
         let gpu_model = GpuLigerModel::<f32>::new(gpu(), make()).unwrap();
         let got = gpu_model.all_logits_batch(&[&seqs[0], &seqs[1]]).unwrap();
-        let worst = (0..2).map(|b| max_rel_error(&got[b], &want[b].iter().map(|&v| v as f64).collect::<Vec<_>>())).fold(0.0, f64::max);
+        let worst = (0..2)
+            .map(|b| max_rel_error(&got[b], &want[b].iter().map(|&v| v as f64).collect::<Vec<_>>()))
+            .fold(0.0, f64::max);
         let err = gpu_model.forward_last(&mut gpu_model.new_state(), &seqs[0][..4]).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument);
         assert!(err.message.contains("GPU decoding"), "{}", err.message);

@@ -37,7 +37,13 @@ fn logit_rows(rng: &mut StdRng, vocab: usize) -> Vec<f32> {
 
 /// Draws: the ends of [0, 1) and random values.
 fn draws(rng: &mut StdRng) -> Vec<f32> {
-    (0..ROWS).map(|r| match r % 8 { 0 => 0.0, 1 => 1.0 - f32::EPSILON / 2.0, _ => rng.random::<f32>() }).collect()
+    (0..ROWS)
+        .map(|r| match r % 8 {
+            0 => 0.0,
+            1 => 1.0 - f32::EPSILON / 2.0,
+            _ => rng.random::<f32>(),
+        })
+        .collect()
 }
 
 #[test]
@@ -113,10 +119,21 @@ fn bad_sampling_arguments_are_typed_errors() {
     let mut tokens = GpuBuffer::from_host(&ctx, &[0u32; 2]).unwrap();
     let draws = upload(&ctx, &[0.5; 2]);
     let bad = SamplingOptions { temperature: -1.0, ..Default::default() };
-    assert_eq!(sample_tokens(&ctx, &logits, 10, &bad, &draws, &mut tokens).unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(
+        sample_tokens(&ctx, &logits, 10, &bad, &draws, &mut tokens).unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
     let err = sample_tokens(&ctx, &logits, 7, &SamplingOptions::default(), &draws, &mut tokens).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
-    let err = sample_tokens(&ctx, &logits, 10, &SamplingOptions { temperature: 1.0, ..Default::default() }, &upload(&ctx, &[0.5]), &mut tokens).unwrap_err();
+    let err = sample_tokens(
+        &ctx,
+        &logits,
+        10,
+        &SamplingOptions { temperature: 1.0, ..Default::default() },
+        &upload(&ctx, &[0.5]),
+        &mut tokens,
+    )
+    .unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
     assert!(err.message.contains("draws"), "{}", err.message);
 }

@@ -22,7 +22,14 @@ use rand::Rng;
 
 fn base(arch: Architecture, rng: &mut StdRng) -> BaseModel {
     let cfg = tiny_gpu_config(arch);
-    BaseModel::new(cfg.clone(), random_weights(&cfg, rng.random()), word_tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint)
+    BaseModel::new(
+        cfg.clone(),
+        random_weights(&cfg, rng.random()),
+        word_tokenizer(),
+        None,
+        "tiny".into(),
+        ModelFormat::Checkpoint,
+    )
 }
 
 /// A converted tiny model with adapters on q, k, v and o, their B matrices random (fresh ones
@@ -66,7 +73,13 @@ fn compare(name: &str, got: &[f32], expected: &[f32], tol: f64) -> f64 {
 }
 
 /// GPU `all_logits` (one sequence, a batch of two, small chunks) against the CPU's.
-fn check_all_logits<T: GemmInput>(name: &str, gpu_model: &GpuLigerModel<T>, cpu: &dyn Fn(&[u32]) -> Vec<f32>, tol: f64, rng: &mut StdRng) {
+fn check_all_logits<T: GemmInput>(
+    name: &str,
+    gpu_model: &GpuLigerModel<T>,
+    cpu: &dyn Fn(&[u32]) -> Vec<f32>,
+    tol: f64,
+    rng: &mut StdRng,
+) {
     let vocab = gpu_model.config().vocab_size;
     let tokens = 37;
     let seqs: Vec<Vec<u32>> = (0..2).map(|_| random_tokens(tokens, vocab, rng.random())).collect();
@@ -134,7 +147,11 @@ fn the_base_model_scores_on_the_gpu_with_every_layer_softmax() {
 fn evaluation_through_score_model_matches_the_cpu() {
     let mut rng = rng("evaluation_through_score_model_matches_the_cpu");
     let cpu = liger(Architecture::Llama, MixerKind::Gla, vec![1], &mut rng);
-    let gpu_model = GpuLigerModel::<f32>::new(gpu(), LigerModel { base: base_copy(&cpu.base), options: cpu.options.clone(), lora: cpu.lora.clone() }).unwrap();
+    let gpu_model = GpuLigerModel::<f32>::new(
+        gpu(),
+        LigerModel { base: base_copy(&cpu.base), options: cpu.options.clone(), lora: cpu.lora.clone() },
+    )
+    .unwrap();
     assert_eq!(ScoreModel::vocab_size(&gpu_model), 97);
     let requests: Vec<_> = (0..24)
         .map(|i| liger_core::eval::loglik::TokenRequest {
@@ -158,7 +175,10 @@ fn evaluation_through_score_model_matches_the_cpu() {
     let want = rolling_perplexity(&cpu, &docs, 64, None).unwrap();
     let got = rolling_perplexity(&gpu_model, &docs, 64, None).unwrap();
     let err = (got.token_perplexity - want.token_perplexity).abs() / want.token_perplexity;
-    println!("rolling perplexity (windows of 64): GPU {:.6} CPU {:.6}, relative error {err:.3e}", got.token_perplexity, want.token_perplexity);
+    println!(
+        "rolling perplexity (windows of 64): GPU {:.6} CPU {:.6}, relative error {err:.3e}",
+        got.token_perplexity, want.token_perplexity
+    );
     assert_eq!(got.windows, want.windows);
     assert!(err < 1e-4, "perplexity differs: {err:.3e}");
 }
@@ -187,8 +207,28 @@ fn device_scores_of_queried_rows_match_the_cpu() {
     let want = ScoreModel::score_targets(&cpu, &tokens, &queries).unwrap();
     assert!(want.iter().filter(|w| w.1).count() >= 30, "half the targets are the argmax");
     for (name, got, tol) in [
-        ("f32", GpuLigerModel::<f32>::new(gpu(), LigerModel { base: base_copy(&cpu.base), options: cpu.options.clone(), lora: cpu.lora.clone() }).unwrap().score_targets(&tokens, &queries).unwrap(), 1e-4),
-        ("bf16", GpuLigerModel::<bf16>::new(gpu(), LigerModel { base: base_copy(&cpu.base), options: cpu.options.clone(), lora: cpu.lora.clone() }).unwrap().score_targets(&tokens, &queries).unwrap(), WHOLE_MODEL_BF16_TOL),
+        (
+            "f32",
+            GpuLigerModel::<f32>::new(
+                gpu(),
+                LigerModel { base: base_copy(&cpu.base), options: cpu.options.clone(), lora: cpu.lora.clone() },
+            )
+            .unwrap()
+            .score_targets(&tokens, &queries)
+            .unwrap(),
+            1e-4,
+        ),
+        (
+            "bf16",
+            GpuLigerModel::<bf16>::new(
+                gpu(),
+                LigerModel { base: base_copy(&cpu.base), options: cpu.options.clone(), lora: cpu.lora.clone() },
+            )
+            .unwrap()
+            .score_targets(&tokens, &queries)
+            .unwrap(),
+            WHOLE_MODEL_BF16_TOL,
+        ),
     ] {
         assert_eq!(got.len(), queries.len());
         let mut worst: f64 = 0.0;
@@ -197,13 +237,20 @@ fn device_scores_of_queried_rows_match_the_cpu() {
             worst = worst.max((g.0 - w.0).abs() / w.0.abs().max(1e-3));
             flips += (g.1 != w.1) as usize;
         }
-        println!("{name}: {} queried rows, max relative error of log-probabilities {worst:.3e}, {flips} argmax flags differ", queries.len());
+        println!(
+            "{name}: {} queried rows, max relative error of log-probabilities {worst:.3e}, {flips} argmax flags differ",
+            queries.len()
+        );
         assert!(worst < tol, "{name}: {worst:.3e}");
         if name == "f32" {
             assert_eq!(flips, 0, "f32 argmax flags equal the CPU's");
         }
     }
-    let gpu_model = GpuLigerModel::<f32>::new(gpu(), LigerModel { base: base_copy(&cpu.base), options: cpu.options.clone(), lora: cpu.lora.clone() }).unwrap();
+    let gpu_model = GpuLigerModel::<f32>::new(
+        gpu(),
+        LigerModel { base: base_copy(&cpu.base), options: cpu.options.clone(), lora: cpu.lora.clone() },
+    )
+    .unwrap();
     assert_eq!(gpu_model.score_targets(&tokens, &[(41, 0)]).unwrap_err().code, ErrorCode::InvalidArgument);
     assert_eq!(gpu_model.score_targets(&tokens, &[(0, vocab as u32)]).unwrap_err().code, ErrorCode::InvalidArgument);
     assert!(gpu_model.score_targets(&tokens, &[]).unwrap().is_empty());
@@ -212,7 +259,8 @@ fn device_scores_of_queried_rows_match_the_cpu() {
 #[test]
 fn bad_scoring_inputs_are_typed_errors() {
     let mut rng = rng("bad_scoring_inputs_are_typed_errors");
-    let hybrid = GpuLigerModel::<f32>::new(gpu(), liger(Architecture::Llama, MixerKind::Gla, vec![1], &mut rng)).unwrap();
+    let hybrid =
+        GpuLigerModel::<f32>::new(gpu(), liger(Architecture::Llama, MixerKind::Gla, vec![1], &mut rng)).unwrap();
     let err = hybrid.all_logits(&[]).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("non-empty"), "{}", err.message);

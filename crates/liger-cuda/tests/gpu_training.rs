@@ -4,12 +4,12 @@
 mod common;
 
 use common::*;
+use half::bf16;
 use liger_core::train::loss::{cross_entropy, IGNORE};
 use liger_core::train::optim::{clip_grad_norm, AdamWConfig, AdamWState};
 use liger_core::ErrorCode;
 use liger_cuda::ops::adamw::{self, GpuAdamW};
 use liger_cuda::ops::cross_entropy as gpu_ce;
-use half::bf16;
 use liger_cuda::GpuBuffer;
 use rand::Rng;
 
@@ -34,10 +34,15 @@ fn cross_entropy_loss_and_gradient_match_the_cpu_in_chunks() {
     // Chunks of 16 rows, so the last chunk is partial and one chunk holds ignored rows.
     for rows_per_chunk in [16, gpu_ce::rows_per_chunk::<f32>(vocab)] {
         let mut dh = poisoned(&ctx, t * hidden);
-        let out = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab, &labels, grad_scale, Some(&mut dh), rows_per_chunk).unwrap();
+        let out =
+            gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab, &labels, grad_scale, Some(&mut dh), rows_per_chunk)
+                .unwrap();
         assert_eq!(out.count, cpu.count);
         let loss_err = (out.loss_sum - cpu.loss_sum).abs() / cpu.loss_sum.abs();
-        println!("cross_entropy chunk {rows_per_chunk}: loss {} vs cpu {} (relative error {loss_err:.3e})", out.loss_sum, cpu.loss_sum);
+        println!(
+            "cross_entropy chunk {rows_per_chunk}: loss {} vs cpu {} (relative error {loss_err:.3e})",
+            out.loss_sum, cpu.loss_sum
+        );
         assert!(loss_err < FP32_TOL);
         check(&format!("cross_entropy dh (chunk {rows_per_chunk})"), &dh, &to_f64(&dh_cpu), FP32_TOL);
     }
@@ -77,10 +82,15 @@ fn bf16_cross_entropy_matches_the_cpu_on_rounded_inputs() {
     // 64 rows per chunk: a partial last chunk; and the default chunk (all rows at once).
     for rows_per_chunk in [64, gpu_ce::rows_per_chunk::<bf16>(vocab)] {
         let mut dh = poisoned(&ctx, t * hidden);
-        let out = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab, &labels, grad_scale, Some(&mut dh), rows_per_chunk).unwrap();
+        let out =
+            gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab, &labels, grad_scale, Some(&mut dh), rows_per_chunk)
+                .unwrap();
         assert_eq!(out.count, cpu.count);
         let loss_err = (out.loss_sum - cpu.loss_sum).abs() / cpu.loss_sum.abs();
-        println!("bf16 cross_entropy chunk {rows_per_chunk}: loss {} vs cpu {} (relative error {loss_err:.3e})", out.loss_sum, cpu.loss_sum);
+        println!(
+            "bf16 cross_entropy chunk {rows_per_chunk}: loss {} vs cpu {} (relative error {loss_err:.3e})",
+            out.loss_sum, cpu.loss_sum
+        );
         // The logits are f32 products of the rounded inputs: the loss is f32-exact.
         assert!(loss_err < FP32_TOL);
         // The gradient chunk is stored as bf16 before dh = grad x head.
@@ -157,6 +167,12 @@ fn pooled_unused_memory_counts_as_available() {
     let (driver_free, _) = ctx.stream().context().mem_get_info().unwrap();
     let after = available_memory(&ctx).unwrap();
     println!("available while held {while_held}, after the free {after}, driver free {driver_free}");
-    assert!(after >= driver_free as u64 + bytes as u64 * 99 / 100, "the freed GiB kept in the pool is not counted: {after} vs driver {driver_free}");
-    assert!(after >= while_held + bytes as u64 * 99 / 100, "freeing a GiB did not make a GiB available: {while_held} -> {after}");
+    assert!(
+        after >= driver_free as u64 + bytes as u64 * 99 / 100,
+        "the freed GiB kept in the pool is not counted: {after} vs driver {driver_free}"
+    );
+    assert!(
+        after >= while_held + bytes as u64 * 99 / 100,
+        "freeing a GiB did not make a GiB available: {while_held} -> {after}"
+    );
 }

@@ -54,7 +54,11 @@ fn every_kernel_file_is_listed_and_entry_names_are_unique() {
 #[test]
 fn a_compile_error_names_the_file_and_carries_the_log() {
     require_nvrtc();
-    let broken = KernelFile { name: "broken", source: "extern \"C\" __global__ void k(float* x) { x[0] = undefined_value; }\n", entry_points: &["k"] };
+    let broken = KernelFile {
+        name: "broken",
+        source: "extern \"C\" __global__ void k(float* x) { x[0] = undefined_value; }\n",
+        entry_points: &["k"],
+    };
     let err = compile_ptx(&broken, H100).unwrap_err();
     assert_eq!(err.code, ErrorCode::Internal);
     assert!(err.message.contains("broken.cu"), "{}", err.message);

@@ -73,7 +73,14 @@ fn main() {
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
-    let mut o = Options { targets: Vec::new(), seconds: 10.0, runs: u64::MAX, seed: rand::random(), corpus: None, crashes: std::env::temp_dir().join("liger-fuzz-crashes") };
+    let mut o = Options {
+        targets: Vec::new(),
+        seconds: 10.0,
+        runs: u64::MAX,
+        seed: rand::random(),
+        corpus: None,
+        crashes: std::env::temp_dir().join("liger-fuzz-crashes"),
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
@@ -84,7 +91,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--corpus" => o.corpus = Some(PathBuf::from(value("--corpus")?)),
             "--crashes" => o.crashes = PathBuf::from(value("--crashes")?),
             "all" => o.targets.extend(TARGETS.iter()),
-            name => o.targets.push(TARGETS.iter().find(|t| t.name == name).ok_or(format!("unknown target {name}; known: all, {}", TARGETS.map(|t| t.name).join(", ")))?),
+            name => o.targets.push(
+                TARGETS
+                    .iter()
+                    .find(|t| t.name == name)
+                    .ok_or(format!("unknown target {name}; known: all, {}", TARGETS.map(|t| t.name).join(", ")))?,
+            ),
         }
     }
     if o.targets.is_empty() {
@@ -150,7 +162,13 @@ fn fuzz(target: &Target, o: &Options) -> u64 {
 }
 
 /// A thread that ends the process when one execution runs past [`HANG`], saving its input.
-fn spawn_watchdog(name: &'static str, dir: PathBuf, current: Arc<Mutex<Vec<u8>>>, started_at: Arc<AtomicU64>, clock: Instant) -> WatchdogGuard {
+fn spawn_watchdog(
+    name: &'static str,
+    dir: PathBuf,
+    current: Arc<Mutex<Vec<u8>>>,
+    started_at: Arc<AtomicU64>,
+    clock: Instant,
+) -> WatchdogGuard {
     let stop = Arc::new(AtomicU64::new(0));
     let flag = stop.clone();
     std::thread::spawn(move || {

@@ -30,7 +30,11 @@ fn mutate_once(data: &mut Vec<u8>, other: &[u8], rng: &mut SmallRng) {
             // A little-endian u32 or u64 set to a boundary value: counts, lengths, offsets.
             let v = INTERESTING_U32[rng.random_range(0..INTERESTING_U32.len())];
             let wide = rng.random_bool(0.5);
-            let bytes: Vec<u8> = if wide { (v as u64 | if v > 1 { 0xffff_ffff_0000_0000 } else { 0 }).to_le_bytes().to_vec() } else { v.to_le_bytes().to_vec() };
+            let bytes: Vec<u8> = if wide {
+                (v as u64 | if v > 1 { 0xffff_ffff_0000_0000 } else { 0 }).to_le_bytes().to_vec()
+            } else {
+                v.to_le_bytes().to_vec()
+            };
             for (i, b) in bytes.into_iter().enumerate() {
                 if let Some(slot) = data.get_mut(at + i) {
                     *slot = b;

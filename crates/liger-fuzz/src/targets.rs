@@ -131,7 +131,15 @@ fn gguf_seeds() -> Vec<Vec<u8>> {
     let mut add = |name: &str, t: &liger_core::QTensor| g.add_qtensor(name, t).expect("a valid tensor");
     add("token_embd.weight", &w.embed);
     for (i, l) in w.layers.iter().enumerate() {
-        for (name, t) in [("attn_q", &l.wq), ("attn_k", &l.wk), ("attn_v", &l.wv), ("attn_output", &l.wo), ("ffn_gate", &l.w_gate), ("ffn_up", &l.w_up), ("ffn_down", &l.w_down)] {
+        for (name, t) in [
+            ("attn_q", &l.wq),
+            ("attn_k", &l.wk),
+            ("attn_v", &l.wv),
+            ("attn_output", &l.wo),
+            ("ffn_gate", &l.w_gate),
+            ("ffn_up", &l.w_up),
+            ("ffn_down", &l.w_down),
+        ] {
             add(&format!("blk.{i}.{name}.weight"), t);
         }
     }
@@ -162,8 +170,12 @@ fn hf_config_seeds() -> Vec<Vec<u8>> {
 }
 
 fn tokenizer_json_seeds() -> Vec<Vec<u8>> {
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        byte_level_tokens().into_iter().enumerate().map(|(i, t)| (t, serde_json::json!(i))).chain([("He".to_string(), serde_json::json!(256))]).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = byte_level_tokens()
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, serde_json::json!(i)))
+        .chain([("He".to_string(), serde_json::json!(256))])
+        .collect();
     let json = serde_json::json!({
         "version": "1.0",
         "added_tokens": [{"id": 257, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
@@ -180,7 +192,14 @@ fn bundle_seeds() -> Vec<Vec<u8>> {
     let tokenizer_json = tokenizer_json_seeds().remove(0);
     let cfg = liger_core::ModelConfig { vocab_size: 258, ..tiny_config(Architecture::Llama) };
     let tokenizer = Tokenizer::from_json(&tokenizer_json, "seed").expect("the seed tokenizer");
-    let base = BaseModel::new(cfg.clone(), random_weights(&cfg, 3), tokenizer, Some(CHATML_TEMPLATE.into()), "seed".into(), ModelFormat::Checkpoint);
+    let base = BaseModel::new(
+        cfg.clone(),
+        random_weights(&cfg, 3),
+        tokenizer,
+        Some(CHATML_TEMPLATE.into()),
+        "seed".into(),
+        ModelFormat::Checkpoint,
+    );
     let model = linearize(base, LigerOptions::default(), LoraOptions::default()).expect("a tiny Liger model");
     [EdgeQuant::F32, EdgeQuant::Int8].into_iter().map(|q| bundle_bytes(&model, q).expect("a tiny bundle")).collect()
 }

@@ -42,9 +42,7 @@ impl CancelToken {
     #[napi(constructor)]
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
-        CancelToken {
-            flag: Arc::new(AtomicBool::new(false)),
-        }
+        CancelToken { flag: Arc::new(AtomicBool::new(false)) }
     }
 
     #[napi]
@@ -61,14 +59,10 @@ pub(crate) type EventFn = ThreadsafeFunction<Value, (), Value, Status, false>;
 fn emit(callback: Option<&EventFn>, event: Value) {
     let Some(callback) = callback else { return };
     let (seen_tx, seen_rx) = std::sync::mpsc::channel();
-    let status = callback.call_with_return_value(
-        event,
-        ThreadsafeFunctionCallMode::Blocking,
-        move |_, _| {
-            let _ = seen_tx.send(());
-            Ok(())
-        },
-    );
+    let status = callback.call_with_return_value(event, ThreadsafeFunctionCallMode::Blocking, move |_, _| {
+        let _ = seen_tx.send(());
+        Ok(())
+    });
     if status == Status::Ok {
         let _ = seen_rx.recv();
     }
@@ -84,10 +78,7 @@ pub(crate) fn throttled_progress<'a>(
     move |done, total| {
         let percent = (done * 100).checked_div(total).unwrap_or(100);
         if last_percent.swap(percent, Ordering::Relaxed) != percent {
-            emit(
-                callback,
-                json!({ "kind": "progress", "task": task, "done": done, "total": total }),
-            );
+            emit(callback, json!({ "kind": "progress", "task": task, "done": done, "total": total }));
         }
     }
 }
@@ -122,13 +113,10 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> liger_core::Result<Valu
 
 /// A JavaScript number that must be a non-negative integer (seeds, counts).
 fn whole_number(name: &str, value: f64) -> liger_core::Result<u64> {
-    if value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value < 9_007_199_254_740_992.0
-    {
+    if value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value < 9_007_199_254_740_992.0 {
         Ok(value as u64)
     } else {
-        Err(Error::invalid_argument(format!(
-            "{name} must be an integer in [0, 2^53), got {value}"
-        )))
+        Err(Error::invalid_argument(format!("{name} must be an integer in [0, 2^53), got {value}")))
     }
 }
 
@@ -178,11 +166,7 @@ impl EvalTask {
         let mut out = Vec::new();
         for name in &o.tasks {
             let task = EvalTaskName::from_name(name)?;
-            let explicit = o
-                .task_files
-                .iter()
-                .find(|pair| pair.first() == Some(name))
-                .and_then(|pair| pair.get(1));
+            let explicit = o.task_files.iter().find(|pair| pair.first() == Some(name)).and_then(|pair| pair.get(1));
             let path = match (explicit, &o.data_dir) {
                 (Some(file), _) => PathBuf::from(file),
                 (None, Some(dir)) => task.default_path(Path::new(dir)),
@@ -210,11 +194,7 @@ impl EvalTask {
         let gpu = match o.device.as_deref().unwrap_or("cpu") {
             "cpu" => None,
             "cuda" => Some(self.model.upload_for_scoring(0)?),
-            other => {
-                return Err(Error::invalid_argument(format!(
-                    "unknown device {other:?}; known: cpu, cuda"
-                )))
-            }
+            other => return Err(Error::invalid_argument(format!("unknown device {other:?}; known: cpu, cuda"))),
         };
         let scorer = Cancellable {
             model: gpu.as_deref().map_or(self.model.scorer(), |g| g as &dyn ScoreModel),
@@ -223,16 +203,10 @@ impl EvalTask {
         let on_event = self.on_event.as_ref();
         let mut report = EvalReport::new(o.label.clone(), options.clone());
         for (index, (task, path)) in tasks.iter().enumerate() {
-            emit(
-                on_event,
-                json!({ "kind": "task", "task": task.name(), "index": index, "count": tasks.len() }),
-            );
+            emit(on_event, json!({ "kind": "task", "task": task.name(), "index": index, "count": tasks.len() }));
             let progress = throttled_progress(on_event, task.name());
             let result = run_task(&scorer, *task, path, &options, Some(&progress))?;
-            emit(
-                on_event,
-                json!({ "kind": "taskDone", "task": task.name(), "result": to_json(&result)? }),
-            );
+            emit(on_event, json!({ "kind": "taskDone", "task": task.name(), "result": to_json(&result)? }));
             report.push(result);
         }
         if let Some(lengths) = &o.passkey {
@@ -285,11 +259,7 @@ impl PerplexityTask {
         let text = match (&self.source.text, &self.source.file) {
             (Some(text), None) => text.clone(),
             (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?,
-            _ => {
-                return Err(Error::invalid_argument(
-                    "give either a text or a file to score, not both",
-                ))
-            }
+            _ => return Err(Error::invalid_argument("give either a text or a file to score, not both")),
         };
         // The same windows for a base model and its Liger version, so their numbers compare:
         // the base model's context unless the caller says otherwise.
@@ -297,17 +267,9 @@ impl PerplexityTask {
             Some(w) => w as usize,
             None => self.model.base().config.max_position_embeddings,
         };
-        let scorer = Cancellable {
-            model: self.model.scorer(),
-            cancel: &self.cancel,
-        };
+        let scorer = Cancellable { model: self.model.scorer(), cancel: &self.cancel };
         let progress = throttled_progress(self.on_event.as_ref(), "perplexity");
-        to_json(&rolling_perplexity(
-            &scorer,
-            &[ScoredText::plain(text)],
-            window,
-            Some(&progress),
-        )?)
+        to_json(&rolling_perplexity(&scorer, &[ScoredText::plain(text)], window, Some(&progress))?)
     }
 }
 
@@ -332,12 +294,7 @@ impl NativeModel {
         cancel: &CancelToken,
         on_event: Option<EventFn>,
     ) -> AsyncTask<EvalTask> {
-        AsyncTask::new(EvalTask {
-            model: self.model.clone(),
-            options,
-            cancel: cancel.flag.clone(),
-            on_event,
-        })
+        AsyncTask::new(EvalTask { model: self.model.clone(), options, cancel: cancel.flag.clone(), on_event })
     }
 
     /// Rolling perplexity of a text or a text file; resolves to a `PerplexityResult` object.
@@ -364,14 +321,10 @@ impl NativeModel {
 pub fn compare_reports(base: Value, linearized: Value) -> Result<Value> {
     run(|| {
         let parse = |v: Value, what: &str| {
-            serde_json::from_value::<EvalReport>(v).map_err(|e| {
-                Error::invalid_argument(format!("{what} is not an evaluation report: {e}"))
-            })
+            serde_json::from_value::<EvalReport>(v)
+                .map_err(|e| Error::invalid_argument(format!("{what} is not an evaluation report: {e}")))
         };
-        to_json(&compare(
-            &parse(base, "the base report")?,
-            &parse(linearized, "the linearized report")?,
-        )?)
+        to_json(&compare(&parse(base, "the base report")?, &parse(linearized, "the linearized report")?)?)
     })
 }
 
@@ -387,15 +340,9 @@ pub fn render_eval_html(reports: Vec<Value>, comparison: Option<Value>) -> Resul
             })
             .collect::<liger_core::Result<Vec<_>>>()?;
         let comparison = comparison
-            .map(|c| {
-                serde_json::from_value(c)
-                    .map_err(|e| Error::invalid_argument(format!("not a comparison: {e}")))
-            })
+            .map(|c| serde_json::from_value(c).map_err(|e| Error::invalid_argument(format!("not a comparison: {e}"))))
             .transpose()?;
-        Ok(render_html(
-            &reports.iter().collect::<Vec<_>>(),
-            comparison.as_ref(),
-        ))
+        Ok(render_html(&reports.iter().collect::<Vec<_>>(), comparison.as_ref()))
     })
 }
 
@@ -466,11 +413,7 @@ pub struct JsLinearizeOptions {
     pub device: String,
 }
 
-fn parse_name<T: serde::de::DeserializeOwned>(
-    what: &str,
-    name: &str,
-    known: &str,
-) -> liger_core::Result<T> {
+fn parse_name<T: serde::de::DeserializeOwned>(what: &str, name: &str, known: &str) -> liger_core::Result<T> {
     serde_json::from_value(Value::String(name.to_string()))
         .map_err(|_| Error::invalid_argument(format!("unknown {what} {name:?}; known: {known}")))
 }
@@ -504,12 +447,7 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
         .iter()
         .map(|t| parse_name::<LoraTarget>("LoRA target", t, "q, k, v, o"))
         .collect::<liger_core::Result<Vec<_>>>()?;
-    let lora = LoraOptions {
-        rank: o.lora_rank as usize,
-        alpha: o.lora_alpha as f32,
-        targets,
-        seed,
-    };
+    let lora = LoraOptions { rank: o.lora_rank as usize, alpha: o.lora_alpha as f32, targets, seed };
     lora.validate()?;
 
     let mut job = LinearizeJob::new(
@@ -529,15 +467,8 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
     train.optimizer.weight_decay = o.weight_decay as f32;
     train.schedule = match o.schedule.as_str() {
         "constant" => Schedule::Constant,
-        "cosine" => Schedule::WarmupCosine {
-            warmup_steps: o.warmup_steps.into(),
-            min_ratio: 0.1,
-        },
-        other => {
-            return Err(Error::invalid_argument(format!(
-                "unknown schedule {other:?}; known: constant, cosine"
-            )))
-        }
+        "cosine" => Schedule::WarmupCosine { warmup_steps: o.warmup_steps.into(), min_ratio: 0.1 },
+        other => return Err(Error::invalid_argument(format!("unknown schedule {other:?}; known: constant, cosine"))),
     };
     train.seed = seed;
     train.eval_every = o.eval_every.into();
@@ -546,17 +477,9 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
     job.prompt_format = match o.prompt_format.as_str() {
         "alpaca" => PromptFormat::Alpaca,
         "chat" => PromptFormat::Chat,
-        other => {
-            return Err(Error::invalid_argument(format!(
-                "unknown prompt format {other:?}; known: alpaca, chat"
-            )))
-        }
+        other => return Err(Error::invalid_argument(format!("unknown prompt format {other:?}; known: alpaca, chat"))),
     };
-    job.bad_rows = if o.skip_bad_rows {
-        BadRows::Skip
-    } else {
-        BadRows::Fail
-    };
+    job.bad_rows = if o.skip_bad_rows { BadRows::Skip } else { BadRows::Fail };
     job.val_fraction = o.val_fraction;
     job.max_val_sequences = o.max_val_sequences as usize;
     job.sample_prompt = o.sample_prompt.clone();
@@ -565,17 +488,9 @@ fn build_job(o: &JsLinearizeOptions) -> liger_core::Result<LinearizeJob> {
         "f32" => SaveDtype::F32,
         "f16" => SaveDtype::F16,
         "bf16" => SaveDtype::BF16,
-        other => {
-            return Err(Error::invalid_argument(format!(
-                "unknown dtype {other:?}; known: f32, f16, bf16"
-            )))
-        }
+        other => return Err(Error::invalid_argument(format!("unknown dtype {other:?}; known: f32, f16, bf16"))),
     };
-    job.save = SaveOptions {
-        dtype,
-        merged: o.merged,
-        surprise_keys: None,
-    };
+    job.save = SaveOptions { dtype, merged: o.merged, surprise_keys: None };
     job.resume = o.resume;
     job.overwrite = o.overwrite;
     job.keep_checkpoints = o.keep_checkpoints.map(|n| n as usize);
@@ -631,16 +546,15 @@ impl LinearizeTask {
         let report = match self.options.device.as_str() {
             "cpu" => run_linearize(&job, &self.cancel, &mut emit_event)?,
             "cuda" => liger_cuda::run_linearize_on_gpu(&job, 0, &self.cancel, &mut emit_event)?,
-            other => {
-                return Err(Error::invalid_argument(format!(
-                    "unknown device {other:?}; known: cpu, cuda"
-                )))
-            }
+            other => return Err(Error::invalid_argument(format!("unknown device {other:?}; known: cpu, cuda"))),
         };
         if report.cancelled {
             return Err(Error::new(
                 ErrorCode::Aborted,
-                format!("linearize was aborted after {} of {} training steps; no final checkpoint was written", report.steps_done, report.total_steps),
+                format!(
+                    "linearize was aborted after {} of {} training steps; no final checkpoint was written",
+                    report.steps_done, report.total_steps
+                ),
             ));
         }
         to_json(&report)
@@ -665,9 +579,5 @@ pub fn linearize_js(
     cancel: &CancelToken,
     on_event: Option<EventFn>,
 ) -> AsyncTask<LinearizeTask> {
-    AsyncTask::new(LinearizeTask {
-        options,
-        cancel: cancel.flag.clone(),
-        on_event,
-    })
+    AsyncTask::new(LinearizeTask { options, cancel: cancel.flag.clone(), on_event })
 }

@@ -5,6 +5,9 @@
 //! them into `LigerError`s with that code. A panic never reaches JavaScript: it becomes an
 //! `INTERNAL` error.
 
+// The exports are called from JavaScript only, so a test build of this crate sees them unused.
+#![cfg_attr(test, allow(dead_code))]
+
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -223,8 +226,16 @@ impl NativeModel {
     /// `apply_chat_template` on a worker thread: a template is untrusted input, and its budget
     /// may take a moment to run out.
     #[napi]
-    pub fn render_chat(&self, messages: Vec<JsChatMessage>, add_generation_prompt: bool) -> AsyncTask<ChatTemplateTask> {
-        AsyncTask::new(ChatTemplateTask { model: self.model.clone(), messages: chat_messages(messages), add_generation_prompt })
+    pub fn render_chat(
+        &self,
+        messages: Vec<JsChatMessage>,
+        add_generation_prompt: bool,
+    ) -> AsyncTask<ChatTemplateTask> {
+        AsyncTask::new(ChatTemplateTask {
+            model: self.model.clone(),
+            messages: chat_messages(messages),
+            add_generation_prompt,
+        })
     }
 
     /// Logits of the token after `tokens`, computed on a worker thread.
@@ -235,7 +246,12 @@ impl NativeModel {
 
     /// Start generating on a thread of its own; events arrive through `on_event`.
     #[napi]
-    pub fn generate(&self, prompt: Uint32Array, options: JsGenerateOptions, on_event: EventFn) -> Result<NativeGeneration> {
+    pub fn generate(
+        &self,
+        prompt: Uint32Array,
+        options: JsGenerateOptions,
+        on_event: EventFn,
+    ) -> Result<NativeGeneration> {
         let options = core_generate_options(options).map_err(to_js_error)?;
         let cancel = Arc::new(AtomicBool::new(false));
         let (model, prompt, flag) = (self.model.clone(), prompt.to_vec(), cancel.clone());
@@ -247,19 +263,37 @@ impl NativeModel {
     }
 }
 
-fn run_generation(model: &AnyModel, prompt: &[u32], options: &GenerateOptions, cancel: &AtomicBool, on_event: &EventFn) {
+fn run_generation(
+    model: &AnyModel,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    cancel: &AtomicBool,
+    on_event: &EventFn,
+) {
     let send = |event: GenerateEvent| {
         on_event.call(event, ThreadsafeFunctionCallMode::NonBlocking);
     };
     let mut on_token = |id: u32, text: &str| {
-        send(GenerateEvent { kind: "token".into(), id: Some(id), text: Some(text.to_string()), result: None, message: None });
+        send(GenerateEvent {
+            kind: "token".into(),
+            id: Some(id),
+            text: Some(text.to_string()),
+            result: None,
+            message: None,
+        });
     };
     let outcome = guarded(|| model.generate(prompt, options, cancel, &mut on_token));
     send(match outcome {
-        Ok(result) => GenerateEvent { kind: "done".into(), id: None, text: None, result: Some(result.into()), message: None },
-        Err(err) => {
-            GenerateEvent { kind: "error".into(), id: None, text: None, result: None, message: Some(tagged_message(&err)) }
+        Ok(result) => {
+            GenerateEvent { kind: "done".into(), id: None, text: None, result: Some(result.into()), message: None }
         }
+        Err(err) => GenerateEvent {
+            kind: "error".into(),
+            id: None,
+            text: None,
+            result: None,
+            message: Some(tagged_message(&err)),
+        },
     });
 }
 

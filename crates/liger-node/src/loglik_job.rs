@@ -41,19 +41,14 @@ pub struct LoglikTask {
 impl LoglikTask {
     fn score(&self) -> liger_core::Result<Value> {
         if self.requests.is_empty() {
-            return Err(Error::invalid_argument(
-                "loglikelihood needs at least one request",
-            ));
+            return Err(Error::invalid_argument("loglikelihood needs at least one request"));
         }
         let options = EvalOptions {
             max_length: self.options.max_length.map(|v| v as usize),
             add_bos: self.options.add_bos,
             ..Default::default()
         };
-        let scorer = Cancellable {
-            model: self.model.scorer(),
-            cancel: &self.cancel,
-        };
+        let scorer = Cancellable { model: self.model.scorer(), cancel: &self.cancel };
         let tok = scorer.tokenizer();
         let encoded = self
             .requests

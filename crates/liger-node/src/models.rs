@@ -53,11 +53,7 @@ impl AnyModel {
         );
         let host = match self {
             AnyModel::Base(_) => liger_cuda::model::all_softmax(base)?,
-            AnyModel::Liger(m) => LigerModel {
-                base,
-                options: m.options.clone(),
-                lora: m.lora.clone(),
-            },
+            AnyModel::Liger(m) => LigerModel { base, options: m.options.clone(), lora: m.lora.clone() },
         };
         let gpu = liger_cuda::model::upload_for_scoring(index, host)?;
         Ok(Box::new(gpu))
@@ -93,8 +89,8 @@ impl AnyModel {
     /// The base model's facts plus a `liger` entry: null for a base model; for a Liger model
     /// its mixer, window, softmax layers, adapters and decoding memory per sequence.
     pub fn info(&self) -> Result<Value> {
-        let mut info = serde_json::to_value(self.base().info())
-            .map_err(|e| Error::internal(format!("model info: {e}")))?;
+        let mut info =
+            serde_json::to_value(self.base().info()).map_err(|e| Error::internal(format!("model info: {e}")))?;
         let liger = match self {
             AnyModel::Base(_) => Value::Null,
             AnyModel::Liger(m) => {

@@ -51,8 +51,7 @@ pub unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
 /// # Safety
 /// As for [`bytes`].
 pub unsafe fn text<'a>(ptr: *const u8, len: usize) -> Result<&'a str> {
-    std::str::from_utf8(bytes(ptr, len))
-        .map_err(|_| Error::invalid_argument("text is not valid UTF-8"))
+    std::str::from_utf8(bytes(ptr, len)).map_err(|_| Error::invalid_argument("text is not valid UTF-8"))
 }
 
 /// A buffer of `len` bytes for the host to fill, or null when memory is exhausted (the host
@@ -61,10 +60,7 @@ pub unsafe fn text<'a>(ptr: *const u8, len: usize) -> Result<&'a str> {
 pub extern "C" fn liger_alloc(len: usize) -> *mut u8 {
     let mut v: Vec<u8> = Vec::new();
     if v.try_reserve_exact(len.max(1)).is_err() {
-        set_error(&Error::new(
-            ErrorCode::OutOfMemory,
-            format!("cannot allocate {len} bytes in wasm memory"),
-        ));
+        set_error(&Error::new(ErrorCode::OutOfMemory, format!("cannot allocate {len} bytes in wasm memory")));
         return std::ptr::null_mut();
     }
     let ptr = v.as_mut_ptr();

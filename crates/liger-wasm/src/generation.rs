@@ -26,9 +26,8 @@ thread_local! {
 
 /// Options as JSON: `{maxTokens, temperature, topK, topP, seed, stop, ignoreEos}` (all optional).
 fn parse_options(json: &[u8]) -> Result<GenerateOptions> {
-    let v: Value = serde_json::from_slice(json).map_err(|e| {
-        Error::invalid_argument(format!("generation options are not valid JSON: {e}"))
-    })?;
+    let v: Value = serde_json::from_slice(json)
+        .map_err(|e| Error::invalid_argument(format!("generation options are not valid JSON: {e}")))?;
     let num = |k: &str| v.get(k).and_then(Value::as_f64);
     let d = GenerateOptions::default();
     let stop = match v.get("stop") {
@@ -70,13 +69,9 @@ pub unsafe extern "C" fn liger_generate_start(
         let options = parse_options(bytes(opts, opts_len))?;
         let vocab = with_model(model, |m| Ok(m.config().vocab_size))?;
         if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::invalid_argument(format!(
-                "token id {bad} is outside the vocabulary of {vocab}"
-            )));
+            return Err(Error::invalid_argument(format!("token id {bad} is outside the vocabulary of {vocab}")));
         }
-        let generator = with_model(model, |m| {
-            Generator::with_prefill_chunk(m, &prompt, &options, PREFILL_CHUNK)
-        })?;
+        let generator = with_model(model, |m| Generator::with_prefill_chunk(m, &prompt, &options, PREFILL_CHUNK))?;
         let handle = next_handle();
         MODELS.with(|m| m.borrow_mut().get_mut(&model).map(|l| l.generations += 1));
         GENERATIONS.with(|g| g.borrow_mut().insert(handle, Running { model, generator }));
@@ -92,9 +87,7 @@ pub extern "C" fn liger_generate_step(handle: i32) -> i32 {
         GENERATIONS.with(|g| {
             let mut g = g.borrow_mut();
             let running = g.get_mut(&handle).ok_or_else(|| {
-                Error::invalid_argument(format!(
-                    "generation {handle} does not exist (finished and freed?)"
-                ))
+                Error::invalid_argument(format!("generation {handle} does not exist (finished and freed?)"))
             })?;
             match running.generator.step()? {
                 Some((id, text)) => {
@@ -131,11 +124,7 @@ pub extern "C" fn liger_generate_abort(handle: i32) -> i32 {
 /// Bytes of the generation's decoding state now.
 #[no_mangle]
 pub extern "C" fn liger_generate_state_bytes(handle: i32) -> f64 {
-    GENERATIONS.with(|g| {
-        g.borrow()
-            .get(&handle)
-            .map_or(0.0, |r| r.generator.state().bytes() as f64)
-    })
+    GENERATIONS.with(|g| g.borrow().get(&handle).map_or(0.0, |r| r.generator.state().bytes() as f64))
 }
 
 /// Frees a generation (finished or not).

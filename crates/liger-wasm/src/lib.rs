@@ -46,16 +46,9 @@ pub(crate) fn next_handle() -> i32 {
     })
 }
 
-pub(crate) fn with_model<T>(
-    handle: i32,
-    f: impl FnOnce(&'static LigerModel) -> Result<T>,
-) -> Result<T> {
+pub(crate) fn with_model<T>(handle: i32, f: impl FnOnce(&'static LigerModel) -> Result<T>) -> Result<T> {
     let model = MODELS.with(|m| m.borrow().get(&handle).map(|l| l.model));
-    f(model.ok_or_else(|| {
-        Error::invalid_argument(format!(
-            "model handle {handle} is not loaded (was it freed?)"
-        ))
-    })?)
+    f(model.ok_or_else(|| Error::invalid_argument(format!("model handle {handle} is not loaded (was it freed?)")))?)
 }
 
 /// Sets up the panic hook: a bug's message is kept for the host before the trap.
@@ -82,12 +75,7 @@ pub unsafe extern "C" fn liger_bundle_header_len(ptr: *const u8, len: usize) -> 
 /// # Safety
 /// As for [`liger_bundle_header_len`].
 #[no_mangle]
-pub unsafe extern "C" fn liger_bundle_check(
-    ptr: *const u8,
-    len: usize,
-    total_len: f64,
-    memory_limit: f64,
-) -> i32 {
+pub unsafe extern "C" fn liger_bundle_check(ptr: *const u8, len: usize, total_len: f64, memory_limit: f64) -> i32 {
     status(|| {
         let prefix = bytes(ptr, len);
         let header = read_header(prefix, total_len as u64)?;
@@ -121,16 +109,7 @@ pub unsafe extern "C" fn liger_model_load(ptr: *mut u8, len: usize) -> i32 {
         let model = load_bundle(Arc::new(buffer))?;
         let handle = next_handle();
         let model: &'static LigerModel = Box::leak(Box::new(model));
-        MODELS.with(|m| {
-            m.borrow_mut().insert(
-                handle,
-                LoadedModel {
-                    model,
-                    quantization,
-                    generations: 0,
-                },
-            )
-        });
+        MODELS.with(|m| m.borrow_mut().insert(handle, LoadedModel { model, quantization, generations: 0 }));
         Ok(handle)
     })
 }
@@ -144,9 +123,7 @@ pub extern "C" fn liger_model_free(handle: i32) -> i32 {
         if entry.generations > 0 {
             let n = entry.generations;
             MODELS.with(|m| m.borrow_mut().insert(handle, entry));
-            return Err(Error::invalid_argument(format!(
-                "the model still has {n} generation(s); free them first"
-            )));
+            return Err(Error::invalid_argument(format!("the model still has {n} generation(s); free them first")));
         }
         // SAFETY: leaked by liger_model_load, and no generation borrows it any more.
         drop(unsafe { Box::from_raw(entry.model as *const LigerModel as *mut LigerModel) });
@@ -160,8 +137,8 @@ pub extern "C" fn liger_model_info(handle: i32) -> i32 {
     status(|| {
         let quantization = MODELS.with(|m| m.borrow().get(&handle).map(|l| l.quantization.clone()));
         with_model(handle, |m| {
-            let mut info = serde_json::to_value(m.base.info())
-                .map_err(|e| Error::internal(format!("model info: {e}")))?;
+            let mut info =
+                serde_json::to_value(m.base.info()).map_err(|e| Error::internal(format!("model info: {e}")))?;
             let attention = &m.options.attention;
             let liger = json!({
                 "mixer": attention.mixer.kind.name(),
@@ -214,12 +191,7 @@ pub unsafe extern "C" fn liger_encode(
 /// # Safety
 /// `ptr` must hold `n` u32 the host wrote.
 #[no_mangle]
-pub unsafe extern "C" fn liger_decode(
-    handle: i32,
-    ptr: *const u8,
-    n: usize,
-    skip_special: i32,
-) -> i32 {
+pub unsafe extern "C" fn liger_decode(handle: i32, ptr: *const u8, n: usize, skip_special: i32) -> i32 {
     status(|| {
         let ids = read_ids(ptr, n);
         with_model(handle, |m| {
@@ -243,11 +215,7 @@ pub unsafe extern "C" fn liger_apply_chat_template(
     status(|| {
         let messages = parse_messages(bytes(ptr, len))?;
         with_model(handle, |m| {
-            set_result(
-                m.base
-                    .apply_chat_template(&messages, add_generation_prompt != 0)?
-                    .into_bytes(),
-            );
+            set_result(m.base.apply_chat_template(&messages, add_generation_prompt != 0)?.into_bytes());
             Ok(0)
         })
     })
@@ -277,31 +245,19 @@ pub extern "C" fn liger_memory_bytes() -> f64 {
 
 /// `n` token ids written by the host as u32 little-endian.
 pub(crate) unsafe fn read_ids(ptr: *const u8, n: usize) -> Vec<u32> {
-    bytes(ptr, n * 4)
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes(ptr, n * 4).chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 /// `[{"role": ..., "content": ...}, ...]` as chat messages.
 fn parse_messages(json: &[u8]) -> Result<Vec<ChatMessage>> {
-    let bad =
-        || Error::invalid_argument("messages must be a JSON array of {role, content} strings");
+    let bad = || Error::invalid_argument("messages must be a JSON array of {role, content} strings");
     let value: Value = serde_json::from_slice(json).map_err(|_| bad())?;
     let items = value.as_array().ok_or_else(bad)?;
     items
         .iter()
         .map(|m| {
-            let field = |k: &str| {
-                m.get(k)
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .ok_or_else(bad)
-            };
-            Ok(ChatMessage {
-                role: field("role")?,
-                content: field("content")?,
-            })
+            let field = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(bad);
+            Ok(ChatMessage { role: field("role")?, content: field("content")? })
         })
         .collect()
 }

@@ -12,10 +12,7 @@ extern "C" {
 /// # Safety
 /// `dest` must be valid for `len` bytes of writes (getrandom guarantees it).
 #[no_mangle]
-unsafe extern "Rust" fn __getrandom_v03_custom(
-    dest: *mut u8,
-    len: usize,
-) -> Result<(), getrandom::Error> {
+unsafe extern "Rust" fn __getrandom_v03_custom(dest: *mut u8, len: usize) -> Result<(), getrandom::Error> {
     liger_host_random(dest, len);
     Ok(())
 }

@@ -32,19 +32,12 @@ pub extern "C" fn liger_self_test(seed: u32) -> i32 {
                 let mut w = vec![0.0f32; n];
                 dequantize(ty, &row, &mut w);
                 let want: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
-                let magnitude: f64 = w
-                    .iter()
-                    .zip(&x)
-                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                    .sum();
+                let magnitude: f64 = w.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
                 worst = worst.max((dot(&row, &x) as f64 - want).abs() / magnitude.max(1e-30));
             }
             errors.insert(ty.name().to_string(), serde_json::json!(worst));
         }
-        errors.insert(
-            "matmul_wt".into(),
-            serde_json::json!(matmul_error(seed as u64)),
-        );
+        errors.insert("matmul_wt".into(), serde_json::json!(matmul_error(seed as u64)));
         let result = serde_json::json!({ "kernel": format!("{kernel:?}"), "errors": errors });
         set_result(result.to_string().into_bytes());
         Ok(0)
@@ -56,13 +49,9 @@ pub extern "C" fn liger_self_test(seed: u32) -> i32 {
 fn matmul_error(seed: u64) -> f64 {
     let (rows, cols, n) = (48, 512, 5);
     let mut worst = 0.0f64;
-    for (i, ty) in [GgmlType::I8Row, GgmlType::Q4_0, GgmlType::F32]
-        .into_iter()
-        .enumerate()
-    {
-        let bytes: Vec<u8> = (0..rows)
-            .flat_map(|r| random_quantized_row(ty, cols, seed * 7919 + (i * rows + r) as u64))
-            .collect();
+    for (i, ty) in [GgmlType::I8Row, GgmlType::Q4_0, GgmlType::F32].into_iter().enumerate() {
+        let bytes: Vec<u8> =
+            (0..rows).flat_map(|r| random_quantized_row(ty, cols, seed * 7919 + (i * rows + r) as u64)).collect();
         let w = QTensor::new(ty, rows, cols, ByteView::from_vec(bytes)).expect("valid shape");
         let x: Vec<f32> = random_quantized_row(GgmlType::F32, n * cols, seed + 17)
             .chunks_exact(4)
@@ -74,9 +63,7 @@ fn matmul_error(seed: u64) -> f64 {
         let want: Vec<f64> = (0..n * rows)
             .map(|k| {
                 let (t, r) = (k / rows, k % rows);
-                (0..cols)
-                    .map(|j| wf[r * cols + j] as f64 * x[t * cols + j] as f64)
-                    .sum()
+                (0..cols).map(|j| wf[r * cols + j] as f64 * x[t * cols + j] as f64).sum()
             })
             .collect();
         let scale = want.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
@@ -84,13 +71,7 @@ fn matmul_error(seed: u64) -> f64 {
         let err = y
             .iter()
             .zip(&want)
-            .map(|(&a, &b)| {
-                if a.is_nan() {
-                    f64::INFINITY
-                } else {
-                    (a as f64 - b).abs()
-                }
-            })
+            .map(|(&a, &b)| if a.is_nan() { f64::INFINITY } else { (a as f64 - b).abs() })
             .fold(0.0, f64::max);
         worst = worst.max(err / scale);
     }

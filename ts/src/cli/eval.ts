@@ -39,10 +39,18 @@ interface EvalCliOptions {
 export function registerEval(program: Command): void {
   program
     .command("eval")
-    .description("evaluate a model (a .gguf, a checkpoint, or a Liger checkpoint) on zero-shot tasks, perplexity and passkey retrieval")
+    .description(
+      "evaluate a model (a .gguf, a checkpoint, or a Liger checkpoint) on zero-shot tasks, perplexity and passkey retrieval",
+    )
     .option("-m, --model <path>", "the model to evaluate (default: SmolLM2-135M-Instruct)")
-    .option("--compare <path>", "a second model (e.g. the Liger checkpoint of --model), scored the same way, with recovery")
-    .option("--tasks <list>", "comma-separated tasks (default arc_easy,lambada_openai; 'none' for only --ppl/--passkey)")
+    .option(
+      "--compare <path>",
+      "a second model (e.g. the Liger checkpoint of --model), scored the same way, with recovery",
+    )
+    .option(
+      "--tasks <list>",
+      "comma-separated tasks (default arc_easy,lambada_openai; 'none' for only --ppl/--passkey)",
+    )
     .option("--limit <n>", "score a fixed random subset of n items per task", parseNumber("limit"))
     .option("--seed <n>", "seed of the subset (default 1234)", parseNumber("seed"))
     .option("--data <dir>", "task data folder (default: $LIGER_DATA_DIR, else ../shared/data next to the repository)")
@@ -51,13 +59,17 @@ export function registerEval(program: Command): void {
     .option("--ppl <file>", "also report the rolling perplexity of this text file")
     .option("--passkey <lengths>", "passkey retrieval at these comma-separated prompt lengths, e.g. 1024,2048")
     .option("--passkey-trials <n>", "passkey prompts per length and depth (default 1)", parseNumber("passkey-trials"))
-    .option("--passkey-depths <list>", "comma-separated depths of the key in the filler, as fractions (default 0.1,0.3,0.5,0.7,0.9)")
+    .option(
+      "--passkey-depths <list>",
+      "comma-separated depths of the key in the filler, as fractions (default 0.1,0.3,0.5,0.7,0.9)",
+    )
     .option("--device <device>", "where the tasks and passkey are scored: cpu, or cuda (the first NVIDIA GPU)", "cpu")
     .option("--json <file>", "write the reports (and comparison) as JSON")
     .option("--html <file>", "write a self-contained HTML page of the results")
     .action(async (options: EvalCliOptions) => {
       const tasks = parseList(options.tasks ?? "arc_easy,lambada_openai", "tasks");
-      const passkey = options.passkey === undefined ? undefined : parseList(options.passkey, "passkey").map(parseNumber("passkey"));
+      const passkey =
+        options.passkey === undefined ? undefined : parseList(options.passkey, "passkey").map(parseNumber("passkey"));
       const paths = [options.model, ...(options.compare ? [options.compare] : [])];
       const results: { report?: EvalReport; perplexity?: PerplexityResult; model: LigerModel }[] = [];
       const controller = new AbortController();
@@ -79,7 +91,10 @@ export function registerEval(program: Command): void {
                     window: options.window,
                     passkey,
                     passkeyTrials: options.passkeyTrials,
-                    passkeyDepths: options.passkeyDepths === undefined ? undefined : parseList(options.passkeyDepths, "passkey-depths").map(parseNumber("passkey-depths")),
+                    passkeyDepths:
+                      options.passkeyDepths === undefined
+                        ? undefined
+                        : parseList(options.passkeyDepths, "passkey-depths").map(parseNumber("passkey-depths")),
                     device: options.device as EvaluateOptions["device"],
                     onProgress: progress.update,
                     signal: controller.signal,
@@ -97,12 +112,16 @@ export function registerEval(program: Command): void {
         process.off("SIGINT", onSigint);
       }
       const [a, b] = results;
-      const comparison = a?.report && b?.report && a.report.tasks.length > 0 ? compareReports(a.report, b.report) : undefined;
+      const comparison =
+        a?.report && b?.report && a.report.tasks.length > 0 ? compareReports(a.report, b.report) : undefined;
       const reports = results.flatMap((r) => (r.report ? [r.report] : []));
       // The files first: a scored run is never lost to a problem in printing it.
       if (options.json) {
         const perplexities = results.map((r) => ({ model: r.model.path, perplexity: r.perplexity ?? null }));
-        writeFileAtomically(options.json, `${JSON.stringify({ reports, comparison: comparison ?? null, perplexities }, null, 2)}\n`);
+        writeFileAtomically(
+          options.json,
+          `${JSON.stringify({ reports, comparison: comparison ?? null, perplexities }, null, 2)}\n`,
+        );
         process.stderr.write(`wrote ${options.json}\n`);
       }
       if (options.html) {
@@ -110,7 +129,9 @@ export function registerEval(program: Command): void {
         process.stderr.write(`wrote ${options.html}\n`);
       }
       for (const { report, perplexity, model } of results) {
-        process.stdout.write(`\n${model.info.name}${model.info.liger ? ` (liger ${model.info.liger.mixer})` : ""}  [${model.path}]\n`);
+        process.stdout.write(
+          `\n${model.info.name}${model.info.liger ? ` (liger ${model.info.liger.mixer})` : ""}  [${model.path}]\n`,
+        );
         if (report) process.stdout.write(formatReport(report));
         if (perplexity) process.stdout.write(formatPerplexity(options.ppl!, perplexity));
       }
@@ -124,8 +145,12 @@ export function registerEval(program: Command): void {
 
 function parseList(value: string, name: string): string[] {
   if (value.trim() === "none") return [];
-  const items = value.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
-  if (items.length === 0) throw new LigerError("INVALID_ARGUMENT", `--${name} expects a comma-separated list, got ${JSON.stringify(value)}`);
+  const items = value
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
+  if (items.length === 0)
+    throw new LigerError("INVALID_ARGUMENT", `--${name} expects a comma-separated list, got ${JSON.stringify(value)}`);
   return items;
 }
 
@@ -135,7 +160,8 @@ export const fmt = (v: number | null | undefined) =>
 
 function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ");
+  const line = (cells: string[]) =>
+    cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ");
   return [line(header), widths.map((w) => "-".repeat(w)).join("  "), ...rows.map(line)].join("\n") + "\n";
 }
 
@@ -148,7 +174,14 @@ export function formatReport(report: EvalReport): string {
       .filter(([k]) => k !== t.primaryMetric && !k.endsWith("_stderr") && !k.includes("/"))
       .map(([k, v]) => `${k} ${fmt(v)}`)
       .join(", ");
-    return [t.task, String(t.n), t.primaryMetric, `${fmt(primary)}${stderr === undefined ? "" : ` ± ${fmt(stderr)}`}`, others, t.tokensPerSecond.toFixed(0)];
+    return [
+      t.task,
+      String(t.n),
+      t.primaryMetric,
+      `${fmt(primary)}${stderr === undefined ? "" : ` ± ${fmt(stderr)}`}`,
+      others,
+      t.tokensPerSecond.toFixed(0),
+    ];
   });
   let out = rows.length > 0 ? table(["task", "n", "metric", "value", "also", "tokens/s"], rows) : "";
   for (const t of report.tasks) for (const w of t.warnings) out += `warning (${t.task}): ${w}\n`;
@@ -156,7 +189,12 @@ export function formatReport(report: EvalReport): string {
     out += `passkey retrieval (${report.passkey.method}): accuracy ${fmt(report.passkey.accuracy)}\n`;
     out += table(
       ["length", "depth", "accuracy", "trials"],
-      report.passkey.cells.map((c) => [String(c.length), `${(c.depth * 100).toFixed(0)}%`, fmt(c.accuracy), String(c.trials)]),
+      report.passkey.cells.map((c) => [
+        String(c.length),
+        `${(c.depth * 100).toFixed(0)}%`,
+        fmt(c.accuracy),
+        String(c.trials),
+      ]),
     );
   }
   return out;

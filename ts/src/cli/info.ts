@@ -43,9 +43,13 @@ function formatInfo(info: ModelInfo & { path: string }): string {
   ];
   if (info.liger) {
     const l = info.liger;
-    const softmax = l.softmaxLayers.length > 0 ? `softmax attention in layers ${l.softmaxLayers.join(", ")}` : "no softmax layers";
+    const softmax =
+      l.softmaxLayers.length > 0 ? `softmax attention in layers ${l.softmaxLayers.join(", ")}` : "no softmax layers";
     rows.push(
-      ["liger", `${l.mixer} mixer${l.grmNorm ? " (normalised)" : ""}${l.useSwa ? ` + ${l.windowKeys}-key sliding window${l.sinkKeys ? ` and ${l.sinkKeys} sink tokens` : ""}${l.surpriseKeys ? `, ${l.surpriseKeys} surprise keys` : ""}` : ""}, ${softmax}`],
+      [
+        "liger",
+        `${l.mixer} mixer${l.grmNorm ? " (normalised)" : ""}${l.useSwa ? ` + ${l.windowKeys}-key sliding window${l.sinkKeys ? ` and ${l.sinkKeys} sink tokens` : ""}${l.surpriseKeys ? `, ${l.surpriseKeys} surprise keys` : ""}` : ""}, ${softmax}`,
+      ],
       ["state", `${(l.stateBytesPerSequence / 2 ** 20).toFixed(2)} MiB per sequence`],
       ["LoRA", `${(l.loraParams / 1e3).toFixed(1)} K values`],
     );

@@ -34,7 +34,9 @@ export class TaskProgress {
 function duration(seconds: number): string {
   if (!Number.isFinite(seconds)) return "?";
   const s = Math.round(seconds);
-  return s >= 3600 ? `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m` : `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+  return s >= 3600
+    ? `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`
+    : `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
 }
 
 /**
@@ -67,7 +69,9 @@ export class TrainProgress {
           }
           this.bar.update(event.step, values);
         } else if (event.step === 1 || event.step % 10 === 0 || event.step === event.totalSteps) {
-          process.stderr.write(`step ${event.step}/${event.totalSteps}  loss ${values.loss}  ${values.speed} tokens/s  ETA ${values.eta}\n`);
+          process.stderr.write(
+            `step ${event.step}/${event.totalSteps}  loss ${values.loss}  ${values.speed} tokens/s  ETA ${values.eta}\n`,
+          );
         }
         break;
       }
@@ -77,7 +81,9 @@ export class TrainProgress {
         break;
       case "eval":
         this.stop();
-        process.stderr.write(`  ${event.name}: validation loss ${event.loss.toFixed(4)}, perplexity ${event.ppl.toFixed(2)}\n`);
+        process.stderr.write(
+          `  ${event.name}: validation loss ${event.loss.toFixed(4)}, perplexity ${event.ppl.toFixed(2)}\n`,
+        );
         break;
       case "saved":
         this.stop();

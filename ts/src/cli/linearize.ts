@@ -5,7 +5,13 @@
 import type { Command } from "commander";
 
 import { LigerError } from "../errors.js";
-import { linearize, type LinearizeOptions, type LinearizeReport, type LoraTargetName, type MixerName } from "../linearize.js";
+import {
+  linearize,
+  type LinearizeOptions,
+  type LinearizeReport,
+  type LoraTargetName,
+  type MixerName,
+} from "../linearize.js";
 import { parseNumber } from "./common.js";
 import { TrainProgress } from "./job-progress.js";
 
@@ -63,16 +69,27 @@ export function registerLinearize(program: Command): void {
     )
     .option("-m, --model <path>", "a .gguf file or checkpoint directory (default: SmolLM2-135M-Instruct)")
     .option("--data <path>", "Alpaca-style .json/.jsonl file or folder (default: alpaca_cleaned in the data folder)")
-    .option("-o, --out <dir>", "run folder to write: the final model in model/, each save in checkpoint-<step>/", "liger-checkpoint")
+    .option(
+      "-o, --out <dir>",
+      "run folder to write: the final model in model/, each save in checkpoint-<step>/",
+      "liger-checkpoint",
+    )
     .option("--mixer <name>", "gla, hgrn2, gsa, retention, mamba2, rwkv6 or linear (default gla)")
     .option("--window <n>", "keys of the sliding-window branch (default 65)", parseNumber("window"))
-    .option("--sinks <n>", "first tokens the sliding-window branch also sees (attention sinks; default 0)", parseNumber("sinks"))
+    .option(
+      "--sinks <n>",
+      "first tokens the sliding-window branch also sees (attention sinks; default 0)",
+      parseNumber("sinks"),
+    )
     .option(
       "--surprise-keys <n>",
       "tokens per head that left the window and stay visible to it, those the recurrent state recalls worst (default 0)",
       parseNumber("surprise-keys"),
     )
-    .option("--surprise-after-training", "train with the window alone and add the surprise cache to the saved model (as LoLA)")
+    .option(
+      "--surprise-after-training",
+      "train with the window alone and add the surprise cache to the saved model (as LoLA)",
+    )
     .option("--grm-norm", "normalise the recurrent branch like attention (the paper's is unnormalised)")
     .option("--alpha <a>", "weight of the recurrent branch (default 0.5)", parseNumber("alpha"))
     .option("--beta <b>", "weight of the sliding-window branch (default 0.5)", parseNumber("beta"))
@@ -81,13 +98,34 @@ export function registerLinearize(program: Command): void {
       "--softmax-layers <list>",
       "comma-separated layers (0-based) that keep softmax attention, or auto:N for N layers chosen by measuring what converting each costs",
     )
-    .option("--select-data <path>", "text the auto:N choice measures on (.txt/.raw/.json/.jsonl; default: the validation split)")
-    .option("--val-data <path>", "validation text of its own (e.g. wiki.valid.raw) instead of a split of the training data")
-    .option("--eval-every <n>", "validate every n steps (default: before and after training only)", parseNumber("eval-every"))
+    .option(
+      "--select-data <path>",
+      "text the auto:N choice measures on (.txt/.raw/.json/.jsonl; default: the validation split)",
+    )
+    .option(
+      "--val-data <path>",
+      "validation text of its own (e.g. wiki.valid.raw) instead of a split of the training data",
+    )
+    .option(
+      "--eval-every <n>",
+      "validate every n steps (default: before and after training only)",
+      parseNumber("eval-every"),
+    )
     .option("--weight-decay <w>", "AdamW weight decay on the adapters (default 0)", parseNumber("weight-decay"))
-    .option("--recipe <name>", "training preset: paper (1024-token sequences, batch 8, 2 epochs, lr 1e-3 constant); options given win")
-    .option("--epochs <n>", "passes over the training data (the steps follow after packing; instead of --steps)", parseNumber("epochs"))
-    .option("--softmax-every <n>", "keep softmax attention in one layer of every n (8: the paper's hybrid)", parseNumber("softmax-every"))
+    .option(
+      "--recipe <name>",
+      "training preset: paper (1024-token sequences, batch 8, 2 epochs, lr 1e-3 constant); options given win",
+    )
+    .option(
+      "--epochs <n>",
+      "passes over the training data (the steps follow after packing; instead of --steps)",
+      parseNumber("epochs"),
+    )
+    .option(
+      "--softmax-every <n>",
+      "keep softmax attention in one layer of every n (8: the paper's hybrid)",
+      parseNumber("softmax-every"),
+    )
     .option("--lora-rank <n>", "LoRA rank (default 8)", parseNumber("lora-rank"))
     .option("--lora-alpha <a>", "LoRA alpha (default 8)", parseNumber("lora-alpha"))
     .option("--lora-targets <list>", "projections with adapters, from q,k,v,o (default q,k,v)")
@@ -105,7 +143,10 @@ export function registerLinearize(program: Command): void {
     .option("--dtype <type>", "storage of the checkpoint's weights: f32 (exact), f16 or bf16 (default f32)")
     .option("--merged", "fold the adapters into the weights")
     .option("--resume", "continue the run in --out from its latest checkpoint")
-    .option("--overwrite", "let --out hold other files (never deleted) or a run to start again (its checkpoints and model are replaced)")
+    .option(
+      "--overwrite",
+      "let --out hold other files (never deleted) or a run to start again (its checkpoints and model are replaced)",
+    )
     .option("--save-every <n>", "also save a checkpoint-<step> folder every n steps", parseNumber("save-every"))
     .option("--keep <n>", "keep only the newest n checkpoint folders (default all)", parseNumber("keep"))
     .option("--device <device>", "cpu, or cuda (the first NVIDIA GPU)", "cpu")
@@ -114,9 +155,19 @@ export function registerLinearize(program: Command): void {
       const controller = new AbortController();
       const onSigint = () => (controller.signal.aborted ? process.exit(130) : controller.abort());
       const progress = new TrainProgress();
-      const list = (value: string | undefined) => value?.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
-      if (options.train === false && (options.data !== undefined || options.steps !== undefined || options.epochs !== undefined)) {
-        throw new LigerError("INVALID_ARGUMENT", "--no-train converts without training: drop --data, --steps and --epochs");
+      const list = (value: string | undefined) =>
+        value
+          ?.split(",")
+          .map((s) => s.trim())
+          .filter((s) => s.length > 0);
+      if (
+        options.train === false &&
+        (options.data !== undefined || options.steps !== undefined || options.epochs !== undefined)
+      ) {
+        throw new LigerError(
+          "INVALID_ARGUMENT",
+          "--no-train converts without training: drop --data, --steps and --epochs",
+        );
       }
       const jobOptions: LinearizeOptions = {
         out: options.out,
@@ -163,8 +214,12 @@ export function registerLinearize(program: Command): void {
         onProgress: (event) => {
           // Said once the options have passed their checks, when the job has started.
           if (
-            event.kind === "stage" && event.stage === "training" &&
-            options.steps === undefined && options.seqLen === undefined && options.recipe === undefined && options.epochs === undefined
+            event.kind === "stage" &&
+            event.stage === "training" &&
+            options.steps === undefined &&
+            options.seqLen === undefined &&
+            options.recipe === undefined &&
+            options.epochs === undefined
           ) {
             process.stderr.write(
               "A short CPU run: 30 steps of 256 tokens. It shows the method end to end; recovering the base model's quality " +
@@ -195,7 +250,10 @@ function parseSoftmaxLayers(value: string | undefined): Pick<LinearizeOptions, "
   if (value === undefined) return {};
   const auto = /^auto:(\d+)$/.exec(value.trim());
   if (auto) return { softmaxAuto: Number(auto[1]) };
-  const layers = value.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
+  const layers = value
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
   return { softmaxLayers: layers.map(parseNumber("softmax-layers")) };
 }
 
@@ -205,7 +263,8 @@ export function formatLinearizeReport(r: LinearizeReport): string {
     ["liger, converted, untrained", r.untrainedEval],
     ["liger, trained", r.trainedEval],
   ];
-  let out = `\n${r.modelName}: ${r.stepsDone} steps on ${r.trainSequences} sequences ` +
+  let out =
+    `\n${r.modelName}: ${r.stepsDone} steps on ${r.trainSequences} sequences ` +
     `(${r.trainSeconds.toFixed(0)} s, ${r.tokensPerS.toFixed(0)} tokens/s)\n`;
   if (r.baseEval) {
     out += `validation (${r.valSequences} sequences, ${r.baseEval.tokens} tokens)\n`;

@@ -34,9 +34,7 @@ use crate::weights::ModelWeights;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tensors::{
-    assemble_weights, edge_type, named_tensors, quantize_matrix, vector_bytes, Named, TensorSource,
-};
+use tensors::{assemble_weights, edge_type, named_tensors, quantize_matrix, vector_bytes, Named, TensorSource};
 
 pub const BUNDLE_MAGIC: &[u8; 8] = b"LIGERBDL";
 /// The format version this library writes and reads.
@@ -146,15 +144,10 @@ fn dtype_of(name: &str) -> Result<GgmlType> {
 /// version: the first check on any buffer, before the rest is read.
 pub fn read_preamble(bytes: &[u8]) -> Result<usize> {
     if bytes.len() < PREAMBLE_BYTES {
-        return Err(invalid(format!(
-            "{} bytes is too short to be a bundle (truncated?)",
-            bytes.len()
-        )));
+        return Err(invalid(format!("{} bytes is too short to be a bundle (truncated?)", bytes.len())));
     }
     if &bytes[..8] != BUNDLE_MAGIC {
-        return Err(invalid(
-            "not a liger bundle (wrong magic bytes); make one with `liger bundle`",
-        ));
+        return Err(invalid("not a liger bundle (wrong magic bytes); make one with `liger bundle`"));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != BUNDLE_VERSION {
@@ -162,9 +155,7 @@ pub fn read_preamble(bytes: &[u8]) -> Result<usize> {
     }
     let h = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
     if h == 0 || h > MAX_HEADER_BYTES {
-        return Err(invalid(format!(
-            "header length {h} is not plausible; the file is corrupt"
-        )));
+        return Err(invalid(format!("header length {h} is not plausible; the file is corrupt")));
     }
     Ok(h as usize)
 }
@@ -173,24 +164,14 @@ pub fn read_preamble(bytes: &[u8]) -> Result<usize> {
 /// header). `total_len`, the whole file's length, must match what the header states.
 pub fn read_header(prefix: &[u8], total_len: u64) -> Result<BundleHeader> {
     let h = read_preamble(prefix)?;
-    let json = prefix
-        .get(PREAMBLE_BYTES..PREAMBLE_BYTES + h)
-        .ok_or_else(|| {
-            invalid(format!(
-                "the header needs {} bytes, only {} given (truncated?)",
-                PREAMBLE_BYTES + h,
-                prefix.len()
-            ))
-        })?;
-    let header: BundleHeader = serde_json::from_slice(json)
-        .map_err(|e| invalid(format!("the header is not valid: {e}")))?;
+    let json = prefix.get(PREAMBLE_BYTES..PREAMBLE_BYTES + h).ok_or_else(|| {
+        invalid(format!("the header needs {} bytes, only {} given (truncated?)", PREAMBLE_BYTES + h, prefix.len()))
+    })?;
+    let header: BundleHeader =
+        serde_json::from_slice(json).map_err(|e| invalid(format!("the header is not valid: {e}")))?;
     let expected = header.file_bytes(h);
     if total_len != expected {
-        let what = if total_len < expected {
-            "truncated"
-        } else {
-            "longer than its header states"
-        };
+        let what = if total_len < expected { "truncated" } else { "longer than its header states" };
         return Err(invalid(format!(
             "{what}: {total_len} bytes, the header states {expected}; fetch or copy it again"
         )));
@@ -212,13 +193,7 @@ pub fn bundle_bytes(model: &LigerModel, quant: EdgeQuant) -> Result<Vec<u8>> {
             Named::Vector(v) => (GgmlType::F32, 1, v.len(), vector_bytes(v)),
         };
         data.resize(data.len().next_multiple_of(ALIGN), 0);
-        entries.push(TensorEntry {
-            name,
-            dtype: ty.name().to_string(),
-            rows,
-            cols,
-            offset: data.len() as u64,
-        });
+        entries.push(TensorEntry { name, dtype: ty.name().to_string(), rows, cols, offset: data.len() as u64 });
         data.extend_from_slice(&bytes);
     }
     let base = &model.base;
@@ -235,8 +210,8 @@ pub fn bundle_bytes(model: &LigerModel, quant: EdgeQuant) -> Result<Vec<u8>> {
         tensors: entries,
         data_bytes: data.len() as u64,
     };
-    let json = serde_json::to_vec(&header)
-        .map_err(|e| Error::internal(format!("serializing the bundle header: {e}")))?;
+    let json =
+        serde_json::to_vec(&header).map_err(|e| Error::internal(format!("serializing the bundle header: {e}")))?;
     let mut out = Vec::with_capacity(data_start(json.len()) + data.len());
     out.extend_from_slice(BUNDLE_MAGIC);
     out.extend_from_slice(&BUNDLE_VERSION.to_le_bytes());
@@ -267,15 +242,11 @@ fn tensor_spans(header: &BundleHeader) -> Result<Vec<(usize, usize)>> {
             .rows
             .checked_mul(ty.bytes_for(e.cols)?)
             .ok_or_else(|| invalid(format!("tensor \"{name}\" is too large")))?;
-        let offset = usize::try_from(e.offset)
-            .map_err(|_| invalid(format!("tensor \"{name}\" lies outside the file")))?;
-        let in_data = offset
-            .checked_add(len)
-            .is_some_and(|end| end as u64 <= header.data_bytes);
+        let offset =
+            usize::try_from(e.offset).map_err(|_| invalid(format!("tensor \"{name}\" lies outside the file")))?;
+        let in_data = offset.checked_add(len).is_some_and(|end| end as u64 <= header.data_bytes);
         if !in_data {
-            return Err(invalid(format!(
-                "tensor \"{name}\" lies outside the data section; the file is corrupt"
-            )));
+            return Err(invalid(format!("tensor \"{name}\" lies outside the data section; the file is corrupt")));
         }
         if offset % ALIGN != 0 {
             return Err(invalid(format!(
@@ -304,8 +275,7 @@ pub fn load_bundle(buffer: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<LigerMo
     let bytes = (*buffer).as_ref();
     let header = read_header(bytes, bytes.len() as u64)?;
     let start = data_start(read_preamble(bytes)?);
-    let config =
-        config_from_value(&header.config, "bundle config").map_err(|e| e.context("bundle"))?;
+    let config = config_from_value(&header.config, "bundle config").map_err(|e| e.context("bundle"))?;
     let mut index = HashMap::new();
     for (i, e) in header.tensors.iter().enumerate() {
         if index.insert(e.name.as_str(), i).is_some() {
@@ -321,18 +291,15 @@ pub fn load_bundle(buffer: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<LigerMo
         let ty = dtype_of(&e.dtype)?;
         let (offset, len) = spans[i];
         let view = ByteView::new(buffer.clone(), start + offset, len)?;
-        QTensor::new(ty, e.rows, e.cols, view)
-            .map(Some)
-            .map_err(|err| err.context(format!("bundle tensor \"{name}\"")))
+        QTensor::new(ty, e.rows, e.cols, view).map(Some).map_err(|err| err.context(format!("bundle tensor \"{name}\"")))
     };
     let weights = assemble_weights(&TensorSource { get: &get }, config.num_layers)?;
     weights.validate(&config).map_err(|e| e.context("bundle"))?;
-    let tokenizer = Tokenizer::from_json(header.tokenizer.as_bytes(), "bundle tokenizer")?
-        .with_special_ids(
-            header.bos_token_id,
-            header.eos_token_id,
-            header.add_bos && header.bos_token_id.is_some(),
-        )?;
+    let tokenizer = Tokenizer::from_json(header.tokenizer.as_bytes(), "bundle tokenizer")?.with_special_ids(
+        header.bos_token_id,
+        header.eos_token_id,
+        header.add_bos && header.bos_token_id.is_some(),
+    )?;
     let base = BaseModel::new(
         config,
         weights,
@@ -341,10 +308,7 @@ pub fn load_bundle(buffer: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<LigerMo
         header.name.clone(),
         ModelFormat::Bundle,
     );
-    let no_adapters = LoraOptions {
-        targets: Vec::new(),
-        ..LoraOptions::default()
-    };
+    let no_adapters = LoraOptions { targets: Vec::new(), ..LoraOptions::default() };
     linearize(base, header.liger, no_adapters)
 }
 

@@ -35,13 +35,7 @@ pub(super) fn named_tensors(w: &ModelWeights) -> Vec<(String, Named<'_>)> {
         }
         out.push((n("attn_norm"), Named::Vector(&l.attn_norm)));
         out.push((n("ffn_norm"), Named::Vector(&l.ffn_norm)));
-        for (name, v) in [
-            ("bq", &l.bq),
-            ("bk", &l.bk),
-            ("bv", &l.bv),
-            ("q_norm", &l.q_norm),
-            ("k_norm", &l.k_norm),
-        ] {
+        for (name, v) in [("bq", &l.bq), ("bk", &l.bk), ("bv", &l.bv), ("q_norm", &l.q_norm), ("k_norm", &l.k_norm)] {
             if let Some(v) = v {
                 out.push((n(name), Named::Vector(v)));
             }

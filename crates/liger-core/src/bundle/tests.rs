@@ -34,8 +34,7 @@ fn tiny_liger(seed: u64) -> LigerModel {
     let mut model = linearize(base, LigerOptions::default(), LoraOptions::default()).unwrap();
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed);
     for p in model.lora_params_mut() {
-        p.iter_mut()
-            .for_each(|v| *v = rng.random_range(-0.05..0.05));
+        p.iter_mut().for_each(|v| *v = rng.random_range(-0.05..0.05));
     }
     model
 }
@@ -53,12 +52,7 @@ fn random_tokens(seed: u64, n: usize) -> Vec<u32> {
 fn f32_bundle_reproduces_the_model() {
     let model = tiny_liger(1);
     let tokens = random_tokens(2, 24);
-    let want: Vec<f64> = model
-        .all_logits(&tokens)
-        .unwrap()
-        .iter()
-        .map(|&v| v as f64)
-        .collect();
+    let want: Vec<f64> = model.all_logits(&tokens).unwrap().iter().map(|&v| v as f64).collect();
     let loaded = load(bundle_bytes(&model, EdgeQuant::F32).unwrap()).unwrap();
     let got = loaded.all_logits(&tokens).unwrap();
     let err = max_rel_error(&got, &want);
@@ -76,12 +70,7 @@ fn f32_bundle_reproduces_the_model() {
 fn quantized_bundles_stay_close_and_are_smaller() {
     let model = tiny_liger(3);
     let tokens = random_tokens(4, 24);
-    let want: Vec<f64> = model
-        .all_logits(&tokens)
-        .unwrap()
-        .iter()
-        .map(|&v| v as f64)
-        .collect();
+    let want: Vec<f64> = model.all_logits(&tokens).unwrap().iter().map(|&v| v as f64).collect();
     let f32_len = bundle_bytes(&model, EdgeQuant::F32).unwrap().len();
     for (quant, bound) in [(EdgeQuant::Int8, 0.05), (EdgeQuant::Q4, 0.5)] {
         let bytes = bundle_bytes(&model, quant).unwrap();
@@ -93,17 +82,9 @@ fn quantized_bundles_stay_close_and_are_smaller() {
             bytes.len()
         );
         assert!(err < bound, "{}: logits error {err}", quant.name());
-        assert!(
-            bytes.len() < f32_len / 2,
-            "{} bundle is not smaller",
-            quant.name()
-        );
+        assert!(bytes.len() < f32_len / 2, "{} bundle is not smaller", quant.name());
         let types = loaded.base.info().tensor_types;
-        let expected = if quant == EdgeQuant::Int8 {
-            "I8_ROW"
-        } else {
-            "Q4_0"
-        };
+        let expected = if quant == EdgeQuant::Int8 { "I8_ROW" } else { "Q4_0" };
         assert!(types.contains_key(expected), "{types:?}");
     }
 }
@@ -112,9 +93,7 @@ fn quantized_bundles_stay_close_and_are_smaller() {
 fn int8_rows_against_float64() {
     let mut rng = SmallRng::seed_from_u64(7);
     let (rows, cols) = (37, 100);
-    let values: Vec<f32> = (0..rows * cols)
-        .map(|_| rng.random_range(-2.0..2.0))
-        .collect();
+    let values: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-2.0..2.0)).collect();
     let mut bytes = Vec::new();
     for r in values.chunks_exact(cols) {
         bytes.extend_from_slice(&crate::quant::quantize(GgmlType::I8Row, r).unwrap());
@@ -122,28 +101,15 @@ fn int8_rows_against_float64() {
     let t = QTensor::new(GgmlType::I8Row, rows, cols, ByteView::from_vec(bytes)).unwrap();
     // Rounding error at most half a step per value.
     let deq = t.to_f32();
-    for (r, (a, b)) in values
-        .chunks_exact(cols)
-        .zip(deq.chunks_exact(cols))
-        .enumerate()
-    {
+    for (r, (a, b)) in values.chunks_exact(cols).zip(deq.chunks_exact(cols)).enumerate() {
         let step = a.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
-        let worst = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max);
-        assert!(
-            worst <= step * 0.5 + 1e-6,
-            "row {r}: error {worst} > half step {step}"
-        );
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(worst <= step * 0.5 + 1e-6, "row {r}: error {worst} > half step {step}");
     }
     // matvec against float64 over the dequantized values.
     let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let want: Vec<f64> = deq
-        .chunks_exact(cols)
-        .map(|row| row.iter().zip(&x).map(|(&w, &v)| w as f64 * v as f64).sum())
-        .collect();
+    let want: Vec<f64> =
+        deq.chunks_exact(cols).map(|row| row.iter().zip(&x).map(|(&w, &v)| w as f64 * v as f64).sum()).collect();
     let mut y = vec![f32::NAN; rows];
     matvec(&t, &x, &mut y);
     let err = max_rel_error(&y, &want);
@@ -155,9 +121,7 @@ fn int8_rows_against_float64() {
 fn truncated_and_foreign_bundles_are_refused() {
     let bytes = bundle_bytes(&tiny_liger(5), EdgeQuant::Int8).unwrap();
     for cut in [0, 10, 100, bytes.len() / 2, bytes.len() - 1] {
-        let err = load(bytes[..cut].to_vec())
-            .err()
-            .expect("a truncated bundle loads");
+        let err = load(bytes[..cut].to_vec()).err().expect("a truncated bundle loads");
         assert_eq!(err.code, ErrorCode::InvalidFile, "cut at {cut}: {err}");
         println!("cut at {cut}: {err}");
     }
@@ -217,7 +181,11 @@ fn unknown_types_and_bad_tables_are_refused() {
     assert!(err.code == ErrorCode::InvalidFile && err.message.contains("overlap"), "{err}");
     let unaligned = edit_header(&bytes, |h| h.tensors[1].offset += 4);
     let err = load(unaligned).err().unwrap();
-    assert!(err.code == ErrorCode::InvalidFile && (err.message.contains("multiple of 64") || err.message.contains("overlap")), "{err}");
+    assert!(
+        err.code == ErrorCode::InvalidFile
+            && (err.message.contains("multiple of 64") || err.message.contains("overlap")),
+        "{err}"
+    );
     let err = EdgeQuant::parse("int3").unwrap_err();
     assert_eq!(err.code, ErrorCode::UnsupportedTensorType);
     for name in EdgeQuant::NAMES {
@@ -234,11 +202,7 @@ fn bundle_file_is_written_atomically() {
     write_bundle(&path, &model, EdgeQuant::Q4).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes, bundle_bytes(&model, EdgeQuant::Q4).unwrap());
-    assert_eq!(
-        std::fs::read_dir(&dir).unwrap().count(),
-        1,
-        "a temporary file was left behind"
-    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "a temporary file was left behind");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -247,11 +211,7 @@ fn chunked_prefill_generates_the_same_tokens() {
     use crate::generate::{GenerateOptions, Generator};
     let model = load(bundle_bytes(&tiny_liger(9), EdgeQuant::Int8).unwrap()).unwrap();
     let prompt = random_tokens(10, 150);
-    let opts = GenerateOptions {
-        max_tokens: 12,
-        ignore_eos: true,
-        ..GenerateOptions::default()
-    };
+    let opts = GenerateOptions { max_tokens: 12, ignore_eos: true, ..GenerateOptions::default() };
     let run = |chunk: usize| {
         let mut g = Generator::with_prefill_chunk(&model, &prompt, &opts, chunk).unwrap();
         while g.step().unwrap().is_some() {}

@@ -8,22 +8,12 @@ use crate::error::ErrorCode;
 const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
 
 fn conversation() -> Vec<ChatMessage> {
-    vec![
-        ChatMessage::new("system", "You are terse."),
-        ChatMessage::new("user", "  Hi there \n"),
-    ]
+    vec![ChatMessage::new("system", "You are terse."), ChatMessage::new("user", "  Hi there \n")]
 }
 
 #[test]
 fn llama3_template() {
-    let text = render_chat(
-        LLAMA3_TEMPLATE,
-        &conversation(),
-        true,
-        "<|begin_of_text|>",
-        "<|end_of_text|>",
-    )
-    .unwrap();
+    let text = render_chat(LLAMA3_TEMPLATE, &conversation(), true, "<|begin_of_text|>", "<|end_of_text|>").unwrap();
     assert_eq!(
         text,
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>\
@@ -31,33 +21,21 @@ fn llama3_template() {
          <|start_header_id|>assistant<|end_header_id|>\n\n"
     );
     let text = render_chat(LLAMA3_TEMPLATE, &conversation()[1..], false, "<B>", "<E>").unwrap();
-    assert_eq!(
-        text,
-        "<B><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
-    );
+    assert_eq!(text, "<B><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>");
 }
 
 #[test]
 fn chatml_fallback() {
-    let messages = [
-        ChatMessage::new("user", "2+2?"),
-        ChatMessage::new("assistant", "4"),
-    ];
+    let messages = [ChatMessage::new("user", "2+2?"), ChatMessage::new("assistant", "4")];
     let text = render_chat(CHATML_TEMPLATE, &messages, true, "", "").unwrap();
     assert_eq!(text, "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n<|im_start|>assistant\n");
-    assert_eq!(
-        render_chat(CHATML_TEMPLATE, &[], false, "", "").unwrap(),
-        ""
-    );
+    assert_eq!(render_chat(CHATML_TEMPLATE, &[], false, "", "").unwrap(), "");
 }
 
 #[test]
 fn blocks_are_trimmed_and_python_methods_work() {
     let template = "{% for m in messages %}\n    {% if m.role.startswith('us') %}\nU: {{ m.content.strip() }}|{{ m.content.split(',') | length }}\n    {% else %}\n{{ m['role'].upper() }}: {{ m.content }}\n    {% endif %}\n{% endfor %}\n{{ eos_token }}";
-    let messages = [
-        ChatMessage::new("user", "  a,b,c "),
-        ChatMessage::new("assistant", "ok"),
-    ];
+    let messages = [ChatMessage::new("user", "  a,b,c "), ChatMessage::new("assistant", "ok")];
     let text = render_chat(template, &messages, false, "", "</s>").unwrap();
     assert_eq!(text, "U: a,b,c|3\nASSISTANT: ok\n</s>");
 }
@@ -67,35 +45,14 @@ fn template_errors_are_invalid_arguments() {
     let raising = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversations must start with a user message') }}{% endif %}ok";
     let e = render_chat(raising, &conversation(), false, "", "").unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidArgument);
-    assert!(
-        e.message.contains("rejected") && e.message.contains("must start with a user message"),
-        "{}",
-        e.message
-    );
-    assert_eq!(
-        render_chat(raising, &conversation()[1..], false, "", "").unwrap(),
-        "ok"
-    );
+    assert!(e.message.contains("rejected") && e.message.contains("must start with a user message"), "{}", e.message);
+    assert_eq!(render_chat(raising, &conversation()[1..], false, "", "").unwrap(), "ok");
 
-    let e = render_chat(
-        "{% for m in messages %}{{ m.content }",
-        &conversation(),
-        false,
-        "",
-        "",
-    )
-    .unwrap_err();
+    let e = render_chat("{% for m in messages %}{{ m.content }", &conversation(), false, "", "").unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidArgument);
     assert!(e.message.contains("does not parse"), "{}", e.message);
 
-    let e = render_chat(
-        "{{ messages[0].content.no_such_method() }}",
-        &conversation(),
-        false,
-        "",
-        "",
-    )
-    .unwrap_err();
+    let e = render_chat("{{ messages[0].content.no_such_method() }}", &conversation(), false, "", "").unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidArgument);
     assert!(e.message.contains("failed to render"), "{}", e.message);
 }
@@ -154,10 +111,7 @@ fn strftime_formats_like_python() {
         "2024-07-26 01:01:01 Fri Friday Jul July 208 24 % %Q"
     );
     assert_eq!(strftime("%d %b %Y", 0), "01 Jan 1970");
-    let year: i64 = render_chat("{{ strftime_now('%Y') }}", &[], false, "", "")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let year: i64 = render_chat("{{ strftime_now('%Y') }}", &[], false, "", "").unwrap().parse().unwrap();
     assert!(year >= 2024, "year {year}");
 }
 
@@ -179,7 +133,7 @@ fn a_template_that_writes_without_end_is_stopped_at_its_text_bound() {
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("bytes"), "{}", err.message);
     // A long conversation still renders: the budget grows with the messages.
-    let long: Vec<ChatMessage> = (0..2000).map(|i| ChatMessage::new("user", &"word ".repeat(i % 50))).collect();
+    let long: Vec<ChatMessage> = (0..2000).map(|i| ChatMessage::new("user", "word ".repeat(i % 50))).collect();
     let text = render_chat(CHATML_TEMPLATE, &long, true, "", "").unwrap();
     assert!(text.len() > 200_000);
 }

@@ -55,44 +55,20 @@ pub struct SaveOptions {
 
 impl Default for SaveOptions {
     fn default() -> Self {
-        SaveOptions {
-            dtype: SaveDtype::F32,
-            merged: false,
-            surprise_keys: None,
-        }
+        SaveOptions { dtype: SaveDtype::F32, merged: false, surprise_keys: None }
     }
 }
 
 /// The adapters' rank, alpha and targets, read back from the adapters themselves.
 fn lora_options_of(model: &LigerModel) -> LoraOptions {
-    let first = model
-        .lora
-        .layers
-        .iter()
-        .flat_map(|l| LoraTarget::ALL.map(|t| l.get(t)))
-        .flatten()
-        .next();
+    let first = model.lora.layers.iter().flat_map(|l| LoraTarget::ALL.map(|t| l.get(t))).flatten().next();
     let targets = LoraTarget::ALL
         .into_iter()
-        .filter(|&t| {
-            model
-                .lora
-                .layers
-                .first()
-                .is_some_and(|l| l.get(t).is_some())
-        })
+        .filter(|&t| model.lora.layers.first().is_some_and(|l| l.get(t).is_some()))
         .collect();
     match first {
-        Some(a) => LoraOptions {
-            rank: a.rank,
-            alpha: a.scale * a.rank as f32,
-            targets,
-            seed: 0,
-        },
-        None => LoraOptions {
-            targets: Vec::new(),
-            ..LoraOptions::default()
-        },
+        Some(a) => LoraOptions { rank: a.rank, alpha: a.scale * a.rank as f32, targets, seed: 0 },
+        None => LoraOptions { targets: Vec::new(), ..LoraOptions::default() },
     }
 }
 
@@ -154,12 +130,7 @@ pub fn save_liger_checkpoint(
     if let Some(n) = opts.surprise_keys {
         options.attention.surprise_keys = n;
     }
-    let section = LigerSection {
-        version: LIGER_FORMAT_VERSION,
-        options,
-        lora: lora.clone(),
-        merged: opts.merged,
-    };
+    let section = LigerSection { version: LIGER_FORMAT_VERSION, options, lora: lora.clone(), merged: opts.merged };
     let files = HfExtraFiles {
         tokenizer_json: Some(base.tokenizer.to_json()?),
         chat_template: base.chat_template.clone(),
@@ -181,10 +152,7 @@ pub fn save_liger_checkpoint(
                 .map(|(shape, (name, v))| (name.clone(), shape, SaveDtype::F32, *v))
                 .collect();
             write_safetensors(&tmp.join(ADAPTER_WEIGHTS), &tensors, None)?;
-            write_json(
-                &tmp.join(ADAPTER_CONFIG),
-                &adapter_config(&lora, &base.name),
-            )?;
+            write_json(&tmp.join(ADAPTER_CONFIG), &adapter_config(&lora, &base.name))?;
         }
         if let Some(t) = &training {
             training::write(tmp, model, t)?;
@@ -211,8 +179,8 @@ fn adapter_shapes(model: &LigerModel) -> Vec<Vec<usize>> {
 pub fn read_liger_section(dir: &Path) -> Result<Option<LigerSection>> {
     let path = run::resolve_checkpoint(dir)?.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(path.display(), e))?;
-    let config: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::invalid_file(path.display(), format!("not valid JSON: {e}")))?;
+    let config: Value =
+        serde_json::from_str(&text).map_err(|e| Error::invalid_file(path.display(), format!("not valid JSON: {e}")))?;
     let Some(section) = config.get("liger") else {
         return Ok(None);
     };
@@ -229,12 +197,7 @@ pub fn read_liger_section(dir: &Path) -> Result<Option<LigerSection>> {
     }
     serde_json::from_value(section.clone())
         .map(Some)
-        .map_err(|e| {
-            Error::invalid_file(
-                path.display(),
-                format!("the \"liger\" section is not valid: {e}"),
-            )
-        })
+        .map_err(|e| Error::invalid_file(path.display(), format!("the \"liger\" section is not valid: {e}")))
 }
 
 /// Loads a checkpoint written by [`save_liger_checkpoint`]: the same model, giving the same
@@ -244,10 +207,7 @@ pub fn load_liger_checkpoint(dir: &Path) -> Result<LigerModel> {
     if !dir.is_dir() {
         return Err(Error::new(
             ErrorCode::Io,
-            format!(
-                "{}: not a directory (a Liger checkpoint is a directory)",
-                dir.display()
-            ),
+            format!("{}: not a directory (a Liger checkpoint is a directory)", dir.display()),
         ));
     }
     let Some(section) = read_liger_section(dir)? else {
@@ -300,19 +260,12 @@ fn read_adapters(dir: &Path, model: &mut LigerModel) -> Result<()> {
     if file.names().len() != names.len() {
         return Err(Error::invalid_file(
             path.display(),
-            format!(
-                "holds {} tensors but the config's adapters need {}",
-                file.names().len(),
-                names.len()
-            ),
+            format!("holds {} tensors but the config's adapters need {}", file.names().len(), names.len()),
         ));
     }
     for ((name, shape), dst) in names.iter().zip(&shapes).zip(model.lora_params_mut()) {
         if !file.contains(name) {
-            return Err(Error::invalid_file(
-                path.display(),
-                format!("tensor \"{name}\" is missing"),
-            ));
+            return Err(Error::invalid_file(path.display(), format!("tensor \"{name}\" is missing")));
         }
         let (got_shape, values) = file.tensor_f32(name)?;
         if &got_shape != shape {

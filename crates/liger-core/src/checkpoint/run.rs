@@ -36,7 +36,10 @@ pub fn checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir.display(), e))? {
         let entry = entry.map_err(|e| Error::io(dir.display(), e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let step = name.strip_prefix(CHECKPOINT_PREFIX).filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).and_then(|s| s.parse().ok());
+        let step = name
+            .strip_prefix(CHECKPOINT_PREFIX)
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse().ok());
         if let (Some(step), true) = (step, entry.path().is_dir()) {
             found.push((step, entry.path()));
         }
@@ -57,7 +60,10 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     }
     match checkpoints(path)?.pop() {
         Some((_, latest)) => Ok(latest),
-        None => Err(Error::invalid_file(path.display(), "a liger run folder without a model or checkpoint yet (the run saved nothing); run it again")),
+        None => Err(Error::invalid_file(
+            path.display(),
+            "a liger run folder without a model or checkpoint yet (the run saved nothing); run it again",
+        )),
     }
 }
 
@@ -83,7 +89,10 @@ pub fn check_run_folder(dir: &Path, overwrite: bool, resume: bool) -> Result<()>
         Ok(mut entries) => entries.next().is_some(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return check_output_dir(dir),
         Err(_) if !dir.is_dir() => {
-            return Err(Error::invalid_argument(format!("{}: exists and is not a directory; choose another output folder", dir.display())))
+            return Err(Error::invalid_argument(format!(
+                "{}: exists and is not a directory; choose another output folder",
+                dir.display()
+            )))
         }
         Err(e) => return Err(Error::io(dir.display(), e)),
     };
@@ -95,7 +104,11 @@ pub fn check_run_folder(dir: &Path, overwrite: bool, resume: bool) -> Result<()>
             )));
         }
     } else if occupied && !overwrite {
-        let mut names: Vec<String> = fs::read_dir(dir).map_err(|e| Error::io(dir.display(), e))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .map_err(|e| Error::io(dir.display(), e))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         let more = if names.len() > 5 { format!(" and {} more", names.len() - 5) } else { String::new() };
         return Err(Error::invalid_argument(format!(
@@ -106,7 +119,15 @@ pub fn check_run_folder(dir: &Path, overwrite: bool, resume: bool) -> Result<()>
     }
     // Writable: a probe folder inside, removed again.
     let probe = crate::hf::fsutil::temp_sibling(&dir.join("probe"), "probe")?;
-    fs::create_dir(&probe).map_err(|e| Error::io(dir.display(), std::io::Error::new(e.kind(), format!("cannot write into the output folder ({e}); choose a writable location"))))?;
+    fs::create_dir(&probe).map_err(|e| {
+        Error::io(
+            dir.display(),
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot write into the output folder ({e}); choose a writable location"),
+            ),
+        )
+    })?;
     let _ = fs::remove_dir(&probe);
     Ok(())
 }
@@ -118,14 +139,17 @@ pub fn open_run_folder(dir: &Path, fresh: bool) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
     if fresh && is_run_folder(dir) {
         let last = dir.join(FINAL_MODEL);
-        let old: Vec<PathBuf> = checkpoints(dir)?.into_iter().map(|(_, p)| p).chain(last.is_dir().then_some(last)).collect();
+        let old: Vec<PathBuf> =
+            checkpoints(dir)?.into_iter().map(|(_, p)| p).chain(last.is_dir().then_some(last)).collect();
         for folder in old {
             remove_checkpoint(&folder)?;
         }
     }
     if !is_run_folder(dir) {
         let marker = serde_json::json!({ "format": 1, "layout": "checkpoint-<step>/ for each save, model/ for the final model" });
-        write_atomically(&dir.join(RUN_MARKER), |w| w.write_all(format!("{marker:#}\n").as_bytes()).map_err(|e| Error::io(dir.display(), e)))?;
+        write_atomically(&dir.join(RUN_MARKER), |w| {
+            w.write_all(format!("{marker:#}\n").as_bytes()).map_err(|e| Error::io(dir.display(), e))
+        })?;
     }
     Ok(())
 }

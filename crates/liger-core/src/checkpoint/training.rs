@@ -32,43 +32,23 @@ struct StateFile {
 
 pub(super) fn write(dir: &Path, model: &LigerModel, t: &TrainingSnapshot) -> Result<()> {
     let params = model.lora_params();
-    if t.optimizer.m.len() != params.len()
-        || t.optimizer
-            .m
-            .iter()
-            .zip(&params)
-            .any(|(m, p)| m.len() != p.1.len())
-    {
-        return Err(Error::shape(
-            "the optimizer state does not match the model's adapters",
-        ));
+    if t.optimizer.m.len() != params.len() || t.optimizer.m.iter().zip(&params).any(|(m, p)| m.len() != p.1.len()) {
+        return Err(Error::shape("the optimizer state does not match the model's adapters"));
     }
     let shapes = adapter_shapes(model);
     let mut tensors: Vec<(String, Vec<usize>, SaveDtype, &[f32])> = Vec::new();
     for (kind, moments) in [("m", &t.optimizer.m), ("v", &t.optimizer.v)] {
         for (((name, _), shape), values) in params.iter().zip(&shapes).zip(moments) {
-            tensors.push((
-                format!("{kind}.{name}"),
-                shape.clone(),
-                SaveDtype::F32,
-                values,
-            ));
+            tensors.push((format!("{kind}.{name}"), shape.clone(), SaveDtype::F32, values));
         }
     }
     write_safetensors(&dir.join(OPTIMIZER_FILE), &tensors, None)?;
-    let file = StateFile {
-        version: LIGER_FORMAT_VERSION,
-        optimizer_step: t.optimizer.step,
-        state: t.state.clone(),
-    };
+    let file = StateFile { version: LIGER_FORMAT_VERSION, optimizer_step: t.optimizer.step, state: t.state.clone() };
     write_json(&dir.join(STATE_FILE), &file)
 }
 
 /// The training state saved in `dir` for `model`, or `None` when the checkpoint has none.
-pub fn load_training_state(
-    dir: &Path,
-    model: &LigerModel,
-) -> Result<Option<(TrainerState, AdamWState)>> {
+pub fn load_training_state(dir: &Path, model: &LigerModel) -> Result<Option<(TrainerState, AdamWState)>> {
     let dir = &super::run::resolve_checkpoint(dir)?;
     let state_path = dir.join(STATE_FILE);
     if !state_path.is_file() {
@@ -81,15 +61,15 @@ pub fn load_training_state(
     if file.version > LIGER_FORMAT_VERSION {
         return Err(Error::invalid_file(
             &shown,
-            format!(
-                "made by a newer liger (format {}); upgrade liger to resume this run",
-                file.version
-            ),
+            format!("made by a newer liger (format {}); upgrade liger to resume this run", file.version),
         ));
     }
     let opt_path = dir.join(OPTIMIZER_FILE);
     if !opt_path.is_file() {
-        return Err(Error::invalid_file(dir.display(), "trainer_state.json is present but optimizer.safetensors is missing; the checkpoint cannot resume training"));
+        return Err(Error::invalid_file(
+            dir.display(),
+            "trainer_state.json is present but optimizer.safetensors is missing; the checkpoint cannot resume training",
+        ));
     }
     let opt = SafetensorsFile::open(&opt_path)?;
     let mut moments: HashMap<&str, Vec<Vec<f32>>> = HashMap::new();
@@ -99,17 +79,16 @@ pub fn load_training_state(
         for (name, values) in &params {
             let key = format!("{kind}.{name}");
             if !opt.contains(&key) {
-                return Err(Error::invalid_file(opt_path.display(), format!("tensor \"{key}\" is missing; the optimizer state does not belong to these adapters")));
+                return Err(Error::invalid_file(
+                    opt_path.display(),
+                    format!("tensor \"{key}\" is missing; the optimizer state does not belong to these adapters"),
+                ));
             }
             let (_, m) = opt.tensor_f32(&key)?;
             if m.len() != values.len() {
                 return Err(Error::invalid_file(
                     opt_path.display(),
-                    format!(
-                        "tensor \"{key}\" has {} values, the adapter {}",
-                        m.len(),
-                        values.len()
-                    ),
+                    format!("tensor \"{key}\" has {} values, the adapter {}", m.len(), values.len()),
                 ));
             }
             list.push(m);

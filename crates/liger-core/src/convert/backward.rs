@@ -10,8 +10,8 @@
 use super::model::{LayerTape, LigerModel};
 use super::options::LoraTarget;
 use crate::error::{Error, ErrorCode, Result};
-use crate::linalg::{matmul, MatRef};
 use crate::liger::{apply_rope, causal_attention_backward, liger_attention_backward, HeadShape};
+use crate::linalg::{matmul, MatRef};
 use crate::model::forward::embed;
 use crate::model::ops::rms_norm;
 use crate::tensor::{GgmlType, QTensor};
@@ -41,7 +41,14 @@ impl LoraGrads {
 }
 
 /// Backward of RoPE + full causal attention from position 0, w.r.t. the raw q, k, v.
-fn softmax_attention_backward(shape: HeadShape, q: &[f32], k: &[f32], v: &[f32], inv_freq: &[f32], d_o: &[f32]) -> Result<crate::liger::QkvGrads> {
+fn softmax_attention_backward(
+    shape: HeadShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    inv_freq: &[f32],
+    d_o: &[f32],
+) -> Result<crate::liger::QkvGrads> {
     let (mut qr, mut kr) = (q.to_vec(), k.to_vec());
     apply_rope(&mut qr, shape.hq, shape.d, inv_freq, 0, false);
     apply_rope(&mut kr, shape.hkv, shape.d, inv_freq, 0, false);
@@ -99,12 +106,8 @@ impl LigerModel {
 
     /// Zero gradients shaped like the adapters.
     pub fn new_lora_grads(&self) -> LoraGrads {
-        let layers = self
-            .lora
-            .layers
-            .iter()
-            .map(|l| LoraTarget::ALL.map(|t| l.get(t).map(|a| a.zero_grad())))
-            .collect();
+        let layers =
+            self.lora.layers.iter().map(|l| LoraTarget::ALL.map(|t| l.get(t).map(|a| a.zero_grad()))).collect();
         LoraGrads { layers }
     }
 
@@ -118,7 +121,9 @@ impl LigerModel {
         }
         let vocab = self.base.config.vocab_size;
         if let Some(&bad) = labels.iter().find(|&&l| l != IGNORE && l as usize >= vocab) {
-            return Err(Error::invalid_argument(format!("label {bad} is outside the vocabulary of {vocab} (use IGNORE for positions that do not count)")));
+            return Err(Error::invalid_argument(format!(
+                "label {bad} is outside the vocabulary of {vocab} (use IGNORE for positions that do not count)"
+            )));
         }
         Ok(())
     }
@@ -143,7 +148,13 @@ impl LigerModel {
 
     /// The loss as [`LigerModel::loss`], and `grads += grad_scale * d(loss_sum)/d(LoRA)`.
     /// A non-finite loss is an error and leaves `grads` untouched.
-    pub fn forward_backward(&self, inputs: &[u32], labels: &[u32], grad_scale: f32, grads: &mut LoraGrads) -> Result<LossOutput> {
+    pub fn forward_backward(
+        &self,
+        inputs: &[u32],
+        labels: &[u32],
+        grad_scale: f32,
+        grads: &mut LoraGrads,
+    ) -> Result<LossOutput> {
         self.check_labels(inputs, labels)?;
         self.check()?;
         self.check_grads(grads)?;
@@ -161,7 +172,10 @@ impl LigerModel {
         let mut dh = vec![0.0f32; x.len()];
         let out = self.loss_of(&x, labels, grad_scale, Some(&mut dh)).1;
         if !out.loss_sum.is_finite() {
-            return Err(Error::new(ErrorCode::NonFiniteLoss, "the loss is not finite; lower the learning rate or check the data"));
+            return Err(Error::new(
+                ErrorCode::NonFiniteLoss,
+                "the loss is not finite; lower the learning rate or check the data",
+            ));
         }
         // Through the final norm, then back through the layers.
         let mut dx = vec![0.0f32; x.len()];
@@ -181,7 +195,16 @@ impl LigerModel {
     /// Back through one layer: from the gradient w.r.t. its output to the one w.r.t. its
     /// input, accumulating the adapters' gradients.
     #[allow(clippy::too_many_arguments)]
-    fn layer_backward(&self, layer: usize, tape: &LayerTape, x_in: &[f32], t: usize, inv_freq: &[f32], dx_out: &[f32], grads: &mut LoraGrads) -> Result<Vec<f32>> {
+    fn layer_backward(
+        &self,
+        layer: usize,
+        tape: &LayerTape,
+        x_in: &[f32],
+        t: usize,
+        inv_freq: &[f32],
+        dx_out: &[f32],
+        grads: &mut LoraGrads,
+    ) -> Result<Vec<f32>> {
         let c = &self.base.config;
         let (lw, lora) = (&self.base.weights.layers[layer], &self.lora.layers[layer]);
         let grads = &mut grads.layers[layer];
@@ -219,10 +242,13 @@ impl LigerModel {
             qkv.dk = dk;
         }
         let mut dh = vec![0.0f32; t * hs];
-        let parts = [(LoraTarget::Q, &lw.wq, &qkv.dq), (LoraTarget::K, &lw.wk, &qkv.dk), (LoraTarget::V, &lw.wv, &qkv.dv)];
+        let parts =
+            [(LoraTarget::Q, &lw.wq, &qkv.dq), (LoraTarget::K, &lw.wk, &qkv.dk), (LoraTarget::V, &lw.wv, &qkv.dv)];
         for (target, w, dy) in parts {
             add_dy_w(w, dy, t, &mut dh);
-            if let (Some(a), Some(g), Some(s)) = (lora.get(target), &mut grads[target.index()], &p.saved[target.index()]) {
+            if let (Some(a), Some(g), Some(s)) =
+                (lora.get(target), &mut grads[target.index()], &p.saved[target.index()])
+            {
                 a.backward(&tape.h, s, dy, t, g, &mut dh);
             }
         }
@@ -241,7 +267,9 @@ impl LigerModel {
                 })
             });
         if !fits {
-            return Err(Error::shape("the gradients do not fit this model's adapters; make them with new_lora_grads()"));
+            return Err(Error::shape(
+                "the gradients do not fit this model's adapters; make them with new_lora_grads()",
+            ));
         }
         Ok(())
     }

@@ -11,8 +11,8 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+pub use crate::train::loss::LossOutput;
 pub use backward::LoraGrads;
 pub use model::{linearize, LayerLora, LigerModel, LoraSet};
 pub use options::{LigerOptions, LoraOptions, LoraTarget};
 pub use state::{AttentionCache, LayerState, LigerState};
-pub use crate::train::loss::LossOutput;

@@ -121,7 +121,13 @@ pub(crate) struct LayerTape {
 }
 
 /// `W x (+ LoRA) (+ bias)` for `t` rows.
-fn project(w: &crate::QTensor, adapter: Option<&LoraAdapter>, bias: Option<&Vec<f32>>, h: &[f32], t: usize) -> (Vec<f32>, Option<LoraSaved>) {
+fn project(
+    w: &crate::QTensor,
+    adapter: Option<&LoraAdapter>,
+    bias: Option<&Vec<f32>>,
+    h: &[f32],
+    t: usize,
+) -> (Vec<f32>, Option<LoraSaved>) {
     let mut y = vec![0.0f32; t * w.rows];
     matmul_wt(w, h, t, &mut y);
     let saved = adapter.map(|a| a.forward_add(h, t, &mut y));
@@ -164,7 +170,11 @@ impl LigerModel {
         let c = &self.base.config;
         self.options.validate(c)?;
         if self.lora.layers.len() != c.num_layers {
-            return Err(Error::shape(format!("the LoRA set has {} layers; the model has {}", self.lora.layers.len(), c.num_layers)));
+            return Err(Error::shape(format!(
+                "the LoRA set has {} layers; the model has {}",
+                self.lora.layers.len(),
+                c.num_layers
+            )));
         }
         for (i, l) in self.lora.layers.iter().enumerate() {
             for target in LoraTarget::ALL {
@@ -174,7 +184,11 @@ impl LigerModel {
                     LoraTarget::O => (c.q_size(), c.hidden_size),
                 };
                 if let Some(a) = l.get(target) {
-                    if a.in_features != inp || a.out_features != out || a.a.len() != a.rank * inp || a.b.len() != out * a.rank {
+                    if a.in_features != inp
+                        || a.out_features != out
+                        || a.a.len() != a.rank * inp
+                        || a.b.len() != out * a.rank
+                    {
                         return Err(Error::shape(format!(
                             "layer {i} {}: the adapter is {}x{} of rank {}; the projection needs {inp} in, {out} out",
                             target.module_name(),
@@ -191,7 +205,15 @@ impl LigerModel {
 
     /// Runs layer `layer` on `x` (`t x hidden`, updated in place) after what `state` holds.
     /// With `keep`, returns what the backward pass needs.
-    pub(crate) fn layer_forward(&self, layer: usize, x: &mut [f32], t: usize, state: &mut LayerState, inv_freq: &[f32], keep: bool) -> Result<Option<LayerTape>> {
+    pub(crate) fn layer_forward(
+        &self,
+        layer: usize,
+        x: &mut [f32],
+        t: usize,
+        state: &mut LayerState,
+        inv_freq: &[f32],
+        keep: bool,
+    ) -> Result<Option<LayerTape>> {
         let c = &self.base.config;
         let lw = &self.base.weights.layers[layer];
         let lora = &self.lora.layers[layer];
@@ -206,7 +228,9 @@ impl LigerModel {
                 s.step(&self.options.attention, &proj.q, &proj.k, &proj.v, inv_freq, &mut o)?;
                 o
             }
-            LayerState::Liger(s) => liger_attention_forward(&self.options.attention, shape, &proj.q, &proj.k, &proj.v, inv_freq, s)?,
+            LayerState::Liger(s) => {
+                liger_attention_forward(&self.options.attention, shape, &proj.q, &proj.k, &proj.v, inv_freq, s)?
+            }
             LayerState::Softmax(cache) => softmax_attention(shape, &proj, inv_freq, cache)?,
         };
         let (y, saved_o) = project(&lw.wo, lora.o.as_ref(), None, &o, t);
@@ -296,7 +320,12 @@ impl LigerModel {
 }
 
 /// Full causal attention with RoPE over the cache and the new tokens; appends to the cache.
-fn softmax_attention(shape: HeadShape, p: &Projections, inv_freq: &[f32], cache: &mut AttentionCache) -> Result<Vec<f32>> {
+fn softmax_attention(
+    shape: HeadShape,
+    p: &Projections,
+    inv_freq: &[f32],
+    cache: &mut AttentionCache,
+) -> Result<Vec<f32>> {
     let pos = cache.keys.len() / (shape.hkv * shape.d);
     let (mut q, mut k) = (p.q.clone(), p.k.clone());
     apply_rope(&mut q, shape.hq, shape.d, inv_freq, pos, false);

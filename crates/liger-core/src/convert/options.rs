@@ -24,7 +24,9 @@ impl LigerOptions {
     /// keeps layers 7, 15 and 23 (about one in eight, like the paper's "-H" models).
     pub fn with_softmax_every(n: usize, num_layers: usize) -> Result<Self> {
         if n == 0 {
-            return Err(Error::invalid_argument("softmax_every must be at least 1 (1 keeps every layer as softmax attention; 8 is the paper's hybrid)"));
+            return Err(Error::invalid_argument(
+                "softmax_every must be at least 1 (1 keeps every layer as softmax attention; 8 is the paper's hybrid)",
+            ));
         }
         let softmax_layers = (0..num_layers).filter(|i| i % n == n - 1).collect();
         Ok(LigerOptions { attention: LigerAttentionConfig::default(), softmax_layers })

@@ -19,6 +19,8 @@ impl AttentionCache {
 
 /// One layer's decoding state.
 #[derive(Debug, Clone, PartialEq)]
+// One per layer, so the larger Liger variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum LayerState {
     Liger(LigerLayerState),
     Softmax(AttentionCache),
@@ -59,7 +61,12 @@ impl LigerState {
 
     /// Sets up the layers of a fresh state, or checks that an existing one has the model's
     /// layer kinds.
-    pub(crate) fn prepare(&mut self, attention: &LigerAttentionConfig, shape: HeadShape, is_softmax: &[bool]) -> Result<()> {
+    pub(crate) fn prepare(
+        &mut self,
+        attention: &LigerAttentionConfig,
+        shape: HeadShape,
+        is_softmax: &[bool],
+    ) -> Result<()> {
         if self.layers.is_empty() && self.position == 0 {
             for &softmax in is_softmax {
                 self.layers.push(if softmax {
@@ -73,7 +80,9 @@ impl LigerState {
         let same = self.layers.len() == is_softmax.len()
             && self.layers.iter().zip(is_softmax).all(|(l, &s)| matches!(l, LayerState::Softmax(_)) == s);
         if !same {
-            return Err(Error::shape("this decoding state belongs to a model with other layers; start it with the model's new_state()"));
+            return Err(Error::shape(
+                "this decoding state belongs to a model with other layers; start it with the model's new_state()",
+            ));
         }
         Ok(())
     }

@@ -104,10 +104,9 @@ pub fn arc(path: &Path) -> Result<Vec<McDoc>> {
                 texts.push(str_field(path, row, c, "text")?.to_string());
             }
             let key = str_field(path, row, &v, "answerKey")?;
-            let gold = labels
-                .iter()
-                .position(|l| l == key)
-                .ok_or_else(|| row_error(path, row, format!("answerKey {key:?} is not one of the labels {labels:?}")))?;
+            let gold = labels.iter().position(|l| l == key).ok_or_else(|| {
+                row_error(path, row, format!("answerKey {key:?} is not one of the labels {labels:?}"))
+            })?;
             Ok(McDoc::shared_context(format!("Question: {stem}\nAnswer:"), &texts, gold))
         })
         .collect()
@@ -124,7 +123,12 @@ pub fn piqa(path: &Path) -> Result<Vec<McDoc>> {
     if labels.len() != rows.len() {
         return Err(Error::invalid_file(
             labels_path.display(),
-            format!("{} labels for the {} rows of {}; the two files must match", labels.len(), rows.len(), path.display()),
+            format!(
+                "{} labels for the {} rows of {}; the two files must match",
+                labels.len(),
+                rows.len(),
+                path.display()
+            ),
         ));
     }
     rows.into_iter()
@@ -188,7 +192,11 @@ pub fn hellaswag_jsonl(path: &Path) -> Result<Vec<McDoc>> {
                 .and_then(Value::as_array)
                 .ok_or_else(|| row_error(path, row, "missing array \"endings\""))?
                 .iter()
-                .map(|e| e.as_str().map(hellaswag_preprocess).ok_or_else(|| row_error(path, row, "an ending is not a string")))
+                .map(|e| {
+                    e.as_str()
+                        .map(hellaswag_preprocess)
+                        .ok_or_else(|| row_error(path, row, "an ending is not a string"))
+                })
                 .collect::<Result<Vec<_>>>()?;
             let gold = check_gold(path, row, int_field(path, row, &v, "label")?, endings.len())?;
             let query = hellaswag_preprocess(&format!("{label}: {ctx_a} {}", python_capitalize(ctx_b)));
@@ -212,10 +220,9 @@ pub fn hellaswag_text(path: &Path) -> Result<Vec<McDoc>> {
         .enumerate()
         .map(|(i, item)| {
             let row = i * 6 + 2;
-            let gold: usize = item[1]
-                .trim()
-                .parse()
-                .map_err(|_| Error::invalid_file(path.display(), format!("line {row}: gold label {:?} is not 0-3", item[1])))?;
+            let gold: usize = item[1].trim().parse().map_err(|_| {
+                Error::invalid_file(path.display(), format!("line {row}: gold label {:?} is not 0-3", item[1]))
+            })?;
             let gold = check_gold(path, row, gold, 4).map_err(|e| e.context(format!("item {}", i + 1)))?;
             let endings: Vec<String> = item[2..].iter().map(|e| hellaswag_preprocess(e)).collect();
             Ok(McDoc::shared_context(hellaswag_preprocess(item[0]), &endings, gold))
@@ -240,7 +247,10 @@ pub fn winogrande(path: &Path) -> Result<Vec<McDoc>> {
             };
             let target = format!(" {}", sentence[blank + 1..].trim());
             Ok(McDoc {
-                requests: options.iter().map(|o| LoglikRequest::new(format!("{}{o}", &sentence[..blank]), target.clone())).collect(),
+                requests: options
+                    .iter()
+                    .map(|o| LoglikRequest::new(format!("{}{o}", &sentence[..blank]), target.clone()))
+                    .collect(),
                 choice_lengths: vec![target.chars().count() - 1; 2],
                 gold,
             })
@@ -317,7 +327,11 @@ pub fn mmlu_csv(path: &Path) -> Result<Vec<MmluQuestion>> {
         .enumerate()
         .map(|(i, r)| {
             if r.len() != 6 {
-                return Err(row_error(path, i + 1, format!("{} fields; expected question, A, B, C, D, answer", r.len())));
+                return Err(row_error(
+                    path,
+                    i + 1,
+                    format!("{} fields; expected question, A, B, C, D, answer", r.len()),
+                ));
             }
             let answer = ["A", "B", "C", "D"]
                 .iter()
@@ -341,7 +355,8 @@ fn mmlu_question_text(q: &MmluQuestion) -> String {
 /// The 5-shot MMLU prompt: description, the first five dev questions with their answers
 /// (separated by blank lines), then the question; choices " A".." D".
 pub fn mmlu_doc(subject: &str, dev: &[MmluQuestion], q: &MmluQuestion) -> McDoc {
-    let mut context = format!("The following are multiple choice questions (with answers) about {}.\n\n", subject.replace('_', " "));
+    let mut context =
+        format!("The following are multiple choice questions (with answers) about {}.\n\n", subject.replace('_', " "));
     for ex in dev.iter().take(5) {
         context.push_str(&mmlu_question_text(ex));
         context.push(' ');

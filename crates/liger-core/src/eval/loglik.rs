@@ -84,7 +84,10 @@ impl ScoreStats {
 /// The token put in front of an empty context: BOS, else EOS (lm-eval's `prefix_token_id`).
 pub fn prefix_token(tok: &Tokenizer) -> Result<u32> {
     tok.bos_id().or(tok.eos_id()).ok_or_else(|| {
-        Error::new(ErrorCode::MissingTokenizer, "the tokenizer has neither a BOS nor an EOS token to start an empty context with")
+        Error::new(
+            ErrorCode::MissingTokenizer,
+            "the tokenizer has neither a BOS nor an EOS token to start an empty context with",
+        )
     })
 }
 
@@ -108,7 +111,9 @@ pub fn encode_pair(tok: &Tokenizer, context: &str, continuation: &str, add_bos: 
         let split = context_enc.len().min(whole.len());
         continuation_enc = whole[split..].to_vec();
         if add_bos {
-            let bos = tok.bos_id().ok_or_else(|| Error::invalid_argument("add_bos is set but the tokenizer has no BOS token"))?;
+            let bos = tok
+                .bos_id()
+                .ok_or_else(|| Error::invalid_argument("add_bos is set but the tokenizer has no BOS token"))?;
             context_enc.insert(0, bos);
         }
     }
@@ -167,7 +172,10 @@ fn model_input(r: &TokenRequest, max_length: Option<usize>) -> Result<(Vec<u32>,
 pub(crate) fn score_row(row: &[f32], target: u32) -> Result<(f64, bool)> {
     let target = target as usize;
     if target >= row.len() {
-        return Err(Error::invalid_argument(format!("token id {target} is outside the model's vocabulary of {}", row.len())));
+        return Err(Error::invalid_argument(format!(
+            "token id {target} is outside the model's vocabulary of {}",
+            row.len()
+        )));
     }
     let (mut argmax, mut max) = (0usize, f32::NEG_INFINITY);
     for (i, &v) in row.iter().enumerate() {
@@ -226,7 +234,11 @@ pub fn score_tokens(
             }
             let scores = model.score_targets(input, &queries)?;
             if scores.len() != queries.len() {
-                return Err(Error::internal(format!("the model scored {} of {} positions", scores.len(), queries.len())));
+                return Err(Error::internal(format!(
+                    "the model scored {} of {} positions",
+                    scores.len(),
+                    queries.len()
+                )));
             }
             let mut out = Vec::with_capacity(members[u].len());
             let mut next = scores.iter();

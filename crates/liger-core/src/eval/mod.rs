@@ -32,9 +32,9 @@ use serde::{Deserialize, Serialize};
 pub use loglik::{encode_pair, loglikelihood, LoglikRequest, LoglikResult, ScoreStats};
 pub use passkey::{passkey_by_generation, passkey_by_loglikelihood, PasskeyOptions, PasskeyReport};
 pub use perplexity::{rolling_windows, PerplexityResult};
-pub use report::{compare, render_html, Comparison, EvalReport, TaskResult};
 #[cfg(not(target_arch = "wasm32"))]
 pub use report::write_json;
+pub use report::{compare, render_html, Comparison, EvalReport, TaskResult};
 pub use tasks::{run_task, Task, TASK_NAMES};
 
 /// A model that can be scored: logits after every token of a sequence.
@@ -59,7 +59,10 @@ pub trait ScoreModel: Sync {
             .iter()
             .map(|&(row, target)| match logits.get(row * vocab..(row + 1) * vocab) {
                 Some(r) => loglik::score_row(r, target),
-                None => Err(crate::error::Error::invalid_argument(format!("row {row} is past the {} scored tokens", tokens.len()))),
+                None => Err(crate::error::Error::invalid_argument(format!(
+                    "row {row} is past the {} scored tokens",
+                    tokens.len()
+                ))),
             })
             .collect()
     }

@@ -34,7 +34,13 @@ pub struct PasskeyOptions {
 
 impl Default for PasskeyOptions {
     fn default() -> Self {
-        PasskeyOptions { lengths: vec![1024, 2048, 4096, 8192], depths: vec![0.1, 0.3, 0.5, 0.7, 0.9], trials: 2, seed: 1234, corpus: None }
+        PasskeyOptions {
+            lengths: vec![1024, 2048, 4096, 8192],
+            depths: vec![0.1, 0.3, 0.5, 0.7, 0.9],
+            trials: 2,
+            seed: 1234,
+            corpus: None,
+        }
     }
 }
 
@@ -99,7 +105,13 @@ fn assemble(units: &[String], count: usize, at: usize, needle: &str) -> String {
 
 /// Builds a prompt of at most `length` tokens (as close to it as whole filler sentences allow)
 /// with `key` placed after `depth` of the filler.
-pub fn make_passkey_prompt(tok: &Tokenizer, length: usize, depth: f64, key: &str, units: &[String]) -> Result<PasskeyPrompt> {
+pub fn make_passkey_prompt(
+    tok: &Tokenizer,
+    length: usize,
+    depth: f64,
+    key: &str,
+    units: &[String],
+) -> Result<PasskeyPrompt> {
     if !(0.0..=1.0).contains(&depth) {
         return Err(Error::invalid_argument(format!("passkey depth must be in [0, 1], got {depth}")));
     }
@@ -192,10 +204,16 @@ pub fn passkey_by_generation<M: CausalLm>(model: &M, opts: &PasskeyOptions) -> R
 
 /// Scores each prompt by the log-likelihood of " {key}": correct when greedy decoding would
 /// produce every token of it.
-pub fn passkey_by_loglikelihood(model: &dyn ScoreModel, opts: &PasskeyOptions, eval: &EvalOptions) -> Result<PasskeyReport> {
+pub fn passkey_by_loglikelihood(
+    model: &dyn ScoreModel,
+    opts: &PasskeyOptions,
+    eval: &EvalOptions,
+) -> Result<PasskeyReport> {
     let grid = all_prompts(model.tokenizer(), opts)?;
-    let requests: Vec<LoglikRequest> =
-        grid.iter().flat_map(|(_, _, ps)| ps.iter().map(|p| LoglikRequest::new(p.text.clone(), format!(" {}", p.key)))).collect();
+    let requests: Vec<LoglikRequest> = grid
+        .iter()
+        .flat_map(|(_, _, ps)| ps.iter().map(|p| LoglikRequest::new(p.text.clone(), format!(" {}", p.key))))
+        .collect();
     let (results, _) = loglikelihood(model, &requests, eval, None)?;
     let mut at = 0;
     let cells = grid

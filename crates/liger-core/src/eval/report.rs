@@ -31,7 +31,14 @@ pub struct TaskResult {
 }
 
 impl TaskResult {
-    pub fn new(task: Task, source: &Path, n: usize, metrics: BTreeMap<String, f64>, warnings: Vec<String>, stats: ScoreStats) -> Self {
+    pub fn new(
+        task: Task,
+        source: &Path,
+        n: usize,
+        metrics: BTreeMap<String, f64>,
+        warnings: Vec<String>,
+        stats: ScoreStats,
+    ) -> Self {
         let (primary, higher) = task.primary_metric();
         TaskResult {
             task: task.name().to_string(),
@@ -67,7 +74,15 @@ pub struct EvalReport {
 
 impl EvalReport {
     pub fn new(model: impl Into<String>, options: EvalOptions) -> Self {
-        EvalReport { model: model.into(), options, tasks: Vec::new(), passkey: None, seconds: 0.0, tokens_processed: 0, tokens_per_second: 0.0 }
+        EvalReport {
+            model: model.into(),
+            options,
+            tasks: Vec::new(),
+            passkey: None,
+            seconds: 0.0,
+            tokens_processed: 0,
+            tokens_per_second: 0.0,
+        }
     }
 
     /// Adds a task's result and updates the totals.
@@ -122,7 +137,14 @@ pub fn compare(base: &EvalReport, linearized: &EvalReport) -> Result<Comparison>
         let Some(l) = linearized.task(&b.task) else { continue };
         let (Some(bv), Some(lv)) = (b.primary(), l.metrics.get(&b.primary_metric).copied()) else { continue };
         let recovery = if b.higher_is_better { lv / bv } else { bv / lv };
-        rows.push(ComparisonRow { task: b.task.clone(), metric: b.primary_metric.clone(), higher_is_better: b.higher_is_better, base: bv, linearized: lv, recovery });
+        rows.push(ComparisonRow {
+            task: b.task.clone(),
+            metric: b.primary_metric.clone(),
+            higher_is_better: b.higher_is_better,
+            base: bv,
+            linearized: lv,
+            recovery,
+        });
     }
     if rows.is_empty() {
         return Err(Error::invalid_argument(format!(
@@ -135,18 +157,35 @@ pub fn compare(base: &EvalReport, linearized: &EvalReport) -> Result<Comparison>
     let ratio_of_averages = (!acc.is_empty()).then(|| avg(&|r| r.linearized) / avg(&|r| r.base));
     let mean_of_ratios = (!acc.is_empty()).then(|| avg(&|r| r.recovery));
     let definitions = BTreeMap::from([
-        ("recovery".to_string(), "per task: linearized / base for accuracies, base / linearized for perplexities (1 = fully recovered)".to_string()),
-        ("ratioOfAverages".to_string(), "mean of the linearized scores / mean of the base scores, over the accuracy tasks".to_string()),
+        (
+            "recovery".to_string(),
+            "per task: linearized / base for accuracies, base / linearized for perplexities (1 = fully recovered)"
+                .to_string(),
+        ),
+        (
+            "ratioOfAverages".to_string(),
+            "mean of the linearized scores / mean of the base scores, over the accuracy tasks".to_string(),
+        ),
         ("meanOfRatios".to_string(), "mean of the per-task recovery ratios, over the accuracy tasks".to_string()),
     ]);
-    Ok(Comparison { base_model: base.model.clone(), linearized_model: linearized.model.clone(), rows, ratio_of_averages, mean_of_ratios, definitions })
+    Ok(Comparison {
+        base_model: base.model.clone(),
+        linearized_model: linearized.model.clone(),
+        rows,
+        ratio_of_averages,
+        mean_of_ratios,
+        definitions,
+    })
 }
 
 /// Writes `value` as pretty JSON, atomically (temporary file, then rename).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::internal(format!("serializing the report: {e}")))?;
-    crate::hf::fsutil::write_atomically(path, |w| std::io::Write::write_all(w, text.as_bytes()).map_err(|e| Error::io(path.display(), e)))
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::internal(format!("serializing the report: {e}")))?;
+    crate::hf::fsutil::write_atomically(path, |w| {
+        std::io::Write::write_all(w, text.as_bytes()).map_err(|e| Error::io(path.display(), e))
+    })
 }
 
 pub(crate) fn escape(s: &str) -> String {
@@ -184,7 +223,13 @@ fn bar_chart(reports: &[&EvalReport]) -> String {
     );
     for tick in 0..=4 {
         let y = top + height * (1.0 - tick as f64 / 4.0);
-        let _ = write!(svg, "<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"4\" y=\"{}\">{:.2}</text>", width - 10.0, y + 4.0, tick as f64 / 4.0);
+        let _ = write!(
+            svg,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\" stroke=\"#ddd\"/><text x=\"4\" y=\"{}\">{:.2}</text>",
+            width - 10.0,
+            y + 4.0,
+            tick as f64 / 4.0
+        );
     }
     for (ti, task) in tasks.iter().enumerate() {
         let x0 = left + gap / 2.0 + group * ti as f64;
@@ -202,11 +247,24 @@ fn bar_chart(reports: &[&EvalReport]) -> String {
                 fmt_value(v)
             );
         }
-        let _ = write!(svg, "<text x=\"{x0}\" y=\"{}\" transform=\"rotate(30 {x0} {})\">{}</text>", top + height + 14.0, top + height + 14.0, escape(task));
+        let _ = write!(
+            svg,
+            "<text x=\"{x0}\" y=\"{}\" transform=\"rotate(30 {x0} {})\">{}</text>",
+            top + height + 14.0,
+            top + height + 14.0,
+            escape(task)
+        );
     }
     for (mi, r) in reports.iter().enumerate() {
         let y = top + height + 60.0 + 18.0 * mi as f64;
-        let _ = write!(svg, "<rect x=\"{left}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{y}\">{}</text>", y - 10.0, COLORS[mi % COLORS.len()], left + 18.0, escape(&r.model));
+        let _ = write!(
+            svg,
+            "<rect x=\"{left}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{y}\">{}</text>",
+            y - 10.0,
+            COLORS[mi % COLORS.len()],
+            left + 18.0,
+            escape(&r.model)
+        );
     }
     svg.push_str("</svg>");
     svg
@@ -223,12 +281,27 @@ pub fn render_html(reports: &[&EvalReport], comparison: Option<&Comparison>) -> 
     );
     h.push_str(&bar_chart(reports));
     for r in reports {
-        let _ = write!(h, "<h2>{}</h2><p>{:.1} s, {} tokens, {:.1} tokens/s</p>", escape(&r.model), r.seconds, r.tokens_processed, r.tokens_per_second);
+        let _ = write!(
+            h,
+            "<h2>{}</h2><p>{:.1} s, {} tokens, {:.1} tokens/s</p>",
+            escape(&r.model),
+            r.seconds,
+            r.tokens_processed,
+            r.tokens_per_second
+        );
         h.push_str("<table><tr><th>task</th><th>n</th><th>metric</th><th>value</th><th>tokens/s</th></tr>");
         for t in &r.tasks {
             for (name, value) in t.metrics.iter().filter(|(k, _)| !k.contains('/')) {
                 let bold = if *name == t.primary_metric { " style=\"font-weight:bold\"" } else { "" };
-                let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{}</td><td{bold}>{}</td><td>{:.1}</td></tr>", escape(&t.task), t.n, escape(name), fmt_value(*value), t.tokens_per_second);
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td{bold}>{}</td><td>{:.1}</td></tr>",
+                    escape(&t.task),
+                    t.n,
+                    escape(name),
+                    fmt_value(*value),
+                    t.tokens_per_second
+                );
             }
         }
         h.push_str("</table>");
@@ -240,7 +313,14 @@ pub fn render_html(reports: &[&EvalReport], comparison: Option<&Comparison>) -> 
         if let Some(p) = &r.passkey {
             h.push_str("<h3>Passkey retrieval</h3><table><tr><th>length</th><th>depth</th><th>accuracy</th><th>trials</th></tr>");
             for c in &p.cells {
-                let _ = write!(h, "<tr><td>{}</td><td>{:.0}%</td><td>{}</td><td>{}</td></tr>", c.length, c.depth * 100.0, fmt_value(c.accuracy), c.trials);
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{:.0}%</td><td>{}</td><td>{}</td></tr>",
+                    c.length,
+                    c.depth * 100.0,
+                    fmt_value(c.accuracy),
+                    c.trials
+                );
             }
             h.push_str("</table>");
         }
@@ -248,9 +328,22 @@ pub fn render_html(reports: &[&EvalReport], comparison: Option<&Comparison>) -> 
     if let Some(c) = comparison {
         let _ = write!(h, "<h2>{} vs {}</h2><table><tr><th>task</th><th>metric</th><th>base</th><th>linearized</th><th>recovery</th></tr>", escape(&c.base_model), escape(&c.linearized_model));
         for row in &c.rows {
-            let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", escape(&row.task), escape(&row.metric), fmt_value(row.base), fmt_value(row.linearized), fmt_value(row.recovery));
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&row.task),
+                escape(&row.metric),
+                fmt_value(row.base),
+                fmt_value(row.linearized),
+                fmt_value(row.recovery)
+            );
         }
-        let _ = write!(h, "</table><p>ratio of averages: {} &middot; mean of ratios: {}</p><ul>", fmt_value(c.ratio_of_averages.unwrap_or(f64::NAN)), fmt_value(c.mean_of_ratios.unwrap_or(f64::NAN)));
+        let _ = write!(
+            h,
+            "</table><p>ratio of averages: {} &middot; mean of ratios: {}</p><ul>",
+            fmt_value(c.ratio_of_averages.unwrap_or(f64::NAN)),
+            fmt_value(c.mean_of_ratios.unwrap_or(f64::NAN))
+        );
         for (k, v) in &c.definitions {
             let _ = write!(h, "<li><b>{}</b>: {}</li>", escape(k), escape(v));
         }
@@ -264,5 +357,7 @@ pub fn render_html(reports: &[&EvalReport], comparison: Option<&Comparison>) -> 
 #[cfg(not(target_arch = "wasm32"))]
 pub fn write_html(path: &Path, reports: &[&EvalReport], comparison: Option<&Comparison>) -> Result<()> {
     let html = render_html(reports, comparison);
-    crate::hf::fsutil::write_atomically(path, |w| std::io::Write::write_all(w, html.as_bytes()).map_err(|e| Error::io(path.display(), e)))
+    crate::hf::fsutil::write_atomically(path, |w| {
+        std::io::Write::write_all(w, html.as_bytes()).map_err(|e| Error::io(path.display(), e))
+    })
 }

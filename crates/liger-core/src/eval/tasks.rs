@@ -26,7 +26,8 @@ pub enum Task {
 }
 
 /// Task names as lm-eval spells them, in the order [`Task::ALL`] lists them.
-pub const TASK_NAMES: [&str; 8] = ["arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "mmlu", "lambada_openai", "wikitext"];
+pub const TASK_NAMES: [&str; 8] =
+    ["arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "mmlu", "lambada_openai", "wikitext"];
 
 impl Task {
     pub const ALL: [Task; 8] = [
@@ -146,11 +147,21 @@ fn insert_mean(metrics: &mut BTreeMap<String, f64>, name: &str, values: &[f64]) 
 }
 
 /// Runs one task on the file (or, for MMLU, the folder) at `path`.
-pub fn run_task(model: &dyn ScoreModel, task: Task, path: &Path, opts: &EvalOptions, progress: Option<Progress>) -> Result<TaskResult> {
+pub fn run_task(
+    model: &dyn ScoreModel,
+    task: Task,
+    path: &Path,
+    opts: &EvalOptions,
+    progress: Option<Progress>,
+) -> Result<TaskResult> {
     if !path.exists() {
         return Err(Error::new(
             ErrorCode::Io,
-            format!("{}: no such file or directory; point {} at its data (see Task::default_path)", path.display(), task.name()),
+            format!(
+                "{}: no such file or directory; point {} at its data (see Task::default_path)",
+                path.display(),
+                task.name()
+            ),
         ));
     }
     let mut metrics = BTreeMap::new();
@@ -193,10 +204,16 @@ pub fn run_task(model: &dyn ScoreModel, task: Task, path: &Path, opts: &EvalOpti
             let docs = subset(wikitext::documents(&raw), opts.limit, opts.seed);
             let scored: Vec<ScoredText> = docs
                 .iter()
-                .map(|page| ScoredText { text: wikitext::detokenize(page), words: wikitext::count_words(page), bytes: page.len() })
+                .map(|page| ScoredText {
+                    text: wikitext::detokenize(page),
+                    words: wikitext::count_words(page),
+                    bytes: page.len(),
+                })
                 .collect();
             let window = opts.perplexity_window.or(opts.effective_max_length(model)).ok_or_else(|| {
-                Error::invalid_argument("the model has no length limit: set perplexity_window (or max_length) for wikitext")
+                Error::invalid_argument(
+                    "the model has no length limit: set perplexity_window (or max_length) for wikitext",
+                )
             })?;
             let ppl = rolling_perplexity(model, &scored, window, progress)?;
             metrics.insert("word_perplexity".into(), ppl.word_perplexity);
@@ -208,7 +225,10 @@ pub fn run_task(model: &dyn ScoreModel, task: Task, path: &Path, opts: &EvalOpti
         }
     };
     if stats.truncated > 0 {
-        warnings.push(format!("{} of {} requests were longer than max_length and were cut from the left", stats.truncated, stats.requests));
+        warnings.push(format!(
+            "{} of {} requests were longer than max_length and were cut from the left",
+            stats.truncated, stats.requests
+        ));
     }
     Ok(TaskResult::new(task, path, n, metrics, warnings, stats))
 }
@@ -232,16 +252,23 @@ fn run_mmlu(
         .collect();
     subjects.sort();
     if subjects.is_empty() {
-        return Err(Error::invalid_file(test_dir.display(), "no <subject>_test.csv files; expected MMLU's data/test folder"));
+        return Err(Error::invalid_file(
+            test_dir.display(),
+            "no <subject>_test.csv files; expected MMLU's data/test folder",
+        ));
     }
     let mut docs = Vec::new();
     let mut spans = Vec::new();
     for subject in &subjects {
         let dev = formats::mmlu_csv(&dir.join("dev").join(format!("{subject}_dev.csv")))?;
         if dev.len() < 5 {
-            return Err(Error::invalid_file(dir.join("dev").join(format!("{subject}_dev.csv")).display(), "fewer than 5 rows for the 5-shot prompt"));
+            return Err(Error::invalid_file(
+                dir.join("dev").join(format!("{subject}_dev.csv")).display(),
+                "fewer than 5 rows for the 5-shot prompt",
+            ));
         }
-        let questions = subset(formats::mmlu_csv(&test_dir.join(format!("{subject}_test.csv")))?, opts.limit, opts.seed);
+        let questions =
+            subset(formats::mmlu_csv(&test_dir.join(format!("{subject}_test.csv")))?, opts.limit, opts.seed);
         spans.push((subject, docs.len(), docs.len() + questions.len()));
         docs.extend(questions.iter().map(|q| formats::mmlu_doc(subject, &dev, q)));
     }

@@ -215,7 +215,10 @@ impl GgufFile {
 
     fn require(&self, key: &str) -> Result<&GgufValue> {
         self.get(key).ok_or_else(|| {
-            Error::invalid_file(&self.name, format!("metadata key `{key}` is missing; the file was not written for this use or is incomplete"))
+            Error::invalid_file(
+                &self.name,
+                format!("metadata key `{key}` is missing; the file was not written for this use or is incomplete"),
+            )
         })
     }
 
@@ -259,17 +262,13 @@ impl GgufFile {
 
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
         let arr = self.get_array(key)?;
-        arr.iter()
-            .map(|v| v.as_str().ok_or_else(|| self.wrong_type(key, "an array of strings", v)))
-            .collect()
+        arr.iter().map(|v| v.as_str().ok_or_else(|| self.wrong_type(key, "an array of strings", v))).collect()
     }
 
     /// An array of any integer type (each value must fit in i64).
     pub fn get_i64_array(&self, key: &str) -> Result<Vec<i64>> {
         let arr = self.get_array(key)?;
-        arr.iter()
-            .map(|v| v.as_i64().ok_or_else(|| self.wrong_type(key, "an array of integers", v)))
-            .collect()
+        arr.iter().map(|v| v.as_i64().ok_or_else(|| self.wrong_type(key, "an array of integers", v))).collect()
     }
 
     /// The directory entry of a tensor.
@@ -284,7 +283,10 @@ impl GgufFile {
     /// The raw stored bytes of a tensor (shared with the file, no copy).
     pub fn tensor_bytes(&self, name: &str) -> Result<ByteView> {
         let info = self.tensor_info(name).ok_or_else(|| {
-            Error::invalid_file(&self.name, format!("tensor `{name}` is missing; the file does not hold the expected model"))
+            Error::invalid_file(
+                &self.name,
+                format!("tensor `{name}` is missing; the file does not hold the expected model"),
+            )
         })?;
         // Offsets and sizes were checked against the data section when the file was read.
         self.data.slice(info.offset as usize, info.num_bytes())

@@ -36,17 +36,22 @@ fn read_config(f: &GgufFile) -> Result<ModelConfig> {
     let optional = |key: &str| f.get(&format!("llama.{key}")).is_some();
     let hidden_size = usize_key("embedding_length")?;
     let num_heads = usize_key("attention.head_count")?;
-    let num_kv_heads = if optional("attention.head_count_kv") { usize_key("attention.head_count_kv")? } else { num_heads };
+    let num_kv_heads =
+        if optional("attention.head_count_kv") { usize_key("attention.head_count_kv")? } else { num_heads };
     if num_heads == 0 {
         return Err(Error::invalid_file(f.name(), "llama.attention.head_count is 0"));
     }
-    let head_dim = if optional("attention.key_length") { usize_key("attention.key_length")? } else { hidden_size / num_heads };
+    let head_dim =
+        if optional("attention.key_length") { usize_key("attention.key_length")? } else { hidden_size / num_heads };
     if optional("rope.dimension_count") {
         let rope_dims = usize_key("rope.dimension_count")?;
         if rope_dims != head_dim {
             return Err(Error::new(
                 ErrorCode::UnsupportedArchitecture,
-                format!("{}: RoPE over {rope_dims} of {head_dim} head dimensions (partial rotary) is not supported", f.name()),
+                format!(
+                    "{}: RoPE over {rope_dims} of {head_dim} head dimensions (partial rotary) is not supported",
+                    f.name()
+                ),
             ));
         }
     }
@@ -64,7 +69,9 @@ fn read_config(f: &GgufFile) -> Result<ModelConfig> {
             None => Ok(None),
             Some(_) => {
                 let v = f.get_u64(key)?;
-                u32::try_from(v).map(Some).map_err(|_| Error::invalid_file(f.name(), format!("{key} = {v} is not a token id")))
+                u32::try_from(v)
+                    .map(Some)
+                    .map_err(|_| Error::invalid_file(f.name(), format!("{key} = {v} is not a token id")))
             }
         }
     };
@@ -180,7 +187,8 @@ fn read_weights(f: &GgufFile, c: &ModelConfig) -> Result<ModelWeights> {
                 None => Ok(None),
                 Some(b) => {
                     let t = QTensor::from_f32(b.len(), 1, b);
-                    let t = permute_qk_rows_from_gguf(&t, c.head_dim).map_err(|e| e.context(format!("{}: {}", f.name(), name(s))))?;
+                    let t = permute_qk_rows_from_gguf(&t, c.head_dim)
+                        .map_err(|e| e.context(format!("{}: {}", f.name(), name(s))))?;
                     Ok(Some(t.to_f32().into_owned()))
                 }
             }

@@ -63,7 +63,8 @@ impl<'a> Cursor<'a> {
     fn count(&mut self, min_item_bytes: usize, what: &str) -> Result<usize> {
         let at = self.pos;
         let n = self.u64(what)?;
-        let fits = usize::try_from(n).ok().and_then(|n| n.checked_mul(min_item_bytes)).is_some_and(|b| b <= self.remaining());
+        let fits =
+            usize::try_from(n).ok().and_then(|n| n.checked_mul(min_item_bytes)).is_some_and(|b| b <= self.remaining());
         if !fits {
             return Err(corrupt(format!(
                 "{what} at byte {at} is {n}, more than the {} bytes left in the file can hold; the file is corrupt",
@@ -123,8 +124,8 @@ fn min_value_bytes(type_id: u32) -> Option<usize> {
         0 | 1 | 7 => 1,
         2 | 3 => 2,
         4..=6 => 4,
-        8 => 8,      // the length prefix of a string
-        9 => 4 + 8,  // element type and count of a nested array
+        8 => 8,     // the length prefix of a string
+        9 => 4 + 8, // element type and count of a nested array
         10..=12 => 8,
         _ => return None,
     })
@@ -217,14 +218,16 @@ fn check_tensor_extent(t: &GgufTensorInfo, alignment: usize, data_len: usize) ->
         numel = usize::try_from(d).ok().and_then(|d| numel.checked_mul(d)).ok_or_else(too_large)?;
     }
     let cols = usize::try_from(t.dims[0]).map_err(|_| too_large())?;
-    let row_bytes = t.ty.bytes_for(cols).map_err(|e| {
-        Error::new(ErrorCode::InvalidFile, format!("tensor `{name}`: {}", e.message))
-    })?;
+    let row_bytes =
+        t.ty.bytes_for(cols)
+            .map_err(|e| Error::new(ErrorCode::InvalidFile, format!("tensor `{name}`: {}", e.message)))?;
     let rows = numel.checked_div(cols).unwrap_or(0);
     let size = row_bytes.checked_mul(rows).ok_or_else(too_large)?;
     let offset = usize::try_from(t.offset).map_err(|_| too_large())?;
     if offset % alignment != 0 {
-        return Err(corrupt(format!("tensor `{name}`: data offset {offset} is not a multiple of the alignment {alignment}")));
+        return Err(corrupt(format!(
+            "tensor `{name}`: data offset {offset} is not a multiple of the alignment {alignment}"
+        )));
     }
     match offset.checked_add(size) {
         Some(end) if end <= data_len => Ok(()),

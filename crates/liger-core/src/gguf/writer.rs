@@ -63,9 +63,13 @@ impl GgufWriter {
     /// Adds a tensor from its stored bytes. `dims` are innermost first (`[cols, rows]`).
     pub fn add_tensor(&mut self, name: &str, dims: &[u64], ty: GgmlType, bytes: Vec<u8>) -> Result<()> {
         if dims.is_empty() || dims.len() > 4 {
-            return Err(Error::invalid_argument(format!("tensor `{name}`: GGUF tensors have 1 to 4 dimensions, got {}", dims.len())));
+            return Err(Error::invalid_argument(format!(
+                "tensor `{name}`: GGUF tensors have 1 to 4 dimensions, got {}",
+                dims.len()
+            )));
         }
-        let cols = usize::try_from(dims[0]).map_err(|_| Error::invalid_argument(format!("tensor `{name}` is too large")))?;
+        let cols =
+            usize::try_from(dims[0]).map_err(|_| Error::invalid_argument(format!("tensor `{name}` is too large")))?;
         let rows = dims[1..]
             .iter()
             .try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)))

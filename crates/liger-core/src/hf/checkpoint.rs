@@ -51,11 +51,17 @@ const INDEX_FILE: &str = "model.safetensors.index.json";
 pub fn load_hf_dir(dir: &Path) -> Result<HfCheckpoint> {
     let meta = fs::metadata(dir).map_err(|e| Error::io(dir.display(), e))?;
     if !meta.is_dir() {
-        return Err(Error::invalid_argument(format!("{}: is not a directory (expected a Hugging Face checkpoint directory)", dir.display())));
+        return Err(Error::invalid_argument(format!(
+            "{}: is not a directory (expected a Hugging Face checkpoint directory)",
+            dir.display()
+        )));
     }
     let config_path = dir.join(CONFIG);
     if !config_path.is_file() {
-        return Err(Error::invalid_file(dir.display(), "no config.json: this is not a Hugging Face checkpoint directory"));
+        return Err(Error::invalid_file(
+            dir.display(),
+            "no config.json: this is not a Hugging Face checkpoint directory",
+        ));
     }
     let config_source = config_path.display().to_string();
     let raw_config = read_json(&config_path)?;
@@ -76,7 +82,8 @@ fn read_text(path: &Path) -> Result<String> {
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    serde_json::from_str(&read_text(path)?).map_err(|e| Error::invalid_file(path.display(), format!("not valid JSON: {e}")))
+    serde_json::from_str(&read_text(path)?)
+        .map_err(|e| Error::invalid_file(path.display(), format!("not valid JSON: {e}")))
 }
 
 /// Instruct models often list their end-of-turn tokens only in `generation_config.json`;
@@ -93,7 +100,8 @@ fn merge_generation_eos(dir: &Path, config: &mut ModelConfig) -> Result<()> {
         None => Vec::new(),
     };
     for id in ids {
-        let id = u32::try_from(id).map_err(|_| Error::invalid_file(path.display(), format!("eos_token_id {id} is out of range")))?;
+        let id = u32::try_from(id)
+            .map_err(|_| Error::invalid_file(path.display(), format!("eos_token_id {id} is out of range")))?;
         if !config.eos_token_ids.contains(&id) {
             config.eos_token_ids.push(id);
         }
@@ -130,7 +138,9 @@ fn read_chat_template(dir: &Path) -> Result<Option<String>> {
                 if item.get("name").and_then(Value::as_str) == Some("default") {
                     return match item.get("template").and_then(Value::as_str) {
                         Some(t) => Ok(Some(t.to_string())),
-                        None => Err(Error::invalid_file(shown, "the \"default\" chat template has no \"template\" string")),
+                        None => {
+                            Err(Error::invalid_file(shown, "the \"default\" chat template has no \"template\" string"))
+                        }
                     };
                 }
             }
@@ -165,7 +175,12 @@ impl TensorSource {
         let shown = index.display().to_string();
         let weight_map = match read_json(&index)?.get("weight_map") {
             Some(Value::Object(m)) => m.clone(),
-            _ => return Err(Error::invalid_file(&shown, "\"weight_map\" (tensor name -> shard file) is missing or not an object")),
+            _ => {
+                return Err(Error::invalid_file(
+                    &shown,
+                    "\"weight_map\" (tensor name -> shard file) is missing or not an object",
+                ))
+            }
         };
         let mut shard_index: BTreeMap<String, usize> = BTreeMap::new();
         let mut files = Vec::new();
@@ -174,13 +189,21 @@ impl TensorSource {
             let shard = shard
                 .as_str()
                 .filter(|s| !s.is_empty() && Path::new(s).file_name() == Some(std::ffi::OsStr::new(s)))
-                .ok_or_else(|| Error::invalid_file(&shown, format!("tensor \"{tensor}\": shard must be a file name in the same directory, found {shard}")))?;
+                .ok_or_else(|| {
+                    Error::invalid_file(
+                        &shown,
+                        format!("tensor \"{tensor}\": shard must be a file name in the same directory, found {shard}"),
+                    )
+                })?;
             let i = match shard_index.get(shard) {
                 Some(&i) => i,
                 None => {
                     let path = dir.join(shard);
                     if !path.is_file() {
-                        return Err(Error::invalid_file(&shown, format!("shard \"{shard}\" (holding \"{tensor}\") does not exist")));
+                        return Err(Error::invalid_file(
+                            &shown,
+                            format!("shard \"{shard}\" (holding \"{tensor}\") does not exist"),
+                        ));
                     }
                     files.push(SafetensorsFile::open(&path)?);
                     shard_index.insert(shard.to_string(), files.len() - 1);
@@ -188,7 +211,10 @@ impl TensorSource {
                 }
             };
             if !files[i].contains(tensor) {
-                return Err(Error::invalid_file(&shown, format!("the index puts tensor \"{tensor}\" in \"{shard}\", which does not hold it")));
+                return Err(Error::invalid_file(
+                    &shown,
+                    format!("the index puts tensor \"{tensor}\" in \"{shard}\", which does not hold it"),
+                ));
             }
             location.insert(tensor.clone(), i);
         }
@@ -231,7 +257,11 @@ fn read_weights(src: &TensorSource, c: &ModelConfig) -> Result<ModelWeights> {
         let attn_norm = vec("input_layernorm.weight")?;
         let ffn_norm = vec("post_attention_layernorm.weight")?;
         let (bq, bk, bv) = if c.attention_bias {
-            (Some(vec("self_attn.q_proj.bias")?), Some(vec("self_attn.k_proj.bias")?), Some(vec("self_attn.v_proj.bias")?))
+            (
+                Some(vec("self_attn.q_proj.bias")?),
+                Some(vec("self_attn.k_proj.bias")?),
+                Some(vec("self_attn.v_proj.bias")?),
+            )
         } else {
             (None, None, None)
         };
@@ -266,11 +296,8 @@ fn read_weights(src: &TensorSource, c: &ModelConfig) -> Result<ModelWeights> {
 
     // A tensor we do not use means the file and config.json disagree (say, biases present
     // but the config names an architecture without them): running would silently be wrong.
-    let mut unused: Vec<&String> = src
-        .location
-        .keys()
-        .filter(|n| !used.contains(*n) && !n.ends_with(".rotary_emb.inv_freq"))
-        .collect();
+    let mut unused: Vec<&String> =
+        src.location.keys().filter(|n| !used.contains(*n) && !n.ends_with(".rotary_emb.inv_freq")).collect();
     if !unused.is_empty() {
         unused.sort();
         let shown: Vec<&str> = unused.iter().take(5).map(|s| s.as_str()).collect();
@@ -291,8 +318,14 @@ fn read_weights(src: &TensorSource, c: &ModelConfig) -> Result<ModelWeights> {
 
 /// The tensors of a model under their Hugging Face names, in the order they are written.
 fn named_tensors<'a>(c: &ModelConfig, w: &'a ModelWeights, dtype: SaveDtype) -> Vec<OutTensor<'a>> {
-    let mat = |name: String, t: &'a QTensor| OutTensor { name, shape: vec![t.rows, t.cols], dtype, values: TensorValues::Matrix(t) };
-    let vec = |name: String, v: &'a [f32]| OutTensor { name, shape: vec![v.len()], dtype, values: TensorValues::F32(v) };
+    let mat = |name: String, t: &'a QTensor| OutTensor {
+        name,
+        shape: vec![t.rows, t.cols],
+        dtype,
+        values: TensorValues::Matrix(t),
+    };
+    let vec =
+        |name: String, v: &'a [f32]| OutTensor { name, shape: vec![v.len()], dtype, values: TensorValues::F32(v) };
     let mut out = vec![mat("model.embed_tokens.weight".into(), &w.embed)];
     for (i, l) in w.layers.iter().enumerate() {
         let p = layer_prefix(i);
@@ -301,7 +334,13 @@ fn named_tensors<'a>(c: &ModelConfig, w: &'a ModelWeights, dtype: SaveDtype) -> 
         out.push(mat(format!("{p}.self_attn.k_proj.weight"), &l.wk));
         out.push(mat(format!("{p}.self_attn.v_proj.weight"), &l.wv));
         out.push(mat(format!("{p}.self_attn.o_proj.weight"), &l.wo));
-        for (name, b) in [("q_proj.bias", &l.bq), ("k_proj.bias", &l.bk), ("v_proj.bias", &l.bv), ("q_norm.weight", &l.q_norm), ("k_norm.weight", &l.k_norm)] {
+        for (name, b) in [
+            ("q_proj.bias", &l.bq),
+            ("k_proj.bias", &l.bk),
+            ("v_proj.bias", &l.bv),
+            ("q_norm.weight", &l.q_norm),
+            ("k_norm.weight", &l.k_norm),
+        ] {
             if let Some(b) = b {
                 out.push(vec(format!("{p}.self_attn.{name}"), b));
             }
@@ -321,7 +360,13 @@ fn named_tensors<'a>(c: &ModelConfig, w: &'a ModelWeights, dtype: SaveDtype) -> 
 
 /// Saves a checkpoint directory that `transformers` loads, atomically (see
 /// [`save_hf_dir_with_shard_size`]). Weights larger than 4 GB are sharded with an index.
-pub fn save_hf_dir(dir: &Path, config: &ModelConfig, weights: &ModelWeights, files: &HfExtraFiles, dtype: SaveDtype) -> Result<()> {
+pub fn save_hf_dir(
+    dir: &Path,
+    config: &ModelConfig,
+    weights: &ModelWeights,
+    files: &HfExtraFiles,
+    dtype: SaveDtype,
+) -> Result<()> {
     save_hf_dir_with_shard_size(dir, config, weights, files, dtype, DEFAULT_MAX_SHARD_BYTES)
 }
 
@@ -344,7 +389,9 @@ pub fn save_hf_dir_with_shard_size(
         ));
     }
     if matches!(files.extra_config, Some(ref v) if !v.is_object()) {
-        return Err(Error::invalid_argument("extra_config must be a JSON object (its entries are added to config.json)"));
+        return Err(Error::invalid_argument(
+            "extra_config must be a JSON object (its entries are added to config.json)",
+        ));
     }
     if max_shard_bytes == 0 {
         return Err(Error::invalid_argument("max_shard_bytes must be positive"));
@@ -360,7 +407,8 @@ pub fn save_hf_dir_with_shard_size(
             write_file(&tmp.join("tokenizer.json"), tok.as_bytes())?;
         }
         if files.tokenizer_json.is_some() || files.chat_template.is_some() {
-            let mut tok_cfg = tokenizer_config(config, files.tokenizer_json.as_deref(), files.chat_template.as_deref())?;
+            let mut tok_cfg =
+                tokenizer_config(config, files.tokenizer_json.as_deref(), files.chat_template.as_deref())?;
             if let Some(add) = files.add_bos_token {
                 tok_cfg["add_bos_token"] = json!(add);
             }

@@ -24,11 +24,22 @@ struct Defaults {
 
 fn defaults(arch: Architecture) -> Defaults {
     match arch {
-        Architecture::Llama => Defaults { max_position_embeddings: 2048, head_dim: None, bos_token_id: Some(1), eos_token_id: Some(2) },
-        Architecture::Mistral => Defaults { max_position_embeddings: 4096 * 32, head_dim: None, bos_token_id: Some(1), eos_token_id: Some(2) },
-        Architecture::Qwen2 => Defaults { max_position_embeddings: 32768, head_dim: None, bos_token_id: None, eos_token_id: None },
+        Architecture::Llama => {
+            Defaults { max_position_embeddings: 2048, head_dim: None, bos_token_id: Some(1), eos_token_id: Some(2) }
+        }
+        Architecture::Mistral => Defaults {
+            max_position_embeddings: 4096 * 32,
+            head_dim: None,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+        },
+        Architecture::Qwen2 => {
+            Defaults { max_position_embeddings: 32768, head_dim: None, bos_token_id: None, eos_token_id: None }
+        }
         // Qwen3Config is the one class whose head_dim does not follow from the hidden size.
-        Architecture::Qwen3 => Defaults { max_position_embeddings: 32768, head_dim: Some(128), bos_token_id: None, eos_token_id: None },
+        Architecture::Qwen3 => {
+            Defaults { max_position_embeddings: 32768, head_dim: Some(128), bos_token_id: None, eos_token_id: None }
+        }
     }
 }
 // Shared by all four classes: rope_theta 10000, rms_norm_eps 1e-6, tie_word_embeddings false,
@@ -47,16 +58,14 @@ fn class_name(arch: Architecture) -> &'static str {
 
 /// Reads the text of a `config.json`; `source` (usually the file's path) prefixes every error.
 pub fn parse_config(json: &str, source: &str) -> Result<ModelConfig> {
-    let value: Value =
-        serde_json::from_str(json).map_err(|e| Error::invalid_file(source, format!("config is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(json)
+        .map_err(|e| Error::invalid_file(source, format!("config is not valid JSON: {e}")))?;
     config_from_value(&value, source)
 }
 
 /// Like [`parse_config`], for an already parsed JSON value.
 pub fn config_from_value(value: &Value, source: &str) -> Result<ModelConfig> {
-    let obj = value
-        .as_object()
-        .ok_or_else(|| Error::invalid_file(source, "config must be a JSON object"))?;
+    let obj = value.as_object().ok_or_else(|| Error::invalid_file(source, "config must be a JSON object"))?;
     let keys = Keys { obj, source };
     let arch = architecture(&keys)?;
     let d = defaults(arch);
@@ -128,9 +137,7 @@ fn architecture(keys: &Keys) -> Result<Architecture> {
     };
     match keys.obj.get("architectures") {
         Some(Value::Array(list)) if !list.is_empty() => {
-            let name = list[0]
-                .as_str()
-                .ok_or_else(|| keys.bad("architectures", "a list of class names", &list[0]))?;
+            let name = list[0].as_str().ok_or_else(|| keys.bad("architectures", "a list of class names", &list[0]))?;
             from_class(name).ok_or_else(|| unsupported(name))
         }
         Some(Value::Array(_)) | Some(Value::Null) | None => match keys.str("model_type")? {
@@ -274,7 +281,9 @@ impl<'a> Keys<'a> {
     fn usize(&self, key: &str) -> Result<Option<usize>> {
         let Some(v) = self.get(key) else { return Ok(None) };
         // Some writers store integers as floats (4096.0); accept those when whole.
-        let n = v.as_u64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 2f64.powi(53)).map(|f| f as u64));
+        let n = v
+            .as_u64()
+            .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 2f64.powi(53)).map(|f| f as u64));
         match n.and_then(|n| usize::try_from(n).ok()) {
             Some(n) => Ok(Some(n)),
             None => Err(self.bad(key, "a non-negative integer", v)),

@@ -29,7 +29,11 @@ pub(crate) fn temp_sibling(path: &Path, tag: &str) -> Result<PathBuf> {
 pub(crate) fn write_atomically(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     let temp = temp_sibling(path, "tmp")?;
     let result = (|| {
-        let file = fs::OpenOptions::new().write(true).create_new(true).open(&temp).map_err(|e| Error::io(temp.display(), e))?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|e| Error::io(temp.display(), e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         write(&mut out)?;
         let file = out.into_inner().map_err(|e| Error::io(temp.display(), e.into_error()))?;
@@ -102,7 +106,7 @@ pub fn check_replaceable_dir(dir: &Path) -> Result<()> {
         let ours = is_file
             && (name == MANIFEST
                 || match &listed {
-                    Some(names) => names.iter().any(|n| *n == name),
+                    Some(names) => names.contains(&name),
                     None => is_legacy_checkpoint_file(&name),
                 });
         if !ours {
@@ -131,7 +135,10 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
     fs::create_dir(&probe).map_err(|e| {
         Error::io(
             dir.display(),
-            std::io::Error::new(e.kind(), format!("cannot create the output folder here ({e}); choose a writable location")),
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot create the output folder here ({e}); choose a writable location"),
+            ),
         )
     })?;
     let _ = fs::remove_dir(&probe);

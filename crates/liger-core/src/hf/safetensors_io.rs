@@ -122,9 +122,7 @@ impl SafetensorsFile {
     }
 
     fn entry(&self, name: &str) -> Result<&TensorEntry> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| Error::invalid_file(&self.name, format!("tensor \"{name}\" is missing")))
+        self.tensors.get(name).ok_or_else(|| Error::invalid_file(&self.name, format!("tensor \"{name}\" is missing")))
     }
 
     /// The storage type of a tensor; only floating-point tensors are weights.

@@ -17,7 +17,9 @@
 use super::config::{HeadShape, MixerConfig, MixerKind};
 use super::mixer::{self, MixerState, QkvGrads, DEFAULT_CHUNK_SIZE};
 use super::rope::apply_rope;
-use super::surprise::{surprise_attention_backward, surprise_kept, surprise_score_step, surprise_scores, SurpriseMemory, MAX_SURPRISE_KEYS};
+use super::surprise::{
+    surprise_attention_backward, surprise_kept, surprise_score_step, surprise_scores, SurpriseMemory, MAX_SURPRISE_KEYS,
+};
 use super::swa::{self, SwaCache, Window, DEFAULT_WINDOW_KEYS};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -48,7 +50,16 @@ pub struct LigerAttentionConfig {
 
 impl Default for LigerAttentionConfig {
     fn default() -> Self {
-        LigerAttentionConfig { mixer: MixerConfig::default(), window_keys: DEFAULT_WINDOW_KEYS, sink_keys: 0, use_swa: true, grm_norm: false, surprise_keys: 0, alpha: 0.5, beta: 0.5 }
+        LigerAttentionConfig {
+            mixer: MixerConfig::default(),
+            window_keys: DEFAULT_WINDOW_KEYS,
+            sink_keys: 0,
+            use_swa: true,
+            grm_norm: false,
+            surprise_keys: 0,
+            alpha: 0.5,
+            beta: 0.5,
+        }
     }
 }
 
@@ -70,22 +81,35 @@ impl LigerAttentionConfig {
             return Err(Error::invalid_argument("window_keys must be at least 1 (65 is the reference's window)"));
         }
         if self.grm_norm && self.mixer.kind == MixerKind::Gsa {
-            return Err(Error::invalid_argument("grm_norm does not apply to gsa: its slot read-out is already a softmax"));
+            return Err(Error::invalid_argument(
+                "grm_norm does not apply to gsa: its slot read-out is already a softmax",
+            ));
         }
         if self.surprise_keys > 0 && self.mixer.kind == MixerKind::Gsa {
             return Err(Error::invalid_argument("surprise_keys does not apply to gsa: its slot read-out cannot score how well a key's value is recalled"));
         }
         if self.surprise_keys > 0 && !self.use_swa {
-            return Err(Error::invalid_argument("surprise_keys needs the sliding-window branch (use_swa): the cached tokens are attended there"));
+            return Err(Error::invalid_argument(
+                "surprise_keys needs the sliding-window branch (use_swa): the cached tokens are attended there",
+            ));
         }
         if self.surprise_keys > MAX_SURPRISE_KEYS {
-            return Err(Error::invalid_argument(format!("surprise_keys must be at most {MAX_SURPRISE_KEYS}, got {}", self.surprise_keys)));
+            return Err(Error::invalid_argument(format!(
+                "surprise_keys must be at most {MAX_SURPRISE_KEYS}, got {}",
+                self.surprise_keys
+            )));
         }
         if self.sink_keys > MAX_SINK_KEYS {
-            return Err(Error::invalid_argument(format!("sink_keys must be at most {MAX_SINK_KEYS} (a few first tokens), got {}", self.sink_keys)));
+            return Err(Error::invalid_argument(format!(
+                "sink_keys must be at most {MAX_SINK_KEYS} (a few first tokens), got {}",
+                self.sink_keys
+            )));
         }
         if !self.alpha.is_finite() || !self.beta.is_finite() {
-            return Err(Error::invalid_argument(format!("alpha and beta must be finite, got {} and {}", self.alpha, self.beta)));
+            return Err(Error::invalid_argument(format!(
+                "alpha and beta must be finite, got {} and {}",
+                self.alpha, self.beta
+            )));
         }
         if !shape.d.is_multiple_of(2) || inv_freq.len() != shape.d / 2 {
             return Err(Error::shape(format!(
@@ -116,7 +140,11 @@ pub struct LigerLayerState {
 impl LigerLayerState {
     /// The state before the first token.
     pub fn new(cfg: &LigerAttentionConfig, shape: HeadShape) -> Result<Self> {
-        let surprise = if cfg.use_swa && cfg.surprise_keys > 0 { Some(SurpriseMemory::new(shape, cfg.window(), cfg.surprise_keys)?) } else { None };
+        let surprise = if cfg.use_swa && cfg.surprise_keys > 0 {
+            Some(SurpriseMemory::new(shape, cfg.window(), cfg.surprise_keys)?)
+        } else {
+            None
+        };
         let swa = if cfg.use_swa && surprise.is_none() { Some(SwaCache::new(shape, cfg.window())?) } else { None };
         let grm_norm = cfg.keeps_ones_state().then(|| MixerState::zeros(&cfg.mixer, shape));
         Ok(LigerLayerState { grm: MixerState::zeros(&cfg.mixer, shape), grm_norm, swa, surprise, position: 0 })
@@ -150,19 +178,31 @@ impl LigerLayerState {
         }
         let window_ok = match (&self.swa, &self.surprise) {
             (Some(c), None) => cfg.use_swa && cfg.surprise_keys == 0 && c.shape == shape && c.window == cfg.window(),
-            (None, Some(m)) => cfg.use_swa && m.slots == cfg.surprise_keys && m.shape == shape && m.window == cfg.window(),
+            (None, Some(m)) => {
+                cfg.use_swa && m.slots == cfg.surprise_keys && m.shape == shape && m.window == cfg.window()
+            }
             (None, None) => !cfg.use_swa,
             (Some(_), Some(_)) => false,
         };
         if window_ok {
             Ok(())
         } else {
-            Err(Error::shape("the layer state was made for another window setting or head shape; make it with LigerLayerState::new"))
+            Err(Error::shape(
+                "the layer state was made for another window setting or head shape; make it with LigerLayerState::new",
+            ))
         }
     }
 
     /// One decoding step from the raw `q_t` `[hq, D]`, `k_t`, `v_t` `[hkv, D]`; writes `o_t`.
-    pub fn step(&mut self, cfg: &LigerAttentionConfig, q_t: &[f32], k_t: &[f32], v_t: &[f32], inv_freq: &[f32], o_t: &mut [f32]) -> Result<()> {
+    pub fn step(
+        &mut self,
+        cfg: &LigerAttentionConfig,
+        q_t: &[f32],
+        k_t: &[f32],
+        v_t: &[f32],
+        inv_freq: &[f32],
+        o_t: &mut [f32],
+    ) -> Result<()> {
         let shape = self.grm.shape;
         cfg.validate(shape, inv_freq)?;
         self.check(cfg, shape)?;
@@ -230,7 +270,15 @@ pub fn liger_attention_forward(
     let (mut o, grm) = mixer::chunk_forward(&cfg.mixer, shape, q, k, v, Some(&state.grm), DEFAULT_CHUNK_SIZE)?;
     if let Some(norm_state) = &mut state.grm_norm {
         if cfg.grm_norm {
-            let (den, next) = mixer::chunk_forward(&cfg.mixer, shape, q, k, &vec![1.0; v.len()], Some(norm_state), DEFAULT_CHUNK_SIZE)?;
+            let (den, next) = mixer::chunk_forward(
+                &cfg.mixer,
+                shape,
+                q,
+                k,
+                &vec![1.0; v.len()],
+                Some(norm_state),
+                DEFAULT_CHUNK_SIZE,
+            )?;
             grm_normalize(&mut o, &den);
             *norm_state = next;
         } else if let Some(next) = next_ones {

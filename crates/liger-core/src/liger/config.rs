@@ -36,8 +36,15 @@ pub enum MixerKind {
 }
 
 impl MixerKind {
-    pub const ALL: [MixerKind; 7] =
-        [MixerKind::Gla, MixerKind::Hgrn2, MixerKind::Gsa, MixerKind::Retention, MixerKind::Mamba2, MixerKind::Rwkv6, MixerKind::Linear];
+    pub const ALL: [MixerKind; 7] = [
+        MixerKind::Gla,
+        MixerKind::Hgrn2,
+        MixerKind::Gsa,
+        MixerKind::Retention,
+        MixerKind::Mamba2,
+        MixerKind::Rwkv6,
+        MixerKind::Linear,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -81,7 +88,10 @@ impl MixerConfig {
     /// Checks the settings against a head size.
     pub fn validate(&self, head_dim: usize) -> Result<()> {
         if !(self.gate_normalizer.is_finite() && self.gate_normalizer > 0.0) {
-            return Err(Error::invalid_argument(format!("mixer gate_normalizer must be a positive number, got {}", self.gate_normalizer)));
+            return Err(Error::invalid_argument(format!(
+                "mixer gate_normalizer must be a positive number, got {}",
+                self.gate_normalizer
+            )));
         }
         if self.kind == MixerKind::Gsa && (self.gsa_slots == 0 || !head_dim.is_multiple_of(self.gsa_slots)) {
             return Err(Error::invalid_argument(format!(
@@ -105,10 +115,14 @@ pub struct HeadShape {
 impl HeadShape {
     pub fn new(hq: usize, hkv: usize, d: usize) -> Result<Self> {
         if hq == 0 || hkv == 0 || d == 0 {
-            return Err(Error::invalid_argument(format!("head counts and head size must be positive, got hq={hq} hkv={hkv} d={d}")));
+            return Err(Error::invalid_argument(format!(
+                "head counts and head size must be positive, got hq={hq} hkv={hkv} d={d}"
+            )));
         }
         if !hq.is_multiple_of(hkv) {
-            return Err(Error::invalid_argument(format!("{hq} query heads are not a multiple of {hkv} key-value heads")));
+            return Err(Error::invalid_argument(format!(
+                "{hq} query heads are not a multiple of {hkv} key-value heads"
+            )));
         }
         Ok(HeadShape { hq, hkv, d })
     }

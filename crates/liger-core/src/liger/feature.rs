@@ -84,7 +84,14 @@ pub(crate) fn key_features(cfg: &MixerConfig, k: &[f32], kf: &mut [f32], g: &mut
 
 /// Adds to `dk` the gradient of one key through [`key_features`], given `dkf` and `dg`.
 /// `kf` is the forward's key features of this key.
-pub(crate) fn key_features_backward_acc(cfg: &MixerConfig, k: &[f32], kf: &[f32], dkf: &[f32], dg: &[f32], dk: &mut [f32]) {
+pub(crate) fn key_features_backward_acc(
+    cfg: &MixerConfig,
+    k: &[f32],
+    kf: &[f32],
+    dkf: &[f32],
+    dg: &[f32],
+    dk: &mut [f32],
+) {
     let n = k.len() as f32;
     let mean = k.iter().sum::<f32>() / n;
     match cfg.kind {

@@ -71,7 +71,14 @@ pub(crate) fn chunk_cumsum(g: &[f32], r0: usize, len: usize, k: usize) -> Vec<f6
 
 /// `x * exp(sign * (gc - base))` for the rows `rows` of `x` and `gc` (`[_, K]`), where `base`
 /// is one row of K values. Callers pick rows, base and sign so that the exponent is <= 0.
-pub(crate) fn scale_rows(x: &[f32], gc: &[f64], base: &[f64], rows: std::ops::Range<usize>, k: usize, sign: f64) -> Vec<f32> {
+pub(crate) fn scale_rows(
+    x: &[f32],
+    gc: &[f64],
+    base: &[f64],
+    rows: std::ops::Range<usize>,
+    k: usize,
+    sign: f64,
+) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows.len() * k);
     for r in rows {
         for d in 0..k {
@@ -204,7 +211,16 @@ pub(crate) fn chunk_forward(x: &GatedInputs, dims: GatedDims, chunk: usize, stat
 /// One decoding step of one key-value head: `qf` is `[G, K]`, `kf` and `g` `[K]`, `v` `[V]`;
 /// writes `o` `[G, V]`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn recurrent_step(state: &mut [f32], qf: &[f32], kf: &[f32], g: &[f32], v: &[f32], o: &mut [f32], k: usize, vd: usize) {
+pub(crate) fn recurrent_step(
+    state: &mut [f32],
+    qf: &[f32],
+    kf: &[f32],
+    g: &[f32],
+    v: &[f32],
+    o: &mut [f32],
+    k: usize,
+    vd: usize,
+) {
     for d in 0..k {
         let decay = g[d].exp();
         let kd = kf[d];

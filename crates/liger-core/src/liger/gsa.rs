@@ -16,7 +16,10 @@
 
 use super::config::{HeadShape, MixerConfig};
 use super::feature::{log_sigmoid, sigmoid, softmax, softmax_backward_acc};
-use super::gated::{self, advance_state, chunk_cumsum, decay, gated_cols_acc, gated_rows_acc, gated_scores, scale_rows, GatedDims, GatedInputs};
+use super::gated::{
+    self, advance_state, chunk_cumsum, decay, gated_cols_acc, gated_rows_acc, gated_scores, scale_rows, GatedDims,
+    GatedInputs,
+};
 use super::mixer::{gather_heads, scatter_heads, QkvGrads};
 use crate::linalg::{matmul, MatRef};
 use rayon::prelude::*;
@@ -50,7 +53,15 @@ fn slot_gates(cfg: &MixerConfig, k: &[f32], log_a: &mut [f32], w: &mut [f32]) {
     }
 }
 
-fn head_inputs(cfg: &MixerConfig, shape: HeadShape, t: usize, q: &[f32], k: &[f32], v: &[f32], kvh: usize) -> SlotInputs {
+fn head_inputs(
+    cfg: &MixerConfig,
+    shape: HeadShape,
+    t: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kvh: usize,
+) -> SlotInputs {
     let (d, group, m) = (shape.d, shape.group(), cfg.gsa_slots);
     let scale = 1.0 / (d as f32).sqrt();
     let mut qs = gather_heads(q, t, shape.hq, d, kvh * group, group);
@@ -193,7 +204,15 @@ pub(crate) fn chunk_forward(
 }
 
 /// One decoding step (shapes checked by the caller).
-pub(crate) fn recurrent_step(cfg: &MixerConfig, shape: HeadShape, state: &mut [f32], q_t: &[f32], k_t: &[f32], v_t: &[f32], o_t: &mut [f32]) {
+pub(crate) fn recurrent_step(
+    cfg: &MixerConfig,
+    shape: HeadShape,
+    state: &mut [f32],
+    q_t: &[f32],
+    k_t: &[f32],
+    v_t: &[f32],
+    o_t: &mut [f32],
+) {
     let (d, group, m) = (shape.d, shape.group(), cfg.gsa_slots);
     let scale = 1.0 / (d as f32).sqrt();
     let (mut log_a, mut w, mut s) = (vec![0.0; m], vec![0.0; m], vec![0.0; m]);
@@ -222,7 +241,16 @@ pub(crate) fn recurrent_step(cfg: &MixerConfig, shape: HeadShape, state: &mut [f
 
 /// Backward from a zero state (see [`super::mixer::chunk_backward`]).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn chunk_backward(cfg: &MixerConfig, shape: HeadShape, t: usize, q: &[f32], k: &[f32], v: &[f32], d_o: &[f32], chunk: usize) -> QkvGrads {
+pub(crate) fn chunk_backward(
+    cfg: &MixerConfig,
+    shape: HeadShape,
+    t: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d_o: &[f32],
+    chunk: usize,
+) -> QkvGrads {
     let (d, group, m) = (shape.d, shape.group(), cfg.gsa_slots);
     let dims = SlotDims { group, t, d, m };
     let per_slot = d / m;
@@ -251,7 +279,9 @@ pub(crate) fn chunk_backward(cfg: &MixerConfig, shape: HeadShape, t: usize, q: &
                     let krow = &x.k[r * d + i * per_slot..r * d + (i + 1) * per_slot];
                     let pool = krow.iter().sum::<f32>() / per_slot as f32;
                     let dpool = dla * sigmoid(-pool) / cfg.gate_normalizer;
-                    dk[r * d + i * per_slot..r * d + (i + 1) * per_slot].iter_mut().for_each(|g| *g += dpool / per_slot as f32);
+                    dk[r * d + i * per_slot..r * d + (i + 1) * per_slot]
+                        .iter_mut()
+                        .for_each(|g| *g += dpool / per_slot as f32);
                 }
             }
             [dq, dk, value_pass.dv]

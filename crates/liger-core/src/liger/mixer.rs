@@ -44,7 +44,8 @@ impl MixerState {
         self.data.len() * std::mem::size_of::<f32>()
     }
     pub(crate) fn check(&self, cfg: &MixerConfig, shape: HeadShape) -> Result<()> {
-        if self.kind != cfg.kind || self.shape != shape || self.data.len() != Self::per_head_len(cfg, shape) * shape.hkv {
+        if self.kind != cfg.kind || self.shape != shape || self.data.len() != Self::per_head_len(cfg, shape) * shape.hkv
+        {
             return Err(Error::shape(format!(
                 "the given state is for mixer {} with {:?} ({} values); this call needs mixer {} with {:?}",
                 self.kind.name(),
@@ -71,7 +72,11 @@ impl QkvGrads {
     /// head-major (`[group, T, D]` for dq of its query heads, `[T, D]` for dk and dv).
     pub(crate) fn from_kv_heads(shape: HeadShape, t: usize, per_head: &[[Vec<f32>; 3]]) -> QkvGrads {
         let (d, group) = (shape.d, shape.group());
-        let mut grads = QkvGrads { dq: vec![0.0; t * shape.hq * d], dk: vec![0.0; t * shape.hkv * d], dv: vec![0.0; t * shape.hkv * d] };
+        let mut grads = QkvGrads {
+            dq: vec![0.0; t * shape.hq * d],
+            dk: vec![0.0; t * shape.hkv * d],
+            dv: vec![0.0; t * shape.hkv * d],
+        };
         for (kvh, [dq, dk, dv]) in per_head.iter().enumerate() {
             scatter_heads(dq, t, shape.hq, d, kvh * group, &mut grads.dq);
             scatter_heads(dk, t, shape.hkv, d, kvh, &mut grads.dk);
@@ -119,7 +124,15 @@ struct HeadFeatures {
     v: Vec<f32>,
 }
 
-fn head_features(cfg: &MixerConfig, shape: HeadShape, t: usize, q: &[f32], k: &[f32], v: &[f32], kvh: usize) -> HeadFeatures {
+fn head_features(
+    cfg: &MixerConfig,
+    shape: HeadShape,
+    t: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kvh: usize,
+) -> HeadFeatures {
     let (d, group) = (shape.d, shape.group());
     let qraw = gather_heads(q, t, shape.hq, d, kvh * group, group);
     let mut qf = vec![0.0; qraw.len()];
@@ -179,7 +192,14 @@ pub fn chunk_forward(
 
 /// One decoding step: `q_t` `[hq, D]`, `k_t`, `v_t` `[hkv, D]`; writes `o_t` `[hq, D]` and
 /// advances `state`.
-pub fn recurrent_step(cfg: &MixerConfig, state: &mut MixerState, q_t: &[f32], k_t: &[f32], v_t: &[f32], o_t: &mut [f32]) -> Result<()> {
+pub fn recurrent_step(
+    cfg: &MixerConfig,
+    state: &mut MixerState,
+    q_t: &[f32],
+    k_t: &[f32],
+    v_t: &[f32],
+    o_t: &mut [f32],
+) -> Result<()> {
     let shape = state.shape;
     cfg.validate(shape.d)?;
     state.check(cfg, shape)?;
@@ -210,7 +230,15 @@ pub fn recurrent_step(cfg: &MixerConfig, state: &mut MixerState, q_t: &[f32], k_
 
 /// Gradients of `sum(d_o * chunk_forward(q, k, v))` w.r.t. q, k, v, from a zero initial
 /// state. The gate comes from k, so `dk` includes the gate path and the feature maps.
-pub fn chunk_backward(cfg: &MixerConfig, shape: HeadShape, q: &[f32], k: &[f32], v: &[f32], d_o: &[f32], chunk: usize) -> Result<QkvGrads> {
+pub fn chunk_backward(
+    cfg: &MixerConfig,
+    shape: HeadShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d_o: &[f32],
+    chunk: usize,
+) -> Result<QkvGrads> {
     cfg.validate(shape.d)?;
     check_chunk(chunk)?;
     let t = shape.tokens(q.len(), k.len(), v.len())?;
@@ -236,7 +264,14 @@ pub fn chunk_backward(cfg: &MixerConfig, shape: HeadShape, q: &[f32], k: &[f32],
             let mut dk = vec![0.0; t * d];
             for r in 0..t {
                 let row = r * d..(r + 1) * d;
-                key_features_backward_acc(cfg, &kraw[row.clone()], &f.kf[row.clone()], &gr.dkf[row.clone()], &gr.dg[row.clone()], &mut dk[row]);
+                key_features_backward_acc(
+                    cfg,
+                    &kraw[row.clone()],
+                    &f.kf[row.clone()],
+                    &gr.dkf[row.clone()],
+                    &gr.dg[row.clone()],
+                    &mut dk[row],
+                );
             }
             (dq, dk, gr.dv)
         })

@@ -17,9 +17,14 @@ pub mod swa;
 #[cfg(test)]
 mod tests;
 
-pub use combine::{liger_attention_backward, liger_attention_forward, LigerAttentionConfig, LigerLayerState, MAX_SINK_KEYS};
+pub use combine::{
+    liger_attention_backward, liger_attention_forward, LigerAttentionConfig, LigerLayerState, MAX_SINK_KEYS,
+};
 pub use config::{HeadShape, MixerConfig, MixerKind, DEFAULT_GATE_NORMALIZER, DEFAULT_GSA_SLOTS};
 pub use mixer::{chunk_backward, chunk_forward, recurrent_step, MixerState, QkvGrads, DEFAULT_CHUNK_SIZE};
 pub use rope::apply_rope;
 pub use surprise::{SurpriseMemory, MAX_SURPRISE_KEYS};
-pub use swa::{causal_attention_backward, causal_attention_forward, swa_backward, swa_forward, SwaCache, Window, DEFAULT_WINDOW_KEYS, FULL_ATTENTION};
+pub use swa::{
+    causal_attention_backward, causal_attention_forward, swa_backward, swa_forward, SwaCache, Window,
+    DEFAULT_WINDOW_KEYS, FULL_ATTENTION,
+};

@@ -33,7 +33,14 @@ fn key_features_and_decay(cfg: &MixerConfig, k: &[f64]) -> (Vec<f64>, Vec<f64>) 
 
 /// Runs the mixer token by token from `initial` (zeros when `None`); returns the output
 /// `[T, hq, D]` and the final state.
-pub fn mixer_forward(cfg: &MixerConfig, shape: HeadShape, q: &[f64], k: &[f64], v: &[f64], initial: Option<&[f64]>) -> (Vec<f64>, Vec<f64>) {
+pub fn mixer_forward(
+    cfg: &MixerConfig,
+    shape: HeadShape,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    initial: Option<&[f64]>,
+) -> (Vec<f64>, Vec<f64>) {
     let (d, group) = (shape.d, shape.group());
     let t = q.len() / (shape.hq * d);
     let m = cfg.gsa_slots;
@@ -115,7 +122,10 @@ pub fn attention_forward(shape: HeadShape, window: impl Into<Window>, q: &[f64],
         for h in 0..shape.hq {
             let kvh = h / group;
             let qi = &q[(i * shape.hq + h) * d..(i * shape.hq + h + 1) * d];
-            let scores: Vec<f64> = seen.iter().map(|&j| scale * (0..d).map(|x| qi[x] * k[(j * shape.hkv + kvh) * d + x]).sum::<f64>()).collect();
+            let scores: Vec<f64> = seen
+                .iter()
+                .map(|&j| scale * (0..d).map(|x| qi[x] * k[(j * shape.hkv + kvh) * d + x]).sum::<f64>())
+                .collect();
             let p = softmax(&scores);
             for (n, &j) in seen.iter().enumerate() {
                 for x in 0..d {
@@ -130,7 +140,14 @@ pub fn attention_forward(shape: HeadShape, window: impl Into<Window>, q: &[f64],
 /// Gradients of `sum(d_o * mixer_forward(q, k, v))` from a zero state, by backpropagation
 /// through the token-by-token recurrence (all states kept). Every mixer but GSA (whose
 /// reference gradient is taken by finite differences). Returns `[dq, dk, dv]`.
-pub fn mixer_backward(cfg: &MixerConfig, shape: HeadShape, q: &[f64], k: &[f64], v: &[f64], d_o: &[f64]) -> [Vec<f64>; 3] {
+pub fn mixer_backward(
+    cfg: &MixerConfig,
+    shape: HeadShape,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    d_o: &[f64],
+) -> [Vec<f64>; 3] {
     assert!(cfg.kind != MixerKind::Gsa, "the gsa reference has no analytic backward");
     let (d, group, hkv) = (shape.d, shape.group(), shape.hkv);
     let t = q.len() / (shape.hq * d);

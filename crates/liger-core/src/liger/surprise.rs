@@ -69,16 +69,31 @@ fn scores_from_readouts(shape: HeadShape, v: &[f32], n: &[f32], den: &[f32]) -> 
 /// The surprise `[T, hkv]` of T tokens (raw keys and values) that follow the states `grm` and
 /// `ones` (the recurrence over the values and over values of one), and the `ones` state after
 /// them (the state does not depend on the queries).
-pub fn surprise_scores(mixer: &MixerConfig, shape: HeadShape, k: &[f32], v: &[f32], grm: &MixerState, ones: &MixerState) -> Result<(Vec<f32>, MixerState)> {
+pub fn surprise_scores(
+    mixer: &MixerConfig,
+    shape: HeadShape,
+    k: &[f32],
+    v: &[f32],
+    grm: &MixerState,
+    ones: &MixerState,
+) -> Result<(Vec<f32>, MixerState)> {
     let kq = keys_as_queries(shape, k);
     let (n, _) = mixer::chunk_forward(mixer, shape, &kq, k, v, Some(grm), DEFAULT_CHUNK_SIZE)?;
-    let (den, next_ones) = mixer::chunk_forward(mixer, shape, &kq, k, &vec![1.0; v.len()], Some(ones), DEFAULT_CHUNK_SIZE)?;
+    let (den, next_ones) =
+        mixer::chunk_forward(mixer, shape, &kq, k, &vec![1.0; v.len()], Some(ones), DEFAULT_CHUNK_SIZE)?;
     Ok((scores_from_readouts(shape, v, &n, &den), next_ones))
 }
 
 /// The surprise `[hkv]` of one token, from the states before it (`grm` left unchanged), and the
 /// `ones` state after it.
-pub fn surprise_score_step(mixer: &MixerConfig, shape: HeadShape, k_t: &[f32], v_t: &[f32], grm: &MixerState, ones: &MixerState) -> Result<(Vec<f32>, MixerState)> {
+pub fn surprise_score_step(
+    mixer: &MixerConfig,
+    shape: HeadShape,
+    k_t: &[f32],
+    v_t: &[f32],
+    grm: &MixerState,
+    ones: &MixerState,
+) -> Result<(Vec<f32>, MixerState)> {
     let kq = keys_as_queries(shape, k_t);
     let (mut n, mut den) = (vec![0.0; kq.len()], vec![0.0; kq.len()]);
     let mut next_ones = ones.clone();
@@ -122,7 +137,9 @@ impl SurpriseMemory {
     pub fn new(shape: HeadShape, window: Window, slots: usize) -> Result<Self> {
         Window::new(window.keys, window.sinks)?;
         if slots == 0 || slots > MAX_SURPRISE_KEYS {
-            return Err(Error::invalid_argument(format!("surprise_keys must be between 1 and {MAX_SURPRISE_KEYS}, got {slots}")));
+            return Err(Error::invalid_argument(format!(
+                "surprise_keys must be between 1 and {MAX_SURPRISE_KEYS}, got {slots}"
+            )));
         }
         Ok(SurpriseMemory {
             shape,
@@ -173,7 +190,11 @@ impl SurpriseMemory {
         for (kvh, kept) in self.kept.iter_mut().enumerate() {
             let held: Vec<f32> = kept.iter().map(|k| k.score).collect();
             if let Some(slot) = slot_for(&held, self.slots, token.score[kvh]) {
-                let entry = Kept { score: token.score[kvh], key: token.key[kvh * d..(kvh + 1) * d].to_vec(), value: token.value[kvh * d..(kvh + 1) * d].to_vec() };
+                let entry = Kept {
+                    score: token.score[kvh],
+                    key: token.key[kvh * d..(kvh + 1) * d].to_vec(),
+                    value: token.value[kvh * d..(kvh + 1) * d].to_vec(),
+                };
                 if slot == kept.len() {
                     kept.push(entry);
                 } else {
@@ -199,7 +220,8 @@ impl SurpriseMemory {
             values.extend(self.kept[kvh].iter().map(|k| k.value.as_slice()));
             keys.extend(self.recent.iter().map(|r| &r.key[kvh * d..(kvh + 1) * d]));
             values.extend(self.recent.iter().map(|r| &r.value[kvh * d..(kvh + 1) * d]));
-            let logits: Vec<f32> = keys.iter().map(|k| scale * k.iter().zip(qh).map(|(a, b)| a * b).sum::<f32>()).collect();
+            let logits: Vec<f32> =
+                keys.iter().map(|k| scale * k.iter().zip(qh).map(|(a, b)| a * b).sum::<f32>()).collect();
             let mut probs = vec![0.0; logits.len()];
             softmax(&logits, &mut probs);
             let oh = &mut o[h * d..(h + 1) * d];
@@ -216,12 +238,20 @@ impl SurpriseMemory {
         let shape = self.shape;
         let t = shape.tokens(q.len(), k.len(), v.len())?;
         if scores.len() != t * shape.hkv {
-            return Err(Error::shape(format!("surprise scores must be [{t}, {}], got {} values", shape.hkv, scores.len())));
+            return Err(Error::shape(format!(
+                "surprise scores must be [{t}, {}], got {} values",
+                shape.hkv,
+                scores.len()
+            )));
         }
         let (row_q, row_kv) = (shape.hq * shape.d, shape.hkv * shape.d);
         let mut o = vec![0.0; q.len()];
         for i in 0..t {
-            self.push(&k[i * row_kv..(i + 1) * row_kv], &v[i * row_kv..(i + 1) * row_kv], &scores[i * shape.hkv..(i + 1) * shape.hkv]);
+            self.push(
+                &k[i * row_kv..(i + 1) * row_kv],
+                &v[i * row_kv..(i + 1) * row_kv],
+                &scores[i * shape.hkv..(i + 1) * shape.hkv],
+            );
             self.attend_newest(&q[i * row_q..(i + 1) * row_q], &mut o[i * row_q..(i + 1) * row_q]);
         }
         Ok(o)
@@ -279,7 +309,16 @@ fn seen_keys(window: Window, i: usize, cached: &[i32]) -> Vec<usize> {
 /// [`surprise_kept`], held fixed) and the window, w.r.t. the rotated q, k and v (GPU twin:
 /// `surprise_attention_backward`).
 #[allow(clippy::too_many_arguments)]
-pub fn surprise_attention_backward(shape: HeadShape, window: Window, slots: usize, q: &[f32], k: &[f32], v: &[f32], kept: &[i32], d_o: &[f32]) -> Result<QkvGrads> {
+pub fn surprise_attention_backward(
+    shape: HeadShape,
+    window: Window,
+    slots: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kept: &[i32],
+    d_o: &[f32],
+) -> Result<QkvGrads> {
     let t = shape.tokens(q.len(), k.len(), v.len())?;
     if d_o.len() != q.len() || kept.len() != t * shape.hkv * slots {
         return Err(Error::shape(format!(
@@ -303,7 +342,8 @@ pub fn surprise_attention_backward(shape: HeadShape, window: Window, slots: usiz
             let (mut dq, mut dk, mut dv) = (vec![0.0f32; group * t * d], vec![0.0f32; t * d], vec![0.0f32; t * d]);
             let row = |m: &[f32], j: usize| m[j * d..(j + 1) * d].to_vec();
             for i in 0..t {
-                let seen = seen_keys(window, i, &kept[(i * shape.hkv + kvh) * slots..(i * shape.hkv + kvh + 1) * slots]);
+                let seen =
+                    seen_keys(window, i, &kept[(i * shape.hkv + kvh) * slots..(i * shape.hkv + kvh + 1) * slots]);
                 for h in 0..group {
                     let r = h * t + i;
                     let (qi, doi) = (row(&qh, r), row(&doh, r));

@@ -95,7 +95,15 @@ fn gather_rows(m: &[f32], idx: &[usize], d: usize) -> Vec<f32> {
 
 /// Softmax probabilities `[rows, n]` of a block of queries (rows at positions `pos0..`) against
 /// the `n` keys `keys` at positions `key_pos`, masked to each query's window.
-fn block_probs(qb: &[f32], keys: &[f32], key_pos: &[usize], rows: usize, pos0: usize, d: usize, window: Window) -> Vec<f32> {
+fn block_probs(
+    qb: &[f32],
+    keys: &[f32],
+    key_pos: &[usize],
+    rows: usize,
+    pos0: usize,
+    d: usize,
+    window: Window,
+) -> Vec<f32> {
     let n = key_pos.len();
     let mut s = vec![0.0f32; rows * n];
     matmul(MatRef::new(qb, rows, d), MatRef::new(keys, n, d).t(), &mut s, false);
@@ -113,7 +121,15 @@ fn block_probs(qb: &[f32], keys: &[f32], key_pos: &[usize], rows: usize, pos0: u
 
 /// Attention of T new tokens at positions `pos0..` over keys and values `[N, hkv, D]` at the
 /// sorted positions `key_pos` (the new tokens' own keys among them). Returns `[T, hq, D]`.
-fn attend(shape: HeadShape, window: Window, q: &[f32], pos0: usize, k: &[f32], v: &[f32], key_pos: &[usize]) -> Vec<f32> {
+fn attend(
+    shape: HeadShape,
+    window: Window,
+    q: &[f32],
+    pos0: usize,
+    k: &[f32],
+    v: &[f32],
+    key_pos: &[usize],
+) -> Vec<f32> {
     let (d, group) = (shape.d, shape.group());
     let t = q.len() / (shape.hq * d);
     let n = key_pos.len();
@@ -148,20 +164,34 @@ fn attend(shape: HeadShape, window: Window, q: &[f32], pos0: usize, k: &[f32], v
 
 /// Attention of T new tokens after `prefix`: the keys and values `[P, hkv, D]` of the P tokens
 /// before them, from the first token on (e.g. an earlier prefill). Returns `[T, hq, D]`.
-pub fn swa_forward(shape: HeadShape, window: impl Into<Window>, q: &[f32], k: &[f32], v: &[f32], prefix: Option<(&[f32], &[f32])>) -> Result<Vec<f32>> {
+pub fn swa_forward(
+    shape: HeadShape,
+    window: impl Into<Window>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    prefix: Option<(&[f32], &[f32])>,
+) -> Result<Vec<f32>> {
     let window = window.into();
     Window::new(window.keys, window.sinks)?;
     let t = shape.tokens(q.len(), k.len(), v.len())?;
     let kv_row = shape.hkv * shape.d;
     let (pk, pv) = prefix.unwrap_or((&[], &[]));
     if pk.len() != pv.len() || !pk.len().is_multiple_of(kv_row) {
-        return Err(Error::shape(format!("prefix keys and values must both be [P, {}, {}]; got {} and {} values", shape.hkv, shape.d, pk.len(), pv.len())));
+        return Err(Error::shape(format!(
+            "prefix keys and values must both be [P, {}, {}]; got {} and {} values",
+            shape.hkv,
+            shape.d,
+            pk.len(),
+            pv.len()
+        )));
     }
     let p = pk.len() / kv_row;
     // Keep only the prefix tokens some new query can see: the sinks and the recent ones.
     let key_pos: Vec<usize> = (0..p).filter(|&j| j < window.sinks || p - j < window.keys).chain(p..p + t).collect();
     let gather = |pre: &[f32], new: &[f32]| -> Vec<f32> {
-        let mut out: Vec<f32> = key_pos.iter().take_while(|&&j| j < p).flat_map(|&j| &pre[j * kv_row..(j + 1) * kv_row]).copied().collect();
+        let mut out: Vec<f32> =
+            key_pos.iter().take_while(|&&j| j < p).flat_map(|&j| &pre[j * kv_row..(j + 1) * kv_row]).copied().collect();
         out.extend_from_slice(new);
         out
     };
@@ -170,12 +200,25 @@ pub fn swa_forward(shape: HeadShape, window: impl Into<Window>, q: &[f32], k: &[
 }
 
 /// Full causal attention: [`swa_forward`] with no window bound.
-pub fn causal_attention_forward(shape: HeadShape, q: &[f32], k: &[f32], v: &[f32], prefix: Option<(&[f32], &[f32])>) -> Result<Vec<f32>> {
+pub fn causal_attention_forward(
+    shape: HeadShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    prefix: Option<(&[f32], &[f32])>,
+) -> Result<Vec<f32>> {
     swa_forward(shape, FULL_ATTENTION, q, k, v, prefix)
 }
 
 /// Gradients of `sum(d_o * swa_forward(q, k, v))` (no prefix) w.r.t. q, k, v.
-pub fn swa_backward(shape: HeadShape, window: impl Into<Window>, q: &[f32], k: &[f32], v: &[f32], d_o: &[f32]) -> Result<QkvGrads> {
+pub fn swa_backward(
+    shape: HeadShape,
+    window: impl Into<Window>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d_o: &[f32],
+) -> Result<QkvGrads> {
     let window = window.into();
     Window::new(window.keys, window.sinks)?;
     let t = shape.tokens(q.len(), k.len(), v.len())?;

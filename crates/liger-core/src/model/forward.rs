@@ -82,7 +82,10 @@ pub fn embed(cfg: &ModelConfig, w: &ModelWeights, tokens: &[u32]) -> Result<Vec<
     let mut x = vec![0.0f32; tokens.len() * h];
     for (row, &id) in x.chunks_exact_mut(h).zip(tokens) {
         if id as usize >= cfg.vocab_size {
-            return Err(Error::invalid_argument(format!("token id {id} is outside the vocabulary of {}", cfg.vocab_size)));
+            return Err(Error::invalid_argument(format!(
+                "token id {id} is outside the vocabulary of {}",
+                cfg.vocab_size
+            )));
         }
         w.embed.dequantize_row(id as usize, row);
     }
@@ -140,7 +143,16 @@ fn attention_block(
 /// Softmax attention of the new queries (`t` = rows of `q`) against all `pos0 + t` keys, causally.
 /// `q`: `t x (hq*d)`; `keys`, `values`: `(pos0+t) x (hkv*d)`; `out`: `t x (hq*d)`.
 #[allow(clippy::too_many_arguments)]
-pub fn causal_attention(q: &[f32], keys: &[f32], values: &[f32], pos0: usize, hq: usize, hkv: usize, d: usize, out: &mut [f32]) {
+pub fn causal_attention(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    pos0: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    out: &mut [f32],
+) {
     let group = hq / hkv;
     let scale = 1.0 / (d as f32).sqrt();
     let kv_row = hkv * d;

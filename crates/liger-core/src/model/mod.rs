@@ -9,9 +9,9 @@ mod tests;
 
 use crate::chat::{render_chat, ChatMessage};
 use crate::config::ModelConfig;
+use crate::error::Result;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::error::{Error, ErrorCode};
-use crate::error::Result;
 use crate::generate::CausalLm;
 use crate::tokenizer::Tokenizer;
 use crate::weights::ModelWeights;
@@ -95,12 +95,22 @@ pub fn load_model(path: &Path, progress: &mut dyn FnMut(&str, f64)) -> Result<Ba
             None => {
                 return Err(Error::new(
                     ErrorCode::MissingTokenizer,
-                    format!("{}: no tokenizer.json; copy the model's tokenizer.json into the directory", path.display()),
+                    format!(
+                        "{}: no tokenizer.json; copy the model's tokenizer.json into the directory",
+                        path.display()
+                    ),
                 ))
             }
         };
         progress("ready", 1.0);
-        return Ok(BaseModel::new(ckpt.config, ckpt.weights, tokenizer, ckpt.chat_template, name, ModelFormat::Checkpoint));
+        return Ok(BaseModel::new(
+            ckpt.config,
+            ckpt.weights,
+            tokenizer,
+            ckpt.chat_template,
+            name,
+            ModelFormat::Checkpoint,
+        ));
     }
     progress("reading gguf", 0.0);
     let file = crate::gguf::GgufFile::open(path)?;
@@ -183,10 +193,18 @@ impl BaseModel {
 
     /// Renders a conversation with the model's chat template (ChatML when it has none).
     pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tok = |id: Option<u32>| id.and_then(|i| self.tokenizer.token_bytes(i).ok()).map(|b| String::from_utf8_lossy(&b).into_owned());
+        let tok = |id: Option<u32>| {
+            id.and_then(|i| self.tokenizer.token_bytes(i).ok()).map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
         let bos = tok(self.tokenizer.bos_id()).unwrap_or_default();
         let eos = tok(self.tokenizer.eos_id()).unwrap_or_default();
-        render_chat(self.chat_template.as_deref().unwrap_or(crate::chat::CHATML_TEMPLATE), messages, add_generation_prompt, &bos, &eos)
+        render_chat(
+            self.chat_template.as_deref().unwrap_or(crate::chat::CHATML_TEMPLATE),
+            messages,
+            add_generation_prompt,
+            &bos,
+            &eos,
+        )
     }
 
     /// Logits after every token of `tokens` (`T x vocab`), from an empty cache.

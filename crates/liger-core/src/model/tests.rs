@@ -34,7 +34,8 @@ fn reference_logits(cfg: &ModelConfig, w: &ModelWeights, tokens: &[u32]) -> Vec<
         }
     };
     let embed = f64s(&w.embed);
-    let mut xs: Vec<Vec<f64>> = tokens.iter().map(|&t| embed[t as usize * cfg.hidden_size..][..cfg.hidden_size].to_vec()).collect();
+    let mut xs: Vec<Vec<f64>> =
+        tokens.iter().map(|&t| embed[t as usize * cfg.hidden_size..][..cfg.hidden_size].to_vec()).collect();
     for l in &w.layers {
         let (wq, wk, wv, wo) = (f64s(&l.wq), f64s(&l.wk), f64s(&l.wv), f64s(&l.wo));
         let (mut qs, mut ks, mut vs) = (vec![], vec![], vec![]);
@@ -65,7 +66,10 @@ fn reference_logits(cfg: &ModelConfig, w: &ModelWeights, tokens: &[u32]) -> Vec<
                 let kvh = head / group;
                 let q = &qs[i][head * hd..(head + 1) * hd];
                 let scores: Vec<f64> = (0..=i)
-                    .map(|j| q.iter().zip(&ks[j][kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt())
+                    .map(|j| {
+                        q.iter().zip(&ks[j][kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
                     .collect();
                 let m = scores.iter().cloned().fold(f64::MIN, f64::max);
                 let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
@@ -117,8 +121,12 @@ fn forward_matches_float64_reference_for_each_architecture() {
 fn forward_matches_float64_reference_with_llama3_rope_scaling() {
     let mut cfg = tiny_config(Architecture::Llama);
     cfg.rope_theta = 500000.0;
-    cfg.rope_scaling =
-        Some(Llama3RopeScaling { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 16 });
+    cfg.rope_scaling = Some(Llama3RopeScaling {
+        factor: 32.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 16,
+    });
     check_against_reference(&cfg);
 }
 
@@ -184,12 +192,23 @@ fn weights_that_are_not_finite_are_refused_at_load() {
         } else {
             w.layers[1].ffn_norm[3] = value;
         }
-        let model = super::BaseModel::new(clean.config.clone(), w, clean.tokenizer.clone(), None, "bad".into(), super::ModelFormat::Checkpoint);
+        let model = super::BaseModel::new(
+            clean.config.clone(),
+            w,
+            clean.tokenizer.clone(),
+            None,
+            "bad".into(),
+            super::ModelFormat::Checkpoint,
+        );
         let _ = std::fs::remove_dir_all(&dir);
         model.save_checkpoint(&dir, SaveDtype::F32).unwrap();
         let err = super::load_model(&dir, &mut |_, _| {}).err().expect("refused");
         assert_eq!(err.code, ErrorCode::InvalidFile, "{}", err.message);
-        assert!(err.message.contains(&format!("layer 1 {what}")) && err.message.contains("NaN or infinite"), "{}", err.message);
+        assert!(
+            err.message.contains(&format!("layer 1 {what}")) && err.message.contains("NaN or infinite"),
+            "{}",
+            err.message
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
     clean.save_checkpoint(&dir, SaveDtype::F32).unwrap();

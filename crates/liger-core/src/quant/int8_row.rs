@@ -18,8 +18,7 @@ pub(crate) fn row_scale(row: &[u8]) -> f32 {
 /// length: `rows * (cols + 4) == bytes` and `rows * cols == values`.
 pub(crate) fn rows_in(bytes: usize, values: usize) -> Option<usize> {
     let rows = bytes.checked_sub(values)? / ROW_HEADER;
-    let whole =
-        rows > 0 && (bytes - values).is_multiple_of(ROW_HEADER) && values.is_multiple_of(rows);
+    let whole = rows > 0 && (bytes - values).is_multiple_of(ROW_HEADER) && values.is_multiple_of(rows);
     whole.then_some(rows)
 }
 
@@ -27,10 +26,7 @@ pub(crate) fn rows_in(bytes: usize, values: usize) -> Option<usize> {
 pub(crate) fn dequantize(bytes: &[u8], out: &mut [f32]) {
     let rows = rows_in(bytes.len(), out.len()).expect("checked by the caller");
     let cols = out.len() / rows;
-    for (row, o) in bytes
-        .chunks_exact(cols + ROW_HEADER)
-        .zip(out.chunks_exact_mut(cols))
-    {
+    for (row, o) in bytes.chunks_exact(cols + ROW_HEADER).zip(out.chunks_exact_mut(cols)) {
         let scale = row_scale(row);
         for (v, &c) in o.iter_mut().zip(&row[ROW_HEADER..]) {
             *v = scale * (c as i8) as f32;
@@ -45,11 +41,7 @@ pub(crate) fn quantize_row(values: &[f32]) -> Vec<u8> {
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     let mut out = Vec::with_capacity(values.len() + ROW_HEADER);
     out.extend_from_slice(&scale.to_le_bytes());
-    out.extend(
-        values
-            .iter()
-            .map(|&v| (v * inv).round().clamp(-127.0, 127.0) as i8 as u8),
-    );
+    out.extend(values.iter().map(|&v| (v * inv).round().clamp(-127.0, 127.0) as i8 as u8));
     out
 }
 
@@ -65,10 +57,6 @@ pub(crate) fn dot(row: &[u8], x: &[f32]) -> f32 {
         }
     }
     let done = n / 8 * 8;
-    let tail: f32 = codes[done..n]
-        .iter()
-        .zip(&x[done..n])
-        .map(|(&c, &xv)| (c as i8) as f32 * xv)
-        .sum();
+    let tail: f32 = codes[done..n].iter().zip(&x[done..n]).map(|(&c, &xv)| (c as i8) as f32 * xv).sum();
     row_scale(row) * (super::sum_lanes(&lanes) + tail)
 }

@@ -9,10 +9,10 @@
 mod int8_row;
 mod kquants;
 mod legacy;
-#[cfg(target_arch = "x86_64")]
-mod simd_x86;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd_wasm;
+#[cfg(target_arch = "x86_64")]
+mod simd_x86;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::tensor::GgmlType;
@@ -33,11 +33,7 @@ fn check_lengths(what: &str, ty: GgmlType, bytes: usize, values: usize) {
         GgmlType::I8Row => int8_row::rows_in(bytes, values).is_some(),
         _ => ty.bytes_for(values).ok() == Some(bytes),
     };
-    assert!(
-        fits,
-        "{what}: {bytes} bytes of {} do not hold {values} values",
-        ty.name()
-    );
+    assert!(fits, "{what}: {bytes} bytes of {} do not hold {values} values", ty.name());
 }
 
 /// Dequantizes `bytes` (a whole number of blocks of `ty`) into `out`.

@@ -33,7 +33,8 @@ pub(super) fn kernel(ty: GgmlType) -> Option<DotFn> {
 
 #[inline(always)]
 fn hsum(v: v128) -> f32 {
-    (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<2>(v)) + (f32x4_extract_lane::<1>(v) + f32x4_extract_lane::<3>(v))
+    (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<2>(v))
+        + (f32x4_extract_lane::<1>(v) + f32x4_extract_lane::<3>(v))
 }
 
 #[inline(always)]
@@ -125,7 +126,13 @@ unsafe fn load8_f32(p: *const u8) -> (v128, v128) {
 /// The dot product of `n` 8-value groups read by `load8` (each `width` bytes per value)
 /// with `x`, then the scalar tail read by `scalar`.
 #[inline(always)]
-fn float_dot(row: &[u8], x: &[f32], width: usize, load8: unsafe fn(*const u8) -> (v128, v128), scalar: fn(&[u8]) -> f32) -> f32 {
+fn float_dot(
+    row: &[u8],
+    x: &[f32],
+    width: usize,
+    load8: unsafe fn(*const u8) -> (v128, v128),
+    scalar: fn(&[u8]) -> f32,
+) -> f32 {
     let n = x.len().min(row.len() / width);
     let (r, xp) = (row.as_ptr(), x.as_ptr());
     let mut acc = [f32x4_splat(0.0); 4];

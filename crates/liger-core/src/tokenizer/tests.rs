@@ -9,9 +9,7 @@ use super::*;
 const SPECIALS: [&str; 2] = ["<|endoftext|>", "<|im_start|>"];
 const USER_DEFINED: &str = "<tool>";
 /// Merges of the byte-level test vocabulary, highest priority first.
-const MERGES: [&str; 8] = [
-    "h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "1 2",
-];
+const MERGES: [&str; 8] = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "1 2"];
 
 /// A byte-level vocabulary: 2 control tokens, 1 user-defined token, the 256 byte chars,
 /// then one token per merge.
@@ -42,11 +40,7 @@ fn byte_id(b: u8) -> u32 {
 }
 
 fn merged_id(token: &str) -> u32 {
-    3 + 256
-        + MERGES
-            .iter()
-            .position(|m| m.replace(' ', "") == token)
-            .expect("a merged token") as u32
+    3 + 256 + MERGES.iter().position(|m| m.replace(' ', "") == token).expect("a merged token") as u32
 }
 
 fn bytes_ids(text: &str) -> Vec<u32> {
@@ -86,82 +80,47 @@ fn random_text(rng: &mut SmallRng, max_chars: usize) -> String {
         "!",
     ];
     let n = rng.random_range(0..=max_chars);
-    (0..n)
-        .map(|_| POOL[rng.random_range(0..POOL.len())])
-        .collect()
+    (0..n).map(|_| POOL[rng.random_range(0..POOL.len())]).collect()
 }
 
 #[test]
 fn byte_level_merges_and_pretokenization() {
     let tok = Tokenizer::from_bpe_vocab(&byte_level_vocab("default")).unwrap();
     assert_eq!(tok.vocab_size(), 3 + 256 + MERGES.len());
-    assert_eq!(
-        tok.encode("hello", false, false).unwrap(),
-        vec![merged_id("hello")]
-    );
+    assert_eq!(tok.encode("hello", false, false).unwrap(), vec![merged_id("hello")]);
     // " world": "Ġw"+"or" merge to "Ġwor"; "l", "d" stay bytes.
     assert_eq!(
         tok.encode("hello world", false, false).unwrap(),
-        vec![
-            merged_id("hello"),
-            merged_id("Ġwor"),
-            byte_id(b'l'),
-            byte_id(b'd')
-        ]
+        vec![merged_id("hello"), merged_id("Ġwor"), byte_id(b'l'), byte_id(b'd')]
     );
     // The GPT-2 regex keeps "12" together, so the "1 2" merge applies.
-    assert_eq!(
-        tok.encode("12", false, false).unwrap(),
-        vec![merged_id("12")]
-    );
+    assert_eq!(tok.encode("12", false, false).unwrap(), vec![merged_id("12")]);
     // Words never merge across a pre-token boundary: "hel" + "lo" split by a space.
     assert_eq!(
         tok.encode("hel lo", false, false).unwrap(),
-        vec![
-            merged_id("he"),
-            byte_id(b'l'),
-            byte_id(b' '),
-            byte_id(b'l'),
-            byte_id(b'o')
-        ]
+        vec![merged_id("he"), byte_id(b'l'), byte_id(b' '), byte_id(b'l'), byte_id(b'o')]
     );
     assert_eq!(tok.encode("", false, false).unwrap(), Vec::<u32>::new());
     assert_eq!(tok.encode("", true, false).unwrap(), vec![1]);
-    assert_eq!(
-        tok.encode("hello", true, false).unwrap(),
-        vec![1, merged_id("hello")]
-    );
+    assert_eq!(tok.encode("hello", true, false).unwrap(), vec![1, merged_id("hello")]);
 }
 
 #[test]
 fn smollm_pre_tokenizer_splits_digits() {
     let tok = Tokenizer::from_bpe_vocab(&byte_level_vocab("smollm")).unwrap();
-    assert_eq!(
-        tok.encode("12", false, false).unwrap(),
-        vec![byte_id(b'1'), byte_id(b'2')]
-    );
-    assert_eq!(
-        tok.encode("a12 hello", false, false).unwrap(),
-        [bytes_ids("a12 "), vec![merged_id("hello")]].concat()
-    );
+    assert_eq!(tok.encode("12", false, false).unwrap(), vec![byte_id(b'1'), byte_id(b'2')]);
+    assert_eq!(tok.encode("a12 hello", false, false).unwrap(), [bytes_ids("a12 "), vec![merged_id("hello")]].concat());
 }
 
 #[test]
 fn llama3_and_qwen2_pre_tokenizers_build() {
     for pre in ["llama-bpe", "qwen2", "starcoder", "gpt2"] {
         let tok = Tokenizer::from_bpe_vocab(&byte_level_vocab(pre)).unwrap();
-        assert_eq!(
-            tok.encode("hello", false, false).unwrap(),
-            vec![merged_id("hello")],
-            "pre {pre}"
-        );
+        assert_eq!(tok.encode("hello", false, false).unwrap(), vec![merged_id("hello")], "pre {pre}");
     }
     // Llama 3 keeps up to 3 digits in one pre-token, so "12" still merges; Qwen2 splits them.
     let llama3 = Tokenizer::from_bpe_vocab(&byte_level_vocab("llama-bpe")).unwrap();
-    assert_eq!(
-        llama3.encode("12", false, false).unwrap(),
-        vec![merged_id("12")]
-    );
+    assert_eq!(llama3.encode("12", false, false).unwrap(), vec![merged_id("12")]);
     let qwen2 = Tokenizer::from_bpe_vocab(&byte_level_vocab("qwen2")).unwrap();
     assert_eq!(qwen2.encode("12", false, false).unwrap(), bytes_ids("12"));
 }
@@ -170,15 +129,9 @@ fn llama3_and_qwen2_pre_tokenizers_build() {
 fn special_tokens_are_parsed_only_on_request() {
     let tok = Tokenizer::from_bpe_vocab(&byte_level_vocab("default")).unwrap();
     let text = "<|im_start|>hello";
-    assert_eq!(
-        tok.encode(text, false, true).unwrap(),
-        vec![1, merged_id("hello")]
-    );
+    assert_eq!(tok.encode(text, false, true).unwrap(), vec![1, merged_id("hello")]);
     let plain = tok.encode(text, false, false).unwrap();
-    assert!(
-        !plain.contains(&1),
-        "special token parsed although parse_special is off: {plain:?}"
-    );
+    assert!(!plain.contains(&1), "special token parsed although parse_special is off: {plain:?}");
     assert_eq!(tok.decode(&plain, false).unwrap(), text);
     // User-defined tokens are always matched whole.
     assert_eq!(tok.encode("<tool>", false, false).unwrap(), vec![2]);
@@ -193,16 +146,10 @@ fn special_tokens_are_parsed_only_on_request() {
 fn decode_skips_special_tokens_on_request() {
     let tok = Tokenizer::from_bpe_vocab(&byte_level_vocab("default")).unwrap();
     let ids = [1, merged_id("hello"), 2, 0];
-    assert_eq!(
-        tok.decode(&ids, false).unwrap(),
-        "<|im_start|>hello<tool><|endoftext|>"
-    );
+    assert_eq!(tok.decode(&ids, false).unwrap(), "<|im_start|>hello<tool><|endoftext|>");
     assert_eq!(tok.decode(&ids, true).unwrap(), "hello<tool>");
     assert_eq!(tok.token_bytes(byte_id(0xE4)).unwrap(), vec![0xE4]);
-    assert_eq!(
-        tok.token_bytes(merged_id("Ġwor")).unwrap(),
-        b" wor".to_vec()
-    );
+    assert_eq!(tok.token_bytes(merged_id("Ġwor")).unwrap(), b" wor".to_vec());
 }
 
 #[test]
@@ -232,15 +179,8 @@ fn text_stream_holds_back_incomplete_utf8() {
     assert_eq!(stream.push(ids[0]).unwrap(), "");
     assert_eq!(stream.finish(), "\u{FFFD}");
     assert_eq!(stream.push(byte_id(0xFF)).unwrap(), "\u{FFFD}");
-    assert_eq!(
-        stream.push(1).unwrap(),
-        "",
-        "special tokens produce no text"
-    );
-    assert_eq!(
-        stream.push(100_000).unwrap_err().code,
-        ErrorCode::InvalidArgument
-    );
+    assert_eq!(stream.push(1).unwrap(), "", "special tokens produce no text");
+    assert_eq!(stream.push(100_000).unwrap_err().code, ErrorCode::InvalidArgument);
 }
 
 #[test]
@@ -254,10 +194,7 @@ fn text_stream_pieces_add_up_to_decode() {
         let mut streamed = String::new();
         for &id in &ids {
             let piece = stream.push(id).unwrap();
-            assert!(
-                !piece.contains('\u{FFFD}'),
-                "piece {piece:?} of valid text has a replacement char"
-            );
+            assert!(!piece.contains('\u{FFFD}'), "piece {piece:?} of valid text has a replacement char");
             streamed.push_str(&piece);
         }
         streamed.push_str(&stream.finish());
@@ -282,15 +219,8 @@ fn json_round_trip_keeps_behaviour() {
         let text = random_text(&mut rng, 30);
         for parse_special in [false, true] {
             let ids = tok.encode(&text, false, parse_special).unwrap();
-            assert_eq!(
-                back.encode(&text, false, parse_special).unwrap(),
-                ids,
-                "text {text:?}"
-            );
-            assert_eq!(
-                back.decode(&ids, true).unwrap(),
-                tok.decode(&ids, true).unwrap()
-            );
+            assert_eq!(back.encode(&text, false, parse_special).unwrap(), ids, "text {text:?}");
+            assert_eq!(back.decode(&ids, true).unwrap(), tok.decode(&ids, true).unwrap());
         }
     }
 }
@@ -299,20 +229,14 @@ fn json_round_trip_keeps_behaviour() {
 fn bad_vocabularies_give_clear_errors() {
     let err = |v: &BpeVocab| Tokenizer::from_bpe_vocab(v).unwrap_err();
 
-    let e = err(&BpeVocab {
-        model: "gpt2".into(),
-        ..Default::default()
-    });
+    let e = err(&BpeVocab { model: "gpt2".into(), ..Default::default() });
     assert_eq!(e.code, ErrorCode::MissingTokenizer);
 
     let e = err(&byte_level_vocab("no-such-pre"));
     assert_eq!(e.code, ErrorCode::UnsupportedArchitecture);
     assert!(e.message.contains("no-such-pre"), "{}", e.message);
 
-    let e = err(&BpeVocab {
-        model: "wordpiece".into(),
-        ..byte_level_vocab("default")
-    });
+    let e = err(&BpeVocab { model: "wordpiece".into(), ..byte_level_vocab("default") });
     assert_eq!(e.code, ErrorCode::UnsupportedArchitecture);
 
     let mut v = byte_level_vocab("default");
@@ -351,17 +275,11 @@ fn decode_rejects_out_of_range_ids() {
         assert_eq!(e.code, ErrorCode::InvalidArgument);
         assert!(e.message.contains(&n.to_string()), "{}", e.message);
     }
-    assert_eq!(
-        tok.token_bytes(n).unwrap_err().code,
-        ErrorCode::InvalidArgument
-    );
+    assert_eq!(tok.token_bytes(n).unwrap_err().code, ErrorCode::InvalidArgument);
     let mut v = byte_level_vocab("default");
     v.bos_id = None;
     let no_bos = Tokenizer::from_bpe_vocab(&v).unwrap();
-    assert_eq!(
-        no_bos.encode("a", true, false).unwrap_err().code,
-        ErrorCode::InvalidArgument
-    );
+    assert_eq!(no_bos.encode("a", true, false).unwrap_err().code, ErrorCode::InvalidArgument);
 }
 
 /// A SentencePiece vocabulary: <unk>, <s>, </s>, 256 byte tokens, then pieces with scores.
@@ -413,20 +331,11 @@ fn sentencepiece_merges_by_score_with_byte_fallback() {
     let id = |s: &str| v.tokens.iter().position(|t| t == s).unwrap() as u32;
     assert!(tok.add_bos_default());
     // "▁hello": ▁h (score -3) first, then ll (-4), ▁he (-5), ▁hell (-6), ▁hello (-7).
-    assert_eq!(
-        tok.encode("hello", false, false).unwrap(),
-        vec![id("▁hello")]
-    );
+    assert_eq!(tok.encode("hello", false, false).unwrap(), vec![id("▁hello")]);
     // "hollo": ▁h, ll, then "lo" cannot form since the l's are taken, "o" stays.
-    assert_eq!(
-        tok.encode("hollo", true, false).unwrap(),
-        vec![1, id("▁h"), id("o"), id("ll"), id("o")]
-    );
+    assert_eq!(tok.encode("hollo", true, false).unwrap(), vec![1, id("▁h"), id("o"), id("ll"), id("o")]);
     // "é" is not in the vocabulary: its UTF-8 bytes are used.
-    assert_eq!(
-        tok.encode("hé", false, false).unwrap(),
-        vec![id("▁h"), id("<0xC3>"), id("<0xA9>")]
-    );
+    assert_eq!(tok.encode("hé", false, false).unwrap(), vec![id("▁h"), id("<0xC3>"), id("<0xA9>")]);
     let ids = tok.encode("hello hé", true, false).unwrap();
     assert_eq!(tok.decode(&ids, true).unwrap(), "hello hé");
     let mut stream = TextStream::new(&tok);
@@ -435,10 +344,7 @@ fn sentencepiece_merges_by_score_with_byte_fallback() {
     assert_eq!(streamed, "hello hé");
     let mut bad = sentencepiece_vocab();
     bad.scores.pop();
-    assert_eq!(
-        Tokenizer::from_bpe_vocab(&bad).unwrap_err().code,
-        ErrorCode::InvalidFile
-    );
+    assert_eq!(Tokenizer::from_bpe_vocab(&bad).unwrap_err().code, ErrorCode::InvalidFile);
 }
 
 /// Found by fuzzing: a decoder (or normalizer) section nested past the JSON parser's depth
@@ -456,7 +362,7 @@ fn a_deeply_nested_section_is_an_error_not_a_panic() {
         let mut bad = value.clone();
         bad[section] = nested;
         let text = serde_json::to_string(&bad).unwrap();
-        let err = Tokenizer::from_json(text.as_bytes(), "nested.json").err().expect("refused");
+        let err = Tokenizer::from_json(text.as_bytes(), "nested.json").expect_err("refused");
         assert_eq!(err.code, crate::ErrorCode::InvalidFile, "{section}: {}", err.message);
     }
     value["decoder"] = serde_json::json!(null);

@@ -52,7 +52,8 @@ pub struct BpeVocab {
 /// Split regex of Llama 3 (`pre = llama-bpe`).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Split regex of Qwen2 (`pre = qwen2`): like Llama 3 but digits one by one.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// What the rest of the library needs besides the `tokenizers` object.
 pub(crate) struct BuiltVocab {
@@ -69,10 +70,7 @@ fn check_id(v: &BpeVocab, id: Option<u32>, what: &str) -> Result<()> {
     match id {
         Some(id) if id as usize >= v.tokens.len() => Err(Error::new(
             ErrorCode::InvalidFile,
-            format!(
-                "the tokenizer's {what} id {id} is out of range (the vocabulary has {} tokens)",
-                v.tokens.len()
-            ),
+            format!("the tokenizer's {what} id {id} is out of range (the vocabulary has {} tokens)", v.tokens.len()),
         )),
         _ => Ok(()),
     }
@@ -80,15 +78,10 @@ fn check_id(v: &BpeVocab, id: Option<u32>, what: &str) -> Result<()> {
 
 /// The pre-tokenizer llama.cpp uses for a byte-level BPE vocabulary with this `pre` name.
 fn byte_level_pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool)> {
-    let byte_level =
-        |use_regex| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, use_regex));
+    let byte_level = |use_regex| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, use_regex));
     let split = |pattern: &str| -> Result<PreTokenizerWrapper> {
-        let split = Split::new(
-            SplitPattern::Regex(pattern.into()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(|e| Error::internal(format!("split regex does not compile: {e}")))?;
+        let split = Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|e| Error::internal(format!("split regex does not compile: {e}")))?;
         Ok(PreTokenizerWrapper::Split(split))
     };
     // The bool says whether words found whole in the vocabulary skip the merges.
@@ -102,14 +95,12 @@ fn byte_level_pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool)> {
             ])),
             false,
         ),
-        "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "pixtral" => (
-            PreTokenizerWrapper::Sequence(PreSequence::new(vec![split(LLAMA3_SPLIT)?, byte_level(false)])),
-            true,
-        ),
-        "qwen2" | "deepseek-r1-qwen" => (
-            PreTokenizerWrapper::Sequence(PreSequence::new(vec![split(QWEN2_SPLIT)?, byte_level(false)])),
-            false,
-        ),
+        "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "pixtral" => {
+            (PreTokenizerWrapper::Sequence(PreSequence::new(vec![split(LLAMA3_SPLIT)?, byte_level(false)])), true)
+        }
+        "qwen2" | "deepseek-r1-qwen" => {
+            (PreTokenizerWrapper::Sequence(PreSequence::new(vec![split(QWEN2_SPLIT)?, byte_level(false)])), false)
+        }
         other => {
             return Err(Error::new(
                 ErrorCode::UnsupportedArchitecture,
@@ -124,11 +115,7 @@ fn byte_level_pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool)> {
 
 /// The token -> id map; when a string occurs twice the later id wins, as in llama.cpp.
 fn vocab_map(v: &BpeVocab) -> Vocab {
-    v.tokens
-        .iter()
-        .enumerate()
-        .map(|(id, t)| (t.clone(), id as u32))
-        .collect()
+    v.tokens.iter().enumerate().map(|(id, t)| (t.clone(), id as u32)).collect()
 }
 
 /// Byte-level BPE ("gpt2" in GGUF).
@@ -138,30 +125,20 @@ fn build_byte_level(v: &BpeVocab) -> Result<tokenizers::Tokenizer> {
     let mut merges = Vec::with_capacity(v.merges.len());
     for (line, merge) in v.merges.iter().enumerate() {
         // Split at the first space after the first character, as llama.cpp does.
-        let split = merge
-            .char_indices()
-            .skip(1)
-            .find(|&(_, c)| c == ' ')
-            .map(|(i, _)| i);
+        let split = merge.char_indices().skip(1).find(|&(_, c)| c == ' ').map(|(i, _)| i);
         match split {
             Some(i) => merges.push((merge[..i].to_string(), merge[i + 1..].to_string())),
-            None => return Err(Error::new(
-                ErrorCode::InvalidFile,
-                format!(
-                    "tokenizer merge #{line} ({merge:?}) is not two tokens separated by a space"
-                ),
-            )),
+            None => {
+                return Err(Error::new(
+                    ErrorCode::InvalidFile,
+                    format!("tokenizer merge #{line} ({merge:?}) is not two tokens separated by a space"),
+                ))
+            }
         }
     }
-    let model = BPE::builder()
-        .vocab_and_merges(vocab_map(v), merges)
-        .ignore_merges(ignore_merges)
-        .build()
-        .map_err(|e| {
-            Error::new(
-                ErrorCode::InvalidFile,
-                format!("the tokenizer's BPE tables are inconsistent: {e}"),
-            )
+    let model =
+        BPE::builder().vocab_and_merges(vocab_map(v), merges).ignore_merges(ignore_merges).build().map_err(|e| {
+            Error::new(ErrorCode::InvalidFile, format!("the tokenizer's BPE tables are inconsistent: {e}"))
         })?;
     let mut tokenizer = tokenizers::Tokenizer::new(model);
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
@@ -183,12 +160,7 @@ fn build_sentencepiece(v: &BpeVocab) -> Result<tokenizers::Tokenizer> {
         ));
     }
     let vocab = vocab_map(v);
-    let mergeable = |id: usize| {
-        matches!(
-            token_type(v, id),
-            TOKEN_TYPE_NORMAL | TOKEN_TYPE_USER_DEFINED
-        )
-    };
+    let mergeable = |id: usize| matches!(token_type(v, id), TOKEN_TYPE_NORMAL | TOKEN_TYPE_USER_DEFINED);
     let mut ranked: Vec<(f32, u32, u32, u32)> = Vec::new();
     for (id, token) in v.tokens.iter().enumerate() {
         if !mergeable(id) || token.chars().count() < 2 {
@@ -204,37 +176,22 @@ fn build_sentencepiece(v: &BpeVocab) -> Result<tokenizers::Tokenizer> {
         }
     }
     // Highest score first; ties by id, so the order is deterministic.
-    ranked.sort_by(|a, b| {
-        b.0.total_cmp(&a.0)
-            .then(a.1.cmp(&b.1))
-            .then(a.2.cmp(&b.2))
-            .then(a.3.cmp(&b.3))
-    });
-    let merges = ranked
-        .iter()
-        .map(|&(_, _, l, r)| (v.tokens[l as usize].clone(), v.tokens[r as usize].clone()))
-        .collect();
-    let mut builder = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .byte_fallback(true)
-        .fuse_unk(true);
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3)));
+    let merges =
+        ranked.iter().map(|&(_, _, l, r)| (v.tokens[l as usize].clone(), v.tokens[r as usize].clone())).collect();
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
     if let Some(unk) = v.unk_id {
         builder = builder.unk_token(v.tokens[unk as usize].clone());
     }
     let model = builder.build().map_err(|e| {
-        Error::new(
-            ErrorCode::InvalidFile,
-            format!("the tokenizer's SentencePiece tables are inconsistent: {e}"),
-        )
+        Error::new(ErrorCode::InvalidFile, format!("the tokenizer's SentencePiece tables are inconsistent: {e}"))
     })?;
     let mut tokenizer = tokenizers::Tokenizer::new(model);
     let replace = Replace::new(" ", "\u{2581}").map_err(|e| Error::internal(e.to_string()))?;
-    tokenizer.with_normalizer(Some(NormalizerWrapper::Sequence(NormalizerSequence::new(
-        vec![
-            NormalizerWrapper::Prepend(Prepend::new("\u{2581}".into())),
-            NormalizerWrapper::Replace(replace),
-        ],
-    ))));
+    tokenizer.with_normalizer(Some(NormalizerWrapper::Sequence(NormalizerSequence::new(vec![
+        NormalizerWrapper::Prepend(Prepend::new("\u{2581}".into())),
+        NormalizerWrapper::Replace(replace),
+    ]))));
     let un_replace = tokenizers::decoders::DecoderWrapper::Replace(
         Replace::new("\u{2581}", " ").map_err(|e| Error::internal(e.to_string()))?,
     );
@@ -250,34 +207,19 @@ fn build_sentencepiece(v: &BpeVocab) -> Result<tokenizers::Tokenizer> {
 /// Turns a GGUF vocabulary into a `tokenizers` tokenizer with the same behaviour as llama.cpp.
 pub(crate) fn build(v: &BpeVocab) -> Result<BuiltVocab> {
     if v.tokens.is_empty() {
-        return Err(Error::new(
-            ErrorCode::MissingTokenizer,
-            "the tokenizer vocabulary is empty",
-        ));
+        return Err(Error::new(ErrorCode::MissingTokenizer, "the tokenizer vocabulary is empty"));
     }
     if !v.token_types.is_empty() && v.token_types.len() != v.tokens.len() {
         return Err(Error::new(
             ErrorCode::InvalidFile,
-            format!(
-                "the tokenizer has {} token types for {} tokens",
-                v.token_types.len(),
-                v.tokens.len()
-            ),
+            format!("the tokenizer has {} token types for {} tokens", v.token_types.len(), v.tokens.len()),
         ));
     }
-    for (id, what) in [
-        (v.bos_id, "BOS"),
-        (v.eos_id, "EOS"),
-        (v.unk_id, "unknown-token"),
-        (v.pad_id, "padding"),
-    ] {
+    for (id, what) in [(v.bos_id, "BOS"), (v.eos_id, "EOS"), (v.unk_id, "unknown-token"), (v.pad_id, "padding")] {
         check_id(v, id, what)?;
     }
     if v.add_bos && v.bos_id.is_none() {
-        return Err(Error::new(
-            ErrorCode::InvalidFile,
-            "the tokenizer asks for a BOS token but names none",
-        ));
+        return Err(Error::new(ErrorCode::InvalidFile, "the tokenizer asks for a BOS token but names none"));
     }
     let mut tokenizer = match v.model.as_str() {
         "gpt2" => build_byte_level(v)?,
@@ -285,7 +227,9 @@ pub(crate) fn build(v: &BpeVocab) -> Result<BuiltVocab> {
         other => {
             return Err(Error::new(
                 ErrorCode::UnsupportedArchitecture,
-                format!("tokenizer model '{other}' is not supported (supported: gpt2 byte-level BPE, llama SentencePiece)"),
+                format!(
+                    "tokenizer model '{other}' is not supported (supported: gpt2 byte-level BPE, llama SentencePiece)"
+                ),
             ))
         }
     };
@@ -296,9 +240,7 @@ pub(crate) fn build(v: &BpeVocab) -> Result<BuiltVocab> {
         .iter()
         .enumerate()
         .filter(|&(_, &t)| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
-        .map(|(id, &t)| {
-            AddedToken::from(v.tokens[id].clone(), t == TOKEN_TYPE_CONTROL).normalized(false)
-        })
+        .map(|(id, &t)| AddedToken::from(v.tokens[id].clone(), t == TOKEN_TYPE_CONTROL).normalized(false))
         .collect();
     tokenizer.add_tokens(&added);
     if v.add_bos || v.add_eos {
@@ -324,10 +266,7 @@ pub(crate) fn build(v: &BpeVocab) -> Result<BuiltVocab> {
             .map_err(|e| Error::internal(format!("BOS/EOS template: {e}")))?;
         tokenizer.with_post_processor(Some(processor));
     }
-    Ok(BuiltVocab {
-        tokenizer,
-        token_types,
-    })
+    Ok(BuiltVocab { tokenizer, token_types })
 }
 
 /// Reads the `tokenizer.ggml.*` keys of a GGUF file.
@@ -336,10 +275,7 @@ pub(crate) fn read_gguf_vocab(file: &crate::gguf::GgufFile) -> Result<BpeVocab> 
     let missing = |what: &str| {
         Error::new(
             ErrorCode::MissingTokenizer,
-            format!(
-                "{}: the file has no tokenizer ({what} is missing); load a tokenizer.json instead",
-                file.name()
-            ),
+            format!("{}: the file has no tokenizer ({what} is missing); load a tokenizer.json instead", file.name()),
         )
     };
     if file.get("tokenizer.ggml.tokens").is_none() {
@@ -357,12 +293,9 @@ pub(crate) fn read_gguf_vocab(file: &crate::gguf::GgufFile) -> Result<BpeVocab> 
             return Ok(None);
         }
         let id = file.get_u64(key)?;
-        u32::try_from(id).map(Some).map_err(|_| {
-            Error::invalid_file(
-                file.name(),
-                format!("metadata key `{key}` = {id} is not a token id"),
-            )
-        })
+        u32::try_from(id)
+            .map(Some)
+            .map_err(|_| Error::invalid_file(file.name(), format!("metadata key `{key}` = {id} is not a token id")))
     };
     let opt_bool = |key: &str, default: bool| -> Result<bool> {
         if file.get(key).is_none() {
@@ -371,30 +304,21 @@ pub(crate) fn read_gguf_vocab(file: &crate::gguf::GgufFile) -> Result<BpeVocab> 
             file.get_bool(key)
         }
     };
-    let tokens: Vec<String> = file
-        .get_str_array("tokenizer.ggml.tokens")?
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let tokens: Vec<String> = file.get_str_array("tokenizer.ggml.tokens")?.into_iter().map(String::from).collect();
     let token_types = match file.get("tokenizer.ggml.token_type") {
         None => Vec::new(),
         Some(_) => file
             .get_i64_array("tokenizer.ggml.token_type")?
             .into_iter()
             .map(|t| {
-                i32::try_from(t).map_err(|_| {
-                    Error::invalid_file(file.name(), format!("token type {t} is out of range"))
-                })
+                i32::try_from(t)
+                    .map_err(|_| Error::invalid_file(file.name(), format!("token type {t} is out of range")))
             })
             .collect::<Result<_>>()?,
     };
     let merges = match file.get("tokenizer.ggml.merges") {
         None => Vec::new(),
-        Some(_) => file
-            .get_str_array("tokenizer.ggml.merges")?
-            .into_iter()
-            .map(String::from)
-            .collect(),
+        Some(_) => file.get_str_array("tokenizer.ggml.merges")?.into_iter().map(String::from).collect(),
     };
     let scores = match file.get("tokenizer.ggml.scores") {
         None => Vec::new(),
@@ -405,20 +329,14 @@ pub(crate) fn read_gguf_vocab(file: &crate::gguf::GgufFile) -> Result<BpeVocab> 
                 GgufValue::F64(s) => Ok(*s as f32),
                 other => Err(Error::invalid_file(
                     file.name(),
-                    format!(
-                        "metadata key `tokenizer.ggml.scores` should hold floats, found {}",
-                        other.type_name()
-                    ),
+                    format!("metadata key `tokenizer.ggml.scores` should hold floats, found {}", other.type_name()),
                 )),
             })
             .collect::<Result<_>>()?,
         Some(other) => {
             return Err(Error::invalid_file(
                 file.name(),
-                format!(
-                    "metadata key `tokenizer.ggml.scores` should be an array, found {}",
-                    other.type_name()
-                ),
+                format!("metadata key `tokenizer.ggml.scores` should be an array, found {}", other.type_name()),
             ))
         }
     };
@@ -427,8 +345,7 @@ pub(crate) fn read_gguf_vocab(file: &crate::gguf::GgufFile) -> Result<BpeVocab> 
         Some(_) => Some(file.get_str("tokenizer.ggml.pre")?.to_string()),
     };
     // llama.cpp's defaults when the file does not say: SentencePiece and Llama 3 start with BOS.
-    let bos_by_default =
-        model == "llama" || matches!(pre.as_deref(), Some("llama-bpe" | "llama3" | "llama-v3"));
+    let bos_by_default = model == "llama" || matches!(pre.as_deref(), Some("llama-bpe" | "llama3" | "llama-v3"));
     let bos_id = opt_id("tokenizer.ggml.bos_token_id")?;
     let v = BpeVocab {
         pre,
@@ -440,10 +357,7 @@ pub(crate) fn read_gguf_vocab(file: &crate::gguf::GgufFile) -> Result<BpeVocab> 
         eos_id: opt_id("tokenizer.ggml.eos_token_id")?,
         unk_id: opt_id("tokenizer.ggml.unknown_token_id")?,
         pad_id: opt_id("tokenizer.ggml.padding_token_id")?,
-        add_bos: opt_bool(
-            "tokenizer.ggml.add_bos_token",
-            bos_by_default && bos_id.is_some(),
-        )?,
+        add_bos: opt_bool("tokenizer.ggml.add_bos_token", bos_by_default && bos_id.is_some())?,
         add_eos: opt_bool("tokenizer.ggml.add_eos_token", false)?,
         model,
     };

@@ -55,7 +55,10 @@ pub fn read_dataset(path: &Path, bad_rows: BadRows) -> Result<Dataset> {
         }
         files.sort_by_key(|p| natural_key(p));
         if files.is_empty() {
-            return Err(Error::invalid_argument(format!("{}: no .json, .jsonl, .txt or .raw files in this directory", path.display())));
+            return Err(Error::invalid_argument(format!(
+                "{}: no .json, .jsonl, .txt or .raw files in this directory",
+                path.display()
+            )));
         }
     } else {
         files.push(path.to_path_buf());
@@ -84,7 +87,8 @@ fn is_plain_text(p: &Path) -> bool {
 
 fn natural_key(p: &Path) -> (String, u64) {
     let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-    let digits: String = stem.chars().rev().take_while(|c| c.is_ascii_digit()).collect::<Vec<_>>().into_iter().rev().collect();
+    let digits: String =
+        stem.chars().rev().take_while(|c| c.is_ascii_digit()).collect::<Vec<_>>().into_iter().rev().collect();
     (stem[..stem.len() - digits.len()].to_string(), digits.parse().unwrap_or(0))
 }
 
@@ -93,8 +97,8 @@ pub fn parse_records(text: &str, file: &Path, bad_rows: BadRows, out: &mut Datas
     let name = file.display();
     let trimmed = text.trim_start();
     let rows: Vec<(usize, std::result::Result<serde_json::Value, String>)> = if trimmed.starts_with('[') {
-        let values: Vec<serde_json::Value> =
-            serde_json::from_str(text).map_err(|e| Error::new(ErrorCode::InvalidFile, format!("{name}: not a valid JSON array: {e}")))?;
+        let values: Vec<serde_json::Value> = serde_json::from_str(text)
+            .map_err(|e| Error::new(ErrorCode::InvalidFile, format!("{name}: not a valid JSON array: {e}")))?;
         values.into_iter().enumerate().map(|(i, v)| (i + 1, Ok(v))).collect()
     } else {
         text.lines()
@@ -207,7 +211,8 @@ pub fn pack(examples: &[Example], seq_len: usize) -> Vec<Sequence> {
     let mut start = 0;
     while start + seq_len < tokens.len() {
         let inputs = tokens[start..start + seq_len].to_vec();
-        let labels: Vec<u32> = (start + 1..=start + seq_len).map(|j| if trained[j] { tokens[j] } else { IGNORE }).collect();
+        let labels: Vec<u32> =
+            (start + 1..=start + seq_len).map(|j| if trained[j] { tokens[j] } else { IGNORE }).collect();
         if labels.iter().any(|&l| l != IGNORE) {
             out.push(Sequence { inputs, labels });
         }
@@ -332,7 +337,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("liger-data-{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("a.raw"), " = Title = \n\n words and more words\n").unwrap();
-        std::fs::write(dir.join("b.jsonl"), "{\"text\": \"one\"}\n{\"instruction\": \"i\", \"output\": \"o\"}\n").unwrap();
+        std::fs::write(dir.join("b.jsonl"), "{\"text\": \"one\"}\n{\"instruction\": \"i\", \"output\": \"o\"}\n")
+            .unwrap();
         std::fs::write(dir.join("c.txt"), "  \n").unwrap();
         std::fs::write(dir.join("ignored.md"), "not data").unwrap();
         let data = read_dataset(&dir, BadRows::Fail).unwrap();

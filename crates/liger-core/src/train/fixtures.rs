@@ -14,9 +14,7 @@ pub const BYTE_VOCAB: usize = 258;
 
 /// The printable character GPT-2's byte-level BPE writes for each byte.
 fn byte_char(b: u8) -> char {
-    let printable = |c: u32| {
-        (0x21..=0x7e).contains(&c) || (0xa1..=0xac).contains(&c) || (0xae..=0xff).contains(&c)
-    };
+    let printable = |c: u32| (0x21..=0x7e).contains(&c) || (0xa1..=0xac).contains(&c) || (0xae..=0xff).contains(&c);
     if printable(b as u32) {
         return char::from(b);
     }
@@ -64,12 +62,5 @@ pub fn byte_config() -> ModelConfig {
 pub fn tiny_byte_model(seed: u64) -> BaseModel {
     let cfg = byte_config();
     let weights = random_weights(&cfg, seed);
-    BaseModel::new(
-        cfg,
-        weights,
-        byte_tokenizer(),
-        None,
-        "tiny-bytes".into(),
-        ModelFormat::Checkpoint,
-    )
+    BaseModel::new(cfg, weights, byte_tokenizer(), None, "tiny-bytes".into(), ModelFormat::Checkpoint)
 }

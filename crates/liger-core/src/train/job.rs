@@ -3,17 +3,19 @@
 //! measure again, save the checkpoint and show a sample.
 
 use super::data::{
-    alpaca_prompt, pack, read_dataset, split_validation, tokenize_record, BadRows, Example,
-    PromptFormat, Record, Sequence,
+    alpaca_prompt, pack, read_dataset, split_validation, tokenize_record, BadRows, Example, PromptFormat, Record,
+    Sequence,
 };
 use super::loss::{LossOutput, IGNORE};
 use super::report::{write_run_report, StepEval, StepRecord, TrainingHistory};
 use super::trainer::{evaluate, EvalResult, TrainConfig, TrainEvent, Trainable, Trainer};
 use crate::chat::ChatMessage;
-use crate::checkpoint::run::{check_run_folder, checkpoint_dir, latest_checkpoint, open_run_folder, prune_checkpoints, FINAL_MODEL};
+use crate::checkpoint::run::{
+    check_run_folder, checkpoint_dir, latest_checkpoint, open_run_folder, prune_checkpoints, FINAL_MODEL,
+};
 use crate::checkpoint::{
-    load_liger_checkpoint_on, load_training_state, read_liger_section, save_liger_checkpoint,
-    SaveOptions, TrainingSnapshot,
+    load_liger_checkpoint_on, load_training_state, read_liger_section, save_liger_checkpoint, SaveOptions,
+    TrainingSnapshot,
 };
 use crate::convert::{linearize, LigerModel, LigerOptions, LoraOptions};
 use crate::error::{Error, ErrorCode, Result};
@@ -162,42 +164,23 @@ pub struct DecodeMemory {
 pub fn base_model_loss(base: &BaseModel, inputs: &[u32], labels: &[u32]) -> Result<LossOutput> {
     const CHUNK: usize = 128;
     if inputs.is_empty() || inputs.len() != labels.len() {
-        return Err(Error::invalid_argument(
-            "inputs and labels must be equally long and not empty",
-        ));
+        return Err(Error::invalid_argument("inputs and labels must be equally long and not empty"));
     }
     let (cfg, vocab) = (&base.config, base.config.vocab_size);
     let inv_freq = cfg.rope_inv_freq();
     let mut cache = KvCache::new(cfg.num_layers);
-    let mut out = LossOutput {
-        loss_sum: 0.0,
-        count: 0,
-    };
+    let mut out = LossOutput { loss_sum: 0.0, count: 0 };
     for (tokens, labels) in inputs.chunks(CHUNK).zip(labels.chunks(CHUNK)) {
-        let logits = forward(
-            cfg,
-            &base.weights,
-            &inv_freq,
-            &mut cache,
-            tokens,
-            Logits::All,
-        )?;
+        let logits = forward(cfg, &base.weights, &inv_freq, &mut cache, tokens, Logits::All)?;
         for (row, &label) in logits.chunks_exact(vocab).zip(labels) {
             if label == IGNORE {
                 continue;
             }
             if label as usize >= vocab {
-                return Err(Error::invalid_argument(format!(
-                    "label {label} is outside the vocabulary of {vocab}"
-                )));
+                return Err(Error::invalid_argument(format!("label {label} is outside the vocabulary of {vocab}")));
             }
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = max as f64
-                + row
-                    .iter()
-                    .map(|&v| ((v - max) as f64).exp())
-                    .sum::<f64>()
-                    .ln();
+            let lse = max as f64 + row.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>().ln();
             out.loss_sum += lse - row[label as usize] as f64;
             out.count += 1;
         }
@@ -206,53 +189,29 @@ pub fn base_model_loss(base: &BaseModel, inputs: &[u32], labels: &[u32]) -> Resu
 }
 
 /// Renders and tokenizes records (prompt masked, EOS appended) for `base`.
-fn tokenize_all(
-    base: &BaseModel,
-    records: &[Record],
-    format: PromptFormat,
-) -> Result<Vec<Example>> {
-    let eos = base
-        .tokenizer
-        .eos_id()
-        .or_else(|| base.config.eos_token_ids.first().copied())
-        .ok_or_else(|| {
-            Error::new(
-                ErrorCode::MissingTokenizer,
-                "the model names no end-of-sequence token; training needs one to end each example",
-            )
-        })?;
+fn tokenize_all(base: &BaseModel, records: &[Record], format: PromptFormat) -> Result<Vec<Example>> {
+    let eos = base.tokenizer.eos_id().or_else(|| base.config.eos_token_ids.first().copied()).ok_or_else(|| {
+        Error::new(
+            ErrorCode::MissingTokenizer,
+            "the model names no end-of-sequence token; training needs one to end each example",
+        )
+    })?;
     let render = |instruction: &str, input: &str| -> Result<String> {
         match format {
             PromptFormat::Alpaca => Ok(alpaca_prompt(instruction, input)),
             PromptFormat::Chat => {
-                let content = if input.trim().is_empty() {
-                    instruction.to_string()
-                } else {
-                    format!("{instruction}\n\n{input}")
-                };
-                base.apply_chat_template(
-                    &[ChatMessage {
-                        role: "user".into(),
-                        content,
-                    }],
-                    true,
-                )
+                let content =
+                    if input.trim().is_empty() { instruction.to_string() } else { format!("{instruction}\n\n{input}") };
+                base.apply_chat_template(&[ChatMessage { role: "user".into(), content }], true)
             }
         }
     };
     // Chat templates write their own BOS into the text.
     let add_bos = base.tokenizer.add_bos_default() && format == PromptFormat::Alpaca;
     let encode = |text: &str, at_start: bool| {
-        base.encode(
-            text,
-            Some(at_start && add_bos),
-            format == PromptFormat::Chat && at_start,
-        )
+        base.encode(text, Some(at_start && add_bos), format == PromptFormat::Chat && at_start)
     };
-    records
-        .iter()
-        .map(|r| tokenize_record(r, &render, &encode, eos))
-        .collect()
+    records.iter().map(|r| tokenize_record(r, &render, &encode, eos)).collect()
 }
 
 type LossResult = Result<LossOutput>;
@@ -281,7 +240,13 @@ impl EngineModel for LigerModel {
 
 /// Saves one checkpoint folder of the run (`checkpoint-<step>` or the final model), making
 /// `out_dir` a run folder at the first save, then keeps the newest `keep_checkpoints`.
-fn save_in_run(job: &LinearizeJob, fresh: &mut bool, folder: &Path, model: &LigerModel, snapshot: Option<TrainingSnapshot>) -> Result<()> {
+fn save_in_run(
+    job: &LinearizeJob,
+    fresh: &mut bool,
+    folder: &Path,
+    model: &LigerModel,
+    snapshot: Option<TrainingSnapshot>,
+) -> Result<()> {
     open_run_folder(&job.out_dir, std::mem::take(fresh))?;
     save_liger_checkpoint(folder, model, &job.save, snapshot)?;
     if let Some(keep) = job.keep_checkpoints {
@@ -291,11 +256,7 @@ fn save_in_run(job: &LinearizeJob, fresh: &mut bool, folder: &Path, model: &Lige
 }
 
 fn eval_event(name: &str, r: &EvalResult) -> JobEvent {
-    JobEvent::Eval {
-        name: name.into(),
-        loss: r.loss,
-        ppl: r.ppl,
-    }
+    JobEvent::Eval { name: name.into(), loss: r.loss, ppl: r.ppl }
 }
 
 /// The loss increase (nats per token) of converting each layer alone, untrained and without
@@ -309,19 +270,23 @@ fn layer_conversion_costs<M: EngineModel>(
     to_engine: &mut dyn FnMut(LigerModel) -> Result<M>,
 ) -> Result<Vec<f64>> {
     if seqs.is_empty() {
-        return Err(Error::invalid_argument("choosing softmax layers needs text to measure on: give training data or selection data"));
+        return Err(Error::invalid_argument(
+            "choosing softmax layers needs text to measure on: give training data or selection data",
+        ));
     }
     let no_adapters = LoraOptions { targets: Vec::new(), ..job.lora.clone() };
     // The base model as the engine runs it (every layer softmax), so that each difference
     // compares like with like (the GPU engine computes in bf16).
     let all_softmax = LigerOptions { softmax_layers: (0..layers).collect(), ..job.options.clone() };
-    let reference = to_engine(linearize(load_model(&job.model_path, &mut |_, _| {})?, all_softmax, no_adapters.clone())?)?;
+    let reference =
+        to_engine(linearize(load_model(&job.model_path, &mut |_, _| {})?, all_softmax, no_adapters.clone())?)?;
     let base_loss = evaluate(seqs, &mut |i, l| reference.loss(i, l))?.loss;
     drop(reference);
     let mut costs = Vec::with_capacity(layers);
     for layer in 0..layers {
         on_event(JobEvent::Stage(format!("measuring the conversion of layer {} of {layers}", layer + 1)));
-        let options = LigerOptions { softmax_layers: (0..layers).filter(|&l| l != layer).collect(), ..job.options.clone() };
+        let options =
+            LigerOptions { softmax_layers: (0..layers).filter(|&l| l != layer).collect(), ..job.options.clone() };
         let fresh = load_model(&job.model_path, &mut |_, _| {})?;
         let model = to_engine(linearize(fresh, options, no_adapters.clone())?)?;
         let loss = evaluate(seqs, &mut |i, l| model.loss(i, l))?.loss;
@@ -333,9 +298,15 @@ fn layer_conversion_costs<M: EngineModel>(
 /// A resumed run continues with the settings it was saved with. Asking for different ones
 /// (a new learning rate, mixer, rank, ...) is refused, naming each difference, rather than
 /// silently ignored. How often to validate and save may change.
-fn check_resumed_settings(job: &LinearizeJob, options: &LigerOptions, lora: &LoraOptions, saved: &TrainConfig) -> Result<()> {
+fn check_resumed_settings(
+    job: &LinearizeJob,
+    options: &LigerOptions,
+    lora: &LoraOptions,
+    saved: &TrainConfig,
+) -> Result<()> {
     let mut asked = job.train.clone();
-    (asked.eval_every, asked.save_every, asked.save_on_cancel) = (saved.eval_every, saved.save_every, saved.save_on_cancel);
+    (asked.eval_every, asked.save_every, asked.save_on_cancel) =
+        (saved.eval_every, saved.save_every, saved.save_on_cancel);
     let mut differences = Vec::new();
     diff_json("", &json_of(saved)?, &json_of(&asked)?, &mut differences);
     // Softmax layers chosen by measurement are whatever the first run chose.
@@ -410,7 +381,9 @@ pub fn run_linearize_on<M: EngineModel>(
     // every checkpoint it writes runs with it.
     let surprise_keys = job.options.attention.surprise_keys;
     if job.surprise_after_training && surprise_keys == 0 {
-        return Err(Error::invalid_argument("surprise_after_training adds a surprise cache after training: set surprise_keys too"));
+        return Err(Error::invalid_argument(
+            "surprise_after_training adds a surprise cache after training: set surprise_keys too",
+        ));
     }
     let mut as_run = job.clone();
     if surprise_keys > 0 && job.surprise_after_training {
@@ -420,16 +393,15 @@ pub fn run_linearize_on<M: EngineModel>(
     let job = &as_run;
     job.train.validate()?;
     if !(0.0..1.0).contains(&job.val_fraction) {
-        return Err(Error::invalid_argument(format!(
-            "val_fraction must be in [0, 1), got {}",
-            job.val_fraction
-        )));
+        return Err(Error::invalid_argument(format!("val_fraction must be in [0, 1), got {}", job.val_fraction)));
     }
     // Found now rather than after training: an output folder that cannot be written, or one
     // that holds the user's own files or another run (see checkpoint::run).
     check_run_folder(&job.out_dir, job.overwrite, job.resume)?;
     if job.keep_checkpoints == Some(0) {
-        return Err(Error::invalid_argument("keep_checkpoints must be at least 1 (the final model is kept beside them)"));
+        return Err(Error::invalid_argument(
+            "keep_checkpoints must be at least 1 (the final model is kept beside them)",
+        ));
     }
     let resume_from = if job.resume { latest_checkpoint(&job.out_dir)? } else { None };
     // A run that starts over clears the checkpoints of the run before at its first save.
@@ -454,14 +426,8 @@ pub fn run_linearize_on<M: EngineModel>(
             };
             (report.train_records, report.val_records) = (train.len(), val.len());
             on_event(JobEvent::Stage("tokenizing".into()));
-            let train = pack(
-                &tokenize_all(&base, &train, job.prompt_format)?,
-                job.train.seq_len,
-            );
-            let mut val = pack(
-                &tokenize_all(&base, &val, job.prompt_format)?,
-                job.train.seq_len,
-            );
+            let train = pack(&tokenize_all(&base, &train, job.prompt_format)?, job.train.seq_len);
+            let mut val = pack(&tokenize_all(&base, &val, job.prompt_format)?, job.train.seq_len);
             val.truncate(job.max_val_sequences);
             (train, val)
         }
@@ -478,10 +444,7 @@ pub fn run_linearize_on<M: EngineModel>(
     if !val_seqs.is_empty() {
         on_event(JobEvent::Stage("validating the base model".into()));
         report.base_eval = validate(&|i, l| base_model_loss(&base, i, l))?;
-        report
-            .base_eval
-            .iter()
-            .for_each(|r| on_event(eval_event("base", r)));
+        report.base_eval.iter().for_each(|r| on_event(eval_event("base", r)));
     }
     let mut options = job.options.clone();
     if let Some(n) = job.auto_softmax_layers.filter(|_| !job.resume) {
@@ -511,7 +474,10 @@ pub fn run_linearize_on<M: EngineModel>(
         on_event(JobEvent::Stage(if on_base {
             "resuming on the base model's own weights (the checkpoint's are the same values)".into()
         } else {
-            format!("resuming on the checkpoint's weights: {} holds other weights than the checkpoint", job.model_path.display())
+            format!(
+                "resuming on the checkpoint's weights: {} holds other weights than the checkpoint",
+                job.model_path.display()
+            )
         }));
         let state = load_training_state(&from, &model)?;
         if let Some((saved, _)) = &state {
@@ -533,19 +499,14 @@ pub fn run_linearize_on<M: EngineModel>(
     }
     report.memory = decode_memory(model.host_model(), surprise_keys);
     report.untrained_eval = validate(&|i, l| model.loss(i, l))?;
-    report
-        .untrained_eval
-        .iter()
-        .for_each(|r| on_event(eval_event("liger (untrained)", r)));
+    report.untrained_eval.iter().for_each(|r| on_event(eval_event("liger (untrained)", r)));
 
     let mut trainer = None;
     if job.data_path.is_some() {
         on_event(JobEvent::Stage("training".into()));
         let sizes: Vec<usize> = model.params().iter().map(|p| p.1.len()).collect();
         let mut t = match resume_state {
-            Some((state, optimizer)) => {
-                Trainer::resume(state, optimizer, train_seqs.len(), &sizes)?
-            }
+            Some((state, optimizer)) => Trainer::resume(state, optimizer, train_seqs.len(), &sizes)?,
             None => Trainer::new(job.train.clone(), train_seqs.len(), &sizes)?,
         };
         report.total_steps = t.state.total_steps;
@@ -559,45 +520,42 @@ pub fn run_linearize_on<M: EngineModel>(
         let start = Instant::now();
         let save = job.save;
         let mut history = TrainingHistory::default();
-        let outcome = t.run(
-            &mut model,
-            &train_seqs,
-            &val_seqs,
-            cancel,
-            &mut |event, m, tr| {
-                match event {
-                    TrainEvent::Progress(p) => {
-                        history.steps.push(StepRecord { step: p.step, loss: p.loss, lr: p.lr, grad_norm: p.grad_norm, tokens_per_s: p.tokens_per_s });
-                        on_event(JobEvent::Progress(p))
-                    }
-                    TrainEvent::Eval { step, result } => {
-                        history.evals.push(StepEval { step, loss: result.loss, ppl: result.ppl });
-                        on_event(eval_event(&format!("step {step}"), &result))
-                    }
-                    // The final checkpoint is written after training.
-                    TrainEvent::Save { step } if step == tr.state.total_steps => {}
-                    TrainEvent::Save { step } => {
-                        let snapshot = (!save.merged).then_some(TrainingSnapshot {
-                            state: &tr.state,
-                            optimizer: &tr.optimizer,
-                        });
-                        let folder = checkpoint_dir(&job.out_dir, step);
-                        save_in_run(job, &mut fresh_run, &folder, m.host_model(), snapshot)?;
-                        on_event(JobEvent::Saved(folder));
-                    }
+        let outcome = t.run(&mut model, &train_seqs, &val_seqs, cancel, &mut |event, m, tr| {
+            match event {
+                TrainEvent::Progress(p) => {
+                    history.steps.push(StepRecord {
+                        step: p.step,
+                        loss: p.loss,
+                        lr: p.lr,
+                        grad_norm: p.grad_norm,
+                        tokens_per_s: p.tokens_per_s,
+                    });
+                    on_event(JobEvent::Progress(p))
                 }
-                Ok(())
-            },
-        )?;
+                TrainEvent::Eval { step, result } => {
+                    history.evals.push(StepEval { step, loss: result.loss, ppl: result.ppl });
+                    on_event(eval_event(&format!("step {step}"), &result))
+                }
+                // The final checkpoint is written after training.
+                TrainEvent::Save { step } if step == tr.state.total_steps => {}
+                TrainEvent::Save { step } => {
+                    let snapshot =
+                        (!save.merged).then_some(TrainingSnapshot { state: &tr.state, optimizer: &tr.optimizer });
+                    let folder = checkpoint_dir(&job.out_dir, step);
+                    save_in_run(job, &mut fresh_run, &folder, m.host_model(), snapshot)?;
+                    on_event(JobEvent::Saved(folder));
+                }
+            }
+            Ok(())
+        })?;
         report.history = history;
         report.train_seconds = start.elapsed().as_secs_f64();
         report.steps_done = outcome.steps_done;
         report.cancelled = outcome.cancelled;
         report.losses = t.state.losses.clone();
-        report.tokens_per_s = (outcome.steps_done as f64
-            * job.train.sequences_per_step() as f64
-            * job.train.seq_len as f64)
-            / report.train_seconds.max(1e-9);
+        report.tokens_per_s =
+            (outcome.steps_done as f64 * job.train.sequences_per_step() as f64 * job.train.seq_len as f64)
+                / report.train_seconds.max(1e-9);
         trainer = Some(t);
     }
     if report.cancelled {
@@ -605,18 +563,12 @@ pub fn run_linearize_on<M: EngineModel>(
     }
 
     report.trained_eval = validate(&|i, l| model.loss(i, l))?;
-    report
-        .trained_eval
-        .iter()
-        .for_each(|r| on_event(eval_event("liger (trained)", r)));
+    report.trained_eval.iter().for_each(|r| on_event(eval_event("liger (trained)", r)));
     on_event(JobEvent::Stage("saving".into()));
     let snapshot = trainer
         .as_ref()
         .filter(|_| !job.save.merged)
-        .map(|t| TrainingSnapshot {
-            state: &t.state,
-            optimizer: &t.optimizer,
-        });
+        .map(|t| TrainingSnapshot { state: &t.state, optimizer: &t.optimizer });
     let folder = job.out_dir.join(FINAL_MODEL);
     save_in_run(job, &mut fresh_run, &folder, model.host_model(), snapshot)?;
     on_event(JobEvent::Saved(folder));
@@ -625,22 +577,13 @@ pub fn run_linearize_on<M: EngineModel>(
         on_event(JobEvent::Stage("sampling".into()));
         let text = match job.prompt_format {
             PromptFormat::Alpaca => alpaca_prompt(prompt, ""),
-            PromptFormat::Chat => model.host_model().base.apply_chat_template(
-                &[ChatMessage {
-                    role: "user".into(),
-                    content: prompt.clone(),
-                }],
-                true,
-            )?,
+            PromptFormat::Chat => model
+                .host_model()
+                .base
+                .apply_chat_template(&[ChatMessage { role: "user".into(), content: prompt.clone() }], true)?,
         };
-        let ids = model
-            .host_model()
-            .base
-            .encode(&text, None, job.prompt_format == PromptFormat::Chat)?;
-        let opts = GenerateOptions {
-            max_tokens: job.sample_max_tokens,
-            ..GenerateOptions::default()
-        };
+        let ids = model.host_model().base.encode(&text, None, job.prompt_format == PromptFormat::Chat)?;
+        let opts = GenerateOptions { max_tokens: job.sample_max_tokens, ..GenerateOptions::default() };
         let result = if model.decodes() {
             generate(&model, &ids, &opts, cancel, &mut |_, _| {})?
         } else {

@@ -34,11 +34,9 @@ impl Drop for TempDir {
 fn write_data(dir: &Path, bad_row: bool) -> PathBuf {
     let mut lines: Vec<String> = (0..24)
         .map(|i| {
-            let (q, a) = [
-                ("Say hello.", "hello hello"),
-                ("Count to three.", "one two three"),
-                ("Name a colour.", "blue"),
-            ][i % 3];
+            let (q, a) =
+                [("Say hello.", "hello hello"), ("Count to three.", "one two three"), ("Name a colour.", "blue")]
+                    [i % 3];
             serde_json::json!({"instruction": q, "input": "", "output": a}).to_string()
         })
         .collect();
@@ -53,29 +51,16 @@ fn write_data(dir: &Path, bad_row: bool) -> PathBuf {
 /// A job on a tiny model saved as a checkpoint directory in `tmp`.
 fn tiny_job(tmp: &Path, steps: u64) -> LinearizeJob {
     let model_dir = tmp.join("base");
-    tiny_byte_model(17)
-        .save_checkpoint(&model_dir, SaveDtype::F32)
-        .unwrap();
+    tiny_byte_model(17).save_checkpoint(&model_dir, SaveDtype::F32).unwrap();
     let mut job = LinearizeJob::new(model_dir, Some(write_data(tmp, false)), tmp.join("out"));
-    job.options = LigerOptions {
-        softmax_layers: vec![1],
-        ..LigerOptions::default()
-    };
-    job.lora = LoraOptions {
-        rank: 4,
-        alpha: 8.0,
-        targets: LoraTarget::ALL.to_vec(),
-        seed: 1,
-    };
+    job.options = LigerOptions { softmax_layers: vec![1], ..LigerOptions::default() };
+    job.lora = LoraOptions { rank: 4, alpha: 8.0, targets: LoraTarget::ALL.to_vec(), seed: 1 };
     job.train = TrainConfig {
         steps: Some(steps),
         seq_len: 64,
         micro_batch: 1,
         grad_accum: 2,
-        optimizer: AdamWConfig {
-            lr: 2e-2,
-            ..AdamWConfig::default()
-        },
+        optimizer: AdamWConfig { lr: 2e-2, ..AdamWConfig::default() },
         eval_every: 10,
         ..TrainConfig::default()
     };
@@ -91,69 +76,34 @@ fn the_job_trains_saves_and_samples() {
     let job = tiny_job(&tmp.0, 30);
     let mut events = Vec::new();
     let report = run_linearize(&job, &AtomicBool::new(false), &mut |e| events.push(e)).unwrap();
-    let (base, untrained, trained) = (
-        report.base_eval.unwrap(),
-        report.untrained_eval.unwrap(),
-        report.trained_eval.unwrap(),
-    );
+    let (base, untrained, trained) =
+        (report.base_eval.unwrap(), report.untrained_eval.unwrap(), report.trained_eval.unwrap());
     let l = &report.losses;
-    let (first, last) = (
-        l[..5].iter().sum::<f64>() / 5.0,
-        l[l.len() - 5..].iter().sum::<f64>() / 5.0,
-    );
+    let (first, last) = (l[..5].iter().sum::<f64>() / 5.0, l[l.len() - 5..].iter().sum::<f64>() / 5.0);
     println!(
         "val ppl base {:.1}, liger untrained {:.1}, trained {:.1}; train loss first 5 steps {first:.3}, last 5 {last:.3}; {} train / {} val sequences; {:.0} tokens/s",
         base.ppl, untrained.ppl, trained.ppl, report.train_sequences, report.val_sequences, report.tokens_per_s
     );
-    assert_eq!(
-        (report.steps_done, report.total_steps, report.cancelled),
-        (30, 30, false)
-    );
-    assert!(
-        last < first - 0.3,
-        "training did not lower the loss: {first} -> {last}"
-    );
-    assert!(
-        trained.loss < untrained.loss - 0.3,
-        "validation loss {} -> {}",
-        untrained.loss,
-        trained.loss
-    );
+    assert_eq!((report.steps_done, report.total_steps, report.cancelled), (30, 30, false));
+    assert!(last < first - 0.3, "training did not lower the loss: {first} -> {last}");
+    assert!(trained.loss < untrained.loss - 0.3, "validation loss {} -> {}", untrained.loss, trained.loss);
     assert!(report.train_records > 0 && report.val_records > 0 && report.val_sequences > 0);
     assert!(report.sample.is_some());
 
     // Events: stages, one progress per step, evaluations, the save, the sample.
-    let progress = events
-        .iter()
-        .filter(|e| matches!(e, JobEvent::Progress(_)))
-        .count();
+    let progress = events.iter().filter(|e| matches!(e, JobEvent::Progress(_))).count();
     assert_eq!(progress, 30);
     let evals: Vec<&str> = events
         .iter()
-        .filter_map(|e| {
-            if let JobEvent::Eval { name, .. } = e {
-                Some(name.as_str())
-            } else {
-                None
-            }
-        })
+        .filter_map(|e| if let JobEvent::Eval { name, .. } = e { Some(name.as_str()) } else { None })
         .collect();
-    assert_eq!(
-        evals,
-        vec![
-            "base",
-            "liger (untrained)",
-            "step 10",
-            "step 20",
-            "step 30",
-            "liger (trained)"
-        ]
-    );
+    assert_eq!(evals, vec!["base", "liger (untrained)", "step 10", "step 20", "step 30", "liger (trained)"]);
     // The final model in the run folder (checkpoint::run): a run folder, with the model inside.
     assert!(events.contains(&JobEvent::Saved(job.out_dir.join("model"))));
     assert!(job.out_dir.join("liger-run.json").is_file());
     // Beside the model: report.json (every number) and report.html (the charts).
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(job.out_dir.join("report.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(job.out_dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["losses"].as_array().unwrap().len(), 30);
     assert_eq!(json["history"]["steps"].as_array().unwrap().len(), 30);
     assert_eq!(json["history"]["evals"].as_array().unwrap().len(), 3);
@@ -176,15 +126,8 @@ fn the_job_trains_saves_and_samples() {
     assert!(reloaded.is_finite());
 
     // Resuming a finished run trains no further and keeps the numbers.
-    let resumed = run_linearize(
-        &LinearizeJob {
-            resume: true,
-            ..job.clone()
-        },
-        &AtomicBool::new(false),
-        &mut |_| {},
-    )
-    .unwrap();
+    let resumed =
+        run_linearize(&LinearizeJob { resume: true, ..job.clone() }, &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert_eq!(resumed.steps_done, 0);
     assert_eq!(resumed.losses, report.losses);
 }
@@ -193,12 +136,8 @@ fn the_job_trains_saves_and_samples() {
 fn the_base_model_loss_matches_its_logits_in_float64() {
     let base = tiny_byte_model(5);
     let tokens = random_tokens(300, base.config.vocab_size, 9);
-    let labels: Vec<u32> = tokens[1..]
-        .iter()
-        .enumerate()
-        .map(|(i, &t)| if i % 7 == 0 { IGNORE } else { t })
-        .chain([IGNORE])
-        .collect();
+    let labels: Vec<u32> =
+        tokens[1..].iter().enumerate().map(|(i, &t)| if i % 7 == 0 { IGNORE } else { t }).chain([IGNORE]).collect();
     let logits = base.all_logits(&tokens).unwrap();
     let vocab = base.config.vocab_size;
     let (mut want, mut count) = (0.0f64, 0);
@@ -214,12 +153,7 @@ fn the_base_model_loss_matches_its_logits_in_float64() {
     println!("chunked base loss vs whole-sequence logits: rel error {err:.2e}");
     assert_eq!(got.count, count);
     assert!(err < 1e-5, "{} vs {want}", got.loss_sum);
-    assert_eq!(
-        base_model_loss(&base, &tokens, &labels[1..])
-            .unwrap_err()
-            .code,
-        ErrorCode::InvalidArgument
-    );
+    assert_eq!(base_model_loss(&base, &tokens, &labels[1..]).unwrap_err().code, ErrorCode::InvalidArgument);
 }
 
 #[test]
@@ -262,14 +196,7 @@ fn cancelling_stops_cleanly_and_writes_nothing_unless_asked() {
     .unwrap();
     assert!(report.cancelled);
     let saved = load_liger_checkpoint(&job.out_dir).unwrap();
-    assert_eq!(
-        load_training_state(&job.out_dir, &saved)
-            .unwrap()
-            .unwrap()
-            .0
-            .step,
-        2
-    );
+    assert_eq!(load_training_state(&job.out_dir, &saved).unwrap().unwrap().0.step, 2);
 }
 
 #[test]
@@ -277,34 +204,26 @@ fn bad_job_settings_are_refused() {
     let tmp = TempDir::new("bad");
     let mut job = tiny_job(&tmp.0, 2);
     job.val_fraction = 1.0;
-    assert_eq!(
-        run_linearize(&job, &AtomicBool::new(false), &mut |_| {})
-            .unwrap_err()
-            .code,
-        ErrorCode::InvalidArgument
-    );
+    assert_eq!(run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err().code, ErrorCode::InvalidArgument);
     job.val_fraction = 0.1;
     job.train.seq_len = 100_000;
     let err = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
-    assert!(
-        err.code == ErrorCode::InvalidArgument && err.message.contains("lower seq_len"),
-        "{}",
-        err.message
-    );
+    assert!(err.code == ErrorCode::InvalidArgument && err.message.contains("lower seq_len"), "{}", err.message);
     job.train.seq_len = 64;
-    for (micro_batch, grad_accum, seq_len, needle) in [(1_000_000, 1, 64, "micro_batch"), (1, 1 << 20, 64, "grad_accum"), (1, 1, 1 << 21, "seq_len")] {
+    for (micro_batch, grad_accum, seq_len, needle) in
+        [(1_000_000, 1, 64, "micro_batch"), (1, 1 << 20, 64, "grad_accum"), (1, 1, 1 << 21, "seq_len")]
+    {
         (job.train.micro_batch, job.train.grad_accum, job.train.seq_len) = (micro_batch, grad_accum, seq_len);
         let err = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
-        assert!(err.code == ErrorCode::InvalidArgument && err.message.contains(needle) && err.message.contains("limit"), "{}", err.message);
+        assert!(
+            err.code == ErrorCode::InvalidArgument && err.message.contains(needle) && err.message.contains("limit"),
+            "{}",
+            err.message
+        );
     }
     (job.train.micro_batch, job.train.grad_accum, job.train.seq_len) = (1, 2, 64);
     job.model_path = tmp.0.join("missing.gguf");
-    assert_eq!(
-        run_linearize(&job, &AtomicBool::new(false), &mut |_| {})
-            .unwrap_err()
-            .code,
-        ErrorCode::Io
-    );
+    assert_eq!(run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err().code, ErrorCode::Io);
 }
 
 #[test]
@@ -314,7 +233,11 @@ fn softmax_layers_are_chosen_by_what_converting_each_costs() {
     job.options.softmax_layers = Vec::new();
     let layers = tiny_byte_model(17).config.num_layers;
     assert!(layers >= 2, "the tiny model needs layers to choose from");
-    std::fs::write(tmp.0.join("select.txt"), "Say hello. hello hello. Count to three. one two three. Name a colour: blue. ".repeat(8)).unwrap();
+    std::fs::write(
+        tmp.0.join("select.txt"),
+        "Say hello. hello hello. Count to three. one two three. Name a colour: blue. ".repeat(8),
+    )
+    .unwrap();
     job.select_data = Some(tmp.0.join("select.txt"));
     job.auto_softmax_layers = Some(1);
     job.sample_prompt = None;
@@ -384,7 +307,13 @@ fn an_output_folder_with_the_users_files_is_refused_before_any_work() {
     job.overwrite = false;
     run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
     let err = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
-    assert!(err.code == ErrorCode::InvalidArgument && err.message.contains("holds a liger run") && err.message.contains("--overwrite"), "{}", err.message);
+    assert!(
+        err.code == ErrorCode::InvalidArgument
+            && err.message.contains("holds a liger run")
+            && err.message.contains("--overwrite"),
+        "{}",
+        err.message
+    );
     job.overwrite = true;
     run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert!(load_liger_checkpoint(&job.out_dir).is_ok());
@@ -404,7 +333,8 @@ fn checkpoints_go_to_numbered_folders_the_newest_kept_and_resume_takes_the_lates
     .unwrap();
     assert_eq!((report.cancelled, report.steps_done), (true, 6));
     let names = |dir: &std::path::Path| {
-        let mut n: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut n: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         n.sort();
         n
     };
@@ -417,7 +347,10 @@ fn checkpoints_go_to_numbered_folders_the_newest_kept_and_resume_takes_the_lates
     job.resume = true;
     let resumed = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert_eq!((resumed.steps_done, resumed.total_steps), (1, 7));
-    assert_eq!(names(&job.out_dir), ["checkpoint-4", "checkpoint-6", "liger-run.json", "model", "report.html", "report.json"]);
+    assert_eq!(
+        names(&job.out_dir),
+        ["checkpoint-4", "checkpoint-6", "liger-run.json", "model", "report.html", "report.json"]
+    );
     let last = load_liger_checkpoint(&job.out_dir).unwrap();
     assert_eq!(load_training_state(&job.out_dir, &last).unwrap().unwrap().0.step, 7);
 
@@ -478,12 +411,17 @@ fn a_run_that_diverges_stops_with_a_typed_error_and_keeps_its_last_good_checkpoi
     job.train.optimizer.lr = 1e30;
     job.train.clip_grad_norm = 0.0;
     let mut saved = 0;
-    let err = run_linearize(&job, &AtomicBool::new(false), &mut |e| saved += matches!(e, JobEvent::Saved(_)) as usize).unwrap_err();
+    let err = run_linearize(&job, &AtomicBool::new(false), &mut |e| saved += matches!(e, JobEvent::Saved(_)) as usize)
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::NonFiniteLoss, "{}", err.message);
     assert!(saved >= 1, "a checkpoint was saved before the loss went bad");
     let model = load_liger_checkpoint(&job.out_dir).unwrap();
     let (state, _) = load_training_state(&job.out_dir, &model).unwrap().unwrap();
-    assert!(state.losses.iter().all(|l| l.is_finite()), "the kept checkpoint is from before the failure: {:?}", state.losses);
+    assert!(
+        state.losses.iter().all(|l| l.is_finite()),
+        "the kept checkpoint is from before the failure: {:?}",
+        state.losses
+    );
     assert_eq!(state.step as usize, saved);
     assert!(model.lora_params().iter().all(|(_, v)| v.iter().all(|x| x.is_finite())), "the kept adapters are finite");
 }
@@ -524,12 +462,14 @@ fn resuming_on_a_non_f32_base_is_bit_exact() {
 fn a_surprise_cache_is_trained_with_or_added_after_training() {
     let tmp = TempDir::new("surprise");
     let mut job = tiny_job(&tmp.0, 6);
-    (job.options.attention.window_keys, job.options.attention.sink_keys, job.options.attention.surprise_keys) = (8, 1, 4);
+    (job.options.attention.window_keys, job.options.attention.sink_keys, job.options.attention.surprise_keys) =
+        (8, 1, 4);
     job.sample_prompt = None;
     let with_cache = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert_eq!(load_liger_checkpoint(&job.out_dir).unwrap().options.attention.surprise_keys, 4);
     // Resuming the finished run accepts its own settings.
-    let resumed = run_linearize(&LinearizeJob { resume: true, ..job.clone() }, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let resumed =
+        run_linearize(&LinearizeJob { resume: true, ..job.clone() }, &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert_eq!(resumed.steps_done, 0);
 
     let after = LinearizeJob { surprise_after_training: true, out_dir: tmp.0.join("after"), ..job.clone() };

@@ -51,7 +51,12 @@ impl LoraAdapter {
     /// `y += scale · (x Aᵀ) Bᵀ` for `t` rows of `x` (`t x in`), `y` (`t x out`).
     pub fn forward_add(&self, x: &[f32], t: usize, y: &mut [f32]) -> LoraSaved {
         let mut u = vec![0.0f32; t * self.rank];
-        matmul(MatRef::new(x, t, self.in_features), MatRef::new(&self.a, self.rank, self.in_features).t(), &mut u, false);
+        matmul(
+            MatRef::new(x, t, self.in_features),
+            MatRef::new(&self.a, self.rank, self.in_features).t(),
+            &mut u,
+            false,
+        );
         let us: Vec<f32> = u.iter().map(|v| v * self.scale).collect();
         matmul(MatRef::new(&us, t, self.rank), MatRef::new(&self.b, self.out_features, self.rank).t(), y, true);
         LoraSaved { u }
@@ -77,7 +82,12 @@ impl LoraAdapter {
     pub fn merged(&self, w: &[f32]) -> Vec<f32> {
         let mut out = w.to_vec();
         let bs: Vec<f32> = self.b.iter().map(|v| v * self.scale).collect();
-        matmul(MatRef::new(&bs, self.out_features, self.rank), MatRef::new(&self.a, self.rank, self.in_features), &mut out, true);
+        matmul(
+            MatRef::new(&bs, self.out_features, self.rank),
+            MatRef::new(&self.a, self.rank, self.in_features),
+            &mut out,
+            true,
+        );
         out
     }
 }

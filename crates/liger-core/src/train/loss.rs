@@ -21,7 +21,15 @@ pub struct LossOutput {
 /// Cross-entropy of `h` (`T x hidden`, after the final norm) through `head` (`vocab x hidden`)
 /// against `labels` (`T`, `IGNORE` for positions that do not count).
 /// When `dh` is given, writes `d(loss_sum · grad_scale)/dh` into it.
-pub fn cross_entropy(h: &[f32], head: &[f32], hidden: usize, vocab: usize, labels: &[u32], grad_scale: f32, dh: Option<&mut [f32]>) -> LossOutput {
+pub fn cross_entropy(
+    h: &[f32],
+    head: &[f32],
+    hidden: usize,
+    vocab: usize,
+    labels: &[u32],
+    grad_scale: f32,
+    dh: Option<&mut [f32]>,
+) -> LossOutput {
     let t = labels.len();
     assert_eq!(h.len(), t * hidden);
     assert_eq!(head.len(), vocab * hidden);

@@ -2,11 +2,11 @@
 
 pub mod backward;
 pub mod data;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod job;
 pub mod lora;
 pub mod loss;
 pub mod optim;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod job;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod report;
 #[cfg(not(target_arch = "wasm32"))]

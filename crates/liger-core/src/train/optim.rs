@@ -28,7 +28,11 @@ pub struct AdamWState {
 
 impl AdamWState {
     pub fn new(sizes: &[usize]) -> Self {
-        AdamWState { step: 0, m: sizes.iter().map(|&n| vec![0.0; n]).collect(), v: sizes.iter().map(|&n| vec![0.0; n]).collect() }
+        AdamWState {
+            step: 0,
+            m: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+            v: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+        }
     }
 
     /// One update of every parameter tensor with its gradient at learning rate `lr`.
@@ -57,7 +61,10 @@ pub fn clip_grad_norm(grads: &mut [&mut [f32]], max_norm: f32) -> Result<f32> {
     let sq: f64 = grads.iter().flat_map(|g| g.iter()).map(|&x| (x as f64) * (x as f64)).sum();
     let norm = sq.sqrt() as f32;
     if !norm.is_finite() {
-        return Err(Error::new(ErrorCode::NonFiniteLoss, "the gradient norm is not finite; lower the learning rate or check the data"));
+        return Err(Error::new(
+            ErrorCode::NonFiniteLoss,
+            "the gradient norm is not finite; lower the learning rate or check the data",
+        ));
     }
     if max_norm > 0.0 && norm > max_norm {
         let s = max_norm / (norm + 1e-6);
@@ -71,7 +78,11 @@ pub fn clip_grad_norm(grads: &mut [&mut [f32]], max_norm: f32) -> Result<f32> {
 pub enum LrSchedule {
     Constant,
     /// Linear warmup from 0 over `warmup_steps`, then cosine decay to `min_ratio · lr` at `total_steps`.
-    Cosine { warmup_steps: u64, total_steps: u64, min_ratio: f32 },
+    Cosine {
+        warmup_steps: u64,
+        total_steps: u64,
+        min_ratio: f32,
+    },
 }
 
 impl LrSchedule {

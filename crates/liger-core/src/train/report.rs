@@ -43,7 +43,9 @@ pub fn write_run_report(dir: &Path, report: &LinearizeReport) -> Result<()> {
     write_json(&dir.join("report.json"), report)?;
     let html = render_run_html(report);
     let path = dir.join("report.html");
-    crate::hf::fsutil::write_atomically(&path, |w| w.write_all(html.as_bytes()).map_err(|e| Error::io(path.display(), e)))
+    crate::hf::fsutil::write_atomically(&path, |w| {
+        w.write_all(html.as_bytes()).map_err(|e| Error::io(path.display(), e))
+    })
 }
 
 /// The run's page: a summary table and the charts.
@@ -61,7 +63,11 @@ pub fn render_run_html(r: &LinearizeReport) -> String {
     row("steps", format!("{} of {}{}", r.steps_done, r.total_steps, if r.cancelled { " (cancelled)" } else { "" }));
     row("training sequences / validation sequences", format!("{} / {}", r.train_sequences, r.val_sequences));
     row("training time", format!("{:.1} s at {:.0} tokens/s", r.train_seconds, r.tokens_per_s));
-    for (name, e) in [("validation perplexity: base", &r.base_eval), ("converted, untrained", &r.untrained_eval), ("trained", &r.trained_eval)] {
+    for (name, e) in [
+        ("validation perplexity: base", &r.base_eval),
+        ("converted, untrained", &r.untrained_eval),
+        ("trained", &r.trained_eval),
+    ] {
         row(name, e.as_ref().map_or("–".into(), |e| fmt_value(e.ppl)));
     }
     row("softmax layers", if r.softmax_layers.is_empty() { "none".into() } else { format!("{:?}", r.softmax_layers) });
@@ -71,19 +77,33 @@ pub fn render_run_html(r: &LinearizeReport) -> String {
     let steps = &r.history.steps;
     let losses: Vec<(f64, f64)> = r.losses.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l)).collect();
     if !losses.is_empty() {
-        h.push_str(&line_chart("training loss", "step", &[("loss per step", losses.clone()), ("mean of the last 20", moving_mean(&losses, 20))]));
+        h.push_str(&line_chart(
+            "training loss",
+            "step",
+            &[("loss per step", losses.clone()), ("mean of the last 20", moving_mean(&losses, 20))],
+        ));
     }
     if !steps.is_empty() {
-        h.push_str(&line_chart("learning rate", "step", &[("learning rate", steps.iter().map(|s| (s.step as f64, s.lr as f64)).collect())]));
+        h.push_str(&line_chart(
+            "learning rate",
+            "step",
+            &[("learning rate", steps.iter().map(|s| (s.step as f64, s.lr as f64)).collect())],
+        ));
     }
     let evals: Vec<(f64, f64)> = r.history.evals.iter().map(|e| (e.step as f64, e.ppl)).collect();
     if !evals.is_empty() {
         let span = (0.0, r.total_steps.max(1) as f64);
-        let level = |e: &Option<super::trainer::EvalResult>| e.as_ref().map(|e| vec![(span.0, e.ppl), (span.1, e.ppl)]).unwrap_or_default();
+        let level = |e: &Option<super::trainer::EvalResult>| {
+            e.as_ref().map(|e| vec![(span.0, e.ppl), (span.1, e.ppl)]).unwrap_or_default()
+        };
         h.push_str(&line_chart(
             "validation perplexity",
             "step",
-            &[("trained so far", evals), ("base (softmax)", level(&r.base_eval)), ("converted, untrained", level(&r.untrained_eval))],
+            &[
+                ("trained so far", evals),
+                ("base (softmax)", level(&r.base_eval)),
+                ("converted, untrained", level(&r.untrained_eval)),
+            ],
         ));
     }
     if r.memory.base_bytes_per_token > 0 {
@@ -110,8 +130,15 @@ fn memory_chart(r: &LinearizeReport) -> String {
     let contexts: Vec<f64> = (9..=15).map(|p| (1u64 << p) as f64).collect();
     let mib = |bytes: f64| bytes / (1 << 20) as f64;
     let base = contexts.iter().map(|&n| (n, mib(n * m.base_bytes_per_token as f64))).collect();
-    let liger = contexts.iter().map(|&n| (n, mib(m.liger_constant_bytes as f64 + n * m.liger_bytes_per_token as f64))).collect();
-    line_chart("decoding memory per sequence (MiB, f32)", "context length (tokens)", &[("base: KV cache", base), ("Liger", liger)])
+    let liger = contexts
+        .iter()
+        .map(|&n| (n, mib(m.liger_constant_bytes as f64 + n * m.liger_bytes_per_token as f64)))
+        .collect();
+    line_chart(
+        "decoding memory per sequence (MiB, f32)",
+        "context length (tokens)",
+        &[("base: KV cache", base), ("Liger", liger)],
+    )
 }
 
 /// A line chart as inline SVG: each series a polyline over shared linear axes, with the axes'
@@ -161,7 +188,11 @@ fn line_chart(title: &str, x_label: &str, series: &[(&str, Vec<(f64, f64)>)]) ->
     );
     for (i, (name, pts)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let coords: Vec<String> = pts.iter().filter(|p| p.0.is_finite() && p.1.is_finite()).map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
+        let coords: Vec<String> = pts
+            .iter()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect();
         let _ = write!(svg, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"><title>{}</title></polyline>", coords.join(" "), escape(name));
         let y = height + 16.0 * i as f64;
         let _ = write!(svg, "<rect x=\"{left}\" y=\"{:.1}\" width=\"12\" height=\"3\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>", y - 4.0, left + 18.0, y, escape(name));
@@ -178,7 +209,11 @@ mod tests {
     #[test]
     fn the_page_plots_what_there_is_and_stays_finite() {
         // A run that trained nothing: no loss or learning-rate chart, the memory chart only.
-        let empty = LinearizeReport { model_name: "m <&>".into(), memory: DecodeMemory { base_bytes_per_token: 1000, liger_constant_bytes: 5000, liger_bytes_per_token: 0 }, ..Default::default() };
+        let empty = LinearizeReport {
+            model_name: "m <&>".into(),
+            memory: DecodeMemory { base_bytes_per_token: 1000, liger_constant_bytes: 5000, liger_bytes_per_token: 0 },
+            ..Default::default()
+        };
         let html = render_run_html(&empty);
         assert_eq!(html.matches("<svg").count(), 1);
         assert!(html.contains("m &lt;&amp;&gt;") && !html.contains("m <&>"));

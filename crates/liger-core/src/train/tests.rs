@@ -139,7 +139,11 @@ fn lora_backward_matches_finite_differences() {
     let y_want: Vec<f64> = (0..t * out)
         .map(|idx| {
             let (ti, o) = (idx / out, idx % out);
-            (0..rank).map(|k| scale * b64[o * rank + k] * (0..inp).map(|i| x64[ti * inp + i] * a64[k * inp + i]).sum::<f64>()).sum()
+            (0..rank)
+                .map(|k| {
+                    scale * b64[o * rank + k] * (0..inp).map(|i| x64[ti * inp + i] * a64[k * inp + i]).sum::<f64>()
+                })
+                .sum()
         })
         .collect();
     check("lora y", &y, &y_want, seed);
@@ -173,7 +177,8 @@ fn chunked_cross_entropy_matches_finite_differences() {
             if lab == IGNORE {
                 continue;
             }
-            let logits: Vec<f64> = (0..vocab).map(|v| (0..hidden).map(|k| h[ti * hidden + k] * head64[v * hidden + k]).sum()).collect();
+            let logits: Vec<f64> =
+                (0..vocab).map(|v| (0..hidden).map(|k| h[ti * hidden + k] * head64[v * hidden + k]).sum()).collect();
             let m = logits.iter().cloned().fold(f64::MIN, f64::max);
             let lse = m + logits.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
             l += lse - logits[lab as usize];
@@ -202,7 +207,8 @@ fn adamw_matches_the_published_update_rule() {
     for step in 1..=5 {
         let g = randv(&mut r, n, 1.0);
         state.update(&cfg, cfg.lr, &mut [&mut p], &[&g]);
-        let (b1, b2, lr, wd, eps) = (cfg.beta1 as f64, cfg.beta2 as f64, cfg.lr as f64, cfg.weight_decay as f64, cfg.eps as f64);
+        let (b1, b2, lr, wd, eps) =
+            (cfg.beta1 as f64, cfg.beta2 as f64, cfg.lr as f64, cfg.weight_decay as f64, cfg.eps as f64);
         for i in 0..n {
             let gi = g[i] as f64;
             p64[i] *= 1.0 - lr * wd;

@@ -46,10 +46,7 @@ pub trait Trainable {
         grad_scale: f32,
         grads: &mut Self::Grads,
     ) -> Result<LossOutput> {
-        let mut total = LossOutput {
-            loss_sum: 0.0,
-            count: 0,
-        };
+        let mut total = LossOutput { loss_sum: 0.0, count: 0 };
         for (i, l) in inputs.iter().zip(labels) {
             let out = self.forward_backward(i, l, grad_scale, grads)?;
             total.loss_sum += out.loss_sum;
@@ -143,10 +140,7 @@ impl TrainConfig {
             ));
         }
         if self.seq_len < 2 {
-            return bad(format!(
-                "seq_len must be at least 2 tokens, got {}",
-                self.seq_len
-            ));
+            return bad(format!("seq_len must be at least 2 tokens, got {}", self.seq_len));
         }
         // Upper bounds far past any useful run, so that a typo fails at once instead of
         // allocating or computing for minutes.
@@ -163,10 +157,7 @@ impl TrainConfig {
             return bad("steps must be at least 1 (or leave it out to train for `epochs`)".into());
         }
         if self.steps.is_none() && !(self.epochs.is_finite() && self.epochs > 0.0) {
-            return bad(format!(
-                "epochs must be a positive number, got {}",
-                self.epochs
-            ));
+            return bad(format!("epochs must be a positive number, got {}", self.epochs));
         }
         let o = &self.optimizer;
         if !(o.lr.is_finite() && o.lr > 0.0) {
@@ -180,16 +171,11 @@ impl TrainConfig {
             return bad("AdamW needs 0 <= beta1, beta2 < 1, eps > 0 and weight_decay >= 0".into());
         }
         if !(self.clip_grad_norm.is_finite() && self.clip_grad_norm >= 0.0) {
-            return bad(format!(
-                "clip_grad_norm must be >= 0 (0 turns clipping off), got {}",
-                self.clip_grad_norm
-            ));
+            return bad(format!("clip_grad_norm must be >= 0 (0 turns clipping off), got {}", self.clip_grad_norm));
         }
         if let Schedule::WarmupCosine { min_ratio, .. } = self.schedule {
             if !(0.0..=1.0).contains(&min_ratio) {
-                return bad(format!(
-                    "the schedule's min_ratio must be in [0, 1], got {min_ratio}"
-                ));
+                return bad(format!("the schedule's min_ratio must be in [0, 1], got {min_ratio}"));
             }
         }
         Ok(())
@@ -204,23 +190,16 @@ impl TrainConfig {
         }
         Ok(match self.steps {
             Some(s) => s,
-            None => ((self.epochs * num_sequences as f64) / self.sequences_per_step() as f64)
-                .floor()
-                .max(1.0) as u64,
+            None => ((self.epochs * num_sequences as f64) / self.sequences_per_step() as f64).floor().max(1.0) as u64,
         })
     }
 
     fn lr_schedule(&self, total_steps: u64) -> LrSchedule {
         match self.schedule {
             Schedule::Constant => LrSchedule::Constant,
-            Schedule::WarmupCosine {
-                warmup_steps,
-                min_ratio,
-            } => LrSchedule::Cosine {
-                warmup_steps,
-                total_steps,
-                min_ratio,
-            },
+            Schedule::WarmupCosine { warmup_steps, min_ratio } => {
+                LrSchedule::Cosine { warmup_steps, total_steps, min_ratio }
+            }
         }
     }
 }
@@ -309,14 +288,12 @@ pub fn evaluate(sequences: &[Sequence], loss: &mut SequenceLoss) -> Result<EvalR
         count += out.count;
     }
     if count == 0 {
-        return Err(Error::invalid_argument("no validation tokens: the validation split is empty; raise the validation fraction or add data"));
+        return Err(Error::invalid_argument(
+            "no validation tokens: the validation split is empty; raise the validation fraction or add data",
+        ));
     }
     let mean = sum / count as f64;
-    Ok(EvalResult {
-        loss: mean,
-        ppl: mean.exp(),
-        tokens: count,
-    })
+    Ok(EvalResult { loss: mean, ppl: mean.exp(), tokens: count })
 }
 
 /// The optimizer state and the position in the data of one training run.
@@ -345,12 +322,7 @@ impl Trainer {
             losses: Vec::new(),
             config,
         };
-        Ok(Trainer {
-            state,
-            optimizer: AdamWState::new(param_sizes),
-            order: Vec::new(),
-            order_epoch: None,
-        })
+        Ok(Trainer { state, optimizer: AdamWState::new(param_sizes), order: Vec::new(), order_epoch: None })
     }
 
     /// Continues a saved run. The data must be the same (same number of sequences) and the
@@ -369,21 +341,10 @@ impl Trainer {
             )));
         }
         let sizes: Vec<usize> = optimizer.m.iter().map(Vec::len).collect();
-        if sizes != param_sizes
-            || optimizer
-                .v
-                .iter()
-                .map(Vec::len)
-                .ne(param_sizes.iter().copied())
-        {
+        if sizes != param_sizes || optimizer.v.iter().map(Vec::len).ne(param_sizes.iter().copied()) {
             return Err(Error::shape("the saved optimizer state does not match the model's trainable tensors (a different LoRA rank or targets?)"));
         }
-        Ok(Trainer {
-            state,
-            optimizer,
-            order: Vec::new(),
-            order_epoch: None,
-        })
+        Ok(Trainer { state, optimizer, order: Vec::new(), order_epoch: None })
     }
 
     pub fn is_done(&self) -> bool {
@@ -399,12 +360,7 @@ impl Trainer {
         }
         if self.order_epoch != Some(self.state.epoch) {
             self.order = (0..n).collect();
-            let seed = self.state.seed
-                ^ self
-                    .state
-                    .epoch
-                    .wrapping_add(1)
-                    .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let seed = self.state.seed ^ self.state.epoch.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
             self.order.shuffle(&mut StdRng::seed_from_u64(seed));
             self.order_epoch = Some(self.state.epoch);
         }
@@ -416,19 +372,13 @@ impl Trainer {
     /// Learning rate of the next step.
     pub fn current_lr(&self) -> f32 {
         let c = &self.state.config;
-        c.lr_schedule(self.state.total_steps)
-            .lr_at(c.optimizer.lr, self.state.step)
+        c.lr_schedule(self.state.total_steps).lr_at(c.optimizer.lr, self.state.step)
     }
 
     /// One optimizer step over the next `micro_batch · grad_accum` sequences of `data`. The
     /// loss is the mean over the counted tokens of the whole step. A non-finite loss or
     /// gradient leaves the model and this trainer untouched and returns `NonFiniteLoss`.
-    pub fn step<M: Trainable>(
-        &mut self,
-        model: &mut M,
-        grads: &mut M::Grads,
-        data: &[Sequence],
-    ) -> Result<StepStats> {
+    pub fn step<M: Trainable>(&mut self, model: &mut M, grads: &mut M::Grads, data: &[Sequence]) -> Result<StepStats> {
         if data.len() != self.state.num_sequences {
             return Err(Error::invalid_argument(format!(
                 "the trainer was set up for {} sequences but got {}",
@@ -437,9 +387,7 @@ impl Trainer {
             )));
         }
         let saved_position = (self.state.epoch, self.state.position_in_epoch);
-        let picked: Vec<usize> = (0..self.state.config.sequences_per_step())
-            .map(|_| self.next_sequence())
-            .collect();
+        let picked: Vec<usize> = (0..self.state.config.sequences_per_step()).map(|_| self.next_sequence()).collect();
         let result = self.step_on(model, grads, data, &picked);
         if result.is_err() {
             (self.state.epoch, self.state.position_in_epoch) = saved_position;
@@ -455,14 +403,9 @@ impl Trainer {
         picked: &[usize],
     ) -> Result<StepStats> {
         let step = self.state.step + 1;
-        let count: usize = picked
-            .iter()
-            .map(|&i| data[i].labels.iter().filter(|&&l| l != IGNORE).count())
-            .sum();
+        let count: usize = picked.iter().map(|&i| data[i].labels.iter().filter(|&&l| l != IGNORE).count()).sum();
         if count == 0 {
-            return Err(Error::invalid_argument(format!(
-                "step {step}: its sequences have no counted labels"
-            )));
+            return Err(Error::invalid_argument(format!("step {step}: its sequences have no counted labels")));
         }
         grads.zero();
         let scale = 1.0 / count as f32;
@@ -471,12 +414,10 @@ impl Trainer {
         for micro in picked.chunks(self.state.config.micro_batch.max(1)) {
             let inputs: Vec<&[u32]> = micro.iter().map(|&i| data[i].inputs.as_slice()).collect();
             let labels: Vec<&[u32]> = micro.iter().map(|&i| data[i].labels.as_slice()).collect();
-            let out = model
-                .forward_backward_batch(&inputs, &labels, scale, grads)
-                .map_err(|e| match e.code {
-                    ErrorCode::NonFiniteLoss => non_finite(step, "the loss"),
-                    _ => e,
-                })?;
+            let out = model.forward_backward_batch(&inputs, &labels, scale, grads).map_err(|e| match e.code {
+                ErrorCode::NonFiniteLoss => non_finite(step, "the loss"),
+                _ => e,
+            })?;
             loss_sum += out.loss_sum;
             tokens += inputs.iter().map(|s| s.len()).sum::<usize>();
         }
@@ -484,26 +425,15 @@ impl Trainer {
         if !loss.is_finite() {
             return Err(non_finite(step, "the loss"));
         }
-        let grad_norm =
-            clip_grad_norm(&mut grads.as_mut_slices(), self.state.config.clip_grad_norm)
-                .map_err(|_| non_finite(step, "the gradient"))?;
+        let grad_norm = clip_grad_norm(&mut grads.as_mut_slices(), self.state.config.clip_grad_norm)
+            .map_err(|_| non_finite(step, "the gradient"))?;
         let lr = self.current_lr();
         let grad_slices = grads.as_slices();
-        self.optimizer.update(
-            &self.state.config.optimizer,
-            lr,
-            &mut model.params_mut(),
-            &grad_slices,
-        );
+        self.optimizer.update(&self.state.config.optimizer, lr, &mut model.params_mut(), &grad_slices);
         self.state.step = step;
         self.state.tokens_seen += tokens as u64;
         self.state.losses.push(loss);
-        Ok(StepStats {
-            loss,
-            grad_norm,
-            lr,
-            tokens,
-        })
+        Ok(StepStats { loss, grad_norm, lr, tokens })
     }
 
     /// Trains until the last step or until `cancel` is set (checked between steps). Reports
@@ -519,23 +449,13 @@ impl Trainer {
         let start = Instant::now();
         let first_step = self.state.step;
         let mut grads = model.new_grads();
-        let mut outcome = TrainOutcome {
-            steps_done: 0,
-            cancelled: false,
-            last_loss: None,
-        };
+        let mut outcome = TrainOutcome { steps_done: 0, cancelled: false, last_loss: None };
         let mut tokens = 0usize;
         while !self.is_done() {
             if cancel.load(Ordering::Relaxed) {
                 outcome.cancelled = true;
                 if self.state.config.save_on_cancel && self.state.step > first_step {
-                    on_event(
-                        TrainEvent::Save {
-                            step: self.state.step,
-                        },
-                        model,
-                        self,
-                    )?;
+                    on_event(TrainEvent::Save { step: self.state.step }, model, self)?;
                 }
                 return Ok(outcome);
             }

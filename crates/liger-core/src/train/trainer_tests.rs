@@ -38,39 +38,21 @@ impl GradBuffers for BigramGrads {
 impl Bigram {
     fn new(vocab: usize, seed: u64) -> Self {
         let mut r = StdRng::seed_from_u64(seed);
-        let w = (0..vocab * vocab)
-            .map(|_| r.random_range(-1.0..1.0))
-            .collect();
+        let w = (0..vocab * vocab).map(|_| r.random_range(-1.0..1.0)).collect();
         let b = (0..vocab).map(|_| r.random_range(-0.5..0.5)).collect();
-        Bigram {
-            vocab,
-            w,
-            b,
-            nan_after: None,
-            calls: Cell::new(0),
-        }
+        Bigram { vocab, w, b, nan_after: None, calls: Cell::new(0) }
     }
 
     #[allow(clippy::needless_range_loop)] // j indexes the row, the table and the bias alike
-    fn run(
-        &self,
-        inputs: &[u32],
-        labels: &[u32],
-        grad: Option<(f32, &mut BigramGrads)>,
-    ) -> LossOutput {
+    fn run(&self, inputs: &[u32], labels: &[u32], grad: Option<(f32, &mut BigramGrads)>) -> LossOutput {
         let v = self.vocab;
-        let mut out = LossOutput {
-            loss_sum: 0.0,
-            count: 0,
-        };
+        let mut out = LossOutput { loss_sum: 0.0, count: 0 };
         let mut grad = grad;
         for (&x, &y) in inputs.iter().zip(labels) {
             if y == IGNORE {
                 continue;
             }
-            let row: Vec<f32> = (0..v)
-                .map(|j| self.w[x as usize * v + j] + self.b[j])
-                .collect();
+            let row: Vec<f32> = (0..v).map(|j| self.w[x as usize * v + j] + self.b[j]).collect();
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let sum: f64 = row.iter().map(|&z| ((z - max) as f64).exp()).sum();
             let lse = max as f64 + sum.ln();
@@ -78,8 +60,7 @@ impl Bigram {
             out.count += 1;
             if let Some((scale, g)) = grad.as_mut() {
                 for j in 0..v {
-                    let d = (((row[j] as f64 - lse).exp() - (j == y as usize) as u8 as f64)
-                        * *scale as f64) as f32;
+                    let d = (((row[j] as f64 - lse).exp() - (j == y as usize) as u8 as f64) * *scale as f64) as f32;
                     g.0[0][x as usize * v + j] += d;
                     g.0[1][j] += d;
                 }
@@ -125,22 +106,9 @@ fn pattern_data(n: usize, len: usize, vocab: usize, seed: u64) -> Vec<Sequence> 
     (0..n)
         .map(|_| {
             let start = r.random_range(0..vocab as u32);
-            let stream: Vec<u32> = (0..=len as u32)
-                .map(|i| (start + 3 * i) % vocab as u32)
-                .collect();
-            let labels = (1..=len)
-                .map(|i| {
-                    if r.random_bool(0.2) {
-                        IGNORE
-                    } else {
-                        stream[i]
-                    }
-                })
-                .collect();
-            Sequence {
-                inputs: stream[..len].to_vec(),
-                labels,
-            }
+            let stream: Vec<u32> = (0..=len as u32).map(|i| (start + 3 * i) % vocab as u32).collect();
+            let labels = (1..=len).map(|i| if r.random_bool(0.2) { IGNORE } else { stream[i] }).collect();
+            Sequence { inputs: stream[..len].to_vec(), labels }
         })
         .collect()
 }
@@ -150,14 +118,7 @@ fn sizes(m: &Bigram) -> Vec<usize> {
 }
 
 fn config(steps: u64) -> TrainConfig {
-    TrainConfig {
-        steps: Some(steps),
-        seq_len: 12,
-        micro_batch: 2,
-        grad_accum: 2,
-        seed: 7,
-        ..TrainConfig::default()
-    }
+    TrainConfig { steps: Some(steps), seq_len: 12, micro_batch: 2, grad_accum: 2, seed: 7, ..TrainConfig::default() }
 }
 
 fn no_events(_: TrainEvent, _: &Bigram, _: &Trainer) -> Result<()> {
@@ -181,9 +142,7 @@ fn a_step_averages_loss_and_gradient_over_every_counted_token_of_the_step() {
             if y == IGNORE {
                 continue;
             }
-            let row: Vec<f64> = (0..v)
-                .map(|j| w[x as usize * v + j] as f64 + b[j] as f64)
-                .collect();
+            let row: Vec<f64> = (0..v).map(|j| w[x as usize * v + j] as f64 + b[j] as f64).collect();
             let lse = row.iter().map(|z| z.exp()).sum::<f64>().ln();
             loss += lse - row[y as usize];
             count += 1;
@@ -197,10 +156,7 @@ fn a_step_averages_loss_and_gradient_over_every_counted_token_of_the_step() {
     let loss = loss / count as f64;
     let norm = (gw.iter().chain(&gb).map(|g| g * g).sum::<f64>()).sqrt() / count as f64;
 
-    let cfg = TrainConfig {
-        clip_grad_norm: 1e-3,
-        ..config(1)
-    };
+    let cfg = TrainConfig { clip_grad_norm: 1e-3, ..config(1) };
     let mut trainer = Trainer::new(cfg, data.len(), &sizes(&model)).unwrap();
     let mut grads = model.new_grads();
     let stats = trainer.step(&mut model, &mut grads, &data).unwrap();
@@ -214,13 +170,7 @@ fn a_step_averages_loss_and_gradient_over_every_counted_token_of_the_step() {
         stats.grad_norm
     );
     // Clipped to 1e-3: the gradient the optimizer saw has that norm.
-    let clipped: f64 = grads
-        .as_slices()
-        .iter()
-        .flat_map(|g| g.iter())
-        .map(|&g| (g as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
+    let clipped: f64 = grads.as_slices().iter().flat_map(|g| g.iter()).map(|&g| (g as f64).powi(2)).sum::<f64>().sqrt();
     assert!((clipped - 1e-3).abs() < 1e-6, "clipped norm {clipped}");
     assert_eq!((trainer.state.step, stats.tokens), (1, 4 * len));
 }
@@ -228,20 +178,9 @@ fn a_step_averages_loss_and_gradient_over_every_counted_token_of_the_step() {
 #[test]
 fn every_sequence_is_seen_once_per_epoch_in_a_seeded_order() {
     let n = 10;
-    let data: Vec<Sequence> = (0..n as u32)
-        .map(|i| Sequence {
-            inputs: vec![i, i],
-            labels: vec![i, i],
-        })
-        .collect();
+    let data: Vec<Sequence> = (0..n as u32).map(|i| Sequence { inputs: vec![i, i], labels: vec![i, i] }).collect();
     let order = |seed: u64| -> Vec<u32> {
-        let cfg = TrainConfig {
-            steps: Some(10),
-            micro_batch: 1,
-            grad_accum: 2,
-            seed,
-            ..TrainConfig::default()
-        };
+        let cfg = TrainConfig { steps: Some(10), micro_batch: 1, grad_accum: 2, seed, ..TrainConfig::default() };
         let mut t = Trainer::new(cfg, n, &[0]).unwrap();
         (0..20).map(|_| data[t.next_sequence()].inputs[0]).collect()
     };
@@ -258,19 +197,10 @@ fn every_sequence_is_seen_once_per_epoch_in_a_seeded_order() {
 
 #[test]
 fn epochs_decide_the_number_of_steps() {
-    let cfg = TrainConfig {
-        steps: None,
-        epochs: 2.0,
-        micro_batch: 2,
-        grad_accum: 4,
-        ..TrainConfig::default()
-    };
+    let cfg = TrainConfig { steps: None, epochs: 2.0, micro_batch: 2, grad_accum: 4, ..TrainConfig::default() };
     assert_eq!(cfg.total_steps(100).unwrap(), 25);
     assert_eq!(cfg.total_steps(3).unwrap(), 1);
-    assert_eq!(
-        cfg.total_steps(0).unwrap_err().code,
-        ErrorCode::InvalidArgument
-    );
+    assert_eq!(cfg.total_steps(0).unwrap_err().code, ErrorCode::InvalidArgument);
 }
 
 #[test]
@@ -278,29 +208,12 @@ fn training_lowers_the_loss() {
     let (vocab, len) = (13, 16);
     let data = pattern_data(24, len, vocab, 3);
     let mut model = Bigram::new(vocab, 4);
-    let cfg = TrainConfig {
-        optimizer: super::optim::AdamWConfig {
-            lr: 5e-2,
-            ..Default::default()
-        },
-        ..config(30)
-    };
+    let cfg = TrainConfig { optimizer: super::optim::AdamWConfig { lr: 5e-2, ..Default::default() }, ..config(30) };
     let before = evaluate(&data, &mut |i, l| model.loss(i, l)).unwrap();
     let mut trainer = Trainer::new(cfg, data.len(), &sizes(&model)).unwrap();
-    let outcome = trainer
-        .run(
-            &mut model,
-            &data,
-            &[],
-            &AtomicBool::new(false),
-            &mut no_events,
-        )
-        .unwrap();
+    let outcome = trainer.run(&mut model, &data, &[], &AtomicBool::new(false), &mut no_events).unwrap();
     let after = evaluate(&data, &mut |i, l| model.loss(i, l)).unwrap();
-    println!(
-        "loss {:.3} -> {:.3} (ppl {:.2} -> {:.2})",
-        before.loss, after.loss, before.ppl, after.ppl
-    );
+    println!("loss {:.3} -> {:.3} (ppl {:.2} -> {:.2})", before.loss, after.loss, before.ppl, after.ppl);
     assert_eq!((outcome.steps_done, outcome.cancelled), (30, false));
     assert!(after.loss < 0.5 * before.loss);
     let l = &trainer.state.losses;
@@ -311,90 +224,43 @@ fn training_lowers_the_loss() {
 fn stopping_halfway_and_resuming_is_bit_identical_to_training_straight() {
     let (vocab, len, steps) = (9, 10, 8);
     let data = pattern_data(7, len, vocab, 11);
-    let cfg = TrainConfig {
-        schedule: Schedule::WarmupCosine {
-            warmup_steps: 2,
-            min_ratio: 0.1,
-        },
-        ..config(steps)
-    };
+    let cfg = TrainConfig { schedule: Schedule::WarmupCosine { warmup_steps: 2, min_ratio: 0.1 }, ..config(steps) };
     let cancel = AtomicBool::new(false);
 
     let mut straight = Bigram::new(vocab, 5);
     let mut t = Trainer::new(cfg.clone(), data.len(), &sizes(&straight)).unwrap();
-    t.run(&mut straight, &data, &[], &cancel, &mut no_events)
-        .unwrap();
+    t.run(&mut straight, &data, &[], &cancel, &mut no_events).unwrap();
 
     // Stop after half the steps (as a cancelled run does).
     let mut first = Bigram::new(vocab, 5);
     let mut t1 = Trainer::new(cfg.clone(), data.len(), &sizes(&first)).unwrap();
     let stop = AtomicBool::new(false);
     let mut stop_halfway = |_: TrainEvent, _: &Bigram, t: &Trainer| {
-        stop.store(
-            t.state.step == steps / 2,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        stop.store(t.state.step == steps / 2, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     };
-    assert!(
-        t1.run(&mut first, &data, &[], &stop, &mut stop_halfway)
-            .unwrap()
-            .cancelled
-    );
+    assert!(t1.run(&mut first, &data, &[], &stop, &mut stop_halfway).unwrap().cancelled);
     // What a checkpoint keeps: the state as JSON, the moments, the parameters.
-    let state: TrainerState =
-        serde_json::from_str(&serde_json::to_string(&t1.state).unwrap()).unwrap();
+    let state: TrainerState = serde_json::from_str(&serde_json::to_string(&t1.state).unwrap()).unwrap();
     assert_eq!(state.step, steps / 2);
-    let opt = AdamWState {
-        step: t1.optimizer.step,
-        m: t1.optimizer.m.clone(),
-        v: t1.optimizer.v.clone(),
-    };
+    let opt = AdamWState { step: t1.optimizer.step, m: t1.optimizer.m.clone(), v: t1.optimizer.v.clone() };
     let mut second = Bigram::new(vocab, 99);
     second.w.copy_from_slice(&first.w);
     second.b.copy_from_slice(&first.b);
     let mut t2 = Trainer::resume(state, opt, data.len(), &sizes(&second)).unwrap();
-    t2.run(&mut second, &data, &[], &cancel, &mut no_events)
-        .unwrap();
+    t2.run(&mut second, &data, &[], &cancel, &mut no_events).unwrap();
 
     assert_eq!(
-        t2.state
-            .losses
-            .iter()
-            .map(|l| l.to_bits())
-            .collect::<Vec<_>>(),
-        t.state
-            .losses
-            .iter()
-            .map(|l| l.to_bits())
-            .collect::<Vec<_>>()
+        t2.state.losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>(),
+        t.state.losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>()
     );
-    assert!(second
-        .w
-        .iter()
-        .zip(&straight.w)
-        .all(|(a, b)| a.to_bits() == b.to_bits()));
-    assert!(second
-        .b
-        .iter()
-        .zip(&straight.b)
-        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(second.w.iter().zip(&straight.w).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(second.b.iter().zip(&straight.b).all(|(a, b)| a.to_bits() == b.to_bits()));
 
-    let err = Trainer::resume(
-        t2.state.clone(),
-        AdamWState::new(&sizes(&second)),
-        data.len() + 1,
-        &sizes(&second),
-    )
-    .unwrap_err();
+    let err = Trainer::resume(t2.state.clone(), AdamWState::new(&sizes(&second)), data.len() + 1, &sizes(&second))
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
-    let err = Trainer::resume(
-        t2.state.clone(),
-        AdamWState::new(&[3]),
-        data.len(),
-        &sizes(&second),
-    )
-    .unwrap_err();
+    let err = Trainer::resume(t2.state.clone(), AdamWState::new(&[3]), data.len(), &sizes(&second)).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }
 
@@ -411,21 +277,9 @@ fn a_non_finite_loss_stops_training_without_applying_the_update() {
         }
         Ok(())
     };
-    let err = trainer
-        .run(
-            &mut model,
-            &data,
-            &[],
-            &AtomicBool::new(false),
-            &mut on_event,
-        )
-        .unwrap_err();
+    let err = trainer.run(&mut model, &data, &[], &AtomicBool::new(false), &mut on_event).unwrap_err();
     assert_eq!(err.code, ErrorCode::NonFiniteLoss);
-    assert!(
-        err.message.contains("step 3") && err.message.contains("learning rate"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains("step 3") && err.message.contains("learning rate"), "{}", err.message);
     assert_eq!(trainer.state.step, 2);
     assert_eq!(trainer.optimizer.step, 2);
     assert_eq!(model.w, saved_w, "the failed step changed the weights");
@@ -437,12 +291,7 @@ fn cancelling_returns_cleanly_and_saves_only_when_asked() {
     for save_on_cancel in [false, true] {
         let cancel = AtomicBool::new(false);
         let mut model = Bigram::new(7, 2);
-        let cfg = TrainConfig {
-            save_on_cancel,
-            eval_every: 2,
-            save_every: 0,
-            ..config(10)
-        };
+        let cfg = TrainConfig { save_on_cancel, eval_every: 2, save_every: 0, ..config(10) };
         let mut trainer = Trainer::new(cfg, data.len(), &sizes(&model)).unwrap();
         let mut events = Vec::new();
         let mut on_event = |e: TrainEvent, _: &Bigram, t: &Trainer| {
@@ -452,29 +301,16 @@ fn cancelling_returns_cleanly_and_saves_only_when_asked() {
             events.push(e);
             Ok(())
         };
-        let outcome = trainer
-            .run(&mut model, &data, &data[..2], &cancel, &mut on_event)
-            .unwrap();
+        let outcome = trainer.run(&mut model, &data, &data[..2], &cancel, &mut on_event).unwrap();
         assert_eq!((outcome.steps_done, outcome.cancelled), (3, true));
-        let saves = events
-            .iter()
-            .filter(|e| matches!(e, TrainEvent::Save { step: 3 }))
-            .count();
+        let saves = events.iter().filter(|e| matches!(e, TrainEvent::Save { step: 3 })).count();
         assert_eq!(saves, save_on_cancel as usize);
         let evals: Vec<u64> = events
             .iter()
-            .filter_map(|e| {
-                if let TrainEvent::Eval { step, .. } = e {
-                    Some(*step)
-                } else {
-                    None
-                }
-            })
+            .filter_map(|e| if let TrainEvent::Eval { step, .. } = e { Some(*step) } else { None })
             .collect();
         assert_eq!(evals, vec![2]);
-        let TrainEvent::Progress(p) = &events[0] else {
-            panic!("first event {:?}", events[0])
-        };
+        let TrainEvent::Progress(p) = &events[0] else { panic!("first event {:?}", events[0]) };
         assert_eq!((p.step, p.total_steps), (1, 10));
         assert!(p.tokens_per_s > 0.0 && p.eta_s >= 0.0 && p.loss.is_finite());
     }
@@ -483,51 +319,21 @@ fn cancelling_returns_cleanly_and_saves_only_when_asked() {
 #[test]
 fn bad_settings_are_refused_with_a_message() {
     let bad = [
+        TrainConfig { micro_batch: 0, ..TrainConfig::default() },
+        TrainConfig { steps: Some(0), ..TrainConfig::default() },
+        TrainConfig { epochs: f64::NAN, ..TrainConfig::default() },
+        TrainConfig { seq_len: 1, ..TrainConfig::default() },
+        TrainConfig { clip_grad_norm: -1.0, ..TrainConfig::default() },
         TrainConfig {
-            micro_batch: 0,
+            optimizer: super::optim::AdamWConfig { lr: 0.0, ..Default::default() },
             ..TrainConfig::default()
         },
-        TrainConfig {
-            steps: Some(0),
-            ..TrainConfig::default()
-        },
-        TrainConfig {
-            epochs: f64::NAN,
-            ..TrainConfig::default()
-        },
-        TrainConfig {
-            seq_len: 1,
-            ..TrainConfig::default()
-        },
-        TrainConfig {
-            clip_grad_norm: -1.0,
-            ..TrainConfig::default()
-        },
-        TrainConfig {
-            optimizer: super::optim::AdamWConfig {
-                lr: 0.0,
-                ..Default::default()
-            },
-            ..TrainConfig::default()
-        },
-        TrainConfig {
-            schedule: Schedule::WarmupCosine {
-                warmup_steps: 1,
-                min_ratio: 2.0,
-            },
-            ..TrainConfig::default()
-        },
+        TrainConfig { schedule: Schedule::WarmupCosine { warmup_steps: 1, min_ratio: 2.0 }, ..TrainConfig::default() },
     ];
     for cfg in bad {
         let err = Trainer::new(cfg, 10, &[1]).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.message);
     }
-    let empty = evaluate(&[], &mut |_, _| {
-        Ok(LossOutput {
-            loss_sum: 1.0,
-            count: 1,
-        })
-    })
-    .unwrap_err();
+    let empty = evaluate(&[], &mut |_, _| Ok(LossOutput { loss_sum: 1.0, count: 1 })).unwrap_err();
     assert_eq!(empty.code, ErrorCode::InvalidArgument);
 }

@@ -2,7 +2,6 @@
 #![allow(dead_code)]
 
 use liger_core::gguf::GgufFile;
-use std::path::PathBuf;
 
 pub use liger_core::testing::cache_dir;
 
@@ -15,10 +14,9 @@ pub fn open_fixture(name: &str) -> GgufFile {
             path.display()
         );
     }
-    GgufFile::open(&path).unwrap_or_else(|e| panic!("fixture {}: {e}; run scripts/make-quant-fixtures.py again", path.display()))
+    GgufFile::open(&path)
+        .unwrap_or_else(|e| panic!("fixture {}: {e}; run scripts/make-quant-fixtures.py again", path.display()))
 }
-
-pub use liger_core::testing::default_model_path;
 
 /// Deterministic uniform values in [-scale, scale).
 pub fn random_values(seed: u64, n: usize, scale: f32) -> Vec<f32> {

@@ -87,7 +87,8 @@ impl<T> GpuLigerState<T> {
             .iter()
             .map(|l| match l {
                 LayerCache::Liger { state, norm_state, window } => {
-                    4 * (state.len() + norm_state.as_ref().map_or(0, |s| s.len())) + window.as_ref().map_or(0, |(k, v)| t * (k.len() + v.len()))
+                    4 * (state.len() + norm_state.as_ref().map_or(0, |s| s.len()))
+                        + window.as_ref().map_or(0, |(k, v)| t * (k.len() + v.len()))
                 }
                 LayerCache::Softmax { keys, values } => t * (keys.len() + values.len()),
             })
@@ -132,7 +133,10 @@ impl<T: GemmInput> GpuLigerModel<T> {
         for layer in 0..c.num_layers {
             let cache = if self.host.options.is_softmax_layer(layer) {
                 let len = b * shape.hkv * c.max_position_embeddings * shape.d;
-                LayerCache::Softmax { keys: GpuBuffer::zeros(&self.ctx, len)?, values: GpuBuffer::zeros(&self.ctx, len)? }
+                LayerCache::Softmax {
+                    keys: GpuBuffer::zeros(&self.ctx, len)?,
+                    values: GpuBuffer::zeros(&self.ctx, len)?,
+                }
             } else {
                 let window = if att.use_swa {
                     let len = b * shape.hkv * att.window().capacity() * shape.d;
@@ -216,8 +220,15 @@ impl<T: GemmInput> GpuLigerModel<T> {
             drop((h, h_t));
             let (q, k, v) = (&qkv.q, &qkv.k, &qkv.v);
             let mut o = GpuBuffer::<f32>::zeros(ctx, n * c.q_size())?;
-            let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start: &start, tokens: rows.tokens, heads, head_dim: shape.d };
-            let (mut q_roped, mut k_roped) = (GpuBuffer::<f32>::zeros(ctx, q.len())?, GpuBuffer::<f32>::zeros(ctx, k.len())?);
+            let rope = |heads: usize| RopeLayout {
+                inv_freq: &self.weights.inv_freq,
+                start: &start,
+                tokens: rows.tokens,
+                heads,
+                head_dim: shape.d,
+            };
+            let (mut q_roped, mut k_roped) =
+                (GpuBuffer::<f32>::zeros(ctx, q.len())?, GpuBuffer::<f32>::zeros(ctx, k.len())?);
             rope_forward_to(ctx, &rope(shape.hq), &qkv.q, &mut q_roped)?;
             rope_forward_to(ctx, &rope(shape.hkv), &qkv.k, &mut k_roped)?;
             let mut o_att = GpuBuffer::<f32>::zeros(ctx, q.len())?;
@@ -227,10 +238,32 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 LayerCache::Liger { state: mixer_state, norm_state, window } => {
                     let mut o_grm = GpuBuffer::<f32>::zeros(ctx, q.len())?;
                     let mdims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
-                    mixer_chunk_forward_in_segments(ctx, &att.mixer, mdims, q, k, v, &mut o_grm, None, Some(mixer_state), self.mixer_segments())?;
+                    mixer_chunk_forward_in_segments(
+                        ctx,
+                        &att.mixer,
+                        mdims,
+                        q,
+                        k,
+                        v,
+                        &mut o_grm,
+                        None,
+                        Some(mixer_state),
+                        self.mixer_segments(),
+                    )?;
                     if let Some(norm_state) = norm_state {
                         let (ones, mut den) = (self.ones(v.len())?, GpuBuffer::<f32>::zeros(ctx, q.len())?);
-                        mixer_chunk_forward_in_segments(ctx, &att.mixer, mdims, q, k, &ones, &mut den, None, Some(norm_state), self.mixer_segments())?;
+                        mixer_chunk_forward_in_segments(
+                            ctx,
+                            &att.mixer,
+                            mdims,
+                            q,
+                            k,
+                            &ones,
+                            &mut den,
+                            None,
+                            Some(norm_state),
+                            self.mixer_segments(),
+                        )?;
                         grm_normalize(ctx, &mut o_grm, &den)?;
                     }
                     widen(ctx, &o_grm, &mut o, att.alpha, false)?;
@@ -245,7 +278,18 @@ impl<T: GemmInput> GpuLigerModel<T> {
                     attention_forward(ctx, dims, None, &q_roped, &k_roped, v, &mut o_att, &mut lse)?;
                     widen(ctx, &o_att, &mut o, 1.0, false)?;
                     let (k_t, v_t) = (scaled::<T>(ctx, &k_roped, 1.0)?, scaled::<T>(ctx, v, 1.0)?);
-                    cache_prefill(ctx, rows.batch, rows.tokens, shape, c.max_position_embeddings.into(), &k_t, &v_t, &start, keys, values)?;
+                    cache_prefill(
+                        ctx,
+                        rows.batch,
+                        rows.tokens,
+                        shape,
+                        c.max_position_embeddings.into(),
+                        &k_t,
+                        &v_t,
+                        &start,
+                        keys,
+                        values,
+                    )?;
                 }
             }
             self.o_proj(layer, &o, n, &mut x)?;
@@ -269,7 +313,14 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let dims = GemmDims { m: 1, n: vocab, k: hs, a_transposed: false, b_transposed: true };
         for b in 0..rows.batch {
             let last = b * rows.tokens + rows.tokens - 1;
-            gemm(ctx, dims, &hf_t.view(last * hs..(last + 1) * hs), self.weights.head().slice(), &mut logits.view_mut(b * vocab..(b + 1) * vocab), false)?;
+            gemm(
+                ctx,
+                dims,
+                &hf_t.view(last * hs..(last + 1) * hs),
+                self.weights.head().slice(),
+                &mut logits.view_mut(b * vocab..(b + 1) * vocab),
+                false,
+            )?;
         }
         logits.to_host()
     }

@@ -11,8 +11,8 @@
 //! (LIGER_CUDA_SYNC) or the profiler is on; when it fails, the step runs its plain launches and
 //! the reason is printed once.
 
-use super::glue::grm_normalize;
 use super::decode::LayerCache;
+use super::glue::grm_normalize;
 use super::weights::GpuLora;
 use super::GpuLigerModel;
 use crate::buffer::{GpuBuffer, GpuElement};
@@ -21,7 +21,10 @@ use crate::gemm::{gemm, gemm_scaled, GemmDims, GemmInput};
 use crate::kernels::EMBEDDING;
 use crate::launch::{as_int, block_per_row};
 use crate::ops::attention::attention_decode;
-use crate::ops::decode::{decode_gemv, decode_gemv_swiglu, decode_lora_up, decode_mix, decode_rope_append, gemv_fits, DecodeRope, LoraUp, GEMV_MAX_BATCH};
+use crate::ops::decode::{
+    decode_gemv, decode_gemv_swiglu, decode_lora_up, decode_mix, decode_rope_append, gemv_fits, DecodeRope, LoraUp,
+    GEMV_MAX_BATCH,
+};
 use crate::ops::mixer::mixer_recurrent_step;
 use crate::ops::rms_norm::{rms_norm_forward, rms_norm_forward_pair};
 use crate::ops::swiglu::swiglu_forward_to;
@@ -150,12 +153,25 @@ impl<T: GemmInput> GpuLigerModel<T> {
             act_t: ts(f)?,
             logits: f32s(vocab)?,
         };
-        Ok(DecodePlan { buffers, graph: None, graph_lora_version: 0, plain_steps: 0, captures: 0, capture_failed: false })
+        Ok(DecodePlan {
+            buffers,
+            graph: None,
+            graph_lora_version: 0,
+            plain_steps: 0,
+            captures: 0,
+            capture_failed: false,
+        })
     }
 
     /// One token per sequence (`ids`, every sequence at position `position`) through the
     /// layers, advancing `layers`; returns the logits (`B x vocab`).
-    pub(super) fn decode_step(&self, layers: &mut [LayerCache<T>], plan: &mut DecodePlan<T>, ids: &[u32], position: usize) -> Result<Vec<f32>> {
+    pub(super) fn decode_step(
+        &self,
+        layers: &mut [LayerCache<T>],
+        plan: &mut DecodePlan<T>,
+        ids: &[u32],
+        position: usize,
+    ) -> Result<Vec<f32>> {
         let c = self.config();
         let vocab = self.weights.embed.len() / c.hidden_size.max(1);
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
@@ -166,7 +182,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
             return Err(Error::internal(format!("a step of {} tokens for a plan of {} sequences", ids.len(), p.batch)));
         }
         let b = p.batch;
-        let pos = u32::try_from(position).map_err(|_| Error::invalid_argument(format!("position {position} is beyond what the GPU kernels index (2^32)")))?;
+        let pos = u32::try_from(position).map_err(|_| {
+            Error::invalid_argument(format!("position {position} is beyond what the GPU kernels index (2^32)"))
+        })?;
         p.ids.copy_from_host(ids)?;
         p.positions.copy_from_host(&vec![pos; b])?;
         let att = &self.host.options.attention;
@@ -180,7 +198,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
         if plan.graph.is_some() && (plan.graph_lora_version != version || !self.decode_graphs_enabled()) {
             plan.graph = None;
         }
-        let want_graph = self.decode_graphs_enabled() && self.ctx.capture_allowed() && plan.plain_steps > 0 && !plan.capture_failed;
+        let want_graph =
+            self.decode_graphs_enabled() && self.ctx.capture_allowed() && plan.plain_steps > 0 && !plan.capture_failed;
         if plan.graph.is_none() && want_graph {
             match self.capture_step(layers, &mut plan.buffers) {
                 Ok(graph) => {
@@ -197,7 +216,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
             }
         }
         match &plan.graph {
-            Some(graph) => graph.0.launch().map_err(|e| crate::error::driver_error(e, "replaying the decoding step"))?,
+            Some(graph) => {
+                graph.0.launch().map_err(|e| crate::error::driver_error(e, "replaying the decoding step"))?
+            }
             None => {
                 self.record_step(layers, &mut plan.buffers)?;
                 plan.plain_steps += 1;
@@ -207,7 +228,11 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// Captures the step's launches into a graph (nothing runs).
-    fn capture_step(&self, layers: &mut [LayerCache<T>], p: &mut StepBuffers<T>) -> std::result::Result<CudaGraph, String> {
+    fn capture_step(
+        &self,
+        layers: &mut [LayerCache<T>],
+        p: &mut StepBuffers<T>,
+    ) -> std::result::Result<CudaGraph, String> {
         let stream = self.ctx.stream();
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(|e| e.to_string())?;
         let recorded = self.record_step(layers, p);
@@ -230,7 +255,36 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let lora = self.lora_guard()?;
         // A few sequences: warp-per-row products that read each weight once, in fewer launches.
         let small = b <= GEMV_MAX_BATCH && [hs, qs, f].iter().all(|&k| gemv_fits::<T>(k));
-        let StepBuffers { ids, positions, window_len, full_len, x, h, h_t, h_rstd, q, k, v, q_normed, k_normed, q_rstd, k_rstd, lora_u, q_roped, o_mixer, ones, o_norm, o_attention, o, o_t, gate, up, act_t, logits, .. } = p;
+        let StepBuffers {
+            ids,
+            positions,
+            window_len,
+            full_len,
+            x,
+            h,
+            h_t,
+            h_rstd,
+            q,
+            k,
+            v,
+            q_normed,
+            k_normed,
+            q_rstd,
+            k_rstd,
+            lora_u,
+            q_roped,
+            o_mixer,
+            ones,
+            o_norm,
+            o_attention,
+            o,
+            o_t,
+            gate,
+            up,
+            act_t,
+            logits,
+            ..
+        } = p;
         embed_ids(ctx, &self.weights.embed, hs, ids, x)?;
         for (layer, cache) in layers.iter_mut().enumerate() {
             let lw = &self.weights.layers[layer];
@@ -241,7 +295,14 @@ impl<T: GemmInput> GpuLigerModel<T> {
             }
             if !small {
                 for (w, y, out) in [(&lw.wq, &mut *q, qs), (&lw.wk, &mut *k, kvs), (&lw.wv, &mut *v, kvs)] {
-                    gemm(ctx, GemmDims { m: b, n: out, k: hs, a_transposed: false, b_transposed: true }, h_t.slice(), w.slice(), y.slice_mut(), false)?;
+                    gemm(
+                        ctx,
+                        GemmDims { m: b, n: out, k: hs, a_transposed: false, b_transposed: true },
+                        h_t.slice(),
+                        w.slice(),
+                        y.slice_mut(),
+                        false,
+                    )?;
                 }
             }
             let qkv_adapters = [LoraTarget::Q, LoraTarget::K, LoraTarget::V].map(|t| adapters[t as usize].as_ref());
@@ -259,7 +320,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 }
                 _ => (q, k),
             };
-            let rope = |window: Window| DecodeRope { inv_freq: &self.weights.inv_freq, positions, batch: b, shape, window };
+            let rope =
+                |window: Window| DecodeRope { inv_freq: &self.weights.inv_freq, positions, batch: b, shape, window };
             match cache {
                 LayerCache::Liger { state, norm_state, window } => {
                     mixer_recurrent_step(ctx, &att.mixer, b, shape, state, q_in, k_in, v, o_mixer)?;
@@ -269,7 +331,17 @@ impl<T: GemmInput> GpuLigerModel<T> {
                     }
                     if let Some((wk, wv)) = window {
                         decode_rope_append(ctx, &rope(att.window()), q_in, k_in, v, q_roped, wk, wv)?;
-                        attention_decode(ctx, b, shape, att.window().capacity(), q_roped, wk, wv, window_len, o_attention)?;
+                        attention_decode(
+                            ctx,
+                            b,
+                            shape,
+                            att.window().capacity(),
+                            q_roped,
+                            wk,
+                            wv,
+                            window_len,
+                            o_attention,
+                        )?;
                         decode_mix(ctx, Some((&*o_mixer, att.alpha)), Some((&*o_attention, att.beta)), o, o_t)?;
                     } else {
                         decode_mix::<T>(ctx, Some((&*o_mixer, att.alpha)), None, o, o_t)?;
@@ -286,7 +358,14 @@ impl<T: GemmInput> GpuLigerModel<T> {
             if small {
                 decode_gemv(ctx, o_t, b, qs, &mut [(&lw.wo, &mut *x)], true)?;
             } else {
-                gemm(ctx, GemmDims { m: b, n: hs, k: qs, a_transposed: false, b_transposed: true }, o_t.slice(), lw.wo.slice(), x.slice_mut(), true)?;
+                gemm(
+                    ctx,
+                    GemmDims { m: b, n: hs, k: qs, a_transposed: false, b_transposed: true },
+                    o_t.slice(),
+                    lw.wo.slice(),
+                    x.slice_mut(),
+                    true,
+                )?;
             }
             lora_add(ctx, &[adapters[LoraTarget::O as usize].as_ref()], o, b, lora_u, &mut [&mut *x])?;
             // x += down(silu(gate(h2)) * up(h2)), h2 = norm(x).
@@ -299,7 +378,14 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 gemm(ctx, to_f, h_t.slice(), lw.w_gate.slice(), gate.slice_mut(), false)?;
                 gemm(ctx, to_f, h_t.slice(), lw.w_up.slice(), up.slice_mut(), false)?;
                 swiglu_forward_to(ctx, gate, up, act_t)?;
-                gemm(ctx, GemmDims { m: b, n: hs, k: f, a_transposed: false, b_transposed: true }, act_t.slice(), lw.w_down.slice(), x.slice_mut(), true)?;
+                gemm(
+                    ctx,
+                    GemmDims { m: b, n: hs, k: f, a_transposed: false, b_transposed: true },
+                    act_t.slice(),
+                    lw.w_down.slice(),
+                    x.slice_mut(),
+                    true,
+                )?;
             }
         }
         rms_norm_forward_pair(ctx, x, &self.weights.final_norm, eps, h, h_t, h_rstd)?;
@@ -308,7 +394,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// The LM head: `logits [B, vocab] = hf Wᵀ`, from the final normalised rows in f32 (`hf`)
     /// and in the storage type (`hf_t`, for a head stored as `T`).
-    fn head_logits(&self, _hf: &GpuBuffer<f32>, hf_t: &GpuBuffer<T>, batch: usize, logits: &mut GpuBuffer<f32>) -> Result<()> {
+    fn head_logits(
+        &self,
+        _hf: &GpuBuffer<f32>,
+        hf_t: &GpuBuffer<T>,
+        batch: usize,
+        logits: &mut GpuBuffer<f32>,
+    ) -> Result<()> {
         let c = self.config();
         let head = self.weights.head();
         if batch <= GEMV_MAX_BATCH && gemv_fits::<T>(c.hidden_size) {
@@ -323,18 +415,32 @@ impl<T: GemmInput> GpuLigerModel<T> {
 /// `[n, in]`), `x A_aᵀ` kept in `us[a]`. For a few sequences the down projections are one
 /// warp-per-row product and the up projections one launch (two graph nodes in all); else
 /// two cuBLAS products per adapter.
-fn lora_add(ctx: &GpuContext, adapters: &[Option<&GpuLora>], x: &GpuBuffer<f32>, n: usize, us: &mut [GpuBuffer<f32>; 3], ys: &mut [&mut GpuBuffer<f32>]) -> Result<()> {
-    let mut present: Vec<(&GpuLora, &mut GpuBuffer<f32>, &mut GpuBuffer<f32>)> =
-        adapters.iter().zip(us.iter_mut()).zip(ys.iter_mut()).filter_map(|((a, u), y)| a.map(|a| (a, u, &mut **y))).collect();
+fn lora_add(
+    ctx: &GpuContext,
+    adapters: &[Option<&GpuLora>],
+    x: &GpuBuffer<f32>,
+    n: usize,
+    us: &mut [GpuBuffer<f32>; 3],
+    ys: &mut [&mut GpuBuffer<f32>],
+) -> Result<()> {
+    let mut present: Vec<(&GpuLora, &mut GpuBuffer<f32>, &mut GpuBuffer<f32>)> = adapters
+        .iter()
+        .zip(us.iter_mut())
+        .zip(ys.iter_mut())
+        .filter_map(|((a, u), y)| a.map(|a| (a, u, &mut **y)))
+        .collect();
     let Some(in_features) = present.first().map(|p| p.0.in_features) else {
         return Ok(());
     };
-    let fused = n <= GEMV_MAX_BATCH && gemv_fits::<f32>(in_features) && present.iter().all(|(a, u, _)| u.len() == n * a.rank);
+    let fused =
+        n <= GEMV_MAX_BATCH && gemv_fits::<f32>(in_features) && present.iter().all(|(a, u, _)| u.len() == n * a.rank);
     if fused {
-        let mut downs: Vec<(&GpuBuffer<f32>, &mut GpuBuffer<f32>)> = present.iter_mut().map(|(a, u, _)| (&a.a, &mut **u)).collect();
+        let mut downs: Vec<(&GpuBuffer<f32>, &mut GpuBuffer<f32>)> =
+            present.iter_mut().map(|(a, u, _)| (&a.a, &mut **u)).collect();
         decode_gemv::<f32>(ctx, x, n, in_features, &mut downs, false)?;
         drop(downs);
-        let mut ups: Vec<LoraUp> = present.iter_mut().map(|(a, u, y)| LoraUp { u, b: &a.b, rank: a.rank, scale: a.scale, y }).collect();
+        let mut ups: Vec<LoraUp> =
+            present.iter_mut().map(|(a, u, y)| LoraUp { u, b: &a.b, rank: a.rank, scale: a.scale, y }).collect();
         return decode_lora_up(ctx, n, &mut ups);
     }
     for (a, u, y) in present {
@@ -349,7 +455,13 @@ fn lora_add(ctx: &GpuContext, adapters: &[Option<&GpuLora>], x: &GpuBuffer<f32>,
 
 /// `out[t] = table[ids[t]]` as f32, the ids already on the GPU (the caller checked them
 /// against the vocabulary before uploading them).
-fn embed_ids<T: GpuElement>(ctx: &GpuContext, table: &GpuBuffer<T>, hidden: usize, ids: &GpuBuffer<u32>, out: &mut GpuBuffer<f32>) -> Result<()> {
+fn embed_ids<T: GpuElement>(
+    ctx: &GpuContext,
+    table: &GpuBuffer<T>,
+    hidden: usize,
+    ids: &GpuBuffer<u32>,
+    out: &mut GpuBuffer<f32>,
+) -> Result<()> {
     crate::launch::expect_len("embedding output", out.len(), ids.len() * hidden)?;
     let name = if T::KERNEL_SUFFIX == "bf16" { "embedding_gather_bf16" } else { "embedding_gather_f32" };
     let f = ctx.function(&EMBEDDING, name)?;

@@ -41,7 +41,13 @@ pub fn scaled<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<f32>, s: f32) -> Re
 }
 
 /// `y = s * x` (or `y += s * x` when `accumulate`), `x` stored as `T`, `y` f32.
-pub fn widen<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, y: &mut GpuBuffer<f32>, s: f32, accumulate: bool) -> Result<()> {
+pub fn widen<T: GpuElement>(
+    ctx: &GpuContext,
+    x: &GpuBuffer<T>,
+    y: &mut GpuBuffer<f32>,
+    s: f32,
+    accumulate: bool,
+) -> Result<()> {
     expect_len("widened output", y.len(), x.len())?;
     if x.is_empty() {
         return Ok(());
@@ -58,7 +64,15 @@ pub fn widen<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, y: &mut GpuBuffe
 /// The two branches of a Liger layer mixed in one pass: `o = alpha · g + beta · a` (`g` the
 /// gated mixer's output, `a` the window attention's, stored as `T`), and `o_t`, o's copy in `T`
 /// for the o projection.
-pub fn liger_mix_to<T: GpuElement>(ctx: &GpuContext, g: &GpuBuffer<f32>, a: &GpuBuffer<T>, alpha: f32, beta: f32, o: &mut GpuBuffer<f32>, o_t: &mut GpuBuffer<T>) -> Result<()> {
+pub fn liger_mix_to<T: GpuElement>(
+    ctx: &GpuContext,
+    g: &GpuBuffer<f32>,
+    a: &GpuBuffer<T>,
+    alpha: f32,
+    beta: f32,
+    o: &mut GpuBuffer<f32>,
+    o_t: &mut GpuBuffer<T>,
+) -> Result<()> {
     expect_len("window attention output", a.len(), g.len())?;
     expect_len("mixed output", o.len(), g.len())?;
     expect_len("mixed output copy", o_t.len(), g.len())?;
@@ -76,7 +90,14 @@ pub fn liger_mix_to<T: GpuElement>(ctx: &GpuContext, g: &GpuBuffer<f32>, a: &Gpu
 
 /// `y = s · x` (f32) and `z = t · x` (stored as `T`) in one pass: a gradient split between
 /// the two branches of a Liger layer.
-pub fn scale_pair<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<f32>, s: f32, t: f32, y: &mut GpuBuffer<f32>, z: &mut GpuBuffer<T>) -> Result<()> {
+pub fn scale_pair<T: GpuElement>(
+    ctx: &GpuContext,
+    x: &GpuBuffer<f32>,
+    s: f32,
+    t: f32,
+    y: &mut GpuBuffer<f32>,
+    z: &mut GpuBuffer<T>,
+) -> Result<()> {
     expect_len("scaled output", y.len(), x.len())?;
     expect_len("scaled output copy", z.len(), x.len())?;
     if x.is_empty() {
@@ -142,7 +163,12 @@ pub fn grm_normalize(ctx: &GpuContext, n: &mut GpuBuffer<f32>, den: &GpuBuffer<f
 
 /// Gradients through [`grm_normalize`], given the normalised output `o`: returns
 /// `(d_n, d_den)` (CPU twin: `liger_core::liger::combine::grm_normalize_backward`).
-pub fn grm_normalize_backward(ctx: &GpuContext, d_o: &GpuBuffer<f32>, den: &GpuBuffer<f32>, o: &GpuBuffer<f32>) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>)> {
+pub fn grm_normalize_backward(
+    ctx: &GpuContext,
+    d_o: &GpuBuffer<f32>,
+    den: &GpuBuffer<f32>,
+    o: &GpuBuffer<f32>,
+) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>)> {
     expect_len("normaliser", den.len(), d_o.len())?;
     expect_len("normalised output", o.len(), d_o.len())?;
     let (mut d_n, mut d_den) = (GpuBuffer::zeros(ctx, d_o.len())?, GpuBuffer::zeros(ctx, d_o.len())?);
@@ -153,7 +179,14 @@ pub fn grm_normalize_backward(ctx: &GpuContext, d_o: &GpuBuffer<f32>, den: &GpuB
     let f = ctx.function(&MODEL, name)?;
     let (count, eps) = (d_o.len() as u64, GRM_NORM_EPS);
     let mut launch = ctx.stream().launch_builder(&f);
-    launch.arg(d_o.slice()).arg(den.slice()).arg(o.slice()).arg(d_n.slice_mut()).arg(d_den.slice_mut()).arg(&count).arg(&eps);
+    launch
+        .arg(d_o.slice())
+        .arg(den.slice())
+        .arg(o.slice())
+        .arg(d_n.slice_mut())
+        .arg(d_den.slice_mut())
+        .arg(&count)
+        .arg(&eps);
     // SAFETY: the five buffers hold count values.
     ctx.check_launch(unsafe { launch.launch(elementwise(d_o.len())) }, name)?;
     Ok((d_n, d_den))
@@ -189,17 +222,30 @@ impl RopeLayout<'_> {
     fn args(&self, len: usize) -> Result<[i32; 4]> {
         let d = self.head_dim;
         if d == 0 || !d.is_multiple_of(2) || self.inv_freq.len() != d / 2 {
-            return Err(Error::shape(format!("RoPE needs an even head size and head_size/2 frequencies; got {d} and {}", self.inv_freq.len())));
+            return Err(Error::shape(format!(
+                "RoPE needs an even head size and head_size/2 frequencies; got {d} and {}",
+                self.inv_freq.len()
+            )));
         }
         let rows = rows_of("rope input", len, self.heads * d)?;
         let seqs = rows_of("rope rows", rows, self.tokens.max(1))?;
         expect_len("rope start positions", self.start.len(), seqs)?;
-        Ok([as_int("rows", rows)?, as_int("tokens", self.tokens)?, as_int("heads", self.heads)?, as_int("head_dim", d)?])
+        Ok([
+            as_int("rows", rows)?,
+            as_int("tokens", self.tokens)?,
+            as_int("heads", self.heads)?,
+            as_int("head_dim", d)?,
+        ])
     }
 }
 
 /// `y` (stored as `T`) = `x` rotated.
-pub fn rope_forward_to<T: GpuElement>(ctx: &GpuContext, layout: &RopeLayout, x: &GpuBuffer<f32>, y: &mut GpuBuffer<T>) -> Result<()> {
+pub fn rope_forward_to<T: GpuElement>(
+    ctx: &GpuContext,
+    layout: &RopeLayout,
+    x: &GpuBuffer<f32>,
+    y: &mut GpuBuffer<T>,
+) -> Result<()> {
     let args = layout.args(x.len())?;
     expect_len("rope output", y.len(), x.len())?;
     if x.is_empty() {
@@ -217,7 +263,13 @@ pub fn rope_forward_to<T: GpuElement>(ctx: &GpuContext, layout: &RopeLayout, x: 
 }
 
 /// `dx += scale * rotate_back(dy)`, `dy` stored as `T`: the backward of [`rope_forward_to`].
-pub fn rope_backward_add<T: GpuElement>(ctx: &GpuContext, layout: &RopeLayout, dy: &GpuBuffer<T>, dx: &mut GpuBuffer<f32>, scale: f32) -> Result<()> {
+pub fn rope_backward_add<T: GpuElement>(
+    ctx: &GpuContext,
+    layout: &RopeLayout,
+    dy: &GpuBuffer<T>,
+    dx: &mut GpuBuffer<f32>,
+    scale: f32,
+) -> Result<()> {
     let args = layout.args(dy.len())?;
     expect_len("rope gradient", dx.len(), dy.len())?;
     if dy.is_empty() {
@@ -236,7 +288,13 @@ pub fn rope_backward_add<T: GpuElement>(ctx: &GpuContext, layout: &RopeLayout, d
 }
 
 /// Fills `y` with values uniform in `[center - spread, center + spread)`, from `seed`.
-pub fn fill_uniform<T: GpuElement>(ctx: &GpuContext, y: &mut GpuBuffer<T>, seed: u64, center: f32, spread: f32) -> Result<()> {
+pub fn fill_uniform<T: GpuElement>(
+    ctx: &GpuContext,
+    y: &mut GpuBuffer<T>,
+    seed: u64,
+    center: f32,
+    spread: f32,
+) -> Result<()> {
     if y.is_empty() {
         return Ok(());
     }

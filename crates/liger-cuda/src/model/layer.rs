@@ -14,7 +14,10 @@ use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
 use crate::gemm::{gemm, GemmDims, GemmInput};
-use crate::ops::attention::{attention_forward, keys_as_queries, surprise_attention_forward, surprise_scores, surprise_select, AttentionDims, SurpriseCache};
+use crate::ops::attention::{
+    attention_forward, keys_as_queries, surprise_attention_forward, surprise_scores, surprise_select, AttentionDims,
+    SurpriseCache,
+};
 use crate::ops::mixer::{mixer_chunk_forward_in_segments, MixerDims, TimeSegments};
 use crate::ops::rms_norm::{rms_norm_forward, rms_norm_forward_pair};
 use crate::ops::swiglu::swiglu_forward_to;
@@ -37,20 +40,44 @@ impl Rows {
 
 /// `y = x Wᵀ` (or `y +=` when `accumulate`): x `[n, inp]`, W `[out, inp]`, y `[n, out]`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn linear<T: GemmInput>(ctx: &GpuContext, x: &GpuBuffer<T>, w: &GpuBuffer<T>, n: usize, inp: usize, out: usize, y: &mut GpuBuffer<f32>, accumulate: bool) -> Result<()> {
+pub(super) fn linear<T: GemmInput>(
+    ctx: &GpuContext,
+    x: &GpuBuffer<T>,
+    w: &GpuBuffer<T>,
+    n: usize,
+    inp: usize,
+    out: usize,
+    y: &mut GpuBuffer<f32>,
+    accumulate: bool,
+) -> Result<()> {
     let dims = GemmDims { m: n, n: out, k: inp, a_transposed: false, b_transposed: true };
     gemm(ctx, dims, x.slice(), w.slice(), y.slice_mut(), accumulate)
 }
 
 /// `dx += dy W` (or `dx =` without `accumulate`): the input gradient of [`linear`]; dy `[n, out]`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn linear_input_grad<T: GemmInput>(ctx: &GpuContext, dy: &GpuBuffer<T>, w: &GpuBuffer<T>, n: usize, inp: usize, out: usize, dx: &mut GpuBuffer<f32>, accumulate: bool) -> Result<()> {
+pub(super) fn linear_input_grad<T: GemmInput>(
+    ctx: &GpuContext,
+    dy: &GpuBuffer<T>,
+    w: &GpuBuffer<T>,
+    n: usize,
+    inp: usize,
+    out: usize,
+    dx: &mut GpuBuffer<f32>,
+    accumulate: bool,
+) -> Result<()> {
     let dims = GemmDims { m: n, n: inp, k: out, a_transposed: false, b_transposed: false };
     gemm(ctx, dims, dy.slice(), w.slice(), dx.slice_mut(), accumulate)
 }
 
 /// `y += scale · (x Aᵀ) Bᵀ`; returns `scale · x Aᵀ` (`n x rank`) for the backward pass.
-pub(super) fn lora_forward(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, n: usize, y: &mut GpuBuffer<f32>) -> Result<GpuBuffer<f32>> {
+pub(super) fn lora_forward(
+    ctx: &GpuContext,
+    a: &GpuLora,
+    x: &GpuBuffer<f32>,
+    n: usize,
+    y: &mut GpuBuffer<f32>,
+) -> Result<GpuBuffer<f32>> {
     let mut us = GpuBuffer::zeros(ctx, n * a.rank)?;
     let down = GemmDims { m: n, n: a.rank, k: a.in_features, a_transposed: false, b_transposed: true };
     a.gemm_scaled(ctx, down, x.slice(), a.a.slice(), us.slice_mut(), a.scale, false)?;
@@ -128,7 +155,18 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// `h Wᵀ` (+ LoRA) (+ bias) for one of q, k, v, o.
     #[allow(clippy::too_many_arguments)]
-    fn project(&self, layer: usize, target: LoraTarget, w: &GpuBuffer<T>, bias: Option<&GpuBuffer<f32>>, h: &GpuBuffer<f32>, h_t: &GpuBuffer<T>, n: usize, inp: usize, out: usize) -> Result<(GpuBuffer<f32>, Option<GpuBuffer<f32>>)> {
+    fn project(
+        &self,
+        layer: usize,
+        target: LoraTarget,
+        w: &GpuBuffer<T>,
+        bias: Option<&GpuBuffer<f32>>,
+        h: &GpuBuffer<f32>,
+        h_t: &GpuBuffer<T>,
+        n: usize,
+        inp: usize,
+        out: usize,
+    ) -> Result<(GpuBuffer<f32>, Option<GpuBuffer<f32>>)> {
         let ctx = &self.ctx;
         let mut y = GpuBuffer::zeros(ctx, n * out)?;
         linear(ctx, h_t, w, n, inp, out, &mut y, false)?;
@@ -170,7 +208,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// Attention of `layer` over whole sequences from position 0 (training and first
     /// prefill): returns its output (f32, `[n, q_size]`), the output's copy in `T` where the
     /// mix of the two branches made it on the way, and what the backward pass reads.
-    pub(super) fn attention_fresh(&self, layer: usize, qkv: &Qkv, rows: Rows, start: &GpuBuffer<u32>) -> Result<AttentionOutput<T>> {
+    pub(super) fn attention_fresh(
+        &self,
+        layer: usize,
+        qkv: &Qkv,
+        rows: Rows,
+        start: &GpuBuffer<u32>,
+    ) -> Result<AttentionOutput<T>> {
         let ctx = &self.ctx;
         let c = self.config();
         let shape = self.shape;
@@ -192,7 +236,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let (mut o_t, mut softmax) = (None, None);
         if softmax_layer || att.use_swa {
             let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window()), att.beta) };
-            let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start, tokens: rows.tokens, heads, head_dim: shape.d };
+            let rope = |heads: usize| RopeLayout {
+                inv_freq: &self.weights.inv_freq,
+                start,
+                tokens: rows.tokens,
+                heads,
+                head_dim: shape.d,
+            };
             let mut q_roped = GpuBuffer::<T>::zeros(ctx, q.len())?;
             let mut k_roped = GpuBuffer::<T>::zeros(ctx, k.len())?;
             rope_forward_to(ctx, &rope(shape.hq), &qkv.q, &mut q_roped)?;
@@ -205,7 +255,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
             match window {
                 Some(window) if att.surprise_keys > 0 => {
                     let cache = self.surprise_cache(qkv, rows, window)?;
-                    surprise_attention_forward(ctx, dims, window, &cache, &q_roped, &k_roped, &v_t, &mut o_att, &mut lse)?;
+                    surprise_attention_forward(
+                        ctx, dims, window, &cache, &q_roped, &k_roped, &v_t, &mut o_att, &mut lse,
+                    )?;
                     surprise = Some(cache);
                 }
                 _ => attention_forward(ctx, dims, window, &q_roped, &k_roped, &v_t, &mut o_att, &mut lse)?,
@@ -232,13 +284,35 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let att = &self.host.options.attention;
         let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape: self.shape };
         let mut g = GpuBuffer::<f32>::zeros(ctx, qkv.q.len())?;
-        mixer_chunk_forward_in_segments(ctx, &att.mixer, dims, &qkv.q, &qkv.k, &qkv.v, &mut g, None, None, self.mixer_segments())?;
+        mixer_chunk_forward_in_segments(
+            ctx,
+            &att.mixer,
+            dims,
+            &qkv.q,
+            &qkv.k,
+            &qkv.v,
+            &mut g,
+            None,
+            None,
+            self.mixer_segments(),
+        )?;
         if !att.grm_norm {
             return Ok((g, None));
         }
         let ones = self.ones(qkv.v.len())?;
         let mut den = GpuBuffer::<f32>::zeros(ctx, qkv.q.len())?;
-        mixer_chunk_forward_in_segments(ctx, &att.mixer, dims, &qkv.q, &qkv.k, &ones, &mut den, None, None, self.mixer_segments())?;
+        mixer_chunk_forward_in_segments(
+            ctx,
+            &att.mixer,
+            dims,
+            &qkv.q,
+            &qkv.k,
+            &ones,
+            &mut den,
+            None,
+            None,
+            self.mixer_segments(),
+        )?;
         grm_normalize(ctx, &mut g, &den)?;
         Ok((g, Some(den)))
     }
@@ -251,9 +325,31 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape: self.shape };
         let kq = keys_as_queries(ctx, self.shape, &qkv.k)?;
         let (mut n, mut den) = (GpuBuffer::<f32>::zeros(ctx, kq.len())?, GpuBuffer::<f32>::zeros(ctx, kq.len())?);
-        mixer_chunk_forward_in_segments(ctx, &att.mixer, dims, &kq, &qkv.k, &qkv.v, &mut n, None, None, self.mixer_segments())?;
+        mixer_chunk_forward_in_segments(
+            ctx,
+            &att.mixer,
+            dims,
+            &kq,
+            &qkv.k,
+            &qkv.v,
+            &mut n,
+            None,
+            None,
+            self.mixer_segments(),
+        )?;
         let ones = self.ones(qkv.v.len())?;
-        mixer_chunk_forward_in_segments(ctx, &att.mixer, dims, &kq, &qkv.k, &ones, &mut den, None, None, self.mixer_segments())?;
+        mixer_chunk_forward_in_segments(
+            ctx,
+            &att.mixer,
+            dims,
+            &kq,
+            &qkv.k,
+            &ones,
+            &mut den,
+            None,
+            None,
+            self.mixer_segments(),
+        )?;
         let scores = surprise_scores(ctx, self.shape, &n, &den, &qkv.v)?;
         let attention_dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape: self.shape };
         surprise_select(ctx, attention_dims, window, att.surprise_keys, &scores)
@@ -266,12 +362,25 @@ impl<T: GemmInput> GpuLigerModel<T> {
         Ok(x)
     }
 
-    pub(super) fn o_proj(&self, layer: usize, o: &GpuBuffer<f32>, n: usize, x: &mut GpuBuffer<f32>) -> Result<Option<GpuBuffer<f32>>> {
+    pub(super) fn o_proj(
+        &self,
+        layer: usize,
+        o: &GpuBuffer<f32>,
+        n: usize,
+        x: &mut GpuBuffer<f32>,
+    ) -> Result<Option<GpuBuffer<f32>>> {
         self.o_proj_from(layer, o, None, n, x)
     }
 
     /// [`Self::o_proj`] given, where it was made on the way, o's copy `o_t` in `T`.
-    pub(super) fn o_proj_from(&self, layer: usize, o: &GpuBuffer<f32>, o_t: Option<GpuBuffer<T>>, n: usize, x: &mut GpuBuffer<f32>) -> Result<Option<GpuBuffer<f32>>> {
+    pub(super) fn o_proj_from(
+        &self,
+        layer: usize,
+        o: &GpuBuffer<f32>,
+        o_t: Option<GpuBuffer<T>>,
+        n: usize,
+        x: &mut GpuBuffer<f32>,
+    ) -> Result<Option<GpuBuffer<f32>>> {
         let c = self.config();
         let o_t = match o_t {
             Some(o_t) => o_t,
@@ -284,7 +393,12 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// `x += down(silu(gate(h2)) * up(h2))` with `h2 = norm(x)`; returns gate and up.
-    pub(super) fn mlp(&self, layer: usize, x: &mut GpuBuffer<f32>, n: usize) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>)> {
+    pub(super) fn mlp(
+        &self,
+        layer: usize,
+        x: &mut GpuBuffer<f32>,
+        n: usize,
+    ) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>)> {
         let ctx = &self.ctx;
         let c = self.config();
         let lw = self.layer_weights(layer);
@@ -302,7 +416,14 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// Runs `layer` on `x` (`[n, hidden]`, updated in place) over whole sequences from
     /// position 0; with `keep`, returns what the backward pass needs.
-    pub(super) fn layer_forward_fresh(&self, layer: usize, x: &mut GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, keep: bool) -> Result<Option<LayerTape<T>>> {
+    pub(super) fn layer_forward_fresh(
+        &self,
+        layer: usize,
+        x: &mut GpuBuffer<f32>,
+        rows: Rows,
+        start: &GpuBuffer<u32>,
+        keep: bool,
+    ) -> Result<Option<LayerTape<T>>> {
         let n = rows.n();
         let (h, h_t) = self.norm(x, &self.layer_weights(layer).attn_norm)?;
         let qkv = self.project_qkv(layer, &h, &h_t, n)?;

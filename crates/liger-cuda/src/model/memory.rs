@@ -57,7 +57,11 @@ pub fn peak_memory(ctx: &GpuContext) -> Result<u64> {
 /// from earlier frees without using it (with freed memory kept pooled, the driver's free
 /// figure alone misses that part).
 pub fn available_memory(ctx: &GpuContext) -> Result<u64> {
-    let (free, _) = ctx.stream().context().mem_get_info().map_err(|e| crate::error::driver_error(e, "reading the free GPU memory"))?;
+    let (free, _) = ctx
+        .stream()
+        .context()
+        .mem_get_info()
+        .map_err(|e| crate::error::driver_error(e, "reading the free GPU memory"))?;
     let reserved = get_attribute(ctx, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?;
     let used = get_attribute(ctx, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
     Ok(free as u64 + reserved.saturating_sub(used))

@@ -13,8 +13,8 @@ mod decode;
 mod decode_step;
 pub mod glue;
 mod layer;
-mod score;
 pub mod memory;
+mod score;
 mod train;
 mod weights;
 
@@ -68,11 +68,26 @@ impl<T: GemmInput> GpuLigerModel<T> {
         check_supported(c)?;
         let shape = HeadShape::new(c.num_heads, c.num_kv_heads, c.head_dim)?;
         if weights.layers.len() != c.num_layers {
-            return Err(Error::shape(format!("the GPU weights have {} layers; the model has {}", weights.layers.len(), c.num_layers)));
+            return Err(Error::shape(format!(
+                "the GPU weights have {} layers; the model has {}",
+                weights.layers.len(),
+                c.num_layers
+            )));
         }
         // A bf16 model's adapter products run in TF32: the bf16 products around them set its precision.
         let lora = upload_lora(&ctx, &model.lora, T::KERNEL_SUFFIX == "bf16")?;
-        Ok(GpuLigerModel { ctx, host: model, weights, lora: Mutex::new(lora), lora_stale: AtomicBool::new(false), lora_version: AtomicU64::new(0), decode_graphs: AtomicBool::new(true), recompute: AtomicBool::new(false), kept_layers_limit: AtomicUsize::new(usize::MAX), shape })
+        Ok(GpuLigerModel {
+            ctx,
+            host: model,
+            weights,
+            lora: Mutex::new(lora),
+            lora_stale: AtomicBool::new(false),
+            lora_version: AtomicU64::new(0),
+            decode_graphs: AtomicBool::new(true),
+            recompute: AtomicBool::new(false),
+            kept_layers_limit: AtomicUsize::new(usize::MAX),
+            shape,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -156,7 +171,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 })
             });
         if !fits {
-            return Err(Error::shape("the gradients do not fit this model's adapters; make them with new_lora_grads()"));
+            return Err(Error::shape(
+                "the gradients do not fit this model's adapters; make them with new_lora_grads()",
+            ));
         }
         Ok(())
     }
@@ -182,10 +199,22 @@ impl<T: GemmInput> Trainable for GpuLigerModel<T> {
     fn new_grads(&self) -> LoraGrads {
         self.host.new_lora_grads()
     }
-    fn forward_backward(&self, inputs: &[u32], labels: &[u32], grad_scale: f32, grads: &mut LoraGrads) -> Result<LossOutput> {
+    fn forward_backward(
+        &self,
+        inputs: &[u32],
+        labels: &[u32],
+        grad_scale: f32,
+        grads: &mut LoraGrads,
+    ) -> Result<LossOutput> {
         self.forward_backward_batch(&[inputs], &[labels], grad_scale, grads)
     }
-    fn forward_backward_batch(&self, inputs: &[&[u32]], labels: &[&[u32]], grad_scale: f32, grads: &mut LoraGrads) -> Result<LossOutput> {
+    fn forward_backward_batch(
+        &self,
+        inputs: &[&[u32]],
+        labels: &[&[u32]],
+        grad_scale: f32,
+        grads: &mut LoraGrads,
+    ) -> Result<LossOutput> {
         // Sequences of one length run as one GPU batch; others one at a time.
         let same = inputs.iter().chain(labels).all(|s| s.len() == inputs.first().map_or(0, |f| f.len()));
         if same {

@@ -67,7 +67,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// device at once.
     pub fn all_logits_in_chunks(&self, sequences: &[&[u32]], chunk_rows: usize) -> Result<Vec<Vec<f32>>> {
         if chunk_rows == 0 {
-            return Err(Error::invalid_argument("logits are copied back at least one row at a time; give chunk_rows >= 1"));
+            return Err(Error::invalid_argument(
+                "logits are copied back at least one row at a time; give chunk_rows >= 1",
+            ));
         }
         let rows = self.check_score_batch(sequences)?;
         self.sync_lora()?;
@@ -162,7 +164,14 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let c = self.config();
         let (hs, vocab) = (c.hidden_size, c.vocab_size);
         let dims = GemmDims { m: rows, n: vocab, k: hs, a_transposed: false, b_transposed: true };
-        gemm(&self.ctx, dims, &hf.view(first * hs..(first + rows) * hs), self.weights.head().slice(), &mut out.view_mut(0..rows * vocab), false)
+        gemm(
+            &self.ctx,
+            dims,
+            &hf.view(first * hs..(first + rows) * hs),
+            self.weights.head().slice(),
+            &mut out.view_mut(0..rows * vocab),
+            false,
+        )
     }
 }
 

@@ -29,20 +29,65 @@ struct GpuLoraGrad {
 /// Given `dy` (`n x out`) and the forward's `us = scale · x Aᵀ`: accumulates dA and dB, and
 /// adds the adapter's part of the input gradient into `dx`.
 #[allow(clippy::too_many_arguments)]
-fn lora_backward(ctx: &GpuContext, a: &GpuLora, x: &GpuBuffer<f32>, us: &GpuBuffer<f32>, dy: &GpuBuffer<f32>, n: usize, grad: &mut GpuLoraGrad, dx: &mut GpuBuffer<f32>) -> Result<()> {
+fn lora_backward(
+    ctx: &GpuContext,
+    a: &GpuLora,
+    x: &GpuBuffer<f32>,
+    us: &GpuBuffer<f32>,
+    dy: &GpuBuffer<f32>,
+    n: usize,
+    grad: &mut GpuLoraGrad,
+    dx: &mut GpuBuffer<f32>,
+) -> Result<()> {
     let (r, i, o) = (a.rank, a.in_features, a.out_features);
     // dB += dyᵀ us
-    a.gemm(ctx, GemmDims { m: o, n: r, k: n, a_transposed: true, b_transposed: false }, dy.slice(), us.slice(), grad.b.slice_mut(), true)?;
+    a.gemm(
+        ctx,
+        GemmDims { m: o, n: r, k: n, a_transposed: true, b_transposed: false },
+        dy.slice(),
+        us.slice(),
+        grad.b.slice_mut(),
+        true,
+    )?;
     // du = scale · dy B
     let mut du = GpuBuffer::<f32>::zeros(ctx, n * r)?;
-    a.gemm_scaled(ctx, GemmDims { m: n, n: r, k: o, a_transposed: false, b_transposed: false }, dy.slice(), a.b.slice(), du.slice_mut(), a.scale, false)?;
+    a.gemm_scaled(
+        ctx,
+        GemmDims { m: n, n: r, k: o, a_transposed: false, b_transposed: false },
+        dy.slice(),
+        a.b.slice(),
+        du.slice_mut(),
+        a.scale,
+        false,
+    )?;
     // dA += duᵀ x ; dx += du A
-    a.gemm(ctx, GemmDims { m: r, n: i, k: n, a_transposed: true, b_transposed: false }, du.slice(), x.slice(), grad.a.slice_mut(), true)?;
-    a.gemm(ctx, GemmDims { m: n, n: i, k: r, a_transposed: false, b_transposed: false }, du.slice(), a.a.slice(), dx.slice_mut(), true)
+    a.gemm(
+        ctx,
+        GemmDims { m: r, n: i, k: n, a_transposed: true, b_transposed: false },
+        du.slice(),
+        x.slice(),
+        grad.a.slice_mut(),
+        true,
+    )?;
+    a.gemm(
+        ctx,
+        GemmDims { m: n, n: i, k: r, a_transposed: false, b_transposed: false },
+        du.slice(),
+        a.a.slice(),
+        dx.slice_mut(),
+        true,
+    )
 }
 
 /// `dx += d(rms_norm)/dx · dy`: the backward of `x -> norm(x)` added to the residual path's gradient.
-fn norm_backward_add(ctx: &GpuContext, x: &GpuBuffer<f32>, weight: &GpuBuffer<f32>, eps: f32, dy: &GpuBuffer<f32>, dx: &mut GpuBuffer<f32>) -> Result<()> {
+fn norm_backward_add(
+    ctx: &GpuContext,
+    x: &GpuBuffer<f32>,
+    weight: &GpuBuffer<f32>,
+    eps: f32,
+    dy: &GpuBuffer<f32>,
+    dx: &mut GpuBuffer<f32>,
+) -> Result<()> {
     let mut rstd = GpuBuffer::zeros(ctx, x.len() / weight.len().max(1))?;
     rms_norm_backward_add(ctx, x, weight, eps, dy, dx, &mut rstd)
 }
@@ -58,7 +103,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 labels.len()
             )));
         }
-        if let Some((i, bad)) = inputs.iter().zip(labels).enumerate().find(|(_, (x, l))| x.len() != tokens || l.len() != tokens) {
+        if let Some((i, bad)) =
+            inputs.iter().zip(labels).enumerate().find(|(_, (x, l))| x.len() != tokens || l.len() != tokens)
+        {
             return Err(Error::invalid_argument(format!(
                 "sequence {i} of the batch has {} inputs and {} labels; every sequence of a GPU batch must have {tokens} of each (pack the data to one length)",
                 bad.0.len(),
@@ -79,7 +126,14 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// The residual stream after the last layer for a batch from position 0; keeps each
     /// layer's input and, with `tapes`, the activations of the last `tapes.1` layers for the
     /// backward pass.
-    pub(super) fn forward_rows(&self, inputs: &[&[u32]], rows: Rows, start: &GpuBuffer<u32>, mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>, mut tapes: Option<(&mut Vec<LayerTape<T>>, usize)>) -> Result<GpuBuffer<f32>> {
+    pub(super) fn forward_rows(
+        &self,
+        inputs: &[&[u32]],
+        rows: Rows,
+        start: &GpuBuffer<u32>,
+        mut layer_inputs: Option<&mut Vec<GpuBuffer<f32>>>,
+        mut tapes: Option<(&mut Vec<LayerTape<T>>, usize)>,
+    ) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let ids: Vec<u32> = inputs.iter().flat_map(|s| s.iter().copied()).collect();
@@ -100,7 +154,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// The final norm of `x` and the cross-entropy through the LM head (`dx` receives the
     /// gradient w.r.t. `x` of `grad_scale · loss_sum` when given).
-    fn loss_of(&self, x: &GpuBuffer<f32>, labels: &[u32], grad_scale: f32, dx: Option<&mut GpuBuffer<f32>>) -> Result<LossOutput> {
+    fn loss_of(
+        &self,
+        x: &GpuBuffer<f32>,
+        labels: &[u32],
+        grad_scale: f32,
+        dx: Option<&mut GpuBuffer<f32>>,
+    ) -> Result<LossOutput> {
         let ctx = &self.ctx;
         let c = self.config();
         let (_, hf) = self.norm(x, &self.weights.final_norm)?;
@@ -129,7 +189,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// The loss of a batch of equally long sequences (summed over the batch), and
     /// `grads += grad_scale · d(loss_sum)/d(LoRA)`. A non-finite loss is an error and leaves
     /// `grads` untouched.
-    pub fn forward_backward_batch(&self, inputs: &[&[u32]], labels: &[&[u32]], grad_scale: f32, grads: &mut LoraGrads) -> Result<LossOutput> {
+    pub fn forward_backward_batch(
+        &self,
+        inputs: &[&[u32]],
+        labels: &[&[u32]],
+        grad_scale: f32,
+        grads: &mut LoraGrads,
+    ) -> Result<LossOutput> {
         let rows = self.check_batch(inputs, labels)?;
         self.check_grads(grads)?;
         self.sync_lora()?;
@@ -147,7 +213,10 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let out = self.loss_of(&x, &flat, grad_scale, Some(&mut dx))?;
         drop(x);
         if !out.loss_sum.is_finite() {
-            return Err(Error::new(ErrorCode::NonFiniteLoss, "the loss is not finite; lower the learning rate or check the data"));
+            return Err(Error::new(
+                ErrorCode::NonFiniteLoss,
+                "the loss is not finite; lower the learning rate or check the data",
+            ));
         }
         let mut device_grads = self.zero_device_grads()?;
         for layer in (0..c.num_layers).rev() {
@@ -190,7 +259,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
         // roped q and k, v and its output; i32: the surprise cache's choice.
         let surprise = self.host.options.attention.surprise_keys;
         let cache = if surprise > 0 { kvs / c.head_dim * (surprise + 1) * 4 } else { 0 };
-        let per_row = (2 * hs + 3 * qs + 3 * kvs + 2 * f + 64) * 4 + (2 * qs + 2 * kvs) * std::mem::size_of::<T>() + cache;
+        let per_row =
+            (2 * hs + 3 * qs + 3 * kvs + 2 * f + 64) * 4 + (2 * qs + 2 * kvs) * std::mem::size_of::<T>() + cache;
         let per_layer = (rows.n() * per_row).max(1) as u64;
         let fit = match super::memory::available_memory(&self.ctx) {
             Ok(free) => (free / 2 / per_layer).min(c.num_layers as u64) as usize,
@@ -206,7 +276,10 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 let mut out: [Option<GpuLoraGrad>; 4] = Default::default();
                 for (slot, a) in out.iter_mut().zip(l.iter()) {
                     if let Some(a) = a {
-                        *slot = Some(GpuLoraGrad { a: GpuBuffer::zeros(&self.ctx, a.a.len())?, b: GpuBuffer::zeros(&self.ctx, a.b.len())? });
+                        *slot = Some(GpuLoraGrad {
+                            a: GpuBuffer::zeros(&self.ctx, a.a.len())?,
+                            b: GpuBuffer::zeros(&self.ctx, a.b.len())?,
+                        });
                     }
                 }
                 Ok(out)
@@ -217,11 +290,21 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// Back through one layer: from the gradient w.r.t. its output (taken over and reused)
     /// to the one w.r.t. its input, accumulating the adapters' gradients.
     #[allow(clippy::too_many_arguments)]
-    fn layer_backward(&self, layer: usize, tape: &LayerTape<T>, x_in: &GpuBuffer<f32>, rows: Rows, start: &GpuBuffer<u32>, dx_out: GpuBuffer<f32>, grads: &mut [Option<GpuLoraGrad>; 4]) -> Result<GpuBuffer<f32>> {
+    fn layer_backward(
+        &self,
+        layer: usize,
+        tape: &LayerTape<T>,
+        x_in: &GpuBuffer<f32>,
+        rows: Rows,
+        start: &GpuBuffer<u32>,
+        dx_out: GpuBuffer<f32>,
+        grads: &mut [Option<GpuLoraGrad>; 4],
+    ) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let lw = &self.weights.layers[layer];
-        let (n, hs, f, qs, kvs, eps) = (rows.n(), c.hidden_size, c.intermediate_size, c.q_size(), c.kv_size(), c.rms_norm_eps);
+        let (n, hs, f, qs, kvs, eps) =
+            (rows.n(), c.hidden_size, c.intermediate_size, c.q_size(), c.kv_size(), c.rms_norm_eps);
 
         // MLP: x_out = x_mid + down(silu(gate) * up), gate and up of h2 = norm(x_mid).
         let dx_out_t = scaled::<T>(ctx, &dx_out, 1.0)?;
@@ -243,23 +326,29 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let lora = self.lora_guard()?;
         let mut d_o = GpuBuffer::<f32>::zeros(ctx, n * qs)?;
         linear_input_grad(ctx, &scaled::<T>(ctx, &dx_mid, 1.0)?, &lw.wo, n, qs, hs, &mut d_o, false)?;
-        if let (Some(a), Some(g), Some(us)) = (&lora[layer][LoraTarget::O as usize], &mut grads[LoraTarget::O as usize], &tape.saved_o) {
+        if let (Some(a), Some(g), Some(us)) =
+            (&lora[layer][LoraTarget::O as usize], &mut grads[LoraTarget::O as usize], &tape.saved_o)
+        {
             lora_backward(ctx, a, &tape.o, us, &dx_mid, n, g, &mut d_o)?;
         }
         let (mut dq, mut dk, dv) = self.attention_backward(layer, tape, rows, start, &d_o)?;
         drop(d_o);
-        if let (Some(q_pre), Some(k_pre), Some(qn), Some(kn)) = (&tape.qkv.q_pre, &tape.qkv.k_pre, &lw.q_norm, &lw.k_norm) {
-            let head_norm_backward = |x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, dy: &GpuBuffer<f32>| -> Result<GpuBuffer<f32>> {
-                let mut dx = GpuBuffer::zeros(ctx, x.len())?;
-                let mut rstd = GpuBuffer::zeros(ctx, x.len() / c.head_dim)?;
-                rms_norm_backward(ctx, x, w, eps, dy, &mut dx, &mut rstd)?;
-                Ok(dx)
-            };
+        if let (Some(q_pre), Some(k_pre), Some(qn), Some(kn)) =
+            (&tape.qkv.q_pre, &tape.qkv.k_pre, &lw.q_norm, &lw.k_norm)
+        {
+            let head_norm_backward =
+                |x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, dy: &GpuBuffer<f32>| -> Result<GpuBuffer<f32>> {
+                    let mut dx = GpuBuffer::zeros(ctx, x.len())?;
+                    let mut rstd = GpuBuffer::zeros(ctx, x.len() / c.head_dim)?;
+                    rms_norm_backward(ctx, x, w, eps, dy, &mut dx, &mut rstd)?;
+                    Ok(dx)
+                };
             dq = head_norm_backward(q_pre, qn, &dq)?;
             dk = head_norm_backward(k_pre, kn, &dk)?;
         }
         let mut dh = GpuBuffer::<f32>::zeros(ctx, n * hs)?;
-        let parts = [(LoraTarget::Q, &lw.wq, &dq, qs), (LoraTarget::K, &lw.wk, &dk, kvs), (LoraTarget::V, &lw.wv, &dv, kvs)];
+        let parts =
+            [(LoraTarget::Q, &lw.wq, &dq, qs), (LoraTarget::K, &lw.wk, &dk, kvs), (LoraTarget::V, &lw.wv, &dv, kvs)];
         for (target, w, dy, out) in parts {
             linear_input_grad(ctx, &scaled::<T>(ctx, dy, 1.0)?, w, n, hs, out, &mut dh, true)?;
             let i = target as usize;
@@ -274,7 +363,14 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// Gradients (f32) w.r.t. the raw q, k, v of the layer's attention given `d_o`.
-    fn attention_backward(&self, layer: usize, tape: &LayerTape<T>, rows: Rows, start: &GpuBuffer<u32>, d_o: &GpuBuffer<f32>) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>, GpuBuffer<f32>)> {
+    fn attention_backward(
+        &self,
+        layer: usize,
+        tape: &LayerTape<T>,
+        rows: Rows,
+        start: &GpuBuffer<u32>,
+        d_o: &GpuBuffer<f32>,
+    ) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>, GpuBuffer<f32>)> {
         let ctx = &self.ctx;
         let shape = self.shape;
         let att = &self.host.options.attention;
@@ -289,7 +385,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let mut d_att = None;
         if !softmax_layer {
             let d_grm = if tape.softmax.is_some() {
-                let (mut d_grm, mut d_t) = (GpuBuffer::<f32>::zeros(ctx, d_o.len())?, GpuBuffer::<T>::zeros(ctx, d_o.len())?);
+                let (mut d_grm, mut d_t) =
+                    (GpuBuffer::<f32>::zeros(ctx, d_o.len())?, GpuBuffer::<T>::zeros(ctx, d_o.len())?);
                 scale_pair(ctx, d_o, att.alpha, weight, &mut d_grm, &mut d_t)?;
                 d_att = Some(d_t);
                 d_grm
@@ -305,14 +402,34 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 let den = den.ok_or_else(|| Error::internal("a normalised layer came back without its normaliser"))?;
                 let (d_n, d_den) = grm_normalize_backward(ctx, &d_grm, &den, &o_grm)?;
                 drop((o_grm, den, d_grm));
-                mixer_chunk_backward_in_segments(ctx, &att.mixer, dims, q, k, v, &d_n, &mut dq, &mut dk, &mut dv, segments)?;
-                let (mut dq_den, mut dk_den, mut dv_den) = (GpuBuffer::<f32>::zeros(ctx, q_len)?, GpuBuffer::<f32>::zeros(ctx, kv_len)?, GpuBuffer::<f32>::zeros(ctx, kv_len)?);
+                mixer_chunk_backward_in_segments(
+                    ctx, &att.mixer, dims, q, k, v, &d_n, &mut dq, &mut dk, &mut dv, segments,
+                )?;
+                let (mut dq_den, mut dk_den, mut dv_den) = (
+                    GpuBuffer::<f32>::zeros(ctx, q_len)?,
+                    GpuBuffer::<f32>::zeros(ctx, kv_len)?,
+                    GpuBuffer::<f32>::zeros(ctx, kv_len)?,
+                );
                 let ones = self.ones(kv_len)?;
-                mixer_chunk_backward_in_segments(ctx, &att.mixer, dims, q, k, &ones, &d_den, &mut dq_den, &mut dk_den, &mut dv_den, segments)?;
+                mixer_chunk_backward_in_segments(
+                    ctx,
+                    &att.mixer,
+                    dims,
+                    q,
+                    k,
+                    &ones,
+                    &d_den,
+                    &mut dq_den,
+                    &mut dk_den,
+                    &mut dv_den,
+                    segments,
+                )?;
                 add_into(ctx, &dq_den, &mut dq)?;
                 add_into(ctx, &dk_den, &mut dk)?;
             } else {
-                mixer_chunk_backward_in_segments(ctx, &att.mixer, dims, q, k, v, &d_grm, &mut dq, &mut dk, &mut dv, segments)?;
+                mixer_chunk_backward_in_segments(
+                    ctx, &att.mixer, dims, q, k, v, &d_grm, &mut dq, &mut dk, &mut dv, segments,
+                )?;
             }
         }
         if let Some(s) = &tape.softmax {
@@ -320,15 +437,28 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 Some(d) => d,
                 None => scaled::<T>(ctx, d_o, weight)?,
             };
-            let (mut gq, mut gk, mut gv) = (GpuBuffer::<T>::zeros(ctx, q_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?, GpuBuffer::<T>::zeros(ctx, kv_len)?);
+            let (mut gq, mut gk, mut gv) = (
+                GpuBuffer::<T>::zeros(ctx, q_len)?,
+                GpuBuffer::<T>::zeros(ctx, kv_len)?,
+                GpuBuffer::<T>::zeros(ctx, kv_len)?,
+            );
             let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
             match (&s.surprise, window) {
-                (Some(cache), Some(window)) => {
-                    surprise_attention_backward(ctx, dims, window, cache, &s.q_roped, &s.k_roped, &s.v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv)?
-                }
-                _ => attention_backward(ctx, dims, window, &s.q_roped, &s.k_roped, &s.v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv)?,
+                (Some(cache), Some(window)) => surprise_attention_backward(
+                    ctx, dims, window, cache, &s.q_roped, &s.k_roped, &s.v, &s.o, &s.lse, &d_att, &mut gq, &mut gk,
+                    &mut gv,
+                )?,
+                _ => attention_backward(
+                    ctx, dims, window, &s.q_roped, &s.k_roped, &s.v, &s.o, &s.lse, &d_att, &mut gq, &mut gk, &mut gv,
+                )?,
             }
-            let rope = |heads: usize| RopeLayout { inv_freq: &self.weights.inv_freq, start, tokens: rows.tokens, heads, head_dim: shape.d };
+            let rope = |heads: usize| RopeLayout {
+                inv_freq: &self.weights.inv_freq,
+                start,
+                tokens: rows.tokens,
+                heads,
+                head_dim: shape.d,
+            };
             rope_backward_add(ctx, &rope(shape.hq), &gq, &mut dq, 1.0)?;
             rope_backward_add(ctx, &rope(shape.hkv), &gk, &mut dk, 1.0)?;
             widen(ctx, &gv, &mut dv, 1.0, true)?;

@@ -98,7 +98,8 @@ impl<T: GpuElement> GpuWeights<T> {
             fill_uniform(ctx, &mut m, next_seed, 0.0, 1.7 / (cols as f32).sqrt())?;
             Ok(m)
         };
-        let (h, q, kv, f, vocab) = (cfg.hidden_size, cfg.q_size(), cfg.kv_size(), cfg.intermediate_size, cfg.vocab_size);
+        let (h, q, kv, f, vocab) =
+            (cfg.hidden_size, cfg.q_size(), cfg.kv_size(), cfg.intermediate_size, cfg.vocab_size);
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for _ in 0..cfg.num_layers {
             layers.push(GpuLayer {
@@ -150,14 +151,31 @@ pub struct GpuLora {
 
 impl GpuLora {
     /// One product of the adapter's forward or backward: f32, or TF32 when [`GpuLora::tf32`].
-    pub fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(&self, ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, accumulate: bool) -> Result<()> {
+    pub fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
+        &self,
+        ctx: &GpuContext,
+        dims: GemmDims,
+        a: &A,
+        b: &B,
+        c: &mut C,
+        accumulate: bool,
+    ) -> Result<()> {
         self.gemm_scaled(ctx, dims, a, b, c, 1.0, accumulate)
     }
 
     /// As [`GpuLora::gemm`], the product multiplied by `alpha` (the adapter's scale, folded
     /// into the product instead of a pass of its own).
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_scaled<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(&self, ctx: &GpuContext, dims: GemmDims, a: &A, b: &B, c: &mut C, alpha: f32, accumulate: bool) -> Result<()> {
+    pub fn gemm_scaled<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
+        &self,
+        ctx: &GpuContext,
+        dims: GemmDims,
+        a: &A,
+        b: &B,
+        c: &mut C,
+        alpha: f32,
+        accumulate: bool,
+    ) -> Result<()> {
         if self.tf32 {
             gemm_tf32_scaled(ctx, dims, a, b, c, alpha, accumulate)
         } else {
@@ -210,12 +228,28 @@ pub fn refresh_lora(gpu: &mut GpuLoraSet, lora: &LoraSet) -> Result<()> {
 /// A host model of `cfg`'s shapes without host weights (empty placeholders) and with a
 /// one-token tokenizer: the configuration, options and adapters of a GPU model whose weights
 /// are made on the GPU ([`GpuWeights::random`]), so that large shapes need no host copy.
-pub fn shape_only_host(cfg: &liger_core::config::ModelConfig, options: liger_core::convert::LigerOptions, lora: liger_core::convert::LoraOptions) -> Result<liger_core::convert::LigerModel> {
+pub fn shape_only_host(
+    cfg: &liger_core::config::ModelConfig,
+    options: liger_core::convert::LigerOptions,
+    lora: liger_core::convert::LoraOptions,
+) -> Result<liger_core::convert::LigerModel> {
     use liger_core::model::{BaseModel, ModelFormat};
     use liger_core::tokenizer::Tokenizer;
     let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"<unk>":0},"unk_token":"<unk>"}}"#;
     let tokenizer = Tokenizer::from_json(json.as_bytes(), "placeholder tokenizer")?;
-    let weights = ModelWeights { embed: QTensor::from_f32(0, 0, Vec::new()), layers: Vec::new(), final_norm: Vec::new(), lm_head: None };
-    let base = BaseModel::new(cfg.clone(), weights, tokenizer, None, "random weights on the GPU".into(), ModelFormat::Checkpoint);
+    let weights = ModelWeights {
+        embed: QTensor::from_f32(0, 0, Vec::new()),
+        layers: Vec::new(),
+        final_norm: Vec::new(),
+        lm_head: None,
+    };
+    let base = BaseModel::new(
+        cfg.clone(),
+        weights,
+        tokenizer,
+        None,
+        "random weights on the GPU".into(),
+        ModelFormat::Checkpoint,
+    );
     liger_core::convert::linearize(base, options, lora)
 }

@@ -20,7 +20,11 @@ impl GpuAdamW {
     /// Zero moments for tensors of `sizes` values.
     pub fn new(ctx: &GpuContext, sizes: &[usize]) -> Result<Self> {
         let zeros = |n: &usize| GpuBuffer::zeros(ctx, *n);
-        Ok(GpuAdamW { step: 0, m: sizes.iter().map(zeros).collect::<Result<_>>()?, v: sizes.iter().map(zeros).collect::<Result<_>>()? })
+        Ok(GpuAdamW {
+            step: 0,
+            m: sizes.iter().map(zeros).collect::<Result<_>>()?,
+            v: sizes.iter().map(zeros).collect::<Result<_>>()?,
+        })
     }
 
     /// The first and second moments of tensor `i`, e.g. to save them with a checkpoint.
@@ -29,7 +33,14 @@ impl GpuAdamW {
     }
 
     /// One update of every parameter tensor with its gradient at learning rate `lr`.
-    pub fn update(&mut self, ctx: &GpuContext, cfg: &AdamWConfig, lr: f32, params: &mut [&mut GpuBuffer<f32>], grads: &[&GpuBuffer<f32>]) -> Result<()> {
+    pub fn update(
+        &mut self,
+        ctx: &GpuContext,
+        cfg: &AdamWConfig,
+        lr: f32,
+        params: &mut [&mut GpuBuffer<f32>],
+        grads: &[&GpuBuffer<f32>],
+    ) -> Result<()> {
         if params.len() != self.m.len() || grads.len() != self.m.len() {
             return Err(Error::shape(format!(
                 "AdamW holds {} tensors but got {} parameters and {} gradients",
@@ -90,7 +101,10 @@ pub fn grad_norm(ctx: &GpuContext, grads: &[&GpuBuffer<f32>]) -> Result<f32> {
 pub fn clip_grad_norm(ctx: &GpuContext, grads: &mut [&mut GpuBuffer<f32>], max_norm: f32) -> Result<f32> {
     let norm = grad_norm(ctx, &grads.iter().map(|g| &**g).collect::<Vec<_>>())?;
     if !norm.is_finite() {
-        return Err(Error::new(ErrorCode::NonFiniteLoss, "the gradient norm is not finite; lower the learning rate or check the data"));
+        return Err(Error::new(
+            ErrorCode::NonFiniteLoss,
+            "the gradient norm is not finite; lower the learning rate or check the data",
+        ));
     }
     if max_norm > 0.0 && norm > max_norm {
         let scale = max_norm / (norm + 1e-6);

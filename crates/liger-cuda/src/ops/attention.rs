@@ -43,7 +43,10 @@ unsafe impl DeviceRepr for KernelDims {}
 
 fn check_shape(shape: HeadShape) -> Result<()> {
     if shape.hkv == 0 || shape.hq == 0 || !shape.hq.is_multiple_of(shape.hkv) {
-        return Err(Error::invalid_argument(format!("{} query heads are not a positive multiple of {} key-value heads", shape.hq, shape.hkv)));
+        return Err(Error::invalid_argument(format!(
+            "{} query heads are not a positive multiple of {} key-value heads",
+            shape.hq, shape.hkv
+        )));
     }
     if shape.d == 0 || !shape.d.is_multiple_of(32) || shape.d > MAX_HEAD_DIM {
         return Err(Error::invalid_argument(format!(
@@ -59,11 +62,9 @@ impl AttentionDims {
     fn kernel_dims(&self, window: Option<Window>) -> Result<KernelDims> {
         check_shape(self.shape)?;
         let (window, sinks) = match window {
-            Some(Window { keys: 0, .. }) => {
-                return Err(Error::invalid_argument(
-                    "window_keys must be at least 1 (a query always sees its own key); use None for full causal attention",
-                ))
-            }
+            Some(Window { keys: 0, .. }) => return Err(Error::invalid_argument(
+                "window_keys must be at least 1 (a query always sees its own key); use None for full causal attention",
+            )),
             Some(w) => (w.keys.min(self.tokens), w.sinks.min(self.tokens)),
             None => (self.tokens, 0),
         };
@@ -106,9 +107,16 @@ fn tensor_core_forward<T: GpuElement>(d: usize) -> Option<&'static str> {
 /// The launch of a tensor-core kernel: a block of 4 warps per 64 tokens, per head, per sequence.
 fn tile_grid(dims: AttentionDims, heads: usize, kernel: &str) -> Result<LaunchConfig> {
     if heads > 65535 || dims.batch > 65535 {
-        return Err(Error::invalid_argument(format!("{kernel}: {heads} heads x {} sequences are more than one launch takes (65535 each)", dims.batch)));
+        return Err(Error::invalid_argument(format!(
+            "{kernel}: {heads} heads x {} sequences are more than one launch takes (65535 each)",
+            dims.batch
+        )));
     }
-    Ok(LaunchConfig { grid_dim: (dims.tokens.div_ceil(MMA_ROWS) as u32, heads as u32, dims.batch as u32), block_dim: (128, 1, 1), shared_mem_bytes: 0 })
+    Ok(LaunchConfig {
+        grid_dim: (dims.tokens.div_ceil(MMA_ROWS) as u32, heads as u32, dims.batch as u32),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    })
 }
 
 /// One warp per row: `BLOCK / 32` rows per block.
@@ -159,7 +167,12 @@ pub fn attention_forward<T: GpuElement>(
 
 /// Checks the sizes of a backward call: q, o, d_o, dq `[B,T,hq,d]`; k, v, dk, dv `[B,T,hkv,d]`;
 /// lse `[B,hq,T]`.
-fn check_backward_sizes<T: GpuElement>(dims: AttentionDims, q_like: [&GpuBuffer<T>; 4], kv_like: [&GpuBuffer<T>; 4], lse: &GpuBuffer<f32>) -> Result<()> {
+fn check_backward_sizes<T: GpuElement>(
+    dims: AttentionDims,
+    q_like: [&GpuBuffer<T>; 4],
+    kv_like: [&GpuBuffer<T>; 4],
+    lse: &GpuBuffer<f32>,
+) -> Result<()> {
     for (what, x) in ["attention q", "attention o", "attention d_o", "attention dq"].into_iter().zip(q_like) {
         expect_len(what, x.len(), dims.q_len())?;
     }
@@ -171,7 +184,13 @@ fn check_backward_sizes<T: GpuElement>(dims: AttentionDims, q_like: [&GpuBuffer<
 
 /// The softmax backward's row term `delta[b, h, i] = sum over d of d_o * o`, `[B, hq, T]`
 /// (sizes checked by the caller).
-fn attention_delta<T: GpuElement>(ctx: &GpuContext, p: KernelDims, dims: AttentionDims, o: &GpuBuffer<T>, d_o: &GpuBuffer<T>) -> Result<GpuBuffer<f32>> {
+fn attention_delta<T: GpuElement>(
+    ctx: &GpuContext,
+    p: KernelDims,
+    dims: AttentionDims,
+    o: &GpuBuffer<T>,
+    d_o: &GpuBuffer<T>,
+) -> Result<GpuBuffer<f32>> {
     let mut delta = GpuBuffer::<f32>::zeros(ctx, dims.lse_len())?;
     let name = super::variant::<T>("attention_delta_f32", "attention_delta_bf16");
     let f = ctx.function(&ATTENTION, name)?;
@@ -209,22 +228,51 @@ pub fn attention_backward<T: GpuElement>(
     if tensor_core_forward::<T>(dims.shape.d).is_some() {
         // bf16 with a head size of 64 or 128: dQ per 64 queries, dK and dV per 64 keys.
         let d = dims.shape.d;
-        let (dq_name, dkv_name) = if d == 64 { ("attention_dq_mma_d64", "attention_dkv_mma_d64") } else { ("attention_dq_mma_d128", "attention_dkv_mma_d128") };
+        let (dq_name, dkv_name) = if d == 64 {
+            ("attention_dq_mma_d64", "attention_dkv_mma_d64")
+        } else {
+            ("attention_dq_mma_d128", "attention_dkv_mma_d128")
+        };
         let f = ctx.function(&ATTENTION, dq_name)?;
         let mut launch = ctx.stream().launch_builder(&f);
-        launch.arg(&p).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(lse.slice()).arg(delta.slice()).arg(d_o.slice()).arg(dq.slice_mut());
+        launch
+            .arg(&p)
+            .arg(q.slice())
+            .arg(k.slice())
+            .arg(v.slice())
+            .arg(lse.slice())
+            .arg(delta.slice())
+            .arg(d_o.slice())
+            .arg(dq.slice_mut());
         // SAFETY: sizes checked above; the kernel guards rows and keys past `tokens`.
         ctx.check_launch(unsafe { launch.launch(tile_grid(dims, dims.shape.hq, dq_name)?) }, dq_name)?;
         let f = ctx.function(&ATTENTION, dkv_name)?;
         let mut launch = ctx.stream().launch_builder(&f);
-        launch.arg(&p).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(lse.slice()).arg(delta.slice()).arg(d_o.slice()).arg(dk.slice_mut()).arg(dv.slice_mut());
+        launch
+            .arg(&p)
+            .arg(q.slice())
+            .arg(k.slice())
+            .arg(v.slice())
+            .arg(lse.slice())
+            .arg(delta.slice())
+            .arg(d_o.slice())
+            .arg(dk.slice_mut())
+            .arg(dv.slice_mut());
         // SAFETY: as above.
         return ctx.check_launch(unsafe { launch.launch(tile_grid(dims, dims.shape.hkv, dkv_name)?) }, dkv_name);
     }
     let name = super::variant::<T>("attention_dq_f32", "attention_dq_bf16");
     let f = ctx.function(&ATTENTION, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch.arg(&p).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(lse.slice()).arg(delta.slice()).arg(d_o.slice()).arg(dq.slice_mut());
+    launch
+        .arg(&p)
+        .arg(q.slice())
+        .arg(k.slice())
+        .arg(v.slice())
+        .arg(lse.slice())
+        .arg(delta.slice())
+        .arg(d_o.slice())
+        .arg(dq.slice_mut());
     // SAFETY: as above.
     ctx.check_launch(unsafe { launch.launch(warp_rows(q_rows)) }, name)?;
 
@@ -272,7 +320,13 @@ pub fn attention_decode<T: GpuElement>(
     if batch == 0 {
         return Ok(());
     }
-    let args = [as_int("batch", batch)?, as_int("query heads", shape.hq)?, as_int("key-value heads", shape.hkv)?, as_int("head size", shape.d)?, as_int("capacity", capacity)?];
+    let args = [
+        as_int("batch", batch)?,
+        as_int("query heads", shape.hq)?,
+        as_int("key-value heads", shape.hkv)?,
+        as_int("head size", shape.d)?,
+        as_int("capacity", capacity)?,
+    ];
     as_int("cache size", cache_len)?;
     let name = super::variant::<T>("attention_decode_f32", "attention_decode_bf16");
     let f = ctx.function(&ATTENTION, name)?;
@@ -358,49 +412,14 @@ pub fn cache_prefill<T: GpuElement>(
     for a in &args {
         launch.arg(a);
     }
-    launch.arg(k_new.slice()).arg(v_new.slice()).arg(positions.slice()).arg(k_cache.slice_mut()).arg(v_cache.slice_mut());
+    launch
+        .arg(k_new.slice())
+        .arg(v_new.slice())
+        .arg(positions.slice())
+        .arg(k_cache.slice_mut())
+        .arg(v_cache.slice_mut());
     // SAFETY: sizes checked above; slots are the sinks' or taken modulo the ring's size.
     ctx.check_launch(unsafe { launch.launch(elementwise(batch * tokens * shape.hkv * shape.d)) }, name)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use liger_core::ErrorCode;
-
-    fn dims(d: usize) -> AttentionDims {
-        AttentionDims { batch: 2, tokens: 10, shape: HeadShape { hq: 4, hkv: 2, d } }
-    }
-
-    #[test]
-    fn windows_are_clipped_and_checked() {
-        assert_eq!(dims(64).kernel_dims(None).unwrap().window, 10);
-        assert_eq!(dims(64).kernel_dims(Some(65.into())).unwrap().window, 10);
-        assert_eq!(dims(64).kernel_dims(Some(3.into())).unwrap().window, 3);
-        let sinks = dims(64).kernel_dims(Some(Window { keys: 3, sinks: 40 })).unwrap();
-        assert_eq!((sinks.window, sinks.sinks), (3, 10));
-        let err = dims(64).kernel_dims(Some(0.into())).unwrap_err();
-        assert_eq!(err.code, ErrorCode::InvalidArgument);
-        assert!(err.message.contains("window_keys"), "{}", err.message);
-    }
-
-    #[test]
-    fn head_sizes_outside_the_kernels_are_rejected() {
-        for d in [0, 48, 288] {
-            let err = dims(d).kernel_dims(None).unwrap_err();
-            assert_eq!(err.code, ErrorCode::InvalidArgument);
-            assert!(err.message.contains("head size"), "{}", err.message);
-        }
-        let bad_group = AttentionDims { batch: 1, tokens: 4, shape: HeadShape { hq: 3, hkv: 2, d: 64 } };
-        assert_eq!(bad_group.kernel_dims(None).unwrap_err().code, ErrorCode::InvalidArgument);
-        assert_eq!(check_capacity(0).unwrap_err().code, ErrorCode::InvalidArgument);
-    }
-
-    #[test]
-    fn buffer_sizes_follow_the_layouts() {
-        let d = dims(64);
-        assert_eq!((d.q_len(), d.kv_len(), d.lse_len()), (2 * 10 * 4 * 64, 2 * 10 * 2 * 64, 2 * 4 * 10));
-    }
 }
 
 /// Keys `[rows, hkv, d]` repeated over each key-value head's query heads: `[rows, hq, d]`.
@@ -414,7 +433,12 @@ pub fn keys_as_queries(ctx: &GpuContext, shape: HeadShape, k: &GpuBuffer<f32>) -
     }
     let name = "keys_as_queries_f32";
     let f = ctx.function(&ATTENTION, name)?;
-    let (rows_arg, hq, hkv, d) = (rows as i64, as_int("query heads", shape.hq)?, as_int("key-value heads", shape.hkv)?, as_int("head size", shape.d)?);
+    let (rows_arg, hq, hkv, d) = (
+        rows as i64,
+        as_int("query heads", shape.hq)?,
+        as_int("key-value heads", shape.hkv)?,
+        as_int("head size", shape.d)?,
+    );
     let cfg = elementwise(kq.len());
     let mut launch = ctx.stream().launch_builder(&f);
     launch.arg(k.slice()).arg(kq.slice_mut()).arg(&rows_arg).arg(&hq).arg(&hkv).arg(&d);
@@ -426,7 +450,13 @@ pub fn keys_as_queries(ctx: &GpuContext, shape: HeadShape, k: &GpuBuffer<f32>) -
 /// The surprise of each token, `[B*T, hkv]`, from the recurrent branch read out with the keys as
 /// queries over the values (`n`) and over values of one (`den`), both `[B*T, hq, d]`, and the
 /// values `v` `[B*T, hkv, d]` (CPU twin: `liger_core::liger::surprise::surprise_scores`).
-pub fn surprise_scores(ctx: &GpuContext, shape: HeadShape, n: &GpuBuffer<f32>, den: &GpuBuffer<f32>, v: &GpuBuffer<f32>) -> Result<GpuBuffer<f32>> {
+pub fn surprise_scores(
+    ctx: &GpuContext,
+    shape: HeadShape,
+    n: &GpuBuffer<f32>,
+    den: &GpuBuffer<f32>,
+    v: &GpuBuffer<f32>,
+) -> Result<GpuBuffer<f32>> {
     check_shape(shape)?;
     let rows = v.len() / (shape.hkv * shape.d);
     expect_len("surprise values", v.len(), rows * shape.hkv * shape.d)?;
@@ -438,9 +468,24 @@ pub fn surprise_scores(ctx: &GpuContext, shape: HeadShape, n: &GpuBuffer<f32>, d
     }
     let name = "surprise_scores_f32";
     let f = ctx.function(&ATTENTION, name)?;
-    let (rows_arg, hq, hkv, d, eps) = (rows as i64, as_int("query heads", shape.hq)?, as_int("key-value heads", shape.hkv)?, as_int("head size", shape.d)?, liger_core::liger::surprise::SCORE_EPS);
+    let (rows_arg, hq, hkv, d, eps) = (
+        rows as i64,
+        as_int("query heads", shape.hq)?,
+        as_int("key-value heads", shape.hkv)?,
+        as_int("head size", shape.d)?,
+        liger_core::liger::surprise::SCORE_EPS,
+    );
     let mut launch = ctx.stream().launch_builder(&f);
-    launch.arg(n.slice()).arg(den.slice()).arg(v.slice()).arg(scores.slice_mut()).arg(&rows_arg).arg(&hq).arg(&hkv).arg(&d).arg(&eps);
+    launch
+        .arg(n.slice())
+        .arg(den.slice())
+        .arg(v.slice())
+        .arg(scores.slice_mut())
+        .arg(&rows_arg)
+        .arg(&hq)
+        .arg(&hkv)
+        .arg(&d)
+        .arg(&eps);
     // SAFETY: sizes checked above; a grid-stride loop over rows x hkv.
     ctx.check_launch(unsafe { launch.launch(elementwise(rows * shape.hkv)) }, name)?;
     Ok(scores)
@@ -462,7 +507,13 @@ pub struct SurpriseCache {
 
 /// The surprise cache's contents before each query, from the scores `[B*T, hkv]` (CPU twin:
 /// `liger_core::liger::surprise::surprise_kept`).
-pub fn surprise_select(ctx: &GpuContext, dims: AttentionDims, window: Window, slots: usize, scores: &GpuBuffer<f32>) -> Result<SurpriseCache> {
+pub fn surprise_select(
+    ctx: &GpuContext,
+    dims: AttentionDims,
+    window: Window,
+    slots: usize,
+    scores: &GpuBuffer<f32>,
+) -> Result<SurpriseCache> {
     let p = dims.kernel_dims(Some(window))?;
     expect_len("surprise scores", scores.len(), dims.batch * dims.tokens * dims.shape.hkv)?;
     if slots == 0 {
@@ -476,7 +527,8 @@ pub fn surprise_select(ctx: &GpuContext, dims: AttentionDims, window: Window, sl
         return Ok(SurpriseCache { slots, kept, until });
     }
     let scratch = dims.batch * dims.shape.hkv * slots;
-    let (mut slot_token, mut slot_score) = (GpuBuffer::<i32>::zeros(ctx, scratch)?, GpuBuffer::<f32>::zeros(ctx, scratch)?);
+    let (mut slot_token, mut slot_score) =
+        (GpuBuffer::<i32>::zeros(ctx, scratch)?, GpuBuffer::<f32>::zeros(ctx, scratch)?);
     let name = "surprise_select";
     let f = ctx.function(&ATTENTION, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
@@ -531,7 +583,15 @@ pub fn surprise_attention_forward<T: GpuElement>(
     let name = super::variant::<T>("surprise_attention_f32", "surprise_attention_bf16");
     let f = ctx.function(&ATTENTION, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch.arg(&p).arg(&slots).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(cache.kept.slice()).arg(o.slice_mut()).arg(lse.slice_mut());
+    launch
+        .arg(&p)
+        .arg(&slots)
+        .arg(q.slice())
+        .arg(k.slice())
+        .arg(v.slice())
+        .arg(cache.kept.slice())
+        .arg(o.slice_mut())
+        .arg(lse.slice_mut());
     // SAFETY: sizes checked above; one warp per (sequence, query, head) row.
     ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hq)) }, name)
 }
@@ -578,7 +638,8 @@ pub fn surprise_attention_backward<T: GpuElement>(
     // SAFETY: sizes checked above; one warp per query row.
     ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hq)) }, name)?;
     // dK, dV: warps over chunks of each token's run of queries, summed in f32, then stored.
-    let (mut dk_sum, mut dv_sum) = (GpuBuffer::<f32>::zeros(ctx, dims.kv_len())?, GpuBuffer::<f32>::zeros(ctx, dims.kv_len())?);
+    let (mut dk_sum, mut dv_sum) =
+        (GpuBuffer::<f32>::zeros(ctx, dims.kv_len())?, GpuBuffer::<f32>::zeros(ctx, dims.kv_len())?);
     let name = super::variant::<T>("surprise_dkv_f32", "surprise_dkv_bf16");
     let f = ctx.function(&ATTENTION, name)?;
     let mut launch = ctx.stream().launch_builder(&f);
@@ -603,4 +664,44 @@ pub fn surprise_attention_backward<T: GpuElement>(
     launch.arg(dk_sum.slice()).arg(dv_sum.slice()).arg(dk.slice_mut()).arg(dv.slice_mut()).arg(&n);
     // SAFETY: sizes checked above; grid-stride over the n values.
     ctx.check_launch(unsafe { launch.launch(elementwise(dims.kv_len())) }, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use liger_core::ErrorCode;
+
+    fn dims(d: usize) -> AttentionDims {
+        AttentionDims { batch: 2, tokens: 10, shape: HeadShape { hq: 4, hkv: 2, d } }
+    }
+
+    #[test]
+    fn windows_are_clipped_and_checked() {
+        assert_eq!(dims(64).kernel_dims(None).unwrap().window, 10);
+        assert_eq!(dims(64).kernel_dims(Some(65.into())).unwrap().window, 10);
+        assert_eq!(dims(64).kernel_dims(Some(3.into())).unwrap().window, 3);
+        let sinks = dims(64).kernel_dims(Some(Window { keys: 3, sinks: 40 })).unwrap();
+        assert_eq!((sinks.window, sinks.sinks), (3, 10));
+        let err = dims(64).kernel_dims(Some(0.into())).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert!(err.message.contains("window_keys"), "{}", err.message);
+    }
+
+    #[test]
+    fn head_sizes_outside_the_kernels_are_rejected() {
+        for d in [0, 48, 288] {
+            let err = dims(d).kernel_dims(None).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidArgument);
+            assert!(err.message.contains("head size"), "{}", err.message);
+        }
+        let bad_group = AttentionDims { batch: 1, tokens: 4, shape: HeadShape { hq: 3, hkv: 2, d: 64 } };
+        assert_eq!(bad_group.kernel_dims(None).unwrap_err().code, ErrorCode::InvalidArgument);
+        assert_eq!(check_capacity(0).unwrap_err().code, ErrorCode::InvalidArgument);
+    }
+
+    #[test]
+    fn buffer_sizes_follow_the_layouts() {
+        let d = dims(64);
+        assert_eq!((d.q_len(), d.kv_len(), d.lse_len()), (2 * 10 * 4 * 64, 2 * 10 * 2 * 64, 2 * 4 * 10));
+    }
 }

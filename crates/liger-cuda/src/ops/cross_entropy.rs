@@ -78,7 +78,14 @@ pub fn cross_entropy<T: GemmInput>(
         }
         if let Some(dh) = dh.as_deref_mut() {
             let dims = GemmDims { m: rows, n: hidden, k: vocab, a_transposed: false, b_transposed: false };
-            gemm(ctx, dims, &grad.view(0..rows * vocab), head.slice(), &mut dh.view_mut(r0 * hidden..(r0 + rows) * hidden), false)?;
+            gemm(
+                ctx,
+                dims,
+                &grad.view(0..rows * vocab),
+                head.slice(),
+                &mut dh.view_mut(r0 * hidden..(r0 + rows) * hidden),
+                false,
+            )?;
         }
     }
     let per_row = loss.to_host()?;
@@ -88,10 +95,18 @@ pub fn cross_entropy<T: GemmInput>(
 /// For each of the first `targets.len()` rows of `logits` (`rows x vocab`, f32): the natural-log
 /// probability of `targets[r]` under the row's softmax, and whether it is the row's argmax
 /// (the first largest logit on ties). CPU twin: `liger_core::eval::loglik::score_row`.
-pub fn score_rows(ctx: &GpuContext, logits: &GpuBuffer<f32>, vocab: usize, targets: &[u32]) -> Result<Vec<(f32, bool)>> {
+pub fn score_rows(
+    ctx: &GpuContext,
+    logits: &GpuBuffer<f32>,
+    vocab: usize,
+    targets: &[u32],
+) -> Result<Vec<(f32, bool)>> {
     let rows = targets.len();
     if logits.len() < rows * vocab {
-        return Err(Error::invalid_argument(format!("score_rows: {} logits hold fewer than {rows} rows of {vocab}", logits.len())));
+        return Err(Error::invalid_argument(format!(
+            "score_rows: {} logits hold fewer than {rows} rows of {vocab}",
+            logits.len()
+        )));
     }
     if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
         return Err(Error::invalid_argument(format!("token id {bad} is outside the model's vocabulary of {vocab}")));

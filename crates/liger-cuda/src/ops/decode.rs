@@ -38,7 +38,10 @@ pub fn decode_rope_append<T: GpuElement>(
 ) -> Result<()> {
     let HeadShape { hq, hkv, d } = at.shape;
     if d == 0 || !d.is_multiple_of(2) || at.inv_freq.len() != d / 2 {
-        return Err(Error::shape(format!("RoPE needs an even head size and head_size/2 frequencies; got {d} and {}", at.inv_freq.len())));
+        return Err(Error::shape(format!(
+            "RoPE needs an even head size and head_size/2 frequencies; got {d} and {}",
+            at.inv_freq.len()
+        )));
     }
     if at.window.keys == 0 {
         return Err(Error::invalid_argument("a key-value cache needs a capacity of at least 1 token"));
@@ -77,7 +80,13 @@ pub fn decode_rope_append<T: GpuElement>(
 }
 
 /// `o = alpha * a + beta * b` (a term left out when it is None), written as f32 (`o_f`) and as `T` (`o_t`).
-pub fn decode_mix<T: GpuElement>(ctx: &GpuContext, a: Option<(&GpuBuffer<f32>, f32)>, b: Option<(&GpuBuffer<T>, f32)>, o_f: &mut GpuBuffer<f32>, o_t: &mut GpuBuffer<T>) -> Result<()> {
+pub fn decode_mix<T: GpuElement>(
+    ctx: &GpuContext,
+    a: Option<(&GpuBuffer<f32>, f32)>,
+    b: Option<(&GpuBuffer<T>, f32)>,
+    o_f: &mut GpuBuffer<f32>,
+    o_t: &mut GpuBuffer<T>,
+) -> Result<()> {
     let n = o_t.len();
     expect_len("mix f32 output", o_f.len(), n)?;
     if let Some((a, _)) = a {
@@ -120,10 +129,15 @@ pub fn gemv_fits<T: GpuElement>(k: usize) -> bool {
 
 fn gemv_checks<T: GpuElement>(x: &GpuBuffer<T>, batch: usize, k: usize) -> Result<()> {
     if batch == 0 || batch > GEMV_MAX_BATCH {
-        return Err(Error::invalid_argument(format!("the decoding products take 1 to {GEMV_MAX_BATCH} sequences, got {batch}; use gemm")));
+        return Err(Error::invalid_argument(format!(
+            "the decoding products take 1 to {GEMV_MAX_BATCH} sequences, got {batch}; use gemm"
+        )));
     }
     if !gemv_fits::<T>(k) {
-        return Err(Error::invalid_argument(format!("the decoding products take rows of whole 16-byte pieces; {k} values of {} are not", T::KERNEL_SUFFIX)));
+        return Err(Error::invalid_argument(format!(
+            "the decoding products take rows of whole 16-byte pieces; {k} values of {} are not",
+            T::KERNEL_SUFFIX
+        )));
     }
     expect_len("decode product input", x.len(), batch * k)
 }
@@ -137,15 +151,29 @@ fn gemv_entry<T: GpuElement>(batch: usize, names: [&'static str; 4]) -> &'static
 /// The launch of one warp per weight row.
 fn warps_for(rows: usize) -> Result<cudarc::driver::LaunchConfig> {
     let blocks = (as_int("weight rows", rows)? as usize * 32).div_ceil(crate::launch::BLOCK as usize);
-    Ok(cudarc::driver::LaunchConfig { grid_dim: (as_int("blocks", blocks)? as u32, 1, 1), block_dim: (crate::launch::BLOCK, 1, 1), shared_mem_bytes: 0 })
+    Ok(cudarc::driver::LaunchConfig {
+        grid_dim: (as_int("blocks", blocks)? as u32, 1, 1),
+        block_dim: (crate::launch::BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    })
 }
 
 /// `y_i = x W_iᵀ` (or `y_i +=` when `accumulate`) for one to three weights `[n_i, k]` of one
 /// input x `[batch, k]` (batch at most [`GEMV_MAX_BATCH`]), each `y_i` `[batch, n_i]`, in one launch.
-pub fn decode_gemv<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, batch: usize, k: usize, outputs: &mut [(&GpuBuffer<T>, &mut GpuBuffer<f32>)], accumulate: bool) -> Result<()> {
+pub fn decode_gemv<T: GpuElement>(
+    ctx: &GpuContext,
+    x: &GpuBuffer<T>,
+    batch: usize,
+    k: usize,
+    outputs: &mut [(&GpuBuffer<T>, &mut GpuBuffer<f32>)],
+    accumulate: bool,
+) -> Result<()> {
     gemv_checks(x, batch, k)?;
     if outputs.is_empty() || outputs.len() > 3 {
-        return Err(Error::invalid_argument(format!("one decoding product takes 1 to 3 weights, got {}", outputs.len())));
+        return Err(Error::invalid_argument(format!(
+            "one decoding product takes 1 to 3 weights, got {}",
+            outputs.len()
+        )));
     }
     let mut rows = [0i32; 3];
     for (i, (w, y)) in outputs.iter().enumerate() {
@@ -153,7 +181,10 @@ pub fn decode_gemv<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, batch: usi
         expect_len("decode product output", y.len(), batch * n)?;
         rows[i] = as_int("weight rows", n)?;
     }
-    let name = gemv_entry::<T>(batch, ["decode_gemv_f32_b1", "decode_gemv_f32_b4", "decode_gemv_bf16_b1", "decode_gemv_bf16_b4"]);
+    let name = gemv_entry::<T>(
+        batch,
+        ["decode_gemv_f32_b1", "decode_gemv_f32_b4", "decode_gemv_bf16_b1", "decode_gemv_bf16_b4"],
+    );
     let f = ctx.function(&DECODE, name)?;
     let (null, batch_arg, k_arg, acc) = (0u64, batch as i32, as_int("k", k)?, i32::from(accumulate));
     let total: usize = rows.iter().map(|&n| n as usize).sum();
@@ -172,16 +203,39 @@ pub fn decode_gemv<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, batch: usi
 }
 
 /// `act = silu(x W_gateᵀ) * (x W_upᵀ)`, stored as `T`; x `[batch, k]`, weights `[n, k]`, act `[batch, n]`.
-pub fn decode_gemv_swiglu<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, batch: usize, k: usize, w_gate: &GpuBuffer<T>, w_up: &GpuBuffer<T>, act: &mut GpuBuffer<T>) -> Result<()> {
+pub fn decode_gemv_swiglu<T: GpuElement>(
+    ctx: &GpuContext,
+    x: &GpuBuffer<T>,
+    batch: usize,
+    k: usize,
+    w_gate: &GpuBuffer<T>,
+    w_up: &GpuBuffer<T>,
+    act: &mut GpuBuffer<T>,
+) -> Result<()> {
     gemv_checks(x, batch, k)?;
     let n = rows_of("gate weight", w_gate.len(), k)?;
     expect_len("up weight", w_up.len(), n * k)?;
     expect_len("swiglu output", act.len(), batch * n)?;
-    let name = gemv_entry::<T>(batch, ["decode_gemv_swiglu_f32_b1", "decode_gemv_swiglu_f32_b4", "decode_gemv_swiglu_bf16_b1", "decode_gemv_swiglu_bf16_b4"]);
+    let name = gemv_entry::<T>(
+        batch,
+        [
+            "decode_gemv_swiglu_f32_b1",
+            "decode_gemv_swiglu_f32_b4",
+            "decode_gemv_swiglu_bf16_b1",
+            "decode_gemv_swiglu_bf16_b4",
+        ],
+    );
     let f = ctx.function(&DECODE, name)?;
     let (n_arg, batch_arg, k_arg) = (as_int("rows", n)?, batch as i32, as_int("k", k)?);
     let mut launch = ctx.stream().launch_builder(&f);
-    launch.arg(x.slice()).arg(w_gate.slice()).arg(w_up.slice()).arg(act.slice_mut()).arg(&n_arg).arg(&batch_arg).arg(&k_arg);
+    launch
+        .arg(x.slice())
+        .arg(w_gate.slice())
+        .arg(w_up.slice())
+        .arg(act.slice_mut())
+        .arg(&n_arg)
+        .arg(&batch_arg)
+        .arg(&k_arg);
     // SAFETY: sizes checked above; a warp per row, past the last returns.
     ctx.check_launch(unsafe { launch.launch(warps_for(n)?) }, name)
 }
@@ -216,7 +270,10 @@ unsafe impl cudarc::driver::DeviceRepr for LoraUpParams {}
 pub fn decode_lora_up(ctx: &GpuContext, batch: usize, parts: &mut [LoraUp<'_>]) -> Result<()> {
     use cudarc::driver::{DevicePtr, DevicePtrMut};
     if parts.is_empty() || parts.len() > 3 {
-        return Err(Error::invalid_argument(format!("one decoding LoRA launch takes 1 to 3 adapters, got {}", parts.len())));
+        return Err(Error::invalid_argument(format!(
+            "one decoding LoRA launch takes 1 to 3 adapters, got {}",
+            parts.len()
+        )));
     }
     let mut params = [LoraUpParams::default(); 3];
     let mut total = 0;

@@ -8,7 +8,13 @@ use cudarc::driver::PushKernelArg;
 use liger_core::{Error, Result};
 
 /// `out[t] = table[ids[t]]` as f32; `table` is `vocab x hidden` (f32 or bf16), `out` is `ids.len() x hidden`.
-pub fn embedding_gather<T: GpuElement>(ctx: &GpuContext, table: &GpuBuffer<T>, hidden: usize, ids: &[u32], out: &mut GpuBuffer<f32>) -> Result<()> {
+pub fn embedding_gather<T: GpuElement>(
+    ctx: &GpuContext,
+    table: &GpuBuffer<T>,
+    hidden: usize,
+    ids: &[u32],
+    out: &mut GpuBuffer<f32>,
+) -> Result<()> {
     let vocab = rows_of("embedding table", table.len(), hidden)?;
     if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
         return Err(Error::invalid_argument(format!("token id {bad} is outside the vocabulary of {vocab}")));

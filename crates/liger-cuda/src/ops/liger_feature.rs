@@ -26,7 +26,13 @@ pub fn softmax_rows(ctx: &GpuContext, x: &GpuBuffer<f32>, y: &mut GpuBuffer<f32>
 }
 
 /// Writes `dx = y * (dy - sum(y * dy))` per row, the softmax's backward given its output `y`.
-pub fn softmax_rows_backward(ctx: &GpuContext, y: &GpuBuffer<f32>, dy: &GpuBuffer<f32>, dx: &mut GpuBuffer<f32>, d: usize) -> Result<()> {
+pub fn softmax_rows_backward(
+    ctx: &GpuContext,
+    y: &GpuBuffer<f32>,
+    dy: &GpuBuffer<f32>,
+    dx: &mut GpuBuffer<f32>,
+    d: usize,
+) -> Result<()> {
     let rows = rows_of("softmax output", y.len(), d)?;
     expect_len("softmax dy", dy.len(), y.len())?;
     expect_len("softmax dx", dx.len(), y.len())?;
@@ -44,13 +50,22 @@ pub fn softmax_rows_backward(ctx: &GpuContext, y: &GpuBuffer<f32>, dy: &GpuBuffe
 
 fn check_normalizer(gate_normalizer: f32) -> Result<()> {
     if !(gate_normalizer.is_finite() && gate_normalizer > 0.0) {
-        return Err(Error::invalid_argument(format!("the gate normalizer must be a positive number, got {gate_normalizer}")));
+        return Err(Error::invalid_argument(format!(
+            "the gate normalizer must be a positive number, got {gate_normalizer}"
+        )));
     }
     Ok(())
 }
 
 /// GLA key features `kf = softmax(k)` and log-gates `g = logsigmoid(k) / gate_normalizer`, per row of `d`.
-pub fn gla_key_features(ctx: &GpuContext, k: &GpuBuffer<f32>, kf: &mut GpuBuffer<f32>, g: &mut GpuBuffer<f32>, d: usize, gate_normalizer: f32) -> Result<()> {
+pub fn gla_key_features(
+    ctx: &GpuContext,
+    k: &GpuBuffer<f32>,
+    kf: &mut GpuBuffer<f32>,
+    g: &mut GpuBuffer<f32>,
+    d: usize,
+    gate_normalizer: f32,
+) -> Result<()> {
     check_normalizer(gate_normalizer)?;
     let rows = rows_of("key input", k.len(), d)?;
     expect_len("key features", kf.len(), k.len())?;
@@ -92,7 +107,15 @@ pub fn gla_key_features_backward(
     let f = ctx.function(&LIGER_FEATURE, name)?;
     let (rows_arg, d_arg) = (as_int("rows", rows)?, as_int("d", d)?);
     let mut launch = ctx.stream().launch_builder(&f);
-    launch.arg(k.slice()).arg(kf.slice()).arg(dkf.slice()).arg(dg.slice()).arg(dk.slice_mut()).arg(&rows_arg).arg(&d_arg).arg(&gate_normalizer);
+    launch
+        .arg(k.slice())
+        .arg(kf.slice())
+        .arg(dkf.slice())
+        .arg(dg.slice())
+        .arg(dk.slice_mut())
+        .arg(&rows_arg)
+        .arg(&d_arg)
+        .arg(&gate_normalizer);
     // SAFETY: as above.
     ctx.check_launch(unsafe { launch.launch(warp_per_row(rows)) }, name)
 }

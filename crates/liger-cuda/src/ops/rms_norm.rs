@@ -55,7 +55,14 @@ pub fn rms_norm_forward_pair<T: GpuElement>(
     let f = ctx.function(&RMS_NORM, name)?;
     let cols_arg = as_int("cols", cols)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch.arg(x.slice()).arg(weight.slice()).arg(y.slice_mut()).arg(y_t.slice_mut()).arg(rstd.slice_mut()).arg(&cols_arg).arg(&eps);
+    launch
+        .arg(x.slice())
+        .arg(weight.slice())
+        .arg(y.slice_mut())
+        .arg(y_t.slice_mut())
+        .arg(rstd.slice_mut())
+        .arg(&cols_arg)
+        .arg(&eps);
     // SAFETY: x, y and y_t hold rows x cols values, rstd holds rows; one block per row.
     ctx.check_launch(unsafe { launch.launch(block_per_row(rows, cols)?) }, name)
 }
@@ -111,7 +118,14 @@ fn backward(
     let f = ctx.function(&RMS_NORM, name)?;
     let cols_arg = as_int("cols", cols)?;
     let mut launch = ctx.stream().launch_builder(&f);
-    launch.arg(x.slice()).arg(weight.slice()).arg(dy.slice()).arg(dx.slice_mut()).arg(rstd.slice_mut()).arg(&cols_arg).arg(&eps);
+    launch
+        .arg(x.slice())
+        .arg(weight.slice())
+        .arg(dy.slice())
+        .arg(dx.slice_mut())
+        .arg(rstd.slice_mut())
+        .arg(&cols_arg)
+        .arg(&eps);
     // SAFETY: x, dy and dx hold rows x cols values, rstd holds rows; one block per row.
     ctx.check_launch(unsafe { launch.launch(block_per_row(rows, cols)?) }, name)
 }

@@ -9,12 +9,28 @@ use cudarc::driver::PushKernelArg;
 use liger_core::{Error, Result};
 
 /// `y` = `x` (`T x heads*head_dim`) rotated, token t at position `pos0 + t`.
-pub fn rope_forward(ctx: &GpuContext, x: &GpuBuffer<f32>, y: &mut GpuBuffer<f32>, heads: usize, head_dim: usize, pos0: usize, inv_freq: &GpuBuffer<f32>) -> Result<()> {
+pub fn rope_forward(
+    ctx: &GpuContext,
+    x: &GpuBuffer<f32>,
+    y: &mut GpuBuffer<f32>,
+    heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    inv_freq: &GpuBuffer<f32>,
+) -> Result<()> {
     rope_launch(ctx, "rope_forward_f32", x, y, heads, head_dim, pos0, inv_freq)
 }
 
 /// `dx` = `dy` rotated back (the transpose of the forward rotation).
-pub fn rope_backward(ctx: &GpuContext, dy: &GpuBuffer<f32>, dx: &mut GpuBuffer<f32>, heads: usize, head_dim: usize, pos0: usize, inv_freq: &GpuBuffer<f32>) -> Result<()> {
+pub fn rope_backward(
+    ctx: &GpuContext,
+    dy: &GpuBuffer<f32>,
+    dx: &mut GpuBuffer<f32>,
+    heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    inv_freq: &GpuBuffer<f32>,
+) -> Result<()> {
     rope_launch(ctx, "rope_backward_f32", dy, dx, heads, head_dim, pos0, inv_freq)
 }
 
@@ -40,7 +56,8 @@ fn rope_launch(
     }
     let f = ctx.function(&ROPE, name)?;
     as_int("last position", pos0 + tokens)?;
-    let args = [as_int("tokens", tokens)?, as_int("heads", heads)?, as_int("head_dim", head_dim)?, as_int("pos0", pos0)?];
+    let args =
+        [as_int("tokens", tokens)?, as_int("heads", heads)?, as_int("head_dim", head_dim)?, as_int("pos0", pos0)?];
     let mut launch = ctx.stream().launch_builder(&f);
     launch.arg(x.slice()).arg(y.slice_mut()).arg(inv_freq.slice());
     for a in &args {

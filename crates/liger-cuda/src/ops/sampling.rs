@@ -18,7 +18,14 @@ const THREADS: u32 = 1024;
 /// when `options.temperature` is 0, else the token `sample_with_draw` picks with `draws[b]`
 /// (`[B]`, uniform in `[0, 1)`; unused when greedy). `options.seed` is not used here: the
 /// draws carry the randomness.
-pub fn sample_tokens(ctx: &GpuContext, logits: &GpuBuffer<f32>, vocab: usize, options: &SamplingOptions, draws: &GpuBuffer<f32>, tokens: &mut GpuBuffer<u32>) -> Result<()> {
+pub fn sample_tokens(
+    ctx: &GpuContext,
+    logits: &GpuBuffer<f32>,
+    vocab: usize,
+    options: &SamplingOptions,
+    draws: &GpuBuffer<f32>,
+    tokens: &mut GpuBuffer<u32>,
+) -> Result<()> {
     options.validate()?;
     let rows = rows_of("logits", logits.len(), vocab)?;
     expect_len("sampled tokens", tokens.len(), rows)?;

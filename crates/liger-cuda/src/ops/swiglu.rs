@@ -9,7 +9,12 @@ use cudarc::driver::PushKernelArg;
 use liger_core::Result;
 
 /// `out = silu(gate) * up`, elementwise.
-pub fn swiglu_forward<T: GpuElement>(ctx: &GpuContext, gate: &GpuBuffer<T>, up: &GpuBuffer<T>, out: &mut GpuBuffer<T>) -> Result<()> {
+pub fn swiglu_forward<T: GpuElement>(
+    ctx: &GpuContext,
+    gate: &GpuBuffer<T>,
+    up: &GpuBuffer<T>,
+    out: &mut GpuBuffer<T>,
+) -> Result<()> {
     let n = gate.len();
     expect_len("swiglu up", up.len(), n)?;
     expect_len("swiglu output", out.len(), n)?;
@@ -27,7 +32,12 @@ pub fn swiglu_forward<T: GpuElement>(ctx: &GpuContext, gate: &GpuBuffer<T>, up: 
 
 /// `out = silu(gate) * up` from f32 `gate` and `up`, stored as `T` (the training forward,
 /// whose product feeds the down projection).
-pub fn swiglu_forward_to<T: GpuElement>(ctx: &GpuContext, gate: &GpuBuffer<f32>, up: &GpuBuffer<f32>, out: &mut GpuBuffer<T>) -> Result<()> {
+pub fn swiglu_forward_to<T: GpuElement>(
+    ctx: &GpuContext,
+    gate: &GpuBuffer<f32>,
+    up: &GpuBuffer<f32>,
+    out: &mut GpuBuffer<T>,
+) -> Result<()> {
     let n = gate.len();
     expect_len("swiglu up", up.len(), n)?;
     expect_len("swiglu output", out.len(), n)?;
@@ -56,7 +66,9 @@ pub fn swiglu_backward<T: GpuElement>(
     dup: &mut GpuBuffer<T>,
 ) -> Result<()> {
     let n = gate.len();
-    for (what, len) in [("swiglu up", up.len()), ("swiglu da", da.len()), ("swiglu dgate", dgate.len()), ("swiglu dup", dup.len())] {
+    for (what, len) in
+        [("swiglu up", up.len()), ("swiglu da", da.len()), ("swiglu dgate", dgate.len()), ("swiglu dup", dup.len())]
+    {
         expect_len(what, len, n)?;
     }
     if n == 0 {

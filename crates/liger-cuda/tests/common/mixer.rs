@@ -1,9 +1,13 @@
 //! One mixer problem for the GPU mixer tests: raw inputs, a random initial state and an output
 //! gradient; the CPU twin's results, and the GPU's under a time plan.
 
-use super::{poison, poisoned, random, to_f64, up, upload, host};
-use liger_core::liger::{chunk_backward, chunk_forward, HeadShape, MixerConfig, MixerKind, MixerState, DEFAULT_CHUNK_SIZE};
-use liger_cuda::ops::mixer::{mixer_chunk_backward_in_segments, mixer_chunk_forward_in_segments, mixer_state_len, MixerDims, TimeSegments};
+use super::{host, poison, poisoned, random, to_f64, up, upload};
+use liger_core::liger::{
+    chunk_backward, chunk_forward, HeadShape, MixerConfig, MixerKind, MixerState, DEFAULT_CHUNK_SIZE,
+};
+use liger_cuda::ops::mixer::{
+    mixer_chunk_backward_in_segments, mixer_chunk_forward_in_segments, mixer_state_len, MixerDims, TimeSegments,
+};
 use liger_cuda::{GpuContext, GpuElement};
 use rand::rngs::StdRng;
 
@@ -27,7 +31,14 @@ pub fn round<T: GpuElement>(x: Vec<f32>) -> Vec<f32> {
 
 impl MixerProblem {
     /// Raw inputs rounded to `T`; `k_scale` sets how strong the gates are.
-    pub fn new<T: GpuElement>(rng: &mut StdRng, kind: MixerKind, batch: usize, tokens: usize, shape: HeadShape, k_scale: f32) -> Self {
+    pub fn new<T: GpuElement>(
+        rng: &mut StdRng,
+        kind: MixerKind,
+        batch: usize,
+        tokens: usize,
+        shape: HeadShape,
+        k_scale: f32,
+    ) -> Self {
         let cfg = MixerConfig::new(kind);
         let (nq, nkv) = (batch * tokens * shape.hq * shape.d, batch * tokens * shape.hkv * shape.d);
         MixerProblem {
@@ -69,15 +80,50 @@ impl MixerProblem {
         let (q, k, v) = (up::<T>(ctx, &self.q), up::<T>(ctx, &self.k), up::<T>(ctx, &self.v));
         let mut o = poison::<T>(ctx, self.q.len());
         let mut fin = poisoned(ctx, self.initial.len());
-        mixer_chunk_forward_in_segments(ctx, &self.cfg, self.dims, &q, &k, &v, &mut o, Some(&upload(ctx, &self.initial)), Some(&mut fin), segments).unwrap();
-        let (mut dq, mut dk, mut dv) = (poison::<T>(ctx, self.q.len()), poison::<T>(ctx, self.k.len()), poison::<T>(ctx, self.v.len()));
-        mixer_chunk_backward_in_segments(ctx, &self.cfg, self.dims, &q, &k, &v, &up::<T>(ctx, &self.d_o), &mut dq, &mut dk, &mut dv, segments).unwrap();
+        mixer_chunk_forward_in_segments(
+            ctx,
+            &self.cfg,
+            self.dims,
+            &q,
+            &k,
+            &v,
+            &mut o,
+            Some(&upload(ctx, &self.initial)),
+            Some(&mut fin),
+            segments,
+        )
+        .unwrap();
+        let (mut dq, mut dk, mut dv) =
+            (poison::<T>(ctx, self.q.len()), poison::<T>(ctx, self.k.len()), poison::<T>(ctx, self.v.len()));
+        mixer_chunk_backward_in_segments(
+            ctx,
+            &self.cfg,
+            self.dims,
+            &q,
+            &k,
+            &v,
+            &up::<T>(ctx, &self.d_o),
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            segments,
+        )
+        .unwrap();
         [host(&o), fin.to_host().unwrap(), host(&dq), host(&dk), host(&dv)]
     }
 
     /// Kind, sizes and element type, for messages.
     pub fn label<T: GpuElement>(&self) -> String {
         let s = self.dims.shape;
-        format!("{} B={} T={} {}/{} d={} {}", self.cfg.kind.name(), self.dims.batch, self.dims.tokens, s.hq, s.hkv, s.d, T::KERNEL_SUFFIX)
+        format!(
+            "{} B={} T={} {}/{} d={} {}",
+            self.cfg.kind.name(),
+            self.dims.batch,
+            self.dims.tokens,
+            s.hq,
+            s.hkv,
+            s.d,
+            T::KERNEL_SUFFIX
+        )
     }
 }

@@ -82,7 +82,14 @@ pub fn host<T: GpuElement>(x: &GpuBuffer<T>) -> Vec<f32> {
 
 /// A tiny model config whose heads the GPU kernels take (head size 32).
 pub fn tiny_gpu_config(arch: Architecture) -> ModelConfig {
-    ModelConfig { hidden_size: 64, num_heads: 4, num_kv_heads: 2, head_dim: 32, intermediate_size: 96, ..tiny_config(arch) }
+    ModelConfig {
+        hidden_size: 64,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 32,
+        intermediate_size: 96,
+        ..tiny_config(arch)
+    }
 }
 
 /// A word-level tokenizer over the tiny config's 97 ids: <unk>, BOS 1, EOS 2, then words

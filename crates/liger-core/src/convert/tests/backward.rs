@@ -18,7 +18,9 @@ fn check_gradients(rng: &mut SmallRng, model: &LigerModel, t: usize) -> (f64, f6
     let vocab = model.config().vocab_size;
     let inputs = random_tokens(t, vocab, rng.random());
     // Next-token labels, a few of them masked like prompt tokens.
-    let labels: Vec<u32> = (0..t).map(|i| if i < 3 || rng.random_range(0..5) == 0 { IGNORE } else { rng.random_range(0..vocab as u32) }).collect();
+    let labels: Vec<u32> = (0..t)
+        .map(|i| if i < 3 || rng.random_range(0..5) == 0 { IGNORE } else { rng.random_range(0..vocab as u32) })
+        .collect();
     let grad_scale = 0.5f32;
     let mut grads = model.new_lora_grads();
     let out = model.forward_backward(&inputs, &labels, grad_scale, &mut grads).unwrap();
@@ -35,7 +37,11 @@ fn check_gradients(rng: &mut SmallRng, model: &LigerModel, t: usize) -> (f64, f6
     let (mut got, mut want) = (Vec::new(), Vec::new());
     // Every adapter's A and B, at up to 24 random entries each (the f64 model is slow).
     for (p, g) in grads.as_slices().iter().enumerate() {
-        let picks: Vec<usize> = if g.len() <= 24 { (0..g.len()).collect() } else { (0..24).map(|_| rng.random_range(0..g.len())).collect() };
+        let picks: Vec<usize> = if g.len() <= 24 {
+            (0..g.len()).collect()
+        } else {
+            (0..24).map(|_| rng.random_range(0..g.len())).collect()
+        };
         for i in picks {
             got.push(g[i]);
             perturbed[p][i] = params[p][i] + step;
@@ -65,8 +71,14 @@ fn lora_gradients_match_finite_differences_for_hybrids() {
     let mut rng = rng();
     let cases = [
         ("hybrid gla, llama", tiny_model(&mut rng, attention(MixerKind::Gla, 5), vec![1], Architecture::Llama)),
-        ("hybrid hgrn2, qwen2 biases", tiny_model(&mut rng, attention(MixerKind::Hgrn2, 65), vec![0], Architecture::Qwen2)),
-        ("hybrid gsa, qwen3 q/k norms", tiny_model(&mut rng, attention(MixerKind::Gsa, 3), vec![0], Architecture::Qwen3)),
+        (
+            "hybrid hgrn2, qwen2 biases",
+            tiny_model(&mut rng, attention(MixerKind::Hgrn2, 65), vec![0], Architecture::Qwen2),
+        ),
+        (
+            "hybrid gsa, qwen3 q/k norms",
+            tiny_model(&mut rng, attention(MixerKind::Gsa, 3), vec![0], Architecture::Qwen3),
+        ),
     ];
     for (name, model) in &cases {
         let (loss_err, grad_err) = check_gradients(&mut rng, model, 20);
@@ -158,7 +170,10 @@ fn forward_backward_is_deterministic() {
         let lb = model.forward_backward(&inputs, &labels, 1.0, &mut b).unwrap();
         assert_eq!(la.loss_sum.to_bits(), lb.loss_sum.to_bits(), "{kind:?}: loss differs between runs");
         for (x, y) in a.as_slices().iter().zip(b.as_slices()) {
-            assert!(x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits()), "{kind:?}: gradients differ between runs");
+            assert!(
+                x.iter().zip(y.iter()).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{kind:?}: gradients differ between runs"
+            );
         }
     }
 }

@@ -35,7 +35,16 @@ fn invalid_options_are_rejected_by_name() {
     check(LigerOptions { attention: a, ..ok.clone() }, "beta");
     check(LigerOptions { softmax_layers: vec![2], ..ok.clone() }, "the model has 2 layers");
     check(LigerOptions { softmax_layers: vec![1, 1], ..ok.clone() }, "listed twice");
-    check(LigerOptions { attention: crate::liger::LigerAttentionConfig { mixer: crate::liger::MixerConfig::new(MixerKind::Gsa), ..Default::default() }, ..ok.clone() }, "gsa_slots");
+    check(
+        LigerOptions {
+            attention: crate::liger::LigerAttentionConfig {
+                mixer: crate::liger::MixerConfig::new(MixerKind::Gsa),
+                ..Default::default()
+            },
+            ..ok.clone()
+        },
+        "gsa_slots",
+    );
     expect(LigerOptions::with_softmax_every(0, 4), ErrorCode::InvalidArgument, "softmax_every");
     assert_eq!(LigerOptions::with_softmax_every(8, 30).unwrap().softmax_layers, vec![7, 15, 23]);
     assert!(ok.validate(&cfg).is_ok());
@@ -43,18 +52,41 @@ fn invalid_options_are_rejected_by_name() {
     let lora = LoraOptions::default();
     expect(LoraOptions { rank: 0, ..lora.clone() }.validate(), ErrorCode::InvalidArgument, "rank");
     expect(LoraOptions { alpha: f32::NAN, ..lora.clone() }.validate(), ErrorCode::InvalidArgument, "alpha");
-    expect(LoraOptions { targets: vec![LoraTarget::Q, LoraTarget::O, LoraTarget::Q], ..lora.clone() }.validate(), ErrorCode::InvalidArgument, "q_proj is listed twice");
+    expect(
+        LoraOptions { targets: vec![LoraTarget::Q, LoraTarget::O, LoraTarget::Q], ..lora.clone() }.validate(),
+        ErrorCode::InvalidArgument,
+        "q_proj is listed twice",
+    );
     // linearize checks both.
-    expect(linearize(tiny_base(&cfg, 1), LigerOptions { softmax_layers: vec![5], ..ok }, lora.clone()), ErrorCode::InvalidArgument, "softmax_layers");
-    expect(linearize(tiny_base(&cfg, 1), LigerOptions::default(), LoraOptions { rank: 0, ..lora.clone() }), ErrorCode::InvalidArgument, "rank");
+    expect(
+        linearize(tiny_base(&cfg, 1), LigerOptions { softmax_layers: vec![5], ..ok }, lora.clone()),
+        ErrorCode::InvalidArgument,
+        "softmax_layers",
+    );
+    expect(
+        linearize(tiny_base(&cfg, 1), LigerOptions::default(), LoraOptions { rank: 0, ..lora.clone() }),
+        ErrorCode::InvalidArgument,
+        "rank",
+    );
     // A rank that would size adapters from the option alone (100000 x hidden) is refused first.
-    expect(linearize(tiny_base(&cfg, 1), LigerOptions::default(), LoraOptions { rank: 100_000, ..lora.clone() }), ErrorCode::InvalidArgument, "smaller rank");
-    assert!(linearize(tiny_base(&cfg, 1), LigerOptions::default(), LoraOptions { rank: cfg.hidden_size.min(cfg.kv_size()), ..lora }).is_ok());
+    expect(
+        linearize(tiny_base(&cfg, 1), LigerOptions::default(), LoraOptions { rank: 100_000, ..lora.clone() }),
+        ErrorCode::InvalidArgument,
+        "smaller rank",
+    );
+    assert!(linearize(
+        tiny_base(&cfg, 1),
+        LigerOptions::default(),
+        LoraOptions { rank: cfg.hidden_size.min(cfg.kv_size()), ..lora }
+    )
+    .is_ok());
 }
 
 #[test]
 fn options_read_from_json() {
-    let o: LigerOptions = serde_json::from_str(r#"{"softmaxLayers": [3], "attention": {"window_keys": 64, "mixer": {"kind": "hgrn2"}}}"#).unwrap();
+    let o: LigerOptions =
+        serde_json::from_str(r#"{"softmaxLayers": [3], "attention": {"window_keys": 64, "mixer": {"kind": "hgrn2"}}}"#)
+            .unwrap();
     assert_eq!(o.softmax_layers, vec![3]);
     assert_eq!(o.attention.window_keys, 64);
     assert_eq!(o.attention.mixer.kind, MixerKind::Hgrn2);

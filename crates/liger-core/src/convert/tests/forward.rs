@@ -22,8 +22,14 @@ fn forward_matches_f64_for_every_mixer_and_the_hybrid() {
         .map(|&kind| (kind.name().to_string(), tiny_model(&mut rng, attention(kind, 8), vec![], Architecture::Llama)))
         .collect();
     cases.push(("hybrid gla".into(), tiny_model(&mut rng, attention(MixerKind::Gla, 8), vec![1], Architecture::Llama)));
-    cases.push(("qwen2 biases".into(), tiny_model(&mut rng, attention(MixerKind::Gla, 65), vec![0], Architecture::Qwen2)));
-    cases.push(("qwen3 q/k norms".into(), tiny_model(&mut rng, attention(MixerKind::Rwkv6, 65), vec![1], Architecture::Qwen3)));
+    cases.push((
+        "qwen2 biases".into(),
+        tiny_model(&mut rng, attention(MixerKind::Gla, 65), vec![0], Architecture::Qwen2),
+    ));
+    cases.push((
+        "qwen3 q/k norms".into(),
+        tiny_model(&mut rng, attention(MixerKind::Rwkv6, 65), vec![1], Architecture::Qwen3),
+    ));
     let mut no_swa = attention(MixerKind::Gla, 8);
     no_swa.use_swa = false;
     cases.push(("gla without swa".into(), tiny_model(&mut rng, no_swa, vec![], Architecture::Mistral)));
@@ -134,7 +140,11 @@ fn generation_runs_with_constant_memory() {
     model.forward_last(&mut state, &random_tokens(10, vocab, 1)).unwrap();
     let after_10 = state.bytes();
     model.forward_last(&mut state, &random_tokens(200, vocab, 2)).unwrap();
-    println!("state bytes after 10 tokens {after_10}, after 210 {}, state_bytes() {}", state.bytes(), model.state_bytes());
+    println!(
+        "state bytes after 10 tokens {after_10}, after 210 {}, state_bytes() {}",
+        state.bytes(),
+        model.state_bytes()
+    );
     assert_eq!(state.bytes(), after_10);
     assert_eq!(state.bytes(), model.state_bytes());
     let hybrid = tiny_model(&mut rng, attention(MixerKind::Gla, 4), vec![0], Architecture::Llama);

@@ -19,10 +19,9 @@ use rand::{Rng, SeedableRng};
 
 /// A generator seeded from the clock (printed, so a failure can be replayed).
 pub(super) fn rng() -> SmallRng {
-    let seed = std::env::var("LIGER_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
+    let seed = std::env::var("LIGER_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
     println!("seed {seed} (set LIGER_TEST_SEED to replay)");
     SmallRng::seed_from_u64(seed)
 }
@@ -53,7 +52,12 @@ pub(super) fn attention(kind: MixerKind, window_keys: usize) -> LigerAttentionCo
 
 /// A tiny converted model (Llama layout) whose adapters on every target have random,
 /// non-zero B, so that every LoRA path changes the output.
-pub(super) fn tiny_model(rng: &mut SmallRng, attention: LigerAttentionConfig, softmax_layers: Vec<usize>, arch: Architecture) -> LigerModel {
+pub(super) fn tiny_model(
+    rng: &mut SmallRng,
+    attention: LigerAttentionConfig,
+    softmax_layers: Vec<usize>,
+    arch: Architecture,
+) -> LigerModel {
     let cfg = tiny_config(arch);
     let base = tiny_base(&cfg, rng.random());
     let lora = LoraOptions { rank: 2, alpha: 4.0, targets: LoraTarget::ALL.to_vec(), seed: rng.random() };

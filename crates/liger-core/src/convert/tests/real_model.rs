@@ -34,7 +34,11 @@ fn default_model_converts_decodes_and_generates() {
     let diff = got.iter().zip(want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs() as f64));
     println!("default model: prefill 60 + 40 steps vs all_logits, max rel err {:.2e}", diff / scale);
     assert!(diff / scale < 1e-4);
-    println!("state bytes after 70 tokens {bytes_at_70}, after 100 {}, state_bytes() {}", state.bytes(), model.state_bytes());
+    println!(
+        "state bytes after 70 tokens {bytes_at_70}, after 100 {}, state_bytes() {}",
+        state.bytes(),
+        model.state_bytes()
+    );
     assert_eq!(state.bytes(), bytes_at_70, "the state must not grow once the window is full");
     assert_eq!(state.bytes(), model.state_bytes());
     assert_eq!(model.max_tokens(), None);

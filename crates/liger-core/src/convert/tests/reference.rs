@@ -107,7 +107,13 @@ impl<'a> RefModel<'a> {
                 down: Mat::of(&l.w_down),
             })
             .collect();
-        RefModel { model, layers, embed: Mat::of(&w.embed), head: Mat::of(w.lm_head()), final_norm: f64s(&w.final_norm) }
+        RefModel {
+            model,
+            layers,
+            embed: Mat::of(&w.embed),
+            head: Mat::of(w.lm_head()),
+            final_norm: f64s(&w.final_norm),
+        }
     }
 
     /// The model's LoRA parameters in f64, in `lora_params` order.
@@ -124,7 +130,8 @@ impl<'a> RefModel<'a> {
         let shape = HeadShape::new(c.num_heads, c.num_kv_heads, hd).unwrap();
         let inv_freq = c.rope_inv_freq();
         let att = &m.options.attention;
-        let mut xs: Vec<Vec<f64>> = tokens.iter().map(|&id| self.embed.w[id as usize * hs..(id as usize + 1) * hs].to_vec()).collect();
+        let mut xs: Vec<Vec<f64>> =
+            tokens.iter().map(|&id| self.embed.w[id as usize * hs..(id as usize + 1) * hs].to_vec()).collect();
         let mut next_param = params.iter();
         for (li, l) in self.layers.iter().enumerate() {
             // This layer's adapters, taking their parameters in lora_params order.

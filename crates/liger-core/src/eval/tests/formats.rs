@@ -34,7 +34,14 @@ fn arc_prompts_with_letter_and_number_labels() {
     );
     let docs = formats::arc(&p).unwrap();
     assert_eq!(docs.len(), 2);
-    assert_eq!(pairs(&docs[0].requests), [("Question: Which is a gas?\nAnswer:", " ice"), ("Question: Which is a gas?\nAnswer:", " steam"), ("Question: Which is a gas?\nAnswer:", " rock")]);
+    assert_eq!(
+        pairs(&docs[0].requests),
+        [
+            ("Question: Which is a gas?\nAnswer:", " ice"),
+            ("Question: Which is a gas?\nAnswer:", " steam"),
+            ("Question: Which is a gas?\nAnswer:", " rock")
+        ]
+    );
     assert_eq!((docs[0].gold, docs[0].choice_lengths.clone()), (1, vec![3, 5, 4]));
     assert_eq!(pairs(&docs[1].requests)[1], ("Question: Pick four.\nAnswer:", " four"));
     assert_eq!(docs[1].gold, 1);
@@ -46,7 +53,10 @@ fn arc_rows_of_the_shared_data_set() {
     assert_eq!(docs.len(), 2376);
     assert_eq!(
         docs[0].requests[0],
-        LoglikRequest::new("Question: Which statement best explains why photosynthesis is the foundation of most food webs?\nAnswer:", " Sunlight is the source of energy for nearly all ecosystems.")
+        LoglikRequest::new(
+            "Question: Which statement best explains why photosynthesis is the foundation of most food webs?\nAnswer:",
+            " Sunlight is the source of energy for nearly all ecosystems."
+        )
     );
     assert_eq!(docs[0].gold, 0);
     assert_eq!(formats::arc(&Task::ArcChallenge.default_path(&data_dir())).unwrap().len(), 1172);
@@ -58,7 +68,10 @@ fn piqa_prompts_and_labels() {
     let p = write(&dir, "valid.jsonl", "{\"goal\": \"Open a jar\", \"sol1\": \"Twist the lid.\", \"sol2\": \"Eat the lid.\"}\n{\"goal\": \"Dry hair\", \"sol1\": \"Use water\", \"sol2\": \"Use a towel\"}\n");
     write(&dir, "valid-labels.lst", "0\n1\n");
     let docs = formats::piqa(&p).unwrap();
-    assert_eq!(pairs(&docs[0].requests), [("Question: Open a jar\nAnswer:", " Twist the lid."), ("Question: Open a jar\nAnswer:", " Eat the lid.")]);
+    assert_eq!(
+        pairs(&docs[0].requests),
+        [("Question: Open a jar\nAnswer:", " Twist the lid."), ("Question: Open a jar\nAnswer:", " Eat the lid.")]
+    );
     assert_eq!((docs[0].gold, docs[1].gold), (0, 1));
     write(&dir, "valid-labels.lst", "0\n");
     let e = formats::piqa(&p).unwrap_err();
@@ -88,11 +101,20 @@ fn hellaswag_jsonl_query_capitalizes_ctx_b() {
 "#,
     );
     let docs = formats::hellaswag_jsonl(&p).unwrap();
-    assert_eq!(docs[0].requests[0], LoglikRequest::new("Roof shingle removal: A man is sitting on a roof. He", " is using wrap to wrap a pair of skis."));
+    assert_eq!(
+        docs[0].requests[0],
+        LoglikRequest::new(
+            "Roof shingle removal: A man is sitting on a roof. He",
+            " is using wrap to wrap a pair of skis."
+        )
+    );
     assert_eq!(docs[0].requests[3].continuation, " starts pulling up roofing on a roof.");
     assert_eq!(docs[0].gold, 3);
     // lm-eval strips before removing tags, so a leading "[step] " leaves a space behind.
-    assert_eq!(docs[1].requests[0], LoglikRequest::new("Home and Garden: How to dry a shirt. Hang it. Shake it out", "  Then wait."));
+    assert_eq!(
+        docs[1].requests[0],
+        LoglikRequest::new("Home and Garden: How to dry a shirt. Hang it. Shake it out", "  Then wait.")
+    );
     assert_eq!(docs[1].choice_lengths[0], " Then wait.".len());
 }
 
@@ -124,7 +146,11 @@ fn winogrande_partial_scoring() {
         ]
     );
     assert_eq!(docs[0].gold, 0);
-    write(&dir, "bad.jsonl", "{\"sentence\": \"no blank\", \"option1\": \"a\", \"option2\": \"b\", \"answer\": \"1\"}\n");
+    write(
+        &dir,
+        "bad.jsonl",
+        "{\"sentence\": \"no blank\", \"option1\": \"a\", \"option2\": \"b\", \"answer\": \"1\"}\n",
+    );
     let e = formats::winogrande(&dir.join("bad.jsonl")).unwrap_err();
     assert!(e.message.contains("bad.jsonl: row 1") && e.message.contains("blank"), "{e}");
 }
@@ -132,16 +158,23 @@ fn winogrande_partial_scoring() {
 #[test]
 fn mmlu_five_shot_prompt() {
     let dir = temp_dir("mmlu");
-    let dev: String = (1..=5).map(|i| format!("Dev q{i}?,a{i},b{i},c{i},d{i},{}\n", ["A", "B", "C", "D", "A"][i - 1])).collect();
+    let dev: String =
+        (1..=5).map(|i| format!("Dev q{i}?,a{i},b{i},c{i},d{i},{}\n", ["A", "B", "C", "D", "A"][i - 1])).collect();
     write(&dir, "data/dev/high_school_physics_dev.csv", &dev);
-    write(&dir, "data/test/high_school_physics_test.csv", "\"What is 1,5 \"\"m\"\"?\nExplain. \",one,two,\"three, four\",five,C\n");
+    write(
+        &dir,
+        "data/test/high_school_physics_test.csv",
+        "\"What is 1,5 \"\"m\"\"?\nExplain. \",one,two,\"three, four\",five,C\n",
+    );
     let q = formats::mmlu_csv(&dir.join("data/test/high_school_physics_test.csv")).unwrap();
     assert_eq!(q[0].question, "What is 1,5 \"m\"?\nExplain. ");
     let dev = formats::mmlu_csv(&dir.join("data/dev/high_school_physics_dev.csv")).unwrap();
     let doc = formats::mmlu_doc("high_school_physics", &dev, &q[0]);
-    let mut expected = String::from("The following are multiple choice questions (with answers) about high school physics.\n\n");
+    let mut expected =
+        String::from("The following are multiple choice questions (with answers) about high school physics.\n\n");
     for i in 1..=5 {
-        expected += &format!("Dev q{i}?\nA. a{i}\nB. b{i}\nC. c{i}\nD. d{i}\nAnswer: {}\n\n", ["A", "B", "C", "D", "A"][i - 1]);
+        expected +=
+            &format!("Dev q{i}?\nA. a{i}\nB. b{i}\nC. c{i}\nD. d{i}\nAnswer: {}\n\n", ["A", "B", "C", "D", "A"][i - 1]);
     }
     expected += "What is 1,5 \"m\"?\nExplain.\nA. one\nB. two\nC. three, four\nD. five\nAnswer:";
     assert_eq!(doc.requests[0].context, expected);
@@ -230,13 +263,28 @@ fn hellaswag_rows_of_the_shared_file_hand_checked() {
     assert_eq!(first.requests[0].context, "Roof shingle removal: A man is sitting on a roof. he");
     assert_eq!(
         first.requests.iter().map(|r| r.continuation.as_str()).collect::<Vec<_>>(),
-        [" is using wrap to wrap a pair of skis.", " is ripping level tiles off.", " is holding a rubik's cube.", " starts pulling up roofing on a roof."]
+        [
+            " is using wrap to wrap a pair of skis.",
+            " is ripping level tiles off.",
+            " is holding a rubik's cube.",
+            " starts pulling up roofing on a roof."
+        ]
     );
     assert_eq!((first.gold, first.choice_lengths.clone()), (3, vec![37, 27, 26, 36]));
-    assert_eq!(second.requests[3], LoglikRequest::new("Clean and jerk: A lady walks to a barbell. She bends down and grabs the pole. the lady", " stands and lifts the weight over her head."));
+    assert_eq!(
+        second.requests[3],
+        LoglikRequest::new(
+            "Clean and jerk: A lady walks to a barbell. She bends down and grabs the pole. the lady",
+            " stands and lifts the weight over her head."
+        )
+    );
     assert_eq!(second.gold, 3);
     // A wikiHow item: the [link] tag is dropped and the double space it leaves closes up.
-    assert!(tagged.requests[0].context.contains("Visit a site like to find loads of creative activities"), "{}", tagged.requests[0].context);
+    assert!(
+        tagged.requests[0].context.contains("Visit a site like to find loads of creative activities"),
+        "{}",
+        tagged.requests[0].context
+    );
     assert!(tagged.requests[0].context.starts_with("Family Life: How to entertain a toddler. Ask the toddler"));
     assert_eq!(tagged.requests[1].continuation, " Try some arts and crafts like washable paints, little foamies, crayons, and paper.. Watch the toddler's favorite movie, even if it's barney, and even if he or she has seen it 20 times before.");
     assert_eq!(tagged.gold, 1);
@@ -264,7 +312,11 @@ fn arc_challenge_and_lambada_rows_of_the_shared_files_hand_checked() {
     assert_eq!(arc_e[1].gold, 1);
     let lambada = formats::lambada(&Task::LambadaOpenai.default_path(&data_dir())).unwrap();
     assert_eq!(lambada[2].continuation, " insurance");
-    assert!(lambada[2].context.ends_with("she wailed. \"What do you mean you don't have any"), "{:?}", lambada[2].context);
+    assert!(
+        lambada[2].context.ends_with("she wailed. \"What do you mean you don't have any"),
+        "{:?}",
+        lambada[2].context
+    );
     assert!(lambada[2].context.starts_with("\"Only one source I know of"));
     assert!(lambada[2].context.contains("dryly.\n\n\"What can I say?\""));
 }

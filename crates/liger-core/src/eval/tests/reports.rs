@@ -55,10 +55,18 @@ fn report_json_round_trips_and_html_is_self_contained() {
     let html = render_html(&[&base, &lin], Some(&c));
     assert!(html.starts_with("<!DOCTYPE html>") && html.contains("<svg") && html.contains("</svg>"));
     assert!(!html.contains("src=") && !html.contains("href=") && !html.contains("<script"));
-    assert!(html.contains("liger &lt;lin&gt;") && html.contains("a &lt;warning&gt;") && html.contains("ratio of averages: 0.7000"));
+    assert!(
+        html.contains("liger &lt;lin&gt;")
+            && html.contains("a &lt;warning&gt;")
+            && html.contains("ratio of averages: 0.7000")
+    );
     assert_eq!(html.matches("<rect").count(), 2 * 2 + 2, "two accuracy tasks x two models, plus two legend swatches");
     write_html(&dir.join("r.html"), &[&base], None).unwrap();
     assert!(std::fs::read_to_string(dir.join("r.html")).unwrap().contains("<svg"));
-    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
     assert!(left.is_empty(), "no temporary files left behind");
 }

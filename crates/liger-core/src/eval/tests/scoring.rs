@@ -79,7 +79,8 @@ fn loglikelihood_matches_float64_reference_with_and_without_truncation() {
 fn requests_with_the_same_input_share_one_forward() {
     let model = DecayModel::new(rand::random(), None);
     let ctx = "Question: he\nAnswer:";
-    let requests: Vec<LoglikRequest> = [" a", " s", " t", " the on"].iter().map(|c| LoglikRequest::new(ctx, *c)).collect();
+    let requests: Vec<LoglikRequest> =
+        [" a", " s", " t", " the on"].iter().map(|c| LoglikRequest::new(ctx, *c)).collect();
     let (shared, stats) = loglikelihood(&model, &requests, &EvalOptions::default(), None).unwrap();
     assert_eq!(stats.forwards, 2, "three single-token answers share the context's forward");
     for (r, s) in requests.iter().zip(&shared) {
@@ -101,7 +102,10 @@ fn rolling_windows_hand_checked_and_a_partition() {
     let tokens: Vec<u32> = (10..20).collect();
     let w = rolling_windows(&tokens, 1, 4).unwrap();
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = w.into_iter().map(|r| (r.context, r.continuation)).collect();
-    assert_eq!(pairs, [(vec![1], vec![10, 11, 12, 13]), (vec![13], vec![14, 15, 16, 17]), (vec![15, 16, 17], vec![18, 19])]);
+    assert_eq!(
+        pairs,
+        [(vec![1], vec![10, 11, 12, 13]), (vec![13], vec![14, 15, 16, 17]), (vec![15, 16, 17], vec![18, 19])]
+    );
     let mut rng = StdRng::seed_from_u64(rand::random());
     for _ in 0..200 {
         let n = rng.random_range(0..60);
@@ -263,12 +267,21 @@ fn passkey_prompts_fit_their_length_and_are_scored() {
     }
     assert_eq!(make_passkey_prompt(&tok, 20, 0.5, "12345", &units).unwrap_err().code, ErrorCode::InvalidArgument);
 
-    let opts = PasskeyOptions { lengths: vec![600, 900], depths: vec![0.2, 0.8], trials: 2, seed: rand::random(), corpus: None };
+    let opts = PasskeyOptions {
+        lengths: vec![600, 900],
+        depths: vec![0.2, 0.8],
+        trials: 2,
+        seed: rand::random(),
+        corpus: None,
+    };
     let right = passkey_by_generation(&Oracle { tokenizer: tok.clone(), wrong: false }, &opts).unwrap();
     assert_eq!((right.cells.len(), right.accuracy), (4, 1.0));
     let wrong = passkey_by_generation(&Oracle { tokenizer: tok.clone(), wrong: true }, &opts).unwrap();
     assert_eq!(wrong.accuracy, 0.0);
-    let corpus = PasskeyOptions { corpus: Some("A tern flew. The heron sat on the rail. In the sun it slept. ".repeat(3)), ..opts.clone() };
+    let corpus = PasskeyOptions {
+        corpus: Some("A tern flew. The heron sat on the rail. In the sun it slept. ".repeat(3)),
+        ..opts.clone()
+    };
     assert_eq!(passkey_by_generation(&Oracle { tokenizer: tok.clone(), wrong: false }, &corpus).unwrap().accuracy, 1.0);
 
     let model = DecayModel::new(rand::random(), None);

@@ -4,15 +4,25 @@
 use super::combine::{inv_freq, liger_f64};
 use super::{dot, numeric_grad, rel_err, rng, to_f64, uniform};
 use crate::liger::{
-    chunk_backward, liger_attention_backward, naive, swa_backward, HeadShape, LigerAttentionConfig, MixerConfig, MixerKind, QkvGrads, Window,
-    FULL_ATTENTION,
+    chunk_backward, liger_attention_backward, naive, swa_backward, HeadShape, LigerAttentionConfig, MixerConfig,
+    MixerKind, QkvGrads, Window, FULL_ATTENTION,
 };
 
 const H: f64 = 1e-6;
 
 /// Numeric gradients of `sum(d_o * f(q, k, v))` w.r.t. q, k and v.
-fn numeric_qkv(q: &[f64], k: &[f64], v: &[f64], d_o: &[f64], f: impl Fn(&[f64], &[f64], &[f64]) -> Vec<f64>) -> [Vec<f64>; 3] {
-    [numeric_grad(q, H, |x| dot(&f(x, k, v), d_o)), numeric_grad(k, H, |x| dot(&f(q, x, v), d_o)), numeric_grad(v, H, |x| dot(&f(q, k, x), d_o))]
+fn numeric_qkv(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    d_o: &[f64],
+    f: impl Fn(&[f64], &[f64], &[f64]) -> Vec<f64>,
+) -> [Vec<f64>; 3] {
+    [
+        numeric_grad(q, H, |x| dot(&f(x, k, v), d_o)),
+        numeric_grad(k, H, |x| dot(&f(q, x, v), d_o)),
+        numeric_grad(v, H, |x| dot(&f(q, k, x), d_o)),
+    ]
 }
 
 /// `max |got - want| / max |want|` in f64.
@@ -38,7 +48,8 @@ fn mixer_backward_matches_numeric_gradients() {
             let v = uniform(&mut rng, t * hkv * d, -1.0, 1.0);
             let d_o = uniform(&mut rng, t * hq * d, -1.0, 1.0);
             let (q64, k64, v64, do64) = (to_f64(&q), to_f64(&k), to_f64(&v), to_f64(&d_o));
-            let numeric = numeric_qkv(&q64, &k64, &v64, &do64, |q, k, v| naive::mixer_forward(&cfg, shape, q, k, v, None).0);
+            let numeric =
+                numeric_qkv(&q64, &k64, &v64, &do64, |q, k, v| naive::mixer_forward(&cfg, shape, q, k, v, None).0);
             // The f64 reference backward against the numeric gradient, then the f32
             // chunked backward against the f64 one (GSA: against the numeric gradient).
             let want = if kind == MixerKind::Gsa {
@@ -61,8 +72,15 @@ fn mixer_backward_matches_numeric_gradients() {
                 worst = worst.max(eq).max(ek).max(ev);
             }
         }
-        let f64_check = if kind == MixerKind::Gsa { "n/a (reference is the numeric gradient)".to_string() } else { format!("{worst_f64:.2e}") };
-        println!("{:<9} backward max rel err: f32 chunked {worst:.2e}, f64 reference vs finite differences {f64_check}", kind.name());
+        let f64_check = if kind == MixerKind::Gsa {
+            "n/a (reference is the numeric gradient)".to_string()
+        } else {
+            format!("{worst_f64:.2e}")
+        };
+        println!(
+            "{:<9} backward max rel err: f32 chunked {worst:.2e}, f64 reference vs finite differences {f64_check}",
+            kind.name()
+        );
     }
 }
 
@@ -73,12 +91,16 @@ fn attention_backward_matches_numeric_gradients() {
     for (hq, hkv, d, t) in [(3, 1, 8, 70), (2, 2, 4, 9)] {
         let shape = HeadShape::new(hq, hkv, d).unwrap();
         let sinks = |keys, sinks| Window { keys, sinks };
-        for window in [Window::from(1), 4.into(), 65.into(), FULL_ATTENTION.into(), sinks(4, 2), sinks(1, 3), sinks(5, 66)] {
+        for window in
+            [Window::from(1), 4.into(), 65.into(), FULL_ATTENTION.into(), sinks(4, 2), sinks(1, 3), sinks(5, 66)]
+        {
             let q = uniform(&mut rng, t * hq * d, -2.0, 2.0);
             let k = uniform(&mut rng, t * hkv * d, -2.0, 2.0);
             let v = uniform(&mut rng, t * hkv * d, -1.0, 1.0);
             let d_o = uniform(&mut rng, t * hq * d, -1.0, 1.0);
-            let want = numeric_qkv(&to_f64(&q), &to_f64(&k), &to_f64(&v), &to_f64(&d_o), |q, k, v| naive::attention_forward(shape, window, q, k, v));
+            let want = numeric_qkv(&to_f64(&q), &to_f64(&k), &to_f64(&v), &to_f64(&d_o), |q, k, v| {
+                naive::attention_forward(shape, window, q, k, v)
+            });
             let g = swa_backward(shape, window, &q, &k, &v, &d_o).unwrap();
             let ev = rel_err(&g.dv, &want[2]);
             let (eq, ek) = if window == Window::from(1) {
@@ -102,9 +124,13 @@ fn liger_attention_backward_matches_numeric_gradients() {
     let shape = HeadShape::new(3, 1, 8).unwrap();
     let freqs = inv_freq(8);
     let t = 40;
-    for (kind, use_swa, sink_keys, grm_norm) in
-        [(MixerKind::Gla, true, 0, false), (MixerKind::Gla, true, 3, false), (MixerKind::Gla, true, 3, true), (MixerKind::Gsa, true, 0, false), (MixerKind::Hgrn2, false, 0, true)]
-    {
+    for (kind, use_swa, sink_keys, grm_norm) in [
+        (MixerKind::Gla, true, 0, false),
+        (MixerKind::Gla, true, 3, false),
+        (MixerKind::Gla, true, 3, true),
+        (MixerKind::Gsa, true, 0, false),
+        (MixerKind::Hgrn2, false, 0, true),
+    ] {
         let cfg = LigerAttentionConfig {
             mixer: MixerConfig { kind, gsa_slots: 2, ..MixerConfig::default() },
             window_keys: 6,
@@ -117,7 +143,9 @@ fn liger_attention_backward_matches_numeric_gradients() {
         let k = uniform(&mut rng, t * 8, -2.0, 2.0);
         let v = uniform(&mut rng, t * 8, -1.0, 1.0);
         let d_o = uniform(&mut rng, t * 24, -1.0, 1.0);
-        let want = numeric_qkv(&to_f64(&q), &to_f64(&k), &to_f64(&v), &to_f64(&d_o), |q, k, v| liger_f64(&cfg, shape, q, k, v, &freqs));
+        let want = numeric_qkv(&to_f64(&q), &to_f64(&k), &to_f64(&v), &to_f64(&d_o), |q, k, v| {
+            liger_f64(&cfg, shape, q, k, v, &freqs)
+        });
         let g = liger_attention_backward(&cfg, shape, &q, &k, &v, &freqs, &d_o).unwrap();
         let [eq, ek, ev] = worst_err(&g, &want);
         println!("liger {} swa {use_swa} sinks {sink_keys} grm_norm {grm_norm} backward rel err: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}", kind.name());

@@ -4,7 +4,10 @@
 use super::{rel_err, rng, to_f64, uniform};
 use crate::error::ErrorCode;
 use crate::liger::combine::GRM_NORM_EPS;
-use crate::liger::{apply_rope, liger_attention_forward, naive, HeadShape, LigerAttentionConfig, LigerLayerState, MixerConfig, MixerKind};
+use crate::liger::{
+    apply_rope, liger_attention_forward, naive, HeadShape, LigerAttentionConfig, LigerLayerState, MixerConfig,
+    MixerKind,
+};
 
 pub(super) fn inv_freq(d: usize) -> Vec<f32> {
     (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect()
@@ -27,7 +30,14 @@ pub(super) fn rope_f64(x: &[f64], heads: usize, d: usize, inv_freq: &[f32]) -> V
 }
 
 /// `alpha * GRM + beta * SWA(rope)` in f64.
-pub(super) fn liger_f64(cfg: &LigerAttentionConfig, shape: HeadShape, q: &[f64], k: &[f64], v: &[f64], inv_freq: &[f32]) -> Vec<f64> {
+pub(super) fn liger_f64(
+    cfg: &LigerAttentionConfig,
+    shape: HeadShape,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    inv_freq: &[f32],
+) -> Vec<f64> {
     let (mut grm, _) = naive::mixer_forward(&cfg.mixer, shape, q, k, v, None);
     if cfg.grm_norm {
         let (den, _) = naive::mixer_forward(&cfg.mixer, shape, q, k, &vec![1.0; v.len()], None);
@@ -91,11 +101,27 @@ fn liger_attention_matches_f64_and_decoding_matches_prefill() {
             let e = rel_err(&whole, &want);
             // Prefill T tokens, then N single steps.
             let mut state = LigerLayerState::new(&cfg, shape).unwrap();
-            let mut got = liger_attention_forward(&cfg, shape, &q[..t * row_q], &k[..t * row_kv], &v[..t * row_kv], &freqs, &mut state).unwrap();
+            let mut got = liger_attention_forward(
+                &cfg,
+                shape,
+                &q[..t * row_q],
+                &k[..t * row_kv],
+                &v[..t * row_kv],
+                &freqs,
+                &mut state,
+            )
+            .unwrap();
             let mut o = vec![0.0; row_q];
             for r in t..total {
                 state
-                    .step(&cfg, &q[r * row_q..(r + 1) * row_q], &k[r * row_kv..(r + 1) * row_kv], &v[r * row_kv..(r + 1) * row_kv], &freqs, &mut o)
+                    .step(
+                        &cfg,
+                        &q[r * row_q..(r + 1) * row_q],
+                        &k[r * row_kv..(r + 1) * row_kv],
+                        &v[r * row_kv..(r + 1) * row_kv],
+                        &freqs,
+                        &mut o,
+                    )
                     .unwrap();
                 got.extend_from_slice(&o);
             }
@@ -129,7 +155,11 @@ fn liger_bad_inputs_give_typed_errors() {
     let normalised = LigerAttentionConfig { grm_norm: true, ..cfg };
     let err = liger_attention_forward(&normalised, shape, &q, &kv, &kv, &inv_freq(8), &mut state).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
-    let gsa = LigerAttentionConfig { grm_norm: true, mixer: MixerConfig { kind: MixerKind::Gsa, gsa_slots: 4, ..MixerConfig::default() }, ..cfg };
+    let gsa = LigerAttentionConfig {
+        grm_norm: true,
+        mixer: MixerConfig { kind: MixerKind::Gsa, gsa_slots: 4, ..MixerConfig::default() },
+        ..cfg
+    };
     assert!(gsa.validate(shape, &inv_freq(8)).unwrap_err().message.contains("gsa"));
     let sinks = LigerAttentionConfig { sink_keys: 100_000, ..cfg };
     assert_eq!(sinks.validate(shape, &inv_freq(8)).unwrap_err().code, ErrorCode::InvalidArgument);

@@ -2,7 +2,10 @@
 
 use super::{rel_err, rng, to_f64, uniform};
 use crate::error::ErrorCode;
-use crate::liger::{chunk_backward, chunk_forward, naive, recurrent_step, HeadShape, MixerConfig, MixerKind, MixerState, DEFAULT_CHUNK_SIZE};
+use crate::liger::{
+    chunk_backward, chunk_forward, naive, recurrent_step, HeadShape, MixerConfig, MixerKind, MixerState,
+    DEFAULT_CHUNK_SIZE,
+};
 
 const TOKENS: [usize; 5] = [1, 63, 64, 65, 200];
 const HEADS: [(usize, usize); 2] = [(3, 1), (2, 2)];
@@ -29,7 +32,8 @@ fn chunk_and_recurrent_forms_match_the_f64_reference() {
                 let cfg = config(kind, d);
                 for &t in &TOKENS {
                     let (q, k, v) = inputs(&mut rng, shape, t);
-                    let (want, want_state) = naive::mixer_forward(&cfg, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), None);
+                    let (want, want_state) =
+                        naive::mixer_forward(&cfg, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), None);
                     for chunk in [DEFAULT_CHUNK_SIZE, 16, 5] {
                         let (o, state) = chunk_forward(&cfg, shape, &q, &k, &v, None, chunk).unwrap();
                         let (e, es) = (rel_err(&o, &want), rel_err(&state.data, &want_state));
@@ -55,7 +59,11 @@ fn chunk_and_recurrent_forms_match_the_f64_reference() {
                         .unwrap();
                     }
                     let (e, es) = (rel_err(&o, &want), rel_err(&state.data, &want_state));
-                    assert!(e < 1e-4 && es < 1e-4, "{} recurrent d={d} {hq}:{hkv} T={t}: output err {e:.2e}, state err {es:.2e}", kind.name());
+                    assert!(
+                        e < 1e-4 && es < 1e-4,
+                        "{} recurrent d={d} {hq}:{hkv} T={t}: output err {e:.2e}, state err {es:.2e}",
+                        kind.name()
+                    );
                     worst.1 = worst.1.max(e.max(es));
                 }
             }

@@ -12,10 +12,9 @@ use rand::{Rng, SeedableRng};
 
 /// A generator seeded from the clock (printed, so a failure can be replayed).
 pub(super) fn rng() -> SmallRng {
-    let seed = std::env::var("LIGER_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
+    let seed = std::env::var("LIGER_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
     println!("seed {seed} (set LIGER_TEST_SEED to replay)");
     SmallRng::seed_from_u64(seed)
 }

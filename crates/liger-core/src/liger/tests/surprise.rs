@@ -6,11 +6,21 @@ use super::{rel_err, rng, to_f64, uniform};
 use crate::error::ErrorCode;
 use crate::liger::combine::GRM_NORM_EPS;
 use crate::liger::surprise::surprise_attention_backward;
-use crate::liger::{liger_attention_backward, liger_attention_forward, naive, HeadShape, LigerAttentionConfig, LigerLayerState, MixerConfig, MixerKind, FULL_ATTENTION};
+use crate::liger::{
+    liger_attention_backward, liger_attention_forward, naive, HeadShape, LigerAttentionConfig, LigerLayerState,
+    MixerConfig, MixerKind, FULL_ATTENTION,
+};
 
 /// Liger attention with a surprise cache in f64: scores from the f64 mixer read out with the
 /// keys as queries, the cache simulated token by token, then softmax over sinks + cache + window.
-fn liger_surprise_f64(cfg: &LigerAttentionConfig, shape: HeadShape, q: &[f64], k: &[f64], v: &[f64], freqs: &[f32]) -> Vec<f64> {
+fn liger_surprise_f64(
+    cfg: &LigerAttentionConfig,
+    shape: HeadShape,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    freqs: &[f32],
+) -> Vec<f64> {
     let (hq, hkv, d, group) = (shape.hq, shape.hkv, shape.d, shape.group());
     let t = q.len() / (hq * d);
     let ones = vec![1.0; v.len()];
@@ -20,14 +30,23 @@ fn liger_surprise_f64(cfg: &LigerAttentionConfig, shape: HeadShape, q: &[f64], k
         grm.iter_mut().zip(&den).for_each(|(x, d)| *x /= d + GRM_NORM_EPS as f64);
     }
     // Surprise [T, hkv].
-    let kq: Vec<f64> = (0..t * hq).flat_map(|r| { let (i, h) = (r / hq, r % hq); k[(i * hkv + h / group) * d..(i * hkv + h / group + 1) * d].to_vec() }).collect();
+    let kq: Vec<f64> = (0..t * hq)
+        .flat_map(|r| {
+            let (i, h) = (r / hq, r % hq);
+            k[(i * hkv + h / group) * d..(i * hkv + h / group + 1) * d].to_vec()
+        })
+        .collect();
     let (n, _) = naive::mixer_forward(&cfg.mixer, shape, &kq, k, v, None);
     let (den, _) = naive::mixer_forward(&cfg.mixer, shape, &kq, k, &ones, None);
     let mut score = vec![0.0f64; t * hkv];
     for i in 0..t {
         for h in 0..hq {
             let kvh = h / group;
-            let e: f64 = (0..d).map(|x| (v[(i * hkv + kvh) * d + x] - n[(i * hq + h) * d + x] / (den[(i * hq + h) * d + x] + 1e-6)).powi(2)).sum();
+            let e: f64 = (0..d)
+                .map(|x| {
+                    (v[(i * hkv + kvh) * d + x] - n[(i * hq + h) * d + x] / (den[(i * hq + h) * d + x] + 1e-6)).powi(2)
+                })
+                .sum();
             score[i * hkv + kvh] += e / group as f64;
         }
     }
@@ -42,16 +61,28 @@ fn liger_surprise_f64(cfg: &LigerAttentionConfig, shape: HeadShape, q: &[f64], k
                 if cache.len() < slots {
                     cache.push(j);
                 } else {
-                    let lowest = (0..slots).fold(0, |m, s| if score[cache[s] * hkv + kvh] < score[cache[m] * hkv + kvh] { s } else { m });
+                    let lowest = (0..slots).fold(0, |m, s| {
+                        if score[cache[s] * hkv + kvh] < score[cache[m] * hkv + kvh] {
+                            s
+                        } else {
+                            m
+                        }
+                    });
                     if score[j * hkv + kvh] > score[cache[lowest] * hkv + kvh] {
                         cache[lowest] = j;
                     }
                 }
             }
-            let seen: Vec<usize> = (0..sinks.min(i + 1)).chain(cache.iter().copied()).chain((i + 1).saturating_sub(keys).max(sinks)..=i).collect();
+            let seen: Vec<usize> = (0..sinks.min(i + 1))
+                .chain(cache.iter().copied())
+                .chain((i + 1).saturating_sub(keys).max(sinks)..=i)
+                .collect();
             for h in kvh * group..(kvh + 1) * group {
                 let qh = &qr[(i * hq + h) * d..(i * hq + h + 1) * d];
-                let logits: Vec<f64> = seen.iter().map(|&j| (0..d).map(|x| qh[x] * kr[(j * hkv + kvh) * d + x]).sum::<f64>() / (d as f64).sqrt()).collect();
+                let logits: Vec<f64> = seen
+                    .iter()
+                    .map(|&j| (0..d).map(|x| qh[x] * kr[(j * hkv + kvh) * d + x]).sum::<f64>() / (d as f64).sqrt())
+                    .collect();
                 let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let w: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
                 let z: f64 = w.iter().sum();
@@ -79,20 +110,54 @@ fn surprise_cache_matches_f64_and_decoding_matches_prefill() {
         (MixerKind::Mamba2, 5, 1, 7, true),
         (MixerKind::Linear, 65, 4, 16, false),
     ] {
-        let cfg = LigerAttentionConfig { mixer: MixerConfig { kind, ..MixerConfig::default() }, window_keys: window, sink_keys: sinks, surprise_keys: slots, grm_norm, ..Default::default() };
+        let cfg = LigerAttentionConfig {
+            mixer: MixerConfig { kind, ..MixerConfig::default() },
+            window_keys: window,
+            sink_keys: sinks,
+            surprise_keys: slots,
+            grm_norm,
+            ..Default::default()
+        };
         for (t, n) in [(1, 12), (40, 30), (90, 5)] {
             let total = t + n;
             let q = uniform(&mut rng, total * row_q, -2.0, 2.0);
             let k = uniform(&mut rng, total * row_kv, -2.0, 2.0);
             let v = uniform(&mut rng, total * row_kv, -1.0, 1.0);
             let want = liger_surprise_f64(&cfg, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), &freqs);
-            let whole = liger_attention_forward(&cfg, shape, &q, &k, &v, &freqs, &mut LigerLayerState::new(&cfg, shape).unwrap()).unwrap();
+            let whole = liger_attention_forward(
+                &cfg,
+                shape,
+                &q,
+                &k,
+                &v,
+                &freqs,
+                &mut LigerLayerState::new(&cfg, shape).unwrap(),
+            )
+            .unwrap();
             let e = rel_err(&whole, &want);
             let mut state = LigerLayerState::new(&cfg, shape).unwrap();
-            let mut got = liger_attention_forward(&cfg, shape, &q[..t * row_q], &k[..t * row_kv], &v[..t * row_kv], &freqs, &mut state).unwrap();
+            let mut got = liger_attention_forward(
+                &cfg,
+                shape,
+                &q[..t * row_q],
+                &k[..t * row_kv],
+                &v[..t * row_kv],
+                &freqs,
+                &mut state,
+            )
+            .unwrap();
             let mut o = vec![0.0; row_q];
             for r in t..total {
-                state.step(&cfg, &q[r * row_q..(r + 1) * row_q], &k[r * row_kv..(r + 1) * row_kv], &v[r * row_kv..(r + 1) * row_kv], &freqs, &mut o).unwrap();
+                state
+                    .step(
+                        &cfg,
+                        &q[r * row_q..(r + 1) * row_q],
+                        &k[r * row_kv..(r + 1) * row_kv],
+                        &v[r * row_kv..(r + 1) * row_kv],
+                        &freqs,
+                        &mut o,
+                    )
+                    .unwrap();
                 got.extend_from_slice(&o);
             }
             let ed = rel_err(&got, &want);
@@ -114,7 +179,9 @@ fn a_cache_as_large_as_the_sequence_is_full_attention() {
     let v = uniform(&mut rng, t * 8, -1.0, 1.0);
     let cached = LigerAttentionConfig { window_keys: 5, sink_keys: 2, surprise_keys: t, ..Default::default() };
     let full = LigerAttentionConfig { window_keys: FULL_ATTENTION, ..Default::default() };
-    let got = liger_attention_forward(&cached, shape, &q, &k, &v, &freqs, &mut LigerLayerState::new(&cached, shape).unwrap()).unwrap();
+    let got =
+        liger_attention_forward(&cached, shape, &q, &k, &v, &freqs, &mut LigerLayerState::new(&cached, shape).unwrap())
+            .unwrap();
     let want = super::combine::liger_f64(&full, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), &freqs);
     let e = rel_err(&got, &want);
     println!("cache of {t} vs full attention: {e:.2e}");
@@ -132,7 +199,11 @@ fn the_cache_keeps_the_token_the_state_recalls_worst() {
     let mut k = Vec::new();
     let mut v = Vec::new();
     for i in 0..t {
-        let (key, val) = if i == odd { ([0.0, 0.0, 0.0, 6.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]) } else { ([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]) };
+        let (key, val) = if i == odd {
+            ([0.0, 0.0, 0.0, 6.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+        } else {
+            ([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+        };
         k.extend_from_slice(&key);
         v.extend_from_slice(&val);
     }
@@ -140,8 +211,17 @@ fn the_cache_keeps_the_token_the_state_recalls_worst() {
     q[(t - 1) * 8..].copy_from_slice(&[0.0, 0.0, 0.0, 8.0, 0.0, 0.0, 0.0, 0.0]);
     let mixer = MixerConfig { kind: MixerKind::Linear, ..MixerConfig::default() };
     for (slots, recalled) in [(0, false), (1, true)] {
-        let cfg = LigerAttentionConfig { mixer, window_keys: 8, surprise_keys: slots, alpha: 0.0, beta: 1.0, ..Default::default() };
-        let o = liger_attention_forward(&cfg, shape, &q, &k, &v, &freqs, &mut LigerLayerState::new(&cfg, shape).unwrap()).unwrap();
+        let cfg = LigerAttentionConfig {
+            mixer,
+            window_keys: 8,
+            surprise_keys: slots,
+            alpha: 0.0,
+            beta: 1.0,
+            ..Default::default()
+        };
+        let o =
+            liger_attention_forward(&cfg, shape, &q, &k, &v, &freqs, &mut LigerLayerState::new(&cfg, shape).unwrap())
+                .unwrap();
         let last = &o[(t - 1) * 8..];
         println!("cache {slots}: last output {last:?}");
         assert_eq!(last[7] > 0.9, recalled);
@@ -153,7 +233,10 @@ fn surprise_cache_bad_settings_give_typed_errors() {
     let shape = HeadShape::new(2, 1, 8).unwrap();
     let freqs = inv_freq(8);
     let cfg = LigerAttentionConfig { surprise_keys: 4, ..Default::default() };
-    let gsa = LigerAttentionConfig { mixer: MixerConfig { kind: MixerKind::Gsa, gsa_slots: 4, ..MixerConfig::default() }, ..cfg };
+    let gsa = LigerAttentionConfig {
+        mixer: MixerConfig { kind: MixerKind::Gsa, gsa_slots: 4, ..MixerConfig::default() },
+        ..cfg
+    };
     assert!(gsa.validate(shape, &freqs).unwrap_err().message.contains("gsa"));
     let no_window = LigerAttentionConfig { use_swa: false, ..cfg };
     assert_eq!(no_window.validate(shape, &freqs).unwrap_err().code, ErrorCode::InvalidArgument);
@@ -164,7 +247,9 @@ fn surprise_cache_bad_settings_give_typed_errors() {
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
     // A state made for the plain window does not run a layer with a cache.
     let plain = LigerAttentionConfig::default();
-    let err = liger_attention_forward(&cfg, shape, &q, &kv, &kv, &freqs, &mut LigerLayerState::new(&plain, shape).unwrap()).unwrap_err();
+    let err =
+        liger_attention_forward(&cfg, shape, &q, &kv, &kv, &freqs, &mut LigerLayerState::new(&plain, shape).unwrap())
+            .unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
 }
 
@@ -176,14 +261,25 @@ fn surprise_cache_backward_matches_numeric_gradients() {
     let shape = HeadShape::new(3, 1, 8).unwrap();
     let freqs = inv_freq(8);
     let t = 40;
-    for (kind, sink_keys, grm_norm, slots) in [(MixerKind::Gla, 0, false, 3), (MixerKind::Gla, 2, true, 4), (MixerKind::Hgrn2, 1, false, 1)] {
-        let cfg = LigerAttentionConfig { mixer: MixerConfig { kind, ..MixerConfig::default() }, window_keys: 6, sink_keys, grm_norm, surprise_keys: slots, ..Default::default() };
+    for (kind, sink_keys, grm_norm, slots) in
+        [(MixerKind::Gla, 0, false, 3), (MixerKind::Gla, 2, true, 4), (MixerKind::Hgrn2, 1, false, 1)]
+    {
+        let cfg = LigerAttentionConfig {
+            mixer: MixerConfig { kind, ..MixerConfig::default() },
+            window_keys: 6,
+            sink_keys,
+            grm_norm,
+            surprise_keys: slots,
+            ..Default::default()
+        };
         let q = uniform(&mut rng, t * 24, -2.0, 2.0);
         let k = uniform(&mut rng, t * 8, -2.0, 2.0);
         let v = uniform(&mut rng, t * 8, -1.0, 1.0);
         let d_o = uniform(&mut rng, t * 24, -1.0, 1.0);
         let (q64, k64, v64, do64) = (to_f64(&q), to_f64(&k), to_f64(&v), to_f64(&d_o));
-        let loss = |q: &[f64], k: &[f64], v: &[f64]| liger_surprise_f64(&cfg, shape, q, k, v, &freqs).iter().zip(&do64).map(|(a, b)| a * b).sum::<f64>();
+        let loss = |q: &[f64], k: &[f64], v: &[f64]| {
+            liger_surprise_f64(&cfg, shape, q, k, v, &freqs).iter().zip(&do64).map(|(a, b)| a * b).sum::<f64>()
+        };
         let want = [
             super::numeric_grad(&q64, 1e-6, |x| loss(x, &k64, &v64)),
             super::numeric_grad(&k64, 1e-6, |x| loss(&q64, x, &v64)),

@@ -48,12 +48,20 @@ fn prefill_then_steps_equals_one_forward() {
             let v = uniform(&mut rng, (t + n) * row_kv, -1.0, 1.0);
             let whole = swa_forward(shape, window, &q, &k, &v, None).unwrap();
             // Prefill T tokens, then N single steps through the ring buffer.
-            let mut got = swa_forward(shape, window, &q[..t * row_q], &k[..t * row_kv], &v[..t * row_kv], None).unwrap();
+            let mut got =
+                swa_forward(shape, window, &q[..t * row_q], &k[..t * row_kv], &v[..t * row_kv], None).unwrap();
             let mut cache = SwaCache::new(shape, window).unwrap();
             cache.extend(&k[..t * row_kv], &v[..t * row_kv]).unwrap();
             let mut o = vec![0.0; row_q];
             for r in t..t + n {
-                cache.step(&q[r * row_q..(r + 1) * row_q], &k[r * row_kv..(r + 1) * row_kv], &v[r * row_kv..(r + 1) * row_kv], &mut o).unwrap();
+                cache
+                    .step(
+                        &q[r * row_q..(r + 1) * row_q],
+                        &k[r * row_kv..(r + 1) * row_kv],
+                        &v[r * row_kv..(r + 1) * row_kv],
+                        &mut o,
+                    )
+                    .unwrap();
                 got.extend_from_slice(&o);
             }
             assert_eq!(cache.len(), (t + n).min(window.capacity()));
@@ -68,7 +76,15 @@ fn prefill_then_steps_equals_one_forward() {
             assert!(e < 1e-5, "second prefill: {window:?} T={t}: rel err {e:.2e}");
             worst = worst.max(e);
             // And with the whole history as the prefix of swa_forward.
-            let tail = swa_forward(shape, window, &q[t * row_q..], &k[t * row_kv..], &v[t * row_kv..], Some((&k[..t * row_kv], &v[..t * row_kv]))).unwrap();
+            let tail = swa_forward(
+                shape,
+                window,
+                &q[t * row_q..],
+                &k[t * row_kv..],
+                &v[t * row_kv..],
+                Some((&k[..t * row_kv], &v[..t * row_kv])),
+            )
+            .unwrap();
             let e = rel_err(&tail, &to_f64(&whole[t * row_q..]));
             assert!(e < 1e-5, "prefix: {window:?} T={t}: rel err {e:.2e}");
         }
@@ -91,7 +107,12 @@ fn cache_memory_stops_growing_at_the_window() {
     assert!(sizes[3..].iter().all(|&s| s == sizes[3]), "{sizes:?}");
     // Two sinks beside the window: two more tokens, then no growth.
     let mut cache = SwaCache::new(shape, Window { keys: 4, sinks: 2 }).unwrap();
-    let sizes: Vec<usize> = (0..12).map(|_| { cache.step(&q, &kv, &kv, &mut o).unwrap(); cache.bytes() }).collect();
+    let sizes: Vec<usize> = (0..12)
+        .map(|_| {
+            cache.step(&q, &kv, &kv, &mut o).unwrap();
+            cache.bytes()
+        })
+        .collect();
     assert_eq!(sizes[5], 2 * 6 * 8 * 4);
     assert!(sizes[5..].iter().all(|&s| s == sizes[5]), "{sizes:?}");
 }
@@ -102,7 +123,10 @@ fn attention_bad_inputs_give_typed_errors() {
     let (q, kv) = (vec![0.1; 32], vec![0.2; 16]);
     assert_eq!(swa_forward(shape, 0, &q, &kv, &kv, None).unwrap_err().code, ErrorCode::InvalidArgument);
     assert_eq!(swa_forward(shape, 4, &q, &kv[..8], &kv, None).unwrap_err().code, ErrorCode::ShapeMismatch);
-    assert_eq!(swa_forward(shape, 4, &q, &kv, &kv, Some((&kv[..5], &kv[..5]))).unwrap_err().code, ErrorCode::ShapeMismatch);
+    assert_eq!(
+        swa_forward(shape, 4, &q, &kv, &kv, Some((&kv[..5], &kv[..5]))).unwrap_err().code,
+        ErrorCode::ShapeMismatch
+    );
     assert_eq!(crate::liger::swa_backward(shape, 4, &q, &kv, &kv, &q[..8]).unwrap_err().code, ErrorCode::ShapeMismatch);
     assert_eq!(SwaCache::new(shape, 0).unwrap_err().code, ErrorCode::InvalidArgument);
     let mut cache = SwaCache::new(shape, 4).unwrap();

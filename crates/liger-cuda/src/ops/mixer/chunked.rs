@@ -113,13 +113,22 @@ fn function(ctx: &GpuContext, name: &'static str, shared: usize) -> Result<cudar
     let f = ctx.function(&MIXER_CHUNKED, name)?;
     if shared > 48 * 1024 {
         let attribute = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-        f.set_attribute(attribute, shared as i32).map_err(|e| driver_error(e, &format!("allowing {name} {shared} bytes of shared memory")))?;
+        f.set_attribute(attribute, shared as i32)
+            .map_err(|e| driver_error(e, &format!("allowing {name} {shared} bytes of shared memory")))?;
     }
     Ok(f)
 }
 
 /// Launches `name` with one CTA of `threads` per (chunk, `heads`, sequence).
-fn launch(ctx: &GpuContext, name: &'static str, dims: MixerDims, heads: usize, threads: u32, shared: usize, p: &ChunkParams) -> Result<()> {
+fn launch(
+    ctx: &GpuContext,
+    name: &'static str,
+    dims: MixerDims,
+    heads: usize,
+    threads: u32,
+    shared: usize,
+    p: &ChunkParams,
+) -> Result<()> {
     if dims.batch > 65535 || heads > 65535 {
         return Err(Error::invalid_argument(format!(
             "batch {} x {heads} heads is more than one GPU launch takes (65535 each): split the batch",
@@ -127,7 +136,11 @@ fn launch(ctx: &GpuContext, name: &'static str, dims: MixerDims, heads: usize, t
         )));
     }
     let f = function(ctx, name, shared)?;
-    let cfg = LaunchConfig { grid_dim: (chunks(dims) as u32, heads as u32, dims.batch as u32), block_dim: (threads, 1, 1), shared_mem_bytes: shared as u32 };
+    let cfg = LaunchConfig {
+        grid_dim: (chunks(dims) as u32, heads as u32, dims.batch as u32),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: shared as u32,
+    };
     let mut launch = ctx.stream().launch_builder(&f);
     launch.arg(p);
     // SAFETY: the pointers hold the tensors of `dims` (checked by the callers; the state
@@ -137,11 +150,20 @@ fn launch(ctx: &GpuContext, name: &'static str, dims: MixerDims, heads: usize, t
 
 /// Turns the chunks' local states at `states` into their start states, walking the chunks
 /// forward (or from the last, `reverse`); see `mixer_segment_carry`.
-fn carry(ctx: &GpuContext, dims: MixerDims, states: u64, products: u64, initial: u64, final_state: u64, reverse: bool) -> Result<()> {
+fn carry(
+    ctx: &GpuContext,
+    dims: MixerDims,
+    states: u64,
+    products: u64,
+    initial: u64,
+    final_state: u64,
+    reverse: bool,
+) -> Result<()> {
     let (d, hkv) = (dims.shape.d, dims.shape.hkv);
     let name = "mixer_segment_carry";
     let func = ctx.function(&MIXER_GATED, name)?;
-    let (batch, segments, hkv_arg, d_arg) = (int("batch", dims.batch)?, int("chunks", chunks(dims))?, int("hkv", hkv)?, int("d", d)?);
+    let (batch, segments, hkv_arg, d_arg) =
+        (int("batch", dims.batch)?, int("chunks", chunks(dims))?, int("hkv", hkv)?, int("d", d)?);
     let (decay_cols, reverse) = (0i32, i32::from(reverse));
     let mut launch = ctx.stream().launch_builder(&func);
     launch.arg(&states).arg(&products).arg(&initial).arg(&final_state);
@@ -162,7 +184,11 @@ pub(super) struct StateRegions {
 impl StateRegions {
     pub(super) fn plan(plan: &mut ScratchPlan, dims: MixerDims, backward: bool) -> Self {
         let per_chunk = dims.batch * chunks(dims) * dims.shape.hkv * dims.shape.d;
-        StateRegions { states: plan.take(per_chunk * dims.shape.d), rstates: backward.then(|| plan.take(per_chunk * dims.shape.d)), products: plan.take(per_chunk) }
+        StateRegions {
+            states: plan.take(per_chunk * dims.shape.d),
+            rstates: backward.then(|| plan.take(per_chunk * dims.shape.d)),
+            products: plan.take(per_chunk),
+        }
     }
 }
 
@@ -218,12 +244,34 @@ pub(super) fn forward<T: GpuElement>(
 
 /// The backward's dqf, dkf and dvf (f32, at `outs`) in chunked form from the feature maps `f`
 /// and the output gradient `d_o` (f32), zero initial state; `at` was planned for the backward.
-pub(super) fn backward(ctx: &GpuContext, dims: MixerDims, f: &Features, d_o: u64, outs: [u64; 3], base: u64, at: &StateRegions) -> Result<()> {
+pub(super) fn backward(
+    ctx: &GpuContext,
+    dims: MixerDims,
+    f: &Features,
+    d_o: u64,
+    outs: [u64; 3],
+    base: u64,
+    at: &StateRegions,
+) -> Result<()> {
     let d = dims.shape.d;
-    let rstates = at.rstates.ok_or_else(|| Error::internal("the chunked backward needs the state gradient's scratch region"))?;
+    let rstates =
+        at.rstates.ok_or_else(|| Error::internal("the chunked backward needs the state gradient's scratch region"))?;
     let (states, rstates, products) = (region(base, at.states), region(base, rstates), region(base, at.products));
     let [dqf, dkf, dvf] = outs;
-    let p = ChunkParams { qf: f.qf, kf: f.kf, decay: f.decay, vf: f.vf, d_o, states, rstates, products, dqf, dkf, dvf, ..sizes(dims)? };
+    let p = ChunkParams {
+        qf: f.qf,
+        kf: f.kf,
+        decay: f.decay,
+        vf: f.vf,
+        d_o,
+        states,
+        rstates,
+        products,
+        dqf,
+        dkf,
+        dvf,
+        ..sizes(dims)?
+    };
     let names: [&'static str; 4] = if d == 64 {
         ["mixer_chunk_states_d64", "mixer_chunk_states_reverse_d64", "mixer_chunk_dq_d64", "mixer_chunk_dkv_d64"]
     } else {

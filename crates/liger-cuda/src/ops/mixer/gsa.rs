@@ -18,7 +18,10 @@
 
 use super::scan::{int, ptr, ptr_mut, Scan, ScanJob, ScanOperands};
 use super::segments::{self, SegmentRegions, TimeSegments};
-use super::{backward_jobs, backward_side_by_side, gate_gradient, region, threads, to_f32, Features, MixerDims, ScratchPlan, GATE_PIECE};
+use super::{
+    backward_jobs, backward_side_by_side, gate_gradient, region, threads, to_f32, Features, MixerDims, ScratchPlan,
+    GATE_PIECE,
+};
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
 use crate::kernels::MIXER_GSA;
@@ -46,7 +49,13 @@ struct InputRegions([usize; 5]);
 
 impl InputRegions {
     fn plan(plan: &mut ScratchPlan, dims: MixerDims) -> Self {
-        InputRegions([plan.take(dims.q_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len())])
+        InputRegions([
+            plan.take(dims.q_len()),
+            plan.take(dims.kv_len()),
+            plan.take(dims.kv_len()),
+            plan.take(dims.kv_len()),
+            plan.take(dims.kv_len()),
+        ])
     }
 }
 
@@ -65,7 +74,14 @@ fn scales(cfg: &MixerConfig, d: usize) -> (f32, f32) {
 }
 
 /// Writes the f32 inputs of both passes into scratch.
-fn inputs<T: GpuElement>(ctx: &GpuContext, cfg: &MixerConfig, dims: MixerDims, [q, k, v]: [&GpuBuffer<T>; 3], base: u64, at: &InputRegions) -> Result<Inputs> {
+fn inputs<T: GpuElement>(
+    ctx: &GpuContext,
+    cfg: &MixerConfig,
+    dims: MixerDims,
+    [q, k, v]: [&GpuBuffer<T>; 3],
+    base: u64,
+    at: &InputRegions,
+) -> Result<Inputs> {
     let [qs, kf, vf, write, decay] = at.0.map(|offset| region(base, offset));
     let d = dims.shape.d;
     let (q_rows, kv_rows) = ((dims.q_len() / d) as i64, (dims.kv_len() / d) as i64);
@@ -82,7 +98,13 @@ fn inputs<T: GpuElement>(ctx: &GpuContext, cfg: &MixerConfig, dims: MixerDims, [
 }
 
 /// A warp-per-row kernel over the `rows` rows of d values of q-shaped tensors.
-fn slot_rows(ctx: &GpuContext, name: &'static str, dims: MixerDims, pointers: &[u64], slots: Option<usize>) -> Result<()> {
+fn slot_rows(
+    ctx: &GpuContext,
+    name: &'static str,
+    dims: MixerDims,
+    pointers: &[u64],
+    slots: Option<usize>,
+) -> Result<()> {
     let d = dims.shape.d;
     let rows = (dims.q_len() / d) as i64;
     let d_arg = int("d", d)?;
@@ -101,7 +123,13 @@ fn slot_rows(ctx: &GpuContext, name: &'static str, dims: MixerDims, pointers: &[
 }
 
 /// The scan-state layouts of the key and value passes from (or into) the CPU state layout.
-fn convert_state(ctx: &GpuContext, name: &'static str, dims: MixerDims, slots: usize, pointers: [u64; 3]) -> Result<()> {
+fn convert_state(
+    ctx: &GpuContext,
+    name: &'static str,
+    dims: MixerDims,
+    slots: usize,
+    pointers: [u64; 3],
+) -> Result<()> {
     let d = dims.shape.d;
     let heads = (dims.batch * dims.shape.hkv) as i64;
     let (d_arg, slots_arg) = (int("d", d)?, int("gsa_slots", slots)?);
@@ -119,13 +147,39 @@ fn convert_state(ctx: &GpuContext, name: &'static str, dims: MixerDims, slots: u
 
 /// The key pass's scan: s `[B, T, hq, d]` (f32, padded past the slots).
 fn key_pass(ctx: &GpuContext, dims: MixerDims, x: &Inputs, out: u64, states: (u64, u64)) -> Result<ScanJob> {
-    let ops = ScanOperands { x: x.k, y: x.write, w: x.qs, decay: x.decay, out, initial: states.0, final_state: states.1, ..Default::default() };
+    let ops = ScanOperands {
+        x: x.k,
+        y: x.write,
+        w: x.qs,
+        decay: x.decay,
+        out,
+        initial: states.0,
+        final_state: states.1,
+        ..Default::default()
+    };
     ScanJob::new(ctx, Scan::ColsForward, false, dims, ops, 1, dims.shape.group())
 }
 
 /// The value pass's scan: o `[B, T, hq, d]` in the output type.
-fn value_pass(ctx: &GpuContext, dims: MixerDims, bf16: bool, x: &Inputs, p: u64, out: u64, states: (u64, u64)) -> Result<ScanJob> {
-    let ops = ScanOperands { x: x.write, y: x.v, w: p, decay: x.decay, out, initial: states.0, final_state: states.1, ..Default::default() };
+fn value_pass(
+    ctx: &GpuContext,
+    dims: MixerDims,
+    bf16: bool,
+    x: &Inputs,
+    p: u64,
+    out: u64,
+    states: (u64, u64),
+) -> Result<ScanJob> {
+    let ops = ScanOperands {
+        x: x.write,
+        y: x.v,
+        w: p,
+        decay: x.decay,
+        out,
+        initial: states.0,
+        final_state: states.1,
+        ..Default::default()
+    };
     ScanJob::new(ctx, Scan::Forward, bf16, dims, ops, 1, dims.shape.group())
 }
 
@@ -145,7 +199,8 @@ pub(super) fn forward<T: GpuElement>(
 ) -> Result<()> {
     let (bf16, slots) = (T::KERNEL_SUFFIX == "bf16", cfg.gsa_slots);
     let key_schedule = segments::schedule(ctx, dims, &[key_pass(ctx, dims, &NONE, 0, (0, 0))?], None, segments)?;
-    let value_schedule = segments::schedule(ctx, dims, &[value_pass(ctx, dims, bf16, &NONE, 0, 0, (0, 0))?], None, segments)?;
+    let value_schedule =
+        segments::schedule(ctx, dims, &[value_pass(ctx, dims, bf16, &NONE, 0, 0, (0, 0))?], None, segments)?;
     let mut plan = ScratchPlan::default();
     let input_regions = InputRegions::plan(&mut plan, dims);
     let (s_at, p_at) = (plan.take(dims.q_len()), plan.take(dims.q_len()));
@@ -164,7 +219,9 @@ pub(super) fn forward<T: GpuElement>(
         if let Some(state) = initial {
             convert_state(ctx, "gsa_state_split", dims, slots, [state, key_state, value_state])?;
         }
-        let states = |scan_state: u64| (if initial.is_some() { scan_state } else { 0 }, if final_state.is_some() { scan_state } else { 0 });
+        let states = |scan_state: u64| {
+            (if initial.is_some() { scan_state } else { 0 }, if final_state.is_some() { scan_state } else { 0 })
+        };
         let job = key_pass(ctx, dims, &x, s, states(key_state))?;
         segments::run(ctx, dims, &[job], job.entry(), &key_schedule, &key_regions, base)?;
         slot_rows(ctx, "gsa_slot_softmax", dims, &[s, p], Some(slots))?;
@@ -181,7 +238,17 @@ pub(super) fn forward<T: GpuElement>(
 /// gradient, backward in time, read out by w and by k); `outs` = [dqs, dk, dw].
 fn key_backward_jobs(ctx: &GpuContext, dims: MixerDims, x: &Inputs, ds: u64, outs: [u64; 3]) -> Result<[ScanJob; 3]> {
     let group = dims.shape.group();
-    let job = |scan, xx, y, w, out, x_n, w_n| ScanJob::new(ctx, scan, false, dims, ScanOperands { x: xx, y, w, decay: x.decay, out, ..Default::default() }, x_n, w_n);
+    let job = |scan, xx, y, w, out, x_n, w_n| {
+        ScanJob::new(
+            ctx,
+            scan,
+            false,
+            dims,
+            ScanOperands { x: xx, y, w, decay: x.decay, out, ..Default::default() },
+            x_n,
+            w_n,
+        )
+    };
     Ok([
         job(Scan::Forward, x.write, x.k, ds, outs[0], 1, group)?,
         job(Scan::RowsReverse, ds, x.qs, x.write, outs[1], group, 1)?,
@@ -191,7 +258,14 @@ fn key_backward_jobs(ctx: &GpuContext, dims: MixerDims, x: &Inputs, ds: u64, out
 
 /// The value pass's backward scans (the gated mixer's, with p, w, the decays and v as its
 /// features); `outs` = [dp, dv, dw].
-fn value_backward_jobs(ctx: &GpuContext, dims: MixerDims, x: &Inputs, p: u64, d_o: u64, outs: [u64; 3]) -> Result<[ScanJob; 3]> {
+fn value_backward_jobs(
+    ctx: &GpuContext,
+    dims: MixerDims,
+    x: &Inputs,
+    p: u64,
+    d_o: u64,
+    outs: [u64; 3],
+) -> Result<[ScanJob; 3]> {
     let features = Features { qf: p, kf: x.write, decay: x.decay, vf: x.v };
     backward_jobs(ctx, dims, &features, d_o, outs, 0, 1.0)
 }
@@ -237,7 +311,8 @@ pub(super) fn backward<T: GpuElement>(
     let key_schedule = segments::schedule(ctx, dims, &[key_pass(ctx, dims, &NONE, 0, (0, 0))?], None, segments)?;
     let value_probes = value_backward_jobs(ctx, dims, &NONE, 0, 0, [0; 3])?;
     let value_schedule = segments::schedule(ctx, dims, &value_probes, Some(backward_side_by_side(dims)), segments)?;
-    let key_schedule_back = segments::schedule(ctx, dims, &key_backward_jobs(ctx, dims, &NONE, 0, [0; 3])?, None, segments)?;
+    let key_schedule_back =
+        segments::schedule(ctx, dims, &key_backward_jobs(ctx, dims, &NONE, 0, [0; 3])?, None, segments)?;
 
     let mut plan = ScratchPlan::default();
     let input_regions = InputRegions::plan(&mut plan, dims);
@@ -326,16 +401,23 @@ pub(super) fn step<T: GpuElement>(
         )));
     }
     if batch > 65535 {
-        return Err(Error::invalid_argument(format!("a decoding step takes at most 65535 sequences at once on the GPU, got {batch}: split the batch")));
+        return Err(Error::invalid_argument(format!(
+            "a decoding step takes at most 65535 sequences at once on the GPU, got {batch}: split the batch"
+        )));
     }
     let (scale, inv_normalizer) = scales(cfg, d);
-    let (hkv, group_arg, d_arg, slots_arg) = (int("hkv", shape.hkv)?, int("group", group)?, int("d", d)?, int("gsa_slots", slots)?);
+    let (hkv, group_arg, d_arg, slots_arg) =
+        (int("hkv", shape.hkv)?, int("group", group)?, int("d", d)?, int("gsa_slots", slots)?);
     let name = entry::<T>("gsa_step_f32", "gsa_step_bf16");
     let func = ctx.function(&MIXER_GSA, name)?;
     let mut launch = ctx.stream().launch_builder(&func);
     launch.arg(state.slice_mut()).arg(q_t.slice()).arg(k_t.slice()).arg(v_t.slice()).arg(o_t.slice_mut());
     launch.arg(&hkv).arg(&group_arg).arg(&d_arg).arg(&slots_arg).arg(&scale).arg(&inv_normalizer);
-    let cfg = LaunchConfig { grid_dim: (shape.hkv as u32, batch as u32, 1), block_dim: (STEP_THREADS, 1, 1), shared_mem_bytes: shared as u32 };
+    let cfg = LaunchConfig {
+        grid_dim: (shape.hkv as u32, batch as u32, 1),
+        block_dim: (STEP_THREADS, 1, 1),
+        shared_mem_bytes: shared as u32,
+    };
     // SAFETY: state holds [B, hkv, 2 slots d], q_t and o_t [B, hq, d], k_t and v_t [B, hkv, d]
     // (checked by the caller); one CTA per (kv head, sequence), its shared memory sized above.
     ctx.check_launch(unsafe { launch.launch(cfg) }, name)

@@ -143,14 +143,34 @@ struct FeatureRegions {
 
 impl FeatureRegions {
     fn plan(plan: &mut ScratchPlan, dims: MixerDims) -> Self {
-        FeatureRegions { qf: plan.take(dims.q_len()), kf: plan.take(dims.kv_len()), decay: plan.take(dims.kv_len()), vf: plan.take(dims.kv_len()) }
+        FeatureRegions {
+            qf: plan.take(dims.q_len()),
+            kf: plan.take(dims.kv_len()),
+            decay: plan.take(dims.kv_len()),
+            vf: plan.take(dims.kv_len()),
+        }
     }
 }
 
 /// Writes the feature maps into their scratch regions (every value).
 #[allow(clippy::too_many_arguments)]
-fn features<T: GpuElement>(ctx: &GpuContext, dims: MixerDims, kind: i32, scale: f32, q: &GpuBuffer<T>, k: &GpuBuffer<T>, v: &GpuBuffer<T>, base: u64, at: &FeatureRegions) -> Result<Features> {
-    let f = Features { qf: region(base, at.qf), kf: region(base, at.kf), decay: region(base, at.decay), vf: region(base, at.vf) };
+fn features<T: GpuElement>(
+    ctx: &GpuContext,
+    dims: MixerDims,
+    kind: i32,
+    scale: f32,
+    q: &GpuBuffer<T>,
+    k: &GpuBuffer<T>,
+    v: &GpuBuffer<T>,
+    base: u64,
+    at: &FeatureRegions,
+) -> Result<Features> {
+    let f = Features {
+        qf: region(base, at.qf),
+        kf: region(base, at.kf),
+        decay: region(base, at.decay),
+        vf: region(base, at.vf),
+    };
     let q_rows = (dims.q_len() / dims.shape.d) as i64;
     let kv_rows = (dims.kv_len() / dims.shape.d) as i64;
     let name = if T::KERNEL_SUFFIX == "bf16" { "mixer_features_bf16" } else { "mixer_features_f32" };
@@ -234,7 +254,17 @@ pub fn mixer_chunk_forward_in_segments<T: GpuElement>(
     let final_state = final_state.map_or(0, |s| ptr_mut(ctx, s));
     ctx.with_scratch(plan.floats, |base| {
         let f = features(ctx, dims, kind, scale, q, k, v, base, &regions)?;
-        let ops = ScanOperands { x: f.kf, y: f.vf, w: f.qf, decay: f.decay, out, initial, final_state, kind, gate_scale: scale };
+        let ops = ScanOperands {
+            x: f.kf,
+            y: f.vf,
+            w: f.qf,
+            decay: f.decay,
+            out,
+            initial,
+            final_state,
+            kind,
+            gate_scale: scale,
+        };
         let job = ScanJob::new(ctx, Scan::Forward, bf16, dims, ops, 1, group)?;
         segments::run(ctx, dims, &[job], job.entry(), &schedule, &segment_regions, base)
     })
@@ -302,7 +332,12 @@ pub fn mixer_chunk_backward<T: GpuElement>(
 
 /// The forward scan's plan. Plans depend on the shapes alone: they are made with null
 /// operands, before the scratch memory is sized.
-fn forward_schedule(ctx: &GpuContext, dims: MixerDims, bf16: bool, segments: TimeSegments) -> Result<segments::Schedule> {
+fn forward_schedule(
+    ctx: &GpuContext,
+    dims: MixerDims,
+    bf16: bool,
+    segments: TimeSegments,
+) -> Result<segments::Schedule> {
     let probe = ScanJob::new(ctx, Scan::Forward, bf16, dims, ScanOperands::default(), 1, dims.shape.group())?;
     segments::schedule(ctx, dims, &[probe], None, segments)
 }
@@ -316,7 +351,13 @@ fn backward_side_by_side(dims: MixerDims) -> &'static str {
     }
 }
 
-fn backward_schedule(ctx: &GpuContext, dims: MixerDims, kind: i32, scale: f32, segments: TimeSegments) -> Result<segments::Schedule> {
+fn backward_schedule(
+    ctx: &GpuContext,
+    dims: MixerDims,
+    kind: i32,
+    scale: f32,
+    segments: TimeSegments,
+) -> Result<segments::Schedule> {
     let probes = backward_jobs(ctx, dims, &Features { qf: 0, kf: 0, decay: 0, vf: 0 }, 0, [0; 3], kind, scale)?;
     segments::schedule(ctx, dims, &probes, Some(backward_side_by_side(dims)), segments)
 }
@@ -333,16 +374,32 @@ pub struct SegmentPlanSummary {
 }
 
 /// The plan [`TimeSegments::Auto`] makes for `dims` with elements `T`.
-pub fn mixer_segment_plan<T: GpuElement>(ctx: &GpuContext, cfg: &MixerConfig, dims: MixerDims) -> Result<SegmentPlanSummary> {
+pub fn mixer_segment_plan<T: GpuElement>(
+    ctx: &GpuContext,
+    cfg: &MixerConfig,
+    dims: MixerDims,
+) -> Result<SegmentPlanSummary> {
     let (kind, scale) = check_config(cfg, dims.shape)?;
     let forward = forward_schedule(ctx, dims, T::KERNEL_SUFFIX == "bf16", TimeSegments::Auto)?;
     let backward = backward_schedule(ctx, dims, kind, scale, TimeSegments::Auto)?;
-    Ok(SegmentPlanSummary { forward_segments: forward.plan.count, backward_segments: backward.plan.count, backward_side_by_side: backward.side_by_side })
+    Ok(SegmentPlanSummary {
+        forward_segments: forward.plan.count,
+        backward_segments: backward.plan.count,
+        backward_side_by_side: backward.side_by_side,
+    })
 }
 
 /// The backward's three scans: dqf forward in time, dvf and dkf backward (see the module notes).
 /// `feat` holds the feature maps, `d_o` the output gradient in f32, `outs` dqf, dvf and dkf.
-fn backward_jobs(ctx: &GpuContext, dims: MixerDims, feat: &Features, d_o: u64, outs: [u64; 3], kind: i32, scale: f32) -> Result<[ScanJob; 3]> {
+fn backward_jobs(
+    ctx: &GpuContext,
+    dims: MixerDims,
+    feat: &Features,
+    d_o: u64,
+    outs: [u64; 3],
+    kind: i32,
+    scale: f32,
+) -> Result<[ScanJob; 3]> {
     let group = dims.shape.group();
     let job = |scan, x, y, w, out, x_n, w_n| {
         let ops = ScanOperands { x, y, w, decay: feat.decay, out, initial: 0, final_state: 0, kind, gate_scale: scale };
@@ -390,11 +447,16 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
     let pieces = dims.tokens.div_ceil(GATE_PIECE);
     let side_by_side = backward_side_by_side(dims);
     // Plans depend on the shapes alone, so the scan's is made before the scratch is sized.
-    let schedule = if mixer_uses_chunked::<T>(cfg.kind, dims.shape.d, segments) { None } else { Some(backward_schedule(ctx, dims, kind, scale, segments)?) };
+    let schedule = if mixer_uses_chunked::<T>(cfg.kind, dims.shape.d, segments) {
+        None
+    } else {
+        Some(backward_schedule(ctx, dims, kind, scale, segments)?)
+    };
     let mut plan = ScratchPlan::default();
     let regions = FeatureRegions::plan(&mut plan, dims);
     let dof_at = bf16.then(|| plan.take(dims.q_len()));
-    let (dqf_at, dkf_at, dvf_at, dg_at) = (plan.take(dims.q_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()));
+    let (dqf_at, dkf_at, dvf_at, dg_at) =
+        (plan.take(dims.q_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()), plan.take(dims.kv_len()));
     let carry_at = plan.take(dims.batch * pieces * dims.shape.hkv * dims.shape.d);
     let path = match schedule {
         Some(schedule) => {
@@ -410,7 +472,13 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
             Some(at) => to_f32(ctx, d_o, region(base, at))?,
             None => ptr(ctx, d_o),
         };
-        let (dqf, dkf, dvf, dg, carry) = (region(base, dqf_at), region(base, dkf_at), region(base, dvf_at), region(base, dg_at), region(base, carry_at));
+        let (dqf, dkf, dvf, dg, carry) = (
+            region(base, dqf_at),
+            region(base, dkf_at),
+            region(base, dvf_at),
+            region(base, dg_at),
+            region(base, carry_at),
+        );
         match &path {
             BackwardPath::Scans(schedule, regions) => {
                 let jobs = backward_jobs(ctx, dims, &f, do_ptr, [dqf, dvf, dkf], kind, scale)?;
@@ -447,8 +515,13 @@ enum BackwardPath {
 /// sum over the later pieces into `carry` (`[B, pieces, hkv, d]`), to be added by the caller.
 fn gate_gradient(ctx: &GpuContext, dims: MixerDims, operands: [u64; 4], dg: u64, carry: u64) -> Result<()> {
     let pieces = dims.tokens.div_ceil(GATE_PIECE);
-    let (batch, tokens, hkv, group, d) =
-        (int("batch", dims.batch)?, int("tokens", dims.tokens)?, int("hkv", dims.shape.hkv)?, int("group", dims.shape.group())?, int("d", dims.shape.d)?);
+    let (batch, tokens, hkv, group, d) = (
+        int("batch", dims.batch)?,
+        int("tokens", dims.tokens)?,
+        int("hkv", dims.shape.hkv)?,
+        int("group", dims.shape.group())?,
+        int("d", dims.shape.d)?,
+    );
     let [qf, dqf, kf, dkf] = operands;
     let name = "mixer_gate_grad_pieces_f32";
     let func = ctx.function(&MIXER_GATED, name)?;
@@ -467,7 +540,11 @@ fn gate_gradient(ctx: &GpuContext, dims: MixerDims, operands: [u64; 4], dg: u64,
 
 /// One thread per item, in blocks of BLOCK.
 fn threads(n: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (n.div_ceil(BLOCK as usize).max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (n.div_ceil(BLOCK as usize).max(1) as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// Writes `x` (bf16) as f32 to `out`; returns `out`.

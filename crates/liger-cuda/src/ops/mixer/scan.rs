@@ -92,7 +92,6 @@ fn scan_tile(x_n: usize, w_n: usize, rows: usize, decay_cols: bool, shared_bytes
     Ok(tile)
 }
 
-
 /// The kernel's `ScanParams`: device pointers (0 for none) and sizes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -162,11 +161,20 @@ impl ScanJob {
     /// A scan's kernel parameters over whole sequences (one segment). Every pointer must hold
     /// the `[B, T, heads, d]` tensor its role needs (`x_n` heads per kv head for x and y, `w_n`
     /// for w and out); the callers check the lengths.
-    pub(super) fn new(ctx: &GpuContext, scan: Scan, bf16_out: bool, dims: MixerDims, ops: ScanOperands, x_n: usize, w_n: usize) -> Result<Self> {
+    pub(super) fn new(
+        ctx: &GpuContext,
+        scan: Scan,
+        bf16_out: bool,
+        dims: MixerDims,
+        ops: ScanOperands,
+        x_n: usize,
+        w_n: usize,
+    ) -> Result<Self> {
         let d = dims.shape.d;
         let rows = padded_rows(d);
         // No longer than the sequence: a short one (a decoding step) then clears less shared memory.
-        let tile = scan_tile(x_n, w_n, rows, scan.decays_columns(), scan_shared_bytes(ctx.info().compute_capability))?.min(dims.tokens.max(1));
+        let tile = scan_tile(x_n, w_n, rows, scan.decays_columns(), scan_shared_bytes(ctx.info().compute_capability))?
+            .min(dims.tokens.max(1));
         let params = ScanParams {
             x: ops.x,
             y: ops.y,
@@ -188,7 +196,12 @@ impl ScanJob {
             segments: 1,
             segment_len: int("tokens", dims.tokens.max(1))?,
         };
-        Ok(ScanJob { scan, bf16_out, params, shared: tile * scan_floats_per_token(x_n, w_n, rows, scan.decays_columns()) * 4 })
+        Ok(ScanJob {
+            scan,
+            bf16_out,
+            params,
+            shared: tile * scan_floats_per_token(x_n, w_n, rows, scan.decays_columns()) * 4,
+        })
     }
 
     /// Tokens per shared-memory tile.
@@ -214,13 +227,37 @@ impl ScanJob {
 
     /// The first pass over segments: each scans from a zero state without reading out (no w,
     /// no outputs), writing its final state to `states` and its decay product to `products`.
-    pub(super) fn state_pass(&self, ctx: &GpuContext, count: usize, len: usize, states: u64, products: u64) -> Result<Self> {
+    pub(super) fn state_pass(
+        &self,
+        ctx: &GpuContext,
+        count: usize,
+        len: usize,
+        states: u64,
+        products: u64,
+    ) -> Result<Self> {
         let p = &self.params;
         let rows = padded_rows(p.d as usize);
         let x_n = p.x_n as usize;
-        let tile = scan_tile(x_n, 0, rows, self.scan.decays_columns(), scan_shared_bytes(ctx.info().compute_capability))?.min(len);
-        let params = ScanParams { w: 0, out: 0, initial: 0, final_state: states, decay_product: products, w_n: 0, tile: tile as i32, segments: count as i32, segment_len: len as i32, ..*p };
-        Ok(ScanJob { params, shared: tile * scan_floats_per_token(x_n, 0, rows, self.scan.decays_columns()) * 4, ..*self })
+        let tile =
+            scan_tile(x_n, 0, rows, self.scan.decays_columns(), scan_shared_bytes(ctx.info().compute_capability))?
+                .min(len);
+        let params = ScanParams {
+            w: 0,
+            out: 0,
+            initial: 0,
+            final_state: states,
+            decay_product: products,
+            w_n: 0,
+            tile: tile as i32,
+            segments: count as i32,
+            segment_len: len as i32,
+            ..*p
+        };
+        Ok(ScanJob {
+            params,
+            shared: tile * scan_floats_per_token(x_n, 0, rows, self.scan.decays_columns()) * 4,
+            ..*self
+        })
     }
 
     /// Device addresses of the initial and final states (0 for none).
@@ -240,11 +277,16 @@ pub(super) fn scan_threads(d: usize) -> usize {
 }
 
 /// Kernel `name`, allowed `shared` bytes of dynamic shared memory.
-pub(super) fn scan_function(ctx: &GpuContext, name: &'static str, shared: usize) -> Result<cudarc::driver::CudaFunction> {
+pub(super) fn scan_function(
+    ctx: &GpuContext,
+    name: &'static str,
+    shared: usize,
+) -> Result<cudarc::driver::CudaFunction> {
     let f = ctx.function(&MIXER_GATED, name)?;
     if shared > 48 * 1024 {
         let attribute = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-        f.set_attribute(attribute, shared as i32).map_err(|e| driver_error(e, &format!("allowing {name} {shared} bytes of shared memory")))?;
+        f.set_attribute(attribute, shared as i32)
+            .map_err(|e| driver_error(e, &format!("allowing {name} {shared} bytes of shared memory")))?;
     }
     Ok(f)
 }
@@ -297,7 +339,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(scan_tile(1, 64, 128, false, scan_shared_bytes((9, 0))).unwrap_err().code, ErrorCode::InvalidArgument);
+        assert_eq!(
+            scan_tile(1, 64, 128, false, scan_shared_bytes((9, 0))).unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
         assert_eq!(padded_rows(64), 64);
         assert_eq!(padded_rows(80), 128);
         assert_eq!(padded_rows(128), 128);

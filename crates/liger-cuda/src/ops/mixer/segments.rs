@@ -107,26 +107,41 @@ fn multiprocessors(ctx: &GpuContext) -> Result<usize> {
     let reading = "reading the GPU's multiprocessor count";
     let dev = device::get(ctx.info().index as i32).map_err(|e| driver_error(e, reading))?;
     // SAFETY: `dev` came from cuDeviceGet.
-    let count = unsafe { device::get_attribute(dev, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT) }.map_err(|e| driver_error(e, reading))?;
+    let count = unsafe { device::get_attribute(dev, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT) }
+        .map_err(|e| driver_error(e, reading))?;
     Ok(count.max(1) as usize)
 }
 
 /// CTAs of kernel `name` with `shared` bytes that the whole GPU holds at once.
 fn resident_ctas(ctx: &GpuContext, name: &'static str, d: usize, shared: usize) -> Result<usize> {
     let f = scan_function(ctx, name, shared)?;
-    let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(scan_threads(d) as u32, shared, None).map_err(|e| driver_error(e, &format!("occupancy of {name}")))?;
+    let per_sm = f
+        .occupancy_max_active_blocks_per_multiprocessor(scan_threads(d) as u32, shared, None)
+        .map_err(|e| driver_error(e, &format!("occupancy of {name}")))?;
     Ok(multiprocessors(ctx)? * (per_sm.max(1) as usize))
 }
 
 /// Chooses how `jobs` (one scan, or the backward's three) run: `side_by_side`, the kernel that
 /// runs them all in one launch, if any.
-pub(super) fn schedule(ctx: &GpuContext, dims: MixerDims, jobs: &[ScanJob], side_by_side: Option<&'static str>, segments: TimeSegments) -> Result<Schedule> {
+pub(super) fn schedule(
+    ctx: &GpuContext,
+    dims: MixerDims,
+    jobs: &[ScanJob],
+    side_by_side: Option<&'static str>,
+    segments: TimeSegments,
+) -> Result<Schedule> {
     let (tokens, d) = (dims.tokens, dims.shape.d);
     // grid.z (sequences x segments) is at most 65535.
     let most = (65535 / dims.batch.max(1)).max(1);
     let counts = match segments {
-        TimeSegments::Auto | TimeSegments::AutoBf16Products | TimeSegments::Scan | TimeSegments::Chunked => 1..=(tokens / MIN_SEGMENT).clamp(1, MAX_SEGMENTS).min(most),
-        TimeSegments::Fixed(0) => return Err(Error::invalid_argument("a scan needs at least one time segment per sequence: use Fixed(1) or more, or Auto")),
+        TimeSegments::Auto | TimeSegments::AutoBf16Products | TimeSegments::Scan | TimeSegments::Chunked => {
+            1..=(tokens / MIN_SEGMENT).clamp(1, MAX_SEGMENTS).min(most)
+        }
+        TimeSegments::Fixed(0) => {
+            return Err(Error::invalid_argument(
+                "a scan needs at least one time segment per sequence: use Fixed(1) or more, or Auto",
+            ))
+        }
         TimeSegments::Fixed(n) => {
             let n = n.min(tokens.max(1)).min(most);
             n..=n
@@ -149,7 +164,9 @@ pub(super) fn schedule(ctx: &GpuContext, dims: MixerDims, jobs: &[ScanJob], side
     }
     // Automatic segments end on tile boundaries; fixed ones are as even as they can be.
     let multiple = match segments {
-        TimeSegments::Auto | TimeSegments::AutoBf16Products | TimeSegments::Scan | TimeSegments::Chunked => jobs.iter().map(ScanJob::tile).max().unwrap_or(1),
+        TimeSegments::Auto | TimeSegments::AutoBf16Products | TimeSegments::Scan | TimeSegments::Chunked => {
+            jobs.iter().map(ScanJob::tile).max().unwrap_or(1)
+        }
         TimeSegments::Fixed(_) => 1,
     };
     Ok(Schedule { side_by_side: together, plan: SegmentPlan::split(tokens, count, multiple) })
@@ -175,7 +192,15 @@ impl SegmentRegions {
 
 /// Queues the scans of `jobs` (built over whole sequences, with their initial and final states)
 /// as `schedule` says; `base` is the scratch memory's address.
-pub(super) fn run(ctx: &GpuContext, dims: MixerDims, jobs: &[ScanJob], side_by_side: &'static str, schedule: &Schedule, regions: &SegmentRegions, base: u64) -> Result<()> {
+pub(super) fn run(
+    ctx: &GpuContext,
+    dims: MixerDims,
+    jobs: &[ScanJob],
+    side_by_side: &'static str,
+    schedule: &Schedule,
+    regions: &SegmentRegions,
+    base: u64,
+) -> Result<()> {
     let launch = |jobs: &[ScanJob]| -> Result<()> {
         if schedule.side_by_side {
             launch_scans(ctx, side_by_side, dims, jobs)
@@ -196,7 +221,8 @@ pub(super) fn run(ctx: &GpuContext, dims: MixerDims, jobs: &[ScanJob], side_by_s
     for (job, &(states, products)) in jobs.iter().zip(&regions.per_job) {
         carry(ctx, dims, job, count, at(states), at(products))?;
     }
-    let full: Vec<ScanJob> = jobs.iter().zip(&regions.per_job).map(|(job, &(states, _))| job.full_pass(count, len, at(states))).collect();
+    let full: Vec<ScanJob> =
+        jobs.iter().zip(&regions.per_job).map(|(job, &(states, _))| job.full_pass(count, len, at(states))).collect();
     launch(&full)
 }
 
@@ -207,7 +233,8 @@ fn carry(ctx: &GpuContext, dims: MixerDims, job: &ScanJob, count: usize, states:
     let name = "mixer_segment_carry";
     let func = ctx.function(&MIXER_GATED, name)?;
     let (initial, final_state) = job.states();
-    let (batch, segments, hkv_arg, d_arg) = (int("batch", dims.batch)?, int("segments", count)?, int("hkv", hkv)?, int("d", d)?);
+    let (batch, segments, hkv_arg, d_arg) =
+        (int("batch", dims.batch)?, int("segments", count)?, int("hkv", hkv)?, int("d", d)?);
     let decay_cols = i32::from(job.scan.decays_columns());
     let reverse = i32::from(matches!(job.scan, Scan::RowsReverse | Scan::ColsReverse));
     let mut launch = ctx.stream().launch_builder(&func);
@@ -229,7 +256,10 @@ mod tests {
                 for multiple in [1, 12, 16] {
                     let p = SegmentPlan::split(tokens, want, multiple);
                     assert!(p.count >= 1 && p.count <= want.max(1), "{tokens} {want} {multiple}: {p:?}");
-                    assert!((p.count - 1) * p.len < tokens && p.count * p.len >= tokens, "{tokens} {want} {multiple}: {p:?}");
+                    assert!(
+                        (p.count - 1) * p.len < tokens && p.count * p.len >= tokens,
+                        "{tokens} {want} {multiple}: {p:?}"
+                    );
                     if p.count > 1 {
                         assert_eq!(p.len % multiple, 0);
                     }
