@@ -39,7 +39,6 @@ pub const RMS_NORM: KernelFile = kernel_file!(
         "rms_norm_backward_weight_f32"
     ]
 );
-pub const ROPE: KernelFile = kernel_file!("rope", ["rope_forward_f32", "rope_backward_f32"]);
 pub const SWIGLU: KernelFile = kernel_file!(
     "swiglu",
     [
@@ -53,10 +52,6 @@ pub const SWIGLU: KernelFile = kernel_file!(
 pub const CROSS_ENTROPY: KernelFile =
     kernel_file!("cross_entropy", ["cross_entropy_rows_f32", "cross_entropy_rows_bf16", "score_rows_f32"]);
 pub const ADAMW: KernelFile = kernel_file!("adamw", ["adamw_step_f32", "sum_squares_f32", "scale_f32"]);
-pub const LIGER_FEATURE: KernelFile = kernel_file!(
-    "liger_feature",
-    ["softmax_rows_f32", "softmax_rows_backward_f32", "gla_key_features_f32", "gla_key_features_backward_f32"]
-);
 
 pub const MIXER_GATED: KernelFile = kernel_file!(
     "mixer_gated",
@@ -208,11 +203,9 @@ pub const SAMPLING: KernelFile = kernel_file!("sampling", ["argmax_rows_f32", "s
 pub const ALL: &[KernelFile] = &[
     EMBEDDING,
     RMS_NORM,
-    ROPE,
     SWIGLU,
     CROSS_ENTROPY,
     ADAMW,
-    LIGER_FEATURE,
     MIXER_GATED,
     MIXER_GSA,
     MIXER_CHUNKED,

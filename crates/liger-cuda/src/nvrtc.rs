@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(base, cache_key(&kernels::RMS_NORM, (9, 0), (13, 0)), "the key is deterministic");
         assert_ne!(base, cache_key(&kernels::RMS_NORM, (8, 0), (13, 0)));
         assert_ne!(base, cache_key(&kernels::RMS_NORM, (9, 0), (13, 1)));
-        assert_ne!(base, cache_key(&kernels::ROPE, (9, 0), (13, 0)));
+        assert_ne!(base, cache_key(&kernels::EMBEDDING, (9, 0), (13, 0)));
         let edited = KernelFile { source: "// edited\n", ..kernels::RMS_NORM };
         assert_ne!(base, cache_key(&edited, (9, 0), (13, 0)));
         let path = cache_path(Path::new("/c"), &kernels::RMS_NORM, (9, 0), (13, 0));
@@ -210,12 +210,12 @@ mod tests {
 
     #[test]
     fn entry_points_are_found_in_ptx_text() {
-        let ptx = "//\n.visible .entry rope_forward_f32(\n\t.param .u64 a\n)\n.visible .entry rope_backward_f32(\n";
-        assert!(ptx_defines_entry(ptx, "rope_forward_f32"));
-        assert!(ptx_defines_entry(ptx, "rope_backward_f32"));
-        assert!(!ptx_defines_entry(ptx, "rope_forward"));
-        assert!(is_complete_ptx(ptx, &kernels::ROPE));
-        assert!(!is_complete_ptx(".visible .entry rope_forward_f32(\n", &kernels::ROPE));
+        let ptx = "//\n.visible .entry embedding_gather_f32(\n\t.param .u64 a\n)\n.visible .entry embedding_gather_bf16(\n";
+        assert!(ptx_defines_entry(ptx, "embedding_gather_f32"));
+        assert!(ptx_defines_entry(ptx, "embedding_gather_bf16"));
+        assert!(!ptx_defines_entry(ptx, "embedding_gather"));
+        assert!(is_complete_ptx(ptx, &kernels::EMBEDDING));
+        assert!(!is_complete_ptx(".visible .entry embedding_gather_f32(\n", &kernels::EMBEDDING));
     }
 
     #[test]

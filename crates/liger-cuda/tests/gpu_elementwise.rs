@@ -5,10 +5,10 @@ mod common;
 
 use common::*;
 use half::bf16;
-use liger_core::model::ops::{rms_norm, rope, swiglu_inplace};
-use liger_core::train::backward::{rms_norm_backward, rope_backward, swiglu_backward};
+use liger_core::model::ops::{rms_norm, swiglu_inplace};
+use liger_core::train::backward::{rms_norm_backward, swiglu_backward};
 use liger_core::ErrorCode;
-use liger_cuda::ops::{embedding, liger_feature, rms_norm as gpu_norm, rope as gpu_rope, swiglu as gpu_swiglu};
+use liger_cuda::ops::{embedding, rms_norm as gpu_norm, swiglu as gpu_swiglu};
 use liger_cuda::GpuBuffer;
 
 const FP32_TOL: f64 = 1e-4;
@@ -106,39 +106,6 @@ fn rms_norm_forward_backward_and_weight_gradient() {
         eps,
         &mut poisoned(&ctx, cols + 1),
         &mut poisoned(&ctx, 1),
-    )
-    .unwrap_err();
-    assert_eq!(err.code, ErrorCode::ShapeMismatch);
-}
-
-#[test]
-fn rope_forward_and_backward() {
-    let ctx = gpu();
-    let mut rng = rng("rope");
-    let (tokens, heads, head_dim, pos0) = (41, 9, 64, 1000);
-    let freqs = inv_freq(head_dim, 10000.0);
-    let x = random(&mut rng, tokens * heads * head_dim, 1.0);
-    let fg = upload(&ctx, &freqs);
-    let mut y_cpu = x.clone();
-    rope(&mut y_cpu, heads, head_dim, pos0, &freqs);
-    let mut y = poisoned(&ctx, x.len());
-    gpu_rope::rope_forward(&ctx, &upload(&ctx, &x), &mut y, heads, head_dim, pos0, &fg).unwrap();
-    check("rope forward", &y, &to_f64(&y_cpu), FP32_TOL);
-
-    let mut dx_cpu = x.clone();
-    rope_backward(&mut dx_cpu, heads, head_dim, pos0, &freqs);
-    let mut dx = poisoned(&ctx, x.len());
-    gpu_rope::rope_backward(&ctx, &upload(&ctx, &x), &mut dx, heads, head_dim, pos0, &fg).unwrap();
-    check("rope backward", &dx, &to_f64(&dx_cpu), FP32_TOL);
-
-    let err = gpu_rope::rope_forward(
-        &ctx,
-        &upload(&ctx, &x),
-        &mut poisoned(&ctx, x.len()),
-        heads,
-        head_dim,
-        pos0,
-        &upload(&ctx, &freqs[1..]),
     )
     .unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
@@ -243,63 +210,6 @@ fn fused_norm_and_swiglu_forms_match_the_cpu() {
     check_host("swiglu backward dup bf16", &from_bf16(&du.to_host().unwrap()), &to_f64(&du_cpu), BF16_TOL);
     let err = gpu_swiglu::swiglu_forward_to(&ctx, &gg, &ug, &mut poisoned_bf16(&ctx, n - 1)).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
-}
-
-fn softmax_f64(x: &[f32]) -> Vec<f64> {
-    let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.iter().map(|v| v / s).collect()
-}
-
-fn log_sigmoid_f64(x: f64) -> f64 {
-    -((-x).exp().ln_1p())
-}
-
-#[test]
-fn gla_feature_maps_and_gate_forward_and_backward() {
-    let ctx = gpu();
-    let mut rng = rng("gla_features");
-    let (rows, d, norm) = (3 * 37, 64, 16.0f32);
-    let k = random(&mut rng, rows * d, 8.0);
-    let (dkf, dg) = (random(&mut rng, rows * d, 1.0), random(&mut rng, rows * d, 1.0));
-    let kg = upload(&ctx, &k);
-
-    let kf_ref: Vec<f64> = k.chunks(d).flat_map(softmax_f64).collect();
-    let g_ref: Vec<f64> = k.iter().map(|&v| log_sigmoid_f64(v as f64) / norm as f64).collect();
-    let (mut kf, mut g) = (poisoned(&ctx, k.len()), poisoned(&ctx, k.len()));
-    liger_feature::gla_key_features(&ctx, &kg, &mut kf, &mut g, d, norm).unwrap();
-    check("gla key features", &kf, &kf_ref, FP32_TOL);
-    check("gla log-gates", &g, &g_ref, FP32_TOL);
-
-    let mut q = poisoned(&ctx, k.len());
-    liger_feature::softmax_rows(&ctx, &kg, &mut q, d).unwrap();
-    check("softmax rows", &q, &kf_ref, FP32_TOL);
-
-    // Backward in f64 from the f64 forward.
-    let mut dk_ref = vec![0.0f64; k.len()];
-    let mut dsoft_ref = vec![0.0f64; k.len()];
-    for r in 0..rows {
-        let s = r * d..(r + 1) * d;
-        let dot: f64 = kf_ref[s.clone()].iter().zip(&dkf[s.clone()]).map(|(y, g)| y * *g as f64).sum();
-        for i in s {
-            dsoft_ref[i] = kf_ref[i] * (dkf[i] as f64 - dot);
-            let sig_neg = 1.0 / (1.0 + (k[i] as f64).exp());
-            dk_ref[i] = dsoft_ref[i] + dg[i] as f64 * sig_neg / norm as f64;
-        }
-    }
-    let mut dx = poisoned(&ctx, k.len());
-    liger_feature::softmax_rows_backward(&ctx, &kf, &upload(&ctx, &dkf), &mut dx, d).unwrap();
-    check("softmax rows backward", &dx, &dsoft_ref, FP32_TOL);
-    let mut dk = poisoned(&ctx, k.len());
-    liger_feature::gla_key_features_backward(&ctx, &kg, &kf, &upload(&ctx, &dkf), &upload(&ctx, &dg), &mut dk, d, norm)
-        .unwrap();
-    check("gla key features backward", &dk, &dk_ref, FP32_TOL);
-
-    let err =
-        liger_feature::gla_key_features(&ctx, &kg, &mut poisoned(&ctx, k.len()), &mut poisoned(&ctx, k.len()), d, 0.0)
-            .unwrap_err();
-    assert_eq!(err.code, ErrorCode::InvalidArgument);
 }
 
 #[test]

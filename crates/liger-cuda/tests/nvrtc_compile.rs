@@ -70,7 +70,7 @@ fn compiled_ptx_is_cached_by_key_and_bad_cache_files_are_replaced() {
     require_nvrtc();
     let dir = std::env::temp_dir().join(format!("liger-cuda-cache-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
-    let file = &kernels::ROPE;
+    let file = &kernels::EMBEDDING;
     let first = load_or_compile(&dir, file, H100).unwrap();
     let path = cache_path(&dir, file, H100, nvrtc_version().unwrap());
     assert_eq!(fs::read_to_string(&path).unwrap(), first);

@@ -7,10 +7,8 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod decode;
 pub mod embedding;
-pub mod liger_feature;
 pub mod mixer;
 pub mod rms_norm;
-pub mod rope;
 pub mod sampling;
 pub mod swiglu;
 
