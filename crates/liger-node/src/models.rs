@@ -6,12 +6,12 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use liger_core::checkpoint::{load_liger_checkpoint, read_liger_section};
-use liger_core::convert::LigerModel;
+use liger_core::convert::{model_info_json, LigerModel};
 use liger_core::eval::ScoreModel;
 use liger_core::generate::{generate, GenerateOptions, GenerateResult};
 use liger_core::model::{load_model, BaseModel};
-use liger_core::{Error, Result};
-use serde_json::{json, Value};
+use liger_core::Result;
+use serde_json::Value;
 
 pub enum AnyModel {
     Base(BaseModel),
@@ -89,30 +89,10 @@ impl AnyModel {
     /// The base model's facts plus a `liger` entry: null for a base model; for a Liger model
     /// its mixer, window, softmax layers, adapters and decoding memory per sequence.
     pub fn info(&self) -> Result<Value> {
-        let mut info =
-            serde_json::to_value(self.base().info()).map_err(|e| Error::internal(format!("model info: {e}")))?;
         let liger = match self {
-            AnyModel::Base(_) => Value::Null,
-            AnyModel::Liger(m) => {
-                let attention = &m.options.attention;
-                json!({
-                    "mixer": attention.mixer.kind.name(),
-                    "windowKeys": attention.window_keys,
-                    "sinkKeys": attention.sink_keys,
-                    "grmNorm": attention.grm_norm,
-                    "surpriseKeys": attention.surprise_keys,
-                    "useSwa": attention.use_swa,
-                    "alpha": attention.alpha,
-                    "beta": attention.beta,
-                    "softmaxLayers": m.options.softmax_layers,
-                    "loraParams": m.lora_params().iter().map(|(_, p)| p.len()).sum::<usize>(),
-                    "stateBytesPerSequence": m.state_bytes(),
-                })
-            }
+            AnyModel::Base(_) => None,
+            AnyModel::Liger(m) => Some(m),
         };
-        if let Value::Object(map) = &mut info {
-            map.insert("liger".into(), liger);
-        }
-        Ok(info)
+        model_info_json(self.base(), liger)
     }
 }

@@ -17,7 +17,7 @@ mod selftest;
 use abi::{bytes, set_result, status, take_buffer, text};
 use liger_core::bundle::{load_bundle, read_header, read_preamble, PREAMBLE_BYTES};
 use liger_core::chat::ChatMessage;
-use liger_core::convert::LigerModel;
+use liger_core::convert::{model_info_json, LigerModel};
 use liger_core::{Error, Result};
 use serde_json::{json, Value};
 use std::cell::RefCell;
@@ -137,24 +137,9 @@ pub extern "C" fn liger_model_info(handle: i32) -> i32 {
     status(|| {
         let quantization = MODELS.with(|m| m.borrow().get(&handle).map(|l| l.quantization.clone()));
         with_model(handle, |m| {
-            let mut info =
-                serde_json::to_value(m.base.info()).map_err(|e| Error::internal(format!("model info: {e}")))?;
-            let attention = &m.options.attention;
-            let liger = json!({
-                "mixer": attention.mixer.kind.name(),
-                "windowKeys": attention.window_keys,
-                "sinkKeys": attention.sink_keys,
-                "grmNorm": attention.grm_norm,
-                "surpriseKeys": attention.surprise_keys,
-                "useSwa": attention.use_swa,
-                "alpha": attention.alpha,
-                "beta": attention.beta,
-                "softmaxLayers": m.options.softmax_layers,
-                "loraParams": 0,
-                "stateBytesPerSequence": m.state_bytes(),
-            });
+            // A bundle's adapters are merged into its weights: its `loraParams` is 0.
+            let mut info = model_info_json(&m.base, Some(m))?;
             if let Value::Object(map) = &mut info {
-                map.insert("liger".into(), liger);
                 map.insert("quantization".into(), json!(quantization));
             }
             set_result(info.to_string().into_bytes());

@@ -24,13 +24,12 @@ mod tensors;
 #[cfg(test)]
 mod tests;
 
-use crate::convert::{linearize, LigerModel, LigerOptions, LoraOptions, LoraTarget};
+use crate::convert::{linearize, LigerModel, LigerOptions, LoraOptions};
 use crate::error::{Error, ErrorCode, Result};
 use crate::hf::{config_from_value, config_to_json};
 use crate::model::{BaseModel, ModelFormat};
 use crate::tensor::{ByteView, GgmlType, QTensor};
 use crate::tokenizer::Tokenizer;
-use crate::weights::ModelWeights;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -181,7 +180,7 @@ pub fn read_header(prefix: &[u8], total_len: u64) -> Result<BundleHeader> {
 
 /// The bytes of a bundle of `model` with matrices stored as `quant`.
 pub fn bundle_bytes(model: &LigerModel, quant: EdgeQuant) -> Result<Vec<u8>> {
-    let weights = merged_weights(model);
+    let weights = model.merged_weights();
     let mut entries = Vec::new();
     let mut data: Vec<u8> = Vec::new();
     for (name, t) in named_tensors(&weights) {
@@ -310,22 +309,4 @@ pub fn load_bundle(buffer: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<LigerMo
     );
     let no_adapters = LoraOptions { targets: Vec::new(), ..LoraOptions::default() };
     linearize(base, header.liger, no_adapters)
-}
-
-/// The base weights with every adapter folded into its projection (`W + scale B A`).
-fn merged_weights(model: &LigerModel) -> ModelWeights {
-    let mut w = model.base.weights.clone();
-    for (lw, lora) in w.layers.iter_mut().zip(&model.lora.layers) {
-        for (target, t) in [
-            (LoraTarget::Q, &mut lw.wq),
-            (LoraTarget::K, &mut lw.wk),
-            (LoraTarget::V, &mut lw.wv),
-            (LoraTarget::O, &mut lw.wo),
-        ] {
-            if let Some(a) = lora.get(target) {
-                *t = QTensor::from_f32(t.rows, t.cols, a.merged(&t.to_f32()));
-            }
-        }
-    }
-    w
 }

@@ -19,7 +19,6 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::hf::fsutil::build_dir_atomically;
 use crate::hf::{save_hf_dir, write_safetensors, HfExtraFiles, SafetensorsFile, SaveDtype};
 use crate::model::{load_model, BaseModel};
-use crate::tensor::QTensor;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -72,24 +71,6 @@ fn lora_options_of(model: &LigerModel) -> LoraOptions {
     }
 }
 
-/// Base weights with every adapter folded into its projection (`W + scale · B A`, f32).
-fn merged_weights(model: &LigerModel) -> crate::weights::ModelWeights {
-    let mut w = model.base.weights.clone();
-    for (lw, lora) in w.layers.iter_mut().zip(&model.lora.layers) {
-        for (target, t) in [
-            (LoraTarget::Q, &mut lw.wq),
-            (LoraTarget::K, &mut lw.wk),
-            (LoraTarget::V, &mut lw.wv),
-            (LoraTarget::O, &mut lw.wo),
-        ] {
-            if let Some(a) = lora.get(target) {
-                *t = QTensor::from_f32(t.rows, t.cols, a.merged(&t.to_f32()));
-            }
-        }
-    }
-    w
-}
-
 /// `adapter_config.json` as PEFT writes it for a LoRA on a causal LM.
 fn adapter_config(lora: &LoraOptions, base_name: &str) -> Value {
     json!({
@@ -137,7 +118,7 @@ pub fn save_liger_checkpoint(
         add_bos_token: Some(base.tokenizer.add_bos_default()),
         extra_config: Some(json!({ "liger": section })),
     };
-    let merged = opts.merged.then(|| merged_weights(model));
+    let merged = opts.merged.then(|| model.merged_weights());
     let weights = merged.as_ref().unwrap_or(&base.weights);
     let params = model.lora_params();
     build_dir_atomically(dir, |tmp| {

@@ -257,7 +257,9 @@ impl LigerModel {
         Ok(dx_in)
     }
 
-    fn check_grads(&self, grads: &LoraGrads) -> Result<()> {
+    /// SHAPE_MISMATCH unless `grads` fit the adapters (made by `new_lora_grads`); the GPU
+    /// model checks its gradients here too.
+    pub fn check_grads(&self, grads: &LoraGrads) -> Result<()> {
         let fits = grads.layers.len() == self.lora.layers.len()
             && grads.layers.iter().zip(&self.lora.layers).all(|(g, l)| {
                 LoraTarget::ALL.iter().all(|&t| match (&g[t.index()], l.get(t)) {

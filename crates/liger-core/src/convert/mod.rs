@@ -4,6 +4,7 @@
 //! ([`LigerState`]) and the gradients of its LoRA adapters.
 
 mod backward;
+mod info;
 mod model;
 mod options;
 mod state;
@@ -13,6 +14,7 @@ mod tests;
 
 pub use crate::train::loss::LossOutput;
 pub use backward::LoraGrads;
+pub use info::model_info_json;
 pub use model::{linearize, LayerLora, LigerModel, LoraSet};
 pub use options::{LigerOptions, LoraOptions, LoraTarget};
 pub use state::{AttentionCache, LayerState, LigerState};

@@ -14,9 +14,10 @@ use crate::linalg::matmul_wt;
 use crate::model::forward::{embed, lm_head, Logits};
 use crate::model::ops::{add_bias, rms_norm, rms_norm_inplace, swiglu_inplace};
 use crate::model::BaseModel;
+use crate::tensor::QTensor;
 use crate::tokenizer::Tokenizer;
 use crate::train::lora::{LoraAdapter, LoraSaved};
-use crate::weights::LayerWeights;
+use crate::weights::{LayerWeights, ModelWeights};
 
 /// The adapters of one layer (`None` where the projection has none).
 #[derive(Debug, Clone, Default)]
@@ -260,6 +261,21 @@ impl LigerModel {
         })
     }
 
+    /// CONTEXT_OVERFLOW when `t` more tokens after `position` would pass the context of the
+    /// hybrid's softmax layers (none without them). The CPU and GPU decoders both check here.
+    pub fn check_context(&self, position: usize, t: usize) -> Result<()> {
+        match self.max_tokens() {
+            Some(limit) if position + t > limit => Err(Error::new(
+                ErrorCode::ContextOverflow,
+                format!(
+                    "{} tokens exceed the context of {limit} of the hybrid model's softmax layers (already {position} in the state); shorten the input",
+                    position + t
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The residual stream after the last layer (`t x hidden`), continuing `state`.
     pub(crate) fn hidden_states(&self, tokens: &[u32], state: &mut LigerState) -> Result<Vec<f32>> {
         self.check()?;
@@ -268,18 +284,7 @@ impl LigerModel {
         if t == 0 {
             return Err(Error::invalid_argument("forward needs at least one token"));
         }
-        if let Some(limit) = self.max_tokens() {
-            if state.position + t > limit {
-                return Err(Error::new(
-                    ErrorCode::ContextOverflow,
-                    format!(
-                        "{} tokens exceed the context of {limit} of the hybrid model's softmax layers (already {} in the state); shorten the input",
-                        state.position + t,
-                        state.position
-                    ),
-                ));
-            }
-        }
+        self.check_context(state.position, t)?;
         state.prepare(&self.options.attention, self.head_shape()?, &self.is_softmax())?;
         let inv_freq = c.rope_inv_freq();
         let mut x = embed(c, &self.base.weights, tokens)?;
@@ -300,6 +305,25 @@ impl LigerModel {
     pub fn last_logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let x = self.hidden_states(tokens, &mut LigerState::default())?;
         Ok(lm_head(&self.base.config, &self.base.weights, &x, tokens.len(), Logits::Last))
+    }
+
+    /// The base weights with every adapter folded into its projection (`W + scale · B A`, f32):
+    /// what a merged checkpoint and an edge bundle store.
+    pub fn merged_weights(&self) -> ModelWeights {
+        let mut w = self.base.weights.clone();
+        for (lw, lora) in w.layers.iter_mut().zip(&self.lora.layers) {
+            for (target, t) in [
+                (LoraTarget::Q, &mut lw.wq),
+                (LoraTarget::K, &mut lw.wk),
+                (LoraTarget::V, &mut lw.wv),
+                (LoraTarget::O, &mut lw.wo),
+            ] {
+                if let Some(a) = lora.get(target) {
+                    *t = QTensor::from_f32(t.rows, t.cols, a.merged(&t.to_f32()));
+                }
+            }
+        }
+        w
     }
 
     /// Decoding memory of one sequence in bytes, at its largest: constant for a model with

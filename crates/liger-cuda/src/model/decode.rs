@@ -22,7 +22,7 @@ use crate::ops::mixer::{mixer_chunk_forward_in_segments, mixer_state_len, MixerD
 use crate::ops::rms_norm::rms_norm_forward;
 use liger_core::generate::CausalLm;
 use liger_core::tokenizer::Tokenizer;
-use liger_core::{Error, ErrorCode, Result};
+use liger_core::{Error, Result};
 
 /// What one layer keeps between calls for every sequence of the batch.
 pub(super) enum LayerCache<T> {
@@ -164,18 +164,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 tokens.len()
             )));
         }
-        if let Some(limit) = self.max_tokens() {
-            if state.position + t > limit {
-                return Err(Error::new(
-                    ErrorCode::ContextOverflow,
-                    format!(
-                        "{} tokens exceed the context of {limit} of the hybrid model's softmax layers (already {} in the state); shorten the input",
-                        state.position + t,
-                        state.position
-                    ),
-                ));
-            }
-        }
+        self.host.check_context(state.position, t)?;
         self.sync_lora()?;
         if state.layers.is_empty() {
             self.allocate_caches(state)?;

@@ -26,7 +26,7 @@ pub use weights::{shape_only_host, GpuLayer, GpuLora, GpuWeights};
 use crate::context::GpuContext;
 use crate::gemm::GemmInput;
 use liger_core::config::ModelConfig;
-use liger_core::convert::{LigerModel, LoraGrads, LoraTarget};
+use liger_core::convert::{LigerModel, LoraGrads};
 use liger_core::liger::HeadShape;
 use liger_core::train::loss::LossOutput;
 use liger_core::train::trainer::Trainable;
@@ -158,24 +158,6 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     fn lora_guard(&self) -> Result<MutexGuard<'_, GpuLoraSet>> {
         self.lora.lock().map_err(|_| Error::internal("the GPU adapter lock is poisoned"))
-    }
-
-    /// Checks that `grads` fit the adapters (made by `new_lora_grads`).
-    fn check_grads(&self, grads: &LoraGrads) -> Result<()> {
-        let fits = grads.layers.len() == self.host.lora.layers.len()
-            && grads.layers.iter().zip(&self.host.lora.layers).all(|(g, l)| {
-                LoraTarget::ALL.iter().all(|&t| match (&g[t as usize], l.get(t)) {
-                    (Some(g), Some(a)) => g.a.len() == a.a.len() && g.b.len() == a.b.len(),
-                    (None, None) => true,
-                    _ => false,
-                })
-            });
-        if !fits {
-            return Err(Error::shape(
-                "the gradients do not fit this model's adapters; make them with new_lora_grads()",
-            ));
-        }
-        Ok(())
     }
 }
 

@@ -197,7 +197,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         grads: &mut LoraGrads,
     ) -> Result<LossOutput> {
         let rows = self.check_batch(inputs, labels)?;
-        self.check_grads(grads)?;
+        self.host.check_grads(grads)?;
         self.sync_lora()?;
         let ctx = &self.ctx;
         let c = self.config();
