@@ -3,7 +3,7 @@
  * the message says what went wrong and what to do about it.
  */
 
-/** Codes raised by the Rust core (they match `ErrorCode::as_str` there). */
+/** Codes raised by the Rust core: those of `ErrorCode::as_str` there, in order (test/error-codes.test.ts checks). */
 export const CORE_ERROR_CODES = [
   "IO_ERROR",
   "INVALID_FILE",
