@@ -30,7 +30,11 @@ import type {
 } from "./eval.js";
 import type { LinearizeEvent, LinearizeReport, ResolvedLinearizeOptions } from "./linearize.js";
 
-/** What the addon exports (see crates/liger-node/src/lib.rs and jobs.rs). */
+/**
+ * What the addon exports (see crates/liger-node/src/lib.rs and jobs.rs), typed by hand: napi's
+ * generated declarations (target/napi/liger.d.ts) say `unknown`/`any` where these say what the
+ * JSON and promises hold. test/addon-types.test.ts checks these interfaces against them.
+ */
 interface RawAddon {
   loadModel(path: string, onProgress: ProgressCallback | null): Promise<RawModel>;
   CancelToken: new () => RawCancelToken;
