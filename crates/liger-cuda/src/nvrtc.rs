@@ -210,7 +210,8 @@ mod tests {
 
     #[test]
     fn entry_points_are_found_in_ptx_text() {
-        let ptx = "//\n.visible .entry embedding_gather_f32(\n\t.param .u64 a\n)\n.visible .entry embedding_gather_bf16(\n";
+        let ptx =
+            "//\n.visible .entry embedding_gather_f32(\n\t.param .u64 a\n)\n.visible .entry embedding_gather_bf16(\n";
         assert!(ptx_defines_entry(ptx, "embedding_gather_f32"));
         assert!(ptx_defines_entry(ptx, "embedding_gather_bf16"));
         assert!(!ptx_defines_entry(ptx, "embedding_gather"));
