@@ -18,6 +18,7 @@ pub mod hf;
 pub mod liger;
 pub mod linalg;
 pub mod model;
+pub mod nn;
 pub mod quant;
 pub mod sampling;
 pub mod stop;

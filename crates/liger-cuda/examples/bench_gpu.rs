@@ -20,7 +20,7 @@ use half::bf16;
 use liger_core::config::{Architecture, ModelConfig};
 use liger_core::convert::{LigerOptions, LoraOptions, LoraTarget};
 use liger_core::liger::{MixerConfig, MixerKind};
-use liger_core::train::optim::{AdamWConfig, AdamWState};
+use liger_core::nn::optim::{AdamWConfig, AdamWState};
 use liger_core::train::trainer::Trainable;
 use liger_core::Result;
 use liger_cuda::model::memory::{keep_freed_memory_pooled, peak_memory, reset_peak_memory};

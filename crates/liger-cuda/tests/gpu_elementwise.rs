@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use half::bf16;
 use liger_core::model::ops::{rms_norm, swiglu_inplace};
-use liger_core::train::backward::{rms_norm_backward, swiglu_backward};
+use liger_core::nn::backward::{rms_norm_backward, swiglu_backward};
 use liger_core::ErrorCode;
 use liger_cuda::ops::{embedding, rms_norm as gpu_norm, swiglu as gpu_swiglu};
 use liger_cuda::GpuBuffer;

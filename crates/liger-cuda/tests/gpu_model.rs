@@ -11,9 +11,9 @@ use liger_core::convert::{linearize, LigerModel, LigerOptions, LoraOptions, Lora
 use liger_core::generate::CausalLm;
 use liger_core::liger::{MixerConfig, MixerKind};
 use liger_core::model::{BaseModel, ModelFormat};
+use liger_core::nn::loss::IGNORE;
 use liger_core::testing::{max_rel_error, random_tokens, random_weights, tiny_config};
 use liger_core::train::data::Sequence;
-use liger_core::train::loss::IGNORE;
 use liger_core::train::trainer::{TrainConfig, Trainable, Trainer};
 use liger_core::ErrorCode;
 use liger_cuda::{GemmInput, GpuBuffer, GpuContext, GpuLigerModel, GpuWeights};

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use half::bf16;
-use liger_core::train::loss::{cross_entropy, IGNORE};
-use liger_core::train::optim::{clip_grad_norm, AdamWConfig, AdamWState};
+use liger_core::nn::loss::{cross_entropy, IGNORE};
+use liger_core::nn::optim::{clip_grad_norm, AdamWConfig, AdamWState};
 use liger_core::ErrorCode;
 use liger_cuda::ops::adamw::{self, GpuAdamW};
 use liger_cuda::ops::cross_entropy as gpu_ce;

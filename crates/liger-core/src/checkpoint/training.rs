@@ -5,7 +5,7 @@ use super::{adapter_shapes, write_json, LIGER_FORMAT_VERSION};
 use crate::convert::LigerModel;
 use crate::error::{Error, Result};
 use crate::hf::{write_safetensors, SafetensorsFile, SaveDtype};
-use crate::train::optim::AdamWState;
+use crate::nn::optim::AdamWState;
 use crate::train::trainer::TrainerState;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

@@ -14,10 +14,10 @@ use crate::liger::{apply_rope, causal_attention_backward, liger_attention_backwa
 use crate::linalg::{matmul, MatRef};
 use crate::model::forward::embed;
 use crate::model::ops::rms_norm;
+use crate::nn::backward::{rms_norm_backward, swiglu_backward};
+use crate::nn::lora::LoraGrad;
+use crate::nn::loss::{cross_entropy, LossOutput, IGNORE};
 use crate::tensor::{GgmlType, QTensor};
-use crate::train::backward::{rms_norm_backward, swiglu_backward};
-use crate::train::lora::LoraGrad;
-use crate::train::loss::{cross_entropy, LossOutput, IGNORE};
 use rayon::prelude::*;
 
 /// Gradients of every adapter, laid out like [`super::LoraSet`].

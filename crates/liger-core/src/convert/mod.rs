@@ -12,7 +12,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use crate::train::loss::LossOutput;
+pub use crate::nn::loss::LossOutput;
 pub use backward::LoraGrads;
 pub use info::model_info_json;
 pub use model::{linearize, LayerLora, LigerModel, LoraSet};

@@ -14,9 +14,9 @@ use crate::linalg::matmul_wt;
 use crate::model::forward::{embed, lm_head, Logits};
 use crate::model::ops::{add_bias, rms_norm, rms_norm_inplace, swiglu_inplace};
 use crate::model::BaseModel;
+use crate::nn::lora::{LoraAdapter, LoraSaved};
 use crate::tensor::QTensor;
 use crate::tokenizer::Tokenizer;
-use crate::train::lora::{LoraAdapter, LoraSaved};
 use crate::weights::{LayerWeights, ModelWeights};
 
 /// The adapters of one layer (`None` where the projection has none).

@@ -1,8 +1,8 @@
 //! Training data: instruction records (Alpaca) or plain text, rendered to tokens with the
 //! prompt masked out of the loss, then packed into fixed-length sequences.
 
-use super::loss::IGNORE;
 use crate::error::{Error, ErrorCode, Result};
+use crate::nn::loss::IGNORE;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

@@ -6,7 +6,6 @@ use super::data::{
     alpaca_prompt, pack, read_dataset, split_validation, tokenize_record, BadRows, Example, PromptFormat, Record,
     Sequence,
 };
-use super::loss::{LossOutput, IGNORE};
 use super::report::{write_run_report, StepEval, StepRecord, TrainingHistory};
 use super::trainer::{evaluate, EvalResult, TrainConfig, TrainEvent, Trainable, Trainer};
 use crate::chat::ChatMessage;
@@ -22,6 +21,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::generate::{generate, CausalLm, GenerateOptions};
 use crate::model::forward::{forward, KvCache, Logits};
 use crate::model::{load_model, BaseModel};
+use crate::nn::loss::{LossOutput, IGNORE};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;

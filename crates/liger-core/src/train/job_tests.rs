@@ -3,13 +3,13 @@
 use super::data::{BadRows, PromptFormat};
 use super::fixtures::tiny_byte_model;
 use super::job::{base_model_loss, run_linearize, JobEvent, LinearizeJob};
-use super::loss::IGNORE;
-use super::optim::AdamWConfig;
 use super::trainer::TrainConfig;
 use crate::checkpoint::{load_liger_checkpoint, load_training_state};
 use crate::convert::{LigerOptions, LoraOptions, LoraTarget};
 use crate::error::ErrorCode;
 use crate::hf::SaveDtype;
+use crate::nn::loss::IGNORE;
+use crate::nn::optim::AdamWConfig;
 use crate::testing::random_tokens;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,12 +1,9 @@
-//! Training on the CPU: LoRA adapters, backward passes, loss, optimiser, the training loop.
+//! The training run: data, the training loop, the linearize job and its report. Its building
+//! blocks (LoRA, loss, backward passes, optimiser) are in `nn`.
 
-pub mod backward;
 pub mod data;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod job;
-pub mod lora;
-pub mod loss;
-pub mod optim;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod report;
 #[cfg(not(target_arch = "wasm32"))]
@@ -16,7 +13,5 @@ pub mod trainer;
 pub(crate) mod fixtures;
 #[cfg(test)]
 mod job_tests;
-#[cfg(test)]
-mod tests;
 #[cfg(test)]
 mod trainer_tests;

@@ -5,10 +5,10 @@
 //! (the Liger model's LoRA adapters, or a small model in tests) trains the same way.
 
 use super::data::Sequence;
-use super::loss::{LossOutput, IGNORE};
-use super::optim::{clip_grad_norm, AdamWConfig, AdamWState, LrSchedule};
 use crate::convert::{LigerModel, LoraGrads};
 use crate::error::{Error, ErrorCode, Result};
+use crate::nn::loss::{LossOutput, IGNORE};
+use crate::nn::optim::{clip_grad_norm, AdamWConfig, AdamWState, LrSchedule};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;

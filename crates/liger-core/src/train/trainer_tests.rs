@@ -2,10 +2,10 @@
 //! float64: step semantics, data order, resume, non-finite losses, cancellation, events.
 
 use super::data::Sequence;
-use super::loss::{LossOutput, IGNORE};
-use super::optim::AdamWState;
 use super::trainer::*;
 use crate::error::{ErrorCode, Result};
+use crate::nn::loss::{LossOutput, IGNORE};
+use crate::nn::optim::AdamWState;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cell::Cell;
@@ -208,7 +208,7 @@ fn training_lowers_the_loss() {
     let (vocab, len) = (13, 16);
     let data = pattern_data(24, len, vocab, 3);
     let mut model = Bigram::new(vocab, 4);
-    let cfg = TrainConfig { optimizer: super::optim::AdamWConfig { lr: 5e-2, ..Default::default() }, ..config(30) };
+    let cfg = TrainConfig { optimizer: crate::nn::optim::AdamWConfig { lr: 5e-2, ..Default::default() }, ..config(30) };
     let before = evaluate(&data, &mut |i, l| model.loss(i, l)).unwrap();
     let mut trainer = Trainer::new(cfg, data.len(), &sizes(&model)).unwrap();
     let outcome = trainer.run(&mut model, &data, &[], &AtomicBool::new(false), &mut no_events).unwrap();
@@ -325,7 +325,7 @@ fn bad_settings_are_refused_with_a_message() {
         TrainConfig { seq_len: 1, ..TrainConfig::default() },
         TrainConfig { clip_grad_norm: -1.0, ..TrainConfig::default() },
         TrainConfig {
-            optimizer: super::optim::AdamWConfig { lr: 0.0, ..Default::default() },
+            optimizer: crate::nn::optim::AdamWConfig { lr: 0.0, ..Default::default() },
             ..TrainConfig::default()
         },
         TrainConfig { schedule: Schedule::WarmupCosine { warmup_steps: 1, min_ratio: 2.0 }, ..TrainConfig::default() },

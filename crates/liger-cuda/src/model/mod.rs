@@ -28,7 +28,7 @@ use crate::gemm::GemmInput;
 use liger_core::config::ModelConfig;
 use liger_core::convert::{LigerModel, LoraGrads};
 use liger_core::liger::HeadShape;
-use liger_core::train::loss::LossOutput;
+use liger_core::nn::loss::LossOutput;
 use liger_core::train::trainer::Trainable;
 use liger_core::{Error, Result};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -17,7 +17,7 @@ use crate::ops::mixer::{mixer_chunk_backward_in_segments, MixerDims};
 use crate::ops::rms_norm::{rms_norm_backward, rms_norm_backward_add};
 use crate::ops::swiglu::swiglu_backward;
 use liger_core::convert::{LoraGrads, LoraTarget};
-use liger_core::train::loss::LossOutput;
+use liger_core::nn::loss::LossOutput;
 use liger_core::{Error, ErrorCode, Result};
 
 /// Gradients of one adapter on the GPU.

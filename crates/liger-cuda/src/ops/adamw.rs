@@ -1,12 +1,12 @@
 //! AdamW and global-norm gradient clipping on the GPU (`kernels/adamw.cu`); CPU twins:
-//! `liger_core::train::optim::{AdamWState, clip_grad_norm}`.
+//! `liger_core::nn::optim::{AdamWState, clip_grad_norm}`.
 
 use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
 use crate::kernels::ADAMW;
 use crate::launch::{elementwise, expect_len};
 use cudarc::driver::PushKernelArg;
-use liger_core::train::optim::AdamWConfig;
+use liger_core::nn::optim::AdamWConfig;
 use liger_core::{Error, ErrorCode, Result};
 
 /// Moment estimates on the GPU for a list of parameter tensors.

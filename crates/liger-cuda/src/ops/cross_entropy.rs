@@ -1,5 +1,5 @@
 //! Next-token cross-entropy through the LM head, a chunk of rows at a time
-//! (`kernels/cross_entropy.cu` + two GEMMs); CPU twin: `liger_core::train::loss::cross_entropy`.
+//! (`kernels/cross_entropy.cu` + two GEMMs); CPU twin: `liger_core::nn::loss::cross_entropy`.
 //! The final hidden states, the head and the gradient chunk are stored as `T` (bf16 GEMMs run
 //! on tensor cores); logits, losses and `dh` are f32.
 
@@ -9,7 +9,7 @@ use crate::gemm::{gemm, GemmDims, GemmInput};
 use crate::kernels::CROSS_ENTROPY;
 use crate::launch::{as_int, block_per_row, expect_len};
 use cudarc::driver::PushKernelArg;
-use liger_core::train::loss::{LossOutput, IGNORE};
+use liger_core::nn::loss::{LossOutput, IGNORE};
 use liger_core::{Error, Result};
 
 /// Bytes of logits (f32) and their gradient (`T`) held at once by [`rows_per_chunk`].

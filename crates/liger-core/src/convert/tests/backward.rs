@@ -6,9 +6,9 @@ use crate::config::Architecture;
 use crate::convert::backward::add_dy_w;
 use crate::convert::LigerModel;
 use crate::liger::MixerKind;
+use crate::nn::loss::IGNORE;
 use crate::tensor::{ByteView, GgmlType, QTensor};
 use crate::testing::random_tokens;
-use crate::train::loss::IGNORE;
 use rand::rngs::SmallRng;
 use rand::Rng;
 

@@ -6,8 +6,8 @@ use crate::convert::{linearize, LigerOptions, LigerState, LoraOptions, LoraTarge
 use crate::error::{Error, ErrorCode};
 use crate::generate::CausalLm;
 use crate::liger::MixerKind;
+use crate::nn::loss::IGNORE;
 use crate::testing::{random_tokens, tiny_config};
-use crate::train::loss::IGNORE;
 use rand::Rng;
 
 fn expect(result: Result<impl Sized, Error>, code: ErrorCode, words: &str) {

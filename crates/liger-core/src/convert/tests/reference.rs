@@ -196,7 +196,7 @@ impl<'a> RefModel<'a> {
         let logits = self.logits(params, tokens);
         let mut loss = 0.0;
         for (row, &label) in logits.chunks_exact(vocab).zip(labels) {
-            if label == crate::train::loss::IGNORE {
+            if label == crate::nn::loss::IGNORE {
                 continue;
             }
             let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
