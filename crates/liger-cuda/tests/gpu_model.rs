@@ -295,9 +295,20 @@ fn running_out_of_gpu_memory_mid_work_is_a_typed_error_and_the_process_stays_usa
     let all: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
     let before = gpu_model.all_logits_batch(&all[..1]).unwrap();
 
+    // Take the GPU's memory in pieces, largest first, until not even 4 MB is left (one buffer
+    // of all the free memory can fail: the driver keeps some of it back).
     let hog_ctx = gpu();
-    let free = liger_cuda::model::memory::available_memory(&hog_ctx).unwrap() as usize;
-    let hog = GpuBuffer::<f32>::zeros(&hog_ctx, (free - (8 << 20)) / 4).unwrap();
+    let mut hog = Vec::new();
+    let mut piece = 1usize << 30;
+    while piece >= 4 << 20 {
+        match GpuBuffer::<f32>::zeros(&hog_ctx, piece / 4) {
+            Ok(buffer) => hog.push(buffer),
+            Err(err) => {
+                assert_eq!(err.code, ErrorCode::OutOfMemory, "filling the GPU: {}", err.message);
+                piece /= 2;
+            }
+        }
+    }
     let is_oom = |what: &str, err: liger_core::Error| {
         assert_eq!(err.code, ErrorCode::OutOfMemory, "{what}: {}", err.message);
         assert!(
