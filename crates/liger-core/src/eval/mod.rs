@@ -34,8 +34,8 @@ pub use passkey::{passkey_by_generation, passkey_by_loglikelihood, PasskeyOption
 pub use perplexity::{rolling_windows, PerplexityResult};
 #[cfg(not(target_arch = "wasm32"))]
 pub use report::write_json;
-pub use report::{compare, render_html, Comparison, EvalReport, TaskResult};
-pub use tasks::{run_task, Task, TASK_NAMES};
+pub use report::{compare, render_html, Comparison, EvalReport};
+pub use tasks::{run_task, Task, TaskResult, TASK_NAMES};
 
 /// A model that can be scored: logits after every token of a sequence.
 pub trait ScoreModel: Sync {

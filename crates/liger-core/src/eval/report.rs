@@ -1,62 +1,14 @@
 //! Reports: one `EvalReport` per model (JSON), a base-vs-linearized comparison, and a small
 //! self-contained HTML page with an inline SVG bar chart.
 
-use super::loglik::ScoreStats;
 use super::passkey::PasskeyReport;
-use super::tasks::Task;
+use super::tasks::TaskResult;
 use super::EvalOptions;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
-
-/// One task's scores.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TaskResult {
-    pub task: String,
-    /// The file (or folder) the items came from.
-    pub source: String,
-    /// Items scored.
-    pub n: usize,
-    pub metrics: BTreeMap<String, f64>,
-    /// The metric the task is quoted by (also used by comparisons).
-    pub primary_metric: String,
-    pub higher_is_better: bool,
-    pub warnings: Vec<String>,
-    pub stats: ScoreStats,
-    /// Tokens fed to the model per second of wall time.
-    pub tokens_per_second: f64,
-}
-
-impl TaskResult {
-    pub fn new(
-        task: Task,
-        source: &Path,
-        n: usize,
-        metrics: BTreeMap<String, f64>,
-        warnings: Vec<String>,
-        stats: ScoreStats,
-    ) -> Self {
-        let (primary, higher) = task.primary_metric();
-        TaskResult {
-            task: task.name().to_string(),
-            source: source.display().to_string(),
-            n,
-            metrics,
-            primary_metric: primary.to_string(),
-            higher_is_better: higher,
-            warnings,
-            tokens_per_second: stats.tokens_per_second(),
-            stats,
-        }
-    }
-
-    pub fn primary(&self) -> Option<f64> {
-        self.metrics.get(&self.primary_metric).copied()
-    }
-}
 
 /// Every result for one model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

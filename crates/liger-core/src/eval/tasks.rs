@@ -4,12 +4,12 @@
 use super::formats::{self, McDoc};
 use super::loglik::{loglikelihood, LoglikRequest, ScoreStats};
 use super::perplexity::{rolling_perplexity, ScoredText};
-use super::report::TaskResult;
 use super::{wikitext, EvalOptions, Progress, ScoreModel};
 use crate::error::{Error, ErrorCode, Result};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -278,4 +278,51 @@ fn run_mmlu(
         metrics.insert(format!("acc/{subject}"), mean(&acc[from..to]));
     }
     Ok((docs.len(), stats))
+}
+
+/// One task's scores.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskResult {
+    pub task: String,
+    /// The file (or folder) the items came from.
+    pub source: String,
+    /// Items scored.
+    pub n: usize,
+    pub metrics: BTreeMap<String, f64>,
+    /// The metric the task is quoted by (also used by comparisons).
+    pub primary_metric: String,
+    pub higher_is_better: bool,
+    pub warnings: Vec<String>,
+    pub stats: ScoreStats,
+    /// Tokens fed to the model per second of wall time.
+    pub tokens_per_second: f64,
+}
+
+impl TaskResult {
+    pub fn new(
+        task: Task,
+        source: &Path,
+        n: usize,
+        metrics: BTreeMap<String, f64>,
+        warnings: Vec<String>,
+        stats: ScoreStats,
+    ) -> Self {
+        let (primary, higher) = task.primary_metric();
+        TaskResult {
+            task: task.name().to_string(),
+            source: source.display().to_string(),
+            n,
+            metrics,
+            primary_metric: primary.to_string(),
+            higher_is_better: higher,
+            warnings,
+            tokens_per_second: stats.tokens_per_second(),
+            stats,
+        }
+    }
+
+    pub fn primary(&self) -> Option<f64> {
+        self.metrics.get(&self.primary_metric).copied()
+    }
 }

@@ -3,8 +3,9 @@
 use super::temp_dir;
 use crate::error::ErrorCode;
 use crate::eval::loglik::ScoreStats;
-use crate::eval::report::{compare, render_html, write_html, write_json, EvalReport, TaskResult};
+use crate::eval::report::{compare, render_html, write_html, write_json, EvalReport};
 use crate::eval::tasks::Task;
+use crate::eval::tasks::TaskResult;
 use crate::eval::EvalOptions;
 use std::collections::BTreeMap;
 use std::path::Path;
