@@ -15,7 +15,8 @@
 //! have to keep both. With `use_swa = false` only `alpha * GRM` remains (the ablation).
 
 use super::config::{HeadShape, MixerConfig, MixerKind};
-use super::mixer::{self, MixerState, QkvGrads, DEFAULT_CHUNK_SIZE};
+use super::heads::QkvGrads;
+use super::mixer::{self, MixerState, DEFAULT_CHUNK_SIZE};
 use super::rope::apply_rope;
 use super::surprise::{
     surprise_attention_backward, surprise_kept, surprise_score_step, surprise_scores, SurpriseMemory, MAX_SURPRISE_KEYS,

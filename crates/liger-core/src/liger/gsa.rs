@@ -20,7 +20,7 @@ use super::gated::{
     self, advance_state, chunk_cumsum, decay, gated_cols_acc, gated_rows_acc, gated_scores, scale_rows, GatedDims,
     GatedInputs,
 };
-use super::mixer::{gather_heads, scatter_heads, QkvGrads};
+use super::heads::{gather_heads, scatter_heads, QkvGrads};
 use crate::linalg::{matmul, MatRef};
 use rayon::prelude::*;
 

@@ -8,6 +8,7 @@ pub mod config;
 mod feature;
 mod gated;
 pub mod gsa;
+mod heads;
 pub mod mixer;
 pub mod naive;
 pub mod rope;
@@ -21,7 +22,8 @@ pub use combine::{
     liger_attention_backward, liger_attention_forward, LigerAttentionConfig, LigerLayerState, MAX_SINK_KEYS,
 };
 pub use config::{HeadShape, MixerConfig, MixerKind, DEFAULT_GATE_NORMALIZER, DEFAULT_GSA_SLOTS};
-pub use mixer::{chunk_backward, chunk_forward, recurrent_step, MixerState, QkvGrads, DEFAULT_CHUNK_SIZE};
+pub use heads::QkvGrads;
+pub use mixer::{chunk_backward, chunk_forward, recurrent_step, MixerState, DEFAULT_CHUNK_SIZE};
 pub use rope::apply_rope;
 pub use surprise::{SurpriseMemory, MAX_SURPRISE_KEYS};
 pub use swa::{

@@ -18,7 +18,8 @@
 
 use super::config::{HeadShape, MixerConfig};
 use super::feature::softmax;
-use super::mixer::{self, gather_heads, MixerState, QkvGrads, DEFAULT_CHUNK_SIZE};
+use super::heads::{gather_heads, QkvGrads};
+use super::mixer::{self, MixerState, DEFAULT_CHUNK_SIZE};
 use super::swa::Window;
 use crate::error::{Error, Result};
 use rayon::prelude::*;

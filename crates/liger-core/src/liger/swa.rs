@@ -11,7 +11,7 @@
 
 use super::config::HeadShape;
 use super::feature::softmax;
-use super::mixer::{gather_heads, scatter_heads, QkvGrads};
+use super::heads::{gather_heads, scatter_heads, QkvGrads};
 use crate::error::{Error, Result};
 use crate::linalg::{matmul, MatRef};
 use rayon::prelude::*;
