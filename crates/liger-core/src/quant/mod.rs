@@ -13,10 +13,11 @@ mod legacy;
 mod simd_wasm;
 #[cfg(target_arch = "x86_64")]
 mod simd_x86;
+mod types;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::tensor::GgmlType;
 use half::{bf16, f16};
+pub use types::GgmlType;
 
 use legacy::{quantize_q4_0, quantize_q4_1, quantize_q5_0, quantize_q5_1, quantize_q8_0};
 

@@ -6,8 +6,8 @@
 //! inside a chunk whose length the iterator guarantees.
 
 use super::kquants::k4_scale_min;
+use super::GgmlType;
 use super::{f16_at, DotFn};
-use crate::tensor::GgmlType;
 use half::{bf16, f16};
 use std::arch::wasm32::*;
 

@@ -11,7 +11,7 @@
 
 use super::kquants::k4_scale_min;
 use super::DotFn;
-use crate::tensor::GgmlType;
+use super::GgmlType;
 use half::{bf16, f16};
 use std::arch::x86_64::*;
 
