@@ -10,7 +10,7 @@
 //! `4 * hkv * d * d` (the f32 mixer state of each key-value head) + `2 * window * hkv * d * size_of::<T>()`
 //! (the window's keys and values); the reference keeps `4 * hq * d * d + 2 * window * hkv * d * 4`.
 
-use super::decode_step::DecodePlan;
+use super::decode_step::{DecodePlan, LayerCache};
 use super::glue::{grm_normalize, rope_forward_to, scaled, widen, RopeLayout};
 use super::layer::Rows;
 use super::GpuLigerModel;
@@ -23,16 +23,6 @@ use crate::ops::rms_norm::rms_norm_forward;
 use liger_core::generate::CausalLm;
 use liger_core::tokenizer::Tokenizer;
 use liger_core::{Error, Result};
-
-/// What one layer keeps between calls for every sequence of the batch.
-pub(super) enum LayerCache<T> {
-    /// The recurrent state `[B, hkv, state]` (f32), with `grm_norm` the normaliser's as well,
-    /// and, with SWA, the window's roped keys and values `[B, hkv, sinks + window, d]` (as `T`):
-    /// the sinks, then a ring buffer.
-    Liger { state: GpuBuffer<f32>, norm_state: Option<GpuBuffer<f32>>, window: Option<(GpuBuffer<T>, GpuBuffer<T>)> },
-    /// Roped keys and values `[B, hkv, capacity, d]` (as `T`) of a softmax layer.
-    Softmax { keys: GpuBuffer<T>, values: GpuBuffer<T> },
-}
 
 /// The decoding state of a batch of sequences on the GPU, for a model storing its weights as
 /// `T`. Its memory is allocated at the first forward call; it is constant in the sequence

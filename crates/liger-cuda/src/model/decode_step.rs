@@ -11,7 +11,6 @@
 //! (LIGER_CUDA_SYNC) or the profiler is on; when it fails, the step runs its plain launches and
 //! the reason is printed once.
 
-use super::decode::LayerCache;
 use super::glue::grm_normalize;
 use super::weights::GpuLora;
 use super::GpuLigerModel;
@@ -34,6 +33,16 @@ use liger_core::convert::LoraTarget;
 use liger_core::liger::Window;
 use liger_core::{Error, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What one layer keeps between calls for every sequence of the batch.
+pub(super) enum LayerCache<T> {
+    /// The recurrent state `[B, hkv, state]` (f32), with `grm_norm` the normaliser's as well,
+    /// and, with SWA, the window's roped keys and values `[B, hkv, sinks + window, d]` (as `T`):
+    /// the sinks, then a ring buffer.
+    Liger { state: GpuBuffer<f32>, norm_state: Option<GpuBuffer<f32>>, window: Option<(GpuBuffer<T>, GpuBuffer<T>)> },
+    /// Roped keys and values `[B, hkv, capacity, d]` (as `T`) of a softmax layer.
+    Softmax { keys: GpuBuffer<T>, values: GpuBuffer<T> },
+}
 
 /// Every buffer a step writes besides the state, for `batch` sequences.
 pub(super) struct StepBuffers<T> {
