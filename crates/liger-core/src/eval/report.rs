@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 /// Every result for one model.
