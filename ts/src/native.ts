@@ -161,20 +161,12 @@ class NativeModel implements BackendModel {
     return guard(() => this.raw.applyChatTemplate(messages, addGenerationPrompt));
   }
 
-  async renderChat(messages: ChatMessage[], addGenerationPrompt: boolean): Promise<string> {
-    try {
-      return await this.raw.renderChat(messages, addGenerationPrompt);
-    } catch (err) {
-      throw toLigerError(err);
-    }
+  renderChat(messages: ChatMessage[], addGenerationPrompt: boolean): Promise<string> {
+    return guardAsync(() => this.raw.renderChat(messages, addGenerationPrompt));
   }
 
-  async lastLogits(tokens: Uint32Array): Promise<Float32Array> {
-    try {
-      return await this.raw.lastLogits(tokens);
-    } catch (err) {
-      throw toLigerError(err);
-    }
+  lastLogits(tokens: Uint32Array): Promise<Float32Array> {
+    return guardAsync(() => this.raw.lastLogits(tokens));
   }
 
   generate(prompt: Uint32Array, options: BackendGenerateOptions, sink: GenerationSink): GenerationHandle {
@@ -263,14 +255,19 @@ function guard<T>(call: () => T): T {
   }
 }
 
+/** `guard` for an addon call that returns a promise. */
+async function guardAsync<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (err) {
+    throw toLigerError(err);
+  }
+}
+
 export const nativeBackend: Backend = {
   name: "native",
   async loadModel(path: string, onProgress?: ProgressCallback): Promise<BackendModel> {
     const addon = loadAddon();
-    try {
-      return new NativeModel(await addon.loadModel(path, onProgress ?? null));
-    } catch (err) {
-      throw toLigerError(err);
-    }
+    return new NativeModel(await guardAsync(() => addon.loadModel(path, onProgress ?? null)));
   },
 };
