@@ -93,6 +93,10 @@ describe("liger linearize", () => {
       "Name a color.",
     ]);
     expect(run.code, run.stderr).toBe(0);
+    // The device is chosen automatically: no GPU here, so the first line says why and where it trains.
+    expect(run.stderr).toMatch(
+      /^No usable NVIDIA GPU \(.*NVIDIA.*\)\.\nTraining on the CPU: with the options given\./m,
+    );
     expect(run.stderr).toMatch(/step 2\/2\s+loss \d/);
     expect(run.stdout).toMatch(/base \(softmax attention\)\s+\d+\.\d+\s+\d+\.\d+/);
     expect(run.stdout).toMatch(/liger, converted, untrained\s+\d+\.\d+\s+\d+\.\d+/);

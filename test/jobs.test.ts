@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import {
   compareReports,
+  gpuInfo,
   linearize,
   loadModel,
   LigerError,
@@ -397,5 +398,25 @@ describe("linearize", () => {
       /NVIDIA.*use the CPU backend/,
     );
     expect(existsSync(base.out)).toBe(false);
+    await expectCode(linearize(modelPath(), { ...base, device: "tpu" as never }), "INVALID_ARGUMENT", /"auto"/);
+  });
+
+  it("gpuInfo says why there is no GPU; device auto then trains on the CPU with the short run's length", async () => {
+    const gpu = gpuInfo();
+    // The test machine has no NVIDIA GPU (as the DEVICE_UNAVAILABLE test above assumes).
+    expect(gpu.available).toBe(false);
+    if (!gpu.available) expect(gpu.reason).toMatch(/NVIDIA/);
+    // Without a GPU, auto is the CPU, and the GPU recipe is not applied: steps stay as given.
+    const report = await linearize(modelPath(), {
+      out: join(work, "auto-device"),
+      data: alpacaSlice(20),
+      steps: 1,
+      seqLen: 32,
+      valFraction: 0,
+      sample: false,
+      device: "auto",
+    });
+    expect(report.totalSteps).toBe(1);
+    expect(report.history.steps).toHaveLength(1);
   });
 });

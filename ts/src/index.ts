@@ -20,7 +20,8 @@ export type {
   ProgressCallback,
   ProgressEvent,
 } from "./backend.js";
-export { nativeBackend } from "./native.js";
+export { nativeBackend, gpuInfo } from "./native.js";
+export type { GpuInfo } from "./native.js";
 export { wasmBackend, defaultWasmBackend } from "./wasm.js";
 export type { WasmBackendOptions } from "./wasm.js";
 export { fetchDefaultModel, defaultModelPath, cacheDir, DEFAULT_MODEL_FILE, DEFAULT_MODEL_SHA256 } from "./fetch.js";

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { invalidArgument } from "./errors.js";
 import { checkOptional, defaultDataDir, isPositiveInt } from "./eval.js";
 import { fetchDefaultModel } from "./fetch.js";
-import { nativeLinearize } from "./native.js";
+import { gpuInfo, nativeLinearize } from "./native.js";
 
 export const MIXERS = ["gla", "hgrn2", "gsa", "retention", "mamba2", "rwkv6", "linear"] as const;
 export type MixerName = (typeof MIXERS)[number];
@@ -129,8 +129,12 @@ export interface LinearizeOptions {
   /** Validate / save every this many steps (0: only at the end). */
   evalEvery?: number;
   saveEvery?: number;
-  /** Where training runs: "cpu" (default) or "cuda" (the first NVIDIA GPU; DEVICE_UNAVAILABLE without one). */
-  device?: "cpu" | "cuda";
+  /**
+   * Where training runs: "cpu" (default), "cuda" (the first NVIDIA GPU; DEVICE_UNAVAILABLE
+   * without one) or "auto" (cuda when `gpuInfo()` finds a usable GPU, else cpu). On cuda, with
+   * none of recipe, steps, epochs and seqLen given, the run trains `DEFAULT_GPU_RECIPE`.
+   */
+  device?: "cpu" | "cuda" | "auto";
   onProgress?: (event: LinearizeEvent) => void;
   signal?: AbortSignal;
 }
@@ -203,6 +207,25 @@ export const RECIPES = {
   paper: { seqLen: 1024, batch: 8, gradAccum: 1, epochs: 2, lr: 1e-3, schedule: "constant" },
 } as const;
 
+/** The recipe a GPU run trains when none of recipe, steps, epochs and seqLen is given. */
+export const DEFAULT_GPU_RECIPE: keyof typeof RECIPES = "paper";
+
+/** Where a run with `device` trains: "auto" becomes cuda when there is a usable GPU, else cpu. */
+export function resolveDevice(device: LinearizeOptions["device"]): "cpu" | "cuda" {
+  if (device === "auto") return gpuInfo().available ? "cuda" : "cpu";
+  return device ?? "cpu";
+}
+
+/** Whether options leave the run's length to the defaults: the short CPU run, or a GPU recipe. */
+export function usesDefaultLength(o: {
+  recipe?: unknown;
+  steps?: unknown;
+  epochs?: unknown;
+  seqLen?: unknown;
+}): boolean {
+  return o.recipe === undefined && o.steps === undefined && o.epochs === undefined && o.seqLen === undefined;
+}
+
 export const DEFAULT_SAMPLE_PROMPT = "Give three tips for staying healthy.";
 
 /** The default training data: `alpaca_cleaned` in the data folder, when it is there. */
@@ -222,7 +245,8 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
   const o = options;
   if (typeof o.out !== "string" || o.out.length === 0)
     throw invalidArgument("out must name the checkpoint directory to write");
-  checkOptional("device", o.device, oneOf(["cpu", "cuda"]), `"cpu" or "cuda"`);
+  checkOptional("device", o.device, oneOf(["cpu", "cuda", "auto"]), `"cpu", "cuda" or "auto"`);
+  const device = resolveDevice(o.device);
   checkOptional("mixer", o.mixer, oneOf(MIXERS), `one of ${MIXERS.join(", ")}`);
   checkOptional("window", o.window, isPositiveInt, "an integer >= 1 (65 is the reference's window)");
   checkOptional(
@@ -261,7 +285,8 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
   checkOptional("recipe", o.recipe, oneOf(Object.keys(RECIPES)), `one of ${Object.keys(RECIPES).join(", ")}`);
   checkOptional("epochs", o.epochs, (v) => isFiniteNumber(v) && (v as number) > 0, "a positive number");
   if (o.steps !== undefined && o.epochs !== undefined) throw invalidArgument("give steps or epochs, not both");
-  const recipe: Partial<(typeof RECIPES)["paper"]> = o.recipe ? RECIPES[o.recipe] : {};
+  const recipeName = o.recipe ?? (device === "cuda" && usesDefaultLength(o) ? DEFAULT_GPU_RECIPE : undefined);
+  const recipe: Partial<(typeof RECIPES)["paper"]> = recipeName ? RECIPES[recipeName] : {};
   // Steps: given, else from epochs (given or the recipe's), else the short CPU run's 30.
   const epochs = o.epochs ?? (o.steps === undefined ? recipe.epochs : undefined);
   const lora = o.lora ?? {};
@@ -359,7 +384,7 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     keepCheckpoints: o.keepCheckpoints,
     evalEvery: o.evalEvery ?? 0,
     saveEvery: o.saveEvery ?? 0,
-    device: o.device ?? "cpu",
+    device,
   };
 }
 

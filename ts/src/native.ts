@@ -45,6 +45,7 @@ interface RawAddon {
     cancel: RawCancelToken,
     onEvent: ((event: LinearizeEvent) => void) | null,
   ): Promise<string>;
+  gpuInfo(): Omit<Extract<GpuInfo, { available: true }>, "available">;
 }
 
 interface RawCancelToken {
@@ -244,6 +245,32 @@ export function nativeLinearize(
   control: JobControl<LinearizeEvent>,
 ): Promise<LinearizeReport> {
   return runJob((token, onEvent) => loadAddon().linearize(options, token, onEvent), control);
+}
+
+/** The first NVIDIA GPU as the GPU engine would open it, or why there is none to use. */
+export type GpuInfo =
+  | {
+      available: true;
+      name: string;
+      /** "9.0" for an H100. */
+      computeCapability: string;
+      totalMemoryBytes: number;
+      freeMemoryBytes: number;
+      /** The driver's CUDA version, "13.0". */
+      driverVersion: string;
+    }
+  | { available: false; reason: string };
+
+/**
+ * Whether `device: "cuda"` can run here: the first NVIDIA GPU, or the reason there is none
+ * (no native addon for this platform, no driver, no device, a driver too old). Never throws.
+ */
+export function gpuInfo(): GpuInfo {
+  try {
+    return { available: true, ...loadAddon().gpuInfo() };
+  } catch (err) {
+    return { available: false, reason: toLigerError(err).message };
+  }
 }
 
 /** Run a synchronous addon call, turning whatever it throws into a LigerError. */

@@ -122,6 +122,34 @@ pub fn load_model_js(path: String, on_progress: Option<ProgressFn>) -> AsyncTask
     AsyncTask::new(LoadTask { path: PathBuf::from(path), on_progress })
 }
 
+// ---- the GPU ----------------------------------------------------------------------------
+
+/// The first NVIDIA GPU, as the GPU engine opens it.
+#[napi(object)]
+pub struct GpuInfo {
+    pub name: String,
+    /// "9.0" for an H100.
+    pub compute_capability: String,
+    pub total_memory_bytes: f64,
+    pub free_memory_bytes: f64,
+    /// "13.0" for CUDA 13.0.
+    pub driver_version: String,
+}
+
+/// The first NVIDIA GPU; throws the reason there is none to use (no driver, no device, an old
+/// driver) as a DEVICE_UNAVAILABLE error.
+#[napi(js_name = "gpuInfo")]
+pub fn gpu_info() -> Result<GpuInfo> {
+    let info = run(|| liger_cuda::open_gpu(0).map(|ctx| ctx.info().clone()))?;
+    Ok(GpuInfo {
+        name: info.name,
+        compute_capability: format!("{}.{}", info.compute_capability.0, info.compute_capability.1),
+        total_memory_bytes: info.total_memory as f64,
+        free_memory_bytes: info.free_memory as f64,
+        driver_version: format!("{}.{}", info.driver_version / 1000, info.driver_version % 1000 / 10),
+    })
+}
+
 // ---- the model --------------------------------------------------------------------------
 
 #[napi]

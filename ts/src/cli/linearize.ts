@@ -5,8 +5,12 @@
 import type { Command } from "commander";
 
 import { LigerError } from "../errors.js";
+import { gpuInfo } from "../native.js";
 import {
+  DEFAULT_GPU_RECIPE,
   linearize,
+  RECIPES,
+  usesDefaultLength,
   type LinearizeOptions,
   type LinearizeReport,
   type LoraTargetName,
@@ -149,7 +153,11 @@ export function registerLinearize(program: Command): void {
     )
     .option("--save-every <n>", "also save a checkpoint-<step> folder every n steps", parseNumber("save-every"))
     .option("--keep <n>", "keep only the newest n checkpoint folders (default all)", parseNumber("keep"))
-    .option("--device <device>", "cpu, or cuda (the first NVIDIA GPU)", "cpu")
+    .option(
+      "--device <device>",
+      "cpu, cuda (the first NVIDIA GPU) or auto (cuda when there is a usable GPU); on cuda the default length is the paper recipe",
+      "auto",
+    )
     .option("--json", "print the report as JSON instead of tables")
     .action(async (options: LinearizeCliOptions) => {
       const controller = new AbortController();
@@ -169,6 +177,7 @@ export function registerLinearize(program: Command): void {
           "--no-train converts without training: drop --data, --steps and --epochs",
         );
       }
+      const device = announceDevice(options.device, options.train !== false && usesDefaultLength(options));
       const jobOptions: LinearizeOptions = {
         out: options.out,
         data: options.train === false ? null : options.data,
@@ -210,16 +219,15 @@ export function registerLinearize(program: Command): void {
         overwrite: options.overwrite,
         keepCheckpoints: options.keep,
         saveEvery: options.saveEvery,
-        device: options.device as LinearizeOptions["device"],
+        device,
         onProgress: (event) => {
           // Said once the options have passed their checks, when the job has started.
           if (
             event.kind === "stage" &&
             event.stage === "training" &&
-            options.steps === undefined &&
-            options.seqLen === undefined &&
-            options.recipe === undefined &&
-            options.epochs === undefined
+            device === "cpu" &&
+            options.device === "cpu" &&
+            usesDefaultLength(options)
           ) {
             process.stderr.write(
               "A short CPU run: 30 steps of 256 tokens. It shows the method end to end; recovering the base model's quality " +
@@ -243,6 +251,34 @@ export function registerLinearize(program: Command): void {
       }
       process.stdout.write(options.json ? `${JSON.stringify(report, null, 2)}\n` : formatLinearizeReport(report));
     });
+}
+
+/**
+ * `--device`: where the run trains, said in its first line of output when the choice was
+ * automatic or a GPU recipe fills in the length. An unknown name passes through to the job's check.
+ */
+function announceDevice(requested: string | undefined, defaultLength: boolean): LinearizeOptions["device"] {
+  if (requested !== "auto" && requested !== "cuda") return requested as LinearizeOptions["device"];
+  const gpu = gpuInfo();
+  if (!gpu.available) {
+    if (requested === "cuda") return "cuda"; // the job refuses with DEVICE_UNAVAILABLE and the reason
+    process.stderr.write(
+      `No usable NVIDIA GPU (${gpu.reason}).\nTraining on the CPU: ` +
+        (defaultLength
+          ? "a short demonstration (30 steps of 256 tokens). On a machine with an NVIDIA GPU, `liger linearize` trains the full recipe.\n"
+          : "with the options given.\n"),
+    );
+    return "cpu";
+  }
+  const gib = (gpu.totalMemoryBytes / 2 ** 30).toFixed(0);
+  const recipe = RECIPES[DEFAULT_GPU_RECIPE];
+  process.stderr.write(
+    `Training on the GPU (${gpu.name}, ${gib} GiB)` +
+      (defaultLength
+        ? ` with the ${DEFAULT_GPU_RECIPE} recipe: ${recipe.epochs} epochs of ${recipe.batch} x ${recipe.seqLen}-token sequences, lr ${recipe.lr} ${recipe.schedule}.\n`
+        : ".\n"),
+  );
+  return "cuda";
 }
 
 /** `--softmax-layers`: a list of layers, or `auto:N`. */
