@@ -4,9 +4,11 @@
 //
 //   node bench/recovery-summary.mjs OUT_DIR [--json bench/recovery.json] [--device "NVIDIA H100"] [--level quick|full|memory]
 //
-// The base model's results are the files named base.*; every other name is a recipe.
+// The base model's results are the files named base.*; every other name is a recipe. With --json,
+// the charts of bench/recovery-chart.mjs are redrawn beside it (bench/recovery.json -> bench/recovery.html).
 import { readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { writeRecoveryChart } from "./recovery-chart.mjs";
 
 const [dir, ...rest] = process.argv.slice(2);
 if (!dir) {
@@ -115,3 +117,5 @@ for (const r of rows) {
   );
 }
 console.log(lines.join("\n"));
+
+if (out) writeRecoveryChart(out, `${out.replace(/\.json$/i, "")}.html`);
