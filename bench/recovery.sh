@@ -33,7 +33,10 @@ target="$model"
 if [ "$name" != base ]; then
   rm -rf "${runs:?}/$name"
   start=$(date +%s%N)
-  liger linearize --device cuda --model "$model" --data "$data/alpaca_cleaned" --out "$runs/$name" \
+  # An untrained conversion (--no-train) takes no training data.
+  train_data=(--data "$data/alpaca_cleaned")
+  case " $* " in *" --no-train "*) train_data=() ;; esac
+  liger linearize --device cuda --model "$model" "${train_data[@]}" --out "$runs/$name" \
     --sample "Give three tips for staying healthy." --json "$@" > "$out/$name.train.json"
   end=$(date +%s%N)
   printf '{"name":"%s","wallMs":%d,"args":"%s"}\n' "$name" $(((end - start) / 1000000)) "$*" > "$out/$name.run.json"
