@@ -53,6 +53,13 @@ __device__ __forceinline__ const int* cached_of(const AttnDims& p, const int* ke
     return kept == nullptr ? nullptr : kept + (((long long)b * p.tokens + i) * p.hkv + kvh) * slots;
 }
 
+// Whether query i sees key j of the key tile at j0. Without a surprise cache (runs = nullptr): by
+// the window and the sinks. With one: by the key's run, j ..= runs[j - j0] - 1 (its window, then
+// its time in the cache; `runs` holds the tile's entries of `until`, see surprise_select).
+__device__ __forceinline__ bool tile_sees(const AttnDims& p, const int* runs, int j0, int i, int j) {
+    return runs == nullptr ? sees(p, i, j) : j <= i && i < runs[j - j0];
+}
+
 // Loads the d values of one row into per-lane registers: lane l holds elements l, l + 32, ...
 template <typename T> __device__ __forceinline__ void load_row(const T* row, int d, float* r) {
     const int lane = threadIdx.x & 31;
@@ -332,7 +339,8 @@ __device__ void cache_write(int batch, int tokens, int hkv, int d, int capacity,
 // ---- bf16 forward on tensor cores -------------------------------------------------------------
 // Flash-style: a block of 4 warps owns 64 queries of one (sequence, head); each warp 16 of them.
 // Key tiles of 64 go through shared memory, skipping tiles outside
-// every query's window; scores and P.V use mma.sync m16n8k16 (bf16 in, fp32 accumulate), the
+// every query's window (with a surprise cache: tiles whose keys all left before the block's
+// first query, by `tile_until`, the largest `until` of each tile); scores and P.V use mma.sync m16n8k16 (bf16 in, fp32 accumulate), the
 // softmax is online in fp32. Fragment layouts (g = lane / 4, t = lane % 4): A holds rows g and
 // g + 8, columns 2t, 2t + 1 (+ 8); B holds column g, rows 2t, 2t + 1 (+ 8); C rows g, g + 8,
 // columns 2t, 2t + 1. B fragments of row-major [k][n] tiles come from ldmatrix.trans.
@@ -370,10 +378,33 @@ __device__ __forceinline__ void load_tile(unsigned short (*tile)[D + 8], const u
     }
 }
 
+// The key tiles a block of queries from i0 reads: without a cache, those of its window and sinks;
+// with one, every earlier tile that holds a key some query of the block still sees.
+struct KeyTiles {
+    const int* until;       // [B, T, hkv] for this (b, kv head) at token 0 (stride hkv), or nullptr
+    const int* tile_until;  // [B, hkv, tiles] for this (b, kv head), or nullptr
+    __device__ int first(const AttnDims& p, int i0) const { return until ? 0 : first_key_tile(p, i0); }
+    __device__ int next(const AttnDims& p, int i0, int j0) const { return until ? j0 + MMA_KEYS : next_key_tile(p, i0, j0); }
+    __device__ bool skip(int i0, int j0) const { return until && tile_until[j0 / MMA_KEYS] <= i0; }
+    // The tile's runs into shared memory (call between the block's barriers); nullptr without a cache.
+    __device__ const int* load_runs(const AttnDims& p, int j0, int* runs) const {
+        if (!until) return nullptr;
+        for (int r = threadIdx.x; r < MMA_KEYS; r += blockDim.x) runs[r] = j0 + r < p.tokens ? until[(long long)(j0 + r) * p.hkv] : 0;
+        return runs;
+    }
+};
+__device__ __forceinline__ KeyTiles key_tiles(const AttnDims& p, const int* until, const int* tile_until, int b, int kvh) {
+    if (until == nullptr) return KeyTiles{nullptr, nullptr};
+    const int tiles = (p.tokens + MMA_KEYS - 1) / MMA_KEYS;
+    return KeyTiles{until + (long long)b * p.tokens * p.hkv + kvh, tile_until + ((long long)b * p.hkv + kvh) * tiles};
+}
+
 template <int D>
-__device__ void attention_forward_mma(AttnDims p, const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse) {
+__device__ void attention_forward_mma(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const int* until,
+                                      const int* tile_until, bf16* o, float* lse) {
     __shared__ __align__(16) unsigned short ks[MMA_KEYS][D + 8];   // padded rows: no bank conflicts
     __shared__ __align__(16) unsigned short vs[MMA_KEYS][D + 8];
+    __shared__ int tile_runs[MMA_KEYS];
     // The last query tiles see the most keys: start them first.
     const int i0 = (gridDim.x - 1 - blockIdx.x) * MMA_ROWS, h = blockIdx.y, b = blockIdx.z, kvh = h / (p.hq / p.hkv);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -400,10 +431,13 @@ __device__ void attention_forward_mma(AttnDims p, const bf16* q, const bf16* k, 
     const int last_row = min(p.tokens - 1, i0 + MMA_ROWS - 1);
     const unsigned short* k_base = (const unsigned short*)k + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
     const unsigned short* v_base = (const unsigned short*)v + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
-    for (int j0 = first_key_tile(p, i0); j0 <= last_row; j0 = next_key_tile(p, i0, j0)) {
+    const KeyTiles tiles = key_tiles(p, until, tile_until, b, kvh);
+    for (int j0 = tiles.first(p, i0); j0 <= last_row; j0 = tiles.next(p, i0, j0)) {
+        if (tiles.skip(i0, j0)) continue;
         __syncthreads();  // the previous tile is no longer read
         load_tile<D>(ks, k_base, kv_stride, j0, p.tokens);
         load_tile<D>(vs, v_base, kv_stride, j0, p.tokens);
+        const int* runs = tiles.load_runs(p, j0, tile_runs);
         __syncthreads();
 
         float s[MMA_KEYS / 8][4];
@@ -424,7 +458,7 @@ __device__ void attention_forward_mma(AttnDims p, const bf16* q, const bf16* k, 
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int i = e < 2 ? row_a : row_b, j = j0 + n * 8 + 2 * t + (e & 1);
-                s[n][e] = sees(p, i, j) ? s[n][e] * scale_log2 : -POS_INFINITY;
+                s[n][e] = tile_sees(p, runs, j0, i, j) ? s[n][e] * scale_log2 : -POS_INFINITY;
                 tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[n][e]);
             }
         }
@@ -485,15 +519,19 @@ __device__ void attention_forward_mma(AttnDims p, const bf16* q, const bf16* k, 
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128) attention_forward_mma_d64(AttnDims p, const bf16* q, const bf16* k,
-                                                                            const bf16* v, bf16* o, float* lse) {
-    attention_forward_mma<64>(p, q, k, v, o, lse);
-}
+#define MMA_FORWARD_ENTRY_POINTS(D)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(128)                                                                   \
+        attention_forward_mma_d##D(AttnDims p, const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse) {      \
+        attention_forward_mma<D>(p, q, k, v, nullptr, nullptr, o, lse);                                                 \
+    }                                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128)                                                                   \
+        surprise_attention_mma_d##D(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const int* until,          \
+                                    const int* tile_until, bf16* o, float* lse) {                                       \
+        attention_forward_mma<D>(p, q, k, v, until, tile_until, o, lse);                                                \
+    }
 
-extern "C" __global__ void __launch_bounds__(128) attention_forward_mma_d128(AttnDims p, const bf16* q, const bf16* k,
-                                                                             const bf16* v, bf16* o, float* lse) {
-    attention_forward_mma<128>(p, q, k, v, o, lse);
-}
+MMA_FORWARD_ENTRY_POINTS(64)
+MMA_FORWARD_ENTRY_POINTS(128)
 
 // ---- bf16 backward on tensor cores ------------------------------------------------------------
 // dK, dV: a block owns 64 keys of one (sequence, kv head), 16 per warp, and walks the query
@@ -502,8 +540,9 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_mma_d128(Att
 // is the attention_delta kernel's.
 
 template <int D>
-__device__ void attention_dkv_mma(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const float* lse,
-                                  const float* delta, const bf16* d_o, bf16* dk, bf16* dv) {
+__device__ void attention_dkv_mma(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const int* until,
+                                  const int* tile_until, const float* lse, const float* delta, const bf16* d_o, bf16* dk,
+                                  bf16* dv) {
     __shared__ __align__(16) unsigned short qs[MMA_ROWS][D + 8];
     __shared__ __align__(16) unsigned short dos[MMA_ROWS][D + 8];
     __shared__ float lse2[MMA_ROWS], row_delta[MMA_ROWS];
@@ -519,7 +558,11 @@ __device__ void attention_dkv_mma(AttnDims p, const bf16* q, const bf16* k, cons
     for (int n = 0; n < D / 8; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dk_acc[n][e] = dv_acc[n][e] = 0.0f;
-    const int last_query = last_query_of(p, j0, MMA_KEYS);
+    // With a surprise cache, the queries that see each of this warp's keys are its run (see tile_sees).
+    const KeyTiles tiles = key_tiles(p, until, tile_until, b, kvh);
+    const int run_a = tiles.until && key_a < p.tokens ? tiles.until[(long long)key_a * p.hkv] : 0;
+    const int run_b = tiles.until && key_b < p.tokens ? tiles.until[(long long)key_b * p.hkv] : 0;
+    const int last_query = tiles.until ? tiles.tile_until[blockIdx.x] - 1 : last_query_of(p, j0, MMA_KEYS);
     for (int gh = 0; gh < group; gh++) {
         const int h = kvh * group + gh;
         const unsigned short* q_base = (const unsigned short*)q + (long long)b * p.tokens * q_stride + (long long)h * D;
@@ -559,7 +602,8 @@ __device__ void attention_dkv_mma(AttnDims p, const bf16* q, const bf16* k, cons
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int key = e < 2 ? key_a : key_b, r = n * 8 + 2 * t + (e & 1), i = i0 + r;
-                    const bool visible = sees(p, i, key) && i < p.tokens;
+                    const bool seen = tiles.until ? key <= i && i < (e < 2 ? run_a : run_b) : sees(p, i, key);
+                    const bool visible = seen && i < p.tokens;
                     pr[e] = visible ? exp2f(s[n][e] * scale_log2 - lse2[r]) : 0.0f;
                     ds[e] = pr[e] * (dp[n][e] - row_delta[r]) * scale;
                 }
@@ -599,10 +643,11 @@ __device__ void attention_dkv_mma(AttnDims p, const bf16* q, const bf16* k, cons
 }
 
 template <int D>
-__device__ void attention_dq_mma(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const float* lse, const float* delta,
-                                 const bf16* d_o, bf16* dq) {
+__device__ void attention_dq_mma(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const int* until,
+                                 const int* tile_until, const float* lse, const float* delta, const bf16* d_o, bf16* dq) {
     __shared__ __align__(16) unsigned short ks[MMA_KEYS][D + 8];
     __shared__ __align__(16) unsigned short vs[MMA_KEYS][D + 8];
+    __shared__ int tile_runs[MMA_KEYS];
     // The last query tiles see the most keys: start them first.
     const int i0 = (gridDim.x - 1 - blockIdx.x) * MMA_ROWS, h = blockIdx.y, b = blockIdx.z, kvh = h / (p.hq / p.hkv);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -628,10 +673,13 @@ __device__ void attention_dq_mma(AttnDims p, const bf16* q, const bf16* k, const
     const int last_row = min(p.tokens - 1, i0 + MMA_ROWS - 1);
     const unsigned short* k_base = (const unsigned short*)k + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
     const unsigned short* v_base = (const unsigned short*)v + (long long)b * p.tokens * kv_stride + (long long)kvh * D;
-    for (int j0 = first_key_tile(p, i0); j0 <= last_row; j0 = next_key_tile(p, i0, j0)) {
+    const KeyTiles tiles = key_tiles(p, until, tile_until, b, kvh);
+    for (int j0 = tiles.first(p, i0); j0 <= last_row; j0 = tiles.next(p, i0, j0)) {
+        if (tiles.skip(i0, j0)) continue;
         __syncthreads();
         load_tile<D>(ks, k_base, kv_stride, j0, p.tokens);
         load_tile<D>(vs, v_base, kv_stride, j0, p.tokens);
+        const int* runs = tiles.load_runs(p, j0, tile_runs);
         __syncthreads();
         float s[MMA_KEYS / 8][4], dp[MMA_KEYS / 8][4];
 #pragma unroll
@@ -651,7 +699,7 @@ __device__ void attention_dq_mma(AttnDims p, const bf16* q, const bf16* k, const
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int i = e < 2 ? row_a : row_b, j = j0 + n * 8 + 2 * t + (e & 1);
-                const float pr = sees(p, i, j) ? exp2f(s[n][e] * scale_log2 - (e < 2 ? lse_a : lse_b)) : 0.0f;
+                const float pr = tile_sees(p, runs, j0, i, j) ? exp2f(s[n][e] * scale_log2 - (e < 2 ? lse_a : lse_b)) : 0.0f;
                 ds[e] = pr * (dp[n][e] - (e < 2 ? delta_a : delta_b)) * scale;
             }
             dsa[n / 2][(n & 1) * 2] = pack_bf16(ds[0], ds[1]);
@@ -681,12 +729,23 @@ __device__ void attention_dq_mma(AttnDims p, const bf16* q, const bf16* k, const
     extern "C" __global__ void __launch_bounds__(128)                                                                   \
         attention_dkv_mma_d##D(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const float* lse,              \
                                const float* delta, const bf16* d_o, bf16* dk, bf16* dv) {                               \
-        attention_dkv_mma<D>(p, q, k, v, lse, delta, d_o, dk, dv);                                                      \
+        attention_dkv_mma<D>(p, q, k, v, nullptr, nullptr, lse, delta, d_o, dk, dv);                                    \
     }                                                                                                                   \
     extern "C" __global__ void __launch_bounds__(128)                                                                   \
         attention_dq_mma_d##D(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const float* lse,               \
                               const float* delta, const bf16* d_o, bf16* dq) {                                          \
-        attention_dq_mma<D>(p, q, k, v, lse, delta, d_o, dq);                                                           \
+        attention_dq_mma<D>(p, q, k, v, nullptr, nullptr, lse, delta, d_o, dq);                                         \
+    }                                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128)                                                                   \
+        surprise_dkv_mma_d##D(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const int* until,               \
+                              const int* tile_until, const float* lse, const float* delta, const bf16* d_o, bf16* dk,   \
+                              bf16* dv) {                                                                               \
+        attention_dkv_mma<D>(p, q, k, v, until, tile_until, lse, delta, d_o, dk, dv);                                   \
+    }                                                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128)                                                                   \
+        surprise_dq_mma_d##D(AttnDims p, const bf16* q, const bf16* k, const bf16* v, const int* until,                \
+                             const int* tile_until, const float* lse, const float* delta, const bf16* d_o, bf16* dq) {  \
+        attention_dq_mma<D>(p, q, k, v, until, tile_until, lse, delta, d_o, dq);                                        \
     }
 
 MMA_BACKWARD_ENTRY_POINTS(64)
@@ -733,9 +792,11 @@ extern "C" __global__ void surprise_scores_f32(const float* n, const float* den,
 // takes a free slot, or else replaces the first slot of lowest score when its own is higher.
 // kept [B, T, hkv, slots]: the token in each slot while query t attends (-1: empty).
 // until [B, T, hkv]: the first query that no longer sees the token (through the window, the
-// sinks or the cache). slot_token, slot_score [B, hkv, slots]: scratch.
+// sinks or the cache). tile_until [B, hkv, ceil(T / 64)]: the largest `until` of each tile of 64
+// tokens (the tensor-core kernels' key tiles). slot_token, slot_score [B, hkv, slots]: scratch.
 extern "C" __global__ void surprise_select(const float* scores, int batch, int tokens, int hkv, int window, int sinks,
-                                           int slots, int* slot_token, float* slot_score, int* kept, int* until) {
+                                           int slots, int* slot_token, float* slot_score, int* kept, int* until,
+                                           int* tile_until) {
     const long long w = warp_row((long long)batch * hkv);
     if (w < 0) return;
     const int lane = threadIdx.x & 31, b = (int)(w / hkv), kvh = (int)(w % hkv);
@@ -779,6 +840,12 @@ extern "C" __global__ void surprise_select(const float* scores, int batch, int t
         int* out = kept + (((long long)b * tokens + i) * hkv + kvh) * slots;
         for (int c = lane; c < slots; c += 32) out[c] = c < used ? tok[c] : -1;
         __syncwarp();
+    }
+    const int tiles = (tokens + MMA_KEYS - 1) / MMA_KEYS;
+    for (int tile = lane; tile < tiles; tile += 32) {
+        int last = 0;
+        for (int j = tile * MMA_KEYS; j < min(tokens, (tile + 1) * MMA_KEYS); j++) last = max(last, gone[(long long)j * hkv]);
+        tile_until[w * tiles + tile] = last;
     }
 }
 

@@ -4,13 +4,14 @@
 // CPU twins: the elementwise steps of `liger_core::convert` (model.rs) and `liger::swa`.
 
 // RoPE ("rotate_half") of one token per sequence at position positions[b], for q (`hq` heads)
-// and k (`hkv` heads): q goes to `q_roped`; the roped k and the unchanged v go into slot
-// `cache_slot(positions[b], sinks, capacity)` of each sequence's cache `[B, hkv, capacity, d]`. One thread per
-// rotated pair (of q or k); the k threads also copy the two matching values of v.
+// and k (`hkv` heads): q goes to `q_roped`; the roped k and the unchanged v go into entry
+// `cache_slot(positions[b], sinks, capacity)` of each sequence's cache `[B, hkv, stride, d]`
+// (stride = capacity, or more where the surprise cache's slots follow the window). One thread
+// per rotated pair (of q or k); the k threads also copy the two matching values of v.
 template <typename T>
 __device__ void decode_rope_append(const float* q, const float* k, const float* v, const float* inv_freq, const u32* positions,
                                    T* q_roped, T* k_cache, T* v_cache, int batch, int hq, int hkv, int d, int capacity,
-                                   int sinks) {
+                                   int sinks, int stride) {
     const int half = d / 2, heads = hq + hkv;
     const size_t pairs = (size_t)batch * heads * half;
     for (size_t idx = global_index(); idx < pairs; idx += grid_stride()) {
@@ -26,7 +27,7 @@ __device__ void decode_rope_append(const float* q, const float* k, const float* 
         } else {
             const int kvh = head - hq;
             const size_t src = ((size_t)b * hkv + kvh) * d;
-            const size_t dst = (((size_t)b * hkv + kvh) * capacity + cache_slot(positions[b], sinks, capacity)) * d;
+            const size_t dst = (((size_t)b * hkv + kvh) * stride + cache_slot(positions[b], sinks, capacity)) * d;
             const float x0 = k[src + j], x1 = k[src + j + half];
             k_cache[dst + j] = from_f32<T>(x0 * c - x1 * s);
             k_cache[dst + j + half] = from_f32<T>(x1 * c + x0 * s);
@@ -50,16 +51,119 @@ __device__ void decode_mix(const float* a, float alpha, int use_a, const T* b, f
     }
 }
 
+// ---- the surprise cache while decoding (CPU twin: liger::surprise::SurpriseMemory) -----------
+// A Liger layer's window caches [B, hkv, stride, d] hold in each row the sinks, the ring of the
+// last `keys` tokens, then the cache's `slots` (stride = sinks + keys + slots); `scores`
+// [B, hkv, keys + slots] holds the surprise of the ring's tokens, then of the cached ones.
+// The slots fill in order, so the first min(slots, tokens that left the window) are in use.
+
+// One step, before the new token is written into the window: one warp per (sequence, key-value
+// head). The new token's surprise is |v - n / (den + eps)|^2, n and den [B, hkv, d] the
+// recurrent branch read out with its key as the query over the values and over values of one
+// (every query head of a group reads the same, so this is their mean). The token leaving the
+// window (at position - keys) sits in the ring entry the new token takes: being no sink, it
+// enters a free slot, or else the first slot of lowest score when its own score is higher.
+// Then the new token's surprise takes the ring entry's score.
+template <typename T>
+__device__ void surprise_decode_step(const float* n, const float* den, const float* v, const u32* positions, int batch,
+                                     int hkv, int d, int keys, int sinks, int slots, float eps, T* k_cache, T* v_cache,
+                                     float* scores) {
+    const long long w = warp_row((long long)batch * hkv);
+    if (w < 0) return;
+    const int lane = threadIdx.x & 31;
+    const u32 pos = positions[w / hkv];
+    float err = 0.0f;
+    for (int e = lane; e < d; e += 32) {
+        const float miss = v[w * d + e] - n[w * d + e] / (den[w * d + e] + eps);
+        err += miss * miss;
+    }
+    const float surprise = warp_sum(err);
+    if (pos < (u32)sinks) return;  // a sink keeps no score and pushes no token out
+    const int capacity = sinks + keys, ring = (int)((pos - (u32)sinks) % (u32)keys);
+    float* row_scores = scores + w * (keys + slots);
+    if (pos >= (u32)capacity) {
+        const float leaving = row_scores[ring];
+        const u32 cached = pos - (u32)capacity;  // tokens that left the window before this one
+        int at = -1;
+        if (cached < (u32)slots) {
+            at = (int)cached;
+        } else {
+            // The first slot of lowest score: min over (score, slot) pairs, as surprise_select.
+            float best = POS_INFINITY;
+            int best_at = slots;
+            for (int c = lane; c < slots; c += 32)
+                if (row_scores[keys + c] < best) best = row_scores[keys + c], best_at = c;
+            for (int off = 16; off > 0; off >>= 1) {
+                const float ob = __shfl_xor_sync(0xffffffffu, best, off);
+                const int oa = __shfl_xor_sync(0xffffffffu, best_at, off);
+                if (ob < best || (ob == best && oa < best_at)) best = ob, best_at = oa;
+            }
+            if (leaving > best) at = best_at;
+        }
+        if (at >= 0) {
+            const size_t row = (size_t)w * (capacity + slots) * d;
+            const size_t from = row + (size_t)(sinks + ring) * d, to = row + (size_t)(capacity + at) * d;
+            for (int e = lane; e < d; e += 32) {
+                k_cache[to + e] = k_cache[from + e];
+                v_cache[to + e] = v_cache[from + e];
+            }
+        }
+        __syncwarp();  // every lane has read the scores before lane 0 writes them
+        if (lane == 0 && at >= 0) row_scores[keys + at] = leaving;
+    }
+    if (lane == 0) row_scores[ring] = surprise;
+}
+
+// After a prefill of `tokens` tokens per sequence (roped k_new and v_new [B, tokens, hkv, d],
+// their surprise token_scores [B * tokens, hkv], and kept [B, tokens, hkv, slots] from
+// surprise_select): fills the window caches and the scores as the steps would have left them.
+// Entry e < capacity of a row holds token window_tokens[e] (-1: not written yet), entry
+// capacity + s the token in slot s once the last token is in (-1: free). Entries without a
+// token are left as they are: the steps never read them.
+template <typename T>
+__device__ void surprise_cache_fill(const T* k_new, const T* v_new, const float* token_scores, const int* kept,
+                                    const int* window_tokens, int batch, int tokens, int hkv, int d, int keys, int sinks,
+                                    int slots, T* k_cache, T* v_cache, float* scores) {
+    const int capacity = sinks + keys, stride = capacity + slots;
+    const size_t n = (size_t)batch * hkv * stride * d;
+    for (size_t idx = global_index(); idx < n; idx += grid_stride()) {
+        const int e = (int)(idx % d), entry = (int)((idx / d) % stride);
+        const size_t row = idx / ((size_t)stride * d);  // b * hkv + kvh
+        const int kvh = (int)(row % hkv), b = (int)(row / hkv);
+        const int* last = kept + (((size_t)b * tokens + tokens - 1) * hkv + kvh) * slots;
+        const int token = entry < capacity ? window_tokens[entry] : last[entry - capacity];
+        if (token < 0) continue;
+        const size_t src = ((size_t)b * tokens + token) * hkv + kvh;
+        k_cache[idx] = k_new[src * d + e];
+        v_cache[idx] = v_new[src * d + e];
+        if (e == 0 && entry >= sinks) scores[row * (keys + slots) + entry - sinks] = token_scores[src];
+    }
+}
+
 #define DECODE_ENTRY_POINTS(T, SUFFIX)                                                                                    \
     extern "C" __global__ void decode_rope_append_##SUFFIX(const float* q, const float* k, const float* v,                \
                                                            const float* inv_freq, const u32* positions, T* q_roped,       \
                                                            T* k_cache, T* v_cache, int batch, int hq, int hkv, int d,     \
-                                                           int capacity, int sinks) {                                     \
-        decode_rope_append<T>(q, k, v, inv_freq, positions, q_roped, k_cache, v_cache, batch, hq, hkv, d, capacity, sinks); \
+                                                           int capacity, int sinks, int stride) {                         \
+        decode_rope_append<T>(q, k, v, inv_freq, positions, q_roped, k_cache, v_cache, batch, hq, hkv, d, capacity, sinks,  \
+                              stride);                                                                                    \
     }                                                                                                                     \
     extern "C" __global__ void decode_mix_##SUFFIX(const float* a, float alpha, int use_a, const T* b, float beta,        \
                                                    int use_b, float* o_f, T* o_t, unsigned long long n) {                 \
         decode_mix<T>(a, alpha, use_a, b, beta, use_b, o_f, o_t, n);                                                      \
+    }                                                                                                                     \
+    extern "C" __global__ void surprise_decode_step_##SUFFIX(const float* n, const float* den, const float* v,           \
+                                                             const u32* positions, int batch, int hkv, int d, int keys,   \
+                                                             int sinks, int slots, float eps, T* k_cache, T* v_cache,     \
+                                                             float* scores) {                                             \
+        surprise_decode_step<T>(n, den, v, positions, batch, hkv, d, keys, sinks, slots, eps, k_cache, v_cache, scores);  \
+    }                                                                                                                     \
+    extern "C" __global__ void surprise_cache_fill_##SUFFIX(const T* k_new, const T* v_new, const float* token_scores,   \
+                                                            const int* kept, const int* window_tokens, int batch,         \
+                                                            int tokens, int hkv, int d, int keys, int sinks, int slots,   \
+                                                            T* k_cache, T* v_cache, float* scores) {                      \
+        surprise_cache_fill<T>(k_new, v_new, token_scores, kept, window_tokens, batch, tokens, hkv, d, keys, sinks, slots, \
+                               k_cache, v_cache, scores);                                                                 \
     }
 
 DECODE_ENTRY_POINTS(float, f32)

@@ -239,6 +239,7 @@ fn check_surprise<T: GpuElement>(
     let (t, shape) = (dims.tokens, dims.shape);
     let (qn, kn, sn) = (t * shape.hq * shape.d, t * shape.hkv * shape.d, t * shape.hkv);
     let (kept_gpu, until_gpu) = (cache.kept.to_host().unwrap(), cache.until.to_host().unwrap());
+    let (tile_until_gpu, tiles) = (cache.tile_until.to_host().unwrap(), t.div_ceil(64));
     let mut refs: [Vec<f64>; 4] = Default::default();
     for b in 0..dims.batch {
         let (qb, kb, vb, dob, sb) = (
@@ -250,10 +251,19 @@ fn check_surprise<T: GpuElement>(
         );
         let kept = surprise_kept(shape.hkv, window, slots, sb);
         assert_eq!(&kept_gpu[b * sn * slots..][..sn * slots], &kept[..], "{label}: cache contents of sequence {b}");
+        let runs = runs_from_kept(t, shape.hkv, window, slots, &kept);
+        assert_eq!(&until_gpu[b * sn..][..sn], &runs[..], "{label}: runs of sequence {b}");
+        // The largest run end of each tile of 64 tokens, per key-value head.
+        let tile_until: Vec<i32> = (0..shape.hkv * tiles)
+            .map(|r| {
+                let (kvh, tile) = (r / tiles, r % tiles);
+                (tile * 64..t.min(tile * 64 + 64)).map(|j| runs[j * shape.hkv + kvh]).max().unwrap()
+            })
+            .collect();
         assert_eq!(
-            &until_gpu[b * sn..][..sn],
-            &runs_from_kept(t, shape.hkv, window, slots, &kept)[..],
-            "{label}: runs of sequence {b}"
+            &tile_until_gpu[b * shape.hkv * tiles..][..shape.hkv * tiles],
+            &tile_until[..],
+            "{label}: tiles of sequence {b}"
         );
         let o = SurpriseMemory::new(shape, window, slots).unwrap().attend(qb, kb, vb, sb).unwrap();
         let g = cpu_surprise_backward(shape, window, slots, qb, kb, vb, &kept, dob).unwrap();
@@ -274,9 +284,13 @@ fn surprise_cache_choice_forward_and_backward_match_the_cpu_twins() {
     let ctx = gpu();
     let mut rng = rng("surprise attention");
     let w = |keys, sinks| Window { keys, sinks };
-    for (d, tokens, window, slots) in
-        [(64, 300, w(16, 2), 5), (64, 300, w(65, 4), 64), (128, 200, w(16, 0), 40), (96, 150, w(8, 1), 1)]
-    {
+    for (d, tokens, window, slots) in [
+        (64, 300, w(16, 2), 5),
+        (64, 300, w(65, 4), 64),
+        (128, 200, w(16, 0), 40),
+        (96, 150, w(8, 1), 1),
+        (64, 700, w(33, 1), 6),
+    ] {
         let dims = AttentionDims { batch: 2, tokens, shape: HeadShape::new(4, 2, d).unwrap() };
         let raw = inputs(&mut rng, dims);
         // Distinct positive scores: the choice has no ties.

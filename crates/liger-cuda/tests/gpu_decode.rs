@@ -1,27 +1,30 @@
 //! The decoding step: its fused kernels against float64 references, and the whole step replayed
 //! from a CUDA graph against the same step's plain launches (batch > 1, many steps, new
-//! adapters, a reset state), plus the state's size.
+//! adapters, a reset state), plus the state's size. With a surprise cache: its kernels against
+//! the CPU rule, and prefill + steps against the CPU engine's decoding and the full forward.
 
 mod common;
 
-use common::{check_host, gpu, host, inv_freq, poison, poisoned, random, rng, to_f64, upload};
+use common::{check, check_host, gpu, host, inv_freq, poison, poisoned, random, rng, to_f64, up, upload};
 use half::bf16;
 use liger_core::config::{Architecture, ModelConfig};
 use liger_core::convert::{linearize, LigerModel, LigerOptions, LoraOptions, LoraTarget};
 use liger_core::generate::CausalLm;
+use liger_core::liger::surprise::{surprise_kept, SCORE_EPS};
 use liger_core::liger::{HeadShape, MixerConfig, MixerKind, Window};
 use liger_core::model::{BaseModel, ModelFormat};
 use liger_core::testing::{random_tokens, random_weights, tiny_config};
 use liger_core::tokenizer::Tokenizer;
 use liger_core::ErrorCode;
 use liger_cuda::ops::decode::{
-    decode_gemv, decode_gemv_swiglu, decode_lora_up, decode_mix, decode_rope_append, DecodeRope, LoraUp,
+    decode_gemv, decode_gemv_swiglu, decode_lora_up, decode_mix, decode_rope_append, surprise_cache_fill,
+    surprise_decode_step, DecodeRope, LoraUp, SurpriseLayout,
 };
 use liger_cuda::ops::rms_norm::rms_norm_forward_pair;
 use liger_cuda::ops::swiglu::swiglu_forward_to;
 use liger_cuda::{GpuBuffer, GpuContext, GpuElement, GpuLigerModel};
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
 /// Tolerance for an output stored as `T`.
 fn tol<T: GpuElement>() -> f64 {
@@ -57,9 +60,10 @@ fn rms_norm_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
 }
 
 fn rope_append_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
-    // Two sinks and a ring of three: one sequence past the sinks, one writing a sink slot.
-    let (batch, shape, window) = (2, HeadShape { hq: 4, hkv: 2, d: 32 }, Window { keys: 3, sinks: 2 });
-    let capacity = window.capacity();
+    // Two sinks and a ring of three, then two surprise slots in each cache row: one sequence
+    // past the sinks, one writing a sink slot.
+    let (batch, shape, window, slots) = (2, HeadShape { hq: 4, hkv: 2, d: 32 }, Window { keys: 3, sinks: 2 }, 2);
+    let row_entries = window.capacity() + slots;
     let HeadShape { hq, hkv, d } = shape;
     let freqs = inv_freq(d, 10000.0);
     let positions: Vec<u32> = vec![rng.random_range(2..100_000), rng.random_range(0..2)];
@@ -79,10 +83,10 @@ fn rope_append_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
         out
     };
     let q_ref: Vec<f64> = (0..batch).flat_map(|b| rope(&q, b, hq)).collect();
-    let (mut q_roped, cache_len) = (poison::<T>(ctx, batch * hq * d), batch * hkv * capacity * d);
+    let (mut q_roped, cache_len) = (poison::<T>(ctx, batch * hq * d), batch * hkv * row_entries * d);
     let (mut k_cache, mut v_cache) = (poison::<T>(ctx, cache_len), poison::<T>(ctx, cache_len));
     let (freqs_gpu, positions_gpu) = (upload(ctx, &freqs), GpuBuffer::from_host(ctx, &positions).unwrap());
-    let at = DecodeRope { inv_freq: &freqs_gpu, positions: &positions_gpu, batch, shape, window };
+    let at = DecodeRope { inv_freq: &freqs_gpu, positions: &positions_gpu, batch, shape, window, slots };
     decode_rope_append(
         ctx,
         &at,
@@ -101,8 +105,8 @@ fn rope_append_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
     for b in 0..batch {
         let k_roped = rope(&k, b, hkv);
         for h in 0..hkv {
-            for slot in 0..capacity {
-                let at = ((b * hkv + h) * capacity + slot) * d;
+            for slot in 0..row_entries {
+                let at = ((b * hkv + h) * row_entries + slot) * d;
                 if slot == window.slot(positions[b] as usize) {
                     k_got.extend_from_slice(&k_host[at..at + d]);
                     v_got.extend_from_slice(&v_host[at..at + d]);
@@ -300,7 +304,7 @@ fn fused_decode_kernels_reject_bad_sizes() {
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
     let (freqs, positions) = (f(16), GpuBuffer::<u32>::zeros(&ctx, 1).unwrap());
     let shape = HeadShape { hq: 2, hkv: 1, d: 32 };
-    let at = DecodeRope { inv_freq: &freqs, positions: &positions, batch: 1, shape, window: 0.into() };
+    let at = DecodeRope { inv_freq: &freqs, positions: &positions, batch: 1, shape, window: 0.into(), slots: 0 };
     let err = decode_rope_append(&ctx, &at, &f(64), &f(32), &f(32), &mut f(64), &mut f(0), &mut f(0)).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.message);
     let at = DecodeRope { window: 4.into(), ..at };
@@ -322,6 +326,15 @@ fn tiny_model(rng: &mut StdRng) -> LigerModel {
         intermediate_size: 96,
         ..tiny_config(Architecture::Llama)
     };
+    let mut options = LigerOptions::default();
+    options.attention.mixer = MixerConfig::new(MixerKind::Gla);
+    options.attention.window_keys = 5;
+    converted_model(rng, cfg, options)
+}
+
+/// A model of `cfg` with random weights, converted with `options`, adapters on q, k, v and o
+/// (random B).
+fn converted_model(rng: &mut StdRng, cfg: ModelConfig, options: LigerOptions) -> LigerModel {
     let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"<unk>":0},"unk_token":"<unk>"}}"#;
     let tokenizer = Tokenizer::from_json(json.as_bytes(), "test tokenizer").unwrap();
     let base = BaseModel::new(
@@ -332,9 +345,6 @@ fn tiny_model(rng: &mut StdRng) -> LigerModel {
         "tiny".into(),
         ModelFormat::Checkpoint,
     );
-    let mut options = LigerOptions::default();
-    options.attention.mixer = MixerConfig::new(MixerKind::Gla);
-    options.attention.window_keys = 5;
     let lora = LoraOptions { rank: 4, alpha: 8.0, targets: LoraTarget::ALL.to_vec(), seed: rng.random() };
     let mut m = linearize(base, options, lora).unwrap();
     randomize_lora_b(&mut m, rng);
@@ -442,4 +452,343 @@ fn the_decode_state_keeps_the_window_in_the_storage_type() {
     let err = model.forward_last_batch(&mut state, &[&[c.vocab_size as u32], &[0]]).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.message);
     assert_eq!(state.len(), 3, "a refused step must not advance the state");
+}
+
+// ---- decoding with a surprise cache ------------------------------------------------------------
+
+/// `x` rounded to `T` and back.
+fn stored<T: GpuElement>(x: Vec<f32>) -> Vec<f32> {
+    x.into_iter().map(|v| T::from_f32(v).to_f32()).collect()
+}
+
+/// Equal, or both NaN (an entry left as poisoned).
+fn same(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y || (x.is_nan() && y.is_nan()))
+}
+
+/// The step kernel of the surprise cache against its rule written out on the host: a sink, a
+/// token entering the ring, the first token to leave it (a free slot), and evictions (a higher
+/// score takes the first slot of lowest score; an equal or lower one stays out).
+fn surprise_step_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng) {
+    let (shape, window, slots) = (HeadShape { hq: 4, hkv: 2, d: 64 }, Window { keys: 3, sinks: 1 }, 2);
+    let HeadShape { hkv, d, .. } = shape;
+    let positions: Vec<u32> = vec![0, 2, 4, 9, 10];
+    let batch = positions.len();
+    let at = SurpriseLayout { batch, shape, window, slots };
+    let (capacity, rows, width) = (window.capacity(), at.row_entries(), window.keys + slots);
+    let (n, v) = (random(rng, batch * hkv * d, 1.0), random(rng, batch * hkv * d, 1.0));
+    let den: Vec<f32> = random(rng, batch * hkv * d, 0.5).iter().map(|x| x + 1.0).collect();
+    let (keys, values) = (stored::<T>(random(rng, at.cache_len(), 1.0)), stored::<T>(random(rng, at.cache_len(), 1.0)));
+    let mut scores: Vec<f32> = (0..at.scores_len()).map(|_| rng.random_range(0.0..1.0)).collect();
+    // (sequence, head, the leaving token's score, the slots').
+    for (b, kvh, leaving, held) in
+        [(3, 0, 0.9, [0.5, 0.2]), (3, 1, 0.1, [0.5, 0.2]), (4, 0, 0.7, [0.3, 0.3]), (4, 1, 0.3, [0.3, 0.6])]
+    {
+        let row = (b * hkv + kvh) * width;
+        scores[row + (positions[b] as usize - window.sinks) % window.keys] = leaving;
+        scores[row + window.keys..row + width].copy_from_slice(&held);
+    }
+    let (mut want_keys, mut want_values, mut want_scores) = (keys.clone(), values.clone(), to_f64(&scores));
+    for (b, &pos) in positions.iter().enumerate() {
+        let pos = pos as usize;
+        for kvh in 0..hkv {
+            let (r, eps) = (b * hkv + kvh, SCORE_EPS as f64);
+            let surprise: f64 =
+                (r * d..(r + 1) * d).map(|i| (v[i] as f64 - n[i] as f64 / (den[i] as f64 + eps)).powi(2)).sum();
+            if pos < window.sinks {
+                continue;
+            }
+            let (ring, row) = ((pos - window.sinks) % window.keys, r * width);
+            if pos >= capacity {
+                let (leaving, held) = (scores[row + ring], &scores[row + window.keys..row + width]);
+                let slot = if pos - capacity < slots {
+                    Some(pos - capacity)
+                } else {
+                    let lowest = (0..slots).fold(0, |m, s| if held[s] < held[m] { s } else { m });
+                    (leaving > held[lowest]).then_some(lowest)
+                };
+                if let Some(slot) = slot {
+                    let (from, to) = ((r * rows + window.sinks + ring) * d, (r * rows + capacity + slot) * d);
+                    want_keys.copy_within(from..from + d, to);
+                    want_values.copy_within(from..from + d, to);
+                    want_scores[row + window.keys + slot] = leaving as f64;
+                }
+            }
+            want_scores[row + ring] = surprise;
+        }
+    }
+    let (mut k_cache, mut v_cache, mut scores_gpu) = (up::<T>(ctx, &keys), up::<T>(ctx, &values), upload(ctx, &scores));
+    let positions_gpu = GpuBuffer::from_host(ctx, &positions).unwrap();
+    let (n, den, v) = (upload(ctx, &n), upload(ctx, &den), upload(ctx, &v));
+    surprise_decode_step(ctx, &at, &positions_gpu, &n, &den, &v, &mut k_cache, &mut v_cache, &mut scores_gpu).unwrap();
+    let name = T::KERNEL_SUFFIX;
+    assert!(same(&host(&k_cache), &want_keys), "surprise step: the keys differ from the rule's ({name})");
+    assert!(same(&host(&v_cache), &want_values), "surprise step: the values differ from the rule's ({name})");
+    check(&format!("surprise step scores ({name})"), &scores_gpu, &want_scores, 1e-5);
+}
+
+/// The prefill's fill of the caches against writing each token at its window entry on the
+/// host and the cache's contents by the CPU rule (`surprise_kept`); entries without a token
+/// stay as they were.
+fn surprise_fill_case<T: GpuElement>(ctx: &GpuContext, rng: &mut StdRng, tokens: usize) {
+    let (batch, shape, window, slots) = (2, HeadShape { hq: 4, hkv: 2, d: 32 }, Window { keys: 3, sinks: 1 }, 2);
+    let HeadShape { hkv, d, .. } = shape;
+    let at = SurpriseLayout { batch, shape, window, slots };
+    let (capacity, rows, width) = (window.capacity(), at.row_entries(), window.keys + slots);
+    let k_new = stored::<T>(random(rng, batch * tokens * hkv * d, 1.0));
+    let v_new = stored::<T>(random(rng, batch * tokens * hkv * d, 1.0));
+    let token_scores: Vec<f32> = (0..batch * tokens * hkv).map(|_| rng.random_range(0.0..1.0)).collect();
+    let per_sequence = tokens * hkv;
+    let kept: Vec<i32> = (0..batch)
+        .flat_map(|b| surprise_kept(hkv, window, slots, &token_scores[b * per_sequence..(b + 1) * per_sequence]))
+        .collect();
+    let (mut want_keys, mut want_values) = (vec![f32::NAN; at.cache_len()], vec![f32::NAN; at.cache_len()]);
+    let mut want_scores = vec![f32::NAN; at.scores_len()];
+    for b in 0..batch {
+        for kvh in 0..hkv {
+            let r = b * hkv + kvh;
+            let mut held = vec![None; rows];
+            for pos in 0..tokens {
+                held[window.slot(pos)] = Some(pos);
+            }
+            let last = &kept[((b * tokens + tokens - 1) * hkv + kvh) * slots..][..slots];
+            for (s, &j) in last.iter().enumerate().filter(|(_, &j)| j >= 0) {
+                held[capacity + s] = Some(j as usize);
+            }
+            for (entry, token) in held.iter().enumerate() {
+                let Some(j) = *token else { continue };
+                let (src, dst) = ((b * tokens + j) * hkv + kvh, (r * rows + entry) * d);
+                want_keys[dst..dst + d].copy_from_slice(&k_new[src * d..(src + 1) * d]);
+                want_values[dst..dst + d].copy_from_slice(&v_new[src * d..(src + 1) * d]);
+                if entry >= window.sinks {
+                    want_scores[r * width + entry - window.sinks] = token_scores[src];
+                }
+            }
+        }
+    }
+    let (mut k_cache, mut v_cache) = (poison::<T>(ctx, at.cache_len()), poison::<T>(ctx, at.cache_len()));
+    let mut scores = poisoned(ctx, at.scores_len());
+    surprise_cache_fill(
+        ctx,
+        &at,
+        tokens,
+        &up::<T>(ctx, &k_new),
+        &up::<T>(ctx, &v_new),
+        &upload(ctx, &token_scores),
+        &GpuBuffer::from_host(ctx, &kept).unwrap(),
+        &mut k_cache,
+        &mut v_cache,
+        &mut scores,
+    )
+    .unwrap();
+    let name = format!("{} tokens ({})", tokens, T::KERNEL_SUFFIX);
+    assert!(same(&host(&k_cache), &want_keys), "surprise fill after {name}: the keys differ");
+    assert!(same(&host(&v_cache), &want_values), "surprise fill after {name}: the values differ");
+    assert!(same(&scores.to_host().unwrap(), &want_scores), "surprise fill after {name}: the scores differ");
+    println!("surprise fill after {name}: every entry as the rule leaves it");
+}
+
+#[test]
+fn surprise_cache_kernels_follow_the_cpu_rule() {
+    let ctx = gpu();
+    let mut rng = rng("surprise_cache_kernels_follow_the_cpu_rule");
+    surprise_step_case::<f32>(&ctx, &mut rng);
+    surprise_step_case::<bf16>(&ctx, &mut rng);
+    for tokens in [2, 11] {
+        surprise_fill_case::<f32>(&ctx, &mut rng, tokens);
+        surprise_fill_case::<bf16>(&ctx, &mut rng, tokens);
+    }
+    let at = SurpriseLayout {
+        batch: 1,
+        shape: HeadShape { hq: 2, hkv: 1, d: 32 },
+        window: Window { keys: 3, sinks: 1 },
+        slots: 2,
+    };
+    let f = |n: usize| GpuBuffer::<f32>::zeros(&ctx, n).unwrap();
+    let positions = GpuBuffer::<u32>::zeros(&ctx, 1).unwrap();
+    let (cache, scores) = (at.cache_len(), at.scores_len());
+    let err = surprise_decode_step(
+        &ctx,
+        &at,
+        &positions,
+        &f(32),
+        &f(32),
+        &f(32),
+        &mut f(cache - 1),
+        &mut f(cache),
+        &mut f(scores),
+    )
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
+    let no_slots = SurpriseLayout { slots: 0, ..at };
+    let err = surprise_decode_step(
+        &ctx,
+        &no_slots,
+        &positions,
+        &f(32),
+        &f(32),
+        &f(32),
+        &mut f(cache),
+        &mut f(cache),
+        &mut f(scores),
+    )
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.message);
+    let kept = GpuBuffer::<i32>::zeros(&ctx, 4).unwrap();
+    let err = surprise_cache_fill(
+        &ctx,
+        &at,
+        2,
+        &f(64),
+        &f(64),
+        &f(2),
+        &kept,
+        &mut f(cache),
+        &mut f(cache),
+        &mut f(scores + 1),
+    )
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch, "{}", err.message);
+}
+
+/// A three-layer model with head size 64, a window of 8 keys, `sinks` sinks and a surprise
+/// cache of `slots` slots.
+fn surprise_model(rng: &mut StdRng, mixer: MixerKind, grm_norm: bool, sinks: usize, slots: usize) -> LigerModel {
+    let cfg = ModelConfig {
+        hidden_size: 128,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 64,
+        intermediate_size: 96,
+        num_layers: 3,
+        ..tiny_config(Architecture::Llama)
+    };
+    let mut options = LigerOptions::default();
+    let attention = &mut options.attention;
+    attention.mixer = MixerConfig::new(mixer);
+    (attention.window_keys, attention.sink_keys, attention.surprise_keys, attention.grm_norm) =
+        (8, sinks, slots, grm_norm);
+    converted_model(rng, cfg, options)
+}
+
+/// The calls of a decoding run over `len` tokens: the prompt, then one token each, with one
+/// call of three tokens on the way (several steps in one call).
+fn decode_calls(prompt: usize, len: usize) -> Vec<std::ops::Range<usize>> {
+    let (mut calls, mut at) = (Vec::new(), 0);
+    while at < len {
+        let n = match at {
+            0 => prompt,
+            _ if at == prompt + 4 => 3.min(len - at),
+            _ => 1,
+        };
+        calls.push(at..at + n);
+        at += n;
+    }
+    calls
+}
+
+/// Prefill + steps with a surprise cache give at every position the logits of the CPU engine's
+/// decoding and of the GPU's full forward (f32), on sequences long enough that the cache fills
+/// and evicts: a long prompt (the prefill fills the cache), then in the same state, reset, a
+/// short one (the steps fill it). The state's size is the CPU engine's.
+#[test]
+fn a_surprise_cache_decodes_like_the_cpu_engine_and_the_full_forward() {
+    let mut rng = rng("a_surprise_cache_decodes_like_the_cpu_engine_and_the_full_forward");
+    let (batch, len) = (2, 36);
+    let mut failures = Vec::new();
+    for (mixer, grm_norm, sinks, slots) in
+        [(MixerKind::Gla, false, 1, 4), (MixerKind::Retention, true, 0, 3), (MixerKind::Hgrn2, false, 2, 1)]
+    {
+        let seed: u64 = rng.random();
+        let make = || surprise_model(&mut StdRng::seed_from_u64(seed), mixer, grm_norm, sinks, slots);
+        let cpu = make();
+        let vocab = cpu.config().vocab_size;
+        let model = GpuLigerModel::<f32>::new(gpu(), make()).unwrap();
+        let mut state = model.new_batch_state(batch);
+        let (mut worst_cpu, mut worst_full) = (0.0f64, 0.0f64);
+        for prompt in [14, 3] {
+            state.reset();
+            let seqs: Vec<Vec<u32>> = (0..batch).map(|_| random_tokens(len, vocab, rng.random())).collect();
+            let full = model.all_logits_batch(&seqs.iter().map(|s| s.as_slice()).collect::<Vec<_>>()).unwrap();
+            let mut cpu_states: Vec<_> = (0..batch).map(|_| cpu.new_state()).collect();
+            for call in decode_calls(prompt, len) {
+                let tokens: Vec<&[u32]> = seqs.iter().map(|s| &s[call.clone()]).collect();
+                let got = model.forward_last_batch(&mut state, &tokens).unwrap();
+                let last = call.end - 1;
+                for (b, cpu_state) in cpu_states.iter_mut().enumerate() {
+                    let got = &got[b * vocab..(b + 1) * vocab];
+                    assert!(got.iter().all(|v| v.is_finite()));
+                    worst_cpu = worst_cpu.max(difference(got, &cpu.forward_last(cpu_state, tokens[b]).unwrap()));
+                    worst_full = worst_full.max(difference(got, &full[b][last * vocab..(last + 1) * vocab]));
+                }
+            }
+            assert_eq!(state.len(), len);
+        }
+        println!(
+            "surprise cache {mixer:?} grm_norm {grm_norm} sinks {sinks} slots {slots}: prefill + steps, max rel error vs CPU decoding {worst_cpu:.2e}, vs GPU full forward {worst_full:.2e}"
+        );
+        if !(worst_cpu < 1e-4 && worst_full < 1e-4) {
+            failures.push(format!("{mixer:?}: CPU {worst_cpu:.2e}, full forward {worst_full:.2e}"));
+        }
+        assert_eq!(state.bytes_per_sequence(), model.state_bytes_per_sequence(), "the size known before allocation");
+        assert_eq!(model.state_bytes_per_sequence(), cpu.state_bytes(), "the CPU engine's decoding state (f32)");
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// A surprise cache in bf16: prefill + steps against the bf16 full forward while the cache only
+/// fills (its choice then depends on no score, which bf16 rounding could tip one way or the
+/// other), the state's size, and steps replayed from a CUDA graph against plain launches while
+/// the cache evicts.
+#[test]
+fn a_surprise_cache_decodes_in_bf16_and_replays_from_a_graph() {
+    let mut rng = rng("a_surprise_cache_decodes_in_bf16_and_replays_from_a_graph");
+    let (batch, len, prompt) = (2, 30, 10);
+    // More slots than tokens leave the window: nothing is evicted.
+    let slots = 32;
+    let host = surprise_model(&mut rng, MixerKind::Gla, true, 1, slots);
+    let c = host.config().clone();
+    let vocab = c.vocab_size;
+    let model = GpuLigerModel::<bf16>::new(gpu(), host).unwrap();
+    let seqs: Vec<Vec<u32>> = (0..batch).map(|_| random_tokens(len, vocab, rng.random())).collect();
+    let full = model.all_logits_batch(&seqs.iter().map(|s| s.as_slice()).collect::<Vec<_>>()).unwrap();
+    let mut state = model.new_batch_state(batch);
+    let mut worst = 0.0f64;
+    for call in decode_calls(prompt, len) {
+        let tokens: Vec<&[u32]> = seqs.iter().map(|s| &s[call.clone()]).collect();
+        let got = model.forward_last_batch(&mut state, &tokens).unwrap();
+        let last = call.end - 1;
+        for (b, full) in full.iter().enumerate() {
+            worst = worst.max(difference(&got[b * vocab..(b + 1) * vocab], &full[last * vocab..(last + 1) * vocab]));
+        }
+    }
+    println!("surprise cache bf16, {slots} slots: prefill {prompt} + steps vs the bf16 full forward, max rel error {worst:.2e}");
+    assert!(worst < 2e-2, "{worst:.2e}");
+    // Per layer: two f32 recurrent states, the window and the slots in bf16, their f32 scores.
+    let (hkv, d, keys, sinks) = (c.num_kv_heads, c.head_dim, 8, 1);
+    let expected =
+        c.num_layers * (2 * 4 * hkv * d * d + 2 * (sinks + keys + slots) * hkv * d * 2 + 4 * hkv * (keys + slots));
+    assert_eq!(state.bytes_per_sequence(), expected);
+    assert_eq!(model.state_bytes_per_sequence(), expected);
+
+    // Capture needs launches that do not wait for the GPU (the test runner may ask for that).
+    let mut ctx = GpuContext::new(0).unwrap();
+    ctx.set_sync_after_launch(false);
+    ctx.set_profiling(false).unwrap();
+    let model = GpuLigerModel::<bf16>::new(ctx, surprise_model(&mut rng, MixerKind::Gla, false, 1, 4)).unwrap();
+    let (mut graphed, mut plain) = (model.new_batch_state(batch), model.new_batch_state(batch));
+    let seqs: Vec<Vec<u32>> = (0..batch).map(|_| random_tokens(len, vocab, rng.random())).collect();
+    let mut worst = 0.0f64;
+    for call in decode_calls(prompt, len) {
+        let tokens: Vec<&[u32]> = seqs.iter().map(|s| &s[call.clone()]).collect();
+        model.set_decode_graphs(true);
+        let a = model.forward_last_batch(&mut graphed, &tokens).unwrap();
+        model.set_decode_graphs(false);
+        let b = model.forward_last_batch(&mut plain, &tokens).unwrap();
+        assert!(a.iter().all(|v| v.is_finite()));
+        worst = worst.max(difference(&a, &b));
+    }
+    println!("surprise cache bf16, 4 slots: graph replay vs plain launches, max rel difference {worst:.2e}");
+    assert!(graphed.uses_graph() && graphed.graph_captures() == 1, "{} captures", graphed.graph_captures());
+    assert!(worst < 1e-6, "graph replay differs from plain launches: {worst:.2e}");
 }

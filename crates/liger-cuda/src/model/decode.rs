@@ -9,14 +9,23 @@
 //! Decode state per sequence (bytes), per Liger layer with SWA:
 //! `4 * hkv * d * d` (the f32 mixer state of each key-value head) + `2 * window * hkv * d * size_of::<T>()`
 //! (the window's keys and values); the reference keeps `4 * hq * d * d + 2 * window * hkv * d * 4`.
+//! A surprise cache of C slots adds the recurrence over values of one (`4 * hkv * d * d`, already
+//! there with `grm_norm`), `2 * C * hkv * d * size_of::<T>()` (the cached keys and values) and
+//! `4 * (window + C) * hkv` (the surprise of the window's tokens and of the cached ones).
+//! The prefill fills the cache from the full forward's choice (`surprise_select`); each step
+//! scores its token from the states before it and offers the token leaving the window to the
+//! cache (CPU twin: `SurpriseMemory`), so prefill + steps equals one forward.
 
 use super::decode_step::{DecodePlan, LayerCache};
 use super::glue::{grm_normalize, rope_forward_to, scaled, widen, RopeLayout};
-use super::layer::Rows;
+use super::layer::{Qkv, Rows};
 use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
 use crate::gemm::{gemm, GemmDims, GemmInput};
-use crate::ops::attention::{attention_forward, cache_prefill, AttentionDims};
+use crate::ops::attention::{
+    attention_forward, cache_prefill, surprise_attention_forward, surprise_select, AttentionDims,
+};
+use crate::ops::decode::{surprise_cache_fill, SurpriseLayout};
 use crate::ops::embedding::embedding_gather;
 use crate::ops::mixer::{mixer_chunk_forward_in_segments, mixer_state_len, MixerDims};
 use crate::ops::rms_norm::rms_norm_forward;
@@ -76,8 +85,10 @@ impl<T> GpuLigerState<T> {
             .layers
             .iter()
             .map(|l| match l {
-                LayerCache::Liger { state, norm_state, window } => {
-                    4 * (state.len() + norm_state.as_ref().map_or(0, |s| s.len()))
+                LayerCache::Liger { state, norm_state, window, surprise } => {
+                    4 * (state.len()
+                        + norm_state.as_ref().map_or(0, |s| s.len())
+                        + surprise.as_ref().map_or(0, |s| s.len()))
                         + window.as_ref().map_or(0, |(k, v)| t * (k.len() + v.len()))
                 }
                 LayerCache::Softmax { keys, values } => t * (keys.len() + values.len()),
@@ -104,8 +115,11 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 if self.host.options.is_softmax_layer(layer) {
                     2 * t * shape.hkv * c.max_position_embeddings * shape.d
                 } else {
-                    let window = if att.use_swa { 2 * t * shape.hkv * att.window().capacity() * shape.d } else { 0 };
-                    4 * mixer_state_len(&att.mixer, shape) * if att.grm_norm { 2 } else { 1 } + window
+                    let window = if att.use_swa { 2 * t * shape.hkv * self.window_row_entries() * shape.d } else { 0 };
+                    let scores = self.surprise_layout(1).map_or(0, |at| 4 * at.scores_len());
+                    4 * mixer_state_len(&att.mixer, shape) * if att.keeps_ones_state() { 2 } else { 1 }
+                        + window
+                        + scores
                 }
             })
             .sum()
@@ -115,11 +129,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let c = self.config();
         let (b, shape) = (state.batch, self.shape);
         let att = &self.host.options.attention;
-        if att.surprise_keys > 0 {
-            return Err(Error::invalid_argument(
-                "GPU decoding does not keep a surprise cache yet: generate with this model on the CPU (device cpu), or score it on the GPU",
-            ));
-        }
+        let surprise = self.surprise_layout(b);
         for layer in 0..c.num_layers {
             let cache = if self.host.options.is_softmax_layer(layer) {
                 let len = b * shape.hkv * c.max_position_embeddings * shape.d;
@@ -129,14 +139,21 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 }
             } else {
                 let window = if att.use_swa {
-                    let len = b * shape.hkv * att.window().capacity() * shape.d;
+                    let len = b * shape.hkv * self.window_row_entries() * shape.d;
                     Some((GpuBuffer::zeros(&self.ctx, len)?, GpuBuffer::zeros(&self.ctx, len)?))
                 } else {
                     None
                 };
+                let scores = surprise.map(|at| GpuBuffer::zeros(&self.ctx, at.scores_len())).transpose()?;
                 let state_len = b * mixer_state_len(&att.mixer, shape);
-                let norm_state = if att.grm_norm { Some(GpuBuffer::zeros(&self.ctx, state_len)?) } else { None };
-                LayerCache::Liger { state: GpuBuffer::zeros(&self.ctx, state_len)?, norm_state, window }
+                let norm_state =
+                    if att.keeps_ones_state() { Some(GpuBuffer::zeros(&self.ctx, state_len)?) } else { None };
+                LayerCache::Liger {
+                    state: GpuBuffer::zeros(&self.ctx, state_len)?,
+                    norm_state,
+                    window,
+                    surprise: scores,
+                }
             };
             state.layers.push(cache);
         }
@@ -214,7 +231,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             let mut lse = GpuBuffer::<f32>::zeros(ctx, rows.batch * shape.hq * rows.tokens)?;
             let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape };
             match cache {
-                LayerCache::Liger { state: mixer_state, norm_state, window } => {
+                LayerCache::Liger { state: mixer_state, norm_state, window, surprise } => {
                     let mut o_grm = GpuBuffer::<f32>::zeros(ctx, q.len())?;
                     let mdims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape };
                     mixer_chunk_forward_in_segments(
@@ -229,7 +246,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                         Some(mixer_state),
                         self.mixer_segments(),
                     )?;
-                    if let Some(norm_state) = norm_state {
+                    if let (true, Some(norm_state)) = (att.grm_norm, norm_state.as_mut()) {
                         let (ones, mut den) = (self.ones(v.len())?, GpuBuffer::<f32>::zeros(ctx, q.len())?);
                         mixer_chunk_forward_in_segments(
                             ctx,
@@ -247,10 +264,26 @@ impl<T: GemmInput> GpuLigerModel<T> {
                     }
                     widen(ctx, &o_grm, &mut o, att.alpha, false)?;
                     if let Some((wk, wv)) = window {
-                        attention_forward(ctx, dims, Some(att.window()), &q_roped, &k_roped, v, &mut o_att, &mut lse)?;
+                        match surprise {
+                            Some(scores) => {
+                                // Without grm_norm the recurrence over values of one serves the
+                                // score alone, and advances in the score's pass.
+                                let ones_state = if att.grm_norm { None } else { norm_state.as_mut() };
+                                let roped = (&q_roped, &k_roped);
+                                let cache = (wk, wv, scores);
+                                self.prefill_surprise_window(
+                                    &qkv, rows, roped, ones_state, cache, &mut o_att, &mut lse,
+                                )?;
+                            }
+                            None => {
+                                let window = Some(att.window());
+                                attention_forward(ctx, dims, window, &q_roped, &k_roped, v, &mut o_att, &mut lse)?;
+                                let (k_t, v_t) = (scaled::<T>(ctx, &k_roped, 1.0)?, scaled::<T>(ctx, v, 1.0)?);
+                                let window = att.window();
+                                cache_prefill(ctx, rows.batch, rows.tokens, shape, window, &k_t, &v_t, &start, wk, wv)?;
+                            }
+                        }
                         widen(ctx, &o_att, &mut o, att.beta, true)?;
-                        let (k_t, v_t) = (scaled::<T>(ctx, &k_roped, 1.0)?, scaled::<T>(ctx, v, 1.0)?);
-                        cache_prefill(ctx, rows.batch, rows.tokens, shape, att.window(), &k_t, &v_t, &start, wk, wv)?;
                     }
                 }
                 LayerCache::Softmax { keys, values } => {
@@ -276,6 +309,57 @@ impl<T: GemmInput> GpuLigerModel<T> {
         }
         state.position += rows.tokens;
         self.last_logits(&x, rows)
+    }
+
+    /// Slots of the surprise cache in each Liger layer's window (0 without one).
+    pub(super) fn surprise_slots(&self) -> usize {
+        let att = &self.host.options.attention;
+        if att.use_swa {
+            att.surprise_keys
+        } else {
+            0
+        }
+    }
+
+    /// Entries of each (sequence, key-value head) row of a Liger layer's window caches: the
+    /// sinks, the window's ring, then the surprise cache's slots.
+    pub(super) fn window_row_entries(&self) -> usize {
+        self.host.options.attention.window().capacity().saturating_add(self.surprise_slots())
+    }
+
+    /// How the Liger layers' window caches of `batch` sequences keep the surprise cache (None
+    /// without one).
+    pub(super) fn surprise_layout(&self, batch: usize) -> Option<SurpriseLayout> {
+        let slots = self.surprise_slots();
+        let window = self.host.options.attention.window();
+        (slots > 0).then_some(SurpriseLayout { batch, shape: self.shape, window, slots })
+    }
+
+    /// The window branch of a prefill with a surprise cache: the attention over the sinks, the
+    /// cache and the window of the full forward (into `o_att`, `lse`), then the caches
+    /// (`keys`, `values`, `scores`) filled as the steps would have left them. `ones_state`: the
+    /// recurrence over values of one, when the score alone keeps it.
+    #[allow(clippy::too_many_arguments)]
+    fn prefill_surprise_window(
+        &self,
+        qkv: &Qkv,
+        rows: Rows,
+        (q_roped, k_roped): (&GpuBuffer<f32>, &GpuBuffer<f32>),
+        ones_state: Option<&mut GpuBuffer<f32>>,
+        (keys, values, scores): (&mut GpuBuffer<T>, &mut GpuBuffer<T>, &mut GpuBuffer<f32>),
+        o_att: &mut GpuBuffer<f32>,
+        lse: &mut GpuBuffer<f32>,
+    ) -> Result<()> {
+        let ctx = &self.ctx;
+        let at = self
+            .surprise_layout(rows.batch)
+            .ok_or_else(|| Error::internal("a surprise cache was allocated for a model without one"))?;
+        let token_scores = self.surprise_scores_fresh(qkv, rows, ones_state)?;
+        let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape: self.shape };
+        let choice = surprise_select(ctx, dims, at.window, at.slots, &token_scores)?;
+        surprise_attention_forward(ctx, dims, at.window, &choice, q_roped, k_roped, &qkv.v, o_att, lse)?;
+        let (k_t, v_t) = (scaled::<T>(ctx, k_roped, 1.0)?, scaled::<T>(ctx, &qkv.v, 1.0)?);
+        surprise_cache_fill(ctx, &at, rows.tokens, &k_t, &v_t, &token_scores, &choice.kept, keys, values, scores)
     }
 
     /// The logits after the last token of each sequence (`B x vocab`), through the final norm

@@ -21,10 +21,10 @@ use crate::kernels::EMBEDDING;
 use crate::launch::{as_int, block_per_row};
 use crate::ops::attention::attention_decode;
 use crate::ops::decode::{
-    decode_gemv, decode_gemv_swiglu, decode_lora_up, decode_mix, decode_rope_append, gemv_fits, DecodeRope, LoraUp,
-    GEMV_MAX_BATCH,
+    decode_gemv, decode_gemv_swiglu, decode_lora_up, decode_mix, decode_rope_append, gemv_fits, surprise_decode_step,
+    window_entries_in_use, DecodeRope, LoraUp, GEMV_MAX_BATCH,
 };
-use crate::ops::mixer::mixer_recurrent_step;
+use crate::ops::mixer::{mixer_recurrent_step, mixer_step_keys_as_queries};
 use crate::ops::rms_norm::{rms_norm_forward, rms_norm_forward_pair};
 use crate::ops::swiglu::swiglu_forward_to;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -36,10 +36,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What one layer keeps between calls for every sequence of the batch.
 pub(super) enum LayerCache<T> {
-    /// The recurrent state `[B, hkv, state]` (f32), with `grm_norm` the normaliser's as well,
-    /// and, with SWA, the window's roped keys and values `[B, hkv, sinks + window, d]` (as `T`):
-    /// the sinks, then a ring buffer.
-    Liger { state: GpuBuffer<f32>, norm_state: Option<GpuBuffer<f32>>, window: Option<(GpuBuffer<T>, GpuBuffer<T>)> },
+    /// The recurrent state `[B, hkv, state]` (f32); with `grm_norm` or a surprise cache the
+    /// recurrence over values of one as well (the normaliser, and the surprise score's); with
+    /// SWA the window's roped keys and values `[B, hkv, sinks + window + slots, d]` (as `T`):
+    /// the sinks, a ring buffer, then the surprise cache's slots (none without one), whose
+    /// scores and those of the ring's tokens are `surprise` `[B, hkv, window + slots]` (see
+    /// `ops::decode::SurpriseLayout`).
+    Liger {
+        state: GpuBuffer<f32>,
+        norm_state: Option<GpuBuffer<f32>>,
+        window: Option<(GpuBuffer<T>, GpuBuffer<T>)>,
+        surprise: Option<GpuBuffer<f32>>,
+    },
     /// Roped keys and values `[B, hkv, capacity, d]` (as `T`) of a softmax layer.
     Softmax { keys: GpuBuffer<T>, values: GpuBuffer<T> },
 }
@@ -71,9 +79,14 @@ pub(super) struct StepBuffers<T> {
     lora_u: [GpuBuffer<f32>; 3],
     q_roped: GpuBuffer<T>,
     o_mixer: GpuBuffer<f32>,
-    /// With `grm_norm`: values of one (the normaliser's recurrence reads them) and its output.
+    /// With `grm_norm` or a surprise cache: values of one (the recurrence of the normaliser
+    /// and of the surprise score reads them); with `grm_norm` the normaliser's output.
     ones: GpuBuffer<f32>,
     o_norm: GpuBuffer<f32>,
+    /// With a surprise cache: the new token's key read out of the state over the values and
+    /// over values of one, `[B, hkv, d]` (its surprise).
+    key_readout: GpuBuffer<f32>,
+    key_norm: GpuBuffer<f32>,
     o_attention: GpuBuffer<T>,
     o: GpuBuffer<f32>,
     o_t: GpuBuffer<T>,
@@ -131,7 +144,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let ts = |n: usize| GpuBuffer::<T>::zeros(ctx, batch * n);
         let u32s = || GpuBuffer::<u32>::zeros(ctx, batch);
         let head_norms = c.qk_norm;
-        let normalised = self.host.options.attention.grm_norm;
+        let att = &self.host.options.attention;
+        let (normalised, surprise) = (att.grm_norm, self.surprise_slots() > 0);
         let buffers = StepBuffers {
             batch,
             ids: u32s()?,
@@ -152,8 +166,10 @@ impl<T: GemmInput> GpuLigerModel<T> {
             lora_u: [f32s(rank)?, f32s(rank)?, f32s(rank)?],
             q_roped: ts(qs)?,
             o_mixer: f32s(qs)?,
-            ones: self.ones(if normalised { batch * kvs } else { 0 })?,
+            ones: self.ones(if normalised || surprise { batch * kvs } else { 0 })?,
             o_norm: f32s(if normalised { qs } else { 0 })?,
+            key_readout: f32s(if surprise { kvs } else { 0 })?,
+            key_norm: f32s(if surprise { kvs } else { 0 })?,
             o_attention: ts(qs)?,
             o: f32s(qs)?,
             o_t: ts(qs)?,
@@ -198,7 +214,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
         p.positions.copy_from_host(&vec![pos; b])?;
         let att = &self.host.options.attention;
         if att.use_swa {
-            p.window_len.copy_from_host(&vec![(position + 1).min(att.window().capacity()) as u32; b])?;
+            let in_use = window_entries_in_use(position + 1, att.window(), self.surprise_slots());
+            p.window_len.copy_from_host(&vec![u32::try_from(in_use).unwrap_or(u32::MAX); b])?;
         }
         if !self.host.options.softmax_layers.is_empty() {
             p.full_len.copy_from_host(&vec![pos + 1; b])?;
@@ -285,6 +302,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
             o_mixer,
             ones,
             o_norm,
+            key_readout,
+            key_norm,
             o_attention,
             o,
             o_t,
@@ -294,6 +313,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             logits,
             ..
         } = p;
+        let surprise_at = self.surprise_layout(b);
         embed_ids(ctx, &self.weights.embed, hs, ids, x)?;
         for (layer, cache) in layers.iter_mut().enumerate() {
             let lw = &self.weights.layers[layer];
@@ -329,28 +349,39 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 }
                 _ => (q, k),
             };
-            let rope =
-                |window: Window| DecodeRope { inv_freq: &self.weights.inv_freq, positions, batch: b, shape, window };
+            let rope = |window: Window, slots: usize| DecodeRope {
+                inv_freq: &self.weights.inv_freq,
+                positions,
+                batch: b,
+                shape,
+                window,
+                slots,
+            };
             match cache {
-                LayerCache::Liger { state, norm_state, window } => {
+                LayerCache::Liger { state, norm_state, window, surprise } => {
+                    let mut slots = 0;
+                    if let (Some(at), Some(scores), Some(ones_state), Some((wk, wv))) =
+                        (&surprise_at, surprise.as_mut(), norm_state.as_mut(), window.as_mut())
+                    {
+                        // From the states before this token: its surprise; then the token leaving
+                        // the window is offered to the cache before the new one takes its entry.
+                        mixer_step_keys_as_queries(ctx, &att.mixer, b, shape, state, k_in, v, key_readout, false)?;
+                        let advance = !att.grm_norm;
+                        mixer_step_keys_as_queries(
+                            ctx, &att.mixer, b, shape, ones_state, k_in, ones, key_norm, advance,
+                        )?;
+                        surprise_decode_step(ctx, at, positions, key_readout, key_norm, v, wk, wv, scores)?;
+                        slots = at.slots;
+                    }
                     mixer_recurrent_step(ctx, &att.mixer, b, shape, state, q_in, k_in, v, o_mixer)?;
-                    if let Some(norm_state) = norm_state {
+                    if let (true, Some(norm_state)) = (att.grm_norm, norm_state.as_mut()) {
                         mixer_recurrent_step(ctx, &att.mixer, b, shape, norm_state, q_in, k_in, ones, o_norm)?;
                         grm_normalize(ctx, o_mixer, o_norm)?;
                     }
                     if let Some((wk, wv)) = window {
-                        decode_rope_append(ctx, &rope(att.window()), q_in, k_in, v, q_roped, wk, wv)?;
-                        attention_decode(
-                            ctx,
-                            b,
-                            shape,
-                            att.window().capacity(),
-                            q_roped,
-                            wk,
-                            wv,
-                            window_len,
-                            o_attention,
-                        )?;
+                        decode_rope_append(ctx, &rope(att.window(), slots), q_in, k_in, v, q_roped, wk, wv)?;
+                        let entries = att.window().capacity().saturating_add(slots);
+                        attention_decode(ctx, b, shape, entries, q_roped, wk, wv, window_len, o_attention)?;
                         decode_mix(ctx, Some((&*o_mixer, att.alpha)), Some((&*o_attention, att.beta)), o, o_t)?;
                     } else {
                         decode_mix::<T>(ctx, Some((&*o_mixer, att.alpha)), None, o, o_t)?;
@@ -358,7 +389,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 }
                 LayerCache::Softmax { keys, values } => {
                     let capacity = c.max_position_embeddings;
-                    decode_rope_append(ctx, &rope(capacity.into()), q_in, k_in, v, q_roped, keys, values)?;
+                    decode_rope_append(ctx, &rope(capacity.into(), 0), q_in, k_in, v, q_roped, keys, values)?;
                     attention_decode(ctx, b, shape, capacity, q_roped, keys, values, full_len, o_attention)?;
                     decode_mix(ctx, None, Some((&*o_attention, 1.0)), o, o_t)?;
                 }

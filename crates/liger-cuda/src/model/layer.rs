@@ -320,6 +320,20 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// The surprise cache's contents before each query (see `ops::attention::surprise_select`):
     /// every token scored by the recurrent branch read out with its own key.
     fn surprise_cache(&self, qkv: &Qkv, rows: Rows, window: Window) -> Result<SurpriseCache> {
+        let scores = self.surprise_scores_fresh(qkv, rows, None)?;
+        let attention_dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape: self.shape };
+        surprise_select(&self.ctx, attention_dims, window, self.host.options.attention.surprise_keys, &scores)
+    }
+
+    /// The surprise of every token, `[B*T, hkv]`, over whole sequences from a fresh state: the
+    /// recurrent branch read out with each token's own key. With `ones_state`, the recurrence
+    /// over values of one leaves its final state there (decoding keeps it for the next scores).
+    pub(super) fn surprise_scores_fresh(
+        &self,
+        qkv: &Qkv,
+        rows: Rows,
+        ones_state: Option<&mut GpuBuffer<f32>>,
+    ) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let att = &self.host.options.attention;
         let dims = MixerDims { batch: rows.batch, tokens: rows.tokens, shape: self.shape };
@@ -347,12 +361,10 @@ impl<T: GemmInput> GpuLigerModel<T> {
             &ones,
             &mut den,
             None,
-            None,
+            ones_state,
             self.mixer_segments(),
         )?;
-        let scores = surprise_scores(ctx, self.shape, &n, &den, &qkv.v)?;
-        let attention_dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape: self.shape };
-        surprise_select(ctx, attention_dims, window, att.surprise_keys, &scores)
+        surprise_scores(ctx, self.shape, &n, &den, &qkv.v)
     }
 
     /// A buffer of `len` ones: the values of the normaliser's recurrence.

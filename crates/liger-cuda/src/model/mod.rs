@@ -230,10 +230,6 @@ impl<T: GemmInput> liger_core::train::job::EngineModel for GpuLigerModel<T> {
     fn state_bytes(&self) -> usize {
         self.state_bytes_per_sequence()
     }
-    /// GPU decoding does not keep a surprise cache yet.
-    fn decodes(&self) -> bool {
-        self.host.options.attention.surprise_keys == 0
-    }
 }
 
 /// Opens GPU `index` for the CLI and the bindings: a machine without a usable GPU (no driver,

@@ -104,6 +104,17 @@ fn tensor_core_forward<T: GpuElement>(d: usize) -> Option<&'static str> {
     }
 }
 
+/// The tensor-core surprise kernels (forward, dQ, dK/dV) for this element type and head size, if
+/// there are (the same cases as [`tensor_core_forward`]).
+fn tensor_core_surprise<T: GpuElement>(d: usize) -> Option<[&'static str; 3]> {
+    tensor_core_forward::<T>(d)?;
+    Some(if d == 64 {
+        ["surprise_attention_mma_d64", "surprise_dq_mma_d64", "surprise_dkv_mma_d64"]
+    } else {
+        ["surprise_attention_mma_d128", "surprise_dq_mma_d128", "surprise_dkv_mma_d128"]
+    })
+}
+
 /// The launch of a tensor-core kernel: a block of 4 warps per 64 tokens, per head, per sequence.
 fn tile_grid(dims: AttentionDims, heads: usize, kernel: &str) -> Result<LaunchConfig> {
     if heads > 65535 || dims.batch > 65535 {
@@ -503,6 +514,9 @@ pub struct SurpriseCache {
     /// `[B, T, hkv]`: the first query that no longer sees the token; the queries that see it
     /// are the run from the token to there (its window, then its time in the cache).
     pub until: GpuBuffer<i32>,
+    /// `[B, hkv, ceil(T / 64)]`: the largest `until` of each tile of 64 tokens, so that the
+    /// tensor-core kernels skip the tiles no query of a block still sees.
+    pub tile_until: GpuBuffer<i32>,
 }
 
 /// The surprise cache's contents before each query, from the scores `[B*T, hkv]` (CPU twin:
@@ -523,8 +537,9 @@ pub fn surprise_select(
     as_int("tokens x key-value heads x surprise slots", dims.batch * dims.tokens * dims.shape.hkv * slots)?;
     let mut kept = GpuBuffer::<i32>::zeros(ctx, dims.batch * dims.tokens * dims.shape.hkv * slots)?;
     let mut until = GpuBuffer::<i32>::zeros(ctx, dims.batch * dims.tokens * dims.shape.hkv)?;
+    let mut tile_until = GpuBuffer::<i32>::zeros(ctx, dims.batch * dims.shape.hkv * dims.tokens.div_ceil(MMA_ROWS))?;
     if kept.is_empty() {
-        return Ok(SurpriseCache { slots, kept, until });
+        return Ok(SurpriseCache { slots, kept, until, tile_until });
     }
     let scratch = dims.batch * dims.shape.hkv * slots;
     let (mut slot_token, mut slot_score) =
@@ -543,16 +558,22 @@ pub fn surprise_select(
         .arg(slot_token.slice_mut())
         .arg(slot_score.slice_mut())
         .arg(kept.slice_mut())
-        .arg(until.slice_mut());
+        .arg(until.slice_mut())
+        .arg(tile_until.slice_mut());
     // SAFETY: sizes checked above; one warp per (sequence, key-value head).
     ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.shape.hkv)) }, name)?;
-    Ok(SurpriseCache { slots, kept, until })
+    Ok(SurpriseCache { slots, kept, until, tile_until })
 }
 
 /// Checks a surprise cache against the sizes of one attention call.
 fn check_cache(dims: AttentionDims, cache: &SurpriseCache) -> Result<i32> {
     expect_len("surprise cache", cache.kept.len(), dims.batch * dims.tokens * dims.shape.hkv * cache.slots)?;
     expect_len("surprise cache runs", cache.until.len(), dims.batch * dims.tokens * dims.shape.hkv)?;
+    expect_len(
+        "surprise cache tiles",
+        cache.tile_until.len(),
+        dims.batch * dims.shape.hkv * dims.tokens.div_ceil(MMA_ROWS),
+    )?;
     as_int("surprise slots", cache.slots)
 }
 
@@ -579,6 +600,22 @@ pub fn surprise_attention_forward<T: GpuElement>(
     let slots = check_cache(dims, cache)?;
     if dims.q_len() == 0 {
         return Ok(());
+    }
+    if let Some([name, _, _]) = tensor_core_surprise::<T>(dims.shape.d) {
+        // bf16 with a head size of 64 or 128: the tensor-core forward, each key masked by its run.
+        let f = ctx.function(&ATTENTION, name)?;
+        let mut launch = ctx.stream().launch_builder(&f);
+        launch
+            .arg(&p)
+            .arg(q.slice())
+            .arg(k.slice())
+            .arg(v.slice())
+            .arg(cache.until.slice())
+            .arg(cache.tile_until.slice())
+            .arg(o.slice_mut())
+            .arg(lse.slice_mut());
+        // SAFETY: sizes checked above; the kernel guards rows and keys past `tokens`.
+        return ctx.check_launch(unsafe { launch.launch(tile_grid(dims, dims.shape.hq, name)?) }, name);
     }
     let name = super::variant::<T>("surprise_attention_f32", "surprise_attention_bf16");
     let f = ctx.function(&ATTENTION, name)?;
@@ -621,6 +658,32 @@ pub fn surprise_attention_backward<T: GpuElement>(
         return Ok(());
     }
     let delta = attention_delta(ctx, p, dims, o, d_o)?;
+    if let Some([_, dq_name, dkv_name]) = tensor_core_surprise::<T>(dims.shape.d) {
+        // bf16 with a head size of 64 or 128: dQ per 64 queries, dK and dV per 64 keys over
+        // the query tiles of their runs, on tensor cores.
+        for (name, heads) in [(dq_name, dims.shape.hq), (dkv_name, dims.shape.hkv)] {
+            let f = ctx.function(&ATTENTION, name)?;
+            let mut launch = ctx.stream().launch_builder(&f);
+            launch
+                .arg(&p)
+                .arg(q.slice())
+                .arg(k.slice())
+                .arg(v.slice())
+                .arg(cache.until.slice())
+                .arg(cache.tile_until.slice())
+                .arg(lse.slice())
+                .arg(delta.slice())
+                .arg(d_o.slice());
+            if name == dq_name {
+                launch.arg(dq.slice_mut());
+            } else {
+                launch.arg(dk.slice_mut()).arg(dv.slice_mut());
+            }
+            // SAFETY: sizes checked above; the kernels guard rows and keys past `tokens`.
+            ctx.check_launch(unsafe { launch.launch(tile_grid(dims, heads, name)?) }, name)?;
+        }
+        return Ok(());
+    }
     let name = super::variant::<T>("surprise_dq_f32", "surprise_dq_bf16");
     let f = ctx.function(&ATTENTION, name)?;
     let mut launch = ctx.stream().launch_builder(&f);

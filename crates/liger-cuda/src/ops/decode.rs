@@ -1,30 +1,33 @@
 //! The fused glue of a decoding step (`kernels/decode.cu`): each writes its result straight in
 //! the storage type `T` the next product reads, so a step needs no separate casts (the norms and
-//! SwiGLU use the shared `rms_norm_forward_pair` and `swiglu_forward_to`). CPU twins: RoPE and
-//! the window cache of `liger_core::liger::swa`, the Liger mix `alpha * GRM + beta * SWA` of
-//! `liger::combine`, and the products.
+//! SwiGLU use the shared `rms_norm_forward_pair` and `swiglu_forward_to`); and the surprise
+//! cache's bookkeeping while decoding. CPU twins: RoPE and the window cache of
+//! `liger_core::liger::swa`, the Liger mix `alpha * GRM + beta * SWA` of `liger::combine`, the
+//! surprise cache's `SurpriseMemory`, and the products.
 
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
 use crate::kernels::DECODE;
-use crate::launch::{as_int, elementwise, expect_len, rows_of};
+use crate::launch::{as_int, elementwise, expect_len, rows_of, warp_per_row};
 use cudarc::driver::PushKernelArg;
 use liger_core::liger::{HeadShape, Window};
 use liger_core::{Error, Result};
 
 /// Where a decoding step's RoPE and cache write go: `batch` sequences, one token each, sequence
-/// b at position `positions[b]`, written to slot `window.slot(positions[b])` of the caches of
-/// `window.capacity()` slots.
+/// b at position `positions[b]`, written to entry `window.slot(positions[b])` of cache rows of
+/// `window.capacity() + slots` entries (`slots`: the surprise cache's, after the window; 0
+/// without one).
 pub struct DecodeRope<'a> {
     pub inv_freq: &'a GpuBuffer<f32>,
     pub positions: &'a GpuBuffer<u32>,
     pub batch: usize,
     pub shape: HeadShape,
     pub window: Window,
+    pub slots: usize,
 }
 
 /// RoPE of q `[B, hq, d]` into `q_roped`, and of k `[B, hkv, d]` into the key cache, v unchanged
-/// into the value cache (caches `[B, hkv, capacity, d]`), all stored as `T`.
+/// into the value cache (caches `[B, hkv, capacity + slots, d]`), all stored as `T`.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_rope_append<T: GpuElement>(
     ctx: &GpuContext,
@@ -47,13 +50,15 @@ pub fn decode_rope_append<T: GpuElement>(
         return Err(Error::invalid_argument("a key-value cache needs a capacity of at least 1 token"));
     }
     let capacity = at.window.capacity();
+    let stride =
+        capacity.checked_add(at.slots).ok_or_else(|| Error::invalid_argument("the cache rows are too long"))?;
     let b = at.batch;
     expect_len("decode q", q.len(), b * hq * d)?;
     expect_len("decode roped q", q_roped.len(), b * hq * d)?;
     expect_len("decode k", k.len(), b * hkv * d)?;
     expect_len("decode v", v.len(), b * hkv * d)?;
-    expect_len("key cache", k_cache.len(), b * hkv * capacity * d)?;
-    expect_len("value cache", v_cache.len(), b * hkv * capacity * d)?;
+    expect_len("key cache", k_cache.len(), b * hkv * stride * d)?;
+    expect_len("value cache", v_cache.len(), b * hkv * stride * d)?;
     expect_len("decode positions", at.positions.len(), b)?;
     if b == 0 {
         return Ok(());
@@ -66,6 +71,7 @@ pub fn decode_rope_append<T: GpuElement>(
         as_int("head size", d)?,
         as_int("capacity", capacity)?,
         as_int("sinks", at.window.sinks)?,
+        as_int("cache row", stride)?,
     ];
     let name = super::variant::<T>("decode_rope_append_f32", "decode_rope_append_bf16");
     let f = ctx.function(&DECODE, name)?;
@@ -298,4 +304,222 @@ pub fn decode_lora_up(ctx: &GpuContext, batch: usize, parts: &mut [LoraUp<'_>]) 
     launch.arg(&params[0]).arg(&params[1]).arg(&params[2]).arg(&batch_arg);
     // SAFETY: every used slot's buffers hold the sizes checked above; unused slots have out = 0.
     ctx.check_launch(unsafe { launch.launch(elementwise(total)) }, name)
+}
+
+/// How a Liger layer's window caches keep the surprise cache while decoding: `batch` sequences,
+/// each `[B, hkv]` row of the key and value caches holding the sinks, the ring of the last
+/// `window.keys` tokens, then `slots` cached tokens (`[B, hkv, row_entries(), d]`, as `T`); and
+/// the scores `[B, hkv, window.keys + slots]` (f32) of the ring's tokens, then of the cached
+/// ones. The slots fill in order, so the number in use follows from the position
+/// ([`window_entries_in_use`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SurpriseLayout {
+    pub batch: usize,
+    pub shape: HeadShape,
+    pub window: Window,
+    pub slots: usize,
+}
+
+/// The kernels' int arguments of a [`SurpriseLayout`].
+struct SurpriseArgs {
+    batch: i32,
+    hkv: i32,
+    d: i32,
+    keys: i32,
+    sinks: i32,
+    slots: i32,
+}
+
+impl SurpriseLayout {
+    /// Entries of a cache row: the sinks, the window's ring, then the slots.
+    pub fn row_entries(&self) -> usize {
+        self.window.capacity().saturating_add(self.slots)
+    }
+
+    /// Values of the key (or the value) cache.
+    pub fn cache_len(&self) -> usize {
+        self.batch * self.shape.hkv * self.row_entries() * self.shape.d
+    }
+
+    /// Values of the scores.
+    pub fn scores_len(&self) -> usize {
+        self.batch * self.shape.hkv * (self.window.keys + self.slots)
+    }
+
+    /// Checks the settings and the caches' sizes; returns the kernels' arguments.
+    fn check<T: GpuElement>(
+        &self,
+        k_cache: &GpuBuffer<T>,
+        v_cache: &GpuBuffer<T>,
+        scores: &GpuBuffer<f32>,
+    ) -> Result<SurpriseArgs> {
+        if self.window.keys == 0 || self.slots == 0 {
+            return Err(Error::invalid_argument(format!(
+                "a surprise cache needs a window of at least 1 key and at least 1 slot, got {} and {}",
+                self.window.keys, self.slots
+            )));
+        }
+        let args = SurpriseArgs {
+            batch: as_int("batch", self.batch)?,
+            hkv: as_int("key-value heads", self.shape.hkv)?,
+            d: as_int("head size", self.shape.d)?,
+            keys: as_int("window keys", self.window.keys)?,
+            sinks: as_int("sinks", self.window.sinks)?,
+            slots: as_int("surprise slots", self.slots)?,
+        };
+        as_int("cache row", self.row_entries())?;
+        expect_len("key cache", k_cache.len(), self.cache_len())?;
+        expect_len("value cache", v_cache.len(), self.cache_len())?;
+        expect_len("surprise scores", scores.len(), self.scores_len())?;
+        Ok(args)
+    }
+}
+
+/// Entries of a cache row in use once `tokens` tokens are in: the sinks and the ring fill
+/// first, and a slot fills only as a token leaves a full window.
+pub fn window_entries_in_use(tokens: usize, window: Window, slots: usize) -> usize {
+    tokens.min(window.capacity().saturating_add(slots))
+}
+
+/// The token in each of the first `window.capacity()` entries of a cache row (the sinks, then
+/// the ring, as [`Window::slot`] places them) once `tokens` tokens are in; -1 for an entry not
+/// written yet.
+pub fn window_tokens(window: Window, tokens: usize) -> Result<Vec<i32>> {
+    let mut entries = vec![-1i32; window.capacity()];
+    let recent = tokens.saturating_sub(window.keys).max(window.sinks);
+    for pos in (0..tokens.min(window.sinks)).chain(recent..tokens) {
+        entries[window.slot(pos)] = as_int("token position", pos)?;
+    }
+    Ok(entries)
+}
+
+/// The surprise cache's part of a decoding step (CPU twin: `SurpriseMemory`), run before the new
+/// token enters the window (its entry still holds the token leaving): the new token's surprise
+/// from its values `v` and the read-outs with its key as the query over the values (`n`) and
+/// over values of one (`den`), all `[B, hkv, d]`; the token leaving the window offered to the
+/// cache. The positions are read on the GPU, so a captured step replays it.
+#[allow(clippy::too_many_arguments)]
+pub fn surprise_decode_step<T: GpuElement>(
+    ctx: &GpuContext,
+    at: &SurpriseLayout,
+    positions: &GpuBuffer<u32>,
+    n: &GpuBuffer<f32>,
+    den: &GpuBuffer<f32>,
+    v: &GpuBuffer<f32>,
+    k_cache: &mut GpuBuffer<T>,
+    v_cache: &mut GpuBuffer<T>,
+    scores: &mut GpuBuffer<f32>,
+) -> Result<()> {
+    let args = at.check(k_cache, v_cache, scores)?;
+    let rows = at.batch * at.shape.hkv;
+    for (what, buf) in [("surprise read-out", n), ("surprise normaliser", den), ("surprise values", v)] {
+        expect_len(what, buf.len(), rows * at.shape.d)?;
+    }
+    expect_len("decode positions", positions.len(), at.batch)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let name = super::variant::<T>("surprise_decode_step_f32", "surprise_decode_step_bf16");
+    let f = ctx.function(&DECODE, name)?;
+    let eps = liger_core::liger::surprise::SCORE_EPS;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(n.slice()).arg(den.slice()).arg(v.slice()).arg(positions.slice());
+    launch.arg(&args.batch).arg(&args.hkv).arg(&args.d).arg(&args.keys).arg(&args.sinks).arg(&args.slots).arg(&eps);
+    launch.arg(k_cache.slice_mut()).arg(v_cache.slice_mut()).arg(scores.slice_mut());
+    // SAFETY: sizes checked above; entries are the ring's (modulo its size) or the slots'; one warp per row.
+    ctx.check_launch(unsafe { launch.launch(warp_per_row(rows)) }, name)
+}
+
+/// After a prefill of `tokens` tokens per sequence from the first: fills the caches as the steps
+/// would have left them, from the roped keys `k_new` and the values `v_new` `[B, tokens, hkv, d]`
+/// (the window's tokens), the cache's contents after the last token (the last query's entries
+/// of `kept` `[B, tokens, hkv, slots]`, from `surprise_select`), and the tokens' surprise
+/// `token_scores` `[B * tokens, hkv]`.
+#[allow(clippy::too_many_arguments)]
+pub fn surprise_cache_fill<T: GpuElement>(
+    ctx: &GpuContext,
+    at: &SurpriseLayout,
+    tokens: usize,
+    k_new: &GpuBuffer<T>,
+    v_new: &GpuBuffer<T>,
+    token_scores: &GpuBuffer<f32>,
+    kept: &GpuBuffer<i32>,
+    k_cache: &mut GpuBuffer<T>,
+    v_cache: &mut GpuBuffer<T>,
+    scores: &mut GpuBuffer<f32>,
+) -> Result<()> {
+    let args = at.check(k_cache, v_cache, scores)?;
+    let rows = at.batch * tokens * at.shape.hkv;
+    expect_len("prefill keys", k_new.len(), rows * at.shape.d)?;
+    expect_len("prefill values", v_new.len(), rows * at.shape.d)?;
+    expect_len("prefill surprise", token_scores.len(), rows)?;
+    expect_len("surprise cache choice", kept.len(), rows * at.slots)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let tokens_arg = as_int("tokens", tokens)?;
+    as_int("prefill values", rows * at.shape.d)?;
+    let entries = GpuBuffer::from_host(ctx, &window_tokens(at.window, tokens)?)?;
+    let name = super::variant::<T>("surprise_cache_fill_f32", "surprise_cache_fill_bf16");
+    let f = ctx.function(&DECODE, name)?;
+    let mut launch = ctx.stream().launch_builder(&f);
+    launch.arg(k_new.slice()).arg(v_new.slice()).arg(token_scores.slice()).arg(kept.slice()).arg(entries.slice());
+    launch
+        .arg(&args.batch)
+        .arg(&tokens_arg)
+        .arg(&args.hkv)
+        .arg(&args.d)
+        .arg(&args.keys)
+        .arg(&args.sinks)
+        .arg(&args.slots);
+    launch.arg(k_cache.slice_mut()).arg(v_cache.slice_mut()).arg(scores.slice_mut());
+    // SAFETY: sizes checked above; every token index read is below `tokens` (window_tokens, and
+    // surprise_select's choice); a grid-stride loop over the caches.
+    ctx.check_launch(unsafe { launch.launch(elementwise(at.cache_len())) }, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use liger_core::liger::surprise::surprise_kept;
+
+    /// The window's entries after a prefill hold what writing every token at its slot leaves.
+    #[test]
+    fn window_tokens_are_the_last_written_at_each_entry() {
+        for (keys, sinks) in [(1, 0), (3, 0), (4, 2), (8, 1), (5, 7)] {
+            let window = Window { keys, sinks };
+            for tokens in 0..30 {
+                let mut written = vec![-1i32; window.capacity()];
+                for pos in 0..tokens {
+                    written[window.slot(pos)] = pos as i32;
+                }
+                assert_eq!(
+                    window_tokens(window, tokens).unwrap(),
+                    written,
+                    "keys {keys} sinks {sinks} tokens {tokens}"
+                );
+            }
+        }
+    }
+
+    /// The entries a step attends are as many as the keys the CPU rule lets its query see: the
+    /// sinks, the cached tokens and the window's recent part.
+    #[test]
+    fn entries_in_use_count_the_keys_the_cpu_rule_shows_each_query() {
+        let (hkv, tokens) = (2, 40);
+        // Scores that rise and fall, so that the cache both fills and evicts.
+        let scores: Vec<f32> = (0..tokens * hkv).map(|i| ((i * 7919) % 23) as f32).collect();
+        for (keys, sinks, slots) in [(8, 1, 4), (3, 0, 1), (5, 2, 9), (4, 6, 2)] {
+            let window = Window { keys, sinks };
+            let kept = surprise_kept(hkv, window, slots, &scores);
+            for i in 0..tokens {
+                for kvh in 0..hkv {
+                    let cached = kept[(i * hkv + kvh) * slots..(i * hkv + kvh + 1) * slots].iter().filter(|&&j| j >= 0);
+                    let recent = (i + 1).saturating_sub(window.first_recent(i).max(sinks));
+                    let seen = (i + 1).min(sinks) + cached.count() + recent;
+                    assert_eq!(window_entries_in_use(i + 1, window, slots), seen, "{window:?} slots {slots} query {i}");
+                }
+            }
+        }
+    }
 }

@@ -294,22 +294,70 @@ pub fn mixer_recurrent_step<T: GpuElement>(
     if cfg.kind == MixerKind::Gsa {
         return gsa::step(ctx, cfg, batch, shape, state, [q_t, k_t, v_t], o_t);
     }
-    // The feature maps are applied inside the scan CTA: nothing is allocated, so the step can
-    // be captured in a CUDA graph. In place: each thread reads its state values first and
-    // writes the same ones last.
+    step_scan(ctx, (kind, scale), dims, state, [q_t, k_t, v_t], o_t, true)
+}
+
+/// A decoding step's read-out with each key as the query of its own key-value head:
+/// `out = phi(k_t) S_t` `[B, hkv, d]`, where `S_t` is `state` advanced by k_t, v_t `[B, hkv, d]`
+/// (the surprise score's read-out: every query head of a group would read the same). `state`
+/// itself advances only with `advance`.
+#[allow(clippy::too_many_arguments)]
+pub fn mixer_step_keys_as_queries<T: GpuElement>(
+    ctx: &GpuContext,
+    cfg: &MixerConfig,
+    batch: usize,
+    shape: HeadShape,
+    state: &mut GpuBuffer<f32>,
+    k_t: &GpuBuffer<T>,
+    v_t: &GpuBuffer<T>,
+    out: &mut GpuBuffer<T>,
+    advance: bool,
+) -> Result<()> {
+    if cfg.kind == MixerKind::Gsa {
+        return Err(Error::invalid_argument(
+            "gsa has no read-out with the keys as queries: its slot memory cannot score a surprise cache",
+        ));
+    }
+    let config = check_config(cfg, shape)?;
+    // One query per key-value head: the same state, read out by the key.
+    let own_heads = HeadShape { hq: shape.hkv, ..shape };
+    let dims = MixerDims { batch, tokens: 1, shape: own_heads };
+    check_inputs(dims, k_t, k_t, v_t)?;
+    expect_len("key read-out", out.len(), dims.q_len())?;
+    expect_len("state", state.len(), batch * mixer_state_len(cfg, shape))?;
+    if batch == 0 {
+        return Ok(());
+    }
+    step_scan(ctx, config, dims, state, [k_t, k_t, v_t], out, advance)
+}
+
+/// One step of the gated scan (sizes checked by the caller): reads `state`, writes the read-out
+/// of `q` after the step to `o`, and the advanced state back in place with `advance`. The
+/// feature maps are applied inside the scan CTA: nothing is allocated, so the step can be
+/// captured in a CUDA graph. In place, each thread reads its state values first and writes the
+/// same ones last.
+fn step_scan<T: GpuElement>(
+    ctx: &GpuContext,
+    (kind, scale): (i32, f32),
+    dims: MixerDims,
+    state: &mut GpuBuffer<f32>,
+    [q, k, v]: [&GpuBuffer<T>; 3],
+    o: &mut GpuBuffer<T>,
+    advance: bool,
+) -> Result<()> {
     let s = ptr_mut(ctx, state);
     let ops = ScanOperands {
-        x: ptr(ctx, k_t),
-        y: ptr(ctx, v_t),
-        w: ptr(ctx, q_t),
+        x: ptr(ctx, k),
+        y: ptr(ctx, v),
+        w: ptr(ctx, q),
         decay: 0,
-        out: ptr_mut(ctx, o_t),
+        out: ptr_mut(ctx, o),
         initial: s,
-        final_state: s,
+        final_state: if advance { s } else { 0 },
         kind,
         gate_scale: scale,
     };
-    let job = ScanJob::new(ctx, Scan::Step, T::KERNEL_SUFFIX == "bf16", dims, ops, 1, shape.group())?;
+    let job = ScanJob::new(ctx, Scan::Step, T::KERNEL_SUFFIX == "bf16", dims, ops, 1, dims.shape.group())?;
     launch_scans(ctx, job.entry(), dims, &[job])
 }
 
