@@ -6,10 +6,12 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import {
   compareReports,
+  defaultGpuRecipe,
   gpuInfo,
   linearize,
   loadModel,
   LigerError,
+  RECIPES,
   type LinearizeEvent,
   type LinearizeReport,
 } from "../ts/dist/index.js";
@@ -418,5 +420,34 @@ describe("linearize", () => {
     });
     expect(report.totalSteps).toBe(1);
     expect(report.history.steps).toHaveLength(1);
+  });
+
+  it("the memory recipe sets the window, sinks, surprise cache and mix; options given win", async () => {
+    // The GPU default: memory, except where a surprise cache cannot go (gsa, no window branch).
+    expect(defaultGpuRecipe({})).toBe("memory");
+    expect(defaultGpuRecipe({ mixer: "gsa" })).toBe("paper");
+    expect(defaultGpuRecipe({ useSwa: false })).toBe("paper");
+    const out = join(work, "memory-recipe");
+    // The recipe's length is overridden here (steps, seqLen, batch) to keep the CPU run short.
+    await linearize(modelPath(), {
+      out,
+      data: alpacaSlice(20),
+      recipe: "memory",
+      steps: 1,
+      seqLen: 32,
+      batch: 1,
+      sinks: 2,
+      valFraction: 0,
+      sample: false,
+      device: "cpu",
+    });
+    const liger = (await loadModel(out)).info.liger;
+    expect(liger).toMatchObject({
+      windowKeys: RECIPES.memory.window,
+      sinkKeys: 2,
+      surpriseKeys: RECIPES.memory.surpriseKeys,
+      alpha: 0,
+      beta: 1,
+    });
   });
 });

@@ -43,5 +43,12 @@ export type {
   TaskName,
   TaskResult,
 } from "./eval.js";
-export { linearize, MIXERS, LORA_TARGETS, DEFAULT_SAMPLE_PROMPT } from "./linearize.js";
-export type { LinearizeEvent, LinearizeOptions, LinearizeReport, MixerName, ValidationResult } from "./linearize.js";
+export { linearize, MIXERS, LORA_TARGETS, DEFAULT_SAMPLE_PROMPT, RECIPES, defaultGpuRecipe } from "./linearize.js";
+export type {
+  LinearizeEvent,
+  LinearizeOptions,
+  LinearizeReport,
+  MixerName,
+  Recipe,
+  ValidationResult,
+} from "./linearize.js";

@@ -43,8 +43,7 @@ export interface LinearizeOptions {
    * branch: the ones the recurrent state recalls worst, by how far its read-out with the token's
    * key lands from the token's value (the sparse cache of LoLA; default 0). Training runs with
    * the cache, its choice held fixed, so the adapters learn to read what it keeps. Decoding
-   * keeps `surpriseKeys` more keys and values per key-value head and layer (the CPU and
-   * WebAssembly engines decode it; the GPU trains and scores with it).
+   * keeps `surpriseKeys` more keys and values per key-value head and layer, on every engine.
    */
   surpriseKeys?: number;
   /**
@@ -77,10 +76,12 @@ export interface LinearizeOptions {
   /** AdamW's decoupled weight decay on the adapters (default 0). */
   weightDecay?: number;
   /**
-   * A preset of the training settings; options given beside it win. "paper": the Liger
-   * paper's recipe (1024-token sequences, batch 8, 2 epochs, AdamW lr 1e-3 constant).
+   * A preset (see `RECIPES`); options given beside it win. "paper": the Liger paper's recipe
+   * (1024-token sequences, batch 8, 2 epochs, AdamW lr 1e-3 constant). "memory": one epoch of
+   * the same with a 257-key window, 4 sinks and 256 surprise keys per head, mix 0/1: the recipe
+   * that keeps the base model's long-context memory (the default of a GPU run).
    */
-  recipe?: "paper";
+  recipe?: "paper" | "memory";
   /** Passes over the training data; the steps follow from it after packing (when `steps` is not given). */
   epochs?: number;
   /** LoRA adapters (default rank 8, alpha 8, on q, k, v). */
@@ -132,7 +133,7 @@ export interface LinearizeOptions {
   /**
    * Where training runs: "cpu" (default), "cuda" (the first NVIDIA GPU; DEVICE_UNAVAILABLE
    * without one) or "auto" (cuda when `gpuInfo()` finds a usable GPU, else cpu). On cuda, with
-   * none of recipe, steps, epochs and seqLen given, the run trains `DEFAULT_GPU_RECIPE`.
+   * none of recipe, steps, epochs and seqLen given, the run trains `defaultGpuRecipe()` ("memory").
    */
   device?: "cpu" | "cuda" | "auto";
   onProgress?: (event: LinearizeEvent) => void;
@@ -202,13 +203,63 @@ export interface LinearizeReport {
   memory: { baseBytesPerToken: number; ligerConstantBytes: number; ligerBytesPerToken: number };
 }
 
-/** The training settings of each recipe preset. */
-export const RECIPES = {
-  paper: { seqLen: 1024, batch: 8, gradAccum: 1, epochs: 2, lr: 1e-3, schedule: "constant" },
-} as const;
+/** A recipe preset: training settings, and for some the attention beside the recurrent branch. */
+export interface Recipe {
+  seqLen: number;
+  batch: number;
+  gradAccum: number;
+  epochs: number;
+  lr: number;
+  schedule: "constant" | "cosine";
+  window?: number;
+  sinks?: number;
+  surpriseKeys?: number;
+  alpha?: number;
+  beta?: number;
+}
 
-/** The recipe a GPU run trains when none of recipe, steps, epochs and seqLen is given. */
-export const DEFAULT_GPU_RECIPE: keyof typeof RECIPES = "paper";
+/**
+ * The recipe presets. "paper": the Liger paper's training (GLA + 65-key window mixed 0.5/0.5).
+ * "memory": the recipe that keeps the base model's memory (bench/RESULTS.md, "window 257 and
+ * 256 surprise keys, trained through the cache"): a 257-key window, 4 sinks and a cache of the
+ * 256 tokens per head the recurrent state recalls worst, the recurrent branch only choosing
+ * them (mix 0/1), one epoch of the paper's training.
+ */
+export const RECIPES: Record<"paper" | "memory", Recipe> = {
+  paper: { seqLen: 1024, batch: 8, gradAccum: 1, epochs: 2, lr: 1e-3, schedule: "constant" },
+  memory: {
+    seqLen: 1024,
+    batch: 8,
+    gradAccum: 1,
+    epochs: 1,
+    lr: 1e-3,
+    schedule: "constant",
+    window: 257,
+    sinks: 4,
+    surpriseKeys: 256,
+    alpha: 0,
+    beta: 1,
+  },
+};
+
+/**
+ * The recipe a GPU run trains when none of recipe, steps, epochs and seqLen is given: "memory",
+ * or "paper" for the mixers and settings that take no surprise cache (gsa, no window branch).
+ */
+export function defaultGpuRecipe(o: { mixer?: unknown; useSwa?: unknown }): keyof typeof RECIPES {
+  return o.mixer === "gsa" || o.useSwa === false ? "paper" : "memory";
+}
+
+/** One line that says what a recipe trains. */
+export function describeRecipe(name: keyof typeof RECIPES): string {
+  const r = RECIPES[name];
+  const epochs = `${r.epochs} epoch${r.epochs === 1 ? "" : "s"}`;
+  const attention =
+    r.surpriseKeys === undefined
+      ? ""
+      : `, a ${r.window}-key window with ${r.sinks} sinks and ${r.surpriseKeys} surprise keys per head`;
+  return `${epochs} of ${r.batch} x ${r.seqLen}-token sequences, lr ${r.lr} ${r.schedule}${attention}`;
+}
 
 /** Where a run with `device` trains: "auto" becomes cuda when there is a usable GPU, else cpu. */
 export function resolveDevice(device: LinearizeOptions["device"]): "cpu" | "cuda" {
@@ -285,8 +336,8 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
   checkOptional("recipe", o.recipe, oneOf(Object.keys(RECIPES)), `one of ${Object.keys(RECIPES).join(", ")}`);
   checkOptional("epochs", o.epochs, (v) => isFiniteNumber(v) && (v as number) > 0, "a positive number");
   if (o.steps !== undefined && o.epochs !== undefined) throw invalidArgument("give steps or epochs, not both");
-  const recipeName = o.recipe ?? (device === "cuda" && usesDefaultLength(o) ? DEFAULT_GPU_RECIPE : undefined);
-  const recipe: Partial<(typeof RECIPES)["paper"]> = recipeName ? RECIPES[recipeName] : {};
+  const recipeName = o.recipe ?? (device === "cuda" && usesDefaultLength(o) ? defaultGpuRecipe(o) : undefined);
+  const recipe: Partial<Recipe> = recipeName ? RECIPES[recipeName] : {};
   // Steps: given, else from epochs (given or the recipe's), else the short CPU run's 30.
   const epochs = o.epochs ?? (o.steps === undefined ? recipe.epochs : undefined);
   const lora = o.lora ?? {};
@@ -345,13 +396,13 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     dataPath: data ?? undefined,
     outDir: o.out,
     mixer: o.mixer ?? "gla",
-    window: o.window ?? 65,
-    sinks: o.sinks ?? 0,
+    window: o.window ?? recipe.window ?? 65,
+    sinks: o.sinks ?? recipe.sinks ?? 0,
     grmNorm: o.grmNorm ?? false,
-    surpriseKeys: o.surpriseKeys ?? 0,
+    surpriseKeys: o.surpriseKeys ?? recipe.surpriseKeys ?? 0,
     surpriseAfterTraining: o.surpriseAfterTraining ?? false,
-    alpha: o.alpha ?? 0.5,
-    beta: o.beta ?? 0.5,
+    alpha: o.alpha ?? recipe.alpha ?? 0.5,
+    beta: o.beta ?? recipe.beta ?? 0.5,
     useSwa: o.useSwa ?? true,
     softmaxLayers: o.softmaxLayers ?? [],
     softmaxEvery: o.softmaxEvery,

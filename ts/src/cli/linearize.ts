@@ -7,9 +7,10 @@ import type { Command } from "commander";
 import { LigerError } from "../errors.js";
 import { gpuInfo } from "../native.js";
 import {
-  DEFAULT_GPU_RECIPE,
+  defaultGpuRecipe,
+  describeRecipe,
   linearize,
-  RECIPES,
+  type RECIPES,
   usesDefaultLength,
   type LinearizeOptions,
   type LinearizeReport,
@@ -118,7 +119,7 @@ export function registerLinearize(program: Command): void {
     .option("--weight-decay <w>", "AdamW weight decay on the adapters (default 0)", parseNumber("weight-decay"))
     .option(
       "--recipe <name>",
-      "training preset: paper (1024-token sequences, batch 8, 2 epochs, lr 1e-3 constant); options given win",
+      "preset: paper (1024-token sequences, batch 8, 2 epochs, lr 1e-3 constant) or memory (1 epoch of the same, window 257, 4 sinks, 256 surprise keys, mix 0/1: keeps long-context memory; the GPU default); options given win",
     )
     .option(
       "--epochs <n>",
@@ -155,7 +156,7 @@ export function registerLinearize(program: Command): void {
     .option("--keep <n>", "keep only the newest n checkpoint folders (default all)", parseNumber("keep"))
     .option(
       "--device <device>",
-      "cpu, cuda (the first NVIDIA GPU) or auto (cuda when there is a usable GPU); on cuda the default length is the paper recipe",
+      "cpu, cuda (the first NVIDIA GPU) or auto (cuda when there is a usable GPU); on cuda, with no length given, the run trains the memory recipe",
       "auto",
     )
     .option("--json", "print the report as JSON instead of tables")
@@ -177,7 +178,11 @@ export function registerLinearize(program: Command): void {
           "--no-train converts without training: drop --data, --steps and --epochs",
         );
       }
-      const device = announceDevice(options.device, options.train !== false && usesDefaultLength(options));
+      const device = announceDevice(
+        options.device,
+        options.train !== false && usesDefaultLength(options),
+        defaultGpuRecipe({ mixer: options.mixer, useSwa: options.swa }),
+      );
       const jobOptions: LinearizeOptions = {
         out: options.out,
         data: options.train === false ? null : options.data,
@@ -257,7 +262,11 @@ export function registerLinearize(program: Command): void {
  * `--device`: where the run trains, said in its first line of output when the choice was
  * automatic or a GPU recipe fills in the length. An unknown name passes through to the job's check.
  */
-function announceDevice(requested: string | undefined, defaultLength: boolean): LinearizeOptions["device"] {
+function announceDevice(
+  requested: string | undefined,
+  defaultLength: boolean,
+  recipe: keyof typeof RECIPES,
+): LinearizeOptions["device"] {
   if (requested !== "auto" && requested !== "cuda") return requested as LinearizeOptions["device"];
   const gpu = gpuInfo();
   if (!gpu.available) {
@@ -271,12 +280,9 @@ function announceDevice(requested: string | undefined, defaultLength: boolean): 
     return "cpu";
   }
   const gib = (gpu.totalMemoryBytes / 2 ** 30).toFixed(0);
-  const recipe = RECIPES[DEFAULT_GPU_RECIPE];
   process.stderr.write(
     `Training on the GPU (${gpu.name}, ${gib} GiB)` +
-      (defaultLength
-        ? ` with the ${DEFAULT_GPU_RECIPE} recipe: ${recipe.epochs} epochs of ${recipe.batch} x ${recipe.seqLen}-token sequences, lr ${recipe.lr} ${recipe.schedule}.\n`
-        : ".\n"),
+      (defaultLength ? ` with the ${recipe} recipe: ${describeRecipe(recipe)}.\n` : ".\n"),
   );
   return "cuda";
 }
