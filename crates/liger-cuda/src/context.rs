@@ -139,7 +139,9 @@ impl GpuContext {
         }
         let ptx = load_or_compile(&self.kernel_dir, file, self.info.compute_capability)?;
         let loading = format!("loading kernels {}.cu", file.name);
-        let module = self.ctx.load_module(Ptx::from_src(ptx)).map_err(|e| driver_error(e, &loading))?;
+        let module = self.retry_out_of_memory(|| {
+            self.ctx.load_module(Ptx::from_src(ptx.clone())).map_err(|e| driver_error(e, &loading))
+        })?;
         for &name in file.entry_points {
             let f = module.load_function(name).map_err(|e| driver_error(e, &format!("{loading}: {name}")))?;
             functions.insert(name, f);
@@ -245,9 +247,40 @@ impl GpuContext {
                 "cuBLAS (libcublas.so.13) could not be loaded: install the CUDA 13 libraries, or use the CPU backend",
             ));
         }
-        let handle =
-            Arc::new(CudaBlas::new(self.stream.clone()).map_err(|e| cublas_error(e, "creating the cuBLAS handle"))?);
+        let handle = Arc::new(self.retry_out_of_memory(|| {
+            CudaBlas::new(self.stream.clone()).map_err(|e| cublas_error(e, "creating the cuBLAS handle"))
+        })?);
         *blas = Some(handle.clone());
         Ok(handle)
+    }
+
+    /// Runs `work`; if it fails for want of memory, gives the memory that freed buffers left in
+    /// the device's pool back to the driver and runs it once more. Buffers are freed into the
+    /// pool (stream-ordered allocation), which only the pool's own allocations reuse; module
+    /// loads and library handles allocate outside it, so after a run out of memory they could
+    /// fail even once the buffers are gone.
+    fn retry_out_of_memory<T>(&self, work: impl Fn() -> Result<T>) -> Result<T> {
+        match work() {
+            Err(err) if err.code == liger_core::ErrorCode::OutOfMemory => {
+                self.release_pool_memory()?;
+                work()
+            }
+            other => other,
+        }
+    }
+
+    /// Hands the device pool's unused memory back to the driver (after the stream's pending
+    /// frees have happened).
+    pub fn release_pool_memory(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| driver_error(e, "waiting for the GPU"))?;
+        let mut pool = std::ptr::null_mut();
+        // SAFETY: the driver writes the device's default pool handle, which it owns.
+        unsafe { cudarc::driver::sys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device()) }
+            .result()
+            .map_err(|e| driver_error(e, "finding the GPU's memory pool"))?;
+        // SAFETY: trimming keeps every allocation in use; it releases only unused reserved memory.
+        unsafe { cudarc::driver::sys::cuMemPoolTrimTo(pool, 0) }
+            .result()
+            .map_err(|e| driver_error(e, "releasing the GPU's memory pool"))
     }
 }
