@@ -1,6 +1,9 @@
 /** liger: Llama-family models as gated linear recurrent models, from Node. */
 export { loadModel, LigerModel, resolveBackend } from "./model.js";
 export type { LoadModelOptions, TokenizeOptions, DetokenizeOptions } from "./model.js";
+export { serve } from "./serve/server.js";
+export type { ServeOptions, LigerServer, ServerMetrics } from "./serve/server.js";
+export type { SchedulerStats } from "./serve/scheduler.js";
 export { Generation } from "./generation.js";
 export type { GeneratedToken } from "./generation.js";
 export type { GenerateOptions } from "./options.js";

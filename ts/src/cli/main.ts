@@ -8,6 +8,7 @@ import { registerFetchModel } from "./fetch-model.js";
 import { registerGenerate } from "./generate.js";
 import { registerInfo } from "./info.js";
 import { registerLinearize } from "./linearize.js";
+import { registerServe } from "./serve.js";
 
 const { version } = createRequire(import.meta.url)("../../package.json") as { version: string };
 
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
   registerGenerate(program);
   registerEval(program);
   registerLinearize(program);
+  registerServe(program);
   registerFetchModel(program);
   return program;
 }
