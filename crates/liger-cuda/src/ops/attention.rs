@@ -151,11 +151,7 @@ pub fn attention_forward<T: GpuElement>(
     lse: &mut GpuBuffer<f32>,
 ) -> Result<()> {
     let p = dims.kernel_dims(window)?;
-    expect_len("attention q", q.len(), dims.q_len())?;
-    expect_len("attention k", k.len(), dims.kv_len())?;
-    expect_len("attention v", v.len(), dims.kv_len())?;
-    expect_len("attention output", o.len(), dims.q_len())?;
-    expect_len("attention lse", lse.len(), dims.lse_len())?;
+    check_forward_sizes(dims, [q, o], [k, v], lse)?;
     if dims.q_len() == 0 {
         return Ok(());
     }
@@ -174,6 +170,20 @@ pub fn attention_forward<T: GpuElement>(
     launch.arg(&p).arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(o.slice_mut()).arg(lse.slice_mut());
     // SAFETY: sizes checked above; one warp per (sequence, query, head) row.
     ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.tokens * dims.shape.hq)) }, name)
+}
+
+/// Checks the sizes of a forward call: q, o `[B,T,hq,d]`; k, v `[B,T,hkv,d]`; lse `[B,hq,T]`.
+fn check_forward_sizes<T: GpuElement>(
+    dims: AttentionDims,
+    [q, o]: [&GpuBuffer<T>; 2],
+    [k, v]: [&GpuBuffer<T>; 2],
+    lse: &GpuBuffer<f32>,
+) -> Result<()> {
+    expect_len("attention q", q.len(), dims.q_len())?;
+    expect_len("attention k", k.len(), dims.kv_len())?;
+    expect_len("attention v", v.len(), dims.kv_len())?;
+    expect_len("attention output", o.len(), dims.q_len())?;
+    expect_len("attention lse", lse.len(), dims.lse_len())
 }
 
 /// Checks the sizes of a backward call: q, o, d_o, dq `[B,T,hq,d]`; k, v, dk, dv `[B,T,hkv,d]`;
@@ -592,11 +602,7 @@ pub fn surprise_attention_forward<T: GpuElement>(
     lse: &mut GpuBuffer<f32>,
 ) -> Result<()> {
     let p = dims.kernel_dims(Some(window))?;
-    expect_len("attention q", q.len(), dims.q_len())?;
-    expect_len("attention k", k.len(), dims.kv_len())?;
-    expect_len("attention v", v.len(), dims.kv_len())?;
-    expect_len("attention output", o.len(), dims.q_len())?;
-    expect_len("attention lse", lse.len(), dims.lse_len())?;
+    check_forward_sizes(dims, [q, o], [k, v], lse)?;
     let slots = check_cache(dims, cache)?;
     if dims.q_len() == 0 {
         return Ok(());
