@@ -146,8 +146,18 @@ describe("serve: the OpenAI API", () => {
     expect(stopped.choices[0].text).toBe(expected.text.slice(0, expected.text.indexOf(word)));
   });
 
-  it("gives 4 concurrent greedy requests the same outputs as one at a time", async () => {
-    const prompts = ["Once upon a time", "The best way to learn is", "Water boils at", "My favourite food is"];
+  it("gives 8 concurrent greedy requests the same outputs as one at a time", async () => {
+    // Twice the server's max batch: half of them wait in the queue.
+    const prompts = [
+      "Once upon a time",
+      "The best way to learn is",
+      "Water boils at",
+      "My favourite food is",
+      "The capital of France is",
+      "In the morning I",
+      "A good friend is",
+      "The sky is blue because",
+    ];
     const ask = (prompt: string) =>
       client.completions
         .create({ model: server.modelName, prompt, max_tokens: 12, temperature: 0 })
