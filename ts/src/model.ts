@@ -17,6 +17,7 @@ import {
 } from "./eval.js";
 import { fetchDefaultModel } from "./fetch.js";
 import { Generation } from "./generation.js";
+import { downloadHubModel, hubModelId, type HubOptions } from "./hub.js";
 import { loadAddon, nativeBackend } from "./native.js";
 import { defaultWasmBackend } from "./wasm.js";
 import { checkMessages, checkTokens, resolveGenerateOptions, type GenerateOptions } from "./options.js";
@@ -30,6 +31,11 @@ export interface LoadModelOptions {
    * can be loaded, the wasm engine otherwise.
    */
   backend?: Backend | "native" | "wasm" | "auto";
+  /**
+   * For a Hub id: the endpoint, token, cache and offline mode (defaults: `$HF_ENDPOINT`,
+   * `$HF_TOKEN`, `$HF_HUB_CACHE` or `$HF_HOME/hub`, `$HF_HUB_OFFLINE`).
+   */
+  hub?: Omit<HubOptions, "onProgress">;
 }
 
 /** The backend `choice` names ("auto": native when its addon loads, else wasm). */
@@ -75,7 +81,9 @@ export interface DetokenizeOptions {
  * Load a model: a .gguf file, a Hugging Face model directory, or a Liger checkpoint
  * directory written by `linearize` (then `info.liger` describes the conversion). With no
  * path, the default model (SmolLM2-135M-Instruct, Q4_1 GGUF) is used, downloaded into the
- * cache if needed.
+ * cache if needed. A string that is not an existing path but reads as a Hugging Face Hub id
+ * (`owner/name`, `owner/name@revision`, `owner/name/file.gguf`) is downloaded from the Hub
+ * into its shared cache first (see `downloadHubModel`).
  */
 export async function loadModel(path?: string, options: LoadModelOptions = {}): Promise<LigerModel> {
   if (path !== undefined && (typeof path !== "string" || path.length === 0)) {
@@ -84,7 +92,10 @@ export async function loadModel(path?: string, options: LoadModelOptions = {}): 
   const { onProgress } = options;
   const choice = options.backend ?? "auto";
   const backend = resolveBackend(choice);
-  const modelPath = path ?? (await fetchDefaultModel({ onProgress }));
+  const hubId = path === undefined ? undefined : hubModelId(path);
+  const modelPath = hubId
+    ? await downloadHubModel(hubId, { ...options.hub, onProgress })
+    : (path ?? (await fetchDefaultModel({ onProgress })));
   try {
     return new LigerModel(await backend.loadModel(modelPath, onProgress), modelPath);
   } catch (err) {

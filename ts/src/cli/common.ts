@@ -7,7 +7,10 @@ export interface ModelOption {
   model?: string;
 }
 
-/** Load `--model`, or the default model (fetched into the cache if needed). */
+/**
+ * Load `--model` (a path, or a Hub id such as `owner/name/file.gguf`, downloaded with a bar),
+ * or the default model (fetched into the cache if needed).
+ */
 export async function loadModelWithProgress(options: ModelOption): Promise<LigerModel> {
   const progress = new StageProgress();
   try {
