@@ -372,6 +372,13 @@ describe("downloading a .gguf by Hub id", () => {
     expect(gets.map((g) => [g.range, g.status])).toEqual([["bytes=500000-", 206]]);
   });
 
+  it("loads of the same id at once share one download", async () => {
+    const paths = await Promise.all([1, 2, 3].map(() => downloadHubModel("test-org/tiny-gguf/tiny.gguf")));
+    expect(new Set(paths).size).toBe(1);
+    expect(sha256(readFileSync(paths[0]))).toBe(sha256(tiny));
+    expect(hits.filter((h) => h.server === "cdn" && h.method === "GET").length).toBe(1);
+  });
+
   it("restarts cleanly when the server ignores Range", async () => {
     faults.dropAfter = [777_777];
     faults.ignoreRange = true;

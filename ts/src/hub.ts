@@ -16,7 +16,7 @@
  * resumed with a Range request after a dropped connection (and restarted cleanly when the
  * server ignores Range), checked by size and, for LFS files, by sha256, then renamed into place.
  */
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, createWriteStream, existsSync, readFileSync } from "node:fs";
 import { copyFile, mkdir, readFile, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
@@ -328,13 +328,15 @@ async function linkSnapshot(ctx: Context, commit: string, file: string, etag: st
   const pointer = join(ctx.repoDir, "snapshots", commit, ...file.split("/"));
   const blob = join(ctx.repoDir, "blobs", etag);
   await mkdir(dirname(pointer), { recursive: true });
-  await rm(pointer, { force: true });
+  // Made under a temporary name and renamed over the old one: never a moment without it.
+  const temp = `${pointer}.${process.pid}-${randomBytes(4).toString("hex")}.tmp`;
   try {
-    await symlink(relative(dirname(pointer), blob), pointer);
+    await symlink(relative(dirname(pointer), blob), temp);
   } catch {
     // Where symlinks are not allowed (as huggingface_hub does there): a copy.
-    await copyFile(blob, pointer);
+    await copyFile(blob, temp);
   }
+  await rename(temp, pointer);
 }
 
 async function writeRef(ctx: Context, commit: string): Promise<void> {
@@ -454,6 +456,25 @@ async function fetchBlob(ctx: Context, meta: FileMetadata, progress: ByteProgres
     progress.add(meta.size);
     return;
   }
+  // Loads of the same model at once share one download (and one `.incomplete` file).
+  const running = inFlight.get(blob);
+  if (running) {
+    await running;
+    progress.add(meta.size);
+    return;
+  }
+  const download = downloadBlob(ctx, meta, blob, progress);
+  inFlight.set(blob, download);
+  try {
+    await download;
+  } finally {
+    inFlight.delete(blob);
+  }
+}
+
+const inFlight = new Map<string, Promise<void>>();
+
+async function downloadBlob(ctx: Context, meta: FileMetadata, blob: string, progress: ByteProgress): Promise<void> {
   await mkdir(dirname(blob), { recursive: true });
   const partial = `${blob}.incomplete`;
   let counted = 0; // bytes of this file counted in progress
