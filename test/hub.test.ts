@@ -19,7 +19,7 @@ import {
 } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 
 import {
@@ -28,8 +28,10 @@ import {
   HubError,
   hubModelId,
   LigerError,
+  linearize,
   loadModel,
   parseHubId,
+  type LinearizeEvent,
 } from "../ts/dist/index.js";
 import { modelPath, sharedModel } from "./helpers.js";
 
@@ -333,6 +335,20 @@ describe("downloading a .gguf by Hub id", () => {
     // By commit, too.
     expect(await downloadHubModel(`test-org/tiny-gguf@${COMMIT}/${GGUF}`)).toBe(model.path);
     expect(hits).toEqual([]);
+
+    // linearize takes the same id: an untrained conversion of the cached file.
+    const events: LinearizeEvent[] = [];
+    const out = join(mkdtempSync(join(tmpdir(), "liger-hub-run-")), "run");
+    await linearize(`test-org/tiny-gguf/${GGUF}`, {
+      out,
+      data: null,
+      sample: false,
+      onProgress: (e) => events.push(e),
+    });
+    expect(events).toContainEqual({ kind: "stage", stage: `downloading test-org/tiny-gguf/${GGUF}` });
+    expect(hits).toEqual([]);
+    expect((await loadModel(out)).info.liger).toBeTruthy();
+    rmSync(dirname(out), { recursive: true, force: true });
   }, 120_000);
 
   it("follows the Hub's relative redirect of a renamed repository, and the CDN's absolute one", async () => {

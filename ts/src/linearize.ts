@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { invalidArgument } from "./errors.js";
 import { checkOptional, defaultDataDir, isPositiveInt } from "./eval.js";
 import { fetchDefaultModel } from "./fetch.js";
+import { downloadHubModel, hubModelId } from "./hub.js";
 import { gpuInfo, nativeLinearize } from "./native.js";
 
 export const MIXERS = ["gla", "hgrn2", "gsa", "retention", "mamba2", "rwkv6", "linear"] as const;
@@ -452,6 +453,9 @@ export async function linearize(modelPath: string | undefined, options: Lineariz
     throw invalidArgument(`model path must be a non-empty string, got ${JSON.stringify(modelPath)}`);
   }
   const resolved = resolveLinearizeOptions(modelPath ?? "", options);
-  resolved.modelPath = modelPath ?? (await fetchDefaultModel());
+  // A Hub id (owner/name[@revision][/file.gguf]) is fetched into the Hub's shared cache first.
+  const hubId = modelPath === undefined ? undefined : hubModelId(modelPath);
+  if (hubId) options.onProgress?.({ kind: "stage", stage: `downloading ${modelPath}` });
+  resolved.modelPath = hubId ? await downloadHubModel(hubId) : (modelPath ?? (await fetchDefaultModel()));
   return nativeLinearize(resolved, { onEvent: options.onProgress, signal: options.signal });
 }
