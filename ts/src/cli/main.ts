@@ -2,6 +2,7 @@
 import { Command, CommanderError } from "commander";
 import { createRequire } from "node:module";
 
+import { registerChat } from "./chat.js";
 import { reportError } from "./common.js";
 import { registerEval } from "./eval.js";
 import { registerFetchModel } from "./fetch-model.js";
@@ -20,6 +21,7 @@ export function buildProgram(): Command {
     .exitOverride();
   registerInfo(program);
   registerGenerate(program);
+  registerChat(program);
   registerEval(program);
   registerLinearize(program);
   registerServe(program);
