@@ -16,7 +16,7 @@ mod model;
 mod reader;
 mod writer;
 
-pub use model::{load_gguf_model, permute_qk_rows_from_gguf, permute_qk_rows_to_gguf};
+pub use model::{load_gguf_model, permute_qk_rows_from_gguf, permute_qk_rows_to_gguf, read_gguf_config};
 pub use writer::GgufWriter;
 
 use crate::error::{Error, ErrorCode, Result};

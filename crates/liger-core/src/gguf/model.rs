@@ -14,11 +14,17 @@ use crate::weights::{LayerWeights, ModelWeights};
 
 /// Reads the config and weights of a llama-architecture GGUF model.
 pub fn load_gguf_model(file: &GgufFile) -> Result<(ModelConfig, ModelWeights)> {
-    let config = read_config(file)?;
-    config.validate().map_err(|e| e.context(file.name()))?;
+    let config = read_gguf_config(file)?;
     let weights = read_weights(file, &config)?;
     weights.validate(&config).map_err(|e| e.context(file.name()))?;
     Ok((config, weights))
+}
+
+/// Reads and checks the config of a llama-architecture GGUF model, without its weights.
+pub fn read_gguf_config(file: &GgufFile) -> Result<ModelConfig> {
+    let config = read_config(file)?;
+    config.validate().map_err(|e| e.context(file.name()))?;
+    Ok(config)
 }
 
 fn read_config(f: &GgufFile) -> Result<ModelConfig> {

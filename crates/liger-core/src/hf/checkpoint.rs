@@ -49,6 +49,24 @@ const INDEX_FILE: &str = "model.safetensors.index.json";
 /// Loads a checkpoint directory: the config, the weights (memory-mapped, zero copy), and the
 /// tokenizer and chat template when present.
 pub fn load_hf_dir(dir: &Path) -> Result<HfCheckpoint> {
+    let (raw_config, config) = read_config_json(dir)?;
+    let source = TensorSource::open(dir)?;
+    let weights = read_weights(&source, &config)?;
+
+    let tokenizer_json = Some(dir.join("tokenizer.json")).filter(|p| p.is_file());
+    let chat_template = read_chat_template(dir)?;
+    let add_bos_token = read_add_bos_token(dir)?;
+    Ok(HfCheckpoint { config, weights, tokenizer_json, chat_template, add_bos_token, raw_config })
+}
+
+/// The config [`load_hf_dir`] reads from a checkpoint directory, without the weights.
+pub fn read_hf_config(dir: &Path) -> Result<ModelConfig> {
+    read_config_json(dir).map(|(_, config)| config)
+}
+
+/// `config.json` as read, and as a config (with the end-of-sequence ids of
+/// `generation_config.json`).
+fn read_config_json(dir: &Path) -> Result<(Value, ModelConfig)> {
     let meta = fs::metadata(dir).map_err(|e| Error::io(dir.display(), e))?;
     if !meta.is_dir() {
         return Err(Error::invalid_argument(format!(
@@ -67,14 +85,7 @@ pub fn load_hf_dir(dir: &Path) -> Result<HfCheckpoint> {
     let raw_config = read_json(&config_path)?;
     let mut config = config_from_value(&raw_config, &config_source)?;
     merge_generation_eos(dir, &mut config)?;
-
-    let source = TensorSource::open(dir)?;
-    let weights = read_weights(&source, &config)?;
-
-    let tokenizer_json = Some(dir.join("tokenizer.json")).filter(|p| p.is_file());
-    let chat_template = read_chat_template(dir)?;
-    let add_bos_token = read_add_bos_token(dir)?;
-    Ok(HfCheckpoint { config, weights, tokenizer_json, chat_template, add_bos_token, raw_config })
+    Ok((raw_config, config))
 }
 
 fn read_text(path: &Path) -> Result<String> {

@@ -21,7 +21,8 @@ pub use safetensors_io::{safetensors_to_bytes, SafetensorsFile, SaveDtype};
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use checkpoint::{
-    load_hf_dir, save_hf_dir, save_hf_dir_with_shard_size, HfCheckpoint, HfExtraFiles, DEFAULT_MAX_SHARD_BYTES,
+    load_hf_dir, read_hf_config, save_hf_dir, save_hf_dir_with_shard_size, HfCheckpoint, HfExtraFiles,
+    DEFAULT_MAX_SHARD_BYTES,
 };
 #[cfg(not(target_arch = "wasm32"))]
 pub use safetensors_io::{read_safetensors_f32, write_safetensors};

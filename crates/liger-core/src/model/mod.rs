@@ -73,9 +73,7 @@ pub struct ModelInfo {
 /// Native only (memory maps and the file system); wasm loads from bytes.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load_model(path: &Path, progress: &mut dyn FnMut(&str, f64)) -> Result<BaseModel> {
-    if !path.exists() {
-        return Err(Error::new(ErrorCode::Io, format!("{}: no such file or directory", path.display())));
-    }
+    check_exists(path)?;
     if path.is_dir() {
         progress("reading checkpoint", 0.0);
         // A run folder is named after the run, whichever of its checkpoints loads.
@@ -131,6 +129,27 @@ pub fn load_model(path: &Path, progress: &mut dyn FnMut(&str, f64)) -> Result<Ba
         .unwrap_or_default();
     progress("ready", 1.0);
     Ok(BaseModel::new(config, weights, tokenizer, chat_template, name, ModelFormat::Gguf))
+}
+
+/// The config of the model [`load_model`] would load from `path`, read without its weights or
+/// tokenizer (a GGUF file's header, a checkpoint's config.json): enough to check options
+/// against before the model itself is loaded.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_model_config(path: &Path) -> Result<ModelConfig> {
+    check_exists(path)?;
+    if path.is_dir() {
+        return crate::hf::read_hf_config(&crate::checkpoint::run::resolve_checkpoint(path)?);
+    }
+    let file = crate::gguf::GgufFile::open(path)?;
+    crate::gguf::read_gguf_config(&file).map_err(|e| e.context(path.display()))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn check_exists(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Err(Error::new(ErrorCode::Io, format!("{}: no such file or directory", path.display())));
+    }
+    Ok(())
 }
 
 impl BaseModel {

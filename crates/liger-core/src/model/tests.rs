@@ -215,3 +215,22 @@ fn weights_that_are_not_finite_are_refused_at_load() {
     assert!(super::load_model(&dir, &mut |_, _| {}).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Options are checked against a model's config before the model loads: the config read
+/// alone is the one the model loads with, and reading it does not touch the weights.
+#[test]
+fn the_config_reads_without_loading_the_weights() {
+    use crate::hf::SaveDtype;
+    let dir = std::env::temp_dir().join(format!("liger-config-{:016x}", rand::random::<u64>()));
+    let model = crate::train::fixtures::tiny_byte_model(3);
+    model.save_checkpoint(&dir, SaveDtype::F32).unwrap();
+    let loaded = super::load_model(&dir, &mut |_, _| {}).unwrap();
+    assert_eq!(super::read_model_config(&dir).unwrap(), loaded.config);
+    // Broken weights fail the load, not the config read.
+    std::fs::write(dir.join("model.safetensors"), b"not a safetensors file").unwrap();
+    assert!(super::load_model(&dir, &mut |_, _| {}).is_err());
+    assert_eq!(super::read_model_config(&dir).unwrap(), loaded.config);
+    let missing = super::read_model_config(&dir.join("missing.gguf")).expect_err("refused");
+    assert_eq!(missing.code, ErrorCode::Io);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
