@@ -1,7 +1,7 @@
-//! Node.js bindings for liger-core, built with napi-rs.
+//! Node.js bindings for liger, built with napi-rs.
 //!
-//! Thin on purpose: convert values, run heavy work off the JavaScript thread, stream tokens
-//! back, and map errors. Errors cross as `[liger:CODE] message`; the TypeScript layer turns
+//! Thin on purpose: convert values to and from the `liger` crate's types, run its jobs off the
+//! JavaScript thread, stream tokens and events back, and map errors. Errors cross as `[liger:CODE] message`; the TypeScript layer turns
 //! them into `LigerError`s with that code. A panic never reaches JavaScript: it becomes an
 //! `INTERNAL` error.
 
@@ -22,11 +22,12 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
+mod eval;
 mod jobs;
-mod loglik_job;
-mod models;
+mod linearize;
+mod loglik;
 
-use models::AnyModel;
+use liger::Model;
 
 // ---- errors and panics ------------------------------------------------------------------
 
@@ -81,20 +82,20 @@ pub struct LoadTask {
 }
 
 impl Task for LoadTask {
-    type Output = AnyModel;
+    type Output = Model;
     type JsValue = NativeModel;
 
-    fn compute(&mut self) -> Result<AnyModel> {
+    fn compute(&mut self) -> Result<Model> {
         let on_progress = self.on_progress.as_ref();
         let mut report = |stage: &str, fraction: f64| {
             if let Some(callback) = on_progress {
                 report_progress(callback, stage, fraction);
             }
         };
-        run(|| AnyModel::load(&self.path, &mut report))
+        run(|| Model::load(&self.path, &mut report))
     }
 
-    fn resolve(&mut self, _env: Env, model: AnyModel) -> Result<NativeModel> {
+    fn resolve(&mut self, _env: Env, model: Model) -> Result<NativeModel> {
         Ok(NativeModel { model: Arc::new(model) })
     }
 }
@@ -140,12 +141,12 @@ pub struct GpuInfo {
 /// driver) as a DEVICE_UNAVAILABLE error.
 #[napi(js_name = "gpuInfo")]
 pub fn gpu_info() -> Result<GpuInfo> {
-    let info = run(|| liger_cuda::open_gpu(0).map(|ctx| ctx.info().clone()))?;
+    let info = run(|| liger::gpu_info(0))?;
     Ok(GpuInfo {
         name: info.name,
         compute_capability: format!("{}.{}", info.compute_capability.0, info.compute_capability.1),
-        total_memory_bytes: info.total_memory as f64,
-        free_memory_bytes: info.free_memory as f64,
+        total_memory_bytes: info.total_memory_bytes as f64,
+        free_memory_bytes: info.free_memory_bytes as f64,
         driver_version: format!("{}.{}", info.driver_version / 1000, info.driver_version % 1000 / 10),
     })
 }
@@ -154,7 +155,7 @@ pub fn gpu_info() -> Result<GpuInfo> {
 
 #[napi]
 pub struct NativeModel {
-    pub(crate) model: Arc<AnyModel>,
+    pub(crate) model: Arc<Model>,
 }
 
 #[napi(object)]
@@ -212,16 +213,14 @@ impl From<GenerateResult> for JsGenerateResult {
 }
 
 fn core_generate_options(o: JsGenerateOptions) -> liger_core::Result<GenerateOptions> {
-    if !(o.seed.is_finite() && o.seed >= 0.0 && o.seed.fract() == 0.0 && o.seed < 9_007_199_254_740_992.0) {
-        return Err(Error::invalid_argument(format!("seed must be an integer in [0, 2^53), got {}", o.seed)));
-    }
+    let seed = liger::parse::whole_number("seed", o.seed)?;
     Ok(GenerateOptions {
         max_tokens: o.max_tokens as usize,
         sampling: SamplingOptions {
             temperature: o.temperature as f32,
             top_k: o.top_k as usize,
             top_p: o.top_p as f32,
-            seed: o.seed as u64,
+            seed,
         },
         stop: o.stop,
         ignore_eos: o.ignore_eos,
@@ -291,13 +290,7 @@ impl NativeModel {
     }
 }
 
-fn run_generation(
-    model: &AnyModel,
-    prompt: &[u32],
-    options: &GenerateOptions,
-    cancel: &AtomicBool,
-    on_event: &EventFn,
-) {
+fn run_generation(model: &Model, prompt: &[u32], options: &GenerateOptions, cancel: &AtomicBool, on_event: &EventFn) {
     let send = |event: GenerateEvent| {
         on_event.call(event, ThreadsafeFunctionCallMode::NonBlocking);
     };
@@ -326,7 +319,7 @@ fn run_generation(
 }
 
 pub struct LogitsTask {
-    model: Arc<AnyModel>,
+    model: Arc<Model>,
     tokens: Vec<u32>,
 }
 
@@ -348,7 +341,7 @@ fn chat_messages(messages: Vec<JsChatMessage>) -> Vec<ChatMessage> {
 }
 
 pub struct ChatTemplateTask {
-    model: Arc<AnyModel>,
+    model: Arc<Model>,
     messages: Vec<ChatMessage>,
     add_generation_prompt: bool,
 }

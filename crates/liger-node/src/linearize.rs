@@ -1,0 +1,141 @@
+//! Linearize for JavaScript: the options converted to the `liger` crate's, the job run on a
+//! worker thread.
+
+use std::path::PathBuf;
+
+use liger::parse;
+use liger::{LinearizeEvent, LinearizeOptions};
+use liger_core::train::data::BadRows;
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+
+use crate::jobs::{async_job, emit, json_text, CancelToken, EventFn, JobTask};
+
+/// Every setting of a linearize run, defaults already filled in by the TypeScript layer.
+#[napi(object)]
+pub struct JsLinearizeOptions {
+    pub model_path: String,
+    pub data_path: Option<String>,
+    pub out_dir: String,
+    pub mixer: String,
+    pub window: u32,
+    /// First tokens every query of the window branch also sees (attention sinks; 0 = none).
+    pub sinks: u32,
+    /// Normalise the recurrent branch by the same recurrence over values of one.
+    pub grm_norm: bool,
+    /// Tokens per key-value head that left the window and stay visible to it, chosen by
+    /// surprise (0 = none); trained with, unless `surprise_after_training`.
+    pub surprise_keys: u32,
+    /// Train with the window alone and add the surprise cache to the saved model.
+    pub surprise_after_training: bool,
+    pub alpha: f64,
+    pub beta: f64,
+    pub use_swa: bool,
+    pub softmax_layers: Vec<u32>,
+    /// Keep softmax attention in one layer of every n (wins over `softmax_layers` when set).
+    pub softmax_every: Option<u32>,
+    /// Also keep softmax attention in this many layers chosen by measurement.
+    pub softmax_auto: Option<u32>,
+    /// Text the automatic choice measures the layers on (default: the validation split).
+    pub select_data: Option<String>,
+    /// Validation text of its own instead of a split of the training data.
+    pub val_data: Option<String>,
+    /// AdamW's decoupled weight decay on the adapters (default 0).
+    pub weight_decay: f64,
+    pub lora_rank: u32,
+    pub lora_alpha: f64,
+    pub lora_targets: Vec<String>,
+    pub steps: Option<u32>,
+    pub epochs: f64,
+    pub seq_len: u32,
+    pub batch: u32,
+    pub grad_accum: u32,
+    pub lr: f64,
+    /// "constant" or "cosine" (linear warmup over `warmup_steps`, then cosine decay).
+    pub schedule: String,
+    pub warmup_steps: u32,
+    pub seed: f64,
+    pub val_fraction: f64,
+    pub max_val_sequences: u32,
+    /// "alpaca" or "chat".
+    pub prompt_format: String,
+    pub skip_bad_rows: bool,
+    pub sample_prompt: Option<String>,
+    pub sample_max_tokens: u32,
+    /// "f32", "f16" or "bf16".
+    pub dtype: String,
+    pub merged: bool,
+    pub resume: bool,
+    /// `out_dir` may hold other files (written beside, never deleted) or a run to start again.
+    pub overwrite: bool,
+    /// Keep only the newest this many `checkpoint-<step>` folders.
+    pub keep_checkpoints: Option<u32>,
+    pub eval_every: u32,
+    pub save_every: u32,
+    /// Where training runs: "cpu" or "cuda" (the first GPU).
+    pub device: String,
+}
+
+fn linearize_options(o: JsLinearizeOptions) -> liger_core::Result<LinearizeOptions> {
+    let usize_of = |v: u32| v as usize;
+    Ok(LinearizeOptions {
+        model_path: PathBuf::from(o.model_path),
+        data_path: o.data_path.map(PathBuf::from),
+        out_dir: PathBuf::from(o.out_dir),
+        mixer: parse::mixer(&o.mixer)?,
+        window: usize_of(o.window),
+        sinks: usize_of(o.sinks),
+        grm_norm: o.grm_norm,
+        surprise_keys: usize_of(o.surprise_keys),
+        surprise_after_training: o.surprise_after_training,
+        alpha: o.alpha as f32,
+        beta: o.beta as f32,
+        use_swa: o.use_swa,
+        softmax_layers: o.softmax_layers.into_iter().map(usize_of).collect(),
+        softmax_every: o.softmax_every.map(usize_of),
+        softmax_auto: o.softmax_auto.map(usize_of),
+        select_data: o.select_data.map(PathBuf::from),
+        val_data: o.val_data.map(PathBuf::from),
+        lora_rank: usize_of(o.lora_rank),
+        lora_alpha: o.lora_alpha as f32,
+        lora_targets: o.lora_targets.iter().map(|t| parse::lora_target(t)).collect::<liger_core::Result<_>>()?,
+        steps: o.steps.map(u64::from),
+        epochs: o.epochs,
+        seq_len: usize_of(o.seq_len),
+        batch: usize_of(o.batch),
+        grad_accum: usize_of(o.grad_accum),
+        lr: o.lr as f32,
+        weight_decay: o.weight_decay as f32,
+        schedule: parse::schedule(&o.schedule, o.warmup_steps.into())?,
+        seed: parse::whole_number("seed", o.seed)?,
+        val_fraction: o.val_fraction,
+        max_val_sequences: usize_of(o.max_val_sequences),
+        prompt_format: parse::prompt_format(&o.prompt_format)?,
+        bad_rows: if o.skip_bad_rows { BadRows::Skip } else { BadRows::Fail },
+        sample_prompt: o.sample_prompt,
+        sample_max_tokens: usize_of(o.sample_max_tokens),
+        dtype: parse::dtype(&o.dtype)?,
+        merged: o.merged,
+        resume: o.resume,
+        overwrite: o.overwrite,
+        keep_checkpoints: o.keep_checkpoints.map(usize_of),
+        eval_every: o.eval_every.into(),
+        save_every: o.save_every.into(),
+        device: o.device.parse()?,
+    })
+}
+
+/// Convert a model to Liger attention and train its LoRA adapters; resolves to the report.
+#[napi(js_name = "linearize")]
+pub fn linearize_js(
+    options: JsLinearizeOptions,
+    cancel: &CancelToken,
+    on_event: Option<EventFn>,
+) -> AsyncTask<JobTask> {
+    let cancel = cancel.flag.clone();
+    async_job(move || {
+        let options = linearize_options(options)?;
+        let mut on_event = |event: LinearizeEvent| emit(on_event.as_ref(), &event);
+        json_text(&liger::linearize(&options, &cancel, &mut on_event)?)
+    })
+}
