@@ -10,7 +10,7 @@ import { invalidArgument, LigerError, toLigerError } from "../errors.js";
 import type { LigerModel } from "../model.js";
 import { resolveGenerateOptions, type GenerateOptions } from "../options.js";
 import { ChatSession } from "./chat-session.js";
-import { loadModelWithProgress, parseNumber, type ModelOption } from "./common.js";
+import { addSamplingOptions, loadModelWithProgress, type ModelOption } from "./common.js";
 
 interface ChatCliOptions extends ModelOption {
   system?: string;
@@ -26,30 +26,27 @@ type Sampling = Pick<GenerateOptions, "maxTokens" | "temperature" | "topK" | "to
 const HELP = "commands: /reset clears the conversation (the system message stays), /exit ends the chat\n";
 
 export function registerChat(program: Command): void {
-  program
-    .command("chat")
-    .description("chat with a model on the terminal, replies streamed as they are generated")
-    .option("-m, --model <path>", "a .gguf file or Hugging Face model directory (default: SmolLM2-135M-Instruct)")
-    .option("--system <text>", "a system message to start the conversation with")
-    .option("-n, --max-tokens <n>", "most tokens per reply (default 256)", parseNumber("max-tokens"))
-    .option("-t, --temperature <t>", "sampling temperature, 0 = greedy (default 0.8)", parseNumber("temperature"))
-    .option("--top-k <k>", "sample among the k most likely tokens, 0 = all (default 40)", parseNumber("top-k"))
-    .option("--top-p <p>", "nucleus sampling threshold, 1 = off (default 0.95)", parseNumber("top-p"))
-    .option("-s, --seed <n>", "sampler seed, for reproducible replies", parseNumber("seed"))
-    .action(async (options: ChatCliOptions) => {
-      const sampling: Sampling = {
-        maxTokens: options.maxTokens,
-        temperature: options.temperature,
-        topK: options.topK,
-        topP: options.topP,
-        seed: options.seed,
-      };
-      // Bad values fail before the model loads, with the library's own messages.
-      const { maxTokens } = resolveGenerateOptions(sampling);
-      const model = await loadModelWithProgress(options);
-      const session = await newSession(model, options.system, maxTokens);
-      await runChat(model, session, sampling);
-    });
+  addSamplingOptions(
+    program
+      .command("chat")
+      .description("chat with a model on the terminal, replies streamed as they are generated")
+      .option("-m, --model <path>", "a .gguf file or Hugging Face model directory (default: SmolLM2-135M-Instruct)")
+      .option("--system <text>", "a system message to start the conversation with"),
+    "per reply",
+  ).action(async (options: ChatCliOptions) => {
+    const sampling: Sampling = {
+      maxTokens: options.maxTokens,
+      temperature: options.temperature,
+      topK: options.topK,
+      topP: options.topP,
+      seed: options.seed,
+    };
+    // Bad values fail before the model loads, with the library's own messages.
+    const { maxTokens } = resolveGenerateOptions(sampling);
+    const model = await loadModelWithProgress(options);
+    const session = await newSession(model, options.system, maxTokens);
+    await runChat(model, session, sampling);
+  });
 }
 
 /** A session whose prompt leaves `maxTokens` of the model's context for the reply. */

@@ -1,4 +1,6 @@
 /** What every command shares: loading the model with progress, and reporting errors. */
+import type { Command } from "commander";
+
 import { LigerError, toLigerError } from "../errors.js";
 import { loadModel, type LigerModel } from "../model.js";
 import { StageProgress } from "./progress.js";
@@ -28,6 +30,19 @@ export function reportError(err: unknown): void {
 }
 
 /** Parse a numeric option, leaving validation of its range to the library. */
+/**
+ * The sampling options `generate` and `chat` share: --max-tokens, --temperature, --top-k,
+ * --top-p and --seed. `per` says what --max-tokens counts ("to generate", "per reply").
+ */
+export function addSamplingOptions(command: Command, per: string): Command {
+  return command
+    .option("-n, --max-tokens <n>", `most tokens ${per} (default 256)`, parseNumber("max-tokens"))
+    .option("-t, --temperature <t>", "sampling temperature, 0 = greedy (default 0.8)", parseNumber("temperature"))
+    .option("--top-k <k>", "sample among the k most likely tokens, 0 = all (default 40)", parseNumber("top-k"))
+    .option("--top-p <p>", "nucleus sampling threshold, 1 = off (default 0.95)", parseNumber("top-p"))
+    .option("-s, --seed <n>", "sampler seed, for reproducible output", parseNumber("seed"));
+}
+
 export function parseNumber(name: string): (value: string) => number {
   return (value: string) => {
     const parsed = Number(value);

@@ -1,7 +1,7 @@
 /** `liger generate`: stream a completion to stdout. Ctrl-C stops it cleanly. */
 import type { Command } from "commander";
 
-import { loadModelWithProgress, parseNumber, type ModelOption } from "./common.js";
+import { addSamplingOptions, loadModelWithProgress, type ModelOption } from "./common.js";
 
 interface GenerateCliOptions extends ModelOption {
   prompt: string;
@@ -17,16 +17,14 @@ interface GenerateCliOptions extends ModelOption {
 }
 
 export function registerGenerate(program: Command): void {
-  program
-    .command("generate")
-    .description("generate text from a prompt, streaming it to stdout")
-    .requiredOption("-p, --prompt <text>", "the prompt")
-    .option("-m, --model <path>", "a .gguf file or Hugging Face model directory (default: SmolLM2-135M-Instruct)")
-    .option("-n, --max-tokens <n>", "most tokens to generate (default 256)", parseNumber("max-tokens"))
-    .option("-t, --temperature <t>", "sampling temperature, 0 = greedy (default 0.8)", parseNumber("temperature"))
-    .option("--top-k <k>", "sample among the k most likely tokens, 0 = all (default 40)", parseNumber("top-k"))
-    .option("--top-p <p>", "nucleus sampling threshold, 1 = off (default 0.95)", parseNumber("top-p"))
-    .option("-s, --seed <n>", "sampler seed, for reproducible output", parseNumber("seed"))
+  addSamplingOptions(
+    program
+      .command("generate")
+      .description("generate text from a prompt, streaming it to stdout")
+      .requiredOption("-p, --prompt <text>", "the prompt")
+      .option("-m, --model <path>", "a .gguf file or Hugging Face model directory (default: SmolLM2-135M-Instruct)"),
+    "to generate",
+  )
     .option("--chat", "wrap the prompt as a user message in the model's chat template")
     .option("--stop <strings...>", "stop when one of these strings appears")
     .option("--ignore-eos", "keep generating past the end-of-sequence token")
