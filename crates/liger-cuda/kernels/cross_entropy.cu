@@ -42,6 +42,55 @@ extern "C" __global__ void cross_entropy_rows_bf16(const float* logits, const u3
     cross_entropy_rows(logits, labels, loss, grad, vocab, grad_scale);
 }
 
+// Distillation over one chunk of logit rows: the student's logits z and the teacher's zt
+// (rows x vocab, f32, through the same head). For a counted row, with p = softmax(z) and
+// pt = softmax(zt): loss[r] = (1 - w) (lse(z) - z[label]) + w KL(pt || p), and
+// grad = grad_scale (p - w pt - (1 - w) onehot(label)). An ignored row gets loss 0 and a zero
+// gradient. CPU twin: liger_core::nn::loss::distillation_loss. One block per row.
+template <typename T>
+__device__ void distillation_rows(const float* logits, const float* teacher_logits, const u32* labels, float* loss, T* grad,
+                                  int vocab, float grad_scale, float weight) {
+    const size_t row = blockIdx.x;
+    const float* z = logits + row * vocab;
+    const float* zt = teacher_logits + row * vocab;
+    T* g = grad + row * vocab;
+    const u32 label = labels[row];
+    if (label == IGNORE_LABEL) {
+        for (int i = threadIdx.x; i < vocab; i += blockDim.x) g[i] = from_f32<T>(0.0f);
+        if (threadIdx.x == 0) loss[row] = 0.0f;
+        return;
+    }
+    float max = -POS_INFINITY, max_t = -POS_INFINITY;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) max = fmaxf(max, z[i]), max_t = fmaxf(max_t, zt[i]);
+    max = block_max(max);
+    max_t = block_max(max_t);
+    float sum = 0.0f, sum_t = 0.0f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) sum += expf(z[i] - max), sum_t += expf(zt[i] - max_t);
+    sum = block_sum(sum);
+    sum_t = block_sum(sum_t);
+    const float lse = max + logf(sum), lse_t = max_t + logf(sum_t);
+    float kl = 0.0f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const float log_pt = zt[i] - lse_t, log_p = z[i] - lse;
+        const float pt = expf(log_pt);
+        kl += pt * (log_pt - log_p);
+        const float d = expf(log_p) - weight * pt - ((u32)i == label ? 1.0f - weight : 0.0f);
+        g[i] = from_f32<T>(d * grad_scale);
+    }
+    kl = block_sum(kl);
+    if (threadIdx.x == 0) loss[row] = (1.0f - weight) * (lse - z[label]) + weight * kl;
+}
+
+extern "C" __global__ void distillation_rows_f32(const float* logits, const float* teacher_logits, const u32* labels, float* loss,
+                                                 float* grad, int vocab, float grad_scale, float weight) {
+    distillation_rows(logits, teacher_logits, labels, loss, grad, vocab, grad_scale, weight);
+}
+
+extern "C" __global__ void distillation_rows_bf16(const float* logits, const float* teacher_logits, const u32* labels, float* loss,
+                                                  bf16* grad, int vocab, float grad_scale, float weight) {
+    distillation_rows(logits, teacher_logits, labels, loss, grad, vocab, grad_scale, weight);
+}
+
 // Scoring (evaluation): for each row, the log-probability of its target under softmax(z) and
 // whether the target is the argmax (the first largest logit on ties, as the CPU scorer). Only
 // these two numbers per row go back to the host instead of the vocabulary's logits. One block

@@ -112,6 +112,25 @@ impl GpuContext {
         })
     }
 
+    /// Another handle on the same GPU and the same stream (so work of both stays ordered
+    /// without events), with kernels, cuBLAS handle and scratch memory of its own: for a
+    /// second model that works beside the first (a teacher), each with its own context.
+    pub fn on_same_stream(&self) -> GpuContext {
+        let profiling = self.profiling.load(std::sync::atomic::Ordering::Relaxed);
+        GpuContext {
+            ctx: self.ctx.clone(),
+            stream: self.stream.clone(),
+            info: self.info.clone(),
+            kernel_dir: self.kernel_dir.clone(),
+            sync_after_launch: self.sync_after_launch,
+            functions: Mutex::new(HashMap::new()),
+            blas: Mutex::new(None),
+            scratch: Mutex::new(None),
+            profile: Mutex::new(profiling.then(Profile::new)),
+            profiling: AtomicBool::new(profiling),
+        }
+    }
+
     pub fn info(&self) -> &DeviceInfo {
         &self.info
     }

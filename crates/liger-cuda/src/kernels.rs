@@ -49,8 +49,16 @@ pub const SWIGLU: KernelFile = kernel_file!(
         "swiglu_backward_to_bf16"
     ]
 );
-pub const CROSS_ENTROPY: KernelFile =
-    kernel_file!("cross_entropy", ["cross_entropy_rows_f32", "cross_entropy_rows_bf16", "score_rows_f32"]);
+pub const CROSS_ENTROPY: KernelFile = kernel_file!(
+    "cross_entropy",
+    [
+        "cross_entropy_rows_f32",
+        "cross_entropy_rows_bf16",
+        "distillation_rows_f32",
+        "distillation_rows_bf16",
+        "score_rows_f32"
+    ]
+);
 pub const ADAMW: KernelFile = kernel_file!("adamw", ["adamw_step_f32", "sum_squares_f32", "scale_f32"]);
 
 pub const MIXER_GATED: KernelFile = kernel_file!(

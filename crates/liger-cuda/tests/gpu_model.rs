@@ -193,6 +193,95 @@ fn row(all: &[f32], i: usize, vocab: usize) -> Vec<f64> {
     all[i * vocab..(i + 1) * vocab].iter().map(|&v| v as f64).collect()
 }
 
+/// `(1 - w) · CE + w · KL(teacher || student)` summed over the counted positions of `data`,
+/// in f64 from the CPU engines' logits.
+fn distillation_reference(student: &LigerModel, teacher: &BaseModel, data: &[Sequence], weight: f64) -> f64 {
+    let vocab = student.config().vocab_size;
+    let log_softmax = |z: &[f32]| -> Vec<f64> {
+        let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = m + z.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        z.iter().map(|&v| v as f64 - lse).collect()
+    };
+    let mut total = 0.0;
+    for s in data {
+        let (zs, zt) = (student.all_logits(&s.inputs).unwrap(), teacher.all_logits(&s.inputs).unwrap());
+        for (t, &label) in s.labels.iter().enumerate().filter(|(_, &l)| l != IGNORE) {
+            let (ls, lt) = (log_softmax(&zs[t * vocab..(t + 1) * vocab]), log_softmax(&zt[t * vocab..(t + 1) * vocab]));
+            let kl: f64 = lt.iter().zip(&ls).map(|(t, s)| t.exp() * (t - s)).sum();
+            total += (1.0 - weight) * -ls[label as usize] + weight * kl;
+        }
+    }
+    total
+}
+
+#[test]
+fn distillation_from_the_base_model_matches_the_cpu_reference() {
+    let mut rng = rng("distillation_from_the_base_model_matches_the_cpu_reference");
+    let seed: u64 = rng.random();
+    let cfg = tiny_gpu_config(Architecture::Llama);
+    let base = || {
+        let w = random_weights(&cfg, seed);
+        BaseModel::new(cfg.clone(), w, word_tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint)
+    };
+    let mut options = LigerOptions::default();
+    options.attention.window_keys = 5;
+    let lora = LoraOptions { rank: 4, alpha: 8.0, targets: LoraTarget::ALL.to_vec(), seed: rng.random() };
+    let mut cpu = linearize(base(), options, lora).unwrap();
+    for layer in &mut cpu.lora.layers {
+        for t in LoraTarget::ALL {
+            if let Some(a) = layer.get_mut(t) {
+                a.b.iter_mut().for_each(|b| *b = rng.random_range(-0.2..0.2));
+            }
+        }
+    }
+    let data = batch(cfg.vocab_size, 37, &mut rng);
+    let weights = [0.5f32, 1.0];
+    let want: Vec<f64> = weights.iter().map(|&w| distillation_reference(&cpu, &base(), &data, w as f64)).collect();
+    let mut model = GpuLigerModel::<f32>::new(gpu(), cpu).unwrap();
+    let (plain_loss, plain_grads) = run_gpu(&model, &data);
+    // Weight 0 is cross-entropy alone.
+    model.distill_from(base(), 0.0).unwrap();
+    let (loss, grads) = run_gpu(&model, &data);
+    let grad_err = max_rel_error(&grads, &plain_grads.iter().map(|&g| g as f64).collect::<Vec<_>>());
+    assert!(((loss - plain_loss) / plain_loss).abs() < 1e-9 && grad_err < 1e-6, "{loss} vs {plain_loss}, {grad_err:.2e}");
+    for (weight, want) in weights.into_iter().zip(want) {
+        model.distill_from(base(), weight).unwrap();
+        let (loss, grads) = run_gpu(&model, &data);
+        let err = (loss - want).abs() / want.abs();
+        println!("distillation weight {weight}: loss {loss} vs CPU reference {want} (relative error {err:.2e})");
+        assert!(err < 1e-4, "weight {weight}: loss {loss} vs {want}");
+        assert!(grads.iter().all(|g| g.is_finite()) && grads != plain_grads);
+        // Validation stays plain cross-entropy.
+        let inputs: Vec<&[u32]> = data.iter().map(|s| s.inputs.as_slice()).collect();
+        let labels: Vec<&[u32]> = data.iter().map(|s| s.labels.as_slice()).collect();
+        let validated = model.loss_batch(&inputs, &labels).unwrap().loss_sum;
+        assert!(((validated - plain_loss) / plain_loss).abs() < 1e-6, "{validated} vs {plain_loss}");
+    }
+    // A model that computes what its teacher does (every layer softmax, adapters that add
+    // nothing) has nothing to learn from it: KL and its gradient are zero.
+    let same = linearize(
+        base(),
+        LigerOptions { softmax_layers: (0..cfg.num_layers).collect(), ..Default::default() },
+        LoraOptions::default(),
+    )
+    .unwrap();
+    let mut same = GpuLigerModel::<f32>::new(gpu(), same).unwrap();
+    same.distill_from(base(), 1.0).unwrap();
+    let (kl, grads) = run_gpu(&same, &data);
+    assert!(kl.abs() < 1e-4, "KL of the base model with itself: {kl}");
+    assert!(
+        grads.iter().all(|g| g.abs() < 1e-5),
+        "gradients of a zero KL: {:?}",
+        grads.iter().fold(0.0f32, |m, g| m.max(g.abs()))
+    );
+    // Bad weights and a teacher of another shape are refused.
+    assert_eq!(model.distill_from(base(), 1.5).unwrap_err().code, ErrorCode::InvalidArgument);
+    let other = ModelConfig { num_layers: cfg.num_layers + 1, ..cfg.clone() };
+    let w = random_weights(&other, 1);
+    let other_base = BaseModel::new(other, w, word_tokenizer(), None, "other".into(), ModelFormat::Checkpoint);
+    assert_eq!(model.distill_from(other_base, 0.5).unwrap_err().code, ErrorCode::InvalidArgument);
+}
+
 #[test]
 fn prefill_then_decoding_steps_equal_the_full_forward() {
     let mut rng = rng("prefill_then_decoding_steps_equal_the_full_forward");

@@ -1,11 +1,11 @@
-//! Training kernels against their CPU twins: chunked cross-entropy through the LM head (loss
-//! and gradient), AdamW steps and global-norm clipping.
+//! Training kernels against their CPU twins: chunked cross-entropy and distillation through
+//! the LM head (loss and gradient), AdamW steps and global-norm clipping.
 
 mod common;
 
 use common::*;
 use half::bf16;
-use liger_core::nn::loss::{cross_entropy, IGNORE};
+use liger_core::nn::loss::{cross_entropy, distillation_loss, Teacher, IGNORE};
 use liger_core::nn::optim::{clip_grad_norm, AdamWConfig, AdamWState};
 use liger_core::ErrorCode;
 use liger_cuda::ops::adamw::{self, GpuAdamW};
@@ -97,6 +97,64 @@ fn bf16_cross_entropy_matches_the_cpu_on_rounded_inputs() {
         check(&format!("bf16 cross_entropy dh (chunk {rows_per_chunk})"), &dh, &to_f64(&dh_cpu), BF16_TOL);
     }
     let err = gpu_ce::cross_entropy(&ctx, &hg, &headg, hidden, vocab + 1, &labels, 1.0, None, 16).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch);
+}
+
+#[test]
+fn distillation_loss_and_gradient_match_the_cpu_in_chunks() {
+    let ctx = gpu();
+    let mut rng = rng("distillation");
+    let (t, hidden, vocab) = (45, 64, 3001);
+    let h = random(&mut rng, t * hidden, 1.0);
+    let teacher_h = random(&mut rng, t * hidden, 1.0);
+    let head = random(&mut rng, vocab * hidden, 0.5);
+    let mut labels: Vec<u32> = (0..t).map(|_| rng.random_range(0..vocab as u32)).collect();
+    for i in [0, 1, 17, 30] {
+        labels[i] = IGNORE;
+    }
+    let grad_scale = 1.0 / 41.0;
+    let (hg, tg, headg) = (upload(&ctx, &h), upload(&ctx, &teacher_h), upload(&ctx, &head));
+    for weight in [0.0f32, 0.3, 1.0] {
+        let mut dh_cpu = vec![0.0; t * hidden];
+        let teacher = Teacher { h: &teacher_h, weight };
+        let cpu = distillation_loss(&h, teacher, &head, hidden, vocab, &labels, grad_scale, Some(&mut dh_cpu));
+        for rows_per_chunk in [16, gpu_ce::rows_per_distillation_chunk::<f32>(vocab)] {
+            let mut dh = poisoned(&ctx, t * hidden);
+            let teacher = gpu_ce::GpuTeacher { h: &tg, weight };
+            let out = gpu_ce::distillation_loss(
+                &ctx,
+                &hg,
+                teacher,
+                &headg,
+                hidden,
+                vocab,
+                &labels,
+                grad_scale,
+                Some(&mut dh),
+                rows_per_chunk,
+            )
+            .unwrap();
+            assert_eq!(out.count, cpu.count);
+            let loss_err = (out.loss_sum - cpu.loss_sum).abs() / cpu.loss_sum.abs();
+            println!(
+                "distillation weight {weight} chunk {rows_per_chunk}: loss {} vs cpu {} (relative error {loss_err:.3e})",
+                out.loss_sum, cpu.loss_sum
+            );
+            assert!(loss_err < FP32_TOL);
+            check(
+                &format!("distillation dh (weight {weight}, chunk {rows_per_chunk})"),
+                &dh,
+                &to_f64(&dh_cpu),
+                FP32_TOL,
+            );
+        }
+    }
+    let bad = gpu_ce::GpuTeacher { h: &tg, weight: 1.5 };
+    let err = gpu_ce::distillation_loss(&ctx, &hg, bad, &headg, hidden, vocab, &labels, 1.0, None, 16).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    let short = upload(&ctx, &teacher_h[..hidden]);
+    let bad = gpu_ce::GpuTeacher { h: &short, weight: 0.5 };
+    let err = gpu_ce::distillation_loss(&ctx, &hg, bad, &headg, hidden, vocab, &labels, 1.0, None, 16).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }
 

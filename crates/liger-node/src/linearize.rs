@@ -42,6 +42,8 @@ pub struct JsLinearizeOptions {
     pub val_data: Option<String>,
     /// AdamW's decoupled weight decay on the adapters (default 0).
     pub weight_decay: f64,
+    /// Weight of distillation from the base model in the loss (default 0; GPU only).
+    pub distill_weight: f64,
     pub lora_rank: u32,
     pub lora_alpha: f64,
     pub lora_targets: Vec<String>,
@@ -106,6 +108,7 @@ fn linearize_options(o: JsLinearizeOptions) -> liger_core::Result<LinearizeOptio
         grad_accum: usize_of(o.grad_accum),
         lr: o.lr as f32,
         weight_decay: o.weight_decay as f32,
+        distill_weight: o.distill_weight as f32,
         schedule: parse::schedule(&o.schedule, o.warmup_steps.into())?,
         seed: parse::whole_number("seed", o.seed)?,
         val_fraction: o.val_fraction,

@@ -18,11 +18,60 @@ pub struct LossOutput {
     pub count: usize,
 }
 
+/// Distillation from a teacher through the same LM head: the teacher's final hidden states
+/// (after its final norm, `T x hidden`) and the weight of the KL term.
+#[derive(Clone, Copy, Debug)]
+pub struct Teacher<'a> {
+    pub h: &'a [f32],
+    /// `w` in `(1 - w) · CE(label) + w · KL(p_teacher || p_student)`; 0 is plain cross-entropy.
+    pub weight: f32,
+}
+
 /// Cross-entropy of `h` (`T x hidden`, after the final norm) through `head` (`vocab x hidden`)
 /// against `labels` (`T`, `IGNORE` for positions that do not count).
 /// When `dh` is given, writes `d(loss_sum · grad_scale)/dh` into it.
 pub fn cross_entropy(
     h: &[f32],
+    head: &[f32],
+    hidden: usize,
+    vocab: usize,
+    labels: &[u32],
+    grad_scale: f32,
+    dh: Option<&mut [f32]>,
+) -> LossOutput {
+    head_loss(h, None, head, hidden, vocab, labels, grad_scale, dh)
+}
+
+/// The loss of distilling `teacher` into the student `h`: per counted position,
+/// `(1 - w) · (-log p_s(label)) + w · KL(p_t || p_s)` with `p = softmax(h · headᵀ)`; the
+/// gradient w.r.t. the student's logits is `p_s - (1 - w) · onehot(label) - w · p_t`.
+/// Positions labelled `IGNORE` count in neither term.
+#[allow(clippy::too_many_arguments)]
+pub fn distillation_loss(
+    h: &[f32],
+    teacher: Teacher<'_>,
+    head: &[f32],
+    hidden: usize,
+    vocab: usize,
+    labels: &[u32],
+    grad_scale: f32,
+    dh: Option<&mut [f32]>,
+) -> LossOutput {
+    assert_eq!(teacher.h.len(), h.len());
+    head_loss(h, Some(teacher), head, hidden, vocab, labels, grad_scale, dh)
+}
+
+/// Log-sum-exp of a row of logits, in f64.
+fn log_sum_exp(row: &[f32]) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max as f64 + row.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>().ln()
+}
+
+/// [`cross_entropy`] or, with a teacher, [`distillation_loss`].
+#[allow(clippy::too_many_arguments)]
+fn head_loss(
+    h: &[f32],
+    teacher: Option<Teacher<'_>>,
     head: &[f32],
     hidden: usize,
     vocab: usize,
@@ -39,6 +88,7 @@ pub fn cross_entropy(
         d.fill(0.0);
         d.as_mut_ptr() as usize
     });
+    let weight = teacher.map_or(0.0, |t| t.weight as f64);
     let parts: Vec<(f64, usize)> = (0..t.div_ceil(ROWS_PER_CHUNK))
         .into_par_iter()
         .map(|c| {
@@ -51,6 +101,12 @@ pub fn cross_entropy(
             let hc = &h[r0 * hidden..(r0 + rows) * hidden];
             let mut logits = vec![0.0f32; rows * vocab];
             matmul(MatRef::new(hc, rows, hidden), w.t(), &mut logits, false);
+            let teacher_logits = teacher.map(|teacher| {
+                let mut z = vec![0.0f32; rows * vocab];
+                let tc = &teacher.h[r0 * hidden..(r0 + rows) * hidden];
+                matmul(MatRef::new(tc, rows, hidden), w.t(), &mut z, false);
+                z
+            });
             let mut loss = 0.0f64;
             let mut count = 0;
             for (r, row) in logits.chunks_exact_mut(vocab).enumerate() {
@@ -59,16 +115,26 @@ pub fn cross_entropy(
                     row.fill(0.0);
                     continue;
                 }
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
-                let lse = max as f64 + sum.ln();
-                loss += lse - row[label as usize] as f64;
+                let lse = log_sum_exp(row);
+                loss += (1.0 - weight) * (lse - row[label as usize] as f64);
                 count += 1;
-                // d loss / d logits = softmax - onehot
-                for v in row.iter_mut() {
-                    *v = (((*v as f64) - lse).exp() as f32) * grad_scale;
+                // d loss / d logits = softmax - (1 - w) · onehot - w · softmax(teacher)
+                match &teacher_logits {
+                    Some(z) => {
+                        let zt = &z[r * vocab..(r + 1) * vocab];
+                        let lse_t = log_sum_exp(zt);
+                        let mut kl = 0.0f64;
+                        for (v, &t) in row.iter_mut().zip(zt) {
+                            let (log_ps, log_pt) = (*v as f64 - lse, t as f64 - lse_t);
+                            let pt = log_pt.exp();
+                            kl += pt * (log_pt - log_ps);
+                            *v = ((log_ps.exp() - weight * pt) as f32) * grad_scale;
+                        }
+                        loss += weight * kl;
+                    }
+                    None => row.iter_mut().for_each(|v| *v = (((*v as f64) - lse).exp() as f32) * grad_scale),
                 }
-                row[label as usize] -= grad_scale;
+                row[label as usize] -= (1.0 - weight) as f32 * grad_scale;
             }
             if let Some(addr) = dh_addr {
                 // SAFETY: each chunk writes only its own rows r0..r0+rows of dh.

@@ -2,7 +2,7 @@
 
 use super::backward::{rms_norm_backward, rope_backward, swiglu_backward};
 use super::lora::LoraAdapter;
-use super::loss::{cross_entropy, IGNORE};
+use super::loss::{cross_entropy, distillation_loss, Teacher, IGNORE};
 use super::optim::{clip_grad_norm, AdamWConfig, AdamWState, LrSchedule};
 use crate::testing::max_rel_error;
 use rand::rngs::StdRng;
@@ -193,6 +193,55 @@ fn chunked_cross_entropy_matches_finite_differences() {
     let got = out.loss_sum / counted as f64;
     assert!((got - want).abs() / want.abs() < 1e-6, "loss {got} vs {want} (seed {seed})");
     check("cross_entropy dh", &dh, &fd_grad(&loss, &h64), seed);
+}
+
+#[test]
+fn distillation_loss_matches_a_float64_reference_and_finite_differences() {
+    let (mut r, seed) = rng();
+    let (t, hidden, vocab) = (37, 16, 50); // several row chunks, last one partial
+    let h = randv(&mut r, t * hidden, 1.0);
+    let teacher_h = randv(&mut r, t * hidden, 1.0);
+    let head = randv(&mut r, vocab * hidden, 1.0);
+    let labels: Vec<u32> = (0..t).map(|i| if i % 5 == 0 { IGNORE } else { r.random_range(0..vocab as u32) }).collect();
+    let counted = labels.iter().filter(|&&l| l != IGNORE).count();
+    let (head64, teacher64) = (to64(&head), to64(&teacher_h));
+    let log_softmax = |x: &[f64], ti: usize| -> Vec<f64> {
+        let z: Vec<f64> =
+            (0..vocab).map(|v| (0..hidden).map(|k| x[ti * hidden + k] * head64[v * hidden + k]).sum()).collect();
+        let m = z.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = m + z.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        z.iter().map(|x| x - lse).collect()
+    };
+    for weight in [0.0f32, 0.5, 1.0] {
+        let w = weight as f64;
+        let loss = |x: &[f64]| -> f64 {
+            let mut l = 0.0;
+            for (ti, &lab) in labels.iter().enumerate().filter(|(_, &lab)| lab != IGNORE) {
+                let (log_ps, log_pt) = (log_softmax(x, ti), log_softmax(&teacher64, ti));
+                let kl: f64 = log_pt.iter().zip(&log_ps).map(|(t, s)| t.exp() * (t - s)).sum();
+                l += (1.0 - w) * -log_ps[lab as usize] + w * kl;
+            }
+            l / counted as f64
+        };
+        let mut dh = vec![0.0f32; t * hidden];
+        let teacher = Teacher { h: &teacher_h, weight };
+        let out = distillation_loss(&h, teacher, &head, hidden, vocab, &labels, 1.0 / counted as f32, Some(&mut dh));
+        assert_eq!(out.count, counted);
+        let want = loss(&to64(&h));
+        let got = out.loss_sum / counted as f64;
+        assert!((got - want).abs() / want.abs() < 1e-6, "weight {weight}: loss {got} vs {want} (seed {seed})");
+        check(&format!("distillation dh (weight {weight})"), &dh, &fd_grad(&loss, &to64(&h)), seed);
+        if weight == 0.0 {
+            // No teacher weight is plain cross-entropy, to the bit.
+            let mut dh_ce = vec![0.0f32; t * hidden];
+            let ce = cross_entropy(&h, &head, hidden, vocab, &labels, 1.0 / counted as f32, Some(&mut dh_ce));
+            assert_eq!((ce.loss_sum, dh_ce), (out.loss_sum, dh));
+        }
+    }
+    // A teacher equal to the student costs nothing beyond the cross-entropy.
+    let teacher = Teacher { h: &h, weight: 1.0 };
+    let same = distillation_loss(&h, teacher, &head, hidden, vocab, &labels, 1.0, None);
+    assert!(same.loss_sum.abs() < 1e-9, "KL of a distribution with itself: {}", same.loss_sum);
 }
 
 #[test]

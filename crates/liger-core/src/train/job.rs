@@ -230,7 +230,21 @@ pub trait EngineModel: Trainable + CausalLm {
     fn decodes(&self) -> bool {
         true
     }
+    /// Whether [`EngineModel::distill_from`] works on this engine (checked before any work).
+    const DISTILLS: bool = false;
+    /// Trains toward `base`'s next-token distributions with this weight from now on (see
+    /// `TrainConfig::distill_weight`). Engines that cannot run a teacher beside the model refuse.
+    fn distill_from(&mut self, _base: BaseModel, weight: f32) -> Result<()> {
+        if weight == 0.0 {
+            return Ok(());
+        }
+        Err(Error::invalid_argument(DISTILLATION_NEEDS_GPU))
+    }
 }
+
+/// Why a run with distillation cannot train on the CPU engine.
+pub const DISTILLATION_NEEDS_GPU: &str =
+    "distillation runs the base model beside the one in training, on the GPU engine only: train with device cuda, or set the distillation weight to 0";
 
 impl EngineModel for LigerModel {
     fn host_model(&self) -> &LigerModel {
@@ -392,6 +406,9 @@ pub fn run_linearize_on<M: EngineModel>(
     }
     let job = &as_run;
     job.train.validate()?;
+    if job.train.distill_weight > 0.0 && !M::DISTILLS {
+        return Err(Error::invalid_argument(DISTILLATION_NEEDS_GPU));
+    }
     if !(0.0..1.0).contains(&job.val_fraction) {
         return Err(Error::invalid_argument(format!("val_fraction must be in [0, 1), got {}", job.val_fraction)));
     }
@@ -503,6 +520,10 @@ pub fn run_linearize_on<M: EngineModel>(
 
     let mut trainer = None;
     if job.data_path.is_some() {
+        if job.train.distill_weight > 0.0 {
+            on_event(JobEvent::Stage("loading the base model as the teacher to distill from".into()));
+            model.distill_from(load_model(&job.model_path, &mut |_, _| {})?, job.train.distill_weight)?;
+        }
         on_event(JobEvent::Stage("training".into()));
         let sizes: Vec<usize> = model.params().iter().map(|p| p.1.len()).collect();
         let mut t = match resume_state {

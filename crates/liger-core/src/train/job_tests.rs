@@ -222,6 +222,16 @@ fn bad_job_settings_are_refused() {
         );
     }
     (job.train.micro_batch, job.train.grad_accum, job.train.seq_len) = (1, 2, 64);
+    // Distillation: a weight outside [0, 1], and any weight on the CPU engine, before any work.
+    for (weight, needle) in [(1.5, "[0, 1]"), (f32::NAN, "[0, 1]"), (0.5, "GPU")] {
+        job.train.distill_weight = weight;
+        let mut events = 0;
+        let err = run_linearize(&job, &AtomicBool::new(false), &mut |_| events += 1).unwrap_err();
+        assert!(err.code == ErrorCode::InvalidArgument && err.message.contains(needle), "{}", err.message);
+        assert_eq!(events, 0, "refused after work began");
+    }
+    assert!(!job.out_dir.exists());
+    job.train.distill_weight = 0.0;
     job.model_path = tmp.0.join("missing.gguf");
     assert_eq!(run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err().code, ErrorCode::Io);
 }

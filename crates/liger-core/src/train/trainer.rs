@@ -99,6 +99,10 @@ pub struct TrainConfig {
     pub save_every: u64,
     /// On cancellation, ask the caller to save before returning.
     pub save_on_cancel: bool,
+    /// Weight of distillation from the base model in the training loss:
+    /// `(1 - w) · CE + w · KL(p_base || p_model)` per token (0: cross-entropy alone). Engines
+    /// that cannot run the teacher refuse a non-zero weight (see `EngineModel::distill_from`).
+    pub distill_weight: f32,
 }
 
 /// Largest settings [`TrainConfig::validate`] accepts.
@@ -121,6 +125,7 @@ impl Default for TrainConfig {
             eval_every: 0,
             save_every: 0,
             save_on_cancel: false,
+            distill_weight: 0.0,
         }
     }
 }
@@ -177,6 +182,12 @@ impl TrainConfig {
             if !(0.0..=1.0).contains(&min_ratio) {
                 return bad(format!("the schedule's min_ratio must be in [0, 1], got {min_ratio}"));
             }
+        }
+        if !(0.0..=1.0).contains(&self.distill_weight) {
+            return bad(format!(
+                "the distillation weight must be in [0, 1] (0: cross-entropy alone, 1: distillation alone), got {}",
+                self.distill_weight
+            ));
         }
         Ok(())
     }

@@ -52,6 +52,14 @@ pub struct GpuLigerModel<T: GemmInput> {
     /// Most layers whose activations the forward keeps for the backward pass.
     kept_layers_limit: AtomicUsize,
     shape: HeadShape,
+    /// The teacher training distills from, if any ([`GpuLigerModel::distill_from`]).
+    distillation: Option<Box<Distillation<T>>>,
+}
+
+/// A frozen teacher on the same GPU and the weight of its KL term in the training loss.
+struct Distillation<T: GemmInput> {
+    teacher: GpuLigerModel<T>,
+    weight: f32,
 }
 
 impl<T: GemmInput> GpuLigerModel<T> {
@@ -87,6 +95,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             recompute: AtomicBool::new(false),
             kept_layers_limit: AtomicUsize::new(usize::MAX),
             shape,
+            distillation: None,
         })
     }
 
@@ -229,6 +238,10 @@ impl<T: GemmInput> liger_core::train::job::EngineModel for GpuLigerModel<T> {
     }
     fn state_bytes(&self) -> usize {
         self.state_bytes_per_sequence()
+    }
+    const DISTILLS: bool = true;
+    fn distill_from(&mut self, base: liger_core::model::BaseModel, weight: f32) -> Result<()> {
+        GpuLigerModel::distill_from(self, base, weight)
     }
 }
 

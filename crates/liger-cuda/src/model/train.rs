@@ -11,7 +11,9 @@ use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
 use crate::gemm::{GemmDims, GemmInput};
 use crate::ops::attention::{attention_backward, surprise_attention_backward, AttentionDims};
-use crate::ops::cross_entropy::{cross_entropy, rows_per_chunk};
+use crate::ops::cross_entropy::{
+    cross_entropy, distillation_loss, rows_per_chunk, rows_per_distillation_chunk, GpuTeacher,
+};
 use crate::ops::embedding::embedding_gather;
 use crate::ops::mixer::{mixer_chunk_backward_in_segments, MixerDims};
 use crate::ops::rms_norm::{rms_norm_backward, rms_norm_backward_add};
@@ -153,10 +155,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// The final norm of `x` and the cross-entropy through the LM head (`dx` receives the
-    /// gradient w.r.t. `x` of `grad_scale · loss_sum` when given).
+    /// gradient w.r.t. `x` of `grad_scale · loss_sum` when given). With `teacher_h` (the
+    /// teacher's normalised final states, see [`GpuLigerModel::distill_from`]) the loss is the
+    /// distillation loss instead.
     fn loss_of(
         &self,
         x: &GpuBuffer<f32>,
+        teacher_h: Option<&GpuBuffer<T>>,
         labels: &[u32],
         grad_scale: f32,
         dx: Option<&mut GpuBuffer<f32>>,
@@ -164,16 +169,61 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let ctx = &self.ctx;
         let c = self.config();
         let (_, hf) = self.norm(x, &self.weights.final_norm)?;
-        let (head, chunk) = (self.weights.head(), rows_per_chunk::<T>(c.vocab_size));
-        let Some(dx) = dx else {
-            return cross_entropy(ctx, &hf, head, c.hidden_size, c.vocab_size, labels, 0.0, None, chunk);
+        let (head, hs, vocab) = (self.weights.head(), c.hidden_size, c.vocab_size);
+        let mut dh = match dx {
+            Some(_) => Some(GpuBuffer::zeros(ctx, x.len())?),
+            None => None,
         };
-        let mut dh = GpuBuffer::zeros(ctx, x.len())?;
-        let out = cross_entropy(ctx, &hf, head, c.hidden_size, c.vocab_size, labels, grad_scale, Some(&mut dh), chunk)?;
+        let out = match (teacher_h, &self.distillation) {
+            (Some(th), Some(d)) => {
+                let teacher = GpuTeacher { h: th, weight: d.weight };
+                let chunk = rows_per_distillation_chunk::<T>(vocab);
+                distillation_loss(ctx, &hf, teacher, head, hs, vocab, labels, grad_scale, dh.as_mut(), chunk)?
+            }
+            _ => cross_entropy(ctx, &hf, head, hs, vocab, labels, grad_scale, dh.as_mut(), rows_per_chunk::<T>(vocab))?,
+        };
         drop(hf);
-        let mut rstd = GpuBuffer::zeros(ctx, labels.len())?;
-        rms_norm_backward(ctx, x, &self.weights.final_norm, c.rms_norm_eps, &dh, dx, &mut rstd)?;
+        if let (Some(dx), Some(dh)) = (dx, dh) {
+            let mut rstd = GpuBuffer::zeros(ctx, labels.len())?;
+            rms_norm_backward(ctx, x, &self.weights.final_norm, c.rms_norm_eps, &dh, dx, &mut rstd)?;
+        }
         Ok(out)
+    }
+
+    /// The teacher's final hidden states after its final norm for a batch, when this model
+    /// distills from one.
+    fn teacher_states(&self, inputs: &[&[u32]], rows: Rows) -> Result<Option<GpuBuffer<T>>> {
+        let Some(d) = &self.distillation else { return Ok(None) };
+        let teacher = &d.teacher;
+        let start = GpuBuffer::<u32>::zeros(&teacher.ctx, rows.batch)?;
+        let x = teacher.forward_rows(inputs, rows, &start, None, None)?;
+        let (_, h) = teacher.norm(&x, &teacher.weights.final_norm)?;
+        Ok(Some(h))
+    }
+
+    /// Trains toward `base`'s next-token distributions from now on: each training step's
+    /// loss becomes `(1 - weight) · CE + weight · KL(p_base || p_model)` per counted token, the
+    /// base model (every layer softmax, no adapters) run forward in the same step on this GPU.
+    /// Validation losses stay plain cross-entropy. A `weight` of 0 turns distillation off.
+    pub fn distill_from(&mut self, base: liger_core::model::BaseModel, weight: f32) -> Result<()> {
+        if !(0.0..=1.0).contains(&weight) {
+            return Err(Error::invalid_argument(format!("the distillation weight must be in [0, 1], got {weight}")));
+        }
+        if weight == 0.0 {
+            self.distillation = None;
+            return Ok(());
+        }
+        let c = self.config();
+        let b = &base.config;
+        if (b.vocab_size, b.hidden_size, b.num_layers) != (c.vocab_size, c.hidden_size, c.num_layers) {
+            return Err(Error::invalid_argument(format!(
+                "the teacher (vocabulary {}, hidden size {}, {} layers) is not the base of this model (vocabulary {}, hidden size {}, {} layers); distill from the model that was converted",
+                b.vocab_size, b.hidden_size, b.num_layers, c.vocab_size, c.hidden_size, c.num_layers
+            )));
+        }
+        let teacher = GpuLigerModel::from_base(self.ctx.on_same_stream(), base)?;
+        self.distillation = Some(Box::new(super::Distillation { teacher, weight }));
+        Ok(())
     }
 
     /// Summed cross-entropy of a batch of equally long sequences, without gradients.
@@ -183,7 +233,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let start = GpuBuffer::<u32>::zeros(&self.ctx, rows.batch)?;
         let x = self.forward_rows(inputs, rows, &start, None, None)?;
         let flat: Vec<u32> = labels.iter().flat_map(|s| s.iter().copied()).collect();
-        self.loss_of(&x, &flat, 0.0, None)
+        self.loss_of(&x, None, &flat, 0.0, None)
     }
 
     /// The loss of a batch of equally long sequences (summed over the batch), and
@@ -201,6 +251,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
         self.sync_lora()?;
         let ctx = &self.ctx;
         let c = self.config();
+        // The teacher's forward first: only its final states stay while the model's runs.
+        let teacher_h = self.teacher_states(inputs, rows)?;
         let start = GpuBuffer::<u32>::zeros(ctx, rows.batch)?;
         let mut layer_inputs = Vec::with_capacity(c.num_layers);
         // Keep the activations of as many layers as fit comfortably (the last ones); the
@@ -210,8 +262,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let x = self.forward_rows(inputs, rows, &start, Some(&mut layer_inputs), Some((&mut tapes, kept)))?;
         let flat: Vec<u32> = labels.iter().flat_map(|s| s.iter().copied()).collect();
         let mut dx = GpuBuffer::<f32>::zeros(ctx, x.len())?;
-        let out = self.loss_of(&x, &flat, grad_scale, Some(&mut dx))?;
-        drop(x);
+        let out = self.loss_of(&x, teacher_h.as_ref(), &flat, grad_scale, Some(&mut dx))?;
+        drop((x, teacher_h));
         if !out.loss_sum.is_finite() {
             return Err(Error::new(
                 ErrorCode::NonFiniteLoss,

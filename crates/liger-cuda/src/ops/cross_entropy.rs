@@ -17,9 +17,18 @@ const CHUNK_BYTES: usize = 768 << 20;
 
 /// Rows of logits per chunk for a vocabulary of `vocab`: as many as fit in [`CHUNK_BYTES`]
 /// (whole multiples of 64 rows, at least 64), so the GEMMs are large and memory stays bounded.
+/// Distillation holds a second chunk of f32 logits, the teacher's: see [`rows_per_distillation_chunk`].
 pub fn rows_per_chunk<T: GemmInput>(vocab: usize) -> usize {
-    let per_row = vocab.max(1) * (4 + std::mem::size_of::<T>());
-    (CHUNK_BYTES / per_row / 64 * 64).max(64)
+    rows_within(vocab.max(1) * (4 + std::mem::size_of::<T>()))
+}
+
+/// [`rows_per_chunk`] for [`distillation_loss`], which also holds the teacher's logits.
+pub fn rows_per_distillation_chunk<T: GemmInput>(vocab: usize) -> usize {
+    rows_within(vocab.max(1) * (8 + std::mem::size_of::<T>()))
+}
+
+fn rows_within(bytes_per_row: usize) -> usize {
+    (CHUNK_BYTES / bytes_per_row / 64 * 64).max(64)
 }
 
 /// Cross-entropy of `h` (`T x hidden`, after the final norm) through `head` (`vocab x hidden`)
@@ -29,6 +38,56 @@ pub fn rows_per_chunk<T: GemmInput>(vocab: usize) -> usize {
 pub fn cross_entropy<T: GemmInput>(
     ctx: &GpuContext,
     h: &GpuBuffer<T>,
+    head: &GpuBuffer<T>,
+    hidden: usize,
+    vocab: usize,
+    labels: &[u32],
+    grad_scale: f32,
+    dh: Option<&mut GpuBuffer<f32>>,
+    rows_per_chunk: usize,
+) -> Result<LossOutput> {
+    head_loss(ctx, h, None, head, hidden, vocab, labels, grad_scale, dh, rows_per_chunk)
+}
+
+/// The teacher of [`distillation_loss`]: its final hidden states (after its final norm, as
+/// `h`) and the weight `w` of the KL term.
+pub struct GpuTeacher<'a, T: GemmInput> {
+    pub h: &'a GpuBuffer<T>,
+    pub weight: f32,
+}
+
+/// Distillation through the LM head, as [`cross_entropy`] but per counted position
+/// `(1 - w) · CE(label) + w · KL(p_teacher || p_student)`, the teacher's logits made through
+/// the same head a chunk at a time. CPU twin: `liger_core::nn::loss::distillation_loss`.
+#[allow(clippy::too_many_arguments)]
+pub fn distillation_loss<T: GemmInput>(
+    ctx: &GpuContext,
+    h: &GpuBuffer<T>,
+    teacher: GpuTeacher<'_, T>,
+    head: &GpuBuffer<T>,
+    hidden: usize,
+    vocab: usize,
+    labels: &[u32],
+    grad_scale: f32,
+    dh: Option<&mut GpuBuffer<f32>>,
+    rows_per_chunk: usize,
+) -> Result<LossOutput> {
+    expect_len("distillation teacher h", teacher.h.len(), h.len())?;
+    if !(0.0..=1.0).contains(&teacher.weight) {
+        return Err(Error::invalid_argument(format!(
+            "the distillation weight must be in [0, 1], got {}",
+            teacher.weight
+        )));
+    }
+    head_loss(ctx, h, Some(teacher), head, hidden, vocab, labels, grad_scale, dh, rows_per_chunk)
+}
+
+/// [`cross_entropy`] or, with a teacher, [`distillation_loss`].
+#[allow(clippy::too_many_arguments)]
+fn head_loss<T: GemmInput>(
+    ctx: &GpuContext,
+    h: &GpuBuffer<T>,
+    teacher: Option<GpuTeacher<'_, T>>,
     head: &GpuBuffer<T>,
     hidden: usize,
     vocab: usize,
@@ -57,23 +116,49 @@ pub fn cross_entropy<T: GemmInput>(
     let labels_gpu = GpuBuffer::from_host(ctx, labels)?;
     let mut loss = GpuBuffer::<f32>::zeros(ctx, t)?;
     let mut logits = GpuBuffer::<f32>::zeros(ctx, chunk * vocab)?;
+    let mut teacher_logits = match teacher {
+        Some(_) => Some(GpuBuffer::<f32>::zeros(ctx, chunk * vocab)?),
+        None => None,
+    };
     let mut grad = GpuBuffer::<T>::zeros(ctx, chunk * vocab)?;
-    let name = super::variant::<T>("cross_entropy_rows_f32", "cross_entropy_rows_bf16");
+    let name = match teacher {
+        Some(_) => super::variant::<T>("distillation_rows_f32", "distillation_rows_bf16"),
+        None => super::variant::<T>("cross_entropy_rows_f32", "cross_entropy_rows_bf16"),
+    };
     let f = ctx.function(&CROSS_ENTROPY, name)?;
     let vocab_arg = as_int("vocab", vocab)?;
     for r0 in (0..t).step_by(chunk) {
         let rows = chunk.min(t - r0);
-        let h_rows = h.view(r0 * hidden..(r0 + rows) * hidden);
         let dims = GemmDims { m: rows, n: vocab, k: hidden, a_transposed: false, b_transposed: true };
-        gemm(ctx, dims, &h_rows, head.slice(), &mut logits.view_mut(0..rows * vocab), false)?;
+        let head_logits = |x: &GpuBuffer<T>, out: &mut GpuBuffer<f32>| {
+            gemm(
+                ctx,
+                dims,
+                &x.view(r0 * hidden..(r0 + rows) * hidden),
+                head.slice(),
+                &mut out.view_mut(0..rows * vocab),
+                false,
+            )
+        };
+        head_logits(h, &mut logits)?;
         {
             let z = logits.view(0..rows * vocab);
             let mut g = grad.view_mut(0..rows * vocab);
             let label_rows = labels_gpu.view(r0..r0 + rows);
             let mut loss_rows = loss.view_mut(r0..r0 + rows);
             let mut launch = ctx.stream().launch_builder(&f);
-            launch.arg(&z).arg(&label_rows).arg(&mut loss_rows).arg(&mut g).arg(&vocab_arg).arg(&grad_scale);
-            // SAFETY: z and g hold rows x vocab values, labels and loss hold rows; labels were checked.
+            launch.arg(&z);
+            let zt;
+            if let (Some(teacher), Some(out)) = (&teacher, teacher_logits.as_mut()) {
+                head_logits(teacher.h, out)?;
+                zt = out.view(0..rows * vocab);
+                launch.arg(&zt);
+            }
+            launch.arg(&label_rows).arg(&mut loss_rows).arg(&mut g).arg(&vocab_arg).arg(&grad_scale);
+            if let Some(teacher) = &teacher {
+                launch.arg(&teacher.weight);
+            }
+            // SAFETY: z, zt and g hold rows x vocab values, labels and loss hold rows; labels were checked.
             ctx.check_launch(unsafe { launch.launch(block_per_row(rows, vocab)?) }, name)?;
         }
         if let Some(dh) = dh.as_deref_mut() {

@@ -83,6 +83,8 @@ pub struct LinearizeOptions {
     pub lr: f32,
     /// AdamW's decoupled weight decay on the adapters.
     pub weight_decay: f32,
+    /// Weight of distillation from the base model in the loss (0: cross-entropy alone; GPU only).
+    pub distill_weight: f32,
     pub schedule: Schedule,
     /// Seeds the adapters' initialisation, the validation split and the data order.
     pub seed: u64,
@@ -140,6 +142,7 @@ impl LinearizeOptions {
             grad_accum: defaults::GRAD_ACCUM,
             lr: optimizer.lr,
             weight_decay: optimizer.weight_decay,
+            distill_weight: 0.0,
             schedule: Schedule::Constant,
             seed: 0,
             val_fraction: defaults::VAL_FRACTION,
@@ -188,6 +191,7 @@ impl LinearizeOptions {
             seed: self.seed,
             eval_every: self.eval_every,
             save_every: self.save_every,
+            distill_weight: self.distill_weight,
             ..Default::default()
         };
         train.optimizer.lr = self.lr;
