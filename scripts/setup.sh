@@ -16,7 +16,7 @@ command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ] || need_apt+
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
-# Headless Chromium for the browser test of the wasm engine (driven by playwright-core).
+# Headless Chromium for the browser tests (the wasm engine, the report pages), driven by playwright-core.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "apt: ${need_apt[*]}"

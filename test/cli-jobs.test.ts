@@ -104,6 +104,14 @@ describe("liger linearize", () => {
     expect(run.stdout).toMatch(/sample:/);
     // A run folder: the final model in model/, loaded by naming the folder.
     expect(existsSync(join(out, "liger-run.json")) && existsSync(join(out, "model", "config.json"))).toBe(true);
+    // Beside it the report: its numbers, and the page drawn from them with every chart of a trained run.
+    const report = JSON.parse(readFileSync(join(out, "report.json"), "utf8"));
+    expect(report.history.steps).toHaveLength(2);
+    expect(report.memory.baseBytesPerToken).toBeGreaterThan(0);
+    const page = readFileSync(join(out, "report.html"), "utf8");
+    for (const id of ["validation", "loss", "learning-rate", "throughput", "memory"]) {
+      expect(page).toMatch(new RegExp(`<section id="${id}"><h2>[^<]*</h2><svg`));
+    }
     const info = liger(["info", "--model", out]);
     expect(info.code, info.stderr).toBe(0);
     expect(info.stdout).toMatch(/liger\s+gla mixer \+ 65-key sliding window/);

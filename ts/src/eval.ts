@@ -312,11 +312,6 @@ export function compareReports(base: EvalReport, linearized: EvalReport): Compar
   return callAddon(() => loadAddon().compareReports(base, linearized));
 }
 
-/** A self-contained HTML page of reports (bar chart, tables, optional comparison). */
-export function renderEvalHtml(reports: EvalReport[], comparison?: Comparison): string {
-  return callAddon(() => loadAddon().renderEvalHtml(reports, comparison));
-}
-
 /** Write a file whole or not at all: a temporary name first, then a rename. */
 export function writeFileAtomically(path: string, text: string): void {
   const temporary = `${path}.tmp-${process.pid}`;

@@ -30,7 +30,8 @@ export type { WasmBackendOptions } from "./wasm.js";
 export { fetchDefaultModel, defaultModelPath, cacheDir, DEFAULT_MODEL_FILE, DEFAULT_MODEL_SHA256 } from "./fetch.js";
 export { downloadHubModel, hubModelId, parseHubId, hubCacheDir, HubError } from "./hub.js";
 export type { HubModelId, HubOptions, HubErrorReason } from "./hub.js";
-export { compareReports, renderEvalHtml, defaultDataDir, TASK_NAMES, DEFAULT_TASKS } from "./eval.js";
+export { compareReports, defaultDataDir, TASK_NAMES, DEFAULT_TASKS } from "./eval.js";
+export { renderEvalHtml, renderLinearizeHtml } from "./report/html.js";
 export type {
   Comparison,
   ComparisonRow,

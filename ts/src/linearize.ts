@@ -8,10 +8,11 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 
 import { invalidArgument } from "./errors.js";
-import { checkOptional, defaultDataDir, isPositiveInt } from "./eval.js";
+import { checkOptional, defaultDataDir, isPositiveInt, writeFileAtomically } from "./eval.js";
 import { fetchDefaultModel } from "./fetch.js";
 import { downloadHubModel, hubModelId } from "./hub.js";
 import { gpuInfo, nativeLinearize } from "./native.js";
+import { renderLinearizeHtml } from "./report/html.js";
 
 export const MIXERS = ["gla", "hgrn2", "gsa", "retention", "mamba2", "rwkv6", "linear"] as const;
 export type MixerName = (typeof MIXERS)[number];
@@ -166,6 +167,10 @@ export interface ValidationResult {
   tokens: number;
 }
 
+/**
+ * What a run resolves to, and the contents of `report.json` in its run folder (the numbers
+ * behind `report.html`: the losses, `history` of steps and validations, `memory`).
+ */
 export interface LinearizeReport {
   modelName: string;
   trainRecords: number;
@@ -199,7 +204,7 @@ export interface LinearizeReport {
   /**
    * Decoding memory of one sequence of n tokens, `constant + n * perToken` bytes (f32, as the CPU
    * engine keeps it): the base model's KV cache against the converted model's state (and the
-   * KV caches of its softmax layers). The run folder's `report.html` charts it.
+   * KV caches of its softmax layers). The run folder's `report.html` charts it from 256 to 32K tokens.
    */
   memory: { baseBytesPerToken: number; ligerConstantBytes: number; ligerBytesPerToken: number };
 }
@@ -457,5 +462,9 @@ export async function linearize(modelPath: string | undefined, options: Lineariz
   const hubId = modelPath === undefined ? undefined : hubModelId(modelPath);
   if (hubId) options.onProgress?.({ kind: "stage", stage: `downloading ${modelPath}` });
   resolved.modelPath = hubId ? await downloadHubModel(hubId) : (modelPath ?? (await fetchDefaultModel()));
-  return nativeLinearize(resolved, { onEvent: options.onProgress, signal: options.signal });
+  const report = await nativeLinearize(resolved, { onEvent: options.onProgress, signal: options.signal });
+  // The core has written report.json beside the model; the page of charts is drawn here, from
+  // the same numbers, so that one renderer serves the run folder and the API.
+  writeFileAtomically(join(report.outDir, "report.html"), renderLinearizeHtml(report));
+  return report;
 }

@@ -6,7 +6,6 @@ import type { Command } from "commander";
 
 import {
   compareReports,
-  renderEvalHtml,
   writeFileAtomically,
   type Comparison,
   type EvalReport,
@@ -15,6 +14,7 @@ import {
 } from "../eval.js";
 import { LigerError } from "../errors.js";
 import type { LigerModel } from "../model.js";
+import { renderEvalHtml } from "../report/html.js";
 import { loadModelWithProgress, parseNumber } from "./common.js";
 import { TaskProgress } from "./job-progress.js";
 
