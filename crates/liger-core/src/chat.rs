@@ -5,7 +5,8 @@
 //! transformers: `trim_blocks`, `lstrip_blocks`, `raise_exception`, `strftime_now` and the
 //! Python string/dict methods templates use (`.strip()`, `.startswith()`, `.items()`, ...).
 
-use minijinja::{context, Environment, ErrorKind};
+use minijinja::value::Value;
+use minijinja::{context, Environment, ErrorKind, State};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -144,11 +145,25 @@ fn template_environment() -> Result<Environment<'static>> {
     let mut env = Environment::new();
     let syntax = minijinja::syntax::SyntaxConfig::builder().trim_blocks(true).lstrip_blocks(true).build();
     env.set_syntax(syntax.map_err(|e| Error::internal(format!("chat template syntax: {e}")))?);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("{RAISED}{message}")))
+    // Methods and our functions pay for the text of their arguments (and receiver) before
+    // turning them into strings: see `text_budget`.
+    env.set_unknown_method_callback(|state, value, method, args| {
+        text_budget::pay_for_text(state, std::slice::from_ref(value))?;
+        text_budget::pay_for_text(state, args)?;
+        minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
     });
-    env.add_function("strftime_now", |format: String| strftime(&format, now_unix_seconds()));
+    env.add_function(
+        "raise_exception",
+        |state: &State, message: Value| -> std::result::Result<String, minijinja::Error> {
+            text_budget::pay_for_text(state, std::slice::from_ref(&message))?;
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("{RAISED}{message}")))
+        },
+    );
+    env.add_function("strftime_now", |state: &State, format: Value| -> std::result::Result<String, minijinja::Error> {
+        text_budget::pay_for_text(state, std::slice::from_ref(&format))?;
+        Ok(strftime(&format.to_string(), now_unix_seconds()))
+    });
+    text_budget::install(&mut env);
     Ok(env)
 }
 
@@ -248,6 +263,8 @@ pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
     era * 146_097 + day_of_era - 719_468
 }
+
+mod text_budget;
 
 #[cfg(test)]
 mod tests;

@@ -153,9 +153,7 @@ fn a_template_that_doubles_text_runs_out_of_its_budget_before_memory() {
         "ns.s ~ ns.s|upper",
     ]
     .map(|grow| format!("{{% set ns = namespace(s='ab') %}}{{% for i in range(40) %}}{{% set ns.s = {grow} %}}{{% endfor %}}{{{{ ns.s|length }}}}"));
-    // Not covered: doubling a list (`ns.s + ns.s` on lists). minijinja keeps list sums lazy and
-    // builds the sum of a long chain without charging it to the budget; that needs a limit in
-    // minijinja itself.
+    // Lists that double: see the test below.
     for template in &doubling {
         let start = std::time::Instant::now();
         let err = render_chat(template, &conversation(), true, "", "").unwrap_err();
@@ -167,4 +165,60 @@ fn a_template_that_doubles_text_runs_out_of_its_budget_before_memory() {
     let big: Vec<ChatMessage> = (0..4).map(|_| ChatMessage::new("user", "word ".repeat(1_000_000))).collect();
     let text = render_chat(LLAMA3_TEMPLATE, &big, true, "", "").unwrap();
     assert!(text.len() > 20_000_000);
+}
+
+#[test]
+fn a_template_that_doubles_a_list_pays_for_its_text_before_memory() {
+    // 30 doublings make a lazy list of 2^30 items for free; every use that writes it out,
+    // walks it or compares it must stop within the budget, quickly.
+    let uses = [
+        "{{ ns.s }}",
+        "{{ ns.s|string|length }}",
+        "{{ ns.s|tojson|length }}",
+        "{{ ns.s|pprint|length }}",
+        "{{ ns.s|lower|length }}",
+        "{{ ns.s|trim|length }}",
+        "{{ ns.s|escape|length }}",
+        "{{ ns.s|safe|length }}",
+        "{{ ns.s|join|length }}",
+        "{{ [ns.s]|join|length }}",
+        "{{ ''.join(ns.s)|length }}",
+        "{{ '%s'|format(ns.s)|length }}",
+        "{{ ns.s is eq(ns.s[:]) }}",
+        "{{ raise_exception(ns.s) }}",
+        "{{ debug(ns.s)|length }}",
+        "{{ ns.s|list|length }}",
+        "{{ ns.s|sort|length }}",
+        "{{ ns.s|unique|list|length }}",
+        "{{ ns.s|reverse|list|length }}",
+        "{{ ns.s|last }}",
+        "{{ ns.s|map('upper')|list|length }}",
+        "{{ 'zz' in ns.s }}",
+        "{% for x in ns.s %}{% endfor %}",
+    ]
+    .map(|use_| format!("{{% set ns = namespace(s=['ab']) %}}{{% for i in range(30) %}}{{% set ns.s = ns.s + ns.s %}}{{% endfor %}}{use_}"));
+    // `*` repeats lazily up to 10^8 items: a list of long strings.
+    let repeated = [
+        "{{ ([messages[0].content * 1000] * 100000000)|string|length }}",
+        "{{ {'k': [messages] * 100000000}|tojson|length }}",
+    ];
+    // Not covered, as minijinja does them inside its engine without a filter, test or method
+    // to wrap: a list summed into a chain of more than 32 `+` (`ns.s + ns.s` 33 times) is
+    // copied into one list at the 33rd without charge; `ns.s ~ ''` writes the list out, and
+    // `ns.s[-1]` walks it, without charge.
+    for template in uses.iter().map(String::as_str).chain(repeated) {
+        let start = std::time::Instant::now();
+        let err = render_chat(template, &conversation(), true, "", "").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument, "{template}");
+        assert!(err.message.contains("budget"), "{template}: {}", err.message);
+        assert!(start.elapsed().as_secs() < 10, "{template}: {:?}", start.elapsed());
+    }
+    // Lists of a real size still write out, compare and join as before.
+    let template = "{{ messages|tojson }}|{{ messages|map(attribute='role')|join(',') }}|{{ messages is eq(messages) }}|{{ messages[0] }}|{{ 'You'.startswith('Y') }}";
+    let text = render_chat(template, &conversation(), false, "", "").unwrap();
+    assert_eq!(
+        text,
+        "[{\"role\": \"system\", \"content\": \"You are terse.\"}, {\"role\": \"user\", \"content\": \"  Hi there \\n\"}]\
+         |system,user|True|{'role': 'system', 'content': 'You are terse.'}|True"
+    );
 }
