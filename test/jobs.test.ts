@@ -393,6 +393,9 @@ describe("linearize", () => {
       "INVALID_ARGUMENT",
       /surpriseAfterTraining/,
     );
+    await expectCode(linearize(modelPath(), { ...base, distill: 1.5 }), "INVALID_ARGUMENT", /distill.*\[0, 1\]/);
+    // Distillation runs the base model beside the one in training: the GPU engine only.
+    await expectCode(linearize(modelPath(), { ...base, distill: 0.5 }), "INVALID_ARGUMENT", /GPU engine only/);
     // No NVIDIA GPU on the test machine: a typed error that points at the CPU backend.
     await expectCode(
       linearize(modelPath(), { ...base, device: "cuda" }),
@@ -428,7 +431,9 @@ describe("linearize", () => {
     expect(defaultGpuRecipe({ mixer: "gsa" })).toBe("paper");
     expect(defaultGpuRecipe({ useSwa: false })).toBe("paper");
     const out = join(work, "memory-recipe");
-    // The recipe's length is overridden here (steps, seqLen, batch) to keep the CPU run short.
+    // The recipe's length is overridden here (steps, seqLen, batch) to keep the CPU run short;
+    // on the CPU the recipe trains without its distillation (which needs the GPU engine).
+    expect(RECIPES.memory.distill).toBe(0.5);
     await linearize(modelPath(), {
       out,
       data: alpacaSlice(20),

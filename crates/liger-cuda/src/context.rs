@@ -288,10 +288,10 @@ impl GpuContext {
         }
     }
 
-    /// Hands the device pool's unused memory back to the driver (after the stream's pending
-    /// frees have happened).
+    /// Hands the device pool's unused memory back to the driver, after every stream's pending
+    /// frees have happened (buffers of other models or contexts are freed on their own streams).
     pub fn release_pool_memory(&self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| driver_error(e, "waiting for the GPU"))?;
+        self.ctx.synchronize().map_err(|e| driver_error(e, "waiting for the GPU"))?;
         let mut pool = std::ptr::null_mut();
         // SAFETY: the driver writes the device's default pool handle, which it owns.
         unsafe { cudarc::driver::sys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device()) }

@@ -243,7 +243,10 @@ fn distillation_from_the_base_model_matches_the_cpu_reference() {
     model.distill_from(base(), 0.0).unwrap();
     let (loss, grads) = run_gpu(&model, &data);
     let grad_err = max_rel_error(&grads, &plain_grads.iter().map(|&g| g as f64).collect::<Vec<_>>());
-    assert!(((loss - plain_loss) / plain_loss).abs() < 1e-9 && grad_err < 1e-6, "{loss} vs {plain_loss}, {grad_err:.2e}");
+    assert!(
+        ((loss - plain_loss) / plain_loss).abs() < 1e-9 && grad_err < 1e-6,
+        "{loss} vs {plain_loss}, {grad_err:.2e}"
+    );
     for (weight, want) in weights.into_iter().zip(want) {
         model.distill_from(base(), weight).unwrap();
         let (loss, grads) = run_gpu(&model, &data);
@@ -415,6 +418,12 @@ fn running_out_of_gpu_memory_mid_work_is_a_typed_error_and_the_process_stays_usa
 
     let after = gpu_model.all_logits_batch(&all[..1]).unwrap();
     assert_eq!(after, before, "the model scores as before once memory is back");
+    let driver_free = |ctx: &GpuContext| ctx.stream().context().mem_get_info().map(|m| m.0 >> 20).unwrap_or(0);
+    println!(
+        "after the work: {} MiB free for the driver, {} MiB available with the pool",
+        driver_free(gpu_model.context()),
+        liger_cuda::model::memory::available_memory(gpu_model.context()).unwrap() >> 20
+    );
     let second =
         GpuLigerModel::<f32>::new(gpu(), model(Architecture::Llama, MixerKind::Gla, vec![], &mut rng)).unwrap();
     assert!(second.all_logits_batch(&all[..1]).unwrap()[0].iter().all(|x| x.is_finite()));

@@ -39,6 +39,7 @@ interface LinearizeCliOptions {
   selectData?: string;
   valData?: string;
   weightDecay?: number;
+  distill?: number;
   evalEvery?: number;
   recipe?: string;
   epochs?: number;
@@ -118,8 +119,13 @@ export function registerLinearize(program: Command): void {
     )
     .option("--weight-decay <w>", "AdamW weight decay on the adapters (default 0)", parseNumber("weight-decay"))
     .option(
+      "--distill <w>",
+      "GPU only: train toward the base model's next-token distributions, loss (1-w) CE + w KL(base || model) (default 0)",
+      parseNumber("distill"),
+    )
+    .option(
       "--recipe <name>",
-      "preset: paper (1024-token sequences, batch 8, 2 epochs, lr 1e-3 constant) or memory (1 epoch of the same, window 257, 4 sinks, 256 surprise keys, mix 0/1: keeps long-context memory; the GPU default); options given win",
+      "preset: paper (1024-token sequences, batch 8, 2 epochs, lr 1e-3 constant) or memory (1 epoch of the same, window 257, 4 sinks, 256 surprise keys, mix 0/1, on the GPU distillation 0.5: keeps long-context memory; the GPU default); options given win",
     )
     .option(
       "--epochs <n>",
@@ -200,6 +206,7 @@ export function registerLinearize(program: Command): void {
         selectData: options.selectData,
         valData: options.valData,
         weightDecay: options.weightDecay,
+        distill: options.distill,
         evalEvery: options.evalEvery,
         recipe: options.recipe as LinearizeOptions["recipe"],
         epochs: options.epochs,
