@@ -102,6 +102,7 @@ describe("liger linearize", () => {
     expect(run.stdout).toMatch(/liger, converted, untrained\s+\d+\.\d+\s+\d+\.\d+/);
     expect(run.stdout).toMatch(/liger, trained\s+\d+\.\d+\s+\d+\.\d+/);
     expect(run.stdout).toMatch(/sample:/);
+    expect(run.stdout.trimEnd().split("\n").at(-1)).toBe(`report: ${join(out, "report.html")}`);
     // A run folder: the final model in model/, loaded by naming the folder.
     expect(existsSync(join(out, "liger-run.json")) && existsSync(join(out, "model", "config.json"))).toBe(true);
     // Beside it the report: its numbers, and the page drawn from them with every chart of a trained run.

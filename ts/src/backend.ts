@@ -10,7 +10,7 @@ import type {
   PerplexityResult,
   ResolvedEvalOptions,
   ResolvedLoglikelihood,
-} from "./eval.js";
+} from "./types.js";
 
 /** The conversion of a Liger model (see `linearize`). */
 export interface LigerInfo {

@@ -9,6 +9,23 @@ import { fileURLToPath } from "node:url";
 
 import { invalidArgument, LigerError, toLigerError } from "./errors.js";
 import { loadAddon } from "./native.js";
+import type { Comparison, EvalEvent, EvalReport, ResolvedEvalOptions, ResolvedLoglikelihood } from "./types.js";
+
+export type {
+  Comparison,
+  ComparisonRow,
+  EvalEvent,
+  EvalReport,
+  LoglikelihoodResult,
+  LoglikelihoodScore,
+  PasskeyCell,
+  PasskeyReport,
+  PerplexityResult,
+  ResolvedEvalOptions,
+  ResolvedLoglikelihood,
+  ScoreStats,
+  TaskResult,
+} from "./types.js";
 
 /** Task names as lm-evaluation-harness spells them. */
 export const TASK_NAMES = [
@@ -22,106 +39,6 @@ export const TASK_NAMES = [
   "wikitext",
 ] as const;
 export type TaskName = (typeof TASK_NAMES)[number];
-
-/** How the core counts its work. */
-export interface ScoreStats {
-  requests: number;
-  forwards: number;
-  truncated: number;
-  tokensProcessed: number;
-  seconds: number;
-}
-
-export interface TaskResult {
-  task: string;
-  /** The file (or folder) the items came from. */
-  source: string;
-  /** Items scored. */
-  n: number;
-  /** e.g. `acc`, `acc_stderr`, `acc_norm`, `perplexity`, `word_perplexity`. */
-  metrics: Record<string, number>;
-  /** The metric the task is quoted by. */
-  primaryMetric: string;
-  higherIsBetter: boolean;
-  warnings: string[];
-  stats: ScoreStats;
-  tokensPerSecond: number;
-}
-
-export interface PasskeyCell {
-  length: number;
-  depth: number;
-  trials: number;
-  correct: number;
-  accuracy: number;
-}
-
-export interface PasskeyReport {
-  method: string;
-  accuracy: number;
-  cells: PasskeyCell[];
-}
-
-export interface EvalReport {
-  model: string;
-  options: {
-    maxLength: number | null;
-    limit: number | null;
-    seed: number;
-    addBos: boolean;
-    perplexityWindow: number | null;
-  };
-  tasks: TaskResult[];
-  passkey: PasskeyReport | null;
-  seconds: number;
-  tokensProcessed: number;
-  tokensPerSecond: number;
-}
-
-export interface ComparisonRow {
-  task: string;
-  metric: string;
-  higherIsBetter: boolean;
-  base: number;
-  linearized: number;
-  /** linearized / base for accuracies, base / linearized for perplexities; null where the
-   * divisor is 0 (no ratio exists). */
-  recovery: number | null;
-}
-
-export interface Comparison {
-  baseModel: string;
-  linearizedModel: string;
-  rows: ComparisonRow[];
-  /** mean(linearized) / mean(base) over the accuracy tasks; null without one. */
-  ratioOfAverages: number | null;
-  /** mean of the per-task recoveries over the accuracy tasks; null without one. */
-  meanOfRatios: number | null;
-  /** What each number means. */
-  definitions: Record<string, string>;
-}
-
-export interface PerplexityResult {
-  documents: number;
-  windows: number;
-  window: number;
-  tokens: number;
-  words: number;
-  bytes: number;
-  /** Total negative log-likelihood in nats. */
-  nll: number;
-  tokenPerplexity: number;
-  wordPerplexity: number;
-  bytePerplexity: number;
-  bitsPerByte: number;
-  stats: ScoreStats;
-}
-
-/** Events of an evaluation, in order: per task a `task`, `progress`es and a `taskDone`. */
-export type EvalEvent =
-  | { kind: "task"; task: string; index: number; count: number }
-  | { kind: "progress"; task: string; done: number; total: number }
-  | { kind: "taskDone"; task: string; result: TaskResult };
 
 export interface EvaluateOptions {
   /** Tasks to run (default: arc_easy and lambada_openai). */
@@ -174,27 +91,11 @@ export interface LoglikelihoodOptions {
   signal?: AbortSignal;
 }
 
-/** One request's score, with the tokens it was split into. */
-export interface LoglikelihoodScore {
-  /** Sum of the natural-log probabilities of the continuation's tokens. */
-  logprob: number;
-  /** Whether greedy decoding reproduces every continuation token. */
-  isGreedy: boolean;
-  /** The context's tokens (a lone BOS/EOS for an empty context). */
-  contextTokens: number[];
-  /** The continuation's tokens (a token merging across the boundary belongs here). */
-  continuationTokens: number[];
-  /** Whether the input was longer than maxLength and cut from the left. */
-  truncated: boolean;
-}
-
-export interface LoglikelihoodResult {
-  results: LoglikelihoodScore[];
-  stats: ScoreStats;
-}
-
 /** The loglikelihood options as the addon takes them, checked. */
-export function resolveLoglikelihood(requests: readonly LoglikelihoodRequest[], options: LoglikelihoodOptions) {
+export function resolveLoglikelihood(
+  requests: readonly LoglikelihoodRequest[],
+  options: LoglikelihoodOptions,
+): ResolvedLoglikelihood {
   if (!Array.isArray(requests) || requests.length === 0) {
     throw invalidArgument("loglikelihood needs a non-empty array of { context, continuation } requests");
   }
@@ -214,8 +115,6 @@ export function resolveLoglikelihood(requests: readonly LoglikelihoodRequest[], 
     options: { maxLength: options.maxLength, addBos: options.addBos ?? false },
   };
 }
-
-export type ResolvedLoglikelihood = ReturnType<typeof resolveLoglikelihood>;
 
 export const DEFAULT_TASKS: readonly TaskName[] = ["arc_easy", "lambada_openai"];
 
@@ -245,7 +144,7 @@ export function checkOptional(name: string, value: unknown, rule: (v: unknown) =
 }
 
 /** The options as the addon takes them, checked (absent values are undefined: napi rejects null). */
-export function resolveEvalOptions(options: EvaluateOptions, defaultLabel: string) {
+export function resolveEvalOptions(options: EvaluateOptions, defaultLabel: string): ResolvedEvalOptions {
   if (options === null || typeof options !== "object") throw invalidArgument("evaluate options must be an object");
   const tasks = [...(options.tasks ?? (options.passkey ? [] : DEFAULT_TASKS))];
   for (const task of tasks) {
@@ -304,8 +203,6 @@ export function resolveEvalOptions(options: EvaluateOptions, defaultLabel: strin
     device: options.device ?? "cpu",
   };
 }
-
-export type ResolvedEvalOptions = ReturnType<typeof resolveEvalOptions>;
 
 /** Recovery of a linearized model's report against its base model's. */
 export function compareReports(base: EvalReport, linearized: EvalReport): Comparison {

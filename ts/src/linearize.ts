@@ -13,11 +13,25 @@ import { fetchDefaultModel } from "./fetch.js";
 import { downloadHubModel, hubModelId } from "./hub.js";
 import { gpuInfo, nativeLinearize } from "./native.js";
 import { renderLinearizeHtml } from "./report/html.js";
+import {
+  LORA_TARGETS,
+  MIXERS,
+  type LinearizeEvent,
+  type LinearizeReport,
+  type LoraTargetName,
+  type MixerName,
+  type ResolvedLinearizeOptions,
+} from "./types.js";
 
-export const MIXERS = ["gla", "hgrn2", "gsa", "retention", "mamba2", "rwkv6", "linear"] as const;
-export type MixerName = (typeof MIXERS)[number];
-export const LORA_TARGETS = ["q", "k", "v", "o"] as const;
-export type LoraTargetName = (typeof LORA_TARGETS)[number];
+export { LORA_TARGETS, MIXERS } from "./types.js";
+export type {
+  LinearizeEvent,
+  LinearizeReport,
+  LoraTargetName,
+  MixerName,
+  ResolvedLinearizeOptions,
+  ValidationResult,
+} from "./types.js";
 
 export interface LinearizeOptions {
   /** Where the checkpoint directory goes (required). */
@@ -150,73 +164,6 @@ export interface LinearizeOptions {
   signal?: AbortSignal;
 }
 
-/** Events of a run, in order: stages, evaluations, training steps, saves, the sample. */
-export type LinearizeEvent =
-  | { kind: "stage"; stage: string }
-  | {
-      kind: "step";
-      step: number;
-      totalSteps: number;
-      loss: number;
-      lr: number;
-      gradNorm: number;
-      tokensPerSecond: number;
-      elapsedSeconds: number;
-      etaSeconds: number;
-    }
-  | { kind: "eval"; name: string; loss: number; ppl: number }
-  | { kind: "saved"; path: string }
-  | { kind: "sample"; text: string };
-
-/** Mean loss over the counted tokens of the validation sequences, and its perplexity. */
-export interface ValidationResult {
-  loss: number;
-  ppl: number;
-  tokens: number;
-}
-
-/**
- * What a run resolves to, and the contents of `report.json` in its run folder (the numbers
- * behind `report.html`: the losses, `history` of steps and validations, `memory`).
- */
-export interface LinearizeReport {
-  modelName: string;
-  trainRecords: number;
-  valRecords: number;
-  skippedRows: number;
-  trainSequences: number;
-  valSequences: number;
-  /** The base (softmax) model, the converted model before training, and after. */
-  baseEval: ValidationResult | null;
-  untrainedEval: ValidationResult | null;
-  trainedEval: ValidationResult | null;
-  stepsDone: number;
-  totalSteps: number;
-  losses: number[];
-  trainSeconds: number;
-  tokensPerS: number;
-  cancelled: boolean;
-  outDir: string;
-  sample: string | null;
-  /** Decoding memory of one sequence of the converted model on the engine that trained it, in bytes. */
-  stateBytes: number;
-  /** The layers that kept softmax attention. */
-  softmaxLayers: number[];
-  /** With `softmaxAuto`: per layer, the loss increase (nats/token) of converting it alone, untrained. */
-  layerCosts: number[] | null;
-  /** The steps and validations of this run (not of a run it resumed), as they were reported. */
-  history: {
-    steps: { step: number; loss: number; lr: number; gradNorm: number; tokensPerS: number }[];
-    evals: { step: number; loss: number; ppl: number }[];
-  };
-  /**
-   * Decoding memory of one sequence of n tokens, `constant + n * perToken` bytes (f32, as the CPU
-   * engine keeps it): the base model's KV cache against the converted model's state (and the
-   * KV caches of its softmax layers). The run folder's `report.html` charts it from 256 to 32K tokens.
-   */
-  memory: { baseBytesPerToken: number; ligerConstantBytes: number; ligerBytesPerToken: number };
-}
-
 /** A recipe preset: training settings, and for some the attention beside the recurrent branch. */
 export interface Recipe {
   seqLen: number;
@@ -311,7 +258,7 @@ const isFiniteNumber = (v: unknown) => typeof v === "number" && Number.isFinite(
 const oneOf = (values: readonly string[]) => (v: unknown) => typeof v === "string" && values.includes(v);
 
 /** Defaults filled in and every option checked; the shape the addon takes. */
-export function resolveLinearizeOptions(modelPath: string, options: LinearizeOptions) {
+export function resolveLinearizeOptions(modelPath: string, options: LinearizeOptions): ResolvedLinearizeOptions {
   if (options === null || typeof options !== "object") throw invalidArgument("linearize options must be an object");
   const o = options;
   if (typeof o.out !== "string" || o.out.length === 0)
@@ -466,8 +413,6 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     device,
   };
 }
-
-export type ResolvedLinearizeOptions = ReturnType<typeof resolveLinearizeOptions>;
 
 /**
  * Convert `modelPath` (a .gguf file or a checkpoint directory; default: the default model)

@@ -23,12 +23,14 @@ import { LigerError, toLigerError } from "./errors.js";
 import type {
   Comparison,
   EvalReport,
+  LinearizeEvent,
+  LinearizeReport,
   LoglikelihoodResult,
   PerplexityResult,
   ResolvedEvalOptions,
+  ResolvedLinearizeOptions,
   ResolvedLoglikelihood,
-} from "./eval.js";
-import type { LinearizeEvent, LinearizeReport, ResolvedLinearizeOptions } from "./linearize.js";
+} from "./types.js";
 
 /**
  * What the addon exports (see crates/liger-node/src/lib.rs and jobs.rs), typed by hand: napi's
@@ -39,7 +41,6 @@ interface RawAddon {
   loadModel(path: string, onProgress: ProgressCallback | null): Promise<RawModel>;
   CancelToken: new () => RawCancelToken;
   compareReports(base: EvalReport, linearized: EvalReport): Comparison;
-  renderEvalHtml(reports: EvalReport[], comparison: Comparison | undefined): string;
   linearize(
     options: ResolvedLinearizeOptions,
     cancel: RawCancelToken,

@@ -1,9 +1,10 @@
-//! Scores a model on evaluation tasks and writes a JSON report (and optionally HTML).
+//! Scores a model on evaluation tasks and writes a JSON report (`liger eval --html` draws the
+//! page of results).
 //!
 //!     cargo run --release -p liger-core --example eval_tasks -- \
 //!         --model model.gguf --data ../shared/data --tasks arc_easy,lambada_openai \
 //!         --limit 100 [--liger] [--max-length 2048] [--window 1024] \
-//!         [--passkey 1024,2048 --depths 0.1,0.5,0.9 --trials 2] [--out report.json] [--html report.html]
+//!         [--passkey 1024,2048 --depths 0.1,0.5,0.9 --trials 2] [--out report.json]
 //!
 //! `--liger` scores the untrained Liger conversion of the model (GLA mixer, every layer
 //! converted, fresh LoRA adapters with B = 0): the starting point that linearize fine-tunes.
@@ -11,7 +12,6 @@
 
 use liger_core::convert::{linearize, LigerOptions, LoraOptions};
 use liger_core::eval::passkey::{passkey_by_loglikelihood, PasskeyOptions};
-use liger_core::eval::report::write_html;
 use liger_core::eval::{run_task, write_json, EvalOptions, EvalReport, ScoreModel, Task};
 use liger_core::model::load_model;
 use std::path::PathBuf;
@@ -34,7 +34,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut tasks = vec!["arc_easy".to_string()];
     let mut opts = EvalOptions::default();
     let mut passkey = PasskeyOptions { trials: 1, ..Default::default() };
-    let (mut out, mut html, mut run_passkey, mut liger) = (None, None, false, false);
+    let (mut out, mut run_passkey, mut liger) = (None, false, false);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
@@ -53,7 +53,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--depths" => passkey.depths = parse_list(&value()?)?,
             "--trials" => passkey.trials = value()?.parse()?,
             "--out" => out = Some(PathBuf::from(value()?)),
-            "--html" => html = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -105,9 +104,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(path) = out {
         write_json(&path, &report)?;
-    }
-    if let Some(path) = html {
-        write_html(&path, &[&report], None)?;
     }
     Ok(())
 }

@@ -1,10 +1,10 @@
 //! Evaluation and perplexity for JavaScript: the options converted to the `liger` crate's,
-//! and the reports' comparison and HTML page.
+//! and the reports' comparison.
 
 use std::path::PathBuf;
 
 use liger::{EvalEvent, EvaluateOptions, PasskeyTest, PerplexityOptions, TextSource};
-use liger_core::eval::report::{compare, render_html};
+use liger_core::eval::report::compare;
 use liger_core::eval::EvalReport;
 use liger_core::Error;
 use napi::bindgen_prelude::*;
@@ -126,23 +126,5 @@ pub fn compare_reports(base: Value, linearized: Value) -> Result<Value> {
         let comparison =
             compare(&eval_report(base, "the base report")?, &eval_report(linearized, "the linearized report")?)?;
         serde_json::to_value(comparison).map_err(|e| Error::internal(format!("serializing a result: {e}")))
-    })
-}
-
-/// A self-contained HTML page of reports (and an optional comparison).
-#[napi(js_name = "renderEvalHtml")]
-pub fn render_eval_html(reports: Vec<Value>, comparison: Option<Value>) -> Result<String> {
-    run(|| {
-        let reports = reports
-            .into_iter()
-            .map(|r| {
-                serde_json::from_value::<EvalReport>(r)
-                    .map_err(|e| Error::invalid_argument(format!("not an evaluation report: {e}")))
-            })
-            .collect::<liger_core::Result<Vec<_>>>()?;
-        let comparison = comparison
-            .map(|c| serde_json::from_value(c).map_err(|e| Error::invalid_argument(format!("not a comparison: {e}"))))
-            .transpose()?;
-        Ok(render_html(&reports.iter().collect::<Vec<_>>(), comparison.as_ref()))
     })
 }

@@ -2,6 +2,8 @@
  * `liger linearize`: convert a model to Liger attention, train its LoRA adapters, and show
  * the validation perplexities (base, converted before training, trained) and a sample.
  */
+import { join } from "node:path";
+
 import type { Command } from "commander";
 
 import { LigerError } from "../errors.js";
@@ -262,6 +264,8 @@ export function registerLinearize(program: Command): void {
         process.off("SIGINT", onSigint);
       }
       process.stdout.write(options.json ? `${JSON.stringify(report, null, 2)}\n` : formatLinearizeReport(report));
+      // Beside --json the line goes to stderr, so that stdout stays one JSON document.
+      (options.json ? process.stderr : process.stdout).write(`report: ${join(report.outDir, "report.html")}\n`);
     });
 }
 

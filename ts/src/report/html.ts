@@ -4,8 +4,7 @@
  * Content-Security-Policy says so to the browser), built only from the report objects, so the
  * page of a run can be made again from its `report.json`.
  */
-import type { Comparison, EvalReport, TaskResult } from "../eval.js";
-import type { LinearizeReport } from "../linearize.js";
+import type { Comparison, EvalReport, LinearizeReport, TaskResult } from "../types.js";
 import { barChart, escapeHtml, formatNumber, lineChart, type BarGroup, type Series } from "./svg.js";
 
 const STYLE =

@@ -34,7 +34,7 @@ pub use passkey::{passkey_by_generation, passkey_by_loglikelihood, PasskeyOption
 pub use perplexity::{rolling_windows, PerplexityResult};
 #[cfg(not(target_arch = "wasm32"))]
 pub use report::write_json;
-pub use report::{compare, render_html, Comparison, EvalReport};
+pub use report::{compare, Comparison, EvalReport};
 pub use tasks::{run_task, Task, TaskResult, TASK_NAMES};
 
 /// A model that can be scored: logits after every token of a sequence.
