@@ -61,6 +61,26 @@ describe("loadModel and info", () => {
     expect(model.info.kvCacheBytesPerToken).toBe(2 * numLayers * numKvHeads * headDim * 4);
   });
 
+  it("generates where it was loaded: cpu by default, cuda only with a usable GPU (typed errors otherwise)", async () => {
+    const onCpu = await loadModel(modelPath(), { device: "cpu" });
+    expect(onCpu.info.device).toBe("cpu");
+    // The test machine has no NVIDIA GPU: auto is the CPU, cuda a DEVICE_UNAVAILABLE error.
+    expect((await loadModel(modelPath(), { device: "auto" })).info.device).toBe("cpu");
+    await expect(loadModel(modelPath(), { device: "cuda" })).rejects.toMatchObject({
+      code: "DEVICE_UNAVAILABLE",
+      message: expect.stringMatching(/NVIDIA|GPU/),
+    });
+    await expect(loadModel(modelPath(), { device: "tpu" as never })).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+      message: expect.stringMatching(/"cpu", "cuda" or "auto"/),
+    });
+    // The wasm engine runs on the CPU only.
+    await expect(loadModel("model.bundle", { backend: "wasm", device: "cuda" })).rejects.toMatchObject({
+      code: "DEVICE_UNAVAILABLE",
+      message: expect.stringMatching(/wasm engine runs on the CPU only/),
+    });
+  });
+
   it("reports load progress through onProgress", async () => {
     const events: ProgressEvent[] = [];
     const again = await loadModel(modelPath(), { onProgress: (e) => events.push(e) });

@@ -69,6 +69,18 @@ describe("liger generate", () => {
     const notNumber = liger(["generate", "-m", modelPath(), "-p", "x", "--temperature", "warm"]);
     expect(notNumber.code).toBe(1);
     expect(notNumber.stderr).toMatch(/INVALID_ARGUMENT: --temperature expects a number/);
+    const badDevice = liger(["generate", "-m", modelPath(), "-p", "x", "--device", "tpu"]);
+    expect(badDevice.code).toBe(1);
+    expect(badDevice.stderr).toMatch(/INVALID_ARGUMENT: device must be "cpu", "cuda" or "auto"/);
+  });
+
+  it("--device cuda without a usable GPU is DEVICE_UNAVAILABLE; --device cpu generates", () => {
+    const gpu = liger(["generate", "-m", modelPath(), "-p", "x", "-n", "2", "--device", "cuda"]);
+    expect(gpu.code).toBe(1);
+    expect(gpu.stderr).toMatch(/^liger: DEVICE_UNAVAILABLE: /m);
+    const cpu = liger(["generate", "-m", modelPath(), "-p", "x", "-n", "2", "-t", "0", "--device", "cpu"]);
+    expect(cpu.code).toBe(0);
+    expect(cpu.stdout.length).toBeGreaterThan(0);
   });
 
   it("a missing --prompt is a usage error", () => {

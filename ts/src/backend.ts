@@ -61,6 +61,8 @@ export interface ModelInfo {
   kvCacheBytesPerToken: number;
   /** null for a base model; the conversion of a Liger model loaded from its checkpoint. */
   liger: LigerInfo | null;
+  /** Where generation runs ("cpu", "cuda"); absent for engines that run only on the CPU (wasm). */
+  device?: string;
 }
 
 export interface ChatMessage {
@@ -142,7 +144,10 @@ export interface BackendJobControl {
   signal?: AbortSignal;
 }
 
+/** Where a loaded model generates: the CPU, or the first NVIDIA GPU (native engine only). */
+export type ModelDevice = "cpu" | "cuda";
+
 export interface Backend {
   readonly name: string;
-  loadModel(path: string, onProgress?: ProgressCallback): Promise<BackendModel>;
+  loadModel(path: string, onProgress?: ProgressCallback, device?: ModelDevice): Promise<BackendModel>;
 }

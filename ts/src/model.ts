@@ -1,5 +1,5 @@
 /** The public model object: tokenizer, chat template, logits and streaming generation. */
-import type { Backend, BackendModel, ChatMessage, ModelInfo, ProgressCallback } from "./backend.js";
+import type { Backend, BackendModel, ChatMessage, ModelDevice, ModelInfo, ProgressCallback } from "./backend.js";
 import { invalidArgument, LigerError } from "./errors.js";
 import {
   checkOptional,
@@ -18,7 +18,7 @@ import {
 import { fetchDefaultModel } from "./fetch.js";
 import { Generation } from "./generation.js";
 import { downloadHubModel, hubModelId, type HubOptions } from "./hub.js";
-import { loadAddon, nativeBackend } from "./native.js";
+import { gpuInfo, loadAddon, nativeBackend } from "./native.js";
 import { defaultWasmBackend } from "./wasm.js";
 import { checkMessages, checkTokens, resolveGenerateOptions, type GenerateOptions } from "./options.js";
 
@@ -31,6 +31,14 @@ export interface LoadModelOptions {
    * can be loaded, the wasm engine otherwise.
    */
   backend?: Backend | "native" | "wasm" | "auto";
+  /**
+   * Where generation runs: "cpu" (the default), "cuda" (the first NVIDIA GPU, native engine
+   * only: prefill with the chunked kernels, then CUDA-graph decoding steps with a constant-size
+   * state per sequence; a base model runs every layer as softmax attention there), or "auto"
+   * (cuda when a usable GPU is found, else cpu). Tokenizing, chat templates and `lastLogits`
+   * stay on the CPU. No usable GPU for "cuda" is a DEVICE_UNAVAILABLE error.
+   */
+  device?: "cpu" | "cuda" | "auto";
   /**
    * For a Hub id: the endpoint, token, cache and offline mode (defaults: `$HF_ENDPOINT`,
    * `$HF_TOKEN`, `$HF_HUB_CACHE` or `$HF_HOME/hub`, `$HF_HUB_OFFLINE`).
@@ -92,12 +100,13 @@ export async function loadModel(path?: string, options: LoadModelOptions = {}): 
   const { onProgress } = options;
   const choice = options.backend ?? "auto";
   const backend = resolveBackend(choice);
+  const device = resolveModelDevice(options.device, backend);
   const hubId = path === undefined ? undefined : hubModelId(path);
   const modelPath = hubId
     ? await downloadHubModel(hubId, { ...options.hub, onProgress })
     : (path ?? (await fetchDefaultModel({ onProgress })));
   try {
-    return new LigerModel(await backend.loadModel(modelPath, onProgress), modelPath);
+    return new LigerModel(await backend.loadModel(modelPath, onProgress, device), modelPath);
   } catch (err) {
     // "auto" fell back to wasm, which reads only edge bundles: a GGUF file or a directory
     // needs the native addon, so say that rather than "not a bundle".
@@ -105,6 +114,21 @@ export async function loadModel(path?: string, options: LoadModelOptions = {}): 
       throw nativeMissingFor(modelPath, err);
     }
     throw err;
+  }
+}
+
+/** The device of `loadModel`: "auto" is cuda where the native engine finds a usable GPU. */
+function resolveModelDevice(device: LoadModelOptions["device"], backend: Backend): ModelDevice | undefined {
+  switch (device) {
+    case undefined:
+      return undefined;
+    case "cpu":
+    case "cuda":
+      return device;
+    case "auto":
+      return backend === nativeBackend && gpuInfo().available ? "cuda" : "cpu";
+    default:
+      throw invalidArgument(`device must be "cpu", "cuda" or "auto", got ${JSON.stringify(device)}`);
   }
 }
 

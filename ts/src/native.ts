@@ -16,6 +16,7 @@ import type {
   GenerateResult,
   GenerationHandle,
   GenerationSink,
+  ModelDevice,
   ModelInfo,
   ProgressCallback,
 } from "./backend.js";
@@ -38,7 +39,7 @@ import type {
  * JSON and promises hold. test/addon-types.test.ts checks these interfaces against them.
  */
 interface RawAddon {
-  loadModel(path: string, onProgress: ProgressCallback | null): Promise<RawModel>;
+  loadModel(path: string, onProgress: ProgressCallback | null, device: string | null): Promise<RawModel>;
   CancelToken: new () => RawCancelToken;
   compareReports(base: EvalReport, linearized: EvalReport): Comparison;
   linearize(
@@ -294,8 +295,8 @@ async function guardAsync<T>(call: () => Promise<T>): Promise<T> {
 
 export const nativeBackend: Backend = {
   name: "native",
-  async loadModel(path: string, onProgress?: ProgressCallback): Promise<BackendModel> {
+  async loadModel(path: string, onProgress?: ProgressCallback, device?: ModelDevice): Promise<BackendModel> {
     const addon = loadAddon();
-    return new NativeModel(await guardAsync(() => addon.loadModel(path, onProgress ?? null)));
+    return new NativeModel(await guardAsync(() => addon.loadModel(path, onProgress ?? null, device ?? null)));
   },
 };

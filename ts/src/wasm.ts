@@ -23,6 +23,7 @@ import type {
   ChatMessage,
   GenerationHandle,
   GenerationSink,
+  ModelDevice,
   ModelInfo,
   ProgressCallback,
 } from "./backend.js";
@@ -91,7 +92,13 @@ export function wasmBackend(options: WasmBackendOptions = {}): Backend {
   const maxMemoryBytes = options.maxMemoryBytes ?? DEFAULT_MAX_MEMORY_BYTES;
   return {
     name: "wasm",
-    async loadModel(path: string, onProgress?: ProgressCallback): Promise<BackendModel> {
+    async loadModel(path: string, onProgress?: ProgressCallback, device?: ModelDevice): Promise<BackendModel> {
+      if (device !== undefined && device !== "cpu") {
+        throw new LigerError(
+          "DEVICE_UNAVAILABLE",
+          `the wasm engine runs on the CPU only, not on ${device}: load with the native backend (the addon) for the GPU`,
+        );
+      }
       const data = await readBundle(path, onProgress);
       onProgress?.({ stage: "load", fraction: 0 });
       try {

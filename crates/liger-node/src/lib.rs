@@ -78,6 +78,7 @@ type ProgressFn = ThreadsafeFunction<LoadProgress, (), LoadProgress, Status, fal
 
 pub struct LoadTask {
     path: PathBuf,
+    device: String,
     on_progress: Option<ProgressFn>,
 }
 
@@ -92,7 +93,7 @@ impl Task for LoadTask {
                 report_progress(callback, stage, fraction);
             }
         };
-        run(|| Model::load(&self.path, &mut report))
+        run(|| Model::load_on(&self.path, self.device.parse()?, &mut report))
     }
 
     fn resolve(&mut self, _env: Env, model: Model) -> Result<NativeModel> {
@@ -119,8 +120,9 @@ fn report_progress(callback: &ProgressFn, stage: &str, fraction: f64) {
 /// Load a `.gguf` file, a Hugging Face model directory or a Liger checkpoint directory on a
 /// worker thread.
 #[napi(js_name = "loadModel")]
-pub fn load_model_js(path: String, on_progress: Option<ProgressFn>) -> AsyncTask<LoadTask> {
-    AsyncTask::new(LoadTask { path: PathBuf::from(path), on_progress })
+pub fn load_model_js(path: String, on_progress: Option<ProgressFn>, device: Option<String>) -> AsyncTask<LoadTask> {
+    let device = device.unwrap_or_else(|| "cpu".into());
+    AsyncTask::new(LoadTask { path: PathBuf::from(path), device, on_progress })
 }
 
 // ---- the GPU ----------------------------------------------------------------------------

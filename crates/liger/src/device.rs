@@ -27,6 +27,18 @@ impl FromStr for Device {
     }
 }
 
+impl std::fmt::Display for Device {
+    /// "cpu", "cuda" for the first GPU, "cuda:N" for another (what `from_str` reads back for
+    /// the first two).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(0) => write!(f, "cuda"),
+            Device::Cuda(index) => write!(f, "cuda:{index}"),
+        }
+    }
+}
+
 /// A GPU as the CUDA engine opens it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GpuInfo {
@@ -77,6 +89,14 @@ mod tests {
         assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
         assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
         assert_eq!(Device::default(), Device::Cpu);
+    }
+
+    #[test]
+    fn a_device_prints_as_it_is_parsed() {
+        for device in [Device::Cpu, Device::Cuda(0)] {
+            assert_eq!(device.to_string().parse::<Device>().unwrap(), device);
+        }
+        assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
     }
 
     #[test]

@@ -31,7 +31,8 @@ export function registerChat(program: Command): void {
       .command("chat")
       .description("chat with a model on the terminal, replies streamed as they are generated")
       .option("-m, --model <path>", "a .gguf file or Hugging Face model directory (default: SmolLM2-135M-Instruct)")
-      .option("--system <text>", "a system message to start the conversation with"),
+      .option("--system <text>", "a system message to start the conversation with")
+      .option("--device <device>", "where generation runs: cpu (default), cuda (the first NVIDIA GPU) or auto"),
     "per reply",
   ).action(async (options: ChatCliOptions) => {
     const sampling: Sampling = {

@@ -2,11 +2,12 @@
 import type { Command } from "commander";
 
 import { LigerError, toLigerError } from "../errors.js";
-import { loadModel, type LigerModel } from "../model.js";
+import { loadModel, type LigerModel, type LoadModelOptions } from "../model.js";
 import { StageProgress } from "./progress.js";
 
 export interface ModelOption {
   model?: string;
+  device?: string;
 }
 
 /**
@@ -16,7 +17,8 @@ export interface ModelOption {
 export async function loadModelWithProgress(options: ModelOption): Promise<LigerModel> {
   const progress = new StageProgress();
   try {
-    return await loadModel(options.model, { onProgress: progress.update });
+    const device = options.device as LoadModelOptions["device"];
+    return await loadModel(options.model, { onProgress: progress.update, device });
   } finally {
     progress.stop();
   }

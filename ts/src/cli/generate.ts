@@ -26,6 +26,7 @@ export function registerGenerate(program: Command): void {
     "to generate",
   )
     .option("--chat", "wrap the prompt as a user message in the model's chat template")
+    .option("--device <device>", "where generation runs: cpu (default), cuda (the first NVIDIA GPU) or auto")
     .option("--stop <strings...>", "stop when one of these strings appears")
     .option("--ignore-eos", "keep generating past the end-of-sequence token")
     .option("--stats", "print token counts and speed to stderr at the end")

@@ -98,7 +98,7 @@ function resolveServeOptions(options: ServeOptions): ResolvedServeOptions {
     if (options.device === "cuda") {
       throw new LigerError(
         "DEVICE_UNAVAILABLE",
-        "GPU serving is not yet available: the generation API runs on the CPU (native engine) or in wasm; use device cpu",
+        "GPU serving is not yet available: a model loaded with device cuda generates one sequence at a time, and the server needs batched decoding on the GPU; use device cpu",
       );
     }
     throw invalidArgument(`device must be "cpu", got ${JSON.stringify(options.device)}`);
