@@ -15,6 +15,9 @@ import {
   type LinearizeEvent,
   type LinearizeReport,
 } from "../ts/dist/index.js";
+import { DEFAULT_TASKS, resolveEvalOptions } from "../ts/dist/eval.js";
+import { DEFAULT_SAMPLE_PROMPT, resolveLinearizeOptions } from "../ts/dist/linearize.js";
+import { evalDefaults, linearizeDefaults } from "../ts/dist/native.js";
 import { dataDir, logSoftmax, modelPath, sharedModel } from "./helpers.js";
 
 const work = mkdtempSync(join(tmpdir(), "liger-jobs-"));
@@ -37,6 +40,30 @@ async function expectCode(promise: Promise<unknown>, code: string, message?: Reg
   expect((err as LigerError).code, (err as Error).message).toBe(code);
   if (message) expect((err as Error).message).toMatch(message);
 }
+
+describe("options not given take the facade's defaults", () => {
+  it("linearize: the addon's defaults (LinearizeOptions::new), under a recipe's settings", () => {
+    const d = linearizeDefaults();
+    expect(d).toMatchObject({ mixer: "gla", window: 65, sinks: 0, alpha: 0.5, beta: 0.5, loraRank: 8, steps: 30 });
+    expect(d).toMatchObject({ seqLen: 256, lr: 1e-3, valFraction: 0.02, maxValSequences: 16, device: "cpu" });
+    expect(d.samplePrompt).toBe(DEFAULT_SAMPLE_PROMPT);
+    const resolved = resolveLinearizeOptions("m.gguf", { out: "o", data: null });
+    expect(resolved).toEqual({ ...d, modelPath: "m.gguf", outDir: "o", dataPath: undefined });
+    // A recipe's settings win over the defaults; its distillation only where the GPU runs.
+    const cpu = resolveLinearizeOptions("m.gguf", { out: "o", data: null, recipe: "memory", device: "cpu" });
+    expect(cpu).toMatchObject({ window: 257, sinks: 4, seqLen: 1024, epochs: 1, steps: undefined, distillWeight: 0 });
+    const cuda = resolveLinearizeOptions("m.gguf", { out: "o", data: null, recipe: "memory", device: "cuda" });
+    expect(cuda.distillWeight).toBe(0.5);
+  });
+
+  it("evaluate: the addon's defaults (EvaluateOptions::default)", () => {
+    const d = evalDefaults();
+    expect(d.tasks).toEqual([...DEFAULT_TASKS]);
+    const resolved = resolveEvalOptions({ dataDir: "data" }, "model");
+    expect(resolved).toMatchObject({ tasks: d.tasks, seed: d.seed, addBos: d.addBos, device: d.device });
+    expect(resolved.seed).toBe(1234);
+  });
+});
 
 describe("evaluate", () => {
   it("scores a 5-item subset of arc_easy and lambada", async () => {

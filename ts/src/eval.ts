@@ -8,7 +8,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { invalidArgument, LigerError, toLigerError } from "./errors.js";
-import { loadAddon } from "./native.js";
+import { evalDefaults, loadAddon } from "./native.js";
 import type { Comparison, EvalEvent, EvalReport, ResolvedEvalOptions, ResolvedLoglikelihood } from "./types.js";
 
 export type {
@@ -112,10 +112,15 @@ export function resolveLoglikelihood(
   checkOptional("signal", options.signal, (v) => v instanceof AbortSignal, "an AbortSignal");
   return {
     requests: requests.map((r) => ({ context: r.context, continuation: r.continuation })),
-    options: { maxLength: options.maxLength, addBos: options.addBos ?? false },
+    // The default is the core's evaluation default, which loglikelihood shares.
+    options: { maxLength: options.maxLength, addBos: options.addBos ?? evalDefaults().addBos },
   };
 }
 
+/**
+ * The facade's default tasks, as a constant of the public API: evaluation itself takes
+ * `evalDefaults().tasks`, and test/jobs.test.ts keeps the two equal.
+ */
 export const DEFAULT_TASKS: readonly TaskName[] = ["arc_easy", "lambada_openai"];
 
 /** The repository's root when running from a checkout (ts/dist/eval.js -> ../..). */
@@ -146,7 +151,8 @@ export function checkOptional(name: string, value: unknown, rule: (v: unknown) =
 /** The options as the addon takes them, checked (absent values are undefined: napi rejects null). */
 export function resolveEvalOptions(options: EvaluateOptions, defaultLabel: string): ResolvedEvalOptions {
   if (options === null || typeof options !== "object") throw invalidArgument("evaluate options must be an object");
-  const tasks = [...(options.tasks ?? (options.passkey ? [] : DEFAULT_TASKS))];
+  const defaults = evalDefaults();
+  const tasks = [...(options.tasks ?? (options.passkey ? [] : defaults.tasks))];
   for (const task of tasks) {
     if (!(TASK_NAMES as readonly string[]).includes(task)) {
       throw invalidArgument(`unknown task ${JSON.stringify(task)}; known tasks: ${TASK_NAMES.join(", ")}`);
@@ -192,15 +198,15 @@ export function resolveEvalOptions(options: EvaluateOptions, defaultLabel: strin
     dataDir,
     taskFiles: taskFiles.map(([task, file]) => [task, file]),
     limit: options.limit,
-    seed: options.seed ?? 1234,
+    seed: options.seed ?? defaults.seed,
     maxLength: options.maxLength,
     window: options.window,
-    addBos: options.addBos ?? false,
+    addBos: options.addBos ?? defaults.addBos,
     passkey: options.passkey ? [...options.passkey] : undefined,
     passkeyTrials: options.passkeyTrials,
     passkeyDepths: options.passkeyDepths ? [...options.passkeyDepths] : undefined,
     label: options.label ?? defaultLabel,
-    device: options.device ?? "cpu",
+    device: options.device ?? defaults.device,
   };
 }
 

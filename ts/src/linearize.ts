@@ -2,7 +2,8 @@
  * `linearize`: convert a Llama-family model to Liger attention (gated recurrent mixer plus
  * sliding-window attention), train its LoRA adapters on instruction data, measure
  * perplexity before and after, and save a checkpoint that `loadModel` reads back.
- * The work runs in the core; this file fills in defaults and checks options.
+ * The work runs in the core; this file checks options and fills in the ones not given from the
+ * recipe presets, then from the facade's defaults (`linearizeDefaults()`).
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
@@ -11,7 +12,7 @@ import { invalidArgument } from "./errors.js";
 import { checkOptional, defaultDataDir, isPositiveInt, writeFileAtomically } from "./eval.js";
 import { fetchDefaultModel } from "./fetch.js";
 import { downloadHubModel, hubModelId } from "./hub.js";
-import { gpuInfo, nativeLinearize } from "./native.js";
+import { gpuInfo, linearizeDefaults, nativeLinearize } from "./native.js";
 import { renderLinearizeHtml } from "./report/html.js";
 import {
   LORA_TARGETS,
@@ -244,6 +245,16 @@ export function usesDefaultLength(o: {
   return o.recipe === undefined && o.steps === undefined && o.epochs === undefined && o.seqLen === undefined;
 }
 
+/** The length of the default run (the short CPU run), as the CLI says it: "30 steps of 256 tokens". */
+export function describeDefaultLength(): string {
+  const d = linearizeDefaults();
+  return `${d.steps} steps of ${d.seqLen} tokens`;
+}
+
+/**
+ * The facade's default sample instruction, as a constant of the public API: the job itself
+ * takes `linearizeDefaults().samplePrompt`, and test/jobs.test.ts keeps the two equal.
+ */
 export const DEFAULT_SAMPLE_PROMPT = "Give three tips for staying healthy.";
 
 /** The default training data: `alpaca_cleaned` in the data folder, when it is there. */
@@ -257,7 +268,10 @@ const isNonNegativeInt = (v: unknown) => typeof v === "number" && Number.isSafeI
 const isFiniteNumber = (v: unknown) => typeof v === "number" && Number.isFinite(v);
 const oneOf = (values: readonly string[]) => (v: unknown) => typeof v === "string" && values.includes(v);
 
-/** Defaults filled in and every option checked; the shape the addon takes. */
+/**
+ * Every option checked, and those not given filled in: from the recipe (given, or the GPU's
+ * default), else from the facade's defaults. The shape the addon takes.
+ */
 export function resolveLinearizeOptions(modelPath: string, options: LinearizeOptions): ResolvedLinearizeOptions {
   if (options === null || typeof options !== "object") throw invalidArgument("linearize options must be an object");
   const o = options;
@@ -311,7 +325,7 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
   if (o.steps !== undefined && o.epochs !== undefined) throw invalidArgument("give steps or epochs, not both");
   const recipeName = o.recipe ?? (device === "cuda" && usesDefaultLength(o) ? defaultGpuRecipe(o) : undefined);
   const recipe: Partial<Recipe> = recipeName ? RECIPES[recipeName] : {};
-  // Steps: given, else from epochs (given or the recipe's), else the short CPU run's 30.
+  // Steps: given, else from epochs (given or the recipe's), else the default short CPU run's.
   const epochs = o.epochs ?? (o.steps === undefined ? recipe.epochs : undefined);
   const lora = o.lora ?? {};
   checkOptional("lora.rank", lora.rank, isPositiveInt, "an integer >= 1");
@@ -364,52 +378,53 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     (v) => typeof v === "string" && v.length > 0,
     "a file or folder path, or null",
   );
+  const d = linearizeDefaults();
   return {
     modelPath,
     dataPath: data ?? undefined,
     outDir: o.out,
-    mixer: o.mixer ?? "gla",
-    window: o.window ?? recipe.window ?? 65,
-    sinks: o.sinks ?? recipe.sinks ?? 0,
-    grmNorm: o.grmNorm ?? false,
-    surpriseKeys: o.surpriseKeys ?? recipe.surpriseKeys ?? 0,
-    surpriseAfterTraining: o.surpriseAfterTraining ?? false,
-    alpha: o.alpha ?? recipe.alpha ?? 0.5,
-    beta: o.beta ?? recipe.beta ?? 0.5,
-    useSwa: o.useSwa ?? true,
-    softmaxLayers: o.softmaxLayers ?? [],
-    softmaxEvery: o.softmaxEvery,
-    softmaxAuto: o.softmaxAuto || undefined,
-    selectData: o.selectData,
-    valData: o.valData,
-    weightDecay: o.weightDecay ?? 0,
+    mixer: o.mixer ?? d.mixer,
+    window: o.window ?? recipe.window ?? d.window,
+    sinks: o.sinks ?? recipe.sinks ?? d.sinks,
+    grmNorm: o.grmNorm ?? d.grmNorm,
+    surpriseKeys: o.surpriseKeys ?? recipe.surpriseKeys ?? d.surpriseKeys,
+    surpriseAfterTraining: o.surpriseAfterTraining ?? d.surpriseAfterTraining,
+    alpha: o.alpha ?? recipe.alpha ?? d.alpha,
+    beta: o.beta ?? recipe.beta ?? d.beta,
+    useSwa: o.useSwa ?? d.useSwa,
+    softmaxLayers: o.softmaxLayers ?? [...d.softmaxLayers],
+    softmaxEvery: o.softmaxEvery ?? d.softmaxEvery,
+    softmaxAuto: o.softmaxAuto || d.softmaxAuto,
+    selectData: o.selectData ?? d.selectData,
+    valData: o.valData ?? d.valData,
+    weightDecay: o.weightDecay ?? d.weightDecay,
     // The CPU engine cannot run the teacher: there a recipe's distillation is left out.
-    distillWeight: o.distill ?? (device === "cuda" ? recipe.distill : undefined) ?? 0,
-    loraRank: lora.rank ?? 8,
-    loraAlpha: lora.alpha ?? 8,
-    loraTargets: lora.targets ?? ["q", "k", "v"],
-    steps: epochs === undefined ? (o.steps ?? 30) : undefined,
-    epochs: epochs ?? 1,
-    seqLen: o.seqLen ?? recipe.seqLen ?? 256,
-    batch: o.batch ?? recipe.batch ?? 1,
-    gradAccum: o.gradAccum ?? recipe.gradAccum ?? 1,
-    lr: o.lr ?? recipe.lr ?? 1e-3,
-    schedule: o.schedule ?? recipe.schedule ?? "constant",
-    warmupSteps: o.warmupSteps ?? 0,
-    seed: o.seed ?? 0,
-    valFraction: o.valFraction ?? 0.02,
-    maxValSequences: o.maxValSequences ?? 16,
-    promptFormat: o.promptFormat ?? "alpaca",
-    skipBadRows: o.skipBadRows ?? false,
-    samplePrompt: o.sample === false ? undefined : (o.sample ?? DEFAULT_SAMPLE_PROMPT),
-    sampleMaxTokens: o.sampleMaxTokens ?? 48,
-    dtype: o.dtype ?? "f32",
-    merged: o.merged ?? false,
-    resume: o.resume ?? false,
-    overwrite: o.overwrite ?? false,
-    keepCheckpoints: o.keepCheckpoints,
-    evalEvery: o.evalEvery ?? 0,
-    saveEvery: o.saveEvery ?? 0,
+    distillWeight: o.distill ?? (device === "cuda" ? recipe.distill : undefined) ?? d.distillWeight,
+    loraRank: lora.rank ?? d.loraRank,
+    loraAlpha: lora.alpha ?? d.loraAlpha,
+    loraTargets: lora.targets ?? [...d.loraTargets],
+    steps: epochs === undefined ? (o.steps ?? d.steps) : undefined,
+    epochs: epochs ?? d.epochs,
+    seqLen: o.seqLen ?? recipe.seqLen ?? d.seqLen,
+    batch: o.batch ?? recipe.batch ?? d.batch,
+    gradAccum: o.gradAccum ?? recipe.gradAccum ?? d.gradAccum,
+    lr: o.lr ?? recipe.lr ?? d.lr,
+    schedule: o.schedule ?? recipe.schedule ?? d.schedule,
+    warmupSteps: o.warmupSteps ?? d.warmupSteps,
+    seed: o.seed ?? d.seed,
+    valFraction: o.valFraction ?? d.valFraction,
+    maxValSequences: o.maxValSequences ?? d.maxValSequences,
+    promptFormat: o.promptFormat ?? d.promptFormat,
+    skipBadRows: o.skipBadRows ?? d.skipBadRows,
+    samplePrompt: o.sample === false ? undefined : (o.sample ?? d.samplePrompt),
+    sampleMaxTokens: o.sampleMaxTokens ?? d.sampleMaxTokens,
+    dtype: o.dtype ?? d.dtype,
+    merged: o.merged ?? d.merged,
+    resume: o.resume ?? d.resume,
+    overwrite: o.overwrite ?? d.overwrite,
+    keepCheckpoints: o.keepCheckpoints ?? d.keepCheckpoints,
+    evalEvery: o.evalEvery ?? d.evalEvery,
+    saveEvery: o.saveEvery ?? d.saveEvery,
     device,
   };
 }

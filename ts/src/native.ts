@@ -36,7 +36,10 @@ import type {
 /**
  * What the addon exports (see crates/liger-node/src/lib.rs and jobs.rs), typed by hand: napi's
  * generated declarations (target/napi/liger.d.ts) say `unknown`/`any` where these say what the
- * JSON and promises hold. test/addon-types.test.ts checks these interfaces against them.
+ * JSON and promises hold, and `string` where the option objects take a closed set of names
+ * (mixer, dtype, device). They are not imported either: they are written outside ts/ and are
+ * not shipped, while the declarations emitted for this file (`loadAddon`) would name them.
+ * test/addon-types.test.ts checks these interfaces against them.
  */
 interface RawAddon {
   loadModel(path: string, onProgress: ProgressCallback | null, device: string | null): Promise<RawModel>;
@@ -48,6 +51,8 @@ interface RawAddon {
     onEvent: ((event: LinearizeEvent) => void) | null,
   ): Promise<string>;
   gpuInfo(): Omit<Extract<GpuInfo, { available: true }>, "available">;
+  linearizeDefaults(): ResolvedLinearizeOptions;
+  evalDefaults(): ResolvedEvalOptions;
 }
 
 interface RawCancelToken {
@@ -247,6 +252,24 @@ export function nativeLinearize(
   control: JobControl<LinearizeEvent>,
 ): Promise<LinearizeReport> {
   return runJob((token, onEvent) => loadAddon().linearize(options, token, onEvent), control);
+}
+
+let cachedLinearizeDefaults: Readonly<ResolvedLinearizeOptions> | undefined;
+let cachedEvalDefaults: Readonly<ResolvedEvalOptions> | undefined;
+
+/**
+ * The default of every linearize setting, as the facade's `LinearizeOptions::new` fills it in
+ * (the paths empty). The one source of these defaults: the TypeScript layer copies none of them.
+ */
+export function linearizeDefaults(): Readonly<ResolvedLinearizeOptions> {
+  cachedLinearizeDefaults ??= Object.freeze(guard(() => loadAddon().linearizeDefaults()));
+  return cachedLinearizeDefaults;
+}
+
+/** The default of every evaluation setting, as the facade's `EvaluateOptions::default()` has it. */
+export function evalDefaults(): Readonly<ResolvedEvalOptions> {
+  cachedEvalDefaults ??= Object.freeze(guard(() => loadAddon().evalDefaults()));
+  return cachedEvalDefaults;
 }
 
 /** The first NVIDIA GPU as the GPU engine would open it, or why there is none to use. */

@@ -70,6 +70,31 @@ fn evaluate_options(o: JsEvalOptions) -> liger_core::Result<EvaluateOptions> {
     })
 }
 
+/// The facade's default of every evaluation setting (`EvaluateOptions::default()`, and the
+/// passkey test's trials and depths): the values the TypeScript layer fills in where an option
+/// is not given.
+#[napi(js_name = "evalDefaults")]
+pub fn eval_defaults() -> JsEvalOptions {
+    let o = EvaluateOptions::default();
+    let passkey = PasskeyTest::new(Vec::new());
+    let count = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    JsEvalOptions {
+        tasks: o.tasks,
+        data_dir: o.data_dir.map(|d| d.to_string_lossy().into_owned()),
+        task_files: Vec::new(),
+        limit: o.limit.map(count),
+        seed: o.seed as f64,
+        max_length: o.max_length.map(count),
+        window: o.window.map(count),
+        add_bos: o.add_bos,
+        passkey: None,
+        passkey_trials: Some(count(passkey.trials)),
+        passkey_depths: Some(passkey.depths),
+        label: o.label,
+        device: Some(o.device.to_string()),
+    }
+}
+
 /// Where the text to score comes from: exactly one of `text` and `file`.
 #[napi(object)]
 pub struct JsTextSource {

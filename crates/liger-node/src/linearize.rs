@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use liger::parse;
 use liger::{LinearizeEvent, LinearizeOptions};
 use liger_core::train::data::BadRows;
+use liger_core::train::trainer::Schedule;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use crate::jobs::{async_job, emit, json_text, CancelToken, EventFn, JobTask};
 
-/// Every setting of a linearize run, defaults already filled in by the TypeScript layer.
+/// Every setting of a linearize run, defaults already filled in by the TypeScript layer (from
+/// `linearizeDefaults`).
 #[napi(object)]
 pub struct JsLinearizeOptions {
     pub model_path: String,
@@ -126,6 +128,78 @@ fn linearize_options(o: JsLinearizeOptions) -> liger_core::Result<LinearizeOptio
         save_every: o.save_every.into(),
         device: o.device.parse()?,
     })
+}
+
+/// An `f32` setting as the JavaScript number that prints the same (0.001, not 0.0010000000474974513).
+fn js_number(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v.into())
+}
+
+fn js_count(v: usize) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+/// The reverse of [`linearize_options`]: the facade's options as JavaScript values.
+fn js_linearize_options(o: &LinearizeOptions) -> JsLinearizeOptions {
+    let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+    let (schedule, warmup_steps) = match o.schedule {
+        Schedule::Constant => ("constant", 0),
+        Schedule::WarmupCosine { warmup_steps, .. } => ("cosine", warmup_steps),
+    };
+    JsLinearizeOptions {
+        model_path: path(&o.model_path),
+        data_path: o.data_path.as_ref().map(path),
+        out_dir: path(&o.out_dir),
+        mixer: o.mixer.name().to_string(),
+        window: js_count(o.window),
+        sinks: js_count(o.sinks),
+        grm_norm: o.grm_norm,
+        surprise_keys: js_count(o.surprise_keys),
+        surprise_after_training: o.surprise_after_training,
+        alpha: js_number(o.alpha),
+        beta: js_number(o.beta),
+        use_swa: o.use_swa,
+        softmax_layers: o.softmax_layers.iter().copied().map(js_count).collect(),
+        softmax_every: o.softmax_every.map(js_count),
+        softmax_auto: o.softmax_auto.map(js_count),
+        select_data: o.select_data.as_ref().map(path),
+        val_data: o.val_data.as_ref().map(path),
+        weight_decay: js_number(o.weight_decay),
+        distill_weight: js_number(o.distill_weight),
+        lora_rank: js_count(o.lora_rank),
+        lora_alpha: js_number(o.lora_alpha),
+        lora_targets: o.lora_targets.iter().map(|t| parse::lora_target_name(*t).to_string()).collect(),
+        steps: o.steps.map(|s| u32::try_from(s).unwrap_or(u32::MAX)),
+        epochs: o.epochs,
+        seq_len: js_count(o.seq_len),
+        batch: js_count(o.batch),
+        grad_accum: js_count(o.grad_accum),
+        lr: js_number(o.lr),
+        schedule: schedule.to_string(),
+        warmup_steps: u32::try_from(warmup_steps).unwrap_or(u32::MAX),
+        seed: o.seed as f64,
+        val_fraction: o.val_fraction,
+        max_val_sequences: js_count(o.max_val_sequences),
+        prompt_format: parse::prompt_format_name(o.prompt_format).to_string(),
+        skip_bad_rows: o.bad_rows == BadRows::Skip,
+        sample_prompt: o.sample_prompt.clone(),
+        sample_max_tokens: js_count(o.sample_max_tokens),
+        dtype: parse::dtype_name(o.dtype).to_string(),
+        merged: o.merged,
+        resume: o.resume,
+        overwrite: o.overwrite,
+        keep_checkpoints: o.keep_checkpoints.map(js_count),
+        eval_every: u32::try_from(o.eval_every).unwrap_or(u32::MAX),
+        save_every: u32::try_from(o.save_every).unwrap_or(u32::MAX),
+        device: o.device.to_string(),
+    }
+}
+
+/// The facade's default of every linearize setting (`LinearizeOptions::new`; the paths empty):
+/// the values the TypeScript layer fills in where an option is not given.
+#[napi(js_name = "linearizeDefaults")]
+pub fn linearize_defaults() -> JsLinearizeOptions {
+    js_linearize_options(&LinearizeOptions::new(PathBuf::new(), None, PathBuf::new()))
 }
 
 /// Convert a model to Liger attention and train its LoRA adapters; resolves to the report.

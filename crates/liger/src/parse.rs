@@ -58,6 +58,33 @@ pub fn dtype(name: &str) -> Result<SaveDtype> {
     }
 }
 
+/// The name [`lora_target`] reads back.
+pub fn lora_target_name(target: LoraTarget) -> &'static str {
+    match target {
+        LoraTarget::Q => "q",
+        LoraTarget::K => "k",
+        LoraTarget::V => "v",
+        LoraTarget::O => "o",
+    }
+}
+
+/// The name [`prompt_format`] reads back.
+pub fn prompt_format_name(format: PromptFormat) -> &'static str {
+    match format {
+        PromptFormat::Alpaca => "alpaca",
+        PromptFormat::Chat => "chat",
+    }
+}
+
+/// The name [`dtype`] reads back.
+pub fn dtype_name(dtype: SaveDtype) -> &'static str {
+    match dtype {
+        SaveDtype::F32 => "f32",
+        SaveDtype::F16 => "f16",
+        SaveDtype::BF16 => "bf16",
+    }
+}
+
 /// A JavaScript number that must be a non-negative integer (seeds, counts).
 pub fn whole_number(name: &str, value: f64) -> Result<u64> {
     if value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value < 9_007_199_254_740_992.0 {
@@ -88,6 +115,19 @@ mod tests {
         assert_eq!(schedule("cosine", 5).unwrap(), Schedule::WarmupCosine { warmup_steps: 5, min_ratio: 0.1 });
         assert_eq!(prompt_format("chat").unwrap(), PromptFormat::Chat);
         assert_eq!(dtype("bf16").unwrap(), SaveDtype::BF16);
+    }
+
+    #[test]
+    fn names_read_back_to_their_values() {
+        for t in [LoraTarget::Q, LoraTarget::K, LoraTarget::V, LoraTarget::O] {
+            assert_eq!(lora_target(lora_target_name(t)).unwrap(), t);
+        }
+        for f in [PromptFormat::Alpaca, PromptFormat::Chat] {
+            assert_eq!(prompt_format(prompt_format_name(f)).unwrap(), f);
+        }
+        for d in [SaveDtype::F32, SaveDtype::F16, SaveDtype::BF16] {
+            assert_eq!(dtype(dtype_name(d)).unwrap(), d);
+        }
     }
 
     #[test]

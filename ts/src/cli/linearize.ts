@@ -10,6 +10,7 @@ import { LigerError } from "../errors.js";
 import { gpuInfo } from "../native.js";
 import {
   defaultGpuRecipe,
+  describeDefaultLength,
   describeRecipe,
   linearize,
   type RECIPES,
@@ -244,7 +245,7 @@ export function registerLinearize(program: Command): void {
             usesDefaultLength(options)
           ) {
             process.stderr.write(
-              "A short CPU run: 30 steps of 256 tokens. It shows the method end to end; recovering the base model's quality " +
+              `A short CPU run: ${describeDefaultLength()}. It shows the method end to end; recovering the base model's quality ` +
                 "takes far more (the paper: 1024-token sequences, about 20k Alpaca examples). Go further with --steps and --seq-len.\n",
             );
           }
@@ -285,7 +286,8 @@ function announceDevice(
     process.stderr.write(
       `No usable NVIDIA GPU (${gpu.reason}).\nTraining on the CPU: ` +
         (defaultLength
-          ? "a short demonstration (30 steps of 256 tokens). On a machine with an NVIDIA GPU, `liger linearize` trains the full recipe.\n"
+          ? `a short demonstration (${describeDefaultLength()}).` +
+            " On a machine with an NVIDIA GPU, `liger linearize` trains the full recipe.\n"
           : "with the options given.\n"),
     );
     return "cpu";
