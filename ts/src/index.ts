@@ -58,3 +58,5 @@ export type {
   Recipe,
   ValidationResult,
 } from "./linearize.js";
+export { exportModel, EXPORT_FORMATS } from "./export.js";
+export type { ExportFormat, ExportModelOptions } from "./export.js";

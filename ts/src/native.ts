@@ -51,6 +51,7 @@ interface RawAddon {
     onEvent: ((event: LinearizeEvent) => void) | null,
   ): Promise<string>;
   gpuInfo(): Omit<Extract<GpuInfo, { available: true }>, "available">;
+  exportModel(model: string, out: string, format: string, dtype: string, overwrite: boolean): Promise<string>;
   linearizeDefaults(): ResolvedLinearizeOptions;
   evalDefaults(): ResolvedEvalOptions;
 }
@@ -252,6 +253,17 @@ export function nativeLinearize(
   control: JobControl<LinearizeEvent>,
 ): Promise<LinearizeReport> {
   return runJob((token, onEvent) => loadAddon().linearize(options, token, onEvent), control);
+}
+
+/** Write a Liger checkpoint in another format (see export.ts); resolves to the output folder. */
+export function nativeExport(
+  model: string,
+  out: string,
+  format: string,
+  dtype: string,
+  overwrite: boolean,
+): Promise<string> {
+  return guardAsync(() => loadAddon().exportModel(model, out, format, dtype, overwrite));
 }
 
 let cachedLinearizeDefaults: Readonly<ResolvedLinearizeOptions> | undefined;

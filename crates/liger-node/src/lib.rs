@@ -23,6 +23,7 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
 mod eval;
+mod export;
 mod jobs;
 mod linearize;
 mod loglik;

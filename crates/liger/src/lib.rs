@@ -14,12 +14,14 @@
 
 pub mod device;
 pub mod events;
+pub mod export;
 pub mod jobs;
 pub mod model;
 pub mod parse;
 
 pub use device::{gpu_info, Device, GpuInfo};
 pub use events::{EvalEvent, LinearizeEvent};
+pub use export::{export, ExportRequest, EXPORT_FORMATS};
 pub use jobs::eval::{evaluate, EvaluateOptions, PasskeyTest};
 pub use jobs::linearize::{linearize, LinearizeOptions};
 pub use jobs::loglik::{loglikelihood, LoglikelihoodOptions, LoglikelihoodResult, LoglikelihoodScore};

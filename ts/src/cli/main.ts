@@ -5,6 +5,7 @@ import { createRequire } from "node:module";
 import { registerChat } from "./chat.js";
 import { reportError } from "./common.js";
 import { registerEval } from "./eval.js";
+import { registerExport } from "./export.js";
 import { registerFetchModel } from "./fetch-model.js";
 import { registerGenerate } from "./generate.js";
 import { registerInfo } from "./info.js";
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerChat(program);
   registerEval(program);
   registerLinearize(program);
+  registerExport(program);
   registerServe(program);
   registerFetchModel(program);
   return program;

@@ -6,12 +6,14 @@
 //! The whole directory is written in one atomic step: it appears complete or not at all, and
 //! an existing checkpoint is replaced only once the new one is complete.
 
+pub mod reference_hf;
 pub mod run;
 mod training;
 
 #[cfg(test)]
 mod tests;
 
+pub use reference_hf::{export_reference_hf, reference_gaps, reference_options, ExportOptions};
 pub use training::{load_training_state, TrainingSnapshot};
 
 use crate::convert::{linearize, LigerModel, LigerOptions, LoraOptions, LoraTarget};
@@ -156,13 +158,20 @@ fn adapter_shapes(model: &LigerModel) -> Vec<Vec<usize>> {
 }
 
 /// The `"liger"` section of `dir/config.json`: `None` for a plain Hugging Face checkpoint.
-/// A section from a newer format is an error.
+/// A section from a newer format is an error. A checkpoint in the reference's `liger_gla`
+/// format (see [`reference_hf`]) has no section: it stands for the reference's options with
+/// merged adapters.
 pub fn read_liger_section(dir: &Path) -> Result<Option<LigerSection>> {
     let path = run::resolve_checkpoint(dir)?.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(path.display(), e))?;
     let config: Value =
         serde_json::from_str(&text).map_err(|e| Error::invalid_file(path.display(), format!("not valid JSON: {e}")))?;
     let Some(section) = config.get("liger") else {
+        // The reference's own format (an export, or the authors' released checkpoints).
+        if reference_hf::is_reference_config(&config) {
+            reference_hf::check_no_adapters(path.parent().unwrap_or(dir))?;
+            return Ok(Some(reference_hf::reference_section()));
+        }
         return Ok(None);
     };
     let version = section.get("version").and_then(Value::as_u64);

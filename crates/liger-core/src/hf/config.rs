@@ -119,7 +119,8 @@ pub fn config_from_value(value: &Value, source: &str) -> Result<ModelConfig> {
 /// The architecture from `architectures[0]`, or from `model_type` when that list is absent.
 fn architecture(keys: &Keys) -> Result<Architecture> {
     let from_class = |name: &str| match name {
-        "LlamaForCausalLM" => Some(Architecture::Llama),
+        // The reference Liger code's GLA model keeps Llama's config keys and weight names.
+        "LlamaForCausalLM" | "LigerGLAForCausalLM" => Some(Architecture::Llama),
         "MistralForCausalLM" => Some(Architecture::Mistral),
         "Qwen2ForCausalLM" => Some(Architecture::Qwen2),
         "Qwen3ForCausalLM" => Some(Architecture::Qwen3),
@@ -141,7 +142,7 @@ fn architecture(keys: &Keys) -> Result<Architecture> {
             from_class(name).ok_or_else(|| unsupported(name))
         }
         Some(Value::Array(_)) | Some(Value::Null) | None => match keys.str("model_type")? {
-            Some("llama") => Ok(Architecture::Llama),
+            Some("llama" | "liger_gla") => Ok(Architecture::Llama),
             Some("mistral") => Ok(Architecture::Mistral),
             Some("qwen2") => Ok(Architecture::Qwen2),
             Some("qwen3") => Ok(Architecture::Qwen3),
