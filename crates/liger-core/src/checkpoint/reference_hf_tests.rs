@@ -6,26 +6,10 @@ use crate::checkpoint::{load_liger_checkpoint, read_liger_section};
 use crate::convert::{linearize, LoraTarget};
 use crate::hf::SafetensorsFile;
 use crate::testing::random_tokens;
+use crate::testing::TempDir;
 use crate::train::fixtures::tiny_byte_model;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::path::PathBuf;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("liger-{tag}-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A tiny Liger model with the reference's options and random (non-zero) adapters on q/k/v/o.
 fn model(seed: u64, options: LigerOptions) -> LigerModel {

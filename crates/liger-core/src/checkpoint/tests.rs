@@ -4,30 +4,13 @@
 use super::*;
 use crate::convert::{linearize, LigerOptions, LoraOptions};
 use crate::testing::random_tokens;
+use crate::testing::TempDir;
 use crate::train::data::Sequence;
 use crate::train::fixtures::{byte_config, tiny_byte_model};
 use crate::train::trainer::{TrainConfig, TrainEvent, Trainer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// A fresh directory under the system's temp folder, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("liger-{tag}-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A tiny Liger model with adapters on every projection, their B matrices random (non-zero).
 fn model_with_adapters(seed: u64) -> LigerModel {

@@ -11,24 +11,9 @@ use crate::hf::SaveDtype;
 use crate::nn::loss::IGNORE;
 use crate::nn::optim::AdamWConfig;
 use crate::testing::random_tokens;
+use crate::testing::TempDir;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("liger-job-{tag}-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A small repeated Alpaca data set (so that a few steps can fit it), as JSON lines.
 fn write_data(dir: &Path, bad_row: bool) -> PathBuf {
