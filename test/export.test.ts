@@ -121,3 +121,48 @@ describe("liger export --format hf", () => {
     expect(run.stderr).toMatch(/^liger: INVALID_ARGUMENT: .*2 attention sinks/);
   }, 180_000);
 });
+
+describe("liger export --format bundle", () => {
+  it("writes an edge bundle of the checkpoint that the wasm engine loads and generates from", async () => {
+    const out = join(work, "model.q4.bundle");
+    const run = liger(["export", "--model", checkpoint, "--format", "bundle", "--dtype", "q4", "--out", out]);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout.trim()).toBe(`exported: ${out}`);
+    const edge = await loadModel(out, { backend: "wasm" });
+    const native = await loadModel(checkpoint);
+    // The bundle keeps the conversion: the same window, mix and mixer.
+    expect(edge.info.liger).toMatchObject({
+      mixer: native.info.liger?.mixer,
+      windowKeys: native.info.liger?.windowKeys,
+      alpha: native.info.liger?.alpha,
+      beta: native.info.liger?.beta,
+    });
+    expect(await greedy(edge, "The capital of France is")).toHaveLength(12);
+    // An existing file is replaced only with --overwrite; a folder or a bad dtype is refused.
+    const again = liger(["export", "--model", checkpoint, "--format", "bundle", "--dtype", "q4", "--out", out]);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toMatch(/INVALID_ARGUMENT: .*exists; pass overwrite/);
+    const replaced = liger([
+      "export",
+      "-m",
+      checkpoint,
+      "--format",
+      "bundle",
+      "--dtype",
+      "q4",
+      "--out",
+      out,
+      "--overwrite",
+    ]);
+    expect(replaced.code, replaced.stderr).toBe(0);
+    const folder = await exportModel(checkpoint, work, { format: "bundle" }).catch((e: unknown) => e);
+    expect((folder as LigerError).code).toBe("INVALID_ARGUMENT");
+    expect((folder as LigerError).message).toMatch(/is a folder/);
+    const bad = await exportModel(checkpoint, join(work, "x.bundle"), { format: "bundle", dtype: "bf16" }).catch(
+      (e: unknown) => e,
+    );
+    expect((bad as LigerError).code).toBe("INVALID_ARGUMENT");
+    expect((bad as LigerError).message).toMatch(/int8, q4, f32/);
+    expect(existsSync(join(work, "x.bundle"))).toBe(false);
+  }, 120_000);
+});

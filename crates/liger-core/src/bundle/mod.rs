@@ -146,7 +146,7 @@ pub fn read_preamble(bytes: &[u8]) -> Result<usize> {
         return Err(invalid(format!("{} bytes is too short to be a bundle (truncated?)", bytes.len())));
     }
     if &bytes[..8] != BUNDLE_MAGIC {
-        return Err(invalid("not a liger bundle (wrong magic bytes); make one with `liger bundle`"));
+        return Err(invalid("not a liger bundle (wrong magic bytes); make one with `liger export --format bundle`"));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != BUNDLE_VERSION {
