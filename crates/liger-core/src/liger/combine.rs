@@ -89,6 +89,18 @@ impl LigerAttentionConfig {
         if self.surprise_keys > 0 && self.mixer.kind == MixerKind::Gsa {
             return Err(Error::invalid_argument("surprise_keys does not apply to gsa: its slot read-out cannot score how well a key's value is recalled"));
         }
+        // The delta rule's read-out of values of one can be zero or negative (it erases, and
+        // its features are L2-normalised, not positive): no normaliser, no recall score.
+        if self.grm_norm && self.mixer.kind == MixerKind::Gdn {
+            return Err(Error::invalid_argument(
+                "grm_norm does not apply to gdn: its read-out of values of one is not a positive normaliser",
+            ));
+        }
+        if self.surprise_keys > 0 && self.mixer.kind == MixerKind::Gdn {
+            return Err(Error::invalid_argument(
+                "surprise_keys does not apply to gdn: its read-out of values of one cannot normalise a recall score",
+            ));
+        }
         if self.surprise_keys > 0 && !self.use_swa {
             return Err(Error::invalid_argument(
                 "surprise_keys needs the sliding-window branch (use_swa): the cached tokens are attended there",

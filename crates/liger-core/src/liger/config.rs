@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 /// | `Linear` | softmax(q) | softmax(k) | 0 (no decay) |
 ///
 /// `Gsa` (gated slot attention) keeps two slot memories of `gsa_slots` rows per key-value head;
-/// see [`crate::liger::gsa`].
+/// see [`crate::liger::gsa`]. `Gdn` (the gated delta rule) keeps the same `[D, D]` state as the
+/// gated mixers but updates it with a delta rule over L2-normalised keys; see
+/// [`crate::liger::gated_delta`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MixerKind {
@@ -33,10 +35,12 @@ pub enum MixerKind {
     Rwkv6,
     /// No decay at all: the ablation of the paper.
     Linear,
+    /// The gated delta rule (Gated DeltaNet), gates pooled from the key.
+    Gdn,
 }
 
 impl MixerKind {
-    pub const ALL: [MixerKind; 7] = [
+    pub const ALL: [MixerKind; 8] = [
         MixerKind::Gla,
         MixerKind::Hgrn2,
         MixerKind::Gsa,
@@ -44,6 +48,7 @@ impl MixerKind {
         MixerKind::Mamba2,
         MixerKind::Rwkv6,
         MixerKind::Linear,
+        MixerKind::Gdn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +60,7 @@ impl MixerKind {
             MixerKind::Mamba2 => "mamba2",
             MixerKind::Rwkv6 => "rwkv6",
             MixerKind::Linear => "linear",
+            MixerKind::Gdn => "gdn",
         }
     }
 }
@@ -65,7 +71,7 @@ pub const DEFAULT_GATE_NORMALIZER: f32 = 16.0;
 pub const DEFAULT_GSA_SLOTS: usize = 64;
 
 /// A mixer and its settings. `gate_normalizer` divides the log-gate of `Gla` and `Gsa` (the
-/// mixers the paper normalises); `gsa_slots` is used by `Gsa` only.
+/// mixers the paper normalises) and of `Gdn`; `gsa_slots` is used by `Gsa` only.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MixerConfig {
@@ -97,6 +103,11 @@ impl MixerConfig {
             return Err(Error::invalid_argument(format!(
                 "gsa_slots must divide the head size {head_dim} (the gate pools the key over equal groups), got {}",
                 self.gsa_slots
+            )));
+        }
+        if self.kind == MixerKind::Gdn && (head_dim < 2 || !head_dim.is_multiple_of(2)) {
+            return Err(Error::invalid_argument(format!(
+                "the gdn mixer needs an even head size (its two gates pool the two halves of the key), got {head_dim}"
             )));
         }
         Ok(())

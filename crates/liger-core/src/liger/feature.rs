@@ -78,7 +78,7 @@ pub(crate) fn key_features(cfg: &MixerConfig, k: &[f32], kf: &mut [f32], g: &mut
             softmax(k, kf);
             g.fill(0.0);
         }
-        MixerKind::Gsa => unreachable!("gated slot attention has its own feature path"),
+        MixerKind::Gsa | MixerKind::Gdn => unreachable!("gsa and gdn have their own feature paths"),
     }
 }
 
@@ -123,6 +123,6 @@ pub(crate) fn key_features_backward_acc(
             }
         }
         MixerKind::Linear => softmax_backward_acc(kf, dkf, dk),
-        MixerKind::Gsa => unreachable!("gated slot attention has its own feature path"),
+        MixerKind::Gsa | MixerKind::Gdn => unreachable!("gsa and gdn have their own feature paths"),
     }
 }

@@ -6,6 +6,7 @@
 use super::config::{HeadShape, MixerConfig, MixerKind};
 use super::feature::{key_features, key_features_backward_acc, softmax, softmax_backward_acc};
 use super::gated::{self, GatedDims, GatedInputs};
+use super::gated_delta;
 use super::gsa;
 use super::heads::{gather_heads, scatter_heads, QkvGrads};
 use crate::error::{Error, Result};
@@ -15,7 +16,7 @@ use rayon::prelude::*;
 pub const DEFAULT_CHUNK_SIZE: usize = 64;
 
 /// The recurrent state of one sequence for one layer: fp32, one block per key-value head.
-/// For every mixer but GSA a block is the `[D, D]` matrix S (row = key dim); for GSA it is
+/// For every mixer but GSA (gdn included) a block is the `[D, D]` matrix S (row = key dim); for GSA it is
 /// the key-slot memory `[M, D]` followed by the value-slot memory `[M, D]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MixerState {
@@ -122,6 +123,10 @@ pub fn chunk_forward(
         let o = gsa::chunk_forward(cfg, shape, t, q, k, v, &mut state.data, chunk);
         return Ok((o, state));
     }
+    if cfg.kind == MixerKind::Gdn {
+        let o = gated_delta::chunk_forward(cfg, shape, t, q, k, v, &mut state.data, chunk);
+        return Ok((o, state));
+    }
     let (d, group) = (shape.d, shape.group());
     let per_head = state.per_head();
     let outs: Vec<Vec<f32>> = state
@@ -165,6 +170,10 @@ pub fn recurrent_step(
         gsa::recurrent_step(cfg, shape, &mut state.data, q_t, k_t, v_t, o_t);
         return Ok(());
     }
+    if cfg.kind == MixerKind::Gdn {
+        gated_delta::recurrent_step(cfg, shape, &mut state.data, q_t, k_t, v_t, o_t);
+        return Ok(());
+    }
     let (d, group) = (shape.d, shape.group());
     let per_head = state.per_head();
     let (mut kf, mut g) = (vec![0.0; d], vec![0.0; d]);
@@ -180,7 +189,8 @@ pub fn recurrent_step(
 }
 
 /// Gradients of `sum(d_o * chunk_forward(q, k, v))` w.r.t. q, k, v, from a zero initial
-/// state. The gate comes from k, so `dk` includes the gate path and the feature maps.
+/// state. The gate comes from k, so `dk` includes the gate path and the feature maps (for gdn
+/// the L2 norms and both gates).
 pub fn chunk_backward(
     cfg: &MixerConfig,
     shape: HeadShape,
@@ -198,6 +208,9 @@ pub fn chunk_backward(
     }
     if cfg.kind == MixerKind::Gsa {
         return Ok(gsa::chunk_backward(cfg, shape, t, q, k, v, d_o, chunk));
+    }
+    if cfg.kind == MixerKind::Gdn {
+        return Ok(gated_delta::chunk_backward(cfg, shape, t, q, k, v, d_o, chunk));
     }
     let (d, group) = (shape.d, shape.group());
     let per_head: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..shape.hkv)

@@ -7,6 +7,7 @@ pub mod combine;
 pub mod config;
 mod feature;
 mod gated;
+pub mod gated_delta;
 pub mod gsa;
 mod heads;
 pub mod mixer;

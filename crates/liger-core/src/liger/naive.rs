@@ -27,7 +27,7 @@ fn key_features_and_decay(cfg: &MixerConfig, k: &[f64]) -> (Vec<f64>, Vec<f64>) 
         MixerKind::Mamba2 => (softmax(k), vec![(-(1.0 + mean.exp()).ln()).exp(); k.len()]),
         MixerKind::Rwkv6 => (softmax(k), k.iter().map(|&x| (-x.exp()).exp()).collect()),
         MixerKind::Linear => (softmax(k), vec![1.0; k.len()]),
-        MixerKind::Gsa => unreachable!("gsa has its own reference"),
+        MixerKind::Gsa | MixerKind::Gdn => unreachable!("gsa and gdn have their own references"),
     }
 }
 
@@ -59,6 +59,8 @@ pub fn mixer_forward(
                 let update = h == kvh * group;
                 if cfg.kind == MixerKind::Gsa {
                     gsa_token(cfg, s, qt, kt, vt, ot, update);
+                } else if cfg.kind == MixerKind::Gdn {
+                    gdn_token(cfg, s, qt, kt, vt, ot, update);
                 } else {
                     gated_token(cfg, s, qt, kt, vt, ot, update);
                 }
@@ -108,6 +110,39 @@ fn gsa_token(cfg: &MixerConfig, s: &mut [f64], q: &[f64], k: &[f64], v: &[f64], 
     }
 }
 
+fn l2_normalize(x: &[f64]) -> Vec<f64> {
+    let norm = (x.iter().map(|v| v * v).sum::<f64>() + 1e-6).sqrt();
+    x.iter().map(|v| v / norm).collect()
+}
+
+/// The gated delta rule on the `[D, D]` state (row = key dim), straight from the definition:
+/// S = a (I - b kn kn^T) S + b kn v^T, then o = S^T qn, with a and b from the two halves of k.
+fn gdn_token(cfg: &MixerConfig, s: &mut [f64], q: &[f64], k: &[f64], v: &[f64], o: &mut [f64], update: bool) {
+    let d = q.len();
+    if update {
+        let kn = l2_normalize(k);
+        let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+        let a = sigmoid(mean(&k[..d / 2])).powf(1.0 / cfg.gate_normalizer as f64);
+        let b = sigmoid(mean(&k[d / 2..]));
+        // (I - b kn kn^T) S
+        let erased: Vec<f64> = (0..d * d)
+            .map(|n| {
+                let (i, j) = (n / d, n % d);
+                s[n] - b * kn[i] * (0..d).map(|l| kn[l] * s[l * d + j]).sum::<f64>()
+            })
+            .collect();
+        for i in 0..d {
+            for j in 0..d {
+                s[i * d + j] = a * erased[i * d + j] + b * kn[i] * v[j];
+            }
+        }
+    }
+    let qn = l2_normalize(q);
+    for j in 0..d {
+        o[j] = (0..d).map(|i| qn[i] * s[i * d + j]).sum();
+    }
+}
+
 /// Causal softmax attention where query i sees key j when `window.sees(i, j)`: the last
 /// `window.keys` keys and the first `window.sinks` (`usize::MAX` keys: full causal attention).
 /// Scale 1/sqrt(D).
@@ -138,8 +173,8 @@ pub fn attention_forward(shape: HeadShape, window: impl Into<Window>, q: &[f64],
 }
 
 /// Gradients of `sum(d_o * mixer_forward(q, k, v))` from a zero state, by backpropagation
-/// through the token-by-token recurrence (all states kept). Every mixer but GSA (whose
-/// reference gradient is taken by finite differences). Returns `[dq, dk, dv]`.
+/// through the token-by-token recurrence (all states kept). Every mixer but GSA and gdn (whose
+/// reference gradients are taken by finite differences). Returns `[dq, dk, dv]`.
 pub fn mixer_backward(
     cfg: &MixerConfig,
     shape: HeadShape,
@@ -148,7 +183,7 @@ pub fn mixer_backward(
     v: &[f64],
     d_o: &[f64],
 ) -> [Vec<f64>; 3] {
-    assert!(cfg.kind != MixerKind::Gsa, "the gsa reference has no analytic backward");
+    assert!(!matches!(cfg.kind, MixerKind::Gsa | MixerKind::Gdn), "the gsa and gdn references have no analytic backward");
     let (d, group, hkv) = (shape.d, shape.group(), shape.hkv);
     let t = q.len() / (shape.hq * d);
     let kv = |r: usize, h: usize| (r * hkv + h) * d..(r * hkv + h + 1) * d;
@@ -247,6 +282,6 @@ fn key_features_backward(cfg: &MixerConfig, k: &[f64], kf: &[f64], a: &[f64], dk
             }
         }
         MixerKind::Linear => softmax_part(dk),
-        MixerKind::Gsa => unreachable!("checked by the caller"),
+        MixerKind::Gsa | MixerKind::Gdn => unreachable!("checked by the caller"),
     }
 }

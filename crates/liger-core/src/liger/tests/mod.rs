@@ -3,6 +3,7 @@
 
 mod backward;
 mod combine;
+mod gated_delta;
 mod mixers;
 mod surprise;
 mod swa;
