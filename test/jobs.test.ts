@@ -210,6 +210,7 @@ describe("linearize", () => {
       out,
       data: alpacaSlice(120),
       steps: 3,
+      attentionTransfer: 2,
       seqLen: 64,
       valFraction: 0.05,
       maxValSequences: 3,
@@ -221,7 +222,14 @@ describe("linearize", () => {
 
   it("reports progress, three perplexities and the sample", () => {
     const steps = events.filter((e) => e.kind === "step");
-    expect(steps.map((e) => e.step)).toEqual([1, 2, 3]);
+    // Two steps of attention transfer, then the three of training.
+    expect(steps.map((e) => e.step)).toEqual([1, 2, 1, 2, 3]);
+    const stages = events.flatMap((e) => (e.kind === "stage" ? [e.stage] : []));
+    expect(stages.findIndex((s) => s.startsWith("attention transfer: 2 steps"))).toBeLessThan(
+      stages.findIndex((s) => s.startsWith("training: 3 steps")),
+    );
+    expect(report.attentionTransfer?.stepsDone).toBe(2);
+    expect(report.attentionTransfer?.losses.every((l) => Number.isFinite(l) && l > 0)).toBe(true);
     for (const s of steps) {
       expect(Number.isFinite(s.loss)).toBe(true);
       expect(s.tokensPerSecond).toBeGreaterThan(0);
@@ -385,6 +393,11 @@ describe("linearize", () => {
     await expectCode(linearize(modelPath(), { ...base, lora: { rank: 0 } }), "INVALID_ARGUMENT", /lora.rank/);
     await expectCode(linearize(modelPath(), { ...base, lora: { rank: 100_000 } }), "INVALID_ARGUMENT", /smaller rank/);
     await expectCode(linearize(modelPath(), { ...base, recipe: "bogus" as never }), "INVALID_ARGUMENT", /recipe/);
+    await expectCode(
+      linearize(modelPath(), { ...base, attentionTransfer: 1.5 }),
+      "INVALID_ARGUMENT",
+      /attentionTransfer/,
+    );
     await expectCode(linearize(modelPath(), { ...base, steps: 3, epochs: 1 }), "INVALID_ARGUMENT", /steps or epochs/);
     await expectCode(linearize(modelPath(), { ...base, softmaxAuto: 31 }), "INVALID_ARGUMENT", /softmax_auto/);
     await expectCode(linearize(modelPath(), { ...base, batch: 1_000_000 }), "INVALID_ARGUMENT", /micro_batch.*limit/);

@@ -100,6 +100,14 @@ export interface LinearizeOptions {
    */
   distill?: number;
   /**
+   * Steps of attention transfer before the language-model training (LoLCATs, Lizard): each
+   * Liger layer's attention is trained toward the base model's softmax attention output on the
+   * base's own hidden states (mean squared error; the q, k, v adapters learn, layer by layer).
+   * Same batches and learning rate as the training that follows; 0 (default): none. Its steps
+   * come on top of `steps`/`epochs`.
+   */
+  attentionTransfer?: number;
+  /**
    * A preset (see `RECIPES`); options given beside it win. "paper": the Liger paper's recipe
    * (1024-token sequences, batch 8, 2 epochs, AdamW lr 1e-3 constant). "memory": one epoch of
    * the same with a 257-key window, 4 sinks and 256 surprise keys per head, mix 0/1, and on the
@@ -320,6 +328,7 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     (v) => isFiniteNumber(v) && (v as number) >= 0 && (v as number) <= 1,
     "a number in [0, 1]",
   );
+  checkOptional("attentionTransfer", o.attentionTransfer, isNonNegativeInt, "an integer >= 0");
   checkOptional("recipe", o.recipe, oneOf(Object.keys(RECIPES)), `one of ${Object.keys(RECIPES).join(", ")}`);
   checkOptional("epochs", o.epochs, (v) => isFiniteNumber(v) && (v as number) > 0, "a positive number");
   if (o.steps !== undefined && o.epochs !== undefined) throw invalidArgument("give steps or epochs, not both");
@@ -400,6 +409,7 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     weightDecay: o.weightDecay ?? d.weightDecay,
     // The CPU engine cannot run the teacher: there a recipe's distillation is left out.
     distillWeight: o.distill ?? (device === "cuda" ? recipe.distill : undefined) ?? d.distillWeight,
+    attentionTransferSteps: o.attentionTransfer ?? d.attentionTransferSteps,
     loraRank: lora.rank ?? d.loraRank,
     loraAlpha: lora.alpha ?? d.loraAlpha,
     loraTargets: lora.targets ?? [...d.loraTargets],

@@ -153,7 +153,7 @@ export interface ResolvedLoglikelihood {
 
 // Linearize runs (see linearize.ts).
 
-export const MIXERS = ["gla", "hgrn2", "gsa", "retention", "mamba2", "rwkv6", "linear"] as const;
+export const MIXERS = ["gla", "hgrn2", "gsa", "retention", "mamba2", "rwkv6", "linear", "gdn"] as const;
 export type MixerName = (typeof MIXERS)[number];
 export const LORA_TARGETS = ["q", "k", "v", "o"] as const;
 export type LoraTargetName = (typeof LORA_TARGETS)[number];
@@ -212,6 +212,11 @@ export interface LinearizeReport {
   softmaxLayers: number[];
   /** With `softmaxAuto`: per layer, the loss increase (nats/token) of converting it alone, untrained. */
   layerCosts: number[] | null;
+  /**
+   * The attention-transfer stage before training (`attentionTransfer` steps), when the run had
+   * one: the mean squared difference per attention output value, averaged over the Liger layers, of each step.
+   */
+  attentionTransfer: { stepsDone: number; losses: number[]; seconds: number } | null;
   /** The steps and validations of this run (not of a run it resumed), as they were reported. */
   history: {
     steps: { step: number; loss: number; lr: number; gradNorm: number; tokensPerS: number }[];
@@ -246,6 +251,7 @@ export interface ResolvedLinearizeOptions {
   valData: string | undefined;
   weightDecay: number;
   distillWeight: number;
+  attentionTransferSteps: number;
   loraRank: number;
   loraAlpha: number;
   loraTargets: LoraTargetName[];

@@ -215,6 +215,8 @@ pub const DECODE: KernelFile = kernel_file!(
     ]
 );
 
+pub const ATTENTION_TRANSFER: KernelFile = kernel_file!("attention_transfer", ["attention_transfer_rows_f32"]);
+
 pub const SAMPLING: KernelFile = kernel_file!("sampling", ["argmax_rows_f32", "sample_rows_f32"]);
 
 /// Every kernel file of the crate.
@@ -223,6 +225,7 @@ pub const ALL: &[KernelFile] = &[
     RMS_NORM,
     SWIGLU,
     CROSS_ENTROPY,
+    ATTENTION_TRANSFER,
     ADAMW,
     MIXER_GATED,
     MIXER_GSA,

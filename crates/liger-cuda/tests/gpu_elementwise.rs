@@ -7,6 +7,7 @@ use common::*;
 use half::bf16;
 use liger_core::model::ops::{rms_norm, swiglu_inplace};
 use liger_core::nn::backward::{rms_norm_backward, swiglu_backward};
+use liger_core::nn::loss::attention_transfer_rows;
 use liger_core::ErrorCode;
 use liger_cuda::ops::{embedding, rms_norm as gpu_norm, swiglu as gpu_swiglu};
 use liger_cuda::GpuBuffer;
@@ -300,5 +301,53 @@ fn glue_casts_mix_and_gradient_split_match_float64() {
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
     let err = scale_pair(&ctx, &poisoned(&ctx, 8), 1.0, 1.0, &mut poisoned(&ctx, 8), &mut poisoned_bf16(&ctx, 9))
         .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ShapeMismatch);
+}
+
+#[test]
+fn attention_transfer_rows_match_the_cpu() {
+    let ctx = gpu();
+    let mut rng = rng("attention_transfer_rows");
+    let (rows, width) = (37, 576);
+    let (o, target) = (random(&mut rng, rows * width, 2.0), random(&mut rng, rows * width, 2.0));
+    // Every fifth row does not count.
+    let labels: Vec<u32> =
+        (0..rows as u32).map(|r| if r % 5 == 0 { liger_core::nn::loss::IGNORE } else { r }).collect();
+    let (weight, grad_scale) = (1.0 / 3.0, 0.37);
+    let mut d_cpu = vec![0.0f32; rows * width];
+    let sum_cpu = attention_transfer_rows(&o, &target, &labels, width, weight, grad_scale, &mut d_cpu);
+    let mut d_o = poisoned(&ctx, rows * width);
+    // The row losses add to what the buffer holds (the layers before).
+    let mut row_loss = GpuBuffer::filled(&ctx, rows, 0.5f32).unwrap();
+    liger_cuda::ops::attention_transfer::attention_transfer_rows(
+        &ctx,
+        &upload(&ctx, &o),
+        &upload(&ctx, &target),
+        &GpuBuffer::from_host(&ctx, &labels).unwrap(),
+        width,
+        weight,
+        grad_scale,
+        &mut d_o,
+        &mut row_loss,
+    )
+    .unwrap();
+    check("attention transfer d_o", &d_o, &to_f64(&d_cpu), FP32_TOL);
+    let losses = row_loss.to_host().unwrap();
+    let sum_gpu: f64 = losses.iter().map(|&l| l as f64 - 0.5).sum();
+    assert!((sum_gpu - sum_cpu).abs() / sum_cpu < 1e-5, "loss {sum_gpu} vs CPU {sum_cpu}");
+    assert!(labels.iter().zip(&losses).all(|(&l, &x)| l != liger_core::nn::loss::IGNORE || x == 0.5));
+    // Mismatched sizes are typed errors, not faults.
+    let err = liger_cuda::ops::attention_transfer::attention_transfer_rows(
+        &ctx,
+        &upload(&ctx, &o[..width]),
+        &upload(&ctx, &target),
+        &GpuBuffer::from_host(&ctx, &labels).unwrap(),
+        width,
+        weight,
+        grad_scale,
+        &mut d_o,
+        &mut row_loss,
+    )
+    .unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch);
 }

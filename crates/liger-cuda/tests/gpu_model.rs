@@ -23,15 +23,19 @@ use rand::{Rng, SeedableRng};
 /// A converted tiny model with adapters on q, k, v and o, their B matrices random (fresh ones
 /// are zero, which would hide the A gradients).
 fn model(arch: Architecture, mixer: MixerKind, softmax_layers: Vec<usize>, rng: &mut StdRng) -> LigerModel {
+    let seed = rng.random();
+    model_of(tiny_base(arch, seed), mixer, softmax_layers, rng)
+}
+
+/// The tiny random base model of `arch` whose weights `seed` draws.
+fn tiny_base(arch: Architecture, seed: u64) -> BaseModel {
     let cfg = tiny_gpu_config(arch);
-    let base = BaseModel::new(
-        cfg.clone(),
-        random_weights(&cfg, rng.random()),
-        word_tokenizer(),
-        None,
-        "tiny".into(),
-        ModelFormat::Checkpoint,
-    );
+    let weights = random_weights(&cfg, seed);
+    BaseModel::new(cfg, weights, word_tokenizer(), None, "tiny".into(), ModelFormat::Checkpoint)
+}
+
+/// [`model`] converted from the given base.
+fn model_of(base: BaseModel, mixer: MixerKind, softmax_layers: Vec<usize>, rng: &mut StdRng) -> LigerModel {
     let mut options = LigerOptions { softmax_layers, ..Default::default() };
     options.attention.mixer = MixerConfig { gsa_slots: 16, ..MixerConfig::new(mixer) };
     options.attention.window_keys = 5;
@@ -286,6 +290,44 @@ fn distillation_from_the_base_model_matches_the_cpu_reference() {
 }
 
 #[test]
+fn attention_transfer_matches_the_cpu_engine() {
+    let mut rng = rng("attention_transfer_matches_the_cpu_engine");
+    let mut failures = Vec::new();
+    for (arch, mixer, softmax) in CASES {
+        let seed = rng.random();
+        let cpu = model_of(tiny_base(arch, seed), mixer, softmax.to_vec(), &mut rng);
+        let data = batch(cpu.config().vocab_size, 37, &mut rng);
+        let mut cpu_grads = cpu.new_lora_grads();
+        let mut want = 0.0;
+        for s in &data {
+            want += cpu.attention_transfer_backward(&s.inputs, &s.labels, 0.37, &mut cpu_grads).unwrap().loss_sum;
+        }
+        let mut gpu_model = GpuLigerModel::<f32>::new(gpu(), cpu).unwrap();
+        let inputs: Vec<&[u32]> = data.iter().map(|s| s.inputs.as_slice()).collect();
+        let labels: Vec<&[u32]> = data.iter().map(|s| s.labels.as_slice()).collect();
+        let mut grads = gpu_model.new_grads();
+        let refused = gpu_model.attention_transfer_batch(&inputs, &labels, 0.37, &mut grads).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::InvalidArgument, "no teacher yet: {}", refused.message);
+        gpu_model.set_attention_teacher(Some(tiny_base(arch, seed))).unwrap();
+        // Added to what the gradients hold.
+        grads.as_mut_slices().into_iter().for_each(|g| g.fill(0.25));
+        let out = gpu_model.attention_transfer_batch(&inputs, &labels, 0.37, &mut grads).unwrap();
+        let got: Vec<f32> = grads.as_slices().concat().iter().map(|g| g - 0.25).collect();
+        let expected: Vec<f64> = cpu_grads.as_slices().concat().iter().map(|&g| g as f64).collect();
+        let (loss_err, grad_err) = ((out.loss_sum - want).abs() / want, max_rel_error(&got, &expected));
+        println!("attention transfer f32 {arch:?} {mixer:?} softmax layers {softmax:?}: loss {:.4e}, rel error {loss_err:.2e}, LoRA grad max rel error {grad_err:.2e}", out.loss_sum);
+        if !(loss_err < 1e-4 && grad_err < 1e-4) {
+            failures.push(format!("{arch:?} {mixer:?}: loss {loss_err:.2e}, grads {grad_err:.2e}"));
+        }
+        // Ending the stage frees the teacher; the model trains on its own loss again.
+        gpu_model.set_attention_teacher(None).unwrap();
+        assert!(gpu_model.attention_transfer_batch(&inputs, &labels, 0.37, &mut grads).is_err());
+        gpu_model.forward_backward_batch(&inputs, &labels, 0.37, &mut grads).unwrap();
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+#[test]
 fn prefill_then_decoding_steps_equal_the_full_forward() {
     let mut rng = rng("prefill_then_decoding_steps_equal_the_full_forward");
     let mut failures = Vec::new();
@@ -490,6 +532,8 @@ fn the_linearize_job_trains_on_the_gpu_like_on_the_cpu() {
             micro_batch: 2,
             grad_accum: 2,
             eval_every: 4,
+            // An attention-transfer stage first, with the base loaded as its teacher on the GPU.
+            attention_transfer_steps: 3,
             ..Default::default()
         };
         job.val_fraction = 0.2;
@@ -511,6 +555,12 @@ fn the_linearize_job_trains_on_the_gpu_like_on_the_cpu() {
         );
         assert!(w < tol, "{what}: {w:.2e}");
     };
+    let transfer = |r: &liger_core::train::job::LinearizeReport| r.attention_transfer.clone().unwrap().losses;
+    let (cpu_at, gpu_at) = (transfer(&cpu), transfer(&gpu_f32));
+    assert_eq!((cpu_at.len(), transfer(&gpu_bf16).len()), (3, 3));
+    let w = cpu_at.iter().zip(&gpu_at).map(|(a, b)| ((a - b) / a).abs()).fold(0.0, f64::max);
+    println!("attention transfer stage, GPU f32 vs CPU: losses {gpu_at:?} vs {cpu_at:?}, worst {w:.2e}");
+    assert!(w < 1e-4, "attention transfer stage: {w:.2e}");
     worst(&gpu_f32.losses, 1e-4, "GPU f32");
     worst(&gpu_bf16.losses, 2e-2, "GPU bf16");
     let (a, b) = (cpu.trained_eval.unwrap().loss, gpu_f32.trained_eval.unwrap().loss);

@@ -46,6 +46,8 @@ pub struct JsLinearizeOptions {
     pub weight_decay: f64,
     /// Weight of distillation from the base model in the loss (default 0; GPU only).
     pub distill_weight: f64,
+    /// Steps of attention transfer before the language-model training (default 0).
+    pub attention_transfer_steps: u32,
     pub lora_rank: u32,
     pub lora_alpha: f64,
     pub lora_targets: Vec<String>,
@@ -111,6 +113,7 @@ fn linearize_options(o: JsLinearizeOptions) -> liger_core::Result<LinearizeOptio
         lr: o.lr as f32,
         weight_decay: o.weight_decay as f32,
         distill_weight: o.distill_weight as f32,
+        attention_transfer_steps: u64::from(o.attention_transfer_steps),
         schedule: parse::schedule(&o.schedule, o.warmup_steps.into())?,
         seed: parse::whole_number("seed", o.seed)?,
         val_fraction: o.val_fraction,
@@ -166,6 +169,7 @@ fn js_linearize_options(o: &LinearizeOptions) -> JsLinearizeOptions {
         val_data: o.val_data.as_ref().map(path),
         weight_decay: js_number(o.weight_decay),
         distill_weight: js_number(o.distill_weight),
+        attention_transfer_steps: u32::try_from(o.attention_transfer_steps).unwrap_or(u32::MAX),
         lora_rank: js_count(o.lora_rank),
         lora_alpha: js_number(o.lora_alpha),
         lora_targets: o.lora_targets.iter().map(|t| parse::lora_target_name(*t).to_string()).collect(),

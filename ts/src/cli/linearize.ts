@@ -43,6 +43,7 @@ interface LinearizeCliOptions {
   valData?: string;
   weightDecay?: number;
   distill?: number;
+  attentionTransfer?: number;
   evalEvery?: number;
   recipe?: string;
   epochs?: number;
@@ -125,6 +126,11 @@ export function registerLinearize(program: Command): void {
       "--distill <w>",
       "GPU only: train toward the base model's next-token distributions, loss (1-w) CE + w KL(base || model) (default 0)",
       parseNumber("distill"),
+    )
+    .option(
+      "--attention-transfer <steps>",
+      "first train each Liger layer's attention toward the base's softmax attention for this many steps (LoLCATs; default 0)",
+      parseNumber("attention-transfer"),
     )
     .option(
       "--recipe <name>",
@@ -210,6 +216,7 @@ export function registerLinearize(program: Command): void {
         valData: options.valData,
         weightDecay: options.weightDecay,
         distill: options.distill,
+        attentionTransfer: options.attentionTransfer,
         evalEvery: options.evalEvery,
         recipe: options.recipe as LinearizeOptions["recipe"],
         epochs: options.epochs,
@@ -321,6 +328,10 @@ export function formatLinearizeReport(r: LinearizeReport): string {
   let out =
     `\n${r.modelName}: ${r.stepsDone} steps on ${r.trainSequences} sequences ` +
     `(${r.trainSeconds.toFixed(0)} s, ${r.tokensPerS.toFixed(0)} tokens/s)\n`;
+  const at = r.attentionTransfer;
+  if (at && at.losses.length > 0) {
+    out += `attention transfer first: ${at.stepsDone} steps (${at.seconds.toFixed(0)} s), attention error ${at.losses[0].toExponential(2)} -> ${at.losses[at.losses.length - 1].toExponential(2)}\n`;
+  }
   if (r.baseEval) {
     out += `validation (${r.valSequences} sequences, ${r.baseEval.tokens} tokens)\n`;
     out += `${"model".padEnd(28)}  ${"loss".padStart(7)}  ${"perplexity".padStart(10)}\n`;

@@ -7,10 +7,10 @@
 //! The LM head is dequantized to f32 for the loss during the call (`vocab x hidden x 4`
 //! bytes; no copy when it is already f32).
 
-use super::model::{LayerTape, LigerModel};
+use super::model::{LayerTape, LigerModel, Projections};
 use super::options::LoraTarget;
 use crate::error::{Error, ErrorCode, Result};
-use crate::liger::{apply_rope, causal_attention_backward, liger_attention_backward, HeadShape};
+use crate::liger::{apply_rope, causal_attention_backward, liger_attention_backward, HeadShape, QkvGrads};
 use crate::linalg::{matmul, MatRef};
 use crate::model::forward::embed;
 use crate::model::ops::rms_norm;
@@ -111,7 +111,7 @@ impl LigerModel {
         LoraGrads { layers }
     }
 
-    fn check_labels(&self, inputs: &[u32], labels: &[u32]) -> Result<()> {
+    pub(crate) fn check_labels(&self, inputs: &[u32], labels: &[u32]) -> Result<()> {
         if inputs.is_empty() || inputs.len() != labels.len() {
             return Err(Error::invalid_argument(format!(
                 "inputs and labels must be equally long and not empty; got {} and {}",
@@ -228,33 +228,52 @@ impl LigerModel {
         }
         let p = &tape.proj;
         let shape = self.head_shape()?;
-        let mut qkv = if self.options.is_softmax_layer(layer) {
+        let qkv = if self.options.is_softmax_layer(layer) {
             softmax_attention_backward(shape, &p.q, &p.k, &p.v, inv_freq, &d_o)?
         } else {
             liger_attention_backward(&self.options.attention, shape, &p.q, &p.k, &p.v, inv_freq, &d_o)?
         };
-        if let (Some(q_pre), Some(k_pre), Some(qn), Some(kn)) = (&p.q_pre, &p.k_pre, &lw.q_norm, &lw.k_norm) {
-            let mut dq = vec![0.0f32; q_pre.len()];
-            rms_norm_backward(q_pre, qn, eps, &qkv.dq, &mut dq, None);
-            let mut dk = vec![0.0f32; k_pre.len()];
-            rms_norm_backward(k_pre, kn, eps, &qkv.dk, &mut dk, None);
-            qkv.dq = dq;
-            qkv.dk = dk;
-        }
         let mut dh = vec![0.0f32; t * hs];
-        let parts =
-            [(LoraTarget::Q, &lw.wq, &qkv.dq), (LoraTarget::K, &lw.wk, &qkv.dk), (LoraTarget::V, &lw.wv, &qkv.dv)];
-        for (target, w, dy) in parts {
-            add_dy_w(w, dy, t, &mut dh);
-            if let (Some(a), Some(g), Some(s)) =
-                (lora.get(target), &mut grads[target.index()], &p.saved[target.index()])
-            {
-                a.backward(&tape.h, s, dy, t, g, &mut dh);
-            }
-        }
+        self.projections_backward(layer, &tape.h, p, qkv, t, grads, &mut dh);
         let mut dx_in = dx_mid;
         rms_norm_backward(x_in, &lw.attn_norm, eps, &dh, &mut dx_in, None);
         Ok(dx_in)
+    }
+
+    /// Back from the gradients w.r.t. a layer's q, k, v (after its q/k norms) through the
+    /// norms and the projections of `h`: accumulates the q, k, v adapters' gradients into
+    /// `grads` (the layer's) and adds the input gradient into `dh`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn projections_backward(
+        &self,
+        layer: usize,
+        h: &[f32],
+        p: &Projections,
+        mut qkv: QkvGrads,
+        t: usize,
+        grads: &mut [Option<LoraGrad>; 4],
+        dh: &mut [f32],
+    ) {
+        let c = &self.base.config;
+        let (lw, lora) = (&self.base.weights.layers[layer], &self.lora.layers[layer]);
+        if let (Some(q_pre), Some(k_pre), Some(qn), Some(kn)) = (&p.q_pre, &p.k_pre, &lw.q_norm, &lw.k_norm) {
+            let mut dq = vec![0.0f32; q_pre.len()];
+            rms_norm_backward(q_pre, qn, c.rms_norm_eps, &qkv.dq, &mut dq, None);
+            let mut dk = vec![0.0f32; k_pre.len()];
+            rms_norm_backward(k_pre, kn, c.rms_norm_eps, &qkv.dk, &mut dk, None);
+            qkv.dq = dq;
+            qkv.dk = dk;
+        }
+        let parts =
+            [(LoraTarget::Q, &lw.wq, &qkv.dq), (LoraTarget::K, &lw.wk, &qkv.dk), (LoraTarget::V, &lw.wv, &qkv.dv)];
+        for (target, w, dy) in parts {
+            add_dy_w(w, dy, t, dh);
+            if let (Some(a), Some(g), Some(s)) =
+                (lora.get(target), &mut grads[target.index()], &p.saved[target.index()])
+            {
+                a.backward(h, s, dy, t, g, dh);
+            }
+        }
     }
 
     /// SHAPE_MISMATCH unless `grads` fit the adapters (made by `new_lora_grads`); the GPU

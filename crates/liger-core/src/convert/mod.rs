@@ -3,6 +3,7 @@
 //! made by [`linearize`]) with its parallel forward, constant-memory decoding
 //! ([`LigerState`]) and the gradients of its LoRA adapters.
 
+mod attention_transfer;
 mod backward;
 mod info;
 mod model;

@@ -122,7 +122,7 @@ pub(crate) struct LayerTape {
 }
 
 /// `W x (+ LoRA) (+ bias)` for `t` rows.
-fn project(
+pub(crate) fn project(
     w: &crate::QTensor,
     adapter: Option<&LoraAdapter>,
     bias: Option<&Vec<f32>>,
@@ -237,7 +237,15 @@ impl LigerModel {
         let (y, saved_o) = project(&lw.wo, lora.o.as_ref(), None, &o, t);
         x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
         let x_mid = if keep { x.to_vec() } else { Vec::new() };
-        // The SwiGLU MLP, keeping its pre-activations for the backward pass.
+        let (gate, up) = self.mlp_forward(layer, x, t);
+        Ok(keep.then_some(LayerTape { h, proj, o, saved_o, x_mid, gate, up }))
+    }
+
+    /// The layer's SwiGLU MLP block, `x += down(silu(gate(h2)) * up(h2))` with `h2 = norm(x)`;
+    /// returns the pre-activations gate and up for the backward pass.
+    pub(crate) fn mlp_forward(&self, layer: usize, x: &mut [f32], t: usize) -> (Vec<f32>, Vec<f32>) {
+        let c = &self.base.config;
+        let lw = &self.base.weights.layers[layer];
         let (hs, f) = (c.hidden_size, c.intermediate_size);
         let mut h2 = vec![0.0f32; t * hs];
         rms_norm(x, &lw.ffn_norm, c.rms_norm_eps, &mut h2);
@@ -249,7 +257,7 @@ impl LigerModel {
         let mut y = vec![0.0f32; t * hs];
         matmul_wt(&lw.w_down, &act, t, &mut y);
         x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
-        Ok(keep.then_some(LayerTape { h, proj, o, saved_o, x_mid, gate, up }))
+        (gate, up)
     }
 
     /// A fresh layer state for a whole-sequence forward.
@@ -344,7 +352,7 @@ impl LigerModel {
 }
 
 /// Full causal attention with RoPE over the cache and the new tokens; appends to the cache.
-fn softmax_attention(
+pub(crate) fn softmax_attention(
     shape: HeadShape,
     p: &Projections,
     inv_freq: &[f32],

@@ -146,3 +146,35 @@ fn head_loss(
         .collect();
     LossOutput { loss_sum: parts.iter().map(|p| p.0).sum(), count: parts.iter().map(|p| p.1).sum() }
 }
+
+/// Attention transfer's loss on one layer (LoLCATs, Lizard): for each counted row
+/// (`labels[r] != IGNORE`), `weight · mean_j (o[r, j] - target[r, j])²`, summed over the rows,
+/// where `o` is the layer's Liger attention output and `target` the base's softmax attention
+/// output on the same input (`rows x width` each). Writes `d_o = grad_scale · d(sum)/d(o)`,
+/// zero on rows that do not count. The GPU kernel `attention_transfer_rows_f32` is its twin.
+pub fn attention_transfer_rows(
+    o: &[f32],
+    target: &[f32],
+    labels: &[u32],
+    width: usize,
+    weight: f32,
+    grad_scale: f32,
+    d_o: &mut [f32],
+) -> f64 {
+    let scale = 2.0 * weight * grad_scale / width as f32;
+    let mut sum = 0.0f64;
+    for (r, &label) in labels.iter().enumerate() {
+        let span = r * width..(r + 1) * width;
+        let counted = label != IGNORE;
+        let mut row = 0.0f64;
+        for ((d, &a), &b) in d_o[span.clone()].iter_mut().zip(&o[span.clone()]).zip(&target[span]) {
+            let diff = a - b;
+            row += (diff as f64) * (diff as f64);
+            *d = if counted { scale * diff } else { 0.0 };
+        }
+        if counted {
+            sum += weight as f64 * row / width as f64;
+        }
+    }
+    sum
+}

@@ -7,7 +7,7 @@ use super::data::{
     Sequence,
 };
 use super::report::{write_run_report, StepEval, StepRecord, TrainingHistory};
-use super::trainer::{evaluate, EvalResult, TrainConfig, TrainEvent, Trainable, Trainer};
+use super::trainer::{evaluate, EvalResult, Schedule, TrainConfig, TrainEvent, Trainable, Trainer};
 use crate::chat::ChatMessage;
 use crate::checkpoint::run::{
     check_run_folder, checkpoint_dir, latest_checkpoint, open_run_folder, prune_checkpoints, FINAL_MODEL,
@@ -16,7 +16,7 @@ use crate::checkpoint::{
     load_liger_checkpoint_on, load_training_state, read_liger_section, save_liger_checkpoint, SaveOptions,
     TrainingSnapshot,
 };
-use crate::convert::{linearize, LigerModel, LigerOptions, LoraOptions};
+use crate::convert::{linearize, LigerModel, LigerOptions, LoraGrads, LoraOptions};
 use crate::error::{Error, ErrorCode, Result};
 use crate::generate::{generate, CausalLm, GenerateOptions};
 use crate::model::forward::{forward, KvCache, Logits};
@@ -145,6 +145,19 @@ pub struct LinearizeReport {
     pub history: TrainingHistory,
     /// Decoding memory of one sequence against its length (f32, as the CPU engine keeps it).
     pub memory: DecodeMemory,
+    /// The attention-transfer stage before training, when the run had one.
+    pub attention_transfer: Option<AttentionTransferReport>,
+}
+
+/// The attention-transfer stage of a run (see `TrainConfig::attention_transfer_steps`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttentionTransferReport {
+    pub steps_done: u64,
+    /// Mean attention-transfer loss of every step (mean squared difference per output value,
+    /// averaged over the Liger layers).
+    pub losses: Vec<f64>,
+    pub seconds: f64,
 }
 
 /// Decoding memory of one sequence of n tokens: `constant + n * per_token` bytes.
@@ -230,6 +243,23 @@ pub trait EngineModel: Trainable + CausalLm {
     fn decodes(&self) -> bool {
         true
     }
+    /// The attention-transfer loss of a micro-batch, and its gradients added into `grads`
+    /// (see `convert/attention_transfer.rs`; the GPU engine needs
+    /// [`EngineModel::set_attention_teacher`] first).
+    fn attention_transfer_batch(
+        &self,
+        inputs: &[&[u32]],
+        labels: &[&[u32]],
+        grad_scale: f32,
+        grads: &mut Self::Grads,
+    ) -> Result<LossOutput>;
+    /// Whether [`EngineModel::set_attention_teacher`] needs the base model (the CPU engine
+    /// reads its own frozen weights, which are the base's).
+    const ATTENTION_TEACHER_NEEDS_BASE: bool = false;
+    /// Readies attention transfer with `Some(base)`; `None` ends it and frees what it held.
+    fn set_attention_teacher(&mut self, _base: Option<BaseModel>) -> Result<()> {
+        Ok(())
+    }
     /// Whether [`EngineModel::distill_from`] works on this engine (checked before any work).
     const DISTILLS: bool = false;
     /// Trains toward `base`'s next-token distributions with this weight from now on (see
@@ -250,6 +280,108 @@ impl EngineModel for LigerModel {
     fn host_model(&self) -> &LigerModel {
         self
     }
+    fn attention_transfer_batch(
+        &self,
+        inputs: &[&[u32]],
+        labels: &[&[u32]],
+        grad_scale: f32,
+        grads: &mut LoraGrads,
+    ) -> Result<LossOutput> {
+        let mut total = LossOutput { loss_sum: 0.0, count: 0 };
+        for (i, l) in inputs.iter().zip(labels) {
+            let out = self.attention_transfer_backward(i, l, grad_scale, grads)?;
+            total.loss_sum += out.loss_sum;
+            total.count += out.count;
+        }
+        Ok(total)
+    }
+}
+
+/// The model as the trainer sees it during attention transfer: the same adapters, trained on
+/// the attention-transfer loss.
+struct AttentionTransferStage<'a, M>(&'a mut M);
+
+impl<M: EngineModel> Trainable for AttentionTransferStage<'_, M> {
+    type Grads = M::Grads;
+    fn new_grads(&self) -> M::Grads {
+        self.0.new_grads()
+    }
+    fn forward_backward(&self, inputs: &[u32], labels: &[u32], grad_scale: f32, grads: &mut M::Grads) -> LossResult {
+        self.0.attention_transfer_batch(&[inputs], &[labels], grad_scale, grads)
+    }
+    fn forward_backward_batch(
+        &self,
+        inputs: &[&[u32]],
+        labels: &[&[u32]],
+        grad_scale: f32,
+        grads: &mut M::Grads,
+    ) -> LossResult {
+        self.0.attention_transfer_batch(inputs, labels, grad_scale, grads)
+    }
+    fn loss(&self, inputs: &[u32], labels: &[u32]) -> LossResult {
+        let mut scratch = self.0.new_grads();
+        self.0.attention_transfer_batch(&[inputs], &[labels], 0.0, &mut scratch)
+    }
+    fn params(&self) -> Vec<(String, &[f32])> {
+        self.0.params()
+    }
+    fn params_mut(&mut self) -> Vec<&mut [f32]> {
+        self.0.params_mut()
+    }
+}
+
+/// Runs the attention-transfer stage: `steps` optimizer steps (the run's optimizer settings,
+/// a constant learning rate, a fresh optimizer state) on the training sequences.
+fn transfer_attention<M: EngineModel>(
+    job: &LinearizeJob,
+    model: &mut M,
+    train: &[Sequence],
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(JobEvent),
+) -> Result<(AttentionTransferReport, bool)> {
+    let steps = job.train.attention_transfer_steps;
+    model.host_model().attention_transfer_layers()?;
+    if M::ATTENTION_TEACHER_NEEDS_BASE {
+        on_event(JobEvent::Stage("loading the base model as the attention teacher".into()));
+        model.set_attention_teacher(Some(load_model(&job.model_path, &mut |_, _| {})?))?;
+    } else {
+        model.set_attention_teacher(None)?;
+    }
+    on_event(JobEvent::Stage(format!(
+        "attention transfer: {steps} steps of {} sequences of {} tokens, each Liger layer toward the base's softmax attention",
+        job.train.sequences_per_step(),
+        job.train.seq_len
+    )));
+    let config = TrainConfig {
+        steps: Some(steps),
+        schedule: Schedule::Constant,
+        eval_every: 0,
+        save_every: 0,
+        save_on_cancel: false,
+        distill_weight: 0.0,
+        attention_transfer_steps: 0,
+        ..job.train.clone()
+    };
+    let sizes: Vec<usize> = model.params().iter().map(|p| p.1.len()).collect();
+    let mut trainer = Trainer::new(config, train.len(), &sizes)?;
+    let start = Instant::now();
+    let mut stage = AttentionTransferStage(model);
+    let outcome = trainer.run(&mut stage, train, &[], cancel, &mut |event, _, _| {
+        if let TrainEvent::Progress(p) = event {
+            on_event(JobEvent::Progress(p));
+        }
+        Ok(())
+    });
+    // The teacher goes whatever happened: the language-model stage does not need it.
+    let ended = model.set_attention_teacher(None);
+    let outcome = outcome?;
+    ended?;
+    let report = AttentionTransferReport {
+        steps_done: outcome.steps_done,
+        losses: trainer.state.losses.clone(),
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok((report, outcome.cancelled))
 }
 
 /// Saves one checkpoint folder of the run (`checkpoint-<step>` or the final model), making
@@ -519,6 +651,15 @@ pub fn run_linearize_on<M: EngineModel>(
     report.untrained_eval.iter().for_each(|r| on_event(eval_event("liger (untrained)", r)));
 
     let mut trainer = None;
+    // Attention transfer comes first, in a fresh run only: a resumed run is past it.
+    if job.data_path.is_some() && job.train.attention_transfer_steps > 0 && resume_state.is_none() {
+        let (transfer, cancelled) = transfer_attention(job, &mut model, &train_seqs, cancel, on_event)?;
+        report.attention_transfer = Some(transfer);
+        if cancelled {
+            report.cancelled = true;
+            return Ok(report);
+        }
+    }
     if job.data_path.is_some() {
         if job.train.distill_weight > 0.0 {
             on_event(JobEvent::Stage("loading the base model as the teacher to distill from".into()));

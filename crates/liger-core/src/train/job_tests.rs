@@ -482,3 +482,46 @@ fn a_surprise_cache_is_trained_with_or_added_after_training() {
     let err = run_linearize(&no_keys, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
     assert!(err.code == ErrorCode::InvalidArgument && err.message.contains("surprise_keys"), "{}", err.message);
 }
+
+#[test]
+fn attention_transfer_runs_before_training_and_brings_the_attention_toward_softmax() {
+    let tmp = TempDir::new("attention-transfer");
+    let mut job = tiny_job(&tmp.0, 4);
+    job.train.attention_transfer_steps = 12;
+    // Steps over most of the data, so that their losses compare.
+    job.train.grad_accum = 8;
+    job.train.eval_every = 0;
+    job.sample_prompt = None;
+    let mut events = Vec::new();
+    let report = run_linearize(&job, &AtomicBool::new(false), &mut |e| events.push(e)).unwrap();
+    let transfer = report.attention_transfer.expect("the run reports its attention-transfer stage");
+    let l = &transfer.losses;
+    println!("attention-transfer loss per step: {l:?}");
+    assert_eq!((transfer.steps_done, l.len()), (12, 12));
+    assert!(l.iter().all(|x| x.is_finite() && *x > 0.0));
+    assert!(l[9..].iter().sum::<f64>() < 0.7 * l[..3].iter().sum::<f64>(), "the stage lowers its loss: {l:?}");
+    // Then the language-model stage, with its own step count.
+    assert_eq!((report.steps_done, report.total_steps, report.losses.len()), (4, 4, 4));
+    let progress = events.iter().filter(|e| matches!(e, JobEvent::Progress(_))).count();
+    assert_eq!(progress, 12 + 4);
+    let stages: Vec<&String> =
+        events.iter().filter_map(|e| if let JobEvent::Stage(s) = e { Some(s) } else { None }).collect();
+    let at = stages.iter().position(|s| s.starts_with("attention transfer: 12 steps")).expect("a stage line");
+    let training = stages.iter().position(|s| s.starts_with("training: 4 steps")).expect("a stage line");
+    assert!(at < training);
+    // A resumed run is past the stage and does not run it again.
+    let resumed =
+        run_linearize(&LinearizeJob { resume: true, ..job.clone() }, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert!(resumed.attention_transfer.is_none());
+}
+
+#[test]
+fn attention_transfer_of_a_model_without_liger_layers_is_refused_before_training() {
+    let tmp = TempDir::new("attention-transfer-softmax");
+    let mut job = tiny_job(&tmp.0, 2);
+    job.options.softmax_layers = vec![0, 1];
+    job.train.attention_transfer_steps = 3;
+    let err = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert!(err.message.contains("nothing to train"), "{}", err.message);
+}

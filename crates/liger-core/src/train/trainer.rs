@@ -103,6 +103,10 @@ pub struct TrainConfig {
     /// `(1 - w) · CE + w · KL(p_base || p_model)` per token (0: cross-entropy alone). Engines
     /// that cannot run the teacher refuse a non-zero weight (see `EngineModel::distill_from`).
     pub distill_weight: f32,
+    /// Optimizer steps of attention transfer before the language-model loss (0: none): each
+    /// Liger layer's attention trained toward the base model's softmax attention on the same
+    /// input (`convert/attention_transfer.rs`). Counted apart from `steps` and `epochs`.
+    pub attention_transfer_steps: u64,
 }
 
 /// Largest settings [`TrainConfig::validate`] accepts.
@@ -126,6 +130,7 @@ impl Default for TrainConfig {
             save_every: 0,
             save_on_cancel: false,
             distill_weight: 0.0,
+            attention_transfer_steps: 0,
         }
     }
 }

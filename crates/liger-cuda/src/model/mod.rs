@@ -9,6 +9,7 @@
 //! The adapters are uploaded again before the next GPU call whenever the host copies may
 //! have changed.
 
+mod attention_transfer;
 mod decode;
 mod decode_step;
 pub mod glue;
@@ -54,6 +55,9 @@ pub struct GpuLigerModel<T: GemmInput> {
     shape: HeadShape,
     /// The teacher training distills from, if any ([`GpuLigerModel::distill_from`]).
     distillation: Option<Box<Distillation<T>>>,
+    /// The base model attention transfer trains toward, while it runs
+    /// ([`GpuLigerModel::set_attention_teacher`]).
+    attention_teacher: Option<Box<GpuLigerModel<T>>>,
 }
 
 /// A frozen teacher on the same GPU and the weight of its KL term in the training loss.
@@ -96,6 +100,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             kept_layers_limit: AtomicUsize::new(usize::MAX),
             shape,
             distillation: None,
+            attention_teacher: None,
         })
     }
 
@@ -238,6 +243,30 @@ impl<T: GemmInput> liger_core::train::job::EngineModel for GpuLigerModel<T> {
     }
     fn state_bytes(&self) -> usize {
         self.state_bytes_per_sequence()
+    }
+    fn attention_transfer_batch(
+        &self,
+        inputs: &[&[u32]],
+        labels: &[&[u32]],
+        grad_scale: f32,
+        grads: &mut LoraGrads,
+    ) -> Result<LossOutput> {
+        // Sequences of one length run as one GPU batch; others one at a time.
+        let same = inputs.iter().chain(labels).all(|s| s.len() == inputs.first().map_or(0, |f| f.len()));
+        if same {
+            return GpuLigerModel::attention_transfer_batch(self, inputs, labels, grad_scale, grads);
+        }
+        let mut total = LossOutput { loss_sum: 0.0, count: 0 };
+        for (i, l) in inputs.iter().zip(labels) {
+            let out = GpuLigerModel::attention_transfer_batch(self, &[i], &[l], grad_scale, grads)?;
+            total.loss_sum += out.loss_sum;
+            total.count += out.count;
+        }
+        Ok(total)
+    }
+    const ATTENTION_TEACHER_NEEDS_BASE: bool = true;
+    fn set_attention_teacher(&mut self, base: Option<liger_core::model::BaseModel>) -> Result<()> {
+        GpuLigerModel::set_attention_teacher(self, base)
     }
     const DISTILLS: bool = true;
     fn distill_from(&mut self, base: liger_core::model::BaseModel, weight: f32) -> Result<()> {

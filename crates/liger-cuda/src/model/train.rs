@@ -4,7 +4,7 @@
 //! (liger-core `convert/backward.rs`).
 
 use super::glue::{add_into, grm_normalize_backward, rope_backward_add, scale_pair, scaled, widen, RopeLayout};
-use super::layer::{copy, linear_input_grad, LayerTape, Rows};
+use super::layer::{copy, linear_input_grad, LayerTape, Qkv, Rows, SoftmaxTape};
 use super::weights::GpuLora;
 use super::GpuLigerModel;
 use crate::buffer::GpuBuffer;
@@ -23,7 +23,7 @@ use liger_core::nn::loss::LossOutput;
 use liger_core::{Error, ErrorCode, Result};
 
 /// Gradients of one adapter on the GPU.
-struct GpuLoraGrad {
+pub(super) struct GpuLoraGrad {
     a: GpuBuffer<f32>,
     b: GpuBuffer<f32>,
 }
@@ -96,7 +96,7 @@ fn norm_backward_add(
 
 impl<T: GemmInput> GpuLigerModel<T> {
     /// Checks a batch: `inputs` and `labels` hold `batch` sequences of equal length.
-    fn check_batch(&self, inputs: &[&[u32]], labels: &[&[u32]]) -> Result<Rows> {
+    pub(super) fn check_batch(&self, inputs: &[&[u32]], labels: &[&[u32]]) -> Result<Rows> {
         let tokens = inputs.first().map_or(0, |s| s.len());
         if inputs.is_empty() || tokens == 0 || inputs.len() != labels.len() {
             return Err(Error::invalid_argument(format!(
@@ -283,15 +283,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             };
             dx = self.layer_backward(layer, &tape, &x_in, rows, &start, dx, &mut device_grads[layer])?;
         }
-        // Back to the host, added into the caller's gradients.
-        for (layer, per_target) in device_grads.iter().enumerate() {
-            for (t, g) in per_target.iter().enumerate() {
-                if let (Some(g), Some(host)) = (g, &mut grads.layers[layer][t]) {
-                    host.a.iter_mut().zip(g.a.to_host()?).for_each(|(h, d)| *h += d);
-                    host.b.iter_mut().zip(g.b.to_host()?).for_each(|(h, d)| *h += d);
-                }
-            }
-        }
+        add_to_host(&device_grads, grads)?;
         Ok(out)
     }
 
@@ -321,7 +313,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         fit.min(limit)
     }
 
-    fn zero_device_grads(&self) -> Result<Vec<[Option<GpuLoraGrad>; 4]>> {
+    pub(super) fn zero_device_grads(&self) -> Result<Vec<[Option<GpuLoraGrad>; 4]>> {
         let lora = self.lora_guard()?;
         lora.iter()
             .map(|l| {
@@ -355,8 +347,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let ctx = &self.ctx;
         let c = self.config();
         let lw = &self.weights.layers[layer];
-        let (n, hs, f, qs, kvs, eps) =
-            (rows.n(), c.hidden_size, c.intermediate_size, c.q_size(), c.kv_size(), c.rms_norm_eps);
+        let (n, hs, f, qs, eps) =
+            (rows.n(), c.hidden_size, c.intermediate_size, c.q_size(), c.rms_norm_eps);
 
         // MLP: x_out = x_mid + down(silu(gate) * up), gate and up of h2 = norm(x_mid).
         let dx_out_t = scaled::<T>(ctx, &dx_out, 1.0)?;
@@ -383,11 +375,35 @@ impl<T: GemmInput> GpuLigerModel<T> {
         {
             lora_backward(ctx, a, &tape.o, us, &dx_mid, n, g, &mut d_o)?;
         }
-        let (mut dq, mut dk, dv) = self.attention_backward(layer, tape, rows, start, &d_o)?;
+        drop(lora);
+        let d_qkv = self.attention_backward(layer, &tape.qkv, tape.softmax.as_ref(), rows, start, &d_o)?;
         drop(d_o);
-        if let (Some(q_pre), Some(k_pre), Some(qn), Some(kn)) =
-            (&tape.qkv.q_pre, &tape.qkv.k_pre, &lw.q_norm, &lw.k_norm)
-        {
+        let mut dh = GpuBuffer::<f32>::zeros(ctx, n * hs)?;
+        self.projections_backward(layer, &tape.h, &tape.qkv, d_qkv, n, grads, &mut dh)?;
+        let mut dx_in = dx_mid;
+        norm_backward_add(ctx, x_in, &lw.attn_norm, eps, &dh, &mut dx_in)?;
+        Ok(dx_in)
+    }
+
+    /// Back from the gradients w.r.t. a layer's q, k, v (after its q/k norms) through the
+    /// norms and the projections of `h`: accumulates the q, k, v adapters' gradients into
+    /// `grads` (the layer's) and adds the input gradient into `dh`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn projections_backward(
+        &self,
+        layer: usize,
+        h: &GpuBuffer<f32>,
+        qkv: &Qkv,
+        (mut dq, mut dk, dv): (GpuBuffer<f32>, GpuBuffer<f32>, GpuBuffer<f32>),
+        n: usize,
+        grads: &mut [Option<GpuLoraGrad>; 4],
+        dh: &mut GpuBuffer<f32>,
+    ) -> Result<()> {
+        let ctx = &self.ctx;
+        let c = self.config();
+        let lw = &self.weights.layers[layer];
+        let (hs, qs, kvs, eps) = (c.hidden_size, c.q_size(), c.kv_size(), c.rms_norm_eps);
+        if let (Some(q_pre), Some(k_pre), Some(qn), Some(kn)) = (&qkv.q_pre, &qkv.k_pre, &lw.q_norm, &lw.k_norm) {
             let head_norm_backward =
                 |x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, dy: &GpuBuffer<f32>| -> Result<GpuBuffer<f32>> {
                     let mut dx = GpuBuffer::zeros(ctx, x.len())?;
@@ -398,27 +414,26 @@ impl<T: GemmInput> GpuLigerModel<T> {
             dq = head_norm_backward(q_pre, qn, &dq)?;
             dk = head_norm_backward(k_pre, kn, &dk)?;
         }
-        let mut dh = GpuBuffer::<f32>::zeros(ctx, n * hs)?;
+        let lora = self.lora_guard()?;
         let parts =
             [(LoraTarget::Q, &lw.wq, &dq, qs), (LoraTarget::K, &lw.wk, &dk, kvs), (LoraTarget::V, &lw.wv, &dv, kvs)];
         for (target, w, dy, out) in parts {
-            linear_input_grad(ctx, &scaled::<T>(ctx, dy, 1.0)?, w, n, hs, out, &mut dh, true)?;
+            linear_input_grad(ctx, &scaled::<T>(ctx, dy, 1.0)?, w, n, hs, out, dh, true)?;
             let i = target as usize;
-            if let (Some(a), Some(g), Some(us)) = (&lora[layer][i], &mut grads[i], &tape.qkv.saved[i]) {
-                lora_backward(ctx, a, &tape.h, us, dy, n, g, &mut dh)?;
+            if let (Some(a), Some(g), Some(us)) = (&lora[layer][i], &mut grads[i], &qkv.saved[i]) {
+                lora_backward(ctx, a, h, us, dy, n, g, dh)?;
             }
         }
-        drop(lora);
-        let mut dx_in = dx_mid;
-        norm_backward_add(ctx, x_in, &lw.attn_norm, eps, &dh, &mut dx_in)?;
-        Ok(dx_in)
+        Ok(())
     }
 
-    /// Gradients (f32) w.r.t. the raw q, k, v of the layer's attention given `d_o`.
-    fn attention_backward(
+    /// Gradients (f32) w.r.t. the raw q, k, v of the layer's attention given `d_o`, from the
+    /// forward's q, k, v and its softmax branch's tape.
+    pub(super) fn attention_backward(
         &self,
         layer: usize,
-        tape: &LayerTape<T>,
+        qkv: &Qkv,
+        softmax: Option<&SoftmaxTape<T>>,
         rows: Rows,
         start: &GpuBuffer<u32>,
         d_o: &GpuBuffer<f32>,
@@ -427,7 +442,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let shape = self.shape;
         let att = &self.host.options.attention;
         let softmax_layer = self.host.options.is_softmax_layer(layer);
-        let (q, k, v) = (&tape.qkv.q, &tape.qkv.k, &tape.qkv.v);
+        let (q, k, v) = (&qkv.q, &qkv.k, &qkv.v);
         let (q_len, kv_len) = (q.len(), k.len());
         let mut dq = GpuBuffer::<f32>::zeros(ctx, q_len)?;
         let mut dk = GpuBuffer::<f32>::zeros(ctx, kv_len)?;
@@ -436,7 +451,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         // The window branch's share of d_o, in T; made with the mixer's share where both run.
         let mut d_att = None;
         if !softmax_layer {
-            let d_grm = if tape.softmax.is_some() {
+            let d_grm = if softmax.is_some() {
                 let (mut d_grm, mut d_t) =
                     (GpuBuffer::<f32>::zeros(ctx, d_o.len())?, GpuBuffer::<T>::zeros(ctx, d_o.len())?);
                 scale_pair(ctx, d_o, att.alpha, weight, &mut d_grm, &mut d_t)?;
@@ -450,7 +465,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             if att.grm_norm {
                 // o = n / (den + eps), recomputed: n's gradient, then den's (through the same
                 // recurrence over values of one, which adds to dq and dk only).
-                let (o_grm, den) = self.grm_fresh(&tape.qkv, rows)?;
+                let (o_grm, den) = self.grm_fresh(qkv, rows)?;
                 let den = den.ok_or_else(|| Error::internal("a normalised layer came back without its normaliser"))?;
                 let (d_n, d_den) = grm_normalize_backward(ctx, &d_grm, &den, &o_grm)?;
                 drop((o_grm, den, d_grm));
@@ -484,7 +499,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 )?;
             }
         }
-        if let Some(s) = &tape.softmax {
+        if let Some(s) = softmax {
             let d_att = match d_att {
                 Some(d) => d,
                 None => scaled::<T>(ctx, d_o, weight)?,
@@ -517,4 +532,17 @@ impl<T: GemmInput> GpuLigerModel<T> {
         }
         Ok((dq, dk, dv))
     }
+}
+
+/// Adds the gradients gathered on the GPU into the caller's host gradients.
+pub(super) fn add_to_host(device_grads: &[[Option<GpuLoraGrad>; 4]], grads: &mut LoraGrads) -> Result<()> {
+    for (layer, per_target) in device_grads.iter().enumerate() {
+        for (t, g) in per_target.iter().enumerate() {
+            if let (Some(g), Some(host)) = (g, &mut grads.layers[layer][t]) {
+                host.a.iter_mut().zip(g.a.to_host()?).for_each(|(h, d)| *h += d);
+                host.b.iter_mut().zip(g.b.to_host()?).for_each(|(h, d)| *h += d);
+            }
+        }
+    }
+    Ok(())
 }

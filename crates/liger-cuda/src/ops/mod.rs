@@ -4,6 +4,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod attention_transfer;
 pub mod cross_entropy;
 pub mod decode;
 pub mod embedding;

@@ -85,6 +85,8 @@ pub struct LinearizeOptions {
     pub weight_decay: f32,
     /// Weight of distillation from the base model in the loss (0: cross-entropy alone; GPU only).
     pub distill_weight: f32,
+    /// Steps of attention transfer before the language-model training (0: none).
+    pub attention_transfer_steps: u64,
     pub schedule: Schedule,
     /// Seeds the adapters' initialisation, the validation split and the data order.
     pub seed: u64,
@@ -143,6 +145,7 @@ impl LinearizeOptions {
             lr: optimizer.lr,
             weight_decay: optimizer.weight_decay,
             distill_weight: 0.0,
+            attention_transfer_steps: 0,
             schedule: Schedule::Constant,
             seed: 0,
             val_fraction: defaults::VAL_FRACTION,
@@ -192,6 +195,7 @@ impl LinearizeOptions {
             eval_every: self.eval_every,
             save_every: self.save_every,
             distill_weight: self.distill_weight,
+            attention_transfer_steps: self.attention_transfer_steps,
             ..Default::default()
         };
         train.optimizer.lr = self.lr;

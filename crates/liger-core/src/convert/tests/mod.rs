@@ -2,6 +2,7 @@
 //! definitions, decoding against the parallel form, gradients against finite differences of
 //! the float64 model, typed errors, and the real default model.
 
+mod attention_transfer;
 mod backward;
 mod errors;
 mod forward;

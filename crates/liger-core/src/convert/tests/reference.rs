@@ -123,13 +123,35 @@ impl<'a> RefModel<'a> {
 
     /// Logits `[T, vocab]` after each token, with LoRA parameters `params`.
     pub fn logits(&self, params: &[Vec<f64>], tokens: &[u32]) -> Vec<f64> {
+        let c = &self.model.base.config;
+        let xs = self.residual_stream(params, tokens, None);
+        xs.iter().flat_map(|x| self.head.apply(&rms_norm(x, &self.final_norm, c.rms_norm_eps as f64))).collect()
+    }
+
+    /// The attention-transfer loss (see `convert/attention_transfer.rs`): on the base model's
+    /// stream, per counted position, the mean over the Liger layers of the mean squared
+    /// difference between each layer's Liger attention output and the base's softmax output.
+    pub fn attention_transfer_loss(&self, params: &[Vec<f64>], tokens: &[u32], labels: &[u32]) -> f64 {
+        let mut loss = 0.0;
+        self.residual_stream(params, tokens, Some((labels, &mut loss)));
+        loss
+    }
+
+    /// The residual stream after the last layer, with LoRA parameters `params`. With
+    /// `transfer`, the stream is the base model's (softmax everywhere, no adapters) and each
+    /// Liger layer's attention-transfer loss on the counted labels is added to the `f64`.
+    fn residual_stream(
+        &self,
+        params: &[Vec<f64>],
+        tokens: &[u32],
+        mut transfer: Option<(&[u32], &mut f64)>,
+    ) -> Vec<Vec<f64>> {
         let m = self.model;
         let c = &m.base.config;
         let eps = c.rms_norm_eps as f64;
         let (hs, hd) = (c.hidden_size, c.head_dim);
         let shape = HeadShape::new(c.num_heads, c.num_kv_heads, hd).unwrap();
-        let inv_freq = c.rope_inv_freq();
-        let att = &m.options.attention;
+        let liger_layers = (0..c.num_layers).filter(|&l| !m.options.is_softmax_layer(l)).count() as f64;
         let mut xs: Vec<Vec<f64>> =
             tokens.iter().map(|&id| self.embed.w[id as usize * hs..(id as usize + 1) * hs].to_vec()).collect();
         let mut next_param = params.iter();
@@ -142,44 +164,33 @@ impl<'a> RefModel<'a> {
                     adapters[target as usize] = Some(RefLora { a: pa, b: pb, rank: a.rank, scale: a.scale as f64 });
                 }
             }
-            let proj = |w: &Mat, lora: &Option<RefLora>, bias: Option<&Vec<f64>>, x: &[f64]| {
-                let mut y = w.apply(x);
-                if let Some(a) = lora {
-                    a.add(x, &mut y);
-                }
-                if let Some(b) = bias {
-                    y.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
-                }
-                y
-            };
-            let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
             let hs_in: Vec<Vec<f64>> = xs.iter().map(|x| rms_norm(x, &l.attn_norm, eps)).collect();
-            for h in &hs_in {
-                let b = l.biases.as_ref();
-                let mut qr = proj(&l.wq, &adapters[0], b.map(|b| &b[0]), h);
-                let mut kr = proj(&l.wk, &adapters[1], b.map(|b| &b[1]), h);
-                if let Some([qn, kn]) = &l.qk_norms {
-                    qr = qr.chunks(hd).flat_map(|x| rms_norm(x, qn, eps)).collect();
-                    kr = kr.chunks(hd).flat_map(|x| rms_norm(x, kn, eps)).collect();
+            let softmax = m.options.is_softmax_layer(li);
+            let o = match transfer.as_mut() {
+                None => self.attention(l, &adapters, softmax, &hs_in),
+                Some((labels, loss)) => {
+                    let base = self.attention(l, &[None, None, None, None], true, &hs_in);
+                    if !softmax {
+                        let o = self.attention(l, &adapters, false, &hs_in);
+                        let width = shape.hq * hd;
+                        for (r, &label) in labels.iter().enumerate() {
+                            if label == crate::nn::loss::IGNORE {
+                                continue;
+                            }
+                            let span = r * width..(r + 1) * width;
+                            let sq: f64 = o[span.clone()].iter().zip(&base[span]).map(|(a, b)| (a - b) * (a - b)).sum();
+                            **loss += sq / width as f64 / liger_layers;
+                        }
+                    }
+                    adapters = [None, None, None, None];
+                    base
                 }
-                q.extend(qr);
-                k.extend(kr);
-                v.extend(proj(&l.wv, &adapters[2], b.map(|b| &b[2]), h));
-            }
-            let (qr, kr) = (rope(&q, shape.hq, hd, &inv_freq), rope(&k, shape.hkv, hd, &inv_freq));
-            let o = if m.options.is_softmax_layer(li) {
-                naive::attention_forward(shape, usize::MAX, &qr, &kr, &v)
-            } else {
-                let (grm, _) = naive::mixer_forward(&att.mixer, shape, &q, &k, &v, None);
-                let mut o: Vec<f64> = grm.iter().map(|x| x * att.alpha as f64).collect();
-                if att.use_swa {
-                    let swa = naive::attention_forward(shape, att.window(), &qr, &kr, &v);
-                    o.iter_mut().zip(&swa).for_each(|(a, b)| *a += att.beta as f64 * b);
-                }
-                o
             };
             for (r, x) in xs.iter_mut().enumerate() {
-                let y = proj(&l.wo, &adapters[3], None, &o[r * shape.hq * hd..(r + 1) * shape.hq * hd]);
+                let mut y = l.wo.apply(&o[r * shape.hq * hd..(r + 1) * shape.hq * hd]);
+                if let Some(a) = &adapters[3] {
+                    a.add(&o[r * shape.hq * hd..(r + 1) * shape.hq * hd], &mut y);
+                }
                 x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
                 let h2 = rms_norm(x, &l.ffn_norm, eps);
                 let (g, u) = (l.gate.apply(&h2), l.up.apply(&h2));
@@ -187,7 +198,53 @@ impl<'a> RefModel<'a> {
                 x.iter_mut().zip(&l.down.apply(&act)).for_each(|(a, b)| *a += b);
             }
         }
-        xs.iter().flat_map(|x| self.head.apply(&rms_norm(x, &self.final_norm, eps))).collect()
+        xs
+    }
+
+    /// One layer's attention output `[T, hq * d]` (before o_proj) from its normalised inputs:
+    /// softmax attention, or the model's Liger attention, with these q, k, v adapters.
+    fn attention(&self, l: &Layer, adapters: &[Option<RefLora>; 4], softmax: bool, hs_in: &[Vec<f64>]) -> Vec<f64> {
+        let m = self.model;
+        let c = &m.base.config;
+        let eps = c.rms_norm_eps as f64;
+        let hd = c.head_dim;
+        let shape = HeadShape::new(c.num_heads, c.num_kv_heads, hd).unwrap();
+        let inv_freq = c.rope_inv_freq();
+        let att = &m.options.attention;
+        let proj = |w: &Mat, lora: &Option<RefLora>, bias: Option<&Vec<f64>>, x: &[f64]| {
+            let mut y = w.apply(x);
+            if let Some(a) = lora {
+                a.add(x, &mut y);
+            }
+            if let Some(b) = bias {
+                y.iter_mut().zip(b).for_each(|(v, bb)| *v += bb);
+            }
+            y
+        };
+        let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        for h in hs_in {
+            let b = l.biases.as_ref();
+            let mut qr = proj(&l.wq, &adapters[0], b.map(|b| &b[0]), h);
+            let mut kr = proj(&l.wk, &adapters[1], b.map(|b| &b[1]), h);
+            if let Some([qn, kn]) = &l.qk_norms {
+                qr = qr.chunks(hd).flat_map(|x| rms_norm(x, qn, eps)).collect();
+                kr = kr.chunks(hd).flat_map(|x| rms_norm(x, kn, eps)).collect();
+            }
+            q.extend(qr);
+            k.extend(kr);
+            v.extend(proj(&l.wv, &adapters[2], b.map(|b| &b[2]), h));
+        }
+        let (qr, kr) = (rope(&q, shape.hq, hd, &inv_freq), rope(&k, shape.hkv, hd, &inv_freq));
+        if softmax {
+            return naive::attention_forward(shape, usize::MAX, &qr, &kr, &v);
+        }
+        let (grm, _) = naive::mixer_forward(&att.mixer, shape, &q, &k, &v, None);
+        let mut o: Vec<f64> = grm.iter().map(|x| x * att.alpha as f64).collect();
+        if att.use_swa {
+            let swa = naive::attention_forward(shape, att.window(), &qr, &kr, &v);
+            o.iter_mut().zip(&swa).for_each(|(a, b)| *a += att.beta as f64 * b);
+        }
+        o
     }
 
     /// Summed cross-entropy of `labels` (`IGNORE` positions skipped).
