@@ -19,7 +19,7 @@ fn by_name<T: DeserializeOwned>(what: &str, name: &str, known: &str) -> Result<T
         .map_err(|_| Error::invalid_argument(format!("unknown {what} {name:?}; known: {known}")))
 }
 
-/// "gla", "hgrn2", "gsa", "retention" (or "mlstm"), "mamba2", "rwkv6" or "linear".
+/// "gla", "hgrn2", "gsa", "retention" (or "mlstm"), "mamba2", "rwkv6", "linear" or "gdn".
 pub fn mixer(name: &str) -> Result<MixerKind> {
     let known: Vec<&str> = MixerKind::ALL.iter().map(|m| m.name()).collect();
     by_name("mixer", name, &known.join(", "))
@@ -134,7 +134,7 @@ mod tests {
     fn unknown_names_list_the_known_ones() {
         assert_eq!(
             message(mixer("transformer")),
-            "unknown mixer \"transformer\"; known: gla, hgrn2, gsa, retention, mamba2, rwkv6, linear"
+            "unknown mixer \"transformer\"; known: gla, hgrn2, gsa, retention, mamba2, rwkv6, linear, gdn"
         );
         assert_eq!(message(lora_target("x")), "unknown LoRA target \"x\"; known: q, k, v, o");
         assert_eq!(message(schedule("linear", 0)), "unknown schedule \"linear\"; known: constant, cosine");

@@ -307,7 +307,9 @@ fn head_backward(
             db[r] = du.iter().zip(vr.iter().zip(&pred)).map(|(&g, (&vj, &pj))| g * (vj - pj)).sum();
             dpred.iter_mut().zip(&du).for_each(|(y, &g)| *y = -b * g);
             // pred = Sa^T kn with Sa = a S_before: dkn += Sa dpred, dSa = dS + kn dpred^T.
-            for ((&ki, (srow, dsrow)), dk) in kn.iter().zip(before.chunks_exact(d).zip(ds.chunks_exact_mut(d))).zip(dknr) {
+            for ((&ki, (srow, dsrow)), dk) in
+                kn.iter().zip(before.chunks_exact(d).zip(ds.chunks_exact_mut(d))).zip(dknr)
+            {
                 *dk += a * dot(srow, &dpred);
                 dsrow.iter_mut().zip(&dpred).for_each(|(g, &p)| *g += ki * p);
             }

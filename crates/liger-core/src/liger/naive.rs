@@ -183,7 +183,10 @@ pub fn mixer_backward(
     v: &[f64],
     d_o: &[f64],
 ) -> [Vec<f64>; 3] {
-    assert!(!matches!(cfg.kind, MixerKind::Gsa | MixerKind::Gdn), "the gsa and gdn references have no analytic backward");
+    assert!(
+        !matches!(cfg.kind, MixerKind::Gsa | MixerKind::Gdn),
+        "the gsa and gdn references have no analytic backward"
+    );
     let (d, group, hkv) = (shape.d, shape.group(), shape.hkv);
     let t = q.len() / (shape.hq * d);
     let kv = |r: usize, h: usize| (r * hkv + h) * d..(r * hkv + h + 1) * d;

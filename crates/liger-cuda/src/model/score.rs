@@ -37,8 +37,10 @@ pub fn all_softmax(base: BaseModel) -> Result<LigerModel> {
 
 /// Opens GPU `index` for evaluation and uploads `model` with its frozen weights in bf16 (pass
 /// [`all_softmax`] of a base model to score the base model). No usable GPU is a
-/// `DeviceUnavailable` error that says to use the CPU backend.
+/// `DeviceUnavailable` error that says to use the CPU backend; a mixer without GPU kernels
+/// (gdn) is refused before the GPU is opened.
 pub fn upload_for_scoring(index: usize, model: LigerModel) -> Result<GpuLigerModel<half::bf16>> {
+    crate::ops::mixer::check_gpu_mixer(&model.options.attention.mixer)?;
     let ctx = super::open_gpu(index)?;
     super::memory::keep_freed_memory_pooled(&ctx)?;
     GpuLigerModel::new(ctx, model)

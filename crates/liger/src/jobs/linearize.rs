@@ -279,6 +279,8 @@ fn run_on_gpu(
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(JobEvent),
 ) -> Result<LinearizeReport> {
+    // Refused before the GPU is opened or the model loaded.
+    liger_cuda::ops::mixer::check_gpu_mixer(&job.options.attention.mixer)?;
     liger_cuda::run_linearize_on_gpu(job, index, cancel, on_event)
 }
 

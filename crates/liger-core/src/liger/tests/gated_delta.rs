@@ -3,12 +3,14 @@
 //! model that trains on the CPU.
 
 use super::{dot, numeric_grad, rel_err, rng, to_f64, uniform};
+use crate::checkpoint::{load_liger_checkpoint, save_liger_checkpoint, SaveOptions};
 use crate::convert::{linearize, LigerOptions, LoraOptions, LoraTarget};
 use crate::error::ErrorCode;
 use crate::liger::{
     chunk_backward, chunk_forward, naive, recurrent_step, HeadShape, LigerAttentionConfig, MixerConfig, MixerKind,
     MixerState, DEFAULT_CHUNK_SIZE,
 };
+use crate::testing::TempDir;
 use crate::train::data::Sequence;
 use crate::train::fixtures::tiny_byte_model;
 use crate::train::trainer::{evaluate, TrainConfig, Trainable, Trainer};
@@ -56,8 +58,7 @@ fn gdn_chunked_recurrent_and_f64_reference_agree() {
         for t in [1, 63, 64, 65, 150] {
             for spread in [0.0, 6.0] {
                 let (q, k, v) = inputs(&mut rng, shape, t, spread);
-                let (want, want_state) =
-                    naive::mixer_forward(&cfg, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), None);
+                let (want, want_state) = naive::mixer_forward(&cfg, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), None);
                 for chunk in [DEFAULT_CHUNK_SIZE, 16, 5, 1] {
                     let (o, state) = chunk_forward(&cfg, shape, &q, &k, &v, None, chunk).unwrap();
                     let (e, es) = (rel_err(&o, &want), rel_err(&state.data, &want_state));
@@ -97,8 +98,8 @@ fn gdn_prefill_then_steps_equals_one_forward() {
         assert!(e < 1e-5, "prefill {prefill} + {} steps: rel err {e:.2e}", total - prefill);
         // A chunked prefill that continues from a passed state gives the same.
         let split = prefill * qs;
-        let (_, head) = chunk_forward(&cfg, shape, &q[..split], &k[..prefill * kvs], &v[..prefill * kvs], None, 16)
-            .unwrap();
+        let (_, head) =
+            chunk_forward(&cfg, shape, &q[..split], &k[..prefill * kvs], &v[..prefill * kvs], None, 16).unwrap();
         let (tail, end) =
             chunk_forward(&cfg, shape, &q[split..], &k[prefill * kvs..], &v[prefill * kvs..], Some(&head), 16).unwrap();
         let e2 = rel_err(&tail, &to_f64(&whole[split..])).max(rel_err(&end.data, &to_f64(&whole_state.data)));
@@ -222,4 +223,15 @@ fn a_gdn_model_trains_on_the_cpu() {
     println!("gdn model: loss {:.3} -> {:.3}, steps {losses:.3?}", before.loss, after.loss);
     assert_eq!(losses.len(), 8);
     assert!(after.loss < before.loss - 0.1, "loss {:.3} -> {:.3}", before.loss, after.loss);
+
+    // The checkpoint records the mixer by name and reloads to the same function.
+    let tmp = TempDir::new("gdn-ckpt");
+    let dir = tmp.0.join("model");
+    save_liger_checkpoint(&dir, &model, &SaveOptions::default(), None).unwrap();
+    let section = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    assert!(section.contains("\"gdn\""), "the saved config names the mixer: {section}");
+    let loaded = load_liger_checkpoint(&dir).unwrap();
+    assert_eq!(loaded.options, model.options);
+    let tokens = &data[0].inputs;
+    assert_eq!(loaded.all_logits(tokens).unwrap(), model.all_logits(tokens).unwrap());
 }

@@ -75,24 +75,33 @@ pub fn mixer_state_len(cfg: &MixerConfig, shape: HeadShape) -> usize {
     shape.hkv * per_head
 }
 
-/// The kernels' code for a mixer kind (`KIND_*` in the kernel file).
-fn kind_code(kind: MixerKind) -> i32 {
+/// The kernels' code for a mixer kind (`KIND_*` in the kernel file); a mixer without GPU
+/// kernels is a typed error that says to use the CPU engine.
+fn kind_code(kind: MixerKind) -> Result<i32> {
     match kind {
-        MixerKind::Gla => 0,
-        MixerKind::Hgrn2 => 1,
-        MixerKind::Retention => 2,
-        MixerKind::Mamba2 => 3,
-        MixerKind::Rwkv6 => 4,
-        MixerKind::Linear => 5,
+        MixerKind::Gla => Ok(0),
+        MixerKind::Hgrn2 => Ok(1),
+        MixerKind::Retention => Ok(2),
+        MixerKind::Mamba2 => Ok(3),
+        MixerKind::Rwkv6 => Ok(4),
+        MixerKind::Linear => Ok(5),
         // Not a code of the gated kernels: gsa runs on its own (gsa.rs).
-        MixerKind::Gsa => 6,
+        MixerKind::Gsa => Ok(6),
+        MixerKind::Gdn => Err(Error::invalid_argument(
+            "GPU kernels for the gdn mixer are not built yet: use the CPU engine for this model",
+        )),
     }
+}
+
+/// Refuses, before any work, a mixer that has no GPU kernels.
+pub fn check_gpu_mixer(cfg: &MixerConfig) -> Result<()> {
+    kind_code(cfg.kind).map(|_| ())
 }
 
 /// Checks the settings and head size; returns the kind code and the gate scale.
 fn check_config(cfg: &MixerConfig, shape: HeadShape) -> Result<(i32, f32)> {
     cfg.validate(shape.d)?;
-    let code = kind_code(cfg.kind);
+    let code = kind_code(cfg.kind)?;
     HeadShape::new(shape.hq, shape.hkv, shape.d)?;
     if shape.d > MAX_HEAD_DIM {
         return Err(Error::invalid_argument(format!(
@@ -628,6 +637,10 @@ mod tests {
 
     #[test]
     fn unsupported_settings_are_typed_errors() {
+        let err = check_config(&MixerConfig::new(MixerKind::Gdn), shape(4, 2, 64)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert!(err.message.contains("gdn") && err.message.contains("CPU engine"), "{}", err.message);
+        assert!(check_gpu_mixer(&MixerConfig::new(MixerKind::Gsa)).is_ok());
         assert!(check_config(&MixerConfig::new(MixerKind::Gsa), shape(4, 2, 64)).is_ok());
         let err = check_config(&MixerConfig::default(), shape(2, 1, 256)).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument);
