@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// The gated recurrent mixers of the Liger method (paper Table 1).
 ///
-/// Every mixer except `Gsa` is one gated linear recurrence per key-value head,
+/// Every mixer except `Gsa` and `Gdn` is one gated linear recurrence per key-value head,
 /// `S_t = diag(a_t) S_{t-1} + kf_t^T v_t`, `o_t = qf_t S_t`; they differ in the feature maps
 /// `qf`, `kf` and in how the decay `a_t` is built from the key projection `k_t`:
 ///
