@@ -1,9 +1,10 @@
 /** `liger chat`: the conversation module, and the command run as a separate process. */
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { describe, expect, it } from "vitest";
 
 import { ChatSession } from "../ts/dist/cli/chat-session.js";
-import { cliPath, modelPath, sharedModel } from "./helpers.js";
+import { gpuInfo } from "../ts/dist/index.js";
+import { cliPath, liger, modelPath, sharedModel } from "./helpers.js";
 
 type Message = { role: string; content: string };
 
@@ -87,12 +88,7 @@ describe("ChatSession", () => {
 
 /** Run `liger chat` with `input` on its stdin (ended after it). */
 function chat(args: string[], input: string) {
-  const run = spawnSync(process.execPath, [cliPath, "chat", ...args], {
-    encoding: "utf8",
-    input,
-    timeout: 120_000,
-  });
-  return { code: run.status, stdout: run.stdout, stderr: run.stderr };
+  return liger(["chat", ...args], { input });
 }
 
 const greedy = ["-t", "0", "--max-tokens", "8"];
@@ -155,6 +151,23 @@ describe("liger chat", () => {
     const noRoom = chat(["-m", modelPath(), "--max-tokens", "100000"], "");
     expect(noRoom.code).toBe(1);
     expect(noRoom.stderr).toMatch(/^liger: INVALID_ARGUMENT: --max-tokens 100000 leaves no room/);
+  });
+
+  it("--device cpu answers as the library does; an unknown device is INVALID_ARGUMENT", async () => {
+    const run = chat(["-m", modelPath(), ...greedy, "--device", "cpu"], "Hi\n");
+    expect(run.code, run.stderr).toBe(0);
+    const model = await sharedModel();
+    const expected = (await model.generate([{ role: "user", content: "Hi" }], apiOptions).result).text;
+    expect(run.stdout).toBe(`${expected}\n`);
+    const unknown = chat(["-m", modelPath(), "--device", "tpu"], "Hi\n");
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/^liger: INVALID_ARGUMENT: device must be "cpu", "cuda" or "auto", got "tpu"/m);
+  });
+
+  it.skipIf(gpuInfo().available)("--device cuda without a usable GPU is DEVICE_UNAVAILABLE", () => {
+    const run = chat(["-m", modelPath(), "--device", "cuda"], "Hi\n");
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/^liger: DEVICE_UNAVAILABLE: /m);
   });
 
   it("Ctrl-C stops a reply and the chat goes on; at the prompt it exits with 130", async () => {

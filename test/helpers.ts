@@ -1,4 +1,5 @@
 /** Shared by the test files: where the model is, the compiled library, the CLI. */
+import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
@@ -8,6 +9,24 @@ import { loadModel, type LigerModel } from "../ts/dist/index.js";
 
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..");
 export const cliPath = join(repoRoot, "ts", "bin", "liger.js");
+
+export interface CliOptions {
+  /** Added to this process's environment. */
+  env?: NodeJS.ProcessEnv;
+  /** Written to the command's stdin, which is then closed. */
+  input?: string;
+}
+
+/** Run the `liger` command to its end: its exit code, stdout and stderr. */
+export function liger(args: string[], options: CliOptions = {}) {
+  const run = spawnSync(process.execPath, [cliPath, ...args], {
+    encoding: "utf8",
+    env: { ...process.env, ...options.env },
+    input: options.input,
+    timeout: 170_000,
+  });
+  return { code: run.status, stdout: run.stdout, stderr: run.stderr };
+}
 
 /**
  * The default model: `$LIGER_MODEL_GGUF`, else the cache's copy. Missing is a failure with

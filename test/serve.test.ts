@@ -1,12 +1,14 @@
 /**
  * `serve()`: the OpenAI-compatible server on the CPU engine with the default model, driven by
- * the official `openai` client (and plain fetch for requests no client would send).
+ * the official `openai` client (and plain fetch for requests no client would send); the
+ * device options, and `liger serve` as a separate process. serve-gpu.test.ts serves on a GPU.
  */
+import { spawn } from "node:child_process";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { serve, type LigerModel, type LigerServer } from "../ts/dist/index.js";
-import { sharedModel } from "./helpers.js";
+import { gpuInfo, serve, type LigerModel, type LigerServer } from "../ts/dist/index.js";
+import { cliPath, liger, modelPath, sharedModel } from "./helpers.js";
 
 const API_KEY = "test-key";
 let model: LigerModel;
@@ -54,10 +56,11 @@ describe("serve: the OpenAI API", () => {
     expect(server.modelName).toBe("SmolLM2-135M-Instruct.Q4_1");
   });
 
-  it("answers /health without a key", async () => {
+  it("answers /health without a key, with the device and how generations share it", async () => {
     const response = await fetch(`${server.url}/health`);
     expect(response.status).toBe(200);
-    expect(await response.json()).toEqual({ status: "ok" });
+    expect(await response.json()).toEqual({ status: "ok", device: "cpu", decoding: "concurrent" });
+    expect(server.device).toBe("cpu");
   });
 
   it("completes a chat as generate() with the chat template does, with usage", async () => {
@@ -236,7 +239,14 @@ describe("serve: the OpenAI API", () => {
 
   it("reports metrics as JSON", async () => {
     const m = await metrics();
-    expect(m).toMatchObject({ model: server.modelName, queueDepth: 0, active: 0, maxBatch: 4 });
+    expect(m).toMatchObject({
+      model: server.modelName,
+      device: "cpu",
+      decoding: "concurrent",
+      queueDepth: 0,
+      active: 0,
+      maxBatch: 4,
+    });
     expect(m.requestsServed).toBeGreaterThan(0);
     expect(m.tokensGenerated).toBeGreaterThan(0);
     expect(m.tokensPerSecond).toBeGreaterThan(0);
@@ -320,16 +330,91 @@ describe("serve: auth and bad requests", () => {
     }
   });
 
-  it("refuses device cuda with a clear error", async () => {
-    await expect(serve({ model, port: 0, device: "cuda" })).rejects.toMatchObject({
-      code: "DEVICE_UNAVAILABLE",
-      message: expect.stringMatching(/GPU serving is not yet available/),
-    });
-  });
-
   it("is still healthy after every bad request", async () => {
     expect((await fetch(`${server.url}/health`)).status).toBe(200);
     const m = await metrics();
     expect(m.active).toBe(0);
+  });
+});
+
+const gpu = gpuInfo();
+
+describe("serve: the device", () => {
+  it("refuses a device other than cpu, cuda or auto", async () => {
+    await expect(serve({ model, port: 0, device: "tpu" as "cpu" })).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+      message: 'device must be "cpu", "cuda" or "auto", got "tpu"',
+    });
+  });
+
+  it("refuses to serve a loaded model on a device it was not loaded on", async () => {
+    await expect(serve({ model, port: 0, device: "cuda" })).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+      message: expect.stringMatching(/^the model was loaded with device cpu, not cuda/),
+    });
+    const auto = await serve({ model, port: 0, device: "auto" });
+    try {
+      expect(auto.device).toBe("cpu");
+    } finally {
+      await auto.close();
+    }
+  });
+
+  it.skipIf(gpu.available)("without a usable GPU, cuda is DEVICE_UNAVAILABLE and auto serves on the CPU", async () => {
+    await expect(serve({ model: modelPath(), port: 0, device: "cuda" })).rejects.toMatchObject({
+      code: "DEVICE_UNAVAILABLE",
+    });
+    const auto = await serve({ model: modelPath(), port: 0, device: "auto" });
+    try {
+      expect(auto.device).toBe("cpu");
+      expect(await (await fetch(`${auto.url}/health`)).json()).toEqual({
+        status: "ok",
+        device: "cpu",
+        decoding: "concurrent",
+      });
+      const text = (await auto.model.generate("Water boils at", { maxTokens: 6, temperature: 0 }).result).text;
+      expect(text).toBe((await model.generate("Water boils at", { maxTokens: 6, temperature: 0 }).result).text);
+    } finally {
+      await auto.close();
+    }
+  });
+});
+
+describe("liger serve", () => {
+  it("--device cpu serves, says where, and stops on SIGTERM", async () => {
+    const child = spawn(process.execPath, [cliPath, "serve", "-m", modelPath(), "--port", "0", "--device", "cpu"], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const exit = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+    let stdout = "";
+    let stderr = "";
+    child.stderr.on("data", (d) => (stderr += d));
+    const listening = await new Promise<string>((resolve, reject) => {
+      child.stdout.on("data", (d) => {
+        stdout += d;
+        const url = /^liger: serving \S+ at (http:\S+)\/v1 on cpu$/m.exec(stdout)?.[1];
+        if (url) resolve(url);
+      });
+      exit.then((code) => reject(new Error(`liger serve exited with ${code}: ${stderr}`)));
+    });
+    try {
+      const health = await (await fetch(`${listening}/health`)).json();
+      expect(health).toEqual({ status: "ok", device: "cpu", decoding: "concurrent" });
+    } finally {
+      child.kill("SIGTERM");
+    }
+    expect(await exit).toBe(0);
+  });
+
+  it("--device with an unknown value is INVALID_ARGUMENT", () => {
+    const run = liger(["serve", "-m", modelPath(), "--port", "0", "--device", "tpu"]);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/^liger: INVALID_ARGUMENT: device must be "cpu", "cuda" or "auto", got "tpu"/m);
+  });
+
+  it.skipIf(gpu.available)("--device cuda without a usable GPU is DEVICE_UNAVAILABLE", () => {
+    const run = liger(["serve", "-m", modelPath(), "--port", "0", "--device", "cuda"]);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/^liger: DEVICE_UNAVAILABLE: /m);
   });
 });

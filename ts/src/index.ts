@@ -2,7 +2,7 @@
 export { loadModel, LigerModel, resolveBackend } from "./model.js";
 export type { LoadModelOptions, TokenizeOptions, DetokenizeOptions } from "./model.js";
 export { serve } from "./serve/server.js";
-export type { ServeOptions, LigerServer, ServerMetrics } from "./serve/server.js";
+export type { ServeOptions, LigerServer, ServerMetrics, ServeDecoding } from "./serve/server.js";
 export type { SchedulerStats } from "./serve/scheduler.js";
 export { Generation } from "./generation.js";
 export type { GeneratedToken } from "./generation.js";

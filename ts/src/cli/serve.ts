@@ -1,13 +1,12 @@
 /** `liger serve`: an OpenAI-compatible HTTP server. Ctrl-C stops it. */
 import type { Command } from "commander";
 
-import { serve } from "../serve/server.js";
+import { serve, type ServeOptions } from "../serve/server.js";
 import { StageProgress } from "./progress.js";
 import { parseNumber, type ModelOption } from "./common.js";
 
 interface ServeCliOptions extends ModelOption {
   modelName?: string;
-  device: string;
   host: string;
   port: number;
   maxBatch: number;
@@ -23,7 +22,10 @@ export function registerServe(program: Command): void {
     .description("serve a model over HTTP with the OpenAI API (chat/completions, completions, models)")
     .option("-m, --model <path>", "a .gguf file or Hugging Face model directory (default: SmolLM2-135M-Instruct)")
     .option("--model-name <id>", "the model's id in the API (default: the model file's base name)")
-    .option("--device <device>", "where generation runs; only cpu for now", "cpu")
+    .option(
+      "--device <device>",
+      "where generation runs: cpu (default), cuda (the first NVIDIA GPU; one generation decodes at a time) or auto",
+    )
     .option("--host <address>", "address to listen on", "127.0.0.1")
     .option("--port <n>", "port to listen on, 0 = any free port", parseNumber("port"), 8080)
     .option("--max-batch <n>", "most generations running at once; more wait in a queue", parseNumber("max-batch"), 4)
@@ -48,7 +50,7 @@ export function registerServe(program: Command): void {
         server = await serve({
           model: options.model,
           modelName: options.modelName,
-          device: options.device as "cpu",
+          device: options.device as ServeOptions["device"],
           host: options.host,
           port: options.port,
           maxBatch: options.maxBatch,
@@ -61,7 +63,8 @@ export function registerServe(program: Command): void {
       } finally {
         progress.stop();
       }
-      process.stdout.write(`liger: serving ${server.modelName} at ${server.url}/v1\n`);
+      const turns = server.device === "cuda" ? ", one generation at a time" : "";
+      process.stdout.write(`liger: serving ${server.modelName} at ${server.url}/v1 on ${server.device}${turns}\n`);
       // Ctrl-C (or a stop signal) closes the server: running generations are aborted.
       await new Promise<void>((resolve) => {
         const stop = () => {

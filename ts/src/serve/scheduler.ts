@@ -5,6 +5,8 @@
  * `maxBatch` requests decode at the same time (in parallel, not batched into one matrix
  * product: each sequence is its own forward pass). The wasm engine interleaves them on the
  * event loop. Either way the limit keeps a burst of requests from oversubscribing the CPU.
+ * On the GPU the admitted generations take turns: the model's GPU copy runs one whole
+ * generation at a time (batched GPU decoding across requests is not built yet).
  */
 
 export interface SchedulerStats {

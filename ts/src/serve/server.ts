@@ -35,8 +35,13 @@ export interface ServeOptions {
   modelName?: string;
   /** The engine, as loadModel takes it (default "auto": native when its addon loads, else wasm). */
   backend?: LoadModelOptions["backend"];
-  /** Only "cpu" for now: generation on the GPU is not reachable from the API yet. */
-  device?: "cpu" | "cuda";
+  /**
+   * Where generation runs, as loadModel takes it: "cpu" (the default), "cuda" or "auto". On the
+   * GPU one generation decodes at a time: requests admitted under `maxBatch` take turns on the
+   * model's GPU copy (batched GPU decoding across requests is not built yet). With a loaded
+   * `model`, its own device serves; naming another one here is INVALID_ARGUMENT.
+   */
+  device?: "cpu" | "cuda" | "auto";
   /** Address to listen on (default 127.0.0.1). */
   host?: string;
   /** Port (default 8080; 0 picks a free one, see `url`). */
@@ -54,8 +59,17 @@ export interface ServeOptions {
   onProgress?: ProgressCallback;
 }
 
+/**
+ * How generations share the engine: "concurrent" on the CPU (up to maxBatch decode at once),
+ * "sequential" on the GPU (one decodes at a time, the others wait their turn).
+ */
+export type ServeDecoding = "concurrent" | "sequential";
+
 export interface ServerMetrics extends SchedulerStats {
   model: string;
+  /** Where generation runs: "cpu" or "cuda". */
+  device: string;
+  decoding: ServeDecoding;
   uptimeSeconds: number;
 }
 
@@ -65,6 +79,8 @@ export interface LigerServer {
   /** The model's id in the API. */
   readonly modelName: string;
   readonly model: LigerModel;
+  /** Where generation runs: "cpu" or "cuda". */
+  readonly device: string;
   metrics(): ServerMetrics;
   /** Stop listening, abort running generations and close open connections. */
   close(): Promise<void>;
@@ -94,14 +110,8 @@ function resolveServeOptions(options: ServeOptions): ResolvedServeOptions {
     }
     return v;
   };
-  if (options.device !== undefined && options.device !== "cpu") {
-    if (options.device === "cuda") {
-      throw new LigerError(
-        "DEVICE_UNAVAILABLE",
-        "GPU serving is not yet available: a model loaded with device cuda generates one sequence at a time, and the server needs batched decoding on the GPU; use device cpu",
-      );
-    }
-    throw invalidArgument(`device must be "cpu", got ${JSON.stringify(options.device)}`);
+  if (options.device !== undefined && !["cpu", "cuda", "auto"].includes(options.device)) {
+    throw invalidArgument(`device must be "cpu", "cuda" or "auto", got ${JSON.stringify(options.device)}`);
   }
   if (options.apiKey !== undefined && (typeof options.apiKey !== "string" || options.apiKey.length === 0)) {
     throw invalidArgument("apiKey must be a non-empty string");
@@ -130,12 +140,22 @@ export async function serve(options: ServeOptions = {}): Promise<LigerServer> {
   const model =
     options.model instanceof LigerModel
       ? options.model
-      : await loadModel(options.model, { backend: options.backend, onProgress: options.onProgress });
+      : await loadModel(options.model, {
+          backend: options.backend,
+          device: options.device,
+          onProgress: options.onProgress,
+        });
+  const device = model.info.device ?? "cpu";
+  if (options.device !== undefined && options.device !== "auto" && options.device !== device) {
+    throw invalidArgument(
+      `the model was loaded with device ${device}, not ${options.device}: load it with device ${options.device}, or leave device out`,
+    );
+  }
   const modelName = options.modelName ?? defaultModelName(model.path);
   if (typeof modelName !== "string" || modelName.length === 0) {
     throw invalidArgument("modelName must be a non-empty string");
   }
-  const handler = new RequestHandler(model, modelName, resolved);
+  const handler = new RequestHandler(model, modelName, device, resolved);
   const server = createServer((req, res) => {
     handler.handle(req, res).catch((err) => handler.fail(res, err));
   });
@@ -151,6 +171,7 @@ export async function serve(options: ServeOptions = {}): Promise<LigerServer> {
     url: `http://${host}:${port}`,
     modelName,
     model,
+    device,
     metrics: () => handler.metrics(),
     close: () =>
       new Promise<void>((resolve) => {
@@ -172,16 +193,20 @@ class RequestHandler {
   private readonly running = new Set<AbortController>();
   private readonly started = Date.now();
   private readonly routes: Record<string, Route>;
+  private readonly decoding: ServeDecoding;
   private nextId = 0;
 
   constructor(
     private readonly model: LigerModel,
     private readonly modelName: string,
+    private readonly device: string,
     private readonly options: ResolvedServeOptions,
   ) {
     this.scheduler = new Scheduler(options.maxBatch);
+    this.decoding = device === "cuda" ? "sequential" : "concurrent";
+    const health = { status: "ok", device, decoding: this.decoding };
     this.routes = {
-      "/health": { methods: ["GET"], run: (_req, res) => sendJson(res, 200, { status: "ok" }) },
+      "/health": { methods: ["GET"], run: (_req, res) => sendJson(res, 200, health) },
       "/metrics": { methods: ["GET"], run: (_req, res) => sendJson(res, 200, this.metrics()) },
       "/v1/models": { methods: ["GET"], run: (_req, res) => sendJson(res, 200, this.modelList()) },
       "/v1/chat/completions": { methods: ["POST"], run: (req, res) => this.completion(req, res, "chat") },
@@ -219,7 +244,13 @@ class RequestHandler {
   }
 
   metrics(): ServerMetrics {
-    return { model: this.modelName, uptimeSeconds: (Date.now() - this.started) / 1000, ...this.scheduler.stats() };
+    return {
+      model: this.modelName,
+      device: this.device,
+      decoding: this.decoding,
+      uptimeSeconds: (Date.now() - this.started) / 1000,
+      ...this.scheduler.stats(),
+    };
   }
 
   abortAll(): void {
