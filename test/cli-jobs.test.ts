@@ -1,23 +1,15 @@
 /** `liger eval` and `liger linearize`, run as separate processes. */
-import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 
-import { cliPath, dataDir, modelPath } from "./helpers.js";
+import { dataDir, liger, modelPath } from "./helpers.js";
 
 const work = mkdtempSync(join(tmpdir(), "liger-cli-jobs-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
-
-function liger(args: string[], env: NodeJS.ProcessEnv = {}) {
-  const run = spawnSync(process.execPath, [cliPath, ...args], {
-    encoding: "utf8",
-    env: { ...process.env, LIGER_DATA_DIR: dataDir(), ...env },
-    timeout: 170_000,
-  });
-  return { code: run.status, stdout: run.stdout, stderr: run.stderr };
-}
+// The commands run here read their data from the folder the tests read.
+process.env.LIGER_DATA_DIR = dataDir();
 
 describe("liger eval", () => {
   it("prints a table per model, the recovery, and writes JSON and HTML", () => {
@@ -59,7 +51,9 @@ describe("liger eval", () => {
   });
 
   it("says how to point at the data when there is none", () => {
-    const run = liger(["eval", "--model", modelPath(), "--tasks", "arc_easy", "--limit", "1"], { LIGER_DATA_DIR: "" });
+    const run = liger(["eval", "--model", modelPath(), "--tasks", "arc_easy", "--limit", "1"], {
+      env: { LIGER_DATA_DIR: "" },
+    });
     // In a checkout with ../shared/data next to it the default folder exists; otherwise the error says --data.
     if (run.code !== 0)
       expect(run.stderr).toMatch(/INVALID_ARGUMENT: no task data folder: set dataDir \(the CLI's --data\)/);

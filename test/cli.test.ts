@@ -1,17 +1,8 @@
 /** The `liger` command, run as a separate process. */
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { describe, expect, it } from "vitest";
 
-import { cliPath, modelPath, sharedModel } from "./helpers.js";
-
-function liger(args: string[], env: NodeJS.ProcessEnv = {}) {
-  const run = spawnSync(process.execPath, [cliPath, ...args], {
-    encoding: "utf8",
-    env: { ...process.env, ...env },
-    timeout: 120_000,
-  });
-  return { code: run.status, stdout: run.stdout, stderr: run.stderr };
-}
+import { cliPath, liger, modelPath, sharedModel } from "./helpers.js";
 
 describe("liger info", () => {
   it("--json prints the model's facts", async () => {
@@ -35,7 +26,7 @@ describe("liger info", () => {
   });
 
   it("says how to get the addon when it cannot be loaded", () => {
-    const run = liger(["info", "--model", modelPath()], { LIGER_NATIVE_ADDON: "/nonexistent/liger.node" });
+    const run = liger(["info", "--model", modelPath()], { env: { LIGER_NATIVE_ADDON: "/nonexistent/liger.node" } });
     expect(run.code).toBe(1);
     expect(run.stderr).toMatch(/NATIVE_ADDON_MISSING/);
     expect(run.stderr).toMatch(/npm run build:addon/);

@@ -2,26 +2,18 @@
  * `liger export --format hf`: a checkpoint from a short CPU linearize run, written as the
  * reference implementation's liger_gla directory and loaded back with loadModel.
  */
-import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { exportModel, LigerError, loadModel, type LigerModel } from "../ts/dist/index.js";
-import { cliPath, dataDir, modelPath } from "./helpers.js";
+import { dataDir, liger, modelPath } from "./helpers.js";
 
 const work = mkdtempSync(join(tmpdir(), "liger-export-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
-
-function liger(args: string[]) {
-  const run = spawnSync(process.execPath, [cliPath, ...args], {
-    encoding: "utf8",
-    env: { ...process.env, LIGER_DATA_DIR: dataDir() },
-    timeout: 170_000,
-  });
-  return { code: run.status, stdout: run.stdout, stderr: run.stderr };
-}
+// The commands run here read their data from the folder the tests read.
+process.env.LIGER_DATA_DIR = dataDir();
 
 const checkpoint = join(work, "run");
 
