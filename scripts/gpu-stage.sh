@@ -74,6 +74,12 @@ for p in "$src"/model.0*; do cp "$p" "$dest/"; done
 [ -f "$src/gpu-tests.tar.xz" ] && tar -C .device -xJf "$src/gpu-tests.tar.xz"
 if [ -f "$src/runtime.tar.xz" ]; then
   tar -xJf "$src/runtime.tar.xz"
+  # The workspace's own packages (npm/<name> is @liger/<name>) resolve to their folders.
+  mkdir -p node_modules/@liger
+  for dir in npm/*/; do
+    name=$(basename "$dir")
+    ln -sfn "../../npm/$name" "node_modules/@liger/$name"
+  done
   cat "$dest"/model.0* > "$dest/model.gguf"
   echo "$(cat "$src/model.sha256")  $dest/model.gguf" | sha256sum -c -
 fi
