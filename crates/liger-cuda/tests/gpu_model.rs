@@ -408,6 +408,11 @@ fn unsupported_models_and_bad_batches_are_typed_errors() {
     let err = GpuLigerModel::<f32>::new(gpu(), small_heads).err().expect("head size 8 is not supported");
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("head size"), "{}", err.message);
+    // A mixer without GPU kernels is refused before its weights go up.
+    let gdn = model(Architecture::Llama, MixerKind::Gdn, vec![], &mut rng);
+    let err = GpuLigerModel::<f32>::new(gpu(), gdn).err().expect("gdn has no GPU kernels yet");
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert!(err.message.contains("gdn"), "{}", err.message);
 
     let gpu_model =
         GpuLigerModel::<f32>::new(gpu(), model(Architecture::Llama, MixerKind::Gla, vec![1], &mut rng)).unwrap();

@@ -84,7 +84,10 @@ export function registerLinearize(program: Command): void {
       "run folder to write: the final model in model/, each save in checkpoint-<step>/",
       "liger-checkpoint",
     )
-    .option("--mixer <name>", "gla, hgrn2, gsa, retention, mamba2, rwkv6 or linear (default gla)")
+    .option(
+      "--mixer <name>",
+      "gla, hgrn2, gsa, retention, mamba2, rwkv6, linear or gdn (gated delta rule; not on the GPU yet) (default gla)",
+    )
     .option("--window <n>", "keys of the sliding-window branch (default 65)", parseNumber("window"))
     .option(
       "--sinks <n>",

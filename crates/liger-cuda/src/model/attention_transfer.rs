@@ -50,7 +50,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
         grads: &mut LoraGrads,
     ) -> Result<LossOutput> {
         let teacher = self.attention_teacher.as_deref().ok_or_else(|| {
-            Error::invalid_argument("attention transfer needs the base model as its teacher: call set_attention_teacher first")
+            Error::invalid_argument(
+                "attention transfer needs the base model as its teacher: call set_attention_teacher first",
+            )
         })?;
         let rows = self.check_batch(inputs, labels)?;
         self.host.check_grads(grads)?;
@@ -67,13 +69,25 @@ impl<T: GemmInput> GpuLigerModel<T> {
         embedding_gather(ctx, &teacher.weights.embed, c.hidden_size, &ids, &mut x)?;
         let mut row_loss = GpuBuffer::<f32>::zeros(ctx, n)?;
         let mut device_grads = self.zero_device_grads()?;
-        for layer in 0..c.num_layers {
+        for (layer, layer_grads) in device_grads.iter_mut().enumerate() {
             let (h, h_t) = teacher.norm(&x, &teacher.weights.layers[layer].attn_norm)?;
             let base_qkv = teacher.project_qkv(layer, &h, &h_t, n)?;
             let (target, target_t, _) = teacher.attention_fresh(layer, &base_qkv, rows, &start)?;
             drop(base_qkv);
             if !self.host.options.is_softmax_layer(layer) {
-                self.transfer_layer(layer, &h, &h_t, &target, &labels_gpu, rows, &start, weight, grad_scale, &mut row_loss, &mut device_grads[layer])?;
+                self.transfer_layer(
+                    layer,
+                    &h,
+                    &h_t,
+                    &target,
+                    &labels_gpu,
+                    rows,
+                    &start,
+                    weight,
+                    grad_scale,
+                    &mut row_loss,
+                    layer_grads,
+                )?;
             }
             drop(h_t);
             teacher.o_proj_from(layer, &target, target_t, n, &mut x)?;

@@ -347,8 +347,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let ctx = &self.ctx;
         let c = self.config();
         let lw = &self.weights.layers[layer];
-        let (n, hs, f, qs, eps) =
-            (rows.n(), c.hidden_size, c.intermediate_size, c.q_size(), c.rms_norm_eps);
+        let (n, hs, f, qs, eps) = (rows.n(), c.hidden_size, c.intermediate_size, c.q_size(), c.rms_norm_eps);
 
         // MLP: x_out = x_mid + down(silu(gate) * up), gate and up of h2 = norm(x_mid).
         let dx_out_t = scaled::<T>(ctx, &dx_out, 1.0)?;
