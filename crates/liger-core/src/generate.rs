@@ -75,6 +75,17 @@ pub fn generate<M: CausalLm>(
     cancel: &AtomicBool,
     on_token: &mut dyn FnMut(u32, &str),
 ) -> Result<GenerateResult> {
+    if cancel.load(Ordering::Relaxed) && !prompt.is_empty() {
+        // Cancelled while it waited (e.g. for a GPU another generation held): no prefill.
+        return Ok(GenerateResult {
+            tokens: Vec::new(),
+            text: String::new(),
+            finish_reason: FinishReason::Aborted,
+            prompt_tokens: prompt.len(),
+            prefill_ms: 0.0,
+            decode_ms: 0.0,
+        });
+    }
     let start = Instant::now();
     let mut generator = Generator::new(model, prompt, opts)?;
     let prefill_ms = start.elapsed().as_secs_f64() * 1e3;

@@ -2,7 +2,7 @@
 //! directory -> load round trip with identical logits.
 
 use liger_core::chat::ChatMessage;
-use liger_core::generate::{generate, FinishReason, GenerateOptions};
+use liger_core::generate::{generate, CausalLm, FinishReason, GenerateOptions};
 use liger_core::hf::SaveDtype;
 use liger_core::model::{load_model, BaseModel, ModelFormat};
 use liger_core::sampling::SamplingOptions;
@@ -90,6 +90,40 @@ fn cancellation_stops_generation() {
     let r = generate(m, &ids, &opts, &AtomicBool::new(true), &mut |_, _| {}).unwrap();
     assert_eq!(r.finish_reason, FinishReason::Aborted);
     assert!(r.tokens.is_empty());
+    assert_eq!(r.prompt_tokens, ids.len());
+    // Cancelled before it starts (a request that waited for a busy GPU): the prompt never runs.
+    let counted = CountingForwards { inner: m, calls: std::cell::Cell::new(0) };
+    let r = generate(&counted, &ids, &opts, &AtomicBool::new(true), &mut |_, _| {}).unwrap();
+    assert_eq!((r.finish_reason, counted.calls.get()), (FinishReason::Aborted, 0));
+    let r = generate(&counted, &ids, &opts, &AtomicBool::new(false), &mut |_, _| {}).unwrap();
+    assert_eq!(r.tokens.len(), 50);
+    assert!(counted.calls.get() > 0);
+}
+
+/// A model that counts its forward calls.
+struct CountingForwards<'m, M> {
+    inner: &'m M,
+    calls: std::cell::Cell<usize>,
+}
+
+impl<M: CausalLm> CausalLm for CountingForwards<'_, M> {
+    type State = M::State;
+    fn new_state(&self) -> M::State {
+        self.inner.new_state()
+    }
+    fn forward_last(&self, state: &mut M::State, tokens: &[u32]) -> liger_core::Result<Vec<f32>> {
+        self.calls.set(self.calls.get() + 1);
+        self.inner.forward_last(state, tokens)
+    }
+    fn tokenizer(&self) -> &liger_core::tokenizer::Tokenizer {
+        self.inner.tokenizer()
+    }
+    fn eos_ids(&self) -> Vec<u32> {
+        self.inner.eos_ids()
+    }
+    fn max_tokens(&self) -> Option<usize> {
+        self.inner.max_tokens()
+    }
 }
 
 #[test]
