@@ -13,6 +13,7 @@ import {
   LigerError,
   RECIPES,
   type LinearizeEvent,
+  type LinearizeOptions,
   type LinearizeReport,
 } from "../ts/dist/index.js";
 import { DEFAULT_TASKS, resolveEvalOptions } from "../ts/dist/eval.js";
@@ -290,6 +291,31 @@ describe("linearize", () => {
       // A chat prompt renders the same way; the error arrives through the result.
       await expectCode(model.generate(messages, { maxTokens: 2 }).result, "INVALID_ARGUMENT", /budget/);
     }
+  });
+
+  it("gsa keeps its slots and query scale: the reference's unscaled read-out by default, 1/sqrt(D) when asked", async () => {
+    const infoOf = async (gsa: LinearizeOptions["gsa"]) => {
+      const dir = join(work, `gsa-${gsa?.scale ?? "default"}`);
+      await linearize(modelPath(), { out: dir, data: null, mixer: "gsa", gsa, sample: false });
+      const model = await loadModel(dir);
+      const result = await model.generate("The sky is", { maxTokens: 4, temperature: 0, ignoreEos: true }).result;
+      return { info: model.info.liger!, tokens: result.tokens };
+    };
+    const plain = await infoOf(undefined);
+    expect([plain.info.mixer, plain.info.gsaSlots, plain.info.gsaScale]).toEqual(["gsa", 64, "one"]);
+    const scaled = await infoOf({ slots: 32, scale: "inv_sqrt_head_dim" });
+    expect([scaled.info.gsaSlots, scaled.info.gsaScale]).toEqual([32, "inv_sqrt_head_dim"]);
+    expect(scaled.tokens).toHaveLength(4);
+    await expectCode(
+      linearize(modelPath(), { out: join(work, "gsa-bad"), data: null, mixer: "gsa", gsa: { scale: "half" as never } }),
+      "INVALID_ARGUMENT",
+      /gsa.scale/,
+    );
+    await expectCode(
+      linearize(modelPath(), { out: join(work, "gsa-bad2"), data: null, mixer: "gsa", gsa: { slots: 48 } }),
+      "INVALID_ARGUMENT",
+      /gsa_slots/,
+    );
   });
 
   it("sinks and the normalised recurrent branch convert, load back, report their state and generate", async () => {

@@ -16,6 +16,9 @@ import type {
 export interface LigerInfo {
   /** The gated recurrent mixer of the converted layers, e.g. "gla". */
   mixer: string;
+  /** GSA only (null for the other mixers): slots per key-value head and the slot read-out's query scale. */
+  gsaSlots: number | null;
+  gsaScale: "one" | "inv_sqrt_head_dim" | null;
   /** Keys each query of the sliding-window branch sees. */
   windowKeys: number;
   /** First tokens the window branch also sees (attention sinks). */

@@ -49,8 +49,17 @@ export type {
   TaskName,
   TaskResult,
 } from "./eval.js";
-export { linearize, MIXERS, LORA_TARGETS, DEFAULT_SAMPLE_PROMPT, RECIPES, defaultGpuRecipe } from "./linearize.js";
+export {
+  linearize,
+  MIXERS,
+  GSA_SCALES,
+  LORA_TARGETS,
+  DEFAULT_SAMPLE_PROMPT,
+  RECIPES,
+  defaultGpuRecipe,
+} from "./linearize.js";
 export type {
+  GsaScaleName,
   LinearizeEvent,
   LinearizeOptions,
   LinearizeReport,

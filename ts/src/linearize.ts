@@ -15,8 +15,10 @@ import { downloadHubModel, hubModelId } from "./hub.js";
 import { gpuInfo, linearizeDefaults, nativeLinearize } from "./native.js";
 import { renderLinearizeHtml } from "./report/html.js";
 import {
+  GSA_SCALES,
   LORA_TARGETS,
   MIXERS,
+  type GsaScaleName,
   type LinearizeEvent,
   type LinearizeReport,
   type LoraTargetName,
@@ -24,8 +26,9 @@ import {
   type ResolvedLinearizeOptions,
 } from "./types.js";
 
-export { LORA_TARGETS, MIXERS } from "./types.js";
+export { GSA_SCALES, LORA_TARGETS, MIXERS } from "./types.js";
 export type {
+  GsaScaleName,
   LinearizeEvent,
   LinearizeReport,
   LoraTargetName,
@@ -41,6 +44,12 @@ export interface LinearizeOptions {
   data?: string | null;
   /** The gated recurrent mixer (default "gla"). */
   mixer?: MixerName;
+  /**
+   * GSA only: slots per key-value head (default 64; must divide the head size) and the query
+   * scale of the slot read-out: "one" as the reference code runs it (default) or
+   * "inv_sqrt_head_dim" (this library's form before it followed the reference).
+   */
+  gsa?: { slots?: number; scale?: GsaScaleName };
   /** Keys each query of the sliding-window branch sees (default 65). */
   window?: number;
   /**
@@ -288,6 +297,8 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
   checkOptional("device", o.device, oneOf(["cpu", "cuda", "auto"]), `"cpu", "cuda" or "auto"`);
   const device = resolveDevice(o.device);
   checkOptional("mixer", o.mixer, oneOf(MIXERS), `one of ${MIXERS.join(", ")}`);
+  checkOptional("gsa.slots", o.gsa?.slots, isPositiveInt, "an integer >= 1");
+  checkOptional("gsa.scale", o.gsa?.scale, oneOf(GSA_SCALES), `one of ${GSA_SCALES.join(", ")}`);
   checkOptional("window", o.window, isPositiveInt, "an integer >= 1 (65 is the reference's window)");
   checkOptional(
     "sinks",
@@ -393,6 +404,8 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     dataPath: data ?? undefined,
     outDir: o.out,
     mixer: o.mixer ?? d.mixer,
+    gsaSlots: o.gsa?.slots ?? d.gsaSlots,
+    gsaScale: o.gsa?.scale ?? d.gsaScale,
     window: o.window ?? recipe.window ?? d.window,
     sinks: o.sinks ?? recipe.sinks ?? d.sinks,
     grmNorm: o.grmNorm ?? d.grmNorm,

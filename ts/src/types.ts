@@ -155,6 +155,9 @@ export interface ResolvedLoglikelihood {
 
 export const MIXERS = ["gla", "hgrn2", "gsa", "retention", "mamba2", "rwkv6", "linear", "gdn"] as const;
 export type MixerName = (typeof MIXERS)[number];
+/** GSA's query scale in the slot read-out: the reference's 1, or 1/sqrt(head size). */
+export const GSA_SCALES = ["one", "inv_sqrt_head_dim"] as const;
+export type GsaScaleName = (typeof GSA_SCALES)[number];
 export const LORA_TARGETS = ["q", "k", "v", "o"] as const;
 export type LoraTargetName = (typeof LORA_TARGETS)[number];
 
@@ -236,6 +239,8 @@ export interface ResolvedLinearizeOptions {
   dataPath: string | undefined;
   outDir: string;
   mixer: MixerName;
+  gsaSlots: number;
+  gsaScale: GsaScaleName;
   window: number;
   sinks: number;
   grmNorm: boolean;

@@ -20,6 +20,9 @@ pub struct JsLinearizeOptions {
     pub data_path: Option<String>,
     pub out_dir: String,
     pub mixer: String,
+    /// GSA only: slots per key-value head and the slot read-out's query scale ("one" or "inv_sqrt_head_dim").
+    pub gsa_slots: u32,
+    pub gsa_scale: String,
     pub window: u32,
     /// First tokens every query of the window branch also sees (attention sinks; 0 = none).
     pub sinks: u32,
@@ -89,6 +92,8 @@ fn linearize_options(o: JsLinearizeOptions) -> liger_core::Result<LinearizeOptio
         data_path: o.data_path.map(PathBuf::from),
         out_dir: PathBuf::from(o.out_dir),
         mixer: parse::mixer(&o.mixer)?,
+        gsa_slots: usize_of(o.gsa_slots),
+        gsa_scale: parse::gsa_scale(&o.gsa_scale)?,
         window: usize_of(o.window),
         sinks: usize_of(o.sinks),
         grm_norm: o.grm_norm,
@@ -154,6 +159,8 @@ fn js_linearize_options(o: &LinearizeOptions) -> JsLinearizeOptions {
         data_path: o.data_path.as_ref().map(path),
         out_dir: path(&o.out_dir),
         mixer: o.mixer.name().to_string(),
+        gsa_slots: js_count(o.gsa_slots),
+        gsa_scale: o.gsa_scale.name().to_string(),
         window: js_count(o.window),
         sinks: js_count(o.sinks),
         grm_norm: o.grm_norm,

@@ -3,7 +3,7 @@
 
 use liger_core::convert::LoraTarget;
 use liger_core::hf::SaveDtype;
-use liger_core::liger::MixerKind;
+use liger_core::liger::{GsaScale, MixerKind};
 use liger_core::train::data::PromptFormat;
 use liger_core::train::trainer::Schedule;
 use liger_core::{Error, Result};
@@ -23,6 +23,12 @@ fn by_name<T: DeserializeOwned>(what: &str, name: &str, known: &str) -> Result<T
 pub fn mixer(name: &str) -> Result<MixerKind> {
     let known: Vec<&str> = MixerKind::ALL.iter().map(|m| m.name()).collect();
     by_name("mixer", name, &known.join(", "))
+}
+
+/// "one" (the reference's unscaled slot read-out) or "inv_sqrt_head_dim" (1/sqrt(D)).
+pub fn gsa_scale(name: &str) -> Result<GsaScale> {
+    let known: Vec<&str> = GsaScale::ALL.iter().map(|s| s.name()).collect();
+    by_name("gsa scale", name, &known.join(", "))
 }
 
 /// "q", "k", "v" or "o" (or "q_proj", ...).
@@ -128,6 +134,10 @@ mod tests {
         for d in [SaveDtype::F32, SaveDtype::F16, SaveDtype::BF16] {
             assert_eq!(dtype(dtype_name(d)).unwrap(), d);
         }
+        for g in GsaScale::ALL {
+            assert_eq!(gsa_scale(g.name()).unwrap(), g);
+        }
+        assert!(message(gsa_scale("half")).contains("one, inv_sqrt_head_dim"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ import {
   type LinearizeOptions,
   type LinearizeReport,
   type LoraTargetName,
+  type GsaScaleName,
   type MixerName,
 } from "../linearize.js";
 import { parseNumber } from "./common.js";
@@ -28,6 +29,8 @@ interface LinearizeCliOptions {
   data?: string;
   out: string;
   mixer?: string;
+  gsaSlots?: number;
+  gsaScale?: string;
   window?: number;
   sinks?: number;
   grmNorm?: boolean;
@@ -87,6 +90,15 @@ export function registerLinearize(program: Command): void {
     .option(
       "--mixer <name>",
       "gla, hgrn2, gsa, retention, mamba2, rwkv6, linear or gdn (gated delta rule; not on the GPU yet) (default gla)",
+    )
+    .option(
+      "--gsa-slots <n>",
+      "gsa: slots per key-value head, dividing the head size (default 64)",
+      parseNumber("gsa-slots"),
+    )
+    .option(
+      "--gsa-scale <name>",
+      "gsa: query scale of the slot read-out, one (as the reference code, default) or inv_sqrt_head_dim",
     )
     .option("--window <n>", "keys of the sliding-window branch (default 65)", parseNumber("window"))
     .option(
@@ -205,6 +217,7 @@ export function registerLinearize(program: Command): void {
         out: options.out,
         data: options.train === false ? null : options.data,
         mixer: options.mixer as MixerName | undefined,
+        gsa: { slots: options.gsaSlots, scale: options.gsaScale as GsaScaleName | undefined },
         window: options.window,
         sinks: options.sinks,
         grmNorm: options.grmNorm,

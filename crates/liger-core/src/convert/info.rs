@@ -7,12 +7,16 @@ use crate::model::BaseModel;
 use serde_json::{json, Value};
 
 impl LigerModel {
-    /// The `liger` entry of the model info: its mixer, window, softmax layers, adapters and
-    /// decoding memory per sequence.
+    /// The `liger` entry of the model info: its mixer (with GSA's slots and query scale, null
+    /// for the others), window, softmax layers, adapters and decoding memory per sequence.
     pub fn liger_info(&self) -> Value {
         let attention = &self.options.attention;
+        let mixer = &attention.mixer;
+        let gsa = mixer.kind == crate::liger::MixerKind::Gsa;
         json!({
-            "mixer": attention.mixer.kind.name(),
+            "mixer": mixer.kind.name(),
+            "gsaSlots": gsa.then_some(mixer.gsa_slots),
+            "gsaScale": gsa.then_some(mixer.gsa_scale.name()),
             "windowKeys": attention.window_keys,
             "sinkKeys": attention.sink_keys,
             "grmNorm": attention.grm_norm,

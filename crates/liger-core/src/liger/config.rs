@@ -70,19 +70,61 @@ pub const DEFAULT_GATE_NORMALIZER: f32 = 16.0;
 /// Slots of gated slot attention (as in the GSA paper).
 pub const DEFAULT_GSA_SLOTS: usize = 64;
 
+/// How gated slot attention scales its queries before the slot softmax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GsaScale {
+    /// Unscaled, as the reference code runs it (`chunk_gsa(..., scale=1)`): the default.
+    One,
+    /// By 1/sqrt(D), like softmax attention: this library's form before it followed the
+    /// reference, and what checkpoints saved without the setting ran with.
+    InvSqrtHeadDim,
+}
+
+impl GsaScale {
+    pub const ALL: [GsaScale; 2] = [GsaScale::One, GsaScale::InvSqrtHeadDim];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GsaScale::One => "one",
+            GsaScale::InvSqrtHeadDim => "inv_sqrt_head_dim",
+        }
+    }
+
+    /// The factor on the queries for head size `d`.
+    pub fn factor(self, d: usize) -> f32 {
+        match self {
+            GsaScale::One => 1.0,
+            GsaScale::InvSqrtHeadDim => 1.0 / (d as f32).sqrt(),
+        }
+    }
+
+    /// What a saved configuration without the setting means (written before it existed).
+    fn saved_before_the_setting() -> Self {
+        GsaScale::InvSqrtHeadDim
+    }
+}
+
 /// A mixer and its settings. `gate_normalizer` divides the log-gate of `Gla` and `Gsa` (the
-/// mixers the paper normalises) and of `Gdn`; `gsa_slots` is used by `Gsa` only.
+/// mixers the paper normalises) and of `Gdn`; `gsa_slots` and `gsa_scale` are used by `Gsa` only.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MixerConfig {
     pub kind: MixerKind,
     pub gate_normalizer: f32,
     pub gsa_slots: usize,
+    #[serde(default = "GsaScale::saved_before_the_setting")]
+    pub gsa_scale: GsaScale,
 }
 
 impl Default for MixerConfig {
     fn default() -> Self {
-        MixerConfig { kind: MixerKind::Gla, gate_normalizer: DEFAULT_GATE_NORMALIZER, gsa_slots: DEFAULT_GSA_SLOTS }
+        MixerConfig {
+            kind: MixerKind::Gla,
+            gate_normalizer: DEFAULT_GATE_NORMALIZER,
+            gsa_slots: DEFAULT_GSA_SLOTS,
+            gsa_scale: GsaScale::One,
+        }
     }
 }
 

@@ -7,8 +7,9 @@
 //! ```
 //!
 //! `pool_M` is the mean over M equal groups of consecutive key dims (so M must divide D).
-//! The queries and keys enter raw (no feature map); the slot read-out is scaled by
-//! 1/sqrt(D) like softmax attention. Both slot memories are `[M, D]` and follow the same
+//! The queries and keys enter raw (no feature map); the slot read-out is unscaled as in the
+//! reference code (`GsaScale::One`, the default) or scaled by 1/sqrt(D) like softmax
+//! attention (`GsaScale::InvSqrtHeadDim`; the `/ sqrt(D)` above). Both slot memories are `[M, D]` and follow the same
 //! update as the gated kernel's state with key features `w` (the value pass is exactly that
 //! kernel with query features `p`). The key pass reads its memory the other way round
 //! (contracting over D, leaving the gated M axis), which reuses the kernel's building
@@ -63,7 +64,7 @@ fn head_inputs(
     kvh: usize,
 ) -> SlotInputs {
     let (d, group, m) = (shape.d, shape.group(), cfg.gsa_slots);
-    let scale = 1.0 / (d as f32).sqrt();
+    let scale = cfg.gsa_scale.factor(d);
     let mut qs = gather_heads(q, t, shape.hq, d, kvh * group, group);
     qs.iter_mut().for_each(|x| *x *= scale);
     let kh = gather_heads(k, t, shape.hkv, d, kvh, 1);
@@ -214,7 +215,7 @@ pub(crate) fn recurrent_step(
     o_t: &mut [f32],
 ) {
     let (d, group, m) = (shape.d, shape.group(), cfg.gsa_slots);
-    let scale = 1.0 / (d as f32).sqrt();
+    let scale = cfg.gsa_scale.factor(d);
     let (mut log_a, mut w, mut s) = (vec![0.0; m], vec![0.0; m], vec![0.0; m]);
     let mut p = vec![0.0; group * m];
     for (kvh, st) in state.chunks_exact_mut(2 * m * d).enumerate() {
@@ -254,7 +255,7 @@ pub(crate) fn chunk_backward(
     let (d, group, m) = (shape.d, shape.group(), cfg.gsa_slots);
     let dims = SlotDims { group, t, d, m };
     let per_slot = d / m;
-    let scale = 1.0 / (d as f32).sqrt();
+    let scale = cfg.gsa_scale.factor(d);
     let per_head: Vec<[Vec<f32>; 3]> = (0..shape.hkv)
         .into_par_iter()
         .map(|kvh| {

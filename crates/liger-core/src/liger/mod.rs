@@ -22,7 +22,7 @@ mod tests;
 pub use combine::{
     liger_attention_backward, liger_attention_forward, LigerAttentionConfig, LigerLayerState, MAX_SINK_KEYS,
 };
-pub use config::{HeadShape, MixerConfig, MixerKind, DEFAULT_GATE_NORMALIZER, DEFAULT_GSA_SLOTS};
+pub use config::{GsaScale, HeadShape, MixerConfig, MixerKind, DEFAULT_GATE_NORMALIZER, DEFAULT_GSA_SLOTS};
 pub use heads::QkvGrads;
 pub use mixer::{chunk_backward, chunk_forward, recurrent_step, MixerState, DEFAULT_CHUNK_SIZE};
 pub use rope::apply_rope;

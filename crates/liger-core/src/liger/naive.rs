@@ -102,7 +102,7 @@ fn gsa_token(cfg: &MixerConfig, s: &mut [f64], q: &[f64], k: &[f64], v: &[f64], 
             }
         }
     }
-    let scale = 1.0 / (d as f64).sqrt();
+    let scale = cfg.gsa_scale.factor(d) as f64;
     let scores: Vec<f64> = (0..m).map(|i| scale * (0..d).map(|j| kslots[i * d + j] * q[j]).sum::<f64>()).collect();
     let p = softmax(&scores);
     for j in 0..d {

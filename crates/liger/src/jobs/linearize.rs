@@ -8,7 +8,7 @@ use liger_core::checkpoint::SaveOptions;
 use liger_core::config::ModelConfig;
 use liger_core::convert::{LigerOptions, LoraOptions, LoraTarget};
 use liger_core::hf::SaveDtype;
-use liger_core::liger::{LigerAttentionConfig, MixerKind};
+use liger_core::liger::{GsaScale, LigerAttentionConfig, MixerKind};
 use liger_core::model::read_model_config;
 use liger_core::nn::optim::AdamWConfig;
 use liger_core::train::data::{BadRows, PromptFormat};
@@ -46,6 +46,10 @@ pub struct LinearizeOptions {
     pub data_path: Option<PathBuf>,
     pub out_dir: PathBuf,
     pub mixer: MixerKind,
+    /// GSA only: slots per key-value head (must divide the head size) and the query scale of
+    /// the slot read-out (the reference's 1 by default).
+    pub gsa_slots: usize,
+    pub gsa_scale: GsaScale,
     /// Keys each query of the sliding-window branch sees.
     pub window: usize,
     /// First tokens every query of the window branch also sees (attention sinks; 0 = none).
@@ -121,6 +125,8 @@ impl LinearizeOptions {
             data_path,
             out_dir,
             mixer: attention.mixer.kind,
+            gsa_slots: attention.mixer.gsa_slots,
+            gsa_scale: attention.mixer.gsa_scale,
             window: attention.window_keys,
             sinks: attention.sink_keys,
             grm_norm: attention.grm_norm,
@@ -173,6 +179,8 @@ impl LinearizeOptions {
         };
         let attention = &mut options.attention;
         attention.mixer.kind = self.mixer;
+        attention.mixer.gsa_slots = self.gsa_slots;
+        attention.mixer.gsa_scale = self.gsa_scale;
         attention.window_keys = self.window;
         attention.sink_keys = self.sinks;
         attention.grm_norm = self.grm_norm;

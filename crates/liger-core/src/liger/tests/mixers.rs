@@ -3,7 +3,7 @@
 use super::{rel_err, rng, to_f64, uniform};
 use crate::error::ErrorCode;
 use crate::liger::{
-    chunk_backward, chunk_forward, naive, recurrent_step, HeadShape, MixerConfig, MixerKind, MixerState,
+    chunk_backward, chunk_forward, naive, recurrent_step, GsaScale, HeadShape, MixerConfig, MixerKind, MixerState,
     DEFAULT_CHUNK_SIZE,
 };
 
@@ -146,11 +146,46 @@ fn bad_inputs_give_typed_errors() {
 
 #[test]
 fn config_round_trips_through_json() {
-    let cfg = MixerConfig { kind: MixerKind::Rwkv6, gate_normalizer: 8.0, gsa_slots: 16 };
+    let cfg = MixerConfig { kind: MixerKind::Rwkv6, gate_normalizer: 8.0, gsa_slots: 16, gsa_scale: GsaScale::One };
     let json = serde_json::to_string(&cfg).unwrap();
     assert_eq!(serde_json::from_str::<MixerConfig>(&json).unwrap(), cfg);
     let parsed: MixerConfig = serde_json::from_str(r#"{"kind":"mlstm"}"#).unwrap();
     assert_eq!(parsed.kind, MixerKind::Retention);
     assert_eq!(parsed.gate_normalizer, 16.0);
     assert!(serde_json::from_str::<MixerConfig>(r#"{"kind":"lstm"}"#).is_err());
+    // GSA follows the reference (unscaled queries) unless told otherwise; a configuration saved
+    // before the setting existed keeps the 1/sqrt(D) it ran with.
+    assert_eq!(MixerConfig::default().gsa_scale, GsaScale::One);
+    let saved: MixerConfig = serde_json::from_str(r#"{"kind":"gsa","gate_normalizer":16.0,"gsa_slots":64}"#).unwrap();
+    assert_eq!(saved.gsa_scale, GsaScale::InvSqrtHeadDim);
+    let cfg = MixerConfig { gsa_scale: GsaScale::InvSqrtHeadDim, ..MixerConfig::new(MixerKind::Gsa) };
+    assert_eq!(serde_json::from_str::<MixerConfig>(&serde_json::to_string(&cfg).unwrap()).unwrap(), cfg);
+}
+
+#[test]
+fn gsa_runs_with_either_query_scale() {
+    // The chunked and recurrent forms follow the f64 reference with each scale, and the two differ.
+    let mut rng = rng();
+    let shape = HeadShape::new(3, 1, 64).unwrap();
+    let t = 70;
+    let (q, k, v) = inputs(&mut rng, shape, t);
+    let mut outputs = Vec::new();
+    for scale in GsaScale::ALL {
+        let cfg = MixerConfig { gsa_scale: scale, ..config(MixerKind::Gsa, 64) };
+        let (want, _) = naive::mixer_forward(&cfg, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), None);
+        let (o, _) = chunk_forward(&cfg, shape, &q, &k, &v, None, 16).unwrap();
+        let mut state = MixerState::zeros(&cfg, shape);
+        let (qs, kvs) = (shape.hq * shape.d, shape.hkv * shape.d);
+        let mut stepped = vec![0.0; q.len()];
+        for r in 0..t {
+            let (qr, kr, vr) = (&q[r * qs..(r + 1) * qs], &k[r * kvs..(r + 1) * kvs], &v[r * kvs..(r + 1) * kvs]);
+            recurrent_step(&cfg, &mut state, qr, kr, vr, &mut stepped[r * qs..(r + 1) * qs]).unwrap();
+        }
+        let (e, es) = (rel_err(&o, &want), rel_err(&stepped, &want));
+        println!("gsa scale {}: chunk err {e:.2e}, recurrent err {es:.2e}", scale.name());
+        assert!(e < 1e-4 && es < 1e-4, "{}: {e:.2e} {es:.2e}", scale.name());
+        outputs.push(o);
+    }
+    let differ = outputs[0].iter().zip(&outputs[1]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(differ > 1e-3, "the two scales give the same output");
 }

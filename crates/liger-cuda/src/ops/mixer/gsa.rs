@@ -68,9 +68,9 @@ fn entry<T: GpuElement>(f32_name: &'static str, bf16_name: &'static str) -> &'st
     }
 }
 
-/// 1/sqrt(D) (the slot read-out's scale) and 1/n (the gate normaliser).
+/// The slot read-out's scale (1, or 1/sqrt(D): `GsaScale`) and 1/n (the gate normaliser).
 fn scales(cfg: &MixerConfig, d: usize) -> (f32, f32) {
-    (1.0 / (d as f32).sqrt(), 1.0 / cfg.gate_normalizer)
+    (cfg.gsa_scale.factor(d), 1.0 / cfg.gate_normalizer)
 }
 
 /// Writes the f32 inputs of both passes into scratch.
