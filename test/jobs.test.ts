@@ -212,6 +212,7 @@ describe("linearize", () => {
       data: alpacaSlice(120),
       steps: 3,
       attentionTransfer: 2,
+      longContext: { steps: 1, seqLen: 128 },
       seqLen: 64,
       valFraction: 0.05,
       maxValSequences: 3,
@@ -223,12 +224,14 @@ describe("linearize", () => {
 
   it("reports progress, three perplexities and the sample", () => {
     const steps = events.filter((e) => e.kind === "step");
-    // Two steps of attention transfer, then the three of training.
-    expect(steps.map((e) => e.step)).toEqual([1, 2, 1, 2, 3]);
+    // Two steps of attention transfer, the three of training, then one on longer sequences.
+    expect(steps.map((e) => e.step)).toEqual([1, 2, 1, 2, 3, 1]);
+    expect(report.longContext?.stepsDone).toBe(1);
     const stages = events.flatMap((e) => (e.kind === "stage" ? [e.stage] : []));
     expect(stages.findIndex((s) => s.startsWith("attention transfer: 2 steps"))).toBeLessThan(
       stages.findIndex((s) => s.startsWith("training: 3 steps")),
     );
+    expect(stages.some((s) => s.startsWith("long context: 1 steps"))).toBe(true);
     expect(report.attentionTransfer?.stepsDone).toBe(2);
     expect(report.attentionTransfer?.losses.every((l) => Number.isFinite(l) && l > 0)).toBe(true);
     for (const s of steps) {
@@ -419,6 +422,11 @@ describe("linearize", () => {
     await expectCode(linearize(modelPath(), { ...base, lora: { rank: 0 } }), "INVALID_ARGUMENT", /lora.rank/);
     await expectCode(linearize(modelPath(), { ...base, lora: { rank: 100_000 } }), "INVALID_ARGUMENT", /smaller rank/);
     await expectCode(linearize(modelPath(), { ...base, recipe: "bogus" as never }), "INVALID_ARGUMENT", /recipe/);
+    await expectCode(
+      linearize(modelPath(), { ...base, longContext: { steps: 0, seqLen: 4096 } }),
+      "INVALID_ARGUMENT",
+      /longContext/,
+    );
     await expectCode(
       linearize(modelPath(), { ...base, attentionTransfer: 1.5 }),
       "INVALID_ARGUMENT",

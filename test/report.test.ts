@@ -47,6 +47,7 @@ function linearizeReport(): LinearizeReport {
     softmaxLayers: [7, 15],
     layerCosts: null,
     attentionTransfer: null,
+    longContext: null,
     history: { steps, evals: [10, 20, 30, 40].map((step) => ({ step, loss: 2.5, ppl: 30 - step / 2 })) },
     memory: { baseBytesPerToken: 46080, ligerConstantBytes: 3 * 2 ** 20, ligerBytesPerToken: 2048 },
   };

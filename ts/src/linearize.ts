@@ -117,6 +117,13 @@ export interface LinearizeOptions {
    */
   attentionTransfer?: number;
   /**
+   * A length curriculum: after the training, `steps` more steps on the same data packed
+   * `seqLen` tokens long (longer than `seqLen` of the training), each micro-batch holding about
+   * as many tokens as the training's. Same optimizer settings at a constant learning rate
+   * (distillation too, when on). Its steps come on top of `steps`/`epochs`.
+   */
+  longContext?: { steps: number; seqLen: number };
+  /**
    * A preset (see `RECIPES`); options given beside it win. "paper": the Liger paper's recipe
    * (1024-token sequences, batch 8, 2 epochs, AdamW lr 1e-3 constant). "memory": one epoch of
    * the same with a 257-key window, 4 sinks and 256 surprise keys per head, mix 0/1, and on the
@@ -340,6 +347,16 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     "a number in [0, 1]",
   );
   checkOptional("attentionTransfer", o.attentionTransfer, isNonNegativeInt, "an integer >= 0");
+  checkOptional(
+    "longContext",
+    o.longContext,
+    (v) =>
+      typeof v === "object" &&
+      v !== null &&
+      isPositiveInt((v as { steps: unknown }).steps) &&
+      isPositiveInt((v as { seqLen: unknown }).seqLen),
+    "{ steps, seqLen } of integers >= 1",
+  );
   checkOptional("recipe", o.recipe, oneOf(Object.keys(RECIPES)), `one of ${Object.keys(RECIPES).join(", ")}`);
   checkOptional("epochs", o.epochs, (v) => isFiniteNumber(v) && (v as number) > 0, "a positive number");
   if (o.steps !== undefined && o.epochs !== undefined) throw invalidArgument("give steps or epochs, not both");
@@ -423,6 +440,8 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     // The CPU engine cannot run the teacher: there a recipe's distillation is left out.
     distillWeight: o.distill ?? (device === "cuda" ? recipe.distill : undefined) ?? d.distillWeight,
     attentionTransferSteps: o.attentionTransfer ?? d.attentionTransferSteps,
+    longContextSteps: o.longContext?.steps ?? d.longContextSteps,
+    longContextSeqLen: o.longContext?.seqLen ?? d.longContextSeqLen,
     loraRank: lora.rank ?? d.loraRank,
     loraAlpha: lora.alpha ?? d.loraAlpha,
     loraTargets: lora.targets ?? [...d.loraTargets],

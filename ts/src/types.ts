@@ -220,6 +220,8 @@ export interface LinearizeReport {
    * one: the mean squared difference per attention output value, averaged over the Liger layers, of each step.
    */
   attentionTransfer: { stepsDone: number; losses: number[]; seconds: number } | null;
+  /** The long-context stage after training (`longContext`), when the run had one: its training loss per step. */
+  longContext: { stepsDone: number; losses: number[]; seconds: number } | null;
   /** The steps and validations of this run (not of a run it resumed), as they were reported. */
   history: {
     steps: { step: number; loss: number; lr: number; gradNorm: number; tokensPerS: number }[];
@@ -257,6 +259,8 @@ export interface ResolvedLinearizeOptions {
   weightDecay: number;
   distillWeight: number;
   attentionTransferSteps: number;
+  longContextSteps: number;
+  longContextSeqLen: number;
   loraRank: number;
   loraAlpha: number;
   loraTargets: LoraTargetName[];

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use liger::parse;
 use liger::{LinearizeEvent, LinearizeOptions};
 use liger_core::train::data::BadRows;
-use liger_core::train::trainer::Schedule;
+use liger_core::train::trainer::{LongContextStage, Schedule};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
@@ -51,6 +51,9 @@ pub struct JsLinearizeOptions {
     pub distill_weight: f64,
     /// Steps of attention transfer before the language-model training (default 0).
     pub attention_transfer_steps: u32,
+    /// Steps and sequence length of the stage on longer sequences after the training (0 steps: none).
+    pub long_context_steps: u32,
+    pub long_context_seq_len: u32,
     pub lora_rank: u32,
     pub lora_alpha: f64,
     pub lora_targets: Vec<String>,
@@ -119,6 +122,10 @@ fn linearize_options(o: JsLinearizeOptions) -> liger_core::Result<LinearizeOptio
         weight_decay: o.weight_decay as f32,
         distill_weight: o.distill_weight as f32,
         attention_transfer_steps: u64::from(o.attention_transfer_steps),
+        long_context: (o.long_context_steps > 0).then_some(LongContextStage {
+            steps: u64::from(o.long_context_steps),
+            seq_len: usize_of(o.long_context_seq_len),
+        }),
         schedule: parse::schedule(&o.schedule, o.warmup_steps.into())?,
         seed: parse::whole_number("seed", o.seed)?,
         val_fraction: o.val_fraction,
@@ -177,6 +184,8 @@ fn js_linearize_options(o: &LinearizeOptions) -> JsLinearizeOptions {
         weight_decay: js_number(o.weight_decay),
         distill_weight: js_number(o.distill_weight),
         attention_transfer_steps: u32::try_from(o.attention_transfer_steps).unwrap_or(u32::MAX),
+        long_context_steps: o.long_context.map_or(0, |s| u32::try_from(s.steps).unwrap_or(u32::MAX)),
+        long_context_seq_len: o.long_context.map_or(0, |s| js_count(s.seq_len)),
         lora_rank: js_count(o.lora_rank),
         lora_alpha: js_number(o.lora_alpha),
         lora_targets: o.lora_targets.iter().map(|t| parse::lora_target_name(*t).to_string()).collect(),

@@ -6,7 +6,7 @@ import { join } from "node:path";
 
 import type { Command } from "commander";
 
-import { LigerError } from "../errors.js";
+import { invalidArgument, LigerError } from "../errors.js";
 import { gpuInfo } from "../native.js";
 import {
   defaultGpuRecipe,
@@ -47,6 +47,7 @@ interface LinearizeCliOptions {
   weightDecay?: number;
   distill?: number;
   attentionTransfer?: number;
+  longContext?: string;
   evalEvery?: number;
   recipe?: string;
   epochs?: number;
@@ -148,6 +149,10 @@ export function registerLinearize(program: Command): void {
       parseNumber("attention-transfer"),
     )
     .option(
+      "--long-context <steps@tokens>",
+      "after the training, this many steps on the data packed this long (a length curriculum), e.g. 200@4096",
+    )
+    .option(
       "--recipe <name>",
       "preset: paper (1024-token sequences, batch 8, 2 epochs, lr 1e-3 constant) or memory (1 epoch of the same, window 257, 4 sinks, 256 surprise keys, mix 0/1, on the GPU distillation 0.5: keeps long-context memory; the GPU default); options given win",
     )
@@ -233,6 +238,7 @@ export function registerLinearize(program: Command): void {
         weightDecay: options.weightDecay,
         distill: options.distill,
         attentionTransfer: options.attentionTransfer,
+        longContext: parseLongContext(options.longContext),
         evalEvery: options.evalEvery,
         recipe: options.recipe as LinearizeOptions["recipe"],
         epochs: options.epochs,
@@ -335,6 +341,14 @@ function parseSoftmaxLayers(value: string | undefined): Pick<LinearizeOptions, "
   return { softmaxLayers: layers.map(parseNumber("softmax-layers")) };
 }
 
+/** `--long-context STEPS@TOKENS`, e.g. "200@4096". */
+function parseLongContext(text: string | undefined): LinearizeOptions["longContext"] {
+  if (text === undefined) return undefined;
+  const m = /^(\d+)@(\d+)$/.exec(text.trim());
+  if (!m) throw invalidArgument(`--long-context takes STEPS@TOKENS, e.g. 200@4096; got ${JSON.stringify(text)}`);
+  return { steps: Number(m[1]), seqLen: Number(m[2]) };
+}
+
 export function formatLinearizeReport(r: LinearizeReport): string {
   const rows: [string, LinearizeReport["baseEval"]][] = [
     ["base (softmax attention)", r.baseEval],
@@ -347,6 +361,10 @@ export function formatLinearizeReport(r: LinearizeReport): string {
   const at = r.attentionTransfer;
   if (at && at.losses.length > 0) {
     out += `attention transfer first: ${at.stepsDone} steps (${at.seconds.toFixed(0)} s), attention error ${at.losses[0].toExponential(2)} -> ${at.losses[at.losses.length - 1].toExponential(2)}\n`;
+  }
+  const long = r.longContext;
+  if (long && long.losses.length > 0) {
+    out += `then long context: ${long.stepsDone} steps (${long.seconds.toFixed(0)} s), loss ${long.losses[0].toFixed(3)} -> ${long.losses[long.losses.length - 1].toFixed(3)}\n`;
   }
   if (r.baseEval) {
     out += `validation (${r.valSequences} sequences, ${r.baseEval.tokens} tokens)\n`;

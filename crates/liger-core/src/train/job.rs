@@ -7,7 +7,7 @@ use super::data::{
     Sequence,
 };
 use super::report::{write_run_report, StepEval, StepRecord, TrainingHistory};
-use super::trainer::{evaluate, EvalResult, Schedule, TrainConfig, TrainEvent, Trainable, Trainer};
+use super::trainer::{evaluate, EvalResult, LongContextStage, Schedule, TrainConfig, TrainEvent, Trainable, Trainer};
 use crate::chat::ChatMessage;
 use crate::checkpoint::run::{
     check_run_folder, checkpoint_dir, latest_checkpoint, open_run_folder, prune_checkpoints, FINAL_MODEL,
@@ -146,16 +146,19 @@ pub struct LinearizeReport {
     /// Decoding memory of one sequence against its length (f32, as the CPU engine keeps it).
     pub memory: DecodeMemory,
     /// The attention-transfer stage before training, when the run had one.
-    pub attention_transfer: Option<AttentionTransferReport>,
+    pub attention_transfer: Option<StageReport>,
+    /// The long-context stage after training, when the run had one.
+    pub long_context: Option<StageReport>,
 }
 
-/// The attention-transfer stage of a run (see `TrainConfig::attention_transfer_steps`).
+/// A stage of a run beside its training: attention transfer before it
+/// (`TrainConfig::attention_transfer_steps`), longer sequences after it (`long_context`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AttentionTransferReport {
+pub struct StageReport {
     pub steps_done: u64,
-    /// Mean attention-transfer loss of every step (mean squared difference per output value,
-    /// averaged over the Liger layers).
+    /// Mean loss of every step (attention transfer: the mean squared difference per output
+    /// value, averaged over the Liger layers; long context: the training loss).
     pub losses: Vec<f64>,
     pub seconds: f64,
 }
@@ -338,7 +341,7 @@ fn transfer_attention<M: EngineModel>(
     train: &[Sequence],
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(JobEvent),
-) -> Result<(AttentionTransferReport, bool)> {
+) -> Result<(StageReport, bool)> {
     let steps = job.train.attention_transfer_steps;
     model.host_model().attention_transfer_layers()?;
     if M::ATTENTION_TEACHER_NEEDS_BASE {
@@ -352,36 +355,85 @@ fn transfer_attention<M: EngineModel>(
         job.train.sequences_per_step(),
         job.train.seq_len
     )));
-    let config = TrainConfig {
-        steps: Some(steps),
-        schedule: Schedule::Constant,
-        eval_every: 0,
-        save_every: 0,
-        save_on_cancel: false,
-        distill_weight: 0.0,
-        attention_transfer_steps: 0,
-        ..job.train.clone()
-    };
-    let sizes: Vec<usize> = model.params().iter().map(|p| p.1.len()).collect();
-    let mut trainer = Trainer::new(config, train.len(), &sizes)?;
-    let start = Instant::now();
-    let mut stage = AttentionTransferStage(model);
-    let outcome = trainer.run(&mut stage, train, &[], cancel, &mut |event, _, _| {
-        if let TrainEvent::Progress(p) = event {
-            on_event(JobEvent::Progress(p));
-        }
-        Ok(())
-    });
+    let config = stage_config(job, steps, job.train.seq_len, job.train.micro_batch, 0.0);
+    let outcome = run_stage(config, &mut AttentionTransferStage(&mut *model), train, cancel, on_event);
     // The teacher goes whatever happened: the language-model stage does not need it.
     let ended = model.set_attention_teacher(None);
     let outcome = outcome?;
     ended?;
-    let report = AttentionTransferReport {
+    Ok(outcome)
+}
+
+/// The training settings of a stage beside the training: its steps, sequences and
+/// micro-batch, the run's optimizer at a constant learning rate, no validation or saves.
+fn stage_config(
+    job: &LinearizeJob,
+    steps: u64,
+    seq_len: usize,
+    micro_batch: usize,
+    distill_weight: f32,
+) -> TrainConfig {
+    TrainConfig {
+        steps: Some(steps),
+        seq_len,
+        micro_batch,
+        schedule: Schedule::Constant,
+        eval_every: 0,
+        save_every: 0,
+        save_on_cancel: false,
+        distill_weight,
+        attention_transfer_steps: 0,
+        long_context: None,
+        ..job.train.clone()
+    }
+}
+
+/// Trains `model` for a stage with a fresh optimizer, reporting each step; returns the stage's
+/// report and whether it was cancelled.
+fn run_stage<M: Trainable>(
+    config: TrainConfig,
+    model: &mut M,
+    train: &[Sequence],
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(JobEvent),
+) -> Result<(StageReport, bool)> {
+    let sizes: Vec<usize> = model.params().iter().map(|p| p.1.len()).collect();
+    let mut trainer = Trainer::new(config, train.len(), &sizes)?;
+    let start = Instant::now();
+    let outcome = trainer.run(model, train, &[], cancel, &mut |event, _, _| {
+        if let TrainEvent::Progress(p) = event {
+            on_event(JobEvent::Progress(p));
+        }
+        Ok(())
+    })?;
+    let report = StageReport {
         steps_done: outcome.steps_done,
-        losses: trainer.state.losses.clone(),
+        losses: trainer.state.losses,
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok((report, outcome.cancelled))
+}
+
+/// Runs the long-context stage (see [`LongContextStage`]) on the training data packed long.
+fn train_long_context<M: EngineModel>(
+    job: &LinearizeJob,
+    stage: LongContextStage,
+    model: &mut M,
+    train: &[Sequence],
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(JobEvent),
+) -> Result<(StageReport, bool)> {
+    // About as many tokens per micro-batch as the training's.
+    let micro_batch = (job.train.micro_batch * job.train.seq_len / stage.seq_len).max(1);
+    on_event(JobEvent::Stage(format!(
+        "long context: {} steps of {} sequences of {} tokens, over {} packed sequences",
+        stage.steps,
+        micro_batch * job.train.grad_accum,
+        stage.seq_len,
+        train.len()
+    )));
+    let config = stage_config(job, stage.steps, stage.seq_len, micro_batch, job.train.distill_weight);
+    run_stage(config, model, train, cancel, on_event)
 }
 
 /// Saves one checkpoint folder of the run (`checkpoint-<step>` or the final model), making
@@ -563,6 +615,8 @@ pub fn run_linearize_on<M: EngineModel>(
         ..Default::default()
     };
 
+    // The training data packed for the long-context stage, when the run has one.
+    let mut long_seqs = Vec::new();
     let (train_seqs, val_seqs) = match &job.data_path {
         Some(path) => {
             on_event(JobEvent::Stage("reading data".into()));
@@ -575,7 +629,9 @@ pub fn run_linearize_on<M: EngineModel>(
             };
             (report.train_records, report.val_records) = (train.len(), val.len());
             on_event(JobEvent::Stage("tokenizing".into()));
-            let train = pack(&tokenize_all(&base, &train, job.prompt_format)?, job.train.seq_len);
+            let examples = tokenize_all(&base, &train, job.prompt_format)?;
+            let train = pack(&examples, job.train.seq_len);
+            long_seqs = job.train.long_context.map(|stage| pack(&examples, stage.seq_len)).unwrap_or_default();
             let mut val = pack(&tokenize_all(&base, &val, job.prompt_format)?, job.train.seq_len);
             val.truncate(job.max_val_sequences);
             (train, val)
@@ -583,6 +639,12 @@ pub fn run_linearize_on<M: EngineModel>(
         None => (Vec::new(), Vec::new()),
     };
     (report.train_sequences, report.val_sequences) = (train_seqs.len(), val_seqs.len());
+    if let (Some(stage), true, false) = (job.train.long_context, long_seqs.is_empty(), train_seqs.is_empty()) {
+        return Err(Error::invalid_argument(format!(
+            "the training data holds less than one sequence of {} tokens for the long-context stage; use a shorter length or more data",
+            stage.seq_len
+        )));
+    }
     let validate = |model: &dyn Fn(&[u32], &[u32]) -> LossResult| -> Result<Option<EvalResult>> {
         if val_seqs.is_empty() {
             return Ok(None);
@@ -718,6 +780,15 @@ pub fn run_linearize_on<M: EngineModel>(
         report.tokens_per_s =
             (outcome.steps_done as f64 * job.train.sequences_per_step() as f64 * job.train.seq_len as f64)
                 / report.train_seconds.max(1e-9);
+        // The long-context stage follows the training, unless a resumed run had finished it
+        // (its model then already went through the stage).
+        if let (Some(stage), false) = (job.train.long_context, report.cancelled) {
+            if !(job.resume && outcome.steps_done == 0) {
+                let (long, cancelled) = train_long_context(job, stage, &mut model, &long_seqs, cancel, on_event)?;
+                report.long_context = Some(long);
+                report.cancelled = cancelled;
+            }
+        }
         trainer = Some(t);
     }
     if report.cancelled {

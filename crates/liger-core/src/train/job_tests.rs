@@ -3,7 +3,7 @@
 use super::data::{BadRows, PromptFormat};
 use super::fixtures::tiny_byte_model;
 use super::job::{base_model_loss, run_linearize, JobEvent, LinearizeJob};
-use super::trainer::TrainConfig;
+use super::trainer::{LongContextStage, TrainConfig};
 use crate::checkpoint::{load_liger_checkpoint, load_training_state};
 use crate::convert::{LigerOptions, LoraOptions, LoraTarget};
 use crate::error::ErrorCode;
@@ -524,4 +524,45 @@ fn attention_transfer_of_a_model_without_liger_layers_is_refused_before_training
     let err = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
     assert!(err.message.contains("nothing to train"), "{}", err.message);
+}
+
+#[test]
+fn a_long_context_stage_trains_on_longer_sequences_after_the_training() {
+    let tmp = TempDir::new("long-context");
+    let mut job = tiny_job(&tmp.0, 4);
+    job.train.long_context = Some(LongContextStage { steps: 3, seq_len: 128 });
+    job.train.eval_every = 0;
+    job.sample_prompt = None;
+    let mut events = Vec::new();
+    let report = run_linearize(&job, &AtomicBool::new(false), &mut |e| events.push(e)).unwrap();
+    let long = report.long_context.expect("the run reports its long-context stage");
+    assert_eq!((long.steps_done, long.losses.len()), (3, 3));
+    assert!(long.losses.iter().all(|l| l.is_finite() && *l > 0.0));
+    assert_eq!((report.steps_done, report.losses.len()), (4, 4));
+    // Progress of both; the stage's line after training's, with sequences of its length.
+    let lengths: Vec<usize> = events
+        .iter()
+        .filter_map(|e| if let JobEvent::Progress(p) = e { Some(p.total_steps as usize) } else { None })
+        .collect();
+    assert_eq!(lengths, vec![4, 4, 4, 4, 3, 3, 3]);
+    let stages: Vec<&String> =
+        events.iter().filter_map(|e| if let JobEvent::Stage(s) = e { Some(s) } else { None }).collect();
+    let training = stages.iter().position(|s| s.starts_with("training: 4 steps")).unwrap();
+    let long_line =
+        stages.iter().position(|s| s.starts_with("long context: 3 steps of 2 sequences of 128 tokens")).unwrap();
+    assert!(training < long_line, "{stages:?}");
+    // The saved model is the one after the stage; resuming the finished run does not repeat it.
+    let resumed =
+        run_linearize(&LinearizeJob { resume: true, ..job.clone() }, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert!(resumed.long_context.is_none());
+    // A stage no longer than the training, or longer than the data holds, is refused before any work.
+    for (seq_len, what) in [(64, "longer than the training"), (1 << 16, "less than one sequence")] {
+        let dir = tmp.0.join(format!("bad-{seq_len}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut bad = tiny_job(&dir, 2);
+        bad.train.long_context = Some(LongContextStage { steps: 1, seq_len });
+        let err = run_linearize(&bad, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert!(err.message.contains(what), "{}", err.message);
+    }
 }

@@ -107,6 +107,17 @@ pub struct TrainConfig {
     /// Liger layer's attention trained toward the base model's softmax attention on the same
     /// input (`convert/attention_transfer.rs`). Counted apart from `steps` and `epochs`.
     pub attention_transfer_steps: u64,
+    /// A stage at longer sequences after the training (a length curriculum), if any.
+    pub long_context: Option<LongContextStage>,
+}
+
+/// Training on longer sequences after the main training: `steps` optimizer steps on the same
+/// data packed `seq_len` tokens long, each micro-batch holding about as many tokens as the
+/// training's (fewer, longer sequences). Counted apart from `steps` and `epochs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LongContextStage {
+    pub steps: u64,
+    pub seq_len: usize,
 }
 
 /// Largest settings [`TrainConfig::validate`] accepts.
@@ -131,6 +142,7 @@ impl Default for TrainConfig {
             save_on_cancel: false,
             distill_weight: 0.0,
             attention_transfer_steps: 0,
+            long_context: None,
         }
     }
 }
@@ -186,6 +198,14 @@ impl TrainConfig {
         if let Schedule::WarmupCosine { min_ratio, .. } = self.schedule {
             if !(0.0..=1.0).contains(&min_ratio) {
                 return bad(format!("the schedule's min_ratio must be in [0, 1], got {min_ratio}"));
+            }
+        }
+        if let Some(stage) = self.long_context {
+            if stage.steps == 0 || stage.seq_len <= self.seq_len || stage.seq_len > MAX_SEQ_LEN {
+                return bad(format!(
+                    "the long-context stage needs at least one step and sequences longer than the training's {} tokens (at most {MAX_SEQ_LEN}); got {} steps of {} tokens",
+                    self.seq_len, stage.steps, stage.seq_len
+                ));
             }
         }
         if !(0.0..=1.0).contains(&self.distill_weight) {

@@ -13,7 +13,7 @@ use liger_core::model::read_model_config;
 use liger_core::nn::optim::AdamWConfig;
 use liger_core::train::data::{BadRows, PromptFormat};
 use liger_core::train::job::{run_linearize, JobEvent, LinearizeJob, LinearizeReport};
-use liger_core::train::trainer::{Schedule, TrainConfig};
+use liger_core::train::trainer::{LongContextStage, Schedule, TrainConfig};
 use liger_core::{Error, ErrorCode, Result};
 
 use crate::{Device, LinearizeEvent};
@@ -91,6 +91,8 @@ pub struct LinearizeOptions {
     pub distill_weight: f32,
     /// Steps of attention transfer before the language-model training (0: none).
     pub attention_transfer_steps: u64,
+    /// A stage on longer sequences after the training (a length curriculum), if any.
+    pub long_context: Option<LongContextStage>,
     pub schedule: Schedule,
     /// Seeds the adapters' initialisation, the validation split and the data order.
     pub seed: u64,
@@ -152,6 +154,7 @@ impl LinearizeOptions {
             weight_decay: optimizer.weight_decay,
             distill_weight: 0.0,
             attention_transfer_steps: 0,
+            long_context: None,
             schedule: Schedule::Constant,
             seed: 0,
             val_fraction: defaults::VAL_FRACTION,
@@ -204,6 +207,7 @@ impl LinearizeOptions {
             save_every: self.save_every,
             distill_weight: self.distill_weight,
             attention_transfer_steps: self.attention_transfer_steps,
+            long_context: self.long_context,
             ..Default::default()
         };
         train.optimizer.lr = self.lr;
