@@ -191,6 +191,26 @@ fn check_supported(c: &ModelConfig) -> Result<()> {
     Ok(())
 }
 
+/// Runs `run` on a micro-batch as one GPU batch when its sequences are equally long, else on
+/// each sequence alone, and sums the losses.
+fn in_gpu_batches(
+    inputs: &[&[u32]],
+    labels: &[&[u32]],
+    mut run: impl FnMut(&[&[u32]], &[&[u32]]) -> Result<LossOutput>,
+) -> Result<LossOutput> {
+    let same = inputs.iter().chain(labels).all(|s| s.len() == inputs.first().map_or(0, |f| f.len()));
+    if same {
+        return run(inputs, labels);
+    }
+    let mut total = LossOutput { loss_sum: 0.0, count: 0 };
+    for (i, l) in inputs.iter().zip(labels) {
+        let out = run(&[i], &[l])?;
+        total.loss_sum += out.loss_sum;
+        total.count += out.count;
+    }
+    Ok(total)
+}
+
 /// The trainer updates the adapters on the host (AdamW, clipping, schedules and checkpoints
 /// are the CPU engine's); each step's gradients come back from the GPU.
 impl<T: GemmInput> Trainable for GpuLigerModel<T> {
@@ -214,18 +234,7 @@ impl<T: GemmInput> Trainable for GpuLigerModel<T> {
         grad_scale: f32,
         grads: &mut LoraGrads,
     ) -> Result<LossOutput> {
-        // Sequences of one length run as one GPU batch; others one at a time.
-        let same = inputs.iter().chain(labels).all(|s| s.len() == inputs.first().map_or(0, |f| f.len()));
-        if same {
-            return GpuLigerModel::forward_backward_batch(self, inputs, labels, grad_scale, grads);
-        }
-        let mut total = LossOutput { loss_sum: 0.0, count: 0 };
-        for (i, l) in inputs.iter().zip(labels) {
-            let out = GpuLigerModel::forward_backward_batch(self, &[i], &[l], grad_scale, grads)?;
-            total.loss_sum += out.loss_sum;
-            total.count += out.count;
-        }
-        Ok(total)
+        in_gpu_batches(inputs, labels, |i, l| GpuLigerModel::forward_backward_batch(self, i, l, grad_scale, grads))
     }
     fn loss(&self, inputs: &[u32], labels: &[u32]) -> Result<LossOutput> {
         self.loss_batch(&[inputs], &[labels])
@@ -254,18 +263,7 @@ impl<T: GemmInput> liger_core::train::job::EngineModel for GpuLigerModel<T> {
         grad_scale: f32,
         grads: &mut LoraGrads,
     ) -> Result<LossOutput> {
-        // Sequences of one length run as one GPU batch; others one at a time.
-        let same = inputs.iter().chain(labels).all(|s| s.len() == inputs.first().map_or(0, |f| f.len()));
-        if same {
-            return GpuLigerModel::attention_transfer_batch(self, inputs, labels, grad_scale, grads);
-        }
-        let mut total = LossOutput { loss_sum: 0.0, count: 0 };
-        for (i, l) in inputs.iter().zip(labels) {
-            let out = GpuLigerModel::attention_transfer_batch(self, &[i], &[l], grad_scale, grads)?;
-            total.loss_sum += out.loss_sum;
-            total.count += out.count;
-        }
-        Ok(total)
+        in_gpu_batches(inputs, labels, |i, l| GpuLigerModel::attention_transfer_batch(self, i, l, grad_scale, grads))
     }
     const ATTENTION_TEACHER_NEEDS_BASE: bool = true;
     fn set_attention_teacher(&mut self, base: Option<liger_core::model::BaseModel>) -> Result<()> {
