@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes an edge bundle of the default model's Liger conversion (or of the model given):
-#   scripts/make-bundle.sh [int8|q4|f32] [model.gguf|liger-checkpoint-dir] [out.bundle]
+#   scripts/make-bundle.sh [int8|q4_1|q4|f32] [model.gguf|liger-checkpoint-dir] [out.bundle]
 # Default output: the cache, next to the default model. Skipped when the bundle exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -52,8 +52,9 @@ node scripts/fetch-model.mjs
 step "build"
 npm run build --silent
 
-# The wasm engine (npm/wasm/liger.wasm; sets up the wasm32 toolchain) and the int8 edge
-# bundle of the default model that its tests load.
+# The wasm engine (npm/wasm/liger.wasm; sets up the wasm32 toolchain) and the int8 and
+# q4_1 edge bundles of the default model that its tests load.
 step "wasm"
 bash scripts/build-wasm.sh
 bash scripts/make-bundle.sh int8
+bash scripts/make-bundle.sh q4_1

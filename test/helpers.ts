@@ -82,7 +82,7 @@ export function dataDir(): string {
  * An edge bundle of the default model's Liger conversion (`int8`, `q4` or `f32`), made by
  * `scripts/make-bundle.sh` (setup makes the int8 one). Missing is a failure with instructions.
  */
-export function bundlePath(quant: "int8" | "q4" | "f32" = "int8"): string {
+export function bundlePath(quant: "int8" | "q4" | "q4_1" | "f32" = "int8"): string {
   const cache = process.env.LIGER_CACHE_DIR || join(homedir(), ".cache", "liger");
   const path = join(cache, `SmolLM2-135M-Instruct.liger.${quant}.bundle`);
   if (!existsSync(path))

@@ -60,8 +60,22 @@ export declare class Engine {
   memoryBytes(): number;
   /** Loads a whole bundle file (checked up front: format, length, memory). */
   loadBundle(data: ArrayBuffer | Uint8Array): WasmModel;
+  /**
+   * Fetches a bundle and loads it, streaming the response straight into wasm memory (no copy
+   * of the file is held in JavaScript); progress (0..1) while it arrives.
+   */
+  fetchBundle(url: string | URL, onProgress?: (fraction: number) => void): Promise<WasmModel>;
+  /**
+   * Loads a bundle from a stream of byte chunks (a response body, a file's web stream): the
+   * header is checked first, then each chunk is copied into wasm memory as it arrives. A
+   * stream that ends early or runs past the length the header states is INVALID_FILE.
+   */
+  loadBundleStream(stream: ReadableStream<Uint8Array>, onProgress?: (fraction: number) => void): Promise<WasmModel>;
 }
 
 export declare function createEngine(options?: EngineOptions): Promise<Engine>;
-/** Fetches a bundle into an ArrayBuffer, reporting progress (0..1) while it arrives. */
+/**
+ * Fetches a bundle into an ArrayBuffer, reporting progress (0..1) while it arrives. For the
+ * least memory, `engine.fetchBundle` streams the file into the engine instead.
+ */
 export declare function fetchBundle(url: string | URL, onProgress?: (fraction: number) => void): Promise<ArrayBuffer>;

@@ -66,15 +66,11 @@ async function compile(source) {
 
 /**
  * Fetches a bundle into an ArrayBuffer, reporting `onProgress(fraction)` while it arrives.
+ * The whole file is held in JavaScript and then copied into wasm memory by `loadBundle`:
+ * `engine.fetchBundle` streams it into wasm memory instead, at about half the peak memory.
  */
 export async function fetchBundle(url, onProgress) {
-  let response;
-  try {
-    response = await fetch(url);
-  } catch (err) {
-    throw new LigerWasmError("IO_ERROR", `fetching ${url}: ${err.message}`, { cause: err });
-  }
-  if (!response.ok) throw new LigerWasmError("IO_ERROR", `fetching ${url}: HTTP ${response.status}`);
+  const response = await fetchOk(url);
   const total = Number(response.headers.get("content-length")) || 0;
   if (!response.body || !total) return response.arrayBuffer();
   const out = new Uint8Array(total);
@@ -89,6 +85,86 @@ export async function fetchBundle(url, onProgress) {
     onProgress?.(at / total);
   }
   return at === total ? out.buffer : out.buffer.slice(0, at);
+}
+
+async function fetchOk(url) {
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (err) {
+    throw new LigerWasmError("IO_ERROR", `fetching ${url}: ${err.message}`, { cause: err });
+  }
+  if (!response.ok) throw new LigerWasmError("IO_ERROR", `fetching ${url}: HTTP ${response.status}`);
+  return response;
+}
+
+/**
+ * Reads a stream of byte chunks into buffers of known length, without holding more of it than
+ * one chunk beyond what was asked for.
+ */
+class ChunkReader {
+  constructor(stream) {
+    this.reader = stream.getReader();
+    this.rest = null;
+    this.read = 0;
+  }
+
+  /** The next chunk (null at the end); a failing stream is an IO_ERROR. */
+  async next() {
+    if (this.rest) {
+      const chunk = this.rest;
+      this.rest = null;
+      return chunk;
+    }
+    let result;
+    try {
+      result = await this.reader.read();
+    } catch (err) {
+      throw new LigerWasmError("IO_ERROR", `reading the bundle: ${err.message}`, { cause: err });
+    }
+    if (result.done) return null;
+    if (!(result.value instanceof Uint8Array)) throw new LigerWasmError("INVALID_ARGUMENT", "a bundle stream must yield Uint8Array chunks");
+    this.read += result.value.length;
+    return result.value;
+  }
+
+  /**
+   * Passes the next `n` bytes to `write(chunk, at)` piece by piece; `what` names the part for
+   * the error when the stream ends first.
+   */
+  async copy(n, write, what) {
+    let at = 0;
+    while (at < n) {
+      const chunk = await this.next();
+      if (chunk === null) {
+        throw new LigerWasmError("INVALID_FILE", `bundle: truncated: the stream ended in ${what} after ${this.read} bytes; fetch or copy it again`);
+      }
+      const take = Math.min(chunk.length, n - at);
+      if (take < chunk.length) this.rest = chunk.subarray(take);
+      write(chunk.subarray(0, take), at);
+      at += take;
+    }
+  }
+
+  /** The next `n` bytes as one buffer (for the preamble and header only). */
+  async bytes(n, what) {
+    const out = new Uint8Array(n);
+    await this.copy(n, (chunk, at) => out.set(chunk, at), what);
+    return out;
+  }
+
+  /** Fails unless the stream is at its end. */
+  async expectEnd(fileBytes) {
+    const chunk = await this.next();
+    if (chunk !== null && chunk.length > 0) {
+      throw new LigerWasmError("INVALID_FILE", `bundle: longer than its header states (${fileBytes} bytes); fetch or copy it again`);
+    }
+    while ((await this.next()) !== null); // Empty chunks only; drain them.
+  }
+
+  cancel() {
+    this.reader.cancel().catch(() => {});
+  }
 }
 
 class Engine {
@@ -149,14 +225,14 @@ class Engine {
     return decoder.decode(this.resultBytes());
   }
 
-  /** Copies `bytes` into a fresh wasm buffer; returns [ptr, len]. */
-  put(bytes) {
-    const ptr = this.call("liger_alloc", bytes.length);
+  /** Copies `bytes` into a fresh wasm buffer of `len` bytes (at least theirs); returns [ptr, len]. */
+  put(bytes, len = bytes.length) {
+    const ptr = this.call("liger_alloc", len);
     if (ptr === 0) {
-      throw new LigerWasmError("OUT_OF_MEMORY", `cannot allocate ${bytes.length} bytes of wasm memory (maximum ${this.maxMemoryBytes >> 20} MiB)`);
+      throw new LigerWasmError("OUT_OF_MEMORY", `cannot allocate ${len} bytes of wasm memory (maximum ${this.maxMemoryBytes >> 20} MiB)`);
     }
     new Uint8Array(this.memory.buffer, ptr, bytes.length).set(bytes);
-    return [ptr, bytes.length];
+    return [ptr, len];
   }
 
   /** Runs `f(ptr, len)` on a temporary copy of `bytes` in wasm memory. */
@@ -185,6 +261,89 @@ class Engine {
     const handle = this.check("liger_model_load", ptr, len);
     return new WasmModel(this, handle, summary);
   }
+
+  /**
+   * Fetches a bundle and loads it, streaming the response body straight into wasm memory
+   * (see `loadBundleStream`). `onProgress(fraction)` is called as bytes arrive.
+   */
+  async fetchBundle(url, onProgress) {
+    const response = await fetchOk(url);
+    if (!response.body) return this.loadBundle(await response.arrayBuffer());
+    return this.loadBundleStream(response.body, onProgress);
+  }
+
+  /**
+   * Loads a bundle from a ReadableStream of Uint8Array chunks (a response body, a file's
+   * stream). The engine reads the header first (format, tokenizer) and allocates a buffer for
+   * each tensor; each chunk is then copied into those buffers as it arrives, so no copy of the
+   * file is held beside the model. A stream that ends early or runs long is INVALID_FILE.
+   */
+  async loadBundleStream(stream, onProgress) {
+    const chunks = new ChunkReader(stream);
+    let pending = null;
+    try {
+      const preamble = await chunks.bytes(24, "the preamble");
+      const headerLen = this.withBytes(preamble, (p, n) => this.check("liger_bundle_header_len", p, n));
+      const prefix = new Uint8Array(24 + headerLen);
+      prefix.set(preamble);
+      await chunks.copy(headerLen, (chunk, at) => prefix.set(chunk, 24 + at), "the header");
+      pending = this.withBytes(prefix, (p, n) => this.check("liger_bundle_begin", p, n, this.maxMemoryBytes));
+      const summary = JSON.parse(this.resultText());
+      const { fileBytes, dataStart } = summary;
+      const count = this.check("liger_bundle_tensors", pending);
+      const table = new DataView(this.resultBytes().buffer);
+      const tensors = Array.from({ length: count }, (_, i) => ({
+        offset: table.getUint32(12 * i, true),
+        ptr: table.getUint32(12 * i + 4, true),
+        len: table.getUint32(12 * i + 8, true),
+      }));
+      await chunks.copy(dataStart - prefix.length, () => {}, "the header's padding");
+      const write = tensorWriter(tensors, (ptr, bytes) => new Uint8Array(this.memory.buffer, ptr, bytes.length).set(bytes));
+      await chunks.copy(
+        fileBytes - dataStart,
+        (chunk, at) => {
+          write(chunk, at);
+          onProgress?.((dataStart + at + chunk.length) / fileBytes);
+        },
+        "the tensor data",
+      );
+      await chunks.expectEnd(fileBytes);
+      const begun = pending;
+      pending = null; // liger_bundle_finish takes it over, on success or failure.
+      const handle = this.check("liger_bundle_finish", begun);
+      return new WasmModel(this, handle, summary);
+    } catch (err) {
+      chunks.cancel();
+      if (!this.stopped && pending !== null) this.exports.liger_bundle_abort(pending);
+      throw err;
+    }
+  }
+}
+
+/**
+ * A function `(chunk, at)` that copies the bytes at `at..` of the data section into the
+ * tensors' buffers (`{offset, ptr, len}` sorted by offset), skipping the padding between them,
+ * through `copy(ptr, bytes)`. Chunks come in order.
+ */
+function tensorWriter(tensors, copy) {
+  let i = 0;
+  return (chunk, at) => {
+    let pos = 0;
+    while (pos < chunk.length && i < tensors.length) {
+      const t = tensors[i];
+      const here = at + pos;
+      const end = t.offset + t.len;
+      if (here >= end) {
+        i += 1;
+      } else if (here < t.offset) {
+        pos += Math.min(t.offset - here, chunk.length - pos);
+      } else {
+        const take = Math.min(end - here, chunk.length - pos);
+        copy(t.ptr + (here - t.offset), chunk.subarray(pos, pos + take));
+        pos += take;
+      }
+    }
+  };
 }
 
 /** A model loaded into the engine. */

@@ -16,9 +16,10 @@ export interface ExportModelOptions {
   format?: ExportFormat;
   /**
    * Type of the written weights. hf: "f32" (the default, exact), "bf16" or "f16"; bundle:
-   * "int8" (the default), "q4" (smaller, costs perplexity) or "f32".
+   * "int8" (the default), "q4_1" (4-bit layers, int8 embeddings: fits a Worker), "q4"
+   * (smallest, costs perplexity) or "f32".
    */
-  dtype?: "f32" | "bf16" | "f16" | "int8" | "q4";
+  dtype?: "f32" | "bf16" | "f16" | "int8" | "q4" | "q4_1";
   /**
    * hf: replace a non-empty output folder that an earlier export wrote (a user's files are
    * never deleted); bundle: replace an existing file.

@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if attention == "softmax" {
             model.options.softmax_layers = (0..layers).collect();
         }
-        for quant in [EdgeQuant::F32, EdgeQuant::Int8, EdgeQuant::Q4] {
+        for quant in [EdgeQuant::F32, EdgeQuant::Int8, EdgeQuant::Q4, EdgeQuant::Q4_1] {
             let bytes = bundle_bytes(&model, quant)?;
             let size = bytes.len();
             let loaded = load_bundle(Arc::new(bytes))?;

@@ -1,6 +1,6 @@
 //! Makes an edge bundle (one file: config, Liger options, tokenizer, weights) from a GGUF
 //! base model (converted with the default Liger options) or a Liger checkpoint directory.
-//! `cargo run --release -p liger-core --example make_bundle -- <model.gguf|checkpoint> <out.bundle> [f32|int8|q4]`
+//! `cargo run --release -p liger-core --example make_bundle -- <model.gguf|checkpoint> <out.bundle> [f32|int8|q4|q4_1]`
 
 use liger_core::bundle::{write_bundle, EdgeQuant};
 use liger_core::checkpoint::load_liger_checkpoint;
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(input), Some(out)) = (args.first(), args.get(1)) else {
-        return Err("usage: make_bundle <model.gguf|checkpoint-dir> <out.bundle> [f32|int8|q4]".into());
+        return Err("usage: make_bundle <model.gguf|checkpoint-dir> <out.bundle> [f32|int8|q4|q4_1]".into());
     };
     let quant = EdgeQuant::parse(args.get(2).map_or("int8", String::as_str))?;
     let input = PathBuf::from(input);

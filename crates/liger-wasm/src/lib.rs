@@ -1,5 +1,5 @@
 //! liger for the edge: a plain C ABI over `liger-core` for wasm32-unknown-unknown. The
-//! JavaScript glue (`npm/wasm`) copies a bundle into wasm memory, loads it, and drives
+//! JavaScript glue (`npm/wasm`) copies (or streams) a bundle into wasm memory, loads it, and drives
 //! generation one token at a time so that a page stays responsive while tokens stream in.
 //!
 //! Memory is imported from the host, which sets its maximum (256 MiB by default): the engine
@@ -15,7 +15,7 @@ mod random;
 mod selftest;
 
 use abi::{bytes, set_result, status, take_buffer, text};
-use liger_core::bundle::{load_bundle, read_header, read_preamble, PREAMBLE_BYTES};
+use liger_core::bundle::{load_bundle, parse_header, read_header, read_preamble, PendingBundle, PREAMBLE_BYTES};
 use liger_core::chat::ChatMessage;
 use liger_core::convert::{model_info_json, LigerModel};
 use liger_core::{Error, Result};
@@ -34,8 +34,13 @@ pub(crate) struct LoadedModel {
 
 thread_local! {
     pub(crate) static MODELS: RefCell<HashMap<i32, LoadedModel>> = RefCell::new(HashMap::new());
+    /// Bundles streaming in: header read, tokenizer built, tensor data still to come.
+    static PENDING: RefCell<HashMap<i32, Pending>> = RefCell::new(HashMap::new());
     static NEXT_HANDLE: RefCell<i32> = const { RefCell::new(1) };
 }
+
+/// A bundle streaming in, with one buffer per tensor for its data.
+type Pending = (PendingBundle, Vec<Vec<u8>>);
 
 pub(crate) fn next_handle() -> i32 {
     NEXT_HANDLE.with(|n| {
@@ -69,8 +74,9 @@ pub unsafe extern "C" fn liger_bundle_header_len(ptr: *const u8, len: usize) -> 
 }
 
 /// Checks a bundle's header (the file's first `24 + header length` bytes) against the whole
-/// file's length, and that the model fits in `memory_limit` bytes of wasm memory. Sets the
-/// result to `{name, quantization, fileBytes, needBytes}`.
+/// file's length (or, when `total_len` is negative, takes the length the header states: a
+/// file still streaming in), and that the model fits in `memory_limit` bytes of wasm memory.
+/// Sets the result to `{name, quantization, fileBytes, needBytes, headerBytes}`.
 ///
 /// # Safety
 /// As for [`liger_bundle_header_len`].
@@ -78,13 +84,17 @@ pub unsafe extern "C" fn liger_bundle_header_len(ptr: *const u8, len: usize) -> 
 pub unsafe extern "C" fn liger_bundle_check(ptr: *const u8, len: usize, total_len: f64, memory_limit: f64) -> i32 {
     status(|| {
         let prefix = bytes(ptr, len);
-        let header = read_header(prefix, total_len as u64)?;
-        let need = memory::bytes_needed(&header, total_len as u64);
+        let (header, file_bytes) = if total_len < 0.0 {
+            parse_header(prefix)?
+        } else {
+            (read_header(prefix, total_len as u64)?, total_len as u64)
+        };
+        let need = memory::bytes_needed(&header, file_bytes);
         memory::check_fits(need, memory_limit as u64)?;
         let summary = json!({
             "name": header.name,
             "quantization": header.quantization,
-            "fileBytes": total_len,
+            "fileBytes": file_bytes,
             "needBytes": need,
             "headerBytes": PREAMBLE_BYTES + read_preamble(prefix)?,
         });
@@ -112,6 +122,94 @@ pub unsafe extern "C" fn liger_model_load(ptr: *mut u8, len: usize) -> i32 {
         MODELS.with(|m| m.borrow_mut().insert(handle, LoadedModel { model, quantization, generations: 0 }));
         Ok(handle)
     })
+}
+
+/// Starts loading a bundle that streams in, from its first `24 + header length` bytes: checks
+/// the header, builds the tokenizer, then allocates one buffer per tensor (the largest first,
+/// so the smaller ones fill the gaps the tokenizer's parse left) and checks that working
+/// memory is left under `memory_limit`. Sets the result to the summary JSON `{name,
+/// quantization, fileBytes, needBytes, headerBytes}`; [`liger_bundle_tensors`] then gives
+/// where each tensor's bytes go. The host copies the file's tensor data there as it arrives and
+/// calls [`liger_bundle_finish`] (or [`liger_bundle_abort`]). Returns the pending bundle's
+/// handle.
+///
+/// # Safety
+/// As for [`liger_bundle_header_len`].
+#[no_mangle]
+pub unsafe extern "C" fn liger_bundle_begin(ptr: *const u8, len: usize, memory_limit: f64) -> i32 {
+    status(|| {
+        let prefix = bytes(ptr, len);
+        let summary = {
+            let (header, file_bytes) = parse_header(prefix)?;
+            let need = memory::bytes_needed(&header, header.data_bytes);
+            // Before anything large: a model far too big is refused at once.
+            memory::check_fits(header.data_bytes, memory_limit as u64)?;
+            json!({
+                "name": header.name,
+                "quantization": header.quantization,
+                "fileBytes": file_bytes,
+                "needBytes": need,
+                "headerBytes": PREAMBLE_BYTES + read_preamble(prefix)?,
+                "dataStart": file_bytes - header.data_bytes,
+            })
+        };
+        let bundle = PendingBundle::from_prefix(prefix)?;
+        let buffers = memory::tensor_buffers(bundle.spans(), memory_limit as u64)?;
+        let handle = next_handle();
+        PENDING.with(|p| p.borrow_mut().insert(handle, (bundle, buffers)));
+        set_result(summary.to_string().into_bytes());
+        Ok(handle)
+    })
+}
+
+/// Where a pending bundle's tensor data goes: for each tensor, in the order of the file, its
+/// offset in the data section, its buffer's address and its length (u32 little-endian
+/// triples in the result).
+#[no_mangle]
+pub extern "C" fn liger_bundle_tensors(pending: i32) -> i32 {
+    status(|| {
+        PENDING.with(|p| {
+            let p = p.borrow();
+            let (bundle, buffers) = p
+                .get(&pending)
+                .ok_or_else(|| Error::invalid_argument(format!("pending bundle {pending} does not exist")))?;
+            let mut order: Vec<usize> = (0..buffers.len()).collect();
+            order.sort_by_key(|&i| bundle.spans()[i].0);
+            let mut table = Vec::with_capacity(order.len() * 12);
+            for i in order {
+                let (offset, len) = bundle.spans()[i];
+                for v in [offset, buffers[i].as_ptr() as usize, len] {
+                    table.extend_from_slice(&(v as u32).to_le_bytes());
+                }
+            }
+            set_result(table);
+            Ok(buffers.len() as i32)
+        })
+    })
+}
+
+/// Finishes a pending bundle whose tensor buffers the host has filled. Returns the model
+/// handle; the pending bundle is gone either way.
+#[no_mangle]
+pub extern "C" fn liger_bundle_finish(pending: i32) -> i32 {
+    status(|| {
+        let (bundle, buffers) = PENDING
+            .with(|p| p.borrow_mut().remove(&pending))
+            .ok_or_else(|| Error::invalid_argument(format!("pending bundle {pending} does not exist")))?;
+        let quantization = bundle.header.quantization.clone();
+        let model = bundle.finish_with_tensors(buffers)?;
+        let handle = next_handle();
+        let model: &'static LigerModel = Box::leak(Box::new(model));
+        MODELS.with(|m| m.borrow_mut().insert(handle, LoadedModel { model, quantization, generations: 0 }));
+        Ok(handle)
+    })
+}
+
+/// Drops a pending bundle and its buffers (the stream failed).
+#[no_mangle]
+pub extern "C" fn liger_bundle_abort(pending: i32) -> i32 {
+    PENDING.with(|p| p.borrow_mut().remove(&pending));
+    0
 }
 
 /// Frees a model (refused while a generation of it is running).

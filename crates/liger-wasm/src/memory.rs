@@ -41,3 +41,42 @@ pub fn check_fits(need: u64, limit: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Working memory that must be left once a streamed model's tensors are allocated: the
+/// decoding state, a prompt's activations and logits (beyond what is free inside the memory
+/// already, which the allocator reuses first).
+const STREAM_WORKING_BYTES: u64 = 6 * MIB;
+
+/// One zeroed buffer per tensor (`spans`: offset and length of each), the largest allocated
+/// first, so that the smaller ones fill gaps; OUT_OF_MEMORY (never a trap) when they do not
+/// fit under `limit` with working memory to spare.
+pub fn tensor_buffers(spans: &[(usize, usize)], limit: u64) -> Result<Vec<Vec<u8>>> {
+    let mut order: Vec<usize> = (0..spans.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(spans[i].1));
+    let mut buffers: Vec<Vec<u8>> = spans.iter().map(|_| Vec::new()).collect();
+    let total: usize = spans.iter().map(|s| s.1).sum();
+    for i in order {
+        let len = spans[i].1;
+        let mut v: Vec<u8> = Vec::new();
+        if v.try_reserve_exact(len).is_err() {
+            return Err(out_of_memory(total as u64, limit));
+        }
+        v.resize(len, 0);
+        buffers[i] = v;
+    }
+    if current_bytes() + STREAM_WORKING_BYTES > limit {
+        return Err(out_of_memory(total as u64 + STREAM_WORKING_BYTES, limit));
+    }
+    Ok(buffers)
+}
+
+fn out_of_memory(need: u64, limit: u64) -> Error {
+    Error::new(
+        ErrorCode::OutOfMemory,
+        format!(
+            "the model's weights and working memory need about {} MiB, more than fits under the {} MiB maximum of wasm memory; use a 4-bit bundle, a smaller model, or a larger maxMemoryBytes",
+            need.div_ceil(MIB),
+            limit / MIB
+        ),
+    )
+}

@@ -73,10 +73,11 @@ fn export_bundle(model: &Path, out: &Path, request: &ExportRequest) -> Result<()
     let quant = match request.dtype.as_str() {
         "" | "int8" => EdgeQuant::Int8,
         "q4" => EdgeQuant::Q4,
+        "q4_1" => EdgeQuant::Q4_1,
         "f32" => EdgeQuant::F32,
         other => {
             return Err(Error::invalid_argument(format!(
-                "dtype of a bundle must be one of int8, q4, f32; got \"{other}\""
+                "dtype of a bundle must be one of int8, q4, f32, q4_1; got \"{other}\""
             )))
         }
     };

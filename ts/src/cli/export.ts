@@ -24,7 +24,7 @@ export function registerExport(program: Command): void {
     )
     .option("--format <name>", "hf or bundle", "hf")
     .option("-o, --out <path>", "the output: a folder (hf, new or empty) or a file (bundle)")
-    .option("--dtype <type>", "hf: f32 (default), bf16 or f16; bundle: int8 (default), q4 or f32")
+    .option("--dtype <type>", "hf: f32 (default), bf16 or f16; bundle: int8 (default), q4_1, q4 or f32")
     .option("--overwrite", "replace an output that an earlier export wrote")
     .action(async (options: ExportCliOptions) => {
       if (!options.model) throw invalidArgument("--model is required: the Liger checkpoint to export");

@@ -1,7 +1,8 @@
 //! Edge bundles: a whole Liger model (config, Liger options, tokenizer, chat template and
 //! weights) in one self-describing file, so a browser can fetch it into an `ArrayBuffer` and
 //! load it without a file system. Matrices are stored for the edge: f32, int8 with one scale
-//! per row (`I8_ROW`), or 4-bit blocks (`Q4_0`); norms and biases stay f32.
+//! per row (`I8_ROW`), or 4-bit blocks (`Q4_0`, or `Q4_1` with int8 embeddings); norms and
+//! biases stay f32.
 //!
 //! Layout (little-endian):
 //!
@@ -53,28 +54,34 @@ pub enum EdgeQuant {
     Int8,
     /// 4-bit blocks of 32 with an f16 scale (`Q4_0`): 0.5625 bytes a weight.
     Q4,
+    /// The layers' matrices in 4-bit blocks of 32 with an f16 scale and minimum (`Q4_1`,
+    /// 0.625 bytes a weight); the embeddings and output head in int8 rows (`I8_ROW`), which
+    /// 4 bits cost the most.
+    Q4_1,
 }
 
 impl EdgeQuant {
-    pub const NAMES: [&'static str; 3] = ["f32", "int8", "q4"];
+    pub const NAMES: [&'static str; 4] = ["f32", "int8", "q4", "q4_1"];
 
     pub fn name(self) -> &'static str {
         match self {
             EdgeQuant::F32 => "f32",
             EdgeQuant::Int8 => "int8",
             EdgeQuant::Q4 => "q4",
+            EdgeQuant::Q4_1 => "q4_1",
         }
     }
 
-    /// Parses "f32", "int8" or "q4" (also "4bit").
+    /// Parses "f32", "int8", "q4" (also "4bit") or "q4_1".
     pub fn parse(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Ok(EdgeQuant::F32),
             "int8" | "i8" => Ok(EdgeQuant::Int8),
             "q4" | "4bit" | "q4_0" => Ok(EdgeQuant::Q4),
+            "q4_1" => Ok(EdgeQuant::Q4_1),
             other => Err(Error::new(
                 ErrorCode::UnsupportedTensorType,
-                format!("unknown edge quantisation \"{other}\"; use one of f32, int8, q4"),
+                format!("unknown edge quantisation \"{other}\"; use one of f32, int8, q4, q4_1"),
             )),
         }
     }
@@ -96,7 +103,7 @@ pub struct TensorEntry {
 #[serde(rename_all = "camelCase")]
 pub struct BundleHeader {
     pub name: String,
-    /// "f32", "int8" or "q4".
+    /// "f32", "int8", "q4" or "q4_1".
     pub quantization: String,
     /// The model's `config.json`.
     pub config: serde_json::Value,
@@ -132,9 +139,10 @@ fn dtype_of(name: &str) -> Result<GgmlType> {
         "F32" => Ok(GgmlType::F32),
         "I8_ROW" => Ok(GgmlType::I8Row),
         "Q4_0" => Ok(GgmlType::Q4_0),
+        "Q4_1" => Ok(GgmlType::Q4_1),
         other => Err(Error::new(
             ErrorCode::UnsupportedTensorType,
-            format!("bundle: tensor type \"{other}\" is not one this build reads (F32, I8_ROW, Q4_0); make the bundle again with this version"),
+            format!("bundle: tensor type \"{other}\" is not one this build reads (F32, I8_ROW, Q4_0, Q4_1); make the bundle again with this version"),
         )),
     }
 }
@@ -159,16 +167,23 @@ pub fn read_preamble(bytes: &[u8]) -> Result<usize> {
     Ok(h as usize)
 }
 
-/// Parses and checks the header from the start of a bundle (at least the preamble and the
-/// header). `total_len`, the whole file's length, must match what the header states.
-pub fn read_header(prefix: &[u8], total_len: u64) -> Result<BundleHeader> {
+/// Parses the header from the start of a bundle (at least the preamble and the header), with
+/// the length of the whole file it states: what a reader streaming the file expects.
+pub fn parse_header(prefix: &[u8]) -> Result<(BundleHeader, u64)> {
     let h = read_preamble(prefix)?;
     let json = prefix.get(PREAMBLE_BYTES..PREAMBLE_BYTES + h).ok_or_else(|| {
         invalid(format!("the header needs {} bytes, only {} given (truncated?)", PREAMBLE_BYTES + h, prefix.len()))
     })?;
     let header: BundleHeader =
         serde_json::from_slice(json).map_err(|e| invalid(format!("the header is not valid: {e}")))?;
-    let expected = header.file_bytes(h);
+    let file_bytes = header.file_bytes(h);
+    Ok((header, file_bytes))
+}
+
+/// Parses and checks the header from the start of a bundle (at least the preamble and the
+/// header). `total_len`, the whole file's length, must match what the header states.
+pub fn read_header(prefix: &[u8], total_len: u64) -> Result<BundleHeader> {
+    let (header, expected) = parse_header(prefix)?;
     if total_len != expected {
         let what = if total_len < expected { "truncated" } else { "longer than its header states" };
         return Err(invalid(format!(
@@ -186,7 +201,7 @@ pub fn bundle_bytes(model: &LigerModel, quant: EdgeQuant) -> Result<Vec<u8>> {
     for (name, t) in named_tensors(&weights) {
         let (ty, rows, cols, bytes) = match t {
             Named::Matrix(m) => {
-                let ty = edge_type(quant, m.cols);
+                let ty = edge_type(quant, &name, m.cols);
                 (ty, m.rows, m.cols, quantize_matrix(m, ty)?)
             }
             Named::Vector(v) => (GgmlType::F32, 1, v.len(), vector_bytes(v)),
@@ -272,41 +287,110 @@ fn tensor_spans(header: &BundleHeader) -> Result<Vec<(usize, usize)>> {
 /// the buffer, not copies, so a loaded model takes little more memory than the file.
 pub fn load_bundle(buffer: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<LigerModel> {
     let bytes = (*buffer).as_ref();
-    let header = read_header(bytes, bytes.len() as u64)?;
-    let start = data_start(read_preamble(bytes)?);
-    let config = config_from_value(&header.config, "bundle config").map_err(|e| e.context("bundle"))?;
-    let mut index = HashMap::new();
-    for (i, e) in header.tensors.iter().enumerate() {
-        if index.insert(e.name.as_str(), i).is_some() {
-            return Err(invalid(format!("tensor \"{}\" appears twice", e.name)));
+    read_header(bytes, bytes.len() as u64)?;
+    let pending = PendingBundle::from_prefix(bytes)?;
+    let start = pending.data_start;
+    pending.finish(buffer, start)
+}
+
+/// A bundle whose header is read, checked and turned into its config and tokenizer, waiting
+/// for its tensor data: how a bundle that streams in is loaded. The tokenizer is built before
+/// any tensor's buffer is allocated, and the tensors can have one buffer each
+/// ([`PendingBundle::finish_with_tensors`]), so they fill the memory that building the
+/// tokenizer took for a while instead of growing the heap past it.
+pub struct PendingBundle {
+    /// The header, its tokenizer JSON emptied once the tokenizer is built.
+    pub header: BundleHeader,
+    /// Where the tensor data starts in the file.
+    pub data_start: usize,
+    config: crate::config::ModelConfig,
+    spans: Vec<(usize, usize)>,
+    tokenizer: Tokenizer,
+}
+
+impl PendingBundle {
+    /// From the start of a bundle (at least the preamble and the header).
+    pub fn from_prefix(prefix: &[u8]) -> Result<Self> {
+        let (mut header, _) = parse_header(prefix)?;
+        let data_start = data_start(read_preamble(prefix)?);
+        let config = config_from_value(&header.config, "bundle config").map_err(|e| e.context("bundle"))?;
+        let mut names = std::collections::HashSet::new();
+        for e in &header.tensors {
+            if !names.insert(e.name.as_str()) {
+                return Err(invalid(format!("tensor \"{}\" appears twice", e.name)));
+            }
         }
+        let spans = tensor_spans(&header)?;
+        let tokenizer = Tokenizer::from_json(header.tokenizer.as_bytes(), "bundle tokenizer")?.with_special_ids(
+            header.bos_token_id,
+            header.eos_token_id,
+            header.add_bos && header.bos_token_id.is_some(),
+        )?;
+        // The tokenizer's JSON is not needed any more; its tables are.
+        header.tokenizer = String::new();
+        Ok(PendingBundle { header, data_start, config, spans, tokenizer })
     }
-    let spans = tensor_spans(&header)?;
-    let get = |name: &str| -> Result<Option<QTensor>> {
-        let Some(&i) = index.get(name) else {
-            return Ok(None);
+
+    /// Each tensor's `(offset, length)` in the data section, in the header's order.
+    pub fn spans(&self) -> &[(usize, usize)] {
+        &self.spans
+    }
+
+    /// The model, with its tensor data at `data_offset` of `buffer` (used in place).
+    pub fn finish(self, buffer: Arc<dyn AsRef<[u8]> + Send + Sync>, data_offset: usize) -> Result<LigerModel> {
+        let available = (*buffer).as_ref().len().saturating_sub(data_offset) as u64;
+        if available < self.header.data_bytes {
+            return Err(invalid(format!(
+                "truncated: {available} bytes of tensor data, the header states {}; fetch or copy it again",
+                self.header.data_bytes
+            )));
+        }
+        let views = self
+            .spans
+            .iter()
+            .map(|&(offset, len)| ByteView::new(buffer.clone(), data_offset + offset, len))
+            .collect::<Result<Vec<_>>>()?;
+        self.build(views)
+    }
+
+    /// The model, with each tensor's bytes in its own buffer (in the header's order, each of
+    /// its span's length): what lets a streamed bundle's tensors fill the gaps in memory that
+    /// one buffer of the whole data could not.
+    pub fn finish_with_tensors(self, tensors: Vec<Vec<u8>>) -> Result<LigerModel> {
+        let lengths_match =
+            tensors.len() == self.spans.len() && tensors.iter().zip(&self.spans).all(|(t, &(_, len))| t.len() == len);
+        if !lengths_match {
+            return Err(Error::invalid_argument("the tensor buffers do not match the bundle's tensors"));
+        }
+        self.build(tensors.into_iter().map(ByteView::from_vec).collect())
+    }
+
+    /// The model from one view per tensor (in the header's order).
+    fn build(self, views: Vec<ByteView>) -> Result<LigerModel> {
+        let PendingBundle { header, config, tokenizer, .. } = self;
+        let index: HashMap<&str, usize> =
+            header.tensors.iter().enumerate().map(|(i, e)| (e.name.as_str(), i)).collect();
+        let get = |name: &str| -> Result<Option<QTensor>> {
+            let Some(&i) = index.get(name) else {
+                return Ok(None);
+            };
+            let e = &header.tensors[i];
+            let ty = dtype_of(&e.dtype)?;
+            QTensor::new(ty, e.rows, e.cols, views[i].clone())
+                .map(Some)
+                .map_err(|err| err.context(format!("bundle tensor \"{name}\"")))
         };
-        let e = &header.tensors[i];
-        let ty = dtype_of(&e.dtype)?;
-        let (offset, len) = spans[i];
-        let view = ByteView::new(buffer.clone(), start + offset, len)?;
-        QTensor::new(ty, e.rows, e.cols, view).map(Some).map_err(|err| err.context(format!("bundle tensor \"{name}\"")))
-    };
-    let weights = assemble_weights(&TensorSource { get: &get }, config.num_layers)?;
-    weights.validate(&config).map_err(|e| e.context("bundle"))?;
-    let tokenizer = Tokenizer::from_json(header.tokenizer.as_bytes(), "bundle tokenizer")?.with_special_ids(
-        header.bos_token_id,
-        header.eos_token_id,
-        header.add_bos && header.bos_token_id.is_some(),
-    )?;
-    let base = BaseModel::new(
-        config,
-        weights,
-        tokenizer,
-        header.chat_template.clone(),
-        header.name.clone(),
-        ModelFormat::Bundle,
-    );
-    let no_adapters = LoraOptions { targets: Vec::new(), ..LoraOptions::default() };
-    linearize(base, header.liger, no_adapters)
+        let weights = assemble_weights(&TensorSource { get: &get }, config.num_layers)?;
+        weights.validate(&config).map_err(|e| e.context("bundle"))?;
+        let base = BaseModel::new(
+            config,
+            weights,
+            tokenizer,
+            header.chat_template.clone(),
+            header.name.clone(),
+            ModelFormat::Bundle,
+        );
+        let no_adapters = LoraOptions { targets: Vec::new(), ..LoraOptions::default() };
+        linearize(base, header.liger, no_adapters)
+    }
 }

@@ -44,14 +44,17 @@ pub(super) fn named_tensors(w: &ModelWeights) -> Vec<(String, Named<'_>)> {
     out
 }
 
-/// The storage type a matrix of `cols` columns gets under `quant`. 4-bit blocks need rows
-/// that are whole blocks of 32; other rows fall back to int8.
-pub(super) fn edge_type(quant: EdgeQuant, cols: usize) -> GgmlType {
+/// The storage type the matrix `name` of `cols` columns gets under `quant`. 4-bit blocks need
+/// rows that are whole blocks of 32; other rows fall back to int8, as do the embeddings and
+/// output head under `Q4_1`.
+pub(super) fn edge_type(quant: EdgeQuant, name: &str, cols: usize) -> GgmlType {
+    let whole_blocks = cols.is_multiple_of(32);
     match quant {
         EdgeQuant::F32 => GgmlType::F32,
         EdgeQuant::Int8 => GgmlType::I8Row,
-        EdgeQuant::Q4 if cols.is_multiple_of(GgmlType::Q4_0.block_size()) => GgmlType::Q4_0,
-        EdgeQuant::Q4 => GgmlType::I8Row,
+        EdgeQuant::Q4 if whole_blocks => GgmlType::Q4_0,
+        EdgeQuant::Q4_1 if whole_blocks && name != "embed" && name != "lm_head" => GgmlType::Q4_1,
+        EdgeQuant::Q4 | EdgeQuant::Q4_1 => GgmlType::I8Row,
     }
 }
 

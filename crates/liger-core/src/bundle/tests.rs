@@ -72,7 +72,7 @@ fn quantized_bundles_stay_close_and_are_smaller() {
     let tokens = random_tokens(4, 24);
     let want: Vec<f64> = model.all_logits(&tokens).unwrap().iter().map(|&v| v as f64).collect();
     let f32_len = bundle_bytes(&model, EdgeQuant::F32).unwrap().len();
-    for (quant, bound) in [(EdgeQuant::Int8, 0.05), (EdgeQuant::Q4, 0.5)] {
+    for (quant, bound) in [(EdgeQuant::Int8, 0.05), (EdgeQuant::Q4, 0.5), (EdgeQuant::Q4_1, 0.5)] {
         let bytes = bundle_bytes(&model, quant).unwrap();
         let loaded = load(bytes.clone()).unwrap();
         let err = max_rel_error(&loaded.all_logits(&tokens).unwrap(), &want);
@@ -84,8 +84,30 @@ fn quantized_bundles_stay_close_and_are_smaller() {
         assert!(err < bound, "{}: logits error {err}", quant.name());
         assert!(bytes.len() < f32_len / 2, "{} bundle is not smaller", quant.name());
         let types = loaded.base.info().tensor_types;
-        let expected = if quant == EdgeQuant::Int8 { "I8_ROW" } else { "Q4_0" };
-        assert!(types.contains_key(expected), "{types:?}");
+        let expected: &[&str] = match quant {
+            EdgeQuant::Int8 => &["I8_ROW"],
+            EdgeQuant::Q4 => &["Q4_0"],
+            _ => &["Q4_1", "I8_ROW"],
+        };
+        for ty in expected {
+            assert!(types.contains_key(*ty), "{types:?}");
+        }
+    }
+}
+
+#[test]
+fn q4_1_bundles_keep_embeddings_in_int8() {
+    let bytes = bundle_bytes(&tiny_liger(2), EdgeQuant::Q4_1).unwrap();
+    let header = read_header(&bytes, bytes.len() as u64).unwrap();
+    assert_eq!(header.quantization, "q4_1");
+    for e in &header.tensors {
+        let want = match e.name.as_str() {
+            "embed" | "lm_head" => "I8_ROW",
+            _ if e.rows == 1 => "F32",
+            _ if e.cols % 32 == 0 => "Q4_1",
+            _ => "I8_ROW",
+        };
+        assert_eq!(e.dtype, want, "{}", e.name);
     }
 }
 
@@ -221,4 +243,25 @@ fn chunked_prefill_generates_the_same_tokens() {
     assert_eq!(whole.len(), 12);
     assert_eq!(run(16), whole);
     assert_eq!(run(1), whole);
+}
+
+#[test]
+fn a_bundle_loaded_tensor_by_tensor_equals_one_loaded_whole() {
+    let model = tiny_liger(5);
+    let tokens = random_tokens(6, 20);
+    let bytes = bundle_bytes(&model, EdgeQuant::Q4_1).unwrap();
+    let whole = load(bytes.clone()).unwrap().all_logits(&tokens).unwrap();
+    // What a streaming reader has once the header is in: the prefix up to the data.
+    let pending = PendingBundle::from_prefix(&bytes[..PREAMBLE_BYTES + read_preamble(&bytes).unwrap()]).unwrap();
+    assert!(pending.header.tokenizer.is_empty());
+    let data = &bytes[pending.data_start..];
+    let tensors: Vec<Vec<u8>> = pending.spans().iter().map(|&(o, n)| data[o..o + n].to_vec()).collect();
+    let mut short = tensors.clone();
+    short[0].pop();
+    let Err(err) = PendingBundle::from_prefix(&bytes).unwrap().finish_with_tensors(short) else {
+        panic!("a short tensor buffer was taken");
+    };
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    let streamed = pending.finish_with_tensors(tensors).unwrap().all_logits(&tokens).unwrap();
+    assert_eq!(streamed, whole);
 }
