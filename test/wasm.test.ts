@@ -127,6 +127,30 @@ describe("the default model's Liger conversion, int8, in wasm", () => {
     expect(result.tokens[0]).toBe(best);
   });
 
+  it("loads a bundle from an http URL by streaming it into the engine, the same model as from the file", async () => {
+    const { createServer } = await import("node:http");
+    const server = createServer((_req, res) => {
+      res.writeHead(200, { "content-type": "application/octet-stream", "content-length": bundle.length });
+      res.end(bundle);
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const { port } = server.address() as { port: number };
+      const stages: string[] = [];
+      const remote = await loadModel(`http://127.0.0.1:${port}/model.bundle`, {
+        backend: "wasm",
+        onProgress: (p) => stages.push(p.stage),
+      });
+      expect(stages).toContain("download");
+      const prompt = "The capital of France is";
+      const want = await model.generate(prompt, { maxTokens: 8, temperature: 0 }).result;
+      const got = await remote.generate(prompt, { maxTokens: 8, temperature: 0 }).result;
+      expect(got.tokens).toEqual(want.tokens);
+    } finally {
+      server.close();
+    }
+  });
+
   it("stays within 256 MiB and its memory does not grow with the generation's length", async () => {
     const e = await engine(256 * MIB);
     const m = e.loadBundle(bundle);

@@ -10,7 +10,6 @@ import { createRequire } from "node:module";
 import {
   createEngine,
   DEFAULT_MAX_MEMORY_BYTES,
-  fetchBundle,
   LigerWasmError,
   type WasmGeneration,
   type WasmModel,
@@ -70,11 +69,8 @@ function wasmModuleBytes(): Promise<Uint8Array> {
   return moduleBytes;
 }
 
-/** A bundle's bytes: fetched when `location` is an http(s) URL, read from disk otherwise. */
-async function readBundle(location: string, onProgress?: ProgressCallback): Promise<ArrayBuffer | Uint8Array> {
-  if (/^https?:\/\//.test(location)) {
-    return fetchBundle(location, (fraction) => onProgress?.({ stage: "download", fraction }));
-  }
+/** A bundle file's bytes, read from disk. */
+async function readBundleFile(location: string): Promise<Uint8Array> {
   try {
     return await readFile(location);
   } catch (err) {
@@ -99,11 +95,17 @@ export function wasmBackend(options: WasmBackendOptions = {}): Backend {
           `the wasm engine runs on the CPU only, not on ${device}: load with the native backend (the addon) for the GPU`,
         );
       }
-      const data = await readBundle(path, onProgress);
-      onProgress?.({ stage: "load", fraction: 0 });
+      // An http(s) bundle streams into the engine's memory as it arrives (the file is never
+      // held whole beside it); a file on disk is read, then loaded.
+      const remote = /^https?:\/\//.test(path);
+      const data = remote ? undefined : await readBundleFile(path);
+      onProgress?.({ stage: remote ? "download" : "load", fraction: 0 });
       try {
         const engine = await createEngine({ source: await wasmModuleBytes(), maxMemoryBytes });
-        const model = new WasmBackendModel(engine.loadBundle(data), () => engine.memoryBytes());
+        const loaded = data
+          ? engine.loadBundle(data)
+          : await engine.fetchBundle(path, (fraction) => onProgress?.({ stage: "download", fraction }));
+        const model = new WasmBackendModel(loaded, () => engine.memoryBytes());
         onProgress?.({ stage: "load", fraction: 1 });
         return model;
       } catch (err) {
