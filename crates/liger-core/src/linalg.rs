@@ -4,6 +4,8 @@
 use crate::tensor::{GgmlType, QTensor};
 use rayon::prelude::*;
 
+pub mod blocked;
+
 /// A strided view of an f32 matrix: element (i, j) is at `i * row_stride + j * col_stride`.
 #[derive(Clone, Copy)]
 pub struct MatRef<'a> {
@@ -59,6 +61,12 @@ pub fn matmul(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool) {
         }
         return;
     }
+    #[cfg(target_arch = "wasm32")]
+    {
+        // The gemm crate has no SIMD128 kernels; its scalar one is slower than this.
+        return blocked::matmul_dot_form(a, b, c, accumulate);
+    }
+    #[allow(unreachable_code)]
     let threads = rayon::current_num_threads();
     let parallelism =
         if m * n * k >= 1 << 18 && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
@@ -137,9 +145,9 @@ pub fn matmul_wt(w: &QTensor, x: &[f32], n: usize, y: &mut [f32]) {
     }
     #[cfg(target_arch = "wasm32")]
     {
-        // wasm has no threads and the gemm crate no SIMD128 kernels: the SIMD dot products,
-        // each stored row read once for all n inputs while it is in cache, are faster.
-        return matmul_wt_by_rows(w, x, n, y);
+        // wasm has no threads and the gemm crate no SIMD128 kernels: a blocked product with
+        // its own SIMD128 inner loop is faster.
+        return blocked::matmul_wt_blocked(w, x, n, y);
     }
     #[allow(unreachable_code)]
     if w.ty == GgmlType::F32 {
@@ -182,16 +190,4 @@ pub fn matmul_wt(w: &QTensor, x: &[f32], n: usize, y: &mut [f32]) {
             );
         }
     });
-}
-
-/// `Y = X Wᵀ` with one dot product per (row, input) pair, walking the rows of W once.
-#[cfg(target_arch = "wasm32")]
-fn matmul_wt_by_rows(w: &QTensor, x: &[f32], n: usize, y: &mut [f32]) {
-    let dot = crate::quant::dot_fn(w.ty);
-    let row_bytes = w.row_bytes();
-    for (r, row) in w.data.as_slice().chunks_exact(row_bytes).enumerate() {
-        for (t, xt) in x.chunks_exact(w.cols).enumerate().take(n) {
-            y[t * w.rows + r] = dot(row, xt);
-        }
-    }
 }
