@@ -203,12 +203,27 @@ describe("loglikelihood vs llama.cpp", () => {
     console.log(
       `${lines.join("\n")}\nworst |sum difference| ${worstSum.toFixed(3)}; greedy flags agree on ${greedyAgree}/${results.length}`,
     );
-    // The multiple-choice answer (argmax over a question's choices) is the same.
+    // The multiple-choice answer (argmax over a question's choices) is the same, unless the two
+    // choices are a tie within the engines' rounding: together, the two engines' gaps between
+    // them are inside the sums' tolerance. At most one such tie in this set.
     const argmax = (v: number[]) => v.indexOf(Math.max(...v));
+    let answerTies = 0;
     for (const [start, n] of ARC_QUESTIONS) {
       const mine = results.slice(start, start + n).map((r) => r.logprob);
-      expect(argmax(mine), `ARC question at pair ${start}`).toBe(argmax(llamaSums.slice(start, start + n)));
+      const theirs = llamaSums.slice(start, start + n);
+      const [a, b] = [argmax(mine), argmax(theirs)];
+      if (a === b) continue;
+      const gaps = mine[a] - mine[b] + (theirs[b] - theirs[a]);
+      const tolerance =
+        sumTolerance(results[start + a].continuationTokens.length) +
+        sumTolerance(results[start + b].continuationTokens.length);
+      console.log(
+        `ARC question at pair ${start}: answers ${a} and ${b}, gaps together ${gaps.toFixed(3)} (tie below ${tolerance.toFixed(3)})`,
+      );
+      expect(gaps, `ARC question at pair ${start}: the answers differ away from a tie`).toBeLessThan(tolerance);
+      answerTies++;
     }
+    expect(answerTies).toBeLessThanOrEqual(1);
     // Every greedy flag agrees unless a tie explains it; at most one such tie in this set.
     expect(greedyAgree).toBeGreaterThanOrEqual(results.length - 1);
   });
