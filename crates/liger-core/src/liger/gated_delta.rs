@@ -44,7 +44,7 @@
 use super::config::{HeadShape, MixerConfig};
 use super::feature::{log_sigmoid, sigmoid};
 use super::gated::decay;
-use super::heads::{gather_heads, scatter_heads, QkvGrads};
+use super::heads::{gather_heads, join_groups, QkvGrads};
 use crate::linalg::{matmul, MatRef};
 use rayon::prelude::*;
 
@@ -357,11 +357,7 @@ pub(crate) fn chunk_forward(
             head_chunk_forward(&x, group, t, d, chunk, s)
         })
         .collect();
-    let mut o = vec![0.0; t * shape.hq * d];
-    for (kvh, oh) in outs.iter().enumerate() {
-        scatter_heads(oh, t, shape.hq, d, kvh * group, &mut o);
-    }
-    o
+    join_groups(&outs, t, shape)
 }
 
 /// One decoding step: `q_t` `[hq, D]`, `k_t`, `v_t` `[hkv, D]`; writes `o_t` `[hq, D]` and

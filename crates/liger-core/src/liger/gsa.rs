@@ -21,7 +21,7 @@ use super::gated::{
     self, advance_state, chunk_cumsum, decay, gated_cols_acc, gated_rows_acc, gated_scores, scale_rows, GatedDims,
     GatedInputs,
 };
-use super::heads::{gather_heads, scatter_heads, QkvGrads};
+use super::heads::{gather_heads, join_groups, QkvGrads};
 use crate::linalg::{matmul, MatRef};
 use rayon::prelude::*;
 
@@ -197,11 +197,7 @@ pub(crate) fn chunk_forward(
             gated::chunk_forward(&inputs, GatedDims { group, t, k: m, v: d }, chunk, vslots)
         })
         .collect();
-    let mut o = vec![0.0; t * shape.hq * d];
-    for (kvh, oh) in outs.iter().enumerate() {
-        scatter_heads(oh, t, shape.hq, d, kvh * group, &mut o);
-    }
-    o
+    join_groups(&outs, t, shape)
 }
 
 /// One decoding step (shapes checked by the caller).

@@ -53,3 +53,14 @@ pub(crate) fn scatter_heads(src: &[f32], t: usize, h: usize, d: usize, first: us
         }
     }
 }
+
+/// The query-head outputs of every key-value head's group (`outs[kvh]`, head-major
+/// `[group, T, D]` each) joined into one `[T, hq, D]` tensor.
+pub(crate) fn join_groups(outs: &[Vec<f32>], t: usize, shape: super::config::HeadShape) -> Vec<f32> {
+    let (d, group) = (shape.d, shape.group());
+    let mut o = vec![0.0; t * shape.hq * d];
+    for (kvh, oh) in outs.iter().enumerate() {
+        scatter_heads(oh, t, shape.hq, d, kvh * group, &mut o);
+    }
+    o
+}

@@ -8,7 +8,7 @@ use super::feature::{key_features, key_features_backward_acc, softmax, softmax_b
 use super::gated::{self, GatedDims, GatedInputs};
 use super::gated_delta;
 use super::gsa;
-use super::heads::{gather_heads, scatter_heads, QkvGrads};
+use super::heads::{gather_heads, join_groups, scatter_heads, QkvGrads};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -139,10 +139,7 @@ pub fn chunk_forward(
             gated::chunk_forward(&x, GatedDims { group, t, k: d, v: d }, chunk, s)
         })
         .collect();
-    let mut o = vec![0.0; t * shape.hq * d];
-    for (kvh, oh) in outs.iter().enumerate() {
-        scatter_heads(oh, t, shape.hq, d, kvh * group, &mut o);
-    }
+    let o = join_groups(&outs, t, shape);
     Ok((o, state))
 }
 

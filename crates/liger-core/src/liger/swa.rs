@@ -11,7 +11,7 @@
 
 use super::config::HeadShape;
 use super::feature::softmax;
-use super::heads::{gather_heads, scatter_heads, QkvGrads};
+use super::heads::{gather_heads, join_groups, QkvGrads};
 use crate::error::{Error, Result};
 use crate::linalg::{matmul, MatRef};
 use rayon::prelude::*;
@@ -155,11 +155,7 @@ fn attend(
             o
         })
         .collect();
-    let mut o = vec![0.0; q.len()];
-    for (kvh, oh) in outs.iter().enumerate() {
-        scatter_heads(oh, t, shape.hq, d, kvh * group, &mut o);
-    }
-    o
+    join_groups(&outs, t, shape)
 }
 
 /// Attention of T new tokens after `prefix`: the keys and values `[P, hkv, D]` of the P tokens

@@ -7,7 +7,9 @@ use super::data::{
     Sequence,
 };
 use super::report::{write_run_report, StepEval, StepRecord, TrainingHistory};
-use super::trainer::{evaluate, EvalResult, LongContextStage, Schedule, TrainConfig, TrainEvent, Trainable, Trainer};
+use super::trainer::{
+    evaluate, sequence_by_sequence, EvalResult, LongContextStage, Schedule, TrainConfig, TrainEvent, Trainable, Trainer,
+};
 use crate::chat::ChatMessage;
 use crate::checkpoint::run::{
     check_run_folder, checkpoint_dir, latest_checkpoint, open_run_folder, prune_checkpoints, FINAL_MODEL,
@@ -290,13 +292,7 @@ impl EngineModel for LigerModel {
         grad_scale: f32,
         grads: &mut LoraGrads,
     ) -> Result<LossOutput> {
-        let mut total = LossOutput { loss_sum: 0.0, count: 0 };
-        for (i, l) in inputs.iter().zip(labels) {
-            let out = self.attention_transfer_backward(i, l, grad_scale, grads)?;
-            total.loss_sum += out.loss_sum;
-            total.count += out.count;
-        }
-        Ok(total)
+        sequence_by_sequence(inputs, labels, |i, l| self.attention_transfer_backward(i, l, grad_scale, grads))
     }
 }
 

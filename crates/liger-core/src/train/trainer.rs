@@ -46,13 +46,7 @@ pub trait Trainable {
         grad_scale: f32,
         grads: &mut Self::Grads,
     ) -> Result<LossOutput> {
-        let mut total = LossOutput { loss_sum: 0.0, count: 0 };
-        for (i, l) in inputs.iter().zip(labels) {
-            let out = self.forward_backward(i, l, grad_scale, grads)?;
-            total.loss_sum += out.loss_sum;
-            total.count += out.count;
-        }
-        Ok(total)
+        sequence_by_sequence(inputs, labels, |i, l| self.forward_backward(i, l, grad_scale, grads))
     }
     /// Loss of one sequence, without gradients.
     fn loss(&self, inputs: &[u32], labels: &[u32]) -> Result<LossOutput>;
@@ -60,6 +54,21 @@ pub trait Trainable {
     fn params(&self) -> Vec<(String, &[f32])>;
     /// The same tensors, in the same order, for the optimiser to update.
     fn params_mut(&mut self) -> Vec<&mut [f32]>;
+}
+
+/// `loss` of each sequence of a micro-batch in turn, summed.
+pub fn sequence_by_sequence(
+    inputs: &[&[u32]],
+    labels: &[&[u32]],
+    mut loss: impl FnMut(&[u32], &[u32]) -> Result<LossOutput>,
+) -> Result<LossOutput> {
+    let mut total = LossOutput { loss_sum: 0.0, count: 0 };
+    for (i, l) in inputs.iter().zip(labels) {
+        let out = loss(i, l)?;
+        total.loss_sum += out.loss_sum;
+        total.count += out.count;
+    }
+    Ok(total)
 }
 
 /// How the learning rate changes over training.

@@ -202,13 +202,7 @@ fn in_gpu_batches(
     if same {
         return run(inputs, labels);
     }
-    let mut total = LossOutput { loss_sum: 0.0, count: 0 };
-    for (i, l) in inputs.iter().zip(labels) {
-        let out = run(&[i], &[l])?;
-        total.loss_sum += out.loss_sum;
-        total.count += out.count;
-    }
-    Ok(total)
+    liger_core::train::trainer::sequence_by_sequence(inputs, labels, |i, l| run(&[i], &[l]))
 }
 
 /// The trainer updates the adapters on the host (AdamW, clipping, schedules and checkpoints
