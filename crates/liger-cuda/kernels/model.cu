@@ -95,7 +95,7 @@ extern "C" __global__ void fill_f32(float* x, unsigned long long n, float value)
     for (size_t i = global_index(); i < n; i += grid_stride()) x[i] = value;
 }
 
-// The normalised recurrent branch (CPU twins: liger::combine::grm_normalize and its backward):
+// The normalised recurrent branch (CPU twins: liger::liger_attention::grm_normalize and its backward):
 // o = n / (den + eps) in place on n; and from d_o, den and the normalised o,
 // d_n = d_o / (den + eps), d_den = -d_n * o.
 extern "C" __global__ void grm_normalize_f32(float* n, const float* den, unsigned long long count, float eps) {

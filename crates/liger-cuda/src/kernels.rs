@@ -61,8 +61,8 @@ pub const CROSS_ENTROPY: KernelFile = kernel_file!(
 );
 pub const ADAMW: KernelFile = kernel_file!("adamw", ["adamw_step_f32", "sum_squares_f32", "scale_f32"]);
 
-pub const MIXER_GATED: KernelFile = kernel_file!(
-    "mixer_gated",
+pub const GLA_SCAN: KernelFile = kernel_file!(
+    "gla_scan",
     [
         "mixer_features_f32",
         "mixer_features_bf16",
@@ -92,8 +92,8 @@ pub const MIXER_GATED: KernelFile = kernel_file!(
     ]
 );
 
-pub const MIXER_GSA: KernelFile = kernel_file!(
-    "mixer_gsa",
+pub const GSA: KernelFile = kernel_file!(
+    "gsa",
     [
         "gsa_inputs_f32",
         "gsa_inputs_bf16",
@@ -108,8 +108,8 @@ pub const MIXER_GSA: KernelFile = kernel_file!(
     ]
 );
 
-pub const MIXER_CHUNKED: KernelFile = kernel_file!(
-    "mixer_chunked",
+pub const GLA_CHUNK: KernelFile = kernel_file!(
+    "gla_chunk",
     [
         "mixer_chunk_states_d64",
         "mixer_chunk_states_d128",
@@ -227,9 +227,9 @@ pub const ALL: &[KernelFile] = &[
     CROSS_ENTROPY,
     ATTENTION_TRANSFER,
     ADAMW,
-    MIXER_GATED,
-    MIXER_GSA,
-    MIXER_CHUNKED,
+    GLA_SCAN,
+    GSA,
+    GLA_CHUNK,
     ATTENTION,
     SAMPLING,
     MODEL,

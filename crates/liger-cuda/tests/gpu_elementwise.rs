@@ -5,9 +5,9 @@ mod common;
 
 use common::*;
 use half::bf16;
-use liger_core::model::ops::{rms_norm, swiglu_inplace};
-use liger_core::nn::backward::{rms_norm_backward, swiglu_backward};
 use liger_core::nn::loss::attention_transfer_rows;
+use liger_core::nn::rms_norm::{rms_norm, rms_norm_backward};
+use liger_core::nn::swiglu::{swiglu_backward, swiglu_inplace};
 use liger_core::ErrorCode;
 use liger_cuda::ops::{embedding, rms_norm as gpu_norm, swiglu as gpu_swiglu};
 use liger_cuda::GpuBuffer;

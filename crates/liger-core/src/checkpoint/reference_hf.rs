@@ -185,5 +185,4 @@ pub(super) fn check_no_adapters(dir: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-#[path = "reference_hf_tests.rs"]
 mod tests;

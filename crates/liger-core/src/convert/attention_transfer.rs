@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::liger::{liger_attention_backward, liger_attention_forward, LigerLayerState};
 use crate::linalg::matmul_wt;
 use crate::model::forward::embed;
-use crate::model::ops::rms_norm;
 use crate::nn::loss::{attention_transfer_rows, LossOutput, IGNORE};
+use crate::nn::rms_norm::rms_norm;
 
 impl LigerModel {
     /// How many layers run Liger attention: the layers attention transfer trains. A model

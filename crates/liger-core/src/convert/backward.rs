@@ -10,13 +10,14 @@
 use super::model::{LayerTape, LigerModel, Projections};
 use super::options::LoraTarget;
 use crate::error::{Error, ErrorCode, Result};
-use crate::liger::{apply_rope, causal_attention_backward, liger_attention_backward, HeadShape, QkvGrads};
+use crate::liger::{causal_attention_backward, liger_attention_backward, HeadShape, QkvGrads};
 use crate::linalg::{matmul, MatRef};
 use crate::model::forward::embed;
-use crate::model::ops::rms_norm;
-use crate::nn::backward::{rms_norm_backward, swiglu_backward};
 use crate::nn::lora::LoraGrad;
 use crate::nn::loss::{cross_entropy, LossOutput, IGNORE};
+use crate::nn::rms_norm::{rms_norm, rms_norm_backward};
+use crate::nn::rope::apply_rope;
+use crate::nn::swiglu::swiglu_backward;
 use crate::tensor::{GgmlType, QTensor};
 use rayon::prelude::*;
 

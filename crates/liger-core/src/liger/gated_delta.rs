@@ -43,7 +43,7 @@
 
 use super::config::{HeadShape, MixerConfig};
 use super::feature::{log_sigmoid, sigmoid};
-use super::gated::decay;
+use super::gla::decay;
 use super::heads::{gather_heads, join_groups, QkvGrads};
 use crate::linalg::{matmul, MatRef};
 use rayon::prelude::*;

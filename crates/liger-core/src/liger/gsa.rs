@@ -10,14 +10,14 @@
 //! The queries and keys enter raw (no feature map); the slot read-out is unscaled as in the
 //! reference code (`GsaScale::One`, the default) or scaled by 1/sqrt(D) like softmax
 //! attention (`GsaScale::InvSqrtHeadDim`; the `/ sqrt(D)` above). Both slot memories are `[M, D]` and follow the same
-//! update as the gated kernel's state with key features `w` (the value pass is exactly that
+//! update as the GLA state (`gla/`) with key features `w` (the value pass is exactly that
 //! kernel with query features `p`). The key pass reads its memory the other way round
 //! (contracting over D, leaving the gated M axis), which reuses the kernel's building
 //! blocks: its scores are `gated_rows(q k^T, w)` inside a chunk.
 
 use super::config::{HeadShape, MixerConfig};
 use super::feature::{log_sigmoid, sigmoid, softmax, softmax_backward_acc};
-use super::gated::{
+use super::gla::{
     self, advance_state, chunk_cumsum, decay, gated_cols_acc, gated_rows_acc, gated_scores, scale_rows, GatedDims,
     GatedInputs,
 };
@@ -194,7 +194,7 @@ pub(crate) fn chunk_forward(
             let (kslots, vslots) = st.split_at_mut(m * d);
             let p = softmax_rows(&slot_scores_forward(&x, dims, chunk, kslots), m);
             let inputs = GatedInputs { qf: &p, kf: &x.w, g: &x.log_a, v: &x.v };
-            gated::chunk_forward(&inputs, GatedDims { group, t, k: m, v: d }, chunk, vslots)
+            gla::chunk_forward(&inputs, GatedDims { group, t, k: m, v: d }, chunk, vslots)
         })
         .collect();
     join_groups(&outs, t, shape)
@@ -232,7 +232,7 @@ pub(crate) fn recurrent_step(
             softmax(&s, ph);
         }
         let oh = &mut o_t[kvh * group * d..(kvh + 1) * group * d];
-        gated::recurrent_step(vslots, &p, &w, &log_a, &v_t[kvh * d..(kvh + 1) * d], oh, m, d);
+        gla::recurrent_step(vslots, &p, &w, &log_a, &v_t[kvh * d..(kvh + 1) * d], oh, m, d);
     }
 }
 
@@ -260,7 +260,7 @@ pub(crate) fn chunk_backward(
             let p = softmax_rows(&s, m);
             let doh = gather_heads(d_o, t, shape.hq, d, kvh * group, group);
             let inputs = GatedInputs { qf: &p, kf: &x.w, g: &x.log_a, v: &x.v };
-            let value_pass = gated::chunk_backward(&inputs, &doh, GatedDims { group, t, k: m, v: d }, chunk);
+            let value_pass = gla::chunk_backward(&inputs, &doh, GatedDims { group, t, k: m, v: d }, chunk);
             let mut ds = vec![0.0; group * t * m];
             for ((y, dy), dx) in p.chunks_exact(m).zip(value_pass.dqf.chunks_exact(m)).zip(ds.chunks_exact_mut(m)) {
                 softmax_backward_acc(y, dy, dx);

@@ -5,8 +5,8 @@
 
 use super::config::{HeadShape, MixerConfig, MixerKind};
 use super::feature::{key_features, key_features_backward_acc, softmax, softmax_backward_acc};
-use super::gated::{self, GatedDims, GatedInputs};
 use super::gated_delta;
+use super::gla::{self, GatedDims, GatedInputs};
 use super::gsa;
 use super::heads::{gather_heads, join_groups, scatter_heads, QkvGrads};
 use crate::error::{Error, Result};
@@ -136,7 +136,7 @@ pub fn chunk_forward(
         .map(|(kvh, s)| {
             let f = head_features(cfg, shape, t, q, k, v, kvh);
             let x = GatedInputs { qf: &f.qf, kf: &f.kf, g: &f.g, v: &f.v };
-            gated::chunk_forward(&x, GatedDims { group, t, k: d, v: d }, chunk, s)
+            gla::chunk_forward(&x, GatedDims { group, t, k: d, v: d }, chunk, s)
         })
         .collect();
     let o = join_groups(&outs, t, shape);
@@ -180,7 +180,7 @@ pub fn recurrent_step(
         qh.chunks_exact(d).zip(qf.chunks_exact_mut(d)).for_each(|(x, y)| softmax(x, y));
         key_features(cfg, &k_t[kvh * d..(kvh + 1) * d], &mut kf, &mut g);
         let oh = &mut o_t[kvh * group * d..(kvh + 1) * group * d];
-        gated::recurrent_step(s, &qf, &kf, &g, &v_t[kvh * d..(kvh + 1) * d], oh, d, d);
+        gla::recurrent_step(s, &qf, &kf, &g, &v_t[kvh * d..(kvh + 1) * d], oh, d, d);
     }
     Ok(())
 }
@@ -216,7 +216,7 @@ pub fn chunk_backward(
             let f = head_features(cfg, shape, t, q, k, v, kvh);
             let x = GatedInputs { qf: &f.qf, kf: &f.kf, g: &f.g, v: &f.v };
             let doh = gather_heads(d_o, t, shape.hq, d, kvh * group, group);
-            let gr = gated::chunk_backward(&x, &doh, GatedDims { group, t, k: d, v: d }, chunk);
+            let gr = gla::chunk_backward(&x, &doh, GatedDims { group, t, k: d, v: d }, chunk);
             let mut dq = vec![0.0; group * t * d];
             for ((y, dy), dx) in f.qf.chunks_exact(d).zip(gr.dqf.chunks_exact(d)).zip(dq.chunks_exact_mut(d)) {
                 softmax_backward_acc(y, dy, dx);

@@ -1,10 +1,13 @@
 //! The base (softmax-attention) decoder on the CPU: embeddings, RMSNorm, RoPE, grouped-query
 //! attention with a KV cache, SwiGLU, LM head. f32 arithmetic over compactly stored weights.
 
-use super::ops::{add_bias, rms_norm, rms_norm_inplace, rope, softmax_inplace, swiglu_inplace};
+use super::ops::{add_bias, softmax_inplace};
 use crate::config::ModelConfig;
 use crate::error::{Error, ErrorCode, Result};
 use crate::linalg::matmul_wt;
+use crate::nn::rms_norm::{rms_norm, rms_norm_inplace};
+use crate::nn::rope::apply_rope;
+use crate::nn::swiglu::swiglu_inplace;
 use crate::weights::{LayerWeights, ModelWeights};
 use rayon::prelude::*;
 
@@ -129,8 +132,8 @@ fn attention_block(
     let mut h = vec![0.0f32; t * hs];
     rms_norm(x, &lw.attn_norm, cfg.rms_norm_eps, &mut h);
     let (mut q, mut k, v) = qkv_projections(cfg, lw, &h, t);
-    rope(&mut q, cfg.num_heads, hd, pos0, inv_freq);
-    rope(&mut k, cfg.num_kv_heads, hd, pos0, inv_freq);
+    apply_rope(&mut q, cfg.num_heads, hd, inv_freq, pos0, false);
+    apply_rope(&mut k, cfg.num_kv_heads, hd, inv_freq, pos0, false);
     cache.keys[layer].extend_from_slice(&k);
     cache.values[layer].extend_from_slice(&v);
     let mut o = vec![0.0f32; t * cfg.q_size()];

@@ -1,9 +1,11 @@
 //! Each backward pass against central finite differences of a float64 forward.
 
-use super::backward::{rms_norm_backward, rope_backward, swiglu_backward};
 use super::lora::LoraAdapter;
 use super::loss::{cross_entropy, distillation_loss, Teacher, IGNORE};
 use super::optim::{clip_grad_norm, AdamWConfig, AdamWState, LrSchedule};
+use super::rms_norm::rms_norm_backward;
+use super::rope::apply_rope;
+use super::swiglu::swiglu_backward;
 use crate::testing::max_rel_error;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -82,6 +84,7 @@ fn swiglu_backward_matches_finite_differences() {
     check("swiglu du", &du, &fd_grad(&|u| loss(&g64, u), &u64_), seed);
 }
 
+/// RoPE's backward is the rotation by the opposite angle (`inverse`).
 #[test]
 fn rope_backward_matches_finite_differences() {
     let (mut r, seed) = rng();
@@ -105,7 +108,7 @@ fn rope_backward_matches_finite_differences() {
         y.iter().zip(&dy64).map(|(a, b)| a * b).sum()
     };
     let mut dx = dy.clone();
-    rope_backward(&mut dx, heads, hd, pos0, &inv_freq);
+    apply_rope(&mut dx, heads, hd, &inv_freq, pos0, true);
     check("rope dx", &dx, &fd_grad(&loss, &to64(&x)), seed);
 }
 

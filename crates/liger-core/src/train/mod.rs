@@ -12,6 +12,4 @@ pub mod trainer;
 #[cfg(test)]
 pub(crate) mod fixtures;
 #[cfg(test)]
-mod job_tests;
-#[cfg(test)]
-mod trainer_tests;
+mod tests;

@@ -6,7 +6,7 @@ use crate::context::GpuContext;
 use crate::kernels::MODEL;
 use crate::launch::{as_int, elementwise, expect_len, rows_of};
 use cudarc::driver::PushKernelArg;
-use liger_core::liger::combine::GRM_NORM_EPS;
+use liger_core::liger::liger_attention::GRM_NORM_EPS;
 use liger_core::{Error, Result};
 
 /// The kernel variant for storage type `T`.
@@ -146,7 +146,7 @@ pub fn fill(ctx: &GpuContext, x: &mut GpuBuffer<f32>, value: f32) -> Result<()> 
 }
 
 /// The normalised recurrent branch: `n = n / (den + eps)`, in place (CPU twin:
-/// `liger_core::liger::combine::grm_normalize`).
+/// `liger_core::liger::liger_attention::grm_normalize`).
 pub fn grm_normalize(ctx: &GpuContext, n: &mut GpuBuffer<f32>, den: &GpuBuffer<f32>) -> Result<()> {
     expect_len("normaliser", den.len(), n.len())?;
     if n.is_empty() {
@@ -162,7 +162,7 @@ pub fn grm_normalize(ctx: &GpuContext, n: &mut GpuBuffer<f32>, den: &GpuBuffer<f
 }
 
 /// Gradients through [`grm_normalize`], given the normalised output `o`: returns
-/// `(d_n, d_den)` (CPU twin: `liger_core::liger::combine::grm_normalize_backward`).
+/// `(d_n, d_den)` (CPU twin: `liger_core::liger::liger_attention::grm_normalize_backward`).
 pub fn grm_normalize_backward(
     ctx: &GpuContext,
     d_o: &GpuBuffer<f32>,

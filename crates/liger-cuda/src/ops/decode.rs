@@ -2,7 +2,7 @@
 //! the storage type `T` the next product reads, so a step needs no separate casts (the norms and
 //! SwiGLU use the shared `rms_norm_forward_pair` and `swiglu_forward_to`); and the surprise
 //! cache's bookkeeping while decoding. CPU twins: RoPE and the window cache of
-//! `liger_core::liger::swa`, the Liger mix `alpha * GRM + beta * SWA` of `liger::combine`, the
+//! `liger_core::liger::swa`, the Liger mix `alpha * GRM + beta * SWA` of `liger::liger_attention`, the
 //! surprise cache's `SurpriseMemory`, and the products.
 
 use crate::buffer::{GpuBuffer, GpuElement};

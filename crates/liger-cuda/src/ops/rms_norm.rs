@@ -1,5 +1,5 @@
 //! RMSNorm forward and backward (`kernels/rms_norm.cu`); CPU twins:
-//! `liger_core::model::ops::rms_norm` and `liger_core::nn::backward::rms_norm_backward`.
+//! `liger_core::nn::rms_norm::{rms_norm, rms_norm_backward}`.
 
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;

@@ -1,5 +1,5 @@
 //! SwiGLU forward and backward (`kernels/swiglu.cu`); CPU twins:
-//! `liger_core::model::ops::swiglu_inplace` and `liger_core::nn::backward::swiglu_backward`.
+//! `liger_core::nn::swiglu::{swiglu_inplace, swiglu_backward}`.
 
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;

@@ -95,24 +95,44 @@ fn attention_transfer_of_an_all_softmax_model_is_refused() {
 
 #[test]
 fn attention_transfer_steps_bring_the_liger_attention_toward_softmax() {
-    // Plain gradient descent on the adapters lowers the loss: the gradient points the right way.
+    // Gradient descent on the adapters lowers the loss: the gradient points the right way. Each
+    // step halves its size until the loss goes down (a fixed step overshoots on some random
+    // models, up to a non-finite loss); along a descent direction a small enough step always does.
     let mut rng = rng();
     let mut model = tiny_model(&mut rng, attention(MixerKind::Gla, 3), vec![], Architecture::Llama);
     let inputs = random_tokens(24, model.config().vocab_size, rng.random());
     let labels = vec![0u32; inputs.len()];
     let loss = |m: &LigerModel| {
         let mut g = m.new_lora_grads();
-        let out = m.attention_transfer_backward(&inputs, &labels, 1.0 / 24.0, &mut g).unwrap();
-        (out.loss_sum / 24.0, g)
+        let out = m.attention_transfer_backward(&inputs, &labels, 1.0 / 24.0, &mut g).ok()?;
+        Some((out.loss_sum / 24.0, g))
     };
-    let (first, _) = loss(&model);
+    let (first, _) = loss(&model).expect("the loss of the untrained adapters is finite");
+    let mut current = first;
     for _ in 0..20 {
-        let (_, g) = loss(&model);
-        for (p, d) in model.lora_params_mut().into_iter().zip(g.as_slices()) {
-            p.iter_mut().zip(d).for_each(|(x, d)| *x -= 0.5 * d);
+        let (_, g) = loss(&model).expect("finite");
+        let grads: Vec<Vec<f32>> = g.as_slices().into_iter().map(|d| d.to_vec()).collect();
+        let shift = |model: &mut LigerModel, by: f32| {
+            for (p, d) in model.lora_params_mut().into_iter().zip(&grads) {
+                p.iter_mut().zip(d).for_each(|(x, d)| *x -= by * d);
+            }
+        };
+        let mut step = 0.5f32;
+        loop {
+            shift(&mut model, step);
+            match loss(&model) {
+                Some((l, _)) if l < current => {
+                    current = l;
+                    break;
+                }
+                _ if step > 1e-6 => {
+                    shift(&mut model, -step);
+                    step /= 2.0;
+                }
+                _ => panic!("no step along the negative gradient lowers the loss {current}"),
+            }
         }
     }
-    let (last, _) = loss(&model);
-    println!("attention-transfer loss {first:.4e} -> {last:.4e}");
-    assert!(last < 0.9 * first, "20 descent steps should lower the loss: {first} -> {last}");
+    println!("attention-transfer loss {first:.4e} -> {current:.4e}");
+    assert!(current < 0.9 * first, "20 descent steps should lower the loss: {first} -> {current}");
 }

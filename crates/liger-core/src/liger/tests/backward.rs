@@ -1,7 +1,7 @@
 //! Backward passes against central differences of the float64 references
 //! (h = 1e-6 in f64, so the numeric gradient is good to ~1e-9 relative).
 
-use super::combine::{inv_freq, liger_f64};
+use super::liger_attention::{inv_freq, liger_f64};
 use super::{dot, numeric_grad, rel_err, rng, to_f64, uniform};
 use crate::liger::{
     chunk_backward, liger_attention_backward, naive, swa_backward, HeadShape, LigerAttentionConfig, MixerConfig,

@@ -2,8 +2,8 @@
 //! Errors are reported as `max |got - want| / max |want|` over the whole tensor.
 
 mod backward;
-mod combine;
 mod gated_delta;
+mod liger_attention;
 mod mixers;
 mod surprise;
 mod swa;

@@ -1,10 +1,10 @@
 //! The surprise cache against a float64 composition written from its definition, prefill +
 //! decoding against one forward, and what it keeps.
 
-use super::combine::{inv_freq, rope_f64};
+use super::liger_attention::{inv_freq, rope_f64};
 use super::{rel_err, rng, to_f64, uniform};
 use crate::error::ErrorCode;
-use crate::liger::combine::GRM_NORM_EPS;
+use crate::liger::liger_attention::GRM_NORM_EPS;
 use crate::liger::surprise::surprise_attention_backward;
 use crate::liger::{
     liger_attention_backward, liger_attention_forward, naive, HeadShape, LigerAttentionConfig, LigerLayerState,
@@ -182,7 +182,7 @@ fn a_cache_as_large_as_the_sequence_is_full_attention() {
     let got =
         liger_attention_forward(&cached, shape, &q, &k, &v, &freqs, &mut LigerLayerState::new(&cached, shape).unwrap())
             .unwrap();
-    let want = super::combine::liger_f64(&full, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), &freqs);
+    let want = super::liger_attention::liger_f64(&full, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), &freqs);
     let e = rel_err(&got, &want);
     println!("cache of {t} vs full attention: {e:.2e}");
     assert!(e < 1e-5);

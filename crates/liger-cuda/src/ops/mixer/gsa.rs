@@ -1,7 +1,7 @@
 //! Gated slot attention (gsa) on the GPU. CPU twin: `liger_core::liger::gsa` (its notes give
 //! the math). Both slot memories follow the gated recurrence, so they run on the gated scans,
 //! with the M-wide slot tensors stored D wide (padded: write 0, decay 1, so the padding stays
-//! zero; `kernels/mixer_gsa.cu`):
+//! zero; `kernels/gsa.cu`):
 //!
 //! - key pass, `s_t = K_t qs_t` with `K_t = diag(a_t) K_{t-1} + w_t^T k_t` read out along its
 //!   columns: the transposed scan (`ColsForward`: rows = key dims, columns = slots);
@@ -16,7 +16,7 @@
 //! `(s . ds - w . dw_keys)` summed backward in time; a last pass adds the gate path to dk.
 //! Costs: the padded slot dims cost D / M times the work of M slots (none at M = D).
 
-use super::scan::{int, ptr, ptr_mut, Scan, ScanJob, ScanOperands};
+use super::gla_scan::{int, ptr, ptr_mut, Scan, ScanJob, ScanOperands};
 use super::segments::{self, SegmentRegions, TimeSegments};
 use super::{
     backward_jobs, backward_side_by_side, gate_gradient, region, threads, to_f32, Features, MixerDims, ScratchPlan,
@@ -24,7 +24,7 @@ use super::{
 };
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
-use crate::kernels::MIXER_GSA;
+use crate::kernels::GSA;
 use crate::launch::warp_per_row;
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use liger_core::liger::{HeadShape, MixerConfig};
@@ -88,7 +88,7 @@ fn inputs<T: GpuElement>(
     let (scale, inv_normalizer) = scales(cfg, d);
     let (d_arg, slots) = (int("d", d)?, int("gsa_slots", cfg.gsa_slots)?);
     let name = entry::<T>("gsa_inputs_f32", "gsa_inputs_bf16");
-    let func = ctx.function(&MIXER_GSA, name)?;
+    let func = ctx.function(&GSA, name)?;
     let mut launch = ctx.stream().launch_builder(&func);
     launch.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&qs).arg(&kf).arg(&vf).arg(&write).arg(&decay);
     launch.arg(&q_rows).arg(&kv_rows).arg(&d_arg).arg(&slots).arg(&scale).arg(&inv_normalizer);
@@ -109,7 +109,7 @@ fn slot_rows(
     let rows = (dims.q_len() / d) as i64;
     let d_arg = int("d", d)?;
     let slots = slots.map(|m| int("gsa_slots", m)).transpose()?;
-    let func = ctx.function(&MIXER_GSA, name)?;
+    let func = ctx.function(&GSA, name)?;
     let mut launch = ctx.stream().launch_builder(&func);
     for p in pointers {
         launch.arg(p);
@@ -133,7 +133,7 @@ fn convert_state(
     let d = dims.shape.d;
     let heads = (dims.batch * dims.shape.hkv) as i64;
     let (d_arg, slots_arg) = (int("d", d)?, int("gsa_slots", slots)?);
-    let func = ctx.function(&MIXER_GSA, name)?;
+    let func = ctx.function(&GSA, name)?;
     let mut launch = ctx.stream().launch_builder(&func);
     for p in &pointers {
         launch.arg(p);
@@ -373,7 +373,7 @@ pub(super) fn backward<T: GpuElement>(
             inv_normalizer,
         };
         let name = entry::<T>("gsa_backward_finish_f32", "gsa_backward_finish_bf16");
-        let func = ctx.function(&MIXER_GSA, name)?;
+        let func = ctx.function(&GSA, name)?;
         let mut launch = ctx.stream().launch_builder(&func);
         launch.arg(&grads).arg(k.slice()).arg(&dq).arg(&dk).arg(&dv);
         // SAFETY: q-shaped buffers hold q_rows rows of d, the others kv_rows; the carries
@@ -409,7 +409,7 @@ pub(super) fn step<T: GpuElement>(
     let (hkv, group_arg, d_arg, slots_arg) =
         (int("hkv", shape.hkv)?, int("group", group)?, int("d", d)?, int("gsa_slots", slots)?);
     let name = entry::<T>("gsa_step_f32", "gsa_step_bf16");
-    let func = ctx.function(&MIXER_GSA, name)?;
+    let func = ctx.function(&GSA, name)?;
     let mut launch = ctx.stream().launch_builder(&func);
     launch.arg(state.slice_mut()).arg(q_t.slice()).arg(k_t.slice()).arg(v_t.slice()).arg(o_t.slice_mut());
     launch.arg(&hkv).arg(&group_arg).arg(&d_arg).arg(&slots_arg).arg(&scale).arg(&inv_normalizer);

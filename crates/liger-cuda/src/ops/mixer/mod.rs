@@ -1,6 +1,7 @@
-//! The gated recurrent mixers on the GPU (`kernels/mixer_gated.cu`): forward over whole sequences
-//! (training, prefill), single decoding steps, and backward. Gated slot attention runs its two
-//! slot memories on the same scans (`gsa.rs`, `kernels/mixer_gsa.cu`).
+//! The Liger mixers on the GPU: gated linear attention in every gate variant
+//! (`kernels/gla_scan.cu`, `gla_scan.rs`), forward over whole sequences (training, prefill),
+//! single decoding steps, and backward. Gated slot attention runs its two slot memories on the
+//! same scans (`gsa.rs`, `kernels/gsa.cu`).
 //! CPU twins: `liger_core::liger::{chunk_forward, recurrent_step, chunk_backward}`.
 //!
 //! The raw projections go in; feature maps and gates are applied inside (per `cfg.kind`). The
@@ -9,9 +10,9 @@
 //! tiles through shared memory. The query heads of a GQA group share the CTA and its state.
 //! When sequences and heads are too few to fill the GPU, each sequence is also cut into time
 //! segments scanned in parallel and joined by a carry of their states (`segments.rs`);
-//! `scan.rs` holds the scan kernel's launches.
+//! `gla_scan.rs` holds the scan kernel's launches.
 //! `TimeSegments::Chunked` runs bf16 inputs with head sizes 64 and 128 in chunked form on
-//! tensor cores instead (`chunked.rs`), from the same feature maps to the same outputs.
+//! tensor cores instead (`gla_chunk.rs`), from the same feature maps to the same outputs.
 //!
 //! The backward needs three more scans (from a zero initial state):
 //! - `dqf_t = do_t S_t^T`: forward in time, state transposed (decay along its columns);
@@ -24,22 +25,22 @@
 //! memory, kept between calls, so a repeated call allocates nothing. A decoding step applies the
 //! feature maps inside the scan CTA and uses no scratch at all (it can be graph-captured).
 
-mod chunked;
+mod gla_chunk;
+mod gla_scan;
 mod gsa;
-mod scan;
 mod segments;
 
-pub use chunked::mixer_uses_chunked;
+pub use gla_chunk::mixer_uses_chunked;
 pub use segments::TimeSegments;
 
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
-use crate::kernels::MIXER_GATED;
+use crate::kernels::GLA_SCAN;
 use crate::launch::{elementwise, expect_len, warp_per_row, BLOCK};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
+use gla_scan::{int, launch_scans, padded_rows, ptr, ptr_mut, Scan, ScanJob, ScanOperands};
 use liger_core::liger::{HeadShape, MixerConfig, MixerKind};
 use liger_core::{Error, Result};
-use scan::{int, launch_scans, padded_rows, ptr, ptr_mut, Scan, ScanJob, ScanOperands};
 use segments::SegmentRegions;
 
 /// Largest head size the kernels take (a warp holds a row in 4 values per lane).
@@ -183,7 +184,7 @@ fn features<T: GpuElement>(
     let q_rows = (dims.q_len() / dims.shape.d) as i64;
     let kv_rows = (dims.kv_len() / dims.shape.d) as i64;
     let name = if T::KERNEL_SUFFIX == "bf16" { "mixer_features_bf16" } else { "mixer_features_f32" };
-    let func = ctx.function(&MIXER_GATED, name)?;
+    let func = ctx.function(&GLA_SCAN, name)?;
     let d = int("d", dims.shape.d)?;
     let mut launch = ctx.stream().launch_builder(&func);
     launch.arg(q.slice()).arg(k.slice()).arg(v.slice());
@@ -251,7 +252,7 @@ pub fn mixer_chunk_forward_in_segments<T: GpuElement>(
     }
     if dims.tokens > 0 && mixer_uses_chunked::<T>(cfg.kind, dims.shape.d, segments) {
         let (initial, final_state) = (initial.map_or(0, |s| ptr(ctx, s)), final_state.map_or(0, |s| ptr_mut(ctx, s)));
-        return chunked::forward(ctx, dims, kind, scale, q, k, v, o, initial, final_state);
+        return gla_chunk::forward(ctx, dims, kind, scale, q, k, v, o, initial, final_state);
     }
     let (bf16, group) = (T::KERNEL_SUFFIX == "bf16", dims.shape.group());
     let schedule = forward_schedule(ctx, dims, bf16, segments)?;
@@ -520,7 +521,7 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
             let regions = SegmentRegions::plan(&mut plan, dims, &schedule, 3);
             BackwardPath::Scans(schedule, regions)
         }
-        None => BackwardPath::Chunked(chunked::StateRegions::plan(&mut plan, dims, true)),
+        None => BackwardPath::Chunked(gla_chunk::StateRegions::plan(&mut plan, dims, true)),
     };
     let (dq, dk, dv) = (ptr_mut(ctx, dq), ptr_mut(ctx, dk), ptr_mut(ctx, dv));
     ctx.with_scratch(plan.floats, |base| {
@@ -541,7 +542,9 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
                 let jobs = backward_jobs(ctx, dims, &f, do_ptr, [dqf, dvf, dkf], kind, scale)?;
                 segments::run(ctx, dims, &jobs, side_by_side, schedule, regions, base)?;
             }
-            BackwardPath::Chunked(regions) => chunked::backward(ctx, dims, &f, do_ptr, [dqf, dkf, dvf], base, regions)?,
+            BackwardPath::Chunked(regions) => {
+                gla_chunk::backward(ctx, dims, &f, do_ptr, [dqf, dkf, dvf], base, regions)?
+            }
         }
 
         gate_gradient(ctx, dims, [f.qf, dqf, f.kf, dkf], dg, carry)?;
@@ -550,7 +553,7 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
         let q_rows = (dims.q_len() / dims.shape.d) as i64;
         let kv_rows = (dims.kv_len() / dims.shape.d) as i64;
         let name = if bf16 { "mixer_features_backward_bf16" } else { "mixer_features_backward_f32" };
-        let func = ctx.function(&MIXER_GATED, name)?;
+        let func = ctx.function(&GLA_SCAN, name)?;
         let mut launch = ctx.stream().launch_builder(&func);
         launch.arg(k.slice()).arg(&f.qf).arg(&dqf).arg(&f.kf).arg(&dkf).arg(&dg).arg(&carry).arg(&dvf);
         launch.arg(&dq).arg(&dk).arg(&dv);
@@ -564,7 +567,7 @@ pub fn mixer_chunk_backward_in_segments<T: GpuElement>(
 /// their scratch regions), or the chunked kernels (with theirs).
 enum BackwardPath {
     Scans(segments::Schedule, SegmentRegions),
-    Chunked(chunked::StateRegions),
+    Chunked(gla_chunk::StateRegions),
 }
 
 /// The log-gate gradient `dg_t = sum_{s >= t} (sum_h qf_s . dqf_s - kf_s . dkf_s)` per key dim,
@@ -581,14 +584,14 @@ fn gate_gradient(ctx: &GpuContext, dims: MixerDims, operands: [u64; 4], dg: u64,
     );
     let [qf, dqf, kf, dkf] = operands;
     let name = "mixer_gate_grad_pieces_f32";
-    let func = ctx.function(&MIXER_GATED, name)?;
+    let func = ctx.function(&GLA_SCAN, name)?;
     let mut launch = ctx.stream().launch_builder(&func);
     launch.arg(&qf).arg(&dqf).arg(&kf).arg(&dkf).arg(&dg).arg(&carry);
     launch.arg(&batch).arg(&tokens).arg(&hkv).arg(&group).arg(&d);
     // SAFETY: one thread per (sequence, piece, kv head, key dim); the regions hold the batch's tensors.
     ctx.check_launch(unsafe { launch.launch(threads(dims.batch * pieces * dims.shape.hkv * dims.shape.d)) }, name)?;
     let name = "mixer_gate_grad_carry_f32";
-    let func = ctx.function(&MIXER_GATED, name)?;
+    let func = ctx.function(&GLA_SCAN, name)?;
     let mut launch = ctx.stream().launch_builder(&func);
     launch.arg(&carry).arg(&batch).arg(&tokens).arg(&hkv).arg(&d);
     // SAFETY: one thread per (sequence, kv head, key dim), walking the pieces.
@@ -608,7 +611,7 @@ fn threads(n: usize) -> LaunchConfig {
 fn to_f32<T: GpuElement>(ctx: &GpuContext, x: &GpuBuffer<T>, out: u64) -> Result<u64> {
     let n = x.len() as i64;
     let name = "mixer_to_f32_bf16";
-    let func = ctx.function(&MIXER_GATED, name)?;
+    let func = ctx.function(&GLA_SCAN, name)?;
     let mut launch = ctx.stream().launch_builder(&func);
     launch.arg(x.slice()).arg(&out).arg(&n);
     // SAFETY: x and out hold n values; grid-stride loop.

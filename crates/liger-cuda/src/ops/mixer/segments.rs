@@ -21,18 +21,18 @@
 //! timed (B=8 with 3 or 8 kv heads, d=64, T=1024; the 8-kv-head d=128 anchor stays at one
 //! segment, where any cut was slower).
 
-use super::scan::{launch_scans, scan_function, scan_threads, Scan, ScanJob, SCAN_COLS};
+use super::gla_scan::{launch_scans, scan_function, scan_threads, Scan, ScanJob, SCAN_COLS};
 use super::{int, threads, MixerDims, ScratchPlan};
 use crate::context::GpuContext;
 use crate::error::driver_error;
-use crate::kernels::MIXER_GATED;
+use crate::kernels::GLA_SCAN;
 use cudarc::driver::PushKernelArg;
 use liger_core::{Error, Result};
 
 /// How a mixer's scans split each sequence over time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TimeSegments {
-    /// The chunked form (`chunked.rs`) where it applies and was measured faster (bf16, head
+    /// The chunked form (`gla_chunk.rs`) where it applies and was measured faster (bf16, head
     /// size 64, not rwkv6: `mixer_uses_chunked`); elsewhere the scan with as many segments as
     /// fill the GPU best (one when the grid already fills it).
     #[default]
@@ -45,7 +45,7 @@ pub enum TimeSegments {
     AutoBf16Products,
     /// The scan with the automatic plan of segments, even where `Auto` would pick the chunked form.
     Scan,
-    /// The chunked form on tensor cores (`chunked.rs`) where it applies (head size 64 or 128,
+    /// The chunked form on tensor cores (`gla_chunk.rs`) where it applies (head size 64 or 128,
     /// not rwkv6), even where `Auto` would pick the scan; elsewhere the scan as under `Scan`.
     Chunked,
 }
@@ -231,7 +231,7 @@ pub(super) fn run(
 fn carry(ctx: &GpuContext, dims: MixerDims, job: &ScanJob, count: usize, states: u64, products: u64) -> Result<()> {
     let (d, hkv) = (dims.shape.d, dims.shape.hkv);
     let name = "mixer_segment_carry";
-    let func = ctx.function(&MIXER_GATED, name)?;
+    let func = ctx.function(&GLA_SCAN, name)?;
     let (initial, final_state) = job.states();
     let (batch, segments, hkv_arg, d_arg) =
         (int("batch", dims.batch)?, int("segments", count)?, int("hkv", hkv)?, int("d", d)?);

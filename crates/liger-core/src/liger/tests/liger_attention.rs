@@ -3,11 +3,11 @@
 
 use super::{rel_err, rng, to_f64, uniform};
 use crate::error::ErrorCode;
-use crate::liger::combine::GRM_NORM_EPS;
+use crate::liger::liger_attention::GRM_NORM_EPS;
 use crate::liger::{
-    apply_rope, liger_attention_forward, naive, HeadShape, LigerAttentionConfig, LigerLayerState, MixerConfig,
-    MixerKind,
+    liger_attention_forward, naive, HeadShape, LigerAttentionConfig, LigerLayerState, MixerConfig, MixerKind,
 };
+use crate::nn::rope::apply_rope;
 
 pub(super) fn inv_freq(d: usize) -> Vec<f32> {
     (0..d / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / d as f32)).collect()

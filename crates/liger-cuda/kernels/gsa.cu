@@ -1,4 +1,4 @@
-// Gated slot attention (gsa) on the GPU: the pieces around the gated scans of mixer_gated.cu.
+// Gated slot attention (gsa) on the GPU: the pieces around the gated scans of gla_scan.cu.
 // CPU twin and the math: liger_core::liger::gsa. Per key-value head, M slots:
 //     log a_t = logsigmoid(pool_M(k_t)) / n      w_t = 1 - a_t                (M values)
 //     K_t = diag(a_t) K_{t-1} + w_t^T k_t        V_t = diag(a_t) V_{t-1} + w_t^T v_t

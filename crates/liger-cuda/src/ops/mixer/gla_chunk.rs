@@ -1,4 +1,4 @@
-//! The chunked form of the mixer's recurrence on tensor cores (`kernels/mixer_chunked.cu`): a
+//! The chunked form of the mixer's recurrence on tensor cores (`kernels/gla_chunk.cu`): a
 //! drop-in for the scans with bf16 inputs and head sizes 64 or 128 (`TimeSegments::Chunked`).
 //! It reads the same f32 feature maps and writes the same outputs (o; dqf, dkf, dvf). The
 //! forward runs in three steps over chunks of 64 tokens:
@@ -9,15 +9,15 @@
 //! recomputes the chunks' start states the same way, carries the state gradient's chunk
 //! states from the last chunk back, then computes dqf per query head and dkf, dvf per kv head
 //! in parallel over chunks; the gate gradient and feature-map backward that follow are the
-//! scan path's. The scan (`scan.rs`)
+//! scan path's. The scan (`gla_scan.rs`)
 //! stays for f32 inputs, other head sizes, and when asked for (`TimeSegments::Fixed`).
 
-use super::scan::{int, ptr_mut};
+use super::gla_scan::{int, ptr_mut};
 use super::{features, region, threads, FeatureRegions, Features, MixerDims, ScratchPlan, TimeSegments};
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
 use crate::error::driver_error;
-use crate::kernels::{MIXER_CHUNKED, MIXER_GATED};
+use crate::kernels::{GLA_CHUNK, GLA_SCAN};
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use liger_core::liger::MixerKind;
 use liger_core::{Error, Result};
@@ -108,9 +108,9 @@ fn dkv_shared(d: usize) -> usize {
     CHUNK * d * 4 + (6 * CHUNK + d + 6 * 16) * ld * 2 + 2 * CHUNK * lc * 2 + CHUNK * 16 * 4
 }
 
-/// Kernel `name` of MIXER_CHUNKED, allowed `shared` bytes of dynamic shared memory.
+/// Kernel `name` of GLA_CHUNK, allowed `shared` bytes of dynamic shared memory.
 fn function(ctx: &GpuContext, name: &'static str, shared: usize) -> Result<cudarc::driver::CudaFunction> {
-    let f = ctx.function(&MIXER_CHUNKED, name)?;
+    let f = ctx.function(&GLA_CHUNK, name)?;
     if shared > 48 * 1024 {
         let attribute = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
         f.set_attribute(attribute, shared as i32)
@@ -161,7 +161,7 @@ fn carry(
 ) -> Result<()> {
     let (d, hkv) = (dims.shape.d, dims.shape.hkv);
     let name = "mixer_segment_carry";
-    let func = ctx.function(&MIXER_GATED, name)?;
+    let func = ctx.function(&GLA_SCAN, name)?;
     let (batch, segments, hkv_arg, d_arg) =
         (int("batch", dims.batch)?, int("chunks", chunks(dims))?, int("hkv", hkv)?, int("d", d)?);
     let (decay_cols, reverse) = (0i32, i32::from(reverse));

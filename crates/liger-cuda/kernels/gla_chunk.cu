@@ -1,5 +1,5 @@
 // The gated mixers' recurrence in chunked form, on tensor cores (bf16 in, fp32 accumulate), for
-// head sizes 64 and 128: a drop-in for the scans of mixer_gated.cu that takes the same f32
+// head sizes 64 and 128: a drop-in for the scans of gla_scan.cu that takes the same f32
 // feature maps (qf, kf, decay, vf) and writes the same outputs (o; dqf, dkf, dvf).
 //
 // Per key dim k, S_t = a_t S_{t-1} + kf_t^T v_t and o_t = qf_t S_t. Time is cut into chunks of
@@ -9,10 +9,10 @@
 // Every exponent used is <= 0 (nothing overflows): the scores A between different sub-chunks
 // of SUB tokens come from a product of factors both decayed to a reference token r between
 // them, (qf_t exp(G_t - G_r)) . (kf_j exp(G_r - G_j)); the SUB x SUB diagonal blocks are
-// summed directly in fp32. The chunks' states come in three steps (mixer/chunked.rs):
+// summed directly in fp32. The chunks' states come in three steps (ops/mixer/gla_chunk.rs):
 // 1. mixer_chunk_states: each chunk's end state from zero, (kf exp(G_last - G))^T v, and its
 //    decay product exp(G_last);
-// 2. mixer_segment_carry (mixer_gated.cu) walks the chunks: true start states;
+// 2. mixer_segment_carry (gla_scan.cu) walks the chunks: true start states;
 // 3. mixer_chunk_output: o per chunk and query head.
 //
 // Why this split: the chunk products are dense matrix products (tensor cores), the scan's
@@ -26,7 +26,7 @@
 
 typedef unsigned short u16;
 
-// Device pointers (null where a kernel does not use one) and sizes; ChunkParams in chunked.rs.
+// Device pointers (null where a kernel does not use one) and sizes; ChunkParams in ops/mixer/gla_chunk.rs.
 struct ChunkParams {
     const float* qf;     // [B, T, hkv * group, d]
     const float* kf;     // [B, T, hkv, d]

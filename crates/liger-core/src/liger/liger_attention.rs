@@ -17,12 +17,12 @@
 use super::config::{HeadShape, MixerConfig, MixerKind};
 use super::heads::QkvGrads;
 use super::mixer::{self, MixerState, DEFAULT_CHUNK_SIZE};
-use super::rope::apply_rope;
 use super::surprise::{
     surprise_attention_backward, surprise_kept, surprise_score_step, surprise_scores, SurpriseMemory, MAX_SURPRISE_KEYS,
 };
 use super::swa::{self, SwaCache, Window, DEFAULT_WINDOW_KEYS};
 use crate::error::{Error, Result};
+use crate::nn::rope::apply_rope;
 use serde::{Deserialize, Serialize};
 
 /// Most attention-sink tokens a layer keeps (StreamingLLM and Lizard use 1 to 4).

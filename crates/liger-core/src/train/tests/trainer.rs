@@ -1,11 +1,11 @@
 //! The training loop on a small bigram model whose loss and gradient are easy to write in
 //! float64: step semantics, data order, resume, non-finite losses, cancellation, events.
 
-use super::data::Sequence;
-use super::trainer::*;
 use crate::error::{ErrorCode, Result};
 use crate::nn::loss::{LossOutput, IGNORE};
 use crate::nn::optim::AdamWState;
+use crate::train::data::Sequence;
+use crate::train::trainer::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cell::Cell;

@@ -1,9 +1,5 @@
 //! The linearize job end to end on a tiny random model over a byte-level tokenizer.
 
-use super::data::{BadRows, PromptFormat};
-use super::fixtures::tiny_byte_model;
-use super::job::{base_model_loss, run_linearize, JobEvent, LinearizeJob};
-use super::trainer::{LongContextStage, TrainConfig};
 use crate::checkpoint::{load_liger_checkpoint, load_training_state};
 use crate::convert::{LigerOptions, LoraOptions, LoraTarget};
 use crate::error::ErrorCode;
@@ -12,6 +8,10 @@ use crate::nn::loss::IGNORE;
 use crate::nn::optim::AdamWConfig;
 use crate::testing::random_tokens;
 use crate::testing::TempDir;
+use crate::train::data::{BadRows, PromptFormat};
+use crate::train::fixtures::tiny_byte_model;
+use crate::train::job::{base_model_loss, run_linearize, JobEvent, LinearizeJob};
+use crate::train::trainer::{LongContextStage, TrainConfig};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -275,7 +275,7 @@ fn softmax_layers_are_chosen_by_what_converting_each_costs() {
 
 #[test]
 fn choosing_keeps_the_given_layers_and_adds_the_costliest() {
-    use super::job::choose_softmax_layers;
+    use crate::train::job::choose_softmax_layers;
     let costs = [0.5, 2.0, -0.1, 3.0, 1.0];
     assert_eq!(choose_softmax_layers(&costs, &[], 2), vec![1, 3]);
     assert_eq!(choose_softmax_layers(&costs, &[3], 2), vec![1, 3, 4]);

@@ -1,11 +1,11 @@
-//! The scan kernel's launches (`gated_scan` in `kernels/mixer_gated.cu`): its uses, parameters,
+//! The scan kernel's launches (`gated_scan` in `kernels/gla_scan.cu`): its uses, parameters,
 //! shared-memory tiles and grid. One CTA per (column block, kv head, sequence x time segment).
 
 use super::MixerDims;
 use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
 use crate::error::driver_error;
-use crate::kernels::MIXER_GATED;
+use crate::kernels::GLA_SCAN;
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use liger_core::{Error, Result};
 
@@ -282,7 +282,7 @@ pub(super) fn scan_function(
     name: &'static str,
     shared: usize,
 ) -> Result<cudarc::driver::CudaFunction> {
-    let f = ctx.function(&MIXER_GATED, name)?;
+    let f = ctx.function(&GLA_SCAN, name)?;
     if shared > 48 * 1024 {
         let attribute = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
         f.set_attribute(attribute, shared as i32)

@@ -1,0 +1,2 @@
+mod job;
+mod trainer;
