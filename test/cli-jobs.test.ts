@@ -126,6 +126,8 @@ describe("liger linearize", () => {
       "2",
       "--surprise-keys",
       "8",
+      "--surprise-repeats",
+      "0.05",
       "--alpha",
       "0",
       "--beta",
@@ -134,7 +136,9 @@ describe("liger linearize", () => {
     expect(run.code, run.stderr).toBe(0);
     const info = liger(["info", "--model", out]);
     expect(info.code, info.stderr).toBe(0);
-    expect(info.stdout).toMatch(/liger\s+gla mixer \+ 65-key sliding window and 2 sink tokens, 8 surprise keys/);
+    expect(info.stdout).toMatch(
+      /liger\s+gla mixer \+ 65-key sliding window and 2 sink tokens, 8 surprise keys \(repeats within 0.05 skipped\)/,
+    );
     const both = liger([
       "linearize",
       "--model",

@@ -350,6 +350,7 @@ describe("linearize", () => {
       windowKeys: 65,
       sinkKeys: 0,
       surpriseKeys: 16,
+      surpriseRepeatTolerance: 0,
       stateBytesPerSequence: converted.stateBytes,
     });
     // Per layer: the recurrence over values of one (the score reads it), and beside the 65-key
@@ -457,6 +458,16 @@ describe("linearize", () => {
     );
     await expectCode(linearize(modelPath(), { ...base, keepCheckpoints: 0 }), "INVALID_ARGUMENT", /keepCheckpoints/);
     await expectCode(linearize(modelPath(), { ...base, overwrite: "yes" as never }), "INVALID_ARGUMENT", /overwrite/);
+    await expectCode(
+      linearize(modelPath(), { ...base, surpriseKeys: 8, surpriseRepeatTolerance: 0.7 }),
+      "INVALID_ARGUMENT",
+      /surpriseRepeatTolerance/,
+    );
+    await expectCode(
+      linearize(modelPath(), { ...base, surpriseRepeatTolerance: 0.05 }),
+      "INVALID_ARGUMENT",
+      /surpriseRepeatTolerance.*surpriseKeys/,
+    );
     await expectCode(
       linearize(modelPath(), { ...base, surpriseAfterTraining: true }),
       "INVALID_ARGUMENT",

@@ -27,6 +27,8 @@ export interface LigerInfo {
   grmNorm: boolean;
   /** Tokens per key-value head kept beyond the window by surprise (0: none). */
   surpriseKeys: number;
+  /** The surprise cache's repeat rule's tolerance (0: off). */
+  surpriseRepeatTolerance: number;
   useSwa: boolean;
   alpha: number;
   beta: number;

@@ -73,6 +73,15 @@ export interface LinearizeOptions {
    */
   surpriseKeys?: number;
   /**
+   * The surprise cache's repeat rule (default 0, off): a token whose value lies within this
+   * relative squared distance of a value the cache already holds (`|v - v_c|^2 <= r |v_c|^2`)
+   * does not enter, so that text repeating with a period longer than the recurrent state's
+   * memory cannot fill the cache with copies. 0.05 is a good start; at most 0.5. Needs
+   * `surpriseKeys`. The CPU engines (and wasm) run it; a GPU run refuses it unless the cache is
+   * added after training (`surpriseAfterTraining`).
+   */
+  surpriseRepeatTolerance?: number;
+  /**
    * Train with the window alone and add the surprise cache to the saved model, as LoLA adds it
    * to a trained model (default false). Needs `surpriseKeys`.
    */
@@ -320,6 +329,14 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     (v) => isNonNegativeInt(v) && (v as number) <= 4096,
     "an integer from 0 to 4096 (LoLA uses 64 to 256)",
   );
+  checkOptional(
+    "surpriseRepeatTolerance",
+    o.surpriseRepeatTolerance,
+    (v) => isFiniteNumber(v) && (v as number) >= 0 && (v as number) <= 0.5,
+    "a number from 0 (off) to 0.5 (0.05 is a good start)",
+  );
+  if (o.surpriseRepeatTolerance && !o.surpriseKeys)
+    throw invalidArgument("surpriseRepeatTolerance is a rule of the surprise cache: set surpriseKeys too");
   checkOptional("surpriseAfterTraining", o.surpriseAfterTraining, (v) => typeof v === "boolean", "a boolean");
   if (o.surpriseAfterTraining && !o.surpriseKeys)
     throw invalidArgument("surpriseAfterTraining adds a surprise cache after training: set surpriseKeys too");
@@ -427,6 +444,7 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     sinks: o.sinks ?? recipe.sinks ?? d.sinks,
     grmNorm: o.grmNorm ?? d.grmNorm,
     surpriseKeys: o.surpriseKeys ?? recipe.surpriseKeys ?? d.surpriseKeys,
+    surpriseRepeatTolerance: o.surpriseRepeatTolerance ?? d.surpriseRepeatTolerance,
     surpriseAfterTraining: o.surpriseAfterTraining ?? d.surpriseAfterTraining,
     alpha: o.alpha ?? recipe.alpha ?? d.alpha,
     beta: o.beta ?? recipe.beta ?? d.beta,

@@ -247,6 +247,7 @@ export interface ResolvedLinearizeOptions {
   sinks: number;
   grmNorm: boolean;
   surpriseKeys: number;
+  surpriseRepeatTolerance: number;
   surpriseAfterTraining: boolean;
   alpha: number;
   beta: number;

@@ -31,6 +31,9 @@ pub struct JsLinearizeOptions {
     /// Tokens per key-value head that left the window and stay visible to it, chosen by
     /// surprise (0 = none); trained with, unless `surprise_after_training`.
     pub surprise_keys: u32,
+    /// The surprise cache's repeat rule: a token whose value repeats a cached one within this
+    /// relative squared distance does not enter (0 = off; CPU engines only).
+    pub surprise_repeat_tolerance: f64,
     /// Train with the window alone and add the surprise cache to the saved model.
     pub surprise_after_training: bool,
     pub alpha: f64,
@@ -101,6 +104,7 @@ fn linearize_options(o: JsLinearizeOptions) -> liger_core::Result<LinearizeOptio
         sinks: usize_of(o.sinks),
         grm_norm: o.grm_norm,
         surprise_keys: usize_of(o.surprise_keys),
+        surprise_repeat_tolerance: o.surprise_repeat_tolerance,
         surprise_after_training: o.surprise_after_training,
         alpha: o.alpha as f32,
         beta: o.beta as f32,
@@ -172,6 +176,7 @@ fn js_linearize_options(o: &LinearizeOptions) -> JsLinearizeOptions {
         sinks: js_count(o.sinks),
         grm_norm: o.grm_norm,
         surprise_keys: js_count(o.surprise_keys),
+        surprise_repeat_tolerance: o.surprise_repeat_tolerance,
         surprise_after_training: o.surprise_after_training,
         alpha: js_number(o.alpha),
         beta: js_number(o.beta),

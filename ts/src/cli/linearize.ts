@@ -35,6 +35,7 @@ interface LinearizeCliOptions {
   sinks?: number;
   grmNorm?: boolean;
   surpriseKeys?: number;
+  surpriseRepeats?: number;
   surpriseAfterTraining?: boolean;
   train?: boolean;
   alpha?: number;
@@ -111,6 +112,11 @@ export function registerLinearize(program: Command): void {
       "--surprise-keys <n>",
       "tokens per head that left the window and stay visible to it, those the recurrent state recalls worst (default 0)",
       parseNumber("surprise-keys"),
+    )
+    .option(
+      "--surprise-repeats <r>",
+      "the surprise cache skips a token whose value repeats a cached one within this relative squared distance (0.05 is a good start; default 0, off; CPU engines only)",
+      parseNumber("surprise-repeats"),
     )
     .option(
       "--surprise-after-training",
@@ -227,6 +233,7 @@ export function registerLinearize(program: Command): void {
         sinks: options.sinks,
         grmNorm: options.grmNorm,
         surpriseKeys: options.surpriseKeys,
+        surpriseRepeatTolerance: options.surpriseRepeats,
         surpriseAfterTraining: options.surpriseAfterTraining,
         alpha: options.alpha,
         beta: options.beta,

@@ -20,6 +20,7 @@ use crate::convert::{linearize, LigerModel, LigerOptions, LoraOptions, LoraTarge
 use crate::error::{Error, ErrorCode, Result};
 use crate::hf::fsutil::build_dir_atomically;
 use crate::hf::{save_hf_dir, write_safetensors, HfExtraFiles, SafetensorsFile, SaveDtype};
+use crate::liger::SurpriseCache;
 use crate::model::{load_model, BaseModel};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -43,7 +44,7 @@ pub struct LigerSection {
 }
 
 /// How a checkpoint is written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SaveOptions {
     /// Type of the base weights. F32 (the default) reloads exactly; F16/BF16 halve the size.
     pub dtype: SaveDtype,
@@ -51,12 +52,12 @@ pub struct SaveOptions {
     pub merged: bool,
     /// The surprise cache the saved model runs with, when it differs from the model's own
     /// (a model trained without the cache and saved with it; see `liger::surprise`).
-    pub surprise_keys: Option<usize>,
+    pub surprise_cache: Option<SurpriseCache>,
 }
 
 impl Default for SaveOptions {
     fn default() -> Self {
-        SaveOptions { dtype: SaveDtype::F32, merged: false, surprise_keys: None }
+        SaveOptions { dtype: SaveDtype::F32, merged: false, surprise_cache: None }
     }
 }
 
@@ -110,8 +111,8 @@ pub fn save_liger_checkpoint(
     let base = &model.base;
     let lora = lora_options_of(model);
     let mut options = model.options.clone();
-    if let Some(n) = opts.surprise_keys {
-        options.attention.surprise_keys = n;
+    if let Some(cache) = opts.surprise_cache {
+        options.attention.set_surprise_cache(cache);
     }
     let section = LigerSection { version: LIGER_FORMAT_VERSION, options, lora: lora.clone(), merged: opts.merged };
     let files = HfExtraFiles {

@@ -36,6 +36,7 @@ pub fn reference_options() -> LigerOptions {
             use_swa: true,
             grm_norm: false,
             surprise_keys: 0,
+            surprise_repeat_tolerance: 0.0,
             alpha: 0.5,
             beta: 0.5,
         },

@@ -46,6 +46,18 @@ fn a_checkpoint_reloads_with_bit_identical_logits() {
     let (a, b) = (model.all_logits(&tokens).unwrap(), loaded.all_logits(&tokens).unwrap());
     assert_eq!(bits(&a), bits(&b), "seed {seed}: reloaded logits differ");
 
+    // A surprise cache given at save time (a model trained without it) is what reloads.
+    let cache = SurpriseCache { keys: 8, repeat_tolerance: 0.05 };
+    let with_cache = tmp.0.join("with-cache");
+    save_liger_checkpoint(
+        &with_cache,
+        &model,
+        &SaveOptions { surprise_cache: Some(cache), ..Default::default() },
+        None,
+    )
+    .unwrap();
+    assert_eq!(load_liger_checkpoint(&with_cache).unwrap().options.attention.surprise_cache(), cache);
+
     let section = read_liger_section(&dir).unwrap().unwrap();
     assert_eq!(
         (section.version, section.merged, section.lora.rank, section.lora.alpha),

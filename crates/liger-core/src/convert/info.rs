@@ -21,6 +21,7 @@ impl LigerModel {
             "sinkKeys": attention.sink_keys,
             "grmNorm": attention.grm_norm,
             "surpriseKeys": attention.surprise_keys,
+            "surpriseRepeatTolerance": attention.surprise_repeat_tolerance,
             "useSwa": attention.use_swa,
             "alpha": attention.alpha,
             "beta": attention.beta,

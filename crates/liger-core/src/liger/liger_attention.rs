@@ -18,7 +18,8 @@ use super::config::{HeadShape, MixerConfig, MixerKind};
 use super::heads::QkvGrads;
 use super::mixer::{self, MixerState, DEFAULT_CHUNK_SIZE};
 use super::surprise::{
-    surprise_attention_backward, surprise_kept, surprise_score_step, surprise_scores, SurpriseMemory, MAX_SURPRISE_KEYS,
+    check_repeat_tolerance, surprise_attention_backward, surprise_kept_with_repeats, surprise_score_step,
+    surprise_scores, RepeatRule, SurpriseMemory, MAX_SURPRISE_KEYS,
 };
 use super::swa::{self, SwaCache, Window, DEFAULT_WINDOW_KEYS};
 use crate::error::{Error, Result};
@@ -45,6 +46,9 @@ pub struct LigerAttentionConfig {
     /// Tokens per key-value head that left the window and stay visible to the SWA branch,
     /// chosen by surprise (see [`super::surprise`]; 0 = the paper's window).
     pub surprise_keys: usize,
+    /// The surprise cache's repeat rule: a token whose value is within this relative squared
+    /// distance of one the cache holds does not enter (see [`super::surprise`]; 0 = off).
+    pub surprise_repeat_tolerance: f64,
     pub alpha: f32,
     pub beta: f32,
 }
@@ -58,13 +62,32 @@ impl Default for LigerAttentionConfig {
             use_swa: true,
             grm_norm: false,
             surprise_keys: 0,
+            surprise_repeat_tolerance: 0.0,
             alpha: 0.5,
             beta: 0.5,
         }
     }
 }
 
+/// A layer's surprise cache: its slots per key-value head (0 = none) and the repeat rule's
+/// tolerance (0 = off). See [`super::surprise`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SurpriseCache {
+    pub keys: usize,
+    pub repeat_tolerance: f64,
+}
+
 impl LigerAttentionConfig {
+    /// The surprise cache's settings.
+    pub fn surprise_cache(&self) -> SurpriseCache {
+        SurpriseCache { keys: self.surprise_keys, repeat_tolerance: self.surprise_repeat_tolerance }
+    }
+
+    /// These settings with another surprise cache (`SurpriseCache::default()`: none).
+    pub fn set_surprise_cache(&mut self, cache: SurpriseCache) {
+        (self.surprise_keys, self.surprise_repeat_tolerance) = (cache.keys, cache.repeat_tolerance);
+    }
+
     /// Whether a layer state keeps the recurrence over values of one (the normaliser of
     /// `grm_norm`, which the surprise score reads too).
     pub fn keeps_ones_state(&self) -> bool {
@@ -112,6 +135,12 @@ impl LigerAttentionConfig {
                 self.surprise_keys
             )));
         }
+        check_repeat_tolerance(self.surprise_repeat_tolerance)?;
+        if self.surprise_repeat_tolerance > 0.0 && self.surprise_keys == 0 {
+            return Err(Error::invalid_argument(
+                "surprise_repeat_tolerance is a rule of the surprise cache: set surprise_keys too",
+            ));
+        }
         if self.sink_keys > MAX_SINK_KEYS {
             return Err(Error::invalid_argument(format!(
                 "sink_keys must be at most {MAX_SINK_KEYS} (a few first tokens), got {}",
@@ -154,7 +183,10 @@ impl LigerLayerState {
     /// The state before the first token.
     pub fn new(cfg: &LigerAttentionConfig, shape: HeadShape) -> Result<Self> {
         let surprise = if cfg.use_swa && cfg.surprise_keys > 0 {
-            Some(SurpriseMemory::new(shape, cfg.window(), cfg.surprise_keys)?)
+            Some(
+                SurpriseMemory::new(shape, cfg.window(), cfg.surprise_keys)?
+                    .with_repeat_tolerance(cfg.surprise_repeat_tolerance)?,
+            )
         } else {
             None
         };
@@ -192,7 +224,11 @@ impl LigerLayerState {
         let window_ok = match (&self.swa, &self.surprise) {
             (Some(c), None) => cfg.use_swa && cfg.surprise_keys == 0 && c.shape == shape && c.window == cfg.window(),
             (None, Some(m)) => {
-                cfg.use_swa && m.slots == cfg.surprise_keys && m.shape == shape && m.window == cfg.window()
+                cfg.use_swa
+                    && m.slots == cfg.surprise_keys
+                    && m.repeat_tolerance == cfg.surprise_repeat_tolerance
+                    && m.shape == shape
+                    && m.window == cfg.window()
             }
             (None, None) => !cfg.use_swa,
             (Some(_), Some(_)) => false,
@@ -353,7 +389,8 @@ pub fn liger_attention_backward(
             // The cache's choice is held fixed: the attention over what it kept is differentiated.
             let fresh = MixerState::zeros(&cfg.mixer, shape);
             let (scores, _) = surprise_scores(&cfg.mixer, shape, k, v, &fresh, &fresh)?;
-            let kept = surprise_kept(shape.hkv, cfg.window(), cfg.surprise_keys, &scores);
+            let rule = RepeatRule { values: v, d: shape.d, tolerance: cfg.surprise_repeat_tolerance };
+            let kept = surprise_kept_with_repeats(shape.hkv, cfg.window(), cfg.surprise_keys, &scores, Some(rule));
             surprise_attention_backward(shape, cfg.window(), cfg.surprise_keys, &qr, &kr, v, &kept, &d_swa)?
         } else {
             swa::swa_backward(shape, cfg.window(), &qr, &kr, v, &d_swa)?

@@ -23,7 +23,8 @@ mod tests;
 pub use config::{GsaScale, HeadShape, MixerConfig, MixerKind, DEFAULT_GATE_NORMALIZER, DEFAULT_GSA_SLOTS};
 pub use heads::QkvGrads;
 pub use liger_attention::{
-    liger_attention_backward, liger_attention_forward, LigerAttentionConfig, LigerLayerState, MAX_SINK_KEYS,
+    liger_attention_backward, liger_attention_forward, LigerAttentionConfig, LigerLayerState, SurpriseCache,
+    MAX_SINK_KEYS,
 };
 pub use mixer::{chunk_backward, chunk_forward, recurrent_step, MixerState, DEFAULT_CHUNK_SIZE};
 pub use surprise::{SurpriseMemory, MAX_SURPRISE_KEYS};

@@ -21,6 +21,7 @@ use crate::checkpoint::{
 use crate::convert::{linearize, LigerModel, LigerOptions, LoraGrads, LoraOptions};
 use crate::error::{Error, ErrorCode, Result};
 use crate::generate::{generate, CausalLm, GenerateOptions};
+use crate::liger::SurpriseCache;
 use crate::model::forward::{forward, KvCache, Logits};
 use crate::model::{load_model, BaseModel};
 use crate::nn::loss::{LossOutput, IGNORE};
@@ -510,7 +511,8 @@ fn check_resumed_settings(
         job.options.clone()
     };
     let mut asked_options = asked_options;
-    asked_options.attention.surprise_keys = job.save.surprise_keys.unwrap_or(asked_options.attention.surprise_keys);
+    let cache = job.save.surprise_cache.unwrap_or(asked_options.attention.surprise_cache());
+    asked_options.attention.set_surprise_cache(cache);
     diff_json("", &json_of(options)?, &json_of(&asked_options)?, &mut differences);
     // The adapters' seed only matters for a fresh start.
     let asked_lora = LoraOptions { seed: lora.seed, ..job.lora.clone() };
@@ -573,16 +575,16 @@ pub fn run_linearize_on<M: EngineModel>(
 ) -> Result<LinearizeReport> {
     // A cache added after training: the run converts, trains and validates without it, and
     // every checkpoint it writes runs with it.
-    let surprise_keys = job.options.attention.surprise_keys;
-    if job.surprise_after_training && surprise_keys == 0 {
+    let surprise_cache = job.options.attention.surprise_cache();
+    if job.surprise_after_training && surprise_cache.keys == 0 {
         return Err(Error::invalid_argument(
             "surprise_after_training adds a surprise cache after training: set surprise_keys too",
         ));
     }
     let mut as_run = job.clone();
-    if surprise_keys > 0 && job.surprise_after_training {
-        as_run.options.attention.surprise_keys = 0;
-        as_run.save.surprise_keys = Some(surprise_keys);
+    if surprise_cache.keys > 0 && job.surprise_after_training {
+        as_run.options.attention.set_surprise_cache(SurpriseCache::default());
+        as_run.save.surprise_cache = Some(surprise_cache);
     }
     let job = &as_run;
     job.train.validate()?;
@@ -677,7 +679,7 @@ pub fn run_linearize_on<M: EngineModel>(
     let (host_model, resume_state) = if let Some((from, section)) = saved_section {
         on_event(JobEvent::Stage(format!("resuming from {}", from.display())));
         let (mut model, on_base) = load_liger_checkpoint_on(&from, base)?;
-        model.options.attention.surprise_keys = job.options.attention.surprise_keys;
+        model.options.attention.set_surprise_cache(job.options.attention.surprise_cache());
         on_event(JobEvent::Stage(if on_base {
             "resuming on the base model's own weights (the checkpoint's are the same values)".into()
         } else {
@@ -698,13 +700,13 @@ pub fn run_linearize_on<M: EngineModel>(
     report.softmax_layers = host_model.options.softmax_layers.clone();
     let mut model = to_engine(host_model)?;
     report.state_bytes = model.state_bytes();
-    if surprise_keys > 0 {
+    if surprise_cache.keys > 0 {
         // What the saved model keeps: it decodes with the cache (on the CPU engines).
         let mut saved = model.host_model().options.clone();
-        saved.attention.surprise_keys = surprise_keys;
+        saved.attention.set_surprise_cache(surprise_cache);
         report.state_bytes = model.host_model().state_bytes_with(&saved);
     }
-    report.memory = decode_memory(model.host_model(), surprise_keys);
+    report.memory = decode_memory(model.host_model(), surprise_cache);
     report.untrained_eval = validate(&|i, l| model.loss(i, l))?;
     report.untrained_eval.iter().for_each(|r| on_event(eval_event("liger (untrained)", r)));
 
@@ -827,11 +829,11 @@ pub fn run_linearize_on<M: EngineModel>(
 }
 
 /// Decoding memory of the saved model (its surprise cache included) against the base's.
-fn decode_memory(host: &LigerModel, surprise_keys: usize) -> DecodeMemory {
+fn decode_memory(host: &LigerModel, surprise_cache: SurpriseCache) -> DecodeMemory {
     let c = &host.base.config;
     let per_layer = 2 * c.kv_size() * std::mem::size_of::<f32>();
     let mut options = host.options.clone();
-    options.attention.surprise_keys = surprise_keys;
+    options.attention.set_surprise_cache(surprise_cache);
     let softmax = (0..c.num_layers).filter(|&l| options.is_softmax_layer(l)).count();
     let all = host.state_bytes_with(&options);
     DecodeMemory {

@@ -70,7 +70,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// Uploads `model` to the GPU of `ctx` (frozen weights dequantised to `T`).
     pub fn new(ctx: GpuContext, model: LigerModel) -> Result<Self> {
         // Refused before the weights go up.
-        crate::ops::mixer::check_gpu_mixer(&model.options.attention.mixer)?;
+        crate::ops::mixer::check_gpu_attention(&model.options.attention)?;
         let weights = GpuWeights::upload(&ctx, model.config(), &model.base.weights)?;
         Self::with_weights(ctx, model, weights)
     }
@@ -80,7 +80,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
     pub fn with_weights(ctx: GpuContext, model: LigerModel, weights: GpuWeights<T>) -> Result<Self> {
         let c = model.config();
         check_supported(c)?;
-        crate::ops::mixer::check_gpu_mixer(&model.options.attention.mixer)?;
+        crate::ops::mixer::check_gpu_attention(&model.options.attention)?;
         let shape = HeadShape::new(c.num_heads, c.num_kv_heads, c.head_dim)?;
         if weights.layers.len() != c.num_layers {
             return Err(Error::shape(format!(

@@ -40,7 +40,7 @@ pub fn all_softmax(base: BaseModel) -> Result<LigerModel> {
 /// `DeviceUnavailable` error that says to use the CPU backend; a mixer without GPU kernels
 /// (gdn) is refused before the GPU is opened.
 pub fn upload_for_scoring(index: usize, model: LigerModel) -> Result<GpuLigerModel<half::bf16>> {
-    crate::ops::mixer::check_gpu_mixer(&model.options.attention.mixer)?;
+    crate::ops::mixer::check_gpu_attention(&model.options.attention)?;
     let ctx = super::open_gpu(index)?;
     super::memory::keep_freed_memory_pooled(&ctx)?;
     GpuLigerModel::new(ctx, model)

@@ -59,6 +59,8 @@ pub struct LinearizeOptions {
     /// Tokens per key-value head that left the window and stay visible to it, chosen by
     /// surprise (0 = none); trained with, unless `surprise_after_training`.
     pub surprise_keys: usize,
+    /// The surprise cache's repeat rule (see `liger_core::liger::surprise`; 0 = off; CPU only).
+    pub surprise_repeat_tolerance: f64,
     /// Train with the window alone and add the surprise cache to the saved model.
     pub surprise_after_training: bool,
     /// Weights of the recurrent and sliding-window branches.
@@ -133,6 +135,7 @@ impl LinearizeOptions {
             sinks: attention.sink_keys,
             grm_norm: attention.grm_norm,
             surprise_keys: attention.surprise_keys,
+            surprise_repeat_tolerance: attention.surprise_repeat_tolerance,
             surprise_after_training: false,
             alpha: attention.alpha,
             beta: attention.beta,
@@ -188,6 +191,7 @@ impl LinearizeOptions {
         attention.sink_keys = self.sinks;
         attention.grm_norm = self.grm_norm;
         attention.surprise_keys = self.surprise_keys;
+        attention.surprise_repeat_tolerance = self.surprise_repeat_tolerance;
         attention.use_swa = self.use_swa;
         (attention.alpha, attention.beta) = (self.alpha, self.beta);
         options.validate(config)?;
@@ -246,7 +250,7 @@ impl LinearizeOptions {
         job.max_val_sequences = self.max_val_sequences;
         job.sample_prompt = self.sample_prompt.clone();
         job.sample_max_tokens = self.sample_max_tokens;
-        job.save = SaveOptions { dtype: self.dtype, merged: self.merged, surprise_keys: None };
+        job.save = SaveOptions { dtype: self.dtype, merged: self.merged, surprise_cache: None };
         job.resume = self.resume;
         job.overwrite = self.overwrite;
         job.keep_checkpoints = self.keep_checkpoints;
@@ -291,8 +295,13 @@ fn run_on_gpu(
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(JobEvent),
 ) -> Result<LinearizeReport> {
-    // Refused before the GPU is opened or the model loaded.
-    liger_cuda::ops::mixer::check_gpu_mixer(&job.options.attention.mixer)?;
+    // Refused before the GPU is opened or the model loaded. A cache added after training is
+    // not trained with: the GPU runs the attention without it.
+    let mut trained = job.options.attention;
+    if job.surprise_after_training {
+        trained.set_surprise_cache(liger_core::liger::SurpriseCache::default());
+    }
+    liger_cuda::ops::mixer::check_gpu_attention(&trained)?;
     liger_cuda::run_linearize_on_gpu(job, index, cancel, on_event)
 }
 

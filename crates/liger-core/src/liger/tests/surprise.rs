@@ -5,7 +5,7 @@ use super::liger_attention::{inv_freq, rope_f64};
 use super::{rel_err, rng, to_f64, uniform};
 use crate::error::ErrorCode;
 use crate::liger::liger_attention::GRM_NORM_EPS;
-use crate::liger::surprise::surprise_attention_backward;
+use crate::liger::surprise::{surprise_attention_backward, surprise_kept, surprise_kept_with_repeats, RepeatRule};
 use crate::liger::{
     liger_attention_backward, liger_attention_forward, naive, HeadShape, LigerAttentionConfig, LigerLayerState,
     MixerConfig, MixerKind, FULL_ATTENTION,
@@ -58,7 +58,15 @@ fn liger_surprise_f64(
         for i in 0..t {
             if i >= keys + sinks {
                 let j = i - keys;
-                if cache.len() < slots {
+                let value = |c: usize| &v[(c * hkv + kvh) * d..(c * hkv + kvh + 1) * d];
+                let tolerance = cfg.surprise_repeat_tolerance;
+                let repeat = tolerance > 0.0
+                    && cache.iter().any(|&c| {
+                        let dist: f64 = value(j).iter().zip(value(c)).map(|(a, b)| (a - b) * (a - b)).sum();
+                        dist <= tolerance * value(c).iter().map(|b| b * b).sum::<f64>()
+                    });
+                if repeat {
+                } else if cache.len() < slots {
                     cache.push(j);
                 } else {
                     let lowest = (0..slots).fold(0, |m, s| {
@@ -97,24 +105,42 @@ fn liger_surprise_f64(
     o
 }
 
+/// Values `[T, hkv, D]` drawn from a pool of `pool` random vectors plus 1% noise: many tokens
+/// repeat a value (well inside a repeat tolerance of 0.05), different pool vectors are far apart.
+fn pooled_values(rng: &mut rand::rngs::SmallRng, tokens: usize, d: usize, pool: usize) -> Vec<f32> {
+    let vectors = uniform(rng, pool * d, -1.0, 1.0);
+    let noise = uniform(rng, tokens * d, -0.01, 0.01);
+    (0..tokens)
+        .flat_map(|_| {
+            let p = rand::Rng::random_range(rng, 0..pool);
+            vectors[p * d..(p + 1) * d].to_vec()
+        })
+        .zip(noise)
+        .map(|(x, e)| x + e)
+        .collect()
+}
+
 #[test]
 fn surprise_cache_matches_f64_and_decoding_matches_prefill() {
     let mut rng = rng();
     let shape = HeadShape::new(4, 2, 16).unwrap();
     let freqs = inv_freq(16);
     let (row_q, row_kv) = (shape.hq * shape.d, shape.hkv * shape.d);
-    for (kind, window, sinks, slots, grm_norm) in [
-        (MixerKind::Gla, 8, 0, 4, false),
-        (MixerKind::Gla, 6, 3, 5, true),
-        (MixerKind::Retention, 10, 2, 1, false),
-        (MixerKind::Mamba2, 5, 1, 7, true),
-        (MixerKind::Linear, 65, 4, 16, false),
+    for (kind, window, sinks, slots, grm_norm, repeats) in [
+        (MixerKind::Gla, 8, 0, 4, false, 0.0),
+        (MixerKind::Gla, 6, 3, 5, true, 0.0),
+        (MixerKind::Retention, 10, 2, 1, false, 0.0),
+        (MixerKind::Mamba2, 5, 1, 7, true, 0.0),
+        (MixerKind::Linear, 65, 4, 16, false, 0.0),
+        (MixerKind::Gla, 6, 2, 5, false, 0.05),
+        (MixerKind::Hgrn2, 4, 1, 3, true, 0.05),
     ] {
         let cfg = LigerAttentionConfig {
             mixer: MixerConfig { kind, ..MixerConfig::default() },
             window_keys: window,
             sink_keys: sinks,
             surprise_keys: slots,
+            surprise_repeat_tolerance: repeats,
             grm_norm,
             ..Default::default()
         };
@@ -122,7 +148,12 @@ fn surprise_cache_matches_f64_and_decoding_matches_prefill() {
             let total = t + n;
             let q = uniform(&mut rng, total * row_q, -2.0, 2.0);
             let k = uniform(&mut rng, total * row_kv, -2.0, 2.0);
-            let v = uniform(&mut rng, total * row_kv, -1.0, 1.0);
+            // With the repeat rule, values from a small pool, so that repeats happen.
+            let v = if repeats > 0.0 {
+                pooled_values(&mut rng, total * shape.hkv, shape.d, 6)
+            } else {
+                uniform(&mut rng, total * row_kv, -1.0, 1.0)
+            };
             let want = liger_surprise_f64(&cfg, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), &freqs);
             let whole = liger_attention_forward(
                 &cfg,
@@ -161,7 +192,7 @@ fn surprise_cache_matches_f64_and_decoding_matches_prefill() {
                 got.extend_from_slice(&o);
             }
             let ed = rel_err(&got, &want);
-            println!("{} window {window}+{sinks} cache {slots} norm {grm_norm} T={t} N={n}: forward {e:.2e}, prefill+decode {ed:.2e}, state {} bytes", kind.name(), state.bytes());
+            println!("{} window {window}+{sinks} cache {slots} repeats {repeats} norm {grm_norm} T={t} N={n}: forward {e:.2e}, prefill+decode {ed:.2e}, state {} bytes", kind.name(), state.bytes());
             assert!(e < 1e-4 && ed < 1e-4);
             assert!(state.bytes() <= LigerLayerState::max_bytes(&cfg, shape));
         }
@@ -229,6 +260,39 @@ fn the_cache_keeps_the_token_the_state_recalls_worst() {
 }
 
 #[test]
+fn the_repeat_rule_keeps_room_for_what_appears_once() {
+    // A pattern of three values that repeats, each copy scoring higher than one odd token: the
+    // copies fill a four-slot cache and keep the odd token out; with the repeat rule the cache
+    // holds one copy of each pattern value and the odd token.
+    let (hkv, d, t, odd) = (1, 4, 60, 30);
+    let pattern = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]];
+    let mut values = Vec::new();
+    let mut scores = Vec::new();
+    for i in 0..t {
+        if i == odd {
+            values.extend_from_slice(&[0.0, 0.0, 0.0, 1.0]);
+            scores.push(5.0);
+        } else {
+            values.extend_from_slice(&pattern[i % 3]);
+            scores.push(9.0 - (i % 3) as f32 + i as f32 * 1e-3);
+        }
+    }
+    let window = crate::liger::Window { keys: 4, sinks: 0 };
+    let kept_at_end = |kept: Vec<i32>| -> Vec<i32> { kept[(t - 1) * 4..].to_vec() };
+    let plain = kept_at_end(surprise_kept(hkv, window, 4, &scores));
+    assert!(!plain.contains(&(odd as i32)), "{plain:?}");
+    let rule = RepeatRule { values: &values, d, tolerance: 0.05 };
+    let distinct = kept_at_end(surprise_kept_with_repeats(hkv, window, 4, &scores, Some(rule)));
+    assert!(distinct.contains(&(odd as i32)), "{distinct:?}");
+    let mut held: Vec<usize> = distinct.iter().map(|&j| if j as usize == odd { 3 } else { j as usize % 3 }).collect();
+    held.sort();
+    assert_eq!(held, vec![0, 1, 2, 3], "one copy of each value: {distinct:?}");
+    // A tolerance of 0 is the plain rule.
+    let off = RepeatRule { tolerance: 0.0, ..rule };
+    assert_eq!(kept_at_end(surprise_kept_with_repeats(hkv, window, 4, &scores, Some(off))), plain);
+}
+
+#[test]
 fn surprise_cache_bad_settings_give_typed_errors() {
     let shape = HeadShape::new(2, 1, 8).unwrap();
     let freqs = inv_freq(8);
@@ -242,6 +306,14 @@ fn surprise_cache_bad_settings_give_typed_errors() {
     assert_eq!(no_window.validate(shape, &freqs).unwrap_err().code, ErrorCode::InvalidArgument);
     let huge = LigerAttentionConfig { surprise_keys: 1 << 20, ..cfg };
     assert_eq!(huge.validate(shape, &freqs).unwrap_err().code, ErrorCode::InvalidArgument);
+    for tolerance in [-0.1, 0.7, f64::NAN, f64::INFINITY] {
+        let bad = LigerAttentionConfig { surprise_repeat_tolerance: tolerance, ..cfg };
+        let err = bad.validate(shape, &freqs).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument, "{tolerance}");
+        assert!(err.message.contains("surprise_repeat_tolerance"), "{}", err.message);
+    }
+    let no_cache = LigerAttentionConfig { surprise_repeat_tolerance: 0.05, ..Default::default() };
+    assert!(no_cache.validate(shape, &freqs).unwrap_err().message.contains("set surprise_keys"));
     let (q, kv) = (vec![0.1; 32], vec![0.2; 16]);
     let err = surprise_attention_backward(shape, cfg.window(), 4, &q, &kv, &kv, &[-1; 7], &q).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
@@ -261,20 +333,24 @@ fn surprise_cache_backward_matches_numeric_gradients() {
     let shape = HeadShape::new(3, 1, 8).unwrap();
     let freqs = inv_freq(8);
     let t = 40;
-    for (kind, sink_keys, grm_norm, slots) in
-        [(MixerKind::Gla, 0, false, 3), (MixerKind::Gla, 2, true, 4), (MixerKind::Hgrn2, 1, false, 1)]
-    {
+    for (kind, sink_keys, grm_norm, slots, repeats) in [
+        (MixerKind::Gla, 0, false, 3, 0.0),
+        (MixerKind::Gla, 2, true, 4, 0.0),
+        (MixerKind::Hgrn2, 1, false, 1, 0.0),
+        (MixerKind::Gla, 1, false, 4, 0.05),
+    ] {
         let cfg = LigerAttentionConfig {
             mixer: MixerConfig { kind, ..MixerConfig::default() },
             window_keys: 6,
             sink_keys,
             grm_norm,
             surprise_keys: slots,
+            surprise_repeat_tolerance: repeats,
             ..Default::default()
         };
         let q = uniform(&mut rng, t * 24, -2.0, 2.0);
         let k = uniform(&mut rng, t * 8, -2.0, 2.0);
-        let v = uniform(&mut rng, t * 8, -1.0, 1.0);
+        let v = if repeats > 0.0 { pooled_values(&mut rng, t, 8, 4) } else { uniform(&mut rng, t * 8, -1.0, 1.0) };
         let d_o = uniform(&mut rng, t * 24, -1.0, 1.0);
         let (q64, k64, v64, do64) = (to_f64(&q), to_f64(&k), to_f64(&v), to_f64(&d_o));
         let loss = |q: &[f64], k: &[f64], v: &[f64]| {
@@ -287,7 +363,7 @@ fn surprise_cache_backward_matches_numeric_gradients() {
         ];
         let g = liger_attention_backward(&cfg, shape, &q, &k, &v, &freqs, &d_o).unwrap();
         let (eq, ek, ev) = (rel_err(&g.dq, &want[0]), rel_err(&g.dk, &want[1]), rel_err(&g.dv, &want[2]));
-        println!("surprise {} sinks {sink_keys} grm_norm {grm_norm} slots {slots} backward rel err: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}", kind.name());
+        println!("surprise {} sinks {sink_keys} grm_norm {grm_norm} slots {slots} repeats {repeats} backward rel err: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}", kind.name());
         assert!(eq < 1e-3 && ek < 1e-3 && ev < 1e-3);
     }
 }

@@ -469,9 +469,16 @@ fn a_surprise_cache_is_trained_with_or_added_after_training() {
         run_linearize(&LinearizeJob { resume: true, ..job.clone() }, &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert_eq!(resumed.steps_done, 0);
 
-    let after = LinearizeJob { surprise_after_training: true, out_dir: tmp.0.join("after"), ..job.clone() };
+    // Added after training, with the repeat rule: the saved model carries both; resuming the
+    // finished run accepts its own settings.
+    let mut after = LinearizeJob { surprise_after_training: true, out_dir: tmp.0.join("after"), ..job.clone() };
+    after.options.attention.surprise_repeat_tolerance = 0.05;
     let added = run_linearize(&after, &AtomicBool::new(false), &mut |_| {}).unwrap();
-    assert_eq!(load_liger_checkpoint(&after.out_dir).unwrap().options.attention.surprise_keys, 4);
+    let saved = load_liger_checkpoint(&after.out_dir).unwrap().options.attention;
+    assert_eq!((saved.surprise_keys, saved.surprise_repeat_tolerance), (4, 0.05));
+    let resumed =
+        run_linearize(&LinearizeJob { resume: true, ..after.clone() }, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!(resumed.steps_done, 0);
     // Both save the same decoding state; only the first trained through the cache.
     assert_eq!(with_cache.state_bytes, added.state_bytes);
     let (a, b) = (&with_cache.losses, &added.losses);

@@ -39,7 +39,7 @@ use crate::kernels::GLA_SCAN;
 use crate::launch::{elementwise, expect_len, warp_per_row, BLOCK};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use gla_scan::{int, launch_scans, padded_rows, ptr, ptr_mut, Scan, ScanJob, ScanOperands};
-use liger_core::liger::{HeadShape, MixerConfig, MixerKind};
+use liger_core::liger::{HeadShape, LigerAttentionConfig, MixerConfig, MixerKind};
 use liger_core::{Error, Result};
 use segments::SegmentRegions;
 
@@ -97,6 +97,19 @@ fn kind_code(kind: MixerKind) -> Result<i32> {
 /// Refuses, before any work, a mixer that has no GPU kernels.
 pub fn check_gpu_mixer(cfg: &MixerConfig) -> Result<()> {
     kind_code(cfg.kind).map(|_| ())
+}
+
+/// Refuses, before any work, Liger attention settings the GPU cannot run: a mixer without
+/// kernels, or the surprise cache's repeat rule (CPU only so far).
+pub fn check_gpu_attention(cfg: &LigerAttentionConfig) -> Result<()> {
+    check_gpu_mixer(&cfg.mixer)?;
+    if cfg.surprise_repeat_tolerance > 0.0 {
+        return Err(Error::invalid_argument(
+            "the surprise cache's repeat rule (surprise_repeat_tolerance) runs on the CPU only so far: \
+             use the CPU backend, or set it to 0 on the GPU",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the settings and head size; returns the kind code and the gate scale.
@@ -655,5 +668,11 @@ mod tests {
         assert_eq!(check_config(&MixerConfig::default(), odd).unwrap_err().code, ErrorCode::InvalidArgument);
         let (_, scale) = check_config(&MixerConfig::default(), shape(4, 2, 64)).unwrap();
         assert_eq!(scale, 1.0 / liger_core::liger::DEFAULT_GATE_NORMALIZER);
+        let cached = LigerAttentionConfig { surprise_keys: 8, ..Default::default() };
+        assert!(check_gpu_attention(&cached).is_ok());
+        let repeats = LigerAttentionConfig { surprise_repeat_tolerance: 0.05, ..cached };
+        let err = check_gpu_attention(&repeats).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert!(err.message.contains("CPU only"), "{}", err.message);
     }
 }
