@@ -77,8 +77,8 @@ export interface LinearizeOptions {
    * relative squared distance of a value the cache already holds (`|v - v_c|^2 <= r |v_c|^2`)
    * does not enter, so that text repeating with a period longer than the recurrent state's
    * memory cannot fill the cache with copies. 0.05 is a good start; at most 0.5. Needs
-   * `surpriseKeys`. The CPU engines (and wasm) run it; a GPU run refuses it unless the cache is
-   * added after training (`surpriseAfterTraining`).
+   * `surpriseKeys`. Every engine runs it: training, evaluation and decoding on the GPU, the CPU
+   * engine and wasm.
    */
   surpriseRepeatTolerance?: number;
   /**

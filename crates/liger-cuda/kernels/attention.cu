@@ -246,7 +246,8 @@ template <typename T> __device__ void store_sums(const float* dk_sum, const floa
     }
 }
 
-// Decoding: one block of DECODE_WARPS warps per (b, h); the first lengths[b] slots of the
+// Decoding: one block of DECODE_WARPS warps per (b, h); the first lengths[b] slots (with
+// per_head: lengths[b * hkv + kv head], for caches whose heads hold different counts) of the
 // sequence's cache [B, hkv, capacity, d] are its keys, in any order. Each warp takes chunks of
 // 32 keys (a key per lane for the scores, then the lanes split d for P.V) with its own online
 // softmax; the warps' partial results are merged at the end. An empty cache gives zeros.
@@ -254,13 +255,13 @@ template <typename T> __device__ void store_sums(const float* dk_sum, const floa
 
 template <typename T>
 __device__ void attention_decode_rows(int batch, int hq, int hkv, int d, int capacity, const T* q_t, const T* k_cache,
-                                      const T* v_cache, const u32* lengths, T* o_t) {
+                                      const T* v_cache, const u32* lengths, int per_head, T* o_t) {
     __shared__ float q_s[32 * MAX_PER_LANE];
     __shared__ float partial[DECODE_WARPS][32 * MAX_PER_LANE];
     __shared__ float warp_m[DECODE_WARPS], warp_l[DECODE_WARPS];
     const int h = blockIdx.x % hq, b = blockIdx.x / hq, kvh = h / (hq / hkv);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int n = (int)min(lengths[b], (u32)capacity);
+    const int n = (int)min(lengths[per_head ? b * hkv + kvh : b], (u32)capacity);
     const float scale = rsqrtf((float)d);
     const long long row = (long long)b * hq + h;
     for (int e = threadIdx.x; e < d; e += blockDim.x) q_s[e] = to_f32(q_t[row * d + e]);
@@ -789,14 +790,15 @@ extern "C" __global__ void surprise_scores_f32(const float* n, const float* den,
 
 // The cache's contents before each query, by running its rule token by token: one warp per
 // (sequence, key-value head). Token j leaves the window at query j + window; if it is no sink it
-// takes a free slot, or else replaces the first slot of lowest score when its own is higher.
+// takes a free slot, or else replaces the first slot of lowest score when its own is higher,
+// unless its value v [B, T, hkv, d] repeats one the cache holds (the repeat rule, at `tolerance`).
 // kept [B, T, hkv, slots]: the token in each slot while query t attends (-1: empty).
 // until [B, T, hkv]: the first query that no longer sees the token (through the window, the
 // sinks or the cache). tile_until [B, hkv, ceil(T / 64)]: the largest `until` of each tile of 64
 // tokens (the tensor-core kernels' key tiles). slot_token, slot_score [B, hkv, slots]: scratch.
-extern "C" __global__ void surprise_select(const float* scores, int batch, int tokens, int hkv, int window, int sinks,
-                                           int slots, int* slot_token, float* slot_score, int* kept, int* until,
-                                           int* tile_until) {
+extern "C" __global__ void surprise_select(const float* scores, const float* v, int batch, int tokens, int hkv, int d,
+                                           int window, int sinks, int slots, double tolerance, int* slot_token,
+                                           float* slot_score, int* kept, int* until, int* tile_until) {
     const long long w = warp_row((long long)batch * hkv);
     if (w < 0) return;
     const int lane = threadIdx.x & 31, b = (int)(w / hkv), kvh = (int)(w % hkv);
@@ -810,17 +812,11 @@ extern "C" __global__ void surprise_select(const float* scores, int batch, int t
         const int j = i - window;
         if (j >= sinks) {
             const float s = scores[((long long)b * tokens + j) * hkv + kvh];
-            if (used < slots) {
-                if (lane == 0) {
-                    tok[used] = j;
-                    sc[used] = s;
-                    gone[(long long)j * hkv] = tokens;
-                }
-                used++;
-            } else {
+            int at = used;  // the slot the token takes (-1: none)
+            if (used == slots) {
                 // The first slot of lowest score: min over (score, slot) pairs.
                 float best = POS_INFINITY;
-                int at = slots;
+                at = slots;
                 for (int c = lane; c < slots; c += 32)
                     if (sc[c] < best) best = sc[c], at = c;
                 for (int off = 16; off > 0; off >>= 1) {
@@ -828,13 +824,18 @@ extern "C" __global__ void surprise_select(const float* scores, int batch, int t
                     const int oa = __shfl_xor_sync(0xffffffffu, at, off);
                     if (ob < best || (ob == best && oa < at)) best = ob, at = oa;
                 }
-                if (lane == 0 && s > best) {
-                    gone[(long long)tok[at] * hkv] = i;
-                    gone[(long long)j * hkv] = tokens;
-                    tok[at] = j;
-                    sc[at] = s;
-                }
+                if (!(s > best)) at = -1;
             }
+            const float* row_v = v + ((long long)b * tokens * hkv + kvh) * d;  // token t's value: row_v + t * hkv * d
+            const auto held = [&](int c) { return row_v + (long long)tok[c] * hkv * d; };
+            if (at >= 0 && repeats_held(row_v + (long long)j * hkv * d, held, used, d, tolerance)) at = -1;
+            if (lane == 0 && at >= 0) {
+                if (at < used) gone[(long long)tok[at] * hkv] = i;
+                gone[(long long)j * hkv] = tokens;
+                tok[at] = j;
+                sc[at] = s;
+            }
+            if (at == used) used++;
             __syncwarp();
         }
         int* out = kept + (((long long)b * tokens + i) * hkv + kvh) * slots;
@@ -867,8 +868,8 @@ extern "C" __global__ void surprise_select(const float* scores, int batch, int t
     }                                                                                                                   \
     extern "C" __global__ void attention_decode_##SUFFIX(int batch, int hq, int hkv, int d, int capacity, const T* q_t, \
                                                          const T* k_cache, const T* v_cache, const u32* lengths,        \
-                                                         T* o_t) {                                                      \
-        attention_decode_rows<T>(batch, hq, hkv, d, capacity, q_t, k_cache, v_cache, lengths, o_t);                     \
+                                                         int per_head, T* o_t) {                                        \
+        attention_decode_rows<T>(batch, hq, hkv, d, capacity, q_t, k_cache, v_cache, lengths, per_head, o_t);           \
     }                                                                                                                   \
     extern "C" __global__ void cache_write_##SUFFIX(int batch, int tokens, int hkv, int d, int capacity, int sinks,     \
                                                     const T* k_new, const T* v_new, const u32* positions, T* k_cache,   \

@@ -55,19 +55,23 @@ __device__ void decode_mix(const float* a, float alpha, int use_a, const T* b, f
 // A Liger layer's window caches [B, hkv, stride, d] hold in each row the sinks, the ring of the
 // last `keys` tokens, then the cache's `slots` (stride = sinks + keys + slots); `scores`
 // [B, hkv, keys + slots] holds the surprise of the ring's tokens, then of the cached ones.
-// The slots fill in order, so the first min(slots, tokens that left the window) are in use.
+// The slots fill in order and a free one scores -inf; with the repeat rule a head can keep slots
+// free that another head has filled, so each (sequence, head) row counts its own.
 
 // One step, before the new token is written into the window: one warp per (sequence, key-value
 // head). The new token's surprise is |v - n / (den + eps)|^2, n and den [B, hkv, d] the
 // recurrent branch read out with its key as the query over the values and over values of one
 // (every query head of a group reads the same, so this is their mean). The token leaving the
 // window (at position - keys) sits in the ring entry the new token takes: being no sink, it
-// enters a free slot, or else the first slot of lowest score when its own score is higher.
-// Then the new token's surprise takes the ring entry's score.
+// enters a free slot, or else the first slot of lowest score when its own score is higher,
+// unless its value repeats one the cache holds (the repeat rule at `tolerance`, see
+// repeats_held). Then the new token's surprise takes the ring entry's score, and
+// head_lengths [B, hkv] the entries of the row the attention reads (its window's, then its
+// slots in use).
 template <typename T>
 __device__ void surprise_decode_step(const float* n, const float* den, const float* v, const u32* positions, int batch,
-                                     int hkv, int d, int keys, int sinks, int slots, float eps, T* k_cache, T* v_cache,
-                                     float* scores) {
+                                     int hkv, int d, int keys, int sinks, int slots, float eps, double tolerance,
+                                     T* k_cache, T* v_cache, float* scores, u32* head_lengths) {
     const long long w = warp_row((long long)batch * hkv);
     if (w < 0) return;
     const int lane = threadIdx.x & 31;
@@ -78,31 +82,38 @@ __device__ void surprise_decode_step(const float* n, const float* den, const flo
         err += miss * miss;
     }
     const float surprise = warp_sum(err);
-    if (pos < (u32)sinks) return;  // a sink keeps no score and pushes no token out
-    const int capacity = sinks + keys, ring = (int)((pos - (u32)sinks) % (u32)keys);
+    const int capacity = sinks + keys;
+    if (pos < (u32)sinks) {  // a sink keeps no score and pushes no token out
+        if (lane == 0) head_lengths[w] = pos + 1;
+        return;
+    }
+    const int ring = (int)((pos - (u32)sinks) % (u32)keys);
     float* row_scores = scores + w * (keys + slots);
+    int used = 0;  // slots in use after this step
     if (pos >= (u32)capacity) {
         const float leaving = row_scores[ring];
-        const u32 cached = pos - (u32)capacity;  // tokens that left the window before this one
-        int at = -1;
-        if (cached < (u32)slots) {
-            at = (int)cached;
-        } else {
-            // The first slot of lowest score: min over (score, slot) pairs, as surprise_select.
-            float best = POS_INFINITY;
-            int best_at = slots;
-            for (int c = lane; c < slots; c += 32)
-                if (row_scores[keys + c] < best) best = row_scores[keys + c], best_at = c;
-            for (int off = 16; off > 0; off >>= 1) {
-                const float ob = __shfl_xor_sync(0xffffffffu, best, off);
-                const int oa = __shfl_xor_sync(0xffffffffu, best_at, off);
-                if (ob < best || (ob == best && oa < best_at)) best = ob, best_at = oa;
-            }
-            if (leaving > best) at = best_at;
+        // The first slot of lowest score (a free one: the first free), min over (score, slot)
+        // pairs as surprise_select; and the slots in use.
+        float best = POS_INFINITY;
+        int best_at = slots;
+        for (int c = lane; c < slots; c += 32) {
+            const float held = row_scores[keys + c];
+            used += held != -POS_INFINITY;
+            if (held < best) best = held, best_at = c;
         }
+        for (int off = 16; off > 0; off >>= 1) {
+            const float ob = __shfl_xor_sync(0xffffffffu, best, off);
+            const int oa = __shfl_xor_sync(0xffffffffu, best_at, off);
+            if (ob < best || (ob == best && oa < best_at)) best = ob, best_at = oa;
+            used += __shfl_xor_sync(0xffffffffu, used, off);
+        }
+        int at = best == -POS_INFINITY || leaving > best ? best_at : -1;
+        const size_t row = (size_t)w * (capacity + slots) * d;
+        const size_t from = row + (size_t)(sinks + ring) * d;
+        const auto held = [&](int c) { return v_cache + row + (size_t)(capacity + c) * d; };
+        if (at >= 0 && repeats_held(v_cache + from, held, used, d, tolerance)) at = -1;
         if (at >= 0) {
-            const size_t row = (size_t)w * (capacity + slots) * d;
-            const size_t from = row + (size_t)(sinks + ring) * d, to = row + (size_t)(capacity + at) * d;
+            const size_t to = row + (size_t)(capacity + at) * d;
             for (int e = lane; e < d; e += 32) {
                 k_cache[to + e] = k_cache[from + e];
                 v_cache[to + e] = v_cache[from + e];
@@ -110,16 +121,20 @@ __device__ void surprise_decode_step(const float* n, const float* den, const flo
         }
         __syncwarp();  // every lane has read the scores before lane 0 writes them
         if (lane == 0 && at >= 0) row_scores[keys + at] = leaving;
+        if (at == used) used++;
     }
-    if (lane == 0) row_scores[ring] = surprise;
+    if (lane == 0) {
+        row_scores[ring] = surprise;
+        head_lengths[w] = (u32)min((long long)pos + 1, (long long)capacity) + (u32)used;
+    }
 }
 
 // After a prefill of `tokens` tokens per sequence (roped k_new and v_new [B, tokens, hkv, d],
 // their surprise token_scores [B * tokens, hkv], and kept [B, tokens, hkv, slots] from
 // surprise_select): fills the window caches and the scores as the steps would have left them.
 // Entry e < capacity of a row holds token window_tokens[e] (-1: not written yet), entry
-// capacity + s the token in slot s once the last token is in (-1: free). Entries without a
-// token are left as they are: the steps never read them.
+// capacity + s the token in slot s once the last token is in (-1: free, scored -inf). Other
+// entries without a token are left as they are: the steps never read them.
 template <typename T>
 __device__ void surprise_cache_fill(const T* k_new, const T* v_new, const float* token_scores, const int* kept,
                                     const int* window_tokens, int batch, int tokens, int hkv, int d, int keys, int sinks,
@@ -132,7 +147,11 @@ __device__ void surprise_cache_fill(const T* k_new, const T* v_new, const float*
         const int kvh = (int)(row % hkv), b = (int)(row / hkv);
         const int* last = kept + (((size_t)b * tokens + tokens - 1) * hkv + kvh) * slots;
         const int token = entry < capacity ? window_tokens[entry] : last[entry - capacity];
-        if (token < 0) continue;
+        if (token < 0) {
+            // A free slot scores -inf (the steps count the slots in use by it).
+            if (e == 0 && entry >= capacity) scores[row * (keys + slots) + entry - sinks] = -POS_INFINITY;
+            continue;
+        }
         const size_t src = ((size_t)b * tokens + token) * hkv + kvh;
         k_cache[idx] = k_new[src * d + e];
         v_cache[idx] = v_new[src * d + e];
@@ -154,9 +173,10 @@ __device__ void surprise_cache_fill(const T* k_new, const T* v_new, const float*
     }                                                                                                                     \
     extern "C" __global__ void surprise_decode_step_##SUFFIX(const float* n, const float* den, const float* v,           \
                                                              const u32* positions, int batch, int hkv, int d, int keys,   \
-                                                             int sinks, int slots, float eps, T* k_cache, T* v_cache,     \
-                                                             float* scores) {                                             \
-        surprise_decode_step<T>(n, den, v, positions, batch, hkv, d, keys, sinks, slots, eps, k_cache, v_cache, scores);  \
+                                                             int sinks, int slots, float eps, double tolerance,           \
+                                                             T* k_cache, T* v_cache, float* scores, u32* head_lengths) {  \
+        surprise_decode_step<T>(n, den, v, positions, batch, hkv, d, keys, sinks, slots, eps, tolerance, k_cache, v_cache, \
+                                scores, head_lengths);                                                                    \
     }                                                                                                                     \
     extern "C" __global__ void surprise_cache_fill_##SUFFIX(const T* k_new, const T* v_new, const float* token_scores,   \
                                                             const int* kept, const int* window_tokens, int batch,         \

@@ -6,7 +6,9 @@ mod common;
 
 use common::*;
 use half::bf16;
-use liger_core::liger::surprise::{surprise_attention_backward as cpu_surprise_backward, surprise_kept};
+use liger_core::liger::surprise::{
+    surprise_attention_backward as cpu_surprise_backward, surprise_kept_with_repeats, RepeatRule,
+};
 use liger_core::liger::{swa_backward, swa_forward, HeadShape, SurpriseMemory, SwaCache, Window};
 use liger_core::ErrorCode;
 use liger_cuda::ops::attention::{
@@ -214,13 +216,15 @@ fn runs_from_kept(tokens: usize, hkv: usize, window: Window, slots: usize, kept:
     until
 }
 
-/// The surprise cache with storage `T`: its choice (exact), the forward against the CPU decoding
-/// memory, and the backward (choice held fixed) against its CPU twin. Returns (o, dq, dk, dv) errors.
+/// The surprise cache with storage `T` (and the repeat rule at `repeats`, 0: off): its choice
+/// (exact), the forward against the CPU decoding memory, and the backward (choice held fixed)
+/// against its CPU twin. Returns (o, dq, dk, dv) errors.
+#[allow(clippy::too_many_arguments)]
 fn check_surprise<T: GpuElement>(
     ctx: &GpuContext,
     dims: AttentionDims,
     window: Window,
-    slots: usize,
+    (slots, repeats): (usize, f64),
     x: &Inputs,
     scores: &[f32],
     tol: f64,
@@ -228,7 +232,7 @@ fn check_surprise<T: GpuElement>(
 ) -> [f64; 4] {
     let up = |h: &[f32]| GpuBuffer::from_host(ctx, &h.iter().map(|&v| T::from_f32(v)).collect::<Vec<T>>()).unwrap();
     let (q, k, v, d_o) = (up(&x.q), up(&x.k), up(&x.v), up(&x.d_o));
-    let cache = surprise_select(ctx, dims, window, slots, &upload(ctx, scores)).unwrap();
+    let cache = surprise_select(ctx, dims, window, slots, repeats, &upload(ctx, scores), &upload(ctx, &x.v)).unwrap();
     let (mut o, mut lse) = (poison::<T>(ctx, x.q.len()), poisoned(ctx, dims.batch * dims.shape.hq * dims.tokens));
     surprise_attention_forward(ctx, dims, window, &cache, &q, &k, &v, &mut o, &mut lse).unwrap();
     let (mut dq, mut dk, mut dv) =
@@ -249,7 +253,8 @@ fn check_surprise<T: GpuElement>(
             &x.d_o[b * qn..][..qn],
             &scores[b * sn..][..sn],
         );
-        let kept = surprise_kept(shape.hkv, window, slots, sb);
+        let rule = RepeatRule { values: vb, d: shape.d, tolerance: repeats };
+        let kept = surprise_kept_with_repeats(shape.hkv, window, slots, sb, Some(rule));
         assert_eq!(&kept_gpu[b * sn * slots..][..sn * slots], &kept[..], "{label}: cache contents of sequence {b}");
         let runs = runs_from_kept(t, shape.hkv, window, slots, &kept);
         assert_eq!(&until_gpu[b * sn..][..sn], &runs[..], "{label}: runs of sequence {b}");
@@ -265,7 +270,8 @@ fn check_surprise<T: GpuElement>(
             &tile_until[..],
             "{label}: tiles of sequence {b}"
         );
-        let o = SurpriseMemory::new(shape, window, slots).unwrap().attend(qb, kb, vb, sb).unwrap();
+        let mut memory = SurpriseMemory::new(shape, window, slots).unwrap().with_repeat_tolerance(repeats).unwrap();
+        let o = memory.attend(qb, kb, vb, sb).unwrap();
         let g = cpu_surprise_backward(shape, window, slots, qb, kb, vb, &kept, dob).unwrap();
         for (dst, src) in refs.iter_mut().zip([&o, &g.dq, &g.dk, &g.dv]) {
             dst.extend(src.iter().map(|&x| x as f64));
@@ -284,24 +290,52 @@ fn surprise_cache_choice_forward_and_backward_match_the_cpu_twins() {
     let ctx = gpu();
     let mut rng = rng("surprise attention");
     let w = |keys, sinks| Window { keys, sinks };
-    for (d, tokens, window, slots) in [
-        (64, 300, w(16, 2), 5),
-        (64, 300, w(65, 4), 64),
-        (128, 200, w(16, 0), 40),
-        (96, 150, w(8, 1), 1),
-        (64, 700, w(33, 1), 6),
+    for (d, tokens, window, slots, repeats) in [
+        (64, 300, w(16, 2), 5, 0.0),
+        (64, 300, w(65, 4), 64, 0.0),
+        (128, 200, w(16, 0), 40, 0.0),
+        (96, 150, w(8, 1), 1, 0.0),
+        (64, 700, w(33, 1), 6, 0.0),
+        (64, 300, w(16, 2), 5, 0.05),
+        (64, 700, w(33, 1), 64, 0.05),
+        (128, 200, w(16, 0), 40, 0.3),
     ] {
         let dims = AttentionDims { batch: 2, tokens, shape: HeadShape::new(4, 2, d).unwrap() };
-        let raw = inputs(&mut rng, dims);
+        let mut raw = inputs(&mut rng, dims);
+        if repeats > 0.0 {
+            // Values from a pool of 9 per head, each copy a little off (about 1% of its norm),
+            // so that the rule keeps copies out while distinct values enter.
+            let pool = random(&mut rng, 9 * d, 1.0);
+            for (row, value) in raw.v.chunks_mut(d).enumerate() {
+                let from = &pool[(row * 7 % 9) * d..][..d];
+                value.iter_mut().zip(from).for_each(|(v, &p)| *v = p + 0.01 * *v);
+            }
+        }
+        let label = format!("d={d} T={tokens} {window:?} slots={slots} repeats={repeats}");
         // Distinct positive scores: the choice has no ties.
         let scores: Vec<f32> = random(&mut rng, 2 * tokens * 2, 1.0).iter().map(|s| s + 2.0).collect();
-        let label = format!("d={d} T={tokens} {window:?} slots={slots}");
-        let f32_errs =
-            check_surprise::<f32>(&ctx, dims, window, slots, &raw, &scores, FP32_TOL, &format!("f32 {label}"));
+        let f32_errs = check_surprise::<f32>(
+            &ctx,
+            dims,
+            window,
+            (slots, repeats),
+            &raw,
+            &scores,
+            FP32_TOL,
+            &format!("f32 {label}"),
+        );
         let x =
             Inputs { q: round_bf16(&raw.q), k: round_bf16(&raw.k), v: round_bf16(&raw.v), d_o: round_bf16(&raw.d_o) };
-        let bf16_errs =
-            check_surprise::<bf16>(&ctx, dims, window, slots, &x, &scores, BF16_TOL, &format!("bf16 {label}"));
+        let bf16_errs = check_surprise::<bf16>(
+            &ctx,
+            dims,
+            window,
+            (slots, repeats),
+            &x,
+            &scores,
+            BF16_TOL,
+            &format!("bf16 {label}"),
+        );
         println!(
             "{{\"test\":\"surprise_attention\",\"case\":\"{label}\",\"f32\":{f32_errs:?},\"bf16\":{bf16_errs:?}}}"
         );

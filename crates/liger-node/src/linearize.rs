@@ -32,7 +32,7 @@ pub struct JsLinearizeOptions {
     /// surprise (0 = none); trained with, unless `surprise_after_training`.
     pub surprise_keys: u32,
     /// The surprise cache's repeat rule: a token whose value repeats a cached one within this
-    /// relative squared distance does not enter (0 = off; CPU engines only).
+    /// relative squared distance does not enter (0 = off).
     pub surprise_repeat_tolerance: f64,
     /// Train with the window alone and add the surprise cache to the saved model.
     pub surprise_after_training: bool,

@@ -115,7 +115,7 @@ export function registerLinearize(program: Command): void {
     )
     .option(
       "--surprise-repeats <r>",
-      "the surprise cache skips a token whose value repeats a cached one within this relative squared distance (0.05 is a good start; default 0, off; CPU engines only)",
+      "the surprise cache skips a token whose value repeats a cached one within this relative squared distance (0.05 is a good start; default 0, off)",
       parseNumber("surprise-repeats"),
     )
     .option(

@@ -286,7 +286,8 @@ impl SurpriseMemory {
 /// Largest repeat tolerance: at 1 a zero value would repeat every held one.
 pub const MAX_REPEAT_TOLERANCE: f64 = 0.5;
 
-pub(crate) fn check_repeat_tolerance(tolerance: f64) -> Result<()> {
+/// Checks a repeat tolerance: 0 (off) to [`MAX_REPEAT_TOLERANCE`].
+pub fn check_repeat_tolerance(tolerance: f64) -> Result<()> {
     if !(0.0..=MAX_REPEAT_TOLERANCE).contains(&tolerance) {
         return Err(Error::invalid_argument(format!(
             "surprise_repeat_tolerance must be between 0 (off) and {MAX_REPEAT_TOLERANCE}, got {tolerance} (0.05 is a good start)"

@@ -332,7 +332,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
     pub(super) fn surprise_layout(&self, batch: usize) -> Option<SurpriseLayout> {
         let slots = self.surprise_slots();
         let window = self.host.options.attention.window();
-        (slots > 0).then_some(SurpriseLayout { batch, shape: self.shape, window, slots })
+        let repeat_tolerance = self.host.options.attention.surprise_repeat_tolerance;
+        (slots > 0).then_some(SurpriseLayout { batch, shape: self.shape, window, slots, repeat_tolerance })
     }
 
     /// The window branch of a prefill with a surprise cache: the attention over the sinks, the
@@ -356,7 +357,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             .ok_or_else(|| Error::internal("a surprise cache was allocated for a model without one"))?;
         let token_scores = self.surprise_scores_fresh(qkv, rows, ones_state)?;
         let dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape: self.shape };
-        let choice = surprise_select(ctx, dims, at.window, at.slots, &token_scores)?;
+        let choice = surprise_select(ctx, dims, at.window, at.slots, at.repeat_tolerance, &token_scores, &qkv.v)?;
         surprise_attention_forward(ctx, dims, at.window, &choice, q_roped, k_roped, &qkv.v, o_att, lse)?;
         let (k_t, v_t) = (scaled::<T>(ctx, k_roped, 1.0)?, scaled::<T>(ctx, &qkv.v, 1.0)?);
         surprise_cache_fill(ctx, &at, rows.tokens, &k_t, &v_t, &token_scores, &choice.kept, keys, values, scores)

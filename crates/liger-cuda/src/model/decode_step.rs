@@ -59,6 +59,9 @@ pub(super) struct StepBuffers<T> {
     positions: GpuBuffer<u32>,
     window_len: GpuBuffer<u32>,
     full_len: GpuBuffer<u32>,
+    /// With a surprise cache: the entries of each `[B, hkv]` row of a Liger layer's window
+    /// caches that its attention reads (each head's cache holds its own count).
+    head_len: GpuBuffer<u32>,
     /// The residual stream `[B, hidden]`.
     x: GpuBuffer<f32>,
     /// A normalised x, in f32 (LoRA reads it) and in T (the frozen weights' products read it).
@@ -152,6 +155,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             positions: u32s()?,
             window_len: u32s()?,
             full_len: u32s()?,
+            head_len: GpuBuffer::<u32>::zeros(ctx, if surprise { batch * c.num_kv_heads } else { 0 })?,
             x: f32s(hs)?,
             h: f32s(hs)?,
             h_t: ts(hs)?,
@@ -286,6 +290,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             positions,
             window_len,
             full_len,
+            head_len,
             x,
             h,
             h_t,
@@ -370,9 +375,10 @@ impl<T: GemmInput> GpuLigerModel<T> {
                         mixer_step_keys_as_queries(
                             ctx, &att.mixer, b, shape, ones_state, k_in, ones, key_norm, advance,
                         )?;
-                        surprise_decode_step(ctx, at, positions, key_readout, key_norm, v, wk, wv, scores)?;
+                        surprise_decode_step(ctx, at, positions, key_readout, key_norm, v, wk, wv, scores, head_len)?;
                         slots = at.slots;
                     }
+                    let lengths = if slots > 0 { &*head_len } else { &*window_len };
                     mixer_recurrent_step(ctx, &att.mixer, b, shape, state, q_in, k_in, v, o_mixer)?;
                     if let (true, Some(norm_state)) = (att.grm_norm, norm_state.as_mut()) {
                         mixer_recurrent_step(ctx, &att.mixer, b, shape, norm_state, q_in, k_in, ones, o_norm)?;
@@ -381,7 +387,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                     if let Some((wk, wv)) = window {
                         decode_rope_append(ctx, &rope(att.window(), slots), q_in, k_in, v, q_roped, wk, wv)?;
                         let entries = att.window().capacity().saturating_add(slots);
-                        attention_decode(ctx, b, shape, entries, q_roped, wk, wv, window_len, o_attention)?;
+                        attention_decode(ctx, b, shape, entries, q_roped, wk, wv, lengths, o_attention)?;
                         decode_mix(ctx, Some((&*o_mixer, att.alpha)), Some((&*o_attention, att.beta)), o, o_t)?;
                     } else {
                         decode_mix::<T>(ctx, Some((&*o_mixer, att.alpha)), None, o, o_t)?;

@@ -322,7 +322,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
     fn surprise_cache(&self, qkv: &Qkv, rows: Rows, window: Window) -> Result<SurpriseCache> {
         let scores = self.surprise_scores_fresh(qkv, rows, None)?;
         let attention_dims = AttentionDims { batch: rows.batch, tokens: rows.tokens, shape: self.shape };
-        surprise_select(&self.ctx, attention_dims, window, self.host.options.attention.surprise_keys, &scores)
+        let att = &self.host.options.attention;
+        let (slots, repeats) = (att.surprise_keys, att.surprise_repeat_tolerance);
+        surprise_select(&self.ctx, attention_dims, window, slots, repeats, &scores, &qkv.v)
     }
 
     /// The surprise of every token, `[B*T, hkv]`, over whole sequences from a fresh state: the

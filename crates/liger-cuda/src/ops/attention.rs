@@ -316,7 +316,8 @@ pub fn attention_backward<T: GpuElement>(
 
 /// Decoding: one query per sequence against a cache. q_t `[B,hq,d]`; k_cache/v_cache `[B, hkv, capacity, d]`
 /// (already roped keys); `lengths[b]` valid entries of sequence b (for a ring buffer of the window, the
-/// slots in use: order does not matter to softmax once keys are roped). Writes o_t `[B,hq,d]`.
+/// slots in use: order does not matter to softmax once keys are roped), or `lengths` `[B, hkv]`
+/// those of each (sequence, key-value head) row. Writes o_t `[B,hq,d]`.
 /// A length above `capacity` counts as `capacity`; a sequence with length 0 gets zeros.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_decode<T: GpuElement>(
@@ -337,7 +338,12 @@ pub fn attention_decode<T: GpuElement>(
     expect_len("decode o_t", o_t.len(), batch * shape.hq * shape.d)?;
     expect_len("key cache", k_cache.len(), cache_len)?;
     expect_len("value cache", v_cache.len(), cache_len)?;
-    expect_len("decode lengths", lengths.len(), batch)?;
+    // One length per sequence, or per (sequence, key-value head) where the heads of a surprise
+    // cache hold different counts.
+    let per_head = i32::from(lengths.len() == batch * shape.hkv && shape.hkv > 1);
+    if per_head == 0 {
+        expect_len("decode lengths", lengths.len(), batch)?;
+    }
     if batch == 0 {
         return Ok(());
     }
@@ -355,7 +361,8 @@ pub fn attention_decode<T: GpuElement>(
     for a in &args {
         launch.arg(a);
     }
-    launch.arg(q_t.slice()).arg(k_cache.slice()).arg(v_cache.slice()).arg(lengths.slice()).arg(o_t.slice_mut());
+    launch.arg(q_t.slice()).arg(k_cache.slice()).arg(v_cache.slice()).arg(lengths.slice()).arg(&per_head);
+    launch.arg(o_t.slice_mut());
     // SAFETY: sizes checked above; lengths are clipped to capacity in the kernel; a block per (sequence, head).
     let blocks = as_int("sequences x query heads", batch * shape.hq)? as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (DECODE_THREADS, 1, 1), shared_mem_bytes: 0 };
@@ -529,20 +536,26 @@ pub struct SurpriseCache {
     pub tile_until: GpuBuffer<i32>,
 }
 
-/// The surprise cache's contents before each query, from the scores `[B*T, hkv]` (CPU twin:
-/// `liger_core::liger::surprise::surprise_kept`).
+/// The surprise cache's contents before each query, from the scores `[B*T, hkv]` and, for the
+/// repeat rule at `repeat_tolerance` (0: off), the values `[B*T, hkv, d]` (CPU twin:
+/// `liger_core::liger::surprise::surprise_kept_with_repeats`).
+#[allow(clippy::too_many_arguments)]
 pub fn surprise_select(
     ctx: &GpuContext,
     dims: AttentionDims,
     window: Window,
     slots: usize,
+    repeat_tolerance: f64,
     scores: &GpuBuffer<f32>,
+    values: &GpuBuffer<f32>,
 ) -> Result<SurpriseCache> {
     let p = dims.kernel_dims(Some(window))?;
     expect_len("surprise scores", scores.len(), dims.batch * dims.tokens * dims.shape.hkv)?;
+    expect_len("surprise values", values.len(), dims.batch * dims.tokens * dims.shape.hkv * dims.shape.d)?;
     if slots == 0 {
         return Err(Error::invalid_argument("a surprise cache needs at least one slot"));
     }
+    liger_core::liger::surprise::check_repeat_tolerance(repeat_tolerance)?;
     let slots_arg = as_int("surprise slots", slots)?;
     as_int("tokens x key-value heads x surprise slots", dims.batch * dims.tokens * dims.shape.hkv * slots)?;
     let mut kept = GpuBuffer::<i32>::zeros(ctx, dims.batch * dims.tokens * dims.shape.hkv * slots)?;
@@ -559,12 +572,15 @@ pub fn surprise_select(
     let mut launch = ctx.stream().launch_builder(&f);
     launch
         .arg(scores.slice())
+        .arg(values.slice())
         .arg(&p.batch)
         .arg(&p.tokens)
         .arg(&p.hkv)
+        .arg(&p.d)
         .arg(&p.window)
         .arg(&p.sinks)
         .arg(&slots_arg)
+        .arg(&repeat_tolerance)
         .arg(slot_token.slice_mut())
         .arg(slot_score.slice_mut())
         .arg(kept.slice_mut())

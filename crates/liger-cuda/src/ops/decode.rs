@@ -310,14 +310,16 @@ pub fn decode_lora_up(ctx: &GpuContext, batch: usize, parts: &mut [LoraUp<'_>]) 
 /// each `[B, hkv]` row of the key and value caches holding the sinks, the ring of the last
 /// `window.keys` tokens, then `slots` cached tokens (`[B, hkv, row_entries(), d]`, as `T`); and
 /// the scores `[B, hkv, window.keys + slots]` (f32) of the ring's tokens, then of the cached
-/// ones. The slots fill in order, so the number in use follows from the position
-/// ([`window_entries_in_use`]).
+/// ones. The slots fill in order and a free one scores -inf; with the repeat rule
+/// (`repeat_tolerance` > 0, see `liger_core::liger::surprise`) the heads of a sequence can hold
+/// different counts, so each step writes the entries in use of every row.
 #[derive(Clone, Copy, Debug)]
 pub struct SurpriseLayout {
     pub batch: usize,
     pub shape: HeadShape,
     pub window: Window,
     pub slots: usize,
+    pub repeat_tolerance: f64,
 }
 
 /// The kernels' int arguments of a [`SurpriseLayout`].
@@ -367,6 +369,7 @@ impl SurpriseLayout {
             sinks: as_int("sinks", self.window.sinks)?,
             slots: as_int("surprise slots", self.slots)?,
         };
+        liger_core::liger::surprise::check_repeat_tolerance(self.repeat_tolerance)?;
         as_int("cache row", self.row_entries())?;
         expect_len("key cache", k_cache.len(), self.cache_len())?;
         expect_len("value cache", v_cache.len(), self.cache_len())?;
@@ -397,7 +400,8 @@ pub fn window_tokens(window: Window, tokens: usize) -> Result<Vec<i32>> {
 /// token enters the window (its entry still holds the token leaving): the new token's surprise
 /// from its values `v` and the read-outs with its key as the query over the values (`n`) and
 /// over values of one (`den`), all `[B, hkv, d]`; the token leaving the window offered to the
-/// cache. The positions are read on the GPU, so a captured step replays it.
+/// cache. Writes `head_lengths` `[B, hkv]`: the entries of each row the attention then reads
+/// (with the new token). The positions are read on the GPU, so a captured step replays it.
 #[allow(clippy::too_many_arguments)]
 pub fn surprise_decode_step<T: GpuElement>(
     ctx: &GpuContext,
@@ -409,6 +413,7 @@ pub fn surprise_decode_step<T: GpuElement>(
     k_cache: &mut GpuBuffer<T>,
     v_cache: &mut GpuBuffer<T>,
     scores: &mut GpuBuffer<f32>,
+    head_lengths: &mut GpuBuffer<u32>,
 ) -> Result<()> {
     let args = at.check(k_cache, v_cache, scores)?;
     let rows = at.batch * at.shape.hkv;
@@ -416,6 +421,7 @@ pub fn surprise_decode_step<T: GpuElement>(
         expect_len(what, buf.len(), rows * at.shape.d)?;
     }
     expect_len("decode positions", positions.len(), at.batch)?;
+    expect_len("surprise cache lengths", head_lengths.len(), rows)?;
     if rows == 0 {
         return Ok(());
     }
@@ -425,7 +431,8 @@ pub fn surprise_decode_step<T: GpuElement>(
     let mut launch = ctx.stream().launch_builder(&f);
     launch.arg(n.slice()).arg(den.slice()).arg(v.slice()).arg(positions.slice());
     launch.arg(&args.batch).arg(&args.hkv).arg(&args.d).arg(&args.keys).arg(&args.sinks).arg(&args.slots).arg(&eps);
-    launch.arg(k_cache.slice_mut()).arg(v_cache.slice_mut()).arg(scores.slice_mut());
+    launch.arg(&at.repeat_tolerance);
+    launch.arg(k_cache.slice_mut()).arg(v_cache.slice_mut()).arg(scores.slice_mut()).arg(head_lengths.slice_mut());
     // SAFETY: sizes checked above; entries are the ring's (modulo its size) or the slots'; one warp per row.
     ctx.check_launch(unsafe { launch.launch(warp_per_row(rows)) }, name)
 }
@@ -434,7 +441,7 @@ pub fn surprise_decode_step<T: GpuElement>(
 /// would have left them, from the roped keys `k_new` and the values `v_new` `[B, tokens, hkv, d]`
 /// (the window's tokens), the cache's contents after the last token (the last query's entries
 /// of `kept` `[B, tokens, hkv, slots]`, from `surprise_select`), and the tokens' surprise
-/// `token_scores` `[B * tokens, hkv]`.
+/// `token_scores` `[B * tokens, hkv]`; a free slot scores -inf.
 #[allow(clippy::too_many_arguments)]
 pub fn surprise_cache_fill<T: GpuElement>(
     ctx: &GpuContext,

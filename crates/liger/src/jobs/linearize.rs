@@ -59,7 +59,7 @@ pub struct LinearizeOptions {
     /// Tokens per key-value head that left the window and stay visible to it, chosen by
     /// surprise (0 = none); trained with, unless `surprise_after_training`.
     pub surprise_keys: usize,
-    /// The surprise cache's repeat rule (see `liger_core::liger::surprise`; 0 = off; CPU only).
+    /// The surprise cache's repeat rule (see `liger_core::liger::surprise`; 0 = off).
     pub surprise_repeat_tolerance: f64,
     /// Train with the window alone and add the surprise cache to the saved model.
     pub surprise_after_training: bool,
@@ -295,13 +295,8 @@ fn run_on_gpu(
     cancel: &AtomicBool,
     on_event: &mut dyn FnMut(JobEvent),
 ) -> Result<LinearizeReport> {
-    // Refused before the GPU is opened or the model loaded. A cache added after training is
-    // not trained with: the GPU runs the attention without it.
-    let mut trained = job.options.attention;
-    if job.surprise_after_training {
-        trained.set_surprise_cache(liger_core::liger::SurpriseCache::default());
-    }
-    liger_cuda::ops::mixer::check_gpu_attention(&trained)?;
+    // Refused before the GPU is opened or the model loaded.
+    liger_cuda::ops::mixer::check_gpu_attention(&job.options.attention)?;
     liger_cuda::run_linearize_on_gpu(job, index, cancel, on_event)
 }
 

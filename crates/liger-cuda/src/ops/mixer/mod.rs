@@ -100,16 +100,10 @@ pub fn check_gpu_mixer(cfg: &MixerConfig) -> Result<()> {
 }
 
 /// Refuses, before any work, Liger attention settings the GPU cannot run: a mixer without
-/// kernels, or the surprise cache's repeat rule (CPU only so far).
+/// kernels, or a repeat tolerance out of range.
 pub fn check_gpu_attention(cfg: &LigerAttentionConfig) -> Result<()> {
     check_gpu_mixer(&cfg.mixer)?;
-    if cfg.surprise_repeat_tolerance > 0.0 {
-        return Err(Error::invalid_argument(
-            "the surprise cache's repeat rule (surprise_repeat_tolerance) runs on the CPU only so far: \
-             use the CPU backend, or set it to 0 on the GPU",
-        ));
-    }
-    Ok(())
+    liger_core::liger::surprise::check_repeat_tolerance(cfg.surprise_repeat_tolerance)
 }
 
 /// Checks the settings and head size; returns the kind code and the gate scale.
@@ -671,8 +665,10 @@ mod tests {
         let cached = LigerAttentionConfig { surprise_keys: 8, ..Default::default() };
         assert!(check_gpu_attention(&cached).is_ok());
         let repeats = LigerAttentionConfig { surprise_repeat_tolerance: 0.05, ..cached };
-        let err = check_gpu_attention(&repeats).unwrap_err();
+        assert!(check_gpu_attention(&repeats).is_ok());
+        let too_loose = LigerAttentionConfig { surprise_repeat_tolerance: 2.0, ..cached };
+        let err = check_gpu_attention(&too_loose).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument);
-        assert!(err.message.contains("CPU only"), "{}", err.message);
+        assert!(err.message.contains("surprise_repeat_tolerance"), "{}", err.message);
     }
 }
