@@ -55,6 +55,10 @@ describe("options not given take the facade's defaults", () => {
     expect(cpu).toMatchObject({ window: 257, sinks: 4, seqLen: 1024, epochs: 1, steps: undefined, distillWeight: 0 });
     const cuda = resolveLinearizeOptions("m.gguf", { out: "o", data: null, recipe: "memory", device: "cuda" });
     expect(cuda.distillWeight).toBe(0.5);
+    // The recipe's surprise cache is the one a repeat rule given alone applies to.
+    const repeats = { out: "o", data: null, recipe: "memory" as const, device: "cpu" as const };
+    const withRule = resolveLinearizeOptions("m.gguf", { ...repeats, surpriseRepeatTolerance: 0.05 });
+    expect(withRule).toMatchObject({ surpriseKeys: 256, surpriseRepeatTolerance: 0.05 });
   });
 
   it("evaluate: the addon's defaults (EvaluateOptions::default)", () => {

@@ -335,11 +335,7 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     (v) => isFiniteNumber(v) && (v as number) >= 0 && (v as number) <= 0.5,
     "a number from 0 (off) to 0.5 (0.05 is a good start)",
   );
-  if (o.surpriseRepeatTolerance && !o.surpriseKeys)
-    throw invalidArgument("surpriseRepeatTolerance is a rule of the surprise cache: set surpriseKeys too");
   checkOptional("surpriseAfterTraining", o.surpriseAfterTraining, (v) => typeof v === "boolean", "a boolean");
-  if (o.surpriseAfterTraining && !o.surpriseKeys)
-    throw invalidArgument("surpriseAfterTraining adds a surprise cache after training: set surpriseKeys too");
   checkOptional("alpha", o.alpha, isFiniteNumber, "a finite number");
   checkOptional("beta", o.beta, isFiniteNumber, "a finite number");
   checkOptional("useSwa", o.useSwa, (v) => typeof v === "boolean", "a boolean");
@@ -379,6 +375,12 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
   if (o.steps !== undefined && o.epochs !== undefined) throw invalidArgument("give steps or epochs, not both");
   const recipeName = o.recipe ?? (device === "cuda" && usesDefaultLength(o) ? defaultGpuRecipe(o) : undefined);
   const recipe: Partial<Recipe> = recipeName ? RECIPES[recipeName] : {};
+  // The surprise cache's rules need a cache: given, or the recipe's.
+  const surpriseKeys = o.surpriseKeys ?? recipe.surpriseKeys;
+  if (o.surpriseRepeatTolerance && !surpriseKeys)
+    throw invalidArgument("surpriseRepeatTolerance is a rule of the surprise cache: set surpriseKeys too");
+  if (o.surpriseAfterTraining && !surpriseKeys)
+    throw invalidArgument("surpriseAfterTraining adds a surprise cache after training: set surpriseKeys too");
   // Steps: given, else from epochs (given or the recipe's), else the default short CPU run's.
   const epochs = o.epochs ?? (o.steps === undefined ? recipe.epochs : undefined);
   const lora = o.lora ?? {};

@@ -792,6 +792,9 @@ extern "C" __global__ void surprise_scores_f32(const float* n, const float* den,
 // (sequence, key-value head). Token j leaves the window at query j + window; if it is no sink it
 // takes a free slot, or else replaces the first slot of lowest score when its own is higher,
 // unless its value v [B, T, hkv, d] repeats one the cache holds (the repeat rule, at `tolerance`).
+// One warp per block: with the rule, the held values sit in dynamic shared memory, [slots + 1,
+// d + 1] floats (the padding keeps the lanes, each comparing its own slots, on distinct banks),
+// the last row the leaving token's value; the comparisons then cost no global-memory latency.
 // kept [B, T, hkv, slots]: the token in each slot while query t attends (-1: empty).
 // until [B, T, hkv]: the first query that no longer sees the token (through the window, the
 // sinks or the cache). tile_until [B, hkv, ceil(T / 64)]: the largest `until` of each tile of 64
@@ -799,6 +802,8 @@ extern "C" __global__ void surprise_scores_f32(const float* n, const float* den,
 extern "C" __global__ void surprise_select(const float* scores, const float* v, int batch, int tokens, int hkv, int d,
                                            int window, int sinks, int slots, double tolerance, int* slot_token,
                                            float* slot_score, int* kept, int* until, int* tile_until) {
+    extern __shared__ float held_values[];
+    const int stride = d + 1;
     const long long w = warp_row((long long)batch * hkv);
     if (w < 0) return;
     const int lane = threadIdx.x & 31, b = (int)(w / hkv), kvh = (int)(w % hkv);
@@ -826,9 +831,15 @@ extern "C" __global__ void surprise_select(const float* scores, const float* v, 
                 }
                 if (!(s > best)) at = -1;
             }
-            const float* row_v = v + ((long long)b * tokens * hkv + kvh) * d;  // token t's value: row_v + t * hkv * d
-            const auto held = [&](int c) { return row_v + (long long)tok[c] * hkv * d; };
-            if (at >= 0 && repeats_held(row_v + (long long)j * hkv * d, held, used, d, tolerance)) at = -1;
+            if (tolerance > 0.0 && at >= 0) {
+                const float* value = v + (((long long)b * tokens + j) * hkv + kvh) * d;
+                for (int e = lane; e < d; e += 32) held_values[slots * stride + e] = value[e];
+                __syncwarp();
+                const auto held = [&](int c) { return held_values + c * stride; };
+                if (repeats_held(held_values + slots * stride, held, used, d, tolerance)) at = -1;
+                if (at >= 0)
+                    for (int e = lane; e < d; e += 32) held_values[at * stride + e] = value[e];
+            }
             if (lane == 0 && at >= 0) {
                 if (at < used) gone[(long long)tok[at] * hkv] = i;
                 gone[(long long)j * hkv] = tokens;

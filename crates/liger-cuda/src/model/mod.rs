@@ -82,6 +82,10 @@ impl<T: GemmInput> GpuLigerModel<T> {
         check_supported(c)?;
         crate::ops::mixer::check_gpu_attention(&model.options.attention)?;
         let shape = HeadShape::new(c.num_heads, c.num_kv_heads, c.head_dim)?;
+        let att = &model.options.attention;
+        if att.use_swa && att.surprise_keys > 0 {
+            crate::ops::attention::repeat_rule_shared_bytes(att.surprise_keys, shape.d, att.surprise_repeat_tolerance)?;
+        }
         if weights.layers.len() != c.num_layers {
             return Err(Error::shape(format!(
                 "the GPU weights have {} layers; the model has {}",

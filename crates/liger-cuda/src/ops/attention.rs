@@ -564,11 +564,17 @@ pub fn surprise_select(
     if kept.is_empty() {
         return Ok(SurpriseCache { slots, kept, until, tile_until });
     }
+    let shared = repeat_rule_shared_bytes(slots, dims.shape.d, repeat_tolerance)?;
     let scratch = dims.batch * dims.shape.hkv * slots;
     let (mut slot_token, mut slot_score) =
         (GpuBuffer::<i32>::zeros(ctx, scratch)?, GpuBuffer::<f32>::zeros(ctx, scratch)?);
     let name = "surprise_select";
     let f = ctx.function(&ATTENTION, name)?;
+    if shared > 48 * 1024 {
+        let attribute = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        f.set_attribute(attribute, shared as i32)
+            .map_err(|e| crate::error::driver_error(e, &format!("allowing {name} {shared} bytes of shared memory")))?;
+    }
     let mut launch = ctx.stream().launch_builder(&f);
     launch
         .arg(scores.slice())
@@ -586,9 +592,33 @@ pub fn surprise_select(
         .arg(kept.slice_mut())
         .arg(until.slice_mut())
         .arg(tile_until.slice_mut());
-    // SAFETY: sizes checked above; one warp per (sequence, key-value head).
-    ctx.check_launch(unsafe { launch.launch(warp_rows(dims.batch * dims.shape.hkv)) }, name)?;
+    // SAFETY: sizes checked above; a block of one warp per (sequence, key-value head), with the
+    // shared memory the repeat rule's held values take.
+    let blocks = as_int("sequences x key-value heads", dims.batch * dims.shape.hkv)? as u32;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: shared as u32 };
+    ctx.check_launch(unsafe { launch.launch(cfg) }, name)?;
     Ok(SurpriseCache { slots, kept, until, tile_until })
+}
+
+/// Largest dynamic shared memory of a block on sm_90, the architecture the kernels are built for.
+const MAX_SHARED_BYTES: usize = 227 * 1024;
+
+/// Shared memory `surprise_select` takes for the repeat rule (0 without it): the held values
+/// of `slots` slots and the token being offered, `d + 1` floats each. More than a block can
+/// have is an error that says what fits.
+pub fn repeat_rule_shared_bytes(slots: usize, d: usize, repeat_tolerance: f64) -> Result<usize> {
+    if repeat_tolerance <= 0.0 {
+        return Ok(0);
+    }
+    let bytes = slots.saturating_add(1).saturating_mul(d + 1).saturating_mul(4);
+    if bytes > MAX_SHARED_BYTES {
+        let most = MAX_SHARED_BYTES / (4 * (d + 1)) - 1;
+        return Err(Error::invalid_argument(format!(
+            "the surprise cache's repeat rule on the GPU holds the cached values in shared memory: at most {most} \
+             surprise keys at head size {d}, got {slots}; use fewer keys, the CPU engine, or no repeat rule"
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Checks a surprise cache against the sizes of one attention call.
@@ -758,6 +788,16 @@ mod tests {
 
     fn dims(d: usize) -> AttentionDims {
         AttentionDims { batch: 2, tokens: 10, shape: HeadShape { hq: 4, hkv: 2, d } }
+    }
+
+    #[test]
+    fn the_repeat_rule_takes_shared_memory_for_its_held_values_or_says_what_fits() {
+        assert_eq!(repeat_rule_shared_bytes(256, 64, 0.0).unwrap(), 0);
+        assert_eq!(repeat_rule_shared_bytes(256, 64, 0.05).unwrap(), 257 * 65 * 4);
+        assert!(repeat_rule_shared_bytes(256, 128, 0.05).unwrap() <= MAX_SHARED_BYTES);
+        let err = repeat_rule_shared_bytes(4096, 64, 0.05).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert!(err.message.contains("at most 893 surprise keys at head size 64"), "{}", err.message);
     }
 
     #[test]
