@@ -6,8 +6,9 @@
 //!         --shapes 135m,1b --train 8x1024,1x1024 --decode-batches 1,16 --contexts 1024,32768
 //!
 //! `--mixer NAME` picks the Liger mixer (default gla); `--surprise-keys N` trains with a
-//! surprise cache of N keys beside the window and 4 sinks (GPU decoding does not keep one yet,
-//! so the decoding measurements are skipped).
+//! surprise cache of N keys beside the window and 4 sinks, `--surprise-repeats R` with its
+//! repeat rule, `--window N` with a window of N keys (default 65; the memory recipe's is 257).
+//! With a surprise cache only the training step is measured.
 //!
 //! With `--profile`, one more training step runs with the time profile on
 //! (`GpuContext::set_profiling`) and its table goes to stderr: where the step's time goes.
@@ -113,7 +114,15 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-fn model(name: &str, mixer: MixerKind, surprise_keys: usize) -> Result<GpuLigerModel<bf16>> {
+/// The window and the surprise cache of the benchmarked model.
+#[derive(Clone, Copy)]
+struct Cache {
+    window: usize,
+    surprise_keys: usize,
+    repeats: f64,
+}
+
+fn model(name: &str, mixer: MixerKind, cache: Cache) -> Result<GpuLigerModel<bf16>> {
     let cfg = config(name)
         .ok_or_else(|| liger_core::Error::invalid_argument(format!("unknown shape {name}; known: 135m, 1b, 8b")))?;
     let ctx = GpuContext::new(0)?;
@@ -121,8 +130,10 @@ fn model(name: &str, mixer: MixerKind, surprise_keys: usize) -> Result<GpuLigerM
     let lora = LoraOptions { rank: 8, alpha: 8.0, targets: vec![LoraTarget::Q, LoraTarget::K, LoraTarget::V], seed: 0 };
     let mut options = LigerOptions::default();
     options.attention.mixer = MixerConfig::new(mixer);
-    if surprise_keys > 0 {
-        (options.attention.sink_keys, options.attention.surprise_keys) = (4, surprise_keys);
+    options.attention.window_keys = cache.window;
+    if cache.surprise_keys > 0 {
+        (options.attention.sink_keys, options.attention.surprise_keys) = (4, cache.surprise_keys);
+        options.attention.surprise_repeat_tolerance = cache.repeats;
     }
     let host = shape_only_host(&cfg, options, lora)?;
     let weights = GpuWeights::<bf16>::random(&ctx, &cfg, 7)?;
@@ -132,13 +143,13 @@ fn model(name: &str, mixer: MixerKind, surprise_keys: usize) -> Result<GpuLigerM
 fn train(
     name: &str,
     mixer: MixerKind,
-    surprise_keys: usize,
+    cache: Cache,
     batch: usize,
     seq: usize,
     steps: usize,
     profile: bool,
 ) -> Result<String> {
-    let mut m = model(name, mixer, surprise_keys)?;
+    let mut m = model(name, mixer, cache)?;
     let vocab = m.config().vocab_size;
     let seqs: Vec<Vec<u32>> = (0..2 * batch).map(|i| tokens(seq, vocab, i as u64)).collect();
     let mut grads = m.new_grads();
@@ -177,8 +188,11 @@ fn train(
     let peak = peak_memory(m.context())? as f64 / (1u64 << 30) as f64;
     let (mixer_ms, attention_ms) = kernel_share(&m, batch, seq)?;
     Ok(format!(
-        r#"{{"bench":"train_step","shape":"{name}","mixer":"{}","dtype":"bf16","lora":"r8 q,k,v","batch":{batch},"seq":{seq},"step_ms":{:.2},"tokens_per_s":{:.0},"peak_pool_gib":{peak:.2},"mixer_fwd_bwd_ms_all_layers":{mixer_ms:.1},"swa_fwd_bwd_ms_all_layers":{attention_ms:.1},"device":"{}"}}"#,
+        r#"{{"bench":"train_step","shape":"{name}","mixer":"{}","dtype":"bf16","lora":"r8 q,k,v","batch":{batch},"seq":{seq},"window":{},"surprise_keys":{},"surprise_repeats":{},"step_ms":{:.2},"tokens_per_s":{:.0},"peak_pool_gib":{peak:.2},"mixer_fwd_bwd_ms_all_layers":{mixer_ms:.1},"swa_fwd_bwd_ms_all_layers":{attention_ms:.1},"device":"{}"}}"#,
         mixer.name(),
+        cache.window,
+        cache.surprise_keys,
+        cache.repeats,
         step_s * 1e3,
         (batch * seq) as f64 / step_s,
         m.context().info().name
@@ -243,7 +257,7 @@ fn kernel_share(m: &GpuLigerModel<bf16>, batch: usize, seq: usize) -> Result<(f6
 }
 
 fn decode(name: &str, mixer: MixerKind, batch: usize, context: usize, steps: usize, profile: bool) -> Result<String> {
-    let m = model(name, mixer, 0)?;
+    let m = model(name, mixer, Cache { window: 65, surprise_keys: 0, repeats: 0.0 })?;
     let vocab = m.config().vocab_size;
     let prompts: Vec<Vec<u32>> = (0..batch).map(|i| tokens(context, vocab, 100 + i as u64)).collect();
     let mut state = m.new_batch_state(batch);
@@ -305,9 +319,16 @@ fn main() {
     let steps: usize = list(&args, "--steps", "5")[0].parse().unwrap_or(5);
     let profile = args.iter().any(|a| a == "--profile");
     let mixer_name = list(&args, "--mixer", "gla")[0].clone();
-    let Ok(surprise_keys) = list(&args, "--surprise-keys", "0")[0].parse::<usize>() else {
-        eprintln!("--surprise-keys takes a number");
-        std::process::exit(2);
+    let number = |flag: &str, default: &str| {
+        list(&args, flag, default)[0].parse::<f64>().unwrap_or_else(|_| {
+            eprintln!("{flag} takes a number");
+            std::process::exit(2)
+        })
+    };
+    let cache = Cache {
+        window: number("--window", "65") as usize,
+        surprise_keys: number("--surprise-keys", "0") as usize,
+        repeats: number("--surprise-repeats", "0"),
     };
     let Some(mixer) = MixerKind::ALL.into_iter().find(|k| k.name() == mixer_name) else {
         eprintln!("--mixer takes one of gla, hgrn2, gsa, retention, mamba2, rwkv6, linear; got {mixer_name}");
@@ -323,9 +344,9 @@ fn main() {
                 eprintln!("--train takes BxT pairs such as 8x1024, got {bt}");
                 std::process::exit(2);
             };
-            report(format!("train_step {shape} {bt}"), train(shape, mixer, surprise_keys, b, t, steps, profile));
+            report(format!("train_step {shape} {bt}"), train(shape, mixer, cache, b, t, steps, profile));
         }
-        for b in batches.iter().filter(|_| surprise_keys == 0) {
+        for b in batches.iter().filter(|_| cache.surprise_keys == 0) {
             for ctx_len in &contexts {
                 let (Ok(b), Ok(c)) = (b.parse(), ctx_len.parse()) else {
                     eprintln!("--decode-batches and --contexts take numbers");
