@@ -11,6 +11,8 @@
 #   full:  HellaSwag (2000), ARC-e, ARC-c, LAMBADA (all), WikiText-2 at 1024/2048/4096,
 #          passkey 1K/2K/4K/8K (5 depths x 3 trials);
 #   memory: only the long-context measures of full (WikiText-2 at 1024/2048/4096, passkey).
+# full and memory run the passkey twice: with the standard filler (five sentences repeated) and
+# with WikiText-2 test's sentences as filler (NAME.passkey-wiki.json).
 # Every result is a JSON file in $RECOVERY_OUT (default bench/out/NAME.*.json);
 # bench/recovery-summary.mjs turns them into the rows of bench/recovery.json.
 #
@@ -44,6 +46,8 @@ if [ "$name" != base ]; then
 fi
 
 ev() { liger eval --device cuda --model "$target" --data "$data" "$@"; }
+# The passkey once more with natural text for filler (nothing in it repeats).
+wiki_filler="$data/wikitext2_raw/wiki.test.raw"
 case "$level" in
   quick)
     ev --tasks hellaswag,lambada_openai --limit 500 --json "$out/$name.tasks.json" > /dev/null
@@ -55,9 +59,13 @@ case "$level" in
     for w in 1024 2048 4096; do
       ev --tasks wikitext --window "$w" --json "$out/$name.wikitext$w.json" > /dev/null
     done
-    ev --tasks none --passkey 1024,2048,4096,8192 --passkey-trials 3 --json "$out/$name.passkey.json" > /dev/null ;;
+    ev --tasks none --passkey 1024,2048,4096,8192 --passkey-trials 3 --json "$out/$name.passkey.json" > /dev/null
+    ev --tasks none --passkey 1024,2048,4096,8192 --passkey-trials 3 --passkey-filler "$wiki_filler" \
+      --json "$out/$name.passkey-wiki.json" > /dev/null ;;
   memory)
     ev --tasks none --passkey 1024,2048,4096,8192 --passkey-trials 3 --json "$out/$name.passkey.json" > /dev/null
+    ev --tasks none --passkey 1024,2048,4096,8192 --passkey-trials 3 --passkey-filler "$wiki_filler" \
+      --json "$out/$name.passkey-wiki.json" > /dev/null
     for w in 4096 1024 2048; do
       ev --tasks wikitext --window "$w" --json "$out/$name.wikitext$w.json" > /dev/null
     done ;;

@@ -155,6 +155,28 @@ describe("evaluate", () => {
     );
   });
 
+  it("fills passkey prompts from a text file; a missing file or a filler without lengths is a typed error", async () => {
+    const model = await sharedModel();
+    const filler = join(work, "filler.txt");
+    writeFileSync(filler, readFileSync(join(dataDir(), "wikitext2_raw", "wiki.valid.raw"), "utf8").slice(0, 20000));
+    const options = { tasks: [], passkey: [200], passkeyDepths: [0.3, 0.8] };
+    const report = await model.evaluate({ ...options, passkeyFiller: filler });
+    expect(report.passkey!.cells.map((c) => [c.length, c.depth, c.trials])).toEqual([
+      [200, 0.3, 1],
+      [200, 0.8, 1],
+    ]);
+    await expectCode(
+      model.evaluate({ ...options, passkeyFiller: join(work, "no-such-filler.txt") }),
+      "IO_ERROR",
+      /no-such-filler\.txt/,
+    );
+    await expectCode(
+      model.evaluate({ tasks: ["arc_easy"], dataDir: dataDir(), passkeyFiller: filler }),
+      "INVALID_ARGUMENT",
+      /passkeyFiller .*passkey lengths/,
+    );
+  });
+
   it("stops with ABORTED when its signal fires", async () => {
     const model = await sharedModel();
     const controller = new AbortController();

@@ -61,6 +61,11 @@ export interface EvaluateOptions {
   /** Prompts per length and depth (default 1), and the depths as fractions of the filler (default 0.1, 0.3, 0.5, 0.7, 0.9). */
   passkeyTrials?: number;
   passkeyDepths?: readonly number[];
+  /**
+   * A text file whose sentences fill the passkey prompts (each prompt from its own seeded start)
+   * instead of the standard filler, five short sentences repeated: recall against natural text.
+   */
+  passkeyFiller?: string;
   /** The model's name in the report (default: its name, marked "(liger)" for a Liger model). */
   label?: string;
   /** Where scoring runs: "cpu" (default) or "cuda" (a bf16 copy on the first NVIDIA GPU; DEVICE_UNAVAILABLE without one). */
@@ -181,6 +186,9 @@ export function resolveEvalOptions(options: EvaluateOptions, defaultLabel: strin
     (v) => Array.isArray(v) && v.length > 0 && v.every((d) => typeof d === "number" && d >= 0 && d <= 1),
     "a non-empty list of fractions in [0, 1]",
   );
+  checkOptional("passkeyFiller", options.passkeyFiller, (v) => typeof v === "string" && v.length > 0, "a file path");
+  if (options.passkeyFiller !== undefined && options.passkey === undefined)
+    throw invalidArgument("passkeyFiller fills the passkey prompts: give passkey lengths too");
   checkOptional("signal", options.signal, (v) => v instanceof AbortSignal, "an AbortSignal");
   checkOptional("device", options.device, (v) => v === "cpu" || v === "cuda", `"cpu" or "cuda"`);
   const taskFiles = Object.entries(options.taskFiles ?? {}).filter(
@@ -205,6 +213,7 @@ export function resolveEvalOptions(options: EvaluateOptions, defaultLabel: strin
     passkey: options.passkey ? [...options.passkey] : undefined,
     passkeyTrials: options.passkeyTrials,
     passkeyDepths: options.passkeyDepths ? [...options.passkeyDepths] : undefined,
+    passkeyFiller: options.passkeyFiller,
     label: options.label ?? defaultLabel,
     device: options.device ?? defaults.device,
   };

@@ -141,6 +141,7 @@ export interface ResolvedEvalOptions {
   passkey: number[] | undefined;
   passkeyTrials: number | undefined;
   passkeyDepths: number[] | undefined;
+  passkeyFiller: string | undefined;
   label: string;
   device: "cpu" | "cuda";
 }

@@ -32,6 +32,8 @@ pub struct JsEvalOptions {
     /// Passkey prompts per length and depth (default 1) and the depths (default 5 of them).
     pub passkey_trials: Option<u32>,
     pub passkey_depths: Option<Vec<f64>>,
+    /// A text file whose sentences fill the passkey prompts (none: the standard filler).
+    pub passkey_filler: Option<String>,
     /// The model's name in the report.
     pub label: String,
     /// Where scoring runs: "cpu" (default) or "cuda" (a bf16 copy on the first GPU).
@@ -45,6 +47,7 @@ fn evaluate_options(o: JsEvalOptions) -> liger_core::Result<EvaluateOptions> {
             trials: o.passkey_trials.map_or(defaults.trials, |t| t as usize),
             depths: o.passkey_depths.unwrap_or(defaults.depths),
             lengths: defaults.lengths,
+            filler: o.passkey_filler.map(PathBuf::from),
         }
     });
     Ok(EvaluateOptions {
@@ -90,6 +93,7 @@ pub fn eval_defaults() -> JsEvalOptions {
         passkey: None,
         passkey_trials: Some(count(passkey.trials)),
         passkey_depths: Some(passkey.depths),
+        passkey_filler: None,
         label: o.label,
         device: Some(o.device.to_string()),
     }

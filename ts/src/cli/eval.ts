@@ -31,6 +31,7 @@ interface EvalCliOptions {
   passkey?: string;
   passkeyTrials?: number;
   passkeyDepths?: string;
+  passkeyFiller?: string;
   json?: string;
   html?: string;
   device?: string;
@@ -62,6 +63,10 @@ export function registerEval(program: Command): void {
     .option(
       "--passkey-depths <list>",
       "comma-separated depths of the key in the filler, as fractions (default 0.1,0.3,0.5,0.7,0.9)",
+    )
+    .option(
+      "--passkey-filler <file>",
+      "fill the passkey prompts with this text file's sentences (e.g. wiki.test.raw) instead of the repeated standard filler",
     )
     .option("--device <device>", "where the tasks and passkey are scored: cpu, or cuda (the first NVIDIA GPU)", "cpu")
     .option("--json <file>", "write the reports (and comparison) as JSON")
@@ -95,6 +100,7 @@ export function registerEval(program: Command): void {
                       options.passkeyDepths === undefined
                         ? undefined
                         : parseList(options.passkeyDepths, "passkey-depths").map(parseNumber("passkey-depths")),
+                    passkeyFiller: options.passkeyFiller,
                     device: options.device as EvaluateOptions["device"],
                     onProgress: progress.update,
                     signal: controller.signal,

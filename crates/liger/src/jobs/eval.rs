@@ -1,7 +1,7 @@
 //! Evaluation: lm-evaluation-harness tasks, then optionally passkey retrieval, on the CPU or
 //! a GPU, into one report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use liger_core::eval::passkey::{passkey_by_loglikelihood, PasskeyOptions};
@@ -66,6 +66,9 @@ pub struct PasskeyTest {
     pub lengths: Vec<usize>,
     pub trials: usize,
     pub depths: Vec<f64>,
+    /// A text file whose sentences fill the prompts (each prompt from its own seeded start),
+    /// instead of the standard filler: five short sentences repeated.
+    pub filler: Option<PathBuf>,
 }
 
 /// Passkey prompts per length and depth.
@@ -74,7 +77,7 @@ pub const DEFAULT_PASSKEY_TRIALS: usize = 1;
 impl PasskeyTest {
     /// The test at these lengths, with the default trials and depths.
     pub fn new(lengths: Vec<usize>) -> Self {
-        PasskeyTest { lengths, trials: DEFAULT_PASSKEY_TRIALS, depths: PasskeyOptions::default().depths }
+        PasskeyTest { lengths, trials: DEFAULT_PASSKEY_TRIALS, depths: PasskeyOptions::default().depths, filler: None }
     }
 }
 
@@ -122,6 +125,8 @@ pub fn evaluate(
 ) -> Result<EvalReport> {
     let core = options.core_options();
     let tasks = options.task_paths()?;
+    // Read before any scoring, so that a bad file fails first.
+    let filler = options.passkey.as_ref().and_then(|t| t.filler.as_deref()).map(read_filler).transpose()?;
     let gpu = model.upload_for_scoring(options.device)?;
     let scorer = Cancellable { model: gpu.as_deref().map_or(model.scorer(), |g| g as &dyn ScoreModel), cancel };
     let mut report = EvalReport::new(options.label.clone(), core.clone());
@@ -139,18 +144,33 @@ pub fn evaluate(
             trials: test.trials,
             depths: test.depths.clone(),
             seed: core.seed,
-            corpus: None,
+            corpus: filler,
         };
         report.passkey = Some(passkey_by_loglikelihood(&scorer, &passkey, &core)?);
     }
     Ok(report)
 }
 
+/// Largest passkey filler file: far more text than any prompt takes.
+const MAX_FILLER_BYTES: u64 = 64 << 20;
+
+/// The text of a passkey filler file (UTF-8, at most [`MAX_FILLER_BYTES`]).
+fn read_filler(path: &Path) -> Result<String> {
+    let size = std::fs::metadata(path).map_err(|e| Error::io(path.display(), e))?.len();
+    if size > MAX_FILLER_BYTES {
+        return Err(Error::invalid_argument(format!(
+            "the passkey filler {} is {size} bytes; give a text file of at most {} MiB",
+            path.display(),
+            MAX_FILLER_BYTES >> 20
+        )));
+    }
+    std::fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use liger_core::ErrorCode;
-    use std::path::Path;
 
     #[test]
     fn defaults() {
@@ -161,6 +181,28 @@ mod tests {
         let passkey = PasskeyTest::new(vec![1024]);
         assert_eq!(passkey.trials, 1);
         assert_eq!(passkey.depths, [0.1, 0.3, 0.5, 0.7, 0.9]);
+    }
+
+    #[test]
+    fn a_passkey_filler_is_a_utf8_text_file_of_bounded_size() {
+        let dir = std::env::temp_dir().join(format!("liger-filler-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = dir.join("filler.txt");
+        std::fs::write(&text, "One sentence. Another one. ").unwrap();
+        assert_eq!(read_filler(&text).unwrap(), "One sentence. Another one. ");
+        let err = read_filler(&dir.join("missing.txt")).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Io, "{}", err.message);
+        assert!(err.message.contains("missing.txt"), "{}", err.message);
+        let binary = dir.join("binary.bin");
+        std::fs::write(&binary, [0xff, 0xfe, 0x00, 0x80]).unwrap();
+        assert_eq!(read_filler(&binary).unwrap_err().code, ErrorCode::Io);
+        // A sparse file past the limit: refused by its size, before it is read.
+        let huge = dir.join("huge.txt");
+        std::fs::File::create(&huge).unwrap().set_len(MAX_FILLER_BYTES + 1).unwrap();
+        let err = read_filler(&huge).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert!(err.message.contains("at most 64 MiB"), "{}", err.message);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
