@@ -13,6 +13,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Largest dynamic shared memory of a block on sm_90, the architecture the kernels are built for.
+pub const MAX_SHARED_BYTES: usize = 227 * 1024;
+
 /// Environment variable: when set to 1, every launch is followed by a stream synchronisation,
 /// so that a faulting kernel is reported by name instead of at a later call.
 pub const SYNC_ENV: &str = "LIGER_CUDA_SYNC";
@@ -169,6 +172,23 @@ impl GpuContext {
             .get(entry)
             .cloned()
             .ok_or_else(|| Error::internal(format!("kernel {entry} is not an entry point of {}.cu", file.name)))
+    }
+
+    /// The kernel `entry` of `file`, allowed `shared` bytes of dynamic shared memory per block
+    /// (past the default 48 KB a kernel must opt in; at most [`MAX_SHARED_BYTES`]).
+    pub(crate) fn function_with_shared(
+        &self,
+        file: &KernelFile,
+        entry: &'static str,
+        shared: usize,
+    ) -> Result<CudaFunction> {
+        let f = self.function(file, entry)?;
+        if shared > 48 * 1024 {
+            let attribute = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            f.set_attribute(attribute, shared as i32)
+                .map_err(|e| driver_error(e, &format!("allowing {entry} {shared} bytes of shared memory")))?;
+        }
+        Ok(f)
     }
 
     /// Checks a launch's status, and with sync-after-launch on, the kernel's completion.

@@ -217,8 +217,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
         p.ids.copy_from_host(ids)?;
         p.positions.copy_from_host(&vec![pos; b])?;
         let att = &self.host.options.attention;
-        if att.use_swa {
-            let in_use = window_entries_in_use(position + 1, att.window(), self.surprise_slots());
+        // With a surprise cache the step kernel writes each row's length on the device.
+        if att.use_swa && self.surprise_slots() == 0 {
+            let in_use = window_entries_in_use(position + 1, att.window(), 0);
             p.window_len.copy_from_host(&vec![u32::try_from(in_use).unwrap_or(u32::MAX); b])?;
         }
         if !self.host.options.softmax_layers.is_empty() {

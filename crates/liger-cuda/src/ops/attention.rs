@@ -7,7 +7,7 @@
 //! key up to i without a window.
 
 use crate::buffer::{GpuBuffer, GpuElement};
-use crate::context::GpuContext;
+use crate::context::{GpuContext, MAX_SHARED_BYTES};
 use crate::kernels::ATTENTION;
 use crate::launch::{as_int, elementwise, expect_len};
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
@@ -569,12 +569,7 @@ pub fn surprise_select(
     let (mut slot_token, mut slot_score) =
         (GpuBuffer::<i32>::zeros(ctx, scratch)?, GpuBuffer::<f32>::zeros(ctx, scratch)?);
     let name = "surprise_select";
-    let f = ctx.function(&ATTENTION, name)?;
-    if shared > 48 * 1024 {
-        let attribute = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-        f.set_attribute(attribute, shared as i32)
-            .map_err(|e| crate::error::driver_error(e, &format!("allowing {name} {shared} bytes of shared memory")))?;
-    }
+    let f = ctx.function_with_shared(&ATTENTION, name, shared)?;
     let mut launch = ctx.stream().launch_builder(&f);
     launch
         .arg(scores.slice())
@@ -599,9 +594,6 @@ pub fn surprise_select(
     ctx.check_launch(unsafe { launch.launch(cfg) }, name)?;
     Ok(SurpriseCache { slots, kept, until, tile_until })
 }
-
-/// Largest dynamic shared memory of a block on sm_90, the architecture the kernels are built for.
-const MAX_SHARED_BYTES: usize = 227 * 1024;
 
 /// Shared memory `surprise_select` takes for the repeat rule (0 without it): the held values
 /// of `slots` slots and the token being offered, `d + 1` floats each. More than a block can

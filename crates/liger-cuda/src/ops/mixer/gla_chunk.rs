@@ -16,7 +16,6 @@ use super::gla_scan::{int, ptr_mut};
 use super::{features, region, threads, FeatureRegions, Features, MixerDims, ScratchPlan, TimeSegments};
 use crate::buffer::{GpuBuffer, GpuElement};
 use crate::context::GpuContext;
-use crate::error::driver_error;
 use crate::kernels::{GLA_CHUNK, GLA_SCAN};
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use liger_core::liger::MixerKind;
@@ -110,13 +109,7 @@ fn dkv_shared(d: usize) -> usize {
 
 /// Kernel `name` of GLA_CHUNK, allowed `shared` bytes of dynamic shared memory.
 fn function(ctx: &GpuContext, name: &'static str, shared: usize) -> Result<cudarc::driver::CudaFunction> {
-    let f = ctx.function(&GLA_CHUNK, name)?;
-    if shared > 48 * 1024 {
-        let attribute = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-        f.set_attribute(attribute, shared as i32)
-            .map_err(|e| driver_error(e, &format!("allowing {name} {shared} bytes of shared memory")))?;
-    }
-    Ok(f)
+    ctx.function_with_shared(&GLA_CHUNK, name, shared)
 }
 
 /// Launches `name` with one CTA of `threads` per (chunk, `heads`, sequence).
@@ -300,7 +293,7 @@ mod tests {
     fn shared_memory_fits_an_sm() {
         for d in [64, 128] {
             for bytes in [states_shared(d), output_shared(d), dq_shared(d), dkv_shared(d)] {
-                assert!(bytes <= 227 * 1024, "d = {d}: {bytes} bytes");
+                assert!(bytes <= crate::context::MAX_SHARED_BYTES, "d = {d}: {bytes} bytes");
             }
         }
     }

@@ -4,7 +4,6 @@
 use super::MixerDims;
 use crate::buffer::GpuBuffer;
 use crate::context::GpuContext;
-use crate::error::driver_error;
 use crate::kernels::GLA_SCAN;
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use liger_core::{Error, Result};
@@ -282,13 +281,7 @@ pub(super) fn scan_function(
     name: &'static str,
     shared: usize,
 ) -> Result<cudarc::driver::CudaFunction> {
-    let f = ctx.function(&GLA_SCAN, name)?;
-    if shared > 48 * 1024 {
-        let attribute = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-        f.set_attribute(attribute, shared as i32)
-            .map_err(|e| driver_error(e, &format!("allowing {name} {shared} bytes of shared memory")))?;
-    }
-    Ok(f)
+    ctx.function_with_shared(&GLA_SCAN, name, shared)
 }
 
 /// Queues one launch of scan kernel `name` with one CTA per (column block, kv head, sequence x
