@@ -1,8 +1,8 @@
 /** Bad input ends in a LigerError with the right code, never a crash or a hang. */
-import { mkdtempSync, openSync, readSync, closeSync, writeFileSync } from "node:fs";
+import { mkdtempSync, openSync, readSync, closeSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { LigerError, loadModel, type LigerErrorCode, type LigerModel } from "../ts/dist/index.js";
 import { modelPath, sharedModel } from "./helpers.js";
@@ -27,6 +27,7 @@ async function expectCode(work: () => unknown, code: LigerErrorCode): Promise<Li
 }
 
 const scratch = mkdtempSync(join(tmpdir(), "liger-errors-"));
+afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
 /** The first `bytes` bytes of the real model, as a new file. */
 function truncatedCopy(bytes: number): string {

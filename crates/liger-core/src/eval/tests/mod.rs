@@ -144,11 +144,27 @@ pub fn tiny_base_model(seed: u64) -> BaseModel {
     BaseModel::new(cfg, weights, tokenizer, None, "tiny".into(), ModelFormat::Gguf)
 }
 
+/// A temporary folder for fixture files, removed with everything in it when dropped.
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A fresh temporary folder for fixture files.
-pub fn temp_dir(tag: &str) -> PathBuf {
+pub fn temp_dir(tag: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("liger-eval-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 /// The shared data folder: `$LIGER_DATA_DIR`, else `<repo>/../shared/data`.

@@ -51,7 +51,7 @@ fn report_json_round_trips_atomically() {
     assert!(text.contains("\"tokensPerSecond\"") && text.contains("\"primaryMetric\": \"acc\""));
     assert_eq!(EvalReport::from_json(&text, "base.json").unwrap(), base);
     assert_eq!(EvalReport::from_json("{}", "x.json").unwrap_err().code, ErrorCode::InvalidFile);
-    let left: Vec<_> = std::fs::read_dir(&dir)
+    let left: Vec<_> = std::fs::read_dir(&*dir)
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
