@@ -47,8 +47,8 @@ const mib = (bytes) => (num(bytes) === null ? null : bytes / 2 ** 20);
 const tickText = (t) => String(Number(t.toFixed(6)));
 
 /** Trials per passkey length: as recorded, else 5 for a quick screen and 15 for full (and memory). */
-function trialsOf(side, evaluation) {
-  const recorded = num(side?.passkey_trials_per_length);
+function trialsOf(side, evaluation, field = "passkey_trials_per_length") {
+  const recorded = num(side?.[field]);
   if (recorded !== null && recorded > 0) return recorded;
   const level = String(evaluation ?? "");
   if (/^quick\b/.test(level)) return 5;
@@ -133,20 +133,26 @@ function measures(rows) {
       },
     });
   }
-  for (const [key, k] of keysLike(rows, /^passkey_(\d+(?:\.\d+)?)k$/)) {
+  // The standard filler (repeated sentences), then WikiText-2 as the filler (natural text).
+  const families = [
+    [/^passkey_(\d+(?:\.\d+)?)k$/, "passkey_trials_per_length", "", ""],
+    [/^passkey_wiki_(\d+(?:\.\d+)?)k$/, "passkey_wiki_trials_per_length", ", WikiText filler", " in natural text"],
+  ];
+  const passkeys = families.flatMap(([pattern, ...rest]) => keysLike(rows, pattern).map((found) => [...found, ...rest]));
+  for (const [key, k, trialsField, nameTail, titleTail] of passkeys) {
     list.push({
       group: "passkey",
-      name: `passkey ${passkeyLength(k)}`,
-      title: `Passkey retrieval at ${passkeyLength(k)} tokens`,
+      name: `passkey ${passkeyLength(k)}${nameTail}`,
+      title: `Passkey retrieval at ${passkeyLength(k)} tokens${titleTail}`,
       subtitle: "found of N trials (absolute); the dark tick marks the base model",
       axis: "share of trials found (label: found of N)",
       fixedMax: 1,
       percent: true,
       read(row) {
         const found = num(row.liger?.[key]);
-        const of = trialsOf(row.liger, row.evaluation);
+        const of = trialsOf(row.liger, row.evaluation, trialsField);
         const baseFound = num(row.base?.[key]);
-        const baseOf = trialsOf(row.base, row.evaluation);
+        const baseOf = trialsOf(row.base, row.evaluation, trialsField);
         const share = found !== null && of !== null ? Math.min(found / of, 1) : null;
         const text = (f, n) => (f === null ? "–" : `${f} of ${n ?? "?"}`);
         return {

@@ -36,14 +36,18 @@ const taskMetric = (file, task, metric) => {
 
 /** The measures of one name (base or a recipe), from whichever of its files exist. */
 function measures(name) {
-  const files = readdirSync(dir).filter((f) => f.startsWith(`${name}.`) && f.endsWith(".json")).map((f) => read(f));
+  const fileNames = readdirSync(dir).filter((f) => f.startsWith(`${name}.`) && f.endsWith(".json"));
+  const files = fileNames.map((f) => read(f));
   const find = (task, metric) => files.map((f) => taskMetric(f, task, metric)).find((v) => v !== undefined);
   const wikitext = (window) => taskMetric(read(`${name}.wikitext${window}.json`), "wikitext", "word_perplexity")?.value ?? null;
+  // passkey_<n>k: the standard filler; passkey_wiki_<n>k: WikiText-2 sentences as the filler
+  // (NAME.passkey-wiki.json), where the needle is not the one thing that stands out.
   const passkey = {};
-  for (const f of files) {
+  for (const [i, f] of files.entries()) {
+    const prefix = fileNames[i].includes(".passkey-wiki.") ? "passkey_wiki" : "passkey";
     for (const report of f?.reports ?? []) {
       for (const cell of report.passkey?.cells ?? []) {
-        const key = `passkey_${cell.length / 1024}k`;
+        const key = `${prefix}_${cell.length / 1024}k`;
         passkey[key] = passkey[key] ?? { found: 0, of: 0 };
         passkey[key].found += cell.correct;
         passkey[key].of += cell.trials;
@@ -63,7 +67,8 @@ function measures(name) {
     wikitext_ppl_2048: wikitext(2048),
     wikitext_ppl_4096: wikitext(4096),
     ...Object.fromEntries(Object.entries(passkey).map(([k, v]) => [k, v.found])),
-    passkey_trials_per_length: Object.values(passkey)[0]?.of ?? null,
+    passkey_trials_per_length: Object.entries(passkey).find(([k]) => !k.startsWith("passkey_wiki"))?.[1].of ?? null,
+    passkey_wiki_trials_per_length: Object.entries(passkey).find(([k]) => k.startsWith("passkey_wiki"))?.[1].of ?? null,
   };
 }
 
@@ -105,6 +110,9 @@ const cols = [
   ["passkey 2K", "passkey_2k", 0],
   ["passkey 4K", "passkey_4k", 0],
   ["passkey 8K", "passkey_8k", 0],
+  ["passkey, WikiText filler, 1K", "passkey_wiki_1k", 0],
+  ["passkey, WikiText filler, 2K", "passkey_wiki_2k", 0],
+  ["passkey, WikiText filler, 4K", "passkey_wiki_4k", 0],
 ];
 const used = cols.filter(([, key]) => base[key] !== null && base[key] !== undefined || rows.some((r) => r.liger[key] != null));
 const header = ["recipe", "softmax layers", "tokens", "GPU min", ...used.map(([h]) => h), "state/seq"];
