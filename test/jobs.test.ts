@@ -57,8 +57,17 @@ describe("options not given take the facade's defaults", () => {
     expect(cuda.distillWeight).toBe(0.5);
     // The recipe's surprise cache is the one a repeat rule given alone applies to.
     const repeats = { out: "o", data: null, recipe: "memory" as const, device: "cpu" as const };
-    const withRule = resolveLinearizeOptions("m.gguf", { ...repeats, surpriseRepeatTolerance: 0.05 });
-    expect(withRule).toMatchObject({ surpriseKeys: 256, surpriseRepeatTolerance: 0.05 });
+    const withRule = resolveLinearizeOptions("m.gguf", { ...repeats, surpriseRepeatTolerance: 0.3 });
+    expect(withRule).toMatchObject({ surpriseKeys: 256, surpriseRepeatTolerance: 0.3 });
+    // The recipe brings its own rule (0.05); turned off by 0, and gone with the cache.
+    expect(resolveLinearizeOptions("m.gguf", repeats).surpriseRepeatTolerance).toBe(0.05);
+    expect(resolveLinearizeOptions("m.gguf", { ...repeats, surpriseRepeatTolerance: 0 })).toMatchObject({
+      surpriseRepeatTolerance: 0,
+    });
+    expect(resolveLinearizeOptions("m.gguf", { ...repeats, surpriseKeys: 0 })).toMatchObject({
+      surpriseKeys: 0,
+      surpriseRepeatTolerance: 0,
+    });
   });
 
   it("evaluate: the addon's defaults (EvaluateOptions::default)", () => {
@@ -562,6 +571,7 @@ describe("linearize", () => {
       windowKeys: RECIPES.memory.window,
       sinkKeys: 2,
       surpriseKeys: RECIPES.memory.surpriseKeys,
+      surpriseRepeatTolerance: 0.05,
       alpha: 0,
       beta: 1,
     });
