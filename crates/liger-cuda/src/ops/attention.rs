@@ -607,7 +607,8 @@ pub fn repeat_rule_shared_bytes(slots: usize, d: usize, repeat_tolerance: f64) -
         let most = MAX_SHARED_BYTES / (4 * (d + 1)) - 1;
         return Err(Error::invalid_argument(format!(
             "the surprise cache's repeat rule on the GPU holds the cached values in shared memory: at most {most} \
-             surprise keys at head size {d}, got {slots}; use fewer keys, the CPU engine, or no repeat rule"
+             surprise keys at head size {d}, got {slots}; use fewer keys, the CPU engine, or turn the rule off \
+             (surpriseRepeatTolerance 0, on the command line --surprise-repeats 0)"
         )));
     }
     Ok(bytes)
@@ -790,6 +791,7 @@ mod tests {
         let err = repeat_rule_shared_bytes(4096, 64, 0.05).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument);
         assert!(err.message.contains("at most 893 surprise keys at head size 64"), "{}", err.message);
+        assert!(err.message.contains("--surprise-repeats 0"), "{}", err.message);
     }
 
     #[test]
