@@ -7,11 +7,11 @@
 # --device cuda` trains NAME with the given options (e.g. --recipe paper --softmax-layers auto:3)
 # into $RUN_DIR/NAME, then the checkpoint is evaluated on the GPU:
 #   quick: HellaSwag (500), LAMBADA (1000), WikiText-2 at a 2048 window, passkey 1K/2K/4K
-#          (5 depths, 1 trial): a fixed screen of a minute or two;
+#          (5 depths, 1 trial) with each filler: a fixed screen of a minute or two;
 #   full:  HellaSwag (2000), ARC-e, ARC-c, LAMBADA (all), WikiText-2 at 1024/2048/4096,
 #          passkey 1K/2K/4K/8K (5 depths x 3 trials);
 #   memory: only the long-context measures of full (WikiText-2 at 1024/2048/4096, passkey).
-# full and memory run the passkey twice: with the standard filler (five sentences repeated) and
+# Every level runs the passkey twice: with the standard filler (five sentences repeated) and
 # with WikiText-2 test's sentences as filler (NAME.passkey-wiki.json).
 # Every result is a JSON file in $RECOVERY_OUT (default bench/out/NAME.*.json);
 # bench/recovery-summary.mjs turns them into the rows of bench/recovery.json.
@@ -52,7 +52,9 @@ case "$level" in
   quick)
     ev --tasks hellaswag,lambada_openai --limit 500 --json "$out/$name.tasks.json" > /dev/null
     ev --tasks wikitext --window 2048 --json "$out/$name.wikitext2048.json" > /dev/null
-    ev --tasks none --passkey 1024,2048,4096 --json "$out/$name.passkey.json" > /dev/null ;;
+    ev --tasks none --passkey 1024,2048,4096 --json "$out/$name.passkey.json" > /dev/null
+    ev --tasks none --passkey 1024,2048,4096 --passkey-filler "$wiki_filler" \
+      --json "$out/$name.passkey-wiki.json" > /dev/null ;;
   full)
     ev --tasks hellaswag --limit 2000 --json "$out/$name.hellaswag.json" > /dev/null
     ev --tasks arc_easy,arc_challenge,lambada_openai --json "$out/$name.tasks.json" > /dev/null
