@@ -451,11 +451,11 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     window: o.window ?? recipe.window ?? d.window,
     sinks: o.sinks ?? recipe.sinks ?? d.sinks,
     grmNorm: o.grmNorm ?? d.grmNorm,
-    surpriseKeys: o.surpriseKeys ?? recipe.surpriseKeys ?? d.surpriseKeys,
-    // The recipe's repeat rule goes with its cache: not where the options turn the cache off.
+    surpriseKeys: surpriseKeys ?? d.surpriseKeys,
+    // The recipe's repeat rule goes with a cache: not where the options turn it off.
     surpriseRepeatTolerance:
       o.surpriseRepeatTolerance ??
-      (o.surpriseKeys === 0 ? undefined : recipe.surpriseRepeatTolerance) ??
+      (surpriseKeys ? recipe.surpriseRepeatTolerance : undefined) ??
       d.surpriseRepeatTolerance,
     surpriseAfterTraining: o.surpriseAfterTraining ?? d.surpriseAfterTraining,
     alpha: o.alpha ?? recipe.alpha ?? d.alpha,
