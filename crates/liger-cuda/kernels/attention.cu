@@ -788,13 +788,15 @@ extern "C" __global__ void surprise_scores_f32(const float* n, const float* den,
     }
 }
 
-// The cache's contents before each query, by running its rule token by token: one warp per
+// The cache's contents before each query, by running its rule token by token: one block per
 // (sequence, key-value head). Token j leaves the window at query j + window; if it is no sink it
 // takes a free slot, or else replaces the first slot of lowest score when its own is higher,
 // unless its value v [B, T, hkv, d] repeats one the cache holds (the repeat rule, at `tolerance`).
-// One warp per block: with the rule, the held values sit in dynamic shared memory, [slots + 1,
-// d + 1] floats (the padding keeps the lanes, each comparing its own slots, on distinct banks),
-// the last row the leaving token's value; the comparisons then cost no global-memory latency.
+// Without the rule the block is one warp. With it, the held values sit in dynamic shared memory,
+// [slots + 1, d + 1] floats (the last row the offered token's value), and the block's threads
+// each compare their own slots: the comparisons, d multiply-adds per slot, are what a token costs,
+// so they are spread over SELECT_THREADS threads (the padding keeps 32 consecutive slots on
+// distinct banks). Every thread follows the same decisions; thread 0 writes them.
 // kept [B, T, hkv, slots]: the token in each slot while query t attends (-1: empty).
 // until [B, T, hkv]: the first query that no longer sees the token (through the window, the
 // sinks or the cache). tile_until [B, hkv, ceil(T / 64)]: the largest `until` of each tile of 64
@@ -804,14 +806,15 @@ extern "C" __global__ void surprise_select(const float* scores, const float* v, 
                                            float* slot_score, int* kept, int* until, int* tile_until) {
     extern __shared__ float held_values[];
     const int stride = d + 1;
-    const long long w = warp_row((long long)batch * hkv);
-    if (w < 0) return;
-    const int lane = threadIdx.x & 31, b = (int)(w / hkv), kvh = (int)(w % hkv);
+    const long long w = blockIdx.x;
+    if (w >= (long long)batch * hkv) return;
+    const int tid = threadIdx.x, threads = blockDim.x, lane = tid & 31, b = (int)(w / hkv), kvh = (int)(w % hkv);
     int* tok = slot_token + w * slots;
     float* sc = slot_score + w * slots;
+    float* offered = held_values + slots * stride;
     int* gone = until + (long long)b * tokens * hkv + kvh;  // token j's entry: gone[j * hkv]
-    for (int j = lane; j < tokens; j += 32) gone[(long long)j * hkv] = j < sinks ? tokens : min(tokens, j + window);
-    __syncwarp();
+    for (int j = tid; j < tokens; j += threads) gone[(long long)j * hkv] = j < sinks ? tokens : min(tokens, j + window);
+    __syncthreads();
     int used = 0;
     for (int i = 0; i < tokens; i++) {
         const int j = i - window;
@@ -819,7 +822,7 @@ extern "C" __global__ void surprise_select(const float* scores, const float* v, 
             const float s = scores[((long long)b * tokens + j) * hkv + kvh];
             int at = used;  // the slot the token takes (-1: none)
             if (used == slots) {
-                // The first slot of lowest score: min over (score, slot) pairs.
+                // The first slot of lowest score: min over (score, slot) pairs, in every warp.
                 float best = POS_INFINITY;
                 at = slots;
                 for (int c = lane; c < slots; c += 32)
@@ -833,28 +836,39 @@ extern "C" __global__ void surprise_select(const float* scores, const float* v, 
             }
             if (tolerance > 0.0 && at >= 0) {
                 const float* value = v + (((long long)b * tokens + j) * hkv + kvh) * d;
-                for (int e = lane; e < d; e += 32) held_values[slots * stride + e] = value[e];
-                __syncwarp();
-                const auto held = [&](int c) { return held_values + c * stride; };
-                if (repeats_held(held_values + slots * stride, held, used, d, tolerance)) at = -1;
+                for (int e = tid; e < d; e += threads) offered[e] = value[e];
+                __syncthreads();
+                // |value - h|^2 <= tolerance |h|^2 for a held h (CPU twin: surprise::repeats).
+                bool hit = false;
+                for (int c = tid; c < used && !hit; c += threads) {
+                    const float* h = held_values + c * stride;
+                    float dist = 0.0f, norm = 0.0f;
+                    for (int e = 0; e < d; e++) {
+                        const float diff = offered[e] - h[e];
+                        dist += diff * diff;
+                        norm += h[e] * h[e];
+                    }
+                    hit = (double)dist <= tolerance * (double)norm;
+                }
+                if (__syncthreads_or(hit)) at = -1;
                 if (at >= 0)
-                    for (int e = lane; e < d; e += 32) held_values[at * stride + e] = value[e];
+                    for (int e = tid; e < d; e += threads) held_values[at * stride + e] = offered[e];
             }
-            if (lane == 0 && at >= 0) {
+            if (tid == 0 && at >= 0) {
                 if (at < used) gone[(long long)tok[at] * hkv] = i;
                 gone[(long long)j * hkv] = tokens;
                 tok[at] = j;
                 sc[at] = s;
             }
             if (at == used) used++;
-            __syncwarp();
+            __syncthreads();  // the new slot's token, score and value, before any thread reads them
         }
         int* out = kept + (((long long)b * tokens + i) * hkv + kvh) * slots;
-        for (int c = lane; c < slots; c += 32) out[c] = c < used ? tok[c] : -1;
-        __syncwarp();
+        for (int c = tid; c < slots; c += threads) out[c] = c < used ? tok[c] : -1;
+        __syncthreads();  // every thread has read the slots before thread 0 next writes them
     }
     const int tiles = (tokens + MMA_KEYS - 1) / MMA_KEYS;
-    for (int tile = lane; tile < tiles; tile += 32) {
+    for (int tile = tid; tile < tiles; tile += threads) {
         int last = 0;
         for (int j = tile * MMA_KEYS; j < min(tokens, (tile + 1) * MMA_KEYS); j++) last = max(last, gone[(long long)j * hkv]);
         tile_until[w * tiles + tile] = last;

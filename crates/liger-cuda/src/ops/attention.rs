@@ -587,13 +587,18 @@ pub fn surprise_select(
         .arg(kept.slice_mut())
         .arg(until.slice_mut())
         .arg(tile_until.slice_mut());
-    // SAFETY: sizes checked above; a block of one warp per (sequence, key-value head), with the
-    // shared memory the repeat rule's held values take.
+    // SAFETY: sizes checked above; a block per (sequence, key-value head), with the shared
+    // memory the repeat rule's held values take and threads to compare them.
     let blocks = as_int("sequences x key-value heads", dims.batch * dims.shape.hkv)? as u32;
-    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: shared as u32 };
+    let threads = if repeat_tolerance > 0.0 { SELECT_THREADS } else { 32 };
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: shared as u32 };
     ctx.check_launch(unsafe { launch.launch(cfg) }, name)?;
     Ok(SurpriseCache { slots, kept, until, tile_until })
 }
+
+/// Threads of a `surprise_select` block with the repeat rule: each compares the offered value
+/// with its share of the held ones (one slot each at 256 slots).
+const SELECT_THREADS: u32 = 256;
 
 /// Shared memory `surprise_select` takes for the repeat rule (0 without it): the held values
 /// of `slots` slots and the token being offered, `d + 1` floats each. More than a block can
