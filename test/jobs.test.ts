@@ -58,7 +58,7 @@ describe("options not given take the facade's defaults", () => {
     // The recipe's surprise cache is the one a repeat rule given alone applies to.
     const repeats = { out: "o", data: null, recipe: "memory" as const, device: "cpu" as const };
     const withRule = resolveLinearizeOptions("m.gguf", { ...repeats, surpriseRepeatTolerance: 0.3 });
-    expect(withRule).toMatchObject({ surpriseKeys: 256, surpriseRepeatTolerance: 0.3 });
+    expect(withRule).toMatchObject({ surpriseKeys: 512, surpriseRepeatTolerance: 0.3 });
     // The recipe brings its own rule (0.05); turned off by 0, and gone with the cache.
     expect(resolveLinearizeOptions("m.gguf", repeats).surpriseRepeatTolerance).toBe(0.05);
     expect(resolveLinearizeOptions("m.gguf", { ...repeats, surpriseRepeatTolerance: 0 })).toMatchObject({

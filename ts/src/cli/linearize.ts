@@ -160,7 +160,7 @@ export function registerLinearize(program: Command): void {
     )
     .option(
       "--recipe <name>",
-      "preset: paper (1024-token sequences, batch 8, 2 epochs, lr 1e-3 constant) or memory (1 epoch of the same, window 257, 4 sinks, 256 surprise keys, mix 0/1, on the GPU distillation 0.5: keeps long-context memory; the GPU default); options given win",
+      "preset: paper (1024-token sequences, batch 8, 2 epochs, lr 1e-3 constant) or memory (1 epoch of the same, window 257, 4 sinks, 512 surprise keys, mix 0/1, on the GPU distillation 0.5: keeps long-context memory; the GPU default); options given win",
     )
     .option(
       "--epochs <n>",
