@@ -1,5 +1,7 @@
 //! The generation loop shared by every model: prefill the prompt, then sample one token at a
-//! time until the token budget, an end-of-sequence token, a stop string or cancellation.
+//! time until the token budget, an end-of-sequence token, a stop string or cancellation. The
+//! engine picks each token (`CausalLm::forward_sample`): on the CPU from the logits here, on
+//! the GPU on the device, so that only the token comes back.
 
 use crate::error::{Error, Result};
 use crate::sampling::{Sampler, SamplingOptions};
@@ -15,6 +17,14 @@ pub trait CausalLm {
     fn new_state(&self) -> Self::State;
     /// Appends `tokens` to `state` and returns the logits after the last one.
     fn forward_last(&self, state: &mut Self::State, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Appends `tokens` to `state` and picks the token after them with `sampler`. An engine
+    /// whose logits live on another device overrides this to sample there and return only
+    /// the token (it must pick what `sampler.sample` picks from the same logits, taking its
+    /// random draw from `sampler.draw`); the default samples the logits here.
+    fn forward_sample(&self, state: &mut Self::State, tokens: &[u32], sampler: &mut Sampler) -> Result<u32> {
+        let logits = self.forward_last(state, tokens)?;
+        Ok(sampler.sample(&logits))
+    }
     fn tokenizer(&self) -> &Tokenizer;
     /// Tokens that end generation.
     fn eos_ids(&self) -> Vec<u32>;
@@ -111,7 +121,8 @@ pub fn generate<M: CausalLm>(
 pub struct Generator<'m, M: CausalLm> {
     model: &'m M,
     state: M::State,
-    logits: Vec<f32>,
+    /// The token the model picked after what it has read; the next step emits it.
+    next: u32,
     sampler: Sampler,
     eos: Vec<u32>,
     max_new: usize,
@@ -146,18 +157,25 @@ impl<'m, M: CausalLm> Generator<'m, M> {
                 ));
             }
         }
-        let sampler = Sampler::new(opts.sampling.clone())?;
+        let mut sampler = Sampler::new(opts.sampling.clone())?;
         let eos = if opts.ignore_eos { Vec::new() } else { model.eos_ids() };
         let max_new = model.max_tokens().map_or(opts.max_tokens, |limit| opts.max_tokens.min(limit - prompt.len()));
         let mut state = model.new_state();
-        let mut logits = Vec::new();
-        for part in prompt.chunks(chunk.max(1)) {
-            logits = model.forward_last(&mut state, part)?;
+        // The chunks from the start; the last (the remainder) also picks the first token.
+        let chunk = chunk.max(1);
+        let last_len = match prompt.len() % chunk {
+            0 => chunk.min(prompt.len()),
+            rest => rest,
+        };
+        let (head, last) = prompt.split_at(prompt.len() - last_len);
+        for part in head.chunks(chunk) {
+            model.forward_last(&mut state, part)?;
         }
+        let next = model.forward_sample(&mut state, last, &mut sampler)?;
         Ok(Generator {
             model,
             state,
-            logits,
+            next,
             sampler,
             eos,
             max_new,
@@ -198,7 +216,7 @@ impl<'m, M: CausalLm> Generator<'m, M> {
             }
             return Ok(self.finish());
         }
-        let id = self.sampler.sample(&self.logits);
+        let id = self.next;
         if self.eos.contains(&id) {
             self.result.finish_reason = FinishReason::Eos;
             return Ok(self.finish());
@@ -215,7 +233,7 @@ impl<'m, M: CausalLm> Generator<'m, M> {
         };
         self.result.text.push_str(&text);
         if !self.finished && self.result.tokens.len() < self.max_new {
-            self.logits = self.model.forward_last(&mut self.state, &[id])?;
+            self.next = self.model.forward_sample(&mut self.state, &[id], &mut self.sampler)?;
         }
         Ok(Some((id, text)))
     }

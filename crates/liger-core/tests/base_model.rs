@@ -126,6 +126,62 @@ impl<M: CausalLm> CausalLm for CountingForwards<'_, M> {
     }
 }
 
+/// An engine that samples on its own device: the loop asks it for the next token once per
+/// step (`forward_sample`) and emits exactly what it picks, the same tokens as a host-sampled
+/// run with the same seed; a prefill fed in chunks picks the same ones.
+#[test]
+fn the_loop_takes_each_token_from_the_engines_own_sampler() {
+    use liger_core::generate::Generator;
+    use liger_core::sampling::Sampler;
+    struct SamplesItself<'m> {
+        inner: &'m BaseModel,
+        samples: std::cell::Cell<usize>,
+    }
+    impl CausalLm for SamplesItself<'_> {
+        type State = <BaseModel as CausalLm>::State;
+        fn new_state(&self) -> Self::State {
+            self.inner.new_state()
+        }
+        fn forward_last(&self, state: &mut Self::State, tokens: &[u32]) -> liger_core::Result<Vec<f32>> {
+            self.inner.forward_last(state, tokens)
+        }
+        fn forward_sample(
+            &self,
+            state: &mut Self::State,
+            tokens: &[u32],
+            sampler: &mut Sampler,
+        ) -> liger_core::Result<u32> {
+            self.samples.set(self.samples.get() + 1);
+            let logits = self.inner.forward_last(state, tokens)?;
+            Ok(sampler.sample(&logits))
+        }
+        fn tokenizer(&self) -> &liger_core::tokenizer::Tokenizer {
+            self.inner.tokenizer()
+        }
+        fn eos_ids(&self) -> Vec<u32> {
+            self.inner.eos_ids()
+        }
+        fn max_tokens(&self) -> Option<usize> {
+            self.inner.max_tokens()
+        }
+    }
+    let m = model();
+    let ids = m.encode("Once upon a time, in a small village by the sea,", None, true).unwrap();
+    let sampling = SamplingOptions { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 11 };
+    let opts = GenerateOptions { max_tokens: 12, sampling, ignore_eos: true, ..Default::default() };
+    let plain = generate(m, &ids, &opts, &AtomicBool::new(false), &mut |_, _| {}).unwrap();
+    let engine = SamplesItself { inner: m, samples: std::cell::Cell::new(0) };
+    let own = generate(&engine, &ids, &opts, &AtomicBool::new(false), &mut |_, _| {}).unwrap();
+    assert_eq!(own.tokens, plain.tokens);
+    // One pick after the prompt, then one after each emitted token but the last.
+    assert_eq!(engine.samples.get(), 12);
+    for chunk in [1, 4, ids.len() - 1, ids.len(), 64] {
+        let mut g = Generator::with_prefill_chunk(m, &ids, &opts, chunk).unwrap();
+        while g.step().unwrap().is_some() {}
+        assert_eq!(g.result().tokens, plain.tokens, "prefill in chunks of {chunk}");
+    }
+}
+
 #[test]
 fn gguf_to_checkpoint_directory_gives_identical_logits() {
     let m = model();

@@ -7,8 +7,10 @@
 //!
 //! `--mixer NAME` picks the Liger mixer (default gla); `--surprise-keys N` trains with a
 //! surprise cache of N keys beside the window and 4 sinks, `--surprise-repeats R` with its
-//! repeat rule, `--window N` with a window of N keys (default 65; the memory recipe's is 257).
-//! With a surprise cache only the training step is measured.
+//! repeat rule, `--window N` with a window of N keys (default 65; the memory recipe's is 257);
+//! decoding runs the same model. A decoding step is timed twice: with the logits copied back
+//! (`step_ms`, as `forward_last_batch`) and with the greedy token picked on the GPU and only
+//! the token ids copied back (`sampled_step_ms`, as the generation loop runs it).
 //!
 //! With `--profile`, one more training step runs with the time profile on
 //! (`GpuContext::set_profiling`) and its table goes to stderr: where the step's time goes.
@@ -256,8 +258,16 @@ fn kernel_share(m: &GpuLigerModel<bf16>, batch: usize, seq: usize) -> Result<(f6
     Ok((mixer * c.num_layers as f64, attention * c.num_layers as f64))
 }
 
-fn decode(name: &str, mixer: MixerKind, batch: usize, context: usize, steps: usize, profile: bool) -> Result<String> {
-    let m = model(name, mixer, Cache { window: 65, surprise_keys: 0, repeats: 0.0 })?;
+fn decode(
+    name: &str,
+    mixer: MixerKind,
+    cache: Cache,
+    batch: usize,
+    context: usize,
+    steps: usize,
+    profile: bool,
+) -> Result<String> {
+    let m = model(name, mixer, cache)?;
     let vocab = m.config().vocab_size;
     let prompts: Vec<Vec<u32>> = (0..batch).map(|i| tokens(context, vocab, 100 + i as u64)).collect();
     let mut state = m.new_batch_state(batch);
@@ -265,23 +275,32 @@ fn decode(name: &str, mixer: MixerKind, batch: usize, context: usize, steps: usi
     let start = Instant::now();
     m.forward_last_batch(&mut state, &prompts.iter().map(|p| p.as_slice()).collect::<Vec<_>>())?;
     let prefill_s = start.elapsed().as_secs_f64();
-    // Median wall time of a step (logits copied back included), after 3 warm-up steps.
-    let timed_steps = |state: &mut liger_cuda::GpuLigerState<bf16>| -> Result<f64> {
+    // Median wall time of a step (logits or, sampled on the GPU, token ids copied back
+    // included), after 3 warm-up steps.
+    let greedy = liger_core::sampling::SamplingOptions::default();
+    let draws = vec![0.0f32; batch];
+    let timed = |state: &mut liger_cuda::GpuLigerState<bf16>, sample: bool| -> Result<f64> {
         let mut times = Vec::new();
         for step in 0..steps + 3 {
             let next: Vec<Vec<u32>> = (0..batch).map(|b| tokens(1, vocab, (step * batch + b) as u64)).collect();
+            let rows: Vec<&[u32]> = next.iter().map(|p| p.as_slice()).collect();
             let start = Instant::now();
-            m.forward_last_batch(state, &next.iter().map(|p| p.as_slice()).collect::<Vec<_>>())?;
+            if sample {
+                m.forward_sample_batch(state, &rows, &greedy, &draws)?;
+            } else {
+                m.forward_last_batch(state, &rows)?;
+            }
             if step >= 3 {
                 times.push(start.elapsed().as_secs_f64());
             }
         }
         Ok(median(times) * 1e3)
     };
-    let step_ms = timed_steps(&mut state)?;
+    let step_ms = timed(&mut state, false)?;
+    let sampled_step_ms = timed(&mut state, true)?;
     let graph = state.uses_graph();
     m.set_decode_graphs(false);
-    let plain_step_ms = timed_steps(&mut state)?;
+    let plain_step_ms = timed(&mut state, false)?;
     m.set_decode_graphs(true);
     if profile {
         m.context().set_profiling(true)?;
@@ -297,8 +316,11 @@ fn decode(name: &str, mixer: MixerKind, batch: usize, context: usize, steps: usi
     }
     let peak = peak_memory(m.context())? as f64 / (1u64 << 30) as f64;
     Ok(format!(
-        r#"{{"bench":"decode","shape":"{name}","mixer":"{}","dtype":"bf16","batch":{batch},"context":{context},"prefill_s":{prefill_s:.3},"step_ms":{step_ms:.3},"graph":{graph},"plain_step_ms":{plain_step_ms:.3},"state_bytes_per_seq":{},"ms_per_token":{:.4},"tokens_per_s":{:.0},"peak_pool_gib":{peak:.2}}}"#,
+        r#"{{"bench":"decode","shape":"{name}","mixer":"{}","dtype":"bf16","batch":{batch},"context":{context},"window":{},"surprise_keys":{},"surprise_repeats":{},"prefill_s":{prefill_s:.3},"step_ms":{step_ms:.3},"sampled_step_ms":{sampled_step_ms:.3},"graph":{graph},"plain_step_ms":{plain_step_ms:.3},"state_bytes_per_seq":{},"ms_per_token":{:.4},"tokens_per_s":{:.0},"peak_pool_gib":{peak:.2}}}"#,
         mixer.name(),
+        cache.window,
+        cache.surprise_keys,
+        cache.repeats,
         state.bytes_per_sequence(),
         step_ms / batch as f64,
         batch as f64 * 1e3 / step_ms
@@ -346,13 +368,13 @@ fn main() {
             };
             report(format!("train_step {shape} {bt}"), train(shape, mixer, cache, b, t, steps, profile));
         }
-        for b in batches.iter().filter(|_| cache.surprise_keys == 0) {
+        for b in &batches {
             for ctx_len in &contexts {
                 let (Ok(b), Ok(c)) = (b.parse(), ctx_len.parse()) else {
                     eprintln!("--decode-batches and --contexts take numbers");
                     std::process::exit(2);
                 };
-                report(format!("decode {shape} b{b} c{c}"), decode(shape, mixer, b, c, 20, profile));
+                report(format!("decode {shape} b{b} c{c}"), decode(shape, mixer, cache, b, c, 20, profile));
             }
         }
     }

@@ -809,6 +809,13 @@ fn a_surprise_cache_decodes_like_the_cpu_engine_and_the_full_forward() {
         }
         assert_eq!(state.bytes_per_sequence(), model.state_bytes_per_sequence(), "the size known before allocation");
         assert_eq!(model.state_bytes_per_sequence(), cpu.state_bytes(), "the CPU engine's decoding state (f32)");
+        // A model converted without the cache knows the size it would keep with it (the
+        // linearize report of a cache added after training).
+        let mut without = make();
+        without.options.attention.set_surprise_cache(Default::default());
+        let without = GpuLigerModel::<f32>::new(gpu(), without).unwrap();
+        assert!(without.state_bytes_per_sequence() < model.state_bytes_per_sequence());
+        assert_eq!(without.state_bytes_per_sequence_with(&cpu.options), model.state_bytes_per_sequence());
     }
     assert!(failures.is_empty(), "{failures:?}");
 }

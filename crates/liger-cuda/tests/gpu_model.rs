@@ -392,6 +392,85 @@ fn greedy_generation_on_the_gpu_picks_the_cpu_engines_tokens() {
     assert!(agree >= 1, "bf16 GPU and CPU disagree on the first greedy token");
 }
 
+/// The GPU model as a host-sampling engine: only `forward_last`, so the generation loop copies
+/// the vocabulary's logits back every step and samples them on the CPU (the trait's default).
+struct SampledOnHost<'a>(&'a GpuLigerModel<f32>);
+
+impl CausalLm for SampledOnHost<'_> {
+    type State = liger_cuda::GpuLigerState<f32>;
+    fn new_state(&self) -> Self::State {
+        self.0.new_state()
+    }
+    fn forward_last(&self, state: &mut Self::State, tokens: &[u32]) -> liger_core::Result<Vec<f32>> {
+        self.0.forward_last(state, tokens)
+    }
+    fn tokenizer(&self) -> &liger_core::tokenizer::Tokenizer {
+        self.0.tokenizer()
+    }
+    fn eos_ids(&self) -> Vec<u32> {
+        self.0.eos_ids()
+    }
+    fn max_tokens(&self) -> Option<usize> {
+        self.0.max_tokens()
+    }
+}
+
+/// Sampling on the GPU (`forward_sample`: only the token id comes back) picks exactly what the
+/// CPU sampler picks from the same logits and the same seed, for greedy decoding and for
+/// temperature, top-k and top-p together, through the whole generation loop; and a batch of
+/// three sequences with given draws picks `sample_with_draw`'s tokens row by row.
+#[test]
+fn sampling_on_the_gpu_picks_the_host_samplers_tokens() {
+    use liger_core::generate::{generate, GenerateOptions};
+    use liger_core::sampling::{argmax, sample_with_draw, SamplingOptions};
+    use std::sync::atomic::AtomicBool;
+    let seed: u64 = rand::random();
+    println!("sampling_on_the_gpu: seed {seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let gpu_model =
+        GpuLigerModel::<f32>::new(gpu(), model(Architecture::Llama, MixerKind::Gla, vec![], &mut rng)).unwrap();
+    let vocab = gpu_model.config().vocab_size;
+    let prompt = random_tokens(9, vocab, seed);
+    let cancel = AtomicBool::new(false);
+    let greedy = SamplingOptions { temperature: 0.0, ..Default::default() };
+    let sampled = SamplingOptions { temperature: 0.9, top_k: 40, top_p: 0.9, seed: seed ^ 7 };
+    for sampling in [greedy.clone(), sampled.clone()] {
+        let options =
+            GenerateOptions { max_tokens: 32, ignore_eos: true, sampling: sampling.clone(), ..Default::default() };
+        let on_device = generate(&gpu_model, &prompt, &options, &cancel, &mut |_, _| {}).unwrap();
+        let on_host = generate(&SampledOnHost(&gpu_model), &prompt, &options, &cancel, &mut |_, _| {}).unwrap();
+        println!("temperature {}: device {:?}\nhost {:?}", sampling.temperature, on_device.tokens, on_host.tokens);
+        assert_eq!(on_device.tokens.len(), 32);
+        assert_eq!(on_device.tokens, on_host.tokens);
+    }
+
+    // A batch: the same prompts into two states, one read back as logits, one sampled there.
+    let prompts: Vec<Vec<u32>> = (0..3).map(|i| random_tokens(7, vocab, seed + i)).collect();
+    let rows: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+    let draws = [0.05f32, 0.5, 0.97];
+    let (mut for_logits, mut for_tokens) = (gpu_model.new_batch_state(3), gpu_model.new_batch_state(3));
+    let mut candidates = Vec::new();
+    for step in 0..4 {
+        let logits = gpu_model.forward_last_batch(&mut for_logits, &rows).unwrap();
+        let options = if step % 2 == 0 { &sampled } else { &greedy };
+        let picked = gpu_model.forward_sample_batch(&mut for_tokens, &rows, options, &draws).unwrap();
+        let expected: Vec<u32> = logits
+            .chunks_exact(vocab)
+            .zip(draws)
+            .map(|(row, u)| {
+                if options.temperature == 0.0 {
+                    argmax(row)
+                } else {
+                    sample_with_draw(options, row, u, &mut candidates)
+                }
+            })
+            .collect();
+        assert_eq!(picked, expected, "step {step}");
+    }
+    let err = gpu_model.forward_sample_batch(&mut for_tokens, &rows, &sampled, &draws[..2]).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+}
+
 #[test]
 fn unsupported_models_and_bad_batches_are_typed_errors() {
     let mut rng = rng("unsupported_models_and_bad_batches_are_typed_errors");

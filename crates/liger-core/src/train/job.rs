@@ -243,7 +243,12 @@ pub trait EngineModel: Trainable + CausalLm {
     fn host_model(&self) -> &LigerModel;
     /// Decoding memory of one sequence on this engine, in bytes, at its largest.
     fn state_bytes(&self) -> usize {
-        self.host_model().state_bytes()
+        self.state_bytes_with(&self.host_model().options)
+    }
+    /// [`EngineModel::state_bytes`] of the model run with other options (e.g. the surprise
+    /// cache it was trained without).
+    fn state_bytes_with(&self, options: &LigerOptions) -> usize {
+        self.host_model().state_bytes_with(options)
     }
     /// Whether this engine decodes the model (else the sample is drawn on the CPU).
     fn decodes(&self) -> bool {
@@ -701,10 +706,11 @@ pub fn run_linearize_on<M: EngineModel>(
     let mut model = to_engine(host_model)?;
     report.state_bytes = model.state_bytes();
     if surprise_cache.keys > 0 {
-        // What the saved model keeps: it decodes with the cache (on the CPU engines).
+        // What the saved model keeps on this engine: it decodes with the cache, even when the
+        // run trains without it.
         let mut saved = model.host_model().options.clone();
         saved.attention.set_surprise_cache(surprise_cache);
-        report.state_bytes = model.host_model().state_bytes_with(&saved);
+        report.state_bytes = model.state_bytes_with(&saved);
     }
     report.memory = decode_memory(model.host_model(), surprise_cache);
     report.untrained_eval = validate(&|i, l| model.loss(i, l))?;

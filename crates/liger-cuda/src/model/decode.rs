@@ -29,7 +29,10 @@ use crate::ops::decode::{surprise_cache_fill, SurpriseLayout};
 use crate::ops::embedding::embedding_gather;
 use crate::ops::mixer::{mixer_chunk_forward_in_segments, mixer_state_len, MixerDims};
 use crate::ops::rms_norm::rms_norm_forward;
+use crate::ops::sampling::sample_tokens;
+use liger_core::convert::LigerOptions;
 use liger_core::generate::CausalLm;
+use liger_core::sampling::{Sampler, SamplingOptions};
 use liger_core::tokenizer::Tokenizer;
 use liger_core::{Error, Result};
 
@@ -107,16 +110,25 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// Bytes of GPU memory a decoding state keeps per sequence, at its largest (softmax layers
     /// at the context limit): what [`GpuLigerState::bytes_per_sequence`] reports once allocated.
     pub fn state_bytes_per_sequence(&self) -> usize {
+        self.state_bytes_per_sequence_with(&self.host.options)
+    }
+
+    /// [`GpuLigerModel::state_bytes_per_sequence`] of this model run with other options (the
+    /// linearize report's size of a surprise cache added after training).
+    pub fn state_bytes_per_sequence_with(&self, options: &LigerOptions) -> usize {
         let (c, shape) = (self.config(), self.shape);
-        let att = &self.host.options.attention;
+        let att = &options.attention;
         let t = std::mem::size_of::<T>();
+        // As `surprise_slots`, `window_row_entries` and `SurpriseLayout::scores_len`.
+        let slots = if att.use_swa { att.surprise_keys } else { 0 };
+        let window_rows = att.window().capacity().saturating_add(slots);
         (0..c.num_layers)
             .map(|layer| {
-                if self.host.options.is_softmax_layer(layer) {
+                if options.is_softmax_layer(layer) {
                     2 * t * shape.hkv * c.max_position_embeddings * shape.d
                 } else {
-                    let window = if att.use_swa { 2 * t * shape.hkv * self.window_row_entries() * shape.d } else { 0 };
-                    let scores = self.surprise_layout(1).map_or(0, |at| 4 * at.scores_len());
+                    let window = if att.use_swa { 2 * t * shape.hkv * window_rows * shape.d } else { 0 };
+                    let scores = if slots > 0 { 4 * shape.hkv * (att.window().keys + slots) } else { 0 };
                     4 * mixer_state_len(&att.mixer, shape) * if att.keeps_ones_state() { 2 } else { 1 }
                         + window
                         + scores
@@ -163,6 +175,46 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// Appends `tokens[b]` to sequence b of `state` (every sequence the same number of
     /// tokens) and returns the logits after the last one of each (`B x vocab`).
     pub fn forward_last_batch(&self, state: &mut GpuLigerState<T>, tokens: &[&[u32]]) -> Result<Vec<f32>> {
+        self.forward_batch(state, tokens, |logits| logits.to_host())
+    }
+
+    /// As [`GpuLigerModel::forward_last_batch`], then the next token of each sequence picked on
+    /// the GPU (`kernels/sampling.cu`): the largest logit when `options.temperature` is 0, else
+    /// the token `liger_core::sampling::sample_with_draw` picks with the uniform number
+    /// `draws[b]` (take it from `Sampler::draw` to follow a seeded CPU sampler). Only the `B`
+    /// token ids come back to the host, not the vocabulary's logits.
+    pub fn forward_sample_batch(
+        &self,
+        state: &mut GpuLigerState<T>,
+        tokens: &[&[u32]],
+        options: &SamplingOptions,
+        draws: &[f32],
+    ) -> Result<Vec<u32>> {
+        if draws.len() != tokens.len() {
+            return Err(Error::invalid_argument(format!(
+                "one sampling draw per sequence: got {} draws for {} sequences",
+                draws.len(),
+                tokens.len()
+            )));
+        }
+        options.validate()?;
+        let vocab = self.config().vocab_size;
+        self.forward_batch(state, tokens, |logits| {
+            let draws = GpuBuffer::from_host(&self.ctx, draws)?;
+            let mut picked = GpuBuffer::<u32>::zeros(&self.ctx, draws.len())?;
+            sample_tokens(&self.ctx, logits, vocab, options, &draws, &mut picked)?;
+            picked.to_host()
+        })
+    }
+
+    /// Runs `tokens` (the same number for each sequence of the state) and hands the logits
+    /// after each sequence's last token (`B x vocab`, on the GPU) to `read`.
+    fn forward_batch<R>(
+        &self,
+        state: &mut GpuLigerState<T>,
+        tokens: &[&[u32]],
+        read: impl FnOnce(&GpuBuffer<f32>) -> Result<R>,
+    ) -> Result<R> {
         let t = tokens.first().map_or(0, |s| s.len());
         if tokens.len() != state.batch || t == 0 || tokens.iter().any(|s| s.len() != t) {
             return Err(Error::invalid_argument(format!(
@@ -177,19 +229,18 @@ impl<T: GemmInput> GpuLigerModel<T> {
             self.allocate_caches(state)?;
         }
         if state.position == 0 {
-            return self.prefill(state, tokens);
+            return read(&self.prefill(state, tokens)?);
         }
         if state.plan.is_none() {
             state.plan = Some(self.new_decode_plan(state.batch)?);
         }
         let plan = state.plan.as_mut().ok_or_else(|| liger_core::Error::internal("the decoding plan is missing"))?;
-        let mut logits = Vec::new();
         for i in 0..t {
             let column: Vec<u32> = tokens.iter().map(|s| s[i]).collect();
-            logits = self.decode_step(&mut state.layers, plan, &column, state.position)?;
+            self.decode_step(&mut state.layers, plan, &column, state.position)?;
             state.position += 1;
         }
-        Ok(logits)
+        read(plan.logits())
     }
 
     /// The embeddings of `tokens` (`[B*T, hidden]`).
@@ -201,8 +252,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
         Ok(x)
     }
 
-    /// Whole prompts into a fresh state: the chunked forms, then the caches filled.
-    fn prefill(&self, state: &mut GpuLigerState<T>, tokens: &[&[u32]]) -> Result<Vec<f32>> {
+    /// Whole prompts into a fresh state: the chunked forms, then the caches filled. Returns
+    /// the logits after each prompt's last token (`B x vocab`).
+    fn prefill(&self, state: &mut GpuLigerState<T>, tokens: &[&[u32]]) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let rows = Rows { batch: state.batch, tokens: tokens[0].len() };
@@ -365,7 +417,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// The logits after the last token of each sequence (`B x vocab`), through the final norm
     /// and the LM head.
-    fn last_logits(&self, x: &GpuBuffer<f32>, rows: Rows) -> Result<Vec<f32>> {
+    fn last_logits(&self, x: &GpuBuffer<f32>, rows: Rows) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
         let (hs, vocab) = (c.hidden_size, c.vocab_size);
@@ -386,7 +438,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 false,
             )?;
         }
-        logits.to_host()
+        Ok(logits)
     }
 }
 
@@ -397,6 +449,12 @@ impl<T: GemmInput> CausalLm for GpuLigerModel<T> {
     }
     fn forward_last(&self, state: &mut GpuLigerState<T>, tokens: &[u32]) -> Result<Vec<f32>> {
         self.forward_last_batch(state, &[tokens])
+    }
+    /// Samples on the GPU: one token id comes back per step instead of the vocabulary's logits.
+    fn forward_sample(&self, state: &mut GpuLigerState<T>, tokens: &[u32], sampler: &mut Sampler) -> Result<u32> {
+        let draw = if sampler.options().temperature == 0.0 { 0.0 } else { sampler.draw() };
+        let picked = self.forward_sample_batch(state, &[tokens], sampler.options(), &[draw])?;
+        picked.first().copied().ok_or_else(|| Error::internal("the GPU sampler returned no token"))
     }
     fn tokenizer(&self) -> &Tokenizer {
         self.host.base.tokenizer()

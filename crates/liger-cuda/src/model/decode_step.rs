@@ -129,6 +129,11 @@ impl<T> DecodePlan<T> {
     pub(super) fn has_graph(&self) -> bool {
         self.graph.is_some()
     }
+
+    /// The logits of the last step (`B x vocab`), on the GPU.
+    pub(super) fn logits(&self) -> &GpuBuffer<f32> {
+        &self.buffers.logits
+    }
 }
 
 /// Set once a capture failure has been reported, so that it is reported only once.
@@ -193,14 +198,15 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// One token per sequence (`ids`, every sequence at position `position`) through the
-    /// layers, advancing `layers`; returns the logits (`B x vocab`).
+    /// layers, advancing `layers`; leaves the logits (`B x vocab`) on the GPU, in
+    /// [`DecodePlan::logits`].
     pub(super) fn decode_step(
         &self,
         layers: &mut [LayerCache<T>],
         plan: &mut DecodePlan<T>,
         ids: &[u32],
         position: usize,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<()> {
         let c = self.config();
         let vocab = self.weights.embed.len() / c.hidden_size.max(1);
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
@@ -255,7 +261,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 plan.plain_steps += 1;
             }
         }
-        plan.buffers.logits.to_host()
+        Ok(())
     }
 
     /// Captures the step's launches into a graph (nothing runs).

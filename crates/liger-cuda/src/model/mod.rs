@@ -27,7 +27,7 @@ pub use weights::{shape_only_host, GpuLayer, GpuLora, GpuWeights};
 use crate::context::GpuContext;
 use crate::gemm::GemmInput;
 use liger_core::config::ModelConfig;
-use liger_core::convert::{LigerModel, LoraGrads};
+use liger_core::convert::{LigerModel, LigerOptions, LoraGrads};
 use liger_core::liger::HeadShape;
 use liger_core::nn::loss::LossOutput;
 use liger_core::train::trainer::Trainable;
@@ -251,8 +251,8 @@ impl<T: GemmInput> liger_core::train::job::EngineModel for GpuLigerModel<T> {
     fn host_model(&self) -> &LigerModel {
         &self.host
     }
-    fn state_bytes(&self) -> usize {
-        self.state_bytes_per_sequence()
+    fn state_bytes_with(&self, options: &LigerOptions) -> usize {
+        self.state_bytes_per_sequence_with(options)
     }
     fn attention_transfer_batch(
         &self,
