@@ -164,6 +164,22 @@ describe("liger linearize", () => {
     expect(after.stderr).toMatch(/INVALID_ARGUMENT: surpriseAfterTraining .*set surpriseKeys/);
   });
 
+  it("--softmax-layers retrieval:N keeps the layers where the base model retrieves most", () => {
+    const text = join(work, "select.raw");
+    writeFileSync(text, readFileSync(join(dataDir(), "wikitext2_raw", "wiki.valid.raw"), "utf8").slice(0, 6000));
+    const out = join(work, "retrieval");
+    const args = ["linearize", "--model", modelPath(), "--out", out, "--no-train", "--window", "32"];
+    const run = liger([...args, "--softmax-layers", "retrieval:1", "--select-data", text]);
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout + run.stderr).toMatch(/retrieves beyond the 32-key window/);
+    const kept = JSON.parse(readFileSync(join(out, "report.json"), "utf8"));
+    expect(kept.softmaxLayers).toHaveLength(1);
+    expect(kept.layerRetrieval).toHaveLength(30);
+    const bad = liger([...args, "--softmax-layers", "retrieval:x"]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/INVALID_ARGUMENT: --softmax-layers/);
+  });
+
   it("--device cuda and bad flags fail with typed errors", () => {
     const cuda = liger(["linearize", "--device", "cuda", "--out", join(work, "never")]);
     expect(cuda.code).toBe(1);

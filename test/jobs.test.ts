@@ -446,6 +446,39 @@ describe("linearize", () => {
     await expectCode(linearize(modelPath(), opts), "INVALID_ARGUMENT", /holds a liger run.*--overwrite/);
   });
 
+  it("keeps softmax attention in the layers where the base model retrieves beyond the window", async () => {
+    const selectData = join(work, "select-wiki.raw");
+    writeFileSync(selectData, readFileSync(join(dataDir(), "wikitext2_raw", "wiki.valid.raw"), "utf8").slice(0, 6000));
+    const report = await linearize(modelPath(), {
+      out: join(work, "retrieval"),
+      data: null,
+      window: 32,
+      seqLen: 256,
+      softmaxAuto: 2,
+      softmaxAutoBy: "retrieval",
+      selectData,
+      sample: false,
+    });
+    const rates = report.layerRetrieval!;
+    expect(rates).toHaveLength(30);
+    expect(rates.every((r) => r >= 0 && r <= 1)).toBe(true);
+    expect(report.layerCosts).toBeNull();
+    // The two layers kept are the two of highest rate (the earlier on a tie).
+    const top = rates
+      .map((r, layer) => ({ r, layer }))
+      .sort((a, b) => b.r - a.r || a.layer - b.layer)
+      .slice(0, 2)
+      .map((x) => x.layer)
+      .sort((a, b) => a - b);
+    expect(report.softmaxLayers).toEqual(top);
+    expect(Math.max(...rates)).toBeGreaterThan(0);
+    await expectCode(
+      linearize(modelPath(), { out: join(work, "never"), data: null, softmaxAuto: 1, softmaxAutoBy: "kl" as never }),
+      "INVALID_ARGUMENT",
+      /softmaxAutoBy/,
+    );
+  });
+
   it("bad options are INVALID_ARGUMENT; the GPU engine without a GPU is DEVICE_UNAVAILABLE", async () => {
     const base = { out: join(work, "never"), data: alpacaSlice(20) };
     await expectCode(linearize(modelPath(), { ...base, window: 0 }), "INVALID_ARGUMENT", /window/);

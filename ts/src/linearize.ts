@@ -101,6 +101,13 @@ export interface LinearizeOptions {
    * loss on `selectData` keep softmax attention.
    */
   softmaxAuto?: number;
+  /**
+   * What the automatic choice measures. "loss" (default): what converting each layer alone
+   * costs. "retrieval": how often the base model's heads in each layer put a weight of 0.2 or
+   * more on one token beyond the window (not a sink): the layers that recall far-back tokens.
+   * Measure it on long text (`selectData`, e.g. WikiText), longer than the window.
+   */
+  softmaxAutoBy?: "loss" | "retrieval";
   /** Text the automatic choice measures on (.txt/.raw/.json/.jsonl; default: the validation split). */
   selectData?: string;
   /**
@@ -358,6 +365,7 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     throw invalidArgument("give softmaxLayers or softmaxEvery, not both");
   }
   checkOptional("softmaxAuto", o.softmaxAuto, isNonNegativeInt, "an integer >= 0");
+  checkOptional("softmaxAutoBy", o.softmaxAutoBy, oneOf(["loss", "retrieval"]), `"loss" or "retrieval"`);
   checkOptional("selectData", o.selectData, (v) => typeof v === "string" && v.length > 0, "a file or folder path");
   checkOptional("valData", o.valData, (v) => typeof v === "string" && v.length > 0, "a file or folder path");
   checkOptional("weightDecay", o.weightDecay, (v) => isFiniteNumber(v) && (v as number) >= 0, "a number >= 0");
@@ -466,6 +474,7 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     softmaxLayers: o.softmaxLayers ?? [...d.softmaxLayers],
     softmaxEvery: o.softmaxEvery ?? d.softmaxEvery,
     softmaxAuto: o.softmaxAuto || d.softmaxAuto,
+    softmaxAutoBy: o.softmaxAutoBy ?? d.softmaxAutoBy,
     selectData: o.selectData ?? d.selectData,
     valData: o.valData ?? d.valData,
     weightDecay: o.weightDecay ?? d.weightDecay,

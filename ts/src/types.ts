@@ -214,8 +214,13 @@ export interface LinearizeReport {
   stateBytes: number;
   /** The layers that kept softmax attention. */
   softmaxLayers: number[];
-  /** With `softmaxAuto`: per layer, the loss increase (nats/token) of converting it alone, untrained. */
+  /** With `softmaxAuto` by loss: per layer, the loss increase (nats/token) of converting it alone, untrained. */
   layerCosts: number[] | null;
+  /**
+   * With `softmaxAuto` by retrieval: per layer, the fraction of the base model's (query head,
+   * query) pairs on the selection text that put a weight of 0.2 or more on one token beyond the window.
+   */
+  layerRetrieval: number[] | null;
   /**
    * The attention-transfer stage before training (`attentionTransfer` steps), when the run had
    * one: the mean squared difference per attention output value, averaged over the Liger layers, of each step.
@@ -256,6 +261,7 @@ export interface ResolvedLinearizeOptions {
   softmaxLayers: number[];
   softmaxEvery: number | undefined;
   softmaxAuto: number | undefined;
+  softmaxAutoBy: "loss" | "retrieval";
   selectData: string | undefined;
   valData: string | undefined;
   weightDecay: number;

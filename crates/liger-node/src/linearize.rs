@@ -44,6 +44,8 @@ pub struct JsLinearizeOptions {
     pub softmax_every: Option<u32>,
     /// Also keep softmax attention in this many layers chosen by measurement.
     pub softmax_auto: Option<u32>,
+    /// What the automatic choice measures: "loss" or "retrieval".
+    pub softmax_auto_by: String,
     /// Text the automatic choice measures the layers on (default: the validation split).
     pub select_data: Option<String>,
     /// Validation text of its own instead of a split of the training data.
@@ -112,6 +114,7 @@ fn linearize_options(o: JsLinearizeOptions) -> liger_core::Result<LinearizeOptio
         softmax_layers: o.softmax_layers.into_iter().map(usize_of).collect(),
         softmax_every: o.softmax_every.map(usize_of),
         softmax_auto: o.softmax_auto.map(usize_of),
+        softmax_auto_by: parse::layer_choice(&o.softmax_auto_by)?,
         select_data: o.select_data.map(PathBuf::from),
         val_data: o.val_data.map(PathBuf::from),
         lora_rank: usize_of(o.lora_rank),
@@ -184,6 +187,7 @@ fn js_linearize_options(o: &LinearizeOptions) -> JsLinearizeOptions {
         softmax_layers: o.softmax_layers.iter().copied().map(js_count).collect(),
         softmax_every: o.softmax_every.map(js_count),
         softmax_auto: o.softmax_auto.map(js_count),
+        softmax_auto_by: parse::layer_choice_name(o.softmax_auto_by).to_string(),
         select_data: o.select_data.as_ref().map(path),
         val_data: o.val_data.as_ref().map(path),
         weight_decay: js_number(o.weight_decay),

@@ -5,6 +5,7 @@ use liger_core::convert::LoraTarget;
 use liger_core::hf::SaveDtype;
 use liger_core::liger::{GsaScale, MixerKind};
 use liger_core::train::data::PromptFormat;
+use liger_core::train::layer_choice::LayerChoice;
 use liger_core::train::trainer::Schedule;
 use liger_core::{Error, Result};
 use serde::de::DeserializeOwned;
@@ -61,6 +62,20 @@ pub fn dtype(name: &str) -> Result<SaveDtype> {
         "f16" => Ok(SaveDtype::F16),
         "bf16" => Ok(SaveDtype::BF16),
         other => Err(Error::invalid_argument(format!("unknown dtype {other:?}; known: f32, f16, bf16"))),
+    }
+}
+
+/// "loss" (what converting each layer alone costs) or "retrieval" (how often the base model's
+/// heads in each layer retrieve beyond the window).
+pub fn layer_choice(name: &str) -> Result<LayerChoice> {
+    by_name("layer choice", name, "loss, retrieval")
+}
+
+/// The name [`layer_choice`] reads back.
+pub fn layer_choice_name(choice: LayerChoice) -> &'static str {
+    match choice {
+        LayerChoice::Loss => "loss",
+        LayerChoice::Retrieval => "retrieval",
     }
 }
 
@@ -121,6 +136,7 @@ mod tests {
         assert_eq!(schedule("cosine", 5).unwrap(), Schedule::WarmupCosine { warmup_steps: 5, min_ratio: 0.1 });
         assert_eq!(prompt_format("chat").unwrap(), PromptFormat::Chat);
         assert_eq!(dtype("bf16").unwrap(), SaveDtype::BF16);
+        assert_eq!(layer_choice("retrieval").unwrap(), LayerChoice::Retrieval);
     }
 
     #[test]
@@ -133,6 +149,9 @@ mod tests {
         }
         for d in [SaveDtype::F32, SaveDtype::F16, SaveDtype::BF16] {
             assert_eq!(dtype(dtype_name(d)).unwrap(), d);
+        }
+        for c in [LayerChoice::Loss, LayerChoice::Retrieval] {
+            assert_eq!(layer_choice(layer_choice_name(c)).unwrap(), c);
         }
         for g in GsaScale::ALL {
             assert_eq!(gsa_scale(g.name()).unwrap(), g);
@@ -150,6 +169,7 @@ mod tests {
         assert_eq!(message(schedule("linear", 0)), "unknown schedule \"linear\"; known: constant, cosine");
         assert_eq!(message(prompt_format("raw")), "unknown prompt format \"raw\"; known: alpaca, chat");
         assert_eq!(message(dtype("f64")), "unknown dtype \"f64\"; known: f32, f16, bf16");
+        assert_eq!(message(layer_choice("kl")), "unknown layer choice \"kl\"; known: loss, retrieval");
     }
 
     #[test]

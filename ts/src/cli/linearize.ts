@@ -128,11 +128,11 @@ export function registerLinearize(program: Command): void {
     .option("--no-swa", "the recurrent branch only")
     .option(
       "--softmax-layers <list>",
-      "comma-separated layers (0-based) that keep softmax attention, or auto:N for N layers chosen by measuring what converting each costs",
+      "comma-separated layers (0-based) that keep softmax attention; auto:N for N layers chosen by measuring what converting each costs; retrieval:N for the N layers whose heads retrieve most often beyond the window in the base model (measure on long text: --select-data)",
     )
     .option(
       "--select-data <path>",
-      "text the auto:N choice measures on (.txt/.raw/.json/.jsonl; default: the validation split)",
+      "text the auto:N and retrieval:N choices measure on (.txt/.raw/.json/.jsonl; default: the validation split)",
     )
     .option(
       "--val-data <path>",
@@ -336,11 +336,13 @@ function announceDevice(
   return "cuda";
 }
 
-/** `--softmax-layers`: a list of layers, or `auto:N`. */
-function parseSoftmaxLayers(value: string | undefined): Pick<LinearizeOptions, "softmaxLayers" | "softmaxAuto"> {
+/** `--softmax-layers`: a list of layers, `auto:N` (by loss) or `retrieval:N`. */
+function parseSoftmaxLayers(
+  value: string | undefined,
+): Pick<LinearizeOptions, "softmaxLayers" | "softmaxAuto" | "softmaxAutoBy"> {
   if (value === undefined) return {};
-  const auto = /^auto:(\d+)$/.exec(value.trim());
-  if (auto) return { softmaxAuto: Number(auto[1]) };
+  const auto = /^(auto|retrieval):(\d+)$/.exec(value.trim());
+  if (auto) return { softmaxAuto: Number(auto[2]), softmaxAutoBy: auto[1] === "auto" ? "loss" : "retrieval" };
   const layers = value
     .split(",")
     .map((s) => s.trim())

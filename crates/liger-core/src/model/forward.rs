@@ -45,6 +45,14 @@ pub enum Logits {
     All,
 }
 
+/// Sees each query's attention weights as the base model computes them:
+/// `(layer, position, query head, weights over the keys 0..=position)`. Called from several
+/// threads at once.
+pub type AttentionObserver<'a> = dyn Fn(usize, usize, usize, &[f32]) + Sync + 'a;
+
+/// One layer's view of [`AttentionObserver`]: `(query row of the call, query head, weights)`.
+type RowObserver<'a> = dyn Fn(usize, usize, &[f32]) + Sync + 'a;
+
 /// Runs `tokens` through the model after the `cache.len()` tokens already in `cache`,
 /// appends their keys and values, and returns the requested logits.
 pub fn forward(
@@ -54,6 +62,20 @@ pub fn forward(
     cache: &mut KvCache,
     tokens: &[u32],
     want: Logits,
+) -> Result<Vec<f32>> {
+    forward_observed(cfg, w, inv_freq, cache, tokens, want, None)
+}
+
+/// [`forward`], showing every attention row to `observe` (what the layer choice by retrieval
+/// measures).
+pub fn forward_observed(
+    cfg: &ModelConfig,
+    w: &ModelWeights,
+    inv_freq: &[f32],
+    cache: &mut KvCache,
+    tokens: &[u32],
+    want: Logits,
+    observe: Option<&AttentionObserver>,
 ) -> Result<Vec<f32>> {
     let t = tokens.len();
     if t == 0 {
@@ -72,7 +94,7 @@ pub fn forward(
     }
     let mut x = embed(cfg, w, tokens)?;
     for (layer, lw) in w.layers.iter().enumerate() {
-        attention_block(cfg, lw, inv_freq, cache, layer, &mut x, t, pos0);
+        attention_block(cfg, lw, inv_freq, cache, layer, &mut x, t, pos0, observe);
         mlp_block(cfg, lw, &mut x, t);
     }
     cache.len += t;
@@ -127,6 +149,7 @@ fn attention_block(
     x: &mut [f32],
     t: usize,
     pos0: usize,
+    observe: Option<&AttentionObserver>,
 ) {
     let (hs, hd) = (cfg.hidden_size, cfg.head_dim);
     let mut h = vec![0.0f32; t * hs];
@@ -137,7 +160,19 @@ fn attention_block(
     cache.keys[layer].extend_from_slice(&k);
     cache.values[layer].extend_from_slice(&v);
     let mut o = vec![0.0f32; t * cfg.q_size()];
-    causal_attention(&q, &cache.keys[layer], &cache.values[layer], pos0, cfg.num_heads, cfg.num_kv_heads, hd, &mut o);
+    let seen = observe.map(|f| move |ti: usize, head: usize, p: &[f32]| f(layer, pos0 + ti, head, p));
+    let seen = seen.as_ref().map(|f| f as &RowObserver);
+    causal_attention_observed(
+        &q,
+        &cache.keys[layer],
+        &cache.values[layer],
+        pos0,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        hd,
+        &mut o,
+        seen,
+    );
     let mut y = vec![0.0f32; t * hs];
     matmul_wt(&lw.wo, &o, t, &mut y);
     x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
@@ -156,6 +191,22 @@ pub fn causal_attention(
     d: usize,
     out: &mut [f32],
 ) {
+    causal_attention_observed(q, keys, values, pos0, hq, hkv, d, out, None);
+}
+
+/// [`causal_attention`], showing each query's weights to `observe(query row, head, weights)`.
+#[allow(clippy::too_many_arguments)]
+fn causal_attention_observed(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    pos0: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    out: &mut [f32],
+    observe: Option<&RowObserver>,
+) {
     let group = hq / hkv;
     let scale = 1.0 / (d as f32).sqrt();
     let kv_row = hkv * d;
@@ -170,6 +221,9 @@ pub fn causal_attention(
             qv.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale
         }));
         softmax_inplace(scores);
+        if let Some(f) = observe {
+            f(ti, head, scores);
+        }
         o.fill(0.0);
         for (j, &p) in scores.iter().enumerate() {
             let vj = &values[j * kv_row + kvh * d..j * kv_row + (kvh + 1) * d];

@@ -1,14 +1,23 @@
 //! The CPU decoder against a plain float64 re-implementation, and cached decoding against
 //! one full forward.
 
-use super::forward::{forward, KvCache, Logits};
+use super::forward::{forward, forward_observed, KvCache, Logits};
 use crate::config::{Architecture, Llama3RopeScaling, ModelConfig};
 use crate::testing::{max_rel_error, random_tokens, random_weights, tiny_config};
 use crate::weights::ModelWeights;
 use crate::ErrorCode;
 
+/// Sees the reference's attention weights: `(layer, position, head, weights)`.
+type SeenWeights<'a> = dyn FnMut(usize, usize, usize, &[f64]) + 'a;
+
 /// The decoder in float64, written as directly as possible from the definitions.
 fn reference_logits(cfg: &ModelConfig, w: &ModelWeights, tokens: &[u32]) -> Vec<f64> {
+    reference_forward(cfg, w, tokens, &mut |_, _, _, _| {})
+}
+
+/// [`reference_logits`], showing each query's attention weights to
+/// `seen(layer, position, head, weights)`.
+fn reference_forward(cfg: &ModelConfig, w: &ModelWeights, tokens: &[u32], seen: &mut SeenWeights) -> Vec<f64> {
     let f64s = |t: &crate::QTensor| t.to_f32().iter().map(|&v| v as f64).collect::<Vec<f64>>();
     let vf = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
     // y[r] = sum_c W[r, c] x[c]
@@ -36,7 +45,7 @@ fn reference_logits(cfg: &ModelConfig, w: &ModelWeights, tokens: &[u32]) -> Vec<
     let embed = f64s(&w.embed);
     let mut xs: Vec<Vec<f64>> =
         tokens.iter().map(|&t| embed[t as usize * cfg.hidden_size..][..cfg.hidden_size].to_vec()).collect();
-    for l in &w.layers {
+    for (layer, l) in w.layers.iter().enumerate() {
         let (wq, wk, wv, wo) = (f64s(&l.wq), f64s(&l.wk), f64s(&l.wv), f64s(&l.wo));
         let (mut qs, mut ks, mut vs) = (vec![], vec![], vec![]);
         for (pos, x) in xs.iter().enumerate() {
@@ -74,6 +83,7 @@ fn reference_logits(cfg: &ModelConfig, w: &ModelWeights, tokens: &[u32]) -> Vec<
                 let m = scores.iter().cloned().fold(f64::MIN, f64::max);
                 let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
                 let z: f64 = e.iter().sum();
+                seen(layer, i, head, &e.iter().map(|v| v / z).collect::<Vec<f64>>());
                 for j in 0..=i {
                     for d in 0..hd {
                         o[head * hd + d] += e[j] / z * vs[j][kvh * hd + d];
@@ -108,6 +118,43 @@ fn check_against_reference(cfg: &ModelConfig) {
     let err = max_rel_error(&ours, &want);
     println!("{:?}: max rel error {err:.2e} (seed {seed})", cfg.architecture);
     assert!(err < 1e-4, "{:?}: max rel error {err} (seed {seed})", cfg.architecture);
+}
+
+/// The attention weights `forward_observed` shows are the float64 reference's, one row per
+/// (layer, position, head), and observing changes nothing in the logits.
+#[test]
+fn observed_attention_weights_match_float64_reference() {
+    use std::sync::Mutex;
+    let cfg = tiny_config(Architecture::Qwen2);
+    let seed: u64 = rand::random();
+    let w = random_weights(&cfg, seed);
+    let tokens = random_tokens(23, cfg.vocab_size, seed ^ 3);
+    let rows = Mutex::new(std::collections::BTreeMap::new());
+    let observe = |layer: usize, pos: usize, head: usize, p: &[f32]| {
+        rows.lock().unwrap().insert((layer, pos, head), p.to_vec());
+    };
+    let inv_freq = cfg.rope_inv_freq();
+    // In two calls, so that the second one's positions continue after the cache.
+    let mut cache = KvCache::new(cfg.num_layers);
+    forward_observed(&cfg, &w, &inv_freq, &mut cache, &tokens[..9], Logits::Last, Some(&observe)).unwrap();
+    let observed =
+        forward_observed(&cfg, &w, &inv_freq, &mut cache, &tokens[9..], Logits::All, Some(&observe)).unwrap();
+    let mut plain_cache = KvCache::new(cfg.num_layers);
+    forward(&cfg, &w, &inv_freq, &mut plain_cache, &tokens[..9], Logits::Last).unwrap();
+    let plain = forward(&cfg, &w, &inv_freq, &mut plain_cache, &tokens[9..], Logits::All).unwrap();
+    assert_eq!(observed, plain);
+    let mut reference = Vec::new();
+    reference_forward(&cfg, &w, &tokens, &mut |layer, pos, head, p| reference.push(((layer, pos, head), p.to_vec())));
+    let rows = rows.into_inner().unwrap();
+    assert_eq!(rows.len(), cfg.num_layers * tokens.len() * cfg.num_heads);
+    let mut worst = 0.0f64;
+    for (at, want) in &reference {
+        let got = &rows[at];
+        assert_eq!(got.len(), at.1 + 1, "a row per key up to the query's own");
+        worst = worst.max(max_rel_error(got, want));
+    }
+    println!("observed attention weights: max rel error {worst:.2e} (seed {seed})");
+    assert!(worst < 1e-4, "max rel error {worst} (seed {seed})");
 }
 
 #[test]

@@ -6,6 +6,7 @@ use super::data::{
     alpaca_prompt, pack, read_dataset, split_validation, tokenize_record, BadRows, Example, PromptFormat, Record,
     Sequence,
 };
+use super::layer_choice::{choose_softmax_layers, layer_conversion_costs, layer_retrieval_rates, LayerChoice};
 use super::report::{write_run_report, StepEval, StepRecord, TrainingHistory};
 use super::trainer::{
     evaluate, sequence_by_sequence, EvalResult, LongContextStage, Schedule, TrainConfig, TrainEvent, Trainable, Trainer,
@@ -56,8 +57,11 @@ pub struct LinearizeJob {
     /// Continue the run saved in `out_dir` when it holds training state.
     pub resume: bool,
     /// Choose this many softmax layers by measurement (adding to `options.softmax_layers`):
-    /// the layers whose conversion alone costs the most loss on the selection text.
+    /// the layers of largest `auto_softmax_by` measure on the selection text.
     pub auto_softmax_layers: Option<usize>,
+    /// What the automatic choice measures: the loss of converting each layer alone (default),
+    /// or how often the base model's heads in each layer retrieve beyond the window.
+    pub auto_softmax_by: LayerChoice,
     /// Validation text of its own (`.txt`/`.raw`/`.json`/`.jsonl`); `None`: a held-out
     /// `val_fraction` of the training records.
     pub val_data: Option<PathBuf>,
@@ -94,6 +98,7 @@ impl LinearizeJob {
             save: SaveOptions::default(),
             resume: false,
             auto_softmax_layers: None,
+            auto_softmax_by: LayerChoice::Loss,
             select_data: None,
             val_data: None,
             surprise_after_training: false,
@@ -141,9 +146,13 @@ pub struct LinearizeReport {
     pub state_bytes: usize,
     /// The layers that kept softmax attention.
     pub softmax_layers: Vec<usize>,
-    /// With automatic selection: per layer, the loss increase (nats per token) of converting
-    /// that layer alone, untrained, over the base model on the selection text.
+    /// With automatic selection by loss: per layer, the loss increase (nats per token) of
+    /// converting that layer alone, untrained, over the base model on the selection text.
     pub layer_costs: Option<Vec<f64>>,
+    /// With automatic selection by retrieval: per layer, the fraction of the base model's
+    /// (query head, query) pairs on the selection text that retrieve one token from beyond the
+    /// window (`layer_choice::layer_retrieval_rates`).
+    pub layer_retrieval: Option<Vec<f64>>,
     /// The steps and validations of this run, as they were reported.
     pub history: TrainingHistory,
     /// Decoding memory of one sequence against its length (f32, as the CPU engine keeps it).
@@ -459,42 +468,6 @@ fn eval_event(name: &str, r: &EvalResult) -> JobEvent {
     JobEvent::Eval { name: name.into(), loss: r.loss, ppl: r.ppl }
 }
 
-/// The loss increase (nats per token) of converting each layer alone, untrained and without
-/// adapters, over the base model, on `seqs`, each model evaluated on the job's engine. The
-/// base weights are read again for each layer (a converted model owns its weights).
-fn layer_conversion_costs<M: EngineModel>(
-    job: &LinearizeJob,
-    layers: usize,
-    seqs: &[Sequence],
-    on_event: &mut dyn FnMut(JobEvent),
-    to_engine: &mut dyn FnMut(LigerModel) -> Result<M>,
-) -> Result<Vec<f64>> {
-    if seqs.is_empty() {
-        return Err(Error::invalid_argument(
-            "choosing softmax layers needs text to measure on: give training data or selection data",
-        ));
-    }
-    let no_adapters = LoraOptions { targets: Vec::new(), ..job.lora.clone() };
-    // The base model as the engine runs it (every layer softmax), so that each difference
-    // compares like with like (the GPU engine computes in bf16).
-    let all_softmax = LigerOptions { softmax_layers: (0..layers).collect(), ..job.options.clone() };
-    let reference =
-        to_engine(linearize(load_model(&job.model_path, &mut |_, _| {})?, all_softmax, no_adapters.clone())?)?;
-    let base_loss = evaluate(seqs, &mut |i, l| reference.loss(i, l))?.loss;
-    drop(reference);
-    let mut costs = Vec::with_capacity(layers);
-    for layer in 0..layers {
-        on_event(JobEvent::Stage(format!("measuring the conversion of layer {} of {layers}", layer + 1)));
-        let options =
-            LigerOptions { softmax_layers: (0..layers).filter(|&l| l != layer).collect(), ..job.options.clone() };
-        let fresh = load_model(&job.model_path, &mut |_, _| {})?;
-        let model = to_engine(linearize(fresh, options, no_adapters.clone())?)?;
-        let loss = evaluate(seqs, &mut |i, l| model.loss(i, l))?.loss;
-        costs.push(loss - base_loss);
-    }
-    Ok(costs)
-}
-
 /// A resumed run continues with the settings it was saved with. Asking for different ones
 /// (a new learning rate, mixer, rank, ...) is refused, naming each difference, rather than
 /// silently ignored. How often to validate and save may change.
@@ -548,15 +521,6 @@ fn diff_json(path: &str, saved: &serde_json::Value, asked: &serde_json::Value, o
         _ if saved != asked => out.push(format!("{}: saved {saved}, asked {asked}", path.trim_end_matches('.'))),
         _ => {}
     }
-}
-
-/// `fixed` plus the `n` other layers of largest cost, in layer order.
-pub fn choose_softmax_layers(costs: &[f64], fixed: &[usize], n: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..costs.len()).filter(|l| !fixed.contains(l)).collect();
-    order.sort_by(|&a, &b| costs[b].total_cmp(&costs[a]));
-    let mut chosen: Vec<usize> = fixed.iter().copied().chain(order.into_iter().take(n)).collect();
-    chosen.sort_unstable();
-    chosen
 }
 
 /// Runs the whole job on the CPU engine. Cancellation (checked between training steps)
@@ -672,10 +636,25 @@ pub fn run_linearize_on<M: EngineModel>(
             None if !val_seqs.is_empty() => val_seqs.clone(),
             None => train_seqs.iter().take(job.max_val_sequences).cloned().collect(),
         };
-        let costs = layer_conversion_costs(job, base.config.num_layers, &select, on_event, to_engine)?;
-        options.softmax_layers = choose_softmax_layers(&costs, &options.softmax_layers, n);
+        let measure = match job.auto_softmax_by {
+            LayerChoice::Loss => {
+                let costs = layer_conversion_costs(job, base.config.num_layers, &select, on_event, to_engine)?;
+                report.layer_costs = Some(costs.clone());
+                costs
+            }
+            LayerChoice::Retrieval => {
+                let window = options.attention.window();
+                on_event(JobEvent::Stage(format!(
+                    "measuring where the base model retrieves beyond the {}-key window",
+                    window.keys
+                )));
+                let rates = layer_retrieval_rates(&base, &select, window.keys, window.sinks)?;
+                report.layer_retrieval = Some(rates.clone());
+                rates
+            }
+        };
+        options.softmax_layers = choose_softmax_layers(&measure, &options.softmax_layers, n);
         on_event(JobEvent::Stage(format!("softmax attention kept in layers {:?}", options.softmax_layers)));
-        report.layer_costs = Some(costs);
     }
     let saved_section = match &resume_from {
         Some(dir) => read_liger_section(dir)?.map(|s| (dir.clone(), s)),

@@ -5,6 +5,8 @@ pub mod data;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod job;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod layer_choice;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod report;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod trainer;

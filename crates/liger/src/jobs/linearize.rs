@@ -13,6 +13,7 @@ use liger_core::model::read_model_config;
 use liger_core::nn::optim::AdamWConfig;
 use liger_core::train::data::{BadRows, PromptFormat};
 use liger_core::train::job::{run_linearize, JobEvent, LinearizeJob, LinearizeReport};
+use liger_core::train::layer_choice::LayerChoice;
 use liger_core::train::trainer::{LongContextStage, Schedule, TrainConfig};
 use liger_core::{Error, ErrorCode, Result};
 
@@ -73,6 +74,9 @@ pub struct LinearizeOptions {
     pub softmax_every: Option<usize>,
     /// Also keep softmax attention in this many layers chosen by measurement.
     pub softmax_auto: Option<usize>,
+    /// What that measurement is: the loss of converting each layer alone, or how often the
+    /// base model's heads in each layer retrieve beyond the window.
+    pub softmax_auto_by: LayerChoice,
     /// Text the automatic choice measures the layers on (default: the validation split).
     pub select_data: Option<PathBuf>,
     /// Validation text of its own instead of a split of the training data.
@@ -143,6 +147,7 @@ impl LinearizeOptions {
             softmax_layers: Vec::new(),
             softmax_every: None,
             softmax_auto: None,
+            softmax_auto_by: LayerChoice::Loss,
             select_data: None,
             val_data: None,
             lora_rank: lora.rank,
@@ -255,6 +260,7 @@ impl LinearizeOptions {
         job.overwrite = self.overwrite;
         job.keep_checkpoints = self.keep_checkpoints;
         job.auto_softmax_layers = self.softmax_auto;
+        job.auto_softmax_by = self.softmax_auto_by;
         job.select_data = self.select_data.clone();
         job.val_data = self.val_data.clone();
         job.surprise_after_training = self.surprise_after_training;

@@ -34,7 +34,7 @@ fn write_data(dir: &Path, bad_row: bool) -> PathBuf {
 }
 
 /// A job on a tiny model saved as a checkpoint directory in `tmp`.
-fn tiny_job(tmp: &Path, steps: u64) -> LinearizeJob {
+pub(super) fn tiny_job(tmp: &Path, steps: u64) -> LinearizeJob {
     let model_dir = tmp.join("base");
     tiny_byte_model(17).save_checkpoint(&model_dir, SaveDtype::F32).unwrap();
     let mut job = LinearizeJob::new(model_dir, Some(write_data(tmp, false)), tmp.join("out"));
@@ -275,7 +275,7 @@ fn softmax_layers_are_chosen_by_what_converting_each_costs() {
 
 #[test]
 fn choosing_keeps_the_given_layers_and_adds_the_costliest() {
-    use crate::train::job::choose_softmax_layers;
+    use crate::train::layer_choice::choose_softmax_layers;
     let costs = [0.5, 2.0, -0.1, 3.0, 1.0];
     assert_eq!(choose_softmax_layers(&costs, &[], 2), vec![1, 3]);
     assert_eq!(choose_softmax_layers(&costs, &[3], 2), vec![1, 3, 4]);

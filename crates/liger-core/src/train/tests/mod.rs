@@ -1,2 +1,3 @@
 mod job;
+mod layer_choice;
 mod trainer;

@@ -1,0 +1,58 @@
+//! The layer choice by retrieval: the per-row test and the job that keeps the layers whose
+//! heads retrieve most.
+
+use crate::error::ErrorCode;
+use crate::testing::TempDir;
+use crate::train::job::{run_linearize, JobEvent};
+use crate::train::layer_choice::{retrieves_beyond_window, LayerChoice, RETRIEVAL_WEIGHT};
+use std::sync::atomic::AtomicBool;
+
+#[test]
+fn a_retrieval_is_one_heavy_weight_beyond_the_window_and_the_sinks() {
+    // Position 9, window 4: keys 0..=5 are beyond it (9 - 5 = 4 back); key 6 is inside.
+    let mut row = vec![0.0f32; 10];
+    row[6] = 0.9;
+    assert!(!retrieves_beyond_window(&row, 9, 4, 0), "a key inside the window is not a retrieval");
+    row[5] = RETRIEVAL_WEIGHT;
+    assert!(retrieves_beyond_window(&row, 9, 4, 0), "the newest key beyond the window counts");
+    assert!(retrieves_beyond_window(&row, 9, 4, 5), "sinks before it do not hide it");
+    assert!(!retrieves_beyond_window(&row, 9, 4, 6), "a sink is not a retrieval");
+    // Weight spread thinly over many far keys is not a retrieval, whatever its sum.
+    let spread = vec![0.1f32; 10];
+    assert!(!retrieves_beyond_window(&spread, 9, 4, 0));
+    // Nothing lies beyond a window longer than the text read so far.
+    assert!(!retrieves_beyond_window(&[1.0], 0, 4, 0));
+    assert!(!retrieves_beyond_window(&row, 9, 64, 0));
+}
+
+#[test]
+fn softmax_layers_are_chosen_by_where_the_base_model_retrieves() {
+    let tmp = TempDir::new("auto-retrieval");
+    let mut job = super::job::tiny_job(&tmp.0, 2);
+    job.options.softmax_layers = Vec::new();
+    job.options.attention.window_keys = 8;
+    job.auto_softmax_layers = Some(1);
+    job.auto_softmax_by = LayerChoice::Retrieval;
+    job.sample_prompt = None;
+    let mut stages = Vec::new();
+    let report = run_linearize(&job, &AtomicBool::new(false), &mut |e| {
+        if let JobEvent::Stage(s) = e {
+            stages.push(s)
+        }
+    })
+    .unwrap();
+    let rates = report.layer_retrieval.clone().expect("the rates are reported");
+    println!("retrieval rate per layer: {rates:?}; softmax layers {:?}", report.softmax_layers);
+    assert!(report.layer_costs.is_none(), "no conversion is measured");
+    assert!(rates.len() >= 2 && rates.iter().all(|r| (0.0..=1.0).contains(r)), "{rates:?}");
+    let best = (0..rates.len()).rev().max_by(|&a, &b| rates[a].total_cmp(&rates[b])).unwrap();
+    assert_eq!(report.softmax_layers, vec![best]);
+    assert!(stages.iter().any(|s| s.contains("retrieves beyond the 8-key window")), "{stages:?}");
+
+    // Text no longer than the window has nothing beyond it to measure.
+    job.out_dir = tmp.0.join("short");
+    job.options.attention.window_keys = 4096;
+    let err = run_linearize(&job, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert!(err.message.contains("longer than the window"), "{}", err.message);
+}
