@@ -644,11 +644,14 @@ pub fn run_linearize_on<M: EngineModel>(
             }
             LayerChoice::Retrieval => {
                 let window = options.attention.window();
-                on_event(JobEvent::Stage(format!(
-                    "measuring where the base model retrieves beyond the {}-key window",
-                    window.keys
-                )));
-                let rates = layer_retrieval_rates(&base, &select, window.keys, window.sinks)?;
+                let mut progress = |i: usize, n: usize| {
+                    on_event(JobEvent::Stage(format!(
+                        "measuring where the base model retrieves beyond the {}-key window: sequence {} of {n}",
+                        window.keys,
+                        i + 1
+                    )))
+                };
+                let rates = layer_retrieval_rates(&base, &select, window.keys, window.sinks, &mut progress)?;
                 report.layer_retrieval = Some(rates.clone());
                 rates
             }

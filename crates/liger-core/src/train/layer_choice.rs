@@ -43,7 +43,14 @@ pub fn retrieves_beyond_window(weights: &[f32], position: usize, window: usize, 
 /// have such tokens to reach (`window + sinks` or more tokens in). Layers whose heads retrieve
 /// often are the ones whose conversion loses recall (a passkey, a name seen long before);
 /// diffuse attention, which the recurrent state approximates, does not count.
-pub fn layer_retrieval_rates(base: &BaseModel, seqs: &[Sequence], window: usize, sinks: usize) -> Result<Vec<f64>> {
+/// `on_sequence(i, n)` is called before sequence `i` of `n` (a full forward of the base model).
+pub fn layer_retrieval_rates(
+    base: &BaseModel,
+    seqs: &[Sequence],
+    window: usize,
+    sinks: usize,
+    on_sequence: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<f64>> {
     let cfg = &base.config;
     let (layers, heads) = (cfg.num_layers, cfg.num_heads);
     if window == 0 {
@@ -52,7 +59,8 @@ pub fn layer_retrieval_rates(base: &BaseModel, seqs: &[Sequence], window: usize,
     let hits: Vec<AtomicU64> = (0..layers).map(|_| AtomicU64::new(0)).collect();
     let mut queries = 0u64;
     let inv_freq = cfg.rope_inv_freq();
-    for seq in seqs {
+    for (i, seq) in seqs.iter().enumerate() {
+        on_sequence(i, seqs.len());
         let tokens = &seq.inputs[..seq.inputs.len().min(cfg.max_position_embeddings)];
         let first = window + sinks;
         if tokens.len() <= first {
