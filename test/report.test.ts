@@ -46,6 +46,7 @@ function linearizeReport(): LinearizeReport {
     stateBytes: 3 * 2 ** 20,
     softmaxLayers: [7, 15],
     layerCosts: null,
+    layerRetrieval: Array.from({ length: 24 }, (_, layer) => (layer === 7 || layer === 15 ? 0.04 : 0.002)),
     attentionTransfer: null,
     longContext: null,
     history: { steps, evals: [10, 20, 30, 40].map((step) => ({ step, loss: 2.5, ppl: 30 - step / 2 })) },
@@ -121,11 +122,14 @@ const svgCount = (html: string) => html.match(/<svg/g)?.length ?? 0;
 describe("report pages, as markup", () => {
   it("the linearize page has every section, its numbers, and escapes the model name", () => {
     const html = renderLinearizeHtml(linearizeReport());
-    for (const id of ["summary", "validation", "loss", "learning-rate", "validation-steps", "throughput", "memory"]) {
+    const ids = ["summary", "layer-choice", "validation", "loss", "learning-rate", "validation-steps", "throughput"];
+    for (const id of [...ids, "memory"]) {
       expect(html).toContain(`<section id="${id}">`);
     }
-    // Bars of the validation, the loss, learning rate, validation over steps, throughput, memory.
-    expect(svgCount(html)).toBe(6);
+    // Bars of the layer choice and the validation; the loss, learning rate, validation over
+    // steps, throughput, memory.
+    expect(svgCount(html)).toBe(7);
+    expect(html).toContain("retrieval rate");
     expect(html).toContain("8.166");
     expect(html).toContain("29.96");
     expect(html).toContain("12.18");
@@ -150,10 +154,11 @@ describe("report pages, as markup", () => {
       stepsDone: 0,
       history: { steps: [], evals: [] },
       memory: { baseBytesPerToken: 0, ligerConstantBytes: 0, ligerBytesPerToken: 0 },
+      layerRetrieval: null,
     };
     const html = renderLinearizeHtml(empty);
     expect(svgCount(html)).toBe(0);
-    expect(html.match(/Nothing to show/g)).toHaveLength(6);
+    expect(html.match(/Nothing to show/g)).toHaveLength(7);
     expect(html).not.toMatch(/NaN|Infinity/);
   });
 
@@ -208,7 +213,7 @@ describe("report pages, in headless Chromium", () => {
   });
 
   for (const [name, render, charts] of [
-    ["linearize", () => renderLinearizeHtml(linearizeReport()), 6],
+    ["linearize", () => renderLinearizeHtml(linearizeReport()), 7],
     ["eval", evalPage, 1],
   ] as const) {
     it(`the ${name} page renders from a file with no errors, no requests, and drawn charts`, async () => {

@@ -121,8 +121,25 @@ export function renderLinearizeHtml(r: LinearizeReport): string {
         )
       : "";
 
+  // The measure behind an automatic choice of softmax layers, one bar per layer.
+  const byRetrieval = r.layerRetrieval !== null;
+  const measure = r.layerRetrieval ?? r.layerCosts;
+  const layerChoice = measure
+    ? barChart({
+        title: byRetrieval
+          ? "how often each layer's heads retrieve one token beyond the window (base model)"
+          : "loss of converting each layer alone, untrained",
+        yLabel: byRetrieval ? "fraction of queries" : "nats/token",
+        legend: [byRetrieval ? "retrieval rate" : "loss increase"],
+        groups: measure.map((value, layer) => ({ label: String(layer), bars: [{ value }] })),
+      }) +
+      `<p class="note">Softmax attention kept in layers ${r.softmaxLayers.join(", ") || "none"}: ` +
+      `those of largest ${byRetrieval ? "retrieval rate" : "loss increase"}, beside any named.</p>`
+    : "";
+
   return page(`${r.modelName}: Liger conversion`, [
     section("summary", "Summary", summary),
+    section("layer-choice", "Layers kept as softmax attention, by measurement", layerChoice),
     section("validation", "Validation: base against Liger", validation),
     section("loss", "Training loss", loss),
     section("learning-rate", "Learning rate", lr),
