@@ -83,6 +83,7 @@ const rows = names.map((name) => {
     evaluation: flag("--level") ?? "quick",
     softmaxLayers: train?.softmaxLayers ?? [],
     layerCosts: train?.layerCosts ?? null,
+    layerRetrieval: train?.layerRetrieval ?? null,
     tokens: train ? Math.round(train.tokensPerS * train.trainSeconds) : null,
     trainSeconds: train?.trainSeconds ?? null,
     gpuMinutes: run ? run.wallMs / 60000 : null,
