@@ -92,18 +92,26 @@ fn cancellation_stops_generation() {
     assert!(r.tokens.is_empty());
     assert_eq!(r.prompt_tokens, ids.len());
     // Cancelled before it starts (a request that waited for a busy GPU): the prompt never runs.
-    let counted = CountingForwards { inner: m, calls: std::cell::Cell::new(0) };
+    let counted = CountingForwards::new(m);
     let r = generate(&counted, &ids, &opts, &AtomicBool::new(true), &mut |_, _| {}).unwrap();
-    assert_eq!((r.finish_reason, counted.calls.get()), (FinishReason::Aborted, 0));
+    assert_eq!((r.finish_reason, counted.calls.get() + counted.samples.get()), (FinishReason::Aborted, 0));
     let r = generate(&counted, &ids, &opts, &AtomicBool::new(false), &mut |_, _| {}).unwrap();
     assert_eq!(r.tokens.len(), 50);
-    assert!(counted.calls.get() > 0);
+    assert!(counted.samples.get() > 0);
 }
 
-/// A model that counts its forward calls.
+/// A model that counts its forward calls: those that return the logits, and those that pick
+/// the next token itself (as an engine sampling on its own device does).
 struct CountingForwards<'m, M> {
     inner: &'m M,
     calls: std::cell::Cell<usize>,
+    samples: std::cell::Cell<usize>,
+}
+
+impl<'m, M> CountingForwards<'m, M> {
+    fn new(inner: &'m M) -> Self {
+        CountingForwards { inner, calls: std::cell::Cell::new(0), samples: std::cell::Cell::new(0) }
+    }
 }
 
 impl<M: CausalLm> CausalLm for CountingForwards<'_, M> {
@@ -114,6 +122,16 @@ impl<M: CausalLm> CausalLm for CountingForwards<'_, M> {
     fn forward_last(&self, state: &mut M::State, tokens: &[u32]) -> liger_core::Result<Vec<f32>> {
         self.calls.set(self.calls.get() + 1);
         self.inner.forward_last(state, tokens)
+    }
+    fn forward_sample(
+        &self,
+        state: &mut M::State,
+        tokens: &[u32],
+        sampler: &mut liger_core::sampling::Sampler,
+    ) -> liger_core::Result<u32> {
+        self.samples.set(self.samples.get() + 1);
+        let logits = self.inner.forward_last(state, tokens)?;
+        Ok(sampler.sample(&logits))
     }
     fn tokenizer(&self) -> &liger_core::tokenizer::Tokenizer {
         self.inner.tokenizer()
@@ -132,49 +150,17 @@ impl<M: CausalLm> CausalLm for CountingForwards<'_, M> {
 #[test]
 fn the_loop_takes_each_token_from_the_engines_own_sampler() {
     use liger_core::generate::Generator;
-    use liger_core::sampling::Sampler;
-    struct SamplesItself<'m> {
-        inner: &'m BaseModel,
-        samples: std::cell::Cell<usize>,
-    }
-    impl CausalLm for SamplesItself<'_> {
-        type State = <BaseModel as CausalLm>::State;
-        fn new_state(&self) -> Self::State {
-            self.inner.new_state()
-        }
-        fn forward_last(&self, state: &mut Self::State, tokens: &[u32]) -> liger_core::Result<Vec<f32>> {
-            self.inner.forward_last(state, tokens)
-        }
-        fn forward_sample(
-            &self,
-            state: &mut Self::State,
-            tokens: &[u32],
-            sampler: &mut Sampler,
-        ) -> liger_core::Result<u32> {
-            self.samples.set(self.samples.get() + 1);
-            let logits = self.inner.forward_last(state, tokens)?;
-            Ok(sampler.sample(&logits))
-        }
-        fn tokenizer(&self) -> &liger_core::tokenizer::Tokenizer {
-            self.inner.tokenizer()
-        }
-        fn eos_ids(&self) -> Vec<u32> {
-            self.inner.eos_ids()
-        }
-        fn max_tokens(&self) -> Option<usize> {
-            self.inner.max_tokens()
-        }
-    }
     let m = model();
     let ids = m.encode("Once upon a time, in a small village by the sea,", None, true).unwrap();
     let sampling = SamplingOptions { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 11 };
     let opts = GenerateOptions { max_tokens: 12, sampling, ignore_eos: true, ..Default::default() };
     let plain = generate(m, &ids, &opts, &AtomicBool::new(false), &mut |_, _| {}).unwrap();
-    let engine = SamplesItself { inner: m, samples: std::cell::Cell::new(0) };
+    let engine = CountingForwards::new(m);
     let own = generate(&engine, &ids, &opts, &AtomicBool::new(false), &mut |_, _| {}).unwrap();
     assert_eq!(own.tokens, plain.tokens);
-    // One pick after the prompt, then one after each emitted token but the last.
-    assert_eq!(engine.samples.get(), 12);
+    // One pick after the prompt, then one after each emitted token but the last; the logits
+    // are never asked for.
+    assert_eq!((engine.calls.get(), engine.samples.get()), (0, 12));
     for chunk in [1, 4, ids.len() - 1, ids.len(), 64] {
         let mut g = Generator::with_prefill_chunk(m, &ids, &opts, chunk).unwrap();
         while g.step().unwrap().is_some() {}

@@ -162,7 +162,7 @@ fn attention_block(
     let mut o = vec![0.0f32; t * cfg.q_size()];
     let seen = observe.map(|f| move |ti: usize, head: usize, p: &[f32]| f(layer, pos0 + ti, head, p));
     let seen = seen.as_ref().map(|f| f as &RowObserver);
-    causal_attention_observed(
+    causal_attention(
         &q,
         &cache.keys[layer],
         &cache.values[layer],
@@ -178,25 +178,11 @@ fn attention_block(
     x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
 }
 
-/// Softmax attention of the new queries (`t` = rows of `q`) against all `pos0 + t` keys, causally.
+/// Softmax attention of the new queries (`t` = rows of `q`) against all `pos0 + t` keys, causally,
+/// showing each query's weights to `observe(query row, head, weights)` when given.
 /// `q`: `t x (hq*d)`; `keys`, `values`: `(pos0+t) x (hkv*d)`; `out`: `t x (hq*d)`.
 #[allow(clippy::too_many_arguments)]
-pub fn causal_attention(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    pos0: usize,
-    hq: usize,
-    hkv: usize,
-    d: usize,
-    out: &mut [f32],
-) {
-    causal_attention_observed(q, keys, values, pos0, hq, hkv, d, out, None);
-}
-
-/// [`causal_attention`], showing each query's weights to `observe(query row, head, weights)`.
-#[allow(clippy::too_many_arguments)]
-fn causal_attention_observed(
+fn causal_attention(
     q: &[f32],
     keys: &[f32],
     values: &[f32],

@@ -10,7 +10,7 @@ use crate::testing::random_tokens;
 use crate::testing::TempDir;
 use crate::train::data::{BadRows, PromptFormat};
 use crate::train::fixtures::tiny_byte_model;
-use crate::train::job::{base_model_loss, run_linearize, JobEvent, LinearizeJob};
+use crate::train::job::{base_model_loss, run_linearize, JobEvent, LinearizeJob, LinearizeReport};
 use crate::train::trainer::{LongContextStage, TrainConfig};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +34,18 @@ fn write_data(dir: &Path, bad_row: bool) -> PathBuf {
 }
 
 /// A job on a tiny model saved as a checkpoint directory in `tmp`.
+/// Runs `job` to the end; its report and the stages it announced.
+pub(super) fn run_with_stages(job: &LinearizeJob) -> (LinearizeReport, Vec<String>) {
+    let mut stages = Vec::new();
+    let report = run_linearize(job, &AtomicBool::new(false), &mut |e| {
+        if let JobEvent::Stage(s) = e {
+            stages.push(s)
+        }
+    })
+    .unwrap();
+    (report, stages)
+}
+
 pub(super) fn tiny_job(tmp: &Path, steps: u64) -> LinearizeJob {
     let model_dir = tmp.join("base");
     tiny_byte_model(17).save_checkpoint(&model_dir, SaveDtype::F32).unwrap();
@@ -241,13 +253,7 @@ fn softmax_layers_are_chosen_by_what_converting_each_costs() {
     job.select_data = Some(tmp.0.join("select.txt"));
     job.auto_softmax_layers = Some(1);
     job.sample_prompt = None;
-    let mut stages = Vec::new();
-    let report = run_linearize(&job, &AtomicBool::new(false), &mut |e| {
-        if let JobEvent::Stage(s) = e {
-            stages.push(s)
-        }
-    })
-    .unwrap();
+    let (report, stages) = run_with_stages(&job);
     let costs = report.layer_costs.clone().expect("costs are reported");
     println!("conversion cost per layer: {costs:?}; softmax layers {:?}", report.softmax_layers);
     assert_eq!(costs.len(), layers);

@@ -3,7 +3,7 @@
 
 use crate::error::ErrorCode;
 use crate::testing::TempDir;
-use crate::train::job::{run_linearize, JobEvent};
+use crate::train::job::run_linearize;
 use crate::train::layer_choice::{retrieves_beyond_window, LayerChoice, RETRIEVAL_WEIGHT};
 use std::sync::atomic::AtomicBool;
 
@@ -34,13 +34,7 @@ fn softmax_layers_are_chosen_by_where_the_base_model_retrieves() {
     job.auto_softmax_layers = Some(1);
     job.auto_softmax_by = LayerChoice::Retrieval;
     job.sample_prompt = None;
-    let mut stages = Vec::new();
-    let report = run_linearize(&job, &AtomicBool::new(false), &mut |e| {
-        if let JobEvent::Stage(s) = e {
-            stages.push(s)
-        }
-    })
-    .unwrap();
+    let (report, stages) = super::job::run_with_stages(&job);
     let rates = report.layer_retrieval.clone().expect("the rates are reported");
     println!("retrieval rate per layer: {rates:?}; softmax layers {:?}", report.softmax_layers);
     assert!(report.layer_costs.is_none(), "no conversion is measured");
