@@ -104,7 +104,8 @@ export interface LinearizeOptions {
   /**
    * What the automatic choice measures. "loss" (default): what converting each layer alone
    * costs. "retrieval": how often the base model's heads in each layer put a weight of 0.2 or
-   * more on one token beyond the window (not a sink): the layers that recall far-back tokens.
+   * more on one token beyond the window (not a sink, and one that at most 16 queries of the
+   * head take, not a token it rests on): the layers that recall far-back tokens.
    * Measure it on long text (`selectData`, e.g. WikiText), longer than the window.
    */
   softmaxAutoBy?: "loss" | "retrieval";

@@ -218,7 +218,8 @@ export interface LinearizeReport {
   layerCosts: number[] | null;
   /**
    * With `softmaxAuto` by retrieval: per layer, the fraction of the base model's (query head,
-   * query) pairs on the selection text that put a weight of 0.2 or more on one token beyond the window.
+   * query) pairs on the selection text that put a weight of 0.2 or more on one token beyond the window
+   * (a token at most 16 of the head's queries take: a retrieval, not a resting place).
    */
   layerRetrieval: number[] | null;
   /**

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::model::forward::{forward_observed, KvCache, Logits};
 use crate::model::{load_model, BaseModel};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// What the automatic choice of softmax layers measures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,21 +29,37 @@ pub enum LayerChoice {
 /// than attention spread over many).
 pub const RETRIEVAL_WEIGHT: f32 = 0.2;
 
-/// Whether a query at `position` with attention `weights` (over keys `0..=position`) retrieves
-/// one token from beyond the window: a single weight of at least [`RETRIEVAL_WEIGHT`] on a
-/// key at least `window` tokens back that is not one of the first `sinks` (the tokens heads
-/// rest on, which a Liger layer keeps anyway).
-pub fn retrieves_beyond_window(weights: &[f32], position: usize, window: usize, sinks: usize) -> bool {
+/// A token that more of one head's queries than this put such a weight on is a place the head
+/// rests (an early " the", a heading), not something it retrieves: a retrieval is specific
+/// to the few queries that need the token.
+pub const MAX_QUERIES_PER_RETRIEVED_TOKEN: u32 = 16;
+
+/// The key that a query at `position` with attention `weights` (over keys `0..=position`)
+/// retrieves from beyond the window, if any: the heaviest key at least `window` tokens back,
+/// not one of the first `sinks` (which a Liger layer keeps anyway), when its weight is at
+/// least [`RETRIEVAL_WEIGHT`].
+pub fn far_retrieval(weights: &[f32], position: usize, window: usize, sinks: usize) -> Option<usize> {
     let end = (position + 1).saturating_sub(window).min(weights.len());
-    weights.get(sinks.min(end)..end).is_some_and(|far| far.iter().any(|&w| w >= RETRIEVAL_WEIGHT))
+    let far = weights.get(sinks.min(end)..end)?;
+    let (at, &w) = far.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?;
+    (w >= RETRIEVAL_WEIGHT).then_some(sinks + at)
+}
+
+/// Of one head's far retrievals in a sequence (the key each retrieving query took), how many
+/// are retrievals: those of keys taken by at most [`MAX_QUERIES_PER_RETRIEVED_TOKEN`] queries.
+pub fn specific_retrievals(keys: &[usize]) -> u64 {
+    let mut per_key = std::collections::HashMap::<usize, u32>::new();
+    keys.iter().for_each(|&k| *per_key.entry(k).or_default() += 1);
+    per_key.values().filter(|&&n| n <= MAX_QUERIES_PER_RETRIEVED_TOKEN).map(|&n| u64::from(n)).sum()
 }
 
 /// Per layer, the fraction of (query head, query) pairs of the base model that retrieve one
-/// token from beyond the window ([`retrieves_beyond_window`]), over the queries of `seqs` that
-/// have such tokens to reach (`window + sinks` or more tokens in). Layers whose heads retrieve
-/// often are the ones whose conversion loses recall (a passkey, a name seen long before);
-/// diffuse attention, which the recurrent state approximates, does not count.
-/// `on_sequence(i, n)` is called before sequence `i` of `n` (a full forward of the base model).
+/// token from beyond the window ([`far_retrieval`], [`specific_retrievals`]), over the queries
+/// of `seqs` that have such tokens to reach (`window + sinks` or more tokens in). Layers whose
+/// heads retrieve often are the ones whose conversion loses recall (a passkey, a name seen long
+/// before); diffuse attention, which the recurrent state approximates, and tokens a head rests
+/// on do not count. `on_sequence(i, n)` is called before sequence `i` of `n` (a full forward of
+/// the base model).
 pub fn layer_retrieval_rates(
     base: &BaseModel,
     seqs: &[Sequence],
@@ -56,7 +72,7 @@ pub fn layer_retrieval_rates(
     if window == 0 {
         return Err(Error::invalid_argument("the layer choice by retrieval needs a window of at least one key"));
     }
-    let hits: Vec<AtomicU64> = (0..layers).map(|_| AtomicU64::new(0)).collect();
+    let mut hits = vec![0u64; layers];
     let mut queries = 0u64;
     let inv_freq = cfg.rope_inv_freq();
     for (i, seq) in seqs.iter().enumerate() {
@@ -67,13 +83,21 @@ pub fn layer_retrieval_rates(
             continue;
         }
         queries += (tokens.len() - first) as u64;
-        let observe = |layer: usize, position: usize, _head: usize, weights: &[f32]| {
-            if position >= first && retrieves_beyond_window(weights, position, window, sinks) {
-                hits[layer].fetch_add(1, Ordering::Relaxed);
+        // The key each retrieving query took, per (layer, head).
+        let taken: Vec<Mutex<Vec<usize>>> = (0..layers * heads).map(|_| Mutex::new(Vec::new())).collect();
+        let observe = |layer: usize, position: usize, head: usize, weights: &[f32]| {
+            if position < first {
+                return;
+            }
+            if let Some(key) = far_retrieval(weights, position, window, sinks) {
+                taken[layer * heads + head].lock().unwrap_or_else(|e| e.into_inner()).push(key);
             }
         };
         let mut cache = KvCache::new(layers);
         forward_observed(cfg, &base.weights, &inv_freq, &mut cache, tokens, Logits::Last, Some(&observe))?;
+        for (at, keys) in taken.into_iter().enumerate() {
+            hits[at / heads] += specific_retrievals(&keys.into_inner().unwrap_or_else(|e| e.into_inner()));
+        }
     }
     if queries == 0 {
         return Err(Error::invalid_argument(format!(
@@ -81,7 +105,7 @@ pub fn layer_retrieval_rates(
             window + sinks
         )));
     }
-    Ok(hits.iter().map(|h| h.load(Ordering::Relaxed) as f64 / (queries * heads as u64) as f64).collect())
+    Ok(hits.iter().map(|&h| h as f64 / (queries * heads as u64) as f64).collect())
 }
 
 /// The loss increase (nats per token) of converting each layer alone, untrained and without

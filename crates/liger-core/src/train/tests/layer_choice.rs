@@ -4,7 +4,9 @@
 use crate::error::ErrorCode;
 use crate::testing::TempDir;
 use crate::train::job::run_linearize;
-use crate::train::layer_choice::{retrieves_beyond_window, LayerChoice, RETRIEVAL_WEIGHT};
+use crate::train::layer_choice::{
+    far_retrieval, specific_retrievals, LayerChoice, MAX_QUERIES_PER_RETRIEVED_TOKEN, RETRIEVAL_WEIGHT,
+};
 use std::sync::atomic::AtomicBool;
 
 #[test]
@@ -12,17 +14,29 @@ fn a_retrieval_is_one_heavy_weight_beyond_the_window_and_the_sinks() {
     // Position 9, window 4: keys 0..=5 are beyond it (9 - 5 = 4 back); key 6 is inside.
     let mut row = vec![0.0f32; 10];
     row[6] = 0.9;
-    assert!(!retrieves_beyond_window(&row, 9, 4, 0), "a key inside the window is not a retrieval");
+    assert_eq!(far_retrieval(&row, 9, 4, 0), None, "a key inside the window is not a retrieval");
     row[5] = RETRIEVAL_WEIGHT;
-    assert!(retrieves_beyond_window(&row, 9, 4, 0), "the newest key beyond the window counts");
-    assert!(retrieves_beyond_window(&row, 9, 4, 5), "sinks before it do not hide it");
-    assert!(!retrieves_beyond_window(&row, 9, 4, 6), "a sink is not a retrieval");
+    assert_eq!(far_retrieval(&row, 9, 4, 0), Some(5), "the newest key beyond the window counts");
+    assert_eq!(far_retrieval(&row, 9, 4, 5), Some(5), "sinks before it do not hide it");
+    assert_eq!(far_retrieval(&row, 9, 4, 6), None, "a sink is not a retrieval");
+    row[2] = 0.5;
+    assert_eq!(far_retrieval(&row, 9, 4, 0), Some(2), "the heaviest far key is the one taken");
     // Weight spread thinly over many far keys is not a retrieval, whatever its sum.
-    let spread = vec![0.1f32; 10];
-    assert!(!retrieves_beyond_window(&spread, 9, 4, 0));
+    assert_eq!(far_retrieval(&[0.1f32; 10], 9, 4, 0), None);
     // Nothing lies beyond a window longer than the text read so far.
-    assert!(!retrieves_beyond_window(&[1.0], 0, 4, 0));
-    assert!(!retrieves_beyond_window(&row, 9, 64, 0));
+    assert_eq!(far_retrieval(&[1.0], 0, 4, 0), None);
+    assert_eq!(far_retrieval(&row, 9, 64, 0), None);
+}
+
+#[test]
+fn a_token_many_queries_take_is_a_resting_place_not_a_retrieval() {
+    let many = MAX_QUERIES_PER_RETRIEVED_TOKEN as usize;
+    // Key 3 taken by as many queries as allowed, key 7 by one more than that, key 9 once.
+    let mut keys = vec![3; many];
+    keys.extend(std::iter::repeat_n(7, many + 1));
+    keys.push(9);
+    assert_eq!(specific_retrievals(&keys), many as u64 + 1);
+    assert_eq!(specific_retrievals(&[]), 0);
 }
 
 #[test]
