@@ -2,9 +2,12 @@
  * `serve()` on the GPU: the default model loaded with device cuda, driven by the official
  * `openai` client. Greedy answers must equal `generate()` on the same GPU model, whether the
  * requests come one at a time or together (they take turns on the GPU), and a client that
- * goes away must free the GPU for the requests behind it. Skipped where no usable GPU is
- * found; the CPU side of the device options is tested in serve.test.ts.
+ * goes away must free the GPU for the requests behind it. With LIGER_GPU_SOAK_SECONDS set, a
+ * soak of 64 concurrent streams runs too. Skipped where no usable GPU is found; the CPU side of
+ * the device options is tested in serve.test.ts.
  */
+import { execFileSync } from "node:child_process";
+
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
@@ -135,4 +138,61 @@ describe.skipIf(!gpu.available)("serve on the GPU", () => {
 
     expect(await complete("Once upon a time")).toBe((await model.generate("Once upon a time", greedy).result).text);
   });
+
+  // The soak: 64 streams at once for LIGER_GPU_SOAK_SECONDS (the issue asks for 120), each
+  // asking again as soon as its answer is complete. Every answer must be the
+  // greedy answer of its own prompt (no lost or mixed-up tokens), and the GPU's memory must
+  // stay flat after the first round.
+  const soakSeconds = Number(process.env.LIGER_GPU_SOAK_SECONDS ?? 0);
+  it.runIf(soakSeconds > 0)(
+    `keeps 64 concurrent streams apart for ${soakSeconds} s with flat GPU memory`,
+    async () => {
+      const soak = await serve({ model, port: 0, maxBatch: 64, maxTokens: 2048 });
+      const soakClient = new OpenAI({ baseURL: `${soak.url}/v1`, apiKey: "unused", maxRetries: 0 });
+      const prompts = Array.from({ length: 8 }, (_, i) => `Story ${i + 1}: once upon a time, a`);
+      const expected = new Map<string, string>();
+      for (const p of prompts) expected.set(p, (await model.generate(p, greedy).result).text);
+      const stream = async (prompt: string) => {
+        const s = await soakClient.completions.create({
+          model: soak.modelName,
+          prompt,
+          max_tokens: greedy.maxTokens,
+          temperature: 0,
+          stream: true,
+        });
+        let text = "";
+        for await (const chunk of s) text += chunk.choices[0]?.text ?? "";
+        return text;
+      };
+      const usedMiB = () =>
+        Number(
+          execFileSync("nvidia-smi", ["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"])
+            .toString()
+            .trim(),
+        );
+      // One round first, so that the state, the step's graph and the pools exist.
+      await Promise.all(prompts.map(stream));
+      const before = usedMiB();
+      const end = Date.now() + soakSeconds * 1000;
+      const wrong: string[] = [];
+      let answers = 0;
+      await Promise.all(
+        Array.from({ length: 64 }, async (_, i) => {
+          while (Date.now() < end) {
+            const prompt = prompts[i % prompts.length];
+            const text = await stream(prompt);
+            answers++;
+            if (text !== expected.get(prompt)) wrong.push(`${prompt}: ${JSON.stringify(text)}`);
+          }
+        }),
+      );
+      const after = usedMiB();
+      await soak.close();
+      console.log(`soak: ${answers} answers in ${soakSeconds} s, GPU memory ${before} -> ${after} MiB`);
+      expect(wrong).toEqual([]);
+      expect(answers).toBeGreaterThanOrEqual(64);
+      expect(after - before).toBeLessThan(64);
+    },
+    (soakSeconds + 120) * 1000,
+  );
 });
