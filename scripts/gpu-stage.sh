@@ -8,7 +8,10 @@
 #   part 1: Node (xz) and the first third of the model
 #   part 2: the second third, the data (xz), the GPU test executables of scripts/gpu-build.sh
 #           when built
-#   part 3: the last third, the addon and the runtime packages the CLI imports
+#   part 3: the last third, the addon and the runtime packages the CLI imports, and the test
+#           runner with the openai client (test-runtime.tar.xz) for the GPU serve suite:
+#           `bash .device/run-gpu-serve-tests.sh` after part 3 (LIGER_GPU_SOAK_SECONDS=120
+#           adds the soak)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${LIGER_CACHE_DIR:-$HOME/.cache/liger}"
@@ -33,8 +36,10 @@ xz -T2 -6 -c "$(command -v node)" > .device/stage1/node.xz
 [ -d .device/gpu-tests ] && cp -r .device/gpu-tests .device/stage2/
 [ -f .device/gpu-tests.tar.xz ] && cp .device/gpu-tests.tar.xz .device/stage2/
 
-# The runtime packages the CLI imports (ts/package.json's dependencies and theirs), links resolved.
-node -e '
+# The packages a part of the work tree imports, with their dependencies (and the optional ones
+# installed here: a test runner's native builds), links resolved. Usage: packages cli|tests
+packages() {
+  node -e '
 const fs = require("fs"), path = require("path");
 const seen = new Set();
 // Node resolution by folders: <dir>/node_modules/<name>, then each parent folder in turn.
@@ -50,13 +55,25 @@ const visit = (name, from) => {
   if (!dir || seen.has(dir)) return;
   seen.add(dir);
   const pkg = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8"));
-  for (const dep of Object.keys(pkg.dependencies ?? {})) visit(dep, dir);
+  for (const dep of [...Object.keys(pkg.dependencies ?? {}), ...Object.keys(pkg.optionalDependencies ?? {})]) {
+    visit(dep, dir);
+  }
 };
-const ts = JSON.parse(fs.readFileSync("ts/package.json", "utf8"));
-for (const dep of Object.keys(ts.dependencies)) if (!dep.startsWith("@liger/")) visit(dep, path.resolve("ts"));
+if (process.argv[1] === "tests") {
+  // The GPU serve suite: the test runner and the official client.
+  for (const dep of ["vitest", "openai"]) visit(dep, process.cwd());
+} else {
+  // The CLI: ts/package.json dependencies.
+  const ts = JSON.parse(fs.readFileSync("ts/package.json", "utf8"));
+  for (const dep of Object.keys(ts.dependencies)) if (!dep.startsWith("@liger/")) visit(dep, path.resolve("ts"));
+}
 console.log([...seen].map((d) => path.relative(process.cwd(), d)).join("\n"));
-' > "$tmp/packages"
-tar -chf - -T "$tmp/packages" npm/linux-x64-gnu/liger.linux-x64-gnu.node | xz -T2 -6 > .device/stage3/runtime.tar.xz
+' "$1"
+}
+packages cli > "$tmp/packages"
+tar -chf - -T "$tmp/packages" npm/linux-x64-gnu/liger.linux-x64-gnu.node ts/dist | xz -T2 -6 > .device/stage3/runtime.tar.xz
+packages tests > "$tmp/test-packages"
+tar -chf - -T "$tmp/test-packages" | xz -T2 -6 > .device/stage3/test-runtime.tar.xz
 
 cat > .device/stage-unpack.sh <<'UNPACK'
 #!/usr/bin/env bash
@@ -72,6 +89,7 @@ for p in "$src"/model.0*; do cp "$p" "$dest/"; done
 [ -f "$src/data.tar.xz" ] && mkdir -p "$dest/data" && tar -C "$dest/data" -xJf "$src/data.tar.xz"
 [ -d "$src/gpu-tests" ] && rm -rf .device/gpu-tests && cp -r "$src/gpu-tests" .device/
 [ -f "$src/gpu-tests.tar.xz" ] && tar -C .device -xJf "$src/gpu-tests.tar.xz"
+[ -f "$src/test-runtime.tar.xz" ] && tar -xJf "$src/test-runtime.tar.xz"
 if [ -f "$src/runtime.tar.xz" ]; then
   tar -xJf "$src/runtime.tar.xz"
   # The workspace's own packages (npm/<name> is @liger/<name>) resolve to their folders.
@@ -86,4 +104,16 @@ fi
 ls -la "$dest"
 UNPACK
 chmod +x .device/stage-unpack.sh
+
+cat > .device/run-gpu-serve-tests.sh <<'SERVE'
+#!/usr/bin/env bash
+# The GPU serve suite (test/serve-gpu.test.ts) with the staged Node, model, addon and test
+# runner; LIGER_GPU_SOAK_SECONDS=120 adds the soak of 64 streams.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -f /tmp/liger-gpu/model.gguf ] || bash .device/stage-unpack.sh 3 > /dev/null
+export LIGER_MODEL_GGUF=/tmp/liger-gpu/model.gguf LIGER_CACHE_DIR=/tmp/liger-cache
+/tmp/liger-gpu/bin/node node_modules/vitest/vitest.mjs run test/serve-gpu.test.ts
+SERVE
+chmod +x .device/run-gpu-serve-tests.sh
 du -sh .device/stage1 .device/stage2 .device/stage3
