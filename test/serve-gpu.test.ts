@@ -39,6 +39,20 @@ describe.skipIf(!gpu.available)("serve on the GPU", () => {
       .create({ model: server.modelName, prompt, max_tokens: greedy.maxTokens, temperature: 0 })
       .then((c) => c.choices[0].text);
 
+  /** A greedy completion of `prompt`, streamed from a server (`on`: its client and model name) and joined. */
+  async function streamed(prompt: string, on = { client, modelName: server.modelName }) {
+    const stream = await on.client.completions.create({
+      model: on.modelName,
+      prompt,
+      max_tokens: greedy.maxTokens,
+      temperature: 0,
+      stream: true,
+    });
+    let text = "";
+    for await (const chunk of stream) text += chunk.choices[0]?.text ?? "";
+    return text;
+  }
+
   async function metrics(): Promise<Record<string, number>> {
     return (await (await fetch(`${server.url}/metrics`)).json()) as Record<string, number>;
   }
@@ -72,17 +86,7 @@ describe.skipIf(!gpu.available)("serve on the GPU", () => {
     const prompt = "The three primary colors are";
     const expected = (await model.generate(prompt, greedy).result).text;
     expect(await complete(prompt)).toBe(expected);
-
-    const stream = await client.completions.create({
-      model: server.modelName,
-      prompt,
-      max_tokens: greedy.maxTokens,
-      temperature: 0,
-      stream: true,
-    });
-    let text = "";
-    for await (const chunk of stream) text += chunk.choices[0]?.text ?? "";
-    expect(text).toBe(expected);
+    expect(await streamed(prompt)).toBe(expected);
   });
 
   it("gives 4 concurrent greedy requests the same answers as one at a time", async () => {
@@ -152,18 +156,7 @@ describe.skipIf(!gpu.available)("serve on the GPU", () => {
       const prompts = Array.from({ length: 8 }, (_, i) => `Story ${i + 1}: once upon a time, a`);
       const expected = new Map<string, string>();
       for (const p of prompts) expected.set(p, (await model.generate(p, greedy).result).text);
-      const stream = async (prompt: string) => {
-        const s = await soakClient.completions.create({
-          model: soak.modelName,
-          prompt,
-          max_tokens: greedy.maxTokens,
-          temperature: 0,
-          stream: true,
-        });
-        let text = "";
-        for await (const chunk of s) text += chunk.choices[0]?.text ?? "";
-        return text;
-      };
+      const stream = (prompt: string) => streamed(prompt, { client: soakClient, modelName: soak.modelName });
       const usedMiB = () =>
         Number(
           execFileSync("nvidia-smi", ["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"])

@@ -838,18 +838,8 @@ extern "C" __global__ void surprise_select(const float* scores, const float* v, 
                 const float* value = v + (((long long)b * tokens + j) * hkv + kvh) * d;
                 for (int e = tid; e < d; e += threads) offered[e] = value[e];
                 __syncthreads();
-                // |value - h|^2 <= tolerance |h|^2 for a held h (CPU twin: surprise::repeats).
                 bool hit = false;
-                for (int c = tid; c < used && !hit; c += threads) {
-                    const float* h = held_values + c * stride;
-                    float dist = 0.0f, norm = 0.0f;
-                    for (int e = 0; e < d; e++) {
-                        const float diff = offered[e] - h[e];
-                        dist += diff * diff;
-                        norm += h[e] * h[e];
-                    }
-                    hit = (double)dist <= tolerance * (double)norm;
-                }
+                for (int c = tid; c < used && !hit; c += threads) hit = repeats_one(offered, held_values + c * stride, d, tolerance);
                 if (__syncthreads_or(hit)) at = -1;
                 if (at >= 0)
                     for (int e = tid; e < d; e += threads) held_values[at * stride + e] = offered[e];

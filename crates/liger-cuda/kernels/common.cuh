@@ -131,21 +131,25 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
     return r;
 }
 
-// Whether `value` [d] repeats one of the `count` values the cache holds (held(c) [d]) within the
-// repeat rule's tolerance, |value - h|^2 <= tolerance |h|^2 (CPU twin: liger::surprise::repeats;
-// tolerance 0: the rule is off). Warp-wide: each lane compares its share of the held values.
+// Whether `value` [d] repeats the held value `h` [d] within the repeat rule's tolerance,
+// |value - h|^2 <= tolerance |h|^2 (CPU twin: liger::surprise::repeats).
+template <typename T>
+__device__ __forceinline__ bool repeats_one(const T* value, const T* h, int d, double tolerance) {
+    float dist = 0.0f, norm = 0.0f;
+    for (int e = 0; e < d; e++) {
+        const float a = to_f32(value[e]), b = to_f32(h[e]);
+        dist += (a - b) * (a - b);
+        norm += b * b;
+    }
+    return (double)dist <= tolerance * (double)norm;
+}
+
+// Whether `value` [d] repeats one of the `count` values the cache holds (held(c) [d])
+// (`repeats_one`; tolerance 0: the rule is off). Warp-wide: each lane compares its share of the
+// held values.
 template <typename T, typename Held>
 __device__ bool repeats_held(const T* value, Held held, int count, int d, double tolerance) {
     bool hit = false;
-    for (int c = threadIdx.x & 31; tolerance > 0.0 && c < count && !hit; c += 32) {
-        const T* h = held(c);
-        float dist = 0.0f, norm = 0.0f;
-        for (int e = 0; e < d; e++) {
-            const float a = to_f32(value[e]), b = to_f32(h[e]);
-            dist += (a - b) * (a - b);
-            norm += b * b;
-        }
-        hit = (double)dist <= tolerance * (double)norm;
-    }
+    for (int c = threadIdx.x & 31; tolerance > 0.0 && c < count && !hit; c += 32) hit = repeats_one(value, held(c), d, tolerance);
     return __any_sync(0xffffffffu, hit);
 }

@@ -32,6 +32,7 @@ use crate::ops::rms_norm::rms_norm_forward;
 use crate::ops::sampling::sample_tokens;
 use liger_core::convert::LigerOptions;
 use liger_core::generate::CausalLm;
+use liger_core::liger::{HeadShape, LigerAttentionConfig};
 use liger_core::sampling::{Sampler, SamplingOptions};
 use liger_core::tokenizer::Tokenizer;
 use liger_core::{Error, Result};
@@ -119,16 +120,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let (c, shape) = (self.config(), self.shape);
         let att = &options.attention;
         let t = std::mem::size_of::<T>();
-        // As `surprise_slots`, `window_row_entries` and `SurpriseLayout::scores_len`.
-        let slots = if att.use_swa { att.surprise_keys } else { 0 };
-        let window_rows = att.window().capacity().saturating_add(slots);
         (0..c.num_layers)
             .map(|layer| {
                 if options.is_softmax_layer(layer) {
                     2 * t * shape.hkv * c.max_position_embeddings * shape.d
                 } else {
-                    let window = if att.use_swa { 2 * t * shape.hkv * window_rows * shape.d } else { 0 };
-                    let scores = if slots > 0 { 4 * shape.hkv * (att.window().keys + slots) } else { 0 };
+                    let window = if att.use_swa { 2 * t * shape.hkv * window_row_entries(att) * shape.d } else { 0 };
+                    let scores = surprise_layout(att, shape, 1).map_or(0, |at| 4 * at.scores_len());
                     4 * mixer_state_len(&att.mixer, shape) * if att.keeps_ones_state() { 2 } else { 1 }
                         + window
                         + scores
@@ -365,27 +363,19 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     /// Slots of the surprise cache in each Liger layer's window (0 without one).
     pub(super) fn surprise_slots(&self) -> usize {
-        let att = &self.host.options.attention;
-        if att.use_swa {
-            att.surprise_keys
-        } else {
-            0
-        }
+        surprise_slots(&self.host.options.attention)
     }
 
     /// Entries of each (sequence, key-value head) row of a Liger layer's window caches: the
     /// sinks, the window's ring, then the surprise cache's slots.
     pub(super) fn window_row_entries(&self) -> usize {
-        self.host.options.attention.window().capacity().saturating_add(self.surprise_slots())
+        window_row_entries(&self.host.options.attention)
     }
 
     /// How the Liger layers' window caches of `batch` sequences keep the surprise cache (None
     /// without one).
     pub(super) fn surprise_layout(&self, batch: usize) -> Option<SurpriseLayout> {
-        let slots = self.surprise_slots();
-        let window = self.host.options.attention.window();
-        let repeat_tolerance = self.host.options.attention.surprise_repeat_tolerance;
-        (slots > 0).then_some(SurpriseLayout { batch, shape: self.shape, window, slots, repeat_tolerance })
+        surprise_layout(&self.host.options.attention, self.shape, batch)
     }
 
     /// The window branch of a prefill with a surprise cache: the attention over the sinks, the
@@ -466,4 +456,27 @@ impl<T: GemmInput> CausalLm for GpuLigerModel<T> {
     fn max_tokens(&self) -> Option<usize> {
         self.host.max_tokens()
     }
+}
+
+/// Slots of the surprise cache in each Liger layer's window under `att` (0 without one).
+fn surprise_slots(att: &LigerAttentionConfig) -> usize {
+    if att.use_swa {
+        att.surprise_keys
+    } else {
+        0
+    }
+}
+
+/// Entries of each (sequence, key-value head) row of a Liger layer's window caches under `att`:
+/// the sinks, the window's ring, then the surprise cache's slots.
+fn window_row_entries(att: &LigerAttentionConfig) -> usize {
+    att.window().capacity().saturating_add(surprise_slots(att))
+}
+
+/// How the Liger layers' window caches of `batch` sequences keep the surprise cache under `att`
+/// (None without one).
+fn surprise_layout(att: &LigerAttentionConfig, shape: HeadShape, batch: usize) -> Option<SurpriseLayout> {
+    let slots = surprise_slots(att);
+    let (window, repeat_tolerance) = (att.window(), att.surprise_repeat_tolerance);
+    (slots > 0).then_some(SurpriseLayout { batch, shape, window, slots, repeat_tolerance })
 }
