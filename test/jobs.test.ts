@@ -403,6 +403,50 @@ describe("linearize", () => {
     expect(evaluated.tasks[0].metrics.perplexity).toBeGreaterThan(1);
   });
 
+  it("learned branch weights per head train with the adapters, load back and generate", async () => {
+    const dir = join(work, "learned-mix");
+    const trained = await linearize(modelPath(), {
+      out: dir,
+      data: alpacaSlice(60),
+      steps: 2,
+      seqLen: 64,
+      maxValSequences: 1,
+      learnMix: true,
+      alpha: 0,
+      beta: 1,
+      softmaxLayers: [1],
+      sample: false,
+    });
+    const model = await loadModel(dir);
+    const c = model.info;
+    expect(c.liger).toMatchObject({ learnedHeadMix: true, alpha: 0, beta: 1, softmaxLayers: [1] });
+    expect(trained.headMix).toHaveLength(c.numLayers);
+    trained.headMix.forEach((m, layer) => {
+      if (layer === 1) return expect(m).toBeNull();
+      expect(m!.alpha).toHaveLength(c.numHeads);
+      expect(m!.beta).toHaveLength(c.numHeads);
+    });
+    // Two optimizer steps move every head's weights away from the start (0 and 1).
+    const learned = trained.headMix.filter((m) => m !== null);
+    expect(learned.flatMap((m) => m!.alpha).every((a) => a !== 0)).toBe(true);
+    expect(learned.flatMap((m) => m!.beta).some((b) => b !== 1)).toBe(true);
+    // The weights add nothing to the decoding state.
+    const plain = await linearize(modelPath(), {
+      out: join(work, "fixed-mix"),
+      data: null,
+      softmaxLayers: [1],
+      sample: false,
+    });
+    expect(trained.stateBytes).toBe(plain.stateBytes);
+    const result = await model.generate("Hello", { maxTokens: 5, temperature: 0, ignoreEos: true }).result;
+    expect(result.tokens).toHaveLength(5);
+    await expectCode(
+      linearize(modelPath(), { out: join(work, "bad-mix"), learnMix: "yes" as never }),
+      "INVALID_ARGUMENT",
+      /learnMix/,
+    );
+  });
+
   it("aborting mid-training rejects with ABORTED", async () => {
     const controller = new AbortController();
     const job = linearize(modelPath(), {

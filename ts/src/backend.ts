@@ -36,6 +36,8 @@ export interface LigerInfo {
   softmaxLayers: number[];
   /** Trainable LoRA values. */
   loraParams: number;
+  /** Whether the branch weights were learned per attention head (then `alpha` and `beta` were their start). */
+  learnedHeadMix: boolean;
   /** Decoding memory of one sequence, at its largest (constant without softmax layers). */
   stateBytesPerSequence: number;
 }

@@ -86,6 +86,13 @@ export interface LinearizeOptions {
    * to a trained model (default false). Needs `surpriseKeys`.
    */
   surpriseAfterTraining?: boolean;
+  /**
+   * Learn the weights of the two branches for each attention head with the adapters, starting
+   * from `alpha` and `beta` (default false): a head can then take as much of the recurrent
+   * branch as helps it. Adds 2 numbers per head and layer to the model, nothing to the decoding
+   * state. Every engine runs it.
+   */
+  learnMix?: boolean;
   /** Weights of the recurrent and sliding-window branches (default 0.5 each). */
   alpha?: number;
   beta?: number;
@@ -352,6 +359,7 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
     "a number from 0 (off) to 0.5 (0.05 is a good start)",
   );
   checkOptional("surpriseAfterTraining", o.surpriseAfterTraining, (v) => typeof v === "boolean", "a boolean");
+  checkOptional("learnMix", o.learnMix, (v) => typeof v === "boolean", "a boolean");
   checkOptional("alpha", o.alpha, isFiniteNumber, "a finite number");
   checkOptional("beta", o.beta, isFiniteNumber, "a finite number");
   checkOptional("useSwa", o.useSwa, (v) => typeof v === "boolean", "a boolean");
@@ -469,6 +477,7 @@ export function resolveLinearizeOptions(modelPath: string, options: LinearizeOpt
       (surpriseKeys ? recipe.surpriseRepeatTolerance : undefined) ??
       d.surpriseRepeatTolerance,
     surpriseAfterTraining: o.surpriseAfterTraining ?? d.surpriseAfterTraining,
+    learnMix: o.learnMix ?? d.learnMix,
     alpha: o.alpha ?? recipe.alpha ?? d.alpha,
     beta: o.beta ?? recipe.beta ?? d.beta,
     useSwa: o.useSwa ?? d.useSwa,

@@ -229,6 +229,11 @@ export interface LinearizeReport {
   attentionTransfer: { stepsDone: number; losses: number[]; seconds: number } | null;
   /** The long-context stage after training (`longContext`), when the run had one: its training loss per step. */
   longContext: { stepsDone: number; losses: number[]; seconds: number } | null;
+  /**
+   * With `learnMix`: the learned weights of the recurrent (`alpha`) and window (`beta`) branches,
+   * per layer and attention head, at the end of the run (`null` for softmax layers); else empty.
+   */
+  headMix: ({ alpha: number[]; beta: number[] } | null)[];
   /** The steps and validations of this run (not of a run it resumed), as they were reported. */
   history: {
     steps: { step: number; loss: number; lr: number; gradNorm: number; tokensPerS: number }[];
@@ -256,6 +261,7 @@ export interface ResolvedLinearizeOptions {
   surpriseKeys: number;
   surpriseRepeatTolerance: number;
   surpriseAfterTraining: boolean;
+  learnMix: boolean;
   alpha: number;
   beta: number;
   useSwa: boolean;

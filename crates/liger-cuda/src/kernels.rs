@@ -215,6 +215,18 @@ pub const DECODE: KernelFile = kernel_file!(
     ]
 );
 
+pub const HEAD_MIX: KernelFile = kernel_file!(
+    "head_mix",
+    [
+        "head_mix_to_f32",
+        "head_mix_to_bf16",
+        "head_mix_split_f32",
+        "head_mix_split_bf16",
+        "head_mix_grads_f32",
+        "head_mix_grads_bf16",
+    ]
+);
+
 pub const ATTENTION_TRANSFER: KernelFile = kernel_file!("attention_transfer", ["attention_transfer_rows_f32"]);
 
 pub const SAMPLING: KernelFile = kernel_file!("sampling", ["argmax_rows_f32", "sample_rows_f32"]);
@@ -234,4 +246,5 @@ pub const ALL: &[KernelFile] = &[
     SAMPLING,
     MODEL,
     DECODE,
+    HEAD_MIX,
 ];

@@ -40,10 +40,18 @@ fn model_of(base: BaseModel, mixer: MixerKind, softmax_layers: Vec<usize>, rng: 
     options.attention.mixer = MixerConfig { gsa_slots: 16, ..MixerConfig::new(mixer) };
     options.attention.window_keys = 5;
     // The all-Liger GLA case runs with two attention sinks beside the window, the retention and
-    // mamba2 cases with the normalised recurrent branch, the others as the paper.
+    // mamba2 cases with the normalised recurrent branch, the hybrids with learned branch weights
+    // per head (random), the others as the paper.
     let plain = options.softmax_layers.is_empty();
     options.attention.sink_keys = if mixer == MixerKind::Gla && plain { 2 } else { 0 };
     options.attention.grm_norm = matches!(mixer, MixerKind::Retention | MixerKind::Mamba2);
+    if !plain {
+        let c = base.config.clone();
+        options = options.with_learned_head_mix(c.num_layers, c.num_heads);
+        for m in options.head_mix.iter_mut().flatten() {
+            m.alpha.iter_mut().chain(&mut m.beta).for_each(|w| *w = rng.random_range(-1.0..1.5));
+        }
+    }
     let lora = LoraOptions { rank: 4, alpha: 8.0, targets: LoraTarget::ALL.to_vec(), seed: rng.random() };
     let mut m = linearize(base, options, lora).unwrap();
     for layer in &mut m.lora.layers {

@@ -36,6 +36,8 @@ pub struct JsLinearizeOptions {
     pub surprise_repeat_tolerance: f64,
     /// Train with the window alone and add the surprise cache to the saved model.
     pub surprise_after_training: bool,
+    /// Learn the branch weights of each query head with the adapters, from `alpha` and `beta`.
+    pub learn_mix: bool,
     pub alpha: f64,
     pub beta: f64,
     pub use_swa: bool,
@@ -108,6 +110,7 @@ fn linearize_options(o: JsLinearizeOptions) -> liger_core::Result<LinearizeOptio
         surprise_keys: usize_of(o.surprise_keys),
         surprise_repeat_tolerance: o.surprise_repeat_tolerance,
         surprise_after_training: o.surprise_after_training,
+        learn_head_mix: o.learn_mix,
         alpha: o.alpha as f32,
         beta: o.beta as f32,
         use_swa: o.use_swa,
@@ -181,6 +184,7 @@ fn js_linearize_options(o: &LinearizeOptions) -> JsLinearizeOptions {
         surprise_keys: js_count(o.surprise_keys),
         surprise_repeat_tolerance: o.surprise_repeat_tolerance,
         surprise_after_training: o.surprise_after_training,
+        learn_mix: o.learn_head_mix,
         alpha: js_number(o.alpha),
         beta: js_number(o.beta),
         use_swa: o.use_swa,

@@ -37,6 +37,7 @@ interface LinearizeCliOptions {
   surpriseKeys?: number;
   surpriseRepeats?: number;
   surpriseAfterTraining?: boolean;
+  learnMix?: boolean;
   train?: boolean;
   alpha?: number;
   beta?: number;
@@ -125,6 +126,10 @@ export function registerLinearize(program: Command): void {
     .option("--grm-norm", "normalise the recurrent branch like attention (the paper's is unnormalised)")
     .option("--alpha <a>", "weight of the recurrent branch (default 0.5)", parseNumber("alpha"))
     .option("--beta <b>", "weight of the sliding-window branch (default 0.5)", parseNumber("beta"))
+    .option(
+      "--learn-mix",
+      "learn the two branches' weights per attention head with the adapters, starting from --alpha and --beta",
+    )
     .option("--no-swa", "the recurrent branch only")
     .option(
       "--softmax-layers <list>",
@@ -235,6 +240,7 @@ export function registerLinearize(program: Command): void {
         surpriseKeys: options.surpriseKeys,
         surpriseRepeatTolerance: options.surpriseRepeats,
         surpriseAfterTraining: options.surpriseAfterTraining,
+        learnMix: options.learnMix,
         alpha: options.alpha,
         beta: options.beta,
         useSwa: options.swa,
@@ -383,6 +389,12 @@ export function formatLinearizeReport(r: LinearizeReport): string {
     }
   }
   if (r.softmaxLayers.length > 0) out += `softmax attention kept in layers ${r.softmaxLayers.join(", ")}\n`;
+  const learned = r.headMix.filter((m) => m !== null);
+  if (learned.length > 0) {
+    const span = (values: number[]) =>
+      `mean ${(values.reduce((a, b) => a + b, 0) / values.length).toFixed(3)} (${Math.min(...values).toFixed(3)} to ${Math.max(...values).toFixed(3)})`;
+    out += `learned branch weights per head: recurrent ${span(learned.flatMap((m) => m.alpha))}, window ${span(learned.flatMap((m) => m.beta))}\n`;
+  }
   out += `decoding memory per sequence: ${(r.stateBytes / 2 ** 20).toFixed(2)} MiB\n`;
   out += `checkpoint: ${r.outDir}  (load it with --model ${r.outDir})\n`;
   if (r.sample !== null) out += `\nsample:\n${r.sample.trim()}\n`;

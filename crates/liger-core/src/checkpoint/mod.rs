@@ -158,6 +158,17 @@ fn adapter_shapes(model: &LigerModel) -> Vec<Vec<usize>> {
     out
 }
 
+/// Shapes of every trained tensor, in the order of `LigerModel::trained_params`: the
+/// adapters', then each learned branch weight's `[heads]`.
+fn trained_shapes(model: &LigerModel) -> Vec<Vec<usize>> {
+    let mut out = adapter_shapes(model);
+    for m in model.options.head_mix.iter().flatten() {
+        out.push(vec![m.alpha.len()]);
+        out.push(vec![m.beta.len()]);
+    }
+    out
+}
+
 /// The `"liger"` section of `dir/config.json`: `None` for a plain Hugging Face checkpoint.
 /// A section from a newer format is an error. A checkpoint in the reference's `liger_gla`
 /// format (see [`reference_hf`]) has no section: it stands for the reference's options with

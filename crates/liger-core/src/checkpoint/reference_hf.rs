@@ -41,6 +41,7 @@ pub fn reference_options() -> LigerOptions {
             beta: 0.5,
         },
         softmax_layers: Vec::new(),
+        head_mix: Vec::new(),
     }
 }
 
@@ -100,6 +101,9 @@ pub fn reference_gaps(config: &ModelConfig, options: &LigerOptions) -> Option<St
     }
     if a.alpha != want.alpha || a.beta != want.beta {
         gaps.push(format!("mix weights alpha {} beta {} (the reference mixes 0.5 / 0.5)", a.alpha, a.beta));
+    }
+    if !options.head_mix.is_empty() {
+        gaps.push("learned mix weights per head (the reference mixes every head 0.5 / 0.5)".to_string());
     }
     (!gaps.is_empty()).then(|| gaps.join("; "))
 }

@@ -12,13 +12,16 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// A tiny Liger model with adapters on every projection, their B matrices random (non-zero).
+/// A tiny Liger model with adapters on every projection, their B matrices random (non-zero),
+/// and learned branch weights per head (random too).
 fn model_with_adapters(seed: u64) -> LigerModel {
     let lora = LoraOptions { rank: 2, alpha: 4.0, targets: LoraTarget::ALL.to_vec(), seed };
-    let options = LigerOptions { softmax_layers: vec![1], ..LigerOptions::default() };
+    let c = byte_config();
+    let options = LigerOptions { softmax_layers: vec![1], ..LigerOptions::default() }
+        .with_learned_head_mix(c.num_layers, c.num_heads);
     let mut model = linearize(tiny_byte_model(seed), options, lora).unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
-    for p in model.lora_params_mut() {
+    for p in model.trained_params_mut() {
         p.iter_mut().for_each(|x| *x = rng.random_range(-0.3..0.3));
     }
     model
@@ -180,11 +183,14 @@ fn training_resumed_from_a_checkpoint_matches_training_straight_bit_for_bit() {
         seed: 9,
         ..TrainConfig::default()
     };
+    // With learned branch weights: they train, save and resume with the adapters.
     let fresh = || {
         let lora = LoraOptions { rank: 2, alpha: 4.0, seed, ..LoraOptions::default() };
-        linearize(tiny_byte_model(seed), LigerOptions::default(), lora).unwrap()
+        let c = byte_config();
+        let options = LigerOptions::default().with_learned_head_mix(c.num_layers, c.num_heads);
+        linearize(tiny_byte_model(seed), options, lora).unwrap()
     };
-    let sizes = |m: &LigerModel| -> Vec<usize> { m.lora_params().iter().map(|p| p.1.len()).collect() };
+    let sizes = |m: &LigerModel| -> Vec<usize> { m.trained_params().iter().map(|p| p.1.len()).collect() };
     let never = AtomicBool::new(false);
 
     let mut straight = fresh();
@@ -219,12 +225,16 @@ fn training_resumed_from_a_checkpoint_matches_training_straight_bit_for_bit() {
     let loss_bits = |t: &Trainer| t.state.losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>();
     println!("losses straight {:?}", t.state.losses);
     assert_eq!(loss_bits(&t2), loss_bits(&t));
-    for ((name, a), (_, b)) in second.lora_params().iter().zip(straight.lora_params()) {
+    for ((name, a), (_, b)) in second.trained_params().iter().zip(straight.trained_params()) {
         assert_eq!(bits(a), bits(b), "{name} differs after resuming");
     }
     assert!(
         straight.lora_params().iter().any(|p| p.0.contains("lora_B") && p.1.iter().any(|&x| x != 0.0)),
         "training did not move B"
+    );
+    assert!(
+        straight.options.head_mix.iter().flatten().any(|m| m.alpha.iter().chain(&m.beta).any(|&w| w != 0.5)),
+        "training did not move the branch weights"
     );
 
     // A checkpoint without training state says so; a missing optimizer file is an error.

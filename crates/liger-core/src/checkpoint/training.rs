@@ -1,7 +1,7 @@
 //! What a resumed run needs besides the model: `trainer_state.json` (step, data position,
 //! seed, config, loss history) and `optimizer.safetensors` (AdamW's moments, f32, exact).
 
-use super::{adapter_shapes, write_json, LIGER_FORMAT_VERSION};
+use super::{trained_shapes, write_json, LIGER_FORMAT_VERSION};
 use crate::convert::LigerModel;
 use crate::error::{Error, Result};
 use crate::hf::{write_safetensors, SafetensorsFile, SaveDtype};
@@ -31,11 +31,11 @@ struct StateFile {
 }
 
 pub(super) fn write(dir: &Path, model: &LigerModel, t: &TrainingSnapshot) -> Result<()> {
-    let params = model.lora_params();
+    let params = model.trained_params();
     if t.optimizer.m.len() != params.len() || t.optimizer.m.iter().zip(&params).any(|(m, p)| m.len() != p.1.len()) {
-        return Err(Error::shape("the optimizer state does not match the model's adapters"));
+        return Err(Error::shape("the optimizer state does not match the model's trained parameters"));
     }
-    let shapes = adapter_shapes(model);
+    let shapes = trained_shapes(model);
     let mut tensors: Vec<(String, Vec<usize>, SaveDtype, &[f32])> = Vec::new();
     for (kind, moments) in [("m", &t.optimizer.m), ("v", &t.optimizer.v)] {
         for (((name, _), shape), values) in params.iter().zip(&shapes).zip(moments) {
@@ -73,7 +73,7 @@ pub fn load_training_state(dir: &Path, model: &LigerModel) -> Result<Option<(Tra
     }
     let opt = SafetensorsFile::open(&opt_path)?;
     let mut moments: HashMap<&str, Vec<Vec<f32>>> = HashMap::new();
-    let params = model.lora_params();
+    let params = model.trained_params();
     for kind in ["m", "v"] {
         let mut list = Vec::with_capacity(params.len());
         for (name, values) in &params {

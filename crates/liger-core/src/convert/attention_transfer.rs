@@ -63,10 +63,12 @@ impl LigerModel {
                 let att = &self.options.attention;
                 let p = project_qkv(c, lw, &self.lora.layers[layer], &h, t);
                 let mut state = LigerLayerState::new(att, shape)?;
-                let o = liger_attention_forward(att, shape, &p.q, &p.k, &p.v, &inv_freq, &mut state)?;
+                // Learned branch weights are used as they are: this stage trains the adapters.
+                let mix = self.options.head_mix_of(layer);
+                let o = liger_attention_forward(att, mix, shape, &p.q, &p.k, &p.v, &inv_freq, &mut state)?;
                 let mut d_o = vec![0.0f32; t * qs];
                 loss_sum += attention_transfer_rows(&o, &target, labels, qs, weight, grad_scale, &mut d_o);
-                let qkv = liger_attention_backward(att, shape, &p.q, &p.k, &p.v, &inv_freq, &d_o)?;
+                let qkv = liger_attention_backward(att, mix, shape, &p.q, &p.k, &p.v, &inv_freq, &d_o)?;
                 // The input gradient stops here: the next layer reads the base's stream.
                 let mut dh = vec![0.0f32; t * c.hidden_size];
                 self.projections_backward(layer, &h, &p, qkv, t, &mut own.layers[layer], &mut dh);

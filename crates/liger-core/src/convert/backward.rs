@@ -7,10 +7,11 @@
 //! The LM head is dequantized to f32 for the loss during the call (`vocab x hidden x 4`
 //! bytes; no copy when it is already f32).
 
-use super::model::{LayerTape, LigerModel, Projections};
+use super::model::{LayerTape, LigerModel, LoraSet, Projections};
 use super::options::LoraTarget;
 use crate::error::{Error, ErrorCode, Result};
-use crate::liger::{causal_attention_backward, liger_attention_backward, HeadShape, QkvGrads};
+use crate::liger::head_mix::head_mix_grads;
+use crate::liger::{causal_attention_backward, liger_attention_backward, HeadMix, HeadShape, QkvGrads};
 use crate::linalg::{matmul, MatRef};
 use crate::model::forward::embed;
 use crate::nn::lora::LoraGrad;
@@ -21,20 +22,28 @@ use crate::nn::swiglu::swiglu_backward;
 use crate::tensor::{GgmlType, QTensor};
 use rayon::prelude::*;
 
-/// Gradients of every adapter, laid out like [`super::LoraSet`].
+/// Gradients of every trained parameter: the adapters, laid out like [`super::LoraSet`], and
+/// the learned branch weights, laid out like `LigerOptions::head_mix` (empty when the model
+/// learns none).
 #[derive(Debug, Clone, Default)]
 pub struct LoraGrads {
     /// Per layer, indexed by `LoraTarget` (q, k, v, o).
     pub layers: Vec<[Option<LoraGrad>; 4]>,
+    pub head_mix: Vec<Option<HeadMix>>,
 }
 
 impl LoraGrads {
-    /// The gradients in the order of [`LigerModel::lora_params`].
+    /// The gradients in the order of [`LigerModel::trained_params`].
     pub fn as_slices(&self) -> Vec<&[f32]> {
-        self.layers.iter().flatten().flatten().flat_map(|g| [g.a.as_slice(), g.b.as_slice()]).collect()
+        let adapters = self.layers.iter().flatten().flatten().flat_map(|g| [g.a.as_slice(), g.b.as_slice()]);
+        let mix = self.head_mix.iter().flatten().flat_map(|m| [m.alpha.as_slice(), m.beta.as_slice()]);
+        adapters.chain(mix).collect()
     }
     pub fn as_mut_slices(&mut self) -> Vec<&mut [f32]> {
-        self.layers.iter_mut().flatten().flatten().flat_map(|g| [g.a.as_mut_slice(), g.b.as_mut_slice()]).collect()
+        let adapters =
+            self.layers.iter_mut().flatten().flatten().flat_map(|g| [g.a.as_mut_slice(), g.b.as_mut_slice()]);
+        let mix = self.head_mix.iter_mut().flatten().flat_map(|m| [m.alpha.as_mut_slice(), m.beta.as_mut_slice()]);
+        adapters.chain(mix).collect()
     }
     pub fn zero(&mut self) {
         self.as_mut_slices().into_iter().for_each(|s| s.fill(0.0));
@@ -76,6 +85,18 @@ pub(crate) fn add_dy_w(w: &QTensor, dy: &[f32], t: usize, dx: &mut [f32]) {
     }
 }
 
+/// Every adapter's A and B, mutable, in the order of [`LigerModel::lora_params`].
+fn adapter_params_mut(lora: &mut LoraSet) -> Vec<&mut [f32]> {
+    let mut out = Vec::new();
+    for l in &mut lora.layers {
+        for a in [&mut l.q, &mut l.k, &mut l.v, &mut l.o].into_iter().flatten() {
+            out.push(a.a.as_mut_slice());
+            out.push(a.b.as_mut_slice());
+        }
+    }
+    out
+}
+
 impl LigerModel {
     /// Names and values of every LoRA parameter, in a stable order: by layer, then q, k, v,
     /// o, then A before B. Names follow PEFT (`...layers.3.self_attn.q_proj.lora_A.weight`).
@@ -95,21 +116,40 @@ impl LigerModel {
 
     /// The same parameters, mutable, in the same order.
     pub fn lora_params_mut(&mut self) -> Vec<&mut [f32]> {
-        let mut out = Vec::new();
-        for l in &mut self.lora.layers {
-            for a in [&mut l.q, &mut l.k, &mut l.v, &mut l.o].into_iter().flatten() {
-                out.push(a.a.as_mut_slice());
-                out.push(a.b.as_mut_slice());
+        adapter_params_mut(&mut self.lora)
+    }
+
+    /// Every trained parameter: the adapters ([`LigerModel::lora_params`]), then the learned
+    /// branch weights of each Liger layer, alpha before beta (`...layers.3.self_attn.head_mix.alpha`).
+    pub fn trained_params(&self) -> Vec<(String, &[f32])> {
+        let mut out = self.lora_params();
+        for (i, m) in self.options.head_mix.iter().enumerate() {
+            if let Some(m) = m {
+                let name = format!("base_model.model.model.layers.{i}.self_attn.head_mix");
+                out.push((format!("{name}.alpha"), m.alpha.as_slice()));
+                out.push((format!("{name}.beta"), m.beta.as_slice()));
             }
         }
         out
     }
 
-    /// Zero gradients shaped like the adapters.
+    /// The same parameters, mutable, in the same order.
+    pub fn trained_params_mut(&mut self) -> Vec<&mut [f32]> {
+        let mut out = adapter_params_mut(&mut self.lora);
+        for m in self.options.head_mix.iter_mut().flatten() {
+            out.push(m.alpha.as_mut_slice());
+            out.push(m.beta.as_mut_slice());
+        }
+        out
+    }
+
+    /// Zero gradients shaped like the trained parameters.
     pub fn new_lora_grads(&self) -> LoraGrads {
         let layers =
             self.lora.layers.iter().map(|l| LoraTarget::ALL.map(|t| l.get(t).map(|a| a.zero_grad()))).collect();
-        LoraGrads { layers }
+        let head_mix =
+            self.options.head_mix.iter().map(|m| m.as_ref().map(|m| HeadMix::zeros(m.alpha.len()))).collect();
+        LoraGrads { layers, head_mix }
     }
 
     pub(crate) fn check_labels(&self, inputs: &[u32], labels: &[u32]) -> Result<()> {
@@ -208,6 +248,7 @@ impl LigerModel {
     ) -> Result<Vec<f32>> {
         let c = &self.base.config;
         let (lw, lora) = (&self.base.weights.layers[layer], &self.lora.layers[layer]);
+        let mix_grad = grads.head_mix.get_mut(layer).and_then(|m| m.as_mut());
         let grads = &mut grads.layers[layer];
         let (hs, f, eps) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps);
         // MLP: x_out = x_mid + down(silu(gate) * up), gate and up of h2 = norm(x_mid).
@@ -229,10 +270,14 @@ impl LigerModel {
         }
         let p = &tape.proj;
         let shape = self.head_shape()?;
+        let mix = self.options.head_mix_of(layer);
         let qkv = if self.options.is_softmax_layer(layer) {
             softmax_attention_backward(shape, &p.q, &p.k, &p.v, inv_freq, &d_o)?
         } else {
-            liger_attention_backward(&self.options.attention, shape, &p.q, &p.k, &p.v, inv_freq, &d_o)?
+            if let (Some(g), Some(b)) = (mix_grad, &tape.branches) {
+                head_mix_grads(shape, &d_o, &b.grm, b.swa.as_deref(), g);
+            }
+            liger_attention_backward(&self.options.attention, mix, shape, &p.q, &p.k, &p.v, inv_freq, &d_o)?
         };
         let mut dh = vec![0.0f32; t * hs];
         self.projections_backward(layer, &tape.h, p, qkv, t, grads, &mut dh);
@@ -287,10 +332,16 @@ impl LigerModel {
                     (None, None) => true,
                     _ => false,
                 })
+            })
+            && grads.head_mix.len() == self.options.head_mix.len()
+            && grads.head_mix.iter().zip(&self.options.head_mix).all(|(g, m)| match (g, m) {
+                (Some(g), Some(m)) => g.alpha.len() == m.alpha.len() && g.beta.len() == m.beta.len(),
+                (None, None) => true,
+                _ => false,
             });
         if !fits {
             return Err(Error::shape(
-                "the gradients do not fit this model's adapters; make them with new_lora_grads()",
+                "the gradients do not fit this model's adapters or branch weights; make them with new_lora_grads()",
             ));
         }
         Ok(())

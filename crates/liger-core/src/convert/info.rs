@@ -27,6 +27,7 @@ impl LigerModel {
             "beta": attention.beta,
             "softmaxLayers": self.options.softmax_layers,
             "loraParams": self.lora_params().iter().map(|(_, p)| p.len()).sum::<usize>(),
+            "learnedHeadMix": !self.options.head_mix.is_empty(),
             "stateBytesPerSequence": self.state_bytes(),
         })
     }

@@ -9,7 +9,10 @@ use super::state::{AttentionCache, LayerState, LigerState};
 use crate::config::ModelConfig;
 use crate::error::{Error, ErrorCode, Result};
 use crate::generate::CausalLm;
-use crate::liger::{causal_attention_forward, liger_attention_forward, HeadShape, LigerLayerState};
+use crate::liger::head_mix::mix_branches;
+use crate::liger::{
+    causal_attention_forward, liger_attention_branches, liger_attention_forward, HeadShape, LigerLayerState,
+};
 use crate::linalg::matmul_wt;
 use crate::model::forward::{embed, lm_head, Logits};
 use crate::model::ops::add_bias;
@@ -110,6 +113,13 @@ pub(crate) struct Projections {
     pub saved: [Option<LoraSaved>; 3],
 }
 
+/// A Liger layer's two branch outputs before their mix (`[T, hq, D]` each; `swa` without the
+/// window branch is `None`).
+pub(crate) struct Branches {
+    pub grm: Vec<f32>,
+    pub swa: Option<Vec<f32>>,
+}
+
 /// Everything one layer's backward pass reads, kept by [`LigerModel::layer_forward`].
 pub(crate) struct LayerTape {
     /// The attention block's normalised input.
@@ -117,6 +127,8 @@ pub(crate) struct LayerTape {
     pub proj: Projections,
     /// The mixer's output, input of o_proj.
     pub o: Vec<f32>,
+    /// The two branches before their mix, when the layer learns its branch weights.
+    pub branches: Option<Branches>,
     pub saved_o: Option<LoraSaved>,
     /// The MLP block's input (the residual stream after attention).
     pub x_mid: Vec<f32>,
@@ -225,23 +237,31 @@ impl LigerModel {
         let mut h = vec![0.0f32; x.len()];
         rms_norm(x, &lw.attn_norm, c.rms_norm_eps, &mut h);
         let proj = project_qkv(c, lw, lora, &h, t);
+        let (att, mix) = (&self.options.attention, self.options.head_mix_of(layer));
+        let mut branches = None;
         let o = match state {
             LayerState::Liger(s) if t == 1 => {
                 // Decoding: the recurrent form.
                 let mut o = vec![0.0f32; c.q_size()];
-                s.step(&self.options.attention, &proj.q, &proj.k, &proj.v, inv_freq, &mut o)?;
+                s.step(att, mix, &proj.q, &proj.k, &proj.v, inv_freq, &mut o)?;
                 o
             }
-            LayerState::Liger(s) => {
-                liger_attention_forward(&self.options.attention, shape, &proj.q, &proj.k, &proj.v, inv_freq, s)?
+            LayerState::Liger(s) if keep && mix.is_some() => {
+                // Training learned weights: their gradients read the branches before the mix.
+                let (mut o, swa) = liger_attention_branches(att, shape, &proj.q, &proj.k, &proj.v, inv_freq, s)?;
+                let grm = o.clone();
+                mix_branches(att, mix, shape, &mut o, swa.as_deref());
+                branches = Some(Branches { grm, swa });
+                o
             }
+            LayerState::Liger(s) => liger_attention_forward(att, mix, shape, &proj.q, &proj.k, &proj.v, inv_freq, s)?,
             LayerState::Softmax(cache) => softmax_attention(shape, &proj, inv_freq, cache)?,
         };
         let (y, saved_o) = project(&lw.wo, lora.o.as_ref(), None, &o, t);
         x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
         let x_mid = if keep { x.to_vec() } else { Vec::new() };
         let (gate, up) = self.mlp_forward(layer, x, t);
-        Ok(keep.then_some(LayerTape { h, proj, o, saved_o, x_mid, gate, up }))
+        Ok(keep.then_some(LayerTape { h, proj, o, branches, saved_o, x_mid, gate, up }))
     }
 
     /// The layer's SwiGLU MLP block, `x += down(silu(gate(h2)) * up(h2))` with `h2 = norm(x)`;

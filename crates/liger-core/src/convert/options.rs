@@ -3,7 +3,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::liger::{HeadShape, LigerAttentionConfig};
+use crate::liger::{HeadMix, HeadShape, LigerAttentionConfig};
 use serde::{Deserialize, Serialize};
 
 /// How the base model's attention layers are replaced.
@@ -16,6 +16,11 @@ pub struct LigerOptions {
     /// Layers (0-based) that keep full softmax attention: the inter-layer hybrid. Empty: every
     /// layer is converted and decoding memory is constant in the sequence length.
     pub softmax_layers: Vec<usize>,
+    /// Learned branch weights per query head, one entry per layer (`None` for the softmax
+    /// layers), trained with the adapters. Empty: every head mixes with `attention.alpha` and
+    /// `attention.beta`. See [`crate::liger::head_mix`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub head_mix: Vec<Option<HeadMix>>,
 }
 
 impl LigerOptions {
@@ -29,7 +34,22 @@ impl LigerOptions {
             ));
         }
         let softmax_layers = (0..num_layers).filter(|i| i % n == n - 1).collect();
-        Ok(LigerOptions { attention: LigerAttentionConfig::default(), softmax_layers })
+        Ok(LigerOptions { attention: LigerAttentionConfig::default(), softmax_layers, head_mix: Vec::new() })
+    }
+
+    /// These options with learned branch weights per head, starting from `attention.alpha` and
+    /// `attention.beta` in every Liger layer of a model of `num_layers` layers and `heads`
+    /// query heads.
+    pub fn with_learned_head_mix(mut self, num_layers: usize, heads: usize) -> Self {
+        self.head_mix = (0..num_layers)
+            .map(|l| (!self.is_softmax_layer(l)).then(|| HeadMix::uniform(&self.attention, heads)))
+            .collect();
+        self
+    }
+
+    /// The learned branch weights of `layer`, if the model learns them.
+    pub fn head_mix_of(&self, layer: usize) -> Option<&HeadMix> {
+        self.head_mix.get(layer).and_then(|m| m.as_ref())
     }
 
     /// Whether `layer` keeps softmax attention.
@@ -51,6 +71,36 @@ impl LigerOptions {
             }
             if self.softmax_layers[..i].contains(&layer) {
                 return Err(Error::invalid_argument(format!("softmax_layers: layer {layer} is listed twice")));
+            }
+        }
+        self.validate_head_mix(cfg)
+    }
+
+    fn validate_head_mix(&self, cfg: &ModelConfig) -> Result<()> {
+        if self.head_mix.is_empty() {
+            return Ok(());
+        }
+        if self.head_mix.len() != cfg.num_layers {
+            return Err(Error::shape(format!(
+                "head mix: {} layers of weights for a model of {} layers",
+                self.head_mix.len(),
+                cfg.num_layers
+            )));
+        }
+        for (layer, mix) in self.head_mix.iter().enumerate() {
+            match (mix, self.is_softmax_layer(layer)) {
+                (Some(m), false) => m.validate(cfg.num_heads).map_err(|e| e.context(format!("layer {layer}")))?,
+                (None, true) => {}
+                (Some(_), true) => {
+                    return Err(Error::invalid_argument(format!(
+                        "head mix: layer {layer} keeps softmax attention and has no branches to weigh"
+                    )))
+                }
+                (None, false) => {
+                    return Err(Error::invalid_argument(format!(
+                        "head mix: Liger layer {layer} has no weights (every Liger layer needs them, or none)"
+                    )))
+                }
             }
         }
         Ok(())

@@ -1,4 +1,5 @@
-//! Liger attention: `o = alpha * GRM(q, k, v) + beta * SWA(rope(q), rope(k), v)`.
+//! Liger attention: `o = alpha * GRM(q, k, v) + beta * SWA(rope(q), rope(k), v)`, with one
+//! `alpha` and `beta` for every head, or learned ones per head (see [`super::head_mix`]).
 //!
 //! With `grm_norm`, the recurrent branch is normalised like attention: `GRM(q, k, v) /
 //! (GRM(q, k, 1) + eps)`, the same recurrence over values of one giving `qf_t . z_t` with
@@ -15,6 +16,7 @@
 //! have to keep both. With `use_swa = false` only `alpha * GRM` remains (the ablation).
 
 use super::config::{HeadShape, MixerConfig, MixerKind};
+use super::head_mix::{mix_branches, split_branch_grads, HeadMix};
 use super::heads::QkvGrads;
 use super::mixer::{self, MixerState, DEFAULT_CHUNK_SIZE};
 use super::surprise::{
@@ -243,9 +245,12 @@ impl LigerLayerState {
     }
 
     /// One decoding step from the raw `q_t` `[hq, D]`, `k_t`, `v_t` `[hkv, D]`; writes `o_t`.
+    /// `mix`: learned branch weights per head (else the configuration's).
+    #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
         cfg: &LigerAttentionConfig,
+        mix: Option<&HeadMix>,
         q_t: &[f32],
         k_t: &[f32],
         v_t: &[f32],
@@ -255,6 +260,7 @@ impl LigerLayerState {
         let shape = self.grm.shape;
         cfg.validate(shape, inv_freq)?;
         self.check(cfg, shape)?;
+        check_mix(mix, shape)?;
         let (scores, next_ones) = match (&self.surprise, &self.grm_norm) {
             (Some(_), Some(ones)) => {
                 let (scores, next) = surprise_score_step(&cfg.mixer, shape, k_t, v_t, &self.grm, ones)?;
@@ -273,12 +279,12 @@ impl LigerLayerState {
                 *norm_state = next;
             }
         }
-        o_t.iter_mut().for_each(|o| *o *= cfg.alpha);
+        let mut o_swa = None;
         if cfg.use_swa {
             let (mut qr, mut kr) = (q_t.to_vec(), k_t.to_vec());
             apply_rope(&mut qr, shape.hq, shape.d, inv_freq, self.position, false);
             apply_rope(&mut kr, shape.hkv, shape.d, inv_freq, self.position, false);
-            let o_swa = match (&mut self.swa, &mut self.surprise, &scores) {
+            o_swa = Some(match (&mut self.swa, &mut self.surprise, &scores) {
                 (Some(cache), _, _) => {
                     let mut o_swa = vec![0.0; o_t.len()];
                     cache.step(&qr, &kr, v_t, &mut o_swa)?;
@@ -286,19 +292,21 @@ impl LigerLayerState {
                 }
                 (None, Some(memory), Some(scores)) => memory.attend(&qr, &kr, v_t, scores)?,
                 _ => unreachable!("check() holds a window memory for every SWA layer"),
-            };
-            o_t.iter_mut().zip(&o_swa).for_each(|(o, s)| *o += cfg.beta * s);
+            });
         }
+        mix_branches(cfg, mix, shape, o_t, o_swa.as_deref());
         self.position += 1;
         Ok(())
     }
 }
 
 /// Liger attention over T tokens that follow what `state` has seen (a fresh state for
-/// training or a prompt); advances `state`. Returns `[T, hq, D]`.
+/// training or a prompt); advances `state`. `mix`: learned branch weights per head (else the
+/// configuration's). Returns `[T, hq, D]`.
 #[allow(clippy::too_many_arguments)]
 pub fn liger_attention_forward(
     cfg: &LigerAttentionConfig,
+    mix: Option<&HeadMix>,
     shape: HeadShape,
     q: &[f32],
     k: &[f32],
@@ -306,6 +314,24 @@ pub fn liger_attention_forward(
     inv_freq: &[f32],
     state: &mut LigerLayerState,
 ) -> Result<Vec<f32>> {
+    check_mix(mix, shape)?;
+    let (mut o, swa) = liger_attention_branches(cfg, shape, q, k, v, inv_freq, state)?;
+    mix_branches(cfg, mix, shape, &mut o, swa.as_deref());
+    Ok(o)
+}
+
+/// The two branches of [`liger_attention_forward`] before their mix: the recurrent branch's
+/// output (normalised with `grm_norm`) and, with `use_swa`, the window attention's, each
+/// `[T, hq, D]`; advances `state`.
+pub fn liger_attention_branches(
+    cfg: &LigerAttentionConfig,
+    shape: HeadShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    inv_freq: &[f32],
+    state: &mut LigerLayerState,
+) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
     cfg.validate(shape, inv_freq)?;
     state.check(cfg, shape)?;
     let t = shape.tokens(q.len(), k.len(), v.len())?;
@@ -335,27 +361,34 @@ pub fn liger_attention_forward(
             *norm_state = next;
         }
     }
-    o.iter_mut().for_each(|x| *x *= cfg.alpha);
+    let mut o_swa = None;
     if cfg.use_swa {
         let (mut qr, mut kr) = (q.to_vec(), k.to_vec());
         apply_rope(&mut qr, shape.hq, shape.d, inv_freq, state.position, false);
         apply_rope(&mut kr, shape.hkv, shape.d, inv_freq, state.position, false);
-        let o_swa = match (&mut state.swa, &mut state.surprise, &scores) {
+        o_swa = Some(match (&mut state.swa, &mut state.surprise, &scores) {
             (Some(cache), _, _) => cache.attend(&qr, &kr, v)?,
             (None, Some(memory), Some(scores)) => memory.attend(&qr, &kr, v, scores)?,
             _ => unreachable!("check() holds a window memory for every SWA layer"),
-        };
-        o.iter_mut().zip(&o_swa).for_each(|(x, s)| *x += cfg.beta * s);
+        });
     }
     state.grm = grm;
     state.position += t;
-    Ok(o)
+    Ok((o, o_swa))
+}
+
+/// Checks learned branch weights against the heads.
+fn check_mix(mix: Option<&HeadMix>, shape: HeadShape) -> Result<()> {
+    mix.map_or(Ok(()), |m| m.validate(shape.hq))
 }
 
 /// Gradients of `sum(d_o * liger_attention_forward(q, k, v))` from a fresh state, w.r.t. the
-/// raw q, k, v (the SWA branch's gradients are rotated back through RoPE).
+/// raw q, k, v (the SWA branch's gradients are rotated back through RoPE). The learned
+/// weights' own gradients are [`super::head_mix::head_mix_grads`]'.
+#[allow(clippy::too_many_arguments)]
 pub fn liger_attention_backward(
     cfg: &LigerAttentionConfig,
+    mix: Option<&HeadMix>,
     shape: HeadShape,
     q: &[f32],
     k: &[f32],
@@ -364,7 +397,8 @@ pub fn liger_attention_backward(
     d_o: &[f32],
 ) -> Result<QkvGrads> {
     cfg.validate(shape, inv_freq)?;
-    let d_grm: Vec<f32> = d_o.iter().map(|x| x * cfg.alpha).collect();
+    check_mix(mix, shape)?;
+    let (d_grm, d_swa) = split_branch_grads(cfg, mix, shape, d_o);
     let mut grads = if cfg.grm_norm {
         // o = n / (den + eps): the two recurrences' gradients, from the recomputed forward.
         let ones = vec![1.0; v.len()];
@@ -384,7 +418,6 @@ pub fn liger_attention_backward(
         let (mut qr, mut kr) = (q.to_vec(), k.to_vec());
         apply_rope(&mut qr, shape.hq, shape.d, inv_freq, 0, false);
         apply_rope(&mut kr, shape.hkv, shape.d, inv_freq, 0, false);
-        let d_swa: Vec<f32> = d_o.iter().map(|x| x * cfg.beta).collect();
         let mut g = if cfg.surprise_keys > 0 {
             // The cache's choice is held fixed: the attention over what it kept is differentiated.
             let fresh = MixerState::zeros(&cfg.mixer, shape);

@@ -10,6 +10,7 @@ mod feature;
 pub mod gated_delta;
 mod gla;
 pub mod gsa;
+pub mod head_mix;
 mod heads;
 pub mod liger_attention;
 pub mod mixer;
@@ -21,10 +22,11 @@ pub mod swa;
 mod tests;
 
 pub use config::{GsaScale, HeadShape, MixerConfig, MixerKind, DEFAULT_GATE_NORMALIZER, DEFAULT_GSA_SLOTS};
+pub use head_mix::HeadMix;
 pub use heads::QkvGrads;
 pub use liger_attention::{
-    liger_attention_backward, liger_attention_forward, LigerAttentionConfig, LigerLayerState, SurpriseCache,
-    MAX_SINK_KEYS,
+    liger_attention_backward, liger_attention_branches, liger_attention_forward, LigerAttentionConfig, LigerLayerState,
+    SurpriseCache, MAX_SINK_KEYS,
 };
 pub use mixer::{chunk_backward, chunk_forward, recurrent_step, MixerState, DEFAULT_CHUNK_SIZE};
 pub use surprise::{SurpriseMemory, MAX_SURPRISE_KEYS};

@@ -22,7 +22,7 @@ use crate::checkpoint::{
 use crate::convert::{linearize, LigerModel, LigerOptions, LoraGrads, LoraOptions};
 use crate::error::{Error, ErrorCode, Result};
 use crate::generate::{generate, CausalLm, GenerateOptions};
-use crate::liger::SurpriseCache;
+use crate::liger::{HeadMix, SurpriseCache};
 use crate::model::forward::{forward, KvCache, Logits};
 use crate::model::{load_model, BaseModel};
 use crate::nn::loss::{LossOutput, IGNORE};
@@ -72,6 +72,9 @@ pub struct LinearizeJob {
     /// add the cache to the saved model, as LoLA adds it to a trained model (the default trains
     /// with the cache, so the adapters learn to read what it keeps).
     pub surprise_after_training: bool,
+    /// Learn the branch weights of each query head with the adapters, starting from
+    /// `options.attention.alpha` and `beta` (see `liger::head_mix`).
+    pub learn_head_mix: bool,
     /// `out_dir` may hold other files (the run is written beside them, never deleting them),
     /// or a run to start again (its checkpoints and model are replaced).
     pub overwrite: bool,
@@ -102,6 +105,7 @@ impl LinearizeJob {
             select_data: None,
             val_data: None,
             surprise_after_training: false,
+            learn_head_mix: false,
             overwrite: false,
             keep_checkpoints: None,
         }
@@ -161,6 +165,9 @@ pub struct LinearizeReport {
     pub attention_transfer: Option<StageReport>,
     /// The long-context stage after training, when the run had one.
     pub long_context: Option<StageReport>,
+    /// The learned branch weights per layer at the end of the run (empty when the run did
+    /// not learn them; `None` for softmax layers).
+    pub head_mix: Vec<Option<HeadMix>>,
 }
 
 /// A stage of a run beside its training: attention transfer before it
@@ -491,6 +498,12 @@ fn check_resumed_settings(
     let mut asked_options = asked_options;
     let cache = job.save.surprise_cache.unwrap_or(asked_options.attention.surprise_cache());
     asked_options.attention.set_surprise_cache(cache);
+    // Learned branch weights are whatever the first run learned; asked for or not is a setting.
+    let saved_learns = !options.head_mix.is_empty();
+    if saved_learns != job.learn_head_mix {
+        differences.push(format!("learned branch weights: saved {saved_learns}, asked {}", job.learn_head_mix));
+    }
+    asked_options.head_mix = options.head_mix.clone();
     diff_json("", &json_of(options)?, &json_of(&asked_options)?, &mut differences);
     // The adapters' seed only matters for a fresh start.
     let asked_lora = LoraOptions { seed: lora.seed, ..job.lora.clone() };
@@ -682,6 +695,10 @@ pub fn run_linearize_on<M: EngineModel>(
         (model, state)
     } else {
         on_event(JobEvent::Stage("converting to Liger attention".into()));
+        if job.learn_head_mix {
+            let c = &base.config;
+            options = options.with_learned_head_mix(c.num_layers, c.num_heads);
+        }
         (linearize(base, options, job.lora.clone())?, None)
     };
     report.softmax_layers = host_model.options.softmax_layers.clone();
@@ -783,6 +800,7 @@ pub fn run_linearize_on<M: EngineModel>(
 
     report.trained_eval = validate(&|i, l| model.loss(i, l))?;
     report.trained_eval.iter().for_each(|r| on_event(eval_event("liger (trained)", r)));
+    report.head_mix = model.host_model().options.head_mix.clone();
     on_event(JobEvent::Stage("saving".into()));
     let snapshot = trainer
         .as_ref()

@@ -556,7 +556,7 @@ impl GradBuffers for LoraGrads {
     }
 }
 
-/// The Liger model trains its LoRA adapters; the base weights stay frozen.
+/// The Liger model trains its LoRA adapters (and learned branch weights); the base weights stay frozen.
 impl Trainable for LigerModel {
     type Grads = LoraGrads;
     fn new_grads(&self) -> LoraGrads {
@@ -575,9 +575,9 @@ impl Trainable for LigerModel {
         LigerModel::loss(self, inputs, labels)
     }
     fn params(&self) -> Vec<(String, &[f32])> {
-        self.lora_params()
+        self.trained_params()
     }
     fn params_mut(&mut self) -> Vec<&mut [f32]> {
-        self.lora_params_mut()
+        self.trained_params_mut()
     }
 }

@@ -129,7 +129,8 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let mut d_o = GpuBuffer::<f32>::zeros(ctx, o.len())?;
         attention_transfer_rows(ctx, &o, target, labels, c.q_size(), weight, grad_scale, &mut d_o, row_loss)?;
         drop(o);
-        let d_qkv = self.attention_backward(layer, &qkv, softmax.as_ref(), rows, start, &d_o)?;
+        // Learned branch weights are used as they are: this stage trains the adapters.
+        let d_qkv = self.attention_backward(layer, &qkv, softmax.as_ref(), rows, start, &d_o, None)?;
         drop(d_o);
         // The input gradient stops here: the next layer reads the teacher's stream.
         let mut dh = GpuBuffer::<f32>::zeros(ctx, n * c.hidden_size)?;

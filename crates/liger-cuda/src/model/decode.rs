@@ -27,6 +27,7 @@ use crate::ops::attention::{
 };
 use crate::ops::decode::{surprise_cache_fill, SurpriseLayout};
 use crate::ops::embedding::embedding_gather;
+use crate::ops::head_mix::head_mix_to;
 use crate::ops::mixer::{mixer_chunk_forward_in_segments, mixer_state_len, MixerDims};
 use crate::ops::rms_norm::rms_norm_forward;
 use crate::ops::sampling::sample_tokens;
@@ -312,7 +313,12 @@ impl<T: GemmInput> GpuLigerModel<T> {
                         )?;
                         grm_normalize(ctx, &mut o_grm, &den)?;
                     }
-                    widen(ctx, &o_grm, &mut o, att.alpha, false)?;
+                    let head_mix = self.head_mix_guard()?;
+                    let learned_mix = head_mix.get(layer).and_then(|m| m.as_ref());
+                    let has_window = window.is_some();
+                    if learned_mix.is_none() {
+                        widen(ctx, &o_grm, &mut o, att.alpha, false)?;
+                    }
                     if let Some((wk, wv)) = window {
                         match surprise {
                             Some(scores) => {
@@ -333,7 +339,12 @@ impl<T: GemmInput> GpuLigerModel<T> {
                                 cache_prefill(ctx, rows.batch, rows.tokens, shape, window, &k_t, &v_t, &start, wk, wv)?;
                             }
                         }
-                        widen(ctx, &o_att, &mut o, att.beta, true)?;
+                        if learned_mix.is_none() {
+                            widen(ctx, &o_att, &mut o, att.beta, true)?;
+                        }
+                    }
+                    if let Some(m) = learned_mix {
+                        head_mix_to::<f32>(ctx, m, shape.d, &o_grm, has_window.then_some(&o_att), &mut o, None)?;
                     }
                 }
                 LayerCache::Softmax { keys, values } => {

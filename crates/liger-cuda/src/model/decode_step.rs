@@ -24,6 +24,7 @@ use crate::ops::decode::{
     decode_gemv, decode_gemv_swiglu, decode_lora_up, decode_mix, decode_rope_append, gemv_fits, surprise_decode_step,
     window_entries_in_use, DecodeRope, LoraUp, GEMV_MAX_BATCH,
 };
+use crate::ops::head_mix::head_mix_to;
 use crate::ops::mixer::{mixer_recurrent_step, mixer_step_keys_as_queries};
 use crate::ops::rms_norm::{rms_norm_forward, rms_norm_forward_pair};
 use crate::ops::swiglu::swiglu_forward_to;
@@ -290,6 +291,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let (b, shape, eps) = (p.batch, self.shape, c.rms_norm_eps);
         let (hs, qs, kvs, f) = (c.hidden_size, c.q_size(), c.kv_size(), c.intermediate_size);
         let lora = self.lora_guard()?;
+        let head_mix = self.head_mix_guard()?;
         // A few sequences: warp-per-row products that read each weight once, in fewer launches.
         let small = b <= GEMV_MAX_BATCH && [hs, qs, f].iter().all(|&k| gemv_fits::<T>(k));
         let StepBuffers {
@@ -395,9 +397,17 @@ impl<T: GemmInput> GpuLigerModel<T> {
                         decode_rope_append(ctx, &rope(att.window(), slots), q_in, k_in, v, q_roped, wk, wv)?;
                         let entries = att.window().capacity().saturating_add(slots);
                         attention_decode(ctx, b, shape, entries, q_roped, wk, wv, lengths, o_attention)?;
-                        decode_mix(ctx, Some((&*o_mixer, att.alpha)), Some((&*o_attention, att.beta)), o, o_t)?;
+                        match head_mix.get(layer).and_then(|m| m.as_ref()) {
+                            Some(m) => head_mix_to(ctx, m, shape.d, o_mixer, Some(&*o_attention), o, Some(&mut *o_t))?,
+                            None => {
+                                decode_mix(ctx, Some((&*o_mixer, att.alpha)), Some((&*o_attention, att.beta)), o, o_t)?
+                            }
+                        }
                     } else {
-                        decode_mix::<T>(ctx, Some((&*o_mixer, att.alpha)), None, o, o_t)?;
+                        match head_mix.get(layer).and_then(|m| m.as_ref()) {
+                            Some(m) => head_mix_to::<T>(ctx, m, shape.d, o_mixer, None, o, Some(&mut *o_t))?,
+                            None => decode_mix::<T>(ctx, Some((&*o_mixer, att.alpha)), None, o, o_t)?,
+                        }
                     }
                 }
                 LayerCache::Softmax { keys, values } => {

@@ -18,6 +18,7 @@ use crate::ops::attention::{
     attention_forward, keys_as_queries, surprise_attention_forward, surprise_scores, surprise_select, AttentionDims,
     SurpriseCache,
 };
+use crate::ops::head_mix::head_mix_to;
 use crate::ops::mixer::{mixer_chunk_forward_in_segments, MixerDims, TimeSegments};
 use crate::ops::rms_norm::{rms_norm_forward, rms_norm_forward_pair};
 use crate::ops::swiglu::swiglu_forward_to;
@@ -224,11 +225,15 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let softmax_layer = self.host.options.is_softmax_layer(layer);
         let mut o = GpuBuffer::<f32>::zeros(ctx, n * c.q_size())?;
         let mut o_grm = None;
+        let learned_mix = self.host.options.head_mix_of(layer).is_some();
         if !softmax_layer {
             let (g, _) = self.grm_fresh(qkv, rows)?;
             if att.use_swa {
                 // Mixed with the window attention's output below, in one pass.
                 o_grm = Some(g);
+            } else if learned_mix {
+                let mix = self.head_mix_guard()?;
+                head_mix_to::<T>(ctx, self.layer_head_mix(&mix, layer)?, shape.d, &g, None, &mut o, None)?;
             } else {
                 widen(ctx, &g, &mut o, att.alpha, false)?;
             }
@@ -265,7 +270,13 @@ impl<T: GemmInput> GpuLigerModel<T> {
             match &o_grm {
                 Some(g) => {
                     let mut mixed_t = GpuBuffer::<T>::zeros(ctx, o.len())?;
-                    liger_mix_to(ctx, g, &o_att, att.alpha, weight, &mut o, &mut mixed_t)?;
+                    if learned_mix {
+                        let mix = self.head_mix_guard()?;
+                        let mix = self.layer_head_mix(&mix, layer)?;
+                        head_mix_to(ctx, mix, shape.d, g, Some(&o_att), &mut o, Some(&mut mixed_t))?;
+                    } else {
+                        liger_mix_to(ctx, g, &o_att, att.alpha, weight, &mut o, &mut mixed_t)?;
+                    }
                     o_t = Some(mixed_t);
                 }
                 None => widen(ctx, &o_att, &mut o, weight, false)?,

@@ -26,6 +26,7 @@ pub use weights::{shape_only_host, GpuLayer, GpuLora, GpuWeights};
 
 use crate::context::GpuContext;
 use crate::gemm::GemmInput;
+use crate::ops::head_mix::GpuHeadMix;
 use liger_core::config::ModelConfig;
 use liger_core::convert::{LigerModel, LigerOptions, LoraGrads};
 use liger_core::liger::HeadShape;
@@ -42,6 +43,9 @@ pub struct GpuLigerModel<T: GemmInput> {
     host: LigerModel,
     weights: GpuWeights<T>,
     lora: Mutex<GpuLoraSet>,
+    /// Learned branch weights per layer (`None` for softmax layers; empty when the model
+    /// mixes every head alike), uploaded again with the adapters.
+    head_mix: Mutex<Vec<Option<GpuHeadMix>>>,
     /// Set when the host adapters may have changed since the last upload.
     lora_stale: AtomicBool,
     /// Counts the adapter uploads (a captured decoding step reads the adapters of one upload).
@@ -58,6 +62,11 @@ pub struct GpuLigerModel<T: GemmInput> {
     /// The base model attention transfer trains toward, while it runs
     /// ([`GpuLigerModel::set_attention_teacher`]).
     attention_teacher: Option<Box<GpuLigerModel<T>>>,
+}
+
+/// Every layer's learned branch weights on the device (empty when the model learns none).
+fn upload_head_mix(ctx: &GpuContext, mix: &[Option<liger_core::liger::HeadMix>]) -> Result<Vec<Option<GpuHeadMix>>> {
+    mix.iter().map(|m| m.as_ref().map(|m| GpuHeadMix::upload(ctx, m)).transpose()).collect()
 }
 
 /// A frozen teacher on the same GPU and the weight of its KL term in the training loss.
@@ -93,13 +102,16 @@ impl<T: GemmInput> GpuLigerModel<T> {
                 c.num_layers
             )));
         }
+        model.options.validate(c)?;
         // A bf16 model's adapter products run in TF32: the bf16 products around them set its precision.
         let lora = upload_lora(&ctx, &model.lora, T::KERNEL_SUFFIX == "bf16")?;
+        let head_mix = upload_head_mix(&ctx, &model.options.head_mix)?;
         Ok(GpuLigerModel {
             ctx,
             host: model,
             weights,
             lora: Mutex::new(lora),
+            head_mix: Mutex::new(head_mix),
             lora_stale: AtomicBool::new(false),
             lora_version: AtomicU64::new(0),
             decode_graphs: AtomicBool::new(true),
@@ -164,11 +176,20 @@ impl<T: GemmInput> GpuLigerModel<T> {
         self.host
     }
 
-    /// Uploads the adapters when the host copies may have changed.
+    /// Uploads the adapters and learned branch weights when the host copies may have changed.
     fn sync_lora(&self) -> Result<()> {
         if self.lora_stale.swap(false, Ordering::AcqRel) {
-            let mut lora = self.lora_guard()?;
-            if let Err(e) = refresh_lora(&mut lora, &self.host.lora) {
+            let refreshed =
+                self.lora_guard().and_then(|mut lora| refresh_lora(&mut lora, &self.host.lora)).and_then(|()| {
+                    let mut mix = self.head_mix_guard()?;
+                    for (gpu, host) in mix.iter_mut().zip(&self.host.options.head_mix) {
+                        if let (Some(gpu), Some(host)) = (gpu, host) {
+                            gpu.refresh(host)?;
+                        }
+                    }
+                    Ok(())
+                });
+            if let Err(e) = refreshed {
                 self.lora_stale.store(true, Ordering::Release);
                 return Err(e);
             }
@@ -179,6 +200,17 @@ impl<T: GemmInput> GpuLigerModel<T> {
 
     fn lora_guard(&self) -> Result<MutexGuard<'_, GpuLoraSet>> {
         self.lora.lock().map_err(|_| Error::internal("the GPU adapter lock is poisoned"))
+    }
+
+    fn head_mix_guard(&self) -> Result<MutexGuard<'_, Vec<Option<GpuHeadMix>>>> {
+        self.head_mix.lock().map_err(|_| Error::internal("the GPU branch weight lock is poisoned"))
+    }
+
+    /// Layer `layer`'s learned branch weights among `all` (from [`Self::head_mix_guard`]).
+    fn layer_head_mix<'a>(&self, all: &'a [Option<GpuHeadMix>], layer: usize) -> Result<&'a GpuHeadMix> {
+        all.get(layer)
+            .and_then(|m| m.as_ref())
+            .ok_or_else(|| Error::internal(format!("layer {layer} learns its branch weights but has none on the GPU")))
     }
 }
 
@@ -238,11 +270,11 @@ impl<T: GemmInput> Trainable for GpuLigerModel<T> {
         self.loss_batch(&[inputs], &[labels])
     }
     fn params(&self) -> Vec<(String, &[f32])> {
-        self.host.lora_params()
+        self.host.trained_params()
     }
     fn params_mut(&mut self) -> Vec<&mut [f32]> {
         self.lora_stale.store(true, Ordering::Release);
-        self.host.lora_params_mut()
+        self.host.trained_params_mut()
     }
 }
 

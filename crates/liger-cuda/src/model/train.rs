@@ -15,6 +15,7 @@ use crate::ops::cross_entropy::{
     cross_entropy, distillation_loss, rows_per_chunk, rows_per_distillation_chunk, GpuTeacher,
 };
 use crate::ops::embedding::embedding_gather;
+use crate::ops::head_mix::{head_mix_grads, head_mix_split, GpuHeadMix};
 use crate::ops::mixer::{mixer_chunk_backward_in_segments, MixerDims};
 use crate::ops::rms_norm::{rms_norm_backward, rms_norm_backward_add};
 use crate::ops::swiglu::swiglu_backward;
@@ -271,6 +272,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             ));
         }
         let mut device_grads = self.zero_device_grads()?;
+        let mut mix_grads = self.zero_head_mix_grads()?;
         for layer in (0..c.num_layers).rev() {
             let x_in = layer_inputs.pop().ok_or_else(|| Error::internal("a layer input is missing"))?;
             let tape = match (layer + kept >= c.num_layers).then(|| tapes.pop()).flatten() {
@@ -281,9 +283,17 @@ impl<T: GemmInput> GpuLigerModel<T> {
                         .ok_or_else(|| Error::internal("the layer kept no activations"))?
                 }
             };
-            dx = self.layer_backward(layer, &tape, &x_in, rows, &start, dx, &mut device_grads[layer])?;
+            let mix_grad = mix_grads.get_mut(layer).and_then(|m| m.as_mut());
+            dx = self.layer_backward(layer, &tape, &x_in, rows, &start, dx, &mut device_grads[layer], mix_grad)?;
         }
         add_to_host(&device_grads, grads)?;
+        for (host, device) in grads.head_mix.iter_mut().zip(&mix_grads) {
+            if let (Some(host), Some(device)) = (host, device) {
+                let got = device.to_host()?;
+                host.alpha.iter_mut().zip(got.alpha).for_each(|(h, d)| *h += d);
+                host.beta.iter_mut().zip(got.beta).for_each(|(h, d)| *h += d);
+            }
+        }
         Ok(out)
     }
 
@@ -331,6 +341,17 @@ impl<T: GemmInput> GpuLigerModel<T> {
             .collect()
     }
 
+    /// Zero gradients of the learned branch weights, per layer (empty when there are none).
+    fn zero_head_mix_grads(&self) -> Result<Vec<Option<GpuHeadMix>>> {
+        let heads = self.shape.hq;
+        self.host
+            .options
+            .head_mix
+            .iter()
+            .map(|m| m.as_ref().map(|_| GpuHeadMix::zeros(&self.ctx, heads)).transpose())
+            .collect()
+    }
+
     /// Back through one layer: from the gradient w.r.t. its output (taken over and reused)
     /// to the one w.r.t. its input, accumulating the adapters' gradients.
     #[allow(clippy::too_many_arguments)]
@@ -343,6 +364,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         start: &GpuBuffer<u32>,
         dx_out: GpuBuffer<f32>,
         grads: &mut [Option<GpuLoraGrad>; 4],
+        mix_grad: Option<&mut GpuHeadMix>,
     ) -> Result<GpuBuffer<f32>> {
         let ctx = &self.ctx;
         let c = self.config();
@@ -375,7 +397,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
             lora_backward(ctx, a, &tape.o, us, &dx_mid, n, g, &mut d_o)?;
         }
         drop(lora);
-        let d_qkv = self.attention_backward(layer, &tape.qkv, tape.softmax.as_ref(), rows, start, &d_o)?;
+        let d_qkv = self.attention_backward(layer, &tape.qkv, tape.softmax.as_ref(), rows, start, &d_o, mix_grad)?;
         drop(d_o);
         let mut dh = GpuBuffer::<f32>::zeros(ctx, n * hs)?;
         self.projections_backward(layer, &tape.h, &tape.qkv, d_qkv, n, grads, &mut dh)?;
@@ -427,7 +449,9 @@ impl<T: GemmInput> GpuLigerModel<T> {
     }
 
     /// Gradients (f32) w.r.t. the raw q, k, v of the layer's attention given `d_o`, from the
-    /// forward's q, k, v and its softmax branch's tape.
+    /// forward's q, k, v and its softmax branch's tape; with `mix_grad`, the layer's learned
+    /// branch weights' gradients are added there.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn attention_backward(
         &self,
         layer: usize,
@@ -436,6 +460,7 @@ impl<T: GemmInput> GpuLigerModel<T> {
         rows: Rows,
         start: &GpuBuffer<u32>,
         d_o: &GpuBuffer<f32>,
+        mix_grad: Option<&mut GpuHeadMix>,
     ) -> Result<(GpuBuffer<f32>, GpuBuffer<f32>, GpuBuffer<f32>)> {
         let ctx = &self.ctx;
         let shape = self.shape;
@@ -449,8 +474,26 @@ impl<T: GemmInput> GpuLigerModel<T> {
         let (window, weight) = if softmax_layer { (None, 1.0) } else { (Some(att.window()), att.beta) };
         // The window branch's share of d_o, in T; made with the mixer's share where both run.
         let mut d_att = None;
+        let learned_mix = self.host.options.head_mix_of(layer).is_some();
         if !softmax_layer {
-            let d_grm = if softmax.is_some() {
+            let d_grm = if learned_mix {
+                let mix = self.head_mix_guard()?;
+                let mix = self.layer_head_mix(&mix, layer)?;
+                if let Some(grad) = mix_grad {
+                    // The weights' gradients read the branches before the mix: the recurrent
+                    // one again, the window's from the tape.
+                    let (g, _) = self.grm_fresh(qkv, rows)?;
+                    head_mix_grads(ctx, shape.d, d_o, &g, softmax.map(|s| &s.o), grad)?;
+                }
+                let mut d_grm = GpuBuffer::<f32>::zeros(ctx, d_o.len())?;
+                let mut d_t = match softmax {
+                    Some(_) => Some(GpuBuffer::<T>::zeros(ctx, d_o.len())?),
+                    None => None,
+                };
+                head_mix_split(ctx, mix, shape.d, d_o, &mut d_grm, d_t.as_mut())?;
+                d_att = d_t;
+                d_grm
+            } else if softmax.is_some() {
                 let (mut d_grm, mut d_t) =
                     (GpuBuffer::<f32>::zeros(ctx, d_o.len())?, GpuBuffer::<T>::zeros(ctx, d_o.len())?);
                 scale_pair(ctx, d_o, att.alpha, weight, &mut d_grm, &mut d_t)?;

@@ -8,6 +8,7 @@ pub mod attention_transfer;
 pub mod cross_entropy;
 pub mod decode;
 pub mod embedding;
+pub mod head_mix;
 pub mod mixer;
 pub mod rms_norm;
 pub mod sampling;

@@ -64,6 +64,8 @@ pub struct LinearizeOptions {
     pub surprise_repeat_tolerance: f64,
     /// Train with the window alone and add the surprise cache to the saved model.
     pub surprise_after_training: bool,
+    /// Learn the branch weights of each query head with the adapters, from `alpha` and `beta`.
+    pub learn_head_mix: bool,
     /// Weights of the recurrent and sliding-window branches.
     pub alpha: f32,
     pub beta: f32,
@@ -141,6 +143,7 @@ impl LinearizeOptions {
             surprise_keys: attention.surprise_keys,
             surprise_repeat_tolerance: attention.surprise_repeat_tolerance,
             surprise_after_training: false,
+            learn_head_mix: false,
             alpha: attention.alpha,
             beta: attention.beta,
             use_swa: attention.use_swa,
@@ -264,6 +267,7 @@ impl LinearizeOptions {
         job.select_data = self.select_data.clone();
         job.val_data = self.val_data.clone();
         job.surprise_after_training = self.surprise_after_training;
+        job.learn_head_mix = self.learn_head_mix;
         Ok(job)
     }
 }

@@ -87,6 +87,27 @@ fn lora_gradients_match_finite_differences_for_hybrids() {
     }
 }
 
+/// Learned branch weights per head train with the adapters: their gradients, and the
+/// adapters', against the f64 model, in a hybrid (the softmax layer has no weights).
+#[test]
+fn learned_head_mix_gradients_match_finite_differences() {
+    let mut rng = rng();
+    let mut model = tiny_model(&mut rng, attention(MixerKind::Gla, 5), vec![1], Architecture::Llama);
+    let (layers, heads) = (model.config().num_layers, model.config().num_heads);
+    model.options = model.options.clone().with_learned_head_mix(layers, heads);
+    // Away from the uniform start, so that each head's weights matter on their own.
+    for m in model.options.head_mix.iter_mut().flatten() {
+        m.alpha.iter_mut().for_each(|a| *a = rng.random_range(-1.0..1.0));
+        m.beta.iter_mut().for_each(|b| *b = rng.random_range(0.0..2.0));
+    }
+    let grads = model.new_lora_grads();
+    assert_eq!(grads.head_mix.iter().flatten().count(), layers - 1, "weights in every Liger layer only");
+    assert_eq!(model.trained_params().len(), model.lora_params().len() + 2 * (layers - 1));
+    let (loss_err, grad_err) = check_gradients(&mut rng, &model, 20);
+    println!("gla hybrid with learned head mix: loss rel err {loss_err:.2e}, gradient max rel err {grad_err:.2e}");
+    assert!(loss_err < 1e-5 && grad_err < 1e-3);
+}
+
 #[test]
 fn lora_gradients_across_chunk_boundaries() {
     // 70 tokens: the chunked mixer and blocked attention cross their 64-token boundaries.

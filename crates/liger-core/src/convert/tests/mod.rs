@@ -62,7 +62,8 @@ pub(super) fn tiny_model(
     let cfg = tiny_config(arch);
     let base = tiny_base(&cfg, rng.random());
     let lora = LoraOptions { rank: 2, alpha: 4.0, targets: LoraTarget::ALL.to_vec(), seed: rng.random() };
-    let mut model = linearize(base, LigerOptions { attention, softmax_layers }, lora).expect("valid options");
+    let mut model =
+        linearize(base, LigerOptions { attention, softmax_layers, head_mix: Vec::new() }, lora).expect("valid options");
     for p in model.lora_params_mut() {
         p.iter_mut().for_each(|x| *x = rng.random_range(-0.4..0.4));
     }

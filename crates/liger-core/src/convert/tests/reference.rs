@@ -116,9 +116,19 @@ impl<'a> RefModel<'a> {
         }
     }
 
-    /// The model's LoRA parameters in f64, in `lora_params` order.
+    /// The model's trained parameters in f64, in `trained_params` order (the adapters, then
+    /// the learned branch weights).
     pub fn params(&self) -> Vec<Vec<f64>> {
-        self.model.lora_params().iter().map(|(_, p)| f64s(p)).collect()
+        self.model.trained_params().iter().map(|(_, p)| f64s(p)).collect()
+    }
+
+    /// Layer `layer`'s learned branch weights (alpha, beta) within `params`, if it has them.
+    fn head_mix<'p>(&self, params: &'p [Vec<f64>], layer: usize) -> Option<(&'p [f64], &'p [f64])> {
+        let m = self.model;
+        m.options.head_mix_of(layer)?;
+        let before = m.options.head_mix[..layer].iter().flatten().count();
+        let at = m.lora_params().len() + 2 * before;
+        Some((&params[at], &params[at + 1]))
     }
 
     /// Logits `[T, vocab]` after each token, with LoRA parameters `params`.
@@ -166,12 +176,13 @@ impl<'a> RefModel<'a> {
             }
             let hs_in: Vec<Vec<f64>> = xs.iter().map(|x| rms_norm(x, &l.attn_norm, eps)).collect();
             let softmax = m.options.is_softmax_layer(li);
+            let mix = self.head_mix(params, li);
             let o = match transfer.as_mut() {
-                None => self.attention(l, &adapters, softmax, &hs_in),
+                None => self.attention(l, &adapters, softmax, mix, &hs_in),
                 Some((labels, loss)) => {
-                    let base = self.attention(l, &[None, None, None, None], true, &hs_in);
+                    let base = self.attention(l, &[None, None, None, None], true, None, &hs_in);
                     if !softmax {
-                        let o = self.attention(l, &adapters, false, &hs_in);
+                        let o = self.attention(l, &adapters, false, mix, &hs_in);
                         let width = shape.hq * hd;
                         for (r, &label) in labels.iter().enumerate() {
                             if label == crate::nn::loss::IGNORE {
@@ -203,7 +214,14 @@ impl<'a> RefModel<'a> {
 
     /// One layer's attention output `[T, hq * d]` (before o_proj) from its normalised inputs:
     /// softmax attention, or the model's Liger attention, with these q, k, v adapters.
-    fn attention(&self, l: &Layer, adapters: &[Option<RefLora>; 4], softmax: bool, hs_in: &[Vec<f64>]) -> Vec<f64> {
+    fn attention(
+        &self,
+        l: &Layer,
+        adapters: &[Option<RefLora>; 4],
+        softmax: bool,
+        mix: Option<(&[f64], &[f64])>,
+        hs_in: &[Vec<f64>],
+    ) -> Vec<f64> {
         let m = self.model;
         let c = &m.base.config;
         let eps = c.rms_norm_eps as f64;
@@ -239,10 +257,14 @@ impl<'a> RefModel<'a> {
             return naive::attention_forward(shape, usize::MAX, &qr, &kr, &v);
         }
         let (grm, _) = naive::mixer_forward(&att.mixer, shape, &q, &k, &v, None);
-        let mut o: Vec<f64> = grm.iter().map(|x| x * att.alpha as f64).collect();
+        // Element i of `[T, hq, D]` belongs to query head (i / D) % hq.
+        let head = |i: usize| (i / hd) % shape.hq;
+        let alpha = |i: usize| mix.map_or(att.alpha as f64, |(a, _)| a[head(i)]);
+        let beta = |i: usize| mix.map_or(att.beta as f64, |(_, b)| b[head(i)]);
+        let mut o: Vec<f64> = grm.iter().enumerate().map(|(i, x)| x * alpha(i)).collect();
         if att.use_swa {
             let swa = naive::attention_forward(shape, att.window(), &qr, &kr, &v);
-            o.iter_mut().zip(&swa).for_each(|(a, b)| *a += att.beta as f64 * b);
+            o.iter_mut().enumerate().zip(&swa).for_each(|((i, a), b)| *a += beta(i) * b);
         }
         o
     }

@@ -3,9 +3,10 @@
 
 use super::liger_attention::{inv_freq, liger_f64};
 use super::{dot, numeric_grad, rel_err, rng, to_f64, uniform};
+use crate::liger::head_mix::head_mix_grads;
 use crate::liger::{
-    chunk_backward, liger_attention_backward, naive, swa_backward, HeadShape, LigerAttentionConfig, MixerConfig,
-    MixerKind, QkvGrads, Window, FULL_ATTENTION,
+    chunk_backward, liger_attention_backward, liger_attention_branches, naive, swa_backward, HeadMix, HeadShape,
+    LigerAttentionConfig, LigerLayerState, MixerConfig, MixerKind, QkvGrads, Window, FULL_ATTENTION,
 };
 
 const H: f64 = 1e-6;
@@ -124,12 +125,15 @@ fn liger_attention_backward_matches_numeric_gradients() {
     let shape = HeadShape::new(3, 1, 8).unwrap();
     let freqs = inv_freq(8);
     let t = 40;
-    for (kind, use_swa, sink_keys, grm_norm) in [
-        (MixerKind::Gla, true, 0, false),
-        (MixerKind::Gla, true, 3, false),
-        (MixerKind::Gla, true, 3, true),
-        (MixerKind::Gsa, true, 0, false),
-        (MixerKind::Hgrn2, false, 0, true),
+    let learned = HeadMix { alpha: vec![0.0, 0.7, -0.4], beta: vec![1.0, 0.3, 1.6] };
+    for (kind, use_swa, sink_keys, grm_norm, mix) in [
+        (MixerKind::Gla, true, 0, false, None),
+        (MixerKind::Gla, true, 3, false, None),
+        (MixerKind::Gla, true, 3, true, None),
+        (MixerKind::Gla, true, 3, true, Some(&learned)),
+        (MixerKind::Gsa, true, 0, false, None),
+        (MixerKind::Hgrn2, false, 0, true, None),
+        (MixerKind::Hgrn2, false, 0, true, Some(&learned)),
     ] {
         let cfg = LigerAttentionConfig {
             mixer: MixerConfig { kind, gsa_slots: 2, ..MixerConfig::default() },
@@ -144,11 +148,62 @@ fn liger_attention_backward_matches_numeric_gradients() {
         let v = uniform(&mut rng, t * 8, -1.0, 1.0);
         let d_o = uniform(&mut rng, t * 24, -1.0, 1.0);
         let want = numeric_qkv(&to_f64(&q), &to_f64(&k), &to_f64(&v), &to_f64(&d_o), |q, k, v| {
-            liger_f64(&cfg, shape, q, k, v, &freqs)
+            liger_f64(&cfg, mix, shape, q, k, v, &freqs)
         });
-        let g = liger_attention_backward(&cfg, shape, &q, &k, &v, &freqs, &d_o).unwrap();
+        let g = liger_attention_backward(&cfg, mix, shape, &q, &k, &v, &freqs, &d_o).unwrap();
         let [eq, ek, ev] = worst_err(&g, &want);
-        println!("liger {} swa {use_swa} sinks {sink_keys} grm_norm {grm_norm} backward rel err: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}", kind.name());
+        println!("liger {} swa {use_swa} sinks {sink_keys} grm_norm {grm_norm} learned mix {} backward rel err: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}", kind.name(), mix.is_some());
         assert!(eq < 1e-3 && ek < 1e-3 && ev < 1e-3);
+    }
+}
+
+/// The learned branch weights' gradients (from the branches before the mix) against central
+/// differences of the f64 composition in each weight.
+#[test]
+fn head_mix_gradients_match_numeric_gradients() {
+    let mut rng = rng();
+    let shape = HeadShape::new(4, 2, 8).unwrap();
+    let freqs = inv_freq(8);
+    let t = 30;
+    for (use_swa, grm_norm) in [(true, false), (true, true), (false, true)] {
+        let cfg = LigerAttentionConfig { window_keys: 5, sink_keys: 2, use_swa, grm_norm, ..Default::default() };
+        let mix =
+            HeadMix { alpha: uniform(&mut rng, shape.hq, -1.0, 1.0), beta: uniform(&mut rng, shape.hq, 0.0, 2.0) };
+        let q = uniform(&mut rng, t * shape.hq * 8, -2.0, 2.0);
+        let k = uniform(&mut rng, t * shape.hkv * 8, -2.0, 2.0);
+        let v = uniform(&mut rng, t * shape.hkv * 8, -1.0, 1.0);
+        let d_o = uniform(&mut rng, t * shape.hq * 8, -1.0, 1.0);
+        let mut state = LigerLayerState::new(&cfg, shape).unwrap();
+        let (grm, swa) = liger_attention_branches(&cfg, shape, &q, &k, &v, &freqs, &mut state).unwrap();
+        let mut got = HeadMix::zeros(shape.hq);
+        head_mix_grads(shape, &d_o, &grm, swa.as_deref(), &mut got);
+        let (qd, kd, vd, dd) = (to_f64(&q), to_f64(&k), to_f64(&v), to_f64(&d_o));
+        let objective = |m: &HeadMix| -> f64 {
+            liger_f64(&cfg, Some(m), shape, &qd, &kd, &vd, &freqs).iter().zip(&dd).map(|(o, g)| o * g).sum()
+        };
+        let step = 1e-2f32;
+        let (mut got_all, mut want_all) = (Vec::new(), Vec::new());
+        for h in 0..shape.hq {
+            for which in [0, 1] {
+                if which == 1 && !use_swa {
+                    assert_eq!(got.beta[h], 0.0, "no window branch: beta takes no gradient");
+                    continue;
+                }
+                let (mut up, mut down) = (mix.clone(), mix.clone());
+                let (w_up, w_down) = if which == 0 {
+                    (&mut up.alpha[h], &mut down.alpha[h])
+                } else {
+                    (&mut up.beta[h], &mut down.beta[h])
+                };
+                *w_up += step;
+                *w_down -= step;
+                let width = *w_up as f64 - *w_down as f64;
+                want_all.push((objective(&up) - objective(&down)) / width);
+                got_all.push(if which == 0 { got.alpha[h] } else { got.beta[h] });
+            }
+        }
+        let e = rel_err(&got_all, &want_all);
+        println!("head mix gradients, swa {use_swa} grm_norm {grm_norm}: max rel err {e:.2e}");
+        assert!(e < 1e-4);
     }
 }

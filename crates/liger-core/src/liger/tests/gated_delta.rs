@@ -189,7 +189,8 @@ fn a_gdn_model_trains_on_the_cpu() {
     let vocab = base.config.vocab_size as u32;
     let attention = LigerAttentionConfig { mixer: gdn(), window_keys: 5, ..LigerAttentionConfig::default() };
     let lora = LoraOptions { rank: 4, alpha: 8.0, targets: LoraTarget::ALL.to_vec(), seed: rng.random() };
-    let mut model = linearize(base, LigerOptions { attention, softmax_layers: vec![] }, lora).unwrap();
+    let mut model =
+        linearize(base, LigerOptions { attention, softmax_layers: vec![], head_mix: Vec::new() }, lora).unwrap();
     assert_eq!(model.options.attention.mixer.kind, MixerKind::Gdn);
     // A learnable stream: every sequence counts up by 3 from a random start.
     let len = 24;

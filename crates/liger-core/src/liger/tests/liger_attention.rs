@@ -5,7 +5,7 @@ use super::{rel_err, rng, to_f64, uniform};
 use crate::error::ErrorCode;
 use crate::liger::liger_attention::GRM_NORM_EPS;
 use crate::liger::{
-    liger_attention_forward, naive, HeadShape, LigerAttentionConfig, LigerLayerState, MixerConfig, MixerKind,
+    liger_attention_forward, naive, HeadMix, HeadShape, LigerAttentionConfig, LigerLayerState, MixerConfig, MixerKind,
 };
 use crate::nn::rope::apply_rope;
 
@@ -29,9 +29,10 @@ pub(super) fn rope_f64(x: &[f64], heads: usize, d: usize, inv_freq: &[f32]) -> V
     out
 }
 
-/// `alpha * GRM + beta * SWA(rope)` in f64.
+/// `alpha * GRM + beta * SWA(rope)` in f64 (alpha and beta per head with `mix`).
 pub(super) fn liger_f64(
     cfg: &LigerAttentionConfig,
+    mix: Option<&HeadMix>,
     shape: HeadShape,
     q: &[f64],
     k: &[f64],
@@ -43,11 +44,15 @@ pub(super) fn liger_f64(
         let (den, _) = naive::mixer_forward(&cfg.mixer, shape, q, k, &vec![1.0; v.len()], None);
         grm.iter_mut().zip(&den).for_each(|(x, d)| *x /= d + GRM_NORM_EPS as f64);
     }
-    let mut o: Vec<f64> = grm.iter().map(|x| x * cfg.alpha as f64).collect();
+    // Query head of element i of `[T, hq, D]`, and its weights.
+    let head = |i: usize| (i / shape.d) % shape.hq;
+    let alpha = |i: usize| mix.map_or(cfg.alpha, |m| m.alpha[head(i)]) as f64;
+    let beta = |i: usize| mix.map_or(cfg.beta, |m| m.beta[head(i)]) as f64;
+    let mut o: Vec<f64> = grm.iter().enumerate().map(|(i, x)| x * alpha(i)).collect();
     if cfg.use_swa {
         let (qr, kr) = (rope_f64(q, shape.hq, shape.d, inv_freq), rope_f64(k, shape.hkv, shape.d, inv_freq));
         let swa = naive::attention_forward(shape, cfg.window(), &qr, &kr, v);
-        o.iter_mut().zip(&swa).for_each(|(a, b)| *a += cfg.beta as f64 * b);
+        o.iter_mut().enumerate().zip(&swa).for_each(|((i, a), b)| *a += beta(i) * b);
     }
     o
 }
@@ -90,19 +95,24 @@ fn liger_attention_matches_f64_and_decoding_matches_prefill() {
             use_swa,
             ..Default::default()
         };
-        for (t, n) in [(1, 10), (50, 30), (70, 5), (130, 3)] {
+        // Learned weights per head, some negative, some off.
+        let learned = HeadMix { alpha: vec![0.0, 0.7, -0.4], beta: vec![1.0, 0.3, 1.6] };
+        for ((t, n), mix) in
+            [(1, 10), (50, 30), (70, 5), (130, 3)].into_iter().zip([None, Some(&learned)].into_iter().cycle())
+        {
             let total = t + n;
             let q = uniform(&mut rng, total * row_q, -2.0, 2.0);
             let k = uniform(&mut rng, total * row_kv, -2.0, 2.0);
             let v = uniform(&mut rng, total * row_kv, -1.0, 1.0);
-            let want = liger_f64(&cfg, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), &freqs);
+            let want = liger_f64(&cfg, mix, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), &freqs);
             let mut fresh = LigerLayerState::new(&cfg, shape).unwrap();
-            let whole = liger_attention_forward(&cfg, shape, &q, &k, &v, &freqs, &mut fresh).unwrap();
+            let whole = liger_attention_forward(&cfg, mix, shape, &q, &k, &v, &freqs, &mut fresh).unwrap();
             let e = rel_err(&whole, &want);
             // Prefill T tokens, then N single steps.
             let mut state = LigerLayerState::new(&cfg, shape).unwrap();
             let mut got = liger_attention_forward(
                 &cfg,
+                mix,
                 shape,
                 &q[..t * row_q],
                 &k[..t * row_kv],
@@ -116,6 +126,7 @@ fn liger_attention_matches_f64_and_decoding_matches_prefill() {
                 state
                     .step(
                         &cfg,
+                        mix,
                         &q[r * row_q..(r + 1) * row_q],
                         &k[r * row_kv..(r + 1) * row_kv],
                         &v[r * row_kv..(r + 1) * row_kv],
@@ -127,8 +138,9 @@ fn liger_attention_matches_f64_and_decoding_matches_prefill() {
             }
             let ed = rel_err(&got, &want);
             println!(
-                "{} window {window}+{sink_keys} swa {use_swa} norm {grm_norm} T={t} N={n}: forward err {e:.2e}, prefill+decode err {ed:.2e}, state {} bytes",
+                "{} window {window}+{sink_keys} swa {use_swa} norm {grm_norm} learned mix {} T={t} N={n}: forward err {e:.2e}, prefill+decode err {ed:.2e}, state {} bytes",
                 kind.name(),
+                mix.is_some(),
                 state.bytes()
             );
             assert!(e < 1e-4 && ed < 1e-4);
@@ -144,16 +156,16 @@ fn liger_bad_inputs_give_typed_errors() {
     let cfg = LigerAttentionConfig::default();
     let mut state = LigerLayerState::new(&cfg, shape).unwrap();
     let (q, kv) = (vec![0.1; 16], vec![0.2; 8]);
-    let err = liger_attention_forward(&cfg, shape, &q, &kv, &kv, &inv_freq(6), &mut state).unwrap_err();
+    let err = liger_attention_forward(&cfg, None, shape, &q, &kv, &kv, &inv_freq(6), &mut state).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
     let grm_only = LigerAttentionConfig { use_swa: false, ..cfg };
-    let err = liger_attention_forward(&grm_only, shape, &q, &kv, &kv, &inv_freq(8), &mut state).unwrap_err();
+    let err = liger_attention_forward(&grm_only, None, shape, &q, &kv, &kv, &inv_freq(8), &mut state).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
     let bad = LigerAttentionConfig { window_keys: 0, ..cfg };
     assert_eq!(LigerLayerState::new(&bad, shape).unwrap_err().code, ErrorCode::InvalidArgument);
     // A state made without the normaliser's recurrence does not run a normalised layer.
     let normalised = LigerAttentionConfig { grm_norm: true, ..cfg };
-    let err = liger_attention_forward(&normalised, shape, &q, &kv, &kv, &inv_freq(8), &mut state).unwrap_err();
+    let err = liger_attention_forward(&normalised, None, shape, &q, &kv, &kv, &inv_freq(8), &mut state).unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
     let gsa = LigerAttentionConfig {
         grm_norm: true,

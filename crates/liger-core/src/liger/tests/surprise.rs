@@ -157,6 +157,7 @@ fn surprise_cache_matches_f64_and_decoding_matches_prefill() {
             let want = liger_surprise_f64(&cfg, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), &freqs);
             let whole = liger_attention_forward(
                 &cfg,
+                None,
                 shape,
                 &q,
                 &k,
@@ -169,6 +170,7 @@ fn surprise_cache_matches_f64_and_decoding_matches_prefill() {
             let mut state = LigerLayerState::new(&cfg, shape).unwrap();
             let mut got = liger_attention_forward(
                 &cfg,
+                None,
                 shape,
                 &q[..t * row_q],
                 &k[..t * row_kv],
@@ -182,6 +184,7 @@ fn surprise_cache_matches_f64_and_decoding_matches_prefill() {
                 state
                     .step(
                         &cfg,
+                        None,
                         &q[r * row_q..(r + 1) * row_q],
                         &k[r * row_kv..(r + 1) * row_kv],
                         &v[r * row_kv..(r + 1) * row_kv],
@@ -210,10 +213,18 @@ fn a_cache_as_large_as_the_sequence_is_full_attention() {
     let v = uniform(&mut rng, t * 8, -1.0, 1.0);
     let cached = LigerAttentionConfig { window_keys: 5, sink_keys: 2, surprise_keys: t, ..Default::default() };
     let full = LigerAttentionConfig { window_keys: FULL_ATTENTION, ..Default::default() };
-    let got =
-        liger_attention_forward(&cached, shape, &q, &k, &v, &freqs, &mut LigerLayerState::new(&cached, shape).unwrap())
-            .unwrap();
-    let want = super::liger_attention::liger_f64(&full, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), &freqs);
+    let got = liger_attention_forward(
+        &cached,
+        None,
+        shape,
+        &q,
+        &k,
+        &v,
+        &freqs,
+        &mut LigerLayerState::new(&cached, shape).unwrap(),
+    )
+    .unwrap();
+    let want = super::liger_attention::liger_f64(&full, None, shape, &to_f64(&q), &to_f64(&k), &to_f64(&v), &freqs);
     let e = rel_err(&got, &want);
     println!("cache of {t} vs full attention: {e:.2e}");
     assert!(e < 1e-5);
@@ -250,9 +261,17 @@ fn the_cache_keeps_the_token_the_state_recalls_worst() {
             beta: 1.0,
             ..Default::default()
         };
-        let o =
-            liger_attention_forward(&cfg, shape, &q, &k, &v, &freqs, &mut LigerLayerState::new(&cfg, shape).unwrap())
-                .unwrap();
+        let o = liger_attention_forward(
+            &cfg,
+            None,
+            shape,
+            &q,
+            &k,
+            &v,
+            &freqs,
+            &mut LigerLayerState::new(&cfg, shape).unwrap(),
+        )
+        .unwrap();
         let last = &o[(t - 1) * 8..];
         println!("cache {slots}: last output {last:?}");
         assert_eq!(last[7] > 0.9, recalled);
@@ -319,9 +338,17 @@ fn surprise_cache_bad_settings_give_typed_errors() {
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
     // A state made for the plain window does not run a layer with a cache.
     let plain = LigerAttentionConfig::default();
-    let err =
-        liger_attention_forward(&cfg, shape, &q, &kv, &kv, &freqs, &mut LigerLayerState::new(&plain, shape).unwrap())
-            .unwrap_err();
+    let err = liger_attention_forward(
+        &cfg,
+        None,
+        shape,
+        &q,
+        &kv,
+        &kv,
+        &freqs,
+        &mut LigerLayerState::new(&plain, shape).unwrap(),
+    )
+    .unwrap_err();
     assert_eq!(err.code, ErrorCode::ShapeMismatch, "{err}");
 }
 
@@ -361,7 +388,7 @@ fn surprise_cache_backward_matches_numeric_gradients() {
             super::numeric_grad(&k64, 1e-6, |x| loss(&q64, x, &v64)),
             super::numeric_grad(&v64, 1e-6, |x| loss(&q64, &k64, x)),
         ];
-        let g = liger_attention_backward(&cfg, shape, &q, &k, &v, &freqs, &d_o).unwrap();
+        let g = liger_attention_backward(&cfg, None, shape, &q, &k, &v, &freqs, &d_o).unwrap();
         let (eq, ek, ev) = (rel_err(&g.dq, &want[0]), rel_err(&g.dk, &want[1]), rel_err(&g.dv, &want[2]));
         println!("surprise {} sinks {sink_keys} grm_norm {grm_norm} slots {slots} repeats {repeats} backward rel err: dq {eq:.2e} dk {ek:.2e} dv {ev:.2e}", kind.name());
         assert!(eq < 1e-3 && ek < 1e-3 && ev < 1e-3);
