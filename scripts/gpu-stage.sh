@@ -5,10 +5,10 @@
 # after part 3 the machine has /tmp/liger-gpu/bin/node, the default model at
 # /tmp/liger-gpu/model.gguf, the data at /tmp/liger-gpu/data and the runtime node_modules in
 # the work tree, so that `bench/recovery.sh` runs there.
-#   part 1: Node (xz) and the first third of the model
-#   part 2: the second third, the data (xz), the GPU test executables of scripts/gpu-build.sh
+#   part 1: Node (xz) and the model's first 32 MiB
+#   part 2: its next 42 MiB, the data (xz), the GPU test executables of scripts/gpu-build.sh
 #           when built
-#   part 3: the last third, the addon and the runtime packages the CLI imports, and the test
+#   part 3: the rest of the model, the addon and the runtime packages the CLI imports, and the test
 #           runner with the openai client (test-runtime.tar.xz) for the GPU serve suite:
 #           `bash .device/run-gpu-serve-tests.sh` after part 3 (LIGER_GPU_SOAK_SECONDS=120
 #           adds the soak)
@@ -24,10 +24,12 @@ mkdir -p .device/stage1 .device/stage2 .device/stage3
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-split -b 36M -d "$model" "$tmp/model."
-mv "$tmp/model.00" .device/stage1/
-mv "$tmp/model.01" .device/stage2/
-mv "$tmp/model.02" .device/stage3/
+# Sized so that each part, with the work tree that travels beside it (about 6 MiB), stays under
+# 64 MiB: part 1 also carries Node (24 MiB), part 2 the data and the tests (15 MiB), part 3 the
+# runtimes (14 MiB).
+head -c $((32 * 1048576)) "$model" > .device/stage1/model.00
+tail -c +$((32 * 1048576 + 1)) "$model" | head -c $((42 * 1048576)) > .device/stage2/model.01
+tail -c +$((74 * 1048576 + 1)) "$model" > .device/stage3/model.02
 sha256sum "$model" | cut -d' ' -f1 > .device/stage3/model.sha256
 xz -T2 -6 -c "$(command -v node)" > .device/stage1/node.xz
 

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import {
   compareReports,
+  exportModel,
   defaultGpuRecipe,
   gpuInfo,
   linearize,
@@ -440,6 +441,13 @@ describe("linearize", () => {
     expect(trained.stateBytes).toBe(plain.stateBytes);
     const result = await model.generate("Hello", { maxTokens: 5, temperature: 0, ignoreEos: true }).result;
     expect(result.tokens).toHaveLength(5);
+    // The edge bundle carries the weights to the WebAssembly engine, which decodes with them.
+    const bundle = join(work, "learned-mix.bundle");
+    await exportModel(dir, bundle, { format: "bundle", dtype: "int8" });
+    const edge = await loadModel(bundle, { backend: "wasm" });
+    expect(edge.info.liger).toMatchObject({ learnedHeadMix: true, alpha: 0, beta: 1, softmaxLayers: [1] });
+    const edgeResult = await edge.generate("Hello", { maxTokens: 5, temperature: 0, ignoreEos: true }).result;
+    expect(edgeResult.tokens).toHaveLength(5);
     await expectCode(
       linearize(modelPath(), { out: join(work, "bad-mix"), learnMix: "yes" as never }),
       "INVALID_ARGUMENT",
