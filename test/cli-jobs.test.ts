@@ -139,6 +139,19 @@ describe("liger linearize", () => {
     expect(info.stdout).toMatch(
       /liger\s+gla mixer \+ 65-key sliding window and 2 sink tokens, 8 surprise keys \(repeats within 0.05 skipped\)/,
     );
+    expect(info.stdout).toMatch(/mix\s+0 x recurrent \+ 1 x window/);
+    // Branch weights are learned in training: not with --no-train.
+    const learn = liger([
+      "linearize",
+      "--model",
+      modelPath(),
+      "--out",
+      join(work, "never"),
+      "--no-train",
+      "--learn-mix",
+    ]);
+    expect(learn.code).toBe(1);
+    expect(learn.stderr).toMatch(/INVALID_ARGUMENT: --no-train converts without training: .*--learn-mix/);
     const both = liger([
       "linearize",
       "--model",

@@ -50,6 +50,12 @@ function formatInfo(info: ModelInfo & { path: string }): string {
         "liger",
         `${l.mixer} mixer${l.grmNorm ? " (normalised)" : ""}${l.useSwa ? ` + ${l.windowKeys}-key sliding window${l.sinkKeys ? ` and ${l.sinkKeys} sink tokens` : ""}${l.surpriseKeys ? `, ${l.surpriseKeys} surprise keys${l.surpriseRepeatTolerance ? ` (repeats within ${l.surpriseRepeatTolerance} skipped)` : ""}` : ""}` : ""}, ${softmax}`,
       ],
+      [
+        "mix",
+        l.learnedHeadMix
+          ? "learned per attention head"
+          : `${l.alpha} x recurrent${l.useSwa ? ` + ${l.beta} x window` : ""}`,
+      ],
       ["state", `${(l.stateBytesPerSequence / 2 ** 20).toFixed(2)} MiB per sequence`],
       ["LoRA", `${(l.loraParams / 1e3).toFixed(1)} K values`],
     );

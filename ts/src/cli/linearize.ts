@@ -217,11 +217,14 @@ export function registerLinearize(program: Command): void {
           .filter((s) => s.length > 0);
       if (
         options.train === false &&
-        (options.data !== undefined || options.steps !== undefined || options.epochs !== undefined)
+        (options.data !== undefined ||
+          options.steps !== undefined ||
+          options.epochs !== undefined ||
+          options.learnMix === true)
       ) {
         throw new LigerError(
           "INVALID_ARGUMENT",
-          "--no-train converts without training: drop --data, --steps and --epochs",
+          "--no-train converts without training: drop --data, --steps, --epochs and --learn-mix",
         );
       }
       const device = announceDevice(
