@@ -49,6 +49,7 @@ function linearizeReport(): LinearizeReport {
     layerRetrieval: Array.from({ length: 24 }, (_, layer) => (layer === 7 || layer === 15 ? 0.04 : 0.002)),
     attentionTransfer: null,
     longContext: null,
+    headMix: [{ alpha: [0.125, 0.375], beta: [0.875, 0.625] }, null],
     history: { steps, evals: [10, 20, 30, 40].map((step) => ({ step, loss: 2.5, ppl: 30 - step / 2 })) },
     memory: { baseBytesPerToken: 46080, ligerConstantBytes: 3 * 2 ** 20, ligerBytesPerToken: 2048 },
   };
@@ -122,14 +123,27 @@ const svgCount = (html: string) => html.match(/<svg/g)?.length ?? 0;
 describe("report pages, as markup", () => {
   it("the linearize page has every section, its numbers, and escapes the model name", () => {
     const html = renderLinearizeHtml(linearizeReport());
-    const ids = ["summary", "layer-choice", "validation", "loss", "learning-rate", "validation-steps", "throughput"];
+    const ids = [
+      "summary",
+      "layer-choice",
+      "head-mix",
+      "validation",
+      "loss",
+      "learning-rate",
+      "validation-steps",
+      "throughput",
+    ];
     for (const id of [...ids, "memory"]) {
       expect(html).toContain(`<section id="${id}">`);
     }
-    // Bars of the layer choice and the validation; the loss, learning rate, validation over
-    // steps, throughput, memory.
-    expect(svgCount(html)).toBe(7);
+    // Bars of the layer choice, the learned branch weights and the validation; the loss,
+    // learning rate, validation over steps, throughput, memory.
+    expect(svgCount(html)).toBe(8);
     expect(html).toContain("retrieval rate");
+    // Layer 0's mean weights over its two heads, each with its spread (the softmax layer 1 has none).
+    expect(html).toContain("recurrent (alpha)");
+    expect(html).toContain("0.25 ± 0.125");
+    expect(html).toContain("0.75 ± 0.125");
     expect(html).toContain("8.166");
     expect(html).toContain("29.96");
     expect(html).toContain("12.18");
@@ -155,10 +169,11 @@ describe("report pages, as markup", () => {
       history: { steps: [], evals: [] },
       memory: { baseBytesPerToken: 0, ligerConstantBytes: 0, ligerBytesPerToken: 0 },
       layerRetrieval: null,
+      headMix: [],
     };
     const html = renderLinearizeHtml(empty);
     expect(svgCount(html)).toBe(0);
-    expect(html.match(/Nothing to show/g)).toHaveLength(7);
+    expect(html.match(/Nothing to show/g)).toHaveLength(8);
     expect(html).not.toMatch(/NaN|Infinity/);
   });
 
@@ -213,7 +228,7 @@ describe("report pages, in headless Chromium", () => {
   });
 
   for (const [name, render, charts] of [
-    ["linearize", () => renderLinearizeHtml(linearizeReport()), 7],
+    ["linearize", () => renderLinearizeHtml(linearizeReport()), 8],
     ["eval", evalPage, 1],
   ] as const) {
     it(`the ${name} page renders from a file with no errors, no requests, and drawn charts`, async () => {

@@ -137,9 +137,30 @@ export function renderLinearizeHtml(r: LinearizeReport): string {
       `those of largest ${byRetrieval ? "retrieval rate" : "loss increase"}, beside any named.</p>`
     : "";
 
+  // Learned branch weights: per Liger layer, the mean over its heads with their spread.
+  const meanAndSpread = (values: number[]) => {
+    const mean = values.reduce((a, b) => a + b, 0) / values.length;
+    const spread = Math.sqrt(values.reduce((a, b) => a + (b - mean) ** 2, 0) / values.length);
+    return { value: mean, stderr: spread };
+  };
+  const learnedLayers = r.headMix.flatMap((m, layer) => (m ? [{ layer, mix: m }] : []));
+  const headMix =
+    learnedLayers.length > 0
+      ? barChart({
+          title: "learned branch weights per layer: mean over the heads (±1 standard deviation)",
+          yLabel: "weight",
+          legend: ["recurrent (alpha)", "window (beta)"],
+          groups: learnedLayers.map(({ layer, mix }) => ({
+            label: String(layer),
+            bars: [meanAndSpread(mix.alpha), meanAndSpread(mix.beta)],
+          })),
+        })
+      : "";
+
   return page(`${r.modelName}: Liger conversion`, [
     section("summary", "Summary", summary),
     section("layer-choice", "Layers kept as softmax attention, by measurement", layerChoice),
+    section("head-mix", "Learned branch weights", headMix),
     section("validation", "Validation: base against Liger", validation),
     section("loss", "Training loss", loss),
     section("learning-rate", "Learning rate", lr),
