@@ -223,6 +223,12 @@ pub fn load_liger_checkpoint(dir: &Path) -> Result<LigerModel> {
     if section.merged {
         lora.targets.clear();
     }
+    section.options.validate(&base.config).map_err(|e| {
+        Error::invalid_file(
+            dir.join("config.json").display(),
+            format!("the \"liger\" options do not fit the model ({}); the checkpoint is damaged", e.message),
+        )
+    })?;
     let mut model = linearize(base, section.options, lora)?;
     if !section.merged && !model.lora_params().is_empty() {
         read_adapters(dir, &mut model)?;

@@ -139,6 +139,22 @@ fn plain_newer_and_damaged_directories_are_refused_with_advice() {
     write_config(&bad_options);
     assert_eq!(load_error(&tmp.0).code, ErrorCode::InvalidFile);
 
+    // Damaged learned branch weights: too few heads, weights on a softmax layer, a string.
+    let mix_edits: [(&str, fn(&mut Value)); 3] = [
+        ("3 alpha", |v| v["liger"]["options"]["headMix"][0]["alpha"] = json!([0.5, 0.5, 0.5])),
+        ("keeps softmax attention", |v| {
+            v["liger"]["options"]["headMix"][1] = v["liger"]["options"]["headMix"][0].clone()
+        }),
+        ("", |v| v["liger"]["options"]["headMix"][0]["beta"][0] = json!("x")),
+    ];
+    for (says, edit) in mix_edits {
+        let mut damaged = original.clone();
+        edit(&mut damaged);
+        write_config(&damaged);
+        let err = load_error(&tmp.0);
+        assert!(err.code == ErrorCode::InvalidFile && err.message.contains(says), "{}", err.message);
+    }
+
     write_config(&original);
     let mut lora_bigger = original.clone();
     lora_bigger["liger"]["lora"]["rank"] = json!(3);
