@@ -140,7 +140,8 @@ fn plain_newer_and_damaged_directories_are_refused_with_advice() {
     assert_eq!(load_error(&tmp.0).code, ErrorCode::InvalidFile);
 
     // Damaged learned branch weights: too few heads, weights on a softmax layer, a string.
-    let mix_edits: [(&str, fn(&mut Value)); 3] = [
+    type Edit = fn(&mut Value);
+    let mix_edits: [(&str, Edit); 3] = [
         ("3 alpha", |v| v["liger"]["options"]["headMix"][0]["alpha"] = json!([0.5, 0.5, 0.5])),
         ("keeps softmax attention", |v| {
             v["liger"]["options"]["headMix"][1] = v["liger"]["options"]["headMix"][0].clone()
