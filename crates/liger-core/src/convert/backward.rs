@@ -133,6 +133,16 @@ impl LigerModel {
         out
     }
 
+    /// Whether weight decay applies to each of [`LigerModel::trained_params`]: to the adapters,
+    /// not to the branch weights (decay would pull them toward zero, turning the branches off,
+    /// where it pulls an adapter toward the base model).
+    pub fn trained_param_decays(&self) -> Vec<bool> {
+        let mixes = self.options.head_mix.iter().flatten().count();
+        let mut out = vec![true; self.lora_params().len()];
+        out.extend(std::iter::repeat_n(false, 2 * mixes));
+        out
+    }
+
     /// The same parameters, mutable, in the same order.
     pub fn trained_params_mut(&mut self) -> Vec<&mut [f32]> {
         let mut out = adapter_params_mut(&mut self.lora);

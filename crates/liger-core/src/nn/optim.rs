@@ -37,18 +37,34 @@ impl AdamWState {
 
     /// One update of every parameter tensor with its gradient at learning rate `lr`.
     pub fn update(&mut self, cfg: &AdamWConfig, lr: f32, params: &mut [&mut [f32]], grads: &[&[f32]]) {
+        let every = vec![true; params.len()];
+        self.update_masked(cfg, lr, params, grads, &every)
+    }
+
+    /// As [`AdamWState::update`], with the weight decay on the tensors whose `decays` entry is
+    /// true only.
+    pub fn update_masked(
+        &mut self,
+        cfg: &AdamWConfig,
+        lr: f32,
+        params: &mut [&mut [f32]],
+        grads: &[&[f32]],
+        decays: &[bool],
+    ) {
         assert_eq!(params.len(), self.m.len());
+        assert_eq!(decays.len(), params.len());
         self.step += 1;
         let bc1 = 1.0 - (cfg.beta1 as f64).powi(self.step as i32);
         let bc2 = 1.0 - (cfg.beta2 as f64).powi(self.step as i32);
         let step_size = (lr as f64 / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
-        for (((p, g), m), v) in params.iter_mut().zip(grads).zip(&mut self.m).zip(&mut self.v) {
+        for ((((p, g), m), v), &decays) in params.iter_mut().zip(grads).zip(&mut self.m).zip(&mut self.v).zip(decays) {
+            let decay = if decays { cfg.weight_decay } else { 0.0 };
             for i in 0..p.len() {
                 m[i] = cfg.beta1 * m[i] + (1.0 - cfg.beta1) * g[i];
                 v[i] = cfg.beta2 * v[i] + (1.0 - cfg.beta2) * g[i] * g[i];
                 // Decoupled weight decay (Loshchilov & Hutter), then the Adam step.
-                p[i] -= lr * cfg.weight_decay * p[i];
+                p[i] -= lr * decay * p[i];
                 p[i] -= step_size * m[i] / (v[i].sqrt() / bc2_sqrt + cfg.eps);
             }
         }

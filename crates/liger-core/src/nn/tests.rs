@@ -274,6 +274,27 @@ fn adamw_matches_the_published_update_rule() {
     check("adamw params", &p, &p64, seed);
 }
 
+/// A tensor left out of the weight decay takes the update of a decay of zero; the others decay.
+#[test]
+fn adamw_leaves_masked_tensors_out_of_the_weight_decay() {
+    let (mut r, _) = rng();
+    let n = 8;
+    let cfg = AdamWConfig { lr: 1e-2, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.5 };
+    let no_decay = AdamWConfig { weight_decay: 0.0, ..cfg };
+    let (start_a, start_b) = (randv(&mut r, n, 1.0), randv(&mut r, n, 1.0));
+    let (mut a, mut b) = (start_a.clone(), start_b.clone());
+    let (mut a_plain, mut b_free) = (start_a.clone(), start_b.clone());
+    let mut masked = AdamWState::new(&[n, n]);
+    let (mut plain, mut free) = (AdamWState::new(&[n]), AdamWState::new(&[n]));
+    for _ in 0..3 {
+        let (ga, gb) = (randv(&mut r, n, 1.0), randv(&mut r, n, 1.0));
+        masked.update_masked(&cfg, cfg.lr, &mut [&mut a, &mut b], &[&ga, &gb], &[true, false]);
+        plain.update(&cfg, cfg.lr, &mut [&mut a_plain], &[&ga]);
+        free.update(&no_decay, cfg.lr, &mut [&mut b_free], &[&gb]);
+    }
+    assert_eq!((a, b), (a_plain, b_free));
+}
+
 #[test]
 fn clipping_and_schedules() {
     let mut a = vec![3.0f32, 0.0];

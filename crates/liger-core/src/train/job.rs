@@ -349,6 +349,9 @@ impl<M: EngineModel> Trainable for AttentionTransferStage<'_, M> {
     fn params_mut(&mut self) -> Vec<&mut [f32]> {
         self.0.params_mut()
     }
+    fn decays(&self) -> Vec<bool> {
+        self.0.decays()
+    }
 }
 
 /// Runs the attention-transfer stage: `steps` optimizer steps (the run's optimizer settings,

@@ -54,6 +54,10 @@ pub trait Trainable {
     fn params(&self) -> Vec<(String, &[f32])>;
     /// The same tensors, in the same order, for the optimiser to update.
     fn params_mut(&mut self) -> Vec<&mut [f32]>;
+    /// Whether AdamW's weight decay applies to each of the same tensors (default: to every one).
+    fn decays(&self) -> Vec<bool> {
+        vec![true; self.params().len()]
+    }
 }
 
 /// `loss` of each sequence of a micro-batch in turn, summed.
@@ -474,7 +478,8 @@ impl Trainer {
             .map_err(|_| non_finite(step, "the gradient"))?;
         let lr = self.current_lr();
         let grad_slices = grads.as_slices();
-        self.optimizer.update(&self.state.config.optimizer, lr, &mut model.params_mut(), &grad_slices);
+        let decays = model.decays();
+        self.optimizer.update_masked(&self.state.config.optimizer, lr, &mut model.params_mut(), &grad_slices, &decays);
         self.state.step = step;
         self.state.tokens_seen += tokens as u64;
         self.state.losses.push(loss);
@@ -579,5 +584,8 @@ impl Trainable for LigerModel {
     }
     fn params_mut(&mut self) -> Vec<&mut [f32]> {
         self.trained_params_mut()
+    }
+    fn decays(&self) -> Vec<bool> {
+        self.trained_param_decays()
     }
 }

@@ -276,6 +276,9 @@ impl<T: GemmInput> Trainable for GpuLigerModel<T> {
         self.lora_stale.store(true, Ordering::Release);
         self.host.trained_params_mut()
     }
+    fn decays(&self) -> Vec<bool> {
+        self.host.trained_param_decays()
+    }
 }
 
 /// The linearize job evaluates, trains and samples on the GPU; checkpoints read the host model.

@@ -103,6 +103,10 @@ fn learned_head_mix_gradients_match_finite_differences() {
     let grads = model.new_lora_grads();
     assert_eq!(grads.head_mix.iter().flatten().count(), layers - 1, "weights in every Liger layer only");
     assert_eq!(model.trained_params().len(), model.lora_params().len() + 2 * (layers - 1));
+    // Weight decay pulls the adapters toward the base model; it leaves the branch weights alone.
+    let decays = model.trained_param_decays();
+    assert_eq!(decays.len(), model.trained_params().len());
+    assert!(decays.iter().zip(model.trained_params()).all(|(&d, (name, _))| d != name.contains(".head_mix.")));
     let (loss_err, grad_err) = check_gradients(&mut rng, &model, 20);
     println!("gla hybrid with learned head mix: loss rel err {loss_err:.2e}, gradient max rel err {grad_err:.2e}");
     assert!(loss_err < 1e-5 && grad_err < 1e-3);
