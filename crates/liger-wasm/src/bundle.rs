@@ -83,27 +83,33 @@ impl StreamingBundle {
     /// builds the tokenizer, then allocates one buffer per tensor (the largest first, so the
     /// smaller ones fill the gaps the tokenizer's parse left) and checks that working memory is
     /// left under `memory_limit`.
-    pub fn begin(prefix: &[u8], memory_limit: f64) -> JsResult<StreamingBundle> {
+    pub fn begin(prefix: Vec<u8>, memory_limit: f64) -> JsResult<StreamingBundle> {
         Self::begin_checked(prefix, memory_limit as u64).map_err(js_error)
     }
 
-    fn begin_checked(prefix: &[u8], memory_limit: u64) -> Result<StreamingBundle> {
-        let summary = {
-            let (header, file_bytes) = parse_header(prefix)?;
+    fn begin_checked(prefix: Vec<u8>, memory_limit: u64) -> Result<StreamingBundle> {
+        let (file_bytes, data_bytes, need_bytes) = {
+            let (header, file_bytes) = parse_header(&prefix)?;
             // Before anything large: a model far too big is refused at once.
             memory::check_fits(header.data_bytes, memory_limit)?;
-            BundleSummary {
-                name: header.name.clone(),
-                quantization: header.quantization.clone(),
-                file_bytes: file_bytes as f64,
-                need_bytes: memory::bytes_needed(&header, header.data_bytes) as f64,
-                header_bytes: (PREAMBLE_BYTES + read_preamble(prefix)?) as f64,
-                data_start: (file_bytes - header.data_bytes) as f64,
-            }
+            (file_bytes, header.data_bytes, memory::bytes_needed(&header, header.data_bytes))
         };
-        let bundle = PendingBundle::from_prefix(prefix)?;
+        let bundle = PendingBundle::from_prefix(&prefix)?;
+        let header_bytes = PREAMBLE_BYTES + read_preamble(&prefix)?;
+        // The header's copy is not needed any more: the tensors' buffers may fill its place.
+        drop(prefix);
         let buffers = memory::tensor_buffers(bundle.spans(), memory_limit)?;
+        // Only now the small allocations that stay: made before the tensors' buffers, they
+        // would split the free memory those fill.
         let writer = TensorWriter::new(bundle.spans());
+        let summary = BundleSummary {
+            name: bundle.header.name.clone(),
+            quantization: bundle.header.quantization.clone(),
+            file_bytes: file_bytes as f64,
+            need_bytes: need_bytes as f64,
+            header_bytes: header_bytes as f64,
+            data_start: (file_bytes - data_bytes) as f64,
+        };
         Ok(StreamingBundle { bundle, summary, buffers, writer })
     }
 
