@@ -28,7 +28,15 @@ export async function createEngine({ source, maxMemoryBytes = DEFAULT_MAX_MEMORY
   const memory = new WebAssembly.Memory({ initial: INITIAL_PAGES, maximum: Math.floor(maxMemoryBytes / PAGE) });
   const bindings = createBindings();
   try {
-    await bindings.default({ module_or_path: module, memory });
+    try {
+      // The module is compiled already: instantiating it is quick, and the synchronous path
+      // spares Node loading its fetch implementation (which the asynchronous one looks for).
+      bindings.initSync({ module, memory });
+    } catch (err) {
+      // A browser's main thread may refuse synchronous instantiation of a large module.
+      if (!(err instanceof RangeError)) throw err;
+      await bindings.default({ module_or_path: module, memory });
+    }
   } catch (err) {
     throw new LigerWasmError("INVALID_FILE", `the wasm module does not fit this engine: ${err.message}; rebuild it with scripts/build-wasm.sh`, { cause: err });
   }
