@@ -4,8 +4,9 @@
  * model's Liger conversion as int8 and f32 bundles, against llama.cpp (node-llama-cpp, CPU,
  * all cores) running the softmax base model (the Q4_1 GGUF), at each context length.
  *
- *   node bench/wasm-decode.mjs [--contexts 512,8192] [--decode 32] [--engines wasm-int8,wasm-f32,llama.cpp]
+ *   node bench/wasm-decode.mjs [--contexts 512,8192] [--decode 32] [--engines wasm-int8,wasm-f32,llama.cpp] [--package DIR]
  *
+ * `--package`: the wasm package's folder (default npm/wasm), e.g. another build's, to compare.
  * Bundles: `scripts/make-bundle.sh int8` and `scripts/make-bundle.sh f32` (cache folder).
  * Prompt: fixed pseudo-random token ids (seeded), the same for every engine. Prefill tok/s:
  * prompt tokens / time to the first logits. Decode tok/s: (decode - 1) single-token steps /
@@ -23,12 +24,13 @@ const cache = process.env.LIGER_CACHE_DIR || path.join(os.homedir(), ".cache", "
 const GIB = 1024 ** 3;
 
 function parseArgs(argv) {
-  const args = { contexts: [512, 8192], decode: 32, engines: ["wasm-int8", "wasm-f32", "llama.cpp"] };
+  const args = { contexts: [512, 8192], decode: 32, engines: ["wasm-int8", "wasm-f32", "llama.cpp"], package: path.join(repoRoot, "npm", "wasm") };
   for (let i = 2; i < argv.length; i += 2) {
     const [flag, value] = [argv[i], argv[i + 1]];
     if (flag === "--contexts") args.contexts = value.split(",").map(Number);
     else if (flag === "--decode") args.decode = Number(value);
     else if (flag === "--engines") args.engines = value.split(",");
+    else if (flag === "--package") args.package = path.resolve(value);
     else throw new Error(`unknown option ${flag}; see the comment at the top of bench/wasm-decode.mjs`);
   }
   return args;
@@ -46,11 +48,11 @@ function promptIds(n, vocab) {
   return Uint32Array.from({ length: n }, () => 100 + Math.floor(rand() * (vocab - 100)));
 }
 
-async function wasmEngine(quant) {
-  const { createEngine } = await import(path.join(repoRoot, "npm", "wasm", "index.js"));
+async function wasmEngine(quant, pkg) {
+  const { createEngine } = await import(path.join(pkg, "index.js"));
   const bundle = path.join(cache, `SmolLM2-135M-Instruct.liger.${quant}.bundle`);
   if (!fs.existsSync(bundle)) throw new Error(`${bundle} is missing: run scripts/make-bundle.sh ${quant}`);
-  const engine = await createEngine({ source: fs.readFileSync(path.join(repoRoot, "npm", "wasm", "liger.wasm")), maxMemoryBytes: quant === "int8" ? 256 * 1024 ** 2 : 2 * GIB });
+  const engine = await createEngine({ source: fs.readFileSync(path.join(pkg, "liger.wasm")), maxMemoryBytes: quant === "int8" ? 256 * 1024 ** 2 : 2 * GIB });
   const model = engine.loadBundle(fs.readFileSync(bundle));
   return {
     vocab: model.info.vocabSize,
@@ -95,7 +97,7 @@ async function main() {
   const args = parseArgs(process.argv);
   const report = { date: new Date().toISOString(), cpu: os.cpus()[0]?.model, cores: os.availableParallelism(), loadavgBefore: os.loadavg().map((x) => +x.toFixed(2)), decode: args.decode, results: [] };
   for (const name of args.engines) {
-    const engine = name === "llama.cpp" ? await llamaEngine(Math.max(...args.contexts), args.decode) : await wasmEngine(name.slice("wasm-".length));
+    const engine = name === "llama.cpp" ? await llamaEngine(Math.max(...args.contexts), args.decode) : await wasmEngine(name.slice("wasm-".length), args.package);
     for (const ctx of args.contexts) {
       const r = await engine.run(promptIds(ctx, engine.vocab), args.decode);
       const row = { engine: name, context: ctx, prefillTokS: +((ctx * 1e3) / r.prefillMs).toFixed(1), decodeTokS: +((r.steps * 1e3) / r.decodeMs).toFixed(2), memoryMiB: r.memoryBytes && +(r.memoryBytes / 2 ** 20).toFixed(1), loadavg: os.loadavg()[0].toFixed(2) };

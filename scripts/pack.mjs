@@ -2,7 +2,7 @@
 // Pack the npm packages as users install them: `npm run pack [-- <out-dir>]` (default
 // ./dist/npm) writes liger-<version>.tgz (the API, the CLI and the wasm engine) and one
 // liger-<platform>-<version>.tgz per built addon in npm/<platform>, then prints their paths
-// as JSON. Nothing is built here: ts/dist, npm/wasm/liger.wasm and the addon must exist.
+// as JSON. Nothing is built here: ts/dist, npm/wasm/liger.wasm (with its generated glue) and the addon must exist.
 //
 // The main package carries the wasm engine inside it, as a bundled dependency: @liger/wasm is
 // copied into the package's own node_modules in a staging folder and named in
@@ -43,6 +43,7 @@ function stageMain(stageRoot) {
   const wasm = join(root, "npm", "wasm");
   requireFile(join(ts, "dist", "index.js"), "run `npm run build:ts`");
   requireFile(join(wasm, "liger.wasm"), "run `bash scripts/build-wasm.sh`");
+  requireFile(join(wasm, "liger_wasm.js"), "run `bash scripts/build-wasm.sh` (it generates the bindings' glue)");
 
   const manifest = readJson(join(ts, "package.json"));
   const engine = readJson(join(wasm, "package.json"));

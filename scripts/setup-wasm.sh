@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Sets up a wasm32-unknown-unknown Rust toolchain from Debian's packages, idempotently:
-# Debian's rustc-web (newer than rustup's stable here) plus a wasm32 standard library built
-# once from rust-web-src and installed into Debian's sysroot. Prints the RUSTC to use.
+# Sets up the wasm build's tools, idempotently (each step is skipped when already done):
+# - a wasm32-unknown-unknown Rust toolchain from Debian's packages: Debian's rustc-web (newer
+#   than rustup's stable here) plus a wasm32 standard library built once from rust-web-src and
+#   installed into Debian's sysroot;
+# - wasm-bindgen-cli from crates.io (`cargo install`, into ~/.cargo/bin), at exactly the
+#   version of the wasm-bindgen crate in Cargo.lock: the CLI refuses a module built with any
+#   other. Building it takes a few minutes once.
+# Prints the RUSTC to use.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 sysroot_lib=/usr/lib/rustlib/wasm32-unknown-unknown/lib
 if ! [ -x /usr/bin/rustc ] || ! /usr/bin/rustc --version | grep -q . || ! [ -d /usr/lib/rustlib/src/rust/library ]; then
   echo "== apt: rustc-web cargo-web rust-web-src lld-19" >&2
@@ -22,5 +28,15 @@ if ! ls "$sysroot_lib"/libstd-*.rlib >/dev/null 2>&1; then
     /usr/bin/cargo build -q --release -Zbuild-std=std,panic_abort --target wasm32-unknown-unknown)
   mkdir -p "$sysroot_lib"
   cp "$scratch"/target/wasm32-unknown-unknown/release/deps/*.rlib "$sysroot_lib/"
+fi
+[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
+bindgen_version=$(awk '$0 == "name = \"wasm-bindgen\"" { getline; gsub(/"/, "", $3); print $3; exit }' Cargo.lock)
+[ -n "$bindgen_version" ] || { echo "setup-wasm: no wasm-bindgen crate in Cargo.lock" >&2; exit 1; }
+if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $bindgen_version" ]; then
+  echo "== cargo install wasm-bindgen-cli $bindgen_version (once, a few minutes)" >&2
+  # The CLI's own lockfile first; when the registry lacks one of its pinned versions, the
+  # newest compatible ones.
+  env -u RUSTC -u RUSTFLAGS -u CARGO_TARGET_DIR cargo install --quiet --locked wasm-bindgen-cli --version "=$bindgen_version" >&2 ||
+    env -u RUSTC -u RUSTFLAGS -u CARGO_TARGET_DIR cargo install --quiet wasm-bindgen-cli --version "=$bindgen_version" >&2
 fi
 echo /usr/bin/rustc

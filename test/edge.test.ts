@@ -25,7 +25,7 @@ import { promisify } from "node:util";
 import { createEngine } from "@liger/wasm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { bundlePath, repoRoot } from "./helpers.js";
+import { bundlePath, repoRoot, wasmPackageFiles } from "./helpers.js";
 
 const MIB = 1024 * 1024;
 /** What a Worker may use: 128 MB of memory, wasm memory and JavaScript heap together. */
@@ -45,8 +45,7 @@ interface Run {
 /** Serves the wasm package and the bundle (nothing else) on a free port of 127.0.0.1. */
 function serve(): Promise<Server> {
   const files: Record<string, [path: string, type: string]> = {
-    "/npm/wasm/index.js": [join(repoRoot, "npm", "wasm", "index.js"), "text/javascript"],
-    "/npm/wasm/liger.wasm": [join(repoRoot, "npm", "wasm", "liger.wasm"), "application/wasm"],
+    ...wasmPackageFiles(),
     "/model.bundle": [bundlePath("int8"), "application/octet-stream"],
     "/model.q4_1.bundle": [bundlePath("q4_1"), "application/octet-stream"],
   };
@@ -264,6 +263,8 @@ const config :Workerd.Config = (
       modules = [
         (name = "test/edge/worker.js", esModule = embed ${embed("test/edge/worker.js")}),
         (name = "npm/wasm/index.js", esModule = embed ${embed("npm/wasm/index.js")}),
+        (name = "npm/wasm/errors.js", esModule = embed ${embed("npm/wasm/errors.js")}),
+        (name = "npm/wasm/liger_wasm.js", esModule = embed ${embed("npm/wasm/liger_wasm.js")}),
         (name = "npm/wasm/liger.wasm", wasm = embed ${embed("npm/wasm/liger.wasm")}),
       ],
       compatibilityDate = ${JSON.stringify(require("workerd").compatibilityDate)},

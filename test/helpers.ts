@@ -1,6 +1,6 @@
 /** Shared by the test files: where the model is, the compiled library, the CLI. */
 import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -88,4 +88,16 @@ export function bundlePath(quant: "int8" | "q4" | "q4_1" | "f32" = "int8"): stri
   if (!existsSync(path))
     throw new Error(`the ${quant} bundle is missing at ${path}: run \`bash scripts/make-bundle.sh ${quant}\``);
   return path;
+}
+
+/**
+ * The wasm package's files (npm/wasm, its package.json's `files`) as a server serves them:
+ * URL path (`/npm/wasm/<file>`) to the file and its content type.
+ */
+export function wasmPackageFiles(): Record<string, [path: string, type: string]> {
+  const dir = join(repoRoot, "npm", "wasm");
+  const { files } = JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as { files: string[] };
+  const type = (f: string) =>
+    f.endsWith(".wasm") ? "application/wasm" : f.endsWith(".js") ? "text/javascript" : "text/plain";
+  return Object.fromEntries(files.map((f) => [`/npm/wasm/${f}`, [join(dir, f), type(f)]]));
 }

@@ -76,7 +76,9 @@ describe("installed with its platform package", () => {
   it("holds the addon, the wasm engine and no install scripts", () => {
     const modules = join(project, "node_modules");
     expect(existsSync(join(modules, "@liger", "linux-x64-gnu", "liger.linux-x64-gnu.node"))).toBe(true);
-    expect(existsSync(join(modules, "liger", "node_modules", "@liger", "wasm", "liger.wasm"))).toBe(true);
+    for (const file of ["liger.wasm", "liger_wasm.js", "index.js", "node.js"]) {
+      expect(existsSync(join(modules, "liger", "node_modules", "@liger", "wasm", file)), file).toBe(true);
+    }
     const manifest = JSON.parse(readFileSync(join(modules, "liger", "package.json"), "utf8"));
     expect(manifest.scripts ?? {}).toEqual({});
   });

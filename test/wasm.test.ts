@@ -3,8 +3,10 @@
  * in Node: the kernels it was compiled with, the default model's Liger conversion as an
  * int8 bundle through the TypeScript API (`backend: "wasm"`), memory limits, and errors.
  */
+import { createReadStream } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { Readable } from "node:stream";
 
 import { createEngine, type Engine } from "@liger/wasm";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -64,23 +66,37 @@ async function expectLigerError(promise: Promise<unknown> | (() => unknown), cod
 
 describe("the wasm module", () => {
   it("uses SIMD128 dot products that match float64 for every storage type", async () => {
-    const e = await engine();
-    const ex = (e as any).exports;
-    expect(ex.liger_self_test(Date.now() % 100000)).toBe(0);
-    const { kernel, errors } = JSON.parse((e as any).resultText());
+    const { kernel, errors } = (await engine()).selfTest(Date.now() % 100000);
     console.log(`wasm dot kernel ${kernel}; max relative errors`, errors);
     expect(kernel).toBe("Simd128");
     expect(Object.keys(errors)).toContain("I8_ROW");
     for (const [ty, err] of Object.entries(errors)) expect(err as number, ty).toBeLessThan(1e-4);
   });
 
-  it("enforces its memory maximum: an allocation past it fails as OUT_OF_MEMORY, not a trap", async () => {
+  it("enforces its memory maximum: a model past it fails as OUT_OF_MEMORY, not a trap", async () => {
     const e = await engine(64 * MIB);
     expect(e.maxMemoryBytes).toBe(64 * MIB);
-    const ptr = (e as any).exports.liger_alloc(80 * MIB);
-    expect(ptr).toBe(0);
-    expect(() => (e as any).put(new Uint8Array(80 * MIB))).toThrow(expect.objectContaining({ code: "OUT_OF_MEMORY" }));
+    expect(() => e.loadBundle(bundle)).toThrow(expect.objectContaining({ code: "OUT_OF_MEMORY" }));
+    await expect(
+      e.loadBundleStream(Readable.toWeb(createReadStream(bundlePath("int8"))) as ReadableStream<Uint8Array>),
+    ).rejects.toMatchObject({ code: "OUT_OF_MEMORY" });
     expect(e.memoryBytes()).toBeLessThanOrEqual(64 * MIB);
+    // The engine did not stop: it still runs.
+    expect(e.selfTest(1).kernel).toBe("Simd128");
+  });
+
+  it("gives each engine its own instance and memory; a freed model lives on while it generates", async () => {
+    const [a, b] = await Promise.all([engine(), engine(128 * MIB)]);
+    const before = b.memoryBytes();
+    const m = a.loadBundle(bundle);
+    expect(a.memoryBytes()).toBeGreaterThan(128 * MIB);
+    expect(b.memoryBytes()).toBe(before);
+    const generation = m.startGeneration(m.encode("The capital of France is"), { maxTokens: 3, temperature: 0 });
+    m.free();
+    let n = 0;
+    while (generation.step() !== null) n += 1;
+    expect(n).toBe(3);
+    expect(generation.result?.finishReason).toBe("length");
   });
 });
 

@@ -1,14 +1,13 @@
 /** Wasm memory maximum by default: 256 MiB (the engine enforces it). */
 export declare const DEFAULT_MAX_MEMORY_BYTES: number;
 
-/** An error from the engine: `code` is one of liger's error codes (e.g. "INVALID_FILE"). */
-export declare class LigerWasmError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string, options?: { cause?: unknown });
-}
+export { LigerWasmError } from "./errors.js";
 
 export interface EngineOptions {
-  /** The module: a URL to fetch, its bytes, or a compiled module (default: ./liger.wasm beside this file). */
+  /**
+   * The module: a URL to fetch, its bytes, or a compiled module (default: ./liger.wasm beside
+   * this file, fetched; in Node, read from the package's folder and compiled once).
+   */
   source?: URL | string | ArrayBuffer | ArrayBufferView | WebAssembly.Module;
   /** The wasm memory maximum in bytes (default 256 MiB). */
   maxMemoryBytes?: number;
@@ -45,19 +44,38 @@ export declare class WasmGeneration {
 export declare class WasmModel {
   /** The model's facts (the `ModelInfo` of liger's TypeScript API, plus `quantization`). */
   readonly info: Record<string, unknown> & { vocabSize: number; quantization: string };
-  readonly summary: { name: string; quantization: string; fileBytes: number; needBytes: number };
+  readonly summary: BundleSummary;
   encode(text: string, addBos?: boolean, parseSpecial?: boolean): Uint32Array;
   decode(ids: ArrayLike<number>, skipSpecial?: boolean): string;
   applyChatTemplate(messages: { role: string; content: string }[], addGenerationPrompt?: boolean): string;
   lastLogits(ids: ArrayLike<number>): Float32Array;
   startGeneration(ids: ArrayLike<number>, options?: WasmGenerateOptions): WasmGeneration;
+  /** Frees the model's memory in the engine; a generation still running keeps it until freed. */
   free(): void;
+}
+
+/** A checked bundle header's facts. */
+export interface BundleSummary {
+  name: string;
+  quantization: string;
+  fileBytes: number;
+  /** Wasm memory the model needs once loaded. */
+  needBytes: number;
+  headerBytes: number;
+  /** Where the tensor data starts in the file. */
+  dataStart: number;
 }
 
 export declare class Engine {
   readonly maxMemoryBytes: number;
   /** Bytes of wasm memory now. */
   memoryBytes(): number;
+  /**
+   * Checks this build's dot-product kernels (SIMD128 where compiled in) and the prefill's
+   * matrix product against float64 on random rows: the kernel's name and the largest relative
+   * error per storage type.
+   */
+  selfTest(seed?: number): { kernel: string; errors: Record<string, number> };
   /** Loads a whole bundle file (checked up front: format, length, memory). */
   loadBundle(data: ArrayBuffer | Uint8Array): WasmModel;
   /**

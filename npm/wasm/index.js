@@ -1,29 +1,24 @@
-// liger's WebAssembly engine: the JavaScript side of the plain C ABI of crates/liger-wasm.
-// Uses only what browsers and Node share (WebAssembly, fetch, ArrayBuffer, TextEncoder,
-// crypto.getRandomValues): no Node-only API, so the same file runs in a page.
+// liger's WebAssembly engine: the package's API over the bindings that wasm-bindgen generates
+// from crates/liger-wasm (liger_wasm.js, built by scripts/build-wasm.sh). This file holds what
+// the bindings cannot: one instance and one memory per engine (its maximum set here and
+// enforced by the engine), fetching and streaming with web streams, and a trap stopping the
+// engine. It uses only what browsers, Node, Deno and workerd share.
+
+import { LigerWasmError } from "./errors.js";
+import { createBindings } from "./liger_wasm.js";
+
+export { LigerWasmError };
 
 /** Wasm memory maximum by default: 256 MiB (the engine enforces it). */
 export const DEFAULT_MAX_MEMORY_BYTES = 256 * 1024 * 1024;
 const PAGE = 65536;
 /** The module's own start size (it is linked with --initial-memory=4 MiB). */
 const INITIAL_PAGES = 64;
-const DONE = -2;
-
-/** An error from the engine: `code` is one of liger's error codes (e.g. "INVALID_FILE"). */
-export class LigerWasmError extends Error {
-  constructor(code, message, options) {
-    super(message, options);
-    this.name = "LigerWasmError";
-    this.code = code;
-  }
-}
-
-const encoder = new TextEncoder();
-const decoder = new TextDecoder();
 
 /**
- * Starts the engine. `source`: the module as a URL (fetched), bytes, or a compiled
- * WebAssembly.Module. `maxMemoryBytes`: the memory maximum (a multiple of 64 KiB).
+ * Starts an engine: its own instance of the module, with its own memory. `source`: the module
+ * as a URL (fetched), bytes, or a compiled WebAssembly.Module. `maxMemoryBytes`: the memory
+ * maximum (a multiple of 64 KiB).
  */
 export async function createEngine({ source, maxMemoryBytes = DEFAULT_MAX_MEMORY_BYTES } = {}) {
   if (!Number.isInteger(maxMemoryBytes) || maxMemoryBytes < INITIAL_PAGES * PAGE || maxMemoryBytes > 4 * 1024 ** 3) {
@@ -31,23 +26,21 @@ export async function createEngine({ source, maxMemoryBytes = DEFAULT_MAX_MEMORY
   }
   const module = await compile(source ?? new URL("./liger.wasm", import.meta.url));
   const memory = new WebAssembly.Memory({ initial: INITIAL_PAGES, maximum: Math.floor(maxMemoryBytes / PAGE) });
-  const env = {
-    memory,
-    liger_host_random(ptr, len) {
-      for (let off = 0; off < len; off += 65536) {
-        globalThis.crypto.getRandomValues(new Uint8Array(memory.buffer, ptr + off, Math.min(65536, len - off)));
-      }
-    },
-  };
-  let instance;
+  const bindings = createBindings();
   try {
-    instance = await WebAssembly.instantiate(module, { env });
+    try {
+      // The module is compiled already: instantiating it is quick, and the synchronous path
+      // spares Node loading its fetch implementation (which the asynchronous one looks for).
+      bindings.initSync({ module, memory });
+    } catch (err) {
+      // A browser's main thread may refuse synchronous instantiation of a large module.
+      if (!(err instanceof RangeError)) throw err;
+      await bindings.default({ module_or_path: module, memory });
+    }
   } catch (err) {
     throw new LigerWasmError("INVALID_FILE", `the wasm module does not fit this engine: ${err.message}; rebuild it with scripts/build-wasm.sh`, { cause: err });
   }
-  const engine = new Engine(instance.exports, memory, Math.floor(maxMemoryBytes / PAGE) * PAGE);
-  engine.exports.liger_init();
-  return engine;
+  return new Engine(bindings, memory, Math.floor(maxMemoryBytes / PAGE) * PAGE);
 }
 
 async function compile(source) {
@@ -59,8 +52,14 @@ async function compile(source) {
       throw new LigerWasmError("INVALID_FILE", `not a valid wasm module: ${err.message}`, { cause: err });
     }
   }
-  const response = await fetch(source);
-  if (!response.ok) throw new LigerWasmError("IO_ERROR", `fetching ${source}: HTTP ${response.status}`);
+  const response = await fetchOk(source);
+  if (typeof WebAssembly.compileStreaming === "function" && response.headers.get("content-type") === "application/wasm") {
+    try {
+      return await WebAssembly.compileStreaming(response);
+    } catch (err) {
+      throw new LigerWasmError("INVALID_FILE", `not a valid wasm module: ${err.message}`, { cause: err });
+    }
+  }
   return compile(await response.arrayBuffer());
 }
 
@@ -167,9 +166,16 @@ class ChunkReader {
   }
 }
 
+/** A checked bundle header's facts as a plain object (the bindings' object is freed). */
+function summaryOf(summary) {
+  const { name, quantization, fileBytes, needBytes, headerBytes, dataStart } = summary;
+  summary.free();
+  return { name, quantization, fileBytes, needBytes, headerBytes, dataStart };
+}
+
 class Engine {
-  constructor(exports, memory, maxBytes) {
-    this.exports = exports;
+  constructor(bindings, memory, maxBytes) {
+    this.bindings = bindings;
     this.memory = memory;
     this.maxMemoryBytes = maxBytes;
     this.stopped = null;
@@ -180,69 +186,34 @@ class Engine {
     return this.memory.buffer.byteLength;
   }
 
-  /** Calls an export; a wasm trap stops the engine and becomes a LigerWasmError. */
-  call(name, ...args) {
+  /**
+   * Runs `f` (calls into the bindings, whose errors are LigerWasmErrors already); a wasm trap
+   * (a bug, or memory exhausted) stops the engine and becomes a LigerWasmError.
+   */
+  call(what, f) {
     if (this.stopped) throw new LigerWasmError("INTERNAL", `the wasm engine stopped after an earlier failure (${this.stopped}); create a new engine`);
     try {
-      return this.exports[name](...args);
+      return f(this.bindings);
     } catch (err) {
       if (!(err instanceof WebAssembly.RuntimeError)) throw err;
       const full = this.memoryBytes() + 2 * 1024 * 1024 >= this.maxMemoryBytes;
-      const detail = this.readError()?.message;
+      let detail;
+      try {
+        detail = this.bindings.takePanicMessage();
+      } catch {
+        // The instance cannot run any more: the trap's own message is all there is.
+      }
       this.stopped = err.message;
       if (full) {
-        throw new LigerWasmError("OUT_OF_MEMORY", `wasm memory is exhausted (${this.maxMemoryBytes >> 20} MiB maximum) in ${name}; use a smaller or more quantised bundle, or a larger maxMemoryBytes`, { cause: err });
+        throw new LigerWasmError("OUT_OF_MEMORY", `wasm memory is exhausted (${this.maxMemoryBytes >> 20} MiB maximum) in ${what}; use a smaller or more quantised bundle, or a larger maxMemoryBytes`, { cause: err });
       }
-      throw new LigerWasmError("INTERNAL", `the wasm engine failed in ${name}: ${detail ?? err.message}`, { cause: err });
+      throw new LigerWasmError("INTERNAL", `the wasm engine failed in ${what}: ${detail ?? err.message}`, { cause: err });
     }
   }
 
-  /** Calls an export that returns a status; throws the engine's error on -1. */
-  check(name, ...args) {
-    const status = this.call(name, ...args);
-    if (status === -1) {
-      const e = this.readError() ?? { code: "INTERNAL", message: `${name} failed without a message` };
-      throw new LigerWasmError(e.code, e.message);
-    }
-    return status;
-  }
-
-  readError() {
-    const len = this.exports.liger_error_len();
-    if (len === 0) return null;
-    try {
-      return JSON.parse(decoder.decode(new Uint8Array(this.memory.buffer, this.exports.liger_error_ptr(), len)));
-    } catch {
-      return null;
-    }
-  }
-
-  resultBytes() {
-    return new Uint8Array(this.memory.buffer, this.exports.liger_result_ptr(), this.exports.liger_result_len()).slice();
-  }
-
-  resultText() {
-    return decoder.decode(this.resultBytes());
-  }
-
-  /** Copies `bytes` into a fresh wasm buffer of `len` bytes (at least theirs); returns [ptr, len]. */
-  put(bytes, len = bytes.length) {
-    const ptr = this.call("liger_alloc", len);
-    if (ptr === 0) {
-      throw new LigerWasmError("OUT_OF_MEMORY", `cannot allocate ${len} bytes of wasm memory (maximum ${this.maxMemoryBytes >> 20} MiB)`);
-    }
-    new Uint8Array(this.memory.buffer, ptr, bytes.length).set(bytes);
-    return [ptr, len];
-  }
-
-  /** Runs `f(ptr, len)` on a temporary copy of `bytes` in wasm memory. */
-  withBytes(bytes, f) {
-    const [ptr, len] = this.put(bytes);
-    try {
-      return f(ptr, len);
-    } finally {
-      if (!this.stopped) this.exports.liger_free(ptr, len);
-    }
+  /** Checks this build's dot-product kernels against float64: `{kernel, errors}`. */
+  selfTest(seed = 1) {
+    return JSON.parse(this.call("selfTest", (b) => b.selfTest(seed)));
   }
 
   /**
@@ -252,14 +223,11 @@ class Engine {
   loadBundle(data) {
     const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : ArrayBuffer.isView(data) ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength) : null;
     if (!bytes) throw new LigerWasmError("INVALID_ARGUMENT", "a bundle must be an ArrayBuffer or a Uint8Array");
-    const headerLen = this.withBytes(bytes.subarray(0, 24), (p, n) => this.check("liger_bundle_header_len", p, n));
-    const summary = this.withBytes(bytes.subarray(0, 24 + headerLen), (p, n) => {
-      this.check("liger_bundle_check", p, n, bytes.length, this.maxMemoryBytes);
-      return JSON.parse(this.resultText());
+    return this.call("loadBundle", (b) => {
+      const headerLen = b.bundleHeaderLength(bytes.subarray(0, 24));
+      const summary = summaryOf(b.checkBundle(bytes.subarray(0, 24 + headerLen), bytes.length, this.maxMemoryBytes));
+      return new WasmModel(this, b.loadBundle(bytes), summary);
     });
-    const [ptr, len] = this.put(bytes);
-    const handle = this.check("liger_model_load", ptr, len);
-    return new WasmModel(this, handle, summary);
   }
 
   /**
@@ -283,104 +251,60 @@ class Engine {
     let pending = null;
     try {
       const preamble = await chunks.bytes(24, "the preamble");
-      const headerLen = this.withBytes(preamble, (p, n) => this.check("liger_bundle_header_len", p, n));
+      const headerLen = this.call("loadBundleStream", (b) => b.bundleHeaderLength(preamble));
       const prefix = new Uint8Array(24 + headerLen);
       prefix.set(preamble);
       await chunks.copy(headerLen, (chunk, at) => prefix.set(chunk, 24 + at), "the header");
-      pending = this.withBytes(prefix, (p, n) => this.check("liger_bundle_begin", p, n, this.maxMemoryBytes));
-      const summary = JSON.parse(this.resultText());
+      pending = this.call("loadBundleStream", (b) => b.StreamingBundle.begin(prefix, this.maxMemoryBytes));
+      const streaming = pending;
+      const summary = summaryOf(streaming.summary);
       const { fileBytes, dataStart } = summary;
-      const count = this.check("liger_bundle_tensors", pending);
-      const table = new DataView(this.resultBytes().buffer);
-      const tensors = Array.from({ length: count }, (_, i) => ({
-        offset: table.getUint32(12 * i, true),
-        ptr: table.getUint32(12 * i + 4, true),
-        len: table.getUint32(12 * i + 8, true),
-      }));
       await chunks.copy(dataStart - prefix.length, () => {}, "the header's padding");
-      const write = tensorWriter(tensors, (ptr, bytes) => new Uint8Array(this.memory.buffer, ptr, bytes.length).set(bytes));
       await chunks.copy(
         fileBytes - dataStart,
         (chunk, at) => {
-          write(chunk, at);
+          this.call("loadBundleStream", () => streaming.write(at, chunk));
           onProgress?.((dataStart + at + chunk.length) / fileBytes);
         },
         "the tensor data",
       );
       await chunks.expectEnd(fileBytes);
-      const begun = pending;
-      pending = null; // liger_bundle_finish takes it over, on success or failure.
-      const handle = this.check("liger_bundle_finish", begun);
-      return new WasmModel(this, handle, summary);
+      pending = null; // finish() takes it over, on success or failure.
+      return new WasmModel(this, this.call("loadBundleStream", () => streaming.finish()), summary);
     } catch (err) {
       chunks.cancel();
-      if (!this.stopped && pending !== null) this.exports.liger_bundle_abort(pending);
+      if (!this.stopped) pending?.free();
       throw err;
     }
   }
 }
 
-/**
- * A function `(chunk, at)` that copies the bytes at `at..` of the data section into the
- * tensors' buffers (`{offset, ptr, len}` sorted by offset), skipping the padding between them,
- * through `copy(ptr, bytes)`. Chunks come in order.
- */
-function tensorWriter(tensors, copy) {
-  let i = 0;
-  return (chunk, at) => {
-    let pos = 0;
-    while (pos < chunk.length && i < tensors.length) {
-      const t = tensors[i];
-      const here = at + pos;
-      const end = t.offset + t.len;
-      if (here >= end) {
-        i += 1;
-      } else if (here < t.offset) {
-        pos += Math.min(t.offset - here, chunk.length - pos);
-      } else {
-        const take = Math.min(end - here, chunk.length - pos);
-        copy(t.ptr + (here - t.offset), chunk.subarray(pos, pos + take));
-        pos += take;
-      }
-    }
-  };
-}
-
 /** A model loaded into the engine. */
 class WasmModel {
-  constructor(engine, handle, summary) {
+  constructor(engine, model, summary) {
     this.engine = engine;
-    this.handle = handle;
+    this.model = model;
     this.summary = summary;
-    engine.check("liger_model_info", handle);
-    this.info = JSON.parse(engine.resultText());
+    this.freed = false;
+    this.info = JSON.parse(engine.call("info", () => model.info()));
   }
 
   /** Text to token ids. `addBos`: undefined for the model's default. */
   encode(text, addBos, parseSpecial = false) {
-    const e = this.engine;
-    const bos = addBos === undefined ? -1 : addBos ? 1 : 0;
-    const n = e.withBytes(encoder.encode(text), (p, len) => e.check("liger_encode", this.handle, p, len, bos, parseSpecial ? 1 : 0));
-    return new Uint32Array(e.resultBytes().buffer, 0, n);
+    return this.engine.call("encode", () => this.model.encode(text, addBos, parseSpecial));
   }
 
   decode(ids, skipSpecial = false) {
-    const e = this.engine;
-    e.withBytes(idBytes(ids), (p) => e.check("liger_decode", this.handle, p, ids.length, skipSpecial ? 1 : 0));
-    return e.resultText();
+    return this.engine.call("decode", () => this.model.decode(u32(ids), skipSpecial));
   }
 
   applyChatTemplate(messages, addGenerationPrompt = true) {
-    const e = this.engine;
-    e.withBytes(encoder.encode(JSON.stringify(messages)), (p, n) => e.check("liger_apply_chat_template", this.handle, p, n, addGenerationPrompt ? 1 : 0));
-    return e.resultText();
+    return this.engine.call("applyChatTemplate", () => this.model.applyChatTemplate(JSON.stringify(messages), addGenerationPrompt));
   }
 
   /** Logits of the token after `ids` (from an empty state). */
   lastLogits(ids) {
-    const e = this.engine;
-    e.withBytes(idBytes(ids), (p) => e.check("liger_last_logits", this.handle, p, ids.length));
-    return new Float32Array(e.resultBytes().buffer);
+    return this.engine.call("lastLogits", () => this.model.lastLogits(u32(ids)));
   }
 
   /**
@@ -388,55 +312,57 @@ class WasmModel {
    * seed, stop, ignoreEos.
    */
   startGeneration(ids, options = {}) {
-    const e = this.engine;
-    const handle = e.withBytes(idBytes(ids), (p) =>
-      e.withBytes(encoder.encode(JSON.stringify(options)), (op, on) => e.check("liger_generate_start", this.handle, p, ids.length, op, on)),
-    );
-    return new WasmGeneration(e, handle);
+    const generation = this.engine.call("startGeneration", () => this.model.startGeneration(u32(ids), JSON.stringify(options)));
+    return new WasmGeneration(this.engine, generation);
   }
 
-  /** Frees the model's memory in the engine (the pages stay with the engine for reuse). */
+  /**
+   * Frees the model's memory in the engine (the pages stay with the engine for reuse); a
+   * generation still running keeps the model until it is freed.
+   */
   free() {
-    this.engine.check("liger_model_free", this.handle);
+    if (!this.freed && !this.engine.stopped) this.model.free();
+    this.freed = true;
   }
 }
 
 /** One running generation: call step() for each token. */
 class WasmGeneration {
-  constructor(engine, handle) {
+  constructor(engine, generation) {
     this.engine = engine;
-    this.handle = handle;
+    this.generation = generation;
     this.result = null;
+    this.freed = false;
   }
 
   /** `{ id, text }` for the next token, or null once done (then `result` is set). */
   step() {
     if (this.result) return null;
-    const e = this.engine;
-    const status = e.check("liger_generate_step", this.handle);
-    if (status === DONE) {
-      this.result = JSON.parse(e.resultText());
+    const g = this.generation;
+    const id = this.engine.call("step", () => g.step());
+    if (id === undefined) {
+      this.result = JSON.parse(g.result());
       this.free();
       return null;
     }
-    return { id: status, text: e.resultText() };
+    return { id, text: g.text };
   }
 
   abort() {
-    if (!this.result) this.engine.check("liger_generate_abort", this.handle);
+    if (!this.result) this.engine.call("abort", () => this.generation.abort());
   }
 
   /** Bytes of the decoding state now (constant for a Liger model). */
   stateBytes() {
-    return this.engine.call("liger_generate_state_bytes", this.handle);
+    return this.freed ? 0 : this.engine.call("stateBytes", () => this.generation.stateBytes());
   }
 
   free() {
-    if (!this.engine.stopped) this.engine.check("liger_generate_free", this.handle);
+    if (!this.freed && !this.engine.stopped) this.generation.free();
+    this.freed = true;
   }
 }
 
-function idBytes(ids) {
-  const a = ids instanceof Uint32Array ? ids : Uint32Array.from(ids);
-  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+function u32(ids) {
+  return ids instanceof Uint32Array ? ids : Uint32Array.from(ids);
 }

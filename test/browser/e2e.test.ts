@@ -11,7 +11,7 @@ import { extname, join } from "node:path";
 import { chromium, type Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import { bundlePath, repoRoot } from "../helpers.js";
+import { bundlePath, repoRoot, wasmPackageFiles } from "../helpers.js";
 
 const TYPES: Record<string, string> = {
   ".html": "text/html",
@@ -25,8 +25,7 @@ function serve(): Promise<Server> {
   const files: Record<string, string> = {
     "/": join(repoRoot, "test", "browser", "index.html"),
     "/page.js": join(repoRoot, "test", "browser", "page.js"),
-    "/npm/wasm/index.js": join(repoRoot, "npm", "wasm", "index.js"),
-    "/npm/wasm/liger.wasm": join(repoRoot, "npm", "wasm", "liger.wasm"),
+    ...Object.fromEntries(Object.entries(wasmPackageFiles()).map(([url, [path]]) => [url, path])),
     "/model.bundle": bundlePath("int8"),
   };
   const server = createServer((req, res) => {

@@ -2,15 +2,16 @@
  * The WebAssembly backend: the same core built for wasm32 (package `@liger/wasm`), running a
  * Liger model bundle on the CPU with constant memory per sequence. Picked by loadModel when
  * the native addon is absent, or when asked with `backend: "wasm"`. The engine itself uses
- * only web APIs; this Node-side adapter reads local files and the module from disk.
+ * only web APIs; this Node-side adapter reads local bundle files, and the package's Node entry
+ * reads its module from disk.
  */
 import { readFile } from "node:fs/promises";
-import { createRequire } from "node:module";
 
 import {
   createEngine,
   DEFAULT_MAX_MEMORY_BYTES,
   LigerWasmError,
+  type Engine,
   type WasmGeneration,
   type WasmModel,
 } from "@liger/wasm";
@@ -50,23 +51,20 @@ function guard<T>(f: () => T): T {
   }
 }
 
-let moduleBytes: Promise<Uint8Array> | undefined;
-
-/** The compiled engine's bytes, read once from the installed package. */
-function wasmModuleBytes(): Promise<Uint8Array> {
-  moduleBytes ??= (async () => {
-    const path = createRequire(import.meta.url).resolve("@liger/wasm/liger.wasm");
-    try {
-      return await readFile(path);
-    } catch (err) {
-      throw new LigerError(
-        "NATIVE_ADDON_MISSING",
-        `the wasm engine ${path} cannot be read (${(err as Error).message}); run scripts/build-wasm.sh`,
-      );
+/**
+ * A fresh engine: an instance of the installed package's module (which the package's Node
+ * entry reads and compiles once per process) with its own memory. A module that cannot be read
+ * is NATIVE_ADDON_MISSING, as a missing addon is.
+ */
+async function startEngine(maxMemoryBytes: number): Promise<Engine> {
+  try {
+    return await createEngine({ maxMemoryBytes });
+  } catch (err) {
+    if (err instanceof LigerWasmError && err.code === "IO_ERROR") {
+      throw new LigerError("NATIVE_ADDON_MISSING", err.message, { cause: err });
     }
-  })();
-  moduleBytes.catch(() => (moduleBytes = undefined));
-  return moduleBytes;
+    throw err;
+  }
 }
 
 /** A bundle file's bytes, read from disk. */
@@ -101,7 +99,7 @@ export function wasmBackend(options: WasmBackendOptions = {}): Backend {
       const data = remote ? undefined : await readBundleFile(path);
       onProgress?.({ stage: remote ? "download" : "load", fraction: 0 });
       try {
-        const engine = await createEngine({ source: await wasmModuleBytes(), maxMemoryBytes });
+        const engine = await startEngine(maxMemoryBytes);
         const loaded = data
           ? engine.loadBundle(data)
           : await engine.fetchBundle(path, (fraction) => onProgress?.({ stage: "download", fraction }));

@@ -1,32 +1,91 @@
 //! Generation one token per call, so the host can hand control back (to a page, a stream)
 //! between tokens. Timing is the host's: wasm32-unknown-unknown has no clock.
 
-use crate::abi::{bytes, set_result, status};
-use crate::{next_handle, read_ids, with_model, MODELS};
+use crate::model::Loaded;
+use crate::{js_error, JsResult};
 use liger_core::convert::LigerModel;
 use liger_core::generate::{GenerateOptions, Generator};
 use liger_core::sampling::SamplingOptions;
 use liger_core::{Error, Result};
 use serde_json::{json, Value};
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::rc::Rc;
+use wasm_bindgen::prelude::*;
 
 /// Prompt tokens per forward call of the prefill: bounds its activations (a few MiB) so a
 /// long prompt fits in the wasm memory.
 const PREFILL_CHUNK: usize = 256;
 
-struct Running {
-    model: i32,
+/// One running generation: call `step()` for each token.
+#[wasm_bindgen]
+pub struct Generation {
+    /// Borrows `model`'s model: declared first, so it is dropped before the model it borrows.
     generator: Generator<'static, LigerModel>,
+    /// The text the last step released.
+    text: String,
+    /// Keeps the model alive while the generation runs, even if the model is freed.
+    _model: Rc<Loaded>,
 }
 
-thread_local! {
-    static GENERATIONS: RefCell<HashMap<i32, Running>> = RefCell::new(HashMap::new());
+impl Generation {
+    pub(crate) fn start(model: Rc<Loaded>, prompt: &[u32], options_json: &str) -> Result<Self> {
+        let options = parse_options(options_json)?;
+        let vocab = model.model.config().vocab_size;
+        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::invalid_argument(format!("token id {bad} is outside the vocabulary of {vocab}")));
+        }
+        // SAFETY: the model lives in the `Rc` this generation holds until after the generator
+        // (field order), and nothing moves or mutates it: the borrow cannot outlive it.
+        let borrowed: &'static LigerModel = unsafe { &*(&model.model as *const LigerModel) };
+        let generator = Generator::with_prefill_chunk(borrowed, prompt, &options, PREFILL_CHUNK)?;
+        Ok(Generation { generator, text: String::new(), _model: model })
+    }
+}
+
+#[wasm_bindgen]
+impl Generation {
+    /// The next token's id (its text is then [`Generation::text`]), or undefined once the
+    /// generation is over (see [`Generation::result`]).
+    pub fn step(&mut self) -> JsResult<Option<u32>> {
+        match self.generator.step().map_err(js_error)? {
+            Some((id, text)) => {
+                self.text = text;
+                Ok(Some(id))
+            }
+            None => {
+                self.text.clear();
+                Ok(None)
+            }
+        }
+    }
+
+    /// The text the last step released (UTF-8 held back until a character is complete).
+    #[wasm_bindgen(getter)]
+    pub fn text(&self) -> String {
+        self.text.clone()
+    }
+
+    /// The result so far as JSON: `{tokens, text, finishReason, promptTokens}`.
+    pub fn result(&self) -> String {
+        let r = self.generator.result();
+        json!({ "tokens": r.tokens, "text": r.text, "finishReason": r.finish_reason.as_str(), "promptTokens": r.prompt_tokens })
+            .to_string()
+    }
+
+    /// Makes the next step end the generation (finish reason "aborted").
+    pub fn abort(&mut self) {
+        self.generator.abort();
+    }
+
+    /// Bytes of the decoding state now (constant for a Liger model).
+    #[wasm_bindgen(js_name = stateBytes)]
+    pub fn state_bytes(&self) -> f64 {
+        self.generator.state().bytes() as f64
+    }
 }
 
 /// Options as JSON: `{maxTokens, temperature, topK, topP, seed, stop, ignoreEos}` (all optional).
-fn parse_options(json: &[u8]) -> Result<GenerateOptions> {
-    let v: Value = serde_json::from_slice(json)
+fn parse_options(json: &str) -> Result<GenerateOptions> {
+    let v: Value = serde_json::from_str(json)
         .map_err(|e| Error::invalid_argument(format!("generation options are not valid JSON: {e}")))?;
     let num = |k: &str| v.get(k).and_then(Value::as_f64);
     let d = GenerateOptions::default();
@@ -52,88 +111,21 @@ fn parse_options(json: &[u8]) -> Result<GenerateOptions> {
     })
 }
 
-/// Starts a generation from `n` prompt tokens (runs the prefill). Returns its handle.
-///
-/// # Safety
-/// `ids` must hold `n` u32 and `opts..opts+opts_len` JSON, both written by the host.
-#[no_mangle]
-pub unsafe extern "C" fn liger_generate_start(
-    model: i32,
-    ids: *const u8,
-    n: usize,
-    opts: *const u8,
-    opts_len: usize,
-) -> i32 {
-    status(|| {
-        let prompt = read_ids(ids, n);
-        let options = parse_options(bytes(opts, opts_len))?;
-        let vocab = with_model(model, |m| Ok(m.config().vocab_size))?;
-        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::invalid_argument(format!("token id {bad} is outside the vocabulary of {vocab}")));
+#[cfg(test)]
+mod tests {
+    use super::parse_options;
+    use liger_core::ErrorCode;
+
+    #[test]
+    fn options_default_and_parse() {
+        let o = parse_options("{}").unwrap();
+        assert!(o.stop.is_empty() && !o.ignore_eos);
+        let o = parse_options(r#"{"maxTokens":7,"temperature":0,"stop":["\n"],"ignoreEos":true,"seed":3}"#).unwrap();
+        assert_eq!((o.max_tokens, o.sampling.temperature, o.sampling.seed), (7, 0.0, 3));
+        assert_eq!(o.stop, vec!["\n".to_string()]);
+        assert!(o.ignore_eos);
+        for bad in ["{\"stop\":\"x\"}", "{\"stop\":[1]}", "nope"] {
+            assert_eq!(parse_options(bad).unwrap_err().code, ErrorCode::InvalidArgument, "{bad}");
         }
-        let generator = with_model(model, |m| Generator::with_prefill_chunk(m, &prompt, &options, PREFILL_CHUNK))?;
-        let handle = next_handle();
-        MODELS.with(|m| m.borrow_mut().get_mut(&model).map(|l| l.generations += 1));
-        GENERATIONS.with(|g| g.borrow_mut().insert(handle, Running { model, generator }));
-        Ok(handle)
-    })
-}
-
-/// The next token: its id (result: the text it releases, UTF-8), or -2 once the generation
-/// is over (result: `{tokens, text, finishReason, promptTokens}` as JSON).
-#[no_mangle]
-pub extern "C" fn liger_generate_step(handle: i32) -> i32 {
-    status(|| {
-        GENERATIONS.with(|g| {
-            let mut g = g.borrow_mut();
-            let running = g.get_mut(&handle).ok_or_else(|| {
-                Error::invalid_argument(format!("generation {handle} does not exist (finished and freed?)"))
-            })?;
-            match running.generator.step()? {
-                Some((id, text)) => {
-                    set_result(text.into_bytes());
-                    Ok(id as i32)
-                }
-                None => {
-                    let r = running.generator_result();
-                    set_result(r.to_string().into_bytes());
-                    Ok(-2)
-                }
-            }
-        })
-    })
-}
-
-impl Running {
-    /// The result so far, as JSON (the generator stays until it is freed).
-    fn generator_result(&self) -> Value {
-        let r = self.generator.result();
-        json!({ "tokens": r.tokens, "text": r.text, "finishReason": r.finish_reason.as_str(), "promptTokens": r.prompt_tokens })
     }
-}
-
-/// Makes the next step end the generation (finish reason "aborted").
-#[no_mangle]
-pub extern "C" fn liger_generate_abort(handle: i32) -> i32 {
-    status(|| {
-        GENERATIONS.with(|g| g.borrow_mut().get_mut(&handle).map(|r| r.generator.abort()));
-        Ok(0)
-    })
-}
-
-/// Bytes of the generation's decoding state now.
-#[no_mangle]
-pub extern "C" fn liger_generate_state_bytes(handle: i32) -> f64 {
-    GENERATIONS.with(|g| g.borrow().get(&handle).map_or(0.0, |r| r.generator.state().bytes() as f64))
-}
-
-/// Frees a generation (finished or not).
-#[no_mangle]
-pub extern "C" fn liger_generate_free(handle: i32) -> i32 {
-    status(|| {
-        if let Some(r) = GENERATIONS.with(|g| g.borrow_mut().remove(&handle)) {
-            MODELS.with(|m| m.borrow_mut().get_mut(&r.model).map(|l| l.generations -= 1));
-        }
-        Ok(0)
-    })
 }

@@ -1,10 +1,14 @@
 //! Randomness for the wasm build: the tokenizer's hash maps seed themselves through
-//! `getrandom`, which on wasm32-unknown-unknown asks the host (`crypto.getRandomValues`).
+//! `getrandom`, which on wasm32-unknown-unknown asks the host (`crypto.getRandomValues`,
+//! which every runtime the engine targets has).
 
-#[link(wasm_import_module = "env")]
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen]
 extern "C" {
-    /// Fills `len` bytes at `ptr` with random bytes (provided by the JavaScript glue).
-    fn liger_host_random(ptr: *mut u8, len: usize);
+    /// Web Crypto's `getRandomValues` (at most 65536 bytes per call).
+    #[wasm_bindgen(js_namespace = crypto, js_name = getRandomValues)]
+    fn get_random_values(bytes: &mut [u8]);
 }
 
 /// getrandom's custom backend (selected with `--cfg getrandom_backend="custom"`).
@@ -13,6 +17,9 @@ extern "C" {
 /// `dest` must be valid for `len` bytes of writes (getrandom guarantees it).
 #[no_mangle]
 unsafe extern "Rust" fn __getrandom_v03_custom(dest: *mut u8, len: usize) -> Result<(), getrandom::Error> {
-    liger_host_random(dest, len);
+    let bytes = std::slice::from_raw_parts_mut(dest, len);
+    for chunk in bytes.chunks_mut(65536) {
+        get_random_values(chunk);
+    }
     Ok(())
 }
