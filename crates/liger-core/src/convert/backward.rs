@@ -137,8 +137,11 @@ impl LigerModel {
     /// not to the branch weights (decay would pull them toward zero, turning the branches off,
     /// where it pulls an adapter toward the base model).
     pub fn trained_param_decays(&self) -> Vec<bool> {
+        // Counted, not named: the trainer asks at every step.
+        let adapters: usize =
+            self.lora.layers.iter().map(|l| LoraTarget::ALL.iter().filter(|&&t| l.get(t).is_some()).count()).sum();
         let mixes = self.options.head_mix.iter().flatten().count();
-        let mut out = vec![true; self.lora_params().len()];
+        let mut out = vec![true; 2 * adapters];
         out.extend(std::iter::repeat_n(false, 2 * mixes));
         out
     }

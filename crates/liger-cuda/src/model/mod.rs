@@ -179,21 +179,23 @@ impl<T: GemmInput> GpuLigerModel<T> {
     /// Uploads the adapters and learned branch weights when the host copies may have changed.
     fn sync_lora(&self) -> Result<()> {
         if self.lora_stale.swap(false, Ordering::AcqRel) {
-            let refreshed =
-                self.lora_guard().and_then(|mut lora| refresh_lora(&mut lora, &self.host.lora)).and_then(|()| {
-                    let mut mix = self.head_mix_guard()?;
-                    for (gpu, host) in mix.iter_mut().zip(&self.host.options.head_mix) {
-                        if let (Some(gpu), Some(host)) = (gpu, host) {
-                            gpu.refresh(host)?;
-                        }
-                    }
-                    Ok(())
-                });
-            if let Err(e) = refreshed {
+            if let Err(e) = self.upload_trained() {
                 self.lora_stale.store(true, Ordering::Release);
                 return Err(e);
             }
             self.lora_version.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Copies the host's adapters and learned branch weights into their device buffers.
+    fn upload_trained(&self) -> Result<()> {
+        refresh_lora(&mut *self.lora_guard()?, &self.host.lora)?;
+        let mut mix = self.head_mix_guard()?;
+        for (gpu, host) in mix.iter_mut().zip(&self.host.options.head_mix) {
+            if let (Some(gpu), Some(host)) = (gpu, host) {
+                gpu.refresh(host)?;
+            }
         }
         Ok(())
     }
